@@ -1,0 +1,42 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "swift-multiprocessing",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Threading", targets: ["Threading"]),
+        .executable(name: "mp", targets: ["mp"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+    ],
+    targets: [
+        // C: what Swift cannot import from Glibc (futex, gettid, prctl, ...), every symbol prefixed `mp_`.
+        .target(name: "CMultiprocessingShims"),
+        // In-process threads: Python's `threading`, `queue` and `concurrent.futures.ThreadPoolExecutor`.
+        .target(
+            name: "Threading",
+            dependencies: [
+                "CMultiprocessingShims",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "HeapModule", package: "swift-collections"),
+            ]
+        ),
+        // The seed notes' programs, ported; `mp demo` runs them.
+        .target(name: "SeedExamples", dependencies: ["Threading"], path: "Examples/SeedExamples"),
+        .executableTarget(name: "mp", dependencies: ["Threading", "SeedExamples"]),
+        .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
+    ]
+)
+
+for target in package.targets where target.type != .system {
+    guard target.name != "CMultiprocessingShims" else { continue }
+    var settings = target.swiftSettings ?? []
+    settings += [
+        .enableUpcomingFeature("ExistentialAny"),
+        .enableUpcomingFeature("MemberImportVisibility"),
+        .enableUpcomingFeature("InternalImportsByDefault"),
+    ]
+    target.swiftSettings = settings
+}

@@ -1,0 +1,278 @@
+import DequeModule
+
+/// A thread-safe queue with optional capacity — Python's `queue.Queue`, `queue.LifoQueue` and
+/// `queue.PriorityQueue` in one type, with async twins and `AsyncSequence` consumption.
+///
+/// ```swift
+/// let q = BlockingQueue<Int>(maxsize: 100)           // FIFO; .lifo(maxsize:), .priority(maxsize:)
+/// try q.put(1)
+/// let x = try q.get(timeout: .seconds(1))            // throws ThreadingError .empty on timeout
+/// ```
+///
+/// Blocking calls take a `timeout`; the `async` ones suspend the task (never a thread) and honour
+/// cancellation. `taskDone()` / `join()` track unfinished work; ``shutdown(immediate:)`` is Python 3.13's.
+///
+/// - Important: Named `BlockingQueue` so as not to clash with the inter-process queues of the
+///   Multiprocessing module. The priority order is stable: equal elements come out in insertion order.
+public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // all state is inside `monitor`
+    /// The order in which elements leave the queue.
+    public enum Order: Sendable {
+        /// First in, first out — `queue.Queue`.
+        case fifo
+        /// Last in, first out — `queue.LifoQueue`.
+        case lifo
+    }
+
+    struct State {
+        var fifo = Deque<Element>()
+        var lifo: [Element] = []
+        var heap: StableHeap<Element>?
+        let order: Order
+        var unfinished = 0
+        var isShutdown = false
+
+        var count: Int { heap?.count ?? (order == .fifo ? fifo.count : lifo.count) }
+
+        mutating func push(_ e: Element) {
+            if heap != nil { heap!.push(e) } else if order == .fifo { fifo.append(e) } else { lifo.append(e) }
+        }
+
+        mutating func pop() -> Element? {
+            if heap != nil { return heap!.pop() }
+            return order == .fifo ? fifo.popFirst() : lifo.popLast()
+        }
+    }
+
+    static var notEmpty: Int { 0 }
+    static var notFull: Int { 1 }
+    static var allDone: Int { 2 }
+
+    /// The capacity; `0` or less means unbounded (as in Python).
+    public let maxsize: Int
+    let monitor: Monitor<State>
+
+    /// Creates a FIFO (or LIFO) queue holding at most `maxsize` elements (`0`: unbounded).
+    public init(maxsize: Int = 0, order: Order = .fifo) {
+        self.maxsize = maxsize
+        monitor = Monitor(State(order: order), lists: 3)
+    }
+
+    /// Creates a priority queue ordered by `areInIncreasingOrder` (smallest first).
+    public init(maxsize: Int = 0, by areInIncreasingOrder: @escaping @Sendable (Element, Element) -> Bool) {
+        self.maxsize = maxsize
+        var s = State(order: .fifo)
+        s.heap = StableHeap(areInIncreasingOrder)
+        monitor = Monitor(s, lists: 3)
+    }
+
+    /// A LIFO queue — Python's `queue.LifoQueue(maxsize)`.
+    public static func lifo(maxsize: Int = 0) -> BlockingQueue { BlockingQueue(maxsize: maxsize, order: .lifo) }
+
+    // MARK: put
+
+    private func tryPut(_ element: Element, _ s: inout State, _ wakes: inout Wakes, block: Bool) throws -> Bool? {
+        if s.isShutdown { throw ThreadingError.shutDown }
+        if maxsize > 0 && s.count >= maxsize {
+            if block { return nil }
+            throw ThreadingError.full
+        }
+        s.push(element)
+        s.unfinished += 1
+        wakes.wake(Self.notEmpty)
+        return true
+    }
+
+    /// Adds an element — Python's `Queue.put(item, block, timeout)`.
+    ///
+    /// - Parameters:
+    ///   - blocking: when `false`, fails at once if the queue is full.
+    ///   - timeout: the longest time to wait for room (`nil`: forever).
+    /// - Throws: ``ThreadingError/Code/full`` when there is no room (non-blocking, or after the timeout);
+    ///   ``ThreadingError/Code/shutDown`` once the queue is shut down.
+    public func put(_ element: Element, blocking: Bool = true, timeout: Duration? = nil) throws(ThreadingError) {
+        do {
+            let done = try monitor.wait(on: Self.notFull, until: Deadline.after(timeout)) { s, wakes in
+                try tryPut(element, &s, &wakes, block: blocking)
+            }
+            if done == nil { throw ThreadingError.full }
+        } catch {
+            throw error as! ThreadingError
+        }
+    }
+
+    /// Adds an element without blocking — Python's `Queue.put_nowait(item)`.
+    public func putNowait(_ element: Element) throws(ThreadingError) { try put(element, blocking: false) }
+
+    /// Adds an element, suspending the task while the queue is full.
+    ///
+    /// - Throws: ``ThreadingError/Code/shutDown``, or `CancellationError` if the task is cancelled.
+    public func put(_ element: Element) async throws {
+        _ = try await monitor.waitAsync(on: Self.notFull) { s, wakes in try tryPut(element, &s, &wakes, block: true) }
+    }
+
+    // MARK: get
+
+    private func tryGet(_ s: inout State, _ wakes: inout Wakes, block: Bool) throws -> Element? {
+        if let e = s.pop() {
+            if maxsize > 0 { wakes.wake(Self.notFull) }
+            return e
+        }
+        if s.isShutdown { throw ThreadingError.shutDown }
+        if !block { throw ThreadingError.empty }
+        return nil
+    }
+
+    /// Removes and returns the next element — Python's `Queue.get(block, timeout)`.
+    ///
+    /// - Throws: ``ThreadingError/Code/empty`` when there is none (non-blocking, or after the timeout);
+    ///   ``ThreadingError/Code/shutDown`` once the queue is shut down and empty (or shut down immediately).
+    public func get(blocking: Bool = true, timeout: Duration? = nil) throws(ThreadingError) -> Element {
+        do {
+            let e = try monitor.wait(on: Self.notEmpty, until: Deadline.after(timeout)) { s, wakes in
+                try tryGet(&s, &wakes, block: blocking)
+            }
+            guard let e else { throw ThreadingError.empty }
+            return e
+        } catch {
+            throw error as! ThreadingError
+        }
+    }
+
+    /// Removes the next element without blocking — Python's `Queue.get_nowait()`.
+    public func getNowait() throws(ThreadingError) -> Element { try get(blocking: false) }
+
+    /// Removes and returns the next element, suspending the task while the queue is empty.
+    ///
+    /// - Throws: ``ThreadingError/Code/shutDown``, or `CancellationError` if the task is cancelled.
+    public func get() async throws -> Element {
+        try await monitor.waitAsync(on: Self.notEmpty) { s, wakes in try tryGet(&s, &wakes, block: true) }
+    }
+
+    // MARK: tasks
+
+    /// Marks one formerly enqueued element as processed — Python's `Queue.task_done()`.
+    ///
+    /// - Throws: ``ThreadingError/Code/tooManyTaskDone`` if called more times than elements were put.
+    public func taskDone() throws(ThreadingError) {
+        try monitor.update { (s: inout State, wakes: inout Wakes) throws(ThreadingError) in
+            guard s.unfinished > 0 else { throw ThreadingError(.tooManyTaskDone, "taskDone() called too many times") }
+            s.unfinished -= 1
+            if s.unfinished == 0 { wakes.wakeAll(Self.allDone) }
+        }
+    }
+
+    /// Blocks until every element put has been marked done — Python's `Queue.join()`.
+    ///
+    /// - Returns: `false` if the timeout expired first.
+    @discardableResult
+    public func join(timeout: Duration? = nil) -> Bool {
+        let r = try? monitor.wait(on: Self.allDone, until: Deadline.after(timeout)) { s, _ in s.unfinished == 0 ? true : nil }
+        return r ?? false
+    }
+
+    /// Suspends the task until every element put has been marked done.
+    public func join() async throws {
+        _ = try await monitor.waitAsync(on: Self.allDone) { s, _ in s.unfinished == 0 ? true : nil }
+    }
+
+    // MARK: shutdown and state
+
+    /// Shuts the queue down — Python 3.13's `Queue.shutdown(immediate)`.
+    ///
+    /// Later `put`s throw ``ThreadingError/Code/shutDown``; `get`s drain what is left, then throw it. With
+    /// `immediate`, the queue is emptied at once (counting the dropped elements as done, so `join` returns)
+    /// and every blocked `get` throws.
+    public func shutdown(immediate: Bool = false) {
+        monitor.update { s, wakes in
+            s.isShutdown = true
+            if immediate {
+                while s.pop() != nil {
+                    if s.unfinished > 0 { s.unfinished -= 1 }
+                }
+                wakes.wakeAll(Self.allDone)
+            }
+            wakes.wakeAll(Self.notEmpty)
+            wakes.wakeAll(Self.notFull)
+        }
+    }
+
+    /// The number of elements now — Python's `Queue.qsize()`.
+    public var count: Int { monitor.read { $0.count } }
+    /// Python's `Queue.empty()`.
+    public var isEmpty: Bool { count == 0 }
+    /// Python's `Queue.full()`.
+    public var isFull: Bool { maxsize > 0 && count >= maxsize }
+    /// Whether ``shutdown(immediate:)`` was called.
+    public var isShutdown: Bool { monitor.read { $0.isShutdown } }
+    /// Elements put and not yet marked done (Python's `unfinished_tasks`).
+    public var unfinishedTasks: Int { monitor.read { $0.unfinished } }
+}
+
+extension BlockingQueue where Element: Comparable & SendableMetatype {
+    /// A priority queue, smallest element first — Python's `queue.PriorityQueue(maxsize)`.
+    public static func priority(maxsize: Int = 0) -> BlockingQueue { BlockingQueue(maxsize: maxsize, by: { $0 < $1 }) }
+}
+
+extension BlockingQueue: AsyncSequence {
+    /// Consumes the queue from a task: each iteration is an async `get`; the sequence ends when the queue is
+    /// shut down and drained. It does not call `taskDone()`.
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let queue: BlockingQueue
+        public mutating func next() async throws -> Element? {
+            do {
+                return try await queue.get()
+            } catch let e as ThreadingError where e.code == .shutDown {
+                return nil
+            }
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(queue: self) }
+}
+
+/// A binary min-heap that breaks ties by insertion order.
+struct StableHeap<Element> {
+    private var items: [(seq: UInt64, element: Element)] = []
+    private var nextSeq: UInt64 = 0
+    private let less: (Element, Element) -> Bool
+
+    init(_ less: @escaping (Element, Element) -> Bool) { self.less = less }
+
+    var count: Int { items.count }
+
+    private func before(_ a: Int, _ b: Int) -> Bool {
+        let x = items[a], y = items[b]
+        if less(x.element, y.element) { return true }
+        if less(y.element, x.element) { return false }
+        return x.seq < y.seq
+    }
+
+    mutating func push(_ e: Element) {
+        items.append((nextSeq, e))
+        nextSeq += 1
+        var i = items.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard before(i, parent) else { break }
+            items.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    mutating func pop() -> Element? {
+        guard !items.isEmpty else { return nil }
+        items.swapAt(0, items.count - 1)
+        let top = items.removeLast().element
+        var i = 0
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < items.count && before(l, m) { m = l }
+            if r < items.count && before(r, m) { m = r }
+            if m == i { break }
+            items.swapAt(i, m)
+            i = m
+        }
+        return top
+    }
+}

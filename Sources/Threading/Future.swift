@@ -1,0 +1,253 @@
+/// The eventual result of work submitted to a pool — Python's `concurrent.futures.Future`.
+///
+/// Wait for it with ``result(timeout:)`` (blocking) or ``value`` (async); ``cancel()`` succeeds while the
+/// work has not started; callbacks added with ``addDoneCallback(_:)`` run once it finishes.
+public final class Future<Value: Sendable>: @unchecked Sendable {  // all state is inside `monitor`
+    enum Status {
+        case pending
+        case running
+        case finished(Result<Value, any Error>)
+        case cancelled
+    }
+
+    struct State {
+        var status: Status = .pending
+        var callbacks: [@Sendable (Future<Value>) -> Void] = []
+    }
+
+    let monitor = Monitor<State>(State(), lists: 1)
+
+    /// A pending future, to be completed with ``complete(_:)`` (Python's `Future()` for executor authors).
+    public init() {}
+
+    // MARK: state
+
+    /// Whether the future was cancelled — Python's `Future.cancelled()`.
+    public var isCancelled: Bool { monitor.read { if case .cancelled = $0.status { true } else { false } } }
+    /// Whether the work is running now — Python's `Future.running()`.
+    public var isRunning: Bool { monitor.read { if case .running = $0.status { true } else { false } } }
+    /// Whether the future finished or was cancelled — Python's `Future.done()`.
+    public var isDone: Bool {
+        monitor.read {
+            switch $0.status {
+            case .finished, .cancelled: true
+            case .pending, .running: false
+            }
+        }
+    }
+
+    /// Cancels the work if it has not started — Python's `Future.cancel()`.
+    ///
+    /// - Returns: `true` if the future is cancelled now; `false` if it is running or finished.
+    @discardableResult
+    public func cancel() -> Bool {
+        let (ok, callbacks) = monitor.update { s, wakes -> (Bool, [@Sendable (Future) -> Void]) in
+            switch s.status {
+            case .running, .finished: return (false, [])
+            case .cancelled: return (true, [])
+            case .pending:
+                s.status = .cancelled
+                wakes.wakeAll(0)
+                defer { s.callbacks = [] }
+                return (true, s.callbacks)
+            }
+        }
+        for cb in callbacks { cb(self) }
+        return ok
+    }
+
+    /// Moves a pending future to running; `false` if it was cancelled (then the work must not run).
+    func markRunning() -> Bool {
+        monitor.update { s, _ in
+            guard case .pending = s.status else { return false }
+            s.status = .running
+            return true
+        }
+    }
+
+    /// Completes the future (Python's `set_result` / `set_exception`); ignored if it is already done.
+    public func complete(_ result: Result<Value, any Error>) {
+        let callbacks = monitor.update { s, wakes -> [@Sendable (Future) -> Void] in
+            switch s.status {
+            case .finished, .cancelled: return []
+            case .pending, .running:
+                s.status = .finished(result)
+                wakes.wakeAll(0)
+                defer { s.callbacks = [] }
+                return s.callbacks
+            }
+        }
+        for cb in callbacks { cb(self) }
+    }
+
+    /// Calls `callback` once the future is done (at once, in this thread, if it already is) — Python's
+    /// `Future.add_done_callback(fn)`. Callbacks run in the thread that completes the future.
+    public func addDoneCallback(_ callback: @escaping @Sendable (Future<Value>) -> Void) {
+        let runNow = monitor.update { s, _ -> Bool in
+            switch s.status {
+            case .finished, .cancelled: return true
+            case .pending, .running:
+                s.callbacks.append(callback)
+                return false
+            }
+        }
+        if runNow { callback(self) }
+    }
+
+    // MARK: waiting
+
+    private func outcome(_ s: State) -> Result<Value, any Error>? {
+        switch s.status {
+        case .finished(let r): r
+        case .cancelled: .failure(ThreadingError(.cancelled, "the future was cancelled"))
+        case .pending, .running: nil
+        }
+    }
+
+    /// Waits for the result — Python's `Future.result(timeout)`.
+    ///
+    /// - Throws: the work's own error; ``ThreadingError/Code/cancelled`` if cancelled;
+    ///   ``ThreadingError/Code/timedOut`` if `timeout` expires first.
+    public func result(timeout: Duration? = nil) throws -> Value {
+        guard let r = try monitor.wait(on: 0, until: Deadline.after(timeout), { s, _ in outcome(s) }) else {
+            throw ThreadingError(.timedOut, "the future did not finish within \(timeout!)")
+        }
+        return try r.get()
+    }
+
+    /// Waits and returns the work's error, or `nil` if it succeeded — Python's `Future.exception(timeout)`.
+    ///
+    /// - Throws: ``ThreadingError/Code/cancelled`` or ``ThreadingError/Code/timedOut``.
+    public func error(timeout: Duration? = nil) throws -> (any Error)? {
+        guard let r = try monitor.wait(on: 0, until: Deadline.after(timeout), { s, _ in outcome(s) }) else {
+            throw ThreadingError(.timedOut, "the future did not finish within \(timeout!)")
+        }
+        if case .failure(let e) = r {
+            if let te = e as? ThreadingError, te.code == .cancelled { throw te }
+            return e
+        }
+        return nil
+    }
+
+    /// The result, awaited without blocking a thread.
+    ///
+    /// - Important: Cancelling the awaiting task stops the wait (throwing `CancellationError`) but not the
+    ///   work; call ``cancel()`` for that.
+    public var value: Value {
+        get async throws {
+            try await monitor.waitAsync(on: 0) { s, _ in outcome(s) }.get()
+        }
+    }
+}
+
+/// What any future offers to ``Futures/wait(_:timeout:returnWhen:)`` and ``Futures/asCompleted(_:timeout:)``,
+/// whatever its value type.
+public protocol AnyFuture: AnyObject, Sendable {
+    /// Whether the future finished or was cancelled.
+    var isDone: Bool { get }
+    /// Whether it finished with an error (cancellation included).
+    var hasFailed: Bool { get }
+    /// Calls `callback` once the future is done.
+    func onDone(_ callback: @escaping @Sendable () -> Void)
+}
+
+extension Future: AnyFuture {
+    public var hasFailed: Bool {
+        monitor.read {
+            switch $0.status {
+            case .finished(.failure), .cancelled: true
+            default: false
+            }
+        }
+    }
+
+    public func onDone(_ callback: @escaping @Sendable () -> Void) { addDoneCallback { _ in callback() } }
+}
+
+/// Waiting on several futures — Python's `concurrent.futures.wait` and `as_completed`.
+public enum Futures {
+    /// When ``wait(_:timeout:returnWhen:)`` returns.
+    public enum ReturnCondition: Sendable {
+        /// When any future finishes or is cancelled (`FIRST_COMPLETED`).
+        case firstCompleted
+        /// When any future fails, or when all are done (`FIRST_EXCEPTION`).
+        case firstException
+        /// When all are done (`ALL_COMPLETED`).
+        case allCompleted
+    }
+
+    /// Waits for `futures` — Python's `concurrent.futures.wait(fs, timeout, return_when)`.
+    ///
+    /// - Returns: the futures done and not done when the condition held or the timeout expired.
+    public static func wait<F: AnyFuture>(
+        _ futures: [F],
+        timeout: Duration? = nil,
+        returnWhen: ReturnCondition = .allCompleted
+    ) -> (done: [F], notDone: [F]) {
+        let changed = Semaphore(0)
+        for f in futures { f.onDone { try? changed.release() } }
+        let deadline = Deadline.after(timeout)
+        while true {
+            let done = futures.filter { $0.isDone }
+            let satisfied: Bool
+            switch returnWhen {
+            case .allCompleted: satisfied = done.count == futures.count
+            case .firstCompleted: satisfied = !done.isEmpty || futures.isEmpty
+            case .firstException: satisfied = done.count == futures.count || done.contains { $0.hasFailed }
+            }
+            if satisfied || (deadline?.hasPassed ?? false) {
+                return (done, futures.filter { !$0.isDone })
+            }
+            changed.acquire(timeout: deadline?.remaining)
+        }
+    }
+
+    /// The futures in the order they finish — Python's `concurrent.futures.as_completed(fs, timeout)`.
+    ///
+    /// Iterate with `try next()` (blocking) or `for try await` (async). Throws
+    /// ``ThreadingError/Code/timedOut`` if `timeout` (counted from this call) expires first.
+    public static func asCompleted<F: AnyFuture>(_ futures: [F], timeout: Duration? = nil) -> CompletionSequence<F> {
+        CompletionSequence(futures, deadline: Deadline.after(timeout))
+    }
+}
+
+/// The futures of ``Futures/asCompleted(_:timeout:)`` in completion order.
+public final class CompletionSequence<F: AnyFuture>: AsyncSequence, Sendable {
+    private let queue = BlockingQueue<Int>()
+    private let futures: [F]
+    private let deadline: Deadline?
+    private let remaining: Semaphore
+
+    init(_ futures: [F], deadline: Deadline?) {
+        self.futures = futures
+        self.deadline = deadline
+        remaining = Semaphore(futures.count)
+        for (i, f) in futures.enumerated() {
+            let queue = self.queue
+            f.onDone { try? queue.put(i) }
+        }
+    }
+
+    /// The next future to finish, or `nil` when all have been returned.
+    ///
+    /// - Throws: ``ThreadingError/Code/timedOut`` when the deadline passes first.
+    public func next() throws -> F? {
+        guard remaining.acquire(blocking: false) else { return nil }
+        do {
+            return futures[try queue.get(timeout: deadline?.remaining)]
+        } catch {
+            try? remaining.release()
+            throw ThreadingError(.timedOut, "futures unfinished at the deadline")
+        }
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let sequence: CompletionSequence
+        public mutating func next() async throws -> F? {
+            guard sequence.remaining.acquire(blocking: false) else { return nil }
+            return sequence.futures[try await sequence.queue.get()]
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(sequence: self) }
+}

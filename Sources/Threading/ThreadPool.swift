@@ -16,7 +16,9 @@ import DequeModule
 /// ```
 public final class ThreadPool: Sendable {
     struct WorkItem {
-        let run: @Sendable () -> Void
+        /// Runs the work; returns what completes its future, which the worker calls once it counts itself
+        /// idle again (so a submitter woken by the completion finds an idle worker instead of starting one).
+        let run: @Sendable () -> (@Sendable () -> Void)?
         let cancel: @Sendable () -> Void
     }
 
@@ -75,8 +77,9 @@ public final class ThreadPool: Sendable {
         let future = Future<T>()
         let item = WorkItem(
             run: {
-                guard future.markRunning() else { return }
-                future.complete(Result { try body() })
+                guard future.markRunning() else { return nil }
+                let result = Result { try body() }
+                return { future.complete(result) }
             },
             cancel: { future.cancel() })
         try enqueue(item)
@@ -148,11 +151,12 @@ public final class ThreadPool: Sendable {
                 return
             }
         }
+        var counted = false
         while true {
-            var counted = false
             let next = try? monitor.wait(on: Self.workAvailable, until: nil) { s, wakes -> Next? in
                 if let item = s.queue.popFirst() {
                     if counted { s.idle -= 1 }
+                    counted = false
                     return .work(item)
                 }
                 if s.closing || s.brokenReason != nil {
@@ -168,7 +172,10 @@ public final class ThreadPool: Sendable {
                 return nil
             }
             guard case .work(let item) = next else { return }
-            item.run()
+            let finish = item.run()
+            monitor.update { s, _ in s.idle += 1 }
+            counted = true
+            finish?()
         }
     }
 

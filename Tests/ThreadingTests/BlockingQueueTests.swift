@@ -1,0 +1,160 @@
+import Synchronization
+import Testing
+@testable import Threading
+
+@Suite(.timeLimit(.minutes(1)))
+struct BlockingQueueTests {
+    @Test func fifoLifoPriorityOrder() throws {
+        let fifo = BlockingQueue<Int>()
+        let lifo = BlockingQueue<Int>.lifo()
+        let prio = BlockingQueue<Int>.priority()
+        for x in [3, 1, 2] {
+            try fifo.put(x)
+            try lifo.put(x)
+            try prio.put(x)
+        }
+        #expect(try (0..<3).map { _ in try fifo.get() } == [3, 1, 2])
+        #expect(try (0..<3).map { _ in try lifo.get() } == [2, 1, 3])
+        #expect(try (0..<3).map { _ in try prio.get() } == [1, 2, 3])
+    }
+
+    @Test func priorityIsStableForEqualKeys() throws {
+        let q = BlockingQueue<(Int, String)>(by: { $0.0 < $1.0 })
+        for (p, s) in [(1, "a"), (0, "x"), (1, "b"), (1, "c")] { try q.put((p, s)) }
+        #expect(try (0..<4).map { _ in try q.get().1 } == ["x", "a", "b", "c"])
+    }
+
+    @Test func fullAndEmptyErrors() throws {
+        let q = BlockingQueue<Int>(maxsize: 1)
+        #expect(q.isEmpty)
+        do { _ = try q.getNowait(); Issue.record("expected empty") } catch { #expect(ThreadingError.Code.empty.matches(error)) }
+        try q.put(1)
+        #expect(q.isFull)
+        do { try q.putNowait(2); Issue.record("expected full") } catch { #expect(ThreadingError.Code.full.matches(error)) }
+        let d = elapsed {
+            do { try q.put(2, timeout: .milliseconds(50)); Issue.record("expected full") } catch { #expect(ThreadingError.Code.full.matches(error)) }
+        }
+        #expect(d >= .milliseconds(45))
+        #expect(try q.get() == 1)
+        let d2 = elapsed {
+            do { _ = try q.get(timeout: .milliseconds(50)); Issue.record("expected empty") } catch { #expect(ThreadingError.Code.empty.matches(error)) }
+        }
+        #expect(d2 >= .milliseconds(45))
+        #expect(q.count == 0)
+    }
+
+    @Test func blockedPutProceedsWhenRoomAppears() throws {
+        let q = BlockingQueue<Int>(maxsize: 1)
+        try q.put(0)
+        let t = OSThread { try q.put(1, timeout: .seconds(10)) }
+        try t.start()
+        sleep(ms: 20)
+        #expect(try q.get() == 0)
+        #expect(try q.get(timeout: .seconds(10)) == 1)
+        try t.join()
+    }
+
+    @Test func taskDoneAndJoin() throws {
+        let q = BlockingQueue<Int>()
+        for i in 0..<10 { try q.put(i) }
+        #expect(!q.join(timeout: .milliseconds(10)))
+        let worker = OSThread {
+            while let _ = try? q.get(timeout: .milliseconds(200)) { try q.taskDone() }
+        }
+        try worker.start()
+        #expect(q.join(timeout: .seconds(10)))
+        #expect(q.unfinishedTasks == 0)
+        try worker.join()
+        do { try q.taskDone(); Issue.record("expected error") } catch { #expect(error.code == .tooManyTaskDone) }
+    }
+
+    @Test func shutdownDrainsThenFails() throws {
+        let q = BlockingQueue<Int>()
+        try q.put(1)
+        q.shutdown()
+        do { try q.put(2); Issue.record("expected shutDown") } catch { #expect(ThreadingError.Code.shutDown.matches(error)) }
+        #expect(try q.get() == 1)
+        do { _ = try q.get(); Issue.record("expected shutDown") } catch { #expect(ThreadingError.Code.shutDown.matches(error)) }
+    }
+
+    @Test func shutdownImmediateWakesBlockedGettersAndJoin() throws {
+        let q = BlockingQueue<Int>()
+        let shutDownSeen = Counter()
+        let getters = (0..<3).map { _ in
+            OSThread {
+                do { _ = try q.get(timeout: .seconds(20)) } catch { if ThreadingError.Code.shutDown.matches(error) { shutDownSeen.increment() } }
+            }
+        }
+        for t in getters { try t.start() }
+        sleep(ms: 30)
+        q.shutdown(immediate: true)
+        for t in getters { try t.join() }
+        #expect(shutDownSeen.count == 3)
+
+        let q2 = BlockingQueue<Int>()
+        for i in 0..<5 { try q2.put(i) }
+        q2.shutdown(immediate: true)
+        #expect(q2.count == 0)
+        #expect(q2.join(timeout: .seconds(1)))
+    }
+
+    /// A bounded queue with several producers and consumers delivers every item exactly once.
+    @Test func manyProducersManyConsumersExactlyOnce() throws {
+        let q = BlockingQueue<Int>(maxsize: 8)
+        let producers = 4, consumers = 4, perProducer = 20_000
+        let seen = Mutex<[Int]>(Array(repeating: 0, count: producers * perProducer))
+        let p = (0..<producers).map { id in
+            OSThread { for i in 0..<perProducer { try q.put(id * perProducer + i, timeout: .seconds(20)) } }
+        }
+        let c = (0..<consumers).map { _ in
+            OSThread {
+                var local: [Int] = []
+                while true {
+                    let x = try q.get(timeout: .seconds(20))
+                    if x < 0 { break }
+                    local.append(x)
+                }
+                seen.withLock { s in for x in local { s[x] += 1 } }
+            }
+        }
+        for t in c + p { try t.start() }
+        for t in p { try t.join() }
+        for _ in 0..<consumers { try q.put(-1) }
+        for t in c { try t.join() }
+        let counts = seen.withLock { $0 }
+        #expect(counts.allSatisfy { $0 == 1 })
+    }
+
+    @Test func asyncPutGetAndSequence() async throws {
+        let q = BlockingQueue<Int>(maxsize: 2)
+        let producer = Task {
+            for i in 0..<100 { try await q.put(i) }
+            q.shutdown()
+        }
+        var got: [Int] = []
+        for try await x in q { got.append(x) }
+        try await producer.value
+        #expect(got == Array(0..<100))
+    }
+
+    @Test func asyncGetIsCancellable() async throws {
+        let q = BlockingQueue<Int>()
+        let t = Task { try await q.get() }
+        try await Task.sleep(for: .milliseconds(10))
+        t.cancel()
+        await #expect(throws: CancellationError.self) { try await t.value }
+        try await q.put(7)
+        #expect(try q.get(blocking: false) == 7)  // the cancelled getter took nothing
+    }
+
+    @Test func asyncJoin() async throws {
+        let q = BlockingQueue<Int>()
+        try await q.put(1)
+        let consumer = Task.detached {
+            _ = try await q.get()
+            try q.taskDone()
+        }
+        try await q.join()
+        try await consumer.value
+    }
+}

@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
     ],
     targets: [
         // C: what Swift cannot import from Glibc (futex, gettid, prctl, ...), every symbol prefixed `mp_`.
@@ -20,7 +21,7 @@ let package = Package(
             dependencies: [
                 "CMultiprocessingShims",
                 .product(name: "DequeModule", package: "swift-collections"),
-                .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         // The seed notes' programs, ported; `mp demo` runs them.

@@ -1,4 +1,5 @@
-import DequeModule
+public import Atomics
+public import DequeModule
 
 /// A thread-safe queue with optional capacity — Python's `queue.Queue`, `queue.LifoQueue` and
 /// `queue.PriorityQueue` in one type, with async twins and `AsyncSequence` consumption.
@@ -23,33 +24,40 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
         case lifo
     }
 
+    @usableFromInline
     struct State {
-        var fifo = Deque<Element>()
-        var lifo: [Element] = []
-        var heap: StableHeap<Element>?
-        let order: Order
-        var unfinished = 0
-        var isShutdown = false
+        @usableFromInline var fifo = Deque<Element>()
+        @usableFromInline var lifo: [Element] = []
+        @usableFromInline var heap: StableHeap<Element>?
+        @usableFromInline let order: Order
+        @usableFromInline var unfinished = 0
+        @usableFromInline var isShutdown = false
 
-        var count: Int { heap?.count ?? (order == .fifo ? fifo.count : lifo.count) }
+        @usableFromInline init(order: Order) { self.order = order }
 
+        @inlinable var count: Int { heap?.count ?? (order == .fifo ? fifo.count : lifo.count) }
+
+        @inlinable
         mutating func push(_ e: Element) {
             if heap != nil { heap!.push(e) } else if order == .fifo { fifo.append(e) } else { lifo.append(e) }
         }
 
+        @inlinable
         mutating func pop() -> Element? {
             if heap != nil { return heap!.pop() }
             return order == .fifo ? fifo.popFirst() : lifo.popLast()
         }
     }
 
-    static var notEmpty: Int { 0 }
-    static var notFull: Int { 1 }
-    static var allDone: Int { 2 }
+    @usableFromInline static var notEmpty: Int { 0 }
+    @usableFromInline static var notFull: Int { 1 }
+    @usableFromInline static var allDone: Int { 2 }
 
     /// The capacity; `0` or less means unbounded (as in Python).
     public let maxsize: Int
-    let monitor: Monitor<State>
+    @usableFromInline let monitor: Monitor<State>
+    /// The element count, published after every change for lock-free polling by spinning waiters.
+    @usableFromInline let countHint = ManagedAtomic<Int>(0)
 
     /// Creates a FIFO (or LIFO) queue holding at most `maxsize` elements (`0`: unbounded).
     public init(maxsize: Int = 0, order: Order = .fifo) {
@@ -70,13 +78,15 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
 
     // MARK: put
 
-    private func tryPut(_ element: Element, _ s: inout State, _ wakes: inout Wakes, block: Bool) throws -> Bool? {
+    @inlinable
+    func tryPut(_ element: Element, _ s: inout State, _ wakes: inout Wakes, block: Bool) throws -> Bool? {
         if s.isShutdown { throw ThreadingError.shutDown }
         if maxsize > 0 && s.count >= maxsize {
             if block { return nil }
             throw ThreadingError.full
         }
         s.push(element)
+        countHint.store(s.count, ordering: .relaxed)
         s.unfinished += 1
         wakes.wake(Self.notEmpty)
         return true
@@ -89,9 +99,13 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     ///   - timeout: the longest time to wait for room (`nil`: forever).
     /// - Throws: ``ThreadingError/Code/full`` when there is no room (non-blocking, or after the timeout);
     ///   ``ThreadingError/Code/shutDown`` once the queue is shut down.
+    @inlinable
     public func put(_ element: Element, blocking: Bool = true, timeout: Duration? = nil) throws(ThreadingError) {
         do {
-            let done = try monitor.wait(on: Self.notFull, until: Deadline.after(timeout)) { s, wakes in
+            let done = try monitor.wait(
+                on: Self.notFull, until: Deadline.after(timeout),
+                spinUntil: { [maxsize, countHint] in countHint.load(ordering: .relaxed) < maxsize }
+            ) { s, wakes in
                 try tryPut(element, &s, &wakes, block: blocking)
             }
             if done == nil { throw ThreadingError.full }
@@ -106,14 +120,17 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     /// Adds an element, suspending the task while the queue is full.
     ///
     /// - Throws: ``ThreadingError/Code/shutDown``, or `CancellationError` if the task is cancelled.
+    @inlinable
     public func put(_ element: Element) async throws {
         _ = try await monitor.waitAsync(on: Self.notFull) { s, wakes in try tryPut(element, &s, &wakes, block: true) }
     }
 
     // MARK: get
 
-    private func tryGet(_ s: inout State, _ wakes: inout Wakes, block: Bool) throws -> Element? {
+    @inlinable
+    func tryGet(_ s: inout State, _ wakes: inout Wakes, block: Bool) throws -> Element? {
         if let e = s.pop() {
+            countHint.store(s.count, ordering: .relaxed)
             if maxsize > 0 { wakes.wake(Self.notFull) }
             return e
         }
@@ -126,9 +143,13 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     ///
     /// - Throws: ``ThreadingError/Code/empty`` when there is none (non-blocking, or after the timeout);
     ///   ``ThreadingError/Code/shutDown`` once the queue is shut down and empty (or shut down immediately).
+    @inlinable
     public func get(blocking: Bool = true, timeout: Duration? = nil) throws(ThreadingError) -> Element {
         do {
-            let e = try monitor.wait(on: Self.notEmpty, until: Deadline.after(timeout)) { s, wakes in
+            let e = try monitor.wait(
+                on: Self.notEmpty, until: Deadline.after(timeout),
+                spinUntil: { [countHint] in countHint.load(ordering: .relaxed) > 0 }
+            ) { s, wakes in
                 try tryGet(&s, &wakes, block: blocking)
             }
             guard let e else { throw ThreadingError.empty }
@@ -144,6 +165,7 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     /// Removes and returns the next element, suspending the task while the queue is empty.
     ///
     /// - Throws: ``ThreadingError/Code/shutDown``, or `CancellationError` if the task is cancelled.
+    @inlinable
     public func get() async throws -> Element {
         try await monitor.waitAsync(on: Self.notEmpty) { s, wakes in try tryGet(&s, &wakes, block: true) }
     }
@@ -189,6 +211,7 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
                 while s.pop() != nil {
                     if s.unfinished > 0 { s.unfinished -= 1 }
                 }
+                countHint.store(0, ordering: .relaxed)
                 wakes.wakeAll(Self.allDone)
             }
             wakes.wakeAll(Self.notEmpty)
@@ -231,22 +254,25 @@ extension BlockingQueue: AsyncSequence {
 }
 
 /// A binary min-heap that breaks ties by insertion order.
+@usableFromInline
 struct StableHeap<Element> {
-    private var items: [(seq: UInt64, element: Element)] = []
-    private var nextSeq: UInt64 = 0
-    private let less: (Element, Element) -> Bool
+    @usableFromInline var items: [(seq: UInt64, element: Element)] = []
+    @usableFromInline var nextSeq: UInt64 = 0
+    @usableFromInline let less: (Element, Element) -> Bool
 
-    init(_ less: @escaping (Element, Element) -> Bool) { self.less = less }
+    @usableFromInline init(_ less: @escaping (Element, Element) -> Bool) { self.less = less }
 
-    var count: Int { items.count }
+    @inlinable var count: Int { items.count }
 
-    private func before(_ a: Int, _ b: Int) -> Bool {
+    @inlinable
+    func before(_ a: Int, _ b: Int) -> Bool {
         let x = items[a], y = items[b]
         if less(x.element, y.element) { return true }
         if less(y.element, x.element) { return false }
         return x.seq < y.seq
     }
 
+    @inlinable
     mutating func push(_ e: Element) {
         items.append((nextSeq, e))
         nextSeq += 1
@@ -259,6 +285,7 @@ struct StableHeap<Element> {
         }
     }
 
+    @inlinable
     mutating func pop() -> Element? {
         guard !items.isEmpty else { return nil }
         items.swapAt(0, items.count - 1)

@@ -3,6 +3,7 @@
 /// Wait for it with ``result(timeout:)`` (blocking) or ``value`` (async); ``cancel()`` succeeds while the
 /// work has not started; callbacks added with ``addDoneCallback(_:)`` run once it finishes.
 public final class Future<Value: Sendable>: @unchecked Sendable {  // all state is inside `monitor`
+    @usableFromInline
     enum Status {
         case pending
         case running
@@ -10,15 +11,18 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
         case cancelled
     }
 
+    @usableFromInline
     struct State {
-        var status: Status = .pending
-        var callbacks: [@Sendable (Future<Value>) -> Void] = []
+        @usableFromInline var status: Status = .pending
+        @usableFromInline var callbacks: [@Sendable (Future<Value>) -> Void] = []
+        @inlinable init() {}
     }
 
-    let monitor = Monitor<State>(State(), lists: 1)
+    @usableFromInline let monitor: Monitor<State>
 
     /// A pending future, to be completed with ``complete(_:)`` (Python's `Future()` for executor authors).
-    public init() {}
+    @inlinable
+    public init() { monitor = Monitor<State>(State(), lists: 1) }
 
     // MARK: state
 
@@ -57,6 +61,7 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
     }
 
     /// Moves a pending future to running; `false` if it was cancelled (then the work must not run).
+    @inlinable
     func markRunning() -> Bool {
         monitor.update { s, _ in
             guard case .pending = s.status else { return false }
@@ -66,6 +71,7 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
     }
 
     /// Completes the future (Python's `set_result` / `set_exception`); ignored if it is already done.
+    @inlinable
     public func complete(_ result: Result<Value, any Error>) {
         let callbacks = monitor.update { s, wakes -> [@Sendable (Future) -> Void] in
             switch s.status {
@@ -96,7 +102,8 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
 
     // MARK: waiting
 
-    private func outcome(_ s: State) -> Result<Value, any Error>? {
+    @inlinable
+    func outcome(_ s: State) -> Result<Value, any Error>? {
         switch s.status {
         case .finished(let r): r
         case .cancelled: .failure(ThreadingError(.cancelled, "the future was cancelled"))
@@ -108,6 +115,7 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
     ///
     /// - Throws: the work's own error; ``ThreadingError/Code/cancelled`` if cancelled;
     ///   ``ThreadingError/Code/timedOut`` if `timeout` expires first.
+    @inlinable
     public func result(timeout: Duration? = nil) throws -> Value {
         guard let r = try monitor.wait(on: 0, until: Deadline.after(timeout), { s, _ in outcome(s) }) else {
             throw ThreadingError(.timedOut, "the future did not finish within \(timeout!)")
@@ -133,6 +141,7 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
     ///
     /// - Important: Cancelling the awaiting task stops the wait (throwing `CancellationError`) but not the
     ///   work; call ``cancel()`` for that.
+    @inlinable
     public var value: Value {
         get async throws {
             try await monitor.waitAsync(on: 0) { s, _ in outcome(s) }.get()

@@ -1,4 +1,4 @@
-import Glibc
+public import Glibc
 import Synchronization
 
 /// A value with one instance per thread — Python's `threading.local`.
@@ -15,15 +15,16 @@ import Synchronization
 /// - Important: Python's `local` holds arbitrary attributes; here the slot is typed — use a struct or a
 ///   dictionary for several attributes. Each instance uses one POSIX TLS key (at least 1,024 per process).
 public final class ThreadLocal<Value>: @unchecked Sendable {  // per-thread slots; `registry` has its own lock
-    private final class Box: ThreadLocalBoxBase {
-        var value: Value
+    @usableFromInline
+    final class Box: ThreadLocalBoxBase {
+        @usableFromInline var value: Value
         init(_ value: Value, _ registry: ThreadLocalRegistry) {
             self.value = value
             super.init(registry)
         }
     }
 
-    private let key: pthread_key_t
+    @usableFromInline let key: pthread_key_t
     private let registry = ThreadLocalRegistry()
     private let makeDefault: @Sendable () -> Value
 
@@ -50,15 +51,8 @@ public final class ThreadLocal<Value>: @unchecked Sendable {  // per-thread slot
         for raw in all { Unmanaged<ThreadLocalBoxBase>.fromOpaque(UnsafeRawPointer(bitPattern: raw)!).release() }
     }
 
-    @inline(__always)
-    private func box() -> Box {
-        if let raw = pthread_getspecific(key) {
-            return Unmanaged<Box>.fromOpaque(raw).takeUnretainedValue()
-        }
-        return makeBox()
-    }
-
-    private func makeBox() -> Box {
+    @usableFromInline
+    func makeBox() -> Box {
         let b = Box(makeDefault(), registry)
         let raw = Unmanaged.passRetained(b).toOpaque()
         registry.boxes.withLock { _ = $0.insert(UInt(bitPattern: raw)) }
@@ -67,9 +61,22 @@ public final class ThreadLocal<Value>: @unchecked Sendable {  // per-thread slot
     }
 
     /// This thread's value (created by the default factory on first access).
+    @inlinable
     public var value: Value {
-        get { box().value }
-        set { box().value = newValue }
+        get {
+            // No retain/release: the box lives as long as this thread (or this ThreadLocal).
+            if let raw = pthread_getspecific(key) {
+                return Unmanaged<Box>.fromOpaque(raw)._withUnsafeGuaranteedRef { $0.value }
+            }
+            return makeBox().value
+        }
+        set {
+            if let raw = pthread_getspecific(key) {
+                Unmanaged<Box>.fromOpaque(raw)._withUnsafeGuaranteedRef { $0.value = newValue }
+            } else {
+                makeBox().value = newValue
+            }
+        }
     }
 }
 
@@ -80,12 +87,14 @@ extension ThreadLocal where Value: ExpressibleByNilLiteral & SendableMetatype {
 
 /// The boxes of one `ThreadLocal` alive in any thread: whoever removes a box (its thread's exit or the
 /// `ThreadLocal`'s deinit) releases it, exactly once.
+@usableFromInline
 final class ThreadLocalRegistry: Sendable {
     let boxes = Mutex<Set<UInt>>([])
     func remove(_ p: UnsafeMutableRawPointer) -> Bool { boxes.withLock { $0.remove(UInt(bitPattern: p)) != nil } }
 }
 
+@usableFromInline
 class ThreadLocalBoxBase {
     let registry: ThreadLocalRegistry
-    init(_ registry: ThreadLocalRegistry) { self.registry = registry }
+    @usableFromInline init(_ registry: ThreadLocalRegistry) { self.registry = registry }
 }

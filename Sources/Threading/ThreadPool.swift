@@ -1,4 +1,5 @@
 internal import CMultiprocessingShims
+import Atomics
 import DequeModule
 
 /// A pool of threads running closures — Python's `concurrent.futures.ThreadPoolExecutor`, and the seed
@@ -15,11 +16,18 @@ import DequeModule
 /// pool.shutdown()
 /// ```
 public final class ThreadPool: Sendable {
+    @usableFromInline
     struct WorkItem {
         /// Runs the work; returns what completes its future, which the worker calls once it counts itself
         /// idle again (so a submitter woken by the completion finds an idle worker instead of starting one).
         let run: @Sendable () -> (@Sendable () -> Void)?
         let cancel: @Sendable () -> Void
+
+        @usableFromInline
+        init(run: @escaping @Sendable () -> (@Sendable () -> Void)?, cancel: @escaping @Sendable () -> Void) {
+            self.run = run
+            self.cancel = cancel
+        }
     }
 
     struct State {
@@ -39,6 +47,8 @@ public final class ThreadPool: Sendable {
     public let threadNamePrefix: String
     private let initializer: (@Sendable () throws -> Void)?
     private let monitor = Monitor<State>(State(), lists: 2)
+    /// Queued work, published for lock-free polling by idle workers.
+    private let queueHint = ManagedAtomic<Int>(0)
 
     /// Creates a pool.
     ///
@@ -73,6 +83,7 @@ public final class ThreadPool: Sendable {
     ///
     /// - Throws: ``ThreadingError/Code/poolShutDown`` after shutdown/close/terminate, or
     ///   ``ThreadingError/Code/brokenPool`` if an initializer failed.
+    @inlinable
     public func submit<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws(ThreadingError) -> Future<T> {
         let future = Future<T>()
         let item = WorkItem(
@@ -101,11 +112,13 @@ public final class ThreadPool: Sendable {
         }
     }
 
-    private func enqueue(_ item: WorkItem) throws(ThreadingError) {
+    @usableFromInline
+    func enqueue(_ item: WorkItem) throws(ThreadingError) {
         let spawn: Int? = try monitor.update { (s: inout State, wakes: inout Wakes) throws(ThreadingError) -> Int? in
             if let reason = s.brokenReason { throw ThreadingError(.brokenPool, reason) }
             if s.closing { throw ThreadingError(.poolShutDown, "cannot submit work to a pool that is shut down") }
             s.queue.append(item)
+            queueHint.store(s.queue.count, ordering: .relaxed)
             if s.idle >= s.queue.count {
                 wakes.wake(Self.workAvailable)
                 return nil
@@ -147,14 +160,19 @@ public final class ThreadPool: Sendable {
                     defer { s.queue.removeAll() }
                     return s.queue
                 }
+                queueHint.store(0, ordering: .relaxed)
                 for item in dropped { item.cancel() }
                 return
             }
         }
         var counted = false
         while true {
-            let next = try? monitor.wait(on: Self.workAvailable, until: nil) { s, wakes -> Next? in
+            let next = try? monitor.wait(
+                on: Self.workAvailable, until: nil,
+                spinUntil: { [queueHint] in queueHint.load(ordering: .relaxed) > 0 }
+            ) { s, wakes -> Next? in
                 if let item = s.queue.popFirst() {
+                    queueHint.store(s.queue.count, ordering: .relaxed)
                     if counted { s.idle -= 1 }
                     counted = false
                     return .work(item)
@@ -211,6 +229,7 @@ public final class ThreadPool: Sendable {
             s.closing = true
             wakes.wakeAll(Self.workAvailable)
             guard cancelPending else { return [] }
+            queueHint.store(0, ordering: .relaxed)
             defer { s.queue.removeAll() }
             return s.queue
         }

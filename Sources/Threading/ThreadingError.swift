@@ -56,7 +56,7 @@ public struct ThreadingError: Error, CustomStringConvertible, Sendable {
 }
 
 extension ThreadingError {
-    static let empty = ThreadingError(.empty, "the queue is empty")
-    static let full = ThreadingError(.full, "the queue is full")
-    static let shutDown = ThreadingError(.shutDown, "the queue is shut down")
+    @usableFromInline static let empty = ThreadingError(.empty, "the queue is empty")
+    @usableFromInline static let full = ThreadingError(.full, "the queue is full")
+    @usableFromInline static let shutDown = ThreadingError(.shutDown, "the queue is shut down")
 }

@@ -1,0 +1,16 @@
+// swift-tools-version: 6.1
+// Benchmarks live in their own package so they never enter the library's default build.
+// Run them with `scripts/bench SUITE` from the repository root.
+import PackageDescription
+
+let package = Package(
+    name: "swift-multiprocessing-benchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [.package(name: "swift-multiprocessing", path: "..")],
+    targets: [
+        .executableTarget(
+            name: "bench",
+            dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
+        )
+    ]
+)

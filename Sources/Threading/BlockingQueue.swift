@@ -104,7 +104,12 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
         do {
             let done = try monitor.wait(
                 on: Self.notFull, until: Deadline.after(timeout),
-                spinUntil: { [maxsize, countHint] in countHint.load(ordering: .relaxed) < maxsize }
+                // Spin until a few slots are free, not just one: the producer then puts a batch instead of
+                // contending for the lock once per item freed. Only a hint: after the spin the real
+                // attempt runs, and a single free slot is taken.
+                spinUntil: { [maxsize, countHint] in
+                    countHint.load(ordering: .relaxed) <= maxsize - Swift.max(1, maxsize / 8)
+                }
             ) { s, wakes in
                 try tryPut(element, &s, &wakes, block: blocking)
             }

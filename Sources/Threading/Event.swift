@@ -32,9 +32,15 @@ public final class Event: Sendable {
     ///
     /// - Returns: the flag's value on return (`false` only after a timeout).
     @discardableResult
-    public func wait(timeout: Duration? = nil) -> Bool {
+    public func wait(timeout: Duration? = nil) -> Bool { wait(timeout: timeout, spin: true) }
+
+    /// `spin: false` sleeps at once: right for waits expected to be long (thread join), where spinning
+    /// would keep this CPU busy and push the thread we wait for onto another, possibly halted, CPU.
+    func wait(timeout: Duration?, spin: Bool) -> Bool {
         if isSet { return true }
-        let got = try? monitor.wait(on: 0, until: Deadline.after(timeout)) { state, _ in state ? true : nil }
+        let got = try? monitor.wait(on: 0, until: Deadline.after(timeout), parkSpin: spin) { state, _ in
+            state ? true : nil
+        }
         return got ?? false
     }
 

@@ -25,6 +25,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         var started = false
         var ident: UInt64?
         var nativeID: Int32?
+        var explicitName: Bool
     }
 
     private let state: Mutex<State>
@@ -48,7 +49,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         _ body: @escaping @Sendable () throws -> Void
     ) {
         let n = name ?? "Thread-\(OSThread.counter.add(1, ordering: .relaxed).newValue)"
-        state = Mutex(State(name: n, isDaemon: daemon ?? OSThread.current.isDaemon))
+        state = Mutex(State(name: n, isDaemon: daemon ?? OSThread.current.isDaemon, explicitName: name != nil))
         self.body = body
         self.stackSize = stackSize ?? 0
         isDummy = false
@@ -57,7 +58,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
     /// A thread object for a thread we did not start (the main thread, Dispatch or Swift concurrency
     /// threads) — Python's `_MainThread` / `_DummyThread`.
     private init(foreignNamed name: String, daemon: Bool) {
-        var s = State(name: name, isDaemon: daemon)
+        var s = State(name: name, isDaemon: daemon, explicitName: true)
         s.started = true
         s.ident = mp_pthread_self()
         s.nativeID = mp_gettid()
@@ -70,7 +71,8 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
 
     // MARK: - Properties
 
-    /// The thread's name — Python's `Thread.name`.
+    /// The thread's name — Python's `Thread.name`. A name given to `init` is also given to the kernel
+    /// (first 15 bytes, visible in `ps`/`top`); default `Thread-N` names are not, to keep start cheap.
     public var name: String {
         get { state.withLock { $0.name } }
         set { state.withLock { $0.name = newValue } }
@@ -113,7 +115,6 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
             s.started = true
             return s.isDaemon
         }
-        OSThread.registry.withLock { $0[ObjectIdentifier(self)] = self }
         if !daemon { OSThread.registerExitJoin() }
         var pt: UInt64 = 0
         let context = Unmanaged.passRetained(self).toOpaque()
@@ -122,7 +123,6 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         }, context, stackSize, &pt)
         if rc != 0 {
             Unmanaged<OSThread>.fromOpaque(context).release()
-            OSThread.registry.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
             state.withLock { $0.started = false }
             throw ThreadingError(.threadCreation, "pthread_create failed: \(String(cString: strerror(rc)))")
         }
@@ -130,21 +130,22 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
     }
 
     private func run() {
-        let name = state.withLock { s in
-            s.ident = mp_pthread_self()
+        let me = mp_pthread_self()
+        let name: String? = state.withLock { s in
+            s.ident = me
             s.nativeID = mp_gettid()
-            return s.name
+            return s.explicitName ? s.name : nil
         }
+        OSThread.registry.withLock { $0[me] = self }
         ready.set()
-        _ = name.withCString { mp_set_thread_name($0) }
-        OSThread.currentSlot.value = self
+        if let name { _ = name.withCString { mp_set_thread_name($0) } }
         do {
             try body?()
         } catch {
             let hook = OSThread.hook.withLock { $0 }
             hook(ExceptHookArguments(error: error, thread: self))
         }
-        OSThread.registry.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
+        OSThread.registry.withLock { _ = $0.removeValue(forKey: me) }
         finished.set()
     }
 
@@ -159,7 +160,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         }
         if OSThread.current === self { throw ThreadingError(.cannotJoin, "cannot join current thread") }
         if isDummy { return false }
-        return finished.wait(timeout: timeout)
+        return finished.wait(timeout: timeout, spin: false)
     }
 
     /// Suspends the task until the thread finishes, without blocking a thread.
@@ -172,7 +173,8 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
 
 extension OSThread {
     private static let counter = Atomic<Int>(0)
-    private static let registry = Mutex<[ObjectIdentifier: OSThread]>([:])
+    /// Live threads started by `OSThread`, by `pthread_t`.
+    private static let registry = Mutex<[UInt64: OSThread]>([:])
     private static let currentSlot = ThreadLocal<OSThread?>()
     private static let exitJoinRegistered = Atomic<Bool>(false)
 
@@ -190,8 +192,11 @@ extension OSThread {
     /// a daemon, not joinable), as in Python.
     public static var current: OSThread {
         if let t = currentSlot.value { return t }
+        let me = mp_pthread_self()
         let t: OSThread
-        if mp_pthread_self() == mp_main_pthread() {
+        if let started = registry.withLock({ $0[me] }) {
+            t = started
+        } else if me == mp_main_pthread() {
             t = main
         } else {
             t = OSThread(foreignNamed: "Dummy-\(counter.add(1, ordering: .relaxed).newValue)", daemon: true)

@@ -171,6 +171,7 @@ final class Monitor<State>: @unchecked Sendable {  // all state behind `mutex`
         on list: Int,
         until deadline: Deadline?,
         spinUntil probe: (() -> Bool)? = nil,
+        parkSpin: Bool = true,
         _ attempt: (inout State, inout Wakes) throws -> R?
     ) throws -> R? {
         var waiter: Waiter?
@@ -212,7 +213,7 @@ final class Monitor<State>: @unchecked Sendable {  // all state behind `mutex`
                 }
             case .park(let w):
                 waiter = w
-                _ = w.parker!.park(until: deadline)
+                _ = w.parker!.park(until: deadline, spin: parkSpin)
             }
         }
     }

@@ -31,8 +31,8 @@ final class Parker: @unchecked Sendable {  // the word is only touched through a
 
     /// Blocks until unparked or until `deadline`; returns `true` when unparked.
     @usableFromInline
-    func park(until deadline: Deadline?) -> Bool {
-        var spins = Parker.spinIterations
+    func park(until deadline: Deadline?, spin: Bool = true) -> Bool {
+        var spins = spin ? Parker.spinIterations : 0
         while spins > 0 {
             if mp_atomic_load_u32(word) == 1 { return true }
             mp_cpu_relax()

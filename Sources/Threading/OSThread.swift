@@ -115,6 +115,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
             s.started = true
             return s.isDaemon
         }
+        OSThread.registry.withLock { $0[ObjectIdentifier(self)] = self }
         if !daemon { OSThread.registerExitJoin() }
         var pt: UInt64 = 0
         let context = Unmanaged.passRetained(self).toOpaque()
@@ -123,6 +124,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         }, context, stackSize, &pt)
         if rc != 0 {
             Unmanaged<OSThread>.fromOpaque(context).release()
+            OSThread.registry.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
             state.withLock { $0.started = false }
             throw ThreadingError(.threadCreation, "pthread_create failed: \(String(cString: strerror(rc)))")
         }
@@ -136,7 +138,6 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
             s.nativeID = mp_gettid()
             return s.explicitName ? s.name : nil
         }
-        OSThread.registry.withLock { $0[me] = self }
         ready.set()
         if let name { _ = name.withCString { mp_set_thread_name($0) } }
         do {
@@ -145,7 +146,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
             let hook = OSThread.hook.withLock { $0 }
             hook(ExceptHookArguments(error: error, thread: self))
         }
-        OSThread.registry.withLock { _ = $0.removeValue(forKey: me) }
+        OSThread.registry.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
         finished.set()
     }
 
@@ -173,8 +174,8 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
 
 extension OSThread {
     private static let counter = Atomic<Int>(0)
-    /// Live threads started by `OSThread`, by `pthread_t`.
-    private static let registry = Mutex<[UInt64: OSThread]>([:])
+    /// Threads started by `OSThread` and not finished (registered by `start`, before the thread runs).
+    private static let registry = Mutex<[ObjectIdentifier: OSThread]>([:])
     private static let currentSlot = ThreadLocal<OSThread?>()
     private static let exitJoinRegistered = Atomic<Bool>(false)
 
@@ -194,7 +195,8 @@ extension OSThread {
         if let t = currentSlot.value { return t }
         let me = mp_pthread_self()
         let t: OSThread
-        if let started = registry.withLock({ $0[me] }) {
+        // First call in this thread: find it among ours (by pthread_t, set as the thread begins), then cache.
+        if let started = registry.withLock({ $0.values.first { $0.state.withLock { $0.ident } == me } }) {
             t = started
         } else if me == mp_main_pthread() {
             t = main

@@ -6,11 +6,14 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Threading", targets: ["Threading"]),
+        .library(name: "Multiprocessing", targets: ["Multiprocessing"]),
         .executable(name: "mp", targets: ["mp"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
     ],
     targets: [
         // C: what Swift cannot import from Glibc (futex, gettid, prctl, ...), every symbol prefixed `mp_`.
@@ -24,10 +27,28 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
+        // Processes: workers by re-exec, typed jobs, Process, Pipe/Connection, Listener/Client, queues.
+        .target(
+            name: "Multiprocessing",
+            dependencies: [
+                "CMultiprocessingShims",
+                "Threading",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // The seed notes' programs, ported; `mp demo` runs them.
-        .target(name: "SeedExamples", dependencies: ["Threading"], path: "Examples/SeedExamples"),
-        .executableTarget(name: "mp", dependencies: ["Threading", "SeedExamples"]),
+        .target(
+            name: "SeedExamples",
+            dependencies: [
+                "Threading", "Multiprocessing",
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            path: "Examples/SeedExamples"
+        ),
+        .executableTarget(name: "mp", dependencies: ["Threading", "Multiprocessing", "SeedExamples"]),
         .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
+        .testTarget(name: "MultiprocessingTests", dependencies: ["Multiprocessing", "Threading"]),
     ]
 )
 

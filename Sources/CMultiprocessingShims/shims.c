@@ -8,6 +8,16 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <sched.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 
 int mp_futex_wait(uint32_t *addr, uint32_t expected, const struct timespec *deadline) {
     // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so retries need no recomputation.
@@ -66,4 +76,151 @@ long mp_cpu_count(void) {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
     return sysconf(_SC_NPROCESSORS_ONLN);
+}
+
+int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, pid_t *out_pid) {
+    int fd = child_fd;
+    int tmp = -1;
+    if (fd == 3) {  // dup2(3, 3) would keep FD_CLOEXEC: move it first
+        tmp = fcntl(fd, F_DUPFD_CLOEXEC, 4);
+        if (tmp < 0) return errno;
+        fd = tmp;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&attr);
+    posix_spawn_file_actions_adddup2(&fa, fd, 3);
+    posix_spawn_file_actions_addclosefrom_np(&fa, 4);
+    sigset_t empty, defaults;
+    sigemptyset(&empty);
+    sigemptyset(&defaults);
+    sigaddset(&defaults, SIGINT);
+    sigaddset(&defaults, SIGTERM);
+    sigaddset(&defaults, SIGPIPE);
+    sigaddset(&defaults, SIGCHLD);
+    posix_spawnattr_setsigmask(&attr, &empty);
+    posix_spawnattr_setsigdefault(&attr, &defaults);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t pid;
+    int rc = posix_spawn(&pid, path, &fa, &attr, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    if (tmp >= 0) close(tmp);
+    if (rc == 0 && out_pid) *out_pid = pid;
+    return rc;
+}
+
+int mp_pidfd_open(pid_t pid) {
+    long r = syscall(SYS_pidfd_open, pid, 0);
+    return r < 0 ? -errno : (int)r;
+}
+
+int mp_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig) == 0 ? 0 : errno; }
+
+int mp_memfd_create(const char *name) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int mp_waitpid_nohang(pid_t pid, int *status) {
+    for (;;) {
+        pid_t r = waitpid(pid, status, WNOHANG);
+        if (r >= 0) return (int)r;
+        if (errno != EINTR) return -errno;
+    }
+}
+
+int mp_waitpid_blocking(pid_t pid, int *status) {
+    for (;;) {
+        pid_t r = waitpid(pid, status, 0);
+        if (r >= 0) return (int)r;
+        if (errno != EINTR) return -errno;
+    }
+}
+
+long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds, int flags) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    struct msghdr msg = { 0 };
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    char control[CMSG_SPACE(sizeof(int) * 64)];
+    if (nfds > 64) return -EINVAL;
+    if (nfds > 0) {
+        memset(control, 0, sizeof control);
+        msg.msg_control = control;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    for (;;) {
+        ssize_t r = sendmsg(sock, &msg, flags | MSG_NOSIGNAL);
+        if (r >= 0) return r;
+        if (errno != EINTR) return -errno;
+    }
+}
+
+long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    struct msghdr msg = { 0 };
+    char control[CMSG_SPACE(sizeof(int) * 64)];
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    *nfds = 0;
+    ssize_t r;
+    for (;;) {
+        r = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
+        if (r >= 0) break;
+        if (errno != EINTR) return -errno;
+    }
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *in = (int *)CMSG_DATA(c);
+        for (int i = 0; i < n; i++) {
+            if (*nfds < maxfds) fds[(*nfds)++] = in[i];
+            else close(in[i]);
+        }
+    }
+    return r;
+}
+
+int mp_set_nodelay(int fd) {
+    int one = 1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0 ? 0 : errno;
+}
+
+// ---- worker mode: entered before main ----
+static int mp_deferred;
+int mp_worker_deferred(void) { return mp_deferred; }
+
+__attribute__((constructor)) static void mp_worker_hook(void) {
+    const char *mode = getenv("SWIFT_MP_WORKER");
+    if (!mode) return;
+    // Grandchildren start clean: the marker is for this process only.
+    char parent_buf[32] = {0};
+    const char *parent = getenv("SWIFT_MP_PARENT");
+    if (parent) strncpy(parent_buf, parent, sizeof parent_buf - 1);
+    unsetenv("SWIFT_MP_WORKER");
+    unsetenv("SWIFT_MP_PARENT");
+    // Die with the parent: parent-death signal (set only when the parent's spawning thread is its main
+    // thread, see the Swift side), then a check that closes the race with a parent that already died.
+    if (parent_buf[0]) {
+        long ppid = strtol(parent_buf, NULL, 10);
+        if (strchr(parent_buf, 'd')) prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (ppid > 0 && getppid() != (pid_t)ppid) _exit(70);
+    }
+    if (mode[0] == 'b') { mp_deferred = 1; return; }
+    if (!mp_worker_entry) {
+        static const char msg[] = "swift-multiprocessing: started as a worker, but the Multiprocessing module is not linked\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        _exit(70);
+    }
+    mp_worker_entry(3);
+    _exit(0);
 }

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <time.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 
 // ---- atomics on a raw 32-bit word (header-only so Swift can inline them) ----
 static inline uint32_t mp_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
@@ -32,6 +33,39 @@ static inline void mp_cpu_relax(void) {
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
+
+// ---- processes ----
+/// Spawns `path` with `argv`/`envp` (NULL-terminated); `child_fd` becomes fd 3 in the child and every
+/// other descriptor >= 3 is closed there. Signal mask emptied, SIGINT/SIGTERM/SIGPIPE reset to default.
+/// Returns 0 or an errno value.
+int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, pid_t *out_pid);
+int mp_pidfd_open(pid_t pid);
+int mp_set_pdeathsig(int sig);
+int mp_memfd_create(const char *name);
+/// Waits for `pid` without blocking; returns the pid if it ended (with *status set), 0 if not, -errno on error.
+int mp_waitpid_nohang(pid_t pid, int *status);
+int mp_waitpid_blocking(pid_t pid, int *status);
+static inline int mp_wifexited(int status) { return WIFEXITED(status); }
+static inline int mp_wexitstatus(int status) { return WEXITSTATUS(status); }
+static inline int mp_wifsignaled(int status) { return WIFSIGNALED(status); }
+static inline int mp_wtermsig(int status) { return WTERMSIG(status); }
+
+// ---- sockets with descriptor passing ----
+/// sendmsg of `len` bytes with `nfds` descriptors as SCM_RIGHTS; returns bytes sent or -errno.
+long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds, int flags);
+/// recvmsg into `buf`; received descriptors (MSG_CMSG_CLOEXEC) go to `fds` (at most `maxfds`, the
+/// count in `*nfds`; extra ones are closed). Returns bytes received or -errno.
+long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags);
+int mp_set_nodelay(int fd);
+
+// ---- worker mode ----
+/// Set by the load-time hook: 1 when this process was started as a worker whose entry is deferred to an
+/// explicit bootstrap() call.
+int mp_worker_deferred(void);
+/// The worker entry point, defined in Swift (`@_cdecl`) by the Multiprocessing module. Weak, so that
+/// programs that do not link Multiprocessing are unaffected.
+extern void mp_worker_entry(int fd) __attribute__((weak));
+
 #endif
 }
 
@@ -51,5 +85,38 @@ int mp_set_thread_name(const char *name);
 /// The pthread id of the main thread, captured by a load-time constructor.
 uint64_t mp_main_pthread(void);
 long mp_cpu_count(void);
+
+
+// ---- processes ----
+/// Spawns `path` with `argv`/`envp` (NULL-terminated); `child_fd` becomes fd 3 in the child and every
+/// other descriptor >= 3 is closed there. Signal mask emptied, SIGINT/SIGTERM/SIGPIPE reset to default.
+/// Returns 0 or an errno value.
+int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, pid_t *out_pid);
+int mp_pidfd_open(pid_t pid);
+int mp_set_pdeathsig(int sig);
+int mp_memfd_create(const char *name);
+/// Waits for `pid` without blocking; returns the pid if it ended (with *status set), 0 if not, -errno on error.
+int mp_waitpid_nohang(pid_t pid, int *status);
+int mp_waitpid_blocking(pid_t pid, int *status);
+static inline int mp_wifexited(int status) { return WIFEXITED(status); }
+static inline int mp_wexitstatus(int status) { return WEXITSTATUS(status); }
+static inline int mp_wifsignaled(int status) { return WIFSIGNALED(status); }
+static inline int mp_wtermsig(int status) { return WTERMSIG(status); }
+
+// ---- sockets with descriptor passing ----
+/// sendmsg of `len` bytes with `nfds` descriptors as SCM_RIGHTS; returns bytes sent or -errno.
+long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds, int flags);
+/// recvmsg into `buf`; received descriptors (MSG_CMSG_CLOEXEC) go to `fds` (at most `maxfds`, the
+/// count in `*nfds`; extra ones are closed). Returns bytes received or -errno.
+long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags);
+int mp_set_nodelay(int fd);
+
+// ---- worker mode ----
+/// Set by the load-time hook: 1 when this process was started as a worker whose entry is deferred to an
+/// explicit bootstrap() call.
+int mp_worker_deferred(void);
+/// The worker entry point, defined in Swift (`@_cdecl`) by the Multiprocessing module. Weak, so that
+/// programs that do not link Multiprocessing are unaffected.
+extern void mp_worker_entry(int fd) __attribute__((weak));
 
 #endif

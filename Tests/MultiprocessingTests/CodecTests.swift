@@ -1,0 +1,90 @@
+import Testing
+@testable import Multiprocessing
+
+struct CodecTests {
+    struct Inner: Codable, Equatable { var a: Int; var s: String? }
+    enum Kind: String, Codable, Equatable { case x, y }
+    enum Payload: Codable, Equatable { case none, one(Int), pair(String, Double) }
+    struct Outer: Codable, Equatable {
+        var i: Int = -5
+        var u: UInt8 = 250
+        var d: Double = 3.25
+        var f: Float = -1.5
+        var b: Bool = true
+        var s: String = "héllo"
+        var opt: Int? = nil
+        var arr: [Int] = [1, -2, 3]
+        var bytes: [UInt8] = [0, 255, 7]
+        var doubles: [Double] = [0.5, 1e300]
+        var inners: [Inner] = [Inner(a: 1, s: nil), Inner(a: 2, s: "two")]
+        var dict: [String: Int] = ["a": 1, "b": 2]
+        var intDict: [Int: String] = [3: "c"]
+        var nested: [[Int]] = [[1], [], [2, 3]]
+        var kind: Kind = .y
+        var payloads: [Payload] = [.none, .one(4), .pair("p", 2.5)]
+        var optArr: [Int?] = [1, nil, 3]
+        var big: Int64 = .min
+        var bigU: UInt64 = .max
+    }
+
+    func roundTrip<T: Codable & Equatable>(_ v: T) throws -> T {
+        let bytes = try BinaryEncoder().encode(v)
+        let back = try BinaryDecoder().decode(T.self, from: bytes)
+        #expect(back == v)
+        return back
+    }
+
+    @Test func roundTripsEverything() throws {
+        _ = try roundTrip(Outer())
+        _ = try roundTrip(42)
+        _ = try roundTrip("just a string")
+        _ = try roundTrip([1.5, 2.5])
+        _ = try roundTrip(Optional<Int>.none)
+        _ = try roundTrip([String]())
+        _ = try roundTrip(Array(repeating: Outer(), count: 3))
+    }
+
+    @Test func trivialArraysAreRawBytes() throws {
+        let xs = Array(0..<10_000)
+        let bytes = try BinaryEncoder().encode(xs)
+        #expect(bytes.count < 10_000 * 8 + 16)
+        #expect(try BinaryDecoder().decode([Int].self, from: bytes) == xs)
+        // A trivial array decodes as the element type it was written with, or fails clearly.
+        #expect(throws: CodecError.self) { try BinaryDecoder().decode([Int32].self, from: bytes) }
+    }
+
+    /// A type whose decoder reads keys in another order than its encoder wrote them, and skips one.
+    struct Reordered: Codable, Equatable {
+        var a: Int, b: String, c: [Int]
+        enum CodingKeys: String, CodingKey { case a, b, c, extra }
+        init(a: Int, b: String, c: [Int]) { (self.a, self.b, self.c) = (a, b, c) }
+        init(from decoder: any Decoder) throws {
+            let k = try decoder.container(keyedBy: CodingKeys.self)
+            c = try k.decode([Int].self, forKey: .c)
+            a = try k.decode(Int.self, forKey: .a)
+            b = try k.decode(String.self, forKey: .b)
+            #expect(!k.contains(.extra) || k.contains(.extra))
+        }
+        func encode(to encoder: any Encoder) throws {
+            var k = encoder.container(keyedBy: CodingKeys.self)
+            try k.encode(a, forKey: .a)
+            try k.encode(["ignored"], forKey: .extra)
+            try k.encode(b, forKey: .b)
+            try k.encode(c, forKey: .c)
+        }
+    }
+
+    @Test func outOfOrderAndUnknownKeys() throws {
+        _ = try roundTrip([Reordered(a: 1, b: "x", c: [9, 8]), Reordered(a: 2, b: "y", c: [])])
+    }
+
+    @Test func malformedInputIsAnErrorNotACrash() throws {
+        let good = try BinaryEncoder().encode(Outer())
+        for cut in stride(from: 0, to: good.count, by: 7) {
+            #expect(throws: (any Error).self) { try BinaryDecoder().decode(Outer.self, from: Array(good[..<cut])) }
+        }
+        #expect(throws: (any Error).self) { try BinaryDecoder().decode(Int.self, from: [0xff, 1, 2]) }
+        #expect(throws: (any Error).self) { try BinaryDecoder().decode(Int8.self, from: try BinaryEncoder().encode(1000)) }
+        #expect(throws: (any Error).self) { try BinaryDecoder().decode(Outer.self, from: try BinaryEncoder().encode("no")) }
+    }
+}

@@ -224,3 +224,10 @@ __attribute__((constructor)) static void mp_worker_hook(void) {
     mp_worker_entry(3);
     _exit(0);
 }
+
+int mp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC) == 0 ? 0 : errno; }
+
+int mp_pidfd_send_signal(int pidfd, int sig) {
+    long r = syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+    return r == 0 ? 0 : errno;
+}

@@ -6,6 +6,8 @@
 #include <time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <sys/epoll.h>
+#include <poll.h>
 
 // ---- atomics on a raw 32-bit word (header-only so Swift can inline them) ----
 static inline uint32_t mp_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
@@ -40,6 +42,8 @@ static inline void mp_cpu_relax(void) {
 /// Returns 0 or an errno value.
 int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, pid_t *out_pid);
 int mp_pidfd_open(pid_t pid);
+/// Sends `sig` through a pidfd (never hits a recycled pid); 0 or an errno value.
+int mp_pidfd_send_signal(int pidfd, int sig);
 int mp_set_pdeathsig(int sig);
 int mp_memfd_create(const char *name);
 /// Waits for `pid` without blocking; returns the pid if it ended (with *status set), 0 if not, -errno on error.
@@ -57,6 +61,8 @@ long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int
 /// count in `*nfds`; extra ones are closed). Returns bytes received or -errno.
 long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags);
 int mp_set_nodelay(int fd);
+int mp_pipe_cloexec(int fds[2]);
+static const short MP_POLLRDHUP = 0x2000;
 
 // ---- worker mode ----
 /// Set by the load-time hook: 1 when this process was started as a worker whose entry is deferred to an
@@ -93,6 +99,8 @@ long mp_cpu_count(void);
 /// Returns 0 or an errno value.
 int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, pid_t *out_pid);
 int mp_pidfd_open(pid_t pid);
+/// Sends `sig` through a pidfd (never hits a recycled pid); 0 or an errno value.
+int mp_pidfd_send_signal(int pidfd, int sig);
 int mp_set_pdeathsig(int sig);
 int mp_memfd_create(const char *name);
 /// Waits for `pid` without blocking; returns the pid if it ended (with *status set), 0 if not, -errno on error.
@@ -110,6 +118,8 @@ long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int
 /// count in `*nfds`; extra ones are closed). Returns bytes received or -errno.
 long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags);
 int mp_set_nodelay(int fd);
+int mp_pipe_cloexec(int fds[2]);
+static const short MP_POLLRDHUP = 0x2000;
 
 // ---- worker mode ----
 /// Set by the load-time hook: 1 when this process was started as a worker whose entry is deferred to an

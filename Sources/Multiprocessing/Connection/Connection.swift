@@ -1,0 +1,309 @@
+internal import CMultiprocessingShims
+import Glibc
+import Synchronization
+import Threading
+
+/// One end of a message channel — Python's `multiprocessing.connection.Connection`.
+///
+/// Messages are framed exactly as CPython frames them (a 4-byte big-endian signed length, or `-1` and an
+/// 8-byte length past 2 GiB), so raw byte messages interoperate with Python's `send_bytes`/`recv_bytes`.
+/// `Codable` values travel in this package's binary format (Python sends pickles; see
+/// ``sendBytes(_:)`` for talking to Python). Sends and receives are each serialised by a lock, so one
+/// connection may be shared by threads; receiving has a blocking form with a timeout and an async form
+/// that never blocks a thread.
+///
+/// - Important: After a framing error (an oversized or malformed frame, or a timeout in the middle of a
+///   frame) the stream position is lost, so the connection refuses further receives with
+///   ``MultiprocessingError/Code/closed``.
+public final class Connection: @unchecked Sendable {  // send state behind `sendLock`, receive state behind `recvLock`
+    /// The default limit on one received message: 1 GiB (Python has none).
+    public static let defaultMaxMessageSize = 1 << 30
+
+    private let fd: Int32
+    /// Whether this end can receive.
+    public let isReadable: Bool
+    /// Whether this end can send.
+    public let isWritable: Bool
+    private let isSocket: Bool
+    private let closedFlag = Atomic<Bool>(false)
+    private let sendLock = Lock()
+    private let recvLock = Lock()
+
+    // Receive state (behind recvLock).
+    private var buffer: [UInt8]
+    private var readPos = 0
+    private var writePos = 0
+    private var large: (payload: [UInt8], filled: Int)?
+    private var broken: String?
+    private var pendingFds: [Int32] = []
+
+    /// Wraps an open descriptor, taking ownership of it.
+    public init(fileDescriptor: Int32, readable: Bool = true, writable: Bool = true) {
+        fd = fileDescriptor
+        isReadable = readable
+        isWritable = writable
+        isSocket = Syscall.isSocket(fileDescriptor)
+        buffer = readable ? Array(repeating: 0, count: 64 * 1024) : []
+    }
+
+    deinit {
+        if !closedFlag.load(ordering: .relaxed) { Syscall.close(fd) }
+        for f in pendingFds { Syscall.close(f) }
+    }
+
+    /// The descriptor, for `poll`/`select` — Python's `Connection.fileno()`.
+    public var fileDescriptor: Int32 { fd }
+
+    /// Whether ``close()`` was called.
+    public var isClosed: Bool { closedFlag.load(ordering: .relaxed) }
+
+    /// Closes this end — Python's `Connection.close()`. Idempotent; wakes async receivers.
+    public func close() {
+        guard closedFlag.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        Reactor.shared.cancelWaits(on: fd)
+        // Shut down first so a thread blocked in poll/recv on this descriptor wakes up.
+        if isSocket { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+        Syscall.close(fd)
+    }
+
+    private func checkOpen() throws(MultiprocessingError) {
+        if isClosed { throw MultiprocessingError(.closed, "the connection is closed") }
+    }
+
+    // MARK: - Sending
+
+    /// Sends one message of raw bytes — Python's `send_bytes(buf)`.
+    public func sendBytes(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try sendFrame($0, fds: []) }
+    }
+
+    /// Sends one message of raw bytes.
+    public func sendBytes(_ bytes: UnsafeRawBufferPointer) throws { try sendFrame(bytes, fds: []) }
+
+    /// Sends a `Codable` value as one message (binary format; a Python peer cannot unpickle it).
+    public func send<T: Encodable>(_ value: T) throws {
+        let (bytes, fds) = try MessageCodec.encode(value)
+        try bytes.withUnsafeBytes { try sendFrame($0, fds: fds) }
+    }
+
+    /// Writes one frame; `fds` travel as `SCM_RIGHTS` with its first bytes (sockets only).
+    func sendFrame(_ payload: UnsafeRawBufferPointer, fds: [Int32]) throws {
+        try checkOpen()
+        guard isWritable else { throw MultiprocessingError(.invalidState, "this end of the connection is read-only") }
+        var header: [UInt8] = []
+        if payload.count > Int(Int32.max) {
+            header = [0xff, 0xff, 0xff, 0xff]
+            withUnsafeBytes(of: UInt64(payload.count).bigEndian) { header.append(contentsOf: $0) }
+        } else {
+            withUnsafeBytes(of: Int32(payload.count).bigEndian) { header.append(contentsOf: $0) }
+        }
+        try sendLock.withLock {
+            if payload.count <= 16 * 1024 {
+                // One syscall: header and payload copied together.
+                var frame = header
+                frame.append(contentsOf: payload)
+                try sendWithFds(frame, fds: fds)
+            } else {
+                try sendWithFds(header, fds: fds)
+                try Syscall.writeAll(fd, payload)
+            }
+        }
+    }
+
+    private func sendWithFds(_ bytes: [UInt8], fds: [Int32]) throws {
+        if fds.isEmpty {
+            try bytes.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
+            return
+        }
+        guard isSocket else { throw MultiprocessingError(.invalidState, "descriptors can only travel over Unix sockets") }
+        let sent = bytes.withUnsafeBytes { p in fds.withUnsafeBufferPointer { f in
+            mp_send_with_fds(fd, p.baseAddress, p.count, f.baseAddress, Int32(f.count), 0)
+        } }
+        if sent < 0 { throw Syscall.writeError(Int32(-sent)) }
+        if sent < bytes.count {
+            try bytes.withUnsafeBytes { try Syscall.writeAll(fd, UnsafeRawBufferPointer(rebasing: $0[sent...])) }
+        }
+    }
+
+    // MARK: - Receiving
+
+    /// Receives one message of raw bytes — Python's `recv_bytes(maxlength)`.
+    ///
+    /// - Parameters:
+    ///   - maxLength: the largest message accepted; a longer one throws
+    ///     ``MultiprocessingError/Code/messageTooLarge`` and closes the receiving side.
+    ///   - timeout: the longest wait for the whole message (`nil`: forever).
+    /// - Throws: ``MultiprocessingError/Code/endOfFile`` when the peer has closed and nothing is left;
+    ///   ``MultiprocessingError/Code/timedOut``.
+    public func recvBytes(maxLength: Int = Connection.defaultMaxMessageSize, timeout: Duration? = nil) throws -> [UInt8] {
+        try receiveFrame(maxLength: maxLength, deadline: Deadline.after(timeout))
+    }
+
+    /// Receives one `Codable` value sent with ``send(_:)``.
+    public func recv<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil) throws -> T {
+        let bytes = try receiveFrame(maxLength: Connection.defaultMaxMessageSize, deadline: Deadline.after(timeout))
+        return try decodeMessage(type, bytes)
+    }
+
+    func decodeMessage<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws -> T {
+        try recvLock.withLock { try MessageCodec.decode(type, from: bytes, fds: &pendingFds) }
+    }
+
+    /// Receives one message, suspending the task (not a thread) until it arrives.
+    public func recvBytes(maxLength: Int = Connection.defaultMaxMessageSize) async throws -> [UInt8] {
+        while true {
+            if let frame = try withReceiveLockAsync({ try tryReceiveFrame(maxLength: maxLength) }) { return frame }
+            try await Reactor.shared.wait(fd, for: .readable)
+        }
+    }
+
+    /// Receives one `Codable` value, suspending the task until it arrives.
+    public func recv<T: Decodable>(_ type: T.Type = T.self) async throws -> T {
+        let bytes = try await recvBytes()
+        return try decodeMessage(type, bytes)
+    }
+
+    /// Whether a message can be received without blocking (or the peer hung up) — Python's
+    /// `poll(timeout)`; the default is not to wait.
+    public func poll(timeout: Duration? = .zero) throws -> Bool {
+        try checkOpen()
+        if recvLock.withLock({ writePos > readPos || large != nil }) { return true }
+        return try Syscall.poll(fd, events: Int16(POLLIN), deadline: Deadline.after(timeout))
+    }
+
+    private func withReceiveLockAsync<R>(_ body: () throws -> R) throws -> R {
+        // Receivers in tasks never block on the lock: a contended lock is retried after a yield.
+        while !recvLock.acquire(blocking: false) { sched_yield() }
+        defer { try? recvLock.release() }
+        return try body()
+    }
+
+    func receiveFrame(maxLength: Int, deadline: Deadline?) throws -> [UInt8] {
+        try checkOpen()
+        guard isReadable else { throw MultiprocessingError(.invalidState, "this end of the connection is write-only") }
+        guard recvLock.acquire(timeout: deadline?.remaining) else {
+            throw MultiprocessingError(.timedOut, "timed out waiting for another receiver")
+        }
+        defer { try? recvLock.release() }
+        while true {
+            if let frame = try tryReceiveFrame(maxLength: maxLength) { return frame }
+            if try !Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) {
+                if writePos > readPos || large != nil {
+                    broken = "a timeout in the middle of a message"
+                }
+                throw MultiprocessingError(.timedOut, "no message within the timeout")
+            }
+        }
+    }
+
+    /// With `recvLock` held: returns a complete frame, reading what is available without blocking; `nil`
+    /// when more bytes are needed.
+    private func tryReceiveFrame(maxLength: Int) throws -> [UInt8]? {
+        if let broken { throw MultiprocessingError(.closed, "the connection is unusable after \(broken)") }
+        try checkOpen()
+        while true {
+            if var (payload, filled) = large {
+                // A large frame is read straight into its own buffer.
+                large = nil
+                let n = try payload.withUnsafeMutableBytes { p in
+                    try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[filled...]))
+                }
+                if n == 0 { return nil }
+                filled += n
+                if filled == payload.count { return payload }
+                large = (payload, filled)
+                continue
+            }
+            if let frame = try parseBuffered(maxLength: maxLength) { return frame }
+            if large != nil { continue }
+            // Need more bytes: compact, then read.
+            if readPos > 0 {
+                let live = writePos - readPos
+                if live > 0 { buffer.withUnsafeMutableBytes { p in p.baseAddress!.copyMemory(from: p.baseAddress! + readPos, byteCount: live) } }
+                readPos = 0
+                writePos = live
+            }
+            let n = try buffer.withUnsafeMutableBytes { p in
+                try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[writePos...]))
+            }
+            if n == 0 { return nil }
+            writePos += n
+        }
+    }
+
+    /// Reads without blocking; 0 means "nothing now". End of file throws.
+    private func readSome(into p: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard let n = try Syscall.readNow(fd, into: p, fds: &pendingFds, isSocket: isSocket) else { return 0 }
+        if n == 0 {
+            if writePos > readPos || large != nil {
+                broken = "end of file in the middle of a message"
+                throw MultiprocessingError(.malformedMessage, "the peer closed the connection in the middle of a message")
+            }
+            throw MultiprocessingError(.endOfFile, "the peer closed the connection")
+        }
+        return n
+    }
+
+    private func parseBuffered(maxLength: Int) throws -> [UInt8]? {
+        let avail = writePos - readPos
+        guard avail >= 4 else { return nil }
+        var headerSize = 4
+        var size = buffer.withUnsafeBytes { Int(Int32(bigEndian: $0.loadUnaligned(fromByteOffset: readPos, as: Int32.self))) }
+        if size == -1 {
+            guard avail >= 12 else { return nil }
+            let big = buffer.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: readPos + 4, as: UInt64.self)) }
+            guard big <= UInt64(Int.max) else {
+                broken = "a malformed frame header"
+                throw MultiprocessingError(.malformedMessage, "frame length \(big) is out of range")
+            }
+            size = Int(big)
+            headerSize = 12
+        } else if size < 0 {
+            broken = "a malformed frame header"
+            throw MultiprocessingError(.malformedMessage, "negative frame length \(size)")
+        }
+        if size > maxLength {
+            broken = "an oversized message"
+            throw MultiprocessingError(.messageTooLarge, "message of \(size) bytes exceeds the limit of \(maxLength)")
+        }
+        let start = readPos + headerSize
+        if writePos - start >= size {
+            let frame = Array(buffer[start..<(start + size)])
+            readPos = start + size
+            return frame
+        }
+        if size > buffer.count - headerSize {
+            // Too big for the buffer: move what we have into a dedicated payload.
+            var payload = [UInt8](repeating: 0, count: size)
+            let have = writePos - start
+            payload.withUnsafeMutableBytes { p in
+                buffer.withUnsafeBytes { b in p.baseAddress!.copyMemory(from: b.baseAddress! + start, byteCount: have) }
+            }
+            readPos = 0
+            writePos = 0
+            large = (payload, have)
+        }
+        return nil
+    }
+
+    // MARK: - Descriptors received
+
+    /// Takes the oldest descriptor received with messages (for the `Codable` fd-passing context).
+    func takeReceivedDescriptor() -> Int32? {
+        recvLock.withLock { pendingFds.isEmpty ? nil : pendingFds.removeFirst() }
+    }
+}
+
+/// Python's `multiprocessing.Pipe(duplex)`: two connected ends.
+///
+/// Duplex pipes are a Unix socket pair (either end sends and receives, descriptors can be passed);
+/// simplex pipes are an `os.pipe` — the first end receives, the second sends, as in Python.
+public func makePipe(duplex: Bool = true) throws -> (Connection, Connection) {
+    if duplex {
+        let (a, b) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+        return (Connection(fileDescriptor: a), Connection(fileDescriptor: b))
+    }
+    let (r, w) = try Syscall.pipe()
+    return (Connection(fileDescriptor: r, readable: true, writable: false),
+            Connection(fileDescriptor: w, readable: false, writable: true))
+}

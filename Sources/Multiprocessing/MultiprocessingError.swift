@@ -1,0 +1,63 @@
+/// The errors of the Multiprocessing module.
+///
+/// Python raises `EOFError`, `OSError`, `AuthenticationError`, `TimeoutError`, `queue.Empty`/`Full`,
+/// `ValueError` and others; here they are one type with an extensible ``Code``.
+public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Codable {
+    public struct Code: Hashable, Sendable, CustomStringConvertible, Codable {
+        private let raw: String
+        private init(_ raw: String) { self.raw = raw }
+        public var description: String { raw }
+
+        /// The peer closed the connection (Python's `EOFError`).
+        public static let endOfFile = Code("endOfFile")
+        /// This end was closed, or is unusable after an earlier framing error.
+        public static let closed = Code("closed")
+        /// A timed call ran out of time.
+        public static let timedOut = Code("timedOut")
+        /// A message longer than the receiver's limit (Python: `OSError("bad message length")`).
+        public static let messageTooLarge = Code("messageTooLarge")
+        /// Bytes that are not a valid frame or message.
+        public static let malformedMessage = Code("malformedMessage")
+        /// The authkey handshake failed (Python's `AuthenticationError`).
+        public static let authenticationFailed = Code("authenticationFailed")
+        /// A value could not be encoded.
+        public static let encodingFailed = Code("encodingFailed")
+        /// A value could not be decoded.
+        public static let decodingFailed = Code("decodingFailed")
+        /// A job type that cannot be sent to another process (private, fileprivate or local).
+        public static let unsupportedJob = Code("unsupportedJob")
+        /// The worker could not find the job type by name (a different executable?).
+        public static let unknownJob = Code("unknownJob")
+        /// The child process could not be started.
+        public static let spawnFailed = Code("spawnFailed")
+        /// The child process died or exited before answering.
+        public static let processDied = Code("processDied")
+        /// A queue operation found the queue empty (Python's `queue.Empty`).
+        public static let empty = Code("empty")
+        /// A queue operation found the queue full (Python's `queue.Full`).
+        public static let full = Code("full")
+        /// A misuse: start twice, join before start, `taskDone` too often, ...
+        public static let invalidState = Code("invalidState")
+        /// A system call failed; see ``MultiprocessingError/errno``.
+        public static let system = Code("system")
+    }
+
+    public let code: Code
+    public let message: String
+    /// The `errno` value for ``Code/system`` errors.
+    public let errno: Int32?
+
+    public init(_ code: Code, _ message: String, errno: Int32? = nil) {
+        self.code = code
+        self.message = message
+        self.errno = errno
+    }
+
+    public var description: String {
+        "MultiprocessingError.\(code): \(message)" + (errno.map { " (errno \($0): \(Syscall.describe($0)))" } ?? "")
+    }
+
+    static func system(_ call: String, _ errno: Int32) -> MultiprocessingError {
+        MultiprocessingError(.system, "\(call) failed", errno: errno)
+    }
+}

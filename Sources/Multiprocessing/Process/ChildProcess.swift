@@ -1,0 +1,153 @@
+import Glibc
+import Synchronization
+import Threading
+
+/// Runs one ``Job`` in a new process — Python's `multiprocessing.Process(target=..., args=...)`.
+///
+/// ```swift
+/// let p = ChildProcess(name: "worker", job: RunProc(name: "test"))
+/// try p.start()
+/// try p.join()
+/// print(p.exitCode!)            // 0
+/// ```
+///
+/// The process is this executable started again (never a bare `fork`), entering worker mode before
+/// `main`. Beyond Python, the job's result comes back: ``result(timeout:)`` or ``value``.
+/// Exit codes follow Python: 0 on success, 1 if the job threw, the code given to `exit`, or minus the
+/// signal that killed it.
+///
+/// - Important: Named `ChildProcess` so as not to clash with Foundation's `Process`.
+public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is set once, under `lock`
+    /// The job this process runs.
+    public let job: J
+    /// Python's `Process.name`.
+    public let name: String
+    /// Python's `Process.daemon`: terminated (not joined) when this program exits.
+    public let isDaemon: Bool
+
+    private let lock = Mutex<ProcessHandle?>(nil)
+    private let outcome = Future<J.Output>()
+
+    /// - Parameters:
+    ///   - name: default `ChildProcess-N`.
+    ///   - daemon: terminate the child when this program exits instead of waiting for it.
+    ///   - job: the work and its arguments.
+    public init(name: String? = nil, daemon: Bool = false, job: J) {
+        self.job = job
+        self.name = name ?? "ChildProcess-\(ChildProcessCounter.next())"
+        isDaemon = daemon
+    }
+
+    /// The underlying process once started.
+    public var handle: ProcessHandle? { lock.withLock { $0 } }
+
+    /// Starts the process — Python's `Process.start()`.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/unsupportedJob`` for a private or local job type,
+    ///   ``MultiprocessingError/Code/encodingFailed``, ``MultiprocessingError/Code/spawnFailed``, or
+    ///   ``MultiprocessingError/Code/invalidState`` on a second call.
+    public func start() throws {
+        let typeName = try JobIdentity.name(of: J.self)
+        let (payload, fds) = try MessageCodec.encode(job)
+        // One job, then shutdown: the worker exits with the job's code as soon as it has answered.
+        let message = try MessageCodec.encode(ToWorker.run(id: 0, typeName: typeName, payload: payload)).0
+        let shutdown = try MessageCodec.encode(ToWorker.shutdown).0
+        try lock.withLock { (h: inout ProcessHandle?) throws in
+            guard h == nil else { throw MultiprocessingError(.invalidState, "a process can only be started once") }
+            let w = try Spawner.spawn()
+            let handle = ProcessHandle(pid: w.pid, pidfd: w.pidfd, name: name, daemon: isDaemon)
+            h = handle
+            do {
+                try message.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
+                try shutdown.withUnsafeBytes { try w.channel.sendFrame($0, fds: []) }
+            } catch {
+                // The child died before reading its job; its exit is reported through the result.
+            }
+            let outcome = self.outcome
+            let channel = w.channel
+            Task.detached { await ChildProcess.collect(channel, handle, outcome) }
+        }
+    }
+
+    /// Reads the worker's answer; if it dies first, fails the outcome with its exit status.
+    private static func collect(_ channel: Connection, _ handle: ProcessHandle, _ outcome: Future<J.Output>) async {
+        defer { channel.close() }
+        do {
+            while true {
+                switch try await channel.recv(FromWorker.self) {
+                case .ready: continue
+                case .result(_, let payload):
+                    do {
+                        outcome.complete(.success(try BinaryDecoder().decode(J.Output.self, from: payload)))
+                    } catch {
+                        outcome.complete(.failure(MultiprocessingError(.decodingFailed, "cannot decode the result: \(error)")))
+                    }
+                    return
+                case .failure(_, let wire):
+                    outcome.complete(.failure(wire.rebuild()))
+                    return
+                }
+            }
+        } catch {
+            try? await handle.join()
+            let code = handle.exitCode.map { $0 < 0 ? "was killed by signal \(-$0)" : "exited with code \($0)" } ?? "ended"
+            outcome.complete(.failure(MultiprocessingError(
+                .processDied, "process \(handle.pid) (\(handle.name)) \(code) without returning a result")))
+        }
+    }
+
+    private func started() throws -> ProcessHandle {
+        guard let h = handle else { throw MultiprocessingError(.invalidState, "the process has not been started") }
+        return h
+    }
+
+    /// Python's `Process.pid`; `nil` before `start()`.
+    public var pid: Int32? { handle?.pid }
+    /// Python's `Process.exitcode`: `nil` until the process has ended.
+    public var exitCode: Int32? { handle?.exitCode }
+    /// Python's `Process.is_alive()`.
+    public var isAlive: Bool { handle?.isAlive ?? false }
+    /// Python's `Process.sentinel`: a descriptor readable once the process ends.
+    public var sentinel: Int32? { handle?.sentinel }
+
+    /// Waits for the process to end — Python's `Process.join(timeout)`.
+    ///
+    /// - Returns: `true` if it ended, `false` if the timeout expired first.
+    @discardableResult
+    public func join(timeout: Duration? = nil) throws -> Bool { try started().join(timeout: timeout) }
+
+    /// Suspends the task until the process ends.
+    public func join() async throws { try await started().join() }
+
+    /// Python's `Process.terminate()` (SIGTERM).
+    public func terminate() { handle?.terminate() }
+    /// Python's `Process.kill()` (SIGKILL).
+    public func kill() { handle?.kill() }
+
+    /// The job's result, waiting for it — beyond Python.
+    ///
+    /// - Throws: the job's error (as itself if `Codable`, else a ``RemoteError``);
+    ///   ``MultiprocessingError/Code/processDied`` if the process ended without a result;
+    ///   ``MultiprocessingError/Code/timedOut``.
+    public func result(timeout: Duration? = nil) throws -> J.Output {
+        _ = try started()
+        do {
+            return try outcome.result(timeout: timeout)
+        } catch let e as ThreadingError where e.code == .timedOut {
+            throw MultiprocessingError(.timedOut, "no result within \(timeout!)")
+        }
+    }
+
+    /// The job's result, awaited without blocking a thread.
+    public var value: J.Output {
+        get async throws {
+            _ = try started()
+            return try await outcome.value
+        }
+    }
+}
+
+enum ChildProcessCounter {
+    private static let counter = Atomic<Int>(0)
+    static func next() -> Int { counter.add(1, ordering: .relaxed).newValue }
+}

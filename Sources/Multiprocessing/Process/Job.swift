@@ -1,0 +1,68 @@
+/// A unit of work that can run in another process — what Python expresses as `target=f, args=(...)`.
+///
+/// A job is a `Codable` value (its stored properties are the arguments) with a `run()`; its `Output`
+/// comes back to the caller. `run` may be synchronous or `async`, and may throw: errors that are
+/// `Codable` come back as themselves, others as a ``RemoteError``.
+///
+/// ```swift
+/// struct Square: Job {
+///     let x: Int
+///     func run() -> Int { x * x }
+/// }
+/// let p = ChildProcess(job: Square(x: 7))
+/// try p.start()
+/// print(try p.result())   // 49, computed in another process
+/// ```
+///
+/// The worker finds the type by its mangled name in the same executable, with no registration: public
+/// and internal types work (nested and generic too), `private`, `fileprivate` and local types do not
+/// and are rejected when submitted.
+public protocol Job: Codable, Sendable {
+    associatedtype Output: Codable & Sendable
+    func run() async throws -> Output
+}
+
+/// An error thrown in another process whose type could not be sent back as itself (it is not `Codable`,
+/// or the receiving side cannot resolve it).
+public struct RemoteError: Error, Codable, CustomStringConvertible, Sendable {
+    /// The fully qualified name of the original error type.
+    public let typeName: String
+    /// The original error's description.
+    public let message: String
+    /// The process that threw it.
+    public let pid: Int32
+
+    public var description: String { "\(typeName) in process \(pid): \(message)" }
+}
+
+enum JobIdentity {
+    /// The name a worker resolves `J` by, or an error saying why `J` cannot travel.
+    static func name<J>(of type: J.Type) throws -> String {
+        let readable = String(reflecting: type)
+        guard let name = _mangledTypeName(type), !readable.contains("(unknown context at"),
+              !readable.contains("(private"), !readable.contains("(fileprivate")
+        else {
+            throw MultiprocessingError(
+                .unsupportedJob,
+                "\(readable) cannot run in another process: private, fileprivate and local types cannot be found "
+                    + "by name there. Declare it at file scope (or nested in a type) as internal or public.")
+        }
+        guard let back = _typeByName(name), back == type else {
+            throw MultiprocessingError(
+                .unsupportedJob, "\(readable) cannot be found by its mangled name \(name); declare it as internal or public")
+        }
+        return name
+    }
+}
+
+/// Resolves names to job types in a worker, caching hits and misses.
+enum JobResolver {
+    nonisolated(unsafe) private static var cache: [String: (any Job.Type)?] = [:]  // worker main thread only
+
+    static func resolve(_ name: String) -> (any Job.Type)? {
+        if let hit = cache[name] { return hit }
+        let t = _typeByName(name) as? any Job.Type
+        cache[name] = t
+        return t
+    }
+}

@@ -1,0 +1,160 @@
+internal import CMultiprocessingShims
+import Glibc
+import Synchronization
+import Threading
+
+/// A child process started by this library: its pid, a waitable sentinel, its exit status, signals.
+///
+/// ``ChildProcess`` wraps one; ``Processes/activeChildren()`` lists them. Every handle is reaped: by
+/// `join`, by reading `exitCode` after the child ended, by `activeChildren()`, or at exit.
+public final class ProcessHandle: @unchecked Sendable {  // mutable state behind `state`
+    private struct State {
+        var pidfd: Int32
+        var status: Int32?  // raw wait status, once reaped
+    }
+
+    /// The process id — Python's `Process.pid`.
+    public let pid: Int32
+    /// The name given at creation — Python's `Process.name`.
+    public let name: String
+    /// Whether the child is terminated when this program exits — Python's `Process.daemon`.
+    public let isDaemon: Bool
+    private let state: Mutex<State>
+
+    init(pid: Int32, pidfd: Int32, name: String, daemon: Bool) {
+        self.pid = pid
+        self.name = name
+        isDaemon = daemon
+        state = Mutex(State(pidfd: pidfd))
+        ChildRegistry.add(self)
+    }
+
+    deinit {
+        let fd = state.withLock { $0.pidfd }
+        if fd >= 0 { Syscall.close(fd) }
+    }
+
+    /// A descriptor that becomes readable when the process ends (a pidfd) — Python's `Process.sentinel`.
+    /// Valid while this handle lives; usable with ``waitReady(_:timeout:)`` and `poll(2)`.
+    public var sentinel: Int32 { state.withLock { $0.pidfd } }
+
+    /// Reaps the child if it has ended; returns whether it has.
+    @discardableResult
+    func reapIfExited() -> Bool {
+        state.withLock { s in
+            if s.status != nil { return true }
+            var status: Int32 = 0
+            let r = mp_waitpid_nohang(pid, &status)
+            guard r == pid else { return false }
+            s.status = status
+            return true
+        }.also { if $0 { ChildRegistry.remove(self) } }
+    }
+
+    /// The exit code once the process has ended, else `nil` — Python's `Process.exitcode`: the value
+    /// passed to `exit`, or minus the signal number that killed it.
+    public var exitCode: Int32? {
+        _ = reapIfExited()
+        return state.withLock { s in
+            guard let st = s.status else { return nil }
+            if mp_wifexited(st) != 0 { return mp_wexitstatus(st) }
+            if mp_wifsignaled(st) != 0 { return -mp_wtermsig(st) }
+            return nil
+        }
+    }
+
+    /// Whether the process is running — Python's `Process.is_alive()`.
+    public var isAlive: Bool { !reapIfExited() }
+
+    /// Waits for the process to end and reaps it — Python's `Process.join(timeout)`.
+    ///
+    /// - Returns: `true` if it has ended, `false` if the timeout expired first.
+    @discardableResult
+    public func join(timeout: Duration? = nil) throws -> Bool {
+        let deadline = Deadline.after(timeout)
+        while !reapIfExited() {
+            let fd = sentinel
+            if try !Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) { return reapIfExited() }
+        }
+        return true
+    }
+
+    /// Suspends the task until the process ends, without blocking a thread.
+    public func join() async throws {
+        while !reapIfExited() {
+            try await Reactor.shared.wait(sentinel, for: .readable)
+        }
+    }
+
+    /// Sends `SIGTERM` — Python's `Process.terminate()`. Does nothing once the process has ended.
+    public func terminate() { signal(SIGTERM) }
+
+    /// Sends `SIGKILL` — Python's `Process.kill()`.
+    public func kill() { signal(SIGKILL) }
+
+    /// Sends `sig` through the pidfd, so a recycled pid is never hit.
+    public func signal(_ sig: Int32) {
+        state.withLock { s in
+            if s.status == nil { _ = mp_pidfd_send_signal(s.pidfd, sig) }
+        }
+    }
+
+    /// Asks the process to stop: `SIGTERM`, then `SIGKILL` after `grace`; reaps it.
+    func stop(grace: Duration) {
+        terminate()
+        if (try? join(timeout: grace)) != true {
+            kill()
+            _ = try? join(timeout: .seconds(5))
+        }
+    }
+}
+
+extension Bool {
+    fileprivate func also(_ body: (Bool) -> Void) -> Bool {
+        body(self)
+        return self
+    }
+}
+
+/// The children not yet reaped, for `activeChildren()` and the exit-time clean-up.
+enum ChildRegistry {
+    private static let children = Mutex<[ObjectIdentifier: ProcessHandle]>([:])
+    private static let exitHookInstalled = Atomic<Bool>(false)
+
+    static func add(_ h: ProcessHandle) {
+        children.withLock { $0[ObjectIdentifier(h)] = h }
+        if exitHookInstalled.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
+            atexit { ChildRegistry.cleanUpAtExit() }
+        }
+    }
+
+    static func remove(_ h: ProcessHandle) { children.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(h)) } }
+
+    static var all: [ProcessHandle] { children.withLock { Array($0.values) } }
+
+    /// As Python at exit: daemon children are terminated, the others joined; all are reaped.
+    static func cleanUpAtExit() {
+        for h in all {
+            if h.isDaemon { h.stop(grace: .seconds(1)) } else { _ = try? h.join() }
+        }
+    }
+}
+
+/// Facts about this process and its children — Python's `multiprocessing.current_process()`,
+/// `parent_process()`, `active_children()` and `cpu_count()`.
+public enum Processes {
+    /// This process's id.
+    public static var currentPID: Int32 { getpid() }
+    /// The parent's id.
+    public static var parentPID: Int32 { getppid() }
+    /// The CPUs this process may run on (its affinity mask) — Python's `os.process_cpu_count()`.
+    public static var cpuCount: Int { mp_cpu_count() }
+    /// Whether this process is a worker started by this library.
+    public static var isWorker: Bool { WorkerRuntime.isWorker }
+
+    /// Children started by this library that are still running; reaps those that have ended —
+    /// Python's `active_children()`.
+    public static func activeChildren() -> [ProcessHandle] {
+        ChildRegistry.all.filter { !$0.reapIfExited() }
+    }
+}

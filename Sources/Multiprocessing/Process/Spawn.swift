@@ -1,0 +1,83 @@
+internal import CMultiprocessingShims
+import Glibc
+import Threading
+
+/// How a worker process enters worker mode.
+public enum WorkerEntry: Sendable {
+    /// Before `main`, from a load-time constructor (the default): programs need no guard, and test
+    /// runners can start workers from test code.
+    case beforeMain
+    /// When the program calls ``bootstrap()`` — Python's `if __name__ == "__main__":` habit, for programs
+    /// that must set things up in `main` first. A program using this must call `bootstrap()` early.
+    case bootstrap
+}
+
+/// Process-wide settings for starting workers.
+public enum WorkerStart {
+    nonisolated(unsafe) private static var _entry: WorkerEntry = .beforeMain  // set before starting workers
+    private static let lock = Lock()
+
+    /// How new workers enter worker mode. Set it before starting any.
+    public static var entry: WorkerEntry {
+        get { lock.withLock { _entry } }
+        set { lock.withLock { _entry = newValue } }
+    }
+
+    /// The executable workers run: this program.
+    static let executable: String = {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        return n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
+    }()
+}
+
+/// A started worker: its pid, a pidfd (its sentinel) and the parent's end of the fd-3 channel.
+struct SpawnedWorker {
+    let pid: Int32
+    let pidfd: Int32
+    let channel: Connection
+}
+
+enum Spawner {
+    /// Starts this executable in worker mode with a socket pair end on fd 3.
+    static func spawn() throws -> SpawnedWorker {
+        let (parentEnd, childEnd) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+        defer { Syscall.close(childEnd) }
+        let mode = WorkerStart.entry == .bootstrap ? "b" : "c"
+        // Parent-death signal only when spawning from the main thread: PR_SET_PDEATHSIG fires when the
+        // spawning *thread* exits, which would kill workers started from short-lived threads. EOF on fd 3
+        // covers every case.
+        let deathFlag = mp_gettid() == getpid() ? "d" : ""
+        var env = ["SWIFT_MP_WORKER=\(mode)", "SWIFT_MP_PARENT=\(getpid())\(deathFlag)"]
+        var e = environ
+        while let p = e.pointee {
+            let s = String(cString: p)
+            if !s.hasPrefix("SWIFT_MP_WORKER=") && !s.hasPrefix("SWIFT_MP_PARENT=") { env.append(s) }
+            e += 1
+        }
+        let argv = [WorkerStart.executable, "--swift-multiprocessing-worker"]
+        var pid: pid_t = 0
+        let rc = withCStrings(argv) { cargv in
+            withCStrings(env) { cenv in mp_spawn(WorkerStart.executable, cargv, cenv, childEnd, &pid) }
+        }
+        guard rc == 0 else {
+            Syscall.close(parentEnd)
+            throw MultiprocessingError(.spawnFailed, "posix_spawn of \(WorkerStart.executable) failed", errno: rc)
+        }
+        let pidfd = mp_pidfd_open(pid)
+        guard pidfd >= 0 else {
+            Glibc.kill(pid, SIGKILL)
+            var status: Int32 = 0
+            _ = mp_waitpid_blocking(pid, &status)
+            Syscall.close(parentEnd)
+            throw MultiprocessingError(.spawnFailed, "pidfd_open failed", errno: -pidfd)
+        }
+        return SpawnedWorker(pid: pid, pidfd: pidfd, channel: Connection(fileDescriptor: parentEnd))
+    }
+
+    private static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+        let cstrings = strings.map { strdup($0) } + [nil]
+        defer { for p in cstrings { free(p) } }
+        return cstrings.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
+}

@@ -1,0 +1,122 @@
+internal import CMultiprocessingShims
+import Glibc
+import Synchronization
+import Threading
+
+/// Enters worker mode if this process was started as a worker with ``WorkerEntry/bootstrap``; returns at
+/// once otherwise. Call it first thing in `main` — Python's `if __name__ == "__main__":` guard.
+///
+/// With the default ``WorkerEntry/beforeMain`` entry, workers never reach `main`, and this does nothing.
+public func bootstrap() {
+    if mp_worker_deferred() != 0 { WorkerRuntime.run(fd: 3) }
+}
+
+@_cdecl("mp_worker_entry")
+func mpWorkerEntry(_ fd: Int32) {
+    WorkerRuntime.run(fd: fd)
+}
+
+/// The worker side: receive jobs on fd 3, run them, send results; exit when the parent goes away.
+enum WorkerRuntime {
+    nonisolated(unsafe) static var isWorker = false  // set once, before any other thread runs
+    /// The exit code used if the parent goes away now: 71 while a job runs, else the code so far.
+    static let exitOnHangup = Atomic<Int32>(0)
+
+    static func run(fd: Int32) -> Never {
+        isWorker = true
+        // Ignore SIGINT: a Ctrl-C in the terminal reaches the whole process group, and the parent decides.
+        signal(SIGINT, SIG_IGN)
+        let channel = Connection(fileDescriptor: fd)
+        let pid = getpid()
+        startParentWatch(fd)
+        do {
+            try channel.send(FromWorker.ready(pid: pid))
+        } catch {
+            _exit(70)
+        }
+        var exitCode: Int32 = 0
+        while true {
+            let frame: [UInt8]
+            do {
+                frame = try channel.recvBytes()
+            } catch {
+                exit(exitCode)  // parent closed the channel: done
+            }
+            let message: ToWorker
+            do {
+                message = try channel.decodeMessage(ToWorker.self, frame)
+            } catch {
+                fail("malformed message from the parent: \(error)")
+            }
+            switch message {
+            case .shutdown:
+                exit(exitCode)
+            case .run(let id, let typeName, let payload):
+                exitOnHangup.store(71, ordering: .relaxed)
+                let reply = runJob(id: id, typeName: typeName, payload: payload, channel: channel, pid: pid)
+                if case .failure = reply { exitCode = 1 }
+                defer { exitOnHangup.store(exitCode, ordering: .relaxed) }
+                do {
+                    try channel.send(reply)
+                } catch {
+                    let fallback = FromWorker.failure(id: id, WireError(
+                        MultiprocessingError(.encodingFailed, "the job's result could not be sent: \(error)"), pid: pid))
+                    try? channel.send(fallback)
+                    exitCode = 1
+                }
+            }
+        }
+    }
+
+    static func runJob(id: UInt64, typeName: String, payload: [UInt8], channel: Connection, pid: Int32) -> FromWorker {
+        guard let type = JobResolver.resolve(typeName) else {
+            return .failure(id: id, WireError(
+                MultiprocessingError(.unknownJob, "no Job type named \(typeName) in this executable"), pid: pid))
+        }
+        do {
+            return .result(id: id, payload: try execute(type, payload: payload, channel: channel))
+        } catch {
+            return .failure(id: id, WireError(error, pid: pid))
+        }
+    }
+
+    private static func execute<J: Job>(_ type: J.Type, payload: [UInt8], channel: Connection) throws -> [UInt8] {
+        let job = try channel.decodeMessage(J.self, payload)
+        let output = try runBlocking { try await job.run() }
+        do {
+            return try BinaryEncoder().encode(output)
+        } catch {
+            throw MultiprocessingError(.encodingFailed, "the result of \(J.self) could not be encoded: \(error)")
+        }
+    }
+
+    /// Runs async work to completion from this (non-async) worker thread.
+    static func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+        let future = Future<T>()
+        Task.detached {
+            do { future.complete(.success(try await body())) } catch { future.complete(.failure(error)) }
+        }
+        return try future.result()
+    }
+
+    /// A daemon thread that ends the process as soon as the parent's end of fd 3 goes away, even while
+    /// a job is running (the parent-death signal does not cover every parent).
+    private static func startParentWatch(_ fd: Int32) {
+        let t = OSThread(name: "mp-parent-watch", daemon: true) {
+            var pfd = pollfd(fd: fd, events: MP_POLLRDHUP, revents: 0)
+            while true {
+                let r = poll(&pfd, 1, -1)
+                if r > 0 && pfd.revents & (MP_POLLRDHUP | Int16(POLLHUP) | Int16(POLLERR)) != 0 {
+                    _exit(WorkerRuntime.exitOnHangup.load(ordering: .relaxed))
+                }
+            }
+        }
+        try? t.start()
+    }
+
+    static func fail(_ message: String) -> Never {
+        let line = "swift-multiprocessing worker \(getpid()): \(message)\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+        _exit(70)
+    }
+}

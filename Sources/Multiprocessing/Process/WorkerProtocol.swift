@@ -1,0 +1,53 @@
+/// Messages between a parent and a worker over the worker's fd 3.
+enum ToWorker: Codable {
+    /// Run a job. `payload` is the job encoded with `MessageCodec` (descriptors travel with this frame).
+    case run(id: UInt64, typeName: String, payload: [UInt8])
+    /// Finish and exit.
+    case shutdown
+}
+
+enum FromWorker: Codable {
+    /// The worker is up (sent once, first).
+    case ready(pid: Int32)
+    /// A job finished; `payload` is its encoded `Output`.
+    case result(id: UInt64, payload: [UInt8])
+    /// A job threw, or its output could not be encoded.
+    case failure(id: UInt64, WireError)
+}
+
+/// An error on the wire: its type (mangled, to rebuild it if `Codable`), a readable name, a description,
+/// the encoded error if it is `Codable`, and the worker's pid.
+struct WireError: Codable, Error {
+    var mangledType: String?
+    var typeName: String
+    var message: String
+    var payload: [UInt8]?
+    var pid: Int32
+
+    init(_ error: any Error, pid: Int32) {
+        typeName = String(reflecting: type(of: error))
+        message = String(describing: error)
+        self.pid = pid
+        if let codable = error as? any (Error & Codable), let name = _mangledTypeName(type(of: codable)),
+            let bytes = try? BinaryEncoder().encode(codable)
+        {
+            mangledType = name
+            payload = bytes
+        }
+    }
+
+    /// The original error when it can be rebuilt here, else a ``RemoteError``.
+    func rebuild() -> any Error {
+        if let mangledType, let payload, let t = _typeByName(mangledType) as? any (Error & Codable).Type,
+            let e = try? decode(t, payload)
+        {
+            return e
+        }
+        return RemoteError(typeName: typeName, message: message, pid: pid)
+    }
+
+    private func decode<E: Error & Codable>(_ t: E.Type, _ bytes: [UInt8]) throws -> any Error {
+        try BinaryDecoder().decode(t, from: bytes)
+    }
+}
+

@@ -1,0 +1,117 @@
+internal import Threading
+internal import CMultiprocessingShims
+import Glibc
+
+/// Thin wrappers over the system calls this module uses: each retries `EINTR` and throws a
+/// ``MultiprocessingError`` carrying `errno`. No raw `errno` reads happen elsewhere.
+enum Syscall {
+    static func describe(_ e: Int32) -> String { String(cString: strerror(e)) }
+
+    static func socketpair(_ type: Int32) throws -> (Int32, Int32) {
+        var fds: [Int32] = [0, 0]
+        guard Glibc.socketpair(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw MultiprocessingError.system("socketpair", errno)
+        }
+        return (fds[0], fds[1])
+    }
+
+    static func pipe() throws -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [0, 0]
+        let rc = mp_pipe_cloexec(&fds)
+        guard rc == 0 else { throw MultiprocessingError.system("pipe2", rc) }
+        return (fds[0], fds[1])
+    }
+
+    static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+
+    static func dup(_ fd: Int32) throws -> Int32 {
+        let r = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard r >= 0 else { throw MultiprocessingError.system("dup", errno) }
+        return r
+    }
+
+    /// `write` of the whole buffer (looping on short writes).
+    static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer) throws {
+        var off = 0
+        while off < p.count {
+            let n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL))
+            if n >= 0 {
+                off += n
+                continue
+            }
+            let e = errno
+            if e == EINTR { continue }
+            if e == ENOTSOCK {
+                // A pipe end: plain write(2).
+                let w = Glibc.write(fd, p.baseAddress! + off, p.count - off)
+                if w >= 0 { off += w; continue }
+                if errno == EINTR { continue }
+                throw writeError(errno)
+            }
+            throw writeError(e)
+        }
+    }
+
+    static func writeError(_ e: Int32) -> MultiprocessingError {
+        if e == EPIPE || e == ECONNRESET { return MultiprocessingError(.endOfFile, "the peer closed the connection", errno: e) }
+        return .system("write", e)
+    }
+
+    /// One non-blocking `recvmsg` (sockets) or `read` (pipes, after `poll`); `nil` means "nothing now",
+    /// 0 end of file. Received descriptors are appended to `fds`.
+    static func readNow(_ fd: Int32, into p: UnsafeMutableRawBufferPointer, fds: inout [Int32], isSocket: Bool) throws -> Int? {
+        while true {
+            if isSocket {
+                var got: (Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32) = (-1, -1, -1, -1, -1, -1, -1, -1)
+                var n: Int32 = 0
+                let r = withUnsafeMutableBytes(of: &got) { g in
+                    mp_recv_with_fds(fd, p.baseAddress, p.count, g.baseAddress!.assumingMemoryBound(to: Int32.self), 8, &n,
+                                     Int32(MSG_DONTWAIT))
+                }
+                if r >= 0 {
+                    if n > 0 { withUnsafeBytes(of: got) { g in fds.append(contentsOf: g.bindMemory(to: Int32.self)[0..<Int(n)]) } }
+                    return r
+                }
+                let e = Int32(-r)
+                if e == EINTR { continue }
+                if e == EAGAIN { return nil }
+                if e == ECONNRESET { return 0 }
+                throw MultiprocessingError.system("recvmsg", e)
+            }
+            guard try poll(fd, events: Int16(POLLIN), deadline: Deadline.now()) else { return nil }
+            let r = Glibc.read(fd, p.baseAddress, p.count)
+            if r >= 0 { return r }
+            if errno == EINTR { continue }
+            throw MultiprocessingError.system("read", errno)
+        }
+    }
+
+    /// `poll` of one descriptor; true when ready (or hung up) within the deadline.
+    static func poll(_ fd: Int32, events: Int16, deadline: Deadline?) throws -> Bool {
+        var pfd = pollfd(fd: fd, events: events, revents: 0)
+        while true {
+            let r = Glibc.poll(&pfd, 1, Deadline.pollTimeout(deadline))
+            if r > 0 { return true }
+            if r == 0 { return false }
+            if errno == EINTR { continue }
+            throw MultiprocessingError.system("poll", errno)
+        }
+    }
+
+    /// `poll` of many descriptors; returns the indices that are ready.
+    static func poll(_ fds: [(fd: Int32, events: Int16)], deadline: Deadline?) throws -> [Int] {
+        var pfds = fds.map { pollfd(fd: $0.fd, events: $0.events, revents: 0) }
+        while true {
+            let r = Glibc.poll(&pfds, nfds_t(pfds.count), Deadline.pollTimeout(deadline))
+            if r >= 0 { return pfds.indices.filter { pfds[$0].revents != 0 } }
+            if errno == EINTR { continue }
+            throw MultiprocessingError.system("poll", errno)
+        }
+    }
+
+    static func isSocket(_ fd: Int32) -> Bool {
+        var st = stat()
+        return fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK
+    }
+}
+

@@ -1,0 +1,214 @@
+import Glibc
+import Testing
+import Threading
+@testable import Multiprocessing
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct ChildProcessTests {
+    @Test func jobFromTestModuleRunsInAWorker() throws {
+        let p = ChildProcess(name: "squarer", job: Square(x: 12))
+        try p.start()
+        #expect(p.pid != nil && p.pid != getpid())
+        #expect(try p.result(timeout: .seconds(30)) == 144)
+        #expect(try p.join(timeout: .seconds(30)))
+        #expect(p.exitCode == 0)
+        #expect(!p.isAlive)
+        #expect(p.name == "squarer")
+    }
+
+    @Test func asyncJobAndAsyncJoin() async throws {
+        let p = ChildProcess(job: AsyncEcho(text: "hi"))
+        try p.start()
+        let v = try await p.value
+        #expect(v == "hi from \(p.pid!)")
+        try await p.join()
+        #expect(p.exitCode == 0)
+    }
+
+    @Test func codableErrorComesBackAsItself() throws {
+        let p = ChildProcess(job: ThrowsCodable())
+        try p.start()
+        #expect(throws: CodableFailure(reason: "bad input")) { try p.result(timeout: .seconds(30)) }
+        try p.join()
+        #expect(p.exitCode == 1)  // as Python: an exception in the target exits with 1
+    }
+
+    @Test func otherErrorsComeBackAsRemoteError() throws {
+        let p = ChildProcess(job: ThrowsPlain())
+        try p.start()
+        do {
+            _ = try p.result(timeout: .seconds(30))
+            Issue.record("expected an error")
+        } catch let e as RemoteError {
+            #expect(e.message == "plain failure")
+            #expect(e.typeName.hasSuffix("PlainFailure"))
+            #expect(e.pid == p.pid)
+        }
+        try p.join()
+    }
+
+    @Test func trapGivesNegativeSignal() throws {
+        let p = ChildProcess(job: Trap())
+        try p.start()
+        try p.join(timeout: .seconds(30))
+        let code = try #require(p.exitCode)
+        #expect(code == -SIGILL || code == -SIGTRAP)
+        do {
+            _ = try p.result(timeout: .seconds(10))
+            Issue.record("expected processDied")
+        } catch let e as MultiprocessingError {
+            #expect(e.code == .processDied)
+            #expect(e.message.contains("signal"))
+        }
+    }
+
+    @Test func sigkillGivesMinusNine() throws {
+        let p = ChildProcess(job: Sleep(milliseconds: 30_000))
+        try p.start()
+        usleep(50_000)
+        p.kill()
+        try p.join(timeout: .seconds(10))
+        #expect(p.exitCode == -SIGKILL)
+    }
+
+    @Test func exitThreeGivesThree() throws {
+        let p = ChildProcess(job: ExitWith(code: 3))
+        try p.start()
+        try p.join(timeout: .seconds(30))
+        #expect(p.exitCode == 3)
+    }
+
+    @Test func joinTimeoutReturnsInTime() throws {
+        let p = ChildProcess(job: Sleep(milliseconds: 5_000))
+        try p.start()
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        let ended = try p.join(timeout: .milliseconds(200))
+        let d = clock.now - t0
+        #expect(!ended)
+        #expect(p.isAlive)
+        #expect(p.exitCode == nil)
+        #expect(d >= .milliseconds(190) && d < .seconds(3))
+        p.terminate()
+        try p.join(timeout: .seconds(10))
+        #expect(p.exitCode == -SIGTERM)
+    }
+
+    @Test func sentinelBecomesReadable() throws {
+        let p = ChildProcess(job: Sleep(milliseconds: 50))
+        try p.start()
+        var pfd = pollfd(fd: p.sentinel!, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&pfd, 1, 10_000) == 1)
+        try p.join()
+    }
+
+    @Test func privateAndLocalJobsAreRejected() throws {
+        struct LocalJob: Job { func run() -> Int { 1 } }
+        do {
+            try ChildProcess(job: LocalJob()).start()
+            Issue.record("expected unsupportedJob")
+        } catch let e as MultiprocessingError {
+            #expect(e.code == .unsupportedJob)
+            #expect(e.message.contains("internal or public"))
+        }
+        do {
+            try ChildProcess(job: PrivateJob()).start()
+            Issue.record("expected unsupportedJob")
+        } catch let e as MultiprocessingError {
+            #expect(e.code == .unsupportedJob)
+        }
+    }
+
+    @Test func unencodableResultIsAnErrorNotAHang() throws {
+        let p = ChildProcess(job: ReturnsUnencodable())
+        try p.start()
+        do {
+            _ = try p.result(timeout: .seconds(30))
+            Issue.record("expected encodingFailed")
+        } catch let e as MultiprocessingError {
+            #expect(e.code == .encodingFailed)
+        }
+        try p.join(timeout: .seconds(30))
+    }
+
+    @Test func startTwiceAndJoinBeforeStart() throws {
+        let p = ChildProcess(job: Square(x: 1))
+        #expect(throws: MultiprocessingError.self) { try p.join() }
+        try p.start()
+        #expect(throws: MultiprocessingError.self) { try p.start() }
+        try p.join()
+    }
+
+    @Test func activeChildrenReapsFinishedOnes() throws {
+        let p = ChildProcess(job: Sleep(milliseconds: 10))
+        try p.start()
+        let pid = p.pid!
+        #expect(Processes.activeChildren().contains { $0.pid == pid })
+        usleep(500_000)
+        // Not joined: activeChildren() reaps it.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while Processes.activeChildren().contains(where: { $0.pid == pid }) && ContinuousClock.now < deadline { usleep(10_000) }
+        #expect(!Processes.activeChildren().contains { $0.pid == pid })
+        #expect(!isZombie(pid))
+    }
+
+    @Test func killedParentLeavesNoSurvivingWorker() throws {
+        let path = "/tmp/mp-intermediate-\(getpid())-\(Int.random(in: 0..<1_000_000))"
+        defer { unlink(path) }
+        let p = ChildProcess(job: Intermediate(path: path))
+        try p.start()
+        var grandchild: Int32 = 0
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if let f = fopen(path, "r") {
+                var buf = [CChar](repeating: 0, count: 32)
+                fgets(&buf, 32, f)
+                fclose(f)
+                grandchild = Int32(cString(buf).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+                break
+            }
+            usleep(10_000)
+        }
+        try #require(grandchild > 0)
+        #expect(Glibc.kill(grandchild, 0) == 0)
+        p.kill()  // SIGKILL the intermediate parent
+        try p.join(timeout: .seconds(10))
+        let gone = ContinuousClock.now + .seconds(10)
+        while Glibc.kill(grandchild, 0) == 0 && !isZombie(grandchild) && ContinuousClock.now < gone { usleep(10_000) }
+        #expect(Glibc.kill(grandchild, 0) != 0 || isZombie(grandchild))
+    }
+
+    @Test func processesFacts() {
+        #expect(Processes.cpuCount >= 1)
+        #expect(Processes.currentPID == getpid())
+        #expect(Processes.parentPID == getppid())
+        #expect(!Processes.isWorker)
+    }
+}
+
+private struct PrivateJob: Job { func run() -> Int { 1 } }
+
+func isZombie(_ pid: Int32) -> Bool {
+    guard let f = fopen("/proc/\(pid)/stat", "r") else { return false }
+    defer { fclose(f) }
+    var buf = [CChar](repeating: 0, count: 512)
+    fgets(&buf, 512, f)
+    let s = cString(buf)
+    guard let close = s.lastIndex(of: ")") else { return false }
+    return s[s.index(close, offsetBy: 2)] == "Z"
+}
+
+extension String {
+    func trimmingCharacters(in _: WhitespaceSet) -> String {
+        var s = Substring(self)
+        while let f = s.first, f.isWhitespace { s.removeFirst() }
+        while let l = s.last, l.isWhitespace { s.removeLast() }
+        return String(s)
+    }
+}
+
+enum WhitespaceSet { case whitespacesAndNewlines }
+
+func cString(_ buf: [CChar]) -> String {
+    String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

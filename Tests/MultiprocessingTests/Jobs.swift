@@ -1,0 +1,85 @@
+import Glibc
+import Multiprocessing
+
+// Jobs used by the tests. They live in the test module: workers find them by name in the test runner.
+
+struct Square: Job {
+    let x: Int
+    func run() -> Int { x * x }
+}
+
+struct AsyncEcho: Job {
+    let text: String
+    func run() async throws -> String {
+        try await Task.sleep(for: .milliseconds(5))
+        return "\(text) from \(getpid())"
+    }
+}
+
+struct CodableFailure: Error, Codable, Equatable {
+    let reason: String
+}
+
+struct ThrowsCodable: Job {
+    func run() throws -> Int { throw CodableFailure(reason: "bad input") }
+}
+
+struct PlainFailure: Error, CustomStringConvertible {
+    var description: String { "plain failure" }
+}
+
+struct ThrowsPlain: Job {
+    func run() throws -> Int { throw PlainFailure() }
+}
+
+struct Trap: Job {
+    func run() -> Int {
+        let xs: [Int] = []
+        return xs[Int(getpid()) % 3 + 5]  // index out of range: a trap
+    }
+}
+
+struct ExitWith: Job {
+    let code: Int32
+    func run() -> Int { exit(code) }
+}
+
+struct Sleep: Job {
+    let milliseconds: Int
+    func run() -> Int {
+        usleep(useconds_t(milliseconds * 1000))
+        return milliseconds
+    }
+}
+
+struct Pid: Job {
+    func run() -> Int32 { getpid() }
+}
+
+/// Starts a long-sleeping grandchild, writes its pid to `path`, then sleeps: the test SIGKILLs this
+/// intermediate process and checks that the grandchild goes away too.
+struct Intermediate: Job {
+    let path: String
+    func run() throws -> Int {
+        let grandchild = ChildProcess(job: Sleep(milliseconds: 60_000))
+        try grandchild.start()
+        let line = "\(grandchild.pid!)\n"
+        let f = fopen(path + ".tmp", "w")
+        fputs(line, f)
+        fclose(f)
+        rename(path + ".tmp", path)
+        usleep(60_000_000)
+        return 0
+    }
+}
+
+/// A result that cannot be encoded.
+struct Unencodable: Encodable, Decodable, Sendable {
+    init() {}
+    init(from decoder: any Decoder) throws { throw CodableFailure(reason: "never decoded") }
+    func encode(to encoder: any Encoder) throws { throw CodableFailure(reason: "cannot encode this") }
+}
+
+struct ReturnsUnencodable: Job {
+    func run() -> Unencodable { Unencodable() }
+}

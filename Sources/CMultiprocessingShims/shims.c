@@ -231,3 +231,14 @@ int mp_pidfd_send_signal(int pidfd, int sig) {
     long r = syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
     return r == 0 ? 0 : errno;
 }
+
+int mp_set_child_subreaper(int on) { return prctl(PR_SET_CHILD_SUBREAPER, on) == 0 ? 0 : errno; }
+
+int mp_peek_ended_child(void) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    for (;;) {
+        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0) return info.si_pid;
+        if (errno != EINTR) return -errno;
+    }
+}

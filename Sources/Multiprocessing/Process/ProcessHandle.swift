@@ -152,6 +152,29 @@ public enum Processes {
     /// Whether this process is a worker started by this library.
     public static var isWorker: Bool { WorkerRuntime.isWorker }
 
+    /// Makes this process the "subreaper" of its descendants (`PR_SET_CHILD_SUBREAPER`): a grandchild
+    /// orphaned by a dying child is re-parented here instead of to PID 1, so ``reapAdoptedOrphans()``
+    /// can reap it. Useful for supervisors and tests.
+    public static func adoptOrphans() throws {
+        let rc = mp_set_child_subreaper(1)
+        if rc != 0 { throw MultiprocessingError.system("prctl(PR_SET_CHILD_SUBREAPER)", rc) }
+    }
+
+    /// Reaps ended children that this library did not start (adopted orphans), leaving the statuses of
+    /// its own children to their handles. Returns the pids reaped.
+    @discardableResult
+    public static func reapAdoptedOrphans() -> [Int32] {
+        let ours = Set(ChildRegistry.all.map(\.pid))
+        var reaped: [Int32] = []
+        while true {
+            let pid = mp_peek_ended_child()
+            guard pid > 0, !ours.contains(pid) else { return reaped }
+            var status: Int32 = 0
+            _ = mp_waitpid_nohang(pid, &status)
+            reaped.append(pid)
+        }
+    }
+
     /// Children started by this library that are still running; reaps those that have ended —
     /// Python's `active_children()`.
     public static func activeChildren() -> [ProcessHandle] {

@@ -18,6 +18,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <sys/random.h>
 
 int mp_futex_wait(uint32_t *addr, uint32_t expected, const struct timespec *deadline) {
     // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so retries need no recomputation.
@@ -241,4 +242,19 @@ int mp_peek_ended_child(void) {
         if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0) return info.si_pid;
         if (errno != EINTR) return -errno;
     }
+}
+
+int mp_accept_nonblocking(int fd) {
+    int s = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    return s >= 0 ? s : -errno;
+}
+
+int mp_getrandom(void *buf, size_t len) {
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = getrandom((char *)buf + done, len - done, 0);
+        if (n < 0) { if (errno == EINTR) continue; return errno; }
+        done += (size_t)n;
+    }
+    return 0;
 }

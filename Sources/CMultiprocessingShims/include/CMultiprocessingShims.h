@@ -65,6 +65,10 @@ long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int
 long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags);
 int mp_set_nodelay(int fd);
 int mp_pipe_cloexec(int fds[2]);
+/// accept4(SOCK_CLOEXEC | SOCK_NONBLOCK); the descriptor or -errno.
+int mp_accept_nonblocking(int fd);
+/// Fills `buf` from the kernel CSPRNG; 0 or an errno value.
+int mp_getrandom(void *buf, size_t len);
 static const short MP_POLLRDHUP = 0x2000;
 
 // ---- worker mode ----
@@ -125,6 +129,10 @@ long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int
 long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags);
 int mp_set_nodelay(int fd);
 int mp_pipe_cloexec(int fds[2]);
+/// accept4(SOCK_CLOEXEC | SOCK_NONBLOCK); the descriptor or -errno.
+int mp_accept_nonblocking(int fd);
+/// Fills `buf` from the kernel CSPRNG; 0 or an errno value.
+int mp_getrandom(void *buf, size_t len);
 static const short MP_POLLRDHUP = 0x2000;
 
 // ---- worker mode ----

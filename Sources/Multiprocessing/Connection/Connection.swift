@@ -208,7 +208,10 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
                 let n = try payload.withUnsafeMutableBytes { p in
                     try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[filled...]))
                 }
-                if n == 0 { return nil }
+                if n == 0 {
+                    large = (payload, filled)
+                    return nil
+                }
                 filled += n
                 if filled == payload.count { return payload }
                 large = (payload, filled)
@@ -285,6 +288,8 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         }
         return nil
     }
+
+    var hasBufferedData: Bool { recvLock.withLock { writePos > readPos || large != nil } }
 
     // MARK: - Descriptors received
 

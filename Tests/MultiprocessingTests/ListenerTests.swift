@@ -128,7 +128,7 @@ struct ListenerTests {
 
     @Test func swiftToSwiftWithAuthkey() async throws {
         let l = try Listener(authkey: key)
-        let server = Task.detached { () throws -> String in
+        let server = background { () throws -> String in
             let c = try l.accept(timeout: .seconds(10))
             let s: String = try c.recv(timeout: .seconds(10))
             try c.send(s.uppercased())
@@ -142,7 +142,7 @@ struct ListenerTests {
 
     @Test func wrongAuthkeyFailsOnBothSides() async throws {
         let l = try Listener(authkey: key)
-        let server = Task.detached { () -> MultiprocessingError.Code? in
+        let server = background { () -> MultiprocessingError.Code? in
             do {
                 _ = try l.accept(timeout: .seconds(10))
                 return nil
@@ -162,7 +162,7 @@ struct ListenerTests {
     @Test func serverSurvivesBadClients() async throws {
         let l = try Listener(authkey: key, handshakeTimeout: .milliseconds(300))
         let outcomes = Locked<[String]>([])
-        let server = Task.detached {
+        let server = background {
             for _ in 0..<4 {
                 do {
                     let c = try l.accept(timeout: .seconds(20))
@@ -190,7 +190,7 @@ struct ListenerTests {
         let good = try connect(to: l.address, authkey: key)
         let greeting = try good.recv(String.self, timeout: .seconds(10))
         #expect(greeting == "welcome")
-        await server.value
+        try await server.value
         let results = outcomes.withLock { $0 }
         #expect(results.filter { $0 == "ok" }.count == 1)
         #expect(results.count == 4)
@@ -201,7 +201,7 @@ struct ListenerTests {
 
     @Test func pythonClientToOurListener() async throws {
         let l = try Listener(authkey: key)
-        let server = Task.detached { () throws in
+        let server = background { () throws in
             let c = try l.accept(timeout: .seconds(20))
             let msg = try c.recvBytes(timeout: .seconds(10))
             try c.sendBytes(Array("echo:".utf8) + msg)
@@ -214,18 +214,18 @@ struct ListenerTests {
 
     @Test func pythonClientWithWrongKeyGetsAuthenticationError() async throws {
         let l = try Listener(authkey: key)
-        let server = Task.detached { () -> Bool in
+        let server = background { () -> Bool in
             do { _ = try l.accept(timeout: .seconds(20)); return false } catch { return true }
         }
         let (status, out) = try runPython(pythonEchoClient, [String(port(l)), "not-the-key"])
         #expect(status == 3, "\(out)")
         #expect(out.contains("AUTH-ERROR AuthenticationError"))  // not EOFError: we sent #FAILURE#
-        #expect(await server.value)
+        #expect(try await server.value)
     }
 
     @Test func python312ClientToOurListener() async throws {
         let l = try Listener(authkey: key)
-        let server = Task.detached { () throws in
+        let server = background { () throws in
             let c = try l.accept(timeout: .seconds(20))
             try c.sendBytes(Array("echo:".utf8) + (try c.recvBytes(timeout: .seconds(10))))
         }
@@ -319,4 +319,12 @@ final class Locked<T: Sendable>: Sendable {
     private let m: Mutex<T>
     init(_ v: T) { m = Mutex(v) }
     func withLock<R>(_ body: (inout T) -> R) -> R { m.withLock { body(&$0) } }
+}
+
+/// Runs blocking work on its own thread (never on the cooperative pool, which parallel tests share).
+func background<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> Future<T> {
+    let f = Future<T>()
+    let t = OSThread(daemon: true) { f.complete(Result { try body() }) }
+    try! t.start()
+    return f
 }

@@ -171,6 +171,11 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         return try Syscall.poll(fd, events: Int16(POLLIN), deadline: Deadline.after(timeout))
     }
 
+    /// A complete message if one can be read without blocking, else `nil` (for reactor callbacks).
+    func receiveNow(maxLength: Int = Connection.defaultMaxMessageSize) throws -> [UInt8]? {
+        try withReceiveLockAsync { try tryReceiveFrame(maxLength: maxLength) }
+    }
+
     private func withReceiveLockAsync<R>(_ body: () throws -> R) throws -> R {
         // Receivers in tasks never block on the lock: a contended lock is retried after a yield.
         while !recvLock.acquire(blocking: false) { sched_yield() }

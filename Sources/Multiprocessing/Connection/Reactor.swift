@@ -24,6 +24,7 @@ final class Reactor: Sendable {
 
     private struct State {
         var waiters: [Int32: [Waiter]] = [:]
+        var handlers: [Int32: @Sendable () -> Bool] = [:]
         var registered: Set<Int32> = []
         var cancelledEarly: Set<UInt64> = []
         var nextID: UInt64 = 0
@@ -53,14 +54,22 @@ final class Reactor: Sendable {
     }
 
     private func fire(_ fd: Int32, _ got: UInt32) {
+        // A callback watcher first (on this thread), then the suspended tasks; both may share the fd.
+        var keepHandler = false
+        if let handler = state.withLock({ s in s.handlers[fd] }) { keepHandler = handler() }
         let ready: [Waiter] = state.withLock { s in
             s.registered.remove(fd)  // one-shot: disarmed until re-armed
+            if !keepHandler { s.handlers[fd] = nil }
             let all = s.waiters[fd] ?? []
-            let hup = got & UInt32(UInt32(EPOLLHUP.rawValue) | UInt32(EPOLLERR.rawValue)) != 0
+            let hup = got & (UInt32(EPOLLHUP.rawValue) | UInt32(EPOLLERR.rawValue)) != 0
             let fired = all.filter { hup || $0.events & got != 0 }
             let rest = all.filter { !(hup || $0.events & got != 0) }
             s.waiters[fd] = rest.isEmpty ? nil : rest
-            if !rest.isEmpty { arm(fd, rest, &s) }
+            if !rest.isEmpty || s.handlers[fd] != nil {
+                arm(fd, rest, &s)
+            } else {
+                _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
+            }
             return fired
         }
         for w in ready { w.continuation.resume() }
@@ -74,6 +83,16 @@ final class Reactor: Sendable {
             _ = epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev)
         }
         s.registered.insert(fd)
+    }
+
+    /// Calls `handler` on the reactor thread each time `fd` becomes readable (or hangs up), until it
+    /// returns `false`. The handler must not block. Progress made this way needs no thread of the
+    /// cooperative pool, so blocking callers elsewhere cannot starve it.
+    func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Bool) {
+        state.withLock { s in
+            s.handlers[fd] = handler
+            arm(fd, s.waiters[fd] ?? [], &s)
+        }
     }
 
     /// Suspends until `fd` is ready (or hung up). Throws `CancellationError` if the task is cancelled,
@@ -113,9 +132,10 @@ final class Reactor: Sendable {
     func cancelWaits(on fd: Int32) {
         let list: [Waiter] = state.withLock { s in
             s.registered.remove(fd)
+            s.handlers[fd] = nil
             return s.waiters.removeValue(forKey: fd) ?? []
         }
-        if !list.isEmpty { _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil) }
+        _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
         for w in list { w.continuation.resume(throwing: MultiprocessingError(.closed, "the descriptor was closed")) }
     }
 }

@@ -63,36 +63,54 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
             } catch {
                 // The child died before reading its job; its exit is reported through the result.
             }
-            let outcome = self.outcome
-            let channel = w.channel
-            Task.detached { await ChildProcess.collect(channel, handle, outcome) }
+            ChildProcess.collect(w.channel, handle, outcome)
         }
     }
 
-    /// Reads the worker's answer; if it dies first, fails the outcome with its exit status.
-    private static func collect(_ channel: Connection, _ handle: ProcessHandle, _ outcome: Future<J.Output>) async {
-        defer { channel.close() }
-        do {
-            while true {
-                switch try await channel.recv(FromWorker.self) {
-                case .ready: continue
-                case .result(_, let payload):
-                    do {
-                        outcome.complete(.success(try BinaryDecoder().decode(J.Output.self, from: payload)))
-                    } catch {
-                        outcome.complete(.failure(MultiprocessingError(.decodingFailed, "cannot decode the result: \(error)")))
+    /// Reads the worker's answer on the reactor thread; if the worker dies first, fails the outcome with
+    /// its exit status. Needs no cooperative-pool thread.
+    private static func collect(_ channel: Connection, _ handle: ProcessHandle, _ outcome: Future<J.Output>) {
+        Reactor.shared.watch(channel.fileDescriptor) {
+            do {
+                while let frame = try channel.receiveNow() {
+                    switch try channel.decodeMessage(FromWorker.self, frame) {
+                    case .ready: continue
+                    case .result(_, let payload):
+                        do {
+                            outcome.complete(.success(try BinaryDecoder().decode(J.Output.self, from: payload)))
+                        } catch {
+                            outcome.complete(.failure(MultiprocessingError(.decodingFailed, "cannot decode the result: \(error)")))
+                        }
+                    case .failure(_, let wire):
+                        outcome.complete(.failure(wire.rebuild()))
                     }
-                    return
-                case .failure(_, let wire):
-                    outcome.complete(.failure(wire.rebuild()))
-                    return
+                    // The channel closes when the reactor drops this handler (after unregistering the
+                    // descriptor, so a recycled descriptor number is never touched).
+                    return false
                 }
+                return true
+            } catch {
+                reportDeath(handle, outcome)
+                return false
             }
-        } catch {
-            try? await handle.join()
+        }
+    }
+
+    /// The channel ended without an answer: wait (on the reactor) for the exit status, then fail.
+    private static func reportDeath(_ handle: ProcessHandle, _ outcome: Future<J.Output>) {
+        let fail: @Sendable () -> Void = {
             let code = handle.exitCode.map { $0 < 0 ? "was killed by signal \(-$0)" : "exited with code \($0)" } ?? "ended"
             outcome.complete(.failure(MultiprocessingError(
                 .processDied, "process \(handle.pid) (\(handle.name)) \(code) without returning a result")))
+        }
+        if handle.reapIfExited() {
+            fail()
+            return
+        }
+        Reactor.shared.watch(handle.sentinel) {
+            guard handle.reapIfExited() else { return true }
+            fail()
+            return false
         }
     }
 

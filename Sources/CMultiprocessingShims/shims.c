@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 
 int mp_futex_wait(uint32_t *addr, uint32_t expected, const struct timespec *deadline) {
     // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so retries need no recomputation.
@@ -257,4 +258,49 @@ int mp_getrandom(void *buf, size_t len) {
         done += (size_t)n;
     }
     return 0;
+}
+
+int mp_shared_mutex_init(pthread_mutex_t *m) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    return rc;
+}
+
+int mp_shared_mutex_lock(pthread_mutex_t *m) {
+    int rc = pthread_mutex_lock(m);
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(m);
+        return 1;
+    }
+    return rc == 0 ? 0 : (rc > 1 ? rc : 2);
+}
+
+int mp_shared_mutex_unlock(pthread_mutex_t *m) { return pthread_mutex_unlock(m); }
+
+int mp_futex_wait_shared(uint32_t *addr, uint32_t expected, const struct timespec *deadline) {
+    long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET, expected, deadline, NULL, FUTEX_BITSET_MATCH_ANY);
+    return r == 0 ? 0 : errno;
+}
+
+int mp_futex_wake_shared(uint32_t *addr, int count) {
+    long r = syscall(SYS_futex, addr, FUTEX_WAKE, count, NULL, NULL, 0);
+    return r < 0 ? 0 : (int)r;
+}
+
+void *mp_map_shared(int fd, size_t size) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int mp_unmap(void *p, size_t size) { return munmap(p, size) == 0 ? 0 : errno; }
+
+int mp_ftruncate(int fd, long size) { return ftruncate(fd, size) == 0 ? 0 : errno; }
+
+long mp_fd_size(int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 ? (long)st.st_size : -errno;
 }

@@ -1,5 +1,5 @@
 import Glibc
-import Multiprocessing
+@testable import Multiprocessing
 
 // Jobs used by the tests. They live in the test module: workers find them by name in the test runner.
 
@@ -82,4 +82,59 @@ struct Unencodable: Encodable, Decodable, Sendable {
 
 struct ReturnsUnencodable: Job {
     func run() -> Unencodable { Unencodable() }
+}
+
+/// Puts `count` items tagged with `producer` and returns; the process exits right after.
+struct Producer: Job {
+    let queue: ProcessQueue<Int>
+    let producer: Int
+    let count: Int
+    func run() throws -> Int {
+        for i in 0..<count { try queue.put(producer * 1_000_000 + i) }
+        return count
+    }
+}
+
+/// The seed notes' writer: puts A, B, C.
+struct Writer: Job {
+    let queue: ProcessQueue<String>
+    func run() throws -> Int {
+        for v in ["A", "B", "C"] { try queue.put(v) }
+        return 3
+    }
+}
+
+/// Gets items forever (until killed), slowly.
+struct SlowConsumer: Job {
+    let queue: ProcessQueue<Int>
+    func run() throws -> Int {
+        var n = 0
+        while true {
+            _ = try queue.get(timeout: .seconds(30))
+            n += 1
+            usleep(1_000)
+        }
+    }
+}
+
+/// Dies while holding the queue's lock (fault injection).
+struct DieHoldingQueueLock: Job {
+    let queue: ProcessQueue<Int>
+    func run() -> Int {
+        queue.ring.withLockForTesting { _exit(9) }
+        return 0
+    }
+}
+
+/// Marks `count` items done after getting them.
+struct TaskDoneConsumer: Job {
+    let queue: ProcessQueue<Int>
+    let count: Int
+    func run() throws -> Int {
+        for _ in 0..<count {
+            _ = try queue.get(timeout: .seconds(30))
+            try queue.taskDone()
+        }
+        return count
+    }
 }

@@ -71,6 +71,24 @@ int mp_accept_nonblocking(int fd);
 int mp_getrandom(void *buf, size_t len);
 static const short MP_POLLRDHUP = 0x2000;
 
+// ---- shared memory primitives (process-shared) ----
+#include <pthread.h>
+/// Initialises a process-shared, robust mutex in shared memory; 0 or an errno value.
+int mp_shared_mutex_init(pthread_mutex_t *m);
+/// Locks it; returns 0, or 1 when the previous owner died holding it (the state was made consistent
+/// again), or an errno value (>1).
+int mp_shared_mutex_lock(pthread_mutex_t *m);
+int mp_shared_mutex_unlock(pthread_mutex_t *m);
+static inline size_t mp_mutex_size(void) { return sizeof(pthread_mutex_t); }
+/// futex wait/wake on memory shared between processes (no FUTEX_PRIVATE_FLAG).
+int mp_futex_wait_shared(uint32_t *addr, uint32_t expected, const struct timespec *deadline);
+int mp_futex_wake_shared(uint32_t *addr, int count);
+/// mmap(MAP_SHARED) of `fd` for reading and writing; NULL on failure (errno kept).
+void *mp_map_shared(int fd, size_t size);
+int mp_unmap(void *p, size_t size);
+int mp_ftruncate(int fd, long size);
+long mp_fd_size(int fd);
+
 // ---- worker mode ----
 /// Set by the load-time hook: 1 when this process was started as a worker whose entry is deferred to an
 /// explicit bootstrap() call.
@@ -134,6 +152,24 @@ int mp_accept_nonblocking(int fd);
 /// Fills `buf` from the kernel CSPRNG; 0 or an errno value.
 int mp_getrandom(void *buf, size_t len);
 static const short MP_POLLRDHUP = 0x2000;
+
+// ---- shared memory primitives (process-shared) ----
+#include <pthread.h>
+/// Initialises a process-shared, robust mutex in shared memory; 0 or an errno value.
+int mp_shared_mutex_init(pthread_mutex_t *m);
+/// Locks it; returns 0, or 1 when the previous owner died holding it (the state was made consistent
+/// again), or an errno value (>1).
+int mp_shared_mutex_lock(pthread_mutex_t *m);
+int mp_shared_mutex_unlock(pthread_mutex_t *m);
+static inline size_t mp_mutex_size(void) { return sizeof(pthread_mutex_t); }
+/// futex wait/wake on memory shared between processes (no FUTEX_PRIVATE_FLAG).
+int mp_futex_wait_shared(uint32_t *addr, uint32_t expected, const struct timespec *deadline);
+int mp_futex_wake_shared(uint32_t *addr, int count);
+/// mmap(MAP_SHARED) of `fd` for reading and writing; NULL on failure (errno kept).
+void *mp_map_shared(int fd, size_t size);
+int mp_unmap(void *p, size_t size);
+int mp_ftruncate(int fd, long size);
+long mp_fd_size(int fd);
 
 // ---- worker mode ----
 /// Set by the load-time hook: 1 when this process was started as a worker whose entry is deferred to an

@@ -1,0 +1,254 @@
+internal import CMultiprocessingShims
+import Glibc
+import Threading
+
+/// A ring buffer of byte records in a `memfd` mapped by every process that holds the queue: the engine
+/// of the inter-process queues.
+///
+/// A process-shared, robust mutex guards the indices; waiting uses futexes on shared memory. A record is
+/// written before the tail moves past it, and read before the head moves past it, so a producer or a
+/// consumer killed at any point leaves the ring consistent: the next locker is told the owner died,
+/// marks the mutex consistent and carries on; an item whose consumer died mid-`get` is still there.
+final class SharedRing: @unchecked Sendable {  // shared state behind the robust mutex in `base`
+    // Header layout (bytes): mutex at 0; fields from 64.
+    private static let headerSize = 4096
+    private static let magic: UInt64 = 0x6d70_7175_6575_6531  // "mpqueue1"
+    private enum Field: Int {
+        case magic = 64, head = 72, tail = 80, count = 88, unfinished = 96, maxsize = 104, capacity = 112
+        case itemsSeq = 128, spaceSeq = 132, doneSeq = 136, waitingGetters = 140, waitingPutters = 144
+        case waitingJoiners = 148
+    }
+
+    let fd: Int32
+    let capacity: Int
+    private let base: UnsafeMutableRawPointer
+    private let mappedSize: Int
+
+    /// Creates a new ring of `capacity` data bytes (sparse: pages are allocated when first written).
+    init(capacity: Int, maxsize: Int) throws {
+        let fd = mp_memfd_create("swift-mp-queue")
+        guard fd >= 0 else { throw MultiprocessingError.system("memfd_create", -fd) }
+        let size = SharedRing.headerSize + capacity
+        let rc = mp_ftruncate(fd, size)
+        guard rc == 0 else {
+            Syscall.close(fd)
+            throw MultiprocessingError.system("ftruncate", rc)
+        }
+        guard let p = mp_map_shared(fd, size) else {
+            let e = errno
+            Syscall.close(fd)
+            throw MultiprocessingError.system("mmap", e)
+        }
+        self.fd = fd
+        self.capacity = capacity
+        base = p
+        mappedSize = size
+        let mrc = mp_shared_mutex_init(p.assumingMemoryBound(to: pthread_mutex_t.self))
+        precondition(mrc == 0, "pthread_mutex_init failed: \(mrc)")
+        set(.maxsize, Int64(maxsize))
+        set(.capacity, Int64(capacity))
+        set(.magic, Int64(bitPattern: SharedRing.magic))
+    }
+
+    /// Maps an existing ring received from another process (takes ownership of `fd`).
+    init(adopting fd: Int32) throws {
+        let size = mp_fd_size(fd)
+        guard size > SharedRing.headerSize, let p = mp_map_shared(fd, size) else {
+            Syscall.close(fd)
+            throw MultiprocessingError(.decodingFailed, "the descriptor received is not a queue")
+        }
+        self.fd = fd
+        base = p
+        mappedSize = size
+        capacity = size - SharedRing.headerSize
+        guard UInt64(bitPattern: get(.magic)) == SharedRing.magic, Int(get(.capacity)) == capacity else {
+            _ = mp_unmap(p, size)
+            Syscall.close(fd)
+            throw MultiprocessingError(.decodingFailed, "the descriptor received is not a queue")
+        }
+    }
+
+    deinit {
+        _ = mp_unmap(base, mappedSize)
+        Syscall.close(fd)
+    }
+
+    // MARK: fields
+
+    @inline(__always) private func get(_ f: Field) -> Int64 { base.load(fromByteOffset: f.rawValue, as: Int64.self) }
+    @inline(__always) private func set(_ f: Field, _ v: Int64) { base.storeBytes(of: v, toByteOffset: f.rawValue, as: Int64.self) }
+    @inline(__always) private func word(_ f: Field) -> UnsafeMutablePointer<UInt32> {
+        (base + f.rawValue).assumingMemoryBound(to: UInt32.self)
+    }
+    @inline(__always) private func bump(_ f: Field) {
+        let w = word(f)
+        w.pointee &+= 1
+    }
+
+    var maxsize: Int { Int(get(.maxsize)) }
+
+    // MARK: locking
+
+    private func withLock<R>(_ body: () throws -> R) rethrows -> R {
+        let rc = mp_shared_mutex_lock(base.assumingMemoryBound(to: pthread_mutex_t.self))
+        precondition(rc <= 1, "locking the queue failed: \(rc)")
+        defer { _ = mp_shared_mutex_unlock(base.assumingMemoryBound(to: pthread_mutex_t.self)) }
+        return try body()
+    }
+
+    /// Waits on a futex word until it changes from `seen` or the deadline passes.
+    private func sleep(on f: Field, seen: UInt32, deadline: Deadline?) {
+        if let deadline {
+            var ts = deadline.timespec
+            _ = mp_futex_wait_shared(word(f), seen, &ts)
+        } else {
+            _ = mp_futex_wait_shared(word(f), seen, nil)
+        }
+    }
+
+    // MARK: copying, with wrap-around
+
+    private func copyIn(_ src: UnsafeRawBufferPointer, at position: Int64) {
+        let off = Int(position % Int64(capacity))
+        let first = min(src.count, capacity - off)
+        let data = base + SharedRing.headerSize
+        if first > 0 { (data + off).copyMemory(from: src.baseAddress!, byteCount: first) }
+        if first < src.count { data.copyMemory(from: src.baseAddress! + first, byteCount: src.count - first) }
+    }
+
+    private func copyOut(_ dst: UnsafeMutableRawBufferPointer, at position: Int64) {
+        let off = Int(position % Int64(capacity))
+        let first = min(dst.count, capacity - off)
+        let data = base + SharedRing.headerSize
+        if first > 0 { dst.baseAddress!.copyMemory(from: data + off, byteCount: first) }
+        if first < dst.count { (dst.baseAddress! + first).copyMemory(from: data, byteCount: dst.count - first) }
+    }
+
+    // MARK: operations
+
+    /// Appends one record. `blocking: false` fails at once when full.
+    /// - Returns: `false` if there was no room before the deadline.
+    func put(_ record: UnsafeRawBufferPointer, blocking: Bool, deadline: Deadline?) throws -> Bool {
+        let need = 4 + record.count
+        guard need <= capacity else {
+            throw MultiprocessingError(.full, "an item of \(record.count) bytes is larger than the queue's capacity of \(capacity) bytes")
+        }
+        while true {
+            var wakeGetter = false
+            var seen: UInt32 = 0
+            let done: Bool = withLock {
+                let head = get(.head), tail = get(.tail), count = get(.count), maxsize = get(.maxsize)
+                let room = Int64(capacity) - (tail - head) >= Int64(need) && (maxsize <= 0 || count < maxsize)
+                if room {
+                    var len = UInt32(record.count).littleEndian
+                    withUnsafeBytes(of: &len) { copyIn($0, at: tail) }
+                    copyIn(record, at: tail + 4)
+                    set(.count, count + 1)
+                    set(.unfinished, get(.unfinished) + 1)
+                    set(.tail, tail + Int64(need))  // publish last
+                    bump(.itemsSeq)
+                    wakeGetter = word(.waitingGetters).pointee > 0
+                    return true
+                }
+                if blocking {
+                    word(.waitingPutters).pointee += 1
+                    seen = word(.spaceSeq).pointee
+                }
+                return false
+            }
+            if done {
+                if wakeGetter { _ = mp_futex_wake_shared(word(.itemsSeq), 1) }
+                return true
+            }
+            if !blocking { return false }
+            if let deadline, deadline.hasPassed {
+                withLock { word(.waitingPutters).pointee -= 1 }
+                return false
+            }
+            sleep(on: .spaceSeq, seen: seen, deadline: deadline)
+            withLock { word(.waitingPutters).pointee -= 1 }
+        }
+    }
+
+    /// Removes the oldest record; `nil` if none arrived before the deadline (or at once when not blocking).
+    func get(blocking: Bool, deadline: Deadline?) -> [UInt8]? {
+        while true {
+            var wakePutter = false
+            var seen: UInt32 = 0
+            let item: [UInt8]? = withLock {
+                let head = get(.head), tail = get(.tail)
+                if tail > head {
+                    var len: UInt32 = 0
+                    withUnsafeMutableBytes(of: &len) { copyOut($0, at: head) }
+                    let n = Int(UInt32(littleEndian: len))
+                    let out = [UInt8](unsafeUninitializedCapacity: n) { buf, initialized in
+                        copyOut(UnsafeMutableRawBufferPointer(buf), at: head + 4)
+                        initialized = n
+                    }
+                    set(.count, get(.count) - 1)
+                    set(.head, head + 4 + Int64(n))  // commit last: a consumer dying before this loses nothing
+                    bump(.spaceSeq)
+                    wakePutter = word(.waitingPutters).pointee > 0
+                    return out
+                }
+                if blocking {
+                    word(.waitingGetters).pointee += 1
+                    seen = word(.itemsSeq).pointee
+                }
+                return nil
+            }
+            if let item {
+                if wakePutter { _ = mp_futex_wake_shared(word(.spaceSeq), Int32.max) }
+                return item
+            }
+            if !blocking { return nil }
+            if let deadline, deadline.hasPassed {
+                withLock { word(.waitingGetters).pointee -= 1 }
+                return nil
+            }
+            sleep(on: .itemsSeq, seen: seen, deadline: deadline)
+            withLock { word(.waitingGetters).pointee -= 1 }
+        }
+    }
+
+    var count: Int { withLock { Int(get(.count)) } }
+
+    /// Fault injection for tests: runs `body` holding the ring's lock (body may kill the process).
+    func withLockForTesting(_ body: () -> Void) { withLock(body) }
+
+    var unfinished: Int { withLock { Int(get(.unfinished)) } }
+
+    func taskDone() throws {
+        let wake: Bool = try withLock {
+            let u = get(.unfinished)
+            guard u > 0 else { throw MultiprocessingError(.invalidState, "taskDone() called too many times") }
+            set(.unfinished, u - 1)
+            if u == 1 {
+                bump(.doneSeq)
+                return word(.waitingJoiners).pointee > 0
+            }
+            return false
+        }
+        if wake { _ = mp_futex_wake_shared(word(.doneSeq), Int32.max) }
+    }
+
+    /// Waits until every record put has been marked done; `false` on timeout.
+    func join(deadline: Deadline?) -> Bool {
+        while true {
+            var seen: UInt32 = 0
+            let done: Bool = withLock {
+                if get(.unfinished) == 0 { return true }
+                word(.waitingJoiners).pointee += 1
+                seen = word(.doneSeq).pointee
+                return false
+            }
+            if done { return true }
+            if let deadline, deadline.hasPassed {
+                withLock { word(.waitingJoiners).pointee -= 1 }
+                return false
+            }
+            sleep(on: .doneSeq, seen: seen, deadline: deadline)
+            withLock { word(.waitingJoiners).pointee -= 1 }
+        }
+    }
+}

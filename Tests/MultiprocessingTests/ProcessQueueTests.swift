@@ -1,0 +1,137 @@
+import Glibc
+import Testing
+import Threading
+@testable import Multiprocessing
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct ProcessQueueTests {
+    struct Item: Codable, Equatable { var id: Int; var name: String; var data: [Double] }
+
+    @Test func inProcessPutGetAndErrors() throws {
+        let q = try ProcessQueue<Item>(maxsize: 2)
+        #expect(q.isEmpty)
+        try q.put(Item(id: 1, name: "a", data: [1]))
+        try q.put(Item(id: 2, name: "b", data: []))
+        #expect(q.count == 2 && q.isFull)
+        do { try q.putNowait(Item(id: 3, name: "c", data: [])); Issue.record("expected full") } catch let e as MultiprocessingError {
+            #expect(e.code == .full)
+        }
+        let t0 = ContinuousClock.now
+        #expect(throws: MultiprocessingError.self) { try q.put(Item(id: 3, name: "c", data: []), timeout: .milliseconds(50)) }
+        #expect(ContinuousClock.now - t0 >= .milliseconds(45))
+        #expect(try q.get().id == 1)
+        #expect(try q.get(timeout: .seconds(1)).id == 2)
+        do { _ = try q.getNowait(); Issue.record("expected empty") } catch let e as MultiprocessingError {
+            #expect(e.code == .empty)
+        }
+        #expect(throws: MultiprocessingError.self) { try q.get(timeout: .milliseconds(30)) }
+        q.close()
+        #expect(throws: MultiprocessingError.self) { try q.put(Item(id: 9, name: "", data: [])) }
+    }
+
+    @Test func wrapAroundAndTooLargeItems() throws {
+        let q = try ProcessQueue<[UInt8]>(capacity: 10_000)
+        for round in 0..<50 {
+            let item = [UInt8](repeating: UInt8(round), count: 3_000)
+            try q.put(item)
+            try q.put(item)
+            #expect(try q.get() == item)
+            #expect(try q.get() == item)
+        }
+        #expect(throws: MultiprocessingError.self) { try q.put([UInt8](repeating: 0, count: 20_000)) }
+    }
+
+    @Test func seedWriterReaderAcrossProcesses() throws {
+        let q = try ProcessQueue<String>()
+        let w = ChildProcess(job: Writer(queue: q))
+        try w.start()
+        try w.join(timeout: .seconds(30))
+        #expect(w.exitCode == 0)
+        // Delivered although the writer has exited.
+        #expect(try (0..<3).map { _ in try q.get(timeout: .seconds(5)) } == ["A", "B", "C"])
+    }
+
+    @Test func fourProducersTenThousandEachExactlyOnce() throws {
+        let q = try ProcessQueue<Int>(maxsize: 1_000)
+        let producers = (0..<4).map { ChildProcess(job: Producer(queue: q, producer: $0, count: 10_000)) }
+        for p in producers { try p.start() }
+        var seen = Set<Int>()
+        var duplicates = 0
+        for _ in 0..<40_000 {
+            let x = try q.get(timeout: .seconds(30))
+            if !seen.insert(x).inserted { duplicates += 1 }
+        }
+        for p in producers {
+            try p.join(timeout: .seconds(30))
+            #expect(p.exitCode == 0)
+        }
+        #expect(duplicates == 0)
+        #expect(seen.count == 40_000)
+        #expect((0..<4).allSatisfy { k in (0..<10_000).allSatisfy { seen.contains(k * 1_000_000 + $0) } })
+        #expect(q.isEmpty)
+    }
+
+    @Test func consumerKilledMidGetDoesNotCorruptTheQueue() throws {
+        let q = try ProcessQueue<Int>()
+        let n = 3_000
+        for i in 0..<n { try q.put(i) }
+        for _ in 0..<3 {
+            let c = ChildProcess(job: SlowConsumer(queue: q))
+            try c.start()
+            usleep(useconds_t(20_000 + Int.random(in: 0..<30_000)))
+            c.kill()
+            try c.join(timeout: .seconds(10))
+            #expect(c.exitCode == -SIGKILL)
+        }
+        // What is left is intact, in order, and a suffix of what was put.
+        var rest: [Int] = []
+        while let x = try? q.get(timeout: .milliseconds(100)) { rest.append(x) }
+        #expect(!rest.isEmpty)
+        #expect(rest == Array((n - rest.count)..<n))
+    }
+
+    @Test func processDyingWhileHoldingTheLockDoesNotWedgeTheQueue() throws {
+        let q = try ProcessQueue<Int>()
+        try q.put(1)
+        let p = ChildProcess(job: DieHoldingQueueLock(queue: q))
+        try p.start()
+        try p.join(timeout: .seconds(10))
+        #expect(p.exitCode == 9)
+        // The robust mutex is recovered by the next locker.
+        try q.put(2)
+        #expect(try q.get(timeout: .seconds(5)) == 1)
+        #expect(try q.get(timeout: .seconds(5)) == 2)
+    }
+
+    @Test func joinableAcrossProcesses() throws {
+        let q = try JoinableProcessQueue<Int>()
+        for i in 0..<100 { try q.put(i) }
+        #expect(!q.join(timeout: .milliseconds(20)))
+        let c = ChildProcess(job: TaskDoneConsumer(queue: q, count: 100))
+        try c.start()
+        #expect(q.join(timeout: .seconds(30)))
+        #expect(q.unfinishedTasks == 0)
+        try c.join(timeout: .seconds(30))
+        #expect(throws: MultiprocessingError.self) { try q.taskDone() }
+    }
+
+    @Test func asyncPutGetAndCancellation() async throws {
+        let q = try ProcessQueue<String>(maxsize: 1)
+        try await q.put("x")
+        #expect(try await q.get() == "x")
+        let waiting = Task { try await q.get() }
+        try await Task.sleep(for: .milliseconds(20))
+        waiting.cancel()
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+        try q.put("y", timeout: nil)
+        #expect(try q.get(timeout: .seconds(1)) == "y")  // the cancelled getter took nothing
+    }
+
+    @Test func simpleQueue() throws {
+        let q = try SimpleProcessQueue<Int>()
+        try q.put(5)
+        #expect(!q.isEmpty)
+        #expect(try q.get(timeout: .seconds(1)) == 5)
+        #expect(q.isEmpty)
+    }
+}

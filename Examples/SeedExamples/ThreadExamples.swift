@@ -7,7 +7,12 @@ import Threading
 /// The seed notes' programs, by name.
 public enum SeedExamples {
     /// Every example, in the order the notes present them.
-    public static let all: [(name: String, summary: String, run: @Sendable () throws -> Void)] = [
+    public static let all: [(name: String, summary: String, run: @Sendable () async throws -> Void)] = [
+        ("fork", "os.fork: a parent starts a child process (by re-executing itself)", { try await forkStyle() }),
+        ("process", "multiprocessing.Process: run a function in a child, join it", { try await processWithJoin() }),
+        ("queue", "a writer and a reader process share a Queue", { try await queueWriterReader() }),
+        ("pipe", "parent and child talk over a Pipe", { try await pipe() }),
+        ("subprocess", "subprocess call and communicate() (swift-subprocess)", { try await subprocessCommunicate() }),
         ("loop-thread", "start a named thread running a loop, join it", { try loopThread() }),
         ("balance", "two threads change a balance, without and with a Lock", { try balance() }),
         ("thread-local", "ThreadLocal binds a student per thread (Alice/Bob)", { try threadLocal() }),

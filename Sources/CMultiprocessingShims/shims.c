@@ -304,3 +304,5 @@ long mp_fd_size(int fd) {
     struct stat st;
     return fstat(fd, &st) == 0 ? (long)st.st_size : -errno;
 }
+
+void mp_stdout_line_buffered(void) { setvbuf(stdout, NULL, _IOLBF, 0); }

@@ -1,9 +1,11 @@
 import Glibc
+import Multiprocessing
 import SeedExamples
 
 // mp — the swift-multiprocessing command-line tool.
 //   mp demo [NAME ...]   run the seed notes' programs (all, or the ones named)
 //   mp list              list them
+Processes.lineBufferStandardOutput()
 let args = Array(CommandLine.arguments.dropFirst())
 let command = args.first ?? "demo"
 
@@ -28,7 +30,7 @@ case "demo":
     for e in SeedExamples.all where wanted.isEmpty || wanted.contains(e.name) {
         print("\n=== \(e.name): \(e.summary) ===")
         do {
-            try e.run()
+            try await e.run()
         } catch {
             print("error: \(error)")
             exit(1)

@@ -134,6 +134,20 @@ struct ConnectionTests {
         #expect(try waitReady([b2], timeout: .seconds(5)).count == 1)
     }
 
+    @Test func connectionTravelsInsideAJob() throws {
+        let (mine, theirs) = try makePipe()
+        let p = ChildProcess(job: Doubler(connection: theirs))
+        try p.start()
+        theirs.close()  // closing our copy must not cut the child's
+        for i in 0..<50 {
+            try mine.send(i)
+            #expect(try mine.recv(Int.self, timeout: .seconds(10)) == 2 * i)
+        }
+        try mine.send(-1)
+        #expect(try p.result(timeout: .seconds(10)) == 50)
+        try p.join()
+    }
+
     @Test func connectionsTravelThroughThreads() throws {
         let (a, b) = try makePipe()
         let n = 2_000

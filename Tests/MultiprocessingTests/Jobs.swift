@@ -138,3 +138,16 @@ struct TaskDoneConsumer: Job {
         return count
     }
 }
+
+/// Receives numbers on a connection handed over inside the job and answers with their doubles.
+struct Doubler: Job {
+    let connection: Connection
+    func run() throws -> Int {
+        var n = 0
+        while let x = try? connection.recv(Int.self, timeout: .seconds(10)), x >= 0 {
+            try connection.send(2 * x)
+            n += 1
+        }
+        return n
+    }
+}

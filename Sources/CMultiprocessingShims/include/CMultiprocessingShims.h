@@ -65,6 +65,8 @@ long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int
 long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags);
 int mp_set_nodelay(int fd);
 int mp_pipe_cloexec(int fds[2]);
+/// Makes standard output line-buffered.
+void mp_stdout_line_buffered(void);
 /// accept4(SOCK_CLOEXEC | SOCK_NONBLOCK); the descriptor or -errno.
 int mp_accept_nonblocking(int fd);
 /// Fills `buf` from the kernel CSPRNG; 0 or an errno value.
@@ -147,6 +149,8 @@ long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int
 long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags);
 int mp_set_nodelay(int fd);
 int mp_pipe_cloexec(int fds[2]);
+/// Makes standard output line-buffered.
+void mp_stdout_line_buffered(void);
 /// accept4(SOCK_CLOEXEC | SOCK_NONBLOCK); the descriptor or -errno.
 int mp_accept_nonblocking(int fd);
 /// Fills `buf` from the kernel CSPRNG; 0 or an errno value.

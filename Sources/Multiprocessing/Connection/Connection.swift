@@ -60,9 +60,9 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     /// Closes this end — Python's `Connection.close()`. Idempotent; wakes async receivers.
     public func close() {
         guard closedFlag.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        // Only this descriptor is closed (never `shutdown`, which would cut the socket for every process
+        // holding a copy, such as a child given this end). Tasks waiting on it are failed.
         Reactor.shared.cancelWaits(on: fd)
-        // Shut down first so a thread blocked in poll/recv on this descriptor wakes up.
-        if isSocket { _ = shutdown(fd, Int32(SHUT_RDWR)) }
         Syscall.close(fd)
     }
 
@@ -316,4 +316,24 @@ public func makePipe(duplex: Bool = true) throws -> (Connection, Connection) {
     let (r, w) = try Syscall.pipe()
     return (Connection(fileDescriptor: r, readable: true, writable: false),
             Connection(fileDescriptor: w, readable: false, writable: true))
+}
+
+extension Connection: Codable {
+    /// A connection travels to another process inside a ``Job`` (its descriptor goes as `SCM_RIGHTS`;
+    /// both processes then hold an end), as Python passes `Pipe()` ends to a `Process`.
+    public convenience init(from decoder: any Decoder) throws {
+        var c = try decoder.unkeyedContainer()
+        _ = try c.decode(Int.self)
+        let readable = try c.decode(Bool.self)
+        let writable = try c.decode(Bool.self)
+        self.init(fileDescriptor: try MessageCodec.takeDescriptor(), readable: readable, writable: writable)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try checkOpen()
+        var c = encoder.unkeyedContainer()
+        try c.encode(try MessageCodec.attach(fd))
+        try c.encode(isReadable)
+        try c.encode(isWritable)
+    }
 }

@@ -22,6 +22,11 @@ public protocol Job: Codable, Sendable {
     func run() async throws -> Output
 }
 
+/// The `Output` of a job that returns nothing (`Void` is not `Codable`).
+public struct NoOutput: Codable, Sendable, Hashable {
+    public init() {}
+}
+
 /// An error thrown in another process whose type could not be sent back as itself (it is not `Codable`,
 /// or the receiving side cannot resolve it).
 public struct RemoteError: Error, Codable, CustomStringConvertible, Sendable {

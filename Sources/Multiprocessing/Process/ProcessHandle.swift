@@ -149,6 +149,10 @@ public enum Processes {
     public static var parentPID: Int32 { getppid() }
     /// The CPUs this process may run on (its affinity mask) — Python's `os.process_cpu_count()`.
     public static var cpuCount: Int { mp_cpu_count() }
+    /// Makes standard output line-buffered (as workers' is), so that parent and child output interleave
+    /// line by line when piped.
+    public static func lineBufferStandardOutput() { mp_stdout_line_buffered() }
+
     /// Whether this process is a worker started by this library.
     public static var isWorker: Bool { WorkerRuntime.isWorker }
 

@@ -26,6 +26,8 @@ enum WorkerRuntime {
         isWorker = true
         // Ignore SIGINT: a Ctrl-C in the terminal reaches the whole process group, and the parent decides.
         signal(SIGINT, SIG_IGN)
+        // Line-buffered output, so a worker's prints interleave sensibly with its parent's.
+        mp_stdout_line_buffered()
         let channel = Connection(fileDescriptor: fd)
         let pid = getpid()
         startParentWatch(fd)

@@ -182,12 +182,15 @@ enum AsyncBridge {
         while true {
             try Task.checkCancellation()
             let future = try pool.submit { try attempt(slice) }
-            if let value = try await withTaskCancellationHandler(
-                operation: { try await future.value },
-                onCancel: { future.cancel() })
-            {
-                return value
+            let value: T?
+            do {
+                value = try await withTaskCancellationHandler(
+                    operation: { try await future.value },
+                    onCancel: { future.cancel() })
+            } catch let e as ThreadingError where e.code == .cancelled {
+                throw CancellationError()  // the slice was cancelled before it started
             }
+            if let value { return value }
         }
     }
 }

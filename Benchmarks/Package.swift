@@ -10,7 +10,10 @@ let package = Package(
     targets: [
         .executableTarget(
             name: "bench",
-            dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
+            dependencies: [
+                .product(name: "Threading", package: "swift-multiprocessing"),
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+            ]
         )
     ]
 )

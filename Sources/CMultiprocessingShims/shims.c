@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <sched.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -198,6 +199,21 @@ int mp_set_nodelay(int fd) {
 }
 
 // ---- worker mode: entered before main ----
+// With --static-swift-stdlib, libdispatch is linked into the executable and initialised by a constructor
+// that runs *after* ours (static archives come later on the link line), so a worker entered from our
+// constructor would find Swift concurrency's global executor dead. In that case only, initialise it
+// first. A shared libdispatch was initialised before any constructor of the executable ran.
+extern void _libdispatch_init(void) __attribute__((weak));
+
+static void mp_init_static_dispatch(void) {
+    if (!_libdispatch_init) return;
+    Dl_info lib, self;
+    if (dladdr((void *)_libdispatch_init, &lib) && dladdr((void *)mp_init_static_dispatch, &self)
+        && lib.dli_fbase == self.dli_fbase) {
+        _libdispatch_init();
+    }
+}
+
 static int mp_deferred;
 int mp_worker_deferred(void) { return mp_deferred; }
 
@@ -223,6 +239,7 @@ __attribute__((constructor)) static void mp_worker_hook(void) {
         (void)!write(2, msg, sizeof msg - 1);
         _exit(70);
     }
+    mp_init_static_dispatch();
     mp_worker_entry(3);
     _exit(0);
 }

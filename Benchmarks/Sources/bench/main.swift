@@ -3,13 +3,20 @@ import Foundation
 // bench SUITE [workload ...]   — prints RESULT/INFO lines like the Python anchors in shared/bench/python.
 let args = CommandLine.arguments.dropFirst()
 guard let suite = args.first else {
-    print("usage: bench threads [workload ...]")
+    print("usage: bench SUITE [workload ...]   (suites: threads, ipc)")
     exit(2)
 }
 let only = Set(args.dropFirst())
 switch suite {
 case "threads": runThreadsSuite(only)
+case "ipc":
+    do {
+        try runIPCSuite(only)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 default:
-    print("unknown suite \(suite); suites: threads")
+    print("unknown suite \(suite); suites: threads, ipc")
     exit(2)
 }

@@ -187,6 +187,21 @@ struct ChildProcessTests {
         #expect(Glibc.kill(grandchild, 0) != 0)
     }
 
+    @Test func noDescriptorLeaksIntoChildren() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(Glibc.pipe(&fds) == 0)  // deliberately without O_CLOEXEC
+        defer { close(fds[0]); close(fds[1]) }
+        let p = ChildProcess(job: DescribeFd(fd: fds[1]))
+        try p.start()
+        var buf = [CChar](repeating: 0, count: 256)
+        let n = readlink("/proc/self/fd/\(fds[1])", &buf, 255)
+        let mine = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        #expect(mine.hasPrefix("pipe:"))
+        let theirs = try p.result(timeout: .seconds(30))
+        #expect(theirs != mine)  // not inherited (closed, or the number reused for something else)
+        try p.join()
+    }
+
     @Test func processesFacts() {
         #expect(Processes.cpuCount >= 1)
         #expect(Processes.currentPID == getpid())

@@ -151,3 +151,13 @@ struct Doubler: Job {
         return n
     }
 }
+
+/// Reports what descriptor `fd` refers to in the worker ("" if it is not open).
+struct DescribeFd: Job {
+    let fd: Int32
+    func run() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        let n = readlink("/proc/self/fd/\(fd)", &buf, 255)
+        return n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+    }
+}

@@ -54,7 +54,6 @@ int mp_thread_start(void (*body)(void *), void *context, size_t stack_size, uint
     args->context = context;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (stack_size) pthread_attr_setstacksize(&attr, stack_size);
     pthread_t t;
     int rc = pthread_create(&t, &attr, mp_thread_trampoline, args);
@@ -323,3 +322,10 @@ long mp_fd_size(int fd) {
 }
 
 void mp_stdout_line_buffered(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
+
+int mp_thread_join(uint64_t thread, const struct timespec *deadline) {
+    if (!deadline) return pthread_join((pthread_t)thread, NULL);
+    return pthread_clockjoin_np((pthread_t)thread, NULL, CLOCK_MONOTONIC, deadline);
+}
+
+int mp_thread_detach(uint64_t thread) { return pthread_detach((pthread_t)thread); }

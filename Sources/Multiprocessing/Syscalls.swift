@@ -57,16 +57,18 @@ enum Syscall {
         return .system("write", e)
     }
 
-    /// One non-blocking `recvmsg` (sockets) or `read` (pipes, after `poll`); `nil` means "nothing now",
-    /// 0 end of file. Received descriptors are appended to `fds`.
-    static func readNow(_ fd: Int32, into p: UnsafeMutableRawBufferPointer, fds: inout [Int32], isSocket: Bool) throws -> Int? {
+    /// One `recvmsg` (sockets) or `read` (pipes); non-blocking unless `blocking` (then one syscall that
+    /// sleeps until data arrives). `nil` means "nothing now", 0 end of file. Received descriptors are
+    /// appended to `fds`.
+    static func readNow(_ fd: Int32, into p: UnsafeMutableRawBufferPointer, fds: inout [Int32], isSocket: Bool,
+                        blocking: Bool = false) throws -> Int? {
         while true {
             if isSocket {
                 var got: (Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32) = (-1, -1, -1, -1, -1, -1, -1, -1)
                 var n: Int32 = 0
                 let r = withUnsafeMutableBytes(of: &got) { g in
                     mp_recv_with_fds(fd, p.baseAddress, p.count, g.baseAddress!.assumingMemoryBound(to: Int32.self), 8, &n,
-                                     Int32(MSG_DONTWAIT))
+                                     blocking ? 0 : Int32(MSG_DONTWAIT))
                 }
                 if r >= 0 {
                     if n > 0 { withUnsafeBytes(of: got) { g in fds.append(contentsOf: g.bindMemory(to: Int32.self)[0..<Int(n)]) } }
@@ -78,7 +80,7 @@ enum Syscall {
                 if e == ECONNRESET { return 0 }
                 throw MultiprocessingError.system("recvmsg", e)
             }
-            guard try poll(fd, events: Int16(POLLIN), deadline: Deadline.now()) else { return nil }
+            if !blocking { guard try poll(fd, events: Int16(POLLIN), deadline: Deadline.now()) else { return nil } }
             let r = Glibc.read(fd, p.baseAddress, p.count)
             if r >= 0 { return r }
             if errno == EINTR { continue }

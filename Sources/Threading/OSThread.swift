@@ -26,6 +26,9 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         var ident: UInt64?
         var nativeID: Int32?
         var explicitName: Bool
+        /// The pthread from `pthread_create`, while it still needs a `pthread_join` or `pthread_detach`.
+        var joinable: UInt64?
+        var joining = false
     }
 
     private let state: Mutex<State>
@@ -67,6 +70,11 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         stackSize = 0
         isDummy = true
         ready.set()
+    }
+
+    deinit {
+        // Never joined: let the system reclaim the thread when it ends.
+        if let t = state.withLock({ $0.joinable }) { _ = mp_thread_detach(t) }
     }
 
     // MARK: - Properties
@@ -128,7 +136,10 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
             state.withLock { $0.started = false }
             throw ThreadingError(.threadCreation, "pthread_create failed: \(String(cString: strerror(rc)))")
         }
-        state.withLock { if $0.ident == nil { $0.ident = pt } }
+        state.withLock { s in
+            if s.ident == nil { s.ident = pt }
+            s.joinable = pt
+        }
     }
 
     private func run() {
@@ -161,7 +172,23 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         }
         if OSThread.current === self { throw ThreadingError(.cannotJoin, "cannot join current thread") }
         if isDummy { return false }
-        return finished.wait(timeout: timeout, spin: false)
+        // The first joiner sleeps in pthread_join, woken by the kernel as the thread exits (one wake-up,
+        // as in C); concurrent joiners wait for the thread's own "finished" event.
+        let pthread: UInt64? = state.withLock { s in
+            guard let t = s.joinable, !s.joining else { return nil }
+            s.joining = true
+            return t
+        }
+        guard let pthread else { return finished.wait(timeout: timeout, spin: false) }
+        let deadline = Deadline.after(timeout)
+        var ts = deadline?.timespec ?? timespec()
+        let rc = deadline == nil ? mp_thread_join(pthread, nil) : mp_thread_join(pthread, &ts)
+        state.withLock { s in
+            s.joining = false
+            if rc == 0 { s.joinable = nil }
+        }
+        if rc == 0 { finished.wait() }  // already set: run() sets it before returning
+        return rc == 0
     }
 
     /// Suspends the task until the thread finishes, without blocking a thread.

@@ -112,8 +112,11 @@ int mp_futex_wake(uint32_t *addr, int count);
 // ---- threads ----
 pid_t mp_gettid(void);
 uint64_t mp_pthread_self(void);
-/// Starts a detached pthread running `body(context)`; returns 0 or an errno value.
+/// Starts a joinable pthread running `body(context)`; returns 0 or an errno value.
 int mp_thread_start(void (*body)(void *), void *context, size_t stack_size, uint64_t *out_pthread);
+/// pthread_clockjoin_np on CLOCK_MONOTONIC (`deadline` NULL: forever); 0, ETIMEDOUT or an errno value.
+int mp_thread_join(uint64_t thread, const struct timespec *deadline);
+int mp_thread_detach(uint64_t thread);
 int mp_set_thread_name(const char *name);
 /// The pthread id of the main thread, captured by a load-time constructor.
 uint64_t mp_main_pthread(void);

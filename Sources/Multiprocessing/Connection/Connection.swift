@@ -191,7 +191,8 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         }
         defer { try? recvLock.release() }
         while true {
-            if let frame = try tryReceiveFrame(maxLength: maxLength) { return frame }
+            // Without a deadline, the read itself sleeps: one syscall per message, as CPython and C.
+            if let frame = try tryReceiveFrame(maxLength: maxLength, blocking: deadline == nil) { return frame }
             if try !Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) {
                 if writePos > readPos || large != nil {
                     broken = "a timeout in the middle of a message"
@@ -203,7 +204,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
 
     /// With `recvLock` held: returns a complete frame, reading what is available without blocking; `nil`
     /// when more bytes are needed.
-    private func tryReceiveFrame(maxLength: Int) throws -> [UInt8]? {
+    private func tryReceiveFrame(maxLength: Int, blocking: Bool = false) throws -> [UInt8]? {
         if let broken { throw MultiprocessingError(.closed, "the connection is unusable after \(broken)") }
         try checkOpen()
         while true {
@@ -211,7 +212,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
                 // A large frame is read straight into its own buffer.
                 large = nil
                 let n = try payload.withUnsafeMutableBytes { p in
-                    try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[filled...]))
+                    try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[filled...]), blocking: blocking)
                 }
                 if n == 0 {
                     large = (payload, filled)
@@ -232,7 +233,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
                 writePos = live
             }
             let n = try buffer.withUnsafeMutableBytes { p in
-                try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[writePos...]))
+                try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[writePos...]), blocking: blocking)
             }
             if n == 0 { return nil }
             writePos += n
@@ -240,8 +241,10 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     }
 
     /// Reads without blocking; 0 means "nothing now". End of file throws.
-    private func readSome(into p: UnsafeMutableRawBufferPointer) throws -> Int {
-        guard let n = try Syscall.readNow(fd, into: p, fds: &pendingFds, isSocket: isSocket) else { return 0 }
+    private func readSome(into p: UnsafeMutableRawBufferPointer, blocking: Bool = false) throws -> Int {
+        guard let n = try Syscall.readNow(fd, into: p, fds: &pendingFds, isSocket: isSocket, blocking: blocking) else {
+            return 0
+        }
         if n == 0 {
             if writePos > readPos || large != nil {
                 broken = "end of file in the middle of a message"

@@ -202,6 +202,31 @@ struct ChildProcessTests {
         try p.join()
     }
 
+    @Test func daemonChildrenAreTerminatedWhenTheirParentExits() throws {
+        try Processes.adoptOrphans()
+        let path = "/tmp/mp-daemon-\(getpid())-\(Int.random(in: 0..<1_000_000))"
+        defer { unlink(path) }
+        let p = ChildProcess(job: DaemonParent(path: path))
+        try p.start()
+        #expect(try p.result(timeout: .seconds(30)) == 0)
+        try p.join(timeout: .seconds(30))
+        #expect(p.exitCode == 0)
+        guard let f = fopen(path, "r") else {
+            Issue.record("no pid file")
+            return
+        }
+        var buf = [CChar](repeating: 0, count: 32)
+        fgets(&buf, 32, f)
+        fclose(f)
+        let grandchild = Int32(cString(buf).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        try #require(grandchild > 0)
+        // The parent's exit terminated (and reaped) its daemon child.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while Glibc.kill(grandchild, 0) == 0 && !isZombie(grandchild) && ContinuousClock.now < deadline { usleep(10_000) }
+        #expect(Glibc.kill(grandchild, 0) != 0 || isZombie(grandchild))
+        _ = Processes.reapAdoptedOrphans()
+    }
+
     @Test func processesFacts() {
         #expect(Processes.cpuCount >= 1)
         #expect(Processes.currentPID == getpid())

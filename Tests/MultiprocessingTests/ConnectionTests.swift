@@ -86,6 +86,16 @@ struct ConnectionTests {
         }
     }
 
+    /// CPython's header for messages past 2 GiB (-1, then an 8-byte length) parses at any size.
+    @Test func longFormHeaderIsUnderstood() throws {
+        let (fd0, fd1) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+        let b = Connection(fileDescriptor: fd1)
+        defer { close(fd0) }
+        var frame: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 3, 7, 8, 9]
+        _ = write(fd0, &frame, frame.count)
+        #expect(try b.recvBytes(timeout: .seconds(5)) == [7, 8, 9])
+    }
+
     @Test func garbageValueIsADecodingError() throws {
         let (a, b) = try makePipe()
         try a.sendBytes([0xee, 0x01])

@@ -161,3 +161,17 @@ struct DescribeFd: Job {
         return n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
     }
 }
+
+/// Starts a daemon grandchild, writes its pid to `path`, and returns: the worker's exit must terminate it.
+struct DaemonParent: Job {
+    let path: String
+    func run() throws -> Int {
+        let grandchild = ChildProcess(daemon: true, job: Sleep(milliseconds: 60_000))
+        try grandchild.start()
+        let f = fopen(path + ".tmp", "w")
+        fputs("\(grandchild.pid!)\n", f)
+        fclose(f)
+        rename(path + ".tmp", path)
+        return 0
+    }
+}

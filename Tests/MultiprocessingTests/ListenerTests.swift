@@ -135,6 +135,10 @@ struct ListenerTests {
             return s
         }
         let c = try connect(to: l.address, authkey: key)
+        var nodelay: Int32 = 0
+        var len = socklen_t(4)
+        getsockopt(c.fileDescriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &nodelay, &len)
+        #expect(nodelay != 0)  // CPython does not set it and pays Nagle + delayed-ACK latency
         try c.send("hi")
         #expect(try c.recv(String.self, timeout: .seconds(10)) == "HI")
         #expect(try await server.value == "hi")

@@ -166,6 +166,17 @@ func runThreadsSuite(_ only: Set<String>) {
         }, "ns/op", digits: 2)
     }
     if want("thread_start") {
+        // The same work with bare pthreads in this process: the floor for a Swift process (a tiny C
+        // process, phys.c, creates threads faster than any process with the Swift runtime loaded).
+        var raw: [Double] = []
+        for _ in 0..<S {
+            let t0 = now()
+            var t = pthread_t()
+            pthread_create(&t, nil, noopThread, nil)
+            pthread_join(t, nil)
+            raw.append((now() - t0) * 1e6)
+        }
+        report("thread_create_swiftnative", raw, "us", digits: 1)
         var times: [Double] = []
         for _ in 0..<S {
             let t0 = now()
@@ -198,3 +209,5 @@ func runThreadsSuite(_ only: Set<String>) {
         pool.shutdown()
     }
 }
+
+private func noopThread(_: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? { nil }

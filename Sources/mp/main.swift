@@ -5,9 +5,18 @@ import SeedExamples
 // mp — the swift-multiprocessing command-line tool.
 //   mp demo [NAME ...]   run the seed notes' programs (all, or the ones named)
 //   mp list              list them
+// Python's `if __name__ == "__main__":` habit: a no-op here unless a worker was started with
+// `WorkerStart.entry = .bootstrap` (then this process becomes that worker and never returns).
+bootstrap()
 Processes.lineBufferStandardOutput()
 let args = Array(CommandLine.arguments.dropFirst())
 let command = args.first ?? "demo"
+
+/// `mp bootstrap-check`: starts a worker that enters through `bootstrap()` instead of the pre-main hook.
+struct BootstrapCheck: Job {
+    let x: Int
+    func run() -> Int { x + 1 }
+}
 
 func usage() -> Never {
     print("""
@@ -18,6 +27,18 @@ func usage() -> Never {
 }
 
 switch command {
+case "bootstrap-check":
+    WorkerStart.entry = .bootstrap
+    let p = ChildProcess(job: BootstrapCheck(x: 41))
+    do {
+        try p.start()
+        let v = try p.result(timeout: .seconds(30))
+        try p.join(timeout: .seconds(30))
+        print("bootstrap worker \(p.pid!) answered \(v), exit code \(p.exitCode!)")
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 case "list":
     for e in SeedExamples.all { print("\(e.name + String(repeating: " ", count: max(1, 15 - e.name.count))) \(e.summary)") }
 case "demo":

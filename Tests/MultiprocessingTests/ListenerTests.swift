@@ -332,3 +332,26 @@ func background<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> Futu
     try! t.start()
     return f
 }
+
+@Suite(.timeLimit(.minutes(1)))
+struct BootstrapEntryTests {
+    /// `WorkerStart.entry = .bootstrap`: the worker runs `main` until it calls `bootstrap()`. Checked with
+    /// the `mp` tool (built beside the test runner), whose `main` calls `bootstrap()` first.
+    @Test func workerEntersThroughBootstrap() throws {
+        let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp")
+        guard FileManager.default.isExecutableFile(atPath: exe.path) else {
+            Issue.record("mp is not built at \(exe.path); run swift build first")
+            return
+        }
+        let p = Foundation.Process()
+        p.executableURL = exe
+        p.arguments = ["bootstrap-check"]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        p.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 0, "\(text)")
+        #expect(text.contains("answered 42, exit code 0"))
+    }
+}

@@ -152,7 +152,17 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     /// Receives one message, suspending the task (not a thread) until it arrives.
     public func recvBytes(maxLength: Int = Connection.defaultMaxMessageSize) async throws -> [UInt8] {
         while true {
-            if let frame = try withReceiveLockAsync({ try tryReceiveFrame(maxLength: maxLength) }) { return frame }
+            // Never block on the lock: if another receiver holds it, come back shortly.
+            guard recvLock.acquire(blocking: false) else {
+                try await Task.sleep(for: .milliseconds(1))
+                continue
+            }
+            let frame: [UInt8]?
+            do {
+                defer { try? recvLock.release() }
+                frame = try tryReceiveFrame(maxLength: maxLength)
+            }
+            if let frame { return frame }
             try await Reactor.shared.wait(fd, for: .readable)
         }
     }
@@ -171,16 +181,12 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         return try Syscall.poll(fd, events: Int16(POLLIN), deadline: Deadline.after(timeout))
     }
 
-    /// A complete message if one can be read without blocking, else `nil` (for reactor callbacks).
+    /// A complete message if one can be read without blocking, else `nil` (for reactor callbacks, on
+    /// connections nobody else receives from).
     func receiveNow(maxLength: Int = Connection.defaultMaxMessageSize) throws -> [UInt8]? {
-        try withReceiveLockAsync { try tryReceiveFrame(maxLength: maxLength) }
-    }
-
-    private func withReceiveLockAsync<R>(_ body: () throws -> R) throws -> R {
-        // Receivers in tasks never block on the lock: a contended lock is retried after a yield.
-        while !recvLock.acquire(blocking: false) { sched_yield() }
+        guard recvLock.acquire(blocking: false) else { return nil }
         defer { try? recvLock.release() }
-        return try body()
+        return try tryReceiveFrame(maxLength: maxLength)
     }
 
     func receiveFrame(maxLength: Int, deadline: Deadline?) throws -> [UInt8] {

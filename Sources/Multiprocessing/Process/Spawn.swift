@@ -23,7 +23,9 @@ public enum WorkerStart {
         set { lock.withLock { _entry = newValue } }
     }
 
-    /// The executable workers run: this program.
+    /// The executable workers run: this program (`/proc/self/exe` resolved).
+    public static var executablePath: String { executable }
+
     static let executable: String = {
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)

@@ -30,6 +30,31 @@ enum Syscall {
         return r
     }
 
+    /// Writes the whole buffer before `deadline`; returns the bytes written (less than the buffer only
+    /// when the deadline passed). Sockets: `poll` + `send(MSG_DONTWAIT)`; pipes: `poll` + writes of at
+    /// most 4 KiB, which a writable pipe always takes without blocking.
+    static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer, deadline: Deadline) throws -> Int {
+        var off = 0
+        while off < p.count {
+            guard try poll(fd, events: Int16(POLLOUT), deadline: deadline) else { return off }
+            let n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            if n >= 0 {
+                off += n
+                continue
+            }
+            let e = errno
+            if e == EINTR || e == EAGAIN { continue }
+            if e == ENOTSOCK {
+                let w = Glibc.write(fd, p.baseAddress! + off, min(4096, p.count - off))
+                if w >= 0 { off += w; continue }
+                if errno == EINTR || errno == EAGAIN { continue }
+                throw writeError(errno)
+            }
+            throw writeError(e)
+        }
+        return off
+    }
+
     /// `write` of the whole buffer (looping on short writes).
     static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer) throws {
         var off = 0

@@ -96,6 +96,38 @@ struct ConnectionTests {
         #expect(try b.recvBytes(timeout: .seconds(5)) == [7, 8, 9])
     }
 
+    @Test func sendTimesOutWhenThePeerDoesNotRead() throws {
+        // Mid-message: a 4 MiB message into a socket nobody reads times out part-way, then the send
+        // side refuses to continue (the stream would be corrupt).
+        let (a, b) = try makePipe()
+        let t0 = ContinuousClock.now
+        do {
+            try a.sendBytes([UInt8](repeating: 1, count: 4 << 20), timeout: .milliseconds(100))
+            Issue.record("expected timedOut")
+        } catch let e as MultiprocessingError {
+            #expect(e.code == .timedOut)
+        }
+        #expect(ContinuousClock.now - t0 >= .milliseconds(95))
+        do {
+            try a.send(1, timeout: .seconds(1))
+            Issue.record("expected closed")
+        } catch let e as MultiprocessingError {
+            #expect(e.code == .closed)
+        }
+        _ = b
+
+        // Before any byte: a full simplex pipe refuses a small message in time and stays usable.
+        let (r, w) = try makePipe(duplex: false)
+        var filled = 0
+        while (try? w.sendBytes([UInt8](repeating: 2, count: 1_000), timeout: .milliseconds(20))) != nil { filled += 1 }
+        #expect(filled > 10)
+        for _ in 0..<filled { _ = try r.recvBytes(timeout: .seconds(5)) }
+        var leftover = 0
+        while (try? r.recvBytes(timeout: .milliseconds(20))) != nil { leftover += 1 }
+        try w.send("still fine", timeout: .seconds(5))
+        #expect(try r.recv(String.self, timeout: .seconds(5)) == "still fine")
+    }
+
     @Test func garbageValueIsADecodingError() throws {
         let (a, b) = try makePipe()
         try a.sendBytes([0xee, 0x01])

@@ -36,6 +36,8 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     private var large: (payload: [UInt8], filled: Int)?
     private var broken: String?
     private var pendingFds: [Int32] = []
+    // Send state (behind sendLock).
+    private var sendBroken = false
 
     /// Wraps an open descriptor, taking ownership of it.
     public init(fileDescriptor: Int32, readable: Bool = true, writable: Bool = true) {
@@ -73,21 +75,31 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     // MARK: - Sending
 
     /// Sends one message of raw bytes — Python's `send_bytes(buf)`.
-    public func sendBytes(_ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try sendFrame($0, fds: []) }
+    ///
+    /// - Parameter timeout: the longest wait for the peer to make room (`nil`: forever). A timeout before
+    ///   any byte of the message went out leaves the connection usable; one in the middle of the message
+    ///   makes later sends throw ``MultiprocessingError/Code/closed`` (the stream would be corrupt).
+    /// - Throws: ``MultiprocessingError/Code/timedOut``, ``MultiprocessingError/Code/endOfFile`` when the
+    ///   peer has closed.
+    public func sendBytes(_ bytes: [UInt8], timeout: Duration? = nil) throws {
+        try bytes.withUnsafeBytes { try sendFrame($0, fds: [], deadline: Deadline.after(timeout)) }
     }
 
     /// Sends one message of raw bytes.
-    public func sendBytes(_ bytes: UnsafeRawBufferPointer) throws { try sendFrame(bytes, fds: []) }
+    public func sendBytes(_ bytes: UnsafeRawBufferPointer, timeout: Duration? = nil) throws {
+        try sendFrame(bytes, fds: [], deadline: Deadline.after(timeout))
+    }
 
     /// Sends a `Codable` value as one message (binary format; a Python peer cannot unpickle it).
-    public func send<T: Encodable>(_ value: T) throws {
+    ///
+    /// - Parameter timeout: as for ``sendBytes(_:timeout:)``.
+    public func send<T: Encodable>(_ value: T, timeout: Duration? = nil) throws {
         let (bytes, fds) = try MessageCodec.encode(value)
-        try bytes.withUnsafeBytes { try sendFrame($0, fds: fds) }
+        try bytes.withUnsafeBytes { try sendFrame($0, fds: fds, deadline: Deadline.after(timeout)) }
     }
 
     /// Writes one frame; `fds` travel as `SCM_RIGHTS` with its first bytes (sockets only).
-    func sendFrame(_ payload: UnsafeRawBufferPointer, fds: [Int32]) throws {
+    func sendFrame(_ payload: UnsafeRawBufferPointer, fds: [Int32], deadline: Deadline? = nil) throws {
         try checkOpen()
         guard isWritable else { throw MultiprocessingError(.invalidState, "this end of the connection is read-only") }
         var header: [UInt8] = []
@@ -97,7 +109,24 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         } else {
             withUnsafeBytes(of: Int32(payload.count).bigEndian) { header.append(contentsOf: $0) }
         }
+        if let deadline {
+            guard fds.isEmpty else { throw MultiprocessingError(.invalidState, "descriptors cannot be sent with a timeout") }
+            guard sendLock.acquire(timeout: deadline.remaining) else {
+                throw MultiprocessingError(.timedOut, "timed out waiting for another sender")
+            }
+            defer { try? sendLock.release() }
+            if sendBroken { throw MultiprocessingError(.closed, "the connection is unusable after a send timed out mid-message") }
+            var frame = header
+            frame.append(contentsOf: payload)  // one copy buys one poll/send loop for the whole frame
+            let sent = try frame.withUnsafeBytes { try Syscall.writeAll(fd, $0, deadline: deadline) }
+            if sent < frame.count {
+                if sent > 0 { sendBroken = true }
+                throw MultiprocessingError(.timedOut, "the peer did not take the message within the timeout")
+            }
+            return
+        }
         try sendLock.withLock {
+            if sendBroken { throw MultiprocessingError(.closed, "the connection is unusable after a send timed out mid-message") }
             if payload.count <= 16 * 1024 {
                 // One syscall: header and payload copied together.
                 var frame = header

@@ -127,6 +127,21 @@ struct ProcessQueueTests {
         #expect(try q.get(timeout: .seconds(1)) == "y")  // the cancelled getter took nothing
     }
 
+    /// Many rounds of "cancel a waiting async get, then put": the item must never vanish into the
+    /// cancelled getter.
+    @Test func cancelledAsyncGetNeverLosesAnItem() async throws {
+        let q = try ProcessQueue<Int>()
+        for i in 0..<20 {
+            let waiting = Task { try await q.get() }
+            try await Task.sleep(for: .milliseconds(Int.random(in: 0..<60)))
+            waiting.cancel()
+            try q.put(i, timeout: nil)
+            let got: Int? = try? await waiting.value
+            let left: Int? = try? q.get(timeout: .milliseconds(200))
+            #expect((got == i) != (left == i))  // exactly one of them has it
+        }
+    }
+
     @Test func simpleQueue() throws {
         let q = try SimpleProcessQueue<Int>()
         try q.put(5)

@@ -178,19 +178,26 @@ enum AsyncBridge {
     static let slice = Duration.milliseconds(50)
 
     /// `attempt(timeout)` returns a value, or `nil` when its slice ran out (then it is called again).
+    ///
+    /// Cancellation stops a slice that has not started; a slice already running is awaited (at most one
+    /// slice) and its value returned, so an item a cancelled `get` has already taken is never lost.
     static func run<T: Sendable>(_ attempt: @escaping @Sendable (Duration?) throws -> T?) async throws -> T {
         while true {
             try Task.checkCancellation()
             let future = try pool.submit { try attempt(slice) }
-            let value: T?
-            do {
-                value = try await withTaskCancellationHandler(
-                    operation: { try await future.value },
-                    onCancel: { future.cancel() })
-            } catch let e as ThreadingError where e.code == .cancelled {
-                throw CancellationError()  // the slice was cancelled before it started
+            let outcome: Result<T?, any Error> = await withTaskCancellationHandler {
+                await withCheckedContinuation { continuation in
+                    future.addDoneCallback { f in continuation.resume(returning: Result { try f.result() }) }
+                }
+            } onCancel: {
+                future.cancel()
             }
-            if let value { return value }
+            switch outcome {
+            case .success(.some(let value)): return value
+            case .success(.none): continue
+            case .failure(let e as ThreadingError) where e.code == .cancelled: throw CancellationError()
+            case .failure(let e): throw e
+            }
         }
     }
 }

@@ -175,3 +175,16 @@ struct DaemonParent: Job {
         return 0
     }
 }
+
+/// Gets items until it sees a negative one; returns everything it got.
+struct Collector: Job {
+    let queue: ProcessQueue<Int>
+    func run() throws -> [Int] {
+        var got: [Int] = []
+        while true {
+            let x = try queue.get(timeout: .seconds(30))
+            if x < 0 { return got }
+            got.append(x)
+        }
+    }
+}

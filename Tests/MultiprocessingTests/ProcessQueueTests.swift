@@ -71,6 +71,22 @@ struct ProcessQueueTests {
         #expect(q.isEmpty)
     }
 
+    @Test func manyProducersAndManyConsumersExactlyOnce() throws {
+        let q = try ProcessQueue<Int>(maxsize: 500)
+        let producers = (0..<3).map { ChildProcess(job: Producer(queue: q, producer: $0, count: 5_000)) }
+        let consumers = (0..<3).map { _ in ChildProcess(job: Collector(queue: q)) }
+        for c in consumers { try c.start() }
+        for p in producers { try p.start() }
+        for p in producers { try p.join(timeout: .seconds(60)) }
+        for _ in consumers { try q.put(-1) }  // one stop marker per consumer, after all items
+        var all: [Int] = []
+        for c in consumers { all += try c.result(timeout: .seconds(60)) }
+        for c in consumers { try c.join(timeout: .seconds(10)) }
+        #expect(all.count == 15_000)
+        #expect(Set(all).count == 15_000)
+        #expect(Set(all) == Set((0..<3).flatMap { k in (0..<5_000).map { k * 1_000_000 + $0 } }))
+    }
+
     @Test func consumerKilledMidGetDoesNotCorruptTheQueue() throws {
         let q = try ProcessQueue<Int>()
         let n = 3_000

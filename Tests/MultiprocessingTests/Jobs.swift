@@ -121,7 +121,10 @@ struct SlowConsumer: Job {
 struct DieHoldingQueueLock: Job {
     let queue: ProcessQueue<Int>
     func run() -> Int {
-        queue.ring.withLockForTesting { _exit(9) }
+        queue.ring.withLockForTesting {
+            queue.ring.corruptCountForTesting(12_345)  // as if it died half-way through an update
+            _exit(9)
+        }
         return 0
     }
 }

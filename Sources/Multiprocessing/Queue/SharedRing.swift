@@ -93,7 +93,24 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
         let rc = mp_shared_mutex_lock(base.assumingMemoryBound(to: pthread_mutex_t.self))
         precondition(rc <= 1, "locking the queue failed: \(rc)")
         defer { _ = mp_shared_mutex_unlock(base.assumingMemoryBound(to: pthread_mutex_t.self)) }
+        if rc == 1 { repairAfterOwnerDeath() }
         return try body()
+    }
+
+    /// The previous holder died inside the lock. Head and tail only move after the bytes they cover are
+    /// complete, so the records between them are intact; `count` is rebuilt from them (it may have been
+    /// updated on one side of a head or tail move that never happened).
+    private func repairAfterOwnerDeath() {
+        var position = get(.head)
+        let tail = get(.tail)
+        var records: Int64 = 0
+        while position < tail {
+            var len: UInt32 = 0
+            withUnsafeMutableBytes(of: &len) { copyOut($0, at: position) }
+            position += 4 + Int64(UInt32(littleEndian: len))
+            records += 1
+        }
+        set(.count, records)
     }
 
     /// Waits on a futex word until it changes from `seen` or the deadline passes.
@@ -215,6 +232,9 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
 
     /// Fault injection for tests: runs `body` holding the ring's lock (body may kill the process).
     func withLockForTesting(_ body: () -> Void) { withLock(body) }
+
+    /// Fault injection for tests: scribbles on the item count while holding the lock.
+    func corruptCountForTesting(_ value: Int64) { set(.count, value) }
 
     var unfinished: Int { withLock { Int(get(.unfinished)) } }
 

@@ -128,6 +128,23 @@ struct ConnectionTests {
         #expect(try r.recv(String.self, timeout: .seconds(5)) == "still fine")
     }
 
+    /// A thread parked in a blocking receive holds the receive lock; poll and waitReady on the same
+    /// connection must still honour their timeouts.
+    @Test func pollHonoursItsTimeoutWhileAnotherThreadReceives() throws {
+        let (a, b) = try makePipe()
+        let got = Future<Int>()
+        let receiver = OSThread { got.complete(Result { try b.recv(Int.self) }) }
+        try receiver.start()
+        usleep(30_000)  // let it block in recvmsg
+        let t0 = ContinuousClock.now
+        #expect(try !b.poll(timeout: .milliseconds(50)))
+        #expect(try waitReady([b], timeout: .milliseconds(50)).isEmpty)
+        #expect(ContinuousClock.now - t0 < .seconds(2))
+        try a.send(7)
+        #expect(try got.result(timeout: .seconds(5)) == 7)
+        try receiver.join()
+    }
+
     @Test func garbageValueIsADecodingError() throws {
         let (a, b) = try makePipe()
         try a.sendBytes([0xee, 0x01])

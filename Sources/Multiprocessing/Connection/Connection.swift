@@ -15,7 +15,7 @@ import Threading
 /// - Important: After a framing error (an oversized or malformed frame, or a timeout in the middle of a
 ///   frame) the stream position is lost, so the connection refuses further receives with
 ///   ``MultiprocessingError/Code/closed``.
-public final class Connection: @unchecked Sendable {  // send state behind `sendLock`, receive state behind `recvLock`
+public final class Connection: @unchecked Sendable {  // send state behind `sendLock`, receive state behind `recvLock`, received descriptors behind `fdLock`
     /// The default limit on one received message: 1 GiB (Python has none).
     public static let defaultMaxMessageSize = 1 << 30
 
@@ -35,7 +35,10 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     private var writePos = 0
     private var large: (payload: [UInt8], filled: Int)?
     private var broken: String?
-    private var pendingFds: [Int32] = []
+    /// Descriptors received with messages, oldest first. Its own lock, held only for a moment (never
+    /// across a syscall), so decoding never waits for a receiver blocked in `recvmsg`.
+    private var receivedFds: [Int32] = []
+    private let fdLock = Lock()
     // Send state (behind sendLock).
     private var sendBroken = false
 
@@ -50,7 +53,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
 
     deinit {
         if !closedFlag.load(ordering: .relaxed) { Syscall.close(fd) }
-        for f in pendingFds { Syscall.close(f) }
+        for f in receivedFds { Syscall.close(f) }
     }
 
     /// The descriptor, for `poll`/`select` — Python's `Connection.fileno()`.
@@ -175,7 +178,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     }
 
     func decodeMessage<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws -> T {
-        try recvLock.withLock { try MessageCodec.decode(type, from: bytes, fds: &pendingFds) }
+        try fdLock.withLock { try MessageCodec.decode(type, from: bytes, fds: &receivedFds) }
     }
 
     /// Receives one message, suspending the task (not a thread) until it arrives.
@@ -206,7 +209,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     /// `poll(timeout)`; the default is not to wait.
     public func poll(timeout: Duration? = .zero) throws -> Bool {
         try checkOpen()
-        if recvLock.withLock({ writePos > readPos || large != nil }) { return true }
+        if hasBufferedData { return true }
         return try Syscall.poll(fd, events: Int16(POLLIN), deadline: Deadline.after(timeout))
     }
 
@@ -277,9 +280,10 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
 
     /// Reads without blocking; 0 means "nothing now". End of file throws.
     private func readSome(into p: UnsafeMutableRawBufferPointer, blocking: Bool = false) throws -> Int {
-        guard let n = try Syscall.readNow(fd, into: p, fds: &pendingFds, isSocket: isSocket, blocking: blocking) else {
-            return 0
-        }
+        var fds: [Int32] = []
+        let got = try Syscall.readNow(fd, into: p, fds: &fds, isSocket: isSocket, blocking: blocking)
+        if !fds.isEmpty { fdLock.withLock { receivedFds += fds } }
+        guard let n = got else { return 0 }
         if n == 0 {
             if writePos > readPos || large != nil {
                 broken = "end of file in the middle of a message"
@@ -332,13 +336,12 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         return nil
     }
 
-    var hasBufferedData: Bool { recvLock.withLock { writePos > readPos || large != nil } }
-
-    // MARK: - Descriptors received
-
-    /// Takes the oldest descriptor received with messages (for the `Codable` fd-passing context).
-    func takeReceivedDescriptor() -> Int32? {
-        recvLock.withLock { pendingFds.isEmpty ? nil : pendingFds.removeFirst() }
+    /// Whether a received message (or part of one) is buffered. Never waits: while another thread is
+    /// receiving, the answer is "no" and callers fall back to polling the descriptor.
+    var hasBufferedData: Bool {
+        guard recvLock.acquire(blocking: false) else { return false }
+        defer { try? recvLock.release() }
+        return writePos > readPos || large != nil
     }
 }
 

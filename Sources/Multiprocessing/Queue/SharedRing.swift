@@ -113,14 +113,21 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
         set(.count, records)
     }
 
-    /// Waits on a futex word until it changes from `seen` or the deadline passes.
-    private func sleep(on f: Field, seen: UInt32, deadline: Deadline?) {
+    /// The waiting half of every blocking operation. The caller, holding the lock, counted itself in
+    /// `registeredIn` and read `seen` from the futex word `f`; this sleeps until the word changes from
+    /// `seen` (or the deadline passes) and uncounts the caller.
+    /// - Returns: `false` when the deadline had already passed (the caller gives up after its last
+    ///   attempt); `true` to make another attempt.
+    private func sleep(on f: Field, seen: UInt32, deadline: Deadline?, registeredIn counter: Field) -> Bool {
+        defer { withLock { word(counter).pointee -= 1 } }
         if let deadline {
+            if deadline.hasPassed { return false }
             var ts = deadline.timespec
             _ = mp_futex_wait_shared(word(f), seen, &ts)
         } else {
             _ = mp_futex_wait_shared(word(f), seen, nil)
         }
+        return true
     }
 
     // MARK: copying, with wrap-around
@@ -177,13 +184,9 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
                 if wakeGetter { _ = mp_futex_wake_shared(word(.itemsSeq), 1) }
                 return true
             }
-            if !blocking { return false }
-            if let deadline, deadline.hasPassed {
-                withLock { word(.waitingPutters).pointee -= 1 }
+            if !blocking || !sleep(on: .spaceSeq, seen: seen, deadline: deadline, registeredIn: .waitingPutters) {
                 return false
             }
-            sleep(on: .spaceSeq, seen: seen, deadline: deadline)
-            withLock { word(.waitingPutters).pointee -= 1 }
         }
     }
 
@@ -218,13 +221,9 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
                 if wakePutter { _ = mp_futex_wake_shared(word(.spaceSeq), Int32.max) }
                 return item
             }
-            if !blocking { return nil }
-            if let deadline, deadline.hasPassed {
-                withLock { word(.waitingGetters).pointee -= 1 }
+            if !blocking || !sleep(on: .itemsSeq, seen: seen, deadline: deadline, registeredIn: .waitingGetters) {
                 return nil
             }
-            sleep(on: .itemsSeq, seen: seen, deadline: deadline)
-            withLock { word(.waitingGetters).pointee -= 1 }
         }
     }
 
@@ -263,12 +262,7 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
                 return false
             }
             if done { return true }
-            if let deadline, deadline.hasPassed {
-                withLock { word(.waitingJoiners).pointee -= 1 }
-                return false
-            }
-            sleep(on: .doneSeq, seen: seen, deadline: deadline)
-            withLock { word(.waitingJoiners).pointee -= 1 }
+            if !sleep(on: .doneSeq, seen: seen, deadline: deadline, registeredIn: .waitingJoiners) { return false }
         }
     }
 }

@@ -38,8 +38,6 @@ package struct Deadline: Sendable, Comparable {
 
 extension Deadline {
     /// Milliseconds left, for `poll(2)`: -1 when there is no deadline, 0 when it has passed.
-    package var pollMilliseconds: Int32 { Deadline.pollTimeout(self) }
-
     package static func pollTimeout(_ d: Deadline?) -> Int32 {
         guard let d else { return -1 }
         let ns = d.nanoseconds - Deadline.now().nanoseconds

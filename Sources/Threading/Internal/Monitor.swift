@@ -278,10 +278,6 @@ final class Monitor<State>: @unchecked Sendable {  // all state behind `mutex`
             }
         }
     }
-
-    /// The number of waiters currently parked on `list`.
-    @inlinable
-    func waiterCount(_ list: Int) -> Int { withLock { $0.lists.count(list) } }
 }
 
 @usableFromInline

@@ -252,14 +252,6 @@ int mp_pidfd_send_signal(int pidfd, int sig) {
 
 int mp_set_child_subreaper(int on) { return prctl(PR_SET_CHILD_SUBREAPER, on) == 0 ? 0 : errno; }
 
-int mp_peek_ended_child(void) {
-    siginfo_t info;
-    memset(&info, 0, sizeof info);
-    for (;;) {
-        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0) return info.si_pid;
-        if (errno != EINTR) return -errno;
-    }
-}
 
 int mp_accept_nonblocking(int fd) {
     int s = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);

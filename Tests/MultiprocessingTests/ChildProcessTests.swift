@@ -144,6 +144,7 @@ struct ChildProcessTests {
         try p.start()
         let pid = p.pid!
         #expect(Processes.activeChildren().contains { $0.pid == pid })
+        #expect(!Processes.reapAdoptedOrphan(pid, timeout: .seconds(1)))  // ours: its handle keeps the status
         usleep(500_000)
         // Not joined: activeChildren() reaps it.
         let deadline = ContinuousClock.now + .seconds(10)
@@ -178,12 +179,7 @@ struct ChildProcessTests {
         let gone = ContinuousClock.now + .seconds(10)
         while !isZombie(grandchild) && Glibc.kill(grandchild, 0) == 0 && ContinuousClock.now < gone { usleep(10_000) }
         #expect(isZombie(grandchild) || Glibc.kill(grandchild, 0) != 0)  // it died with its parent
-        var reaped: [Int32] = []
-        while !reaped.contains(grandchild) && ContinuousClock.now < gone {
-            reaped += Processes.reapAdoptedOrphans()
-            usleep(5_000)
-        }
-        #expect(reaped.contains(grandchild))
+        #expect(Processes.reapAdoptedOrphan(grandchild, timeout: .seconds(10)))
         #expect(Glibc.kill(grandchild, 0) != 0)
     }
 
@@ -224,7 +220,7 @@ struct ChildProcessTests {
         let deadline = ContinuousClock.now + .seconds(10)
         while Glibc.kill(grandchild, 0) == 0 && !isZombie(grandchild) && ContinuousClock.now < deadline { usleep(10_000) }
         #expect(Glibc.kill(grandchild, 0) != 0 || isZombie(grandchild))
-        _ = Processes.reapAdoptedOrphans()
+        Processes.reapAdoptedOrphan(grandchild, timeout: .seconds(10))
     }
 
     @Test func processesFacts() {

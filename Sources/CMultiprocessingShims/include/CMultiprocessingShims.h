@@ -69,8 +69,6 @@ int mp_pidfd_open(pid_t pid);
 int mp_pidfd_send_signal(int pidfd, int sig);
 int mp_set_pdeathsig(int sig);
 int mp_set_child_subreaper(int on);
-/// Peeks at any ended child without reaping it: its pid, or 0 if none, or -errno.
-int mp_peek_ended_child(void);
 int mp_memfd_create(const char *name);
 /// Waits for `pid` without blocking; returns the pid if it ended (with *status set), 0 if not, -errno on error.
 int mp_waitpid_nohang(pid_t pid, int *status);

@@ -41,14 +41,15 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     /// Reaps the child if it has ended; returns whether it has.
     @discardableResult
     func reapIfExited() -> Bool {
-        state.withLock { s in
+        let ended = state.withLock { s in
             if s.status != nil { return true }
             var status: Int32 = 0
-            let r = mp_waitpid_nohang(pid, &status)
-            guard r == pid else { return false }
+            guard mp_waitpid_nohang(pid, &status) == pid else { return false }
             s.status = status
             return true
-        }.also { if $0 { ChildRegistry.remove(self) } }
+        }
+        if ended { ChildRegistry.remove(self) }
+        return ended
     }
 
     /// The exit code once the process has ended, else `nil` — Python's `Process.exitcode`: the value
@@ -109,13 +110,6 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     }
 }
 
-extension Bool {
-    fileprivate func also(_ body: (Bool) -> Void) -> Bool {
-        body(self)
-        return self
-    }
-}
-
 /// The children not yet reaped, for `activeChildren()` and the exit-time clean-up.
 enum ChildRegistry {
     private static let children = Mutex<[ObjectIdentifier: ProcessHandle]>([:])
@@ -157,25 +151,30 @@ public enum Processes {
     public static var isWorker: Bool { WorkerRuntime.isWorker }
 
     /// Makes this process the "subreaper" of its descendants (`PR_SET_CHILD_SUBREAPER`): a grandchild
-    /// orphaned by a dying child is re-parented here instead of to PID 1, so ``reapAdoptedOrphans()``
-    /// can reap it. Useful for supervisors and tests.
+    /// orphaned by a dying child is re-parented here instead of to PID 1, so
+    /// ``reapAdoptedOrphan(_:timeout:)`` can reap it. Useful for supervisors and tests.
     public static func adoptOrphans() throws {
         let rc = mp_set_child_subreaper(1)
         if rc != 0 { throw MultiprocessingError.system("prctl(PR_SET_CHILD_SUBREAPER)", rc) }
     }
 
-    /// Reaps ended children that this library did not start (adopted orphans), leaving the statuses of
-    /// its own children to their handles. Returns the pids reaped.
+    /// Reaps `pid`, an orphan re-parented here after ``adoptOrphans()``, once it has ended.
+    ///
+    /// Only the named process is reaped, never "any child": other code in this process (Foundation's
+    /// `Process`, swift-subprocess) waits for its own children, and a blanket `waitpid(-1)` would steal
+    /// their exit statuses.
+    /// - Returns: `true` if `pid` ended and was reaped within `timeout`; `false` otherwise, or if `pid`
+    ///   is a child started by this library (its ``ProcessHandle`` reaps it).
     @discardableResult
-    public static func reapAdoptedOrphans() -> [Int32] {
-        let ours = Set(ChildRegistry.all.map(\.pid))
-        var reaped: [Int32] = []
+    public static func reapAdoptedOrphan(_ pid: Int32, timeout: Duration? = .zero) -> Bool {
+        if ChildRegistry.all.contains(where: { $0.pid == pid }) { return false }
+        let deadline = Deadline.after(timeout)
         while true {
-            let pid = mp_peek_ended_child()
-            guard pid > 0, !ours.contains(pid) else { return reaped }
             var status: Int32 = 0
-            _ = mp_waitpid_nohang(pid, &status)
-            reaped.append(pid)
+            let r = mp_waitpid_nohang(pid, &status)
+            if r == pid { return true }
+            if r < 0 || (deadline?.hasPassed ?? false) { return false }  // not our child, or out of time
+            usleep(2_000)
         }
     }
 

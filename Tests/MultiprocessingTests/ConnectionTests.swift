@@ -145,6 +145,20 @@ struct ConnectionTests {
         try receiver.join()
     }
 
+    /// A reactor watcher fires on data alone (the writer stays open: no hang-up to fall back on).
+    @Test func reactorWatcherFiresOnReadableData() throws {
+        let (a, b) = try makePipe()
+        let fired = Event()
+        Reactor.shared.watch(b.fileDescriptor) {
+            guard (try? b.receiveNow()) ?? nil != nil else { return true }
+            fired.set()
+            return false
+        }
+        try a.send("ping")
+        #expect(fired.wait(timeout: .seconds(5)))
+        withExtendedLifetime(a) {}
+    }
+
     @Test func garbageValueIsADecodingError() throws {
         let (a, b) = try makePipe()
         try a.sendBytes([0xee, 0x01])

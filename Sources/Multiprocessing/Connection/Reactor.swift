@@ -16,18 +16,18 @@ final class Reactor: Sendable {
         }
     }
 
-    private struct Waiter {
-        let id: UInt64
+    /// One `wait` call. Guarded by the reactor's mutex.
+    private final class Registration: @unchecked Sendable {
         let events: UInt32
-        let continuation: CheckedContinuation<Void, any Error>
+        var continuation: CheckedContinuation<Void, any Error>?
+        var cancelled = false
+        var finished = false
+        init(events: UInt32) { self.events = events }
     }
 
     private struct State {
-        var waiters: [Int32: [Waiter]] = [:]
+        var waiters: [Int32: [Registration]] = [:]
         var handlers: [Int32: @Sendable () -> Bool] = [:]
-        var registered: Set<Int32> = []
-        var cancelledEarly: Set<UInt64> = []
-        var nextID: UInt64 = 0
     }
 
     static let shared = Reactor()
@@ -57,8 +57,8 @@ final class Reactor: Sendable {
         // A callback watcher first (on this thread), then the suspended tasks; both may share the fd.
         var keepHandler = false
         if let handler = state.withLock({ s in s.handlers[fd] }) { keepHandler = handler() }
-        let ready: [Waiter] = state.withLock { s in
-            s.registered.remove(fd)  // one-shot: disarmed until re-armed
+        let ready: [CheckedContinuation<Void, any Error>] = state.withLock { s in
+            // One-shot: the descriptor is disarmed until re-armed below.
             if !keepHandler { s.handlers[fd] = nil }
             let all = s.waiters[fd] ?? []
             let hup = got & (UInt32(EPOLLHUP.rawValue) | UInt32(EPOLLERR.rawValue)) != 0
@@ -66,23 +66,28 @@ final class Reactor: Sendable {
             let rest = all.filter { !(hup || $0.events & got != 0) }
             s.waiters[fd] = rest.isEmpty ? nil : rest
             if !rest.isEmpty || s.handlers[fd] != nil {
-                arm(fd, rest, &s)
+                arm(fd, &s)
             } else {
                 _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
             }
-            return fired
+            return fired.compactMap { r in
+                r.finished = true
+                defer { r.continuation = nil }
+                return r.continuation
+            }
         }
-        for w in ready { w.continuation.resume() }
+        for c in ready { c.resume() }
     }
 
-    private func arm(_ fd: Int32, _ waiters: [Waiter], _ s: inout State) {
+    /// (Re-)arms `fd` for the union of what its watcher and its waiting tasks want.
+    private func arm(_ fd: Int32, _ s: inout State) {
         var ev = epoll_event()
-        ev.events = waiters.reduce(UInt32(UInt32(EPOLLONESHOT.rawValue))) { $0 | $1.events }
+        let watcher = s.handlers[fd] != nil ? Interest.readable.events : 0
+        ev.events = (s.waiters[fd] ?? []).reduce(UInt32(EPOLLONESHOT.rawValue) | watcher) { $0 | $1.events }
         ev.data.fd = fd
         if epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) != 0 {
             _ = epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev)
         }
-        s.registered.insert(fd)
     }
 
     /// Calls `handler` on the reactor thread each time `fd` becomes readable (or hangs up), until it
@@ -91,38 +96,35 @@ final class Reactor: Sendable {
     func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Bool) {
         state.withLock { s in
             s.handlers[fd] = handler
-            arm(fd, s.waiters[fd] ?? [], &s)
+            arm(fd, &s)
         }
     }
 
     /// Suspends until `fd` is ready (or hung up). Throws `CancellationError` if the task is cancelled,
     /// and ``MultiprocessingError/Code/closed`` if the descriptor is closed through `cancelWaits(on:)`.
     func wait(_ fd: Int32, for interest: Interest) async throws {
-        let id = state.withLock { s in
-            s.nextID += 1
-            return s.nextID
-        }
+        let registration = Registration(events: interest.events)
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 let cancelled: Bool = state.withLock { s in
-                    if s.cancelledEarly.remove(id) != nil { return true }
-                    var list = s.waiters[fd] ?? []
-                    list.append(Waiter(id: id, events: interest.events, continuation: c))
-                    s.waiters[fd] = list
-                    arm(fd, list, &s)
+                    if registration.cancelled { return true }
+                    registration.continuation = c
+                    s.waiters[fd, default: []].append(registration)
+                    arm(fd, &s)
                     return false
                 }
                 if cancelled { c.resume(throwing: CancellationError()) }
             }
         } onCancel: {
             let c: CheckedContinuation<Void, any Error>? = state.withLock { s in
-                guard var list = s.waiters[fd], let i = list.firstIndex(where: { $0.id == id }) else {
-                    s.cancelledEarly.insert(id)
-                    return nil
-                }
-                let w = list.remove(at: i)
-                s.waiters[fd] = list.isEmpty ? nil : list
-                return w.continuation
+                if registration.finished { return nil }  // already fired or closed: nothing to undo
+                registration.cancelled = true
+                guard let c = registration.continuation else { return nil }  // not registered yet
+                registration.continuation = nil
+                registration.finished = true
+                s.waiters[fd]?.removeAll { $0 === registration }
+                if s.waiters[fd]?.isEmpty == true { s.waiters[fd] = nil }
+                return c
             }
             c?.resume(throwing: CancellationError())
         }
@@ -130,12 +132,15 @@ final class Reactor: Sendable {
 
     /// Fails every task waiting on `fd` (called before the descriptor is closed).
     func cancelWaits(on fd: Int32) {
-        let list: [Waiter] = state.withLock { s in
-            s.registered.remove(fd)
+        let continuations: [CheckedContinuation<Void, any Error>] = state.withLock { s in
             s.handlers[fd] = nil
-            return s.waiters.removeValue(forKey: fd) ?? []
+            return (s.waiters.removeValue(forKey: fd) ?? []).compactMap { r in
+                r.finished = true
+                defer { r.continuation = nil }
+                return r.continuation
+            }
         }
         _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
-        for w in list { w.continuation.resume(throwing: MultiprocessingError(.closed, "the descriptor was closed")) }
+        for c in continuations { c.resume(throwing: MultiprocessingError(.closed, "the descriptor was closed")) }
     }
 }

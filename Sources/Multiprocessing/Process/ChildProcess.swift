@@ -73,6 +73,7 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
         Reactor.shared.watch(channel.fileDescriptor) {
             do {
                 while let frame = try channel.receiveNow() {
+                    if outcome.isDone { continue }  // nothing else is expected after the answer
                     switch try channel.decodeMessage(FromWorker.self, frame) {
                     case .ready: continue
                     case .result(_, let payload):
@@ -84,13 +85,14 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
                     case .failure(_, let wire):
                         outcome.complete(.failure(wire.rebuild()))
                     }
-                    // The channel closes when the reactor drops this handler (after unregistering the
-                    // descriptor, so a recycled descriptor number is never touched).
-                    return false
                 }
                 return true
             } catch {
-                reportDeath(handle, outcome)
+                // End of the channel. After an answer this is the worker exiting normally: the channel was
+                // kept open until now so that the worker, not a hang-up, decides how it exits. The
+                // channel closes when the reactor drops this handler (after unregistering the
+                // descriptor, so a recycled descriptor number is never touched).
+                if !outcome.isDone { reportDeath(handle, outcome) }
                 return false
             }
         }

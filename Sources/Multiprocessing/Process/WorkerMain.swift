@@ -57,6 +57,8 @@ enum WorkerRuntime {
                 exitOnHangup.store(71, ordering: .relaxed)
                 let reply = runJob(id: id, typeName: typeName, payload: payload, channel: channel, pid: pid)
                 if case .failure = reply { exitCode = 1 }
+                // Before answering: a parent that hangs up as soon as it has the answer gets this code.
+                exitOnHangup.store(exitCode, ordering: .relaxed)
                 defer { exitOnHangup.store(exitCode, ordering: .relaxed) }
                 do {
                     try channel.send(reply)

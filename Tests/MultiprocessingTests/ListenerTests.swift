@@ -290,6 +290,23 @@ struct ListenerTests {
         #expect(access(path, F_OK) != 0)  // the socket file is removed
     }
 
+    /// Async accepts stuck in handshakes with silent clients must not hold cooperative threads (there are
+    /// only two here): another task keeps running meanwhile.
+    @Test func asyncAcceptHandshakesDoNotBlockTheCooperativePool() async throws {
+        let l = try Listener(authkey: key, handshakeTimeout: .seconds(3))
+        let accepts = (0..<4).map { _ in Task { try await l.accept() } }
+        try await Task.sleep(for: .milliseconds(50))  // the accepts are waiting for clients
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        let silent = try (0..<4).map { _ in try connect(to: l.address, authkey: nil) }
+        try await Task.sleep(for: .milliseconds(100))  // the handshakes now wait on silent clients
+        #expect(clock.now - t0 < .seconds(1))  // this task was not starved meanwhile
+        for a in accepts {
+            await #expect(throws: MultiprocessingError.self) { try await a.value }  // handshake timed out
+        }
+        withExtendedLifetime(silent) {}
+    }
+
     @Test func connectRefusedAndTimeouts() throws {
         let l = try Listener()
         let addr = l.address

@@ -81,11 +81,14 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     }
 
     /// Accepts one connection, suspending the task (not a thread) until a client connects. The handshake
-    /// itself runs with ``handshakeTimeout``.
+    /// runs on a helper thread within ``handshakeTimeout`` (cancelling the task cuts it short).
     public func accept() async throws -> Connection {
         while true {
             if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "the listener is closed") }
-            if let c = try acceptNow() { return try authenticate(c) }
+            if let c = try acceptNow() {
+                guard authkey != nil else { return c }
+                return try await AsyncBridge.offload(onCancel: { c.close() }) { try self.authenticate(c) }
+            }
             try await Reactor.shared.wait(fd, for: .readable)
         }
     }

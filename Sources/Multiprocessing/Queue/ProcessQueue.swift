@@ -170,34 +170,3 @@ public struct SimpleProcessQueue<Element: Codable & Sendable>: Codable, Sendable
     public var isEmpty: Bool { queue.isEmpty }
     public func close() { queue.close() }
 }
-
-/// Runs a blocking wait on a dedicated thread pool in slices of 50 ms, so that a task awaiting it never
-/// occupies a cooperative-pool thread and notices cancellation within a slice.
-enum AsyncBridge {
-    private static let pool = ThreadPool(maxWorkers: 256, threadNamePrefix: "mp-async-wait")
-    static let slice = Duration.milliseconds(50)
-
-    /// `attempt(timeout)` returns a value, or `nil` when its slice ran out (then it is called again).
-    ///
-    /// Cancellation stops a slice that has not started; a slice already running is awaited (at most one
-    /// slice) and its value returned, so an item a cancelled `get` has already taken is never lost.
-    static func run<T: Sendable>(_ attempt: @escaping @Sendable (Duration?) throws -> T?) async throws -> T {
-        while true {
-            try Task.checkCancellation()
-            let future = try pool.submit { try attempt(slice) }
-            let outcome: Result<T?, any Error> = await withTaskCancellationHandler {
-                await withCheckedContinuation { continuation in
-                    future.addDoneCallback { f in continuation.resume(returning: Result { try f.result() }) }
-                }
-            } onCancel: {
-                future.cancel()
-            }
-            switch outcome {
-            case .success(.some(let value)): return value
-            case .success(.none): continue
-            case .failure(let e as ThreadingError) where e.code == .cancelled: throw CancellationError()
-            case .failure(let e): throw e
-            }
-        }
-    }
-}

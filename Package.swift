@@ -33,6 +33,7 @@ let package = Package(
             dependencies: [
                 "CMultiprocessingShims",
                 "Threading",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]

@@ -20,6 +20,8 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <sys/random.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 int mp_futex_wait(uint32_t *addr, uint32_t expected, const struct timespec *deadline) {
@@ -80,7 +82,7 @@ long mp_cpu_count(void) {
     return sysconf(_SC_NPROCESSORS_ONLN);
 }
 
-int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, pid_t *out_pid) {
+int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, int stderr_fd, pid_t *out_pid) {
     int fd = child_fd;
     int tmp = -1;
     if (fd == 3) {  // dup2(3, 3) would keep FD_CLOEXEC: move it first
@@ -93,6 +95,7 @@ int mp_spawn(const char *path, char *const argv[], char *const envp[], int child
     posix_spawn_file_actions_init(&fa);
     posix_spawnattr_init(&attr);
     posix_spawn_file_actions_adddup2(&fa, fd, 3);
+    if (stderr_fd >= 0) posix_spawn_file_actions_adddup2(&fa, stderr_fd, 2);
     posix_spawn_file_actions_addclosefrom_np(&fa, 4);
     sigset_t empty, defaults;
     sigemptyset(&empty);
@@ -131,6 +134,62 @@ int mp_waitpid_nohang(pid_t pid, int *status) {
         if (r >= 0) return (int)r;
         if (errno != EINTR) return -errno;
     }
+}
+
+int mp_wait4_nohang(pid_t pid, int *status, long *maxrss_kib) {
+    for (;;) {
+        struct rusage ru;
+        memset(&ru, 0, sizeof ru);
+        pid_t r = wait4(pid, status, WNOHANG, &ru);
+        if (r > 0 && maxrss_kib) *maxrss_kib = ru.ru_maxrss;
+        if (r >= 0) return (int)r;
+        if (errno != EINTR) return -errno;
+    }
+}
+
+static int mp_interrupt_fd = -1;
+
+static void mp_interrupt_handler(int sig) {
+    (void)sig;
+    int saved = errno;
+    uint64_t one = 1;
+    if (mp_interrupt_fd >= 0) { ssize_t n = write(mp_interrupt_fd, &one, sizeof one); (void)n; }
+    errno = saved;
+}
+
+int mp_install_interrupt_handler(int eventfd_fd) {
+    struct sigaction old;
+    if (sigaction(SIGINT, NULL, &old) != 0) return -errno;
+    if (old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO)) return 1;  // someone else's: leave it
+    mp_interrupt_fd = eventfd_fd;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = mp_interrupt_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;  // one-shot: a second Ctrl-C kills at once
+    return sigaction(SIGINT, &sa, NULL) == 0 ? 0 : -errno;
+}
+
+int mp_eventfd(unsigned initval) { return eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+long mp_statm_resident_bytes(pid_t pid) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    long size = 0, resident = 0;
+    if (sscanf(buf, "%ld %ld", &size, &resident) != 2) return -1;
+    return resident * sysconf(_SC_PAGESIZE);
+}
+
+int mp_raise_default(int sig) {
+    signal(sig, SIG_DFL);
+    return raise(sig);
 }
 
 int mp_waitpid_blocking(pid_t pid, int *status) {

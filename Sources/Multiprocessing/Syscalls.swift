@@ -24,6 +24,12 @@ enum Syscall {
 
     static func close(_ fd: Int32) { _ = Glibc.close(fd) }
 
+    @discardableResult
+    static func setNonBlocking(_ fd: Int32) -> Bool {
+        let flags = fcntl(fd, F_GETFL)
+        return flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0
+    }
+
     static func dup(_ fd: Int32) throws -> Int32 {
         let r = fcntl(fd, F_DUPFD_CLOEXEC, 0)
         guard r >= 0 else { throw MultiprocessingError.system("dup", errno) }

@@ -34,6 +34,22 @@ struct CodecTests {
         return back
     }
 
+    @Test func keysOfEveryLengthSurviveSkippingAndNesting() throws {
+        // A key's length byte once doubled as a tag: keys of 9 characters read as `keyedEnd`, and keys
+        // longer than 12 characters failed whenever a value had to be skipped (enums, out-of-order keys).
+        struct Inner: Codable, Equatable {
+            var ninechars: Int  // 9 characters
+            var aVeryLongKeyNameIndeed: [UInt8]?
+            var k: String
+        }
+        enum Outer: Codable, Equatable { case wrapped(Inner), other }
+        for inner in [Inner(ninechars: 1, aVeryLongKeyNameIndeed: [1, 2, 3], k: "x"), Inner(ninechars: -5, aVeryLongKeyNameIndeed: nil, k: "")] {
+            let v = Outer.wrapped(inner)
+            #expect(try BinaryDecoder().decode(Outer.self, from: try BinaryEncoder().encode(v)) == v)
+            #expect(try BinaryDecoder().decode(Inner.self, from: try BinaryEncoder().encode(inner)) == inner)
+        }
+    }
+
     @Test func roundTripsEverything() throws {
         _ = try roundTrip(Outer())
         _ = try roundTrip(42)

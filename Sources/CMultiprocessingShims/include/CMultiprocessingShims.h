@@ -30,6 +30,8 @@ static inline uint32_t mp_atomic_fetch_add_u32(uint32_t *p, uint32_t v) {
 static inline uint32_t mp_atomic_fetch_sub_u32(uint32_t *p, uint32_t v) {
     return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST);
 }
+static inline uint64_t mp_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void mp_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void mp_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -63,7 +65,18 @@ long mp_cpu_count(void);
 /// Spawns `path` with `argv`/`envp` (NULL-terminated); `child_fd` becomes fd 3 in the child and every
 /// other descriptor >= 3 is closed there. Signal mask emptied, SIGINT/SIGTERM/SIGPIPE reset to default.
 /// Returns 0 or an errno value.
-int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, pid_t *out_pid);
+/// Spawns `path` with `child_fd` as fd 3 and, when `stderr_fd` >= 0, that descriptor as fd 2.
+int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, int stderr_fd, pid_t *out_pid);
+/// waitpid(WNOHANG) that also reports the child's peak resident set (KiB) from its rusage.
+int mp_wait4_nohang(pid_t pid, int *status, long *maxrss_kib);
+/// Installs a one-shot (SA_RESETHAND) SIGINT handler writing to `eventfd_fd`; returns 1 and does
+/// nothing if SIGINT already has a handler other than the default.
+int mp_install_interrupt_handler(int eventfd_fd);
+int mp_eventfd(unsigned initval);
+/// Resident bytes of `pid` from /proc/PID/statm, or -1.
+long mp_statm_resident_bytes(pid_t pid);
+/// Restores the default action for `sig` and raises it.
+int mp_raise_default(int sig);
 int mp_pidfd_open(pid_t pid);
 /// Sends `sig` through a pidfd (never hits a recycled pid); 0 or an errno value.
 int mp_pidfd_send_signal(int pidfd, int sig);

@@ -54,10 +54,25 @@ final class DecoderStorage: Decoder {
         return s
     }
 
-    /// Compares the raw string at `p` with `key` without allocating; on a match moves `p` past it.
+    /// A key entry's length (see ``keyLengthBias``).
+    func keyLength(at p: inout Int) throws -> Int {
+        let n = Int(try varint(at: &p)) - keyLengthBias
+        guard n >= 0 else { throw CodecError(description: "malformed key at offset \(p)") }
+        return n
+    }
+
+    func rawKey(at p: inout Int) throws -> String {
+        let n = try keyLength(at: &p)
+        guard p + n <= bytes.count else { throw CodecError.truncated }
+        let s = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[p..<(p + n)]), as: UTF8.self)
+        p += n
+        return s
+    }
+
+    /// Compares the key at `p` with `key` without allocating; on a match moves `p` past it.
     func matchKey(_ key: String, at p: inout Int) throws -> Bool {
         var q = p
-        let n = Int(try varint(at: &q))
+        let n = try keyLength(at: &q)
         guard q + n <= bytes.count else { throw CodecError.truncated }
         var key = key
         let equal = key.withUTF8 { k in
@@ -93,8 +108,8 @@ final class DecoderStorage: Decoder {
             let n = Int(try varint(at: &q))
             return q + n * kind.stride
         case .keyedStart:
-            while try tag(at: q) != .keyedEnd {
-                let n = Int(try varint(at: &q))
+            while try byte(at: q) != BinaryTag.keyedEnd.rawValue {
+                let n = try keyLength(at: &q)
                 q = try skip(at: q + n)
             }
             return q + 1
@@ -260,8 +275,8 @@ final class KeyedState {
         if let index { return index }
         var map: [String: Int] = [:]
         var q = start
-        while try storage.tag(at: q) != .keyedEnd {
-            let k = try storage.rawString(at: &q)
+        while try storage.byte(at: q) != BinaryTag.keyedEnd.rawValue {
+            let k = try storage.rawKey(at: &q)
             map[k] = q
             q = try storage.skip(at: q)
         }
@@ -272,7 +287,7 @@ final class KeyedState {
 
     /// The offset of `key`'s value, or nil if absent. Sequential access is O(1).
     func find(_ key: String) throws -> Int? {
-        if try storage.tag(at: cursor) != .keyedEnd {
+        if try storage.byte(at: cursor) != BinaryTag.keyedEnd.rawValue {
             var q = cursor
             if try storage.matchKey(key, at: &q) { return q }
         }
@@ -282,8 +297,8 @@ final class KeyedState {
     func end() throws -> Int {
         if let endOffset { return endOffset }
         var q = cursor
-        while try storage.tag(at: q) != .keyedEnd {
-            let n = Int(try storage.varint(at: &q))
+        while try storage.byte(at: q) != BinaryTag.keyedEnd.rawValue {
+            let n = try storage.keyLength(at: &q)
             q = try storage.skip(at: q + n)
         }
         endOffset = q + 1

@@ -10,6 +10,9 @@ enum BinaryTag: UInt8 {
         trivialArray
 }
 
+/// Added to a key's length on the wire: the first byte of a key entry is then at least 16, never a tag.
+let keyLengthBias = 16
+
 /// The element kinds of the trivial-array fast path.
 enum TrivialKind: UInt8 {
     case int8 = 1, uint8, int16, uint16, int32, uint32, int64, uint64, int, uint, float, double, bool
@@ -111,6 +114,16 @@ final class EncoderStorage: Encoder {
         writeRawString(s)
     }
 
+    /// A key: its length plus ``keyLengthBias`` (so its first byte never looks like a tag, in particular
+    /// never like `keyedEnd`), then its UTF-8 bytes.
+    @inline(__always) func writeKey(_ s: String) {
+        var s = s
+        s.withUTF8 { utf8 in
+            writeVarint(UInt64(utf8.count + keyLengthBias), into: &buffer)
+            buffer.append(contentsOf: utf8)
+        }
+    }
+
     @inline(__always) func writeRawString(_ s: String) {
         var s = s
         s.withUTF8 { utf8 in
@@ -170,7 +183,7 @@ struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
 
     @inline(__always) private func key(_ k: Key) {
         storage.closeDeeper(than: depth)
-        storage.writeRawString(k.stringValue)
+        storage.writeKey(k.stringValue)
     }
 
     mutating func encodeNil(forKey k: Key) throws { key(k); storage.tag(.null) }

@@ -336,6 +336,14 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         return nil
     }
 
+    /// Hands over the bytes read past the last message (a channel switching to another protocol).
+    func takeBufferedBytes() -> [UInt8] {
+        recvLock.withLock {
+            defer { readPos = 0; writePos = 0 }
+            return Array(buffer[readPos..<writePos])
+        }
+    }
+
     /// Whether a received message (or part of one) is buffered. Never waits: while another thread is
     /// receiving, the answer is "no" and callers fall back to polling the descriptor.
     var hasBufferedData: Bool {

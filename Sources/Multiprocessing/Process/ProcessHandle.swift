@@ -11,6 +11,7 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     private struct State {
         var pidfd: Int32
         var status: Int32?  // raw wait status, once reaped
+        var peakResidentKiB: Int = 0
     }
 
     /// The process id — Python's `Process.pid`.
@@ -44,8 +45,10 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
         let ended = state.withLock { s in
             if s.status != nil { return true }
             var status: Int32 = 0
-            guard mp_waitpid_nohang(pid, &status) == pid else { return false }
+            var maxrss = 0
+            guard mp_wait4_nohang(pid, &status, &maxrss) == pid else { return false }
             s.status = status
+            s.peakResidentKiB = maxrss
             return true
         }
         if ended { ChildRegistry.remove(self) }
@@ -62,6 +65,12 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
             if mp_wifsignaled(st) != 0 { return -mp_wtermsig(st) }
             return nil
         }
+    }
+
+    /// The process's peak resident memory in bytes (its rusage `ru_maxrss`), once it has been reaped.
+    public var peakMemoryBytes: Int? {
+        _ = reapIfExited()
+        return state.withLock { s in s.status == nil ? nil : s.peakResidentKiB * 1024 }
     }
 
     /// Whether the process is running — Python's `Process.is_alive()`.

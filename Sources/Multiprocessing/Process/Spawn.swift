@@ -42,7 +42,11 @@ struct SpawnedWorker {
 
 enum Spawner {
     /// Starts this executable in worker mode with a socket pair end on fd 3.
-    static func spawn() throws -> SpawnedWorker {
+    /// - Parameters:
+    ///   - stderr: a descriptor to become the worker's standard error (a pipe, for pools that keep
+    ///   the tail of each worker's stderr), or `nil` to inherit this process's.
+    ///   - environment: extra variables, used only where the environment does not set them already.
+    static func spawn(stderr: Int32? = nil, environment: [String: String] = [:]) throws -> SpawnedWorker {
         let (parentEnd, childEnd) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
         defer { Syscall.close(childEnd) }
         let mode = WorkerStart.entry == .bootstrap ? "b" : "c"
@@ -57,10 +61,11 @@ enum Spawner {
             if !s.hasPrefix("SWIFT_MP_WORKER=") && !s.hasPrefix("SWIFT_MP_PARENT=") { env.append(s) }
             e += 1
         }
+        for (k, v) in environment.sorted(by: { $0.key < $1.key }) where getenv(k) == nil { env.append("\(k)=\(v)") }
         let argv = [WorkerStart.executable, "--swift-multiprocessing-worker"]
         var pid: pid_t = 0
         let rc = withCStrings(argv) { cargv in
-            withCStrings(env) { cenv in mp_spawn(WorkerStart.executable, cargv, cenv, childEnd, &pid) }
+            withCStrings(env) { cenv in mp_spawn(WorkerStart.executable, cargv, cenv, childEnd, stderr ?? -1, &pid) }
         }
         guard rc == 0 else {
             Syscall.close(parentEnd)

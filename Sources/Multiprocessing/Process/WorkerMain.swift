@@ -53,6 +53,9 @@ enum WorkerRuntime {
             switch message {
             case .shutdown:
                 exit(exitCode)
+            case .pool(let setup):
+                PoolWorker.leftover = channel.takeBufferedBytes()
+                PoolWorker.run(fd: fd, setup: setup, pid: pid)
             case .run(let id, let typeName, let payload):
                 exitOnHangup.store(71, ordering: .relaxed)
                 let reply = runJob(id: id, typeName: typeName, payload: payload, channel: channel, pid: pid)

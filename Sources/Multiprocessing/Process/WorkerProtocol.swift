@@ -4,6 +4,32 @@ enum ToWorker: Codable {
     case run(id: UInt64, typeName: String, payload: [UInt8])
     /// Finish and exit.
     case shutdown
+    /// Become a pool worker: from now on the channel speaks ``PoolWire``. The shared slot and the
+    /// wake-up eventfd travel with this frame.
+    case pool(PoolSetup)
+}
+
+/// What a pool worker needs to start.
+struct PoolSetup: Codable {
+    var slot: PassedDescriptor
+    var wake: PassedDescriptor
+    /// A job to run once before any task (Python's `initializer`): type name and encoded value.
+    var initializer: [UInt8]?
+    var initializerType: String?
+}
+
+/// A descriptor sent along with a message (`SCM_RIGHTS`).
+struct PassedDescriptor: Codable {
+    let fd: Int32
+    init(_ fd: Int32) { self.fd = fd }
+    init(from decoder: any Decoder) throws {
+        _ = try decoder.singleValueContainer().decode(Int.self)
+        fd = try MessageCodec.takeDescriptor()
+    }
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(try MessageCodec.attach(fd))
+    }
 }
 
 enum FromWorker: Codable {
@@ -43,6 +69,7 @@ struct WireError: Codable, Error {
         {
             return e
         }
+        if typeName == String(reflecting: CancellationError.self) { return CancellationError() }
         return RemoteError(typeName: typeName, message: message, pid: pid)
     }
 

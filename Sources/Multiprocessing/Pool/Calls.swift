@@ -1,0 +1,111 @@
+import Synchronization
+import Threading
+
+/// One call into a pool (a `submit`, a `map`, an `imap`...), seen untyped by the pool's core: it
+/// receives each item's outcome by index.
+class CallCore: @unchecked Sendable {  // subclasses keep their own state thread-safe
+    let options: TaskOptions
+    private let cancelledFlag = Atomic<Bool>(false)
+
+    init(options: TaskOptions) { self.options = options }
+
+    var isCancelled: Bool { cancelledFlag.load(ordering: .relaxed) }
+    /// Marks the call cancelled; returns `false` if it already was.
+    func markCancelled() -> Bool {
+        cancelledFlag.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
+    }
+
+    /// Items `start..<start+n` finished; `payload` is their encoded `[Output]`.
+    /// - Returns: the error if the payload cannot be decoded (the items then failed).
+    func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {}
+    func fail(index: Int, _ error: any Error) {}
+}
+
+/// What a multi-item call's consumer receives, in arrival order.
+enum Delivery<Output: Sendable>: Sendable {
+    case items(start: Int, [Output])
+    case failed(index: Int, any Error)
+    /// The input is exhausted: `total` items in all.
+    case end(total: Int)
+}
+
+/// A call whose results stream to a consumer (map, imap, imapUnordered).
+final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendable {
+    let deliveries = BlockingQueue<Delivery<Output>>()
+
+    override func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {
+        do {
+            let values = try BinaryDecoder().decode([Output].self, from: payload)
+            guard values.count == count else {
+                throw MultiprocessingError(.malformedMessage, "\(values.count) results announced as \(count)")
+            }
+            try? deliveries.put(.items(start: start, values))
+        } catch {
+            let e = MultiprocessingError(.decodingFailed, "cannot decode the results: \(error)")
+            for i in start..<(start + count) { try? deliveries.put(.failed(index: i, e)) }
+        }
+    }
+
+    override func fail(index: Int, _ error: any Error) {
+        try? deliveries.put(.failed(index: index, error))
+    }
+}
+
+/// A call with one result (submit, apply, applyAsync).
+final class SingleCall<Output: Codable & Sendable>: CallCore, @unchecked Sendable {
+    let future = Future<Output>()
+
+    override func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {
+        do {
+            let values = try BinaryDecoder().decode([Output].self, from: payload)
+            guard let v = values.first, values.count == 1 else {
+                throw MultiprocessingError(.malformedMessage, "\(values.count) results for one task")
+            }
+            future.complete(.success(v))
+        } catch {
+            future.complete(.failure(MultiprocessingError(.decodingFailed, "cannot decode the result: \(error)")))
+        }
+    }
+
+    override func fail(index: Int, _ error: any Error) {
+        future.complete(.failure(error))
+    }
+}
+
+/// Permits for items in flight: a lazy `imap` reads input only while fewer than its `maxInFlight` items
+/// are submitted and not yet consumed, so memory stays flat however long the input.
+final class Credit: @unchecked Sendable {  // state behind `condition`'s lock
+    private let lock = Lock()
+    private let condition: Condition
+    private var available: Int
+    private var cancelled = false
+
+    init(_ limit: Int) {
+        available = limit
+        condition = Condition(lock)
+    }
+
+    /// Takes `n` permits, waiting for them; `false` if cancelled.
+    func acquire(_ n: Int) -> Bool {
+        lock.withLock {
+            while available < n && !cancelled { _ = try? condition.wait() }
+            if cancelled { return false }
+            available -= n
+            return true
+        }
+    }
+
+    func release(_ n: Int) {
+        lock.withLock {
+            available += n
+            try? condition.notifyAll()
+        }
+    }
+
+    func cancel() {
+        lock.withLock {
+            cancelled = true
+            try? condition.notifyAll()
+        }
+    }
+}

@@ -1,0 +1,896 @@
+internal import CMultiprocessingShims
+import DequeModule
+import Glibc
+import Synchronization
+import Threading
+
+/// A function or job type as the workers know it: defined once per worker, then referred to by id.
+struct FunctionRef: Sendable {
+    let id: UInt32
+    let kind: PoolWire.FunctionKind
+    let name: String
+    let payload: [UInt8]
+}
+
+/// A batch of items of one call sent to one worker as one message (a chunk, or a single task).
+final class Unit: @unchecked Sendable {  // mutable state guarded by the pool core's lock
+    let id: UInt64
+    let call: CallCore
+    let function: FunctionRef
+    /// Index of item 0 within the call.
+    let base: Int
+    let count: Int
+    let payload: [UInt8]
+    /// Re-encodes a sub-range (relative indices) of the items, to send again what a dead worker did not do.
+    let encodeRange: @Sendable (Range<Int>) throws -> [UInt8]
+    var attempt: Int
+    var kills: Int
+    var reported = 0
+    var cancelAt: ContinuousClock.Instant?
+    var cancelReason: StopReason?
+    var softSent = false
+
+    init(id: UInt64, call: CallCore, function: FunctionRef, base: Int, count: Int, payload: [UInt8],
+         encodeRange: @escaping @Sendable (Range<Int>) throws -> [UInt8], attempt: Int = 1, kills: Int = 0) {
+        self.id = id
+        self.call = call
+        self.function = function
+        self.base = base
+        self.count = count
+        self.payload = payload
+        self.encodeRange = encodeRange
+        self.attempt = attempt
+        self.kills = kills
+    }
+}
+
+/// Why the pool stopped a worker.
+enum StopReason: Sendable {
+    case timeout(unit: UInt64)
+    case softTimeout(unit: UInt64)
+    case cancelled(unit: UInt64)
+    case terminate(PoolError)
+    case retire
+}
+
+/// One worker process of a pool, as the parent sees it.
+final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guarded by the core's lock
+    let serial: Int
+    let handle: ProcessHandle
+    let channel: Connection
+    let stderrFd: Int32
+    let shared: SharedSlot
+    let wakeFd: Int32
+    let outbox: Outbox
+    let spawnedAt = ContinuousClock.now
+
+    var inflight: [Unit] = []
+    var knownFunctions: Set<UInt32> = []
+    var dispatched = 0
+    var retiring = false
+    var shutdownSent = false
+    var stop: StopReason?
+    var killAt: ContinuousClock.Instant?
+    var readyAt: ContinuousClock.Instant?
+    var busy: Duration = .zero
+    var idleSince: ContinuousClock.Instant?
+    var idle: Duration = .zero
+    var tasksDone = 0
+    var exited = false
+
+    // Reactor thread only.
+    var reader = FrameReader()
+    var sawReady = false
+    var stderrTail: [UInt8] = []
+
+    init(serial: Int, handle: ProcessHandle, channel: Connection, stderrFd: Int32, shared: SharedSlot, wakeFd: Int32) {
+        self.serial = serial
+        self.handle = handle
+        self.channel = channel
+        self.stderrFd = stderrFd
+        self.shared = shared
+        self.wakeFd = wakeFd
+        outbox = Outbox(fd: channel.fileDescriptor)
+    }
+
+    var pid: Int32 { handle.pid }
+
+    func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeFd, &one, 8)
+    }
+
+    func stderrLines(_ n: Int) -> [String] {
+        let text = String(decoding: stderrTail, as: UTF8.self)
+        return Array(text.split(separator: "\n", omittingEmptySubsequences: true).suffix(n).map(String.init))
+    }
+}
+
+/// The engine of a ``ProcessPool``: workers, the queue of units, dispatch, failure handling, supervision.
+///
+/// One lock guards the state. Replies are read on the library's reactor thread; a supervisor thread per
+/// pool enforces timeouts, kills after grace periods, schedules retries and replaces workers.
+final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by `lock`
+    enum Phase { case running, closed, terminated, broken(PoolError) }
+
+    let size: Int
+    let options: ProcessPoolOptions
+    private let initializer: (type: String, payload: [UInt8])?
+    let lock = Lock()
+    private let supervisorWake = Event()
+    private let allExited = Event()
+
+    private var phase = Phase.running
+    private var slots: [WorkerSlot] = []
+    private var pending = Deque<Unit>()
+    private var delayed: [(at: ContinuousClock.Instant, unit: Unit)] = []
+    private var spawning = 0
+    private var nextSerial = 0
+    private var nextUnit: UInt64 = 1
+    private var nextFunction: UInt32 = 1
+    private var functions: [String: UInt32] = [:]
+    private var deaths: [ContinuousClock.Instant] = []
+    private var lastDeath: PoolError?
+    private var cancelRing = 0
+    /// Mean nanoseconds per item and per unit (exponentially weighted), for windows and chunk sizes.
+    private(set) var itemNanos: Double = 0
+    private var unitNanos: Double = 0
+    // progress
+    private(set) var done = 0
+    private(set) var failed = 0
+    private(set) var total = 0
+    private var firstSubmit: ContinuousClock.Instant?
+    private var supervisor: OSThread?
+    private let callbacks = BlockingQueue<@Sendable () -> Void>()
+
+    init(size: Int, options: ProcessPoolOptions, initializer: (type: String, payload: [UInt8])?) throws {
+        self.size = size
+        self.options = options
+        self.initializer = initializer
+        for _ in 0..<size { try addWorker() }
+        let t = OSThread(name: "mp-pool-supervisor", daemon: true) { [weak self] in
+            while let core = self { if !core.superviseOnce() { break } }
+        }
+        try t.start()
+        let cb = OSThread(name: "mp-pool-callbacks", daemon: true) { [callbacks] in
+            while let body = try? callbacks.get() { body() }
+        }
+        try cb.start()
+        lock.withLock { supervisor = t }
+        if options.interrupt != .ignore { Interrupts.register(self) }
+    }
+
+    deinit { callbacks.shutdown() }
+
+    // MARK: - workers
+
+    private func addWorker() throws {
+        let (errRead, errWrite) = try Syscall.pipe()
+        defer { Syscall.close(errWrite) }
+        Syscall.setNonBlocking(errRead)
+        let w: SpawnedWorker
+        do {
+            // A crash report that fits a stderr tail: the crashed thread only, no registers or image list.
+            w = try Spawner.spawn(stderr: errWrite, environment: ["SWIFT_BACKTRACE": "threads=crashed,registers=none,images=none"])
+        } catch {
+            Syscall.close(errRead)
+            throw error
+        }
+        let serial = lock.withLock { () -> Int in nextSerial += 1; return nextSerial }
+        let handle = ProcessHandle(pid: w.pid, pidfd: w.pidfd, name: "PoolWorker-\(serial)", daemon: true)
+        let wake = mp_eventfd(0)
+        let shared: SharedSlot
+        let sharedFd: Int32
+        do {
+            guard wake >= 0 else { throw MultiprocessingError.system("eventfd", -wake) }
+            (shared, sharedFd) = try SharedSlot.create()
+        } catch {
+            handle.kill()
+            _ = try? handle.join(timeout: .seconds(2))
+            Syscall.close(errRead)
+            if wake >= 0 { Syscall.close(wake) }
+            throw error
+        }
+        defer { Syscall.close(sharedFd) }
+        let setup = PoolSetup(slot: PassedDescriptor(sharedFd), wake: PassedDescriptor(wake),
+                              initializer: initializer?.payload, initializerType: initializer?.type)
+        let (bytes, fds) = try MessageCodec.encode(ToWorker.pool(setup))
+        // If the worker is already dead this fails; its exit is then reported through the pidfd.
+        try? bytes.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
+        let slot = WorkerSlot(serial: serial, handle: handle, channel: w.channel, stderrFd: errRead, shared: shared, wakeFd: wake)
+        lock.withLock { slots.append(slot) }
+        let fd = w.channel.fileDescriptor
+        Reactor.shared.watch(fd) { [weak self] in self?.readable(slot) ?? false }
+        Reactor.shared.watch(errRead) { [weak self] in self?.readStderr(slot) ?? false }
+        Reactor.shared.watch(handle.sentinel) { [weak self] in
+            guard handle.reapIfExited() else { return true }
+            self?.exited(slot)
+            return false
+        }
+    }
+
+    // MARK: - submitting
+
+    func function(kind: PoolWire.FunctionKind, name: String, payload: [UInt8]) -> FunctionRef {
+        lock.withLock {
+            let key = "\(kind.rawValue):\(name):" + payload.map { String($0, radix: 16) }.joined(separator: ",")
+            if let id = functions[key] { return FunctionRef(id: id, kind: kind, name: name, payload: payload) }
+            let id = nextFunction
+            nextFunction += 1
+            functions[key] = id
+            return FunctionRef(id: id, kind: kind, name: name, payload: payload)
+        }
+    }
+
+    func makeUnitId() -> UInt64 { lock.withLock { defer { nextUnit += 1 }; return nextUnit } }
+
+    /// Queues units and dispatches what the workers can take.
+    func submit(_ units: [Unit]) throws {
+        try lock.withLock { () throws(PoolError) in
+            switch phase {
+            case .running: break
+            case .closed: throw PoolError(.closed, "the pool is closed")
+            case .terminated: throw PoolError(.terminated, "the pool was terminated")
+            case .broken(let e): throw e
+            }
+            if firstSubmit == nil { firstSubmit = .now }
+            for u in units {
+                pending.append(u)
+                total += u.count
+            }
+            pump()
+        }
+        flushAll()
+    }
+
+    /// Assigns pending units to workers with room. Lock held.
+    private func pump() {
+        guard !pending.isEmpty else { return }
+        let window = unitNanos > 5_000_000 ? 1 : unitNanos > 200_000 ? 2 : unitNanos == 0 ? 2 : 32
+        while !pending.isEmpty {
+            var best: WorkerSlot?
+            for s in slots where !s.exited && !s.retiring && s.stop == nil && s.inflight.count < window {
+                if best == nil || s.inflight.count < best!.inflight.count { best = s }
+            }
+            guard let slot = best else { return }
+            let unit = pending.removeFirst()
+            if unit.call.isCancelled {
+                settle(unit, from: unit.reported, CancellationError())
+                continue
+            }
+            var w = FrameWriter()
+            if !slot.knownFunctions.contains(unit.function.id) {
+                slot.knownFunctions.insert(unit.function.id)
+                let at = w.begin(PoolWire.define)
+                w.put(unit.function.id)
+                w.put(unit.function.kind.rawValue)
+                let name = Array(unit.function.name.utf8)
+                w.put(UInt32(name.count))
+                w.put(name)
+                w.put(unit.function.payload)
+                w.end(at)
+            }
+            let at = w.begin(PoolWire.task)
+            w.put(unit.id)
+            w.put(unit.function.id)
+            w.put(UInt32(unit.count))
+            w.put(unit.payload)
+            w.end(at)
+            slot.outbox.append(w.take())
+            if slot.inflight.isEmpty, let since = slot.idleSince {
+                slot.idle += .now - since
+                slot.idleSince = nil
+            }
+            slot.inflight.append(unit)
+            slot.dispatched += 1
+            if let max = options.maxTasksPerChild, slot.dispatched >= max { slot.retiring = true }
+        }
+    }
+
+    private func flushAll() {
+        let all = lock.withLock { slots }
+        for s in all { s.outbox.flush() }
+    }
+
+    /// Fails items `from..<count` of `unit` with `error` (lock held; delivery happens outside via callbacks).
+    private func settle(_ unit: Unit, from: Int, _ error: any Error) {
+        guard from < unit.count else { return }
+        failed += unit.count - from
+        done += unit.count - from
+        let call = unit.call
+        let base = unit.base
+        let n = unit.count
+        deferred.append { for i in from..<n { call.fail(index: base + i, error) } }
+    }
+
+    /// Work to do once the lock is released (deliveries to calls).
+    private var deferred: [() -> Void] = []
+
+    private func withLockThenDeliver<R>(_ body: () -> R) -> R {
+        let (r, work) = lock.withLock { () -> (R, [() -> Void]) in
+            let r = body()
+            defer { deferred = [] }
+            return (r, deferred)
+        }
+        for w in work { w() }
+        return r
+    }
+
+    // MARK: - replies (reactor thread)
+
+    private func readable(_ slot: WorkerSlot) -> Bool {
+        var open = true
+        while true {
+            let n: Int
+            do { n = try slot.reader.fill(from: slot.channel.fileDescriptor, blocking: false) } catch { n = 0 }
+            if n == 0 { open = false }
+            do {
+                while let _ = try slot.reader.next({ body in try handleFrame(slot, body) }) {}
+            } catch {
+                protocolViolation(slot, error)
+                return false
+            }
+            if n <= 0 { break }
+        }
+        withLockThenDeliver { pump() }
+        slot.outbox.flush()
+        if !open {
+            // The worker closed its end: it is exiting (or broken); make sure it does.
+            let expected = lock.withLock { slot.shutdownSent || slot.stop != nil || slot.exited }
+            if !expected { slot.handle.kill() }
+        }
+        return open
+    }
+
+    private func handleFrame(_ slot: WorkerSlot, _ body: UnsafeRawBufferPointer) throws {
+        if !slot.sawReady {
+            // The first frame is the worker's `FromWorker.ready` in the general codec.
+            _ = try BinaryDecoder().decode(FromWorker.self, from: body)
+            slot.sawReady = true
+            lock.withLock {
+                slot.readyAt = .now
+                if slot.inflight.isEmpty { slot.idleSince = .now }
+            }
+            return
+        }
+        var c = FrameCursor(body)
+        let kind = body[0]
+        let unitId: UInt64 = try c.get()
+        let start = Int(try c.get(UInt32.self))
+        let count = kind == PoolWire.output ? Int(try c.get(UInt32.self)) : 1
+        let busyNanos: UInt64 = try c.get()
+        guard kind == PoolWire.output || kind == PoolWire.failure else {
+            throw MultiprocessingError(.malformedMessage, "unknown pool reply kind \(kind)")
+        }
+        // Account under the lock; deliver outside it.
+        let target: (Unit, retry: Bool)? = try lock.withLock { () throws -> (Unit, retry: Bool)? in
+            slot.busy += .nanoseconds(Int64(busyNanos))
+            guard let k = slot.inflight.firstIndex(where: { $0.id == unitId }) else { return nil }  // cancelled & settled
+            let unit = slot.inflight[k]
+            guard start == unit.reported, count > 0, start + count <= unit.count else {
+                throw MultiprocessingError(.malformedMessage, "reply for items \(start)..<\(start + count) of a task at \(unit.reported)/\(unit.count)")
+            }
+            unit.reported += count
+            var retry = false
+            if kind == PoolWire.failure {
+                retry = unit.call.options.retry.causes.contains(.error) && unit.attempt < unit.call.options.retry.attempts
+                    && !unit.call.isCancelled
+                if retry {
+                    scheduleRetry(unit, index: start, crashed: false)
+                } else {
+                    failed += 1
+                    done += 1
+                }
+            } else {
+                done += count
+                if busyNanos > 0 {
+                    let per = Double(busyNanos) / Double(count)
+                    itemNanos = itemNanos == 0 ? per : itemNanos * 0.8 + per * 0.2
+                }
+            }
+            if unit.reported == unit.count {
+                slot.inflight.remove(at: k)
+                slot.tasksDone += 1
+                let took = Double(busyNanos)
+                unitNanos = unitNanos == 0 ? took : unitNanos * 0.8 + took * 0.2
+                unitFinished(slot)
+            }
+            return (unit, retry)
+        }
+        guard let (unit, retry) = target else { return }
+        let payload = c.rest
+        if kind == PoolWire.output {
+            unit.call.deliver(start: unit.base + start, count: count, payload: payload)
+        } else if !retry {
+            let wire = try? BinaryDecoder().decode(WireError.self, from: payload)
+            var error = wire?.rebuild() ?? MultiprocessingError(.decodingFailed, "an undecodable error from worker \(slot.pid)")
+            if error is CancellationError, let reason = unit.cancelReason, case .softTimeout = reason {
+                error = PoolError(.timedOut, "the task passed its soft timeout and was cancelled in worker \(slot.pid)",
+                                  pid: slot.pid, attempts: unit.attempt)
+            }
+            unit.call.fail(index: unit.base + start, error)
+        }
+    }
+
+    /// A unit finished on `slot`: check the worker's memory, retire it if due. Lock held.
+    private func unitFinished(_ slot: WorkerSlot) {
+        if let limit = options.memoryLimit, !slot.retiring {
+            let rss = mp_statm_resident_bytes(slot.pid)
+            if rss > limit { slot.retiring = true }
+        }
+        if slot.inflight.isEmpty {
+            slot.idleSince = .now
+            if slot.retiring || isDrainedAndClosed { sendShutdown(slot) }
+        }
+    }
+
+    private var isDrainedAndClosed: Bool {
+        if case .closed = phase, pending.isEmpty, delayed.isEmpty { return true }
+        return false
+    }
+
+    private func sendShutdown(_ slot: WorkerSlot) {
+        guard !slot.shutdownSent else { return }
+        slot.shutdownSent = true
+        var w = FrameWriter()
+        w.end(w.begin(PoolWire.shutdown))
+        slot.outbox.append(w.take())
+        slot.retiring = true
+    }
+
+    private func protocolViolation(_ slot: WorkerSlot, _ error: any Error) {
+        lock.withLock {
+            if slot.stop == nil {
+                slot.stop = .terminate(PoolError(.workerDied, "worker \(slot.pid) broke the pool protocol: \(error)", pid: slot.pid))
+            }
+        }
+        slot.handle.kill()
+    }
+
+    private func readStderr(_ slot: WorkerSlot) -> Bool {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(slot.stderrFd, $0.baseAddress!, $0.count) }
+            if n > 0 {
+                if options.forwardStderr { buf.withUnsafeBytes { _ = try? Syscall.writeAll(2, UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }
+                slot.stderrTail += buf[0..<n]
+                if slot.stderrTail.count > 65536 { slot.stderrTail.removeFirst(slot.stderrTail.count - 65536) }
+                if n < buf.count { return true }
+                continue
+            }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return true }
+            return false  // end of file
+        }
+    }
+
+    // MARK: - deaths (reactor thread)
+
+    private func exited(_ slot: WorkerSlot) {
+        // Everything the worker wrote before dying is in the socket and the pipe: take it first.
+        _ = readable(slot)
+        _ = readStderr(slot)
+        let code = slot.handle.exitCode
+        let peak = slot.handle.peakMemoryBytes
+        let running = slot.shared.running
+        withLockThenDeliver {
+            slot.exited = true
+            slots.removeAll { $0 === slot }
+            slot.outbox.close()
+            let clean = slot.shutdownSent && code == 0
+            let unexpected = slot.stop == nil && !clean
+            let tail = slot.stderrLines(options.stderrLines)
+            let what = code.map { $0 < 0 ? "was killed by signal \($0 * -1) (\(signalName(-$0)))" : "exited with code \($0)" } ?? "ended"
+            let death = PoolError(.workerDied, "worker \(slot.pid) \(what)", pid: slot.pid, exitCode: code,
+                                  stderrTail: tail, peakMemoryBytes: peak)
+            for unit in slot.inflight {
+                handleLost(unit, running: running, slot: slot, death: death)
+            }
+            slot.inflight = []
+            if unexpected {
+                let now = ContinuousClock.now
+                deaths.append(now)
+                deaths.removeAll { now - $0 > options.deathLimit.window }
+                lastDeath = death
+                if deaths.count > options.deathLimit.count, case .running = phase {
+                    breakPool(PoolError(
+                        .broken,
+                        "\(deaths.count) workers died within \(options.deathLimit.window); the last: \(death.message)",
+                        pid: slot.pid, exitCode: code, stderrTail: tail, peakMemoryBytes: peak))
+                }
+            }
+            pump()
+            if slots.isEmpty && spawning == 0 && !wantsWorkers { allExited.set() }
+        }
+        flushAll()
+        supervisorWake.set()
+        Reactor.shared.cancelWaits(on: slot.channel.fileDescriptor)
+        slot.channel.close()
+        Reactor.shared.cancelWaits(on: slot.stderrFd)
+        Syscall.close(slot.stderrFd)
+        Syscall.close(slot.wakeFd)
+        slot.shared.unmap()
+    }
+
+    /// A unit whose worker died: keep what was reported, fail or retry the item that was running, send
+    /// the rest again. Lock held.
+    private func handleLost(_ unit: Unit, running: (unit: UInt64, index: UInt64), slot: WorkerSlot, death: PoolError) {
+        let k = unit.reported
+        guard running.unit == unit.id, Int(running.index) >= k, Int(running.index) < unit.count else {
+            requeue(unit, k..<unit.count)
+            return
+        }
+        let i = Int(running.index)
+        requeue(unit, k..<i)
+        let cause: RetryPolicy.Cause
+        let error: any Error
+        switch slot.stop {
+        case .timeout(let u)? where u == unit.id:
+            cause = .timeout
+            error = PoolError(.timedOut, "the task ran past its timeout of \(unit.call.options.timeout!) in worker \(slot.pid), which was stopped",
+                              pid: slot.pid, exitCode: death.exitCode, stderrTail: death.stderrTail, peakMemoryBytes: death.peakMemoryBytes)
+        case .softTimeout(let u)? where u == unit.id:
+            cause = .timeout
+            error = PoolError(.timedOut, "the task passed its soft timeout, ignored cancellation and worker \(slot.pid) was stopped",
+                              pid: slot.pid, exitCode: death.exitCode, stderrTail: death.stderrTail, peakMemoryBytes: death.peakMemoryBytes)
+        case .cancelled(let u)? where u == unit.id:
+            settle(unit, from: i, CancellationError())
+            return
+        case .terminate(let e)?:
+            settle(unit, from: i, e)
+            return
+        default:
+            cause = .crash
+            error = PoolError(.workerDied, death.message + " while running this task", pid: death.pid, exitCode: death.exitCode,
+                              stderrTail: death.stderrTail, peakMemoryBytes: death.peakMemoryBytes)
+        }
+        let policy = unit.call.options.retry
+        let kills = unit.kills + (cause == .crash ? 1 : 0)
+        if policy.causes.contains(cause) && unit.attempt < policy.attempts && kills < policy.maxWorkerKills && !unit.call.isCancelled,
+           case .running = phase
+        {
+            scheduleRetry(unit, index: i, crashed: cause == .crash)
+        } else {
+            var e = error
+            if let p = error as? PoolError { e = p.with(attempts: unit.attempt) }
+            if kills >= policy.maxWorkerKills && policy.attempts > 1 && cause == .crash {
+                e = PoolError(.workerDied, "the task killed \(kills) workers and is not retried again; the last: \(death.message)",
+                              pid: death.pid, exitCode: death.exitCode, stderrTail: death.stderrTail,
+                              peakMemoryBytes: death.peakMemoryBytes, attempts: unit.attempt)
+            }
+            settleItem(unit, i, e)
+        }
+        requeue(unit, (i + 1)..<unit.count)
+    }
+
+    private func settleItem(_ unit: Unit, _ i: Int, _ error: any Error) {
+        failed += 1
+        done += 1
+        let call = unit.call
+        let index = unit.base + i
+        deferred.append { call.fail(index: index, error) }
+    }
+
+    /// Sends items `range` (relative) of `unit` again, first in line. Lock held.
+    private func requeue(_ unit: Unit, _ range: Range<Int>) {
+        guard !range.isEmpty else { return }
+        if unit.call.isCancelled {
+            settleRange(unit, range, CancellationError())
+            return
+        }
+        if case .running = phase {} else if case .closed = phase {} else {
+            settleRange(unit, range, terminalError)
+            return
+        }
+        do {
+            let payload = range == 0..<unit.count ? unit.payload : try unit.encodeRange(range)
+            let lower = range.lowerBound
+            let again = Unit(id: nextUnit, call: unit.call, function: unit.function, base: unit.base + lower,
+                             count: range.count, payload: payload,
+                             encodeRange: { r in try unit.encodeRange((r.lowerBound + lower)..<(r.upperBound + lower)) },
+                             attempt: unit.attempt, kills: unit.kills)
+            nextUnit += 1
+            pending.prepend(again)
+        } catch {
+            settleRange(unit, range, error)
+        }
+    }
+
+    private func settleRange(_ unit: Unit, _ range: Range<Int>, _ error: any Error) {
+        for i in range { settleItem(unit, i, error) }
+    }
+
+    private func scheduleRetry(_ unit: Unit, index i: Int, crashed: Bool) {
+        do {
+            let payload = try unit.encodeRange(i..<(i + 1))
+            let again = Unit(id: nextUnit, call: unit.call, function: unit.function, base: unit.base + i, count: 1,
+                             payload: payload, encodeRange: { r in try unit.encodeRange((r.lowerBound + i)..<(r.upperBound + i)) },
+                             attempt: unit.attempt + 1, kills: unit.kills + (crashed ? 1 : 0))
+            nextUnit += 1
+            delayed.append((.now + unit.call.options.retry.delay(beforeAttempt: unit.attempt + 1), again))
+            supervisorWake.set()
+        } catch {
+            settleItem(unit, i, error)
+        }
+    }
+
+    private var terminalError: PoolError {
+        switch phase {
+        case .broken(let e): e
+        case .terminated: PoolError(.terminated, "the pool was terminated")
+        default: PoolError(.closed, "the pool is closed")
+        }
+    }
+
+    /// Whether the pool should keep `size` workers.
+    private var wantsWorkers: Bool {
+        switch phase {
+        case .running: true
+        case .closed: !pending.isEmpty || !delayed.isEmpty || slots.contains { !$0.inflight.isEmpty }
+        case .terminated, .broken: false
+        }
+    }
+
+    // MARK: - supervision
+
+    /// One round of the supervisor: timeouts, grace periods, retries, replacements. Returns `false` when
+    /// the pool is finished.
+    private func superviseOnce() -> Bool {
+        let now = ContinuousClock.now
+        var nowNanos = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &nowNanos)
+        let monoNow = UInt64(nowNanos.tv_sec) * 1_000_000_000 + UInt64(nowNanos.tv_nsec)
+        var next: ContinuousClock.Instant? = nil
+        func wakeAt(_ t: ContinuousClock.Instant) { if next == nil || t < next! { next = t } }
+        var toSpawn = 0
+        var finished = false
+        withLockThenDeliver {
+            for slot in slots where !slot.exited {
+                if slot.stop != nil {
+                    if let k = slot.killAt {
+                        if now >= k { slot.handle.kill(); slot.killAt = nil } else { wakeAt(k) }
+                    }
+                    continue
+                }
+                let running = slot.shared.running
+                guard running.unit != 0, let unit = slot.inflight.first(where: { $0.id == running.unit }) else { continue }
+                let opts = unit.call.options
+                let startedNanos = slot.shared.itemStart
+                let elapsed = Duration.nanoseconds(Int64(monoNow &- min(monoNow, startedNanos)))
+                if let hard = opts.timeout {
+                    if elapsed >= hard {
+                        stopWorker(slot, .timeout(unit: unit.id), grace: opts.killGrace)
+                        if let k = slot.killAt { wakeAt(k) }
+                        continue
+                    }
+                    wakeAt(now + (hard - elapsed))
+                }
+                if let soft = opts.softTimeout, !unit.softSent {
+                    if elapsed >= soft {
+                        unit.softSent = true
+                        unit.cancelReason = .softTimeout(unit: unit.id)
+                        unit.cancelAt = now + opts.cancelGrace
+                        requestCancel(slot, unit)
+                    } else {
+                        wakeAt(now + (soft - elapsed))
+                    }
+                }
+                if let at = unit.cancelAt {
+                    if now >= at {
+                        stopWorker(slot, unit.cancelReason ?? .cancelled(unit: unit.id), grace: opts.killGrace)
+                        if let k = slot.killAt { wakeAt(k) }
+                    } else {
+                        wakeAt(at)
+                    }
+                }
+            }
+            // Units cancelled while queued behind the running one.
+            delayed.sort { $0.at < $1.at }
+            while let first = delayed.first, first.at <= now {
+                delayed.removeFirst()
+                if case .running = phase {
+                    pending.append(first.unit)
+                } else if case .closed = phase {
+                    pending.append(first.unit)
+                } else {
+                    settleRange(first.unit, 0..<first.unit.count, terminalError)
+                }
+            }
+            if let first = delayed.first { wakeAt(first.at) }
+            let live = slots.filter { !$0.retiring && $0.stop == nil }.count
+            if wantsWorkers { toSpawn = max(0, size - live - spawning) }
+            spawning += toSpawn
+            if isDrainedAndClosed { for s in slots where s.inflight.isEmpty { sendShutdown(s) } }
+            pump()
+            if !wantsWorkers && slots.isEmpty && spawning == 0 {
+                allExited.set()
+                if case .running = phase {} else { finished = true }
+            }
+        }
+        for _ in 0..<toSpawn {
+            do {
+                try addWorker()
+            } catch {
+                withLockThenDeliver {
+                    let now = ContinuousClock.now
+                    deaths.append(now)
+                    deaths.removeAll { now - $0 > options.deathLimit.window }
+                    if deaths.count > options.deathLimit.count, case .running = phase {
+                        breakPool(PoolError(.broken, "workers cannot be started: \(error)"))
+                    }
+                }
+                wakeAt(.now + .milliseconds(50))
+            }
+            lock.withLock { spawning -= 1 }
+        }
+        if toSpawn > 0 {
+            withLockThenDeliver { pump() }
+        }
+        flushAll()
+        if finished { return false }
+        if let next {
+            let wait = next - .now
+            if wait > .zero { _ = supervisorWake.wait(timeout: wait) }
+        } else {
+            _ = supervisorWake.wait(timeout: .seconds(1))
+        }
+        supervisorWake.clear()
+        return true
+    }
+
+    /// SIGTERM now, SIGKILL after `grace`. Lock held.
+    private func stopWorker(_ slot: WorkerSlot, _ reason: StopReason, grace: Duration) {
+        guard slot.stop == nil else { return }
+        slot.stop = reason
+        slot.killAt = .now + grace
+        slot.handle.terminate()
+    }
+
+    private func requestCancel(_ slot: WorkerSlot, _ unit: Unit) {
+        slot.shared.requestCancel(unit.id)
+        slot.wake()
+    }
+
+    // MARK: - cancellation, close, terminate
+
+    /// Cancels every unit of `call`: queued ones fail at once; running ones are cancelled inside their
+    /// worker, which is killed if they are still running after the call's grace period.
+    func cancel(_ call: CallCore) {
+        guard call.markCancelled() else { return }
+        withLockThenDeliver {
+            var keep = Deque<Unit>()
+            for u in pending {
+                if u.call === call { settleRange(u, u.reported..<u.count, CancellationError()) } else { keep.append(u) }
+            }
+            pending = keep
+            delayed.removeAll { d in
+                guard d.unit.call === call else { return false }
+                settleRange(d.unit, 0..<d.unit.count, CancellationError())
+                return true
+            }
+            for slot in slots {
+                for u in slot.inflight where u.call === call && u.cancelAt == nil {
+                    u.cancelReason = .cancelled(unit: u.id)
+                    u.cancelAt = .now + call.options.cancelGrace
+                    slot.shared.markCancelled(u.id, ring: &cancelRing)
+                    if slot.shared.running.unit == u.id { requestCancel(slot, u) }
+                }
+            }
+        }
+        supervisorWake.set()
+    }
+
+    func close() {
+        withLockThenDeliver {
+            if case .running = phase { phase = .closed }
+            if isDrainedAndClosed { for s in slots where s.inflight.isEmpty { sendShutdown(s) } }
+        }
+        flushAll()
+        supervisorWake.set()
+    }
+
+    func terminate(_ error: PoolError = PoolError(.terminated, "the pool was terminated")) {
+        withLockThenDeliver {
+            switch phase {
+            case .terminated, .broken: return
+            default: break
+            }
+            phase = .terminated
+            failEverything(error)
+        }
+        supervisorWake.set()
+    }
+
+    /// Fails all work and stops all workers. Lock held.
+    private func failEverything(_ error: PoolError) {
+        for u in pending { settleRange(u, u.reported..<u.count, error) }
+        pending = []
+        for d in delayed { settleRange(d.unit, 0..<d.unit.count, error) }
+        delayed = []
+        for slot in slots {
+            for u in slot.inflight { settleRange(u, u.reported..<u.count, error) }
+            slot.inflight = []
+            if slot.stop == nil { stopWorker(slot, .terminate(error), grace: .milliseconds(500)) }
+        }
+        if slots.isEmpty && spawning == 0 { allExited.set() }
+    }
+
+    private func breakPool(_ error: PoolError) {
+        phase = .broken(error)
+        failEverything(error)
+    }
+
+    /// Waits until every worker has exited (after `close` or `terminate`).
+    func join(timeout: Duration?) throws -> Bool {
+        let ok = lock.withLock { () -> Bool in
+            if case .running = phase { return false }
+            return true
+        }
+        guard ok else { throw PoolError(.closed, "join() needs close() or terminate() first (Python raises ValueError)") }
+        return allExited.wait(timeout: timeout)
+    }
+
+    func join() async throws {
+        _ = try join(timeout: .zero)
+        try await allExited.wait()
+    }
+
+    var isRunning: Bool { lock.withLock { if case .running = phase { true } else { false } } }
+
+    /// Runs `body` on the pool's callback thread (Python's result-handler thread).
+    func callback(_ body: @escaping @Sendable () -> Void) { try? callbacks.put(body) }
+
+    // MARK: - progress
+
+    func progress() -> PoolProgress {
+        lock.withLock {
+            let now = ContinuousClock.now
+            let elapsed = firstSubmit.map { now - $0 } ?? .zero
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+            let rate = seconds > 0 ? Double(done) / seconds : 0
+            let eta: Duration? = rate > 0 ? .seconds(Double(total - done) / rate) : nil
+            let workers = slots.map { s -> WorkerInsight in
+                var idle = s.idle
+                if let since = s.idleSince { idle += now - since }
+                return WorkerInsight(pid: s.pid, startup: s.readyAt.map { $0 - s.spawnedAt }, waiting: idle,
+                                     working: s.busy, tasks: s.tasksDone)
+            }
+            return PoolProgress(done: done, failed: failed, total: total, rate: rate, eta: eta, workers: workers)
+        }
+    }
+
+    var workerPIDs: [Int32] { lock.withLock { slots.filter { !$0.exited }.map(\.pid) } }
+
+    func killWorkersForInterrupt() { terminate(PoolError(.interrupted, "interrupted by SIGINT")) }
+}
+
+extension SharedSlot {
+    /// When the running item started (CLOCK_MONOTONIC nanoseconds).
+    var itemStart: UInt64 { mp_atomic_load_u64((base + 24).assumingMemoryBound(to: UInt64.self)) }
+    func setItemStart(_ t: UInt64) { mp_atomic_store_u64((base + 24).assumingMemoryBound(to: UInt64.self), t) }
+
+    /// Units cancelled before they started: a ring of 64 ids the worker checks when a unit starts.
+    func markCancelled(_ unit: UInt64, ring: inout Int) {
+        mp_atomic_store_u64((base + 64 + (ring % 64) * 8).assumingMemoryBound(to: UInt64.self), unit)
+        ring += 1
+    }
+
+    func isMarkedCancelled(_ unit: UInt64) -> Bool {
+        for i in 0..<64 where mp_atomic_load_u64((base + 64 + i * 8).assumingMemoryBound(to: UInt64.self)) == unit { return true }
+        return false
+    }
+}
+
+func signalName(_ sig: Int32) -> String {
+    switch sig {
+    case SIGKILL: "SIGKILL"
+    case SIGTERM: "SIGTERM"
+    case SIGSEGV: "SIGSEGV"
+    case SIGILL: "SIGILL"
+    case SIGTRAP: "SIGTRAP"
+    case SIGABRT: "SIGABRT"
+    case SIGBUS: "SIGBUS"
+    case SIGFPE: "SIGFPE"
+    case SIGINT: "SIGINT"
+    default: "signal \(sig)"
+    }
+}

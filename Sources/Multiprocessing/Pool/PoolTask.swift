@@ -1,0 +1,188 @@
+import Threading
+
+/// A task submitted to a pool — Python's `AsyncResult` (from `apply_async`) and
+/// `concurrent.futures.Future` (from `submit`) in one.
+public final class PoolTask<Output: Codable & Sendable>: Sendable {
+    let call: SingleCall<Output>
+    let cancelAction: @Sendable () -> Void
+
+    init(call: SingleCall<Output>, cancel: @escaping @Sendable () -> Void) {
+        self.call = call
+        cancelAction = cancel
+    }
+
+    /// The result, waiting at most `timeout` — Python's `AsyncResult.get(timeout)`.
+    ///
+    /// - Throws: the task's error; ``PoolError``; `CancellationError` if it was cancelled;
+    ///   ``MultiprocessingError/Code/timedOut`` if no result came in time (the task keeps running).
+    public func get(timeout: Duration? = nil) throws -> Output {
+        do {
+            return try call.future.result(timeout: timeout)
+        } catch let e as ThreadingError where e.code == .timedOut {
+            throw MultiprocessingError(.timedOut, "no result within \(timeout!)")
+        }
+    }
+
+    /// Waits until the task has finished — Python's `AsyncResult.wait(timeout)`.
+    /// - Returns: whether it finished within `timeout`.
+    @discardableResult
+    public func wait(timeout: Duration? = nil) -> Bool {
+        do {
+            _ = try call.future.result(timeout: timeout)
+            return true
+        } catch let e as ThreadingError where e.code == .timedOut {
+            return false
+        } catch {
+            return true
+        }
+    }
+
+    /// Whether the task has finished — Python's `AsyncResult.ready()`.
+    public var isReady: Bool { call.future.isDone }
+
+    /// Whether the task finished without an error — Python's `AsyncResult.successful()`; `nil` while it runs
+    /// (Python raises `ValueError`).
+    public var isSuccessful: Bool? {
+        guard call.future.isDone else { return nil }
+        return !call.future.hasFailed
+    }
+
+    /// The result, awaited without blocking a thread. Cancelling the awaiting Swift task cancels the pool
+    /// task (cooperatively in its worker, then by stopping the worker after the grace period).
+    public var value: Output {
+        get async throws {
+            try await withTaskCancellationHandler {
+                try await call.future.value
+            } onCancel: {
+                cancelAction()
+            }
+        }
+    }
+
+    /// Cancels the task: a queued task fails at once with `CancellationError`; a running one has its Swift
+    /// `Task` cancelled inside the worker, and the worker is stopped if it is still running after the
+    /// call's ``TaskOptions/cancelGrace``. Beyond Python, whose `cancel()` cannot stop a running task.
+    public func cancel() { cancelAction() }
+}
+
+/// Results of `imap`/`imapUnordered`, read lazily: blocking with ``next(timeout:)`` or
+/// `for try await` (an `AsyncSequence`).
+///
+/// An item whose task failed throws its error from `next` at its place; the following `next` goes on
+/// with the other items (as Python's `imap` iterator). Dropping the sequence cancels the rest of the call.
+public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable {  // consumer state: one consumer
+    let call: StreamCall<Output>
+    let credit: Credit?
+    let ordered: Bool
+    private let cancelAction: @Sendable () -> Void
+    private var nextIndex = 0
+    private var total: Int?
+    private var consumed = 0
+    private var parked: [Int: Delivery<Output>] = [:]
+    private var current: (start: Int, items: [Output], at: Int)?
+    private var arrival: [Delivery<Output>] = []
+
+    init(call: StreamCall<Output>, credit: Credit?, ordered: Bool, cancel: @escaping @Sendable () -> Void) {
+        self.call = call
+        self.credit = credit
+        self.ordered = ordered
+        cancelAction = cancel
+    }
+
+    deinit {
+        if total == nil || consumed < total! { cancelAction() }
+        credit?.cancel()
+    }
+
+    /// Stops the call: queued tasks are dropped, running ones cancelled.
+    public func cancel() {
+        credit?.cancel()
+        cancelAction()
+    }
+
+    /// The next result, waiting at most `timeout` for it; `nil` when all have been read.
+    /// - Throws: the item's error, ``MultiprocessingError/Code/timedOut``.
+    public func next(timeout: Duration? = nil) throws -> Output? {
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        while true {
+            if let r = try take() { return r }
+            if let total, consumed >= total { return nil }
+            let wait = deadline.map { Swift.max(.zero, $0 - .now) }
+            do {
+                accept(try call.deliveries.get(timeout: wait))
+            } catch {
+                if error.code == .timedOut { throw MultiprocessingError(.timedOut, "no result within \(timeout!)") }
+                throw error
+            }
+        }
+    }
+
+    /// The next result, suspending the task (not a thread). Cancelling the task cancels the call.
+    public func next() async throws -> Output? {
+        while true {
+            if let r = try take() { return r }
+            if let total, consumed >= total { return nil }
+            do {
+                accept(try await call.deliveries.get())
+            } catch is CancellationError {
+                cancel()
+                throw CancellationError()
+            }
+        }
+    }
+
+    private func accept(_ d: Delivery<Output>) {
+        switch d {
+        case .end(let n): total = n
+        case .items(let start, _), .failed(let start, _):
+            if ordered { parked[start] = d } else { arrival.append(d) }
+        }
+    }
+
+    /// The next result already at hand, in order (or arrival order when unordered).
+    private func take() throws -> Output? {
+        if let c = current {
+            let v = c.items[c.at]
+            current = c.at + 1 < c.items.count ? (c.start, c.items, c.at + 1) : nil
+            consumed += 1
+            credit?.release(1)
+            return v
+        }
+        let d: Delivery<Output>?
+        if ordered {
+            d = parked.removeValue(forKey: nextIndex)
+        } else {
+            d = arrival.isEmpty ? nil : arrival.removeFirst()
+        }
+        guard let d else { return nil }
+        switch d {
+        case .items(let start, let items):
+            nextIndex = start + items.count
+            current = (start, items, 0)
+            return try take()
+        case .failed(let index, let error):
+            nextIndex = index + 1
+            consumed += 1
+            credit?.release(1)
+            throw error
+        case .end:
+            return nil
+        }
+    }
+
+    /// Reads everything left, in order; the first failure is thrown.
+    public func collect() throws -> [Output] {
+        var out: [Output] = []
+        while let v = try next() { out.append(v) }
+        return out
+    }
+}
+
+extension PoolResults: AsyncSequence {
+    public typealias Element = Output
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let results: PoolResults<Output>
+        public mutating func next() async throws -> Output? { try await results.next() }
+    }
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(results: self) }
+}

@@ -1,0 +1,252 @@
+/// A function a pool applies to many inputs in worker processes — what Python passes to `Pool.map` as `f`.
+///
+/// Like a ``Job``, it is a `Codable` value (its stored properties are fixed arguments shared by every
+/// call), found in the worker by its type name; `callAsFunction` may be synchronous or `async`, and may
+/// throw.
+///
+/// ```swift
+/// struct Square: TaskFunction {
+///     func callAsFunction(_ x: Int) -> Int { x * x }
+/// }
+/// let squares = try pool.map(Square(), Array(0..<10))
+/// ```
+public protocol TaskFunction: Codable, Sendable {
+    associatedtype Input: Codable & Sendable
+    associatedtype Output: Codable & Sendable
+    func callAsFunction(_ input: Input) async throws -> Output
+}
+
+/// A function of two arguments, for ``ProcessPool/starmap(_:_:chunksize:options:)`` — Python's
+/// `Pool.starmap(f, [(a, b), ...])`.
+public protocol TaskFunction2: Codable, Sendable {
+    associatedtype First: Codable & Sendable
+    associatedtype Second: Codable & Sendable
+    associatedtype Output: Codable & Sendable
+    func callAsFunction(_ first: First, _ second: Second) async throws -> Output
+}
+
+/// Two arguments travelling together (the element of a starmap).
+public struct ArgumentPair<First: Codable & Sendable, Second: Codable & Sendable>: Codable, Sendable {
+    public var first: First
+    public var second: Second
+    public init(_ first: First, _ second: Second) {
+        self.first = first
+        self.second = second
+    }
+}
+
+/// Adapts a ``TaskFunction2`` to a ``TaskFunction`` over ``ArgumentPair``s.
+public struct Starred<F: TaskFunction2>: TaskFunction {
+    public let function: F
+    public init(_ function: F) { self.function = function }
+    public func callAsFunction(_ input: ArgumentPair<F.First, F.Second>) async throws -> F.Output {
+        try await function(input.first, input.second)
+    }
+}
+
+/// A ``Job`` seen as a function of itself, so jobs and functions share one path through the pool.
+struct JobFunction<J: Job>: TaskFunction {
+    func callAsFunction(_ job: J) async throws -> J.Output { try await job.run() }
+}
+
+/// When to run a task again after it failed.
+public struct RetryPolicy: Sendable, Hashable {
+    /// A reason a task failed.
+    public enum Cause: Sendable, Hashable {
+        /// The worker running it died (a trap, a signal, `exit`).
+        case crash
+        /// It ran past its timeout.
+        case timeout
+        /// It threw an error.
+        case error
+    }
+
+    /// How many times a task may run in all (1: never retried).
+    public var attempts: Int
+    /// The wait before the first retry; doubled (by `multiplier`) for each further one.
+    public var backoff: Duration
+    public var multiplier: Double
+    /// The causes that are retried.
+    public var causes: Set<Cause>
+    /// A task that has killed this many workers fails, whatever `attempts` says: it is not retried forever.
+    public var maxWorkerKills: Int
+
+    public init(
+        attempts: Int = 3, backoff: Duration = .milliseconds(50), multiplier: Double = 2,
+        on causes: Set<Cause> = [.crash, .timeout], maxWorkerKills: Int = 2
+    ) {
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self.multiplier = multiplier
+        self.causes = causes
+        self.maxWorkerKills = max(1, maxWorkerKills)
+    }
+
+    /// No retries (the default).
+    public static let none = RetryPolicy(attempts: 1, on: [])
+
+    func delay(beforeAttempt n: Int) -> Duration {
+        var d = backoff
+        if n > 2 { for _ in 2..<n { d = d * multiplier } }
+        return d
+    }
+}
+
+/// Per-call options: timeouts, cancellation grace and retries.
+public struct TaskOptions: Sendable {
+    /// Hard limit on one task's running time: past it the worker is stopped (SIGTERM, then SIGKILL after
+    /// `killGrace`), the task fails with ``PoolError/Code/timedOut`` and the worker is replaced.
+    public var timeout: Duration?
+    /// Soft limit: past it the task's Swift `Task` is cancelled inside the worker (a cooperative job
+    /// throws `CancellationError`, reported as ``PoolError/Code/timedOut``).
+    public var softTimeout: Duration?
+    /// How long a cancelled or soft-timed-out task may keep running before its worker is killed.
+    public var cancelGrace: Duration
+    /// Time between SIGTERM and SIGKILL when a worker is stopped.
+    public var killGrace: Duration
+    public var retry: RetryPolicy
+
+    public init(
+        timeout: Duration? = nil, softTimeout: Duration? = nil, cancelGrace: Duration = .seconds(1),
+        killGrace: Duration = .milliseconds(500), retry: RetryPolicy = .none
+    ) {
+        self.timeout = timeout
+        self.softTimeout = softTimeout
+        self.cancelGrace = cancelGrace
+        self.killGrace = killGrace
+        self.retry = retry
+    }
+
+    public static let `default` = TaskOptions()
+}
+
+/// What the pool does on Ctrl-C (SIGINT) in this process. Workers always ignore SIGINT.
+public enum InterruptBehavior: Sendable {
+    /// Tear every pool down (pending and running tasks fail with ``PoolError/Code/interrupted``, workers
+    /// are stopped and reaped), then end the program as SIGINT would. A second Ctrl-C kills at once.
+    case tearDownAndExit
+    /// Tear every pool down and let the program carry on; a second Ctrl-C kills at once.
+    case tearDown
+    /// Install nothing; SIGINT keeps whatever disposition the program gave it.
+    case ignore
+}
+
+/// Pool-wide settings.
+public struct ProcessPoolOptions: Sendable {
+    /// Python's `maxtasksperchild`: a worker is replaced after this many tasks (a chunk counts as one).
+    public var maxTasksPerChild: Int?
+    /// A worker whose resident memory exceeds this many bytes (checked between tasks) is replaced.
+    public var memoryLimit: Int?
+    /// More than `count` unexpected worker deaths within `window` fail the pool with
+    /// ``PoolError/Code/broken`` instead of spawning workers forever.
+    public var deathLimit: (count: Int, window: Duration)
+    /// How many of the last lines of a dead worker's standard error its error carries.
+    public var stderrLines: Int
+    /// Forward workers' standard error to this process's (they are also kept for error reports).
+    public var forwardStderr: Bool
+    public var interrupt: InterruptBehavior
+
+    public init(
+        maxTasksPerChild: Int? = nil, memoryLimit: Int? = nil, deathLimit: (count: Int, window: Duration) = (20, .seconds(10)),
+        stderrLines: Int = 20, forwardStderr: Bool = true, interrupt: InterruptBehavior = .tearDownAndExit
+    ) {
+        self.maxTasksPerChild = maxTasksPerChild
+        self.memoryLimit = memoryLimit
+        self.deathLimit = deathLimit
+        self.stderrLines = stderrLines
+        self.forwardStderr = forwardStderr
+        self.interrupt = interrupt
+    }
+}
+
+/// Why a pool task failed without an error of its own.
+public struct PoolError: Error, CustomStringConvertible, Sendable {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let raw: String
+        private init(_ raw: String) { self.raw = raw }
+        public var description: String { raw }
+
+        /// The worker running the task died (trap, signal, `exit`).
+        public static let workerDied = Code("workerDied")
+        /// The task ran past its timeout.
+        public static let timedOut = Code("timedOut")
+        /// The pool was terminated before the task finished.
+        public static let terminated = Code("terminated")
+        /// The pool is closed to new work.
+        public static let closed = Code("closed")
+        /// Too many workers died too quickly (or could not start): the pool stopped.
+        public static let broken = Code("broken")
+        /// Ctrl-C (SIGINT) tore the pool down.
+        public static let interrupted = Code("interrupted")
+    }
+
+    public let code: Code
+    public let message: String
+    /// The worker's pid, when a worker was involved.
+    public let pid: Int32?
+    /// The worker's exit code, or minus the signal that killed it.
+    public let exitCode: Int32?
+    /// The last lines the worker wrote to standard error.
+    public let stderrTail: [String]
+    /// The worker's peak resident memory, in bytes.
+    public let peakMemoryBytes: Int?
+    /// How many times the task ran.
+    public let attempts: Int
+
+    init(_ code: Code, _ message: String, pid: Int32? = nil, exitCode: Int32? = nil, stderrTail: [String] = [],
+         peakMemoryBytes: Int? = nil, attempts: Int = 1) {
+        self.code = code
+        self.message = message
+        self.pid = pid
+        self.exitCode = exitCode
+        self.stderrTail = stderrTail
+        self.peakMemoryBytes = peakMemoryBytes
+        self.attempts = attempts
+    }
+
+    /// The signal that killed the worker, if one did.
+    public var signal: Int32? { exitCode.flatMap { $0 < 0 ? -$0 : nil } }
+
+    public var description: String {
+        var s = "PoolError.\(code): \(message)"
+        if let peakMemoryBytes { s += " (peak memory \(peakMemoryBytes / 1024) KiB)" }
+        if !stderrTail.isEmpty { s += "\n  stderr: " + stderrTail.joined(separator: "\n  stderr: ") }
+        return s
+    }
+
+    func with(attempts: Int) -> PoolError {
+        PoolError(code, message, pid: pid, exitCode: exitCode, stderrTail: stderrTail,
+                  peakMemoryBytes: peakMemoryBytes, attempts: attempts)
+    }
+}
+
+/// A snapshot of a pool's progress, from ``ProcessPool/progress(every:)``.
+public struct PoolProgress: Sendable {
+    /// Tasks finished (with a result or an error).
+    public var done: Int
+    /// Of those, the failed ones.
+    public var failed: Int
+    /// Tasks submitted so far (for a lazy `imap`, this grows as input is read).
+    public var total: Int
+    /// Tasks per second since the first submission.
+    public var rate: Double
+    /// Estimated time to finish what has been submitted, if any progress has been made.
+    public var eta: Duration?
+    /// One entry per live worker.
+    public var workers: [WorkerInsight]
+
+    public var fractionDone: Double { total == 0 ? 0 : Double(done) / Double(total) }
+}
+
+/// Where a worker's time went — mpire's "insights".
+public struct WorkerInsight: Sendable {
+    public var pid: Int32
+    /// From spawn to ready.
+    public var startup: Duration?
+    /// Time with no task assigned since it became ready.
+    public var waiting: Duration
+    /// Time spent running tasks (as the worker measured it).
+    public var working: Duration
+    /// Tasks (chunks) it has finished.
+    public var tasks: Int
+}

@@ -1,0 +1,204 @@
+internal import CMultiprocessingShims
+import Glibc
+
+/// The pool's compact protocol, spoken on a worker's fd 3 after the `ToWorker.pool` message.
+///
+/// Frames keep CPython's framing (a 4-byte big-endian length, then the body) so the same reader serves
+/// every channel; bodies start with a kind byte and fixed little-endian fields, so a task costs a few
+/// stores rather than a keyed encoding. Parent and worker are the same executable on the same machine.
+enum PoolWire {
+    // parent → worker
+    static let define: UInt8 = 0x44  // 'D' fnId u32, kind u8, nameLen u32, name, payload (the encoded function value)
+    static let task: UInt8 = 0x54  // 'T' unit u64, fnId u32, count u32, payload (encoded [Input] or one Job)
+    static let shutdown: UInt8 = 0x53  // 'S'
+    // worker → parent
+    static let output: UInt8 = 0x4F  // 'O' unit u64, start u32, count u32, busyNanos u64, payload (encoded [Output])
+    static let failure: UInt8 = 0x58  // 'X' unit u64, index u32, busyNanos u64, payload (encoded WireError)
+
+    /// Largest frame either side accepts; a bigger length is a protocol violation.
+    static let maxFrame = 1 << 30
+
+    enum FunctionKind: UInt8 { case job = 1, function = 2 }
+}
+
+/// Appends frames to a byte buffer.
+struct FrameWriter {
+    var bytes: [UInt8] = []
+
+    var isEmpty: Bool { bytes.isEmpty }
+
+    /// Starts a frame; returns the position of its length, to be patched by `end`.
+    mutating func begin(_ kind: UInt8) -> Int {
+        let at = bytes.count
+        bytes.append(contentsOf: [0, 0, 0, 0, kind] as [UInt8])
+        return at
+    }
+
+    mutating func end(_ at: Int) {
+        let n = UInt32(bytes.count - at - 4)
+        bytes[at] = UInt8(truncatingIfNeeded: n >> 24)
+        bytes[at + 1] = UInt8(truncatingIfNeeded: n >> 16)
+        bytes[at + 2] = UInt8(truncatingIfNeeded: n >> 8)
+        bytes[at + 3] = UInt8(truncatingIfNeeded: n)
+    }
+
+    mutating func put<T: FixedWidthInteger>(_ v: T) {
+        withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func put(_ raw: [UInt8]) { bytes.append(contentsOf: raw) }
+
+    mutating func take() -> [UInt8] {
+        defer { bytes = [] }
+        return bytes
+    }
+}
+
+/// Reads fixed fields from a frame body.
+struct FrameCursor {
+    let body: UnsafeRawBufferPointer
+    var at = 1  // after the kind byte
+
+    init(_ body: UnsafeRawBufferPointer) { self.body = body }
+
+    mutating func get<T: FixedWidthInteger>(_: T.Type = T.self) throws -> T {
+        let n = MemoryLayout<T>.size
+        guard at + n <= body.count else {
+            throw MultiprocessingError(.malformedMessage, "truncated pool frame")
+        }
+        defer { at += n }
+        return T(littleEndian: body.loadUnaligned(fromByteOffset: at, as: T.self))
+    }
+
+    mutating func bytes(_ n: Int) throws -> UnsafeRawBufferPointer {
+        guard n >= 0, at + n <= body.count else { throw MultiprocessingError(.malformedMessage, "truncated pool frame") }
+        defer { at += n }
+        return UnsafeRawBufferPointer(rebasing: body[at..<(at + n)])
+    }
+
+    var rest: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: body[at...]) }
+}
+
+/// A read buffer of frames over a descriptor: fill it, then take whole frames out; knows whether a whole
+/// frame is already buffered (a worker flushes its replies before it would block).
+struct FrameReader {
+    private var buffer: [UInt8]
+    private var start = 0
+    private var end = 0
+
+    init(capacity: Int = 1 << 16, prefill: [UInt8] = []) {
+        buffer = [UInt8](repeating: 0, count: max(capacity, prefill.count * 2))
+        buffer.withUnsafeMutableBytes { b in prefill.withUnsafeBytes { b.copyMemory(from: $0) } }
+        end = prefill.count
+    }
+
+    /// The body of the next whole frame, if buffered, passed to `body` (valid only inside the call).
+    mutating func next<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
+        guard end - start >= 4 else { return nil }
+        let n = buffer.withUnsafeBytes { b -> Int32 in
+            Int32(bigEndian: b.loadUnaligned(fromByteOffset: start, as: Int32.self))
+        }
+        guard n > 0, Int(n) <= PoolWire.maxFrame else {
+            throw MultiprocessingError(.malformedMessage, "bad pool frame length \(n)")
+        }
+        let total = 4 + Int(n)
+        guard end - start >= total else {
+            if total > buffer.count - start { makeRoom(total) }
+            return nil
+        }
+        let from = start + 4
+        start += total
+        if start == end { start = 0; end = 0 }
+        return try buffer.withUnsafeBytes { b in try body(UnsafeRawBufferPointer(rebasing: b[from..<(from + total - 4)])) }
+    }
+
+    var hasWholeFrame: Bool {
+        guard end - start >= 4 else { return false }
+        let n = buffer.withUnsafeBytes { Int32(bigEndian: $0.loadUnaligned(fromByteOffset: start, as: Int32.self)) }
+        return n <= 0 || end - start >= 4 + Int(n)  // a bad length counts: `next` reports it
+    }
+
+    /// Moves buffered bytes to the front and grows the buffer to hold `frame` bytes.
+    private mutating func makeRoom(_ frame: Int) {
+        let live = end - start
+        if start > 0 {
+            buffer.withUnsafeMutableBytes { b in
+                b.baseAddress!.copyMemory(from: b.baseAddress! + start, byteCount: live)
+            }
+            start = 0
+            end = live
+        }
+        if frame > buffer.count {
+            buffer.append(contentsOf: repeatElement(0, count: frame - buffer.count))
+        }
+    }
+
+    /// Reads what is available from `fd` (blocking for at least one byte if `blocking`).
+    /// - Returns: the number of bytes read; 0 at end of file; -1 if a non-blocking read would block.
+    mutating func fill(from fd: Int32, blocking: Bool) throws -> Int {
+        if end == buffer.count {
+            if start > 0 { makeRoom(0) } else { buffer.append(contentsOf: repeatElement(0, count: buffer.count)) }
+        }
+        while true {
+            let n = buffer.withUnsafeMutableBytes { b in
+                recv(fd, b.baseAddress! + end, b.count - end, blocking ? 0 : Int32(MSG_DONTWAIT))
+            }
+            if n > 0 {
+                end += n
+                return n
+            }
+            if n == 0 { return 0 }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return -1 }
+            if e == ECONNRESET { return 0 }
+            throw MultiprocessingError.system("recv", e)
+        }
+    }
+}
+
+/// A page of memory shared by the parent and one pool worker: which task and item the worker is running
+/// (so a crash is charged to exactly one item), and a cancellation request.
+struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is accessed atomically
+    static let size = 4096
+    let base: UnsafeMutableRawPointer
+
+    private func word(_ i: Int) -> UnsafeMutablePointer<UInt64> {
+        (base + i * 8).assumingMemoryBound(to: UInt64.self)
+    }
+
+    /// The unit running now (0: none) and the index of its running item.
+    var running: (unit: UInt64, index: UInt64) {
+        (Atomic.load(word(0)), Atomic.load(word(1)))
+    }
+
+    func setRunning(unit: UInt64) { Atomic.store(word(0), unit) }
+    func setIndex(_ i: UInt64) { Atomic.store(word(1), i) }
+
+    /// A unit the parent asks the worker to cancel.
+    var cancelRequest: UInt64 { Atomic.load(word(2)) }
+    func requestCancel(_ unit: UInt64) { Atomic.store(word(2), unit) }
+
+    static func create() throws -> (SharedSlot, Int32) {
+        let fd = mp_memfd_create("swift-mp-pool-slot")
+        guard fd >= 0 else { throw MultiprocessingError.system("memfd_create", -fd) }
+        let e = mp_ftruncate(fd, size)
+        guard e == 0 else {
+            Syscall.close(fd)
+            throw MultiprocessingError.system("ftruncate", e)
+        }
+        return (try map(fd), fd)
+    }
+
+    static func map(_ fd: Int32) throws -> SharedSlot {
+        guard let p = mp_map_shared(fd, size) else { throw MultiprocessingError.system("mmap", errno) }
+        return SharedSlot(base: p)
+    }
+
+    func unmap() { _ = mp_unmap(base, SharedSlot.size) }
+}
+
+private enum Atomic {
+    static func load(_ p: UnsafeMutablePointer<UInt64>) -> UInt64 { mp_atomic_load_u64(p) }
+    static func store(_ p: UnsafeMutablePointer<UInt64>, _ v: UInt64) { mp_atomic_store_u64(p, v) }
+}

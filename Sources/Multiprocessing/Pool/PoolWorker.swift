@@ -1,0 +1,299 @@
+internal import CMultiprocessingShims
+import Glibc
+import Synchronization
+import Threading
+
+/// The worker side of a pool: run tasks from the parent, reply in batches.
+///
+/// Replies are buffered and written when no further task is already buffered (before the worker would
+/// block), when the buffer passes 256 KiB, or every 2 ms inside a long chunk — so a chunk's finished
+/// items reach the parent even if a later item crashes the worker. Before each item the worker records
+/// (unit, index, start time) in the shared slot, so the parent charges a crash to exactly that item.
+enum PoolWorker {
+    typealias Runner = (_ unit: UInt64, _ count: Int, _ payload: UnsafeRawBufferPointer, _ out: inout Replies) -> Void
+
+    /// The running item's Swift task, for cancellation from the wake-up thread.
+    private static let current = Mutex<(unit: UInt64, task: Task<Void, Never>?)>((0, nil))
+    nonisolated(unsafe) static var slot: SharedSlot!  // set once in `run`, before other threads start
+
+    static func run(fd: Int32, setup: PoolSetup, pid: Int32) -> Never {
+        do {
+            slot = try SharedSlot.map(setup.slot.fd)
+        } catch {
+            WorkerRuntime.fail("cannot map the pool slot: \(error)")
+        }
+        Syscall.close(setup.slot.fd)
+        startCancelWatch(setup.wake.fd)
+        if let type = setup.initializerType, let payload = setup.initializer {
+            runInitializer(type, payload)
+        }
+        var reader = FrameReader(prefill: PoolWorker.leftover)
+        var out = Replies(fd: fd, pid: pid)
+        var runners: [UInt32: Runner] = [:]
+        while true {
+            do {
+                while let _ = try reader.next({ body in try handle(body, &runners, &out) }) {
+                    if out.pending > 256 * 1024 { out.flush() }
+                }
+            } catch {
+                WorkerRuntime.fail("bad message from the parent: \(error)")
+            }
+            out.flush()
+            let n: Int
+            do { n = try reader.fill(from: fd, blocking: true) } catch { exit(0) }
+            if n == 0 { exit(0) }  // the parent closed the channel
+        }
+    }
+
+    /// Bytes that arrived with the setup message (set by the worker loop before `run`).
+    nonisolated(unsafe) static var leftover: [UInt8] = []
+
+    private static func handle(_ body: UnsafeRawBufferPointer, _ runners: inout [UInt32: Runner], _ out: inout Replies) throws {
+        var c = FrameCursor(body)
+        switch body[0] {
+        case PoolWire.task:
+            let unit: UInt64 = try c.get()
+            let fnId: UInt32 = try c.get()
+            let count = Int(try c.get(UInt32.self))
+            guard let runner = runners[fnId] else {
+                throw MultiprocessingError(.malformedMessage, "task for undefined function \(fnId)")
+            }
+            out.startUnit()
+            if slot.isMarkedCancelled(unit) {
+                for i in 0..<count { out.failure(unit: unit, index: i, CancellationError()) }
+                return
+            }
+            slot.setRunning(unit: unit)
+            runner(unit, count, c.rest, &out)
+            slot.setRunning(unit: 0)
+        case PoolWire.define:
+            let fnId: UInt32 = try c.get()
+            let kind = try c.get(UInt8.self)
+            let nameLength = Int(try c.get(UInt32.self))
+            let name = String(decoding: try c.bytes(nameLength), as: UTF8.self)
+            runners[fnId] = makeRunner(kind: kind, name: name, payload: c.rest)
+        case PoolWire.shutdown:
+            out.flush()
+            exit(0)
+        default:
+            throw MultiprocessingError(.malformedMessage, "unknown pool frame kind \(body[0])")
+        }
+    }
+
+    /// A runner for the named type, or one that fails every item with the reason it cannot run.
+    private static func makeRunner(kind: UInt8, name: String, payload: UnsafeRawBufferPointer) -> Runner {
+        let failing: (any Error) -> Runner = { error in
+            { unit, count, _, out in
+                for i in 0..<count { out.failure(unit: unit, index: i, error) }
+            }
+        }
+        let type = _typeByName(name)
+        switch PoolWire.FunctionKind(rawValue: kind) {
+        case .job:
+            guard let job = type as? any Job.Type else {
+                return failing(MultiprocessingError(.unknownJob, "no Job type named \(name) in this executable"))
+            }
+            return jobRunner(job)
+        case .function:
+            guard let fn = type as? any TaskFunction.Type else {
+                return failing(MultiprocessingError(.unknownJob, "no TaskFunction type named \(name) in this executable"))
+            }
+            do {
+                return try functionRunner(fn, payload)
+            } catch {
+                return failing(error)
+            }
+        case nil:
+            return failing(MultiprocessingError(.malformedMessage, "unknown function kind \(kind)"))
+        }
+    }
+
+    private static func jobRunner<J: Job>(_: J.Type) -> Runner {
+        chunkRunner(JobFunction<J>())
+    }
+
+    private static func functionRunner<F: TaskFunction>(_: F.Type, _ payload: UnsafeRawBufferPointer) throws -> Runner {
+        chunkRunner(try BinaryDecoder().decode(F.self, from: payload))
+    }
+
+    private static func chunkRunner<F: TaskFunction>(_ f: F) -> Runner {
+        { unit, count, payload, out in
+            let inputs: [F.Input]
+            do {
+                inputs = try BinaryDecoder().decode([F.Input].self, from: payload)
+                guard inputs.count == count else {
+                    throw MultiprocessingError(.malformedMessage, "chunk of \(inputs.count) items announced as \(count)")
+                }
+            } catch {
+                for i in 0..<count { out.failure(unit: unit, index: i, MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)")) }
+                return
+            }
+            var done: [F.Output] = []
+            done.reserveCapacity(count)
+            var first = 0  // index of done[0]
+            for (i, x) in inputs.enumerated() {
+                slot.setItemStart(Replies.now())
+                slot.setIndex(UInt64(i))
+                if slot.cancelRequest == unit {
+                    out.outputs(unit: unit, start: first, done)
+                    for j in i..<count { out.failure(unit: unit, index: j, CancellationError()) }
+                    return
+                }
+                switch runOne(unit: unit, { try await f(x) }) {
+                case .success(let y):
+                    done.append(y)
+                case .failure(let e):
+                    out.outputs(unit: unit, start: first, done)
+                    out.failure(unit: unit, index: i, e)
+                    done.removeAll(keepingCapacity: true)
+                    first = i + 1
+                }
+                if out.dueForPartialFlush {
+                    out.outputs(unit: unit, start: first, done)
+                    done.removeAll(keepingCapacity: true)
+                    first = i + 1
+                    out.flush()
+                }
+            }
+            out.outputs(unit: unit, start: first, done)
+        }
+    }
+
+    /// Runs one item. A synchronous body runs right here on this thread (`Task.immediate` runs until its
+    /// first suspension), so a tiny task costs no thread hop; one that suspends is awaited, cancellable
+    /// through the shared slot.
+    private static func runOne<T: Sendable>(unit: UInt64, _ body: @escaping @Sendable () async throws -> T) -> Result<T, any Error> {
+        let future = Future<T>()
+        let task = Task.immediate {
+            do { future.complete(.success(try await body())) } catch { future.complete(.failure(error)) }
+        }
+        if !future.isDone {
+            current.withLock { $0 = (unit, task) }
+            if slot.cancelRequest == unit { task.cancel() }  // asked before the task was registered
+        }
+        defer { if !future.isDone || current.withLock({ $0.task != nil }) { current.withLock { $0 = (0, nil) } } }
+        do {
+            return .success(try future.result())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Cancels the running item's task when the parent signals the wake-up eventfd.
+    private static func startCancelWatch(_ wake: Int32) {
+        let t = OSThread(name: "mp-pool-cancel", daemon: true) {
+            var pfd = pollfd(fd: wake, events: Int16(POLLIN), revents: 0)
+            var sink: UInt64 = 0
+            while true {
+                if poll(&pfd, 1, -1) <= 0 { continue }
+                _ = read(wake, &sink, 8)
+                let unit = slot.cancelRequest
+                let task = current.withLock { c in c.unit == unit ? c.task : nil }
+                task?.cancel()
+            }
+        }
+        try? t.start()
+    }
+
+    private static func runInitializer(_ name: String, _ payload: [UInt8]) {
+        guard let type = _typeByName(name) as? any Job.Type else {
+            WorkerRuntime.fail("no initializer Job type named \(name) in this executable")
+        }
+        func go<J: Job>(_: J.Type) throws {
+            let job = try BinaryDecoder().decode(J.self, from: payload)
+            _ = try WorkerRuntime.runBlocking { try await job.run() }
+        }
+        do {
+            try go(type)
+        } catch {
+            let line = "swift-multiprocessing worker \(getpid()): the pool initializer failed: \(error)\n"
+            _ = line.withCString { write(2, $0, strlen($0)) }
+            exit(1)
+        }
+    }
+}
+
+/// A pool worker's outgoing replies, written in batches.
+struct Replies {
+    let fd: Int32
+    let pid: Int32
+    private var writer = FrameWriter()
+    private var lastFlush: UInt64
+    private var mark: UInt64
+
+    init(fd: Int32, pid: Int32) {
+        self.fd = fd
+        self.pid = pid
+        lastFlush = Replies.now()
+        mark = lastFlush
+    }
+
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    var pending: Int { writer.bytes.count }
+
+    /// Whether a long chunk should send what it has: 2 ms since the last write.
+    var dueForPartialFlush: Bool { Replies.now() &- lastFlush > 2_000_000 }
+
+    mutating func startUnit() { mark = Replies.now() }
+
+    /// Nanoseconds of work since the last reply (reported so the parent can tell work from waiting).
+    private mutating func busy() -> UInt64 {
+        let t = Replies.now()
+        defer { mark = t }
+        return t &- mark
+    }
+
+    mutating func outputs<T: Encodable>(unit: UInt64, start: Int, _ values: [T]) {
+        guard !values.isEmpty else { return }
+        let encoded: [UInt8]
+        do {
+            encoded = try BinaryEncoder().encode(values)
+        } catch {
+            // Find the items that cannot be encoded; send the others one by one.
+            for (k, v) in values.enumerated() {
+                if (try? BinaryEncoder().encode([v])) != nil {
+                    outputs(unit: unit, start: start + k, [v])
+                } else {
+                    failure(unit: unit, index: start + k, MultiprocessingError(
+                        .encodingFailed, "the result of \(T.self) could not be encoded: \(error)"))
+                }
+            }
+            return
+        }
+        let at = writer.begin(PoolWire.output)
+        writer.put(unit)
+        writer.put(UInt32(start))
+        writer.put(UInt32(values.count))
+        writer.put(busy())
+        writer.put(encoded)
+        writer.end(at)
+    }
+
+    mutating func failure(unit: UInt64, index: Int, _ error: any Error) {
+        let wire = WireError(error, pid: pid)
+        let encoded = (try? BinaryEncoder().encode(wire))
+            ?? (try? BinaryEncoder().encode(WireError(MultiprocessingError(.encodingFailed, "\(error)"), pid: pid))) ?? []
+        let at = writer.begin(PoolWire.failure)
+        writer.put(unit)
+        writer.put(UInt32(index))
+        writer.put(busy())
+        writer.put(encoded)
+        writer.end(at)
+    }
+
+    mutating func flush() {
+        lastFlush = Replies.now()
+        guard !writer.isEmpty else { return }
+        let bytes = writer.take()
+        do {
+            try bytes.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
+        } catch {
+            exit(0)  // the parent is gone
+        }
+    }
+}

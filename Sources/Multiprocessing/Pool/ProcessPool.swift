@@ -1,0 +1,351 @@
+import Glibc
+import Threading
+
+/// A pool of worker processes — Python's `multiprocessing.Pool` and `ProcessPoolExecutor`, built so
+/// that it never hangs.
+///
+/// ```swift
+/// struct Square: TaskFunction { func callAsFunction(_ x: Int) -> Int { x * x } }
+///
+/// let pool = try ProcessPool(workers: 4)
+/// let squares = try pool.map(Square(), Array(0..<1000))          // Pool.map
+/// for try await y in try pool.imapUnordered(Square(), 0..<1000) { … }   // Pool.imap_unordered
+/// let task = try pool.applyAsync(LongTimeTask(name: "0")) { print("done", $0) }   // apply_async
+/// pool.close(); try pool.join()
+/// ```
+///
+/// Failure semantics, beyond every Python pool:
+/// - A worker that dies (trap, signal, `exit`) fails only the item it was running, at once, with a
+///   ``PoolError`` carrying the exit code or signal, the tail of its stderr and its peak memory. Items
+///   it had finished keep their results; the others are sent again. The worker is replaced.
+/// - ``TaskOptions/timeout`` stops a worker whose task runs too long; ``TaskOptions/softTimeout`` first
+///   cancels the task's Swift `Task` inside the worker.
+/// - ``PoolTask/cancel()``, dropping a ``PoolResults``, or cancelling the Swift task awaiting a result stops
+///   the work, cooperatively first.
+/// - ``RetryPolicy`` retries by cause; a task that kills workers repeatedly is failed; too many deaths in
+///   a short window fail the pool (``PoolError/Code/broken``) rather than respawn forever.
+public final class ProcessPool: Sendable {
+    let core: PoolCore
+    /// How many workers the pool keeps.
+    public let workerCount: Int
+
+    /// Starts `workers` processes (default: the CPUs this process may use) — Python's `Pool(processes)`.
+    public init(workers: Int? = nil, options: ProcessPoolOptions = ProcessPoolOptions()) throws {
+        workerCount = max(1, workers ?? Processes.cpuCount)
+        core = try PoolCore(size: workerCount, options: options, initializer: nil)
+    }
+
+    /// Starts the pool with an `initializer` job that each worker runs once before any task — Python's
+    /// `Pool(processes, initializer, initargs)`. A worker whose initializer fails exits; if that keeps
+    /// happening the pool is reported broken rather than respawning workers forever.
+    public init<I: Job>(workers: Int? = nil, initializer: I, options: ProcessPoolOptions = ProcessPoolOptions()) throws {
+        workerCount = max(1, workers ?? Processes.cpuCount)
+        let name = try JobIdentity.name(of: I.self)
+        let payload = try BinaryEncoder().encode(initializer)
+        core = try PoolCore(size: workerCount, options: options, initializer: (name, payload))
+    }
+
+    deinit { core.terminate() }
+
+    // MARK: - single tasks
+
+    /// Submits one job — `ProcessPoolExecutor.submit` / `Pool.apply_async`.
+    public func submit<J: Job>(_ job: J, options: TaskOptions = .default) throws -> PoolTask<J.Output> {
+        try single(JobFunction<J>(), job, kind: .job, options: options)
+    }
+
+    /// Submits `f(input)`.
+    public func submit<F: TaskFunction>(_ f: F, _ input: F.Input, options: TaskOptions = .default) throws -> PoolTask<F.Output> {
+        try single(f, input, kind: .function, options: options)
+    }
+
+    /// Runs one job and waits for its result — Python's `Pool.apply`.
+    public func apply<J: Job>(_ job: J, timeout: Duration? = nil, options: TaskOptions = .default) throws -> J.Output {
+        try submit(job, options: options).get(timeout: timeout)
+    }
+
+    /// Runs one job, suspending the caller (not a thread); cancelling the Swift task cancels the job.
+    public func run<J: Job>(_ job: J, options: TaskOptions = .default) async throws -> J.Output {
+        try await submit(job, options: options).value
+    }
+
+    /// Submits a job with callbacks — Python's `Pool.apply_async(func, args, callback, error_callback)`.
+    /// Callbacks run on the pool's callback thread, one at a time, as Python's result-handler thread.
+    @discardableResult
+    public func applyAsync<J: Job>(
+        _ job: J, options: TaskOptions = .default,
+        callback: (@Sendable (J.Output) -> Void)? = nil, errorCallback: (@Sendable (any Error) -> Void)? = nil
+    ) throws -> PoolTask<J.Output> {
+        let task = try submit(job, options: options)
+        if callback != nil || errorCallback != nil {
+            let core = self.core
+            task.call.future.addDoneCallback { f in
+                core.callback {
+                    switch Result(catching: { try f.result(timeout: .zero) }) {
+                    case .success(let v): callback?(v)
+                    case .failure(let e): errorCallback?(e)
+                    }
+                }
+            }
+        }
+        return task
+    }
+
+    private func single<F: TaskFunction>(_ f: F, _ input: F.Input, kind: PoolWire.FunctionKind, options: TaskOptions) throws -> PoolTask<F.Output> {
+        let function = try functionRef(f, kind: kind)
+        let call = SingleCall<F.Output>(options: options)
+        let items = [input]
+        let payload = try encodeItems(items)
+        let unit = Unit(id: core.makeUnitId(), call: call, function: function, base: 0, count: 1, payload: payload,
+                        encodeRange: { r in try encodeItems(Array(items[r])) })
+        try core.submit([unit])
+        let core = self.core
+        return PoolTask(call: call) { core.cancel(call) }
+    }
+
+    private func functionRef<F: TaskFunction>(_ f: F, kind: PoolWire.FunctionKind) throws -> FunctionRef {
+        switch kind {
+        case .job:
+            // Jobs travel as the items; the worker needs only the job's type.
+            let name = try JobIdentity.name(of: F.Input.self)
+            return core.function(kind: .job, name: name, payload: [])
+        case .function:
+            let name = try JobIdentity.name(of: F.self)
+            return core.function(kind: .function, name: name, payload: try BinaryEncoder().encode(f))
+        }
+    }
+
+    // MARK: - many items
+
+    /// Applies `f` to every input and returns the results in order — Python's `Pool.map`.
+    ///
+    /// - Parameter chunksize: items per message; by default Python's rule, `ceil(n / (4 × workers))`.
+    /// - Throws: the first failure to arrive (the rest of the call is cancelled).
+    public func map<F: TaskFunction>(
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
+    ) throws -> [F.Output] {
+        let items = Array(inputs)
+        let results = try stream(f, items, count: items.count, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
+        return try results.collect()
+    }
+
+    /// Like ``map(_:_:chunksize:options:)`` but every item's outcome is returned, failures included.
+    public func mapResults<F: TaskFunction>(
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
+    ) throws -> [Result<F.Output, any Error>] {
+        let items = Array(inputs)
+        let results = try stream(f, items, count: items.count, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
+        var out: [Result<F.Output, any Error>] = []
+        out.reserveCapacity(items.count)
+        while true {
+            do {
+                guard let v = try results.next() else { break }
+                out.append(.success(v))
+            } catch {
+                out.append(.failure(error))
+            }
+        }
+        return out
+    }
+
+    /// `map`, suspending the caller (not a thread); cancelling the Swift task cancels the call.
+    public func map<F: TaskFunction>(
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
+    ) async throws -> [F.Output] {
+        let items = Array(inputs)
+        let results = try stream(f, items, count: items.count, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
+        var out: [F.Output] = []
+        out.reserveCapacity(items.count)
+        for try await v in results { out.append(v) }
+        return out
+    }
+
+    /// Applies a two-argument function to each pair — Python's `Pool.starmap`.
+    public func starmap<F: TaskFunction2>(
+        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default
+    ) throws -> [F.Output] {
+        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options)
+    }
+
+    /// Lazy, ordered results — Python's `Pool.imap`. Input is read on a background thread only while
+    /// fewer than `maxInFlight` items are submitted and not yet read, so memory stays flat on huge inputs.
+    ///
+    /// - Parameters:
+    ///   - chunksize: items per message; by default chosen from the input's length when it is known
+    ///     (Python's rule, capped by `maxInFlight`), else grown from 1 as item times are measured
+    ///     (aiming at about 2 ms per chunk).
+    ///   - maxInFlight: default 8192 items.
+    public func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+        _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
+    ) throws -> PoolResults<F.Output> {
+        try stream(f, inputs, count: knownCount(inputs), chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: true, options: options)
+    }
+
+    /// Lazy results in completion order — Python's `Pool.imap_unordered`.
+    public func imapUnordered<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+        _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
+    ) throws -> PoolResults<F.Output> {
+        try stream(f, inputs, count: knownCount(inputs), chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: false, options: options)
+    }
+
+    private func knownCount<S: Sequence>(_ s: S) -> Int? {
+        let n = s.underestimatedCount
+        return n > 0 ? n : nil
+    }
+
+    private func stream<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+        _ f: F, _ inputs: S, count: Int?, chunksize: Int?, maxInFlight: Int?, ordered: Bool, options: TaskOptions
+    ) throws -> PoolResults<F.Output> {
+        let function = try functionRef(f, kind: .function)
+        let call = StreamCall<F.Output>(options: options)
+        let credit = maxInFlight.map { Credit(max(1, $0)) }
+        let core = self.core
+        let results = PoolResults(call: call, credit: credit, ordered: ordered) { core.cancel(call) }
+        let workers = workerCount
+        let feeder = Feeder<F>(core: core, call: call, function: function, credit: credit, fixed: chunksize.map { max(1, $0) },
+                            known: count, workers: workers, maxInFlight: maxInFlight)
+        if maxInFlight == nil, let items = inputs as? [F.Input] {
+            try feeder.feed(items)  // eager: on the caller's thread, so submission errors are thrown here
+        } else {
+            let t = OSThread(name: "mp-pool-feeder", daemon: true) {
+                do {
+                    try feeder.feed(inputs)
+                } catch {
+                    call.fail(index: -1, error)
+                    try? call.deliveries.put(.end(total: 0))
+                }
+            }
+            try t.start()
+        }
+        return results
+    }
+
+    // MARK: - lifecycle
+
+    /// No more submissions; workers exit once the queued work is done — Python's `Pool.close()`.
+    public func close() { core.close() }
+
+    /// Fails queued and running work with ``PoolError/Code/terminated`` and stops the workers (SIGTERM, then
+    /// SIGKILL) — Python's `Pool.terminate()`.
+    public func terminate() { core.terminate() }
+
+    /// Waits for the workers to exit after ``close()`` or ``terminate()`` — Python's `Pool.join()`.
+    /// - Returns: `false` if `timeout` expired first.
+    @discardableResult
+    public func join(timeout: Duration? = nil) throws -> Bool { try core.join(timeout: timeout) }
+
+    /// Suspends until the workers have exited after ``close()`` or ``terminate()``.
+    public func join() async throws { try await core.join() }
+
+    /// The live workers' pids.
+    public var workerPIDs: [Int32] { core.workerPIDs }
+
+    /// Progress and per-worker insights now.
+    public var currentProgress: PoolProgress { core.progress() }
+
+    /// Progress snapshots every `interval`, until the consuming task stops iterating.
+    public func progress(every interval: Duration = .milliseconds(100)) -> AsyncStream<PoolProgress> {
+        let core = self.core
+        return AsyncStream { continuation in
+            let task = Task {
+                while !Task.isCancelled {
+                    continuation.yield(core.progress())
+                    try? await Task.sleep(for: interval)
+                }
+                continuation.finish()
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+}
+
+/// Encodes items for the wire.
+func encodeItems<T: Encodable>(_ items: [T]) throws -> [UInt8] {
+    do {
+        return try BinaryEncoder().encode(items)
+    } catch let e as MultiprocessingError {
+        throw e
+    } catch {
+        throw MultiprocessingError(.encodingFailed, "cannot encode \(T.self): \(error)")
+    }
+}
+
+/// Cuts a call's input into units and submits them, within the call's credit.
+struct Feeder<F: TaskFunction>: Sendable {
+    let core: PoolCore
+    let call: StreamCall<F.Output>
+    let function: FunctionRef
+    let credit: Credit?
+    let fixed: Int?
+    let known: Int?
+    let workers: Int
+    let maxInFlight: Int?
+
+    /// Chunk size: fixed, or Python's rule for a known length (capped so that a chunk fits twice per
+    /// worker in `maxInFlight`), or grown from measured item times (about 2 ms per chunk).
+    func chunkSize() -> Int {
+        if let fixed { return fixed }
+        let cap = maxInFlight.map { max(1, $0 / (2 * workers)) } ?? Int.max
+        if let known { return max(1, min(cap, (known + 4 * workers - 1) / (4 * workers))) }
+        let per = core.itemNanos
+        guard per > 0 else { return 1 }
+        return max(1, min(cap, 4096, Int(2_000_000 / per)))
+    }
+
+    func feed<S: Sequence<F.Input>>(_ inputs: S) throws {
+        var index = 0
+        var chunk: [F.Input] = []
+        var size = chunkSize()
+        var batch: [Unit] = []
+        func emit() throws {
+            guard !chunk.isEmpty else { return }
+            let items = chunk
+            chunk = []
+            if let credit, !credit.acquire(items.count) { throw CancellationError() }
+            let unit = Unit(id: core.makeUnitId(), call: call, function: function, base: index - items.count,
+                            count: items.count, payload: try encodeItems(items),
+                            encodeRange: { r in try encodeItems(Array(items[r])) })
+            batch.append(unit)
+            // An eager map submits in batches of 64 units (one lock round); a lazy feed submits at once.
+            if credit != nil || batch.count >= 64 {
+                try core.submit(batch)
+                batch = []
+            }
+            if fixed == nil && known == nil { size = chunkSize() }
+        }
+        do {
+            for x in inputs {
+                if call.isCancelled { break }
+                chunk.append(x)
+                index += 1
+                if chunk.count >= size { try emit() }
+            }
+            try emit()
+            if !batch.isEmpty { try core.submit(batch) }
+        } catch is CancellationError {
+            // The consumer went away; nothing more to send.
+        }
+        try? call.deliveries.put(.end(total: index))
+    }
+}
+
+/// Runs `body` with a pool, then drains it — Python's `with Pool() as pool:`, but draining on success
+/// (Python terminates). On error or cancellation the pool is terminated, which takes at most the kill
+/// grace (0.5 s) plus reaping.
+public func withProcessPool<R>(
+    workers: Int? = nil, options: ProcessPoolOptions = ProcessPoolOptions(),
+    _ body: (ProcessPool) async throws -> R
+) async throws -> R {
+    let pool = try ProcessPool(workers: workers, options: options)
+    do {
+        let r = try await body(pool)
+        pool.close()
+        try await pool.join()
+        return r
+    } catch {
+        pool.terminate()
+        // Bounded even if this task is cancelled: the kill grace, then reaping.
+        _ = try? await AsyncBridge.offload { try pool.join(timeout: .seconds(5)) }
+        throw error
+    }
+}

@@ -1,0 +1,139 @@
+import Glibc
+@testable import Multiprocessing
+
+// Functions and jobs for the pool tests (found by name in the workers, which run this test binary).
+
+struct SquareFn: TaskFunction {
+    func callAsFunction(_ x: Int) -> Int { x * x }
+}
+
+struct AddFn: TaskFunction2 {
+    func callAsFunction(_ a: Int, _ b: Int) -> Int { a + b }
+}
+
+struct PidFn: TaskFunction {
+    func callAsFunction(_ x: Int) -> Int32 { getpid() }
+}
+
+/// How a `Faulty` item ends its worker.
+enum CrashMode: String, Codable, Sendable, CaseIterable {
+    case trap, sigkill, sigsegv, exit
+}
+
+/// x*x, except that item `crashAt` writes a line to stderr and then kills its worker.
+struct Faulty: TaskFunction {
+    let crashAt: Int
+    let mode: CrashMode
+    func callAsFunction(_ x: Int) -> Int {
+        if x == crashAt {
+            let line = "faulty: crashing on \(x) by \(mode.rawValue)\n"
+            _ = line.withCString { write(2, $0, strlen($0)) }
+            switch mode {
+            case .trap:
+                let xs: [Int] = []
+                return xs[x]
+            case .sigkill: kill(getpid(), SIGKILL)
+            case .sigsegv: UnsafeMutablePointer<Int>(bitPattern: 16)!.pointee = x  // a real fault
+            case .exit: exit(3)
+            }
+        }
+        return x * x
+    }
+}
+
+/// Always kills its worker.
+struct AlwaysCrash: TaskFunction {
+    func callAsFunction(_ x: Int) -> Int {
+        kill(getpid(), SIGKILL)
+        return x
+    }
+}
+
+/// Kills its worker the first time it runs (marker file), then succeeds.
+struct CrashOnce: TaskFunction {
+    let marker: String
+    func callAsFunction(_ x: Int) -> Int {
+        if access(marker, F_OK) != 0 {
+            let fd = open(marker, O_CREAT | O_WRONLY, 0o644)
+            close(fd)
+            kill(getpid(), SIGKILL)
+        }
+        return x + 1000
+    }
+}
+
+/// Throws the first time (marker file), then succeeds.
+struct ThrowOnce: TaskFunction {
+    let marker: String
+    func callAsFunction(_ x: Int) throws -> Int {
+        if access(marker, F_OK) != 0 {
+            let fd = open(marker, O_CREAT | O_WRONLY, 0o644)
+            close(fd)
+            throw CodableFailure(reason: "first attempt")
+        }
+        return x
+    }
+}
+
+/// Sleeps without looking at cancellation (a busy C call, as far as Swift can tell).
+struct BlockingSleep: TaskFunction {
+    func callAsFunction(_ ms: Int) -> Int {
+        usleep(useconds_t(ms * 1000))
+        return ms
+    }
+}
+
+/// Sleeps cooperatively: cancellation ends it at once.
+struct CooperativeSleep: TaskFunction {
+    func callAsFunction(_ ms: Int) async throws -> Int {
+        try await Task.sleep(for: .milliseconds(ms))
+        return ms
+    }
+}
+
+/// Throws a Codable error for multiples of 7.
+struct SevensThrow: TaskFunction {
+    func callAsFunction(_ x: Int) throws -> Int {
+        if x % 7 == 0 { throw CodableFailure(reason: "\(x) is a multiple of 7") }
+        return x
+    }
+}
+
+struct NotEncodable: Codable, Sendable {
+    let x: Int
+    func encode(to encoder: any Encoder) throws {
+        throw EncodingError.invalidValue(x, .init(codingPath: [], debugDescription: "never encodable"))
+    }
+}
+
+/// Returns a value that cannot be encoded for odd inputs.
+struct UnencodableOdd: TaskFunction {
+    func callAsFunction(_ x: Int) -> NotEncodable { NotEncodable(x: x) }
+}
+
+/// Keeps `megabytes` of touched memory alive in the worker, returns its pid.
+struct Hog: TaskFunction {
+    nonisolated(unsafe) static var kept: [[UInt8]] = []
+    func callAsFunction(_ megabytes: Int) -> Int32 {
+        Hog.kept.append([UInt8](repeating: 1, count: megabytes << 20))
+        return getpid()
+    }
+}
+
+/// Sets a marker in the worker (the initializer); `ReadInit` reads it.
+struct SetInit: Job {
+    let value: String
+    nonisolated(unsafe) static var value = ""
+    func run() -> NoOutput {
+        SetInit.value = value
+        return NoOutput()
+    }
+}
+
+struct ReadInit: TaskFunction {
+    func callAsFunction(_ x: Int) -> String { "\(SetInit.value)-\(x)" }
+}
+
+struct FailingInit: Job {
+    func run() throws -> NoOutput { throw CodableFailure(reason: "initializer refuses") }
+}

@@ -1,0 +1,348 @@
+import Glibc
+import Testing
+import Threading
+@testable import Multiprocessing
+
+/// Options for test pools: Ctrl-C handling stays off (the interrupt test runs in its own process), and
+/// workers' stderr is kept but not echoed into the test log.
+func testPoolOptions(maxTasksPerChild: Int? = nil, memoryLimit: Int? = nil, deathLimit: (Int, Duration) = (20, .seconds(10))) -> ProcessPoolOptions {
+    ProcessPoolOptions(maxTasksPerChild: maxTasksPerChild, memoryLimit: memoryLimit, deathLimit: deathLimit,
+                       stderrLines: 400, forwardStderr: false, interrupt: .ignore)
+}
+
+func tempPath(_ tag: String) -> String { "/tmp/swift-mp-test-\(getpid())-\(tag)-\(UInt64.random(in: 0...UInt64.max))" }
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct ProcessPoolTests {
+    // MARK: API
+
+    @Test func mapKeepsOrderAcrossChunkSizes() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let xs = Array(0..<1000)
+        for cs in [nil, 1, 7, 1000] as [Int?] {
+            #expect(try pool.map(SquareFn(), xs, chunksize: cs) == xs.map { $0 * $0 })
+        }
+        #expect(try pool.map(SquareFn(), [Int]()) == [])
+        #expect(try pool.starmap(AddFn(), [(1, 2), (3, 4)]) == [3, 7])
+        pool.close()
+        #expect(try pool.join(timeout: .seconds(10)))
+        #expect(pool.workerPIDs.isEmpty)
+    }
+
+    @Test func imapIsOrderedAndLazyImapUnorderedDeliversAll() async throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let ordered = try pool.imap(SquareFn(), (0..<5000).lazy.map { $0 }, maxInFlight: 64)
+        var i = 0
+        while let v = try ordered.next(timeout: .seconds(30)) {
+            #expect(v == i * i)
+            i += 1
+        }
+        #expect(i == 5000)
+        var seen = Set<Int>()
+        for try await v in try pool.imapUnordered(SquareFn(), 0..<3000, chunksize: 1) { seen.insert(v) }
+        #expect(seen == Set((0..<3000).map { $0 * $0 }))
+        #expect(try await pool.map(SquareFn(), 0..<10) == (0..<10).map { $0 * $0 })
+    }
+
+    @Test func applyApplyAsyncSubmitAndCallbacks() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        #expect(try pool.apply(Square(x: 9)) == 81)
+        let got = Lock()
+        nonisolated(unsafe) var results: [Int] = []
+        nonisolated(unsafe) var errors: [String] = []
+        var handles: [PoolTask<Int>] = []
+        for x in 0..<20 {
+            handles.append(try pool.applyAsync(Square(x: x), callback: { v in got.withLock { results.append(v) } }))
+        }
+        let bad = try pool.applyAsync(ThrowsCodable(), errorCallback: { e in got.withLock { errors.append("\(e)") } })
+        for h in handles { #expect(h.wait(timeout: .seconds(30))) }
+        #expect(bad.wait(timeout: .seconds(30)))
+        #expect(bad.isSuccessful == false)
+        #expect(handles[3].isSuccessful == true && handles[3].isReady)
+        #expect(throws: CodableFailure(reason: "bad input")) { try bad.get() }
+        // callbacks run on the callback thread; give it a moment to drain
+        let deadline = ContinuousClock.now + .seconds(10)
+        while got.withLock({ results.count < 20 || errors.isEmpty }) && ContinuousClock.now < deadline { usleep(1000) }
+        #expect(got.withLock { results.sorted() } == (0..<20).map { $0 * $0 })
+        #expect(got.withLock { errors.count } == 1)
+        let f = try pool.submit(SquareFn(), 12)
+        #expect(try f.get(timeout: .seconds(30)) == 144)
+    }
+
+    @Test func getWithTimeoutThrowsWhileTheTaskRuns() throws {
+        // The seed notes' `apply_async(...).get(timeout=1)` raising TimeoutError.
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        let slow = try pool.submit(BlockingSleep(), 1500)
+        #expect(throws: MultiprocessingError.self) { try slow.get(timeout: .milliseconds(200)) }
+        #expect(try slow.get(timeout: .seconds(30)) == 1500)
+    }
+
+    @Test func initializerRunsInEveryWorker() throws {
+        let pool = try ProcessPool(workers: 2, initializer: SetInit(value: "ready"), options: testPoolOptions())
+        defer { pool.terminate() }
+        #expect(try pool.map(ReadInit(), [1, 2, 3], chunksize: 1) == ["ready-1", "ready-2", "ready-3"])
+    }
+
+    @Test func failingInitializerBreaksThePoolInsteadOfSpinning() throws {
+        let pool = try ProcessPool(workers: 2, initializer: FailingInit(), options: testPoolOptions(deathLimit: (3, .seconds(30))))
+        defer { pool.terminate() }
+        let start = ContinuousClock.now
+        let t = try pool.submit(SquareFn(), 2)
+        #expect {
+            try t.get(timeout: .seconds(30))
+        } throws: { e in
+            guard let p = e as? PoolError else { return false }
+            return p.code == .broken && p.stderrTail.joined().contains("initializer refuses")
+        }
+        #expect(ContinuousClock.now - start < .seconds(20))
+        #expect(throws: PoolError.self) { try pool.submit(SquareFn(), 1) }
+    }
+
+    @Test func withProcessPoolDrainsOnSuccessAndTearsDownOnError() async throws {
+        let sum = try await withProcessPool(workers: 2, options: testPoolOptions()) { pool in
+            try await pool.map(SquareFn(), 0..<100).reduce(0, +)
+        }
+        #expect(sum == (0..<100).map { $0 * $0 }.reduce(0, +))
+        struct Boom: Error {}
+        nonisolated(unsafe) var pids: [Int32] = []
+        let start = ContinuousClock.now
+        await #expect(throws: Boom.self) {
+            try await withProcessPool(workers: 2, options: testPoolOptions()) { pool in
+                _ = try pool.submit(BlockingSleep(), 10_000)
+                _ = try await pool.run(Square(x: 2))
+                pids = pool.workerPIDs
+                throw Boom()
+            }
+        }
+        #expect(ContinuousClock.now - start < .seconds(5))
+        for pid in pids { #expect(kill(pid, 0) != 0) }  // stopped and reaped
+    }
+
+    @Test func progressReachesTotalAndReportsWorkers() async throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        _ = try await pool.map(SquareFn(), 0..<500, chunksize: 10)
+        let p = pool.currentProgress
+        #expect(p.done == 500 && p.total == 500 && p.failed == 0)
+        #expect(p.workers.count == 2)
+        #expect(p.workers.allSatisfy { $0.startup != nil && $0.tasks > 0 })
+        var iterator = pool.progress(every: .milliseconds(10)).makeAsyncIterator()
+        let first = await iterator.next()
+        #expect(first?.fractionDone == 1)
+    }
+
+    // MARK: failures
+
+    @Test(arguments: CrashMode.allCases)
+    func deadWorkerFailsOnlyItsItem(mode: CrashMode) throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let before = Set(pool.workerPIDs)
+        let xs = Array(0..<60)
+        let start = ContinuousClock.now
+        let results = try pool.mapResults(Faulty(crashAt: 23, mode: mode), xs, chunksize: 10)
+        #expect(ContinuousClock.now - start < .seconds(10))
+        for (x, r) in zip(xs, results) where x != 23 {
+            #expect((try? r.get()) == x * x, "item \(x)")
+        }
+        guard case .failure(let e) = results[23], let p = e as? PoolError else {
+            Issue.record("item 23 should have failed with a PoolError, got \(results[23])")
+            return
+        }
+        #expect(p.code == .workerDied)
+        switch mode {
+        case .trap: #expect(p.signal == SIGILL || p.signal == SIGTRAP)
+        case .sigkill: #expect(p.signal == SIGKILL)
+        case .sigsegv: #expect(p.signal == SIGSEGV)
+        case .exit: #expect(p.exitCode == 3)
+        }
+        #expect(p.stderrTail.contains { $0.contains("crashing on 23") }, "\(p.stderrTail)")
+        #expect((p.peakMemoryBytes ?? 0) > 0)
+        #expect(p.pid.map { before.contains($0) } == true)
+        // replaced, and the pool works on
+        #expect(try pool.map(SquareFn(), [1, 2, 3]) == [1, 4, 9])
+        let deadline = ContinuousClock.now + .seconds(10)
+        while pool.workerPIDs.count < 2 && ContinuousClock.now < deadline { usleep(5000) }
+        #expect(pool.workerPIDs.count == 2)
+        #expect(!pool.workerPIDs.contains(p.pid!))
+    }
+
+    @Test func finishedItemsOfACrashedChunkKeepTheirResults() throws {
+        // One chunk of 50 slow-ish items whose 40th kills the worker: the 39 before it have results.
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        let results = try pool.mapResults(Faulty(crashAt: 39, mode: .sigkill), Array(0..<50), chunksize: 50)
+        #expect(results.enumerated().filter { (try? $0.element.get()) == nil }.map(\.offset) == [39])
+    }
+
+    @Test func hardTimeoutStopsTheWorkerAndFailsOnlyThatTask() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let start = ContinuousClock.now
+        let stuck = try pool.submit(BlockingSleep(), 30_000, options: TaskOptions(timeout: .milliseconds(300), killGrace: .milliseconds(200)))
+        let others = try (0..<10).map { try pool.submit(BlockingSleep(), 20 + $0) }
+        #expect {
+            try stuck.get(timeout: .seconds(20))
+        } throws: { e in (e as? PoolError)?.code == .timedOut }
+        #expect(ContinuousClock.now - start < .seconds(5))
+        for (i, o) in others.enumerated() { #expect(try o.get(timeout: .seconds(20)) == 20 + i) }
+        #expect(try pool.apply(Square(x: 3)) == 9)
+    }
+
+    @Test func softTimeoutCancelsCooperativelyAndKeepsTheWorker() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        let pid = try pool.submit(PidFn(), 0).get(timeout: .seconds(30))
+        let start = ContinuousClock.now
+        let t = try pool.submit(CooperativeSleep(), 30_000, options: TaskOptions(softTimeout: .milliseconds(200)))
+        #expect {
+            try t.get(timeout: .seconds(20))
+        } throws: { e in (e as? PoolError)?.code == .timedOut }
+        #expect(ContinuousClock.now - start < .seconds(3))
+        #expect(try pool.submit(PidFn(), 0).get(timeout: .seconds(30)) == pid)  // same worker: it was not killed
+    }
+
+    @Test func cancellingARunningTask() async throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        let pid = try pool.submit(PidFn(), 0).get(timeout: .seconds(30))
+        // cooperative: cancelled inside the worker, which survives
+        let coop = try pool.submit(CooperativeSleep(), 30_000)
+        usleep(200_000)
+        coop.cancel()
+        #expect(throws: CancellationError.self) { try coop.get(timeout: .seconds(5)) }
+        #expect(try pool.submit(PidFn(), 0).get(timeout: .seconds(30)) == pid)
+        // not cooperative: the worker is killed after the grace period and replaced
+        let blocking = try pool.submit(BlockingSleep(), 30_000, options: TaskOptions(cancelGrace: .milliseconds(200)))
+        usleep(200_000)
+        let start = ContinuousClock.now
+        blocking.cancel()
+        #expect(throws: CancellationError.self) { try blocking.get(timeout: .seconds(5)) }
+        #expect(ContinuousClock.now - start < .seconds(3))
+        #expect(try pool.submit(PidFn(), 0).get(timeout: .seconds(30)) != pid)
+        // through the awaiting Swift task
+        let waiter = Task { try await pool.submit(CooperativeSleep(), 30_000).value }
+        try await Task.sleep(for: .milliseconds(200))
+        waiter.cancel()
+        await #expect(throws: CancellationError.self) { try await waiter.value }
+        // a queued task is cancelled at once
+        let busy = try pool.submit(BlockingSleep(), 300)
+        let queued = try pool.submit(SquareFn(), 5)
+        queued.cancel()
+        #expect(throws: CancellationError.self) { try queued.get(timeout: .seconds(1)) }
+        #expect(try busy.get(timeout: .seconds(10)) == 300)
+    }
+
+    @Test func retryPolicies() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        // a crash, retried
+        let marker = tempPath("crash-once")
+        defer { unlink(marker) }
+        let retried = try pool.submit(CrashOnce(marker: marker), 1, options: TaskOptions(retry: RetryPolicy(attempts: 3, backoff: .milliseconds(10))))
+        #expect(try retried.get(timeout: .seconds(30)) == 1001)
+        // a thrown error, retried only when asked
+        let marker2 = tempPath("throw-once")
+        defer { unlink(marker2) }
+        let t = try pool.submit(ThrowOnce(marker: marker2), 5, options: TaskOptions(retry: RetryPolicy(attempts: 2, on: [.error])))
+        #expect(try t.get(timeout: .seconds(30)) == 5)
+        // a task that kills every worker is failed after maxWorkerKills, not retried forever
+        let start = ContinuousClock.now
+        let killer = try pool.submit(AlwaysCrash(), 1, options: TaskOptions(retry: RetryPolicy(attempts: 10, backoff: .milliseconds(1), maxWorkerKills: 2)))
+        #expect {
+            try killer.get(timeout: .seconds(30))
+        } throws: { e in
+            guard let p = e as? PoolError else { return false }
+            return p.code == .workerDied && p.message.contains("killed 2 workers") && p.attempts == 2
+        }
+        #expect(ContinuousClock.now - start < .seconds(10))
+        #expect(try pool.apply(Square(x: 4)) == 16)
+    }
+
+    @Test func tooManyDeathsBreakThePool() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions(deathLimit: (4, .seconds(30))))
+        defer { pool.terminate() }
+        let start = ContinuousClock.now
+        let results = try pool.mapResults(AlwaysCrash(), Array(0..<40), chunksize: 1)
+        #expect(ContinuousClock.now - start < .seconds(15))
+        let codes = results.compactMap { r -> PoolError.Code? in
+            if case .failure(let e) = r { return (e as? PoolError)?.code }
+            return nil
+        }
+        #expect(codes.count == 40)
+        #expect(codes.contains(.broken))
+        #expect(codes.filter { $0 == .workerDied }.count <= 5)
+        #expect { try pool.submit(SquareFn(), 1) } throws: { e in (e as? PoolError)?.code == .broken }
+        #expect(try pool.join(timeout: .seconds(10)))
+    }
+
+    @Test func jobErrorsAndUnencodableResults() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let results = try pool.mapResults(SevensThrow(), Array(0..<30), chunksize: 4)
+        for (x, r) in results.enumerated() {
+            if x % 7 == 0 {
+                #expect(throws: CodableFailure(reason: "\(x) is a multiple of 7")) { try r.get() }
+            } else {
+                #expect(try r.get() == x)
+            }
+        }
+        let plain = try pool.submit(ThrowsPlain())
+        #expect {
+            try plain.get(timeout: .seconds(30))
+        } throws: { e in
+            guard let r = e as? RemoteError else { return false }
+            return r.message == "plain failure" && r.typeName.contains("PlainFailure") && r.pid != getpid()
+        }
+        let bad = try pool.mapResults(UnencodableOdd(), [1, 2, 3], chunksize: 3)
+        for r in bad {
+            #expect { _ = try r.get() } throws: { e in (e as? MultiprocessingError)?.code == .encodingFailed }
+        }
+        #expect(try pool.apply(Square(x: 5)) == 25)
+    }
+
+    @Test func maxTasksPerChildRecyclesWithoutLosingWork() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions(maxTasksPerChild: 1))
+        defer { pool.terminate() }
+        let pids = try pool.map(PidFn(), Array(0..<8), chunksize: 1)
+        #expect(pids.count == 8)
+        #expect(Set(pids).count == 8)  // every task in a fresh worker
+        #expect(!pids.contains(getpid()))
+    }
+
+    @Test func memoryLimitRecyclesWorkers() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions(memoryLimit: 40 << 20))
+        defer { pool.terminate() }
+        let pids = try pool.map(Hog(), Array(repeating: 48, count: 4), chunksize: 1)
+        #expect(pids.count == 4)
+        #expect(Set(pids).count >= 3)  // over the limit after each task: replaced between tasks
+    }
+
+    @Test func terminateFailsQueuedWorkAndReapsWorkers() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        let pids = pool.workerPIDs
+        let running = try (0..<4).map { _ in try pool.submit(BlockingSleep(), 10_000) }
+        usleep(100_000)
+        pool.terminate()
+        for r in running {
+            #expect { try r.get(timeout: .seconds(5)) } throws: { e in (e as? PoolError)?.code == .terminated }
+        }
+        #expect(try pool.join(timeout: .seconds(5)))
+        for pid in pids { #expect(kill(pid, 0) != 0) }
+    }
+
+    @Test func closedPoolRefusesWorkAndJoinNeedsClose() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        #expect(throws: PoolError.self) { try pool.join(timeout: .zero) }
+        let t = try pool.submit(BlockingSleep(), 100)
+        pool.close()
+        #expect { try pool.submit(SquareFn(), 1) } throws: { e in (e as? PoolError)?.code == .closed }
+        #expect(try t.get(timeout: .seconds(10)) == 100)  // queued work still finishes
+        #expect(try pool.join(timeout: .seconds(10)))
+    }
+}

@@ -3,7 +3,7 @@ import Foundation
 // bench SUITE [workload ...]   — prints RESULT/INFO lines like the Python anchors in shared/bench/python.
 let args = CommandLine.arguments.dropFirst()
 guard let suite = args.first else {
-    print("usage: bench SUITE [workload ...]   (suites: threads, ipc)")
+    print("usage: bench SUITE [workload ...]   (suites: threads, ipc, pool)")
     exit(2)
 }
 let only = Set(args.dropFirst())
@@ -16,7 +16,14 @@ case "ipc":
         print("error: \(error)")
         exit(1)
     }
+case "pool":
+    do {
+        try runPoolSuite(only)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 default:
-    print("unknown suite \(suite); suites: threads, ipc")
+    print("unknown suite \(suite); suites: threads, ipc, pool")
     exit(2)
 }

@@ -12,6 +12,12 @@ struct FunctionRef: Sendable {
     let payload: [UInt8]
 }
 
+struct FunctionKey: Hashable {
+    let kind: UInt8
+    let name: String
+    let payload: [UInt8]
+}
+
 /// A batch of items of one call sent to one worker as one message (a chunk, or a single task).
 final class Unit: @unchecked Sendable {  // mutable state guarded by the pool core's lock
     let id: UInt64
@@ -26,9 +32,11 @@ final class Unit: @unchecked Sendable {  // mutable state guarded by the pool co
     var attempt: Int
     var kills: Int
     var reported = 0
+    /// A whole-unit cancellation: when the worker is killed if the unit still runs.
     var cancelAt: ContinuousClock.Instant?
-    var cancelReason: StopReason?
-    var softSent = false
+    /// The item a soft timeout cancelled, and when its worker is killed if that item still runs.
+    var softIndex: Int?
+    var softAt: ContinuousClock.Instant?
 
     init(id: UInt64, call: CallCore, function: FunctionRef, base: Int, count: Int, payload: [UInt8],
          encodeRange: @escaping @Sendable (Range<Int>) throws -> [UInt8], attempt: Int = 1, kills: Int = 0) {
@@ -128,7 +136,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private var nextSerial = 0
     private var nextUnit: UInt64 = 1
     private var nextFunction: UInt32 = 1
-    private var functions: [String: UInt32] = [:]
+    private var functions: [FunctionKey: UInt32] = [:]
     private var deaths: [ContinuousClock.Instant] = []
     private var lastDeath: PoolError?
     private var cancelRing = 0
@@ -213,7 +221,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     func function(kind: PoolWire.FunctionKind, name: String, payload: [UInt8]) -> FunctionRef {
         lock.withLock {
-            let key = "\(kind.rawValue):\(name):" + payload.map { String($0, radix: 16) }.joined(separator: ",")
+            let key = FunctionKey(kind: kind.rawValue, name: name, payload: payload)
             if let id = functions[key] { return FunctionRef(id: id, kind: kind, name: name, payload: payload) }
             let id = nextFunction
             nextFunction += 1
@@ -404,7 +412,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         } else if !retry {
             let wire = try? BinaryDecoder().decode(WireError.self, from: payload)
             var error = wire?.rebuild() ?? MultiprocessingError(.decodingFailed, "an undecodable error from worker \(slot.pid)")
-            if error is CancellationError, let reason = unit.cancelReason, case .softTimeout = reason {
+            if error is CancellationError, unit.softIndex == start {
                 error = PoolError(.timedOut, "the task passed its soft timeout and was cancelled in worker \(slot.pid)",
                                   pid: slot.pid, attempts: unit.attempt)
             }
@@ -664,19 +672,28 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                     }
                     wakeAt(now + (hard - elapsed))
                 }
-                if let soft = opts.softTimeout, !unit.softSent {
+                let index = Int(running.index)
+                if let soft = opts.softTimeout, unit.softIndex != index {
                     if elapsed >= soft {
-                        unit.softSent = true
-                        unit.cancelReason = .softTimeout(unit: unit.id)
-                        unit.cancelAt = now + opts.cancelGrace
-                        requestCancel(slot, unit)
+                        unit.softIndex = index
+                        unit.softAt = now + opts.cancelGrace
+                        slot.shared.requestItemCancel(unit: unit.id, index: running.index)
+                        slot.wake()
                     } else {
                         wakeAt(now + (soft - elapsed))
                     }
                 }
+                if let at = unit.softAt, unit.softIndex == index {
+                    if now >= at {
+                        stopWorker(slot, .softTimeout(unit: unit.id), grace: opts.killGrace)
+                        if let k = slot.killAt { wakeAt(k) }
+                        continue
+                    }
+                    wakeAt(at)
+                }
                 if let at = unit.cancelAt {
                     if now >= at {
-                        stopWorker(slot, unit.cancelReason ?? .cancelled(unit: unit.id), grace: opts.killGrace)
+                        stopWorker(slot, .cancelled(unit: unit.id), grace: opts.killGrace)
                         if let k = slot.killAt { wakeAt(k) }
                     } else {
                         wakeAt(at)
@@ -769,7 +786,6 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             }
             for slot in slots {
                 for u in slot.inflight where u.call === call && u.cancelAt == nil {
-                    u.cancelReason = .cancelled(unit: u.id)
                     u.cancelAt = .now + call.options.cancelGrace
                     slot.shared.markCancelled(u.id, ring: &cancelRing)
                     if slot.shared.running.unit == u.id { requestCancel(slot, u) }

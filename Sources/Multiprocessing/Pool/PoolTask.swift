@@ -170,10 +170,36 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         }
     }
 
-    /// Reads everything left, in order; the first failure is thrown.
+    /// Reads everything left, in order; the first failure is thrown (and the rest of the call cancelled).
     public func collect() throws -> [Output] {
+        guard ordered, current == nil, consumed == 0, parked.isEmpty else {
+            var out: [Output] = []
+            while let v = try next() { out.append(v) }
+            return out
+        }
+        // Whole chunks at a time: place each by its start index, then join them in order.
+        var chunks: [Int: [Output]] = [:]
+        var received = 0
+        while total == nil || received < total! {
+            switch try call.deliveries.get() {
+            case .end(let n): total = n
+            case .items(let start, let items):
+                chunks[start] = items
+                received += items.count
+                credit?.release(items.count)
+            case .failed(_, let error):
+                cancel()
+                throw error
+            }
+        }
+        consumed = received
         var out: [Output] = []
-        while let v = try next() { out.append(v) }
+        out.reserveCapacity(received)
+        var at = 0
+        while let items = chunks[at] {
+            out.append(contentsOf: items)
+            at += items.count
+        }
         return out
     }
 }

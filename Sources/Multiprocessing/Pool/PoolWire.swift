@@ -175,6 +175,13 @@ struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is acces
     func setRunning(unit: UInt64) { Atomic.store(word(0), unit) }
     func setIndex(_ i: UInt64) { Atomic.store(word(1), i) }
 
+    /// One item the parent asks the worker to cancel (a soft timeout): unit and index.
+    var itemCancelRequest: (unit: UInt64, index: UInt64) { (Atomic.load(word(4)), Atomic.load(word(5))) }
+    func requestItemCancel(unit: UInt64, index: UInt64) {
+        Atomic.store(word(5), index)
+        Atomic.store(word(4), unit)
+    }
+
     /// A unit the parent asks the worker to cancel.
     var cancelRequest: UInt64 { Atomic.load(word(2)) }
     func requestCancel(_ unit: UInt64) { Atomic.store(word(2), unit) }

@@ -10,7 +10,7 @@ import Threading
 /// items reach the parent even if a later item crashes the worker. Before each item the worker records
 /// (unit, index, start time) in the shared slot, so the parent charges a crash to exactly that item.
 enum PoolWorker {
-    typealias Runner = (_ unit: UInt64, _ count: Int, _ payload: UnsafeRawBufferPointer, _ out: inout Replies) -> Void
+    typealias Runner = (_ unit: UInt64, _ count: Int, _ payload: UnsafeRawBufferPointer, _ out: Replies) -> Void
 
     /// The running item's Swift task, for cancellation from the wake-up thread.
     private static let current = Mutex<(unit: UInt64, task: Task<Void, Never>?)>((0, nil))
@@ -28,11 +28,11 @@ enum PoolWorker {
             runInitializer(type, payload)
         }
         var reader = FrameReader(prefill: PoolWorker.leftover)
-        var out = Replies(fd: fd, pid: pid)
+        let out = Replies(fd: fd, pid: pid)
         var runners: [UInt32: Runner] = [:]
         while true {
             do {
-                while let _ = try reader.next({ body in try handle(body, &runners, &out) }) {
+                while let _ = try reader.next({ body in try handle(body, &runners, out) }) {
                     if out.pending > 256 * 1024 { out.flush() }
                 }
             } catch {
@@ -48,7 +48,7 @@ enum PoolWorker {
     /// Bytes that arrived with the setup message (set by the worker loop before `run`).
     nonisolated(unsafe) static var leftover: [UInt8] = []
 
-    private static func handle(_ body: UnsafeRawBufferPointer, _ runners: inout [UInt32: Runner], _ out: inout Replies) throws {
+    private static func handle(_ body: UnsafeRawBufferPointer, _ runners: inout [UInt32: Runner], _ out: Replies) throws {
         var c = FrameCursor(body)
         switch body[0] {
         case PoolWire.task:
@@ -64,7 +64,7 @@ enum PoolWorker {
                 return
             }
             slot.setRunning(unit: unit)
-            runner(unit, count, c.rest, &out)
+            runner(unit, count, c.rest, out)
             slot.setRunning(unit: 0)
         case PoolWire.define:
             let fnId: UInt32 = try c.get()
@@ -128,55 +128,33 @@ enum PoolWorker {
                 for i in 0..<count { out.failure(unit: unit, index: i, MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)")) }
                 return
             }
-            var done: [F.Output] = []
-            done.reserveCapacity(count)
-            var first = 0  // index of done[0]
-            for (i, x) in inputs.enumerated() {
-                slot.setItemStart(Replies.now())
-                slot.setIndex(UInt64(i))
+            let chunk = Chunk<F>(f: f, unit: unit, inputs: inputs, out: out)
+            while chunk.next < count {
                 if slot.cancelRequest == unit {
-                    out.outputs(unit: unit, start: first, done)
-                    for j in i..<count { out.failure(unit: unit, index: j, CancellationError()) }
-                    return
+                    for j in chunk.next..<count { out.failure(unit: unit, index: j, CancellationError()) }
+                    break
                 }
-                switch runOne(unit: unit, { try await f(x) }) {
-                case .success(let y):
-                    done.append(y)
-                case .failure(let e):
-                    out.outputs(unit: unit, start: first, done)
-                    out.failure(unit: unit, index: i, e)
-                    done.removeAll(keepingCapacity: true)
-                    first = i + 1
-                }
-                if out.dueForPartialFlush {
-                    out.outputs(unit: unit, start: first, done)
-                    done.removeAll(keepingCapacity: true)
-                    first = i + 1
-                    out.flush()
-                }
+                runSlice(chunk)
             }
-            out.outputs(unit: unit, start: first, done)
         }
     }
 
-    /// Runs one item. A synchronous body runs right here on this thread (`Task.immediate` runs until its
-    /// first suspension), so a tiny task costs no thread hop; one that suspends is awaited, cancellable
-    /// through the shared slot.
-    private static func runOne<T: Sendable>(unit: UInt64, _ body: @escaping @Sendable () async throws -> T) -> Result<T, any Error> {
-        let future = Future<T>()
+    /// Runs the chunk's items from `chunk.next` in one Swift task, on this thread for as long as the items
+    /// do not suspend (`Task.immediate`): a synchronous function costs no task or thread hop per item.
+    /// The slice ends early when its task is cancelled (a soft timeout or a cancelled unit); the next
+    /// slice then starts in a fresh task.
+    private static func runSlice<F: TaskFunction>(_ chunk: Chunk<F>) {
+        let finished = Future<Bool>()
         let task = Task.immediate {
-            do { future.complete(.success(try await body())) } catch { future.complete(.failure(error)) }
+            await chunk.run()
+            finished.complete(.success(true))
         }
-        if !future.isDone {
-            current.withLock { $0 = (unit, task) }
-            if slot.cancelRequest == unit { task.cancel() }  // asked before the task was registered
-        }
-        defer { if !future.isDone || current.withLock({ $0.task != nil }) { current.withLock { $0 = (0, nil) } } }
-        do {
-            return .success(try future.result())
-        } catch {
-            return .failure(error)
-        }
+        guard !finished.isDone else { return }
+        current.withLock { $0 = (chunk.unit, task) }
+        let item = slot.itemCancelRequest
+        if slot.cancelRequest == chunk.unit || (item.unit == chunk.unit && item.index == slot.running.index) { task.cancel() }
+        _ = try? finished.result()
+        current.withLock { $0 = (0, nil) }
     }
 
     /// Cancels the running item's task when the parent signals the wake-up eventfd.
@@ -188,7 +166,12 @@ enum PoolWorker {
                 if poll(&pfd, 1, -1) <= 0 { continue }
                 _ = read(wake, &sink, 8)
                 let unit = slot.cancelRequest
-                let task = current.withLock { c in c.unit == unit ? c.task : nil }
+                let item = slot.itemCancelRequest
+                let running = slot.running
+                let task = current.withLock { c -> Task<Void, Never>? in
+                    guard c.unit != 0, c.unit == running.unit else { return nil }
+                    return unit == c.unit || (item.unit == c.unit && item.index == running.index) ? c.task : nil
+                }
                 task?.cancel()
             }
         }
@@ -213,8 +196,59 @@ enum PoolWorker {
     }
 }
 
+/// The state of one chunk being run: its items, the results not yet sent, where it is.
+final class Chunk<F: TaskFunction>: @unchecked Sendable {  // used by one thread at a time: the worker waits while a slice runs
+    let f: F
+    let unit: UInt64
+    let inputs: [F.Input]
+    let out: Replies
+    var next = 0
+    private var done: [F.Output] = []
+    private var first = 0  // index of done[0]
+
+    init(f: F, unit: UInt64, inputs: [F.Input], out: Replies) {
+        self.f = f
+        self.unit = unit
+        self.inputs = inputs
+        self.out = out
+        done.reserveCapacity(inputs.count)
+    }
+
+    func run() async {
+        let slot = PoolWorker.slot!
+        while next < inputs.count {
+            let i = next
+            let t = Replies.now()
+            slot.setItemStart(t)
+            slot.setIndex(UInt64(i))
+            if slot.cancelRequest == unit { break }
+            next = i + 1
+            do {
+                done.append(try await f(inputs[i]))
+            } catch {
+                send()
+                first = i + 1
+                out.failure(unit: unit, index: i, error)
+                if Task.isCancelled { break }  // a fresh task runs the rest
+            }
+            if out.dueForPartialFlush(now: t) {
+                send()
+                first = i + 1
+                out.flush()
+            }
+        }
+        send()
+        first = next
+    }
+
+    private func send() {
+        out.outputs(unit: unit, start: first, done)
+        done.removeAll(keepingCapacity: true)
+    }
+}
+
 /// A pool worker's outgoing replies, written in batches.
-struct Replies {
+final class Replies: @unchecked Sendable {  // used by one thread at a time (see `Chunk`)
     let fd: Int32
     let pid: Int32
     private var writer = FrameWriter()
@@ -237,18 +271,18 @@ struct Replies {
     var pending: Int { writer.bytes.count }
 
     /// Whether a long chunk should send what it has: 2 ms since the last write.
-    var dueForPartialFlush: Bool { Replies.now() &- lastFlush > 2_000_000 }
+    func dueForPartialFlush(now: UInt64) -> Bool { now &- lastFlush > 2_000_000 }
 
-    mutating func startUnit() { mark = Replies.now() }
+    func startUnit() { mark = Replies.now() }
 
     /// Nanoseconds of work since the last reply (reported so the parent can tell work from waiting).
-    private mutating func busy() -> UInt64 {
+    private func busy() -> UInt64 {
         let t = Replies.now()
         defer { mark = t }
         return t &- mark
     }
 
-    mutating func outputs<T: Encodable>(unit: UInt64, start: Int, _ values: [T]) {
+    func outputs<T: Encodable>(unit: UInt64, start: Int, _ values: [T]) {
         guard !values.isEmpty else { return }
         let encoded: [UInt8]
         do {
@@ -274,7 +308,7 @@ struct Replies {
         writer.end(at)
     }
 
-    mutating func failure(unit: UInt64, index: Int, _ error: any Error) {
+    func failure(unit: UInt64, index: Int, _ error: any Error) {
         let wire = WireError(error, pid: pid)
         let encoded = (try? BinaryEncoder().encode(wire))
             ?? (try? BinaryEncoder().encode(WireError(MultiprocessingError(.encodingFailed, "\(error)"), pid: pid))) ?? []
@@ -286,7 +320,7 @@ struct Replies {
         writer.end(at)
     }
 
-    mutating func flush() {
+    func flush() {
         lastFlush = Replies.now()
         guard !writer.isEmpty else { return }
         let bytes = writer.take()

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A unit of work that can run in another process — what Python expresses as `target=f, args=(...)`.
 ///
 /// A job is a `Codable` value (its stored properties are the arguments) with a `run()`; its `Output`
@@ -41,8 +43,17 @@ public struct RemoteError: Error, Codable, CustomStringConvertible, Sendable {
 }
 
 enum JobIdentity {
-    /// The name a worker resolves `J` by, or an error saying why `J` cannot travel.
+    private static let known = Mutex<[ObjectIdentifier: String]>([:])
+
+    /// The name a worker resolves `J` by, or an error saying why `J` cannot travel. Checked once per type.
     static func name<J>(of type: J.Type) throws -> String {
+        if let hit = known.withLock({ $0[ObjectIdentifier(type)] }) { return hit }
+        let name = try check(type)
+        known.withLock { $0[ObjectIdentifier(type)] = name }
+        return name
+    }
+
+    private static func check<J>(_ type: J.Type) throws -> String {
         let readable = String(reflecting: type)
         guard let name = _mangledTypeName(type), !readable.contains("(unknown context at"),
               !readable.contains("(private"), !readable.contains("(fileprivate")

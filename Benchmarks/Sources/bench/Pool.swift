@@ -1,0 +1,166 @@
+import Glibc
+import Multiprocessing
+import Threading
+
+// Workloads mirror shared/bench/python/pool_tiny.py and pool_cpu.py (see their headers): 2 workers,
+// created once and warmed with a 100-item map at chunksize 1, then timed; tasks/s = N / elapsed.
+
+struct SquareTask: TaskFunction {
+    func callAsFunction(_ x: Int) -> Int { x * x }
+}
+
+struct SquareJob: Job {
+    let x: Int
+    func run() -> Int { x * x }
+}
+
+/// g(n) = sum of i*i for i < n, by a loop the optimiser cannot fold (n arrives at run time and the loop
+/// carries a dependency through an opaque call every 1024 steps).
+struct SumOfSquares: TaskFunction {
+    func callAsFunction(_ n: Int) -> Int { sumOfSquares(n) }
+}
+
+@inline(never)
+func sumOfSquares(_ n: Int) -> Int {
+    var s = 0
+    var i = 0
+    while i < n {
+        s &+= i &* i
+        i += 1
+        if i & 1023 == 0 { blackHole(s) }
+    }
+    return s
+}
+
+/// (n-1)n(2n-1)/6 in wrapping arithmetic (as the sums are taken), dividing before multiplying.
+private func expectedSum(_ n: Int) -> Int {
+    var f = [n - 1, n, 2 * n - 1]
+    if let i = f.firstIndex(where: { $0 % 2 == 0 }) { f[i] /= 2 }
+    if let i = f.firstIndex(where: { $0 % 3 == 0 }) { f[i] /= 3 }
+    return f[0] &* f[1] &* f[2]
+}
+
+private func rate(_ n: Int, reps: Int, _ body: () throws -> Void) rethrows -> [Double] {
+    var out: [Double] = []
+    for _ in 0..<reps {
+        let t0 = now()
+        try body()
+        out.append(Double(n) / (now() - t0))
+    }
+    return out
+}
+
+/// Peak resident set of this process (VmHWM), in MB.
+private func peakRSSMB() -> Double {
+    guard let f = fopen("/proc/self/status", "r") else { return -1 }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 256)
+    while fgets(&line, 256, f) != nil {
+        let s = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if s.hasPrefix("VmHWM:") {
+            let kb = s.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Double($0) } ?? -1
+            return kb / 1024
+        }
+    }
+    return -1
+}
+
+let benchPoolOptions = ProcessPoolOptions(interrupt: .ignore)
+
+func runPoolSuite(_ only: Set<String>) throws {
+    func want(_ name: String) -> Bool { only.isEmpty || only.contains(name) }
+
+    if want("pool_start") {
+        var ms: [Double] = []
+        for _ in 0..<REPS {
+            let t0 = now()
+            let p = try ProcessPool(workers: 2, options: benchPoolOptions)
+            _ = try p.map(SquareTask(), [0, 1])
+            p.close()
+            try p.join()
+            ms.append((now() - t0) * 1e3)
+        }
+        report("pool_start_swift", ms, "ms", digits: 2)
+    }
+
+    let pool = try ProcessPool(workers: 2, options: benchPoolOptions)
+    _ = try pool.map(SquareTask(), Array(0..<100), chunksize: 1)
+
+    if want("pool_map_tiny") {
+        let n = 200_000
+        let xs = Array(0..<n)
+        report("pool_map_tiny_swift", try rate(n, reps: 11) {
+            let r = try pool.map(SquareTask(), xs)
+            precondition(r.reduce(0, &+) == expectedSum(n))
+        }, "tasks/s", digits: 0)
+    }
+    if want("pool_map_c1") {
+        let n = 20_000
+        let xs = Array(0..<n)
+        report("pool_map_c1_swift", try rate(n, reps: REPS) {
+            let r = try pool.map(SquareTask(), xs, chunksize: 1)
+            precondition(r.reduce(0, &+) == expectedSum(n))
+        }, "tasks/s", digits: 0)
+    }
+    if want("pool_imap_unordered_c1") {
+        let n = 20_000
+        let xs = Array(0..<n)
+        report("pool_imap_unordered_c1_swift", try rate(n, reps: REPS) {
+            let results = try pool.imapUnordered(SquareTask(), xs, chunksize: 1, maxInFlight: n)
+            var s = 0
+            while let v = try results.next() { s &+= v }
+            precondition(s == expectedSum(n))
+        }, "tasks/s", digits: 0)
+    }
+    if want("pool_apply_async") {
+        let n = 10_000
+        report("pool_apply_async_swift", try rate(n, reps: REPS) {
+            let handles = try (0..<n).map { try pool.applyAsync(SquareJob(x: $0)) }
+            var s = 0
+            for h in handles { s &+= try h.get() }
+            precondition(s == expectedSum(n))
+        }, "tasks/s", digits: 0)
+    }
+    if want("cpu") {
+        let n = 20_000
+        let tasks = 2_000
+        let args = [Int](repeating: n, count: tasks)
+        let one = expectedSum(n)
+        let serial = rate(tasks, reps: REPS) {
+            var total = 0
+            for a in args { total &+= sumOfSquares(a) }
+            precondition(total == tasks * one)
+        }
+        _ = try pool.map(SumOfSquares(), [10, 10, 10, 10], chunksize: 1)
+        let parallel = try rate(tasks, reps: REPS) {
+            let total = try pool.map(SumOfSquares(), args).reduce(0, &+)
+            precondition(total == tasks * one)
+        }
+        if ProcessInfoLite.verbose { for w in pool.currentProgress.workers { print("INFO worker \(w)") } }
+        report("cpu_serial_swift", serial, "tasks/s")
+        report("cpu_pool2_swift", parallel, "tasks/s")
+        print("RESULT cpu_speedup_swift \(String(format: "%.3f", median(parallel) / median(serial))) x")
+    }
+    pool.terminate()
+    _ = try? pool.join(timeout: .seconds(5))
+
+    if want("imap_10m") {
+        // A lazy 10M-item imap: input generated on the fly, results consumed as they come.
+        let p = try ProcessPool(workers: 2, options: benchPoolOptions)
+        let n = 10_000_000
+        let t0 = now()
+        let results = try p.imap(SquareTask(), (0..<n).lazy.map { $0 })
+        var s = 0
+        var count = 0
+        while let v = try results.next() { s &+= v; count += 1 }
+        let dt = now() - t0
+        precondition(count == n && s == expectedSum(n))
+        print("RESULT imap_10m_swift \(String(format: "%.0f", Double(n) / dt)) tasks/s")
+        print("RESULT imap_10m_peak_rss_swift \(String(format: "%.1f", peakRSSMB())) MB")
+        p.terminate()
+    }
+}
+
+enum ProcessInfoLite {
+    static let verbose = getenv("BENCH_VERBOSE") != nil
+}

@@ -5,7 +5,7 @@ import Threading
 // Workloads mirror shared/bench/python/pool_tiny.py and pool_cpu.py (see their headers): 2 workers,
 // created once and warmed with a 100-item map at chunksize 1, then timed; tasks/s = N / elapsed.
 
-struct SquareTask: TaskFunction {
+struct SquareTask: SyncTaskFunction {
     func callAsFunction(_ x: Int) -> Int { x * x }
 }
 
@@ -16,7 +16,7 @@ struct SquareJob: Job {
 
 /// g(n) = sum of i*i for i < n, by a loop the optimiser cannot fold (n arrives at run time and the loop
 /// carries a dependency through an opaque call every 1024 steps).
-struct SumOfSquares: TaskFunction {
+struct SumOfSquares: SyncTaskFunction {
     func callAsFunction(_ n: Int) -> Int { sumOfSquares(n) }
 }
 

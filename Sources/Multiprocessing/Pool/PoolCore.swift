@@ -644,9 +644,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     /// the pool is finished.
     private func superviseOnce() -> Bool {
         let now = ContinuousClock.now
-        var nowNanos = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &nowNanos)
-        let monoNow = UInt64(nowNanos.tv_sec) * 1_000_000_000 + UInt64(nowNanos.tv_nsec)
+        let monoNow = Replies.now()  // the clock workers stamp item starts with
         var next: ContinuousClock.Instant? = nil
         func wakeAt(_ t: ContinuousClock.Instant) { if next == nil || t < next! { next = t } }
         var toSpawn = 0

@@ -16,6 +16,86 @@ public protocol TaskFunction: Codable, Sendable {
     func callAsFunction(_ input: Input) async throws -> Output
 }
 
+/// A ``TaskFunction`` whose body is synchronous — the fast path for small items.
+///
+/// Declare this conformance when `callAsFunction` does not `await`: the worker then calls it directly
+/// in a loop compiled for your type (no Swift task and no executor checks per item), which matters when
+/// each item takes nanoseconds. Cancellation cannot reach synchronous code, so a soft timeout or a
+/// cancel request stops such an item by stopping its worker after the grace period.
+///
+/// ```swift
+/// struct Square: SyncTaskFunction {
+///     func callAsFunction(_ x: Int) -> Int { x * x }
+/// }
+/// ```
+public protocol SyncTaskFunction: TaskFunction {
+    func callAsFunction(_ input: Input) throws -> Output
+    /// Runs items `from...` of a chunk in the worker. Implemented by the library (the default below, which
+    /// the compiler specialises for each conforming type); do not implement it.
+    func _runChunk(_ inputs: [Input], from: Int, _ context: ChunkContext)
+}
+
+extension SyncTaskFunction {
+    @inlinable
+    public func _runChunk(_ inputs: [Input], from: Int, _ context: ChunkContext) {
+        var done: [Output] = []
+        done.reserveCapacity(inputs.count - from)
+        var first = from
+        var i = from
+        while i < inputs.count {
+            guard context.itemStarting(i) else { break }
+            do {
+                done.append(try self(inputs[i]))
+            } catch {
+                context.send(done, start: first)
+                done.removeAll(keepingCapacity: true)
+                first = i + 1
+                context.fail(i, error)
+            }
+            i += 1
+            if context.flushDue {
+                context.send(done, start: first)
+                done.removeAll(keepingCapacity: true)
+                first = i
+                context.flush()
+            }
+        }
+        context.send(done, start: first)
+        context.finished(at: i)
+    }
+}
+
+/// The worker's side of a chunk, for ``SyncTaskFunction/_runChunk(_:from:_:)``.
+public final class ChunkContext: @unchecked Sendable {  // used by the worker's main thread only
+    let unit: UInt64
+    let out: Replies
+    let slot: SharedSlot
+    var next = 0
+    private var now: UInt64 = 0
+
+    init(unit: UInt64, out: Replies, slot: SharedSlot) {
+        self.unit = unit
+        self.out = out
+        self.slot = slot
+    }
+
+    /// Records that item `i` starts (for crash attribution and timeouts); `false` if the unit was cancelled.
+    public func itemStarting(_ i: Int) -> Bool {
+        now = Replies.now()
+        slot.setItemStart(now)
+        slot.setIndex(UInt64(i))
+        return slot.cancelRequest != unit
+    }
+
+    /// Whether finished results should be sent now (2 ms since the last write).
+    public var flushDue: Bool { out.dueForPartialFlush(now: now) }
+
+    public func send<T: Encodable>(_ values: [T], start: Int) { out.outputs(unit: unit, start: start, values) }
+    public func fail(_ index: Int, _ error: any Error) { out.failure(unit: unit, index: index, error) }
+    public func flush() { out.flush() }
+    public func finished(at i: Int) { next = i }
+}
+
 /// A function of two arguments, for ``ProcessPool/starmap(_:_:chunksize:options:)`` — Python's
 /// `Pool.starmap(f, [(a, b), ...])`.
 public protocol TaskFunction2: Codable, Sendable {

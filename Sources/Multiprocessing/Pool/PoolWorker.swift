@@ -99,6 +99,7 @@ enum PoolWorker {
                 return failing(MultiprocessingError(.unknownJob, "no TaskFunction type named \(name) in this executable"))
             }
             do {
+                if let sync = type as? any SyncTaskFunction.Type { return try syncRunner(sync, payload) }
                 return try functionRunner(fn, payload)
             } catch {
                 return failing(error)
@@ -110,6 +111,27 @@ enum PoolWorker {
 
     private static func jobRunner<J: Job>(_: J.Type) -> Runner {
         chunkRunner(JobFunction<J>())
+    }
+
+    private static func syncRunner<F: SyncTaskFunction>(_: F.Type, _ payload: UnsafeRawBufferPointer) throws -> Runner {
+        let f = try BinaryDecoder().decode(F.self, from: payload)
+        return { unit, count, payload, out in
+            let inputs: [F.Input]
+            do {
+                inputs = try BinaryDecoder().decode([F.Input].self, from: payload)
+                guard inputs.count == count else {
+                    throw MultiprocessingError(.malformedMessage, "chunk of \(inputs.count) items announced as \(count)")
+                }
+            } catch {
+                for i in 0..<count { out.failure(unit: unit, index: i, MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)")) }
+                return
+            }
+            let context = ChunkContext(unit: unit, out: out, slot: slot)
+            f._runChunk(inputs, from: 0, context)
+            if context.next < count {  // cancelled
+                for j in context.next..<count { out.failure(unit: unit, index: j, CancellationError()) }
+            }
+        }
     }
 
     private static func functionRunner<F: TaskFunction>(_: F.Type, _ payload: UnsafeRawBufferPointer) throws -> Runner {
@@ -262,9 +284,11 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
         mark = lastFlush
     }
 
+    /// CLOCK_MONOTONIC_COARSE nanoseconds: a few ns to read, a few ms of resolution — enough for item
+    /// start times (timeouts) and flush pacing; the supervisor reads the same clock.
     static func now() -> UInt64 {
         var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 

@@ -314,11 +314,21 @@ struct Feeder<F: TaskFunction>: Sendable {
             if fixed == nil && known == nil { size = chunkSize() }
         }
         do {
-            for x in inputs {
-                if call.isCancelled { break }
-                chunk.append(x)
-                index += 1
-                if chunk.count >= size { try emit() }
+            if let array = inputs as? [F.Input] {
+                // Whole slices, no per-item work.
+                while index < array.count && !call.isCancelled {
+                    let end = Swift.min(array.count, index + size)
+                    chunk = Array(array[index..<end])
+                    index = end
+                    try emit()
+                }
+            } else {
+                for x in inputs {
+                    if call.isCancelled { break }
+                    chunk.append(x)
+                    index += 1
+                    if chunk.count >= size { try emit() }
+                }
             }
             try emit()
             if !batch.isEmpty { try core.submit(batch) }

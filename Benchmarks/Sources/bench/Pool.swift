@@ -50,14 +50,18 @@ private func rate(_ n: Int, reps: Int, _ body: () throws -> Void) rethrows -> [D
     return out
 }
 
+private func currentRSSMB() -> Double { statusField("VmRSS:") }
+
 /// Peak resident set of this process (VmHWM), in MB.
-private func peakRSSMB() -> Double {
+private func peakRSSMB() -> Double { statusField("VmHWM:") }
+
+private func statusField(_ field: String) -> Double {
     guard let f = fopen("/proc/self/status", "r") else { return -1 }
     defer { fclose(f) }
     var line = [CChar](repeating: 0, count: 256)
     while fgets(&line, 256, f) != nil {
         let s = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        if s.hasPrefix("VmHWM:") {
+        if s.hasPrefix(field) {
             let kb = s.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Double($0) } ?? -1
             return kb / 1024
         }
@@ -146,13 +150,22 @@ func runPoolSuite(_ only: Set<String>) throws {
 
     if want("imap_10m") {
         // A lazy 10M-item imap: input generated on the fly, results consumed as they come.
+        if ProcessInfoLite.verbose { print("INFO rss before the pool: \(currentRSSMB()) MB") }
         let p = try ProcessPool(workers: 2, options: benchPoolOptions)
+        if ProcessInfoLite.verbose { print("INFO rss with the pool: \(currentRSSMB()) MB") }
         let n = 10_000_000
         let t0 = now()
-        let results = try p.imap(SquareTask(), (0..<n).lazy.map { $0 })
+        let mif = getenv("BENCH_MIF").map { Int(String(cString: $0))! }
+        // `0..<n` is lazy and Sendable (`(0..<n).lazy.map { ... }` would not be Sendable, and the type
+        // checker would then pick the eager `map`, building a 10M-element array).
+        let results = try p.imap(SquareTask(), 0..<n, maxInFlight: mif)
         var s = 0
         var count = 0
-        while let v = try results.next() { s &+= v; count += 1 }
+        while let v = try results.next() {
+            s &+= v
+            count += 1
+            if ProcessInfoLite.verbose && count % 1_000_000 == 0 { print("INFO rss after \(count): \(currentRSSMB()) MB") }
+        }
         let dt = now() - t0
         precondition(count == n && s == expectedSum(n))
         print("RESULT imap_10m_swift \(String(format: "%.0f", Double(n) / dt)) tasks/s")

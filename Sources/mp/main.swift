@@ -39,6 +39,28 @@ case "bootstrap-check":
         print("error: \(error)")
         exit(1)
     }
+case "pool-interrupt-check":
+    // For the Ctrl-C test: a pool with the default interrupt handling, busy with long tasks; prints its
+    // workers' pids, then waits. The test sends SIGINT (once or twice) and checks that nothing survives.
+    // As in a terminal: a test runner may start us with SIGINT ignored or blocked.
+    signal(SIGINT, SIG_DFL)
+    var unblock = sigset_t()
+    sigemptyset(&unblock)
+    sigaddset(&unblock, SIGINT)
+    pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+    do {
+        let pool = try ProcessPool(workers: 2)
+        let tasks = try (0..<4).map { _ in try pool.submit(SleepSeconds(seconds: 60)) }
+        while pool.workerPIDs.count < 2 { usleep(1000) }
+        print("pids: \(pool.workerPIDs.map(String.init).joined(separator: " "))")
+        fflush(nil)
+        _ = try? tasks[0].get(timeout: .seconds(60))
+        print("not interrupted")
+        exit(3)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 case "list":
     for e in SeedExamples.all { print("\(e.name + String(repeating: " ", count: max(1, 15 - e.name.count))) \(e.summary)") }
 case "demo":

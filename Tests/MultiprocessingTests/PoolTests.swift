@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Testing
 import Threading
@@ -345,4 +346,49 @@ struct ProcessPoolTests {
         #expect(try t.get(timeout: .seconds(10)) == 100)  // queued work still finishes
         #expect(try pool.join(timeout: .seconds(10)))
     }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(1)))
+struct PoolInterruptTests {
+    /// Runs `mp pool-interrupt-check`, sends it `signals` SIGINTs, and checks that it died of SIGINT
+    /// and that none of its workers survives (they are re-parented here, so reap them here if needed).
+    func interrupt(times signals: Int) throws {
+        let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp")
+        guard FileManager.default.isExecutableFile(atPath: exe.path) else {
+            Issue.record("mp is not built at \(exe.path); run swift build first")
+            return
+        }
+        try Processes.adoptOrphans()
+        let p = Foundation.Process()
+        p.executableURL = exe
+        p.arguments = ["pool-interrupt-check"]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        var text = ""
+        let deadline = Date().addingTimeInterval(30)
+        while !text.contains("\n") && Date() < deadline {
+            text += String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        let pids = text.split(separator: "\n").first?.split(separator: " ").dropFirst().compactMap { Int32($0) } ?? []
+        #expect(pids.count == 2, "\(text)")
+        let start = Date()
+        for _ in 0..<signals { kill(p.processIdentifier, SIGINT) }
+        let watchdog = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 15, execute: watchdog)
+        p.waitUntilExit()
+        watchdog.cancel()
+        #expect(Date().timeIntervalSince(start) < 5)
+        #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGINT)
+        for pid in pids {
+            let gone = Date().addingTimeInterval(5)
+            while kill(pid, 0) == 0 && Date() < gone {
+                Processes.reapAdoptedOrphan(pid, timeout: .milliseconds(50))
+            }
+            #expect(kill(pid, 0) != 0, "worker \(pid) survived")
+        }
+    }
+
+    @Test func ctrlCTearsDownThenEnds() throws { try interrupt(times: 1) }
+    @Test func secondCtrlCKillsAtOnce() throws { try interrupt(times: 2) }
 }

@@ -42,9 +42,14 @@ enum Interrupts {
             // Not on the reactor thread: tearing down waits for exits that the reactor reports.
             let t = OSThread(name: "mp-interrupt", daemon: true) {
                 let (pools, exitAfter) = state.withLock { s in (s.pools.compactMap(\.core), s.exitAfter) }
-                for p in pools { p.killWorkersForInterrupt() }
-                for p in pools { _ = try? p.join(timeout: .seconds(3)) }
-                if exitAfter { _ = mp_raise_default(SIGINT) }
+                if exitAfter {
+                    // The program ends: stop and reap every worker, then die of SIGINT as it would have.
+                    for p in pools { p.stopWorkersNow() }
+                    _ = mp_raise_default(SIGINT)
+                } else {
+                    for p in pools { p.terminate(PoolError(.interrupted, "interrupted by SIGINT")) }
+                    for p in pools { _ = try? p.join(timeout: .seconds(3)) }
+                }
             }
             try? t.start()
             return false

@@ -874,7 +874,26 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     var workerPIDs: [Int32] { lock.withLock { slots.filter { !$0.exited }.map(\.pid) } }
 
-    func killWorkersForInterrupt() { terminate(PoolError(.interrupted, "interrupted by SIGINT")) }
+    /// Kills every worker and reaps it, without settling any work (the program is about to end).
+    func stopWorkersNow() {
+        let handles = lock.withLock { () -> [ProcessHandle] in
+            phase = .terminated
+            // Nothing is settled: callers stay blocked until the program ends, rather than waking to
+            // a failure and carrying on in the moment before it does.
+            pending = []
+            delayed = []
+            for slot in slots {
+                slot.inflight = []
+                slot.stop = .terminate(PoolError(.interrupted, "interrupted by SIGINT"))
+            }
+            return slots.map(\.handle)
+        }
+        for h in handles { h.terminate() }
+        for h in handles where (try? h.join(timeout: .milliseconds(300))) != true {
+            h.kill()
+            _ = try? h.join(timeout: .seconds(2))
+        }
+    }
 }
 
 extension SharedSlot {

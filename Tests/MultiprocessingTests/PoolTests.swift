@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 import Threading
 @testable import Multiprocessing
@@ -391,4 +392,66 @@ struct PoolInterruptTests {
 
     @Test func ctrlCTearsDownThenEnds() throws { try interrupt(times: 1) }
     @Test func secondCtrlCKillsAtOnce() throws { try interrupt(times: 2) }
+}
+
+/// The same code against both pools.
+func exercise(_ pool: some TaskPool) async throws {
+    let xs = Array(0..<500)
+    try exerciseBlocking(pool)
+    #expect(try await pool.map(SquareFn(), xs, chunksize: 3, options: .default) == xs.map { $0 * $0 })
+    #expect(try await pool.run(AsyncEcho(text: "x"), options: .default).hasPrefix("x from"))
+    var seen: [Int] = []
+    for try await v in try pool.imapUnordered(SquareFn(), 0..<100, chunksize: 1, maxInFlight: nil, options: .default) { seen.append(v) }
+    #expect(seen.sorted() == (0..<100).map { $0 * $0 })
+    pool.close()
+    #expect(try pool.join(timeout: .seconds(30)))
+}
+
+func exerciseBlocking(_ pool: some TaskPool) throws {
+    let xs = Array(0..<500)
+    #expect(try pool.map(SquareFn(), xs, chunksize: nil, options: .default) == xs.map { $0 * $0 })
+    #expect(try pool.starmap(AddFn(), [(1, 2), (3, 4)], chunksize: nil, options: .default) == [3, 7])
+    let lazy = try pool.imap(SquareFn(), 0..<300, chunksize: nil, maxInFlight: 16, options: .default)
+    #expect(try lazy.collect() == (0..<300).map { $0 * $0 })
+    #expect(try pool.apply(Square(x: 6), timeout: .seconds(30), options: .default) == 36)
+    let got = Mutex<[Int]>([])
+    let handles = try (0..<10).map { x in
+        try pool.applyAsync(Square(x: x), options: .default, callback: { v in got.withLock { $0.append(v) } }, errorCallback: nil)
+    }
+    for h in handles { #expect(h.wait(timeout: .seconds(30))) }
+    let results = try pool.mapResults(SevensThrow(), Array(0..<15), chunksize: 4, options: .default)
+    #expect(results.filter { (try? $0.get()) == nil }.count == 3)
+    let soft = try pool.submit(CooperativeSleep(), 30_000, options: TaskOptions(softTimeout: .milliseconds(100)))
+    #expect { try soft.get(timeout: .seconds(10)) } throws: { e in (e as? PoolError)?.code == .timedOut }
+    let marker = tempPath("throw-once-\(pool.workerCount)")
+    defer { unlink(marker) }
+    #expect(try pool.submit(ThrowOnce(marker: marker), 9, options: TaskOptions(retry: RetryPolicy(attempts: 2, on: [.error]))).get(timeout: .seconds(30)) == 9)
+    let running = try pool.submit(CooperativeSleep(), 30_000, options: .default)
+    usleep(100_000)
+    running.cancel()
+    #expect(throws: CancellationError.self) { try running.get(timeout: .seconds(5)) }
+    #expect(pool.currentProgress.done >= 500)
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct SamePoolAPITests {
+    @Test func onProcesses() async throws { try await exercise(try ProcessPool(workers: 2, options: testPoolOptions())) }
+    @Test func onThreads() async throws { try await exercise(InProcessPool(workers: 3)) }
+
+    @Test func threadPoolHardTimeoutFailsAtTheDeadline() throws {
+        let pool = InProcessPool(workers: 1)
+        let start = ContinuousClock.now
+        let t = try pool.submit(BlockingSleep(), 1_000, options: TaskOptions(timeout: .milliseconds(100)))
+        #expect { try t.get(timeout: .seconds(10)) } throws: { e in (e as? PoolError)?.code == .timedOut }
+        #expect(ContinuousClock.now - start < .milliseconds(900))
+    }
+
+    @Test func threadPoolInitializerRunsPerThread() throws {
+        let count = Mutex(0)
+        let pool = InProcessPool(workers: 2, initializer: { count.withLock { $0 += 1 } })
+        _ = try pool.map(SquareFn(), Array(0..<100), chunksize: 1)
+        pool.close()
+        _ = try pool.join(timeout: .seconds(10))
+        #expect(count.withLock { $0 } >= 1 && count.withLock { $0 } <= 2)
+    }
 }

@@ -330,3 +330,36 @@ public struct WorkerInsight: Sendable {
     /// Tasks (chunks) it has finished.
     public var tasks: Int
 }
+
+/// What ``ProcessPool`` and ``InProcessPool`` share: code written against `some TaskPool` runs on worker
+/// processes or on threads unchanged.
+public protocol TaskPool: Sendable {
+    var workerCount: Int { get }
+    func submit<J: Job>(_ job: J, options: TaskOptions) throws -> PoolTask<J.Output>
+    func submit<F: TaskFunction>(_ f: F, _ input: F.Input, options: TaskOptions) throws -> PoolTask<F.Output>
+    func apply<J: Job>(_ job: J, timeout: Duration?, options: TaskOptions) throws -> J.Output
+    func run<J: Job>(_ job: J, options: TaskOptions) async throws -> J.Output
+    func applyAsync<J: Job>(
+        _ job: J, options: TaskOptions, callback: (@Sendable (J.Output) -> Void)?, errorCallback: (@Sendable (any Error) -> Void)?
+    ) throws -> PoolTask<J.Output>
+    func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions) throws -> [F.Output]
+    func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions) async throws -> [F.Output]
+    func mapResults<F: TaskFunction>(
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions
+    ) throws -> [Result<F.Output, any Error>]
+    func starmap<F: TaskFunction2>(_ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int?, options: TaskOptions) throws -> [F.Output]
+    func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+        _ f: F, _ inputs: S, chunksize: Int?, maxInFlight: Int?, options: TaskOptions
+    ) throws -> PoolResults<F.Output>
+    func imapUnordered<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+        _ f: F, _ inputs: S, chunksize: Int?, maxInFlight: Int?, options: TaskOptions
+    ) throws -> PoolResults<F.Output>
+    func close()
+    func terminate()
+    func join(timeout: Duration?) throws -> Bool
+    var currentProgress: PoolProgress { get }
+    func progress(every interval: Duration) -> AsyncStream<PoolProgress>
+}
+
+extension ProcessPool: TaskPool {}
+extension InProcessPool: TaskPool {}

@@ -1,0 +1,325 @@
+import Glibc
+import Synchronization
+import Threading
+
+/// The ``ProcessPool`` API on threads of this process — Python's `multiprocessing.pool.ThreadPool`
+/// (`multiprocessing.dummy.Pool`), for work that needs no isolation: I/O-bound jobs, code that is
+/// thread-safe, values that are expensive to encode.
+///
+/// The same jobs and functions, the same ``PoolTask`` and ``PoolResults``, so code can switch between
+/// the two. Work runs on the Threading module's ``ThreadPool`` executor; nothing is encoded. What a
+/// thread cannot offer: a crash ends the whole program, and a thread cannot be killed, so a hard
+/// ``TaskOptions/timeout`` fails the task at its deadline while its thread runs on to the end of the item,
+/// and cancellation is cooperative only (`async` jobs and functions see their Swift task cancelled).
+public final class InProcessPool: Sendable {
+    private let executor: ThreadPool
+    /// How many threads the pool runs at most.
+    public let workerCount: Int
+    private let stats = Mutex(Stats())
+
+    private struct Stats {
+        var done = 0
+        var failed = 0
+        var total = 0
+        var first: ContinuousClock.Instant?
+    }
+
+    /// - Parameters:
+    ///   - workers: default: the CPUs this process may use.
+    ///   - initializer: run once by each thread before its first task (Python's `initializer`).
+    public init(workers: Int? = nil, initializer: (@Sendable () throws -> Void)? = nil) {
+        workerCount = max(1, workers ?? Processes.cpuCount)
+        executor = ThreadPool(maxWorkers: workerCount, threadNamePrefix: "InProcessPool", initializer: initializer)
+    }
+
+    /// Runs `initializer` (a ``Job``) once in each thread before its first task.
+    public convenience init<I: Job>(workers: Int? = nil, initializer: I) {
+        self.init(workers: workers, initializer: { _ = try WorkerRuntime.runBlocking { try await initializer.run() } })
+    }
+
+    // MARK: - single tasks
+
+    public func submit<J: Job>(_ job: J, options: TaskOptions = .default) throws -> PoolTask<J.Output> {
+        try single(options) { try await job.run() }
+    }
+
+    public func submit<F: TaskFunction>(_ f: F, _ input: F.Input, options: TaskOptions = .default) throws -> PoolTask<F.Output> {
+        try single(options) { try await f(input) }
+    }
+
+    public func apply<J: Job>(_ job: J, timeout: Duration? = nil, options: TaskOptions = .default) throws -> J.Output {
+        try submit(job, options: options).get(timeout: timeout)
+    }
+
+    public func run<J: Job>(_ job: J, options: TaskOptions = .default) async throws -> J.Output {
+        try await submit(job, options: options).value
+    }
+
+    @discardableResult
+    public func applyAsync<J: Job>(
+        _ job: J, options: TaskOptions = .default,
+        callback: (@Sendable (J.Output) -> Void)? = nil, errorCallback: (@Sendable (any Error) -> Void)? = nil
+    ) throws -> PoolTask<J.Output> {
+        let task = try submit(job, options: options)
+        if callback != nil || errorCallback != nil {
+            task.call.future.addDoneCallback { f in
+                switch Result(catching: { try f.result(timeout: .zero) }) {
+                case .success(let v): callback?(v)
+                case .failure(let e): errorCallback?(e)
+                }
+            }
+        }
+        return task
+    }
+
+    private func single<T: Codable & Sendable>(_ options: TaskOptions, _ body: @escaping @Sendable () async throws -> T) throws -> PoolTask<T> {
+        let call = SingleCall<T>(options: options)
+        let running = RunningTask()
+        count(total: 1)
+        try submitWork {
+            guard !call.isCancelled else { return }
+            let r = self.attempt(options, running: running) { try await body() }
+            self.count(done: 1, failed: r.isFailure ? 1 : 0)
+            call.future.complete(r)
+        }
+        armTimeout(options) { call.future.complete(.failure(PoolError(.timedOut, "the task ran past its timeout of \(options.timeout!)"))) }
+        return PoolTask(call: call) {
+            guard call.markCancelled() else { return }
+            running.cancel()
+            call.future.complete(.failure(CancellationError()))
+        }
+    }
+
+    // MARK: - many items
+
+    public func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default) throws -> [F.Output] {
+        try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options).collect()
+    }
+
+    public func mapResults<F: TaskFunction>(
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
+    ) throws -> [Result<F.Output, any Error>] {
+        let results = try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
+        var out: [Result<F.Output, any Error>] = []
+        while true {
+            do {
+                guard let v = try results.next() else { break }
+                out.append(.success(v))
+            } catch {
+                out.append(.failure(error))
+            }
+        }
+        return out
+    }
+
+    public func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default) async throws -> [F.Output] {
+        var out: [F.Output] = []
+        for try await v in try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options) { out.append(v) }
+        return out
+    }
+
+    public func starmap<F: TaskFunction2>(
+        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default
+    ) throws -> [F.Output] {
+        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options)
+    }
+
+    public func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+        _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
+    ) throws -> PoolResults<F.Output> {
+        try stream(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: true, options: options)
+    }
+
+    public func imapUnordered<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+        _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
+    ) throws -> PoolResults<F.Output> {
+        try stream(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: false, options: options)
+    }
+
+    private func stream<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+        _ f: F, _ inputs: S, chunksize: Int?, maxInFlight: Int?, ordered: Bool, options: TaskOptions
+    ) throws -> PoolResults<F.Output> {
+        let call = StreamCall<F.Output>(options: options)
+        let credit = maxInFlight.map { Credit(max(1, $0)) }
+        let results = PoolResults(call: call, credit: credit, ordered: ordered) { _ = call.markCancelled(); credit?.cancel() }
+        let known = inputs.underestimatedCount
+        let size = chunksize.map { max(1, $0) }
+            ?? Swift.max(1, Swift.min(maxInFlight.map { $0 / (2 * workerCount) } ?? Int.max, (known + 4 * workerCount - 1) / (4 * workerCount)))
+        let feed: @Sendable () throws -> Void = { [self] in
+            var chunk: [F.Input] = []
+            var index = 0
+            func emit() throws {
+                guard !chunk.isEmpty else { return }
+                let items = chunk
+                let base = index - items.count
+                chunk = []
+                if let credit, !credit.acquire(items.count) { throw CancellationError() }
+                count(total: items.count)
+                try submitWork {
+                    self.runChunk(f, items, base: base, call: call, options: options)
+                }
+            }
+            do {
+                for x in inputs {
+                    if call.isCancelled { break }
+                    chunk.append(x)
+                    index += 1
+                    if chunk.count >= size { try emit() }
+                }
+                try emit()
+            } catch is CancellationError {}
+            try? call.deliveries.put(.end(total: index))
+        }
+        if maxInFlight == nil {
+            try feed()
+        } else {
+            let t = OSThread(name: "InProcessPool-feeder", daemon: true) {
+                do { try feed() } catch {
+                    call.fail(index: -1, error)
+                    try? call.deliveries.put(.end(total: 0))
+                }
+            }
+            try t.start()
+        }
+        return results
+    }
+
+    private func runChunk<F: TaskFunction>(_ f: F, _ items: [F.Input], base: Int, call: StreamCall<F.Output>, options: TaskOptions) {
+        let running = RunningTask()
+        var done: [F.Output] = []
+        var first = base
+        for (k, x) in items.enumerated() {
+            if call.isCancelled {
+                for j in k..<items.count { call.fail(index: base + j, CancellationError()) }
+                break
+            }
+            let r: Result<F.Output, any Error>
+            if let sync = f as? any SyncTaskFunction {
+                r = callSync(sync, x, F.Output.self)
+            } else {
+                r = attempt(options, running: running) { try await f(x) }
+            }
+            switch r {
+            case .success(let y):
+                done.append(y)
+                count(done: 1)
+            case .failure(let e):
+                if !done.isEmpty { try? call.deliveries.put(.items(start: first, done)) }
+                done = []
+                first = base + k + 1
+                count(done: 1, failed: 1)
+                call.fail(index: base + k, e)
+            }
+        }
+        if !done.isEmpty { try? call.deliveries.put(.items(start: first, done)) }
+    }
+
+    /// A synchronous function, called directly (opened from the existential).
+    private func callSync<G: SyncTaskFunction, Output>(_ g: G, _ x: Any, _: Output.Type) -> Result<Output, any Error> {
+        Result { try g(x as! G.Input) as! Output }
+    }
+
+    /// Runs `body` with the options' soft timeout and retries for thrown errors; blocks this pool thread.
+    private func attempt<T: Sendable>(_ options: TaskOptions, running: RunningTask,
+                                      _ body: @escaping @Sendable () async throws -> T) -> Result<T, any Error> {
+        var n = 1
+        while true {
+            let future = Future<T>()
+            let task = Task {
+                do { future.complete(.success(try await body())) } catch { future.complete(.failure(error)) }
+            }
+            running.set(task)
+            var r: Result<T, any Error>
+            if let soft = options.softTimeout {
+                do {
+                    r = .success(try future.result(timeout: soft))
+                } catch let e as ThreadingError where e.code == .timedOut {
+                    task.cancel()
+                    r = Result { try future.result() }
+                    if case .failure(let e) = r, e is CancellationError {
+                        r = .failure(PoolError(.timedOut, "the task passed its soft timeout of \(soft) and was cancelled"))
+                    }
+                } catch {
+                    r = .failure(error)
+                }
+            } else {
+                r = Result { try future.result() }
+            }
+            running.set(nil)
+            guard case .failure(let e) = r, !(e is CancellationError) else { return r }
+            let cause: RetryPolicy.Cause = (e as? PoolError)?.code == .timedOut ? .timeout : .error
+            guard options.retry.causes.contains(cause), n < options.retry.attempts else { return r }
+            n += 1
+            usleep(useconds_t(max(0, options.retry.delay(beforeAttempt: n).components.seconds * 1_000_000
+                + options.retry.delay(beforeAttempt: n).components.attoseconds / 1_000_000_000_000)))
+        }
+    }
+
+    private func armTimeout(_ options: TaskOptions, _ expire: @escaping @Sendable () -> Void) {
+        guard let t = options.timeout else { return }
+        let timer = ThreadTimer(after: t) { expire() }
+        try? timer.start()
+    }
+
+    private func submitWork(_ body: @escaping @Sendable () -> Void) throws {
+        do {
+            _ = try executor.submit(body)
+        } catch {
+            throw PoolError(.closed, "the pool is closed")
+        }
+    }
+
+    private func count(total: Int = 0, done: Int = 0, failed: Int = 0) {
+        stats.withLock { s in
+            if s.first == nil { s.first = .now }
+            s.total += total
+            s.done += done
+            s.failed += failed
+        }
+    }
+
+    // MARK: - lifecycle
+
+    /// No more submissions; queued work still runs — Python's `Pool.close()`.
+    public func close() { executor.close() }
+    /// Drops queued work (it fails with `CancellationError`); running items run to their end.
+    public func terminate() { executor.terminate() }
+    /// Waits for the threads to finish after `close` or `terminate`.
+    @discardableResult
+    public func join(timeout: Duration? = nil) throws -> Bool { executor.join(timeout: timeout) }
+
+    /// Progress now (no per-worker insights: threads have no start-up to speak of).
+    public var currentProgress: PoolProgress {
+        stats.withLock { s in
+            let elapsed = s.first.map { ContinuousClock.now - $0 } ?? .zero
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+            let rate = seconds > 0 ? Double(s.done) / seconds : 0
+            return PoolProgress(done: s.done, failed: s.failed, total: s.total, rate: rate,
+                                eta: rate > 0 ? .seconds(Double(s.total - s.done) / rate) : nil, workers: [])
+        }
+    }
+
+    public func progress(every interval: Duration = .milliseconds(100)) -> AsyncStream<PoolProgress> {
+        AsyncStream { continuation in
+            let task = Task { [self] in
+                while !Task.isCancelled {
+                    continuation.yield(currentProgress)
+                    try? await Task.sleep(for: interval)
+                }
+                continuation.finish()
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+}
+
+extension Result {
+    var isFailure: Bool { if case .failure = self { true } else { false } }
+}
+
+/// The Swift task running an item, for cancellation from another thread.
+final class RunningTask: Sendable {
+    private let task = Mutex<Task<Void, Never>?>(nil)
+    func set(_ t: Task<Void, Never>?) { task.withLock { $0 = t } }
+    func cancel() { task.withLock { $0?.cancel() } }
+}

@@ -282,9 +282,13 @@ struct ListenerTests {
             let c = try await l.accept()
             try c.send(try c.recv(Int.self, timeout: .seconds(10)) + 1)
         }
-        let c = try connect(to: .unix(path: path), authkey: key)
-        try c.send(41)
-        #expect(try c.recv(Int.self, timeout: .seconds(10)) == 42)
+        // The client blocks: on its own thread, never on one of the (two) cooperative threads the server needs.
+        let answer = background { () throws -> Int in
+            let c = try connect(to: .unix(path: path), authkey: key)
+            try c.send(41)
+            return try c.recv(Int.self, timeout: .seconds(10))
+        }
+        #expect(try await answer.value == 42)
         try await server.value
         l.close()
         #expect(access(path, F_OK) != 0)  // the socket file is removed

@@ -19,6 +19,8 @@ class CallCore: @unchecked Sendable {  // subclasses keep their own state thread
     /// - Returns: the error if the payload cannot be decoded (the items then failed).
     func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {}
     func fail(index: Int, _ error: any Error) {}
+    /// Hands buffered deliveries to the consumer (once per batch of replies read).
+    func flushDeliveries() {}
 }
 
 /// What a multi-item call's consumer receives, in arrival order.
@@ -27,11 +29,23 @@ enum Delivery<Output: Sendable>: Sendable {
     case failed(index: Int, any Error)
     /// The input is exhausted: `total` items in all.
     case end(total: Int)
+    /// Several of the above, in order (one wake-up of the consumer for a batch of replies).
+    case batch([Delivery<Output>])
 }
 
 /// A call whose results stream to a consumer (map, imap, imapUnordered).
 final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendable {
     let deliveries = BlockingQueue<Delivery<Output>>()
+    private let bufferLock = Lock()
+    private var buffer: [Delivery<Output>] = []
+
+    override func flushDeliveries() {
+        let batch = bufferLock.withLock { () -> [Delivery<Output>] in
+            defer { buffer = [] }
+            return buffer
+        }
+        if batch.count == 1 { try? deliveries.put(batch[0]) } else if !batch.isEmpty { try? deliveries.put(.batch(batch)) }
+    }
 
     override func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {
         do {
@@ -39,7 +53,7 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
             guard values.count == count else {
                 throw MultiprocessingError(.malformedMessage, "\(values.count) results announced as \(count)")
             }
-            try? deliveries.put(.items(start: start, values))
+            bufferLock.withLock { buffer.append(.items(start: start, values)) }
         } catch {
             let e = MultiprocessingError(.decodingFailed, "cannot decode the results: \(error)")
             for i in start..<(start + count) { try? deliveries.put(.failed(index: i, e)) }
@@ -81,8 +95,20 @@ final class Credit: @unchecked Sendable {  // state behind `condition`'s lock
     private var cancelled = false
 
     init(_ limit: Int) {
+        self.limit = limit
         available = limit
         condition = Condition(lock)
+    }
+
+    let limit: Int
+
+    /// Takes `n` permits if they are available now.
+    func tryAcquire(_ n: Int) -> Bool {
+        lock.withLock {
+            guard !cancelled, available >= n else { return false }
+            available -= n
+            return true
+        }
     }
 
     /// Takes `n` permits, waiting for them; `false` if cancelled.

@@ -140,7 +140,7 @@ public final class InProcessPool: Sendable {
         _ f: F, _ inputs: S, chunksize: Int?, maxInFlight: Int?, ordered: Bool, options: TaskOptions
     ) throws -> PoolResults<F.Output> {
         let call = StreamCall<F.Output>(options: options)
-        let credit = maxInFlight.map { Credit(max(1, $0)) }
+        let credit = maxInFlight.map { Credit(Swift.max($0, 2 * (chunksize ?? 1), 1)) }
         let results = PoolResults(call: call, credit: credit, ordered: ordered) { _ = call.markCancelled(); credit?.cancel() }
         let known = inputs.underestimatedCount
         let size = chunksize.map { max(1, $0) }

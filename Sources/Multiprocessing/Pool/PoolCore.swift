@@ -328,12 +328,16 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     private func readable(_ slot: WorkerSlot) -> Bool {
         var open = true
+        var touched: [CallCore] = []
+        defer { for c in touched { c.flushDeliveries() } }
         while true {
             let n: Int
             do { n = try slot.reader.fill(from: slot.channel.fileDescriptor, blocking: false) } catch { n = 0 }
             if n == 0 { open = false }
             do {
-                while let _ = try slot.reader.next({ body in try handleFrame(slot, body) }) {}
+                while let call = try slot.reader.next({ body in try handleFrame(slot, body) }) {
+                    if let call, !touched.contains(where: { $0 === call }) { touched.append(call) }
+                }
             } catch {
                 protocolViolation(slot, error)
                 return false
@@ -350,7 +354,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         return open
     }
 
-    private func handleFrame(_ slot: WorkerSlot, _ body: UnsafeRawBufferPointer) throws {
+    /// Handles one reply; returns the call it delivered to.
+    private func handleFrame(_ slot: WorkerSlot, _ body: UnsafeRawBufferPointer) throws -> CallCore? {
         if !slot.sawReady {
             // The first frame is the worker's `FromWorker.ready` in the general codec.
             _ = try BinaryDecoder().decode(FromWorker.self, from: body)
@@ -359,7 +364,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 slot.readyAt = .now
                 if slot.inflight.isEmpty { slot.idleSince = .now }
             }
-            return
+            return nil
         }
         var c = FrameCursor(body)
         let kind = body[0]
@@ -405,7 +410,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             }
             return (unit, retry)
         }
-        guard let (unit, retry) = target else { return }
+        guard let (unit, retry) = target else { return nil }
         let payload = c.rest
         if kind == PoolWire.output {
             unit.call.deliver(start: unit.base + start, count: count, payload: payload)
@@ -418,6 +423,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             }
             unit.call.fail(index: unit.base + start, error)
         }
+        return unit.call
     }
 
     /// A unit finished on `slot`: check the worker's memory, retire it if due. Lock held.
@@ -847,6 +853,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         _ = try join(timeout: .zero)
         try await allExited.wait()
     }
+
+    /// Whether fewer units are queued than the workers could take now.
+    var isHungry: Bool { lock.withLock { pending.count < slots.count * 2 } }
 
     var isRunning: Bool { lock.withLock { if case .running = phase { true } else { false } } }
 

@@ -81,6 +81,18 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
     private var parked: [Int: Delivery<Output>] = [:]
     private var current: (start: Int, items: [Output], at: Int)?
     private var arrival: [Delivery<Output>] = []
+    /// Permits consumed but not yet returned: returned in batches, so the feeder is not woken per item.
+    private var unreleased = 0
+
+    private func consumed(_ n: Int) {
+        consumed += n
+        guard let credit else { return }
+        unreleased += n
+        if unreleased >= Swift.max(1, credit.limit / 8) {
+            credit.release(unreleased)
+            unreleased = 0
+        }
+    }
 
     init(call: StreamCall<Output>, credit: Credit?, ordered: Bool, cancel: @escaping @Sendable () -> Void) {
         self.call = call
@@ -133,6 +145,7 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
 
     private func accept(_ d: Delivery<Output>) {
         switch d {
+        case .batch(let all): for x in all { accept(x) }
         case .end(let n): total = n
         case .items(let start, _), .failed(let start, _):
             if ordered { parked[start] = d } else { arrival.append(d) }
@@ -144,8 +157,7 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         if let c = current {
             let v = c.items[c.at]
             current = c.at + 1 < c.items.count ? (c.start, c.items, c.at + 1) : nil
-            consumed += 1
-            credit?.release(1)
+            consumed(1)
             return v
         }
         let d: Delivery<Output>?
@@ -162,10 +174,9 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
             return try take()
         case .failed(let index, let error):
             nextIndex = index + 1
-            consumed += 1
-            credit?.release(1)
+            consumed(1)
             throw error
-        case .end:
+        case .end, .batch:
             return nil
         }
     }
@@ -180,8 +191,9 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         // Whole chunks at a time: place each by its start index, then join them in order.
         var chunks: [Int: [Output]] = [:]
         var received = 0
-        while total == nil || received < total! {
-            switch try call.deliveries.get() {
+        func take(_ d: Delivery<Output>) throws {
+            switch d {
+            case .batch(let all): for x in all { try take(x) }
             case .end(let n): total = n
             case .items(let start, let items):
                 chunks[start] = items
@@ -191,6 +203,9 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
                 cancel()
                 throw error
             }
+        }
+        while total == nil || received < total! {
+            try take(try call.deliveries.get())
         }
         consumed = received
         var out: [Output] = []

@@ -198,7 +198,8 @@ public final class ProcessPool: Sendable {
     ) throws -> PoolResults<F.Output> {
         let function = try functionRef(f, kind: .function)
         let call = StreamCall<F.Output>(options: options)
-        let credit = maxInFlight.map { Credit(max(1, $0)) }
+        // Room for two chunks at least, so a large fixed chunk size cannot wait forever for permits.
+        let credit = maxInFlight.map { Credit(Swift.max($0, 2 * (chunksize ?? 1), 1)) }
         let core = self.core
         let results = PoolResults(call: call, credit: credit, ordered: ordered) { core.cancel(call) }
         let workers = workerCount
@@ -301,13 +302,21 @@ struct Feeder<F: TaskFunction>: Sendable {
             guard !chunk.isEmpty else { return }
             let items = chunk
             chunk = []
-            if let credit, !credit.acquire(items.count) { throw CancellationError() }
+            if let credit, !credit.tryAcquire(items.count) {
+                // About to wait for the consumer: send what is batched first.
+                if !batch.isEmpty {
+                    try core.submit(batch)
+                    batch = []
+                }
+                if !credit.acquire(items.count) { throw CancellationError() }
+            }
             let unit = Unit(id: core.makeUnitId(), call: call, function: function, base: index - items.count,
                             count: items.count, payload: try encodeItems(items),
                             encodeRange: { r in try encodeItems(Array(items[r])) })
             batch.append(unit)
-            // An eager map submits in batches of 64 units (one lock round); a lazy feed submits at once.
-            if credit != nil || batch.count >= 64 {
+            // Units go in batches of up to 64 (one lock round and one write per worker), and at once
+            // whenever the feed would wait for the consumer or the workers are short of work.
+            if batch.count >= 64 || (credit != nil && core.isHungry) {
                 try core.submit(batch)
                 batch = []
             }

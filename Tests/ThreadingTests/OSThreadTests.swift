@@ -69,7 +69,7 @@ struct OSThreadTests {
         for t in threads { try t.start() }
         // Other suites start and end threads concurrently: count ours, not a before/after difference.
         #expect(OSThread.activeCount >= 4)
-        #expect(OSThread.enumerate().filter { threads.contains(where: { t in t === $0 }) }.count == 3)
+        #expect(OSThread.enumerate().filter { e in threads.contains { $0 === e } }.count == 3)
         let names = Set(OSThread.enumerate().map(\.name))
         #expect(names.isSuperset(of: ["MainThread", "enum-0", "enum-1", "enum-2"]))
         release.set()

@@ -136,11 +136,25 @@ func runPoolSuite(_ only: Set<String>) throws {
             precondition(total == tasks * one)
         }
         _ = try pool.map(SumOfSquares(), [10, 10, 10, 10], chunksize: 1)
+        var ru0 = rusage(); getrusage(RUSAGE_SELF.rawValue, &ru0)
         let parallel = try rate(tasks, reps: REPS) {
             let total = try pool.map(SumOfSquares(), args).reduce(0, &+)
             precondition(total == tasks * one)
         }
         if ProcessInfoLite.verbose { for w in pool.currentProgress.workers { print("INFO worker \(w)") } }
+        var ru1 = rusage(); getrusage(RUSAGE_SELF.rawValue, &ru1)
+        if ProcessInfoLite.verbose {
+            let cpu = Double(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) + Double(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6
+                + Double(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) + Double(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6
+            print("INFO parent CPU during \(REPS) parallel maps: \(cpu * 1000) ms")
+        }
+        if ProcessInfoLite.verbose {
+            let one = try ProcessPool(workers: 1, options: benchPoolOptions)
+            _ = try one.map(SumOfSquares(), [10, 10], chunksize: 1)
+            let r1 = try rate(tasks, reps: REPS) { _ = try one.map(SumOfSquares(), args) }
+            print("INFO one worker: \(median(r1)) tasks/s")
+            one.terminate()
+        }
         report("cpu_serial_swift", serial, "tasks/s")
         report("cpu_pool2_swift", parallel, "tasks/s")
         print("RESULT cpu_speedup_swift \(String(format: "%.3f", median(parallel) / median(serial))) x")

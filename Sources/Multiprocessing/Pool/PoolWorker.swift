@@ -64,8 +64,12 @@ enum PoolWorker {
                 return
             }
             slot.setRunning(unit: unit)
+            let started = Replies.preciseNow()
             runner(unit, count, c.rest, out)
             slot.setRunning(unit: 0)
+            // Batching replies pays only for tiny units: after one that took 100 µs or more, answer now,
+            // so the parent can send more work before this worker runs dry.
+            if Replies.preciseNow() &- started >= 100_000 { out.flush() }
         case PoolWire.define:
             let fnId: UInt32 = try c.get()
             let kind = try c.get(UInt8.self)
@@ -281,7 +285,7 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
         self.fd = fd
         self.pid = pid
         lastFlush = Replies.now()
-        mark = lastFlush
+        mark = Replies.preciseNow()
     }
 
     /// CLOCK_MONOTONIC_COARSE nanoseconds: a few ns to read, a few ms of resolution — enough for item
@@ -297,11 +301,18 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
     /// Whether a long chunk should send what it has: 2 ms since the last write.
     func dueForPartialFlush(now: UInt64) -> Bool { now &- lastFlush > 2_000_000 }
 
-    func startUnit() { mark = Replies.now() }
+    /// CLOCK_MONOTONIC nanoseconds, for measuring work (read once per reply, not per item).
+    static func preciseNow() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    func startUnit() { mark = Replies.preciseNow() }
 
     /// Nanoseconds of work since the last reply (reported so the parent can tell work from waiting).
     private func busy() -> UInt64 {
-        let t = Replies.now()
+        let t = Replies.preciseNow()
         defer { mark = t }
         return t &- mark
     }

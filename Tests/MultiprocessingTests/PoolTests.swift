@@ -129,6 +129,33 @@ struct ProcessPoolTests {
         for pid in pids { #expect(kill(pid, 0) != 0) }  // stopped and reaped
     }
 
+    @Test func mapTimeoutCancelsTheRest() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let start = ContinuousClock.now
+        #expect {
+            try pool.map(CooperativeSleep(), Array(repeating: 5_000, count: 8), chunksize: 1, timeout: .milliseconds(300))
+        } throws: { e in (e as? MultiprocessingError)?.code == .timedOut }
+        #expect(ContinuousClock.now - start < .seconds(3))
+        #expect(try pool.apply(Square(x: 3), timeout: .seconds(10)) == 9)  // the cancelled work is gone
+    }
+
+    @Test func withProcessPoolTearsDownWhenItsTaskIsCancelled() async throws {
+        let pids = Mutex<[Int32]>([])
+        let scope = Task {
+            try await withProcessPool(workers: 2, options: testPoolOptions()) { pool in
+                pids.withLock { $0 = pool.workerPIDs }
+                _ = try await pool.submit(CooperativeSleep(), 60_000).value
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let start = ContinuousClock.now
+        scope.cancel()
+        await #expect(throws: CancellationError.self) { try await scope.value }
+        #expect(ContinuousClock.now - start < .seconds(5))
+        for pid in pids.withLock({ $0 }) { #expect(kill(pid, 0) != 0) }
+    }
+
     @Test func progressReachesTotalAndReportsWorkers() async throws {
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         defer { pool.terminate() }
@@ -206,9 +233,11 @@ struct ProcessPoolTests {
         let pid = try pool.submit(PidFn(), 0).get(timeout: .seconds(30))
         let start = ContinuousClock.now
         let t = try pool.submit(CooperativeSleep(), 30_000, options: TaskOptions(softTimeout: .milliseconds(200)))
+        let others = try (0..<5).map { try pool.submit(SquareFn(), $0) }
         #expect {
             try t.get(timeout: .seconds(20))
         } throws: { e in (e as? PoolError)?.code == .timedOut }
+        for (i, o) in others.enumerated() { #expect(try o.get(timeout: .seconds(10)) == i * i) }
         #expect(ContinuousClock.now - start < .seconds(3))
         #expect(try pool.submit(PidFn(), 0).get(timeout: .seconds(30)) == pid)  // same worker: it was not killed
     }
@@ -421,8 +450,8 @@ func exercise(_ pool: some TaskPool) async throws {
 
 func exerciseBlocking(_ pool: some TaskPool) throws {
     let xs = Array(0..<500)
-    #expect(try pool.map(SquareFn(), xs, chunksize: nil, options: .default) == xs.map { $0 * $0 })
-    #expect(try pool.starmap(AddFn(), [(1, 2), (3, 4)], chunksize: nil, options: .default) == [3, 7])
+    #expect(try pool.map(SquareFn(), xs, chunksize: nil, options: .default, timeout: .seconds(60)) == xs.map { $0 * $0 })
+    #expect(try pool.starmap(AddFn(), [(1, 2), (3, 4)], chunksize: nil, options: .default, timeout: nil) == [3, 7])
     let lazy = try pool.imap(SquareFn(), 0..<300, chunksize: nil, maxInFlight: 16, options: .default)
     #expect(try lazy.collect() == (0..<300).map { $0 * $0 })
     #expect(try pool.apply(Square(x: 6), timeout: .seconds(30), options: .default) == 36)
@@ -431,7 +460,7 @@ func exerciseBlocking(_ pool: some TaskPool) throws {
         try pool.applyAsync(Square(x: x), options: .default, callback: { v in got.withLock { $0.append(v) } }, errorCallback: nil)
     }
     for h in handles { #expect(h.wait(timeout: .seconds(30))) }
-    let results = try pool.mapResults(SevensThrow(), Array(0..<15), chunksize: 4, options: .default)
+    let results = try pool.mapResults(SevensThrow(), Array(0..<15), chunksize: 4, options: .default, timeout: .seconds(60))
     #expect(results.filter { (try? $0.get()) == nil }.count == 3)
     let soft = try pool.submit(CooperativeSleep(), 30_000, options: TaskOptions(softTimeout: .milliseconds(100)))
     #expect { try soft.get(timeout: .seconds(10)) } throws: { e in (e as? PoolError)?.code == .timedOut }

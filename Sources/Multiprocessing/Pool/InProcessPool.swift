@@ -92,24 +92,15 @@ public final class InProcessPool: Sendable {
 
     // MARK: - many items
 
-    public func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default) throws -> [F.Output] {
-        try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options).collect()
+    public func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil) throws -> [F.Output] {
+        try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options).collect(timeout: timeout)
     }
 
     public func mapResults<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
     ) throws -> [Result<F.Output, any Error>] {
-        let results = try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
-        var out: [Result<F.Output, any Error>] = []
-        while true {
-            do {
-                guard let v = try results.next() else { break }
-                out.append(.success(v))
-            } catch {
-                out.append(.failure(error))
-            }
-        }
-        return out
+        try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
+            .collectResults(timeout: timeout)
     }
 
     public func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default) async throws -> [F.Output] {
@@ -119,9 +110,9 @@ public final class InProcessPool: Sendable {
     }
 
     public func starmap<F: TaskFunction2>(
-        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default
+        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
     ) throws -> [F.Output] {
-        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options)
+        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options, timeout: timeout)
     }
 
     public func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(

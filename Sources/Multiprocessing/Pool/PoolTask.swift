@@ -123,7 +123,7 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
             do {
                 accept(try call.deliveries.get(timeout: wait))
             } catch {
-                if error.code == .timedOut { throw MultiprocessingError(.timedOut, "no result within \(timeout!)") }
+                if error.code == .empty || error.code == .timedOut { throw MultiprocessingError(.timedOut, "no result within \(timeout!)") }
                 throw error
             }
         }
@@ -181,11 +181,40 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         }
     }
 
+    /// Every remaining outcome, in order (ordered calls) — failures included.
+    /// - Parameter timeout: for all of it; when it expires the call is cancelled and
+    ///   ``MultiprocessingError/Code/timedOut`` thrown.
+    public func collectResults(timeout: Duration? = nil) throws -> [Result<Output, any Error>] {
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        var out: [Result<Output, any Error>] = []
+        while true {
+            do {
+                guard let v = try next(timeout: deadline.map { Swift.max(.zero, $0 - .now) }) else { break }
+                out.append(.success(v))
+            } catch let e as MultiprocessingError where e.code == .timedOut {
+                cancel()
+                throw e
+            } catch {
+                out.append(.failure(error))
+            }
+        }
+        return out
+    }
+
     /// Reads everything left, in order; the first failure is thrown (and the rest of the call cancelled).
-    public func collect() throws -> [Output] {
+    /// - Parameter timeout: for all of it; when it expires the call is cancelled and
+    ///   ``MultiprocessingError/Code/timedOut`` thrown.
+    public func collect(timeout: Duration? = nil) throws -> [Output] {
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        func remaining() -> Duration? { deadline.map { Swift.max(.zero, $0 - .now) } }
         guard ordered, current == nil, consumed == 0, parked.isEmpty else {
             var out: [Output] = []
-            while let v = try next() { out.append(v) }
+            do {
+                while let v = try next(timeout: remaining()) { out.append(v) }
+            } catch let e as MultiprocessingError where e.code == .timedOut {
+                cancel()
+                throw e
+            }
             return out
         }
         // Whole chunks at a time: place each by its start index, then join them in order.
@@ -205,7 +234,12 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
             }
         }
         while total == nil || received < total! {
-            try take(try call.deliveries.get())
+            do {
+                try take(try call.deliveries.get(timeout: remaining()))
+            } catch let e as ThreadingError where e.code == .empty || e.code == .timedOut {
+                cancel()
+                throw MultiprocessingError(.timedOut, "the call did not finish within \(timeout!)")
+            }
         }
         consumed = received
         var out: [Output] = []

@@ -342,12 +342,14 @@ public protocol TaskPool: Sendable {
     func applyAsync<J: Job>(
         _ job: J, options: TaskOptions, callback: (@Sendable (J.Output) -> Void)?, errorCallback: (@Sendable (any Error) -> Void)?
     ) throws -> PoolTask<J.Output>
-    func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions) throws -> [F.Output]
+    func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions, timeout: Duration?) throws -> [F.Output]
     func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions) async throws -> [F.Output]
     func mapResults<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions, timeout: Duration?
     ) throws -> [Result<F.Output, any Error>]
-    func starmap<F: TaskFunction2>(_ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int?, options: TaskOptions) throws -> [F.Output]
+    func starmap<F: TaskFunction2>(
+        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int?, options: TaskOptions, timeout: Duration?
+    ) throws -> [F.Output]
     func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
         _ f: F, _ inputs: S, chunksize: Int?, maxInFlight: Int?, options: TaskOptions
     ) throws -> PoolResults<F.Output>

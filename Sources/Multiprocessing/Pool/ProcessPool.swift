@@ -120,32 +120,24 @@ public final class ProcessPool: Sendable {
     /// Applies `f` to every input and returns the results in order — Python's `Pool.map`.
     ///
     /// - Parameter chunksize: items per message; by default Python's rule, `ceil(n / (4 × workers))`.
+    /// - Parameter timeout: for the whole call; when it expires the rest is cancelled and
+    ///   ``MultiprocessingError/Code/timedOut`` thrown (Python: `map_async(...).get(timeout)`).
     /// - Throws: the first failure to arrive (the rest of the call is cancelled).
     public func map<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
     ) throws -> [F.Output] {
         let items = Array(inputs)
         let results = try stream(f, items, count: items.count, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
-        return try results.collect()
+        return try results.collect(timeout: timeout)
     }
 
-    /// Like ``map(_:_:chunksize:options:)`` but every item's outcome is returned, failures included.
+    /// Like ``map(_:_:chunksize:options:timeout:)`` but every item's outcome is returned, failures included.
     public func mapResults<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
     ) throws -> [Result<F.Output, any Error>] {
         let items = Array(inputs)
-        let results = try stream(f, items, count: items.count, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
-        var out: [Result<F.Output, any Error>] = []
-        out.reserveCapacity(items.count)
-        while true {
-            do {
-                guard let v = try results.next() else { break }
-                out.append(.success(v))
-            } catch {
-                out.append(.failure(error))
-            }
-        }
-        return out
+        return try stream(f, items, count: items.count, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
+            .collectResults(timeout: timeout)
     }
 
     /// `map`, suspending the caller (not a thread); cancelling the Swift task cancels the call.
@@ -162,9 +154,9 @@ public final class ProcessPool: Sendable {
 
     /// Applies a two-argument function to each pair — Python's `Pool.starmap`.
     public func starmap<F: TaskFunction2>(
-        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default
+        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
     ) throws -> [F.Output] {
-        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options)
+        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options, timeout: timeout)
     }
 
     /// Lazy, ordered results — Python's `Pool.imap`. Input is read on a background thread only while
@@ -205,7 +197,7 @@ public final class ProcessPool: Sendable {
         let workers = workerCount
         let feeder = Feeder<F>(core: core, call: call, function: function, credit: credit, fixed: chunksize.map { max(1, $0) },
                             known: count, workers: workers, maxInFlight: maxInFlight)
-        if maxInFlight == nil, let items = inputs as? [F.Input] {
+        if let items = inputs as? [F.Input], maxInFlight.map({ $0 >= items.count }) ?? true {
             try feeder.feed(items)  // eager: on the caller's thread, so submission errors are thrown here
         } else {
             let t = OSThread(name: "mp-pool-feeder", daemon: true) {
@@ -363,8 +355,15 @@ public func withProcessPool<R>(
         return r
     } catch {
         pool.terminate()
-        // Bounded even if this task is cancelled: the kill grace, then reaping.
-        _ = try? await AsyncBridge.offload { try pool.join(timeout: .seconds(5)) }
+        // Waited for even when this task is cancelled (that is how we got here), and bounded: the kill
+        // grace, then reaping. The wait runs on its own thread, never on the cooperative pool.
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            let t = OSThread(name: "mp-pool-teardown", daemon: true) {
+                _ = try? pool.join(timeout: .seconds(5))
+                done.resume()
+            }
+            do { try t.start() } catch { done.resume() }
+        }
         throw error
     }
 }

@@ -137,3 +137,13 @@ struct ReadInit: TaskFunction {
 struct FailingInit: Job {
     func run() throws -> NoOutput { throw CodableFailure(reason: "initializer refuses") }
 }
+
+/// Writes garbage on the worker's channel to the parent (fd 3): a worker that breaks the protocol.
+struct GarbageWriter: TaskFunction {
+    func callAsFunction(_ x: Int) -> Int {
+        var junk: [UInt8] = [0xFF, 0xFF, 0xFF, 0xF0, 1, 2, 3]  // a negative frame length
+        _ = write(3, &junk, junk.count)
+        usleep(2_000_000)
+        return x
+    }
+}

@@ -129,6 +129,35 @@ struct ProcessPoolTests {
         for pid in pids { #expect(kill(pid, 0) != 0) }  // stopped and reaped
     }
 
+    @Test func aWorkerBreakingTheProtocolIsStoppedAndThePoolGoesOn() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let bad = try pool.submit(GarbageWriter(), 1)
+        let good = try (0..<6).map { try pool.submit(SquareFn(), $0) }
+        #expect {
+            try bad.get(timeout: .seconds(10))
+        } throws: { e in (e as? PoolError)?.message.contains("broke the pool protocol") == true }
+        for (i, g) in good.enumerated() { #expect(try g.get(timeout: .seconds(10)) == i * i) }
+        #expect(try pool.apply(Square(x: 5), timeout: .seconds(10)) == 25)
+    }
+
+    @Test func noDescriptorsOrChildrenLeftBehind() throws {
+        func openDescriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
+        _ = try ProcessPool(workers: 1, options: testPoolOptions()).workerCount  // warm the reactor and helpers up
+        usleep(200_000)
+        let before = openDescriptors()
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        let pids = pool.workerPIDs
+        _ = try pool.mapResults(Faulty(crashAt: 5, mode: .sigkill), Array(0..<20), chunksize: 2)
+        pool.close()
+        #expect(try pool.join(timeout: .seconds(10)))
+        let all = pids + pool.workerPIDs
+        #expect(all.allSatisfy { kill($0, 0) != 0 })  // exited and reaped: not even zombies
+        #expect(!Processes.activeChildren().contains { pids.contains($0.pid) })
+        // Other suites run concurrently and open descriptors of their own: allow for a few.
+        #expect(openDescriptors() <= before + 3, "\(before) descriptors before, \(openDescriptors()) after")
+    }
+
     @Test func mapTimeoutCancelsTheRest() throws {
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         defer { pool.terminate() }

@@ -486,6 +486,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         let code = slot.handle.exitCode
         let peak = slot.handle.peakMemoryBytes
         let running = slot.shared.running
+        var everyoneGone = false
         withLockThenDeliver {
             slot.exited = true
             slots.removeAll { $0 === slot }
@@ -513,16 +514,18 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 }
             }
             pump()
-            if slots.isEmpty && spawning == 0 && !wantsWorkers { allExited.set() }
+            everyoneGone = slots.isEmpty && spawning == 0 && !wantsWorkers
         }
         flushAll()
-        supervisorWake.set()
         Reactor.shared.cancelWaits(on: slot.channel.fileDescriptor)
         slot.channel.close()
         Reactor.shared.cancelWaits(on: slot.stderrFd)
         Syscall.close(slot.stderrFd)
         Syscall.close(slot.wakeFd)
         slot.shared.unmap()
+        // Only now: `join()` returning means every descriptor and mapping of the pool is released.
+        if everyoneGone { allExited.set() }
+        supervisorWake.set()
     }
 
     /// A unit whose worker died: keep what was reported, fail or retry the item that was running, send

@@ -354,16 +354,22 @@ func background<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> Futu
     return f
 }
 
+/// The `mp` tool, built beside the test runner (`swift test` builds it); records an issue if it is missing.
+func mpExecutable() -> URL? {
+    let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp")
+    guard FileManager.default.isExecutableFile(atPath: exe.path) else {
+        Issue.record("mp is not built at \(exe.path); run swift build first")
+        return nil
+    }
+    return exe
+}
+
 @Suite(.timeLimit(.minutes(1)))
 struct BootstrapEntryTests {
     /// `WorkerStart.entry = .bootstrap`: the worker runs `main` until it calls `bootstrap()`. Checked with
     /// the `mp` tool (built beside the test runner), whose `main` calls `bootstrap()` first.
     @Test func workerEntersThroughBootstrap() throws {
-        let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp")
-        guard FileManager.default.isExecutableFile(atPath: exe.path) else {
-            Issue.record("mp is not built at \(exe.path); run swift build first")
-            return
-        }
+        guard let exe = mpExecutable() else { return }
         let p = Foundation.Process()
         p.executableURL = exe
         p.arguments = ["bootstrap-check"]

@@ -424,11 +424,7 @@ struct PoolInterruptTests {
     /// Runs `mp pool-interrupt-check`, sends it `signals` SIGINTs, and checks that it died of SIGINT
     /// and that none of its workers survives (they are re-parented here, so reap them here if needed).
     func interrupt(times signals: Int) throws {
-        let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp")
-        guard FileManager.default.isExecutableFile(atPath: exe.path) else {
-            Issue.record("mp is not built at \(exe.path); run swift build first")
-            return
-        }
+        guard let exe = mpExecutable() else { return }
         try Processes.adoptOrphans()
         let p = Foundation.Process()
         p.executableURL = exe

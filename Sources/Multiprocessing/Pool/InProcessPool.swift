@@ -47,13 +47,7 @@ public final class InProcessPool: Sendable {
         try single(options) { try await f(input) }
     }
 
-    public func apply<J: Job>(_ job: J, timeout: Duration? = nil, options: TaskOptions = .default) throws -> J.Output {
-        try submit(job, options: options).get(timeout: timeout)
-    }
 
-    public func run<J: Job>(_ job: J, options: TaskOptions = .default) async throws -> J.Output {
-        try await submit(job, options: options).value
-    }
 
     @discardableResult
     public func applyAsync<J: Job>(
@@ -103,17 +97,7 @@ public final class InProcessPool: Sendable {
             .collectResults(timeout: timeout)
     }
 
-    public func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default) async throws -> [F.Output] {
-        var out: [F.Output] = []
-        for try await v in try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options) { out.append(v) }
-        return out
-    }
 
-    public func starmap<F: TaskFunction2>(
-        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
-    ) throws -> [F.Output] {
-        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options, timeout: timeout)
-    }
 
     public func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
         _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default

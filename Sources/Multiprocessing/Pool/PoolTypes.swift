@@ -343,13 +343,9 @@ public protocol TaskPool: Sendable {
         _ job: J, options: TaskOptions, callback: (@Sendable (J.Output) -> Void)?, errorCallback: (@Sendable (any Error) -> Void)?
     ) throws -> PoolTask<J.Output>
     func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions, timeout: Duration?) throws -> [F.Output]
-    func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions) async throws -> [F.Output]
     func mapResults<F: TaskFunction>(
         _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions, timeout: Duration?
     ) throws -> [Result<F.Output, any Error>]
-    func starmap<F: TaskFunction2>(
-        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int?, options: TaskOptions, timeout: Duration?
-    ) throws -> [F.Output]
     func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
         _ f: F, _ inputs: S, chunksize: Int?, maxInFlight: Int?, options: TaskOptions
     ) throws -> PoolResults<F.Output>
@@ -361,6 +357,35 @@ public protocol TaskPool: Sendable {
     func join(timeout: Duration?) throws -> Bool
     var currentProgress: PoolProgress { get }
     func progress(every interval: Duration) -> AsyncStream<PoolProgress>
+}
+
+extension TaskPool {
+    /// Runs one job and waits for its result — Python's `Pool.apply`.
+    public func apply<J: Job>(_ job: J, timeout: Duration? = nil, options: TaskOptions = .default) throws -> J.Output {
+        try submit(job, options: options).get(timeout: timeout)
+    }
+
+    /// `map`, suspending the caller (not a thread); cancelling the Swift task cancels the call.
+    public func map<F: TaskFunction>(
+        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
+    ) async throws -> [F.Output] {
+        var out: [F.Output] = []
+        for try await v in try imap(f, Array(inputs), chunksize: chunksize, maxInFlight: Int.max, options: options) { out.append(v) }
+        return out
+    }
+
+    /// Applies a two-argument function to each pair — Python's `Pool.starmap`.
+    public func starmap<F: TaskFunction2>(
+        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default,
+        timeout: Duration? = nil
+    ) throws -> [F.Output] {
+        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options, timeout: timeout)
+    }
+
+    /// Runs one job, suspending the caller (not a thread); cancelling the Swift task cancels the job.
+    public func run<J: Job>(_ job: J, options: TaskOptions = .default) async throws -> J.Output {
+        try await submit(job, options: options).value
+    }
 }
 
 extension ProcessPool: TaskPool {}

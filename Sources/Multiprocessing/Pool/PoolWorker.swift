@@ -120,21 +120,26 @@ enum PoolWorker {
     private static func syncRunner<F: SyncTaskFunction>(_: F.Type, _ payload: UnsafeRawBufferPointer) throws -> Runner {
         let f = try BinaryDecoder().decode(F.self, from: payload)
         return { unit, count, payload, out in
-            let inputs: [F.Input]
-            do {
-                inputs = try BinaryDecoder().decode([F.Input].self, from: payload)
-                guard inputs.count == count else {
-                    throw MultiprocessingError(.malformedMessage, "chunk of \(inputs.count) items announced as \(count)")
-                }
-            } catch {
-                for i in 0..<count { out.failure(unit: unit, index: i, MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)")) }
-                return
-            }
+            guard let inputs = decodeChunk([F.Input].self, unit: unit, count: count, payload, out) else { return }
             let context = ChunkContext(unit: unit, out: out, slot: slot)
             f._runChunk(inputs, from: 0, context)
             if context.next < count {  // cancelled
                 for j in context.next..<count { out.failure(unit: unit, index: j, CancellationError()) }
             }
+        }
+    }
+
+    /// A chunk's items, or `nil` after failing every item if they cannot be decoded.
+    private static func decodeChunk<T: Decodable>(_: [T].Type, unit: UInt64, count: Int, _ payload: UnsafeRawBufferPointer, _ out: Replies) -> [T]? {
+        do {
+            let inputs = try BinaryDecoder().decode([T].self, from: payload)
+            guard inputs.count == count else {
+                throw MultiprocessingError(.malformedMessage, "chunk of \(inputs.count) items announced as \(count)")
+            }
+            return inputs
+        } catch {
+            for i in 0..<count { out.failure(unit: unit, index: i, MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)")) }
+            return nil
         }
     }
 
@@ -144,16 +149,7 @@ enum PoolWorker {
 
     private static func chunkRunner<F: TaskFunction>(_ f: F) -> Runner {
         { unit, count, payload, out in
-            let inputs: [F.Input]
-            do {
-                inputs = try BinaryDecoder().decode([F.Input].self, from: payload)
-                guard inputs.count == count else {
-                    throw MultiprocessingError(.malformedMessage, "chunk of \(inputs.count) items announced as \(count)")
-                }
-            } catch {
-                for i in 0..<count { out.failure(unit: unit, index: i, MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)")) }
-                return
-            }
+            guard let inputs = decodeChunk([F.Input].self, unit: unit, count: count, payload, out) else { return }
             let chunk = Chunk<F>(f: f, unit: unit, inputs: inputs, out: out)
             while chunk.next < count {
                 if slot.cancelRequest == unit {

@@ -59,15 +59,7 @@ public final class ProcessPool: Sendable {
         try single(f, input, kind: .function, options: options)
     }
 
-    /// Runs one job and waits for its result — Python's `Pool.apply`.
-    public func apply<J: Job>(_ job: J, timeout: Duration? = nil, options: TaskOptions = .default) throws -> J.Output {
-        try submit(job, options: options).get(timeout: timeout)
-    }
 
-    /// Runs one job, suspending the caller (not a thread); cancelling the Swift task cancels the job.
-    public func run<J: Job>(_ job: J, options: TaskOptions = .default) async throws -> J.Output {
-        try await submit(job, options: options).value
-    }
 
     /// Submits a job with callbacks — Python's `Pool.apply_async(func, args, callback, error_callback)`.
     /// Callbacks run on the pool's callback thread, one at a time, as Python's result-handler thread.
@@ -140,24 +132,7 @@ public final class ProcessPool: Sendable {
             .collectResults(timeout: timeout)
     }
 
-    /// `map`, suspending the caller (not a thread); cancelling the Swift task cancels the call.
-    public func map<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
-    ) async throws -> [F.Output] {
-        let items = Array(inputs)
-        let results = try stream(f, items, count: items.count, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
-        var out: [F.Output] = []
-        out.reserveCapacity(items.count)
-        for try await v in results { out.append(v) }
-        return out
-    }
 
-    /// Applies a two-argument function to each pair — Python's `Pool.starmap`.
-    public func starmap<F: TaskFunction2>(
-        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
-    ) throws -> [F.Output] {
-        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options, timeout: timeout)
-    }
 
     /// Lazy, ordered results — Python's `Pool.imap`. Input is read on a background thread only while
     /// fewer than `maxInFlight` items are submitted and not yet read, so memory stays flat on huge inputs.

@@ -206,7 +206,14 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         // If the worker is already dead this fails; its exit is then reported through the pidfd.
         try? bytes.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
         let slot = WorkerSlot(serial: serial, handle: handle, channel: w.channel, stderrFd: errRead, shared: shared, wakeFd: wake)
-        lock.withLock { slots.append(slot) }
+        lock.withLock {
+            slots.append(slot)
+            // Started while the pool was being terminated or broken: stop it like the others.
+            switch phase {
+            case .terminated, .broken: stopWorker(slot, .terminate(terminalError), grace: .milliseconds(500))
+            case .running, .closed: break
+            }
+        }
         let fd = w.channel.fileDescriptor
         Reactor.shared.watch(fd) { [weak self] in self?.readable(slot) ?? false }
         Reactor.shared.watch(errRead) { [weak self] in self?.readStderr(slot) ?? false }

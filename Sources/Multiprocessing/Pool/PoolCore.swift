@@ -203,7 +203,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         }
         defer { Syscall.close(sharedFd) }
         let setup = PoolSetup(slot: PassedDescriptor(sharedFd), wake: PassedDescriptor(wake),
-                              initializer: initializer?.payload, initializerType: initializer?.type)
+                              initializer: initializer?.payload, initializerType: initializer?.type,
+                              memoryLimit: options.memoryLimit)
         let (bytes, fds) = try MessageCodec.encode(ToWorker.pool(setup))
         // If the worker is already dead this fails; its exit is then reported through the pidfd.
         try? bytes.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
@@ -444,7 +445,11 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private func unitFinished(_ slot: WorkerSlot) {
         if let limit = options.memoryLimit, !slot.retiring {
             let rss = mp_statm_resident_bytes(slot.pid)
-            if rss > limit { slot.retiring = true }
+            if rss > limit {
+                // Between tasks: the worker starts nothing more (its queued units go elsewhere).
+                slot.retiring = true
+                slot.shared.requestRetire()
+            }
         }
         if slot.inflight.isEmpty {
             slot.idleSince = .now
@@ -505,7 +510,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             slot.exited = true
             slots.removeAll { $0 === slot }
             slot.outbox.close()
-            let clean = slot.shutdownSent && code == 0
+            let clean = (slot.shutdownSent || slot.retiring || slot.shared.retiredItself) && code == 0
             let unexpected = slot.stop == nil && !clean
             let tail = slot.stderrLines(options.stderrLines)
             let what = code.map { $0 < 0 ? "was killed by signal \($0 * -1) (\(signalName(-$0)))" : "exited with code \($0)" } ?? "ended"

@@ -175,6 +175,14 @@ struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is acces
     func setRunning(unit: UInt64) { Atomic.store(word(0), unit) }
     func setIndex(_ i: UInt64) { Atomic.store(word(1), i) }
 
+    /// Set by the parent when the worker must not start another unit (it went over the memory limit):
+    /// the worker exits cleanly instead, and the parent sends its queued units elsewhere.
+    var retireRequested: Bool { Atomic.load(word(6)) != 0 }
+    func requestRetire() { Atomic.store(word(6), 1) }
+    /// Set by a worker that retired itself (over its memory limit) just before exiting cleanly.
+    var retiredItself: Bool { Atomic.load(word(7)) != 0 }
+    func markRetired() { Atomic.store(word(7), 1) }
+
     /// One item the parent asks the worker to cancel (a soft timeout): unit and index.
     var itemCancelRequest: (unit: UInt64, index: UInt64) { (Atomic.load(word(4)), Atomic.load(word(5))) }
     func requestItemCancel(unit: UInt64, index: UInt64) {

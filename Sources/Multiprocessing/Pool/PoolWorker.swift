@@ -15,6 +15,7 @@ enum PoolWorker {
     /// The running item's Swift task, for cancellation from the wake-up thread.
     private static let current = Mutex<(unit: UInt64, task: Task<Void, Never>?)>((0, nil))
     nonisolated(unsafe) static var slot: SharedSlot!  // set once in `run`, before other threads start
+    nonisolated(unsafe) static var memoryLimit: Int?  // likewise
 
     static func run(fd: Int32, setup: PoolSetup, pid: Int32) -> Never {
         do {
@@ -23,6 +24,7 @@ enum PoolWorker {
             WorkerRuntime.fail("cannot map the pool slot: \(error)")
         }
         Syscall.close(setup.slot.fd)
+        memoryLimit = setup.memoryLimit
         startCancelWatch(setup.wake.fd)
         if let type = setup.initializerType, let payload = setup.initializer {
             runInitializer(type, payload)
@@ -58,6 +60,10 @@ enum PoolWorker {
             guard let runner = runners[fnId] else {
                 throw MultiprocessingError(.malformedMessage, "task for undefined function \(fnId)")
             }
+            if slot.retireRequested {
+                out.flush()
+                exit(0)  // over the memory limit: the parent sends this unit and the queued ones elsewhere
+            }
             out.startUnit()
             if slot.isMarkedCancelled(unit) {
                 for i in 0..<count { out.failure(unit: unit, index: i, CancellationError()) }
@@ -70,6 +76,12 @@ enum PoolWorker {
             // Batching replies pays only for tiny units: after one that took 100 µs or more, answer now,
             // so the parent can send more work before this worker runs dry.
             if Replies.preciseNow() &- started >= 100_000 { out.flush() }
+            // Over the memory limit: answer, then leave before starting anything else.
+            if let limit = memoryLimit, mp_statm_resident_bytes(getpid()) > limit {
+                slot.markRetired()
+                out.flush()
+                exit(0)
+            }
         case PoolWire.define:
             let fnId: UInt32 = try c.get()
             let kind = try c.get(UInt8.self)

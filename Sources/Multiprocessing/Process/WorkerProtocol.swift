@@ -16,6 +16,8 @@ struct PoolSetup: Codable {
     /// A job to run once before any task (Python's `initializer`): type name and encoded value.
     var initializer: [UInt8]?
     var initializerType: String?
+    /// Resident bytes past which the worker exits between units (it checks itself after each one).
+    var memoryLimit: Int?
 }
 
 /// A descriptor sent along with a message (`SCM_RIGHTS`).

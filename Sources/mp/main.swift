@@ -48,13 +48,21 @@ case "pool-interrupt-check":
     sigemptyset(&unblock)
     sigaddset(&unblock, SIGINT)
     pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+    // `mp pool-interrupt-check teardown`: the `.tearDown` behaviour (the program carries on).
+    let carryOn = args.dropFirst().first == "teardown"
     do {
-        let pool = try ProcessPool(workers: 2)
+        let pool = try ProcessPool(workers: 2, options: ProcessPoolOptions(interrupt: carryOn ? .tearDown : .tearDownAndExit))
         let tasks = try (0..<4).map { _ in try pool.submit(SleepSeconds(seconds: 60)) }
         while pool.workerPIDs.count < 2 { usleep(1000) }
         print("pids: \(pool.workerPIDs.map(String.init).joined(separator: " "))")
         fflush(nil)
-        _ = try? tasks[0].get(timeout: .seconds(60))
+        do {
+            _ = try tasks[0].get(timeout: .seconds(60))
+        } catch let e as PoolError where e.code == .interrupted {
+            _ = try? pool.join(timeout: .seconds(5))
+            print("interrupted: \(e.message); workers left: \(pool.workerPIDs.count)")
+            exit(0)
+        } catch {}
         print("not interrupted")
         exit(3)
     } catch {

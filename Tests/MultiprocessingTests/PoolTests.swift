@@ -423,12 +423,12 @@ struct ProcessPoolTests {
 struct PoolInterruptTests {
     /// Runs `mp pool-interrupt-check`, sends it `signals` SIGINTs, and checks that it died of SIGINT
     /// and that none of its workers survives (they are re-parented here, so reap them here if needed).
-    func interrupt(times signals: Int) throws {
+    func interrupt(times signals: Int, carryOn: Bool = false) throws {
         guard let exe = mpExecutable() else { return }
         try Processes.adoptOrphans()
         let p = Foundation.Process()
         p.executableURL = exe
-        p.arguments = ["pool-interrupt-check"]
+        p.arguments = ["pool-interrupt-check"] + (carryOn ? ["teardown"] : [])
         let out = Pipe()
         p.standardOutput = out
         try p.run()
@@ -446,7 +446,13 @@ struct PoolInterruptTests {
         p.waitUntilExit()
         watchdog.cancel()
         #expect(Date().timeIntervalSince(start) < 5)
-        #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGINT)
+        if carryOn {
+            text += String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(p.terminationReason == .exit && p.terminationStatus == 0, "\(text)")
+            #expect(text.contains("interrupted: interrupted by SIGINT; workers left: 0"), "\(text)")
+        } else {
+            #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGINT)
+        }
         for pid in pids {
             let gone = Date().addingTimeInterval(5)
             while kill(pid, 0) == 0 && Date() < gone {
@@ -458,6 +464,18 @@ struct PoolInterruptTests {
 
     @Test func ctrlCTearsDownThenEnds() throws { try interrupt(times: 1) }
     @Test func secondCtrlCKillsAtOnce() throws { try interrupt(times: 2) }
+    @Test func ctrlCWithTearDownFailsTheWorkAndCarriesOn() throws { try interrupt(times: 1, carryOn: true) }
+
+    @Test func workersIgnoreSIGINT() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let pids = pool.workerPIDs
+        _ = try pool.map(SquareFn(), [1, 2, 3])
+        for pid in pids { kill(pid, SIGINT) }
+        usleep(100_000)
+        #expect(pool.workerPIDs == pids)
+        #expect(try pool.map(SquareFn(), Array(0..<10), chunksize: 1) == (0..<10).map { $0 * $0 })
+    }
 }
 
 /// The same code against both pools.

@@ -147,3 +147,12 @@ struct GarbageWriter: TaskFunction {
         return x
     }
 }
+
+/// Ignores SIGTERM, then sleeps: only SIGKILL stops it.
+struct IgnoresSIGTERM: TaskFunction {
+    func callAsFunction(_ ms: Int) -> Int {
+        signal(SIGTERM, SIG_IGN)
+        usleep(useconds_t(ms * 1000))
+        return ms
+    }
+}

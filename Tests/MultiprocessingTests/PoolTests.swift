@@ -256,6 +256,22 @@ struct ProcessPoolTests {
         #expect(try pool.apply(Square(x: 3)) == 9)
     }
 
+    @Test func hardTimeoutEscalatesToSIGKILL() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        let start = ContinuousClock.now
+        let t = try pool.submit(IgnoresSIGTERM(), 30_000, options: TaskOptions(timeout: .milliseconds(200), killGrace: .milliseconds(300)))
+        #expect {
+            try t.get(timeout: .seconds(20))
+        } throws: { e in
+            guard let p = e as? PoolError else { return false }
+            return p.code == .timedOut && p.signal == SIGKILL  // SIGTERM was ignored: SIGKILL after the grace
+        }
+        let took = ContinuousClock.now - start
+        #expect(took >= .milliseconds(450) && took < .seconds(5))
+        #expect(try pool.apply(Square(x: 7), timeout: .seconds(10)) == 49)
+    }
+
     @Test func softTimeoutCancelsCooperativelyAndKeepsTheWorker() throws {
         let pool = try ProcessPool(workers: 1, options: testPoolOptions())
         defer { pool.terminate() }

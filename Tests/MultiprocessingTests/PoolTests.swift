@@ -142,20 +142,29 @@ struct ProcessPoolTests {
     }
 
     @Test func noDescriptorsOrChildrenLeftBehind() throws {
-        func openDescriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
-        _ = try ProcessPool(workers: 1, options: testPoolOptions()).workerCount  // warm the reactor and helpers up
-        usleep(200_000)
-        let before = openDescriptors()
+        /// (device, inode) of an open descriptor, or nil if it is closed.
+        func identity(_ fd: Int32) -> [UInt64]? {
+            var st = stat()
+            return fstat(fd, &st) == 0 ? [UInt64(st.st_dev), UInt64(st.st_ino)] : nil
+        }
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         let pids = pool.workerPIDs
-        _ = try pool.mapResults(Faulty(crashAt: 5, mode: .sigkill), Array(0..<20), chunksize: 2)
+        _ = try pool.mapResults(Faulty(crashAt: 5, mode: .sigkill), Array(0..<20), chunksize: 2)  // one replacement
+        let deadline = ContinuousClock.now + .seconds(10)
+        while pool.workerPIDs.count < 2 && ContinuousClock.now < deadline { usleep(2_000) }  // the replacement
+        let fds = pool.core.descriptors
+        #expect(fds.count == 8)
+        let before = fds.map(identity)
         pool.close()
         #expect(try pool.join(timeout: .seconds(10)))
+        // Each descriptor is closed, or reused by another suite for another file: never still ours.
+        for (fd, was) in zip(fds, before) {
+            let now = identity(fd)
+            #expect(now == nil || now != was, "descriptor \(fd) is still open")
+        }
         let all = pids + pool.workerPIDs
         #expect(all.allSatisfy { kill($0, 0) != 0 })  // exited and reaped: not even zombies
         #expect(!Processes.activeChildren().contains { pids.contains($0.pid) })
-        // Other suites run concurrently and open descriptors of their own: allow for a few.
-        #expect(openDescriptors() <= before + 3, "\(before) descriptors before, \(openDescriptors()) after")
     }
 
     @Test func mapTimeoutCancelsTheRest() throws {

@@ -49,8 +49,22 @@ final class Reactor: Sendable {
             if n < 0 { continue }  // EINTR
             for i in 0..<Int(n) {
                 shared.fire(Int32(truncatingIfNeeded: events[i].data.fd), events[i].events)
+                let later = afterEvent
+                afterEvent = []
+                for body in later { body() }
             }
         }
+    }
+
+    /// Work a handler leaves for after its event is fully handled (reactor thread only).
+    nonisolated(unsafe) private static var afterEvent: [() -> Void] = []
+
+    /// From a handler, on the reactor thread: runs `body` once the reactor is done with the current
+    /// event — in particular after it has unregistered the handler's descriptor, so `body` may close it
+    /// (closing it inside the handler would let a new descriptor reuse the number before the reactor
+    /// unregisters it, and unregister the newcomer instead).
+    func afterCurrentEvent(_ body: @escaping () -> Void) {
+        Reactor.afterEvent.append(body)
     }
 
     private func fire(_ fd: Int32, _ got: UInt32) {

@@ -542,9 +542,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         Syscall.close(slot.stderrFd)
         Syscall.close(slot.wakeFd)
         slot.shared.unmap()
-        // Only now: `join()` returning means every descriptor and mapping of the pool is released.
-        if everyoneGone { allExited.set() }
-        supervisorWake.set()
+        // We are inside the pidfd's own handler: close it once the reactor has unregistered it. Only
+        // then does `join()` return, so that every descriptor and mapping of the pool is released.
+        Reactor.shared.afterCurrentEvent { [self] in
+            slot.handle.closeSentinel()
+            if everyoneGone { allExited.set() }
+            supervisorWake.set()
+        }
     }
 
     /// A unit whose worker died: keep what was reported, fail or retry the item that was running, send
@@ -904,6 +908,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     }
 
     var workerPIDs: [Int32] { lock.withLock { slots.filter { !$0.exited }.map(\.pid) } }
+
+    /// Every descriptor the live workers' slots hold (channel, stderr pipe, wake-up eventfd, pidfd), for
+    /// leak tests.
+    var descriptors: [Int32] {
+        lock.withLock { slots.flatMap { [$0.channel.fileDescriptor, $0.stderrFd, $0.wakeFd, $0.handle.sentinel] } }
+    }
 
     /// Kills every worker and reaps it, without settling any work (the program is about to end).
     func stopWorkersNow() {

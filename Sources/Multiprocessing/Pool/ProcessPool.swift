@@ -5,12 +5,16 @@ import Threading
 /// that it never hangs.
 ///
 /// ```swift
-/// struct Square: TaskFunction { func callAsFunction(_ x: Int) -> Int { x * x } }
+/// struct Square: SyncTaskFunction { func callAsFunction(_ x: Int) -> Int { x * x } }
+/// struct LongTimeTask: Job {
+///     let name: Int
+///     func run() async throws -> Int { try await Task.sleep(for: .seconds(1)); return name }
+/// }
 ///
 /// let pool = try ProcessPool(workers: 4)
-/// let squares = try pool.map(Square(), Array(0..<1000))          // Pool.map
+/// let squares = try pool.map(Square(), Array(0..<1000))                 // Pool.map
 /// for try await y in try pool.imapUnordered(Square(), 0..<1000) { … }   // Pool.imap_unordered
-/// let task = try pool.applyAsync(LongTimeTask(name: "0")) { print("done", $0) }   // apply_async
+/// let task = try pool.applyAsync(LongTimeTask(name: 0)) { print("done", $0) }   // apply_async
 /// pool.close(); try pool.join()
 /// ```
 ///

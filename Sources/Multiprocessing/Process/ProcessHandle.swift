@@ -39,6 +39,15 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     /// Valid while this handle lives; usable with ``waitReady(_:timeout:)`` and `poll(2)`.
     public var sentinel: Int32 { state.withLock { $0.pidfd } }
 
+    /// Closes the pidfd of a reaped child (its sentinel is then -1). Does nothing while it runs.
+    func closeSentinel() {
+        state.withLock { s in
+            guard s.status != nil, s.pidfd >= 0 else { return }
+            Syscall.close(s.pidfd)
+            s.pidfd = -1
+        }
+    }
+
     /// Reaps the child if it has ended; returns whether it has.
     @discardableResult
     func reapIfExited() -> Bool {

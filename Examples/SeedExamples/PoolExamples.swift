@@ -151,10 +151,10 @@ public struct SumSquares: SyncTaskFunction {
     }
 }
 
-/// The main job's pool demo: a map over 20,000 CPU-bound items (about 2 s of work) with a live progress bar and each worker's
+/// The main job's pool demo: a map over 10,000 CPU-bound items (a second or two in a debug build) with a live progress bar and each worker's
 /// start-up, waiting and working time; one item crashes its worker on purpose and fails alone.
 public func poolWithProgress() async throws {
-    let n = 20_000
+    let n = 10_000
     try await withProcessPool { pool in
         let bar = Task { @Sendable in
             for await p in pool.progress(every: .milliseconds(100)) {
@@ -162,7 +162,7 @@ public func poolWithProgress() async throws {
                 if p.total > 0 && p.done == p.total { break }
             }
         }
-        let inputs = (0..<n).map { 300_000 + $0 % 500 }
+        let inputs = (0..<n).map { 150_000 + $0 % 500 }
         let results = try pool.mapResults(SumSquares(), inputs, chunksize: 50)
         _ = await bar.value
         let ok = results.filter { if case .success = $0 { true } else { false } }.count
@@ -192,7 +192,7 @@ public struct CrashOn: SyncTaskFunction {
 
 func ms(_ d: Duration) -> String {
     let v = Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) / 1e15
-    return "\(fixed(v, 1)) ms"
+    return v >= 1000 ? "\(fixed(v / 1000, 1)) s" : "\(fixed(v, 1)) ms"
 }
 
 /// `x` with `digits` decimals (no Foundation here).

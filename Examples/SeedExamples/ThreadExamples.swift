@@ -6,7 +6,7 @@ import Threading
 
 /// The seed notes' programs, by name.
 public enum SeedExamples {
-    /// Every example, in the order the notes present them.
+    /// Every example, in the order the notes present them; the pool with its progress bar closes the demo.
     public static let all: [(name: String, summary: String, run: @Sendable () async throws -> Void)] = [
         ("fork", "os.fork: a parent starts a child process (by re-executing itself)", { try await forkStyle() }),
         ("process", "multiprocessing.Process: run a function in a child, join it", { try await processWithJoin() }),
@@ -16,7 +16,6 @@ public enum SeedExamples {
         ("pool", "Pool(4) with apply_async(long_time_task), close, join", { try poolApplyAsync() }),
         ("pool-callback", "apply_async with a callback (end_call)", { try poolCallback() }),
         ("pool-with", "with Pool(4): map, imap_unordered, get(timeout=1) raising a timeout", { try await poolContextManager() }),
-        ("pool-progress", "a CPU-bound map with a progress bar and worker insights; a crash fails one item", { try await poolWithProgress() }),
         ("loop-thread", "start a named thread running a loop, join it", { try loopThread() }),
         ("balance", "two threads change a balance, without and with a Lock", { try balance() }),
         ("thread-local", "ThreadLocal binds a student per thread (Alice/Bob)", { try threadLocal() }),
@@ -24,6 +23,7 @@ public enum SeedExamples {
         ("event", "workers wait for an Event before starting", { try event() }),
         ("condition", "producer/consumer over a Condition", { try conditionProducerConsumer() }),
         ("callback-pool", "the hand-written thread pool with callback(success, result)", { try callbackPool() }),
+        ("pool-progress", "a CPU-bound map with a progress bar and worker insights; a crash fails one item", { try await poolWithProgress() }),
     ]
 }
 

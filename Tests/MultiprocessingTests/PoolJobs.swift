@@ -156,3 +156,19 @@ struct IgnoresSIGTERM: TaskFunction {
         return ms
     }
 }
+
+/// An input whose encoding fails for `x == 5`.
+struct Fragile: Codable, Sendable {
+    let x: Int
+    init(_ x: Int) { self.x = x }
+    func encode(to encoder: any Encoder) throws {
+        if x == 5 { throw EncodingError.invalidValue(x, .init(codingPath: [], debugDescription: "5 cannot travel")) }
+        var c = encoder.singleValueContainer()
+        try c.encode(x)
+    }
+    init(from decoder: any Decoder) throws { x = try decoder.singleValueContainer().decode(Int.self) }
+}
+
+struct FragileFn: TaskFunction {
+    func callAsFunction(_ input: Fragile) -> Int { input.x }
+}

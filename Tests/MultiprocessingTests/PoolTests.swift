@@ -167,6 +167,36 @@ struct ProcessPoolTests {
         #expect(!Processes.activeChildren().contains { pids.contains($0.pid) })
     }
 
+    @Test func anInputThatCannotBeEncodedEndsTheCallWithItsError() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let inputs = (0..<10).map(Fragile.init)
+        // Eager: thrown by the call itself.
+        #expect { try pool.map(FragileFn(), inputs, chunksize: 1) } throws: { e in
+            (e as? MultiprocessingError)?.code == .encodingFailed
+        }
+        // Lazy: the items before it, then its error at its place, then the end — never a hang.
+        let results = try pool.imap(FragileFn(), inputs, chunksize: 1, maxInFlight: 2)
+        var got: [Int] = []
+        var failure: (any Error)?
+        while true {
+            do {
+                guard let v = try results.next(timeout: .seconds(10)) else { break }
+                got.append(v)
+            } catch {
+                failure = error
+            }
+        }
+        #expect(got == [0, 1, 2, 3, 4])
+        #expect((failure as? MultiprocessingError)?.code == .encodingFailed)
+        for lazyPool in [InProcessPool(workers: 2)] {
+            let r = try lazyPool.imap(FragileFn(), inputs, chunksize: 1, maxInFlight: 2)
+            var n = 0
+            while (try? r.next(timeout: .seconds(10))) != nil { n += 1 }
+            #expect(n == 10)  // threads need no encoding: everything runs
+        }
+    }
+
     @Test func mapTimeoutCancelsTheRest() throws {
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         defer { pool.terminate() }

@@ -120,9 +120,12 @@ public final class InProcessPool: Sendable {
         let known = inputs.underestimatedCount
         let size = chunksize.map { max(1, $0) }
             ?? Swift.max(1, Swift.min(maxInFlight.map { $0 / (2 * workerCount) } ?? Int.max, (known + 4 * workerCount - 1) / (4 * workerCount)))
-        let feed: @Sendable () throws -> Void = { [self] in
+        // Feeds the whole input; an error is thrown, or with `report` delivered at the first item not
+        // submitted, which then ends the results.
+        let feed: @Sendable (_ report: Bool) throws -> Void = { [self] report in
             var chunk: [F.Input] = []
             var index = 0
+            var submitted = 0
             func emit() throws {
                 guard !chunk.isEmpty else { return }
                 let items = chunk
@@ -133,6 +136,7 @@ public final class InProcessPool: Sendable {
                 try submitWork {
                     self.runChunk(f, items, base: base, call: call, options: options)
                 }
+                submitted += items.count
             }
             do {
                 for x in inputs {
@@ -142,18 +146,24 @@ public final class InProcessPool: Sendable {
                     if chunk.count >= size { try emit() }
                 }
                 try emit()
-            } catch is CancellationError {}
+            } catch is CancellationError {
+            } catch {
+                guard report else { throw error }
+                call.fail(index: submitted, error)
+                try? call.deliveries.put(.end(total: submitted + 1))
+                return
+            }
             try? call.deliveries.put(.end(total: index))
         }
         if maxInFlight == nil {
-            try feed()
-        } else {
-            let t = OSThread(name: "InProcessPool-feeder", daemon: true) {
-                do { try feed() } catch {
-                    call.fail(index: -1, error)
-                    try? call.deliveries.put(.end(total: 0))
-                }
+            do {
+                try feed(false)
+            } catch {
+                _ = call.markCancelled()
+                throw error
             }
+        } else {
+            let t = OSThread(name: "InProcessPool-feeder", daemon: true) { try? feed(true) }
             try t.start()
         }
         return results

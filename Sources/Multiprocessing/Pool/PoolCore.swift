@@ -60,7 +60,6 @@ enum StopReason: Sendable {
     case softTimeout(unit: UInt64)
     case cancelled(unit: UInt64)
     case terminate(PoolError)
-    case retire
 }
 
 /// One worker process of a pool, as the parent sees it.
@@ -244,20 +243,22 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     /// Queues units and dispatches what the workers can take.
     func submit(_ units: [Unit]) throws {
-        try lock.withLock { () throws(PoolError) in
+        let refused: PoolError? = withLockThenDeliver {
             switch phase {
             case .running: break
-            case .closed: throw PoolError(.closed, "the pool is closed")
-            case .terminated: throw PoolError(.terminated, "the pool was terminated")
-            case .broken(let e): throw e
+            case .closed: return PoolError(.closed, "the pool is closed")
+            case .terminated: return PoolError(.terminated, "the pool was terminated")
+            case .broken(let e): return e
             }
             if firstSubmit == nil { firstSubmit = .now }
             for u in units {
                 pending.append(u)
                 total += u.count
             }
-            pump()
+            pump()  // may settle units of cancelled calls: delivered as the lock is released
+            return nil
         }
+        if let refused { throw refused }
         flushAll()
     }
 

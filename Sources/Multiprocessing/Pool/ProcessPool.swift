@@ -177,15 +177,16 @@ public final class ProcessPool: Sendable {
         let feeder = Feeder<F>(core: core, call: call, function: function, credit: credit, fixed: chunksize.map { max(1, $0) },
                             known: count, workers: workers, maxInFlight: maxInFlight)
         if let items = inputs as? [F.Input], maxInFlight.map({ $0 >= items.count }) ?? true {
-            try feeder.feed(items)  // eager: on the caller's thread, so submission errors are thrown here
+            // Eager, on the caller's thread, so that an error is thrown here (after cancelling what went).
+            do {
+                try feeder.feed(items)
+            } catch {
+                core.cancel(call)
+                throw error
+            }
         } else {
             let t = OSThread(name: "mp-pool-feeder", daemon: true) {
-                do {
-                    try feeder.feed(inputs)
-                } catch {
-                    call.fail(index: -1, error)
-                    try? call.deliveries.put(.end(total: 0))
-                }
+                try? feeder.feed(inputs, reportErrors: true)
             }
             try t.start()
         }
@@ -264,8 +265,15 @@ struct Feeder<F: TaskFunction>: Sendable {
         return max(1, min(cap, 4096, Int(2_000_000 / per)))
     }
 
-    func feed<S: Sequence<F.Input>>(_ inputs: S) throws {
+    /// Feeds the whole input. An error (encoding, a closed pool) is thrown, or with `reportErrors`
+    /// delivered to the consumer at the first item not submitted, which then ends the results.
+    func feed<S: Sequence<F.Input>>(_ inputs: S, reportErrors: Bool = false) throws {
         var index = 0
+        var submitted = 0  // items of the units handed to the pool
+        func submit(_ units: [Unit]) throws {
+            try core.submit(units)
+            submitted += units.reduce(0) { $0 + $1.count }
+        }
         var chunk: [F.Input] = []
         var size = chunkSize()
         var batch: [Unit] = []
@@ -276,7 +284,7 @@ struct Feeder<F: TaskFunction>: Sendable {
             if let credit, !credit.tryAcquire(items.count) {
                 // About to wait for the consumer: send what is batched first.
                 if !batch.isEmpty {
-                    try core.submit(batch)
+                    try submit(batch)
                     batch = []
                 }
                 if !credit.acquire(items.count) { throw CancellationError() }
@@ -288,7 +296,7 @@ struct Feeder<F: TaskFunction>: Sendable {
             // Units go in batches of up to 64 (one lock round and one write per worker), and at once
             // whenever the feed would wait for the consumer or the workers are short of work.
             if batch.count >= 64 || (credit != nil && core.isHungry) {
-                try core.submit(batch)
+                try submit(batch)
                 batch = []
             }
             if fixed == nil && known == nil { size = chunkSize() }
@@ -311,9 +319,14 @@ struct Feeder<F: TaskFunction>: Sendable {
                 }
             }
             try emit()
-            if !batch.isEmpty { try core.submit(batch) }
+            if !batch.isEmpty { try submit(batch) }
         } catch is CancellationError {
             // The consumer went away; nothing more to send.
+        } catch {
+            guard reportErrors else { throw error }
+            call.fail(index: submitted, error)
+            try? call.deliveries.put(.end(total: submitted + 1))
+            return
         }
         try? call.deliveries.put(.end(total: index))
     }

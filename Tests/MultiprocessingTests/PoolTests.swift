@@ -585,6 +585,20 @@ struct SamePoolAPITests {
         #expect(ContinuousClock.now - start < .milliseconds(900))
     }
 
+    @Test func threadPoolTerminateFailsQueuedWork() throws {
+        let pool = InProcessPool(workers: 1)
+        let running = try pool.submit(BlockingSleep(), 200)
+        let queued = try (0..<3).map { try pool.submit(SquareFn(), $0) }
+        let lazy = try pool.imap(SquareFn(), 0..<100, chunksize: 10, maxInFlight: 1000)
+        usleep(50_000)
+        pool.terminate()
+        for q in queued {
+            #expect { try q.get(timeout: .seconds(5)) } throws: { e in (e as? PoolError)?.code == .terminated }
+        }
+        #expect(throws: PoolError.self) { _ = try lazy.collect(timeout: .seconds(5)) }
+        #expect(try running.get(timeout: .seconds(5)) == 200)  // a running item runs to its end
+    }
+
     @Test func threadPoolInitializerRunsPerThread() throws {
         let count = Mutex(0)
         let pool = InProcessPool(workers: 2, initializer: { count.withLock { $0 += 1 } })

@@ -75,6 +75,8 @@ public final class InProcessPool: Sendable {
             let r = self.attempt(options, running: running) { try await body() }
             self.count(done: 1, failed: r.isFailure ? 1 : 0)
             call.future.complete(r)
+        } dropped: {
+            call.future.complete(.failure(PoolError(.terminated, "the pool was terminated")))
         }
         armTimeout(options) { call.future.complete(.failure(PoolError(.timedOut, "the task ran past its timeout of \(options.timeout!)"))) }
         return PoolTask(call: call) {
@@ -135,6 +137,8 @@ public final class InProcessPool: Sendable {
                 count(total: items.count)
                 try submitWork {
                     self.runChunk(f, items, base: base, call: call, options: options)
+                } dropped: {
+                    for i in base..<(base + items.count) { call.fail(index: i, PoolError(.terminated, "the pool was terminated")) }
                 }
                 submitted += items.count
             }
@@ -246,12 +250,15 @@ public final class InProcessPool: Sendable {
         try? timer.start()
     }
 
-    private func submitWork(_ body: @escaping @Sendable () -> Void) throws {
+    /// Queues `body`; `dropped` runs instead if ``terminate()`` drops it before it starts.
+    private func submitWork(_ body: @escaping @Sendable () -> Void, dropped: @escaping @Sendable () -> Void) throws {
+        let future: Future<Void>
         do {
-            _ = try executor.submit(body)
+            future = try executor.submit(body)
         } catch {
             throw PoolError(.closed, "the pool is closed")
         }
+        future.onDone { if future.isCancelled { dropped() } }
     }
 
     private func count(total: Int = 0, done: Int = 0, failed: Int = 0) {
@@ -267,7 +274,7 @@ public final class InProcessPool: Sendable {
 
     /// No more submissions; queued work still runs — Python's `Pool.close()`.
     public func close() { executor.close() }
-    /// Drops queued work (it fails with `CancellationError`); running items run to their end.
+    /// Drops queued work (it fails with ``PoolError/Code/terminated``); running items run to their end.
     public func terminate() { executor.terminate() }
     /// Waits for the threads to finish after `close` or `terminate`.
     @discardableResult

@@ -357,7 +357,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 protocolViolation(slot, error)
                 return false
             }
-            if n <= 0 { break }
+            if n <= 0 || slot.reader.lastReadWasShort { break }  // drained (epoll re-arms if more comes)
         }
         withLockThenDeliver { pump() }
         slot.outbox.flush()

@@ -133,6 +133,10 @@ struct FrameReader {
         }
     }
 
+    /// Whether the last read returned less than it had room for: a stream socket then had nothing more,
+    /// and a reader can skip the call that would only say "would block".
+    private(set) var lastReadWasShort = false
+
     /// Reads what is available from `fd` (blocking for at least one byte if `blocking`).
     /// - Returns: the number of bytes read; 0 at end of file; -1 if a non-blocking read would block.
     mutating func fill(from fd: Int32, blocking: Bool) throws -> Int {
@@ -140,11 +144,13 @@ struct FrameReader {
             if start > 0 { makeRoom(0) } else { buffer.append(contentsOf: repeatElement(0, count: buffer.count)) }
         }
         while true {
+            let space = buffer.count - end
             let n = buffer.withUnsafeMutableBytes { b in
-                recv(fd, b.baseAddress! + end, b.count - end, blocking ? 0 : Int32(MSG_DONTWAIT))
+                recv(fd, b.baseAddress! + end, space, blocking ? 0 : Int32(MSG_DONTWAIT))
             }
             if n > 0 {
                 end += n
+                lastReadWasShort = n < space
                 return n
             }
             if n == 0 { return 0 }

@@ -172,3 +172,17 @@ struct Fragile: Codable, Sendable {
 struct FragileFn: TaskFunction {
     func callAsFunction(_ input: Fragile) -> Int { input.x }
 }
+
+/// 0..<n with no length known in advance (underestimatedCount 0): the pool must grow its chunks itself.
+struct UnknownLength: Sequence, Sendable {
+    let n: Int
+    struct Iterator: IteratorProtocol {
+        var i = 0
+        let n: Int
+        mutating func next() -> Int? {
+            defer { i += 1 }
+            return i < n ? i : nil
+        }
+    }
+    func makeIterator() -> Iterator { Iterator(n: n) }
+}

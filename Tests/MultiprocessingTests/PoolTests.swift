@@ -44,6 +44,20 @@ struct ProcessPoolTests {
         #expect(i == 5000)
     }
 
+    @Test func imapOfUnknownLengthGrowsItsChunksAndKeepsOrder() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let results = try pool.imap(SquareFn(), UnknownLength(n: 50_000), maxInFlight: 1024)
+        var i = 0
+        while let v = try results.next(timeout: .seconds(30)) {
+            #expect(v == i * i)
+            i += 1
+        }
+        #expect(i == 50_000)
+        // Chunks grew from 1: far fewer units than items went to the workers.
+        #expect(pool.currentProgress.workers.map(\.tasks).reduce(0, +) < 10_000)
+    }
+
     @Test func imapUnorderedAndAsyncMapDeliverAll() async throws {
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         defer { pool.terminate() }

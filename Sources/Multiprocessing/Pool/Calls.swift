@@ -135,3 +135,54 @@ final class Credit: @unchecked Sendable {  // state behind `condition`'s lock
         }
     }
 }
+
+/// Cuts `inputs` into chunks for a multi-item call and ends the call's results — the loop both pools'
+/// feeders share.
+///
+/// - Parameters:
+///   - size: the next chunk's size (asked again after each chunk; it may grow).
+///   - emit: hands over one chunk and the index of its first item; returns how many items are now with
+///     the pool (submitted, as opposed to batched), and throws `CancellationError` when the consumer left.
+///   - finish: submits whatever `emit` batched; returns the items now with the pool.
+///   - reportErrors: deliver an error (encoding, a closed pool) to the consumer at the first item not
+///     with the pool, then end the results there; otherwise throw it.
+func feedChunks<Input, Output: Codable & Sendable>(
+    _ inputs: some Sequence<Input>, into call: StreamCall<Output>, reportErrors: Bool,
+    size: () -> Int, emit: ([Input], _ base: Int) throws -> Int, finish: () throws -> Int
+) throws {
+    var index = 0
+    var withPool = 0
+    do {
+        if let array = inputs as? [Input] {
+            // Whole slices, no per-item work.
+            while index < array.count && !call.isCancelled {
+                let end = Swift.min(array.count, index + size())
+                withPool = try emit(Array(array[index..<end]), index)
+                index = end
+            }
+        } else {
+            var chunk: [Input] = []
+            var limit = size()
+            for x in inputs {
+                if call.isCancelled { break }
+                chunk.append(x)
+                index += 1
+                if chunk.count >= limit {
+                    withPool = try emit(chunk, index - chunk.count)
+                    chunk = []
+                    limit = size()
+                }
+            }
+            if !chunk.isEmpty { withPool = try emit(chunk, index - chunk.count) }
+        }
+        withPool = try finish()
+    } catch is CancellationError {
+        // The consumer went away; nothing more to send.
+    } catch {
+        guard reportErrors else { throw error }
+        call.fail(index: withPool, error)
+        try? call.deliveries.put(.end(total: withPool + 1))
+        return
+    }
+    try? call.deliveries.put(.end(total: index))
+}

@@ -125,14 +125,8 @@ public final class InProcessPool: Sendable {
         // Feeds the whole input; an error is thrown, or with `report` delivered at the first item not
         // submitted, which then ends the results.
         let feed: @Sendable (_ report: Bool) throws -> Void = { [self] report in
-            var chunk: [F.Input] = []
-            var index = 0
             var submitted = 0
-            func emit() throws {
-                guard !chunk.isEmpty else { return }
-                let items = chunk
-                let base = index - items.count
-                chunk = []
+            try feedChunks(inputs, into: call, reportErrors: report, size: { size }, emit: { items, base in
                 if let credit, !credit.acquire(items.count) { throw CancellationError() }
                 count(total: items.count)
                 try submitWork {
@@ -141,23 +135,8 @@ public final class InProcessPool: Sendable {
                     for i in base..<(base + items.count) { call.fail(index: i, PoolError(.terminated, "the pool was terminated")) }
                 }
                 submitted += items.count
-            }
-            do {
-                for x in inputs {
-                    if call.isCancelled { break }
-                    chunk.append(x)
-                    index += 1
-                    if chunk.count >= size { try emit() }
-                }
-                try emit()
-            } catch is CancellationError {
-            } catch {
-                guard report else { throw error }
-                call.fail(index: submitted, error)
-                try? call.deliveries.put(.end(total: submitted + 1))
-                return
-            }
-            try? call.deliveries.put(.end(total: index))
+                return submitted
+            }, finish: { submitted })
         }
         if maxInFlight == nil {
             do {

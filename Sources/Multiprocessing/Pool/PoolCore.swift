@@ -142,12 +142,14 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private var lastDeath: PoolError?
     private var cancelRing = 0
     /// Mean nanoseconds per item and per unit (exponentially weighted), for windows and chunk sizes.
-    private(set) var itemNanos: Double = 0
+    private var itemNanos: Double = 0
+    /// Mean nanoseconds per item measured so far (0 before any), for chunk sizes.
+    var measuredItemNanos: Double { lock.withLock { itemNanos } }
     private var unitNanos: Double = 0
     // progress
-    private(set) var done = 0
-    private(set) var failed = 0
-    private(set) var total = 0
+    private var done = 0
+    private var failed = 0
+    private var total = 0
     private var firstSubmit: ContinuousClock.Instant?
     private var supervisor: OSThread?
     private let callbacks = BlockingQueue<@Sendable () -> Void>()

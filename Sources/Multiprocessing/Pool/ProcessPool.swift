@@ -260,7 +260,7 @@ struct Feeder<F: TaskFunction>: Sendable {
         if let fixed { return fixed }
         let cap = maxInFlight.map { max(1, $0 / (2 * workers)) } ?? Int.max
         if let known { return max(1, min(cap, (known + 4 * workers - 1) / (4 * workers))) }
-        let per = core.itemNanos
+        let per = core.measuredItemNanos
         guard per > 0 else { return 1 }
         return max(1, min(cap, 4096, Int(2_000_000 / per)))
     }
@@ -268,67 +268,29 @@ struct Feeder<F: TaskFunction>: Sendable {
     /// Feeds the whole input. An error (encoding, a closed pool) is thrown, or with `reportErrors`
     /// delivered to the consumer at the first item not submitted, which then ends the results.
     func feed<S: Sequence<F.Input>>(_ inputs: S, reportErrors: Bool = false) throws {
-        var index = 0
         var submitted = 0  // items of the units handed to the pool
-        func submit(_ units: [Unit]) throws {
-            try core.submit(units)
-            submitted += units.reduce(0) { $0 + $1.count }
-        }
-        var chunk: [F.Input] = []
-        var size = chunkSize()
         var batch: [Unit] = []
-        func emit() throws {
-            guard !chunk.isEmpty else { return }
-            let items = chunk
-            chunk = []
-            if let credit, !credit.tryAcquire(items.count) {
-                // About to wait for the consumer: send what is batched first.
-                if !batch.isEmpty {
-                    try submit(batch)
-                    batch = []
-                }
-                if !credit.acquire(items.count) { throw CancellationError() }
-            }
-            let unit = Unit(id: core.makeUnitId(), call: call, function: function, base: index - items.count,
-                            count: items.count, payload: try encodeItems(items),
-                            encodeRange: { r in try encodeItems(Array(items[r])) })
-            batch.append(unit)
-            // Units go in batches of up to 64 (one lock round and one write per worker), and at once
-            // whenever the feed would wait for the consumer or the workers are short of work.
-            if batch.count >= 64 || (credit != nil && core.isHungry) {
-                try submit(batch)
+        func submitBatch() throws -> Int {
+            if !batch.isEmpty {
+                try core.submit(batch)
+                submitted += batch.reduce(0) { $0 + $1.count }
                 batch = []
             }
-            if fixed == nil && known == nil { size = chunkSize() }
+            return submitted
         }
-        do {
-            if let array = inputs as? [F.Input] {
-                // Whole slices, no per-item work.
-                while index < array.count && !call.isCancelled {
-                    let end = Swift.min(array.count, index + size)
-                    chunk = Array(array[index..<end])
-                    index = end
-                    try emit()
-                }
-            } else {
-                for x in inputs {
-                    if call.isCancelled { break }
-                    chunk.append(x)
-                    index += 1
-                    if chunk.count >= size { try emit() }
-                }
+        try feedChunks(inputs, into: call, reportErrors: reportErrors, size: chunkSize, emit: { items, base in
+            if let credit, !credit.tryAcquire(items.count) {
+                // About to wait for the consumer: send what is batched first.
+                _ = try submitBatch()
+                if !credit.acquire(items.count) { throw CancellationError() }
             }
-            try emit()
-            if !batch.isEmpty { try submit(batch) }
-        } catch is CancellationError {
-            // The consumer went away; nothing more to send.
-        } catch {
-            guard reportErrors else { throw error }
-            call.fail(index: submitted, error)
-            try? call.deliveries.put(.end(total: submitted + 1))
-            return
-        }
-        try? call.deliveries.put(.end(total: index))
+            batch.append(Unit(id: core.makeUnitId(), call: call, function: function, base: base, count: items.count,
+                              payload: try encodeItems(items), encodeRange: { r in try encodeItems(Array(items[r])) }))
+            // Units go in batches of up to 64 (one lock round and one write per worker), and at once
+            // whenever the feed would wait for the consumer or the workers are short of work.
+            if batch.count >= 64 || (credit != nil && core.isHungry) { _ = try submitBatch() }
+            return submitted
+        }, finish: submitBatch)
     }
 }
 

@@ -733,7 +733,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                     }
                 }
             }
-            // Units cancelled while queued behind the running one.
+            // Retries whose backoff has passed join the queue.
             delayed.sort { $0.at < $1.at }
             while let first = delayed.first, first.at <= now {
                 delayed.removeFirst()

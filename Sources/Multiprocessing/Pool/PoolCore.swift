@@ -40,6 +40,15 @@ final class Unit: @unchecked Sendable {  // mutable state guarded by the pool co
     var softIndex: Int?
     var softAt: ContinuousClock.Instant?
 
+    /// Items `range` (relative) of this unit as a new unit with its own id, for sending again.
+    func part(_ range: Range<Int>, id: UInt64, attempt: Int, kills: Int) throws -> Unit {
+        let payload = range == 0..<count ? self.payload : try encodeRange(range)
+        let lower = range.lowerBound
+        return Unit(id: id, call: call, function: function, base: base + lower, count: range.count, payload: payload,
+                    encodeRange: { [encodeRange] r in try encodeRange((r.lowerBound + lower)..<(r.upperBound + lower)) },
+                    attempt: attempt, kills: kills)
+    }
+
     init(id: UInt64, call: CallCore, function: FunctionRef, base: Int, count: Int, payload: [UInt8],
          encodeRange: @escaping @Sendable (Range<Int>) throws -> [UInt8], attempt: Int = 1, kills: Int = 0) {
         self.id = id
@@ -64,7 +73,6 @@ enum StopReason: Sendable {
 
 /// One worker process of a pool, as the parent sees it.
 final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guarded by the core's lock
-    let serial: Int
     let handle: ProcessHandle
     let channel: Connection
     let stderrFd: Int32
@@ -92,8 +100,7 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
     var sawReady = false
     var stderrTail: [UInt8] = []
 
-    init(serial: Int, handle: ProcessHandle, channel: Connection, stderrFd: Int32, shared: SharedSlot, wakeFd: Int32) {
-        self.serial = serial
+    init(handle: ProcessHandle, channel: Connection, stderrFd: Int32, shared: SharedSlot, wakeFd: Int32) {
         self.handle = handle
         self.channel = channel
         self.stderrFd = stderrFd
@@ -139,7 +146,6 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private var nextFunction: UInt32 = 1
     private var functions: [FunctionKey: UInt32] = [:]
     private var deaths: [ContinuousClock.Instant] = []
-    private var lastDeath: PoolError?
     private var cancelRing = 0
     /// Mean nanoseconds per item and per unit (exponentially weighted), for windows and chunk sizes.
     private var itemNanos: Double = 0
@@ -151,7 +157,6 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private var failed = 0
     private var total = 0
     private var firstSubmit: ContinuousClock.Instant?
-    private var supervisor: OSThread?
     private let callbacks = BlockingQueue<@Sendable () -> Void>()
 
     init(size: Int, options: ProcessPoolOptions, initializer: (type: String, payload: [UInt8])?) throws {
@@ -167,7 +172,6 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             while let body = try? callbacks.get() { body() }
         }
         try cb.start()
-        lock.withLock { supervisor = t }
         if options.interrupt != .ignore { Interrupts.register(self) }
     }
 
@@ -209,7 +213,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         let (bytes, fds) = try MessageCodec.encode(ToWorker.pool(setup))
         // If the worker is already dead this fails; its exit is then reported through the pidfd.
         try? bytes.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
-        let slot = WorkerSlot(serial: serial, handle: handle, channel: w.channel, stderrFd: errRead, shared: shared, wakeFd: wake)
+        let slot = WorkerSlot(handle: handle, channel: w.channel, stderrFd: errRead, shared: shared, wakeFd: wake)
         lock.withLock {
             slots.append(slot)
             // Started while the pool was being terminated or broken: stop it like the others.
@@ -280,7 +284,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             guard let slot = best else { return }
             let unit = pending.removeFirst()
             if unit.call.isCancelled {
-                settle(unit, from: unit.reported, CancellationError())
+                settleRange(unit, unit.reported..<unit.count, CancellationError())
                 continue
             }
             var w = FrameWriter()
@@ -315,17 +319,6 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private func flushAll() {
         let all = lock.withLock { slots }
         for s in all { s.outbox.flush() }
-    }
-
-    /// Fails items `from..<count` of `unit` with `error` (lock held; delivery happens outside via callbacks).
-    private func settle(_ unit: Unit, from: Int, _ error: any Error) {
-        guard from < unit.count else { return }
-        failed += unit.count - from
-        done += unit.count - from
-        let call = unit.call
-        let base = unit.base
-        let n = unit.count
-        deferred.append { for i in from..<n { call.fail(index: base + i, error) } }
     }
 
     /// Work to do once the lock is released (deliveries to calls).
@@ -444,16 +437,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         return unit.call
     }
 
-    /// A unit finished on `slot`: check the worker's memory, retire it if due. Lock held.
+    /// A unit finished on `slot`: shut it down if it is retiring and idle. Lock held. (The memory limit is
+    /// the worker's own check, after each unit: a check here would lag behind the units it has queued.)
     private func unitFinished(_ slot: WorkerSlot) {
-        if let limit = options.memoryLimit, !slot.retiring {
-            let rss = mp_statm_resident_bytes(slot.pid)
-            if rss > limit {
-                // Between tasks: the worker starts nothing more (its queued units go elsewhere).
-                slot.retiring = true
-                slot.shared.requestRetire()
-            }
-        }
         if slot.inflight.isEmpty {
             slot.idleSince = .now
             if slot.retiring || isDrainedAndClosed { sendShutdown(slot) }
@@ -523,11 +509,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 handleLost(unit, running: running, slot: slot, death: death)
             }
             slot.inflight = []
+            pending.prepend(contentsOf: requeued)
+            requeued = []
             if unexpected {
                 let now = ContinuousClock.now
                 deaths.append(now)
                 deaths.removeAll { now - $0 > options.deathLimit.window }
-                lastDeath = death
                 if deaths.count > options.deathLimit.count, case .running = phase {
                     breakPool(PoolError(
                         .broken,
@@ -576,10 +563,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             error = PoolError(.timedOut, "the task passed its soft timeout, ignored cancellation and worker \(slot.pid) was stopped",
                               pid: slot.pid, exitCode: death.exitCode, stderrTail: death.stderrTail, peakMemoryBytes: death.peakMemoryBytes)
         case .cancelled(let u)? where u == unit.id:
-            settle(unit, from: i, CancellationError())
+            settleRange(unit, i..<unit.count, CancellationError())
             return
         case .terminate(let e)?:
-            settle(unit, from: i, e)
+            settleRange(unit, i..<unit.count, e)
             return
         default:
             cause = .crash
@@ -613,7 +600,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         deferred.append { call.fail(index: index, error) }
     }
 
-    /// Sends items `range` (relative) of `unit` again, first in line. Lock held.
+    /// Units of a dead worker to send again; they go first in line, in order, once all are collected.
+    private var requeued: [Unit] = []
+
+    /// Collects items `range` (relative) of `unit` to be sent again. Lock held.
     private func requeue(_ unit: Unit, _ range: Range<Int>) {
         guard !range.isEmpty else { return }
         if unit.call.isCancelled {
@@ -625,14 +615,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             return
         }
         do {
-            let payload = range == 0..<unit.count ? unit.payload : try unit.encodeRange(range)
-            let lower = range.lowerBound
-            let again = Unit(id: nextUnit, call: unit.call, function: unit.function, base: unit.base + lower,
-                             count: range.count, payload: payload,
-                             encodeRange: { r in try unit.encodeRange((r.lowerBound + lower)..<(r.upperBound + lower)) },
-                             attempt: unit.attempt, kills: unit.kills)
+            requeued.append(try unit.part(range, id: nextUnit, attempt: unit.attempt, kills: unit.kills))
             nextUnit += 1
-            pending.prepend(again)
         } catch {
             settleRange(unit, range, error)
         }
@@ -644,10 +628,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     private func scheduleRetry(_ unit: Unit, index i: Int, crashed: Bool) {
         do {
-            let payload = try unit.encodeRange(i..<(i + 1))
-            let again = Unit(id: nextUnit, call: unit.call, function: unit.function, base: unit.base + i, count: 1,
-                             payload: payload, encodeRange: { r in try unit.encodeRange((r.lowerBound + i)..<(r.upperBound + i)) },
-                             attempt: unit.attempt + 1, kills: unit.kills + (crashed ? 1 : 0))
+            let again = try unit.part(i..<(i + 1), id: nextUnit, attempt: unit.attempt + 1, kills: unit.kills + (crashed ? 1 : 0))
             nextUnit += 1
             delayed.append((.now + unit.call.options.retry.delay(beforeAttempt: unit.attempt + 1), again))
             supervisorWake.set()
@@ -679,7 +660,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     /// the pool is finished.
     private func superviseOnce() -> Bool {
         let now = ContinuousClock.now
-        let monoNow = Replies.now()  // the clock workers stamp item starts with
+        let monoNow = PoolClock.coarse()  // the clock workers stamp item starts with
         var next: ContinuousClock.Instant? = nil
         func wakeAt(_ t: ContinuousClock.Instant) { if next == nil || t < next! { next = t } }
         var toSpawn = 0

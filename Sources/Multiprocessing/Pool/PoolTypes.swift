@@ -81,10 +81,9 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
 
     /// Records that item `i` starts (for crash attribution and timeouts); `false` if the unit was cancelled.
     public func itemStarting(_ i: Int) -> Bool {
-        now = Replies.now()
-        slot.setItemStart(now)
-        slot.setIndex(UInt64(i))
-        return slot.cancelRequest != unit
+        let (t, unitCancelled) = slot.itemStarting(unit: unit, index: i)
+        now = t
+        return !unitCancelled
     }
 
     /// Whether finished results should be sent now (2 ms since the last write).

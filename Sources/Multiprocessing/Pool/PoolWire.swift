@@ -181,13 +181,26 @@ struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is acces
     func setRunning(unit: UInt64) { Atomic.store(word(0), unit) }
     func setIndex(_ i: UInt64) { Atomic.store(word(1), i) }
 
-    /// Set by the parent when the worker must not start another unit (it went over the memory limit):
-    /// the worker exits cleanly instead, and the parent sends its queued units elsewhere.
-    var retireRequested: Bool { Atomic.load(word(6)) != 0 }
-    func requestRetire() { Atomic.store(word(6), 1) }
     /// Set by a worker that retired itself (over its memory limit) just before exiting cleanly.
     var retiredItself: Bool { Atomic.load(word(7)) != 0 }
     func markRetired() { Atomic.store(word(7), 1) }
+
+    /// Whether the parent asked to cancel the running item of `unit`: the whole unit, or (a soft timeout)
+    /// that item only.
+    func wantsCancel(of unit: UInt64) -> Bool {
+        if cancelRequest == unit { return true }
+        let item = itemCancelRequest
+        return item.unit == unit && item.index == running.index
+    }
+
+    /// Stamps item `index` of `unit` as starting now (coarse clock), for crash attribution and timeouts.
+    /// - Returns: the time stamped, and whether the whole unit was cancelled.
+    func itemStarting(unit: UInt64, index: Int) -> (now: UInt64, unitCancelled: Bool) {
+        let now = PoolClock.coarse()
+        setItemStart(now)
+        setIndex(UInt64(index))
+        return (now, cancelRequest == unit)
+    }
 
     /// One item the parent asks the worker to cancel (a soft timeout): unit and index.
     var itemCancelRequest: (unit: UInt64, index: UInt64) { (Atomic.load(word(4)), Atomic.load(word(5))) }
@@ -222,4 +235,19 @@ struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is acces
 private enum Atomic {
     static func load(_ p: UnsafeMutablePointer<UInt64>) -> UInt64 { mp_atomic_load_u64(p) }
     static func store(_ p: UnsafeMutablePointer<UInt64>, _ v: UInt64) { mp_atomic_store_u64(p, v) }
+}
+
+/// The clocks of the pool protocol, in nanoseconds.
+enum PoolClock {
+    /// CLOCK_MONOTONIC_COARSE: a few ns to read, a few ms of resolution — enough for item start times
+    /// (timeouts) and flush pacing. Workers stamp with it and the supervisor reads the same clock.
+    static func coarse() -> UInt64 { read(CLOCK_MONOTONIC_COARSE) }
+    /// CLOCK_MONOTONIC, for measuring work (read once per reply, not per item).
+    static func precise() -> UInt64 { read(CLOCK_MONOTONIC) }
+
+    private static func read(_ clock: clockid_t) -> UInt64 {
+        var ts = timespec()
+        clock_gettime(clock, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
 }

@@ -60,22 +60,17 @@ enum PoolWorker {
             guard let runner = runners[fnId] else {
                 throw MultiprocessingError(.malformedMessage, "task for undefined function \(fnId)")
             }
-            if slot.retireRequested {
-                out.flush()
-                exit(0)  // over the memory limit: the parent sends this unit and the queued ones elsewhere
-            }
-            out.startUnit()
+            let started = out.startUnit()
             if slot.isMarkedCancelled(unit) {
                 for i in 0..<count { out.failure(unit: unit, index: i, CancellationError()) }
                 return
             }
             slot.setRunning(unit: unit)
-            let started = Replies.preciseNow()
             runner(unit, count, c.rest, out)
             slot.setRunning(unit: 0)
             // Batching replies pays only for tiny units: after one that took 100 µs or more, answer now,
             // so the parent can send more work before this worker runs dry.
-            if Replies.preciseNow() &- started >= 100_000 { out.flush() }
+            if PoolClock.precise() &- started >= 100_000 { out.flush() }
             // Over the memory limit: answer, then leave before starting anything else.
             if let limit = memoryLimit, mp_statm_resident_bytes(getpid()) > limit {
                 slot.markRetired()
@@ -185,8 +180,7 @@ enum PoolWorker {
         }
         guard !finished.isDone else { return }
         current.withLock { $0 = (chunk.unit, task) }
-        let item = slot.itemCancelRequest
-        if slot.cancelRequest == chunk.unit || (item.unit == chunk.unit && item.index == slot.running.index) { task.cancel() }
+        if slot.wantsCancel(of: chunk.unit) { task.cancel() }  // asked before the task was registered
         _ = try? finished.result()
         current.withLock { $0 = (0, nil) }
     }
@@ -199,12 +193,8 @@ enum PoolWorker {
             while true {
                 if poll(&pfd, 1, -1) <= 0 { continue }
                 _ = read(wake, &sink, 8)
-                let unit = slot.cancelRequest
-                let item = slot.itemCancelRequest
-                let running = slot.running
                 let task = current.withLock { c -> Task<Void, Never>? in
-                    guard c.unit != 0, c.unit == running.unit else { return nil }
-                    return unit == c.unit || (item.unit == c.unit && item.index == running.index) ? c.task : nil
+                    c.unit != 0 && c.unit == slot.running.unit && slot.wantsCancel(of: c.unit) ? c.task : nil
                 }
                 task?.cancel()
             }
@@ -252,10 +242,8 @@ final class Chunk<F: TaskFunction>: @unchecked Sendable {  // used by one thread
         let slot = PoolWorker.slot!
         while next < inputs.count {
             let i = next
-            let t = Replies.now()
-            slot.setItemStart(t)
-            slot.setIndex(UInt64(i))
-            if slot.cancelRequest == unit { break }
+            let (t, unitCancelled) = slot.itemStarting(unit: unit, index: i)
+            if unitCancelled { break }
             next = i + 1
             do {
                 done.append(try await f(inputs[i]))
@@ -292,16 +280,8 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
     init(fd: Int32, pid: Int32) {
         self.fd = fd
         self.pid = pid
-        lastFlush = Replies.now()
-        mark = Replies.preciseNow()
-    }
-
-    /// CLOCK_MONOTONIC_COARSE nanoseconds: a few ns to read, a few ms of resolution — enough for item
-    /// start times (timeouts) and flush pacing; the supervisor reads the same clock.
-    static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+        lastFlush = PoolClock.coarse()
+        mark = PoolClock.precise()
     }
 
     var pending: Int { writer.bytes.count }
@@ -309,18 +289,16 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
     /// Whether a long chunk should send what it has: 2 ms since the last write.
     func dueForPartialFlush(now: UInt64) -> Bool { now &- lastFlush > 2_000_000 }
 
-    /// CLOCK_MONOTONIC nanoseconds, for measuring work (read once per reply, not per item).
-    static func preciseNow() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    /// Marks the start of a unit's work; returns the time (precise clock).
+    @discardableResult
+    func startUnit() -> UInt64 {
+        mark = PoolClock.precise()
+        return mark
     }
-
-    func startUnit() { mark = Replies.preciseNow() }
 
     /// Nanoseconds of work since the last reply (reported so the parent can tell work from waiting).
     private func busy() -> UInt64 {
-        let t = Replies.preciseNow()
+        let t = PoolClock.precise()
         defer { mark = t }
         return t &- mark
     }
@@ -364,7 +342,7 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
     }
 
     func flush() {
-        lastFlush = Replies.now()
+        lastFlush = PoolClock.coarse()
         guard !writer.isEmpty else { return }
         let bytes = writer.take()
         do {

@@ -186,3 +186,8 @@ struct UnknownLength: Sequence, Sendable {
     }
     func makeIterator() -> Iterator { Iterator(n: n) }
 }
+
+/// The size of a byte array, and the array back (payloads larger than a socket buffer both ways).
+struct EchoBytes: SyncTaskFunction {
+    func callAsFunction(_ bytes: [UInt8]) -> [UInt8] { bytes }
+}

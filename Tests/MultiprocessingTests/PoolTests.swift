@@ -211,6 +211,16 @@ struct ProcessPoolTests {
         }
     }
 
+    @Test func payloadsLargerThanSocketBuffersTravelBothWays() throws {
+        // 4 MiB per item: the parent's writes would block, so they finish on a background writer while
+        // the reactor keeps reading replies.
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let inputs = (0..<6).map { i in [UInt8](repeating: UInt8(i), count: 4 << 20) }
+        let outputs = try pool.map(EchoBytes(), inputs, chunksize: 1, timeout: .seconds(60))
+        #expect(outputs == inputs)
+    }
+
     @Test func mapTimeoutCancelsTheRest() throws {
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         defer { pool.terminate() }

@@ -191,3 +191,66 @@ struct UnknownLength: Sequence, Sendable {
 struct EchoBytes: SyncTaskFunction {
     func callAsFunction(_ bytes: [UInt8]) -> [UInt8] { bytes }
 }
+
+/// Returns `n` bytes: an item whose result can exceed the pool's frame limit.
+struct Bytes: TaskFunction {
+    func callAsFunction(_ n: Int) -> [UInt8] { [UInt8](repeating: 7, count: n) }
+}
+
+/// An input that the worker cannot decode when `x == 5` (it encodes fine).
+struct Brittle: Codable, Sendable {
+    let x: Int
+    init(_ x: Int) { self.x = x }
+    init(from decoder: any Decoder) throws {
+        x = try decoder.singleValueContainer().decode(Int.self)
+        if x == 5 { throw CodableFailure(reason: "5 cannot be decoded") }
+    }
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(x)
+    }
+}
+
+struct BrittleFn: TaskFunction {
+    func callAsFunction(_ input: Brittle) -> Int { input.x * 10 }
+}
+
+/// Item `badAt` writes a frame header announcing more than the pool accepts onto the worker's channel,
+/// then returns at once: the parent kills the worker for it, most often once the item is over.
+struct BadFrameAfterItem: TaskFunction {
+    let badAt: Int
+    func callAsFunction(_ x: Int) -> Int {
+        if x == badAt {
+            var header: [UInt8] = [0x7F, 0xFF, 0xFF, 0xFF]
+            _ = write(3, &header, 4)
+        }
+        return x
+    }
+}
+
+/// Sleeps `ms` the first time (marker file), then returns at once: a task that times out once.
+struct SlowOnce: TaskFunction {
+    let marker: String
+    func callAsFunction(_ ms: Int) -> Int {
+        if access(marker, F_OK) != 0 {
+            let fd = open(marker, O_CREAT | O_WRONLY, 0o644)
+            close(fd)
+            usleep(useconds_t(ms * 1000))
+        }
+        return -ms
+    }
+}
+
+/// Starts a pool of 8 workers, makes them all busy for 10 s, says so on `ready`, then ends the program
+/// with `exit(0)`: the at-exit clean-up must stop and reap the 8 busy workers quickly.
+struct ExitWithBusyPool: Job {
+    let ready: Connection
+    func run() throws -> Int {
+        let pool = try ProcessPool(workers: 8, options: testPoolOptions())
+        for _ in 0..<8 { _ = try pool.submit(BlockingSleep(), 10_000) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while pool.core.busyWorkers < 8 && ContinuousClock.now < deadline { usleep(2_000) }
+        try ready.send(pool.workerPIDs)
+        exit(0)
+    }
+}

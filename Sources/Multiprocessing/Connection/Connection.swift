@@ -33,7 +33,9 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     private var buffer: [UInt8]
     private var readPos = 0
     private var writePos = 0
-    private var large: (payload: [UInt8], filled: Int)?
+    /// A frame too large for `buffer`: the bytes so far (grown as they arrive, never to more than have come
+    /// plus as many again, so a bare length allocates nothing) and the size announced.
+    private var large: (payload: [UInt8], filled: Int, size: Int)?
     private var broken: String?
     /// Descriptors received with messages, oldest first. Its own lock, held only for a moment (never
     /// across a syscall), so decoding never waits for a receiver blocked in `recvmsg`.
@@ -246,19 +248,29 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         if let broken { throw MultiprocessingError(.closed, "the connection is unusable after \(broken)") }
         try checkOpen()
         while true {
-            if var (payload, filled) = large {
-                // A large frame is read straight into its own buffer.
-                large = nil
-                let n = try payload.withUnsafeMutableBytes { p in
-                    try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[filled...]), blocking: blocking)
+            if var l = large {
+                // A large frame is read straight into its own buffer, which doubles as it fills.
+                large = nil  // `l` holds the only reference: growing it copies nothing
+                if l.filled == l.payload.count {
+                    l.payload.append(contentsOf: repeatElement(0, count: min(l.size, max(2 * l.payload.count, 1 << 20)) - l.payload.count))
                 }
-                if n == 0 {
-                    large = (payload, filled)
-                    return nil
+                let filled = l.filled
+                let n: Int
+                do {
+                    n = try l.payload.withUnsafeMutableBytes { p in
+                        try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[filled...]), blocking: blocking)
+                    }
+                } catch let e as MultiprocessingError where e.code == .endOfFile {
+                    broken = "end of file in the middle of a message"
+                    throw MultiprocessingError(.malformedMessage, "the peer closed the connection in the middle of a message")
+                } catch {
+                    large = l
+                    throw error
                 }
-                filled += n
-                if filled == payload.count { return payload }
-                large = (payload, filled)
+                l.filled += n
+                if l.filled == l.size { return l.payload }
+                large = l
+                if n == 0 { return nil }
                 continue
             }
             if let frame = try parseBuffered(maxLength: maxLength) { return frame }
@@ -324,14 +336,14 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         }
         if size > buffer.count - headerSize {
             // Too big for the buffer: move what we have into a dedicated payload.
-            var payload = [UInt8](repeating: 0, count: size)
             let have = writePos - start
+            var payload = [UInt8](repeating: 0, count: max(have, min(size, buffer.count)))
             payload.withUnsafeMutableBytes { p in
                 buffer.withUnsafeBytes { b in p.baseAddress!.copyMemory(from: b.baseAddress! + start, byteCount: have) }
             }
             readPos = 0
             writePos = 0
-            large = (payload, have)
+            large = (payload, have, size)
         }
         return nil
     }

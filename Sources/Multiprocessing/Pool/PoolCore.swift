@@ -69,6 +69,8 @@ enum StopReason: Sendable {
     case softTimeout(unit: UInt64)
     case cancelled(unit: UInt64)
     case terminate(PoolError)
+    /// The worker sent something the parent cannot accept: it is killed, and the unit it was on is charged.
+    case protocolViolation(PoolError)
 }
 
 /// One worker process of a pool, as the parent sees it.
@@ -116,9 +118,19 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
         _ = write(wakeFd, &one, 8)
     }
 
+    /// At most `n` lines of what the worker wrote to standard error: from its crash report's first line if
+    /// there is one (so that `Fatal error: …` and the frames nearest the crash are kept, not the stack's
+    /// bottom), else the last lines.
     func stderrLines(_ n: Int) -> [String] {
         let text = String(decoding: stderrTail, as: UTF8.self)
-        return Array(text.split(separator: "\n", omittingEmptySubsequences: true).suffix(n).map(String.init))
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+        let markers = ["Fatal error:", "*** Signal ", "*** Program crashed:", "Current stack trace:"]
+        if let first = lines.firstIndex(where: { l in markers.contains { l.contains($0) } }) {
+            // The line before the report too: often what the program printed last.
+            let from = max(0, first - 1)
+            return Array(lines[from..<min(lines.count, from + n)])
+        }
+        return Array(lines.suffix(n))
     }
 }
 
@@ -146,6 +158,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private var nextFunction: UInt32 = 1
     private var functions: [FunctionKey: UInt32] = [:]
     private var deaths: [ContinuousClock.Instant] = []
+    private var unexpectedDeaths = 0
     private var cancelRing = 0
     /// Mean nanoseconds per item and per unit (exponentially weighted), for windows and chunk sizes.
     private var itemNanos: Double = 0
@@ -185,8 +198,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         Syscall.setNonBlocking(errRead)
         let w: SpawnedWorker
         do {
-            // A crash report that fits a stderr tail: the crashed thread only, no registers or image list.
-            w = try Spawner.spawn(stderr: errWrite, environment: ["SWIFT_BACKTRACE": "threads=crashed,registers=none,images=none"])
+            w = try Spawner.spawn(stderr: errWrite, environment: ["SWIFT_BACKTRACE": options.crashReport.environment])
         } catch {
             Syscall.close(errRead)
             throw error
@@ -287,6 +299,17 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 settleRange(unit, unit.reported..<unit.count, CancellationError())
                 continue
             }
+            if unit.payload.count > PoolWire.maxBody {
+                // A frame the worker would refuse: items go alone, and an item too large alone fails.
+                if unit.count > 1 {
+                    pending.prepend(contentsOf: singletons(unit, 0..<unit.count))
+                } else {
+                    settleItem(unit, 0, MultiprocessingError(
+                        .messageTooLarge,
+                        "the task's input is \(unit.payload.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody) bytes per task"))
+                }
+                continue
+            }
             var w = FrameWriter()
             if !slot.knownFunctions.contains(unit.function.id) {
                 slot.knownFunctions.insert(unit.function.id)
@@ -312,6 +335,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             }
             slot.inflight.append(unit)
             slot.dispatched += 1
+            // A unit with a deadline: the supervisor must know it is out there, or it sleeps through it.
+            if unit.call.options.timeout != nil || unit.call.options.softTimeout != nil { supervisorWake.set() }
             if let max = options.maxTasksPerChild, slot.dispatched >= max { slot.retiring = true }
         }
     }
@@ -355,7 +380,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             if n <= 0 || slot.reader.lastReadWasShort { break }  // drained (epoll re-arms if more comes)
         }
         withLockThenDeliver { pump() }
-        slot.outbox.flush()
+        // pump() may have given work to any worker, not only this one: all outboxes, or a unit waits
+        // for the supervisor's next round.
+        flushAll()
         if !open {
             // The worker closed its end: it is exiting (or broken); make sure it does.
             let expected = lock.withLock { slot.shutdownSent || slot.stop != nil || slot.exited }
@@ -379,6 +406,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         var c = FrameCursor(body)
         let kind = body[0]
         let unitId: UInt64 = try c.get()
+        if kind == PoolWire.resend {
+            resendAlone(slot, unitId)
+            return nil
+        }
         let start = Int(try c.get(UInt32.self))
         let count = kind == PoolWire.output ? Int(try c.get(UInt32.self)) : 1
         let busyNanos: UInt64 = try c.get()
@@ -437,6 +468,17 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         return unit.call
     }
 
+    /// The worker could not decode a chunk as a whole: its items go again one by one, so an item that
+    /// cannot be decoded fails alone.
+    private func resendAlone(_ slot: WorkerSlot, _ unitId: UInt64) {
+        withLockThenDeliver {
+            guard let k = slot.inflight.firstIndex(where: { $0.id == unitId }) else { return }
+            let unit = slot.inflight.remove(at: k)
+            pending.prepend(contentsOf: singletons(unit, unit.reported..<unit.count))
+            unitFinished(slot)
+        }
+    }
+
     /// A unit finished on `slot`: shut it down if it is retiring and idle. Lock held. (The memory limit is
     /// the worker's own check, after each unit: a check here would lag behind the units it has queued.)
     private func unitFinished(_ slot: WorkerSlot) {
@@ -463,7 +505,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private func protocolViolation(_ slot: WorkerSlot, _ error: any Error) {
         lock.withLock {
             if slot.stop == nil {
-                slot.stop = .terminate(PoolError(.workerDied, "worker \(slot.pid) broke the pool protocol: \(error)", pid: slot.pid))
+                slot.stop = .protocolViolation(PoolError(.workerDied, "worker \(slot.pid) broke the pool protocol: \(error)", pid: slot.pid))
             }
         }
         slot.handle.kill()
@@ -505,13 +547,19 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             let what = code.map { $0 < 0 ? "was killed by signal \($0 * -1) (\(signalName(-$0)))" : "exited with code \($0)" } ?? "ended"
             let death = PoolError(.workerDied, "worker \(slot.pid) \(what)", pid: slot.pid, exitCode: code,
                                   stderrTail: tail, peakMemoryBytes: peak)
+            // A worker that died of its own accord or broke the protocol charges the unit it last started,
+            // even outside a known item (between items, or sending its replies).
+            let violation: Bool = if case .protocolViolation = slot.stop { true } else { false }
+            let chargeable = !clean && (slot.stop == nil || violation)
+            let lastStarted = slot.shared.lastStarted
             for unit in slot.inflight {
-                handleLost(unit, running: running, slot: slot, death: death)
+                handleLost(unit, running: running, slot: slot, death: death, charge: chargeable && unit.id == lastStarted)
             }
             slot.inflight = []
             pending.prepend(contentsOf: requeued)
             requeued = []
-            if unexpected {
+            if unexpected || violation {
+                unexpectedDeaths += 1
                 let now = ContinuousClock.now
                 deaths.append(now)
                 deaths.removeAll { now - $0 > options.deathLimit.window }
@@ -543,13 +591,25 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     /// A unit whose worker died: keep what was reported, fail or retry the item that was running, send
     /// the rest again. Lock held.
-    private func handleLost(_ unit: Unit, running: (unit: UInt64, index: UInt64), slot: WorkerSlot, death: PoolError) {
+    /// `charge`: the worker died on this unit (of its own accord or for a protocol violation) even if
+    /// no item of it was running — between items, or sending its replies.
+    private func handleLost(_ unit: Unit, running: (unit: UInt64, index: UInt64), slot: WorkerSlot, death: PoolError, charge: Bool) {
         let k = unit.reported
-        guard running.unit == unit.id, Int(running.index) >= k, Int(running.index) < unit.count else {
+        let i: Int
+        if running.unit == unit.id, Int(running.index) >= k, Int(running.index) < unit.count {
+            i = Int(running.index)
+        } else if charge && unit.count - k == 1 {
+            i = k  // one item left: it is the one
+        } else if charge && k < unit.count {
+            // Which item is at fault is unknown: each goes again alone, charged one kill, so the one at
+            // fault is found by the next death and fails once it reaches the policy's limit of kills,
+            // instead of killing workers for ever.
+            for j in k..<unit.count { requeue(unit, j..<(j + 1), kills: unit.kills + 1) }
+            return
+        } else {
             requeue(unit, k..<unit.count)
             return
         }
-        let i = Int(running.index)
         requeue(unit, k..<i)
         let cause: RetryPolicy.Cause
         let error: any Error
@@ -568,6 +628,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         case .terminate(let e)?:
             settleRange(unit, i..<unit.count, e)
             return
+        case .protocolViolation(let e)?:
+            cause = .crash
+            error = PoolError(.workerDied, e.message + " while running this task", pid: death.pid, exitCode: death.exitCode,
+                              stderrTail: death.stderrTail, peakMemoryBytes: death.peakMemoryBytes)
         default:
             cause = .crash
             error = PoolError(.workerDied, death.message + " while running this task", pid: death.pid, exitCode: death.exitCode,
@@ -576,7 +640,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         let policy = unit.call.options.retry
         let kills = unit.kills + (cause == .crash ? 1 : 0)
         if policy.causes.contains(cause) && unit.attempt < policy.attempts && kills < policy.maxWorkerKills && !unit.call.isCancelled,
-           case .running = phase
+           deliversResults
         {
             scheduleRetry(unit, index: i, crashed: cause == .crash)
         } else {
@@ -604,22 +668,37 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private var requeued: [Unit] = []
 
     /// Collects items `range` (relative) of `unit` to be sent again. Lock held.
-    private func requeue(_ unit: Unit, _ range: Range<Int>) {
+    private func requeue(_ unit: Unit, _ range: Range<Int>, kills: Int? = nil) {
         guard !range.isEmpty else { return }
         if unit.call.isCancelled {
             settleRange(unit, range, CancellationError())
             return
         }
-        if case .running = phase {} else if case .closed = phase {} else {
+        guard deliversResults else {
             settleRange(unit, range, terminalError)
             return
         }
         do {
-            requeued.append(try unit.part(range, id: nextUnit, attempt: unit.attempt, kills: unit.kills))
+            requeued.append(try unit.part(range, id: nextUnit, attempt: unit.attempt, kills: kills ?? unit.kills))
             nextUnit += 1
         } catch {
             settleRange(unit, range, error)
         }
+    }
+
+    /// Items `range` (relative) of `unit`, each as a unit of its own (an item that cannot be re-encoded
+    /// fails). Lock held.
+    private func singletons(_ unit: Unit, _ range: Range<Int>) -> [Unit] {
+        var parts: [Unit] = []
+        for j in range {
+            do {
+                parts.append(try unit.part(j..<(j + 1), id: nextUnit, attempt: unit.attempt, kills: unit.kills))
+                nextUnit += 1
+            } catch {
+                settleItem(unit, j, error)
+            }
+        }
+        return parts
     }
 
     private func settleRange(_ unit: Unit, _ range: Range<Int>, _ error: any Error) {
@@ -645,6 +724,14 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         }
     }
 
+    /// Whether work in the pool still runs to its end: running or closed (draining), not terminated or broken.
+    private var deliversResults: Bool {
+        switch phase {
+        case .running, .closed: true
+        case .terminated, .broken: false
+        }
+    }
+
     /// Whether the pool should keep `size` workers.
     private var wantsWorkers: Bool {
         switch phase {
@@ -659,6 +746,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     /// One round of the supervisor: timeouts, grace periods, retries, replacements. Returns `false` when
     /// the pool is finished.
     private func superviseOnce() -> Bool {
+        // Cleared before the state is read, so a wake-up sent during this round is never lost: the wait
+        // at the end then returns at once.
+        supervisorWake.clear()
         let now = ContinuousClock.now
         let monoNow = PoolClock.coarse()  // the clock workers stamp item starts with
         var next: ContinuousClock.Instant? = nil
@@ -674,6 +764,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                     continue
                 }
                 let running = slot.shared.running
+                // Units with a deadline that have not started: their first item starts no earlier than now,
+                // so its deadline is no earlier than now plus the timeout; look again then (or when woken).
+                for u in slot.inflight where u.id != running.unit {
+                    let o = u.call.options
+                    if let t = [o.timeout, o.softTimeout].compactMap({ $0 }).min() { wakeAt(now + t) }
+                }
                 guard running.unit != 0, let unit = slot.inflight.first(where: { $0.id == running.unit }) else { continue }
                 let opts = unit.call.options
                 let startedNanos = slot.shared.itemStart
@@ -718,9 +814,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             delayed.sort { $0.at < $1.at }
             while let first = delayed.first, first.at <= now {
                 delayed.removeFirst()
-                if case .running = phase {
-                    pending.append(first.unit)
-                } else if case .closed = phase {
+                if deliversResults {
                     pending.append(first.unit)
                 } else {
                     settleRange(first.unit, 0..<first.unit.count, terminalError)
@@ -764,7 +858,6 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         } else {
             _ = supervisorWake.wait(timeout: .seconds(1))
         }
-        supervisorWake.clear()
         return true
     }
 
@@ -892,6 +985,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     }
 
     var workerPIDs: [Int32] { lock.withLock { slots.filter { !$0.exited }.map(\.pid) } }
+
+    /// Workers running a unit now.
+    var busyWorkers: Int { lock.withLock { slots.filter { !$0.exited && $0.shared.running.unit != 0 }.count } }
+
+    /// Workers that died unexpectedly (crashed, were killed from outside, broke the protocol) so far.
+    var workerDeaths: Int { lock.withLock { unexpectedDeaths } }
 
     /// Every descriptor the live workers' slots hold (channel, stderr pipe, wake-up eventfd, pidfd), for
     /// leak tests.

@@ -210,6 +210,30 @@ public enum InterruptBehavior: Sendable {
     case ignore
 }
 
+/// What a crashing worker writes about its crash, to its standard error and so to the task's error.
+///
+/// Measured with one worker, a trap (index out of range) and a SIGSEGV, five crashes each
+/// (`BENCHMARKS.md`, "Crash reports"): the time from the crash to the caller's error.
+public enum CrashReport: Sendable, Hashable {
+    /// The runtime's fatal-error message and its unsymbolicated stack trace (Swift's backtracer off):
+    /// the error reaches the caller in about 8 ms. The default: a pool's promise is that a crash fails
+    /// its item at once, and the message (`Fatal error: Index out of range`) says what went wrong.
+    case message
+    /// Swift's backtracer, function names without line numbers: about 0.5 s per crash.
+    case symbols
+    /// Swift's backtracer with file and line of every frame, the crashed thread only: about 0.7 s per
+    /// crash. For debugging a crash.
+    case fullBacktrace
+
+    var environment: String {
+        switch self {
+        case .message: "enable=no"
+        case .symbols: "enable=yes,symbolicate=fast,threads=crashed,registers=none,images=none"
+        case .fullBacktrace: "enable=yes,threads=crashed,registers=none,images=none"
+        }
+    }
+}
+
 /// Pool-wide settings.
 public struct ProcessPoolOptions: Sendable {
     /// Python's `maxtasksperchild`: a worker is replaced after this many tasks (a chunk counts as one).
@@ -223,12 +247,17 @@ public struct ProcessPoolOptions: Sendable {
     public var stderrLines: Int
     /// Forward workers' standard error to this process's (they are also kept for error reports).
     public var forwardStderr: Bool
+    /// What Ctrl-C does to the pool and the program.
     public var interrupt: InterruptBehavior
+    /// What a crashing worker reports (and how long its crash takes to reach the caller).
+    public var crashReport: CrashReport
 
     public init(
         maxTasksPerChild: Int? = nil, memoryLimit: Int? = nil, deathLimit: (count: Int, window: Duration) = (20, .seconds(10)),
-        stderrLines: Int = 20, forwardStderr: Bool = true, interrupt: InterruptBehavior = .tearDownAndExit
+        stderrLines: Int = 20, forwardStderr: Bool = true, interrupt: InterruptBehavior = .tearDownAndExit,
+        crashReport: CrashReport = .message
     ) {
+        self.crashReport = crashReport
         self.maxTasksPerChild = maxTasksPerChild
         self.memoryLimit = memoryLimit
         self.deathLimit = deathLimit

@@ -14,9 +14,12 @@ enum PoolWire {
     // worker → parent
     static let output: UInt8 = 0x4F  // 'O' unit u64, start u32, count u32, busyNanos u64, payload (encoded [Output])
     static let failure: UInt8 = 0x58  // 'X' unit u64, index u32, busyNanos u64, payload (encoded WireError)
+    static let resend: UInt8 = 0x52  // 'R' unit u64: the chunk could not be decoded as a whole; send its items alone
 
     /// Largest frame either side accepts; a bigger length is a protocol violation.
     static let maxFrame = 1 << 30
+    /// Largest encoded payload (items, a result batch, an error) that fits a frame with its header.
+    static let maxBody = maxFrame - 64
 
     enum FunctionKind: UInt8 { case job = 1, function = 2 }
 }
@@ -98,12 +101,15 @@ struct FrameReader {
         let n = buffer.withUnsafeBytes { b -> Int32 in
             Int32(bigEndian: b.loadUnaligned(fromByteOffset: start, as: Int32.self))
         }
-        guard n > 0, Int(n) <= PoolWire.maxFrame else {
-            throw MultiprocessingError(.malformedMessage, "bad pool frame length \(n)")
+        guard n > 0 else { throw MultiprocessingError(.malformedMessage, "a pool frame announced \(n) bytes") }
+        guard Int(n) <= PoolWire.maxFrame else {
+            throw MultiprocessingError(.messageTooLarge, "a pool frame of \(n) bytes, over the limit of \(PoolWire.maxFrame)")
         }
         let total = 4 + Int(n)
         guard end - start >= total else {
-            if total > buffer.count - start { makeRoom(total) }
+            // Only compact: `fill` grows the buffer as bytes arrive, so a length alone (a peer that
+            // announces 1 GiB and sends nothing) allocates nothing.
+            if total > buffer.count - start && start > 0 { makeRoom(0) }
             return nil
         }
         let from = start + 4
@@ -111,6 +117,9 @@ struct FrameReader {
         if start == end { start = 0; end = 0 }
         return try buffer.withUnsafeBytes { b in try body(UnsafeRawBufferPointer(rebasing: b[from..<(from + total - 4)])) }
     }
+
+    /// Bytes the buffer holds room for (a peer's announced length alone never grows it).
+    var capacity: Int { buffer.count }
 
     var hasWholeFrame: Bool {
         guard end - start >= 4 else { return false }
@@ -178,7 +187,14 @@ struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is acces
         (Atomic.load(word(0)), Atomic.load(word(1)))
     }
 
-    func setRunning(unit: UInt64) { Atomic.store(word(0), unit) }
+    func setRunning(unit: UInt64) {
+        if unit != 0 { Atomic.store(word(6), unit) }
+        Atomic.store(word(0), unit)
+    }
+
+    /// The last unit the worker started (kept after it ends): a worker that dies between items or while
+    /// sending replies died on this unit.
+    var lastStarted: UInt64 { Atomic.load(word(6)) }
     func setIndex(_ i: UInt64) { Atomic.store(word(1), i) }
 
     /// Set by a worker that retired itself (over its memory limit) just before exiting cleanly.

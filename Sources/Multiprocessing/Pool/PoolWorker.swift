@@ -65,6 +65,10 @@ enum PoolWorker {
                 for i in 0..<count { out.failure(unit: unit, index: i, CancellationError()) }
                 return
             }
+            // Stamped before the unit is published, so the supervisor never times this unit against the
+            // start of the previous unit's last item (a unit's decoding counts as its first item's time).
+            slot.setItemStart(PoolClock.coarse())
+            slot.setIndex(0)
             slot.setRunning(unit: unit)
             runner(unit, count, c.rest, out)
             slot.setRunning(unit: 0)
@@ -145,7 +149,12 @@ enum PoolWorker {
             }
             return inputs
         } catch {
-            for i in 0..<count { out.failure(unit: unit, index: i, MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)")) }
+            // Which item failed is unknown: the parent sends them again one by one, so only that item fails.
+            if count > 1 {
+                out.resend(unit: unit)
+            } else {
+                out.failure(unit: unit, index: 0, MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)"))
+            }
             return nil
         }
     }
@@ -320,6 +329,18 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
             }
             return
         }
+        // A frame the parent would refuse (it kills a worker that sends one): split the batch, and fail an
+        // item whose result alone is too large, saying how large.
+        if encoded.count > PoolWire.maxBody {
+            if values.count > 1 {
+                for (k, v) in values.enumerated() { outputs(unit: unit, start: start + k, [v]) }
+            } else {
+                failure(unit: unit, index: start, MultiprocessingError(
+                    .messageTooLarge,
+                    "the result of \(T.self) is \(encoded.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody) bytes per result"))
+            }
+            return
+        }
         let at = writer.begin(PoolWire.output)
         writer.put(unit)
         writer.put(UInt32(start))
@@ -329,10 +350,21 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
         writer.end(at)
     }
 
+    /// Asks the parent to send `unit`'s items again one per unit.
+    func resend(unit: UInt64) {
+        let at = writer.begin(PoolWire.resend)
+        writer.put(unit)
+        writer.end(at)
+    }
+
     func failure(unit: UInt64, index: Int, _ error: any Error) {
         let wire = WireError(error, pid: pid)
-        let encoded = (try? BinaryEncoder().encode(wire))
+        var encoded = (try? BinaryEncoder().encode(wire))
             ?? (try? BinaryEncoder().encode(WireError(MultiprocessingError(.encodingFailed, "\(error)"), pid: pid))) ?? []
+        if encoded.count > PoolWire.maxBody {
+            let what = "an error of type \(type(of: error)) that is \(encoded.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody)"
+            encoded = (try? BinaryEncoder().encode(WireError(MultiprocessingError(.messageTooLarge, "the task threw " + what), pid: pid))) ?? []
+        }
         let at = writer.begin(PoolWire.failure)
         writer.put(unit)
         writer.put(UInt32(index))

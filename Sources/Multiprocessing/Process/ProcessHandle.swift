@@ -12,6 +12,9 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
         var pidfd: Int32
         var status: Int32?  // raw wait status, once reaped
         var peakResidentKiB: Int = 0
+        /// Waits (`join`) polling the pidfd now; while any does, `closeSentinel` only marks it.
+        var borrowers = 0
+        var closeRequested = false
     }
 
     /// The process id — Python's `Process.pid`.
@@ -39,12 +42,51 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     /// Valid while this handle lives; usable with ``waitReady(_:timeout:)`` and `poll(2)`.
     public var sentinel: Int32 { state.withLock { $0.pidfd } }
 
-    /// Closes the pidfd of a reaped child (its sentinel is then -1). Does nothing while it runs.
+    /// Closes the pidfd of a reaped child (its sentinel is then -1). Does nothing while it runs. If a
+    /// `join` is polling it at this moment, the last such waiter closes it when it returns: a waiter never
+    /// polls a closed descriptor, nor a number reused by another one.
     func closeSentinel() {
         state.withLock { s in
             guard s.status != nil, s.pidfd >= 0 else { return }
+            if s.borrowers > 0 {
+                s.closeRequested = true
+                return
+            }
             Syscall.close(s.pidfd)
             s.pidfd = -1
+        }
+    }
+
+    /// Runs `body` with the pidfd, which stays open until `body` returns; `nil` once it was closed (the
+    /// child was reaped before).
+    private func withBorrowedSentinel<R>(_ body: (Int32) async throws -> R) async rethrows -> R? {
+        guard let fd = borrowSentinel() else { return nil }
+        defer { returnSentinel() }
+        return try await body(fd)
+    }
+
+    private func withBorrowedSentinel<R>(_ body: (Int32) throws -> R) rethrows -> R? {
+        guard let fd = borrowSentinel() else { return nil }
+        defer { returnSentinel() }
+        return try body(fd)
+    }
+
+    private func borrowSentinel() -> Int32? {
+        state.withLock { s in
+            guard s.pidfd >= 0, !s.closeRequested else { return nil }
+            s.borrowers += 1
+            return s.pidfd
+        }
+    }
+
+    private func returnSentinel() {
+        state.withLock { s in
+            s.borrowers -= 1
+            if s.borrowers == 0, s.closeRequested {
+                Syscall.close(s.pidfd)
+                s.pidfd = -1
+                s.closeRequested = false
+            }
         }
     }
 
@@ -92,8 +134,11 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     public func join(timeout: Duration? = nil) throws -> Bool {
         let deadline = Deadline.after(timeout)
         while !reapIfExited() {
-            let fd = sentinel
-            if try !Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) { return reapIfExited() }
+            // The pidfd is readable once the child has ended, whoever reaps it; it is borrowed so that
+            // another owner (a pool's reactor) cannot close it, or let its number be reused, meanwhile.
+            let ready = try withBorrowedSentinel { fd in try Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) }
+            // nil: the descriptor was closed, which happens only after the child was reaped.
+            if ready != true { return reapIfExited() }
         }
         return true
     }
@@ -101,7 +146,8 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     /// Suspends the task until the process ends, without blocking a thread.
     public func join() async throws {
         while !reapIfExited() {
-            try await Reactor.shared.wait(sentinel, for: .readable)
+            let waited: Void? = try await withBorrowedSentinel { fd in try await Reactor.shared.wait(fd, for: .readable) }
+            if waited == nil { _ = reapIfExited(); return }
         }
     }
 
@@ -146,9 +192,16 @@ enum ChildRegistry {
 
     /// As Python at exit: daemon children are terminated, the others joined; all are reaped.
     static func cleanUpAtExit() {
-        for h in all {
-            if h.isDaemon { h.stop(grace: .seconds(1)) } else { _ = try? h.join() }
-        }
+        let children = all
+        let daemons = children.filter(\.isDaemon)
+        // Every daemon is asked at once and they share one grace period, so exit costs at most about one
+        // grace whatever their number (one after the other, each could take a whole grace).
+        for h in daemons { h.terminate() }
+        let deadline = Deadline.after(.seconds(1))
+        for h in daemons { _ = try? h.join(timeout: deadline?.remaining ?? .zero) }
+        for h in daemons where h.isAlive { h.kill() }
+        for h in daemons { _ = try? h.join(timeout: .seconds(5)) }
+        for h in children where !h.isDaemon { _ = try? h.join() }
     }
 }
 

@@ -1,0 +1,212 @@
+import Glibc
+import Testing
+import Threading
+@testable import Multiprocessing
+
+/// The pool's promises under the attacks of issue 8: each test failed (or hung) before its fix.
+///
+/// Deadlines are checked with a margin for a loaded machine (CI shares its cores): the promise is 50 ms,
+/// the tests allow 250 ms, and the late supervisor they guard against was ~1 s late.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct PoolPromiseTests {
+    static func milliseconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+    }
+
+    // MARK: 1. timeouts fire at their deadline, whatever their length
+
+    @Test func hardTimeoutsFireAtTheirDeadline() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        _ = try pool.apply(Square(x: 1))  // the worker is up
+        for limit in [100, 200, 350, 700] {
+            let start = ContinuousClock.now
+            let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(timeout: .milliseconds(limit)))
+            #expect { try task.get(timeout: .seconds(10)) } throws: { ($0 as? PoolError)?.code == .timedOut }
+            let late = Self.milliseconds(ContinuousClock.now - start) - Double(limit)
+            #expect(late >= 0 && late < 250, "a \(limit) ms timeout fired \(late) ms late")
+        }
+    }
+
+    @Test func itemTimeoutsInsideAChunkFireAtTheirDeadline() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        _ = try pool.apply(Square(x: 1))
+        // One chunk: two short items, then one that would sleep 5 s. Its deadline is 300 ms after it starts.
+        let start = ContinuousClock.now
+        let results = try pool.mapResults(BlockingSleep(), [40, 40, 5_000], chunksize: 3,
+                                          options: TaskOptions(timeout: .milliseconds(300)))
+        let took = Self.milliseconds(ContinuousClock.now - start)
+        #expect((try? results[0].get()) == 40)
+        #expect((try? results[1].get()) == 40)
+        #expect(throws: PoolError.self) { try results[2].get() }
+        #expect(took > 370 && took < 380 + 250, "took \(took) ms")
+    }
+
+    @Test func softTimeoutPlusGraceStopsABodyThatIgnoresCancellation() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        _ = try pool.apply(Square(x: 1))
+        let start = ContinuousClock.now
+        let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(
+            softTimeout: .milliseconds(500), cancelGrace: .milliseconds(500)))
+        #expect { try task.get(timeout: .seconds(10)) } throws: { ($0 as? PoolError)?.code == .timedOut }
+        let took = Self.milliseconds(ContinuousClock.now - start)
+        #expect(took >= 1_000 && took < 1_250, "stopped after \(took) ms instead of 1000")
+    }
+
+    // MARK: 2. join never waits on a descriptor it does not own
+
+    @Test func joiningBusyPoolWorkersNeverHangs() throws {
+        for _ in 0..<4 {
+            let pool = try ProcessPool(workers: 8, options: testPoolOptions())
+            defer { pool.terminate() }
+            let tasks = try (0..<8).map { _ in try pool.submit(BlockingSleep(), 10_000) }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while pool.core.busyWorkers < 8 && ContinuousClock.now < deadline { usleep(2_000) }
+            let mine = Set(pool.workerPIDs)
+            for h in Processes.activeChildren() where mine.contains(h.pid) {
+                h.terminate()
+                let start = ContinuousClock.now
+                // The pool's reactor reaps the worker and closes its pidfd while this join waits on it.
+                #expect(try h.join(timeout: .seconds(3)))
+                let took = Self.milliseconds(ContinuousClock.now - start)
+                #expect(took < 500, "join of a terminated worker took \(took) ms")
+            }
+            for t in tasks { _ = try? t.get(timeout: .seconds(10)) }
+        }
+    }
+
+    @Test func exitWithABusyPoolIsQuick() throws {
+        let (mine, theirs) = try makePipe()
+        let child = ChildProcess(job: ExitWithBusyPool(ready: theirs))
+        try child.start()
+        let workers: [Int32] = try mine.recv(timeout: .seconds(30))
+        #expect(workers.count == 8)
+        let start = ContinuousClock.now
+        #expect(try child.join(timeout: .seconds(20)))
+        let took = Self.milliseconds(ContinuousClock.now - start)
+        // The clean-up lost up to a second per worker before (3–5 s for 8).
+        #expect(took < 1_000, "exit with 8 busy workers took \(took) ms")
+        #expect(child.exitCode == 0)
+        for pid in workers { #expect(kill(pid, 0) != 0, "worker \(pid) outlived its parent") }
+    }
+
+    // MARK: 3. an oversized result fails its item at once; a unit that kills workers is charged
+
+    @Test func anOversizedResultFailsItsItemAndSaysHowLarge() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        let pid = try pool.submit(PidFn(), 0).get(timeout: .seconds(10))
+        let huge = (1 << 30) + (1 << 20)
+        let results = try pool.mapResults(Bytes(), [3, 5, huge], chunksize: 3, timeout: .seconds(60))
+        #expect((try? results[0].get())?.count == 3)
+        #expect((try? results[1].get())?.count == 5)
+        #expect {
+            try results[2].get()
+        } throws: { e in
+            guard let m = e as? MultiprocessingError else { return false }
+            return m.code == .messageTooLarge && m.message.contains("bytes encoded")
+        }
+        #expect(try pool.submit(PidFn(), 0).get(timeout: .seconds(10)) == pid, "the worker was not killed")
+    }
+
+    @Test func aUnitWhoseWorkerBreaksTheProtocolAfterItsItemsIsCharged() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        let start = ContinuousClock.now
+        let results = try pool.mapResults(BadFrameAfterItem(badAt: 2), [0, 1, 2], chunksize: 3, timeout: .seconds(30))
+        #expect((try? results[0].get()) == 0)
+        #expect((try? results[1].get()) == 1)
+        #expect {
+            try results[2].get()
+        } throws: { e in (e as? PoolError)?.message.contains("broke the pool protocol") == true }
+        #expect(ContinuousClock.now - start < .seconds(10))
+        // One death to find the unit, one to find its item: not a worker killed per run for ever.
+        #expect(pool.core.workerDeaths <= 2)
+    }
+
+    // MARK: 4. retries follow their policy after close()
+
+    @Test func crashAndTimeoutRetriesAreHonouredAfterClose() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let crash = try pool.submit(CrashOnce(marker: tempPath("crash-once")), 1,
+                                    options: TaskOptions(retry: RetryPolicy(attempts: 3, backoff: .milliseconds(10))))
+        let slow = try pool.submit(SlowOnce(marker: tempPath("slow-once")), 3_000, options: TaskOptions(
+            timeout: .milliseconds(200), retry: RetryPolicy(attempts: 2, backoff: .milliseconds(10), on: [.timeout])))
+        pool.close()
+        #expect(try crash.get(timeout: .seconds(10)) == 1001)
+        #expect(try slow.get(timeout: .seconds(10)) == -3_000)
+        #expect(try pool.join(timeout: .seconds(10)))
+    }
+
+    // MARK: 5. an input the worker cannot decode fails alone
+
+    @Test func anUndecodableInputFailsOnlyItsItem() throws {
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        let results = try pool.mapResults(BrittleFn(), (0..<13).map(Brittle.init), chunksize: 13, timeout: .seconds(30))
+        for (i, r) in results.enumerated() where i != 5 { #expect((try? r.get()) == i * 10) }
+        #expect { try results[5].get() } throws: { ($0 as? MultiprocessingError)?.code == .decodingFailed }
+    }
+
+    // MARK: 6. a crash reaches the caller at once, with its message; a bare length allocates nothing
+
+    @Test func aCrashReachesTheCallerQuicklyWithItsMessage() throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        _ = try pool.apply(Square(x: 1))
+        let start = ContinuousClock.now
+        let results = try pool.mapResults(Faulty(crashAt: 1, mode: .trap), [1], chunksize: 1, timeout: .seconds(30))
+        let took = Self.milliseconds(ContinuousClock.now - start)
+        #expect(took < 300, "a trap took \(took) ms to reach the caller")
+        #expect {
+            try results[0].get()
+        } throws: { e in
+            (e as? PoolError)?.stderrTail.contains { $0.contains("Fatal error: Index out of range") } == true
+        }
+    }
+
+    @Test func aFullBacktraceStillNamesTheFrame() throws {
+        var options = testPoolOptions()
+        options.crashReport = .fullBacktrace
+        let pool = try ProcessPool(workers: 1, options: options)
+        defer { pool.terminate() }
+        let results = try pool.mapResults(Faulty(crashAt: 1, mode: .sigsegv), [1], chunksize: 1, timeout: .seconds(30))
+        #expect {
+            try results[0].get()
+        } throws: { e in
+            (e as? PoolError)?.stderrTail.contains { $0.contains("PoolJobs.swift") } == true
+        }
+    }
+
+    @Test func aBareFrameLengthAllocatesNothing() throws {
+        func residentBytes() -> Int {
+            var statm = [UInt8](repeating: 0, count: 128)
+            let fd = open("/proc/self/statm", O_RDONLY)
+            defer { close(fd) }
+            let n = read(fd, &statm, 127)
+            let fields = String(decoding: statm[0..<max(0, n)], as: UTF8.self).split(separator: " ")
+            return (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE)))
+        }
+        let (mine, theirs) = try makePipe()
+        // A peer announces a 1 GiB message (2^30, the default limit) and sends 3 bytes of it.
+        var raw: [UInt8] = [0x40, 0x00, 0x00, 0x00, 1, 2, 3]
+        #expect(write(theirs.fileDescriptor, &raw, raw.count) == raw.count)
+        let before = residentBytes()
+        #expect(throws: MultiprocessingError.self) { try mine.recvBytes(timeout: .milliseconds(50)) }
+        #expect(residentBytes() - before < 256 << 20, "the announced length was allocated")
+
+        // The pool's frame reader, as a hostile worker's parent would use it.
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        var bytes: [UInt8] = [0x3F, 0xFF, 0xFF, 0xFF, 1, 2, 3]
+        _ = write(fds[1], &bytes, bytes.count)
+        var reader = FrameReader()
+        _ = try reader.fill(from: fds[0], blocking: false)
+        #expect(try reader.next { _ in 0 } == nil)
+        #expect(reader.capacity <= 1 << 17)
+    }
+}

@@ -170,7 +170,10 @@ int mp_install_interrupt_handler(int eventfd_fd) {
     return sigaction(SIGINT, &sa, NULL) == 0 ? 0 : -errno;
 }
 
-int mp_eventfd(unsigned initval) { return eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK); }
+int mp_eventfd(unsigned initval) {
+    int fd = eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
 
 long mp_statm_resident_bytes(pid_t pid) {
     char path[64];

@@ -72,6 +72,7 @@ int mp_wait4_nohang(pid_t pid, int *status, long *maxrss_kib);
 /// Installs a one-shot (SA_RESETHAND) SIGINT handler writing to `eventfd_fd`; returns 1 and does
 /// nothing if SIGINT already has a handler other than the default.
 int mp_install_interrupt_handler(int eventfd_fd);
+/// A non-blocking, close-on-exec eventfd, or -errno.
 int mp_eventfd(unsigned initval);
 /// Resident bytes of `pid` from /proc/PID/statm, or -1.
 long mp_statm_resident_bytes(pid_t pid);

@@ -27,7 +27,8 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     private let isSocket: Bool
     private let closedFlag = Atomic<Bool>(false)
     private let sendLock = Lock()
-    private let recvLock = Lock()
+    /// The receive side's lock: a semaphore, so an async receiver can wait for it without a thread.
+    private let recvLock = Semaphore(1)
 
     // Receive state (behind recvLock).
     private var buffer: [UInt8]
@@ -186,11 +187,8 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     /// Receives one message, suspending the task (not a thread) until it arrives.
     public func recvBytes(maxLength: Int = Connection.defaultMaxMessageSize) async throws -> [UInt8] {
         while true {
-            // Never block on the lock: if another receiver holds it, come back shortly.
-            guard recvLock.acquire(blocking: false) else {
-                try await Task.sleep(for: .milliseconds(1))
-                continue
-            }
+            // Wait for another receiver as a suspended task (no thread, no polling).
+            try await recvLock.acquire()
             let frame: [UInt8]?
             do {
                 defer { try? recvLock.release() }
@@ -350,7 +348,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
 
     /// Hands over the bytes read past the last message (a channel switching to another protocol).
     func takeBufferedBytes() -> [UInt8] {
-        recvLock.withLock {
+        recvLock.withPermit {
             defer { readPos = 0; writePos = 0 }
             return Array(buffer[readPos..<writePos])
         }

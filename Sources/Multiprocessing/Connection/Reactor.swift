@@ -46,7 +46,12 @@ final class Reactor: Sendable {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
             let n = epoll_wait(epfd, &events, 64, -1)
-            if n < 0 { continue }  // EINTR
+            if n < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                // EBADF, EFAULT, EINVAL: the reactor itself is broken; spinning would hide it at 100 % CPU.
+                fatalError("swift-multiprocessing reactor: epoll_wait failed with errno \(e)")
+            }
             for i in 0..<Int(n) {
                 shared.fire(Int32(truncatingIfNeeded: events[i].data.fd), events[i].events)
                 let later = afterEvent

@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "Threading", targets: ["Threading"]),
         .library(name: "Multiprocessing", targets: ["Multiprocessing"]),
+        .library(name: "MultiprocessingNetwork", targets: ["MultiprocessingNetwork"]),
         .executable(name: "mp", targets: ["mp"]),
     ],
     dependencies: [
@@ -27,14 +28,24 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
-        // Processes: workers by re-exec, typed jobs, Process, Pipe/Connection, Listener/Client, queues.
+        // Processes: workers by re-exec, typed jobs, Process, Pipe/Connection, queues, pools. No Foundation:
+        // a pool-only program and its workers load neither Foundation nor ICU.
         .target(
             name: "Multiprocessing",
             dependencies: [
                 "CMultiprocessingShims",
                 "Threading",
                 .product(name: "DequeModule", package: "swift-collections"),
-                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        // Sockets between machines and with CPython: Listener/connect and the authkey handshake. The only
+        // target that links swift-crypto (HMAC-MD5/SHA-256), which brings Foundation.
+        .target(
+            name: "MultiprocessingNetwork",
+            dependencies: [
+                "CMultiprocessingShims",
+                "Threading",
+                "Multiprocessing",
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
@@ -49,7 +60,7 @@ let package = Package(
         ),
         .executableTarget(name: "mp", dependencies: ["Threading", "Multiprocessing", "SeedExamples"]),
         .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
-        .testTarget(name: "MultiprocessingTests", dependencies: ["Multiprocessing", "Threading"]),
+        .testTarget(name: "MultiprocessingTests", dependencies: ["Multiprocessing", "MultiprocessingNetwork", "Threading"]),
     ]
 )
 

@@ -8,6 +8,11 @@ let package = Package(
     platforms: [.macOS(.v15)],
     dependencies: [.package(name: "swift-multiprocessing", path: "..")],
     targets: [
+        // No Foundation here: the worker start-up of a pool-only program.
+        .executableTarget(
+            name: "workerstart",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
         .executableTarget(
             name: "bench",
             dependencies: [

@@ -57,7 +57,7 @@ public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Co
         "MultiprocessingError.\(code): \(message)" + (errno.map { " (errno \($0): \(Syscall.describe($0)))" } ?? "")
     }
 
-    static func system(_ call: String, _ errno: Int32) -> MultiprocessingError {
+    package static func system(_ call: String, _ errno: Int32) -> MultiprocessingError {
         MultiprocessingError(.system, "\(call) failed", errno: errno)
     }
 }

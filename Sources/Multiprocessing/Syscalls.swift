@@ -1,10 +1,10 @@
-internal import Threading
+package import Threading
 internal import CMultiprocessingShims
 import Glibc
 
 /// Thin wrappers over the system calls this module uses: each retries `EINTR` and throws a
 /// ``MultiprocessingError`` carrying `errno`. No raw `errno` reads happen elsewhere.
-enum Syscall {
+package enum Syscall {
     static func describe(_ e: Int32) -> String { String(cString: strerror(e)) }
 
     static func socketpair(_ type: Int32) throws -> (Int32, Int32) {
@@ -120,7 +120,7 @@ enum Syscall {
     }
 
     /// `poll` of one descriptor; true when ready (or hung up) within the deadline.
-    static func poll(_ fd: Int32, events: Int16, deadline: Deadline?) throws -> Bool {
+    package static func poll(_ fd: Int32, events: Int16, deadline: Deadline?) throws -> Bool {
         var pfd = pollfd(fd: fd, events: events, revents: 0)
         while true {
             let r = Glibc.poll(&pfd, 1, Deadline.pollTimeout(deadline))

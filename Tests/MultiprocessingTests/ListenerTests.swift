@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 import Threading
 @testable import Multiprocessing
+import MultiprocessingNetwork
 
 /// Runs a Python 3 script with arguments; returns (exit status, stdout + stderr).
 func runPython(_ script: String, _ args: [String] = [], timeout: TimeInterval = 30) throws -> (Int32, String) {

@@ -1,7 +1,7 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
-import Threading
+package import Threading
 
 /// One end of a message channel — Python's `multiprocessing.connection.Connection`.
 ///
@@ -221,7 +221,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         return try tryReceiveFrame(maxLength: maxLength)
     }
 
-    func receiveFrame(maxLength: Int, deadline: Deadline?) throws -> [UInt8] {
+    package func receiveFrame(maxLength: Int, deadline: Deadline?) throws -> [UInt8] {
         try checkOpen()
         guard isReadable else { throw MultiprocessingError(.invalidState, "this end of the connection is write-only") }
         guard recvLock.acquire(timeout: deadline?.remaining) else {

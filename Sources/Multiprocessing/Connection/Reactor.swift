@@ -5,8 +5,8 @@ import Threading
 
 /// One background thread running `epoll`, so that tasks can wait for descriptors without blocking a
 /// thread of the cooperative pool.
-final class Reactor: Sendable {
-    enum Interest: Sendable {
+package final class Reactor: Sendable {
+    package enum Interest: Sendable {
         case readable, writable
         var events: UInt32 {
             switch self {
@@ -30,7 +30,7 @@ final class Reactor: Sendable {
         var handlers: [Int32: @Sendable () -> Bool] = [:]
     }
 
-    static let shared = Reactor()
+    package static let shared = Reactor()
 
     private let epfd: Int32
     private let state = Mutex<State>(State())
@@ -121,7 +121,7 @@ final class Reactor: Sendable {
 
     /// Suspends until `fd` is ready (or hung up). Throws `CancellationError` if the task is cancelled,
     /// and ``MultiprocessingError/Code/closed`` if the descriptor is closed through `cancelWaits(on:)`.
-    func wait(_ fd: Int32, for interest: Interest) async throws {
+    package func wait(_ fd: Int32, for interest: Interest) async throws {
         let registration = Registration(events: interest.events)
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
@@ -150,7 +150,7 @@ final class Reactor: Sendable {
     }
 
     /// Fails every task waiting on `fd` (called before the descriptor is closed).
-    func cancelWaits(on fd: Int32) {
+    package func cancelWaits(on fd: Int32) {
         let continuations: [CheckedContinuation<Void, any Error>] = state.withLock { s in
             s.handlers[fd] = nil
             return (s.waiters.removeValue(forKey: fd) ?? []).compactMap { r in

@@ -2,7 +2,7 @@ import Threading
 
 /// Runs blocking work for async callers on a dedicated thread pool, so that no thread of the
 /// cooperative pool is ever parked in a blocking syscall.
-enum AsyncBridge {
+package enum AsyncBridge {
     private static let pool = ThreadPool(maxWorkers: 256, threadNamePrefix: "mp-async-wait")
     static let slice = Duration.milliseconds(50)
 
@@ -33,7 +33,7 @@ enum AsyncBridge {
     /// Runs `body` (which must bound its own blocking time) on the pool and awaits it. On cancellation a
     /// body that has not started is dropped, and `onCancel` runs so a started one can be cut short (by
     /// closing what it waits on); the body's own outcome is returned either way.
-    static func offload<T: Sendable>(
+    package static func offload<T: Sendable>(
         onCancel: @escaping @Sendable () -> Void = {},
         _ body: @escaping @Sendable () throws -> T
     ) async throws -> T {

@@ -1,4 +1,5 @@
 import Glibc
+import Multiprocessing
 
 /// Where a ``Listener`` listens or a client connects — Python's `('host', port)` tuples and
 /// Unix-socket paths.

@@ -1,4 +1,5 @@
 internal import CMultiprocessingShims
+public import Multiprocessing
 import Glibc
 import Synchronization
 import Threading

@@ -1,4 +1,5 @@
 internal import CMultiprocessingShims
+import Multiprocessing
 import Crypto
 import Glibc
 import Threading

@@ -15,16 +15,22 @@ struct PoolPromiseTests {
 
     // MARK: 1. timeouts fire at their deadline, whatever their length
 
-    @Test func hardTimeoutsFireAtTheirDeadline() throws {
-        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
-        defer { pool.terminate() }
-        _ = try pool.apply(Square(x: 1))  // the worker is up
-        for limit in [100, 200, 350, 700] {
-            let start = ContinuousClock.now
-            let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(timeout: .milliseconds(limit)))
-            #expect { try task.get(timeout: .seconds(10)) } throws: { ($0 as? PoolError)?.code == .timedOut }
-            let late = Self.milliseconds(ContinuousClock.now - start) - Double(limit)
-            #expect(late >= 0 && late < 250, "a \(limit) ms timeout fired \(late) ms late")
+    @Test func hardTimeoutsFireAtTheirDeadline() async throws {
+        // Blocking waits run on a thread of their own, never on the cooperative pool other suites share.
+        let outcomes = try await background { () throws -> [(limit: Int, late: Double, timedOut: Bool)] in
+            let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+            defer { pool.terminate() }
+            _ = try pool.apply(Square(x: 1))  // the worker is up
+            return try [100, 200, 350, 700].map { limit in
+                let start = ContinuousClock.now
+                let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(timeout: .milliseconds(limit)))
+                let timedOut = Result { try task.get(timeout: .seconds(10)) }.error.map { ($0 as? PoolError)?.code == .timedOut } ?? false
+                return (limit, Self.milliseconds(ContinuousClock.now - start) - Double(limit), timedOut)
+            }
+        }.value
+        for o in outcomes {
+            #expect(o.timedOut)
+            #expect(o.late >= 0 && o.late < 250, "a \(o.limit) ms timeout fired \(o.late) ms late")
         }
     }
 
@@ -43,15 +49,18 @@ struct PoolPromiseTests {
         #expect(took > 370 && took < 380 + 250, "took \(took) ms")
     }
 
-    @Test func softTimeoutPlusGraceStopsABodyThatIgnoresCancellation() throws {
-        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
-        defer { pool.terminate() }
-        _ = try pool.apply(Square(x: 1))
-        let start = ContinuousClock.now
-        let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(
-            softTimeout: .milliseconds(500), cancelGrace: .milliseconds(500)))
-        #expect { try task.get(timeout: .seconds(10)) } throws: { ($0 as? PoolError)?.code == .timedOut }
-        let took = Self.milliseconds(ContinuousClock.now - start)
+    @Test func softTimeoutPlusGraceStopsABodyThatIgnoresCancellation() async throws {
+        let (took, timedOut) = try await background { () throws -> (Double, Bool) in
+            let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+            defer { pool.terminate() }
+            _ = try pool.apply(Square(x: 1))
+            let start = ContinuousClock.now
+            let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(
+                softTimeout: .milliseconds(500), cancelGrace: .milliseconds(500)))
+            let timedOut = Result { try task.get(timeout: .seconds(10)) }.error.map { ($0 as? PoolError)?.code == .timedOut } ?? false
+            return (Self.milliseconds(ContinuousClock.now - start), timedOut)
+        }.value
+        #expect(timedOut)
         #expect(took >= 1_000 && took < 1_250, "stopped after \(took) ms instead of 1000")
     }
 
@@ -94,12 +103,13 @@ struct PoolPromiseTests {
 
     // MARK: 3. an oversized result fails its item at once; a unit that kills workers is charged
 
-    @Test func anOversizedResultFailsItsItemAndSaysHowLarge() throws {
+    @Test func anOversizedResultFailsItsItemAndSaysHowLarge() async throws {
         let pool = try ProcessPool(workers: 1, options: testPoolOptions())
         defer { pool.terminate() }
-        let pid = try pool.submit(PidFn(), 0).get(timeout: .seconds(10))
+        let pid = try await pool.submit(PidFn(), 0).value
         let huge = (1 << 30) + (1 << 20)
-        let results = try pool.mapResults(Bytes(), [3, 5, huge], chunksize: 3, timeout: .seconds(60))
+        // Seconds of work (1 GiB encoded twice): on a thread of its own, off the cooperative pool.
+        let results = try await background { try pool.mapResults(Bytes(), [3, 5, huge], chunksize: 3, timeout: .seconds(60)) }.value
         #expect((try? results[0].get())?.count == 3)
         #expect((try? results[1].get())?.count == 5)
         #expect {
@@ -108,7 +118,7 @@ struct PoolPromiseTests {
             guard let m = e as? MultiprocessingError else { return false }
             return m.code == .messageTooLarge && m.message.contains("bytes encoded")
         }
-        #expect(try pool.submit(PidFn(), 0).get(timeout: .seconds(10)) == pid, "the worker was not killed")
+        #expect(try await pool.submit(PidFn(), 0).value == pid, "the worker was not killed")
     }
 
     @Test func aUnitWhoseWorkerBreaksTheProtocolAfterItsItemsIsCharged() throws {
@@ -168,14 +178,14 @@ struct PoolPromiseTests {
         }
     }
 
-    @Test func aFullBacktraceStillNamesTheFrame() throws {
+    @Test func aFullBacktraceStillNamesTheFrame() async throws {
         var options = testPoolOptions()
         options.crashReport = .fullBacktrace
         let pool = try ProcessPool(workers: 1, options: options)
         defer { pool.terminate() }
-        let results = try pool.mapResults(Faulty(crashAt: 1, mode: .sigsegv), [1], chunksize: 1, timeout: .seconds(30))
-        #expect {
-            try results[0].get()
+        let task = try pool.submit(Faulty(crashAt: 1, mode: .sigsegv), 1)
+        await #expect {
+            try await task.value
         } throws: { e in
             (e as? PoolError)?.stderrTail.contains { $0.contains("PoolJobs.swift") } == true
         }
@@ -204,9 +214,16 @@ struct PoolPromiseTests {
         defer { close(fds[0]); close(fds[1]) }
         var bytes: [UInt8] = [0x3F, 0xFF, 0xFF, 0xFF, 1, 2, 3]
         _ = write(fds[1], &bytes, bytes.count)
-        var reader = FrameReader()
+        var reader = FrameDecoder.pool()
         _ = try reader.fill(from: fds[0], blocking: false)
-        #expect(try reader.next { _ in 0 } == nil)
+        #expect(try reader.nextPoolFrame { _ in 0 } == nil)
         #expect(reader.capacity <= 1 << 17)
+    }
+}
+
+extension Result {
+    var error: Failure? {
+        if case .failure(let e) = self { return e }
+        return nil
     }
 }

@@ -31,12 +31,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     private let recvLock = Semaphore(1)
 
     // Receive state (behind recvLock).
-    private var buffer: [UInt8]
-    private var readPos = 0
-    private var writePos = 0
-    /// A frame too large for `buffer`: the bytes so far (grown as they arrive, never to more than have come
-    /// plus as many again, so a bare length allocates nothing) and the size announced.
-    private var large: (payload: [UInt8], filled: Int, size: Int)?
+    private var frames: FrameDecoder
     private var broken: String?
     /// Descriptors received with messages, oldest first. Its own lock, held only for a moment (never
     /// across a syscall), so decoding never waits for a receiver blocked in `recvmsg`.
@@ -51,7 +46,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
         isReadable = readable
         isWritable = writable
         isSocket = Syscall.isSocket(fileDescriptor)
-        buffer = readable ? Array(repeating: 0, count: 64 * 1024) : []
+        frames = FrameDecoder(maxFrame: Connection.defaultMaxMessageSize, capacity: readable ? 64 * 1024 : 16)
     }
 
     deinit {
@@ -232,7 +227,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
             // Without a deadline, the read itself sleeps: one syscall per message, as CPython and C.
             if let frame = try tryReceiveFrame(maxLength: maxLength, blocking: deadline == nil) { return frame }
             if try !Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) {
-                if writePos > readPos || large != nil {
+                if frames.hasBufferedBytes {
                     broken = "a timeout in the middle of a message"
                 }
                 throw MultiprocessingError(.timedOut, "no message within the timeout")
@@ -245,113 +240,31 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     private func tryReceiveFrame(maxLength: Int, blocking: Bool = false) throws -> [UInt8]? {
         if let broken { throw MultiprocessingError(.closed, "the connection is unusable after \(broken)") }
         try checkOpen()
+        frames.maxFrame = maxLength
         while true {
-            if var l = large {
-                // A large frame is read straight into its own buffer, which doubles as it fills.
-                large = nil  // `l` holds the only reference: growing it copies nothing
-                if l.filled == l.payload.count {
-                    l.payload.append(contentsOf: repeatElement(0, count: min(l.size, max(2 * l.payload.count, 1 << 20)) - l.payload.count))
-                }
-                let filled = l.filled
-                let n: Int
-                do {
-                    n = try l.payload.withUnsafeMutableBytes { p in
-                        try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[filled...]), blocking: blocking)
-                    }
-                } catch let e as MultiprocessingError where e.code == .endOfFile {
+            do {
+                if let frame = try frames.nextArray() { return frame }
+            } catch let e as MultiprocessingError {
+                broken = e.code == .messageTooLarge ? "an oversized message" : "a malformed frame header"
+                throw e
+            }
+            var fds: [Int32] = []
+            let n = try frames.read { p in try Syscall.readNow(fd, into: p, fds: &fds, isSocket: isSocket, blocking: blocking) }
+            if !fds.isEmpty { fdLock.withLock { receivedFds += fds } }
+            guard let n else { return nil }  // nothing now
+            if n == 0 {
+                if frames.hasBufferedBytes {
                     broken = "end of file in the middle of a message"
                     throw MultiprocessingError(.malformedMessage, "the peer closed the connection in the middle of a message")
-                } catch {
-                    large = l
-                    throw error
                 }
-                l.filled += n
-                if l.filled == l.size { return l.payload }
-                large = l
-                if n == 0 { return nil }
-                continue
+                throw MultiprocessingError(.endOfFile, "the peer closed the connection")
             }
-            if let frame = try parseBuffered(maxLength: maxLength) { return frame }
-            if large != nil { continue }
-            // Need more bytes: compact, then read.
-            if readPos > 0 {
-                let live = writePos - readPos
-                if live > 0 { buffer.withUnsafeMutableBytes { p in p.baseAddress!.copyMemory(from: p.baseAddress! + readPos, byteCount: live) } }
-                readPos = 0
-                writePos = live
-            }
-            let n = try buffer.withUnsafeMutableBytes { p in
-                try readSome(into: UnsafeMutableRawBufferPointer(rebasing: p[writePos...]), blocking: blocking)
-            }
-            if n == 0 { return nil }
-            writePos += n
         }
-    }
-
-    /// Reads without blocking; 0 means "nothing now". End of file throws.
-    private func readSome(into p: UnsafeMutableRawBufferPointer, blocking: Bool = false) throws -> Int {
-        var fds: [Int32] = []
-        let got = try Syscall.readNow(fd, into: p, fds: &fds, isSocket: isSocket, blocking: blocking)
-        if !fds.isEmpty { fdLock.withLock { receivedFds += fds } }
-        guard let n = got else { return 0 }
-        if n == 0 {
-            if writePos > readPos || large != nil {
-                broken = "end of file in the middle of a message"
-                throw MultiprocessingError(.malformedMessage, "the peer closed the connection in the middle of a message")
-            }
-            throw MultiprocessingError(.endOfFile, "the peer closed the connection")
-        }
-        return n
-    }
-
-    private func parseBuffered(maxLength: Int) throws -> [UInt8]? {
-        let avail = writePos - readPos
-        guard avail >= 4 else { return nil }
-        var headerSize = 4
-        var size = buffer.withUnsafeBytes { Int(Int32(bigEndian: $0.loadUnaligned(fromByteOffset: readPos, as: Int32.self))) }
-        if size == -1 {
-            guard avail >= 12 else { return nil }
-            let big = buffer.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: readPos + 4, as: UInt64.self)) }
-            guard big <= UInt64(Int.max) else {
-                broken = "a malformed frame header"
-                throw MultiprocessingError(.malformedMessage, "frame length \(big) is out of range")
-            }
-            size = Int(big)
-            headerSize = 12
-        } else if size < 0 {
-            broken = "a malformed frame header"
-            throw MultiprocessingError(.malformedMessage, "negative frame length \(size)")
-        }
-        if size > maxLength {
-            broken = "an oversized message"
-            throw MultiprocessingError(.messageTooLarge, "message of \(size) bytes exceeds the limit of \(maxLength)")
-        }
-        let start = readPos + headerSize
-        if writePos - start >= size {
-            let frame = Array(buffer[start..<(start + size)])
-            readPos = start + size
-            return frame
-        }
-        if size > buffer.count - headerSize {
-            // Too big for the buffer: move what we have into a dedicated payload.
-            let have = writePos - start
-            var payload = [UInt8](repeating: 0, count: max(have, min(size, buffer.count)))
-            payload.withUnsafeMutableBytes { p in
-                buffer.withUnsafeBytes { b in p.baseAddress!.copyMemory(from: b.baseAddress! + start, byteCount: have) }
-            }
-            readPos = 0
-            writePos = 0
-            large = (payload, have, size)
-        }
-        return nil
     }
 
     /// Hands over the bytes read past the last message (a channel switching to another protocol).
     func takeBufferedBytes() -> [UInt8] {
-        recvLock.withPermit {
-            defer { readPos = 0; writePos = 0 }
-            return Array(buffer[readPos..<writePos])
-        }
+        recvLock.withPermit { frames.takeBuffered() }
     }
 
     /// Whether a received message (or part of one) is buffered. Never waits: while another thread is
@@ -359,7 +272,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     var hasBufferedData: Bool {
         guard recvLock.acquire(blocking: false) else { return false }
         defer { try? recvLock.release() }
-        return writePos > readPos || large != nil
+        return frames.hasBufferedBytes
     }
 }
 

@@ -98,7 +98,7 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
     var exited = false
 
     // Reactor thread only.
-    var reader = FrameReader()
+    var reader = FrameDecoder.pool()
     var sawReady = false
     var stderrTail: [UInt8] = []
 
@@ -370,7 +370,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             do { n = try slot.reader.fill(from: slot.channel.fileDescriptor, blocking: false) } catch { n = 0 }
             if n == 0 { open = false }
             do {
-                while let call = try slot.reader.next({ body in try handleFrame(slot, body) }) {
+                while let call = try slot.reader.nextPoolFrame({ body in try handleFrame(slot, body) }) {
                     if let call, !touched.contains(where: { $0 === call }) { touched.append(call) }
                 }
             } catch {

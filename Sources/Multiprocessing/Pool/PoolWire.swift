@@ -82,93 +82,33 @@ struct FrameCursor {
     var rest: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: body[at...]) }
 }
 
-/// A read buffer of frames over a descriptor: fill it, then take whole frames out; knows whether a whole
-/// frame is already buffered (a worker flushes its replies before it would block).
-struct FrameReader {
-    private var buffer: [UInt8]
-    private var start = 0
-    private var end = 0
+extension FrameDecoder {
+    /// A decoder for a pool channel: frames up to ``PoolWire/maxFrame``.
+    static func pool(prefill: [UInt8] = []) -> FrameDecoder { FrameDecoder(maxFrame: PoolWire.maxFrame, prefill: prefill) }
 
-    init(capacity: Int = 1 << 16, prefill: [UInt8] = []) {
-        buffer = [UInt8](repeating: 0, count: max(capacity, prefill.count * 2))
-        buffer.withUnsafeMutableBytes { b in prefill.withUnsafeBytes { b.copyMemory(from: $0) } }
-        end = prefill.count
-    }
-
-    /// The body of the next whole frame, if buffered, passed to `body` (valid only inside the call).
-    mutating func next<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
-        guard end - start >= 4 else { return nil }
-        let n = buffer.withUnsafeBytes { b -> Int32 in
-            Int32(bigEndian: b.loadUnaligned(fromByteOffset: start, as: Int32.self))
-        }
-        guard n > 0 else { throw MultiprocessingError(.malformedMessage, "a pool frame announced \(n) bytes") }
-        guard Int(n) <= PoolWire.maxFrame else {
-            throw MultiprocessingError(.messageTooLarge, "a pool frame of \(n) bytes, over the limit of \(PoolWire.maxFrame)")
-        }
-        let total = 4 + Int(n)
-        guard end - start >= total else {
-            // Only compact: `fill` grows the buffer as bytes arrive, so a length alone (a peer that
-            // announces 1 GiB and sends nothing) allocates nothing.
-            if total > buffer.count - start && start > 0 { makeRoom(0) }
-            return nil
-        }
-        let from = start + 4
-        start += total
-        if start == end { start = 0; end = 0 }
-        return try buffer.withUnsafeBytes { b in try body(UnsafeRawBufferPointer(rebasing: b[from..<(from + total - 4)])) }
-    }
-
-    /// Bytes the buffer holds room for (a peer's announced length alone never grows it).
-    var capacity: Int { buffer.count }
-
-    var hasWholeFrame: Bool {
-        guard end - start >= 4 else { return false }
-        let n = buffer.withUnsafeBytes { Int32(bigEndian: $0.loadUnaligned(fromByteOffset: start, as: Int32.self)) }
-        return n <= 0 || end - start >= 4 + Int(n)  // a bad length counts: `next` reports it
-    }
-
-    /// Moves buffered bytes to the front and grows the buffer to hold `frame` bytes.
-    private mutating func makeRoom(_ frame: Int) {
-        let live = end - start
-        if start > 0 {
-            buffer.withUnsafeMutableBytes { b in
-                b.baseAddress!.copyMemory(from: b.baseAddress! + start, byteCount: live)
-            }
-            start = 0
-            end = live
-        }
-        if frame > buffer.count {
-            buffer.append(contentsOf: repeatElement(0, count: frame - buffer.count))
+    /// The body of the next whole pool frame (never empty: every pool frame starts with its kind byte).
+    mutating func nextPoolFrame<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {
+        try next { b in
+            guard !b.isEmpty else { throw MultiprocessingError(.malformedMessage, "an empty pool frame") }
+            return try body(b)
         }
     }
-
-    /// Whether the last read returned less than it had room for: a stream socket then had nothing more,
-    /// and a reader can skip the call that would only say "would block".
-    private(set) var lastReadWasShort = false
 
     /// Reads what is available from `fd` (blocking for at least one byte if `blocking`).
     /// - Returns: the number of bytes read; 0 at end of file; -1 if a non-blocking read would block.
     mutating func fill(from fd: Int32, blocking: Bool) throws -> Int {
-        if end == buffer.count {
-            if start > 0 { makeRoom(0) } else { buffer.append(contentsOf: repeatElement(0, count: buffer.count)) }
-        }
-        while true {
-            let space = buffer.count - end
-            let n = buffer.withUnsafeMutableBytes { b in
-                recv(fd, b.baseAddress! + end, space, blocking ? 0 : Int32(MSG_DONTWAIT))
+        let n = try read { p -> Int? in
+            while true {
+                let n = recv(fd, p.baseAddress!, p.count, blocking ? 0 : Int32(MSG_DONTWAIT))
+                if n >= 0 { return n }
+                let e = errno
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { return nil }
+                if e == ECONNRESET { return 0 }
+                throw MultiprocessingError.system("recv", e)
             }
-            if n > 0 {
-                end += n
-                lastReadWasShort = n < space
-                return n
-            }
-            if n == 0 { return 0 }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return -1 }
-            if e == ECONNRESET { return 0 }
-            throw MultiprocessingError.system("recv", e)
         }
+        return n ?? -1
     }
 }
 

@@ -29,12 +29,12 @@ enum PoolWorker {
         if let type = setup.initializerType, let payload = setup.initializer {
             runInitializer(type, payload)
         }
-        var reader = FrameReader(prefill: PoolWorker.leftover)
+        var reader = FrameDecoder.pool(prefill: PoolWorker.leftover)
         let out = Replies(fd: fd, pid: pid)
         var runners: [UInt32: Runner] = [:]
         while true {
             do {
-                while let _ = try reader.next({ body in try handle(body, &runners, out) }) {
+                while let _ = try reader.nextPoolFrame({ body in try handle(body, &runners, out) }) {
                     if out.pending > 256 * 1024 { out.flush() }
                 }
             } catch {

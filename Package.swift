@@ -59,6 +59,8 @@ let package = Package(
             path: "Examples/SeedExamples"
         ),
         .executableTarget(name: "mp", dependencies: ["Threading", "Multiprocessing", "SeedExamples"]),
+        // Programs the tests run as processes of their own; not a product, never shipped.
+        .executableTarget(name: "mp-test-helper", dependencies: ["Multiprocessing"], path: "Tests/TestHelper"),
         .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
         .testTarget(name: "MultiprocessingTests", dependencies: ["Multiprocessing", "MultiprocessingNetwork", "Threading"]),
     ]

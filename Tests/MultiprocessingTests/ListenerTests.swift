@@ -357,11 +357,12 @@ func background<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> Futu
     return f
 }
 
-/// The `mp` tool, built beside the test runner (`swift test` builds it); records an issue if it is missing.
-func mpExecutable() -> URL? {
-    let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp")
+/// `mp-test-helper` (Tests/TestHelper), built beside the test runner (`swift test` builds every
+/// executable of the package); records an issue if it is missing.
+func testHelperExecutable() -> URL? {
+    let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp-test-helper")
     guard FileManager.default.isExecutableFile(atPath: exe.path) else {
-        Issue.record("mp is not built at \(exe.path); run swift build first")
+        Issue.record("mp-test-helper is not built at \(exe.path); run swift build first")
         return nil
     }
     return exe
@@ -370,9 +371,9 @@ func mpExecutable() -> URL? {
 @Suite(.timeLimit(.minutes(1)))
 struct BootstrapEntryTests {
     /// `WorkerStart.entry = .bootstrap`: the worker runs `main` until it calls `bootstrap()`. Checked with
-    /// the `mp` tool (built beside the test runner), whose `main` calls `bootstrap()` first.
+    /// `mp-test-helper` (built beside the test runner), whose `main` calls `bootstrap()` first.
     @Test func workerEntersThroughBootstrap() throws {
-        guard let exe = mpExecutable() else { return }
+        guard let exe = testHelperExecutable() else { return }
         let p = Foundation.Process()
         p.executableURL = exe
         p.arguments = ["bootstrap-check"]

@@ -500,10 +500,10 @@ struct ProcessPoolTests {
 
 @Suite(.serialized, .timeLimit(.minutes(1)))
 struct PoolInterruptTests {
-    /// Runs `mp pool-interrupt-check`, sends it `signals` SIGINTs, and checks that it died of SIGINT
+    /// Runs `mp-test-helper pool-interrupt-check`, sends it `signals` SIGINTs, and checks that it died of SIGINT
     /// and that none of its workers survives (they are re-parented here, so reap them here if needed).
     func interrupt(times signals: Int, carryOn: Bool = false) throws {
-        guard let exe = mpExecutable() else { return }
+        guard let exe = testHelperExecutable() else { return }
         try Processes.adoptOrphans()
         let p = Foundation.Process()
         p.executableURL = exe

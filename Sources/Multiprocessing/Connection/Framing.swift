@@ -149,6 +149,7 @@ package struct FrameDecoder {
         }
         let from = start + h.length
         let have = end - from
+        // Sized by what arrived (at least the small buffer's size), never by the announced length.
         var payload = [UInt8](repeating: 0, count: max(have, min(h.size, buffer.count)))
         payload.withUnsafeMutableBytes { p in
             buffer.withUnsafeBytes { b in p.baseAddress!.copyMemory(from: b.baseAddress! + from, byteCount: have) }

@@ -3,9 +3,11 @@
 /// Python raises `EOFError`, `OSError`, `AuthenticationError`, `TimeoutError`, `queue.Empty`/`Full`,
 /// `ValueError` and others; here they are one type with an extensible ``Code``.
 public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Codable {
+    /// What went wrong, as a value to compare with the static members (`error.code == .timedOut`).
     public struct Code: Hashable, Sendable, CustomStringConvertible, Codable {
         private let raw: String
         private init(_ raw: String) { self.raw = raw }
+        /// The code's name.
         public var description: String { raw }
 
         /// The peer closed the connection (Python's `EOFError`).
@@ -42,17 +44,21 @@ public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Co
         public static let system = Code("system")
     }
 
+    /// What went wrong.
     public let code: Code
+    /// A sentence for people, naming the call and the cause.
     public let message: String
     /// The `errno` value for ``Code/system`` errors.
     public let errno: Int32?
 
+    /// Creates an error with a code, a message and, for system errors, the `errno`.
     public init(_ code: Code, _ message: String, errno: Int32? = nil) {
         self.code = code
         self.message = message
         self.errno = errno
     }
 
+    /// The code, the message and the `errno` with its description.
     public var description: String {
         "MultiprocessingError.\(code): \(message)" + (errno.map { " (errno \($0): \(Syscall.describe($0)))" } ?? "")
     }

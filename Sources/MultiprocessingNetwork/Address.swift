@@ -9,6 +9,7 @@ public enum Address: Sendable, Hashable, CustomStringConvertible {
     /// A Unix-domain socket path (at most 107 bytes).
     case unix(path: String)
 
+    /// `host:port` for TCP, the path for a Unix socket.
     public var description: String {
         switch self {
         case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"

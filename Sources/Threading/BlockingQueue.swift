@@ -246,6 +246,7 @@ extension BlockingQueue: AsyncSequence {
     /// shut down and drained. It does not call `taskDone()`.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let queue: BlockingQueue
+        /// The next item, suspending until there is one; `nil` once the queue is shut down and drained.
         public mutating func next() async throws -> Element? {
             do {
                 return try await queue.get()
@@ -255,6 +256,7 @@ extension BlockingQueue: AsyncSequence {
         }
     }
 
+    /// An iterator that takes items off the queue.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(queue: self) }
 }
 

@@ -12,6 +12,7 @@ public final class Condition: @unchecked Sendable {  // `waiters` is guarded by 
         case rlock(RLock)
     }
 
+    /// The lock the condition waits with.
     public let underlying: Underlying
     private var waiters = Deque<Parker>()
 

@@ -161,6 +161,7 @@ public protocol AnyFuture: AnyObject, Sendable {
 }
 
 extension Future: AnyFuture {
+    /// Whether the future finished with an error (not a cancellation).
     public var hasFailed: Bool {
         monitor.read {
             switch $0.status {
@@ -170,6 +171,7 @@ extension Future: AnyFuture {
         }
     }
 
+    /// Calls `callback` once the future is done, at once if it already is.
     public func onDone(_ callback: @escaping @Sendable () -> Void) { addDoneCallback { _ in callback() } }
 }
 
@@ -250,13 +252,16 @@ public final class CompletionSequence<F: AnyFuture>: AsyncSequence, Sendable {
         }
     }
 
+    /// Iterates the futures in the order they finish.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let sequence: CompletionSequence
+        /// The next future to finish; `nil` when all have.
         public mutating func next() async throws -> F? {
             guard sequence.remaining.acquire(blocking: false) else { return nil }
             return sequence.futures[try await sequence.queue.get()]
         }
     }
 
+    /// An iterator over the futures as they finish.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(sequence: self) }
 }

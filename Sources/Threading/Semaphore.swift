@@ -83,6 +83,7 @@ public final class BoundedSemaphore: Semaphore, @unchecked Sendable {
     /// The initial (and maximum) number of permits.
     public let limit: Int
 
+    /// A bounded semaphore whose count starts, and may never rise above, `value`.
     public override init(_ value: Int = 1) {
         limit = value
         super.init(value)

@@ -2,8 +2,9 @@ internal import CMultiprocessingShims
 import Atomics
 import DequeModule
 
-/// A pool of threads running closures — Python's `concurrent.futures.ThreadPoolExecutor`, and the seed
-/// notes' hand-written pool with `run(job, callback)`, `close()` and `terminate()`.
+/// A pool of threads running closures — Python's `concurrent.futures.ThreadPoolExecutor`, and the
+/// classic hand-written Python thread pool (a queue of `(func, args, callback)` served by worker threads)
+/// with `run(job, callback)`, `close()` and `terminate()`.
 ///
 /// Threads are started lazily, only when no idle thread can take the work, up to `maxWorkers`, and are
 /// daemons (an idle pool never keeps the program from exiting).
@@ -97,7 +98,7 @@ public final class ThreadPool: Sendable {
         return future
     }
 
-    /// Runs `body` and reports to `callback(success, result)` — the seed notes' `pool.run(func, args, callback)`.
+    /// Runs `body` and reports to `callback(success, result)` — the hand-written Python pool's `pool.run(func, args, callback)`.
     ///
     /// The callback runs in the worker thread. Work dropped by ``terminate()`` is reported as
     /// `(false, .failure(ThreadingError .cancelled))`.
@@ -237,11 +238,11 @@ public final class ThreadPool: Sendable {
         if wait { join() }
     }
 
-    /// Stops accepting work; the queued work still runs, then the threads exit — the seed notes' `close()`.
+    /// Stops accepting work; the queued work still runs, then the threads exit — that pool's `close()`.
     public func close() { shutdown(wait: false) }
 
     /// Drops the queued work (cancelling it) and lets the threads exit once their current work is done —
-    /// the seed notes' `terminate()`.
+    /// that pool's `terminate()`.
     public func terminate() { shutdown(wait: false, cancelPending: true) }
 
     /// Waits until every worker thread has exited; call ``close()`` or ``terminate()`` first.
@@ -318,8 +319,10 @@ where S.Element: Sendable {  // the input iterator and buffer are used by one co
 
     deinit { for f in inFlight { f.cancel() } }
 
+    /// Iterates the results in order, suspending between them.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let sequence: MapSequence
+        /// The next result; `nil` after the last. Throws a task's error at its place.
         public mutating func next() async throws -> T? {
             guard let f = try sequence.take() else { return nil }
             do {
@@ -331,5 +334,6 @@ where S.Element: Sendable {  // the input iterator and buffer are used by one co
         }
     }
 
+    /// An iterator over the results.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(sequence: self) }
 }

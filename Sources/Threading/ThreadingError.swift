@@ -8,6 +8,7 @@ public struct ThreadingError: Error, CustomStringConvertible, Sendable {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let raw: String
         private init(_ raw: String) { self.raw = raw }
+        /// The code's name.
         public var description: String { raw }
 
         /// A non-blocking or timed `get` found the queue empty (Python's `queue.Empty`).
@@ -44,14 +45,18 @@ public struct ThreadingError: Error, CustomStringConvertible, Sendable {
         public static let invalidArgument = Code("invalidArgument")
     }
 
+    /// What went wrong.
     public let code: Code
+    /// A sentence for people.
     public let message: String
 
+    /// Creates an error with a code and a message.
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
+    /// The code and the message.
     public var description: String { "ThreadingError.\(code): \(message)" }
 }
 

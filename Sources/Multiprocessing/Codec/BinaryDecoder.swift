@@ -1,5 +1,6 @@
 /// Decodes values written by ``BinaryEncoder``.
 public struct BinaryDecoder {
+    /// Creates a decoder.
     public init() {}
 
     /// Decodes a `T` from `bytes`.

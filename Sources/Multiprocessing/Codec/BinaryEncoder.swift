@@ -63,6 +63,7 @@ extension Array: TrivialArrayCodable where Element: BinaryTrivial {
 
 /// Why a value could not be encoded or decoded.
 public struct CodecError: Error, CustomStringConvertible, Sendable {
+    /// What could not be encoded, and why.
     public let description: String
     static func typeMismatch(_ what: String) -> CodecError { CodecError(description: "type mismatch: \(what)") }
     static let truncated = CodecError(description: "the data ended in the middle of a value")
@@ -80,6 +81,7 @@ func writeVarint(_ value: UInt64, into buffer: inout [UInt8]) {
 
 /// Encodes `Encodable` values in the binary format.
 public struct BinaryEncoder {
+    /// Creates an encoder.
     public init() {}
 
     /// The encoded bytes of `value`.

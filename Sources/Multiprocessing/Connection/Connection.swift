@@ -301,6 +301,7 @@ extension Connection: Codable {
         self.init(fileDescriptor: try MessageCodec.takeDescriptor(), readable: readable, writable: writable)
     }
 
+    /// Encodes this end for a job: its descriptor travels with the message (`SCM_RIGHTS`).
     public func encode(to encoder: any Encoder) throws {
         try checkOpen()
         var c = encoder.unkeyedContainer()

@@ -10,19 +10,26 @@ public protocol Waitable: AnyObject, Sendable {
 }
 
 extension Connection: Waitable {
+    /// The connection's descriptor.
     public var waitDescriptor: Int32 { fileDescriptor }
+    /// Whether a message (or part of one) is already buffered.
     public var isReadyWithoutPolling: Bool { hasBufferedData }
 }
 
 extension ProcessHandle: Waitable {
+    /// The process's pidfd, readable once it has ended.
     public var waitDescriptor: Int32 { sentinel }
+    /// Always `false`: a process's end is seen by polling its pidfd.
     public var isReadyWithoutPolling: Bool { false }
 }
 
 /// A raw descriptor to wait on (for example a ``ChildProcess/sentinel``).
 public final class DescriptorWaitable: Waitable {
+    /// The descriptor to poll for readability.
     public let waitDescriptor: Int32
+    /// Always `false`: a raw descriptor buffers nothing.
     public var isReadyWithoutPolling: Bool { false }
+    /// Wraps `fd`, which the caller keeps open while waiting (it is not closed by this object).
     public init(_ fd: Int32) { waitDescriptor = fd }
 }
 

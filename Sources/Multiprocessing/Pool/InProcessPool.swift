@@ -39,16 +39,19 @@ public final class InProcessPool: Sendable {
 
     // MARK: - single tasks
 
+    /// Runs `job` on a pool thread — Python's `ThreadPool.apply_async(f)`. See ``ProcessPool/submit(_:options:)``.
     public func submit<J: Job>(_ job: J, options: TaskOptions = .default) throws -> PoolTask<J.Output> {
         try single(options) { try await job.run() }
     }
 
+    /// Runs `f(input)` on a pool thread. See ``ProcessPool/submit(_:_:options:)``.
     public func submit<F: TaskFunction>(_ f: F, _ input: F.Input, options: TaskOptions = .default) throws -> PoolTask<F.Output> {
         try single(options) { try await f(input) }
     }
 
 
 
+    /// Runs `job` and calls `callback` or `errorCallback` with its outcome on the pool's callback thread — Python's `apply_async(f, callback=, error_callback=)`.
     @discardableResult
     public func applyAsync<J: Job>(
         _ job: J, options: TaskOptions = .default,
@@ -88,10 +91,12 @@ public final class InProcessPool: Sendable {
 
     // MARK: - many items
 
+    /// Applies `f` to every input, in order; throws the first failure — Python's `ThreadPool.map`.
     public func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil) throws -> [F.Output] {
         try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options).collect(timeout: timeout)
     }
 
+    /// Like ``map(_:_:chunksize:options:timeout:)`` but returns every item's outcome, failures included.
     public func mapResults<F: TaskFunction>(
         _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
     ) throws -> [Result<F.Output, any Error>] {
@@ -101,12 +106,14 @@ public final class InProcessPool: Sendable {
 
 
 
+    /// Lazy, ordered results, reading the input only `maxInFlight` items ahead — Python's `ThreadPool.imap`.
     public func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
         _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
         try stream(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: true, options: options)
     }
 
+    /// Lazy results in completion order — Python's `ThreadPool.imap_unordered`.
     public func imapUnordered<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
         _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
@@ -270,6 +277,7 @@ public final class InProcessPool: Sendable {
         }
     }
 
+    /// A snapshot of the pool's progress every `interval`, until the pool is joined or the stream is dropped.
     public func progress(every interval: Duration = .milliseconds(100)) -> AsyncStream<PoolProgress> {
         AsyncStream { continuation in
             let task = Task { [self] in

@@ -254,10 +254,14 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
 }
 
 extension PoolResults: AsyncSequence {
+    /// Each result, in the order the results deliver them.
     public typealias Element = Output
+    /// Iterates the results as they arrive, suspending between them.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let results: PoolResults<Output>
+        /// The next result; `nil` after the last. Throws an item's failure at its place.
         public mutating func next() async throws -> Output? { try await results.next() }
     }
+    /// An iterator over the results.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(results: self) }
 }

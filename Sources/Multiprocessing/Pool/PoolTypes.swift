@@ -36,6 +36,7 @@ public protocol SyncTaskFunction: TaskFunction {
 }
 
 extension SyncTaskFunction {
+    /// Runs items `from...` of a chunk in the worker. Library internals, public only so that the compiler specialises this loop for each conforming type; do not call or implement it.
     @inlinable
     public func _runChunk(_ inputs: [Input], from: Int, _ context: ChunkContext) {
         var done: [Output] = []
@@ -65,7 +66,9 @@ extension SyncTaskFunction {
     }
 }
 
-/// The worker's side of a chunk, for ``SyncTaskFunction/_runChunk(_:from:_:)``.
+/// The worker's side of a chunk, for ``SyncTaskFunction/_runChunk(_:from:_:)``. Library internals: public
+/// only because that loop must be inlinable into each conforming type (an SPI would hide the default
+/// implementation from the conformances that need it); do not use it.
 public final class ChunkContext: @unchecked Sendable {  // used by the worker's main thread only
     let unit: UInt64
     let out: Replies
@@ -89,9 +92,13 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     /// Whether finished results should be sent now (2 ms since the last write).
     public var flushDue: Bool { out.dueForPartialFlush(now: now) }
 
+    /// Sends finished results `values`, the first being item `start` (library internals).
     public func send<T: Encodable>(_ values: [T], start: Int) { out.outputs(unit: unit, start: start, values) }
+    /// Reports that item `index` threw `error` (library internals).
     public func fail(_ index: Int, _ error: any Error) { out.failure(unit: unit, index: index, error) }
+    /// Writes what was sent so far to the parent (library internals).
     public func flush() { out.flush() }
+    /// Records that the chunk ended before item `i` (cancelled) or at its end (library internals).
     public func finished(at i: Int) { next = i }
 }
 
@@ -106,8 +113,11 @@ public protocol TaskFunction2: Codable, Sendable {
 
 /// Two arguments travelling together (the element of a starmap).
 public struct ArgumentPair<First: Codable & Sendable, Second: Codable & Sendable>: Codable, Sendable {
+    /// The first argument.
     public var first: First
+    /// The second argument.
     public var second: Second
+    /// Pairs two arguments.
     public init(_ first: First, _ second: Second) {
         self.first = first
         self.second = second
@@ -116,8 +126,11 @@ public struct ArgumentPair<First: Codable & Sendable, Second: Codable & Sendable
 
 /// Adapts a ``TaskFunction2`` to a ``TaskFunction`` over ``ArgumentPair``s.
 public struct Starred<F: TaskFunction2>: TaskFunction {
+    /// The two-argument function.
     public let function: F
+    /// Adapts `function`.
     public init(_ function: F) { self.function = function }
+    /// Calls the function with the pair's two arguments.
     public func callAsFunction(_ input: ArgumentPair<F.First, F.Second>) async throws -> F.Output {
         try await function(input.first, input.second)
     }
@@ -144,12 +157,14 @@ public struct RetryPolicy: Sendable, Hashable {
     public var attempts: Int
     /// The wait before the first retry; doubled (by `multiplier`) for each further one.
     public var backoff: Duration
+    /// The factor the wait grows by before each further retry.
     public var multiplier: Double
     /// The causes that are retried.
     public var causes: Set<Cause>
     /// A task that has killed this many workers fails, whatever `attempts` says: it is not retried forever.
     public var maxWorkerKills: Int
 
+    /// A policy: up to `attempts` runs in all, waiting `backoff` (times `multiplier` per further retry) for the causes listed; a task that killed `maxWorkerKills` workers is not run again.
     public init(
         attempts: Int = 3, backoff: Duration = .milliseconds(50), multiplier: Double = 2,
         on causes: Set<Cause> = [.crash, .timeout], maxWorkerKills: Int = 2
@@ -183,8 +198,10 @@ public struct TaskOptions: Sendable {
     public var cancelGrace: Duration
     /// Time between SIGTERM and SIGKILL when a worker is stopped.
     public var killGrace: Duration
+    /// Which failures are run again, how often and after what wait.
     public var retry: RetryPolicy
 
+    /// Options for a call; every limit is off by default, as in Python.
     public init(
         timeout: Duration? = nil, softTimeout: Duration? = nil, cancelGrace: Duration = .seconds(1),
         killGrace: Duration = .milliseconds(500), retry: RetryPolicy = .none
@@ -196,6 +213,7 @@ public struct TaskOptions: Sendable {
         self.retry = retry
     }
 
+    /// No timeouts, no retries.
     public static let `default` = TaskOptions()
 }
 
@@ -252,6 +270,7 @@ public struct ProcessPoolOptions: Sendable {
     /// What a crashing worker reports (and how long its crash takes to reach the caller).
     public var crashReport: CrashReport
 
+    /// Pool-wide settings; the defaults suit most programs (see each property).
     public init(
         maxTasksPerChild: Int? = nil, memoryLimit: Int? = nil, deathLimit: (count: Int, window: Duration) = (20, .seconds(10)),
         stderrLines: Int = 20, forwardStderr: Bool = true, interrupt: InterruptBehavior = .tearDownAndExit,
@@ -269,9 +288,11 @@ public struct ProcessPoolOptions: Sendable {
 
 /// Why a pool task failed without an error of its own.
 public struct PoolError: Error, CustomStringConvertible, Sendable {
+    /// Why the task failed, as a value to compare with the static members.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let raw: String
         private init(_ raw: String) { self.raw = raw }
+        /// The code's name.
         public var description: String { raw }
 
         /// The worker running the task died (trap, signal, `exit`).
@@ -288,7 +309,9 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
         public static let interrupted = Code("interrupted")
     }
 
+    /// Why the task failed.
     public let code: Code
+    /// A sentence for people: what happened to which worker.
     public let message: String
     /// The worker's pid, when a worker was involved.
     public let pid: Int32?
@@ -315,6 +338,7 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
     /// The signal that killed the worker, if one did.
     public var signal: Int32? { exitCode.flatMap { $0 < 0 ? -$0 : nil } }
 
+    /// The code and message, then the worker's pid, exit status, peak memory and standard error tail.
     public var description: String {
         var s = "PoolError.\(code): \(message)"
         if let peakMemoryBytes { s += " (peak memory \(peakMemoryBytes / 1024) KiB)" }
@@ -343,11 +367,13 @@ public struct PoolProgress: Sendable {
     /// One entry per live worker.
     public var workers: [WorkerInsight]
 
+    /// `done / total`, from 0 to 1.
     public var fractionDone: Double { total == 0 ? 0 : Double(done) / Double(total) }
 }
 
 /// Where a worker's time went — mpire's "insights".
 public struct WorkerInsight: Sendable {
+    /// The worker's process id.
     public var pid: Int32
     /// From spawn to ready.
     public var startup: Duration?

@@ -26,6 +26,7 @@ public protocol Job: Codable, Sendable {
 
 /// The `Output` of a job that returns nothing (`Void` is not `Codable`).
 public struct NoOutput: Codable, Sendable, Hashable {
+    /// The empty result.
     public init() {}
 }
 
@@ -39,6 +40,7 @@ public struct RemoteError: Error, Codable, CustomStringConvertible, Sendable {
     /// The process that threw it.
     public let pid: Int32
 
+    /// The error's type, the process it came from, and its message.
     public var description: String { "\(typeName) in process \(pid): \(message)" }
 }
 

@@ -36,12 +36,14 @@ public final class ProcessQueue<Element: Codable & Sendable>: Codable, @unchecke
         ring = try SharedRing(capacity: max(capacity, 4096), maxsize: maxsize)
     }
 
+    /// Attaches to the queue a job carried here (the shared memory and its descriptors travel with the job).
     public required init(from decoder: any Decoder) throws {
         var c = try decoder.unkeyedContainer()
         _ = try c.decode(Int.self)  // descriptor index (the descriptor itself travels as SCM_RIGHTS)
         ring = try SharedRing(adopting: MessageCodec.takeDescriptor())
     }
 
+    /// Encodes the queue for a job: its shared memory's descriptor travels with the message.
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.unkeyedContainer()
         try c.encode(try MessageCodec.attach(ring.fd))
@@ -159,14 +161,21 @@ public typealias JoinableProcessQueue<Element: Codable & Sendable> = ProcessQueu
 public struct SimpleProcessQueue<Element: Codable & Sendable>: Codable, Sendable {
     private let queue: ProcessQueue<Element>
 
+    /// Creates an unbounded queue of at most `capacity` bytes of items.
     public init(capacity: Int = ProcessQueue<Element>.defaultCapacity) throws {
         queue = try ProcessQueue(maxsize: 0, capacity: capacity)
     }
 
+    /// Appends `item` — Python's `SimpleQueue.put`.
     public func put(_ item: Element) throws { try queue.put(item) }
+    /// Removes the oldest item, waiting up to `timeout` — Python's `SimpleQueue.get`.
     public func get(timeout: Duration? = nil) throws -> Element { try queue.get(timeout: timeout) }
+    /// Appends `item`, suspending the task (not a thread) while the queue is full.
     public func put(_ item: Element) async throws { try await queue.put(item) }
+    /// Removes the oldest item, suspending the task (not a thread) until there is one.
     public func get() async throws -> Element { try await queue.get() }
+    /// Whether the queue holds no item now — Python's `SimpleQueue.empty()`.
     public var isEmpty: Bool { queue.isEmpty }
+    /// Closes this process's handle on the queue — Python's `SimpleQueue.close()`.
     public func close() { queue.close() }
 }

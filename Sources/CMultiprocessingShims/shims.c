@@ -121,8 +121,6 @@ int mp_pidfd_open(pid_t pid) {
     return r < 0 ? -errno : (int)r;
 }
 
-int mp_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig) == 0 ? 0 : errno; }
-
 int mp_memfd_create(const char *name) {
     int fd = memfd_create(name, MFD_CLOEXEC);
     return fd < 0 ? -errno : fd;

@@ -90,7 +90,7 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
                 guard authkey != nil else { return c }
                 return try await AsyncBridge.offload(onCancel: { c.close() }) { try self.authenticate(c) }
             }
-            try await Reactor.shared.wait(fd, for: .readable)
+            try await Reactor.shared.wait(fd)
         }
     }
 

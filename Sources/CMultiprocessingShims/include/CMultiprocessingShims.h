@@ -81,7 +81,6 @@ int mp_raise_default(int sig);
 int mp_pidfd_open(pid_t pid);
 /// Sends `sig` through a pidfd (never hits a recycled pid); 0 or an errno value.
 int mp_pidfd_send_signal(int pidfd, int sig);
-int mp_set_pdeathsig(int sig);
 int mp_set_child_subreaper(int on);
 int mp_memfd_create(const char *name);
 /// Waits for `pid` without blocking; returns the pid if it ended (with *status set), 0 if not, -errno on error.
@@ -116,7 +115,6 @@ int mp_shared_mutex_init(pthread_mutex_t *m);
 /// again), or an errno value (>1).
 int mp_shared_mutex_lock(pthread_mutex_t *m);
 int mp_shared_mutex_unlock(pthread_mutex_t *m);
-static inline size_t mp_mutex_size(void) { return sizeof(pthread_mutex_t); }
 /// futex wait/wake on memory shared between processes (no FUTEX_PRIVATE_FLAG).
 int mp_futex_wait_shared(uint32_t *addr, uint32_t expected, const struct timespec *deadline);
 int mp_futex_wake_shared(uint32_t *addr, int count);

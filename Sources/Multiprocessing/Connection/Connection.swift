@@ -190,7 +190,7 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
                 frame = try tryReceiveFrame(maxLength: maxLength)
             }
             if let frame { return frame }
-            try await Reactor.shared.wait(fd, for: .readable)
+            try await Reactor.shared.wait(fd)
         }
     }
 

@@ -6,15 +6,8 @@ import Threading
 /// One background thread running `epoll`, so that tasks can wait for descriptors without blocking a
 /// thread of the cooperative pool.
 package final class Reactor: Sendable {
-    package enum Interest: Sendable {
-        case readable, writable
-        var events: UInt32 {
-            switch self {
-            case .readable: UInt32(UInt32(EPOLLIN.rawValue) | UInt32(EPOLLRDHUP.rawValue))
-            case .writable: UInt32(UInt32(EPOLLOUT.rawValue))
-            }
-        }
-    }
+    /// What every registration waits for: readable, or hung up.
+    private static let readable = UInt32(UInt32(EPOLLIN.rawValue) | UInt32(EPOLLRDHUP.rawValue))
 
     /// One `wait` call. Guarded by the reactor's mutex.
     private final class Registration: @unchecked Sendable {
@@ -101,7 +94,7 @@ package final class Reactor: Sendable {
     /// (Re-)arms `fd` for the union of what its watcher and its waiting tasks want.
     private func arm(_ fd: Int32, _ s: inout State) {
         var ev = epoll_event()
-        let watcher = s.handlers[fd] != nil ? Interest.readable.events : 0
+        let watcher = s.handlers[fd] != nil ? Reactor.readable : 0
         ev.events = (s.waiters[fd] ?? []).reduce(UInt32(EPOLLONESHOT.rawValue) | watcher) { $0 | $1.events }
         ev.data.fd = fd
         if epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) != 0 {
@@ -121,8 +114,8 @@ package final class Reactor: Sendable {
 
     /// Suspends until `fd` is ready (or hung up). Throws `CancellationError` if the task is cancelled,
     /// and ``MultiprocessingError/Code/closed`` if the descriptor is closed through `cancelWaits(on:)`.
-    package func wait(_ fd: Int32, for interest: Interest) async throws {
-        let registration = Registration(events: interest.events)
+    package func wait(_ fd: Int32) async throws {
+        let registration = Registration(events: Reactor.readable)
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 let cancelled: Bool = state.withLock { s in

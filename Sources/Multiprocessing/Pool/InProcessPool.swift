@@ -49,24 +49,13 @@ public final class InProcessPool: Sendable {
         try single(options) { try await f(input) }
     }
 
-
-
     /// Runs `job` and calls `callback` or `errorCallback` with its outcome on the pool's callback thread — Python's `apply_async(f, callback=, error_callback=)`.
     @discardableResult
     public func applyAsync<J: Job>(
         _ job: J, options: TaskOptions = .default,
         callback: (@Sendable (J.Output) -> Void)? = nil, errorCallback: (@Sendable (any Error) -> Void)? = nil
     ) throws -> PoolTask<J.Output> {
-        let task = try submit(job, options: options)
-        if callback != nil || errorCallback != nil {
-            task.call.future.addDoneCallback { f in
-                switch Result(catching: { try f.result(timeout: .zero) }) {
-                case .success(let v): callback?(v)
-                case .failure(let e): errorCallback?(e)
-                }
-            }
-        }
-        return task
+        try submit(job, options: options).reporting(on: { $0() }, callback, errorCallback)
     }
 
     private func single<T: Codable & Sendable>(_ options: TaskOptions, _ body: @escaping @Sendable () async throws -> T) throws -> PoolTask<T> {
@@ -103,8 +92,6 @@ public final class InProcessPool: Sendable {
         try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
             .collectResults(timeout: timeout)
     }
-
-
 
     /// Lazy, ordered results, reading the input only `maxInFlight` items ahead — Python's `ThreadPool.imap`.
     public func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(

@@ -265,3 +265,23 @@ extension PoolResults: AsyncSequence {
     /// An iterator over the results.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(results: self) }
 }
+
+extension PoolTask {
+    /// Calls `callback` with the value or `errorCallback` with the error once the task is done, through
+    /// `deliver` (a pool's callback thread, or inline); Python's `apply_async` callbacks. Returns `self`.
+    func reporting(
+        on deliver: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void,
+        _ callback: (@Sendable (Output) -> Void)?, _ errorCallback: (@Sendable (any Error) -> Void)?
+    ) -> PoolTask<Output> {
+        guard callback != nil || errorCallback != nil else { return self }
+        call.future.addDoneCallback { f in
+            deliver {
+                switch Result(catching: { try f.result(timeout: .zero) }) {
+                case .success(let v): callback?(v)
+                case .failure(let e): errorCallback?(e)
+                }
+            }
+        }
+        return self
+    }
+}

@@ -63,8 +63,6 @@ public final class ProcessPool: Sendable {
         try single(f, input, kind: .function, options: options)
     }
 
-
-
     /// Submits a job with callbacks — Python's `Pool.apply_async(func, args, callback, error_callback)`.
     /// Callbacks run on the pool's callback thread, one at a time, as Python's result-handler thread.
     @discardableResult
@@ -72,19 +70,8 @@ public final class ProcessPool: Sendable {
         _ job: J, options: TaskOptions = .default,
         callback: (@Sendable (J.Output) -> Void)? = nil, errorCallback: (@Sendable (any Error) -> Void)? = nil
     ) throws -> PoolTask<J.Output> {
-        let task = try submit(job, options: options)
-        if callback != nil || errorCallback != nil {
-            let core = self.core
-            task.call.future.addDoneCallback { f in
-                core.callback {
-                    switch Result(catching: { try f.result(timeout: .zero) }) {
-                    case .success(let v): callback?(v)
-                    case .failure(let e): errorCallback?(e)
-                    }
-                }
-            }
-        }
-        return task
+        let core = self.core
+        return try submit(job, options: options).reporting(on: { core.callback($0) }, callback, errorCallback)
     }
 
     private func single<F: TaskFunction>(_ f: F, _ input: F.Input, kind: PoolWire.FunctionKind, options: TaskOptions) throws -> PoolTask<F.Output> {

@@ -146,7 +146,7 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     /// Suspends the task until the process ends, without blocking a thread.
     public func join() async throws {
         while !reapIfExited() {
-            let waited: Void? = try await withBorrowedSentinel { fd in try await Reactor.shared.wait(fd, for: .readable) }
+            let waited: Void? = try await withBorrowedSentinel { fd in try await Reactor.shared.wait(fd) }
             if waited == nil { _ = reapIfExited(); return }
         }
     }

@@ -18,7 +18,8 @@ import Threading
 ///   at once (CPython's feeder thread can lose it);
 /// - a consumer killed in the middle of `get` does not corrupt the queue, and the item it was reading
 ///   stays queued (CPython's pipe can be left mid-message);
-/// - there is no feeder thread, so `close()`/`joinThread()` have nothing to flush;
+/// - there is no feeder thread, so `close()` has nothing to flush (and Python's `join_thread()` and
+///   `cancel_join_thread()` have no counterpart);
 /// - capacity is bounded by `capacity` bytes of shared memory (sparse: only pages used are allocated),
 ///   besides `maxsize` items; a `put` into a full queue blocks (or times out with `.full`).
 /// `taskDone()`/`join()` (Python's `JoinableQueue`) are available on every queue.
@@ -133,9 +134,6 @@ public final class ProcessQueue<Element: Codable & Sendable>: Codable, @unchecke
 
     /// No more puts from this process — Python's `Queue.close()`. Other processes are unaffected.
     public func close() { closed.store(true, ordering: .relaxed) }
-
-    /// Python's `Queue.join_thread()`: there is no feeder thread, every returned `put` is already queued.
-    public func joinThread() {}
 
     // MARK: joinable
 

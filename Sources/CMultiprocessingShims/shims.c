@@ -28,7 +28,7 @@ int mp_futex_wait(uint32_t *addr, uint32_t expected, const struct timespec *dead
     // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so retries need no recomputation.
     long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, deadline, NULL,
                      FUTEX_BITSET_MATCH_ANY);
-    return r == 0 ? 0 : errno;
+    return r == 0 ? 0 : -errno;
 }
 
 int mp_futex_wake(uint32_t *addr, int count) {
@@ -51,7 +51,7 @@ static void *mp_thread_trampoline(void *raw) {
 
 int mp_thread_start(void (*body)(void *), void *context, size_t stack_size, uint64_t *out_pthread) {
     struct mp_thread_start_args *args = malloc(sizeof *args);
-    if (!args) return ENOMEM;
+    if (!args) return -ENOMEM;
     args->body = body;
     args->context = context;
     pthread_attr_t attr;
@@ -60,7 +60,7 @@ int mp_thread_start(void (*body)(void *), void *context, size_t stack_size, uint
     pthread_t t;
     int rc = pthread_create(&t, &attr, mp_thread_trampoline, args);
     pthread_attr_destroy(&attr);
-    if (rc != 0) { free(args); return rc; }
+    if (rc != 0) { free(args); return -rc; }
     if (out_pthread) *out_pthread = (uint64_t)t;
     return 0;
 }
@@ -69,7 +69,7 @@ int mp_set_thread_name(const char *name) {
     char buf[16];
     strncpy(buf, name, 15);
     buf[15] = 0;
-    return pthread_setname_np(pthread_self(), buf);
+    return -pthread_setname_np(pthread_self(), buf);
 }
 
 static uint64_t mp_main_pthread_id;
@@ -87,7 +87,7 @@ int mp_spawn(const char *path, char *const argv[], char *const envp[], int child
     int tmp = -1;
     if (fd == 3) {  // dup2(3, 3) would keep FD_CLOEXEC: move it first
         tmp = fcntl(fd, F_DUPFD_CLOEXEC, 4);
-        if (tmp < 0) return errno;
+        if (tmp < 0) return -errno;
         fd = tmp;
     }
     posix_spawn_file_actions_t fa;
@@ -113,7 +113,7 @@ int mp_spawn(const char *path, char *const argv[], char *const envp[], int child
     posix_spawnattr_destroy(&attr);
     if (tmp >= 0) close(tmp);
     if (rc == 0 && out_pid) *out_pid = pid;
-    return rc;
+    return -rc;
 }
 
 int mp_pidfd_open(pid_t pid) {
@@ -177,20 +177,22 @@ long mp_statm_resident_bytes(pid_t pid) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
+    if (fd < 0) return -errno;
     char buf[128];
     ssize_t n = read(fd, buf, sizeof buf - 1);
+    int e = errno;
     close(fd);
-    if (n <= 0) return -1;
+    if (n < 0) return -e;
+    if (n == 0) return -EIO;
     buf[n] = 0;
     long size = 0, resident = 0;
-    if (sscanf(buf, "%ld %ld", &size, &resident) != 2) return -1;
+    if (sscanf(buf, "%ld %ld", &size, &resident) != 2) return -EINVAL;
     return resident * sysconf(_SC_PAGESIZE);
 }
 
 int mp_raise_default(int sig) {
     signal(sig, SIG_DFL);
-    return raise(sig);
+    return raise(sig) == 0 ? 0 : -errno;
 }
 
 int mp_waitpid_blocking(pid_t pid, int *status) {
@@ -254,7 +256,7 @@ long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int
 
 int mp_set_nodelay(int fd) {
     int one = 1;
-    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0 ? 0 : errno;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0 ? 0 : -errno;
 }
 
 // ---- worker mode: entered before main ----
@@ -303,14 +305,14 @@ __attribute__((constructor)) static void mp_worker_hook(void) {
     _exit(0);
 }
 
-int mp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC) == 0 ? 0 : errno; }
+int mp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC) == 0 ? 0 : -errno; }
 
 int mp_pidfd_send_signal(int pidfd, int sig) {
     long r = syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
-    return r == 0 ? 0 : errno;
+    return r == 0 ? 0 : -errno;
 }
 
-int mp_set_child_subreaper(int on) { return prctl(PR_SET_CHILD_SUBREAPER, on) == 0 ? 0 : errno; }
+int mp_set_child_subreaper(int on) { return prctl(PR_SET_CHILD_SUBREAPER, on) == 0 ? 0 : -errno; }
 
 
 int mp_accept_nonblocking(int fd) {
@@ -322,7 +324,7 @@ int mp_getrandom(void *buf, size_t len) {
     size_t done = 0;
     while (done < len) {
         ssize_t n = getrandom((char *)buf + done, len - done, 0);
-        if (n < 0) { if (errno == EINTR) continue; return errno; }
+        if (n < 0) { if (errno == EINTR) continue; return -errno; }
         done += (size_t)n;
     }
     return 0;
@@ -335,7 +337,7 @@ int mp_shared_mutex_init(pthread_mutex_t *m) {
     pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     int rc = pthread_mutex_init(m, &a);
     pthread_mutexattr_destroy(&a);
-    return rc;
+    return -rc;
 }
 
 int mp_shared_mutex_lock(pthread_mutex_t *m) {
@@ -344,14 +346,14 @@ int mp_shared_mutex_lock(pthread_mutex_t *m) {
         pthread_mutex_consistent(m);
         return 1;
     }
-    return rc == 0 ? 0 : (rc > 1 ? rc : 2);
+    return -rc;
 }
 
-int mp_shared_mutex_unlock(pthread_mutex_t *m) { return pthread_mutex_unlock(m); }
+int mp_shared_mutex_unlock(pthread_mutex_t *m) { return -pthread_mutex_unlock(m); }
 
 int mp_futex_wait_shared(uint32_t *addr, uint32_t expected, const struct timespec *deadline) {
     long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET, expected, deadline, NULL, FUTEX_BITSET_MATCH_ANY);
-    return r == 0 ? 0 : errno;
+    return r == 0 ? 0 : -errno;
 }
 
 int mp_futex_wake_shared(uint32_t *addr, int count) {
@@ -359,14 +361,16 @@ int mp_futex_wake_shared(uint32_t *addr, int count) {
     return r < 0 ? 0 : (int)r;
 }
 
-void *mp_map_shared(int fd, size_t size) {
+int mp_map_shared(int fd, size_t size, void **out) {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    return p == MAP_FAILED ? NULL : p;
+    if (p == MAP_FAILED) return -errno;
+    *out = p;
+    return 0;
 }
 
-int mp_unmap(void *p, size_t size) { return munmap(p, size) == 0 ? 0 : errno; }
+int mp_unmap(void *p, size_t size) { return munmap(p, size) == 0 ? 0 : -errno; }
 
-int mp_ftruncate(int fd, long size) { return ftruncate(fd, size) == 0 ? 0 : errno; }
+int mp_ftruncate(int fd, long size) { return ftruncate(fd, size) == 0 ? 0 : -errno; }
 
 long mp_fd_size(int fd) {
     struct stat st;
@@ -376,8 +380,8 @@ long mp_fd_size(int fd) {
 void mp_stdout_line_buffered(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
 
 int mp_thread_join(uint64_t thread, const struct timespec *deadline) {
-    if (!deadline) return pthread_join((pthread_t)thread, NULL);
-    return pthread_clockjoin_np((pthread_t)thread, NULL, CLOCK_MONOTONIC, deadline);
+    if (!deadline) return -pthread_join((pthread_t)thread, NULL);
+    return -pthread_clockjoin_np((pthread_t)thread, NULL, CLOCK_MONOTONIC, deadline);
 }
 
-int mp_thread_detach(uint64_t thread) { return pthread_detach((pthread_t)thread); }
+int mp_thread_detach(uint64_t thread) { return -pthread_detach((pthread_t)thread); }

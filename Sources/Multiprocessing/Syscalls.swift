@@ -1,6 +1,6 @@
 package import Threading
 internal import CMultiprocessingShims
-import Glibc
+package import Glibc
 
 /// Thin wrappers over the system calls this module uses: each retries `EINTR` and throws a
 /// ``MultiprocessingError`` carrying `errno`. No raw `errno` reads happen elsewhere.
@@ -17,12 +17,121 @@ package enum Syscall {
 
     static func pipe() throws -> (read: Int32, write: Int32) {
         var fds: [Int32] = [0, 0]
-        let rc = mp_pipe_cloexec(&fds)
-        guard rc == 0 else { throw MultiprocessingError.system("pipe2", rc) }
+        try check("pipe2", mp_pipe_cloexec(&fds))
         return (fds[0], fds[1])
     }
 
-    static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+    /// A new anonymous shared-memory file of `size` bytes (sparse until written), close-on-exec.
+    static func sharedMemory(name: String, size: Int) throws -> Int32 {
+        let fd = try check("memfd_create", mp_memfd_create(name))
+        do {
+            try check("ftruncate", mp_ftruncate(fd, size))
+        } catch {
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Maps `size` bytes of `fd`, shared and writable.
+    static func mapShared(_ fd: Int32, size: Int) throws -> UnsafeMutableRawPointer {
+        var p: UnsafeMutableRawPointer?
+        try check("mmap", mp_map_shared(fd, size, &p))
+        return p!
+    }
+
+    /// The size of the file behind `fd`.
+    static func fileSize(_ fd: Int32) throws -> Int { try check("fstat", mp_fd_size(fd)) }
+
+    /// A shim's result (the one convention: >= 0 on success, -errno on failure), or its error.
+    @discardableResult
+    package static func check(_ call: String, _ rc: Int32) throws -> Int32 {
+        guard rc >= 0 else { throw MultiprocessingError.system(call, -rc) }
+        return rc
+    }
+
+    /// The same for shims that return a `long`.
+    @discardableResult
+    package static func check(_ call: String, _ rc: Int) throws -> Int {
+        guard rc >= 0 else { throw MultiprocessingError.system(call, Int32(truncatingIfNeeded: -rc)) }
+        return rc
+    }
+
+    package static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+
+    /// Reads what is available: the bytes read, 0 at end of input (a reset connection counts as one),
+    /// `nil` when nothing is available now. `recv` on sockets (`MSG_DONTWAIT` unless `blocking`), `read`
+    /// on other descriptors (which must then be non-blocking unless `blocking`).
+    static func receive(_ fd: Int32, into p: UnsafeMutableRawBufferPointer, socket: Bool = true, blocking: Bool = false) throws -> Int? {
+        while true {
+            let n = socket ? Glibc.recv(fd, p.baseAddress!, p.count, blocking ? 0 : Int32(MSG_DONTWAIT))
+                : Glibc.read(fd, p.baseAddress!, p.count)
+            if n >= 0 { return n }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
+            if e == ECONNRESET { return 0 }
+            throw MultiprocessingError.system(socket ? "recv" : "read", e)
+        }
+    }
+
+    /// Sends what the socket takes now, without SIGPIPE: the bytes sent, `nil` if it would block.
+    /// A peer that is gone throws ``MultiprocessingError/Code/endOfFile``.
+    static func sendNow(_ fd: Int32, _ p: UnsafeRawBufferPointer) throws -> Int? {
+        while true {
+            let n = Glibc.send(fd, p.baseAddress!, p.count, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
+            if n >= 0 { return n }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
+            throw writeError(e)
+        }
+    }
+
+    /// `epoll_wait` without a timeout, `EINTR` retried: the number of events.
+    static func epollWait(_ epfd: Int32, _ events: inout [epoll_event]) throws -> Int {
+        while true {
+            let n = epoll_wait(epfd, &events, Int32(events.count), -1)
+            if n >= 0 { return Int(n) }
+            let e = errno
+            if e == EINTR { continue }
+            throw MultiprocessingError.system("epoll_wait", e)
+        }
+    }
+
+    /// A close-on-exec, non-blocking stream socket.
+    package static func streamSocket(family: Int32) throws -> Int32 {
+        let s = Glibc.socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard s >= 0 else { throw MultiprocessingError.system("socket", errno) }
+        return s
+    }
+
+    /// Binds `s` to `address` and listens (with `SO_REUSEADDR` on TCP).
+    package static func listen(_ s: Int32, family: Int32, _ sa: UnsafePointer<sockaddr>, _ len: socklen_t, backlog: Int32) throws {
+        var one: Int32 = 1
+        if family != AF_UNIX { setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        guard bind(s, sa, len) == 0 else { throw MultiprocessingError.system("bind", errno) }
+        guard Glibc.listen(s, backlog) == 0 else { throw MultiprocessingError.system("listen", errno) }
+    }
+
+    /// Connects the non-blocking socket `s` before `deadline`; `false` if the deadline passed first.
+    package static func connect(_ s: Int32, _ sa: UnsafePointer<sockaddr>, _ len: socklen_t, deadline: Deadline?) throws -> Bool {
+        if Glibc.connect(s, sa, len) == 0 { return true }
+        let e = errno
+        guard e == EINPROGRESS || e == EINTR else { throw MultiprocessingError.system("connect", e) }
+        if try !poll(s, events: Int16(POLLOUT), deadline: deadline) { return false }
+        var err: Int32 = 0
+        var l = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &l) == 0 else { throw MultiprocessingError.system("getsockopt", errno) }
+        guard err == 0 else { throw MultiprocessingError.system("connect", err) }
+        return true
+    }
+
+    /// Clears `O_NONBLOCK`.
+    package static func setBlocking(_ fd: Int32) {
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
+    }
 
     @discardableResult
     static func setNonBlocking(_ fd: Int32) -> Bool {

@@ -104,7 +104,6 @@ enum Handshake {
     }
 
     static func fillRandom(_ bytes: inout [UInt8]) throws {
-        let rc = bytes.withUnsafeMutableBytes { mp_getrandom($0.baseAddress, $0.count) }
-        guard rc == 0 else { throw MultiprocessingError.system("getrandom", rc) }
+        try Syscall.check("getrandom", bytes.withUnsafeMutableBytes { mp_getrandom($0.baseAddress, $0.count) })
     }
 }

@@ -39,14 +39,12 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
         unixPath = path
         fd = try address.withSockaddrs { family, sa, len -> Int32? in
             // Non-blocking: accept is always preceded by poll (or the reactor), never blocks by itself.
-            let s = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-            guard s >= 0 else { throw MultiprocessingError.system("socket", errno) }
-            var one: Int32 = 1
-            if family != AF_UNIX { setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
-            guard bind(s, sa, len) == 0, Glibc.listen(s, backlog) == 0 else {
-                let e = errno
-                Glibc.close(s)
-                throw MultiprocessingError(.system, "cannot listen on \(address)", errno: e)
+            let s = try Syscall.streamSocket(family: family)
+            do {
+                try Syscall.listen(s, family: family, sa, len, backlog: backlog)
+            } catch let e as MultiprocessingError {
+                Syscall.close(s)
+                throw MultiprocessingError(.system, "cannot listen on \(address): \(e.message)", errno: e.errno)
             }
             return s
         }
@@ -137,27 +135,19 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
 public func connect(to address: Address, authkey: [UInt8]? = nil, timeout: Duration? = .seconds(30)) throws -> Connection {
     let deadline = Deadline.after(timeout)
     let fd = try address.withSockaddrs { family, sa, len -> Int32? in
-        let s = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard s >= 0 else { throw MultiprocessingError.system("socket", errno) }
-        var rc = Glibc.connect(s, sa, len)
-        if rc != 0 && errno == EINPROGRESS {
-            if try !Syscall.poll(s, events: Int16(POLLOUT), deadline: deadline) {
-                Glibc.close(s)
-                throw MultiprocessingError(.timedOut, "connecting to \(address) timed out")
-            }
-            var err: Int32 = 0
-            var l = socklen_t(MemoryLayout<Int32>.size)
-            getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &l)
-            rc = err == 0 ? 0 : -1
-            errno = err
+        let s = try Syscall.streamSocket(family: family)
+        let connected: Bool
+        do {
+            connected = try Syscall.connect(s, sa, len, deadline: deadline)
+        } catch let e as MultiprocessingError {
+            Syscall.close(s)
+            throw MultiprocessingError(.system, "cannot connect to \(address): \(e.message)", errno: e.errno)
         }
-        guard rc == 0 else {
-            let e = errno
-            Glibc.close(s)
-            throw MultiprocessingError(.system, "cannot connect to \(address)", errno: e)
+        guard connected else {
+            Syscall.close(s)
+            throw MultiprocessingError(.timedOut, "connecting to \(address) timed out")
         }
-        let flags = fcntl(s, F_GETFL)
-        _ = fcntl(s, F_SETFL, flags & ~O_NONBLOCK)
+        Syscall.setBlocking(s)
         if family != AF_UNIX { _ = mp_set_nodelay(s) }
         return s
     }

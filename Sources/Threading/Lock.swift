@@ -45,7 +45,7 @@ public final class Lock: @unchecked Sendable {  // the futex word is only touche
         var c = mp_atomic_exchange_u32(word, 2)
         while c != 0 {
             let rc = deadline == nil ? mp_futex_wait(word, 2, nil) : mp_futex_wait(word, 2, &ts)
-            if rc == ETIMEDOUT {
+            if rc == -ETIMEDOUT {
                 // One last try, so a release that raced with the timeout is not wasted.
                 return mp_atomic_exchange_u32(word, 2) == 0
             }

@@ -134,7 +134,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
             Unmanaged<OSThread>.fromOpaque(context).release()
             OSThread.registry.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
             state.withLock { $0.started = false }
-            throw ThreadingError(.threadCreation, "pthread_create failed: \(String(cString: strerror(rc)))")
+            throw ThreadingError(.threadCreation, "pthread_create failed: \(String(cString: strerror(-rc)))")
         }
         state.withLock { s in
             if s.ident == nil { s.ident = pt }

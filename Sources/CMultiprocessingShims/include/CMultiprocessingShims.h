@@ -9,6 +9,11 @@
 #include <sys/epoll.h>
 #include <poll.h>
 
+// One return convention for every function that can fail: a value >= 0 on success (0, a descriptor, a
+// count, a pid), minus the errno value on failure (pthread error codes likewise, negated). Swift callers
+// turn a negative result into an error with `Syscall.check` (Multiprocessing) or read it as `-rc`.
+// Pointers come back through out-parameters.
+
 // ---- atomics on a raw 32-bit word (header-only so Swift can inline them) ----
 static inline uint32_t mp_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void mp_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
@@ -42,7 +47,7 @@ static inline void mp_cpu_relax(void) {
 
 // ---- futex ----
 /// Waits while `*addr == expected`, until woken or until the absolute CLOCK_MONOTONIC `deadline`
-/// (NULL: forever). Returns 0 when woken (or spuriously), else an errno value (ETIMEDOUT, EAGAIN, EINTR).
+/// (NULL: forever). Returns 0 when woken (or spuriously), else -ETIMEDOUT, -EAGAIN or -EINTR.
 int mp_futex_wait(uint32_t *addr, uint32_t expected, const struct timespec *deadline);
 /// Wakes up to `count` waiters on `addr`; returns how many were woken.
 int mp_futex_wake(uint32_t *addr, int count);
@@ -50,9 +55,9 @@ int mp_futex_wake(uint32_t *addr, int count);
 // ---- threads ----
 pid_t mp_gettid(void);
 uint64_t mp_pthread_self(void);
-/// Starts a joinable pthread running `body(context)`; returns 0 or an errno value.
+/// Starts a joinable pthread running `body(context)`; returns 0 or -errno.
 int mp_thread_start(void (*body)(void *), void *context, size_t stack_size, uint64_t *out_pthread);
-/// pthread_clockjoin_np on CLOCK_MONOTONIC (`deadline` NULL: forever); 0, ETIMEDOUT or an errno value.
+/// pthread_clockjoin_np on CLOCK_MONOTONIC (`deadline` NULL: forever); 0, -ETIMEDOUT or -errno.
 int mp_thread_join(uint64_t thread, const struct timespec *deadline);
 int mp_thread_detach(uint64_t thread);
 int mp_set_thread_name(const char *name);
@@ -64,7 +69,7 @@ long mp_cpu_count(void);
 // ---- processes ----
 /// Spawns `path` with `argv`/`envp` (NULL-terminated); `child_fd` becomes fd 3 in the child and every
 /// other descriptor >= 3 is closed there. Signal mask emptied, SIGINT/SIGTERM/SIGPIPE reset to default.
-/// Returns 0 or an errno value.
+/// Returns 0 or -errno.
 /// Spawns `path` with `child_fd` as fd 3 and, when `stderr_fd` >= 0, that descriptor as fd 2.
 int mp_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, int stderr_fd, pid_t *out_pid);
 /// waitpid(WNOHANG) that also reports the child's peak resident set (KiB) from its rusage.
@@ -74,12 +79,12 @@ int mp_wait4_nohang(pid_t pid, int *status, long *maxrss_kib);
 int mp_install_interrupt_handler(int eventfd_fd);
 /// A non-blocking, close-on-exec eventfd, or -errno.
 int mp_eventfd(unsigned initval);
-/// Resident bytes of `pid` from /proc/PID/statm, or -1.
+/// Resident bytes of `pid` from /proc/PID/statm.
 long mp_statm_resident_bytes(pid_t pid);
 /// Restores the default action for `sig` and raises it.
 int mp_raise_default(int sig);
 int mp_pidfd_open(pid_t pid);
-/// Sends `sig` through a pidfd (never hits a recycled pid); 0 or an errno value.
+/// Sends `sig` through a pidfd (never hits a recycled pid); 0 or -errno.
 int mp_pidfd_send_signal(int pidfd, int sig);
 int mp_set_child_subreaper(int on);
 int mp_memfd_create(const char *name);
@@ -103,23 +108,23 @@ int mp_pipe_cloexec(int fds[2]);
 void mp_stdout_line_buffered(void);
 /// accept4(SOCK_CLOEXEC | SOCK_NONBLOCK); the descriptor or -errno.
 int mp_accept_nonblocking(int fd);
-/// Fills `buf` from the kernel CSPRNG; 0 or an errno value.
+/// Fills `buf` from the kernel CSPRNG; 0 or -errno.
 int mp_getrandom(void *buf, size_t len);
 static const short MP_POLLRDHUP = 0x2000;
 
 // ---- shared memory primitives (process-shared) ----
 #include <pthread.h>
-/// Initialises a process-shared, robust mutex in shared memory; 0 or an errno value.
+/// Initialises a process-shared, robust mutex in shared memory; 0 or -errno.
 int mp_shared_mutex_init(pthread_mutex_t *m);
 /// Locks it; returns 0, or 1 when the previous owner died holding it (the state was made consistent
-/// again), or an errno value (>1).
+/// again), or -errno.
 int mp_shared_mutex_lock(pthread_mutex_t *m);
 int mp_shared_mutex_unlock(pthread_mutex_t *m);
 /// futex wait/wake on memory shared between processes (no FUTEX_PRIVATE_FLAG).
 int mp_futex_wait_shared(uint32_t *addr, uint32_t expected, const struct timespec *deadline);
 int mp_futex_wake_shared(uint32_t *addr, int count);
-/// mmap(MAP_SHARED) of `fd` for reading and writing; NULL on failure (errno kept).
-void *mp_map_shared(int fd, size_t size);
+/// mmap(MAP_SHARED) of `fd` for reading and writing into `*out`.
+int mp_map_shared(int fd, size_t size, void **out);
 int mp_unmap(void *p, size_t size);
 int mp_ftruncate(int fd, long size);
 long mp_fd_size(int fd);

@@ -38,12 +38,12 @@ package final class Reactor: Sendable {
     private static func loop(_ epfd: Int32) {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
-            let n = epoll_wait(epfd, &events, 64, -1)
-            if n < 0 {
-                let e = errno
-                if e == EINTR { continue }
+            let n: Int
+            do {
+                n = try Syscall.epollWait(epfd, &events)
+            } catch {
                 // EBADF, EFAULT, EINVAL: the reactor itself is broken; spinning would hide it at 100 % CPU.
-                fatalError("swift-multiprocessing reactor: epoll_wait failed with errno \(e)")
+                fatalError("swift-multiprocessing reactor: \(error)")
             }
             for i in 0..<Int(n) {
                 shared.fire(Int32(truncatingIfNeeded: events[i].data.fd), events[i].events)

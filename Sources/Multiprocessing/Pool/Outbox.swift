@@ -36,13 +36,10 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
         var sent = 0
         while true {
             while sent < data.count {
-                let n = data.withUnsafeBytes { p in
-                    send(fd, p.baseAddress! + sent, p.count - sent, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
-                }
-                if n > 0 { sent += n; continue }
-                let e = errno
-                if n < 0 && e == EINTR { continue }
-                if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) {
+                let from = sent
+                let n = Result { try data.withUnsafeBytes { p in try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...])) } }
+                if case .success(let k?) = n, k > 0 { sent += k; continue }
+                if case .success(nil) = n {
                     let rest = Array(data[sent...])
                     _ = try? Outbox.background.submit { [self] in self.finishBlocking(rest) }
                     return
@@ -86,11 +83,10 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
                 if lock.withLock({ closed }) { return }
                 var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 if poll(&pfd, 1, 100) <= 0 { continue }
-                let n = data.withUnsafeBytes { p in
-                    send(fd, p.baseAddress! + sent, p.count - sent, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
-                }
-                if n > 0 { sent += n; continue }
-                if n < 0 && (errno == EAGAIN || errno == EINTR) { continue }
+                let from = sent
+                let n = Result { try data.withUnsafeBytes { p in try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...])) } }
+                if case .success(let k?) = n, k > 0 { sent += k; continue }
+                if case .success(nil) = n { continue }
                 close()
                 lock.withLock { writing = false }
                 return

@@ -514,7 +514,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private func readStderr(_ slot: WorkerSlot) -> Bool {
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = buf.withUnsafeMutableBytes { read(slot.stderrFd, $0.baseAddress!, $0.count) }
+            let got: Int?
+            do {
+                got = try buf.withUnsafeMutableBytes { try Syscall.receive(slot.stderrFd, into: $0, socket: false) }
+            } catch {
+                got = 0  // a read error: the pipe is unusable, as at its end
+            }
+            guard let n = got else { return true }  // nothing more now
             if n > 0 {
                 if options.forwardStderr { buf.withUnsafeBytes { _ = try? Syscall.writeAll(2, UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }
                 slot.stderrTail += buf[0..<n]
@@ -522,8 +528,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 if n < buf.count { return true }
                 continue
             }
-            if n < 0 && (errno == EAGAIN || errno == EINTR) { return true }
-            return false  // end of file
+            return false  // end of file (or a read error: the worker is gone either way)
         }
     }
 

@@ -97,17 +97,7 @@ extension FrameDecoder {
     /// Reads what is available from `fd` (blocking for at least one byte if `blocking`).
     /// - Returns: the number of bytes read; 0 at end of file; -1 if a non-blocking read would block.
     mutating func fill(from fd: Int32, blocking: Bool) throws -> Int {
-        let n = try read { p -> Int? in
-            while true {
-                let n = recv(fd, p.baseAddress!, p.count, blocking ? 0 : Int32(MSG_DONTWAIT))
-                if n >= 0 { return n }
-                let e = errno
-                if e == EINTR { continue }
-                if e == EAGAIN || e == EWOULDBLOCK { return nil }
-                if e == ECONNRESET { return 0 }
-                throw MultiprocessingError.system("recv", e)
-            }
-        }
+        let n = try read { p in try Syscall.receive(fd, into: p, blocking: blocking) }
         return n ?? -1
     }
 }
@@ -170,19 +160,17 @@ struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is acces
     func requestCancel(_ unit: UInt64) { Atomic.store(word(2), unit) }
 
     static func create() throws -> (SharedSlot, Int32) {
-        let fd = mp_memfd_create("swift-mp-pool-slot")
-        guard fd >= 0 else { throw MultiprocessingError.system("memfd_create", -fd) }
-        let e = mp_ftruncate(fd, size)
-        guard e == 0 else {
+        let fd = try Syscall.sharedMemory(name: "swift-mp-pool-slot", size: size)
+        do {
+            return (try map(fd), fd)
+        } catch {
             Syscall.close(fd)
-            throw MultiprocessingError.system("ftruncate", e)
+            throw error
         }
-        return (try map(fd), fd)
     }
 
     static func map(_ fd: Int32) throws -> SharedSlot {
-        guard let p = mp_map_shared(fd, size) else { throw MultiprocessingError.system("mmap", errno) }
-        return SharedSlot(base: p)
+        SharedSlot(base: try Syscall.mapShared(fd, size: size))
     }
 
     func unmap() { _ = mp_unmap(base, SharedSlot.size) }

@@ -225,8 +225,7 @@ public enum Processes {
     /// orphaned by a dying child is re-parented here instead of to PID 1, so
     /// ``reapAdoptedOrphan(_:timeout:)`` can reap it. Useful for supervisors and tests.
     public static func adoptOrphans() throws {
-        let rc = mp_set_child_subreaper(1)
-        if rc != 0 { throw MultiprocessingError.system("prctl(PR_SET_CHILD_SUBREAPER)", rc) }
+        try Syscall.check("prctl(PR_SET_CHILD_SUBREAPER)", mp_set_child_subreaper(1))
     }
 
     /// Reaps `pid`, an orphan re-parented here after ``adoptOrphans()``, once it has ended.

@@ -69,7 +69,7 @@ enum Spawner {
         }
         guard rc == 0 else {
             Syscall.close(parentEnd)
-            throw MultiprocessingError(.spawnFailed, "posix_spawn of \(WorkerStart.executable) failed", errno: rc)
+            throw MultiprocessingError(.spawnFailed, "posix_spawn of \(WorkerStart.executable) failed", errno: -rc)
         }
         let pidfd = mp_pidfd_open(pid)
         guard pidfd >= 0 else {

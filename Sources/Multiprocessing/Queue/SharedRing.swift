@@ -26,25 +26,21 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
 
     /// Creates a new ring of `capacity` data bytes (sparse: pages are allocated when first written).
     init(capacity: Int, maxsize: Int) throws {
-        let fd = mp_memfd_create("swift-mp-queue")
-        guard fd >= 0 else { throw MultiprocessingError.system("memfd_create", -fd) }
         let size = SharedRing.headerSize + capacity
-        let rc = mp_ftruncate(fd, size)
-        guard rc == 0 else {
+        let fd = try Syscall.sharedMemory(name: "swift-mp-queue", size: size)
+        let p: UnsafeMutableRawPointer
+        do {
+            p = try Syscall.mapShared(fd, size: size)
+        } catch {
             Syscall.close(fd)
-            throw MultiprocessingError.system("ftruncate", rc)
-        }
-        guard let p = mp_map_shared(fd, size) else {
-            let e = errno
-            Syscall.close(fd)
-            throw MultiprocessingError.system("mmap", e)
+            throw error
         }
         self.fd = fd
         self.capacity = capacity
         base = p
         mappedSize = size
         let mrc = mp_shared_mutex_init(p.assumingMemoryBound(to: pthread_mutex_t.self))
-        precondition(mrc == 0, "pthread_mutex_init failed: \(mrc)")
+        precondition(mrc == 0, "pthread_mutex_init failed: errno \(-mrc)")
         set(.maxsize, Int64(maxsize))
         set(.capacity, Int64(capacity))
         set(.magic, Int64(bitPattern: SharedRing.magic))
@@ -52,8 +48,9 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
 
     /// Maps an existing ring received from another process (takes ownership of `fd`).
     init(adopting fd: Int32) throws {
-        let size = mp_fd_size(fd)
-        guard size > SharedRing.headerSize, let p = mp_map_shared(fd, size) else {
+        guard let size = try? Syscall.fileSize(fd), size > SharedRing.headerSize,
+              let p = try? Syscall.mapShared(fd, size: size)
+        else {
             Syscall.close(fd)
             throw MultiprocessingError(.decodingFailed, "the descriptor received is not a queue")
         }
@@ -91,7 +88,7 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
 
     private func withLock<R>(_ body: () throws -> R) rethrows -> R {
         let rc = mp_shared_mutex_lock(base.assumingMemoryBound(to: pthread_mutex_t.self))
-        precondition(rc <= 1, "locking the queue failed: \(rc)")
+        precondition(rc >= 0, "locking the queue failed: errno \(-rc)")
         defer { _ = mp_shared_mutex_unlock(base.assumingMemoryBound(to: pthread_mutex_t.self)) }
         if rc == 1 { repairAfterOwnerDeath() }
         return try body()

@@ -32,7 +32,7 @@ struct FutexWord {
     func wait(expected: UInt32, deadline: Deadline?) -> Bool {
         if let deadline {
             var ts = deadline.timespec
-            return mp_futex_wait(raw, expected, &ts) != ETIMEDOUT
+            return mp_futex_wait(raw, expected, &ts) != -ETIMEDOUT
         }
         _ = mp_futex_wait(raw, expected, nil)
         return true

@@ -43,7 +43,7 @@ final class Parker: @unchecked Sendable {  // the word is only touched through a
             var ts = deadline.timespec
             while mp_atomic_load_u32(word) == 2 {
                 let rc = mp_futex_wait(word, 2, &ts)
-                if rc == ETIMEDOUT { break }
+                if rc == -ETIMEDOUT { break }
             }
         } else {
             while mp_atomic_load_u32(word) == 2 { _ = mp_futex_wait(word, 2, nil) }

@@ -61,8 +61,17 @@ let package = Package(
         .executableTarget(name: "mp", dependencies: ["Threading", "Multiprocessing", "SeedExamples"]),
         // Programs the tests run as processes of their own; not a product, never shipped.
         .executableTarget(name: "mp-test-helper", dependencies: ["Multiprocessing"], path: "Tests/TestHelper"),
-        .testTarget(name: "ThreadingTests", dependencies: ["Threading"]),
-        .testTarget(name: "MultiprocessingTests", dependencies: ["Multiprocessing", "MultiprocessingNetwork", "Threading"]),
+        // Helpers shared by the test targets; not a product.
+        .target(
+            name: "MultiprocessingTestSupport",
+            dependencies: ["Threading", "Multiprocessing"],
+            path: "Tests/MultiprocessingTestSupport"
+        ),
+        .testTarget(name: "ThreadingTests", dependencies: ["Threading", "MultiprocessingTestSupport"]),
+        .testTarget(
+            name: "MultiprocessingTests",
+            dependencies: ["Multiprocessing", "MultiprocessingNetwork", "Threading", "MultiprocessingTestSupport"]
+        ),
     ]
 )
 

@@ -2,6 +2,7 @@ import Glibc
 import Testing
 import Threading
 @testable import Multiprocessing
+import MultiprocessingTestSupport
 
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct ChildProcessTests {
@@ -233,16 +234,6 @@ struct ChildProcessTests {
 
 private struct PrivateJob: Job { func run() -> Int { 1 } }
 
-func isZombie(_ pid: Int32) -> Bool {
-    guard let f = fopen("/proc/\(pid)/stat", "r") else { return false }
-    defer { fclose(f) }
-    var buf = [CChar](repeating: 0, count: 512)
-    fgets(&buf, 512, f)
-    let s = cString(buf)
-    guard let close = s.lastIndex(of: ")") else { return false }
-    return s[s.index(close, offsetBy: 2)] == "Z"
-}
-
 extension String {
     func trimmingCharacters(in _: WhitespaceSet) -> String {
         var s = Substring(self)
@@ -254,6 +245,3 @@ extension String {
 
 enum WhitespaceSet { case whitespacesAndNewlines }
 
-func cString(_ buf: [CChar]) -> String {
-    String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-}

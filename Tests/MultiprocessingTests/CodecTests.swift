@@ -1,5 +1,6 @@
 import Testing
 @testable import Multiprocessing
+import MultiprocessingTestSupport
 
 struct CodecTests {
     struct Inner: Codable, Equatable { var a: Int; var s: String? }

@@ -2,6 +2,7 @@ import Glibc
 import Testing
 import Threading
 @testable import Multiprocessing
+import MultiprocessingTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct ConnectionTests {

@@ -1,5 +1,6 @@
 import Testing
 @testable import Multiprocessing
+import MultiprocessingTestSupport
 
 /// The one frame decoder (connections and pool channels), fed random, split and truncated input.
 @Suite struct FramingTests {

@@ -1,5 +1,6 @@
 import Glibc
 @testable import Multiprocessing
+import MultiprocessingTestSupport
 
 // Jobs used by the tests. They live in the test module: workers find them by name in the test runner.
 

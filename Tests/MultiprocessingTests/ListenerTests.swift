@@ -4,43 +4,7 @@ import Testing
 import Threading
 @testable import Multiprocessing
 import MultiprocessingNetwork
-
-/// Runs a Python 3 script with arguments; returns (exit status, stdout + stderr).
-func runPython(_ script: String, _ args: [String] = [], timeout: TimeInterval = 30) throws -> (Int32, String) {
-    let p = Foundation.Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3", "-c", script] + args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let deadline = Date().addingTimeInterval(timeout)
-    while p.isRunning && Date() < deadline { usleep(5_000) }
-    if p.isRunning { p.terminate() }
-    p.waitUntilExit()
-    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    return (p.terminationStatus, text)
-}
-
-/// Starts a Python script in the background (it is killed and reaped by `finish`).
-final class PythonPeer: @unchecked Sendable {
-    let process = Foundation.Process()
-    let out = Pipe()
-    init(_ script: String, _ args: [String] = []) throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script] + args
-        process.standardOutput = out
-        process.standardError = out
-        try process.run()
-    }
-    func finish(timeout: TimeInterval = 30) -> (Int32, String) {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(5_000) }
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
-    }
-}
+import MultiprocessingTestSupport
 
 let pythonEchoClient = """
 import sys
@@ -327,45 +291,6 @@ struct ListenerTests {
             #expect(e.code == .timedOut)
         }
     }
-}
-
-extension FileHandle {
-    /// Reads up to the first newline (the Python peer prints its port first).
-    func availableLine() -> String {
-        var bytes: [UInt8] = []
-        while true {
-            let d = readData(ofLength: 1)
-            if d.isEmpty || d.first == 10 { break }
-            bytes.append(d.first!)
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-}
-
-/// A value behind a lock, shareable with tasks and threads.
-final class Locked<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ v: T) { m = Mutex(v) }
-    func withLock<R>(_ body: (inout T) -> R) -> R { m.withLock { body(&$0) } }
-}
-
-/// Runs blocking work on its own thread (never on the cooperative pool, which parallel tests share).
-func background<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> Future<T> {
-    let f = Future<T>()
-    let t = OSThread(daemon: true) { f.complete(Result { try body() }) }
-    try! t.start()
-    return f
-}
-
-/// `mp-test-helper` (Tests/TestHelper), built beside the test runner (`swift test` builds every
-/// executable of the package); records an issue if it is missing.
-func testHelperExecutable() -> URL? {
-    let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp-test-helper")
-    guard FileManager.default.isExecutableFile(atPath: exe.path) else {
-        Issue.record("mp-test-helper is not built at \(exe.path); run swift build first")
-        return nil
-    }
-    return exe
 }
 
 @Suite(.timeLimit(.minutes(1)))

@@ -1,5 +1,6 @@
 import Glibc
 @testable import Multiprocessing
+import MultiprocessingTestSupport
 
 // Functions and jobs for the pool tests (found by name in the workers, which run this test binary).
 

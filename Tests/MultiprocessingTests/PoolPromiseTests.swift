@@ -2,6 +2,7 @@ import Glibc
 import Testing
 import Threading
 @testable import Multiprocessing
+import MultiprocessingTestSupport
 
 /// The pool's promises under the attacks of issue 8: each test failed (or hung) before its fix.
 ///
@@ -9,10 +10,6 @@ import Threading
 /// the tests allow 250 ms, and the late supervisor they guard against was ~1 s late.
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct PoolPromiseTests {
-    static func milliseconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
-    }
-
     // MARK: 1. timeouts fire at their deadline, whatever their length
 
     @Test func hardTimeoutsFireAtTheirDeadline() async throws {
@@ -25,7 +22,7 @@ struct PoolPromiseTests {
                 let start = ContinuousClock.now
                 let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(timeout: .milliseconds(limit)))
                 let timedOut = Result { try task.get(timeout: .seconds(10)) }.error.map { ($0 as? PoolError)?.code == .timedOut } ?? false
-                return (limit, Self.milliseconds(ContinuousClock.now - start) - Double(limit), timedOut)
+                return (limit, (ContinuousClock.now - start).milliseconds - Double(limit), timedOut)
             }
         }.value
         for o in outcomes {
@@ -42,7 +39,7 @@ struct PoolPromiseTests {
         let start = ContinuousClock.now
         let results = try pool.mapResults(BlockingSleep(), [40, 40, 5_000], chunksize: 3,
                                           options: TaskOptions(timeout: .milliseconds(300)))
-        let took = Self.milliseconds(ContinuousClock.now - start)
+        let took = (ContinuousClock.now - start).milliseconds
         #expect((try? results[0].get()) == 40)
         #expect((try? results[1].get()) == 40)
         #expect(throws: PoolError.self) { try results[2].get() }
@@ -58,7 +55,7 @@ struct PoolPromiseTests {
             let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(
                 softTimeout: .milliseconds(500), cancelGrace: .milliseconds(500)))
             let timedOut = Result { try task.get(timeout: .seconds(10)) }.error.map { ($0 as? PoolError)?.code == .timedOut } ?? false
-            return (Self.milliseconds(ContinuousClock.now - start), timedOut)
+            return ((ContinuousClock.now - start).milliseconds, timedOut)
         }.value
         #expect(timedOut)
         #expect(took >= 1_000 && took < 1_250, "stopped after \(took) ms instead of 1000")
@@ -79,7 +76,7 @@ struct PoolPromiseTests {
                 let start = ContinuousClock.now
                 // The pool's reactor reaps the worker and closes its pidfd while this join waits on it.
                 #expect(try h.join(timeout: .seconds(3)))
-                let took = Self.milliseconds(ContinuousClock.now - start)
+                let took = (ContinuousClock.now - start).milliseconds
                 #expect(took < 500, "join of a terminated worker took \(took) ms")
             }
             for t in tasks { _ = try? t.get(timeout: .seconds(10)) }
@@ -94,7 +91,7 @@ struct PoolPromiseTests {
         #expect(workers.count == 8)
         let start = ContinuousClock.now
         #expect(try child.join(timeout: .seconds(20)))
-        let took = Self.milliseconds(ContinuousClock.now - start)
+        let took = (ContinuousClock.now - start).milliseconds
         // The clean-up lost up to a second per worker before (3–5 s for 8).
         #expect(took < 1_000, "exit with 8 busy workers took \(took) ms")
         #expect(child.exitCode == 0)
@@ -169,7 +166,7 @@ struct PoolPromiseTests {
         _ = try pool.apply(Square(x: 1))
         let start = ContinuousClock.now
         let results = try pool.mapResults(Faulty(crashAt: 1, mode: .trap), [1], chunksize: 1, timeout: .seconds(30))
-        let took = Self.milliseconds(ContinuousClock.now - start)
+        let took = (ContinuousClock.now - start).milliseconds
         #expect(took < 300, "a trap took \(took) ms to reach the caller")
         #expect {
             try results[0].get()
@@ -221,9 +218,3 @@ struct PoolPromiseTests {
     }
 }
 
-extension Result {
-    var error: Failure? {
-        if case .failure(let e) = self { return e }
-        return nil
-    }
-}

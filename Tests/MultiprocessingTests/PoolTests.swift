@@ -4,15 +4,7 @@ import Synchronization
 import Testing
 import Threading
 @testable import Multiprocessing
-
-/// Options for test pools: Ctrl-C handling stays off (the interrupt test runs in its own process), and
-/// workers' stderr is kept but not echoed into the test log.
-func testPoolOptions(maxTasksPerChild: Int? = nil, memoryLimit: Int? = nil, deathLimit: (Int, Duration) = (20, .seconds(10))) -> ProcessPoolOptions {
-    ProcessPoolOptions(maxTasksPerChild: maxTasksPerChild, memoryLimit: memoryLimit, deathLimit: deathLimit,
-                       stderrLines: 400, forwardStderr: false, interrupt: .ignore)
-}
-
-func tempPath(_ tag: String) -> String { "/tmp/swift-mp-test-\(getpid())-\(tag)-\(UInt64.random(in: 0...UInt64.max))" }
+import MultiprocessingTestSupport
 
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct ProcessPoolTests {

@@ -2,6 +2,7 @@ import Glibc
 import Testing
 import Threading
 @testable import Multiprocessing
+import MultiprocessingTestSupport
 
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct ProcessQueueTests {

@@ -1,6 +1,7 @@
 import Synchronization
 import Testing
 @testable import Threading
+import MultiprocessingTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct BarrierTests {

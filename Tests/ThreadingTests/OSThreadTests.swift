@@ -2,6 +2,7 @@ import Glibc
 import Synchronization
 import Testing
 @testable import Threading
+import MultiprocessingTestSupport
 
 @Suite(.serialized, .timeLimit(.minutes(1)))
 struct OSThreadTests {

@@ -1,0 +1,169 @@
+// Helpers shared by the test targets (one home instead of copies per file). Not a product.
+package import Foundation
+package import Multiprocessing
+import Synchronization
+import Testing
+package import Threading
+
+// MARK: - time and threads
+
+/// Monotonic elapsed time of `body`.
+package func elapsed(_ body: () throws -> Void) rethrows -> Duration {
+    let clock = ContinuousClock()
+    let start = clock.now
+    try body()
+    return clock.now - start
+}
+
+extension Duration {
+    /// This duration in milliseconds, for messages and comparisons.
+    package var milliseconds: Double {
+        Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15
+    }
+}
+
+/// Sleeps the calling thread.
+package func sleep(ms: Int) { usleep(useconds_t(ms * 1000)) }
+
+/// Starts `n` threads running `body(i)` and joins them.
+package func runThreads(_ n: Int, _ body: @escaping @Sendable (Int) throws -> Void) throws {
+    let threads = (0..<n).map { i in OSThread { try body(i) } }
+    for t in threads { try t.start() }
+    for t in threads { try t.join() }
+}
+
+/// Runs blocking work on its own thread (never on the cooperative pool, which parallel tests share).
+package func background<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> Future<T> {
+    let f = Future<T>()
+    let t = OSThread(daemon: true) { f.complete(Result { try body() }) }
+    try! t.start()
+    return f
+}
+
+// MARK: - shared values
+
+/// A thread-safe counter for assertions.
+package final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    package init() {}
+    package func increment(by n: Int = 1) { value.add(n, ordering: .relaxed) }
+    package var count: Int { value.load(ordering: .relaxed) }
+}
+
+/// Thread-safe list of values for assertions.
+package final class Collected<T: Sendable>: Sendable {
+    private let items = Mutex<[T]>([])
+    package init() {}
+    package func append(_ x: T) { items.withLock { $0.append(x) } }
+    package var all: [T] { items.withLock { $0 } }
+}
+
+/// A value behind a lock, shareable with tasks and threads.
+package final class Locked<T: Sendable>: Sendable {
+    private let m: Mutex<T>
+    package init(_ v: T) { m = Mutex(v) }
+    package func withLock<R>(_ body: (inout T) -> R) -> R { m.withLock { body(&$0) } }
+}
+
+extension Result {
+    /// The error, if this is a failure.
+    package var error: Failure? {
+        if case .failure(let e) = self { return e }
+        return nil
+    }
+}
+
+extension ThreadingError.Code {
+    /// Whether `error` is a ``ThreadingError`` with this code.
+    package func matches(_ error: any Error) -> Bool { (error as? ThreadingError)?.code == self }
+}
+
+// MARK: - processes
+
+/// Options for test pools: Ctrl-C handling stays off (the interrupt test runs in its own process), and
+/// workers' stderr is kept but not echoed into the test log.
+package func testPoolOptions(maxTasksPerChild: Int? = nil, memoryLimit: Int? = nil, deathLimit: (Int, Duration) = (20, .seconds(10))) -> ProcessPoolOptions {
+    ProcessPoolOptions(maxTasksPerChild: maxTasksPerChild, memoryLimit: memoryLimit, deathLimit: deathLimit,
+                       stderrLines: 400, forwardStderr: false, interrupt: .ignore)
+}
+
+/// A path in /tmp unique to this test process and call.
+package func tempPath(_ tag: String) -> String { "/tmp/swift-mp-test-\(getpid())-\(tag)-\(UInt64.random(in: 0...UInt64.max))" }
+
+/// Whether `pid` is a zombie (ended, not reaped).
+package func isZombie(_ pid: Int32) -> Bool {
+    guard let f = fopen("/proc/\(pid)/stat", "r") else { return false }
+    defer { fclose(f) }
+    var buf = [CChar](repeating: 0, count: 512)
+    fgets(&buf, 512, f)
+    let s = cString(buf)
+    guard let close = s.lastIndex(of: ")") else { return false }
+    return s[s.index(close, offsetBy: 2)] == "Z"
+}
+
+/// A NUL-terminated buffer as a String.
+package func cString(_ buf: [CChar]) -> String {
+    String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// `mp-test-helper` (Tests/TestHelper), built beside the test runner (`swift test` builds every
+/// executable of the package); records an issue if it is missing.
+package func testHelperExecutable() -> URL? {
+    let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp-test-helper")
+    guard FileManager.default.isExecutableFile(atPath: exe.path) else {
+        Issue.record("mp-test-helper is not built at \(exe.path); run swift build first")
+        return nil
+    }
+    return exe
+}
+
+// MARK: - CPython peers
+
+/// Runs a Python 3 script with arguments; returns (exit status, stdout + stderr).
+package func runPython(_ script: String, _ args: [String] = [], timeout: TimeInterval = 30) throws -> (Int32, String) {
+    let p = PythonPeer.launch(script, args)
+    try p.process.run()
+    return p.finish(timeout: timeout)
+}
+
+/// Starts a Python script in the background (it is killed and reaped by `finish`).
+package final class PythonPeer: @unchecked Sendable {  // the Process is used by one test at a time
+    package let process = Foundation.Process()
+    package let out = Pipe()
+
+    package convenience init(_ script: String, _ args: [String] = []) throws {
+        self.init(script: script, args)
+        try process.run()
+    }
+
+    private init(script: String, _ args: [String]) {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script] + args
+        process.standardOutput = out
+        process.standardError = out
+    }
+
+    static func launch(_ script: String, _ args: [String]) -> PythonPeer { PythonPeer(script: script, args) }
+
+    /// Waits up to `timeout` for the script, terminating it then; returns (exit status, its output).
+    package func finish(timeout: TimeInterval = 30) -> (Int32, String) {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(5_000) }
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    }
+}
+
+extension FileHandle {
+    /// Reads up to the first newline (a Python peer prints its port first).
+    package func availableLine() -> String {
+        var bytes: [UInt8] = []
+        while true {
+            let d = readData(ofLength: 1)
+            if d.isEmpty || d.first == 10 { break }
+            bytes.append(d.first!)
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -20,7 +20,8 @@ public struct LongTimeTask: Job {
         print("Run task \(name) (\(getpid()))...")
         let start = ContinuousClock.now
         try await Task.sleep(for: .milliseconds(Int.random(in: 0..<300)))
-        let seconds = Double((ContinuousClock.now - start).components.attoseconds) / 1e18
+        let seconds =
+            Double((ContinuousClock.now - start).components.attoseconds) / 1e18
             + Double((ContinuousClock.now - start).components.seconds)
         print("Task \(name) runs \(fixed(seconds, 2)) seconds.")
         return NoOutput()
@@ -169,12 +170,16 @@ public func poolWithProgress() async throws {
         ProgressBar.draw(pool.currentProgress, final: true)
         print("\(ok) of \(n) items done by \(pool.workerCount) workers")
         for w in pool.currentProgress.workers {
-            print("  worker \(w.pid): start-up \(ms(w.startup ?? .zero)), working \(ms(w.working)), waiting \(ms(w.waiting)), \(w.tasks) chunks")
+            print(
+                "  worker \(w.pid): start-up \(ms(w.startup ?? .zero)), working \(ms(w.working)), waiting \(ms(w.waiting)), \(w.tasks) chunks"
+            )
         }
         // A dead worker fails only its own item, at once, with its signal, stderr tail and peak memory.
         let crash = try pool.mapResults(CrashOn(bad: 3), Array(0..<8), chunksize: 1)
         for case .failure(let e as PoolError) in crash {
-            print("item 3 failed alone: \(e.message); exit code \(e.exitCode ?? 0), peak memory \((e.peakMemoryBytes ?? 0) >> 20) MiB")
+            print(
+                "item 3 failed alone: \(e.message); exit code \(e.exitCode ?? 0), peak memory \((e.peakMemoryBytes ?? 0) >> 20) MiB"
+            )
         }
         print("the other \(crash.count - 1) items: \(crash.compactMap { try? $0.get() })")
     }

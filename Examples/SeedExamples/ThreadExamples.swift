@@ -15,7 +15,10 @@ public enum SeedExamples {
         ("subprocess", "subprocess call and communicate() (swift-subprocess)", { try await subprocessCommunicate() }),
         ("pool", "Pool(4) with apply_async(long_time_task), close, join", { try poolApplyAsync() }),
         ("pool-callback", "apply_async with a callback (end_call)", { try poolCallback() }),
-        ("pool-with", "with Pool(4): map, imap_unordered, get(timeout=1) raising a timeout", { try await poolContextManager() }),
+        (
+            "pool-with", "with Pool(4): map, imap_unordered, get(timeout=1) raising a timeout",
+            { try await poolContextManager() }
+        ),
         ("loop-thread", "start a named thread running a loop, join it", { try loopThread() }),
         ("balance", "two threads change a balance, without and with a Lock", { try balance() }),
         ("thread-local", "ThreadLocal binds a student per thread (Alice/Bob)", { try threadLocal() }),
@@ -23,7 +26,10 @@ public enum SeedExamples {
         ("event", "workers wait for an Event before starting", { try event() }),
         ("condition", "producer/consumer over a Condition", { try conditionProducerConsumer() }),
         ("callback-pool", "the hand-written thread pool with callback(success, result)", { try callbackPool() }),
-        ("pool-progress", "a CPU-bound map with a progress bar and worker insights; a crash fails one item", { try await poolWithProgress() }),
+        (
+            "pool-progress", "a CPU-bound map with a progress bar and worker insights; a crash fails one item",
+            { try await poolWithProgress() }
+        ),
     ]
 }
 
@@ -124,7 +130,12 @@ public func threadLocal() throws {
 public func rlockReentry() throws {
     let rlock = RLock()
     @Sendable func inner() { rlock.withLock { print("inner: acquired again by \(OSThread.current.name)") } }
-    @Sendable func outer() { rlock.withLock { print("outer: acquired by \(OSThread.current.name)"); inner() } }
+    @Sendable func outer() {
+        rlock.withLock {
+            print("outer: acquired by \(OSThread.current.name)")
+            inner()
+        }
+    }
     let t = OSThread(name: "Reentrant") { outer() }
     try t.start()
     try t.join()
@@ -155,7 +166,10 @@ public func event() throws {
 
 /// A producer and a consumer share a bounded buffer through one `Condition`.
 public func conditionProducerConsumer(items: Int = 5) throws {
-    final class Buffer: @unchecked Sendable { var items: [Int] = []; var done = false }  // guarded by `cond`
+    final class Buffer: @unchecked Sendable {
+        var items: [Int] = []
+        var done = false
+    }  // guarded by `cond`
     let buffer = Buffer()
     let cond = Condition(Lock())
     let consumer = OSThread(name: "consumer") {
@@ -200,16 +214,20 @@ public func callbackPool() throws {
     let pool = ThreadPool(maxWorkers: 3, threadNamePrefix: "pool")
     let lines = Mutex<[String]>([])
     for i in 0..<6 {
-        try pool.run({ () throws -> Int in
-            if i == 4 { throw ActionFailed(i: i) }
-            return i * i
-        }, callback: { success, result in
-            let text = switch result {
-            case .success(let v): "\(v)"
-            case .failure(let e): "\(e)"
+        try pool.run(
+            { () throws -> Int in
+                if i == 4 { throw ActionFailed(i: i) }
+                return i * i
+            },
+            callback: { success, result in
+                let text =
+                    switch result {
+                    case .success(let v): "\(v)"
+                    case .failure(let e): "\(e)"
+                    }
+                lines.withLock { $0.append("callback(success: \(success), result: \(text)) for action(\(i))") }
             }
-            lines.withLock { $0.append("callback(success: \(success), result: \(text)) for action(\(i))") }
-        })
+        )
     }
     pool.close()
     pool.join()

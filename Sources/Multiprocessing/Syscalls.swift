@@ -1,6 +1,6 @@
-package import Threading
 internal import CMultiprocessingShims
 package import Glibc
+package import Threading
 
 /// Thin wrappers over the system calls this module uses: each retries `EINTR` and throws a
 /// ``MultiprocessingError`` carrying `errno`. No raw `errno` reads happen elsewhere.
@@ -62,9 +62,16 @@ package enum Syscall {
     /// Reads what is available: the bytes read, 0 at end of input (a reset connection counts as one),
     /// `nil` when nothing is available now. `recv` on sockets (`MSG_DONTWAIT` unless `blocking`), `read`
     /// on other descriptors (which must then be non-blocking unless `blocking`).
-    static func receive(_ fd: Int32, into p: UnsafeMutableRawBufferPointer, socket: Bool = true, blocking: Bool = false) throws -> Int? {
+    static func receive(
+        _ fd: Int32,
+        into p: UnsafeMutableRawBufferPointer,
+        socket: Bool = true,
+        blocking: Bool = false
+    ) throws -> Int? {
         while true {
-            let n = socket ? Glibc.recv(fd, p.baseAddress!, p.count, blocking ? 0 : Int32(MSG_DONTWAIT))
+            let n =
+                socket
+                ? Glibc.recv(fd, p.baseAddress!, p.count, blocking ? 0 : Int32(MSG_DONTWAIT))
                 : Glibc.read(fd, p.baseAddress!, p.count)
             if n >= 0 { return n }
             let e = errno
@@ -101,13 +108,23 @@ package enum Syscall {
 
     /// A close-on-exec, non-blocking stream socket.
     package static func streamSocket(family: Int32) throws -> Int32 {
-        let s = Glibc.socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        let s = Glibc.socket(
+            family,
+            Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
+            0
+        )
         guard s >= 0 else { throw MultiprocessingError.system("socket", errno) }
         return s
     }
 
     /// Binds `s` to `address` and listens (with `SO_REUSEADDR` on TCP).
-    package static func listen(_ s: Int32, family: Int32, _ sa: UnsafePointer<sockaddr>, _ len: socklen_t, backlog: Int32) throws {
+    package static func listen(
+        _ s: Int32,
+        family: Int32,
+        _ sa: UnsafePointer<sockaddr>,
+        _ len: socklen_t,
+        backlog: Int32
+    ) throws {
         var one: Int32 = 1
         if family != AF_UNIX { setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
         guard bind(s, sa, len) == 0 else { throw MultiprocessingError.system("bind", errno) }
@@ -115,14 +132,21 @@ package enum Syscall {
     }
 
     /// Connects the non-blocking socket `s` before `deadline`; `false` if the deadline passed first.
-    package static func connect(_ s: Int32, _ sa: UnsafePointer<sockaddr>, _ len: socklen_t, deadline: Deadline?) throws -> Bool {
+    package static func connect(
+        _ s: Int32,
+        _ sa: UnsafePointer<sockaddr>,
+        _ len: socklen_t,
+        deadline: Deadline?
+    ) throws -> Bool {
         if Glibc.connect(s, sa, len) == 0 { return true }
         let e = errno
         guard e == EINPROGRESS || e == EINTR else { throw MultiprocessingError.system("connect", e) }
         if try !poll(s, events: Int16(POLLOUT), deadline: deadline) { return false }
         var err: Int32 = 0
         var l = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &l) == 0 else { throw MultiprocessingError.system("getsockopt", errno) }
+        guard getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &l) == 0 else {
+            throw MultiprocessingError.system("getsockopt", errno)
+        }
         guard err == 0 else { throw MultiprocessingError.system("connect", err) }
         return true
     }
@@ -161,7 +185,10 @@ package enum Syscall {
             if e == EINTR || e == EAGAIN { continue }
             if e == ENOTSOCK {
                 let w = Glibc.write(fd, p.baseAddress! + off, min(4096, p.count - off))
-                if w >= 0 { off += w; continue }
+                if w >= 0 {
+                    off += w
+                    continue
+                }
                 if errno == EINTR || errno == EAGAIN { continue }
                 throw writeError(errno)
             }
@@ -184,7 +211,10 @@ package enum Syscall {
             if e == ENOTSOCK {
                 // A pipe end: plain write(2).
                 let w = Glibc.write(fd, p.baseAddress! + off, p.count - off)
-                if w >= 0 { off += w; continue }
+                if w >= 0 {
+                    off += w
+                    continue
+                }
                 if errno == EINTR { continue }
                 throw writeError(errno)
             }
@@ -193,25 +223,42 @@ package enum Syscall {
     }
 
     static func writeError(_ e: Int32) -> MultiprocessingError {
-        if e == EPIPE || e == ECONNRESET { return MultiprocessingError(.endOfFile, "the peer closed the connection", errno: e) }
+        if e == EPIPE || e == ECONNRESET {
+            return MultiprocessingError(.endOfFile, "the peer closed the connection", errno: e)
+        }
         return .system("write", e)
     }
 
     /// One `recvmsg` (sockets) or `read` (pipes); non-blocking unless `blocking` (then one syscall that
     /// sleeps until data arrives). `nil` means "nothing now", 0 end of file. Received descriptors are
     /// appended to `fds`.
-    static func readNow(_ fd: Int32, into p: UnsafeMutableRawBufferPointer, fds: inout [Int32], isSocket: Bool,
-                        blocking: Bool = false) throws -> Int? {
+    static func readNow(
+        _ fd: Int32,
+        into p: UnsafeMutableRawBufferPointer,
+        fds: inout [Int32],
+        isSocket: Bool,
+        blocking: Bool = false
+    ) throws -> Int? {
         while true {
             if isSocket {
                 var got: (Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32) = (-1, -1, -1, -1, -1, -1, -1, -1)
                 var n: Int32 = 0
                 let r = withUnsafeMutableBytes(of: &got) { g in
-                    mp_recv_with_fds(fd, p.baseAddress, p.count, g.baseAddress!.assumingMemoryBound(to: Int32.self), 8, &n,
-                                     blocking ? 0 : Int32(MSG_DONTWAIT))
+                    mp_recv_with_fds(
+                        fd,
+                        p.baseAddress,
+                        p.count,
+                        g.baseAddress!.assumingMemoryBound(to: Int32.self),
+                        8,
+                        &n,
+                        blocking ? 0 : Int32(MSG_DONTWAIT)
+                    )
                 }
                 if r >= 0 {
-                    if n > 0 { withUnsafeBytes(of: got) { g in fds.append(contentsOf: g.bindMemory(to: Int32.self)[0..<Int(n)]) } }
+                    if n > 0 {
+                        withUnsafeBytes(of: got) { g in fds.append(contentsOf: g.bindMemory(to: Int32.self)[0..<Int(n)])
+                        }
+                    }
                     return r
                 }
                 let e = Int32(-r)
@@ -256,4 +303,3 @@ package enum Syscall {
         return fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK
     }
 }
-

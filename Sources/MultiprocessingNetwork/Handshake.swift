@@ -1,7 +1,7 @@
 internal import CMultiprocessingShims
-import Multiprocessing
 import Crypto
 import Glibc
+import Multiprocessing
 import Threading
 
 /// CPython's `multiprocessing.connection` authentication, both generations:
@@ -39,7 +39,10 @@ enum Handshake {
     static func answer(_ c: Connection, authkey: [UInt8], deadline: Deadline?) throws {
         let received = try receive(c, deadline: deadline)
         guard received.starts(with: challenge) else {
-            throw MultiprocessingError(.authenticationFailed, "protocol error: expected a challenge, got \(received.count) other bytes")
+            throw MultiprocessingError(
+                .authenticationFailed,
+                "protocol error: expected a challenge, got \(received.count) other bytes"
+            )
         }
         let message = Array(received[challenge.count...])
         guard message.count >= 20 else {
@@ -71,7 +74,10 @@ enum Handshake {
                 return (name, Array(m[(close + 1)...]))
             }
         }
-        throw MultiprocessingError(.authenticationFailed, "unsupported message length, missing digest prefix, or unsupported digest")
+        throw MultiprocessingError(
+            .authenticationFailed,
+            "unsupported message length, missing digest prefix, or unsupported digest"
+        )
     }
 
     static func hmac(_ name: String, key: [UInt8], message: [UInt8]) -> [UInt8]? {
@@ -95,7 +101,8 @@ enum Handshake {
 
     /// Python's `_verify_challenge`, in constant time.
     static func verify(authkey: [UInt8], message: [UInt8], response: [UInt8]) -> Bool {
-        guard let (name, mac) = try? digestAndPayload(response), let expected = hmac(name, key: authkey, message: message),
+        guard let (name, mac) = try? digestAndPayload(response),
+            let expected = hmac(name, key: authkey, message: message),
             expected.count == mac.count
         else { return false }
         var diff: UInt8 = 0

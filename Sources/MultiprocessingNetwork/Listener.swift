@@ -1,6 +1,6 @@
 internal import CMultiprocessingShims
-public import Multiprocessing
 import Glibc
+public import Multiprocessing
 import Synchronization
 import Threading
 
@@ -86,7 +86,8 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
             if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "the listener is closed") }
             if let c = try acceptNow() {
                 guard authkey != nil else { return c }
-                return try await AsyncBridge.offload(onCancel: { c.close() }) { try self.authenticate(c) }
+                let closeOnCancel: @Sendable () -> Void = { c.close() }
+                return try await AsyncBridge.offload(onCancel: closeOnCancel) { try self.authenticate(c) }
             }
             try await Reactor.shared.wait(fd)
         }
@@ -132,7 +133,11 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
 ///   - timeout: for connecting and for the handshake together.
 /// - Throws: ``MultiprocessingError/Code/authenticationFailed`` on a wrong key (either side),
 ///   ``MultiprocessingError/Code/timedOut``, or a system error such as connection refused.
-public func connect(to address: Address, authkey: [UInt8]? = nil, timeout: Duration? = .seconds(30)) throws -> Connection {
+public func connect(
+    to address: Address,
+    authkey: [UInt8]? = nil,
+    timeout: Duration? = .seconds(30)
+) throws -> Connection {
     let deadline = Deadline.after(timeout)
     let fd = try address.withSockaddrs { family, sa, len -> Int32? in
         let s = try Syscall.streamSocket(family: family)

@@ -101,16 +101,16 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     ///   ``ThreadingError/Code/shutDown`` once the queue is shut down.
     @inlinable
     public func put(_ element: Element, blocking: Bool = true, timeout: Duration? = nil) throws(ThreadingError) {
+        // Spin until a few slots are free, not just one: the producer then puts a batch instead of
+        // contending for the lock once per item freed. Only a hint: after the spin the real attempt runs,
+        // and a single free slot is taken.
+        let roomForABatch = { [maxsize, countHint] in
+            countHint.load(ordering: .relaxed) <= maxsize - Swift.max(1, maxsize / 8)
+        }
         do {
-            let done = try monitor.wait(
-                on: Self.notFull, until: Deadline.after(timeout),
-                // Spin until a few slots are free, not just one: the producer then puts a batch instead of
-                // contending for the lock once per item freed. Only a hint: after the spin the real
-                // attempt runs, and a single free slot is taken.
-                spinUntil: { [maxsize, countHint] in
-                    countHint.load(ordering: .relaxed) <= maxsize - Swift.max(1, maxsize / 8)
-                }
-            ) { s, wakes in
+            let done = try monitor.wait(on: Self.notFull, until: Deadline.after(timeout), spinUntil: roomForABatch) {
+                s,
+                wakes in
                 try tryPut(element, &s, &wakes, block: blocking)
             }
             if done == nil { throw ThreadingError.full }
@@ -151,10 +151,10 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     @inlinable
     public func get(blocking: Bool = true, timeout: Duration? = nil) throws(ThreadingError) -> Element {
         do {
-            let e = try monitor.wait(
-                on: Self.notEmpty, until: Deadline.after(timeout),
-                spinUntil: { [countHint] in countHint.load(ordering: .relaxed) > 0 }
-            ) { s, wakes in
+            let hasItems = { [countHint] in countHint.load(ordering: .relaxed) > 0 }
+            let e = try monitor.wait(on: Self.notEmpty, until: Deadline.after(timeout), spinUntil: hasItems) {
+                s,
+                wakes in
                 try tryGet(&s, &wakes, block: blocking)
             }
             guard let e else { throw ThreadingError.empty }
@@ -193,7 +193,9 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     /// - Returns: `false` if the timeout expired first.
     @discardableResult
     public func join(timeout: Duration? = nil) -> Bool {
-        let r = try? monitor.wait(on: Self.allDone, until: Deadline.after(timeout)) { s, _ in s.unfinished == 0 ? true : nil }
+        let r = try? monitor.wait(on: Self.allDone, until: Deadline.after(timeout)) { s, _ in
+            s.unfinished == 0 ? true : nil
+        }
         return r ?? false
     }
 
@@ -273,7 +275,8 @@ struct StableHeap<Element> {
 
     @inlinable
     func before(_ a: Int, _ b: Int) -> Bool {
-        let x = items[a], y = items[b]
+        let x = items[a]
+        let y = items[b]
         if less(x.element, y.element) { return true }
         if less(y.element, x.element) { return false }
         return x.seq < y.seq
@@ -299,7 +302,8 @@ struct StableHeap<Element> {
         let top = items.removeLast().element
         var i = 0
         while true {
-            let l = 2 * i + 1, r = l + 1
+            let l = 2 * i + 1
+            let r = l + 1
             var m = i
             if l < items.count && before(l, m) { m = l }
             if r < items.count && before(r, m) { m = r }

@@ -127,9 +127,14 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         if !daemon { OSThread.registerExitJoin() }
         var pt: UInt64 = 0
         let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = mp_thread_start({ raw in
-            Unmanaged<OSThread>.fromOpaque(raw!).takeRetainedValue().run()
-        }, context, stackSize, &pt)
+        let rc = mp_thread_start(
+            { raw in
+                Unmanaged<OSThread>.fromOpaque(raw!).takeRetainedValue().run()
+            },
+            context,
+            stackSize,
+            &pt
+        )
         if rc != 0 {
             Unmanaged<OSThread>.fromOpaque(context).release()
             OSThread.registry.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(self)) }
@@ -211,7 +216,10 @@ extension OSThread {
 
     private convenience init(foreignMain: Void) {
         self.init(foreignNamed: "MainThread", daemon: false)
-        state.withLock { $0.ident = mp_main_pthread(); $0.nativeID = getpid() }
+        state.withLock {
+            $0.ident = mp_main_pthread()
+            $0.nativeID = getpid()
+        }
     }
 
     /// The thread calling this — Python's `threading.current_thread()`.

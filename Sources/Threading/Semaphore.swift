@@ -22,7 +22,11 @@ public class Semaphore: @unchecked Sendable {  // mutable state is atomic or ins
         var v = value.load(ordering: .relaxed)
         while v > 0 {
             let (exchanged, original) = value.compareExchange(
-                expected: v, desired: v - 1, successOrdering: .acquiring, failureOrdering: .relaxed)
+                expected: v,
+                desired: v - 1,
+                successOrdering: .acquiring,
+                failureOrdering: .relaxed
+            )
             if exchanged { return true }
             v = original
         }
@@ -96,7 +100,10 @@ public final class BoundedSemaphore: Semaphore, @unchecked Sendable {
         while true {
             if v + n > limit { throw ThreadingError(.overRelease, "Semaphore released too many times") }
             let (exchanged, original) = value.compareExchange(
-                expected: v, desired: v + n, ordering: .sequentiallyConsistent)
+                expected: v,
+                desired: v + n,
+                ordering: .sequentiallyConsistent
+            )
             if exchanged { return }
             v = original
         }

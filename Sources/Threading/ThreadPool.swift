@@ -1,5 +1,5 @@
-internal import CMultiprocessingShims
 import Atomics
+internal import CMultiprocessingShims
 import DequeModule
 
 /// A pool of threads running closures — Python's `concurrent.futures.ThreadPoolExecutor`, and the
@@ -93,7 +93,8 @@ public final class ThreadPool: Sendable {
                 let result = Result { try body() }
                 return { future.complete(result) }
             },
-            cancel: { future.cancel() })
+            cancel: { future.cancel() }
+        )
         try enqueue(item)
         return future
     }
@@ -167,11 +168,9 @@ public final class ThreadPool: Sendable {
             }
         }
         var counted = false
+        let hasWork = { [queueHint] in queueHint.load(ordering: .relaxed) > 0 }
         while true {
-            let next = try? monitor.wait(
-                on: Self.workAvailable, until: nil,
-                spinUntil: { [queueHint] in queueHint.load(ordering: .relaxed) > 0 }
-            ) { s, wakes -> Next? in
+            let next = try? monitor.wait(on: Self.workAvailable, until: nil, spinUntil: hasWork) { s, wakes -> Next? in
                 if let item = s.queue.popFirst() {
                     queueHint.store(s.queue.count, ordering: .relaxed)
                     if counted { s.idle -= 1 }
@@ -214,8 +213,13 @@ public final class ThreadPool: Sendable {
         bufferSize: Int? = nil,
         _ transform: @escaping @Sendable (S.Element) throws -> T
     ) throws(ThreadingError) -> MapSequence<S, T> where S.Element: Sendable {
-        try MapSequence(pool: self, elements: elements, deadline: Deadline.after(timeout),
-                        bufferSize: bufferSize ?? 2 * maxWorkers, transform: transform)
+        try MapSequence(
+            pool: self,
+            elements: elements,
+            deadline: Deadline.after(timeout),
+            bufferSize: bufferSize ?? 2 * maxWorkers,
+            transform: transform
+        )
     }
 
     // MARK: - Stopping
@@ -273,8 +277,13 @@ where S.Element: Sendable {  // the input iterator and buffer are used by one co
     private let transform: @Sendable (S.Element) throws -> T
     private let lock = Lock()
 
-    init(pool: ThreadPool, elements: S, deadline: Deadline?, bufferSize: Int,
-         transform: @escaping @Sendable (S.Element) throws -> T) throws(ThreadingError) {
+    init(
+        pool: ThreadPool,
+        elements: S,
+        deadline: Deadline?,
+        bufferSize: Int,
+        transform: @escaping @Sendable (S.Element) throws -> T
+    ) throws(ThreadingError) {
         self.pool = pool
         self.input = elements.makeIterator()
         self.deadline = deadline

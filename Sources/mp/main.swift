@@ -13,16 +13,20 @@ let args = Array(CommandLine.arguments.dropFirst())
 let command = args.first ?? "demo"
 
 func usage() -> Never {
-    print("""
+    print(
+        """
         usage: mp demo [NAME ...]   run the seed notes' programs (all, or those named)
                mp list              list the programs
-        """)
+        """
+    )
     exit(2)
 }
 
 switch command {
 case "list":
-    for e in SeedExamples.all { print("\(e.name + String(repeating: " ", count: max(1, 15 - e.name.count))) \(e.summary)") }
+    for e in SeedExamples.all {
+        print("\(e.name + String(repeating: " ", count: max(1, 15 - e.name.count))) \(e.summary)")
+    }
 case "demo":
     let wanted = Set(args.dropFirst())
     let unknown = wanted.subtracting(SeedExamples.all.map(\.name))

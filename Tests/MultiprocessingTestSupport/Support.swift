@@ -82,13 +82,25 @@ extension ThreadingError.Code {
 
 /// Options for test pools: Ctrl-C handling stays off (the interrupt test runs in its own process), and
 /// workers' stderr is kept but not echoed into the test log.
-package func testPoolOptions(maxTasksPerChild: Int? = nil, memoryLimit: Int? = nil, deathLimit: (Int, Duration) = (20, .seconds(10))) -> ProcessPoolOptions {
-    ProcessPoolOptions(maxTasksPerChild: maxTasksPerChild, memoryLimit: memoryLimit, deathLimit: deathLimit,
-                       stderrLines: 400, forwardStderr: false, interrupt: .ignore)
+package func testPoolOptions(
+    maxTasksPerChild: Int? = nil,
+    memoryLimit: Int? = nil,
+    deathLimit: (Int, Duration) = (20, .seconds(10))
+) -> ProcessPoolOptions {
+    ProcessPoolOptions(
+        maxTasksPerChild: maxTasksPerChild,
+        memoryLimit: memoryLimit,
+        deathLimit: deathLimit,
+        stderrLines: 400,
+        forwardStderr: false,
+        interrupt: .ignore
+    )
 }
 
 /// A path in /tmp unique to this test process and call.
-package func tempPath(_ tag: String) -> String { "/tmp/swift-mp-test-\(getpid())-\(tag)-\(UInt64.random(in: 0...UInt64.max))" }
+package func tempPath(_ tag: String) -> String {
+    "/tmp/swift-mp-test-\(getpid())-\(tag)-\(UInt64.random(in: 0...UInt64.max))"
+}
 
 /// Whether `pid` is a zombie (ended, not reaped).
 package func isZombie(_ pid: Int32) -> Bool {
@@ -109,7 +121,9 @@ package func cString(_ buf: [CChar]) -> String {
 /// `mp-test-helper` (Tests/TestHelper), built beside the test runner (`swift test` builds every
 /// executable of the package); records an issue if it is missing.
 package func testHelperExecutable() -> URL? {
-    let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent("mp-test-helper")
+    let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent(
+        "mp-test-helper"
+    )
     guard FileManager.default.isExecutableFile(atPath: exe.path) else {
         Issue.record("mp-test-helper is not built at \(exe.path); run swift build first")
         return nil
@@ -151,7 +165,9 @@ package final class PythonPeer: @unchecked Sendable {  // the Process is used by
         while process.isRunning && Date() < deadline { usleep(5_000) }
         if process.isRunning { process.terminate() }
         process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        return (
+            process.terminationStatus, String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        )
     }
 }
 

@@ -1,8 +1,9 @@
 import Glibc
+import MultiprocessingTestSupport
 import Testing
 import Threading
+
 @testable import Multiprocessing
-import MultiprocessingTestSupport
 
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct ChildProcessTests {
@@ -149,7 +150,9 @@ struct ChildProcessTests {
         usleep(500_000)
         // Not joined: activeChildren() reaps it.
         let deadline = ContinuousClock.now + .seconds(10)
-        while Processes.activeChildren().contains(where: { $0.pid == pid }) && ContinuousClock.now < deadline { usleep(10_000) }
+        while Processes.activeChildren().contains(where: { $0.pid == pid }) && ContinuousClock.now < deadline {
+            usleep(10_000)
+        }
         #expect(!Processes.activeChildren().contains { $0.pid == pid })
         #expect(!isZombie(pid))
     }
@@ -187,7 +190,10 @@ struct ChildProcessTests {
     @Test func noDescriptorLeaksIntoChildren() throws {
         var fds: [Int32] = [0, 0]
         #expect(Glibc.pipe(&fds) == 0)  // deliberately without O_CLOEXEC
-        defer { close(fds[0]); close(fds[1]) }
+        defer {
+            close(fds[0])
+            close(fds[1])
+        }
         let p = ChildProcess(job: DescribeFd(fd: fds[1]))
         try p.start()
         var buf = [CChar](repeating: 0, count: 256)
@@ -219,7 +225,9 @@ struct ChildProcessTests {
         try #require(grandchild > 0)
         // The parent's exit terminated (and reaped) its daemon child.
         let deadline = ContinuousClock.now + .seconds(10)
-        while Glibc.kill(grandchild, 0) == 0 && !isZombie(grandchild) && ContinuousClock.now < deadline { usleep(10_000) }
+        while Glibc.kill(grandchild, 0) == 0 && !isZombie(grandchild) && ContinuousClock.now < deadline {
+            usleep(10_000)
+        }
         #expect(Glibc.kill(grandchild, 0) != 0 || isZombie(grandchild))
         Processes.reapAdoptedOrphan(grandchild, timeout: .seconds(10))
     }
@@ -244,4 +252,3 @@ extension String {
 }
 
 enum WhitespaceSet { case whitespacesAndNewlines }
-

@@ -1,11 +1,19 @@
-import Testing
-@testable import Multiprocessing
 import MultiprocessingTestSupport
+import Testing
+
+@testable import Multiprocessing
 
 struct CodecTests {
-    struct Inner: Codable, Equatable { var a: Int; var s: String? }
+    struct Inner: Codable, Equatable {
+        var a: Int
+        var s: String?
+    }
     enum Kind: String, Codable, Equatable { case x, y }
-    enum Payload: Codable, Equatable { case none, one(Int), pair(String, Double) }
+    enum Payload: Codable, Equatable {
+        case none
+        case one(Int)
+        case pair(String, Double)
+    }
     struct Outer: Codable, Equatable {
         var i: Int = -5
         var u: UInt8 = 250
@@ -43,8 +51,14 @@ struct CodecTests {
             var aVeryLongKeyNameIndeed: [UInt8]?
             var k: String
         }
-        enum Outer: Codable, Equatable { case wrapped(Inner), other }
-        for inner in [Inner(ninechars: 1, aVeryLongKeyNameIndeed: [1, 2, 3], k: "x"), Inner(ninechars: -5, aVeryLongKeyNameIndeed: nil, k: "")] {
+        enum Outer: Codable, Equatable {
+            case wrapped(Inner)
+            case other
+        }
+        for inner in [
+            Inner(ninechars: 1, aVeryLongKeyNameIndeed: [1, 2, 3], k: "x"),
+            Inner(ninechars: -5, aVeryLongKeyNameIndeed: nil, k: ""),
+        ] {
             let v = Outer.wrapped(inner)
             #expect(try BinaryDecoder().decode(Outer.self, from: try BinaryEncoder().encode(v)) == v)
             #expect(try BinaryDecoder().decode(Inner.self, from: try BinaryEncoder().encode(inner)) == inner)
@@ -101,7 +115,11 @@ struct CodecTests {
             #expect(throws: (any Error).self) { try BinaryDecoder().decode(Outer.self, from: Array(good[..<cut])) }
         }
         #expect(throws: (any Error).self) { try BinaryDecoder().decode(Int.self, from: [0xff, 1, 2]) }
-        #expect(throws: (any Error).self) { try BinaryDecoder().decode(Int8.self, from: try BinaryEncoder().encode(1000)) }
-        #expect(throws: (any Error).self) { try BinaryDecoder().decode(Outer.self, from: try BinaryEncoder().encode("no")) }
+        #expect(throws: (any Error).self) {
+            try BinaryDecoder().decode(Int8.self, from: try BinaryEncoder().encode(1000))
+        }
+        #expect(throws: (any Error).self) {
+            try BinaryDecoder().decode(Outer.self, from: try BinaryEncoder().encode("no"))
+        }
     }
 }

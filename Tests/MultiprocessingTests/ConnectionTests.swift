@@ -1,12 +1,17 @@
 import Glibc
+import MultiprocessingTestSupport
 import Testing
 import Threading
+
 @testable import Multiprocessing
-import MultiprocessingTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct ConnectionTests {
-    struct Message: Codable, Equatable { var id: Int; var text: String; var values: [Double] }
+    struct Message: Codable, Equatable {
+        var id: Int
+        var text: String
+        var values: [Double]
+    }
 
     @Test func duplexPipeValuesAndBytes() throws {
         let (a, b) = try makePipe()

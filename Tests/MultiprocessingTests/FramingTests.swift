@@ -1,6 +1,7 @@
-import Testing
-@testable import Multiprocessing
 import MultiprocessingTestSupport
+import Testing
+
+@testable import Multiprocessing
 
 /// The one frame decoder (connections and pool channels), fed random, split and truncated input.
 @Suite struct FramingTests {
@@ -26,7 +27,13 @@ import MultiprocessingTestSupport
     }
 
     /// Feeds `stream` to a decoder in random pieces, taking frames out as they complete.
-    static func decode(_ stream: [UInt8], maxFrame: Int, capacity: Int, arrays: Bool, rng: inout SplitMix64)
+    static func decode(
+        _ stream: [UInt8],
+        maxFrame: Int,
+        capacity: Int,
+        arrays: Bool,
+        rng: inout SplitMix64
+    )
         -> (frames: [[UInt8]], error: MultiprocessingError?, leftover: Bool, peakCapacity: Int)
     {
         var d = FrameDecoder(maxFrame: maxFrame, capacity: capacity)
@@ -59,7 +66,9 @@ import MultiprocessingTestSupport
         var rng = SplitMix64(state: 42)
         for round in 0..<24 {
             let payloads: [[UInt8]] = (0..<Int.random(in: 1...8, using: &rng)).map { _ in
-                let size = [0, 1, 3, 100, 4_000, 65_540, 150_000].randomElement(using: &rng)! + Int.random(in: 0...5, using: &rng)
+                let size =
+                    [0, 1, 3, 100, 4_000, 65_540, 150_000].randomElement(using: &rng)!
+                    + Int.random(in: 0...5, using: &rng)
                 let seed = UInt8.random(in: 1...255, using: &rng)
                 return (0..<size).map { UInt8(truncatingIfNeeded: $0) &* seed }
             }
@@ -74,14 +83,19 @@ import MultiprocessingTestSupport
     @Test func truncatedInputYieldsTheWholeFramesAndSaysThereIsMore() {
         var rng = SplitMix64(state: 7)
         for _ in 0..<40 {
-            let payloads: [[UInt8]] = (0..<5).map { i in [UInt8](repeating: UInt8(i), count: Int.random(in: 0...3_000, using: &rng)) }
+            let payloads: [[UInt8]] = (0..<5).map { i in
+                [UInt8](repeating: UInt8(i), count: Int.random(in: 0...3_000, using: &rng))
+            }
             let framed = payloads.map { Self.frame($0, long: false) }
             let stream = framed.flatMap { $0 }
             let cut = Int.random(in: 0...stream.count, using: &rng)
             let r = Self.decode(Array(stream[0..<cut]), maxFrame: 1 << 20, capacity: 128, arrays: true, rng: &rng)
             var ends: [Int] = []
             var total = 0
-            for f in framed { total += f.count; ends.append(total) }
+            for f in framed {
+                total += f.count
+                ends.append(total)
+            }
             let whole = ends.filter { $0 <= cut }.count
             #expect(r.error == nil)
             #expect(r.frames == Array(payloads.prefix(whole)))
@@ -107,11 +121,29 @@ import MultiprocessingTestSupport
         var r = Self.decode([0xFF, 0xFF, 0xFF, 0xFE, 1], maxFrame: 100, capacity: 16, arrays: true, rng: &rng)
         #expect(r.error?.code == .malformedMessage)
         // Over the limit, in both forms.
-        r = Self.decode(Self.frame([UInt8](repeating: 1, count: 101), long: false), maxFrame: 100, capacity: 16, arrays: true, rng: &rng)
+        r = Self.decode(
+            Self.frame([UInt8](repeating: 1, count: 101), long: false),
+            maxFrame: 100,
+            capacity: 16,
+            arrays: true,
+            rng: &rng
+        )
         #expect(r.error?.code == .messageTooLarge)
-        r = Self.decode([0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], maxFrame: 100, capacity: 16, arrays: true, rng: &rng)
+        r = Self.decode(
+            [0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            maxFrame: 100,
+            capacity: 16,
+            arrays: true,
+            rng: &rng
+        )
         #expect(r.error?.code == .malformedMessage)
-        r = Self.decode(Self.frame([], long: true) + Self.frame([9], long: false), maxFrame: 100, capacity: 16, arrays: false, rng: &rng)
+        r = Self.decode(
+            Self.frame([], long: true) + Self.frame([9], long: false),
+            maxFrame: 100,
+            capacity: 16,
+            arrays: false,
+            rng: &rng
+        )
         #expect(r.frames == [[], [9]])
         // A pool channel refuses an empty frame (every pool frame has a kind byte).
         var d = FrameDecoder.pool(prefill: [0, 0, 0, 0])

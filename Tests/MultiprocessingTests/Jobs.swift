@@ -1,6 +1,7 @@
 import Glibc
-@testable import Multiprocessing
 import MultiprocessingTestSupport
+
+@testable import Multiprocessing
 
 // Jobs used by the tests. They live in the test module: workers find them by name in the test runner.
 

@@ -1,86 +1,87 @@
 import Foundation
+import MultiprocessingNetwork
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
 import Threading
+
 @testable import Multiprocessing
-import MultiprocessingNetwork
-import MultiprocessingTestSupport
 
 let pythonEchoClient = """
-import sys
-from multiprocessing.connection import Client
-from multiprocessing import AuthenticationError
-port, key = int(sys.argv[1]), sys.argv[2].encode()
-try:
-    c = Client(('127.0.0.1', port), authkey=key)
-except AuthenticationError as e:
-    print('AUTH-ERROR', type(e).__name__); sys.exit(3)
-c.send_bytes(b'hello from python')
-print('GOT', c.recv_bytes().decode())
-c.close()
-"""
+    import sys
+    from multiprocessing.connection import Client
+    from multiprocessing import AuthenticationError
+    port, key = int(sys.argv[1]), sys.argv[2].encode()
+    try:
+        c = Client(('127.0.0.1', port), authkey=key)
+    except AuthenticationError as e:
+        print('AUTH-ERROR', type(e).__name__); sys.exit(3)
+    c.send_bytes(b'hello from python')
+    print('GOT', c.recv_bytes().decode())
+    c.close()
+    """
 
 /// Python 3.12's client side, verbatim in logic, for the `{sha256}` handshake (python3 here is 3.11).
 let python312Client = """
-import sys, hmac, os, socket
-from multiprocessing.connection import Connection
-port, key = int(sys.argv[1]), sys.argv[2].encode()
-s = socket.create_connection(('127.0.0.1', port))
-c = Connection(s.detach())
-msg = c.recv_bytes(256)
-assert msg.startswith(b'#CHALLENGE#'), msg
-msg = msg[len(b'#CHALLENGE#'):]
-assert msg.startswith(b'{sha256}') and len(msg) == 48, msg
-c.send_bytes(b'{sha256}' + hmac.new(key, msg, 'sha256').digest())
-verdict = c.recv_bytes(256)
-if verdict != b'#WELCOME#':
-    print('REJECTED'); sys.exit(3)
-challenge = b'{sha256}' + os.urandom(40)
-c.send_bytes(b'#CHALLENGE#' + challenge)
-resp = c.recv_bytes(256)
-ok = resp == b'{sha256}' + hmac.new(key, challenge, 'sha256').digest()
-c.send_bytes(b'#WELCOME#' if ok else b'#FAILURE#')
-print('SERVER-ANSWER', 'OK' if ok else 'BAD')
-c.send_bytes(b'ping312')
-print('GOT', c.recv_bytes().decode())
-"""
+    import sys, hmac, os, socket
+    from multiprocessing.connection import Connection
+    port, key = int(sys.argv[1]), sys.argv[2].encode()
+    s = socket.create_connection(('127.0.0.1', port))
+    c = Connection(s.detach())
+    msg = c.recv_bytes(256)
+    assert msg.startswith(b'#CHALLENGE#'), msg
+    msg = msg[len(b'#CHALLENGE#'):]
+    assert msg.startswith(b'{sha256}') and len(msg) == 48, msg
+    c.send_bytes(b'{sha256}' + hmac.new(key, msg, 'sha256').digest())
+    verdict = c.recv_bytes(256)
+    if verdict != b'#WELCOME#':
+        print('REJECTED'); sys.exit(3)
+    challenge = b'{sha256}' + os.urandom(40)
+    c.send_bytes(b'#CHALLENGE#' + challenge)
+    resp = c.recv_bytes(256)
+    ok = resp == b'{sha256}' + hmac.new(key, challenge, 'sha256').digest()
+    c.send_bytes(b'#WELCOME#' if ok else b'#FAILURE#')
+    print('SERVER-ANSWER', 'OK' if ok else 'BAD')
+    c.send_bytes(b'ping312')
+    print('GOT', c.recv_bytes().decode())
+    """
 
 let pythonEchoServer = """
-import sys
-from multiprocessing.connection import Listener
-from multiprocessing import AuthenticationError
-key = sys.argv[1].encode()
-l = Listener(('127.0.0.1', 0), authkey=key)
-print(l.address[1], flush=True)
-try:
-    c = l.accept()
-except AuthenticationError as e:
-    print('AUTH-ERROR', flush=True); sys.exit(3)
-c.send_bytes(b'echo:' + c.recv_bytes())
-c.close()
-"""
+    import sys
+    from multiprocessing.connection import Listener
+    from multiprocessing import AuthenticationError
+    key = sys.argv[1].encode()
+    l = Listener(('127.0.0.1', 0), authkey=key)
+    print(l.address[1], flush=True)
+    try:
+        c = l.accept()
+    except AuthenticationError as e:
+        print('AUTH-ERROR', flush=True); sys.exit(3)
+    c.send_bytes(b'echo:' + c.recv_bytes())
+    c.close()
+    """
 
 /// Python 3.12's server side (challenges with `{sha256}`, accepts `{sha256}` answers).
 let python312Server = """
-import sys, hmac, os
-from multiprocessing.connection import Listener
-key = sys.argv[1].encode()
-l = Listener(('127.0.0.1', 0))
-print(l.address[1], flush=True)
-c = l.accept()
-challenge = b'{sha256}' + os.urandom(40)
-c.send_bytes(b'#CHALLENGE#' + challenge)
-resp = c.recv_bytes(256)
-ok = resp == b'{sha256}' + hmac.new(key, challenge, 'sha256').digest()
-c.send_bytes(b'#WELCOME#' if ok else b'#FAILURE#')
-if not ok:
-    print('CLIENT-BAD', flush=True); sys.exit(3)
-msg = c.recv_bytes(256)[len(b'#CHALLENGE#'):]
-c.send_bytes(b'{sha256}' + hmac.new(key, msg, 'sha256').digest())
-assert c.recv_bytes(256) == b'#WELCOME#'
-c.send_bytes(b'echo:' + c.recv_bytes())
-print('DONE', flush=True)
-"""
+    import sys, hmac, os
+    from multiprocessing.connection import Listener
+    key = sys.argv[1].encode()
+    l = Listener(('127.0.0.1', 0))
+    print(l.address[1], flush=True)
+    c = l.accept()
+    challenge = b'{sha256}' + os.urandom(40)
+    c.send_bytes(b'#CHALLENGE#' + challenge)
+    resp = c.recv_bytes(256)
+    ok = resp == b'{sha256}' + hmac.new(key, challenge, 'sha256').digest()
+    c.send_bytes(b'#WELCOME#' if ok else b'#FAILURE#')
+    if not ok:
+        print('CLIENT-BAD', flush=True); sys.exit(3)
+    msg = c.recv_bytes(256)[len(b'#CHALLENGE#'):]
+    c.send_bytes(b'{sha256}' + hmac.new(key, msg, 'sha256').digest())
+    assert c.recv_bytes(256) == b'#WELCOME#'
+    c.send_bytes(b'echo:' + c.recv_bytes())
+    print('DONE', flush=True)
+    """
 
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct ListenerTests {
@@ -184,7 +185,10 @@ struct ListenerTests {
     @Test func pythonClientWithWrongKeyGetsAuthenticationError() async throws {
         let l = try Listener(authkey: key)
         let server = background { () -> Bool in
-            do { _ = try l.accept(timeout: .seconds(20)); return false } catch { return true }
+            do {
+                _ = try l.accept(timeout: .seconds(20))
+                return false
+            } catch { return true }
         }
         let (status, out) = try runPython(pythonEchoClient, [String(port(l)), "not-the-key"])
         #expect(status == 3, "\(out)")

@@ -1,6 +1,7 @@
 import Glibc
-@testable import Multiprocessing
 import MultiprocessingTestSupport
+
+@testable import Multiprocessing
 
 // Functions and jobs for the pool tests (found by name in the workers, which run this test binary).
 

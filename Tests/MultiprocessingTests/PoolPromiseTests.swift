@@ -1,8 +1,9 @@
 import Glibc
+import MultiprocessingTestSupport
 import Testing
 import Threading
+
 @testable import Multiprocessing
-import MultiprocessingTestSupport
 
 /// The pool's promises under the attacks of issue 8: each test failed (or hung) before its fix.
 ///
@@ -21,7 +22,9 @@ struct PoolPromiseTests {
             return try [100, 200, 350, 700].map { limit in
                 let start = ContinuousClock.now
                 let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(timeout: .milliseconds(limit)))
-                let timedOut = Result { try task.get(timeout: .seconds(10)) }.error.map { ($0 as? PoolError)?.code == .timedOut } ?? false
+                let timedOut =
+                    Result { try task.get(timeout: .seconds(10)) }.error.map { ($0 as? PoolError)?.code == .timedOut }
+                    ?? false
                 return (limit, (ContinuousClock.now - start).milliseconds - Double(limit), timedOut)
             }
         }.value
@@ -37,8 +40,12 @@ struct PoolPromiseTests {
         _ = try pool.apply(Square(x: 1))
         // One chunk: two short items, then one that would sleep 5 s. Its deadline is 300 ms after it starts.
         let start = ContinuousClock.now
-        let results = try pool.mapResults(BlockingSleep(), [40, 40, 5_000], chunksize: 3,
-                                          options: TaskOptions(timeout: .milliseconds(300)))
+        let results = try pool.mapResults(
+            BlockingSleep(),
+            [40, 40, 5_000],
+            chunksize: 3,
+            options: TaskOptions(timeout: .milliseconds(300))
+        )
         let took = (ContinuousClock.now - start).milliseconds
         #expect((try? results[0].get()) == 40)
         #expect((try? results[1].get()) == 40)
@@ -52,9 +59,17 @@ struct PoolPromiseTests {
             defer { pool.terminate() }
             _ = try pool.apply(Square(x: 1))
             let start = ContinuousClock.now
-            let task = try pool.submit(BlockingSleep(), 5_000, options: TaskOptions(
-                softTimeout: .milliseconds(500), cancelGrace: .milliseconds(500)))
-            let timedOut = Result { try task.get(timeout: .seconds(10)) }.error.map { ($0 as? PoolError)?.code == .timedOut } ?? false
+            let task = try pool.submit(
+                BlockingSleep(),
+                5_000,
+                options: TaskOptions(
+                    softTimeout: .milliseconds(500),
+                    cancelGrace: .milliseconds(500)
+                )
+            )
+            let timedOut =
+                Result { try task.get(timeout: .seconds(10)) }.error.map { ($0 as? PoolError)?.code == .timedOut }
+                ?? false
             return ((ContinuousClock.now - start).milliseconds, timedOut)
         }.value
         #expect(timedOut)
@@ -106,7 +121,9 @@ struct PoolPromiseTests {
         let pid = try await pool.submit(PidFn(), 0).value
         let huge = (1 << 30) + (1 << 20)
         // Seconds of work (1 GiB encoded twice): on a thread of its own, off the cooperative pool.
-        let results = try await background { try pool.mapResults(Bytes(), [3, 5, huge], chunksize: 3, timeout: .seconds(60)) }.value
+        let results = try await background {
+            try pool.mapResults(Bytes(), [3, 5, huge], chunksize: 3, timeout: .seconds(60))
+        }.value
         #expect((try? results[0].get())?.count == 3)
         #expect((try? results[1].get())?.count == 5)
         #expect {
@@ -138,10 +155,19 @@ struct PoolPromiseTests {
     @Test func crashAndTimeoutRetriesAreHonouredAfterClose() throws {
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         defer { pool.terminate() }
-        let crash = try pool.submit(CrashOnce(marker: tempPath("crash-once")), 1,
-                                    options: TaskOptions(retry: RetryPolicy(attempts: 3, backoff: .milliseconds(10))))
-        let slow = try pool.submit(SlowOnce(marker: tempPath("slow-once")), 3_000, options: TaskOptions(
-            timeout: .milliseconds(200), retry: RetryPolicy(attempts: 2, backoff: .milliseconds(10), on: [.timeout])))
+        let crash = try pool.submit(
+            CrashOnce(marker: tempPath("crash-once")),
+            1,
+            options: TaskOptions(retry: RetryPolicy(attempts: 3, backoff: .milliseconds(10)))
+        )
+        let slow = try pool.submit(
+            SlowOnce(marker: tempPath("slow-once")),
+            3_000,
+            options: TaskOptions(
+                timeout: .milliseconds(200),
+                retry: RetryPolicy(attempts: 2, backoff: .milliseconds(10), on: [.timeout])
+            )
+        )
         pool.close()
         #expect(try crash.get(timeout: .seconds(10)) == 1001)
         #expect(try slow.get(timeout: .seconds(10)) == -3_000)
@@ -208,7 +234,10 @@ struct PoolPromiseTests {
         // The pool's frame reader, as a hostile worker's parent would use it.
         var fds: [Int32] = [0, 0]
         #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
-        defer { close(fds[0]); close(fds[1]) }
+        defer {
+            close(fds[0])
+            close(fds[1])
+        }
         var bytes: [UInt8] = [0x3F, 0xFF, 0xFF, 0xFF, 1, 2, 3]
         _ = write(fds[1], &bytes, bytes.count)
         var reader = FrameDecoder.pool()
@@ -217,4 +246,3 @@ struct PoolPromiseTests {
         #expect(reader.capacity <= 1 << 17)
     }
 }
-

@@ -1,10 +1,11 @@
 import Foundation
 import Glibc
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
 import Threading
+
 @testable import Multiprocessing
-import MultiprocessingTestSupport
 
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct ProcessPoolTests {
@@ -101,7 +102,11 @@ struct ProcessPoolTests {
     }
 
     @Test func failingInitializerBreaksThePoolInsteadOfSpinning() throws {
-        let pool = try ProcessPool(workers: 2, initializer: FailingInit(), options: testPoolOptions(deathLimit: (3, .seconds(30))))
+        let pool = try ProcessPool(
+            workers: 2,
+            initializer: FailingInit(),
+            options: testPoolOptions(deathLimit: (3, .seconds(30)))
+        )
         defer { pool.terminate() }
         let start = ContinuousClock.now
         let t = try pool.submit(SquareFn(), 2)
@@ -218,7 +223,12 @@ struct ProcessPoolTests {
         defer { pool.terminate() }
         let start = ContinuousClock.now
         #expect {
-            try pool.map(CooperativeSleep(), Array(repeating: 5_000, count: 8), chunksize: 1, timeout: .milliseconds(300))
+            try pool.map(
+                CooperativeSleep(),
+                Array(repeating: 5_000, count: 8),
+                chunksize: 1,
+                timeout: .milliseconds(300)
+            )
         } throws: { e in (e as? MultiprocessingError)?.code == .timedOut }
         #expect(ContinuousClock.now - start < .seconds(3))
         #expect(try pool.apply(Square(x: 3), timeout: .seconds(10)) == 9)  // the cancelled work is gone
@@ -301,7 +311,11 @@ struct ProcessPoolTests {
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         defer { pool.terminate() }
         let start = ContinuousClock.now
-        let stuck = try pool.submit(BlockingSleep(), 30_000, options: TaskOptions(timeout: .milliseconds(300), killGrace: .milliseconds(200)))
+        let stuck = try pool.submit(
+            BlockingSleep(),
+            30_000,
+            options: TaskOptions(timeout: .milliseconds(300), killGrace: .milliseconds(200))
+        )
         let others = try (0..<10).map { try pool.submit(BlockingSleep(), 20 + $0) }
         #expect {
             try stuck.get(timeout: .seconds(20))
@@ -315,7 +329,11 @@ struct ProcessPoolTests {
         let pool = try ProcessPool(workers: 1, options: testPoolOptions())
         defer { pool.terminate() }
         let start = ContinuousClock.now
-        let t = try pool.submit(IgnoresSIGTERM(), 30_000, options: TaskOptions(timeout: .milliseconds(200), killGrace: .milliseconds(300)))
+        let t = try pool.submit(
+            IgnoresSIGTERM(),
+            30_000,
+            options: TaskOptions(timeout: .milliseconds(200), killGrace: .milliseconds(300))
+        )
         #expect {
             try t.get(timeout: .seconds(20))
         } throws: { e in
@@ -386,16 +404,28 @@ struct ProcessPoolTests {
         // a crash, retried
         let marker = tempPath("crash-once")
         defer { unlink(marker) }
-        let retried = try pool.submit(CrashOnce(marker: marker), 1, options: TaskOptions(retry: RetryPolicy(attempts: 3, backoff: .milliseconds(10))))
+        let retried = try pool.submit(
+            CrashOnce(marker: marker),
+            1,
+            options: TaskOptions(retry: RetryPolicy(attempts: 3, backoff: .milliseconds(10)))
+        )
         #expect(try retried.get(timeout: .seconds(30)) == 1001)
         // a thrown error, retried only when asked
         let marker2 = tempPath("throw-once")
         defer { unlink(marker2) }
-        let t = try pool.submit(ThrowOnce(marker: marker2), 5, options: TaskOptions(retry: RetryPolicy(attempts: 2, on: [.error])))
+        let t = try pool.submit(
+            ThrowOnce(marker: marker2),
+            5,
+            options: TaskOptions(retry: RetryPolicy(attempts: 2, on: [.error]))
+        )
         #expect(try t.get(timeout: .seconds(30)) == 5)
         // a task that kills every worker is failed after maxWorkerKills, not retried forever
         let start = ContinuousClock.now
-        let killer = try pool.submit(AlwaysCrash(), 1, options: TaskOptions(retry: RetryPolicy(attempts: 10, backoff: .milliseconds(1), maxWorkerKills: 2)))
+        let killer = try pool.submit(
+            AlwaysCrash(),
+            1,
+            options: TaskOptions(retry: RetryPolicy(attempts: 10, backoff: .milliseconds(1), maxWorkerKills: 2))
+        )
         #expect {
             try killer.get(timeout: .seconds(30))
         } throws: { e in
@@ -556,7 +586,9 @@ func exercise(_ pool: some TaskPool) async throws {
     #expect(try await pool.map(SquareFn(), xs, chunksize: 3, options: .default) == xs.map { $0 * $0 })
     #expect(try await pool.run(AsyncEcho(text: "x"), options: .default).hasPrefix("x from"))
     var seen: [Int] = []
-    for try await v in try pool.imapUnordered(SquareFn(), 0..<100, chunksize: 1, maxInFlight: nil, options: .default) { seen.append(v) }
+    for try await v in try pool.imapUnordered(SquareFn(), 0..<100, chunksize: 1, maxInFlight: nil, options: .default) {
+        seen.append(v)
+    }
     #expect(seen.sorted() == (0..<100).map { $0 * $0 })
     pool.close()
     #expect(try pool.join(timeout: .seconds(30)))
@@ -564,23 +596,42 @@ func exercise(_ pool: some TaskPool) async throws {
 
 func exerciseBlocking(_ pool: some TaskPool) throws {
     let xs = Array(0..<500)
-    #expect(try pool.map(SquareFn(), xs, chunksize: nil, options: .default, timeout: .seconds(60)) == xs.map { $0 * $0 })
+    #expect(
+        try pool.map(SquareFn(), xs, chunksize: nil, options: .default, timeout: .seconds(60)) == xs.map { $0 * $0 }
+    )
     #expect(try pool.starmap(AddFn(), [(1, 2), (3, 4)], chunksize: nil, options: .default, timeout: nil) == [3, 7])
     let lazy = try pool.imap(SquareFn(), 0..<300, chunksize: nil, maxInFlight: 16, options: .default)
     #expect(try lazy.collect() == (0..<300).map { $0 * $0 })
     #expect(try pool.apply(Square(x: 6), timeout: .seconds(30), options: .default) == 36)
     let got = Mutex<[Int]>([])
     let handles = try (0..<10).map { x in
-        try pool.applyAsync(Square(x: x), options: .default, callback: { v in got.withLock { $0.append(v) } }, errorCallback: nil)
+        try pool.applyAsync(
+            Square(x: x),
+            options: .default,
+            callback: { v in got.withLock { $0.append(v) } },
+            errorCallback: nil
+        )
     }
     for h in handles { #expect(h.wait(timeout: .seconds(30))) }
-    let results = try pool.mapResults(SevensThrow(), Array(0..<15), chunksize: 4, options: .default, timeout: .seconds(60))
+    let results = try pool.mapResults(
+        SevensThrow(),
+        Array(0..<15),
+        chunksize: 4,
+        options: .default,
+        timeout: .seconds(60)
+    )
     #expect(results.filter { (try? $0.get()) == nil }.count == 3)
     let soft = try pool.submit(CooperativeSleep(), 30_000, options: TaskOptions(softTimeout: .milliseconds(100)))
     #expect { try soft.get(timeout: .seconds(10)) } throws: { e in (e as? PoolError)?.code == .timedOut }
     let marker = tempPath("throw-once-\(pool.workerCount)")
     defer { unlink(marker) }
-    #expect(try pool.submit(ThrowOnce(marker: marker), 9, options: TaskOptions(retry: RetryPolicy(attempts: 2, on: [.error]))).get(timeout: .seconds(30)) == 9)
+    #expect(
+        try pool.submit(
+            ThrowOnce(marker: marker),
+            9,
+            options: TaskOptions(retry: RetryPolicy(attempts: 2, on: [.error]))
+        ).get(timeout: .seconds(30)) == 9
+    )
     let running = try pool.submit(CooperativeSleep(), 30_000, options: .default)
     usleep(100_000)
     running.cancel()
@@ -590,7 +641,9 @@ func exerciseBlocking(_ pool: some TaskPool) throws {
 
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct SamePoolAPITests {
-    @Test func onProcesses() async throws { try await exercise(try ProcessPool(workers: 2, options: testPoolOptions())) }
+    @Test func onProcesses() async throws {
+        try await exercise(try ProcessPool(workers: 2, options: testPoolOptions()))
+    }
     @Test func onThreads() async throws { try await exercise(InProcessPool(workers: 3)) }
 
     @Test func threadPoolHardTimeoutFailsAtTheDeadline() throws {

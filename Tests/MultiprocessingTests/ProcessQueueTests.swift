@@ -1,12 +1,17 @@
 import Glibc
+import MultiprocessingTestSupport
 import Testing
 import Threading
+
 @testable import Multiprocessing
-import MultiprocessingTestSupport
 
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct ProcessQueueTests {
-    struct Item: Codable, Equatable { var id: Int; var name: String; var data: [Double] }
+    struct Item: Codable, Equatable {
+        var id: Int
+        var name: String
+        var data: [Double]
+    }
 
     @Test func inProcessPutGetAndErrors() throws {
         let q = try ProcessQueue<Item>(maxsize: 2)
@@ -14,15 +19,23 @@ struct ProcessQueueTests {
         try q.put(Item(id: 1, name: "a", data: [1]))
         try q.put(Item(id: 2, name: "b", data: []))
         #expect(q.count == 2 && q.isFull)
-        do { try q.putNowait(Item(id: 3, name: "c", data: [])); Issue.record("expected full") } catch let e as MultiprocessingError {
+        do {
+            try q.putNowait(Item(id: 3, name: "c", data: []))
+            Issue.record("expected full")
+        } catch let e as MultiprocessingError {
             #expect(e.code == .full)
         }
         let t0 = ContinuousClock.now
-        #expect(throws: MultiprocessingError.self) { try q.put(Item(id: 3, name: "c", data: []), timeout: .milliseconds(50)) }
+        #expect(throws: MultiprocessingError.self) {
+            try q.put(Item(id: 3, name: "c", data: []), timeout: .milliseconds(50))
+        }
         #expect(ContinuousClock.now - t0 >= .milliseconds(45))
         #expect(try q.get().id == 1)
         #expect(try q.get(timeout: .seconds(1)).id == 2)
-        do { _ = try q.getNowait(); Issue.record("expected empty") } catch let e as MultiprocessingError {
+        do {
+            _ = try q.getNowait()
+            Issue.record("expected empty")
+        } catch let e as MultiprocessingError {
             #expect(e.code == .empty)
         }
         #expect(throws: MultiprocessingError.self) { try q.get(timeout: .milliseconds(30)) }

@@ -1,8 +1,9 @@
 import Glibc
+import MultiprocessingTestSupport
 import Testing
 import Threading
+
 @testable import Multiprocessing
-import MultiprocessingTestSupport
 
 /// The system-call layer: one return convention for the C shims (>= 0, or -errno), typed errors with the
 /// real errno (the eventfd failure used to be reported as EPERM whatever happened).

@@ -50,7 +50,10 @@ case "pool-interrupt-check":
     // `mp-test-helper pool-interrupt-check teardown`: the `.tearDown` behaviour (the program carries on).
     let carryOn = args.dropFirst().first == "teardown"
     do {
-        let pool = try ProcessPool(workers: 2, options: ProcessPoolOptions(interrupt: carryOn ? .tearDown : .tearDownAndExit))
+        let pool = try ProcessPool(
+            workers: 2,
+            options: ProcessPoolOptions(interrupt: carryOn ? .tearDown : .tearDownAndExit)
+        )
         let tasks = try (0..<4).map { _ in try pool.submit(SleepSeconds(seconds: 60)) }
         while pool.workerPIDs.count < 2 { usleep(1000) }
         print("pids: \(pool.workerPIDs.map(String.init).joined(separator: " "))")

@@ -1,7 +1,8 @@
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
+
 @testable import Threading
-import MultiprocessingTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct BarrierTests {
@@ -23,7 +24,9 @@ struct BarrierTests {
         let broken = Counter()
         let threads = (0..<3).map { _ in
             OSThread {
-                do { try b.wait(timeout: .seconds(20)) } catch { if ThreadingError.Code.brokenBarrier.matches(error) { broken.increment() } }
+                do { try b.wait(timeout: .seconds(20)) } catch {
+                    if ThreadingError.Code.brokenBarrier.matches(error) { broken.increment() }
+                }
             }
         }
         for t in threads { try t.start() }

@@ -1,7 +1,8 @@
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
+
 @testable import Threading
-import MultiprocessingTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct BlockingQueueTests {
@@ -28,17 +29,29 @@ struct BlockingQueueTests {
     @Test func fullAndEmptyErrors() throws {
         let q = BlockingQueue<Int>(maxsize: 1)
         #expect(q.isEmpty)
-        do { _ = try q.getNowait(); Issue.record("expected empty") } catch { #expect(ThreadingError.Code.empty.matches(error)) }
+        do {
+            _ = try q.getNowait()
+            Issue.record("expected empty")
+        } catch { #expect(ThreadingError.Code.empty.matches(error)) }
         try q.put(1)
         #expect(q.isFull)
-        do { try q.putNowait(2); Issue.record("expected full") } catch { #expect(ThreadingError.Code.full.matches(error)) }
+        do {
+            try q.putNowait(2)
+            Issue.record("expected full")
+        } catch { #expect(ThreadingError.Code.full.matches(error)) }
         let d = elapsed {
-            do { try q.put(2, timeout: .milliseconds(50)); Issue.record("expected full") } catch { #expect(ThreadingError.Code.full.matches(error)) }
+            do {
+                try q.put(2, timeout: .milliseconds(50))
+                Issue.record("expected full")
+            } catch { #expect(ThreadingError.Code.full.matches(error)) }
         }
         #expect(d >= .milliseconds(45))
         #expect(try q.get() == 1)
         let d2 = elapsed {
-            do { _ = try q.get(timeout: .milliseconds(50)); Issue.record("expected empty") } catch { #expect(ThreadingError.Code.empty.matches(error)) }
+            do {
+                _ = try q.get(timeout: .milliseconds(50))
+                Issue.record("expected empty")
+            } catch { #expect(ThreadingError.Code.empty.matches(error)) }
         }
         #expect(d2 >= .milliseconds(45))
         #expect(q.count == 0)
@@ -66,16 +79,25 @@ struct BlockingQueueTests {
         #expect(q.join(timeout: .seconds(10)))
         #expect(q.unfinishedTasks == 0)
         try worker.join()
-        do { try q.taskDone(); Issue.record("expected error") } catch { #expect(error.code == .tooManyTaskDone) }
+        do {
+            try q.taskDone()
+            Issue.record("expected error")
+        } catch { #expect(error.code == .tooManyTaskDone) }
     }
 
     @Test func shutdownDrainsThenFails() throws {
         let q = BlockingQueue<Int>()
         try q.put(1)
         q.shutdown()
-        do { try q.put(2); Issue.record("expected shutDown") } catch { #expect(ThreadingError.Code.shutDown.matches(error)) }
+        do {
+            try q.put(2)
+            Issue.record("expected shutDown")
+        } catch { #expect(ThreadingError.Code.shutDown.matches(error)) }
         #expect(try q.get() == 1)
-        do { _ = try q.get(); Issue.record("expected shutDown") } catch { #expect(ThreadingError.Code.shutDown.matches(error)) }
+        do {
+            _ = try q.get()
+            Issue.record("expected shutDown")
+        } catch { #expect(ThreadingError.Code.shutDown.matches(error)) }
     }
 
     @Test func shutdownImmediateWakesBlockedGettersAndJoin() throws {
@@ -83,7 +105,9 @@ struct BlockingQueueTests {
         let shutDownSeen = Counter()
         let getters = (0..<3).map { _ in
             OSThread {
-                do { _ = try q.get(timeout: .seconds(20)) } catch { if ThreadingError.Code.shutDown.matches(error) { shutDownSeen.increment() } }
+                do { _ = try q.get(timeout: .seconds(20)) } catch {
+                    if ThreadingError.Code.shutDown.matches(error) { shutDownSeen.increment() }
+                }
             }
         }
         for t in getters { try t.start() }
@@ -102,7 +126,9 @@ struct BlockingQueueTests {
     /// A bounded queue with several producers and consumers delivers every item exactly once.
     @Test func manyProducersManyConsumersExactlyOnce() throws {
         let q = BlockingQueue<Int>(maxsize: 8)
-        let producers = 4, consumers = 4, perProducer = 20_000
+        let producers = 4
+        let consumers = 4
+        let perProducer = 20_000
         let seen = Mutex<[Int]>(Array(repeating: 0, count: producers * perProducer))
         let p = (0..<producers).map { id in
             OSThread { for i in 0..<perProducer { try q.put(id * perProducer + i, timeout: .seconds(20)) } }

@@ -1,7 +1,8 @@
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
+
 @testable import Threading
-import MultiprocessingTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct ConditionTests {

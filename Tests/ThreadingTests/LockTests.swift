@@ -1,7 +1,8 @@
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
+
 @testable import Threading
-import MultiprocessingTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct LockTests {
@@ -59,7 +60,8 @@ struct LockTests {
         final class Box: @unchecked Sendable { var n = 0 }
         let box = Box()
         let lock = Lock()
-        let threads = 8, increments = 50_000
+        let threads = 8
+        let increments = 50_000
         try runThreads(threads) { _ in
             for _ in 0..<increments { lock.withLock { box.n += 1 } }
         }
@@ -76,11 +78,14 @@ struct LockTests {
         let otherGot = Atomic<Bool>(true)
         let t = OSThread {
             otherGot.store(r.acquire(blocking: false), ordering: .relaxed)
-            do { try r.release() } catch { otherFailedRelease.store(ThreadingError.Code.notOwner.matches(error), ordering: .relaxed) }
+            do { try r.release() } catch {
+                otherFailedRelease.store(ThreadingError.Code.notOwner.matches(error), ordering: .relaxed)
+            }
         }
         try t.start()
         try t.join()
-        let got = otherGot.load(ordering: .relaxed), failed = otherFailedRelease.load(ordering: .relaxed)
+        let got = otherGot.load(ordering: .relaxed)
+        let failed = otherFailedRelease.load(ordering: .relaxed)
         #expect(!got)
         #expect(failed)
         try r.release()

@@ -1,8 +1,9 @@
 import Glibc
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
+
 @testable import Threading
-import MultiprocessingTestSupport
 
 @Suite(.serialized, .timeLimit(.minutes(1)))
 struct OSThreadTests {
@@ -35,15 +36,23 @@ struct OSThreadTests {
 
     @Test func startTwiceAndJoinErrors() throws {
         let t = OSThread {}
-        do { try t.join(); Issue.record("expected error") } catch { #expect(error.code == .cannotJoin) }
+        do {
+            try t.join()
+            Issue.record("expected error")
+        } catch { #expect(error.code == .cannotJoin) }
         try t.start()
-        do { try t.start(); Issue.record("expected error") } catch { #expect(error.code == .alreadyStarted) }
+        do {
+            try t.start()
+            Issue.record("expected error")
+        } catch { #expect(error.code == .alreadyStarted) }
         try t.join()
         let selfJoin = Atomic<Bool>(false)
         let box = Mutex<OSThread?>(nil)
         let s = OSThread {
             let me = box.withLock { $0 }!
-            do { try me.join() } catch { selfJoin.store(ThreadingError.Code.cannotJoin.matches(error), ordering: .relaxed) }
+            do { try me.join() } catch {
+                selfJoin.store(ThreadingError.Code.cannotJoin.matches(error), ordering: .relaxed)
+            }
         }
         box.withLock { $0 = s }
         try s.start()
@@ -87,7 +96,10 @@ struct OSThreadTests {
         try d.setDaemon(false)
         #expect(!d.isDaemon)
         try d.start()
-        do { try d.setDaemon(true); Issue.record("expected error") } catch { #expect(error.code == .alreadyStarted) }
+        do {
+            try d.setDaemon(true)
+            Issue.record("expected error")
+        } catch { #expect(error.code == .alreadyStarted) }
         try d.join()
         let inner = Mutex<Bool?>(nil)
         let parent = OSThread(daemon: true) {

@@ -1,7 +1,8 @@
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
+
 @testable import Threading
-import MultiprocessingTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct SemaphoreTests {
@@ -132,7 +133,8 @@ struct EventTests {
 
     /// The seed notes' Event example: workers wait for a go signal.
     @Test func pingPong() throws {
-        let e1 = Event(), e2 = Event()
+        let e1 = Event()
+        let e2 = Event()
         let rounds = 2_000
         let a = OSThread {
             for _ in 0..<rounds {

@@ -1,7 +1,8 @@
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
+
 @testable import Threading
-import MultiprocessingTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct ThreadPoolTests {
@@ -23,7 +24,10 @@ struct ThreadPoolTests {
         let pool = ThreadPool(maxWorkers: 1)
         let release = Event()
         let f = try pool.submit { release.wait(timeout: .seconds(10)) }
-        do { _ = try f.result(timeout: .milliseconds(30)); Issue.record("expected timeout") } catch {
+        do {
+            _ = try f.result(timeout: .milliseconds(30))
+            Issue.record("expected timeout")
+        } catch {
             #expect(ThreadingError.Code.timedOut.matches(error))
         }
         release.set()
@@ -43,7 +47,10 @@ struct ThreadPoolTests {
         release.set()
         pool.shutdown()
         #expect(ran.count == 0)
-        do { _ = try queued.result(); Issue.record("expected cancelled") } catch {
+        do {
+            _ = try queued.result()
+            Issue.record("expected cancelled")
+        } catch {
             #expect(ThreadingError.Code.cancelled.matches(error))
         }
     }
@@ -95,14 +102,22 @@ struct ThreadPoolTests {
 
     @Test func asCompletedAndWait() async throws {
         let pool = ThreadPool(maxWorkers: 3)
-        let fs = try [30, 1, 15].map { ms in try pool.submit { sleep(ms: ms); return ms } }
+        let fs = try [30, 1, 15].map { ms in
+            try pool.submit {
+                sleep(ms: ms)
+                return ms
+            }
+        }
         var order: [Int] = []
         let seq = Futures.asCompleted(fs, timeout: .seconds(10))
         while let f = try seq.next() { order.append(try f.result()) }
         #expect(order.sorted() == [1, 15, 30])
         #expect(order.first == 1)
 
-        let slow = try pool.submit { sleep(ms: 300); return 0 }
+        let slow = try pool.submit {
+            sleep(ms: 300)
+            return 0
+        }
         let fast = try pool.submit { 1 }
         let (done, notDone) = Futures.wait([slow, fast], timeout: .seconds(10), returnWhen: .firstCompleted)
         #expect(done.contains { $0 === fast })
@@ -112,14 +127,29 @@ struct ThreadPoolTests {
         let r = Futures.wait([slow, failing], timeout: .seconds(10), returnWhen: .firstException)
         #expect(r.done.contains { $0 === failing })
 
-        let timed = Futures.wait([try pool.submit { sleep(ms: 400); return 0 }], timeout: .milliseconds(20))
+        let timed = Futures.wait(
+            [
+                try pool.submit {
+                    sleep(ms: 400)
+                    return 0
+                }
+            ],
+            timeout: .milliseconds(20)
+        )
         #expect(timed.notDone.count == 1)
 
         let all = Futures.wait(fs + [slow], timeout: .seconds(10))
         #expect(all.notDone.isEmpty)
 
         var asyncOrder: [Int] = []
-        for try await f in Futures.asCompleted(try [5, 1].map { ms in try pool.submit { sleep(ms: ms); return ms } }) {
+        for try await f in Futures.asCompleted(
+            try [5, 1].map { ms in
+                try pool.submit {
+                    sleep(ms: ms)
+                    return ms
+                }
+            }
+        ) {
             asyncOrder.append(try f.result())
         }
         #expect(asyncOrder.sorted() == [1, 5])
@@ -149,7 +179,10 @@ struct ThreadPoolTests {
         try stopper.join()
         #expect(try running.result())
         #expect(pending.allSatisfy { $0.isCancelled })
-        do { _ = try pool.submit { 0 }; Issue.record("expected poolShutDown") } catch {
+        do {
+            _ = try pool.submit { 0 }
+            Issue.record("expected poolShutDown")
+        } catch {
             #expect(error.code == .poolShutDown)
         }
         #expect(pool.workerCount == 0)
@@ -158,8 +191,13 @@ struct ThreadPoolTests {
     @Test func initializerAndThreadNamePrefix() throws {
         let inits = Counter()
         let pool = ThreadPool(maxWorkers: 2, threadNamePrefix: "px") { inits.increment() }
-        let names = try (0..<20).map { _ in try pool.submit { sleep(ms: 2); return OSThread.current.name } }
-            .map { try $0.result(timeout: .seconds(5)) }
+        let names = try (0..<20).map { _ in
+            try pool.submit {
+                sleep(ms: 2)
+                return OSThread.current.name
+            }
+        }
+        .map { try $0.result(timeout: .seconds(5)) }
         #expect(names.allSatisfy { $0.hasPrefix("px_") })
         pool.shutdown()
         #expect(inits.count >= 1 && inits.count <= 2)
@@ -170,7 +208,10 @@ struct ThreadPoolTests {
         let f = try pool.submit { 1 }
         #expect(throws: ThreadingError.self) { try f.result(timeout: .seconds(5)) }
         #expect(pool.join(timeout: .seconds(5)))
-        do { _ = try pool.submit { 2 }; Issue.record("expected brokenPool") } catch { #expect(error.code == .brokenPool) }
+        do {
+            _ = try pool.submit { 2 }
+            Issue.record("expected brokenPool")
+        } catch { #expect(error.code == .brokenPool) }
     }
 
     @Test func threadsAreStartedLazily() throws {
@@ -183,13 +224,17 @@ struct ThreadPoolTests {
     /// The seed notes' callback pool: run(job, callback(success, result)), close, terminate, join.
     @Test func seedCallbackFormCloseFinishesQueue() throws {
         let pool = ThreadPool(maxWorkers: 3)
-        let ok = Counter(), failed = Counter()
+        let ok = Counter()
+        let failed = Counter()
         for i in 0..<20 {
-            try pool.run({ () throws -> Int in
-                if i == 13 { throw Boom(n: i) }
-                sleep(ms: 1)
-                return i
-            }, callback: { success, _ in success ? ok.increment() : failed.increment() })
+            try pool.run(
+                { () throws -> Int in
+                    if i == 13 { throw Boom(n: i) }
+                    sleep(ms: 1)
+                    return i
+                },
+                callback: { success, _ in success ? ok.increment() : failed.increment() }
+            )
         }
         pool.close()
         #expect(pool.join(timeout: .seconds(10)))
@@ -200,14 +245,18 @@ struct ThreadPoolTests {
     @Test func seedCallbackFormTerminateDropsQueue() throws {
         let pool = ThreadPool(maxWorkers: 1)
         let release = Event()
-        let ran = Counter(), cancelledCallbacks = Counter()
+        let ran = Counter()
+        let cancelledCallbacks = Counter()
         try pool.run({ release.wait(timeout: .seconds(10)) }, callback: { _, _ in ran.increment() })
         for _ in 0..<10 {
-            try pool.run({ ran.increment() }, callback: { success, result in
-                if !success, case .failure(let e) = result, ThreadingError.Code.cancelled.matches(e) {
-                    cancelledCallbacks.increment()
+            try pool.run(
+                { ran.increment() },
+                callback: { success, result in
+                    if !success, case .failure(let e) = result, ThreadingError.Code.cancelled.matches(e) {
+                        cancelledCallbacks.increment()
+                    }
                 }
-            })
+            )
         }
         sleep(ms: 20)
         pool.terminate()

@@ -71,80 +71,100 @@ func runIPCSuite(_ only: Set<String>) throws {
     func want(_ name: String) -> Bool { only.isEmpty || only.contains(name) }
 
     if want("queue_small") {
-        report("queue_small_swift", try (0..<REPS).map { _ in
-            let q = try ProcessQueue<Int>()
-            let (mine, theirs) = try makePipe()
-            let child = ChildProcess(job: QueueSumConsumer(queue: q, side: theirs))
-            try child.start()
-            theirs.close()
-            _ = try mine.recv(String.self)
-            let t0 = now()
-            for i in 0..<N { try q.put(i) }
-            try q.put(-1)
-            let sum = try mine.recv(Int.self)
-            let t1 = now()
-            precondition(sum == N * (N - 1) / 2)
-            try child.join()
-            return Double(N) / (t1 - t0)
-        }, "msgs/s", digits: 0)
+        report(
+            "queue_small_swift",
+            try (0..<REPS).map { _ in
+                let q = try ProcessQueue<Int>()
+                let (mine, theirs) = try makePipe()
+                let child = ChildProcess(job: QueueSumConsumer(queue: q, side: theirs))
+                try child.start()
+                theirs.close()
+                _ = try mine.recv(String.self)
+                let t0 = now()
+                for i in 0..<N { try q.put(i) }
+                try q.put(-1)
+                let sum = try mine.recv(Int.self)
+                let t1 = now()
+                precondition(sum == N * (N - 1) / 2)
+                try child.join()
+                return Double(N) / (t1 - t0)
+            },
+            "msgs/s",
+            digits: 0
+        )
     }
     if want("queue_1mib") {
         let payload = [UInt8](repeating: 0x61, count: MIB)
-        report("queue_1mib_swift", try (0..<3).map { _ in
-            let q = try ProcessQueue<[UInt8]>()
-            let (mine, theirs) = try makePipe()
-            let child = ChildProcess(job: QueueBytesConsumer(queue: q, side: theirs, count: M_QUEUE))
-            try child.start()
-            theirs.close()
-            _ = try mine.recv(String.self)
-            let t0 = now()
-            for _ in 0..<M_QUEUE { try q.put(payload) }
-            let total = try mine.recv(Int.self)
-            let t1 = now()
-            precondition(total == M_QUEUE * MIB)
-            try child.join()
-            return Double(M_QUEUE * MIB) / (t1 - t0) / 1e6
-        }, "MB/s", digits: 0)
+        report(
+            "queue_1mib_swift",
+            try (0..<3).map { _ in
+                let q = try ProcessQueue<[UInt8]>()
+                let (mine, theirs) = try makePipe()
+                let child = ChildProcess(job: QueueBytesConsumer(queue: q, side: theirs, count: M_QUEUE))
+                try child.start()
+                theirs.close()
+                _ = try mine.recv(String.self)
+                let t0 = now()
+                for _ in 0..<M_QUEUE { try q.put(payload) }
+                let total = try mine.recv(Int.self)
+                let t1 = now()
+                precondition(total == M_QUEUE * MIB)
+                try child.join()
+                return Double(M_QUEUE * MIB) / (t1 - t0) / 1e6
+            },
+            "MB/s",
+            digits: 0
+        )
     }
     if want("pipe_pingpong") {
-        report("pipe_pingpong_swift", try (0..<REPS).map { _ in
-            let (a, b) = try makePipe()
-            let child = ChildProcess(job: PingPongChild(connection: b))
-            try child.start()
-            b.close()
-            _ = try a.recv(String.self)
-            let t0 = now()
-            for i in 0..<R {
-                try a.send(i)
-                let back = try a.recv(Int.self)
-                precondition(back == i)
-            }
-            let t1 = now()
-            try a.send(-1)
-            try child.join()
-            return (t1 - t0) / Double(R) * 1e6
-        }, "us/roundtrip", digits: 2)
+        report(
+            "pipe_pingpong_swift",
+            try (0..<REPS).map { _ in
+                let (a, b) = try makePipe()
+                let child = ChildProcess(job: PingPongChild(connection: b))
+                try child.start()
+                b.close()
+                _ = try a.recv(String.self)
+                let t0 = now()
+                for i in 0..<R {
+                    try a.send(i)
+                    let back = try a.recv(Int.self)
+                    precondition(back == i)
+                }
+                let t1 = now()
+                try a.send(-1)
+                try child.join()
+                return (t1 - t0) / Double(R) * 1e6
+            },
+            "us/roundtrip",
+            digits: 2
+        )
     }
     if want("pipe_bytes") {
         let payload = [UInt8](repeating: 0x61, count: MIB)
         for duplex in [true, false] {
-            report(duplex ? "pipe_bytes_duplex_swift" : "pipe_bytes_simplex_swift", try (0..<REPS).map { _ in
-                let (r, w) = try makePipe(duplex: duplex)
-                let (mine, theirs) = try makePipe()
-                let reader = r  // the child receives on `r`, the parent sends on `w`
-                let child = ChildProcess(job: BytesChild(input: reader, report: theirs, count: M_PIPE))
-                try child.start()
-                reader.close()
-                theirs.close()
-                _ = try mine.recv(String.self)
-                let t0 = now()
-                for _ in 0..<M_PIPE { try w.sendBytes(payload) }
-                let total = try mine.recv(Int.self)
-                let t1 = now()
-                precondition(total == M_PIPE * MIB)
-                try child.join()
-                return Double(M_PIPE * MIB) / (t1 - t0) / 1e6
-            }, "MB/s", digits: 0)
+            report(
+                duplex ? "pipe_bytes_duplex_swift" : "pipe_bytes_simplex_swift",
+                try (0..<REPS).map { _ in
+                    let (r, w) = try makePipe(duplex: duplex)
+                    let (mine, theirs) = try makePipe()
+                    let reader = r  // the child receives on `r`, the parent sends on `w`
+                    let child = ChildProcess(job: BytesChild(input: reader, report: theirs, count: M_PIPE))
+                    try child.start()
+                    reader.close()
+                    theirs.close()
+                    _ = try mine.recv(String.self)
+                    let t0 = now()
+                    for _ in 0..<M_PIPE { try w.sendBytes(payload) }
+                    let total = try mine.recv(Int.self)
+                    let t1 = now()
+                    precondition(total == M_PIPE * MIB)
+                    try child.join()
+                    return Double(M_PIPE * MIB) / (t1 - t0) / 1e6
+                },
+                "MB/s",
+                digits: 0
+            )
         }
     }
     if want("process_start") {

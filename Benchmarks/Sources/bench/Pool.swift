@@ -62,7 +62,8 @@ private func statusField(_ field: String) -> Double {
     while fgets(&line, 256, f) != nil {
         let s = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         if s.hasPrefix(field) {
-            let kb = s.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Double($0) } ?? -1
+            let kb =
+                s.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Double($0) } ?? -1
             return kb / 1024
         }
     }
@@ -93,37 +94,57 @@ func runPoolSuite(_ only: Set<String>) throws {
     if want("pool_map_tiny") {
         let n = 200_000
         let xs = Array(0..<n)
-        report("pool_map_tiny_swift", try rate(n, reps: 11) {
-            let r = try pool.map(SquareTask(), xs)
-            precondition(r.reduce(0, &+) == expectedSum(n))
-        }, "tasks/s", digits: 0)
+        report(
+            "pool_map_tiny_swift",
+            try rate(n, reps: 11) {
+                let r = try pool.map(SquareTask(), xs)
+                precondition(r.reduce(0, &+) == expectedSum(n))
+            },
+            "tasks/s",
+            digits: 0
+        )
     }
     if want("pool_map_c1") {
         let n = 20_000
         let xs = Array(0..<n)
-        report("pool_map_c1_swift", try rate(n, reps: REPS) {
-            let r = try pool.map(SquareTask(), xs, chunksize: 1)
-            precondition(r.reduce(0, &+) == expectedSum(n))
-        }, "tasks/s", digits: 0)
+        report(
+            "pool_map_c1_swift",
+            try rate(n, reps: REPS) {
+                let r = try pool.map(SquareTask(), xs, chunksize: 1)
+                precondition(r.reduce(0, &+) == expectedSum(n))
+            },
+            "tasks/s",
+            digits: 0
+        )
     }
     if want("pool_imap_unordered_c1") {
         let n = 20_000
         let xs = Array(0..<n)
-        report("pool_imap_unordered_c1_swift", try rate(n, reps: REPS) {
-            let results = try pool.imapUnordered(SquareTask(), xs, chunksize: 1, maxInFlight: n)
-            var s = 0
-            while let v = try results.next() { s &+= v }
-            precondition(s == expectedSum(n))
-        }, "tasks/s", digits: 0)
+        report(
+            "pool_imap_unordered_c1_swift",
+            try rate(n, reps: REPS) {
+                let results = try pool.imapUnordered(SquareTask(), xs, chunksize: 1, maxInFlight: n)
+                var s = 0
+                while let v = try results.next() { s &+= v }
+                precondition(s == expectedSum(n))
+            },
+            "tasks/s",
+            digits: 0
+        )
     }
     if want("pool_apply_async") {
         let n = 10_000
-        report("pool_apply_async_swift", try rate(n, reps: REPS) {
-            let handles = try (0..<n).map { try pool.applyAsync(SquareJob(x: $0)) }
-            var s = 0
-            for h in handles { s &+= try h.get() }
-            precondition(s == expectedSum(n))
-        }, "tasks/s", digits: 0)
+        report(
+            "pool_apply_async_swift",
+            try rate(n, reps: REPS) {
+                let handles = try (0..<n).map { try pool.applyAsync(SquareJob(x: $0)) }
+                var s = 0
+                for h in handles { s &+= try h.get() }
+                precondition(s == expectedSum(n))
+            },
+            "tasks/s",
+            digits: 0
+        )
     }
     if want("cpu") {
         let n = 20_000
@@ -138,7 +159,8 @@ func runPoolSuite(_ only: Set<String>) throws {
         _ = try pool.map(SumOfSquares(), [10, 10, 10, 10], chunksize: 1)
         // 11 repetitions, as the anchors use for short measurements: a map here takes ~8 ms (CPython's
         // takes ~0.6 s), so one slow phase of this shared machine weighs far more.
-        var ru0 = rusage(); getrusage(RUSAGE_SELF.rawValue, &ru0)
+        var ru0 = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &ru0)
         let parallel = try rate(tasks, reps: 11) {
             let total = try pool.map(SumOfSquares(), args).reduce(0, &+)
             precondition(total == tasks * one)
@@ -157,12 +179,19 @@ func runPoolSuite(_ only: Set<String>) throws {
                 Double((a - b).components.seconds) + Double((a - b).components.attoseconds) / 1e18
             }
             fractions.append(busy.reduce(0, +) / (Double(busy.count) * wall))
-            if ProcessInfoLite.verbose { print("INFO map wall \(wall * 1e3) ms, worker busy \(busy.map { $0 * 1e3 }) ms") }
+            if ProcessInfoLite.verbose {
+                print("INFO map wall \(wall * 1e3) ms, worker busy \(busy.map { $0 * 1e3 }) ms")
+            }
         }
-        var ru1 = rusage(); getrusage(RUSAGE_SELF.rawValue, &ru1)
+        var ru1 = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &ru1)
         if ProcessInfoLite.verbose {
-            let cpu = Double(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) + Double(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6
-                + Double(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) + Double(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6
+            let cpu =
+                Double(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) + Double(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec)
+                / 1e6
+                + Double(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) + Double(
+                    ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec
+                ) / 1e6
             print("INFO parent CPU during 11 parallel maps: \(cpu * 1000) ms")
         }
         if ProcessInfoLite.verbose {
@@ -196,7 +225,9 @@ func runPoolSuite(_ only: Set<String>) throws {
         while let v = try results.next() {
             s &+= v
             count += 1
-            if ProcessInfoLite.verbose && count % 1_000_000 == 0 { print("INFO rss after \(count): \(currentRSSMB()) MB") }
+            if ProcessInfoLite.verbose && count % 1_000_000 == 0 {
+                print("INFO rss after \(count): \(currentRSSMB()) MB")
+            }
         }
         let dt = now() - t0
         precondition(count == n && s == expectedSum(n))

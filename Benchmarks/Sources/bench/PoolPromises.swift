@@ -29,7 +29,11 @@ func runPoolPromises(_ only: Set<String>) throws {
             var late: [Double] = []
             for _ in 0..<7 {
                 let t0 = now()
-                let task = try pool.submit(BlockingSleepTask(), 5_000, options: TaskOptions(timeout: .milliseconds(limit)))
+                let task = try pool.submit(
+                    BlockingSleepTask(),
+                    5_000,
+                    options: TaskOptions(timeout: .milliseconds(limit))
+                )
                 _ = try? task.get()
                 late.append((now() - t0) * 1e3 - Double(limit))
             }
@@ -38,7 +42,9 @@ func runPoolPromises(_ only: Set<String>) throws {
         pool.terminate()
     }
     if only.contains("crash") {
-        for (name, mode) in [("message", CrashReport.message), ("symbols", .symbols), ("full_backtrace", .fullBacktrace)] {
+        for (name, mode) in [
+            ("message", CrashReport.message), ("symbols", .symbols), ("full_backtrace", .fullBacktrace),
+        ] {
             var options = benchPoolOptions
             options.crashReport = mode
             options.forwardStderr = false

@@ -30,7 +30,8 @@ for i in 0..<51 {
     theirs.close()
 }
 times.sort()
-let loadsFoundation = (try? String(decoding: readAll("/proc/self/maps"), as: UTF8.self).contains("libFoundation")) ?? false
+let loadsFoundation =
+    (try? String(decoding: readAll("/proc/self/maps"), as: UTF8.self).contains("libFoundation")) ?? false
 print("RESULT worker_ready_pool_only_swift \(f2(times[times.count / 2])) ms")
 print("INFO min=\(f2(times.first!)) max=\(f2(times.last!)) n=\(times.count) foundation_loaded=\(loadsFoundation)")
 

@@ -1,3 +1,5 @@
+import Glibc
+
 /// Decodes values written by ``BinaryEncoder``.
 public struct BinaryDecoder {
     /// Creates a decoder.
@@ -104,7 +106,9 @@ final class DecoderStorage: Decoder {
             let n = Int(try varint(at: &q))
             return q + n
         case .trivialArray:
-            guard let kind = TrivialKind(rawValue: try byte(at: q)) else { throw CodecError(description: "bad array kind") }
+            guard let kind = TrivialKind(rawValue: try byte(at: q)) else {
+                throw CodecError(description: "bad array kind")
+            }
             q += 1
             let n = Int(try varint(at: &q))
             return q + n * kind.stride
@@ -162,8 +166,12 @@ final class DecoderStorage: Decoder {
 
     func bool(at p: inout Int) throws -> Bool {
         switch try tag(at: p) {
-        case .true: p += 1; return true
-        case .false: p += 1; return false
+        case .true:
+            p += 1
+            return true
+        case .false:
+            p += 1
+            return false
         case let t: throw CodecError.typeMismatch("\(t) where a Bool was expected")
         }
     }
@@ -195,7 +203,9 @@ final class DecoderStorage: Decoder {
     }
 
     func string(at p: inout Int) throws -> String {
-        guard try tag(at: p) == .string else { throw CodecError.typeMismatch("\(try tag(at: p)) where a String was expected") }
+        guard try tag(at: p) == .string else {
+            throw CodecError.typeMismatch("\(try tag(at: p)) where a String was expected")
+        }
         p += 1
         return try rawString(at: &p)
     }
@@ -204,15 +214,22 @@ final class DecoderStorage: Decoder {
     func decodeValue<T: Decodable>(_ type: T.Type, at p: Int) throws -> (T, Int) {
         if let fast = T.self as? any TrivialArrayCodable.Type, try tag(at: p) == .trivialArray {
             var q = p + 1
-            guard let kind = TrivialKind(rawValue: try byte(at: q)) else { throw CodecError(description: "bad array kind") }
+            guard let kind = TrivialKind(rawValue: try byte(at: q)) else {
+                throw CodecError(description: "bad array kind")
+            }
             q += 1
             let n = Int(try varint(at: &q))
             let len = n * kind.stride
             guard n >= 0, q + len <= bytes.count else { throw CodecError.truncated }
-            let v = try fast.decodeTrivial(kind: kind, count: n, bytes: UnsafeRawBufferPointer(rebasing: bytes[q..<(q + len)]))
+            let v = try fast.decodeTrivial(
+                kind: kind,
+                count: n,
+                bytes: UnsafeRawBufferPointer(rebasing: bytes[q..<(q + len)])
+            )
             return (v as! T, q + len)
         }
-        let savedPosition = position, savedFinder = endFinder
+        let savedPosition = position
+        let savedFinder = endFinder
         position = p
         endFinder = nil
         defer {
@@ -256,8 +273,6 @@ extension TrivialKind {
         }
     }
 }
-
-import Glibc
 
 final class KeyedState {
     let storage: DecoderStorage
@@ -319,7 +334,10 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
 
     @inline(__always) private func at(_ key: Key) throws -> Int {
         guard let p = try state.find(key.stringValue) else {
-            throw DecodingError.keyNotFound(key, .init(codingPath: codingPath, debugDescription: "no value for key \(key.stringValue)"))
+            throw DecodingError.keyNotFound(
+                key,
+                .init(codingPath: codingPath, debugDescription: "no value for key \(key.stringValue)")
+            )
         }
         return p
     }
@@ -341,20 +359,48 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return false
     }
 
-    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try primitive(key) { try state.storage.bool(at: &$0) } }
-    func decode(_ type: String.Type, forKey key: Key) throws -> String { try primitive(key) { try state.storage.string(at: &$0) } }
-    func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try primitive(key) { try state.storage.double(at: &$0) } }
-    func decode(_ type: Float.Type, forKey key: Key) throws -> Float { try primitive(key) { try state.storage.float(at: &$0) } }
-    func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try primitive(key) { try state.storage.narrow(state.storage.int(at: &$0), Int.self) } }
-    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try primitive(key) { try state.storage.narrow(state.storage.int(at: &$0), Int8.self) } }
-    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try primitive(key) { try state.storage.narrow(state.storage.int(at: &$0), Int16.self) } }
-    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try primitive(key) { try state.storage.narrow(state.storage.int(at: &$0), Int32.self) } }
-    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try primitive(key) { try state.storage.int(at: &$0) } }
-    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { try primitive(key) { try state.storage.narrowU(state.storage.uint(at: &$0), UInt.self) } }
-    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try primitive(key) { try state.storage.narrowU(state.storage.uint(at: &$0), UInt8.self) } }
-    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try primitive(key) { try state.storage.narrowU(state.storage.uint(at: &$0), UInt16.self) } }
-    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try primitive(key) { try state.storage.narrowU(state.storage.uint(at: &$0), UInt32.self) } }
-    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try primitive(key) { try state.storage.uint(at: &$0) } }
+    func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool {
+        try primitive(key) { try state.storage.bool(at: &$0) }
+    }
+    func decode(_ type: String.Type, forKey key: Key) throws -> String {
+        try primitive(key) { try state.storage.string(at: &$0) }
+    }
+    func decode(_ type: Double.Type, forKey key: Key) throws -> Double {
+        try primitive(key) { try state.storage.double(at: &$0) }
+    }
+    func decode(_ type: Float.Type, forKey key: Key) throws -> Float {
+        try primitive(key) { try state.storage.float(at: &$0) }
+    }
+    func decode(_ type: Int.Type, forKey key: Key) throws -> Int {
+        try primitive(key) { try state.storage.narrow(state.storage.int(at: &$0), Int.self) }
+    }
+    func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 {
+        try primitive(key) { try state.storage.narrow(state.storage.int(at: &$0), Int8.self) }
+    }
+    func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 {
+        try primitive(key) { try state.storage.narrow(state.storage.int(at: &$0), Int16.self) }
+    }
+    func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 {
+        try primitive(key) { try state.storage.narrow(state.storage.int(at: &$0), Int32.self) }
+    }
+    func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 {
+        try primitive(key) { try state.storage.int(at: &$0) }
+    }
+    func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt {
+        try primitive(key) { try state.storage.narrowU(state.storage.uint(at: &$0), UInt.self) }
+    }
+    func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 {
+        try primitive(key) { try state.storage.narrowU(state.storage.uint(at: &$0), UInt8.self) }
+    }
+    func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 {
+        try primitive(key) { try state.storage.narrowU(state.storage.uint(at: &$0), UInt16.self) }
+    }
+    func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 {
+        try primitive(key) { try state.storage.narrowU(state.storage.uint(at: &$0), UInt32.self) }
+    }
+    func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 {
+        try primitive(key) { try state.storage.uint(at: &$0) }
+    }
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
         let p = try at(key)
@@ -365,9 +411,14 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return v
     }
 
-    func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
+    func nestedContainer<NestedKey: CodingKey>(
+        keyedBy type: NestedKey.Type,
+        forKey key: Key
+    ) throws -> KeyedDecodingContainer<NestedKey> {
         let p = try at(key)
-        guard try state.storage.tag(at: p) == .keyedStart else { throw CodecError.typeMismatch("expected a keyed container") }
+        guard try state.storage.tag(at: p) == .keyedStart else {
+            throw CodecError.typeMismatch("expected a keyed container")
+        }
         state.cursor = try state.storage.skip(at: p)
         return KeyedDecodingContainer(KeyedDecoder<NestedKey>(storage: state.storage, start: p + 1))
     }
@@ -457,15 +508,31 @@ struct UnkeyedDecoder: UnkeyedDecodingContainer {
     mutating func decode(_ type: String.Type) throws -> String { try primitive { try state.storage.string(at: &$0) } }
     mutating func decode(_ type: Double.Type) throws -> Double { try primitive { try state.storage.double(at: &$0) } }
     mutating func decode(_ type: Float.Type) throws -> Float { try primitive { try state.storage.float(at: &$0) } }
-    mutating func decode(_ type: Int.Type) throws -> Int { try primitive { try state.storage.narrow(state.storage.int(at: &$0), Int.self) } }
-    mutating func decode(_ type: Int8.Type) throws -> Int8 { try primitive { try state.storage.narrow(state.storage.int(at: &$0), Int8.self) } }
-    mutating func decode(_ type: Int16.Type) throws -> Int16 { try primitive { try state.storage.narrow(state.storage.int(at: &$0), Int16.self) } }
-    mutating func decode(_ type: Int32.Type) throws -> Int32 { try primitive { try state.storage.narrow(state.storage.int(at: &$0), Int32.self) } }
+    mutating func decode(_ type: Int.Type) throws -> Int {
+        try primitive { try state.storage.narrow(state.storage.int(at: &$0), Int.self) }
+    }
+    mutating func decode(_ type: Int8.Type) throws -> Int8 {
+        try primitive { try state.storage.narrow(state.storage.int(at: &$0), Int8.self) }
+    }
+    mutating func decode(_ type: Int16.Type) throws -> Int16 {
+        try primitive { try state.storage.narrow(state.storage.int(at: &$0), Int16.self) }
+    }
+    mutating func decode(_ type: Int32.Type) throws -> Int32 {
+        try primitive { try state.storage.narrow(state.storage.int(at: &$0), Int32.self) }
+    }
     mutating func decode(_ type: Int64.Type) throws -> Int64 { try primitive { try state.storage.int(at: &$0) } }
-    mutating func decode(_ type: UInt.Type) throws -> UInt { try primitive { try state.storage.narrowU(state.storage.uint(at: &$0), UInt.self) } }
-    mutating func decode(_ type: UInt8.Type) throws -> UInt8 { try primitive { try state.storage.narrowU(state.storage.uint(at: &$0), UInt8.self) } }
-    mutating func decode(_ type: UInt16.Type) throws -> UInt16 { try primitive { try state.storage.narrowU(state.storage.uint(at: &$0), UInt16.self) } }
-    mutating func decode(_ type: UInt32.Type) throws -> UInt32 { try primitive { try state.storage.narrowU(state.storage.uint(at: &$0), UInt32.self) } }
+    mutating func decode(_ type: UInt.Type) throws -> UInt {
+        try primitive { try state.storage.narrowU(state.storage.uint(at: &$0), UInt.self) }
+    }
+    mutating func decode(_ type: UInt8.Type) throws -> UInt8 {
+        try primitive { try state.storage.narrowU(state.storage.uint(at: &$0), UInt8.self) }
+    }
+    mutating func decode(_ type: UInt16.Type) throws -> UInt16 {
+        try primitive { try state.storage.narrowU(state.storage.uint(at: &$0), UInt16.self) }
+    }
+    mutating func decode(_ type: UInt32.Type) throws -> UInt32 {
+        try primitive { try state.storage.narrowU(state.storage.uint(at: &$0), UInt32.self) }
+    }
     mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try primitive { try state.storage.uint(at: &$0) } }
 
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
@@ -476,9 +543,13 @@ struct UnkeyedDecoder: UnkeyedDecodingContainer {
         return v
     }
 
-    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
+    mutating func nestedContainer<NestedKey: CodingKey>(
+        keyedBy type: NestedKey.Type
+    ) throws -> KeyedDecodingContainer<NestedKey> {
         let p = state.cursor
-        guard try state.storage.tag(at: p) == .keyedStart else { throw CodecError.typeMismatch("expected a keyed container") }
+        guard try state.storage.tag(at: p) == .keyedStart else {
+            throw CodecError.typeMismatch("expected a keyed container")
+        }
         state.cursor = try state.storage.skip(at: p)
         state.index += 1
         return KeyedDecodingContainer(KeyedDecoder<NestedKey>(storage: state.storage, start: p + 1))
@@ -519,13 +590,23 @@ struct SingleDecoder: SingleValueDecodingContainer {
     func decode(_ type: Float.Type) throws -> Float { try read { try storage.float(at: &$0) } }
     func decode(_ type: Int.Type) throws -> Int { try read { try storage.narrow(storage.int(at: &$0), Int.self) } }
     func decode(_ type: Int8.Type) throws -> Int8 { try read { try storage.narrow(storage.int(at: &$0), Int8.self) } }
-    func decode(_ type: Int16.Type) throws -> Int16 { try read { try storage.narrow(storage.int(at: &$0), Int16.self) } }
-    func decode(_ type: Int32.Type) throws -> Int32 { try read { try storage.narrow(storage.int(at: &$0), Int32.self) } }
+    func decode(_ type: Int16.Type) throws -> Int16 {
+        try read { try storage.narrow(storage.int(at: &$0), Int16.self) }
+    }
+    func decode(_ type: Int32.Type) throws -> Int32 {
+        try read { try storage.narrow(storage.int(at: &$0), Int32.self) }
+    }
     func decode(_ type: Int64.Type) throws -> Int64 { try read { try storage.int(at: &$0) } }
     func decode(_ type: UInt.Type) throws -> UInt { try read { try storage.narrowU(storage.uint(at: &$0), UInt.self) } }
-    func decode(_ type: UInt8.Type) throws -> UInt8 { try read { try storage.narrowU(storage.uint(at: &$0), UInt8.self) } }
-    func decode(_ type: UInt16.Type) throws -> UInt16 { try read { try storage.narrowU(storage.uint(at: &$0), UInt16.self) } }
-    func decode(_ type: UInt32.Type) throws -> UInt32 { try read { try storage.narrowU(storage.uint(at: &$0), UInt32.self) } }
+    func decode(_ type: UInt8.Type) throws -> UInt8 {
+        try read { try storage.narrowU(storage.uint(at: &$0), UInt8.self) }
+    }
+    func decode(_ type: UInt16.Type) throws -> UInt16 {
+        try read { try storage.narrowU(storage.uint(at: &$0), UInt16.self) }
+    }
+    func decode(_ type: UInt32.Type) throws -> UInt32 {
+        try read { try storage.narrowU(storage.uint(at: &$0), UInt32.self) }
+    }
     func decode(_ type: UInt64.Type) throws -> UInt64 { try read { try storage.uint(at: &$0) } }
     func decode<T: Decodable>(_ type: T.Type) throws -> T {
         let (v, end) = try storage.decodeValue(type, at: position)

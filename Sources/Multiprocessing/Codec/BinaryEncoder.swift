@@ -6,7 +6,8 @@
 /// must be filled before their parent is written to again (true of synthesised and almost all hand-written
 /// `Codable` code).
 enum BinaryTag: UInt8 {
-    case null = 0, `false`, `true`, int, uint, float, double, string, keyedStart, keyedEnd, unkeyedStart, unkeyedEnd,
+    case null = 0
+    case `false`, `true`, int, uint, float, double, string, keyedStart, keyedEnd, unkeyedStart, unkeyedEnd,
         trivialArray
 }
 
@@ -15,7 +16,8 @@ let keyLengthBias = 16
 
 /// The element kinds of the trivial-array fast path.
 enum TrivialKind: UInt8 {
-    case int8 = 1, uint8, int16, uint16, int32, uint32, int64, uint64, int, uint, float, double, bool
+    case int8 = 1
+    case uint8, int16, uint16, int32, uint32, int64, uint64, int, uint, float, double, bool
 }
 
 /// Fixed-width values whose arrays are copied as raw bytes.
@@ -188,21 +190,66 @@ struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
         storage.writeKey(k.stringValue)
     }
 
-    mutating func encodeNil(forKey k: Key) throws { key(k); storage.tag(.null) }
-    mutating func encode(_ v: Bool, forKey k: Key) throws { key(k); storage.tag(v ? .true : .false) }
-    mutating func encode(_ v: String, forKey k: Key) throws { key(k); storage.writeString(v) }
-    mutating func encode(_ v: Double, forKey k: Key) throws { key(k); storage.writeDouble(v) }
-    mutating func encode(_ v: Float, forKey k: Key) throws { key(k); storage.writeFloat(v) }
-    mutating func encode(_ v: Int, forKey k: Key) throws { key(k); storage.writeInt(Int64(v)) }
-    mutating func encode(_ v: Int8, forKey k: Key) throws { key(k); storage.writeInt(Int64(v)) }
-    mutating func encode(_ v: Int16, forKey k: Key) throws { key(k); storage.writeInt(Int64(v)) }
-    mutating func encode(_ v: Int32, forKey k: Key) throws { key(k); storage.writeInt(Int64(v)) }
-    mutating func encode(_ v: Int64, forKey k: Key) throws { key(k); storage.writeInt(v) }
-    mutating func encode(_ v: UInt, forKey k: Key) throws { key(k); storage.writeUInt(UInt64(v)) }
-    mutating func encode(_ v: UInt8, forKey k: Key) throws { key(k); storage.writeUInt(UInt64(v)) }
-    mutating func encode(_ v: UInt16, forKey k: Key) throws { key(k); storage.writeUInt(UInt64(v)) }
-    mutating func encode(_ v: UInt32, forKey k: Key) throws { key(k); storage.writeUInt(UInt64(v)) }
-    mutating func encode(_ v: UInt64, forKey k: Key) throws { key(k); storage.writeUInt(v) }
+    mutating func encodeNil(forKey k: Key) throws {
+        key(k)
+        storage.tag(.null)
+    }
+    mutating func encode(_ v: Bool, forKey k: Key) throws {
+        key(k)
+        storage.tag(v ? .true : .false)
+    }
+    mutating func encode(_ v: String, forKey k: Key) throws {
+        key(k)
+        storage.writeString(v)
+    }
+    mutating func encode(_ v: Double, forKey k: Key) throws {
+        key(k)
+        storage.writeDouble(v)
+    }
+    mutating func encode(_ v: Float, forKey k: Key) throws {
+        key(k)
+        storage.writeFloat(v)
+    }
+    mutating func encode(_ v: Int, forKey k: Key) throws {
+        key(k)
+        storage.writeInt(Int64(v))
+    }
+    mutating func encode(_ v: Int8, forKey k: Key) throws {
+        key(k)
+        storage.writeInt(Int64(v))
+    }
+    mutating func encode(_ v: Int16, forKey k: Key) throws {
+        key(k)
+        storage.writeInt(Int64(v))
+    }
+    mutating func encode(_ v: Int32, forKey k: Key) throws {
+        key(k)
+        storage.writeInt(Int64(v))
+    }
+    mutating func encode(_ v: Int64, forKey k: Key) throws {
+        key(k)
+        storage.writeInt(v)
+    }
+    mutating func encode(_ v: UInt, forKey k: Key) throws {
+        key(k)
+        storage.writeUInt(UInt64(v))
+    }
+    mutating func encode(_ v: UInt8, forKey k: Key) throws {
+        key(k)
+        storage.writeUInt(UInt64(v))
+    }
+    mutating func encode(_ v: UInt16, forKey k: Key) throws {
+        key(k)
+        storage.writeUInt(UInt64(v))
+    }
+    mutating func encode(_ v: UInt32, forKey k: Key) throws {
+        key(k)
+        storage.writeUInt(UInt64(v))
+    }
+    mutating func encode(_ v: UInt64, forKey k: Key) throws {
+        key(k)
+        storage.writeUInt(v)
+    }
     mutating func encode<T: Encodable>(_ v: T, forKey k: Key) throws {
         key(k)
         storage.codingPath.append(k)
@@ -211,7 +258,10 @@ struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
         storage.closeDeeper(than: depth)
     }
 
-    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey k: Key)
+    mutating func nestedContainer<NestedKey: CodingKey>(
+        keyedBy type: NestedKey.Type,
+        forKey k: Key
+    )
         -> KeyedEncodingContainer<NestedKey>
     {
         key(k)
@@ -252,28 +302,75 @@ struct UnkeyedEncoder: UnkeyedEncodingContainer {
         count += 1
     }
 
-    mutating func encodeNil() throws { next(); storage.tag(.null) }
-    mutating func encode(_ v: Bool) throws { next(); storage.tag(v ? .true : .false) }
-    mutating func encode(_ v: String) throws { next(); storage.writeString(v) }
-    mutating func encode(_ v: Double) throws { next(); storage.writeDouble(v) }
-    mutating func encode(_ v: Float) throws { next(); storage.writeFloat(v) }
-    mutating func encode(_ v: Int) throws { next(); storage.writeInt(Int64(v)) }
-    mutating func encode(_ v: Int8) throws { next(); storage.writeInt(Int64(v)) }
-    mutating func encode(_ v: Int16) throws { next(); storage.writeInt(Int64(v)) }
-    mutating func encode(_ v: Int32) throws { next(); storage.writeInt(Int64(v)) }
-    mutating func encode(_ v: Int64) throws { next(); storage.writeInt(v) }
-    mutating func encode(_ v: UInt) throws { next(); storage.writeUInt(UInt64(v)) }
-    mutating func encode(_ v: UInt8) throws { next(); storage.writeUInt(UInt64(v)) }
-    mutating func encode(_ v: UInt16) throws { next(); storage.writeUInt(UInt64(v)) }
-    mutating func encode(_ v: UInt32) throws { next(); storage.writeUInt(UInt64(v)) }
-    mutating func encode(_ v: UInt64) throws { next(); storage.writeUInt(v) }
+    mutating func encodeNil() throws {
+        next()
+        storage.tag(.null)
+    }
+    mutating func encode(_ v: Bool) throws {
+        next()
+        storage.tag(v ? .true : .false)
+    }
+    mutating func encode(_ v: String) throws {
+        next()
+        storage.writeString(v)
+    }
+    mutating func encode(_ v: Double) throws {
+        next()
+        storage.writeDouble(v)
+    }
+    mutating func encode(_ v: Float) throws {
+        next()
+        storage.writeFloat(v)
+    }
+    mutating func encode(_ v: Int) throws {
+        next()
+        storage.writeInt(Int64(v))
+    }
+    mutating func encode(_ v: Int8) throws {
+        next()
+        storage.writeInt(Int64(v))
+    }
+    mutating func encode(_ v: Int16) throws {
+        next()
+        storage.writeInt(Int64(v))
+    }
+    mutating func encode(_ v: Int32) throws {
+        next()
+        storage.writeInt(Int64(v))
+    }
+    mutating func encode(_ v: Int64) throws {
+        next()
+        storage.writeInt(v)
+    }
+    mutating func encode(_ v: UInt) throws {
+        next()
+        storage.writeUInt(UInt64(v))
+    }
+    mutating func encode(_ v: UInt8) throws {
+        next()
+        storage.writeUInt(UInt64(v))
+    }
+    mutating func encode(_ v: UInt16) throws {
+        next()
+        storage.writeUInt(UInt64(v))
+    }
+    mutating func encode(_ v: UInt32) throws {
+        next()
+        storage.writeUInt(UInt64(v))
+    }
+    mutating func encode(_ v: UInt64) throws {
+        next()
+        storage.writeUInt(v)
+    }
     mutating func encode<T: Encodable>(_ v: T) throws {
         next()
         try storage.encodeValue(v)
         storage.closeDeeper(than: depth)
     }
 
-    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
+    mutating func nestedContainer<NestedKey: CodingKey>(
+        keyedBy type: NestedKey.Type
+    ) -> KeyedEncodingContainer<NestedKey> {
         next()
         return storage.container(keyedBy: type)
     }

@@ -15,7 +15,8 @@ package import Threading
 /// - Important: After a framing error (an oversized or malformed frame, or a timeout in the middle of a
 ///   frame) the stream position is lost, so the connection refuses further receives with
 ///   ``MultiprocessingError/Code/closed``.
-public final class Connection: @unchecked Sendable {  // send state behind `sendLock`, receive state behind `recvLock`, received descriptors behind `fdLock`
+// Send state is behind `sendLock`, receive state behind `recvLock`, received descriptors behind `fdLock`.
+public final class Connection: @unchecked Sendable {
     /// The default limit on one received message: 1 GiB (Python has none).
     public static let defaultMaxMessageSize = 1 << 30
 
@@ -111,12 +112,16 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
             withUnsafeBytes(of: Int32(payload.count).bigEndian) { header.append(contentsOf: $0) }
         }
         if let deadline {
-            guard fds.isEmpty else { throw MultiprocessingError(.invalidState, "descriptors cannot be sent with a timeout") }
+            guard fds.isEmpty else {
+                throw MultiprocessingError(.invalidState, "descriptors cannot be sent with a timeout")
+            }
             guard sendLock.acquire(timeout: deadline.remaining) else {
                 throw MultiprocessingError(.timedOut, "timed out waiting for another sender")
             }
             defer { try? sendLock.release() }
-            if sendBroken { throw MultiprocessingError(.closed, "the connection is unusable after a send timed out mid-message") }
+            if sendBroken {
+                throw MultiprocessingError(.closed, "the connection is unusable after a send timed out mid-message")
+            }
             var frame = header
             frame.append(contentsOf: payload)  // one copy buys one poll/send loop for the whole frame
             let sent = try frame.withUnsafeBytes { try Syscall.writeAll(fd, $0, deadline: deadline) }
@@ -127,7 +132,9 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
             return
         }
         try sendLock.withLock {
-            if sendBroken { throw MultiprocessingError(.closed, "the connection is unusable after a send timed out mid-message") }
+            if sendBroken {
+                throw MultiprocessingError(.closed, "the connection is unusable after a send timed out mid-message")
+            }
             if payload.count <= 16 * 1024 {
                 // One syscall: header and payload copied together.
                 var frame = header
@@ -145,10 +152,14 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
             try bytes.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
             return
         }
-        guard isSocket else { throw MultiprocessingError(.invalidState, "descriptors can only travel over Unix sockets") }
-        let sent = bytes.withUnsafeBytes { p in fds.withUnsafeBufferPointer { f in
-            mp_send_with_fds(fd, p.baseAddress, p.count, f.baseAddress, Int32(f.count), 0)
-        } }
+        guard isSocket else {
+            throw MultiprocessingError(.invalidState, "descriptors can only travel over Unix sockets")
+        }
+        let sent = bytes.withUnsafeBytes { p in
+            fds.withUnsafeBufferPointer { f in
+                mp_send_with_fds(fd, p.baseAddress, p.count, f.baseAddress, Int32(f.count), 0)
+            }
+        }
         if sent < 0 { throw Syscall.writeError(Int32(-sent)) }
         if sent < bytes.count {
             try bytes.withUnsafeBytes { try Syscall.writeAll(fd, UnsafeRawBufferPointer(rebasing: $0[sent...])) }
@@ -165,7 +176,8 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
     ///   - timeout: the longest wait for the whole message (`nil`: forever).
     /// - Throws: ``MultiprocessingError/Code/endOfFile`` when the peer has closed and nothing is left;
     ///   ``MultiprocessingError/Code/timedOut``.
-    public func recvBytes(maxLength: Int = Connection.defaultMaxMessageSize, timeout: Duration? = nil) throws -> [UInt8] {
+    public func recvBytes(maxLength: Int = Connection.defaultMaxMessageSize, timeout: Duration? = nil) throws -> [UInt8]
+    {
         try receiveFrame(maxLength: maxLength, deadline: Deadline.after(timeout))
     }
 
@@ -249,13 +261,18 @@ public final class Connection: @unchecked Sendable {  // send state behind `send
                 throw e
             }
             var fds: [Int32] = []
-            let n = try frames.read { p in try Syscall.readNow(fd, into: p, fds: &fds, isSocket: isSocket, blocking: blocking) }
+            let n = try frames.read { p in
+                try Syscall.readNow(fd, into: p, fds: &fds, isSocket: isSocket, blocking: blocking)
+            }
             if !fds.isEmpty { fdLock.withLock { receivedFds += fds } }
             guard let n else { return nil }  // nothing now
             if n == 0 {
                 if frames.hasBufferedBytes {
                     broken = "end of file in the middle of a message"
-                    throw MultiprocessingError(.malformedMessage, "the peer closed the connection in the middle of a message")
+                    throw MultiprocessingError(
+                        .malformedMessage,
+                        "the peer closed the connection in the middle of a message"
+                    )
                 }
                 throw MultiprocessingError(.endOfFile, "the peer closed the connection")
             }
@@ -286,8 +303,10 @@ public func makePipe(duplex: Bool = true) throws -> (Connection, Connection) {
         return (Connection(fileDescriptor: a), Connection(fileDescriptor: b))
     }
     let (r, w) = try Syscall.pipe()
-    return (Connection(fileDescriptor: r, readable: true, writable: false),
-            Connection(fileDescriptor: w, readable: false, writable: true))
+    return (
+        Connection(fileDescriptor: r, readable: true, writable: false),
+        Connection(fileDescriptor: w, readable: false, writable: true)
+    )
 }
 
 extension Connection: Codable {

@@ -56,7 +56,9 @@ package struct FrameDecoder {
             defer { large = l }
             if l.filled == l.payload.count { Self.grow(&l.payload, to: min(l.size, max(2 * l.payload.count, 1 << 20))) }
             let filled = l.filled
-            let n = try l.payload.withUnsafeMutableBytes { p in try read(UnsafeMutableRawBufferPointer(rebasing: p[filled...])) }
+            let n = try l.payload.withUnsafeMutableBytes { p in
+                try read(UnsafeMutableRawBufferPointer(rebasing: p[filled...]))
+            }
             if let n, n > 0 {
                 lastReadWasShort = n < l.payload.count - filled
                 l.filled += n
@@ -91,7 +93,12 @@ package struct FrameDecoder {
             return nil
         }
         start = from + h.size
-        defer { if start == end { start = 0; end = 0 } }
+        defer {
+            if start == end {
+                start = 0
+                end = 0
+            }
+        }
         return try buffer.withUnsafeBytes { b in try body(UnsafeRawBufferPointer(rebasing: b[from..<(from + h.size)])) }
     }
 
@@ -107,7 +114,10 @@ package struct FrameDecoder {
 
     /// Hands over the bytes read past the last frame (a channel switching to another protocol).
     package mutating func takeBuffered() -> [UInt8] {
-        defer { start = 0; end = 0 }
+        defer {
+            start = 0
+            end = 0
+        }
         return Array(buffer[start..<end])
     }
 
@@ -124,7 +134,9 @@ package struct FrameDecoder {
         let h: Header
         if n == -1 {
             guard avail >= 12 else { return nil }
-            let big = buffer.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: start + 4, as: UInt64.self)) }
+            let big = buffer.withUnsafeBytes {
+                UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: start + 4, as: UInt64.self))
+            }
             guard big <= UInt64(Int.max) else {
                 throw MultiprocessingError(.malformedMessage, "frame length \(big) is out of range")
             }
@@ -170,7 +182,9 @@ package struct FrameDecoder {
     private mutating func compact() {
         let live = end - start
         if start > 0 && live > 0 {
-            buffer.withUnsafeMutableBytes { b in b.baseAddress!.copyMemory(from: b.baseAddress! + start, byteCount: live) }
+            buffer.withUnsafeMutableBytes { b in
+                b.baseAddress!.copyMemory(from: b.baseAddress! + start, byteCount: live)
+            }
         }
         start = 0
         end = live

@@ -49,7 +49,10 @@ enum MessageCodec {
     /// index in the message, or throws when the value is not being sent over a Unix socket.
     static func attach(_ fd: Int32) throws -> Int {
         guard let c = current.value else {
-            throw MultiprocessingError(.encodingFailed, "a value holding a descriptor can only be sent to another process")
+            throw MultiprocessingError(
+                .encodingFailed,
+                "a value holding a descriptor can only be sent to another process"
+            )
         }
         c.outgoing.append(fd)
         return c.outgoing.count - 1

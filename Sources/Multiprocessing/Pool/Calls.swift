@@ -44,7 +44,11 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
             defer { buffer = [] }
             return buffer
         }
-        if batch.count == 1 { try? deliveries.put(batch[0]) } else if !batch.isEmpty { try? deliveries.put(.batch(batch)) }
+        if batch.count == 1 {
+            try? deliveries.put(batch[0])
+        } else if !batch.isEmpty {
+            try? deliveries.put(.batch(batch))
+        }
     }
 
     override func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {
@@ -147,8 +151,12 @@ final class Credit: @unchecked Sendable {  // state behind `condition`'s lock
 ///   - reportErrors: deliver an error (encoding, a closed pool) to the consumer at the first item not
 ///     with the pool, then end the results there; otherwise throw it.
 func feedChunks<Input, Output: Codable & Sendable>(
-    _ inputs: some Sequence<Input>, into call: StreamCall<Output>, reportErrors: Bool,
-    size: () -> Int, emit: ([Input], _ base: Int) throws -> Int, finish: () throws -> Int
+    _ inputs: some Sequence<Input>,
+    into call: StreamCall<Output>,
+    reportErrors: Bool,
+    size: () -> Int,
+    emit: ([Input], _ base: Int) throws -> Int,
+    finish: () throws -> Int
 ) throws {
     var index = 0
     var withPool = 0

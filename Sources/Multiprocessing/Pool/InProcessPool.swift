@@ -45,20 +45,29 @@ public final class InProcessPool: Sendable {
     }
 
     /// Runs `f(input)` on a pool thread. See ``ProcessPool/submit(_:_:options:)``.
-    public func submit<F: TaskFunction>(_ f: F, _ input: F.Input, options: TaskOptions = .default) throws -> PoolTask<F.Output> {
+    public func submit<F: TaskFunction>(
+        _ f: F,
+        _ input: F.Input,
+        options: TaskOptions = .default
+    ) throws -> PoolTask<F.Output> {
         try single(options) { try await f(input) }
     }
 
     /// Runs `job` and calls `callback` or `errorCallback` with its outcome on the pool's callback thread — Python's `apply_async(f, callback=, error_callback=)`.
     @discardableResult
     public func applyAsync<J: Job>(
-        _ job: J, options: TaskOptions = .default,
-        callback: (@Sendable (J.Output) -> Void)? = nil, errorCallback: (@Sendable (any Error) -> Void)? = nil
+        _ job: J,
+        options: TaskOptions = .default,
+        callback: (@Sendable (J.Output) -> Void)? = nil,
+        errorCallback: (@Sendable (any Error) -> Void)? = nil
     ) throws -> PoolTask<J.Output> {
         try submit(job, options: options).reporting(on: { $0() }, callback, errorCallback)
     }
 
-    private func single<T: Codable & Sendable>(_ options: TaskOptions, _ body: @escaping @Sendable () async throws -> T) throws -> PoolTask<T> {
+    private func single<T: Codable & Sendable>(
+        _ options: TaskOptions,
+        _ body: @escaping @Sendable () async throws -> T
+    ) throws -> PoolTask<T> {
         let call = SingleCall<T>(options: options)
         let running = RunningTask()
         count(total: 1)
@@ -70,7 +79,9 @@ public final class InProcessPool: Sendable {
         } dropped: {
             call.future.complete(.failure(PoolError(.terminated, "the pool was terminated")))
         }
-        armTimeout(options) { call.future.complete(.failure(PoolError(.timedOut, "the task ran past its timeout of \(options.timeout!)"))) }
+        armTimeout(options) {
+            call.future.complete(.failure(PoolError(.timedOut, "the task ran past its timeout of \(options.timeout!)")))
+        }
         return PoolTask(call: call) {
             guard call.markCancelled() else { return }
             running.cancel()
@@ -81,13 +92,25 @@ public final class InProcessPool: Sendable {
     // MARK: - many items
 
     /// Applies `f` to every input, in order; throws the first failure — Python's `ThreadPool.map`.
-    public func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil) throws -> [F.Output] {
-        try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options).collect(timeout: timeout)
+    public func map<F: TaskFunction>(
+        _ f: F,
+        _ inputs: some Sequence<F.Input>,
+        chunksize: Int? = nil,
+        options: TaskOptions = .default,
+        timeout: Duration? = nil
+    ) throws -> [F.Output] {
+        try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options).collect(
+            timeout: timeout
+        )
     }
 
     /// Like ``map(_:_:chunksize:options:timeout:)`` but returns every item's outcome, failures included.
     public func mapResults<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
+        _ f: F,
+        _ inputs: some Sequence<F.Input>,
+        chunksize: Int? = nil,
+        options: TaskOptions = .default,
+        timeout: Duration? = nil
     ) throws -> [Result<F.Output, any Error>] {
         try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
             .collectResults(timeout: timeout)
@@ -95,42 +118,74 @@ public final class InProcessPool: Sendable {
 
     /// Lazy, ordered results, reading the input only `maxInFlight` items ahead — Python's `ThreadPool.imap`.
     public func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
-        _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
+        _ f: F,
+        _ inputs: S,
+        chunksize: Int? = nil,
+        maxInFlight: Int? = nil,
+        options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
         try stream(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: true, options: options)
     }
 
     /// Lazy results in completion order — Python's `ThreadPool.imap_unordered`.
     public func imapUnordered<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
-        _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
+        _ f: F,
+        _ inputs: S,
+        chunksize: Int? = nil,
+        maxInFlight: Int? = nil,
+        options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
         try stream(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: false, options: options)
     }
 
     private func stream<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
-        _ f: F, _ inputs: S, chunksize: Int?, maxInFlight: Int?, ordered: Bool, options: TaskOptions
+        _ f: F,
+        _ inputs: S,
+        chunksize: Int?,
+        maxInFlight: Int?,
+        ordered: Bool,
+        options: TaskOptions
     ) throws -> PoolResults<F.Output> {
         let call = StreamCall<F.Output>(options: options)
         let credit = maxInFlight.map { Credit(Swift.max($0, 2 * (chunksize ?? 1), 1)) }
-        let results = PoolResults(call: call, credit: credit, ordered: ordered) { _ = call.markCancelled(); credit?.cancel() }
+        let results = PoolResults(call: call, credit: credit, ordered: ordered) {
+            _ = call.markCancelled()
+            credit?.cancel()
+        }
         let known = inputs.underestimatedCount
-        let size = chunksize.map { max(1, $0) }
-            ?? Swift.max(1, Swift.min(maxInFlight.map { $0 / (2 * workerCount) } ?? Int.max, (known + 4 * workerCount - 1) / (4 * workerCount)))
+        let size =
+            chunksize.map { max(1, $0) }
+            ?? Swift.max(
+                1,
+                Swift.min(
+                    maxInFlight.map { $0 / (2 * workerCount) } ?? Int.max,
+                    (known + 4 * workerCount - 1) / (4 * workerCount)
+                )
+            )
         // Feeds the whole input; an error is thrown, or with `report` delivered at the first item not
         // submitted, which then ends the results.
         let feed: @Sendable (_ report: Bool) throws -> Void = { [self] report in
             var submitted = 0
-            try feedChunks(inputs, into: call, reportErrors: report, size: { size }, emit: { items, base in
-                if let credit, !credit.acquire(items.count) { throw CancellationError() }
-                count(total: items.count)
-                try submitWork {
-                    self.runChunk(f, items, base: base, call: call, options: options)
-                } dropped: {
-                    for i in base..<(base + items.count) { call.fail(index: i, PoolError(.terminated, "the pool was terminated")) }
-                }
-                submitted += items.count
-                return submitted
-            }, finish: { submitted })
+            try feedChunks(
+                inputs,
+                into: call,
+                reportErrors: report,
+                size: { size },
+                emit: { items, base in
+                    if let credit, !credit.acquire(items.count) { throw CancellationError() }
+                    count(total: items.count)
+                    try submitWork {
+                        self.runChunk(f, items, base: base, call: call, options: options)
+                    } dropped: {
+                        for i in base..<(base + items.count) {
+                            call.fail(index: i, PoolError(.terminated, "the pool was terminated"))
+                        }
+                    }
+                    submitted += items.count
+                    return submitted
+                },
+                finish: { submitted }
+            )
         }
         if maxInFlight == nil {
             do {
@@ -146,7 +201,13 @@ public final class InProcessPool: Sendable {
         return results
     }
 
-    private func runChunk<F: TaskFunction>(_ f: F, _ items: [F.Input], base: Int, call: StreamCall<F.Output>, options: TaskOptions) {
+    private func runChunk<F: TaskFunction>(
+        _ f: F,
+        _ items: [F.Input],
+        base: Int,
+        call: StreamCall<F.Output>,
+        options: TaskOptions
+    ) {
         let running = RunningTask()
         var done: [F.Output] = []
         var first = base
@@ -182,8 +243,11 @@ public final class InProcessPool: Sendable {
     }
 
     /// Runs `body` with the options' soft timeout and retries for thrown errors; blocks this pool thread.
-    private func attempt<T: Sendable>(_ options: TaskOptions, running: RunningTask,
-                                      _ body: @escaping @Sendable () async throws -> T) -> Result<T, any Error> {
+    private func attempt<T: Sendable>(
+        _ options: TaskOptions,
+        running: RunningTask,
+        _ body: @escaping @Sendable () async throws -> T
+    ) -> Result<T, any Error> {
         var n = 1
         while true {
             let future = Future<T>()
@@ -199,7 +263,9 @@ public final class InProcessPool: Sendable {
                     task.cancel()
                     r = Result { try future.result() }
                     if case .failure(let e) = r, e is CancellationError {
-                        r = .failure(PoolError(.timedOut, "the task passed its soft timeout of \(soft) and was cancelled"))
+                        r = .failure(
+                            PoolError(.timedOut, "the task passed its soft timeout of \(soft) and was cancelled")
+                        )
                     }
                 } catch {
                     r = .failure(error)
@@ -212,8 +278,15 @@ public final class InProcessPool: Sendable {
             let cause: RetryPolicy.Cause = (e as? PoolError)?.code == .timedOut ? .timeout : .error
             guard options.retry.causes.contains(cause), n < options.retry.attempts else { return r }
             n += 1
-            usleep(useconds_t(max(0, options.retry.delay(beforeAttempt: n).components.seconds * 1_000_000
-                + options.retry.delay(beforeAttempt: n).components.attoseconds / 1_000_000_000_000)))
+            usleep(
+                useconds_t(
+                    max(
+                        0,
+                        options.retry.delay(beforeAttempt: n).components.seconds * 1_000_000
+                            + options.retry.delay(beforeAttempt: n).components.attoseconds / 1_000_000_000_000
+                    )
+                )
+            )
         }
     }
 
@@ -259,8 +332,14 @@ public final class InProcessPool: Sendable {
             let elapsed = s.first.map { ContinuousClock.now - $0 } ?? .zero
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
             let rate = seconds > 0 ? Double(s.done) / seconds : 0
-            return PoolProgress(done: s.done, failed: s.failed, total: s.total, rate: rate,
-                                eta: rate > 0 ? .seconds(Double(s.total - s.done) / rate) : nil, workers: [])
+            return PoolProgress(
+                done: s.done,
+                failed: s.failed,
+                total: s.total,
+                rate: rate,
+                eta: rate > 0 ? .seconds(Double(s.total - s.done) / rate) : nil,
+                workers: []
+            )
         }
     }
 

@@ -37,8 +37,15 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
         while true {
             while sent < data.count {
                 let from = sent
-                let n = Result { try data.withUnsafeBytes { p in try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...])) } }
-                if case .success(let k?) = n, k > 0 { sent += k; continue }
+                let n = Result {
+                    try data.withUnsafeBytes { p in
+                        try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...]))
+                    }
+                }
+                if case .success(let k?) = n, k > 0 {
+                    sent += k
+                    continue
+                }
                 if case .success(nil) = n {
                     let rest = Array(data[sent...])
                     _ = try? Outbox.background.submit { [self] in self.finishBlocking(rest) }
@@ -84,8 +91,15 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
                 var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 if poll(&pfd, 1, 100) <= 0 { continue }
                 let from = sent
-                let n = Result { try data.withUnsafeBytes { p in try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...])) } }
-                if case .success(let k?) = n, k > 0 { sent += k; continue }
+                let n = Result {
+                    try data.withUnsafeBytes { p in
+                        try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...]))
+                    }
+                }
+                if case .success(let k?) = n, k > 0 {
+                    sent += k
+                    continue
+                }
                 if case .success(nil) = n { continue }
                 close()
                 lock.withLock { writing = false }

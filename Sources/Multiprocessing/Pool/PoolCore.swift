@@ -44,13 +44,30 @@ final class Unit: @unchecked Sendable {  // mutable state guarded by the pool co
     func part(_ range: Range<Int>, id: UInt64, attempt: Int, kills: Int) throws -> Unit {
         let payload = range == 0..<count ? self.payload : try encodeRange(range)
         let lower = range.lowerBound
-        return Unit(id: id, call: call, function: function, base: base + lower, count: range.count, payload: payload,
-                    encodeRange: { [encodeRange] r in try encodeRange((r.lowerBound + lower)..<(r.upperBound + lower)) },
-                    attempt: attempt, kills: kills)
+        return Unit(
+            id: id,
+            call: call,
+            function: function,
+            base: base + lower,
+            count: range.count,
+            payload: payload,
+            encodeRange: { [encodeRange] r in try encodeRange((r.lowerBound + lower)..<(r.upperBound + lower)) },
+            attempt: attempt,
+            kills: kills
+        )
     }
 
-    init(id: UInt64, call: CallCore, function: FunctionRef, base: Int, count: Int, payload: [UInt8],
-         encodeRange: @escaping @Sendable (Range<Int>) throws -> [UInt8], attempt: Int = 1, kills: Int = 0) {
+    init(
+        id: UInt64,
+        call: CallCore,
+        function: FunctionRef,
+        base: Int,
+        count: Int,
+        payload: [UInt8],
+        encodeRange: @escaping @Sendable (Range<Int>) throws -> [UInt8],
+        attempt: Int = 1,
+        kills: Int = 0
+    ) {
         self.id = id
         self.call = call
         self.function = function
@@ -139,7 +156,10 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
 /// One lock guards the state. Replies are read on the library's reactor thread; a supervisor thread per
 /// pool enforces timeouts, kills after grace periods, schedules retries and replaces workers.
 final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by `lock`
-    enum Phase { case running, closed, terminated, broken(PoolError) }
+    enum Phase {
+        case running, closed, terminated
+        case broken(PoolError)
+    }
 
     let size: Int
     let options: ProcessPoolOptions
@@ -203,7 +223,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             Syscall.close(errRead)
             throw error
         }
-        let serial = lock.withLock { () -> Int in nextSerial += 1; return nextSerial }
+        let serial = lock.withLock { () -> Int in
+            nextSerial += 1
+            return nextSerial
+        }
         let handle = ProcessHandle(pid: w.pid, pidfd: w.pidfd, name: "PoolWorker-\(serial)", daemon: true)
         let wake = mp_eventfd(0)
         let shared: SharedSlot
@@ -219,9 +242,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             throw error
         }
         defer { Syscall.close(sharedFd) }
-        let setup = PoolSetup(slot: PassedDescriptor(sharedFd), wake: PassedDescriptor(wake),
-                              initializer: initializer?.payload, initializerType: initializer?.type,
-                              memoryLimit: options.memoryLimit)
+        let setup = PoolSetup(
+            slot: PassedDescriptor(sharedFd),
+            wake: PassedDescriptor(wake),
+            initializer: initializer?.payload,
+            initializerType: initializer?.type,
+            memoryLimit: options.memoryLimit
+        )
         let (bytes, fds) = try MessageCodec.encode(ToWorker.pool(setup))
         // If the worker is already dead this fails; its exit is then reported through the pidfd.
         try? bytes.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
@@ -257,7 +284,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         }
     }
 
-    func makeUnitId() -> UInt64 { lock.withLock { defer { nextUnit += 1 }; return nextUnit } }
+    func makeUnitId() -> UInt64 {
+        lock.withLock {
+            defer { nextUnit += 1 }
+            return nextUnit
+        }
+    }
 
     /// Queues units and dispatches what the workers can take.
     func submit(_ units: [Unit]) throws {
@@ -304,9 +336,14 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 if unit.count > 1 {
                     pending.prepend(contentsOf: singletons(unit, 0..<unit.count))
                 } else {
-                    settleItem(unit, 0, MultiprocessingError(
-                        .messageTooLarge,
-                        "the task's input is \(unit.payload.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody) bytes per task"))
+                    settleItem(
+                        unit,
+                        0,
+                        MultiprocessingError(
+                            .messageTooLarge,
+                            "the task's input is \(unit.payload.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody) bytes per task"
+                        )
+                    )
                 }
                 continue
             }
@@ -419,16 +456,21 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         // Account under the lock; deliver outside it.
         let target: (Unit, retry: Bool)? = try lock.withLock { () throws -> (Unit, retry: Bool)? in
             slot.busy += .nanoseconds(Int64(busyNanos))
-            guard let k = slot.inflight.firstIndex(where: { $0.id == unitId }) else { return nil }  // cancelled & settled
+            // Not in flight: cancelled and settled already.
+            guard let k = slot.inflight.firstIndex(where: { $0.id == unitId }) else { return nil }
             let unit = slot.inflight[k]
             unit.busyNanos &+= busyNanos
             guard start == unit.reported, count > 0, start + count <= unit.count else {
-                throw MultiprocessingError(.malformedMessage, "reply for items \(start)..<\(start + count) of a task at \(unit.reported)/\(unit.count)")
+                throw MultiprocessingError(
+                    .malformedMessage,
+                    "reply for items \(start)..<\(start + count) of a task at \(unit.reported)/\(unit.count)"
+                )
             }
             unit.reported += count
             var retry = false
             if kind == PoolWire.failure {
-                retry = unit.call.options.retry.causes.contains(.error) && unit.attempt < unit.call.options.retry.attempts
+                retry =
+                    unit.call.options.retry.causes.contains(.error) && unit.attempt < unit.call.options.retry.attempts
                     && !unit.call.isCancelled
                 if retry {
                     scheduleRetry(unit, index: start, crashed: false)
@@ -458,10 +500,15 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             unit.call.deliver(start: unit.base + start, count: count, payload: payload)
         } else if !retry {
             let wire = try? BinaryDecoder().decode(WireError.self, from: payload)
-            var error = wire?.rebuild() ?? MultiprocessingError(.decodingFailed, "an undecodable error from worker \(slot.pid)")
+            var error =
+                wire?.rebuild() ?? MultiprocessingError(.decodingFailed, "an undecodable error from worker \(slot.pid)")
             if error is CancellationError, unit.softIndex == start {
-                error = PoolError(.timedOut, "the task passed its soft timeout and was cancelled in worker \(slot.pid)",
-                                  pid: slot.pid, attempts: unit.attempt)
+                error = PoolError(
+                    .timedOut,
+                    "the task passed its soft timeout and was cancelled in worker \(slot.pid)",
+                    pid: slot.pid,
+                    attempts: unit.attempt
+                )
             }
             unit.call.fail(index: unit.base + start, error)
         }
@@ -505,7 +552,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     private func protocolViolation(_ slot: WorkerSlot, _ error: any Error) {
         lock.withLock {
             if slot.stop == nil {
-                slot.stop = .protocolViolation(PoolError(.workerDied, "worker \(slot.pid) broke the pool protocol: \(error)", pid: slot.pid))
+                slot.stop = .protocolViolation(
+                    PoolError(.workerDied, "worker \(slot.pid) broke the pool protocol: \(error)", pid: slot.pid)
+                )
             }
         }
         slot.handle.kill()
@@ -522,7 +571,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             }
             guard let n = got else { return true }  // nothing more now
             if n > 0 {
-                if options.forwardStderr { buf.withUnsafeBytes { _ = try? Syscall.writeAll(2, UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }
+                if options.forwardStderr {
+                    buf.withUnsafeBytes { _ = try? Syscall.writeAll(2, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                }
                 slot.stderrTail += buf[0..<n]
                 if slot.stderrTail.count > 65536 { slot.stderrTail.removeFirst(slot.stderrTail.count - 65536) }
                 if n < buf.count { return true }
@@ -549,16 +600,30 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             let clean = (slot.shutdownSent || slot.retiring || slot.shared.retiredItself) && code == 0
             let unexpected = slot.stop == nil && !clean
             let tail = slot.stderrLines(options.stderrLines)
-            let what = code.map { $0 < 0 ? "was killed by signal \($0 * -1) (\(signalName(-$0)))" : "exited with code \($0)" } ?? "ended"
-            let death = PoolError(.workerDied, "worker \(slot.pid) \(what)", pid: slot.pid, exitCode: code,
-                                  stderrTail: tail, peakMemoryBytes: peak)
+            let what =
+                code.map { $0 < 0 ? "was killed by signal \($0 * -1) (\(signalName(-$0)))" : "exited with code \($0)" }
+                ?? "ended"
+            let death = PoolError(
+                .workerDied,
+                "worker \(slot.pid) \(what)",
+                pid: slot.pid,
+                exitCode: code,
+                stderrTail: tail,
+                peakMemoryBytes: peak
+            )
             // A worker that died of its own accord or broke the protocol charges the unit it last started,
             // even outside a known item (between items, or sending its replies).
             let violation: Bool = if case .protocolViolation = slot.stop { true } else { false }
             let chargeable = !clean && (slot.stop == nil || violation)
             let lastStarted = slot.shared.lastStarted
             for unit in slot.inflight {
-                handleLost(unit, running: running, slot: slot, death: death, charge: chargeable && unit.id == lastStarted)
+                handleLost(
+                    unit,
+                    running: running,
+                    slot: slot,
+                    death: death,
+                    charge: chargeable && unit.id == lastStarted
+                )
             }
             slot.inflight = []
             pending.prepend(contentsOf: requeued)
@@ -569,10 +634,16 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 deaths.append(now)
                 deaths.removeAll { now - $0 > options.deathLimit.window }
                 if deaths.count > options.deathLimit.count, case .running = phase {
-                    breakPool(PoolError(
-                        .broken,
-                        "\(deaths.count) workers died within \(options.deathLimit.window); the last: \(death.message)",
-                        pid: slot.pid, exitCode: code, stderrTail: tail, peakMemoryBytes: peak))
+                    breakPool(
+                        PoolError(
+                            .broken,
+                            "\(deaths.count) workers died within \(options.deathLimit.window); the last: \(death.message)",
+                            pid: slot.pid,
+                            exitCode: code,
+                            stderrTail: tail,
+                            peakMemoryBytes: peak
+                        )
+                    )
                 }
             }
             pump()
@@ -598,7 +669,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     /// the rest again. Lock held.
     /// `charge`: the worker died on this unit (of its own accord or for a protocol violation) even if
     /// no item of it was running — between items, or sending its replies.
-    private func handleLost(_ unit: Unit, running: (unit: UInt64, index: UInt64), slot: WorkerSlot, death: PoolError, charge: Bool) {
+    private func handleLost(
+        _ unit: Unit,
+        running: (unit: UInt64, index: UInt64),
+        slot: WorkerSlot,
+        death: PoolError,
+        charge: Bool
+    ) {
         let k = unit.reported
         let i: Int
         if running.unit == unit.id, Int(running.index) >= k, Int(running.index) < unit.count {
@@ -621,12 +698,24 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         switch slot.stop {
         case .timeout(let u)? where u == unit.id:
             cause = .timeout
-            error = PoolError(.timedOut, "the task ran past its timeout of \(unit.call.options.timeout!) in worker \(slot.pid), which was stopped",
-                              pid: slot.pid, exitCode: death.exitCode, stderrTail: death.stderrTail, peakMemoryBytes: death.peakMemoryBytes)
+            error = PoolError(
+                .timedOut,
+                "the task ran past its timeout of \(unit.call.options.timeout!) in worker \(slot.pid), which was stopped",
+                pid: slot.pid,
+                exitCode: death.exitCode,
+                stderrTail: death.stderrTail,
+                peakMemoryBytes: death.peakMemoryBytes
+            )
         case .softTimeout(let u)? where u == unit.id:
             cause = .timeout
-            error = PoolError(.timedOut, "the task passed its soft timeout, ignored cancellation and worker \(slot.pid) was stopped",
-                              pid: slot.pid, exitCode: death.exitCode, stderrTail: death.stderrTail, peakMemoryBytes: death.peakMemoryBytes)
+            error = PoolError(
+                .timedOut,
+                "the task passed its soft timeout, ignored cancellation and worker \(slot.pid) was stopped",
+                pid: slot.pid,
+                exitCode: death.exitCode,
+                stderrTail: death.stderrTail,
+                peakMemoryBytes: death.peakMemoryBytes
+            )
         case .cancelled(let u)? where u == unit.id:
             settleRange(unit, i..<unit.count, CancellationError())
             return
@@ -635,26 +724,45 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             return
         case .protocolViolation(let e)?:
             cause = .crash
-            error = PoolError(.workerDied, e.message + " while running this task", pid: death.pid, exitCode: death.exitCode,
-                              stderrTail: death.stderrTail, peakMemoryBytes: death.peakMemoryBytes)
+            error = PoolError(
+                .workerDied,
+                e.message + " while running this task",
+                pid: death.pid,
+                exitCode: death.exitCode,
+                stderrTail: death.stderrTail,
+                peakMemoryBytes: death.peakMemoryBytes
+            )
         default:
             cause = .crash
-            error = PoolError(.workerDied, death.message + " while running this task", pid: death.pid, exitCode: death.exitCode,
-                              stderrTail: death.stderrTail, peakMemoryBytes: death.peakMemoryBytes)
+            error = PoolError(
+                .workerDied,
+                death.message + " while running this task",
+                pid: death.pid,
+                exitCode: death.exitCode,
+                stderrTail: death.stderrTail,
+                peakMemoryBytes: death.peakMemoryBytes
+            )
         }
         let policy = unit.call.options.retry
         let kills = unit.kills + (cause == .crash ? 1 : 0)
-        if policy.causes.contains(cause) && unit.attempt < policy.attempts && kills < policy.maxWorkerKills && !unit.call.isCancelled,
-           deliversResults
+        if policy.causes.contains(cause) && unit.attempt < policy.attempts && kills < policy.maxWorkerKills
+            && !unit.call.isCancelled,
+            deliversResults
         {
             scheduleRetry(unit, index: i, crashed: cause == .crash)
         } else {
             var e = error
             if let p = error as? PoolError { e = p.with(attempts: unit.attempt) }
             if kills >= policy.maxWorkerKills && policy.attempts > 1 && cause == .crash {
-                e = PoolError(.workerDied, "the task killed \(kills) workers and is not retried again; the last: \(death.message)",
-                              pid: death.pid, exitCode: death.exitCode, stderrTail: death.stderrTail,
-                              peakMemoryBytes: death.peakMemoryBytes, attempts: unit.attempt)
+                e = PoolError(
+                    .workerDied,
+                    "the task killed \(kills) workers and is not retried again; the last: \(death.message)",
+                    pid: death.pid,
+                    exitCode: death.exitCode,
+                    stderrTail: death.stderrTail,
+                    peakMemoryBytes: death.peakMemoryBytes,
+                    attempts: unit.attempt
+                )
             }
             settleItem(unit, i, e)
         }
@@ -712,7 +820,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     private func scheduleRetry(_ unit: Unit, index i: Int, crashed: Bool) {
         do {
-            let again = try unit.part(i..<(i + 1), id: nextUnit, attempt: unit.attempt + 1, kills: unit.kills + (crashed ? 1 : 0))
+            let again = try unit.part(
+                i..<(i + 1),
+                id: nextUnit,
+                attempt: unit.attempt + 1,
+                kills: unit.kills + (crashed ? 1 : 0)
+            )
             nextUnit += 1
             delayed.append((.now + unit.call.options.retry.delay(beforeAttempt: unit.attempt + 1), again))
             supervisorWake.set()
@@ -764,7 +877,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             for slot in slots where !slot.exited {
                 if slot.stop != nil {
                     if let k = slot.killAt {
-                        if now >= k { slot.handle.kill(); slot.killAt = nil } else { wakeAt(k) }
+                        if now >= k {
+                            slot.handle.kill()
+                            slot.killAt = nil
+                        } else {
+                            wakeAt(k)
+                        }
                     }
                     continue
                 }
@@ -775,7 +893,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                     let o = u.call.options
                     if let t = [o.timeout, o.softTimeout].compactMap({ $0 }).min() { wakeAt(now + t) }
                 }
-                guard running.unit != 0, let unit = slot.inflight.first(where: { $0.id == running.unit }) else { continue }
+                guard running.unit != 0, let unit = slot.inflight.first(where: { $0.id == running.unit }) else {
+                    continue
+                }
                 let opts = unit.call.options
                 let startedNanos = slot.shared.itemStart
                 let elapsed = Duration.nanoseconds(Int64(monoNow &- min(monoNow, startedNanos)))
@@ -953,7 +1073,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             if case .running = phase { return false }
             return true
         }
-        guard ok else { throw PoolError(.closed, "join() needs close() or terminate() first (Python raises ValueError)") }
+        guard ok else {
+            throw PoolError(.closed, "join() needs close() or terminate() first (Python raises ValueError)")
+        }
         return allExited.wait(timeout: timeout)
     }
 
@@ -982,8 +1104,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             let workers = slots.map { s -> WorkerInsight in
                 var idle = s.idle
                 if let since = s.idleSince { idle += now - since }
-                return WorkerInsight(pid: s.pid, startup: s.readyAt.map { $0 - s.spawnedAt }, waiting: idle,
-                                     working: s.busy, tasks: s.tasksDone)
+                return WorkerInsight(
+                    pid: s.pid,
+                    startup: s.readyAt.map { $0 - s.spawnedAt },
+                    waiting: idle,
+                    working: s.busy,
+                    tasks: s.tasksDone
+                )
             }
             return PoolProgress(done: done, failed: failed, total: total, rate: rate, eta: eta, workers: workers)
         }
@@ -1037,7 +1164,9 @@ extension SharedSlot {
     }
 
     func isMarkedCancelled(_ unit: UInt64) -> Bool {
-        for i in 0..<64 where mp_atomic_load_u64((base + 64 + i * 8).assumingMemoryBound(to: UInt64.self)) == unit { return true }
+        for i in 0..<64 where mp_atomic_load_u64((base + 64 + i * 8).assumingMemoryBound(to: UInt64.self)) == unit {
+            return true
+        }
         return false
     }
 }

@@ -123,7 +123,9 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
             do {
                 accept(try call.deliveries.get(timeout: wait))
             } catch {
-                if error.code == .empty || error.code == .timedOut { throw MultiprocessingError(.timedOut, "no result within \(timeout!)") }
+                if error.code == .empty || error.code == .timedOut {
+                    throw MultiprocessingError(.timedOut, "no result within \(timeout!)")
+                }
                 throw error
             }
         }
@@ -271,7 +273,8 @@ extension PoolTask {
     /// `deliver` (a pool's callback thread, or inline); Python's `apply_async` callbacks. Returns `self`.
     func reporting(
         on deliver: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void,
-        _ callback: (@Sendable (Output) -> Void)?, _ errorCallback: (@Sendable (any Error) -> Void)?
+        _ callback: (@Sendable (Output) -> Void)?,
+        _ errorCallback: (@Sendable (any Error) -> Void)?
     ) -> PoolTask<Output> {
         guard callback != nil || errorCallback != nil else { return self }
         call.future.addDoneCallback { f in

@@ -166,8 +166,11 @@ public struct RetryPolicy: Sendable, Hashable {
 
     /// A policy: up to `attempts` runs in all, waiting `backoff` (times `multiplier` per further retry) for the causes listed; a task that killed `maxWorkerKills` workers is not run again.
     public init(
-        attempts: Int = 3, backoff: Duration = .milliseconds(50), multiplier: Double = 2,
-        on causes: Set<Cause> = [.crash, .timeout], maxWorkerKills: Int = 2
+        attempts: Int = 3,
+        backoff: Duration = .milliseconds(50),
+        multiplier: Double = 2,
+        on causes: Set<Cause> = [.crash, .timeout],
+        maxWorkerKills: Int = 2
     ) {
         self.attempts = max(1, attempts)
         self.backoff = backoff
@@ -203,8 +206,11 @@ public struct TaskOptions: Sendable {
 
     /// Options for a call; every limit is off by default, as in Python.
     public init(
-        timeout: Duration? = nil, softTimeout: Duration? = nil, cancelGrace: Duration = .seconds(1),
-        killGrace: Duration = .milliseconds(500), retry: RetryPolicy = .none
+        timeout: Duration? = nil,
+        softTimeout: Duration? = nil,
+        cancelGrace: Duration = .seconds(1),
+        killGrace: Duration = .milliseconds(500),
+        retry: RetryPolicy = .none
     ) {
         self.timeout = timeout
         self.softTimeout = softTimeout
@@ -272,8 +278,12 @@ public struct ProcessPoolOptions: Sendable {
 
     /// Pool-wide settings; the defaults suit most programs (see each property).
     public init(
-        maxTasksPerChild: Int? = nil, memoryLimit: Int? = nil, deathLimit: (count: Int, window: Duration) = (20, .seconds(10)),
-        stderrLines: Int = 20, forwardStderr: Bool = true, interrupt: InterruptBehavior = .tearDownAndExit,
+        maxTasksPerChild: Int? = nil,
+        memoryLimit: Int? = nil,
+        deathLimit: (count: Int, window: Duration) = (20, .seconds(10)),
+        stderrLines: Int = 20,
+        forwardStderr: Bool = true,
+        interrupt: InterruptBehavior = .tearDownAndExit,
         crashReport: CrashReport = .message
     ) {
         self.crashReport = crashReport
@@ -324,8 +334,15 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
     /// How many times the task ran.
     public let attempts: Int
 
-    init(_ code: Code, _ message: String, pid: Int32? = nil, exitCode: Int32? = nil, stderrTail: [String] = [],
-         peakMemoryBytes: Int? = nil, attempts: Int = 1) {
+    init(
+        _ code: Code,
+        _ message: String,
+        pid: Int32? = nil,
+        exitCode: Int32? = nil,
+        stderrTail: [String] = [],
+        peakMemoryBytes: Int? = nil,
+        attempts: Int = 1
+    ) {
         self.code = code
         self.message = message
         self.pid = pid
@@ -347,8 +364,15 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
     }
 
     func with(attempts: Int) -> PoolError {
-        PoolError(code, message, pid: pid, exitCode: exitCode, stderrTail: stderrTail,
-                  peakMemoryBytes: peakMemoryBytes, attempts: attempts)
+        PoolError(
+            code,
+            message,
+            pid: pid,
+            exitCode: exitCode,
+            stderrTail: stderrTail,
+            peakMemoryBytes: peakMemoryBytes,
+            attempts: attempts
+        )
     }
 }
 
@@ -394,17 +418,38 @@ public protocol TaskPool: Sendable {
     func apply<J: Job>(_ job: J, timeout: Duration?, options: TaskOptions) throws -> J.Output
     func run<J: Job>(_ job: J, options: TaskOptions) async throws -> J.Output
     func applyAsync<J: Job>(
-        _ job: J, options: TaskOptions, callback: (@Sendable (J.Output) -> Void)?, errorCallback: (@Sendable (any Error) -> Void)?
+        _ job: J,
+        options: TaskOptions,
+        callback: (@Sendable (J.Output) -> Void)?,
+        errorCallback: (@Sendable (any Error) -> Void)?
     ) throws -> PoolTask<J.Output>
-    func map<F: TaskFunction>(_ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions, timeout: Duration?) throws -> [F.Output]
+    func map<F: TaskFunction>(
+        _ f: F,
+        _ inputs: some Sequence<F.Input>,
+        chunksize: Int?,
+        options: TaskOptions,
+        timeout: Duration?
+    ) throws -> [F.Output]
     func mapResults<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int?, options: TaskOptions, timeout: Duration?
+        _ f: F,
+        _ inputs: some Sequence<F.Input>,
+        chunksize: Int?,
+        options: TaskOptions,
+        timeout: Duration?
     ) throws -> [Result<F.Output, any Error>]
     func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
-        _ f: F, _ inputs: S, chunksize: Int?, maxInFlight: Int?, options: TaskOptions
+        _ f: F,
+        _ inputs: S,
+        chunksize: Int?,
+        maxInFlight: Int?,
+        options: TaskOptions
     ) throws -> PoolResults<F.Output>
     func imapUnordered<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
-        _ f: F, _ inputs: S, chunksize: Int?, maxInFlight: Int?, options: TaskOptions
+        _ f: F,
+        _ inputs: S,
+        chunksize: Int?,
+        maxInFlight: Int?,
+        options: TaskOptions
     ) throws -> PoolResults<F.Output>
     func close()
     func terminate()
@@ -421,19 +466,33 @@ extension TaskPool {
 
     /// `map`, suspending the caller (not a thread); cancelling the Swift task cancels the call.
     public func map<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default
+        _ f: F,
+        _ inputs: some Sequence<F.Input>,
+        chunksize: Int? = nil,
+        options: TaskOptions = .default
     ) async throws -> [F.Output] {
         var out: [F.Output] = []
-        for try await v in try imap(f, Array(inputs), chunksize: chunksize, maxInFlight: Int.max, options: options) { out.append(v) }
+        for try await v in try imap(f, Array(inputs), chunksize: chunksize, maxInFlight: Int.max, options: options) {
+            out.append(v)
+        }
         return out
     }
 
     /// Applies a two-argument function to each pair — Python's `Pool.starmap`.
     public func starmap<F: TaskFunction2>(
-        _ f: F, _ arguments: some Sequence<(F.First, F.Second)>, chunksize: Int? = nil, options: TaskOptions = .default,
+        _ f: F,
+        _ arguments: some Sequence<(F.First, F.Second)>,
+        chunksize: Int? = nil,
+        options: TaskOptions = .default,
         timeout: Duration? = nil
     ) throws -> [F.Output] {
-        try map(Starred(f), arguments.map { ArgumentPair($0.0, $0.1) }, chunksize: chunksize, options: options, timeout: timeout)
+        try map(
+            Starred(f),
+            arguments.map { ArgumentPair($0.0, $0.1) },
+            chunksize: chunksize,
+            options: options,
+            timeout: timeout
+        )
     }
 
     /// Runs one job, suspending the caller (not a thread); cancelling the Swift task cancels the job.

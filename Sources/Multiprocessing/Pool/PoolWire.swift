@@ -21,7 +21,10 @@ enum PoolWire {
     /// Largest encoded payload (items, a result batch, an error) that fits a frame with its header.
     static let maxBody = maxFrame - 64
 
-    enum FunctionKind: UInt8 { case job = 1, function = 2 }
+    enum FunctionKind: UInt8 {
+        case job = 1
+        case function = 2
+    }
 }
 
 /// Appends frames to a byte buffer.
@@ -74,7 +77,9 @@ struct FrameCursor {
     }
 
     mutating func bytes(_ n: Int) throws -> UnsafeRawBufferPointer {
-        guard n >= 0, at + n <= body.count else { throw MultiprocessingError(.malformedMessage, "truncated pool frame") }
+        guard n >= 0, at + n <= body.count else {
+            throw MultiprocessingError(.malformedMessage, "truncated pool frame")
+        }
         defer { at += n }
         return UnsafeRawBufferPointer(rebasing: body[at..<(at + n)])
     }
@@ -84,7 +89,9 @@ struct FrameCursor {
 
 extension FrameDecoder {
     /// A decoder for a pool channel: frames up to ``PoolWire/maxFrame``.
-    static func pool(prefill: [UInt8] = []) -> FrameDecoder { FrameDecoder(maxFrame: PoolWire.maxFrame, prefill: prefill) }
+    static func pool(prefill: [UInt8] = []) -> FrameDecoder {
+        FrameDecoder(maxFrame: PoolWire.maxFrame, prefill: prefill)
+    }
 
     /// The body of the next whole pool frame (never empty: every pool frame starts with its kind byte).
     mutating func nextPoolFrame<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R? {

@@ -50,7 +50,8 @@ enum PoolWorker {
     /// Bytes that arrived with the setup message (set by the worker loop before `run`).
     nonisolated(unsafe) static var leftover: [UInt8] = []
 
-    private static func handle(_ body: UnsafeRawBufferPointer, _ runners: inout [UInt32: Runner], _ out: Replies) throws {
+    private static func handle(_ body: UnsafeRawBufferPointer, _ runners: inout [UInt32: Runner], _ out: Replies) throws
+    {
         var c = FrameCursor(body)
         switch body[0] {
         case PoolWire.task:
@@ -111,7 +112,9 @@ enum PoolWorker {
             return jobRunner(job)
         case .function:
             guard let fn = type as? any TaskFunction.Type else {
-                return failing(MultiprocessingError(.unknownJob, "no TaskFunction type named \(name) in this executable"))
+                return failing(
+                    MultiprocessingError(.unknownJob, "no TaskFunction type named \(name) in this executable")
+                )
             }
             do {
                 if let sync = type as? any SyncTaskFunction.Type { return try syncRunner(sync, payload) }
@@ -141,7 +144,13 @@ enum PoolWorker {
     }
 
     /// A chunk's items, or `nil` after failing every item if they cannot be decoded.
-    private static func decodeChunk<T: Decodable>(_: [T].Type, unit: UInt64, count: Int, _ payload: UnsafeRawBufferPointer, _ out: Replies) -> [T]? {
+    private static func decodeChunk<T: Decodable>(
+        _: [T].Type,
+        unit: UInt64,
+        count: Int,
+        _ payload: UnsafeRawBufferPointer,
+        _ out: Replies
+    ) -> [T]? {
         do {
             let inputs = try BinaryDecoder().decode([T].self, from: payload)
             guard inputs.count == count else {
@@ -153,7 +162,11 @@ enum PoolWorker {
             if count > 1 {
                 out.resend(unit: unit)
             } else {
-                out.failure(unit: unit, index: 0, MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)"))
+                out.failure(
+                    unit: unit,
+                    index: 0,
+                    MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)")
+                )
             }
             return nil
         }
@@ -230,7 +243,8 @@ enum PoolWorker {
 }
 
 /// The state of one chunk being run: its items, the results not yet sent, where it is.
-final class Chunk<F: TaskFunction>: @unchecked Sendable {  // used by one thread at a time: the worker waits while a slice runs
+// Used by one thread at a time: the worker waits while a slice runs.
+final class Chunk<F: TaskFunction>: @unchecked Sendable {
     let f: F
     let unit: UInt64
     let inputs: [F.Input]
@@ -323,8 +337,14 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
                 if (try? BinaryEncoder().encode([v])) != nil {
                     outputs(unit: unit, start: start + k, [v])
                 } else {
-                    failure(unit: unit, index: start + k, MultiprocessingError(
-                        .encodingFailed, "the result of \(T.self) could not be encoded: \(error)"))
+                    failure(
+                        unit: unit,
+                        index: start + k,
+                        MultiprocessingError(
+                            .encodingFailed,
+                            "the result of \(T.self) could not be encoded: \(error)"
+                        )
+                    )
                 }
             }
             return
@@ -335,9 +355,14 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
             if values.count > 1 {
                 for (k, v) in values.enumerated() { outputs(unit: unit, start: start + k, [v]) }
             } else {
-                failure(unit: unit, index: start, MultiprocessingError(
-                    .messageTooLarge,
-                    "the result of \(T.self) is \(encoded.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody) bytes per result"))
+                failure(
+                    unit: unit,
+                    index: start,
+                    MultiprocessingError(
+                        .messageTooLarge,
+                        "the result of \(T.self) is \(encoded.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody) bytes per result"
+                    )
+                )
             }
             return
         }
@@ -359,11 +384,17 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
 
     func failure(unit: UInt64, index: Int, _ error: any Error) {
         let wire = WireError(error, pid: pid)
-        var encoded = (try? BinaryEncoder().encode(wire))
-            ?? (try? BinaryEncoder().encode(WireError(MultiprocessingError(.encodingFailed, "\(error)"), pid: pid))) ?? []
+        var encoded =
+            (try? BinaryEncoder().encode(wire))
+            ?? (try? BinaryEncoder().encode(WireError(MultiprocessingError(.encodingFailed, "\(error)"), pid: pid)))
+            ?? []
         if encoded.count > PoolWire.maxBody {
-            let what = "an error of type \(type(of: error)) that is \(encoded.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody)"
-            encoded = (try? BinaryEncoder().encode(WireError(MultiprocessingError(.messageTooLarge, "the task threw " + what), pid: pid))) ?? []
+            let what =
+                "an error of type \(type(of: error)) that is \(encoded.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody)"
+            encoded =
+                (try? BinaryEncoder().encode(
+                    WireError(MultiprocessingError(.messageTooLarge, "the task threw " + what), pid: pid)
+                )) ?? []
         }
         let at = writer.begin(PoolWire.failure)
         writer.put(unit)

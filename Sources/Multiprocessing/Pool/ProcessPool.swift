@@ -42,7 +42,8 @@ public final class ProcessPool: Sendable {
     /// Starts the pool with an `initializer` job that each worker runs once before any task — Python's
     /// `Pool(processes, initializer, initargs)`. A worker whose initializer fails exits; if that keeps
     /// happening the pool is reported broken rather than respawning workers forever.
-    public init<I: Job>(workers: Int? = nil, initializer: I, options: ProcessPoolOptions = ProcessPoolOptions()) throws {
+    public init<I: Job>(workers: Int? = nil, initializer: I, options: ProcessPoolOptions = ProcessPoolOptions()) throws
+    {
         workerCount = max(1, workers ?? Processes.cpuCount)
         let name = try JobIdentity.name(of: I.self)
         let payload = try BinaryEncoder().encode(initializer)
@@ -59,7 +60,11 @@ public final class ProcessPool: Sendable {
     }
 
     /// Submits `f(input)`.
-    public func submit<F: TaskFunction>(_ f: F, _ input: F.Input, options: TaskOptions = .default) throws -> PoolTask<F.Output> {
+    public func submit<F: TaskFunction>(
+        _ f: F,
+        _ input: F.Input,
+        options: TaskOptions = .default
+    ) throws -> PoolTask<F.Output> {
         try single(f, input, kind: .function, options: options)
     }
 
@@ -67,20 +72,34 @@ public final class ProcessPool: Sendable {
     /// Callbacks run on the pool's callback thread, one at a time, as Python's result-handler thread.
     @discardableResult
     public func applyAsync<J: Job>(
-        _ job: J, options: TaskOptions = .default,
-        callback: (@Sendable (J.Output) -> Void)? = nil, errorCallback: (@Sendable (any Error) -> Void)? = nil
+        _ job: J,
+        options: TaskOptions = .default,
+        callback: (@Sendable (J.Output) -> Void)? = nil,
+        errorCallback: (@Sendable (any Error) -> Void)? = nil
     ) throws -> PoolTask<J.Output> {
         let core = self.core
         return try submit(job, options: options).reporting(on: { core.callback($0) }, callback, errorCallback)
     }
 
-    private func single<F: TaskFunction>(_ f: F, _ input: F.Input, kind: PoolWire.FunctionKind, options: TaskOptions) throws -> PoolTask<F.Output> {
+    private func single<F: TaskFunction>(
+        _ f: F,
+        _ input: F.Input,
+        kind: PoolWire.FunctionKind,
+        options: TaskOptions
+    ) throws -> PoolTask<F.Output> {
         let function = try functionRef(f, kind: kind)
         let call = SingleCall<F.Output>(options: options)
         let items = [input]
         let payload = try encodeItems(items)
-        let unit = Unit(id: core.makeUnitId(), call: call, function: function, base: 0, count: 1, payload: payload,
-                        encodeRange: { r in try encodeItems(Array(items[r])) })
+        let unit = Unit(
+            id: core.makeUnitId(),
+            call: call,
+            function: function,
+            base: 0,
+            count: 1,
+            payload: payload,
+            encodeRange: { r in try encodeItems(Array(items[r])) }
+        )
         try core.submit([unit])
         let core = self.core
         return PoolTask(call: call) { core.cancel(call) }
@@ -107,23 +126,45 @@ public final class ProcessPool: Sendable {
     ///   ``MultiprocessingError/Code/timedOut`` thrown (Python: `map_async(...).get(timeout)`).
     /// - Throws: the first failure to arrive (the rest of the call is cancelled).
     public func map<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
+        _ f: F,
+        _ inputs: some Sequence<F.Input>,
+        chunksize: Int? = nil,
+        options: TaskOptions = .default,
+        timeout: Duration? = nil
     ) throws -> [F.Output] {
         let items = Array(inputs)
-        let results = try stream(f, items, count: items.count, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
+        let results = try stream(
+            f,
+            items,
+            count: items.count,
+            chunksize: chunksize,
+            maxInFlight: nil,
+            ordered: true,
+            options: options
+        )
         return try results.collect(timeout: timeout)
     }
 
     /// Like ``map(_:_:chunksize:options:timeout:)`` but every item's outcome is returned, failures included.
     public func mapResults<F: TaskFunction>(
-        _ f: F, _ inputs: some Sequence<F.Input>, chunksize: Int? = nil, options: TaskOptions = .default, timeout: Duration? = nil
+        _ f: F,
+        _ inputs: some Sequence<F.Input>,
+        chunksize: Int? = nil,
+        options: TaskOptions = .default,
+        timeout: Duration? = nil
     ) throws -> [Result<F.Output, any Error>] {
         let items = Array(inputs)
-        return try stream(f, items, count: items.count, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
-            .collectResults(timeout: timeout)
+        return try stream(
+            f,
+            items,
+            count: items.count,
+            chunksize: chunksize,
+            maxInFlight: nil,
+            ordered: true,
+            options: options
+        )
+        .collectResults(timeout: timeout)
     }
-
-
 
     /// Lazy, ordered results — Python's `Pool.imap`. Input is read on a background thread only while
     /// fewer than `maxInFlight` items are submitted and not yet read, so memory stays flat on huge inputs.
@@ -134,16 +175,40 @@ public final class ProcessPool: Sendable {
     ///     (aiming at about 2 ms per chunk).
     ///   - maxInFlight: default 8192 items.
     public func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
-        _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
+        _ f: F,
+        _ inputs: S,
+        chunksize: Int? = nil,
+        maxInFlight: Int? = nil,
+        options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
-        try stream(f, inputs, count: knownCount(inputs), chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: true, options: options)
+        try stream(
+            f,
+            inputs,
+            count: knownCount(inputs),
+            chunksize: chunksize,
+            maxInFlight: maxInFlight ?? 8192,
+            ordered: true,
+            options: options
+        )
     }
 
     /// Lazy results in completion order — Python's `Pool.imap_unordered`.
     public func imapUnordered<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
-        _ f: F, _ inputs: S, chunksize: Int? = nil, maxInFlight: Int? = nil, options: TaskOptions = .default
+        _ f: F,
+        _ inputs: S,
+        chunksize: Int? = nil,
+        maxInFlight: Int? = nil,
+        options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
-        try stream(f, inputs, count: knownCount(inputs), chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: false, options: options)
+        try stream(
+            f,
+            inputs,
+            count: knownCount(inputs),
+            chunksize: chunksize,
+            maxInFlight: maxInFlight ?? 8192,
+            ordered: false,
+            options: options
+        )
     }
 
     private func knownCount<S: Sequence>(_ s: S) -> Int? {
@@ -152,7 +217,13 @@ public final class ProcessPool: Sendable {
     }
 
     private func stream<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
-        _ f: F, _ inputs: S, count: Int?, chunksize: Int?, maxInFlight: Int?, ordered: Bool, options: TaskOptions
+        _ f: F,
+        _ inputs: S,
+        count: Int?,
+        chunksize: Int?,
+        maxInFlight: Int?,
+        ordered: Bool,
+        options: TaskOptions
     ) throws -> PoolResults<F.Output> {
         let function = try functionRef(f, kind: .function)
         let call = StreamCall<F.Output>(options: options)
@@ -161,8 +232,16 @@ public final class ProcessPool: Sendable {
         let core = self.core
         let results = PoolResults(call: call, credit: credit, ordered: ordered) { core.cancel(call) }
         let workers = workerCount
-        let feeder = Feeder<F>(core: core, call: call, function: function, credit: credit, fixed: chunksize.map { max(1, $0) },
-                            known: count, workers: workers, maxInFlight: maxInFlight)
+        let feeder = Feeder<F>(
+            core: core,
+            call: call,
+            function: function,
+            credit: credit,
+            fixed: chunksize.map { max(1, $0) },
+            known: count,
+            workers: workers,
+            maxInFlight: maxInFlight
+        )
         if let items = inputs as? [F.Input], maxInFlight.map({ $0 >= items.count }) ?? true {
             // Eager, on the caller's thread, so that an error is thrown here (after cancelling what went).
             do {
@@ -265,19 +344,35 @@ struct Feeder<F: TaskFunction>: Sendable {
             }
             return submitted
         }
-        try feedChunks(inputs, into: call, reportErrors: reportErrors, size: chunkSize, emit: { items, base in
-            if let credit, !credit.tryAcquire(items.count) {
-                // About to wait for the consumer: send what is batched first.
-                _ = try submitBatch()
-                if !credit.acquire(items.count) { throw CancellationError() }
-            }
-            batch.append(Unit(id: core.makeUnitId(), call: call, function: function, base: base, count: items.count,
-                              payload: try encodeItems(items), encodeRange: { r in try encodeItems(Array(items[r])) }))
-            // Units go in batches of up to 64 (one lock round and one write per worker), and at once
-            // whenever the feed would wait for the consumer or the workers are short of work.
-            if batch.count >= 64 || (credit != nil && core.isHungry) { _ = try submitBatch() }
-            return submitted
-        }, finish: submitBatch)
+        try feedChunks(
+            inputs,
+            into: call,
+            reportErrors: reportErrors,
+            size: chunkSize,
+            emit: { items, base in
+                if let credit, !credit.tryAcquire(items.count) {
+                    // About to wait for the consumer: send what is batched first.
+                    _ = try submitBatch()
+                    if !credit.acquire(items.count) { throw CancellationError() }
+                }
+                batch.append(
+                    Unit(
+                        id: core.makeUnitId(),
+                        call: call,
+                        function: function,
+                        base: base,
+                        count: items.count,
+                        payload: try encodeItems(items),
+                        encodeRange: { r in try encodeItems(Array(items[r])) }
+                    )
+                )
+                // Units go in batches of up to 64 (one lock round and one write per worker), and at once
+                // whenever the feed would wait for the consumer or the workers are short of work.
+                if batch.count >= 64 || (credit != nil && core.isHungry) { _ = try submitBatch() }
+                return submitted
+            },
+            finish: submitBatch
+        )
     }
 }
 
@@ -285,7 +380,8 @@ struct Feeder<F: TaskFunction>: Sendable {
 /// (Python terminates). On error or cancellation the pool is terminated, which takes at most the kill
 /// grace (0.5 s) plus reaping.
 public func withProcessPool<R>(
-    workers: Int? = nil, options: ProcessPoolOptions = ProcessPoolOptions(),
+    workers: Int? = nil,
+    options: ProcessPoolOptions = ProcessPoolOptions(),
     _ body: (ProcessPool) async throws -> R
 ) async throws -> R {
     let pool = try ProcessPool(workers: workers, options: options)

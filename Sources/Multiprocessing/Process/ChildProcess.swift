@@ -80,7 +80,9 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
                         do {
                             outcome.complete(.success(try BinaryDecoder().decode(J.Output.self, from: payload)))
                         } catch {
-                            outcome.complete(.failure(MultiprocessingError(.decodingFailed, "cannot decode the result: \(error)")))
+                            outcome.complete(
+                                .failure(MultiprocessingError(.decodingFailed, "cannot decode the result: \(error)"))
+                            )
                         }
                     case .failure(_, let wire):
                         outcome.complete(.failure(wire.rebuild()))
@@ -101,9 +103,16 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
     /// The channel ended without an answer: wait (on the reactor) for the exit status, then fail.
     private static func reportDeath(_ handle: ProcessHandle, _ outcome: Future<J.Output>) {
         let fail: @Sendable () -> Void = {
-            let code = handle.exitCode.map { $0 < 0 ? "was killed by signal \(-$0)" : "exited with code \($0)" } ?? "ended"
-            outcome.complete(.failure(MultiprocessingError(
-                .processDied, "process \(handle.pid) (\(handle.name)) \(code) without returning a result")))
+            let code =
+                handle.exitCode.map { $0 < 0 ? "was killed by signal \(-$0)" : "exited with code \($0)" } ?? "ended"
+            outcome.complete(
+                .failure(
+                    MultiprocessingError(
+                        .processDied,
+                        "process \(handle.pid) (\(handle.name)) \(code) without returning a result"
+                    )
+                )
+            )
         }
         if handle.reapIfExited() {
             fail()

@@ -58,16 +58,19 @@ enum JobIdentity {
     private static func check<J>(_ type: J.Type) throws -> String {
         let readable = String(reflecting: type)
         guard let name = _mangledTypeName(type), !readable.contains("(unknown context at"),
-              !readable.contains("(private"), !readable.contains("(fileprivate")
+            !readable.contains("(private"), !readable.contains("(fileprivate")
         else {
             throw MultiprocessingError(
                 .unsupportedJob,
                 "\(readable) cannot run in another process: private, fileprivate and local types cannot be found "
-                    + "by name there. Declare it at file scope (or nested in a type) as internal or public.")
+                    + "by name there. Declare it at file scope (or nested in a type) as internal or public."
+            )
         }
         guard let back = _typeByName(name), back == type else {
             throw MultiprocessingError(
-                .unsupportedJob, "\(readable) cannot be found by its mangled name \(name); declare it as internal or public")
+                .unsupportedJob,
+                "\(readable) cannot be found by its mangled name \(name); declare it as internal or public"
+            )
         }
         return name
     }

@@ -59,7 +59,7 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
 
     /// Runs `body` with the pidfd, which stays open until `body` returns; `nil` once it was closed (the
     /// child was reaped before).
-    private func withBorrowedSentinel<R>(_ body: (Int32) async throws -> R) async rethrows -> R? {
+    private func withBorrowedSentinelAsync<R>(_ body: (Int32) async throws -> R) async rethrows -> R? {
         guard let fd = borrowSentinel() else { return nil }
         defer { returnSentinel() }
         return try await body(fd)
@@ -136,7 +136,8 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
         while !reapIfExited() {
             // The pidfd is readable once the child has ended, whoever reaps it; it is borrowed so that
             // another owner (a pool's reactor) cannot close it, or let its number be reused, meanwhile.
-            let ready = try withBorrowedSentinel { fd in try Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) }
+            let ready = try withBorrowedSentinel { fd in try Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline)
+            }
             // nil: the descriptor was closed, which happens only after the child was reaped.
             if ready != true { return reapIfExited() }
         }
@@ -146,8 +147,11 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     /// Suspends the task until the process ends, without blocking a thread.
     public func join() async throws {
         while !reapIfExited() {
-            let waited: Void? = try await withBorrowedSentinel { fd in try await Reactor.shared.wait(fd) }
-            if waited == nil { _ = reapIfExited(); return }
+            let waited: Void? = try await withBorrowedSentinelAsync { fd in try await Reactor.shared.wait(fd) }
+            if waited == nil {
+                _ = reapIfExited()
+                return
+            }
         }
     }
 

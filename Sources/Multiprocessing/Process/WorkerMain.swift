@@ -66,8 +66,13 @@ enum WorkerRuntime {
                 do {
                     try channel.send(reply)
                 } catch {
-                    let fallback = FromWorker.failure(id: id, WireError(
-                        MultiprocessingError(.encodingFailed, "the job's result could not be sent: \(error)"), pid: pid))
+                    let fallback = FromWorker.failure(
+                        id: id,
+                        WireError(
+                            MultiprocessingError(.encodingFailed, "the job's result could not be sent: \(error)"),
+                            pid: pid
+                        )
+                    )
                     try? channel.send(fallback)
                     exitCode = 1
                 }
@@ -77,8 +82,13 @@ enum WorkerRuntime {
 
     static func runJob(id: UInt64, typeName: String, payload: [UInt8], channel: Connection, pid: Int32) -> FromWorker {
         guard let type = JobResolver.resolve(typeName) else {
-            return .failure(id: id, WireError(
-                MultiprocessingError(.unknownJob, "no Job type named \(typeName) in this executable"), pid: pid))
+            return .failure(
+                id: id,
+                WireError(
+                    MultiprocessingError(.unknownJob, "no Job type named \(typeName) in this executable"),
+                    pid: pid
+                )
+            )
         }
         do {
             return .result(id: id, payload: try execute(type, payload: payload, channel: channel))

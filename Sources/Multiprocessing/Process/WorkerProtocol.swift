@@ -79,4 +79,3 @@ struct WireError: Codable, Error {
         try BinaryDecoder().decode(t, from: bytes)
     }
 }
-

@@ -61,7 +61,9 @@ public final class ProcessQueue<Element: Codable & Sendable>: Codable, @unchecke
     ///   timeout); ``MultiprocessingError/Code/closed`` after ``close()``;
     ///   ``MultiprocessingError/Code/encodingFailed``.
     public func put(_ item: Element, blocking: Bool = true, timeout: Duration? = nil) throws {
-        if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "the queue is closed in this process") }
+        if closed.load(ordering: .relaxed) {
+            throw MultiprocessingError(.closed, "the queue is closed in this process")
+        }
         let bytes = try encodeItem(item)
         let ok = try bytes.withUnsafeBytes { try ring.put($0, blocking: blocking, deadline: Deadline.after(timeout)) }
         if !ok { throw MultiprocessingError(.full, "the queue is full") }

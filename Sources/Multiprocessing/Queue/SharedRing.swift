@@ -14,8 +14,18 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
     private static let headerSize = 4096
     private static let magic: UInt64 = 0x6d70_7175_6575_6531  // "mpqueue1"
     private enum Field: Int {
-        case magic = 64, head = 72, tail = 80, count = 88, unfinished = 96, maxsize = 104, capacity = 112
-        case itemsSeq = 128, spaceSeq = 132, doneSeq = 136, waitingGetters = 140, waitingPutters = 144
+        case magic = 64
+        case head = 72
+        case tail = 80
+        case count = 88
+        case unfinished = 96
+        case maxsize = 104
+        case capacity = 112
+        case itemsSeq = 128
+        case spaceSeq = 132
+        case doneSeq = 136
+        case waitingGetters = 140
+        case waitingPutters = 144
         case waitingJoiners = 148
     }
 
@@ -49,7 +59,7 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
     /// Maps an existing ring received from another process (takes ownership of `fd`).
     init(adopting fd: Int32) throws {
         guard let size = try? Syscall.fileSize(fd), size > SharedRing.headerSize,
-              let p = try? Syscall.mapShared(fd, size: size)
+            let p = try? Syscall.mapShared(fd, size: size)
         else {
             Syscall.close(fd)
             throw MultiprocessingError(.decodingFailed, "the descriptor received is not a queue")
@@ -73,7 +83,9 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
     // MARK: fields
 
     @inline(__always) private func get(_ f: Field) -> Int64 { base.load(fromByteOffset: f.rawValue, as: Int64.self) }
-    @inline(__always) private func set(_ f: Field, _ v: Int64) { base.storeBytes(of: v, toByteOffset: f.rawValue, as: Int64.self) }
+    @inline(__always) private func set(_ f: Field, _ v: Int64) {
+        base.storeBytes(of: v, toByteOffset: f.rawValue, as: Int64.self)
+    }
     @inline(__always) private func word(_ f: Field) -> UnsafeMutablePointer<UInt32> {
         (base + f.rawValue).assumingMemoryBound(to: UInt32.self)
     }
@@ -152,13 +164,19 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
     func put(_ record: UnsafeRawBufferPointer, blocking: Bool, deadline: Deadline?) throws -> Bool {
         let need = 4 + record.count
         guard need <= capacity else {
-            throw MultiprocessingError(.full, "an item of \(record.count) bytes is larger than the queue's capacity of \(capacity) bytes")
+            throw MultiprocessingError(
+                .full,
+                "an item of \(record.count) bytes is larger than the queue's capacity of \(capacity) bytes"
+            )
         }
         while true {
             var wakeGetter = false
             var seen: UInt32 = 0
             let done: Bool = withLock {
-                let head = get(.head), tail = get(.tail), count = get(.count), maxsize = get(.maxsize)
+                let head = get(.head)
+                let tail = get(.tail)
+                let count = get(.count)
+                let maxsize = get(.maxsize)
                 let room = Int64(capacity) - (tail - head) >= Int64(need) && (maxsize <= 0 || count < maxsize)
                 if room {
                     var len = UInt32(record.count).littleEndian
@@ -193,7 +211,8 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
             var wakePutter = false
             var seen: UInt32 = 0
             let item: [UInt8]? = withLock {
-                let head = get(.head), tail = get(.tail)
+                let head = get(.head)
+                let tail = get(.tail)
                 if tail > head {
                     var len: UInt32 = 0
                     withUnsafeMutableBytes(of: &len) { copyOut($0, at: head) }

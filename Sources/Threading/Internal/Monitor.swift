@@ -270,7 +270,9 @@ final class Monitor<State>: @unchecked Sendable {  // all state behind `mutex`
                 let last: Result<R, any Error>? = withLock { inner in
                     var wakes = Wakes()
                     defer { woken = inner.take(wakes) }
-                    do { return try attempt(&inner.state, &wakes).map { .success($0) } } catch { return .failure(error) }
+                    do { return try attempt(&inner.state, &wakes).map { .success($0) } } catch {
+                        return .failure(error)
+                    }
                 }
                 woken.wakeAll()
                 if let last { return try last.get() }

@@ -253,7 +253,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         // If the worker is already dead this fails; its exit is then reported through the pidfd.
         try? bytes.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
         let slot = WorkerSlot(handle: handle, channel: w.channel, stderrFd: errRead, shared: shared, wakeFd: wake)
-        lock.withLock {
+        withLockThenDeliver {
             slots.append(slot)
             // Started while the pool was being terminated or broken: stop it like the others.
             switch phase {
@@ -374,7 +374,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             slot.dispatched += 1
             // A unit with a deadline: the supervisor must know it is out there, or it sleeps through it.
             if unit.call.options.timeout != nil || unit.call.options.softTimeout != nil { supervisorWake.set() }
-            if let max = options.maxTasksPerChild, slot.dispatched >= max { slot.retiring = true }
+            if PoolDecisions.retires(dispatched: slot.dispatched, maxTasksPerChild: options.maxTasksPerChild) {
+                slot.retiring = true
+            }
         }
     }
 
@@ -630,10 +632,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             requeued = []
             if unexpected || violation {
                 unexpectedDeaths += 1
-                let now = ContinuousClock.now
-                deaths.append(now)
-                deaths.removeAll { now - $0 > options.deathLimit.window }
-                if deaths.count > options.deathLimit.count, case .running = phase {
+                let breaks: Bool
+                (deaths, breaks) = PoolDecisions.death(at: .now, recent: deaths, limit: options.deathLimit)
+                if breaks, case .running = phase {
                     breakPool(
                         PoolError(
                             .broken,
@@ -676,97 +677,77 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         death: PoolError,
         charge: Bool
     ) {
-        let k = unit.reported
-        let i: Int
-        if running.unit == unit.id, Int(running.index) >= k, Int(running.index) < unit.count {
-            i = Int(running.index)
-        } else if charge && unit.count - k == 1 {
-            i = k  // one item left: it is the one
-        } else if charge && k < unit.count {
-            // Which item is at fault is unknown: each goes again alone, charged one kill, so the one at
-            // fault is found by the next death and fails once it reaches the policy's limit of kills,
-            // instead of killing workers for ever.
-            for j in k..<unit.count { requeue(unit, j..<(j + 1), kills: unit.kills + 1) }
-            return
-        } else {
-            requeue(unit, k..<unit.count)
-            return
-        }
-        requeue(unit, k..<i)
-        let cause: RetryPolicy.Cause
-        let error: any Error
-        switch slot.stop {
-        case .timeout(let u)? where u == unit.id:
-            cause = .timeout
-            error = PoolError(
-                .timedOut,
-                "the task ran past its timeout of \(unit.call.options.timeout!) in worker \(slot.pid), which was stopped",
-                pid: slot.pid,
+        let stop: PoolDecisions.Stop =
+            switch slot.stop {
+            case nil: .none
+            case .timeout(let u)?: u == unit.id ? .timeout : .other
+            case .softTimeout(let u)?: u == unit.id ? .softTimeout : .other
+            case .cancelled(let u)?: u == unit.id ? .cancelled : .other
+            case .terminate?: .terminate
+            case .protocolViolation?: .protocolViolation
+            }
+        let loss = PoolDecisions.lost(
+            reported: unit.reported,
+            count: unit.count,
+            attempt: unit.attempt,
+            kills: unit.kills,
+            runningIndex: running.unit == unit.id ? Int(running.index) : nil,
+            stop: stop,
+            charge: charge,
+            policy: unit.call.options.retry,
+            callCancelled: unit.call.isCancelled,
+            deliversResults: deliversResults
+        )
+        for r in loss.requeue { requeue(unit, r.range, kills: r.kills) }
+        guard let i = loss.item, let fate = loss.fate else { return }
+        func error(_ code: PoolError.Code, _ message: String, pid: Int32? = death.pid) -> PoolError {
+            PoolError(
+                code,
+                message,
+                pid: pid,
                 exitCode: death.exitCode,
                 stderrTail: death.stderrTail,
-                peakMemoryBytes: death.peakMemoryBytes
-            )
-        case .softTimeout(let u)? where u == unit.id:
-            cause = .timeout
-            error = PoolError(
-                .timedOut,
-                "the task passed its soft timeout, ignored cancellation and worker \(slot.pid) was stopped",
-                pid: slot.pid,
-                exitCode: death.exitCode,
-                stderrTail: death.stderrTail,
-                peakMemoryBytes: death.peakMemoryBytes
-            )
-        case .cancelled(let u)? where u == unit.id:
-            settleRange(unit, i..<unit.count, CancellationError())
-            return
-        case .terminate(let e)?:
-            settleRange(unit, i..<unit.count, e)
-            return
-        case .protocolViolation(let e)?:
-            cause = .crash
-            error = PoolError(
-                .workerDied,
-                e.message + " while running this task",
-                pid: death.pid,
-                exitCode: death.exitCode,
-                stderrTail: death.stderrTail,
-                peakMemoryBytes: death.peakMemoryBytes
-            )
-        default:
-            cause = .crash
-            error = PoolError(
-                .workerDied,
-                death.message + " while running this task",
-                pid: death.pid,
-                exitCode: death.exitCode,
-                stderrTail: death.stderrTail,
-                peakMemoryBytes: death.peakMemoryBytes
+                peakMemoryBytes: death.peakMemoryBytes,
+                attempts: unit.attempt
             )
         }
-        let policy = unit.call.options.retry
-        let kills = unit.kills + (cause == .crash ? 1 : 0)
-        if policy.causes.contains(cause) && unit.attempt < policy.attempts && kills < policy.maxWorkerKills
-            && !unit.call.isCancelled,
-            deliversResults
-        {
-            scheduleRetry(unit, index: i, crashed: cause == .crash)
-        } else {
-            var e = error
-            if let p = error as? PoolError { e = p.with(attempts: unit.attempt) }
-            if kills >= policy.maxWorkerKills && policy.attempts > 1 && cause == .crash {
-                e = PoolError(
+        switch fate {
+        case .retry(let crashed):
+            scheduleRetry(unit, index: i, crashed: crashed)
+        case .settleRest:
+            switch slot.stop {
+            case .terminate(let e)?: settleRange(unit, i..<unit.count, e)
+            default: settleRange(unit, i..<unit.count, CancellationError())
+            }
+        case .fail(let failure):
+            let e: PoolError
+            switch failure {
+            case .timedOut:
+                let limit = unit.call.options.timeout.map { "\($0)" } ?? "?"
+                e = error(
+                    .timedOut,
+                    "the task ran past its timeout of \(limit) in worker \(slot.pid), which was stopped",
+                    pid: slot.pid
+                )
+            case .softTimedOut:
+                e = error(
+                    .timedOut,
+                    "the task passed its soft timeout, ignored cancellation and worker \(slot.pid) was stopped",
+                    pid: slot.pid
+                )
+            case .protocolViolation:
+                let m: String = if case .protocolViolation(let v)? = slot.stop { v.message } else { death.message }
+                e = error(.workerDied, m + " while running this task")
+            case .crashed:
+                e = error(.workerDied, death.message + " while running this task")
+            case .killedTooMany(let kills):
+                e = error(
                     .workerDied,
-                    "the task killed \(kills) workers and is not retried again; the last: \(death.message)",
-                    pid: death.pid,
-                    exitCode: death.exitCode,
-                    stderrTail: death.stderrTail,
-                    peakMemoryBytes: death.peakMemoryBytes,
-                    attempts: unit.attempt
+                    "the task killed \(kills) workers and is not retried again; the last: \(death.message)"
                 )
             }
             settleItem(unit, i, e)
         }
-        requeue(unit, (i + 1)..<unit.count)
     }
 
     private func settleItem(_ unit: Unit, _ i: Int, _ error: any Error) {
@@ -878,7 +859,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 if slot.stop != nil {
                     if let k = slot.killAt {
                         if now >= k {
-                            slot.handle.kill()
+                            let handle = slot.handle
+                            deferred.append { handle.kill() }
                             slot.killAt = nil
                         } else {
                             wakeAt(k)
@@ -887,53 +869,36 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                     continue
                 }
                 let running = slot.shared.running
-                // Units with a deadline that have not started: their first item starts no earlier than now,
-                // so its deadline is no earlier than now plus the timeout; look again then (or when woken).
                 for u in slot.inflight where u.id != running.unit {
-                    let o = u.call.options
-                    if let t = [o.timeout, o.softTimeout].compactMap({ $0 }).min() { wakeAt(now + t) }
+                    if let at = PoolDecisions.lookAgainForQueued(now: now, options: u.call.options) { wakeAt(at) }
                 }
                 guard running.unit != 0, let unit = slot.inflight.first(where: { $0.id == running.unit }) else {
                     continue
                 }
                 let opts = unit.call.options
-                let startedNanos = slot.shared.itemStart
-                let elapsed = Duration.nanoseconds(Int64(monoNow &- min(monoNow, startedNanos)))
-                if let hard = opts.timeout {
-                    if elapsed >= hard {
-                        stopWorker(slot, .timeout(unit: unit.id), grace: opts.killGrace)
-                        if let k = slot.killAt { wakeAt(k) }
-                        continue
-                    }
-                    wakeAt(now + (hard - elapsed))
-                }
+                let elapsed = Duration.nanoseconds(Int64(monoNow &- min(monoNow, slot.shared.itemStart)))
                 let index = Int(running.index)
-                if let soft = opts.softTimeout, unit.softIndex != index {
-                    if elapsed >= soft {
-                        unit.softIndex = index
-                        unit.softAt = now + opts.cancelGrace
-                        slot.shared.requestItemCancel(unit: unit.id, index: running.index)
-                        slot.wake()
-                    } else {
-                        wakeAt(now + (soft - elapsed))
-                    }
+                let decision = PoolDecisions.timing(
+                    now: now,
+                    elapsed: elapsed,
+                    options: opts,
+                    softCancelled: unit.softIndex == index ? unit.softAt : nil,
+                    cancelAt: unit.cancelAt
+                )
+                if let until = decision.cancelItemUntil {
+                    unit.softIndex = index
+                    unit.softAt = until
+                    slot.shared.requestItemCancel(unit: unit.id, index: running.index)
+                    slot.wake()
                 }
-                if let at = unit.softAt, unit.softIndex == index {
-                    if now >= at {
-                        stopWorker(slot, .softTimeout(unit: unit.id), grace: opts.killGrace)
-                        if let k = slot.killAt { wakeAt(k) }
-                        continue
-                    }
-                    wakeAt(at)
+                if let at = decision.lookAgainAt { wakeAt(at) }
+                switch decision.stop {
+                case .timeout?: stopWorker(slot, .timeout(unit: unit.id), grace: opts.killGrace)
+                case .softTimeout?: stopWorker(slot, .softTimeout(unit: unit.id), grace: opts.killGrace)
+                case .cancelled?: stopWorker(slot, .cancelled(unit: unit.id), grace: opts.killGrace)
+                default: break
                 }
-                if let at = unit.cancelAt {
-                    if now >= at {
-                        stopWorker(slot, .cancelled(unit: unit.id), grace: opts.killGrace)
-                        if let k = slot.killAt { wakeAt(k) }
-                    } else {
-                        wakeAt(at)
-                    }
-                }
+                if let k = slot.killAt { wakeAt(k) }
             }
             // Retries whose backoff has passed join the queue.
             delayed.sort { $0.at < $1.at }
@@ -961,10 +926,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                 try addWorker()
             } catch {
                 withLockThenDeliver {
-                    let now = ContinuousClock.now
-                    deaths.append(now)
-                    deaths.removeAll { now - $0 > options.deathLimit.window }
-                    if deaths.count > options.deathLimit.count, case .running = phase {
+                    let breaks: Bool
+                    (deaths, breaks) = PoolDecisions.death(at: .now, recent: deaths, limit: options.deathLimit)
+                    if breaks, case .running = phase {
                         breakPool(PoolError(.broken, "workers cannot be started: \(error)"))
                     }
                 }
@@ -986,12 +950,14 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         return true
     }
 
-    /// SIGTERM now, SIGKILL after `grace`. Lock held.
+    /// SIGTERM (sent once the lock is released), SIGKILL after `grace`. Lock held, inside
+    /// `withLockThenDeliver`.
     private func stopWorker(_ slot: WorkerSlot, _ reason: StopReason, grace: Duration) {
         guard slot.stop == nil else { return }
         slot.stop = reason
         slot.killAt = .now + grace
-        slot.handle.terminate()
+        let handle = slot.handle
+        deferred.append { handle.terminate() }
     }
 
     private func requestCancel(_ slot: WorkerSlot, _ unit: Unit) {

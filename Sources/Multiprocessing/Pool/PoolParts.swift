@@ -1,0 +1,191 @@
+internal import CMultiprocessingShims
+import DequeModule
+import Glibc
+import Synchronization
+import Threading
+
+/// A function or job type as the workers know it: defined once per worker, then referred to by id.
+
+// The values PoolCore works with: functions as the workers know them, units of work, workers as the
+// parent sees them, and the shared slot's pool fields.
+
+/// A function or job type as the workers know it: defined once per worker, then referred to by id.
+struct FunctionRef: Sendable {
+    let id: UInt32
+    let kind: PoolWire.FunctionKind
+    let name: String
+    let payload: [UInt8]
+}
+
+struct FunctionKey: Hashable {
+    let kind: UInt8
+    let name: String
+    let payload: [UInt8]
+}
+
+/// A batch of items of one call sent to one worker as one message (a chunk, or a single task).
+final class Unit: @unchecked Sendable {  // mutable state guarded by the pool core's lock
+    let id: UInt64
+    let call: CallCore
+    let function: FunctionRef
+    /// Index of item 0 within the call.
+    let base: Int
+    let count: Int
+    let payload: [UInt8]
+    /// Re-encodes a sub-range (relative indices) of the items, to send again what a dead worker did not do.
+    let encodeRange: @Sendable (Range<Int>) throws -> [UInt8]
+    var attempt: Int
+    var kills: Int
+    var reported = 0
+    /// Work time the worker reported for this unit so far.
+    var busyNanos: UInt64 = 0
+    /// A whole-unit cancellation: when the worker is killed if the unit still runs.
+    var cancelAt: ContinuousClock.Instant?
+    /// The item a soft timeout cancelled, and when its worker is killed if that item still runs.
+    var softIndex: Int?
+    var softAt: ContinuousClock.Instant?
+
+    /// Items `range` (relative) of this unit as a new unit with its own id, for sending again.
+    func part(_ range: Range<Int>, id: UInt64, attempt: Int, kills: Int) throws -> Unit {
+        let payload = range == 0..<count ? self.payload : try encodeRange(range)
+        let lower = range.lowerBound
+        return Unit(
+            id: id,
+            call: call,
+            function: function,
+            base: base + lower,
+            count: range.count,
+            payload: payload,
+            encodeRange: { [encodeRange] r in try encodeRange((r.lowerBound + lower)..<(r.upperBound + lower)) },
+            attempt: attempt,
+            kills: kills
+        )
+    }
+
+    init(
+        id: UInt64,
+        call: CallCore,
+        function: FunctionRef,
+        base: Int,
+        count: Int,
+        payload: [UInt8],
+        encodeRange: @escaping @Sendable (Range<Int>) throws -> [UInt8],
+        attempt: Int = 1,
+        kills: Int = 0
+    ) {
+        self.id = id
+        self.call = call
+        self.function = function
+        self.base = base
+        self.count = count
+        self.payload = payload
+        self.encodeRange = encodeRange
+        self.attempt = attempt
+        self.kills = kills
+    }
+}
+
+/// Why the pool stopped a worker.
+enum StopReason: Sendable {
+    case timeout(unit: UInt64)
+    case softTimeout(unit: UInt64)
+    case cancelled(unit: UInt64)
+    case terminate(PoolError)
+    /// The worker sent something the parent cannot accept: it is killed, and the unit it was on is charged.
+    case protocolViolation(PoolError)
+}
+
+/// One worker process of a pool, as the parent sees it.
+final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guarded by the core's lock
+    let handle: ProcessHandle
+    let channel: Connection
+    let stderrFd: Int32
+    let shared: SharedSlot
+    let wakeFd: Int32
+    let outbox: Outbox
+    let spawnedAt = ContinuousClock.now
+
+    var inflight: [Unit] = []
+    var knownFunctions: Set<UInt32> = []
+    var dispatched = 0
+    var retiring = false
+    var shutdownSent = false
+    var stop: StopReason?
+    var killAt: ContinuousClock.Instant?
+    var readyAt: ContinuousClock.Instant?
+    var busy: Duration = .zero
+    var idleSince: ContinuousClock.Instant?
+    var idle: Duration = .zero
+    var tasksDone = 0
+    var exited = false
+
+    // Reactor thread only.
+    var reader = FrameDecoder.pool()
+    var sawReady = false
+    var stderrTail: [UInt8] = []
+
+    init(handle: ProcessHandle, channel: Connection, stderrFd: Int32, shared: SharedSlot, wakeFd: Int32) {
+        self.handle = handle
+        self.channel = channel
+        self.stderrFd = stderrFd
+        self.shared = shared
+        self.wakeFd = wakeFd
+        outbox = Outbox(fd: channel.fileDescriptor)
+    }
+
+    var pid: Int32 { handle.pid }
+
+    func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeFd, &one, 8)
+    }
+
+    /// At most `n` lines of what the worker wrote to standard error: from its crash report's first line if
+    /// there is one (so that `Fatal error: …` and the frames nearest the crash are kept, not the stack's
+    /// bottom), else the last lines.
+    func stderrLines(_ n: Int) -> [String] {
+        let text = String(decoding: stderrTail, as: UTF8.self)
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+        let markers = ["Fatal error:", "*** Signal ", "*** Program crashed:", "Current stack trace:"]
+        if let first = lines.firstIndex(where: { l in markers.contains { l.contains($0) } }) {
+            // The line before the report too: often what the program printed last.
+            let from = max(0, first - 1)
+            return Array(lines[from..<min(lines.count, from + n)])
+        }
+        return Array(lines.suffix(n))
+    }
+}
+
+extension SharedSlot {
+    /// When the running item started (CLOCK_MONOTONIC nanoseconds).
+    var itemStart: UInt64 { mp_atomic_load_u64((base + 24).assumingMemoryBound(to: UInt64.self)) }
+    func setItemStart(_ t: UInt64) { mp_atomic_store_u64((base + 24).assumingMemoryBound(to: UInt64.self), t) }
+
+    /// Units cancelled before they started: a ring of 64 ids the worker checks when a unit starts.
+    func markCancelled(_ unit: UInt64, ring: inout Int) {
+        mp_atomic_store_u64((base + 64 + (ring % 64) * 8).assumingMemoryBound(to: UInt64.self), unit)
+        ring += 1
+    }
+
+    func isMarkedCancelled(_ unit: UInt64) -> Bool {
+        for i in 0..<64 where mp_atomic_load_u64((base + 64 + i * 8).assumingMemoryBound(to: UInt64.self)) == unit {
+            return true
+        }
+        return false
+    }
+}
+
+func signalName(_ sig: Int32) -> String {
+    switch sig {
+    case SIGKILL: "SIGKILL"
+    case SIGTERM: "SIGTERM"
+    case SIGSEGV: "SIGSEGV"
+    case SIGILL: "SIGILL"
+    case SIGTRAP: "SIGTRAP"
+    case SIGABRT: "SIGABRT"
+    case SIGBUS: "SIGBUS"
+    case SIGFPE: "SIGFPE"
+    case SIGINT: "SIGINT"
+    default: "signal \(sig)"
+    }
+}

@@ -504,12 +504,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             everyoneGone = slots.isEmpty && spawning == 0 && !wantsWorkers
         }
         flushAll()
-        Reactor.shared.cancelWaits(on: slot.channel.fileDescriptor)
-        slot.channel.close()
-        Reactor.shared.cancelWaits(on: slot.stderrFd)
-        Syscall.close(slot.stderrFd)
-        Syscall.close(slot.wakeFd)
-        slot.shared.unmap()
+        slot.release()
         // We are inside the pidfd's own handler: close it once the reactor has unregistered it. Only
         // then does `join()` return, so that every descriptor and mapping of the pool is released.
         Reactor.shared.afterCurrentEvent { [self] in

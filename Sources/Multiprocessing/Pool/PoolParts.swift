@@ -135,6 +135,18 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
 
     var pid: Int32 { handle.pid }
 
+    /// Closes what this slot owns — the channel, the stderr pipe, the wake-up eventfd — and unmaps the
+    /// shared page, once the worker has exited and everything it sent was read. The pidfd is the
+    /// handle's, closed by it.
+    func release() {
+        Reactor.shared.cancelWaits(on: channel.fileDescriptor)
+        channel.close()
+        Reactor.shared.cancelWaits(on: stderrFd)
+        Syscall.close(stderrFd)
+        Syscall.close(wakeFd)
+        shared.unmap()
+    }
+
     func wake() {
         var one: UInt64 = 1
         _ = write(wakeFd, &one, 8)

@@ -36,28 +36,34 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
         var sent = 0
         while true {
             while sent < data.count {
-                let from = sent
-                let n = Result {
-                    try data.withUnsafeBytes { p in
-                        try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...]))
-                    }
+                guard let k = sendSome(data, from: sent) else {
+                    close()  // EPIPE and the like: the worker is gone, its death is handled elsewhere
+                    lock.withLock { writing = false }
+                    return
                 }
-                if case .success(let k?) = n, k > 0 {
+                if k > 0 {
                     sent += k
                     continue
                 }
-                if case .success(nil) = n {
-                    let rest = Array(data[sent...])
-                    _ = try? Outbox.background.submit { [self] in self.finishBlocking(rest) }
-                    return
-                }
-                close()  // EPIPE and the like: the worker is gone, its death is handled elsewhere
-                lock.withLock { writing = false }
+                // The socket is full: a background writer finishes, so the caller never blocks.
+                let rest = Array(data[sent...])
+                _ = try? Outbox.background.submit { [self] in self.finishBlocking(rest) }
                 return
             }
             guard let more = takeMore() else { return }
             data = more
             sent = 0
+        }
+    }
+
+    /// Sends what the socket takes of `data[from...]` now: the bytes sent (0 if it would block), or `nil`
+    /// if the worker is gone.
+    private func sendSome(_ data: [UInt8], from: Int) -> Int? {
+        do {
+            return try data.withUnsafeBytes { p in try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...]))
+            } ?? 0
+        } catch {
+            return nil
         }
     }
 
@@ -90,20 +96,12 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
                 if lock.withLock({ closed }) { return }
                 var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 if poll(&pfd, 1, 100) <= 0 { continue }
-                let from = sent
-                let n = Result {
-                    try data.withUnsafeBytes { p in
-                        try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...]))
-                    }
+                guard let k = sendSome(data, from: sent) else {
+                    close()
+                    lock.withLock { writing = false }
+                    return
                 }
-                if case .success(let k?) = n, k > 0 {
-                    sent += k
-                    continue
-                }
-                if case .success(nil) = n { continue }
-                close()
-                lock.withLock { writing = false }
-                return
+                sent += k
             }
             guard let more = takeMore() else { return }
             data = more

@@ -737,7 +737,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                     unit.softIndex = index
                     unit.softAt = until
                     slot.shared.requestItemCancel(unit: unit.id, index: running.index)
-                    slot.wake()
+                    deferred.append { slot.wake() }  // an eventfd write: after the lock
                 }
                 if let at = decision.lookAgainAt { wakeAt(at) }
                 switch decision.stop {
@@ -810,7 +810,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     private func requestCancel(_ slot: WorkerSlot, _ unit: Unit) {
         slot.shared.requestCancel(unit.id)
-        slot.wake()
+        deferred.append { slot.wake() }  // an eventfd write: after the lock
     }
 
     // MARK: - cancellation, close, terminate

@@ -99,18 +99,21 @@ struct PoolPromiseTests {
     }
 
     @Test func exitWithABusyPoolIsQuick() throws {
-        let (mine, theirs) = try makePipe()
-        let child = ChildProcess(job: ExitWithBusyPool(ready: theirs))
-        try child.start()
-        let workers: [Int32] = try mine.recv(timeout: .seconds(30))
-        #expect(workers.count == 8)
-        let start = ContinuousClock.now
-        #expect(try child.join(timeout: .seconds(20)))
-        let took = (ContinuousClock.now - start).milliseconds
-        // The clean-up lost up to a second per worker before (3–5 s for 8).
-        #expect(took < 1_000, "exit with 8 busy workers took \(took) ms")
-        #expect(child.exitCode == 0)
-        for pid in workers { #expect(kill(pid, 0) != 0, "worker \(pid) outlived its parent") }
+        // Three programs in a row: the race that cost up to a second per worker did not strike every time.
+        for _ in 0..<3 {
+            let (mine, theirs) = try makePipe()
+            let child = ChildProcess(job: ExitWithBusyPool(ready: theirs))
+            try child.start()
+            let workers: [Int32] = try mine.recv(timeout: .seconds(30))
+            #expect(workers.count == 8)
+            let start = ContinuousClock.now
+            #expect(try child.join(timeout: .seconds(20)))
+            let took = (ContinuousClock.now - start).milliseconds
+            // The clean-up lost up to a second per worker before (3–5 s for 8).
+            #expect(took < 1_000, "exit with 8 busy workers took \(took) ms")
+            #expect(child.exitCode == 0)
+            for pid in workers { #expect(kill(pid, 0) != 0 || isZombie(pid), "worker \(pid) outlived its parent") }
+        }
     }
 
     // MARK: 3. an oversized result fails its item at once; a unit that kills workers is charged

@@ -6,8 +6,14 @@ import Threading
 /// written by whichever thread flushes, never blocking it: the reactor thread must never wait on a
 /// worker that is itself waiting for the reactor to read its replies. A write that would block is handed
 /// to a background thread that waits for the socket to drain.
+///
+/// The outbox writes through its own duplicate of the channel's descriptor, which it closes itself once
+/// it is released and no writer is using it: a writer never sends on a number that the channel's owner
+/// has closed and the system has given to something else.
 final class Outbox: @unchecked Sendable {  // state behind `lock`
     private let fd: Int32
+    private var released = false
+    private var fdClosed = false
     private let lock = Lock()
     private var buffer: [UInt8] = []
     private var writing = false
@@ -15,19 +21,44 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
 
     private static let background = ThreadPool(maxWorkers: 64, threadNamePrefix: "mp-pool-writer")
 
-    init(fd: Int32) { self.fd = fd }
+    /// Writes to a duplicate of `channel` (a failed `dup` leaves an outbox whose writes fail, as to a
+    /// dead worker).
+    init(channel: Int32) { fd = (try? Syscall.dup(channel)) ?? -1 }
+
+    /// The duplicate this outbox writes through (for leak tests).
+    var descriptor: Int32 { fd }
+
+    deinit { if fd >= 0 && !fdClosed { Syscall.close(fd) } }
 
     func append(_ bytes: [UInt8]) {
         guard !bytes.isEmpty else { return }
         lock.withLock { if !closed { buffer += bytes } }
     }
 
-    /// Stops writing (the worker is gone); pending bytes are dropped.
+    /// Stops writing (the worker is gone); pending bytes are dropped. A writer in the middle of a send
+    /// stops at its next step.
     func close() {
         lock.withLock {
             closed = true
             buffer = []
         }
+    }
+
+    /// Closes the descriptor once no writer uses it (now, or when the writer stops). After ``close()``.
+    func release() {
+        let closeNow = lock.withLock { () -> Bool in
+            closed = true
+            released = true
+            return takeDescriptorIfIdle()
+        }
+        if closeNow { Syscall.close(fd) }
+    }
+
+    /// Whether the descriptor is to be closed now (released, no writer, not closed yet). Lock held.
+    private func takeDescriptorIfIdle() -> Bool {
+        guard released, !writing, !fdClosed, fd >= 0 else { return false }
+        fdClosed = true
+        return true
     }
 
     /// Writes what is pending without blocking the caller.
@@ -37,8 +68,7 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
         while true {
             while sent < data.count {
                 guard let k = sendSome(data, from: sent) else {
-                    close()  // EPIPE and the like: the worker is gone, its death is handled elsewhere
-                    lock.withLock { writing = false }
+                    stopWriting()  // EPIPE and the like: the worker is gone, its death is handled elsewhere
                     return
                 }
                 if k > 0 {
@@ -78,27 +108,45 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
 
     /// The next bytes for the current writer, or `nil` (and the writer role released) when none.
     private func takeMore() -> [UInt8]? {
-        lock.withLock {
+        let (more, closeNow) = lock.withLock { () -> ([UInt8]?, Bool) in
             guard !buffer.isEmpty, !closed else {
                 writing = false
-                return nil
+                return (nil, takeDescriptorIfIdle())
             }
             defer { buffer = [] }
-            return buffer
+            return (buffer, false)
         }
+        if closeNow { Syscall.close(fd) }
+        return more
     }
 
+    /// The worker cannot be written to: stop for good.
+    private func stopWriting() {
+        let closeNow = lock.withLock { () -> Bool in
+            closed = true
+            buffer = []
+            writing = false
+            return takeDescriptorIfIdle()
+        }
+        if closeNow { Syscall.close(fd) }
+    }
+
+    /// Finishes a write the socket could not take at once. Waits for room without a time limit: the
+    /// outbox is closed only after its worker has exited, and a socket whose peer has exited is always
+    /// ready (the send then fails and the writer stops), so no polling for `closed` is needed.
     private func finishBlocking(_ first: [UInt8]) {
         var data = first
         while true {
             var sent = 0
             while sent < data.count {
-                if lock.withLock({ closed }) { return }
-                var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                if poll(&pfd, 1, 100) <= 0 { continue }
-                guard let k = sendSome(data, from: sent) else {
-                    close()
-                    lock.withLock { writing = false }
+                if lock.withLock({ closed }) {
+                    stopWriting()
+                    return
+                }
+                guard (try? Syscall.poll(fd, events: Int16(POLLOUT), deadline: nil)) == true,
+                    let k = sendSome(data, from: sent)
+                else {
+                    stopWriting()
                     return
                 }
                 sent += k

@@ -938,10 +938,14 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     /// Workers that died unexpectedly (crashed, were killed from outside, broke the protocol) so far.
     var workerDeaths: Int { lock.withLock { unexpectedDeaths } }
 
-    /// Every descriptor the live workers' slots hold (channel, stderr pipe, wake-up eventfd, pidfd), for
-    /// leak tests.
+    /// Every descriptor the live workers' slots hold (channel and its outbox's duplicate, stderr pipe,
+    /// wake-up eventfd, pidfd), for leak tests.
     var descriptors: [Int32] {
-        lock.withLock { slots.flatMap { [$0.channel.fileDescriptor, $0.stderrFd, $0.wakeFd, $0.handle.sentinel] } }
+        lock.withLock {
+            slots.flatMap {
+                [$0.channel.fileDescriptor, $0.outbox.descriptor, $0.stderrFd, $0.wakeFd, $0.handle.sentinel]
+            }
+        }
     }
 
     /// Kills every worker and reaps it, without settling any work (the program is about to end).

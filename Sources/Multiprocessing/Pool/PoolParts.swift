@@ -130,15 +130,16 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
         self.stderrFd = stderrFd
         self.shared = shared
         self.wakeFd = wakeFd
-        outbox = Outbox(fd: channel.fileDescriptor)
+        outbox = Outbox(channel: channel.fileDescriptor)
     }
 
     var pid: Int32 { handle.pid }
 
-    /// Closes what this slot owns — the channel, the stderr pipe, the wake-up eventfd — and unmaps the
-    /// shared page, once the worker has exited and everything it sent was read. The pidfd is the
-    /// handle's, closed by it.
+    /// Closes what this slot owns — the outbox's descriptor, the channel, the stderr pipe, the wake-up
+    /// eventfd — and unmaps the shared page, once the worker has exited and everything it sent was read.
+    /// The pidfd is the handle's, closed by it.
     func release() {
+        outbox.release()
         Reactor.shared.cancelWaits(on: channel.fileDescriptor)
         channel.close()
         Reactor.shared.cancelWaits(on: stderrFd)

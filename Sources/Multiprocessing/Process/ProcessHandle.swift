@@ -243,13 +243,15 @@ public enum Processes {
     public static func reapAdoptedOrphan(_ pid: Int32, timeout: Duration? = .zero) -> Bool {
         if ChildRegistry.all.contains(where: { $0.pid == pid }) { return false }
         let deadline = Deadline.after(timeout)
-        while true {
-            var status: Int32 = 0
-            let r = mp_waitpid_nohang(pid, &status)
-            if r == pid { return true }
-            if r < 0 || (deadline?.hasPassed ?? false) { return false }  // not our child, or out of time
-            usleep(2_000)
-        }
+        var status: Int32 = 0
+        var r = mp_waitpid_nohang(pid, &status)
+        if r != 0 { return r == pid }  // reaped, or not our child
+        // Still running: wait on a pidfd of our own (readable when it ends) rather than polling.
+        guard let pidfd = try? Syscall.check("pidfd_open", mp_pidfd_open(pid)) else { return false }
+        defer { Syscall.close(pidfd) }
+        guard (try? Syscall.poll(pidfd, events: Int16(POLLIN), deadline: deadline)) == true else { return false }
+        r = mp_waitpid_nohang(pid, &status)
+        return r == pid
     }
 
     /// Children started by this library that are still running; reaps those that have ended —

@@ -151,16 +151,11 @@ package enum Syscall {
         return true
     }
 
-    /// Clears `O_NONBLOCK`.
-    package static func setBlocking(_ fd: Int32) {
-        let flags = fcntl(fd, F_GETFL)
-        if flags >= 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
-    }
-
+    /// Sets or clears `O_NONBLOCK`; whether it could.
     @discardableResult
-    static func setNonBlocking(_ fd: Int32) -> Bool {
+    package static func setNonBlocking(_ fd: Int32, _ on: Bool = true) -> Bool {
         let flags = fcntl(fd, F_GETFL)
-        return flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0
+        return flags >= 0 && fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) == 0
     }
 
     static func dup(_ fd: Int32) throws -> Int32 {

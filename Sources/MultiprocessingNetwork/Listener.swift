@@ -152,7 +152,7 @@ public func connect(
             Syscall.close(s)
             throw MultiprocessingError(.timedOut, "connecting to \(address) timed out")
         }
-        Syscall.setBlocking(s)
+        Syscall.setNonBlocking(s, false)
         if family != AF_UNIX { _ = mp_set_nodelay(s) }
         return s
     }

@@ -31,6 +31,25 @@ struct ConnectionTests {
         #expect(throws: MultiprocessingError.self) { try r.sendBytes([1]) }
     }
 
+    @Test func asyncReceiversWaitTheirTurnAndHonourCancellation() async throws {
+        let (a, b) = try makePipe()
+        // Two tasks wait on one end (one holds the receive lock, the other waits for it as a task).
+        let first = Task { try await a.recv(Int.self) }
+        let second = Task { try await a.recv(Int.self) }
+        try await Task.sleep(for: .milliseconds(50))
+        try b.send(1)
+        try b.send(2)
+        let got = Set([try await first.value, try await second.value])
+        #expect(got == [1, 2])
+        // A waiting receiver that is cancelled returns at once, and the connection still works.
+        let waiting = Task { try await a.recv(Int.self) }
+        try await Task.sleep(for: .milliseconds(50))
+        waiting.cancel()
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+        try b.send(3)
+        #expect(try a.recv(Int.self, timeout: .seconds(5)) == 3)
+    }
+
     @Test func pollAndTimeout() throws {
         let (a, b) = try makePipe()
         #expect(try !b.poll())

@@ -256,3 +256,15 @@ struct ExitWithBusyPool: Job {
         exit(0)
     }
 }
+
+/// Writes a 'resend' reply for the unit it runs (as a worker that could not decode it would), then
+/// answers: a worker that asks again for a unit already sent alone breaks the protocol.
+struct AsksToResend: TaskFunction {
+    func callAsFunction(_ x: Int) -> Int {
+        let unit = PoolWorker.slot.running.unit
+        var frame: [UInt8] = [0, 0, 0, 9, PoolWire.resend]
+        withUnsafeBytes(of: unit.littleEndian) { frame.append(contentsOf: $0) }
+        _ = write(3, &frame, frame.count)
+        return x
+    }
+}

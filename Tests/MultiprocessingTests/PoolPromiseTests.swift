@@ -98,6 +98,33 @@ struct PoolPromiseTests {
         }
     }
 
+    @Test func asyncJoinOfBusyPoolWorkersNeverHangs() async throws {
+        let pool = try ProcessPool(workers: 4, options: testPoolOptions())
+        defer { pool.terminate() }
+        let tasks = try (0..<4).map { _ in try pool.submit(BlockingSleep(), 10_000) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while pool.core.busyWorkers < 4 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        let mine = Set(pool.workerPIDs)
+        for h in Processes.activeChildren() where mine.contains(h.pid) {
+            h.terminate()
+            // The async join borrows the pidfd too: the pool's reactor reaps and closes it meanwhile.
+            let joined = await withTaskGroup(of: Bool.self) { group in
+                group.addTask { (try? await h.join()) != nil }
+                group.addTask {
+                    try? await Task.sleep(for: .seconds(3))
+                    return false
+                }
+                let first = await group.next()!
+                group.cancelAll()
+                return first
+            }
+            #expect(joined, "async join of terminated worker \(h.pid) did not return within 3 s")
+        }
+        for t in tasks { t.cancel() }
+    }
+
     @Test func exitWithABusyPoolIsQuick() throws {
         // Three programs in a row: the race that cost up to a second per worker did not strike every time.
         for _ in 0..<3 {
@@ -151,6 +178,22 @@ struct PoolPromiseTests {
         #expect(ContinuousClock.now - start < .seconds(10))
         // One death to find the unit, one to find its item: not a worker killed per run for ever.
         #expect(pool.core.workerDeaths <= 2)
+    }
+
+    @Test func aWorkerThatAsksToResendForEverIsStopped() async throws {
+        let pool = try ProcessPool(workers: 1, options: testPoolOptions())
+        defer { pool.terminate() }
+        // The chunk of two is sent again item by item (as for an undecodable chunk); asking again for a
+        // single item would loop for ever, so that worker is stopped and the item fails.
+        let results = try await background {
+            try pool.mapResults(AsksToResend(), [1, 2], chunksize: 2, timeout: .seconds(30))
+        }.value
+        for r in results {
+            #expect { try r.get() } throws: { e in
+                (e as? PoolError)?.message.contains("broke the pool protocol") == true
+            }
+        }
+        #expect(try await pool.submit(Square(x: 6)).value == 36)  // the pool goes on
     }
 
     // MARK: 4. retries follow their policy after close()
@@ -215,6 +258,18 @@ struct PoolPromiseTests {
         } throws: { e in
             (e as? PoolError)?.stderrTail.contains { $0.contains("PoolJobs.swift") } == true
         }
+    }
+
+    @Test func theCrashTailStartsAtTheLastReport() {
+        let trap =
+            "starting\nFatal error: not this one\nmore work\nitem 3\nFatal error: Index out of range\n"
+            + "*** Signal 4: Backtracing\n" + (0..<40).map { "frame \($0)" }.joined(separator: "\n")
+        #expect(
+            crashTail(trap, lines: 3) == ["item 3", "Fatal error: Index out of range", "*** Signal 4: Backtracing"]
+        )
+        let plain = "Fatal error: Index out of range\nCurrent stack trace:\n0 a\n1 b"
+        #expect(crashTail(plain, lines: 2) == ["Fatal error: Index out of range", "Current stack trace:"])
+        #expect(crashTail("a\nb\nc", lines: 2) == ["b", "c"])  // no report: the last lines
     }
 
     @Test func aBareFrameLengthAllocatesNothing() throws {

@@ -104,13 +104,7 @@ public final class Connection: @unchecked Sendable {
     func sendFrame(_ payload: UnsafeRawBufferPointer, fds: [Int32], deadline: Deadline? = nil) throws {
         try checkOpen()
         guard isWritable else { throw MultiprocessingError(.invalidState, "this end of the connection is read-only") }
-        var header: [UInt8] = []
-        if payload.count > Int(Int32.max) {
-            header = [0xff, 0xff, 0xff, 0xff]
-            withUnsafeBytes(of: UInt64(payload.count).bigEndian) { header.append(contentsOf: $0) }
-        } else {
-            withUnsafeBytes(of: Int32(payload.count).bigEndian) { header.append(contentsOf: $0) }
-        }
+        let header = FrameDecoder.header(for: payload.count)
         if let deadline {
             guard fds.isEmpty else {
                 throw MultiprocessingError(.invalidState, "descriptors cannot be sent with a timeout")

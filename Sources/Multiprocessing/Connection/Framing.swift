@@ -36,15 +36,17 @@ package struct FrameDecoder {
     /// Whether any bytes are buffered: a whole frame, or part of one.
     package var hasBufferedBytes: Bool { end > start || large != nil }
 
-    /// Whether ``next(_:)`` would return a frame or throw, without reading.
-    package var hasWholeFrame: Bool {
-        if let large { return large.filled == large.size }
-        do {
-            guard let h = try header() else { return false }
-            return end - start >= h.length + h.size
-        } catch {
-            return true  // a bad header: `next` reports it
+    /// The header that precedes a `count`-byte payload, as CPython writes it: a 4-byte big-endian length,
+    /// or `-1` and an 8-byte length past `Int32.max`. (The encoding side, for senders.)
+    package static func header(for count: Int) -> [UInt8] {
+        var header: [UInt8] = []
+        if count > Int(Int32.max) {
+            header = [0xff, 0xff, 0xff, 0xff]
+            withUnsafeBytes(of: UInt64(count).bigEndian) { header.append(contentsOf: $0) }
+        } else {
+            withUnsafeBytes(of: Int32(count).bigEndian) { header.append(contentsOf: $0) }
         }
+        return header
     }
 
     /// Calls `read` with the free space and takes what it returns: the number of bytes read, 0 at end of
@@ -52,6 +54,8 @@ package struct FrameDecoder {
     /// than the rest of that frame.
     package mutating func read(_ read: (UnsafeMutableRawBufferPointer) throws -> Int?) rethrows -> Int? {
         if var l = large {
+            // A whole large frame waits to be taken: there is nothing to read into until it is.
+            if l.filled == l.size { return nil }
             large = nil  // `l` holds the only reference: growing it copies nothing
             defer { large = l }
             if l.filled == l.payload.count { Self.grow(&l.payload, to: min(l.size, max(2 * l.payload.count, 1 << 20))) }
@@ -107,7 +111,7 @@ package struct FrameDecoder {
         if let l = large {
             guard l.filled == l.size else { return nil }
             large = nil
-            return l.payload.count == l.size ? l.payload : Array(l.payload[0..<l.size])
+            return l.payload  // grown to the frame's size at most: exactly the frame
         }
         return try next { Array($0) }
     }

@@ -166,8 +166,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     }
 
     /// Assigns pending units to workers with room. Lock held.
-    private func pump() {
-        guard !pending.isEmpty else { return }
+    @discardableResult
+    private func pump() -> [WorkerSlot] {
+        var given: [WorkerSlot] = []
+        guard !pending.isEmpty else { return given }
         // Each worker holds the unit it runs plus the next one, so it never waits for the parent (whose
         // reactor thread may wait milliseconds for a CPU while workers keep both cores busy: pulling
         // 2 ms units one at a time halved the CPU benchmark's speed-up). Tiny units are pipelined
@@ -178,7 +180,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             for s in slots where !s.exited && !s.retiring && s.stop == nil && s.inflight.count < window {
                 if best == nil || s.inflight.count < best!.inflight.count { best = s }
             }
-            guard let slot = best else { return }
+            guard let slot = best else { return given }
             let unit = pending.removeFirst()
             if unit.call.isCancelled {
                 settleRange(unit, unit.reported..<unit.count, CancellationError())
@@ -219,6 +221,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             w.put(unit.payload)
             w.end(at)
             slot.outbox.append(w.take())
+            if !given.contains(where: { $0 === slot }) { given.append(slot) }
             if slot.inflight.isEmpty, let since = slot.idleSince {
                 slot.idle += .now - since
                 slot.idleSince = nil
@@ -226,11 +229,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             slot.inflight.append(unit)
             slot.dispatched += 1
             // A unit with a deadline: the supervisor must know it is out there, or it sleeps through it.
-            if unit.call.options.timeout != nil || unit.call.options.softTimeout != nil { supervisorWake.set() }
+            if unit.call.options.timeout != nil || unit.call.options.softTimeout != nil { supervisorDue = true }
             if PoolDecisions.retires(dispatched: slot.dispatched, maxTasksPerChild: options.maxTasksPerChild) {
                 slot.retiring = true
             }
         }
+        return given
     }
 
     private func flushAll() {
@@ -238,22 +242,33 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         for s in all { s.outbox.flush() }
     }
 
-    /// Work to do once the lock is released (deliveries to calls).
+    /// Work to do once the lock is released: deliveries to calls, signals, eventfd writes.
     private var deferred: [() -> Void] = []
+    /// The supervisor must look again (a unit with a deadline was sent, a retry was scheduled): it is
+    /// woken once the lock is released.
+    private var supervisorDue = false
 
+    @discardableResult
     private func withLockThenDeliver<R>(_ body: () -> R) -> R {
-        let (r, work) = lock.withLock { () -> (R, [() -> Void]) in
+        let (r, work, wake) = lock.withLock { () -> (R, [() -> Void], Bool) in
             let r = body()
-            defer { deferred = [] }
-            return (r, deferred)
+            defer {
+                deferred = []
+                supervisorDue = false
+            }
+            return (r, deferred, supervisorDue)
         }
         for w in work { w() }
+        if wake { supervisorWake.set() }
         return r
     }
 
     // MARK: - replies (reactor thread)
 
     private func readable(_ slot: WorkerSlot) -> Bool {
+        // After a protocol violation nothing more from this worker is trusted, not even replies already
+        // buffered behind the bad frame (they would settle items the violation charges).
+        if slot.brokeProtocol { return false }
         var open = true
         var touched: [CallCore] = []
         defer { for c in touched { c.flushDeliveries() } }
@@ -271,10 +286,11 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             }
             if n <= 0 || slot.reader.lastReadWasShort { break }  // drained (epoll re-arms if more comes)
         }
-        withLockThenDeliver { pump() }
-        // pump() may have given work to any worker, not only this one: all outboxes, or a unit waits
-        // for the supervisor's next round.
-        flushAll()
+        let given = withLockThenDeliver { pump() }
+        // pump() may have given work to any worker, not only this one: those outboxes too, or a unit
+        // waits for the supervisor's next round.
+        slot.outbox.flush()
+        for s in given where s !== slot { s.outbox.flush() }
         if !open {
             // The worker closed its end: it is exiting (or broken); make sure it does.
             let expected = lock.withLock { slot.shutdownSent || slot.stop != nil || slot.exited }
@@ -299,7 +315,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         let kind = body[0]
         let unitId: UInt64 = try c.get()
         if kind == PoolWire.resend {
-            resendAlone(slot, unitId)
+            try resendAlone(slot, unitId)
             return nil
         }
         let start = Int(try c.get(UInt32.self))
@@ -371,14 +387,19 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     }
 
     /// The worker could not decode a chunk as a whole: its items go again one by one, so an item that
-    /// cannot be decoded fails alone.
-    private func resendAlone(_ slot: WorkerSlot, _ unitId: UInt64) {
-        withLockThenDeliver {
-            guard let k = slot.inflight.firstIndex(where: { $0.id == unitId }) else { return }
-            let unit = slot.inflight.remove(at: k)
-            pending.prepend(contentsOf: singletons(unit, unit.reported..<unit.count))
+    /// cannot be decoded fails alone. A worker asks this only of a chunk of several items it has not
+    /// answered: any other request would send the same unit round for ever, and breaks the protocol.
+    private func resendAlone(_ slot: WorkerSlot, _ unitId: UInt64) throws {
+        let refused: Bool = withLockThenDeliver {
+            guard let k = slot.inflight.firstIndex(where: { $0.id == unitId }) else { return false }
+            let unit = slot.inflight[k]
+            guard unit.reported == 0, unit.count > 1 else { return true }
+            slot.inflight.remove(at: k)
+            pending.prepend(contentsOf: singletons(unit, 0..<unit.count))
             unitFinished(slot)
+            return false
         }
+        if refused { throw MultiprocessingError(.malformedMessage, "a request to resend a unit of one item") }
     }
 
     /// A unit finished on `slot`: shut it down if it is retiring and idle. Lock held. (The memory limit is
@@ -405,6 +426,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     }
 
     private func protocolViolation(_ slot: WorkerSlot, _ error: any Error) {
+        slot.brokeProtocol = true
         lock.withLock {
             if slot.stop == nil {
                 slot.stop = .protocolViolation(
@@ -620,27 +642,25 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             settleRange(unit, range, terminalError)
             return
         }
+        if let again = part(unit, range, attempt: unit.attempt, kills: kills ?? unit.kills) { requeued.append(again) }
+    }
+
+    /// Items `range` (relative) of `unit` as a new unit with the next id; `nil` after failing those items
+    /// if they cannot be encoded again. Lock held.
+    private func part(_ unit: Unit, _ range: Range<Int>, attempt: Int, kills: Int) -> Unit? {
         do {
-            requeued.append(try unit.part(range, id: nextUnit, attempt: unit.attempt, kills: kills ?? unit.kills))
-            nextUnit += 1
+            defer { nextUnit += 1 }
+            return try unit.part(range, id: nextUnit, attempt: attempt, kills: kills)
         } catch {
             settleRange(unit, range, error)
+            return nil
         }
     }
 
     /// Items `range` (relative) of `unit`, each as a unit of its own (an item that cannot be re-encoded
     /// fails). Lock held.
     private func singletons(_ unit: Unit, _ range: Range<Int>) -> [Unit] {
-        var parts: [Unit] = []
-        for j in range {
-            do {
-                parts.append(try unit.part(j..<(j + 1), id: nextUnit, attempt: unit.attempt, kills: unit.kills))
-                nextUnit += 1
-            } catch {
-                settleItem(unit, j, error)
-            }
-        }
-        return parts
+        range.compactMap { j in part(unit, j..<(j + 1), attempt: unit.attempt, kills: unit.kills) }
     }
 
     private func settleRange(_ unit: Unit, _ range: Range<Int>, _ error: any Error) {
@@ -648,19 +668,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     }
 
     private func scheduleRetry(_ unit: Unit, index i: Int, crashed: Bool) {
-        do {
-            let again = try unit.part(
-                i..<(i + 1),
-                id: nextUnit,
-                attempt: unit.attempt + 1,
-                kills: unit.kills + (crashed ? 1 : 0)
-            )
-            nextUnit += 1
-            delayed.append((.now + unit.call.options.retry.delay(beforeAttempt: unit.attempt + 1), again))
-            supervisorWake.set()
-        } catch {
-            settleItem(unit, i, error)
-        }
+        guard let again = part(unit, i..<(i + 1), attempt: unit.attempt + 1, kills: unit.kills + (crashed ? 1 : 0))
+        else { return }
+        delayed.append((.now + unit.call.options.retry.delay(beforeAttempt: unit.attempt + 1), again))
+        supervisorDue = true
     }
 
     private var terminalError: PoolError {
@@ -765,7 +776,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             if isDrainedAndClosed { for s in slots where s.inflight.isEmpty { sendShutdown(s) } }
             pump()
             if !wantsWorkers && slots.isEmpty && spawning == 0 {
-                allExited.set()
+                deferred.append { [allExited] in allExited.set() }
                 if case .running = phase {} else { finished = true }
             }
         }
@@ -873,7 +884,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             slot.inflight = []
             if slot.stop == nil { stopWorker(slot, .terminate(error), grace: .milliseconds(500)) }
         }
-        if slots.isEmpty && spawning == 0 { allExited.set() }
+        if slots.isEmpty && spawning == 0 { deferred.append { [allExited] in allExited.set() } }
     }
 
     private func breakPool(_ error: PoolError) {

@@ -122,6 +122,8 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
     // Reactor thread only.
     var reader = FrameDecoder.pool()
     var sawReady = false
+    /// The worker sent something unacceptable: nothing more it sent is read (it is being killed).
+    var brokeProtocol = false
     var stderrTail: [UInt8] = []
 
     init(handle: ProcessHandle, channel: Connection, stderrFd: Int32, shared: SharedSlot, wakeFd: Int32) {
@@ -153,20 +155,22 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
         _ = write(wakeFd, &one, 8)
     }
 
-    /// At most `n` lines of what the worker wrote to standard error: from its crash report's first line if
-    /// there is one (so that `Fatal error: …` and the frames nearest the crash are kept, not the stack's
-    /// bottom), else the last lines.
-    func stderrLines(_ n: Int) -> [String] {
-        let text = String(decoding: stderrTail, as: UTF8.self)
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
-        let markers = ["Fatal error:", "*** Signal ", "*** Program crashed:", "Current stack trace:"]
-        if let first = lines.firstIndex(where: { l in markers.contains { l.contains($0) } }) {
-            // The line before the report too: often what the program printed last.
-            let from = max(0, first - 1)
-            return Array(lines[from..<min(lines.count, from + n)])
-        }
-        return Array(lines.suffix(n))
-    }
+    /// At most `n` lines of what the worker wrote to standard error (see ``crashTail(_:lines:)``).
+    func stderrLines(_ n: Int) -> [String] { crashTail(String(decoding: stderrTail, as: UTF8.self), lines: n) }
+}
+
+/// At most `n` lines of a dead worker's standard error: from the start of its crash report if there is
+/// one (so that `Fatal error: …` and the frames nearest the crash are kept, not the bottom of the
+/// stack), else the last lines. The report is the *last* one written (an earlier task may have printed
+/// a line that looks like one); it starts at its `Fatal error:` line, or at `*** Signal` when the crash
+/// was a signal, and the line before it is kept too (often what the program printed last).
+func crashTail(_ text: String, lines n: Int) -> [String] {
+    let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+    func starts(_ l: String) -> Bool { l.contains("Fatal error:") || l.contains("*** Signal ") }
+    guard var first = lines.lastIndex(where: starts) else { return Array(lines.suffix(n)) }
+    if first > 0 && starts(lines[first - 1]) { first -= 1 }  // `Fatal error:` just before `*** Signal`
+    let from = max(0, first - 1)
+    return Array(lines[from..<min(lines.count, from + n)])
 }
 
 extension SharedSlot {

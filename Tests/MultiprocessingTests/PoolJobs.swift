@@ -55,9 +55,7 @@ struct AlwaysCrash: TaskFunction {
 struct CrashOnce: TaskFunction {
     let marker: String
     func callAsFunction(_ x: Int) -> Int {
-        if access(marker, F_OK) != 0 {
-            let fd = open(marker, O_CREAT | O_WRONLY, 0o644)
-            close(fd)
+        if firstTime(marker) {
             kill(getpid(), SIGKILL)
         }
         return x + 1000
@@ -68,9 +66,7 @@ struct CrashOnce: TaskFunction {
 struct ThrowOnce: TaskFunction {
     let marker: String
     func callAsFunction(_ x: Int) throws -> Int {
-        if access(marker, F_OK) != 0 {
-            let fd = open(marker, O_CREAT | O_WRONLY, 0o644)
-            close(fd)
+        if firstTime(marker) {
             throw CodableFailure(reason: "first attempt")
         }
         return x
@@ -234,9 +230,7 @@ struct BadFrameAfterItem: TaskFunction {
 struct SlowOnce: TaskFunction {
     let marker: String
     func callAsFunction(_ ms: Int) -> Int {
-        if access(marker, F_OK) != 0 {
-            let fd = open(marker, O_CREAT | O_WRONLY, 0o644)
-            close(fd)
+        if firstTime(marker) {
             usleep(useconds_t(ms * 1000))
         }
         return -ms
@@ -267,4 +261,11 @@ struct AsksToResend: TaskFunction {
         _ = write(3, &frame, frame.count)
         return x
     }
+}
+
+/// Whether this is the first call with `marker` (a file it creates): for tasks that fail once.
+func firstTime(_ marker: String) -> Bool {
+    guard access(marker, F_OK) != 0 else { return false }
+    close(open(marker, O_CREAT | O_WRONLY, 0o644))
+    return true
 }

@@ -2,8 +2,8 @@ internal import CMultiprocessingShims
 import Glibc
 import Threading
 
-/// Bytes waiting to be written to one worker. Frames are appended in order (under the pool's lock) and
-/// written by whichever thread flushes, never blocking it: the reactor thread must never wait on a
+/// Bytes waiting to be written to one worker. Frames are appended in the order the pool's state numbered
+/// them, and written by whichever thread flushes, never blocking it: the reactor thread must never wait on a
 /// worker that is itself waiting for the reactor to read its replies. A write that would block is handed
 /// to a background thread that waits for the socket to drain.
 ///
@@ -18,6 +18,8 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
     private var buffer: [UInt8] = []
     private var writing = false
     private var closed = false
+    private var nextSeq: UInt64 = 0
+    private var early: [UInt64: [UInt8]] = [:]
 
     private static let background = ThreadPool(maxWorkers: 64, threadNamePrefix: "mp-pool-writer")
 
@@ -30,9 +32,22 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
 
     deinit { if fd >= 0 && !fdClosed { Syscall.close(fd) } }
 
-    func append(_ bytes: [UInt8]) {
-        guard !bytes.isEmpty else { return }
-        lock.withLock { if !closed { buffer += bytes } }
+    /// Appends the frames of send number `seq` (numbered from 0 by the pool's state). Sends performed
+    /// out of order by different threads are held until those before them arrive.
+    func append(_ bytes: [UInt8], seq: UInt64) {
+        lock.withLock {
+            guard !closed else { return }
+            guard seq == nextSeq else {
+                early[seq] = bytes
+                return
+            }
+            buffer += bytes
+            nextSeq += 1
+            while !early.isEmpty, let more = early.removeValue(forKey: nextSeq) {
+                buffer += more
+                nextSeq += 1
+            }
+        }
     }
 
     /// Stops writing (the worker is gone); pending bytes are dropped. A writer in the middle of a send

@@ -1,54 +1,35 @@
 internal import CMultiprocessingShims
-import DequeModule
 import Glibc
 import Synchronization
 import Threading
 
-/// The engine of a ``ProcessPool``: workers, the queue of units, dispatch, failure handling, supervision.
+/// The engine of a ``ProcessPool``: it starts workers, reads their replies and exit, supervises them, and
+/// performs what the pool's state (``PoolState``) decides.
 ///
-/// One lock guards the state. Replies are read on the library's reactor thread; a supervisor thread per
-/// pool enforces timeouts, kills after grace periods, schedules retries and replaces workers.
-final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by `lock`
-    enum Phase {
-        case running, closed, terminated
-        case broken(PoolError)
+/// The state and the workers' I/O objects sit in one `Mutex`. Every entry point runs one event of the
+/// state under the lock, then performs the returned actions once the lock is released: frames are
+/// encoded and written, signals sent, shared pages written, items failed, the supervisor woken. Replies
+/// are read on the library's reactor thread; a supervisor thread per pool enforces timeouts, kills after
+/// grace periods, schedules retries and replaces workers.
+final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarded`
+    private struct Guarded: Sendable {
+        var state: PoolState
+        var io: [PoolState.WorkerID: WorkerIO] = [:]
     }
 
     let size: Int
     let options: ProcessPoolOptions
     private let initializer: (type: String, payload: [UInt8])?
-    let lock = Lock()
+    private let guarded: Mutex<Guarded>
     private let supervisorWake = Event()
     private let allExited = Event()
-
-    private var phase = Phase.running
-    private var slots: [WorkerSlot] = []
-    private var pending = Deque<Unit>()
-    private var delayed: [(at: ContinuousClock.Instant, unit: Unit)] = []
-    private var spawning = 0
-    private var nextSerial = 0
-    private var nextUnit: UInt64 = 1
-    private var nextFunction: UInt32 = 1
-    private var functions: [FunctionKey: UInt32] = [:]
-    private var deaths: [ContinuousClock.Instant] = []
-    private var unexpectedDeaths = 0
-    private var cancelRing = 0
-    /// Mean nanoseconds per item and per unit (exponentially weighted), for windows and chunk sizes.
-    private var itemNanos: Double = 0
-    /// Mean nanoseconds per item measured so far (0 before any), for chunk sizes.
-    var measuredItemNanos: Double { lock.withLock { itemNanos } }
-    private var unitNanos: Double = 0
-    // progress
-    private var done = 0
-    private var failed = 0
-    private var total = 0
-    private var firstSubmit: ContinuousClock.Instant?
     private let callbacks = BlockingQueue<@Sendable () -> Void>()
 
     init(size: Int, options: ProcessPoolOptions, initializer: (type: String, payload: [UInt8])?) throws {
         self.size = size
         self.options = options
         self.initializer = initializer
+        guarded = Mutex(Guarded(state: PoolState(size: size, options: options, now: .now)))
         for _ in 0..<size { try addWorker() }
         let t = OSThread(name: "mp-pool-supervisor", daemon: true) { [weak self] in
             while let core = self { if !core.superviseOnce() { break } }
@@ -63,9 +44,99 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     deinit { callbacks.shutdown() }
 
+    // MARK: - running events
+
+    /// Runs one event of the state under the lock, then performs its actions.
+    @discardableResult
+    private func step<R: Sendable, E: Error>(
+        _ event: (inout Guarded) throws(E) -> (R, [PoolState.Action])
+    ) throws(E) -> R {
+        let (r, actions, io) = try guarded.withLock { g throws(E) in
+            let (r, actions) = try event(&g)
+            return (r, actions, actions.isEmpty ? [:] : g.io)
+        }
+        if !actions.isEmpty { perform(actions, io) }
+        return r
+    }
+
+    private func step(_ event: (inout PoolState) -> [PoolState.Action]) {
+        step { g in ((), event(&g.state)) }
+    }
+
+    private func perform(_ actions: [PoolState.Action], _ io: [PoolState.WorkerID: WorkerIO]) {
+        var written: [WorkerIO] = []
+        for action in actions {
+            switch action {
+            case .send(let id, let seq, let items):
+                guard let w = io[id] else { continue }
+                w.outbox.append(Self.encode(items), seq: seq)
+                if !written.contains(where: { $0 === w }) { written.append(w) }
+            case .terminate(let id):
+                io[id]?.handle.terminate()
+            case .kill(let id):
+                io[id]?.handle.kill()
+            case .cancelUnit(let id, let unit, let ring):
+                guard let w = io[id] else { continue }
+                w.shared.markCancelled(unit, ring: ring)
+                if w.shared.running.unit == unit {
+                    w.shared.requestCancel(unit)
+                    w.wake()
+                }
+            case .cancelItem(let id, let unit, let index):
+                guard let w = io[id] else { continue }
+                w.shared.requestItemCancel(unit: unit, index: index)
+                w.wake()
+            case .fail(let call, let index, let error):
+                call.fail(index: index, error)
+            case .wakeSupervisor:
+                supervisorWake.set()
+            case .allExited:
+                allExited.set()
+            }
+        }
+        for w in written { w.outbox.flush() }
+    }
+
+    private static func encode(_ items: [PoolState.Outgoing]) -> [UInt8] {
+        var w = FrameWriter()
+        for item in items {
+            switch item {
+            case .define(let f):
+                let at = w.begin(PoolWire.define)
+                w.put(f.id)
+                w.put(f.kind.rawValue)
+                let name = Array(f.name.utf8)
+                w.put(UInt32(name.count))
+                w.put(name)
+                w.put(f.payload)
+                w.end(at)
+            case .task(let unit):
+                let at = w.begin(PoolWire.task)
+                w.put(unit.id)
+                w.put(unit.function.id)
+                w.put(UInt32(unit.count))
+                w.put(unit.payload)
+                w.end(at)
+            case .shutdown:
+                w.end(w.begin(PoolWire.shutdown))
+            }
+        }
+        return w.take()
+    }
+
     // MARK: - workers
 
     private func addWorker() throws {
+        let id = guarded.withLock { $0.state.startingWorker() }
+        do {
+            try startWorker(id)
+        } catch {
+            step { $0.spawnFailed(error, now: .now) }
+            throw error
+        }
+    }
+
+    private func startWorker(_ id: PoolState.WorkerID) throws {
         let (errRead, errWrite) = try Syscall.pipe()
         defer { Syscall.close(errWrite) }
         Syscall.setNonBlocking(errRead)
@@ -76,11 +147,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             Syscall.close(errRead)
             throw error
         }
-        let serial = lock.withLock { () -> Int in
-            nextSerial += 1
-            return nextSerial
-        }
-        let handle = ProcessHandle(pid: w.pid, pidfd: w.pidfd, name: "PoolWorker-\(serial)", daemon: true)
+        let handle = ProcessHandle(pid: w.pid, pidfd: w.pidfd, name: "PoolWorker-\(id)", daemon: true)
         let wake = mp_eventfd(0)
         let shared: SharedSlot
         let sharedFd: Int32
@@ -105,17 +172,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         let (bytes, fds) = try MessageCodec.encode(ToWorker.pool(setup))
         // If the worker is already dead this fails; its exit is then reported through the pidfd.
         try? bytes.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
-        let slot = WorkerSlot(handle: handle, channel: w.channel, stderrFd: errRead, shared: shared, wakeFd: wake)
-        withLockThenDeliver {
-            slots.append(slot)
-            // Started while the pool was being terminated or broken: stop it like the others.
-            switch phase {
-            case .terminated, .broken: stopWorker(slot, .terminate(terminalError), grace: .milliseconds(500))
-            case .running, .closed: break
-            }
+        let slot = WorkerIO(id: id, handle: handle, channel: w.channel, stderrFd: errRead, shared: shared, wakeFd: wake)
+        // Known to the state and registered together: the state may send it work at once.
+        step { g in
+            g.io[id] = slot
+            return ((), g.state.workerStarted(id, pid: w.pid, now: .now))
         }
-        let fd = w.channel.fileDescriptor
-        Reactor.shared.watch(fd) { [weak self] in self?.readable(slot) ?? false }
+        Reactor.shared.watch(w.channel.fileDescriptor) { [weak self] in self?.readable(slot) ?? false }
         Reactor.shared.watch(errRead) { [weak self] in self?.readStderr(slot) ?? false }
         Reactor.shared.watch(handle.sentinel) { [weak self] in
             guard handle.reapIfExited() else { return true }
@@ -127,145 +190,25 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     // MARK: - submitting
 
     func function(kind: PoolWire.FunctionKind, name: String, payload: [UInt8]) -> FunctionRef {
-        lock.withLock {
-            let key = FunctionKey(kind: kind.rawValue, name: name, payload: payload)
-            if let id = functions[key] { return FunctionRef(id: id, kind: kind, name: name, payload: payload) }
-            let id = nextFunction
-            nextFunction += 1
-            functions[key] = id
-            return FunctionRef(id: id, kind: kind, name: name, payload: payload)
-        }
+        guarded.withLock { $0.state.function(kind: kind, name: name, payload: payload) }
     }
 
-    func makeUnitId() -> UInt64 {
-        lock.withLock {
-            defer { nextUnit += 1 }
-            return nextUnit
-        }
-    }
+    func makeUnitId() -> UInt64 { guarded.withLock { $0.state.makeUnitId() } }
 
     /// Queues units and dispatches what the workers can take.
-    func submit(_ units: [Unit]) throws {
-        let refused: PoolError? = withLockThenDeliver {
-            switch phase {
-            case .running: break
-            case .closed: return PoolError(.closed, "the pool is closed")
-            case .terminated: return PoolError(.terminated, "the pool was terminated")
-            case .broken(let e): return e
-            }
-            if firstSubmit == nil { firstSubmit = .now }
-            for u in units {
-                pending.append(u)
-                total += u.count
-            }
-            pump()  // may settle units of cancelled calls: delivered as the lock is released
-            return nil
+    func submit(_ units: [Unit]) throws(PoolError) {
+        try step { g throws(PoolError) in
+            // Read under the lock: a `cancel` that marked the call before takes its lock after this
+            // event, or this reads the mark.
+            var units = units
+            for i in units.indices where units[i].call.isCancelled { units[i].callCancelled = true }
+            return ((), try g.state.submit(units, now: .now))
         }
-        if let refused { throw refused }
-        flushAll()
-    }
-
-    /// Assigns pending units to workers with room. Lock held.
-    @discardableResult
-    private func pump() -> [WorkerSlot] {
-        var given: [WorkerSlot] = []
-        guard !pending.isEmpty else { return given }
-        // Each worker holds the unit it runs plus the next one, so it never waits for the parent (whose
-        // reactor thread may wait milliseconds for a CPU while workers keep both cores busy: pulling
-        // 2 ms units one at a time halved the CPU benchmark's speed-up). Tiny units are pipelined
-        // deeper; units of 50 ms or more are pulled one at a time, so none waits behind a long one.
-        let window = unitNanos >= 50_000_000 ? 1 : unitNanos > 100_000 || unitNanos == 0 ? 2 : 32
-        while !pending.isEmpty {
-            var best: WorkerSlot?
-            for s in slots where !s.exited && !s.retiring && s.stop == nil && s.inflight.count < window {
-                if best == nil || s.inflight.count < best!.inflight.count { best = s }
-            }
-            guard let slot = best else { return given }
-            let unit = pending.removeFirst()
-            if unit.call.isCancelled {
-                settleRange(unit, unit.reported..<unit.count, CancellationError())
-                continue
-            }
-            if unit.payload.count > PoolWire.maxBody {
-                // A frame the worker would refuse: items go alone, and an item too large alone fails.
-                if unit.count > 1 {
-                    pending.prepend(contentsOf: singletons(unit, 0..<unit.count))
-                } else {
-                    settleItem(
-                        unit,
-                        0,
-                        MultiprocessingError(
-                            .messageTooLarge,
-                            "the task's input is \(unit.payload.count) bytes encoded, over the pool's limit of \(PoolWire.maxBody) bytes per task"
-                        )
-                    )
-                }
-                continue
-            }
-            var w = FrameWriter()
-            if !slot.knownFunctions.contains(unit.function.id) {
-                slot.knownFunctions.insert(unit.function.id)
-                let at = w.begin(PoolWire.define)
-                w.put(unit.function.id)
-                w.put(unit.function.kind.rawValue)
-                let name = Array(unit.function.name.utf8)
-                w.put(UInt32(name.count))
-                w.put(name)
-                w.put(unit.function.payload)
-                w.end(at)
-            }
-            let at = w.begin(PoolWire.task)
-            w.put(unit.id)
-            w.put(unit.function.id)
-            w.put(UInt32(unit.count))
-            w.put(unit.payload)
-            w.end(at)
-            slot.outbox.append(w.take())
-            if !given.contains(where: { $0 === slot }) { given.append(slot) }
-            if slot.inflight.isEmpty, let since = slot.idleSince {
-                slot.idle += .now - since
-                slot.idleSince = nil
-            }
-            slot.inflight.append(unit)
-            slot.dispatched += 1
-            // A unit with a deadline: the supervisor must know it is out there, or it sleeps through it.
-            if unit.call.options.timeout != nil || unit.call.options.softTimeout != nil { supervisorDue = true }
-            if PoolDecisions.retires(dispatched: slot.dispatched, maxTasksPerChild: options.maxTasksPerChild) {
-                slot.retiring = true
-            }
-        }
-        return given
-    }
-
-    private func flushAll() {
-        let all = lock.withLock { slots }
-        for s in all { s.outbox.flush() }
-    }
-
-    /// Work to do once the lock is released: deliveries to calls, signals, eventfd writes.
-    private var deferred: [() -> Void] = []
-    /// The supervisor must look again (a unit with a deadline was sent, a retry was scheduled): it is
-    /// woken once the lock is released.
-    private var supervisorDue = false
-
-    @discardableResult
-    private func withLockThenDeliver<R>(_ body: () -> R) -> R {
-        let (r, work, wake) = lock.withLock { () -> (R, [() -> Void], Bool) in
-            let r = body()
-            defer {
-                deferred = []
-                supervisorDue = false
-            }
-            return (r, deferred, supervisorDue)
-        }
-        for w in work { w() }
-        if wake { supervisorWake.set() }
-        return r
     }
 
     // MARK: - replies (reactor thread)
 
-    private func readable(_ slot: WorkerSlot) -> Bool {
+    private func readable(_ slot: WorkerIO) -> Bool {
         // After a protocol violation nothing more from this worker is trusted, not even replies already
         // buffered behind the bad frame (they would settle items the violation charges).
         if slot.brokeProtocol { return false }
@@ -281,163 +224,79 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
                     if let call, !touched.contains(where: { $0 === call }) { touched.append(call) }
                 }
             } catch {
-                protocolViolation(slot, error)
+                slot.brokeProtocol = true
+                step { $0.protocolViolation(slot.id, error) }
                 return false
             }
             if n <= 0 || slot.reader.lastReadWasShort { break }  // drained (epoll re-arms if more comes)
         }
-        let given = withLockThenDeliver { pump() }
-        // pump() may have given work to any worker, not only this one: those outboxes too, or a unit
-        // waits for the supervisor's next round.
-        slot.outbox.flush()
-        for s in given where s !== slot { s.outbox.flush() }
+        // Units finished: whatever waits goes to the workers with room.
+        step { $0.dispatch(now: .now) }
         if !open {
             // The worker closed its end: it is exiting (or broken); make sure it does.
-            let expected = lock.withLock { slot.shutdownSent || slot.stop != nil || slot.exited }
+            let expected = guarded.withLock { $0.state.expectsExit(slot.id) }
             if !expected { slot.handle.kill() }
         }
         return open
     }
 
     /// Handles one reply; returns the call it delivered to.
-    private func handleFrame(_ slot: WorkerSlot, _ body: UnsafeRawBufferPointer) throws -> CallCore? {
+    private func handleFrame(_ slot: WorkerIO, _ body: UnsafeRawBufferPointer) throws -> CallCore? {
         if !slot.sawReady {
             // The first frame is the worker's `FromWorker.ready` in the general codec.
             _ = try BinaryDecoder().decode(FromWorker.self, from: body)
             slot.sawReady = true
-            lock.withLock {
-                slot.readyAt = .now
-                if slot.inflight.isEmpty { slot.idleSince = .now }
-            }
+            guarded.withLock { $0.state.ready(slot.id, now: .now) }
             return nil
         }
         var c = FrameCursor(body)
         let kind = body[0]
         let unitId: UInt64 = try c.get()
         if kind == PoolWire.resend {
-            try resendAlone(slot, unitId)
+            try step { g throws(MultiprocessingError) in
+                ((), try g.state.resendAlone(unitId, from: slot.id, now: .now))
+            }
             return nil
         }
         let start = Int(try c.get(UInt32.self))
-        let count = kind == PoolWire.output ? Int(try c.get(UInt32.self)) : 1
-        let busyNanos: UInt64 = try c.get()
-        guard kind == PoolWire.output || kind == PoolWire.failure else {
+        let reply: PoolState.Reply
+        switch kind {
+        case PoolWire.output:
+            let count = Int(try c.get(UInt32.self))
+            reply = .output(unit: unitId, start: start, count: count, busyNanos: try c.get())
+        case PoolWire.failure:
+            reply = .failure(unit: unitId, index: start, busyNanos: try c.get())
+        default:
             throw MultiprocessingError(.malformedMessage, "unknown pool reply kind \(kind)")
         }
-        // Account under the lock; deliver outside it.
-        let target: (Unit, retry: Bool)? = try lock.withLock { () throws -> (Unit, retry: Bool)? in
-            slot.busy += .nanoseconds(Int64(busyNanos))
-            // Not in flight: cancelled and settled already.
-            guard let k = slot.inflight.firstIndex(where: { $0.id == unitId }) else { return nil }
-            let unit = slot.inflight[k]
-            unit.busyNanos &+= busyNanos
-            guard start == unit.reported, count > 0, start + count <= unit.count else {
-                throw MultiprocessingError(
-                    .malformedMessage,
-                    "reply for items \(start)..<\(start + count) of a task at \(unit.reported)/\(unit.count)"
-                )
-            }
-            unit.reported += count
-            var retry = false
-            if kind == PoolWire.failure {
-                retry =
-                    unit.call.options.retry.causes.contains(.error) && unit.attempt < unit.call.options.retry.attempts
-                    && !unit.call.isCancelled
-                if retry {
-                    scheduleRetry(unit, index: start, crashed: false)
-                } else {
-                    failed += 1
-                    done += 1
-                }
-            } else {
-                done += count
-                if busyNanos > 0 {
-                    let per = Double(busyNanos) / Double(count)
-                    itemNanos = itemNanos == 0 ? per : itemNanos * 0.8 + per * 0.2
-                }
-            }
-            if unit.reported == unit.count {
-                slot.inflight.remove(at: k)
-                slot.tasksDone += 1
-                let took = Double(unit.busyNanos)
-                unitNanos = unitNanos == 0 ? took : unitNanos * 0.8 + took * 0.2
-                unitFinished(slot)
-            }
-            return (unit, retry)
+        let delivery = try step { g throws(MultiprocessingError) in
+            try g.state.received(reply, from: slot.id, now: .now)
         }
-        guard let (unit, retry) = target else { return nil }
         let payload = c.rest
-        if kind == PoolWire.output {
-            unit.call.deliver(start: unit.base + start, count: count, payload: payload)
-        } else if !retry {
+        switch delivery {
+        case nil:
+            return nil
+        case .output(let call, let index, let count):
+            call.deliver(start: index, count: count, payload: payload)
+            return call
+        case .failure(let call, let index, let softTimedOut, let attempts):
             let wire = try? BinaryDecoder().decode(WireError.self, from: payload)
             var error =
                 wire?.rebuild() ?? MultiprocessingError(.decodingFailed, "an undecodable error from worker \(slot.pid)")
-            if error is CancellationError, unit.softIndex == start {
+            if error is CancellationError, softTimedOut {
                 error = PoolError(
                     .timedOut,
                     "the task passed its soft timeout and was cancelled in worker \(slot.pid)",
                     pid: slot.pid,
-                    attempts: unit.attempt
+                    attempts: attempts
                 )
             }
-            unit.call.fail(index: unit.base + start, error)
-        }
-        return unit.call
-    }
-
-    /// The worker could not decode a chunk as a whole: its items go again one by one, so an item that
-    /// cannot be decoded fails alone. A worker asks this only of a chunk of several items it has not
-    /// answered: any other request would send the same unit round for ever, and breaks the protocol.
-    private func resendAlone(_ slot: WorkerSlot, _ unitId: UInt64) throws {
-        let refused: Bool = withLockThenDeliver {
-            guard let k = slot.inflight.firstIndex(where: { $0.id == unitId }) else { return false }
-            let unit = slot.inflight[k]
-            guard unit.reported == 0, unit.count > 1 else { return true }
-            slot.inflight.remove(at: k)
-            pending.prepend(contentsOf: singletons(unit, 0..<unit.count))
-            unitFinished(slot)
-            return false
-        }
-        if refused { throw MultiprocessingError(.malformedMessage, "a request to resend a unit of one item") }
-    }
-
-    /// A unit finished on `slot`: shut it down if it is retiring and idle. Lock held. (The memory limit is
-    /// the worker's own check, after each unit: a check here would lag behind the units it has queued.)
-    private func unitFinished(_ slot: WorkerSlot) {
-        if slot.inflight.isEmpty {
-            slot.idleSince = .now
-            if slot.retiring || isDrainedAndClosed { sendShutdown(slot) }
+            call.fail(index: index, error)
+            return call
         }
     }
 
-    private var isDrainedAndClosed: Bool {
-        if case .closed = phase, pending.isEmpty, delayed.isEmpty { return true }
-        return false
-    }
-
-    private func sendShutdown(_ slot: WorkerSlot) {
-        guard !slot.shutdownSent else { return }
-        slot.shutdownSent = true
-        var w = FrameWriter()
-        w.end(w.begin(PoolWire.shutdown))
-        slot.outbox.append(w.take())
-        slot.retiring = true
-    }
-
-    private func protocolViolation(_ slot: WorkerSlot, _ error: any Error) {
-        slot.brokeProtocol = true
-        lock.withLock {
-            if slot.stop == nil {
-                slot.stop = .protocolViolation(
-                    PoolError(.workerDied, "worker \(slot.pid) broke the pool protocol: \(error)", pid: slot.pid)
-                )
-            }
-        }
-        slot.handle.kill()
-    }
-
-    private func readStderr(_ slot: WorkerSlot) -> Bool {
+    private func readStderr(_ slot: WorkerIO) -> Bool {
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
             let got: Int?
@@ -462,70 +321,23 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     // MARK: - deaths (reactor thread)
 
-    private func exited(_ slot: WorkerSlot) {
+    private func exited(_ slot: WorkerIO) {
         // Everything the worker wrote before dying is in the socket and the pipe: take it first.
         _ = readable(slot)
         _ = readStderr(slot)
-        let code = slot.handle.exitCode
-        let peak = slot.handle.peakMemoryBytes
-        let running = slot.shared.running
-        var everyoneGone = false
-        withLockThenDeliver {
-            slot.exited = true
-            slots.removeAll { $0 === slot }
-            slot.outbox.close()
-            let clean = (slot.shutdownSent || slot.retiring || slot.shared.retiredItself) && code == 0
-            let unexpected = slot.stop == nil && !clean
-            let tail = slot.stderrLines(options.stderrLines)
-            let what =
-                code.map { $0 < 0 ? "was killed by signal \($0 * -1) (\(signalName(-$0)))" : "exited with code \($0)" }
-                ?? "ended"
-            let death = PoolError(
-                .workerDied,
-                "worker \(slot.pid) \(what)",
-                pid: slot.pid,
-                exitCode: code,
-                stderrTail: tail,
-                peakMemoryBytes: peak
-            )
-            // A worker that died of its own accord or broke the protocol charges the unit it last started,
-            // even outside a known item (between items, or sending its replies).
-            let violation: Bool = if case .protocolViolation = slot.stop { true } else { false }
-            let chargeable = !clean && (slot.stop == nil || violation)
-            let lastStarted = slot.shared.lastStarted
-            for unit in slot.inflight {
-                handleLost(
-                    unit,
-                    running: running,
-                    slot: slot,
-                    death: death,
-                    charge: chargeable && unit.id == lastStarted
-                )
-            }
-            slot.inflight = []
-            pending.prepend(contentsOf: requeued)
-            requeued = []
-            if unexpected || violation {
-                unexpectedDeaths += 1
-                let breaks: Bool
-                (deaths, breaks) = PoolDecisions.death(at: .now, recent: deaths, limit: options.deathLimit)
-                if breaks, case .running = phase {
-                    breakPool(
-                        PoolError(
-                            .broken,
-                            "\(deaths.count) workers died within \(options.deathLimit.window); the last: \(death.message)",
-                            pid: slot.pid,
-                            exitCode: code,
-                            stderrTail: tail,
-                            peakMemoryBytes: peak
-                        )
-                    )
-                }
-            }
-            pump()
-            everyoneGone = slots.isEmpty && spawning == 0 && !wantsWorkers
+        let facts = PoolState.ExitFacts(
+            exitCode: slot.handle.exitCode,
+            peakMemoryBytes: slot.handle.peakMemoryBytes,
+            running: slot.shared.running,
+            lastStarted: slot.shared.lastStarted,
+            retiredItself: slot.shared.retiredItself,
+            stderrTail: slot.stderrLines(options.stderrLines)
+        )
+        slot.outbox.close()
+        let everyoneGone = step { g in
+            g.io[slot.id] = nil
+            return g.state.exited(slot.id, facts, now: .now)
         }
-        flushAll()
         slot.release()
         // We are inside the pidfd's own handler: close it once the reactor has unregistered it. Only
         // then does `join()` return, so that every descriptor and mapping of the pool is released.
@@ -533,169 +345,6 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
             slot.handle.closeSentinel()
             if everyoneGone { allExited.set() }
             supervisorWake.set()
-        }
-    }
-
-    /// A unit whose worker died: keep what was reported, fail or retry the item that was running, send
-    /// the rest again. Lock held.
-    /// `charge`: the worker died on this unit (of its own accord or for a protocol violation) even if
-    /// no item of it was running — between items, or sending its replies.
-    private func handleLost(
-        _ unit: Unit,
-        running: (unit: UInt64, index: UInt64),
-        slot: WorkerSlot,
-        death: PoolError,
-        charge: Bool
-    ) {
-        let stop: PoolDecisions.Stop =
-            switch slot.stop {
-            case nil: .none
-            case .timeout(let u)?: u == unit.id ? .timeout : .other
-            case .softTimeout(let u)?: u == unit.id ? .softTimeout : .other
-            case .cancelled(let u)?: u == unit.id ? .cancelled : .other
-            case .terminate?: .terminate
-            case .protocolViolation?: .protocolViolation
-            }
-        let loss = PoolDecisions.lost(
-            reported: unit.reported,
-            count: unit.count,
-            attempt: unit.attempt,
-            kills: unit.kills,
-            runningIndex: running.unit == unit.id ? Int(running.index) : nil,
-            stop: stop,
-            charge: charge,
-            policy: unit.call.options.retry,
-            callCancelled: unit.call.isCancelled,
-            deliversResults: deliversResults
-        )
-        for r in loss.requeue { requeue(unit, r.range, kills: r.kills) }
-        guard let i = loss.item, let fate = loss.fate else { return }
-        func error(_ code: PoolError.Code, _ message: String, pid: Int32? = death.pid) -> PoolError {
-            PoolError(
-                code,
-                message,
-                pid: pid,
-                exitCode: death.exitCode,
-                stderrTail: death.stderrTail,
-                peakMemoryBytes: death.peakMemoryBytes,
-                attempts: unit.attempt
-            )
-        }
-        switch fate {
-        case .retry(let crashed):
-            scheduleRetry(unit, index: i, crashed: crashed)
-        case .settleRest:
-            switch slot.stop {
-            case .terminate(let e)?: settleRange(unit, i..<unit.count, e)
-            default: settleRange(unit, i..<unit.count, CancellationError())
-            }
-        case .fail(let failure):
-            let e: PoolError
-            switch failure {
-            case .timedOut:
-                let limit = unit.call.options.timeout.map { "\($0)" } ?? "?"
-                e = error(
-                    .timedOut,
-                    "the task ran past its timeout of \(limit) in worker \(slot.pid), which was stopped",
-                    pid: slot.pid
-                )
-            case .softTimedOut:
-                e = error(
-                    .timedOut,
-                    "the task passed its soft timeout, ignored cancellation and worker \(slot.pid) was stopped",
-                    pid: slot.pid
-                )
-            case .protocolViolation:
-                let m: String = if case .protocolViolation(let v)? = slot.stop { v.message } else { death.message }
-                e = error(.workerDied, m + " while running this task")
-            case .crashed:
-                e = error(.workerDied, death.message + " while running this task")
-            case .killedTooMany(let kills):
-                e = error(
-                    .workerDied,
-                    "the task killed \(kills) workers and is not retried again; the last: \(death.message)"
-                )
-            }
-            settleItem(unit, i, e)
-        }
-    }
-
-    private func settleItem(_ unit: Unit, _ i: Int, _ error: any Error) {
-        failed += 1
-        done += 1
-        let call = unit.call
-        let index = unit.base + i
-        deferred.append { call.fail(index: index, error) }
-    }
-
-    /// Units of a dead worker to send again; they go first in line, in order, once all are collected.
-    private var requeued: [Unit] = []
-
-    /// Collects items `range` (relative) of `unit` to be sent again. Lock held.
-    private func requeue(_ unit: Unit, _ range: Range<Int>, kills: Int? = nil) {
-        guard !range.isEmpty else { return }
-        if unit.call.isCancelled {
-            settleRange(unit, range, CancellationError())
-            return
-        }
-        guard deliversResults else {
-            settleRange(unit, range, terminalError)
-            return
-        }
-        if let again = part(unit, range, attempt: unit.attempt, kills: kills ?? unit.kills) { requeued.append(again) }
-    }
-
-    /// Items `range` (relative) of `unit` as a new unit with the next id; `nil` after failing those items
-    /// if they cannot be encoded again. Lock held.
-    private func part(_ unit: Unit, _ range: Range<Int>, attempt: Int, kills: Int) -> Unit? {
-        do {
-            defer { nextUnit += 1 }
-            return try unit.part(range, id: nextUnit, attempt: attempt, kills: kills)
-        } catch {
-            settleRange(unit, range, error)
-            return nil
-        }
-    }
-
-    /// Items `range` (relative) of `unit`, each as a unit of its own (an item that cannot be re-encoded
-    /// fails). Lock held.
-    private func singletons(_ unit: Unit, _ range: Range<Int>) -> [Unit] {
-        range.compactMap { j in part(unit, j..<(j + 1), attempt: unit.attempt, kills: unit.kills) }
-    }
-
-    private func settleRange(_ unit: Unit, _ range: Range<Int>, _ error: any Error) {
-        for i in range { settleItem(unit, i, error) }
-    }
-
-    private func scheduleRetry(_ unit: Unit, index i: Int, crashed: Bool) {
-        guard let again = part(unit, i..<(i + 1), attempt: unit.attempt + 1, kills: unit.kills + (crashed ? 1 : 0))
-        else { return }
-        delayed.append((.now + unit.call.options.retry.delay(beforeAttempt: unit.attempt + 1), again))
-        supervisorDue = true
-    }
-
-    private var terminalError: PoolError {
-        switch phase {
-        case .broken(let e): e
-        case .terminated: PoolError(.terminated, "the pool was terminated")
-        default: PoolError(.closed, "the pool is closed")
-        }
-    }
-
-    /// Whether work in the pool still runs to its end: running or closed (draining), not terminated or broken.
-    private var deliversResults: Bool {
-        switch phase {
-        case .running, .closed: true
-        case .terminated, .broken: false
-        }
-    }
-
-    /// Whether the pool should keep `size` workers.
-    private var wantsWorkers: Bool {
-        switch phase {
-        case .running: true
-        case .closed: !pending.isEmpty || !delayed.isEmpty || slots.contains { !$0.inflight.isEmpty }
-        case .terminated, .broken: false
         }
     }
 
@@ -709,97 +358,27 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         supervisorWake.clear()
         let now = ContinuousClock.now
         let monoNow = PoolClock.coarse()  // the clock workers stamp item starts with
-        var next: ContinuousClock.Instant? = nil
-        func wakeAt(_ t: ContinuousClock.Instant) { if next == nil || t < next! { next = t } }
-        var toSpawn = 0
-        var finished = false
-        withLockThenDeliver {
-            for slot in slots where !slot.exited {
-                if slot.stop != nil {
-                    if let k = slot.killAt {
-                        if now >= k {
-                            let handle = slot.handle
-                            deferred.append { handle.kill() }
-                            slot.killAt = nil
-                        } else {
-                            wakeAt(k)
-                        }
-                    }
-                    continue
-                }
-                let running = slot.shared.running
-                for u in slot.inflight where u.id != running.unit {
-                    if let at = PoolDecisions.lookAgainForQueued(now: now, options: u.call.options) { wakeAt(at) }
-                }
-                guard running.unit != 0, let unit = slot.inflight.first(where: { $0.id == running.unit }) else {
-                    continue
-                }
-                let opts = unit.call.options
-                let elapsed = Duration.nanoseconds(Int64(monoNow &- min(monoNow, slot.shared.itemStart)))
-                let index = Int(running.index)
-                let decision = PoolDecisions.timing(
-                    now: now,
-                    elapsed: elapsed,
-                    options: opts,
-                    softCancelled: unit.softIndex == index ? unit.softAt : nil,
-                    cancelAt: unit.cancelAt
-                )
-                if let until = decision.cancelItemUntil {
-                    unit.softIndex = index
-                    unit.softAt = until
-                    slot.shared.requestItemCancel(unit: unit.id, index: running.index)
-                    deferred.append { slot.wake() }  // an eventfd write: after the lock
-                }
-                if let at = decision.lookAgainAt { wakeAt(at) }
-                switch decision.stop {
-                case .timeout?: stopWorker(slot, .timeout(unit: unit.id), grace: opts.killGrace)
-                case .softTimeout?: stopWorker(slot, .softTimeout(unit: unit.id), grace: opts.killGrace)
-                case .cancelled?: stopWorker(slot, .cancelled(unit: unit.id), grace: opts.killGrace)
-                default: break
-                }
-                if let k = slot.killAt { wakeAt(k) }
+        let round = step { g -> (PoolState.Round, [PoolState.Action]) in
+            var running: [PoolState.WorkerID: PoolState.RunningFacts] = [:]
+            for (id, w) in g.io {
+                let r = w.shared.running
+                guard r.unit != 0 else { continue }
+                let elapsed = Duration.nanoseconds(Int64(monoNow &- min(monoNow, w.shared.itemStart)))
+                running[id] = PoolState.RunningFacts(unit: r.unit, index: r.index, elapsed: elapsed)
             }
-            // Retries whose backoff has passed join the queue.
-            delayed.sort { $0.at < $1.at }
-            while let first = delayed.first, first.at <= now {
-                delayed.removeFirst()
-                if deliversResults {
-                    pending.append(first.unit)
-                } else {
-                    settleRange(first.unit, 0..<first.unit.count, terminalError)
-                }
-            }
-            if let first = delayed.first { wakeAt(first.at) }
-            let live = slots.filter { !$0.retiring && $0.stop == nil }.count
-            if wantsWorkers { toSpawn = max(0, size - live - spawning) }
-            spawning += toSpawn
-            if isDrainedAndClosed { for s in slots where s.inflight.isEmpty { sendShutdown(s) } }
-            pump()
-            if !wantsWorkers && slots.isEmpty && spawning == 0 {
-                deferred.append { [allExited] in allExited.set() }
-                if case .running = phase {} else { finished = true }
+            var round = g.state.supervise(now: now, running: running)
+            let actions = round.actions
+            round.actions = []
+            return (round, actions)
+        }
+        var next = round.wakeAt
+        for _ in 0..<round.spawn {
+            if (try? addWorker()) == nil {
+                let retry = ContinuousClock.now + .milliseconds(50)
+                if next == nil || retry < next! { next = retry }
             }
         }
-        for _ in 0..<toSpawn {
-            do {
-                try addWorker()
-            } catch {
-                withLockThenDeliver {
-                    let breaks: Bool
-                    (deaths, breaks) = PoolDecisions.death(at: .now, recent: deaths, limit: options.deathLimit)
-                    if breaks, case .running = phase {
-                        breakPool(PoolError(.broken, "workers cannot be started: \(error)"))
-                    }
-                }
-                wakeAt(.now + .milliseconds(50))
-            }
-            lock.withLock { spawning -= 1 }
-        }
-        if toSpawn > 0 {
-            withLockThenDeliver { pump() }
-        }
-        flushAll()
-        if finished { return false }
+        if round.finished { return false }
         if let next {
             let wait = next - .now
             if wait > .zero { _ = supervisorWake.wait(timeout: wait) }
@@ -809,96 +388,24 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
         return true
     }
 
-    /// SIGTERM (sent once the lock is released), SIGKILL after `grace`. Lock held, inside
-    /// `withLockThenDeliver`.
-    private func stopWorker(_ slot: WorkerSlot, _ reason: StopReason, grace: Duration) {
-        guard slot.stop == nil else { return }
-        slot.stop = reason
-        slot.killAt = .now + grace
-        let handle = slot.handle
-        deferred.append { handle.terminate() }
-    }
-
-    private func requestCancel(_ slot: WorkerSlot, _ unit: Unit) {
-        slot.shared.requestCancel(unit.id)
-        deferred.append { slot.wake() }  // an eventfd write: after the lock
-    }
-
     // MARK: - cancellation, close, terminate
 
     /// Cancels every unit of `call`: queued ones fail at once; running ones are cancelled inside their
     /// worker, which is killed if they are still running after the call's grace period.
     func cancel(_ call: CallCore) {
         guard call.markCancelled() else { return }
-        withLockThenDeliver {
-            var keep = Deque<Unit>()
-            for u in pending {
-                if u.call === call { settleRange(u, u.reported..<u.count, CancellationError()) } else { keep.append(u) }
-            }
-            pending = keep
-            delayed.removeAll { d in
-                guard d.unit.call === call else { return false }
-                settleRange(d.unit, 0..<d.unit.count, CancellationError())
-                return true
-            }
-            for slot in slots {
-                for u in slot.inflight where u.call === call && u.cancelAt == nil {
-                    u.cancelAt = .now + call.options.cancelGrace
-                    slot.shared.markCancelled(u.id, ring: &cancelRing)
-                    if slot.shared.running.unit == u.id { requestCancel(slot, u) }
-                }
-            }
-        }
-        supervisorWake.set()
+        step { $0.cancel(call, now: .now) }
     }
 
-    func close() {
-        withLockThenDeliver {
-            if case .running = phase { phase = .closed }
-            if isDrainedAndClosed { for s in slots where s.inflight.isEmpty { sendShutdown(s) } }
-        }
-        flushAll()
-        supervisorWake.set()
-    }
+    func close() { step { $0.close(now: .now) } }
 
     func terminate(_ error: PoolError = PoolError(.terminated, "the pool was terminated")) {
-        withLockThenDeliver {
-            switch phase {
-            case .terminated, .broken: return
-            default: break
-            }
-            phase = .terminated
-            failEverything(error)
-        }
-        supervisorWake.set()
-    }
-
-    /// Fails all work and stops all workers. Lock held.
-    private func failEverything(_ error: PoolError) {
-        for u in pending { settleRange(u, u.reported..<u.count, error) }
-        pending = []
-        for d in delayed { settleRange(d.unit, 0..<d.unit.count, error) }
-        delayed = []
-        for slot in slots {
-            for u in slot.inflight { settleRange(u, u.reported..<u.count, error) }
-            slot.inflight = []
-            if slot.stop == nil { stopWorker(slot, .terminate(error), grace: .milliseconds(500)) }
-        }
-        if slots.isEmpty && spawning == 0 { deferred.append { [allExited] in allExited.set() } }
-    }
-
-    private func breakPool(_ error: PoolError) {
-        phase = .broken(error)
-        failEverything(error)
+        step { $0.terminate(error, now: .now) }
     }
 
     /// Waits until every worker has exited (after `close` or `terminate`).
     func join(timeout: Duration?) throws -> Bool {
-        let ok = lock.withLock { () -> Bool in
-            if case .running = phase { return false }
-            return true
-        }
-        guard ok else {
+        guard !isRunning else {
             throw PoolError(.closed, "join() needs close() or terminate() first (Python raises ValueError)")
         }
         return allExited.wait(timeout: timeout)
@@ -910,50 +417,33 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
     }
 
     /// Whether fewer units are queued than the workers could take now.
-    var isHungry: Bool { lock.withLock { pending.count < slots.count * 2 } }
+    var isHungry: Bool { guarded.withLock { $0.state.isHungry } }
 
-    var isRunning: Bool { lock.withLock { if case .running = phase { true } else { false } } }
+    var isRunning: Bool { guarded.withLock { $0.state.isRunning } }
+
+    /// Mean nanoseconds per item measured so far (0 before any), for chunk sizes.
+    var measuredItemNanos: Double { guarded.withLock { $0.state.itemNanos } }
 
     /// Runs `body` on the pool's callback thread (Python's result-handler thread).
     func callback(_ body: @escaping @Sendable () -> Void) { try? callbacks.put(body) }
 
-    // MARK: - progress
+    // MARK: - progress and insight
 
-    func progress() -> PoolProgress {
-        lock.withLock {
-            let now = ContinuousClock.now
-            let elapsed = firstSubmit.map { now - $0 } ?? .zero
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-            let rate = seconds > 0 ? Double(done) / seconds : 0
-            let eta: Duration? = rate > 0 ? .seconds(Double(total - done) / rate) : nil
-            let workers = slots.map { s -> WorkerInsight in
-                var idle = s.idle
-                if let since = s.idleSince { idle += now - since }
-                return WorkerInsight(
-                    pid: s.pid,
-                    startup: s.readyAt.map { $0 - s.spawnedAt },
-                    waiting: idle,
-                    working: s.busy,
-                    tasks: s.tasksDone
-                )
-            }
-            return PoolProgress(done: done, failed: failed, total: total, rate: rate, eta: eta, workers: workers)
-        }
-    }
+    func progress() -> PoolProgress { guarded.withLock { $0.state.progress(now: .now) } }
 
-    var workerPIDs: [Int32] { lock.withLock { slots.filter { !$0.exited }.map(\.pid) } }
+    var workerPIDs: [Int32] { guarded.withLock { $0.state.workers.map(\.pid) } }
 
     /// Workers running a unit now.
-    var busyWorkers: Int { lock.withLock { slots.filter { !$0.exited && $0.shared.running.unit != 0 }.count } }
+    var busyWorkers: Int { guarded.withLock { $0.io.values.filter { $0.shared.running.unit != 0 }.count } }
 
     /// Workers that died unexpectedly (crashed, were killed from outside, broke the protocol) so far.
-    var workerDeaths: Int { lock.withLock { unexpectedDeaths } }
+    var workerDeaths: Int { guarded.withLock { $0.state.unexpectedDeaths } }
 
-    /// Every descriptor the live workers' slots hold (channel and its outbox's duplicate, stderr pipe,
-    /// wake-up eventfd, pidfd), for leak tests.
+    /// Every descriptor the live workers hold (channel and its outbox's duplicate, stderr pipe, wake-up
+    /// eventfd, pidfd), for leak tests.
     var descriptors: [Int32] {
-        lock.withLock {
-            slots.flatMap {
+        guarded.withLock {
+            $0.io.values.flatMap {
                 [$0.channel.fileDescriptor, $0.outbox.descriptor, $0.stderrFd, $0.wakeFd, $0.handle.sentinel]
             }
         }
@@ -961,18 +451,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is guarded by
 
     /// Kills every worker and reaps it, without settling any work (the program is about to end).
     func stopWorkersNow() {
-        let handles = lock.withLock { () -> [ProcessHandle] in
-            phase = .terminated
-            // Nothing is settled: callers stay blocked until the program ends, rather than waking to
-            // a failure and carrying on in the moment before it does.
-            pending = []
-            delayed = []
-            for slot in slots {
-                slot.inflight = []
-                slot.stop = .terminate(PoolError(.interrupted, "interrupted by SIGINT"))
-            }
-            return slots.map(\.handle)
-        }
+        let handles = guarded.withLock { g in g.state.abandon().compactMap { g.io[$0]?.handle } }
         for h in handles { h.terminate() }
         for h in handles where (try? h.join(timeout: .milliseconds(300))) != true {
             h.kill()

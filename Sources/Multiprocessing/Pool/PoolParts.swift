@@ -4,8 +4,6 @@ import Glibc
 import Synchronization
 import Threading
 
-/// A function or job type as the workers know it: defined once per worker, then referred to by id.
-
 // The values PoolCore works with: functions as the workers know them, units of work, workers as the
 // parent sees them, and the shared slot's pool fields.
 
@@ -24,7 +22,10 @@ struct FunctionKey: Hashable {
 }
 
 /// A batch of items of one call sent to one worker as one message (a chunk, or a single task).
-final class Unit: @unchecked Sendable {  // mutable state guarded by the pool core's lock
+///
+/// The pool's state never calls into `call`: it reads its (immutable) options and names it in the
+/// actions it returns. Whether the call was cancelled is the unit's own flag, set by the state's events.
+struct Unit: Sendable {
     let id: UInt64
     let call: CallCore
     let function: FunctionRef
@@ -36,6 +37,7 @@ final class Unit: @unchecked Sendable {  // mutable state guarded by the pool co
     let encodeRange: @Sendable (Range<Int>) throws -> [UInt8]
     var attempt: Int
     var kills: Int
+    var callCancelled = false
     var reported = 0
     /// Work time the worker reported for this unit so far.
     var busyNanos: UInt64 = 0
@@ -49,7 +51,7 @@ final class Unit: @unchecked Sendable {  // mutable state guarded by the pool co
     func part(_ range: Range<Int>, id: UInt64, attempt: Int, kills: Int) throws -> Unit {
         let payload = range == 0..<count ? self.payload : try encodeRange(range)
         let lower = range.lowerBound
-        return Unit(
+        var again = Unit(
             id: id,
             call: call,
             function: function,
@@ -60,6 +62,8 @@ final class Unit: @unchecked Sendable {  // mutable state guarded by the pool co
             attempt: attempt,
             kills: kills
         )
+        again.callCancelled = callCancelled
+        return again
     }
 
     init(
@@ -95,29 +99,16 @@ enum StopReason: Sendable {
     case protocolViolation(PoolError)
 }
 
-/// One worker process of a pool, as the parent sees it.
-final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guarded by the core's lock
+/// One worker process of a pool: its process, descriptors and reading state. Its logical state (units in
+/// flight, stop reason, counters) is ``PoolState/Worker``, under the same id.
+final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest is the reactor thread's
+    let id: PoolState.WorkerID
     let handle: ProcessHandle
     let channel: Connection
     let stderrFd: Int32
     let shared: SharedSlot
     let wakeFd: Int32
     let outbox: Outbox
-    let spawnedAt = ContinuousClock.now
-
-    var inflight: [Unit] = []
-    var knownFunctions: Set<UInt32> = []
-    var dispatched = 0
-    var retiring = false
-    var shutdownSent = false
-    var stop: StopReason?
-    var killAt: ContinuousClock.Instant?
-    var readyAt: ContinuousClock.Instant?
-    var busy: Duration = .zero
-    var idleSince: ContinuousClock.Instant?
-    var idle: Duration = .zero
-    var tasksDone = 0
-    var exited = false
 
     // Reactor thread only.
     var reader = FrameDecoder.pool()
@@ -126,7 +117,15 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
     var brokeProtocol = false
     var stderrTail: [UInt8] = []
 
-    init(handle: ProcessHandle, channel: Connection, stderrFd: Int32, shared: SharedSlot, wakeFd: Int32) {
+    init(
+        id: PoolState.WorkerID,
+        handle: ProcessHandle,
+        channel: Connection,
+        stderrFd: Int32,
+        shared: SharedSlot,
+        wakeFd: Int32
+    ) {
+        self.id = id
         self.handle = handle
         self.channel = channel
         self.stderrFd = stderrFd
@@ -150,9 +149,9 @@ final class WorkerSlot: @unchecked Sendable {  // fields below `outbox` are guar
         shared.unmap()
     }
 
+    /// Wakes the worker's cancellation watcher (an eventfd write; a dead worker's is ignored).
     func wake() {
-        var one: UInt64 = 1
-        _ = write(wakeFd, &one, 8)
+        withUnsafeBytes(of: UInt64(1)) { _ = try? Syscall.writeAll(wakeFd, $0) }
     }
 
     /// At most `n` lines of what the worker wrote to standard error (see ``crashTail(_:lines:)``).
@@ -179,9 +178,8 @@ extension SharedSlot {
     func setItemStart(_ t: UInt64) { mp_atomic_store_u64((base + 24).assumingMemoryBound(to: UInt64.self), t) }
 
     /// Units cancelled before they started: a ring of 64 ids the worker checks when a unit starts.
-    func markCancelled(_ unit: UInt64, ring: inout Int) {
+    func markCancelled(_ unit: UInt64, ring: Int) {
         mp_atomic_store_u64((base + 64 + (ring % 64) * 8).assumingMemoryBound(to: UInt64.self), unit)
-        ring += 1
     }
 
     func isMarkedCancelled(_ unit: UInt64) -> Bool {

@@ -59,7 +59,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         return r
     }
 
-    private func step(_ event: (inout PoolState) -> [PoolState.Action]) {
+    /// ``step(_:)`` for an event of the state alone.
+    private func apply(_ event: (inout PoolState) -> [PoolState.Action]) {
         step { g in ((), event(&g.state)) }
     }
 
@@ -131,7 +132,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         do {
             try startWorker(id)
         } catch {
-            step { $0.spawnFailed(error, now: .now) }
+            apply { $0.spawnFailed(error, now: .now) }
             throw error
         }
     }
@@ -225,13 +226,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
                 }
             } catch {
                 slot.brokeProtocol = true
-                step { $0.protocolViolation(slot.id, error) }
+                apply { $0.protocolViolation(slot.id, error) }
                 return false
             }
             if n <= 0 || slot.reader.lastReadWasShort { break }  // drained (epoll re-arms if more comes)
         }
         // Units finished: whatever waits goes to the workers with room.
-        step { $0.dispatch(now: .now) }
+        apply { $0.dispatch(now: .now) }
         if !open {
             // The worker closed its end: it is exiting (or broken); make sure it does.
             let expected = guarded.withLock { $0.state.expectsExit(slot.id) }
@@ -394,13 +395,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     /// worker, which is killed if they are still running after the call's grace period.
     func cancel(_ call: CallCore) {
         guard call.markCancelled() else { return }
-        step { $0.cancel(call, now: .now) }
+        apply { $0.cancel(call, now: .now) }
     }
 
-    func close() { step { $0.close(now: .now) } }
+    func close() { apply { $0.close(now: .now) } }
 
     func terminate(_ error: PoolError = PoolError(.terminated, "the pool was terminated")) {
-        step { $0.terminate(error, now: .now) }
+        apply { $0.terminate(error, now: .now) }
     }
 
     /// Waits until every worker has exited (after `close` or `terminate`).

@@ -6,12 +6,12 @@ import Threading
 /// The engine of a ``ProcessPool``: it starts workers, reads their replies and exit, supervises them, and
 /// performs what the pool's state (``PoolState``) decides.
 ///
-/// The state and the workers' I/O objects sit in one `Mutex`. Every entry point runs one event of the
+/// The state and the workers' I/O objects sit behind one lock. Every entry point runs one event of the
 /// state under the lock, then performs the returned actions once the lock is released: frames are
 /// encoded and written, signals sent, shared pages written, items failed, the supervisor woken. Replies
 /// are read on the library's reactor thread; a supervisor thread per pool enforces timeouts, kills after
 /// grace periods, schedules retries and replaces workers.
-final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarded`
+final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarded`, behind `lock`
     private struct Guarded: Sendable {
         var state: PoolState
         var io: [PoolState.WorkerID: WorkerIO] = [:]
@@ -20,7 +20,11 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     let size: Int
     let options: ProcessPoolOptions
     private let initializer: (type: String, payload: [UInt8])?
-    private let guarded: Mutex<Guarded>
+    /// The library's futex lock rather than `Synchronization.Mutex`: on Linux the latter is a
+    /// priority-inheritance futex that enters the kernel whenever the reactor and a submitter meet, which
+    /// cost 10–20 % of the chunksize-1 throughput (`bench pool`, BENCHMARKS.md).
+    private let lock = Lock()
+    private var guarded: Guarded
     private let supervisorWake = Event()
     private let allExited = Event()
     private let callbacks = BlockingQueue<@Sendable () -> Void>()
@@ -29,7 +33,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         self.size = size
         self.options = options
         self.initializer = initializer
-        guarded = Mutex(Guarded(state: PoolState(size: size, options: options, now: .now)))
+        guarded = Guarded(state: PoolState(size: size, options: options, now: PoolInstant.now))
         for _ in 0..<size { try addWorker() }
         let t = OSThread(name: "mp-pool-supervisor", daemon: true) { [weak self] in
             while let core = self { if !core.superviseOnce() { break } }
@@ -51,12 +55,16 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     private func step<R: Sendable, E: Error>(
         _ event: (inout Guarded) throws(E) -> (R, [PoolState.Action])
     ) throws(E) -> R {
-        let (r, actions, io) = try guarded.withLock { g throws(E) in
+        let (r, actions, io) = try withGuarded { g throws(E) in
             let (r, actions) = try event(&g)
             return (r, actions, actions.isEmpty ? [:] : g.io)
         }
         if !actions.isEmpty { perform(actions, io) }
         return r
+    }
+
+    private func withGuarded<R, E: Error>(_ body: (inout Guarded) throws(E) -> R) throws(E) -> R {
+        try lock.withLock { () throws(E) -> R in try body(&guarded) }
     }
 
     /// ``step(_:)`` for an event of the state alone.
@@ -128,11 +136,11 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     // MARK: - workers
 
     private func addWorker() throws {
-        let id = guarded.withLock { $0.state.startingWorker() }
+        let id = withGuarded { $0.state.startingWorker() }
         do {
             try startWorker(id)
         } catch {
-            apply { $0.spawnFailed(error, now: .now) }
+            apply { $0.spawnFailed(error, now: PoolInstant.now) }
             throw error
         }
     }
@@ -177,7 +185,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         // Known to the state and registered together: the state may send it work at once.
         step { g in
             g.io[id] = slot
-            return ((), g.state.workerStarted(id, pid: w.pid, now: .now))
+            return ((), g.state.workerStarted(id, pid: w.pid, now: PoolInstant.now))
         }
         Reactor.shared.watch(w.channel.fileDescriptor) { [weak self] in self?.readable(slot) ?? false }
         Reactor.shared.watch(errRead) { [weak self] in self?.readStderr(slot) ?? false }
@@ -191,10 +199,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     // MARK: - submitting
 
     func function(kind: PoolWire.FunctionKind, name: String, payload: [UInt8]) -> FunctionRef {
-        guarded.withLock { $0.state.function(kind: kind, name: name, payload: payload) }
+        withGuarded { $0.state.function(kind: kind, name: name, payload: payload) }
     }
 
-    func makeUnitId() -> UInt64 { guarded.withLock { $0.state.makeUnitId() } }
+    func makeUnitId() -> UInt64 { withGuarded { $0.state.makeUnitId() } }
 
     /// Queues units and dispatches what the workers can take.
     func submit(_ units: [Unit]) throws(PoolError) {
@@ -203,7 +211,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             // event, or this reads the mark.
             var units = units
             for i in units.indices where units[i].call.isCancelled { units[i].callCancelled = true }
-            return ((), try g.state.submit(units, now: .now))
+            return ((), try g.state.submit(units, now: PoolInstant.now))
         }
     }
 
@@ -232,10 +240,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             if n <= 0 || slot.reader.lastReadWasShort { break }  // drained (epoll re-arms if more comes)
         }
         // Units finished: whatever waits goes to the workers with room.
-        apply { $0.dispatch(now: .now) }
+        apply { $0.dispatch(now: PoolInstant.now) }
         if !open {
             // The worker closed its end: it is exiting (or broken); make sure it does.
-            let expected = guarded.withLock { $0.state.expectsExit(slot.id) }
+            let expected = withGuarded { $0.state.expectsExit(slot.id) }
             if !expected { slot.handle.kill() }
         }
         return open
@@ -247,7 +255,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             // The first frame is the worker's `FromWorker.ready` in the general codec.
             _ = try BinaryDecoder().decode(FromWorker.self, from: body)
             slot.sawReady = true
-            guarded.withLock { $0.state.ready(slot.id, now: .now) }
+            withGuarded { $0.state.ready(slot.id, now: PoolInstant.now) }
             return nil
         }
         var c = FrameCursor(body)
@@ -255,7 +263,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         let unitId: UInt64 = try c.get()
         if kind == PoolWire.resend {
             try step { g throws(MultiprocessingError) in
-                ((), try g.state.resendAlone(unitId, from: slot.id, now: .now))
+                ((), try g.state.resendAlone(unitId, from: slot.id, now: PoolInstant.now))
             }
             return nil
         }
@@ -271,7 +279,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             throw MultiprocessingError(.malformedMessage, "unknown pool reply kind \(kind)")
         }
         let delivery = try step { g throws(MultiprocessingError) in
-            try g.state.received(reply, from: slot.id, now: .now)
+            try g.state.received(reply, from: slot.id, now: PoolInstant.now)
         }
         let payload = c.rest
         switch delivery {
@@ -337,7 +345,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         slot.outbox.close()
         let everyoneGone = step { g in
             g.io[slot.id] = nil
-            return g.state.exited(slot.id, facts, now: .now)
+            return g.state.exited(slot.id, facts, now: PoolInstant.now)
         }
         slot.release()
         // We are inside the pidfd's own handler: close it once the reactor has unregistered it. Only
@@ -357,7 +365,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         // Cleared before the state is read, so a wake-up sent during this round is never lost: the wait
         // at the end then returns at once.
         supervisorWake.clear()
-        let now = ContinuousClock.now
+        let now = PoolInstant.now
         let monoNow = PoolClock.coarse()  // the clock workers stamp item starts with
         let round = step { g -> (PoolState.Round, [PoolState.Action]) in
             var running: [PoolState.WorkerID: PoolState.RunningFacts] = [:]
@@ -375,13 +383,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         var next = round.wakeAt
         for _ in 0..<round.spawn {
             if (try? addWorker()) == nil {
-                let retry = ContinuousClock.now + .milliseconds(50)
+                let retry = PoolInstant.now + .milliseconds(50)
                 if next == nil || retry < next! { next = retry }
             }
         }
         if round.finished { return false }
         if let next {
-            let wait = next - .now
+            let wait = next - PoolInstant.now
             if wait > .zero { _ = supervisorWake.wait(timeout: wait) }
         } else {
             _ = supervisorWake.wait(timeout: .seconds(1))
@@ -395,13 +403,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     /// worker, which is killed if they are still running after the call's grace period.
     func cancel(_ call: CallCore) {
         guard call.markCancelled() else { return }
-        apply { $0.cancel(call, now: .now) }
+        apply { $0.cancel(call, now: PoolInstant.now) }
     }
 
-    func close() { apply { $0.close(now: .now) } }
+    func close() { apply { $0.close(now: PoolInstant.now) } }
 
     func terminate(_ error: PoolError = PoolError(.terminated, "the pool was terminated")) {
-        apply { $0.terminate(error, now: .now) }
+        apply { $0.terminate(error, now: PoolInstant.now) }
     }
 
     /// Waits until every worker has exited (after `close` or `terminate`).
@@ -418,32 +426,32 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     }
 
     /// Whether fewer units are queued than the workers could take now.
-    var isHungry: Bool { guarded.withLock { $0.state.isHungry } }
+    var isHungry: Bool { withGuarded { $0.state.isHungry } }
 
-    var isRunning: Bool { guarded.withLock { $0.state.isRunning } }
+    var isRunning: Bool { withGuarded { $0.state.isRunning } }
 
     /// Mean nanoseconds per item measured so far (0 before any), for chunk sizes.
-    var measuredItemNanos: Double { guarded.withLock { $0.state.itemNanos } }
+    var measuredItemNanos: Double { withGuarded { $0.state.itemNanos } }
 
     /// Runs `body` on the pool's callback thread (Python's result-handler thread).
     func callback(_ body: @escaping @Sendable () -> Void) { try? callbacks.put(body) }
 
     // MARK: - progress and insight
 
-    func progress() -> PoolProgress { guarded.withLock { $0.state.progress(now: .now) } }
+    func progress() -> PoolProgress { withGuarded { $0.state.progress(now: PoolInstant.now) } }
 
-    var workerPIDs: [Int32] { guarded.withLock { $0.state.workers.map(\.pid) } }
+    var workerPIDs: [Int32] { withGuarded { $0.state.workers.map(\.pid) } }
 
     /// Workers running a unit now.
-    var busyWorkers: Int { guarded.withLock { $0.io.values.filter { $0.shared.running.unit != 0 }.count } }
+    var busyWorkers: Int { withGuarded { $0.io.values.filter { $0.shared.running.unit != 0 }.count } }
 
     /// Workers that died unexpectedly (crashed, were killed from outside, broke the protocol) so far.
-    var workerDeaths: Int { guarded.withLock { $0.state.unexpectedDeaths } }
+    var workerDeaths: Int { withGuarded { $0.state.unexpectedDeaths } }
 
     /// Every descriptor the live workers hold (channel and its outbox's duplicate, stderr pipe, wake-up
     /// eventfd, pidfd), for leak tests.
     var descriptors: [Int32] {
-        guarded.withLock {
+        withGuarded {
             $0.io.values.flatMap {
                 [$0.channel.fileDescriptor, $0.outbox.descriptor, $0.stderrFd, $0.wakeFd, $0.handle.sentinel]
             }
@@ -452,7 +460,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
 
     /// Kills every worker and reaps it, without settling any work (the program is about to end).
     func stopWorkersNow() {
-        let handles = guarded.withLock { g in g.state.abandon().compactMap { g.io[$0]?.handle } }
+        let handles = withGuarded { g in g.state.abandon().compactMap { g.io[$0]?.handle } }
         for h in handles { h.terminate() }
         for h in handles where (try? h.join(timeout: .milliseconds(300))) != true {
             h.kill()

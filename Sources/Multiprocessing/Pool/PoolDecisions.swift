@@ -121,28 +121,28 @@ enum PoolDecisions {
     }
 
     /// What the supervisor does about the item running on a worker.
-    struct Timing: Equatable {
+    struct Timing<Instant: InstantProtocol>: Equatable where Instant.Duration == Duration {
         /// Stop the worker (SIGTERM, SIGKILL after the kill grace), for this reason.
         var stop: Stop?
         /// Ask the worker to cancel the running item (a soft timeout): it is killed if still running at
         /// `softAt`.
-        var cancelItemUntil: ContinuousClock.Instant?
+        var cancelItemUntil: Instant?
         /// When to look again (nil: nothing to wait for).
-        var lookAgainAt: ContinuousClock.Instant?
+        var lookAgainAt: Instant?
     }
 
     /// Decides for the running item `index` of a unit with `options`, `elapsed` after it started.
     /// `softCancelled` is the soft-cancellation already asked for this item (its kill time), `cancelAt`
     /// the whole unit's cancellation deadline.
-    static func timing(
-        now: ContinuousClock.Instant,
+    static func timing<Instant: InstantProtocol>(
+        now: Instant,
         elapsed: Duration,
         options: TaskOptions,
-        softCancelled: ContinuousClock.Instant?,
-        cancelAt: ContinuousClock.Instant?
-    ) -> Timing {
-        var t = Timing()
-        func lookAt(_ x: ContinuousClock.Instant) {
+        softCancelled: Instant?,
+        cancelAt: Instant?
+    ) -> Timing<Instant> where Instant.Duration == Duration {
+        var t = Timing<Instant>()
+        func lookAt(_ x: Instant) {
             if t.lookAgainAt == nil || x < t.lookAgainAt! { t.lookAgainAt = x }
         }
         if let hard = options.timeout {
@@ -175,17 +175,18 @@ enum PoolDecisions {
 
     /// When to look again at a unit with `options` queued on a worker but not started: its first item
     /// starts no earlier than now, so no deadline of it can fall before now plus its shortest limit.
-    static func lookAgainForQueued(now: ContinuousClock.Instant, options: TaskOptions) -> ContinuousClock.Instant? {
+    static func lookAgainForQueued<Instant: InstantProtocol>(now: Instant, options: TaskOptions) -> Instant?
+    where Instant.Duration == Duration {
         [options.timeout, options.softTimeout].compactMap { $0 }.min().map { now + $0 }
     }
 
     /// The unexpected deaths still inside the window after one more at `now`, and whether there are too
     /// many (the pool breaks instead of spawning workers for ever).
-    static func death(
-        at now: ContinuousClock.Instant,
-        recent: [ContinuousClock.Instant],
+    static func death<Instant: InstantProtocol>(
+        at now: Instant,
+        recent: [Instant],
         limit: (count: Int, window: Duration)
-    ) -> (recent: [ContinuousClock.Instant], breaks: Bool) {
+    ) -> (recent: [Instant], breaks: Bool) where Instant.Duration == Duration {
         var kept = recent.filter { now - $0 <= limit.window }
         kept.append(now)
         return (kept, kept.count > limit.count)
@@ -195,4 +196,11 @@ enum PoolDecisions {
     static func retires(dispatched: Int, maxTasksPerChild: Int?) -> Bool {
         maxTasksPerChild.map { dispatched >= $0 } ?? false
     }
+}
+
+// Arithmetic for any instant the decisions are given (the pool's own, or a test's `ContinuousClock`'s,
+// whose concrete operators take precedence).
+extension InstantProtocol where Duration == Swift.Duration {
+    static func + (lhs: Self, rhs: Duration) -> Self { lhs.advanced(by: rhs) }
+    static func - (lhs: Self, rhs: Self) -> Duration { rhs.duration(to: lhs) }
 }

@@ -12,7 +12,7 @@ import DequeModule
 /// returned values.
 struct PoolState: Sendable {
     typealias WorkerID = Int
-    typealias Instant = ContinuousClock.Instant
+    typealias Instant = PoolInstant
 
     enum Phase: Sendable {
         case running, closed, terminated
@@ -39,6 +39,9 @@ struct PoolState: Sendable {
         var tasksDone = 0
         /// Sequence number of the next `send` action (the outbox restores their order).
         var nextSend: UInt64 = 0
+
+        /// Neither retiring nor stopped.
+        var takesWork: Bool { !retiring && stop == nil }
     }
 
     /// A frame for a worker, encoded by whoever performs the `send`.
@@ -265,8 +268,13 @@ struct PoolState: Sendable {
         let window = unitNanos >= 50_000_000 ? 1 : unitNanos > 100_000 || unitNanos == 0 ? 2 : 32
         while !pending.isEmpty {
             var best: Int?
-            for (i, w) in workers.enumerated() where !w.retiring && w.stop == nil && w.inflight.count < window {
-                if best == nil || w.inflight.count < workers[best!].inflight.count { best = i }
+            var least = window
+            for i in workers.indices where workers[i].takesWork {  // by index: a `Worker` is costly to copy
+                let n = workers[i].inflight.count
+                if n < least {
+                    best = i
+                    least = n
+                }
             }
             guard let b = best else { return }
             let unit = pending.removeFirst()
@@ -331,11 +339,11 @@ struct PoolState: Sendable {
         workers[w].busy += .nanoseconds(Int64(clamping: busyNanos))
         // Not in flight: cancelled and settled already.
         guard let k = workers[w].inflight.firstIndex(where: { $0.id == unitId }) else { return (nil, []) }
-        let before = workers[w].inflight[k]
-        guard start == before.reported, count > 0, start + count <= before.count else {
+        let (reported, total) = (workers[w].inflight[k].reported, workers[w].inflight[k].count)
+        guard start == reported, count > 0, start + count <= total else {
             throw MultiprocessingError(
                 .malformedMessage,
-                "reply for items \(start)..<\(start + count) of a task at \(before.reported)/\(before.count)"
+                "reply for items \(start)..<\(start + count) of a task at \(reported)/\(total)"
             )
         }
         workers[w].inflight[k].busyNanos &+= busyNanos
@@ -625,7 +633,7 @@ struct PoolState: Sendable {
             }
         }
         if let first = delayed.first { wakeAt(first.at) }
-        let live = workers.filter { !$0.retiring && $0.stop == nil }.count
+        let live = workers.indices.filter { workers[$0].takesWork }.count
         if wantsWorkers { round.spawn = max(0, size - live - spawning) }
         if isDrainedAndClosed {
             for w in workers.indices where workers[w].inflight.isEmpty { sendShutdown(w) }

@@ -202,3 +202,25 @@ enum PoolClock {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }
+
+/// A point on `CLOCK_MONOTONIC`, as the pool's state keeps time.
+///
+/// `ContinuousClock.Instant` is not `@frozen`: every struct holding one has a layout known only at run
+/// time and is copied through the runtime's value witnesses. The pool's units and workers are copied
+/// on every dispatch and reply, and with `ContinuousClock.Instant` fields that cost 15–25 % of the
+/// chunksize-1 throughput (`bench pool`, BENCHMARKS.md). This one is a plain integer.
+struct PoolInstant: InstantProtocol, Sendable {
+    /// Nanoseconds since the clock's origin (boot).
+    var nanoseconds: Int64
+
+    static var now: PoolInstant { PoolInstant(nanoseconds: Int64(PoolClock.precise())) }
+
+    func advanced(by duration: Duration) -> PoolInstant {
+        let (s, a) = duration.components
+        return PoolInstant(nanoseconds: nanoseconds &+ s &* 1_000_000_000 &+ a / 1_000_000_000)
+    }
+
+    func duration(to other: PoolInstant) -> Duration { .nanoseconds(other.nanoseconds &- nanoseconds) }
+
+    static func < (a: PoolInstant, b: PoolInstant) -> Bool { a.nanoseconds < b.nanoseconds }
+}

@@ -1,0 +1,321 @@
+import Glibc
+import Testing
+
+@testable import Multiprocessing
+
+/// The pool's state machine without processes: scripted worker events and a fake clock, checked against
+/// the actions it returns (frames to send, signals, failures) and the pool's promises.
+@Suite struct PoolStateTests {
+    typealias State = PoolState
+    typealias Action = PoolState.Action
+
+    let t0 = PoolInstant(nanoseconds: 1_000_000_000)
+
+    func at(_ ms: Int) -> PoolInstant { t0 + .milliseconds(ms) }
+
+    /// A pool state with `workers` workers started (ids 1...), none ready yet.
+    func pool(_ workers: Int = 1, _ options: ProcessPoolOptions = .init()) -> State {
+        var s = State(size: workers, options: options, now: t0)
+        for pid in 0..<workers {
+            let id = s.startingWorker()
+            _ = s.workerStarted(id, pid: Int32(100 + pid), now: t0)
+        }
+        return s
+    }
+
+    /// A unit of `count` items of a new call; its payload is the items' indices, and any sub-range
+    /// re-encodes to the indices it covers (so requeued parts can be checked).
+    func unit(_ s: inout State, count: Int, options: TaskOptions = .default, call: CallCore? = nil) -> Unit {
+        let f = s.function(kind: .function, name: "F", payload: [])
+        return Unit(
+            id: s.makeUnitId(),
+            call: call ?? CallCore(options: options),
+            function: f,
+            base: 0,
+            count: count,
+            payload: (0..<count).map { UInt8($0) },
+            encodeRange: { r in r.map { UInt8($0) } }
+        )
+    }
+
+    /// The tasks sent, in order, as (worker, unit id, first item of the call, items).
+    func sentTasks(_ actions: [Action]) -> [(worker: Int, unit: UInt64, base: Int, count: Int)] {
+        actions.flatMap { a -> [(worker: Int, unit: UInt64, base: Int, count: Int)] in
+            guard case .send(let w, _, let items) = a else { return [] }
+            return items.compactMap {
+                if case .task(let u) = $0 { (w, u.id, u.base, u.count) } else { nil }
+            }
+        }
+    }
+
+    func failures(_ actions: [Action]) -> [(index: Int, error: any Error)] {
+        actions.compactMap { if case .fail(_, let i, let e) = $0 { (i, e) } else { nil } }
+    }
+
+    func code(_ e: any Error) -> PoolError.Code? { (e as? PoolError)?.code }
+
+    @Test func unitsGoToTheLeastBusyWorkerWithTheFunctionDefinedOnce() throws {
+        var s = pool(2)
+        let units = (0..<4).map { _ in unit(&s, count: 1) }
+        let a = try s.submit(units, now: t0)
+        let sent = sentTasks(a)
+        // Alternately (units 1 and 3 to one worker, 2 and 4 to the other), grouped per worker.
+        #expect(sent.map(\.worker) == [1, 1, 2, 2])
+        #expect(sent.map(\.unit) == [units[0].id, units[2].id, units[1].id, units[3].id])
+        // One send per worker per event, numbered from 0, each starting with the definition.
+        let sends = a.compactMap { if case .send(let w, let seq, let items) = $0 { (w, seq, items) } else { nil } }
+        #expect(sends.map(\.0) == [1, 2])
+        #expect(sends.map(\.1) == [0, 0])
+        for (_, _, items) in sends {
+            guard case .define = items.first else {
+                Issue.record("the first frame to a worker defines the function")
+                return
+            }
+        }
+        // The next send to worker 1 is number 1, with no definition.
+        _ = try s.received(.output(unit: units[0].id, start: 0, count: 1, busyNanos: 10), from: 1, now: at(1))
+        let more = try s.submit([unit(&s, count: 1)], now: at(1))
+        guard case .send(1, 1, let items)? = more.first, items.count == 1, case .task = items[0] else {
+            Issue.record("expected send #1 to worker 1 with the task alone, got \(more)")
+            return
+        }
+    }
+
+    @Test func aDeathMidChunkFailsTheRunningItemAndSendsTheRestAgain() throws {
+        var s = pool(2)
+        let u = unit(&s, count: 5)
+        _ = try s.submit([u], now: t0)
+        let (d, _) = try s.received(.output(unit: u.id, start: 0, count: 2, busyNanos: 5), from: 1, now: at(1))
+        guard case .output(_, index: 0, count: 2)? = d else {
+            Issue.record("items 0 and 1 are delivered: \(String(describing: d))")
+            return
+        }
+        var facts = State.ExitFacts(exitCode: -11, running: (u.id, 2), lastStarted: u.id)
+        facts.stderrTail = ["Fatal error: Index out of range"]
+        let (gone, a) = s.exited(1, facts, now: at(2))
+        #expect(!gone)
+        let failed = failures(a)
+        #expect(failed.map(\.index) == [2])
+        let e = try #require(failed.first?.error as? PoolError)
+        #expect(e.code == .workerDied)
+        #expect(e.message.contains("SIGSEGV"))
+        #expect(e.stderrTail == ["Fatal error: Index out of range"])
+        // Items 3 and 4 go again, as one unit, to the surviving worker.
+        let again = sentTasks(a)
+        #expect(again.count == 1)
+        #expect(again.first?.worker == 2)
+        #expect(again.first?.base == 3)
+        #expect(again.first?.count == 2)
+        #expect(s.unexpectedDeaths == 1)
+        // The supervisor replaces the dead worker.
+        #expect(s.supervise(now: at(3), running: [:]).spawn == 1)
+    }
+
+    @Test func aFailedItemIsRetriedAfterItsBackoff() throws {
+        var s = pool()
+        let policy = RetryPolicy(attempts: 2, backoff: .milliseconds(100), on: [.error])
+        let u = unit(&s, count: 1, options: TaskOptions(retry: policy))
+        _ = try s.submit([u], now: t0)
+        let (d, a) = try s.received(.failure(unit: u.id, index: 0, busyNanos: 1), from: 1, now: at(10))
+        #expect(d == nil)  // not delivered: it goes again
+        #expect(a.contains { if case .wakeSupervisor = $0 { true } else { false } })
+        // Not before the backoff...
+        let early = s.supervise(now: at(50), running: [:])
+        #expect(sentTasks(early.actions).isEmpty)
+        #expect(early.wakeAt == at(110))
+        // ...then as attempt 2.
+        let due = s.supervise(now: at(110), running: [:])
+        let sent = try #require(sentTasks(due.actions).first)
+        #expect(sent.worker == 1)
+        let retried = try #require(s.workers.first?.inflight.first)
+        #expect(retried.attempt == 2)
+        // Its second failure is final and delivered.
+        let (d2, _) = try s.received(.failure(unit: retried.id, index: 0, busyNanos: 1), from: 1, now: at(120))
+        guard case .failure(_, index: 0, softTimedOut: false, attempts: 2)? = d2 else {
+            Issue.record("the last attempt's error is delivered: \(String(describing: d2))")
+            return
+        }
+    }
+
+    @Test func aHardTimeoutStopsTheWorkerThenKillsItAndFailsTheItem() throws {
+        var s = pool()
+        let opts = TaskOptions(timeout: .milliseconds(100), killGrace: .milliseconds(50))
+        let u = unit(&s, count: 1, options: opts)
+        let a = try s.submit([u], now: t0)
+        #expect(a.contains { if case .wakeSupervisor = $0 { true } else { false } })  // it has a deadline
+        // Queued, not started: looked at again within its limit.
+        #expect(s.supervise(now: at(1), running: [:]).wakeAt == at(101))
+        let running = [1: State.RunningFacts(unit: u.id, index: 0, elapsed: .milliseconds(60))]
+        let r1 = s.supervise(now: at(60), running: running)
+        #expect(r1.wakeAt == at(100))
+        #expect(!r1.actions.contains { if case .terminate = $0 { true } else { false } })
+        let late = [1: State.RunningFacts(unit: u.id, index: 0, elapsed: .milliseconds(100))]
+        let r2 = s.supervise(now: at(100), running: late)
+        #expect(r2.actions.contains { if case .terminate(1) = $0 { true } else { false } })
+        #expect(r2.wakeAt == at(150))
+        #expect(s.expectsExit(1))
+        let r3 = s.supervise(now: at(150), running: late)
+        #expect(r3.actions.contains { if case .kill(1) = $0 { true } else { false } })
+        let (_, a2) = s.exited(1, State.ExitFacts(exitCode: -9, running: (u.id, 0), lastStarted: u.id), now: at(151))
+        let e = try #require(failures(a2).first?.error as? PoolError)
+        #expect(e.code == .timedOut)
+        #expect(s.unexpectedDeaths == 0)  // the pool stopped it: not a crash
+    }
+
+    @Test func aSoftTimeoutAsksTheItemToStopFirst() throws {
+        var s = pool()
+        let opts = TaskOptions(softTimeout: .milliseconds(100), cancelGrace: .milliseconds(30))
+        let u = unit(&s, count: 3, options: opts)
+        _ = try s.submit([u], now: t0)
+        let r = s.supervise(now: at(100), running: [1: .init(unit: u.id, index: 1, elapsed: .milliseconds(100))])
+        #expect(r.actions.contains { if case .cancelItem(1, u.id, 1) = $0 { true } else { false } })
+        #expect(r.wakeAt == at(130))
+        // The item stopped in time: its cancellation is reported as a time-out.
+        _ = try s.received(.output(unit: u.id, start: 0, count: 1, busyNanos: 1), from: 1, now: at(110))
+        let (d, _) = try s.received(.failure(unit: u.id, index: 1, busyNanos: 1), from: 1, now: at(111))
+        guard case .failure(_, index: 1, softTimedOut: true, attempts: 1)? = d else {
+            Issue.record("expected a soft time-out: \(String(describing: d))")
+            return
+        }
+    }
+
+    @Test func tooManyDeathsInTheWindowBreakThePool() throws {
+        var s = pool(1, ProcessPoolOptions(deathLimit: (2, .seconds(1))))
+        let waiting = unit(&s, count: 1)
+        for k in 0..<3 {
+            let id = k == 0 ? 1 : s.startingWorker()
+            if k > 0 { _ = s.workerStarted(id, pid: Int32(200 + k), now: at(k * 10)) }
+            let (_, a) = s.exited(id, State.ExitFacts(exitCode: -9), now: at(k * 10 + 1))
+            if k < 2 {
+                #expect(s.isRunning)
+                #expect(failures(a).isEmpty)
+            }
+        }
+        guard case .broken(let e) = s.phase else {
+            Issue.record("three deaths in 1 s break a pool whose limit is 2")
+            return
+        }
+        #expect(e.message.contains("3 workers died"))
+        // The broken pool refuses work with that error.
+        #expect(throws: PoolError.self) { try s.submit([waiting], now: at(40)) }
+        #expect(s.supervise(now: at(41), running: [:]).spawn == 0)
+    }
+
+    @Test func deathsOutsideTheWindowDoNotBreakThePool() throws {
+        var s = pool(1, ProcessPoolOptions(deathLimit: (2, .seconds(1))))
+        for k in 0..<5 {
+            let id = k == 0 ? 1 : s.startingWorker()
+            if k > 0 { _ = s.workerStarted(id, pid: Int32(200 + k), now: at(k * 600)) }
+            _ = s.exited(id, State.ExitFacts(exitCode: -9), now: at(k * 600 + 1))
+        }
+        #expect(s.isRunning)
+    }
+
+    @Test func aWorkerIsRecycledAfterMaxTasksPerChild() throws {
+        var s = pool(1, ProcessPoolOptions(maxTasksPerChild: 2))
+        let units = (0..<3).map { _ in unit(&s, count: 1) }
+        let a = try s.submit(units, now: t0)
+        #expect(sentTasks(a).count == 2)  // the third waits for a new worker
+        _ = try s.received(.output(unit: units[0].id, start: 0, count: 1, busyNanos: 1), from: 1, now: at(1))
+        let (_, a2) = try s.received(.output(unit: units[1].id, start: 0, count: 1, busyNanos: 1), from: 1, now: at(2))
+        let shutdown = a2.contains {
+            if case .send(1, _, let items) = $0, case .shutdown? = items.last { true } else { false }
+        }
+        #expect(shutdown)
+        #expect(s.expectsExit(1))
+        #expect(s.supervise(now: at(3), running: [:]).spawn == 1)  // its replacement starts now
+        // A clean exit of a retired worker is no death.
+        _ = s.exited(1, State.ExitFacts(exitCode: 0), now: at(4))
+        #expect(s.unexpectedDeaths == 0)
+        let id = s.startingWorker()
+        let a3 = s.workerStarted(id, pid: 300, now: at(5))
+        #expect(sentTasks(a3).map(\.unit) == [units[2].id])
+    }
+
+    @Test func cancellingACallFailsWhatWaitsAndAsksRunningWorkersToStop() throws {
+        var s = pool(1)
+        let call = CallCore(options: TaskOptions(cancelGrace: .milliseconds(200)))
+        let units = (0..<40).map { _ in unit(&s, count: 1, call: call) }
+        let a = try s.submit(units, now: t0)
+        let sent = sentTasks(a).count
+        #expect(sent == 2)  // the worker's window
+        let c = s.cancel(call, now: at(5))
+        #expect(failures(c).count == 40 - sent)
+        #expect(failures(c).allSatisfy { $0.error is CancellationError })
+        let marks = c.filter { if case .cancelUnit(1, _, _) = $0 { true } else { false } }
+        #expect(marks.count == sent)
+        // Still running after the grace period: the worker is stopped.
+        let r = s.supervise(now: at(205), running: [1: .init(unit: units[0].id, index: 0, elapsed: .milliseconds(205))])
+        #expect(r.actions.contains { if case .terminate(1) = $0 { true } else { false } })
+    }
+
+    @Test func terminateFailsEverythingAndStopsEveryWorker() throws {
+        var s = pool(2)
+        let units = (0..<6).map { _ in unit(&s, count: 2) }
+        _ = try s.submit(units, now: t0)
+        let a = s.terminate(PoolError(.terminated, "the pool was terminated"), now: at(1))
+        #expect(failures(a).count == 12)
+        #expect(failures(a).allSatisfy { code($0.error) == .terminated })
+        #expect(a.filter { if case .terminate = $0 { true } else { false } }.count == 2)
+        // A worker that was still starting is stopped as it arrives.
+        let id = s.startingWorker()
+        let late = s.workerStarted(id, pid: 400, now: at(2))
+        #expect(late.contains { if case .terminate(id) = $0 { true } else { false } })
+        _ = s.exited(1, .init(exitCode: -15), now: at(3))
+        _ = s.exited(2, .init(exitCode: -15), now: at(3))
+        let (gone, _) = s.exited(id, .init(exitCode: -15), now: at(4))
+        #expect(gone)
+        #expect(s.supervise(now: at(5), running: [:]).finished)
+    }
+
+    @Test func closeDrainsThenShutsEveryWorkerDown() throws {
+        var s = pool(1)
+        let u = unit(&s, count: 1)
+        _ = try s.submit([u], now: t0)
+        let c = s.close(now: at(1))
+        #expect(!c.contains { if case .send = $0 { true } else { false } })  // work is in flight
+        let (_, a) = try s.received(.output(unit: u.id, start: 0, count: 1, busyNanos: 1), from: 1, now: at(2))
+        #expect(
+            a.contains { if case .send(1, _, let items) = $0, case .shutdown? = items.last { true } else { false } }
+        )
+        let (gone, _) = s.exited(1, .init(exitCode: 0), now: at(3))
+        #expect(gone)
+        #expect(s.unexpectedDeaths == 0)
+    }
+
+    @Test func aReplyThatContradictsTheUnitIsAProtocolViolation() throws {
+        var s = pool()
+        let u = unit(&s, count: 2)
+        _ = try s.submit([u], now: t0)
+        #expect(throws: MultiprocessingError.self) {
+            try s.received(.output(unit: u.id, start: 1, count: 1, busyNanos: 1), from: 1, now: at(1))
+        }
+        let a = s.protocolViolation(1, MultiprocessingError(.malformedMessage, "test"))
+        #expect(a.contains { if case .kill(1) = $0 { true } else { false } })
+        // Its unit is charged although no item was running.
+        let (_, b) = s.exited(1, .init(exitCode: -9, lastStarted: u.id), now: at(2))
+        // Which item is at fault is unknown: each goes again alone, charged one kill.
+        #expect(failures(b).isEmpty)
+        #expect(s.pending.map(\.count) == [1, 1])
+        #expect(s.pending.map(\.kills) == [1, 1])
+        #expect(s.unexpectedDeaths == 1)
+    }
+
+    @Test func theOutboxRestoresTheOrderOfNumberedSends() throws {
+        let (a, b) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+        defer {
+            Syscall.close(a)
+            Syscall.close(b)
+        }
+        let outbox = Outbox(channel: a)
+        defer { outbox.release() }
+        outbox.append([3, 3], seq: 2)
+        outbox.append([2], seq: 1)
+        outbox.flush()  // nothing yet: send 0 has not arrived
+        outbox.append([1], seq: 0)
+        outbox.flush()
+        var buf = [UInt8](repeating: 0, count: 16)
+        let n = try buf.withUnsafeMutableBytes { try Syscall.receive(b, into: $0) }
+        #expect(Array(buf[0..<(n ?? 0)]) == [1, 2, 3, 3])
+    }
+}

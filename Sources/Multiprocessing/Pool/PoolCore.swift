@@ -20,9 +20,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     let size: Int
     let options: ProcessPoolOptions
     private let initializer: (type: String, payload: [UInt8])?
-    /// The library's futex lock rather than `Synchronization.Mutex`: on Linux the latter is a
-    /// priority-inheritance futex that enters the kernel whenever the reactor and a submitter meet, which
-    /// cost 10–20 % of the chunksize-1 throughput (`bench pool`, BENCHMARKS.md).
+    /// The library's futex lock (it spins briefly before parking, like every lock on the pool's paths)
+    /// rather than `Synchronization.Mutex`, a priority-inheritance futex on Linux that enters the kernel
+    /// whenever the reactor thread and a submitter meet.
     private let lock = Lock()
     private var guarded: Guarded
     private let supervisorWake = Event()

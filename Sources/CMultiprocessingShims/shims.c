@@ -351,6 +351,40 @@ int mp_shared_mutex_lock(pthread_mutex_t *m) {
 
 int mp_shared_mutex_unlock(pthread_mutex_t *m) { return -pthread_mutex_unlock(m); }
 
+int mp_shared_rmutex_init(pthread_mutex_t *m) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    int rc = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    return -rc;
+}
+
+int mp_shared_mutex_timedlock(pthread_mutex_t *m, const struct timespec *deadline) {
+    int rc = deadline ? pthread_mutex_clocklock(m, CLOCK_MONOTONIC, deadline) : pthread_mutex_lock(m);
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(m);
+        return 1;
+    }
+    return -rc;
+}
+
+int mp_shared_mutex_trylock(pthread_mutex_t *m) {
+    int rc = pthread_mutex_trylock(m);
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(m);
+        return 1;
+    }
+    return -rc;
+}
+
+long mp_fd_inode(int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 ? (long)st.st_ino : -errno;
+}
+
 int mp_futex_wait_shared(uint32_t *addr, uint32_t expected, const struct timespec *deadline) {
     long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET, expected, deadline, NULL, FUTEX_BITSET_MATCH_ANY);
     return r == 0 ? 0 : -errno;

@@ -40,6 +40,21 @@ package enum Syscall {
         return p!
     }
 
+    /// `open(2)` with `O_CLOEXEC`, retried on EINTR.
+    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o600) throws -> Int32 {
+        while true {
+            let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+            if fd >= 0 { return fd }
+            if errno != EINTR { throw MultiprocessingError.system("open \(path)", errno) }
+        }
+    }
+
+    /// The inode number of the file behind `fd`.
+    static func inode(_ fd: Int32) throws -> Int { try check("fstat", mp_fd_inode(fd)) }
+
+    /// Unmaps a mapping made by ``mapShared(_:size:)``.
+    static func unmap(_ p: UnsafeMutableRawPointer, size: Int) { _ = mp_unmap(p, size) }
+
     /// The size of the file behind `fd`.
     static func fileSize(_ fd: Int32) throws -> Int { try check("fstat", mp_fd_size(fd)) }
 

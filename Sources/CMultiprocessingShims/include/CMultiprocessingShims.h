@@ -120,6 +120,25 @@ int mp_shared_mutex_init(pthread_mutex_t *m);
 /// again), or -errno.
 int mp_shared_mutex_lock(pthread_mutex_t *m);
 int mp_shared_mutex_unlock(pthread_mutex_t *m);
+/// Initialises a process-shared, robust, recursive mutex (an RLock); 0 or -errno.
+int mp_shared_rmutex_init(pthread_mutex_t *m);
+/// Locks before the absolute CLOCK_MONOTONIC `deadline` (NULL: no limit). Returns 0, or 1 when the
+/// previous owner died holding it (made consistent again), -ETIMEDOUT, or -errno (-EAGAIN: a recursive
+/// lock's count is exhausted).
+int mp_shared_mutex_timedlock(pthread_mutex_t *m, const struct timespec *deadline);
+/// 0, 1 (previous owner died), -EBUSY, or -errno.
+int mp_shared_mutex_trylock(pthread_mutex_t *m);
+/// The inode number of `fd`, or -errno.
+long mp_fd_inode(int fd);
+static inline uint64_t mp_atomic_fetch_add_u64(uint64_t *p, uint64_t v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
+static inline bool mp_atomic_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+static inline uint64_t mp_atomic_exchange_u64(uint64_t *p, uint64_t v) {
+    return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
+}
 /// futex wait/wake on memory shared between processes (no FUTEX_PRIVATE_FLAG).
 int mp_futex_wait_shared(uint32_t *addr, uint32_t expected, const struct timespec *deadline);
 int mp_futex_wake_shared(uint32_t *addr, int count);

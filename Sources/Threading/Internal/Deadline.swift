@@ -7,6 +7,9 @@ package struct Deadline: Sendable, Comparable {
     @usableFromInline package var nanoseconds: Int64
 
     @usableFromInline
+    package init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
+
+    @usableFromInline
     package static func now() -> Deadline {
         var ts = Glibc.timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)

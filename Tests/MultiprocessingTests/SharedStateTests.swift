@@ -1,0 +1,295 @@
+import Glibc
+import MultiprocessingTestSupport
+import Testing
+import Threading
+
+@testable import Multiprocessing
+
+// Jobs for the shared-state tests: they run in other processes and use the memory they were sent.
+
+/// The seed's `f(n, a)`: `n.value = 3.1415927`, then every element negated.
+struct NegateAll: Job {
+    let n: SharedValue<Double>
+    let a: SharedArray<Int32>
+    func run() -> NoOutput {
+        n.value = 3.1415927
+        for i in a.indices { a[i] = -a[i] }
+        return NoOutput()
+    }
+}
+
+/// `times` increments of `v` under its lock, after `start` is set.
+struct IncrementUnderLock: Job {
+    let v: SharedValue<Int>
+    let start: RawSharedValue<Int32>
+    let times: Int
+    func run() -> NoOutput {
+        while start.load() == 0 { sched_yield() }
+        for _ in 0..<times { try! v.withLock { $0 += 1 } }
+        return NoOutput()
+    }
+}
+
+/// `times` atomic additions to `v`.
+struct AtomicIncrement: Job {
+    let v: RawSharedValue<Int64>
+    let times: Int
+    func run() -> NoOutput {
+        for _ in 0..<times { v.add(1) }
+        return NoOutput()
+    }
+}
+
+/// Which lock a `HoldAndHang` takes.
+enum AnyProcessLock: Codable, Sendable {
+    case lock(ProcessLock)
+    case rlock(ProcessRLock)
+    case value(SharedValue<Int>)
+}
+
+/// Takes the lock, says so in `held`, and hangs (to be SIGKILLed holding it).
+struct HoldAndHang: Job {
+    let lock: AnyProcessLock
+    let held: RawSharedValue<Int32>
+    func run() -> NoOutput {
+        switch lock {
+        case .lock(let l): l.acquire()
+        case .rlock(let l): l.acquire()
+        case .value(let v): v.lock.acquire()
+        }
+        held.store(1)
+        while true { sleep(60) }
+    }
+}
+
+/// Writes its process id at `index` of `a` (run on a pool worker).
+struct StampPid: Job {
+    let a: RawSharedArray<Int64>
+    let index: Int
+    func run() -> Int32 {
+        a[index] = Int64(getpid())
+        return getpid()
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct SharedStateTests {
+    func openDescriptors() -> Int {
+        var n = 0
+        if let d = opendir("/proc/self/fd") {
+            while readdir(d) != nil { n += 1 }
+            closedir(d)
+        }
+        return n
+    }
+
+    func waitFor(_ flag: RawSharedValue<Int32>, timeout: Duration = .seconds(30)) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while flag.load() == 0 {
+            if ContinuousClock.now > deadline { return false }
+            usleep(1_000)
+        }
+        return true
+    }
+
+    @Test func theSeedsValueAndArrayAreChangedByTheChild() throws {
+        let n = try SharedValue<Double>(0.0)
+        let a = try SharedArray<Int32>((0..<10).map(Int32.init))
+        let p = ChildProcess(job: NegateAll(n: n, a: a))
+        try p.start()
+        _ = try p.result(timeout: .seconds(30))
+        #expect(try p.join(timeout: .seconds(10)))
+        #expect(n.value == 3.1415927)
+        #expect("\(n.value)" == "3.1415927")
+        #expect(Array(a) == [0, -1, -2, -3, -4, -5, -6, -7, -8, -9])
+        #expect("\(a.toArray())" == "[0, -1, -2, -3, -4, -5, -6, -7, -8, -9]")
+    }
+
+    @Test func twoProcessesIncrementingUnderTheLockCountExactly() throws {
+        let v = try SharedValue<Int>(0)
+        let start = try RawSharedValue<Int32>(0)
+        let times = 1_000_000
+        let ps = (0..<2).map { _ in ChildProcess(job: IncrementUnderLock(v: v, start: start, times: times)) }
+        for p in ps { try p.start() }
+        start.store(1)
+        for p in ps {
+            _ = try p.result(timeout: .seconds(120))
+            #expect(try p.join(timeout: .seconds(10)))
+        }
+        #expect(v.value == 2 * times)
+        #expect(v.lock.deadOwnerCount == 0)
+    }
+
+    @Test func atomicAddsFromTwoProcessesCountExactly() throws {
+        let v = try RawSharedValue<Int64>(0)
+        let ps = (0..<2).map { _ in ChildProcess(job: AtomicIncrement(v: v, times: 1_000_000)) }
+        for p in ps { try p.start() }
+        for p in ps { _ = try p.result(timeout: .seconds(120)) }
+        #expect(v.load() == 2_000_000)
+        #expect(v.compareExchange(expected: 2_000_000, desired: 7) == (true, 2_000_000))
+        #expect(v.compareExchange(expected: 2_000_000, desired: 8) == (false, 7))
+    }
+
+    /// A process SIGKILLed while holding each kind of lock: the next acquirer gets it, told so, within
+    /// its timeout — before and after the dead holder is reaped.
+    @Test(arguments: ["lock", "rlock", "value"])
+    func aHolderKilledWhileHoldingTheLockIsDetected(kind: String) throws {
+        let held = try RawSharedValue<Int32>(0)
+        let value = try SharedValue<Int>(41)
+        let lock: AnyProcessLock =
+            switch kind {
+            case "lock": .lock(try ProcessLock())
+            case "rlock": .rlock(try ProcessRLock())
+            default: .value(value)
+            }
+        let p = ChildProcess(job: HoldAndHang(lock: lock, held: held))
+        try p.start()
+        #expect(waitFor(held))
+        // Held by the child: a timed acquire times out.
+        let outcome: LockOutcome
+        switch lock {
+        case .lock(let l): outcome = l.acquire(timeout: .milliseconds(100))
+        case .rlock(let l): outcome = l.acquire(timeout: .milliseconds(100))
+        case .value(let v): outcome = v.lock.acquire(timeout: .milliseconds(100))
+        }
+        #expect(outcome == .timedOut)
+        p.kill()  // not reaped yet: the holder is a zombie while we wait
+        var repaired = false
+        let waited = try elapsed {
+            switch lock {
+            case .lock(let l):
+                #expect(l.acquire(timeout: .seconds(5)) == .acquiredFromDeadOwner)
+                #expect(l.owner == getpid())
+                try l.release()
+                #expect(l.deadOwnerCount == 1)
+                #expect(l.acquire(timeout: .seconds(1)) == .acquired)
+                try l.release()
+            case .rlock(let l):
+                #expect(l.acquire(timeout: .seconds(5)) == .acquiredFromDeadOwner)
+                #expect(l.acquire(timeout: .seconds(1)) == .acquired)  // re-entrant for us now
+                try l.release()
+                try l.release()
+                #expect(!l.isLocked)
+            case .value(let v):
+                try v.withLock(
+                    timeout: .seconds(5),
+                    ownerDied: { x in
+                        repaired = true
+                        x = 0
+                    }
+                ) { $0 += 1 }
+                #expect(v.value == 1)
+            }
+        }
+        #expect(waited < .seconds(2))
+        if kind == "value" { #expect(repaired) }
+        #expect(try p.join(timeout: .seconds(10)))
+    }
+
+    @Test func timedAcquireWaitsAboutItsTimeout() throws {
+        let lock = try ProcessLock()
+        let held = try RawSharedValue<Int32>(0)
+        let p = ChildProcess(job: HoldAndHang(lock: .lock(lock), held: held))
+        try p.start()
+        defer {
+            p.kill()
+            _ = try? p.join(timeout: .seconds(10))
+        }
+        #expect(waitFor(held))
+        let t = elapsed { #expect(lock.acquire(timeout: .milliseconds(300)) == .timedOut) }
+        #expect(t >= .milliseconds(290))
+        #expect(t < .seconds(2))
+        #expect(lock.acquire(timeout: .zero) == .timedOut)
+        #expect(throws: MultiprocessingError.self) { try lock.release() }  // not ours
+        #expect(throws: MultiprocessingError.self) { try lock.withLock(timeout: .milliseconds(10)) {} }
+    }
+
+    @Test func asyncAcquireWaitsWithoutBlockingAndHonoursCancellation() async throws {
+        let lock = try ProcessLock()
+        try await lock.acquire()
+        let waiter = Task { try await lock.acquire(timeout: .seconds(10)) }
+        try await Task.sleep(for: .milliseconds(100))
+        try lock.release()
+        #expect(try await waiter.value == .acquired)
+        // Now held (by this process, for the task): another task's wait can be cancelled.
+        let cancelled = Task { try await lock.acquire() }
+        try await Task.sleep(for: .milliseconds(50))
+        cancelled.cancel()
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        try lock.release()
+        #expect(!lock.isLocked)
+        let r = try ProcessRLock()
+        #expect(try await r.acquire() == .acquired)
+        #expect(try await r.acquire() == .acquired)
+        try r.release()
+        try r.release()
+        #expect(!r.isLocked)
+    }
+
+    @Test func poolWorkersSeeTheSameMemory() throws {
+        let a = try RawSharedArray<Int64>(repeating: 0, count: 8)
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        let tasks = try (0..<8).map { try pool.submit(StampPid(a: a, index: $0)) }
+        let pids = try tasks.map { try $0.get(timeout: .seconds(30)) }
+        #expect(Array(a) == pids.map(Int64.init))
+        #expect(!pids.contains(getpid()))
+        pool.close()
+        #expect(try pool.join(timeout: .seconds(10)))
+    }
+
+    @Test func aSegmentDecodesAsTheSameMemoryAndChecksItsType() throws {
+        let v = try SharedValue<Int64>(5)
+        let bytes = try BinaryEncoder().encode(v)
+        let again = try BinaryDecoder().decode(SharedValue<Int64>.self, from: bytes)
+        again.value = 6
+        #expect(v.value == 6)
+        #expect(again.segment.isSameMemory(as: v.segment))
+        #expect(throws: MultiprocessingError.self) { try BinaryDecoder().decode(SharedValue<Int8>.self, from: bytes) }
+        let three = try BinaryEncoder().encode(try SharedArray<Int64>([1, 2, 3]))
+        #expect(throws: MultiprocessingError.self) { try BinaryDecoder().decode(SharedValue<Int64>.self, from: three) }
+        #expect(try BinaryDecoder().decode(SharedArray<Int64>.self, from: bytes).count == 1)
+        #expect(throws: MultiprocessingError.self) { try SharedSegment(size: 0) }
+    }
+
+    @Test func aSegmentWhoseHolderLetGoCannotBeAttached() throws {
+        var bytes: [UInt8] = []
+        do {
+            let gone = try SharedArray<Int32>(repeating: 1, count: 4)
+            bytes = try BinaryEncoder().encode(gone)
+        }
+        // Another file may now have the descriptor's number: the inode check catches it.
+        let other = try SharedSegment(size: 4096)
+        #expect(throws: MultiprocessingError.self) { try BinaryDecoder().decode(SharedArray<Int32>.self, from: bytes) }
+        _ = other
+    }
+
+    @Test func segmentsLeaveNoDescriptorsBehind() throws {
+        let before = openDescriptors()
+        for _ in 0..<50 {
+            let v = try SharedValue<Int>(1)
+            let copy = try BinaryDecoder().decode(SharedValue<Int>.self, from: try BinaryEncoder().encode(v))
+            copy.value += 1
+            let a = try RawSharedArray<UInt8>(repeating: 0, count: 100_000)
+            a[99_999] = 1
+            _ = try ProcessLock()
+        }
+        #expect(openDescriptors() == before)
+    }
+
+    @Test func arraysHaveBulkAndSliceAccess() throws {
+        let a = try SharedArray<Int>(repeating: 0, count: 6)
+        a[slice: 1..<4] = [7, 8, 9]
+        #expect(a[slice: 0..<5] == [0, 7, 8, 9, 0])
+        try a.replaceAll(with: [1, 2, 3, 4, 5, 6])
+        #expect(a.reduce(0, +) == 21)
+        #expect(throws: MultiprocessingError.self) { try a.replaceAll(with: [1]) }
+        try a.withLock { buf in for i in buf.indices { buf[i] *= 10 } }
+        #expect(a.toArray() == [10, 20, 30, 40, 50, 60])
+        #expect(a.add(5, at: 0) == 10)
+        #expect(a[0] == 15)
+        // Python's idiom: the value's own lock is re-entrant.
+        let v = try SharedValue<Int>(0)
+        try v.lock.withLock { v.value += 1 }
+        #expect(v.value == 1)
+    }
+}

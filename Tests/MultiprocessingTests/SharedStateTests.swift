@@ -74,15 +74,6 @@ struct StampPid: Job {
 
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct SharedStateTests {
-    func openDescriptors() -> Int {
-        var n = 0
-        if let d = opendir("/proc/self/fd") {
-            while readdir(d) != nil { n += 1 }
-            closedir(d)
-        }
-        return n
-    }
-
     func waitFor(_ flag: RawSharedValue<Int32>, timeout: Duration = .seconds(30)) -> Bool {
         let deadline = ContinuousClock.now + timeout
         while flag.load() == 0 {
@@ -263,17 +254,24 @@ struct SharedStateTests {
         _ = other
     }
 
+    /// Every descriptor a segment opened is closed once the segment is gone (checked by number and
+    /// inode, as other suites open and close descriptors meanwhile).
     @Test func segmentsLeaveNoDescriptorsBehind() throws {
-        let before = openDescriptors()
+        var used: [(fd: Int32, inode: Int)] = []
         for _ in 0..<50 {
             let v = try SharedValue<Int>(1)
             let copy = try BinaryDecoder().decode(SharedValue<Int>.self, from: try BinaryEncoder().encode(v))
             copy.value += 1
             let a = try RawSharedArray<UInt8>(repeating: 0, count: 100_000)
             a[99_999] = 1
-            _ = try ProcessLock()
+            let l = try ProcessLock()
+            for s in [v.segment, copy.segment, a.segment, l.place.segment] { used.append((s.fd, s.inode)) }
         }
-        #expect(openDescriptors() == before)
+        #expect(Set(used.map(\.fd)).count >= 4)
+        for (fd, inode) in used {
+            let stillOpen = (try? Syscall.inode(fd)) == inode
+            #expect(!stillOpen, "descriptor \(fd) of a dropped segment is still open")
+        }
     }
 
     @Test func arraysHaveBulkAndSliceAccess() throws {
@@ -291,5 +289,126 @@ struct SharedStateTests {
         let v = try SharedValue<Int>(0)
         try v.lock.withLock { v.value += 1 }
         #expect(v.value == 1)
+    }
+}
+
+/// Creates a named segment (tracked), publishes its name and its tracker's pid, and hangs (to be
+/// SIGKILLed without unlinking it).
+struct CreateNamedAndHang: Job {
+    let persistent: Bool
+    let name: RawSharedArray<UInt8>
+    let tracker: RawSharedValue<Int32>
+    func run() throws -> NoOutput {
+        let shm = try SharedMemory(create: 4096, persistent: persistent)
+        shm.buffer.storeBytes(of: 42, as: UInt64.self)
+        for (i, b) in shm.name.utf8.enumerated() { name[i] = b }
+        tracker.store(SegmentTracker.pid ?? -1)
+        while true { sleep(60) }
+    }
+}
+
+/// Writes `value` at the start of a named segment it was sent.
+struct WriteNamed: Job {
+    let shm: SharedMemory
+    let value: UInt64
+    func run() -> UInt64 {
+        let old = shm.buffer.load(as: UInt64.self)
+        shm.buffer.storeBytes(of: value, as: UInt64.self)
+        return old
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct NamedSharedMemoryTests {
+    func exists(_ name: String) -> Bool { access("/dev/shm/" + name, F_OK) == 0 }
+
+    func waitUntil(_ timeout: Duration, _ condition: () -> Bool) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while !condition() {
+            if ContinuousClock.now > deadline { return false }
+            usleep(2_000)
+        }
+        return true
+    }
+
+    @Test func createAttachCloseUnlink() throws {
+        let shm = try SharedMemory(create: 10_000)
+        #expect(shm.name.hasPrefix("mp_"))
+        #expect(exists(shm.name))
+        let ints = try shm.view(as: Int32.self)
+        #expect(ints.count == 2_500)
+        ints[7] = -7
+        let other = try SharedMemory(attach: "/" + shm.name)  // Python's names may start with a slash
+        #expect(other.size == 10_000)
+        #expect(try other.view(as: Int32.self)[7] == -7)
+        other.close()
+        other.close()  // idempotent
+        #expect(throws: MultiprocessingError.self) { try SharedMemory(create: 10, name: shm.name) }  // exists
+        try shm.unlink()
+        #expect(!exists(shm.name))
+        #expect(throws: MultiprocessingError.self) { try SharedMemory(attach: shm.name) }
+        #expect(throws: MultiprocessingError.self) { try shm.view(as: UInt64.self, offset: 4) }  // misaligned
+        #expect(throws: MultiprocessingError.self) { try SharedMemory(attach: "../etc/passwd") }
+        #expect(throws: MultiprocessingError.self) { try SharedMemory(create: 0) }
+    }
+
+    @Test func pythonAttachesToOurSegmentByName() throws {
+        let shm = try SharedMemory(create: 64)
+        defer { try? shm.unlink() }
+        Array("hello from swift".utf8).withUnsafeBytes { shm.buffer.copyMemory(from: $0) }
+        let script = """
+            import sys
+            from multiprocessing import shared_memory, resource_tracker
+            shm = shared_memory.SharedMemory(sys.argv[1])
+            resource_tracker.unregister(shm._name, "shared_memory")  # 3.11 registers on attach (gh-82300)
+            print(bytes(shm.buf[:16]).decode())
+            shm.buf[0:5] = b"HELLO"
+            shm.close()
+            """
+        let (code, out) = try runPython(script, [shm.name])
+        #expect(code == 0)
+        #expect(out.contains("hello from swift"))
+        #expect(String(decoding: UnsafeRawBufferPointer(rebasing: shm.buffer[0..<5]), as: UTF8.self) == "HELLO")
+    }
+
+    @Test func aSegmentTravelsInAJobByName() throws {
+        let shm = try SharedMemory(create: 4096)
+        defer { try? shm.unlink() }
+        shm.buffer.storeBytes(of: 5, as: UInt64.self)
+        let p = ChildProcess(job: WriteNamed(shm: shm, value: 9))
+        try p.start()
+        #expect(try p.result(timeout: .seconds(30)) == 5)
+        #expect(shm.buffer.load(as: UInt64.self) == 9)
+        _ = try p.join(timeout: .seconds(10))
+    }
+
+    /// The creator is SIGKILLed without unlinking: its tracker removes the segment; a persistent one
+    /// stays.
+    @Test(arguments: [false, true])
+    func aKilledCreatorsSegmentIsRemoved(persistent: Bool) throws {
+        try Processes.adoptOrphans()  // the tracker outlives its creator: reap it here, not as a zombie
+        let name = try RawSharedArray<UInt8>(repeating: 0, count: 64)
+        let tracker = try RawSharedValue<Int32>(0)
+        let p = ChildProcess(job: CreateNamedAndHang(persistent: persistent, name: name, tracker: tracker))
+        try p.start()
+        #expect(waitUntil(.seconds(30)) { tracker.load() != 0 })
+        let segment = String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
+        #expect(exists(segment))
+        let attached = try SharedMemory(attach: segment)
+        #expect(attached.buffer.load(as: UInt64.self) == 42)
+        if !persistent { #expect(kill(tracker.load(), 0) == 0, "the tracker runs") }
+        p.kill()
+        _ = try p.join(timeout: .seconds(10))
+        if persistent {
+            #expect(tracker.load() == -1)  // no tracker was started
+            usleep(100_000)
+            #expect(exists(segment))
+            try attached.unlink()
+        } else {
+            #expect(waitUntil(.seconds(5)) { !exists(segment) })
+            #expect(Processes.reapAdoptedOrphan(tracker.load(), timeout: .seconds(5)))
+            // Unlinked, not unmapped: this process still uses the memory it has.
+            #expect(attached.buffer.load(as: UInt64.self) == 42)
+        }
     }
 }

@@ -25,12 +25,14 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     public let isDaemon: Bool
     private let state: Mutex<State>
 
-    init(pid: Int32, pidfd: Int32, name: String, daemon: Bool) {
+    /// `registered`: listed by `activeChildren()` and handled by the exit-time clean-up (the library's
+    /// own helpers, such as the shared-memory tracker, handle themselves).
+    init(pid: Int32, pidfd: Int32, name: String, daemon: Bool, registered: Bool = true) {
         self.pid = pid
         self.name = name
         isDaemon = daemon
         state = Mutex(State(pidfd: pidfd))
-        ChildRegistry.add(self)
+        if registered { ChildRegistry.add(self) }
     }
 
     deinit {

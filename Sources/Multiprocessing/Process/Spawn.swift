@@ -47,15 +47,22 @@ enum Spawner {
     ///   - stderr: a descriptor to become the worker's standard error (a pipe, for pools that keep
     ///   the tail of each worker's stderr), or `nil` to inherit this process's.
     ///   - environment: extra variables, used only where the environment does not set them already.
-    static func spawn(stderr: Int32? = nil, environment: [String: String] = [:]) throws -> SpawnedWorker {
+    static func spawn(
+        stderr: Int32? = nil,
+        environment: [String: String] = [:],
+        dieWithParent: Bool = true
+    ) throws -> SpawnedWorker {
         let (parentEnd, childEnd) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
         defer { Syscall.close(childEnd) }
         let mode = WorkerStart.entry == .bootstrap ? "b" : "c"
         // Parent-death signal only when spawning from the main thread: PR_SET_PDEATHSIG fires when the
         // spawning *thread* exits, which would kill workers started from short-lived threads. EOF on fd 3
         // covers every case.
-        let deathFlag = mp_gettid() == getpid() ? "d" : ""
-        var env = ["SWIFT_MP_WORKER=\(mode)", "SWIFT_MP_PARENT=\(getpid())\(deathFlag)"]
+        let deathFlag = dieWithParent && mp_gettid() == getpid() ? "d" : ""
+        // A process that must outlive its parent (the shared-memory tracker) gets no parent to check:
+        // it may still be starting when its parent dies, and must run anyway.
+        var env = ["SWIFT_MP_WORKER=\(mode)"]
+        if dieWithParent { env.append("SWIFT_MP_PARENT=\(getpid())\(deathFlag)") }
         var e = environ
         while let p = e.pointee {
             let s = String(cString: p)

@@ -29,6 +29,8 @@ enum WorkerRuntime {
         // Line-buffered output, so a worker's prints interleave sensibly with its parent's.
         mp_stdout_line_buffered()
         let channel = Connection(fileDescriptor: fd)
+        // The shared-memory tracker outlives its parent on purpose: it cleans up after it.
+        if getenv("SWIFT_MP_TRACKER") != nil { SegmentTracker.serve(channel) }
         let pid = getpid()
         startParentWatch(fd)
         do {

@@ -12,6 +12,14 @@ public enum SeedExamples {
         ("process", "multiprocessing.Process: run a function in a child, join it", { try await processWithJoin() }),
         ("queue", "a writer and a reader process share a Queue", { try await queueWriterReader() }),
         ("pipe", "parent and child talk over a Pipe", { try await pipe() }),
+        (
+            "shared-value", "Value('d') and Array('i') changed by a child: shared memory, not a copy",
+            { try await sharedValueAndArray() }
+        ),
+        (
+            "shared-vs-copy", "Foo(i, dic) in two processes: a copied dict vs a shared one",
+            { try await copiedVersusShared() }
+        ),
         ("subprocess", "subprocess call and communicate() (swift-subprocess)", { try await subprocessCommunicate() }),
         ("pool", "Pool(4) with apply_async(long_time_task), close, join", { try poolApplyAsync() }),
         ("pool-callback", "apply_async with a callback (end_call)", { try poolCallback() }),

@@ -3,7 +3,7 @@ import Foundation
 // bench SUITE [workload ...]   — prints RESULT/INFO lines like the Python anchors in shared/bench/python.
 let args = CommandLine.arguments.dropFirst()
 guard let suite = args.first else {
-    print("usage: bench SUITE [workload ...]   (suites: threads, ipc, pool)")
+    print("usage: bench SUITE [workload ...]   (suites: threads, ipc, pool, shared)")
     exit(2)
 }
 let only = Set(args.dropFirst())
@@ -24,7 +24,14 @@ case "pool":
         print("error: \(error)")
         exit(1)
     }
+case "shared":
+    do {
+        try runSharedSuite(only)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 default:
-    print("unknown suite \(suite); suites: threads, ipc, pool")
+    print("unknown suite \(suite); suites: threads, ipc, pool, shared")
     exit(2)
 }

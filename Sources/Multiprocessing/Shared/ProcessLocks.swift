@@ -17,13 +17,14 @@ public enum LockOutcome: Sendable, Hashable {
     public var isHeld: Bool { self != .timedOut }
 }
 
-/// Identity of the current owner candidate: the current task when there is one (a task keeps its identity
-/// when it moves between threads), else the thread.
-func currentOwnerToken() -> UInt64 {
-    if let t = withUnsafeCurrentTask(body: { $0.map { UInt64(UInt(bitPattern: $0.hashValue)) | (1 << 63) } }) {
-        return t
-    }
-    return mp_pthread_self() & ~(1 << 63)
+/// The calling thread's identity for lock ownership (top bit clear).
+@inline(__always)
+func threadToken() -> UInt64 { mp_pthread_self() & ~(1 << 63) }
+
+/// The current task's identity (its address, unique while it lives; top bit set), or 0 outside a task.
+/// Costly (the task type is resilient): computed only for async calls and when a thread check fails.
+func taskToken() -> UInt64 {
+    withUnsafeCurrentTask { t in t.map { UInt64(unsafeBitCast($0, to: UInt.self)) | (1 << 63) } ?? 0 }
 }
 
 /// This process's id (cached: workers are started by exec, never forked, so it never changes under us).
@@ -53,6 +54,8 @@ func processHasEnded(_ pid: UInt32) -> Bool {
 /// whether the named owner still lives and, if not, takes the lock over (`.acquiredFromDeadOwner`).
 struct SharedLockWord: @unchecked Sendable {  // points into shared memory, accessed atomically
     let base: UnsafeMutableRawPointer
+    /// This process's id (read once: a global's lazy initialisation check costs on every access).
+    let me = currentPID
 
     static let size = 32
     static let waiters: UInt32 = 1 << 31
@@ -73,23 +76,23 @@ struct SharedLockWord: @unchecked Sendable {  // points into shared memory, acce
     /// Tries once; `nil` if held by someone else.
     @inline(__always)
     func tryLock() -> LockOutcome? {
-        mp_atomic_cas_acquire_u32(word, 0, currentPID) ? .acquired : nil
+        mp_atomic_cas_acquire_u32(word, 0, me) ? .acquired : nil
     }
 
     /// Waits for the lock until `deadline` (nil: none), `sliceLimit` at most when given (async slices).
     func lock(deadline: Deadline?) -> LockOutcome {
-        if mp_atomic_cas_acquire_u32(word, 0, currentPID) { return .acquired }
+        if mp_atomic_cas_acquire_u32(word, 0, me) { return .acquired }
         // A short spin: the holder is usually on another core and about to release.
         for _ in 0..<64 {
             mp_cpu_relax()
-            if mp_atomic_load_u32(word) == 0 && mp_atomic_cas_acquire_u32(word, 0, currentPID) { return .acquired }
+            if mp_atomic_load_u32(word) == 0 && mp_atomic_cas_acquire_u32(word, 0, me) { return .acquired }
         }
-        let me = currentPID | Self.waiters
+        let mine = me | Self.waiters
         while true {
             let v = mp_atomic_load_u32(word)
             if v == 0 {
                 // Taken with the waiters bit: others may still sleep, and our release must wake them.
-                if mp_atomic_cas_acquire_u32(word, 0, me) { return .acquired }
+                if mp_atomic_cas_acquire_u32(word, 0, mine) { return .acquired }
                 continue
             }
             if v & Self.waiters == 0 && !mp_atomic_cas_u32(word, v, v | Self.waiters) { continue }
@@ -106,8 +109,8 @@ struct SharedLockWord: @unchecked Sendable {  // points into shared memory, acce
     /// After a slice: if the owner named by `seen` has ended, takes the lock from it.
     private func takeOverIfOwnerDied(seen: UInt32) -> LockOutcome? {
         let owner = seen & ~Self.waiters
-        guard owner != currentPID, processHasEnded(owner) else { return nil }
-        guard mp_atomic_cas_u32(word, seen, currentPID | Self.waiters) else { return nil }
+        guard owner != me, processHasEnded(owner) else { return nil }
+        guard mp_atomic_cas_u32(word, seen, me | Self.waiters) else { return nil }
         _ = mp_atomic_fetch_add_u32(deadOwners, 1)
         return .acquiredFromDeadOwner
     }
@@ -190,7 +193,7 @@ public final class ProcessLock: Codable, @unchecked Sendable {  // state is in s
 
     /// Releases the lock. Throws if this process does not hold it (Python raises `ValueError`).
     public func release() throws {
-        guard core.owner == currentPID else {
+        guard core.owner == core.me else {
             throw MultiprocessingError(
                 .invalidState,
                 core.owner == 0 ? "release of an unlocked lock" : "release of a lock held by process \(core.owner)"
@@ -209,7 +212,7 @@ public final class ProcessLock: Codable, @unchecked Sendable {  // state is in s
     ) throws -> R {
         let outcome = acquire(timeout: timeout)
         guard outcome.isHeld else {
-            throw MultiprocessingError(.timedOut, "the lock was not acquired within \(timeout!)")
+            throw lockTimedOut(timeout)
         }
         defer { core.unlock() }
         if outcome == .acquiredFromDeadOwner { try ownerDied?() }
@@ -228,8 +231,10 @@ public final class ProcessLock: Codable, @unchecked Sendable {  // state is in s
 
 /// A re-entrant lock shared between processes — Python's `multiprocessing.RLock`.
 ///
-/// The owner is a thread (or, in async code, a task) of a process; it may acquire again, and must release
-/// as many times. A dead owning process is detected as for ``ProcessLock``.
+/// The owner is a thread of a process when taken with the blocking ``acquire(timeout:)``, or a task
+/// when taken with the async one; the owner may acquire again, and must release as many times. (Do not
+/// hold it across an `await` after a blocking acquire: the task may resume on another thread.) A dead
+/// owning process is detected as for ``ProcessLock``.
 public final class ProcessRLock: Codable, @unchecked Sendable {  // state is in shared memory, atomic
     let place: SharedPlace
     let core: SharedLockWord
@@ -248,8 +253,13 @@ public final class ProcessRLock: Codable, @unchecked Sendable {  // state is in 
 
     public func encode(to encoder: any Encoder) throws { try place.encode(to: encoder) }
 
-    private func ownedByCaller(_ token: UInt64) -> Bool {
-        core.owner == currentPID && mp_atomic_load_u64(core.ownerToken) == token
+    /// The owner token if the calling thread, or else the calling task, holds the lock; nil otherwise.
+    func callerToken() -> UInt64? {
+        guard core.owner == core.me else { return nil }
+        let owner = mp_atomic_load_u64(core.ownerToken)
+        if owner == threadToken() { return owner }
+        if owner & (1 << 63) != 0 && owner == taskToken() { return owner }
+        return nil
     }
 
     private func took(_ outcome: LockOutcome, _ token: UInt64) -> LockOutcome {
@@ -262,12 +272,12 @@ public final class ProcessRLock: Codable, @unchecked Sendable {  // state is in 
     /// Acquires the lock (again, if the caller holds it), waiting at most `timeout`.
     @discardableResult
     public func acquire(timeout: Duration? = nil) -> LockOutcome {
-        let token = currentOwnerToken()
-        if ownedByCaller(token) {
+        if let r = core.tryLock() { return took(r, threadToken()) }
+        if callerToken() != nil {
             _ = mp_atomic_fetch_add_u32(core.depth, 1)
             return .acquired
         }
-        if let r = core.tryLock() { return took(r, token) }
+        let token = threadToken()
         return took(core.lock(deadline: Deadline.after(timeout)), token)
     }
 
@@ -275,11 +285,11 @@ public final class ProcessRLock: Codable, @unchecked Sendable {  // state is in 
     /// calling task.
     @discardableResult
     public func acquire(timeout: Duration? = nil) async throws -> LockOutcome {
-        let token = currentOwnerToken()
-        if ownedByCaller(token) {
+        if callerToken() != nil {
             _ = mp_atomic_fetch_add_u32(core.depth, 1)
             return .acquired
         }
+        let token = taskToken()
         if let r = core.tryLock() { return took(r, token) }
         let deadline = Deadline.after(timeout)
         let core = self.core
@@ -292,7 +302,7 @@ public final class ProcessRLock: Codable, @unchecked Sendable {  // state is in 
     /// Releases one level; the lock is free once every acquisition is released. Throws if the caller
     /// does not hold it.
     public func release() throws {
-        guard ownedByCaller(currentOwnerToken()) else {
+        guard callerToken() != nil else {
             throw MultiprocessingError(.invalidState, "release of an RLock the caller does not hold")
         }
         if mp_atomic_fetch_sub_u32(core.depth, 1) == 1 {
@@ -309,7 +319,7 @@ public final class ProcessRLock: Codable, @unchecked Sendable {  // state is in 
     ) throws -> R {
         let outcome = acquire(timeout: timeout)
         guard outcome.isHeld else {
-            throw MultiprocessingError(.timedOut, "the lock was not acquired within \(timeout!)")
+            throw lockTimedOut(timeout)
         }
         defer { try? release() }
         if outcome == .acquiredFromDeadOwner { try ownerDied?() }

@@ -319,7 +319,7 @@ struct UncheckedPointer: @unchecked Sendable {
 extension ProcessRLock {
     /// Whether the calling thread or task holds the lock.
     var isHeldByCaller: Bool {
-        core.owner == currentPID && mp_atomic_load_u64(core.ownerToken) == currentOwnerToken()
+        callerToken() != nil
     }
 
     /// Releases every level the caller holds, for a condition wait; returns the depth to restore.

@@ -29,6 +29,10 @@ private func checkLayout<T>(_ segment: SharedSegment, _: T.Type, count: Int? = n
     return n
 }
 
+func lockTimedOut(_ timeout: Duration?) -> MultiprocessingError {
+    MultiprocessingError(.timedOut, "the lock was not acquired within \(timeout.map { "\($0)" } ?? "its timeout")")
+}
+
 private func makeSegment<T>(_: T.Type, count: Int) throws -> SharedSegment {
     guard count >= 0 else { throw MultiprocessingError(.invalidState, "a negative element count \(count)") }
     let segment = try SharedSegment(size: headerSize + max(1, count) * MemoryLayout<T>.stride)
@@ -98,9 +102,11 @@ public final class SharedValue<T: BitwiseCopyable>: Codable, @unchecked Sendable
         ownerDied: ((inout T) throws -> Void)? = nil,
         _ body: (inout T) throws -> R
     ) throws -> R {
-        try lock.withLock(timeout: timeout, ownerDied: ownerDied.map { f in { try f(&self.pointer.pointee) } }) {
-            try body(&pointer.pointee)
-        }
+        let outcome = lock.acquire(timeout: timeout)
+        guard outcome.isHeld else { throw lockTimedOut(timeout) }
+        defer { try? lock.release() }
+        if outcome == .acquiredFromDeadOwner, let ownerDied { try ownerDied(&pointer.pointee) }
+        return try body(&pointer.pointee)
     }
 }
 
@@ -321,9 +327,11 @@ public final class SharedArray<T: BitwiseCopyable>: Codable, @unchecked Sendable
         ownerDied: ((UnsafeMutableBufferPointer<T>) throws -> Void)? = nil,
         _ body: (UnsafeMutableBufferPointer<T>) throws -> R
     ) throws -> R {
-        try lock.withLock(timeout: timeout, ownerDied: ownerDied.map { f in { try f(self.buffer) } }) {
-            try body(buffer)
-        }
+        let outcome = lock.acquire(timeout: timeout)
+        guard outcome.isHeld else { throw lockTimedOut(timeout) }
+        defer { try? lock.release() }
+        if outcome == .acquiredFromDeadOwner, let ownerDied { try ownerDied(buffer) }
+        return try body(buffer)
     }
 }
 

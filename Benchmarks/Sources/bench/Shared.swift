@@ -43,12 +43,15 @@ struct AtomicIncrements: Job {
 struct ShmWriter: Job {
     let shm: SharedMemory
     func run() -> [Int64] {
-        let src = [UInt8](repeating: 0x5a, count: SIZE)
+        // A page-aligned source, as the C reference's (an Array's elements sit 32 bytes into its block).
+        let src = UnsafeMutableRawBufferPointer.allocate(byteCount: SIZE, alignment: 4096)
+        defer { src.deallocate() }
+        memset(src.baseAddress!, 0x5a, SIZE)
         let t0 = monoNanos()
-        src.withUnsafeBytes { shm.buffer.copyMemory(from: $0) }
+        shm.buffer.copyMemory(from: UnsafeRawBufferPointer(src))
         let t1 = monoNanos()
         let t2 = monoNanos()
-        src.withUnsafeBytes { shm.buffer.copyMemory(from: $0) }
+        shm.buffer.copyMemory(from: UnsafeRawBufferPointer(src))
         let t3 = monoNanos()
         return [t0, t1, t2, t3]
     }

@@ -196,18 +196,28 @@ enum ChildRegistry {
 
     static var all: [ProcessHandle] { children.withLock { Array($0.values) } }
 
+    /// Set when the program has begun to exit: no child may be started any more (a pool's supervisor
+    /// would otherwise replace the workers the clean-up stops, and the replacements would outlive us).
+    static let exiting = Atomic<Bool>(false)
+
     /// As Python at exit: daemon children are terminated, the others joined; all are reaped.
     static func cleanUpAtExit() {
-        let children = all
-        let daemons = children.filter(\.isDaemon)
-        // Every daemon is asked at once and they share one grace period, so exit costs at most about one
-        // grace whatever their number (one after the other, each could take a whole grace).
-        for h in daemons { h.terminate() }
-        let deadline = Deadline.after(.seconds(1))
-        for h in daemons { _ = try? h.join(timeout: deadline?.remaining ?? .zero) }
-        for h in daemons where h.isAlive { h.kill() }
-        for h in daemons { _ = try? h.join(timeout: .seconds(5)) }
-        for h in children where !h.isDaemon { _ = try? h.join() }
+        exiting.store(true, ordering: .sequentiallyConsistent)
+        // A child being started as the flag was set registers after the first look: look again until
+        // no child is left (twice is enough; the bound is a safety net).
+        for _ in 0..<4 {
+            let children = all
+            if children.isEmpty { return }
+            let daemons = children.filter(\.isDaemon)
+            // Every daemon is asked at once and they share one grace period, so exit costs at most about
+            // one grace whatever their number (one after the other, each could take a whole grace).
+            for h in daemons { h.terminate() }
+            let deadline = Deadline.after(.seconds(1))
+            for h in daemons { _ = try? h.join(timeout: deadline?.remaining ?? .zero) }
+            for h in daemons where h.isAlive { h.kill() }
+            for h in daemons { _ = try? h.join(timeout: .seconds(5)) }
+            for h in children where !h.isDaemon { _ = try? h.join() }
+        }
     }
 }
 

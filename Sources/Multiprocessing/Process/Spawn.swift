@@ -1,5 +1,6 @@
 internal import CMultiprocessingShims
 import Glibc
+import Synchronization
 import Threading
 
 /// How a worker process enters worker mode.
@@ -52,6 +53,9 @@ enum Spawner {
         environment: [String: String] = [:],
         dieWithParent: Bool = true
     ) throws -> SpawnedWorker {
+        guard !ChildRegistry.exiting.load(ordering: .sequentiallyConsistent) else {
+            throw MultiprocessingError(.spawnFailed, "the program is exiting: no new process is started")
+        }
         let (parentEnd, childEnd) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
         defer { Syscall.close(childEnd) }
         let mode = WorkerStart.entry == .bootstrap ? "b" : "c"

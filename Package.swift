@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "Threading", targets: ["Threading"]),
         .library(name: "Multiprocessing", targets: ["Multiprocessing"]),
         .library(name: "MultiprocessingNetwork", targets: ["MultiprocessingNetwork"]),
+        .library(name: "MultiprocessingManagers", targets: ["MultiprocessingManagers"]),
         .executable(name: "mp", targets: ["mp"]),
     ],
     dependencies: [
@@ -49,6 +50,12 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // CPython's managers: the pickle codec (no code is ever run by decoding), and (coming) the manager
+        // server and proxies on MultiprocessingNetwork.
+        .target(
+            name: "MultiprocessingManagers",
+            dependencies: ["Threading", "Multiprocessing", "MultiprocessingNetwork"]
+        ),
         // The seed notes' programs, ported; `mp demo` runs them.
         .target(
             name: "SeedExamples",
@@ -68,6 +75,10 @@ let package = Package(
             path: "Tests/MultiprocessingTestSupport"
         ),
         .testTarget(name: "ThreadingTests", dependencies: ["Threading", "MultiprocessingTestSupport"]),
+        .testTarget(
+            name: "ManagersTests",
+            dependencies: ["MultiprocessingManagers", "MultiprocessingTestSupport"]
+        ),
         .testTarget(
             name: "MultiprocessingTests",
             dependencies: ["Multiprocessing", "MultiprocessingNetwork", "Threading", "MultiprocessingTestSupport"]

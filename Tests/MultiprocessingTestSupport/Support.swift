@@ -160,14 +160,27 @@ package final class PythonPeer: @unchecked Sendable {  // the Process is used by
     static func launch(_ script: String, _ args: [String]) -> PythonPeer { PythonPeer(script: script, args) }
 
     /// Waits up to `timeout` for the script, terminating it then; returns (exit status, its output).
+    /// The output is read while the script runs (a script that writes more than a pipe holds would
+    /// otherwise block for ever), and never waited for more than a second after the script ended (another
+    /// process may have inherited the pipe's write end).
     package func finish(timeout: TimeInterval = 30) -> (Int32, String) {
+        let collected = Locked<[UInt8]>([])
+        let done = DispatchSemaphore(value: 0)
+        let reader = out.fileHandleForReading
+        Thread.detachNewThread {
+            while true {
+                let d = reader.availableData
+                if d.isEmpty { break }
+                collected.withLock { $0 += d }
+            }
+            done.signal()
+        }
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(5_000) }
         if process.isRunning { process.terminate() }
         process.waitUntilExit()
-        return (
-            process.terminationStatus, String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        )
+        _ = done.wait(timeout: .now() + 1)
+        return (process.terminationStatus, String(decoding: collected.withLock { $0 }, as: UTF8.self))
     }
 }
 

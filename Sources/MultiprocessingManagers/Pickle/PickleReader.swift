@@ -1,0 +1,394 @@
+/// Why a pickle could not be read or written.
+public struct PickleError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let message: String
+    /// The byte offset in the pickle where reading stopped, if reading.
+    public let offset: Int?
+    public var description: String { offset.map { "pickle: \(message) (at byte \($0))" } ?? "pickle: \(message)" }
+    init(_ message: String, at offset: Int? = nil) {
+        self.message = message
+        self.offset = offset
+    }
+}
+
+/// Limits that keep a hostile pickle from taking the reader's memory or stack.
+public struct PickleLimits: Sendable {
+    /// Deepest nesting of containers and calls.
+    public var maxDepth: Int
+    /// Most entries in the memo.
+    public var maxMemo: Int
+    /// Most items on the stack (containers in construction included).
+    public var maxStack: Int
+
+    public init(maxDepth: Int = 200, maxMemo: Int = 1 << 20, maxStack: Int = 1 << 20) {
+        self.maxDepth = maxDepth
+        self.maxMemo = maxMemo
+        self.maxStack = maxStack
+    }
+}
+
+/// The globals a pickle may name: decoding refuses any other (`os.system`, `builtins.eval`, …) with a
+/// clear error, so reading a pickle never gives a peer a way to run code.
+public struct PickleAllowList: Sendable {
+    public var globals: Set<String>
+
+    public init(_ globals: Set<String>) { self.globals = globals }
+
+    public func allows(_ module: String, _ name: String) -> Bool { globals.contains(module + "." + name) }
+
+    /// What CPython's managers protocol needs: `Token`, `RemoteError`, the queue exceptions, `bytearray`,
+    /// `set`/`frozenset` (older protocols build them with REDUCE), `collections.OrderedDict`, and the
+    /// built-in exceptions.
+    public static let managers = PickleAllowList(
+        Set(
+            [
+                "multiprocessing.managers.Token", "multiprocessing.managers.RemoteError",
+                "_queue.Empty", "queue.Empty", "queue.Full", "builtins.bytearray", "builtins.set",
+                "builtins.frozenset", "collections.OrderedDict", "copyreg._reconstructor", "builtins.object",
+                "builtins.complex",
+            ] + builtinExceptions.map { "builtins." + $0 }
+        )
+    )
+
+    static let builtinExceptions = [
+        "BaseException", "Exception", "ArithmeticError", "AssertionError", "AttributeError", "BrokenPipeError",
+        "BufferError", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "EOFError",
+        "FileExistsError", "FileNotFoundError", "FloatingPointError", "IndexError", "InterruptedError",
+        "KeyError", "LookupError", "MemoryError", "NameError", "NotImplementedError", "OSError",
+        "OverflowError", "PermissionError", "ProcessLookupError", "RecursionError", "ReferenceError",
+        "RuntimeError", "StopIteration", "SystemError", "TimeoutError", "TypeError", "UnicodeDecodeError",
+        "UnicodeEncodeError", "UnicodeError", "ValueError", "ZeroDivisionError", "KeyboardInterrupt",
+    ]
+}
+
+/// Reads pickles of protocols 2 to 5 into ``PythonValue``s, without running code.
+public struct PickleReader: Sendable {
+    public var limits: PickleLimits
+    public var allowList: PickleAllowList
+
+    public init(limits: PickleLimits = PickleLimits(), allowList: PickleAllowList = .managers) {
+        self.limits = limits
+        self.allowList = allowList
+    }
+
+    public func read(_ bytes: [UInt8]) throws(PickleError) -> PythonValue {
+        let r: Result<PythonValue, PickleError> = bytes.withUnsafeBytes { p in
+            var m = Machine(bytes: p, limits: limits, allowList: allowList)
+            do throws(PickleError) { return .success(try m.run()) } catch { return .failure(error) }
+        }
+        return try r.get()
+    }
+
+    public func read(_ bytes: UnsafeRawBufferPointer) throws(PickleError) -> PythonValue {
+        var m = Machine(bytes: bytes, limits: limits, allowList: allowList)
+        return try m.run()
+    }
+}
+
+private struct Machine {
+    let bytes: UnsafeRawBufferPointer
+    let limits: PickleLimits
+    let allowList: PickleAllowList
+    var pos = 0
+    var stack: [PythonValue] = []
+    /// Stack positions where MARKs were pushed.
+    var marks: [Int] = []
+    var memo: [PythonValue?] = []
+    /// For each stack position holding a container, the memo entries that refer to it (updated as the
+    /// container is filled, so a later BINGET sees the filled container).
+    var memoOfSlot: [Int: [Int]] = [:]
+    /// The reverse: the stack position a memo entry was taken from, while that value is on the stack.
+    var slotOfMemo: [Int: Int] = [:]
+
+    init(bytes: UnsafeRawBufferPointer, limits: PickleLimits, allowList: PickleAllowList) {
+        self.bytes = bytes
+        self.limits = limits
+        self.allowList = allowList
+    }
+
+    func fail(_ m: String) -> PickleError { PickleError(m, at: pos) }
+
+    mutating func byte() throws(PickleError) -> UInt8 {
+        guard pos < bytes.count else { throw fail("truncated pickle") }
+        defer { pos += 1 }
+        return bytes[pos]
+    }
+
+    mutating func take(_ n: Int) throws(PickleError) -> UnsafeRawBufferPointer {
+        guard n >= 0, n <= bytes.count - pos else { throw fail("truncated pickle (\(n) bytes announced)") }
+        defer { pos += n }
+        return UnsafeRawBufferPointer(rebasing: bytes[pos..<(pos + n)])
+    }
+
+    mutating func uint<T: FixedWidthInteger>(_: T.Type) throws(PickleError) -> T {
+        let p = try take(MemoryLayout<T>.size)
+        return T(littleEndian: p.loadUnaligned(as: T.self))
+    }
+
+    mutating func length<T: FixedWidthInteger>(_: T.Type) throws(PickleError) -> Int {
+        let n = try uint(T.self)
+        guard let i = Int(exactly: n), i >= 0 else { throw fail("length \(n) out of range") }
+        return i
+    }
+
+    mutating func text(_ n: Int) throws(PickleError) -> String {
+        let p = try take(n)
+        guard let s = String(validating: p, as: UTF8.self) else { throw fail("invalid UTF-8 in a str") }
+        return s
+    }
+
+    mutating func push(_ v: PythonValue) throws(PickleError) {
+        guard stack.count < limits.maxStack else { throw fail("pickle stack over \(limits.maxStack) items") }
+        stack.append(v)
+    }
+
+    mutating func pop() throws(PickleError) -> PythonValue {
+        guard let v = stack.popLast() else { throw fail("pickle stack underflow") }
+        if let m = marks.last, m > stack.count { throw fail("pickle pops past a mark") }
+        forget(slot: stack.count)
+        return v
+    }
+
+    /// Pops everything above the last mark.
+    mutating func popToMark() throws(PickleError) -> [PythonValue] {
+        guard let m = marks.popLast() else { throw fail("no mark on the pickle stack") }
+        guard m <= stack.count else { throw fail("pickle mark above the stack") }
+        let items = Array(stack[m...])
+        for i in m..<stack.count { forget(slot: i) }
+        stack.removeSubrange(m...)
+        return items
+    }
+
+    /// The value at stack position `slot` leaves the stack: memo entries keep it, but no longer follow it.
+    mutating func forget(slot: Int) {
+        guard let refs = memoOfSlot.removeValue(forKey: slot) else { return }
+        for r in refs { slotOfMemo[r] = nil }
+    }
+
+    /// Replaces the top of the stack (a container being filled) and every memo entry naming it.
+    mutating func updateTop(_ v: PythonValue) {
+        let i = stack.count - 1
+        stack[i] = v
+        if let refs = memoOfSlot[i] { for r in refs { memo[r] = v } }
+    }
+
+    mutating func memoize(_ index: Int) throws(PickleError) {
+        guard let top = stack.last else { throw fail("memoize with an empty stack") }
+        guard index < limits.maxMemo else { throw fail("pickle memo index \(index) over \(limits.maxMemo)") }
+        if index >= memo.count {
+            guard index - memo.count < limits.maxMemo else { throw fail("pickle memo index \(index) out of range") }
+            memo.append(contentsOf: repeatElement(nil, count: index - memo.count + 1))
+        }
+        memo[index] = top
+        memoOfSlot[stack.count - 1, default: []].append(index)
+        slotOfMemo[index] = stack.count - 1
+    }
+
+    mutating func memoGet(_ index: Int) throws(PickleError) -> PythonValue {
+        guard index < memo.count, let v = memo[index] else { throw fail("pickle memo \(index) is empty") }
+        // A container whose items are being pushed (a MARK right above it) would contain itself: values
+        // cannot hold cycles, so this is refused rather than silently cut.
+        if let slot = slotOfMemo[index], slot < stack.count, marks.contains(slot + 1) {
+            switch stack[slot] {
+            case .list, .dict, .set: throw fail("a recursive structure (a container that contains itself)")
+            default: break
+            }
+        }
+        return v
+    }
+
+    mutating func global(_ module: String, _ name: String) throws(PickleError) -> PythonValue {
+        guard allowList.allows(module, name) else {
+            throw fail("global \(module).\(name) is not allowed (only a fixed list of classes may be named)")
+        }
+        return .global(module: module, name: name)
+    }
+
+    /// `callable(*args)`: a few built-ins become values; anything else is recorded.
+    func call(_ callable: PythonValue, _ args: [PythonValue], viaNew: Bool) throws(PickleError) -> PythonValue {
+        if case .global("builtins", let name) = callable, !viaNew {
+            switch (name, args.first) {
+            case ("bytearray", .bytes(let b)?) where args.count == 1: return .bytearray(b)
+            case ("bytearray", nil): return .bytearray([])
+            case ("set", .list(let l)?) where args.count == 1: return .set(l)
+            case ("set", nil): return .set([])
+            case ("frozenset", .list(let l)?) where args.count == 1: return .frozenset(l)
+            case ("frozenset", nil): return .frozenset([])
+            default: break
+            }
+        }
+        return .object(PythonObject(callable: callable, args: args, viaNew: viaNew))
+    }
+
+    mutating func run() throws(PickleError) -> PythonValue {
+        while true {
+            let op = try byte()
+            switch op {
+            case 0x80:  // PROTO
+                let v = try byte()
+                guard (2...5).contains(v) else { throw fail("pickle protocol \(v) (2 to 5 are read)") }
+            case 0x95:  // FRAME: a hint
+                _ = try uint(UInt64.self)
+            case 0x2e:  // STOP
+                guard stack.count == 1, marks.isEmpty else {
+                    throw fail("pickle ended with \(stack.count) values and \(marks.count) marks on the stack")
+                }
+                return stack[0]
+            case 0x28:  // MARK
+                guard marks.count < limits.maxDepth else { throw fail("pickle nested deeper than \(limits.maxDepth)") }
+                marks.append(stack.count)
+            case 0x4e: try push(.none)
+            case 0x88: try push(.bool(true))
+            case 0x89: try push(.bool(false))
+            case 0x4b: try push(.int(Int64(try byte())))
+            case 0x4d: try push(.int(Int64(try uint(UInt16.self))))
+            case 0x4a: try push(.int(Int64(Int32(bitPattern: try uint(UInt32.self)))))
+            case 0x8a: try push(Self.long(try take(Int(try byte()))))
+            case 0x8b:
+                let n = Int(Int32(bitPattern: try uint(UInt32.self)))
+                guard n >= 0 else { throw fail("negative LONG4 length") }
+                try push(Self.long(try take(n)))
+            case 0x47:
+                let raw = try take(8)
+                try push(.float(Double(bitPattern: UInt64(bigEndian: raw.loadUnaligned(as: UInt64.self)))))
+            case 0x8c: try push(.string(try text(Int(try byte()))))
+            case 0x58: try push(.string(try text(try length(UInt32.self))))
+            case 0x8d: try push(.string(try text(try length(UInt64.self))))
+            case 0x43: try push(.bytes(Array(try take(Int(try byte())))))
+            case 0x42: try push(.bytes(Array(try take(try length(UInt32.self)))))
+            case 0x8e: try push(.bytes(Array(try take(try length(UInt64.self)))))
+            case 0x96: try push(.bytearray(Array(try take(try length(UInt64.self)))))
+            case 0x29: try push(.tuple([]))
+            case 0x85: try push(.tuple([try pop()]))
+            case 0x86:
+                let b = try pop()
+                try push(.tuple([try pop(), b]))
+            case 0x87:
+                let c = try pop()
+                let b = try pop()
+                try push(.tuple([try pop(), b, c]))
+            case 0x74: try push(.tuple(try popToMark()))
+            case 0x5d: try push(.list([]))
+            case 0x61:  // APPEND
+                let x = try pop()
+                guard case .list(var l) = stack.last else { throw fail("APPEND to a non-list") }
+                l.append(x)
+                updateTop(.list(l))
+            case 0x65:  // APPENDS
+                let xs = try popToMark()
+                guard case .list(var l) = stack.last else { throw fail("APPENDS to a non-list") }
+                l.append(contentsOf: xs)
+                updateTop(.list(l))
+            case 0x7d: try push(.dict([]))
+            case 0x73:  // SETITEM
+                let v = try pop()
+                let k = try pop()
+                guard case .dict(var d) = stack.last else { throw fail("SETITEM on a non-dict") }
+                Self.set(&d, k, v)
+                updateTop(.dict(d))
+            case 0x75:  // SETITEMS
+                let kv = try popToMark()
+                guard kv.count % 2 == 0 else { throw fail("SETITEMS with an odd number of items") }
+                guard case .dict(var d) = stack.last else { throw fail("SETITEMS on a non-dict") }
+                for i in stride(from: 0, to: kv.count, by: 2) { Self.set(&d, kv[i], kv[i + 1]) }
+                updateTop(.dict(d))
+            case 0x8f: try push(.set([]))
+            case 0x90:  // ADDITEMS
+                let xs = try popToMark()
+                guard case .set(var s) = stack.last else { throw fail("ADDITEMS to a non-set") }
+                for x in xs where !s.contains(x) { s.append(x) }
+                updateTop(.set(s))
+            case 0x91: try push(.frozenset(try popToMark()))
+            case 0x94: try memoize(memo.count)
+            case 0x71: try memoize(Int(try byte()))
+            case 0x72: try memoize(try length(UInt32.self))
+            case 0x68: try push(try memoGet(Int(try byte())))
+            case 0x6a: try push(try memoGet(try length(UInt32.self)))
+            case 0x93:  // STACK_GLOBAL
+                guard case .string(let name) = try pop(), case .string(let module) = try pop() else {
+                    throw fail("STACK_GLOBAL needs two str")
+                }
+                try push(try global(module, name))
+            case 0x63:  // GLOBAL module\nname\n
+                let module = try line()
+                let name = try line()
+                try push(try global(module, name))
+            case 0x52:  // REDUCE
+                guard case .tuple(let args) = try pop() else { throw fail("REDUCE arguments are not a tuple") }
+                let callable = try pop()
+                try checkCallable(callable)
+                try push(try call(callable, args, viaNew: false))
+            case 0x81:  // NEWOBJ
+                guard case .tuple(let args) = try pop() else { throw fail("NEWOBJ arguments are not a tuple") }
+                let cls = try pop()
+                try checkCallable(cls)
+                try push(try call(cls, args, viaNew: true))
+            case 0x92:  // NEWOBJ_EX
+                let kwargs = try pop()
+                guard case .tuple(let args) = try pop() else { throw fail("NEWOBJ_EX arguments are not a tuple") }
+                let cls = try pop()
+                try checkCallable(cls)
+                var o = PythonObject(callable: cls, args: args, viaNew: true)
+                if case .dict(let kw) = kwargs, !kw.isEmpty { o.state = .dict(kw) }
+                try push(.object(o))
+            case 0x62:  // BUILD
+                let state = try pop()
+                guard case .object(var o) = stack.last else { throw fail("BUILD on a value that is not an object") }
+                o.state = state
+                updateTop(.object(o))
+            default:
+                throw fail("unsupported pickle opcode 0x\(String(op, radix: 16))")
+            }
+        }
+    }
+
+    func checkCallable(_ v: PythonValue) throws(PickleError) {
+        guard case .global = v else { throw fail("a call of something that is not an allowed global") }
+    }
+
+    mutating func line() throws(PickleError) -> String {
+        var out: [UInt8] = []
+        while true {
+            let b = try byte()
+            if b == UInt8(ascii: "\n") { break }
+            out.append(b)
+            if out.count > 256 { throw fail("GLOBAL name over 256 bytes") }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func set(_ d: inout [PythonPair], _ k: PythonValue, _ v: PythonValue) {
+        if let i = d.firstIndex(where: { $0.key == k }) { d[i].value = v } else { d.append(PythonPair(k, v)) }
+    }
+
+    /// A two's-complement little-endian int: `.int` when it fits 64 bits, else `.bigInt` (minimal bytes).
+    static func long(_ p: UnsafeRawBufferPointer) -> PythonValue {
+        if p.isEmpty { return .int(0) }
+        if p.count <= 8 {
+            var v: UInt64 = 0
+            for (i, b) in p.enumerated() { v |= UInt64(b) << (8 * UInt64(i)) }
+            if p.count < 8 && p[p.count - 1] & 0x80 != 0 { v |= ~0 << (8 * UInt64(p.count)) }  // sign-extend
+            return .int(Int64(bitPattern: v))
+        }
+        return BigInts.normalized(Array(p))
+    }
+}
+
+enum BigInts {
+    /// `.int` if the two's-complement bytes fit 64 bits, else `.bigInt` with minimal bytes.
+    static func normalized(_ bytes: [UInt8]) -> PythonValue {
+        var b = bytes
+        // Drop redundant sign bytes.
+        while b.count > 1 {
+            let last = b[b.count - 1]
+            let prevHigh = b[b.count - 2] & 0x80
+            if (last == 0 && prevHigh == 0) || (last == 0xff && prevHigh != 0) { b.removeLast() } else { break }
+        }
+        if b.count <= 8 {
+            var v: UInt64 = 0
+            for (i, x) in b.enumerated() { v |= UInt64(x) << (8 * UInt64(i)) }
+            if b.count < 8 && b[b.count - 1] & 0x80 != 0 { v |= ~0 << (8 * UInt64(b.count)) }
+            return .int(Int64(bitPattern: v))
+        }
+        return .bigInt(b)
+    }
+}

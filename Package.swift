@@ -54,7 +54,7 @@ let package = Package(
         // server and proxies on MultiprocessingNetwork.
         .target(
             name: "MultiprocessingManagers",
-            dependencies: ["Threading", "Multiprocessing", "MultiprocessingNetwork"]
+            dependencies: ["CMultiprocessingShims", "Threading", "Multiprocessing", "MultiprocessingNetwork"]
         ),
         // The seed notes' programs, ported; `mp demo` runs them.
         .target(

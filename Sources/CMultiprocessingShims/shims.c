@@ -259,6 +259,11 @@ int mp_set_nodelay(int fd) {
     return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0 ? 0 : -errno;
 }
 
+int mp_quick_ack(int fd) {
+    int one = 1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one) == 0 ? 0 : -errno;
+}
+
 // ---- worker mode: entered before main ----
 // With --static-swift-stdlib, libdispatch is linked into the executable and initialised by a constructor
 // that runs *after* ours (static archives come later on the link line), so a worker entered from our

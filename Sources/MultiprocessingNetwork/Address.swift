@@ -68,11 +68,26 @@ public enum Address: Sendable, Hashable, CustomStringConvertible {
 
     /// The address of a bound or connected socket.
     static func local(of fd: Int32, unixPath: String?) -> Address {
+        if let a = socketAddress(of: fd, peer: false), case .tcp = a { return a }
+        return .unix(path: unixPath ?? "")
+    }
+
+    /// The address of a connected socket's peer (nil for an unnamed Unix peer or on error).
+    static func peer(of fd: Int32) -> Address? {
+        let a = socketAddress(of: fd, peer: true)
+        if case .unix(let p)? = a, p.isEmpty { return nil }
+        return a
+    }
+
+    private static func socketAddress(of fd: Int32, peer: Bool) -> Address? {
         var storage = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &storage) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        let rc = withUnsafeMutablePointer(to: &storage) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                peer ? getpeername(fd, $0, &len) : getsockname(fd, $0, &len)
+            }
         }
+        guard rc == 0 else { return nil }
         switch Int32(storage.ss_family) {
         case AF_INET:
             return withUnsafePointer(to: &storage) { p in
@@ -93,7 +108,7 @@ public enum Address: Sendable, Hashable, CustomStringConvertible {
                 }
             }
         default:
-            return .unix(path: unixPath ?? "")
+            return .unix(path: "")
         }
     }
 }

@@ -56,6 +56,8 @@ enum Handshake {
     }
 
     private static func receive(_ c: Connection, deadline: Deadline?) throws -> [UInt8] {
+        // The peer may be CPython, whose next message waits for our ACK of this one (Nagle).
+        _ = mp_quick_ack(c.fileDescriptor)
         do {
             return try c.receiveFrame(maxLength: maxMessage, deadline: deadline)
         } catch let e as MultiprocessingError where e.code == .messageTooLarge || e.code == .malformedMessage {

@@ -20,6 +20,7 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     private let fd: Int32
     private let unixPath: String?
     private let closed = Atomic<Bool>(false)
+    private let last = Mutex<Address?>(nil)
 
     /// - Parameters:
     ///   - address: default: TCP on 127.0.0.1 with a free port.
@@ -64,36 +65,57 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
 
     /// Accepts one connection and authenticates it — Python's `Listener.accept()`.
     ///
+    /// A server with many clients should rather take connections with ``acceptConnection(timeout:)``
+    /// and authenticate each on its own thread or task (``authenticate(_:)``): here a client that connects
+    /// and stays silent holds up the next for up to ``handshakeTimeout``.
+    ///
     /// - Parameter timeout: the longest wait for a client to connect (`nil`: forever). The handshake has
     ///   its own limit, ``handshakeTimeout``.
-    /// - Throws: ``MultiprocessingError/Code/authenticationFailed`` (the client was told `#FAILURE#` and
-    ///   disconnected), ``MultiprocessingError/Code/timedOut``, ``MultiprocessingError/Code/closed``.
+    /// - Throws: ``ClientError`` when the client failed (wrong key — it was told `#FAILURE#` —, silence,
+    ///   garbage, a reset): the listener is fine and the next `accept` may succeed.
+    ///   ``MultiprocessingError`` when the listener itself failed: ``MultiprocessingError/Code/timedOut``
+    ///   (no client within `timeout`), ``MultiprocessingError/Code/closed``, a system error.
     public func accept(timeout: Duration? = nil) throws -> Connection {
+        try authenticate(try acceptConnection(timeout: timeout)).connection
+    }
+
+    /// Accepts one connection, suspending the task (not a thread) until a client connects. The handshake
+    /// runs on a helper thread within ``handshakeTimeout`` (cancelling the task cuts it short).
+    public func accept() async throws -> Connection {
+        let accepted = try await acceptConnection()
+        guard authkey != nil else { return accepted.connection }
+        let c = accepted.connection
+        let closeOnCancel: @Sendable () -> Void = { c.close() }
+        return try await AsyncBridge.offload(onCancel: closeOnCancel) { try self.authenticate(accepted).connection }
+    }
+
+    /// Accepts one connection without authenticating it: call ``authenticate(_:)`` next (on a thread or
+    /// task of the connection's own, so that one slow client never holds up another).
+    /// - Throws: only errors of the listener (``MultiprocessingError``).
+    public func acceptConnection(timeout: Duration? = nil) throws -> AcceptedConnection {
         let deadline = Deadline.after(timeout)
         while true {
             if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "the listener is closed") }
-            if let c = try acceptNow() { return try authenticate(c) }
+            if let c = try acceptNow() { return c }
             if try !Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) {
                 throw MultiprocessingError(.timedOut, "no connection within the timeout")
             }
         }
     }
 
-    /// Accepts one connection, suspending the task (not a thread) until a client connects. The handshake
-    /// runs on a helper thread within ``handshakeTimeout`` (cancelling the task cuts it short).
-    public func accept() async throws -> Connection {
+    /// The async form of ``acceptConnection(timeout:)``: suspends the task until a client connects.
+    public func acceptConnection() async throws -> AcceptedConnection {
         while true {
             if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "the listener is closed") }
-            if let c = try acceptNow() {
-                guard authkey != nil else { return c }
-                let closeOnCancel: @Sendable () -> Void = { c.close() }
-                return try await AsyncBridge.offload(onCancel: closeOnCancel) { try self.authenticate(c) }
-            }
+            if let c = try acceptNow() { return c }
             try await Reactor.shared.wait(fd)
         }
     }
 
-    private func acceptNow() throws -> Connection? {
+    /// The peer of the last connection accepted — Python's `Listener.last_accepted`.
+    public var lastAccepted: Address? { last.withLock { $0 } }
+
+    private func acceptNow() throws -> AcceptedConnection? {
         while true {
             let s = mp_accept_nonblocking(fd)
             if s >= 0 {
@@ -101,7 +123,9 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
                 let flags = fcntl(s, F_GETFL)
                 _ = fcntl(s, F_SETFL, flags & ~O_NONBLOCK)
                 if unixPath == nil { _ = mp_set_nodelay(s) }
-                return Connection(fileDescriptor: s)
+                let peer = Address.peer(of: s)
+                last.withLock { $0 = peer }
+                return AcceptedConnection(connection: Connection(fileDescriptor: s), peer: peer)
             }
             let e = -s
             if e == EINTR || e == ECONNABORTED { continue }
@@ -111,18 +135,42 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
         }
     }
 
-    private func authenticate(_ c: Connection) throws -> Connection {
-        guard let authkey else { return c }
+    /// Runs the authkey handshake (if the listener has a key) on an accepted connection, within
+    /// ``handshakeTimeout``. On failure the connection is closed.
+    /// - Throws: ``ClientError``, naming the peer and what went wrong.
+    public func authenticate(_ accepted: AcceptedConnection) throws(ClientError) -> AcceptedConnection {
+        guard let authkey else { return accepted }
         let deadline = Deadline.after(handshakeTimeout)
         do {
-            try Handshake.deliver(c, authkey: authkey, deadline: deadline)
-            try Handshake.answer(c, authkey: authkey, deadline: deadline)
-            return c
+            try Handshake.deliver(accepted.connection, authkey: authkey, deadline: deadline)
+            try Handshake.answer(accepted.connection, authkey: authkey, deadline: deadline)
+            return accepted
         } catch {
-            c.close()
-            throw error
+            accepted.connection.close()
+            let e =
+                error as? MultiprocessingError
+                ?? MultiprocessingError(.authenticationFailed, "handshake failed: \(error)")
+            throw ClientError(peer: accepted.peer, error: e)
         }
     }
+}
+
+/// A connection a ``Listener`` accepted, with the address of its peer.
+public struct AcceptedConnection: Sendable {
+    public let connection: Connection
+    /// The client's address (a TCP host and port; for Unix sockets usually unnamed).
+    public let peer: Address?
+}
+
+/// A failure of one client of a ``Listener`` (not of the listener): a wrong key, a silent client (its
+/// handshake timed out), garbage, a reset connection. The listener keeps accepting.
+public struct ClientError: Error, CustomStringConvertible, Sendable {
+    /// Who the client was.
+    public let peer: Address?
+    /// What went wrong (``MultiprocessingError/Code/authenticationFailed``, ``MultiprocessingError/Code/timedOut``, …).
+    public let error: MultiprocessingError
+    public var code: MultiprocessingError.Code { error.code }
+    public var description: String { "client \(peer.map { "\($0)" } ?? "(unknown)"): \(error)" }
 }
 
 /// Connects to a ``Listener`` (ours or CPython's) — Python's `multiprocessing.connection.Client`.

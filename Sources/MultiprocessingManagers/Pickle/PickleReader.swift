@@ -44,7 +44,7 @@ public struct PickleAllowList: Sendable {
                 "multiprocessing.managers.Token", "multiprocessing.managers.RemoteError",
                 "_queue.Empty", "queue.Empty", "queue.Full", "builtins.bytearray", "builtins.set",
                 "builtins.frozenset", "collections.OrderedDict", "copyreg._reconstructor", "builtins.object",
-                "builtins.complex",
+                "builtins.complex", "builtins.range",
             ] + builtinExceptions.map { "builtins." + $0 }
         )
     )

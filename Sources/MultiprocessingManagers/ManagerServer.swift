@@ -1,0 +1,317 @@
+internal import CMultiprocessingShims
+import Glibc
+import Multiprocessing
+public import MultiprocessingNetwork
+import Synchronization
+import Threading
+
+/// An exception to raise in a Python client (or to receive from a Python server): its class by module and
+/// name, and its arguments — `KeyError('x')` is `PythonException(module: "builtins", name: "KeyError",
+/// args: ["x"])`.
+public struct PythonException: Error, CustomStringConvertible, Sendable, Equatable {
+    public var module: String
+    public var name: String
+    public var args: [PythonValue]
+
+    public init(module: String = "builtins", _ name: String, _ args: [PythonValue] = []) {
+        self.module = module
+        self.name = name
+        self.args = args
+    }
+
+    public var description: String {
+        "\(name)(" + args.map(\.pythonDescription).joined(separator: ", ") + ")"
+    }
+
+    /// As pickled: `module.name(*args)`.
+    var value: PythonValue { .object(PythonObject(callable: .global(module: module, name: name), args: args)) }
+
+    /// Python's `queue.Empty` (travels as `_queue.Empty`).
+    public static let queueEmpty = PythonException(module: "_queue", "Empty")
+    /// Python's `queue.Full`.
+    public static let queueFull = PythonException(module: "queue", "Full")
+}
+
+/// An object a manager serves: the methods a proxy may call (Python's `exposed`), and the call itself.
+public protocol ManagedObject: AnyObject, Sendable {
+    /// Method names a proxy may call.
+    var exposed: [String] { get }
+    /// Calls `method`; throw a ``PythonException`` to raise one in the caller.
+    func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue
+}
+
+/// A manager server speaking CPython's managers protocol — the server side of Python's
+/// `multiprocessing.managers.BaseManager` / `SyncManager`.
+///
+/// CPython clients (`BaseManager.connect()`, `SyncManager`) use it unchanged: each client connection is
+/// authenticated on a thread of its own (a client that connects and stays silent never holds up
+/// another), then served as CPython's server does — one-shot requests (`create`, `incref`, `decref`,
+/// `get_methods`, `dummy`, `shutdown`, …) and long-lived method channels (`accept_connection`). Objects are
+/// reference-counted as CPython's: one is freed when the last proxy lets go.
+///
+/// Built-in typeids, as `SyncManager`'s: `dict`, `list`, `Queue`, `JoinableQueue`, `Namespace`. Register
+/// more with ``register(_:_:)``.
+public final class ManagerServer: @unchecked Sendable {  // mutable state behind `state`
+    public typealias Factory = @Sendable (_ args: [PythonValue], _ kwargs: [PythonPair]) throws -> any ManagedObject
+
+    private struct Entry {
+        let typeid: String
+        let object: any ManagedObject
+        var refs: Int
+    }
+
+    private struct State {
+        var factories: [String: Factory] = [:]
+        var objects: [String: Entry] = [:]
+        var next: UInt64 = 0x7f00_0000_0000
+        var connections: [ObjectIdentifier: Connection] = [:]
+    }
+
+    private let listener: Listener
+    private let state = Mutex(State())
+    private let stopped = Threading.Event()
+    private let shuttingDown = Atomic<Bool>(false)
+
+    /// The address clients connect to.
+    public var address: Address { listener.address }
+
+    /// A server on `address` (default: a free TCP port on 127.0.0.1) requiring `authkey`.
+    public init(address: Address = .tcp(host: "127.0.0.1", port: 0), authkey: [UInt8]) throws {
+        listener = try Listener(address: address, authkey: authkey)
+        register("dict") { args, kwargs in try DictObject(args, kwargs) }
+        register("list") { args, _ in try ListObject(args) }
+        register("Queue") { args, kwargs in QueueObject(args, kwargs, joinable: false) }
+        register("JoinableQueue") { args, kwargs in QueueObject(args, kwargs, joinable: true) }
+        register("Namespace") { _, kwargs in NamespaceObject(kwargs) }
+    }
+
+    /// Serves `typeid`: each `create` makes an object with `factory` (Python's `register(typeid, callable)`).
+    public func register(_ typeid: String, _ factory: @escaping Factory) {
+        state.withLock { $0.factories[typeid] = factory }
+    }
+
+    /// Serves `typeid` with one shared object: every `create` returns it (the seed's master/worker
+    /// queues, which Python registers as `callable=lambda: queue`).
+    public func register(_ typeid: String, shared object: any ManagedObject) {
+        register(typeid) { _, _ in object }
+    }
+
+    /// Objects alive now (Python's `number_of_objects`).
+    public var objectCount: Int { state.withLock { $0.objects.count } }
+
+    /// Starts accepting clients on a thread of its own.
+    public func start() throws {
+        let t = OSThread(name: "mp-manager-accept", daemon: true) { [self] in acceptLoop() }
+        try t.start()
+    }
+
+    /// Stops accepting, closes every client connection and frees every object.
+    public func shutdown() {
+        guard shuttingDown.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        listener.close()
+        let conns = state.withLock { s -> [Connection] in
+            defer {
+                s.connections = [:]
+                s.objects = [:]
+            }
+            return Array(s.connections.values)
+        }
+        for c in conns { c.close() }
+        stopped.set()
+    }
+
+    /// Waits until the server has shut down (a client's `shutdown` request, or ``shutdown()``).
+    public func wait(timeout: Duration? = nil) -> Bool { stopped.wait(timeout: timeout) }
+
+    private func acceptLoop() {
+        while !shuttingDown.load(ordering: .relaxed) {
+            let accepted: AcceptedConnection
+            do {
+                accepted = try listener.acceptConnection(timeout: .seconds(1))
+            } catch let e as MultiprocessingError where e.code == .timedOut {
+                continue
+            } catch {
+                return  // closed
+            }
+            let t = OSThread(name: "mp-manager-client", daemon: true) { [self] in serveClient(accepted) }
+            if (try? t.start()) == nil { accepted.connection.close() }
+        }
+    }
+
+    private func serveClient(_ accepted: AcceptedConnection) {
+        let c = accepted.connection
+        let key = ObjectIdentifier(c)
+        defer {
+            state.withLock { _ = $0.connections.removeValue(forKey: key) }
+            c.close()
+        }
+        guard (try? listener.authenticate(accepted)) != nil else { return }
+        let registered = state.withLock { s -> Bool in
+            guard !shuttingDown.load(ordering: .relaxed) else { return false }
+            s.connections[key] = c
+            return true
+        }
+        guard registered else { return }
+        var channel = false
+        while true {
+            _ = mp_quick_ack(c.fileDescriptor)  // a CPython client's next request waits for our ACK (Nagle)
+            guard let frame = try? c.recvBytes() else { return }
+            let reply: PythonValue
+            do {
+                let request = try PickleReader().read(frame)
+                guard case .tuple(let parts) = request, parts.count == 4, case .string(let method) = parts[1],
+                    case .tuple(let args) = parts[2], case .dict(let kwargs) = parts[3]
+                else {
+                    throw PickleError("a request that is not (ident, method, args, kwds)")
+                }
+                if channel {
+                    reply = callMethod(parts[0], method, args, kwargs)
+                } else {
+                    guard case .none = parts[0] else { throw PickleError("a method call before accept_connection") }
+                    let (r, becomesChannel, stop) = serverMethod(method, args, kwargs)
+                    reply = r
+                    if becomesChannel { channel = true }
+                    if stop {
+                        _ = try? c.sendBytes(try PickleWriter().write(reply))
+                        shutdown()
+                        return
+                    }
+                }
+            } catch {
+                reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(error)\n")])
+            }
+            guard let bytes = try? PickleWriter().write(reply), (try? c.sendBytes(bytes)) != nil else { return }
+            if !channel { return }  // one-shot connections end after their reply
+        }
+    }
+
+    private static func ok(_ v: PythonValue) -> PythonValue { .tuple(["#RETURN", v]) }
+
+    /// A one-shot request: the reply, whether the connection becomes a method channel, whether to stop.
+    private func serverMethod(
+        _ method: String,
+        _ args: [PythonValue],
+        _ kwargs: [PythonPair]
+    ) -> (
+        PythonValue, Bool, Bool
+    ) {
+        func identArg() -> String? { args.first?.stringValue }
+        switch method {
+        case "dummy":
+            return (Self.ok(.none), false, false)
+        case "accept_connection":
+            return (Self.ok(.none), true, false)
+        case "shutdown":
+            return (Self.ok(.none), false, true)
+        case "number_of_objects":
+            return (Self.ok(.int(Int64(objectCount))), false, false)
+        case "create":
+            guard case .string(let typeid)? = args.first else {
+                return (.tuple(["#TRACEBACK", "create needs a typeid"]), false, false)
+            }
+            guard let factory = state.withLock({ $0.factories[typeid] }) else {
+                return (.tuple(["#ERROR", PythonException("KeyError", [.string(typeid)]).value]), false, false)
+            }
+            do {
+                let object = try factory(Array(args.dropFirst()), kwargs)
+                let ident = state.withLock { s -> String in
+                    s.next += 1
+                    let id = String(s.next, radix: 16)
+                    s.objects[id] = Entry(typeid: typeid, object: object, refs: 1)
+                    return id
+                }
+                let exposed = PythonValue.tuple(object.exposed.map { .string($0) })
+                // The client builds the Token itself from the ident (CPython's `_create`).
+                return (Self.ok(.tuple([.string(ident), exposed])), false, false)
+            } catch let e as PythonException {
+                return (.tuple(["#ERROR", e.value]), false, false)
+            } catch {
+                return (.tuple(["#TRACEBACK", .string("\(error)")]), false, false)
+            }
+        case "incref", "decref":
+            guard let ident = identArg() else {
+                return (.tuple(["#TRACEBACK", .string("no ident in \(args)")]), false, false)
+            }
+            let known = state.withLock { s -> Bool in
+                guard var e = s.objects[ident] else { return false }
+                e.refs += method == "incref" ? 1 : -1
+                if e.refs <= 0 { s.objects[ident] = nil } else { s.objects[ident] = e }
+                return true
+            }
+            if !known && method == "incref" {
+                return (.tuple(["#ERROR", PythonException("KeyError", [.string(ident)]).value]), false, false)
+            }
+            return (Self.ok(.none), false, false)  // a decref of an unknown ident is ignored, as CPython's
+        case "get_methods":
+            guard case .object(let t)? = args.first, case .tuple(let fields)? = t.state, fields.count == 3,
+                let ident = fields[2].stringValue,
+                let object = state.withLock({ $0.objects[ident]?.object })
+            else { return (.tuple(["#TRACEBACK", "unknown token"]), false, false) }
+            return (Self.ok(.tuple(object.exposed.map { .string($0) })), false, false)
+        default:
+            return (.tuple(["#TRACEBACK", .string("no server method \(method)")]), false, false)
+        }
+    }
+
+    private func callMethod(
+        _ identValue: PythonValue,
+        _ method: String,
+        _ args: [PythonValue],
+        _ kwargs: [PythonPair]
+    ) -> PythonValue {
+        guard let ident = identValue.stringValue, let object = state.withLock({ $0.objects[ident]?.object }) else {
+            return .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\nKeyError: \(identValue)\n")])
+        }
+        guard object.exposed.contains(method) else {
+            return .tuple([
+                "#ERROR",
+                PythonException("AttributeError", [.string("method '\(method)' of \(ident) is not exposed")]).value,
+            ])
+        }
+        do {
+            return Self.ok(try object.call(method, args, kwargs))
+        } catch let e as PythonException {
+            return .tuple(["#ERROR", e.value])
+        } catch {
+            return .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n\(error)\n")])
+        }
+    }
+}
+
+// MARK: - argument helpers
+
+/// Argument `i` given positionally or by `name`, or `default`.
+func argument(
+    _ args: [PythonValue],
+    _ kwargs: [PythonPair],
+    _ i: Int,
+    _ name: String,
+    _ def: PythonValue? = nil
+)
+    throws -> PythonValue
+{
+    if i < args.count { return args[i] }
+    if let v = kwargs.first(where: { $0.key == .string(name) })?.value { return v }
+    if let def { return def }
+    throw PythonException("TypeError", [.string("missing argument '\(name)'")])
+}
+
+/// A Python timeout (int, float or None) as a Duration.
+func timeoutArgument(_ v: PythonValue) throws -> Duration? {
+    switch v {
+    case .none: return nil
+    case .int(let i): return .seconds(max(0, i))
+    case .float(let d): return .nanoseconds(Int64(max(0, d) * 1e9))
+    default: throw PythonException("TypeError", [.string("a timeout must be a number or None")])
+    }
+}
+
+/// A value that can be a dict key in Python (no lists, dicts or sets).
+func checkHashable(_ k: PythonValue) throws {
+    switch k {
+    case .list, .dict, .set, .bytearray:
+        throw PythonException("TypeError", [.string("unhashable type")])
+    case .tuple(let items): for x in items { try checkHashable(x) }
+    default: break
+    }
+}

@@ -1,0 +1,313 @@
+import Synchronization
+import Threading
+
+// The objects a manager serves by default, with the methods Python's proxies call (DictProxy, ListProxy,
+// the AutoProxy of queue.Queue, NamespaceProxy). Keys compare by exact value and type (Python treats
+// 1, 1.0 and True as one key; here they are three).
+
+private func keyError(_ k: PythonValue) -> PythonException { PythonException("KeyError", [k]) }
+
+private func index(_ v: PythonValue, count: Int) throws -> Int {
+    guard let i = v.intValue else { throw PythonException("TypeError", ["list indices must be integers"]) }
+    let j = i < 0 ? i + count : i
+    guard j >= 0, j < count else { throw PythonException("IndexError", ["list index out of range"]) }
+    return j
+}
+
+/// Python's `dict`, served.
+final class DictObject: ManagedObject, @unchecked Sendable {  // `entries` behind `lock`
+    private let lock = Mutex<[PythonPair]>([])
+
+    let exposed = [
+        "__contains__", "__delitem__", "__getitem__", "__iter__", "__len__", "__setitem__", "clear", "copy", "get",
+        "items", "keys", "pop", "popitem", "setdefault", "update", "values", "__repr__", "__str__",
+    ]
+
+    init(_ args: [PythonValue], _ kwargs: [PythonPair]) throws {
+        var entries: [PythonPair] = []
+        if case .dict(let d)? = args.first { entries = d }
+        for kv in kwargs { Self.set(&entries, kv.key, kv.value) }
+        lock.withLock { $0 = entries }
+    }
+
+    static func set(_ d: inout [PythonPair], _ k: PythonValue, _ v: PythonValue) {
+        if let i = d.firstIndex(where: { $0.key == k }) { d[i].value = v } else { d.append(PythonPair(k, v)) }
+    }
+
+    func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
+        try lock.withLock { d throws -> PythonValue in
+            func key() throws -> PythonValue {
+                let k = try argument(args, kwargs, 0, "key")
+                try checkHashable(k)
+                return k
+            }
+            switch method {
+            case "__getitem__":
+                let k = try key()
+                guard let v = d.first(where: { $0.key == k })?.value else { throw keyError(k) }
+                return v
+            case "get":
+                let k = try key()
+                return d.first(where: { $0.key == k })?.value ?? (args.count > 1 ? args[1] : .none)
+            case "__setitem__":
+                Self.set(&d, try key(), try argument(args, kwargs, 1, "value"))
+                return .none
+            case "__delitem__":
+                let k = try key()
+                guard let i = d.firstIndex(where: { $0.key == k }) else { throw keyError(k) }
+                d.remove(at: i)
+                return .none
+            case "__contains__":
+                let k = try key()
+                return .bool(d.contains { $0.key == k })
+            case "__len__": return .int(Int64(d.count))
+            case "clear":
+                d = []
+                return .none
+            case "copy": return .dict(d)
+            case "items": return .list(d.map { .tuple([$0.key, $0.value]) })
+            case "keys", "__iter__": return .list(d.map(\.key))
+            case "values": return .list(d.map(\.value))
+            case "pop":
+                let k = try key()
+                if let i = d.firstIndex(where: { $0.key == k }) { return d.remove(at: i).value }
+                if args.count > 1 { return args[1] }
+                throw keyError(k)
+            case "popitem":
+                guard let last = d.popLast() else {
+                    throw PythonException("KeyError", ["popitem(): dictionary is empty"])
+                }
+                return .tuple([last.key, last.value])
+            case "setdefault":
+                let k = try key()
+                if let v = d.first(where: { $0.key == k })?.value { return v }
+                let v = args.count > 1 ? args[1] : .none
+                d.append(PythonPair(k, v))
+                return v
+            case "update":
+                if case .dict(let other)? = args.first { for kv in other { Self.set(&d, kv.key, kv.value) } }
+                if let pairs = args.first?.items {
+                    for p in pairs {
+                        guard let kv = p.items, kv.count == 2 else {
+                            throw PythonException("ValueError", ["dictionary update sequence element has wrong length"])
+                        }
+                        Self.set(&d, kv[0], kv[1])
+                    }
+                }
+                for kv in kwargs { Self.set(&d, kv.key, kv.value) }
+                return .none
+            case "__repr__", "__str__": return .string(PythonValue.dict(d).pythonDescription)
+            default: throw PythonException("AttributeError", [.string("dict has no method \(method)")])
+            }
+        }
+    }
+}
+
+/// Python's `list`, served.
+final class ListObject: ManagedObject, @unchecked Sendable {  // `items` behind `lock`
+    private let lock = Mutex<[PythonValue]>([])
+
+    let exposed = [
+        "__add__", "__contains__", "__delitem__", "__getitem__", "__len__", "__mul__", "__reversed__", "__rmul__",
+        "__setitem__", "append", "count", "extend", "index", "insert", "pop", "remove", "reverse", "sort",
+        "__imul__", "__iadd__", "__repr__", "__str__",
+    ]
+
+    init(_ args: [PythonValue]) throws {
+        if let first = args.first {
+            guard let items = first.items ?? Self.iterable(first) else {
+                throw PythonException("TypeError", ["list() argument must be an iterable"])
+            }
+            lock.withLock { $0 = items }
+        }
+    }
+
+    /// Sets and `range` objects as item lists (a range is bounded: at most 10 million items).
+    static func iterable(_ v: PythonValue) -> [PythonValue]? {
+        switch v {
+        case .set(let s), .frozenset(let s): return s
+        case .object(let o) where o.type.map({ $0 == ("builtins", "range") }) == true:
+            let n = o.args.compactMap(\.intValue)
+            guard n.count == o.args.count, (1...3).contains(n.count) else { return nil }
+            let (start, stop, step) = n.count == 1 ? (0, n[0], 1) : (n[0], n[1], n.count == 3 ? n[2] : 1)
+            guard step != 0 else { return nil }
+            let r = stride(from: start, to: stop, by: step)
+            guard r.underestimatedCount <= 10_000_000 else { return nil }
+            return r.map { .int(Int64($0)) }
+        default: return nil
+        }
+    }
+
+    func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
+        try lock.withLock { l throws -> PythonValue in
+            switch method {
+            case "__getitem__": return l[try index(try argument(args, kwargs, 0, "index"), count: l.count)]
+            case "__setitem__":
+                l[try index(try argument(args, kwargs, 0, "index"), count: l.count)] = try argument(
+                    args,
+                    kwargs,
+                    1,
+                    "value"
+                )
+                return .none
+            case "__delitem__":
+                l.remove(at: try index(try argument(args, kwargs, 0, "index"), count: l.count))
+                return .none
+            case "__len__": return .int(Int64(l.count))
+            case "__contains__": return .bool(l.contains(try argument(args, kwargs, 0, "value")))
+            case "append":
+                l.append(try argument(args, kwargs, 0, "object"))
+                return .none
+            case "extend", "__iadd__":
+                let x = try argument(args, kwargs, 0, "iterable")
+                guard let items = x.items ?? Self.iterable(x) else {
+                    throw PythonException("TypeError", ["not iterable"])
+                }
+                l += items
+                return method == "__iadd__" ? .list(l) : .none
+            case "insert":
+                let i = try argument(args, kwargs, 0, "index").intValue ?? 0
+                let at = max(0, min(l.count, i < 0 ? i + l.count : i))
+                l.insert(try argument(args, kwargs, 1, "object"), at: at)
+                return .none
+            case "pop":
+                guard !l.isEmpty else { throw PythonException("IndexError", ["pop from empty list"]) }
+                if args.isEmpty { return l.removeLast() }
+                return l.remove(at: try index(args[0], count: l.count))
+            case "remove":
+                let x = try argument(args, kwargs, 0, "value")
+                guard let i = l.firstIndex(of: x) else {
+                    throw PythonException("ValueError", ["list.remove(x): x not in list"])
+                }
+                l.remove(at: i)
+                return .none
+            case "index":
+                let x = try argument(args, kwargs, 0, "value")
+                guard let i = l.firstIndex(of: x) else {
+                    throw PythonException("ValueError", [.string("\(x) is not in list")])
+                }
+                return .int(Int64(i))
+            case "count":
+                let x = try argument(args, kwargs, 0, "value")
+                return .int(Int64(l.filter { $0 == x }.count))
+            case "reverse":
+                l.reverse()
+                return .none
+            case "__reversed__": return .list(l.reversed())
+            case "sort":
+                try Self.sort(&l)
+                return .none
+            case "__add__":
+                guard let other = try argument(args, kwargs, 0, "other").items else {
+                    throw PythonException("TypeError", ["can only concatenate list"])
+                }
+                return .list(l + other)
+            case "__mul__", "__rmul__", "__imul__":
+                guard let n = try argument(args, kwargs, 0, "n").intValue, n <= 10_000_000 / max(1, l.count) else {
+                    throw PythonException("TypeError", ["can't multiply sequence by that"])
+                }
+                let r = Array(repeating: l, count: max(0, n)).flatMap { $0 }
+                if method == "__imul__" { l = r }
+                return .list(r)
+            case "__repr__", "__str__": return .string(PythonValue.list(l).pythonDescription)
+            default: throw PythonException("AttributeError", [.string("list has no method \(method)")])
+            }
+        }
+    }
+
+    /// Sorts ints, floats and strs as Python does (mixing a str with a number is a TypeError).
+    static func sort(_ l: inout [PythonValue]) throws {
+        if l.allSatisfy({ $0.doubleValue != nil }) {
+            l.sort { $0.doubleValue! < $1.doubleValue! }
+        } else if l.allSatisfy({ $0.stringValue != nil }) {
+            l.sort { $0.stringValue!.unicodeScalars.lexicographicallyPrecedes($1.stringValue!.unicodeScalars) }
+        } else {
+            throw PythonException("TypeError", ["'<' not supported between these types"])
+        }
+    }
+}
+
+/// Python's `queue.Queue` (and `JoinableQueue`), served.
+final class QueueObject: ManagedObject, @unchecked Sendable {  // the queue is thread-safe
+    let queue: BlockingQueue<PythonValue>
+    let exposed: [String]
+
+    init(_ args: [PythonValue], _ kwargs: [PythonPair], joinable: Bool) {
+        let maxsize = (try? argument(args, kwargs, 0, "maxsize", 0))?.intValue ?? 0
+        queue = BlockingQueue(maxsize: max(0, maxsize))
+        exposed = ["empty", "full", "get", "get_nowait", "join", "put", "put_nowait", "qsize", "task_done"]
+        _ = joinable  // both expose join and task_done, as CPython's queue.Queue does
+    }
+
+    func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
+        do {
+            switch method {
+            case "put":
+                let block = try argument(args, kwargs, 1, "block", true) != .bool(false)
+                try queue.put(
+                    try argument(args, kwargs, 0, "item"),
+                    blocking: block,
+                    timeout: try timeoutArgument(try argument(args, kwargs, 2, "timeout", PythonValue.none))
+                )
+                return .none
+            case "put_nowait":
+                try queue.put(try argument(args, kwargs, 0, "item"), blocking: false)
+                return .none
+            case "get":
+                let block = try argument(args, kwargs, 0, "block", true) != .bool(false)
+                return try queue.get(
+                    blocking: block,
+                    timeout: try timeoutArgument(try argument(args, kwargs, 1, "timeout", PythonValue.none))
+                )
+            case "get_nowait": return try queue.get(blocking: false)
+            case "qsize": return .int(Int64(queue.count))
+            case "empty": return .bool(queue.isEmpty)
+            case "full": return .bool(queue.maxsize > 0 && queue.count >= queue.maxsize)
+            case "task_done":
+                try queue.taskDone()
+                return .none
+            case "join":
+                _ = queue.join()
+                return .none
+            default: throw PythonException("AttributeError", [.string("Queue has no method \(method)")])
+            }
+        } catch let e as ThreadingError where e.code == .empty {
+            throw PythonException.queueEmpty
+        } catch let e as ThreadingError where e.code == .full {
+            throw PythonException.queueFull
+        } catch let e as ThreadingError {
+            throw PythonException("ValueError", [.string(e.message)])
+        }
+    }
+}
+
+/// Python's `multiprocessing.managers.Namespace`, served.
+final class NamespaceObject: ManagedObject, @unchecked Sendable {  // `attrs` behind `lock`
+    private let lock = Mutex<[PythonPair]>([])
+    let exposed = ["__getattribute__", "__setattr__", "__delattr__"]
+
+    init(_ kwargs: [PythonPair]) { lock.withLock { $0 = kwargs } }
+
+    func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
+        let name = try argument(args, kwargs, 0, "name")
+        return try lock.withLock { a throws -> PythonValue in
+            switch method {
+            case "__getattribute__":
+                guard let v = a.first(where: { $0.key == name })?.value else {
+                    throw PythonException("AttributeError", [.string("'Namespace' object has no attribute \(name)")])
+                }
+                return v
+            case "__setattr__":
+                DictObject.set(&a, name, try argument(args, kwargs, 1, "value"))
+                return .none
+            case "__delattr__":
+                guard let i = a.firstIndex(where: { $0.key == name }) else {
+                    throw PythonException("AttributeError", [name])
+                }
+                a.remove(at: i)
+                return .none
+            default: throw PythonException("AttributeError", [.string(method)])
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+import Foundation
+import Multiprocessing
+import MultiprocessingNetwork
+import MultiprocessingTestSupport
+import Testing
+
+@testable import MultiprocessingManagers
+
+/// Replaces CPython 3.11's handshake with 3.12's (`{sha256}` challenges and answers), so a 3.11
+/// interpreter exercises the modern flavour.
+let forceModernHandshake = """
+    import hmac, os
+    import multiprocessing.connection as mc
+    def deliver(c, authkey):
+        msg = b'{sha256}' + os.urandom(40)
+        c.send_bytes(b'#CHALLENGE#' + msg)
+        r = c.recv_bytes(256)
+        if r != b'{sha256}' + hmac.new(authkey, msg, 'sha256').digest():
+            c.send_bytes(b'#FAILURE#'); raise mc.AuthenticationError('digest received was wrong')
+        c.send_bytes(b'#WELCOME#')
+    def answer(c, authkey):
+        msg = c.recv_bytes(256)[len(b'#CHALLENGE#'):]
+        c.send_bytes(b'{sha256}' + hmac.new(authkey, msg, 'sha256').digest())
+        if c.recv_bytes(256) != b'#WELCOME#': raise mc.AuthenticationError('digest sent was rejected')
+    mc.deliver_challenge, mc.answer_challenge = deliver, answer
+
+    """
+
+/// The seed's program as a CPython client of our server, plus exact types, errors and the other proxies.
+let seedClient = """
+    import sys, queue
+    from multiprocessing.managers import SyncManager
+    port, key = int(sys.argv[1]), sys.argv[2].encode()
+    m = SyncManager(address=('127.0.0.1', port), authkey=key)
+    m.connect()
+    d = m.dict()
+    l = m.list(range(10))
+    d[1] = '1'; d['2'] = 2; d[0.25] = None
+    l.reverse()
+    print(d)
+    print(l)
+    d['types'] = (True, 1.0, 2**70, b'x', [None], {'k': (1,)})
+    t = d['types']
+    print(type(t).__name__, [type(x).__name__ for x in t], t[2] == 2**70)
+    try:
+        d['missing']
+    except KeyError as e:
+        print('KeyError', e)
+    q = m.Queue()
+    q.put(5); q.put('five')
+    print(q.qsize(), q.get(), q.get(timeout=1))
+    try:
+        q.get(timeout=0.2)
+    except queue.Empty:
+        print('Empty')
+    ns = m.Namespace()
+    ns.x = 10
+    print(ns.x)
+    del d, l, t, q, ns
+    print('done')
+    """
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct ManagerServerTests {
+    let key = Array("abc".utf8)
+
+    func port(_ s: ManagerServer) -> Int {
+        if case .tcp(_, let p) = s.address { return Int(p) }
+        return 0
+    }
+
+    func waitForZeroObjects(_ s: ManagerServer) -> Bool {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while s.objectCount > 0 && ContinuousClock.now < deadline { usleep(10_000) }
+        return s.objectCount == 0
+    }
+
+    @Test(arguments: ["legacy", "modern"])
+    func cpythonClientRunsTheSeedProgram(handshake: String) throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let script = (handshake == "modern" ? forceModernHandshake : "") + seedClient
+        let (code, out) = try runPython(script, ["\(port(server))", "abc"])
+        #expect(code == 0, "\(out)")
+        let lines = out.split(separator: "\n").map(String.init)
+        #expect(
+            lines == [
+                "{1: '1', '2': 2, 0.25: None}", "[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]",
+                "tuple ['bool', 'float', 'int', 'bytes', 'list', 'dict'] True", "KeyError 'missing'",
+                "2 5 five", "Empty", "10", "done",
+            ],
+            "\(out)"
+        )
+        // Every proxy is gone: the server freed every object.
+        #expect(waitForZeroObjects(server))
+    }
+
+    @Test func aWrongKeyIsRefusedAndTheServerGoesOn() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let bad = """
+            import sys
+            from multiprocessing import AuthenticationError
+            from multiprocessing.managers import SyncManager
+            m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'wrong')
+            try:
+                m.connect(); print('connected')
+            except AuthenticationError as e:
+                print('AuthenticationError', e)
+            """
+        let (_, out) = try runPython(bad, ["\(port(server))"])
+        #expect(out.contains("AuthenticationError"), "\(out)")
+        let (code, good) = try runPython(seedClient, ["\(port(server))", "abc"])
+        #expect(code == 0 && good.contains("done"), "\(good)")
+    }
+
+    /// 50 clients connect and say nothing; a good client still gets its proxy at once.
+    @Test func silentClientsDoNotStallTheServer() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let silent = try (0..<50).map { _ in try connect(to: server.address, authkey: nil) }
+        let timed = """
+            import sys, time
+            from multiprocessing.managers import SyncManager
+            t0 = time.perf_counter()
+            m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+            m.connect()
+            d = m.dict(); d['a'] = 1
+            print('%.1f' % ((time.perf_counter() - t0) * 1000))
+            """
+        let (code, out) = try runPython(timed, ["\(port(server))"])
+        #expect(code == 0, "\(out)")
+        let ms = Double(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 1e9
+        #expect(ms < 1_000, "connect + dict() + one call took \(ms) ms with 50 silent clients")
+        withExtendedLifetime(silent) {}
+    }
+
+    /// A pickle naming `os.system`, garbage and a truncated pickle: each refused with a traceback reply,
+    /// and the connection and the server still serve.
+    @Test func hostilePicklesAreRefused() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let c = try connect(to: server.address, authkey: key)
+        try c.sendBytes(try PickleWriter().write(.tuple([.none, "accept_connection", .tuple(["x"]), .dict([])])))
+        #expect(try PickleReader().read(try c.recvBytes(timeout: .seconds(5))) == .tuple(["#RETURN", .none]))
+        // (os.system, 'id') as a call request.
+        let system = hex("8004 8c05706f736978 94 8c0673797374656d 94 93 94 8c026964 94 85 94 52 94 2e")
+        for bad in [system, [0x80, 0x04, 0x4e], [1, 2, 3], hex("80048c03616263 2e")] {
+            try c.sendBytes(bad)
+            let reply = try PickleReader().read(try c.recvBytes(timeout: .seconds(5)))
+            #expect(reply.items?.first == "#TRACEBACK", "\(reply)")
+        }
+        // Still serving, on the same connection and on new ones.
+        let d = try PickleReader().read(
+            try oneShot(server, .tuple([.none, "create", .tuple(["dict"]), .dict([])]))
+        )
+        #expect(d.items?.first == "#RETURN")
+        #expect(server.objectCount == 1)
+    }
+
+    func oneShot(_ server: ManagerServer, _ request: PythonValue) throws -> [UInt8] {
+        let c = try connect(to: server.address, authkey: key)
+        defer { c.close() }
+        try c.sendBytes(try PickleWriter().write(request))
+        return try c.recvBytes(timeout: .seconds(5))
+    }
+
+    @Test func thousandsOfProxiesLeaveNoObject() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let churn = """
+            import sys
+            from multiprocessing.managers import SyncManager
+            m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+            m.connect()
+            import time; t0 = time.perf_counter()
+            for i in range(int(sys.argv[2])):
+                d = m.dict({'i': i}); l = m.list([i])
+                assert d['i'] == i and l[0] == i
+                del d, l
+            print('ok %.1f' % ((time.perf_counter() - t0) * 1000), flush=True)
+            """
+        let (code, out) = try runPython(churn, ["\(port(server))", "1000"], timeout: 60)
+        #expect(code == 0 && out.contains("ok"), "\(out)")
+        #expect(waitForZeroObjects(server))
+    }
+}

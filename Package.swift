@@ -60,7 +60,7 @@ let package = Package(
         .target(
             name: "SeedExamples",
             dependencies: [
-                "Threading", "Multiprocessing",
+                "Threading", "Multiprocessing", "MultiprocessingManagers",
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             path: "Examples/SeedExamples"

@@ -20,6 +20,11 @@ public enum SeedExamples {
             "shared-vs-copy", "Foo(i, dic) in two processes: a copied dict vs a shared one",
             { try await copiedVersusShared() }
         ),
+        (
+            "manager", "with Manager(): a dict and a list changed by a child through proxies",
+            { try await managerDictAndList() }
+        ),
+        ("manager-foo", "Foo(i, dic) in two processes on a manager's dict", { try await managerFoo() }),
         ("subprocess", "subprocess call and communicate() (swift-subprocess)", { try await subprocessCommunicate() }),
         ("pool", "Pool(4) with apply_async(long_time_task), close, join", { try poolApplyAsync() }),
         ("pool-callback", "apply_async with a callback (end_call)", { try poolCallback() }),

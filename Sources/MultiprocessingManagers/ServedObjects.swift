@@ -141,7 +141,10 @@ final class ListObject: ManagedObject, @unchecked Sendable {  // `items` behind 
     func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
         try lock.withLock { l throws -> PythonValue in
             switch method {
-            case "__getitem__": return l[try index(try argument(args, kwargs, 0, "index"), count: l.count)]
+            case "__getitem__":
+                let i = try argument(args, kwargs, 0, "index")
+                if let r = try Self.slice(i, count: l.count) { return .list(r.map { l[$0] }) }
+                return l[try index(i, count: l.count)]
             case "__setitem__":
                 l[try index(try argument(args, kwargs, 0, "index"), count: l.count)] = try argument(
                     args,
@@ -213,6 +216,30 @@ final class ListObject: ManagedObject, @unchecked Sendable {  // `items` behind 
             default: throw PythonException("AttributeError", [.string("list has no method \(method)")])
             }
         }
+    }
+
+    /// The indices a `slice(start, stop, step)` selects, as Python's `slice.indices`; nil if `v` is not a slice.
+    static func slice(_ v: PythonValue, count n: Int) throws -> [Int]? {
+        guard case .object(let o) = v, o.type.map({ $0 == ("builtins", "slice") }) == true, o.args.count == 3 else {
+            return nil
+        }
+        func int(_ x: PythonValue) throws -> Int? {
+            if case .none = x { return nil }
+            guard let i = x.intValue else {
+                throw PythonException("TypeError", ["slice indices must be integers or None"])
+            }
+            return i
+        }
+        let step = try int(o.args[2]) ?? 1
+        guard step != 0 else { throw PythonException("ValueError", ["slice step cannot be zero"]) }
+        func clamp(_ x: Int?, _ def: Int) -> Int {
+            guard var x else { return def }
+            if x < 0 { x += n }
+            return step > 0 ? min(max(x, 0), n) : min(max(x, -1), n - 1)
+        }
+        let start = clamp(try int(o.args[0]), step > 0 ? 0 : n - 1)
+        let stop = clamp(try int(o.args[1]), step > 0 ? n : -1)
+        return Array(stride(from: start, to: stop, by: step))
     }
 
     /// Sorts ints, floats and strs as Python does (mixing a str with a number is a TypeError).

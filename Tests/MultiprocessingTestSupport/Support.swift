@@ -177,7 +177,13 @@ package final class PythonPeer: @unchecked Sendable {  // the Process is used by
         }
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(5_000) }
-        if process.isRunning { process.terminate() }
+        if process.isRunning {
+            process.terminate()
+            // SIGTERM may be blocked in the child (it inherits the test runner's signal mask): SIGKILL.
+            let grace = Date().addingTimeInterval(1)
+            while process.isRunning && Date() < grace { usleep(5_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
         process.waitUntilExit()
         _ = done.wait(timeout: .now() + 1)
         return (process.terminationStatus, String(decoding: collected.withLock { $0 }, as: UTF8.self))

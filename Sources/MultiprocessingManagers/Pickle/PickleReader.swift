@@ -44,7 +44,7 @@ public struct PickleAllowList: Sendable {
                 "multiprocessing.managers.Token", "multiprocessing.managers.RemoteError",
                 "_queue.Empty", "queue.Empty", "queue.Full", "builtins.bytearray", "builtins.set",
                 "builtins.frozenset", "collections.OrderedDict", "copyreg._reconstructor", "builtins.object",
-                "builtins.complex", "builtins.range",
+                "builtins.complex", "builtins.range", "builtins.slice",
             ] + builtinExceptions.map { "builtins." + $0 }
         )
     )

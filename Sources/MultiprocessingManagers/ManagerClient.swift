@@ -1,0 +1,399 @@
+import Multiprocessing
+public import MultiprocessingNetwork
+import Synchronization
+import Threading
+
+/// A failure reported by a manager server that is not a Python exception of the call (`#TRACEBACK`,
+/// `#UNSERIALIZABLE`, or an answer that does not follow the protocol).
+public struct ManagerError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { "manager: \(message)" }
+    init(_ message: String) { self.message = message }
+}
+
+/// Talks to a manager server — ours or CPython's `BaseManager`/`SyncManager` — the client side of Python's
+/// `BaseManager.connect()`: creates shared objects by typeid and returns ``Proxy``s to them.
+public final class ManagerClient: Sendable {
+    /// Where the server listens.
+    public let address: Address
+    let authkey: [UInt8]
+    /// The longest any one request may take (a blocking `get` passes its own, longer, limit).
+    public let timeout: Duration
+    let channels: ChannelPool
+
+    /// Connects to the server at `address` and checks that it answers (Python's `connect()`).
+    public init(address: Address, authkey: [UInt8], timeout: Duration = .seconds(30)) throws {
+        self.address = address
+        self.authkey = authkey
+        self.timeout = timeout
+        channels = ChannelPool(address: address, authkey: authkey)
+        _ = try oneShot("dummy", [])
+    }
+
+    /// A one-shot request on a connection of its own, as CPython's client makes them.
+    func oneShot(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair] = []) throws -> PythonValue {
+        let c = try connect(to: address, authkey: authkey, timeout: timeout)
+        defer { c.close() }
+        return try Proxy.exchange(c, .tuple([.none, .string(method), .tuple(args), .dict(kwargs)]), timeout: timeout)
+    }
+
+    /// Creates an object of `typeid` on the server (Python's `manager.dict()`, `manager.Queue()`,
+    /// `manager.get_task_queue()` …) and returns a proxy to it.
+    public func create(_ typeid: String, _ args: [PythonValue] = [], _ kwargs: [PythonPair] = []) throws -> Proxy {
+        let r = try oneShot("create", [.string(typeid)] + args, kwargs)
+        guard let parts = r.items, parts.count == 2, let ident = parts[0].stringValue, let exposed = parts[1].items
+        else { throw ManagerError("create answered \(r)") }
+        // The proxy takes its own reference, then the one `create` made is released (as CPython's client).
+        let proxy = try Proxy(
+            typeid: typeid,
+            ident: ident,
+            exposed: exposed.compactMap(\.stringValue),
+            client: self,
+            incref: true
+        )
+        _ = try? oneShot("decref", [.string(ident)])
+        return proxy
+    }
+
+    /// Objects alive on the server.
+    public func objectCount() throws -> Int {
+        guard let n = try oneShot("number_of_objects", []).intValue else { throw ManagerError("bad count") }
+        return n
+    }
+
+    /// Asks the server to shut down (Python's `manager.shutdown()`).
+    public func shutdown() throws { _ = try oneShot("shutdown", []) }
+
+    // Convenience creators for SyncManager's typeids.
+
+    /// A shared dict (Python's `manager.dict()`).
+    public func dict(_ items: [PythonPair] = []) throws -> DictProxy { DictProxy(try create("dict", [.dict(items)])) }
+    /// A shared list (Python's `manager.list(…)`).
+    public func list(_ items: [PythonValue] = []) throws -> ListProxy { ListProxy(try create("list", [.list(items)])) }
+    /// A shared FIFO queue (Python's `manager.Queue(maxsize)`).
+    public func queue(maxsize: Int = 0) throws -> QueueProxy { QueueProxy(try create("Queue", [.int(Int64(maxsize))])) }
+    /// A shared namespace (Python's `manager.Namespace()`).
+    public func namespace() throws -> NamespaceProxy { NamespaceProxy(try create("Namespace")) }
+}
+
+/// Long-lived method channels (`accept_connection`) to one server, reused across calls and proxies: a
+/// call takes an idle one or opens one, so concurrent calls (a blocking `get` among them) never wait for
+/// each other.
+final class ChannelPool: Sendable {
+    let address: Address
+    let authkey: [UInt8]
+    private let idle = Mutex<[Connection]>([])
+
+    init(address: Address, authkey: [UInt8]) {
+        self.address = address
+        self.authkey = authkey
+    }
+
+    deinit { for c in idle.withLock({ $0 }) { c.close() } }
+
+    func take(timeout: Duration) throws -> Connection {
+        if let c = idle.withLock({ $0.popLast() }) { return c }
+        let c = try connect(to: address, authkey: authkey, timeout: timeout)
+        do {
+            let r = try Proxy.exchange(
+                c,
+                .tuple([.none, "accept_connection", .tuple(["SwiftClient"]), .dict([])]),
+                timeout: timeout
+            )
+            guard r == .none else { throw ManagerError("accept_connection answered \(r)") }
+        } catch {
+            c.close()
+            throw error
+        }
+        return c
+    }
+
+    func giveBack(_ c: Connection) {
+        let keep = idle.withLock { list -> Bool in
+            guard list.count < 8 else { return false }
+            list.append(c)
+            return true
+        }
+        if !keep { c.close() }
+    }
+}
+
+/// A handle on an object a manager serves — Python's `BaseProxy`. Calls go to the server; the object
+/// lives as long as some proxy to it does (the server counts references: creating, decoding or copying a
+/// proxy adds one, its end removes one).
+///
+/// A proxy is `Codable`: send it inside a job to a ``ChildProcess`` or a pool task, and the receiver
+/// calls the same object. It carries the server's address and authkey (the job travels on a private
+/// channel to a process of this program; do not write it anywhere else).
+public final class Proxy: Codable, @unchecked Sendable {  // immutable after init
+    public let typeid: String
+    /// The object's id on the server.
+    public let ident: String
+    /// The methods it may call.
+    public let exposed: [String]
+    let client: ManagerClient
+
+    init(typeid: String, ident: String, exposed: [String], client: ManagerClient, incref: Bool) throws {
+        self.typeid = typeid
+        self.ident = ident
+        self.exposed = exposed
+        self.client = client
+        if incref { _ = try client.oneShot("incref", [.string(ident)]) }
+    }
+
+    deinit {
+        // Release the reference; a server already gone is no error (as CPython's finalizer).
+        _ = try? client.oneShot("decref", [.string(ident)])
+    }
+
+    private enum Key: String, CodingKey { case typeid, ident, exposed, host, port, path, authkey }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encode(typeid, forKey: .typeid)
+        try c.encode(ident, forKey: .ident)
+        try c.encode(exposed, forKey: .exposed)
+        switch client.address {
+        case .tcp(let host, let port):
+            try c.encode(host, forKey: .host)
+            try c.encode(port, forKey: .port)
+        case .unix(let path): try c.encode(path, forKey: .path)
+        }
+        try c.encode(client.authkey, forKey: .authkey)
+    }
+
+    /// Connects to the proxy's server from this process and takes a reference of its own.
+    public convenience init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        let address: Address =
+            if let path = try c.decodeIfPresent(String.self, forKey: .path) {
+                .unix(path: path)
+            } else {
+                .tcp(host: try c.decode(String.self, forKey: .host), port: try c.decode(UInt16.self, forKey: .port))
+            }
+        let client = try ManagerClient(address: address, authkey: try c.decode([UInt8].self, forKey: .authkey))
+        try self.init(
+            typeid: try c.decode(String.self, forKey: .typeid),
+            ident: try c.decode(String.self, forKey: .ident),
+            exposed: try c.decode([String].self, forKey: .exposed),
+            client: client,
+            incref: true
+        )
+    }
+
+    /// Calls `method` on the object — Python's `proxy._callmethod(name, args, kwds)`.
+    ///
+    /// - Parameter timeout: the longest wait for the answer (default: the client's); a call that blocks on
+    ///   the server (a queue's `get`) needs at least its own timeout.
+    /// - Throws: ``PythonException`` raised by the object; ``ManagerError`` for a server failure;
+    ///   a connection error (the server is gone) at once, never a hang.
+    public func call(
+        _ method: String,
+        _ args: [PythonValue] = [],
+        _ kwargs: [PythonPair] = [],
+        timeout: Duration? = nil
+    ) throws -> PythonValue {
+        guard exposed.contains(method) else {
+            throw ManagerError("method \(method) is not exposed by \(typeid) (\(exposed.joined(separator: ", ")))")
+        }
+        let limit = timeout ?? client.timeout
+        let c = try client.channels.take(timeout: limit)
+        do {
+            let r = try Self.exchange(
+                c,
+                .tuple([.string(ident), .string(method), .tuple(args), .dict(kwargs)]),
+                timeout: limit
+            )
+            client.channels.giveBack(c)
+            return r
+        } catch let e as PythonException {
+            client.channels.giveBack(c)  // a clean answer: the channel is fine
+            throw e
+        } catch {
+            c.close()
+            throw error
+        }
+    }
+
+    /// The async twin of ``call(_:_:_:timeout:)``: the exchange runs on the library's waiting threads.
+    public func call(
+        _ method: String,
+        _ args: [PythonValue] = [],
+        _ kwargs: [PythonPair] = [],
+        timeout: Duration? = nil
+    ) async throws -> PythonValue {
+        let proxy = self
+        let argsCopy = args
+        let kwargsCopy = kwargs
+        return try await withCheckedThrowingContinuation { cont in
+            let t = OSThread(name: "mp-proxy-call", daemon: true) {
+                cont.resume(with: Result { try proxy.call(method, argsCopy, kwargsCopy, timeout: timeout) })
+            }
+            do { try t.start() } catch { cont.resume(throwing: error) }
+        }
+    }
+
+    /// Sends one request and reads its reply: the value of `#RETURN`, or the error.
+    static func exchange(_ c: Connection, _ request: PythonValue, timeout: Duration) throws -> PythonValue {
+        try c.sendBytes(try PickleWriter().write(request), timeout: timeout)
+        let reply = try PickleReader().read(try c.recvBytes(timeout: timeout))
+        guard let parts = reply.items, parts.count == 2, case .string(let kind) = parts[0] else {
+            throw ManagerError("a reply that is not (kind, value): \(reply)")
+        }
+        switch kind {
+        case "#RETURN": return parts[1]
+        case "#ERROR":
+            if case .object(let o) = parts[1], let (module, name) = o.type {
+                throw PythonException(module: module == "queue" && name == "Empty" ? "_queue" : module, name, o.args)
+            }
+            throw ManagerError("error \(parts[1])")
+        case "#TRACEBACK", "#UNSERIALIZABLE": throw ManagerError(parts[1].stringValue ?? "\(parts[1])")
+        case "#PROXY": throw ManagerError("the server answered with a proxy (method_to_typeid is not supported yet)")
+        default: throw ManagerError("unknown reply kind \(kind)")
+        }
+    }
+}
+
+/// A proxy to a served dict — Python's `DictProxy`.
+public struct DictProxy: Codable, Sendable {
+    public let proxy: Proxy
+    public init(_ proxy: Proxy) { self.proxy = proxy }
+    public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
+
+    /// `d[key]`; throws `KeyError` when absent.
+    public func get(_ key: PythonValue) throws -> PythonValue { try proxy.call("__getitem__", [key]) }
+    /// `d[key] = value`.
+    public func set(_ key: PythonValue, _ value: PythonValue) throws {
+        _ = try proxy.call("__setitem__", [key, value])
+    }
+    /// `del d[key]`.
+    public func remove(_ key: PythonValue) throws { _ = try proxy.call("__delitem__", [key]) }
+    /// `len(d)`.
+    public func count() throws -> Int { try proxy.call("__len__").intValue ?? 0 }
+    /// `d.copy()`: the whole dict, as a value.
+    public func copy() throws -> PythonValue { try proxy.call("copy") }
+}
+
+/// A proxy to a served list — Python's `ListProxy`.
+public struct ListProxy: Codable, Sendable {
+    public let proxy: Proxy
+    public init(_ proxy: Proxy) { self.proxy = proxy }
+    public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
+
+    public func get(_ i: Int) throws -> PythonValue { try proxy.call("__getitem__", [.int(Int64(i))]) }
+    public func set(_ i: Int, _ v: PythonValue) throws { _ = try proxy.call("__setitem__", [.int(Int64(i)), v]) }
+    public func append(_ v: PythonValue) throws { _ = try proxy.call("append", [v]) }
+    public func reverse() throws { _ = try proxy.call("reverse") }
+    public func count() throws -> Int { try proxy.call("__len__").intValue ?? 0 }
+    /// The whole list, as a value (Python's `l[:]`).
+    public func copy() throws -> PythonValue {
+        try proxy.call(
+            "__getitem__",
+            [.object(PythonObject(callable: .global(module: "builtins", name: "slice"), args: [.none, .none, .none]))]
+        )
+    }
+}
+
+/// A proxy to a served queue — Python's proxy of `queue.Queue`.
+public struct QueueProxy: Codable, Sendable {
+    public let proxy: Proxy
+    public init(_ proxy: Proxy) { self.proxy = proxy }
+    public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
+
+    /// `q.put(item)`.
+    public func put(_ item: PythonValue) throws { _ = try proxy.call("put", [item]) }
+    /// `q.get(timeout=…)`: throws ``PythonException/queueEmpty`` when nothing came within `timeout`.
+    public func get(timeout: Duration? = nil) throws -> PythonValue {
+        let seconds =
+            timeout.map { PythonValue.float(Double($0.components.seconds) + Double($0.components.attoseconds) * 1e-18) }
+            ?? .none
+        // The server blocks up to the timeout: wait a little longer for its answer.
+        return try proxy.call(
+            "get",
+            [true, seconds],
+            timeout: timeout.map { $0 + .seconds(10) } ?? .seconds(365 * 24 * 3600)
+        )
+    }
+    /// `q.qsize()`.
+    public func count() throws -> Int { try proxy.call("qsize").intValue ?? 0 }
+}
+
+/// A proxy to a served namespace — Python's `NamespaceProxy`.
+public struct NamespaceProxy: Codable, Sendable {
+    public let proxy: Proxy
+    public init(_ proxy: Proxy) { self.proxy = proxy }
+    public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
+
+    public func get(_ name: String) throws -> PythonValue { try proxy.call("__getattribute__", [.string(name)]) }
+    public func set(_ name: String, _ v: PythonValue) throws { _ = try proxy.call("__setattr__", [.string(name), v]) }
+}
+
+/// Runs a ``ManagerServer`` in a process of its own (the job a ``Manager`` starts).
+struct ManagerServerJob: Job {
+    let authkey: [UInt8]
+    let report: Connection
+    func run() throws -> NoOutput {
+        let server = try ManagerServer(authkey: authkey)
+        try server.start()
+        guard case .tcp(_, let port) = server.address else { throw ManagerError("not a TCP address") }
+        try report.send(port)
+        _ = server.wait()
+        return NoOutput()
+    }
+}
+
+/// Python's `multiprocessing.Manager()`: a manager server in a process of its own, and a client of it.
+///
+/// ```swift
+/// let manager = try Manager.start()
+/// defer { manager.shutdown() }
+/// let d = try manager.client.dict()        // manager.dict()
+/// ```
+/// The server serves `dict`, `list`, `Queue`, `JoinableQueue` and `Namespace` on 127.0.0.1 with a random
+/// authkey. Proxies sent inside jobs reach it from other processes. For a server in this process (a
+/// master that serves others, with types of its own), use ``ManagerServer`` directly.
+public final class Manager: Sendable {
+    /// The client to create objects with.
+    public let client: ManagerClient
+    let process: ChildProcess<ManagerServerJob>
+
+    private init(client: ManagerClient, process: ChildProcess<ManagerServerJob>) {
+        self.client = client
+        self.process = process
+    }
+
+    /// Starts the server process and connects to it.
+    public static func start(timeout: Duration = .seconds(30)) throws -> Manager {
+        var key = [UInt8](repeating: 0, count: 32)
+        var rng = SystemRandomNumberGenerator()
+        for i in key.indices { key[i] = UInt8.random(in: 0...255, using: &rng) }
+        let (mine, theirs) = try makePipe()
+        let p = ChildProcess(name: "SyncManager", daemon: true, job: ManagerServerJob(authkey: key, report: theirs))
+        try p.start()
+        theirs.close()
+        do {
+            let port: UInt16 = try mine.recv(timeout: timeout)
+            return Manager(
+                client: try ManagerClient(address: .tcp(host: "127.0.0.1", port: port), authkey: key),
+                process: p
+            )
+        } catch {
+            p.kill()
+            _ = try? p.join(timeout: .seconds(5))
+            throw error
+        }
+    }
+
+    /// Stops the server process (Python's `manager.shutdown()`); every proxy's later calls fail.
+    public func shutdown(timeout: Duration = .seconds(5)) {
+        try? client.shutdown()
+        if (try? process.join(timeout: timeout)) != true {
+            process.kill()
+            _ = try? process.join(timeout: .seconds(5))
+        }
+    }
+}

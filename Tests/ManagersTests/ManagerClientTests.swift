@@ -1,0 +1,132 @@
+import Foundation
+import Multiprocessing
+import MultiprocessingNetwork
+import MultiprocessingTestSupport
+import Testing
+
+@testable import MultiprocessingManagers
+
+/// The seed's `f(d, l)`, run in a child process on proxies it was sent.
+struct SeedF: Job {
+    let d: DictProxy
+    let l: ListProxy
+    func run() throws -> NoOutput {
+        try d.set(1, "1")
+        try d.set("2", 2)
+        try d.set(0.25, .none)
+        try l.reverse()
+        return NoOutput()
+    }
+}
+
+/// `Foo(i, dic)`: sets `dic[i] = 100 + i` and answers what it sees.
+struct SeedFoo: Job {
+    let i: Int
+    let dic: DictProxy
+    func run() throws -> String {
+        try dic.set(.int(Int64(i)), .int(Int64(100 + i)))
+        return try dic.copy().pythonDescription + " \(try dic.count())"
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct ManagerClientTests {
+    @Test func theSeedProgramWithAManagerProcess() throws {
+        let manager = try Manager.start()
+        defer { manager.shutdown() }
+        let d = try manager.client.dict()
+        let l = try manager.client.list((0..<10).map { .int($0) })
+        let p = ChildProcess(job: SeedF(d: d, l: l))
+        try p.start()
+        _ = try p.result(timeout: .seconds(30))
+        _ = try p.join(timeout: .seconds(10))
+        // Python 3.7+ keeps insertion order; the notes show Python 2's order {0.25: None, 1: '1', '2': 2}.
+        #expect(try d.copy().pythonDescription == "{1: '1', '2': 2, 0.25: None}")
+        #expect(try l.copy().pythonDescription == "[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]")
+        // Foo(i, dic) in two processes in turn: the second sees the first's key.
+        let dic = try manager.client.dict()
+        var seen: [String] = []
+        for i in 0..<2 {
+            let q = ChildProcess(job: SeedFoo(i: i, dic: dic))
+            try q.start()
+            seen.append(try q.result(timeout: .seconds(30)))
+            _ = try q.join(timeout: .seconds(10))
+        }
+        #expect(seen == ["{0: 100} 1", "{0: 100, 1: 101} 2"])
+    }
+
+    @Test func errorsAndQueueTimeoutsArriveTyped() throws {
+        let manager = try Manager.start()
+        defer { manager.shutdown() }
+        let d = try manager.client.dict()
+        #expect(throws: PythonException("KeyError", ["nope"])) { try d.get("nope") }
+        let q = try manager.client.queue()
+        try q.put(.tuple([1, "a"]))
+        #expect(try q.get(timeout: .seconds(1)) == .tuple([1, "a"]))
+        let t0 = ContinuousClock.now
+        #expect(throws: PythonException.queueEmpty) { try q.get(timeout: .milliseconds(200)) }
+        #expect(ContinuousClock.now - t0 < .seconds(2))
+        #expect(throws: ManagerError.self) { try d.proxy.call("no_such_method") }
+    }
+
+    @Test func droppedProxiesFreeTheirObjects() throws {
+        let manager = try Manager.start()
+        defer { manager.shutdown() }
+        for i in 0..<200 {
+            let d = try manager.client.dict([PythonPair("i", .int(Int64(i)))])
+            #expect(try d.get("i") == .int(Int64(i)))
+        }
+        #expect(try manager.client.objectCount() == 0)
+    }
+
+    @Test func aServerThatDiesFailsCallsAtOnce() throws {
+        let manager = try Manager.start()
+        let d = try manager.client.dict()
+        try d.set("a", 1)
+        manager.process.kill()
+        _ = try manager.process.join(timeout: .seconds(10))
+        let t0 = ContinuousClock.now
+        #expect(throws: (any Error).self) { try d.get("a") }
+        #expect(ContinuousClock.now - t0 < .seconds(2))
+    }
+
+    /// A Swift client of CPython's own SyncManager server.
+    @Test func swiftClientOfACPythonManager() throws {
+        let server = try PythonPeer(
+            """
+            import sys, time
+            from multiprocessing.managers import SyncManager
+            m = SyncManager(address=('127.0.0.1', 0), authkey=b'abc')
+            m.start()
+            print(m.address[1], flush=True)
+            time.sleep(60)  # (stdin may be /dev/null: reading it would end the program and the server)
+            """
+        )
+        defer { _ = server.finish(timeout: 0.1) }
+        guard let port = UInt16(server.out.fileHandleForReading.availableLine()) else {
+            Issue.record("no port from python")
+            return
+        }
+        let client = try ManagerClient(address: .tcp(host: "127.0.0.1", port: port), authkey: Array("abc".utf8))
+        let d = try client.dict()
+        try d.set(0.25, .none)
+        try d.set(1, "1")
+        try d.set("big", .bigInt([0, 0, 0, 0, 0, 0, 0, 0, 0, 1]))
+        #expect(
+            try d.copy()
+                == .dict([
+                    PythonPair(0.25, .none), PythonPair(1, "1"),
+                    PythonPair("big", .bigInt([0, 0, 0, 0, 0, 0, 0, 0, 0, 1])),
+                ])
+        )
+        #expect(throws: PythonException("KeyError", ["x"])) { try d.get("x") }
+        let l = try client.list([1, 2, 3])
+        try l.reverse()
+        #expect(try l.copy() == [3, 2, 1])
+        let q = try client.queue()
+        try q.put(true)
+        #expect(try q.get(timeout: .seconds(1)) == true)
+        #expect(throws: PythonException.queueEmpty) { try q.get(timeout: .milliseconds(100)) }
+        try client.shutdown()  // CPython's server process does not watch its parent: stop it
+    }
+}

@@ -18,6 +18,7 @@ let package = Package(
             dependencies: [
                 .product(name: "Threading", package: "swift-multiprocessing"),
                 .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingManagers", package: "swift-multiprocessing"),
             ]
         )
     ]

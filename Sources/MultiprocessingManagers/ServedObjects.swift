@@ -14,9 +14,51 @@ private func index(_ v: PythonValue, count: Int) throws -> Int {
     return j
 }
 
+/// An insertion-ordered dict with a hash index (a served dict of thousands of keys must not be searched
+/// key by key on every call).
+struct OrderedPythonDict {
+    private(set) var entries: [PythonPair?] = []
+    private var index: [PythonValue: Int] = [:]
+    private(set) var count = 0
+
+    init(_ pairs: [PythonPair] = []) { for p in pairs { self[p.key] = p.value } }
+
+    subscript(key: PythonValue) -> PythonValue? {
+        get { index[key].flatMap { entries[$0]?.value } }
+        set {
+            if let i = index[key] {
+                if let v = newValue {
+                    entries[i]!.value = v
+                } else {
+                    entries[i] = nil
+                    index[key] = nil
+                    count -= 1
+                    if entries.count > 32 && count < entries.count / 2 { compact() }
+                }
+            } else if let v = newValue {
+                index[key] = entries.count
+                entries.append(PythonPair(key, v))
+                count += 1
+            }
+        }
+    }
+
+    var pairs: [PythonPair] { entries.compactMap { $0 } }
+
+    mutating func removeAll() { self = OrderedPythonDict() }
+
+    mutating func popLast() -> PythonPair? {
+        guard let last = entries.last(where: { $0 != nil }) ?? nil else { return nil }
+        self[last.key] = nil
+        return last
+    }
+
+    private mutating func compact() { self = OrderedPythonDict(pairs) }
+}
+
 /// Python's `dict`, served.
-final class DictObject: ManagedObject, @unchecked Sendable {  // `entries` behind `lock`
-    private let lock = Mutex<[PythonPair]>([])
+final class DictObject: ManagedObject, @unchecked Sendable {  // the dict is behind `lock`
+    private let lock = Mutex(OrderedPythonDict())
 
     let exposed = [
         "__contains__", "__delitem__", "__getitem__", "__iter__", "__len__", "__setitem__", "clear", "copy", "get",
@@ -24,10 +66,10 @@ final class DictObject: ManagedObject, @unchecked Sendable {  // `entries` behin
     ]
 
     init(_ args: [PythonValue], _ kwargs: [PythonPair]) throws {
-        var entries: [PythonPair] = []
-        if case .dict(let d)? = args.first { entries = d }
-        for kv in kwargs { Self.set(&entries, kv.key, kv.value) }
-        lock.withLock { $0 = entries }
+        var d = OrderedPythonDict()
+        if case .dict(let pairs)? = args.first { for p in pairs { d[p.key] = p.value } }
+        for kv in kwargs { d[kv.key] = kv.value }
+        lock.withLock { $0 = d }
     }
 
     static func set(_ d: inout [PythonPair], _ k: PythonValue, _ v: PythonValue) {
@@ -44,33 +86,33 @@ final class DictObject: ManagedObject, @unchecked Sendable {  // `entries` behin
             switch method {
             case "__getitem__":
                 let k = try key()
-                guard let v = d.first(where: { $0.key == k })?.value else { throw keyError(k) }
+                guard let v = d[k] else { throw keyError(k) }
                 return v
             case "get":
-                let k = try key()
-                return d.first(where: { $0.key == k })?.value ?? (args.count > 1 ? args[1] : .none)
+                return d[try key()] ?? (args.count > 1 ? args[1] : .none)
             case "__setitem__":
-                Self.set(&d, try key(), try argument(args, kwargs, 1, "value"))
+                d[try key()] = try argument(args, kwargs, 1, "value")
                 return .none
             case "__delitem__":
                 let k = try key()
-                guard let i = d.firstIndex(where: { $0.key == k }) else { throw keyError(k) }
-                d.remove(at: i)
+                guard d[k] != nil else { throw keyError(k) }
+                d[k] = nil
                 return .none
-            case "__contains__":
-                let k = try key()
-                return .bool(d.contains { $0.key == k })
+            case "__contains__": return .bool(d[try key()] != nil)
             case "__len__": return .int(Int64(d.count))
             case "clear":
-                d = []
+                d.removeAll()
                 return .none
-            case "copy": return .dict(d)
-            case "items": return .list(d.map { .tuple([$0.key, $0.value]) })
-            case "keys", "__iter__": return .list(d.map(\.key))
-            case "values": return .list(d.map(\.value))
+            case "copy": return .dict(d.pairs)
+            case "items": return .list(d.pairs.map { .tuple([$0.key, $0.value]) })
+            case "keys", "__iter__": return .list(d.pairs.map(\.key))
+            case "values": return .list(d.pairs.map(\.value))
             case "pop":
                 let k = try key()
-                if let i = d.firstIndex(where: { $0.key == k }) { return d.remove(at: i).value }
+                if let v = d[k] {
+                    d[k] = nil
+                    return v
+                }
                 if args.count > 1 { return args[1] }
                 throw keyError(k)
             case "popitem":
@@ -80,23 +122,23 @@ final class DictObject: ManagedObject, @unchecked Sendable {  // `entries` behin
                 return .tuple([last.key, last.value])
             case "setdefault":
                 let k = try key()
-                if let v = d.first(where: { $0.key == k })?.value { return v }
+                if let v = d[k] { return v }
                 let v = args.count > 1 ? args[1] : .none
-                d.append(PythonPair(k, v))
+                d[k] = v
                 return v
             case "update":
-                if case .dict(let other)? = args.first { for kv in other { Self.set(&d, kv.key, kv.value) } }
+                if case .dict(let other)? = args.first { for kv in other { d[kv.key] = kv.value } }
                 if let pairs = args.first?.items {
                     for p in pairs {
                         guard let kv = p.items, kv.count == 2 else {
                             throw PythonException("ValueError", ["dictionary update sequence element has wrong length"])
                         }
-                        Self.set(&d, kv[0], kv[1])
+                        d[kv[0]] = kv[1]
                     }
                 }
-                for kv in kwargs { Self.set(&d, kv.key, kv.value) }
+                for kv in kwargs { d[kv.key] = kv.value }
                 return .none
-            case "__repr__", "__str__": return .string(PythonValue.dict(d).pythonDescription)
+            case "__repr__", "__str__": return .string(PythonValue.dict(d.pairs).pythonDescription)
             default: throw PythonException("AttributeError", [.string("dict has no method \(method)")])
             }
         }

@@ -215,22 +215,16 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
         }
     }
 
-    /// The async twin of ``call(_:_:_:timeout:)``: the exchange runs on the library's waiting threads.
+    /// The async twin of ``call(_:_:_:timeout:)``: the exchange runs on the library's waiting threads
+    /// (never on a thread of the cooperative pool). Cancelling the task drops a call that has not started;
+    /// one already sent runs to its answer, within its timeout.
     public func call(
         _ method: String,
         _ args: [PythonValue] = [],
         _ kwargs: [PythonPair] = [],
         timeout: Duration? = nil
     ) async throws -> PythonValue {
-        let proxy = self
-        let argsCopy = args
-        let kwargsCopy = kwargs
-        return try await withCheckedThrowingContinuation { cont in
-            let t = OSThread(name: "mp-proxy-call", daemon: true) {
-                cont.resume(with: Result { try proxy.call(method, argsCopy, kwargsCopy, timeout: timeout) })
-            }
-            do { try t.start() } catch { cont.resume(throwing: error) }
-        }
+        try await AsyncBridge.offload { [self] in try call(method, args, kwargs, timeout: timeout) }
     }
 
     /// Sends one request and reads its reply: the value of `#RETURN`, or the error.

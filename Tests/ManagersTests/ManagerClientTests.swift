@@ -69,6 +69,20 @@ struct ManagerClientTests {
         #expect(throws: ManagerError.self) { try d.proxy.call("no_such_method") }
     }
 
+    @Test func asyncCallsWaitOffTheCooperativePool() async throws {
+        let manager = try Manager.start()
+        defer { manager.shutdown() }
+        let q = try manager.client.queue()
+        // Eight blocking gets at once (more than the cooperative pool's threads on this machine), then
+        // the puts that answer them: blocked cooperative threads would deadlock this.
+        let gets = (0..<8).map { _ in Task { try await q.proxy.call("get", [true, 10.0], timeout: .seconds(20)) } }
+        try await Task.sleep(for: .milliseconds(100))
+        for i in 0..<8 { _ = try await q.proxy.call("put", [.int(Int64(i))]) }
+        var got: [Int] = []
+        for g in gets { got.append(try await g.value.intValue ?? -1) }
+        #expect(got.sorted() == Array(0..<8))
+    }
+
     @Test func droppedProxiesFreeTheirObjects() throws {
         let manager = try Manager.start()
         defer { manager.shutdown() }

@@ -153,8 +153,10 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         }
         guard registered else { return }
         var channel = false
+        var tcp = true
         while true {
-            _ = mp_quick_ack(c.fileDescriptor)  // a CPython client's next request waits for our ACK (Nagle)
+            // A CPython client's next request waits for our ACK (Nagle); not a TCP socket: stop trying.
+            if tcp && mp_quick_ack(c.fileDescriptor) != 0 { tcp = false }
             guard let frame = try? c.recvBytes() else { return }
             let reply: PythonValue
             do {

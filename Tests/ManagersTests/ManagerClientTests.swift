@@ -95,6 +95,7 @@ struct ManagerClientTests {
 
     @Test func aServerThatDiesFailsCallsAtOnce() throws {
         let manager = try Manager.start()
+        defer { manager.shutdown() }
         let d = try manager.client.dict()
         try d.set("a", 1)
         manager.process.kill()

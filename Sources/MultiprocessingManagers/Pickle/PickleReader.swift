@@ -92,17 +92,28 @@ private struct Machine {
     var stack: [PythonValue] = []
     /// Stack positions where MARKs were pushed.
     var marks: [Int] = []
+    /// Memo entries whose value has left the stack.
     var memo: [PythonValue?] = []
-    /// For each stack position holding a container, the memo entries that refer to it (updated as the
-    /// container is filled, so a later BINGET sees the filled container).
-    var memoOfSlot: [Int: [Int]] = [:]
-    /// The reverse: the stack position a memo entry was taken from, while that value is on the stack.
-    var slotOfMemo: [Int: Int] = [:]
+    /// For each memo entry, the stack position of its value while it is still on the stack (-1: in
+    /// `memo`), and the next entry naming the same position (-1: none). While a container is on the stack
+    /// and being filled, its memo entries follow it without copying it: they are resolved from the stack,
+    /// and written to `memo` when it leaves the stack.
+    var memoSlot: [Int] = []
+    var memoNext: [Int] = []
+    /// For each stack position, the first memo entry naming it (-1: none).
+    var slotMemo: [Int] = []
 
     init(bytes: UnsafeRawBufferPointer, limits: PickleLimits, allowList: PickleAllowList) {
         self.bytes = bytes
         self.limits = limits
         self.allowList = allowList
+        // A manager message has a dozen values and memo entries: one allocation each, not one per growth.
+        stack.reserveCapacity(16)
+        slotMemo.reserveCapacity(16)
+        marks.reserveCapacity(4)
+        memo.reserveCapacity(16)
+        memoSlot.reserveCapacity(16)
+        memoNext.reserveCapacity(16)
     }
 
     func fail(_ m: String) -> PickleError { PickleError(m, at: pos) }
@@ -139,60 +150,77 @@ private struct Machine {
     mutating func push(_ v: PythonValue) throws(PickleError) {
         guard stack.count < limits.maxStack else { throw fail("pickle stack over \(limits.maxStack) items") }
         stack.append(v)
+        slotMemo.append(-1)
     }
 
     mutating func pop() throws(PickleError) -> PythonValue {
-        guard let v = stack.popLast() else { throw fail("pickle stack underflow") }
-        if let m = marks.last, m > stack.count { throw fail("pickle pops past a mark") }
-        forget(slot: stack.count)
-        return v
+        guard !stack.isEmpty else { throw fail("pickle stack underflow") }
+        if let m = marks.last, m > stack.count - 1 { throw fail("pickle pops past a mark") }
+        forget(slot: stack.count - 1)
+        slotMemo.removeLast()
+        return stack.removeLast()
     }
 
     /// Pops everything above the last mark.
     mutating func popToMark() throws(PickleError) -> [PythonValue] {
         guard let m = marks.popLast() else { throw fail("no mark on the pickle stack") }
         guard m <= stack.count else { throw fail("pickle mark above the stack") }
-        let items = Array(stack[m...])
         for i in m..<stack.count { forget(slot: i) }
+        let items = Array(stack[m...])
         stack.removeSubrange(m...)
+        slotMemo.removeSubrange(m...)
         return items
     }
 
-    /// The value at stack position `slot` leaves the stack: memo entries keep it, but no longer follow it.
+    /// The value at stack position `slot` leaves the stack: the memo entries naming it take its value.
     mutating func forget(slot: Int) {
-        guard let refs = memoOfSlot.removeValue(forKey: slot) else { return }
-        for r in refs { slotOfMemo[r] = nil }
+        var r = slotMemo[slot]
+        while r >= 0 {
+            memo[r] = stack[slot]
+            memoSlot[r] = -1
+            r = memoNext[r]
+        }
     }
 
-    /// Replaces the top of the stack (a container being filled) and every memo entry naming it.
-    mutating func updateTop(_ v: PythonValue) {
-        let i = stack.count - 1
-        stack[i] = v
-        if let refs = memoOfSlot[i] { for r in refs { memo[r] = v } }
+    /// Takes the top of the stack out for changing it in place (no copy), then puts it back.
+    mutating func withTop(_ body: (inout PythonValue) throws(PickleError) -> Void) throws(PickleError) {
+        guard !stack.isEmpty else { throw fail("pickle stack underflow") }
+        var v = stack[stack.count - 1]
+        stack[stack.count - 1] = .none
+        defer { stack[stack.count - 1] = v }
+        try body(&v)
     }
 
     mutating func memoize(_ index: Int) throws(PickleError) {
-        guard let top = stack.last else { throw fail("memoize with an empty stack") }
+        guard !stack.isEmpty else { throw fail("memoize with an empty stack") }
         guard index < limits.maxMemo else { throw fail("pickle memo index \(index) over \(limits.maxMemo)") }
-        if index >= memo.count {
-            guard index - memo.count < limits.maxMemo else { throw fail("pickle memo index \(index) out of range") }
-            memo.append(contentsOf: repeatElement(nil, count: index - memo.count + 1))
+        while index >= memo.count {  // MEMOIZE grows by one; BINPUT may skip (bounded by maxMemo above)
+            memo.append(nil)
+            memoSlot.append(-1)
+            memoNext.append(-1)
         }
-        memo[index] = top
-        memoOfSlot[stack.count - 1, default: []].append(index)
-        slotOfMemo[index] = stack.count - 1
+        let slot = stack.count - 1
+        memo[index] = nil
+        memoSlot[index] = slot
+        memoNext[index] = slotMemo[slot]
+        slotMemo[slot] = index
     }
 
     mutating func memoGet(_ index: Int) throws(PickleError) -> PythonValue {
-        guard index < memo.count, let v = memo[index] else { throw fail("pickle memo \(index) is empty") }
-        // A container whose items are being pushed (a MARK right above it) would contain itself: values
-        // cannot hold cycles, so this is refused rather than silently cut.
-        if let slot = slotOfMemo[index], slot < stack.count, marks.contains(slot + 1) {
-            switch stack[slot] {
-            case .list, .dict, .set: throw fail("a recursive structure (a container that contains itself)")
-            default: break
+        guard index < memo.count else { throw fail("pickle memo \(index) is empty") }
+        let slot = memoSlot[index]
+        if slot >= 0 {
+            // A container whose items are being pushed (a MARK right above it) would contain itself:
+            // values cannot hold cycles, so this is refused rather than silently cut.
+            if marks.contains(slot + 1) {
+                switch stack[slot] {
+                case .list, .dict, .set: throw fail("a recursive structure (a container that contains itself)")
+                default: break
+                }
             }
+            return stack[slot]
         }
+        guard let v = memo[index] else { throw fail("pickle memo \(index) is empty") }
         return v
     }
 
@@ -270,33 +298,53 @@ private struct Machine {
             case 0x5d: try push(.list([]))
             case 0x61:  // APPEND
                 let x = try pop()
-                guard case .list(var l) = stack.last else { throw fail("APPEND to a non-list") }
-                l.append(x)
-                updateTop(.list(l))
+                let at = pos
+                try withTop { (v: inout PythonValue) throws(PickleError) in
+                    guard case .list(var l) = v else { throw PickleError("APPEND to a non-list", at: at) }
+                    v = .none
+                    l.append(x)
+                    v = .list(l)
+                }
             case 0x65:  // APPENDS
                 let xs = try popToMark()
-                guard case .list(var l) = stack.last else { throw fail("APPENDS to a non-list") }
-                l.append(contentsOf: xs)
-                updateTop(.list(l))
+                let at = pos
+                try withTop { (v: inout PythonValue) throws(PickleError) in
+                    guard case .list(var l) = v else { throw PickleError("APPENDS to a non-list", at: at) }
+                    v = .none
+                    l.append(contentsOf: xs)
+                    v = .list(l)
+                }
             case 0x7d: try push(.dict([]))
             case 0x73:  // SETITEM
-                let v = try pop()
+                let value = try pop()
                 let k = try pop()
-                guard case .dict(var d) = stack.last else { throw fail("SETITEM on a non-dict") }
-                Self.set(&d, k, v)
-                updateTop(.dict(d))
+                let at = pos
+                try withTop { (v: inout PythonValue) throws(PickleError) in
+                    guard case .dict(var d) = v else { throw PickleError("SETITEM on a non-dict", at: at) }
+                    v = .none
+                    Self.set(&d, k, value)
+                    v = .dict(d)
+                }
             case 0x75:  // SETITEMS
                 let kv = try popToMark()
                 guard kv.count % 2 == 0 else { throw fail("SETITEMS with an odd number of items") }
-                guard case .dict(var d) = stack.last else { throw fail("SETITEMS on a non-dict") }
-                for i in stride(from: 0, to: kv.count, by: 2) { Self.set(&d, kv[i], kv[i + 1]) }
-                updateTop(.dict(d))
+                let at = pos
+                try withTop { (v: inout PythonValue) throws(PickleError) in
+                    guard case .dict(var d) = v else { throw PickleError("SETITEMS on a non-dict", at: at) }
+                    v = .none
+                    for i in stride(from: 0, to: kv.count, by: 2) { Self.set(&d, kv[i], kv[i + 1]) }
+                    v = .dict(d)
+                }
             case 0x8f: try push(.set([]))
             case 0x90:  // ADDITEMS
                 let xs = try popToMark()
-                guard case .set(var s) = stack.last else { throw fail("ADDITEMS to a non-set") }
-                for x in xs where !s.contains(x) { s.append(x) }
-                updateTop(.set(s))
+                let at = pos
+                try withTop { (v: inout PythonValue) throws(PickleError) in
+                    guard case .set(var s) = v else { throw PickleError("ADDITEMS to a non-set", at: at) }
+                    v = .none
+                    for x in xs where !s.contains(x) { s.append(x) }
+                    v = .set(s)
+                }
             case 0x91: try push(.frozenset(try popToMark()))
             case 0x94: try memoize(memo.count)
             case 0x71: try memoize(Int(try byte()))
@@ -332,9 +380,14 @@ private struct Machine {
                 try push(.object(o))
             case 0x62:  // BUILD
                 let state = try pop()
-                guard case .object(var o) = stack.last else { throw fail("BUILD on a value that is not an object") }
-                o.state = state
-                updateTop(.object(o))
+                let at = pos
+                try withTop { (v: inout PythonValue) throws(PickleError) in
+                    guard case .object(var o) = v else {
+                        throw PickleError("BUILD on a value that is not an object", at: at)
+                    }
+                    o.state = state
+                    v = .object(o)
+                }
             default:
                 throw fail("unsupported pickle opcode 0x\(String(op, radix: 16))")
             }

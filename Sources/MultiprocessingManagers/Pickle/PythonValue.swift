@@ -5,7 +5,7 @@
 /// (resolved only if an allow-list admits it), and a call to it (`REDUCE`, `NEWOBJ`, `BUILD`) is an
 /// ``object(_:)`` describing the call, which the reader of the value interprets — exceptions and
 /// CPython's `Token` among them.
-public indirect enum PythonValue: Hashable, Sendable {
+public enum PythonValue: Hashable, Sendable {
     case none
     case bool(Bool)
     /// An int that fits 64 bits.
@@ -25,7 +25,7 @@ public indirect enum PythonValue: Hashable, Sendable {
     /// A class or function named by module and qualified name.
     case global(module: String, name: String)
     /// An object built by calling a global (`REDUCE`, `NEWOBJ`) and optionally setting its state (`BUILD`).
-    case object(PythonObject)
+    indirect case object(PythonObject)
 
     /// Python's `repr()`, for messages and for printing what a Python program would print.
     public var pythonDescription: String {

@@ -49,8 +49,10 @@ public protocol ManagedObject: AnyObject, Sendable {
 /// `get_methods`, `dummy`, `shutdown`, …) and long-lived method channels (`accept_connection`). Objects are
 /// reference-counted as CPython's: one is freed when the last proxy lets go.
 ///
-/// Built-in typeids, as `SyncManager`'s: `dict`, `list`, `Queue`, `JoinableQueue`, `Namespace`. Register
-/// more with ``register(_:_:)``.
+/// Built-in typeids, as `SyncManager`'s: `dict`, `list`, `Queue`, `JoinableQueue`, `Namespace`, `Lock`,
+/// `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Event`, `Barrier`, `Value`, `Array`. Register
+/// more with ``register(_:_:)``. Unlike CPython's server, a client connection that ends while holding a
+/// served lock or semaphore releases it.
 public final class ManagerServer: @unchecked Sendable {  // mutable state behind `state`
     public typealias Factory = @Sendable (_ args: [PythonValue], _ kwargs: [PythonPair]) throws -> any ManagedObject
 
@@ -83,6 +85,23 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         register("Queue") { args, kwargs in QueueObject(args, kwargs, joinable: false) }
         register("JoinableQueue") { args, kwargs in QueueObject(args, kwargs, joinable: true) }
         register("Namespace") { _, kwargs in NamespaceObject(kwargs) }
+        register("Lock") { _, _ in AcquirerObject(.lock(Lock())) }
+        register("RLock") { _, _ in AcquirerObject(.rlock(RLock())) }
+        register("Semaphore") { args, kwargs in
+            AcquirerObject(
+                .semaphore(Threading.Semaphore(max(0, (try argument(args, kwargs, 0, "value", 1)).intValue ?? 1)))
+            )
+        }
+        register("BoundedSemaphore") { args, kwargs in
+            AcquirerObject(
+                .semaphore(BoundedSemaphore(max(0, (try argument(args, kwargs, 0, "value", 1)).intValue ?? 1)))
+            )
+        }
+        register("Condition") { _, _ in ConditionObject() }
+        register("Event") { _, _ in EventObject() }
+        register("Barrier") { args, kwargs in try BarrierObject(args, kwargs) }
+        register("Value") { args, kwargs in try ValueObject(args, kwargs) }
+        register("Array") { args, kwargs in try ArrayObject(args, kwargs) }
     }
 
     /// Serves `typeid`: each `create` makes an object with `factory` (Python's `register(typeid, callable)`).
@@ -142,7 +161,12 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         let c = accepted.connection
         let key = ObjectIdentifier(c)
         defer {
-            state.withLock { _ = $0.connections.removeValue(forKey: key) }
+            // What this connection holds (a proxied lock, semaphore permits) is released, on this thread.
+            let objects = state.withLock { s -> [any ManagedObject] in
+                s.connections.removeValue(forKey: key)
+                return s.objects.values.map(\.object)
+            }
+            for case let o as any ReleasesOnDisconnect in objects { o.connectionEnded() }
             c.close()
         }
         guard (try? listener.authenticate(accepted)) != nil else { return }

@@ -189,4 +189,101 @@ struct ManagerServerTests {
         #expect(code == 0 && out.contains("ok"), "\(out)")
         #expect(waitForZeroObjects(server))
     }
+
+    /// SyncManager's synchronisation proxies against our server.
+    @Test func cpythonSynchronisationProxies() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let script = """
+            import sys, threading
+            from multiprocessing.managers import SyncManager
+            m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+            m.connect()
+            l = m.Lock()
+            with l:
+                print('locked', l.acquire(timeout=0.1))
+            print('again', l.acquire(False)); l.release()
+            r = m.RLock()
+            r.acquire(); r.acquire(); r.release(); r.release()
+            s = m.BoundedSemaphore(1)
+            s.acquire()
+            print('sem', s.acquire(timeout=0.05))
+            s.release()
+            try:
+                s.release()
+            except ValueError:
+                print('ValueError')
+            e = m.Event()
+            print('event', e.is_set(), e.wait(0.05))
+            e.set(); print('event', e.wait(1))
+            c = m.Condition()
+            with c:
+                print('cond', c.wait(0.05))
+            v = m.Value('d', 0.0)
+            v.value = 3.1415927
+            print('value', v.value)
+            a = m.Array('i', range(5))
+            a[0] = -1
+            print('array', len(a), a[0], a[4])
+            b = m.Barrier(2, timeout=5)
+            t = threading.Thread(target=b.wait); t.start()
+            print('barrier', b.wait() in (0, 1)); t.join()
+            print('done')
+            """
+        let (code, out) = try runPython(script, ["\(port(server))"])
+        #expect(code == 0, "\(out)")
+        #expect(
+            out.split(separator: "\n").map(String.init) == [
+                "locked False", "again True", "sem False", "ValueError", "event False False", "event True",
+                "cond False", "value 3.1415927", "array 5 -1 4", "barrier True", "done",
+            ],
+            "\(out)"
+        )
+        #expect(waitForZeroObjects(server))
+    }
+
+    /// A client that dies holding a served lock: the lock is released when its connection ends (CPython's
+    /// own server keeps it locked for ever).
+    @Test func aClientKilledHoldingALockReleasesIt() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let holder = try PythonPeer(
+            """
+            import sys, os, time
+            from multiprocessing.managers import SyncManager
+            m = SyncManager(address=('127.0.0.1', int(sys.argv[1])), authkey=b'abc')
+            m.connect()
+            l = m.Lock()
+            l.acquire()
+            print(l._token.id, flush=True)
+            time.sleep(60)
+            """,
+            ["\(port(server))"]
+        )
+        let ident = holder.out.fileHandleForReading.availableLine()
+        #expect(!ident.isEmpty)
+        // Held: a second client waits in vain.
+        let c = try connect(to: server.address, authkey: key)
+        defer { c.close() }
+        func call(_ method: String, _ args: PythonValue) throws -> PythonValue {
+            try c.sendBytes(try PickleWriter().write(.tuple([.string(ident), .string(method), args, .dict([])])))
+            return try PickleReader().read(try c.recvBytes(timeout: .seconds(10)))
+        }
+        #expect(
+            try PickleReader().read(
+                try { () throws -> [UInt8] in
+                    try c.sendBytes(
+                        try PickleWriter().write(.tuple([.none, "accept_connection", .tuple(["t"]), .dict([])]))
+                    )
+                    return try c.recvBytes(timeout: .seconds(5))
+                }()
+            ) == .tuple(["#RETURN", .none])
+        )
+        #expect(try call("acquire", .tuple([true, 0.1])) == .tuple(["#RETURN", false]))
+        kill(holder.process.processIdentifier, SIGKILL)
+        _ = holder.finish(timeout: 5)
+        #expect(try call("acquire", .tuple([true, 5.0])) == .tuple(["#RETURN", true]))
+    }
 }

@@ -268,6 +268,17 @@ public struct DictProxy: Codable, Sendable {
     public func count() throws -> Int { try proxy.call("__len__").intValue ?? 0 }
     /// `d.copy()`: the whole dict, as a value.
     public func copy() throws -> PythonValue { try proxy.call("copy") }
+
+    /// `d[key]` decoded as `V` (keys and values are any `Codable`: a struct travels as a dict of its
+    /// properties, an array as a list, `[UInt8]` as bytes).
+    public func value<V: Decodable>(forKey key: some Encodable, as type: V.Type = V.self) throws -> V {
+        try PythonValueDecoder().decode(V.self, from: try get(try PythonValueEncoder().encode(key)))
+    }
+
+    /// `d[key] = value` for `Codable` keys and values.
+    public func setValue(_ value: some Encodable, forKey key: some Encodable) throws {
+        try set(try PythonValueEncoder().encode(key), try PythonValueEncoder().encode(value))
+    }
 }
 
 /// A proxy to a served list — Python's `ListProxy`.

@@ -145,3 +145,18 @@ struct ManagerClientTests {
         try client.shutdown()  // CPython's server process does not watch its parent: stop it
     }
 }
+
+@Suite struct TypedProxyTests {
+    @Test func codableKeysAndValuesThroughADictProxy() throws {
+        let manager = try Manager.start()
+        defer { manager.shutdown() }
+        let d = try manager.client.dict()
+        struct Job: Codable, Equatable {
+            var name: String
+            var sizes: [Int]
+        }
+        try d.setValue(Job(name: "a", sizes: [1, 2]), forKey: 42)
+        #expect(try d.value(forKey: 42, as: Job.self) == Job(name: "a", sizes: [1, 2]))
+        #expect(try d.get(42)["name"] == "a")
+    }
+}

@@ -249,3 +249,49 @@ let vectors: [(PythonValue, String)] = [
         #expect(out2.trimmingCharacters(in: .whitespacesAndNewlines) == "ok")
     }
 }
+
+struct Point: Codable, Equatable {
+    var x: Int
+    var y: Double
+    var label: String?
+    var tags: [String]
+    var raw: [UInt8]
+    var scores: [Int: Int]
+    var nested: [Point]
+}
+
+@Suite struct PythonCodableTests {
+    let p = Point(
+        x: 3,
+        y: 1.0,
+        label: nil,
+        tags: ["a"],
+        raw: [1, 2],
+        scores: [7: 49],
+        nested: [Point(x: 1, y: 2, label: "n", tags: [], raw: [], scores: [:], nested: [])]
+    )
+
+    @Test func codableValuesBecomePythonValuesAndBack() throws {
+        let v = try PythonValueEncoder().encode(p)
+        #expect(v["x"] == 3)
+        #expect(v["y"] == .float(1.0))  // a float stays a float, even when integral
+        #expect(v["raw"] == .bytes([1, 2]))
+        #expect(v["scores"] == .dict([PythonPair(7, 49)]))  // Int keys stay ints
+        #expect(try PythonValueDecoder().decode(Point.self, from: v) == p)
+        // Through pickle, and through CPython.
+        let bytes = try PickleWriter().write(v)
+        #expect(try PythonValueDecoder().decode(Point.self, from: try PickleReader().read(bytes)) == p)
+        let (code, out) = try runPython(
+            """
+            import pickle, sys
+            d = pickle.loads(bytes.fromhex(sys.argv[1]))
+            print(type(d['y']).__name__, d['raw'], d['scores'], d['nested'][0]['label'], d.get('label'))  # a nil optional is left out, as Swift's Codable does
+            """,
+            [hexString(bytes)]
+        )
+        #expect(code == 0)
+        #expect(out.trimmingCharacters(in: .whitespacesAndNewlines) == "float b'\\x01\\x02' {7: 49} n None")
+        #expect(throws: DecodingError.self) { try PythonValueDecoder().decode(Point.self, from: .dict([])) }
+        #expect(throws: DecodingError.self) { try PythonValueDecoder().decode(Int8.self, from: 300) }
+    }
+}

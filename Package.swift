@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
     ],
     targets: [
         // C: what Swift cannot import from Glibc (futex, gettid, prctl, ...), every symbol prefixed `mp_`.
@@ -54,7 +56,11 @@ let package = Package(
         // server and proxies on MultiprocessingNetwork.
         .target(
             name: "MultiprocessingManagers",
-            dependencies: ["CMultiprocessingShims", "Threading", "Multiprocessing", "MultiprocessingNetwork"]
+            dependencies: [
+                "CMultiprocessingShims", "Threading", "Multiprocessing", "MultiprocessingNetwork",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ]
         ),
         // The seed notes' programs, ported; `mp demo` runs them.
         .target(
@@ -77,7 +83,12 @@ let package = Package(
         .testTarget(name: "ThreadingTests", dependencies: ["Threading", "MultiprocessingTestSupport"]),
         .testTarget(
             name: "ManagersTests",
-            dependencies: ["MultiprocessingManagers", "MultiprocessingTestSupport"]
+            dependencies: [
+                "MultiprocessingManagers", "MultiprocessingTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
         ),
         .testTarget(
             name: "MultiprocessingTests",

@@ -1,5 +1,7 @@
 internal import CMultiprocessingShims
+import CoreMetrics
 import Glibc
+public import Logging
 import Multiprocessing
 public import MultiprocessingNetwork
 import Synchronization
@@ -71,6 +73,12 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
 
     private let listener: Listener
     private let state = Mutex(State())
+    private let logger: Logger
+    private let requests: Counter
+    private let failures: Counter
+    private let rejected: Counter
+    private let objectsGauge: Gauge
+    private let callTimer: CoreMetrics.Timer
     private let stopped = Threading.Event()
     private let shuttingDown = Atomic<Bool>(false)
 
@@ -78,8 +86,26 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     public var address: Address { listener.address }
 
     /// A server on `address` (default: a free TCP port on 127.0.0.1) requiring `authkey`.
-    public init(address: Address = .tcp(host: "127.0.0.1", port: 0), authkey: [UInt8]) throws {
+    ///
+    /// - Parameter logger: where the server says what happens (clients rejected, malformed requests,
+    ///   start and shutdown). It reports swift-metrics counters `mp_manager_requests_total`,
+    ///   `mp_manager_failed_requests_total`, `mp_manager_rejected_clients_total`, the gauge
+    ///   `mp_manager_objects` and the timer `mp_manager_call_duration` (to whatever metrics backend the
+    ///   program bootstrapped; the library bootstraps neither logging nor metrics).
+    public init(
+        address: Address = .tcp(host: "127.0.0.1", port: 0),
+        authkey: [UInt8],
+        logger: Logger = Logger(label: "swift-multiprocessing.manager")
+    ) throws {
         listener = try Listener(address: address, authkey: authkey)
+        self.logger = logger
+        // One series per server, by its address.
+        let dims = [("server", "\(listener.address)")]
+        requests = Counter(label: "mp_manager_requests_total", dimensions: dims)
+        failures = Counter(label: "mp_manager_failed_requests_total", dimensions: dims)
+        rejected = Counter(label: "mp_manager_rejected_clients_total", dimensions: dims)
+        objectsGauge = Gauge(label: "mp_manager_objects", dimensions: dims)
+        callTimer = CoreMetrics.Timer(label: "mp_manager_call_duration", dimensions: dims)
         register("dict") { args, kwargs in try DictObject(args, kwargs) }
         register("list") { args, _ in try ListObject(args) }
         register("Queue") { args, kwargs in QueueObject(args, kwargs, joinable: false) }
@@ -122,6 +148,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     public func start() throws {
         let t = OSThread(name: "mp-manager-accept", daemon: true) { [self] in acceptLoop() }
         try t.start()
+        logger.info("manager server listening", metadata: ["address": "\(address)"])
     }
 
     /// Stops accepting, closes every client connection and frees every object.
@@ -136,6 +163,8 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             return Array(s.connections.values)
         }
         for c in conns { c.close() }
+        objectsGauge.record(0)
+        logger.info("manager server shut down", metadata: ["address": "\(address)"])
         stopped.set()
     }
 
@@ -169,7 +198,16 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             for case let o as any ReleasesOnDisconnect in objects { o.connectionEnded() }
             c.close()
         }
-        guard (try? listener.authenticate(accepted)) != nil else { return }
+        do {
+            _ = try listener.authenticate(accepted)
+        } catch {
+            rejected.increment()
+            logger.warning(
+                "client rejected",
+                metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")", "error": "\(error)"]
+            )
+            return
+        }
         let registered = state.withLock { s -> Bool in
             guard !shuttingDown.load(ordering: .relaxed) else { return false }
             s.connections[key] = c
@@ -204,6 +242,11 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                     }
                 }
             } catch {
+                failures.increment()
+                logger.warning(
+                    "malformed request",
+                    metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")", "error": "\(error)"]
+                )
                 reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(error)\n")])
             }
             guard let bytes = try? PickleWriter().write(reply), (try? c.sendBytes(bytes)) != nil else { return }
@@ -240,12 +283,13 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             }
             do {
                 let object = try factory(Array(args.dropFirst()), kwargs)
-                let ident = state.withLock { s -> String in
+                let (ident, count) = state.withLock { s -> (String, Int) in
                     s.next += 1
                     let id = String(s.next, radix: 16)
                     s.objects[id] = Entry(typeid: typeid, object: object, refs: 1)
-                    return id
+                    return (id, s.objects.count)
                 }
+                objectsGauge.record(count)
                 let exposed = PythonValue.tuple(object.exposed.map { .string($0) })
                 // The client builds the Token itself from the ident (CPython's `_create`).
                 return (Self.ok(.tuple([.string(ident), exposed])), false, false)
@@ -258,12 +302,13 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             guard let ident = identArg() else {
                 return (.tuple(["#TRACEBACK", .string("no ident in \(args)")]), false, false)
             }
-            let known = state.withLock { s -> Bool in
-                guard var e = s.objects[ident] else { return false }
+            let (known, count) = state.withLock { s -> (Bool, Int) in
+                guard var e = s.objects[ident] else { return (false, s.objects.count) }
                 e.refs += method == "incref" ? 1 : -1
                 if e.refs <= 0 { s.objects[ident] = nil } else { s.objects[ident] = e }
-                return true
+                return (true, s.objects.count)
             }
+            objectsGauge.record(count)
             if !known && method == "incref" {
                 return (.tuple(["#ERROR", PythonException("KeyError", [.string(ident)]).value]), false, false)
             }
@@ -294,11 +339,15 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 PythonException("AttributeError", [.string("method '\(method)' of \(ident) is not exposed")]).value,
             ])
         }
+        requests.increment()
+        let start = ContinuousClock.now
+        defer { callTimer.recordNanoseconds((ContinuousClock.now - start).nanoseconds) }
         do {
             return Self.ok(try object.call(method, args, kwargs))
         } catch let e as PythonException {
             return .tuple(["#ERROR", e.value])
         } catch {
+            failures.increment()
             return .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n\(error)\n")])
         }
     }
@@ -339,5 +388,13 @@ func checkHashable(_ k: PythonValue) throws {
         throw PythonException("TypeError", [.string("unhashable type")])
     case .tuple(let items): for x in items { try checkHashable(x) }
     default: break
+    }
+}
+
+extension Duration {
+    /// Whole nanoseconds (saturating).
+    var nanoseconds: Int64 {
+        let (s, a) = components
+        return s.multipliedReportingOverflow(by: 1_000_000_000).overflow ? .max : s * 1_000_000_000 + a / 1_000_000_000
     }
 }

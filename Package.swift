@@ -66,12 +66,15 @@ let package = Package(
         .target(
             name: "SeedExamples",
             dependencies: [
-                "Threading", "Multiprocessing", "MultiprocessingManagers",
+                "Threading", "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers",
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             path: "Examples/SeedExamples"
         ),
-        .executableTarget(name: "mp", dependencies: ["Threading", "Multiprocessing", "SeedExamples"]),
+        .executableTarget(
+            name: "mp",
+            dependencies: ["Threading", "Multiprocessing", "MultiprocessingManagers", "SeedExamples"]
+        ),
         // Programs the tests run as processes of their own; not a product, never shipped.
         .executableTarget(name: "mp-test-helper", dependencies: ["Multiprocessing"], path: "Tests/TestHelper"),
         // Helpers shared by the test targets; not a product.

@@ -2,6 +2,7 @@
 
 public import Multiprocessing
 import MultiprocessingManagers
+import MultiprocessingNetwork
 
 /// ```python
 /// def f(d, l):
@@ -74,4 +75,28 @@ public func managerFoo() async throws {
         try p.start()
         try await p.join()
     }
+}
+
+/// One worker of the distributed pair, in a process of its own.
+public struct DistributedWorker: Job {
+    let port: UInt16
+    let tasks: Int
+
+    public func run() throws -> Int { try TaskMasterWorker.worker(port: port, tasks: tasks) }
+}
+
+/// The notes' "分布式进程": the master (here, on a thread, serving on 127.0.0.1) and a worker process, as
+/// `mp master` and `mp worker` run them in two terminals or on two machines.
+public func distributedMasterWorker() async throws {
+    // The notes use port 5000; the demo takes a free one, so that it runs wherever 5000 is taken.
+    let probe = try Listener(address: .tcp(host: "127.0.0.1", port: 0))
+    guard case .tcp(_, let port) = probe.address else { return }
+    probe.close()
+    let worker = ChildProcess(job: DistributedWorker(port: port, tasks: 10))
+    let master = Task.detached { try TaskMasterWorker.master(host: "127.0.0.1", port: port, tasks: 10) }
+    try await Task.sleep(for: .milliseconds(200))  // the master is listening
+    try worker.start()
+    let ok = try await master.value
+    try await worker.join()
+    print(ok ? "every result came back right" : "some results were wrong or missing")
 }

@@ -25,6 +25,10 @@ public enum SeedExamples {
             { try await managerDictAndList() }
         ),
         ("manager-foo", "Foo(i, dic) in two processes on a manager's dict", { try await managerFoo() }),
+        (
+            "distributed", "task_master/task_worker: queues served on port 5000 with authkey abc, a worker process",
+            { try await distributedMasterWorker() }
+        ),
         ("subprocess", "subprocess call and communicate() (swift-subprocess)", { try await subprocessCommunicate() }),
         ("pool", "Pool(4) with apply_async(long_time_task), close, join", { try poolApplyAsync() }),
         ("pool-callback", "apply_async with a callback (end_call)", { try poolCallback() }),

@@ -5,7 +5,7 @@ public import Logging
 import Multiprocessing
 public import MultiprocessingNetwork
 import Synchronization
-import Threading
+public import Threading
 
 /// An exception to raise in a Python client (or to receive from a Python server): its class by module and
 /// name, and its arguments — `KeyError('x')` is `PythonException(module: "builtins", name: "KeyError",
@@ -68,7 +68,8 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         var factories: [String: Factory] = [:]
         var objects: [String: Entry] = [:]
         var next: UInt64 = 0x7f00_0000_0000
-        var connections: [ObjectIdentifier: Connection] = [:]
+        /// Client connections, and whether each is handling a request now.
+        var connections: [ObjectIdentifier: (connection: Connection, busy: Bool)] = [:]
     }
 
     private let listener: Listener
@@ -141,6 +142,14 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         register(typeid) { _, _ in object }
     }
 
+    /// Serves `typeid` as one shared FIFO queue and returns it, for this process to use directly — the
+    /// master's `QueueManager.register('get_task_queue', callable=lambda: task_queue)`.
+    public func registerQueue(_ typeid: String, maxsize: Int = 0) -> BlockingQueue<PythonValue> {
+        let q = QueueObject([.int(Int64(maxsize))], [], joinable: false)
+        register(typeid, shared: q)
+        return q.queue
+    }
+
     /// Objects alive now (Python's `number_of_objects`).
     public var objectCount: Int { state.withLock { $0.objects.count } }
 
@@ -151,18 +160,17 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         logger.info("manager server listening", metadata: ["address": "\(address)"])
     }
 
-    /// Stops accepting, closes every client connection and frees every object.
+    /// Stops accepting, closes every client connection and frees every object. A request being handled
+    /// gets its answer first (its connection closes right after): a client is never left without the
+    /// reply to a call the server carried out.
     public func shutdown() {
         guard shuttingDown.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
         listener.close()
-        let conns = state.withLock { s -> [Connection] in
-            defer {
-                s.connections = [:]
-                s.objects = [:]
-            }
-            return Array(s.connections.values)
+        let idle = state.withLock { s -> [Connection] in
+            defer { s.objects = [:] }
+            return s.connections.values.filter { !$0.busy }.map(\.connection)
         }
-        for c in conns { c.close() }
+        for c in idle { c.close() }
         objectsGauge.record(0)
         logger.info("manager server shut down", metadata: ["address": "\(address)"])
         stopped.set()
@@ -210,8 +218,15 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         }
         let registered = state.withLock { s -> Bool in
             guard !shuttingDown.load(ordering: .relaxed) else { return false }
-            s.connections[key] = c
+            s.connections[key] = (c, false)
             return true
+        }
+        /// Marks the connection busy or idle; false when the server is shutting down (then stop).
+        func mark(busy: Bool) -> Bool {
+            state.withLock { s in
+                s.connections[key]?.busy = busy
+                return !shuttingDown.load(ordering: .relaxed)
+            }
         }
         guard registered else { return }
         var channel = false
@@ -219,7 +234,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         while true {
             // A CPython client's next request waits for our ACK (Nagle); not a TCP socket: stop trying.
             if tcp && mp_quick_ack(c.fileDescriptor) != 0 { tcp = false }
-            guard let frame = try? c.recvBytes() else { return }
+            guard let frame = try? c.recvBytes(), mark(busy: true) else { return }
             let reply: PythonValue
             do {
                 let request = try PickleReader().read(frame)
@@ -250,7 +265,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(error)\n")])
             }
             guard let bytes = try? PickleWriter().write(reply), (try? c.sendBytes(bytes)) != nil else { return }
-            if !channel { return }  // one-shot connections end after their reply
+            if !mark(busy: false) || !channel { return }  // one-shot connections end after their reply
         }
     }
 

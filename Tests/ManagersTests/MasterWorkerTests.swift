@@ -1,0 +1,164 @@
+import Foundation
+import MultiprocessingNetwork
+import MultiprocessingTestSupport
+import Synchronization
+import Testing
+import Threading
+
+@testable import MultiprocessingManagers
+
+/// The tutorial's task_master.py, verbatim but for the port (a free one instead of 5000) and `time.sleep`
+/// (no pause: the test would take 10 s).
+func taskMasterScript(port: Int) -> String {
+    """
+    import time; time.sleep = lambda s: None
+    import random, time, queue
+    from multiprocessing.managers import BaseManager
+    task_queue = queue.Queue()
+    result_queue = queue.Queue()
+    class QueueManager(BaseManager):
+        pass
+    QueueManager.register('get_task_queue', callable=lambda: task_queue)
+    QueueManager.register('get_result_queue', callable=lambda: result_queue)
+    manager = QueueManager(address=('', \(port)), authkey=b'abc')
+    manager.start()
+    task = manager.get_task_queue()
+    result = manager.get_result_queue()
+    for i in range(10):
+        n = random.randint(0, 10000)
+        print('Put task %d...' % n, flush=True)
+        task.put(n)
+    print('Try get results...', flush=True)
+    for i in range(10):
+        r = result.get(timeout=10)
+        print('Result: %s' % r)
+    manager.shutdown()
+    print('master exit.')
+    """
+}
+
+/// The tutorial's task_worker.py with its `Queue.Empty` typo fixed to `queue.Empty`.
+func taskWorkerScript(port: Int) -> String {
+    """
+    import time; time.sleep = lambda s: None
+    import time, sys, queue
+    from multiprocessing.managers import BaseManager
+    class QueueManager(BaseManager):
+        pass
+    QueueManager.register('get_task_queue')
+    QueueManager.register('get_result_queue')
+    server_addr = '127.0.0.1'
+    print('Connect to server %s...' % server_addr)
+    m = QueueManager(address=(server_addr, \(port)), authkey=b'abc')
+    m.connect()
+    task = m.get_task_queue()
+    result = m.get_result_queue()
+    for i in range(10):
+        try:
+            n = task.get(timeout=1)
+            print('run task %d * %d...' % (n, n))
+            r = '%d * %d = %d' % (n, n, n*n)
+            time.sleep(1)
+            result.put(r)
+        except queue.Empty:
+            print('task queue is empty.')
+    print('worker exit.')
+    """
+}
+
+/// A free TCP port (bound and released).
+func freePort() throws -> UInt16 {
+    let l = try Listener(address: .tcp(host: "127.0.0.1", port: 0))
+    defer { l.close() }
+    guard case .tcp(_, let p) = l.address else { return 0 }
+    return p
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct MasterWorkerTests {
+    @Test(arguments: ["legacy", "modern"])
+    func pythonWorkerAgainstTheSwiftMaster(handshake: String) throws {
+        let port = try freePort()
+        let lines = Locked<[String]>([])
+        let master = background {
+            try TaskMasterWorker.master(host: "", port: port, resultTimeout: .seconds(20)) { l in
+                lines.withLock { $0.append(l) }
+            }
+        }
+        // Wait for the master to listen.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while (try? connect(to: .tcp(host: "127.0.0.1", port: port), timeout: .seconds(1))) == nil
+            && ContinuousClock.now < deadline
+        {
+            usleep(10_000)
+        }
+        let script = (handshake == "modern" ? forceModernHandshake : "") + taskWorkerScript(port: Int(port))
+        let (code, out) = try runPython(script)
+        #expect(code == 0, "\(out)")
+        #expect(out.contains("worker exit."))
+        #expect(out.components(separatedBy: "run task").count - 1 == 10)
+        #expect(try master.result(timeout: .seconds(30)))
+        let said = lines.withLock { $0 }
+        #expect(said.filter { $0.hasPrefix("Result: ") }.count == 10)
+        #expect(said.last == "master exit.")
+    }
+
+    @Test(arguments: ["legacy", "modern"])
+    func swiftWorkerAgainstThePythonMaster(handshake: String) throws {
+        let port = try freePort()
+        let peer = try PythonPeer(
+            (handshake == "modern" ? forceModernHandshake : "") + taskMasterScript(port: Int(port))
+        )
+        var out = ""
+        defer { _ = peer.finish(timeout: 1) }
+        // The master prints its tasks, then "Try get results...": then it serves.
+        while true {
+            let line = peer.out.fileHandleForReading.availableLine()
+            out += line + "\n"
+            if line.isEmpty || line == "Try get results..." { break }
+        }
+        let lines = Locked<[String]>([])
+        let done = try TaskMasterWorker.worker(port: port) { l in lines.withLock { $0.append(l) } }
+        #expect(done == 10)
+        let (code, rest) = peer.finish(timeout: 30)
+        #expect(code == 0, "\(out)\(rest)")
+        #expect(rest.components(separatedBy: "Result: ").count - 1 == 10, "\(rest)")
+        #expect(rest.contains("master exit."))
+    }
+
+    @Test func swiftWorkersAgainstTheSwiftMaster() throws {
+        let port = try freePort()
+        let master = background { try TaskMasterWorker.master(port: port, tasks: 100, say: { _ in }) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while (try? connect(to: .tcp(host: "127.0.0.1", port: port), timeout: .seconds(1))) == nil
+            && ContinuousClock.now < deadline
+        {
+            usleep(10_000)
+        }
+        let workers = (0..<2).map { _ in
+            background {
+                try TaskMasterWorker.worker(port: port, tasks: 100, taskTimeout: .milliseconds(300), say: { _ in })
+            }
+        }
+        let answered = try workers.map { try $0.result(timeout: .seconds(60)) }.reduce(0, +)
+        #expect(answered == 100)
+        #expect(try master.result(timeout: .seconds(30)))
+    }
+
+    @Test func aWrongKeyIsRefused() throws {
+        let port = try freePort()
+        let master = background {
+            try TaskMasterWorker.master(port: port, tasks: 1, resultTimeout: .milliseconds(500), say: { _ in })
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while (try? connect(to: .tcp(host: "127.0.0.1", port: port), timeout: .seconds(1))) == nil
+            && ContinuousClock.now < deadline
+        {
+            usleep(10_000)
+        }
+        #expect(throws: (any Error).self) {
+            try TaskMasterWorker.worker(port: port, authkey: Array("wrong".utf8), say: { _ in })
+        }
+        #expect(try master.result(timeout: .seconds(10)) == false)  // no result came back
+    }
+}

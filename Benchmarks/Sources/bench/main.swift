@@ -3,7 +3,7 @@ import Foundation
 // bench SUITE [workload ...]   — prints RESULT/INFO lines like the Python anchors in shared/bench/python.
 let args = CommandLine.arguments.dropFirst()
 guard let suite = args.first else {
-    print("usage: bench SUITE [workload ...]   (suites: threads, ipc, pool, shared, manager)")
+    print("usage: bench SUITE [workload ...]   (suites: threads, ipc, pool, shared, manager, distributed)")
     exit(2)
 }
 let only = Set(args.dropFirst())
@@ -24,6 +24,13 @@ case "pool":
         print("error: \(error)")
         exit(1)
     }
+case "distributed":
+    do {
+        try runDistributedSuite(only)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 case "manager":
     do {
         try runManagerSuite(only)
@@ -39,6 +46,6 @@ case "shared":
         exit(1)
     }
 default:
-    print("unknown suite \(suite); suites: threads, ipc, pool, shared, manager")
+    print("unknown suite \(suite); suites: threads, ipc, pool, shared, manager, distributed")
     exit(2)
 }

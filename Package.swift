@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
     ],
     targets: [
@@ -73,7 +74,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "mp",
-            dependencies: ["Threading", "Multiprocessing", "MultiprocessingManagers", "SeedExamples"]
+            dependencies: [
+                "Threading", "Multiprocessing", "MultiprocessingManagers", "SeedExamples",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         // Programs the tests run as processes of their own; not a product, never shipped.
         .executableTarget(name: "mp-test-helper", dependencies: ["Multiprocessing"], path: "Tests/TestHelper"),

@@ -1,107 +1,123 @@
+import ArgumentParser
 import Glibc
 import Multiprocessing
 import MultiprocessingManagers
 import SeedExamples
 
 // mp — the swift-multiprocessing command-line tool.
-//   mp demo [NAME ...]   run the seed notes' programs (all, or the ones named)
-//   mp list              list them
+//
 // Python's `if __name__ == "__main__":` habit: a no-op here unless a worker was started with
 // `WorkerStart.entry = .bootstrap` (then this process becomes that worker and never returns).
 bootstrap()
 Processes.lineBufferStandardOutput()
-let args = Array(CommandLine.arguments.dropFirst())
-let command = args.first ?? "demo"
 
-func usage() -> Never {
-    print(
-        """
-        usage: mp demo [NAME ...]   run the seed notes' programs (all, or those named)
-               mp list              list the programs
-               mp master [--host H] [--port P] [--authkey K] [--tasks N]
-                                    the distributed master (defaults: all interfaces, 5000, abc, 10);
-                                    exits 0 only if every result came back right
-               mp worker [--host H] [--port P] [--authkey K] [--tasks N]
-                                    a worker of it (defaults: 127.0.0.1, 5000, abc, 10)
-        """
+struct MP: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mp",
+        abstract: "swift-multiprocessing: the tutorial's programs, and its distributed master and worker.",
+        subcommands: [Demo.self, List.self, Master.self, Worker.self],
+        defaultSubcommand: Demo.self
     )
-    exit(2)
 }
 
-/// `--name value` options of `mp master` / `mp worker`.
-func options(_ defaults: [String: String]) -> [String: String] {
-    var o = defaults
-    var rest = args.dropFirst()
-    while let flag = rest.popFirst() {
-        guard flag.hasPrefix("--"), let key = Optional(String(flag.dropFirst(2))), o[key] != nil else {
-            print("unknown option \(flag)")
-            usage()
+struct Demo: AsyncParsableCommand {  // run by the top-level code below
+    static let configuration = CommandConfiguration(
+        abstract: "Run the seed notes' programs, one after another (all, or those named; see `mp list`)."
+    )
+
+    @Argument(help: "Programs to run (default: all).")
+    var names: [String] = []
+
+    func validate() throws {
+        let unknown = Set(names).subtracting(SeedExamples.all.map(\.name))
+        if !unknown.isEmpty {
+            throw ValidationError("unknown program(s): \(unknown.sorted().joined(separator: ", ")); see `mp list`")
         }
-        guard let value = rest.popFirst() else {
-            print("\(flag) needs a value")
-            usage()
+    }
+
+    func run() async throws { try await runDemo() }
+
+    func runDemo() async throws {
+        let wanted = Set(names)
+        for e in SeedExamples.all where wanted.isEmpty || wanted.contains(e.name) {
+            print("\n=== \(e.name): \(e.summary) ===")
+            do {
+                try await e.run()
+            } catch {
+                print("error: \(error)")
+                throw ExitCode(1)
+            }
         }
-        o[key] = value
     }
-    return o
 }
 
-func number<T: FixedWidthInteger>(_ o: [String: String], _ key: String) -> T {
-    guard let v = o[key].flatMap({ T($0) }) else {
-        print("--\(key) must be a number")
-        usage()
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the demo's programs.")
+
+    func run() {
+        for e in SeedExamples.all {
+            print("\(e.name + String(repeating: " ", count: max(1, 15 - e.name.count))) \(e.summary)")
+        }
     }
-    return v
 }
 
-switch command {
-case "master":
-    let o = options(["host": "", "port": "5000", "authkey": "abc", "tasks": "10"])
-    do {
+/// The options `mp master` and `mp worker` share (names scripts rely on).
+struct Endpoint: ParsableArguments {
+    @Option(help: "The address to bind (master; empty: every interface) or to connect to (worker).")
+    var host: String?
+    @Option(help: "The TCP port.")
+    var port: UInt16 = 5000
+    @Option(help: "The shared key (UTF-8).")
+    var authkey: String = "abc"
+    @Option(help: "How many tasks.")
+    var tasks: Int = 10
+}
+
+struct Master: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The tutorial's task_master: serve a task and a result queue, put N tasks, check N results.",
+        discussion: "Exits 0 only if every result came back right. Interoperates with task_worker.py."
+    )
+
+    @OptionGroup var endpoint: Endpoint
+
+    func run() throws {
         let ok = try TaskMasterWorker.master(
-            host: o["host"]!,
-            port: number(o, "port"),
-            authkey: Array(o["authkey"]!.utf8),
-            tasks: number(o, "tasks")
+            host: endpoint.host ?? "",
+            port: endpoint.port,
+            authkey: Array(endpoint.authkey.utf8),
+            tasks: endpoint.tasks
         )
-        exit(ok ? 0 : 1)
-    } catch {
-        print("error: \(error)")
-        exit(1)
+        if !ok { throw ExitCode(1) }
     }
-case "worker":
-    let o = options(["host": "127.0.0.1", "port": "5000", "authkey": "abc", "tasks": "10"])
-    do {
+}
+
+struct Worker: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The tutorial's task_worker: take tasks from a master, answer 'n * n = n²'.",
+        discussion: "Interoperates with task_master.py."
+    )
+
+    @OptionGroup var endpoint: Endpoint
+
+    func run() throws {
         _ = try TaskMasterWorker.worker(
-            host: o["host"]!,
-            port: number(o, "port"),
-            authkey: Array(o["authkey"]!.utf8),
-            tasks: number(o, "tasks")
+            host: endpoint.host ?? "127.0.0.1",
+            port: endpoint.port,
+            authkey: Array(endpoint.authkey.utf8),
+            tasks: endpoint.tasks
         )
-    } catch {
-        print("error: \(error)")
-        exit(1)
     }
-case "list":
-    for e in SeedExamples.all {
-        print("\(e.name + String(repeating: " ", count: max(1, 15 - e.name.count))) \(e.summary)")
+}
+
+// Top-level code (so that `bootstrap()` runs first): parse, then run the command, async or not.
+do {
+    var command = try MP.parseAsRoot()
+    if let demo = command as? Demo {  // async: named apart, as `run()` would resolve to the sync default
+        try await demo.runDemo()
+    } else {
+        try command.run()
     }
-case "demo":
-    let wanted = Set(args.dropFirst())
-    let unknown = wanted.subtracting(SeedExamples.all.map(\.name))
-    if !unknown.isEmpty {
-        print("unknown program(s): \(unknown.sorted().joined(separator: ", "))")
-        usage()
-    }
-    for e in SeedExamples.all where wanted.isEmpty || wanted.contains(e.name) {
-        print("\n=== \(e.name): \(e.summary) ===")
-        do {
-            try await e.run()
-        } catch {
-            print("error: \(error)")
-            exit(1)
-        }
-    }
-default:
-    usage()
+} catch {
+    MP.exit(withError: error)
 }

@@ -49,6 +49,27 @@ package enum Syscall {
         }
     }
 
+    /// `unlink(2)`.
+    static func unlink(_ path: String) throws {
+        guard Glibc.unlink(path) == 0 else { throw MultiprocessingError.system("unlink \(path)", errno) }
+    }
+
+    /// Whether process `pid` has ended: it does not exist, or it is a zombie (dead, not yet reaped — its
+    /// parent may be the very process asking, waiting for a lock the dead one held).
+    static func processHasEnded(_ pid: UInt32) -> Bool {
+        if Glibc.kill(pid_t(bitPattern: pid), 0) != 0 { return errno == ESRCH }
+        guard let fd = try? open("/proc/\(pid)/stat", O_RDONLY) else { return access("/proc/\(pid)", F_OK) != 0 }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 512)
+        guard let n = try? buf.withUnsafeMutableBytes({ try receive(fd, into: $0, socket: false) }), n > 0 else {
+            return false
+        }
+        // "pid (comm) S ...": the state follows the last ')' (comm may contain parentheses).
+        guard let close = buf[0..<n].lastIndex(of: UInt8(ascii: ")")), close + 2 < n else { return false }
+        let state = buf[close + 2]
+        return state == UInt8(ascii: "Z") || state == UInt8(ascii: "X")
+    }
+
     /// The inode number of the file behind `fd`.
     static func inode(_ fd: Int32) throws -> Int { try check("fstat", mp_fd_inode(fd)) }
 

@@ -143,8 +143,17 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
     }
 
     deinit {
-        // Release the reference; a server already gone is no error (as CPython's finalizer).
-        _ = try? client.oneShot("decref", [.string(ident)])
+        // Release the reference; a server already gone is no error (as CPython's finalizer). Dropped
+        // inside a task, the request goes from a thread of its own: a slow server must not hold a thread
+        // of the cooperative pool. Elsewhere it is made at once, so the count is exact when this returns.
+        let (client, ident) = (self.client, self.ident)
+        let release: @Sendable () -> Void = { _ = try? client.oneShot("decref", [.string(ident)]) }
+        if withUnsafeCurrentTask(body: { $0 != nil }) {
+            let t = OSThread(name: "mp-proxy-release", daemon: false, release)
+            if (try? t.start()) == nil { release() }
+        } else {
+            release()
+        }
     }
 
     private enum Key: String, CodingKey { case typeid, ident, exposed, host, port, path, authkey }

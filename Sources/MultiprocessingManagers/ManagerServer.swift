@@ -109,8 +109,8 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         callTimer = CoreMetrics.Timer(label: "mp_manager_call_duration", dimensions: dims)
         register("dict") { args, kwargs in try DictObject(args, kwargs) }
         register("list") { args, _ in try ListObject(args) }
-        register("Queue") { args, kwargs in QueueObject(args, kwargs, joinable: false) }
-        register("JoinableQueue") { args, kwargs in QueueObject(args, kwargs, joinable: true) }
+        register("Queue") { args, kwargs in QueueObject(args, kwargs) }
+        register("JoinableQueue") { args, kwargs in QueueObject(args, kwargs) }
         register("Namespace") { _, kwargs in NamespaceObject(kwargs) }
         register("Lock") { _, _ in AcquirerObject(.lock(Lock())) }
         register("RLock") { _, _ in AcquirerObject(.rlock(RLock())) }
@@ -145,7 +145,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     /// Serves `typeid` as one shared FIFO queue and returns it, for this process to use directly — the
     /// master's `QueueManager.register('get_task_queue', callable=lambda: task_queue)`.
     public func registerQueue(_ typeid: String, maxsize: Int = 0) -> BlockingQueue<PythonValue> {
-        let q = QueueObject([.int(Int64(maxsize))], [], joinable: false)
+        let q = QueueObject([.int(Int64(maxsize))], [])
         register(typeid, shared: q)
         return q.queue
     }

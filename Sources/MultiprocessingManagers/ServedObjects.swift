@@ -301,11 +301,12 @@ final class QueueObject: ManagedObject, @unchecked Sendable {  // the queue is t
     let queue: BlockingQueue<PythonValue>
     let exposed: [String]
 
-    init(_ args: [PythonValue], _ kwargs: [PythonPair], joinable: Bool) {
+    /// (Python's `Queue` and `JoinableQueue` are one type here: both expose `join` and `task_done`, as
+    /// CPython's `queue.Queue` does.)
+    init(_ args: [PythonValue], _ kwargs: [PythonPair]) {
         let maxsize = (try? argument(args, kwargs, 0, "maxsize", 0))?.intValue ?? 0
         queue = BlockingQueue(maxsize: max(0, maxsize))
         exposed = ["empty", "full", "get", "get_nowait", "join", "put", "put_nowait", "qsize", "task_done"]
-        _ = joinable  // both expose join and task_done, as CPython's queue.Queue does
     }
 
     func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {

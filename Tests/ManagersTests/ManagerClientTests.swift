@@ -3,6 +3,7 @@ import Multiprocessing
 import MultiprocessingNetwork
 import MultiprocessingTestSupport
 import Testing
+import Threading
 
 @testable import MultiprocessingManagers
 
@@ -90,6 +91,10 @@ struct ManagerClientTests {
             let d = try manager.client.dict([PythonPair("i", .int(Int64(i)))])
             #expect(try d.get("i") == .int(Int64(i)))
         }
+        // Dropped on a thread of the cooperative pool (the test's), each release goes from a thread of
+        // its own: give them a moment.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while try manager.client.objectCount() > 0 && ContinuousClock.now < deadline { usleep(10_000) }
         #expect(try manager.client.objectCount() == 0)
     }
 
@@ -102,6 +107,19 @@ struct ManagerClientTests {
         _ = try manager.process.join(timeout: .seconds(10))
         let t0 = ContinuousClock.now
         #expect(throws: (any Error).self) { try d.get("a") }
+        #expect(ContinuousClock.now - t0 < .seconds(2))
+    }
+
+    /// A call blocked on the server (a queue's get with a long timeout) fails as soon as the server dies.
+    @Test func aBlockedCallFailsWhenTheServerDies() throws {
+        let manager = try Manager.start()
+        defer { manager.shutdown() }
+        let q = try manager.client.queue()
+        let waiting = background { try q.get(timeout: .seconds(60)) }
+        usleep(200_000)  // the get is waiting on the server
+        let t0 = ContinuousClock.now
+        manager.process.kill()
+        #expect(throws: (any Error).self) { try waiting.result(timeout: .seconds(10)) }
         #expect(ContinuousClock.now - t0 < .seconds(2))
     }
 

@@ -162,6 +162,19 @@ struct ManagerServerTests {
         #expect(server.objectCount == 1)
     }
 
+    /// A frame announcing 2 GiB: that connection is dropped, the server goes on serving.
+    @Test func anOversizedFrameDropsOnlyItsConnection() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let c = try connect(to: server.address, authkey: key)
+        var header: [UInt8] = [0x7f, 0xff, 0xff, 0xff, 0x80, 0x04]
+        _ = write(c.fileDescriptor, &header, header.count)
+        #expect(throws: MultiprocessingError.self) { try c.recvBytes(timeout: .seconds(5)) }  // closed on us
+        let r = try PickleReader().read(try oneShot(server, .tuple([.none, "dummy", .tuple([]), .dict([])])))
+        #expect(r == .tuple(["#RETURN", .none]))
+    }
+
     func oneShot(_ server: ManagerServer, _ request: PythonValue) throws -> [UInt8] {
         let c = try connect(to: server.address, authkey: key)
         defer { c.close() }

@@ -30,22 +30,6 @@ func taskToken() -> UInt64 {
 /// This process's id (cached: workers are started by exec, never forked, so it never changes under us).
 let currentPID = UInt32(bitPattern: getpid())
 
-/// Whether process `pid` has ended: it does not exist, or it is a zombie (dead, not yet reaped — its
-/// parent may be the very process waiting for the lock).
-func processHasEnded(_ pid: UInt32) -> Bool {
-    if kill(pid_t(bitPattern: pid), 0) != 0 { return errno == ESRCH }
-    let fd = Glibc.open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return errno == ENOENT }
-    defer { Glibc.close(fd) }
-    var buf = [UInt8](repeating: 0, count: 512)
-    let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-    guard n > 0 else { return false }
-    // "pid (comm) S ...": the state follows the last ')' (comm may contain parentheses).
-    guard let close = buf[0..<n].lastIndex(of: UInt8(ascii: ")")), close + 2 < n else { return false }
-    let state = buf[close + 2]
-    return state == UInt8(ascii: "Z") || state == UInt8(ascii: "X")
-}
-
 /// The lock word and owner fields of a process-shared lock, in shared memory (32 bytes).
 ///
 /// The word holds the owner's process id, with the top bit set when a waiter may be asleep on it, so
@@ -109,7 +93,7 @@ struct SharedLockWord: @unchecked Sendable {  // points into shared memory, acce
     /// After a slice: if the owner named by `seen` has ended, takes the lock from it.
     private func takeOverIfOwnerDied(seen: UInt32) -> LockOutcome? {
         let owner = seen & ~Self.waiters
-        guard owner != me, processHasEnded(owner) else { return nil }
+        guard owner != me, Syscall.processHasEnded(owner) else { return nil }
         guard mp_atomic_cas_u32(word, seen, me | Self.waiters) else { return nil }
         _ = mp_atomic_fetch_add_u32(deadOwners, 1)
         return .acquiredFromDeadOwner

@@ -102,7 +102,7 @@ public final class ProcessSemaphore: Codable, @unchecked Sendable {  // state is
         for i in 0..<Self.slots {
             let s = mp_atomic_load_u64(slot(i))
             let pid = UInt32(s >> 32)
-            guard pid != 0, pid != currentPID, processHasEnded(pid) else { continue }
+            guard pid != 0, pid != currentPID, Syscall.processHasEnded(pid) else { continue }
             guard mp_atomic_cas_u64(slot(i), s, 0) else { continue }
             let held = UInt32(s & 0xFFFF_FFFF)
             if held > 0 {
@@ -257,7 +257,8 @@ public final class ProcessCondition: Codable, @unchecked Sendable {  // state is
         } else {
             _ = mp_futex_wait_shared(sequence, seen, nil)
         }
-        lock.restore(depth, lock.acquire())
+        lock.acquire()
+        lock.restore(depth)
         return notified
     }
 
@@ -278,10 +279,12 @@ public final class ProcessCondition: Codable, @unchecked Sendable {  // state is
                 return end == deadline ? false : nil
             }
         } catch {
-            lock.restore(depth, try await lock.acquire())
+            try await lock.acquire()
+            lock.restore(depth)
             throw error
         }
-        lock.restore(depth, try await lock.acquire())
+        try await lock.acquire()
+        lock.restore(depth)
         return notified
     }
 
@@ -335,7 +338,7 @@ extension ProcessRLock {
     }
 
     /// After re-acquiring (at depth 1), restores the depth saved by ``releaseFully()``.
-    func restore(_ depth: UInt32, _ outcome: LockOutcome) {
+    func restore(_ depth: UInt32) {
         mp_atomic_store_u32(core.depth, max(1, depth))
     }
 }
@@ -406,7 +409,7 @@ public final class ProcessBarrier: Codable, @unchecked Sendable {  // state is i
     private func deadMember() -> UInt32? {
         for i in 0..<Self.members {
             let p = mp_atomic_load_u32(member(i))
-            if p != 0 && p != currentPID && processHasEnded(p) { return p }
+            if p != 0 && p != currentPID && Syscall.processHasEnded(p) { return p }
         }
         return nil
     }

@@ -111,7 +111,7 @@ public final class SharedMemory: Codable, @unchecked Sendable {  // `mapping` be
     /// Removes the name, so no one else can attach; the memory lives on until every process has closed
     /// it — Python's `unlink()`. Call it once, usually in the creator.
     public func unlink() throws {
-        guard Glibc.unlink("/dev/shm/" + name) == 0 else { throw MultiprocessingError.system("unlink \(name)", errno) }
+        try Syscall.unlink("/dev/shm/" + name)
         SegmentTracker.unregister(name)
     }
 

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CMultiprocessingShims.h"
 #include <errno.h>
+#include <poll.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -257,6 +258,22 @@ long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int
 int mp_set_nodelay(int fd) {
     int one = 1;
     return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0 ? 0 : -errno;
+}
+
+int mp_set_keepalive(int fd, int idle_s, int interval_s, int count, unsigned user_timeout_ms) {
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) != 0) return -errno;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof idle_s) != 0) return -errno;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof interval_s) != 0) return -errno;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count) != 0) return -errno;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms) != 0) return -errno;
+    return 0;
+}
+
+int mp_peer_gone(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    int n = poll(&p, 1, 0);
+    return n > 0 && (p.revents & (POLLERR | POLLHUP | POLLRDHUP | POLLNVAL)) ? 1 : 0;
 }
 
 int mp_quick_ack(int fd) {

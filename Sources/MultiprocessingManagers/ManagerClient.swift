@@ -20,22 +20,58 @@ public final class ManagerClient: Sendable {
     let authkey: [UInt8]
     /// The longest any one request may take (a blocking `get` passes its own, longer, limit).
     public let timeout: Duration
+    /// How the client's TCP connections notice a server that vanished.
+    public let keepAlive: KeepAlive?
     let channels: ChannelPool
+    /// The connection kept open for one-shot requests (ours servers only; see `init`).
+    private let control = Mutex<Connection?>(nil)
 
     /// Connects to the server at `address` and checks that it answers (Python's `connect()`).
-    public init(address: Address, authkey: [UInt8], timeout: Duration = .seconds(30)) throws {
+    ///
+    /// - Parameter keepAlive: how the client's TCP connections notice a server that vanished (a call
+    ///   blocked on a dead machine fails within ``KeepAlive/bound``).
+    public init(
+        address: Address,
+        authkey: [UInt8],
+        timeout: Duration = .seconds(30),
+        keepAlive: KeepAlive? = .standard
+    ) throws {
         self.address = address
         self.authkey = authkey
         self.timeout = timeout
-        channels = ChannelPool(address: address, authkey: authkey)
-        _ = try oneShot("dummy", [])
+        self.keepAlive = keepAlive
+        channels = ChannelPool(address: address, authkey: authkey, keepAlive: keepAlive)
+        let c = try connect(to: address, authkey: authkey, timeout: timeout, keepAlive: keepAlive)
+        do {
+            let r = try Proxy.exchange(c, .tuple([.none, "dummy", .tuple([]), .dict([])]), timeout: timeout)
+            // Our server answers `dummy` (whose answer CPython's `connect()` ignores) with a marker: it
+            // serves further requests on this connection, which then carries `create`, `incref`, `decref`
+            // without a new connection and handshake each. A CPython server answers None and closes.
+            if r == .string(ManagerServer.keepOpenMarker) { control.withLock { $0 = c } } else { c.close() }
+        } catch {
+            c.close()
+            throw error
+        }
     }
 
-    /// A one-shot request on a connection of its own, as CPython's client makes them.
+    deinit { control.withLock { $0 }?.close() }
+
+    /// A one-shot request — on the kept-open connection when the server is ours and it is free,
+    /// otherwise on a connection of its own, as CPython's client makes them.
     func oneShot(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair] = []) throws -> PythonValue {
-        let c = try connect(to: address, authkey: authkey, timeout: timeout)
+        let request = PythonValue.tuple([.none, .string(method), .tuple(args), .dict(kwargs)])
+        if let c = control.withLock({ $0.take() }) {
+            // Readable while idle means the server closed it (it shut down or restarted): drop it.
+            if (try? c.poll(timeout: .zero)) == false {
+                let r = try Proxy.exchange(c, request, timeout: timeout)
+                control.withLock { kept in if kept == nil { kept = c } else { c.close() } }
+                return r
+            }
+            c.close()
+        }
+        let c = try connect(to: address, authkey: authkey, timeout: timeout, keepAlive: keepAlive)
         defer { c.close() }
-        return try Proxy.exchange(c, .tuple([.none, .string(method), .tuple(args), .dict(kwargs)]), timeout: timeout)
+        return try Proxy.exchange(c, request, timeout: timeout)
     }
 
     /// Creates an object of `typeid` on the server (Python's `manager.dict()`, `manager.Queue()`,
@@ -83,18 +119,20 @@ public final class ManagerClient: Sendable {
 final class ChannelPool: Sendable {
     let address: Address
     let authkey: [UInt8]
+    let keepAlive: KeepAlive?
     private let idle = Mutex<[Connection]>([])
 
-    init(address: Address, authkey: [UInt8]) {
+    init(address: Address, authkey: [UInt8], keepAlive: KeepAlive?) {
         self.address = address
         self.authkey = authkey
+        self.keepAlive = keepAlive
     }
 
     deinit { for c in idle.withLock({ $0 }) { c.close() } }
 
     func take(timeout: Duration) throws -> Connection {
         if let c = idle.withLock({ $0.popLast() }) { return c }
-        let c = try connect(to: address, authkey: authkey, timeout: timeout)
+        let c = try connect(to: address, authkey: authkey, timeout: timeout, keepAlive: keepAlive)
         do {
             let r = try Proxy.exchange(
                 c,
@@ -240,21 +278,77 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
     /// Sends one request and reads its reply: the value of `#RETURN`, or the error.
     static func exchange(_ c: Connection, _ request: PythonValue, timeout: Duration) throws -> PythonValue {
         try c.sendBytes(try PickleWriter().write(request), timeout: timeout)
-        let reply = try PickleReader().read(try c.recvBytes(timeout: timeout))
+        return try reply(try PickleReader().read(try c.recvBytes(timeout: timeout))).get()
+    }
+
+    /// A reply's value, or the error it carries (a ``PythonException``, a ``ManagerError``).
+    static func reply(_ reply: PythonValue) -> Result<PythonValue, any Error> {
         guard let parts = reply.items, parts.count == 2, case .string(let kind) = parts[0] else {
-            throw ManagerError("a reply that is not (kind, value): \(reply)")
+            return .failure(ManagerError("a reply that is not (kind, value): \(reply)"))
         }
         switch kind {
-        case "#RETURN": return parts[1]
+        case "#RETURN": return .success(parts[1])
         case "#ERROR":
             if case .object(let o) = parts[1], let (module, name) = o.type {
-                throw PythonException(module: module == "queue" && name == "Empty" ? "_queue" : module, name, o.args)
+                return .failure(
+                    PythonException(module: module == "queue" && name == "Empty" ? "_queue" : module, name, o.args)
+                )
             }
-            throw ManagerError("error \(parts[1])")
-        case "#TRACEBACK", "#UNSERIALIZABLE": throw ManagerError(parts[1].stringValue ?? "\(parts[1])")
-        case "#PROXY": throw ManagerError("the server answered with a proxy (method_to_typeid is not supported yet)")
-        default: throw ManagerError("unknown reply kind \(kind)")
+            return .failure(ManagerError("error \(parts[1])"))
+        case "#TRACEBACK", "#UNSERIALIZABLE": return .failure(ManagerError(parts[1].stringValue ?? "\(parts[1])"))
+        case "#PROXY":
+            return .failure(ManagerError("the server answered with a proxy (method_to_typeid is not supported yet)"))
+        default: return .failure(ManagerError("unknown reply kind \(kind)"))
         }
+    }
+
+    /// Pipelines calls on one channel: the requests go out in one write, then the replies are read in
+    /// order. The server handles them one after another, exactly as if they were made one by one (CPython's
+    /// server too: it reads the next request after answering the last), but the round trips — and with
+    /// them most system calls and wake-ups — are shared. Each result is its call's value or error; when
+    /// the connection fails, the calls answered before keep their results and the others carry the
+    /// connection's error.
+    ///
+    /// At most 64 requests are in flight at a time, so neither side's socket buffer can fill while the
+    /// other waits for it.
+    static func pipeline(
+        _ calls: [(proxy: Proxy, method: String, args: [PythonValue])],
+        timeout: Duration
+    ) throws -> [Result<PythonValue, any Error>] {
+        guard let first = calls.first?.proxy else { return [] }
+        for call in calls {
+            guard call.proxy.exposed.contains(call.method) else {
+                throw ManagerError("method \(call.method) is not exposed by \(call.proxy.typeid)")
+            }
+            guard call.proxy.client === first.client else {
+                throw ManagerError("pipelined calls must go to proxies of one client")
+            }
+        }
+        let c = try first.client.channels.take(timeout: timeout)
+        var results: [Result<PythonValue, any Error>] = []
+        results.reserveCapacity(calls.count)
+        do {
+            var start = 0
+            while start < calls.count {
+                let window = calls[start..<min(calls.count, start + 64)]
+                let frames = try window.map { call in
+                    try PickleWriter().write(
+                        .tuple([.string(call.proxy.ident), .string(call.method), .tuple(call.args), .dict([])])
+                    )
+                }
+                try c.sendMessages(frames, timeout: timeout)
+                for _ in window { results.append(reply(try PickleReader().read(try c.recvBytes(timeout: timeout)))) }
+                start += window.count
+            }
+        } catch {
+            // The connection failed: the calls answered so far keep their results, the rest fail with it
+            // (they may or may not have run).
+            c.close()
+            while results.count < calls.count { results.append(.failure(error)) }
+            return results
+        }
+        first.client.channels.giveBack(c)
+        return results
     }
 }
 
@@ -311,6 +405,14 @@ public struct ListProxy: Codable, Sendable {
     }
 }
 
+/// The first call of a pipelined pair failed; the second may have taken an item, which travels here.
+public struct PipelineError: Error, CustomStringConvertible, Sendable {
+    public let error: any Error
+    /// What the second call returned, if it succeeded.
+    public let taken: PythonValue?
+    public var description: String { "\(error)" + (taken.map { " (the next call took \($0))" } ?? "") }
+}
+
 /// A proxy to a served queue — Python's proxy of `queue.Queue`.
 public struct QueueProxy: Codable, Sendable {
     public let proxy: Proxy
@@ -322,15 +424,61 @@ public struct QueueProxy: Codable, Sendable {
     public func put(_ item: PythonValue) throws { _ = try proxy.call("put", [item]) }
     /// `q.get(timeout=…)`: throws ``PythonException/queueEmpty`` when nothing came within `timeout`.
     public func get(timeout: Duration? = nil) throws -> PythonValue {
+        try proxy.call("get", Self.getArguments(timeout), timeout: Self.replyLimit(timeout))
+    }
+
+    /// `q.put(item)` for each item, in order — the same requests as a loop of ``put(_:)`` (a Python
+    /// server serves them), pipelined: up to 64 per round trip. Throws the first failure after every
+    /// request was answered (the items before it, and the ones after it that succeeded, are in the queue).
+    public func put(contentsOf items: some Sequence<PythonValue>, timeout: Duration? = nil) throws {
+        let results = try Proxy.pipeline(items.map { (proxy, "put", [$0]) }, timeout: timeout ?? proxy.client.timeout)
+        for case .failure(let e) in results { throw e }
+    }
+
+    /// Takes up to `maximum` items in one round trip: waits up to `timeout` for the first, as
+    /// ``get(timeout:)``, then takes what is there at once (`get_nowait` requests pipelined behind it;
+    /// a Python server serves them). Returns 1 to `maximum` items, in queue order; throws
+    /// ``PythonException/queueEmpty`` only when none came.
+    public func get(upTo maximum: Int, timeout: Duration? = nil) throws -> [PythonValue] {
+        var calls = [(proxy: proxy, method: "get", args: Self.getArguments(timeout))]
+        for _ in 1..<max(1, maximum) { calls.append((proxy, "get_nowait", [])) }
+        var items: [PythonValue] = []
+        var firstError: (any Error)?
+        for r in try Proxy.pipeline(calls, timeout: Self.replyLimit(timeout)) {
+            switch r {
+            case .success(let v): items.append(v)
+            case .failure(let e): if firstError == nil { firstError = e }
+            }
+        }
+        if items.isEmpty, let firstError { throw firstError }
+        return items
+    }
+
+    /// Puts `item` in this queue, then takes the next item from `next` (waiting up to `timeout`), in one
+    /// round trip: a worker's "answer, then take the next task". The server runs the `put` first, as two
+    /// calls would. Both proxies must come from one client.
+    /// - Throws: ``PipelineError`` when the `put` failed (carrying the item the `get` took, if any, so
+    ///   nothing is lost); otherwise the `put` is done and the error is the `get`'s
+    ///   (``PythonException/queueEmpty`` on a time-out, a connection error).
+    public func put(_ item: PythonValue, thenGetFrom next: QueueProxy, timeout: Duration? = nil) throws -> PythonValue {
+        let r = try Proxy.pipeline(
+            [(proxy, "put", [item]), (next.proxy, "get", Self.getArguments(timeout))],
+            timeout: Self.replyLimit(timeout)
+        )
+        if case .failure(let e) = r[0] { throw PipelineError(error: e, taken: try? r[1].get()) }
+        return try r[1].get()
+    }
+
+    static func getArguments(_ timeout: Duration?) -> [PythonValue] {
         let seconds =
             timeout.map { PythonValue.float(Double($0.components.seconds) + Double($0.components.attoseconds) * 1e-18) }
             ?? .none
-        // The server blocks up to the timeout: wait a little longer for its answer.
-        return try proxy.call(
-            "get",
-            [true, seconds],
-            timeout: timeout.map { $0 + .seconds(10) } ?? .seconds(365 * 24 * 3600)
-        )
+        return [true, seconds]
+    }
+
+    /// The server blocks up to the timeout: wait a little longer for its answer.
+    static func replyLimit(_ timeout: Duration?) -> Duration {
+        timeout.map { $0 + .seconds(10) } ?? .seconds(365 * 24 * 3600)
     }
     /// `q.qsize()`.
     public func count() throws -> Int { try proxy.call("qsize").intValue ?? 0 }

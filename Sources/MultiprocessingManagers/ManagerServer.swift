@@ -67,7 +67,9 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     private struct State {
         var factories: [String: Factory] = [:]
         var objects: [String: Entry] = [:]
-        var next: UInt64 = 0x7f00_0000_0000
+        /// Idents look like CPython's (hex addresses) and start at a random point: a proxy of a previous
+        /// server on the same address (one that restarted) must not name, and `decref`, an object of this one.
+        var next = UInt64.random(in: 0x7f00_0000_0000...0x7fff_0000_0000) & ~0xf
         /// Client connections, and whether each is handling a request now.
         var connections: [ObjectIdentifier: (connection: Connection, busy: Bool)] = [:]
     }
@@ -93,12 +95,16 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     ///   `mp_manager_failed_requests_total`, `mp_manager_rejected_clients_total`, the gauge
     ///   `mp_manager_objects` and the timer `mp_manager_call_duration` (to whatever metrics backend the
     ///   program bootstrapped; the library bootstraps neither logging nor metrics).
+    /// - Parameter keepAlive: how the server notices a client whose machine or network vanished (its
+    ///   connection, and whatever it held, is released within ``KeepAlive/bound``); a client process that
+    ///   dies is noticed at once.
     public init(
         address: Address = .tcp(host: "127.0.0.1", port: 0),
         authkey: [UInt8],
+        keepAlive: KeepAlive? = .standard,
         logger: Logger = Logger(label: "swift-multiprocessing.manager")
     ) throws {
-        listener = try Listener(address: address, authkey: authkey)
+        listener = try Listener(address: address, authkey: authkey, keepAlive: keepAlive)
         self.logger = logger
         // One series per server, by its address.
         let dims = [("server", "\(listener.address)")]
@@ -149,6 +155,9 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         register(typeid, shared: q)
         return q.queue
     }
+
+    /// Client connections open now (authenticated ones).
+    public var clientCount: Int { state.withLock { $0.connections.count } }
 
     /// Objects alive now (Python's `number_of_objects`).
     public var objectCount: Int { state.withLock { $0.objects.count } }
@@ -234,7 +243,20 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         while true {
             // A CPython client's next request waits for our ACK (Nagle); not a TCP socket: stop trying.
             if tcp && mp_quick_ack(c.fileDescriptor) != 0 { tcp = false }
-            guard let frame = try? c.recvBytes(), mark(busy: true) else { return }
+            let frame: [UInt8]
+            do {
+                frame = try c.recvBytes()
+            } catch let e as MultiprocessingError where e.code == .endOfFile || e.code == .closed {
+                return  // the client closed: the normal end
+            } catch {
+                // A reset, or a peer that stopped answering keep-alive probes (a machine gone).
+                logger.notice(
+                    "client lost",
+                    metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")", "error": "\(error)"]
+                )
+                return
+            }
+            guard mark(busy: true) else { return }
             let reply: PythonValue
             do {
                 let request = try PickleReader().read(frame)
@@ -244,7 +266,12 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                     throw PickleError("a request that is not (ident, method, args, kwds)")
                 }
                 if channel {
-                    reply = callMethod(parts[0], method, args, kwargs)
+                    guard let r = callMethod(parts[0], method, args, kwargs, on: c) else {
+                        // A blocking call gave up: its client is gone, or the server is shutting down.
+                        logger.debug("call abandoned", metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")"])
+                        return
+                    }
+                    reply = r
                 } else {
                     guard case .none = parts[0] else { throw PickleError("a method call before accept_connection") }
                     let (r, becomesChannel, stop) = serverMethod(method, args, kwargs)
@@ -265,11 +292,16 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(error)\n")])
             }
             guard let bytes = try? PickleWriter().write(reply), (try? c.sendBytes(bytes)) != nil else { return }
-            if !mark(busy: false) || !channel { return }  // one-shot connections end after their reply
+            if !mark(busy: false) { return }
         }
     }
 
     private static func ok(_ v: PythonValue) -> PythonValue { .tuple(["#RETURN", v]) }
+
+    /// Our answer to `dummy` (CPython's `connect()` ignores it): tells our client that this server goes
+    /// on serving one-shot requests on the same connection, so `create`, `incref` and `decref` need no
+    /// new connection and handshake each. CPython's clients close after one request, as before.
+    static let keepOpenMarker = "swift-multiprocessing: one-shot connections stay open"
 
     /// A one-shot request: the reply, whether the connection becomes a method channel, whether to stop.
     private func serverMethod(
@@ -282,7 +314,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         func identArg() -> String? { args.first?.stringValue }
         switch method {
         case "dummy":
-            return (Self.ok(.none), false, false)
+            return (Self.ok(.string(Self.keepOpenMarker)), false, false)
         case "accept_connection":
             return (Self.ok(.none), true, false)
         case "shutdown":
@@ -343,8 +375,9 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         _ identValue: PythonValue,
         _ method: String,
         _ args: [PythonValue],
-        _ kwargs: [PythonPair]
-    ) -> PythonValue {
+        _ kwargs: [PythonPair],
+        on connection: Connection
+    ) -> PythonValue? {
         guard let ident = identValue.stringValue, let object = state.withLock({ $0.objects[ident]?.object }) else {
             return .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\nKeyError: \(identValue)\n")])
         }
@@ -357,8 +390,14 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         requests.increment()
         let start = ContinuousClock.now
         defer { callTimer.recordNanoseconds((ContinuousClock.now - start).nanoseconds) }
+        let fd = connection.fileDescriptor
+        let abandoned: @Sendable () -> Bool = { [weak self] in
+            self?.shuttingDown.load(ordering: .relaxed) ?? true || mp_peer_gone(fd) == 1
+        }
         do {
-            return Self.ok(try object.call(method, args, kwargs))
+            return Self.ok(try ServedCall.$abandoned.withValue(abandoned) { try object.call(method, args, kwargs) })
+        } catch is ServedCall.Abandoned {
+            return nil
         } catch let e as PythonException {
             return .tuple(["#ERROR", e.value])
         } catch {

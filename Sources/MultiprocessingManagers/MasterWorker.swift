@@ -1,5 +1,6 @@
+import Glibc
 public import Logging
-import MultiprocessingNetwork
+public import MultiprocessingNetwork
 import Threading
 
 /// The tutorial's distributed master and worker (`task_master.py`, `task_worker.py`): a master serves a
@@ -64,40 +65,111 @@ public enum TaskMasterWorker {
     }
 
     /// Runs a worker: connects to the master, takes up to `tasks` numbers (waiting `taskTimeout` for each,
-    /// and saying `task queue is empty.` when none came), answers each. Returns the number answered; a
-    /// master that goes away ends the loop early (it is not an error once connected).
+    /// and saying `task queue is empty.` when none came), answers each. Returns the number answered.
+    ///
+    /// Each answer and the next `get` travel in one round trip (``QueueProxy/put(_:thenGetFrom:timeout:)``:
+    /// the same two requests, in the same order, so a Python master serves it too).
+    ///
+    /// - Parameter reconnectFor: when the connection to the master is lost (it restarted, the network
+    ///   dropped, keep-alive found it dead), the worker reconnects with exponential backoff (50 ms doubling
+    ///   to 2 s, with jitter) for up to this long, then continues; `.zero` (the default, as Python's
+    ///   worker) ends the loop at the first loss. The task being answered when the connection broke is
+    ///   lost, as in Python: the master's queue is in its memory. For at-least-once delivery use the
+    ///   durable job queue.
     public static func worker(
         host: String = "127.0.0.1",
         port: UInt16 = 5000,
         authkey: [UInt8] = Array("abc".utf8),
         tasks: Int = 10,
         taskTimeout: Duration = .seconds(1),
+        reconnectFor: Duration = .zero,
+        keepAlive: KeepAlive? = .standard,
         say: (String) -> Void = { print($0) }
     ) throws -> Int {
         say("Connect to server \(host)...")
-        let client = try ManagerClient(address: .tcp(host: host, port: port), authkey: authkey)
-        let task = QueueProxy(try client.create("get_task_queue"))
-        let result = QueueProxy(try client.create("get_result_queue"))
+        func open() throws -> (QueueProxy, QueueProxy) {
+            let client = try ManagerClient(
+                address: .tcp(host: host, port: port),
+                authkey: authkey,
+                keepAlive: keepAlive
+            )
+            return (QueueProxy(try client.create("get_task_queue")), QueueProxy(try client.create("get_result_queue")))
+        }
+        var (taskQueue, resultQueue) = try open()
         var done = 0
-        for _ in 0..<tasks {
+        var iterations = 0
+        var answer: String?  // the answer to send before the next get
+        while iterations < tasks || answer != nil {
             do {
-                let v = try task.get(timeout: taskTimeout)
+                let v: PythonValue
+                if let a = answer {
+                    if iterations == tasks {
+                        try resultQueue.put(.string(a))
+                        answer = nil
+                        done += 1
+                        break
+                    }
+                    v = try resultQueue.put(.string(a), thenGetFrom: taskQueue, timeout: taskTimeout)
+                } else {
+                    v = try taskQueue.get(timeout: taskTimeout)
+                }
+                if answer != nil {
+                    answer = nil
+                    done += 1
+                }
+                iterations += 1
                 guard let n = v.intValue else {
                     say("not a number: \(v.pythonDescription)")
                     continue
                 }
                 say("run task \(n) * \(n)...")
-                try result.put(.string(answer(n)))
-                done += 1
+                answer = Self.answer(n)
             } catch let e as PythonException where e == .queueEmpty {
+                if answer != nil {
+                    answer = nil
+                    done += 1
+                }
+                iterations += 1
                 say("task queue is empty.")
             } catch {
-                // The master finished and closed (it has every result it wanted), or died.
-                say("the master is gone: \(error)")
-                break
+                // The master is gone: it finished and closed (it has every result it wanted), or died.
+                if let a = answer {
+                    if error is PipelineError || iterations == tasks {
+                        say("the answer \(a) is lost: \(error)")
+                    } else {
+                        done += 1  // the put went through; the get that followed it failed
+                    }
+                }
+                answer = nil
+                guard reconnectFor > .zero, let reopened = reconnect(within: reconnectFor, open, say: say) else {
+                    say("the master is gone: \(error)")
+                    break
+                }
+                (taskQueue, resultQueue) = reopened
             }
         }
         say("worker exit.")
         return done
+    }
+
+    /// Calls `open` until it succeeds or `window` has passed, waiting 50 ms, 100 ms, … up to 2 s between
+    /// attempts (each wait ±25 % at random, so that many workers do not come back in step).
+    static func reconnect<T>(within window: Duration, _ open: () throws -> T, say: (String) -> Void) -> T? {
+        let clock = ContinuousClock()
+        let deadline = clock.now + window
+        var wait = Duration.milliseconds(50)
+        while clock.now < deadline {
+            let jittered = wait * Double.random(in: 0.75...1.25)
+            let pause = min(jittered, deadline - clock.now)
+            let ms = pause.components.seconds * 1000 + pause.components.attoseconds / 1_000_000_000_000_000
+            say("reconnecting in \(ms) ms...")
+            usleep(UInt32(clamping: max(0, ms) * 1000))
+            if let r = try? open() {
+                say("reconnected.")
+                return r
+            }
+            wait = min(wait * 2, .seconds(2))
+        }
+        return nil
     }
 }

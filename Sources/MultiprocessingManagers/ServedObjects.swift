@@ -314,21 +314,38 @@ final class QueueObject: ManagedObject, @unchecked Sendable {  // the queue is t
             switch method {
             case "put":
                 let block = try argument(args, kwargs, 1, "block", true) != .bool(false)
-                try queue.put(
-                    try argument(args, kwargs, 0, "item"),
-                    blocking: block,
-                    timeout: try timeoutArgument(try argument(args, kwargs, 2, "timeout", PythonValue.none))
-                )
+                let item = try argument(args, kwargs, 0, "item")
+                let timeout = try timeoutArgument(try argument(args, kwargs, 2, "timeout", PythonValue.none))
+                guard block else {
+                    try queue.put(item, blocking: false)
+                    return .none
+                }
+                let done: Bool? = try ServedCall.wait(timeout) { limit in
+                    do {
+                        try queue.put(item, blocking: true, timeout: limit)
+                        return true
+                    } catch let e as ThreadingError where e.code == .full {
+                        return nil
+                    }
+                }
+                if done == nil { throw PythonException.queueFull }
                 return .none
             case "put_nowait":
                 try queue.put(try argument(args, kwargs, 0, "item"), blocking: false)
                 return .none
             case "get":
                 let block = try argument(args, kwargs, 0, "block", true) != .bool(false)
-                return try queue.get(
-                    blocking: block,
-                    timeout: try timeoutArgument(try argument(args, kwargs, 1, "timeout", PythonValue.none))
-                )
+                let timeout = try timeoutArgument(try argument(args, kwargs, 1, "timeout", PythonValue.none))
+                guard block else { return try queue.get(blocking: false) }
+                let item: PythonValue? = try ServedCall.wait(timeout) { limit in
+                    do {
+                        return try queue.get(blocking: true, timeout: limit)
+                    } catch let e as ThreadingError where e.code == .empty {
+                        return nil
+                    }
+                }
+                guard let item else { throw PythonException.queueEmpty }
+                return item
             case "get_nowait": return try queue.get(blocking: false)
             case "qsize": return .int(Int64(queue.count))
             case "empty": return .bool(queue.isEmpty)

@@ -57,9 +57,18 @@ final class AcquirerObject: ManagedObject, ReleasesOnDisconnect, @unchecked Send
             let (blocking, timeout) = method == "acquire" ? try acquireArguments(args, kwargs) : (true, nil)
             let ok: Bool
             switch kind {
-            case .lock(let l): ok = l.acquire(blocking: blocking, timeout: timeout)
-            case .rlock(let l): ok = l.acquire(blocking: blocking, timeout: timeout)
-            case .semaphore(let s): ok = s.acquire(blocking: blocking, timeout: timeout)
+            case .lock(let l):
+                ok = try ServedCall.acquire(blocking: blocking, timeout: timeout) {
+                    l.acquire(blocking: $0 != nil, timeout: $0)
+                }
+            case .rlock(let l):
+                ok = try ServedCall.acquire(blocking: blocking, timeout: timeout) {
+                    l.acquire(blocking: $0 != nil, timeout: $0)
+                }
+            case .semaphore(let s):
+                ok = try ServedCall.acquire(blocking: blocking, timeout: timeout) {
+                    s.acquire(blocking: $0 != nil, timeout: $0)
+                }
             }
             if ok { holdings.add() }
             return .bool(ok)
@@ -153,9 +162,8 @@ final class EventObject: ManagedObject, @unchecked Sendable {  // Event is threa
             event.clear()
             return .none
         case "wait":
-            return .bool(
-                event.wait(timeout: try timeoutArgument(try argument(args, kwargs, 0, "timeout", PythonValue.none)))
-            )
+            let timeout = try timeoutArgument(try argument(args, kwargs, 0, "timeout", PythonValue.none))
+            return .bool(try ServedCall.wait(timeout) { event.wait(timeout: $0) ? true : nil } ?? false)
         default: throw PythonException("AttributeError", [.string(method)])
         }
     }

@@ -21,19 +21,25 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     private let unixPath: String?
     private let closed = Atomic<Bool>(false)
     private let last = Mutex<Address?>(nil)
+    /// How accepted TCP connections detect a peer that vanished (`nil`: the system's defaults, which
+    /// take over two hours).
+    public let keepAlive: KeepAlive?
 
     /// - Parameters:
     ///   - address: default: TCP on 127.0.0.1 with a free port.
     ///   - backlog: the `listen` backlog.
     ///   - authkey: when set, every connection must prove it knows the key (both directions).
     ///   - handshakeTimeout: the longest a client may take to authenticate.
+    ///   - keepAlive: how accepted TCP connections notice a peer that vanished (see ``KeepAlive``).
     public init(
         address: Address = .tcp(host: "127.0.0.1", port: 0),
         backlog: Int32 = 128,
         authkey: [UInt8]? = nil,
-        handshakeTimeout: Duration = .seconds(10)
+        handshakeTimeout: Duration = .seconds(10),
+        keepAlive: KeepAlive? = .standard
     ) throws {
         self.authkey = authkey
+        self.keepAlive = keepAlive
         self.handshakeTimeout = handshakeTimeout
         var path: String?
         if case .unix(let p) = address { path = p }
@@ -122,7 +128,10 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
                 // Back to blocking mode: Connection polls before every read and write.
                 let flags = fcntl(s, F_GETFL)
                 _ = fcntl(s, F_SETFL, flags & ~O_NONBLOCK)
-                if unixPath == nil { _ = mp_set_nodelay(s) }
+                if unixPath == nil {
+                    _ = mp_set_nodelay(s)
+                    keepAlive?.apply(to: s)
+                }
                 let peer = Address.peer(of: s)
                 last.withLock { $0 = peer }
                 return AcceptedConnection(connection: Connection(fileDescriptor: s), peer: peer)
@@ -179,12 +188,14 @@ public struct ClientError: Error, CustomStringConvertible, Sendable {
 ///   - address: where to connect.
 ///   - authkey: the shared key, if the listener requires one.
 ///   - timeout: for connecting and for the handshake together.
+///   - keepAlive: how the connection notices a server that vanished (TCP only; see ``KeepAlive``).
 /// - Throws: ``MultiprocessingError/Code/authenticationFailed`` on a wrong key (either side),
 ///   ``MultiprocessingError/Code/timedOut``, or a system error such as connection refused.
 public func connect(
     to address: Address,
     authkey: [UInt8]? = nil,
-    timeout: Duration? = .seconds(30)
+    timeout: Duration? = .seconds(30),
+    keepAlive: KeepAlive? = .standard
 ) throws -> Connection {
     let deadline = Deadline.after(timeout)
     let fd = try address.withSockaddrs { family, sa, len -> Int32? in
@@ -201,7 +212,10 @@ public func connect(
             throw MultiprocessingError(.timedOut, "connecting to \(address) timed out")
         }
         Syscall.setNonBlocking(s, false)
-        if family != AF_UNIX { _ = mp_set_nodelay(s) }
+        if family != AF_UNIX {
+            _ = mp_set_nodelay(s)
+            keepAlive?.apply(to: s)
+        }
         return s
     }
     let c = Connection(fileDescriptor: fd)

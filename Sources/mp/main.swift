@@ -99,13 +99,16 @@ struct Worker: ParsableCommand {
     )
 
     @OptionGroup var endpoint: Endpoint
+    @Option(help: "When the master goes away, try to reconnect (with backoff) for this many seconds (0: stop).")
+    var reconnectFor: Int = 0
 
     func run() throws {
         _ = try TaskMasterWorker.worker(
             host: endpoint.host ?? "127.0.0.1",
             port: endpoint.port,
             authkey: Array(endpoint.authkey.utf8),
-            tasks: endpoint.tasks
+            tasks: endpoint.tasks,
+            reconnectFor: .seconds(max(0, reconnectFor))
         )
     }
 }

@@ -172,7 +172,24 @@ struct ManagerServerTests {
         _ = write(c.fileDescriptor, &header, header.count)
         #expect(throws: MultiprocessingError.self) { try c.recvBytes(timeout: .seconds(5)) }  // closed on us
         let r = try PickleReader().read(try oneShot(server, .tuple([.none, "dummy", .tuple([]), .dict([])])))
-        #expect(r == .tuple(["#RETURN", .none]))
+        #expect(r == .tuple(["#RETURN", .string(ManagerServer.keepOpenMarker)]))
+    }
+
+    /// Our client keeps the one connection `connect()` opened for its one-shot requests (no handshake per
+    /// `create`/`incref`/`decref`); the server serves several requests on it, and a CPython client's one
+    /// request per connection is served as before (the interoperability tests).
+    @Test func oneShotRequestsShareTheKeptConnection() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let client = try ManagerClient(address: server.address, authkey: key)
+        #expect(server.clientCount == 1)
+        for _ in 0..<20 { _ = try client.dict() }
+        // Tests run inside tasks, where a dropped proxy releases its reference from a thread of its own.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while try client.objectCount() > 0 && ContinuousClock.now < deadline { usleep(10_000) }
+        #expect(try client.objectCount() == 0)
+        #expect(server.clientCount == 1)  // the kept connection; the proxies' channel closed with them
     }
 
     func oneShot(_ server: ManagerServer, _ request: PythonValue) throws -> [UInt8] {

@@ -145,6 +145,62 @@ struct MasterWorkerTests {
         #expect(try master.result(timeout: .seconds(30)))
     }
 
+    /// The master restarts on the same port: the worker reconnects (with backoff) and serves the new one.
+    @Test func aWorkerReconnectsWhenItsMasterRestarts() throws {
+        let port = try freePort()
+        let key = Array("abc".utf8)
+        func startMaster() throws -> (ManagerServer, BlockingQueue<PythonValue>, BlockingQueue<PythonValue>) {
+            let server = try ManagerServer(address: .tcp(host: "127.0.0.1", port: port), authkey: key)
+            let tasks = server.registerQueue("get_task_queue")
+            let results = server.registerQueue("get_result_queue")
+            try server.start()
+            return (server, tasks, results)
+        }
+        var (server, tasks, results) = try startMaster()
+        let said = Locked<[String]>([])
+        let worker = background {
+            try TaskMasterWorker.worker(
+                port: port,
+                tasks: 6,
+                taskTimeout: .seconds(5),
+                reconnectFor: .seconds(20),
+                say: { l in said.withLock { $0.append(l) } }
+            )
+        }
+        for n in 1...3 { try tasks.put(.int(Int64(n))) }
+        for n in 1...3 { #expect(try results.get(timeout: .seconds(10)) == .string(TaskMasterWorker.answer(n))) }
+        server.shutdown()  // the worker is waiting for its fourth task
+        usleep(300_000)
+        (server, tasks, results) = try startMaster()
+        defer { server.shutdown() }
+        for n in 4...6 { try tasks.put(.int(Int64(n))) }
+        for n in 4...6 {
+            #expect(
+                try results.get(timeout: .seconds(20)) == .string(TaskMasterWorker.answer(n)),
+                "\(said.withLock { $0 })"
+            )
+        }
+        #expect(try worker.result(timeout: .seconds(30)) == 6)
+        let lines = said.withLock { $0 }
+        #expect(lines.contains("reconnected."), "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("reconnecting in") })
+    }
+
+    /// Without `reconnectFor`, a lost master ends the worker (Python's behaviour).
+    @Test func withoutReconnectALostMasterEndsTheWorker() throws {
+        let port = try freePort()
+        let server = try ManagerServer(address: .tcp(host: "127.0.0.1", port: port), authkey: Array("abc".utf8))
+        _ = server.registerQueue("get_task_queue")
+        _ = server.registerQueue("get_result_queue")
+        try server.start()
+        let worker = background {
+            try TaskMasterWorker.worker(port: port, tasks: 5, taskTimeout: .seconds(5), say: { _ in })
+        }
+        usleep(300_000)
+        server.shutdown()
+        #expect(try worker.result(timeout: .seconds(10)) == 0)
+    }
+
     @Test func aWrongKeyIsRefused() throws {
         let port = try freePort()
         let master = background {

@@ -150,6 +150,14 @@ package final class PythonPeer: @unchecked Sendable {  // the Process is used by
         try process.run()
     }
 
+    /// Starts the script inside a network namespace (`ip netns exec`).
+    package convenience init(_ script: String, _ args: [String] = [], inNetworkNamespace namespace: String) throws {
+        self.init(script: script, args)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["ip", "netns", "exec", namespace, "python3", "-c", script] + args
+        try process.run()
+    }
+
     private init(script: String, _ args: [String]) {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", "-c", script] + args
@@ -200,5 +208,76 @@ extension FileHandle {
             bytes.append(d.first!)
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+// MARK: - Network namespaces
+
+/// A network namespace joined to this one by a veth pair: this side is 10.231.N.1, the namespace's side
+/// 10.231.N.2, so traffic between them crosses a real (virtual) interface, not loopback. Needs root and
+/// iproute2; `make` returns nil (and says why) where that is not permitted.
+package final class VethNamespace: @unchecked Sendable {  // immutable
+    package let name: String
+    package let hostAddress: String
+    package let namespaceAddress: String
+    private let hostLink: String
+
+    private init(name: String, subnet: Int, hostLink: String) {
+        self.name = name
+        self.hostLink = hostLink
+        hostAddress = "10.231.\(subnet).1"
+        namespaceAddress = "10.231.\(subnet).2"
+    }
+
+    /// Creates the namespace and the link; nil with the reason when the system does not allow it.
+    package static func make(_ tag: String) -> (VethNamespace?, String) {
+        let pid = Int(getpid())
+        let subnet = (pid + tag.utf8.reduce(0) { Int($0) &* 31 &+ Int($1) }) & 0xff
+        let name = "mpns\(pid % 100_000)\(tag)"
+        let host = "mpv\(pid % 100_000)\(tag.prefix(4))"
+        let peer = host + "p"
+        let ns = VethNamespace(name: name, subnet: subnet, hostLink: host)
+        let steps: [[String]] = [
+            ["netns", "add", name],
+            ["link", "add", host, "type", "veth", "peer", "name", peer],
+            ["link", "set", peer, "netns", name],
+            ["addr", "add", "\(ns.hostAddress)/24", "dev", host],
+            ["link", "set", host, "up"],
+            ["-n", name, "addr", "add", "\(ns.namespaceAddress)/24", "dev", peer],
+            ["-n", name, "link", "set", peer, "up"],
+            ["-n", name, "link", "set", "lo", "up"],
+        ]
+        for step in steps {
+            let (ok, out) = ip(step)
+            if !ok {
+                ns.remove()
+                return (nil, "network namespaces are not available here (ip \(step.joined(separator: " ")): \(out))")
+            }
+        }
+        return (ns, "")
+    }
+
+    /// Takes the namespace's end of the link down: from here its machine has vanished (no reset, no
+    /// answer: packets are dropped).
+    package func cutLink() { _ = Self.ip(["-n", name, "link", "set", hostLink + "p", "down"]) }
+
+    /// Deletes the namespace (and with it the link).
+    package func remove() {
+        _ = Self.ip(["netns", "del", name])
+        _ = Self.ip(["link", "del", hostLink])
+    }
+
+    @discardableResult
+    static func ip(_ args: [String]) -> (Bool, String) {
+        let p = Foundation.Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["ip"] + args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        do { try p.run() } catch { return (false, "\(error)") }
+        p.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        return (p.terminationStatus == 0, text)
     }
 }

@@ -16,12 +16,22 @@ struct NetWorker: Job {
     let authkey: [UInt8]
     let started: Double
     let ready: Connection
+    let pipelined: Bool
     func run() throws -> Int {
         let client = try ManagerClient(address: .tcp(host: "127.0.0.1", port: port), authkey: authkey)
         let tasks = QueueProxy(try client.create("get_task_queue"))
         let results = QueueProxy(try client.create("get_result_queue"))
         try ready.send((now() - started) * 1000)
         var done = 0
+        if pipelined {
+            // Answer and take the next task in one round trip (the same two requests, in the same order).
+            var v = try tasks.get(timeout: .seconds(10))
+            while let n = v.intValue {
+                v = try results.put(.int(Int64(n * n)), thenGetFrom: tasks, timeout: .seconds(10))
+                done += 1
+            }
+            return done
+        }
         while true {
             let v = try tasks.get(timeout: .seconds(10))
             guard let n = v.intValue else { break }
@@ -34,9 +44,13 @@ struct NetWorker: Job {
 
 func runDistributedSuite(_ only: Set<String>) throws {
     var rates: [Double] = []
+    var unbatched: [Double] = []
     var connects: [Double] = []
     let key = Array("anchor-bench".utf8)
-    for _ in 0..<3 {
+    // Alternating rounds: one by one (each get and put waits for its reply, as Python's loop does), then
+    // pipelined (the master's puts and gets 64 per round trip, a worker's answer and next get in one).
+    for round in 0..<6 {
+        let pipelined = round % 2 == 1
         let server = try ManagerServer(address: .tcp(host: "127.0.0.1", port: 0), authkey: key)
         _ = server.registerQueue("get_task_queue")
         _ = server.registerQueue("get_result_queue")
@@ -49,7 +63,9 @@ func runDistributedSuite(_ only: Set<String>) throws {
         var readies: [Connection] = []
         for _ in 0..<2 {
             let (mine, theirs) = try makePipe()
-            let w = ChildProcess(job: NetWorker(port: port, authkey: key, started: now(), ready: theirs))
+            let w = ChildProcess(
+                job: NetWorker(port: port, authkey: key, started: now(), ready: theirs, pipelined: pipelined)
+            )
             try w.start()
             theirs.close()
             workers.append(w)
@@ -57,16 +73,27 @@ func runDistributedSuite(_ only: Set<String>) throws {
         }
         for r in readies { connects.append(try r.recv(Double.self, timeout: .seconds(30))) }
         let t0 = now()
-        for i in 0..<T { try tasks.put(.int(Int64(i))) }
         var sum = 0
-        for _ in 0..<T { sum += try results.get(timeout: .seconds(10)).intValue ?? 0 }
+        if pipelined {
+            try tasks.put(contentsOf: (0..<T).map { PythonValue.int(Int64($0)) })
+            var got = 0
+            while got < T {
+                let batch = try results.get(upTo: min(64, T - got), timeout: .seconds(10))
+                got += batch.count
+                for v in batch { sum += v.intValue ?? 0 }
+            }
+        } else {
+            for i in 0..<T { try tasks.put(.int(Int64(i))) }
+            for _ in 0..<T { sum += try results.get(timeout: .seconds(10)).intValue ?? 0 }
+        }
         let t1 = now()
         precondition(sum == (T - 1) * T * (2 * T - 1) / 6, "wrong sum \(sum)")
-        rates.append(Double(T) / (t1 - t0))
+        if pipelined { rates.append(Double(T) / (t1 - t0)) } else { unbatched.append(Double(T) / (t1 - t0)) }
         for _ in workers { try tasks.put(.none) }
         for w in workers { _ = try w.result(timeout: .seconds(30)) }
         server.shutdown()
     }
     report("net_manager_tasks_swift", rates, "tasks/s", digits: 0)
+    report("net_manager_tasks_unbatched_swift", unbatched, "tasks/s", digits: 0)
     report("net_manager_connect_swift", connects, "ms", digits: 2)
 }

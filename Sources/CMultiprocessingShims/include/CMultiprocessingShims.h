@@ -103,10 +103,17 @@ long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int
 /// count in `*nfds`; extra ones are closed). Returns bytes received or -errno.
 long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags);
 int mp_set_nodelay(int fd);
+/// TCP keep-alive probes after `idle_s` seconds of silence, every `interval_s`, `count` unanswered ones
+/// ending the connection (ETIMEDOUT), and TCP_USER_TIMEOUT: data left unacknowledged for
+/// `user_timeout_ms` ends it too. 0 or -errno.
+int mp_set_keepalive(int fd, int idle_s, int interval_s, int count, unsigned user_timeout_ms);
 /// Acknowledge the next segments at once (TCP_QUICKACK; the kernel clears it again by itself): a CPython
 /// peer, which does not set TCP_NODELAY, otherwise waits for our delayed ACK (40 ms) before each message
 /// that follows another of its own. 0 or -errno (not a TCP socket).
 int mp_quick_ack(int fd);
+/// 1 when the connection's peer is gone (an error such as a keep-alive time-out, a hang-up, or the peer
+/// closed its side), 0 when not, without reading anything.
+int mp_peer_gone(int fd);
 int mp_pipe_cloexec(int fds[2]);
 /// Makes standard output line-buffered.
 void mp_stdout_line_buffered(void);

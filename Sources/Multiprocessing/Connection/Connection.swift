@@ -100,6 +100,35 @@ public final class Connection: @unchecked Sendable {
         try bytes.withUnsafeBytes { try sendFrame($0, fds: fds, deadline: Deadline.after(timeout)) }
     }
 
+    /// Sends several messages in one write (pipelined requests): the peer reads them as separate
+    /// messages. A timeout part-way makes later sends throw ``MultiprocessingError/Code/closed``.
+    package func sendMessages(_ payloads: [[UInt8]], timeout: Duration?) throws {
+        try checkOpen()
+        var all: [UInt8] = []
+        all.reserveCapacity(payloads.reduce(0) { $0 + $1.count + 4 })
+        for p in payloads {
+            all.append(contentsOf: FrameDecoder.header(for: p.count))
+            all.append(contentsOf: p)
+        }
+        let deadline = Deadline.after(timeout)
+        guard sendLock.acquire(timeout: deadline?.remaining) else {
+            throw MultiprocessingError(.timedOut, "timed out waiting for another sender")
+        }
+        defer { try? sendLock.release() }
+        if sendBroken {
+            throw MultiprocessingError(.closed, "the connection is unusable after a send timed out mid-message")
+        }
+        guard let deadline else {
+            try all.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
+            return
+        }
+        let sent = try all.withUnsafeBytes { try Syscall.writeAll(fd, $0, deadline: deadline) }
+        if sent < all.count {
+            if sent > 0 { sendBroken = true }
+            throw MultiprocessingError(.timedOut, "the peer did not take the messages within the timeout")
+        }
+    }
+
     /// Writes one frame; `fds` travel as `SCM_RIGHTS` with its first bytes (sockets only).
     func sendFrame(_ payload: UnsafeRawBufferPointer, fds: [Int32], deadline: Deadline? = nil) throws {
         try checkOpen()

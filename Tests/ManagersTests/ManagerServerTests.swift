@@ -3,6 +3,7 @@ import Multiprocessing
 import MultiprocessingNetwork
 import MultiprocessingTestSupport
 import Testing
+import Threading
 
 @testable import MultiprocessingManagers
 
@@ -315,5 +316,40 @@ struct ManagerServerTests {
         kill(holder.process.processIdentifier, SIGKILL)
         _ = holder.finish(timeout: 5)
         #expect(try call("acquire", .tuple([true, 5.0])) == .tuple(["#RETURN", true]))
+    }
+}
+
+/// A client killed while its `get` blocks on the server: the server gives the call up (its client is
+/// gone) instead of taking the next item for nobody — CPython's server would, and the item is lost.
+@Suite(.serialized, .timeLimit(.minutes(1)))
+struct AbandonedCallTests {
+    @Test func aKilledClientsBlockedGetTakesNothing() throws {
+        let server = try ManagerServer(authkey: Array("abc".utf8))
+        let queue = server.registerQueue("get_task_queue")
+        try server.start()
+        defer { server.shutdown() }
+        guard case .tcp(_, let port) = server.address else { return }
+        let peer = try PythonPeer(
+            """
+            from multiprocessing.managers import BaseManager
+            class M(BaseManager): pass
+            M.register('get_task_queue')
+            m = M(address=('127.0.0.1', \(port)), authkey=b'abc')
+            m.connect()
+            q = m.get_task_queue()
+            print('waiting', flush=True)
+            q.get(timeout=30)
+            print('got one', flush=True)
+            """
+        )
+        #expect(peer.out.fileHandleForReading.availableLine() == "waiting")
+        usleep(200_000)  // the get is blocked on the server
+        kill(peer.process.processIdentifier, SIGKILL)
+        _ = peer.finish(timeout: 5)
+        usleep(500_000)  // two slices: the server has seen the client go
+        try queue.put(.int(42))
+        usleep(300_000)
+        #expect(queue.count == 1)  // still there for the next worker
+        #expect(try queue.get(timeout: .seconds(1)) == .int(42))
     }
 }

@@ -121,6 +121,8 @@ final class ChannelPool: Sendable {
     let authkey: [UInt8]
     let keepAlive: KeepAlive?
     private let idle = Mutex<[Connection]>([])
+    /// The name our channels give in `accept_connection` (CPython's client gives its thread's name).
+    static let clientName = "SwiftClient"
 
     init(address: Address, authkey: [UInt8], keepAlive: KeepAlive?) {
         self.address = address
@@ -136,7 +138,7 @@ final class ChannelPool: Sendable {
         do {
             let r = try Proxy.exchange(
                 c,
-                .tuple([.none, "accept_connection", .tuple(["SwiftClient"]), .dict([])]),
+                .tuple([.none, "accept_connection", .tuple([.string(Self.clientName)]), .dict([])]),
                 timeout: timeout
             )
             guard r == .none else { throw ManagerError("accept_connection answered \(r)") }

@@ -240,9 +240,21 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         guard registered else { return }
         var channel = false
         var tcp = true
+        // Replies to pipelined requests wait here while the next request is already buffered, and go out
+        // together in one write before the thread would block on the socket.
+        var replies: [[UInt8]] = []
+        /// Sends the replies held back; false when the connection failed.
+        func flush() -> Bool {
+            guard !replies.isEmpty else { return true }
+            defer { replies.removeAll(keepingCapacity: true) }
+            return (try? c.sendMessages(replies, timeout: nil)) != nil
+        }
         while true {
+            if replies.count >= 64 || !c.hasBufferedMessage {
+                guard flush() else { return }
+            }
             // A CPython client's next request waits for our ACK (Nagle); not a TCP socket: stop trying.
-            if tcp && mp_quick_ack(c.fileDescriptor) != 0 { tcp = false }
+            if tcp && replies.isEmpty && mp_quick_ack(c.fileDescriptor) != 0 { tcp = false }
             let frame: [UInt8]
             do {
                 frame = try c.recvBytes()
@@ -256,7 +268,10 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 )
                 return
             }
-            guard mark(busy: true) else { return }
+            guard mark(busy: true) else {
+                _ = flush()
+                return
+            }
             let reply: PythonValue
             do {
                 let request = try PickleReader().read(frame)
@@ -269,6 +284,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                     guard let r = callMethod(parts[0], method, args, kwargs, on: c) else {
                         // A blocking call gave up: its client is gone, or the server is shutting down.
                         logger.debug("call abandoned", metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")"])
+                        _ = flush()
                         return
                     }
                     reply = r
@@ -276,7 +292,11 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                     guard case .none = parts[0] else { throw PickleError("a method call before accept_connection") }
                     let (r, becomesChannel, stop) = serverMethod(method, args, kwargs)
                     reply = r
-                    if becomesChannel { channel = true }
+                    if becomesChannel {
+                        channel = true
+                        // Our client sets TCP_NODELAY and never waits on our ACKs: no quick-ACK call per request.
+                        if args.first == .string(ChannelPool.clientName) { tcp = false }
+                    }
                     if stop {
                         _ = try? c.sendBytes(try PickleWriter().write(reply))
                         shutdown()
@@ -291,8 +311,18 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 )
                 reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(error)\n")])
             }
-            guard let bytes = try? PickleWriter().write(reply), (try? c.sendBytes(bytes)) != nil else { return }
-            if !mark(busy: false) { return }
+            guard let bytes = try? PickleWriter().write(reply) else {
+                _ = flush()
+                return
+            }
+            replies.append(bytes)
+            if !(channel && c.hasBufferedMessage) {
+                guard flush() else { return }
+            }
+            if !mark(busy: false) {
+                _ = flush()
+                return
+            }
         }
     }
 
@@ -395,7 +425,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             self?.shuttingDown.load(ordering: .relaxed) ?? true || mp_peer_gone(fd) == 1
         }
         do {
-            return Self.ok(try ServedCall.$abandoned.withValue(abandoned) { try object.call(method, args, kwargs) })
+            return Self.ok(try ServedCall.with(abandoned: abandoned) { try object.call(method, args, kwargs) })
         } catch is ServedCall.Abandoned {
             return nil
         } catch let e as PythonException {

@@ -8,8 +8,18 @@ import Threading
 /// timeout out, and a `get` then takes an item for a client that is no longer there, which is lost; here
 /// the item stays in the queue for the next worker.
 enum ServedCall {
-    /// Set by the server around each call: true when the call's answer can no longer be delivered.
-    @TaskLocal static var abandoned: (@Sendable () -> Bool)?
+    /// Set by the server around each call (on the connection's thread): true when the call's answer can
+    /// no longer be delivered. (A thread-local, not a `@TaskLocal`: these calls run on plain threads.)
+    private static let current = ThreadLocal<(@Sendable () -> Bool)?>(default: { nil })
+
+    static var abandoned: (@Sendable () -> Bool)? { current.value }
+
+    /// Runs `body` with `check` as the current call's abandonment test.
+    static func with<T>(abandoned check: @escaping @Sendable () -> Bool, _ body: () throws -> T) rethrows -> T {
+        current.value = check
+        defer { current.value = nil }
+        return try body()
+    }
 
     /// Thrown by a blocking call that gave up: the server closes the connection without an answer.
     struct Abandoned: Error {}

@@ -100,6 +100,14 @@ public final class Connection: @unchecked Sendable {
         try bytes.withUnsafeBytes { try sendFrame($0, fds: fds, deadline: Deadline.after(timeout)) }
     }
 
+    /// Whether a whole message has already arrived and been buffered (a pipelining peer sent several at
+    /// once): the next receive returns it without a system call. False while another thread receives.
+    package var hasBufferedMessage: Bool {
+        guard recvLock.acquire(timeout: .zero) else { return false }
+        defer { try? recvLock.release() }
+        return frames.hasWholeFrame
+    }
+
     /// Sends several messages in one write (pipelined requests): the peer reads them as separate
     /// messages. A timeout part-way makes later sends throw ``MultiprocessingError/Code/closed``.
     package func sendMessages(_ payloads: [[UInt8]], timeout: Duration?) throws {

@@ -33,6 +33,13 @@ package struct FrameDecoder {
     /// Bytes of room the buffers hold now (for tests: a bare announced length must not grow it).
     package var capacity: Int { buffer.count + (large?.payload.count ?? 0) }
 
+    /// Whether a whole frame is buffered (the next read needs no system call).
+    package var hasWholeFrame: Bool {
+        if let l = large { return l.filled == l.size }
+        guard let h = try? header() else { return false }
+        return end - (start + h.length) >= h.size
+    }
+
     /// Whether any bytes are buffered: a whole frame, or part of one.
     package var hasBufferedBytes: Bool { end > start || large != nil }
 

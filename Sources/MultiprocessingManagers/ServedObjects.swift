@@ -2,8 +2,29 @@ import Synchronization
 import Threading
 
 // The objects a manager serves by default, with the methods Python's proxies call (DictProxy, ListProxy,
-// the AutoProxy of queue.Queue, NamespaceProxy). Keys compare by exact value and type (Python treats
-// 1, 1.0 and True as one key; here they are three).
+// the AutoProxy of queue.Queue, NamespaceProxy). Keys compare as Python's do: 1, 1.0 and True are one key
+// (and (1,) and (1.0,)); the dict keeps the key first inserted, as Python's.
+
+/// A dict key with Python's equality: numbers compare by value across bool, int and float (a float with
+/// an integral value equals the int), element by element inside tuples and frozensets; everything else
+/// by exact value.
+struct PythonKey: Hashable {
+    let value: PythonValue
+
+    init(_ value: PythonValue) { self.value = Self.canonical(value) }
+
+    static func canonical(_ v: PythonValue) -> PythonValue {
+        switch v {
+        case .bool(let b): return .int(b ? 1 : 0)
+        case .float(let d):
+            if d.rounded() == d, let i = Int64(exactly: d) { return .int(i) }
+            return v
+        case .tuple(let items): return .tuple(items.map(canonical))
+        case .frozenset(let items): return .frozenset(items.map(canonical).sorted { $0.hashValue < $1.hashValue })
+        default: return v
+        }
+    }
+}
 
 private func keyError(_ k: PythonValue) -> PythonException { PythonException("KeyError", [k]) }
 
@@ -18,14 +39,16 @@ private func index(_ v: PythonValue, count: Int) throws -> Int {
 /// key by key on every call).
 struct OrderedPythonDict {
     private(set) var entries: [PythonPair?] = []
-    private var index: [PythonValue: Int] = [:]
+    private var index: [PythonKey: Int] = [:]
     private(set) var count = 0
 
     init(_ pairs: [PythonPair] = []) { for p in pairs { self[p.key] = p.value } }
 
     subscript(key: PythonValue) -> PythonValue? {
-        get { index[key].flatMap { entries[$0]?.value } }
+        get { index[PythonKey(key)].flatMap { entries[$0]?.value } }
         set {
+            let original = key
+            let key = PythonKey(key)
             if let i = index[key] {
                 if let v = newValue {
                     entries[i]!.value = v
@@ -37,7 +60,7 @@ struct OrderedPythonDict {
                 }
             } else if let v = newValue {
                 index[key] = entries.count
-                entries.append(PythonPair(key, v))
+                entries.append(PythonPair(original, v))  // the key as first inserted, as Python keeps it
                 count += 1
             }
         }

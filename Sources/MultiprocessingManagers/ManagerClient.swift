@@ -243,6 +243,39 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
         _ kwargs: [PythonPair] = [],
         timeout: Duration? = nil
     ) throws -> PythonValue {
+        do {
+            return try callRaw(method, args, kwargs, timeout: timeout)
+        } catch let p as ProxyReturned {
+            _ = try? client.oneShot("decref", [.string(p.ident)])  // the server's reference: nobody takes it
+            throw ManagerError("\(method) returns a proxy (a \(p.typeid)); call it with callProxy")
+        }
+    }
+
+    /// Calls a method whose result the server serves as a new object — Python's `method_to_typeid`
+    /// (`#PROXY` replies), such as a dict's `__iter__` — and returns a proxy to it.
+    public func callProxy(
+        _ method: String,
+        _ args: [PythonValue] = [],
+        _ kwargs: [PythonPair] = [],
+        timeout: Duration? = nil
+    ) throws -> Proxy {
+        do {
+            let r = try callRaw(method, args, kwargs, timeout: timeout)
+            throw ManagerError("\(method) returned a value, not a proxy: \(r)")
+        } catch let p as ProxyReturned {
+            // As CPython's client: the proxy takes its own reference, then the server's is released.
+            let proxy = try Proxy(typeid: p.typeid, ident: p.ident, exposed: p.exposed, client: client, incref: true)
+            _ = try? client.oneShot("decref", [.string(p.ident)])
+            return proxy
+        }
+    }
+
+    private func callRaw(
+        _ method: String,
+        _ args: [PythonValue],
+        _ kwargs: [PythonPair],
+        timeout: Duration?
+    ) throws -> PythonValue {
         guard exposed.contains(method) else {
             throw ManagerError("method \(method) is not exposed by \(typeid) (\(exposed.joined(separator: ", ")))")
         }
@@ -258,6 +291,9 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
             return r
         } catch let e as PythonException {
             client.channels.giveBack(c)  // a clean answer: the channel is fine
+            throw e
+        } catch let e as ProxyReturned {
+            client.channels.giveBack(c)
             throw e
         } catch {
             c.close()
@@ -299,7 +335,12 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
             return .failure(ManagerError("error \(parts[1])"))
         case "#TRACEBACK", "#UNSERIALIZABLE": return .failure(ManagerError(parts[1].stringValue ?? "\(parts[1])"))
         case "#PROXY":
-            return .failure(ManagerError("the server answered with a proxy (method_to_typeid is not supported yet)"))
+            // (exposed, Token): the token's state is (typeid, address, id).
+            guard let parts = parts[1].items, parts.count == 2, let exposed = parts[0].items,
+                case .object(let token) = parts[1], let fields = token.state?.items, fields.count == 3,
+                let typeid = fields[0].stringValue, let ident = fields[2].stringValue
+            else { return .failure(ManagerError("a #PROXY reply that is not (exposed, Token): \(parts[1])")) }
+            return .failure(ProxyReturned(typeid: typeid, ident: ident, exposed: exposed.compactMap(\.stringValue)))
         default: return .failure(ManagerError("unknown reply kind \(kind)"))
         }
     }
@@ -354,10 +395,33 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
     }
 }
 
+/// A proxy to a served iterator — Python's `IteratorProxy` (what iterating a dict proxy gives).
+public struct IteratorProxy: Codable, Sendable {
+    public let proxy: Proxy
+    public init(_ proxy: Proxy) { self.proxy = proxy }
+    public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
+
+    /// The next item (`next(it)`), or nil when the iterator is exhausted (`StopIteration`).
+    public func next() throws -> PythonValue? {
+        do {
+            return try proxy.call("__next__")
+        } catch let e as PythonException where e.name == "StopIteration" {
+            return nil
+        }
+    }
+}
+
 /// A proxy to a served dict — Python's `DictProxy`.
 public struct DictProxy: Codable, Sendable {
     public let proxy: Proxy
     public init(_ proxy: Proxy) { self.proxy = proxy }
+
+    /// `iter(d)`: a served iterator over the keys (one call per key, as in Python; ``keys()`` fetches
+    /// them all in one).
+    public func makeIterator() throws -> IteratorProxy { IteratorProxy(try proxy.callProxy("__iter__")) }
+    /// `d.keys()`: every key, in one call.
+    public func keys() throws -> [PythonValue] { try proxy.call("keys").items ?? [] }
     public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
     public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
 
@@ -405,6 +469,13 @@ public struct ListProxy: Codable, Sendable {
             [.object(PythonObject(callable: .global(module: "builtins", name: "slice"), args: [.none, .none, .none]))]
         )
     }
+}
+
+/// A `#PROXY` reply: the result is served as a new object (with one reference held for us).
+struct ProxyReturned: Error {
+    let typeid: String
+    let ident: String
+    let exposed: [String]
 }
 
 /// The first call of a pipelined pair failed; the second may have taken an item, which travels here.

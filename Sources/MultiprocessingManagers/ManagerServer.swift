@@ -40,6 +40,14 @@ public protocol ManagedObject: AnyObject, Sendable {
     var exposed: [String] { get }
     /// Calls `method`; throw a ``PythonException`` to raise one in the caller.
     func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue
+    /// Methods whose result is served as a new object of a typeid, the caller getting a proxy to it
+    /// (Python's `method_to_typeid`; a dict's `__iter__` returns an `Iterator`). The typeid's factory
+    /// receives the result as its one argument. Default: none.
+    var methodToTypeid: [String: String] { get }
+}
+
+extension ManagedObject {
+    public var methodToTypeid: [String: String] { [:] }
 }
 
 /// A manager server speaking CPython's managers protocol — the server side of Python's
@@ -135,6 +143,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         register("Barrier") { args, kwargs in try BarrierObject(args, kwargs) }
         register("Value") { args, kwargs in try ValueObject(args, kwargs) }
         register("Array") { args, kwargs in try ArrayObject(args, kwargs) }
+        register("Iterator") { args, _ in IteratorObject(args.first ?? .list([])) }
     }
 
     /// Serves `typeid`: each `create` makes an object with `factory` (Python's `register(typeid, callable)`).
@@ -328,6 +337,35 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
 
     private static func ok(_ v: PythonValue) -> PythonValue { .tuple(["#RETURN", v]) }
 
+    /// Keeps `object` under a new ident with one reference (the creator's).
+    private func store(_ typeid: String, _ object: any ManagedObject) throws -> (String, any ManagedObject) {
+        let (ident, count) = state.withLock { s -> (String, Int) in
+            s.next += 1
+            let id = String(s.next, radix: 16)
+            s.objects[id] = Entry(typeid: typeid, object: object, refs: 1)
+            return (id, s.objects.count)
+        }
+        objectsGauge.record(count)
+        return (ident, object)
+    }
+
+    /// CPython's `Token(typeid, address, id)` as it pickles it (`__newobj__`, then its state).
+    static func token(typeid: String, address: Address, ident: String) -> PythonValue {
+        let addr: PythonValue =
+            switch address {
+            case .tcp(let host, let port): .tuple([.string(host), .int(Int64(port))])
+            case .unix(let path): .string(path)
+            }
+        return .object(
+            PythonObject(
+                callable: .global(module: "multiprocessing.managers", name: "Token"),
+                args: [],
+                viaNew: true,
+                state: .tuple([.string(typeid), addr, .string(ident)])
+            )
+        )
+    }
+
     /// Our answer to `dummy` (CPython's `connect()` ignores it): tells our client that this server goes
     /// on serving one-shot requests on the same connection, so `create`, `incref` and `decref` need no
     /// new connection and handshake each. CPython's clients close after one request, as before.
@@ -359,14 +397,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 return (.tuple(["#ERROR", PythonException("KeyError", [.string(typeid)]).value]), false, false)
             }
             do {
-                let object = try factory(Array(args.dropFirst()), kwargs)
-                let (ident, count) = state.withLock { s -> (String, Int) in
-                    s.next += 1
-                    let id = String(s.next, radix: 16)
-                    s.objects[id] = Entry(typeid: typeid, object: object, refs: 1)
-                    return (id, s.objects.count)
-                }
-                objectsGauge.record(count)
+                let (ident, object) = try store(typeid, try factory(Array(args.dropFirst()), kwargs))
                 let exposed = PythonValue.tuple(object.exposed.map { .string($0) })
                 // The client builds the Token itself from the ident (CPython's `_create`).
                 return (Self.ok(.tuple([.string(ident), exposed])), false, false)
@@ -425,7 +456,15 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             self?.shuttingDown.load(ordering: .relaxed) ?? true || mp_peer_gone(fd) == 1
         }
         do {
-            return Self.ok(try ServedCall.with(abandoned: abandoned) { try object.call(method, args, kwargs) })
+            let r = try ServedCall.with(abandoned: abandoned) { try object.call(method, args, kwargs) }
+            guard let typeid = object.methodToTypeid[method] else { return Self.ok(r) }
+            // Served as a new object; the caller gets a proxy (it takes its reference, then releases ours).
+            guard let factory = state.withLock({ $0.factories[typeid] }) else {
+                return .tuple(["#TRACEBACK", .string("no typeid \(typeid) for the result of \(method)")])
+            }
+            let (rident, robject) = try store(typeid, try factory([r], []))
+            let exposed = PythonValue.tuple(robject.exposed.map { .string($0) })
+            return .tuple(["#PROXY", .tuple([exposed, Self.token(typeid: typeid, address: address, ident: rident)])])
         } catch is ServedCall.Abandoned {
             return nil
         } catch let e as PythonException {

@@ -82,6 +82,8 @@ struct OrderedPythonDict {
 /// Python's `dict`, served.
 final class DictObject: ManagedObject, @unchecked Sendable {  // the dict is behind `lock`
     private let lock = Mutex(OrderedPythonDict())
+    /// As CPython's `DictProxy`: iterating a served dict gives a proxy to an iterator over its keys.
+    let methodToTypeid = ["__iter__": "Iterator"]
 
     let exposed = [
         "__contains__", "__delitem__", "__getitem__", "__iter__", "__len__", "__setitem__", "clear", "copy", "get",
@@ -387,6 +389,40 @@ final class QueueObject: ManagedObject, @unchecked Sendable {  // the queue is t
             throw PythonException.queueFull
         } catch let e as ThreadingError {
             throw PythonException("ValueError", [.string(e.message)])
+        }
+    }
+}
+
+/// An iterator served on its own (Python's `IteratorProxy`): what a dict's `__iter__` returns. Iterates a
+/// snapshot of the items taken when it was made.
+final class IteratorObject: ManagedObject, @unchecked Sendable {  // `rest` behind `lock`
+    private let lock: Mutex<ArraySlice<PythonValue>>
+    let exposed = ["__next__", "send", "throw", "close"]
+
+    init(_ source: PythonValue) {
+        let items: [PythonValue] =
+            switch source {
+            case .list(let a), .tuple(let a), .set(let a), .frozenset(let a): a
+            case .dict(let pairs): pairs.map(\.key)
+            default: [source]
+            }
+        lock = Mutex(items[...])
+    }
+
+    func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
+        try lock.withLock { rest throws -> PythonValue in
+            switch method {
+            case "__next__", "send":
+                guard let v = rest.popFirst() else { throw PythonException("StopIteration", []) }
+                return v
+            case "close":
+                rest = []
+                return .none
+            case "throw":
+                rest = []
+                throw PythonException("RuntimeError", ["the iterator was thrown into"])
+            default: throw PythonException("AttributeError", [.string(method)])
+            }
         }
     }
 }

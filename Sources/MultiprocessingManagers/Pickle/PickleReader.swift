@@ -36,15 +36,15 @@ public struct PickleAllowList: Sendable {
     public func allows(_ module: String, _ name: String) -> Bool { globals.contains(module + "." + name) }
 
     /// What CPython's managers protocol needs: `Token`, `RemoteError`, the queue exceptions, `bytearray`,
-    /// `set`/`frozenset` (older protocols build them with REDUCE), `collections.OrderedDict`, and the
-    /// built-in exceptions.
+    /// `set`/`frozenset` (older protocols build them with REDUCE), `list` (dict views, which CPython's
+    /// managers pickle as `list(items)`), `collections.OrderedDict`, and the built-in exceptions.
     public static let managers = PickleAllowList(
         Set(
             [
                 "multiprocessing.managers.Token", "multiprocessing.managers.RemoteError",
                 "_queue.Empty", "queue.Empty", "queue.Full", "builtins.bytearray", "builtins.set",
                 "builtins.frozenset", "collections.OrderedDict", "copyreg._reconstructor", "builtins.object",
-                "builtins.complex", "builtins.range", "builtins.slice",
+                "builtins.complex", "builtins.range", "builtins.slice", "builtins.list",
             ] + builtinExceptions.map { "builtins." + $0 }
         )
     )
@@ -241,6 +241,9 @@ private struct Machine {
             case ("set", nil): return .set([])
             case ("frozenset", .list(let l)?) where args.count == 1: return .frozenset(l)
             case ("frozenset", nil): return .frozenset([])
+            // CPython's managers send dict views (`d.keys()`, `values()`, `items()`) as `list(items)`.
+            case ("list", .list(let l)?) where args.count == 1: return .list(l)
+            case ("list", nil): return .list([])
             default: break
             }
         }

@@ -58,12 +58,27 @@ public final class ManagerClient: Sendable {
 
     /// A one-shot request — on the kept-open connection when the server is ours and it is free,
     /// otherwise on a connection of its own, as CPython's client makes them.
-    func oneShot(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair] = []) throws -> PythonValue {
+    func oneShot(
+        _ method: String,
+        _ args: [PythonValue],
+        _ kwargs: [PythonPair] = [],
+        timeout: Duration? = nil
+    ) throws -> PythonValue {
+        let timeout = timeout ?? self.timeout
         let request = PythonValue.tuple([.none, .string(method), .tuple(args), .dict(kwargs)])
         if let c = control.withLock({ $0.take() }) {
             // Readable while idle means the server closed it (it shut down or restarted): drop it.
             if (try? c.poll(timeout: .zero)) == false {
-                let r = try Proxy.exchange(c, request, timeout: timeout)
+                let r: PythonValue
+                do {
+                    r = try Proxy.exchange(c, request, timeout: timeout)
+                } catch let e as PythonException {
+                    control.withLock { kept in if kept == nil { kept = c } else { c.close() } }
+                    throw e
+                } catch {
+                    c.close()
+                    throw error
+                }
                 control.withLock { kept in if kept == nil { kept = c } else { c.close() } }
                 return r
             }
@@ -187,7 +202,11 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
         // inside a task, the request goes from a thread of its own: a slow server must not hold a thread
         // of the cooperative pool. Elsewhere it is made at once, so the count is exact when this returns.
         let (client, ident) = (self.client, self.ident)
-        let release: @Sendable () -> Void = { _ = try? client.oneShot("decref", [.string(ident)]) }
+        // Bounded: a server that cannot be reached (its machine is gone) must not hold the program's exit,
+        // which waits for this thread, for the client's whole timeout.
+        let release: @Sendable () -> Void = {
+            _ = try? client.oneShot("decref", [.string(ident)], timeout: min(client.timeout, Proxy.releaseTimeout))
+        }
         if withUnsafeCurrentTask(body: { $0 != nil }) {
             let t = OSThread(name: "mp-proxy-release", daemon: false, release)
             if (try? t.start()) == nil { release() }
@@ -195,6 +214,9 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
             release()
         }
     }
+
+    /// The longest a dropped proxy tries to release its reference.
+    static let releaseTimeout = Duration.seconds(2)
 
     private enum Key: String, CodingKey { case typeid, ident, exposed, host, port, path, authkey }
 

@@ -40,6 +40,9 @@ let package = Package(
                 "CMultiprocessingShims",
                 "Threading",
                 .product(name: "DequeModule", package: "swift-collections"),
+                // Logs and metrics of pools (neither loads Foundation).
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         // Sockets between machines and with CPython: Listener/connect and the authkey handshake. The only

@@ -1,5 +1,7 @@
 internal import CMultiprocessingShims
+import CoreMetrics
 import Glibc
+import Logging
 import Synchronization
 import Threading
 
@@ -15,6 +17,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     private struct Guarded: Sendable {
         var state: PoolState
         var io: [PoolState.WorkerID: WorkerIO] = [:]
+        /// The state's totals as last reported to metrics.
+        var reported = PoolState.Tally()
     }
 
     let size: Int
@@ -28,11 +32,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     private let supervisorWake = Event()
     private let allExited = Event()
     private let callbacks = BlockingQueue<@Sendable () -> Void>()
+    let telemetry: PoolTelemetry
 
     init(size: Int, options: ProcessPoolOptions, initializer: (type: String, payload: [UInt8])?) throws {
         self.size = size
         self.options = options
         self.initializer = initializer
+        telemetry = PoolTelemetry(name: options.name, logger: options.logger)
         guarded = Guarded(state: PoolState(size: size, options: options, now: PoolInstant.now))
         for _ in 0..<size { try addWorker() }
         let t = OSThread(name: "mp-pool-supervisor", daemon: true) { [weak self] in
@@ -55,10 +61,17 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     private func step<R: Sendable, E: Error>(
         _ event: (inout Guarded) throws(E) -> (R, [PoolState.Action])
     ) throws(E) -> R {
-        let (r, actions, io) = try withGuarded { g throws(E) in
+        let (r, actions, io, tallies) = try withGuarded { g throws(E) in
             let (r, actions) = try event(&g)
-            return (r, actions, actions.isEmpty ? [:] : g.io)
+            let now = g.state.tally
+            var tallies: (PoolState.Tally, PoolState.Tally)?
+            if now != g.reported {
+                tallies = (g.reported, now)
+                g.reported = now
+            }
+            return (r, actions, actions.isEmpty ? [:] : g.io, tallies)
         }
+        if let (old, new) = tallies { telemetry.report(from: old, to: new) }
         if !actions.isEmpty { perform(actions, io) }
         return r
     }
@@ -272,9 +285,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         switch kind {
         case PoolWire.output:
             let count = Int(try c.get(UInt32.self))
-            reply = .output(unit: unitId, start: start, count: count, busyNanos: try c.get())
+            let busy: UInt64 = try c.get()
+            telemetry.busy.recordNanoseconds(Int64(clamping: busy))
+            reply = .output(unit: unitId, start: start, count: count, busyNanos: busy)
         case PoolWire.failure:
-            reply = .failure(unit: unitId, index: start, busyNanos: try c.get())
+            let busy: UInt64 = try c.get()
+            telemetry.busy.recordNanoseconds(Int64(clamping: busy))
+            reply = .failure(unit: unitId, index: start, busyNanos: busy)
         default:
             throw MultiprocessingError(.malformedMessage, "unknown pool reply kind \(kind)")
         }
@@ -343,10 +360,24 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             stderrTail: slot.stderrLines(options.stderrLines)
         )
         slot.outbox.close()
-        let everyoneGone = step { g in
+        let (everyoneGone, deathsBefore, deathsAfter, broken) = step { g in
             g.io[slot.id] = nil
-            return g.state.exited(slot.id, facts, now: PoolInstant.now)
+            let before = g.state.unexpectedDeaths
+            let wasBroken = g.state.brokenBy != nil
+            let (gone, actions) = g.state.exited(slot.id, facts, now: PoolInstant.now)
+            return ((gone, before, g.state.unexpectedDeaths, wasBroken ? nil : g.state.brokenBy), actions)
         }
+        if deathsAfter > deathsBefore {
+            telemetry.logger.warning(
+                "worker died",
+                metadata: [
+                    "pid": "\(slot.pid)",
+                    "exit": "\(facts.exitCode.map { "\($0)" } ?? "?")",
+                    "stderr": "\(facts.stderrTail.last ?? "")",
+                ]
+            )
+        }
+        if let broken { telemetry.logger.error("pool broken", metadata: ["error": "\(broken)"]) }
         slot.release()
         // We are inside the pidfd's own handler: close it once the reactor has unregistered it. Only
         // then does `join()` return, so that every descriptor and mapping of the pool is released.

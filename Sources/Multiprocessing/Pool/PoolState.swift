@@ -140,7 +140,35 @@ struct PoolState: Sendable {
     private var done = 0
     private var failed = 0
     private var total = 0
+    private var retried = 0
+    private var started = 0
     private var firstSubmit: Instant?
+
+    /// Running totals for metrics: the shell reports what changed since the last event.
+    struct Tally: Equatable, Sendable {
+        var submitted = 0
+        var done = 0
+        var failed = 0
+        var retried = 0
+        var unexpectedDeaths = 0
+        var started = 0
+        var queued = 0
+    }
+
+    var tally: Tally {
+        Tally(
+            submitted: total,
+            done: done,
+            failed: failed,
+            retried: retried,
+            unexpectedDeaths: unexpectedDeaths,
+            started: started,
+            queued: pending.count + delayed.count
+        )
+    }
+
+    /// The error that broke the pool, once it is broken.
+    var brokenBy: PoolError? { if case .broken(let e) = phase { e } else { nil } }
 
     // Gathered during one event and handed back by `finish()`.
     private var now: Instant
@@ -170,6 +198,7 @@ struct PoolState: Sendable {
     mutating func workerStarted(_ id: WorkerID, pid: Int32, now: Instant) -> [Action] {
         self.now = now
         spawning -= 1
+        started += 1
         workers.append(Worker(id: id, pid: pid, spawnedAt: now))
         // Started while the pool was being terminated or broken: stop it like the others.
         switch phase {
@@ -790,6 +819,7 @@ struct PoolState: Sendable {
         guard let again = part(unit, i..<(i + 1), attempt: unit.attempt + 1, kills: unit.kills + (crashed ? 1 : 0))
         else { return }
         delayed.append((now + unit.call.options.retry.delay(beforeAttempt: unit.attempt + 1), again))
+        retried += 1
         supervisorDue = true
     }
 

@@ -1,3 +1,5 @@
+public import Logging
+
 /// A function a pool applies to many inputs in worker processes — what Python passes to `Pool.map` as `f`.
 ///
 /// Like a ``Job``, it is a `Codable` value (its stored properties are fixed arguments shared by every
@@ -275,6 +277,12 @@ public struct ProcessPoolOptions: Sendable {
     public var interrupt: InterruptBehavior
     /// What a crashing worker reports (and how long its crash takes to reach the caller).
     public var crashReport: CrashReport
+    /// The pool's name in logs and in its metrics' `pool` dimension.
+    public var name: String
+    /// Where the pool says what happens: workers started (debug), workers that died (warning, with the
+    /// cause), the pool breaking (error). Default: nothing is logged. Metrics go to the program's
+    /// swift-metrics backend, if it bootstrapped one (see the ``ProcessPool`` documentation).
+    public var logger: Logger
 
     /// Pool-wide settings; the defaults suit most programs (see each property).
     public init(
@@ -284,9 +292,13 @@ public struct ProcessPoolOptions: Sendable {
         stderrLines: Int = 20,
         forwardStderr: Bool = true,
         interrupt: InterruptBehavior = .tearDownAndExit,
-        crashReport: CrashReport = .message
+        crashReport: CrashReport = .message,
+        name: String = "pool",
+        logger: Logger = Logger(label: "swift-multiprocessing.pool", factory: { _ in SwiftLogNoOpLogHandler() })
     ) {
         self.crashReport = crashReport
+        self.name = name
+        self.logger = logger
         self.maxTasksPerChild = maxTasksPerChild
         self.memoryLimit = memoryLimit
         self.deathLimit = deathLimit

@@ -201,29 +201,36 @@ package enum Syscall {
     }
 
     /// Writes the whole buffer before `deadline`; returns the bytes written (less than the buffer only
-    /// when the deadline passed). Sockets: `poll` + `send(MSG_DONTWAIT)`; pipes: `poll` + writes of at
+    /// when the deadline passed). Sockets: `send(MSG_DONTWAIT)` first, `poll` only when the socket is
+    /// full (a request-reply exchange then costs one system call, not two); pipes: `poll` + writes of at
     /// most 4 KiB, which a writable pipe always takes without blocking.
     static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer, deadline: Deadline) throws -> Int {
         var off = 0
+        var isSocket = true
         while off < p.count {
-            guard try poll(fd, events: Int16(POLLOUT), deadline: deadline) else { return off }
-            let n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-            if n >= 0 {
-                off += n
-                continue
-            }
-            let e = errno
-            if e == EINTR || e == EAGAIN { continue }
-            if e == ENOTSOCK {
-                let w = Glibc.write(fd, p.baseAddress! + off, min(4096, p.count - off))
-                if w >= 0 {
-                    off += w
+            if isSocket {
+                let n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+                if n >= 0 {
+                    off += n
                     continue
                 }
-                if errno == EINTR || errno == EAGAIN { continue }
-                throw writeError(errno)
+                let e = errno
+                if e == EINTR { continue }
+                if e == ENOTSOCK {
+                    isSocket = false
+                } else if e != EAGAIN {
+                    throw writeError(e)
+                }
             }
-            throw writeError(e)
+            guard try poll(fd, events: Int16(POLLOUT), deadline: deadline) else { return off }
+            if isSocket { continue }
+            let w = Glibc.write(fd, p.baseAddress! + off, min(4096, p.count - off))
+            if w >= 0 {
+                off += w
+                continue
+            }
+            if errno == EINTR || errno == EAGAIN { continue }
+            throw writeError(errno)
         }
         return off
     }

@@ -65,6 +65,35 @@ struct ConnectionTests {
         #expect(try b.recv(Int.self) == 5)
     }
 
+    /// A socket's timed receive sleeps in `recvmsg` under SO_RCVTIMEO, set in powers of two of
+    /// milliseconds: it must still end at its deadline (not at a shorter step, not later), receive a
+    /// message that arrives after the first step, and leave the connection usable for blocking receives.
+    @Test func timedReceiveOnASocketEndsAtItsDeadline() throws {
+        let (a, b) = try makePipe()
+        for timeout in [300, 45, 3] {
+            let t0 = ContinuousClock.now
+            #expect(throws: MultiprocessingError.self) { try b.recvBytes(timeout: .milliseconds(timeout)) }
+            let took = ContinuousClock.now - t0
+            #expect(took >= .milliseconds(timeout) && took < .milliseconds(timeout + 500), "\(timeout) ms: \(took)")
+        }
+        // 300 ms is first a 256 ms sleep, then 32, 8, 2, 1: a message sent at 280 ms arrives in one of them.
+        let sender = OSThread {
+            usleep(280_000)
+            try? a.send(7)
+        }
+        try sender.start()
+        #expect(try b.recv(Int.self, timeout: .milliseconds(900)) == 7)
+        _ = try sender.join(timeout: .seconds(5))
+        // A receive without a timeout outlasts the option's last value (512 ms).
+        let late = OSThread {
+            usleep(700_000)
+            try? a.send(8)
+        }
+        try late.start()
+        #expect(try b.recv(Int.self) == 8)
+        _ = try late.join(timeout: .seconds(5))
+    }
+
     @Test func closedPeerIsEndOfFile() throws {
         let (a, b) = try makePipe()
         try a.send(1)

@@ -34,6 +34,8 @@ public final class Connection: @unchecked Sendable {
     // Receive state (behind recvLock).
     private var frames: FrameDecoder
     private var broken: String?
+    /// The `SO_RCVTIMEO` this object last set on the socket, in milliseconds (a power of two), or -1.
+    private var receiveTimeoutMs: Int64 = -1
     /// Descriptors received with messages, oldest first. Its own lock, held only for a moment (never
     /// across a syscall), so decoding never waits for a receiver blocked in `recvmsg`.
     private var receivedFds: [Int32] = []
@@ -267,8 +269,11 @@ public final class Connection: @unchecked Sendable {
         }
         defer { try? recvLock.release() }
         while true {
-            // Without a deadline, the read itself sleeps: one syscall per message, as CPython and C.
-            if let frame = try tryReceiveFrame(maxLength: maxLength, blocking: deadline == nil) { return frame }
+            // The read itself sleeps: one syscall per message, as CPython and C. With a deadline, a socket
+            // sleeps under SO_RCVTIMEO (see `sleepingReadFits`); a pipe polls.
+            if let frame = try tryReceiveFrame(maxLength: maxLength, blocking: deadline == nil, deadline: deadline) {
+                return frame
+            }
             if try !Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) {
                 if frames.hasBufferedBytes {
                     broken = "a timeout in the middle of a message"
@@ -280,7 +285,7 @@ public final class Connection: @unchecked Sendable {
 
     /// With `recvLock` held: returns a complete frame, reading what is available without blocking; `nil`
     /// when more bytes are needed.
-    private func tryReceiveFrame(maxLength: Int, blocking: Bool = false) throws -> [UInt8]? {
+    private func tryReceiveFrame(maxLength: Int, blocking: Bool = false, deadline: Deadline? = nil) throws -> [UInt8]? {
         if let broken { throw MultiprocessingError(.closed, "the connection is unusable after \(broken)") }
         try checkOpen()
         frames.maxFrame = maxLength
@@ -292,8 +297,9 @@ public final class Connection: @unchecked Sendable {
                 throw e
             }
             var fds: [Int32] = []
+            let sleep = blocking || (deadline.map(sleepingReadFits) ?? false)
             let n = try frames.read { p in
-                try Syscall.readNow(fd, into: p, fds: &fds, isSocket: isSocket, blocking: blocking)
+                try Syscall.readNow(fd, into: p, fds: &fds, isSocket: isSocket, blocking: sleep)
             }
             if !fds.isEmpty { fdLock.withLock { receivedFds += fds } }
             guard let n else { return nil }  // nothing now
@@ -308,6 +314,30 @@ public final class Connection: @unchecked Sendable {
                 throw MultiprocessingError(.endOfFile, "the peer closed the connection")
             }
         }
+    }
+
+    /// With `recvLock` held: whether a sleeping read may be used before `deadline`, after making sure that
+    /// the socket's `SO_RCVTIMEO` ends it in time. The timeout is the largest power of two of milliseconds
+    /// within the time left, and is set only when that changes: calls with the same timeout (a proxy's
+    /// 30 s) then cost one `recvmsg`, instead of `recvmsg` + `poll` + `recvmsg` (measured: the manager
+    /// round trip). A read that the timeout ends reports "nothing now"; the caller looks again with
+    /// what is left (by `poll`, so that a socket someone made non-blocking costs what it did before). Pipes
+    /// (no `SO_RCVTIMEO`) and the last millisecond poll instead. A descriptor handed to another process
+    /// keeps the option; our receivers there treat its expiry as "nothing now" and look again.
+    private func sleepingReadFits(_ deadline: Deadline) -> Bool {
+        guard isSocket else { return false }
+        let left = deadline.remaining.components
+        let ms = left.seconds * 1000 + left.attoseconds / 1_000_000_000_000_000
+        guard ms >= 1 else { return false }
+        let bucket = Int64(1) << (63 - UInt64(ms).leadingZeroBitCount)
+        if bucket != receiveTimeoutMs {
+            var tv = timeval(tv_sec: Int(bucket / 1000), tv_usec: Int(bucket % 1000) * 1000)
+            guard setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
+                return false
+            }
+            receiveTimeoutMs = bucket
+        }
+        return true
     }
 
     /// Hands over the bytes read past the last message (a channel switching to another protocol).

@@ -99,7 +99,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     /// A server on `address` (default: a free TCP port on 127.0.0.1) requiring `authkey`.
     ///
     /// - Parameter logger: where the server says what happens (clients rejected, malformed requests,
-    ///   start and shutdown). It reports swift-metrics counters `mp_manager_requests_total`,
+    ///   start and shutdown). Default: nothing is logged, as with a pool's default. It reports swift-metrics counters `mp_manager_requests_total`,
     ///   `mp_manager_failed_requests_total`, `mp_manager_rejected_clients_total`, the gauge
     ///   `mp_manager_objects` and the timer `mp_manager_call_duration` (to whatever metrics backend the
     ///   program bootstrapped; the library bootstraps neither logging nor metrics).
@@ -110,7 +110,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         address: Address = .tcp(host: "127.0.0.1", port: 0),
         authkey: [UInt8],
         keepAlive: KeepAlive? = .standard,
-        logger: Logger = Logger(label: "swift-multiprocessing.manager")
+        logger: Logger = Logger(label: "swift-multiprocessing.manager", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
         listener = try Listener(address: address, authkey: authkey, keepAlive: keepAlive)
         self.logger = logger

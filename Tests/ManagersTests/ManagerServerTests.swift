@@ -352,6 +352,79 @@ struct AbandonedCallTests {
         #expect(queue.count == 1)  // still there for the next worker
         #expect(try queue.get(timeout: .seconds(1)) == .int(42))
     }
+
+    /// A CPython client whose proxy for the object `ident` (typeid `typeid`) runs `call`, killed while
+    /// the call is blocked on the server.
+    private func killClientBlockedIn(
+        _ typeid: String,
+        _ proxyClass: String,
+        ident: String,
+        port: UInt16,
+        call: String
+    )
+        throws
+    {
+        let peer = try PythonPeer(
+            """
+            from multiprocessing.managers import Token, \(proxyClass)
+            p = \(proxyClass)(Token('\(typeid)', ('127.0.0.1', \(port)), '\(ident)'), 'pickle', authkey=b'abc')
+            print('waiting', flush=True)
+            p.\(call)
+            print('returned', flush=True)
+            """
+        )
+        #expect(peer.out.fileHandleForReading.availableLine() == "waiting")
+        usleep(200_000)  // the call is blocked on the server
+        kill(peer.process.processIdentifier, SIGKILL)
+        _ = peer.finish(timeout: 5)
+        usleep(600_000)  // two slices: the server has seen the client go
+    }
+
+    /// Whether `condition` holds within 2 s.
+    private func settles(_ condition: () -> Bool) -> Bool {
+        for _ in 0..<40 {
+            if condition() { return true }
+            usleep(50_000)
+        }
+        return condition()
+    }
+
+    /// Without the abandonment check the dead client's acquire, still waiting on the server, takes the
+    /// next permit released.
+    @Test func aKilledClientsBlockedAcquireTakesNoPermit() throws {
+        let key = Array("abc".utf8)
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        guard case .tcp(_, let port) = server.address else { return }
+        let client = try ManagerClient(address: server.address, authkey: key)
+        let sem = try client.create("Semaphore", [.int(0)])
+        let before = server.clientCount
+        try killClientBlockedIn("Semaphore", "AcquirerProxy", ident: sem.ident, port: port, call: "acquire(timeout=30)")
+        // (A permit taken by a call whose client is gone would also come back when the reply fails to
+        // send, through the holder's release on disconnect; the connection count tells the two apart.)
+        #expect(settles { server.clientCount == before }, "clients: \(server.clientCount), before: \(before)")
+        _ = try sem.call("release")
+        usleep(300_000)
+        #expect(try sem.call("acquire", [.bool(true), .float(2)]) == .bool(true))
+    }
+
+    /// A dead client's `Event.wait` ends within the slices: its connection (and thread) is released,
+    /// not held for the call's 30 s.
+    @Test func aKilledClientsBlockedEventWaitReleasesItsConnection() throws {
+        let key = Array("abc".utf8)
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        guard case .tcp(_, let port) = server.address else { return }
+        let client = try ManagerClient(address: server.address, authkey: key)
+        let event = try client.create("Event")
+        let before = server.clientCount
+        try killClientBlockedIn("Event", "EventProxy", ident: event.ident, port: port, call: "wait(30)")
+        #expect(settles { server.clientCount == before }, "clients: \(server.clientCount), before: \(before)")
+        _ = try event.call("set")
+        #expect(try event.call("is_set") == .bool(true))
+    }
 }
 
 /// Served dicts use Python's key equality.

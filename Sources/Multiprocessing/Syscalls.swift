@@ -260,7 +260,7 @@ package enum Syscall {
         }
     }
 
-    static func writeError(_ e: Int32) -> MultiprocessingError {
+    package static func writeError(_ e: Int32) -> MultiprocessingError {
         if e == EPIPE || e == ECONNRESET {
             return MultiprocessingError(.endOfFile, "the peer closed the connection", errno: e)
         }

@@ -112,10 +112,11 @@ package final class Reactor: Sendable {
         }
     }
 
-    /// Suspends until `fd` is ready (or hung up). Throws `CancellationError` if the task is cancelled,
-    /// and ``MultiprocessingError/Code/closed`` if the descriptor is closed through `cancelWaits(on:)`.
-    package func wait(_ fd: Int32) async throws {
-        let registration = Registration(events: Reactor.readable)
+    /// Suspends until `fd` is readable (or, with `writable`, writable), or hung up. Throws
+    /// `CancellationError` if the task is cancelled, and ``MultiprocessingError/Code/closed`` if the
+    /// descriptor is closed through `cancelWaits(on:)`.
+    package func wait(_ fd: Int32, writable: Bool = false) async throws {
+        let registration = Registration(events: writable ? UInt32(EPOLLOUT.rawValue) : Reactor.readable)
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 let cancelled: Bool = state.withLock { s in

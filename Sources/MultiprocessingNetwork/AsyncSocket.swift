@@ -1,0 +1,194 @@
+internal import CMultiprocessingShims
+import Glibc
+import Multiprocessing
+import Synchronization
+import Threading
+
+/// A stream socket (TCP or Unix) for async code: connecting, reading and writing suspend the task and
+/// never a thread. The socket is non-blocking; while it has nothing to give or no room, the task waits
+/// in the library's one epoll thread (the reactor `Connection`'s async receive uses). This is what
+/// gevent's monkey-patched sockets give Python: many transfers in flight on a few threads.
+///
+/// One task may read while another writes; two concurrent readers (or writers) interleave their bytes,
+/// as with any stream socket. Every call honours task cancellation (`CancellationError`, and the socket
+/// stays usable); to bound a call in time, cancel it (for example from a task that sleeps).
+public final class AsyncSocket: Sendable {
+    private let fd: Int32
+    private let closed = Atomic<Bool>(false)
+
+    /// Takes ownership of a connected stream socket (made non-blocking here).
+    public init(fileDescriptor: Int32) {
+        fd = fileDescriptor
+        Syscall.setNonBlocking(fd)
+    }
+
+    deinit { if !closed.load(ordering: .relaxed) { Glibc.close(fd) } }
+
+    /// The descriptor (owned by this object).
+    public var fileDescriptor: Int32 { fd }
+
+    /// Connects to `address`. A TCP host that is not a numeric address is resolved on a helper thread
+    /// (`getaddrinfo` may block on DNS), never on a thread of the cooperative pool. Sets `TCP_NODELAY`.
+    public static func connect(to address: Address) async throws -> AsyncSocket {
+        let numeric: Bool
+        switch address {
+        case .unix: numeric = true
+        case .tcp(let host, _): numeric = isNumericHost(host)
+        }
+        let start: @Sendable () throws -> (Int32, Bool) = {
+            try address.withSockaddrs { family, sa, len -> (Int32, Bool)? in
+                let s = try Syscall.streamSocket(family: family)
+                if Glibc.connect(s, sa, len) == 0 { return (s, false) }
+                let e = errno
+                if e == EINPROGRESS || e == EINTR || e == EAGAIN { return (s, true) }
+                Glibc.close(s)
+                throw MultiprocessingError.system("connect to \(address)", e)
+            }
+        }
+        let (s, inProgress) = numeric ? try start() : try await onHelperThread(start)
+        let socket = AsyncSocket(fileDescriptor: s)
+        if inProgress {
+            try await Reactor.shared.wait(s, writable: true)
+            var err: Int32 = 0
+            var l = socklen_t(MemoryLayout<Int32>.size)
+            guard getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &l) == 0 else {
+                throw MultiprocessingError.system("getsockopt", errno)
+            }
+            guard err == 0 else { throw MultiprocessingError.system("connect to \(address)", err) }
+        }
+        if case .tcp = address { _ = mp_set_nodelay(s) }
+        return socket
+    }
+
+    /// Up to `maxLength` bytes, as soon as some are there; empty at end of file.
+    public func read(upTo maxLength: Int = 64 * 1024) async throws -> [UInt8] {
+        precondition(maxLength > 0, "maxLength must be positive")
+        while true {
+            try checkOpen()
+            var buffer = [UInt8](repeating: 0, count: maxLength)
+            let n = buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, maxLength, Int32(MSG_DONTWAIT)) }
+            if n >= 0 {
+                buffer.removeLast(maxLength - n)
+                return buffer
+            }
+            let e = errno
+            if e == EINTR { continue }
+            if e == ECONNRESET { return [] }
+            guard e == EAGAIN else { throw MultiprocessingError.system("recv", e) }
+            try await Reactor.shared.wait(fd)
+        }
+    }
+
+    /// Everything until the peer closes its side (at most `maxLength` bytes, else `messageTooLarge`).
+    public func readToEnd(maxLength: Int = 64 << 20) async throws -> [UInt8] {
+        var all: [UInt8] = []
+        while true {
+            let part = try await read()
+            if part.isEmpty { return all }
+            all += part
+            if all.count > maxLength {
+                throw MultiprocessingError(.messageTooLarge, "more than \(maxLength) bytes before end of file")
+            }
+        }
+    }
+
+    /// Writes all of `bytes`, waiting for room as needed.
+    public func write(_ bytes: some Collection<UInt8>) async throws {
+        let bytes = Array(bytes)
+        var offset = 0
+        while offset < bytes.count {
+            try checkOpen()
+            let n = bytes.withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            }
+            if n >= 0 {
+                offset += n
+                continue
+            }
+            let e = errno
+            if e == EINTR { continue }
+            guard e == EAGAIN else { throw Syscall.writeError(e) }
+            try await Reactor.shared.wait(fd, writable: true)
+        }
+    }
+
+    /// Closes the sending side (the peer reads end of file); reading still works.
+    public func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Closes the socket; tasks waiting on it fail with ``MultiprocessingError/Code/closed``. Idempotent.
+    public func close() {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        Reactor.shared.cancelWaits(on: fd)
+        Glibc.close(fd)
+    }
+
+    private func checkOpen() throws {
+        if closed.load(ordering: .acquiring) { throw MultiprocessingError(.closed, "the socket is closed") }
+    }
+
+    static func isNumericHost(_ host: String) -> Bool {
+        var a4 = in_addr()
+        var a6 = in6_addr()
+        return host.isEmpty || inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1
+    }
+
+    /// Runs `body` on a new thread and waits for it without holding a thread of the cooperative pool.
+    static func onHelperThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { c in
+            let t = OSThread(name: "mp-resolver", daemon: true) { c.resume(with: Result { try body() }) }
+            do { try t.start() } catch { c.resume(throwing: error) }
+        }
+    }
+}
+
+/// Accepts stream connections for async code — the server side of ``AsyncSocket``. No authkey: for
+/// CPython's authenticated connections use ``Listener``.
+public final class AsyncListener: Sendable {
+    private let fd: Int32
+    private let closed = Atomic<Bool>(false)
+    /// Where it listens (with the port the system chose when asked for port 0).
+    public let address: Address
+
+    /// Binds and listens (`SO_REUSEADDR` on TCP). A Unix socket path must not exist yet.
+    public init(address: Address = .tcp(host: "127.0.0.1", port: 0), backlog: Int32 = 128) throws {
+        var unixPath: String?
+        if case .unix(let p) = address { unixPath = p }
+        fd = try address.withSockaddrs { family, sa, len -> Int32? in
+            let s = try Syscall.streamSocket(family: family)
+            do {
+                try Syscall.listen(s, family: family, sa, len, backlog: backlog)
+            } catch {
+                Glibc.close(s)
+                throw error
+            }
+            return s
+        }
+        self.address = Address.local(of: fd, unixPath: unixPath)
+    }
+
+    deinit { if !closed.load(ordering: .relaxed) { Glibc.close(fd) } }
+
+    /// The next connection (with `TCP_NODELAY` on TCP), waiting for one without holding a thread.
+    public func accept() async throws -> AsyncSocket {
+        while true {
+            if closed.load(ordering: .acquiring) { throw MultiprocessingError(.closed, "the listener is closed") }
+            let s = mp_accept_nonblocking(fd)
+            if s >= 0 {
+                if case .tcp = address { _ = mp_set_nodelay(s) }
+                return AsyncSocket(fileDescriptor: s)
+            }
+            let e = -s
+            if e == EINTR || e == ECONNABORTED { continue }
+            guard e == EAGAIN else { throw MultiprocessingError.system("accept", e) }
+            try await Reactor.shared.wait(fd)
+        }
+    }
+
+    /// Stops listening; a task waiting in ``accept()`` fails with ``MultiprocessingError/Code/closed``.
+    public func close() {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        Reactor.shared.cancelWaits(on: fd)
+        Glibc.close(fd)
+        if case .unix(let path) = address, !path.isEmpty { unlink(path) }
+    }
+}

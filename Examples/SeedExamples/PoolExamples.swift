@@ -215,7 +215,10 @@ public enum ProgressBar {
     nonisolated(unsafe) private static var lastQuarter = -1
     private static let lock = Lock()
 
+    /// Draws `p` (nothing before the first item is submitted: no `0/0` frame). Piped, a frame is printed
+    /// at each new quarter, and the final one only if it is not the one printed last.
     public static func draw(_ p: PoolProgress, final: Bool = false) {
+        guard p.total > 0 else { return }
         lock.withLock {
             let width = 30
             let filled = Int(p.fractionDone * Double(width))
@@ -227,7 +230,7 @@ public enum ProgressBar {
                 fflush(nil)
             } else {
                 let quarter = Int(p.fractionDone * 4)
-                if quarter != lastQuarter || final {
+                if quarter != lastQuarter {
                     lastQuarter = quarter
                     print(line)
                 }

@@ -4,48 +4,131 @@
 import Synchronization
 import Threading
 
+/// How a program runs.
+public enum Program: Sendable {
+    /// On the calling thread, which ``run()`` expects to be the main thread: where Python runs top-level
+    /// code, so that `current_thread()` there is `MainThread`. (Code isolated to Swift's main actor does
+    /// not always run on the main thread: on Linux it may run on another after the first `await`.)
+    case onMainThread(@Sendable () throws -> Void)
+    /// As a task; the calling thread waits for it.
+    case async(@Sendable () async throws -> Void)
+
+    /// Runs the program and waits for it. Call it from the main thread, outside any task (the `mp`
+    /// tool's top-level code does), never from a thread of Swift's pool: it blocks the calling thread.
+    public func run() throws {
+        switch self {
+        case .onMainThread(let body): try body()
+        case .async(let body):
+            let outcome = Mutex<Result<Void, any Error>?>(nil)
+            let done = Semaphore(0)
+            Task {
+                let r: Result<Void, any Error>
+                do {
+                    try await body()
+                    r = .success(())
+                } catch {
+                    r = .failure(error)
+                }
+                outcome.withLock { $0 = r }
+                try? done.release()
+            }
+            done.acquire()
+            try outcome.withLock { $0! }.get()
+        }
+    }
+}
+
 /// The seed notes' programs, by name.
 public enum SeedExamples {
     /// Every example, in the order the notes present them; the pool with its progress bar closes the demo.
-    public static let all: [(name: String, summary: String, run: @Sendable () async throws -> Void)] = [
-        ("fork", "os.fork: a parent starts a child process (by re-executing itself)", { try await forkStyle() }),
-        ("process", "multiprocessing.Process: run a function in a child, join it", { try await processWithJoin() }),
-        ("queue", "a writer and a reader process share a Queue", { try await queueWriterReader() }),
-        ("pipe", "parent and child talk over a Pipe", { try await pipe() }),
+    public static let all: [(name: String, summary: String, run: Program)] = [
+        ("fork", "os.fork: a parent starts a child process (by re-executing itself)", .async { try await forkStyle() }),
+        (
+            "process", "multiprocessing.Process: run a function in a child, join it",
+            .async { try await processWithJoin() }
+        ),
+        ("queue", "a writer and a reader process share a Queue", .async { try await queueWriterReader() }),
+        ("pipe", "parent and child talk over a Pipe", .async { try await pipe() }),
         (
             "shared-value", "Value('d') and Array('i') changed by a child: shared memory, not a copy",
-            { try await sharedValueAndArray() }
+            .async { try await sharedValueAndArray() }
         ),
         (
             "shared-vs-copy", "Foo(i, dic) in two processes: a copied dict vs a shared one",
-            { try await copiedVersusShared() }
+            .async { try await copiedVersusShared() }
         ),
         (
             "manager", "with Manager(): a dict and a list changed by a child through proxies",
-            { try await managerDictAndList() }
+            .async { try await managerDictAndList() }
         ),
-        ("manager-foo", "Foo(i, dic) in two processes on a manager's dict", { try await managerFoo() }),
+        ("manager-foo", "Foo(i, dic) in two processes on a manager's dict", .async { try await managerFoo() }),
         (
             "distributed", "task_master/task_worker: queues served on port 5000 with authkey abc, a worker process",
-            { try await distributedMasterWorker() }
+            .async { try await distributedMasterWorker() }
         ),
-        ("subprocess", "subprocess call and communicate() (swift-subprocess)", { try await subprocessCommunicate() }),
-        ("pool", "Pool(4) with apply_async(long_time_task), close, join", { try poolApplyAsync() }),
-        ("pool-callback", "apply_async with a callback (end_call)", { try poolCallback() }),
+        (
+            "subprocess", "subprocess call and communicate() (swift-subprocess)",
+            .async { try await subprocessCommunicate() }
+        ),
+        ("pool", "Pool(4) with apply_async(long_time_task), close, join", .onMainThread { try poolApplyAsync() }),
+        ("pool-callback", "apply_async with a callback (end_call)", .onMainThread { try poolCallback() }),
         (
             "pool-with", "with Pool(4): map, imap_unordered, get(timeout=1) raising a timeout",
-            { try await poolContextManager() }
+            .async { try await poolContextManager() }
         ),
-        ("loop-thread", "start a named thread running a loop, join it", { try loopThread() }),
-        ("balance", "two threads change a balance, without and with a Lock", { try balance() }),
-        ("thread-local", "ThreadLocal binds a student per thread (Alice/Bob)", { try threadLocal() }),
-        ("rlock", "an RLock re-entered by the thread that holds it", { try rlockReentry() }),
-        ("event", "workers wait for an Event before starting", { try event() }),
-        ("condition", "producer/consumer over a Condition", { try conditionProducerConsumer() }),
-        ("callback-pool", "the hand-written thread pool with callback(success, result)", { try callbackPool() }),
+        ("loop-thread", "start a named thread running a loop, join it", .onMainThread { try loopThread() }),
+        ("balance", "two threads change a balance, without and with a Lock", .onMainThread { try balance() }),
+        ("thread-local", "ThreadLocal binds a student per thread (Alice/Bob)", .onMainThread { try threadLocal() }),
+        (
+            "twenty-threads", "twenty threads run worker(num) and print 'Thread n'",
+            .onMainThread { try twentyThreads() }
+        ),
+        (
+            "daemon-threads", "setDaemon(True): the program does not wait for them",
+            .onMainThread { try daemonThreads() }
+        ),
+        ("rlock-counter", "ten threads count to 10 under an RLock", .onMainThread { try rlockCounter() }),
+        (
+            "rlock", "a Lock acquired twice by its holder blocks; an RLock does not",
+            .onMainThread { try rlockReentry() }
+        ),
+        (
+            "event", "ten threads print start, wait for an Event set after input('input:')",
+            .onMainThread {
+                try eventWaitsForInput()
+            }
+        ),
+        (
+            "condition", "two consumers wait on a Condition; the producer calls notifyAll",
+            .onMainThread { try conditionNotifyAll() }
+        ),
+        (
+            "bounded-queue", "queue.Queue(10) between 12 producer and 10 consumer threads (for 0.3 s)",
+            .onMainThread { try boundedQueueProducersConsumers() }
+        ),
+        (
+            "lowb-pool", "the \"lowb\" thread pool: a Queue(10) of Thread classes, 100 tasks",
+            .onMainThread { try lowbThreadPool() }
+        ),
+        (
+            "callback-pool", "the hand-written thread pool with callback(success, result)",
+            .onMainThread { try callbackPool() }
+        ),
+        (
+            "greenlet", "greenlet: explicit switch() between two coroutines (12, 56, 34, 78)",
+            .async { try await greenletSwitch() }
+        ),
+        (
+            "gevent", "gevent: spawn, sleep(0) and joinall on one thread, as Task.yield()",
+            .async { try await geventYield() }
+        ),
+        (
+            "gevent-io", "gevent with I/O: three pages downloaded concurrently on one thread (local server)",
+            .async { try await geventDownloads() }
+        ),
         (
             "pool-progress", "a CPU-bound map with a progress bar and worker insights; a crash fails one item",
-            { try await poolWithProgress() }
+            .async { try await poolWithProgress() }
         ),
     ]
 }
@@ -93,7 +176,12 @@ public func balance(iterations: Int = 100_000) throws {
     }
     for t in unlocked { try t.start() }
     for t in unlocked { try t.join() }
-    print("balance without a lock: \(racy.load(ordering: .relaxed)) (any value: updates were lost)")
+    let unlockedBalance = racy.load(ordering: .relaxed)
+    print(
+        unlockedBalance == 0
+            ? "balance without a lock: 0 (this time no update was lost; run it again: it can end anywhere)"
+            : "balance without a lock: \(unlockedBalance) (not 0: updates were lost)"
+    )
 
     // With a lock.
     final class Account: @unchecked Sendable { var balance = 0 }  // guarded by `lock`
@@ -145,6 +233,15 @@ public func threadLocal() throws {
 
 /// An `RLock` may be re-acquired by the thread that holds it (a plain `Lock` would deadlock).
 public func rlockReentry() throws {
+    // lock = threading.Lock(); lock.acquire(); lock.acquire()  # 产生了死琐 (deadlock)
+    let lock = Lock()
+    lock.acquire()
+    let again = lock.acquire(timeout: .milliseconds(100))
+    print(
+        "Lock acquired twice by the same thread: \(again ? "acquired" : "blocked (a deadlock; given up after 0.1 s)")"
+    )
+    try lock.release()
+    // rLock = threading.RLock(); rLock.acquire(); rLock.acquire()  # 在同一线程内,程序不会堵塞
     let rlock = RLock()
     @Sendable func inner() { rlock.withLock { print("inner: acquired again by \(OSThread.current.name)") } }
     @Sendable func outer() {
@@ -161,64 +258,6 @@ public func rlockReentry() throws {
     } catch {
         print("release by a thread that does not own it: \(error)")
     }
-}
-
-/// Workers block on an `Event` until the main thread sets it.
-public func event() throws {
-    let go = Event()
-    let ready = Semaphore(0)
-    let workers = (1...3).map { i in
-        OSThread(name: "worker-\(i)") {
-            try ready.release()
-            go.wait()
-            print("\(OSThread.current.name) started after the event was set")
-        }
-    }
-    for w in workers { try w.start() }
-    for _ in workers { ready.acquire() }
-    print("main: setting the event")
-    go.set()
-    for w in workers { try w.join() }
-}
-
-/// A producer and a consumer share a bounded buffer through one `Condition`.
-public func conditionProducerConsumer(items: Int = 5) throws {
-    final class Buffer: @unchecked Sendable {
-        var items: [Int] = []
-        var done = false
-    }  // guarded by `cond`
-    let buffer = Buffer()
-    let cond = Condition(Lock())
-    let consumer = OSThread(name: "consumer") {
-        while true {
-            let next: Int? = try cond.withLock {
-                try cond.wait(for: { !buffer.items.isEmpty || buffer.done })
-                let x = buffer.items.isEmpty ? nil : buffer.items.removeFirst()
-                try cond.notifyAll()
-                return x
-            }
-            guard let x = next else { break }
-            print("consumer: got \(x)")
-        }
-    }
-    let producer = OSThread(name: "producer") {
-        for i in 1...items {
-            try cond.withLock {
-                try cond.wait(for: { buffer.items.count < 2 })
-                buffer.items.append(i)
-                print("producer: put \(i)")
-                try cond.notifyAll()
-            }
-        }
-        try cond.withLock {
-            buffer.done = true
-            try cond.notifyAll()
-        }
-    }
-    try consumer.start()
-    try producer.start()
-    try producer.join()
-    try consumer.join()
 }
 
 /// The notes' custom `ThreadPool`: `pool.run(action, args, callback)` where

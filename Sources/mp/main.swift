@@ -11,7 +11,7 @@ import SeedExamples
 bootstrap()
 Processes.lineBufferStandardOutput()
 
-struct MP: AsyncParsableCommand {
+struct MP: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mp",
         abstract: "swift-multiprocessing: the tutorial's programs, and its distributed master and worker.",
@@ -20,7 +20,7 @@ struct MP: AsyncParsableCommand {
     )
 }
 
-struct Demo: AsyncParsableCommand {  // run by the top-level code below
+struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the seed notes' programs, one after another (all, or those named; see `mp list`)."
     )
@@ -35,14 +35,14 @@ struct Demo: AsyncParsableCommand {  // run by the top-level code below
         }
     }
 
-    func run() async throws { try await runDemo() }
-
-    func runDemo() async throws {
+    /// Runs on the main thread (the top-level code below has no `await`), as Python runs a script's
+    /// top-level code: there `OSThread.current` is `MainThread`. Async programs run as tasks meanwhile.
+    func run() throws {
         let wanted = Set(names)
         for e in SeedExamples.all where wanted.isEmpty || wanted.contains(e.name) {
             print("\n=== \(e.name): \(e.summary) ===")
             do {
-                try await e.run()
+                try e.run.run()
             } catch {
                 print("error: \(error)")
                 throw ExitCode(1)
@@ -113,14 +113,5 @@ struct Worker: ParsableCommand {
     }
 }
 
-// Top-level code (so that `bootstrap()` runs first): parse, then run the command, async or not.
-do {
-    var command = try MP.parseAsRoot()
-    if let demo = command as? Demo {  // async: named apart, as `run()` would resolve to the sync default
-        try await demo.runDemo()
-    } else {
-        try command.run()
-    }
-} catch {
-    MP.exit(withError: error)
-}
+// Top-level code (so that `bootstrap()` runs first), without `await`: it stays on the main thread.
+MP.main()

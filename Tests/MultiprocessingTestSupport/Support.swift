@@ -120,12 +120,13 @@ package func cString(_ buf: [CChar]) -> String {
 
 /// `mp-test-helper` (Tests/TestHelper), built beside the test runner (`swift test` builds every
 /// executable of the package); records an issue if it is missing.
-package func testHelperExecutable() -> URL? {
-    let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent(
-        "mp-test-helper"
-    )
+package func testHelperExecutable() -> URL? { builtExecutable("mp-test-helper") }
+
+/// An executable of this package, built beside the test runner (`swift build` builds them all).
+package func builtExecutable(_ name: String) -> URL? {
+    let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent(name)
     guard FileManager.default.isExecutableFile(atPath: exe.path) else {
-        Issue.record("mp-test-helper is not built at \(exe.path); run swift build first")
+        Issue.record("\(name) is not built at \(exe.path); run swift build first")
         return nil
     }
     return exe

@@ -47,10 +47,11 @@ public struct RunProc: Job {
 public func processWithJoin() async throws {
     print("Parent process \(getpid()).")
     let p = ChildProcess(job: RunProc(name: "test"))
-    print("Child process will start.")
+    print("child process will start.")
     try p.start()
     try await p.join()
-    print("Child process end (exit code \(p.exitCode!)).")
+    precondition(p.exitCode == 0, "the child failed: exit code \(p.exitCode ?? -1)")
+    print("child process end.")
 }
 
 // MARK: Queue: a writer and a reader process
@@ -133,7 +134,7 @@ public func pipe() async throws {
 public func subprocessCommunicate() async throws {
     print("$ uname -s")
     let call = try await Subprocess.run(.name("uname"), arguments: ["-s"], output: .currentStandardOutput)
-    print("Exit code: \(call.terminationStatus)")
+    print("Exit code: \(exitCode(call.terminationStatus))")
 
     print("$ sort   (communicate: input written, output and error collected)")
     let p = try await Subprocess.run(
@@ -143,5 +144,13 @@ public func subprocessCommunicate() async throws {
         error: .string(limit: 1 << 20)
     )
     print(p.standardOutput, terminator: "")
-    print("Exit code: \(p.terminationStatus)")
+    print("Exit code: \(exitCode(p.terminationStatus))")
+}
+
+/// Python's `returncode`: the exit status, or minus the signal that ended the process.
+func exitCode(_ status: TerminationStatus) -> Int32 {
+    switch status {
+    case .exited(let code): code
+    case .signaled(let signal): -signal
+    }
 }

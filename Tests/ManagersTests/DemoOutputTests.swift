@@ -48,6 +48,12 @@ struct DemoOutputTests {
                 "I am child process (N) and my parent is N.",
             ]
         )
+        #expect(
+            Self.normalized(s["process"]) == [
+                "Parent process N.", "child process will start.", "Run child process test (N)...", "child process end.",
+            ]
+        )
+        #expect(s["subprocess"]?.contains("Exit code: 0") == true)
         // The writer and the reader race (in Python too); each value is got after it is put.
         let queue = Self.normalized(s["queue"])
         #expect(

@@ -5,8 +5,42 @@ import Threading
 
 @testable import Multiprocessing
 
+/// A job that returns nothing, written as Python's `Process` target is: `func run() throws`. It writes
+/// its argument to a file (its only effect).
+struct TouchFile: Job {
+    let path: String
+    let text: String
+    func run() throws {
+        let fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw MultiprocessingError.system("open", errno) }
+        defer { close(fd) }
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+    }
+}
+
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct ChildProcessTests {
+    /// `func run() throws` is a `Job` (its Output is NoOutput), in a child process and in a pool.
+    @Test func aJobThatReturnsNothing() throws {
+        let path = "/tmp/mp-void-job-\(getpid())"
+        defer { unlink(path) }
+        let p = ChildProcess(job: TouchFile(path: path, text: "from a child"))
+        try p.start()
+        #expect(try p.result(timeout: .seconds(30)) == NoOutput())
+        _ = try p.join(timeout: .seconds(30))
+        #expect(p.exitCode == 0)
+        var buf = [CChar](repeating: 0, count: 64)
+        let fd = open(path, O_RDONLY)
+        _ = read(fd, &buf, 63)
+        close(fd)
+        #expect(cString(buf) == "from a child")
+        let pool = try ProcessPool(workers: 1)
+        let done = try pool.submit(TouchFile(path: path, text: "from a pool")).get(timeout: .seconds(30))
+        #expect(done == NoOutput())
+        pool.close()
+        _ = try pool.join(timeout: .seconds(30))
+    }
+
     @Test func jobFromTestModuleRunsInAWorker() throws {
         let p = ChildProcess(name: "squarer", job: Square(x: 12))
         try p.start()

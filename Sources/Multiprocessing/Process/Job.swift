@@ -16,12 +16,41 @@ import Synchronization
 /// print(try p.result())   // 49, computed in another process
 /// ```
 ///
+/// A job that returns nothing — Python's most common `Process` target — is written as it reads:
+///
+/// ```swift
+/// struct Producer: Job {
+///     let count: Int
+///     func run() throws { for i in 0..<count { print("produced", i) } }
+/// }
+/// ```
+///
+/// (its `Output` is ``NoOutput``).
+///
 /// The worker finds the type by its mangled name in the same executable, with no registration: public
 /// and internal types work (nested and generic too), `private`, `fileprivate` and local types do not
 /// and are rejected when submitted.
 public protocol Job: Codable, Sendable {
-    associatedtype Output: Codable & Sendable
+    /// What `run()` returns to the caller; ``NoOutput`` for a job that returns nothing.
+    associatedtype Output: Codable & Sendable = NoOutput
+    /// The work, for a job with a result.
     func run() async throws -> Output
+    /// The work, for a job that returns nothing. Implement one of the two `run()`s: each has a default
+    /// that calls the other.
+    func run() async throws
+}
+
+extension Job {
+    /// Runs the job and drops its result.
+    public func run() async throws { let _: Output = try await run() }
+}
+
+extension Job where Output == NoOutput {
+    /// Runs a job that returns nothing.
+    public func run() async throws -> NoOutput {
+        let _: Void = try await run()
+        return NoOutput()
+    }
 }
 
 /// The `Output` of a job that returns nothing (`Void` is not `Codable`).

@@ -101,7 +101,7 @@ enum WorkerRuntime {
 
     private static func execute<J: Job>(_ type: J.Type, payload: [UInt8], channel: Connection) throws -> [UInt8] {
         let job = try channel.decodeMessage(J.self, payload)
-        let output = try runBlocking { try await job.run() }
+        let output: J.Output = try runBlocking { try await job.run() }
         do {
             return try BinaryEncoder().encode(output)
         } catch {

@@ -15,12 +15,11 @@ public struct ManagerF: Job {
     let d: DictProxy
     let l: ListProxy
 
-    public func run() throws -> NoOutput {
+    public func run() throws {
         try d.set(1, "1")
         try d.set("2", 2)
         try d.set(0.25, .none)
         try l.reverse()
-        return NoOutput()
     }
 }
 
@@ -56,11 +55,10 @@ public struct ManagerFoo: Job {
     let i: Int
     let dic: DictProxy
 
-    public func run() throws -> NoOutput {
+    public func run() throws {
         try dic.set(.int(Int64(i)), .int(Int64(100 + i)))
         print(try dic.copy())
         print(try dic.count())
-        return NoOutput()
     }
 }
 

@@ -16,7 +16,7 @@ import Threading
 public struct LongTimeTask: Job {
     public let name: Int
     public init(name: Int) { self.name = name }
-    public func run() async throws -> NoOutput {
+    public func run() async throws {
         print("Run task \(name) (\(getpid()))...")
         let start = ContinuousClock.now
         try await Task.sleep(for: .milliseconds(Int.random(in: 0..<300)))
@@ -24,7 +24,6 @@ public struct LongTimeTask: Job {
             Double((ContinuousClock.now - start).components.attoseconds) / 1e18
             + Double((ContinuousClock.now - start).components.seconds)
         print("Task \(name) runs \(fixed(seconds, 2)) seconds.")
-        return NoOutput()
     }
 }
 
@@ -92,9 +91,8 @@ public struct GetPid: Job {
 public struct SleepSeconds: Job {
     public let seconds: Int
     public init(seconds: Int) { self.seconds = seconds }
-    public func run() async throws -> NoOutput {
+    public func run() async throws {
         try await Task.sleep(for: .seconds(seconds))
-        return NoOutput()
     }
 }
 

@@ -38,9 +38,8 @@ public func forkStyle() async throws {
 public struct RunProc: Job {
     public let name: String
     public init(name: String) { self.name = name }
-    public func run() -> NoOutput {
+    public func run() {
         print("Run child process \(name) (\(getpid()))...")
-        return NoOutput()
     }
 }
 
@@ -103,11 +102,10 @@ public func queueWriterReader() async throws {
 /// The child end of a pipe: receives a greeting, answers.
 public struct PipeChild: Job {
     public let connection: Connection
-    public func run() throws -> NoOutput {
+    public func run() throws {
         let greeting: String = try connection.recv(timeout: .seconds(10))
         print("child \(getpid()) received: \(greeting)")
         try connection.send("hello back from \(getpid())")
-        return NoOutput()
     }
 }
 

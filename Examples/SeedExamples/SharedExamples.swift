@@ -13,10 +13,9 @@ public struct NegateShared: Job {
     let n: SharedValue<Double>
     let a: SharedArray<Int32>
 
-    public func run() -> NoOutput {
+    public func run() {
         n.value = 3.1415927
         for i in a.indices { a[i] = -a[i] }
-        return NoOutput()
     }
 }
 
@@ -48,12 +47,11 @@ public struct FooCopy: Job {
     let i: Int
     var dic: [Int: Int]
 
-    public func run() -> NoOutput {
+    public func run() {
         var dic = dic
         dic[i] = 100 + i
         print(pythonDict(dic))
         print(dic.count)
-        return NoOutput()
     }
 }
 
@@ -63,7 +61,7 @@ public struct FooShared: Job {
     let i: Int
     let dic: SharedArray<Int32>
 
-    public func run() throws -> NoOutput {
+    public func run() throws {
         try dic.withLock { slots in
             slots[i] = Int32(100 + i)
             var d: [Int: Int] = [:]
@@ -71,7 +69,6 @@ public struct FooShared: Job {
             print(pythonDict(d))
             print(d.count)
         }
-        return NoOutput()
     }
 }
 

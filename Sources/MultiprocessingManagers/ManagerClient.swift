@@ -28,8 +28,12 @@ public final class ManagerClient: Sendable {
 
     /// Connects to the server at `address` and checks that it answers (Python's `connect()`).
     ///
-    /// - Parameter keepAlive: how the client's TCP connections notice a server that vanished (a call
-    ///   blocked on a dead machine fails within ``KeepAlive/bound``).
+    /// - Parameters:
+    ///   - address: the server's address.
+    ///   - authkey: the server's key.
+    ///   - timeout: for connecting, and the default for calls.
+    ///   - keepAlive: how the client's TCP connections notice a server that vanished (a call blocked on a
+    ///     dead machine fails within `KeepAlive.bound`).
     public init(
         address: Address,
         authkey: [UInt8],
@@ -178,7 +182,7 @@ final class ChannelPool: Sendable {
 /// lives as long as some proxy to it does (the server counts references: creating, decoding or copying a
 /// proxy adds one, its end removes one).
 ///
-/// A proxy is `Codable`: send it inside a job to a ``ChildProcess`` or a pool task, and the receiver
+/// A proxy is `Codable`: send it inside a job to a `ChildProcess` or a pool task, and the receiver
 /// calls the same object. It carries the server's address and authkey (the job travels on a private
 /// channel to a process of this program; do not write it anywhere else).
 public final class Proxy: Codable, @unchecked Sendable {  // immutable after init
@@ -255,8 +259,12 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
 
     /// Calls `method` on the object — Python's `proxy._callmethod(name, args, kwds)`.
     ///
-    /// - Parameter timeout: the longest wait for the answer (default: the client's); a call that blocks on
-    ///   the server (a queue's `get`) needs at least its own timeout.
+    /// - Parameters:
+    ///   - method: the method's name.
+    ///   - args: positional arguments.
+    ///   - kwargs: keyword arguments.
+    ///   - timeout: the longest wait for the answer (default: the client's); a call that blocks on the
+    ///     server (a queue's `get`) needs at least its own timeout.
     /// - Throws: ``PythonException`` raised by the object; ``ManagerError`` for a server failure;
     ///   a connection error (the server is gone) at once, never a hang.
     public func call(

@@ -103,8 +103,10 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     ///   `mp_manager_failed_requests_total`, `mp_manager_rejected_clients_total`, the gauge
     ///   `mp_manager_objects` and the timer `mp_manager_call_duration` (to whatever metrics backend the
     ///   program bootstrapped; the library bootstraps neither logging nor metrics).
+    /// - Parameter address: where to listen (TCP port 0: a free port; see ``address``).
+    /// - Parameter authkey: the key clients must prove they have.
     /// - Parameter keepAlive: how the server notices a client whose machine or network vanished (its
-    ///   connection, and whatever it held, is released within ``KeepAlive/bound``); a client process that
+    ///   connection, and whatever it held, is released within `KeepAlive.bound`); a client process that
     ///   dies is noticed at once.
     public init(
         address: Address = .tcp(host: "127.0.0.1", port: 0),

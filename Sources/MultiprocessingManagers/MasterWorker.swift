@@ -70,6 +70,13 @@ public enum TaskMasterWorker {
     /// Each answer and the next `get` travel in one round trip (``QueueProxy/put(_:thenGetFrom:timeout:)``:
     /// the same two requests, in the same order, so a Python master serves it too).
     ///
+    /// - Parameter host: the master's host.
+    /// - Parameter port: the master's port.
+    /// - Parameter authkey: the master's key.
+    /// - Parameter tasks: the most tasks to take.
+    /// - Parameter taskTimeout: how long to wait for each task.
+    /// - Parameter keepAlive: how the worker notices a master that vanished.
+    /// - Parameter say: where the tutorial's lines go (standard output by default).
     /// - Parameter reconnectFor: when the connection to the master is lost (it restarted, the network
     ///   dropped, keep-alive found it dead), the worker reconnects with exponential backoff (50 ms doubling
     ///   to 2 s, with jitter) for up to this long, then continues; `.zero` (the default, as Python's

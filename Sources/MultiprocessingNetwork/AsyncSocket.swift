@@ -115,7 +115,7 @@ public final class AsyncSocket: Sendable {
     /// Closes the sending side (the peer reads end of file); reading still works.
     public func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
 
-    /// Closes the socket; tasks waiting on it fail with ``MultiprocessingError/Code/closed``. Idempotent.
+    /// Closes the socket; tasks waiting on it fail with `MultiprocessingError.Code.closed`. Idempotent.
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         Reactor.shared.cancelWaits(on: fd)
@@ -184,7 +184,7 @@ public final class AsyncListener: Sendable {
         }
     }
 
-    /// Stops listening; a task waiting in ``accept()`` fails with ``MultiprocessingError/Code/closed``.
+    /// Stops listening; a task waiting in ``accept()`` fails with `MultiprocessingError.Code.closed`.
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         Reactor.shared.cancelWaits(on: fd)

@@ -79,8 +79,8 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     ///   its own limit, ``handshakeTimeout``.
     /// - Throws: ``ClientError`` when the client failed (wrong key — it was told `#FAILURE#` —, silence,
     ///   garbage, a reset): the listener is fine and the next `accept` may succeed.
-    ///   ``MultiprocessingError`` when the listener itself failed: ``MultiprocessingError/Code/timedOut``
-    ///   (no client within `timeout`), ``MultiprocessingError/Code/closed``, a system error.
+    ///   `MultiprocessingError` when the listener itself failed: `MultiprocessingError.Code.timedOut`
+    ///   (no client within `timeout`), `MultiprocessingError.Code.closed`, a system error.
     public func accept(timeout: Duration? = nil) throws -> Connection {
         try authenticate(try acceptConnection(timeout: timeout)).connection
     }
@@ -97,7 +97,7 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
 
     /// Accepts one connection without authenticating it: call ``authenticate(_:)`` next (on a thread or
     /// task of the connection's own, so that one slow client never holds up another).
-    /// - Throws: only errors of the listener (``MultiprocessingError``).
+    /// - Throws: only errors of the listener (`MultiprocessingError`).
     public func acceptConnection(timeout: Duration? = nil) throws -> AcceptedConnection {
         let deadline = Deadline.after(timeout)
         while true {
@@ -176,7 +176,7 @@ public struct AcceptedConnection: Sendable {
 public struct ClientError: Error, CustomStringConvertible, Sendable {
     /// Who the client was.
     public let peer: Address?
-    /// What went wrong (``MultiprocessingError/Code/authenticationFailed``, ``MultiprocessingError/Code/timedOut``, …).
+    /// What went wrong (`MultiprocessingError.Code.authenticationFailed`, `MultiprocessingError.Code.timedOut`, …).
     public let error: MultiprocessingError
     public var code: MultiprocessingError.Code { error.code }
     public var description: String { "client \(peer.map { "\($0)" } ?? "(unknown)"): \(error)" }
@@ -189,8 +189,8 @@ public struct ClientError: Error, CustomStringConvertible, Sendable {
 ///   - authkey: the shared key, if the listener requires one.
 ///   - timeout: for connecting and for the handshake together.
 ///   - keepAlive: how the connection notices a server that vanished (TCP only; see ``KeepAlive``).
-/// - Throws: ``MultiprocessingError/Code/authenticationFailed`` on a wrong key (either side),
-///   ``MultiprocessingError/Code/timedOut``, or a system error such as connection refused.
+/// - Throws: `MultiprocessingError.Code.authenticationFailed` on a wrong key (either side),
+///   `MultiprocessingError.Code.timedOut`, or a system error such as connection refused.
 public func connect(
     to address: Address,
     authkey: [UInt8]? = nil,

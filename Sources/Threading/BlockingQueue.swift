@@ -95,6 +95,7 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     /// Adds an element — Python's `Queue.put(item, block, timeout)`.
     ///
     /// - Parameters:
+    ///   - element: the item.
     ///   - blocking: when `false`, fails at once if the queue is full.
     ///   - timeout: the longest time to wait for room (`nil`: forever).
     /// - Throws: ``ThreadingError/Code/full`` when there is no room (non-blocking, or after the timeout);

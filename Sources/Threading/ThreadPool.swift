@@ -205,8 +205,12 @@ public final class ThreadPool: Sendable {
     /// Input is consumed lazily: at most `bufferSize` (default `2 × maxWorkers`) calls are in flight
     /// ahead of the consumer. Iterate with `try next()` or `for try await`.
     ///
-    /// - Parameter timeout: for the whole iteration, counted from this call; past it `next()` throws
-    ///   ``ThreadingError/Code/timedOut``.
+    /// - Parameters:
+    ///   - elements: the inputs, read lazily.
+    ///   - timeout: for the whole iteration, counted from this call; past it `next()` throws
+    ///     ``ThreadingError/Code/timedOut``.
+    ///   - bufferSize: how many calls may run ahead of the consumer (`nil`: twice the workers).
+    ///   - transform: the function applied to each input.
     public func map<S: Sequence, T: Sendable>(
         _ elements: S,
         timeout: Duration? = nil,

@@ -8,7 +8,7 @@ package import Threading
 /// Messages are framed exactly as CPython frames them (a 4-byte big-endian signed length, or `-1` and an
 /// 8-byte length past 2 GiB), so raw byte messages interoperate with Python's `send_bytes`/`recv_bytes`.
 /// `Codable` values travel in this package's binary format (Python sends pickles; see
-/// ``sendBytes(_:)`` for talking to Python). Sends and receives are each serialised by a lock, so one
+/// ``sendBytes(_:timeout:)-([UInt8],_)`` for talking to Python). Sends and receives are each serialised by a lock, so one
 /// connection may be shared by threads; receiving has a blocking form with a timeout and an async form
 /// that never blocks a thread.
 ///
@@ -80,9 +80,11 @@ public final class Connection: @unchecked Sendable {
 
     /// Sends one message of raw bytes — Python's `send_bytes(buf)`.
     ///
-    /// - Parameter timeout: the longest wait for the peer to make room (`nil`: forever). A timeout before
-    ///   any byte of the message went out leaves the connection usable; one in the middle of the message
-    ///   makes later sends throw ``MultiprocessingError/Code/closed`` (the stream would be corrupt).
+    /// - Parameters:
+    ///   - bytes: the message.
+    ///   - timeout: the longest wait for the peer to make room (`nil`: forever). A timeout before any byte
+    ///     of the message went out leaves the connection usable; one in the middle of the message makes
+    ///     later sends throw ``MultiprocessingError/Code/closed`` (the stream would be corrupt).
     /// - Throws: ``MultiprocessingError/Code/timedOut``, ``MultiprocessingError/Code/endOfFile`` when the
     ///   peer has closed.
     public func sendBytes(_ bytes: [UInt8], timeout: Duration? = nil) throws {
@@ -96,7 +98,9 @@ public final class Connection: @unchecked Sendable {
 
     /// Sends a `Codable` value as one message (binary format; a Python peer cannot unpickle it).
     ///
-    /// - Parameter timeout: as for ``sendBytes(_:timeout:)``.
+    /// - Parameters:
+    ///   - value: the value.
+    ///   - timeout: as for ``sendBytes(_:timeout:)-([UInt8],_)``.
     public func send<T: Encodable>(_ value: T, timeout: Duration? = nil) throws {
         let (bytes, fds) = try MessageCodec.encode(value)
         try bytes.withUnsafeBytes { try sendFrame($0, fds: fds, deadline: Deadline.after(timeout)) }
@@ -214,7 +218,7 @@ public final class Connection: @unchecked Sendable {
         try receiveFrame(maxLength: maxLength, deadline: Deadline.after(timeout))
     }
 
-    /// Receives one `Codable` value sent with ``send(_:)``.
+    /// Receives one `Codable` value sent with ``send(_:timeout:)``.
     public func recv<T: Decodable>(_ type: T.Type = T.self, timeout: Duration? = nil) throws -> T {
         let bytes = try receiveFrame(maxLength: Connection.defaultMaxMessageSize, deadline: Deadline.after(timeout))
         return try decodeMessage(type, bytes)

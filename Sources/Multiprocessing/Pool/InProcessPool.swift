@@ -7,7 +7,7 @@ import Threading
 /// thread-safe, values that are expensive to encode.
 ///
 /// The same jobs and functions, the same ``PoolTask`` and ``PoolResults``, so code can switch between
-/// the two. Work runs on the Threading module's ``ThreadPool`` executor; nothing is encoded. What a
+/// the two. Work runs on the Threading module's `ThreadPool` executor; nothing is encoded. What a
 /// thread cannot offer: a crash ends the whole program, and a thread cannot be killed, so a hard
 /// ``TaskOptions/timeout`` fails the task at its deadline while its thread runs on to the end of the item,
 /// and cancellation is cooperative only (`async` jobs and functions see their Swift task cancelled).

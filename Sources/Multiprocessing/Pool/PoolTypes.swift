@@ -68,7 +68,7 @@ extension SyncTaskFunction {
     }
 }
 
-/// The worker's side of a chunk, for ``SyncTaskFunction/_runChunk(_:from:_:)``. Library internals: public
+/// The worker's side of a chunk, for `SyncTaskFunction._runChunk(_:from:_:)`. Library internals: public
 /// only because that loop must be inlinable into each conforming type (an SPI would hide the default
 /// implementation from the conformances that need it); do not use it.
 public final class ChunkContext: @unchecked Sendable {  // used by the worker's main thread only
@@ -104,7 +104,7 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     public func finished(at i: Int) { next = i }
 }
 
-/// A function of two arguments, for ``ProcessPool/starmap(_:_:chunksize:options:)`` — Python's
+/// A function of two arguments, for `starmap(_:_:chunksize:options:)` (``ProcessPool``, ``InProcessPool``) — Python's
 /// `Pool.starmap(f, [(a, b), ...])`.
 public protocol TaskFunction2: Codable, Sendable {
     associatedtype First: Codable & Sendable

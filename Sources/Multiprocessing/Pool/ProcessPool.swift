@@ -121,9 +121,13 @@ public final class ProcessPool: Sendable {
 
     /// Applies `f` to every input and returns the results in order — Python's `Pool.map`.
     ///
-    /// - Parameter chunksize: items per message; by default Python's rule, `ceil(n / (4 × workers))`.
-    /// - Parameter timeout: for the whole call; when it expires the rest is cancelled and
-    ///   ``MultiprocessingError/Code/timedOut`` thrown (Python: `map_async(...).get(timeout)`).
+    /// - Parameters:
+    ///   - f: the function (a `Codable` value; its properties are arguments shared by every call).
+    ///   - inputs: one call's input each.
+    ///   - chunksize: items per message; by default Python's rule, `ceil(n / (4 × workers))`.
+    ///   - timeout: for the whole call; when it expires the rest is cancelled and
+    ///     ``MultiprocessingError/Code/timedOut`` thrown (Python: `map_async(...).get(timeout)`).
+    ///   - options: per-call timeouts, retries and cancellation (``TaskOptions``).
     /// - Throws: the first failure to arrive (the rest of the call is cancelled).
     public func map<F: TaskFunction>(
         _ f: F,
@@ -170,10 +174,13 @@ public final class ProcessPool: Sendable {
     /// fewer than `maxInFlight` items are submitted and not yet read, so memory stays flat on huge inputs.
     ///
     /// - Parameters:
+    ///   - f: the function.
+    ///   - inputs: read lazily, as results are consumed.
     ///   - chunksize: items per message; by default chosen from the input's length when it is known
     ///     (Python's rule, capped by `maxInFlight`), else grown from 1 as item times are measured
     ///     (aiming at about 2 ms per chunk).
     ///   - maxInFlight: default 8192 items.
+    ///   - options: per-call timeouts, retries and cancellation (``TaskOptions``).
     public func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
         _ f: F,
         _ inputs: S,

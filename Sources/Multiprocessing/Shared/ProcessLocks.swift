@@ -215,7 +215,7 @@ public final class ProcessLock: Codable, @unchecked Sendable {  // state is in s
 
 /// A re-entrant lock shared between processes — Python's `multiprocessing.RLock`.
 ///
-/// The owner is a thread of a process when taken with the blocking ``acquire(timeout:)``, or a task
+/// The owner is a thread of a process when taken with the blocking `acquire(timeout:)`, or a task
 /// when taken with the async one; the owner may acquire again, and must release as many times. (Do not
 /// hold it across an `await` after a blocking acquire: the task may resume on another thread.) A dead
 /// owning process is detected as for ``ProcessLock``.

@@ -345,7 +345,7 @@ extension ProcessRLock {
 
 // MARK: - Barrier
 
-/// Raised by ``ProcessBarrier/wait(timeout:)`` when the barrier is broken — Python's
+/// Raised by `ProcessBarrier.wait(timeout:)` when the barrier is broken — Python's
 /// `threading.BrokenBarrierError`.
 public struct BrokenBarrierError: Error, CustomStringConvertible, Sendable {
     /// Why it broke.

@@ -84,7 +84,9 @@ struct ChildProcessTests {
     }
 
     @Test func trapGivesNegativeSignal() throws {
-        let p = ChildProcess(job: Trap())
+        let report = "/tmp/mp-trap-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { unlink(report) }
+        let p = ChildProcess(job: Trap(stderrPath: report))
         try p.start()
         try p.join(timeout: .seconds(30))
         let code = try #require(p.exitCode)
@@ -96,6 +98,12 @@ struct ChildProcessTests {
             #expect(e.code == .processDied)
             #expect(e.message.contains("signal"))
         }
+        // The child's crash report, captured: the runtime's message is in it.
+        var buf = [CChar](repeating: 0, count: 4096)
+        let fd = open(report, O_RDONLY)
+        _ = read(fd, &buf, 4095)
+        close(fd)
+        #expect(cString(buf).contains("Fatal error: Index out of range"))
     }
 
     @Test func sigkillGivesMinusNine() throws {

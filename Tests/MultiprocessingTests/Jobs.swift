@@ -34,8 +34,13 @@ struct ThrowsPlain: Job {
     func run() throws -> Int { throw PlainFailure() }
 }
 
+/// Traps (index out of range), with its standard error — the crash report — sent to `stderrPath`, so
+/// that the report stays out of the test log and the test can read it.
 struct Trap: Job {
+    let stderrPath: String
     func run() -> Int {
+        let fd = open(stderrPath, O_CREAT | O_WRONLY | O_TRUNC, 0o600)
+        if fd >= 0 { dup2(fd, 2) }
         let xs: [Int] = []
         return xs[Int(getpid()) % 3 + 5]  // index out of range: a trap
     }

@@ -247,6 +247,30 @@ struct PoolPromiseTests {
         }
     }
 
+    /// A crash's error leads with the runtime's words and the program's own frame; the whole report is
+    /// in `crashReport` and not on the parent's standard error, where the worker's other lines still go.
+    @Test func aCrashMessageLeadsWithItsCauseAndTheProgramsFrame() throws {
+        let forwarded = Locked<[UInt8]>([])
+        var options = ProcessPoolOptions(forwardStderr: true)
+        options.stderrSink = { bytes in forwarded.withLock { $0 += bytes } }
+        let pool = try ProcessPool(workers: 1, options: options)
+        let results = try pool.mapResults(Faulty(crashAt: 1, mode: .trap), [1], chunksize: 1, timeout: .seconds(30))
+        pool.terminate()
+        let stderr = String(decoding: forwarded.withLock { $0 }, as: UTF8.self)
+        let e = try #require(
+            results.first.flatMap { r -> PoolError? in
+                if case .failure(let e) = r { e as? PoolError } else { nil }
+            }
+        )
+        #expect(e.message.contains("crashed: Fatal error: Index out of range"), "\(e.message)")
+        #expect(e.message.contains("Faulty.callAsFunction"), "\(e.message)")
+        #expect(e.crashReport?.contains("Fatal error: Index out of range") == true)
+        #expect(e.crashReport?.contains("Current stack trace:") == true)
+        #expect(!e.description.contains("Current stack trace:"))
+        #expect(stderr.contains("faulty: crashing on 1 by trap"))
+        #expect(!stderr.contains("Fatal error"), "\(stderr)")
+    }
+
     @Test func aFullBacktraceStillNamesTheFrame() async throws {
         var options = testPoolOptions()
         options.crashReport = .fullBacktrace

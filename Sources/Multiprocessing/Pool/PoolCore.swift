@@ -333,16 +333,49 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             }
             guard let n = got else { return true }  // nothing more now
             if n > 0 {
-                if options.forwardStderr {
-                    buf.withUnsafeBytes { _ = try? Syscall.writeAll(2, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-                }
+                if options.forwardStderr { forwardStderr(slot, buf[0..<n]) }
                 slot.stderrTail += buf[0..<n]
                 if slot.stderrTail.count > 65536 { slot.stderrTail.removeFirst(slot.stderrTail.count - 65536) }
                 if n < buf.count { return true }
                 continue
             }
-            return false  // end of file (or a read error: the worker is gone either way)
+            // End of file (or a read error: the worker is gone either way): pass on an unfinished line.
+            if options.forwardStderr, !slot.inCrashReport, !slot.stderrPending.isEmpty {
+                writeForwarded(slot.stderrPending)
+                slot.stderrPending = []
+            }
+            return false
         }
+    }
+
+    private func writeForwarded(_ bytes: [UInt8]) {
+        if let sink = options.stderrSink { return sink(bytes) }
+        bytes.withUnsafeBytes { _ = try? Syscall.writeAll(2, $0) }
+    }
+
+    /// Passes a worker's standard error on to ours, whole lines at a time, until a crash report begins:
+    /// the report goes into the task's error (``PoolError/crashReport``), not onto the terminal. A line
+    /// still open is passed on when more arrives or the worker ends.
+    private func forwardStderr(_ slot: WorkerIO, _ bytes: ArraySlice<UInt8>) {
+        guard !slot.inCrashReport else { return }
+        slot.stderrPending += bytes
+        var out: [UInt8] = []
+        while let nl = slot.stderrPending.firstIndex(of: 10) {
+            let line = slot.stderrPending[...nl]
+            if startsCrashReport(Substring(decoding: line, as: UTF8.self)) {
+                slot.inCrashReport = true
+                slot.stderrPending = []
+                break
+            }
+            out += line
+            slot.stderrPending.removeSubrange(...nl)
+        }
+        // A partial line that cannot be the start of a report (no "Fatal"/"***" yet) goes out now.
+        if !slot.inCrashReport, !slot.stderrPending.isEmpty, slot.stderrPending.count > 4096 {
+            out += slot.stderrPending
+            slot.stderrPending = []
+        }
+        if !out.isEmpty { writeForwarded(out) }
     }
 
     // MARK: - deaths (reactor thread)
@@ -357,7 +390,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             running: slot.shared.running,
             lastStarted: slot.shared.lastStarted,
             retiredItself: slot.shared.retiredItself,
-            stderrTail: slot.stderrLines(options.stderrLines)
+            stderrTail: slot.stderrLines(options.stderrLines),
+            crashReport: slot.crashReport,
+            crash: slot.crashReport.map { CrashSummary(report: $0, executable: WorkerStart.executablePath) }
         )
         slot.outbox.close()
         let (everyoneGone, deathsBefore, deathsAfter, broken) = step { g in

@@ -152,6 +152,10 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
     /// The worker sent something unacceptable: nothing more it sent is read (it is being killed).
     var brokeProtocol = false
     var stderrTail: [UInt8] = []
+    /// Bytes of standard error not yet forwarded: the start of a line that has not ended.
+    var stderrPending: [UInt8] = []
+    /// A crash report has begun: the rest of standard error goes to the error, not to the terminal.
+    var inCrashReport = false
 
     init(
         id: PoolState.WorkerID,
@@ -192,6 +196,15 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
 
     /// At most `n` lines of what the worker wrote to standard error (see ``crashTail(_:lines:)``).
     func stderrLines(_ n: Int) -> [String] { crashTail(String(decoding: stderrTail, as: UTF8.self), lines: n) }
+
+    /// The worker's last crash report, whole (nil when it wrote none).
+    var crashReport: String? {
+        let text = String(decoding: stderrTail, as: UTF8.self)
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        guard let first = lines.lastIndex(where: { startsCrashReport($0) }) else { return nil }
+        let from = first > 0 && startsCrashReport(lines[first - 1]) ? first - 1 : first
+        return lines[from...].joined(separator: "\n")
+    }
 }
 
 /// At most `n` lines of a dead worker's standard error: from the start of its crash report if there is
@@ -201,7 +214,7 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
 /// was a signal, and the line before it is kept too (often what the program printed last).
 func crashTail(_ text: String, lines n: Int) -> [String] {
     let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
-    func starts(_ l: String) -> Bool { l.contains("Fatal error:") || l.contains("*** Signal ") }
+    func starts(_ l: String) -> Bool { startsCrashReport(l[...]) }
     guard var first = lines.lastIndex(where: starts) else { return Array(lines.suffix(n)) }
     if first > 0 && starts(lines[first - 1]) { first -= 1 }  // `Fatal error:` just before `*** Signal`
     let from = max(0, first - 1)
@@ -224,6 +237,11 @@ extension SharedSlot {
         }
         return false
     }
+}
+
+/// Whether a line of standard error starts the runtime's or the backtracer's crash report.
+func startsCrashReport(_ line: Substring) -> Bool {
+    line.contains("Fatal error:") || line.contains("*** Signal ") || line.hasPrefix("💣 Program crashed")
 }
 
 func signalName(_ sig: Int32) -> String {

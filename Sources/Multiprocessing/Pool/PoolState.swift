@@ -97,6 +97,9 @@ struct PoolState: Sendable {
         /// It exited by itself after passing its memory limit.
         var retiredItself = false
         var stderrTail: [String] = []
+        /// The worker's last crash report, whole, and what it says in one line.
+        var crashReport: String?
+        var crash: CrashSummary?
     }
 
     /// What `PoolCore` reads about a live worker for the supervisor.
@@ -471,13 +474,21 @@ struct PoolState: Sendable {
         let what =
             code.map { $0 < 0 ? "was killed by signal \($0 * -1) (\(signalName(-$0)))" : "exited with code \($0)" }
             ?? "ended"
+        // A crash leads with the runtime's own words and the program's frame, then how the worker ended.
+        let message =
+            if let reason = facts.crash?.reason {
+                "worker \(slot.pid) crashed: \(reason)\(facts.crash?.frame.map { ", in \($0)" } ?? "") — it \(what)"
+            } else {
+                "worker \(slot.pid) \(what)"
+            }
         let death = PoolError(
             .workerDied,
-            "worker \(slot.pid) \(what)",
+            message,
             pid: slot.pid,
             exitCode: code,
             stderrTail: facts.stderrTail,
-            peakMemoryBytes: facts.peakMemoryBytes
+            peakMemoryBytes: facts.peakMemoryBytes,
+            crashReport: facts.crashReport
         )
         // A worker that died of its own accord or broke the protocol charges the unit it last started,
         // even outside a known item (between items, or sending its replies).
@@ -506,7 +517,8 @@ struct PoolState: Sendable {
                         pid: slot.pid,
                         exitCode: code,
                         stderrTail: facts.stderrTail,
-                        peakMemoryBytes: facts.peakMemoryBytes
+                        peakMemoryBytes: facts.peakMemoryBytes,
+                        crashReport: facts.crashReport
                     )
                 )
             }
@@ -558,7 +570,8 @@ struct PoolState: Sendable {
                 exitCode: death.exitCode,
                 stderrTail: death.stderrTail,
                 peakMemoryBytes: death.peakMemoryBytes,
-                attempts: unit.attempt
+                attempts: unit.attempt,
+                crashReport: death.crashReport
             )
         }
         switch fate {

@@ -273,6 +273,8 @@ public struct ProcessPoolOptions: Sendable {
     public var stderrLines: Int
     /// Forward workers' standard error to this process's (they are also kept for error reports).
     public var forwardStderr: Bool
+    /// Where forwarded standard error goes (tests capture it; default: this process's fd 2).
+    var stderrSink: (@Sendable ([UInt8]) -> Void)? = nil
     /// What Ctrl-C does to the pool and the program.
     public var interrupt: InterruptBehavior
     /// What a crashing worker reports (and how long its crash takes to reach the caller).
@@ -345,6 +347,10 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
     public let peakMemoryBytes: Int?
     /// How many times the task ran.
     public let attempts: Int
+    /// The worker's crash report, whole (the runtime's message and stack, or the backtracer's report),
+    /// when it wrote one. It is kept here rather than printed on the parent's standard error; the
+    /// ``message`` leads with its first line and the first frame in the program's own code.
+    public let crashReport: String?
 
     init(
         _ code: Code,
@@ -353,8 +359,10 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
         exitCode: Int32? = nil,
         stderrTail: [String] = [],
         peakMemoryBytes: Int? = nil,
-        attempts: Int = 1
+        attempts: Int = 1,
+        crashReport: String? = nil
     ) {
+        self.crashReport = crashReport
         self.code = code
         self.message = message
         self.pid = pid
@@ -367,11 +375,19 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
     /// The signal that killed the worker, if one did.
     public var signal: Int32? { exitCode.flatMap { $0 < 0 ? -$0 : nil } }
 
-    /// The code and message, then the worker's pid, exit status, peak memory and standard error tail.
+    /// The code and message with the worker's peak memory, then its standard error's last lines — up to
+    /// its crash report, which is summed up in the message and kept whole in ``crashReport``.
     public var description: String {
         var s = "PoolError.\(code): \(message)"
         if let peakMemoryBytes { s += " (peak memory \(peakMemoryBytes / 1024) KiB)" }
-        if !stderrTail.isEmpty { s += "\n  stderr: " + stderrTail.joined(separator: "\n  stderr: ") }
+        var lines = stderrTail
+        if crashReport != nil, let start = lines.firstIndex(where: { startsCrashReport($0[...]) }) {
+            lines = Array(lines[..<start])
+        }
+        if !lines.isEmpty { s += "\n  stderr: " + lines.joined(separator: "\n  stderr: ") }
+        if let crashReport {
+            s += "\n  (crash report: \(crashReport.split(separator: "\n").count) lines in `crashReport`)"
+        }
         return s
     }
 
@@ -383,7 +399,8 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
             exitCode: exitCode,
             stderrTail: stderrTail,
             peakMemoryBytes: peakMemoryBytes,
-            attempts: attempts
+            attempts: attempts,
+            crashReport: crashReport
         )
     }
 }

@@ -328,3 +328,52 @@ struct PoolPromiseTests {
         #expect(reader.capacity <= 1 << 17)
     }
 }
+
+/// `TaskOptions(progress:)`: one argument on any map-like call, reported from a thread of its own.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct CallProgressTests {
+    /// The caller blocks its own thread in `map` the whole time; the handler still hears of progress
+    /// while it runs, and last of a finished call with every item counted (failures too).
+    @Test func aBlockedCallerStillGetsProgress() throws {
+        let reports = Locked<[CallProgress]>([])
+        let pool = try ProcessPool(workers: 2)
+        defer { pool.terminate() }
+        let options = TaskOptions(
+            progress: .handler(every: .milliseconds(20)) { p in reports.withLock { $0.append(p) } }
+        )
+        let results = try pool.mapResults(
+            BlockingSleep(),
+            Array(repeating: 30, count: 20),
+            chunksize: 1,
+            options: options
+        )
+        #expect(results.count == 20)
+        usleep(100_000)  // the last report
+        let seen = reports.withLock { $0 }
+        #expect(seen.contains { !$0.isFinished && $0.done > 0 && $0.done < 20 }, "\(seen.map(\.done))")
+        let last = try #require(seen.last)
+        #expect(last.isFinished && last.done == 20 && last.total == 20 && last.failed == 0)
+        #expect(seen.filter(\.isFinished).count == 1)
+
+        let failing = TaskOptions(progress: .handler(every: .milliseconds(20)) { p in reports.withLock { $0 = [p] } })
+        _ = try pool.mapResults(SevensThrow(), Array(0..<30), chunksize: 1, options: failing)
+        usleep(100_000)
+        let end = try #require(reports.withLock { $0.last })
+        #expect(end.isFinished && end.done == 30 && end.failed == Array(0..<30).filter { $0 % 7 == 0 }.count)
+    }
+
+    /// The same option on the in-process pool and on a lazy imap (the total is learnt at the end).
+    @Test func inProcessPoolAndLazyInput() throws {
+        let reports = Locked<[CallProgress]>([])
+        let options = TaskOptions(
+            progress: .handler(every: .milliseconds(10)) { p in reports.withLock { $0.append(p) } }
+        )
+        let pool = InProcessPool(workers: 2)
+        let squares = try pool.map(SquareFn(), Array(0..<100), options: options)
+        #expect(squares.count == 100)
+        usleep(60_000)
+        #expect(reports.withLock { $0.last.map { $0.isFinished && $0.done == 100 && $0.total == 100 } } == true)
+        pool.close()
+        _ = try pool.join(timeout: .seconds(10))
+    }
+}

@@ -9,6 +9,12 @@ class CallCore: @unchecked Sendable {  // subclasses keep their own state thread
 
     init(options: TaskOptions) { self.options = options }
 
+    // Progress of the call's own items (for `TaskOptions.progress`).
+    let finishedItems = Atomic<Int>(0)
+    let failedItems = Atomic<Int>(0)
+    /// Items in the call; -1 while a lazy input is still being read.
+    let totalItems = Atomic<Int>(-1)
+
     var isCancelled: Bool { cancelledFlag.load(ordering: .relaxed) }
     /// Marks the call cancelled; returns `false` if it already was.
     func markCancelled() -> Bool {
@@ -58,13 +64,22 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
                 throw MultiprocessingError(.malformedMessage, "\(values.count) results announced as \(count)")
             }
             bufferLock.withLock { buffer.append(.items(start: start, values)) }
+            finishedItems.add(count, ordering: .relaxed)
         } catch {
             let e = MultiprocessingError(.decodingFailed, "cannot decode the results: \(error)")
-            for i in start..<(start + count) { try? deliveries.put(.failed(index: i, e)) }
+            for i in start..<(start + count) { fail(index: i, e) }
         }
     }
 
+    /// Items computed in this process (the in-process pool), counted for progress.
+    func deliverItems(start: Int, _ values: [Output]) {
+        finishedItems.add(values.count, ordering: .relaxed)
+        try? deliveries.put(.items(start: start, values))
+    }
+
     override func fail(index: Int, _ error: any Error) {
+        failedItems.add(1, ordering: .relaxed)
+        finishedItems.add(1, ordering: .relaxed)
         try? deliveries.put(.failed(index: index, error))
     }
 }
@@ -189,8 +204,10 @@ func feedChunks<Input, Output: Codable & Sendable>(
     } catch {
         guard reportErrors else { throw error }
         call.fail(index: withPool, error)
+        call.totalItems.store(withPool + 1, ordering: .relaxed)
         try? call.deliveries.put(.end(total: withPool + 1))
         return
     }
+    call.totalItems.store(index, ordering: .relaxed)
     try? call.deliveries.put(.end(total: index))
 }

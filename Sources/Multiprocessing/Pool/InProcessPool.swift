@@ -147,6 +147,7 @@ public final class InProcessPool: Sendable {
         options: TaskOptions
     ) throws -> PoolResults<F.Output> {
         let call = StreamCall<F.Output>(options: options)
+        if let display = options.progress { try ProgressReporter.start(for: call, display) }
         let credit = maxInFlight.map { Credit(Swift.max($0, 2 * (chunksize ?? 1), 1)) }
         let results = PoolResults(call: call, credit: credit, ordered: ordered) {
             _ = call.markCancelled()
@@ -227,14 +228,14 @@ public final class InProcessPool: Sendable {
                 done.append(y)
                 count(done: 1)
             case .failure(let e):
-                if !done.isEmpty { try? call.deliveries.put(.items(start: first, done)) }
+                if !done.isEmpty { call.deliverItems(start: first, done) }
                 done = []
                 first = base + k + 1
                 count(done: 1, failed: 1)
                 call.fail(index: base + k, e)
             }
         }
-        if !done.isEmpty { try? call.deliveries.put(.items(start: first, done)) }
+        if !done.isEmpty { call.deliverItems(start: first, done) }
     }
 
     /// A synchronous function, called directly (opened from the existential).

@@ -205,6 +205,10 @@ public struct TaskOptions: Sendable {
     public var killGrace: Duration
     /// Which failures are run again, how often and after what wait.
     public var retry: RetryPolicy
+    /// How a map-like call (`map`, `mapResults`, `imap`, `imapUnordered`, `starmap`) shows its progress:
+    /// `.bar` for a terminal bar, `.handler` for your own code. Shown from a thread of its own, so a
+    /// caller that blocks its thread (or the main actor) does not freeze it.
+    public var progress: ProgressDisplay?
 
     /// Options for a call; every limit is off by default, as in Python.
     public init(
@@ -212,8 +216,10 @@ public struct TaskOptions: Sendable {
         softTimeout: Duration? = nil,
         cancelGrace: Duration = .seconds(1),
         killGrace: Duration = .milliseconds(500),
-        retry: RetryPolicy = .none
+        retry: RetryPolicy = .none,
+        progress: ProgressDisplay? = nil
     ) {
+        self.progress = progress
         self.timeout = timeout
         self.softTimeout = softTimeout
         self.cancelGrace = cancelGrace
@@ -223,6 +229,10 @@ public struct TaskOptions: Sendable {
 
     /// No timeouts, no retries.
     public static let `default` = TaskOptions()
+
+    /// A terminal progress bar and no other option — mpire's `progress_bar=True`:
+    /// `try pool.map(f, xs, options: .progressBar)`.
+    public static let progressBar = TaskOptions(progress: .bar)
 }
 
 /// What the pool does on Ctrl-C (SIGINT) in this process. Workers always ignore SIGINT.

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import Threading
 
 /// A pool of worker processes — Python's `multiprocessing.Pool` and `ProcessPoolExecutor`, built so
@@ -234,6 +235,8 @@ public final class ProcessPool: Sendable {
     ) throws -> PoolResults<F.Output> {
         let function = try functionRef(f, kind: .function)
         let call = StreamCall<F.Output>(options: options)
+        if let count { call.totalItems.store(count, ordering: .relaxed) }
+        if let display = options.progress { try ProgressReporter.start(for: call, display) }
         // Room for two chunks at least, so a large fixed chunk size cannot wait forever for permits.
         let credit = maxInFlight.map { Credit(Swift.max($0, 2 * (chunksize ?? 1), 1)) }
         let core = self.core

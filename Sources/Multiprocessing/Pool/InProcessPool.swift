@@ -92,6 +92,10 @@ public final class InProcessPool: Sendable {
     // MARK: - many items
 
     /// Applies `f` to every input, in order; throws the first failure — Python's `ThreadPool.map`.
+    @available(
+        *, noasync,
+        message: "this map blocks its thread; in async code write `try await pool.map(f, inputs)` (it suspends)"
+    )
     public func map<F: TaskFunction>(
         _ f: F,
         _ inputs: some Sequence<F.Input>,

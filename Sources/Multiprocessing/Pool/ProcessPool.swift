@@ -130,6 +130,10 @@ public final class ProcessPool: Sendable {
     ///     ``MultiprocessingError/Code/timedOut`` thrown (Python: `map_async(...).get(timeout)`).
     ///   - options: per-call timeouts, retries and cancellation (``TaskOptions``).
     /// - Throws: the first failure to arrive (the rest of the call is cancelled).
+    @available(
+        *, noasync,
+        message: "this map blocks its thread; in async code write `try await pool.map(f, inputs)` (it suspends)"
+    )
     public func map<F: TaskFunction>(
         _ f: F,
         _ inputs: some Sequence<F.Input>,

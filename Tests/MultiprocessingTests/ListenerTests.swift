@@ -315,4 +315,36 @@ struct BootstrapEntryTests {
         #expect(p.terminationStatus == 0, "\(text)")
         #expect(text.contains("answered 42, exit code 0"))
     }
+
+    /// A program whose main.swift declares constants (an Int, a String, a Dictionary) and then calls
+    /// `bootstrap()`: its pool workers see them (without this, a String read as garbage and crashed the
+    /// worker with SIGSEGV, an Int read as 0), and they get the parent's arguments.
+    @Test func topLevelConstantsExistInWorkers() throws {
+        guard let exe = testHelperExecutable() else { return }
+        let p = Foundation.Process()
+        p.executableURL = exe
+        p.arguments = ["globals-check", "--flag"]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        p.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 0, "\(text)")
+        #expect(
+            text
+                == "20 hello from main.swift 2 args=globals-check,--flag\n40 hello from main.swift 2 args=globals-check,--flag\n"
+        )
+        // Workers that start before main do not have them: the error names the cause and the fix.
+        let q = Foundation.Process()
+        q.executableURL = exe
+        q.arguments = ["globals-check", "before-main"]
+        let qout = Pipe()
+        q.standardOutput = qout
+        q.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try q.run()
+        q.waitUntilExit()
+        let failure = String(decoding: qout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(q.terminationStatus == 1)
+        #expect(failure.contains("top level of main.swift") && failure.contains("Call bootstrap()"), "\(failure)")
+    }
 }

@@ -5,6 +5,20 @@ import Multiprocessing
 // a terminal-like signal set-up, or to die of SIGINT). Not shipped: it is not a product.
 //   mp-test-helper bootstrap-check              a worker that enters through `bootstrap()`
 //   mp-test-helper pool-interrupt-check [teardown]   a busy pool waiting for Ctrl-C
+//   mp-test-helper globals-check               pool jobs reading main.swift's top-level constants
+
+// Top-level constants, declared above `bootstrap()` as a ported Python program declares its globals.
+let multiplier = 20
+let greeting = "hello from main.swift"
+let table = ["a": 1, "b": 2]
+
+/// Reads the constants above; in a worker they exist only if it ran main.swift down to `bootstrap()`.
+struct ReadGlobals: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> String {
+        "\(x * multiplier) \(greeting) \(table["b"] ?? -1) args=\(CommandLine.arguments.dropFirst().joined(separator: ","))"
+    }
+}
+
 bootstrap()
 Processes.lineBufferStandardOutput()
 let args = Array(CommandLine.arguments.dropFirst())
@@ -26,6 +40,19 @@ struct SleepSeconds: Job {
 }
 
 switch command {
+case "globals-check":
+    // The default entry (automatic): this program called bootstrap(), so workers run main.swift to it.
+    // `globals-check before-main`: workers start before main, as in a program without bootstrap().
+    if args.dropFirst().first == "before-main" { WorkerStart.entry = .beforeMain }
+    do {
+        let pool = try ProcessPool(workers: 2)
+        for line in try pool.map(ReadGlobals(), [1, 2]) { print(line) }
+        pool.close()
+        _ = try pool.join(timeout: .seconds(30))
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 case "bootstrap-check":
     WorkerStart.entry = .bootstrap
     let p = ChildProcess(job: BootstrapCheck(x: 41))
@@ -72,6 +99,6 @@ case "pool-interrupt-check":
         exit(1)
     }
 default:
-    print("usage: mp-test-helper bootstrap-check | pool-interrupt-check [teardown]")
+    print("usage: mp-test-helper bootstrap-check | pool-interrupt-check [teardown] | globals-check")
     exit(2)
 }

@@ -93,7 +93,8 @@ public final class InProcessPool: Sendable {
 
     /// Applies `f` to every input, in order; throws the first failure — Python's `ThreadPool.map`.
     @available(
-        *, noasync,
+        *,
+        noasync,
         message: "this map blocks its thread; in async code write `try await pool.map(f, inputs)` (it suspends)"
     )
     public func map<F: TaskFunction>(

@@ -392,7 +392,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             retiredItself: slot.shared.retiredItself,
             stderrTail: slot.stderrLines(options.stderrLines),
             crashReport: slot.crashReport,
-            crash: slot.crashReport.map { CrashSummary(report: $0, executable: WorkerStart.executablePath) }
+            crash: slot.crashReport.map { CrashSummary(report: $0, executable: WorkerStart.executablePath) },
+            hint: WorkerStart.startedBeforeMainHint(exitCode: slot.handle.exitCode)
         )
         slot.outbox.close()
         let (everyoneGone, deathsBefore, deathsAfter, broken) = step { g in

@@ -100,6 +100,8 @@ struct PoolState: Sendable {
         /// The worker's last crash report, whole, and what it says in one line.
         var crashReport: String?
         var crash: CrashSummary?
+        /// A likely cause the message should name.
+        var hint: String?
     }
 
     /// What `PoolCore` reads about a live worker for the supervisor.
@@ -475,12 +477,13 @@ struct PoolState: Sendable {
             code.map { $0 < 0 ? "was killed by signal \($0 * -1) (\(signalName(-$0)))" : "exited with code \($0)" }
             ?? "ended"
         // A crash leads with the runtime's own words and the program's frame, then how the worker ended.
-        let message =
+        var message =
             if let reason = facts.crash?.reason {
                 "worker \(slot.pid) crashed: \(reason)\(facts.crash?.frame.map { ", in \($0)" } ?? "") — it \(what)"
             } else {
                 "worker \(slot.pid) \(what)"
             }
+        if let hint = facts.hint { message += ". \(hint)" }
         let death = PoolError(
             .workerDied,
             message,

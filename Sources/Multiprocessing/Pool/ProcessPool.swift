@@ -131,7 +131,8 @@ public final class ProcessPool: Sendable {
     ///   - options: per-call timeouts, retries and cancellation (``TaskOptions``).
     /// - Throws: the first failure to arrive (the rest of the call is cancelled).
     @available(
-        *, noasync,
+        *,
+        noasync,
         message: "this map blocks its thread; in async code write `try await pool.map(f, inputs)` (it suspends)"
     )
     public func map<F: TaskFunction>(

@@ -5,23 +5,48 @@ import Threading
 
 /// How a worker process enters worker mode.
 public enum WorkerEntry: Sendable {
-    /// Before `main`, from a load-time constructor (the default): programs need no guard, and test
-    /// runners can start workers from test code.
+    /// The default: ``bootstrap`` if this program called ``bootstrap()`` before starting the worker,
+    /// else ``beforeMain``. A `main.swift` that declares its constants and then calls `bootstrap()` —
+    /// Python's `if __name__ == "__main__":` — gets those constants in its workers, as CPython's spawn
+    /// re-imports the main module; programs with `@main`, and test runners, need nothing.
+    case automatic
+    /// Before `main`, from a load-time constructor: workers never run `main.swift`'s top-level code, so
+    /// variables declared there do not exist in them (they read as zero, or crash).
     case beforeMain
-    /// When the program calls ``bootstrap()`` — Python's `if __name__ == "__main__":` habit, for programs
-    /// that must set things up in `main` first. A program using this must call `bootstrap()` early.
+    /// When the program calls ``bootstrap()``: the worker runs `main.swift` from the top until that
+    /// call, then becomes a worker (it never returns from it). A program using this must call
+    /// `bootstrap()` before it does any work of its own (and before it starts processes).
     case bootstrap
 }
 
 /// Process-wide settings for starting workers.
 public enum WorkerStart {
-    nonisolated(unsafe) private static var _entry: WorkerEntry = .beforeMain  // set before starting workers
+    nonisolated(unsafe) private static var _entry: WorkerEntry = .automatic  // set before starting workers
+    /// This program called ``bootstrap()`` (and is not a worker).
+    static let calledBootstrap = Atomic<Bool>(false)
+
+    /// How the next worker enters: ``WorkerEntry/automatic`` resolved.
+    static var effectiveEntry: WorkerEntry {
+        switch entry {
+        case .automatic: calledBootstrap.load(ordering: .relaxed) ? .bootstrap : .beforeMain
+        case let e: e
+        }
+    }
     private static let lock = Lock()
 
     /// How new workers enter worker mode. Set it before starting any.
     public static var entry: WorkerEntry {
         get { lock.withLock { _entry } }
         set { lock.withLock { _entry = newValue } }
+    }
+
+    /// For a worker that died of a memory fault after starting before `main`: the likely cause (a job
+    /// reading a variable of `main.swift`, which such workers never initialise) and the fix.
+    static func startedBeforeMainHint(exitCode: Int32?) -> String? {
+        guard exitCode == -SIGSEGV || exitCode == -SIGBUS, effectiveEntry == .beforeMain else { return nil }
+        return "If the task reads a variable declared at the top level of main.swift: workers start before "
+            + "main and never run main.swift's top-level code. Call bootstrap() in main.swift after those "
+            + "declarations (workers then run main.swift down to it), or move them to another file"
     }
 
     /// The executable workers run: this program (`/proc/self/exe` resolved).
@@ -58,7 +83,7 @@ enum Spawner {
         }
         let (parentEnd, childEnd) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
         defer { Syscall.close(childEnd) }
-        let mode = WorkerStart.entry == .bootstrap ? "b" : "c"
+        let mode = WorkerStart.effectiveEntry == .bootstrap ? "b" : "c"
         // Parent-death signal only when spawning from the main thread: PR_SET_PDEATHSIG fires when the
         // spawning *thread* exits, which would kill workers started from short-lived threads. EOF on fd 3
         // covers every case.
@@ -74,7 +99,9 @@ enum Spawner {
             e += 1
         }
         for (k, v) in environment.sorted(by: { $0.key < $1.key }) where getenv(k) == nil { env.append("\(k)=\(v)") }
-        let argv = [WorkerStart.executable, "--swift-multiprocessing-worker"]
+        // The parent's arguments, as CPython's workers get `sys.argv` (the worker is told it is one by
+        // its environment, not by an argument that would confuse `main`'s argument parsing).
+        let argv = CommandLine.arguments.isEmpty ? [WorkerStart.executable] : CommandLine.arguments
         var pid: pid_t = 0
         let rc = withCStrings(argv) { cargv in
             withCStrings(env) { cenv in mp_spawn(WorkerStart.executable, cargv, cenv, childEnd, stderr ?? -1, &pid) }

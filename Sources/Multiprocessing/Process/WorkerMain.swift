@@ -3,12 +3,26 @@ import Glibc
 import Synchronization
 import Threading
 
-/// Enters worker mode if this process was started as a worker with ``WorkerEntry/bootstrap``; returns at
-/// once otherwise. Call it first thing in `main` — Python's `if __name__ == "__main__":` guard.
+/// Python's `if __name__ == "__main__":` guard: in a worker started through it, becomes the worker and
+/// never returns; in the program itself, returns at once.
 ///
-/// With the default ``WorkerEntry/beforeMain`` entry, workers never reach `main`, and this does nothing.
+/// Call it in `main.swift` after the constants and functions your jobs use and before the program's own
+/// work. Once the program has called it, new workers (``WorkerEntry/automatic``, the default) run
+/// `main.swift` down to this line, so what is declared above it exists in them:
+///
+/// ```swift
+/// let multiplier = 20                 // exists in workers: declared above bootstrap()
+/// struct Scale: SyncTaskFunction { func callAsFunction(_ x: Int) -> Int { x * multiplier } }
+/// bootstrap()
+/// let pool = try ProcessPool()        // the program's work
+/// print(try pool.map(Scale(), [1, 2, 3]))
+/// ```
+///
+/// A program that never calls it still works: its workers start before `main` and skip `main.swift`
+/// entirely (so a job must not read variables declared there).
 public func bootstrap() {
     if mp_worker_deferred() != 0 { WorkerRuntime.run(fd: 3) }
+    WorkerStart.calledBootstrap.store(true, ordering: .relaxed)
 }
 
 @_cdecl("mp_worker_entry")

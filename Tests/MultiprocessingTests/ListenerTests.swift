@@ -300,19 +300,26 @@ struct ListenerTests {
 
 @Suite(.timeLimit(.minutes(1)))
 struct BootstrapEntryTests {
+    /// Runs `mp-test-helper` with `arguments` (its standard error discarded): its exit status and output.
+    func helper(_ arguments: [String]) throws -> (Int32, String)? {
+        guard let exe = testHelperExecutable() else { return nil }
+        let p = Foundation.Process()
+        p.executableURL = exe
+        p.arguments = arguments
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+
     /// `WorkerStart.entry = .bootstrap`: the worker runs `main` until it calls `bootstrap()`. Checked with
     /// `mp-test-helper` (built beside the test runner), whose `main` calls `bootstrap()` first.
     @Test func workerEntersThroughBootstrap() throws {
-        guard let exe = testHelperExecutable() else { return }
-        let p = Foundation.Process()
-        p.executableURL = exe
-        p.arguments = ["bootstrap-check"]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        p.waitUntilExit()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(p.terminationStatus == 0, "\(text)")
+        guard let (status, text) = try helper(["bootstrap-check"]) else { return }
+        #expect(status == 0, "\(text)")
         #expect(text.contains("answered 42, exit code 0"))
     }
 
@@ -320,31 +327,13 @@ struct BootstrapEntryTests {
     /// `bootstrap()`: its pool workers see them (without this, a String read as garbage and crashed the
     /// worker with SIGSEGV, an Int read as 0), and they get the parent's arguments.
     @Test func topLevelConstantsExistInWorkers() throws {
-        guard let exe = testHelperExecutable() else { return }
-        let p = Foundation.Process()
-        p.executableURL = exe
-        p.arguments = ["globals-check", "--flag"]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        p.waitUntilExit()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(p.terminationStatus == 0, "\(text)")
-        #expect(
-            text
-                == "20 hello from main.swift 2 args=globals-check,--flag\n40 hello from main.swift 2 args=globals-check,--flag\n"
-        )
+        guard let (status, text) = try helper(["globals-check", "--flag"]) else { return }
+        #expect(status == 0, "\(text)")
+        let line = { (n: Int) in "\(n) hello from main.swift 2 args=globals-check,--flag\n" }
+        #expect(text == line(20) + line(40))
         // Workers that start before main do not have them: the error names the cause and the fix.
-        let q = Foundation.Process()
-        q.executableURL = exe
-        q.arguments = ["globals-check", "before-main"]
-        let qout = Pipe()
-        q.standardOutput = qout
-        q.standardError = FileHandle(forWritingAtPath: "/dev/null")
-        try q.run()
-        q.waitUntilExit()
-        let failure = String(decoding: qout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(q.terminationStatus == 1)
+        guard let (failed, failure) = try helper(["globals-check", "before-main"]) else { return }
+        #expect(failed == 1)
         #expect(failure.contains("top level of main.swift") && failure.contains("Call bootstrap()"), "\(failure)")
     }
 }

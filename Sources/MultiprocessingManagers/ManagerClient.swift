@@ -319,12 +319,9 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
             )
             client.channels.giveBack(c)
             return r
-        } catch let e as PythonException {
-            client.channels.giveBack(c)  // a clean answer: the channel is fine
-            throw e
-        } catch let e as ProxyReturned {
-            client.channels.giveBack(c)
-            throw e
+        } catch  where error is PythonException || error is ProxyReturned {
+            client.channels.giveBack(c)  // a clean answer (an exception, or a proxy): the channel is fine
+            throw error
         } catch {
             c.close()
             throw error

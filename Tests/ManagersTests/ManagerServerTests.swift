@@ -176,6 +176,30 @@ struct ManagerServerTests {
         #expect(r == .tuple(["#RETURN", .string(ManagerServer.keepOpenMarker)]))
     }
 
+    /// A pipelined `put(contentsOf:)` into a bounded queue that fills: the call fails at its timeout, the
+    /// queue keeps exactly the items whose puts were answered, and the put left blocked on the server is
+    /// abandoned with its connection (it does not land later, when room appears).
+    @Test func aPipelinedPutThatCannotFinishKeepsOnlyWhatWasAnswered() throws {
+        let key = Array("abc".utf8)
+        let server = try ManagerServer(authkey: key)
+        let queue = server.registerQueue("bounded", maxsize: 5)
+        try server.start()
+        defer { server.shutdown() }
+        let client = try ManagerClient(address: server.address, authkey: key)
+        let q = QueueProxy(try client.create("bounded"))
+        #expect(throws: (any Error).self) {
+            try q.put(contentsOf: (0..<10).map { PythonValue.int(Int64($0)) }, timeout: .milliseconds(500))
+        }
+        #expect(queue.count == 5)
+        usleep(600_000)  // the server sees the connection go, and the blocked put gives up
+        #expect(try queue.get(timeout: .seconds(1)) == .int(0))
+        usleep(600_000)
+        #expect(queue.count == 4)  // the abandoned put did not take the room
+        // The client still works on a new channel.
+        try q.put(.int(99))
+        #expect(queue.count == 5)
+    }
+
     /// Our client keeps the one connection `connect()` opened for its one-shot requests (no handshake per
     /// `create`/`incref`/`decref`); the server serves several requests on it, and a CPython client's one
     /// request per connection is served as before (the interoperability tests).

@@ -203,10 +203,11 @@ package enum Syscall {
     /// Writes the whole buffer before `deadline`; returns the bytes written (less than the buffer only
     /// when the deadline passed). Sockets: `send(MSG_DONTWAIT)` first, `poll` only when the socket is
     /// full (a request-reply exchange then costs one system call, not two); pipes: `poll` + writes of at
-    /// most 4 KiB, which a writable pipe always takes without blocking.
-    static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer, deadline: Deadline) throws -> Int {
+    /// most 4 KiB, which a writable pipe always takes without blocking. (`isSocket` as the caller knows it;
+    /// a wrong `true` costs one failed `send` and is corrected.)
+    static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer, deadline: Deadline, isSocket: Bool) throws -> Int {
         var off = 0
-        var isSocket = true
+        var isSocket = isSocket
         while off < p.count {
             if isSocket {
                 let n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))

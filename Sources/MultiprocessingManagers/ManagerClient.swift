@@ -73,18 +73,19 @@ public final class ManagerClient: Sendable {
         if let c = control.withLock({ $0.take() }) {
             // Readable while idle means the server closed it (it shut down or restarted): drop it.
             if (try? c.poll(timeout: .zero)) == false {
-                let r: PythonValue
+                // After an answer (a Python exception is one too) the connection is kept for the next.
+                func keep() { control.withLock { kept in if kept == nil { kept = c } else { c.close() } } }
                 do {
-                    r = try Proxy.exchange(c, request, timeout: timeout)
+                    let r = try Proxy.exchange(c, request, timeout: timeout)
+                    keep()
+                    return r
                 } catch let e as PythonException {
-                    control.withLock { kept in if kept == nil { kept = c } else { c.close() } }
+                    keep()
                     throw e
                 } catch {
                     c.close()
                     throw error
                 }
-                control.withLock { kept in if kept == nil { kept = c } else { c.close() } }
-                return r
             }
             c.close()
         }

@@ -260,6 +260,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             defer { replies.removeAll(keepingCapacity: true) }
             return (try? c.sendMessages(replies, timeout: nil)) != nil
         }
+        defer { _ = flush() }  // whatever is held goes out, however the loop ends
         while true {
             if replies.count >= 64 || !c.hasBufferedMessage {
                 guard flush() else { return }
@@ -279,10 +280,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 )
                 return
             }
-            guard mark(busy: true) else {
-                _ = flush()
-                return
-            }
+            guard mark(busy: true) else { return }
             let reply: PythonValue
             do {
                 let request = try PickleReader().read(frame)
@@ -295,7 +293,6 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                     guard let r = callMethod(parts[0], method, args, kwargs, on: c) else {
                         // A blocking call gave up: its client is gone, or the server is shutting down.
                         logger.debug("call abandoned", metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")"])
-                        _ = flush()
                         return
                     }
                     reply = r
@@ -322,18 +319,10 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 )
                 reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(error)\n")])
             }
-            guard let bytes = try? PickleWriter().write(reply) else {
-                _ = flush()
-                return
-            }
+            guard let bytes = try? PickleWriter().write(reply) else { return }
+            // Held until the top of the loop, which sends it unless the next request is already here.
             replies.append(bytes)
-            if !(channel && c.hasBufferedMessage) {
-                guard flush() else { return }
-            }
-            if !mark(busy: false) {
-                _ = flush()
-                return
-            }
+            if !mark(busy: false) { return }
         }
     }
 

@@ -39,7 +39,7 @@ public final class CooperativeExecutor: TaskExecutor, SerialExecutor, Sendable {
     /// The executor's thread's name.
     public let name: String
 
-    /// Starts the executor's thread. It runs until ``shutdown()`` (which ``run(name:_:)`` calls).
+    /// Starts the executor's thread. It runs until `shutdown()` (which ``run(name:_:)`` calls).
     public init(name: String = "cooperative") throws(ThreadingError) {
         self.name = name
         let thread = OSThread(name: name, daemon: true) { self.loop() }
@@ -53,8 +53,14 @@ public final class CooperativeExecutor: TaskExecutor, SerialExecutor, Sendable {
         _ body: @Sendable (CooperativeExecutor) async throws -> T
     ) async throws -> T {
         let executor = try CooperativeExecutor(name: name)
-        defer { executor.shutdown() }
-        return try await withTaskExecutorPreference(executor) { try await body(executor) }
+        let result: Result<T, any Error>
+        do {
+            result = .success(try await withTaskExecutorPreference(executor) { try await body(executor) })
+        } catch {
+            result = .failure(error)
+        }
+        await executor.shutdown()
+        return try result.get()
     }
 
     /// Starts `body` as a task that runs on this executor — gevent's `spawn`.
@@ -86,13 +92,25 @@ public final class CooperativeExecutor: TaskExecutor, SerialExecutor, Sendable {
     /// Whether the calling thread is this executor's.
     public var isCurrent: Bool { threadID.load(ordering: .acquiring) == UInt(pthread_self()) }
 
-    /// Stops the thread once the ready queue is empty and waits for that (from the executor's own thread
-    /// it cannot wait: the thread stops after the current job). Tasks that resume later run on the
-    /// global pool. Idempotent.
-    public func shutdown() {
+    /// Stops the thread once the ready queue is empty and waits for that, at most `timeout` (from the
+    /// executor's own thread it cannot wait: the thread stops after the current job). Tasks that resume
+    /// later run on the global pool. Idempotent. In async code, `await shutdown()` waits without a thread.
+    @available(*, noasync, message: "use `await shutdown()`: it waits without holding a thread")
+    public func shutdown(timeout: Duration = .seconds(30)) {
+        requestStop()
+        if !isCurrent { _ = finished.wait(timeout: timeout) }
+    }
+
+    /// Stops the thread once the ready queue is empty; suspends the task (no thread held) until it has.
+    /// Cancellation ends the wait early (the executor still stops).
+    public func shutdown() async {
+        requestStop()
+        if !isCurrent { try? await finished.wait() }
+    }
+
+    private func requestStop() {
         state.withLock { $0.stopping = true }
         try? wake.release()
-        if !isCurrent { _ = finished.wait(timeout: .seconds(30)) }
     }
 
     private func loop() {

@@ -27,6 +27,20 @@ let forceModernHandshake = """
 
     """
 
+/// A CPython worker's first lines: connects to the queue `get_task_queue` served at `host:port` (key
+/// `abc`) and binds it to `q` — the seed's task_worker.py.
+func pythonTaskQueueClient(host: String, port: UInt16) -> String {
+    """
+    from multiprocessing.managers import BaseManager
+    class M(BaseManager): pass
+    M.register('get_task_queue')
+    m = M(address=('\(host)', \(port)), authkey=b'abc')
+    m.connect()
+    q = m.get_task_queue()
+
+    """
+}
+
 /// The seed's program as a CPython client of our server, plus exact types, errors and the other proxies.
 let seedClient = """
     import sys, queue
@@ -353,24 +367,7 @@ struct AbandonedCallTests {
         try server.start()
         defer { server.shutdown() }
         guard case .tcp(_, let port) = server.address else { return }
-        let peer = try PythonPeer(
-            """
-            from multiprocessing.managers import BaseManager
-            class M(BaseManager): pass
-            M.register('get_task_queue')
-            m = M(address=('127.0.0.1', \(port)), authkey=b'abc')
-            m.connect()
-            q = m.get_task_queue()
-            print('waiting', flush=True)
-            q.get(timeout=30)
-            print('got one', flush=True)
-            """
-        )
-        #expect(peer.out.fileHandleForReading.availableLine() == "waiting")
-        usleep(200_000)  // the get is blocked on the server
-        kill(peer.process.processIdentifier, SIGKILL)
-        _ = peer.finish(timeout: 5)
-        usleep(500_000)  // two slices: the server has seen the client go
+        try killPythonClientBlockedIn(pythonTaskQueueClient(host: "127.0.0.1", port: port), "q.get(timeout=30)")
         try queue.put(.int(42))
         usleep(300_000)
         #expect(queue.count == 1)  // still there for the next worker
@@ -385,18 +382,21 @@ struct AbandonedCallTests {
         ident: String,
         port: UInt16,
         call: String
-    )
-        throws
-    {
-        let peer = try PythonPeer(
+    ) throws {
+        try killPythonClientBlockedIn(
             """
             from multiprocessing.managers import Token, \(proxyClass)
             p = \(proxyClass)(Token('\(typeid)', ('127.0.0.1', \(port)), '\(ident)'), 'pickle', authkey=b'abc')
-            print('waiting', flush=True)
-            p.\(call)
-            print('returned', flush=True)
-            """
+
+            """,
+            "p.\(call)"
         )
+    }
+
+    /// Runs `setup` then `call` in CPython, and kills it (SIGKILL) while `call` blocks on the server; returns
+    /// once the server has had two abandonment slices to notice.
+    private func killPythonClientBlockedIn(_ setup: String, _ call: String) throws {
+        let peer = try PythonPeer(setup + "print('waiting', flush=True)\n\(call)\nprint('returned', flush=True)\n")
         #expect(peer.out.fileHandleForReading.availableLine() == "waiting")
         usleep(200_000)  // the call is blocked on the server
         kill(peer.process.processIdentifier, SIGKILL)

@@ -79,17 +79,10 @@ struct MultiHostTests {
         guard case .tcp(_, let port) = server.address else { return }
         // A Python worker that connects, opens its channel and then sits in a long get.
         let peer = try PythonPeer(
-            """
-            import sys
-            from multiprocessing.managers import BaseManager
-            class M(BaseManager): pass
-            M.register('get_task_queue')
-            m = M(address=('\(ns.hostAddress)', \(port)), authkey=b'abc')
-            m.connect()
-            q = m.get_task_queue()
-            print('connected', flush=True)
-            q.get(timeout=120)
-            """,
+            pythonTaskQueueClient(host: ns.hostAddress, port: port) + """
+                print('connected', flush=True)
+                q.get(timeout=120)
+                """,
             inNetworkNamespace: ns.name
         )
         defer { _ = peer.finish(timeout: 0) }

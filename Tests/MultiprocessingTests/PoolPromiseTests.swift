@@ -296,6 +296,34 @@ struct PoolPromiseTests {
         #expect(crashTail("a\nb\nc", lines: 2) == ["b", "c"])  // no report: the last lines
     }
 
+    /// The one-line summary of a report: the runtime's message and place; the first frame that is the
+    /// program's, skipping the runtime's and the library's, in both the runtime's and the backtracer's
+    /// formats (a user function named `mainLoop` is the program's).
+    @Test func aCrashSummaryNamesTheCauseAndTheProgramsFrame() {
+        let runtime = """
+            Swift/ContiguousArrayBuffer.swift:692: Fatal error: Index out of range
+            Current stack trace:
+            0    libswiftCore.so                    0x00007f64da55f130 swift_reportError + 33
+            3    libswiftCore.so                    0x00007f64da6f94f0 _assertionFailure(_:_:file:line:flags:) + 303
+            4    app 0x0000560229839000 main + 120
+            5    app 0x0000560229839994 mainLoop + 52
+            6    app 0x000056022982ea94 $s15Multiprocessing10PoolWorkerO3runyyF + 10
+            """
+        let s = CrashSummary(report: runtime, executable: "/usr/bin/app")
+        #expect(s.reason == "Fatal error: Index out of range (Swift/ContiguousArrayBuffer.swift:692)")
+        #expect(s.frame == "mainLoop + 52")
+        let backtracer = """
+            *** Signal 11: Backtracing from 0x55d0... done ***
+            Thread 0 crashed:
+              0 0x00007f00 in swift_retain + 12 in libswiftCore.so
+              1 [ra] 0x000055d0 in Multiprocessing.PoolWorker.run() + 9 at /src/PoolWorker.swift:10
+              2 [ra] 0x000055d1 in Faulty.callAsFunction(_:) + 52 at /src/Faulty.swift:38
+            """
+        let b = CrashSummary(report: backtracer, executable: "/usr/bin/app")
+        #expect(b.reason == "Signal 11: Backtracing from 0x55d0... done ***")
+        #expect(b.frame == "Faulty.callAsFunction(_:) + 52 at /src/Faulty.swift:38")
+    }
+
     @Test func aBareFrameLengthAllocatesNothing() throws {
         func residentBytes() -> Int {
             var statm = [UInt8](repeating: 0, count: 128)

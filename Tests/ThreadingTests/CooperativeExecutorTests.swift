@@ -65,7 +65,7 @@ struct CooperativeExecutorTests {
         }
         let outside = try CooperativeExecutor(name: "outside")
         #expect(!outside.isCurrent)
-        outside.shutdown()
+        await outside.shutdown()
     }
 
     /// A task waiting on the executor honours cancellation; a task still waiting when the executor shuts
@@ -82,7 +82,7 @@ struct CooperativeExecutorTests {
             return 7
         }
         try await Task.sleep(for: .milliseconds(20))
-        loop.shutdown()
+        await loop.shutdown()
         #expect(try await late.value == 7)
     }
 }

@@ -136,7 +136,7 @@ public final class Connection: @unchecked Sendable {
             try all.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
             return
         }
-        let sent = try all.withUnsafeBytes { try Syscall.writeAll(fd, $0, deadline: deadline) }
+        let sent = try all.withUnsafeBytes { try Syscall.writeAll(fd, $0, deadline: deadline, isSocket: isSocket) }
         if sent < all.count {
             if sent > 0 { sendBroken = true }
             throw MultiprocessingError(.timedOut, "the peer did not take the messages within the timeout")
@@ -161,7 +161,9 @@ public final class Connection: @unchecked Sendable {
             }
             var frame = header
             frame.append(contentsOf: payload)  // one copy buys one poll/send loop for the whole frame
-            let sent = try frame.withUnsafeBytes { try Syscall.writeAll(fd, $0, deadline: deadline) }
+            let sent = try frame.withUnsafeBytes {
+                try Syscall.writeAll(fd, $0, deadline: deadline, isSocket: isSocket)
+            }
             if sent < frame.count {
                 if sent > 0 { sendBroken = true }
                 throw MultiprocessingError(.timedOut, "the peer did not take the message within the timeout")

@@ -14,10 +14,12 @@ struct CrashSummary: Sendable, Equatable {
     /// name (`<unavailable> + offset` in `executable`) are named from the executable's symbol table.
     init(report: String, executable: String) {
         let lines = report.split(separator: "\n").map(String.init)
-        if let fatal = lines.last(where: { $0.contains("Fatal error:") }) {
+        if let fatal = lines.last(where: { $0.contains("Fatal error:") }),
+            let at = fatal.firstRange(of: "Fatal error:")?.lowerBound
+        {
             // `Swift/ContiguousArrayBuffer.swift:692: Fatal error: Index out of range`
-            let text = fatal[fatal.firstRange(of: "Fatal error:")!.lowerBound...]
-            let place = fatal[..<fatal.firstRange(of: "Fatal error:")!.lowerBound].trimmingSuffix(": ")
+            let text = fatal[at...]
+            let place = fatal[..<at].trimmingSuffix(": ")
             reason = place.isEmpty ? String(text) : "\(text) (\(place))"
         } else if let signal = lines.last(where: { $0.contains("*** Signal ") }) {
             reason = signal.replacingFirst("*** ", with: "")
@@ -48,9 +50,10 @@ struct CrashSummary: Sendable, Equatable {
         let prefixes = [
             "Multiprocessing.", "Threading.", "MultiprocessingNetwork.", "MultiprocessingManagers.", "Swift.",
             "_Concurrency.", "Testing.", "XCTest.", "reabstraction thunk", "partial apply", "closure #",
-            "implicit closure", "thunk for", "merged ", "main", "__", "swift_", "$s", "<unavailable>",
+            "implicit closure", "thunk for", "merged ", "__", "swift_", "$s", "<unavailable>",
         ]
-        return prefixes.contains { name.hasPrefix($0) } || name.contains(" in Multiprocessing.")
+        return name == "main" || name.hasPrefix("main + ") || prefixes.contains { name.hasPrefix($0) }
+            || name.contains(" in Multiprocessing.")
             || name.contains(" in Threading.")
     }
 

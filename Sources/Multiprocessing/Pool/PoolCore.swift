@@ -370,8 +370,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             out += line
             slot.stderrPending.removeSubrange(...nl)
         }
-        // A partial line that cannot be the start of a report (no "Fatal"/"***" yet) goes out now.
-        if !slot.inCrashReport, !slot.stderrPending.isEmpty, slot.stderrPending.count > 4096 {
+        // A line still open waits for its end (it may turn out to start a report), but not past 4 KiB.
+        if !slot.inCrashReport, slot.stderrPending.count > 4096 {
             out += slot.stderrPending
             slot.stderrPending = []
         }
@@ -384,6 +384,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         // Everything the worker wrote before dying is in the socket and the pipe: take it first.
         _ = readable(slot)
         _ = readStderr(slot)
+        let report = slot.crashReport
         let facts = PoolState.ExitFacts(
             exitCode: slot.handle.exitCode,
             peakMemoryBytes: slot.handle.peakMemoryBytes,
@@ -391,8 +392,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             lastStarted: slot.shared.lastStarted,
             retiredItself: slot.shared.retiredItself,
             stderrTail: slot.stderrLines(options.stderrLines),
-            crashReport: slot.crashReport,
-            crash: slot.crashReport.map { CrashSummary(report: $0, executable: WorkerStart.executablePath) },
+            crashReport: report,
+            crash: report.map { CrashSummary(report: $0, executable: WorkerStart.executablePath) },
             hint: WorkerStart.startedBeforeMainHint(exitCode: slot.handle.exitCode)
         )
         slot.outbox.close()

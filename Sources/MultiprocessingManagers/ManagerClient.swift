@@ -511,7 +511,14 @@ public struct PipelineError: Error, CustomStringConvertible, Sendable {
     public let error: any Error
     /// What the second call returned, if it succeeded.
     public let taken: PythonValue?
+    /// Everything the gets behind the failed put took (``QueueProxy/put(contentsOf:thenGetUpTo:from:timeout:)``).
+    public let takenAll: [PythonValue]
     public var description: String { "\(error)" + (taken.map { " (the next call took \($0))" } ?? "") }
+    public init(error: any Error, taken: PythonValue?, takenAll: [PythonValue]? = nil) {
+        self.error = error
+        self.taken = taken
+        self.takenAll = takenAll ?? (taken.map { [$0] } ?? [])
+    }
 }
 
 /// A proxy to a served queue — Python's proxy of `queue.Queue`.
@@ -568,6 +575,31 @@ public struct QueueProxy: Codable, Sendable {
         )
         if case .failure(let e) = r[0] { throw PipelineError(error: e, taken: try? r[1].get()) }
         return try r[1].get()
+    }
+
+    /// Puts `items` in this queue, then takes up to `maximum` items from `next`, all in one round trip: a
+    /// worker's "answer what I hold, then take my next batch" (prefetch). The server runs the puts first,
+    /// in order, then a `get` that waits up to `timeout` and `get_nowait`s behind it, as separate calls
+    /// would (a Python server serves it). Returns 1 to `maximum` items.
+    /// - Throws: ``PipelineError`` when a `put` failed (carrying what the gets took, so nothing taken is
+    ///   lost; the puts before it are done); otherwise every put is done and the error is the first
+    ///   get's (``PythonException/queueEmpty`` when none came in time, a connection error).
+    public func put(
+        contentsOf items: [PythonValue],
+        thenGetUpTo maximum: Int,
+        from next: QueueProxy,
+        timeout: Duration? = nil
+    ) throws -> [PythonValue] {
+        var calls = items.map { (proxy: proxy, method: "put", args: [$0]) }
+        calls.append((next.proxy, "get", Self.getArguments(timeout)))
+        for _ in 1..<max(1, maximum) { calls.append((next.proxy, "get_nowait", [])) }
+        let r = try Proxy.pipeline(calls, timeout: Self.replyLimit(timeout))
+        let taken = r[items.count...].compactMap { try? $0.get() }
+        for case .failure(let e) in r[..<items.count] {
+            throw PipelineError(error: e, taken: taken.first, takenAll: taken)
+        }
+        if taken.isEmpty, case .failure(let e) = r[items.count] { throw e }
+        return taken
     }
 
     static func getArguments(_ timeout: Duration?) -> [PythonValue] {

@@ -67,20 +67,27 @@ public enum TaskMasterWorker {
     /// Runs a worker: connects to the master, takes up to `tasks` numbers (waiting `taskTimeout` for each,
     /// and saying `task queue is empty.` when none came), answers each. Returns the number answered.
     ///
-    /// Each answer and the next `get` travel in one round trip (``QueueProxy/put(_:thenGetFrom:timeout:)``:
-    /// the same two requests, in the same order, so a Python master serves it too).
+    /// Answers and the next `get` travel in one round trip
+    /// (``QueueProxy/put(contentsOf:thenGetUpTo:from:timeout:)``: the same requests, in the same order, so
+    /// a Python master serves it too).
     ///
     /// - Parameter host: the master's host.
     /// - Parameter port: the master's port.
     /// - Parameter authkey: the master's key.
     /// - Parameter tasks: the most tasks to take.
     /// - Parameter taskTimeout: how long to wait for each task.
+    /// - Parameter prefetch: how many tasks to take per round trip. With 1 (the default) the worker holds
+    ///   one task at a time, as Python's does, and a worker that dies loses that one. With n it takes up
+    ///   to n at once (a `get`, then `get_nowait`s that take what is already queued) and sends their n
+    ///   answers with its next request: one round trip per n tasks instead of per task, for short tasks
+    ///   on a busy master, at the price that a worker that dies loses up to n tasks and their answers,
+    ///   and that a task can wait in one worker's hands while another worker is idle.
     /// - Parameter keepAlive: how the worker notices a master that vanished.
     /// - Parameter say: where the tutorial's lines go (standard output by default).
     /// - Parameter reconnectFor: when the connection to the master is lost (it restarted, the network
     ///   dropped, keep-alive found it dead), the worker reconnects with exponential backoff (50 ms doubling
     ///   to 2 s, with jitter) for up to this long, then continues; `.zero` (the default, as Python's
-    ///   worker) ends the loop at the first loss. The task being answered when the connection broke is
+    ///   worker) ends the loop at the first loss. The tasks being answered when the connection broke are
     ///   lost, as in Python: the master's queue is in its memory. For at-least-once delivery use the
     ///   durable job queue.
     public static func worker(
@@ -89,10 +96,12 @@ public enum TaskMasterWorker {
         authkey: [UInt8] = Array("abc".utf8),
         tasks: Int = 10,
         taskTimeout: Duration = .seconds(1),
+        prefetch: Int = 1,
         reconnectFor: Duration = .zero,
         keepAlive: KeepAlive? = .standard,
         say: (String) -> Void = { print($0) }
     ) throws -> Int {
+        precondition(prefetch >= 1, "prefetch must be at least 1")
         say("Connect to server \(host)...")
         func open() throws -> (QueueProxy, QueueProxy) {
             let client = try ManagerClient(
@@ -104,50 +113,50 @@ public enum TaskMasterWorker {
         }
         var (taskQueue, resultQueue) = try open()
         var done = 0
-        var iterations = 0
-        var answer: String?  // the answer to send before the next get
-        while iterations < tasks || answer != nil {
-            do {
-                let v: PythonValue
-                if let a = answer {
-                    if iterations == tasks {
-                        try resultQueue.put(.string(a))
-                        answer = nil
-                        done += 1
-                        break
-                    }
-                    v = try resultQueue.put(.string(a), thenGetFrom: taskQueue, timeout: taskTimeout)
-                } else {
-                    v = try taskQueue.get(timeout: taskTimeout)
-                }
-                if answer != nil {
-                    answer = nil
-                    done += 1
-                }
-                iterations += 1
+        var iterations = 0  // tasks taken plus empty waits, as Python's `for i in range(tasks)`
+        var answers: [PythonValue] = []  // answers to send with the next request
+        var held: [PythonValue] = []  // tasks taken and not yet run
+        while iterations < tasks || !answers.isEmpty || !held.isEmpty {
+            if !held.isEmpty {
+                let v = held.removeFirst()
                 guard let n = v.intValue else {
                     say("not a number: \(v.pythonDescription)")
                     continue
                 }
                 say("run task \(n) * \(n)...")
-                answer = Self.answer(n)
-            } catch let e as PythonException where e == .queueEmpty {
-                if answer != nil {
-                    answer = nil
-                    done += 1
+                answers.append(.string(Self.answer(n)))
+                continue
+            }
+            do {
+                if iterations == tasks {
+                    try resultQueue.put(contentsOf: answers)
+                    done += answers.count
+                    answers = []
+                    break
                 }
+                held = try resultQueue.put(
+                    contentsOf: answers,
+                    thenGetUpTo: min(prefetch, tasks - iterations),
+                    from: taskQueue,
+                    timeout: taskTimeout
+                )
+                done += answers.count
+                answers = []
+                iterations += held.count
+            } catch let e as PythonException where e == .queueEmpty {
+                done += answers.count  // the puts went through; the get found nothing
+                answers = []
                 iterations += 1
                 say("task queue is empty.")
             } catch {
                 // The master is gone: it finished and closed (it has every result it wanted), or died.
-                if let a = answer {
-                    if error is PipelineError || iterations == tasks {
-                        say("the answer \(a) is lost: \(error)")
-                    } else {
-                        done += 1  // the put went through; the get that followed it failed
-                    }
+                if error is PipelineError || iterations == tasks {
+                    for a in answers { say("the answer \(a.stringValue ?? a.pythonDescription) is lost: \(error)") }
+                } else {
+                    done += answers.count  // the puts went through; the get that followed them failed
                 }
-                answer = nil
+                answers = []
+                if let p = error as? PipelineError { held = p.takenAll }
                 guard reconnectFor > .zero, let reopened = reconnect(within: reconnectFor, open, say: say) else {
                     say("the master is gone: \(error)")
                     break

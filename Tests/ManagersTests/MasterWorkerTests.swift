@@ -103,8 +103,10 @@ struct MasterWorkerTests {
         #expect(said.last == "master exit.")
     }
 
-    @Test(arguments: ["legacy", "modern"])
-    func swiftWorkerAgainstThePythonMaster(handshake: String) throws {
+    /// With `prefetch: 4` the worker pipelines puts, a `get` and `get_nowait`s, which Python's server
+    /// serves as separate calls.
+    @Test(arguments: [("legacy", 1), ("modern", 1), ("legacy", 4)])
+    func swiftWorkerAgainstThePythonMaster(handshake: String, prefetch: Int) throws {
         let port = try freePort()
         let peer = try PythonPeer(
             (handshake == "modern" ? forceModernHandshake : "") + taskMasterScript(port: Int(port))
@@ -118,15 +120,19 @@ struct MasterWorkerTests {
             if line.isEmpty || line == "Try get results..." { break }
         }
         let lines = Locked<[String]>([])
-        let done = try TaskMasterWorker.worker(port: port) { l in lines.withLock { $0.append(l) } }
+        let done = try TaskMasterWorker.worker(port: port, prefetch: prefetch) { l in lines.withLock { $0.append(l) } }
         #expect(done == 10)
+        #expect(lines.withLock { $0.filter { $0.hasPrefix("run task ") }.count } == 10)
         let (code, rest) = peer.finish(timeout: 30)
         #expect(code == 0, "\(out)\(rest)")
         #expect(rest.components(separatedBy: "Result: ").count - 1 == 10, "\(rest)")
         #expect(rest.contains("master exit."))
     }
 
-    @Test func swiftWorkersAgainstTheSwiftMaster() throws {
+    /// Two workers share 100 tasks: each is answered exactly once (the master checks), whether a worker
+    /// holds one task at a time or takes up to 8 per round trip.
+    @Test(arguments: [1, 8])
+    func swiftWorkersAgainstTheSwiftMaster(prefetch: Int) throws {
         let port = try freePort()
         let master = background { try TaskMasterWorker.master(port: port, tasks: 100, say: { _ in }) }
         let deadline = ContinuousClock.now + .seconds(10)
@@ -137,7 +143,13 @@ struct MasterWorkerTests {
         }
         let workers = (0..<2).map { _ in
             background {
-                try TaskMasterWorker.worker(port: port, tasks: 100, taskTimeout: .milliseconds(300), say: { _ in })
+                try TaskMasterWorker.worker(
+                    port: port,
+                    tasks: 100,
+                    taskTimeout: .milliseconds(300),
+                    prefetch: prefetch,
+                    say: { _ in }
+                )
             }
         }
         let answered = try workers.map { try $0.result(timeout: .seconds(60)) }.reduce(0, +)

@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "Multiprocessing", targets: ["Multiprocessing"]),
         .library(name: "MultiprocessingNetwork", targets: ["MultiprocessingNetwork"]),
         .library(name: "MultiprocessingManagers", targets: ["MultiprocessingManagers"]),
+        .library(name: "MultiprocessingSQL", targets: ["MultiprocessingSQL"]),
         .executable(name: "mp", targets: ["mp"]),
     ],
     dependencies: [
@@ -68,6 +69,18 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
+        // C: SQLite's API, loaded with dlopen from the system's libsqlite3.so.0 (no -dev package to build).
+        .target(name: "CMultiprocessingSQLite"),
+        // Databases: one blocking connection protocol (SQLite built in), rows to and from Codable, URLs;
+        // the table pipeline (the tutorial's chunked database job) on the process pool.
+        .target(
+            name: "MultiprocessingSQL",
+            dependencies: [
+                "CMultiprocessingSQLite", "Multiprocessing",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ]
+        ),
         // The seed notes' programs, ported; `mp demo` runs them.
         .target(
             name: "SeedExamples",
@@ -103,6 +116,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "SQLTests",
+            dependencies: ["MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport"]
+        ),
+        .testTarget(
             name: "MultiprocessingTests",
             dependencies: ["Multiprocessing", "MultiprocessingNetwork", "Threading", "MultiprocessingTestSupport"]
         ),
@@ -110,7 +127,7 @@ let package = Package(
 )
 
 for target in package.targets where target.type != .system {
-    guard target.name != "CMultiprocessingShims" else { continue }
+    guard !target.name.hasPrefix("CMultiprocessing") else { continue }
     var settings = target.swiftSettings ?? []
     settings += [
         .enableUpcomingFeature("ExistentialAny"),

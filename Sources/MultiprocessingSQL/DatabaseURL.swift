@@ -1,0 +1,157 @@
+/// Where a database is: `sqlite:PATH` (`sqlite:///abs/path.db`, `sqlite:relative.db`, `sqlite::memory:`),
+import Synchronization
+
+/// `postgres://user:password@host:port/database`, or `mysql://…` (also `mariadb://…`).
+public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible, Codable {
+    public enum Kind: String, Sendable, Hashable, Codable {
+        case sqlite, postgresql, mysql
+    }
+    public var kind: Kind
+    /// SQLite: the file. Others: the database name.
+    public var database: String
+    public var host: String
+    public var port: Int
+    public var user: String
+    public var password: String
+    /// `?key=value&…` options.
+    public var options: [String: String]
+
+    public init(sqlite path: String) {
+        kind = .sqlite
+        database = path
+        host = ""
+        port = 0
+        user = ""
+        password = ""
+        options = [:]
+    }
+
+    public init(_ text: String) throws {
+        guard let colon = text.firstIndex(of: ":") else {
+            throw SQLError(.statement, "not a database URL: \(text) (sqlite:PATH, postgres://…, mysql://…)")
+        }
+        let scheme = text[..<colon].lowercased()
+        var rest = String(text[text.index(after: colon)...])
+        var options: [String: String] = [:]
+        if let q = rest.lastIndex(of: "?"), scheme != "sqlite" || rest.hasPrefix("//") {
+            for pair in rest[rest.index(after: q)...].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                options[Self.unescape(String(kv[0]))] = kv.count > 1 ? Self.unescape(String(kv[1])) : ""
+            }
+            rest = String(rest[..<q])
+        }
+        switch scheme {
+        case "sqlite", "sqlite3":
+            let path = rest.hasPrefix("//") ? String(rest.dropFirst(2)) : rest
+            guard !path.isEmpty else { throw SQLError(.statement, "an SQLite URL needs a path: \(text)") }
+            (kind, database, host, port, user, password) = (.sqlite, path, "", 0, "", "")
+            self.options = options
+            return
+        case "postgres", "postgresql": kind = .postgresql
+        case "mysql", "mariadb": kind = .mysql
+        default:
+            throw SQLError(.statement, "unknown database \(scheme) in \(text) (sqlite, postgres, mysql or mariadb)")
+        }
+        guard rest.hasPrefix("//") else { throw SQLError(.statement, "expected \(scheme)://host/database: \(text)") }
+        rest.removeFirst(2)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        var authority = String(rest[..<slash])
+        let database = slash < rest.endIndex ? Self.unescape(String(rest[rest.index(after: slash)...])) : ""
+        var user = ""
+        var password = ""
+        if let at = authority.lastIndex(of: "@") {
+            let credentials = authority[..<at]
+            if let c = credentials.firstIndex(of: ":") {
+                user = Self.unescape(String(credentials[..<c]))
+                password = Self.unescape(String(credentials[credentials.index(after: c)...]))
+            } else {
+                user = Self.unescape(String(credentials))
+            }
+            authority = String(authority[authority.index(after: at)...])
+        }
+        var host: String
+        var port: Int
+        let defaultPort = kind == .postgresql ? 5432 : 3306
+        if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
+            host = String(authority[authority.index(after: authority.startIndex)..<close])
+            let after = authority[authority.index(after: close)...]
+            port = after.hasPrefix(":") ? Int(after.dropFirst()) ?? -1 : defaultPort
+        } else if let c = authority.lastIndex(of: ":") {
+            host = String(authority[..<c])
+            port = Int(authority[authority.index(after: c)...]) ?? -1
+        } else {
+            host = authority
+            port = defaultPort
+        }
+        if host.isEmpty { host = "127.0.0.1" }
+        guard (1...65535).contains(port) else { throw SQLError(.statement, "bad port in \(text)") }
+        self.database = database
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.options = options
+    }
+
+    static func unescape(_ s: String) -> String {
+        guard s.contains("%") else { return s }
+        var bytes: [UInt8] = []
+        var it = Array(s.utf8)[...]
+        while let b = it.popFirst() {
+            if b == UInt8(ascii: "%"), it.count >= 2,
+                let v = UInt8(String(decoding: it.prefix(2), as: UTF8.self), radix: 16)
+            {
+                bytes.append(v)
+                it = it.dropFirst(2)
+            } else {
+                bytes.append(b)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The URL, with the password hidden.
+    public var description: String {
+        switch kind {
+        case .sqlite: return "sqlite:" + database
+        case .postgresql, .mysql:
+            let who = user.isEmpty ? "" : user + (password.isEmpty ? "" : ":***") + "@"
+            return "\(kind == .postgresql ? "postgres" : "mysql")://\(who)\(host):\(port)/\(database)"
+        }
+    }
+}
+
+/// Opens connections from URLs. SQLite is built in; other databases register an opener when their
+/// module is linked (PostgreSQL and MySQL live in modules of their own, so that programs that do not use
+/// them do not build their dependencies).
+public enum Database {
+    /// Opens a connection. `busyTimeout` bounds how long a statement waits for a lock (SQLite) or the
+    /// server (others).
+    public static func connect(_ url: DatabaseURL, timeout: Duration = .seconds(30)) throws -> any SQLConnection {
+        switch url.kind {
+        case .sqlite:
+            return try SQLiteConnection(path: url.database, busyTimeout: timeout)
+        case .postgresql, .mysql:
+            guard let open = openers.withLock({ $0[url.kind] }) else {
+                throw SQLError(
+                    .unavailable,
+                    "\(url.kind.rawValue) is not linked into this program: \(url)"
+                )
+            }
+            return try open(url, timeout)
+        }
+    }
+
+    public static func connect(_ url: String, timeout: Duration = .seconds(30)) throws -> any SQLConnection {
+        try connect(DatabaseURL(url), timeout: timeout)
+    }
+
+    public typealias Opener = @Sendable (DatabaseURL, Duration) throws -> any SQLConnection
+
+    /// Makes `connect` open URLs of `kind` with `opener`; called by the modules for other databases.
+    public static func register(_ kind: DatabaseURL.Kind, _ opener: @escaping Opener) {
+        openers.withLock { $0[kind] = opener }
+    }
+
+    private static let openers = Mutex<[DatabaseURL.Kind: Opener]>([:])
+}

@@ -1,0 +1,146 @@
+/// How a database spells what differs between them.
+public struct SQLDialect: Sendable, Hashable {
+    /// `sqlite`, `postgresql` or `mysql`.
+    public let name: String
+    /// The character that quotes identifiers (`"` in standard SQL, `` ` `` in MySQL).
+    public let identifierQuote: Character
+    /// Whether parameters are `$1, $2, …` (PostgreSQL) rather than `?`.
+    public let numberedParameters: Bool
+    /// The most parameters one statement may have.
+    public let maxParameters: Int
+
+    public static let sqlite = SQLDialect(
+        name: "sqlite",
+        identifierQuote: "\"",
+        numberedParameters: false,
+        maxParameters: 32766
+    )
+
+    /// `name`, quoted: `"user"` (PostgreSQL and SQLite), `` `user` `` (MySQL). Dots separate a schema.
+    public func quote(_ name: String) -> String {
+        let q = String(identifierQuote)
+        return name.split(separator: ".").map { q + String($0).replacingAll(q, with: q + q) + q }.joined(separator: ".")
+    }
+
+    /// The `i`-th parameter (from 1).
+    public func parameter(_ i: Int) -> String { numberedParameters ? "$\(i)" : "?" }
+
+    /// `(?, ?, ?), (?, ?, ?)`: `rows` tuples of `columns` parameters, numbered from `first`.
+    public func valueTuples(rows: Int, columns: Int, first: Int = 1) -> String {
+        var s = ""
+        s.reserveCapacity(rows * (columns * 3 + 4))
+        var n = first
+        for r in 0..<rows {
+            if r > 0 { s += ", " }
+            s += "("
+            for c in 0..<columns {
+                if c > 0 { s += ", " }
+                s += parameter(n)
+                n += 1
+            }
+            s += ")"
+        }
+        return s
+    }
+}
+
+/// A connection to a database, used by one thread at a time: what the pipeline and the job queue need of
+/// SQLite, PostgreSQL and MySQL alike.
+///
+/// Calls block the calling thread until the database answers or the connection's timeout passes; call
+/// them from a worker process or a thread of your own, not from Swift's cooperative pool.
+public protocol SQLConnection: AnyObject {
+    /// How this database spells quoting and parameters.
+    var dialect: SQLDialect { get }
+
+    /// Runs one statement; returns the number of rows it changed.
+    @discardableResult
+    func execute(_ sql: String, _ parameters: [SQLValue]) throws -> Int
+
+    /// Runs a query and calls `body` with each row's values, in order, without keeping them: memory
+    /// stays bounded whatever the result's size. Returns the column names.
+    @discardableResult
+    func forEachRow(_ sql: String, _ parameters: [SQLValue], _ body: ([SQLValue]) throws -> Void) throws -> [String]
+
+    /// Runs several statements separated by `;`, without parameters (schema scripts).
+    func executeScript(_ sql: String) throws
+
+    /// Starts a transaction. `immediate`: take the write lock now (SQLite's `BEGIN IMMEDIATE`), so that
+    /// the transaction cannot fail later for a lock another writer took first.
+    func begin(immediate: Bool) throws
+    func commit() throws
+    func rollback() throws
+
+    /// Closes the connection. Further calls fail.
+    func close()
+}
+
+extension SQLConnection {
+    @discardableResult
+    public func execute(_ sql: String) throws -> Int { try execute(sql, []) }
+
+    /// Every row of a query, with its column names.
+    public func query(_ sql: String, _ parameters: [SQLValue] = []) throws -> [SQLRow] {
+        var rows: [[SQLValue]] = []
+        let columns = try forEachRow(sql, parameters) { rows.append($0) }
+        return rows.map { SQLRow(columns: columns, values: $0) }
+    }
+
+    /// The first column of the first row, or nil when there is no row.
+    public func scalar(_ sql: String, _ parameters: [SQLValue] = []) throws -> SQLValue? {
+        var first: SQLValue?
+        try forEachRow(sql, parameters) { row in
+            if first == nil { first = row.first ?? .null }
+        }
+        return first
+    }
+
+    /// Runs `body` in a transaction: commits when it returns, rolls back when it throws.
+    public func transaction<R>(immediate: Bool = false, _ body: () throws -> R) throws -> R {
+        try begin(immediate: immediate)
+        let r: R
+        do {
+            r = try body()
+        } catch {
+            try? rollback()
+            throw error
+        }
+        try commit()
+        return r
+    }
+
+    /// Appends `rows` to `table` with multi-row `INSERT`s, as many rows per statement as the
+    /// database's parameter limit allows (at most `batch`). Returns the rows inserted.
+    @discardableResult
+    public func insert(into table: String, columns: [String], rows: [[SQLValue]], batch: Int = 1000) throws -> Int {
+        guard !rows.isEmpty else { return 0 }
+        precondition(!columns.isEmpty, "an insert needs columns")
+        let perStatement = max(1, min(batch, dialect.maxParameters / columns.count))
+        let head = "INSERT INTO \(dialect.quote(table)) (\(columns.map(dialect.quote).joined(separator: ", "))) VALUES "
+        var fullSQL: String?
+        var done = 0
+        var start = 0
+        var parameters: [SQLValue] = []
+        parameters.reserveCapacity(perStatement * columns.count)
+        while start < rows.count {
+            let end = min(rows.count, start + perStatement)
+            parameters.removeAll(keepingCapacity: true)
+            for row in rows[start..<end] {
+                guard row.count == columns.count else {
+                    throw SQLError(.conversion, "a row has \(row.count) values for \(columns.count) columns")
+                }
+                parameters.append(contentsOf: row)
+            }
+            let sql: String
+            if end - start == perStatement {
+                if fullSQL == nil { fullSQL = head + dialect.valueTuples(rows: perStatement, columns: columns.count) }
+                sql = fullSQL!
+            } else {
+                sql = head + dialect.valueTuples(rows: end - start, columns: columns.count)
+            }
+            done += try execute(sql, parameters)
+            start = end
+        }
+        return done
+    }
+}

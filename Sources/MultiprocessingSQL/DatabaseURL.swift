@@ -110,6 +110,15 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible, Codable 
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// How this database spells quoting and parameters.
+    public var dialect: SQLDialect {
+        switch kind {
+        case .sqlite: .sqlite
+        case .postgresql: .postgresql
+        case .mysql: .mysql
+        }
+    }
+
     /// The URL, with the password hidden.
     public var description: String {
         switch kind {

@@ -16,6 +16,20 @@ public struct SQLDialect: Sendable, Hashable {
         maxParameters: 32766
     )
 
+    public static let postgresql = SQLDialect(
+        name: "postgresql",
+        identifierQuote: "\"",
+        numberedParameters: true,
+        maxParameters: 65535
+    )
+
+    public static let mysql = SQLDialect(
+        name: "mysql",
+        identifierQuote: "`",
+        numberedParameters: false,
+        maxParameters: 65535
+    )
+
     /// `name`, quoted: `"user"` (PostgreSQL and SQLite), `` `user` `` (MySQL). Dots separate a schema.
     public func quote(_ name: String) -> String {
         let q = String(identifierQuote)

@@ -25,6 +25,15 @@ public struct CallProgress: Sendable {
     /// Whether every item is done, or the call was cancelled.
     public var isFinished: Bool
 
+    /// A progress report (for progress of your own, drawn with ``TerminalBar``).
+    public init(done: Int, failed: Int = 0, total: Int?, elapsed: Duration, isFinished: Bool) {
+        self.done = done
+        self.failed = failed
+        self.total = total
+        self.elapsed = elapsed
+        self.isFinished = isFinished
+    }
+
     /// Items per second so far.
     public var rate: Double {
         let s = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
@@ -80,19 +89,25 @@ enum ProgressReporter {
     }
 }
 
-/// `[██████░░░░] 600/1000 (2 failed) 3,210 items/s ETA 0.1 s` on standard error.
-final class TerminalBar: Sendable {
+/// `[██████░░░░] 600/1000 (2 failed) 3,210 items/s ETA 0.1 s` on standard error: the bar of
+/// ``ProgressDisplay/bar``, for progress of your own (the table pipeline counts rows with it).
+public final class TerminalBar: Sendable {
     private let lastQuarter = Atomic<Int>(-1)
     private let isTerminal = isatty(2) == 1
+    private let unit: String
 
-    func draw(_ p: CallProgress) {
+    /// A bar whose rate is in `unit` per second.
+    public init(unit: String = "items") { self.unit = unit }
+
+    /// Draws `p`: in place on a terminal; elsewhere a line at each quarter, the last once.
+    public func draw(_ p: CallProgress) {
         let width = 30
         let fraction = p.total.map { $0 == 0 ? 1 : Double(p.done) / Double($0) } ?? 0
         let filled = min(width, Int(fraction * Double(width)))
         var line = "[" + String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled) + "] "
         line += "\(p.done)/\(p.total.map(String.init) ?? "?")"
         if p.failed > 0 { line += " (\(p.failed) failed)" }
-        line += " \(Int(p.rate)) items/s"
+        line += " \(Int(p.rate)) \(unit)/s"
         if let eta = p.eta, !p.isFinished { line += " ETA \(eta.components.seconds) s" }
         if isTerminal {
             write("\r\(line)\u{1B}[K" + (p.isFinished ? "\n" : ""))

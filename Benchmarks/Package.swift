@@ -19,6 +19,7 @@ let package = Package(
                 .product(name: "Threading", package: "swift-multiprocessing"),
                 .product(name: "Multiprocessing", package: "swift-multiprocessing"),
                 .product(name: "MultiprocessingManagers", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
             ]
         )
     ]

@@ -121,6 +121,7 @@ int mp_sqlite3_bind_int64(mp_sqlite3_stmt *s, int i, int64_t v) { return p_sqlit
 int mp_sqlite3_bind_double(mp_sqlite3_stmt *s, int i, double v) { return p_sqlite3_bind_double(s, i, v); }
 int mp_sqlite3_bind_text(mp_sqlite3_stmt *s, int i, const char *t, int n) { return p_sqlite3_bind_text(s, i, t, n, MP_TRANSIENT); }
 int mp_sqlite3_bind_blob(mp_sqlite3_stmt *s, int i, const void *b, int n) { return p_sqlite3_bind_blob(s, i, b, n, MP_TRANSIENT); }
+int mp_sqlite3_bind_text_static(mp_sqlite3_stmt *s, int i, const char *t, int n) { return p_sqlite3_bind_text(s, i, t, n, NULL); }
 int mp_sqlite3_column_count(mp_sqlite3_stmt *s) { return p_sqlite3_column_count(s); }
 const char *mp_sqlite3_column_name(mp_sqlite3_stmt *s, int i) { return p_sqlite3_column_name(s, i); }
 const char *mp_sqlite3_column_decltype(mp_sqlite3_stmt *s, int i) { return p_sqlite3_column_decltype(s, i); }

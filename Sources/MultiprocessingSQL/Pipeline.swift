@@ -181,7 +181,8 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
                 pipeline: name,
                 runID: runID,
                 createSinkTable: createSinkTable,
-                timeout: databaseTimeout
+                timeout: databaseTimeout,
+                chunkSize: chunkSize
             ),
             transform: transform
         )

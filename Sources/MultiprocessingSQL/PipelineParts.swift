@@ -238,6 +238,7 @@ struct ChunkSpec: Codable, Sendable {
     var runID: String
     var createSinkTable: Bool
     var timeout: Duration
+    var chunkSize: Int
 }
 
 /// Connections a worker process keeps between chunks (one per database), each used by one chunk at a
@@ -298,23 +299,18 @@ public struct CopyChunk<Transform: RowTransform>: SyncTaskFunction {
             }
             let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
             let sql = "SELECT * FROM \(spec.source.from) \(whereClause) ORDER BY \(k)"
-            var decoder: SQLRowDecoder?
-            var count = 0
-            var columns: [String] = []
-            var raw: [[SQLValue]] = []
-            columns = try c.forEachRow(sql, parameters) { raw.append($0) }
-            decoder = SQLRowDecoder(columns: columns)
-            inputs.reserveCapacity(raw.count)
-            for r in raw {
-                inputs.append(try decoder!.decode(Transform.Input.self, from: r))
-                count += 1
+            // Rows are decoded as they come (the column names are known once the query runs).
+            var decoder = SQLRowDecoder(columns: [])
+            inputs.reserveCapacity(spec.chunkSize)
+            try c.forEachRow(sql, parameters, columns: { decoder = SQLRowDecoder(columns: $0) }) {
+                inputs.append(try decoder.decode(Transform.Input.self, from: $0))
             }
-            return count
+            return inputs.count
         }
         // Transform.
         let outputs = try transform.transform(inputs)
         inputs = []
-        let (columns, rows) = try SQLRowEncoder().encode(outputs)
+        let rows = try SQLRowEncoder().encodeBatch(outputs)
         // Write, with the chunk's record, in one transaction.
         return try WorkerConnections.shared.with(spec.sink, timeout: spec.timeout) { c -> ChunkOutcome in
             let d = c.dialect
@@ -347,11 +343,9 @@ public struct CopyChunk<Transform: RowTransform>: SyncTaskFunction {
                 )
                 if !rows.isEmpty {
                     if spec.createSinkTable {
-                        try c.execute(
-                            SinkTable.createStatement(spec.sinkTable, columns: columns, rows: rows, dialect: d)
-                        )
+                        try c.execute(SinkTable.createStatement(spec.sinkTable, rows, dialect: d))
                     }
-                    try c.insert(into: spec.sinkTable, columns: columns, rows: rows)
+                    try c.insert(into: spec.sinkTable, rows)
                 }
                 return ChunkOutcome(rowsRead: read, rowsWritten: rows.count, alreadyDone: false)
             }
@@ -361,9 +355,11 @@ public struct CopyChunk<Transform: RowTransform>: SyncTaskFunction {
 
 enum SinkTable {
     /// `CREATE TABLE IF NOT EXISTS` with a type per column: its first non-NULL value's.
-    static func createStatement(_ table: String, columns: [String], rows: [[SQLValue]], dialect d: SQLDialect) -> String
-    {
-        let sample = columns.indices.map { i in rows.first { $0[i] != .null }?[i] ?? .null }
+    static func createStatement(_ table: String, _ rows: SQLRowBatch, dialect d: SQLDialect) -> String {
+        let columns = rows.columns
+        let sample = columns.indices.map { i in
+            (0..<rows.count).lazy.map { rows.values[$0 * columns.count + i] }.first { $0 != .null } ?? .null
+        }
         let types = sample.map { v -> String in
             switch v {
             case .int: "BIGINT"

@@ -73,8 +73,15 @@ public protocol SQLConnection: AnyObject {
 
     /// Runs a query and calls `body` with each row's values, in order, without keeping them: memory
     /// stays bounded whatever the result's size. Returns the column names.
+    ///
+    /// `columns` is called once with the column names, before the first row.
     @discardableResult
-    func forEachRow(_ sql: String, _ parameters: [SQLValue], _ body: ([SQLValue]) throws -> Void) throws -> [String]
+    func forEachRow(
+        _ sql: String,
+        _ parameters: [SQLValue],
+        columns: ([String]) throws -> Void,
+        _ body: ([SQLValue]) throws -> Void
+    ) throws -> [String]
 
     /// Runs several statements separated by `;`, without parameters (schema scripts).
     func executeScript(_ sql: String) throws
@@ -85,6 +92,12 @@ public protocol SQLConnection: AnyObject {
     func commit() throws
     func rollback() throws
 
+    /// Appends the rows of `batch` to `table`; returns the rows inserted. The default uses multi-row
+    /// `INSERT`s within the database's parameter limit; a database may do better (SQLite steps one
+    /// prepared single-row statement, PostgreSQL can `COPY`).
+    @discardableResult
+    func insert(into table: String, _ batch: SQLRowBatch) throws -> Int
+
     /// Closes the connection. Further calls fail.
     func close()
 }
@@ -92,6 +105,18 @@ public protocol SQLConnection: AnyObject {
 extension SQLConnection {
     @discardableResult
     public func execute(_ sql: String) throws -> Int { try execute(sql, []) }
+
+    /// Calls `body` with each row's values (see ``forEachRow(_:_:columns:_:)``); returns the column names.
+    @discardableResult
+    public func forEachRow(
+        _ sql: String,
+        _ parameters: [SQLValue],
+        _ body: ([SQLValue]) throws -> Void
+    ) throws
+        -> [String]
+    {
+        try forEachRow(sql, parameters, columns: { _ in }, body)
+    }
 
     /// Every row of a query, with its column names.
     public func query(_ sql: String, _ parameters: [SQLValue] = []) throws -> [SQLRow] {
@@ -123,28 +148,34 @@ extension SQLConnection {
         return r
     }
 
-    /// Appends `rows` to `table` with multi-row `INSERT`s, as many rows per statement as the
-    /// database's parameter limit allows (at most `batch`). Returns the rows inserted.
+    /// Appends `rows` to `table` (see ``insert(into:_:)``).
     @discardableResult
-    public func insert(into table: String, columns: [String], rows: [[SQLValue]], batch: Int = 1000) throws -> Int {
+    public func insert(into table: String, columns: [String], rows: [[SQLValue]]) throws -> Int {
+        var b = SQLRowBatch(columns: columns)
+        b.values.reserveCapacity(rows.count * columns.count)
+        for r in rows {
+            guard r.count == columns.count else {
+                throw SQLError(.conversion, "a row has \(r.count) values for \(columns.count) columns")
+            }
+            b.append(r)
+        }
+        return try insert(into: table, b)
+    }
+
+    /// Multi-row `INSERT`s, as many rows per statement as the database's parameter limit allows (at most
+    /// `batch`).
+    @discardableResult
+    public func insertWithValueLists(into table: String, _ rows: SQLRowBatch, batch: Int = 1000) throws -> Int {
         guard !rows.isEmpty else { return 0 }
-        precondition(!columns.isEmpty, "an insert needs columns")
+        let columns = rows.columns
         let perStatement = max(1, min(batch, dialect.maxParameters / columns.count))
         let head = "INSERT INTO \(dialect.quote(table)) (\(columns.map(dialect.quote).joined(separator: ", "))) VALUES "
         var fullSQL: String?
         var done = 0
         var start = 0
-        var parameters: [SQLValue] = []
-        parameters.reserveCapacity(perStatement * columns.count)
         while start < rows.count {
             let end = min(rows.count, start + perStatement)
-            parameters.removeAll(keepingCapacity: true)
-            for row in rows[start..<end] {
-                guard row.count == columns.count else {
-                    throw SQLError(.conversion, "a row has \(row.count) values for \(columns.count) columns")
-                }
-                parameters.append(contentsOf: row)
-            }
+            let parameters = Array(rows.values[(start * columns.count)..<(end * columns.count)])
             let sql: String
             if end - start == perStatement {
                 if fullSQL == nil { fullSQL = head + dialect.valueTuples(rows: perStatement, columns: columns.count) }

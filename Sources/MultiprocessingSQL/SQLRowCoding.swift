@@ -34,38 +34,104 @@ public struct SQLRowEncoder: Sendable {
 
     /// The columns and one row of values per item.
     public func encode<T: Encodable>(_ items: [T]) throws -> (columns: [String], rows: [[SQLValue]]) {
+        let b = try encodeBatch(items)
+        return (b.columns, (0..<b.count).map { Array(b.row($0)) })
+    }
+
+    /// The items as one batch of rows (values stored flat: what inserts take, one allocation).
+    public func encodeBatch<T: Encodable>(_ items: [T]) throws -> SQLRowBatch {
         if let rows = items as? [SQLRow] {
-            guard let first = rows.first else { return ([], []) }
+            guard let first = rows.first else { return SQLRowBatch(columns: []) }
             var columns = first.columns
             for r in rows.dropFirst() where r.columns != columns {
                 for c in r.columns where !columns.contains(c) { columns.append(c) }
             }
-            return (columns, rows.map { r in r.columns == columns ? r.values : columns.map { r[$0] ?? .null } })
+            var b = SQLRowBatch(columns: columns)
+            b.values.reserveCapacity(rows.count * columns.count)
+            for r in rows { b.append(r.columns == columns ? r.values : columns.map { r[$0] ?? .null }) }
+            return b
         }
+        // Rows of one type encode their properties in the same order: after the first, a row whose keys
+        // come in the expected order is stored by position (no hashing); others fall back to names.
+        let storage = RowStorage()
         var columns: [String] = []
-        var position: [String: Int] = [:]
-        var encoded: [[String: SQLValue]] = []
-        encoded.reserveCapacity(items.count)
+        var values: [SQLValue] = []
+        var irregular: [(index: Int, names: [String], values: [SQLValue])] = []
+        var count = 0
         for item in items {
-            let e = RowEncoding()
+            storage.reset(expected: columns)
             do {
-                try item.encode(to: e)
+                try item.encode(to: RowEncoding(storage: storage))
             } catch {
                 throw SQLError(.conversion, "cannot write a \(T.self) as a row: \(error)")
             }
-            for k in e.storage.order where position[k] == nil {
-                position[k] = columns.count
-                columns.append(k)
+            if count == 0 {
+                columns = storage.order
+                values.reserveCapacity(items.count * columns.count)
+                values += storage.values
+            } else if storage.inOrder && storage.values.count == columns.count {
+                values += storage.values
+            } else {
+                let names = storage.inOrder ? Array(columns[..<storage.values.count]) : storage.order
+                irregular.append((count, names, storage.values))
+                values += [SQLValue](repeating: .null, count: columns.count)
             }
-            encoded.append(e.storage.values)
+            count += 1
         }
-        return (columns, encoded.map { d in columns.map { d[$0] ?? .null } })
+        guard !irregular.isEmpty else { return SQLRowBatch(columns: columns, values: values) }
+        // Some rows had other columns (an optional left out): rebuild by name.
+        var all = columns
+        for r in irregular { for k in r.names where !all.contains(k) { all.append(k) } }
+        var b = SQLRowBatch(columns: all)
+        var next = irregular.makeIterator()
+        var pending = next.next()
+        for i in 0..<count {
+            if let p = pending, p.index == i {
+                b.append(all.map { k in p.names.firstIndex(of: k).map { p.values[$0] } ?? .null })
+                pending = next.next()
+            } else {
+                b.append(
+                    Array(values[(i * columns.count)..<((i + 1) * columns.count)])
+                        + [SQLValue](repeating: .null, count: all.count - columns.count)
+                )
+            }
+        }
+        return b
     }
+}
+
+/// Rows of the same columns, their values stored flat (row after row).
+public struct SQLRowBatch: Sendable, Hashable {
+    public var columns: [String]
+    public var values: [SQLValue]
+    /// The number of rows.
+    public var count: Int { columns.isEmpty ? 0 : values.count / columns.count }
+    public var isEmpty: Bool { values.isEmpty }
+
+    public init(columns: [String], values: [SQLValue] = []) {
+        precondition(columns.isEmpty ? values.isEmpty : values.count % columns.count == 0, "a batch holds whole rows")
+        self.columns = columns
+        self.values = values
+    }
+
+    /// Appends a row (one value per column).
+    public mutating func append(_ row: some Collection<SQLValue>) {
+        precondition(row.count == columns.count, "a row needs one value per column")
+        values.append(contentsOf: row)
+    }
+
+    /// Row `i`'s values.
+    public func row(_ i: Int) -> ArraySlice<SQLValue> { values[(i * columns.count)..<((i + 1) * columns.count)] }
+}
+
+private final class Cursor {
+    var next = 0
 }
 
 private struct RowDecoding: Decoder {
     let decoder: SQLRowDecoder
     let values: [SQLValue]
+    let cursor = Cursor()
     var codingPath: [any CodingKey] { [] }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
@@ -85,12 +151,52 @@ private struct RowKeyed<Key: CodingKey>: KeyedDecodingContainerProtocol {
     var codingPath: [any CodingKey] { [] }
     var allKeys: [Key] { row.decoder.columns.compactMap { Key(stringValue: $0) } }
 
-    func contains(_ key: Key) -> Bool { row.decoder.index[key.stringValue] != nil }
+    func contains(_ key: Key) -> Bool {
+        let guess = row.cursor.next
+        if guess < row.decoder.columns.count, row.decoder.columns[guess] == key.stringValue { return true }
+        return row.decoder.index[key.stringValue] != nil
+    }
+
+    func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
+        guard contains(key) else { return nil }
+        let v = try value(key)
+        if v == .null { return nil }
+        row.cursor.next -= 1  // decode reads the same column again
+        return try decode(T.self, forKey: key)
+    }
+    func decodeIfPresent(_ type: String.Type, forKey key: Key) throws -> String? {
+        guard contains(key), try value(key) != .null else { return nil }
+        row.cursor.next -= 1
+        return try decode(String.self, forKey: key)
+    }
+    func decodeIfPresent(_ type: Int64.Type, forKey key: Key) throws -> Int64? {
+        guard contains(key), try value(key) != .null else { return nil }
+        row.cursor.next -= 1
+        return try decode(Int64.self, forKey: key)
+    }
+    func decodeIfPresent(_ type: Int.Type, forKey key: Key) throws -> Int? {
+        guard contains(key), try value(key) != .null else { return nil }
+        row.cursor.next -= 1
+        return try decode(Int.self, forKey: key)
+    }
+    func decodeIfPresent(_ type: Double.Type, forKey key: Key) throws -> Double? {
+        guard contains(key), try value(key) != .null else { return nil }
+        row.cursor.next -= 1
+        return try decode(Double.self, forKey: key)
+    }
 
     func value(_ key: Key) throws -> SQLValue {
-        guard let i = row.decoder.index[key.stringValue], i < row.values.count else {
+        // Properties usually decode in column order: try the next column's name before hashing.
+        let name = key.stringValue
+        let guess = row.cursor.next
+        if guess < row.decoder.columns.count, row.decoder.columns[guess] == name, guess < row.values.count {
+            row.cursor.next = guess + 1
+            return row.values[guess]
+        }
+        guard let i = row.decoder.index[name], i < row.values.count else {
             throw SQLError(.conversion, "the row has no column \(key.stringValue) (it has \(row.decoder.columns))")
         }
+        row.cursor.next = i + 1
         return row.values[i]
     }
 
@@ -211,15 +317,41 @@ private struct ValueDecoding: Decoder, SingleValueDecodingContainer {
 }
 
 private final class RowStorage {
+    /// The columns the first row had, in order; empty for the first row.
+    var expected: [String] = []
+    /// The keys, when not stored by position.
     var order: [String] = []
-    var values: [String: SQLValue] = [:]
+    var values: [SQLValue] = []
+    /// Whether every key so far came where `expected` has it (then `order` is unused).
+    var inOrder = false
+    func reset(expected: [String]) {
+        self.expected = expected
+        inOrder = !expected.isEmpty
+        order.removeAll(keepingCapacity: true)
+        values.removeAll(keepingCapacity: true)
+    }
     func set(_ key: String, _ v: SQLValue) {
-        if values.updateValue(v, forKey: key) == nil { order.append(key) }
+        let i = values.count
+        if inOrder {
+            if i < expected.count && expected[i] == key {
+                values.append(v)
+                return
+            }
+            // Out of order: switch to names for this row.
+            inOrder = false
+            order = Array(expected[..<i])
+        }
+        if let j = order.firstIndex(of: key) {
+            values[j] = v
+        } else {
+            order.append(key)
+            values.append(v)
+        }
     }
 }
 
 private struct RowEncoding: Encoder {
-    let storage = RowStorage()
+    let storage: RowStorage
     var codingPath: [any CodingKey] { [] }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
@@ -277,8 +409,8 @@ private struct RowKeyedEncoding<Key: CodingKey>: KeyedEncodingContainerProtocol 
     func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
         preconditionFailure("property \(key.stringValue): arrays are not supported in rows")
     }
-    func superEncoder() -> any Encoder { RowEncoding() }
-    func superEncoder(forKey key: Key) -> any Encoder { RowEncoding() }
+    func superEncoder() -> any Encoder { RowEncoding(storage: storage) }
+    func superEncoder(forKey key: Key) -> any Encoder { RowEncoding(storage: storage) }
 }
 
 private final class ValueBox { var value: SQLValue? }

@@ -104,6 +104,10 @@ public final class SQLiteConnection: SQLConnection {
     }
 
     private func bind(_ stmt: OpaquePointer, _ parameters: [SQLValue]) throws {
+        try parameters.withUnsafeBufferPointer { try bind(stmt, $0) }
+    }
+
+    private func bind(_ stmt: OpaquePointer, _ parameters: UnsafeBufferPointer<SQLValue>) throws {
         let expected = Int(mp_sqlite3_bind_parameter_count(stmt))
         guard expected == parameters.count else {
             throw SQLError(.statement, "the statement takes \(expected) parameters, \(parameters.count) given")
@@ -164,10 +168,9 @@ public final class SQLiteConnection: SQLConnection {
     public func forEachRow(
         _ sql: String,
         _ parameters: [SQLValue],
+        columns: ([String]) throws -> Void,
         _ body: ([SQLValue]) throws -> Void
-    ) throws
-        -> [String]
-    {
+    ) throws -> [String] {
         let stmt = try prepare(sql)
         defer {
             mp_sqlite3_reset(stmt)
@@ -176,6 +179,7 @@ public final class SQLiteConnection: SQLConnection {
         try bind(stmt, parameters)
         let n = mp_sqlite3_column_count(stmt)
         let names = (0..<n).map { String(cString: mp_sqlite3_column_name(stmt, $0)) }
+        try columns(names)
         var row: [SQLValue] = []
         row.reserveCapacity(Int(n))
         while true {
@@ -187,6 +191,64 @@ public final class SQLiteConnection: SQLConnection {
             try body(row)
         }
         return names
+    }
+
+    /// Steps one prepared single-row `INSERT` per row: in SQLite that beats multi-row `VALUES` lists,
+    /// which are compiled into a co-routine per statement.
+    @discardableResult
+    public func insert(into table: String, _ batch: SQLRowBatch) throws -> Int {
+        guard !batch.isEmpty else { return 0 }
+        let d = dialect
+        let n = batch.columns.count
+        let sql =
+            "INSERT INTO \(d.quote(table)) (\(batch.columns.map(d.quote).joined(separator: ", "))) VALUES \(d.valueTuples(rows: 1, columns: n))"
+        let stmt = try prepare(sql)
+        defer {
+            mp_sqlite3_reset(stmt)
+            mp_sqlite3_clear_bindings(stmt)
+        }
+        guard Int(mp_sqlite3_bind_parameter_count(stmt)) == n else {
+            throw SQLError(.statement, "cannot insert into \(table): the statement does not take \(n) values")
+        }
+        try batch.values.withUnsafeBufferPointer { all in
+            var i = 0
+            while i < all.count {
+                let rc = try bindAndStep(stmt, UnsafeBufferPointer(rebasing: all[i..<(i + n)]), 0)
+                guard rc == MP_SQLITE_DONE else { throw error(rc, "cannot insert into \(table)") }
+                mp_sqlite3_reset(stmt)
+                i += n
+            }
+        }
+        return batch.count
+    }
+
+    /// Binds `row[i...]` and steps, text bound in place (no copy): each string's bytes stay valid inside
+    /// its `withUTF8`, which encloses the rest of the row and the step.
+    private func bindAndStep(_ stmt: OpaquePointer, _ row: UnsafeBufferPointer<SQLValue>, _ i: Int) throws -> Int32 {
+        if i == row.count { return mp_sqlite3_step(stmt) }
+        let n = Int32(i + 1)
+        let rc: Int32
+        switch row[i] {
+        case .text(var s):
+            return try s.withUTF8 { p in
+                let rc = p.withMemoryRebound(to: CChar.self) { c in
+                    // An empty string has no address; a NULL pointer would bind NULL, not ''.
+                    guard let base = c.baseAddress else { return mp_sqlite3_bind_text(stmt, n, "", 0) }
+                    return mp_sqlite3_bind_text_static(stmt, n, base, Int32(p.count))
+                }
+                guard rc == MP_SQLITE_OK else { throw error(rc, "cannot bind parameter \(i + 1)") }
+                return try bindAndStep(stmt, row, i + 1)
+            }
+        case .null: rc = mp_sqlite3_bind_null(stmt, n)
+        case .int(let x): rc = mp_sqlite3_bind_int64(stmt, n, x)
+        case .double(let x): rc = mp_sqlite3_bind_double(stmt, n, x)
+        case .blob(let b):
+            rc = b.withUnsafeBytes {
+                mp_sqlite3_bind_blob(stmt, n, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32($0.count))
+            }
+        }
+        guard rc == MP_SQLITE_OK else { throw error(rc, "cannot bind parameter \(i + 1)") }
+        return try bindAndStep(stmt, row, i + 1)
     }
 
     public func executeScript(_ sql: String) throws {

@@ -277,7 +277,8 @@ struct PipelineTests {
                     pipeline: "p",
                     runID: "old",
                     createSinkTable: true,
-                    timeout: .seconds(5)
+                    timeout: .seconds(5),
+                    chunkSize: 100
                 ),
                 transform: AddSex()
             )

@@ -46,14 +46,26 @@ func withTemporaryDatabase<R>(_ body: (String) throws -> R) throws -> R {
         }
         let (columns, rows) = try SQLRowEncoder().encode(people)
         #expect(columns == ["id", "name", "score", "photo"])
-        #expect(try db.insert(into: "person", columns: columns, rows: rows, batch: 1000) == 2500)
+        #expect(try db.insert(into: "person", columns: columns, rows: rows) == 2500)
+        #expect(
+            try db.insertWithValueLists(
+                into: "person",
+                SQLRowEncoder().encodeBatch(
+                    people.map { Person(id: $0.id + 10_000, name: $0.name, score: $0.score, photo: $0.photo) }
+                ),
+                batch: 333
+            ) == 2500
+        )
         var back: [Person] = []
         let names = try db.forEachRow("SELECT * FROM person ORDER BY id", []) { _ in }
         let decoder = SQLRowDecoder(columns: names)
         try db.forEachRow("SELECT * FROM person ORDER BY id", []) {
             back.append(try decoder.decode(Person.self, from: $0))
         }
-        #expect(back == people)
+        #expect(Array(back.prefix(2500)) == people)
+        #expect(back.dropFirst(2500).map { $0.id - 10_000 } == people.map(\.id))
+        #expect(back.dropFirst(2500).map(\.score) == people.map(\.score))
+        #expect(back.dropFirst(2500).map(\.photo) == people.map(\.photo))
     }
 
     @Test func errorsSayWhatWentWrong() throws {

@@ -50,6 +50,8 @@ int mp_sqlite3_bind_int64(mp_sqlite3_stmt *stmt, int i, int64_t v);
 int mp_sqlite3_bind_double(mp_sqlite3_stmt *stmt, int i, double v);
 /// Binds a copy of the text (SQLITE_TRANSIENT).
 int mp_sqlite3_bind_text(mp_sqlite3_stmt *stmt, int i, const char *text, int length);
+/// Binds the text without copying it (SQLITE_STATIC): it must stay valid until the statement is reset.
+int mp_sqlite3_bind_text_static(mp_sqlite3_stmt *stmt, int i, const char *text, int length);
 /// Binds a copy of the bytes (SQLITE_TRANSIENT).
 int mp_sqlite3_bind_blob(mp_sqlite3_stmt *stmt, int i, const void *bytes, int length);
 int mp_sqlite3_column_count(mp_sqlite3_stmt *stmt);

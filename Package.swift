@@ -85,7 +85,7 @@ let package = Package(
         .target(
             name: "SeedExamples",
             dependencies: [
-                "Threading", "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers",
+                "Threading", "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers", "MultiprocessingSQL",
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             path: "Examples/SeedExamples"
@@ -93,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "mp",
             dependencies: [
-                "Threading", "Multiprocessing", "MultiprocessingManagers", "SeedExamples",
+                "Threading", "Multiprocessing", "MultiprocessingManagers", "MultiprocessingSQL", "SeedExamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -127,6 +127,10 @@ public enum SeedExamples {
             .async { try await geventDownloads() }
         ),
         (
+            "database-job", "read `user` in chunks, add xb in Pool(5), append to user_copy: exactly once (SQLite)",
+            .onMainThread { try databaseJob() }
+        ),
+        (
             "pool-progress", "a CPU-bound map with a progress bar and worker insights; a crash fails one item",
             .async { try await poolWithProgress() }
         ),

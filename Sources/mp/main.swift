@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Multiprocessing
 import MultiprocessingManagers
+import MultiprocessingSQL
 import SeedExamples
 
 // mp — the swift-multiprocessing command-line tool.
@@ -15,7 +16,7 @@ struct MP: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mp",
         abstract: "swift-multiprocessing: the tutorial's programs, and its distributed master and worker.",
-        subcommands: [Demo.self, List.self, Master.self, Worker.self],
+        subcommands: [Demo.self, List.self, Master.self, Worker.self, ETL.self],
         defaultSubcommand: Demo.self
     )
 }
@@ -122,6 +123,80 @@ struct Worker: ParsableCommand {
             prefetch: prefetch,
             reconnectFor: .seconds(max(0, reconnectFor))
         )
+    }
+}
+
+struct ETL: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "etl",
+        abstract: "Copy a table between databases in chunks, through a transform, on a process pool: exactly once.",
+        discussion: """
+            Databases are URLs: sqlite:PATH. A run that is stopped (Ctrl-C, a crash, a kill) and started again \
+            with the same arguments finishes the copy with every row written once: the sink records each \
+            chunk in the same transaction as its rows (tables mp_pipeline_runs and mp_pipeline_chunks).
+
+            Example: mp etl --from sqlite:db1.sqlite --table user --to sqlite:copy.sqlite --into user_copy --transform xb
+            """
+    )
+
+    @Option(help: "The source database URL.")
+    var from: String
+    @Option(help: "The source table.")
+    var table: String
+    @Option(help: "The source's unique key column (integer or text, indexed).")
+    var key: String = "id"
+    @Option(help: "The sink database URL (default: the source).")
+    var to: String?
+    @Option(help: "The sink table (created from the first chunk's columns if missing; default: TABLE_copy).")
+    var into: String?
+    @Option(help: "copy (rows as they are) or xb (the notes' column: 'M' when len(pwd) == 3, else 'F').")
+    var transform: String = "copy"
+    @Option(help: "Source rows per chunk.")
+    var chunkSize: Int = 10_000
+    @Option(help: "Worker processes (default: the CPUs).")
+    var workers: Int?
+    @Option(help: "The copy's name, for resuming (default: derived from the tables).")
+    var name: String?
+    @Flag(help: "No progress bar.")
+    var quiet = false
+
+    func validate() throws {
+        guard ["copy", "xb"].contains(transform) else { throw ValidationError("--transform is copy or xb") }
+        guard chunkSize > 0 else { throw ValidationError("--chunk-size must be positive") }
+        _ = try DatabaseURL(from)
+        if let to { _ = try DatabaseURL(to) }
+    }
+
+    func run() throws {
+        let source = try DatabaseURL(from)
+        let sink = try to.map { try DatabaseURL($0) } ?? source
+        let pool = try ProcessPool(workers: workers)
+        defer { pool.terminate() }
+        let report: PipelineReport
+        switch transform {
+        case "xb": report = try copy(AddSexColumn(), source, sink, pool)
+        default: report = try copy(CopyRows(), source, sink, pool)
+        }
+        print(report)
+    }
+
+    func copy<T: RowTransform>(
+        _ t: T,
+        _ source: DatabaseURL,
+        _ sink: DatabaseURL,
+        _ pool: ProcessPool
+    ) throws
+        -> PipelineReport
+    {
+        let p = TablePipeline(
+            from: .table(table, key: key, in: source),
+            to: sink,
+            table: into ?? table + "_copy",
+            transform: t,
+            name: name,
+            chunkSize: chunkSize
+        )
+        return try p.run(on: pool, progress: quiet ? nil : .bar)
     }
 }
 

@@ -99,6 +99,13 @@ struct DemoOutputTests {
                 "Implicit context switch back to bar",
             ]
         )
+        // The database job: every row copied once, a second run writes nothing.
+        #expect(
+            Self.normalized(s["database-job"]) == [
+                "user: N rows in sqlite:/tmp/mp-demo-N.sqlite", "copied: N rows in 20 chunks",
+                "user_copy xb=F: N rows", "user_copy xb=M: N rows", "run again: 0 rows written, 20 chunks already done",
+            ]
+        )
         // Racing threads: the notes' lines, in any order.
         #expect(Set(s["twenty-threads"] ?? []) == Set((0..<20).map { "Thread \($0)" }))
         #expect(s["twenty-threads"]?.count == 20)

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Multiprocessing
 import MultiprocessingTestSupport
@@ -338,6 +339,47 @@ struct PipelineTests {
             } catch let e as SQLError {
                 #expect(e.kind == .connection)
                 #expect(e.message.contains("/nonexistent-dir/x.db"))
+            }
+        }
+    }
+}
+
+/// `mp etl`, as a user runs it: a copy with the notes' column between two files, then the same command
+/// again, which finds every chunk done; a bad URL is refused with a message.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct ETLCommandTests {
+    func mp(_ arguments: [String]) throws -> (Int32, String) {
+        guard let exe = builtExecutable("mp") else { return (-1, "") }
+        let p = Foundation.Process()
+        p.executableURL = exe
+        p.arguments = arguments
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    @Test func mpETLCopiesThenResumesToNothing() throws {
+        try withTemporaryDatabase { source in
+            try withTemporaryDatabase { sink in
+                try makeUsers(try SQLiteConnection(path: source), count: 3_000)
+                let args = [
+                    "etl", "--from", "sqlite:\(source)", "--table", "user", "--to", "sqlite:\(sink)", "--into",
+                    "user_copy", "--transform", "xb", "--chunk-size", "700", "--workers", "2", "--quiet",
+                ]
+                let (code, out) = try mp(args)
+                #expect(code == 0, "\(out)")
+                #expect(out.contains("3000 rows read, 3000 written in 5 chunks"), "\(out)")
+                try checkCopy(try SQLiteConnection(path: sink), n: 3_000)
+                let (again, out2) = try mp(args)
+                #expect(again == 0)
+                #expect(out2.contains("0 written in 0 chunks (5 chunks done before)"), "\(out2)")
+                let (bad, out3) = try mp(["etl", "--from", "oracle://x/y", "--table", "t"])
+                #expect(bad != 0)
+                #expect(out3.contains("unknown database oracle"), "\(out3)")
             }
         }
     }

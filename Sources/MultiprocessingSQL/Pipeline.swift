@@ -151,8 +151,9 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
 
     /// Runs the copy on `pool` and returns what it did; throws the first chunk failure that retries did
     /// not mend (chunks written before it stay written and recorded: run again to finish).
-    /// - Parameter progress: `.bar` for a terminal bar in rows, or a handler (``CallProgress`` counts
-    ///   rows; its total is the source's row count, read at the start).
+    /// - Parameter pool: the pool whose workers run the chunks (its size is the copy's parallelism).
+    /// - Parameter progress: `.bar` for a terminal bar in rows, or a handler (its `CallProgress` counts
+    ///   rows; the total is the source's row count, read at the start).
     public func run(on pool: ProcessPool, progress: ProgressDisplay? = nil) throws -> PipelineReport {
         let started = ContinuousClock.now
         let runID = Self.newRunID()

@@ -2,7 +2,7 @@
 public struct SQLDialect: Sendable, Hashable {
     /// `sqlite`, `postgresql` or `mysql`.
     public let name: String
-    /// The character that quotes identifiers (`"` in standard SQL, `` ` `` in MySQL).
+    /// The character that quotes identifiers: a double quote in standard SQL, a backtick in MySQL.
     public let identifierQuote: Character
     /// Whether parameters are `$1, $2, …` (PostgreSQL) rather than `?`.
     public let numberedParameters: Bool
@@ -30,7 +30,7 @@ public struct SQLDialect: Sendable, Hashable {
         maxParameters: 65535
     )
 
-    /// `name`, quoted: `"user"` (PostgreSQL and SQLite), `` `user` `` (MySQL). Dots separate a schema.
+    /// `name`, quoted: `"user"` in PostgreSQL and SQLite, in backticks in MySQL. Dots separate a schema.
     public func quote(_ name: String) -> String {
         let q = String(identifierQuote)
         return name.split(separator: ".").map { q + String($0).replacingAll(q, with: q + q) + q }.joined(separator: ".")

@@ -34,7 +34,8 @@ public final class SQLiteConnection: SQLConnection {
         }
     }
 
-    /// Opens (and by default creates) the database at `path` (`:memory:` for a private in-memory one).
+    /// Opens (and by default creates) the database at `path`.
+    /// - Parameter path: the file, or `:memory:` for a private in-memory database.
     /// - Parameter busyTimeout: how long a statement waits for another connection's lock.
     /// - Parameter readOnly: open without write access.
     /// - Parameter wal: switch a file database to WAL journaling (persistent, once per file).

@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "MultiprocessingNetwork", targets: ["MultiprocessingNetwork"]),
         .library(name: "MultiprocessingManagers", targets: ["MultiprocessingManagers"]),
         .library(name: "MultiprocessingSQL", targets: ["MultiprocessingSQL"]),
+        .library(name: "MultiprocessingJobQueue", targets: ["MultiprocessingJobQueue"]),
         .executable(name: "mp", targets: ["mp"]),
     ],
     dependencies: [
@@ -81,6 +82,16 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
+        // A durable job queue on a database (SQLite by default): enqueue Jobs, workers run them on a
+        // ProcessPool with leases, heartbeats, retries and stored results.
+        .target(
+            name: "MultiprocessingJobQueue",
+            dependencies: [
+                "Multiprocessing", "MultiprocessingSQL", "Threading",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ]
+        ),
         // The seed notes' programs, ported; `mp demo` runs them.
         .target(
             name: "SeedExamples",
@@ -114,6 +125,10 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
+        ),
+        .testTarget(
+            name: "JobQueueTests",
+            dependencies: ["MultiprocessingJobQueue", "MultiprocessingSQL", "Multiprocessing", "Threading", "MultiprocessingTestSupport"]
         ),
         .testTarget(
             name: "SQLTests",

@@ -4,29 +4,37 @@ public struct SQLDialect: Sendable, Hashable {
     public let name: String
     /// The character that quotes identifiers: a double quote in standard SQL, a backtick in MySQL.
     public let identifierQuote: Character
-    /// Whether parameters are `$1, $2, …` (PostgreSQL) rather than `?`.
-    public let numberedParameters: Bool
+    /// How the `i`-th parameter is written.
+    public enum ParameterStyle: Sendable, Hashable {
+        /// `$1, $2, …` (PostgreSQL).
+        case dollar
+        /// `?1, ?2, …` (SQLite): numbered, so a statement may use a parameter twice or out of order.
+        case numberedQuestion
+        /// `?` (MySQL): by position only; a parameter used twice must be passed twice, in text order.
+        case question
+    }
+    public let parameterStyle: ParameterStyle
     /// The most parameters one statement may have.
     public let maxParameters: Int
 
     public static let sqlite = SQLDialect(
         name: "sqlite",
         identifierQuote: "\"",
-        numberedParameters: false,
+        parameterStyle: .numberedQuestion,
         maxParameters: 32766
     )
 
     public static let postgresql = SQLDialect(
         name: "postgresql",
         identifierQuote: "\"",
-        numberedParameters: true,
+        parameterStyle: .dollar,
         maxParameters: 65535
     )
 
     public static let mysql = SQLDialect(
         name: "mysql",
         identifierQuote: "`",
-        numberedParameters: false,
+        parameterStyle: .question,
         maxParameters: 65535
     )
 
@@ -37,7 +45,13 @@ public struct SQLDialect: Sendable, Hashable {
     }
 
     /// The `i`-th parameter (from 1).
-    public func parameter(_ i: Int) -> String { numberedParameters ? "$\(i)" : "?" }
+    public func parameter(_ i: Int) -> String {
+        switch parameterStyle {
+        case .dollar: "$\(i)"
+        case .numberedQuestion: "?\(i)"
+        case .question: "?"
+        }
+    }
 
     /// `(?, ?, ?), (?, ?, ?)`: `rows` tuples of `columns` parameters, numbered from `first`.
     public func valueTuples(rows: Int, columns: Int, first: Int = 1) -> String {

@@ -73,11 +73,11 @@ public struct RemoteError: Error, Codable, CustomStringConvertible, Sendable {
     public var description: String { "\(typeName) in process \(pid): \(message)" }
 }
 
-enum JobIdentity {
+package enum JobIdentity {
     private static let known = Mutex<[ObjectIdentifier: String]>([:])
 
     /// The name a worker resolves `J` by, or an error saying why `J` cannot travel. Checked once per type.
-    static func name<J>(of type: J.Type) throws -> String {
+    package static func name<J>(of type: J.Type) throws -> String {
         if let hit = known.withLock({ $0[ObjectIdentifier(type)] }) { return hit }
         let name = try check(type)
         known.withLock { $0[ObjectIdentifier(type)] = name }
@@ -106,10 +106,10 @@ enum JobIdentity {
 }
 
 /// Resolves names to job types in a worker, caching hits and misses.
-enum JobResolver {
+package enum JobResolver {
     nonisolated(unsafe) private static var cache: [String: (any Job.Type)?] = [:]  // worker main thread only
 
-    static func resolve(_ name: String) -> (any Job.Type)? {
+    package static func resolve(_ name: String) -> (any Job.Type)? {
         if let hit = cache[name] { return hit }
         let t = _typeByName(name) as? any Job.Type
         cache[name] = t

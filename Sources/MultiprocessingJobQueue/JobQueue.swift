@@ -1,0 +1,335 @@
+import Glibc
+public import Multiprocessing
+public import MultiprocessingSQL
+import Synchronization
+
+/// How a job is queued and run.
+public struct JobOptions: Sendable, Hashable {
+    /// The named queue (workers choose the queues they serve).
+    public var queue: String
+    /// Higher runs first (among jobs due).
+    public var priority: Int
+    /// Not before this long from now.
+    public var delay: Duration
+    /// While a job with this key is queued or running, enqueueing another with the same key returns the
+    /// existing one instead.
+    public var uniqueKey: String?
+    /// A run that takes longer is stopped (its worker process killed) and counts as a failed attempt.
+    public var timeout: Duration?
+    /// Runs in all, the first included; then the job is discarded with its error history.
+    public var maxAttempts: Int
+    /// The wait before the first retry; each further retry waits twice as long (±25 % jitter), at most
+    /// an hour.
+    public var backoff: Duration
+
+    public init(
+        queue: String = "default",
+        priority: Int = 0,
+        delay: Duration = .zero,
+        uniqueKey: String? = nil,
+        timeout: Duration? = nil,
+        maxAttempts: Int = 3,
+        backoff: Duration = .seconds(1)
+    ) {
+        self.queue = queue
+        self.priority = priority
+        self.delay = delay
+        self.uniqueKey = uniqueKey
+        self.timeout = timeout
+        self.maxAttempts = max(1, maxAttempts)
+        self.backoff = backoff
+    }
+
+    public static let `default` = JobOptions()
+}
+
+/// Where a job is in its life.
+public enum JobState: String, Sendable, Hashable, Codable, CaseIterable {
+    /// Waiting to run (first time, or again after a failed attempt: see ``JobInfo/attempt``).
+    case available
+    /// Claimed by a worker, which holds a lease on it.
+    case running
+    case completed
+    /// Failed on its last attempt.
+    case discarded
+    case cancelled
+}
+
+/// A job's row, as ``JobQueue/jobs(in:queue:limit:)`` and ``JobHandle/info()`` return it.
+public struct JobInfo: Sendable, Hashable {
+    public var id: Int64
+    public var queue: String
+    /// The job's Swift type.
+    public var kind: String
+    public var state: JobState
+    public var priority: Int
+    public var attempt: Int
+    public var maxAttempts: Int
+    /// The worker that holds (or last held) it: `host:pid`.
+    public var worker: String?
+    /// One line per failed attempt: `attempt N at <ms since epoch>: <error>`.
+    public var errors: [String]
+}
+
+/// A durable job queue in a database: SQLite (embedded, the default) or any ``SQLConnection``.
+///
+/// ```swift
+/// let queue = try JobQueue(DatabaseURL("sqlite:jobs.db"))
+/// let handle = try queue.enqueue(Square(n: 7))
+/// let result = try handle.result(timeout: .seconds(30))   // 49, from whichever worker ran it
+/// ```
+/// Workers (``QueueWorker``, or `mp queue worker`) claim jobs, run them on a ``ProcessPool`` and
+/// record their results. Delivery is at least once: a job whose worker died is run again once its lease
+/// expires, so make jobs idempotent or check for their own earlier effects.
+public final class JobQueue: Sendable {
+    public let url: DatabaseURL
+    private let connection: Mutex<ConnectionBox>
+
+    final class ConnectionBox: @unchecked Sendable {  // used under the mutex only
+        let c: any SQLConnection
+        init(_ c: any SQLConnection) { self.c = c }
+    }
+
+    /// Opens the queue, creating or migrating its tables.
+    public init(_ url: DatabaseURL, timeout: Duration = .seconds(30)) throws {
+        self.url = url
+        let c = try Database.connect(url, timeout: timeout)
+        try QueueSchema.migrate(c)
+        connection = Mutex(ConnectionBox(c))
+    }
+
+    deinit { connection.withLock { $0.c.close() } }
+
+    func withConnection<R>(_ body: (any SQLConnection) throws -> R) throws -> R {
+        try connection.withLock { try body($0.c) }
+    }
+
+    // MARK: enqueue
+
+    /// Queues one job. With a ``JobOptions/uniqueKey`` already queued or running, returns that job.
+    public func enqueue<J: Job>(_ job: J, options: JobOptions = .default) throws -> JobHandle<J> {
+        try withConnection { c in
+            try c.transaction(immediate: true) { try Self.enqueue([job], options: options, on: c)[0] }
+        }
+        .handle(self)
+    }
+
+    /// Queues many jobs in one transaction (multi-row inserts): all or none.
+    public func enqueue<J: Job>(_ jobs: [J], options: JobOptions = .default) throws -> [JobHandle<J>] {
+        try withConnection { c in try c.transaction(immediate: true) { try Self.enqueue(jobs, options: options, on: c) }
+        }
+        .map { $0.handle(self) }
+    }
+
+    /// A job's id, for a handle: ``JobQueue/enqueue(_:options:on:)`` returns these.
+    public struct Enqueued<J: Job>: Sendable, Hashable {
+        public let id: Int64
+        /// The handle on `queue`.
+        public func handle(_ queue: JobQueue) -> JobHandle<J> { JobHandle(queue: queue, id: id) }
+    }
+
+    /// Queues jobs on `connection`, inside whatever transaction the caller has open there: they are queued
+    /// if and only if the caller's transaction commits (a rolled-back producer's jobs never run). The
+    /// connection's database must hold the queue (open a ``JobQueue`` on it once to create the tables).
+    public static func enqueue<J: Job>(
+        _ jobs: [J],
+        options: JobOptions = .default,
+        on c: any SQLConnection
+    ) throws
+        -> [Enqueued<J>]
+    {
+        guard !jobs.isEmpty else { return [] }
+        let kind = try JobIdentity.name(of: J.self)
+        let now = QueueSchema.nowMs()
+        let runAt = now + options.delay.milliseconds
+        let columns = [
+            "queue", "kind", "payload", "state", "priority", "run_at", "attempt", "max_attempts", "backoff_ms",
+            "timeout_ms", "unique_key", "created_at",
+        ]
+        let encoder = BinaryEncoder()
+        var ids: [Int64] = []
+        ids.reserveCapacity(jobs.count)
+        let d = c.dialect
+        let perStatement = max(1, min(1000, d.maxParameters / columns.count))
+        var start = 0
+        while start < jobs.count {
+            let end = min(jobs.count, start + perStatement)
+            var parameters: [SQLValue] = []
+            parameters.reserveCapacity((end - start) * columns.count)
+            for job in jobs[start..<end] {
+                parameters += [
+                    .text(options.queue), .text(kind), .blob(try encoder.encode(job)), .text("available"),
+                    .int(Int64(options.priority)), .int(runAt), .int(0), .int(Int64(options.maxAttempts)),
+                    .int(options.backoff.milliseconds), options.timeout.map { .int($0.milliseconds) } ?? .null,
+                    options.uniqueKey.map { .text($0) } ?? .null, .int(now),
+                ]
+            }
+            var sql =
+                "INSERT INTO mp_jobs (\(columns.joined(separator: ", "))) VALUES \(d.valueTuples(rows: end - start, columns: columns.count))"
+            if options.uniqueKey != nil {
+                sql +=
+                    " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING"
+            }
+            sql += " RETURNING id"
+            var inserted: [Int64] = []
+            try c.forEachRow(sql, parameters) { inserted.append($0[0].intValue ?? 0) }
+            if let key = options.uniqueKey, inserted.count < end - start {
+                // The key is taken: every job of this call is that one.
+                let existing = try c.scalar(
+                    "SELECT id FROM mp_jobs WHERE unique_key = \(d.parameter(1)) AND state IN ('available', 'running')",
+                    [.text(key)]
+                )?.intValue
+                guard let existing else { throw SQLError(.other, "unique key \(key) is taken, but no job holds it") }
+                inserted += [Int64](repeating: existing, count: end - start - inserted.count)
+            }
+            ids += inserted
+            start = end
+        }
+        return ids.map { Enqueued(id: $0) }
+    }
+
+    // MARK: queries
+
+    /// The job with `id`, or nil.
+    public func info(_ id: Int64) throws -> JobInfo? {
+        try withConnection { c in
+            try Self.infos(c, "WHERE id = \(c.dialect.parameter(1))", [.int(id)]).first
+        }
+    }
+
+    /// Jobs in `state` (all queues, or one), oldest first.
+    public func jobs(in state: JobState, queue: String? = nil, limit: Int = 100) throws -> [JobInfo] {
+        try withConnection { c in
+            let d = c.dialect
+            var condition = "WHERE state = \(d.parameter(1))"
+            var parameters: [SQLValue] = [.text(state.rawValue)]
+            if let queue {
+                condition += " AND queue = \(d.parameter(2))"
+                parameters.append(.text(queue))
+            }
+            return try Self.infos(c, condition + " ORDER BY id LIMIT \(max(0, limit))", parameters)
+        }
+    }
+
+    /// How many jobs are in each state.
+    public func counts(queue: String? = nil) throws -> [JobState: Int] {
+        try withConnection { c in
+            var out: [JobState: Int] = [:]
+            let filter = queue == nil ? "" : "WHERE queue = \(c.dialect.parameter(1))"
+            try c.forEachRow(
+                "SELECT state, count(*) FROM mp_jobs \(filter) GROUP BY state",
+                queue.map { [.text($0)] } ?? []
+            ) {
+                if let s = $0[0].textValue.flatMap(JobState.init(rawValue:)) { out[s] = Int($0[1].intValue ?? 0) }
+            }
+            return out
+        }
+    }
+
+    static func infos(_ c: any SQLConnection, _ condition: String, _ parameters: [SQLValue]) throws -> [JobInfo] {
+        try c.query(
+            "SELECT id, queue, kind, state, priority, attempt, max_attempts, worker, errors FROM mp_jobs \(condition)",
+            parameters
+        ).map { r in
+            JobInfo(
+                id: r.values[0].intValue ?? 0,
+                queue: r.values[1].textValue ?? "",
+                kind: r.values[2].textValue ?? "",
+                state: JobState(rawValue: r.values[3].textValue ?? "") ?? .available,
+                priority: Int(r.values[4].intValue ?? 0),
+                attempt: Int(r.values[5].intValue ?? 0),
+                maxAttempts: Int(r.values[6].intValue ?? 0),
+                worker: r.values[7].textValue,
+                errors: (r.values[8].textValue ?? "").split(separator: "\n").map(String.init)
+            )
+        }
+    }
+
+    // MARK: cancel
+
+    /// Cancels a job: a queued one at once; a running one is stopped by its worker (within its heartbeat
+    /// interval) and then recorded as cancelled. Returns false when the job had already finished.
+    @discardableResult
+    public func cancel(_ id: Int64) throws -> Bool {
+        try withConnection { c in
+            let d = c.dialect
+            return try c.transaction(immediate: true) {
+                if try c.execute(
+                    "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(1)) WHERE id = \(d.parameter(2)) AND state = 'available'",
+                    [.int(QueueSchema.nowMs()), .int(id)]
+                ) == 1 {
+                    return true
+                }
+                return try c.execute(
+                    "UPDATE mp_jobs SET cancel_requested = 1 WHERE id = \(d.parameter(1)) AND state = 'running'",
+                    [.int(id)]
+                ) == 1
+            }
+        }
+    }
+
+    /// The stored result bytes and state of a job.
+    func outcome(_ id: Int64) throws -> (state: JobState, result: [UInt8]?, errors: String)? {
+        try withConnection { c in
+            var out: (JobState, [UInt8]?, String)?
+            try c.forEachRow(
+                "SELECT state, result, errors FROM mp_jobs WHERE id = \(c.dialect.parameter(1))",
+                [.int(id)]
+            ) { r in
+                let result: [UInt8]? = if case .blob(let b) = r[1] { b } else { nil }
+                out = (JobState(rawValue: r[0].textValue ?? "") ?? .available, result, r[2].textValue ?? "")
+            }
+            return out
+        }
+    }
+}
+
+/// A queued job: its id, its state, and its result once a worker has run it — from any process.
+public struct JobHandle<J: Job>: Sendable {
+    public let queue: JobQueue
+    public let id: Int64
+
+    public init(queue: JobQueue, id: Int64) {
+        self.queue = queue
+        self.id = id
+    }
+
+    /// The job's row.
+    public func info() throws -> JobInfo? { try queue.info(id) }
+
+    /// Cancels the job (see ``JobQueue/cancel(_:)``).
+    @discardableResult
+    public func cancel() throws -> Bool { try queue.cancel(id) }
+
+    /// Waits up to `timeout` for the job to finish and returns its output.
+    /// - Throws: ``JobQueueError`` `.failed` (with the error history) when it was discarded after its
+    ///   attempts, `.cancelled`, `.timedOut`, `.notFound`.
+    public func result(timeout: Duration) throws -> J.Output {
+        let deadline = ContinuousClock.now + timeout
+        var pause = Duration.milliseconds(2)
+        while true {
+            guard let o = try queue.outcome(id) else { throw JobQueueError(.notFound, "no job \(id)") }
+            switch o.state {
+            case .completed:
+                return try BinaryDecoder().decode(J.Output.self, from: o.result ?? [])
+            case .discarded:
+                throw JobQueueError(.failed, "job \(id) failed: \(o.errors.trimmingTrailingNewline)")
+            case .cancelled:
+                throw JobQueueError(.cancelled, "job \(id) was cancelled")
+            case .available, .running:
+                let left = deadline - ContinuousClock.now
+                guard left > .zero else { throw JobQueueError(.timedOut, "job \(id) did not finish within \(timeout)") }
+                usleep(UInt32(clamping: min(pause, left).milliseconds * 1000))
+                pause = min(pause * 2, .milliseconds(100))
+            }
+        }
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+}
+
+extension String {
+    var trimmingTrailingNewline: String { hasSuffix("\n") ? String(dropLast()) : self }
+}

@@ -1,0 +1,542 @@
+import CoreMetrics
+import Glibc
+public import Logging
+public import Multiprocessing
+public import MultiprocessingSQL
+import Synchronization
+import Threading
+
+/// How a ``QueueWorker`` claims, runs and looks after jobs.
+public struct QueueWorkerOptions: Sendable {
+    /// The queues served.
+    public var queues: [String]
+    /// Jobs run at once (default: the pool's workers).
+    public var concurrency: Int?
+    /// A claimed job's lease: renewed every third of it while the job runs; a job whose lease ran out
+    /// (its worker died, hung or lost the database) is run again (or discarded after its last attempt)
+    /// by whichever worker sees it first.
+    public var lease: Duration
+    /// How often an idle worker looks for jobs.
+    public var pollInterval: Duration
+    /// The most jobs claimed in one statement.
+    public var claimBatch: Int
+    /// Results larger than this are not stored: the attempt fails with `.resultTooLarge`.
+    public var maxResultBytes: Int
+    /// How long completed jobs are kept before the cleaner deletes them.
+    public var keepCompleted: Duration
+    /// How long discarded and cancelled jobs are kept (with their error history).
+    public var keepFailed: Duration
+    /// On ``QueueWorker/stop(_:)`` with `.finish`, how long running jobs may take before they are handed
+    /// back.
+    public var shutdownGrace: Duration
+    /// This worker's name in the jobs it holds (default `host:pid`).
+    public var name: String?
+    public var logger: Logger
+
+    public init(
+        queues: [String] = ["default"],
+        concurrency: Int? = nil,
+        lease: Duration = .seconds(30),
+        pollInterval: Duration = .milliseconds(50),
+        claimBatch: Int = 32,
+        maxResultBytes: Int = 1 << 20,
+        keepCompleted: Duration = .seconds(24 * 3600),
+        keepFailed: Duration = .seconds(7 * 24 * 3600),
+        shutdownGrace: Duration = .seconds(30),
+        name: String? = nil,
+        logger: Logger = Logger(label: "swift-multiprocessing.queue", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) {
+        self.queues = queues
+        self.concurrency = concurrency
+        self.lease = lease
+        self.pollInterval = pollInterval
+        self.claimBatch = max(1, claimBatch)
+        self.maxResultBytes = maxResultBytes
+        self.keepCompleted = keepCompleted
+        self.keepFailed = keepFailed
+        self.shutdownGrace = shutdownGrace
+        self.name = name
+        self.logger = logger
+    }
+}
+
+/// Runs a queue's jobs on a ``ProcessPool``: claims them in batches, renews their leases, records
+/// results and failures in batches, retries with exponential backoff, rescues jobs whose worker died,
+/// and deletes finished jobs after their retention. A job that crashes or hangs its pool worker fails
+/// alone (the pool replaces the worker).
+///
+/// ```swift
+/// let pool = try ProcessPool(workers: 4, options: ProcessPoolOptions(interrupt: .ignore))
+/// let worker = try QueueWorker(DatabaseURL("sqlite:jobs.db"), pool: pool)
+/// QueueWorker.stopOnSignals(worker)      // SIGTERM / Ctrl-C: finish what it holds, then return
+/// try worker.run()
+/// ```
+/// The program that runs the worker must contain the job types (workers find them by name).
+public final class QueueWorker: Sendable {
+    public let url: DatabaseURL
+    public let pool: ProcessPool
+    public let options: QueueWorkerOptions
+    /// The name recorded in the jobs this worker holds.
+    public let name: String
+    private let stopRequest = Mutex<StopMode?>(nil)
+    private let completions = BlockingQueue<Completion>()
+    private let telemetry: QueueTelemetry
+
+    /// What ``stop(_:)`` does with the jobs the worker holds.
+    public enum StopMode: Sendable, Hashable {
+        /// Stop claiming; let running jobs finish (up to ``QueueWorkerOptions/shutdownGrace``), then hand
+        /// back the rest.
+        case finish
+        /// Stop running jobs now and hand them back to the queue (their attempt is not counted).
+        case handBack
+    }
+
+    struct Completion: Sendable {
+        let id: Int64
+        let attempt: Int
+        let outcome: Result<[UInt8], any Error>
+    }
+
+    public init(_ url: DatabaseURL, pool: ProcessPool, options: QueueWorkerOptions = QueueWorkerOptions()) throws {
+        self.url = url
+        self.pool = pool
+        self.options = options
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, 255)
+        let hostName = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        self.name = options.name ?? "\(hostName):\(getpid()):\(UInt32.random(in: 0...UInt32.max))"
+        self.telemetry = QueueTelemetry(queues: options.queues)
+        let c = try Database.connect(url)
+        defer { c.close() }
+        try QueueSchema.migrate(c)
+    }
+
+    /// Asks ``run()`` to return: `.finish` lets running jobs end first, `.handBack` returns them to the
+    /// queue now. Callable from any thread (a signal handler's thread included).
+    public func stop(_ mode: StopMode = .finish) {
+        stopRequest.withLock { current in
+            if current != .handBack { current = mode }
+        }
+        try? completions.putNowait(Completion(id: -1, attempt: 0, outcome: .success([])))  // wake the loop
+    }
+
+    // MARK: the loop
+
+    struct Held {
+        let task: PoolTask<[UInt8]>
+        let attempt: Int
+        let maxAttempts: Int
+        let backoffMs: Int64
+        let started: ContinuousClock.Instant
+        var cancelRequested = false
+    }
+
+    /// Claims and runs jobs until ``stop(_:)`` (or a signal, with ``stopOnSignals(_:)``); returns the
+    /// number of jobs it finished (completed, failed or cancelled).
+    /// - Throws: when the database cannot be reached for longer than a lease (the jobs it held are then
+    ///   rescued by other workers after their lease).
+    @discardableResult
+    public func run() throws -> Int {
+        let log = options.logger
+        let concurrency = max(1, options.concurrency ?? pool.workerCount)
+        var held: [Int64: Held] = [:]
+        var pending: [Completion] = []
+        var finished = 0
+        var connection: (any SQLConnection)? = try Database.connect(url)
+        defer { connection?.close() }
+        let clock = ContinuousClock()
+        var nextHeartbeat = clock.now + options.lease / 3
+        var nextRescue = clock.now
+        var nextClean = clock.now
+        var stoppingSince: ContinuousClock.Instant?
+        var lastDatabaseSuccess = clock.now
+        log.info("queue worker starts", metadata: ["worker": "\(name)", "queues": "\(options.queues)"])
+
+        /// Runs `body` on the connection, reconnecting after a connection error (the call is not repeated:
+        /// a statement that may have run is not run twice).
+        func database<R>(_ body: (any SQLConnection) throws -> R) throws -> R {
+            do {
+                if connection == nil { connection = try Database.connect(url) }
+                let r = try body(connection!)
+                lastDatabaseSuccess = clock.now
+                return r
+            } catch let e as SQLError where e.kind == .connection || e.kind == .busy {
+                if e.kind == .connection {
+                    connection?.close()
+                    connection = nil
+                }
+                if clock.now - lastDatabaseSuccess > options.lease {
+                    log.error("the database is unreachable", metadata: ["error": "\(e)"])
+                    throw e
+                }
+                log.warning("database call failed; will retry", metadata: ["error": "\(e)"])
+                throw e
+            }
+        }
+
+        while true {
+            let stop = stopRequest.withLock { $0 }
+            // Completions that arrived.
+            while let c = try? completions.getNowait() {
+                if c.id >= 0 { pending.append(c) }
+            }
+            if !pending.isEmpty {
+                let batch = pending
+                do {
+                    try database { c in try self.record(batch, held: held, on: c) }
+                    for c in batch { held[c.id] = nil }
+                    finished += batch.count
+                    pending = []
+                } catch {
+                    // Kept, and recorded on the next turn (the leases hold meanwhile).
+                }
+            }
+            if stop == .handBack
+                || (stop == .finish && stoppingSince.map { clock.now - $0 > options.shutdownGrace } == true)
+            {
+                if !held.isEmpty {
+                    for h in held.values { h.task.cancel() }
+                    let ids = Array(held.keys)
+                    try? database { c in try self.handBack(ids, on: c) }
+                    log.info("handed back jobs", metadata: ["count": "\(ids.count)"])
+                    held = [:]
+                }
+                break
+            }
+            if stop == .finish {
+                if stoppingSince == nil {
+                    stoppingSince = clock.now
+                    log.info("stopping: finishing the jobs held", metadata: ["held": "\(held.count)"])
+                }
+                if held.isEmpty { break }
+            }
+            // Leases and cancel requests.
+            if clock.now >= nextHeartbeat {
+                nextHeartbeat = clock.now + options.lease / 3
+                if !held.isEmpty {
+                    if let cancelled = try? database({ c in try self.heartbeat(on: c) }) {
+                        for id in cancelled {
+                            if var h = held[id], !h.cancelRequested {
+                                h.cancelRequested = true
+                                held[id] = h
+                                h.task.cancel()
+                            }
+                        }
+                    }
+                }
+            }
+            // Maintenance any worker may do.
+            if clock.now >= nextRescue {
+                nextRescue = clock.now + max(.milliseconds(200), options.lease / 4)
+                if let n = try? database({ c in try self.rescue(on: c) }), n > 0 {
+                    telemetry.rescued.increment(by: n)
+                    log.warning("rescued jobs whose lease expired", metadata: ["count": "\(n)"])
+                }
+            }
+            if clock.now >= nextClean {
+                nextClean = clock.now + .seconds(60)
+                _ = try? database { c in try self.clean(on: c) }
+            }
+            // Claim.
+            var claimed = 0
+            if stop == nil && held.count < concurrency {
+                let want = min(options.claimBatch, concurrency - held.count)
+                let jobs: [Claimed]
+                do {
+                    jobs = try database { c in try self.claim(want, on: c) }
+                } catch {
+                    if clock.now - lastDatabaseSuccess > options.lease { throw error }
+                    jobs = []
+                }
+                claimed = jobs.count
+                for j in jobs {
+                    let completions = self.completions
+                    let id = j.id
+                    let attempt = j.attempt
+                    do {
+                        let task = try pool.applyAsync(
+                            StoredJob(kind: j.kind, payload: j.payload),
+                            options: TaskOptions(timeout: j.timeoutMs.map { .milliseconds($0) }),
+                            callback: {
+                                try? completions.putNowait(Completion(id: id, attempt: attempt, outcome: .success($0)))
+                            },
+                            errorCallback: {
+                                try? completions.putNowait(Completion(id: id, attempt: attempt, outcome: .failure($0)))
+                            }
+                        )
+                        held[id] = Held(
+                            task: task,
+                            attempt: attempt,
+                            maxAttempts: j.maxAttempts,
+                            backoffMs: j.backoffMs,
+                            started: clock.now
+                        )
+                    } catch {
+                        // The pool refused (closed or broken): hand the job back and stop.
+                        try? database { c in try self.handBack([id], on: c) }
+                        log.error("the pool refused a job; stopping", metadata: ["error": "\(error)"])
+                        stopRequest.withLock { $0 = .handBack }
+                    }
+                    telemetry.lag.recordNanoseconds(max(0, QueueSchema.nowMs() - j.runAt) * 1_000_000)
+                }
+                telemetry.claimed.increment(by: jobs.count)
+            }
+            telemetry.running.record(held.count)
+            // Wait: for a completion while jobs run, else for the poll interval.
+            if claimed == 0 || held.count >= concurrency {
+                let wait =
+                    held.isEmpty || claimed == 0 && held.count < concurrency ? options.pollInterval : options.lease / 3
+                if let c = try? completions.get(timeout: min(wait, max(.milliseconds(1), nextHeartbeat - clock.now))),
+                    c.id >= 0
+                {
+                    pending.append(c)
+                }
+            }
+        }
+        log.info("queue worker stops", metadata: ["worker": "\(name)", "finished": "\(finished)"])
+        return finished
+    }
+
+    // MARK: statements
+
+    struct Claimed {
+        let id: Int64
+        let kind: String
+        let payload: [UInt8]
+        let attempt: Int
+        let maxAttempts: Int
+        let backoffMs: Int64
+        let timeoutMs: Int64?
+        let runAt: Int64
+    }
+
+    /// Claims up to `n` due jobs in one statement (SQLite: `BEGIN IMMEDIATE` + `UPDATE … RETURNING`).
+    func claim(_ n: Int, on c: any SQLConnection) throws -> [Claimed] {
+        let d = c.dialect
+        let now = QueueSchema.nowMs()
+        var parameters: [SQLValue] = [.text(name), .int(now + options.lease.milliseconds), .int(now)]
+        let queueList = options.queues.map { q -> String in
+            parameters.append(.text(q))
+            return d.parameter(parameters.count)
+        }
+        let sql = """
+            UPDATE mp_jobs SET state = 'running', attempt = attempt + 1, worker = \(d.parameter(1)),
+              lease_until = \(d.parameter(2))
+            WHERE id IN (SELECT id FROM mp_jobs WHERE state = 'available' AND queue IN (\(queueList.joined(separator: ", ")))
+              AND run_at <= \(d.parameter(3)) ORDER BY priority DESC, run_at, id LIMIT \(n))
+            RETURNING id, kind, payload, attempt, max_attempts, backoff_ms, timeout_ms, run_at
+            """
+        return try c.transaction(immediate: true) {
+            var out: [Claimed] = []
+            try c.forEachRow(sql, parameters) { r in
+                let payload: [UInt8] = if case .blob(let b) = r[2] { b } else { [] }
+                out.append(
+                    Claimed(
+                        id: r[0].intValue ?? 0,
+                        kind: r[1].textValue ?? "",
+                        payload: payload,
+                        attempt: Int(r[3].intValue ?? 1),
+                        maxAttempts: Int(r[4].intValue ?? 1),
+                        backoffMs: r[5].intValue ?? 1000,
+                        timeoutMs: r[6].intValue,
+                        runAt: r[7].intValue ?? now
+                    )
+                )
+            }
+            return out
+        }
+    }
+
+    /// Records finished attempts in one transaction: results, retries, discards, cancellations. Each
+    /// update names the attempt it ran, so an attempt whose lease was lost (and whose job another worker
+    /// took) changes nothing.
+    func record(_ batch: [Completion], held: [Int64: Held], on c: any SQLConnection) throws {
+        let d = c.dialect
+        let now = QueueSchema.nowMs()
+        try c.transaction(immediate: true) {
+            for done in batch {
+                let h = held[done.id]
+                let fence = "WHERE id = \(d.parameter(1)) AND attempt = \(d.parameter(2)) AND state = 'running'"
+                let key: [SQLValue] = [.int(done.id), .int(Int64(done.attempt))]
+                var outcome = done.outcome
+                if case .success(let bytes) = outcome, bytes.count > options.maxResultBytes {
+                    outcome = .failure(
+                        JobQueueError(
+                            .resultTooLarge,
+                            "the result has \(bytes.count) bytes; the limit is \(options.maxResultBytes)"
+                        )
+                    )
+                }
+                if h?.cancelRequested == true {
+                    try c.execute(
+                        "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(3)), lease_until = NULL \(fence)",
+                        key + [.int(now)]
+                    )
+                    telemetry.cancelled.increment()
+                    continue
+                }
+                switch outcome {
+                case .success(let bytes):
+                    let n = try c.execute(
+                        "UPDATE mp_jobs SET state = 'completed', result = \(d.parameter(3)), finished_at = \(d.parameter(4)), lease_until = NULL \(fence)",
+                        key + [.blob(bytes), .int(now)]
+                    )
+                    if n == 0 {
+                        options.logger.warning(
+                            "a result came after the job's lease was lost; dropped",
+                            metadata: ["job": "\(done.id)"]
+                        )
+                    }
+                    telemetry.completed.increment()
+                    if let h { telemetry.duration.recordNanoseconds((ContinuousClock.now - h.started).nanoseconds) }
+                case .failure(let error):
+                    telemetry.failed.increment()
+                    let attempt = done.attempt
+                    let maxAttempts = h?.maxAttempts ?? attempt
+                    let line =
+                        "attempt \(attempt) at \(now) on \(name): \(Self.describe(error))"
+                        .split(separator: "\n").joined(separator: " ") + "\n"
+                    let deterministic =
+                        (error as? JobQueueError)?.code == .resultTooLarge
+                        || (error as? JobQueueError)?.code == .unknownJob
+                    if attempt < maxAttempts && !deterministic {
+                        let base = Double(h?.backoffMs ?? 1000) * pow(2, Double(attempt - 1))
+                        let wait = Int64(min(base, 3_600_000) * Double.random(in: 0.75...1.25))
+                        try c.execute(
+                            "UPDATE mp_jobs SET state = 'available', run_at = \(d.parameter(3)), worker = NULL, lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
+                            key + [.int(now + wait), .text(line)]
+                        )
+                        telemetry.retried.increment()
+                    } else {
+                        try c.execute(
+                            "UPDATE mp_jobs SET state = 'discarded', finished_at = \(d.parameter(3)), lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
+                            key + [.int(now), .text(line)]
+                        )
+                        telemetry.discarded.increment()
+                        options.logger.error(
+                            "job discarded after its last attempt",
+                            metadata: ["job": "\(done.id)", "error": "\(line)"]
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let e = error as? PoolError { return e.message }
+        return "\(error)"
+    }
+
+    /// Extends the leases of the jobs this worker holds; returns those whose cancellation was asked for.
+    func heartbeat(on c: any SQLConnection) throws -> [Int64] {
+        let d = c.dialect
+        try c.execute(
+            "UPDATE mp_jobs SET lease_until = \(d.parameter(1)) WHERE worker = \(d.parameter(2)) AND state = 'running'",
+            [.int(QueueSchema.nowMs() + options.lease.milliseconds), .text(name)]
+        )
+        var ids: [Int64] = []
+        try c.forEachRow(
+            "SELECT id FROM mp_jobs WHERE worker = \(d.parameter(1)) AND state = 'running' AND cancel_requested = 1",
+            [.text(name)]
+        ) { ids.append($0[0].intValue ?? 0) }
+        return ids
+    }
+
+    /// Jobs whose lease expired (their worker died, hung or lost the database) go back to the queue, or
+    /// are discarded after their last attempt, with a line in their error history. Any worker does it.
+    func rescue(on c: any SQLConnection) throws -> Int {
+        let d = c.dialect
+        let now = QueueSchema.nowMs()
+        return try c.transaction(immediate: true) {
+            try c.execute(
+                """
+                UPDATE mp_jobs SET
+                  state = CASE WHEN attempt < max_attempts THEN 'available' ELSE 'discarded' END,
+                  finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE \(d.parameter(1)) END,
+                  run_at = \(d.parameter(1)),
+                  errors = coalesce(errors, '') || 'attempt ' || attempt || \(d.parameter(2)) || coalesce(worker, '?') || \(d.parameter(3)),
+                  worker = NULL, lease_until = NULL
+                WHERE state = 'running' AND lease_until < \(d.parameter(1))
+                """,
+                [.int(now), .text(" at \(now) on "), .text(": lease expired (the worker stopped renewing it)\n")]
+            )
+        }
+    }
+
+    /// Returns jobs to the queue without counting the attempt (a worker that stops).
+    func handBack(_ ids: [Int64], on c: any SQLConnection) throws {
+        guard !ids.isEmpty else { return }
+        let d = c.dialect
+        try c.transaction(immediate: true) {
+            for id in ids {
+                try c.execute(
+                    "UPDATE mp_jobs SET state = 'available', attempt = attempt - 1, worker = NULL, lease_until = NULL WHERE id = \(d.parameter(1)) AND worker = \(d.parameter(2)) AND state = 'running'",
+                    [.int(id), .text(name)]
+                )
+            }
+        }
+    }
+
+    /// Deletes finished jobs past their retention.
+    func clean(on c: any SQLConnection) throws -> Int {
+        let d = c.dialect
+        let now = QueueSchema.nowMs()
+        return try c.execute(
+            "DELETE FROM mp_jobs WHERE (state = 'completed' AND finished_at < \(d.parameter(1))) OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2)))",
+            [.int(now - options.keepCompleted.milliseconds), .int(now - options.keepFailed.milliseconds)]
+        )
+    }
+
+    // MARK: signals
+
+    private static let signalled = Atomic<Int>(0)
+    private static let watched = Mutex<[QueueWorker]>([])
+
+    /// SIGTERM or SIGINT (Ctrl-C) stops `worker`: the first with `.finish`, the second with `.handBack`.
+    /// Create its pool with `ProcessPoolOptions(interrupt: .ignore)` so that Ctrl-C does not tear the
+    /// pool down first.
+    public static func stopOnSignals(_ worker: QueueWorker) {
+        watched.withLock { $0.append(worker) }
+        let handler: @convention(c) (Int32) -> Void = { _ in _ = QueueWorker.signalled.add(1, ordering: .relaxed) }
+        signal(SIGTERM, handler)
+        signal(SIGINT, handler)
+        let watcher = OSThread(name: "mp-queue-signals", daemon: true) {
+            var seen = 0
+            while true {
+                usleep(20_000)
+                let n = signalled.load(ordering: .relaxed)
+                if n > seen {
+                    seen = n
+                    for w in watched.withLock({ $0 }) { w.stop(n >= 2 ? .handBack : .finish) }
+                }
+            }
+        }
+        try? watcher.start()
+    }
+}
+
+/// The worker's metrics (swift-metrics; the program chooses the backend).
+struct QueueTelemetry: Sendable {
+    let claimed, completed, failed, retried, discarded, rescued, cancelled: Counter
+    let duration, lag: CoreMetrics.Timer
+    let running: Gauge
+
+    init(queues: [String]) {
+        let dims = [("queues", queues.joined(separator: ","))]
+        claimed = Counter(label: "mp_queue_jobs_claimed_total", dimensions: dims)
+        completed = Counter(label: "mp_queue_jobs_completed_total", dimensions: dims)
+        failed = Counter(label: "mp_queue_attempts_failed_total", dimensions: dims)
+        retried = Counter(label: "mp_queue_jobs_retried_total", dimensions: dims)
+        discarded = Counter(label: "mp_queue_jobs_discarded_total", dimensions: dims)
+        rescued = Counter(label: "mp_queue_jobs_rescued_total", dimensions: dims)
+        cancelled = Counter(label: "mp_queue_jobs_cancelled_total", dimensions: dims)
+        duration = CoreMetrics.Timer(label: "mp_queue_job_duration", dimensions: dims)
+        lag = CoreMetrics.Timer(label: "mp_queue_job_lag", dimensions: dims)
+        running = Gauge(label: "mp_queue_jobs_running", dimensions: dims)
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
+}

@@ -1,0 +1,65 @@
+import Multiprocessing
+import Synchronization
+
+/// A job as the queue stores it — its type's name and its encoded value — run in a pool worker: the
+/// worker finds the type by name (the worker runs the same program), decodes the job, runs it, and
+/// returns the encoded output.
+struct StoredJob: Job {
+    let kind: String
+    let payload: [UInt8]
+
+    func run() async throws -> [UInt8] {
+        guard let type = Self.resolve(kind) else {
+            throw JobQueueError(
+                .unknownJob,
+                "this program has no job type \(kind): run the worker from the program that defines it"
+            )
+        }
+        return try await Self.run(type, payload)
+    }
+
+    private static func run<J: Job>(_ type: J.Type, _ payload: [UInt8]) async throws -> [UInt8] {
+        let job = try BinaryDecoder().decode(J.self, from: payload)
+        let output: J.Output = try await job.run()
+        return try BinaryEncoder().encode(output)
+    }
+
+    private static let cache = Mutex<[String: (any Job.Type)?]>([:])
+
+    static func resolve(_ kind: String) -> (any Job.Type)? {
+        if let hit = cache.withLock({ $0[kind] }) { return hit }
+        let t = _typeByName(kind) as? any Job.Type
+        cache.withLock { $0[kind] = t }
+        return t
+    }
+}
+
+/// Why a queue call failed.
+public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let raw: String
+        private init(_ raw: String) { self.raw = raw }
+        public var description: String { raw }
+        /// The job failed on its last attempt; ``JobQueueError/message`` holds its error history.
+        public static let failed = Code("failed")
+        /// The job was cancelled.
+        public static let cancelled = Code("cancelled")
+        /// No result within the time asked for.
+        public static let timedOut = Code("timedOut")
+        /// No job has that id (or it was removed by the retention cleaner).
+        public static let notFound = Code("notFound")
+        /// The worker's program does not contain the job's type.
+        public static let unknownJob = Code("unknownJob")
+        /// The job's result is larger than the queue stores.
+        public static let resultTooLarge = Code("resultTooLarge")
+        /// The database's schema is newer than this library.
+        public static let schema = Code("schema")
+    }
+    public let code: Code
+    public let message: String
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+    public var description: String { "\(code): \(message)" }
+}

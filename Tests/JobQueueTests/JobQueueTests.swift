@@ -1,0 +1,370 @@
+import Glibc
+import Multiprocessing
+import MultiprocessingSQL
+import MultiprocessingTestSupport
+import Synchronization
+import Testing
+import Threading
+
+@testable import MultiprocessingJobQueue
+
+/// n², and a line `tag n` appended to `log` (if any) each time it runs: runs are counted from the file.
+struct Square: Job {
+    var n: Int
+    var log: String? = nil
+    var pauseMs = 0
+    func run() throws -> Int {
+        if pauseMs > 0 { usleep(UInt32(pauseMs) * 1000) }
+        if let log { appendLine(log, "\(n)") }
+        return n * n
+    }
+}
+
+/// SIGKILLs its pool worker: on its first run (while `marker` is absent), or every time.
+struct Crash: Job {
+    var marker: String? = nil
+    func run() throws -> String {
+        if let marker {
+            if access(marker, F_OK) != 0 {
+                close(open(marker, O_CREAT | O_WRONLY, 0o644))
+                kill(getpid(), SIGKILL)
+            }
+            return "survived"
+        }
+        kill(getpid(), SIGKILL)
+        return "unreachable"
+    }
+}
+
+struct Fails: Error, Codable, CustomStringConvertible {
+    var description: String { "this job always fails" }
+}
+
+struct AlwaysThrows: Job {
+    func run() throws -> Int { throw Fails() }
+}
+
+func appendLine(_ path: String, _ line: String) {
+    let fd = open(path, O_CREAT | O_WRONLY | O_APPEND, 0o644)
+    var s = line + "\n"
+    s.withUTF8 { _ = write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+}
+
+func readLines(_ path: String) -> [String] {
+    guard let f = fopen(path, "r") else { return [] }
+    defer { fclose(f) }
+    var out: [String] = []
+    var line: UnsafeMutablePointer<CChar>?
+    var cap = 0
+    while getline(&line, &cap, f) > 0 {
+        out.append(String(cString: line!).trimmingCharacters(in: "\n"))
+    }
+    free(line)
+    return out
+}
+
+extension String {
+    func trimmingCharacters(in set: Character) -> String { hasSuffix(String(set)) ? String(dropLast()) : self }
+}
+
+/// A fresh queue file in /tmp, removed at the end.
+func withQueueFile<R>(_ body: (String) throws -> R) throws -> R {
+    let path = "/tmp/mp-queue-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    defer { for suffix in [".db", ".db-wal", ".db-shm", ".log", ".marker"] { unlink(path + suffix) } }
+    return try body(path)
+}
+
+/// A worker process: its own pool and QueueWorker, until SIGTERM or SIGKILL.
+struct WorkerProcess: Job {
+    let database: String
+    let leaseMs: Int
+    let concurrency: Int
+    func run() throws -> Int {
+        let pool = try ProcessPool(workers: concurrency, options: ProcessPoolOptions(interrupt: .ignore))
+        defer { pool.terminate() }
+        let w = try QueueWorker(
+            DatabaseURL(sqlite: database),
+            pool: pool,
+            options: QueueWorkerOptions(lease: .milliseconds(Int64(leaseMs)), pollInterval: .milliseconds(10))
+        )
+        QueueWorker.stopOnSignals(w)
+        return try w.run()
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct JobQueueTests {
+    func startWorker(
+        _ url: DatabaseURL,
+        _ pool: ProcessPool,
+        _ options: QueueWorkerOptions = QueueWorkerOptions(pollInterval: .milliseconds(5))
+    )
+        throws -> (QueueWorker, Future<Int>)
+    {
+        let w = try QueueWorker(url, pool: pool, options: options)
+        return (w, background { try w.run() })
+    }
+
+    @Test func jobsRunAndTheirResultsComeBack() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let single = try queue.enqueue(Square(n: 7))
+            let many = try queue.enqueue((1...300).map { Square(n: $0) })
+            let pool = try ProcessPool(workers: 2)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(url, pool)
+            #expect(try single.result(timeout: .seconds(30)) == 49)
+            for (i, h) in many.enumerated() { #expect(try h.result(timeout: .seconds(30)) == (i + 1) * (i + 1)) }
+            worker.stop()
+            #expect(try running.result(timeout: .seconds(30)) == 301)
+            #expect(try queue.counts() == [.completed: 301])
+            let info = try single.info()
+            #expect(info?.attempt == 1)
+            #expect(info?.worker == worker.name)
+        }
+    }
+
+    @Test func aUniqueKeyGivesTheSameJob() throws {
+        try withQueueFile { path in
+            let queue = try JobQueue(DatabaseURL(sqlite: path + ".db"))
+            let a = try queue.enqueue(Square(n: 1), options: JobOptions(uniqueKey: "daily-report"))
+            let b = try queue.enqueue(Square(n: 2), options: JobOptions(uniqueKey: "daily-report"))
+            let c = try queue.enqueue(Square(n: 3), options: JobOptions(uniqueKey: "other"))
+            #expect(a.id == b.id)
+            #expect(a.id != c.id)
+            #expect(try queue.counts() == [.available: 2])
+            // Once the job is finished, the key is free again.
+            #expect(try a.cancel())
+            let d = try queue.enqueue(Square(n: 4), options: JobOptions(uniqueKey: "daily-report"))
+            #expect(d.id != a.id)
+        }
+    }
+
+    /// Jobs enqueued inside a producer's transaction exist only if it commits.
+    @Test func aRolledBackProducerQueuesNothing() throws {
+        try withQueueFile { path in
+            let queue = try JobQueue(DatabaseURL(sqlite: path + ".db"))
+            let c = try SQLiteConnection(path: path + ".db")
+            try c.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+            struct Abort: Error {}
+            #expect(throws: Abort.self) {
+                try c.transaction(immediate: true) {
+                    try c.execute("INSERT INTO orders VALUES (1)")
+                    _ = try JobQueue.enqueue([Square(n: 1), Square(n: 2)], on: c)
+                    throw Abort()
+                }
+            }
+            #expect(try queue.counts() == [:])
+            let kept = try c.transaction(immediate: true) {
+                try c.execute("INSERT INTO orders VALUES (2)")
+                return try JobQueue.enqueue([Square(n: 3)], on: c)
+            }
+            #expect(kept.count == 1)
+            #expect(try queue.counts() == [.available: 1])
+        }
+    }
+
+    /// A job that kills its pool worker once runs again and completes; one that always does, or always
+    /// throws, ends discarded with its error history; the other jobs flow meanwhile.
+    @Test func crashesRetryAndPoisonJobsAreDiscarded() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let fast = JobOptions(maxAttempts: 3, backoff: .milliseconds(10))
+            let once = try queue.enqueue(Crash(marker: path + ".marker"), options: fast)
+            let poison = try queue.enqueue(Crash(), options: fast)
+            let throwing = try queue.enqueue(AlwaysThrows(), options: fast)
+            let fine = try queue.enqueue((1...50).map { Square(n: $0) })
+            let pool = try ProcessPool(workers: 2)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(url, pool)
+            #expect(try once.result(timeout: .seconds(30)) == "survived")
+            #expect(try once.info()?.attempt == 2)
+            for h in fine { _ = try h.result(timeout: .seconds(30)) }
+            do {
+                _ = try poison.result(timeout: .seconds(30))
+                Issue.record("the poison job did not fail")
+            } catch let e as JobQueueError {
+                #expect(e.code == .failed)
+                #expect(e.message.contains("signal 9") || e.message.contains("killed"), "\(e.message)")
+            }
+            let info = try poison.info()
+            #expect(info?.state == .discarded)
+            #expect(info?.errors.count == 3)
+            do {
+                _ = try throwing.result(timeout: .seconds(30))
+                Issue.record("no error")
+            } catch let e as JobQueueError {
+                #expect(e.message.contains("this job always fails"), "\(e.message)")
+            }
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+            #expect(try queue.counts() == [.completed: 51, .discarded: 2])
+        }
+    }
+
+    /// A worker process SIGKILLed while it runs a job: after the lease the job runs again elsewhere and
+    /// exactly one result is recorded.
+    @Test func aKilledWorkersJobRunsAgainAfterItsLease() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let log = path + ".log"
+            let handle = try queue.enqueue(Square(n: 12, log: log, pauseMs: 1500))
+            let child = ChildProcess(job: WorkerProcess(database: path + ".db", leaseMs: 600, concurrency: 1))
+            try child.start()
+            // Wait until the child's worker holds the job.
+            let deadline = ContinuousClock.now + .seconds(20)
+            while try handle.info()?.state != .running && ContinuousClock.now < deadline { usleep(10_000) }
+            #expect(try handle.info()?.state == .running)
+            child.kill()
+            _ = try child.join(timeout: .seconds(10))
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(
+                url,
+                pool,
+                QueueWorkerOptions(lease: .milliseconds(600), pollInterval: .milliseconds(5))
+            )
+            #expect(try handle.result(timeout: .seconds(30)) == 144)
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+            let info = try handle.info()
+            #expect(info?.attempt == 2)
+            #expect(info?.errors.first?.contains("lease expired") == true, "\(String(describing: info?.errors))")
+            #expect(readLines(log) == ["12"], "the job ran to its end once (the killed run never logged)")
+            #expect(try queue.counts() == [.completed: 1])
+        }
+    }
+
+    /// Two worker processes take 400 jobs: each job runs exactly once, and all complete.
+    @Test func twoWorkerProcessesNeverRunAJobTwice() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let log = path + ".log"
+            let handles = try queue.enqueue((1...400).map { Square(n: $0, log: log) })
+            let workers = (0..<2).map { _ in
+                ChildProcess(job: WorkerProcess(database: path + ".db", leaseMs: 10_000, concurrency: 2))
+            }
+            for w in workers { try w.start() }
+            for h in handles { _ = try h.result(timeout: .seconds(60)) }
+            for w in workers { w.terminate() }
+            let finished = try workers.map { try $0.result(timeout: .seconds(30)) }
+            #expect(finished.reduce(0, +) == 400)
+            #expect(finished.allSatisfy { $0 > 0 }, "both workers took jobs: \(finished)")
+            let runs = readLines(log)
+            #expect(runs.count == 400)
+            #expect(Set(runs).count == 400)
+            #expect(try queue.counts() == [.completed: 400])
+        }
+    }
+
+    @Test func cancellingQueuedAndRunningJobs() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let long = try queue.enqueue(Square(n: 5, pauseMs: 30_000))
+            let later = try queue.enqueue(Square(n: 6), options: JobOptions(delay: .seconds(3600)))
+            #expect(try later.cancel())
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(
+                url,
+                pool,
+                QueueWorkerOptions(lease: .milliseconds(300), pollInterval: .milliseconds(5))
+            )
+            let deadline = ContinuousClock.now + .seconds(20)
+            while try long.info()?.state != .running && ContinuousClock.now < deadline { usleep(10_000) }
+            let start = ContinuousClock.now
+            #expect(try long.cancel())
+            do {
+                _ = try long.result(timeout: .seconds(20))
+                Issue.record("no error")
+            } catch let e as JobQueueError {
+                #expect(e.code == .cancelled)
+            }
+            #expect(ContinuousClock.now - start < .seconds(10), "stopped within a heartbeat and the pool's grace")
+            #expect(throws: JobQueueError.self) { try later.result(timeout: .seconds(1)) }
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+            #expect(try queue.counts() == [.cancelled: 2])
+        }
+    }
+
+    /// `.finish` lets a running job end; `.handBack` returns it to the queue without counting the attempt.
+    @Test func stoppingFinishesOrHandsBack() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let a = try queue.enqueue(Square(n: 2, pauseMs: 300))
+            var (worker, running) = try startWorker(
+                url,
+                pool,
+                QueueWorkerOptions(concurrency: 1, pollInterval: .milliseconds(5))
+            )
+            while try a.info()?.state != .running { usleep(5_000) }
+            worker.stop(.finish)
+            #expect(try running.result(timeout: .seconds(30)) == 1)
+            #expect(try a.info()?.state == .completed)
+            let b = try queue.enqueue(Square(n: 3, pauseMs: 30_000))
+            (worker, running) = try startWorker(
+                url,
+                pool,
+                QueueWorkerOptions(concurrency: 1, pollInterval: .milliseconds(5))
+            )
+            while try b.info()?.state != .running { usleep(5_000) }
+            worker.stop(.handBack)
+            _ = try running.result(timeout: .seconds(30))
+            let info = try b.info()
+            #expect(info?.state == .available)
+            #expect(info?.attempt == 0)
+        }
+    }
+
+    @Test func aJobPastItsTimeoutFails() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let h = try queue.enqueue(
+                Square(n: 9, pauseMs: 20_000),
+                options: JobOptions(timeout: .milliseconds(200), maxAttempts: 1)
+            )
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(url, pool)
+            do {
+                _ = try h.result(timeout: .seconds(20))
+                Issue.record("no error")
+            } catch let e as JobQueueError {
+                #expect(e.code == .failed)
+                #expect(e.message.contains("timed out") || e.message.contains("timeout"), "\(e.message)")
+            }
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    @Test func finishedJobsLeaveAfterTheirRetention() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let h = try queue.enqueue(Square(n: 1))
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let w = try QueueWorker(url, pool: pool, options: QueueWorkerOptions(keepCompleted: .zero))
+            let running = background { try w.run() }
+            _ = try h.result(timeout: .seconds(30))
+            w.stop()
+            _ = try running.result(timeout: .seconds(30))
+            let c = try SQLiteConnection(path: path + ".db")
+            usleep(2000)
+            #expect(try w.clean(on: c) == 1)
+            #expect(throws: JobQueueError.self) { try h.result(timeout: .seconds(1)) }
+        }
+    }
+}

@@ -97,6 +97,7 @@ let package = Package(
             name: "SeedExamples",
             dependencies: [
                 "Threading", "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers", "MultiprocessingSQL",
+                "MultiprocessingJobQueue",
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             path: "Examples/SeedExamples"
@@ -104,8 +105,10 @@ let package = Package(
         .executableTarget(
             name: "mp",
             dependencies: [
-                "Threading", "Multiprocessing", "MultiprocessingManagers", "MultiprocessingSQL", "SeedExamples",
+                "Threading", "Multiprocessing", "MultiprocessingManagers", "MultiprocessingSQL", "MultiprocessingJobQueue",
+                "SeedExamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Programs the tests run as processes of their own; not a product, never shipped.

@@ -67,6 +67,10 @@ public enum SeedExamples {
             .async { try await distributedMasterWorker() }
         ),
         (
+            "durable-queue", "the master/worker made durable: a producer and two worker processes on an SQLite queue",
+            .onMainThread { try durableQueue() }
+        ),
+        (
             "subprocess", "subprocess call and communicate() (swift-subprocess)",
             .async { try await subprocessCommunicate() }
         ),

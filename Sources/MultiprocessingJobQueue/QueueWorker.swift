@@ -501,6 +501,13 @@ public final class QueueWorker: Sendable {
         let handler: @convention(c) (Int32) -> Void = { _ in _ = QueueWorker.signalled.add(1, ordering: .relaxed) }
         signal(SIGTERM, handler)
         signal(SIGINT, handler)
+        // A program started by another may inherit a mask that blocks them (Foundation's Process passes
+        // its thread's mask on): unblock them here, and so in the threads started from here on.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
         let watcher = OSThread(name: "mp-queue-signals", daemon: true) {
             var seen = 0
             while true {

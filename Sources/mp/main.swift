@@ -1,6 +1,8 @@
 import ArgumentParser
 import Glibc
+import Logging
 import Multiprocessing
+import MultiprocessingJobQueue
 import MultiprocessingManagers
 import MultiprocessingSQL
 import SeedExamples
@@ -16,7 +18,7 @@ struct MP: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mp",
         abstract: "swift-multiprocessing: the tutorial's programs, and its distributed master and worker.",
-        subcommands: [Demo.self, List.self, Master.self, Worker.self, ETL.self],
+        subcommands: [Demo.self, List.self, Master.self, Worker.self, ETL.self, QueueCommand.self],
         defaultSubcommand: Demo.self
     )
 }
@@ -197,6 +199,94 @@ struct ETL: ParsableCommand {
             chunkSize: chunkSize
         )
         return try p.run(on: pool, progress: quiet ? nil : .bar)
+    }
+}
+
+struct QueueCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "queue",
+        abstract: "A durable job queue in a database: run workers, queue the demo's jobs, show counts.",
+        discussion: """
+            Databases are URLs: sqlite:PATH. A worker runs the jobs this program defines (the demo's \
+            SquareTask); your own program runs your jobs with QueueWorker.
+            """,
+        subcommands: [QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self]
+    )
+}
+
+struct QueueWorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Claim and run jobs on a local process pool until SIGTERM or Ctrl-C.",
+        discussion:
+            "The first signal finishes the jobs held (then hands back the rest); a second hands them back at once."
+    )
+
+    @Option(help: "The queue's database URL.")
+    var database: String
+    @Option(name: .customLong("queue"), help: "A queue to serve (repeatable; default: default).")
+    var queues: [String] = []
+    @Option(help: "Jobs run at once (default: the CPUs).")
+    var concurrency: Int?
+    @Option(help: "Seconds a claimed job's lease lasts (renewed while it runs).")
+    var lease: Int = 30
+
+    func run() throws {
+        let url = try DatabaseURL(database)
+        let pool = try ProcessPool(workers: concurrency, options: ProcessPoolOptions(interrupt: .ignore))
+        defer { pool.terminate() }
+        var logger = Logger(label: "mp.queue")
+        logger.logLevel = .info
+        let worker = try QueueWorker(
+            url,
+            pool: pool,
+            options: QueueWorkerOptions(
+                queues: queues.isEmpty ? ["default"] : queues,
+                lease: .seconds(max(1, lease)),
+                logger: logger
+            )
+        )
+        QueueWorker.stopOnSignals(worker)
+        let n = try worker.run()
+        print("\(n) jobs finished")
+    }
+}
+
+struct QueueEnqueue: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "enqueue",
+        abstract: "Queue the demo's jobs: SquareTask(n) for n in 1...COUNT."
+    )
+
+    @Option(help: "The queue's database URL.")
+    var database: String
+    @Option(help: "How many jobs.")
+    var count: Int = 10
+    @Option(help: "The queue.")
+    var queue: String = "default"
+    @Flag(help: "Wait for the results and print them.")
+    var wait = false
+
+    func run() throws {
+        let q = try JobQueue(DatabaseURL(database))
+        let handles = try q.enqueue((1...max(1, count)).map { SquareTask(n: $0) }, options: JobOptions(queue: queue))
+        print("queued \(handles.count) jobs (ids \(handles.first!.id)...\(handles.last!.id))")
+        if wait {
+            for h in handles { print(try h.result(timeout: .seconds(3600))) }
+        }
+    }
+}
+
+struct QueueStatus: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Jobs per state.")
+
+    @Option(help: "The queue's database URL.")
+    var database: String
+
+    func run() throws {
+        let q = try JobQueue(DatabaseURL(database))
+        let counts = try q.counts()
+        for s in JobState.allCases { print("\(s.rawValue): \(counts[s] ?? 0)") }
     }
 }
 

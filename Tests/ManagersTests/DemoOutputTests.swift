@@ -99,6 +99,16 @@ struct DemoOutputTests {
                 "Implicit context switch back to bar",
             ]
         )
+        // The durable queue: the master/worker's lines, every result by its job id, in order.
+        let queued = s["durable-queue"] ?? []
+        let numbers = [5, 17, 3, 88, 41, 9, 60, 2, 73, 14]
+        #expect(
+            Array(queued.prefix(21))
+                == numbers.map { "Put task \($0)..." } + ["Try get results..."]
+                + numbers.map { "Result: \($0) * \($0) = \($0 * $0)" }
+        )
+        #expect(queued.contains { $0.hasPrefix("workers finished 10 jobs;") })
+        #expect(queued.last == "queue: completed 10")
         // The database job: every row copied once, a second run writes nothing.
         #expect(
             Self.normalized(s["database-job"]) == [

@@ -1,0 +1,53 @@
+import Foundation
+import MultiprocessingSQL
+import MultiprocessingTestSupport
+import Testing
+
+@testable import MultiprocessingJobQueue
+
+/// `mp queue`, as separate programs: a producer queues jobs, two `mp queue worker` processes (each with
+/// its own pool) run them, SIGTERM stops them gracefully; every job is completed once.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct QueueCommandTests {
+    func mp(_ arguments: [String]) throws -> Foundation.Process {
+        let p = Foundation.Process()
+        p.executableURL = builtExecutable("mp")
+        p.arguments = arguments
+        p.standardOutput = Pipe()
+        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        return p
+    }
+
+    func output(_ p: Foundation.Process) -> String {
+        let data = (p.standardOutput as! Pipe).fileHandleForReading.readDataToEndOfFile()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    @Test func twoWorkerProgramsShareOneQueue() throws {
+        try withQueueFile { path in
+            let url = "sqlite:\(path).db"
+            let enqueue = try mp(["queue", "enqueue", "--database", url, "--count", "200"])
+            try enqueue.run()
+            enqueue.waitUntilExit()
+            #expect(enqueue.terminationStatus == 0)
+            #expect(output(enqueue).contains("queued 200 jobs"))
+            let workers = try (0..<2).map { _ in try mp(["queue", "worker", "--database", url, "--concurrency", "2"]) }
+            for w in workers { try w.run() }
+            let queue = try JobQueue(DatabaseURL(url))
+            let deadline = ContinuousClock.now + .seconds(60)
+            while try queue.counts()[.completed] != 200 && ContinuousClock.now < deadline { usleep(20_000) }
+            for w in workers { w.terminate() }  // SIGTERM: finish, then exit
+            var finished = 0
+            for w in workers {
+                let text = output(w)
+                w.waitUntilExit()
+                #expect(w.terminationStatus == 0, "\(text)")
+                finished += Int(text.split(separator: " ").first ?? "") ?? 0
+            }
+            #expect(finished == 200)
+            #expect(try queue.counts() == [.completed: 200])
+            let workerNames = Set(try queue.jobs(in: .completed, limit: 500).compactMap(\.worker))
+            #expect(workerNames.count == 2, "both programs took jobs: \(workerNames)")
+        }
+    }
+}

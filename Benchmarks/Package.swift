@@ -20,6 +20,7 @@ let package = Package(
                 .product(name: "Multiprocessing", package: "swift-multiprocessing"),
                 .product(name: "MultiprocessingManagers", package: "swift-multiprocessing"),
                 .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
             ]
         )
     ]

@@ -20,6 +20,11 @@ public struct QueueWorkerOptions: Sendable {
     public var pollInterval: Duration
     /// The most jobs claimed in one statement.
     public var claimBatch: Int
+    /// Jobs claimed beyond ``concurrency`` and queued in the pool, so that its workers never wait for a
+    /// claim (graphile-worker's local queue). They hold leases like running jobs: if this worker dies
+    /// they run elsewhere after their lease; on a graceful stop they are handed back. 0 claims only as
+    /// many jobs as run at once.
+    public var localBuffer: Int
     /// Results larger than this are not stored: the attempt fails with `.resultTooLarge`.
     public var maxResultBytes: Int
     /// How long completed jobs are kept before the cleaner deletes them.
@@ -39,6 +44,7 @@ public struct QueueWorkerOptions: Sendable {
         lease: Duration = .seconds(30),
         pollInterval: Duration = .milliseconds(50),
         claimBatch: Int = 32,
+        localBuffer: Int = 32,
         maxResultBytes: Int = 1 << 20,
         keepCompleted: Duration = .seconds(24 * 3600),
         keepFailed: Duration = .seconds(7 * 24 * 3600),
@@ -51,6 +57,7 @@ public struct QueueWorkerOptions: Sendable {
         self.lease = lease
         self.pollInterval = pollInterval
         self.claimBatch = max(1, claimBatch)
+        self.localBuffer = localBuffer
         self.maxResultBytes = maxResultBytes
         self.keepCompleted = keepCompleted
         self.keepFailed = keepFailed
@@ -139,6 +146,9 @@ public final class QueueWorker: Sendable {
     public func run() throws -> Int {
         let log = options.logger
         let concurrency = max(1, options.concurrency ?? pool.workerCount)
+        // Jobs held at most: those running, plus a local buffer queued in the pool, so that its workers
+        // never wait for a claim's round trip.
+        let limit = concurrency + max(0, options.localBuffer)
         var held: [Int64: Held] = [:]
         var pending: [Completion] = []
         var finished = 0
@@ -239,8 +249,9 @@ public final class QueueWorker: Sendable {
             }
             // Claim.
             var claimed = 0
-            if stop == nil && held.count < concurrency {
-                let want = min(options.claimBatch, concurrency - held.count)
+            let room = limit - held.count
+            if stop == nil && room > 0 && (held.count < concurrency || room >= min(options.claimBatch, limit) / 2) {
+                let want = min(options.claimBatch, room)
                 let jobs: [Claimed]
                 do {
                     jobs = try database { c in try self.claim(want, on: c) }
@@ -283,9 +294,9 @@ public final class QueueWorker: Sendable {
             }
             telemetry.running.record(held.count)
             // Wait: for a completion while jobs run, else for the poll interval.
-            if claimed == 0 || held.count >= concurrency {
+            if claimed == 0 || held.count >= limit {
                 let wait =
-                    held.isEmpty || claimed == 0 && held.count < concurrency ? options.pollInterval : options.lease / 3
+                    held.isEmpty || claimed == 0 && held.count < limit ? options.pollInterval : options.lease / 3
                 if let c = try? completions.get(timeout: min(wait, max(.milliseconds(1), nextHeartbeat - clock.now))),
                     c.id >= 0
                 {

@@ -3,7 +3,7 @@ import Foundation
 // bench SUITE [workload ...]   — prints RESULT/INFO lines like the Python anchors in shared/bench/python.
 let args = CommandLine.arguments.dropFirst()
 guard let suite = args.first else {
-    print("usage: bench SUITE [workload ...]   (suites: threads, ipc, pool, shared, manager, distributed, etl)")
+    print("usage: bench SUITE [workload ...]   (suites: threads, ipc, pool, shared, manager, distributed, etl, queue)")
     exit(2)
 }
 let only = Set(args.dropFirst())
@@ -38,6 +38,13 @@ case "manager":
         print("error: \(error)")
         exit(1)
     }
+case "queue":
+    do {
+        try runQueueSuite(only)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 case "etl":
     do {
         try runETLSuite(only)
@@ -53,6 +60,6 @@ case "shared":
         exit(1)
     }
 default:
-    print("unknown suite \(suite); suites: threads, ipc, pool, shared, manager, distributed, etl")
+    print("unknown suite \(suite); suites: threads, ipc, pool, shared, manager, distributed, etl, queue")
     exit(2)
 }

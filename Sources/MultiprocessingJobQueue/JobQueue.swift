@@ -71,14 +71,14 @@ public struct JobInfo: Sendable, Hashable {
     public var errors: [String]
 }
 
-/// A durable job queue in a database: SQLite (embedded, the default) or any ``SQLConnection``.
+/// A durable job queue in a database: SQLite (embedded, the default) or any `SQLConnection`.
 ///
 /// ```swift
 /// let queue = try JobQueue(DatabaseURL("sqlite:jobs.db"))
 /// let handle = try queue.enqueue(Square(n: 7))
 /// let result = try handle.result(timeout: .seconds(30))   // 49, from whichever worker ran it
 /// ```
-/// Workers (``QueueWorker``, or `mp queue worker`) claim jobs, run them on a ``ProcessPool`` and
+/// Workers (``QueueWorker``, or `mp queue worker`) claim jobs, run them on a `ProcessPool` and
 /// record their results. Delivery is at least once: a job whose worker died is run again once its lease
 /// expires, so make jobs idempotent or check for their own earlier effects.
 public final class JobQueue: Sendable {

@@ -67,7 +67,7 @@ public struct QueueWorkerOptions: Sendable {
     }
 }
 
-/// Runs a queue's jobs on a ``ProcessPool``: claims them in batches, renews their leases, records
+/// Runs a queue's jobs on a `ProcessPool`: claims them in batches, renews their leases, records
 /// results and failures in batches, retries with exponential backoff, rescues jobs whose worker died,
 /// and deletes finished jobs after their retention. A job that crashes or hangs its pool worker fails
 /// alone (the pool replaces the worker).

@@ -140,7 +140,9 @@ public enum Database {
         switch url.kind {
         case .sqlite:
             return try SQLiteConnection(path: url.database, busyTimeout: timeout)
-        case .postgresql, .mysql:
+        case .mysql:
+            return try MariaDBConnection(url, timeout: timeout)
+        case .postgresql:
             guard let open = openers.withLock({ $0[url.kind] }) else {
                 throw SQLError(
                     .unavailable,

@@ -316,7 +316,7 @@ public struct CopyChunk<Transform: RowTransform>: SyncTaskFunction {
             let d = c.dialect
             return try c.transaction(immediate: true) {
                 let owner = try c.scalar(
-                    "SELECT run_id FROM \(d.quote(PipelineBookkeeping.runs)) WHERE pipeline = \(d.parameter(1))",
+                    "SELECT run_id FROM \(d.quote(PipelineBookkeeping.runs)) WHERE pipeline = \(d.parameter(1))\(d.sharedLock)",
                     [.text(spec.pipeline)]
                 )
                 guard owner == .text(spec.runID) else {

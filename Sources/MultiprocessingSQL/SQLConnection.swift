@@ -44,6 +44,16 @@ public struct SQLDialect: Sendable, Hashable {
         return name.split(separator: ".").map { q + String($0).replacingAll(q, with: q + q) + q }.joined(separator: ".")
     }
 
+    /// What makes a `SELECT` in a transaction read the latest committed row and hold it against writers
+    /// until the end (` FOR SHARE`; SQLite's write transaction needs nothing).
+    public var sharedLock: String {
+        switch name {
+        case "postgresql": " FOR SHARE"
+        case "mysql": " LOCK IN SHARE MODE"
+        default: ""
+        }
+    }
+
     /// The `i`-th parameter (from 1).
     public func parameter(_ i: Int) -> String {
         switch parameterStyle {

@@ -1,0 +1,41 @@
+// MariaDB's (and MySQL's) C client API, the part swift-multiprocessing uses, loaded at run time with
+// dlopen from libmariadb.so.3 (Debian: libmariadb3, installed with mariadb-client or -server), so that
+// building needs no -dev package and programs that never open a MySQL URL never load it.
+#ifndef MP_MARIADB_H
+#define MP_MARIADB_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mp_mysql mp_mysql;
+typedef struct mp_mysql_res mp_mysql_res;
+
+/// Loads the library once (thread-safe). Returns 0, or -1 with a message in `error`.
+int mp_mysql_load(char *error, size_t errorLength);
+
+/// mysql_init + options (connect/read/write timeouts in seconds, utf8mb4, multi-statements) +
+/// mysql_real_connect. Returns NULL with a message in `error` on failure.
+mp_mysql *mp_mysql_connect(const char *host, const char *user, const char *password, const char *db,
+                           unsigned int port, unsigned int timeoutSeconds, char *error, size_t errorLength,
+                           unsigned int *errorNumber);
+void mp_mysql_close(mp_mysql *m);
+const char *mp_mysql_error(mp_mysql *m);
+unsigned int mp_mysql_errno(mp_mysql *m);
+int mp_mysql_real_query(mp_mysql *m, const char *sql, unsigned long length);
+/// Rows affected by the last statement.
+uint64_t mp_mysql_affected_rows(mp_mysql *m);
+unsigned int mp_mysql_field_count(mp_mysql *m);
+/// The result of the last statement, streamed row by row (mysql_use_result).
+mp_mysql_res *mp_mysql_use_result(mp_mysql *m);
+unsigned int mp_mysql_num_fields(mp_mysql_res *r);
+/// Column `i`'s name, type (enum_field_types) and character set number (63: binary).
+const char *mp_mysql_field_name(mp_mysql_res *r, unsigned int i);
+int mp_mysql_field_type(mp_mysql_res *r, unsigned int i);
+unsigned int mp_mysql_field_charset(mp_mysql_res *r, unsigned int i);
+/// The next row's values (NULL pointers for SQL NULL) and lengths; NULL at the end or on error.
+char **mp_mysql_fetch_row(mp_mysql_res *r);
+unsigned long *mp_mysql_fetch_lengths(mp_mysql_res *r);
+void mp_mysql_free_result(mp_mysql_res *r);
+/// 0: another result follows; -1: no more; > 0: error.
+int mp_mysql_next_result(mp_mysql *m);
+unsigned long mp_mysql_real_escape_string(mp_mysql *m, char *to, const char *from, unsigned long length);
+#endif

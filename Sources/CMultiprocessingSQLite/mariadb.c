@@ -1,0 +1,107 @@
+#include "mp_mariadb.h"
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+// MYSQL_FIELD's layout in libmariadb 3 (x86-64 and arm64, LP64): name at 0, charsetnr at 108, type at 112.
+#define FIELD_NAME 0
+#define FIELD_CHARSET 108
+#define FIELD_TYPE 112
+
+#define MP_MYSQL_FUNCTIONS(X) \
+    X(void *, mysql_init, (void *)) \
+    X(int, mysql_options, (void *, int, const void *)) \
+    X(void *, mysql_real_connect, (void *, const char *, const char *, const char *, const char *, unsigned int, const char *, unsigned long)) \
+    X(void, mysql_close, (void *)) \
+    X(const char *, mysql_error, (void *)) \
+    X(unsigned int, mysql_errno, (void *)) \
+    X(int, mysql_real_query, (void *, const char *, unsigned long)) \
+    X(uint64_t, mysql_affected_rows, (void *)) \
+    X(unsigned int, mysql_field_count, (void *)) \
+    X(void *, mysql_use_result, (void *)) \
+    X(unsigned int, mysql_num_fields, (void *)) \
+    X(void *, mysql_fetch_field_direct, (void *, unsigned int)) \
+    X(char **, mysql_fetch_row, (void *)) \
+    X(unsigned long *, mysql_fetch_lengths, (void *)) \
+    X(void, mysql_free_result, (void *)) \
+    X(int, mysql_next_result, (void *)) \
+    X(unsigned long, mysql_real_escape_string, (void *, char *, const char *, unsigned long))
+
+#define DECLARE(ret, name, args) static ret(*q_##name) args;
+MP_MYSQL_FUNCTIONS(DECLARE)
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static char loadError[512];
+
+static void load(void) {
+    const char *names[] = {"libmariadb.so.3", "libmariadb.so", "libmysqlclient.so.21"};
+    void *h = NULL;
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && h == NULL; i++) h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        snprintf(loadError, sizeof loadError, "the MariaDB client library is not installed (Debian: apt-get install libmariadb3): %s", dlerror());
+        return;
+    }
+#define LOAD(ret, name, args) \
+    q_##name = (ret(*) args)dlsym(h, #name); \
+    if (q_##name == NULL) { snprintf(loadError, sizeof loadError, "the MariaDB client library lacks %s", #name); return; }
+    MP_MYSQL_FUNCTIONS(LOAD)
+}
+
+int mp_mysql_load(char *error, size_t errorLength) {
+    pthread_once(&once, load);
+    if (loadError[0] != 0) {
+        if (error != NULL && errorLength > 0) snprintf(error, errorLength, "%s", loadError);
+        return -1;
+    }
+    return 0;
+}
+
+mp_mysql *mp_mysql_connect(const char *host, const char *user, const char *password, const char *db,
+                           unsigned int port, unsigned int timeoutSeconds, char *error, size_t errorLength,
+                           unsigned int *errorNumber) {
+    void *m = q_mysql_init(NULL);
+    if (m == NULL) {
+        snprintf(error, errorLength, "out of memory");
+        return NULL;
+    }
+    q_mysql_options(m, 0 /* MYSQL_OPT_CONNECT_TIMEOUT */, &timeoutSeconds);
+    q_mysql_options(m, 11 /* MYSQL_OPT_READ_TIMEOUT */, &timeoutSeconds);
+    q_mysql_options(m, 12 /* MYSQL_OPT_WRITE_TIMEOUT */, &timeoutSeconds);
+    q_mysql_options(m, 7 /* MYSQL_SET_CHARSET_NAME */, "utf8mb4");
+    if (q_mysql_real_connect(m, host, user, password, db, port, NULL, 65536 /* CLIENT_MULTI_STATEMENTS */) == NULL) {
+        snprintf(error, errorLength, "%s", q_mysql_error(m));
+        if (errorNumber != NULL) *errorNumber = q_mysql_errno(m);
+        q_mysql_close(m);
+        return NULL;
+    }
+    return (mp_mysql *)m;
+}
+
+void mp_mysql_close(mp_mysql *m) { q_mysql_close(m); }
+const char *mp_mysql_error(mp_mysql *m) { return q_mysql_error(m); }
+unsigned int mp_mysql_errno(mp_mysql *m) { return q_mysql_errno(m); }
+int mp_mysql_real_query(mp_mysql *m, const char *sql, unsigned long n) { return q_mysql_real_query(m, sql, n); }
+uint64_t mp_mysql_affected_rows(mp_mysql *m) { return q_mysql_affected_rows(m); }
+unsigned int mp_mysql_field_count(mp_mysql *m) { return q_mysql_field_count(m); }
+mp_mysql_res *mp_mysql_use_result(mp_mysql *m) { return (mp_mysql_res *)q_mysql_use_result(m); }
+unsigned int mp_mysql_num_fields(mp_mysql_res *r) { return q_mysql_num_fields(r); }
+const char *mp_mysql_field_name(mp_mysql_res *r, unsigned int i) {
+    char *f = (char *)q_mysql_fetch_field_direct(r, i);
+    return *(const char **)(f + FIELD_NAME);
+}
+int mp_mysql_field_type(mp_mysql_res *r, unsigned int i) {
+    char *f = (char *)q_mysql_fetch_field_direct(r, i);
+    return *(int *)(f + FIELD_TYPE);
+}
+unsigned int mp_mysql_field_charset(mp_mysql_res *r, unsigned int i) {
+    char *f = (char *)q_mysql_fetch_field_direct(r, i);
+    return *(unsigned int *)(f + FIELD_CHARSET);
+}
+char **mp_mysql_fetch_row(mp_mysql_res *r) { return q_mysql_fetch_row(r); }
+unsigned long *mp_mysql_fetch_lengths(mp_mysql_res *r) { return q_mysql_fetch_lengths(r); }
+void mp_mysql_free_result(mp_mysql_res *r) { q_mysql_free_result(r); }
+int mp_mysql_next_result(mp_mysql *m) { return q_mysql_next_result(m); }
+unsigned long mp_mysql_real_escape_string(mp_mysql *m, char *to, const char *from, unsigned long n) {
+    return q_mysql_real_escape_string(m, to, from, n);
+}

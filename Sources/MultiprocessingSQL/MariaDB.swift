@@ -1,0 +1,270 @@
+import CMultiprocessingSQLite
+
+/// A connection to MariaDB or MySQL through the MariaDB client library (`libmariadb.so.3`), loaded with
+/// dlopen when the first connection opens: building needs no `-dev` package, and a program that never
+/// opens a `mysql://` URL never loads it. (No Swift MySQL package is available here; the C client is the
+/// servers' own, and its text protocol is what pymysql and mysqlclient speak too.)
+///
+/// Parameters (`?`) are sent as escaped literals (`mysql_real_escape_string`, the connection's
+/// `utf8mb4`), as pymysql does; results stream row by row (`mysql_use_result`). Every call is bounded
+/// by the connection's timeout (connect, read and write): a server that goes away gives
+/// ``SQLError/Kind-swift.enum/connection``, not a hang.
+public final class MariaDBConnection: SQLConnection {
+    private var m: OpaquePointer?
+    public let url: DatabaseURL
+    public var dialect: SQLDialect { .mysql }
+
+    private static func load() throws {
+        var message = [CChar](repeating: 0, count: 512)
+        if mp_mysql_load(&message, message.count) != 0 {
+            throw SQLError(.unavailable, Self.text(message))
+        }
+    }
+
+    static func text(_ buffer: [CChar]) -> String {
+        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Connects to `url` (`mysql://user:password@host:port/database`).
+    public init(_ url: DatabaseURL, timeout: Duration = .seconds(30)) throws {
+        try Self.load()
+        self.url = url
+        var message = [CChar](repeating: 0, count: 512)
+        var number: UInt32 = 0
+        let seconds = UInt32(
+            clamping: max(1, timeout.components.seconds + (timeout.components.attoseconds > 0 ? 1 : 0))
+        )
+        guard
+            let m = mp_mysql_connect(
+                url.host,
+                url.user,
+                url.password,
+                url.database.isEmpty ? nil : url.database,
+                UInt32(url.port),
+                seconds,
+                &message,
+                message.count,
+                &number
+            )
+        else {
+            throw SQLError(.connection, "cannot connect to \(url): \(Self.text(message))", code: "MySQL \(number)")
+        }
+        self.m = m
+    }
+
+    deinit { close() }
+
+    public func close() {
+        if let m { mp_mysql_close(m) }
+        m = nil
+    }
+
+    private func handle() throws -> OpaquePointer {
+        guard let m else { throw SQLError(.connection, "the connection to \(url) is closed") }
+        return m
+    }
+
+    private func error(_ what: String) -> SQLError {
+        guard let m else { return SQLError(.connection, "\(what): the connection is closed") }
+        let n = mp_mysql_errno(m)
+        let kind: SQLError.Kind =
+            switch n {
+            case 2002, 2003, 2005, 2006, 2013, 2055, 1045, 1927, 4031: .connection
+            case 1205, 1213: .busy
+            case 1022, 1048, 1062, 1216, 1217, 1451, 1452, 4025: .constraint
+            case 1054, 1064, 1146, 1149, 1060, 1061, 1091: .statement
+            case 1264, 1292, 1366, 1406: .conversion
+            default: .other
+            }
+        return SQLError(kind, "\(what): \(String(cString: mp_mysql_error(m)))", code: "MySQL \(n)")
+    }
+
+    /// `value` as a MySQL literal.
+    func literal(_ value: SQLValue, _ m: OpaquePointer) -> String {
+        switch value {
+        case .null: return "NULL"
+        case .int(let i): return String(i)
+        case .double(let d): return d.isFinite ? "\(d)" : "NULL"
+        case .text(let s):
+            let source = Array(s.utf8)
+            var out = [CChar](repeating: 0, count: source.count * 2 + 1)
+            let n = source.withUnsafeBufferPointer { b in
+                b.withMemoryRebound(to: CChar.self) { c in
+                    mp_mysql_real_escape_string(m, &out, c.baseAddress, UInt(c.count))
+                }
+            }
+            let bytes = out.prefix(Int(n)).map { UInt8(bitPattern: $0) }
+            return "'" + String(decoding: bytes, as: UTF8.self) + "'"
+        case .blob(let b):
+            return b.isEmpty ? "''" : "X'" + b.map { String($0, radix: 16).leftPadded(to: 2) }.joined() + "'"
+        }
+    }
+
+    /// `sql` with each `?` outside quotes replaced by the next parameter's literal.
+    func interpolate(_ sql: String, _ parameters: [SQLValue], _ m: OpaquePointer) throws -> String {
+        guard !parameters.isEmpty else { return sql }
+        var out = ""
+        out.reserveCapacity(sql.utf8.count + parameters.count * 8)
+        var next = 0
+        var quote: Character?
+        for ch in sql {
+            if let q = quote {
+                if ch == q { quote = nil }
+                out.append(ch)
+            } else if ch == "'" || ch == "\"" || ch == "`" {
+                quote = ch
+                out.append(ch)
+            } else if ch == "?" {
+                guard next < parameters.count else {
+                    throw SQLError(.statement, "the statement takes more than the \(parameters.count) parameters given")
+                }
+                out += literal(parameters[next], m)
+                next += 1
+            } else {
+                out.append(ch)
+            }
+        }
+        guard next == parameters.count else {
+            throw SQLError(.statement, "the statement takes \(next) parameters, \(parameters.count) given")
+        }
+        return out
+    }
+
+    @discardableResult
+    private func run(_ sql: String) throws -> OpaquePointer {
+        let m = try handle()
+        var sql = sql
+        let rc = sql.withUTF8 { p in
+            p.withMemoryRebound(to: CChar.self) { mp_mysql_real_query(m, $0.baseAddress, UInt($0.count)) }
+        }
+        if rc != 0 {
+            let e = error("cannot run \(sql.prefix(200))")
+            if e.kind == .connection { close() }
+            throw e
+        }
+        return m
+    }
+
+    @discardableResult
+    public func execute(_ sql: String, _ parameters: [SQLValue]) throws -> Int {
+        let m = try handle()
+        try run(try interpolate(sql, parameters, m))
+        if mp_mysql_field_count(m) > 0, let r = mp_mysql_use_result(m) {
+            while mp_mysql_fetch_row(r) != nil {}
+            mp_mysql_free_result(r)
+            return 0
+        }
+        return Int(mp_mysql_affected_rows(m))
+    }
+
+    @discardableResult
+    public func forEachRow(
+        _ sql: String,
+        _ parameters: [SQLValue],
+        columns: ([String]) throws -> Void,
+        _ body: ([SQLValue]) throws -> Void
+    ) throws -> [String] {
+        let m = try handle()
+        try run(try interpolate(sql, parameters, m))
+        guard mp_mysql_field_count(m) > 0 else {
+            try columns([])
+            return []
+        }
+        guard let r = mp_mysql_use_result(m) else { throw error("cannot read the result of \(sql.prefix(200))") }
+        defer { mp_mysql_free_result(r) }
+        let n = mp_mysql_num_fields(r)
+        let names = (0..<n).map { String(cString: mp_mysql_field_name(r, $0)) }
+        // enum_field_types: integers, floating point, blobs (binary when the character set is 63).
+        let kinds = (0..<n).map { i -> UInt8 in
+            switch mp_mysql_field_type(r, i) {
+            case 1, 2, 3, 8, 9, 13, 16: 1  // tiny, short, long, longlong, int24, year, bit
+            case 4, 5: 2  // float, double
+            case 249, 250, 251, 252, 253, 254: mp_mysql_field_charset(r, i) == 63 ? 3 : 0
+            default: 0
+            }
+        }
+        try columns(names)
+        var row: [SQLValue] = []
+        row.reserveCapacity(Int(n))
+        while let values = mp_mysql_fetch_row(r) {
+            guard let lengths = mp_mysql_fetch_lengths(r) else { break }
+            row.removeAll(keepingCapacity: true)
+            for i in 0..<Int(n) {
+                guard let p = values[i] else {
+                    row.append(.null)
+                    continue
+                }
+                let bytes = UnsafeRawBufferPointer(start: p, count: Int(lengths[i]))
+                switch kinds[i] {
+                case 1:
+                    let s = String(decoding: bytes, as: UTF8.self)
+                    row.append(Int64(s).map { .int($0) } ?? .text(s))
+                case 2:
+                    let s = String(decoding: bytes, as: UTF8.self)
+                    row.append(Double(s).map { .double($0) } ?? .text(s))
+                case 3: row.append(.blob(Array(bytes)))
+                default: row.append(.text(String(decoding: bytes, as: UTF8.self)))
+                }
+            }
+            try body(row)
+        }
+        if mp_mysql_errno(m) != 0 {
+            let e = error("reading the result of \(sql.prefix(200)) failed")
+            if e.kind == .connection { close() }
+            throw e
+        }
+        return names
+    }
+
+    public func executeScript(_ sql: String) throws {
+        let m = try run(sql)
+        while true {
+            if mp_mysql_field_count(m) > 0, let r = mp_mysql_use_result(m) {
+                while mp_mysql_fetch_row(r) != nil {}
+                mp_mysql_free_result(r)
+            }
+            let next = mp_mysql_next_result(m)
+            if next < 0 { break }
+            if next > 0 { throw error("a statement of the script failed") }
+        }
+    }
+
+    public func begin(immediate: Bool) throws { try execute("START TRANSACTION", []) }
+    public func commit() throws { try execute("COMMIT", []) }
+    public func rollback() throws {
+        guard m != nil else { return }
+        try execute("ROLLBACK", [])
+    }
+
+    /// Multi-row `INSERT`s of literals, up to about 4 MB per statement (under the server's
+    /// `max_allowed_packet`, 16 MB by default).
+    @discardableResult
+    public func insert(into table: String, _ batch: SQLRowBatch) throws -> Int {
+        guard !batch.isEmpty else { return 0 }
+        let m = try handle()
+        let d = dialect
+        let head = "INSERT INTO \(d.quote(table)) (\(batch.columns.map(d.quote).joined(separator: ", "))) VALUES "
+        let n = batch.columns.count
+        var sql = head
+        var rows = 0
+        var done = 0
+        for i in 0..<batch.count {
+            sql += rows == 0 ? "(" : ", ("
+            let row = batch.row(i)
+            for (j, v) in row.enumerated() {
+                if j > 0 { sql += ", " }
+                sql += literal(v, m)
+            }
+            sql += ")"
+            rows += 1
+            if sql.utf8.count > 4 << 20 || i == batch.count - 1 {
+                try run(sql)
+                done += Int(mp_mysql_affected_rows(m))
+                sql = head
+                rows = 0
+            }
+        }
+        _ = n
+        return done
+    }
+}

@@ -1,0 +1,163 @@
+import Glibc
+import Multiprocessing
+import MultiprocessingTestSupport
+import Testing
+
+@testable import MultiprocessingSQL
+
+/// The MariaDB server the tests use: `$MP_MARIADB_URL`, else the one `scripts/start-mariadb` starts
+/// (`mysql://root:123456@127.0.0.1:3306/db1`, the notes' settings).
+let mariaDBURL: DatabaseURL? = {
+    let text = environmentValue("MP_MARIADB_URL") ?? "mysql://root:123456@127.0.0.1:3306/db1"
+    return try? DatabaseURL(text)
+}()
+
+func environmentValue(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+/// Why the MariaDB tests cannot run here, or nil when a server answers.
+let mariaDBUnavailable: String? = {
+    guard let url = mariaDBURL else { return "MP_MARIADB_URL is not a database URL" }
+    do {
+        let c = try MariaDBConnection(url, timeout: .seconds(3))
+        c.close()
+        return nil
+    } catch {
+        return "no MariaDB server at \(url) (\(error)); scripts/start-mariadb starts one, .ci/run does"
+    }
+}()
+
+/// A table name of this test run's own.
+func uniqueTable(_ stem: String) -> String { "\(stem)_\(getpid())_\(UInt16.random(in: 0...UInt16.max))" }
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct MariaDBTests {
+    init() {
+        if let why = mariaDBUnavailable { print("MariaDB tests skipped: \(why)") }
+    }
+
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func valuesRoundTripAndErrorsAreClear() throws {
+        let db = try MariaDBConnection(mariaDBURL!)
+        let t = uniqueTable("mp_values")
+        defer { _ = try? db.execute("DROP TABLE IF EXISTS \(t)") }
+        try db.execute("CREATE TABLE \(t) (a BIGINT, b DOUBLE, c TEXT, d BLOB, e TEXT)")
+        let row: [SQLValue] = [
+            .int(-42), .double(2.5), .text("héllo 'quoted' \\ ? `x`"), .blob([0, 1, 255, 39]), .null,
+        ]
+        #expect(try db.execute("INSERT INTO \(t) VALUES (?, ?, ?, ?, ?)", row) == 1)
+        #expect(try db.query("SELECT a, b, c, d, e FROM \(t)").first?.values == row)
+        do {
+            try db.execute("SELECT * FROM nowhere_\(getpid())")
+            Issue.record("no error")
+        } catch let e as SQLError {
+            #expect(e.kind == .statement)
+            #expect(e.message.contains("doesn't exist"))
+        }
+        #expect(throws: SQLError.self) { try db.execute("SELECT ?", [1, 2]) }
+    }
+
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func aWrongPasswordIsRefusedClearly() throws {
+        var url = mariaDBURL!
+        url.password = "wrong"
+        do {
+            _ = try MariaDBConnection(url, timeout: .seconds(5))
+            Issue.record("no error")
+        } catch let e as SQLError {
+            #expect(e.kind == .connection)
+            #expect(e.message.contains("Access denied"), "\(e)")
+            #expect(!e.message.contains("wrong"), "the password is not in the message")
+        }
+    }
+
+    /// The server drops the connection (its thread is killed, as a restart would): the next call fails
+    /// at once with a connection error, the connection says it is closed, and a new one works.
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func aDroppedConnectionFailsClearlyAndANewOneWorks() throws {
+        let a = try MariaDBConnection(mariaDBURL!, timeout: .seconds(5))
+        let b = try MariaDBConnection(mariaDBURL!, timeout: .seconds(5))
+        let id = try a.scalar("SELECT CONNECTION_ID()")!
+        try b.execute("KILL CONNECTION \(id)")
+        let start = ContinuousClock.now
+        do {
+            _ = try a.scalar("SELECT 1")
+            Issue.record("no error")
+        } catch let e as SQLError {
+            #expect(e.kind == .connection, "\(e)")
+        }
+        #expect(ContinuousClock.now - start < .seconds(5))
+        #expect(throws: SQLError.self) { try a.scalar("SELECT 1") }
+        #expect(try MariaDBConnection(mariaDBURL!).scalar("SELECT 1") == .int(1))
+    }
+
+    /// A port where nothing listens: a connection error at once, never a hang.
+    @Test func anUnreachableServerFailsFast() throws {
+        let start = ContinuousClock.now
+        do {
+            _ = try MariaDBConnection(try DatabaseURL("mysql://root:x@127.0.0.1:1/db1"), timeout: .seconds(2))
+            Issue.record("no error")
+        } catch let e as SQLError {
+            #expect(e.kind == .connection || e.kind == .unavailable, "\(e)")
+        }
+        #expect(ContinuousClock.now - start < .seconds(5))
+    }
+
+    /// The notes' own job on their own database: `user` in MariaDB to `user_copy`, a killed run restarted,
+    /// every row once; then from MariaDB into SQLite.
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func theNotesJobOnMariaDBExactlyOnce() throws {
+        let url = mariaDBURL!
+        let db = try MariaDBConnection(url)
+        let source = uniqueTable("user")
+        let sink = uniqueTable("user_copy")
+        defer {
+            _ = try? db.execute("DROP TABLE IF EXISTS \(source)")
+            _ = try? db.execute("DROP TABLE IF EXISTS \(sink)")
+            _ = try? db.execute("DELETE FROM mp_pipeline_chunks WHERE pipeline LIKE ?", [.text("%\(sink)%")])
+        }
+        try db.execute(
+            "CREATE TABLE \(source) (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128), created_at VARCHAR(32))"
+        )
+        var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email", "created_at"])
+        for i in 1...12_000 {
+            batch.append([
+                .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)),
+                .text("u\(i)@example.com"), .text("2026-11-28 12:00:00"),
+            ])
+        }
+        try db.insert(into: source, batch)
+        let pool = try ProcessPool(workers: 2)
+        defer { pool.terminate() }
+        let failing = TablePipeline(
+            from: .table(source, in: url),
+            to: url,
+            table: sink,
+            transform: AddSex(crashAt: 7777),
+            chunkSize: 1000
+        )
+        #expect(throws: PoolError.self) { try failing.run(on: pool) }
+        #expect(try db.scalar("SELECT count(*) FROM \(sink)") == .int(11_000))
+        let report = try TablePipeline(
+            from: .table(source, in: url),
+            to: url,
+            table: sink,
+            transform: AddSex(),
+            chunkSize: 1000
+        ).run(on: pool)
+        #expect(report.rowsWritten == 1000)
+        #expect(report.chunksSkipped == 11)
+        try checkCopy(db, n: 12_000, table: sink)
+        // MariaDB to SQLite.
+        try withTemporaryDatabase { path in
+            let out = try TablePipeline(
+                from: .table(source, in: url),
+                to: DatabaseURL(sqlite: path),
+                table: "user_copy",
+                transform: AddSex(),
+                chunkSize: 2500
+            ).run(on: pool)
+            #expect(out.rowsWritten == 12_000)
+            try checkCopy(try SQLiteConnection(path: path), n: 12_000)
+        }
+    }
+}

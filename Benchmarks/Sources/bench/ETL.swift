@@ -46,16 +46,45 @@ func peakRSSMegabytes() -> Double {
 }
 
 func runETLSuite(_ only: Set<String>) throws {
-    let dir = ProcessInfo.processInfo.environment["ETL_DIR"] ?? "/tmp/etl-anchors"
+    let env = ProcessInfo.processInfo.environment
+    let dir = env["ETL_DIR"] ?? "/tmp/etl-anchors"
     let path = dir + "/sqlite/db1.sqlite"
-    let url = DatabaseURL(sqlite: path)
-    let db = try SQLiteConnection(path: path)
-    guard let n = try db.scalar("SELECT count(*) FROM user")?.intValue, n > 0 else {
-        print("error: no table user in \(path): run ../shared/bench/etl/gen.py --db sqlite first")
-        exit(1)
+    let kind = env["ETL_DB"] ?? "sqlite"
+    let url: DatabaseURL
+    let db: any SQLConnection
+    let lengthFunction: String
+    if kind == "mariadb" {
+        url = try DatabaseURL(env["MP_MARIADB_URL"] ?? "mysql://root:123456@127.0.0.1:3306/db1")
+        db = try Database.connect(url)
+        lengthFunction = "CHAR_LENGTH"
+        // The anchors' table: copied from their SQLite file (gen.py's rows) by the pipeline itself.
+        if (try? db.scalar("SELECT count(*) FROM user"))??.intValue != 1_000_000 {
+            try db.executeScript(
+                "DROP TABLE IF EXISTS user; CREATE TABLE user (id bigint PRIMARY KEY, name varchar(64), pwd varchar(64), email varchar(128), created_at timestamp NULL)"
+            )
+            let pool = try ProcessPool(workers: 2)
+            defer { pool.terminate() }
+            _ = try TablePipeline(
+                from: .table("user", in: DatabaseURL(sqlite: path)),
+                to: url,
+                table: "user",
+                transform: CopyRows(),
+                name: "etl-bench-seed",
+                chunkSize: 20_000
+            ).run(on: pool)
+            try db.execute("DELETE FROM mp_pipeline_chunks WHERE pipeline = 'etl-bench-seed'")
+        }
+    } else {
+        url = DatabaseURL(sqlite: path)
+        db = try SQLiteConnection(path: path)
+        lengthFunction = "LENGTH"
     }
     if only.contains("stages") { return try runETLStages(path) }
-    let m = try db.scalar("SELECT count(*) FROM user WHERE length(pwd) = 3")?.intValue ?? 0
+    guard let n = try db.scalar("SELECT count(*) FROM user")?.intValue, n > 0 else {
+        print("error: no table user in \(url): run ../shared/bench/etl/gen.py --db sqlite first")
+        exit(1)
+    }
+    let m = try db.scalar("SELECT count(*) FROM user WHERE \(lengthFunction)(pwd) = 3")?.intValue ?? 0
     let rounds = Int(ProcessInfo.processInfo.environment["ETL_ROUNDS"] ?? "3") ?? 3
     func reset() throws {
         try db.executeScript(
@@ -97,15 +126,15 @@ func runETLSuite(_ only: Set<String>) throws {
         try reset()
         let f0 = now()
         try db.execute(
-            "INSERT INTO user_copy SELECT id, name, pwd, email, created_at, CASE WHEN LENGTH(pwd) = 3 THEN 'M' ELSE 'F' END FROM user"
+            "INSERT INTO user_copy SELECT id, name, pwd, email, created_at, CASE WHEN \(lengthFunction)(pwd) = 3 THEN 'M' ELSE 'F' END FROM user"
         )
         let f1 = now()
         try verify()
         floors.append(Double(n) / (f1 - f0))
     }
-    report("etl_sqlite_pipeline_swift", rates, "rows/s", digits: 0)
-    report("etl_sqlite_floor_swift", floors, "rows/s", digits: 0)
-    report("etl_sqlite_pipeline_parent_peak_swift", [peakRSSMegabytes()], "MB", digits: 1)
+    report("etl_\(kind)_pipeline_swift", rates, "rows/s", digits: 0)
+    report("etl_\(kind)_floor_swift", floors, "rows/s", digits: 0)
+    report("etl_\(kind)_pipeline_parent_peak_swift", [peakRSSMegabytes()], "MB", digits: 1)
 }
 
 /// `bench etl stages`: the cost of each stage of a chunk, per row, in this process.

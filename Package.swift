@@ -116,7 +116,11 @@ let package = Package(
         // Helpers shared by the test targets; not a product.
         .target(
             name: "MultiprocessingTestSupport",
-            dependencies: ["Threading", "Multiprocessing"],
+            dependencies: [
+                "Threading", "Multiprocessing",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             path: "Tests/MultiprocessingTestSupport"
         ),
         .testTarget(name: "ThreadingTests", dependencies: ["Threading", "MultiprocessingTestSupport"]),
@@ -131,11 +135,18 @@ let package = Package(
         ),
         .testTarget(
             name: "JobQueueTests",
-            dependencies: ["MultiprocessingJobQueue", "MultiprocessingSQL", "Multiprocessing", "Threading", "MultiprocessingTestSupport"]
+            dependencies: [
+                "MultiprocessingJobQueue", "MultiprocessingSQL", "Multiprocessing", "Threading",
+                "MultiprocessingTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
         ),
         .testTarget(
             name: "SQLTests",
-            dependencies: ["MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport"]
+            dependencies: [
+                "MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
         ),
         .testTarget(
             name: "MultiprocessingTests",

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Glibc
 public import Logging
 public import Multiprocessing
@@ -202,6 +203,16 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
             maxInFlight: maxChunksInFlight ?? max(2, 2 * pool.workerCount),
             options: TaskOptions(timeout: chunkTimeout, retry: retry)
         )
+        let dims = [("pipeline", name)]
+        let rowsRead = Counter(label: "mp_pipeline_rows_read_total", dimensions: dims)
+        let rowsWritten = Counter(label: "mp_pipeline_rows_written_total", dimensions: dims)
+        let chunksWritten = Counter(label: "mp_pipeline_chunks_written_total", dimensions: dims)
+        let chunksSkipped = Counter(label: "mp_pipeline_chunks_skipped_total", dimensions: dims)
+        let chunkFailures = Counter(label: "mp_pipeline_chunk_failures_total", dimensions: dims)
+        defer {
+            CoreMetrics.Timer(label: "mp_pipeline_run_duration", dimensions: dims)
+                .recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+        }
         var firstError: (any Error)?
         while true {
             let outcome: ChunkOutcome
@@ -210,12 +221,17 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
                 outcome = o
             } catch {
                 if firstError == nil { firstError = error }
+                chunkFailures.increment()
                 logger.error("a chunk failed", metadata: ["pipeline": "\(name)", "error": "\(error)"])
                 continue
             }
             if outcome.alreadyDone {
                 report.chunksSkipped += 1
+                chunksSkipped.increment()
             } else {
+                chunksWritten.increment()
+                rowsRead.increment(by: outcome.rowsRead)
+                rowsWritten.increment(by: outcome.rowsWritten)
                 report.chunksWritten += 1
                 report.rowsRead += outcome.rowsRead
                 report.rowsWritten += outcome.rowsWritten
@@ -223,6 +239,7 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
             counter.add(outcome.rowsRead, finished: false)
         }
         report.chunksSkipped += planner.skipped
+        chunksSkipped.increment(by: planner.skipped)
         report.elapsed = ContinuousClock.now - started
         if let e = planner.error ?? firstError {
             counter.add(0, finished: true)
@@ -280,4 +297,8 @@ final class ProgressCounter: @unchecked Sendable {
             )
         )
     }
+}
+
+extension Duration {
+    var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import MetricsTestKit
 import Multiprocessing
 import MultiprocessingSQL
 import MultiprocessingTestSupport
@@ -123,6 +124,38 @@ struct JobQueueTests {
             let info = try single.info()
             #expect(info?.attempt == 1)
             #expect(info?.worker == worker.name)
+        }
+    }
+
+    /// The worker's metrics: claimed, completed, retried, discarded.
+    @Test func theWorkerReportsMetrics() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let name = "metrics-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            let jobs = try queue.enqueue((1...5).map { Square(n: $0) }, options: JobOptions(queue: name))
+            let bad = try queue.enqueue(
+                AlwaysThrows(),
+                options: JobOptions(queue: name, maxAttempts: 2, backoff: .milliseconds(1))
+            )
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(
+                url,
+                pool,
+                QueueWorkerOptions(queues: [name], pollInterval: .milliseconds(5))
+            )
+            for h in jobs { _ = try h.result(timeout: .seconds(30)) }
+            #expect(throws: JobQueueError.self) { try bad.result(timeout: .seconds(30)) }
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+            let dims = [("queues", name)]
+            let metrics = sharedTestMetrics
+            #expect(metrics.counterTotal(label: "mp_queue_jobs_claimed_total", dimensions: dims) == 7)
+            #expect(metrics.counterTotal(label: "mp_queue_jobs_completed_total", dimensions: dims) == 5)
+            #expect(metrics.counterTotal(label: "mp_queue_attempts_failed_total", dimensions: dims) == 2)
+            #expect(metrics.counterTotal(label: "mp_queue_jobs_retried_total", dimensions: dims) == 1)
+            #expect(metrics.counterTotal(label: "mp_queue_jobs_discarded_total", dimensions: dims) == 1)
         }
     }
 

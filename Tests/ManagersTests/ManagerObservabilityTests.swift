@@ -22,14 +22,6 @@ struct CollectingHandler: LogHandler {
     func log(event: LogEvent) { messages.withLock { $0.append("\(event.level) \(event.message)") } }
 }
 
-/// The process's metrics backend (swift-metrics allows one bootstrap per process; every test that
-/// reads metrics shares it and tells its series apart by their dimensions).
-let sharedTestMetrics: TestMetrics = {
-    let m = TestMetrics()
-    MetricsSystem.bootstrap(m)
-    return m
-}()
-
 /// Squares, but item 3 kills its worker (SIGKILL) the first time it runs.
 struct SquareOrDieOnce: TaskFunction {
     let marker: String

@@ -1,5 +1,7 @@
 // Helpers shared by the test targets (one home instead of copies per file). Not a product.
+import CoreMetrics
 package import Foundation
+package import MetricsTestKit
 package import Multiprocessing
 import Synchronization
 import Testing
@@ -282,3 +284,14 @@ package final class VethNamespace: @unchecked Sendable {  // immutable
         return (p.terminationStatus == 0, text)
     }
 }
+
+// MARK: - metrics
+
+/// The process's metrics backend (swift-metrics allows one bootstrap per process, and every test target
+/// runs in one process; every test that reads metrics shares it and tells its series apart by their
+/// dimensions).
+package let sharedTestMetrics: TestMetrics = {
+    let m = TestMetrics()
+    MetricsSystem.bootstrap(m)
+    return m
+}()

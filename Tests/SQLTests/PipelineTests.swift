@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import MetricsTestKit
 import Multiprocessing
 import MultiprocessingTestSupport
 import Testing
@@ -124,7 +125,9 @@ struct PipelineTests {
             let pool = try ProcessPool(workers: 2)
             defer { pool.terminate() }
             let seen = Locked<[CallProgress]>([])
-            let report = try pipeline(path).run(
+            var job = pipeline(path)
+            job.name = "notes-job-\(path)"
+            let report = try job.run(
                 on: pool,
                 progress: .handler(every: .zero) { p in seen.withLock { $0.append(p) } }
             )
@@ -137,9 +140,17 @@ struct PipelineTests {
             #expect(progress.last?.done == 25_000)
             #expect(progress.allSatisfy { $0.total == 25_000 })
             // Running it again finds everything done and writes nothing.
-            let again = try pipeline(path).run(on: pool)
+            let again = try job.run(on: pool)
             #expect(again.rowsWritten == 0)
             #expect(again.chunksSkipped == 25)
+            // The metrics of both runs.
+            let dims = [("pipeline", job.name)]
+            let metrics = sharedTestMetrics
+            #expect(metrics.counterTotal(label: "mp_pipeline_rows_written_total", dimensions: dims) == 25_000)
+            #expect(metrics.counterTotal(label: "mp_pipeline_rows_read_total", dimensions: dims) == 25_000)
+            #expect(metrics.counterTotal(label: "mp_pipeline_chunks_written_total", dimensions: dims) == 25)
+            #expect(metrics.counterTotal(label: "mp_pipeline_chunks_skipped_total", dimensions: dims) == 25)
+            #expect(metrics.counterTotal(label: "mp_pipeline_chunk_failures_total", dimensions: dims) == 0)
             try checkCopy(db, n: 25_000)
         }
     }

@@ -76,6 +76,12 @@ func withQueueFile<R>(_ body: (String) throws -> R) throws -> R {
     return try body(path)
 }
 
+/// Waits (up to 20 s) until a worker holds the job.
+func waitUntilRunning<J: Job>(_ h: JobHandle<J>) throws {
+    let deadline = ContinuousClock.now + .seconds(20)
+    while try h.info()?.state != .running && ContinuousClock.now < deadline { usleep(5_000) }
+}
+
 /// A worker process: its own pool and QueueWorker, until SIGTERM or SIGKILL.
 struct WorkerProcess: Job {
     let database: String
@@ -129,6 +135,7 @@ struct JobQueueTests {
 
     /// The worker's metrics: claimed, completed, retried, discarded.
     @Test func theWorkerReportsMetrics() throws {
+        let metrics = sharedTestMetrics  // bootstrapped before any metric is made
         try withQueueFile { path in
             let url = DatabaseURL(sqlite: path + ".db")
             let queue = try JobQueue(url)
@@ -150,7 +157,6 @@ struct JobQueueTests {
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
             let dims = [("queues", name)]
-            let metrics = sharedTestMetrics
             #expect(metrics.counterTotal(label: "mp_queue_jobs_claimed_total", dimensions: dims) == 7)
             #expect(metrics.counterTotal(label: "mp_queue_jobs_completed_total", dimensions: dims) == 5)
             #expect(metrics.counterTotal(label: "mp_queue_attempts_failed_total", dimensions: dims) == 2)
@@ -249,8 +255,7 @@ struct JobQueueTests {
             let child = ChildProcess(job: WorkerProcess(database: path + ".db", leaseMs: 600, concurrency: 1))
             try child.start()
             // Wait until the child's worker holds the job.
-            let deadline = ContinuousClock.now + .seconds(20)
-            while try handle.info()?.state != .running && ContinuousClock.now < deadline { usleep(10_000) }
+            try waitUntilRunning(handle)
             #expect(try handle.info()?.state == .running)
             child.kill()
             _ = try child.join(timeout: .seconds(10))
@@ -309,8 +314,7 @@ struct JobQueueTests {
                 pool,
                 QueueWorkerOptions(lease: .milliseconds(300), pollInterval: .milliseconds(5))
             )
-            let deadline = ContinuousClock.now + .seconds(20)
-            while try long.info()?.state != .running && ContinuousClock.now < deadline { usleep(10_000) }
+            try waitUntilRunning(long)
             let start = ContinuousClock.now
             #expect(try long.cancel())
             do {
@@ -340,7 +344,7 @@ struct JobQueueTests {
                 pool,
                 QueueWorkerOptions(concurrency: 1, pollInterval: .milliseconds(5))
             )
-            while try a.info()?.state != .running { usleep(5_000) }
+            try waitUntilRunning(a)
             worker.stop(.finish)
             #expect(try running.result(timeout: .seconds(30)) == 1)
             #expect(try a.info()?.state == .completed)
@@ -350,7 +354,7 @@ struct JobQueueTests {
                 pool,
                 QueueWorkerOptions(concurrency: 1, pollInterval: .milliseconds(5))
             )
-            while try b.info()?.state != .running { usleep(5_000) }
+            try waitUntilRunning(b)
             worker.stop(.handBack)
             _ = try running.result(timeout: .seconds(30))
             let info = try b.info()

@@ -119,6 +119,7 @@ struct PipelineTests {
     }
 
     @Test func theNotesJobCopiesEveryRowOnce() throws {
+        let metrics = sharedTestMetrics  // bootstrapped before any metric is made
         try withTemporaryDatabase { path in
             let db = try SQLiteConnection(path: path)
             try makeUsers(db, count: 25_000)
@@ -145,7 +146,6 @@ struct PipelineTests {
             #expect(again.chunksSkipped == 25)
             // The metrics of both runs.
             let dims = [("pipeline", job.name)]
-            let metrics = sharedTestMetrics
             #expect(metrics.counterTotal(label: "mp_pipeline_rows_written_total", dimensions: dims) == 25_000)
             #expect(metrics.counterTotal(label: "mp_pipeline_rows_read_total", dimensions: dims) == 25_000)
             #expect(metrics.counterTotal(label: "mp_pipeline_chunks_written_total", dimensions: dims) == 25)

@@ -9,8 +9,16 @@ import MultiprocessingSQL
 /// The tutorial's task as a queued job: `'n * n = n²'`.
 public struct SquareTask: Job {
     public let n: Int
-    public init(n: Int) { self.n = n }
-    public func run() -> String { "\(n) * \(n) = \(n * n)" }
+    /// A pause before answering, as the tutorial's worker sleeps (0: none).
+    public let pauseMs: Int
+    public init(n: Int, pauseMs: Int = 0) {
+        self.n = n
+        self.pauseMs = pauseMs
+    }
+    public func run() -> String {
+        if pauseMs > 0 { usleep(UInt32(pauseMs) * 1000) }
+        return "\(n) * \(n) = \(n * n)"
+    }
 }
 
 /// A worker process: its own pool, serving the queue until SIGTERM (then it finishes what it holds).

@@ -2,6 +2,7 @@ import Glibc
 public import Multiprocessing
 public import MultiprocessingSQL
 import Synchronization
+import Threading
 
 /// How a job is queued and run.
 public struct JobOptions: Sendable, Hashable {
@@ -268,6 +269,10 @@ public final class JobQueue: Sendable {
         }
     }
 
+    /// The threads that run database calls for async callers (Swift's cooperative pool never blocks on
+    /// the database).
+    static let blockingCalls = ThreadPool(maxWorkers: 4, threadNamePrefix: "mp-queue-db")
+
     /// The stored result bytes and state of a job.
     func outcome(_ id: Int64) throws -> (state: JobState, result: [UInt8]?, errors: String)? {
         try withConnection { c in
@@ -301,6 +306,39 @@ public struct JobHandle<J: Job>: Sendable {
     @discardableResult
     public func cancel() throws -> Bool { try queue.cancel(id) }
 
+    /// The job's output, awaited: the database is read on a thread of the queue's (never on Swift's
+    /// cooperative pool) every few milliseconds, backing off to `pollInterval`. Cancelling the awaiting
+    /// task ends the wait (`CancellationError`); it does not cancel the job (``cancel()`` does).
+    /// - Throws: ``JobQueueError`` `.failed`, `.cancelled`, `.notFound`, as ``result(timeout:)``.
+    public var value: J.Output {
+        get async throws { try await value(pollInterval: .milliseconds(100)) }
+    }
+
+    /// ``value``, polling at most every `pollInterval`.
+    public func value(pollInterval: Duration) async throws -> J.Output {
+        var pause = Duration.milliseconds(2)
+        while true {
+            try Task.checkCancellation()
+            let queue = self.queue
+            let id = self.id
+            let o = try await JobQueue.blockingCalls.submit { try queue.outcome(id) }.value
+            if let done = try Self.finished(o, id) { return done }
+            try await Task.sleep(for: pause)
+            pause = min(pause * 2, pollInterval)
+        }
+    }
+
+    /// The output when the job completed, nil while it is queued or running; throws for the other ends.
+    static func finished(_ o: (state: JobState, result: [UInt8]?, errors: String)?, _ id: Int64) throws -> J.Output? {
+        guard let o else { throw JobQueueError(.notFound, "no job \(id)") }
+        switch o.state {
+        case .completed: return try BinaryDecoder().decode(J.Output.self, from: o.result ?? [])
+        case .discarded: throw JobQueueError(.failed, "job \(id) failed: \(o.errors.trimmingTrailingNewline)")
+        case .cancelled: throw JobQueueError(.cancelled, "job \(id) was cancelled")
+        case .available, .running: return nil
+        }
+    }
+
     /// Waits up to `timeout` for the job to finish and returns its output.
     /// - Throws: ``JobQueueError`` `.failed` (with the error history) when it was discarded after its
     ///   attempts, `.cancelled`, `.timedOut`, `.notFound`.
@@ -308,20 +346,11 @@ public struct JobHandle<J: Job>: Sendable {
         let deadline = ContinuousClock.now + timeout
         var pause = Duration.milliseconds(2)
         while true {
-            guard let o = try queue.outcome(id) else { throw JobQueueError(.notFound, "no job \(id)") }
-            switch o.state {
-            case .completed:
-                return try BinaryDecoder().decode(J.Output.self, from: o.result ?? [])
-            case .discarded:
-                throw JobQueueError(.failed, "job \(id) failed: \(o.errors.trimmingTrailingNewline)")
-            case .cancelled:
-                throw JobQueueError(.cancelled, "job \(id) was cancelled")
-            case .available, .running:
-                let left = deadline - ContinuousClock.now
-                guard left > .zero else { throw JobQueueError(.timedOut, "job \(id) did not finish within \(timeout)") }
-                usleep(UInt32(clamping: min(pause, left).milliseconds * 1000))
-                pause = min(pause * 2, .milliseconds(100))
-            }
+            if let done = try Self.finished(try queue.outcome(id), id) { return done }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw JobQueueError(.timedOut, "job \(id) did not finish within \(timeout)") }
+            usleep(UInt32(clamping: min(pause, left).milliseconds * 1000))
+            pause = min(pause * 2, .milliseconds(100))
         }
     }
 }

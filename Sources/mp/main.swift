@@ -266,10 +266,15 @@ struct QueueEnqueue: ParsableCommand {
     var queue: String = "default"
     @Flag(help: "Wait for the results and print them.")
     var wait = false
+    @Option(help: "Milliseconds each job pauses before answering.")
+    var pauseMs: Int = 0
 
     func run() throws {
         let q = try JobQueue(DatabaseURL(database))
-        let handles = try q.enqueue((1...max(1, count)).map { SquareTask(n: $0) }, options: JobOptions(queue: queue))
+        let handles = try q.enqueue(
+            (1...max(1, count)).map { SquareTask(n: $0, pauseMs: max(0, pauseMs)) },
+            options: JobOptions(queue: queue)
+        )
         print("queued \(handles.count) jobs (ids \(handles.first!.id)...\(handles.last!.id))")
         if wait {
             for h in handles { print(try h.result(timeout: .seconds(3600))) }

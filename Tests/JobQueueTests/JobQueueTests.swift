@@ -165,6 +165,31 @@ struct JobQueueTests {
         }
     }
 
+    /// `await handle.value` returns the result; cancelling the awaiting task ends the wait at once and
+    /// leaves the job queued.
+    @Test func awaitingAResultHonoursCancellation() async throws {
+        let path = "/tmp/mp-queue-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { for suffix in [".db", ".db-wal", ".db-shm"] { unlink(path + suffix) } }
+        let url = DatabaseURL(sqlite: path + ".db")
+        let queue = try JobQueue(url)
+        let waiting = try queue.enqueue(Square(n: 4), options: JobOptions(queue: "nobody-serves-this"))
+        let task = Task { try await waiting.value }
+        try await Task.sleep(for: .milliseconds(50))
+        let start = ContinuousClock.now
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        #expect(ContinuousClock.now - start < .seconds(1))
+        #expect(try waiting.info()?.state == .available)
+        let served = try queue.enqueue(Square(n: 6))
+        let pool = try ProcessPool(workers: 1)
+        defer { pool.terminate() }
+        let w = try QueueWorker(url, pool: pool, options: QueueWorkerOptions(pollInterval: .milliseconds(5)))
+        let running = background { try w.run() }
+        #expect(try await served.value == 36)
+        w.stop()
+        _ = try await running.value
+    }
+
     @Test func aUniqueKeyGivesTheSameJob() throws {
         try withQueueFile { path in
             let queue = try JobQueue(DatabaseURL(sqlite: path + ".db"))
@@ -283,7 +308,7 @@ struct JobQueueTests {
             let url = DatabaseURL(sqlite: path + ".db")
             let queue = try JobQueue(url)
             let log = path + ".log"
-            let handles = try queue.enqueue((1...400).map { Square(n: $0, log: log) })
+            let handles = try queue.enqueue((1...400).map { Square(n: $0, log: log, pauseMs: 2) })
             let workers = (0..<2).map { _ in
                 ChildProcess(job: WorkerProcess(database: path + ".db", leaseMs: 10_000, concurrency: 2))
             }

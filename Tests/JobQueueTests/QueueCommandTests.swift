@@ -26,7 +26,7 @@ struct QueueCommandTests {
     @Test func twoWorkerProgramsShareOneQueue() throws {
         try withQueueFile { path in
             let url = "sqlite:\(path).db"
-            let enqueue = try mp(["queue", "enqueue", "--database", url, "--count", "200"])
+            let enqueue = try mp(["queue", "enqueue", "--database", url, "--count", "200", "--pause-ms", "5"])
             try enqueue.run()
             enqueue.waitUntilExit()
             #expect(enqueue.terminationStatus == 0)

@@ -11,9 +11,16 @@ let package = Package(
         .library(name: "MultiprocessingManagers", targets: ["MultiprocessingManagers"]),
         .library(name: "MultiprocessingSQL", targets: ["MultiprocessingSQL"]),
         .library(name: "MultiprocessingJobQueue", targets: ["MultiprocessingJobQueue"]),
+        .library(name: "MultiprocessingPostgres", targets: ["MultiprocessingPostgres"]),
         .executable(name: "mp", targets: ["mp"]),
     ],
+    // PostgreSQL brings SwiftNIO (a 3-minute cold build), so it is off unless asked for:
+    // `swift build --traits PostgreSQL` (.ci/run tests it that way too).
+    traits: [
+        .trait(name: "PostgreSQL", description: "PostgreSQL through vapor/postgres-nio for the pipeline and the job queue")
+    ],
     dependencies: [
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
@@ -82,6 +89,14 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
+        // PostgreSQL for MultiprocessingSQL (an empty module unless the PostgreSQL trait is on).
+        .target(
+            name: "MultiprocessingPostgres",
+            dependencies: [
+                "MultiprocessingSQL",
+                .product(name: "PostgresNIO", package: "postgres-nio", condition: .when(traits: ["PostgreSQL"])),
+            ]
+        ),
         // A durable job queue on a database (SQLite by default): enqueue Jobs, workers run them on a
         // ProcessPool with leases, heartbeats, retries and stored results.
         .target(
@@ -140,6 +155,10 @@ let package = Package(
                 "MultiprocessingTestSupport",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
+        ),
+        .testTarget(
+            name: "PostgresTests",
+            dependencies: ["MultiprocessingPostgres", "MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport"]
         ),
         .testTarget(
             name: "SQLTests",

@@ -143,10 +143,17 @@ public enum Database {
         case .mysql:
             return try MariaDBConnection(url, timeout: timeout)
         case .postgresql:
+            // The PostgreSQL module, when linked into this program (also in its pool workers, which run
+            // the same program), is found by its type's name: no registration needed.
+            if let linked = _typeByName("23MultiprocessingPostgres21PostgresSQLConnectionC")
+                as? any SQLConnectionOpening.Type
+            {
+                return try linked.open(url, timeout: timeout)
+            }
             guard let open = openers.withLock({ $0[url.kind] }) else {
                 throw SQLError(
                     .unavailable,
-                    "\(url.kind.rawValue) is not linked into this program: \(url)"
+                    "\(url.kind.rawValue) is not linked into this program: \(url) (build with --traits PostgreSQL and link MultiprocessingPostgres)"
                 )
             }
             return try open(url, timeout)
@@ -165,4 +172,10 @@ public enum Database {
     }
 
     private static let openers = Mutex<[DatabaseURL.Kind: Opener]>([:])
+}
+
+/// A connection type that opens itself from a URL: how `Database.connect` finds a database module
+/// linked into the program.
+public protocol SQLConnectionOpening: SQLConnection {
+    static func open(_ url: DatabaseURL, timeout: Duration) throws -> Self
 }

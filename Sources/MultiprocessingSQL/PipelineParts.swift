@@ -314,6 +314,14 @@ public struct CopyChunk<Transform: RowTransform>: SyncTaskFunction {
         // Write, with the chunk's record, in one transaction.
         return try WorkerConnections.shared.with(spec.sink, timeout: spec.timeout) { c -> ChunkOutcome in
             let d = c.dialect
+            if spec.createSinkTable && !rows.isEmpty {
+                // Outside the transaction: on PostgreSQL two workers creating the same table at once collide
+                // (a unique violation in its catalogue) even with IF NOT EXISTS, and an error would abort
+                // the chunk's transaction. The loser finds the table there.
+                do {
+                    try c.execute(SinkTable.createStatement(spec.sinkTable, rows, dialect: d))
+                } catch let e as SQLError where e.kind == .constraint {}
+            }
             return try c.transaction(immediate: true) {
                 let owner = try c.scalar(
                     "SELECT run_id FROM \(d.quote(PipelineBookkeeping.runs)) WHERE pipeline = \(d.parameter(1))\(d.sharedLock)",
@@ -341,12 +349,7 @@ public struct CopyChunk<Transform: RowTransform>: SyncTaskFunction {
                         .int(Int64(rows.count)),
                     ]
                 )
-                if !rows.isEmpty {
-                    if spec.createSinkTable {
-                        try c.execute(SinkTable.createStatement(spec.sinkTable, rows, dialect: d))
-                    }
-                    try c.insert(into: spec.sinkTable, rows)
-                }
+                if !rows.isEmpty { try c.insert(into: spec.sinkTable, rows) }
                 return ChunkOutcome(rowsRead: read, rowsWritten: rows.count, alreadyDone: false)
             }
         }

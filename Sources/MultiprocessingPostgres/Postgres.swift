@@ -1,0 +1,250 @@
+// PostgreSQL for MultiprocessingSQL, through vapor/postgres-nio. Built only with the PostgreSQL trait
+// (`swift build --traits PostgreSQL`): SwiftNIO takes minutes to build, and programs that do not use
+// PostgreSQL should not pay for it.
+#if PostgreSQL
+import Foundation
+import Logging
+public import MultiprocessingSQL
+import NIOCore
+import NIOPosix
+import PostgresNIO
+import Synchronization
+
+/// Makes `Database.connect` open `postgres://` URLs with ``PostgresSQLConnection``. Call once at start.
+public enum PostgresSupport {
+    public static func register() {
+        Database.register(.postgresql) { url, timeout in try PostgresSQLConnection(url, timeout: timeout) }
+    }
+}
+
+/// A blocking ``SQLConnection`` on a postgres-nio connection: each call waits (on the calling thread, up
+/// to the connection's timeout) for postgres-nio's event loop. Call it from a worker process or a thread
+/// of your own, never from Swift's cooperative pool. A statement's rows are gathered before `forEachRow`
+/// hands them over (read tables in chunks, as the pipeline does).
+public final class PostgresSQLConnection: SQLConnectionOpening {
+    public static func open(_ url: DatabaseURL, timeout: Duration) throws -> PostgresSQLConnection {
+        try PostgresSQLConnection(url, timeout: timeout)
+    }
+
+    private var connection: PostgresConnection?
+    public let url: DatabaseURL
+    let timeout: Duration
+    public var dialect: SQLDialect { .postgresql }
+    private static let logger = Logger(
+        label: "swift-multiprocessing.postgres",
+        factory: { _ in SwiftLogNoOpLogHandler() }
+    )
+    private static let ids = Atomic<Int>(0)
+
+    public init(_ url: DatabaseURL, timeout: Duration = .seconds(30)) throws {
+        self.url = url
+        self.timeout = timeout
+        var configuration = PostgresConnection.Configuration(
+            host: url.host,
+            port: url.port,
+            username: url.user,
+            password: url.password.isEmpty ? nil : url.password,
+            database: url.database.isEmpty ? nil : url.database,
+            tls: .disable
+        )
+        configuration.options.connectTimeout = .milliseconds(timeout.milliseconds)
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        do {
+            connection = try Self.wait(
+                PostgresConnection.connect(
+                    on: loop,
+                    configuration: configuration,
+                    id: Self.ids.add(1, ordering: .relaxed).newValue,
+                    logger: Self.logger
+                ),
+                timeout
+            )
+        } catch {
+            throw Self.translate(error, "cannot connect to \(url)")
+        }
+    }
+
+    deinit { close() }
+
+    public func close() {
+        // postgres-nio asserts that a connection is closed before it is released: wait for the close.
+        if let c = connection, !c.isClosed {
+            let closing: EventLoopFuture<Void> = c.close()
+            _ = try? Self.wait(closing, .seconds(5))
+        }
+        connection = nil
+    }
+
+    /// Waits for `future` up to `timeout` (the caller's thread blocks; the event loop does not).
+    static func wait<T: Sendable>(_ future: EventLoopFuture<T>, _ timeout: Duration) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        let box = Mutex<Result<T, any Error>?>(nil)
+        future.whenComplete { r in
+            box.withLock { $0 = r }
+            done.signal()
+        }
+        if done.wait(timeout: .now() + .milliseconds(Int(timeout.milliseconds))) == .timedOut {
+            throw SQLError(.connection, "PostgreSQL did not answer within \(timeout)")
+        }
+        return try box.withLock { $0! }.get()
+    }
+
+    static func translate(_ error: any Error, _ what: String) -> SQLError {
+        if let e = error as? SQLError { return e }
+        let state: String
+        let message: String
+        let code: String
+        if let p = error as? PSQLError {
+            state = p.serverInfo?[.sqlState] ?? ""
+            message = p.serverInfo?[.message] ?? "\(p.code)"
+            code = "\(p.code)"
+        } else if let p = error as? PostgresError, case .server(let e) = p {
+            // The EventLoopFuture API reports server errors as the older PostgresError.
+            state = e.fields[.sqlState] ?? ""
+            message = e.fields[.message] ?? "\(p)"
+            code = "server"
+        } else {
+            return SQLError(.connection, "\(what): \(error)")
+        }
+        let kind: SQLError.Kind
+        if state.hasPrefix("23") {
+            kind = .constraint
+        } else if state.hasPrefix("42") {
+            kind = .statement
+        } else if ["40001", "40P01", "55P03"].contains(state) {
+            kind = .busy
+        } else if state.hasPrefix("08") || state.hasPrefix("57P") || state == "28P01" || state == "28000"
+            || state.isEmpty
+        {
+            kind = .connection
+        } else if state.hasPrefix("22") {
+            kind = .conversion
+        } else {
+            kind = .other
+        }
+        return SQLError(kind, "\(what): \(message)", code: state.isEmpty ? code : "SQLSTATE \(state)")
+    }
+
+    private func handle() throws -> PostgresConnection {
+        guard let connection, !connection.isClosed else {
+            throw SQLError(.connection, "the connection to \(url) is closed")
+        }
+        return connection
+    }
+
+    static func data(_ v: SQLValue) -> PostgresData {
+        switch v {
+        case .null: .null
+        case .int(let i): PostgresData(int64: i)
+        case .double(let d): PostgresData(double: d)
+        case .text(let s): PostgresData(string: s)
+        case .blob(let b): PostgresData(bytes: b)
+        }
+    }
+
+    static func value(_ cell: PostgresCell) -> SQLValue {
+        guard cell.bytes != nil else { return .null }
+        switch cell.dataType {
+        case .int2: return (try? cell.decode(Int16.self)).map { .int(Int64($0)) } ?? .null
+        case .int4: return (try? cell.decode(Int32.self)).map { .int(Int64($0)) } ?? .null
+        case .int8, .oid: return (try? cell.decode(Int64.self)).map { .int($0) } ?? .null
+        case .bool: return (try? cell.decode(Bool.self)).map { .int($0 ? 1 : 0) } ?? .null
+        case .float4, .float8: return (try? cell.decode(Double.self)).map { .double($0) } ?? .null
+        case .bytea: return .blob(cell.bytes.map { Array($0.readableBytesView) } ?? [])
+        case .timestamp, .timestamptz:
+            guard let d = try? cell.decode(Date.self) else { return .null }
+            let f = DateFormatter()
+            f.locale = Locale(identifier: "en_US_POSIX")
+            f.timeZone = TimeZone(identifier: "UTC")
+            f.dateFormat = "yyyy-MM-dd HH:mm:ss"
+            return .text(f.string(from: d))
+        case .uuid: return (try? cell.decode(UUID.self)).map { .text($0.uuidString.lowercased()) } ?? .null
+        default:
+            if let s = try? cell.decode(String.self) { return .text(s) }
+            if cell.format == .text, let b = cell.bytes {
+                return .text(String(decoding: b.readableBytesView, as: UTF8.self))
+            }
+            return .text("<\(cell.dataType)>")
+        }
+    }
+
+    /// Runs one statement; returns its rows (and names) and the rows it changed.
+    private func run(
+        _ sql: String,
+        _ parameters: [SQLValue]
+    ) throws -> (columns: [String], rows: [[SQLValue]], changed: Int) {
+        let c = try handle()
+        let gathered = Mutex<(columns: [String], rows: [[SQLValue]], changed: Int)>(([], [], 0))
+        let future = c.query(
+            sql,
+            parameters.map(Self.data),
+            onMetadata: { m in gathered.withLock { $0.changed = m.rows ?? 0 } },
+            onRow: { row in
+                var values: [SQLValue] = []
+                var names: [String] = []
+                for cell in row {
+                    values.append(Self.value(cell))
+                    names.append(cell.columnName)
+                }
+                gathered.withLock {
+                    if $0.rows.isEmpty { $0.columns = names }
+                    $0.rows.append(values)
+                }
+            }
+        )
+        do {
+            try Self.wait(future, timeout)
+        } catch {
+            let e = Self.translate(error, "cannot run \(sql.prefix(200))")
+            if e.kind == .connection { close() }
+            throw e
+        }
+        return gathered.withLock { $0 }
+    }
+
+    @discardableResult
+    public func execute(_ sql: String, _ parameters: [SQLValue]) throws -> Int {
+        try run(sql, parameters).changed
+    }
+
+    @discardableResult
+    public func forEachRow(
+        _ sql: String,
+        _ parameters: [SQLValue],
+        columns: ([String]) throws -> Void,
+        _ body: ([SQLValue]) throws -> Void
+    ) throws -> [String] {
+        let r = try run(sql, parameters)
+        try columns(r.columns)
+        for row in r.rows { try body(row) }
+        return r.columns
+    }
+
+    public func executeScript(_ sql: String) throws {
+        // The simple query protocol runs several statements; postgres-nio sends it for parameterless SQL
+        // through `simpleQuery`.
+        let c = try handle()
+        do {
+            _ = try Self.wait(c.simpleQuery(sql), timeout)
+        } catch {
+            throw Self.translate(error, "cannot run \(sql.prefix(200))")
+        }
+    }
+
+    public func begin(immediate: Bool) throws { try executeScript("BEGIN") }
+    public func commit() throws { try executeScript("COMMIT") }
+    public func rollback() throws {
+        guard connection != nil else { return }
+        try executeScript("ROLLBACK")
+    }
+
+    @discardableResult
+    public func insert(into table: String, _ batch: SQLRowBatch) throws -> Int {
+        try insertWithValueLists(into: table, batch)
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+}
+#endif

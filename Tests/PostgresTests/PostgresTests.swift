@@ -1,0 +1,116 @@
+import Glibc
+import Multiprocessing
+import MultiprocessingSQL
+import MultiprocessingTestSupport
+import Testing
+
+#if PostgreSQL
+@testable import MultiprocessingPostgres
+
+/// The PostgreSQL server the tests use: `$MP_POSTGRES_URL`, else the one `scripts/start-postgres` starts.
+let postgresURL: DatabaseURL? = try? DatabaseURL(
+    getenv("MP_POSTGRES_URL").map { String(cString: $0) } ?? "postgres://root:123456@127.0.0.1:5433/db1"
+)
+
+/// Why the PostgreSQL tests cannot run here, or nil when a server answers.
+let postgresUnavailable: String? = {
+    guard let url = postgresURL else { return "MP_POSTGRES_URL is not a database URL" }
+    do {
+        let c = try Database.connect(url, timeout: .seconds(3))
+        c.close()
+        return nil
+    } catch {
+        return "no PostgreSQL server at \(url) (\(error)); scripts/start-postgres starts one, .ci/run does"
+    }
+}()
+
+/// The notes' transform (`xb`), on dynamic rows.
+struct AddXB: RowTransform {
+    func transform(_ rows: [SQLRow]) throws -> [SQLRow] {
+        rows.map { r in
+            var out = r
+            out["xb"] = .text((r["pwd"]?.textValue ?? "").count == 3 ? "M" : "F")
+            return out
+        }
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct PostgresTests {
+    init() {
+        if let why = postgresUnavailable { print("PostgreSQL tests skipped: \(why)") }
+    }
+
+    @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
+    func valuesRoundTripAndErrorsAreClear() throws {
+        let db = try Database.connect(postgresURL!)
+        let t = "mp_values_\(getpid())"
+        defer { _ = try? db.execute("DROP TABLE IF EXISTS \(t)") }
+        try db.execute("CREATE TABLE \(t) (a BIGINT, b DOUBLE PRECISION, c TEXT, d BYTEA, e TEXT)")
+        let row: [SQLValue] = [.int(-42), .double(2.5), .text("héllo 'quoted'"), .blob([0, 1, 255]), .null]
+        #expect(try db.execute("INSERT INTO \(t) VALUES ($1, $2, $3, $4, $5)", row) == 1)
+        #expect(try db.query("SELECT a, b, c, d, e FROM \(t)").first?.values == row)
+        do {
+            try db.execute("SELECT * FROM nowhere_\(getpid())")
+            Issue.record("no error")
+        } catch let e as SQLError {
+            #expect(e.kind == .statement, "\(e)")
+        }
+        var wrong = postgresURL!
+        wrong.password = "wrong"
+        #expect(throws: SQLError.self) { try Database.connect(wrong, timeout: .seconds(5)) }
+    }
+
+    /// The notes' job on PostgreSQL, where `user` must be quoted (unquoted, `select * from user` returns
+    /// the current user's name): two workers create the sink table at once, every row is copied once, and
+    /// a second run writes nothing.
+    @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
+    func theNotesJobOnPostgreSQLExactlyOnce() throws {
+        let url = postgresURL!
+        let db = try Database.connect(url)
+        let schema = "mp_\(getpid())"
+        try db.execute("CREATE SCHEMA \(schema)")
+        defer {
+            _ = try? db.execute("DROP SCHEMA \(schema) CASCADE")
+            _ = try? db.execute("DELETE FROM mp_pipeline_chunks WHERE pipeline LIKE $1", [.text("%\(schema)%")])
+        }
+        try db.execute(
+            "CREATE TABLE \(schema).\"user\" (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128))"
+        )
+        var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email"])
+        for i in 1...6_000 {
+            batch.append([
+                .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)), .text("u\(i)@x"),
+            ])
+        }
+        try db.insert(into: "\(schema).user", batch)
+        let pool = try ProcessPool(workers: 2)
+        defer { pool.terminate() }
+        let report = try TablePipeline(
+            from: .table("\(schema).user", in: url),
+            to: url,
+            table: "\(schema).user_copy",
+            transform: AddXB(),
+            chunkSize: 1000
+        ).run(on: pool)
+        #expect(report.rowsWritten == 6_000)
+        #expect(try db.scalar("SELECT count(*) FROM \(schema).user_copy") == .int(6_000))
+        #expect(try db.scalar("SELECT count(DISTINCT id) FROM \(schema).user_copy") == .int(6_000))
+        let m = (1...6_000).filter { $0 % 12 + 1 == 3 }.count
+        #expect(try db.scalar("SELECT count(*) FROM \(schema).user_copy WHERE xb = 'M'") == .int(Int64(m)))
+        let again = try TablePipeline(
+            from: .table("\(schema).user", in: url),
+            to: url,
+            table: "\(schema).user_copy",
+            transform: AddXB(),
+            chunkSize: 1000
+        ).run(on: pool)
+        #expect(again.rowsWritten == 0)
+        #expect(again.chunksSkipped == 6)
+    }
+}
+#else
+@Test func postgresTestsNeedTheTrait() {
+    print("PostgreSQL tests skipped: built without the PostgreSQL trait (swift test --traits PostgreSQL)")
+}
+#endif

@@ -378,7 +378,8 @@ public final class QueueWorker: Sendable {
                         )
                     )
                 }
-                if h?.cancelRequested == true {
+                // A job asked to stop that finished anyway keeps its result.
+                if h?.cancelRequested == true, case .failure = outcome {
                     try c.execute(
                         "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(3)), lease_until = NULL \(fence)",
                         key + [.int(now)]
@@ -407,10 +408,7 @@ public final class QueueWorker: Sendable {
                     let line =
                         "attempt \(attempt) at \(now) on \(name): \(Self.describe(error))"
                         .split(separator: "\n").joined(separator: " ") + "\n"
-                    let deterministic =
-                        (error as? JobQueueError)?.code == .resultTooLarge
-                        || (error as? JobQueueError)?.code == .unknownJob
-                    if attempt < maxAttempts && !deterministic {
+                    if attempt < maxAttempts && (error as? JobQueueError)?.code.isFinal != true {
                         let base = Double(h?.backoffMs ?? 1000) * pow(2, Double(attempt - 1))
                         let wait = Int64(min(base, 3_600_000) * Double.random(in: 0.75...1.25))
                         try c.execute(

@@ -19,7 +19,12 @@ struct StoredJob: Job {
     }
 
     private static func run<J: Job>(_ type: J.Type, _ payload: [UInt8]) async throws -> [UInt8] {
-        let job = try BinaryDecoder().decode(J.self, from: payload)
+        let job: J
+        do {
+            job = try BinaryDecoder().decode(J.self, from: payload)
+        } catch {
+            throw JobQueueError(.malformedJob, "the stored \(J.self) cannot be decoded: \(error)")
+        }
         let output: J.Output = try await job.run()
         return try BinaryEncoder().encode(output)
     }
@@ -35,11 +40,16 @@ struct StoredJob: Job {
 }
 
 /// Why a queue call failed.
-public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable {
-    public struct Code: Hashable, Sendable, CustomStringConvertible {
+///
+/// `Codable`, so that an error raised in a pool worker (an unknown or malformed job) reaches the queue
+/// worker as itself, and is known there as final: it is not retried.
+public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable, Codable {
+    public struct Code: Hashable, Sendable, CustomStringConvertible, Codable {
         private let raw: String
         private init(_ raw: String) { self.raw = raw }
         public var description: String { raw }
+        /// Whether running the job again cannot help: it fails the same way every time.
+        var isFinal: Bool { self == .unknownJob || self == .malformedJob || self == .resultTooLarge }
         /// The job failed on its last attempt; ``JobQueueError/message`` holds its error history.
         public static let failed = Code("failed")
         /// The job was cancelled.
@@ -50,6 +60,9 @@ public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable
         public static let notFound = Code("notFound")
         /// The worker's program does not contain the job's type.
         public static let unknownJob = Code("unknownJob")
+        /// The stored job cannot be decoded as its type (the type changed since it was queued, or the row
+        /// was altered).
+        public static let malformedJob = Code("malformedJob")
         /// The job's result is larger than the queue stores.
         public static let resultTooLarge = Code("resultTooLarge")
         /// The database's schema is newer than this library.

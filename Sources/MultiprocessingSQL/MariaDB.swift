@@ -244,7 +244,6 @@ public final class MariaDBConnection: SQLConnection {
         let m = try handle()
         let d = dialect
         let head = "INSERT INTO \(d.quote(table)) (\(batch.columns.map(d.quote).joined(separator: ", "))) VALUES "
-        let n = batch.columns.count
         var sql = head
         var rows = 0
         var done = 0
@@ -264,7 +263,6 @@ public final class MariaDBConnection: SQLConnection {
                 rows = 0
             }
         }
-        _ = n
         return done
     }
 }

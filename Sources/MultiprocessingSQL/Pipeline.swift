@@ -162,9 +162,12 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
         defer { sinkConnection.close() }
         try PipelineBookkeeping.prepare(sinkConnection)
         let done = try PipelineBookkeeping.takeOver(sinkConnection, pipeline: name, runID: runID)
-        let sourceConnection = try Database.connect(source.url, timeout: databaseTimeout)
-        defer { sourceConnection.close() }
-        let total = try sourceConnection.scalar("SELECT count(*) FROM \(source.from)")?.intValue.map(Int.init)
+        // The row count, for progress; the planner reads the source on a connection of its own.
+        let total: Int? = try {
+            let c = try Database.connect(source.url, timeout: databaseTimeout)
+            defer { c.close() }
+            return try c.scalar("SELECT count(*) FROM \(source.from)")?.intValue.map(Int.init)
+        }()
         let alreadyRows = done.values.reduce(0) { $0 + $1.rows }
         logger.info(
             "pipeline starts",
@@ -257,7 +260,7 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
 }
 
 /// Counts rows for the progress display, drawing at most every 100 ms.
-final class ProgressCounter: @unchecked Sendable {
+final class ProgressCounter {  // used by the thread that runs the pipeline
     let display: ProgressDisplay?
     let total: Int?
     let started: ContinuousClock.Instant

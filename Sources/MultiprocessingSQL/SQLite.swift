@@ -116,22 +116,31 @@ public final class SQLiteConnection: SQLConnection {
         for (i, v) in parameters.enumerated() {
             let n = Int32(i + 1)
             let rc: Int32
-            switch v {
-            case .null: rc = mp_sqlite3_bind_null(stmt, n)
-            case .int(let x): rc = mp_sqlite3_bind_int64(stmt, n, x)
-            case .double(let x): rc = mp_sqlite3_bind_double(stmt, n, x)
-            case .text(var s):
+            if case .text(var s) = v {
                 rc = s.withUTF8 { p in
-                    p.withMemoryRebound(to: CChar.self) {
-                        mp_sqlite3_bind_text(stmt, n, $0.baseAddress, Int32(p.count))
+                    p.withMemoryRebound(to: CChar.self) { c in
+                        // An empty string has no address; a NULL pointer would bind NULL, not ''.
+                        guard let base = c.baseAddress else { return mp_sqlite3_bind_text(stmt, n, "", 0) }
+                        return mp_sqlite3_bind_text(stmt, n, base, Int32(p.count))
                     }
                 }
-            case .blob(let b):
-                rc = b.withUnsafeBytes {
-                    mp_sqlite3_bind_blob(stmt, n, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32($0.count))
-                }
+            } else {
+                rc = bindNonText(stmt, n, v)
             }
             guard rc == MP_SQLITE_OK else { throw error(rc, "cannot bind parameter \(i + 1)") }
+        }
+    }
+
+    /// Binds a value that is not text (text is bound by copy or in place, by the callers).
+    private func bindNonText(_ stmt: OpaquePointer, _ n: Int32, _ v: SQLValue) -> Int32 {
+        switch v {
+        case .null, .text: mp_sqlite3_bind_null(stmt, n)
+        case .int(let x): mp_sqlite3_bind_int64(stmt, n, x)
+        case .double(let x): mp_sqlite3_bind_double(stmt, n, x)
+        case .blob(let b):
+            b.withUnsafeBytes {
+                mp_sqlite3_bind_blob(stmt, n, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32($0.count))
+            }
         }
     }
 
@@ -240,13 +249,7 @@ public final class SQLiteConnection: SQLConnection {
                 guard rc == MP_SQLITE_OK else { throw error(rc, "cannot bind parameter \(i + 1)") }
                 return try bindAndStep(stmt, row, i + 1)
             }
-        case .null: rc = mp_sqlite3_bind_null(stmt, n)
-        case .int(let x): rc = mp_sqlite3_bind_int64(stmt, n, x)
-        case .double(let x): rc = mp_sqlite3_bind_double(stmt, n, x)
-        case .blob(let b):
-            rc = b.withUnsafeBytes {
-                mp_sqlite3_bind_blob(stmt, n, $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32($0.count))
-            }
+        default: rc = bindNonText(stmt, n, row[i])
         }
         guard rc == MP_SQLITE_OK else { throw error(rc, "cannot bind parameter \(i + 1)") }
         return try bindAndStep(stmt, row, i + 1)

@@ -325,6 +325,38 @@ struct JobQueueTests {
         }
     }
 
+    /// A stored job whose type this program lacks, or whose bytes are not its type, fails once and is
+    /// discarded at once (running it again cannot help), with a message saying which; others flow.
+    @Test func unknownAndMalformedJobsAreDiscardedWithoutRetries() throws {
+        try withQueueFile { path in
+            let url = DatabaseURL(sqlite: path + ".db")
+            let queue = try JobQueue(url)
+            let unknown = try queue.enqueue(Square(n: 1))
+            let malformed = try queue.enqueue(Square(n: 2))
+            let fine = try queue.enqueue(Square(n: 3))
+            let c = try SQLiteConnection(path: path + ".db")
+            try c.execute("UPDATE mp_jobs SET kind = 'NoSuchJob' WHERE id = ?1", [.int(unknown.id)])
+            try c.execute("UPDATE mp_jobs SET payload = ?1 WHERE id = ?2", [.blob([0xFF, 0x01]), .int(malformed.id)])
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(url, pool)
+            #expect(try fine.result(timeout: .seconds(30)) == 9)
+            for (h, expected) in [(unknown, "no job type NoSuchJob"), (malformed, "cannot be decoded")] {
+                do {
+                    _ = try h.result(timeout: .seconds(30))
+                    Issue.record("no error")
+                } catch let e as JobQueueError {
+                    #expect(e.code == .failed)
+                    #expect(e.message.contains(expected), "\(e.message)")
+                }
+                #expect(try h.info()?.attempt == 1)
+                #expect(try h.info()?.state == .discarded)
+            }
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
     @Test func cancellingQueuedAndRunningJobs() throws {
         try withQueueFile { path in
             let url = DatabaseURL(sqlite: path + ".db")

@@ -74,6 +74,17 @@ func makeUsers(_ db: any SQLConnection, from: Int = 1, count n: Int) throws {
     }
 }
 
+/// A temporary database holding `user` with `count` rows, and a pool, for one test.
+func withUsers(_ count: Int, workers: Int = 2, _ body: (String, SQLiteConnection, ProcessPool) throws -> Void) throws {
+    try withTemporaryDatabase { path in
+        let db = try SQLiteConnection(path: path)
+        try makeUsers(db, count: count)
+        let pool = try ProcessPool(workers: workers)
+        defer { pool.terminate() }
+        try body(path, db, pool)
+    }
+}
+
 /// Checks the copy: every id of `1...n` exactly once, with the right xb.
 func checkCopy(_ db: any SQLConnection, n: Int, table: String = "user_copy") throws {
     #expect(try db.scalar("SELECT count(*) FROM \(table)") == .int(Int64(n)))
@@ -120,11 +131,7 @@ struct PipelineTests {
 
     @Test func theNotesJobCopiesEveryRowOnce() throws {
         let metrics = sharedTestMetrics  // bootstrapped before any metric is made
-        try withTemporaryDatabase { path in
-            let db = try SQLiteConnection(path: path)
-            try makeUsers(db, count: 25_000)
-            let pool = try ProcessPool(workers: 2)
-            defer { pool.terminate() }
+        try withUsers(25_000) { path, db, pool in
             let seen = Locked<[CallProgress]>([])
             var job = pipeline(path)
             job.name = "notes-job-\(path)"
@@ -187,11 +194,7 @@ struct PipelineTests {
 
     /// The worker running one chunk is SIGKILLed once: that chunk alone runs again.
     @Test func aChunkWhoseWorkerCrashesIsRetriedAlone() throws {
-        try withTemporaryDatabase { path in
-            let db = try SQLiteConnection(path: path)
-            try makeUsers(db, count: 10_000)
-            let pool = try ProcessPool(workers: 2)
-            defer { pool.terminate() }
+        try withUsers(10_000) { path, db, pool in
             let marker = path + ".crashed"
             defer { unlink(marker) }
             let report = try pipeline(path, AddSex(crashAt: 4321, marker: marker)).run(on: pool)
@@ -204,11 +207,7 @@ struct PipelineTests {
     /// A chunk that kills its worker every time fails the run after its attempts, with a clear error;
     /// the other chunks are written, and a fixed run finishes exactly once.
     @Test func aPoisonChunkFailsTheRunAndTheRestIsKept() throws {
-        try withTemporaryDatabase { path in
-            let db = try SQLiteConnection(path: path)
-            try makeUsers(db, count: 10_000)
-            let pool = try ProcessPool(workers: 2)
-            defer { pool.terminate() }
+        try withUsers(10_000) { path, db, pool in
             do {
                 _ = try pipeline(path, AddSex(crashAt: 4321)).run(on: pool)
                 Issue.record("the run did not fail")
@@ -226,11 +225,7 @@ struct PipelineTests {
 
     /// Rows appended to the source after a run are copied by the next run, and only they.
     @Test func appendsArePickedUpByALaterRun() throws {
-        try withTemporaryDatabase { path in
-            let db = try SQLiteConnection(path: path)
-            try makeUsers(db, count: 5_000)
-            let pool = try ProcessPool(workers: 2)
-            defer { pool.terminate() }
+        try withUsers(5_000) { path, db, pool in
             #expect(try pipeline(path).run(on: pool).rowsWritten == 5_000)
             try makeUsers(db, from: 5_001, count: 3_000)
             let second = try pipeline(path).run(on: pool)
@@ -333,11 +328,7 @@ struct PipelineTests {
 
     /// A sink that cannot be opened: a clear error at once, no hang.
     @Test func anUnreachableSinkFailsClearly() throws {
-        try withTemporaryDatabase { path in
-            let db = try SQLiteConnection(path: path)
-            try makeUsers(db, count: 10)
-            let pool = try ProcessPool(workers: 1)
-            defer { pool.terminate() }
+        try withUsers(10, workers: 1) { path, db, pool in
             let p = TablePipeline(
                 from: .table("user", in: DatabaseURL(sqlite: path)),
                 to: DatabaseURL(sqlite: "/nonexistent-dir/x.db"),

@@ -36,6 +36,17 @@ func withTemporaryDatabase<R>(_ body: (String) throws -> R) throws -> R {
         #expect(rows[0]["c"] == .text("héllo 'quoted'"))
     }
 
+    /// An empty string stays '' (not NULL) through parameters and batch inserts alike.
+    @Test func anEmptyStringIsNotNull() throws {
+        let db = try SQLiteConnection(path: ":memory:")
+        try db.execute("CREATE TABLE t (k INTEGER, s TEXT)")
+        try db.execute("INSERT INTO t VALUES (?1, ?2)", [1, ""])
+        try db.insert(into: "t", SQLRowBatch(columns: ["k", "s"], values: [2, ""]))
+        #expect(try db.scalar("SELECT count(*) FROM t WHERE s = ''") == .int(2))
+        #expect(try db.scalar("SELECT count(*) FROM t WHERE s IS NULL") == .int(0))
+        #expect(try db.scalar("SELECT s FROM t WHERE k = ?1", [""]) == nil)
+    }
+
     @Test func structsGoInAndComeOut() throws {
         let db = try SQLiteConnection(path: ":memory:")
         try db.execute("CREATE TABLE person (id INTEGER PRIMARY KEY, name TEXT, score REAL, photo BLOB)")

@@ -132,7 +132,9 @@ let package = Package(
         .target(
             name: "MultiprocessingTestSupport",
             dependencies: [
-                "Threading", "Multiprocessing",
+                "Threading", "Multiprocessing", "MultiprocessingSQL",
+                // Links the PostgreSQL driver into the tests when the trait is on (empty otherwise).
+                "MultiprocessingPostgres",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],

@@ -86,41 +86,62 @@ public final class JobQueue: Sendable {
     public let url: DatabaseURL
     private let connection: Mutex<ConnectionBox>
 
+    private let timeout: Duration
+
     final class ConnectionBox: @unchecked Sendable {  // used under the mutex only
-        let c: any SQLConnection
+        var c: (any SQLConnection)?
         init(_ c: any SQLConnection) { self.c = c }
     }
 
-    /// Opens the queue, creating or migrating its tables.
+    /// Opens the queue, creating or migrating its tables. `timeout` bounds each database call.
     public init(_ url: DatabaseURL, timeout: Duration = .seconds(30)) throws {
         self.url = url
+        self.timeout = timeout
         let c = try Database.connect(url, timeout: timeout)
         try QueueSchema.migrate(c)
         connection = Mutex(ConnectionBox(c))
     }
 
-    deinit { connection.withLock { $0.c.close() } }
+    deinit { connection.withLock { $0.c?.close() } }
 
+    /// Runs `body` on the queue's connection. A connection that failed (the server restarted, the
+    /// network dropped) is closed, the error thrown, and the next call opens a new one: a call whose
+    /// outcome is unknown (an enqueue that may have committed) is never repeated behind the caller's back.
     func withConnection<R>(_ body: (any SQLConnection) throws -> R) throws -> R {
-        try connection.withLock { try body($0.c) }
+        try connection.withLock { box in
+            if box.c == nil { box.c = try Database.connect(url, timeout: timeout) }
+            do {
+                return try body(box.c!)
+            } catch let e as SQLError where e.kind == .connection {
+                box.c?.close()
+                box.c = nil
+                throw e
+            }
+        }
     }
 
     // MARK: enqueue
 
     /// Queues one job. With a ``JobOptions/uniqueKey`` already queued or running, returns that job.
     public func enqueue<J: Job>(_ job: J, options: JobOptions = .default) throws -> JobHandle<J> {
-        try withConnection { c in
-            try c.transaction(immediate: true) { try Self.enqueue([job], options: options, on: c)[0] }
-        }
-        .handle(self)
+        try enqueue([job], options: options)[0]
     }
 
     /// Queues many jobs in one transaction (multi-row inserts): all or none.
     public func enqueue<J: Job>(_ jobs: [J], options: JobOptions = .default) throws -> [JobHandle<J>] {
-        try withConnection { c in try c.transaction(immediate: true) { try Self.enqueue(jobs, options: options, on: c) }
+        try withConnection { c in
+            // One INSERT is atomic by itself: no BEGIN and COMMIT round trips (on PostgreSQL a queued job
+            // costs one round trip and one commit).
+            if options.uniqueKey == nil && jobs.count <= Self.rowsPerInsert {
+                return try Self.enqueue(jobs, options: options, on: c)
+            }
+            return try c.transaction(immediate: true) { try Self.enqueue(jobs, options: options, on: c) }
         }
         .map { $0.handle(self) }
     }
+
+    /// The most jobs one INSERT statement queues.
+    static let rowsPerInsert = 1000
 
     /// A job's id, for a handle: ``JobQueue/enqueue(_:options:on:)`` returns these.
     public struct Enqueued<J: Job>: Sendable, Hashable {
@@ -151,7 +172,7 @@ public final class JobQueue: Sendable {
         var ids: [Int64] = []
         ids.reserveCapacity(jobs.count)
         let d = c.dialect
-        let perStatement = max(1, min(1000, d.maxParameters / columns.count))
+        let perStatement = max(1, min(rowsPerInsert, d.maxParameters / columns.count))
         var start = 0
         while start < jobs.count {
             let end = min(jobs.count, start + perStatement)
@@ -273,6 +294,16 @@ public final class JobQueue: Sendable {
     /// the database).
     static let blockingCalls = ThreadPool(maxWorkers: 4, threadNamePrefix: "mp-queue-db")
 
+    /// ``outcome(_:)``, or nil when the connection failed (the next call reconnects): waiting for a result
+    /// outlasts a database restart.
+    func outcomeUnlessDisconnected(_ id: Int64) throws -> (state: JobState, result: [UInt8]?, errors: String)?? {
+        do {
+            return .some(try outcome(id))
+        } catch let e as SQLError where e.kind == .connection {
+            return nil
+        }
+    }
+
     /// The stored result bytes and state of a job.
     func outcome(_ id: Int64) throws -> (state: JobState, result: [UInt8]?, errors: String)? {
         try withConnection { c in
@@ -321,8 +352,12 @@ public struct JobHandle<J: Job>: Sendable {
             try Task.checkCancellation()
             let queue = self.queue
             let id = self.id
-            let o = try await JobQueue.blockingCalls.submit { try queue.outcome(id) }.value
-            if let done = try Self.finished(o, id) { return done }
+            // A lost connection is reopened on the next turn (reads are safe to repeat).
+            if let o = try await JobQueue.blockingCalls.submit({ try queue.outcomeUnlessDisconnected(id) }).value,
+                let done = try Self.finished(o, id)
+            {
+                return done
+            }
             try await Task.sleep(for: pause)
             pause = min(pause * 2, pollInterval)
         }
@@ -346,7 +381,7 @@ public struct JobHandle<J: Job>: Sendable {
         let deadline = ContinuousClock.now + timeout
         var pause = Duration.milliseconds(2)
         while true {
-            if let done = try Self.finished(try queue.outcome(id), id) { return done }
+            if let o = try queue.outcomeUnlessDisconnected(id), let done = try Self.finished(o, id) { return done }
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw JobQueueError(.timedOut, "job \(id) did not finish within \(timeout)") }
             usleep(UInt32(clamping: min(pause, left).milliseconds * 1000))

@@ -36,6 +36,11 @@ public struct QueueWorkerOptions: Sendable {
     public var shutdownGrace: Duration
     /// This worker's name in the jobs it holds (default `host:pid`).
     public var name: String?
+    /// Wake as soon as jobs are queued, where the database can say so (PostgreSQL's `LISTEN`/`NOTIFY`, on
+    /// a second connection), polling every ``pollInterval`` as well for delayed jobs, retries and lost
+    /// notifications. Set it to false behind a connection pooler in transaction mode (PgBouncer), where
+    /// `LISTEN` does not work: the worker then only polls.
+    public var notifications: Bool
     public var logger: Logger
 
     public init(
@@ -50,6 +55,7 @@ public struct QueueWorkerOptions: Sendable {
         keepFailed: Duration = .seconds(7 * 24 * 3600),
         shutdownGrace: Duration = .seconds(30),
         name: String? = nil,
+        notifications: Bool = true,
         logger: Logger = Logger(label: "swift-multiprocessing.queue", factory: { _ in SwiftLogNoOpLogHandler() })
     ) {
         self.queues = queues
@@ -63,6 +69,7 @@ public struct QueueWorkerOptions: Sendable {
         self.keepFailed = keepFailed
         self.shutdownGrace = shutdownGrace
         self.name = name
+        self.notifications = notifications
         self.logger = logger
     }
 }
@@ -160,7 +167,36 @@ public final class QueueWorker: Sendable {
         var nextClean = clock.now
         var stoppingSince: ContinuousClock.Instant?
         var lastDatabaseSuccess = clock.now
+        var listener: (any SQLNotificationListening)?
+        var nextListen = clock.now
+        defer { listener?.close() }
         log.info("queue worker starts", metadata: ["worker": "\(name)", "queues": "\(options.queues)"])
+
+        /// Opens (or reopens, at most once a second) the connection that hears of queued jobs.
+        func listen() {
+            guard options.notifications, listener?.isOpen != true, clock.now >= nextListen,
+                connection is any SQLNotificationListening
+            else { return }
+            nextListen = clock.now + .seconds(1)
+            listener?.close()
+            listener = nil
+            do {
+                guard let l = try Database.connect(url, timeout: .seconds(5)) as? any SQLNotificationListening else {
+                    return
+                }
+                let queues = Set(options.queues)
+                let completions = self.completions
+                try l.listen(QueueSchema.channel) { queue in
+                    if queues.contains(queue) {
+                        try? completions.putNowait(Completion(id: -1, attempt: 0, outcome: .success([])))
+                    }
+                }
+                listener = l
+                log.debug("listening for queued jobs")
+            } catch {
+                log.warning("cannot listen for queued jobs; polling", metadata: ["error": "\(error)"])
+            }
+        }
 
         /// Runs `body` on the connection, reconnecting after a connection error (the call is not repeated:
         /// a statement that may have run is not run twice).
@@ -186,6 +222,7 @@ public final class QueueWorker: Sendable {
 
         while true {
             let stop = stopRequest.withLock { $0 }
+            listen()
             // Completions that arrived.
             while let c = try? completions.getNowait() {
                 if c.id >= 0 { pending.append(c) }
@@ -330,14 +367,25 @@ public final class QueueWorker: Sendable {
             parameters.append(.text(q))
             return d.parameter(parameters.count)
         }
-        let sql = """
-            UPDATE mp_jobs SET state = 'running', attempt = attempt + 1, worker = \(d.parameter(1)),
-              lease_until = \(d.parameter(2))
-            WHERE id IN (SELECT id FROM mp_jobs WHERE state = 'available' AND queue IN (\(queueList.joined(separator: ", ")))
-              AND run_at <= \(d.parameter(3)) ORDER BY priority DESC, run_at, id LIMIT \(n))
-            RETURNING id, kind, payload, attempt, max_attempts, backoff_ms, timeout_ms, run_at
+        let due = """
+            SELECT id FROM mp_jobs WHERE state = 'available' AND queue IN (\(queueList.joined(separator: ", ")))
+              AND run_at <= \(d.parameter(3)) ORDER BY priority DESC, run_at, id LIMIT \(n)
             """
-        return try c.transaction(immediate: true) {
+        let set =
+            "state = 'running', attempt = attempt + 1, worker = \(d.parameter(1)), lease_until = \(d.parameter(2))"
+        let returning = """
+            RETURNING mp_jobs.id, mp_jobs.kind, mp_jobs.payload, mp_jobs.attempt, mp_jobs.max_attempts,
+              mp_jobs.backoff_ms, mp_jobs.timeout_ms, mp_jobs.run_at
+            """
+        let postgres = d.name == "postgresql"
+        // PostgreSQL: rows another worker is claiming are skipped, not waited for; one statement, no
+        // transaction around it. SQLite: the write lock is taken first (BEGIN IMMEDIATE), so the claim
+        // never fails half-way for a lock.
+        let sql =
+            postgres
+            ? "WITH due AS (\(due) FOR UPDATE SKIP LOCKED) UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id \(returning)"
+            : "UPDATE mp_jobs SET \(set) WHERE id IN (\(due)) \(returning)"
+        func run() throws -> [Claimed] {
             var out: [Claimed] = []
             try c.forEachRow(sql, parameters) { r in
                 let payload: [UInt8] = if case .blob(let b) = r[2] { b } else { [] }
@@ -356,6 +404,7 @@ public final class QueueWorker: Sendable {
             }
             return out
         }
+        return try postgres ? run() : c.transaction(immediate: true) { try run() }
     }
 
     /// Records finished attempts in one transaction: results, retries, discards, cancellations. Each
@@ -364,69 +413,140 @@ public final class QueueWorker: Sendable {
     func record(_ batch: [Completion], held: [Int64: Held], on c: any SQLConnection) throws {
         let d = c.dialect
         let now = QueueSchema.nowMs()
-        try c.transaction(immediate: true) {
+        var rest = batch
+        if d.name == "postgresql" {
+            // Results in one statement (a round trip per statement is what a PostgreSQL worker waits on);
+            // failures, rarer, one by one below.
+            var results: [(Completion, [UInt8])] = []
+            rest = []
             for done in batch {
-                let h = held[done.id]
-                let fence = "WHERE id = \(d.parameter(1)) AND attempt = \(d.parameter(2)) AND state = 'running'"
-                let key: [SQLValue] = [.int(done.id), .int(Int64(done.attempt))]
-                var outcome = done.outcome
-                if case .success(let bytes) = outcome, bytes.count > options.maxResultBytes {
-                    outcome = .failure(
-                        JobQueueError(
-                            .resultTooLarge,
-                            "the result has \(bytes.count) bytes; the limit is \(options.maxResultBytes)"
+                if case .success(let bytes) = done.outcome, bytes.count <= options.maxResultBytes {
+                    results.append((done, bytes))
+                } else {
+                    rest.append(done)
+                }
+            }
+            if !results.isEmpty {
+                func complete() throws {
+                    var parameters: [SQLValue] = [.int(now)]
+                    var rows: [String] = []
+                    for (done, bytes) in results {
+                        parameters += [.int(done.id), .int(Int64(done.attempt)), .blob(bytes)]
+                        let i = parameters.count
+                        rows.append(
+                            rows.isEmpty
+                                ? "($\(i - 2)::bigint, $\(i - 1)::integer, $\(i)::bytea)"
+                                : "($\(i - 2), $\(i - 1), $\(i))"
                         )
-                    )
-                }
-                // A job asked to stop that finished anyway keeps its result.
-                if h?.cancelRequested == true, case .failure = outcome {
-                    try c.execute(
-                        "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(3)), lease_until = NULL \(fence)",
-                        key + [.int(now)]
-                    )
-                    telemetry.cancelled.increment()
-                    continue
-                }
-                switch outcome {
-                case .success(let bytes):
+                    }
                     let n = try c.execute(
-                        "UPDATE mp_jobs SET state = 'completed', result = \(d.parameter(3)), finished_at = \(d.parameter(4)), lease_until = NULL \(fence)",
-                        key + [.blob(bytes), .int(now)]
+                        """
+                        UPDATE mp_jobs SET state = 'completed', result = v.column3, finished_at = $1, lease_until = NULL
+                        FROM (VALUES \(rows.joined(separator: ", "))) AS v
+                        WHERE mp_jobs.id = v.column1 AND mp_jobs.attempt = v.column2 AND mp_jobs.state = 'running'
+                        """,
+                        parameters
                     )
-                    if n == 0 {
+                    if n < results.count {
                         options.logger.warning(
-                            "a result came after the job's lease was lost; dropped",
-                            metadata: ["job": "\(done.id)"]
+                            "results came after their jobs' leases were lost; dropped",
+                            metadata: ["count": "\(results.count - n)"]
                         )
                     }
-                    telemetry.completed.increment()
-                    if let h { telemetry.duration.recordNanoseconds((ContinuousClock.now - h.started).nanoseconds) }
-                case .failure(let error):
-                    telemetry.failed.increment()
-                    let attempt = done.attempt
-                    let maxAttempts = h?.maxAttempts ?? attempt
-                    let line =
-                        "attempt \(attempt) at \(now) on \(name): \(Self.describe(error))"
-                        .split(separator: "\n").joined(separator: " ") + "\n"
-                    if attempt < maxAttempts && (error as? JobQueueError)?.code.isFinal != true {
-                        let base = Double(h?.backoffMs ?? 1000) * pow(2, Double(attempt - 1))
-                        let wait = Int64(min(base, 3_600_000) * Double.random(in: 0.75...1.25))
-                        try c.execute(
-                            "UPDATE mp_jobs SET state = 'available', run_at = \(d.parameter(3)), worker = NULL, lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
-                            key + [.int(now + wait), .text(line)]
-                        )
-                        telemetry.retried.increment()
-                    } else {
-                        try c.execute(
-                            "UPDATE mp_jobs SET state = 'discarded', finished_at = \(d.parameter(3)), lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
-                            key + [.int(now), .text(line)]
-                        )
-                        telemetry.discarded.increment()
-                        options.logger.error(
-                            "job discarded after its last attempt",
-                            metadata: ["job": "\(done.id)", "error": "\(line)"]
-                        )
+                    telemetry.completed.increment(by: results.count)
+                    for (done, _) in results {
+                        if let h = held[done.id] {
+                            telemetry.duration.recordNanoseconds((ContinuousClock.now - h.started).nanoseconds)
+                        }
                     }
+                }
+                if rest.isEmpty { return try complete() }
+                try c.begin(immediate: true)
+                do {
+                    try complete()
+                } catch {
+                    try? c.rollback()
+                    throw error
+                }
+            } else {
+                try c.begin(immediate: true)
+            }
+        } else {
+            try c.begin(immediate: true)
+        }
+        do {
+            try recordOneByOne(rest, held: held, now: now, on: c)
+        } catch {
+            try? c.rollback()
+            throw error
+        }
+        try c.commit()
+    }
+
+    /// Records attempts one statement each (within the caller's transaction).
+    func recordOneByOne(_ batch: [Completion], held: [Int64: Held], now: Int64, on c: any SQLConnection) throws {
+        let d = c.dialect
+        for done in batch {
+            let h = held[done.id]
+            let fence = "WHERE id = \(d.parameter(1)) AND attempt = \(d.parameter(2)) AND state = 'running'"
+            let key: [SQLValue] = [.int(done.id), .int(Int64(done.attempt))]
+            var outcome = done.outcome
+            if case .success(let bytes) = outcome, bytes.count > options.maxResultBytes {
+                outcome = .failure(
+                    JobQueueError(
+                        .resultTooLarge,
+                        "the result has \(bytes.count) bytes; the limit is \(options.maxResultBytes)"
+                    )
+                )
+            }
+            // A job asked to stop that finished anyway keeps its result.
+            if h?.cancelRequested == true, case .failure = outcome {
+                try c.execute(
+                    "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(3)), lease_until = NULL \(fence)",
+                    key + [.int(now)]
+                )
+                telemetry.cancelled.increment()
+                continue
+            }
+            switch outcome {
+            case .success(let bytes):
+                let n = try c.execute(
+                    "UPDATE mp_jobs SET state = 'completed', result = \(d.parameter(3)), finished_at = \(d.parameter(4)), lease_until = NULL \(fence)",
+                    key + [.blob(bytes), .int(now)]
+                )
+                if n == 0 {
+                    options.logger.warning(
+                        "a result came after the job's lease was lost; dropped",
+                        metadata: ["job": "\(done.id)"]
+                    )
+                }
+                telemetry.completed.increment()
+                if let h { telemetry.duration.recordNanoseconds((ContinuousClock.now - h.started).nanoseconds) }
+            case .failure(let error):
+                telemetry.failed.increment()
+                let attempt = done.attempt
+                let maxAttempts = h?.maxAttempts ?? attempt
+                let line =
+                    "attempt \(attempt) at \(now) on \(name): \(Self.describe(error))"
+                    .split(separator: "\n").joined(separator: " ") + "\n"
+                if attempt < maxAttempts && (error as? JobQueueError)?.code.isFinal != true {
+                    let base = Double(h?.backoffMs ?? 1000) * pow(2, Double(attempt - 1))
+                    let wait = Int64(min(base, 3_600_000) * Double.random(in: 0.75...1.25))
+                    try c.execute(
+                        "UPDATE mp_jobs SET state = 'available', run_at = \(d.parameter(3)), worker = NULL, lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
+                        key + [.int(now + wait), .text(line)]
+                    )
+                    telemetry.retried.increment()
+                } else {
+                    try c.execute(
+                        "UPDATE mp_jobs SET state = 'discarded', finished_at = \(d.parameter(3)), lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
+                        key + [.int(now), .text(line)]
+                    )
+                    telemetry.discarded.increment()
+                    options.logger.error(
+                        "job discarded after its last attempt",
+                        metadata: ["job": "\(done.id)", "error": "\(line)"]
+                    )
                 }
             }
         }
@@ -458,7 +578,9 @@ public final class QueueWorker: Sendable {
         let d = c.dialect
         let now = QueueSchema.nowMs()
         return try c.transaction(immediate: true) {
-            try c.execute(
+            var rescued = 0
+            var requeued: Set<String> = []
+            try c.forEachRow(
                 """
                 UPDATE mp_jobs SET
                   state = CASE WHEN attempt < max_attempts THEN 'available' ELSE 'discarded' END,
@@ -467,10 +589,22 @@ public final class QueueWorker: Sendable {
                   errors = coalesce(errors, '') || 'attempt ' || attempt || \(d.parameter(2)) || coalesce(worker, '?') || \(d.parameter(3)),
                   worker = NULL, lease_until = NULL
                 WHERE state = 'running' AND lease_until < \(d.parameter(1))
+                RETURNING queue, state
                 """,
                 [.int(now), .text(" at \(now) on "), .text(": lease expired (the worker stopped renewing it)\n")]
-            )
+            ) { r in
+                rescued += 1
+                if r[1].textValue == "available", let q = r[0].textValue { requeued.insert(q) }
+            }
+            try notify(requeued, on: c)
+            return rescued
         }
+    }
+
+    /// Wakes the workers listening for `queues` (PostgreSQL; at commit).
+    func notify(_ queues: some Sequence<String>, on c: any SQLConnection) throws {
+        guard c.dialect.name == "postgresql" else { return }
+        for q in queues { try c.execute("SELECT pg_notify($1, $2)", [.text(QueueSchema.channel), .text(q)]) }
     }
 
     /// Returns jobs to the queue without counting the attempt (a worker that stops).
@@ -484,6 +618,7 @@ public final class QueueWorker: Sendable {
                     [.int(id), .text(name)]
                 )
             }
+            try notify(options.queues, on: c)
         }
     }
 

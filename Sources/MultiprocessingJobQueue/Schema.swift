@@ -3,7 +3,9 @@ import MultiprocessingSQL
 
 /// The queue's tables, created and migrated by the library (`mp_job_schema` holds the version).
 enum QueueSchema {
-    static let version = 1
+    static let version = 2
+    /// The channel PostgreSQL notifies when jobs are queued (the payload is the queue's name).
+    static let channel = "mp_jobs"
 
     /// Milliseconds since the epoch, the queue's clock (stored as BIGINT: comparable on every database,
     /// and the same in every process).
@@ -17,7 +19,16 @@ enum QueueSchema {
         let d = c.dialect
         let id = d.name == "postgresql" ? "BIGSERIAL PRIMARY KEY" : "INTEGER PRIMARY KEY AUTOINCREMENT"
         let blob = d.name == "postgresql" ? "BYTEA" : "BLOB"
+        let postgres = d.name == "postgresql"
+        guard d.name == "sqlite" || postgres else {
+            throw JobQueueError(
+                .schema,
+                "the job queue runs on SQLite and PostgreSQL, not \(d.name) (MySQL's UPDATE has no RETURNING)"
+            )
+        }
         try c.transaction(immediate: true) {
+            // PostgreSQL: one migrating process at a time (concurrent CREATE … IF NOT EXISTS collide).
+            if postgres { try c.execute("SELECT pg_advisory_xact_lock(7230851001)") }
             try c.execute("CREATE TABLE IF NOT EXISTS mp_job_schema (version INTEGER NOT NULL)")
             let current = try c.scalar("SELECT max(version) FROM mp_job_schema")?.intValue ?? 0
             if current > Int64(version) {
@@ -66,6 +77,27 @@ enum QueueSchema {
                     "CREATE UNIQUE INDEX IF NOT EXISTS mp_jobs_unique ON mp_jobs (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running')"
                 )
                 try c.execute("INSERT INTO mp_job_schema (version) VALUES (1)")
+            }
+            if current < 2 {
+                // PostgreSQL: every statement that queues jobs notifies the workers once per queue at
+                // commit (a rolled-back producer notifies nobody), whoever wrote it: the library, or SQL
+                // of the user's own.
+                if postgres {
+                    try c.executeScript(
+                        """
+                        CREATE OR REPLACE FUNCTION mp_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+                        BEGIN
+                          PERFORM pg_notify('\(channel)', q) FROM (SELECT DISTINCT queue AS q FROM mp_new_jobs
+                            WHERE state = 'available') s;
+                          RETURN NULL;
+                        END $$;
+                        DROP TRIGGER IF EXISTS mp_jobs_notify ON mp_jobs;
+                        CREATE TRIGGER mp_jobs_notify AFTER INSERT ON mp_jobs REFERENCING NEW TABLE AS mp_new_jobs
+                          FOR EACH STATEMENT EXECUTE FUNCTION mp_jobs_notify();
+                        """
+                    )
+                }
+                try c.execute("INSERT INTO mp_job_schema (version) VALUES (2)")
             }
         }
     }

@@ -244,6 +244,18 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     }
 }
 
+extension PostgresSQLConnection: SQLNotificationListening {
+    public var isOpen: Bool { connection.map { !$0.isClosed } ?? false }
+
+    public func listen(_ channel: String, _ handler: @escaping @Sendable (String) -> Void) throws {
+        let c = try handle()
+        c.addListener(channel: channel) { _, notification in handler(notification.payload) }
+        // postgres-nio sends LISTEN when its first listener on a channel starts; the statement here makes
+        // sure the server listens before this returns (a second LISTEN is a no-op).
+        try executeScript("LISTEN \(dialect.quote(channel))")
+    }
+}
+
 extension Duration {
     var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
 }

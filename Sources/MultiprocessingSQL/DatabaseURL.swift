@@ -119,6 +119,37 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible, Codable 
         }
     }
 
+    /// The whole URL, password included, as ``init(_:)`` reads it: to hand to another program (`mp queue
+    /// worker --database …`). Print ``description`` instead.
+    public var text: String {
+        func escape(_ s: String) -> String {
+            var out = ""
+            for b in s.utf8 {
+                let c = Character(Unicode.Scalar(b))
+                if c.isLetter && b < 128 || c.isNumber && b < 128 || "-._~".contains(c) {
+                    out.append(c)
+                } else {
+                    out += "%" + String(b, radix: 16, uppercase: true).leftPadded(to: 2)
+                }
+            }
+            return out
+        }
+        switch kind {
+        case .sqlite: return "sqlite:" + database
+        case .postgresql, .mysql:
+            let who =
+                user.isEmpty ? "" : escape(user) + (password.isEmpty ? "" : ":" + escape(password)) + "@"
+            let query =
+                options.isEmpty
+                ? ""
+                : "?"
+                    + options.sorted { $0.key < $1.key }.map { escape($0.key) + "=" + escape($0.value) }.joined(
+                        separator: "&"
+                    )
+            return "\(kind == .postgresql ? "postgres" : "mysql")://\(who)\(host):\(port)/\(escape(database))\(query)"
+        }
+    }
+
     /// The URL, with the password hidden.
     public var description: String {
         switch kind {

@@ -126,6 +126,16 @@ public protocol SQLConnection: AnyObject {
     func close()
 }
 
+/// A connection that receives the database's notifications (PostgreSQL's `LISTEN`/`NOTIFY`). The job
+/// queue's workers use one to wake as soon as a job is queued, and poll when the database has none.
+public protocol SQLNotificationListening: SQLConnection {
+    /// Listens on `channel`: `handler` is called with each notification's payload, on a thread of the
+    /// driver's (do not block it), until the connection closes.
+    func listen(_ channel: String, _ handler: @escaping @Sendable (_ payload: String) -> Void) throws
+    /// Whether the connection is still open (a listener that lost its server stops hearing anything).
+    var isOpen: Bool { get }
+}
+
 extension SQLConnection {
     @discardableResult
     public func execute(_ sql: String) throws -> Int { try execute(sql, []) }

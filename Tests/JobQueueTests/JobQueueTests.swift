@@ -69,13 +69,6 @@ extension String {
     func trimmingCharacters(in set: Character) -> String { hasSuffix(String(set)) ? String(dropLast()) : self }
 }
 
-/// A fresh queue file in /tmp, removed at the end.
-func withQueueFile<R>(_ body: (String) throws -> R) throws -> R {
-    let path = "/tmp/mp-queue-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    defer { for suffix in [".db", ".db-wal", ".db-shm", ".log", ".marker"] { unlink(path + suffix) } }
-    return try body(path)
-}
-
 /// Waits (up to 20 s) until a worker holds the job.
 func waitUntilRunning<J: Job>(_ h: JobHandle<J>) throws {
     let deadline = ContinuousClock.now + .seconds(20)
@@ -84,14 +77,14 @@ func waitUntilRunning<J: Job>(_ h: JobHandle<J>) throws {
 
 /// A worker process: its own pool and QueueWorker, until SIGTERM or SIGKILL.
 struct WorkerProcess: Job {
-    let database: String
+    let database: DatabaseURL
     let leaseMs: Int
     let concurrency: Int
     func run() throws -> Int {
         let pool = try ProcessPool(workers: concurrency, options: ProcessPoolOptions(interrupt: .ignore))
         defer { pool.terminate() }
         let w = try QueueWorker(
-            DatabaseURL(sqlite: database),
+            database,
             pool: pool,
             options: QueueWorkerOptions(lease: .milliseconds(Int64(leaseMs)), pollInterval: .milliseconds(10))
         )
@@ -113,9 +106,9 @@ struct JobQueueTests {
         return (w, background { try w.run() })
     }
 
-    @Test func jobsRunAndTheirResultsComeBack() throws {
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+    @Test(arguments: TestBackend.enabled) func jobsRunAndTheirResultsComeBack(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url
             let queue = try JobQueue(url)
             let single = try queue.enqueue(Square(n: 7))
             let many = try queue.enqueue((1...300).map { Square(n: $0) })
@@ -134,10 +127,10 @@ struct JobQueueTests {
     }
 
     /// The worker's metrics: claimed, completed, retried, discarded.
-    @Test func theWorkerReportsMetrics() throws {
+    @Test(arguments: TestBackend.enabled) func theWorkerReportsMetrics(_ backend: TestBackend) throws {
         let metrics = sharedTestMetrics  // bootstrapped before any metric is made
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+        try withScratchDatabase(backend) { db in
+            let url = db.url
             let queue = try JobQueue(url)
             let name = "metrics-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
             let jobs = try queue.enqueue((1...5).map { Square(n: $0) }, options: JobOptions(queue: name))
@@ -193,9 +186,9 @@ struct JobQueueTests {
         _ = try await running.value
     }
 
-    @Test func aUniqueKeyGivesTheSameJob() throws {
-        try withQueueFile { path in
-            let queue = try JobQueue(DatabaseURL(sqlite: path + ".db"))
+    @Test(arguments: TestBackend.enabled) func aUniqueKeyGivesTheSameJob(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
             let a = try queue.enqueue(Square(n: 1), options: JobOptions(uniqueKey: "daily-report"))
             let b = try queue.enqueue(Square(n: 2), options: JobOptions(uniqueKey: "daily-report"))
             let c = try queue.enqueue(Square(n: 3), options: JobOptions(uniqueKey: "other"))
@@ -210,10 +203,10 @@ struct JobQueueTests {
     }
 
     /// Jobs enqueued inside a producer's transaction exist only if it commits.
-    @Test func aRolledBackProducerQueuesNothing() throws {
-        try withQueueFile { path in
-            let queue = try JobQueue(DatabaseURL(sqlite: path + ".db"))
-            let c = try SQLiteConnection(path: path + ".db")
+    @Test(arguments: TestBackend.enabled) func aRolledBackProducerQueuesNothing(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let c = try db.connect()
             try c.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
             struct Abort: Error {}
             #expect(throws: Abort.self) {
@@ -235,9 +228,10 @@ struct JobQueueTests {
 
     /// A job that kills its pool worker once runs again and completes; one that always does, or always
     /// throws, ends discarded with its error history; the other jobs flow meanwhile.
-    @Test func crashesRetryAndPoisonJobsAreDiscarded() throws {
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+    @Test(arguments: TestBackend.enabled) func crashesRetryAndPoisonJobsAreDiscarded(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let path = db.scratch
+            let url = db.url
             let queue = try JobQueue(url)
             let fast = JobOptions(maxAttempts: 3, backoff: .milliseconds(10))
             let once = try queue.enqueue(Crash(marker: path + ".marker"), options: fast)
@@ -274,13 +268,14 @@ struct JobQueueTests {
 
     /// A worker process SIGKILLed while it runs a job: after the lease the job runs again elsewhere and
     /// exactly one result is recorded.
-    @Test func aKilledWorkersJobRunsAgainAfterItsLease() throws {
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+    @Test(arguments: TestBackend.enabled) func aKilledWorkersJobRunsAgainAfterItsLease(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let path = db.scratch
+            let url = db.url
             let queue = try JobQueue(url)
             let log = path + ".log"
             let handle = try queue.enqueue(Square(n: 12, log: log, pauseMs: 1500))
-            let child = ChildProcess(job: WorkerProcess(database: path + ".db", leaseMs: 600, concurrency: 1))
+            let child = ChildProcess(job: WorkerProcess(database: db.url, leaseMs: 600, concurrency: 1))
             try child.start()
             // Wait until the child's worker holds the job.
             try waitUntilRunning(handle)
@@ -306,14 +301,15 @@ struct JobQueueTests {
     }
 
     /// Two worker processes take 400 jobs: each job runs exactly once, and all complete.
-    @Test func twoWorkerProcessesNeverRunAJobTwice() throws {
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+    @Test(arguments: TestBackend.enabled) func twoWorkerProcessesNeverRunAJobTwice(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let path = db.scratch
+            let url = db.url
             let queue = try JobQueue(url)
             let log = path + ".log"
             let handles = try queue.enqueue((1...400).map { Square(n: $0, log: log, pauseMs: 2) })
             let workers = (0..<2).map { _ in
-                ChildProcess(job: WorkerProcess(database: path + ".db", leaseMs: 10_000, concurrency: 2))
+                ChildProcess(job: WorkerProcess(database: db.url, leaseMs: 10_000, concurrency: 2))
             }
             for w in workers { try w.start() }
             for h in handles { _ = try h.result(timeout: .seconds(60)) }
@@ -330,16 +326,22 @@ struct JobQueueTests {
 
     /// A stored job whose type this program lacks, or whose bytes are not its type, fails once and is
     /// discarded at once (running it again cannot help), with a message saying which; others flow.
-    @Test func unknownAndMalformedJobsAreDiscardedWithoutRetries() throws {
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+    @Test(arguments: TestBackend.enabled) func unknownAndMalformedJobsAreDiscardedWithoutRetries(
+        _ backend: TestBackend
+    ) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url
             let queue = try JobQueue(url)
             let unknown = try queue.enqueue(Square(n: 1))
             let malformed = try queue.enqueue(Square(n: 2))
             let fine = try queue.enqueue(Square(n: 3))
-            let c = try SQLiteConnection(path: path + ".db")
-            try c.execute("UPDATE mp_jobs SET kind = 'NoSuchJob' WHERE id = ?1", [.int(unknown.id)])
-            try c.execute("UPDATE mp_jobs SET payload = ?1 WHERE id = ?2", [.blob([0xFF, 0x01]), .int(malformed.id)])
+            let c = try db.connect()
+            let d = c.dialect
+            try c.execute("UPDATE mp_jobs SET kind = 'NoSuchJob' WHERE id = \(d.parameter(1))", [.int(unknown.id)])
+            try c.execute(
+                "UPDATE mp_jobs SET payload = \(d.parameter(1)) WHERE id = \(d.parameter(2))",
+                [.blob([0xFF, 0x01]), .int(malformed.id)]
+            )
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }
             let (worker, running) = try startWorker(url, pool)
@@ -360,9 +362,9 @@ struct JobQueueTests {
         }
     }
 
-    @Test func cancellingQueuedAndRunningJobs() throws {
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+    @Test(arguments: TestBackend.enabled) func cancellingQueuedAndRunningJobs(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url
             let queue = try JobQueue(url)
             let long = try queue.enqueue(Square(n: 5, pauseMs: 30_000))
             let later = try queue.enqueue(Square(n: 6), options: JobOptions(delay: .seconds(3600)))
@@ -392,9 +394,9 @@ struct JobQueueTests {
     }
 
     /// `.finish` lets a running job end; `.handBack` returns it to the queue without counting the attempt.
-    @Test func stoppingFinishesOrHandsBack() throws {
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+    @Test(arguments: TestBackend.enabled) func stoppingFinishesOrHandsBack(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url
             let queue = try JobQueue(url)
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }
@@ -423,9 +425,9 @@ struct JobQueueTests {
         }
     }
 
-    @Test func aJobPastItsTimeoutFails() throws {
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+    @Test(arguments: TestBackend.enabled) func aJobPastItsTimeoutFails(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url
             let queue = try JobQueue(url)
             let h = try queue.enqueue(
                 Square(n: 9, pauseMs: 20_000),
@@ -446,9 +448,9 @@ struct JobQueueTests {
         }
     }
 
-    @Test func finishedJobsLeaveAfterTheirRetention() throws {
-        try withQueueFile { path in
-            let url = DatabaseURL(sqlite: path + ".db")
+    @Test(arguments: TestBackend.enabled) func finishedJobsLeaveAfterTheirRetention(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url
             let queue = try JobQueue(url)
             let h = try queue.enqueue(Square(n: 1))
             let pool = try ProcessPool(workers: 1)
@@ -458,7 +460,7 @@ struct JobQueueTests {
             _ = try h.result(timeout: .seconds(30))
             w.stop()
             _ = try running.result(timeout: .seconds(30))
-            let c = try SQLiteConnection(path: path + ".db")
+            let c = try db.connect()
             usleep(2000)
             #expect(try w.clean(on: c) == 1)
             #expect(throws: JobQueueError.self) { try h.result(timeout: .seconds(1)) }

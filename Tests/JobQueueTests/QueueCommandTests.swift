@@ -23,9 +23,9 @@ struct QueueCommandTests {
         return String(decoding: data, as: UTF8.self)
     }
 
-    @Test func twoWorkerProgramsShareOneQueue() throws {
-        try withQueueFile { path in
-            let url = "sqlite:\(path).db"
+    @Test(arguments: TestBackend.enabled) func twoWorkerProgramsShareOneQueue(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url.text
             let enqueue = try mp(["queue", "enqueue", "--database", url, "--count", "200", "--pause-ms", "5"])
             try enqueue.run()
             enqueue.waitUntilExit()

@@ -7,23 +7,6 @@ import Testing
 #if PostgreSQL
 @testable import MultiprocessingPostgres
 
-/// The PostgreSQL server the tests use: `$MP_POSTGRES_URL`, else the one `scripts/start-postgres` starts.
-let postgresURL: DatabaseURL? = try? DatabaseURL(
-    getenv("MP_POSTGRES_URL").map { String(cString: $0) } ?? "postgres://root:123456@127.0.0.1:5433/db1"
-)
-
-/// Why the PostgreSQL tests cannot run here, or nil when a server answers.
-let postgresUnavailable: String? = {
-    guard let url = postgresURL else { return "MP_POSTGRES_URL is not a database URL" }
-    do {
-        let c = try Database.connect(url, timeout: .seconds(3))
-        c.close()
-        return nil
-    } catch {
-        return "no PostgreSQL server at \(url) (\(error)); scripts/start-postgres starts one, .ci/run does"
-    }
-}()
-
 /// The notes' transform (`xb`), on dynamic rows.
 struct AddXB: RowTransform {
     func transform(_ rows: [SQLRow]) throws -> [SQLRow] {

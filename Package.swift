@@ -121,6 +121,8 @@ let package = Package(
             name: "mp",
             dependencies: [
                 "Threading", "Multiprocessing", "MultiprocessingManagers", "MultiprocessingSQL", "MultiprocessingJobQueue",
+                // postgres:// URLs in `mp etl` and `mp queue` when built with the trait (empty otherwise).
+                "MultiprocessingPostgres",
                 "SeedExamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

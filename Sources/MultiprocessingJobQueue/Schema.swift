@@ -83,17 +83,21 @@ enum QueueSchema {
                 // commit (a rolled-back producer notifies nobody), whoever wrote it: the library, or SQL
                 // of the user's own.
                 if postgres {
-                    try c.executeScript(
+                    try c.execute(
                         """
                         CREATE OR REPLACE FUNCTION mp_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
                         BEGIN
                           PERFORM pg_notify('\(channel)', q) FROM (SELECT DISTINCT queue AS q FROM mp_new_jobs
                             WHERE state = 'available') s;
                           RETURN NULL;
-                        END $$;
-                        DROP TRIGGER IF EXISTS mp_jobs_notify ON mp_jobs;
+                        END $$
+                        """
+                    )
+                    try c.execute("DROP TRIGGER IF EXISTS mp_jobs_notify ON mp_jobs")
+                    try c.execute(
+                        """
                         CREATE TRIGGER mp_jobs_notify AFTER INSERT ON mp_jobs REFERENCING NEW TABLE AS mp_new_jobs
-                          FOR EACH STATEMENT EXECUTE FUNCTION mp_jobs_notify();
+                          FOR EACH STATEMENT EXECUTE FUNCTION mp_jobs_notify()
                         """
                     )
                 }

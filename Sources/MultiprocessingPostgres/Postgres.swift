@@ -220,22 +220,17 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         return r.columns
     }
 
+    /// Runs the script's statements one by one (postgres-nio speaks only the extended protocol, which takes
+    /// one statement at a time).
     public func executeScript(_ sql: String) throws {
-        // The simple query protocol runs several statements; postgres-nio sends it for parameterless SQL
-        // through `simpleQuery`.
-        let c = try handle()
-        do {
-            _ = try Self.wait(c.simpleQuery(sql), timeout)
-        } catch {
-            throw Self.translate(error, "cannot run \(sql.prefix(200))")
-        }
+        for statement in SQLScript.statements(sql) { _ = try run(statement, []) }
     }
 
-    public func begin(immediate: Bool) throws { try executeScript("BEGIN") }
-    public func commit() throws { try executeScript("COMMIT") }
+    public func begin(immediate: Bool) throws { _ = try run("BEGIN", []) }
+    public func commit() throws { _ = try run("COMMIT", []) }
     public func rollback() throws {
         guard connection != nil else { return }
-        try executeScript("ROLLBACK")
+        _ = try run("ROLLBACK", [])
     }
 
     @discardableResult
@@ -252,7 +247,7 @@ extension PostgresSQLConnection: SQLNotificationListening {
         c.addListener(channel: channel) { _, notification in handler(notification.payload) }
         // postgres-nio sends LISTEN when its first listener on a channel starts; the statement here makes
         // sure the server listens before this returns (a second LISTEN is a no-op).
-        try executeScript("LISTEN \(dialect.quote(channel))")
+        _ = try run("LISTEN \(dialect.quote(channel))", [])
     }
 }
 

@@ -223,3 +223,63 @@ extension SQLConnection {
         return done
     }
 }
+
+/// SQL scripts, for drivers that run one statement per call.
+public enum SQLScript {
+    /// The statements of `script`, split at the semicolons outside quotes (`'…'`, `"…"`, `` `…` ``),
+    /// dollar quotes (`$$…$$`, `$tag$…$tag$`) and comments; empty statements are dropped.
+    public static func statements(_ script: String) -> [String] {
+        let s = Array(script.unicodeScalars)
+        var out: [String] = []
+        var start = 0
+        var i = 0
+        func flush(_ end: Int) {
+            var text = String(String.UnicodeScalarView(s[start..<end]))
+            while let f = text.first, f.isWhitespace { text.removeFirst() }
+            while let l = text.last, l.isWhitespace { text.removeLast() }
+            if !text.isEmpty { out.append(text) }
+        }
+        while i < s.count {
+            let c = s[i]
+            if c == "'" || c == "\"" || c == "`" {
+                i += 1
+                while i < s.count {
+                    if s[i] == c {
+                        if i + 1 < s.count && s[i + 1] == c {
+                            i += 2
+                            continue
+                        }  // a doubled quote
+                        break
+                    }
+                    if s[i] == "\\" && c == "'" { i += 1 }  // MySQL's backslash escapes
+                    i += 1
+                }
+            } else if c == "-" && i + 1 < s.count && s[i + 1] == "-" {
+                while i < s.count && s[i] != "\n" { i += 1 }
+            } else if c == "/" && i + 1 < s.count && s[i + 1] == "*" {
+                i += 2
+                while i + 1 < s.count && !(s[i] == "*" && s[i + 1] == "/") { i += 1 }
+                i += 1
+            } else if c == "$" {
+                // $tag$ … $tag$ (the tag: letters, digits, underscores; not a $1 parameter).
+                var j = i + 1
+                while j < s.count
+                    && (s[j].properties.isAlphabetic || s[j] == "_"
+                        || (j > i + 1 && s[j].properties.numericType != nil))
+                { j += 1 }
+                if j < s.count && s[j] == "$" {
+                    let tag = Array(s[i...j])
+                    var k = j + 1
+                    while k + tag.count <= s.count && Array(s[k..<(k + tag.count)]) != tag { k += 1 }
+                    i = min(s.count, k + tag.count) - 1
+                }
+            } else if c == ";" {
+                flush(i)
+                start = i + 1
+            }
+            i += 1
+        }
+        flush(s.count)
+        return out
+    }
+}

@@ -466,4 +466,71 @@ struct JobQueueTests {
             #expect(throws: JobQueueError.self) { try h.result(timeout: .seconds(1)) }
         }
     }
+
+    /// PostgreSQL: a worker that polls only every 30 s starts a queued job at once (LISTEN/NOTIFY); with
+    /// notifications off (poll-only, for connection poolers) it waits for its poll.
+    @Test(arguments: TestBackend.enabled.filter { $0 == .postgresql })
+    func notificationsWakeAnIdleWorker(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            for notifications in [true, false] {
+                let (worker, running) = try startWorker(
+                    db.url,
+                    pool,
+                    QueueWorkerOptions(pollInterval: .seconds(30), notifications: notifications)
+                )
+                // The first job is claimed by the first poll (the listener is up before it); once it is
+                // done the worker sleeps for its 30 s poll.
+                #expect(try queue.enqueue(Square(n: 2)).result(timeout: .seconds(20)) == 4)
+                usleep(200_000)
+                let h = try queue.enqueue(Square(n: 3))
+                if notifications {
+                    #expect(try h.result(timeout: .seconds(10)) == 9, "woken by the notification, not the poll")
+                } else {
+                    #expect(throws: JobQueueError.self, "poll-only: nothing before the next poll") {
+                        try h.result(timeout: .seconds(2))
+                    }
+                    #expect(try h.cancel())
+                }
+                worker.stop()
+                _ = try running.result(timeout: .seconds(30))
+            }
+        }
+    }
+
+    /// PostgreSQL restarted mid-run (a server of the test's own, stopped with `-m fast`, which cuts every
+    /// connection): the worker reconnects and carries on, producers' waits outlast the outage, and every
+    /// job is completed, each run exactly once.
+    @Test(
+        .enabled(
+            if: TestBackend.enabled.contains(.postgresql) && PrivatePostgres.unavailable == nil,
+            "needs the PostgreSQL tests enabled, Debian's server binaries and root"
+        )
+    )
+    func aDatabaseRestartLosesNothing() throws {
+        let server = try PrivatePostgres()
+        defer { server.stop() }
+        let log = server.directory + "/jobs.log"
+        let queue = try JobQueue(server.url)
+        let handles = try queue.enqueue((1...300).map { Square(n: $0, log: log, pauseMs: 10) })
+        let pool = try ProcessPool(workers: 2)
+        defer { pool.terminate() }
+        let (worker, running) = try startWorker(
+            server.url,
+            pool,
+            QueueWorkerOptions(pollInterval: .milliseconds(20))
+        )
+        let deadline = ContinuousClock.now + .seconds(30)
+        while readLines(log).count < 60 && ContinuousClock.now < deadline { usleep(10_000) }
+        try server.restart()
+        for (i, h) in handles.enumerated() { #expect(try h.result(timeout: .seconds(60)) == (i + 1) * (i + 1)) }
+        worker.stop()
+        #expect(try running.result(timeout: .seconds(30)) == 300)
+        let runs = readLines(log)
+        #expect(runs.count == 300, "each job ran once")
+        #expect(Set(runs).count == 300)
+        #expect(try queue.counts() == [.completed: 300])
+    }
 }

@@ -79,3 +79,93 @@ public func withScratchDatabase<R>(_ backend: TestBackend, _ body: (ScratchDatab
         return try body(ScratchDatabase(backend: backend, url: url, scratch: scratch))
     }
 }
+
+/// A PostgreSQL server of the test's own (initdb in /tmp, a free port on 127.0.0.1, trust
+/// authentication), for tests that stop or restart it, which the shared server must not suffer. Needs
+/// Debian's server binaries (`/usr/lib/postgresql/*/bin`) and root (the server runs as `postgres`).
+public final class PrivatePostgres: @unchecked Sendable {
+    public let directory: String
+    public let port: Int
+    let bin: String
+
+    /// Why no private server can start here, or nil.
+    public static let unavailable: String? = {
+        if let why = postgresUnavailable { return why }
+        if getuid() != 0 { return "a private PostgreSQL server needs root (it runs as the postgres user)" }
+        if binDirectory() == nil { return "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin" }
+        return nil
+    }()
+
+    static func binDirectory() -> String? {
+        guard let d = opendir("/usr/lib/postgresql") else { return nil }
+        defer { closedir(d) }
+        var versions: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if !name.hasPrefix("."), access("/usr/lib/postgresql/\(name)/bin/initdb", X_OK) == 0 {
+                versions.append(name)
+            }
+        }
+        return versions.max { (Int($0) ?? 0) < (Int($1) ?? 0) }.map { "/usr/lib/postgresql/\($0)/bin" }
+    }
+
+    /// Creates and starts the server (a few seconds).
+    public init() throws {
+        guard Self.unavailable == nil, let bin = Self.binDirectory() else {
+            throw SQLError(.connection, Self.unavailable ?? "no PostgreSQL binaries")
+        }
+        self.bin = bin
+        directory = "/tmp/mp-pg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        port = Self.freePort()
+        try Self.shell("mkdir -p \(directory) && chown postgres \(directory)")
+        try asPostgres(
+            "\(bin)/initdb -D \(directory)/data -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null"
+        )
+        try asPostgres(
+            "printf \"listen_addresses = '127.0.0.1'\\nport = \(port)\\nunix_socket_directories = '\(directory)'\\nfsync = off\\n\" >> \(directory)/data/postgresql.conf"
+        )
+        try start()
+    }
+
+    deinit { stop() }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    public var url: DatabaseURL { try! DatabaseURL("postgres://postgres@127.0.0.1:\(port)/postgres") }
+
+    public func start() throws {
+        try asPostgres("\(bin)/pg_ctl -D \(directory)/data -l \(directory)/server.log -w start >/dev/null")
+    }
+
+    /// Stops it at once (`-m fast`: open connections are cut), as a crash or a restart would.
+    public func stop(removing: Bool = true) {
+        _ = try? asPostgres("\(bin)/pg_ctl -D \(directory)/data -m fast -w stop >/dev/null 2>&1")
+        if removing { _ = try? Self.shell("rm -rf \(directory)") }
+    }
+
+    public func restart() throws {
+        try asPostgres("\(bin)/pg_ctl -D \(directory)/data -m fast -w restart -l \(directory)/server.log >/dev/null")
+    }
+
+    func asPostgres(_ command: String) throws {
+        try Self.shell("su postgres -s /bin/sh -c '\(command.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''"))'")
+    }
+
+    static func shell(_ command: String) throws {
+        let status = system(command)
+        guard status == 0 else { throw SQLError(.other, "`\(command)` failed (status \(status))") }
+    }
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, 16) } }
+        var len = socklen_t(16)
+        _ = withUnsafeMutablePointer(to: &a) {
+            getsockname(fd, UnsafeMutableRawPointer($0).assumingMemoryBound(to: sockaddr.self), &len)
+        }
+        return Int(UInt16(bigEndian: a.sin_port))
+    }
+}

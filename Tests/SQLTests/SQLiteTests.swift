@@ -168,3 +168,22 @@ func withTemporaryDatabase<R>(_ body: (String) throws -> R) throws -> R {
         }
     }
 }
+
+@Suite struct SQLScriptTests {
+    /// Scripts split at top-level semicolons only: not inside quotes, dollar-quoted bodies or comments.
+    @Test func statementsSplitOutsideQuotesAndBodies() {
+        let script = """
+            CREATE TABLE "a;b" (x TEXT DEFAULT 'it''s; fine');
+            -- a comment; with a semicolon
+            CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM 1; RETURN NULL; END $$;
+            SELECT $1, $body$ x; y $body$ /* c; d */ ;
+              ;
+            """
+        let parts = SQLScript.statements(script)
+        #expect(parts.count == 3, "\(parts)")
+        #expect(parts[0] == "CREATE TABLE \"a;b\" (x TEXT DEFAULT 'it''s; fine')")
+        #expect(parts[1].hasPrefix("-- a comment; with a semicolon\nCREATE FUNCTION"))
+        #expect(parts[1].hasSuffix("END $$"))
+        #expect(parts[2] == "SELECT $1, $body$ x; y $body$ /* c; d */")
+    }
+}

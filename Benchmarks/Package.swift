@@ -6,7 +6,8 @@ import PackageDescription
 let package = Package(
     name: "swift-multiprocessing-benchmarks",
     platforms: [.macOS(.v15)],
-    dependencies: [.package(name: "swift-multiprocessing", path: "..")],
+    // The PostgreSQL trait: the queue and etl suites run on PostgreSQL too (QUEUE_DB, ETL_DB).
+    dependencies: [.package(name: "swift-multiprocessing", path: "..", traits: ["PostgreSQL"])],
     targets: [
         // No Foundation here: the worker start-up of a pool-only program.
         .executableTarget(
@@ -21,6 +22,7 @@ let package = Package(
                 .product(name: "MultiprocessingManagers", package: "swift-multiprocessing"),
                 .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
                 .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingPostgres", package: "swift-multiprocessing"),
             ]
         )
     ]

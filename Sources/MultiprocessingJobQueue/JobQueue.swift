@@ -165,29 +165,43 @@ public final class JobQueue: Sendable {
         let now = QueueSchema.nowMs()
         let runAt = now + options.delay.milliseconds
         let columns = [
-            "queue", "kind", "payload", "state", "priority", "run_at", "attempt", "max_attempts", "backoff_ms",
-            "timeout_ms", "unique_key", "created_at",
+            "queue", "kind", "priority", "run_at", "attempt", "max_attempts", "backoff_ms", "timeout_ms", "unique_key",
+            "created_at", "state", "payload",
+        ]
+        // What every job of the call shares is bound once; each job adds one parameter, its payload (a
+        // 1,000-job statement binds 1,009 values, not 12,000).
+        let shared: [SQLValue] = [
+            .text(options.queue), .text(kind), .int(Int64(options.priority)), .int(runAt), .int(0),
+            .int(Int64(options.maxAttempts)), .int(options.backoff.milliseconds),
+            options.timeout.map { .int($0.milliseconds) } ?? .null, options.uniqueKey.map { .text($0) } ?? .null,
+            .int(now),
         ]
         let encoder = BinaryEncoder()
         var ids: [Int64] = []
         ids.reserveCapacity(jobs.count)
         let d = c.dialect
-        let perStatement = max(1, min(rowsPerInsert, d.maxParameters / columns.count))
+        let postgres = d.name == "postgresql"
+        // PostgreSQL cannot infer the types of parameters that only a SELECT list carries.
+        let casts = [
+            "text", "text", "integer", "bigint", "integer", "integer", "bigint", "bigint", "varchar", "bigint",
+        ]
+        let sharedList = (1...shared.count).map { i in d.parameter(i) + (postgres ? "::" + casts[i - 1] : "") }
+        let perStatement = max(1, min(rowsPerInsert, d.maxParameters - shared.count))
         var start = 0
         while start < jobs.count {
             let end = min(jobs.count, start + perStatement)
-            var parameters: [SQLValue] = []
-            parameters.reserveCapacity((end - start) * columns.count)
-            for job in jobs[start..<end] {
-                parameters += [
-                    .text(options.queue), .text(kind), .blob(try encoder.encode(job)), .text("available"),
-                    .int(Int64(options.priority)), .int(runAt), .int(0), .int(Int64(options.maxAttempts)),
-                    .int(options.backoff.milliseconds), options.timeout.map { .int($0.milliseconds) } ?? .null,
-                    options.uniqueKey.map { .text($0) } ?? .null, .int(now),
-                ]
+            var parameters = shared
+            parameters.reserveCapacity(shared.count + end - start)
+            for job in jobs[start..<end] { parameters.append(.blob(try encoder.encode(job))) }
+            let payloads = (shared.count + 1...parameters.count).map { i in
+                "(" + d.parameter(i) + (postgres && i == shared.count + 1 ? "::bytea" : "") + ")"
             }
-            var sql =
-                "INSERT INTO mp_jobs (\(columns.joined(separator: ", "))) VALUES \(d.valueTuples(rows: end - start, columns: columns.count))"
+            // `WHERE true`: SQLite reads `ON CONFLICT` after a bare FROM as a join's ON.
+            var sql = """
+                INSERT INTO mp_jobs (\(columns.joined(separator: ", ")))
+                SELECT \(sharedList.joined(separator: ", ")), 'available', v.column1
+                FROM (VALUES \(payloads.joined(separator: ", "))) AS v WHERE true
+                """
             if options.uniqueKey != nil {
                 sql +=
                     " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING"

@@ -20,11 +20,16 @@ public struct QueueWorkerOptions: Sendable {
     public var pollInterval: Duration
     /// The most jobs claimed in one statement.
     public var claimBatch: Int
-    /// Jobs claimed beyond ``concurrency`` and queued in the pool, so that its workers never wait for a
-    /// claim (graphile-worker's local queue). They hold leases like running jobs: if this worker dies
+    /// The most jobs claimed beyond ``concurrency`` and queued in the pool, so that its workers never wait
+    /// for a claim (graphile-worker's local queue, but sized to the work). The worker keeps about
+    /// ``bufferedWork`` of work there, from the rate at which its jobs finish: short jobs get a deep
+    /// buffer (one claim per hundred jobs or more), long ones almost none, so a worker never hoards slow
+    /// jobs that idle workers could run. Buffered jobs hold leases like running ones: if this worker dies
     /// they run elsewhere after their lease; on a graceful stop they are handed back. 0 claims only as
     /// many jobs as run at once.
     public var localBuffer: Int
+    /// How much work, in time, the local buffer holds (see ``localBuffer``).
+    public var bufferedWork: Duration
     /// Results larger than this are not stored: the attempt fails with `.resultTooLarge`.
     public var maxResultBytes: Int
     /// How long completed jobs are kept before the cleaner deletes them.
@@ -48,8 +53,9 @@ public struct QueueWorkerOptions: Sendable {
         concurrency: Int? = nil,
         lease: Duration = .seconds(30),
         pollInterval: Duration = .milliseconds(50),
-        claimBatch: Int = 32,
-        localBuffer: Int = 32,
+        claimBatch: Int = 128,
+        localBuffer: Int = 256,
+        bufferedWork: Duration = .milliseconds(50),
         maxResultBytes: Int = 1 << 20,
         keepCompleted: Duration = .seconds(24 * 3600),
         keepFailed: Duration = .seconds(7 * 24 * 3600),
@@ -64,6 +70,7 @@ public struct QueueWorkerOptions: Sendable {
         self.pollInterval = pollInterval
         self.claimBatch = max(1, claimBatch)
         self.localBuffer = localBuffer
+        self.bufferedWork = bufferedWork
         self.maxResultBytes = maxResultBytes
         self.keepCompleted = keepCompleted
         self.keepFailed = keepFailed
@@ -154,8 +161,28 @@ public final class QueueWorker: Sendable {
         let log = options.logger
         let concurrency = max(1, options.concurrency ?? pool.workerCount)
         // Jobs held at most: those running, plus a local buffer queued in the pool, so that its workers
-        // never wait for a claim's round trip.
-        let limit = concurrency + max(0, options.localBuffer)
+        // never wait for a claim's round trip. The buffer follows the rate at which jobs finish (smoothed
+        // over 100 ms steps); until there is one, it is small.
+        let maxBuffer = max(0, options.localBuffer)
+        var buffer = min(maxBuffer, 4 * concurrency)
+        var limit = concurrency + buffer
+        var rate = 0.0
+        var rateSince = ContinuousClock.now
+        var rateCount = 0
+        func measure(_ finishedNow: Int) {
+            rateCount += finishedNow
+            let elapsed = ContinuousClock.now - rateSince
+            guard elapsed >= .milliseconds(100) else { return }
+            let seconds = Double(elapsed.nanoseconds) / 1e9
+            let current = Double(rateCount) / seconds
+            rate = rate == 0 ? current : 0.6 * rate + 0.4 * current
+            rateSince = ContinuousClock.now
+            rateCount = 0
+            let window = Double(options.bufferedWork.nanoseconds) / 1e9
+            buffer = min(maxBuffer, max(0, Int((rate * window).rounded(.up))))
+            limit = concurrency + buffer
+            telemetry.buffer.record(buffer)
+        }
         var held: [Int64: Held] = [:]
         var pending: [Completion] = []
         var finished = 0
@@ -198,6 +225,38 @@ public final class QueueWorker: Sendable {
             }
         }
 
+        /// Queues a claimed job in the pool.
+        func dispatch(_ j: Claimed) {
+            let completions = self.completions
+            let id = j.id
+            let attempt = j.attempt
+            do {
+                let task = try pool.applyAsync(
+                    StoredJob(kind: j.kind, payload: j.payload),
+                    options: TaskOptions(timeout: j.timeoutMs.map { .milliseconds($0) }),
+                    callback: {
+                        try? completions.putNowait(Completion(id: id, attempt: attempt, outcome: .success($0)))
+                    },
+                    errorCallback: {
+                        try? completions.putNowait(Completion(id: id, attempt: attempt, outcome: .failure($0)))
+                    }
+                )
+                held[id] = Held(
+                    task: task,
+                    attempt: attempt,
+                    maxAttempts: j.maxAttempts,
+                    backoffMs: j.backoffMs,
+                    started: clock.now
+                )
+            } catch {
+                // The pool refused (closed or broken): hand the job back and stop.
+                try? database { c in try self.handBack([id], on: c) }
+                log.error("the pool refused a job; stopping", metadata: ["error": "\(error)"])
+                stopRequest.withLock { $0 = .handBack }
+            }
+            telemetry.lag.recordNanoseconds(max(0, QueueSchema.nowMs() - j.runAt) * 1_000_000)
+        }
+
         /// Runs `body` on the connection, reconnecting after a connection error (the call is not repeated:
         /// a statement that may have run is not run twice).
         func database<R>(_ body: (any SQLConnection) throws -> R) throws -> R {
@@ -220,22 +279,47 @@ public final class QueueWorker: Sendable {
             }
         }
 
+        // Results wait at most this long to be recorded while jobs keep the worker busy (they are recorded
+        // with the next claim, one statement for both on PostgreSQL, or once the pool is idle).
+        let ackDelay = Duration.milliseconds(10)
+        var oldestPending: ContinuousClock.Instant?
         while true {
             let stop = stopRequest.withLock { $0 }
             listen()
             // Completions that arrived.
             while let c = try? completions.getNowait() {
-                if c.id >= 0 { pending.append(c) }
+                if c.id >= 0 {
+                    pending.append(c)
+                    if oldestPending == nil { oldestPending = clock.now }
+                }
             }
-            if !pending.isEmpty {
+            // Record and claim, in one round trip when both are due. Jobs finished but not yet recorded
+            // do not count against the room: the pool is kept fed while their results wait.
+            let inPool = held.count - pending.count
+            let room = limit - inPool
+            let wantClaim =
+                stop == nil && room > 0 && (inPool < concurrency || room >= min(options.claimBatch, limit) / 2)
+            let flush =
+                !pending.isEmpty
+                && (stop != nil || inPool == 0 || pending.count >= options.claimBatch
+                    || oldestPending.map { clock.now - $0 >= ackDelay } == true)
+            var claimed = 0
+            if wantClaim || flush {
                 let batch = pending
+                let want = wantClaim ? min(options.claimBatch, room) : 0
                 do {
-                    try database { c in try self.record(batch, held: held, on: c) }
+                    let jobs = try database { c in try self.settle(batch, claiming: want, held: held, on: c) }
                     for c in batch { held[c.id] = nil }
                     finished += batch.count
+                    measure(batch.count)
                     pending = []
+                    oldestPending = nil
+                    claimed = jobs.count
+                    for j in jobs { dispatch(j) }
+                    telemetry.claimed.increment(by: jobs.count)
                 } catch {
-                    // Kept, and recorded on the next turn (the leases hold meanwhile).
+                    // Results stay pending (their leases hold meanwhile) and are recorded on a later turn.
+                    if clock.now - lastDatabaseSuccess > options.lease { throw error }
                 }
             }
             if stop == .handBack
@@ -284,60 +368,19 @@ public final class QueueWorker: Sendable {
                 nextClean = clock.now + .seconds(60)
                 _ = try? database { c in try self.clean(on: c) }
             }
-            // Claim.
-            var claimed = 0
-            let room = limit - held.count
-            if stop == nil && room > 0 && (held.count < concurrency || room >= min(options.claimBatch, limit) / 2) {
-                let want = min(options.claimBatch, room)
-                let jobs: [Claimed]
-                do {
-                    jobs = try database { c in try self.claim(want, on: c) }
-                } catch {
-                    if clock.now - lastDatabaseSuccess > options.lease { throw error }
-                    jobs = []
-                }
-                claimed = jobs.count
-                for j in jobs {
-                    let completions = self.completions
-                    let id = j.id
-                    let attempt = j.attempt
-                    do {
-                        let task = try pool.applyAsync(
-                            StoredJob(kind: j.kind, payload: j.payload),
-                            options: TaskOptions(timeout: j.timeoutMs.map { .milliseconds($0) }),
-                            callback: {
-                                try? completions.putNowait(Completion(id: id, attempt: attempt, outcome: .success($0)))
-                            },
-                            errorCallback: {
-                                try? completions.putNowait(Completion(id: id, attempt: attempt, outcome: .failure($0)))
-                            }
-                        )
-                        held[id] = Held(
-                            task: task,
-                            attempt: attempt,
-                            maxAttempts: j.maxAttempts,
-                            backoffMs: j.backoffMs,
-                            started: clock.now
-                        )
-                    } catch {
-                        // The pool refused (closed or broken): hand the job back and stop.
-                        try? database { c in try self.handBack([id], on: c) }
-                        log.error("the pool refused a job; stopping", metadata: ["error": "\(error)"])
-                        stopRequest.withLock { $0 = .handBack }
-                    }
-                    telemetry.lag.recordNanoseconds(max(0, QueueSchema.nowMs() - j.runAt) * 1_000_000)
-                }
-                telemetry.claimed.increment(by: jobs.count)
-            }
-            telemetry.running.record(held.count)
-            // Wait: for a completion while jobs run, else for the poll interval.
-            if claimed == 0 || held.count >= limit {
-                let wait =
-                    held.isEmpty || claimed == 0 && held.count < limit ? options.pollInterval : options.lease / 3
-                if let c = try? completions.get(timeout: min(wait, max(.milliseconds(1), nextHeartbeat - clock.now))),
-                    c.id >= 0
-                {
+            if held.isEmpty { measure(0) }  // an idle worker's rate decays
+            telemetry.running.record(held.count - pending.count)
+            // Wait: for a completion (or a notification) while jobs run, else for the poll interval; never
+            // past the moment pending results are due.
+            if claimed == 0 || held.count - pending.count >= limit {
+                var wait =
+                    held.isEmpty || claimed == 0 && held.count - pending.count < limit
+                    ? options.pollInterval : options.lease / 3
+                wait = min(wait, max(.milliseconds(1), nextHeartbeat - clock.now))
+                if let oldestPending { wait = min(wait, max(.zero, oldestPending + ackDelay - clock.now)) }
+                if wait > .zero, let c = try? completions.get(timeout: wait), c.id >= 0 {
                     pending.append(c)
+                    if oldestPending == nil { oldestPending = clock.now }
                 }
             }
         }
@@ -358,14 +401,90 @@ public final class QueueWorker: Sendable {
         let runAt: Int64
     }
 
-    /// Claims up to `n` due jobs in one statement (SQLite: `BEGIN IMMEDIATE` + `UPDATE … RETURNING`).
-    func claim(_ n: Int, on c: any SQLConnection) throws -> [Claimed] {
-        let d = c.dialect
+    /// Records finished attempts and claims up to `n` due jobs, in one transaction. Each record names the
+    /// attempt it ran, so an attempt whose lease was lost (and whose job another worker took) changes
+    /// nothing.
+    ///
+    /// PostgreSQL: results and the claim are one statement (a data-modifying `WITH`): one round trip and
+    /// one commit for both; the claim skips rows other workers are claiming (`FOR UPDATE SKIP LOCKED`).
+    /// Failures, rarer, are recorded one by one before it. SQLite: `BEGIN IMMEDIATE` takes the write lock
+    /// first, so the transaction never fails half-way for a lock.
+    func settle(
+        _ batch: [Completion],
+        claiming n: Int,
+        held: [Int64: Held],
+        on c: any SQLConnection
+    ) throws
+        -> [Claimed]
+    {
         let now = QueueSchema.nowMs()
+        guard c.dialect.name == "postgresql" else {
+            return try c.transaction(immediate: true) {
+                try recordOneByOne(batch, held: held, now: now, on: c)
+                return n > 0 ? try claim(n, now: now, results: [], on: c) : []
+            }
+        }
+        var results: [(Completion, [UInt8])] = []
+        var rest: [Completion] = []
+        for done in batch {
+            if case .success(let bytes) = done.outcome, bytes.count <= options.maxResultBytes {
+                results.append((done, bytes))
+            } else {
+                rest.append(done)
+            }
+        }
+        let claimed: [Claimed]
+        if rest.isEmpty {
+            claimed = try claim(n, now: now, results: results, on: c)
+        } else {
+            claimed = try c.transaction(immediate: true) {
+                try recordOneByOne(rest, held: held, now: now, on: c)
+                return try claim(n, now: now, results: results, on: c)
+            }
+        }
+        telemetry.completed.increment(by: results.count)
+        for (done, _) in results {
+            if let h = held[done.id] {
+                telemetry.duration.recordNanoseconds((ContinuousClock.now - h.started).nanoseconds)
+            }
+        }
+        return claimed
+    }
+
+    /// Claims up to `n` due jobs (none when 0) in one statement, which on PostgreSQL also marks `results`
+    /// completed.
+    func claim(_ n: Int, now: Int64, results: [(Completion, [UInt8])], on c: any SQLConnection) throws -> [Claimed] {
+        let d = c.dialect
         var parameters: [SQLValue] = [.text(name), .int(now + options.lease.milliseconds), .int(now)]
         let queueList = options.queues.map { q -> String in
             parameters.append(.text(q))
             return d.parameter(parameters.count)
+        }
+        // PostgreSQL only: the results, as VALUES rows (the first typed), finished at $3.
+        var rows: [String] = []
+        for (done, bytes) in results {
+            parameters += [.int(done.id), .int(Int64(done.attempt)), .blob(bytes)]
+            let i = parameters.count
+            rows.append(
+                rows.isEmpty ? "($\(i - 2)::bigint, $\(i - 1)::integer, $\(i)::bytea)" : "($\(i - 2), $\(i - 1), $\(i))"
+            )
+        }
+        let complete = """
+            UPDATE mp_jobs SET state = 'completed', result = v.column3, finished_at = $3, lease_until = NULL
+            FROM (VALUES \(rows.joined(separator: ", "))) AS v
+            WHERE mp_jobs.id = v.column1 AND mp_jobs.attempt = v.column2 AND mp_jobs.state = 'running'
+            """
+        guard n > 0 else {
+            if !rows.isEmpty {
+                let changed = try c.execute(complete, parameters)
+                if changed < rows.count {
+                    options.logger.warning(
+                        "results came after their jobs' leases were lost; dropped",
+                        metadata: ["count": "\(rows.count - changed)"]
+                    )
+                }
+            }
+            return []
         }
         let due = """
             SELECT id FROM mp_jobs WHERE state = 'available' AND queue IN (\(queueList.joined(separator: ", ")))
@@ -377,110 +496,31 @@ public final class QueueWorker: Sendable {
             RETURNING mp_jobs.id, mp_jobs.kind, mp_jobs.payload, mp_jobs.attempt, mp_jobs.max_attempts,
               mp_jobs.backoff_ms, mp_jobs.timeout_ms, mp_jobs.run_at
             """
-        let postgres = d.name == "postgresql"
-        // PostgreSQL: rows another worker is claiming are skipped, not waited for; one statement, no
-        // transaction around it. SQLite: the write lock is taken first (BEGIN IMMEDIATE), so the claim
-        // never fails half-way for a lock.
-        let sql =
-            postgres
-            ? "WITH due AS (\(due) FOR UPDATE SKIP LOCKED) UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id \(returning)"
-            : "UPDATE mp_jobs SET \(set) WHERE id IN (\(due)) \(returning)"
-        func run() throws -> [Claimed] {
-            var out: [Claimed] = []
-            try c.forEachRow(sql, parameters) { r in
-                let payload: [UInt8] = if case .blob(let b) = r[2] { b } else { [] }
-                out.append(
-                    Claimed(
-                        id: r[0].intValue ?? 0,
-                        kind: r[1].textValue ?? "",
-                        payload: payload,
-                        attempt: Int(r[3].intValue ?? 1),
-                        maxAttempts: Int(r[4].intValue ?? 1),
-                        backoffMs: r[5].intValue ?? 1000,
-                        timeoutMs: r[6].intValue,
-                        runAt: r[7].intValue ?? now
-                    )
-                )
-            }
-            return out
-        }
-        return try postgres ? run() : c.transaction(immediate: true) { try run() }
-    }
-
-    /// Records finished attempts in one transaction: results, retries, discards, cancellations. Each
-    /// update names the attempt it ran, so an attempt whose lease was lost (and whose job another worker
-    /// took) changes nothing.
-    func record(_ batch: [Completion], held: [Int64: Held], on c: any SQLConnection) throws {
-        let d = c.dialect
-        let now = QueueSchema.nowMs()
-        var rest = batch
+        let sql: String
         if d.name == "postgresql" {
-            // Results in one statement (a round trip per statement is what a PostgreSQL worker waits on);
-            // failures, rarer, one by one below.
-            var results: [(Completion, [UInt8])] = []
-            rest = []
-            for done in batch {
-                if case .success(let bytes) = done.outcome, bytes.count <= options.maxResultBytes {
-                    results.append((done, bytes))
-                } else {
-                    rest.append(done)
-                }
-            }
-            if !results.isEmpty {
-                func complete() throws {
-                    var parameters: [SQLValue] = [.int(now)]
-                    var rows: [String] = []
-                    for (done, bytes) in results {
-                        parameters += [.int(done.id), .int(Int64(done.attempt)), .blob(bytes)]
-                        let i = parameters.count
-                        rows.append(
-                            rows.isEmpty
-                                ? "($\(i - 2)::bigint, $\(i - 1)::integer, $\(i)::bytea)"
-                                : "($\(i - 2), $\(i - 1), $\(i))"
-                        )
-                    }
-                    let n = try c.execute(
-                        """
-                        UPDATE mp_jobs SET state = 'completed', result = v.column3, finished_at = $1, lease_until = NULL
-                        FROM (VALUES \(rows.joined(separator: ", "))) AS v
-                        WHERE mp_jobs.id = v.column1 AND mp_jobs.attempt = v.column2 AND mp_jobs.state = 'running'
-                        """,
-                        parameters
-                    )
-                    if n < results.count {
-                        options.logger.warning(
-                            "results came after their jobs' leases were lost; dropped",
-                            metadata: ["count": "\(results.count - n)"]
-                        )
-                    }
-                    telemetry.completed.increment(by: results.count)
-                    for (done, _) in results {
-                        if let h = held[done.id] {
-                            telemetry.duration.recordNanoseconds((ContinuousClock.now - h.started).nanoseconds)
-                        }
-                    }
-                }
-                if rest.isEmpty { return try complete() }
-                try c.begin(immediate: true)
-                do {
-                    try complete()
-                } catch {
-                    try? c.rollback()
-                    throw error
-                }
-            } else {
-                try c.begin(immediate: true)
-            }
+            let done = rows.isEmpty ? "" : "done AS (\(complete) RETURNING mp_jobs.id), "
+            sql =
+                "WITH \(done)due AS (\(due) FOR UPDATE SKIP LOCKED) UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id \(returning)"
         } else {
-            try c.begin(immediate: true)
+            sql = "UPDATE mp_jobs SET \(set) WHERE id IN (\(due)) \(returning)"
         }
-        do {
-            try recordOneByOne(rest, held: held, now: now, on: c)
-        } catch {
-            try? c.rollback()
-            throw error
+        var out: [Claimed] = []
+        try c.forEachRow(sql, parameters) { r in
+            let payload: [UInt8] = if case .blob(let b) = r[2] { b } else { [] }
+            out.append(
+                Claimed(
+                    id: r[0].intValue ?? 0,
+                    kind: r[1].textValue ?? "",
+                    payload: payload,
+                    attempt: Int(r[3].intValue ?? 1),
+                    maxAttempts: Int(r[4].intValue ?? 1),
+                    backoffMs: r[5].intValue ?? 1000,
+                    timeoutMs: r[6].intValue,
+                    runAt: r[7].intValue ?? now
+                )
+            )
         }
-        try c.commit()
+        return out
     }
 
     /// Records attempts one statement each (within the caller's transaction).
@@ -671,7 +711,7 @@ public final class QueueWorker: Sendable {
 struct QueueTelemetry: Sendable {
     let claimed, completed, failed, retried, discarded, rescued, cancelled: Counter
     let duration, lag: CoreMetrics.Timer
-    let running: Gauge
+    let running, buffer: Gauge
 
     init(queues: [String]) {
         let dims = [("queues", queues.joined(separator: ","))]
@@ -685,6 +725,7 @@ struct QueueTelemetry: Sendable {
         duration = CoreMetrics.Timer(label: "mp_queue_job_duration", dimensions: dims)
         lag = CoreMetrics.Timer(label: "mp_queue_job_lag", dimensions: dims)
         running = Gauge(label: "mp_queue_jobs_running", dimensions: dims)
+        buffer = Gauge(label: "mp_queue_local_buffer", dimensions: dims)
     }
 }
 

@@ -467,6 +467,25 @@ struct JobQueueTests {
         }
     }
 
+    /// The local buffer follows the work: a worker whose jobs take 250 ms holds little more than what it
+    /// runs, so it does not hoard slow jobs another worker could run (a fixed buffer of 32 would hold all).
+    @Test func aWorkerDoesNotHoardSlowJobs() throws {
+        try withScratchDatabase(.sqlite) { db in
+            let queue = try JobQueue(db.url)
+            let handles = try queue.enqueue((1...14).map { Square(n: $0, pauseMs: 250) })
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(db.url, pool)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try queue.counts()[.completed] ?? 0 < 7 && ContinuousClock.now < deadline { usleep(20_000) }
+            let held = try queue.counts()[.running] ?? 0
+            #expect(held <= 3, "held \(held) jobs of 250 ms with one process")
+            worker.stop(.handBack)
+            _ = try running.result(timeout: .seconds(30))
+            #expect(try handles.filter { try $0.info()?.state == .available }.count >= 14 - 7 - 3)
+        }
+    }
+
     /// PostgreSQL: a worker that polls only every 30 s starts a queued job at once (LISTEN/NOTIFY); with
     /// notifications off (poll-only, for connection poolers) it waits for its poll.
     @Test(arguments: TestBackend.enabled.filter { $0 == .postgresql })

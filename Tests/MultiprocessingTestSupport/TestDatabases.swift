@@ -147,7 +147,8 @@ public final class PrivatePostgres: @unchecked Sendable {
     }
 
     func asPostgres(_ command: String) throws {
-        try Self.shell("su postgres -s /bin/sh -c '\(command.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''"))'")
+        let quoted = command.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''")
+        try Self.shell("su postgres -s /bin/sh -c '\(quoted)'")
     }
 
     static func shell(_ command: String) throws {

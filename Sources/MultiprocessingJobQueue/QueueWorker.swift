@@ -144,13 +144,19 @@ public final class QueueWorker: Sendable {
     // MARK: the loop
 
     struct Held {
-        let task: PoolTask<[UInt8]>
-        let attempt: Int
-        let maxAttempts: Int
-        let backoffMs: Int64
+        /// The pool task: the job's own, or its chunk's.
+        let cancel: @Sendable () -> Void
+        let job: Claimed
+        var attempt: Int { job.attempt }
+        var maxAttempts: Int { job.maxAttempts }
+        var backoffMs: Int64 { job.backoffMs }
         let started: ContinuousClock.Instant
         var cancelRequested = false
     }
+
+    /// A chunk's pool task failed as a whole (its worker process died, or it was cancelled): its jobs are
+    /// run again one by one, under the same attempt, so that only a job that crashes is charged for it.
+    struct ChunkFailed: Error {}
 
     /// Claims and runs jobs until ``stop(_:)`` (or a signal, with ``stopOnSignals(_:)``); returns the
     /// number of jobs it finished (completed, failed or cancelled).
@@ -185,6 +191,10 @@ public final class QueueWorker: Sendable {
         }
         var held: [Int64: Held] = [:]
         var pending: [Completion] = []
+        // Results wait at most this long to be recorded while jobs keep the worker busy (they are recorded
+        // with the next claim, one statement for both on PostgreSQL, or once the pool is idle).
+        let ackDelay = Duration.milliseconds(10)
+        var oldestPending: ContinuousClock.Instant?
         var finished = 0
         var connection: (any SQLConnection)? = try Database.connect(url)
         defer { connection?.close() }
@@ -225,8 +235,8 @@ public final class QueueWorker: Sendable {
             }
         }
 
-        /// Queues a claimed job in the pool.
-        func dispatch(_ j: Claimed) {
+        /// Queues a claimed job in the pool, alone.
+        func submitOne(_ j: Claimed) {
             let completions = self.completions
             let id = j.id
             let attempt = j.attempt
@@ -241,20 +251,76 @@ public final class QueueWorker: Sendable {
                         try? completions.putNowait(Completion(id: id, attempt: attempt, outcome: .failure($0)))
                     }
                 )
-                held[id] = Held(
-                    task: task,
-                    attempt: attempt,
-                    maxAttempts: j.maxAttempts,
-                    backoffMs: j.backoffMs,
-                    started: clock.now
-                )
+                held[id] = Held(cancel: { task.cancel() }, job: j, started: clock.now)
             } catch {
-                // The pool refused (closed or broken): hand the job back and stop.
-                try? database { c in try self.handBack([id], on: c) }
-                log.error("the pool refused a job; stopping", metadata: ["error": "\(error)"])
-                stopRequest.withLock { $0 = .handBack }
+                refused([j], error)
             }
-            telemetry.lag.recordNanoseconds(max(0, QueueSchema.nowMs() - j.runAt) * 1_000_000)
+        }
+
+        /// Queues claimed jobs in the pool as one task (one message each way for all of them).
+        func submitChunk(_ chunk: [Claimed]) {
+            let completions = self.completions
+            let keys = chunk.map { (id: $0.id, attempt: $0.attempt) }
+            do {
+                let task = try pool.applyAsync(
+                    StoredJobChunk(jobs: chunk.map { StoredJob(kind: $0.kind, payload: $0.payload) }),
+                    callback: { outcomes in
+                        for (k, o) in zip(keys, outcomes) {
+                            try? completions.putNowait(Completion(id: k.id, attempt: k.attempt, outcome: o.result))
+                        }
+                    },
+                    errorCallback: { _ in
+                        for k in keys {
+                            try? completions.putNowait(
+                                Completion(id: k.id, attempt: k.attempt, outcome: .failure(ChunkFailed()))
+                            )
+                        }
+                    }
+                )
+                for j in chunk { held[j.id] = Held(cancel: { task.cancel() }, job: j, started: clock.now) }
+            } catch {
+                refused(chunk, error)
+            }
+        }
+
+        /// The pool refused (closed or broken): hand the jobs back and stop.
+        func refused(_ jobs: [Claimed], _ error: any Error) {
+            try? database { c in try self.handBack(jobs.map(\.id), on: c) }
+            log.error("the pool refused a job; stopping", metadata: ["error": "\(error)"])
+            stopRequest.withLock { $0 = .handBack }
+        }
+
+        /// Queues claimed jobs in the pool: in chunks while jobs are short (the buffer is deep), so that a
+        /// job costs a fraction of a message; alone when they are long, or have a timeout of their own.
+        func dispatch(_ jobs: [Claimed]) {
+            let size = max(1, min(32, buffer / (4 * concurrency), jobs.count / concurrency))
+            var chunk: [Claimed] = []
+            for j in jobs {
+                telemetry.lag.recordNanoseconds(max(0, QueueSchema.nowMs() - j.runAt) * 1_000_000)
+                if size == 1 || j.timeoutMs != nil {
+                    submitOne(j)
+                    continue
+                }
+                chunk.append(j)
+                if chunk.count == size {
+                    submitChunk(chunk)
+                    chunk = []
+                }
+            }
+            if chunk.count == 1 { submitOne(chunk[0]) } else if !chunk.isEmpty { submitChunk(chunk) }
+        }
+
+        /// Takes in what the pool reported.
+        func accept(_ c: Completion) {
+            guard c.id >= 0 else { return }  // a wake-up
+            if case .failure(let e) = c.outcome, e is ChunkFailed, let h = held[c.id] {
+                if !h.cancelRequested {
+                    submitOne(h.job)
+                    return
+                }
+            }
+            pending.append(c)
+            if oldestPending == nil { oldestPending = clock.now }
         }
 
         /// Runs `body` on the connection, reconnecting after a connection error (the call is not repeated:
@@ -279,20 +345,11 @@ public final class QueueWorker: Sendable {
             }
         }
 
-        // Results wait at most this long to be recorded while jobs keep the worker busy (they are recorded
-        // with the next claim, one statement for both on PostgreSQL, or once the pool is idle).
-        let ackDelay = Duration.milliseconds(10)
-        var oldestPending: ContinuousClock.Instant?
         while true {
             let stop = stopRequest.withLock { $0 }
             listen()
             // Completions that arrived.
-            while let c = try? completions.getNowait() {
-                if c.id >= 0 {
-                    pending.append(c)
-                    if oldestPending == nil { oldestPending = clock.now }
-                }
-            }
+            while let c = try? completions.getNowait() { accept(c) }
             // Record and claim, in one round trip when both are due. Jobs finished but not yet recorded
             // do not count against the room: the pool is kept fed while their results wait.
             let inPool = held.count - pending.count
@@ -315,7 +372,7 @@ public final class QueueWorker: Sendable {
                     pending = []
                     oldestPending = nil
                     claimed = jobs.count
-                    for j in jobs { dispatch(j) }
+                    dispatch(jobs)
                     telemetry.claimed.increment(by: jobs.count)
                 } catch {
                     // Results stay pending (their leases hold meanwhile) and are recorded on a later turn.
@@ -326,7 +383,7 @@ public final class QueueWorker: Sendable {
                 || (stop == .finish && stoppingSince.map { clock.now - $0 > options.shutdownGrace } == true)
             {
                 if !held.isEmpty {
-                    for h in held.values { h.task.cancel() }
+                    for h in held.values { h.cancel() }
                     let ids = Array(held.keys)
                     try? database { c in try self.handBack(ids, on: c) }
                     log.info("handed back jobs", metadata: ["count": "\(ids.count)"])
@@ -350,7 +407,7 @@ public final class QueueWorker: Sendable {
                             if var h = held[id], !h.cancelRequested {
                                 h.cancelRequested = true
                                 held[id] = h
-                                h.task.cancel()
+                                h.cancel()
                             }
                         }
                     }
@@ -378,10 +435,7 @@ public final class QueueWorker: Sendable {
                     ? options.pollInterval : options.lease / 3
                 wait = min(wait, max(.milliseconds(1), nextHeartbeat - clock.now))
                 if let oldestPending { wait = min(wait, max(.zero, oldestPending + ackDelay - clock.now)) }
-                if wait > .zero, let c = try? completions.get(timeout: wait), c.id >= 0 {
-                    pending.append(c)
-                    if oldestPending == nil { oldestPending = clock.now }
-                }
+                if wait > .zero, let c = try? completions.get(timeout: wait) { accept(c) }
             }
         }
         log.info("queue worker stops", metadata: ["worker": "\(name)", "finished": "\(finished)"])

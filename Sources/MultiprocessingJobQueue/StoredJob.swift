@@ -39,6 +39,53 @@ struct StoredJob: Job {
     }
 }
 
+/// Short jobs run as one pool task: their outcomes come back together. A job's error is its own outcome;
+/// only a crash of the worker process fails the chunk (whose jobs the queue worker then runs one by one).
+struct StoredJobChunk: Job {
+    let jobs: [StoredJob]
+
+    func run() async throws -> [StoredOutcome] {
+        var out: [StoredOutcome] = []
+        out.reserveCapacity(jobs.count)
+        for job in jobs {
+            // A cancelled chunk (one of its jobs was asked to stop) fails as a whole: the queue worker runs
+            // the others again alone, so no job is charged for another's cancellation.
+            try Task.checkCancellation()
+            do {
+                out.append(.success(try await job.run()))
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch let e as JobQueueError {
+                out.append(.queueError(e))
+            } catch {
+                out.append(.failure("\(error)"))
+            }
+        }
+        return out
+    }
+}
+
+/// One job's outcome in a chunk.
+enum StoredOutcome: Codable, Sendable {
+    case success([UInt8])
+    case queueError(JobQueueError)
+    case failure(String)
+
+    var result: Result<[UInt8], any Error> {
+        switch self {
+        case .success(let b): .success(b)
+        case .queueError(let e): .failure(e)
+        case .failure(let message): .failure(JobFailure(message: message))
+        }
+    }
+}
+
+/// A job's error, as its description, from a chunk.
+struct JobFailure: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
 /// Why a queue call failed.
 ///
 /// `Codable`, so that an error raised in a pool worker (an unknown or malformed job) reaches the queue

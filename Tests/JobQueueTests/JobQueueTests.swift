@@ -467,6 +467,38 @@ struct JobQueueTests {
         }
     }
 
+    /// Short jobs run in chunks (one pool task for many). A job that kills its worker process inside a
+    /// chunk fails the chunk, whose jobs then run again alone under the same attempt: none is charged for
+    /// the crash (the crasher is charged only when it crashes alone). A job that throws is charged alone.
+    /// Every job here completes on its first attempt, the crasher included (it crashes once).
+    @Test(arguments: TestBackend.enabled)
+    func aCrashInAChunkIsChargedToItsJobAlone(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let fast = JobOptions(maxAttempts: 3, backoff: .milliseconds(10))
+            var handles = try queue.enqueue((1...3000).map { Square(n: $0) })
+            let crash = try queue.enqueue(Crash(marker: db.scratch + ".marker"), options: fast)
+            let throwing = try queue.enqueue(AlwaysThrows(), options: JobOptions(maxAttempts: 1))
+            handles += try queue.enqueue((3001...6000).map { Square(n: $0) })
+            let pool = try ProcessPool(workers: 2)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(db.url, pool)
+            for h in handles { _ = try h.result(timeout: .seconds(60)) }
+            #expect(try crash.result(timeout: .seconds(30)) == "survived")
+            #expect(throws: JobQueueError.self) { try throwing.result(timeout: .seconds(30)) }
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+            #expect(access(db.scratch + ".marker", F_OK) == 0, "the crasher crashed once")
+            #expect(try crash.info()?.attempt == 1, "crashed in a chunk: not charged")
+            #expect(try queue.counts() == [.completed: 6001, .discarded: 1])
+            let c = try db.connect()
+            defer { c.close() }
+            #expect(
+                try c.scalar("SELECT count(*) FROM mp_jobs WHERE attempt = 1 AND state = 'completed'") == .int(6001)
+            )
+        }
+    }
+
     /// The local buffer follows the work: a worker whose jobs take 250 ms holds little more than what it
     /// runs, so it does not hoard slow jobs another worker could run (a fixed buffer of 32 would hold all).
     @Test func aWorkerDoesNotHoardSlowJobs() throws {

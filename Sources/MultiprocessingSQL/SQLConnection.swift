@@ -226,7 +226,7 @@ extension SQLConnection {
 
 /// SQL scripts, for drivers that run one statement per call.
 public enum SQLScript {
-    /// The statements of `script`, split at the semicolons outside quotes (`'…'`, `"…"`, `` `…` ``),
+    /// The statements of `script`, split at the semicolons outside quotes (single, double and backtick),
     /// dollar quotes (`$$…$$`, `$tag$…$tag$`) and comments; empty statements are dropped.
     public static func statements(_ script: String) -> [String] {
         let s = Array(script.unicodeScalars)

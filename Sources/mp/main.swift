@@ -230,6 +230,13 @@ struct QueueWorkerCommand: ParsableCommand {
     var concurrency: Int?
     @Option(help: "Seconds a claimed job's lease lasts (renewed while it runs).")
     var lease: Int = 30
+    @Option(help: "Milliseconds between polls for due jobs.")
+    var pollMs: Int = 50
+    @Flag(
+        help:
+            "Poll only: do not LISTEN for queued jobs (PostgreSQL behind a pooler in transaction mode, such as PgBouncer)."
+    )
+    var pollOnly = false
 
     func run() throws {
         let url = try DatabaseURL(database)
@@ -243,6 +250,8 @@ struct QueueWorkerCommand: ParsableCommand {
             options: QueueWorkerOptions(
                 queues: queues.isEmpty ? ["default"] : queues,
                 lease: .seconds(max(1, lease)),
+                pollInterval: .milliseconds(max(1, pollMs)),
+                notifications: !pollOnly,
                 logger: logger
             )
         )

@@ -31,7 +31,10 @@ struct QueueCommandTests {
             enqueue.waitUntilExit()
             #expect(enqueue.terminationStatus == 0)
             #expect(output(enqueue).contains("queued 200 jobs"))
-            let workers = try (0..<2).map { _ in try mp(["queue", "worker", "--database", url, "--concurrency", "2"]) }
+            // The second polls only (as behind PgBouncer); both take jobs.
+            let workers = try [[], ["--poll-only", "--poll-ms", "10"]].map { extra in
+                try mp(["queue", "worker", "--database", url, "--concurrency", "2"] + extra)
+            }
             for w in workers { try w.run() }
             let queue = try JobQueue(DatabaseURL(url))
             let deadline = ContinuousClock.now + .seconds(60)

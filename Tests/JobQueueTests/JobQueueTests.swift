@@ -41,6 +41,12 @@ struct Fails: Error, Codable, CustomStringConvertible {
     var description: String { "this job always fails" }
 }
 
+/// A result of `bytes` bytes.
+struct Big: Job {
+    var bytes: Int
+    func run() throws -> String { String(repeating: "x", count: bytes) }
+}
+
 struct AlwaysThrows: Job {
     func run() throws -> Int { throw Fails() }
 }
@@ -496,6 +502,35 @@ struct JobQueueTests {
             #expect(
                 try c.scalar("SELECT count(*) FROM mp_jobs WHERE attempt = 1 AND state = 'completed'") == .int(6001)
             )
+        }
+    }
+
+    /// A result over the worker's limit is not stored: the job is discarded at once (running it again
+    /// would give the same result), saying why; a result under the limit is stored.
+    @Test(arguments: TestBackend.enabled)
+    func aResultOverTheLimitIsRefused(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let small = try queue.enqueue(Big(bytes: 500))
+            let big = try queue.enqueue(Big(bytes: 5000), options: JobOptions(maxAttempts: 3))
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(
+                db.url,
+                pool,
+                QueueWorkerOptions(pollInterval: .milliseconds(5), maxResultBytes: 1000)
+            )
+            #expect(try small.result(timeout: .seconds(30)).count == 500)
+            do {
+                _ = try big.result(timeout: .seconds(30))
+                Issue.record("no error")
+            } catch let e as JobQueueError {
+                #expect(e.code == .failed)
+                #expect(e.message.contains("the limit is 1000"), "\(e.message)")
+            }
+            #expect(try big.info()?.attempt == 1)
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
         }
     }
 

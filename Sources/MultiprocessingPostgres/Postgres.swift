@@ -137,7 +137,10 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         case .null: .null
         case .int(let i): PostgresData(int64: i)
         case .double(let d): PostgresData(double: d)
-        case .text(let s): PostgresData(string: s)
+        // Text goes untyped (OID 0), as libpq sends parameters without types: the server reads it as a
+        // literal of whatever type the statement needs there (timestamp, numeric, date, json, …), so
+        // rows read as text from another database write back into typed columns.
+        case .text(let s): PostgresData(type: PostgresDataType(0), formatCode: .text, value: ByteBuffer(string: s))
         case .blob(let b): PostgresData(bytes: b)
         }
     }
@@ -233,9 +236,117 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         _ = try run("ROLLBACK", [])
     }
 
+    /// Appends rows with `COPY … FROM STDIN` (text format): one statement for the whole batch, the
+    /// fastest way into PostgreSQL. A schema-qualified name (`schema.table`) goes through multi-row
+    /// `INSERT`s instead (postgres-nio quotes the COPY target as a single name).
     @discardableResult
     public func insert(into table: String, _ batch: SQLRowBatch) throws -> Int {
-        try insertWithValueLists(into: table, batch)
+        guard !batch.isEmpty else { return 0 }
+        if table.contains(".") || table.contains("\"") { return try insertWithValueLists(into: table, batch) }
+        let c = try handle()
+        var buffers: [ByteBuffer] = []
+        var b = ByteBuffer()
+        b.reserveCapacity(1 << 20)
+        let width = batch.columns.count
+        for (i, v) in batch.values.enumerated() {
+            Self.copyText(v, into: &b)
+            b.writeInteger(UInt8(ascii: i % width == width - 1 ? "\n" : "\t"))
+            if i % width == width - 1 && b.readableBytes >= 1 << 20 {
+                buffers.append(b)
+                b = ByteBuffer()
+                b.reserveCapacity(1 << 20)
+            }
+        }
+        if b.readableBytes > 0 { buffers.append(b) }
+        let data = buffers
+        let columns = batch.columns
+        let outcome = CopyOutcome()
+        let done = DispatchSemaphore(value: 0)
+        let task = Self.startCopy(c, table, columns, data, outcome, done)
+        if done.wait(timeout: .now() + .milliseconds(Int(timeout.milliseconds))) == .timedOut {
+            task.cancel()
+            close()
+            throw SQLError(.connection, "PostgreSQL did not take a COPY of \(batch.count) rows within \(timeout)")
+        }
+        do {
+            try outcome.value.withLock { $0! }.get()
+        } catch {
+            let e = Self.translate(error, "cannot COPY into \(table)")
+            if e.kind == .connection { close() }
+            throw e
+        }
+        return batch.count
+    }
+
+    private static func startCopy(
+        _ c: PostgresConnection,
+        _ table: String,
+        _ columns: [String],
+        _ data: [ByteBuffer],
+        _ outcome: CopyOutcome,
+        _ done: DispatchSemaphore
+    ) -> Task<Void, Never> {
+        Task.detached {
+            await copy(c, table, columns, data, outcome)
+            done.signal()
+        }
+    }
+
+    private static func copy(
+        _ c: PostgresConnection,
+        _ table: String,
+        _ columns: [String],
+        _ data: [ByteBuffer],
+        _ outcome: CopyOutcome
+    ) async {
+        do {
+            try await c.copyFrom(table: table, columns: columns, logger: logger) { writer in
+                for buffer in data { try await writer.write(buffer) }
+            }
+            outcome.value.withLock { $0 = .success(()) }
+        } catch {
+            outcome.value.withLock { $0 = .failure(error) }
+        }
+    }
+
+    /// `v` in COPY's text format: `\N` for NULL; backslash, tab, newline and carriage return escaped;
+    /// bytes as `\\x…` (bytea's hex form, its backslash doubled).
+    static func copyText(_ v: SQLValue, into b: inout ByteBuffer) {
+        switch v {
+        case .null: b.writeString("\\N")
+        case .int(let i): b.writeString(String(i))
+        case .double(let d):
+            b.writeString(d.isNaN ? "NaN" : d.isInfinite ? (d < 0 ? "-Infinity" : "Infinity") : "\(d)")
+        case .text(let s):
+            var s = s
+            s.withUTF8 { bytes in
+                var start = 0
+                for (i, byte) in bytes.enumerated() {
+                    let escape: UInt8? =
+                        switch byte {
+                        case UInt8(ascii: "\\"): UInt8(ascii: "\\")
+                        case UInt8(ascii: "\t"): UInt8(ascii: "t")
+                        case UInt8(ascii: "\n"): UInt8(ascii: "n")
+                        case UInt8(ascii: "\r"): UInt8(ascii: "r")
+                        default: nil
+                        }
+                    if let escape {
+                        b.writeBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[start..<i]))
+                        b.writeInteger(UInt8(ascii: "\\"))
+                        b.writeInteger(escape)
+                        start = i + 1
+                    }
+                }
+                b.writeBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[start...]))
+            }
+        case .blob(let bytes):
+            b.writeString("\\\\x")
+            let digits = Array("0123456789abcdef".utf8)
+            for byte in bytes {
+                b.writeInteger(digits[Int(byte >> 4)])
+                b.writeInteger(digits[Int(byte & 15)])
+            }
+        }
     }
 }
 
@@ -249,6 +360,11 @@ extension PostgresSQLConnection: SQLNotificationListening {
         // sure the server listens before this returns (a second LISTEN is a no-op).
         _ = try run("LISTEN \(dialect.quote(channel))", [])
     }
+}
+
+/// Where a COPY's task leaves its outcome for the waiting thread.
+final class CopyOutcome: Sendable {
+    let value = Mutex<Result<Void, any Error>?>(nil)
 }
 
 extension Duration {

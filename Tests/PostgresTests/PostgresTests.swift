@@ -44,6 +44,53 @@ struct PostgresTests {
         #expect(throws: SQLError.self) { try Database.connect(wrong, timeout: .seconds(5)) }
     }
 
+    /// Batch inserts go through COPY: NULLs, tabs, newlines, backslashes, Unicode, bytes and extreme
+    /// numbers arrive intact; text lands in typed columns (a timestamp read from another database as text
+    /// writes back as a timestamp); a batch that breaks a constraint fails as a whole with a clear error.
+    @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
+    func batchInsertsGoThroughCopy() throws {
+        let db = try Database.connect(postgresURL!)
+        defer { db.close() }
+        let t = "mp_copy_\(getpid())"
+        defer { _ = try? db.execute("DROP TABLE IF EXISTS \(t)") }
+        try db.execute(
+            "CREATE TABLE \(t) (id BIGINT PRIMARY KEY, x DOUBLE PRECISION, s TEXT, b BYTEA, at TIMESTAMP, n NUMERIC)"
+        )
+        var batch = SQLRowBatch(columns: ["id", "x", "s", "b", "at", "n"])
+        let odd = "tab\tnew\nline\rcr back\\slash \\N héllo 'q' \"d\" 🙂"
+        batch.append([
+            .int(1), .double(-2.5e-7), .text(odd), .blob([0, 9, 10, 92, 255]), .text("2024-02-29 13:45:01"),
+            .text("12.50"),
+        ])
+        batch.append([.int(2), .double(.infinity), .text(""), .blob([]), .null, .null])
+        batch.append([.int(Int64.min), .null, .null, .null, .null, .text("-0.001")])
+        for i in 3..<5000 { batch.append([.int(Int64(i)), .double(Double(i)), .text("r\(i)"), .null, .null, .null]) }
+        #expect(try db.insert(into: t, batch) == 5000)
+        #expect(try db.scalar("SELECT count(*) FROM \(t)") == .int(5000))
+        let one = try db.query("SELECT x, s, b, to_char(at, 'YYYY-MM-DD HH24:MI:SS'), n::text FROM \(t) WHERE id = 1")[
+            0
+        ].values
+        #expect(
+            one == [
+                .double(-2.5e-7), .text(odd), .blob([0, 9, 10, 92, 255]), .text("2024-02-29 13:45:01"), .text("12.50"),
+            ]
+        )
+        let two = try db.query("SELECT x, s, b, at FROM \(t) WHERE id = 2")[0].values
+        #expect(two == [.double(.infinity), .text(""), .blob([]), .null])
+        #expect(try db.scalar("SELECT n::text FROM \(t) WHERE id = $1", [.int(Int64.min)]) == .text("-0.001"))
+        // A duplicate key: the whole COPY fails, nothing of it stays, and the connection still works.
+        var clash = SQLRowBatch(columns: ["id", "s"])
+        clash.append([.int(100_000), .text("new")])
+        clash.append([.int(1), .text("duplicate")])
+        do {
+            try db.insert(into: t, clash)
+            Issue.record("no error")
+        } catch let e as SQLError {
+            #expect(e.kind == .constraint, "\(e)")
+        }
+        #expect(try db.scalar("SELECT count(*) FROM \(t)") == .int(5000))
+    }
+
     /// The notes' job on PostgreSQL, where `user` must be quoted (unquoted, `select * from user` returns
     /// the current user's name): two workers create the sink table at once, every row is copied once, and
     /// a second run writes nothing.

@@ -93,7 +93,7 @@ let package = Package(
         .target(
             name: "MultiprocessingPostgres",
             dependencies: [
-                "MultiprocessingSQL",
+                "MultiprocessingSQL", "Threading",
                 .product(name: "PostgresNIO", package: "postgres-nio", condition: .when(traits: ["PostgreSQL"])),
             ]
         ),

@@ -509,8 +509,11 @@ public final class QueueWorker: Sendable {
     /// completed.
     func claim(_ n: Int, now: Int64, results: [(Completion, [UInt8])], on c: any SQLConnection) throws -> [Claimed] {
         let d = c.dialect
-        var parameters: [SQLValue] = [.text(name), .int(now + options.lease.milliseconds), .int(now)]
-        let queueList = options.queues.map { q -> String in
+        // Without a claim, $1 and $2 are placeholders and no queue is bound: PostgreSQL cannot type an
+        // unused parameter sent untyped (text is).
+        var parameters: [SQLValue] =
+            n > 0 ? [.text(name), .int(now + options.lease.milliseconds), .int(now)] : [.int(0), .int(0), .int(now)]
+        let queueList = (n > 0 ? options.queues : []).map { q -> String in
             parameters.append(.text(q))
             return d.parameter(parameters.count)
         }

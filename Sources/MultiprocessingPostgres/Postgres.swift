@@ -9,6 +9,7 @@ import NIOCore
 import NIOPosix
 import PostgresNIO
 import Synchronization
+import Threading
 
 /// Makes `Database.connect` open `postgres://` URLs with ``PostgresSQLConnection``. Call once at start.
 public enum PostgresSupport {
@@ -73,6 +74,27 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
             _ = try? Self.wait(closing, .seconds(5))
         }
         connection = nil
+    }
+
+    /// Gives the connection up after a failed call: it is closed once `pending` (the call's query) is
+    /// over. postgres-nio must not be closed while a query is in flight (it stops the process), which a
+    /// query that outlived its timeout is.
+    private func abandon<T>(after pending: EventLoopFuture<T>) {
+        guard let c = connection else { return }
+        connection = nil
+        pending.whenComplete { _ in
+            if !c.isClosed { _ = c.close() as EventLoopFuture<Void> }
+        }
+    }
+
+    /// A future that completes when `task` ends.
+    static func whenDone(_ task: Task<Void, Never>, on loop: any EventLoop) -> EventLoopFuture<Void> {
+        let promise = loop.makePromise(of: Void.self)
+        Task {
+            await task.value
+            promise.succeed(())
+        }
+        return promise.futureResult
     }
 
     /// Waits for `future` up to `timeout` (the caller's thread blocks; the event loop does not).
@@ -199,7 +221,7 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
             try Self.wait(future, timeout)
         } catch {
             let e = Self.translate(error, "cannot run \(sql.prefix(200))")
-            if e.kind == .connection { close() }
+            if e.kind == .connection { abandon(after: future) }
             throw e
         }
         return gathered.withLock { $0 }
@@ -265,14 +287,14 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         let task = Self.startCopy(c, table, columns, data, outcome, done)
         if done.wait(timeout: .now() + .milliseconds(Int(timeout.milliseconds))) == .timedOut {
             task.cancel()
-            close()
+            abandon(after: Self.whenDone(task, on: c.eventLoop))
             throw SQLError(.connection, "PostgreSQL did not take a COPY of \(batch.count) rows within \(timeout)")
         }
         do {
             try outcome.value.withLock { $0! }.get()
         } catch {
             let e = Self.translate(error, "cannot COPY into \(table)")
-            if e.kind == .connection { close() }
+            if e.kind == .connection { close() }  // the COPY is over: nothing is in flight
             throw e
         }
         return batch.count
@@ -286,11 +308,22 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         _ outcome: CopyOutcome,
         _ done: DispatchSemaphore
     ) -> Task<Void, Never> {
-        Task.detached {
+        // On a thread of the library's own, never on Swift's cooperative pool: the caller blocks on
+        // `done`, and if every thread of that pool were blocked the same way the COPY could never run.
+        guard let executor = copyExecutor else {
+            return Task.detached {
+                await copy(c, table, columns, data, outcome)
+                done.signal()
+            }
+        }
+        return Task(executorPreference: executor) {
             await copy(c, table, columns, data, outcome)
             done.signal()
         }
     }
+
+    /// Runs the async side of COPY (postgres-nio offers it only as async).
+    private static let copyExecutor: CooperativeExecutor? = try? CooperativeExecutor(name: "mp-postgres-copy")
 
     private static func copy(
         _ c: PostgresConnection,

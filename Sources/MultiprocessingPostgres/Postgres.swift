@@ -159,10 +159,10 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         case .null: .null
         case .int(let i): PostgresData(int64: i)
         case .double(let d): PostgresData(double: d)
-        // Text goes untyped (OID 0), as libpq sends parameters without types: the server reads it as a
-        // literal of whatever type the statement needs there (timestamp, numeric, date, json, …), so
-        // rows read as text from another database write back into typed columns.
-        case .text(let s): PostgresData(type: PostgresDataType(0), formatCode: .text, value: ByteBuffer(string: s))
+        // Typed as text: postgres-nio binds every value in binary format, in which an untyped parameter
+        // is read as whatever the statement needs there (a timestamp's binary form, not its text). Text
+        // for typed columns goes through COPY (text format), which the pipeline's sink uses.
+        case .text(let s): PostgresData(string: s)
         case .blob(let b): PostgresData(bytes: b)
         }
     }
@@ -177,12 +177,12 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         case .float4, .float8: return (try? cell.decode(Double.self)).map { .double($0) } ?? .null
         case .bytea: return .blob(cell.bytes.map { Array($0.readableBytesView) } ?? [])
         case .timestamp, .timestamptz:
-            guard let d = try? cell.decode(Date.self) else { return .null }
-            let f = DateFormatter()
-            f.locale = Locale(identifier: "en_US_POSIX")
-            f.timeZone = TimeZone(identifier: "UTC")
-            f.dateFormat = "yyyy-MM-dd HH:mm:ss"
-            return .text(f.string(from: d))
+            // Binary: microseconds since 2000-01-01 (UTC for timestamptz), read and written as text by hand
+            // (a DateFormatter per cell cost more than the rest of the row).
+            guard cell.format == .binary, var b = cell.bytes, let micros = b.readInteger(as: Int64.self) else {
+                return (try? cell.decode(String.self)).map { .text($0) } ?? .null
+            }
+            return .text(timestampText(micros))
         case .uuid: return (try? cell.decode(UUID.self)).map { .text($0.uuidString.lowercased()) } ?? .null
         default:
             if let s = try? cell.decode(String.self) { return .text(s) }
@@ -191,6 +191,56 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
             }
             return .text("<\(cell.dataType)>")
         }
+    }
+
+    /// `YYYY-MM-DD HH:MM:SS[.ffffff]` for PostgreSQL's binary timestamp (microseconds since 2000-01-01).
+    static func timestampText(_ micros: Int64) -> String {
+        if micros == .max { return "infinity" }
+        if micros == .min { return "-infinity" }
+        func floorDiv(_ a: Int64, _ b: Int64) -> Int64 { a >= 0 ? a / b : -((-a + b - 1) / b) }
+        let seconds = floorDiv(micros, 1_000_000)
+        let fraction = micros - seconds * 1_000_000
+        let days = floorDiv(seconds, 86_400)
+        let secondOfDay = seconds - days * 86_400
+        // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+        let z = days + 10_957 + 719_468
+        let era = floorDiv(z, 146_097)
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
+        var out = [UInt8]()
+        out.reserveCapacity(26)
+        func put(_ v: Int64, _ width: Int) {
+            var digits = [UInt8](repeating: UInt8(ascii: "0"), count: width)
+            var v = v
+            for i in stride(from: width - 1, through: 0, by: -1) {
+                digits[i] = UInt8(ascii: "0") + UInt8(v % 10)
+                v /= 10
+            }
+            out += digits
+        }
+        if year < 0 { out.append(UInt8(ascii: "-")) }
+        put(abs(year), 4)
+        out.append(UInt8(ascii: "-"))
+        put(month, 2)
+        out.append(UInt8(ascii: "-"))
+        put(day, 2)
+        out.append(UInt8(ascii: " "))
+        put(secondOfDay / 3600, 2)
+        out.append(UInt8(ascii: ":"))
+        put(secondOfDay / 60 % 60, 2)
+        out.append(UInt8(ascii: ":"))
+        put(secondOfDay % 60, 2)
+        if fraction != 0 {
+            out.append(UInt8(ascii: "."))
+            put(fraction, 6)
+            while out.last == UInt8(ascii: "0") { out.removeLast() }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Runs one statement; returns its rows (and names) and the rows it changed.

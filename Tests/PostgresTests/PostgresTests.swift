@@ -44,6 +44,20 @@ struct PostgresTests {
         #expect(throws: SQLError.self) { try Database.connect(wrong, timeout: .seconds(5)) }
     }
 
+    /// Timestamps come back as `YYYY-MM-DD HH:MM:SS[.ffffff]` text, whatever the era.
+    @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
+    func timestampsReadAsText() throws {
+        let db = try Database.connect(postgresURL!)
+        defer { db.close() }
+        for text in [
+            "2024-02-29 13:45:01", "1999-12-31 23:59:59.5", "2000-01-01 00:00:00", "1970-01-01 00:00:00.000001",
+            "0044-03-15 12:00:00", "9999-12-31 23:59:59.999999", "1900-03-01 00:00:00",
+        ] {
+            #expect(try db.scalar("SELECT $1::timestamp", [.text(text)]) == .text(text))
+        }
+        #expect(try db.scalar("SELECT 'infinity'::timestamp") == .text("infinity"))
+    }
+
     /// Batch inserts go through COPY: NULLs, tabs, newlines, backslashes, Unicode, bytes and extreme
     /// numbers arrive intact; text lands in typed columns (a timestamp read from another database as text
     /// writes back as a timestamp); a batch that breaks a constraint fails as a whole with a clear error.

@@ -53,14 +53,18 @@ func runETLSuite(_ only: Set<String>) throws {
     let url: DatabaseURL
     let db: any SQLConnection
     let lengthFunction: String
-    if kind == "mariadb" {
-        url = try DatabaseURL(env["MP_MARIADB_URL"] ?? "mysql://root:123456@127.0.0.1:3306/db1")
+    if kind == "mariadb" || kind == "postgres" {
+        url =
+            kind == "mariadb"
+            ? try DatabaseURL(env["MP_MARIADB_URL"] ?? "mysql://root:123456@127.0.0.1:3306/db1")
+            : try DatabaseURL(env["MP_POSTGRES_URL"] ?? "postgres://root:123456@127.0.0.1:5433/db1")
         db = try Database.connect(url)
         lengthFunction = "CHAR_LENGTH"
+        let user = db.dialect.quote("user")  // PostgreSQL: unquoted, `user` is the current user's name
         // The anchors' table: copied from their SQLite file (gen.py's rows) by the pipeline itself.
-        if (try? db.scalar("SELECT count(*) FROM user"))??.intValue != 1_000_000 {
+        if (try? db.scalar("SELECT count(*) FROM \(user)"))??.intValue != 1_000_000 {
             try db.executeScript(
-                "DROP TABLE IF EXISTS user; CREATE TABLE user (id bigint PRIMARY KEY, name varchar(64), pwd varchar(64), email varchar(128), created_at timestamp NULL)"
+                "DROP TABLE IF EXISTS \(user); CREATE TABLE \(user) (id bigint PRIMARY KEY, name varchar(64), pwd varchar(64), email varchar(128), created_at timestamp NULL)"
             )
             let pool = try ProcessPool(workers: 2)
             defer { pool.terminate() }
@@ -80,11 +84,12 @@ func runETLSuite(_ only: Set<String>) throws {
         lengthFunction = "LENGTH"
     }
     if only.contains("stages") { return try runETLStages(path) }
-    guard let n = try db.scalar("SELECT count(*) FROM user")?.intValue, n > 0 else {
+    let user = db.dialect.quote("user")
+    guard let n = try db.scalar("SELECT count(*) FROM \(user)")?.intValue, n > 0 else {
         print("error: no table user in \(url): run ../shared/bench/etl/gen.py --db sqlite first")
         exit(1)
     }
-    let m = try db.scalar("SELECT count(*) FROM user WHERE \(lengthFunction)(pwd) = 3")?.intValue ?? 0
+    let m = try db.scalar("SELECT count(*) FROM \(user) WHERE \(lengthFunction)(pwd) = 3")?.intValue ?? 0
     let rounds = Int(ProcessInfo.processInfo.environment["ETL_ROUNDS"] ?? "3") ?? 3
     func reset() throws {
         try db.executeScript(
@@ -126,7 +131,7 @@ func runETLSuite(_ only: Set<String>) throws {
         try reset()
         let f0 = now()
         try db.execute(
-            "INSERT INTO user_copy SELECT id, name, pwd, email, created_at, CASE WHEN \(lengthFunction)(pwd) = 3 THEN 'M' ELSE 'F' END FROM user"
+            "INSERT INTO user_copy SELECT id, name, pwd, email, created_at, CASE WHEN \(lengthFunction)(pwd) = 3 THEN 'M' ELSE 'F' END FROM \(user)"
         )
         let f1 = now()
         try verify()

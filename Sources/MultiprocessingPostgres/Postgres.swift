@@ -168,8 +168,9 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     }
 
     static func value(_ cell: PostgresCell) -> SQLValue {
-        guard cell.bytes != nil else { return .null }
+        guard let bytes = cell.bytes else { return .null }
         switch cell.dataType {
+        case .text, .varchar, .bpchar, .name: return .text(String(buffer: bytes))  // UTF-8 in both formats
         case .int2: return (try? cell.decode(Int16.self)).map { .int(Int64($0)) } ?? .null
         case .int4: return (try? cell.decode(Int32.self)).map { .int(Int64($0)) } ?? .null
         case .int8, .oid: return (try? cell.decode(Int64.self)).map { .int($0) } ?? .null
@@ -256,13 +257,10 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
             onMetadata: { m in gathered.withLock { $0.changed = m.rows ?? 0 } },
             onRow: { row in
                 var values: [SQLValue] = []
-                var names: [String] = []
-                for cell in row {
-                    values.append(Self.value(cell))
-                    names.append(cell.columnName)
-                }
+                values.reserveCapacity(row.count)
+                for cell in row { values.append(Self.value(cell)) }
                 gathered.withLock {
-                    if $0.rows.isEmpty { $0.columns = names }
+                    if $0.rows.isEmpty { $0.columns = row.map(\.columnName) }
                     $0.rows.append(values)
                 }
             }

@@ -162,7 +162,9 @@ let package = Package(
         ),
         .testTarget(
             name: "PostgresTests",
-            dependencies: ["MultiprocessingPostgres", "MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport"]
+            dependencies: [
+                "MultiprocessingPostgres", "MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport", "Threading",
+            ]
         ),
         .testTarget(
             name: "SQLTests",

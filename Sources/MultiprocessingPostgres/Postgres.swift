@@ -287,10 +287,42 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         columns: ([String]) throws -> Void,
         _ body: ([SQLValue]) throws -> Void
     ) throws -> [String] {
-        let r = try run(sql, parameters)
-        try columns(r.columns)
-        for row in r.rows { try body(row) }
-        return r.columns
+        // Rows are handed over as they arrive, in batches: the caller decodes the first rows while the
+        // event loop still parses the rest (they took turns when a statement's rows were gathered first).
+        let c = try handle()
+        let stream = RowStream()
+        let future = c.query(
+            sql,
+            parameters.map(Self.data),
+            onMetadata: { _ in },
+            onRow: { row in
+                var values: [SQLValue] = []
+                values.reserveCapacity(row.count)
+                for cell in row { values.append(Self.value(cell)) }
+                stream.add(values) { row.map(\.columnName) }
+            }
+        )
+        future.whenComplete { stream.finish($0.map { _ in () }) }
+        let deadline = Date(timeIntervalSinceNow: Double(timeout.milliseconds) / 1000)
+        var names: [String]?
+        while true {
+            let (columnNames, rows, end) = stream.take(until: deadline)
+            if names == nil, let columnNames {
+                names = columnNames
+                try columns(columnNames)
+            }
+            for row in rows { try body(row) }
+            guard let end else { continue }
+            do {
+                try end.get()
+            } catch {
+                let e = Self.translate(error, "cannot run \(sql.prefix(200))")
+                if e.kind == .connection { abandon(after: future) }
+                throw e
+            }
+            if names == nil { try columns([]) }
+            return names ?? []
+        }
     }
 
     /// Runs the script's statements one by one (postgres-nio speaks only the extended protocol, which takes
@@ -440,6 +472,53 @@ extension PostgresSQLConnection: SQLNotificationListening {
         // postgres-nio sends LISTEN when its first listener on a channel starts; the statement here makes
         // sure the server listens before this returns (a second LISTEN is a no-op).
         _ = try run("LISTEN \(dialect.quote(channel))", [])
+    }
+}
+
+/// A statement's rows, from the event loop to the thread that reads them, in batches.
+final class RowStream: @unchecked Sendable {  // state under `condition`
+    private let condition = NSCondition()
+    private var rows: [[SQLValue]] = []
+    private var columns: [String]?
+    private var end: Result<Void, any Error>?
+    private var handedColumns = false
+    static let batch = 256
+
+    func add(_ values: [SQLValue], names: () -> [String]) {
+        condition.lock()
+        if columns == nil { columns = names() }
+        rows.append(values)
+        if rows.count >= Self.batch { condition.signal() }
+        condition.unlock()
+    }
+
+    func finish(_ result: Result<Void, any Error>) {
+        condition.lock()
+        end = result
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Waits for a batch of rows, or the end; at `deadline`, ends with a timeout.
+    func take(until deadline: Date) -> (columns: [String]?, rows: [[SQLValue]], end: Result<Void, any Error>?) {
+        condition.lock()
+        defer { condition.unlock() }
+        while rows.count < Self.batch && end == nil {
+            if !condition.wait(until: deadline) {
+                if rows.isEmpty {
+                    end = .failure(SQLError(.connection, "PostgreSQL did not answer in time"))
+                }
+                break
+            }
+        }
+        let out = rows
+        rows = []
+        var names: [String]?
+        if !handedColumns, let columns {
+            names = columns
+            handedColumns = true
+        }
+        return (names, out, rows.isEmpty ? end : nil)
     }
 }
 

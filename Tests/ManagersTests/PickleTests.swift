@@ -143,6 +143,21 @@ let vectors: [(PythonValue, String)] = [
         #expect(throws: PickleError.self) { try PickleWriter().write(v) }
     }
 
+    /// One memo index stored twice on one value, then the value leaves the stack: found by the fuzzer
+    /// below (CI hung in it for minutes), the memo's lists looped.
+    @Test func aMemoIndexStoredTwiceDoesNotLoop() throws {
+        // PROTO 4, MARK, EMPTY_LIST, BINPUT 0, BINPUT 0, TUPLE, STOP
+        #expect(
+            try PickleReader().read([0x80, 0x04, 0x28, 0x5D, 0x71, 0x00, 0x71, 0x00, 0x74, 0x2E]) == .tuple([.list([])])
+        )
+        // The same index on two values: the second wins, the first keeps its place.
+        // PROTO 4, MARK, EMPTY_LIST, BINPUT 0, EMPTY_DICT, BINPUT 0, TUPLE, BINGET 0, TUPLE2, STOP
+        let v = try PickleReader().read([
+            0x80, 0x04, 0x28, 0x5D, 0x71, 0x00, 0x7D, 0x71, 0x00, 0x74, 0x68, 0x00, 0x86, 0x2E,
+        ])
+        #expect(v == .tuple([.tuple([.list([]), .dict([])]), .dict([])]))
+    }
+
     /// Random and truncated input: always a value or a PickleError, never a crash or a hang.
     @Test func fuzzedInputNeverCrashes() {
         var rng = SystemRandomNumberGenerator()

@@ -200,6 +200,18 @@ private struct Machine {
             memoNext.append(-1)
         }
         let slot = stack.count - 1
+        // An index memoized again (BINPUT twice, as fuzzed input does) leaves the list of the slot it
+        // named: linked twice, the lists would loop and `forget` would never end.
+        let old = memoSlot[index]
+        if old >= 0 {
+            if slotMemo[old] == index {
+                slotMemo[old] = memoNext[index]
+            } else {
+                var p = slotMemo[old]
+                while p >= 0 && memoNext[p] != index { p = memoNext[p] }
+                if p >= 0 { memoNext[p] = memoNext[index] }
+            }
+        }
         memo[index] = nil
         memoSlot[index] = slot
         memoNext[index] = slotMemo[slot]

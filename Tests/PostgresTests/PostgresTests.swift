@@ -27,6 +27,36 @@ struct SlowAddXB: RowTransform {
     }
 }
 
+/// The notes' job in a process of its own, so that a test can SIGKILL the whole run.
+struct PostgresPipelineRun: Job {
+    let url: DatabaseURL
+    func run() throws -> Int {
+        let pool = try ProcessPool(workers: 2)
+        defer { pool.terminate() }
+        return try TablePipeline(
+            from: .table("user", in: url),
+            to: url,
+            table: "user_copy",
+            transform: SlowAddXB(),
+            chunkSize: 250
+        ).run(on: pool).rowsWritten
+    }
+}
+
+/// `count` users in a `"user"` table (quoted: unquoted, `user` is PostgreSQL's current user).
+func makePostgresUsers(_ db: any SQLConnection, count: Int) throws {
+    try db.execute(
+        "CREATE TABLE \"user\" (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128))"
+    )
+    var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email"])
+    for i in 1...count {
+        batch.append([
+            .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)), .text("u\(i)@x"),
+        ])
+    }
+    try db.insert(into: "user", batch)
+}
+
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct PostgresTests {
     init() {
@@ -172,16 +202,7 @@ struct PostgresTests {
         let url = server.url
         let db = try Database.connect(url)
         defer { db.close() }
-        try db.execute(
-            "CREATE TABLE \"user\" (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128))"
-        )
-        var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email"])
-        for i in 1...20_000 {
-            batch.append([
-                .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)), .text("u\(i)@x"),
-            ])
-        }
-        try db.insert(into: "user", batch)
+        try makePostgresUsers(db, count: 20_000)
         let pool = try ProcessPool(workers: 2)
         defer { pool.terminate() }
         let pipeline: @Sendable () -> TablePipeline<SlowAddXB> = {
@@ -216,6 +237,43 @@ struct PostgresTests {
         defer { check.close() }
         #expect(try check.scalar("SELECT count(*) FROM user_copy") == .int(20_000))
         #expect(try check.scalar("SELECT count(DISTINCT id) FROM user_copy") == .int(20_000))
+    }
+
+    /// The whole run SIGKILLed midway on PostgreSQL, then run again: every row written exactly once.
+    @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
+    func aRunKilledMidwayFinishesExactlyOnceWhenRunAgain() throws {
+        try withScratchDatabase(.postgresql) { scratch in
+            let url = scratch.url
+            let db = try Database.connect(url)
+            defer { db.close() }
+            try makePostgresUsers(db, count: 20_000)
+            let child = ChildProcess(job: PostgresPipelineRun(url: url))
+            try child.start()
+            let deadline = ContinuousClock.now + .seconds(60)
+            var written = 0
+            while ContinuousClock.now < deadline {
+                written = Int((try? db.scalar("SELECT count(*) FROM mp_pipeline_chunks"))??.intValue ?? 0)
+                if written >= 8 { break }
+                usleep(5_000)
+            }
+            child.kill()
+            _ = try child.join(timeout: .seconds(10))
+            let copied = Int(try db.scalar("SELECT count(*) FROM user_copy")?.intValue ?? 0)
+            #expect(written >= 8 && copied < 20_000, "\(written) chunks, \(copied) rows when killed")
+            let pool = try ProcessPool(workers: 2)
+            defer { pool.terminate() }
+            let report = try TablePipeline(
+                from: .table("user", in: url),
+                to: url,
+                table: "user_copy",
+                transform: AddXB(),
+                chunkSize: 250
+            ).run(on: pool)
+            #expect(report.chunksSkipped > 0)
+            #expect(report.rowsWritten == 20_000 - copied)
+            #expect(try db.scalar("SELECT count(*) FROM user_copy") == .int(20_000))
+            #expect(try db.scalar("SELECT count(DISTINCT id) FROM user_copy") == .int(20_000))
+        }
     }
 }
 #else

@@ -201,13 +201,18 @@ struct PoolPromiseTests {
     @Test func crashAndTimeoutRetriesAreHonouredAfterClose() throws {
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         defer { pool.terminate() }
+        let markers = (tempPath("crash-once"), tempPath("slow-once"))
+        defer {
+            unlink(markers.0)
+            unlink(markers.1)
+        }
         let crash = try pool.submit(
-            CrashOnce(marker: tempPath("crash-once")),
+            CrashOnce(marker: markers.0),
             1,
             options: TaskOptions(retry: RetryPolicy(attempts: 3, backoff: .milliseconds(10)))
         )
         let slow = try pool.submit(
-            SlowOnce(marker: tempPath("slow-once")),
+            SlowOnce(marker: markers.1),
             3_000,
             options: TaskOptions(
                 timeout: .milliseconds(200),

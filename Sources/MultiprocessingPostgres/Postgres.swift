@@ -11,17 +11,11 @@ import PostgresNIO
 import Synchronization
 import Threading
 
-/// Makes `Database.connect` open `postgres://` URLs with ``PostgresSQLConnection``. Call once at start.
-public enum PostgresSupport {
-    public static func register() {
-        Database.register(.postgresql) { url, timeout in try PostgresSQLConnection(url, timeout: timeout) }
-    }
-}
-
 /// A blocking ``SQLConnection`` on a postgres-nio connection: each call waits (on the calling thread, up
 /// to the connection's timeout) for postgres-nio's event loop. Call it from a worker process or a thread
-/// of your own, never from Swift's cooperative pool. A statement's rows are gathered before `forEachRow`
-/// hands them over (read tables in chunks, as the pipeline does).
+/// of your own, never from Swift's cooperative pool. `forEachRow` hands rows over in batches as they
+/// arrive; until the caller takes them they wait in memory (read tables in chunks, as the pipeline does).
+/// `Database.connect` opens `postgres://` URLs with it whenever this module is linked.
 public final class PostgresSQLConnection: SQLConnectionOpening {
     public static func open(_ url: DatabaseURL, timeout: Duration) throws -> PostgresSQLConnection {
         try PostgresSQLConnection(url, timeout: timeout)
@@ -50,17 +44,18 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         )
         configuration.options.connectTimeout = .milliseconds(timeout.milliseconds)
         let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let connecting = PostgresConnection.connect(
+            on: loop,
+            configuration: configuration,
+            id: Self.ids.add(1, ordering: .relaxed).newValue,
+            logger: Self.logger
+        )
         do {
-            connection = try Self.wait(
-                PostgresConnection.connect(
-                    on: loop,
-                    configuration: configuration,
-                    id: Self.ids.add(1, ordering: .relaxed).newValue,
-                    logger: Self.logger
-                ),
-                timeout
-            )
+            connection = try Self.wait(connecting, timeout)
         } catch {
+            // A server that answers after the timeout: its connection is closed, not leaked (postgres-nio
+            // stops the process when an open connection is released).
+            connecting.whenSuccess { late in _ = late.close() as EventLoopFuture<Void> }
             throw Self.translate(error, "cannot connect to \(url)")
         }
     }

@@ -1,6 +1,4 @@
 /// Where a database is: `sqlite:PATH` (`sqlite:///abs/path.db`, `sqlite:relative.db`, `sqlite::memory:`),
-import Synchronization
-
 /// `postgres://user:password@host:port/database`, or `mysql://…` (also `mariadb://…`).
 public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible, Codable {
     public enum Kind: String, Sendable, Hashable, Codable {
@@ -161,9 +159,10 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible, Codable 
     }
 }
 
-/// Opens connections from URLs. SQLite is built in; other databases register an opener when their
-/// module is linked (PostgreSQL and MySQL live in modules of their own, so that programs that do not use
-/// them do not build their dependencies).
+/// Opens connections from URLs. SQLite and MySQL/MariaDB are built in (their client libraries are loaded
+/// when first used); PostgreSQL lives in a module of its own (`MultiprocessingPostgres`, with the
+/// `PostgreSQL` trait), found by its type's name when it is linked, so that programs that do not use it
+/// do not build SwiftNIO.
 public enum Database {
     /// Opens a connection. `busyTimeout` bounds how long a statement waits for a lock (SQLite) or the
     /// server (others).
@@ -176,18 +175,16 @@ public enum Database {
         case .postgresql:
             // The PostgreSQL module, when linked into this program (also in its pool workers, which run
             // the same program), is found by its type's name: no registration needed.
-            if let linked = _typeByName("23MultiprocessingPostgres21PostgresSQLConnectionC")
-                as? any SQLConnectionOpening.Type
-            {
-                return try linked.open(url, timeout: timeout)
-            }
-            guard let open = openers.withLock({ $0[url.kind] }) else {
+            guard
+                let linked = _typeByName("23MultiprocessingPostgres21PostgresSQLConnectionC")
+                    as? any SQLConnectionOpening.Type
+            else {
                 throw SQLError(
                     .unavailable,
                     "\(url.kind.rawValue) is not linked into this program: \(url) (build with --traits PostgreSQL and link MultiprocessingPostgres)"
                 )
             }
-            return try open(url, timeout)
+            return try linked.open(url, timeout: timeout)
         }
     }
 
@@ -195,14 +192,6 @@ public enum Database {
         try connect(DatabaseURL(url), timeout: timeout)
     }
 
-    public typealias Opener = @Sendable (DatabaseURL, Duration) throws -> any SQLConnection
-
-    /// Makes `connect` open URLs of `kind` with `opener`; called by the modules for other databases.
-    public static func register(_ kind: DatabaseURL.Kind, _ opener: @escaping Opener) {
-        openers.withLock { $0[kind] = opener }
-    }
-
-    private static let openers = Mutex<[DatabaseURL.Kind: Opener]>([:])
 }
 
 /// A connection type that opens itself from a URL: how `Database.connect` finds a database module

@@ -83,6 +83,32 @@ struct PostgresTests {
         #expect(throws: SQLError.self) { try Database.connect(wrong, timeout: .seconds(5)) }
     }
 
+    /// A server that takes the connection and never answers (a hung server, a wrong port on a busy
+    /// host): connecting fails with a connection error at its timeout, and nothing is left behind.
+    @Test func aSilentServerFailsTheConnectAtItsTimeout() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, 16) } }
+        #expect(listen(fd, 4) == 0)
+        var len = socklen_t(16)
+        _ = withUnsafeMutablePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        let url = try DatabaseURL("postgres://root:x@127.0.0.1:\(UInt16(bigEndian: a.sin_port))/db1")
+        let start = ContinuousClock.now
+        do {
+            _ = try Database.connect(url, timeout: .milliseconds(500))
+            Issue.record("connected to a silent server")
+        } catch let e as SQLError {
+            #expect(e.kind == .connection, "\(e)")
+        }
+        let took = ContinuousClock.now - start
+        #expect(took >= .milliseconds(450) && took < .seconds(10), "\(took)")
+    }
+
     /// Timestamps come back as `YYYY-MM-DD HH:MM:SS[.ffffff]` text, whatever the era.
     @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
     func timestampsReadAsText() throws {

@@ -43,10 +43,12 @@ struct PostgresPipelineRun: Job {
     }
 }
 
-/// `count` users in a `"user"` table (quoted: unquoted, `user` is PostgreSQL's current user).
-func makePostgresUsers(_ db: any SQLConnection, count: Int) throws {
+/// `count` users in a `"user"` table (quoted: unquoted, `user` is PostgreSQL's current user), in
+/// `schema` if given.
+func makePostgresUsers(_ db: any SQLConnection, count: Int, schema: String? = nil) throws {
+    let table = schema.map { "\($0).user" } ?? "user"
     try db.execute(
-        "CREATE TABLE \"user\" (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128))"
+        "CREATE TABLE \(db.dialect.quote(table)) (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128))"
     )
     var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email"])
     for i in 1...count {
@@ -54,7 +56,7 @@ func makePostgresUsers(_ db: any SQLConnection, count: Int) throws {
             .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)), .text("u\(i)@x"),
         ])
     }
-    try db.insert(into: "user", batch)
+    try db.insert(into: table, batch)
 }
 
 @Suite(.serialized, .timeLimit(.minutes(3)))
@@ -183,16 +185,7 @@ struct PostgresTests {
             _ = try? db.execute("DROP SCHEMA \(schema) CASCADE")
             _ = try? db.execute("DELETE FROM mp_pipeline_chunks WHERE pipeline LIKE $1", [.text("%\(schema)%")])
         }
-        try db.execute(
-            "CREATE TABLE \(schema).\"user\" (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128))"
-        )
-        var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email"])
-        for i in 1...6_000 {
-            batch.append([
-                .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)), .text("u\(i)@x"),
-            ])
-        }
-        try db.insert(into: "\(schema).user", batch)
+        try makePostgresUsers(db, count: 6_000, schema: schema)
         let pool = try ProcessPool(workers: 2)
         defer { pool.terminate() }
         let report = try TablePipeline(

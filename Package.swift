@@ -93,8 +93,10 @@ let package = Package(
         .target(
             name: "MultiprocessingPostgres",
             dependencies: [
-                "MultiprocessingSQL", "Threading",
+                "MultiprocessingSQL", "Multiprocessing", "Threading",
                 .product(name: "PostgresNIO", package: "postgres-nio", condition: .when(traits: ["PostgreSQL"])),
+                // SCRAM-SHA-256 and MD5 for the reading session's own authentication.
+                .product(name: "Crypto", package: "swift-crypto", condition: .when(traits: ["PostgreSQL"])),
             ]
         ),
         // A durable job queue on a database (SQLite by default): enqueue Jobs, workers run them on a

@@ -22,6 +22,9 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     }
 
     private var connection: PostgresConnection?
+    /// The reading session (``SQLBulkReading``), opened on first use.
+    private var reader: PostgresWireReader?
+    private var readerUnsupported = false
     public let url: DatabaseURL
     let timeout: Duration
     public var dialect: SQLDialect { .postgresql }
@@ -63,6 +66,8 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     deinit { close() }
 
     public func close() {
+        reader?.close()
+        reader = nil
         // postgres-nio asserts that a connection is closed before it is released: wait for the close.
         if let c = connection, !c.isClosed {
             let closing: EventLoopFuture<Void> = c.close()
@@ -123,23 +128,20 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         } else {
             return SQLError(.connection, "\(what): \(error)")
         }
-        let kind: SQLError.Kind
-        if state.hasPrefix("23") {
-            kind = .constraint
-        } else if state.hasPrefix("42") {
-            kind = .statement
-        } else if ["40001", "40P01", "55P03"].contains(state) {
-            kind = .busy
-        } else if state.hasPrefix("08") || state.hasPrefix("57P") || state == "28P01" || state == "28000"
-            || state.isEmpty
-        {
-            kind = .connection
-        } else if state.hasPrefix("22") {
-            kind = .conversion
-        } else {
-            kind = .other
-        }
+        let kind = kind(ofState: state)
         return SQLError(kind, "\(what): \(message)", code: state.isEmpty ? code : "SQLSTATE \(state)")
+    }
+
+    /// The kind of error a SQLSTATE names.
+    static func kind(ofState state: String) -> SQLError.Kind {
+        if state.hasPrefix("23") { return .constraint }
+        if state.hasPrefix("42") { return .statement }
+        if ["40001", "40P01", "55P03"].contains(state) { return .busy }
+        if state.hasPrefix("08") || state.hasPrefix("57P") || state == "28P01" || state == "28000" || state.isEmpty {
+            return .connection
+        }
+        if state.hasPrefix("22") { return .conversion }
+        return .other
     }
 
     private func handle() throws -> PostgresConnection {
@@ -360,10 +362,20 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         let outcome = CopyOutcome()
         let done = DispatchSemaphore(value: 0)
         let task = Self.startCopy(c, table, columns, data, outcome, done)
-        if done.wait(timeout: .now() + .milliseconds(Int(timeout.milliseconds))) == .timedOut {
-            task.cancel()
-            abandon(after: Self.whenDone(task, on: c.eventLoop))
-            throw SQLError(.connection, "PostgreSQL did not take a COPY of \(batch.count) rows within \(timeout)")
+        // Waited in slices: postgres-nio 1.33's `copyFrom` never returns when the server goes away
+        // mid-COPY (seen when a restart lands during one), so a closed connection ends the wait at once.
+        let deadline = Deadline.after(timeout)!
+        while done.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
+            if c.isClosed {
+                task.cancel()
+                connection = nil
+                throw SQLError(.connection, "the server closed the connection during a COPY into \(table)")
+            }
+            if deadline.hasPassed {
+                task.cancel()
+                abandon(after: Self.whenDone(task, on: c.eventLoop))
+                throw SQLError(.connection, "PostgreSQL did not take a COPY of \(batch.count) rows within \(timeout)")
+            }
         }
         do {
             try outcome.value.withLock { $0! }.get()
@@ -454,6 +466,33 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
                 b.writeInteger(digits[Int(byte >> 4)])
                 b.writeInteger(digits[Int(byte & 15)])
             }
+        }
+    }
+}
+
+extension PostgresSQLConnection: SQLBulkReading {
+    public func forEachRowOnReadingSession(
+        _ sql: String,
+        _ parameters: [SQLValue],
+        columns: ([String]) throws -> Void,
+        _ body: ([SQLValue]) throws -> Void
+    ) throws -> [String] {
+        if reader == nil || reader?.isOpen == false, !readerUnsupported {
+            reader = nil
+            do {
+                reader = try PostgresWireReader(url, timeout: timeout)
+            } catch let e as PostgresWireReader.Unsupported {
+                // TLS, or an authentication this reader does not speak: postgres-nio reads instead.
+                Self.logger.debug("reading through postgres-nio", metadata: ["reason": "\(e.reason)"])
+                readerUnsupported = true
+            }
+        }
+        guard let r = reader else { return try forEachRow(sql, parameters, columns: columns, body) }
+        do {
+            return try r.forEachRow(sql, parameters, columns: columns, body)
+        } catch {
+            if !r.isOpen { reader = nil }
+            throw error
         }
     }
 }

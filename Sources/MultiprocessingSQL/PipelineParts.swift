@@ -302,8 +302,12 @@ public struct CopyChunk<Transform: RowTransform>: SyncTaskFunction {
             // Rows are decoded as they come (the column names are known once the query runs).
             var decoder = SQLRowDecoder(columns: [])
             inputs.reserveCapacity(spec.chunkSize)
-            try c.forEachRow(sql, parameters, columns: { decoder = SQLRowDecoder(columns: $0) }) {
-                inputs.append(try decoder.decode(Transform.Input.self, from: $0))
+            let setColumns: ([String]) -> Void = { decoder = SQLRowDecoder(columns: $0) }
+            let add: ([SQLValue]) throws -> Void = { inputs.append(try decoder.decode(Transform.Input.self, from: $0)) }
+            if let bulk = c as? any SQLBulkReading {
+                try bulk.forEachRowOnReadingSession(sql, parameters, columns: setColumns, add)
+            } else {
+                try c.forEachRow(sql, parameters, columns: setColumns, add)
             }
             return inputs.count
         }

@@ -126,6 +126,21 @@ public protocol SQLConnection: AnyObject {
     func close()
 }
 
+/// A connection that can stream a large query's rows faster on a second session of its own (PostgreSQL:
+/// the wire protocol read on the calling thread, without postgres-nio's event loop). The table pipeline
+/// reads its chunks this way when the source connection offers it.
+public protocol SQLBulkReading: SQLConnection {
+    /// What ``SQLConnection/forEachRow(_:_:columns:_:)`` does, on the connection's reading session: it
+    /// sees committed data only, none of this session's transaction, temporary tables or settings.
+    @discardableResult
+    func forEachRowOnReadingSession(
+        _ sql: String,
+        _ parameters: [SQLValue],
+        columns: ([String]) throws -> Void,
+        _ body: ([SQLValue]) throws -> Void
+    ) throws -> [String]
+}
+
 /// A connection that receives the database's notifications (PostgreSQL's `LISTEN`/`NOTIFY`). The job
 /// queue's workers use one to wake as soon as a job is queued, and poll when the database has none.
 public protocol SQLNotificationListening: SQLConnection {

@@ -146,6 +146,16 @@ public final class PrivatePostgres: @unchecked Sendable {
         try asPostgres("\(bin)/pg_ctl -D \(directory)/data -m fast -w restart -l \(directory)/server.log >/dev/null")
     }
 
+    /// Puts `lines` (pg_hba.conf rules, e.g. `host all alice 127.0.0.1/32 md5`) before the trust rules
+    /// and reloads the server's configuration.
+    public func authenticate(_ lines: [String]) throws {
+        let hba = "\(directory)/data/pg_hba.conf"
+        try asPostgres(
+            "{ printf '%s\\n' \(lines.map { "\"\($0)\"" }.joined(separator: " ")); cat \(hba); } > \(hba).new && mv \(hba).new \(hba)"
+        )
+        try asPostgres("\(bin)/pg_ctl -D \(directory)/data reload >/dev/null")
+    }
+
     func asPostgres(_ command: String) throws {
         let quoted = command.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''")
         try Self.shell("su postgres -s /bin/sh -c '\(quoted)'")

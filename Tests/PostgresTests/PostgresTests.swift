@@ -242,6 +242,7 @@ struct PostgresTests {
         }
         watcher.close()
         try server.restart()
+        let restarted = ContinuousClock.now
         do {
             let report = try first.result(timeout: .seconds(120))
             print("the first run finished across the restart: \(report)")
@@ -250,6 +251,9 @@ struct PostgresTests {
             #expect(!("\(error)".contains("did not finish within")), "\(error)")
             print("the first run failed clearly: \(error)")
         }
+        // Not after a statement's 60-second timeout either: a connection the server closed ends its call
+        // at once (postgres-nio's COPY had waited the whole minute when the restart landed during one).
+        #expect(ContinuousClock.now - restarted < .seconds(30))
         let again = try pipeline().run(on: pool)
         print("second run: \(again)")
         let check = try Database.connect(url)
@@ -293,6 +297,188 @@ struct PostgresTests {
             #expect(try db.scalar("SELECT count(*) FROM user_copy") == .int(20_000))
             #expect(try db.scalar("SELECT count(DISTINCT id) FROM user_copy") == .int(20_000))
         }
+    }
+    /// The reading session (the pipeline's chunk reads) gives the same values as the connection itself
+    /// for the types read in binary, PostgreSQL's text for every other type, and takes parameters of
+    /// every kind.
+    @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
+    func theReadingSessionReadsWhatTheConnectionReads() throws {
+        let db = try Database.connect(postgresURL!)
+        defer { db.close() }
+        let t = "mp_reader_\(getpid())"
+        defer { _ = try? db.execute("DROP TABLE IF EXISTS \(t)") }
+        try db.execute(
+            """
+            CREATE TABLE \(t) (id int PRIMARY KEY, a smallint, b bigint, c boolean, d real, e double precision,
+              f text, g varchar(20), h char(4), i bytea, j timestamp, k timestamptz, l uuid, m numeric(10,2),
+              n date, o json)
+            """
+        )
+        try db.execute(
+            """
+            INSERT INTO \(t) VALUES
+              (1, -7, 9223372036854775807, true, 1.5, -2.25e300, 'héllo\ttab', 'v', 'ab', '\\x00ff10',
+               '2024-02-29 13:45:01.25', '2024-02-29 13:45:01+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+               12.5, '2024-01-02', '{"a": 1}'),
+              (2, NULL, NULL, false, 'NaN', '-Infinity', '', NULL, NULL, '\\x', 'infinity', NULL, NULL, NULL, NULL,
+               NULL)
+            """
+        )
+        let bulk = try #require(db as? any SQLBulkReading)
+        let sql = "SELECT * FROM \(t) WHERE id >= $1 ORDER BY id"
+        var viaReader: [[SQLValue]] = []
+        var names: [String] = []
+        try bulk.forEachRowOnReadingSession(sql, [.int(1)], columns: { names = $0 }) { viaReader.append($0) }
+        let viaConnection = try db.query(sql, [.int(1)])
+        #expect(names == viaConnection.first?.columns)
+        #expect(viaReader.count == 2)
+        let binary = names.indices.filter { !["m", "n", "o"].contains(names[$0]) }
+        for (r, c) in zip(viaReader, viaConnection) {
+            for i in binary where !(r[i].doubleValue?.isNaN ?? false) {
+                #expect(r[i] == c.values[i], "column \(names[i])")
+            }
+        }
+        #expect(viaReader[0][3] == .int(1) && viaReader[0][9] == .blob([0, 255, 16]))
+        #expect(viaReader[0][10] == .text("2024-02-29 13:45:01.25") && viaReader[0][11] == .text("2024-02-29 11:45:01"))
+        #expect(viaReader[0][12] == .text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"))
+        #expect(Array(viaReader[0][13...]) == [.text("12.50"), .text("2024-01-02"), .text("{\"a\": 1}")])
+        #expect(viaReader[1][4].doubleValue?.isNaN == true && viaReader[1][5] == .double(-.infinity))
+        #expect(viaReader[1][10] == .text("infinity") && viaReader[1][9] == .blob([]))
+        // Parameters of every kind, sent as text and typed by the statement.
+        var got: [[SQLValue]] = []
+        try bulk.forEachRowOnReadingSession(
+            "SELECT id FROM \(t) WHERE f = $1 OR i = $2 OR e < $3 OR j = $4 OR $5::int IS NOT NULL ORDER BY id",
+            [.text("héllo\ttab"), .blob([0]), .double(-1e300), .text("infinity"), .null],
+            columns: { _ in }
+        ) { got.append($0) }
+        #expect(got == [[.int(1)], [.int(2)]])
+        // A statement with no rows, and one that changes nothing.
+        var none = 0
+        let columns = try bulk.forEachRowOnReadingSession("SELECT 1 AS one WHERE false", [], columns: { _ in }) { _ in
+            none += 1
+        }
+        #expect(none == 0 && columns == ["one"])
+    }
+
+    /// The reading session after each way a read can fail: the server's error (the session stays), the
+    /// caller's own error mid-stream, an error after some rows, and its backend terminated (the session
+    /// is closed, and the next read opens a new one).
+    @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
+    func theReadingSessionRecoversFromEveryFailure() throws {
+        let db = try Database.connect(postgresURL!)
+        defer { db.close() }
+        let bulk = try #require(db as? any SQLBulkReading)
+        func count(_ sql: String) throws -> Int {
+            var n = 0
+            try bulk.forEachRowOnReadingSession(sql, [], columns: { _ in }) { _ in n += 1 }
+            return n
+        }
+        do {
+            _ = try count("SELECT * FROM nowhere_\(getpid())")
+            Issue.record("no error")
+        } catch let e as SQLError {
+            #expect(e.kind == .statement && e.description.contains("nowhere"), "\(e)")
+        }
+        #expect(try count("SELECT generate_series(1, 1000)") == 1000)
+        do {
+            _ = try count("SELECT 1 / (i - 700) FROM generate_series(1, 100000) i")
+            Issue.record("no error")
+        } catch let e as SQLError {
+            #expect(e.kind == .conversion && e.description.contains("division by zero"), "\(e)")
+        }
+        #expect(try count("SELECT generate_series(1, 10)") == 10)
+        struct Stop: Error {}
+        var seen = 0
+        #expect(throws: Stop.self) {
+            try bulk.forEachRowOnReadingSession("SELECT generate_series(1, 100000)", [], columns: { _ in }) { _ in
+                seen += 1
+                if seen == 500 { throw Stop() }
+            }
+        }
+        #expect(try count("SELECT generate_series(1, 10)") == 10)
+        // Its backend terminated by an administrator: one read fails as a connection error, the next works.
+        var pid: Int64 = 0
+        try bulk.forEachRowOnReadingSession("SELECT pg_backend_pid()", [], columns: { _ in }) { pid = $0[0].intValue! }
+        #expect(pid != 0)
+        _ = try db.scalar("SELECT pg_terminate_backend($1::int)", [.int(pid)])
+        do {
+            _ = try count("SELECT 1")
+            Issue.record("the terminated session answered")
+        } catch let e as SQLError {
+            #expect(e.kind == .connection, "\(e)")
+        }
+        #expect(try count("SELECT generate_series(1, 10)") == 10)
+    }
+
+    /// The reading session's own connect: a wrong password and a silent server fail clearly, at once and
+    /// at the timeout.
+    @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
+    func theReadingSessionsConnectFailsClearly() throws {
+        var wrong = postgresURL!
+        wrong.password = "wrong"
+        do {
+            _ = try PostgresWireReader(wrong, timeout: .seconds(5))
+            Issue.record("a wrong password was taken")
+        } catch let e as SQLError {
+            #expect(e.kind == .connection && e.description.contains("password authentication failed"), "\(e)")
+        }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, 16) } }
+        #expect(listen(fd, 4) == 0)
+        var len = socklen_t(16)
+        _ = withUnsafeMutablePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        let silent = try DatabaseURL("postgres://root:x@127.0.0.1:\(UInt16(bigEndian: a.sin_port))/db1")
+        let start = ContinuousClock.now
+        do {
+            _ = try PostgresWireReader(silent, timeout: .milliseconds(500))
+            Issue.record("connected to a silent server")
+        } catch let e as SQLError {
+            #expect(e.kind == .connection, "\(e)")
+        }
+        let took = ContinuousClock.now - start
+        #expect(took >= .milliseconds(450) && took < .seconds(10), "\(took)")
+    }
+
+    /// Every authentication the reading session speaks, against a real server configured for each: trust,
+    /// cleartext password, MD5 and SCRAM-SHA-256 (and a wrong MD5 password refused).
+    @Test(.enabled(if: PrivatePostgres.unavailable == nil, "needs Debian's PostgreSQL server binaries and root"))
+    func theReadingSessionSpeaksEveryPasswordAuthentication() throws {
+        let server = try PrivatePostgres()
+        defer { server.stop() }
+        let admin = try Database.connect(server.url)
+        defer { admin.close() }
+        try admin.executeScript(
+            """
+            SET password_encryption = 'md5'; CREATE ROLE mp_md5 LOGIN PASSWORD 'm d5!';
+            CREATE ROLE mp_clear LOGIN PASSWORD 'clear';
+            SET password_encryption = 'scram-sha-256'; CREATE ROLE mp_scram LOGIN PASSWORD 'sc"ram'
+            """
+        )
+        try server.authenticate([
+            "host all mp_md5 127.0.0.1/32 md5", "host all mp_clear 127.0.0.1/32 password",
+            "host all mp_scram 127.0.0.1/32 scram-sha-256",
+        ])
+        for (user, password) in [("postgres", ""), ("mp_md5", "m d5!"), ("mp_clear", "clear"), ("mp_scram", "sc\"ram")]
+        {
+            var url = server.url
+            url.user = user
+            url.password = password
+            let reader = try PostgresWireReader(url, timeout: .seconds(10))
+            var who: [SQLValue] = []
+            _ = try reader.forEachRow("SELECT current_user::text", [], columns: { _ in }) { who = $0 }
+            #expect(who == [.text(user)])
+            reader.close()
+        }
+        var wrong = server.url
+        wrong.user = "mp_md5"
+        wrong.password = "nope"
+        #expect(throws: SQLError.self) { try PostgresWireReader(wrong, timeout: .seconds(10)) }
     }
 }
 #else

@@ -59,6 +59,17 @@ func makePostgresUsers(_ db: any SQLConnection, count: Int, schema: String? = ni
     try db.insert(into: table, batch)
 }
 
+/// Every row the reading session returns, and the column names.
+func readAll(
+    _ bulk: any SQLBulkReading,
+    _ sql: String,
+    _ parameters: [SQLValue] = []
+) throws -> (columns: [String], rows: [[SQLValue]]) {
+    var rows: [[SQLValue]] = []
+    let columns = try bulk.forEachRowOnReadingSession(sql, parameters, columns: { _ in }, { rows.append($0) })
+    return (columns, rows)
+}
+
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct PostgresTests {
     init() {
@@ -326,9 +337,9 @@ struct PostgresTests {
         )
         let bulk = try #require(db as? any SQLBulkReading)
         let sql = "SELECT * FROM \(t) WHERE id >= $1 ORDER BY id"
-        var viaReader: [[SQLValue]] = []
-        var names: [String] = []
-        try bulk.forEachRowOnReadingSession(sql, [.int(1)], columns: { names = $0 }) { viaReader.append($0) }
+        var viaReader: [[SQLValue]]
+        var names: [String]
+        (names, viaReader) = try readAll(bulk, sql, [.int(1)])
         let viaConnection = try db.query(sql, [.int(1)])
         #expect(names == viaConnection.first?.columns)
         #expect(viaReader.count == 2)
@@ -345,19 +356,15 @@ struct PostgresTests {
         #expect(viaReader[1][4].doubleValue?.isNaN == true && viaReader[1][5] == .double(-.infinity))
         #expect(viaReader[1][10] == .text("infinity") && viaReader[1][9] == .blob([]))
         // Parameters of every kind, sent as text and typed by the statement.
-        var got: [[SQLValue]] = []
-        try bulk.forEachRowOnReadingSession(
+        let got = try readAll(
+            bulk,
             "SELECT id FROM \(t) WHERE f = $1 OR i = $2 OR e < $3 OR j = $4 OR $5::int IS NOT NULL ORDER BY id",
-            [.text("héllo\ttab"), .blob([0]), .double(-1e300), .text("infinity"), .null],
-            columns: { _ in }
-        ) { got.append($0) }
+            [.text("héllo\ttab"), .blob([0]), .double(-1e300), .text("infinity"), .null]
+        ).rows
         #expect(got == [[.int(1)], [.int(2)]])
         // A statement with no rows, and one that changes nothing.
-        var none = 0
-        let columns = try bulk.forEachRowOnReadingSession("SELECT 1 AS one WHERE false", [], columns: { _ in }) { _ in
-            none += 1
-        }
-        #expect(none == 0 && columns == ["one"])
+        let (columns, none) = try readAll(bulk, "SELECT 1 AS one WHERE false")
+        #expect(none.isEmpty && columns == ["one"])
     }
 
     /// The reading session after each way a read can fail: the server's error (the session stays), the
@@ -369,9 +376,7 @@ struct PostgresTests {
         defer { db.close() }
         let bulk = try #require(db as? any SQLBulkReading)
         func count(_ sql: String) throws -> Int {
-            var n = 0
-            try bulk.forEachRowOnReadingSession(sql, [], columns: { _ in }) { _ in n += 1 }
-            return n
+            try readAll(bulk, sql).rows.count
         }
         do {
             _ = try count("SELECT * FROM nowhere_\(getpid())")
@@ -390,15 +395,19 @@ struct PostgresTests {
         struct Stop: Error {}
         var seen = 0
         #expect(throws: Stop.self) {
-            try bulk.forEachRowOnReadingSession("SELECT generate_series(1, 100000)", [], columns: { _ in }) { _ in
-                seen += 1
-                if seen == 500 { throw Stop() }
-            }
+            try bulk.forEachRowOnReadingSession(
+                "SELECT generate_series(1, 100000)",
+                [],
+                columns: { _ in },
+                { _ in
+                    seen += 1
+                    if seen == 500 { throw Stop() }
+                }
+            )
         }
         #expect(try count("SELECT generate_series(1, 10)") == 10)
         // Its backend terminated by an administrator: one read fails as a connection error, the next works.
-        var pid: Int64 = 0
-        try bulk.forEachRowOnReadingSession("SELECT pg_backend_pid()", [], columns: { _ in }) { pid = $0[0].intValue! }
+        let pid = try readAll(bulk, "SELECT pg_backend_pid()").rows.first?.first?.intValue ?? 0
         #expect(pid != 0)
         _ = try db.scalar("SELECT pg_terminate_backend($1::int)", [.int(pid)])
         do {
@@ -471,7 +480,7 @@ struct PostgresTests {
             url.password = password
             let reader = try PostgresWireReader(url, timeout: .seconds(10))
             var who: [SQLValue] = []
-            _ = try reader.forEachRow("SELECT current_user::text", [], columns: { _ in }) { who = $0 }
+            _ = try reader.forEachRow("SELECT current_user::text", [], columns: { _ in }, { who = $0 })
             #expect(who == [.text(user)])
             reader.close()
         }

@@ -26,7 +26,11 @@
     X(unsigned long *, mysql_fetch_lengths, (void *)) \
     X(void, mysql_free_result, (void *)) \
     X(int, mysql_next_result, (void *)) \
-    X(unsigned long, mysql_real_escape_string, (void *, char *, const char *, unsigned long))
+    X(unsigned long, mysql_real_escape_string, (void *, char *, const char *, unsigned long)) \
+    X(unsigned int, mysql_warning_count, (void *)) \
+    X(void, mysql_set_local_infile_handler, (void *, int (*)(void **, const char *, void *), \
+                                              int (*)(void *, char *, unsigned int), void (*)(void *), \
+                                              int (*)(void *, char *, unsigned int), void *))
 
 #define DECLARE(ret, name, args) static ret(*q_##name) args;
 MP_MYSQL_FUNCTIONS(DECLARE)
@@ -57,6 +61,51 @@ int mp_mysql_load(char *error, size_t errorLength) {
     return 0;
 }
 
+// LOAD DATA LOCAL INFILE served from memory: the handler hands out the bytes of the one statement that
+// asked (mp_mysql_load_data) and refuses every other request, so a server can never read a client file.
+typedef struct {
+    const char *data;
+    size_t length;
+    size_t offset;
+    int active;
+} mp_infile;
+
+static mp_infile refuse = {NULL, 0, 0, 0};
+
+static int infile_init(void **state, const char *name, void *userdata) {
+    (void)name;
+    mp_infile *f = (mp_infile *)userdata;
+    *state = f;
+    return f->active ? 0 : 1;
+}
+
+static int infile_read(void *state, char *buffer, unsigned int length) {
+    mp_infile *f = (mp_infile *)state;
+    size_t n = f->length - f->offset;
+    if (n > length) n = length;
+    memcpy(buffer, f->data + f->offset, n);
+    f->offset += n;
+    return (int)n;
+}
+
+static void infile_end(void *state) { (void)state; }
+
+static int infile_error(void *state, char *message, unsigned int length) {
+    (void)state;
+    snprintf(message, length, "this client serves LOAD DATA LOCAL only from memory, for its own statements");
+    return 2000; /* CR_UNKNOWN_ERROR */
+}
+
+int mp_mysql_load_data(mp_mysql *m, const char *sql, unsigned long sqlLength, const char *data, size_t length) {
+    mp_infile f = {data, length, 0, 1};
+    q_mysql_set_local_infile_handler(m, infile_init, infile_read, infile_end, infile_error, &f);
+    int rc = q_mysql_real_query(m, sql, sqlLength);
+    q_mysql_set_local_infile_handler(m, infile_init, infile_read, infile_end, infile_error, &refuse);
+    return rc;
+}
+
+unsigned int mp_mysql_warning_count(mp_mysql *m) { return q_mysql_warning_count(m); }
+
 mp_mysql *mp_mysql_connect(const char *host, const char *user, const char *password, const char *db,
                            unsigned int port, unsigned int timeoutSeconds, char *error, size_t errorLength,
                            unsigned int *errorNumber) {
@@ -69,12 +118,16 @@ mp_mysql *mp_mysql_connect(const char *host, const char *user, const char *passw
     q_mysql_options(m, 11 /* MYSQL_OPT_READ_TIMEOUT */, &timeoutSeconds);
     q_mysql_options(m, 12 /* MYSQL_OPT_WRITE_TIMEOUT */, &timeoutSeconds);
     q_mysql_options(m, 7 /* MYSQL_SET_CHARSET_NAME */, "utf8mb4");
+    unsigned int on = 1;
+    q_mysql_options(m, 8 /* MYSQL_OPT_LOCAL_INFILE */, &on);
     if (q_mysql_real_connect(m, host, user, password, db, port, NULL, 65536 /* CLIENT_MULTI_STATEMENTS */) == NULL) {
         snprintf(error, errorLength, "%s", q_mysql_error(m));
         if (errorNumber != NULL) *errorNumber = q_mysql_errno(m);
         q_mysql_close(m);
         return NULL;
     }
+    // Until a statement of ours asks, the server's LOCAL INFILE requests are refused.
+    q_mysql_set_local_infile_handler(m, infile_init, infile_read, infile_end, infile_error, &refuse);
     return (mp_mysql *)m;
 }
 

@@ -90,6 +90,125 @@ struct MariaDBTests {
         #expect(try MariaDBConnection(mariaDBURL!).scalar("SELECT 1") == .int(1))
     }
 
+    /// How many LOAD DATA and INSERT statements this session has run.
+    func statementCounts(_ db: MariaDBConnection) throws -> (load: Int64, insert: Int64) {
+        let rows = try db.query("SHOW SESSION STATUS WHERE Variable_name IN ('Com_load', 'Com_insert')")
+        let v = Dictionary(uniqueKeysWithValues: rows.map { ($0.values[0].textValue!, $0.values[1].intValue ?? 0) })
+        return (v["Com_load"] ?? 0, v["Com_insert"] ?? 0)
+    }
+
+    /// Batches go through LOAD DATA LOCAL, served from memory: tabs, newlines, backslashes, NUL,
+    /// Unicode, empty text and NULL arrive intact (a non-finite double as NULL, as INSERT writes it); a
+    /// batch with bytes goes through INSERT.
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func batchInsertsGoThroughLoadData() throws {
+        let db = try MariaDBConnection(mariaDBURL!)
+        let t = uniqueTable("mp_load")
+        defer { _ = try? db.execute("DROP TABLE IF EXISTS \(t)") }
+        try db.execute("CREATE TABLE \(t) (a BIGINT, b DOUBLE, c TEXT, d DATETIME(6) NULL, e BLOB)")
+        var batch = SQLRowBatch(columns: ["a", "b", "c", "d"])
+        let texts = ["tab\there", "new\nline\r\n", "back\\slash \\N", "nul\u{0}byte", "héllo 😀", "", "\\"]
+        for (i, text) in texts.enumerated() {
+            batch.append([.int(Int64(i) - 3), .double(Double(i) / 3), .text(text), .text("2024-02-29 13:45:0\(i).25")])
+        }
+        batch.append([.int(Int64.max), .double(.infinity), .null, .null])
+        let before = try statementCounts(db)
+        #expect(try db.insert(into: t, batch) == texts.count + 1)
+        let after = try statementCounts(db)
+        #expect(after.load == before.load + 1 && after.insert == before.insert, "\(before) → \(after)")
+        let back = try db.query("SELECT a, b, c, d FROM \(t) ORDER BY a")
+        #expect(back.count == texts.count + 1)
+        for (i, text) in texts.enumerated() {
+            #expect(back[i].values[0] == .int(Int64(i) - 3))
+            #expect(back[i].values[1] == .double(Double(i) / 3))
+            #expect(back[i].values[2] == .text(text), "row \(i)")
+            #expect(back[i].values[3] == .text("2024-02-29 13:45:0\(i).250000"))
+        }
+        #expect(back.last?.values == [.int(Int64.max), .null, .null, .null])
+        // Bytes: INSERT.
+        var bytes = SQLRowBatch(columns: ["a", "e"])
+        bytes.append([.int(100), .blob([0, 9, 10, 92, 255])])
+        #expect(try db.insert(into: t, bytes) == 1)
+        #expect(try statementCounts(db).insert == after.insert + 1)
+        #expect(try db.scalar("SELECT e FROM \(t) WHERE a = 100") == .blob([0, 9, 10, 92, 255]))
+    }
+
+    /// LOCAL makes a duplicate key or a value too long a warning; the connection rolls the load back and
+    /// lets INSERT fail as it should: nothing of the batch stays, in a transaction or not, and a
+    /// transaction's earlier rows are kept.
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func aLoadThatWouldDropRowsFailsAsInsertWould() throws {
+        let db = try MariaDBConnection(mariaDBURL!)
+        let t = uniqueTable("mp_load_strict")
+        defer { _ = try? db.execute("DROP TABLE IF EXISTS \(t)") }
+        try db.execute("CREATE TABLE \(t) (id BIGINT PRIMARY KEY, code VARCHAR(3)) ENGINE=InnoDB")
+        func rows(_ ids: [Int], code: String = "ok") -> SQLRowBatch {
+            var b = SQLRowBatch(columns: ["id", "code"])
+            for i in ids { b.append([.int(Int64(i)), .text(code)]) }
+            return b
+        }
+        #expect(try db.insert(into: t, rows([1, 2, 3])) == 3)
+        do {
+            try db.insert(into: t, rows([4, 5, 2]))
+            Issue.record("a duplicate key was taken")
+        } catch let e as SQLError {
+            #expect(e.kind == .constraint, "\(e)")
+        }
+        do {
+            try db.insert(into: t, rows([6], code: "too long"))
+            Issue.record("a value too long was taken")
+        } catch let e as SQLError {
+            #expect(e.kind == .conversion, "\(e)")
+        }
+        #expect(try db.scalar("SELECT count(*) FROM \(t)") == .int(3))
+        try db.begin(immediate: false)
+        #expect(try db.insert(into: t, rows([10, 11])) == 2)
+        #expect(throws: SQLError.self) { try db.insert(into: t, rows([12, 10])) }
+        #expect(try db.insert(into: t, rows([13])) == 1)
+        try db.commit()
+        #expect(
+            try db.query("SELECT id FROM \(t) ORDER BY id").map { $0.values[0] }
+                == [1, 2, 3, 10, 11, 13].map { .int($0) }
+        )
+    }
+
+    /// A server cannot make the connection read a file: a LOAD DATA LOCAL the server answers with a file
+    /// request, other than the connection's own batch, is refused.
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func noLocalFileIsEverRead() throws {
+        let db = try MariaDBConnection(mariaDBURL!)
+        let t = uniqueTable("mp_load_file")
+        defer { _ = try? db.execute("DROP TABLE IF EXISTS \(t)") }
+        try db.execute("CREATE TABLE \(t) (line TEXT)")
+        #expect(throws: SQLError.self) { try db.execute("LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE \(t)") }
+        #expect(try db.scalar("SELECT count(*) FROM \(t)") == .int(0))
+        #expect(try db.scalar("SELECT 1") == .int(1))
+    }
+
+    /// A server with `local_infile` off: batches go through INSERT, and nothing is lost.
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func aServerThatRefusesLocalFilesGetsInserts() throws {
+        let admin = try MariaDBConnection(mariaDBURL!)
+        guard (try? admin.execute("SET GLOBAL local_infile = 0")) != nil else {
+            print("skipped: cannot SET GLOBAL local_infile here")
+            return
+        }
+        defer { _ = try? admin.execute("SET GLOBAL local_infile = 1") }
+        let db = try MariaDBConnection(mariaDBURL!)
+        let t = uniqueTable("mp_load_off")
+        defer { _ = try? db.execute("DROP TABLE IF EXISTS \(t)") }
+        try db.execute("CREATE TABLE \(t) (id BIGINT PRIMARY KEY)")
+        var b = SQLRowBatch(columns: ["id"])
+        for i in 1...50 { b.append([.int(Int64(i))]) }
+        #expect(try db.insert(into: t, b) == 50)
+        try db.begin(immediate: false)
+        var c = SQLRowBatch(columns: ["id"])
+        c.append([.int(51)])
+        #expect(try db.insert(into: t, c) == 1)
+        try db.commit()
+        #expect(try db.scalar("SELECT count(*) FROM \(t)") == .int(51))
+    }
+
     /// A port where nothing listens: a connection error at once, never a hang.
     @Test func anUnreachableServerFailsFast() throws {
         let start = ContinuousClock.now

@@ -38,4 +38,8 @@ void mp_mysql_free_result(mp_mysql_res *r);
 /// 0: another result follows; -1: no more; > 0: error.
 int mp_mysql_next_result(mp_mysql *m);
 unsigned long mp_mysql_real_escape_string(mp_mysql *m, char *to, const char *from, unsigned long length);
+/// Runs `sql` (a LOAD DATA LOCAL INFILE) serving `data` as its file; any other file request is refused.
+int mp_mysql_load_data(mp_mysql *m, const char *sql, unsigned long sqlLength, const char *data, size_t length);
+/// Warnings of the last statement.
+unsigned int mp_mysql_warning_count(mp_mysql *m);
 #endif

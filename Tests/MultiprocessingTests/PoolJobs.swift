@@ -81,6 +81,21 @@ struct BlockingSleep: TaskFunction {
     }
 }
 
+/// Appends `x` to the file at `log` (one line per run of an item); item 0 first sleeps `ms` without
+/// looking at cancellation.
+struct LoggedSlowZero: TaskFunction {
+    let log: String
+    let ms: Int
+    func callAsFunction(_ x: Int) -> Int {
+        if x == 0 { usleep(useconds_t(ms * 1000)) }
+        let fd = open(log, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+        let line = Array("\(x)\n".utf8)
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        return x
+    }
+}
+
 /// Sleeps cooperatively: cancellation ends it at once.
 struct CooperativeSleep: TaskFunction {
     func callAsFunction(_ ms: Int) async throws -> Int {

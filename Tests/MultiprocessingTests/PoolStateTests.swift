@@ -81,6 +81,46 @@ import Testing
         }
     }
 
+    /// A worker stuck on a long item: once the item is overdue (20 mean items, at least 50 ms), the units
+    /// queued behind it go to the other worker, the stuck one gets nothing more until its unit ends, and
+    /// its word on the taken units (which it never runs) would be ignored.
+    @Test func unitsQueuedBehindAnOverdueItemGoToAnotherWorker() throws {
+        var s = pool(2)
+        let units = (0..<4).map { _ in unit(&s, count: 1) }
+        let a = try s.submit(units, now: t0)
+        #expect(sentTasks(a).map(\.worker) == [1, 1, 2, 2])
+        // Worker 2 answers its units at once; worker 1 runs units[0] on and on.
+        for u in [units[1], units[3]] {
+            _ = try s.received(.output(unit: u.id, start: 0, count: 1, busyNanos: 10_000), from: 2, now: at(1))
+        }
+        let running = [1: State.RunningFacts(unit: units[0].id, index: 0, elapsed: .milliseconds(40))]
+        #expect(s.overdue(running: running).isEmpty, "not yet overdue")
+        #expect(s.supervise(now: at(40), running: running).wakeAt == at(50), "the supervisor looks again then")
+        let late = [1: State.RunningFacts(unit: units[0].id, index: 0, elapsed: .milliseconds(60))]
+        let due = s.overdue(running: late)
+        #expect(due.map(\.id) == [1] && due.map(\.through) == [2], "worker 1's task frames 1 and 2")
+        // The worker had started frame 1 only: frame 2 (units[2]) is taken back and sent to worker 2.
+        let back = s.reclaim(1, startedThrough: 1, now: at(60))
+        #expect(sentTasks(back).map(\.worker) == [2] && sentTasks(back).map(\.unit) == [units[2].id])
+        #expect(s.tally.reclaimed == 1)
+        // Worker 1 is stalled: new work goes to worker 2 alone, even past worker 2's window.
+        let more = (0..<3).map { _ in unit(&s, count: 1) }
+        let sent = sentTasks(try s.submit(more, now: at(61)))
+        #expect(!sent.contains { $0.worker == 1 })
+        // A reply from worker 1 for the unit it gave up is nobody's.
+        let (d, _) = try s.received(.output(unit: units[2].id, start: 0, count: 1, busyNanos: 1), from: 1, now: at(62))
+        #expect(d == nil)
+        #expect(s.overdue(running: late).isEmpty, "a stalled worker is not taken from twice")
+        // Its long unit ends: it takes work again.
+        _ = try s.received(
+            .output(unit: units[0].id, start: 0, count: 1, busyNanos: 5_000_000_000),
+            from: 1,
+            now: at(5000)
+        )
+        let after = sentTasks(try s.submit([unit(&s, count: 1)], now: at(5001)))
+        #expect(after.map(\.worker) == [1] || sent.count < 3, "worker 1 takes work once its long unit ends")
+    }
+
     @Test func aDeathMidChunkFailsTheRunningItemAndSendsTheRestAgain() throws {
         var s = pool(2)
         let u = unit(&s, count: 5)

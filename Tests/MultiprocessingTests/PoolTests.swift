@@ -60,6 +60,27 @@ struct ProcessPoolTests {
         #expect(try await pool.map(SquareFn(), 0..<10) == (0..<10).map { $0 * $0 })
     }
 
+    /// One item sleeps 5 s (no timeout) among 2,000 tiny ones, with two workers: the tiny items queued
+    /// behind it on its worker are taken back and run by the other worker, so they all end before it;
+    /// and each item runs exactly once (the stuck worker never runs what was taken from it).
+    @Test func itemsQueuedBehindALongOneGoToTheOtherWorker() async throws {
+        let log = "/tmp/mp-reclaim-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
+        defer { unlink(log) }
+        let pool = try ProcessPool(workers: 2, options: testPoolOptions())
+        defer { pool.terminate() }
+        var order: [Int] = []
+        for try await v in try pool.imapUnordered(LoggedSlowZero(log: log, ms: 5000), 0..<2000, chunksize: 1) {
+            order.append(v)
+        }
+        #expect(order.count == 2000)
+        #expect(order.last == 0, "an item waited behind the long one: \(order.suffix(5))")
+        pool.close()
+        try await pool.join()
+        let text = try #require(try? String(contentsOfFile: log, encoding: .utf8))
+        let runs = text.split(separator: "\n").compactMap { Int($0) }
+        #expect(runs.count == 2000 && Set(runs) == Set(0..<2000), "\(runs.count) runs of \(Set(runs).count) items")
+    }
+
     @Test func applyApplyAsyncSubmitAndCallbacks() throws {
         let pool = try ProcessPool(workers: 2, options: testPoolOptions())
         defer { pool.terminate() }

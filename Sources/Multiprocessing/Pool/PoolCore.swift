@@ -443,8 +443,18 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
                 let elapsed = Duration.nanoseconds(Int64(monoNow &- min(monoNow, w.shared.itemStart)))
                 running[id] = PoolState.RunningFacts(unit: r.unit, index: r.index, elapsed: elapsed)
             }
+            // Units queued behind an overdue item go to other workers, if the worker has not started them.
+            var actions: [PoolState.Action] = []
+            for (id, through) in g.state.overdue(running: running) {
+                guard let w = g.io[id] else { continue }
+                let gate = w.shared.taskGate
+                guard gate & SharedSlot.fenceBit == 0, gate < UInt64(through),
+                    w.shared.fenceTasks(after: gate, through: UInt64(through))
+                else { continue }
+                actions += g.state.reclaim(id, startedThrough: Int(gate), now: now)
+            }
             var round = g.state.supervise(now: now, running: running)
-            let actions = round.actions
+            actions += round.actions
             round.actions = []
             return (round, actions)
         }

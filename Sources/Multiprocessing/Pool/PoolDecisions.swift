@@ -6,6 +6,13 @@
 /// This is the first part of the pool's state machine (issue 9): the decisions where the pool's promises
 /// live (a death fails one item, retries follow their policy in every state, timeouts fire on time).
 enum PoolDecisions {
+    /// How long an item must have run, with tasks queued behind it on its worker, before the pool takes
+    /// those tasks back for other workers: 20 times the mean item, and never under 50 ms (the supervisor's
+    /// clock has a few milliseconds of resolution, and taking tasks back costs a round of messages).
+    static func overdue(itemNanos: Double) -> Duration {
+        max(.milliseconds(50), .nanoseconds(Int64(min(itemNanos * 20, 3.6e12))))
+    }
+
     /// Why a worker was stopped, as it concerns one unit.
     enum Stop: Equatable {
         /// Not stopped by the pool: it crashed, exited or was killed from outside.

@@ -59,6 +59,9 @@ struct Unit: Sendable {
     let body: Body
     var attempt: Int
     var kills: Int
+    /// Its task frame's number on the worker it was sent to (1, 2, …: the order the worker reads them),
+    /// for taking it back before it starts (``SharedSlot/fenceTasks(after:through:)``).
+    var seq = 0
     var callCancelled = false
     var reported = 0
     /// Work time the worker reported for this unit so far.

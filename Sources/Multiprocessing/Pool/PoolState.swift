@@ -39,6 +39,11 @@ struct PoolState: Sendable {
         var tasksDone = 0
         /// Sequence number of the next `send` action (the outbox restores their order).
         var nextSend: UInt64 = 0
+        /// Task frames sent to it (its units' `seq`).
+        var taskFrames = 0
+        /// Its queued units were taken back while it ran a long item: it gets no more work until that
+        /// item's unit ends.
+        var stalled = false
 
         /// Neither retiring nor stopped.
         var takesWork: Bool { !retiring && stop == nil }
@@ -138,6 +143,8 @@ struct PoolState: Sendable {
     /// Workers that died unexpectedly (crashed, were killed from outside, broke the protocol).
     private(set) var unexpectedDeaths = 0
     private var cancelRing = 0
+    /// Units taken back from workers stuck on a long item (``reclaim(_:startedThrough:now:)``).
+    private(set) var reclaimed = 0
     /// Mean nanoseconds per item (exponentially weighted; 0 before any), for chunk sizes.
     private(set) var itemNanos: Double = 0
     /// Mean nanoseconds per unit, for how many units a worker holds.
@@ -158,6 +165,7 @@ struct PoolState: Sendable {
         var unexpectedDeaths = 0
         var started = 0
         var queued = 0
+        var reclaimed = 0
     }
 
     var tally: Tally {
@@ -168,7 +176,8 @@ struct PoolState: Sendable {
             retried: retried,
             unexpectedDeaths: unexpectedDeaths,
             started: started,
-            queued: pending.count + delayed.count
+            queued: pending.count + delayed.count,
+            reclaimed: reclaimed
         )
     }
 
@@ -303,7 +312,8 @@ struct PoolState: Sendable {
         while !pending.isEmpty {
             var best: Int?
             var least = window
-            for i in workers.indices where workers[i].takesWork {  // by index: a `Worker` is costly to copy
+            // By index: a `Worker` is costly to copy.
+            for i in workers.indices where workers[i].takesWork && !workers[i].stalled {
                 let n = workers[i].inflight.count
                 if n < least {
                     best = i
@@ -311,7 +321,7 @@ struct PoolState: Sendable {
                 }
             }
             guard let b = best else { return }
-            let unit = pending.removeFirst()
+            var unit = pending.removeFirst()
             if unit.callCancelled {
                 settleRange(unit, unit.reported..<unit.count, CancellationError())
                 continue
@@ -336,6 +346,8 @@ struct PoolState: Sendable {
                 workers[b].knownFunctions.insert(unit.function.id)
                 queueSend(workers[b].id, .define(unit.function))
             }
+            workers[b].taskFrames += 1
+            unit.seq = workers[b].taskFrames
             queueSend(workers[b].id, .task(unit))
             if workers[b].inflight.isEmpty, let since = workers[b].idleSince {
                 workers[b].idle += now - since
@@ -444,6 +456,7 @@ struct PoolState: Sendable {
     /// worker's own check, after each unit: a check here would lag behind the units it has queued.)
     private mutating func unitFinished(_ w: Int) {
         if workers[w].inflight.isEmpty {
+            workers[w].stalled = false
             workers[w].idleSince = now
             if workers[w].retiring || isDrainedAndClosed { sendShutdown(w) }
         }
@@ -618,6 +631,37 @@ struct PoolState: Sendable {
 
     // MARK: - supervision
 
+    /// Workers whose running item has run far longer than items do (``PoolDecisions/overdue(itemNanos:)``)
+    /// with units queued behind it: for each, the number of its last task frame. `PoolCore` fences those
+    /// frames in the worker's slot and, if the worker had not started them, calls ``reclaim(_:startedThrough:now:)``.
+    func overdue(running: [WorkerID: RunningFacts]) -> [(id: WorkerID, through: Int)] {
+        let limit = PoolDecisions.overdue(itemNanos: itemNanos)
+        var out: [(id: WorkerID, through: Int)] = []
+        for w in workers where w.stop == nil && !w.stalled && w.inflight.count > 1 {
+            guard let facts = running[w.id], facts.unit != 0, facts.elapsed >= limit,
+                let last = w.inflight.map(\.seq).max()
+            else { continue }
+            out.append((w.id, last))
+        }
+        return out
+    }
+
+    /// Worker `id` will not start its task frames after `started` (fenced): their units go back to the
+    /// front of the queue for other workers, and `id` gets no more work until its running unit ends. Its
+    /// replies for those units, which it never sends, would be ignored.
+    mutating func reclaim(_ id: WorkerID, startedThrough started: Int, now: Instant) -> [Action] {
+        self.now = now
+        guard let w = index(of: id) else { return [] }
+        let back = workers[w].inflight.filter { $0.seq > started }
+        guard !back.isEmpty else { return [] }
+        workers[w].inflight.removeAll { $0.seq > started }
+        workers[w].stalled = true
+        reclaimed += back.count
+        pending.prepend(contentsOf: back)
+        pump()
+        return finish()
+    }
+
     /// The supervisor's round at `now`, with what each live worker is running (`running[id]`; absent:
     /// nothing): timeouts, kills after grace periods, retries whose backoff passed, replacements.
     mutating func supervise(now: Instant, running: [WorkerID: RunningFacts]) -> Round {
@@ -640,6 +684,11 @@ struct PoolState: Sendable {
             let facts = running[id]
             for u in workers[w].inflight where u.id != facts?.unit {
                 if let at = PoolDecisions.lookAgainForQueued(now: now, options: u.call.options) { wakeAt(at) }
+            }
+            // Units queued behind a running item: look again when it would be overdue.
+            if !workers[w].stalled, workers[w].inflight.count > 1, let f = facts, f.unit != 0 {
+                let limit = PoolDecisions.overdue(itemNanos: itemNanos)
+                if f.elapsed < limit { wakeAt(now + (limit - f.elapsed)) }
             }
             guard let facts, facts.unit != 0, let k = workers[w].inflight.firstIndex(where: { $0.id == facts.unit })
             else { continue }

@@ -10,6 +10,8 @@ import Logging
 /// - `mp_pool_retries_total`: units scheduled again under a ``RetryPolicy``;
 /// - `mp_pool_worker_starts_total`, `mp_pool_worker_deaths_total` (crashes, kills from outside, protocol
 ///   violations; not recycling or shutdown);
+/// - `mp_pool_units_reclaimed_total`: units taken back from a worker stuck on a long item, before it
+///   started them, and given to other workers;
 /// - `mp_pool_queued_units` (gauge): units waiting for a worker, retries in backoff included;
 /// - `mp_pool_busy_duration` (timer): a worker's time on each unit it answered.
 struct PoolTelemetry: Sendable {
@@ -20,6 +22,7 @@ struct PoolTelemetry: Sendable {
     let retries: Counter
     let starts: Counter
     let deaths: Counter
+    let reclaimed: Counter
     let queued: Gauge
     let busy: CoreMetrics.Timer
 
@@ -34,6 +37,7 @@ struct PoolTelemetry: Sendable {
         retries = Counter(label: "mp_pool_retries_total", dimensions: dims)
         starts = Counter(label: "mp_pool_worker_starts_total", dimensions: dims)
         deaths = Counter(label: "mp_pool_worker_deaths_total", dimensions: dims)
+        reclaimed = Counter(label: "mp_pool_units_reclaimed_total", dimensions: dims)
         queued = Gauge(label: "mp_pool_queued_units", dimensions: dims)
         busy = CoreMetrics.Timer(label: "mp_pool_busy_duration", dimensions: dims)
     }
@@ -47,6 +51,7 @@ struct PoolTelemetry: Sendable {
         bump(retries, new.retried - old.retried)
         bump(starts, new.started - old.started)
         bump(deaths, new.unexpectedDeaths - old.unexpectedDeaths)
+        bump(reclaimed, new.reclaimed - old.reclaimed)
         if new.queued != old.queued { queued.record(new.queued) }
     }
 }

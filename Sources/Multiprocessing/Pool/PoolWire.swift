@@ -166,6 +166,29 @@ struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is acces
     var cancelRequest: UInt64 { Atomic.load(word(2)) }
     func requestCancel(_ unit: UInt64) { Atomic.store(word(2), unit) }
 
+    /// The task gate: the number of the last task frame the worker started, or (with `fenceBit`) the
+    /// last of the task frames the parent took back, which the worker skips. Both sides change it by
+    /// compare-and-swap, so a task is either started by the worker or taken back by the parent, never
+    /// both.
+    static let fenceBit: UInt64 = 1 << 63
+    var taskGate: UInt64 { Atomic.load(word(80)) }
+
+    /// The worker, before starting its task frame number `k`: false if the parent took it back (skip it
+    /// without a reply).
+    func startTask(_ k: UInt64) -> Bool {
+        while true {
+            let g = Atomic.load(word(80))
+            if g & SharedSlot.fenceBit != 0 && k <= g & ~SharedSlot.fenceBit { return false }
+            if mp_atomic_cas_u64(word(80), g, k) { return true }
+        }
+    }
+
+    /// The parent takes back task frames `after+1 ... through`, sent and not started; true if the
+    /// worker had started nothing after frame `after` (then it never starts those).
+    func fenceTasks(after: UInt64, through: UInt64) -> Bool {
+        mp_atomic_cas_u64(word(80), after, SharedSlot.fenceBit | through)
+    }
+
     static func create() throws -> (SharedSlot, Int32) {
         let fd = try Syscall.sharedMemory(name: "swift-mp-pool-slot", size: size)
         do {

@@ -47,6 +47,9 @@ enum PoolWorker {
         }
     }
 
+    /// Task frames read so far (the parent numbers the frames it sends the same way).
+    nonisolated(unsafe) static var taskFrames: UInt64 = 0
+
     /// Bytes that arrived with the setup message (set by the worker loop before `run`).
     nonisolated(unsafe) static var leftover: [UInt8] = []
 
@@ -61,6 +64,10 @@ enum PoolWorker {
             guard let runner = runners[fnId] else {
                 throw MultiprocessingError(.malformedMessage, "task for undefined function \(fnId)")
             }
+            taskFrames += 1
+            // Taken back by the parent while this worker was stuck on an earlier task: another worker
+            // runs it, and this one says nothing of it.
+            guard slot.startTask(taskFrames) else { return }
             let started = out.startUnit()
             if slot.isMarkedCancelled(unit) {
                 for i in 0..<count { out.failure(unit: unit, index: i, CancellationError()) }

@@ -167,16 +167,24 @@ public final class PrivatePostgres: @unchecked Sendable {
     }
 
     static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, 16) } }
-        var len = socklen_t(16)
-        _ = withUnsafeMutablePointer(to: &a) {
-            getsockname(fd, UnsafeMutableRawPointer($0).assumingMemoryBound(to: sockaddr.self), &len)
-        }
-        return Int(UInt16(bigEndian: a.sin_port))
+        let (fd, port) = loopbackSocket(listening: false)
+        close(fd)
+        return port
     }
+}
+
+/// A TCP socket bound to a free port on 127.0.0.1, listening if asked (a server that takes connections and
+/// never answers): its descriptor (the caller closes it) and port.
+public func loopbackSocket(listening: Bool) -> (fd: Int32, port: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_addr.s_addr = inet_addr("127.0.0.1")
+    _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, 16) } }
+    if listening { _ = listen(fd, 4) }
+    var len = socklen_t(16)
+    _ = withUnsafeMutablePointer(to: &a) {
+        getsockname(fd, UnsafeMutableRawPointer($0).assumingMemoryBound(to: sockaddr.self), &len)
+    }
+    return (fd, Int(UInt16(bigEndian: a.sin_port)))
 }

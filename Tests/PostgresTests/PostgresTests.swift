@@ -59,6 +59,23 @@ func makePostgresUsers(_ db: any SQLConnection, count: Int, schema: String? = ni
     try db.insert(into: table, batch)
 }
 
+/// A server that takes the connection and never answers: `connect` fails with a connection error at its
+/// 500 ms timeout.
+func expectASilentServerFailsTheConnect(_ connect: (DatabaseURL, Duration) throws -> Void) throws {
+    let (fd, port) = loopbackSocket(listening: true)
+    defer { close(fd) }
+    let url = try DatabaseURL("postgres://root:x@127.0.0.1:\(port)/db1")
+    let start = ContinuousClock.now
+    do {
+        try connect(url, .milliseconds(500))
+        Issue.record("connected to a silent server")
+    } catch let e as SQLError {
+        #expect(e.kind == .connection, "\(e)")
+    }
+    let took = ContinuousClock.now - start
+    #expect(took >= .milliseconds(450) && took < .seconds(10), "\(took)")
+}
+
 /// Every row the reading session returns, and the column names.
 func readAll(
     _ bulk: any SQLBulkReading,
@@ -99,27 +116,7 @@ struct PostgresTests {
     /// A server that takes the connection and never answers (a hung server, a wrong port on a busy
     /// host): connecting fails with a connection error at its timeout, and nothing is left behind.
     @Test func aSilentServerFailsTheConnectAtItsTimeout() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, 16) } }
-        #expect(listen(fd, 4) == 0)
-        var len = socklen_t(16)
-        _ = withUnsafeMutablePointer(to: &a) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        let url = try DatabaseURL("postgres://root:x@127.0.0.1:\(UInt16(bigEndian: a.sin_port))/db1")
-        let start = ContinuousClock.now
-        do {
-            _ = try Database.connect(url, timeout: .milliseconds(500))
-            Issue.record("connected to a silent server")
-        } catch let e as SQLError {
-            #expect(e.kind == .connection, "\(e)")
-        }
-        let took = ContinuousClock.now - start
-        #expect(took >= .milliseconds(450) && took < .seconds(10), "\(took)")
+        try expectASilentServerFailsTheConnect { url, timeout in _ = try Database.connect(url, timeout: timeout) }
     }
 
     /// Timestamps come back as `YYYY-MM-DD HH:MM:SS[.ffffff]` text, whatever the era.
@@ -376,7 +373,8 @@ struct PostgresTests {
         defer { db.close() }
         let bulk = try #require(db as? any SQLBulkReading)
         func count(_ sql: String) throws -> Int {
-            try readAll(bulk, sql).rows.count
+            let (_, rows) = try readAll(bulk, sql)
+            return rows.count
         }
         do {
             _ = try count("SELECT * FROM nowhere_\(getpid())")
@@ -431,27 +429,7 @@ struct PostgresTests {
         } catch let e as SQLError {
             #expect(e.kind == .connection && e.description.contains("password authentication failed"), "\(e)")
         }
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, 16) } }
-        #expect(listen(fd, 4) == 0)
-        var len = socklen_t(16)
-        _ = withUnsafeMutablePointer(to: &a) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        let silent = try DatabaseURL("postgres://root:x@127.0.0.1:\(UInt16(bigEndian: a.sin_port))/db1")
-        let start = ContinuousClock.now
-        do {
-            _ = try PostgresWireReader(silent, timeout: .milliseconds(500))
-            Issue.record("connected to a silent server")
-        } catch let e as SQLError {
-            #expect(e.kind == .connection, "\(e)")
-        }
-        let took = ContinuousClock.now - start
-        #expect(took >= .milliseconds(450) && took < .seconds(10), "\(took)")
+        try expectASilentServerFailsTheConnect { url, timeout in _ = try PostgresWireReader(url, timeout: timeout) }
     }
 
     /// Every authentication the reading session speaks, against a real server configured for each: trust,

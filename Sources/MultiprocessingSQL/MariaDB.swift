@@ -12,8 +12,6 @@ import CMultiprocessingSQLite
 public final class MariaDBConnection: SQLConnection {
     private var m: OpaquePointer?
     public let url: DatabaseURL
-    /// Inside `begin` … `commit`/`rollback` (a load then takes a savepoint, not a transaction of its own).
-    private var inTransaction = false
     /// The server refuses `LOAD DATA LOCAL`: batches go through `INSERT`.
     private var loadDataRefused = false
     public var dialect: SQLDialect { .mysql }
@@ -233,16 +231,9 @@ public final class MariaDBConnection: SQLConnection {
         }
     }
 
-    public func begin(immediate: Bool) throws {
-        try execute("START TRANSACTION", [])
-        inTransaction = true
-    }
-    public func commit() throws {
-        defer { inTransaction = false }
-        try execute("COMMIT", [])
-    }
+    public func begin(immediate: Bool) throws { try execute("START TRANSACTION", []) }
+    public func commit() throws { try execute("COMMIT", []) }
     public func rollback() throws {
-        defer { inTransaction = false }
         guard m != nil else { return }
         try execute("ROLLBACK", [])
     }
@@ -301,6 +292,15 @@ public final class MariaDBConnection: SQLConnection {
     private func loadData(into table: String, _ batch: SQLRowBatch, _ data: [UInt8]) throws -> Int? {
         let m = try handle()
         let d = dialect
+        // Asked of the server, so a transaction begun with a plain `BEGIN` counts too (a START TRANSACTION
+        // inside it would commit it). MySQL has no such variable: it gets INSERTs.
+        let inTransaction: Bool
+        do {
+            inTransaction = try scalar("SELECT @@in_transaction")?.intValue == 1
+        } catch let e as SQLError where e.kind != .connection {
+            loadDataRefused = true
+            return nil
+        }
         let own = !inTransaction
         try run(own ? "START TRANSACTION" : "SAVEPOINT mp_load")
         let undo = own ? "ROLLBACK" : "ROLLBACK TO SAVEPOINT mp_load"

@@ -170,6 +170,11 @@ struct MariaDBTests {
             try db.query("SELECT id FROM \(t) ORDER BY id").map { $0.values[0] }
                 == [1, 2, 3, 10, 11, 13].map { .int($0) }
         )
+        // A transaction begun with a plain BEGIN: the load joins it and goes with its rollback.
+        try db.execute("BEGIN")
+        #expect(try db.insert(into: t, rows([20, 21])) == 2)
+        try db.execute("ROLLBACK")
+        #expect(try db.scalar("SELECT count(*) FROM \(t)") == .int(6))
     }
 
     /// A server cannot make the connection read a file: a LOAD DATA LOCAL the server answers with a file

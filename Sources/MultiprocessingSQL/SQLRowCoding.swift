@@ -52,32 +52,33 @@ public struct SQLRowEncoder: Sendable {
             return b
         }
         // Rows of one type encode their properties in the same order: after the first, a row whose keys
-        // come in the expected order is stored by position (no hashing); others fall back to names.
+        // come in the expected order is stored by position (no hashing), straight into the batch's values;
+        // others fall back to names.
         let storage = RowStorage()
         var columns: [String] = []
-        var values: [SQLValue] = []
         var irregular: [(index: Int, names: [String], values: [SQLValue])] = []
         var count = 0
         for item in items {
-            storage.reset(expected: columns)
+            storage.startRow(expected: columns)
             do {
                 try item.encode(to: RowEncoding(storage: storage))
             } catch {
                 throw SQLError(.conversion, "cannot write a \(T.self) as a row: \(error)")
             }
+            let width = storage.out.count - storage.rowStart
             if count == 0 {
                 columns = storage.order
-                values.reserveCapacity(items.count * columns.count)
-                values += storage.values
-            } else if storage.inOrder && storage.values.count == columns.count {
-                values += storage.values
-            } else {
-                let names = storage.inOrder ? Array(columns[..<storage.values.count]) : storage.order
-                irregular.append((count, names, storage.values))
-                values += [SQLValue](repeating: .null, count: columns.count)
+                storage.out.reserveCapacity(items.count * columns.count)
+            } else if !(storage.inOrder && width == columns.count) {
+                let row = Array(storage.out[storage.rowStart...])
+                storage.out.removeSubrange(storage.rowStart...)
+                let names = storage.inOrder ? Array(columns[..<row.count]) : storage.order
+                irregular.append((count, names, row))
+                storage.out += [SQLValue](repeating: .null, count: columns.count)
             }
             count += 1
         }
+        let values = storage.out
         guard !irregular.isEmpty else { return SQLRowBatch(columns: columns, values: values) }
         // Some rows had other columns (an optional left out): rebuild by name.
         var all = columns
@@ -317,24 +318,27 @@ private struct ValueDecoding: Decoder, SingleValueDecodingContainer {
 }
 
 private final class RowStorage {
+    /// Every row so far, value after value: the batch being built.
+    var out: [SQLValue] = []
+    /// Where the row being encoded starts in `out`.
+    var rowStart = 0
     /// The columns the first row had, in order; empty for the first row.
     var expected: [String] = []
     /// The keys, when not stored by position.
     var order: [String] = []
-    var values: [SQLValue] = []
     /// Whether every key so far came where `expected` has it (then `order` is unused).
     var inOrder = false
-    func reset(expected: [String]) {
-        self.expected = expected
+    func startRow(expected: [String]) {
+        if self.expected.isEmpty { self.expected = expected }
+        rowStart = out.count
         inOrder = !expected.isEmpty
         order.removeAll(keepingCapacity: true)
-        values.removeAll(keepingCapacity: true)
     }
     func set(_ key: String, _ v: SQLValue) {
-        let i = values.count
+        let i = out.count - rowStart
         if inOrder {
             if i < expected.count && expected[i] == key {
-                values.append(v)
+                out.append(v)
                 return
             }
             // Out of order: switch to names for this row.
@@ -342,10 +346,10 @@ private final class RowStorage {
             order = Array(expected[..<i])
         }
         if let j = order.firstIndex(of: key) {
-            values[j] = v
+            out[rowStart + j] = v
         } else {
             order.append(key)
-            values.append(v)
+            out.append(v)
         }
     }
 }

@@ -171,7 +171,7 @@ let package = Package(
         .testTarget(
             name: "SQLTests",
             dependencies: [
-                "MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport",
+                "MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport", "Threading",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),

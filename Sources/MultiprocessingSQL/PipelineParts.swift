@@ -254,8 +254,23 @@ final class WorkerConnections: Sendable {
 
     /// Runs `body` with this process's connection to `url`, opening it if needed. A connection that
     /// failed with a connection error is dropped, so the next chunk (or the retry) opens a new one.
+    ///
+    /// A cached connection that fails with a connection error may have been dropped by the server while it
+    /// sat idle (a restart, a kill, an idle timeout), which is found out only on use: `body` then runs once
+    /// more on a new connection. So `body` must be safe to run again: the chunk's read starts over, and
+    /// its write finds the chunk's record if the first attempt committed.
     func with<R>(_ url: DatabaseURL, timeout: Duration, _ body: (any SQLConnection) throws -> R) throws -> R {
-        let box = try cache.withLock { $0.removeValue(forKey: url) } ?? Box(Database.connect(url, timeout: timeout))
+        if let cached = cache.withLock({ $0.removeValue(forKey: url) }) {
+            do {
+                return try run(cached, url, body)
+            } catch let e as SQLError where e.kind == .connection {
+                // Stale: once more, on a new connection.
+            }
+        }
+        return try run(Box(Database.connect(url, timeout: timeout)), url, body)
+    }
+
+    private func run<R>(_ box: Box, _ url: DatabaseURL, _ body: (any SQLConnection) throws -> R) throws -> R {
         do {
             let r = try body(box.connection)
             cache.withLock { $0[url] = box }
@@ -285,6 +300,7 @@ public struct CopyChunk<Transform: RowTransform>: SyncTaskFunction {
         // Read.
         var inputs: [Transform.Input] = []
         let read = try WorkerConnections.shared.with(spec.source.url, timeout: spec.timeout) { c -> Int in
+            inputs.removeAll(keepingCapacity: true)  // a second attempt starts over
             let d = c.dialect
             let k = d.quote(spec.source.key)
             var conditions: [String] = []

@@ -2,6 +2,7 @@ import Glibc
 import Multiprocessing
 import MultiprocessingTestSupport
 import Testing
+import Threading
 
 @testable import MultiprocessingSQL
 
@@ -284,4 +285,74 @@ struct MariaDBTests {
             try checkCopy(try SQLiteConnection(path: path), n: 12_000)
         }
     }
+
+    /// The server drops every connection of a running copy (its threads killed, as a restart would cut
+    /// them): the run ends by itself with a clear error, not a hang, and a second run writes the rest,
+    /// every row exactly once.
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func connectionsCutMidRunLoseAndDuplicateNothing() throws {
+        let admin = try MariaDBConnection(mariaDBURL!)
+        let schema = uniqueTable("mp_gone")
+        try admin.execute("CREATE DATABASE \(schema)")
+        defer { _ = try? admin.execute("DROP DATABASE IF EXISTS \(schema)") }
+        var scratch = mariaDBURL!
+        scratch.database = schema
+        let url = scratch
+        let db = try MariaDBConnection(url)
+        try db.execute(
+            "CREATE TABLE user (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128), created_at VARCHAR(32))"
+        )
+        var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email", "created_at"])
+        for i in 1...20_000 {
+            batch.append([
+                .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)),
+                .text("u\(i)@example.com"), .text("2026-11-29 07:00:00"),
+            ])
+        }
+        try db.insert(into: "user", batch)
+        let pool = try ProcessPool(workers: 2)
+        defer { pool.terminate() }
+        let pipeline: @Sendable () -> TablePipeline<AddSex> = {
+            TablePipeline(
+                from: .table("user", in: url),
+                to: url,
+                table: "user_copy",
+                transform: AddSex(pauseMs: 15),
+                chunkSize: 250
+            )
+        }
+        let first = background { try pipeline().run(on: pool) }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            if ((try? db.scalar("SELECT count(*) FROM mp_pipeline_chunks"))??.intValue ?? 0) >= 10 { break }
+            usleep(5_000)
+        }
+        let own = try db.scalar("SELECT CONNECTION_ID()")!
+        /// Kills every connection to the scratch database but the test's own; how many.
+        func cutAll() throws -> Int {
+            let victims = try admin.query(
+                "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> ?",
+                [.text(schema), own]
+            )
+            for v in victims { _ = try? admin.execute("KILL CONNECTION \(v.values[0].intValue!)") }
+            return victims.count
+        }
+        #expect(try cutAll() > 0)
+        let cut = ContinuousClock.now
+        do {
+            let report = try first.result(timeout: .seconds(120))
+            print("the first run finished across the cut: \(report)")
+        } catch {
+            #expect(!("\(error)".contains("did not finish within")), "\(error)")
+            print("the first run failed clearly: \(error)")
+        }
+        #expect(ContinuousClock.now - cut < .seconds(30), "ended at once, not at a timeout")
+        // The workers' connections, idle between runs, cut too: the next run finds them dead on first use
+        // and opens new ones.
+        #expect(try cutAll() > 0)
+        let again = try pipeline().run(on: pool)
+        print("second run: \(again)")
+        try checkCopy(db, n: 20_000)
+    }
+
 }

@@ -11,8 +11,8 @@ import Multiprocessing
 import MultiprocessingSQL
 import Threading
 
-/// A session of its own that reads query results (extended protocol: prepared once per statement text,
-/// parameters sent as text, results in binary for the types ``PostgresSQLConnection`` reads in binary
+/// A session of its own that reads query results (extended protocol: unnamed statements, described once
+/// per statement text, parameters sent as text, results in binary for the types ``PostgresSQLConnection`` reads in binary
 /// and as text for every other type, exactly as that connection turns them into ``SQLValue``s).
 /// Authentication: trust, password, MD5 and SCRAM-SHA-256; no TLS (`sslmode` other than `disable` or
 /// `prefer` is refused, and the caller reads through postgres-nio instead).
@@ -35,7 +35,6 @@ final class PostgresWireReader {
     }
 
     struct Prepared {
-        var name: String
         var columns: [String]
         var types: [UInt32]
         var binary: [Bool]
@@ -195,9 +194,15 @@ final class PostgresWireReader {
         deadline = Deadline.after(timeout)
         do {
             let prepared = try prepare(sql)
+            // Parse again (unnamed), bind, describe the portal (to check the columns still are what they
+            // were), execute, sync: one round trip.
+            var p = Message(type: UInt8(ascii: "P"))
+            p.cString("")
+            p.cString(sql)
+            p.int16(0)
             var m = Message(type: UInt8(ascii: "B"))
             m.cString("")
-            m.cString(prepared.name)
+            m.cString("")
             m.int16(0)  // every parameter in text
             m.int16(Int16(parameters.count))
             for p in parameters {
@@ -210,7 +215,11 @@ final class PostgresWireReader {
             }
             m.int16(Int16(prepared.binary.count))
             for b in prepared.binary { m.int16(b ? 1 : 0) }
-            var out = m.finished()
+            var out = p.finished() + m.finished()
+            var describe = Message(type: UInt8(ascii: "D"))
+            describe.byte(UInt8(ascii: "P"))
+            describe.cString("")
+            out += describe.finished()
             var e = Message(type: UInt8(ascii: "E"))
             e.cString("")
             e.int32(0)
@@ -228,6 +237,16 @@ final class PostgresWireReader {
                     values.removeAll(keepingCapacity: true)
                     try Self.decodeRow(payload, prepared, into: &values)
                     try body(values)
+                case UInt8(ascii: "T"):
+                    // The table changed under the statement since it was described: say so, and describe
+                    // it afresh next time.
+                    if try Self.rowDescription(payload).types != prepared.types {
+                        statements[sql] = nil
+                        failure = SQLError(
+                            .statement,
+                            "the columns of \(sql.prefix(200)) changed while it was read; run it again"
+                        )
+                    }
                 case UInt8(ascii: "E"):
                     failure = Self.error(payload, "cannot run \(sql.prefix(200))")
                 case UInt8(ascii: "Z"):
@@ -250,44 +269,31 @@ final class PostgresWireReader {
         }
     }
 
+    /// The statement's columns, types and result formats: described once per statement text (an unnamed
+    /// statement, so nothing is left on the server and poolers such as PgBouncer see no named statements),
+    /// then remembered.
     private func prepare(_ sql: String) throws -> Prepared {
         if let p = statements[sql] { return p }
-        if statements.count >= 64 {
-            // Forget them all (the server's copies go with a DEALLOCATE ALL in the same round trip).
-            statements = [:]
-            var q = Message(type: UInt8(ascii: "Q"))
-            q.cString("DEALLOCATE ALL")
-            try send(q.finished())
-            try awaitReady("DEALLOCATE ALL")
-        }
-        let name = "mp_read_\(statements.count + 1)_\(UInt32.random(in: 0...UInt32.max))"
+        if statements.count >= 64 { statements = [:] }
         var m = Message(type: UInt8(ascii: "P"))
-        m.cString(name)
+        m.cString("")
         m.cString(sql)
         m.int16(0)
         var out = m.finished()
         var d = Message(type: UInt8(ascii: "D"))
         d.byte(UInt8(ascii: "S"))
-        d.cString(name)
+        d.cString("")
         out += d.finished()
         out += Message(type: UInt8(ascii: "S")).finished()
         try send(out)
-        var prepared = Prepared(name: name, columns: [], types: [], binary: [])
+        var prepared = Prepared(columns: [], types: [], binary: [])
         var failure: SQLError?
         while true {
             let (type, payload) = try readMessage()
             switch type {
             case UInt8(ascii: "T"):
-                var r = Reader(payload)
-                let n = Int(try r.int16())
-                for _ in 0..<n {
-                    prepared.columns.append(try r.cString())
-                    _ = try r.bytes(6)  // table oid, column number
-                    let type = UInt32(bitPattern: try r.int32())
-                    _ = try r.bytes(8)  // size, modifier, format
-                    prepared.types.append(type)
-                    prepared.binary.append(Self.readsBinary(type))
-                }
+                (prepared.columns, prepared.types) = try Self.rowDescription(payload)
+                prepared.binary = prepared.types.map(Self.readsBinary)
             case UInt8(ascii: "E"):
                 failure = Self.error(payload, "cannot run \(sql.prefix(200))")
             case UInt8(ascii: "Z"):
@@ -298,6 +304,21 @@ final class PostgresWireReader {
                 continue
             }
         }
+    }
+
+    /// A RowDescription's column names and type oids.
+    static func rowDescription(_ payload: UnsafeRawBufferPointer) throws -> (columns: [String], types: [UInt32]) {
+        var r = Reader(payload)
+        let n = Int(try r.int16())
+        var columns: [String] = []
+        var types: [UInt32] = []
+        for _ in 0..<n {
+            columns.append(try r.cString())
+            _ = try r.bytes(6)  // table oid, column number
+            types.append(UInt32(bitPattern: try r.int32()))
+            _ = try r.bytes(8)  // size, modifier, format
+        }
+        return (columns, types)
     }
 
     private func awaitReady(_ what: String) throws {

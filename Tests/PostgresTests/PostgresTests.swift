@@ -404,6 +404,20 @@ struct PostgresTests {
             )
         }
         #expect(try count("SELECT generate_series(1, 10)") == 10)
+        // The table altered between two reads of one statement: a clear error once, then the new columns.
+        let t = "mp_altered_\(getpid())"
+        defer { _ = try? db.execute("DROP TABLE IF EXISTS \(t)") }
+        try db.execute("CREATE TABLE \(t) (a int)")
+        try db.execute("INSERT INTO \(t) VALUES (7)")
+        #expect(try readAll(bulk, "SELECT * FROM \(t)").rows == [[.int(7)]])
+        try db.execute("ALTER TABLE \(t) ALTER COLUMN a TYPE text")
+        do {
+            _ = try readAll(bulk, "SELECT * FROM \(t)")
+            Issue.record("read with the old columns")
+        } catch let e as SQLError {
+            #expect(e.kind == .statement && e.description.contains("changed"), "\(e)")
+        }
+        #expect(try readAll(bulk, "SELECT * FROM \(t)").rows == [[.text("7")]])
         // Its backend terminated by an administrator: one read fails as a connection error, the next works.
         let pid = try readAll(bulk, "SELECT pg_backend_pid()").rows.first?.first?.intValue ?? 0
         #expect(pid != 0)

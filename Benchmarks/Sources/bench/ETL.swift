@@ -38,6 +38,17 @@ struct BenchAddSex: RowTransform {
     }
 }
 
+/// The same transform on dynamic rows (``SQLRow``: the columns known only at run time).
+struct BenchAddSexDynamic: RowTransform {
+    func transform(_ rows: [SQLRow]) -> [SQLRow] {
+        rows.map { r in
+            var out = r
+            out["xb"] = .text((r["pwd"]?.textValue?.count ?? 0) == 3 ? "M" : "F")
+            return out
+        }
+    }
+}
+
 /// Peak resident memory of this process, in MB.
 func peakRSSMegabytes() -> Double {
     var usage = rusage()
@@ -115,14 +126,23 @@ func runETLSuite(_ only: Set<String>) throws {
     for _ in 0..<rounds {
         try reset()
         let t0 = now()
-        let p = TablePipeline(
-            from: .table("user", in: url),
-            to: url,
-            table: "user_copy",
-            transform: BenchAddSex(),
-            chunkSize: chunk
-        )
-        let report = try p.run(on: pool)
+        // ETL_ROWS=dynamic: rows as SQLRow instead of Codable structs.
+        let report =
+            env["ETL_ROWS"] == "dynamic"
+            ? try TablePipeline(
+                from: .table("user", in: url),
+                to: url,
+                table: "user_copy",
+                transform: BenchAddSexDynamic(),
+                chunkSize: chunk
+            ).run(on: pool)
+            : try TablePipeline(
+                from: .table("user", in: url),
+                to: url,
+                table: "user_copy",
+                transform: BenchAddSex(),
+                chunkSize: chunk
+            ).run(on: pool)
         let t1 = now()
         precondition(report.rowsWritten == n)
         try verify()
@@ -137,7 +157,7 @@ func runETLSuite(_ only: Set<String>) throws {
         try verify()
         floors.append(Double(n) / (f1 - f0))
     }
-    report("etl_\(kind)_pipeline_swift", rates, "rows/s", digits: 0)
+    report("etl_\(kind)_pipeline\(env["ETL_ROWS"] == "dynamic" ? "_dynamic" : "")_swift", rates, "rows/s", digits: 0)
     report("etl_\(kind)_floor_swift", floors, "rows/s", digits: 0)
     report("etl_\(kind)_pipeline_parent_peak_swift", [peakRSSMegabytes()], "MB", digits: 1)
 }

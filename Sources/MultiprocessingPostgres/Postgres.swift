@@ -7,6 +7,7 @@ import Logging
 public import MultiprocessingSQL
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PostgresNIO
 import Synchronization
 import Threading
@@ -43,7 +44,7 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
             username: url.user,
             password: url.password.isEmpty ? nil : url.password,
             database: url.database.isEmpty ? nil : url.database,
-            tls: .disable
+            tls: try Self.tls(for: url)
         )
         configuration.options.connectTimeout = .milliseconds(timeout.milliseconds)
         let loop = MultiThreadedEventLoopGroup.singleton.any()
@@ -64,6 +65,48 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     }
 
     deinit { close() }
+
+    /// The TLS that the URL's `sslmode` asks for, as libpq reads it (and its default, `prefer`):
+    /// - `disable`: none;
+    /// - `allow`, `prefer`: TLS when the server offers it, its certificate not checked;
+    /// - `require`: TLS, its certificate not checked;
+    /// - `verify-ca`: TLS, the certificate checked against `sslrootcert` (a PEM file), else the system's
+    ///   roots;
+    /// - `verify-full`: that, and the certificate must name the host.
+    static func tls(for url: DatabaseURL) throws -> PostgresConnection.Configuration.TLS {
+        let mode = url.options["sslmode"] ?? "prefer"
+        var c = TLSConfiguration.makeClientConfiguration()
+        switch mode {
+        case "disable":
+            return .disable
+        case "allow", "prefer", "require":
+            c.certificateVerification = .none
+        case "verify-ca", "verify-full":
+            c.certificateVerification = mode == "verify-ca" ? .noHostnameVerification : .fullVerification
+            if let root = url.options["sslrootcert"] { c.trustRoots = .file(root) }
+        default:
+            throw SQLError(
+                .statement,
+                "unknown sslmode \(mode): disable, allow, prefer, require, verify-ca or verify-full"
+            )
+        }
+        // One context per setting, for every connection (making one reads the trust roots).
+        let key = "\(mode) \(url.options["sslrootcert"] ?? "")"
+        let context: NIOSSLContext
+        do {
+            context = try tlsContexts.withLock { cache in
+                if let known = cache[key] { return known }
+                let made = try NIOSSLContext(configuration: c)
+                cache[key] = made
+                return made
+            }
+        } catch {
+            throw SQLError(.connection, "cannot set up TLS for \(url): \(error)")
+        }
+        return ["allow", "prefer"].contains(mode) ? .prefer(context) : .require(context)
+    }
+
+    private static let tlsContexts = Mutex<[String: NIOSSLContext]>([:])
 
     public func close() {
         reader?.close()

@@ -172,7 +172,13 @@ final class PostgresWireReader {
                     throw Unsupported(reason: "authentication method \(code) (GSS, SSPI or Kerberos)")
                 }
             case UInt8(ascii: "E"):
-                throw Self.error(payload, "cannot connect to \(url)")
+                let e = Self.error(payload, "cannot connect to \(url)")
+                // Refused without TLS (a `hostssl` rule) where the URL allows TLS: the connection's own
+                // session, which speaks TLS, reads instead.
+                if e.code == "SQLSTATE 28000", url.options["sslmode"] != "disable" {
+                    throw Unsupported(reason: "the server wants TLS: \(e.message)")
+                }
+                throw e
             case UInt8(ascii: "Z"):
                 return
             default:

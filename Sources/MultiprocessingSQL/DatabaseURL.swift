@@ -1,5 +1,9 @@
 /// Where a database is: `sqlite:PATH` (`sqlite:///abs/path.db`, `sqlite:relative.db`, `sqlite::memory:`),
 /// `postgres://user:password@host:port/database`, or `mysql://…` (also `mariadb://…`).
+///
+/// PostgreSQL reads `sslmode` as libpq does (`disable`, `allow`, `prefer` — the default —, `require`,
+/// `verify-ca`, `verify-full`), with `sslrootcert` for the verifying modes:
+/// `postgres://app@db.example.com/prod?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem`.
 public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible, Codable {
     public enum Kind: String, Sendable, Hashable, Codable {
         case sqlite, postgresql, mysql

@@ -146,6 +146,25 @@ public final class PrivatePostgres: @unchecked Sendable {
         try asPostgres("\(bin)/pg_ctl -D \(directory)/data -m fast -w restart -l \(directory)/server.log >/dev/null")
     }
 
+    /// Turns TLS on with a new self-signed certificate for 127.0.0.1, and takes TLS connections only
+    /// (`hostssl` trust, anything else rejected). Returns the certificate's path (a PEM file anyone may
+    /// read: the `sslrootcert` that verifies the server).
+    public func requireTLS() throws -> String {
+        let cert = "\(directory)/server.crt"
+        let key = "\(directory)/data/server.key"
+        try asPostgres(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout \(key) -out \(cert) 2>/dev/null && chmod 600 \(key) && chmod 644 \(cert)"
+        )
+        try asPostgres(
+            "printf \"ssl = on\\nssl_cert_file = '\(cert)'\\nssl_key_file = '\(key)'\\n\" >> \(directory)/data/postgresql.conf"
+        )
+        try asPostgres(
+            "printf 'hostssl all all 127.0.0.1/32 trust\\nhost all all 127.0.0.1/32 reject\\nlocal all all trust\\n' > \(directory)/data/pg_hba.conf"
+        )
+        try restart()
+        return cert
+    }
+
     /// Puts `lines` (pg_hba.conf rules, e.g. `host all alice 127.0.0.1/32 md5`) before the trust rules
     /// and reloads the server's configuration.
     public func authenticate(_ lines: [String]) throws {

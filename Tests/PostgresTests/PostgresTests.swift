@@ -446,6 +446,53 @@ struct PostgresTests {
         try expectASilentServerFailsTheConnect { url, timeout in _ = try PostgresWireReader(url, timeout: timeout) }
     }
 
+    /// TLS as `sslmode` asks, against a server that takes TLS connections only: `disable` is refused,
+    /// `require` and `verify-full` (with the server's certificate as `sslrootcert`) are encrypted,
+    /// `verify-full` without the certificate is refused, and a copy runs over TLS (its chunks read
+    /// through the connection's own TLS session, the reading session being refused without TLS).
+    @Test(.enabled(if: PrivatePostgres.unavailable == nil, "needs Debian's PostgreSQL server binaries and root"))
+    func tlsAsSSLModeAsks() throws {
+        let server = try PrivatePostgres()
+        defer { server.stop() }
+        let cert = try server.requireTLS()
+        func url(_ query: String) throws -> DatabaseURL {
+            try DatabaseURL("postgres://postgres@127.0.0.1:\(server.port)/postgres?\(query)")
+        }
+        #expect(throws: SQLError.self) { try Database.connect(try url("sslmode=disable"), timeout: .seconds(10)) }
+        for query in ["sslmode=require", "sslmode=verify-full&sslrootcert=\(cert)", "sslmode=prefer"] {
+            let db = try Database.connect(try url(query), timeout: .seconds(10))
+            #expect(try db.scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == .int(1), "\(query)")
+            db.close()
+        }
+        do {
+            _ = try Database.connect(try url("sslmode=verify-full"), timeout: .seconds(10))
+            Issue.record("an unknown certificate was taken")
+        } catch let e as SQLError {
+            #expect(e.kind == .connection, "\(e)")
+        }
+        #expect(throws: SQLError.self) { try Database.connect(try url("sslmode=sometimes")) }
+        let tls = try url("sslmode=require")
+        let db = try Database.connect(tls)
+        defer { db.close() }
+        try makePostgresUsers(db, count: 3_000)
+        let pool = try ProcessPool(workers: 2)
+        defer { pool.terminate() }
+        let report = try TablePipeline(
+            from: .table("user", in: tls),
+            to: tls,
+            table: "user_copy",
+            transform: AddXB(),
+            chunkSize: 500
+        ).run(on: pool)
+        #expect(report.rowsWritten == 3_000)
+        #expect(try db.scalar("SELECT count(DISTINCT id) FROM user_copy") == .int(3_000))
+        // The reading session on a URL that allows plain text, refused by the server: the TLS session reads.
+        let prefer = try Database.connect(try url("sslmode=prefer"))
+        defer { prefer.close() }
+        let bulk = try #require(prefer as? any SQLBulkReading)
+        #expect(try readAll(bulk, "SELECT count(*) FROM user_copy").rows == [[.int(3_000)]])
+    }
+
     /// Every authentication the reading session speaks, against a real server configured for each: trust,
     /// cleartext password, MD5 and SCRAM-SHA-256 (and a wrong MD5 password refused).
     @Test(.enabled(if: PrivatePostgres.unavailable == nil, "needs Debian's PostgreSQL server binaries and root"))

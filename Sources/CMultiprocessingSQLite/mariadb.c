@@ -107,8 +107,8 @@ int mp_mysql_load_data(mp_mysql *m, const char *sql, unsigned long sqlLength, co
 unsigned int mp_mysql_warning_count(mp_mysql *m) { return q_mysql_warning_count(m); }
 
 mp_mysql *mp_mysql_connect(const char *host, const char *user, const char *password, const char *db,
-                           unsigned int port, unsigned int timeoutSeconds, char *error, size_t errorLength,
-                           unsigned int *errorNumber) {
+                           unsigned int port, unsigned int timeoutSeconds, int tls, const char *ca, char *error,
+                           size_t errorLength, unsigned int *errorNumber) {
     void *m = q_mysql_init(NULL);
     if (m == NULL) {
         snprintf(error, errorLength, "out of memory");
@@ -120,6 +120,12 @@ mp_mysql *mp_mysql_connect(const char *host, const char *user, const char *passw
     q_mysql_options(m, 7 /* MYSQL_SET_CHARSET_NAME */, "utf8mb4");
     unsigned int on = 1;
     q_mysql_options(m, 8 /* MYSQL_OPT_LOCAL_INFILE */, &on);
+    if (tls > 0) {
+        char enforce = 1, verify = tls > 1 ? 1 : 0; /* my_bool */
+        q_mysql_options(m, 38 /* MYSQL_OPT_SSL_ENFORCE */, &enforce);
+        q_mysql_options(m, 21 /* MYSQL_OPT_SSL_VERIFY_SERVER_CERT */, &verify);
+        if (ca != NULL) q_mysql_options(m, 27 /* MYSQL_OPT_SSL_CA */, ca);
+    }
     if (q_mysql_real_connect(m, host, user, password, db, port, NULL, 65536 /* CLIENT_MULTI_STATEMENTS */) == NULL) {
         snprintf(error, errorLength, "%s", q_mysql_error(m));
         if (errorNumber != NULL) *errorNumber = q_mysql_errno(m);

@@ -36,19 +36,44 @@ public final class MariaDBConnection: SQLConnection {
         let seconds = UInt32(
             clamping: max(1, timeout.components.seconds + (timeout.components.attoseconds > 0 ? 1 : 0))
         )
-        guard
-            let m = mp_mysql_connect(
+        // TLS as the URL's `ssl-mode` (MySQL's names) or `sslmode` (libpq's) asks; `preferred` tries TLS and
+        // falls back to plain text only when the server has none.
+        let mode = String(
+            (url.options["ssl-mode"] ?? url.options["sslmode"] ?? "disabled").lowercased().map { $0 == "-" ? "_" : $0 }
+        )
+        let ca = url.options["ssl-ca"] ?? url.options["sslrootcert"]
+        let tls: [Int32]
+        switch mode {
+        case "disabled", "disable": tls = [0]
+        case "preferred", "prefer", "allow": tls = [1, 0]
+        case "required", "require": tls = [1]
+        case "verify_ca", "verify_identity", "verify_full": tls = [2]
+        default:
+            throw SQLError(
+                .statement,
+                "unknown ssl-mode \(mode): DISABLED, PREFERRED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY"
+            )
+        }
+        var connected: OpaquePointer?
+        for (i, t) in tls.enumerated() {
+            message = [CChar](repeating: 0, count: 512)
+            connected = mp_mysql_connect(
                 url.host,
                 url.user,
                 url.password,
                 url.database.isEmpty ? nil : url.database,
                 UInt32(url.port),
                 seconds,
+                t,
+                ca,
                 &message,
                 message.count,
                 &number
             )
-        else {
+            // Only a server without TLS (2026: the TLS handshake failed) gets the plain-text attempt.
+            if connected != nil || number != 2026 || i == tls.count - 1 { break }
+        }
+        guard let m = connected else {
             throw SQLError(.connection, "cannot connect to \(url): \(Self.text(message))", code: "MySQL \(number)")
         }
         self.m = m

@@ -215,6 +215,69 @@ struct MariaDBTests {
         #expect(try db.scalar("SELECT count(*) FROM \(t)") == .int(51))
     }
 
+    /// TLS as `ssl-mode` asks (MySQL's names; libpq's `sslmode` too): none by default, encrypted under
+    /// REQUIRED and PREFERRED, verified against the server's certificate under VERIFY_IDENTITY (refused
+    /// without it: the certificate is self-signed), an unknown mode refused; a copy over TLS.
+    @Test(.enabled(if: mariaDBUnavailable == nil, "no MariaDB server (see the log)"))
+    func tlsAsSSLModeAsks() throws {
+        func cipher(_ options: [String: String]) throws -> String {
+            var url = mariaDBURL!
+            url.options.merge(options) { $1 }
+            let c = try MariaDBConnection(url, timeout: .seconds(10))
+            defer { c.close() }
+            return try c.query("SHOW SESSION STATUS LIKE 'Ssl_cipher'").first?.values[1].textValue ?? ""
+        }
+        #expect(try cipher([:]) == "")
+        #expect(try cipher(["ssl-mode": "DISABLED"]) == "")
+        #expect(throws: SQLError.self) { try cipher(["ssl-mode": "sometimes"]) }
+        let admin = try MariaDBConnection(mariaDBURL!)
+        guard try admin.scalar("SELECT @@have_ssl") == .text("YES") else {
+            print("MariaDB TLS tests skipped: the server has no TLS (scripts/start-mariadb turns it on)")
+            return
+        }
+        #expect(try !cipher(["ssl-mode": "REQUIRED"]).isEmpty)
+        #expect(try !cipher(["sslmode": "prefer"]).isEmpty)
+        #expect(throws: SQLError.self) { try cipher(["ssl-mode": "VERIFY_IDENTITY"]) }
+        let ca = environmentValue("MP_MARIADB_CA") ?? "/tmp/mp-databases/mariadb/tls/server.crt"
+        if access(ca, R_OK) == 0 {
+            #expect(try !cipher(["ssl-mode": "VERIFY_IDENTITY", "ssl-ca": ca]).isEmpty)
+        } else {
+            print("MariaDB certificate verification not tested: no \(ca) (set MP_MARIADB_CA)")
+        }
+        // The notes' job over TLS.
+        var tls = mariaDBURL!
+        tls.options["ssl-mode"] = "REQUIRED"
+        let db = try MariaDBConnection(tls)
+        let source = uniqueTable("user")
+        let sink = uniqueTable("user_copy")
+        defer {
+            _ = try? db.execute("DROP TABLE IF EXISTS \(source)")
+            _ = try? db.execute("DROP TABLE IF EXISTS \(sink)")
+        }
+        try db.execute(
+            "CREATE TABLE \(source) (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128), created_at VARCHAR(32))"
+        )
+        var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email", "created_at"])
+        for i in 1...3_000 {
+            batch.append([
+                .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)),
+                .text("u\(i)@example.com"), .text("2026-11-29 07:00:00"),
+            ])
+        }
+        try db.insert(into: source, batch)
+        let pool = try ProcessPool(workers: 2)
+        defer { pool.terminate() }
+        let report = try TablePipeline(
+            from: .table(source, in: tls),
+            to: tls,
+            table: sink,
+            transform: AddSex(),
+            chunkSize: 500
+        ).run(on: pool)
+        #expect(report.rowsWritten == 3_000)
+        try checkCopy(db, n: 3_000, table: sink)
+    }
+
     /// A port where nothing listens: a connection error at once, never a hang.
     @Test func anUnreachableServerFailsFast() throws {
         let start = ContinuousClock.now

@@ -12,11 +12,12 @@ typedef struct mp_mysql_res mp_mysql_res;
 /// Loads the library once (thread-safe). Returns 0, or -1 with a message in `error`.
 int mp_mysql_load(char *error, size_t errorLength);
 
-/// mysql_init + options (connect/read/write timeouts in seconds, utf8mb4, multi-statements) +
-/// mysql_real_connect. Returns NULL with a message in `error` on failure.
+/// mysql_init + options (connect/read/write timeouts in seconds, utf8mb4, multi-statements, TLS) +
+/// mysql_real_connect. `tls`: 0 none, 1 required (certificate not checked), 2 required and verified
+/// (against `ca`, a PEM file, when not NULL; the host name too). Returns NULL with a message in `error`.
 mp_mysql *mp_mysql_connect(const char *host, const char *user, const char *password, const char *db,
-                           unsigned int port, unsigned int timeoutSeconds, char *error, size_t errorLength,
-                           unsigned int *errorNumber);
+                           unsigned int port, unsigned int timeoutSeconds, int tls, const char *ca, char *error,
+                           size_t errorLength, unsigned int *errorNumber);
 void mp_mysql_close(mp_mysql *m);
 const char *mp_mysql_error(mp_mysql *m);
 unsigned int mp_mysql_errno(mp_mysql *m);

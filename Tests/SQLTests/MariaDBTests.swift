@@ -27,6 +27,21 @@ let mariaDBUnavailable: String? = {
     }
 }()
 
+/// `count` users in `table`, the notes' columns (`pwd` of 1 to 12 characters).
+func makeMariaDBUsers(_ db: MariaDBConnection, table: String, count: Int) throws {
+    try db.execute(
+        "CREATE TABLE \(table) (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128), created_at VARCHAR(32))"
+    )
+    var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email", "created_at"])
+    for i in 1...count {
+        batch.append([
+            .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)),
+            .text("u\(i)@example.com"), .text("2026-11-28 12:00:00"),
+        ])
+    }
+    try db.insert(into: table, batch)
+}
+
 /// A table name of this test run's own.
 func uniqueTable(_ stem: String) -> String { "\(stem)_\(getpid())_\(UInt16.random(in: 0...UInt16.max))" }
 
@@ -254,17 +269,7 @@ struct MariaDBTests {
             _ = try? db.execute("DROP TABLE IF EXISTS \(source)")
             _ = try? db.execute("DROP TABLE IF EXISTS \(sink)")
         }
-        try db.execute(
-            "CREATE TABLE \(source) (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128), created_at VARCHAR(32))"
-        )
-        var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email", "created_at"])
-        for i in 1...3_000 {
-            batch.append([
-                .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)),
-                .text("u\(i)@example.com"), .text("2026-11-29 07:00:00"),
-            ])
-        }
-        try db.insert(into: source, batch)
+        try makeMariaDBUsers(db, table: source, count: 3_000)
         let pool = try ProcessPool(workers: 2)
         defer { pool.terminate() }
         let report = try TablePipeline(
@@ -303,17 +308,7 @@ struct MariaDBTests {
             _ = try? db.execute("DROP TABLE IF EXISTS \(sink)")
             _ = try? db.execute("DELETE FROM mp_pipeline_chunks WHERE pipeline LIKE ?", [.text("%\(sink)%")])
         }
-        try db.execute(
-            "CREATE TABLE \(source) (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128), created_at VARCHAR(32))"
-        )
-        var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email", "created_at"])
-        for i in 1...12_000 {
-            batch.append([
-                .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)),
-                .text("u\(i)@example.com"), .text("2026-11-28 12:00:00"),
-            ])
-        }
-        try db.insert(into: source, batch)
+        try makeMariaDBUsers(db, table: source, count: 12_000)
         let pool = try ProcessPool(workers: 2)
         defer { pool.terminate() }
         let failing = TablePipeline(
@@ -362,17 +357,7 @@ struct MariaDBTests {
         scratch.database = schema
         let url = scratch
         let db = try MariaDBConnection(url)
-        try db.execute(
-            "CREATE TABLE user (id BIGINT PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128), created_at VARCHAR(32))"
-        )
-        var batch = SQLRowBatch(columns: ["id", "name", "pwd", "email", "created_at"])
-        for i in 1...20_000 {
-            batch.append([
-                .int(Int64(i)), .text("user\(i)"), .text(String(repeating: "x", count: i % 12 + 1)),
-                .text("u\(i)@example.com"), .text("2026-11-29 07:00:00"),
-            ])
-        }
-        try db.insert(into: "user", batch)
+        try makeMariaDBUsers(db, table: "user", count: 20_000)
         let pool = try ProcessPool(workers: 2)
         defer { pool.terminate() }
         let pipeline: @Sendable () -> TablePipeline<AddSex> = {

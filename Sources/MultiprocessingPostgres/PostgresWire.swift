@@ -197,6 +197,9 @@ final class PostgresWireReader {
         _ body: ([SQLValue]) throws -> Void
     ) throws -> [String] {
         guard isOpen else { throw SQLError(.connection, "the reading session is closed") }
+        guard parameters.count <= Int(Int16.max) else {
+            throw SQLError(.statement, "\(parameters.count) parameters: PostgreSQL takes at most \(Int16.max)")
+        }
         deadline = Deadline.after(timeout)
         do {
             let prepared = try prepare(sql)
@@ -213,6 +216,9 @@ final class PostgresWireReader {
             m.int16(Int16(parameters.count))
             for p in parameters {
                 if let bytes = Self.text(p) {
+                    guard bytes.count < Int(Int32.max) else {
+                        throw SQLError(.statement, "a parameter of \(bytes.count) bytes: PostgreSQL takes under 2 GB")
+                    }
                     m.int32(Int32(bytes.count))
                     m.bytes(bytes)
                 } else {
@@ -254,6 +260,9 @@ final class PostgresWireReader {
                         )
                     }
                 case UInt8(ascii: "E"):
+                    // Described afresh next time: the error may come of a changed table (a column more
+                    // than the result formats bound).
+                    statements[sql] = nil
                     failure = Self.error(payload, "cannot run \(sql.prefix(200))")
                 case UInt8(ascii: "Z"):
                     break loop
@@ -613,9 +622,9 @@ struct SCRAM {
             fields[part.first!] = String(part.dropFirst(2))
         }
         guard let r = fields["r"], r.hasPrefix(nonce), let s = fields["s"], let salt = Data(base64Encoded: s),
-            let i = fields["i"].flatMap({ Int($0) }), i > 0
+            let i = fields["i"].flatMap({ Int($0) }), i > 0, i <= 10_000_000
         else {
-            throw SQLError(.connection, "a malformed SCRAM challenge from the server")
+            throw SQLError(.connection, "a malformed SCRAM challenge from the server (or over 10 million iterations)")
         }
         // Hi(password, salt, i): PBKDF2 with HMAC-SHA-256, one block.
         let key = SymmetricKey(data: Array(password.utf8))

@@ -418,6 +418,11 @@ struct PostgresTests {
             #expect(e.kind == .statement && e.description.contains("changed"), "\(e)")
         }
         #expect(try readAll(bulk, "SELECT * FROM \(t)").rows == [[.text("7")]])
+        // A column more: the columns bound no longer match; an error once (the server's), then the new
+        // columns.
+        try db.execute("ALTER TABLE \(t) ADD COLUMN b int DEFAULT 1")
+        #expect(throws: SQLError.self) { try readAll(bulk, "SELECT * FROM \(t)") }
+        #expect(try readAll(bulk, "SELECT * FROM \(t)").rows == [[.text("7"), .int(1)]])
         // Its backend terminated by an administrator: one read fails as a connection error, the next works.
         let pid = try readAll(bulk, "SELECT pg_backend_pid()").rows.first?.first?.intValue ?? 0
         #expect(pid != 0)

@@ -637,11 +637,11 @@ struct PoolState: Sendable {
     func overdue(running: [WorkerID: RunningFacts]) -> [(id: WorkerID, through: Int)] {
         let limit = PoolDecisions.overdue(itemNanos: itemNanos)
         var out: [(id: WorkerID, through: Int)] = []
-        for w in workers where w.stop == nil && !w.stalled && w.inflight.count > 1 {
-            guard let facts = running[w.id], facts.unit != 0, facts.elapsed >= limit,
-                let last = w.inflight.map(\.seq).max()
+        for w in workers.indices where workers[w].stop == nil && !workers[w].stalled && workers[w].inflight.count > 1 {
+            guard let facts = running[workers[w].id], facts.unit != 0, facts.elapsed >= limit,
+                let last = workers[w].inflight.map(\.seq).max()
             else { continue }
-            out.append((w.id, last))
+            out.append((workers[w].id, last))
         }
         return out
     }

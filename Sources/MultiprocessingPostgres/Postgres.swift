@@ -254,15 +254,17 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         let month = mp < 10 ? mp + 3 : mp - 9
         let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
         var out = [UInt8]()
-        out.reserveCapacity(26)
-        func put(_ v: Int64, _ width: Int) {
-            var digits = [UInt8](repeating: UInt8(ascii: "0"), count: width)
+        out.reserveCapacity(27)
+        func put(_ v: Int64, _ width: Int) {  // zero-padded, in place (an array per field cost a malloc)
+            let end = out.count + width
+            out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width))
             var v = v
-            for i in stride(from: width - 1, through: 0, by: -1) {
-                digits[i] = UInt8(ascii: "0") + UInt8(v % 10)
+            var i = end - 1
+            while v > 0 && i >= end - width {
+                out[i] = UInt8(ascii: "0") + UInt8(v % 10)
                 v /= 10
+                i -= 1
             }
-            out += digits
         }
         if year < 0 { out.append(UInt8(ascii: "-")) }
         put(abs(year), 4)
@@ -477,9 +479,7 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     static func copyText(_ v: SQLValue, into b: inout ByteBuffer) {
         switch v {
         case .null: b.writeString("\\N")
-        case .int(let i): b.writeString(String(i))
-        case .double(let d):
-            b.writeString(d.isNaN ? "NaN" : d.isInfinite ? (d < 0 ? "-Infinity" : "Infinity") : "\(d)")
+        case .int, .double: b.writeBytes(PostgresWireReader.text(v)!)
         case .text(let s):
             var s = s
             s.withUTF8 { bytes in
@@ -502,13 +502,9 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
                 }
                 b.writeBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[start...]))
             }
-        case .blob(let bytes):
-            b.writeString("\\\\x")
-            let digits = Array("0123456789abcdef".utf8)
-            for byte in bytes {
-                b.writeInteger(digits[Int(byte >> 4)])
-                b.writeInteger(digits[Int(byte & 15)])
-            }
+        case .blob:
+            b.writeInteger(UInt8(ascii: "\\"))  // COPY's escape of the parameter form's backslash
+            b.writeBytes(PostgresWireReader.text(v)!)
         }
     }
 }

@@ -378,14 +378,19 @@ final class PostgresWireReader {
             return Array((d.isNaN ? "NaN" : d.isInfinite ? (d < 0 ? "-Infinity" : "Infinity") : "\(d)").utf8)
         case .text(let s): return Array(s.utf8)
         case .blob(let b):
-            let digits = Array("0123456789abcdef".utf8)
             var out: [UInt8] = [UInt8(ascii: "\\"), UInt8(ascii: "x")]
             out.reserveCapacity(2 + b.count * 2)
-            for byte in b {
-                out.append(digits[Int(byte >> 4)])
-                out.append(digits[Int(byte & 15)])
-            }
+            hex(b, into: &out)
             return out
+        }
+    }
+
+    /// Appends each byte as two lowercase hex digits.
+    static func hex(_ bytes: some Sequence<UInt8>, into out: inout [UInt8]) {
+        let digits: StaticString = "0123456789abcdef"
+        for byte in bytes {
+            out.append(digits.utf8Start[Int(byte >> 4)])
+            out.append(digits.utf8Start[Int(byte & 15)])
         }
     }
 
@@ -429,13 +434,11 @@ final class PostgresWireReader {
         case timestamp, timestamptz: return .text(PostgresSQLConnection.timestampText(try be(Int64.self)))
         case uuid:
             guard cell.count == 16 else { throw malformed("a uuid of \(cell.count) bytes") }
-            let hex = Array("0123456789abcdef".utf8)
             var out: [UInt8] = []
             out.reserveCapacity(36)
-            for (i, byte) in cell.enumerated() {
-                if [4, 6, 8, 10].contains(i) { out.append(UInt8(ascii: "-")) }
-                out.append(hex[Int(byte >> 4)])
-                out.append(hex[Int(byte & 15)])
+            for (i, group) in [0..<4, 4..<6, 6..<8, 8..<10, 10..<16].enumerated() {
+                if i > 0 { out.append(UInt8(ascii: "-")) }
+                hex(cell[group], into: &out)
             }
             return .text(String(decoding: out, as: UTF8.self))
         default: return .text(String(decoding: cell, as: UTF8.self))

@@ -195,7 +195,6 @@ public enum Database {
     public static func connect(_ url: String, timeout: Duration = .seconds(30)) throws -> any SQLConnection {
         try connect(DatabaseURL(url), timeout: timeout)
     }
-
 }
 
 /// A connection type that opens itself from a URL: how `Database.connect` finds a database module

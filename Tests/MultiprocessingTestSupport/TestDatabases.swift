@@ -207,3 +207,17 @@ public func loopbackSocket(listening: Bool) -> (fd: Int32, port: Int) {
     }
     return (fd, Int(UInt16(bigEndian: a.sin_port)))
 }
+
+/// Waits (up to 60 s) until a running pipeline has recorded at least `n` chunks in `db`; returns how many
+/// it had recorded when the wait ended.
+@discardableResult
+public func waitForChunks(_ db: any SQLConnection, atLeast n: Int) -> Int {
+    let deadline = ContinuousClock.now + .seconds(60)
+    var written = 0
+    while ContinuousClock.now < deadline {
+        written = Int((try? db.scalar("SELECT count(*) FROM mp_pipeline_chunks"))??.intValue ?? 0)
+        if written >= n { break }
+        usleep(5_000)
+    }
+    return written
+}

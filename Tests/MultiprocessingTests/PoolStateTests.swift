@@ -121,6 +121,23 @@ import Testing
         #expect(after.map(\.worker) == [1] || sent.count < 3, "worker 1 takes work once its long unit ends")
     }
 
+    /// A stuck worker that dies after its queued units were taken back: its long unit is dealt with as any
+    /// death's, and the units taken from it are not sent again (they were already given to another worker).
+    @Test func aStalledWorkersDeathDoesNotResendWhatWasTakenBack() throws {
+        var s = pool(2)
+        let units = (0..<4).map { _ in unit(&s, count: 1) }
+        _ = try s.submit(units, now: t0)
+        for u in [units[1], units[3]] {
+            _ = try s.received(.output(unit: u.id, start: 0, count: 1, busyNanos: 10_000), from: 2, now: at(1))
+        }
+        let back = s.reclaim(1, startedThrough: 1, now: at(60))
+        #expect(sentTasks(back).map(\.unit) == [units[2].id])
+        let facts = State.ExitFacts(exitCode: -9, running: (units[0].id, 0), lastStarted: units[0].id)
+        let (_, a) = s.exited(1, facts, now: at(100))
+        #expect(!sentTasks(a).contains { $0.unit == units[2].id })
+        #expect(failures(a).map(\.index) == [0] || sentTasks(a).map(\.unit) == [units[0].id])
+    }
+
     @Test func aDeathMidChunkFailsTheRunningItemAndSendsTheRestAgain() throws {
         var s = pool(2)
         let u = unit(&s, count: 5)

@@ -243,11 +243,7 @@ struct PostgresTests {
         }
         let first = background { try pipeline().run(on: pool) }
         let watcher = try Database.connect(url)
-        let deadline = ContinuousClock.now + .seconds(60)
-        while ContinuousClock.now < deadline {
-            if ((try? watcher.scalar("SELECT count(*) FROM mp_pipeline_chunks"))??.intValue ?? 0) >= 10 { break }
-            usleep(5_000)
-        }
+        waitForChunks(watcher, atLeast: 10)
         watcher.close()
         try server.restart()
         let restarted = ContinuousClock.now
@@ -280,13 +276,7 @@ struct PostgresTests {
             try makePostgresUsers(db, count: 20_000)
             let child = ChildProcess(job: PostgresPipelineRun(url: url))
             try child.start()
-            let deadline = ContinuousClock.now + .seconds(60)
-            var written = 0
-            while ContinuousClock.now < deadline {
-                written = Int((try? db.scalar("SELECT count(*) FROM mp_pipeline_chunks"))??.intValue ?? 0)
-                if written >= 8 { break }
-                usleep(5_000)
-            }
+            let written = waitForChunks(db, atLeast: 8)
             child.kill()
             _ = try child.join(timeout: .seconds(10))
             let copied = Int(try db.scalar("SELECT count(*) FROM user_copy")?.intValue ?? 0)
@@ -496,6 +486,60 @@ struct PostgresTests {
         defer { prefer.close() }
         let bulk = try #require(prefer as? any SQLBulkReading)
         #expect(try readAll(bulk, "SELECT count(*) FROM user_copy").rows == [[.int(3_000)]])
+    }
+
+    /// A read that outlives the connection's timeout fails at it as a connection error (the session is
+    /// closed, not left mid-result), and the next read opens a new session.
+    @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
+    func aReadPastItsTimeoutFailsAndTheNextWorks() throws {
+        let db = try Database.connect(postgresURL!, timeout: .seconds(1))
+        defer { db.close() }
+        let bulk = try #require(db as? any SQLBulkReading)
+        let start = ContinuousClock.now
+        do {
+            _ = try readAll(bulk, "SELECT pg_sleep(5)")
+            Issue.record("a 5 s statement ended within a 1 s timeout")
+        } catch let e as SQLError {
+            #expect(e.kind == .connection && e.description.contains("did not answer"), "\(e)")
+        }
+        let took = ContinuousClock.now - start
+        #expect(took >= .milliseconds(900) && took < .seconds(4), "\(took)")
+        #expect(try readAll(bulk, "SELECT 1").rows == [[.int(1)]])
+    }
+
+    /// A server that answers with malformed messages (a length under 4, an authentication request cut
+    /// short, an unknown authentication method): the reading session's connect fails clearly, the process
+    /// goes on.
+    @Test func aMalformedServerFailsTheReadingSessionsConnect() throws {
+        let answers: [[UInt8]] = [
+            [UInt8(ascii: "R"), 0, 0, 0, 2],
+            [UInt8(ascii: "R"), 0, 0, 0, 4],
+            [UInt8(ascii: "R"), 0, 0, 0, 8, 0, 0, 0, 7],
+        ]
+        for answer in answers {
+            let (fd, port) = loopbackSocket(listening: true)
+            defer { close(fd) }
+            let server = background { () -> Bool in
+                let c = accept(fd, nil, nil)
+                guard c >= 0 else { return false }
+                var startup = [UInt8](repeating: 0, count: 512)
+                _ = read(c, &startup, startup.count)
+                _ = answer.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+                usleep(200_000)
+                close(c)
+                return true
+            }
+            let url = try DatabaseURL("postgres://root:x@127.0.0.1:\(port)/db1")
+            do {
+                _ = try PostgresWireReader(url, timeout: .seconds(5))
+                Issue.record("connected to a server that sent \(answer)")
+            } catch let e as SQLError {
+                #expect(e.kind == .connection, "\(e)")
+            } catch let e as PostgresWireReader.Unsupported {
+                #expect(answer.count == 9, "only the unknown method is unsupported: \(e.reason)")
+            }
+            #expect(try server.result(timeout: .seconds(10)))
+        }
     }
 
     /// Every authentication the reading session speaks, against a real server configured for each: trust,

@@ -370,11 +370,7 @@ struct MariaDBTests {
             )
         }
         let first = background { try pipeline().run(on: pool) }
-        let deadline = ContinuousClock.now + .seconds(60)
-        while ContinuousClock.now < deadline {
-            if ((try? db.scalar("SELECT count(*) FROM mp_pipeline_chunks"))??.intValue ?? 0) >= 10 { break }
-            usleep(5_000)
-        }
+        waitForChunks(db, atLeast: 10)
         let own = try db.scalar("SELECT CONNECTION_ID()")!
         /// Kills every connection to the scratch database but the test's own; how many.
         func cutAll() throws -> Int {

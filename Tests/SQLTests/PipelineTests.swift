@@ -171,13 +171,7 @@ struct PipelineTests {
             let child = ChildProcess(job: PipelineRun(path: path, chunkSize: 500, pauseMs: 20))
             try child.start()
             // Wait until some chunks, not all, are written.
-            let deadline = ContinuousClock.now + .seconds(60)
-            var written = 0
-            while ContinuousClock.now < deadline {
-                written = Int((try? db.scalar("SELECT count(*) FROM mp_pipeline_chunks"))??.intValue ?? 0)
-                if written >= 8 { break }
-                usleep(5000)
-            }
+            let written = waitForChunks(db, atLeast: 8)
             child.kill()
             _ = try child.join(timeout: .seconds(10))
             #expect(written >= 8 && written < 40, "\(written) chunks when killed")

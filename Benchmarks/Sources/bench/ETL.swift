@@ -127,22 +127,17 @@ func runETLSuite(_ only: Set<String>) throws {
         try reset()
         let t0 = now()
         // ETL_ROWS=dynamic: rows as SQLRow instead of Codable structs.
-        let report =
-            env["ETL_ROWS"] == "dynamic"
-            ? try TablePipeline(
+        func copy(_ transform: some RowTransform) throws -> PipelineReport {
+            try TablePipeline(
                 from: .table("user", in: url),
                 to: url,
                 table: "user_copy",
-                transform: BenchAddSexDynamic(),
+                transform: transform,
                 chunkSize: chunk
-            ).run(on: pool)
-            : try TablePipeline(
-                from: .table("user", in: url),
-                to: url,
-                table: "user_copy",
-                transform: BenchAddSex(),
-                chunkSize: chunk
-            ).run(on: pool)
+            )
+            .run(on: pool)
+        }
+        let report = try env["ETL_ROWS"] == "dynamic" ? copy(BenchAddSexDynamic()) : copy(BenchAddSex())
         let t1 = now()
         precondition(report.rowsWritten == n)
         try verify()

@@ -1,3 +1,5 @@
+import Glibc
+
 /// The errors of the Multiprocessing module.
 ///
 /// Python raises `EOFError`, `OSError`, `AuthenticationError`, `TimeoutError`, `queue.Empty`/`Full`,
@@ -42,6 +44,10 @@ public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Co
         public static let invalidState = Code("invalidState")
         /// A system call failed; see ``MultiprocessingError/errno``.
         public static let system = Code("system")
+        /// The system refused a resource it may give later: descriptors (`EMFILE`, `ENFILE`), memory
+        /// (`ENOMEM`, `ENOBUFS`) or threads. Nothing is lost; the call can be tried again once some are
+        /// freed. ``MultiprocessingError/errno`` says which.
+        public static let resourceExhausted = Code("resourceExhausted")
     }
 
     /// What went wrong.
@@ -64,6 +70,13 @@ public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Co
     }
 
     package static func system(_ call: String, _ errno: Int32) -> MultiprocessingError {
-        MultiprocessingError(.system, "\(call) failed", errno: errno)
+        switch errno {
+        case EMFILE, ENFILE:
+            MultiprocessingError(.resourceExhausted, "\(call) failed: out of file descriptors", errno: errno)
+        case ENOMEM, ENOBUFS:
+            MultiprocessingError(.resourceExhausted, "\(call) failed: out of memory", errno: errno)
+        default:
+            MultiprocessingError(.system, "\(call) failed", errno: errno)
+        }
     }
 }

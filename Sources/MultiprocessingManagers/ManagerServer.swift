@@ -78,8 +78,11 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         /// Idents look like CPython's (hex addresses) and start at a random point: a proxy of a previous
         /// server on the same address (one that restarted) must not name, and `decref`, an object of this one.
         var next = UInt64.random(in: 0x7f00_0000_0000...0x7fff_0000_0000) & ~0xf
-        /// Client connections, and whether each is handling a request now.
-        var connections: [ObjectIdentifier: (connection: Connection, busy: Bool)] = [:]
+        /// Authenticated client connections. A connection leaves this map (under the lock) before its
+        /// thread closes it: a connection found here is open, so shutdown may half-close it safely.
+        var connections: [ObjectIdentifier: Connection] = [:]
+        /// Threads serving a client (authenticating or authenticated); shutdown ends when none is left.
+        var serving = 0
     }
 
     private let listener: Listener
@@ -92,6 +95,8 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     private let callTimer: CoreMetrics.Timer
     private let stopped = Threading.Event()
     private let shuttingDown = Atomic<Bool>(false)
+    /// Whether the accept loop is refusing connections for lack of descriptors (logged once per episode).
+    private let exhausted = Atomic<Bool>(false)
 
     /// The address clients connect to.
     public var address: Address { listener.address }
@@ -180,43 +185,128 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         logger.info("manager server listening", metadata: ["address": "\(address)"])
     }
 
-    /// Stops accepting, closes every client connection and frees every object. A request being handled
-    /// gets its answer first (its connection closes right after): a client is never left without the
-    /// reply to a call the server carried out.
-    public func shutdown() {
+    /// Shuts the server down gracefully (Python's `manager.shutdown()`, which CPython's server does
+    /// abruptly), and waits until it has.
+    ///
+    /// At once: no new client is accepted, and each connected client's reading side is closed. Then every
+    /// request already read is carried out and its reply sent (the last `put` of a worker gets its
+    /// answer); a call waiting on the server (a `get` on an empty queue, an `acquire`) gives up within
+    /// 250 ms without taking anything, and its client sees the connection end. When every client thread
+    /// has finished, every object is freed and ``wait(timeout:)`` returns. A client that connects or sends
+    /// a request after this began sees the connection end (CPython: `EOFError` or `ConnectionRefusedError`);
+    /// a proxy's `decref` then fails quietly on the client's side, as CPython's does.
+    ///
+    /// - Parameter timeout: the longest wait for replies to go out (a client that stops reading cannot
+    ///   hold the server up for longer: its connection is then cut).
+    /// - Returns: whether every reply went out within `timeout`.
+    @discardableResult
+    public func shutdown(timeout: Duration = .seconds(10)) -> Bool {
+        beginShutdown()
+        if stopped.wait(timeout: timeout) { return true }
+        // Replies a client does not read: cut their connections so that their threads end.
+        state.withLock { s in for c in s.connections.values { c.shutdownSocket(reading: true, writing: true) } }
+        logger.warning("manager server shutdown: clients did not take their replies in time; disconnected")
+        _ = stopped.wait(timeout: .seconds(1))
+        return false
+    }
+
+    /// Starts shutting down without waiting (a client's `shutdown` request, or ``shutdown(timeout:)``).
+    private func beginShutdown() {
         guard shuttingDown.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
         listener.close()
-        let idle = state.withLock { s -> [Connection] in
-            defer { s.objects = [:] }
-            return s.connections.values.filter { !$0.busy }.map(\.connection)
+        let done = state.withLock { s -> Bool in
+            // A thread blocked reading its next request wakes with end of file; one handling a request
+            // finishes it, sends its reply, then finds the end. (Half-closed under the lock: a connection
+            // in the map is not closed yet, so its descriptor number is not someone else's.)
+            for c in s.connections.values { c.shutdownSocket(reading: true, writing: false) }
+            return s.serving == 0
         }
-        for c in idle { c.close() }
+        logger.info("manager server shutting down", metadata: ["address": "\(address)"])
+        if done { finish() }
+    }
+
+    /// The last client thread has ended after shutdown began: frees every object and reports the end.
+    private func finish() {
+        let objects = state.withLock { s -> [String: Entry] in
+            defer { s.objects = [:] }
+            return s.objects
+        }
+        _ = consume objects  // released here, outside the lock
         objectsGauge.record(0)
         logger.info("manager server shut down", metadata: ["address": "\(address)"])
         stopped.set()
     }
 
-    /// Waits until the server has shut down (a client's `shutdown` request, or ``shutdown()``).
+    /// Waits until the server has shut down (a client's `shutdown` request, or ``shutdown(timeout:)``) and
+    /// every reply owed has gone out.
     public func wait(timeout: Duration? = nil) -> Bool { stopped.wait(timeout: timeout) }
 
     private func acceptLoop() {
+        var pause = Duration.milliseconds(1)
         while !shuttingDown.load(ordering: .relaxed) {
             let accepted: AcceptedConnection
             do {
                 accepted = try listener.acceptConnection(timeout: .seconds(1))
             } catch let e as MultiprocessingError where e.code == .timedOut {
                 continue
+            } catch let e as MultiprocessingError where e.code == .resourceExhausted {
+                // Out of descriptors: the listener closed the waiting connection (its client learns at once)
+                // and stays open; accepting resumes when descriptors are freed.
+                rejected.increment()
+                if !exhausted.exchange(true, ordering: .relaxed) {
+                    logger.error(
+                        "out of file descriptors: refusing new clients until some are freed",
+                        metadata: ["address": "\(address)", "error": "\(e)"]
+                    )
+                }
+                if !listener.refusesWhenExhausted {
+                    // The waiting connection could not be closed: pause instead of spinning on it.
+                    _ = stopped.wait(timeout: pause)
+                    pause = min(pause * 2, .milliseconds(200))
+                }
+                continue
             } catch {
                 return  // closed
             }
+            pause = .milliseconds(1)
+            if exhausted.exchange(false, ordering: .relaxed) {
+                logger.notice("accepting clients again", metadata: ["address": "\(address)"])
+            }
+            let admitted = state.withLock { s -> Bool in
+                guard !shuttingDown.load(ordering: .relaxed) else { return false }
+                s.serving += 1
+                return true
+            }
+            guard admitted else {
+                accepted.connection.close()
+                return
+            }
             let t = OSThread(name: "mp-manager-client", daemon: true) { [self] in serveClient(accepted) }
-            if (try? t.start()) == nil { accepted.connection.close() }
+            do {
+                try t.start()
+            } catch {
+                // Out of threads: this client is refused at once rather than left in the handshake.
+                rejected.increment()
+                logger.error("cannot start a thread for a client; refused", metadata: ["error": "\(error)"])
+                accepted.connection.close()
+                clientThreadEnded()
+            }
         }
+    }
+
+    /// Bookkeeping when a client's thread ends (or never started).
+    private func clientThreadEnded() {
+        let last = state.withLock { s -> Bool in
+            s.serving -= 1
+            return s.serving == 0 && shuttingDown.load(ordering: .relaxed)
+        }
+        if last { finish() }
     }
 
     private func serveClient(_ accepted: AcceptedConnection) {
         let c = accepted.connection
         let key = ObjectIdentifier(c)
+        defer { clientThreadEnded() }
         defer {
             // What this connection holds (a proxied lock, semaphore permits) is released, on this thread.
             let objects = state.withLock { s -> [any ManagedObject] in
@@ -238,15 +328,8 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         }
         let registered = state.withLock { s -> Bool in
             guard !shuttingDown.load(ordering: .relaxed) else { return false }
-            s.connections[key] = (c, false)
+            s.connections[key] = c
             return true
-        }
-        /// Marks the connection busy or idle; false when the server is shutting down (then stop).
-        func mark(busy: Bool) -> Bool {
-            state.withLock { s in
-                s.connections[key]?.busy = busy
-                return !shuttingDown.load(ordering: .relaxed)
-            }
         }
         guard registered else { return }
         var channel = false
@@ -264,6 +347,8 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         while true {
             if replies.count >= 64 || !c.hasBufferedMessage {
                 guard flush() else { return }
+                // Shutting down: requests already read are answered; nothing more is read.
+                if shuttingDown.load(ordering: .relaxed) { return }
             }
             // A CPython client's next request waits for our ACK (Nagle); not a TCP socket: stop trying.
             if tcp && replies.isEmpty && mp_quick_ack(c.fileDescriptor) != 0 { tcp = false }
@@ -280,7 +365,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 )
                 return
             }
-            guard mark(busy: true) else { return }
+            // From here the request is carried out and answered, even if shutdown begins meanwhile.
             let reply: PythonValue
             do {
                 let request = try PickleReader().read(frame)
@@ -306,8 +391,9 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                         if args.first == .string(ChannelPool.clientName) { tcp = false }
                     }
                     if stop {
-                        _ = try? c.sendBytes(try PickleWriter().write(reply))
-                        shutdown()
+                        if let bytes = try? PickleWriter().write(reply) { replies.append(bytes) }
+                        _ = flush()
+                        beginShutdown()
                         return
                     }
                 }
@@ -322,7 +408,6 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             guard let bytes = try? PickleWriter().write(reply) else { return }
             // Held until the top of the loop, which sends it unless the next request is already here.
             replies.append(bytes)
-            if !mark(busy: false) { return }
         }
     }
 
@@ -443,6 +528,8 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         let start = ContinuousClock.now
         defer { callTimer.recordNanoseconds((ContinuousClock.now - start).nanoseconds) }
         let fd = connection.fileDescriptor
+        // Checked only while the call waits: a call that waits when shutdown begins gives up (having
+        // taken nothing); one that completes is answered.
         let abandoned: @Sendable () -> Bool = { [weak self] in
             self?.shuttingDown.load(ordering: .relaxed) ?? true || mp_peer_gone(fd) == 1
         }

@@ -118,7 +118,7 @@ public final class AsyncSocket: Sendable {
     /// Closes the socket; tasks waiting on it fail with `MultiprocessingError.Code.closed`. Idempotent.
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        Reactor.shared.cancelWaits(on: fd)
+        Reactor.started?.cancelWaits(on: fd)
         Glibc.close(fd)
     }
 
@@ -187,7 +187,7 @@ public final class AsyncListener: Sendable {
     /// Stops listening; a task waiting in ``accept()`` fails with `MultiprocessingError.Code.closed`.
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        Reactor.shared.cancelWaits(on: fd)
+        Reactor.started?.cancelWaits(on: fd)
         Glibc.close(fd)
         if case .unix(let path) = address, !path.isEmpty { unlink(path) }
     }

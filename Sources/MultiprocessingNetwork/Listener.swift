@@ -21,6 +21,10 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     private let unixPath: String?
     private let closed = Atomic<Bool>(false)
     private let last = Mutex<Address?>(nil)
+    /// A descriptor held in reserve (`/dev/null`; -1: none): when the process is out of descriptors,
+    /// it is given up for a moment to accept the waiting connection and close it, so that the client
+    /// learns at once instead of waiting in the backlog (and the listener does not spin on it).
+    private let reserve = Mutex<Int32>(-1)
     /// How accepted TCP connections detect a peer that vanished (`nil`: the system's defaults, which
     /// take over two hours).
     public let keepAlive: KeepAlive?
@@ -56,16 +60,43 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
             return s
         }
         self.address = Address.local(of: fd, unixPath: path)
+        reserve.withLock { $0 = Listener.openReserve() }
     }
 
     deinit { close() }
 
+    private static func openReserve() -> Int32 { Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC) }
+
+    /// Whether the listener holds its reserve descriptor, and so refuses connections it cannot take
+    /// (out of descriptors) by closing them at once. When false (the process ran out before the
+    /// reserve could be taken back), a server should back off before accepting again.
+    package var refusesWhenExhausted: Bool { reserve.withLock { $0 >= 0 } }
+
+    /// Out of descriptors: accepts the waiting connection on the reserve's number and closes it, then
+    /// takes the reserve back.
+    private func refuseOne() {
+        reserve.withLock { r in
+            guard r >= 0 else {
+                r = Listener.openReserve()
+                return
+            }
+            Glibc.close(r)
+            let s = mp_accept_nonblocking(fd)
+            if s >= 0 { Glibc.close(s) }
+            r = Listener.openReserve()
+        }
+    }
+
     /// Stops listening; a Unix socket's path is removed — Python's `Listener.close()`.
     public func close() {
         guard closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
-        Reactor.shared.cancelWaits(on: fd)
+        Reactor.started?.cancelWaits(on: fd)
         _ = shutdown(fd, Int32(SHUT_RDWR))
         Glibc.close(fd)
+        reserve.withLock { r in
+            if r >= 0 { Glibc.close(r) }
+            r = -1
+        }
         if let unixPath { unlink(unixPath) }
     }
 
@@ -80,7 +111,10 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     /// - Throws: ``ClientError`` when the client failed (wrong key — it was told `#FAILURE#` —, silence,
     ///   garbage, a reset): the listener is fine and the next `accept` may succeed.
     ///   `MultiprocessingError` when the listener itself failed: `MultiprocessingError.Code.timedOut`
-    ///   (no client within `timeout`), `MultiprocessingError.Code.closed`, a system error.
+    ///   (no client within `timeout`), `MultiprocessingError.Code.closed`,
+    ///   `MultiprocessingError.Code.resourceExhausted` (the process is out of descriptors: the waiting
+    ///   client was disconnected at once, and the listener goes on; call again, after a pause), a system
+    ///   error.
     public func accept(timeout: Duration? = nil) throws -> Connection {
         try authenticate(try acceptConnection(timeout: timeout)).connection
     }
@@ -140,6 +174,15 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
             if e == EINTR || e == ECONNABORTED { continue }
             if e == EAGAIN || e == EWOULDBLOCK { return nil }
             if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "the listener is closed") }
+            if e == EMFILE || e == ENFILE {
+                refuseOne()
+                throw MultiprocessingError(
+                    .resourceExhausted,
+                    "accept failed: out of file descriptors (a waiting connection was closed); the listener "
+                        + "keeps listening and accepts again once descriptors are freed",
+                    errno: e
+                )
+            }
             throw MultiprocessingError.system("accept", e)
         }
     }

@@ -203,7 +203,7 @@ struct ConnectionTests {
     @Test func reactorWatcherFiresOnReadableData() throws {
         let (a, b) = try makePipe()
         let fired = Event()
-        Reactor.shared.watch(b.fileDescriptor) {
+        try Reactor.shared.watch(b.fileDescriptor) {
             guard (try? b.receiveNow()) ?? nil != nil else { return true }
             fired.set()
             return false

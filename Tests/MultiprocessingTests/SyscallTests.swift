@@ -12,7 +12,7 @@ import Threading
         #expect(try Syscall.check("x", Int32(5)) == 5)
         #expect { try Syscall.check("eventfd", -EMFILE) } throws: { e in
             let m = e as? MultiprocessingError
-            return m?.code == .system && m?.errno == EMFILE && m?.message.contains("eventfd") == true
+            return m?.code == .resourceExhausted && m?.errno == EMFILE && m?.message.contains("eventfd") == true
         }
         #expect { try Syscall.check("fstat", Int(-EBADF)) } throws: { ($0 as? MultiprocessingError)?.errno == EBADF }
     }

@@ -68,8 +68,18 @@ public final class Connection: @unchecked Sendable {
         guard closedFlag.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
         // Only this descriptor is closed (never `shutdown`, which would cut the socket for every process
         // holding a copy, such as a child given this end). Tasks waiting on it are failed.
-        Reactor.shared.cancelWaits(on: fd)
+        Reactor.started?.cancelWaits(on: fd)  // no reactor: no task can be waiting
         Syscall.close(fd)
+    }
+
+    /// Shuts down reading and/or writing on the socket (`shutdown(2)`) without closing the descriptor: a
+    /// thread blocked reading it wakes with end of file once buffered bytes are read; one blocked writing
+    /// fails. For a server's own connections only: it cuts the socket for every process holding a copy.
+    /// The caller makes sure the connection is not closed meanwhile. Does nothing on a pipe.
+    package func shutdownSocket(reading: Bool, writing: Bool) {
+        guard isSocket, !isClosed, reading || writing else { return }
+        let how = reading && writing ? SHUT_RDWR : reading ? SHUT_RD : SHUT_WR
+        _ = Glibc.shutdown(fd, Int32(how))
     }
 
     private func checkOpen() throws(MultiprocessingError) {

@@ -23,19 +23,46 @@ package final class Reactor: Sendable {
         var handlers: [Int32: @Sendable () -> Bool] = [:]
     }
 
-    package static let shared = Reactor()
+    private static let instance = Mutex<Reactor?>(nil)
+
+    /// The process's reactor, started by the first call that needs one.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/resourceExhausted`` when the system refuses its descriptor or
+    ///   its thread (a process at its descriptor limit); the next call tries again. Nothing traps.
+    package static var shared: Reactor {
+        get throws(MultiprocessingError) {
+            try instance.withLock { (r: inout Reactor?) throws(MultiprocessingError) -> Reactor in
+                if let r { return r }
+                let made = try Reactor()
+                r = made
+                return made
+            }
+        }
+    }
+
+    /// The reactor if one was started (`nil`: nothing can be waiting on any descriptor).
+    package static var started: Reactor? { instance.withLock { $0 } }
 
     private let epfd: Int32
     private let state = Mutex<State>(State())
 
-    private init() {
-        epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
-        precondition(epfd >= 0, "epoll_create1 failed")
-        let t = OSThread(name: "mp-reactor", daemon: true) { [epfd] in Reactor.loop(epfd) }
-        try! t.start()
+    private init() throws(MultiprocessingError) {
+        let fd = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard fd >= 0 else { throw MultiprocessingError.system("epoll_create1", Glibc.errno) }
+        epfd = fd
+        let t = OSThread(name: "mp-reactor", daemon: true) { Reactor.loop(fd) }
+        do {
+            try t.start()
+        } catch {
+            Syscall.close(fd)
+            throw MultiprocessingError(.resourceExhausted, "cannot start the reactor's thread: \(error)")
+        }
     }
 
     private static func loop(_ epfd: Int32) {
+        // The thread starts after `shared` has stored the reactor (its lock is held until then).
+        guard let reactor = started else { fatalError("swift-multiprocessing reactor: started without an instance") }
+        thread = pthread_self()
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
             let n: Int
@@ -46,7 +73,7 @@ package final class Reactor: Sendable {
                 fatalError("swift-multiprocessing reactor: \(error)")
             }
             for i in 0..<Int(n) {
-                shared.fire(Int32(truncatingIfNeeded: events[i].data.fd), events[i].events)
+                reactor.fire(Int32(truncatingIfNeeded: events[i].data.fd), events[i].events)
                 let later = afterEvent
                 afterEvent = []
                 for body in later { body() }
@@ -56,12 +83,16 @@ package final class Reactor: Sendable {
 
     /// Work a handler leaves for after its event is fully handled (reactor thread only).
     nonisolated(unsafe) private static var afterEvent: [() -> Void] = []
+    /// The reactor's thread (set once, before its first event).
+    nonisolated(unsafe) private static var thread: pthread_t?
 
     /// From a handler, on the reactor thread: runs `body` once the reactor is done with the current
     /// event — in particular after it has unregistered the handler's descriptor, so `body` may close it
     /// (closing it inside the handler would let a new descriptor reuse the number before the reactor
-    /// unregisters it, and unregister the newcomer instead).
-    func afterCurrentEvent(_ body: @escaping () -> Void) {
+    /// unregisters it, and unregister the newcomer instead). Called on another thread, where no event is
+    /// being handled, `body` runs at once.
+    static func afterCurrentEvent(_ body: @escaping () -> Void) {
+        guard let t = thread, pthread_equal(t, pthread_self()) != 0 else { return body() }
         Reactor.afterEvent.append(body)
     }
 
@@ -91,25 +122,31 @@ package final class Reactor: Sendable {
         for c in ready { c.resume() }
     }
 
-    /// (Re-)arms `fd` for the union of what its watcher and its waiting tasks want.
-    private func arm(_ fd: Int32, _ s: inout State) {
+    /// (Re-)arms `fd` for the union of what its watcher and its waiting tasks want; the `errno` when the
+    /// kernel refuses (out of memory, `max_user_watches` reached, a closed descriptor), 0 when armed.
+    @discardableResult
+    private func arm(_ fd: Int32, _ s: inout State) -> Int32 {
         var ev = epoll_event()
         let watcher = s.handlers[fd] != nil ? Reactor.readable : 0
         ev.events = (s.waiters[fd] ?? []).reduce(UInt32(EPOLLONESHOT.rawValue) | watcher) { $0 | $1.events }
         ev.data.fd = fd
-        if epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) != 0 {
-            _ = epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev)
-        }
+        if epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) == 0 { return 0 }
+        return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : Glibc.errno
     }
 
     /// Calls `handler` on the reactor thread each time `fd` becomes readable (or hangs up), until it
     /// returns `false`. The handler must not block. Progress made this way needs no thread of the
     /// cooperative pool, so blocking callers elsewhere cannot starve it.
-    func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Bool) {
-        state.withLock { s in
+    /// - Throws: ``MultiprocessingError/Code/resourceExhausted`` (or `system`) when the kernel refuses to
+    ///   watch the descriptor; nothing is registered then.
+    func watch(_ fd: Int32, _ handler: @escaping @Sendable () -> Bool) throws(MultiprocessingError) {
+        let e = state.withLock { s -> Int32 in
             s.handlers[fd] = handler
-            arm(fd, &s)
+            let e = arm(fd, &s)
+            if e != 0 { s.handlers[fd] = nil }
+            return e
         }
+        if e != 0 { throw MultiprocessingError.system("epoll_ctl", e) }
     }
 
     /// Suspends until `fd` is readable (or, with `writable`, writable), or hung up. Throws
@@ -119,14 +156,20 @@ package final class Reactor: Sendable {
         let registration = Registration(events: writable ? UInt32(EPOLLOUT.rawValue) : Reactor.readable)
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                let cancelled: Bool = state.withLock { s in
-                    if registration.cancelled { return true }
+                let refused: (any Error)? = state.withLock { s in
+                    if registration.cancelled { return CancellationError() }
                     registration.continuation = c
                     s.waiters[fd, default: []].append(registration)
-                    arm(fd, &s)
-                    return false
+                    let e = arm(fd, &s)
+                    guard e != 0 else { return nil }
+                    // Never armed: fail now rather than wait for an event that cannot come.
+                    registration.continuation = nil
+                    registration.finished = true
+                    s.waiters[fd]?.removeAll { $0 === registration }
+                    if s.waiters[fd]?.isEmpty == true { s.waiters[fd] = nil }
+                    return MultiprocessingError.system("epoll_ctl", e)
                 }
-                if cancelled { c.resume(throwing: CancellationError()) }
+                if let refused { c.resume(throwing: refused) }
             }
         } onCancel: {
             let c: CheckedContinuation<Void, any Error>? = state.withLock { s in

@@ -30,13 +30,15 @@ enum Interrupts {
             return !s.installed
         }
         guard install else { return }
+        // Without a reactor (out of descriptors) SIGINT keeps its default action.
+        guard let reactor = try? Reactor.shared else { return }
         let fd = mp_eventfd(0)
         guard fd >= 0 else { return }
         guard mp_install_interrupt_handler(fd) == 0 else {
             Syscall.close(fd)
             return
         }
-        Reactor.shared.watch(fd) {
+        try? reactor.watch(fd) {
             var n: UInt64 = 0
             guard read(fd, &n, 8) == 8 else { return true }
             // Not on the reactor thread: tearing down waits for exits that the reactor reports.

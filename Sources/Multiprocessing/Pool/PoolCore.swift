@@ -159,6 +159,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     }
 
     private func startWorker(_ id: PoolState.WorkerID) throws {
+        // First: a process out of descriptors fails here, with nothing to undo.
+        let reactor = try Reactor.shared
         let (errRead, errWrite) = try Syscall.pipe()
         defer { Syscall.close(errWrite) }
         Syscall.setNonBlocking(errRead)
@@ -200,12 +202,28 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             g.io[id] = slot
             return ((), g.state.workerStarted(id, pid: w.pid, now: PoolInstant.now))
         }
-        Reactor.shared.watch(w.channel.fileDescriptor) { [weak self] in self?.readable(slot) ?? false }
-        Reactor.shared.watch(errRead) { [weak self] in self?.readStderr(slot) ?? false }
-        Reactor.shared.watch(handle.sentinel) { [weak self] in
-            guard handle.reapIfExited() else { return true }
-            self?.exited(slot)
-            return false
+        // The exit first: once it is watched, any failure below ends in the usual report of a death.
+        do {
+            try reactor.watch(handle.sentinel) { [weak self] in
+                guard handle.reapIfExited() else { return true }
+                self?.exited(slot)
+                return false
+            }
+        } catch {
+            // The kernel refused (out of memory): nothing will report this worker's exit, so end it here.
+            // The state knows it as started: its end is reported as a death (then replaced, as any).
+            telemetry.logger.error("cannot watch a new worker", metadata: ["error": "\(error)"])
+            handle.kill()
+            _ = try? handle.join(timeout: .seconds(5))
+            exited(slot)
+            return
+        }
+        do {
+            try reactor.watch(w.channel.fileDescriptor) { [weak self] in self?.readable(slot) ?? false }
+            try reactor.watch(errRead) { [weak self] in self?.readStderr(slot) ?? false }
+        } catch {
+            telemetry.logger.error("cannot watch a new worker", metadata: ["error": "\(error)"])
+            handle.kill()  // reported as a death through the sentinel watched above
         }
     }
 
@@ -418,7 +436,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         slot.release()
         // We are inside the pidfd's own handler: close it once the reactor has unregistered it. Only
         // then does `join()` return, so that every descriptor and mapping of the pool is released.
-        Reactor.shared.afterCurrentEvent { [self] in
+        Reactor.afterCurrentEvent { [self] in
             slot.handle.closeSentinel()
             if everyoneGone { allExited.set() }
             supervisorWake.set()

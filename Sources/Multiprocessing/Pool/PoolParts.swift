@@ -184,9 +184,9 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
     /// The pidfd is the handle's, closed by it.
     func release() {
         outbox.release()
-        Reactor.shared.cancelWaits(on: channel.fileDescriptor)
+        Reactor.started?.cancelWaits(on: channel.fileDescriptor)
         channel.close()
-        Reactor.shared.cancelWaits(on: stderrFd)
+        Reactor.started?.cancelWaits(on: stderrFd)
         Syscall.close(stderrFd)
         Syscall.close(wakeFd)
         shared.unmap()

@@ -54,6 +54,8 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
         let shutdown = try MessageCodec.encode(ToWorker.shutdown).0
         try lock.withLock { (h: inout ProcessHandle?) throws in
             guard h == nil else { throw MultiprocessingError(.invalidState, "a process can only be started once") }
+            // Before the spawn: a process out of descriptors fails here, with no child to undo.
+            let reactor = try Reactor.shared
             let w = try Spawner.spawn()
             let handle = ProcessHandle(pid: w.pid, pidfd: w.pidfd, name: name, daemon: isDaemon)
             h = handle
@@ -63,14 +65,25 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
             } catch {
                 // The child died before reading its job; its exit is reported through the result.
             }
-            ChildProcess.collect(w.channel, handle, outcome)
+            do {
+                try ChildProcess.collect(reactor, w.channel, handle, outcome)
+            } catch {
+                // The kernel would not watch the channel (out of memory): nothing could read the answer.
+                handle.kill()
+                outcome.complete(.failure(error))
+            }
         }
     }
 
     /// Reads the worker's answer on the reactor thread; if the worker dies first, fails the outcome with
     /// its exit status. Needs no cooperative-pool thread.
-    private static func collect(_ channel: Connection, _ handle: ProcessHandle, _ outcome: Future<J.Output>) {
-        Reactor.shared.watch(channel.fileDescriptor) {
+    private static func collect(
+        _ reactor: Reactor,
+        _ channel: Connection,
+        _ handle: ProcessHandle,
+        _ outcome: Future<J.Output>
+    ) throws(MultiprocessingError) {
+        try reactor.watch(channel.fileDescriptor) {
             do {
                 while let frame = try channel.receiveNow() {
                     if outcome.isDone { continue }  // nothing else is expected after the answer
@@ -94,14 +107,14 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
                 // kept open until now so that the worker, not a hang-up, decides how it exits. The
                 // channel closes when the reactor drops this handler (after unregistering the
                 // descriptor, so a recycled descriptor number is never touched).
-                if !outcome.isDone { reportDeath(handle, outcome) }
+                if !outcome.isDone { reportDeath(reactor, handle, outcome) }
                 return false
             }
         }
     }
 
     /// The channel ended without an answer: wait (on the reactor) for the exit status, then fail.
-    private static func reportDeath(_ handle: ProcessHandle, _ outcome: Future<J.Output>) {
+    private static func reportDeath(_ reactor: Reactor, _ handle: ProcessHandle, _ outcome: Future<J.Output>) {
         let fail: @Sendable () -> Void = {
             let code =
                 handle.exitCode.map { $0 < 0 ? "was killed by signal \(-$0)" : "exited with code \($0)" } ?? "ended"
@@ -118,10 +131,17 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
             fail()
             return
         }
-        Reactor.shared.watch(handle.sentinel) {
-            guard handle.reapIfExited() else { return true }
+        do {
+            try reactor.watch(handle.sentinel) {
+                guard handle.reapIfExited() else { return true }
+                fail()
+                return false
+            }
+        } catch {
+            // Cannot wait for the exit on the reactor: the channel has ended, so the exit is near.
+            handle.kill()
+            _ = try? handle.join(timeout: .seconds(5))
             fail()
-            return false
         }
     }
 

@@ -12,7 +12,11 @@ public struct PickleError: Error, CustomStringConvertible, Sendable, Equatable {
 
 /// Limits that keep a hostile pickle from taking the reader's memory or stack.
 public struct PickleLimits: Sendable {
-    /// Deepest nesting of containers and calls.
+    /// Deepest nesting of values, however it is built: a container or call holding a container or call
+    /// counts one level more than the deepest value it holds (`MARK`s, `APPEND`, `SETITEM`, `TUPLE1`,
+    /// `REDUCE`, memo references, all alike), and at most this many `MARK`s are open at once. Values
+    /// are released and compared recursively, so this bound also keeps those far inside any thread's
+    /// stack (CPython refuses to pickle past about 1,000 levels; the default is 200).
     public var maxDepth: Int
     /// Most entries in the memo.
     public var maxMemo: Int
@@ -90,10 +94,14 @@ private struct Machine {
     let allowList: PickleAllowList
     var pos = 0
     var stack: [PythonValue] = []
+    /// For each stack position, how deeply its value nests (a scalar: 0; a list of scalars: 1).
+    var depths: [Int] = []
     /// Stack positions where MARKs were pushed.
     var marks: [Int] = []
     /// Memo entries whose value has left the stack.
     var memo: [PythonValue?] = []
+    /// How deeply each entry of `memo` nests.
+    var memoDepth: [Int] = []
     /// For each memo entry, the stack position of its value while it is still on the stack (-1: in
     /// `memo`), and the next entry naming the same position (-1: none). While a container is on the stack
     /// and being filled, its memo entries follow it without copying it: they are resolved from the stack,
@@ -109,9 +117,11 @@ private struct Machine {
         self.allowList = allowList
         // A manager message has a dozen values and memo entries: one allocation each, not one per growth.
         stack.reserveCapacity(16)
+        depths.reserveCapacity(16)
         slotMemo.reserveCapacity(16)
         marks.reserveCapacity(4)
         memo.reserveCapacity(16)
+        memoDepth.reserveCapacity(16)
         memoSlot.reserveCapacity(16)
         memoNext.reserveCapacity(16)
     }
@@ -147,29 +157,41 @@ private struct Machine {
         return s
     }
 
-    mutating func push(_ v: PythonValue) throws(PickleError) {
+    /// Pushes `v`, which nests `depth` deep (refused past the limit).
+    mutating func push(_ v: PythonValue, depth: Int = 0) throws(PickleError) {
         guard stack.count < limits.maxStack else { throw fail("pickle stack over \(limits.maxStack) items") }
+        guard depth <= limits.maxDepth else { throw fail("pickle nested deeper than \(limits.maxDepth)") }
         stack.append(v)
+        depths.append(depth)
         slotMemo.append(-1)
     }
 
-    mutating func pop() throws(PickleError) -> PythonValue {
+    /// Pushes a container or call holding values of which the deepest nests `inner` deep.
+    mutating func push(_ v: PythonValue, holding inner: Int) throws(PickleError) {
+        try push(v, depth: inner + 1)
+    }
+
+    mutating func pop() throws(PickleError) -> PythonValue { try popWithDepth().value }
+
+    mutating func popWithDepth() throws(PickleError) -> (value: PythonValue, depth: Int) {
         guard !stack.isEmpty else { throw fail("pickle stack underflow") }
         if let m = marks.last, m > stack.count - 1 { throw fail("pickle pops past a mark") }
         forget(slot: stack.count - 1)
         slotMemo.removeLast()
-        return stack.removeLast()
+        return (stack.removeLast(), depths.removeLast())
     }
 
-    /// Pops everything above the last mark.
-    mutating func popToMark() throws(PickleError) -> [PythonValue] {
+    /// Pops everything above the last mark, with the depth of the deepest.
+    mutating func popToMark() throws(PickleError) -> (items: [PythonValue], depth: Int) {
         guard let m = marks.popLast() else { throw fail("no mark on the pickle stack") }
         guard m <= stack.count else { throw fail("pickle mark above the stack") }
         for i in m..<stack.count { forget(slot: i) }
         let items = Array(stack[m...])
+        let depth = depths[m...].max() ?? 0
         stack.removeSubrange(m...)
+        depths.removeSubrange(m...)
         slotMemo.removeSubrange(m...)
-        return items
+        return (items, depth)
     }
 
     /// The value at stack position `slot` leaves the stack: the memo entries naming it take its value.
@@ -177,14 +199,23 @@ private struct Machine {
         var r = slotMemo[slot]
         while r >= 0 {
             memo[r] = stack[slot]
+            memoDepth[r] = depths[slot]
             memoSlot[r] = -1
             r = memoNext[r]
         }
     }
 
-    /// Takes the top of the stack out for changing it in place (no copy), then puts it back.
-    mutating func withTop(_ body: (inout PythonValue) throws(PickleError) -> Void) throws(PickleError) {
+    /// Takes the top of the stack out for changing it in place (no copy), then puts it back; `adding`
+    /// is the depth of the deepest value put into it.
+    mutating func withTop(
+        adding inner: Int = -1,
+        _ body: (inout PythonValue) throws(PickleError) -> Void
+    ) throws(PickleError) {
         guard !stack.isEmpty else { throw fail("pickle stack underflow") }
+        if inner >= depths[depths.count - 1] {
+            guard inner < limits.maxDepth else { throw fail("pickle nested deeper than \(limits.maxDepth)") }
+            depths[depths.count - 1] = inner + 1
+        }
         var v = stack[stack.count - 1]
         stack[stack.count - 1] = .none
         defer { stack[stack.count - 1] = v }
@@ -196,6 +227,7 @@ private struct Machine {
         guard index < limits.maxMemo else { throw fail("pickle memo index \(index) over \(limits.maxMemo)") }
         while index >= memo.count {  // MEMOIZE grows by one; BINPUT may skip (bounded by maxMemo above)
             memo.append(nil)
+            memoDepth.append(0)
             memoSlot.append(-1)
             memoNext.append(-1)
         }
@@ -218,7 +250,8 @@ private struct Machine {
         slotMemo[slot] = index
     }
 
-    mutating func memoGet(_ index: Int) throws(PickleError) -> PythonValue {
+    /// The value memoized at `index`, and how deeply it nests.
+    mutating func memoGet(_ index: Int) throws(PickleError) -> (value: PythonValue, depth: Int) {
         guard index < memo.count else { throw fail("pickle memo \(index) is empty") }
         let slot = memoSlot[index]
         if slot >= 0 {
@@ -230,10 +263,10 @@ private struct Machine {
                 default: break
                 }
             }
-            return stack[slot]
+            return (stack[slot], depths[slot])
         }
         guard let v = memo[index] else { throw fail("pickle memo \(index) is empty") }
-        return v
+        return (v, memoDepth[index])
     }
 
     mutating func global(_ module: String, _ name: String) throws(PickleError) -> PythonValue {
@@ -301,29 +334,35 @@ private struct Machine {
             case 0x8e: try push(.bytes(Array(try take(try length(UInt64.self)))))
             case 0x96: try push(.bytearray(Array(try take(try length(UInt64.self)))))
             case 0x29: try push(.tuple([]))
-            case 0x85: try push(.tuple([try pop()]))
+            case 0x85:
+                let a = try popWithDepth()
+                try push(.tuple([a.value]), holding: a.depth)
             case 0x86:
-                let b = try pop()
-                try push(.tuple([try pop(), b]))
+                let b = try popWithDepth()
+                let a = try popWithDepth()
+                try push(.tuple([a.value, b.value]), holding: max(a.depth, b.depth))
             case 0x87:
-                let c = try pop()
-                let b = try pop()
-                try push(.tuple([try pop(), b, c]))
-            case 0x74: try push(.tuple(try popToMark()))
+                let c = try popWithDepth()
+                let b = try popWithDepth()
+                let a = try popWithDepth()
+                try push(.tuple([a.value, b.value, c.value]), holding: max(a.depth, b.depth, c.depth))
+            case 0x74:
+                let (items, depth) = try popToMark()
+                try push(.tuple(items), holding: depth)
             case 0x5d: try push(.list([]))
             case 0x61:  // APPEND
-                let x = try pop()
+                let (x, depth) = try popWithDepth()
                 let at = pos
-                try withTop { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
                     guard case .list(var l) = v else { throw PickleError("APPEND to a non-list", at: at) }
                     v = .none
                     l.append(x)
                     v = .list(l)
                 }
             case 0x65:  // APPENDS
-                let xs = try popToMark()
+                let (xs, depth) = try popToMark()
                 let at = pos
-                try withTop { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
                     guard case .list(var l) = v else { throw PickleError("APPENDS to a non-list", at: at) }
                     v = .none
                     l.append(contentsOf: xs)
@@ -331,20 +370,20 @@ private struct Machine {
                 }
             case 0x7d: try push(.dict([]))
             case 0x73:  // SETITEM
-                let value = try pop()
-                let k = try pop()
+                let (value, vd) = try popWithDepth()
+                let (k, kd) = try popWithDepth()
                 let at = pos
-                try withTop { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: max(kd, vd)) { (v: inout PythonValue) throws(PickleError) in
                     guard case .dict(var d) = v else { throw PickleError("SETITEM on a non-dict", at: at) }
                     v = .none
                     Self.set(&d, k, value)
                     v = .dict(d)
                 }
             case 0x75:  // SETITEMS
-                let kv = try popToMark()
+                let (kv, depth) = try popToMark()
                 guard kv.count % 2 == 0 else { throw fail("SETITEMS with an odd number of items") }
                 let at = pos
-                try withTop { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
                     guard case .dict(var d) = v else { throw PickleError("SETITEMS on a non-dict", at: at) }
                     v = .none
                     for i in stride(from: 0, to: kv.count, by: 2) { Self.set(&d, kv[i], kv[i + 1]) }
@@ -352,20 +391,26 @@ private struct Machine {
                 }
             case 0x8f: try push(.set([]))
             case 0x90:  // ADDITEMS
-                let xs = try popToMark()
+                let (xs, depth) = try popToMark()
                 let at = pos
-                try withTop { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
                     guard case .set(var s) = v else { throw PickleError("ADDITEMS to a non-set", at: at) }
                     v = .none
                     for x in xs where !s.contains(x) { s.append(x) }
                     v = .set(s)
                 }
-            case 0x91: try push(.frozenset(try popToMark()))
+            case 0x91:
+                let (items, depth) = try popToMark()
+                try push(.frozenset(items), holding: depth)
             case 0x94: try memoize(memo.count)
             case 0x71: try memoize(Int(try byte()))
             case 0x72: try memoize(try length(UInt32.self))
-            case 0x68: try push(try memoGet(Int(try byte())))
-            case 0x6a: try push(try memoGet(try length(UInt32.self)))
+            case 0x68:
+                let (v, depth) = try memoGet(Int(try byte()))
+                try push(v, depth: depth)
+            case 0x6a:
+                let (v, depth) = try memoGet(try length(UInt32.self))
+                try push(v, depth: depth)
             case 0x93:  // STACK_GLOBAL
                 guard case .string(let name) = try pop(), case .string(let module) = try pop() else {
                     throw fail("STACK_GLOBAL needs two str")
@@ -376,27 +421,32 @@ private struct Machine {
                 let name = try line()
                 try push(try global(module, name))
             case 0x52:  // REDUCE
-                guard case .tuple(let args) = try pop() else { throw fail("REDUCE arguments are not a tuple") }
+                let (argsValue, depth) = try popWithDepth()
+                guard case .tuple(let args) = argsValue else { throw fail("REDUCE arguments are not a tuple") }
                 let callable = try pop()
                 try checkCallable(callable)
-                try push(try call(callable, args, viaNew: false))
+                // `set([...])` and `list([...])` become the container itself; other calls hold the tuple.
+                let v = try call(callable, args, viaNew: false)
+                if case .object = v { try push(v, holding: depth) } else { try push(v, depth: depth) }
             case 0x81:  // NEWOBJ
-                guard case .tuple(let args) = try pop() else { throw fail("NEWOBJ arguments are not a tuple") }
+                let (argsValue, depth) = try popWithDepth()
+                guard case .tuple(let args) = argsValue else { throw fail("NEWOBJ arguments are not a tuple") }
                 let cls = try pop()
                 try checkCallable(cls)
-                try push(try call(cls, args, viaNew: true))
+                try push(try call(cls, args, viaNew: true), holding: depth)
             case 0x92:  // NEWOBJ_EX
-                let kwargs = try pop()
-                guard case .tuple(let args) = try pop() else { throw fail("NEWOBJ_EX arguments are not a tuple") }
+                let (kwargs, kd) = try popWithDepth()
+                let (argsValue, ad) = try popWithDepth()
+                guard case .tuple(let args) = argsValue else { throw fail("NEWOBJ_EX arguments are not a tuple") }
                 let cls = try pop()
                 try checkCallable(cls)
                 var o = PythonObject(callable: cls, args: args, viaNew: true)
                 if case .dict(let kw) = kwargs, !kw.isEmpty { o.state = .dict(kw) }
-                try push(.object(o))
+                try push(.object(o), holding: max(kd, ad))
             case 0x62:  // BUILD
-                let state = try pop()
+                let (state, depth) = try popWithDepth()
                 let at = pos
-                try withTop { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
                     guard case .object(var o) = v else {
                         throw PickleError("BUILD on a value that is not an object", at: at)
                     }

@@ -134,7 +134,14 @@ let package = Package(
             ]
         ),
         // Programs the tests run as processes of their own; not a product, never shipped.
-        .executableTarget(name: "mp-test-helper", dependencies: ["Multiprocessing"], path: "Tests/TestHelper"),
+        .executableTarget(
+            name: "mp-test-helper",
+            dependencies: [
+                "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/TestHelper"
+        ),
         // Helpers shared by the test targets; not a product.
         .target(
             name: "MultiprocessingTestSupport",

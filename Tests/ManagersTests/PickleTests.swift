@@ -143,6 +143,35 @@ let vectors: [(PythonValue, String)] = [
         #expect(throws: PickleError.self) { try PickleWriter().write(v) }
     }
 
+    /// Every way of nesting counts towards one limit, not only MARKs: a list nested 100,000 deep by
+    /// EMPTY_LIST + APPEND (or tuples by TUPLE1, dicts by SETITEM, calls by REDUCE, a memoized container
+    /// fetched back and wrapped) is refused, and just within the limit is read.
+    @Test(arguments: ["list", "tuple", "dict", "reduce", "memo"])
+    func boundsDepthHoweverItIsBuilt(shape: String) throws {
+        /// The pickle's body: a value nested `n` levels deep, built the way `shape` names.
+        func build(_ n: Int) -> [UInt8] {
+            switch shape {
+            case "list": return Array(repeating: 0x5D, count: n + 1) + Array(repeating: 0x61, count: n)
+            case "tuple": return [0x29] + Array(repeating: 0x85, count: n)
+            case "dict": return [0x7D, 0x4B, 0x01].repeated(n) + [0x7D] + Array(repeating: 0x73, count: n)
+            case "reduce": return Array("cbuiltins\nException\n".utf8).repeated(n) + [0x4E] + [0x85, 0x52].repeated(n)
+            default:
+                // MEMOIZE the top, LONG_BINGET it back, TUPLE2 the two: one level deeper per round.
+                return [0x5D]
+                    + (0..<n).flatMap { i in
+                        [0x94, 0x6A] + withUnsafeBytes(of: UInt32(i).littleEndian, Array.init) + [0x86]
+                    }
+            }
+        }
+        let limits = PickleLimits(maxDepth: 50)
+        #expect(throws: PickleError.self) {
+            try PickleReader(limits: limits).read([0x80, 0x04] + build(100_000) + [0x2E])
+        }
+        #expect(throws: PickleError.self) { try PickleReader(limits: limits).read([0x80, 0x04] + build(51) + [0x2E]) }
+        // A call is two levels: its arguments' tuple, and the call holding it.
+        _ = try PickleReader(limits: limits).read([0x80, 0x04] + build(shape == "reduce" ? 20 : 40) + [0x2E])
+    }
+
     /// One memo index stored twice on one value, then the value leaves the stack: found by the fuzzer
     /// below (CI hung in it for minutes), the memo's lists looped.
     @Test func aMemoIndexStoredTwiceDoesNotLoop() throws {
@@ -309,4 +338,9 @@ struct Point: Codable, Equatable {
         #expect(throws: DecodingError.self) { try PythonValueDecoder().decode(Point.self, from: .dict([])) }
         #expect(throws: DecodingError.self) { try PythonValueDecoder().decode(Int8.self, from: 300) }
     }
+}
+
+extension Array {
+    /// The array's elements `n` times over.
+    func repeated(_ n: Int) -> [Element] { Array(Swift.Array(repeating: self, count: n).joined()) }
 }

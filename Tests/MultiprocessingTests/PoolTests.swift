@@ -698,3 +698,26 @@ struct SamePoolAPITests {
         #expect(count.withLock { $0 } >= 1 && count.withLock { $0 } <= 2)
     }
 }
+
+/// A pool's parent at its descriptor limit: a worker killed while every descriptor is taken cannot be
+/// replaced; the pool must neither trap (the reactor used to `precondition` on its descriptor) nor hang,
+/// and once descriptors are given back it replaces the worker and serves again.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct PoolExhaustionTests {
+    @Test func aParentOutOfDescriptorsRecoversWhenTheyAreFreed() throws {
+        guard let exe = testHelperExecutable() else { return }
+        let p = Foundation.Process()
+        p.executableURL = exe
+        p.arguments = ["pool-nofile", "64"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationReason == .exit && p.terminationStatus == 0, "\(text)")
+        #expect(text.contains("first: [2, 3, 4]"), "\(text)")
+        #expect(text.contains("after: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"), "\(text)")
+        #expect(text.contains("done"), "\(text)")
+    }
+}

@@ -1,11 +1,19 @@
 import Glibc
+import Logging
 import Multiprocessing
+import MultiprocessingManagers
+import MultiprocessingNetwork
+import Threading
 
 // mp-test-helper: programs the test suites run as separate processes (they need a `main` of their own,
 // a terminal-like signal set-up, or to die of SIGINT). Not shipped: it is not a product.
 //   mp-test-helper bootstrap-check              a worker that enters through `bootstrap()`
 //   mp-test-helper pool-interrupt-check [teardown]   a busy pool waiting for Ctrl-C
 //   mp-test-helper globals-check               pool jobs reading main.swift's top-level constants
+//   mp-test-helper manager-server [NOFILE]     a manager server (RLIMIT_NOFILE lowered to NOFILE): prints
+//                                              `port P`, serves until a client asks it to shut down
+//   mp-test-helper listener-server NOFILE      a Listener's accept loop echoing messages, likewise
+//   mp-test-helper pool-nofile NOFILE          a pool whose parent runs out of descriptors and recovers
 
 // Top-level constants, declared above `bootstrap()` as a ported Python program declares its globals.
 let multiplier = 20
@@ -16,6 +24,22 @@ let table = ["a": 1, "b": 2]
 struct ReadGlobals: SyncTaskFunction {
     func callAsFunction(_ x: Int) -> String {
         "\(x * multiplier) \(greeting) \(table["b"] ?? -1) args=\(CommandLine.arguments.dropFirst().joined(separator: ","))"
+    }
+}
+
+/// Adds one; the pool's job in `pool-nofile`.
+struct Increment: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> Int { x + 1 }
+}
+
+/// Lowers this process's soft descriptor limit (`RLIMIT_NOFILE`) to `n`.
+func lowerDescriptorLimit(to n: Int) {
+    var rl = rlimit()
+    getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rl)
+    rl.rlim_cur = rlim_t(n)
+    guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rl) == 0 else {
+        print("error: setrlimit failed")
+        exit(1)
     }
 }
 
@@ -98,7 +122,98 @@ case "pool-interrupt-check":
         print("error: \(error)")
         exit(1)
     }
+case "manager-server":
+    // For the hostile-client tests: a manager server in a process of its own, so that a crash is seen as
+    // one. With NOFILE, its descriptor limit is lowered first (a busy server meeting its limit).
+    if let n = args.dropFirst().first.flatMap(Int.init) { lowerDescriptorLimit(to: n) }
+    do {
+        var logger = Logger(label: "manager-server") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = .notice
+        let server = try ManagerServer(authkey: Array("abc".utf8), logger: logger)
+        try server.start()
+        guard case .tcp(_, let port) = server.address else { exit(1) }
+        print("port \(port)")
+        _ = server.wait()
+        print("shut down")
+        exit(0)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
+case "listener-server":
+    // A user's own accept loop on a Listener: each client on a thread of its own, echoing messages.
+    if let n = args.dropFirst().first.flatMap(Int.init) { lowerDescriptorLimit(to: n) }
+    do {
+        let listener = try Listener(authkey: Array("abc".utf8))
+        guard case .tcp(_, let port) = listener.address else { exit(1) }
+        print("port \(port)")
+        var exhausted = 0
+        while true {
+            let accepted: AcceptedConnection
+            do {
+                accepted = try listener.acceptConnection(timeout: .seconds(60))
+            } catch let e as MultiprocessingError where e.code == .resourceExhausted {
+                exhausted += 1
+                if exhausted == 1 { print("exhausted: \(e)") }
+                continue
+            }
+            let t = OSThread(name: "echo", daemon: true) {
+                guard let c = try? listener.authenticate(accepted).connection else { return }
+                defer { c.close() }
+                while let m = try? c.recvBytes() {
+                    if m == Array("stop".utf8) {
+                        print("stopping")
+                        exit(0)
+                    }
+                    guard (try? c.sendBytes(m)) != nil else { return }
+                }
+            }
+            if (try? t.start()) == nil { accepted.connection.close() }
+        }
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
+case "pool-nofile":
+    // The pool's parent out of descriptors: a worker dies and cannot be replaced while the descriptors
+    // are taken; once they are given back, the pool replaces it and serves again.
+    let limit = args.dropFirst().first.flatMap(Int.init) ?? 64
+    lowerDescriptorLimit(to: limit)
+    do {
+        let pool = try ProcessPool(workers: 2)
+        print("first: \(try pool.map(Increment(), [1, 2, 3]))")
+        // Take every descriptor left.
+        var taken: [Int32] = []
+        while true {
+            let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            if fd < 0 { break }
+            taken.append(fd)
+        }
+        print("took \(taken.count) descriptors")
+        let victim = pool.workerPIDs[0]
+        kill(victim, SIGKILL)
+        // While out of descriptors: a submission may fail (a clear error) or run on the worker left; the
+        // process must neither trap nor hang.
+        do {
+            print("exhausted: \(try pool.map(Increment(), [10, 20], timeout: .seconds(20)))")
+        } catch {
+            print("exhausted: error \(error)")
+        }
+        for fd in taken { close(fd) }
+        print("released")
+        print("after: \(try pool.map(Increment(), Array(0..<10), timeout: .seconds(60)))")
+        pool.close()
+        _ = try pool.join(timeout: .seconds(30))
+        print("done")
+        exit(0)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 default:
-    print("usage: mp-test-helper bootstrap-check | pool-interrupt-check [teardown] | globals-check")
+    print(
+        "usage: mp-test-helper bootstrap-check | pool-interrupt-check [teardown] | globals-check"
+            + " | manager-server [NOFILE] | listener-server NOFILE | pool-nofile NOFILE"
+    )
     exit(2)
 }

@@ -137,7 +137,7 @@ let package = Package(
         .executableTarget(
             name: "mp-test-helper",
             dependencies: [
-                "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers",
+                "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers", "MultiprocessingSQL",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/TestHelper"

@@ -2,12 +2,27 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-// MYSQL_FIELD's layout in libmariadb 3 (x86-64 and arm64, LP64): name at 0, charsetnr at 108, type at 112.
+// Only MariaDB Connector/C 3 (libmariadb.so.3) is loaded: the option numbers and MYSQL_FIELD's layout
+// below are its own (mysql.h, mariadb_com.h). MySQL's libmysqlclient numbers its options differently
+// (no MYSQL_OPT_SSL_ENFORCE, 38) and is refused. Connector/C speaks to MySQL servers as well.
+// MYSQL_FIELD (LP64): name at 0, name_length at 72, charsetnr at 108, type at 112.
 #define FIELD_NAME 0
+#define FIELD_NAME_LENGTH 72
 #define FIELD_CHARSET 108
 #define FIELD_TYPE 112
+
+// enum mysql_option (Connector/C 3).
+#define OPT_CONNECT_TIMEOUT 0
+#define OPT_SET_CHARSET_NAME 7
+#define OPT_LOCAL_INFILE 8
+#define OPT_READ_TIMEOUT 11
+#define OPT_WRITE_TIMEOUT 12
+#define OPT_SSL_VERIFY_SERVER_CERT 21
+#define OPT_SSL_CA 27
+#define OPT_SSL_ENFORCE 38
 
 #define MP_MYSQL_FUNCTIONS(X) \
     X(void *, mysql_init, (void *)) \
@@ -30,7 +45,9 @@
     X(unsigned int, mysql_warning_count, (void *)) \
     X(void, mysql_set_local_infile_handler, (void *, int (*)(void **, const char *, void *), \
                                               int (*)(void *, char *, unsigned int), void (*)(void *), \
-                                              int (*)(void *, char *, unsigned int), void *))
+                                              int (*)(void *, char *, unsigned int), void *)) \
+    X(unsigned long, mysql_get_client_version, (void)) \
+    X(int, mariadb_get_infov, (void *, int, void *, ...))
 
 #define DECLARE(ret, name, args) static ret(*q_##name) args;
 MP_MYSQL_FUNCTIONS(DECLARE)
@@ -39,17 +56,46 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char loadError[512];
 
 static void load(void) {
-    const char *names[] = {"libmariadb.so.3", "libmariadb.so", "libmysqlclient.so.21"};
+    // MP_MARIADB_LIBRARY: a Connector/C installed elsewhere (a path, or a name dlopen finds).
+    const char *chosen = getenv("MP_MARIADB_LIBRARY");
+    const char *names[] = {chosen != NULL && chosen[0] != 0 ? chosen : "libmariadb.so.3", "libmariadb.so.3", "libmariadb.so"};
     void *h = NULL;
-    for (size_t i = 0; i < sizeof names / sizeof names[0] && h == NULL; i++) h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    const char *name = NULL;
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && h == NULL; i++) {
+        name = names[i];
+        h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+        if (chosen != NULL && chosen[0] != 0) break;  // only the one asked for
+    }
     if (h == NULL) {
-        snprintf(loadError, sizeof loadError, "the MariaDB client library is not installed (Debian: apt-get install libmariadb3): %s", dlerror());
+        void *mysql = dlopen("libmysqlclient.so.21", RTLD_LAZY | RTLD_LOCAL);
+        if (mysql != NULL) {
+            dlclose(mysql);
+            snprintf(loadError, sizeof loadError,
+                     "MySQL's client library (libmysqlclient) is installed but not supported: its option numbers "
+                     "and result layout differ from MariaDB Connector/C's. Install libmariadb3 (Debian: apt-get "
+                     "install libmariadb3), which also speaks to MySQL servers");
+        } else {
+            snprintf(loadError, sizeof loadError,
+                     "the MariaDB client library is not installed (Debian: apt-get install libmariadb3): %s", dlerror());
+        }
         return;
     }
-#define LOAD(ret, name, args) \
-    q_##name = (ret(*) args)dlsym(h, #name); \
-    if (q_##name == NULL) { snprintf(loadError, sizeof loadError, "the MariaDB client library lacks %s", #name); return; }
+#define LOAD(ret, name_, args) \
+    q_##name_ = (ret(*) args)dlsym(h, #name_); \
+    if (q_##name_ == NULL) { \
+        snprintf(loadError, sizeof loadError, "%s is not MariaDB Connector/C 3: it lacks %s", name, #name_); \
+        return; \
+    }
     MP_MYSQL_FUNCTIONS(LOAD)
+    // The field layout and option numbers used here are Connector/C 3's (mariadb_get_infov exists only in
+    // Connector/C; its mysql_get_client_version is the package's: 30320 for 3.3.20).
+    unsigned long version = q_mysql_get_client_version();
+    if (version < 30000 || version >= 40000) {
+        snprintf(loadError, sizeof loadError,
+                 "%s is MariaDB Connector/C version %lu.%lu.%lu; this client reads 3.x only (its option numbers "
+                 "and field layout)", name, version / 10000, version / 100 % 100, version % 100);
+        return;
+    }
 }
 
 int mp_mysql_load(char *error, size_t errorLength) {
@@ -114,18 +160,27 @@ mp_mysql *mp_mysql_connect(const char *host, const char *user, const char *passw
         snprintf(error, errorLength, "out of memory");
         return NULL;
     }
-    q_mysql_options(m, 0 /* MYSQL_OPT_CONNECT_TIMEOUT */, &timeoutSeconds);
-    q_mysql_options(m, 11 /* MYSQL_OPT_READ_TIMEOUT */, &timeoutSeconds);
-    q_mysql_options(m, 12 /* MYSQL_OPT_WRITE_TIMEOUT */, &timeoutSeconds);
-    q_mysql_options(m, 7 /* MYSQL_SET_CHARSET_NAME */, "utf8mb4");
+    // Every option is checked: one the library refuses (a TLS requirement above all) fails the connect.
+#define SET(option, value, what) \
+    if (q_mysql_options(m, option, value) != 0) { \
+        snprintf(error, errorLength, "the client library refused %s (%s): not connecting without it", #option, what); \
+        if (errorNumber != NULL) *errorNumber = 0; \
+        q_mysql_close(m); \
+        return NULL; \
+    }
+    SET(OPT_CONNECT_TIMEOUT, &timeoutSeconds, "the connect timeout")
+    SET(OPT_READ_TIMEOUT, &timeoutSeconds, "the read timeout")
+    SET(OPT_WRITE_TIMEOUT, &timeoutSeconds, "the write timeout")
+    SET(OPT_SET_CHARSET_NAME, "utf8mb4", "the character set")
     unsigned int on = 1;
-    q_mysql_options(m, 8 /* MYSQL_OPT_LOCAL_INFILE */, &on);
+    SET(OPT_LOCAL_INFILE, &on, "LOAD DATA LOCAL from memory")
     if (tls > 0) {
         char enforce = 1, verify = tls > 1 ? 1 : 0; /* my_bool */
-        q_mysql_options(m, 38 /* MYSQL_OPT_SSL_ENFORCE */, &enforce);
-        q_mysql_options(m, 21 /* MYSQL_OPT_SSL_VERIFY_SERVER_CERT */, &verify);
-        if (ca != NULL) q_mysql_options(m, 27 /* MYSQL_OPT_SSL_CA */, ca);
+        SET(OPT_SSL_ENFORCE, &enforce, "requiring TLS")
+        SET(OPT_SSL_VERIFY_SERVER_CERT, &verify, "verifying the server's certificate")
+        if (ca != NULL) SET(OPT_SSL_CA, ca, "the certificate authority")
     }
+#undef SET
     if (q_mysql_real_connect(m, host, user, password, db, port, NULL, 65536 /* CLIENT_MULTI_STATEMENTS */) == NULL) {
         snprintf(error, errorLength, "%s", q_mysql_error(m));
         if (errorNumber != NULL) *errorNumber = q_mysql_errno(m);
@@ -149,6 +204,24 @@ const char *mp_mysql_field_name(mp_mysql_res *r, unsigned int i) {
     char *f = (char *)q_mysql_fetch_field_direct(r, i);
     return *(const char **)(f + FIELD_NAME);
 }
+int mp_mysql_check_fields(mp_mysql_res *r, char *error, size_t errorLength) {
+    unsigned int n = q_mysql_num_fields(r);
+    for (unsigned int i = 0; i < n; i++) {
+        char *f = (char *)q_mysql_fetch_field_direct(r, i);
+        const char *name = f == NULL ? NULL : *(const char **)(f + FIELD_NAME);
+        int type = f == NULL ? -1 : *(int *)(f + FIELD_TYPE);
+        int knownType = (type >= 0 && type <= 17) || (type >= 245 && type <= 255);
+        if (name == NULL || strlen(name) != *(unsigned int *)(f + FIELD_NAME_LENGTH) || !knownType ||
+            *(unsigned int *)(f + FIELD_CHARSET) > 65535) {
+            snprintf(error, errorLength,
+                     "the client library's column descriptions (MYSQL_FIELD) are not laid out as MariaDB "
+                     "Connector/C 3's (column %u): refusing to read values at the wrong offsets", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int mp_mysql_field_type(mp_mysql_res *r, unsigned int i) {
     char *f = (char *)q_mysql_fetch_field_direct(r, i);
     return *(int *)(f + FIELD_TYPE);

@@ -29,6 +29,9 @@ public enum TaskMasterWorker {
         say: (String) -> Void = { print($0) }
     ) throws -> Bool {
         let server = try ManagerServer(address: .tcp(host: host, port: port), authkey: authkey, logger: logger)
+        if let risk = exposure(host: host, authkey: authkey) {
+            logger.warning("\(risk)", metadata: ["address": "\(server.address)"])
+        }
         let taskQueue = server.registerQueue("get_task_queue")
         let resultQueue = server.registerQueue("get_result_queue")
         try server.start()
@@ -62,6 +65,17 @@ public enum TaskMasterWorker {
         }
         say("master exit.")
         return ok
+    }
+
+    /// Why serving on `host` with `authkey` is open to others, or nil: a well-known key (the tutorial's
+    /// `abc`) or a short one (under 16 bytes), on an address other than loopback (`""`: every interface).
+    static func exposure(host: String, authkey: [UInt8]) -> String? {
+        let loopback = host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        guard !loopback, authkey == Array("abc".utf8) || authkey.count < 16 else { return nil }
+        let where_ = host.isEmpty ? "every interface" : host
+        return "the master serves \(where_) with a well-known or short authkey: anyone who can reach it can "
+            + "take tasks, send results and shut it down; serve 127.0.0.1 (--host 127.0.0.1) or use a long random "
+            + "key (--authkey) on a network you do not trust"
     }
 
     /// Runs a worker: connects to the master, takes up to `tasks` numbers (waiting `taskTimeout` for each,

@@ -38,13 +38,25 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     public init(_ url: DatabaseURL, timeout: Duration = .seconds(30)) throws {
         self.url = url
         self.timeout = timeout
+        var tls = try Self.tls(for: url)
+        if case .prefer(let context) = tls {
+            // `allow`/`prefer`: postgres-nio would fall back to plain text and then answer a request for the
+            // password in clear text. Ask the server first: TLS if it offers it (required from then on, so
+            // not silently dropped), and plain text only with an authentication that does not send the
+            // password as it is.
+            switch try Self.probe(url, timeout) {
+            case .offersTLS: tls = .require(context)
+            case .plain(authentication: 3): throw PostgresWireReader.cleartextRefused(url)
+            case .plain: tls = .disable
+            }
+        }
         var configuration = PostgresConnection.Configuration(
             host: url.host,
             port: url.port,
             username: url.user,
             password: url.password.isEmpty ? nil : url.password,
             database: url.database.isEmpty ? nil : url.database,
-            tls: try Self.tls(for: url)
+            tls: tls
         )
         configuration.options.connectTimeout = .milliseconds(timeout.milliseconds)
         let loop = MultiThreadedEventLoopGroup.singleton.any()
@@ -68,7 +80,8 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
 
     /// The TLS that the URL's `sslmode` asks for, as libpq reads it (and its default, `prefer`):
     /// - `disable`: none;
-    /// - `allow`, `prefer`: TLS when the server offers it, its certificate not checked;
+    /// - `allow`, `prefer`: TLS when the server offers it, its certificate not checked (and, stricter than
+    ///   libpq, a server without TLS that asks for the password in clear text is refused);
     /// - `require`: TLS, its certificate not checked;
     /// - `verify-ca`: TLS, the certificate checked against `sslrootcert` (a PEM file), else the system's
     ///   roots;
@@ -107,6 +120,17 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     }
 
     private static let tlsContexts = Mutex<[String: NIOSSLContext]>([:])
+
+    /// `PostgresWireReader.probe`, its failures as connection errors.
+    private static func probe(_ url: DatabaseURL, _ timeout: Duration) throws -> PostgresWireReader.Probe {
+        do {
+            return try PostgresWireReader.probe(url, timeout: timeout)
+        } catch let e as SQLError {
+            throw e
+        } catch {
+            throw SQLError(.connection, "cannot connect to \(url): \(error)")
+        }
+    }
 
     public func close() {
         reader?.close()

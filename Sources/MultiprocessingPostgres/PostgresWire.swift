@@ -14,8 +14,12 @@ import Threading
 /// A session of its own that reads query results (extended protocol: unnamed statements, described once
 /// per statement text, parameters sent as text, results in binary for the types ``PostgresSQLConnection`` reads in binary
 /// and as text for every other type, exactly as that connection turns them into ``SQLValue``s).
-/// Authentication: trust, password, MD5 and SCRAM-SHA-256; no TLS (`sslmode` other than `disable` or
-/// `prefer` is refused, and the caller reads through postgres-nio instead).
+/// Authentication: trust, password, MD5 and SCRAM-SHA-256. It speaks no TLS, and reads only where libpq
+/// would not use TLS either: under `sslmode=disable`, or `allow`/`prefer` (the default) when the server
+/// answers the SSLRequest with no. Whenever TLS would be used (the server offers it, or the mode requires
+/// it), it throws ``Unsupported`` and the caller reads through its TLS session. A password is never sent in
+/// clear text (`AuthenticationCleartextPassword`) over this unencrypted connection unless the URL says
+/// `sslmode=disable`.
 final class PostgresWireReader {
     private var fd: Int32 = -1
     private var buffer: UnsafeMutableRawBufferPointer
@@ -45,12 +49,95 @@ final class PostgresWireReader {
         buffer = .allocate(byteCount: 1 << 16, alignment: 8)
         deadline = Deadline.after(timeout)
         do {
+            let asks = try Self.asksForTLS(url)
             try connect(url)
+            if asks, try askForTLS() {
+                throw Unsupported(reason: "the server offers TLS, which this reader does not speak")
+            }
             try startUp(url)
         } catch {
             close()
             throw error
         }
+    }
+
+    /// What a server answered before authentication, for a connection that may go unencrypted.
+    enum Probe: Equatable {
+        /// It offers TLS (it answered the SSLRequest with yes).
+        case offersTLS
+        /// No TLS; its first authentication request has this code (0: none needed, 3: the password in
+        /// clear text, 5: MD5, 10: SASL).
+        case plain(authentication: Int32)
+    }
+
+    /// Asks the server whether it offers TLS and, when it does not, which authentication it wants, then
+    /// hangs up (before any password is sent). For `allow`/`prefer` connections made by a client that
+    /// cannot refuse to send a password in clear (postgres-nio): their caller decides first.
+    static func probe(_ url: DatabaseURL, timeout: Duration) throws -> Probe {
+        let r = PostgresWireReader(timeout: timeout)
+        defer { r.close() }
+        try r.connect(url)
+        if try r.askForTLS() { return .offersTLS }
+        try r.send(startupMessage(url))
+        let (type, payload) = try r.readMessage()
+        var reader = Reader(payload)
+        switch type {
+        case UInt8(ascii: "R"): return .plain(authentication: try reader.int32())
+        case UInt8(ascii: "E"): throw Self.error(payload, "cannot connect to \(url)")
+        default: throw Self.malformed("a message of type \(type) before authentication")
+        }
+    }
+
+    /// A reader with no connection yet (for `probe`).
+    private init(timeout: Duration) {
+        self.timeout = timeout
+        buffer = .allocate(byteCount: 256, alignment: 8)
+        deadline = Deadline.after(timeout)
+    }
+
+    /// Whether this reader asks the server for TLS first (`allow`, `prefer`: it reads only if the answer
+    /// is no) or not (`disable`).
+    /// - Throws: ``Unsupported`` when the mode requires TLS; `SQLError` for an unknown mode.
+    static func asksForTLS(_ url: DatabaseURL) throws -> Bool {
+        switch url.options["sslmode"] ?? "prefer" {
+        case "disable": return false
+        case "allow", "prefer": return true
+        case "require", "verify-ca", "verify-full":
+            throw Unsupported(reason: "sslmode=\(url.options["sslmode"] ?? ""): this reader speaks no TLS")
+        case let mode:
+            throw SQLError(
+                .statement,
+                "unknown sslmode \(mode): disable, allow, prefer, require, verify-ca or verify-full"
+            )
+        }
+    }
+
+    /// Sends the SSLRequest; true when the server would speak TLS (`S`), false when it would not (`N`).
+    private func askForTLS() throws -> Bool {
+        try send([0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F])  // length 8, code 80877103
+        try fill(1)
+        let answer = buffer[start]
+        start += 1
+        switch answer {
+        case UInt8(ascii: "S"): return true
+        case UInt8(ascii: "N"): return false
+        default: throw Self.malformed("an answer of \(answer) to the SSLRequest")
+        }
+    }
+
+    /// The StartupMessage for `url`'s user and database.
+    private static func startupMessage(_ url: DatabaseURL) -> [UInt8] {
+        var body = Message(type: nil)
+        body.int32(196_608)  // protocol 3.0
+        for (k, v) in [
+            ("user", url.user), ("database", url.database.isEmpty ? url.user : url.database),
+            ("client_encoding", "UTF8"), ("DateStyle", "ISO"), ("application_name", "swift-multiprocessing"),
+        ] {
+            body.cString(k)
+            body.cString(v)
+        }
+        body.byte(0)
+        return body.finished()
     }
 
     deinit {
@@ -74,9 +161,6 @@ final class PostgresWireReader {
     // MARK: Connecting
 
     private func connect(_ url: DatabaseURL) throws {
-        if let mode = url.options["sslmode"], !["disable", "prefer", "allow"].contains(mode) {
-            throw Unsupported(reason: "sslmode=\(mode): this reader speaks no TLS")
-        }
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         hints.ai_family = AF_UNSPEC
@@ -108,17 +192,7 @@ final class PostgresWireReader {
     }
 
     private func startUp(_ url: DatabaseURL) throws {
-        var body = Message(type: nil)
-        body.int32(196_608)  // protocol 3.0
-        for (k, v) in [
-            ("user", url.user), ("database", url.database.isEmpty ? url.user : url.database),
-            ("client_encoding", "UTF8"), ("DateStyle", "ISO"), ("application_name", "swift-multiprocessing"),
-        ] {
-            body.cString(k)
-            body.cString(v)
-        }
-        body.byte(0)
-        try send(body.finished())
+        try send(Self.startupMessage(url))
         var scram: SCRAM?
         while true {
             let (type, payload) = try readMessage()
@@ -129,6 +203,8 @@ final class PostgresWireReader {
                 switch code {
                 case 0: break  // AuthenticationOk
                 case 3:
+                    // This connection is not encrypted: the password would cross the network as it is.
+                    guard url.options["sslmode"] == "disable" else { throw Self.cleartextRefused(url) }
                     var m = Message(type: UInt8(ascii: "p"))
                     m.cString(url.password)
                     try send(m.finished())
@@ -443,6 +519,16 @@ final class PostgresWireReader {
             return .text(String(decoding: out, as: UTF8.self))
         default: return .text(String(decoding: cell, as: UTF8.self))
         }
+    }
+
+    /// The error for a server that asks for the password in clear text over an unencrypted connection.
+    static func cleartextRefused(_ url: DatabaseURL) -> SQLError {
+        SQLError(
+            .connection,
+            "cannot connect to \(url.host):\(url.port): the server asks for the password in clear text over a "
+                + "connection without TLS; refused (turn TLS on at the server, use md5 or scram-sha-256 "
+                + "authentication, or say sslmode=disable to send it anyway)"
+        )
     }
 
     static func malformed(_ what: String) -> SQLError {

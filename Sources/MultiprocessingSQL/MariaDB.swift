@@ -1,8 +1,11 @@
 import CMultiprocessingSQLite
 
-/// A connection to MariaDB or MySQL through the MariaDB client library (`libmariadb.so.3`), loaded with
-/// dlopen when the first connection opens: building needs no `-dev` package, and a program that never
-/// opens a `mysql://` URL never loads it. (No Swift MySQL package is available here; the C client is the
+/// A connection to MariaDB or MySQL through the MariaDB client library (Connector/C 3, `libmariadb.so.3`;
+/// `MP_MARIADB_LIBRARY` names another copy), loaded with dlopen when the first connection opens: building
+/// needs no `-dev` package, and a program that never opens a `mysql://` URL never loads it. The library's
+/// version is checked at load (3.x: the option numbers and column layout used are its own), every option
+/// set is checked (a TLS requirement the library refuses fails the connect), and MySQL's
+/// `libmysqlclient` is refused with a clear error. (No Swift MySQL package is available here; the C client is the
 /// servers' own, and its text protocol is what pymysql and mysqlclient speak too.)
 ///
 /// Parameters (`?`) are sent as escaped literals (`mysql_real_escape_string`, the connection's
@@ -198,6 +201,12 @@ public final class MariaDBConnection: SQLConnection {
             return []
         }
         guard let r = mp_mysql_use_result(m) else { throw error("cannot read the result of \(sql.prefix(200))") }
+        var layout = [CChar](repeating: 0, count: 512)
+        guard mp_mysql_check_fields(r, &layout, layout.count) == 0 else {
+            mp_mysql_free_result(r)
+            close()  // the result is not read to its end: the connection cannot serve another statement
+            throw SQLError(.unavailable, Self.text(layout))
+        }
         defer { mp_mysql_free_result(r) }
         let n = mp_mysql_num_fields(r)
         let names = (0..<n).map { String(cString: mp_mysql_field_name(r, $0)) }

@@ -166,6 +166,30 @@ struct MasterWorkerTests {
         #expect(try master.result(timeout: .seconds(30)))
     }
 
+    /// The tutorial's defaults (every interface, key `abc`) still work, but the master says on start that
+    /// anyone who can reach it can use it; on loopback, or with a long key, it says nothing.
+    @Test func theMasterSaysWhenAWellKnownKeyServesTheNetwork() throws {
+        #expect(TaskMasterWorker.exposure(host: "", authkey: Array("abc".utf8)) != nil)
+        #expect(TaskMasterWorker.exposure(host: "10.0.0.5", authkey: Array("short".utf8)) != nil)
+        #expect(TaskMasterWorker.exposure(host: "127.0.0.1", authkey: Array("abc".utf8)) == nil)
+        #expect(TaskMasterWorker.exposure(host: "", authkey: Array("a long random key, 32 bytes!!!!".utf8)) == nil)
+        guard let mp = builtExecutable("mp") else { return }
+        for (host, warned) in [(nil, true), ("127.0.0.1", false)] as [(String?, Bool)] {
+            let p = Foundation.Process()
+            p.executableURL = mp
+            p.arguments =
+                ["master", "--port", "\(try freePort())", "--tasks", "0"] + (host.map { ["--host", $0] } ?? [])
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 0, "\(text)")
+            #expect(text.contains("well-known or short authkey") == warned, "\(host ?? "every interface"): \(text)")
+        }
+    }
+
     /// The master restarts on the same port: the worker reconnects (with backoff) and serves the new one.
     @Test func aWorkerReconnectsWhenItsMasterRestarts() throws {
         let port = try freePort()

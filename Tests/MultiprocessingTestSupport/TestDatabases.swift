@@ -1,5 +1,7 @@
+import Foundation
 import Glibc
 public import MultiprocessingSQL
+import Synchronization
 
 /// The PostgreSQL server the tests use: `$MP_POSTGRES_URL`, else the one `scripts/start-postgres` starts.
 public let postgresURL: DatabaseURL? = try? DatabaseURL(
@@ -150,6 +152,18 @@ public final class PrivatePostgres: @unchecked Sendable {
     /// (`hostssl` trust, anything else rejected). Returns the certificate's path (a PEM file anyone may
     /// read: the `sslrootcert` that verifies the server).
     public func requireTLS() throws -> String {
+        let cert = try turnOnTLS()
+        try asPostgres(
+            "printf 'hostssl all all 127.0.0.1/32 trust\\nhost all all 127.0.0.1/32 reject\\nlocal all all trust\\n' > \(directory)/data/pg_hba.conf"
+        )
+        try restart()
+        return cert
+    }
+
+    /// Turns TLS on (a new self-signed certificate for 127.0.0.1) without changing who may connect how:
+    /// clients choose. Restart (or call ``requireTLS()``) for it to take effect. Returns the certificate's
+    /// path.
+    public func turnOnTLS() throws -> String {
         let cert = "\(directory)/server.crt"
         let key = "\(directory)/data/server.key"
         try asPostgres(
@@ -158,11 +172,13 @@ public final class PrivatePostgres: @unchecked Sendable {
         try asPostgres(
             "printf \"ssl = on\\nssl_cert_file = '\(cert)'\\nssl_key_file = '\(key)'\\n\" >> \(directory)/data/postgresql.conf"
         )
-        try asPostgres(
-            "printf 'hostssl all all 127.0.0.1/32 trust\\nhost all all 127.0.0.1/32 reject\\nlocal all all trust\\n' > \(directory)/data/pg_hba.conf"
-        )
-        try restart()
         return cert
+    }
+
+    /// Turns TLS off (`ssl = off`) and restarts the server.
+    public func turnOffTLS() throws {
+        try asPostgres("printf \"ssl = off\\n\" >> \(directory)/data/postgresql.conf")
+        try restart()
     }
 
     /// Puts `lines` (pg_hba.conf rules, e.g. `host all alice 127.0.0.1/32 md5`) before the trust rules
@@ -220,4 +236,90 @@ public func waitForChunks(_ db: any SQLConnection, atLeast n: Int) -> Int {
         usleep(5_000)
     }
     return written
+}
+
+/// A TCP relay on 127.0.0.1 to `port`: what a capture on the wire would see. Every byte a client sends
+/// through it is kept (``clientBytes``); a thread per direction per connection copies until either side
+/// closes.
+public final class RecordingRelay: @unchecked Sendable {  // state behind `sent`; the socket is set once
+    public let port: Int
+    private let listening: Int32
+    private let sent = Mutex<[UInt8]>([])
+
+    public init(to target: Int) {
+        (listening, port) = loopbackSocket(listening: true)
+        let fd = listening
+        Thread.detachNewThread { [self] in
+            while true {
+                let c = accept(fd, nil, nil)
+                if c < 0 { return }
+                let (s, _) = loopbackSocket(listening: false)
+                var a = sockaddr_in()
+                a.sin_family = sa_family_t(AF_INET)
+                a.sin_addr.s_addr = inet_addr("127.0.0.1")
+                a.sin_port = UInt16(target).bigEndian
+                let ok = withUnsafePointer(to: &a) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, 16) }
+                }
+                guard ok == 0 else {
+                    Glibc.close(c)
+                    Glibc.close(s)
+                    continue
+                }
+                let ends = EndCount()
+                let finished: @Sendable () -> Void = {
+                    // The second direction to end closes both descriptors.
+                    if ends.count.add(1, ordering: .acquiringAndReleasing).newValue == 2 {
+                        Glibc.close(c)
+                        Glibc.close(s)
+                    }
+                }
+                Thread.detachNewThread { [self] in
+                    pump(from: c, to: s, recording: true)
+                    finished()
+                }
+                Thread.detachNewThread { [self] in
+                    pump(from: s, to: c, recording: false)
+                    finished()
+                }
+            }
+        }
+    }
+
+    private func pump(from a: Int32, to b: Int32, recording: Bool) {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(a, &buf, buf.count)
+            if n <= 0 { break }
+            if recording { sent.withLock { $0 += buf[0..<n] } }
+            var off = 0
+            while off < n {
+                let w = buf.withUnsafeBytes { write(b, $0.baseAddress! + off, n - off) }
+                if w <= 0 { break }
+                off += w
+            }
+        }
+        // One side ended: end the other's direction too (both threads then end).
+        shutdown(b, Int32(SHUT_WR))
+        shutdown(a, Int32(SHUT_RD))
+    }
+
+    /// Everything clients have sent so far.
+    public var clientBytes: [UInt8] { sent.withLock { $0 } }
+
+    /// Whether `needle` appears in what clients sent.
+    public func clientsSent(_ needle: String) -> Bool {
+        let n = Array(needle.utf8)
+        let hay = clientBytes
+        guard n.count <= hay.count else { return false }
+        return (0...(hay.count - n.count)).contains { i in hay[i..<(i + n.count)].elementsEqual(n) }
+    }
+
+    /// Stops accepting (relayed connections end with their peers).
+    public func close() { shutdown(listening, Int32(SHUT_RDWR)) }
+}
+
+/// How many directions of a relayed connection have ended.
+private final class EndCount: Sendable {
+    let count = Atomic<Int>(0)
 }

@@ -488,6 +488,65 @@ struct PostgresTests {
         #expect(try readAll(bulk, "SELECT count(*) FROM user_copy").rows == [[.int(3_000)]])
     }
 
+    /// libpq's `sslmode`, with no password in clear: against a server with TLS on and `password`
+    /// (clear-text) authentication, reached through a relay that records what clients send, the
+    /// connection and its reading session never send the password's bytes under `allow`, `prefer` (also
+    /// the default), `require` or `verify-full`: both use TLS. Under `disable` they do (the URL asked for
+    /// it: this also shows that the relay sees the password when it is sent). Then, with TLS off at the
+    /// server, `prefer` refuses to send it and says why, and `disable` still connects.
+    @Test(.enabled(if: PrivatePostgres.unavailable == nil, "needs Debian's PostgreSQL server binaries and root"))
+    func noPasswordCrossesTheWireInClearUnlessTheURLSaysSo() throws {
+        let server = try PrivatePostgres()
+        defer { server.stop() }
+        let cert = try server.turnOnTLS()
+        try server.restart()
+        let password = "Pa55-\(UInt32.random(in: 100_000...999_999))-in-clear"
+        let admin = try Database.connect(server.url)
+        try admin.execute("CREATE ROLE mp_clear LOGIN PASSWORD '\(password)'")
+        admin.close()
+        try server.authenticate(["host all mp_clear 127.0.0.1/32 password"])
+        func run(_ query: String, through relay: RecordingRelay) throws -> Bool {
+            let url = try DatabaseURL("postgres://mp_clear:\(password)@127.0.0.1:\(relay.port)/postgres\(query)")
+            let db = try Database.connect(url, timeout: .seconds(10))
+            defer { db.close() }
+            let bulk = try #require(db as? any SQLBulkReading)
+            #expect(try readAll(bulk, "SELECT current_user::text").rows == [[.text("mp_clear")]], "\(query)")
+            let encrypted = try db.scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            return encrypted == .int(1)
+        }
+        for query in [
+            "", "?sslmode=allow", "?sslmode=prefer", "?sslmode=require", "?sslmode=verify-full&sslrootcert=\(cert)",
+        ] {
+            let relay = RecordingRelay(to: server.port)
+            defer { relay.close() }
+            #expect(try run(query, through: relay), "\(query): not encrypted")
+            #expect(!relay.clientBytes.isEmpty)
+            #expect(!relay.clientsSent(password), "\(query): the password crossed the wire in clear")
+        }
+        let relay = RecordingRelay(to: server.port)
+        defer { relay.close() }
+        #expect(try run("?sslmode=disable", through: relay) == false)
+        #expect(relay.clientsSent(password), "the relay did not see what disable sends")
+
+        // TLS off at the server: no TLS to be had, so `prefer` refuses the clear-text request.
+        try server.turnOffTLS()
+        let plainRelay = RecordingRelay(to: server.port)
+        defer { plainRelay.close() }
+        for query in ["", "?sslmode=prefer", "?sslmode=allow"] {
+            do {
+                _ = try run(query, through: plainRelay)
+                Issue.record("\(query): connected by sending the password in clear")
+            } catch let e as SQLError {
+                #expect(e.kind == .connection && e.description.contains("clear text"), "\(e)")
+            }
+        }
+        // The reading session by itself, too.
+        let prefer = try DatabaseURL("postgres://mp_clear:\(password)@127.0.0.1:\(plainRelay.port)/postgres")
+        #expect(throws: SQLError.self) { try PostgresWireReader(prefer, timeout: .seconds(10)) }
+        #expect(!plainRelay.clientsSent(password), "the password crossed the wire in clear")
+        #expect(try run("?sslmode=disable", through: plainRelay) == false)
+    }
+
     /// A read that outlives the connection's timeout fails at it as a connection error (the session is
     /// closed, not left mid-result), and the next read opens a new session.
     @Test(.enabled(if: postgresUnavailable == nil, "no PostgreSQL server (see the log)"))
@@ -543,7 +602,8 @@ struct PostgresTests {
     }
 
     /// Every authentication the reading session speaks, against a real server configured for each: trust,
-    /// cleartext password, MD5 and SCRAM-SHA-256 (and a wrong MD5 password refused).
+    /// cleartext password (with `sslmode=disable`: see the test above), MD5 and SCRAM-SHA-256 (and a wrong
+    /// MD5 password refused).
     @Test(.enabled(if: PrivatePostgres.unavailable == nil, "needs Debian's PostgreSQL server binaries and root"))
     func theReadingSessionSpeaksEveryPasswordAuthentication() throws {
         let server = try PrivatePostgres()
@@ -566,6 +626,8 @@ struct PostgresTests {
             var url = server.url
             url.user = user
             url.password = password
+            // A password in clear text over a connection without TLS only where the URL says so.
+            if user == "mp_clear" { url.options["sslmode"] = "disable" }
             let reader = try PostgresWireReader(url, timeout: .seconds(10))
             var who: [SQLValue] = []
             _ = try reader.forEachRow("SELECT current_user::text", [], columns: { _ in }, { who = $0 })

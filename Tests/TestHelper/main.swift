@@ -3,6 +3,7 @@ import Logging
 import Multiprocessing
 import MultiprocessingManagers
 import MultiprocessingNetwork
+import MultiprocessingSQL
 import Threading
 
 // mp-test-helper: programs the test suites run as separate processes (they need a `main` of their own,
@@ -14,6 +15,8 @@ import Threading
 //                                              `port P`, serves until a client asks it to shut down
 //   mp-test-helper listener-server NOFILE      a Listener's accept loop echoing messages, likewise
 //   mp-test-helper pool-nofile NOFILE          a pool whose parent runs out of descriptors and recovers
+//   mp-test-helper mariadb-connect URL         connects (loading the client library: MP_MARIADB_LIBRARY)
+//                                              and reads `SELECT 1`; prints `ok` or the error
 
 // Top-level constants, declared above `bootstrap()` as a ported Python program declares its globals.
 let multiplier = 20
@@ -210,10 +213,21 @@ case "pool-nofile":
         print("error: \(error)")
         exit(1)
     }
+case "mariadb-connect":
+    // The client library is loaded once per process: each library under test gets a process of its own.
+    do {
+        let db = try MariaDBConnection(try DatabaseURL(args.dropFirst().first ?? ""), timeout: .seconds(10))
+        _ = try db.forEachRow("SELECT 1", [], columns: { _ in }, { _ in })
+        db.close()
+        print("ok")
+    } catch {
+        print("error: \(error)")
+    }
+    exit(0)
 default:
     print(
         "usage: mp-test-helper bootstrap-check | pool-interrupt-check [teardown] | globals-check"
-            + " | manager-server [NOFILE] | listener-server NOFILE | pool-nofile NOFILE"
+            + " | manager-server [NOFILE] | listener-server NOFILE | pool-nofile NOFILE | mariadb-connect URL"
     )
     exit(2)
 }

@@ -1,6 +1,7 @@
-// MariaDB's (and MySQL's) C client API, the part swift-multiprocessing uses, loaded at run time with
-// dlopen from libmariadb.so.3 (Debian: libmariadb3, installed with mariadb-client or -server), so that
-// building needs no -dev package and programs that never open a MySQL URL never load it.
+// MariaDB's C client API (Connector/C 3, which serves MySQL servers too), the part swift-multiprocessing
+// uses, loaded at run time with dlopen from libmariadb.so.3 (Debian: libmariadb3, installed with
+// mariadb-client or -server; MP_MARIADB_LIBRARY names another copy), so that building needs no -dev
+// package and programs that never open a MySQL URL never load it. MySQL's libmysqlclient is refused.
 #ifndef MP_MARIADB_H
 #define MP_MARIADB_H
 #include <stddef.h>
@@ -28,6 +29,9 @@ unsigned int mp_mysql_field_count(mp_mysql *m);
 /// The result of the last statement, streamed row by row (mysql_use_result).
 mp_mysql_res *mp_mysql_use_result(mp_mysql *m);
 unsigned int mp_mysql_num_fields(mp_mysql_res *r);
+/// 0 when every column description reads as Connector/C 3's MYSQL_FIELD (a name whose length matches its
+/// name_length, a known type, a plausible character set); -1 with a message in `error` otherwise.
+int mp_mysql_check_fields(mp_mysql_res *r, char *error, size_t errorLength);
 /// Column `i`'s name, type (enum_field_types) and character set number (63: binary).
 const char *mp_mysql_field_name(mp_mysql_res *r, unsigned int i);
 int mp_mysql_field_type(mp_mysql_res *r, unsigned int i);

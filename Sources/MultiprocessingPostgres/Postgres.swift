@@ -39,13 +39,13 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         self.url = url
         self.timeout = timeout
         var tls = try Self.tls(for: url)
-        if case .prefer(let context) = tls {
+        if ["allow", "prefer"].contains(url.options["sslmode"] ?? "prefer") {
             // `allow`/`prefer`: postgres-nio would fall back to plain text and then answer a request for the
             // password in clear text. Ask the server first: TLS if it offers it (required from then on, so
             // not silently dropped), and plain text only with an authentication that does not send the
             // password as it is.
             switch try Self.probe(url, timeout) {
-            case .offersTLS: tls = .require(context)
+            case .offersTLS: tls = try Self.tls(for: url, mode: "require")
             case .plain(authentication: 3): throw PostgresWireReader.cleartextRefused(url)
             case .plain: tls = .disable
             }
@@ -86,8 +86,8 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     /// - `verify-ca`: TLS, the certificate checked against `sslrootcert` (a PEM file), else the system's
     ///   roots;
     /// - `verify-full`: that, and the certificate must name the host.
-    static func tls(for url: DatabaseURL) throws -> PostgresConnection.Configuration.TLS {
-        let mode = url.options["sslmode"] ?? "prefer"
+    static func tls(for url: DatabaseURL, mode asked: String? = nil) throws -> PostgresConnection.Configuration.TLS {
+        let mode = asked ?? url.options["sslmode"] ?? "prefer"
         var c = TLSConfiguration.makeClientConfiguration()
         switch mode {
         case "disable":

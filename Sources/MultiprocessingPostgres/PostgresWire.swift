@@ -401,6 +401,8 @@ final class PostgresWireReader {
     static func rowDescription(_ payload: UnsafeRawBufferPointer) throws -> (columns: [String], types: [UInt32]) {
         var r = Reader(payload)
         let n = Int(try r.int16())
+        // A negative count would make the range below trap (found by reading the decoder for fuzzing).
+        guard n >= 0 else { throw malformed("a RowDescription of \(n) columns") }
         var columns: [String] = []
         var types: [UInt32] = []
         for _ in 0..<n {
@@ -617,6 +619,67 @@ final class PostgresWireReader {
             guard try Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) else {
                 throw SQLError(.connection, "PostgreSQL did not answer within \(timeout)")
             }
+        }
+    }
+}
+
+/// The fuzz target for the reading session's decoders (`Tests/Fuzz`, `scripts/fuzz postgres`): a server's
+/// RowDescription, then DataRows decoded against it, as the reading session decodes them.
+package enum PostgresDecoderFuzzing {
+    /// A RowDescription of int4, text, bytea, float8, bool, timestamp and uuid columns, and two DataRows
+    /// (values, then NULLs), as a server sends them.
+    package static func seeds() -> [[UInt8]] {
+        let types: [UInt32] = [23, 25, 17, 701, 16, 1114, 2950]
+        var description = Message(type: nil)
+        description.int16(Int16(types.count))
+        for (i, t) in types.enumerated() {
+            description.cString("c\(i)")
+            description.int32(0)
+            description.int16(Int16(i + 1))
+            description.int32(Int32(bitPattern: t))
+            description.bytes([0, 4, 0xFF, 0xFF, 0xFF, 0xFF, 0, 1])
+        }
+        let cells: [[UInt8]] = [
+            [0, 0, 0, 42], Array("forty-two".utf8), [0xDE, 0xAD], [0x40, 0x45, 0, 0, 0, 0, 0, 0], [1],
+            [0, 0, 0, 0, 0, 0, 0, 1], Array(repeating: 0xAB, count: 16),
+        ]
+        var row = Message(type: nil)
+        row.int16(Int16(cells.count))
+        for c in cells {
+            row.int32(Int32(c.count))
+            row.bytes(c)
+        }
+        var nulls = Message(type: nil)
+        nulls.int16(Int16(cells.count))
+        for _ in cells { nulls.int32(-1) }
+        // Without their length headers (Message(type: nil) puts a 4-byte length first): the bodies.
+        let bodies = [description, row, nulls].map { Array($0.finished().dropFirst(4)) }
+        return [bodies.flatMap { [UInt8($0.count >> 8), UInt8($0.count & 0xFF)] + $0 }]
+    }
+
+    /// `data`: a 2-byte length and a RowDescription body, then DataRow bodies, each after a 2-byte length.
+    package static func messages(_ data: [UInt8]) {
+        var parts: [[UInt8]] = []
+        var at = 0
+        while at + 2 <= data.count {
+            let n = Int(data[at]) << 8 | Int(data[at + 1])
+            at += 2
+            let end = min(data.count, at + n)
+            parts.append(Array(data[at..<end]))
+            at = end
+        }
+        guard let first = parts.first,
+            let (columns, types) = try? first.withUnsafeBytes({ try PostgresWireReader.rowDescription($0) })
+        else { return }
+        let prepared = PostgresWireReader.Prepared(
+            columns: columns,
+            types: types,
+            binary: types.map(PostgresWireReader.readsBinary)
+        )
+        var values: [SQLValue] = []
+        for row in parts.dropFirst() {
+            values.removeAll(keepingCapacity: true)
+            _ = try? row.withUnsafeBytes { try PostgresWireReader.decodeRow($0, prepared, into: &values) }
         }
     }
 }

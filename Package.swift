@@ -142,6 +142,12 @@ let package = Package(
             ],
             path: "Tests/TestHelper"
         ),
+        // The decoders of a peer's bytes as fuzz targets (scripts/fuzz, and FuzzTests' seeded runs).
+        .target(
+            name: "MultiprocessingFuzzTargets",
+            dependencies: ["Multiprocessing", "MultiprocessingManagers", "MultiprocessingPostgres"],
+            path: "Tests/FuzzTargets"
+        ),
         // Helpers shared by the test targets; not a product.
         .target(
             name: "MultiprocessingTestSupport",
@@ -158,7 +164,7 @@ let package = Package(
         .testTarget(
             name: "ManagersTests",
             dependencies: [
-                "MultiprocessingManagers", "MultiprocessingTestSupport",
+                "MultiprocessingManagers", "MultiprocessingTestSupport", "MultiprocessingFuzzTargets",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
@@ -191,6 +197,20 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer's executable, only for `scripts/fuzz` (MP_FUZZ=1, built with -sanitize=fuzzer): it has no
+// `main` of its own (libFuzzer's is linked in), so an ordinary build must not see it.
+if Context.environment["MP_FUZZ"] == "1" {
+    package.targets.append(
+        .executableTarget(
+            name: "mp-fuzz",
+            dependencies: ["MultiprocessingFuzzTargets"],
+            path: "Tests/Fuzz",
+            exclude: ["Corpus"],
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        )
+    )
+}
 
 for target in package.targets where target.type != .system {
     guard !target.name.hasPrefix("CMultiprocessing") else { continue }

@@ -368,21 +368,16 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             // From here the request is carried out and answered, even if shutdown begins meanwhile.
             let reply: PythonValue
             do {
-                let request = try PickleReader().read(frame)
-                guard case .tuple(let parts) = request, parts.count == 4, case .string(let method) = parts[1],
-                    case .tuple(let args) = parts[2], case .dict(let kwargs) = parts[3]
-                else {
-                    throw PickleError("a request that is not (ident, method, args, kwds)")
-                }
+                let (ident, method, args, kwargs) = try Self.parseRequest(frame)
                 if channel {
-                    guard let r = callMethod(parts[0], method, args, kwargs, on: c) else {
+                    guard let r = callMethod(ident, method, args, kwargs, on: c) else {
                         // A blocking call gave up: its client is gone, or the server is shutting down.
                         logger.debug("call abandoned", metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")"])
                         return
                     }
                     reply = r
                 } else {
-                    guard case .none = parts[0] else { throw PickleError("a method call before accept_connection") }
+                    guard case .none = ident else { throw PickleError("a method call before accept_connection") }
                     let (r, becomesChannel, stop) = serverMethod(method, args, kwargs)
                     reply = r
                     if becomesChannel {
@@ -409,6 +404,19 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             // Held until the top of the loop, which sends it unless the next request is already here.
             replies.append(bytes)
         }
+    }
+
+    /// A request as CPython's clients send it: `(ident, method, args, kwds)`, read without running code.
+    package static func parseRequest(
+        _ frame: [UInt8]
+    ) throws(PickleError) -> (ident: PythonValue, method: String, args: [PythonValue], kwargs: [PythonPair]) {
+        let request = try PickleReader().read(frame)
+        guard case .tuple(let parts) = request, parts.count == 4, case .string(let method) = parts[1],
+            case .tuple(let args) = parts[2], case .dict(let kwargs) = parts[3]
+        else {
+            throw PickleError("a request that is not (ident, method, args, kwds)")
+        }
+        return (parts[0], method, args, kwargs)
     }
 
     private static func ok(_ v: PythonValue) -> PythonValue { .tuple(["#RETURN", v]) }

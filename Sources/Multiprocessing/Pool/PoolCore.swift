@@ -289,34 +289,24 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             withGuarded { $0.state.ready(slot.id, now: PoolInstant.now) }
             return nil
         }
-        var c = FrameCursor(body)
-        let kind = body[0]
-        let unitId: UInt64 = try c.get()
-        if kind == PoolWire.resend {
+        let reply: PoolState.Reply
+        let payload: UnsafeRawBufferPointer
+        switch try PoolWire.parseReply(body) {
+        case .resend(let unitId):
             try step { g throws(MultiprocessingError) in
                 ((), try g.state.resendAlone(unitId, from: slot.id, now: PoolInstant.now))
             }
             return nil
-        }
-        let start = Int(try c.get(UInt32.self))
-        let reply: PoolState.Reply
-        switch kind {
-        case PoolWire.output:
-            let count = Int(try c.get(UInt32.self))
-            let busy: UInt64 = try c.get()
-            telemetry.busy.recordNanoseconds(Int64(clamping: busy))
-            reply = .output(unit: unitId, start: start, count: count, busyNanos: busy)
-        case PoolWire.failure:
-            let busy: UInt64 = try c.get()
-            telemetry.busy.recordNanoseconds(Int64(clamping: busy))
-            reply = .failure(unit: unitId, index: start, busyNanos: busy)
-        default:
-            throw MultiprocessingError(.malformedMessage, "unknown pool reply kind \(kind)")
+        case .reply(let r, let rest):
+            switch r {
+            case .output(_, _, _, let busy), .failure(_, _, let busy):
+                telemetry.busy.recordNanoseconds(Int64(clamping: busy))
+            }
+            (reply, payload) = (r, rest)
         }
         let delivery = try step { g throws(MultiprocessingError) in
             try g.state.received(reply, from: slot.id, now: PoolInstant.now)
         }
-        let payload = c.rest
         switch delivery {
         case nil:
             return nil

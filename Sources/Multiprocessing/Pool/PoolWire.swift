@@ -25,6 +25,35 @@ enum PoolWire {
         case job = 1
         case function = 2
     }
+
+    /// A worker's reply frame, its fixed fields read.
+    enum ParsedReply {
+        /// `R`: the unit could not be decoded as a whole.
+        case resend(unit: UInt64)
+        /// `O` or `X`, and the payload after the fixed fields (encoded outputs, or a `WireError`).
+        case reply(PoolState.Reply, payload: UnsafeRawBufferPointer)
+    }
+
+    /// Reads a worker's reply frame (`body`: never empty, its kind byte first).
+    /// - Throws: `malformedMessage` for a truncated frame or an unknown kind.
+    static func parseReply(_ body: UnsafeRawBufferPointer) throws -> ParsedReply {
+        var c = FrameCursor(body)
+        let kind = body[0]
+        let unit: UInt64 = try c.get()
+        if kind == resend { return .resend(unit: unit) }
+        let start = Int(try c.get(UInt32.self))
+        switch kind {
+        case output:
+            let count = Int(try c.get(UInt32.self))
+            let busy: UInt64 = try c.get()
+            return .reply(.output(unit: unit, start: start, count: count, busyNanos: busy), payload: c.rest)
+        case failure:
+            let busy: UInt64 = try c.get()
+            return .reply(.failure(unit: unit, index: start, busyNanos: busy), payload: c.rest)
+        default:
+            throw MultiprocessingError(.malformedMessage, "unknown pool reply kind \(kind)")
+        }
+    }
 }
 
 /// Appends frames to a byte buffer.

@@ -1,0 +1,22 @@
+// libFuzzer's entry point, for `scripts/fuzz TARGET SECONDS` (built with -sanitize=fuzzer,address and
+// MP_FUZZ=1, which adds this target to the package; a normal build never sees it: it has no `main`).
+import Glibc
+import MultiprocessingFuzzTargets
+
+/// The target chosen by `MP_FUZZ_TARGET`, looked up once.
+nonisolated(unsafe) private var target: (([UInt8]) -> Void)? = nil
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    if target == nil {
+        let name = getenv("MP_FUZZ_TARGET").map { String(cString: $0) } ?? ""
+        guard let t = FuzzTargets.all[name] else {
+            fputs("MP_FUZZ_TARGET must be one of: \(FuzzTargets.all.keys.sorted().joined(separator: ", "))\n", stderr)
+            exit(2)
+        }
+        target = t
+    }
+    let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
+    target!(bytes)
+    return 0
+}

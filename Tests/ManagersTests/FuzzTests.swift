@@ -1,0 +1,97 @@
+import Foundation
+import MultiprocessingFuzzTargets
+import Testing
+
+/// A seeded, reproducible generator: SplitMix64.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Every fuzz target (`FuzzTargets.all`: the pickle reader, manager requests, connection frames, the
+/// pool's frames, the message codec and, with the PostgreSQL trait, the reading session's decoders) run on
+/// its corpus (`Tests/Fuzz/Corpus/TARGET/`, CPython's captures) and its built-in seeds, then on seeded
+/// mutations of them. The same seed gives the same inputs: `MP_FUZZ_SEED` chooses another,
+/// `MP_FUZZ_ITERATIONS` how many, and `MP_FUZZ_SAVE=DIR` writes each input to DIR/TARGET before running
+/// it, so that the one a crash stopped at is there to replay (`scripts/fuzz TARGET` under libFuzzer, or a
+/// test). The long runs are libFuzzer's (`scripts/fuzz TARGET SECONDS`; TESTING.md).
+@Suite struct FuzzTests {
+    static let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fuzz/Corpus")
+
+    static func seeds(_ target: String) -> [[UInt8]] {
+        let dir = corpus.appendingPathComponent(target)
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
+        let captured = files.sorted().compactMap {
+            FileManager.default.contents(atPath: dir.appendingPathComponent($0).path)
+        }
+        return captured.map { Array($0) } + FuzzTargets.builtInSeeds(target)
+    }
+
+    @Test(arguments: FuzzTargets.all.keys.sorted())
+    func decoderSurvivesMutationsOfItsCorpus(target: String) throws {
+        let run = try #require(FuzzTargets.all[target])
+        let environment = ProcessInfo.processInfo.environment
+        let seed = environment["MP_FUZZ_SEED"].flatMap { UInt64($0) } ?? 0x5EED
+        let iterations = environment["MP_FUZZ_ITERATIONS"].flatMap { Int($0) } ?? 4_000
+        let save = environment["MP_FUZZ_SAVE"].map { "\($0)/\(target)" }
+        let seeds = Self.seeds(target)
+        #expect(!seeds.isEmpty, "no corpus for \(target): run scripts/fuzz seeds")
+        print("fuzz \(target): seed \(seed), \(iterations) inputs from \(seeds.count) seeds")
+        var rng = SplitMix64(state: seed)
+        for s in seeds { run(s) }
+        for _ in 0..<iterations {
+            var input = seeds.isEmpty ? [] : seeds[Int(rng.next() % UInt64(seeds.count))]
+            for _ in 0...(rng.next() % 4) { mutate(&input, seeds, &rng) }
+            if let save { _ = FileManager.default.createFile(atPath: save, contents: Data(input)) }
+            run(input)
+        }
+    }
+
+    /// One AFL-style mutation: a bit flip, an interesting byte or 32-bit value, bytes inserted, deleted or
+    /// cut off, a slice repeated many times (what nests deep), or a splice with another seed.
+    func mutate(_ b: inout [UInt8], _ seeds: [[UInt8]], _ rng: inout SplitMix64) {
+        func at() -> Int { b.isEmpty ? 0 : Int(rng.next() % UInt64(b.count)) }
+        let interesting: [UInt8] = [0, 1, 0x7F, 0x80, 0xFF, 0x28, 0x5D, 0x61, 0x74, 0x2E]
+        switch rng.next() % 8 {
+        case 0: if !b.isEmpty { b[at()] ^= UInt8(1) << (rng.next() % 8) }
+        case 1: if !b.isEmpty { b[at()] = interesting[Int(rng.next() % UInt64(interesting.count))] }
+        case 2:
+            b.insert(
+                contentsOf: (0..<(1 + rng.next() % 8)).map { _ in UInt8(truncatingIfNeeded: rng.next()) },
+                at: at()
+            )
+        case 3:
+            if !b.isEmpty {
+                let i = at()
+                b.removeSubrange(i..<min(b.count, i + 1 + Int(rng.next() % 16)))
+            }
+        case 4: b = Array(b.prefix(at()))
+        case 5:
+            if !b.isEmpty, b.count < 1 << 16 {
+                let i = at()
+                let slice = b[i..<min(b.count, i + 1 + Int(rng.next() % 8))]
+                b.insert(contentsOf: Array(repeating: Array(slice), count: 1 + Int(rng.next() % 2_000)).joined(), at: i)
+            }
+        case 6:
+            if b.count >= 4 {
+                let values: [UInt32] = [0xFFFF_FFFF, 0x7FFF_FFFF, 0x8000_0000, 0, UInt32(b.count), UInt32(b.count + 1)]
+                let v = values[Int(rng.next() % UInt64(values.count))]
+                let i = Int(rng.next() % UInt64(b.count - 3))
+                withUnsafeBytes(of: rng.next() % 2 == 0 ? v.bigEndian : v.littleEndian) {
+                    for k in 0..<4 { b[i + k] = $0[k] }
+                }
+            }
+        default:
+            if let other = seeds.randomElement(using: &rng) {
+                b = Array(b.prefix(at())) + other.suffix(other.count / 2)
+            }
+        }
+    }
+}

@@ -112,30 +112,26 @@ struct HostileClientTests {
     }
 
     /// A server at its descriptor limit (64) under 100 clients refuses the excess at once (a client is
-    /// never left waiting in the handshake), logs it, and serves a new client once the others leave.
-    @Test func aServerOutOfDescriptorsRefusesPromptlyAndRecovers() throws {
-        let server = try ServerProcess(["manager-server", "64"])
-        let (code, out) = try runPython(exhaustionScript(manager: true), ["\(server.port)"], timeout: 240)
+    /// never left waiting in the handshake), logs it, and serves a new client once the others leave: a
+    /// `ManagerServer`, and a user's own accept loop on a `Listener`.
+    @Test(arguments: [
+        ("manager-server", "out of file descriptors"),
+        ("listener-server", "exhausted: MultiprocessingError.resourceExhausted"),
+    ])
+    func aServerOutOfDescriptorsRefusesPromptlyAndRecovers(server kind: String, logged: String) throws {
+        let server = try ServerProcess([kind, "64"])
+        let (code, out) = try runPython(
+            exhaustionScript(manager: kind == "manager-server"),
+            ["\(server.port)"],
+            timeout: 240
+        )
         let ended = server.finish()
         #expect(code == 0, "\(out)")
         #expect(out.contains("stuck 0"), "\(out)")
         #expect(out.contains("refused 0") == false, "the limit was never reached: \(out)")
         #expect(out.contains("served again"), "\(out)")
         #expect(ended.reason == .exit && ended.status == 0, "\(ended)")
-        #expect(ended.out.contains("out of file descriptors"), "\(ended.out)")
-    }
-
-    /// The same for a user's own accept loop on a `Listener`.
-    @Test func aListenerOutOfDescriptorsRefusesPromptlyAndRecovers() throws {
-        let server = try ServerProcess(["listener-server", "64"])
-        let (code, out) = try runPython(exhaustionScript(manager: false), ["\(server.port)"], timeout: 240)
-        let ended = server.finish()
-        #expect(code == 0, "\(out)")
-        #expect(out.contains("stuck 0"), "\(out)")
-        #expect(out.contains("refused 0") == false, "the limit was never reached: \(out)")
-        #expect(out.contains("served again"), "\(out)")
-        #expect(ended.reason == .exit && ended.status == 0, "\(ended)")
-        #expect(ended.out.contains("exhausted: MultiprocessingError.resourceExhausted"), "\(ended.out)")
+        #expect(ended.out.contains(logged), "\(ended.out)")
     }
 
     /// 100 clients connect and stay; each is either served or refused (the connection ends), none waits

@@ -175,18 +175,12 @@ struct MasterWorkerTests {
         #expect(TaskMasterWorker.exposure(host: "", authkey: Array("a long random key, 32 bytes!!!!".utf8)) == nil)
         guard let mp = builtExecutable("mp") else { return }
         for (host, warned) in [(nil, true), ("127.0.0.1", false)] as [(String?, Bool)] {
-            let p = Foundation.Process()
-            p.executableURL = mp
-            p.arguments =
+            let run = try runToEnd(
+                mp,
                 ["master", "--port", "\(try freePort())", "--tasks", "0"] + (host.map { ["--host", $0] } ?? [])
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = out
-            try p.run()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            #expect(p.terminationStatus == 0, "\(text)")
-            #expect(text.contains("well-known or short authkey") == warned, "\(host ?? "every interface"): \(text)")
+            )
+            #expect(run.status == 0, "\(run.output)")
+            #expect(run.output.contains("well-known or short authkey") == warned, "\(host ?? "all"): \(run.output)")
         }
     }
 

@@ -295,3 +295,38 @@ package let sharedTestMetrics: TestMetrics = {
     MetricsSystem.bootstrap(m)
     return m
 }()
+
+/// A seeded generator (SplitMix64), so that a randomized test's failure can be replayed with its seed.
+package struct SplitMix64: RandomNumberGenerator {
+    package var state: UInt64
+    package init(state: UInt64) { self.state = state }
+    package mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Runs `executable` with `arguments` (and `environment` added to this process's) to its end; returns
+/// how it ended and everything it wrote to standard output and standard error.
+package func runToEnd(
+    _ executable: URL,
+    _ arguments: [String],
+    environment: [String: String] = [:]
+) throws -> (status: Int32, reason: Foundation.Process.TerminationReason, output: String) {
+    let p = Foundation.Process()
+    p.executableURL = executable
+    p.arguments = arguments
+    if !environment.isEmpty {
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    try p.run()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return (p.terminationStatus, p.terminationReason, text)
+}

@@ -5,18 +5,6 @@ import Testing
 
 /// The one frame decoder (connections and pool channels), fed random, split and truncated input.
 @Suite struct FramingTests {
-    /// A seeded generator, so that a failure can be replayed.
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static func frame(_ payload: [UInt8], long: Bool) -> [UInt8] {
         if long {
             let n = UInt64(payload.count)

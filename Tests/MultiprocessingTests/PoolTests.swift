@@ -706,16 +706,8 @@ struct SamePoolAPITests {
 struct PoolExhaustionTests {
     @Test func aParentOutOfDescriptorsRecoversWhenTheyAreFreed() throws {
         guard let exe = testHelperExecutable() else { return }
-        let p = Foundation.Process()
-        p.executableURL = exe
-        p.arguments = ["pool-nofile", "64"]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationReason == .exit && p.terminationStatus == 0, "\(text)")
+        let (status, reason, text) = try runToEnd(exe, ["pool-nofile", "64"])
+        #expect(reason == .exit && status == 0, "\(text)")
         #expect(text.contains("first: [2, 3, 4]"), "\(text)")
         #expect(text.contains("after: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"), "\(text)")
         #expect(text.contains("done"), "\(text)")

@@ -71,17 +71,7 @@ struct MariaDBLibraryTests {
     /// Runs `mp-test-helper mariadb-connect URL` with `environment` added; returns what it printed.
     func connect(_ url: String, _ environment: [String: String]) throws -> String {
         guard let helper = testHelperExecutable() else { return "" }
-        let p = Foundation.Process()
-        p.executableURL = helper
-        p.arguments = ["mariadb-connect", url]
-        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return text
+        return try runToEnd(helper, ["mariadb-connect", url], environment: environment).output
     }
 
     @Test(.enabled(if: built.why == nil, "\(built.why ?? "")"))

@@ -198,8 +198,8 @@ let package = Package(
     ]
 )
 
-// libFuzzer's executable, only for `scripts/fuzz` (MP_FUZZ=1, built with -sanitize=fuzzer): it has no
-// `main` of its own (libFuzzer's is linked in), so an ordinary build must not see it.
+// libFuzzer's executable, only for `scripts/fuzz` (MP_FUZZ=1, built with -sanitize=fuzzer): its entry
+// hands over to libFuzzer's driver, which an ordinary build does not link, so such a build must not see it.
 if Context.environment["MP_FUZZ"] == "1" {
     package.targets.append(
         .executableTarget(

@@ -88,9 +88,10 @@ static void load(void) {
     }
     MP_MYSQL_FUNCTIONS(LOAD)
     // The field layout and option numbers used here are Connector/C 3's (mariadb_get_infov exists only in
-    // Connector/C; its mysql_get_client_version is the package's: 30320 for 3.3.20).
+    // Connector/C). Its mysql_get_client_version is the package's (30320 for 3.3.20) since CONC-509;
+    // releases before it (3.0, early 3.1 and 3.2) answered the server-style 10x.y.z (100306).
     unsigned long version = q_mysql_get_client_version();
-    if (version < 30000 || version >= 40000) {
+    if ((version < 30000 || version >= 40000) && (version < 100000 || version >= 200000)) {
         snprintf(loadError, sizeof loadError,
                  "%s is MariaDB Connector/C version %lu.%lu.%lu; this client reads 3.x only (its option numbers "
                  "and field layout)", name, version / 10000, version / 100 % 100, version % 100);

@@ -81,9 +81,17 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         /// Authenticated client connections. A connection leaves this map (under the lock) before its
         /// thread closes it: a connection found here is open, so shutdown may half-close it safely.
         var connections: [ObjectIdentifier: Connection] = [:]
+        /// Connections still in the authkey handshake (cut at once when shutdown begins).
+        var handshaking: [ObjectIdentifier: Connection] = [:]
         /// Threads serving a client (authenticating or authenticated); shutdown ends when none is left.
         var serving = 0
+        /// Whether `finish` has run (it runs once).
+        var finished = false
     }
+
+    /// Set on the threads that serve clients: a ``shutdown(timeout:)`` called there (by a served object)
+    /// cannot wait for its own thread.
+    private static let onClientThread = ThreadLocal<Bool>(default: { false })
 
     private let listener: Listener
     private let state = Mutex(State())
@@ -202,6 +210,8 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     @discardableResult
     public func shutdown(timeout: Duration = .seconds(10)) -> Bool {
         beginShutdown()
+        // On a client's thread (a served object shutting its server down): waiting would wait for itself.
+        if Self.onClientThread.value { return stopped.isSet }
         if stopped.wait(timeout: timeout) { return true }
         // Replies a client does not read: cut their connections so that their threads end.
         state.withLock { s in for c in s.connections.values { c.shutdownSocket(reading: true, writing: true) } }
@@ -216,9 +226,10 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         listener.close()
         let done = state.withLock { s -> Bool in
             // A thread blocked reading its next request wakes with end of file; one handling a request
-            // finishes it, sends its reply, then finds the end. (Half-closed under the lock: a connection
-            // in the map is not closed yet, so its descriptor number is not someone else's.)
+            // finishes it, sends its reply, then finds the end. A client still in the handshake is cut:
+            // it has sent no request.
             for c in s.connections.values { c.shutdownSocket(reading: true, writing: false) }
+            for c in s.handshaking.values { c.shutdownSocket(reading: true, writing: true) }
             return s.serving == 0
         }
         logger.info("manager server shutting down", metadata: ["address": "\(address)"])
@@ -227,10 +238,13 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
 
     /// The last client thread has ended after shutdown began: frees every object and reports the end.
     private func finish() {
-        let objects = state.withLock { s -> [String: Entry] in
+        let objects = state.withLock { s -> [String: Entry]? in
+            guard !s.finished else { return nil }
+            s.finished = true
             defer { s.objects = [:] }
             return s.objects
         }
+        guard let objects else { return }
         _ = consume objects  // released here, outside the lock
         objectsGauge.record(0)
         logger.info("manager server shut down", metadata: ["address": "\(address)"])
@@ -255,12 +269,14 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 rejected.increment()
                 if !exhausted.exchange(true, ordering: .relaxed) {
                     logger.error(
-                        "out of file descriptors: refusing new clients until some are freed",
+                        "out of resources: refusing new clients until some are freed",
                         metadata: ["address": "\(address)", "error": "\(e)"]
                     )
                 }
-                if !listener.refusesWhenExhausted {
-                    // The waiting connection could not be closed: pause instead of spinning on it.
+                let refused = (e.errno == EMFILE || e.errno == ENFILE) && listener.refusesWhenExhausted
+                if !refused {
+                    // The waiting connection could not be closed (out of memory, or no reserve descriptor):
+                    // pause instead of spinning on it.
                     _ = stopped.wait(timeout: pause)
                     pause = min(pause * 2, .milliseconds(200))
                 }
@@ -306,6 +322,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     private func serveClient(_ accepted: AcceptedConnection) {
         let c = accepted.connection
         let key = ObjectIdentifier(c)
+        Self.onClientThread.value = true
         defer { clientThreadEnded() }
         defer {
             // What this connection holds (a proxied lock, semaphore permits) is released, on this thread.
@@ -316,6 +333,13 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             for case let o as any ReleasesOnDisconnect in objects { o.connectionEnded() }
             c.close()
         }
+        let handshaking = state.withLock { s -> Bool in
+            guard !shuttingDown.load(ordering: .relaxed) else { return false }
+            s.handshaking[key] = c
+            return true
+        }
+        guard handshaking else { return }
+        defer { state.withLock { _ = $0.handshaking.removeValue(forKey: key) } }
         do {
             _ = try listener.authenticate(accepted)
         } catch {
@@ -327,6 +351,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             return
         }
         let registered = state.withLock { s -> Bool in
+            s.handshaking[key] = nil
             guard !shuttingDown.load(ordering: .relaxed) else { return false }
             s.connections[key] = c
             return true

@@ -76,6 +76,7 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     /// takes the reserve back.
     private func refuseOne() {
         reserve.withLock { r in
+            guard !closed.load(ordering: .relaxed) else { return }
             guard r >= 0 else {
                 r = Listener.openReserve()
                 return
@@ -92,8 +93,9 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
         guard closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
         Reactor.started?.cancelWaits(on: fd)
         _ = shutdown(fd, Int32(SHUT_RDWR))
-        Glibc.close(fd)
+        // Under the reserve's lock: `refuseOne` (which accepts on `fd`) never runs on a closed number.
         reserve.withLock { r in
+            Glibc.close(fd)
             if r >= 0 { Glibc.close(r) }
             r = -1
         }

@@ -45,7 +45,11 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
             // not silently dropped), and plain text only with an authentication that does not send the
             // password as it is.
             switch try Self.probe(url, timeout) {
-            case .offersTLS: tls = try Self.tls(for: url, mode: "require")
+            case .offersTLS:
+                tls = try Self.tls(for: url, mode: "require")
+                // Reads go through this TLS session too: the reading session would ask the server again,
+                // and an attacker in the path could answer that second question with no.
+                readerUnsupported = true
             case .plain(authentication: 3): throw PostgresWireReader.cleartextRefused(url)
             case .plain: tls = .disable
             }

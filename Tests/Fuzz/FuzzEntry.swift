@@ -6,6 +6,7 @@ import MultiprocessingFuzzTargets
 /// The target chosen by `MP_FUZZ_TARGET`, looked up once.
 nonisolated(unsafe) private var target: (([UInt8]) -> Void)? = nil
 
+/// libFuzzer's callback: one input to the chosen target.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     if target == nil {

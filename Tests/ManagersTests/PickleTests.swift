@@ -163,13 +163,25 @@ let vectors: [(PythonValue, String)] = [
                     }
             }
         }
-        let limits = PickleLimits(maxDepth: 50)
+        // No limit on the count of values here (the memo shape doubles it each level): depth alone.
+        let limits = PickleLimits(maxDepth: 50, maxValues: .max)
         #expect(throws: PickleError.self) {
             try PickleReader(limits: limits).read([0x80, 0x04] + build(100_000) + [0x2E])
         }
         #expect(throws: PickleError.self) { try PickleReader(limits: limits).read([0x80, 0x04] + build(51) + [0x2E]) }
         // A call is two levels: its arguments' tuple, and the call holding it.
         _ = try PickleReader(limits: limits).read([0x80, 0x04] + build(shape == "reduce" ? 20 : 40) + [0x2E])
+    }
+
+    /// A memo reference repeats a whole value in a few bytes: 200 levels of pairs of the same value are
+    /// 2^200 values, which comparing or writing back would never finish. Refused by the value count.
+    @Test func boundsTheValuesAMemoRepeats() throws {
+        // EMPTY_LIST, then per level: MEMOIZE, BINGET it back, TUPLE2 (a pair of the same value).
+        var bomb: [UInt8] = [0x80, 0x04, 0x5D]
+        for i in 0..<150 { bomb += [0x94, 0x6A] + withUnsafeBytes(of: UInt32(i).littleEndian, Array.init) + [0x86] }
+        #expect(throws: PickleError.self) { try PickleReader().read(bomb + [0x2E]) }
+        // 18 levels: 2^19 values, within the default limit.
+        _ = try PickleReader().read(Array(bomb.prefix(3 + 18 * 7)) + [0x2E])
     }
 
     /// One memo index stored twice on one value, then the value leaves the stack: found by the fuzzer

@@ -122,4 +122,32 @@ struct CodecTests {
             try BinaryDecoder().decode(Outer.self, from: try BinaryEncoder().encode("no"))
         }
     }
+
+    /// A value nested in itself, as a recursive `Codable` type is (a tree, a JSON-like enum).
+    indirect enum Nest: Codable, Equatable {
+        case leaf
+        case node(Nest)
+        static func depth(_ n: Int) -> Nest { (0..<n).reduce(.leaf) { v, _ in .node(v) } }
+    }
+
+    /// What the fuzzer found (`scripts/fuzz codec`, `pool-frames`; both inputs are in the corpus, which
+    /// FuzzTests replays): a length over `Int.max` trapped converting to `Int`, and lengths near it
+    /// overflowed offsets. And what a peer can nest: decoding and skipping recurse, so a value nested a
+    /// million deep would overflow the thread's stack; past 512 levels it is an error.
+    @Test func hostileLengthsAndDepthsAreErrors() throws {
+        let hugeString: [UInt8] = [7] + Array(repeating: 0xFF, count: 9) + [0x01]
+        #expect(throws: (any Error).self) { try BinaryDecoder().decode(String.self, from: hugeString) }
+        // A key whose length is near 2^64 (the bias then the key, in a keyed container being skipped).
+        let hugeKey: [UInt8] = [10, 8] + Array(repeating: 0xFF, count: 9) + [0x01, 11]
+        #expect(throws: (any Error).self) { try BinaryDecoder().decode([Int].self, from: hugeKey) }
+        let hugeArray: [UInt8] = [12, 7] + Array(repeating: 0xFF, count: 9) + [0x01]
+        #expect(throws: (any Error).self) { try BinaryDecoder().decode([Int].self, from: hugeArray) }
+        // A million nested arrays, skipped as an unknown field's value, and as a recursive type.
+        let deep = [UInt8](repeating: 10, count: 1_000_000) + [UInt8](repeating: 11, count: 1_000_000)
+        #expect(throws: (any Error).self) { try BinaryDecoder().decode(Reordered.self, from: [8] + deep + [9]) }
+        #expect(throws: (any Error).self) {
+            try BinaryDecoder().decode(Nest.self, from: try BinaryEncoder().encode(Nest.depth(600)))
+        }
+        #expect(try roundTrip(Nest.depth(100)) == Nest.depth(100))
+    }
 }

@@ -24,6 +24,10 @@ final class DecoderStorage: Decoder {
     var position = 0
     /// Set by the container the current `init(from:)` asked for: how to find the value's end.
     var endFinder: (() throws -> Int)?
+    /// Containers being decoded now, one inside the other: a peer's bytes may nest values only
+    /// ``maxDepth`` deep (decoding and skipping recurse; deeper would overflow a thread's stack).
+    var depth = 0
+    static let maxDepth = 512
     var codingPath: [any CodingKey] = []
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
@@ -49,9 +53,16 @@ final class DecoderStorage: Decoder {
         }
     }
 
+    /// A varint that counts what follows at `p` (bytes, or items of `stride` bytes): never more than is
+    /// left, so that a peer's length can neither overflow an offset nor trap a conversion.
+    @inline(__always) func count(at p: inout Int, stride: Int = 1) throws -> Int {
+        let n = try varint(at: &p)
+        guard n <= UInt64(bytes.count - p) / UInt64(stride) else { throw CodecError.truncated }
+        return Int(n)
+    }
+
     func rawString(at p: inout Int) throws -> String {
-        let n = Int(try varint(at: &p))
-        guard n >= 0, p + n <= bytes.count else { throw CodecError.truncated }
+        let n = try count(at: &p)
         let s = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[p..<(p + n)]), as: UTF8.self)
         p += n
         return s
@@ -59,9 +70,10 @@ final class DecoderStorage: Decoder {
 
     /// A key entry's length (see ``keyLengthBias``).
     func keyLength(at p: inout Int) throws -> Int {
-        let n = Int(try varint(at: &p)) - keyLengthBias
-        guard n >= 0 else { throw CodecError(description: "malformed key at offset \(p)") }
-        return n
+        let v = try varint(at: &p)
+        guard v >= UInt64(keyLengthBias) else { throw CodecError(description: "malformed key at offset \(p)") }
+        guard v - UInt64(keyLengthBias) <= UInt64(bytes.count - p) else { throw CodecError.truncated }
+        return Int(v) - keyLengthBias
     }
 
     func rawKey(at p: inout Int) throws -> String {
@@ -92,8 +104,11 @@ final class DecoderStorage: Decoder {
         return t
     }
 
-    /// The offset just past the value at `p`.
-    func skip(at p: Int) throws -> Int {
+    /// The offset just past the value at `p` (`nesting`: containers already entered on the way).
+    func skip(at p: Int, nesting: Int = 0) throws -> Int {
+        guard depth + nesting < Self.maxDepth else {
+            throw CodecError(description: "values nested deeper than \(Self.maxDepth) at offset \(p)")
+        }
         var q = p + 1
         switch try tag(at: p) {
         case .null, .false, .true: return q
@@ -103,23 +118,23 @@ final class DecoderStorage: Decoder {
         case .float: return q + 4
         case .double: return q + 8
         case .string:
-            let n = Int(try varint(at: &q))
+            let n = try count(at: &q)
             return q + n
         case .trivialArray:
             guard let kind = TrivialKind(rawValue: try byte(at: q)) else {
                 throw CodecError(description: "bad array kind")
             }
             q += 1
-            let n = Int(try varint(at: &q))
+            let n = try count(at: &q, stride: kind.stride)
             return q + n * kind.stride
         case .keyedStart:
             while try byte(at: q) != BinaryTag.keyedEnd.rawValue {
                 let n = try keyLength(at: &q)
-                q = try skip(at: q + n)
+                q = try skip(at: q + n, nesting: nesting + 1)
             }
             return q + 1
         case .unkeyedStart:
-            while try tag(at: q) != .unkeyedEnd { q = try skip(at: q) }
+            while try tag(at: q) != .unkeyedEnd { q = try skip(at: q, nesting: nesting + 1) }
             return q + 1
         case .keyedEnd, .unkeyedEnd:
             throw CodecError(description: "unexpected container end at offset \(p)")
@@ -218,9 +233,8 @@ final class DecoderStorage: Decoder {
                 throw CodecError(description: "bad array kind")
             }
             q += 1
-            let n = Int(try varint(at: &q))
+            let n = try count(at: &q, stride: kind.stride)
             let len = n * kind.stride
-            guard n >= 0, q + len <= bytes.count else { throw CodecError.truncated }
             let v = try fast.decodeTrivial(
                 kind: kind,
                 count: n,
@@ -228,13 +242,18 @@ final class DecoderStorage: Decoder {
             )
             return (v as! T, q + len)
         }
+        guard depth < Self.maxDepth else {
+            throw CodecError(description: "values nested deeper than \(Self.maxDepth) at offset \(p)")
+        }
         let savedPosition = position
         let savedFinder = endFinder
         position = p
         endFinder = nil
+        depth += 1
         defer {
             position = savedPosition
             endFinder = savedFinder
+            depth -= 1
         }
         let value = try T(from: self)
         let end = try endFinder?() ?? skip(at: p)

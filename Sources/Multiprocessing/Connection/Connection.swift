@@ -27,6 +27,9 @@ public final class Connection: @unchecked Sendable {
     public let isWritable: Bool
     private let isSocket: Bool
     private let closedFlag = Atomic<Bool>(false)
+    /// Held while the descriptor is closed, and while `shutdownSocket` uses it: it never acts on a number
+    /// that a close has given back (and the system may have given to someone else).
+    private let lifecycle = Mutex(())
     private let sendLock = Lock()
     /// The receive side's lock: a semaphore, so an async receiver can wait for it without a thread.
     private let recvLock = Semaphore(1)
@@ -69,17 +72,20 @@ public final class Connection: @unchecked Sendable {
         // Only this descriptor is closed (never `shutdown`, which would cut the socket for every process
         // holding a copy, such as a child given this end). Tasks waiting on it are failed.
         Reactor.started?.cancelWaits(on: fd)  // no reactor: no task can be waiting
-        Syscall.close(fd)
+        lifecycle.withLock { _ in Syscall.close(fd) }
     }
 
     /// Shuts down reading and/or writing on the socket (`shutdown(2)`) without closing the descriptor: a
     /// thread blocked reading it wakes with end of file once buffered bytes are read; one blocked writing
     /// fails. For a server's own connections only: it cuts the socket for every process holding a copy.
-    /// The caller makes sure the connection is not closed meanwhile. Does nothing on a pipe.
+    /// Safe against a concurrent ``close()`` (then it does nothing). Does nothing on a pipe.
     package func shutdownSocket(reading: Bool, writing: Bool) {
-        guard isSocket, !isClosed, reading || writing else { return }
+        guard isSocket, reading || writing else { return }
         let how = reading && writing ? SHUT_RDWR : reading ? SHUT_RD : SHUT_WR
-        _ = Glibc.shutdown(fd, Int32(how))
+        lifecycle.withLock { _ in
+            guard !isClosed else { return }
+            _ = Glibc.shutdown(fd, Int32(how))
+        }
     }
 
     private func checkOpen() throws(MultiprocessingError) {

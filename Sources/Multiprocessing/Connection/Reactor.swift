@@ -62,7 +62,7 @@ package final class Reactor: Sendable {
     private static func loop(_ epfd: Int32) {
         // The thread starts after `shared` has stored the reactor (its lock is held until then).
         guard let reactor = started else { fatalError("swift-multiprocessing reactor: started without an instance") }
-        thread = pthread_self()
+        thread.store(UInt(pthread_self()), ordering: .releasing)
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
             let n: Int
@@ -83,8 +83,8 @@ package final class Reactor: Sendable {
 
     /// Work a handler leaves for after its event is fully handled (reactor thread only).
     nonisolated(unsafe) private static var afterEvent: [() -> Void] = []
-    /// The reactor's thread (set once, before its first event).
-    nonisolated(unsafe) private static var thread: pthread_t?
+    /// The reactor's thread (`pthread_t`; 0 until the thread has started), read from any thread.
+    private static let thread = Atomic<UInt>(0)
 
     /// From a handler, on the reactor thread: runs `body` once the reactor is done with the current
     /// event — in particular after it has unregistered the handler's descriptor, so `body` may close it
@@ -92,7 +92,8 @@ package final class Reactor: Sendable {
     /// unregisters it, and unregister the newcomer instead). Called on another thread, where no event is
     /// being handled, `body` runs at once.
     static func afterCurrentEvent(_ body: @escaping () -> Void) {
-        guard let t = thread, pthread_equal(t, pthread_self()) != 0 else { return body() }
+        let t = thread.load(ordering: .acquiring)
+        guard t != 0, pthread_equal(pthread_t(t), pthread_self()) != 0 else { return body() }
         Reactor.afterEvent.append(body)
     }
 
@@ -100,26 +101,34 @@ package final class Reactor: Sendable {
         // A callback watcher first (on this thread), then the suspended tasks; both may share the fd.
         var keepHandler = false
         if let handler = state.withLock({ s in s.handlers[fd] }) { keepHandler = handler() }
-        let ready: [CheckedContinuation<Void, any Error>] = state.withLock { s in
-            // One-shot: the descriptor is disarmed until re-armed below.
-            if !keepHandler { s.handlers[fd] = nil }
-            let all = s.waiters[fd] ?? []
-            let hup = got & (UInt32(EPOLLHUP.rawValue) | UInt32(EPOLLERR.rawValue)) != 0
-            let fired = all.filter { hup || $0.events & got != 0 }
-            let rest = all.filter { !(hup || $0.events & got != 0) }
-            s.waiters[fd] = rest.isEmpty ? nil : rest
-            if !rest.isEmpty || s.handlers[fd] != nil {
-                arm(fd, &s)
-            } else {
-                _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
+        let (ready, failed): ([CheckedContinuation<Void, any Error>], [CheckedContinuation<Void, any Error>]) =
+            state.withLock { s in
+                // One-shot: the descriptor is disarmed until re-armed below.
+                if !keepHandler { s.handlers[fd] = nil }
+                let all = s.waiters[fd] ?? []
+                let hup = got & (UInt32(EPOLLHUP.rawValue) | UInt32(EPOLLERR.rawValue)) != 0
+                let fired = all.filter { hup || $0.events & got != 0 }
+                let rest = all.filter { !(hup || $0.events & got != 0) }
+                var unarmed: [Registration] = []
+                s.waiters[fd] = rest.isEmpty ? nil : rest
+                if !rest.isEmpty || s.handlers[fd] != nil {
+                    if arm(fd, &s) != 0 {
+                        // Not re-armed: the waiters left would wait for ever; fail them instead.
+                        s.waiters[fd] = nil
+                        unarmed = rest
+                    }
+                } else {
+                    _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
+                }
+                let take: (Registration) -> CheckedContinuation<Void, any Error>? = { r in
+                    r.finished = true
+                    defer { r.continuation = nil }
+                    return r.continuation
+                }
+                return (fired.compactMap(take), unarmed.compactMap(take))
             }
-            return fired.compactMap { r in
-                r.finished = true
-                defer { r.continuation = nil }
-                return r.continuation
-            }
-        }
         for c in ready { c.resume() }
+        for c in failed { c.resume(throwing: MultiprocessingError(.resourceExhausted, "cannot watch the descriptor")) }
     }
 
     /// (Re-)arms `fd` for the union of what its watcher and its waiting tasks want; the `errno` when the

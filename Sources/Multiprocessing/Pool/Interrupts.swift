@@ -34,27 +34,34 @@ enum Interrupts {
         guard let reactor = try? Reactor.shared else { return }
         let fd = mp_eventfd(0)
         guard fd >= 0 else { return }
-        guard mp_install_interrupt_handler(fd) == 0 else {
+        // Watched first: a handler writing to an eventfd nobody reads would swallow Ctrl-C.
+        do {
+            try reactor.watch(fd) {
+                var n: UInt64 = 0
+                guard read(fd, &n, 8) == 8 else { return true }
+                // Not on the reactor thread: tearing down waits for exits that the reactor reports.
+                let t = OSThread(name: "mp-interrupt", daemon: true) {
+                    let (pools, exitAfter) = state.withLock { s in (s.pools.compactMap(\.core), s.exitAfter) }
+                    if exitAfter {
+                        // The program ends: stop and reap every worker, then die of SIGINT as it would have.
+                        for p in pools { p.stopWorkersNow() }
+                        _ = mp_raise_default(SIGINT)
+                    } else {
+                        for p in pools { p.terminate(PoolError(.interrupted, "interrupted by SIGINT")) }
+                        for p in pools { _ = try? p.join(timeout: .seconds(3)) }
+                    }
+                }
+                try? t.start()
+                return false
+            }
+        } catch {
             Syscall.close(fd)
             return
         }
-        try? reactor.watch(fd) {
-            var n: UInt64 = 0
-            guard read(fd, &n, 8) == 8 else { return true }
-            // Not on the reactor thread: tearing down waits for exits that the reactor reports.
-            let t = OSThread(name: "mp-interrupt", daemon: true) {
-                let (pools, exitAfter) = state.withLock { s in (s.pools.compactMap(\.core), s.exitAfter) }
-                if exitAfter {
-                    // The program ends: stop and reap every worker, then die of SIGINT as it would have.
-                    for p in pools { p.stopWorkersNow() }
-                    _ = mp_raise_default(SIGINT)
-                } else {
-                    for p in pools { p.terminate(PoolError(.interrupted, "interrupted by SIGINT")) }
-                    for p in pools { _ = try? p.join(timeout: .seconds(3)) }
-                }
-            }
-            try? t.start()
-            return false
+        guard mp_install_interrupt_handler(fd) == 0 else {
+            reactor.cancelWaits(on: fd)
+            Syscall.close(fd)
+            return
         }
     }
 }

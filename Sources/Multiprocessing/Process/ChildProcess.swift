@@ -138,10 +138,13 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
                 return false
             }
         } catch {
-            // Cannot wait for the exit on the reactor: the channel has ended, so the exit is near.
+            // Cannot wait for the exit on the reactor (nor block its thread): a thread of its own waits.
             handle.kill()
-            _ = try? handle.join(timeout: .seconds(5))
-            fail()
+            let waiter = OSThread(name: "mp-child-exit", daemon: true) {
+                _ = try? handle.join(timeout: .seconds(5))
+                fail()
+            }
+            if (try? waiter.start()) == nil { fail() }
         }
     }
 

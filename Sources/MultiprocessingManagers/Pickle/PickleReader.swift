@@ -18,13 +18,19 @@ public struct PickleLimits: Sendable {
     /// are released and compared recursively, so this bound also keeps those far inside any thread's
     /// stack (CPython refuses to pickle past about 1,000 levels; the default is 200).
     public var maxDepth: Int
+    /// Most values, counting a value as often as it appears: a memo reference repeats a whole value
+    /// without its bytes, so 200 levels of pairs of the same value make 2²⁰⁰ values in a few hundred
+    /// bytes, which comparing or writing back would never finish.
+    public var maxValues: Int
     /// Most entries in the memo.
     public var maxMemo: Int
     /// Most items on the stack (containers in construction included).
     public var maxStack: Int
 
-    public init(maxDepth: Int = 200, maxMemo: Int = 1 << 20, maxStack: Int = 1 << 20) {
+    /// Limits: nesting (`maxDepth`), values in all (`maxValues`), memo entries and stack items.
+    public init(maxDepth: Int = 200, maxValues: Int = 1 << 22, maxMemo: Int = 1 << 20, maxStack: Int = 1 << 20) {
         self.maxDepth = maxDepth
+        self.maxValues = maxValues
         self.maxMemo = maxMemo
         self.maxStack = maxStack
     }
@@ -88,20 +94,38 @@ public struct PickleReader: Sendable {
     }
 }
 
+/// How a value nests (`depth`: a scalar 0, a list of scalars 1) and how many values it is made of (`size`,
+/// each counted as often as it appears).
+private struct Shape {
+    var depth: Int
+    var size: Int
+    static let scalar = Shape(depth: 0, size: 1)
+    static let nothing = Shape(depth: 0, size: 0)
+    /// Two values side by side.
+    func merged(_ o: Shape) -> Shape { Shape(depth: max(depth, o.depth), size: Self.sum(size, o.size)) }
+    /// A container or call holding values of this shape.
+    var wrapped: Shape { Shape(depth: depth + 1, size: Self.sum(size, 1)) }
+    /// A sum that saturates (a limit of `Int.max` must not make a doubling value trap).
+    static func sum(_ a: Int, _ b: Int) -> Int {
+        let (r, overflow) = a.addingReportingOverflow(b)
+        return overflow ? .max : r
+    }
+}
+
 private struct Machine {
     let bytes: UnsafeRawBufferPointer
     let limits: PickleLimits
     let allowList: PickleAllowList
     var pos = 0
     var stack: [PythonValue] = []
-    /// For each stack position, how deeply its value nests (a scalar: 0; a list of scalars: 1).
-    var depths: [Int] = []
+    /// For each stack position, the shape of its value.
+    var shapes: [Shape] = []
     /// Stack positions where MARKs were pushed.
     var marks: [Int] = []
     /// Memo entries whose value has left the stack.
     var memo: [PythonValue?] = []
-    /// How deeply each entry of `memo` nests.
-    var memoDepth: [Int] = []
+    /// The shape of each entry of `memo`.
+    var memoShape: [Shape] = []
     /// For each memo entry, the stack position of its value while it is still on the stack (-1: in
     /// `memo`), and the next entry naming the same position (-1: none). While a container is on the stack
     /// and being filled, its memo entries follow it without copying it: they are resolved from the stack,
@@ -117,11 +141,11 @@ private struct Machine {
         self.allowList = allowList
         // A manager message has a dozen values and memo entries: one allocation each, not one per growth.
         stack.reserveCapacity(16)
-        depths.reserveCapacity(16)
+        shapes.reserveCapacity(16)
         slotMemo.reserveCapacity(16)
         marks.reserveCapacity(4)
         memo.reserveCapacity(16)
-        memoDepth.reserveCapacity(16)
+        memoShape.reserveCapacity(16)
         memoSlot.reserveCapacity(16)
         memoNext.reserveCapacity(16)
     }
@@ -157,41 +181,47 @@ private struct Machine {
         return s
     }
 
-    /// Pushes `v`, which nests `depth` deep (refused past the limit).
-    mutating func push(_ v: PythonValue, depth: Int = 0) throws(PickleError) {
+    /// Refuses a shape past the limits.
+    func check(_ shape: Shape) throws(PickleError) {
+        guard shape.depth <= limits.maxDepth else { throw fail("pickle nested deeper than \(limits.maxDepth)") }
+        guard shape.size <= limits.maxValues else { throw fail("pickle of more than \(limits.maxValues) values") }
+    }
+
+    /// Pushes `v`, of `shape` (refused past the limits).
+    mutating func push(_ v: PythonValue, shape: Shape = .scalar) throws(PickleError) {
         guard stack.count < limits.maxStack else { throw fail("pickle stack over \(limits.maxStack) items") }
-        guard depth <= limits.maxDepth else { throw fail("pickle nested deeper than \(limits.maxDepth)") }
+        try check(shape)
         stack.append(v)
-        depths.append(depth)
+        shapes.append(shape)
         slotMemo.append(-1)
     }
 
-    /// Pushes a container or call holding values of which the deepest nests `inner` deep.
-    mutating func push(_ v: PythonValue, holding inner: Int) throws(PickleError) {
-        try push(v, depth: inner + 1)
+    /// Pushes a container or call holding values of shape `inner`.
+    mutating func push(_ v: PythonValue, holding inner: Shape) throws(PickleError) {
+        try push(v, shape: inner.wrapped)
     }
 
-    mutating func pop() throws(PickleError) -> PythonValue { try popWithDepth().value }
+    mutating func pop() throws(PickleError) -> PythonValue { try popWithShape().value }
 
-    mutating func popWithDepth() throws(PickleError) -> (value: PythonValue, depth: Int) {
+    mutating func popWithShape() throws(PickleError) -> (value: PythonValue, shape: Shape) {
         guard !stack.isEmpty else { throw fail("pickle stack underflow") }
         if let m = marks.last, m > stack.count - 1 { throw fail("pickle pops past a mark") }
         forget(slot: stack.count - 1)
         slotMemo.removeLast()
-        return (stack.removeLast(), depths.removeLast())
+        return (stack.removeLast(), shapes.removeLast())
     }
 
-    /// Pops everything above the last mark, with the depth of the deepest.
-    mutating func popToMark() throws(PickleError) -> (items: [PythonValue], depth: Int) {
+    /// Pops everything above the last mark, with their shapes merged.
+    mutating func popToMark() throws(PickleError) -> (items: [PythonValue], shape: Shape) {
         guard let m = marks.popLast() else { throw fail("no mark on the pickle stack") }
         guard m <= stack.count else { throw fail("pickle mark above the stack") }
         for i in m..<stack.count { forget(slot: i) }
         let items = Array(stack[m...])
-        let depth = depths[m...].max() ?? 0
+        let shape = shapes[m...].reduce(Shape.nothing) { $0.merged($1) }
         stack.removeSubrange(m...)
-        depths.removeSubrange(m...)
+        shapes.removeSubrange(m...)
         slotMemo.removeSubrange(m...)
-        return (items, depth)
+        return (items, shape)
     }
 
     /// The value at stack position `slot` leaves the stack: the memo entries naming it take its value.
@@ -199,23 +229,23 @@ private struct Machine {
         var r = slotMemo[slot]
         while r >= 0 {
             memo[r] = stack[slot]
-            memoDepth[r] = depths[slot]
+            memoShape[r] = shapes[slot]
             memoSlot[r] = -1
             r = memoNext[r]
         }
     }
 
-    /// Takes the top of the stack out for changing it in place (no copy), then puts it back; `adding`
-    /// is the depth of the deepest value put into it.
+    /// Takes the top of the stack out for changing it in place (no copy), then puts it back; `adding` is
+    /// the shape of the values put into it.
     mutating func withTop(
-        adding inner: Int = -1,
+        adding inner: Shape,
         _ body: (inout PythonValue) throws(PickleError) -> Void
     ) throws(PickleError) {
         guard !stack.isEmpty else { throw fail("pickle stack underflow") }
-        if inner >= depths[depths.count - 1] {
-            guard inner < limits.maxDepth else { throw fail("pickle nested deeper than \(limits.maxDepth)") }
-            depths[depths.count - 1] = inner + 1
-        }
+        let top = shapes[shapes.count - 1]
+        let grown = Shape(depth: max(top.depth, inner.depth + 1), size: Shape.sum(top.size, inner.size))
+        try check(grown)
+        shapes[shapes.count - 1] = grown
         var v = stack[stack.count - 1]
         stack[stack.count - 1] = .none
         defer { stack[stack.count - 1] = v }
@@ -227,7 +257,7 @@ private struct Machine {
         guard index < limits.maxMemo else { throw fail("pickle memo index \(index) over \(limits.maxMemo)") }
         while index >= memo.count {  // MEMOIZE grows by one; BINPUT may skip (bounded by maxMemo above)
             memo.append(nil)
-            memoDepth.append(0)
+            memoShape.append(.scalar)
             memoSlot.append(-1)
             memoNext.append(-1)
         }
@@ -250,8 +280,8 @@ private struct Machine {
         slotMemo[slot] = index
     }
 
-    /// The value memoized at `index`, and how deeply it nests.
-    mutating func memoGet(_ index: Int) throws(PickleError) -> (value: PythonValue, depth: Int) {
+    /// The value memoized at `index`, and its shape.
+    mutating func memoGet(_ index: Int) throws(PickleError) -> (value: PythonValue, shape: Shape) {
         guard index < memo.count else { throw fail("pickle memo \(index) is empty") }
         let slot = memoSlot[index]
         if slot >= 0 {
@@ -263,10 +293,10 @@ private struct Machine {
                 default: break
                 }
             }
-            return (stack[slot], depths[slot])
+            return (stack[slot], shapes[slot])
         }
         guard let v = memo[index] else { throw fail("pickle memo \(index) is empty") }
-        return (v, memoDepth[index])
+        return (v, memoShape[index])
     }
 
     mutating func global(_ module: String, _ name: String) throws(PickleError) -> PythonValue {
@@ -335,34 +365,34 @@ private struct Machine {
             case 0x96: try push(.bytearray(Array(try take(try length(UInt64.self)))))
             case 0x29: try push(.tuple([]))
             case 0x85:
-                let a = try popWithDepth()
-                try push(.tuple([a.value]), holding: a.depth)
+                let a = try popWithShape()
+                try push(.tuple([a.value]), holding: a.shape)
             case 0x86:
-                let b = try popWithDepth()
-                let a = try popWithDepth()
-                try push(.tuple([a.value, b.value]), holding: max(a.depth, b.depth))
+                let b = try popWithShape()
+                let a = try popWithShape()
+                try push(.tuple([a.value, b.value]), holding: a.shape.merged(b.shape))
             case 0x87:
-                let c = try popWithDepth()
-                let b = try popWithDepth()
-                let a = try popWithDepth()
-                try push(.tuple([a.value, b.value, c.value]), holding: max(a.depth, b.depth, c.depth))
+                let c = try popWithShape()
+                let b = try popWithShape()
+                let a = try popWithShape()
+                try push(.tuple([a.value, b.value, c.value]), holding: a.shape.merged(b.shape).merged(c.shape))
             case 0x74:
-                let (items, depth) = try popToMark()
-                try push(.tuple(items), holding: depth)
+                let (items, shape) = try popToMark()
+                try push(.tuple(items), holding: shape)
             case 0x5d: try push(.list([]))
             case 0x61:  // APPEND
-                let (x, depth) = try popWithDepth()
+                let (x, shape) = try popWithShape()
                 let at = pos
-                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
                     guard case .list(var l) = v else { throw PickleError("APPEND to a non-list", at: at) }
                     v = .none
                     l.append(x)
                     v = .list(l)
                 }
             case 0x65:  // APPENDS
-                let (xs, depth) = try popToMark()
+                let (xs, shape) = try popToMark()
                 let at = pos
-                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
                     guard case .list(var l) = v else { throw PickleError("APPENDS to a non-list", at: at) }
                     v = .none
                     l.append(contentsOf: xs)
@@ -370,20 +400,20 @@ private struct Machine {
                 }
             case 0x7d: try push(.dict([]))
             case 0x73:  // SETITEM
-                let (value, vd) = try popWithDepth()
-                let (k, kd) = try popWithDepth()
+                let (value, vd) = try popWithShape()
+                let (k, kd) = try popWithShape()
                 let at = pos
-                try withTop(adding: max(kd, vd)) { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: kd.merged(vd)) { (v: inout PythonValue) throws(PickleError) in
                     guard case .dict(var d) = v else { throw PickleError("SETITEM on a non-dict", at: at) }
                     v = .none
                     Self.set(&d, k, value)
                     v = .dict(d)
                 }
             case 0x75:  // SETITEMS
-                let (kv, depth) = try popToMark()
+                let (kv, shape) = try popToMark()
                 guard kv.count % 2 == 0 else { throw fail("SETITEMS with an odd number of items") }
                 let at = pos
-                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
                     guard case .dict(var d) = v else { throw PickleError("SETITEMS on a non-dict", at: at) }
                     v = .none
                     for i in stride(from: 0, to: kv.count, by: 2) { Self.set(&d, kv[i], kv[i + 1]) }
@@ -391,26 +421,26 @@ private struct Machine {
                 }
             case 0x8f: try push(.set([]))
             case 0x90:  // ADDITEMS
-                let (xs, depth) = try popToMark()
+                let (xs, shape) = try popToMark()
                 let at = pos
-                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
                     guard case .set(var s) = v else { throw PickleError("ADDITEMS to a non-set", at: at) }
                     v = .none
                     for x in xs where !s.contains(x) { s.append(x) }
                     v = .set(s)
                 }
             case 0x91:
-                let (items, depth) = try popToMark()
-                try push(.frozenset(items), holding: depth)
+                let (items, shape) = try popToMark()
+                try push(.frozenset(items), holding: shape)
             case 0x94: try memoize(memo.count)
             case 0x71: try memoize(Int(try byte()))
             case 0x72: try memoize(try length(UInt32.self))
             case 0x68:
-                let (v, depth) = try memoGet(Int(try byte()))
-                try push(v, depth: depth)
+                let (v, shape) = try memoGet(Int(try byte()))
+                try push(v, shape: shape)
             case 0x6a:
-                let (v, depth) = try memoGet(try length(UInt32.self))
-                try push(v, depth: depth)
+                let (v, shape) = try memoGet(try length(UInt32.self))
+                try push(v, shape: shape)
             case 0x93:  // STACK_GLOBAL
                 guard case .string(let name) = try pop(), case .string(let module) = try pop() else {
                     throw fail("STACK_GLOBAL needs two str")
@@ -421,32 +451,32 @@ private struct Machine {
                 let name = try line()
                 try push(try global(module, name))
             case 0x52:  // REDUCE
-                let (argsValue, depth) = try popWithDepth()
+                let (argsValue, shape) = try popWithShape()
                 guard case .tuple(let args) = argsValue else { throw fail("REDUCE arguments are not a tuple") }
                 let callable = try pop()
                 try checkCallable(callable)
                 // `set([...])` and `list([...])` become the container itself; other calls hold the tuple.
                 let v = try call(callable, args, viaNew: false)
-                if case .object = v { try push(v, holding: depth) } else { try push(v, depth: depth) }
+                if case .object = v { try push(v, holding: shape) } else { try push(v, shape: shape) }
             case 0x81:  // NEWOBJ
-                let (argsValue, depth) = try popWithDepth()
+                let (argsValue, shape) = try popWithShape()
                 guard case .tuple(let args) = argsValue else { throw fail("NEWOBJ arguments are not a tuple") }
                 let cls = try pop()
                 try checkCallable(cls)
-                try push(try call(cls, args, viaNew: true), holding: depth)
+                try push(try call(cls, args, viaNew: true), holding: shape)
             case 0x92:  // NEWOBJ_EX
-                let (kwargs, kd) = try popWithDepth()
-                let (argsValue, ad) = try popWithDepth()
+                let (kwargs, kd) = try popWithShape()
+                let (argsValue, ad) = try popWithShape()
                 guard case .tuple(let args) = argsValue else { throw fail("NEWOBJ_EX arguments are not a tuple") }
                 let cls = try pop()
                 try checkCallable(cls)
                 var o = PythonObject(callable: cls, args: args, viaNew: true)
                 if case .dict(let kw) = kwargs, !kw.isEmpty { o.state = .dict(kw) }
-                try push(.object(o), holding: max(kd, ad))
+                try push(.object(o), holding: kd.merged(ad))
             case 0x62:  // BUILD
-                let (state, depth) = try popWithDepth()
+                let (state, shape) = try popWithShape()
                 let at = pos
-                try withTop(adding: depth) { (v: inout PythonValue) throws(PickleError) in
+                try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
                     guard case .object(var o) = v else {
                         throw PickleError("BUILD on a value that is not an object", at: at)
                     }

@@ -2,6 +2,7 @@ import Foundation
 import MultiprocessingFuzzTargets
 import MultiprocessingTestSupport
 import Testing
+import Threading
 
 /// Every fuzz target (`FuzzTargets.all`: the pickle reader, manager requests, connection frames, the
 /// pool's frames, the message codec and, with the PostgreSQL trait, the reading session's decoders) run on
@@ -10,7 +11,9 @@ import Testing
 /// `MP_FUZZ_ITERATIONS` how many, and `MP_FUZZ_SAVE=DIR` writes each input to DIR/TARGET before running
 /// it, so that the one a crash stopped at is there to replay (`scripts/fuzz TARGET` under libFuzzer, or a
 /// test). The long runs are libFuzzer's (`scripts/fuzz TARGET SECONDS`; TESTING.md).
-@Suite struct FuzzTests {
+/// Serialized, and each run on a thread of its own: a CPU-bound loop on the cooperative pool (two threads
+/// here) would starve the async tests running beside it.
+@Suite(.serialized) struct FuzzTests {
     static let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fuzz/Corpus")
 
@@ -24,14 +27,20 @@ import Testing
     }
 
     @Test(arguments: FuzzTargets.all.keys.sorted())
-    func decoderSurvivesMutationsOfItsCorpus(target: String) throws {
+    func decoderSurvivesMutationsOfItsCorpus(target: String) async throws {
         let run = try #require(FuzzTargets.all[target])
-        let environment = ProcessInfo.processInfo.environment
-        let seed = environment["MP_FUZZ_SEED"].flatMap { UInt64($0) } ?? 0x5EED
-        let iterations = environment["MP_FUZZ_ITERATIONS"].flatMap { Int($0) } ?? 4_000
-        let save = environment["MP_FUZZ_SAVE"].map { "\($0)/\(target)" }
         let seeds = Self.seeds(target)
         #expect(!seeds.isEmpty, "no corpus for \(target): run scripts/fuzz seeds")
+        try await background { self.fuzz(target, run, seeds) }.value
+    }
+
+    /// Runs `run` on `seeds`, then on seeded mutations of them (on a thread of its own: no expectations
+    /// here; what fails is a trap, which stops the process).
+    func fuzz(_ target: String, _ run: @Sendable ([UInt8]) -> Void, _ seeds: [[UInt8]]) {
+        let environment = ProcessInfo.processInfo.environment
+        let seed = environment["MP_FUZZ_SEED"].flatMap { UInt64($0) } ?? 0x5EED
+        let iterations = environment["MP_FUZZ_ITERATIONS"].flatMap { Int($0) } ?? 1_000
+        let save = environment["MP_FUZZ_SAVE"].map { "\($0)/\(target)" }
         print("fuzz \(target): seed \(seed), \(iterations) inputs from \(seeds.count) seeds")
         var rng = SplitMix64(state: seed)
         for s in seeds { run(s) }

@@ -1,6 +1,7 @@
 import Foundation
 import MultiprocessingTestSupport
 import Testing
+import Threading
 
 /// A manager server in a process of its own (`mp-test-helper manager-server [NOFILE]`): started, its port
 /// read, and reaped by `finish`. Its standard error (the server's log) goes to the same pipe.
@@ -79,7 +80,7 @@ struct HostileClientTests {
     /// holds the key: each is refused with an error naming the depth limit, and the server goes on
     /// serving. A list nested 150 deep (within the limit of 200) is stored, then released by `decref` (it used to be
     /// the `decref` of a proxy that killed the server).
-    @Test func aTooDeepRequestIsAnErrorAndTheServerGoesOn() throws {
+    @Test func aTooDeepRequestIsAnErrorAndTheServerGoesOn() async throws {
         let server = try ServerProcess(["manager-server"])
         let script =
             rawRequests + "\n" + """
@@ -94,8 +95,10 @@ struct HostileClientTests {
                 print('alive', call(request('dummy', b''))[0])
                 print('shutdown', call(request('shutdown', b''))[0])
                 """
-        let (code, out) = try runPython(script, ["\(server.port)"], timeout: 240)
-        let ended = server.finish()
+        let (code, out, ended) = try await background {
+            let (code, out) = try runPython(script, ["\(server.port)"], timeout: 240)
+            return (code, out, server.finish())
+        }.value
         #expect(code == 0, "\(out)")
         let lines = out.split(separator: "\n").map(String.init)
         for n in ["100000", "1000000"] {
@@ -118,14 +121,13 @@ struct HostileClientTests {
         ("manager-server", "out of file descriptors"),
         ("listener-server", "exhausted: MultiprocessingError.resourceExhausted"),
     ])
-    func aServerOutOfDescriptorsRefusesPromptlyAndRecovers(server kind: String, logged: String) throws {
+    func aServerOutOfDescriptorsRefusesPromptlyAndRecovers(server kind: String, logged: String) async throws {
         let server = try ServerProcess([kind, "64"])
-        let (code, out) = try runPython(
-            exhaustionScript(manager: kind == "manager-server"),
-            ["\(server.port)"],
-            timeout: 240
-        )
-        let ended = server.finish()
+        let script = exhaustionScript(manager: kind == "manager-server")
+        let (code, out, ended) = try await background {
+            let (code, out) = try runPython(script, ["\(server.port)"], timeout: 240)
+            return (code, out, server.finish())
+        }.value
         #expect(code == 0, "\(out)")
         #expect(out.contains("stuck 0"), "\(out)")
         #expect(out.contains("refused 0") == false, "the limit was never reached: \(out)")

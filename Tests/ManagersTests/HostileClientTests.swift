@@ -9,6 +9,8 @@ final class ServerProcess: @unchecked Sendable {  // used by one test at a time
     let process = Foundation.Process()
     let out = Pipe()
     let port: Int
+    /// Signalled when the process exits (its termination handler).
+    private let exited = DispatchSemaphore(value: 0)
 
     init(_ arguments: [String]) throws {
         guard let helper = testHelperExecutable() else { throw CocoaError(.fileNoSuchFile) }
@@ -16,6 +18,7 @@ final class ServerProcess: @unchecked Sendable {  // used by one test at a time
         process.arguments = arguments
         process.standardOutput = out
         process.standardError = out
+        process.terminationHandler = { [exited] _ in exited.signal() }
         try process.run()
         var line = ""
         repeat { line = out.fileHandleForReading.availableLine() } while !line.isEmpty && !line.hasPrefix("port ")
@@ -32,9 +35,10 @@ final class ServerProcess: @unchecked Sendable {  // used by one test at a time
     func finish(
         timeout: TimeInterval = 60
     ) -> (status: Int32, reason: Foundation.Process.TerminationReason, out: String) {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if exited.wait(timeout: .now() + timeout) == .timedOut {
+            kill(process.processIdentifier, SIGKILL)
+            exited.wait()
+        }
         process.waitUntilExit()
         let rest = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         return (process.terminationStatus, process.terminationReason, rest)

@@ -1,4 +1,6 @@
 import Foundation
+import Multiprocessing
+import MultiprocessingNetwork
 import MultiprocessingTestSupport
 import Testing
 import Threading
@@ -142,5 +144,49 @@ struct ShutdownTests {
             }
         }
         return failures
+    }
+}
+
+/// A served object that shuts its own server down from inside a call (as CPython's `shutdown` request
+/// does, but through a method): the call runs on the client's thread.
+final class StopObject: ManagedObject, @unchecked Sendable {  // `server` is set once, before any call
+    weak var server: ManagerServer?
+    var exposed: [String] { ["stop"] }
+    func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
+        .bool(server?.shutdown(timeout: .seconds(30)) ?? false)
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct ShutdownPathTests {
+    /// A client still in the authkey handshake (connected, silent) does not hold shutdown up for the
+    /// listener's 10 s handshake limit: it is cut at once. (Before, shutdown waited it out and reported
+    /// that clients had not taken their replies.)
+    @Test func aClientInTheHandshakeIsCutAtShutdown() async throws {
+        let server = try ManagerServer(authkey: Array("abc".utf8))
+        try server.start()
+        let silent = try connect(to: server.address, authkey: nil)  // never answers the challenge
+        // Wait until the server's thread for it is in the handshake (it sent the challenge).
+        _ = try silent.recvBytes(timeout: .seconds(10))
+        let drained = try await background { server.shutdown(timeout: .seconds(5)) }.value
+        #expect(drained, "shutdown waited for a client in the handshake")
+        #expect(throws: (any Error).self) { try silent.recvBytes(timeout: .seconds(10)) }  // cut
+        silent.close()
+    }
+
+    /// `shutdown` called by a served object, on the client's own thread, does not wait for that thread:
+    /// the call's reply goes out, and the server has shut down.
+    @Test func aServedObjectCanShutItsServerDown() async throws {
+        let server = try ManagerServer(authkey: Array("abc".utf8))
+        let stopper = StopObject()
+        stopper.server = server
+        server.register("Stopper", shared: stopper)
+        try server.start()
+        let reply = try await background { () throws -> PythonValue in
+            let client = try ManagerClient(address: server.address, authkey: Array("abc".utf8))
+            return try client.create("Stopper").call("stop", timeout: .seconds(30))
+        }.value
+        #expect(reply == .bool(false))  // it could not wait for its own thread: not drained yet
+        #expect(try await background { server.wait(timeout: .seconds(30)) }.value)
     }
 }

@@ -44,6 +44,9 @@ public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Co
         public static let invalidState = Code("invalidState")
         /// A system call failed; see ``MultiprocessingError/errno``.
         public static let system = Code("system")
+        /// A `main.swift` program started a process before calling `bootstrap()`: its workers would not
+        /// have the variables declared in `main.swift`. The message says where the call goes.
+        public static let bootstrapRequired = Code("bootstrapRequired")
         /// The system refused a resource it may give later: descriptors (`EMFILE`, `ENFILE`), memory
         /// (`ENOMEM`, `ENOBUFS`) or threads. Nothing is lost; the call can be tried again once some are
         /// freed. ``MultiprocessingError/errno`` says which.

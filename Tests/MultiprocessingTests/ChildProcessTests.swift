@@ -282,6 +282,45 @@ struct ChildProcessTests {
     }
 }
 
+@Suite(.timeLimit(.minutes(1)))
+struct JobWithoutRunTests {
+    /// `struct J: Job {}` compiles (the two `run()`s have defaults that call each other); running it
+    /// fails at once with a message naming the type, in this process and in a child.
+    @Test func aJobWithoutRunFailsAtOnceInsteadOfRecursing() async throws {
+        do {
+            let _: Void = try await NoRunJob().run()
+            Issue.record("a job without run() ran")
+        } catch let e as MultiprocessingError {
+            #expect(e.code == .unsupportedJob)
+            #expect(e.message.contains("NoRunJob implements neither"))
+        }
+        let p = ChildProcess(job: NoRunJob())
+        try p.start()
+        let outcome = try await background { Result { try p.result(timeout: .seconds(30)) } }.value
+        guard case .failure(let error) = outcome else {
+            Issue.record("the child ran it")
+            return
+        }
+        #expect("\(error)".contains("NoRunJob implements neither"), "\(error)")
+        _ = try await background { try p.join(timeout: .seconds(30)) }.value
+    }
+
+    /// A job that implements only the `Void` `run()` runs it, and one that runs another job from its
+    /// own `run()` is not mistaken for one without.
+    @Test func jobsThatImplementOneRunAreUnaffected() async throws {
+        let _: Void = try await VoidRunner(inner: 3).run()
+        let out: NoOutput = try await VoidRunner(inner: 3).run()
+        #expect(out == NoOutput())
+    }
+}
+
+struct VoidRunner: Job {
+    let inner: Int
+    func run() async throws {
+        if inner > 0 { let _: Void = try await VoidRunner(inner: inner - 1).run() }
+    }
+}
+
 private struct PrivateJob: Job { func run() -> Int { 1 } }
 
 extension String {

@@ -198,3 +198,6 @@ struct Collector: Job {
         }
     }
 }
+
+/// A job that implements neither `run()` (issue 25: this used to compile and recurse for ever).
+struct NoRunJob: Job {}

@@ -1,4 +1,8 @@
 import Foundation
+import Multiprocessing
+
+// Workers run this file down to here (its jobs live in the other files).
+bootstrap()
 
 // bench SUITE [workload ...]   — prints RESULT/INFO lines like the Python anchors in shared/bench/python.
 let args = CommandLine.arguments.dropFirst()

@@ -4,6 +4,11 @@
 import Glibc
 import Multiprocessing
 
+// WORKERSTART_ENTRY picks how workers enter: `bootstrap` (default: the workers run this file down to
+// `bootstrap()`, as a main.swift program must) or `before-main` (from the load-time constructor).
+let entry = getenv("WORKERSTART_ENTRY").map { String(cString: $0) } ?? "bootstrap"
+if entry == "before-main" { WorkerStart.entry = .beforeMain } else { bootstrap() }
+
 struct Ready: Job {
     let connection: Connection
     func run() throws -> Int {
@@ -17,6 +22,11 @@ func now() -> Double {
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
+
+// What the check for a main.swift program costs, once per program: reading the symbol table.
+let s0 = now()
+let topLevel = WorkerStart.programHasTopLevelCode
+let checkMilliseconds = (now() - s0) * 1e3
 
 var times: [Double] = []
 for i in 0..<51 {
@@ -33,7 +43,10 @@ times.sort()
 let loadsFoundation =
     (try? String(decoding: readAll("/proc/self/maps"), as: UTF8.self).contains("libFoundation")) ?? false
 print("RESULT worker_ready_pool_only_swift \(f2(times[times.count / 2])) ms")
-print("INFO min=\(f2(times.first!)) max=\(f2(times.last!)) n=\(times.count) foundation_loaded=\(loadsFoundation)")
+print(
+    "INFO entry=\(entry) min=\(f2(times.first!)) max=\(f2(times.last!)) n=\(times.count) foundation_loaded=\(loadsFoundation)"
+)
+print("INFO main_swift_check=\(f2(checkMilliseconds)) ms top_level_code=\(topLevel)")
 
 func readAll(_ path: String) throws -> [UInt8] {
     let fd = open(path, O_RDONLY)

@@ -144,6 +144,32 @@ final class ExecutableSymbols: Sendable {
     }
 
     private init?(path: String) {
+        guard
+            let found = ELFSymbolTable.withTable(
+                path,
+                { table in
+                    var entries: [(start: Int, end: Int, name: String)] = []
+                    table.forEachFunction { start, end, name in entries.append((start, end, String(cString: name))) }
+                    return entries
+                }
+            ), !found.isEmpty
+        else { return nil }
+        let entries = found.sorted { $0.start < $1.start }
+        starts = entries.map(\.start)
+        ends = entries.map(\.end)
+        names = entries.map(\.name)
+    }
+}
+
+/// The static symbol table (`.symtab`) of an ELF64 little-endian executable, mapped for one read.
+struct ELFSymbolTable {
+    private let file: UnsafeRawBufferPointer
+    private let symbols: Range<Int>
+    private let strings: Range<Int>
+
+    /// Maps `path` and calls `body` with its symbol table; `nil` when the file cannot be read, is not
+    /// ELF64 little-endian (x86-64 and arm64 Linux) or has no symbol table (it was stripped).
+    static func withTable<R>(_ path: String, _ body: (ELFSymbolTable) -> R) -> R? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -152,11 +178,16 @@ final class ExecutableSymbols: Sendable {
         let size = Int(st.st_size)
         guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), base != MAP_FAILED else { return nil }
         defer { munmap(base, size) }
-        let file = UnsafeRawBufferPointer(start: base, count: size)
+        guard let table = ELFSymbolTable(UnsafeRawBufferPointer(start: base, count: size)) else { return nil }
+        return body(table)
+    }
+
+    private init?(_ file: UnsafeRawBufferPointer) {
+        self.file = file
+        let size = file.count
         func u16(_ o: Int) -> Int { Int(file.loadUnaligned(fromByteOffset: o, as: UInt16.self)) }
         func u32(_ o: Int) -> Int { Int(file.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
         func u64(_ o: Int) -> Int { Int(truncatingIfNeeded: file.loadUnaligned(fromByteOffset: o, as: UInt64.self)) }
-        // ELF64, little-endian only (x86-64 and arm64 Linux).
         guard file[0] == 0x7f, file[1] == 0x45, file[2] == 0x4c, file[3] == 0x46, file[4] == 2, file[5] == 1 else {
             return nil
         }
@@ -176,24 +207,53 @@ final class ExecutableSymbols: Sendable {
         let strHeader = shoff + symtab.link * shentsize
         let strOffset = u64(strHeader + 24)
         let strSize = u64(strHeader + 32)
-        guard symtab.offset + symtab.size <= size, strOffset + strSize <= size else { return nil }
-        var entries: [(start: Int, end: Int, name: String)] = []
-        var o = symtab.offset
-        while o + 24 <= symtab.offset + symtab.size {
+        guard symtab.offset >= 0, symtab.size >= 0, strOffset >= 0, strSize >= 0,
+            symtab.offset + symtab.size <= size, strOffset + strSize <= size
+        else { return nil }
+        symbols = symtab.offset..<(symtab.offset + symtab.size)
+        strings = strOffset..<(strOffset + strSize)
+    }
+
+    /// Calls `body` with the start, end and NUL-terminated name of every function symbol.
+    func forEachFunction(_ body: (Int, Int, UnsafePointer<CChar>) -> Void) {
+        let file = self.file
+        func u32(_ o: Int) -> Int { Int(file.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+        func u64(_ o: Int) -> Int { Int(truncatingIfNeeded: file.loadUnaligned(fromByteOffset: o, as: UInt64.self)) }
+        let base = file.baseAddress!
+        var o = symbols.lowerBound
+        while o + 24 <= symbols.upperBound {
             let info = Int(file[o + 4])
             let value = u64(o + 8)
             let length = u64(o + 16)
             let nameAt = u32(o)
-            if info & 0xf == 2, value > 0, length > 0, nameAt < strSize {  // STT_FUNC
-                let p = base.advanced(by: strOffset + nameAt).assumingMemoryBound(to: CChar.self)
-                entries.append((value, value + length, String(cString: p)))
+            if info & 0xf == 2, value > 0, length > 0, nameAt < strings.count {  // STT_FUNC
+                body(
+                    value,
+                    value + length,
+                    base.advanced(by: strings.lowerBound + nameAt).assumingMemoryBound(to: CChar.self)
+                )
             }
             o += 24
         }
-        guard !entries.isEmpty else { return nil }
-        entries.sort { $0.start < $1.start }
-        starts = entries.map(\.start)
-        ends = entries.map(\.end)
-        names = entries.map(\.name)
+    }
+
+    /// Whether some symbol's name contains `fragment` (a search of the string table, not of the code).
+    func anyName(contains fragment: String) -> Bool {
+        guard !strings.isEmpty else { return false }
+        let base = file.baseAddress!.advanced(by: strings.lowerBound)
+        let end = base.advanced(by: strings.count)
+        return fragment.utf8CString.withUnsafeBufferPointer { f in
+            let needle = f.count - 1  // without the NUL
+            guard needle > 0 else { return true }
+            let first = Int32(UInt8(bitPattern: f[0]))
+            var p = base
+            while end - p >= needle {
+                guard let hit = memchr(p, first, end - p) else { return false }
+                if end - UnsafeRawPointer(hit) < needle { return false }
+                if memcmp(hit, f.baseAddress!, needle) == 0 { return true }
+                p = UnsafeRawPointer(hit) + 1
+            }
+            return false
+        }
     }
 }

@@ -35,7 +35,12 @@ public final class ProcessPool: Sendable {
     public let workerCount: Int
 
     /// Starts `workers` processes (default: the CPUs this process may use) — Python's `Pool(processes)`.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/bootstrapRequired`` in a `main.swift` program that has not
+    ///   called ``bootstrap()``; ``MultiprocessingError/Code/spawnFailed`` and others when a worker cannot
+    ///   be started.
     public init(workers: Int? = nil, options: ProcessPoolOptions = ProcessPoolOptions()) throws {
+        try WorkerStart.checkProgramIsReady()
         workerCount = max(1, workers ?? Processes.cpuCount)
         core = try PoolCore(size: workerCount, options: options, initializer: nil)
     }
@@ -45,6 +50,7 @@ public final class ProcessPool: Sendable {
     /// happening the pool is reported broken rather than respawning workers forever.
     public init<I: Job>(workers: Int? = nil, initializer: I, options: ProcessPoolOptions = ProcessPoolOptions()) throws
     {
+        try WorkerStart.checkProgramIsReady()
         workerCount = max(1, workers ?? Processes.cpuCount)
         let name = try JobIdentity.name(of: I.self)
         let payload = try BinaryEncoder().encode(initializer)

@@ -45,7 +45,9 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
     ///
     /// - Throws: ``MultiprocessingError/Code/unsupportedJob`` for a private or local job type,
     ///   ``MultiprocessingError/Code/encodingFailed``, ``MultiprocessingError/Code/spawnFailed``, or
-    ///   ``MultiprocessingError/Code/invalidState`` on a second call.
+    ///   ``MultiprocessingError/Code/invalidState`` on a second call, or
+    ///   ``MultiprocessingError/Code/bootstrapRequired`` in a `main.swift` program that has not called
+    ///   ``bootstrap()``.
     public func start() throws {
         let typeName = try JobIdentity.name(of: J.self)
         let (payload, fds) = try MessageCodec.encode(job)

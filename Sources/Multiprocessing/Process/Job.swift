@@ -42,15 +42,35 @@ public protocol Job: Codable, Sendable {
 
 extension Job {
     /// Runs the job and drops its result.
-    public func run() async throws { let _: Output = try await run() }
+    public func run() async throws {
+        // Reached from the default below for the same type: the type implements neither `run()`, and
+        // the two defaults would call each other for ever.
+        if Output.self == NoOutput.self, JobDefaults.enteredDefault == ObjectIdentifier(Self.self) {
+            throw MultiprocessingError(
+                .unsupportedJob,
+                "\(Self.self) implements neither `func run() -> Output` nor `func run()`: a Job implements one of them"
+            )
+        }
+        let _: Output = try await run()
+    }
 }
 
 extension Job where Output == NoOutput {
     /// Runs a job that returns nothing.
     public func run() async throws -> NoOutput {
-        let _: Void = try await run()
+        // A type that implements `run()` never reaches the other default, so the mark cannot be misread
+        // by a job that runs other jobs.
+        try await JobDefaults.$enteredDefault.withValue(ObjectIdentifier(Self.self)) {
+            let _: Void = try await run()
+        }
         return NoOutput()
     }
+}
+
+/// Tells the two default `run()`s of ``Job`` apart from a type's own.
+enum JobDefaults {
+    /// The job type whose `run() -> NoOutput` default is running in this task.
+    @TaskLocal static var enteredDefault: ObjectIdentifier?
 }
 
 /// The `Output` of a job that returns nothing (`Void` is not `Codable`).

@@ -49,6 +49,29 @@ public enum WorkerStart {
             + "declarations (workers then run main.swift down to it), or move them to another file"
     }
 
+    /// Refuses to start a worker that would run a job without `main.swift`'s variables: the program has
+    /// top-level code (no `@main` type), did not call ``bootstrap()``, and left ``entry`` at
+    /// ``WorkerEntry/automatic``. Such a worker would read those variables as zeroed memory — `0`, `""`,
+    /// or a crash — so the start fails with ``MultiprocessingError/Code/bootstrapRequired`` instead,
+    /// every time, whether or not any job reads them (CPython refuses the same program under spawn).
+    static func checkProgramIsReady() throws(MultiprocessingError) {
+        guard entry == .automatic, !calledBootstrap.load(ordering: .relaxed), ProgramShape.hasTopLevelCode
+        else { return }
+        throw MultiprocessingError(
+            .bootstrapRequired,
+            "this program starts a process from main.swift before calling bootstrap(), so its workers would "
+                + "not have main.swift's variables (they would read as 0, \"\" or crash). Add the line "
+                + "`bootstrap()` to main.swift after the declarations your jobs use and before the first line "
+                + "that starts a process (Python's `if __name__ == \"__main__\":`); or, if no job reads "
+                + "main.swift's variables, set `WorkerStart.entry = .beforeMain` first"
+        )
+    }
+
+    /// Whether this program's `main` is `main.swift`'s top-level code, as its symbol table shows (no
+    /// `@main` type). Such a program calls ``bootstrap()`` before it starts a process. Read once, from the
+    /// executable's symbol table (`false` when it has none).
+    public static var programHasTopLevelCode: Bool { ProgramShape.hasTopLevelCode }
+
     /// The executable workers run: this program (`/proc/self/exe` resolved).
     public static var executablePath: String { executable }
 
@@ -58,6 +81,16 @@ public enum WorkerStart {
         return n > 0
             ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
     }()
+}
+
+/// What kind of program this is, read once from its executable's symbol table.
+enum ProgramShape {
+    /// The program's `main` is `main.swift`'s top-level code: its symbol table names no `@main` type's
+    /// entry (`$main()`, mangled `…5$mainyy…`). `false` for `@main` programs, test runners, and
+    /// executables without a symbol table (stripped: then nothing can be told, and nothing is refused).
+    static let hasTopLevelCode: Bool =
+        ELFSymbolTable.withTable(WorkerStart.executable) { !$0.anyName(contains: "5$mainyy") }
+        ?? false
 }
 
 /// A started worker: its pid, a pidfd (its sentinel) and the parent's end of the fd-3 channel.
@@ -73,17 +106,21 @@ enum Spawner {
     ///   - stderr: a descriptor to become the worker's standard error (a pipe, for pools that keep
     ///   the tail of each worker's stderr), or `nil` to inherit this process's.
     ///   - environment: extra variables, used only where the environment does not set them already.
+    ///   - runsJobs: `false` for a helper process that runs no job of the program (the shared-memory
+    ///   tracker): it always starts before `main`, and needs no ``bootstrap()``.
     static func spawn(
         stderr: Int32? = nil,
         environment: [String: String] = [:],
-        dieWithParent: Bool = true
+        dieWithParent: Bool = true,
+        runsJobs: Bool = true
     ) throws -> SpawnedWorker {
         guard !ChildRegistry.exiting.load(ordering: .sequentiallyConsistent) else {
             throw MultiprocessingError(.spawnFailed, "the program is exiting: no new process is started")
         }
+        if runsJobs { try WorkerStart.checkProgramIsReady() }
         let (parentEnd, childEnd) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
         defer { Syscall.close(childEnd) }
-        let mode = WorkerStart.effectiveEntry == .bootstrap ? "b" : "c"
+        let mode = runsJobs && WorkerStart.effectiveEntry == .bootstrap ? "b" : "c"
         // Parent-death signal only when spawning from the main thread: PR_SET_PDEATHSIG fires when the
         // spawning *thread* exits, which would kill workers started from short-lived threads. EOF on fd 3
         // covers every case.

@@ -18,8 +18,10 @@ import Threading
 /// print(try pool.map(Scale(), [1, 2, 3]))
 /// ```
 ///
-/// A program that never calls it still works: its workers start before `main` and skip `main.swift`
-/// entirely (so a job must not read variables declared there).
+/// A `main.swift` program must call it before it starts a process: until it has,
+/// `ProcessPool(...)` and `ChildProcess.start()` throw ``MultiprocessingError/Code/bootstrapRequired``
+/// rather than start workers that would read `main.swift`'s variables as zeroed memory. Programs with
+/// `@main`, and test runners, need no call: their workers start before `main`.
 public func bootstrap() {
     if mp_worker_deferred() != 0 { WorkerRuntime.run(fd: 3) }
     WorkerStart.calledBootstrap.store(true, ordering: .relaxed)

@@ -152,7 +152,7 @@ enum SegmentTracker {
     static func register(_ name: String) throws {
         try state.withLock { running in
             if running == nil {
-                let w = try Spawner.spawn(environment: ["SWIFT_MP_TRACKER": "1"], dieWithParent: false)
+                let w = try Spawner.spawn(environment: ["SWIFT_MP_TRACKER": "1"], dieWithParent: false, runsJobs: false)
                 let handle = ProcessHandle(
                     pid: w.pid,
                     pidfd: w.pidfd,

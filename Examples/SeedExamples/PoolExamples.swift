@@ -3,6 +3,7 @@
 
 import Glibc
 public import Multiprocessing
+import Synchronization
 import Threading
 
 /// ```python
@@ -155,17 +156,18 @@ public struct SumSquares: SyncTaskFunction {
 public func poolWithProgress() async throws {
     let n = 10_000
     try await withProcessPool { pool in
+        let started = ContinuousClock.now
         let bar = Task { @Sendable in
             for await p in pool.progress(every: .milliseconds(100)) {
-                ProgressBar.draw(p)
-                if p.total > 0 && p.done == p.total { break }
+                if p.total > 0 && p.done == p.total { break }  // the finished frame is drawn below
+                ProgressBar.draw(p, elapsed: .now - started)
             }
         }
         let inputs = (0..<n).map { 150_000 + $0 % 500 }
         let results = try pool.mapResults(SumSquares(), inputs, chunksize: 50)
         _ = await bar.value
         let ok = results.filter { if case .success = $0 { true } else { false } }.count
-        ProgressBar.draw(pool.currentProgress, final: true)
+        ProgressBar.draw(pool.currentProgress, final: true, elapsed: .now - started)
         print("\(ok) of \(n) items done by \(pool.workerCount) workers")
         for w in pool.currentProgress.workers {
             print(
@@ -208,31 +210,19 @@ func fixed(_ x: Double, _ digits: Int) -> String {
     return digits == 0 ? "\(whole)" : "\(whole).\(String(repeating: "0", count: digits - frac.count))\(frac)"
 }
 
-/// A one-line terminal progress bar (redrawn in place on a terminal; printed every 25 % otherwise).
+/// A one-line progress bar of the whole pool on standard output, in the library's one format
+/// (``TerminalBar``): redrawn in place on a terminal, a line at each quarter otherwise.
 public enum ProgressBar {
-    nonisolated(unsafe) private static var lastQuarter = -1
-    private static let lock = Lock()
+    private static let bar = Mutex<TerminalBar?>(nil)
 
-    /// Draws `p` (nothing before the first item is submitted: no `0/0` frame). Piped, a frame is printed
-    /// at each new quarter, and the final one only if it is not the one printed last.
-    public static func draw(_ p: PoolProgress, final: Bool = false) {
+    /// Draws `p` (nothing before the first item is submitted: no `0/0` frame); `final` ends the bar.
+    public static func draw(_ p: PoolProgress, final: Bool = false, elapsed: Duration) {
         guard p.total > 0 else { return }
-        lock.withLock {
-            let width = 30
-            let filled = Int(p.fractionDone * Double(width))
-            let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
-            let eta = p.eta.map { " ETA \(ms($0))" } ?? ""
-            let line = "[\(bar)] \(p.done)/\(p.total) \(Int(p.rate)) tasks/s\(eta)"
-            if isatty(1) != 0 {
-                print("\r\(line)", terminator: final ? "\n" : "")
-                fflush(nil)
-            } else {
-                let quarter = Int(p.fractionDone * 4)
-                if quarter != lastQuarter {
-                    lastQuarter = quarter
-                    print(line)
-                }
-            }
+        let b = bar.withLock { b in
+            if b == nil { b = TerminalBar(unit: "tasks", fileDescriptor: 1) }
+            return b!
         }
+        fflush(nil)
+        b.draw(CallProgress(done: p.done, failed: p.failed, total: p.total, elapsed: elapsed, isFinished: final))
     }
 }

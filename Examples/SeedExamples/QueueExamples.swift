@@ -26,9 +26,12 @@ public struct SquareTask: Job {
 public struct QueueWorkerProcess: Job {
     public let database: String
     public let workers: Int
-    public init(database: String, workers: Int) {
+    /// Told `serving` once the worker stops on SIGTERM (before that, SIGTERM would kill it outright).
+    public let ready: Connection?
+    public init(database: String, workers: Int, ready: Connection? = nil) {
         self.database = database
         self.workers = workers
+        self.ready = ready
     }
     public func run() throws -> Int {
         let pool = try ProcessPool(workers: workers, options: ProcessPoolOptions(interrupt: .ignore))
@@ -39,6 +42,7 @@ public struct QueueWorkerProcess: Job {
             options: QueueWorkerOptions(pollInterval: .milliseconds(10), name: "worker-\(getpid())")
         )
         QueueWorker.stopOnSignals(worker)
+        try ready?.send("serving")
         return try worker.run()
     }
 }
@@ -49,21 +53,29 @@ public func durableQueue() throws {
     let path = "/tmp/mp-queue-demo-\(getpid()).sqlite"
     defer { for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) } }
     let queue = try JobQueue(DatabaseURL(sqlite: path))
-    let workers = (0..<2).map { _ in ChildProcess(job: QueueWorkerProcess(database: path, workers: 2)) }
+    let pipes = try (0..<2).map { _ in try makePipe() }
+    let workers = pipes.map { ChildProcess(job: QueueWorkerProcess(database: path, workers: 2, ready: $0.1)) }
     for w in workers { try w.start() }
+    // Each worker says when it is serving: from then on SIGTERM stops it cleanly (it finishes its jobs).
+    for (mine, theirs) in pipes {
+        theirs.close()
+        _ = try mine.recv(String.self, timeout: .seconds(30))
+    }
     var handles: [JobHandle<SquareTask>] = []
     for n in [5, 17, 3, 88, 41, 9, 60, 2, 73, 14] {
         print("Put task \(n)...")
         handles.append(try queue.enqueue(SquareTask(n: n)))
     }
     print("Try get results...")
-    var byWorker: [String: Int] = [:]
     for h in handles {
         print("Result: \(try h.result(timeout: .seconds(30)))")
-        if let w = try h.info()?.worker { byWorker[w, default: 0] += 1 }
     }
     for w in workers { w.terminate() }
     let finished = try workers.map { try $0.result(timeout: .seconds(30)) }
-    print("workers finished \(finished.reduce(0, +)) jobs; \(byWorker.count) worker(s) took part")
+    // Which worker claims which job is a race, as in Python: one of the two may run them all.
+    print(
+        "\(workers.count) worker processes finished \(finished.reduce(0, +)) jobs between them "
+            + "(\(finished.map(String.init).joined(separator: " and ")))"
+    )
     print("queue: \(try queue.counts().map { "\($0.key.rawValue) \($0.value)" }.sorted().joined(separator: ", "))")
 }

@@ -63,7 +63,8 @@ public enum SeedExamples {
         ),
         ("manager-foo", "Foo(i, dic) in two processes on a manager's dict", .async { try await managerFoo() }),
         (
-            "distributed", "task_master/task_worker: queues served on port 5000 with authkey abc, a worker process",
+            "distributed",
+            "task_master/task_worker: queues served on a free TCP port (the notes' 5000) with authkey abc, a worker process",
             .async { try await distributedMasterWorker() }
         ),
         (

@@ -68,8 +68,10 @@ public struct JobInfo: Sendable, Hashable {
     public var maxAttempts: Int
     /// The worker that holds (or last held) it: `host:pid`.
     public var worker: String?
-    /// One line per failed attempt: `attempt N at <ms since epoch>: <error>`.
+    /// One line per failed attempt: `attempt N at <ISO-8601 UTC time> on <worker>: <error>`.
     public var errors: [String]
+    /// ``kind`` for people: `app.Square` for `3app6SquareV`.
+    public var typeName: String { readableTypeName(mangled: kind) }
 }
 
 /// A durable job queue in a database: SQLite (embedded, the default) or any `SQLConnection`.

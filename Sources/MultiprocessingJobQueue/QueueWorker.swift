@@ -624,9 +624,21 @@ public final class QueueWorker: Sendable {
                 let attempt = done.attempt
                 let maxAttempts = h?.maxAttempts ?? attempt
                 let line =
-                    "attempt \(attempt) at \(now) on \(name): \(Self.describe(error))"
+                    "attempt \(attempt) at \(QueueSchema.iso8601(ms: now)) on \(name): \(Self.describe(error))"
                     .split(separator: "\n").joined(separator: " ") + "\n"
-                if attempt < maxAttempts && (error as? JobQueueError)?.code.isFinal != true {
+                if let unknown = error as? JobQueueError, unknown.code == .unknownJob {
+                    // This program does not define the job's type; another worker's may. Hand the job back
+                    // without counting the attempt, and look again after the job's backoff.
+                    try c.execute(
+                        "UPDATE mp_jobs SET state = 'available', attempt = attempt - 1, run_at = \(d.parameter(3)), worker = NULL, lease_until = NULL \(fence)",
+                        key + [.int(now + (h?.backoffMs ?? 1000))]
+                    )
+                    telemetry.handedBack.increment()
+                    options.logger.warning(
+                        "a job's type is not defined in this program: handed back for a worker that defines it",
+                        metadata: ["job": "\(done.id)", "error": "\(unknown.message)"]
+                    )
+                } else if attempt < maxAttempts && (error as? JobQueueError)?.code.isFinal != true {
                     let base = Double(h?.backoffMs ?? 1000) * pow(2, Double(attempt - 1))
                     let wait = Int64(min(base, 3_600_000) * Double.random(in: 0.75...1.25))
                     try c.execute(
@@ -688,7 +700,10 @@ public final class QueueWorker: Sendable {
                 WHERE state = 'running' AND lease_until < \(d.parameter(1))
                 RETURNING queue, state
                 """,
-                [.int(now), .text(" at \(now) on "), .text(": lease expired (the worker stopped renewing it)\n")]
+                [
+                    .int(now), .text(" at \(QueueSchema.iso8601(ms: now)) on "),
+                    .text(": lease expired (the worker stopped renewing it)\n"),
+                ]
             ) { r in
                 rescued += 1
                 if r[1].textValue == "available", let q = r[0].textValue { requeued.insert(q) }
@@ -766,7 +781,7 @@ public final class QueueWorker: Sendable {
 
 /// The worker's metrics (swift-metrics; the program chooses the backend).
 struct QueueTelemetry: Sendable {
-    let claimed, completed, failed, retried, discarded, rescued, cancelled: Counter
+    let claimed, completed, failed, retried, discarded, rescued, cancelled, handedBack: Counter
     let duration, lag: CoreMetrics.Timer
     let running, buffer: Gauge
 
@@ -779,6 +794,7 @@ struct QueueTelemetry: Sendable {
         discarded = Counter(label: "mp_queue_jobs_discarded_total", dimensions: dims)
         rescued = Counter(label: "mp_queue_jobs_rescued_total", dimensions: dims)
         cancelled = Counter(label: "mp_queue_jobs_cancelled_total", dimensions: dims)
+        handedBack = Counter(label: "mp_queue_jobs_handed_back_total", dimensions: dims)
         duration = CoreMetrics.Timer(label: "mp_queue_job_duration", dimensions: dims)
         lag = CoreMetrics.Timer(label: "mp_queue_job_lag", dimensions: dims)
         running = Gauge(label: "mp_queue_jobs_running", dimensions: dims)

@@ -9,6 +9,18 @@ enum QueueSchema {
 
     /// Milliseconds since the epoch, the queue's clock (stored as BIGINT: comparable on every database,
     /// and the same in every process).
+    /// `2026-12-06T03:33:02.123Z`: a time in milliseconds since the epoch, as error histories show it.
+    static func iso8601(ms: Int64) -> String {
+        var seconds = time_t(ms / 1000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        let millis = Int(ms % 1000)
+        let frac = millis < 10 ? "00\(millis)" : millis < 100 ? "0\(millis)" : "\(millis)"
+        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):"
+            + "\(two(parts.tm_min)):\(two(parts.tm_sec)).\(frac)Z"
+    }
+
     static func nowMs() -> Int64 {
         var t = timespec()
         clock_gettime(CLOCK_REALTIME, &t)

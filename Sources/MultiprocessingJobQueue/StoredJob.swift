@@ -12,7 +12,8 @@ struct StoredJob: Job {
         guard let type = Self.resolve(kind) else {
             throw JobQueueError(
                 .unknownJob,
-                "this program has no job type \(kind): run the worker from the program that defines it"
+                "this program has no job type \(readableTypeName(mangled: kind)): run the worker from the "
+                    + "program that defines it"
             )
         }
         return try await Self.run(type, payload)

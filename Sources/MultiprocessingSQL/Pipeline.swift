@@ -82,11 +82,17 @@ public struct PipelineReport: Sendable, CustomStringConvertible {
     /// Chunks found done by an earlier run (skipped when planning or by a worker).
     public var chunksSkipped: Int
     public var elapsed: Duration
+    /// `1,000 rows read, 1,000 written in 10 chunks, 52,310 rows/s in 0.0 s`; a run that found every chunk
+    /// done says so: `nothing left to copy: 10 chunks were done by an earlier run`.
     public var description: String {
         let s = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        return "\(rowsRead) rows read, \(rowsWritten) written in \(chunksWritten) chunks"
-            + (chunksSkipped > 0 ? " (\(chunksSkipped) chunks done before)" : "")
-            + ", \(Int(Double(rowsRead) / max(s, 1e-9))) rows/s"
+        if chunksWritten == 0 && chunksSkipped > 0 {
+            return "nothing left to copy: \(ProgressFormat.count(chunksSkipped)) chunks were done by an earlier run"
+        }
+        return "\(ProgressFormat.count(rowsRead)) rows read, \(ProgressFormat.count(rowsWritten)) written in "
+            + "\(ProgressFormat.count(chunksWritten)) chunks"
+            + (chunksSkipped > 0 ? " (\(ProgressFormat.count(chunksSkipped)) chunks done before)" : "")
+            + ", \(ProgressFormat.rate(Double(rowsRead) / max(s, 1e-9), unit: "rows")) in \(ProgressFormat.duration(elapsed))"
     }
 }
 
@@ -155,9 +161,18 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
     /// - Parameter pool: the pool whose workers run the chunks (its size is the copy's parallelism).
     /// - Parameter progress: `.bar` for a terminal bar in rows, or a handler (its `CallProgress` counts
     ///   rows; the total is the source's row count, read at the start).
+    ///
+    /// A SQLite source that does not exist is an error (``SQLError/Kind/unavailable``) that creates
+    /// nothing: not the source, and not the sink.
     public func run(on pool: ProcessPool, progress: ProgressDisplay? = nil) throws -> PipelineReport {
         let started = ContinuousClock.now
         let runID = Self.newRunID()
+        if source.url.kind == .sqlite, source.url.database != ":memory:", access(source.url.database, F_OK) != 0 {
+            throw SQLError(
+                .unavailable,
+                "no SQLite database at \(source.url.database): a copy's source is never created"
+            )
+        }
         let sinkConnection = try Database.connect(sink, timeout: databaseTimeout)
         defer { sinkConnection.close() }
         try PipelineBookkeeping.prepare(sinkConnection)
@@ -265,12 +280,14 @@ final class ProgressCounter {  // used by the thread that runs the pipeline
     let total: Int?
     let started: ContinuousClock.Instant
     var done: Int
+    let already: Int
     var last = ContinuousClock.now - .seconds(1)
     let bar: TerminalBar?
     init(display: ProgressDisplay?, total: Int?, already: Int, started: ContinuousClock.Instant) {
         self.display = display
         self.total = total
         self.done = already
+        self.already = already
         self.started = started
         if case .bar = display { bar = TerminalBar(unit: "rows") } else { bar = nil }
     }
@@ -296,7 +313,8 @@ final class ProgressCounter {  // used by the thread that runs the pipeline
                 failed: 0,
                 total: total,
                 elapsed: now - started,
-                isFinished: finished
+                isFinished: finished,
+                doneBefore: already
             )
         )
     }

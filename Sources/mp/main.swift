@@ -18,8 +18,10 @@ struct MP: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mp",
         abstract: "swift-multiprocessing: the tutorial's programs, and its distributed master and worker.",
-        subcommands: [Demo.self, List.self, Master.self, Worker.self, ETL.self, QueueCommand.self],
-        defaultSubcommand: Demo.self
+        // The library's version (the README's `from: "0.1.0"`).
+        version: "swift-multiprocessing 0.1.0",
+        // No default subcommand: `mp bogus` is argument-parser's own error, not a demo program's name.
+        subcommands: [Demo.self, List.self, Master.self, Worker.self, ETL.self, QueueCommand.self]
     )
 }
 
@@ -66,7 +68,9 @@ struct List: ParsableCommand {
 
 /// The options `mp master` and `mp worker` share (names scripts rely on).
 struct Endpoint: ParsableArguments {
-    @Option(help: "The address to bind (master; empty: every interface) or to connect to (worker).")
+    @Option(
+        help: "The address the master binds (default: every interface) or the worker connects to (default: 127.0.0.1)."
+    )
     var host: String?
     @Option(help: "The TCP port.")
     var port: UInt16 = 5000

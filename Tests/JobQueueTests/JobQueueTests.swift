@@ -332,40 +332,63 @@ struct JobQueueTests {
 
     /// A stored job whose type this program lacks, or whose bytes are not its type, fails once and is
     /// discarded at once (running it again cannot help), with a message saying which; others flow.
-    @Test(arguments: TestBackend.enabled) func unknownAndMalformedJobsAreDiscardedWithoutRetries(
+    /// A malformed job is discarded at once; a job whose type this program does not define is handed
+    /// back, its attempt not counted (another worker's program may define it), and named readably.
+    @Test(arguments: TestBackend.enabled) func unknownJobsAreHandedBackAndMalformedOnesDiscarded(
         _ backend: TestBackend
     ) throws {
         try withScratchDatabase(backend) { db in
             let url = db.url
             let queue = try JobQueue(url)
-            let unknown = try queue.enqueue(Square(n: 1))
+            let unknown = try queue.enqueue(Square(n: 1), options: JobOptions(backoff: .seconds(3600)))
             let malformed = try queue.enqueue(Square(n: 2))
             let fine = try queue.enqueue(Square(n: 3))
             let c = try db.connect()
             let d = c.dialect
-            try c.execute("UPDATE mp_jobs SET kind = 'NoSuchJob' WHERE id = \(d.parameter(1))", [.int(unknown.id)])
+            // A type of another program (`app.Square`), as a queue shared by two programs holds.
+            try c.execute("UPDATE mp_jobs SET kind = '3app6SquareV' WHERE id = \(d.parameter(1))", [.int(unknown.id)])
             try c.execute(
                 "UPDATE mp_jobs SET payload = \(d.parameter(1)) WHERE id = \(d.parameter(2))",
                 [.blob([0xFF, 0x01]), .int(malformed.id)]
             )
+            func runAt() throws -> Int64 {
+                try c.scalar("SELECT run_at FROM mp_jobs WHERE id = \(d.parameter(1))", [.int(unknown.id)])?.intValue
+                    ?? 0
+            }
+            let enqueuedRunAt = try runAt()
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }
             let (worker, running) = try startWorker(url, pool)
             #expect(try fine.result(timeout: .seconds(30)) == 9)
-            for (h, expected) in [(unknown, "no job type NoSuchJob"), (malformed, "cannot be decoded")] {
-                do {
-                    _ = try h.result(timeout: .seconds(30))
-                    Issue.record("no error")
-                } catch let e as JobQueueError {
-                    #expect(e.code == .failed)
-                    #expect(e.message.contains(expected), "\(e.message)")
-                }
-                #expect(try h.info()?.attempt == 1)
-                #expect(try h.info()?.state == .discarded)
+            do {
+                _ = try malformed.result(timeout: .seconds(30))
+                Issue.record("no error")
+            } catch let e as JobQueueError {
+                #expect(e.code == .failed)
+                #expect(e.message.contains("cannot be decoded"), "\(e.message)")
             }
+            #expect(try malformed.info()?.state == .discarded)
+            // Handed back: its next run is put off by its backoff (an hour here), nothing counted.
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try runAt() == enqueuedRunAt && ContinuousClock.now < deadline {
+                _ = Event().wait(timeout: .milliseconds(10))  // a poll of the row, not a synchronisation
+            }
+            #expect(try runAt() > enqueuedRunAt + 3_000_000)
+            let info = try unknown.info()
+            #expect(info?.state == .available)
+            #expect(info?.attempt == 0)
+            #expect(info?.errors == [])
+            #expect(info?.typeName == "app.Square")
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
+            #expect(try unknown.info()?.state == .available)
         }
+    }
+
+    /// Error histories give times in ISO 8601 (UTC, milliseconds).
+    @Test func errorHistoryTimesAreISO8601() {
+        #expect(QueueSchema.iso8601(ms: 1_796_513_142_861) == "2026-12-05T23:25:42.861Z")
+        #expect(QueueSchema.iso8601(ms: 5) == "1970-01-01T00:00:00.005Z")
     }
 
     @Test(arguments: TestBackend.enabled) func cancellingQueuedAndRunningJobs(_ backend: TestBackend) throws {

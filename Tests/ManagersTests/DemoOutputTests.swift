@@ -107,7 +107,7 @@ struct DemoOutputTests {
                 == numbers.map { "Put task \($0)..." } + ["Try get results..."]
                 + numbers.map { "Result: \($0) * \($0) = \($0 * $0)" }
         )
-        #expect(queued.contains { $0.hasPrefix("workers finished 10 jobs;") })
+        #expect(queued.contains { $0.hasPrefix("2 worker processes finished 10 jobs between them (") })
         #expect(queued.last == "queue: completed 10")
         // The database job: every row copied once, a second run writes nothing.
         #expect(
@@ -142,6 +142,8 @@ struct DemoOutputTests {
         let bars = (s["pool-progress"] ?? []).filter { $0.hasPrefix("[") }
         #expect(!bars.isEmpty && !bars.contains { $0.contains(" 0/0 ") })
         #expect(Set(bars).count == bars.count)
-        #expect(bars.last?.contains("10000/10000") == true)
+        #expect(bars.last?.contains("] 10,000/10,000 ") == true)
+        #expect(bars.last?.contains(" tasks/s in ") == true)
+        #expect(bars.dropLast().allSatisfy { $0.contains(" ETA ") || !$0.contains("/s in ") })
     }
 }

@@ -368,11 +368,18 @@ struct ETLCommandTests {
                 ]
                 let (code, out) = try mp(args)
                 #expect(code == 0, "\(out)")
-                #expect(out.contains("3000 rows read, 3000 written in 5 chunks"), "\(out)")
+                #expect(out.contains("3,000 rows read, 3,000 written in 5 chunks"), "\(out)")
                 try checkCopy(try SQLiteConnection(path: sink), n: 3_000)
                 let (again, out2) = try mp(args)
                 #expect(again == 0)
-                #expect(out2.contains("0 written in 0 chunks (5 chunks done before)"), "\(out2)")
+                #expect(out2.contains("nothing left to copy: 5 chunks were done by an earlier run"), "\(out2)")
+                #expect(!out2.contains("0 rows/s"), "\(out2)")
+                // A SQLite source that does not exist: an error, and no file created (issue 25).
+                let missing = source + "-missing.sqlite"
+                let (gone, out4) = try mp(["etl", "--from", "sqlite:\(missing)", "--table", "user", "--quiet"])
+                #expect(gone != 0)
+                #expect(out4.contains("no SQLite database at \(missing)"), "\(out4)")
+                #expect(access(missing, F_OK) != 0, "mp etl created \(missing)")
                 let (bad, out3) = try mp(["etl", "--from", "oracle://x/y", "--table", "t"])
                 #expect(bad != 0)
                 #expect(out3.contains("unknown database oracle"), "\(out3)")

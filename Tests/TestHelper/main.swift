@@ -17,6 +17,7 @@ import Threading
 //   mp-test-helper pool-nofile NOFILE          a pool whose parent runs out of descriptors and recovers
 //   mp-test-helper mariadb-connect URL         connects (loading the client library: MP_MARIADB_LIBRARY)
 //                                              and reads `SELECT 1`; prints `ok` or the error
+//   mp-test-helper progress-bar N               `pool.map` of N items with `.progressBar`, then a line
 
 // Top-level constants, declared above `bootstrap()` as a ported Python program declares its globals.
 let multiplier = 20
@@ -224,10 +225,21 @@ case "mariadb-connect":
         print("error: \(error)")
     }
     exit(0)
+case "progress-bar":
+    // Issue 25: the bar must reach N/N and end its line before `map` returns, so the next print starts a
+    // line of its own.
+    let n = Int(args.dropFirst().first ?? "") ?? 2000
+    let pool = try ProcessPool(workers: 2)
+    let results = try pool.map(Increment(), Array(0..<n), chunksize: 10, options: .progressBar)
+    print("\(results.count) results")
+    pool.close()
+    try pool.join(timeout: .seconds(30))
+    exit(0)
 default:
     print(
         "usage: mp-test-helper bootstrap-check | pool-interrupt-check [teardown] | globals-check"
             + " | manager-server [NOFILE] | listener-server NOFILE | pool-nofile NOFILE | mariadb-connect URL"
+            + " | progress-bar N"
     )
     exit(2)
 }

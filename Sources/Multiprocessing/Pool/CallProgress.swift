@@ -14,7 +14,7 @@ public enum ProgressDisplay: Sendable {
 
 /// A map-like call's progress: its own items, not the pool's.
 public struct CallProgress: Sendable {
-    /// Items finished (with a result or an error).
+    /// Items finished (with a result or an error), those done before the call began included.
     public var done: Int
     /// Of those, the failed ones.
     public var failed: Int
@@ -24,32 +24,93 @@ public struct CallProgress: Sendable {
     public var elapsed: Duration
     /// Whether every item is done, or the call was cancelled.
     public var isFinished: Bool
+    /// Items found done when the call began (a resumed copy's earlier chunks): counted in ``done`` and in
+    /// the bar, not in ``rate``.
+    public var doneBefore: Int
 
     /// A progress report (for progress of your own, drawn with ``TerminalBar``).
-    public init(done: Int, failed: Int = 0, total: Int?, elapsed: Duration, isFinished: Bool) {
+    public init(done: Int, failed: Int = 0, total: Int?, elapsed: Duration, isFinished: Bool, doneBefore: Int = 0) {
         self.done = done
         self.failed = failed
         self.total = total
         self.elapsed = elapsed
         self.isFinished = isFinished
+        self.doneBefore = doneBefore
     }
 
-    /// Items per second so far.
+    /// Items per second so far, this call's own.
     public var rate: Double {
         let s = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        return s > 0 ? Double(done) / s : 0
+        return s > 0 ? Double(done - doneBefore) / s : 0
     }
 
     /// The time left at the rate so far (nil until it can be told).
     public var eta: Duration? {
         guard let total, rate > 0 else { return nil }
-        return .milliseconds(Int64(Double(total - done) / rate * 1000))
+        return .milliseconds(Int64(Double(max(0, total - done)) / rate * 1000))
+    }
+
+    /// The counts, rate and time in the one format every bar of the library uses:
+    /// `600/1,000 (2 failed) 3,210 items/s ETA 4.1 s` while running, `1,000/1,000 3,210 items/s in 0.3 s`
+    /// once finished.
+    public func summary(unit: String = "items") -> String {
+        var line = "\(ProgressFormat.count(done))/\(total.map(ProgressFormat.count) ?? "?")"
+        if failed > 0 { line += " (\(ProgressFormat.count(failed)) failed)" }
+        if doneBefore > 0 { line += " (\(ProgressFormat.count(doneBefore)) done before)" }
+        line += " \(ProgressFormat.rate(rate, unit: unit))"
+        if isFinished {
+            line += " in \(ProgressFormat.duration(elapsed))"
+        } else if let eta {
+            line += " ETA \(ProgressFormat.duration(eta))"
+        }
+        return line
     }
 }
 
-/// Reports one call's progress from a thread of its own until the call is finished.
-enum ProgressReporter {
-    static func start(for call: CallCore, _ display: ProgressDisplay) throws {
+/// How the library writes counts, rates and durations for people: one format in every bar and summary.
+public enum ProgressFormat {
+    /// `1,234,567`.
+    public static func count(_ n: Int) -> String {
+        let digits = String(n.magnitude)
+        var out = ""
+        for (i, c) in digits.enumerated() {
+            if i > 0 && (digits.count - i) % 3 == 0 { out.append(",") }
+            out.append(c)
+        }
+        return n < 0 ? "-" + out : out
+    }
+
+    /// `3,210 items/s`.
+    public static func rate(_ perSecond: Double, unit: String) -> String {
+        "\(count(perSecond.isFinite ? Int(perSecond.rounded()) : 0)) \(unit)/s"
+    }
+
+    /// `0.4 s`, `4.1 s`, `42 s`, `3 min 05 s`, `2 h 03 min`.
+    public static func duration(_ d: Duration) -> String {
+        let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
+        if ms < 10_000 {
+            let tenths = (ms + 50) / 100
+            return "\(tenths / 10).\(tenths % 10) s"
+        }
+        let s = (ms + 500) / 1000
+        if s < 60 { return "\(s) s" }
+        if s < 3600 { return "\(s / 60) min \(s % 60 < 10 ? "0" : "")\(s % 60) s" }
+        let m = s / 60
+        return "\(m / 60) h \(m % 60 < 10 ? "0" : "")\(m % 60) min"
+    }
+}
+
+/// Reports one call's progress from a thread of its own. The last report (``CallProgress/isFinished``)
+/// is drawn before the call returns its last result, is cancelled or is dropped: ``finish()`` asks for
+/// it and waits until it is drawn.
+final class ProgressReporter: Sendable {
+    private let wake = Event()
+    private let finalDrawn = Event()
+
+    private init() {}
+
+    static func start(for call: CallCore, _ display: ProgressDisplay) throws -> ProgressReporter {
+        let reporter = ProgressReporter()
         let started = ContinuousClock.now
         let interval: Duration
         let report: @Sendable (CallProgress) -> Void
@@ -62,17 +123,16 @@ enum ProgressReporter {
             interval = every
             report = handler
         }
-        let thread = OSThread(name: "mp-progress", daemon: true) {  // holds the call until its last item is done
+        let thread = OSThread(name: "mp-progress", daemon: true) { [weak call] in
             while true {
-                usleep(
-                    UInt32(
-                        clamping: interval.components.seconds * 1_000_000
-                            + interval.components.attoseconds / 1_000_000_000_000
-                    )
-                )
+                let asked = reporter.wake.wait(timeout: interval)
+                guard let call else {
+                    reporter.finalDrawn.set()
+                    return
+                }
                 let total = call.totalItems.load(ordering: .relaxed)
                 let done = call.finishedItems.load(ordering: .relaxed)
-                let finished = (total >= 0 && done >= total) || call.isCancelled
+                let finished = asked || (total >= 0 && done >= total) || call.isCancelled
                 report(
                     CallProgress(
                         done: done,
@@ -82,43 +142,67 @@ enum ProgressReporter {
                         isFinished: finished
                     )
                 )
-                if finished { return }
+                if finished {
+                    reporter.finalDrawn.set()
+                    return
+                }
             }
         }
         try thread.start()
+        return reporter
+    }
+
+    /// Asks for the last report and waits until it is drawn (at most `timeout`).
+    func finish(timeout: Duration? = nil) {
+        wake.set()
+        _ = finalDrawn.wait(timeout: timeout)
+    }
+
+    /// Asks for the last report and suspends until it is drawn.
+    func finish() async {
+        wake.set()
+        try? await finalDrawn.wait()
     }
 }
 
-/// `[██████░░░░] 600/1000 (2 failed) 3,210 items/s ETA 0.1 s` on standard error: the bar of
+/// `[██████░░░░] 600/1,000 (2 failed) 3,210 items/s ETA 4.1 s` on standard error: the bar of
 /// ``ProgressDisplay/bar``, for progress of your own (the table pipeline counts rows with it).
 public final class TerminalBar: Sendable {
     private let lastQuarter = Atomic<Int>(-1)
-    private let isTerminal = isatty(2) == 1
+    private let finished = Atomic<Bool>(false)
+    private let fd: Int32
+    private let isTerminal: Bool
     private let unit: String
 
-    /// A bar whose rate is in `unit` per second.
-    public init(unit: String = "items") { self.unit = unit }
+    /// A bar whose rate is in `unit` per second, written to `fileDescriptor` (standard error by default).
+    public init(unit: String = "items", fileDescriptor: Int32 = 2) {
+        self.unit = unit
+        fd = fileDescriptor
+        isTerminal = isatty(fileDescriptor) == 1
+    }
 
-    /// Draws `p`: in place on a terminal; elsewhere a line at each quarter, the last once.
+    /// Draws `p`: in place on a terminal, ending the line once `p` is finished; elsewhere (a log, a pipe)
+    /// a line at each new quarter, and the finished one always. Nothing is drawn after a finished report.
     public func draw(_ p: CallProgress) {
+        guard !finished.load(ordering: .relaxed) else { return }
+        if p.isFinished { guard !finished.exchange(true, ordering: .relaxed) else { return } }
         let width = 30
         let fraction = p.total.map { $0 == 0 ? 1 : Double(p.done) / Double($0) } ?? 0
-        let filled = min(width, Int(fraction * Double(width)))
-        var line = "[" + String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled) + "] "
-        line += "\(p.done)/\(p.total.map(String.init) ?? "?")"
-        if p.failed > 0 { line += " (\(p.failed) failed)" }
-        line += " \(Int(p.rate)) \(unit)/s"
-        if let eta = p.eta, !p.isFinished { line += " ETA \(eta.components.seconds) s" }
+        let filled = max(0, min(width, Int(fraction * Double(width))))
+        let line =
+            "[" + String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled) + "] "
+            + p.summary(unit: unit)
         if isTerminal {
             write("\r\(line)\u{1B}[K" + (p.isFinished ? "\n" : ""))
         } else {
-            let quarter = Int(fraction * 4)
-            if lastQuarter.exchange(quarter, ordering: .relaxed) != quarter { write(line + "\n") }
+            // The full bar is left to the finished report, so that it is printed once.
+            let quarter = p.isFinished ? 4 : min(3, Int(fraction * 4))
+            if lastQuarter.exchange(quarter, ordering: .relaxed) != quarter || p.isFinished { write(line + "\n") }
         }
     }
 
     private func write(_ s: String) {
         var s = s
-        s.withUTF8 { p in _ = try? Syscall.writeAll(2, UnsafeRawBufferPointer(p)) }
+        s.withUTF8 { p in _ = try? Syscall.writeAll(fd, UnsafeRawBufferPointer(p)) }
     }
 }

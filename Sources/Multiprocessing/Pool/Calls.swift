@@ -15,6 +15,13 @@ class CallCore: @unchecked Sendable {  // subclasses keep their own state thread
     /// Items in the call; -1 while a lazy input is still being read.
     let totalItems = Atomic<Int>(-1)
 
+    /// The call's progress display, if it has one (set once, before the call's first item is sent).
+    private let reporter = Mutex<ProgressReporter?>(nil)
+    var progress: ProgressReporter? {
+        get { reporter.withLock { $0 } }
+        set { reporter.withLock { $0 = newValue } }
+    }
+
     var isCancelled: Bool { cancelledFlag.load(ordering: .relaxed) }
     /// Marks the call cancelled; returns `false` if it already was.
     func markCancelled() -> Bool {

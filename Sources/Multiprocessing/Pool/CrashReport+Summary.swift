@@ -104,13 +104,20 @@ private func _swiftDemangle(
 ) -> UnsafeMutablePointer<CChar>?
 
 /// A Swift symbol's readable name (other names unchanged).
-func demangle(_ name: String) -> String {
+package func demangle(_ name: String) -> String {
     guard name.hasPrefix("$s") || name.hasPrefix("_$s") else { return name }
     return name.withCString { p in
         guard let out = _swiftDemangle(p, UInt(strlen(p)), nil, nil, 0) else { return name }
         defer { free(out) }
         return String(cString: out)
     }
+}
+
+/// A type's readable name from its mangled name (`3app6SquareV` → `app.Square`), as a job queue stores
+/// it; the mangled name itself when it cannot be read.
+package func readableTypeName(mangled name: String) -> String {
+    let readable = demangle("$s" + name + "D")
+    return readable.hasPrefix("$s") ? name : readable
 }
 
 /// The function symbols of an ELF executable's static symbol table (`.symtab`), to name the frames the

@@ -152,7 +152,7 @@ public final class InProcessPool: Sendable {
         options: TaskOptions
     ) throws -> PoolResults<F.Output> {
         let call = StreamCall<F.Output>(options: options)
-        if let display = options.progress { try ProgressReporter.start(for: call, display) }
+        if let display = options.progress { call.progress = try ProgressReporter.start(for: call, display) }
         let credit = maxInFlight.map { Credit(Swift.max($0, 2 * (chunksize ?? 1), 1)) }
         let results = PoolResults(call: call, credit: credit, ordered: ordered) {
             _ = call.markCancelled()

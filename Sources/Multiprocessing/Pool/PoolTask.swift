@@ -104,12 +104,15 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
     deinit {
         if total == nil || consumed < total! { cancelAction() }
         credit?.cancel()
+        call.progress?.finish(timeout: .seconds(1))
     }
 
-    /// Stops the call: queued tasks are dropped, running ones cancelled.
+    /// Stops the call: queued tasks are dropped, running ones cancelled. Its progress display draws its
+    /// last report first.
     public func cancel() {
         credit?.cancel()
         cancelAction()
+        call.progress?.finish(timeout: .seconds(1))
     }
 
     /// The next result, waiting at most `timeout` for it; `nil` when all have been read.
@@ -118,7 +121,11 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         let deadline = timeout.map { ContinuousClock.now + $0 }
         while true {
             if let r = try take() { return r }
-            if let total, consumed >= total { return nil }
+            if let total, consumed >= total {
+                // The progress display's last frame is drawn before the caller hears the call is over.
+                call.progress?.finish(timeout: deadline.map { Swift.max(.zero, $0 - .now) })
+                return nil
+            }
             let wait = deadline.map { Swift.max(.zero, $0 - .now) }
             do {
                 accept(try call.deliveries.get(timeout: wait))
@@ -135,7 +142,10 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
     public func next() async throws -> Output? {
         while true {
             if let r = try take() { return r }
-            if let total, consumed >= total { return nil }
+            if let total, consumed >= total {
+                await call.progress?.finish()
+                return nil
+            }
             do {
                 accept(try await call.deliveries.get())
             } catch is CancellationError {
@@ -244,6 +254,7 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
             }
         }
         consumed = received
+        call.progress?.finish(timeout: remaining())
         var out: [Output] = []
         out.reserveCapacity(received)
         var at = 0

@@ -247,7 +247,7 @@ public final class ProcessPool: Sendable {
         let function = try functionRef(f, kind: .function)
         let call = StreamCall<F.Output>(options: options)
         if let count { call.totalItems.store(count, ordering: .relaxed) }
-        if let display = options.progress { try ProgressReporter.start(for: call, display) }
+        if let display = options.progress { call.progress = try ProgressReporter.start(for: call, display) }
         // Room for two chunks at least, so a large fixed chunk size cannot wait forever for permits.
         let credit = maxInFlight.map { Credit(Swift.max($0, 2 * (chunksize ?? 1), 1)) }
         let core = self.core

@@ -55,7 +55,10 @@ public enum WorkerStart {
     /// or a crash — so the start fails with ``MultiprocessingError/Code/bootstrapRequired`` instead,
     /// every time, whether or not any job reads them (CPython refuses the same program under spawn).
     static func checkProgramIsReady() throws(MultiprocessingError) {
-        guard entry == .automatic, !calledBootstrap.load(ordering: .relaxed), ProgramShape.hasTopLevelCode
+        // A worker's own processes enter as it did (a worker that started before main was started so by
+        // a program that chose it).
+        guard entry == .automatic, !calledBootstrap.load(ordering: .relaxed), !WorkerRuntime.isWorker,
+            ProgramShape.hasTopLevelCode
         else { return }
         throw MultiprocessingError(
             .bootstrapRequired,

@@ -23,8 +23,9 @@ import Threading
 /// rather than start workers that would read `main.swift`'s variables as zeroed memory. Programs with
 /// `@main`, and test runners, need no call: their workers start before `main`.
 public func bootstrap() {
-    if mp_worker_deferred() != 0 { WorkerRuntime.run(fd: 3) }
+    // In a worker too: the processes its jobs start enter the same way.
     WorkerStart.calledBootstrap.store(true, ordering: .relaxed)
+    if mp_worker_deferred() != 0 { WorkerRuntime.run(fd: 3) }
 }
 
 @_cdecl("mp_worker_entry")

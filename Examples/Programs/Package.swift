@@ -31,5 +31,17 @@ let package = Package(
             name: "apply-async-class",
             dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
         ),
+        .executableTarget(
+            name: "readme-child-process",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "readme-pool",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "readme-threads",
+            dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
+        ),
     ]
 )

@@ -60,11 +60,16 @@ public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Co
     /// The `errno` value for ``Code/system`` errors.
     public let errno: Int32?
 
+    /// For ``Code/processDied``: the process's crash report, whole, when it wrote one (the message
+    /// leads with its cause and the program's frame).
+    public let crashReport: String?
+
     /// Creates an error with a code, a message and, for system errors, the `errno`.
-    public init(_ code: Code, _ message: String, errno: Int32? = nil) {
+    public init(_ code: Code, _ message: String, errno: Int32? = nil, crashReport: String? = nil) {
         self.code = code
         self.message = message
         self.errno = errno
+        self.crashReport = crashReport
     }
 
     /// The code, the message and the `errno` with its description.

@@ -358,6 +358,19 @@ struct ETLCommandTests {
         return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
+    /// Issue 25: the tool follows argument-parser's conventions.
+    @Test func theToolFollowsArgumentParsersConventions() throws {
+        let (code, version) = try mp(["--version"])
+        #expect(code == 0)
+        #expect(version.hasPrefix("swift-multiprocessing "), "\(version)")
+        let (bad, unknown) = try mp(["bogus"])
+        #expect(bad != 0)
+        #expect(unknown.contains("Error: Unexpected argument 'bogus'"), "\(unknown)")
+        let (_, help) = try mp(["master", "--help"])
+        #expect(help.contains("(default: every"), "\(help)")
+        #expect(help.contains("(default: 5000)"), "\(help)")
+    }
+
     @Test func mpETLCopiesThenResumesToNothing() throws {
         try withTemporaryDatabase { source in
             try withTemporaryDatabase { sink in

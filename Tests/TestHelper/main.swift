@@ -18,6 +18,8 @@ import Threading
 //   mp-test-helper mariadb-connect URL         connects (loading the client library: MP_MARIADB_LIBRARY)
 //                                              and reads `SELECT 1`; prints `ok` or the error
 //   mp-test-helper progress-bar N               `pool.map` of N items with `.progressBar`, then a line
+//   mp-test-helper child-crash                  a ChildProcess whose job writes a line to stderr and crashes;
+//                                              prints the error, its first line, and the report's size
 
 // Top-level constants, declared above `bootstrap()` as a ported Python program declares its globals.
 let multiplier = 20
@@ -28,6 +30,16 @@ let table = ["a": 1, "b": 2]
 struct ReadGlobals: SyncTaskFunction {
     func callAsFunction(_ x: Int) -> String {
         "\(x * multiplier) \(greeting) \(table["b"] ?? -1) args=\(CommandLine.arguments.dropFirst().joined(separator: ","))"
+    }
+}
+
+/// Says something on standard error, then dies of a fatal error (`child-crash`).
+struct CrashingJob: Job {
+    let item: Int
+    func run() -> Int {
+        _ = "before the crash\n".withCString { write(2, $0, strlen($0)) }
+        if item == 4242 { fatalError("bad item \(item)") }
+        return item
     }
 }
 
@@ -225,6 +237,19 @@ case "mariadb-connect":
         print("error: \(error)")
     }
     exit(0)
+case "child-crash":
+    let p = ChildProcess(job: CrashingJob(item: 4242))
+    try p.start()
+    do {
+        _ = try p.result(timeout: .seconds(30))
+        print("no error")
+    } catch let e as MultiprocessingError {
+        print("message: \(e.message)")
+        print("report lines: \(e.crashReport?.split(separator: "\n").count ?? 0)")
+        print("report on the process: \(p.crashReport != nil)")
+    }
+    _ = try p.join(timeout: .seconds(30))
+    exit(0)
 case "progress-bar":
     // Issue 25: the bar must reach N/N and end its line before `map` returns, so the next print starts a
     // line of its own.
@@ -239,7 +264,7 @@ default:
     print(
         "usage: mp-test-helper bootstrap-check | pool-interrupt-check [teardown] | globals-check"
             + " | manager-server [NOFILE] | listener-server NOFILE | pool-nofile NOFILE | mariadb-connect URL"
-            + " | progress-bar N"
+            + " | progress-bar N | child-crash"
     )
     exit(2)
 }

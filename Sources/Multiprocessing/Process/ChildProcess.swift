@@ -27,6 +27,12 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
 
     private let lock = Mutex<ProcessHandle?>(nil)
     private let outcome = Future<J.Output>()
+    private let stderr = ChildStderr()
+
+    /// The runtime's crash report, whole, if the process crashed (its standard error from the report's
+    /// first line on). It is kept here and in the error of ``result(timeout:)``, not written to this
+    /// program's standard error; the process's other output to standard error is passed on line by line.
+    public var crashReport: String? { stderr.crashReport }
 
     /// - Parameters:
     ///   - name: default `ChildProcess-N`.
@@ -58,7 +64,20 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
             guard h == nil else { throw MultiprocessingError(.invalidState, "a process can only be started once") }
             // Before the spawn: a process out of descriptors fails here, with no child to undo.
             let reactor = try Reactor.shared
-            let w = try Spawner.spawn()
+            let (errRead, errWrite) = try Syscall.pipe()
+            let w: SpawnedWorker
+            do {
+                defer { Syscall.close(errWrite) }
+                w = try Spawner.spawn(
+                    stderr: errWrite,
+                    environment: ["SWIFT_BACKTRACE": CrashReport.message.environment]
+                )
+            } catch {
+                Syscall.close(errRead)
+                throw error
+            }
+            Syscall.setNonBlocking(errRead)
+            stderr.watch(errRead, on: reactor)
             let handle = ProcessHandle(pid: w.pid, pidfd: w.pidfd, name: name, daemon: isDaemon)
             h = handle
             do {
@@ -68,7 +87,7 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
                 // The child died before reading its job; its exit is reported through the result.
             }
             do {
-                try ChildProcess.collect(reactor, w.channel, handle, outcome)
+                try ChildProcess.collect(reactor, w.channel, handle, outcome, stderr)
             } catch {
                 // The kernel would not watch the channel (out of memory): nothing could read the answer.
                 handle.kill()
@@ -83,7 +102,8 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
         _ reactor: Reactor,
         _ channel: Connection,
         _ handle: ProcessHandle,
-        _ outcome: Future<J.Output>
+        _ outcome: Future<J.Output>,
+        _ stderr: ChildStderr
     ) throws(MultiprocessingError) {
         try reactor.watch(channel.fileDescriptor) {
             do {
@@ -109,25 +129,33 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
                 // kept open until now so that the worker, not a hang-up, decides how it exits. The
                 // channel closes when the reactor drops this handler (after unregistering the
                 // descriptor, so a recycled descriptor number is never touched).
-                if !outcome.isDone { reportDeath(reactor, handle, outcome) }
+                if !outcome.isDone { reportDeath(reactor, handle, outcome, stderr) }
                 return false
             }
         }
     }
 
     /// The channel ended without an answer: wait (on the reactor) for the exit status, then fail.
-    private static func reportDeath(_ reactor: Reactor, _ handle: ProcessHandle, _ outcome: Future<J.Output>) {
+    private static func reportDeath(
+        _ reactor: Reactor,
+        _ handle: ProcessHandle,
+        _ outcome: Future<J.Output>,
+        _ stderr: ChildStderr
+    ) {
         let fail: @Sendable () -> Void = {
             let code =
                 handle.exitCode.map { $0 < 0 ? "was killed by signal \(-$0)" : "exited with code \($0)" } ?? "ended"
-            outcome.complete(
-                .failure(
-                    MultiprocessingError(
-                        .processDied,
-                        "process \(handle.pid) (\(handle.name)) \(code) without returning a result"
-                    )
-                )
-            )
+            // Everything it wrote before dying is in the pipe: read it, then lead with the cause.
+            stderr.drain()
+            let report = stderr.crashReport
+            let crash = report.map { CrashSummary(report: $0, executable: WorkerStart.executablePath) }
+            var message = "process \(handle.pid) (\(handle.name)) \(code) without returning a result"
+            if let reason = crash?.reason {
+                message = "\(reason)\(crash?.frame.map { ", in \($0)" } ?? "") — \(message)"
+            } else if let hint = WorkerStart.startedBeforeMainHint(exitCode: handle.exitCode) {
+                message += ". \(hint)"
+            }
+            outcome.complete(.failure(MultiprocessingError(.processDied, message, crashReport: report)))
         }
         if handle.reapIfExited() {
             fail()
@@ -204,4 +232,105 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
 enum ChildProcessCounter {
     private static let counter = Atomic<Int>(0)
     static func next() -> Int { counter.add(1, ordering: .relaxed).newValue }
+}
+
+/// A child's standard error: passed on to this program's line by line until a crash report begins, whose
+/// lines are kept (the last 64 KiB) for the error instead. Read on the reactor thread.
+final class ChildStderr: Sendable {
+    private struct State {
+        var fd: Int32 = -1
+        /// The reactor watches `fd`: only its handler closes it (after the reactor has let it go).
+        var watched = false
+        var tail: [UInt8] = []
+        var pending: [UInt8] = []
+        var inReport = false
+    }
+    private let state = Mutex(State())
+
+    // Never watched, or its handler is gone (it held this object): nothing else can close it.
+    deinit { state.withLock { if $0.fd >= 0 { Syscall.close($0.fd) } } }
+
+    /// Reads `fd` (non-blocking, owned from now on) whenever it is readable, until its end.
+    func watch(_ fd: Int32, on reactor: Reactor) {
+        state.withLock {
+            $0.fd = fd
+            $0.watched = true
+        }
+        do {
+            try reactor.watch(fd) { [self] in drain(fromHandler: true) }
+        } catch {
+            // Not watched (out of memory): whatever it holds is read when the child is reported dead.
+            state.withLock { $0.watched = false }
+        }
+    }
+
+    /// Reads what is there now; `false` at the pipe's end. The descriptor is closed at its end by the
+    /// reactor's handler once the reactor has unregistered it (or here, if it was never watched).
+    @discardableResult
+    func drain(fromHandler: Bool = false) -> Bool {
+        state.withLock { s in
+            guard s.fd >= 0 else { return false }
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let got: Int?
+                do {
+                    got = try buf.withUnsafeMutableBytes { try Syscall.receive(s.fd, into: $0, socket: false) }
+                } catch {
+                    got = 0  // a read error: the pipe is unusable, as at its end
+                }
+                guard let n = got else { return true }
+                if n == 0 {
+                    if !s.inReport && !s.pending.isEmpty { Self.write(s.pending) }
+                    s.pending = []
+                    let fd = s.fd
+                    if fromHandler {
+                        s.fd = -1
+                        Reactor.afterCurrentEvent { Syscall.close(fd) }
+                    } else if !s.watched {
+                        s.fd = -1
+                        Syscall.close(fd)
+                    }
+                    return false
+                }
+                s.tail += buf[0..<n]
+                if s.tail.count > 65536 { s.tail.removeFirst(s.tail.count - 65536) }
+                Self.forward(&s, buf[0..<n])
+            }
+        }
+    }
+
+    /// The crash report, from its first line (nil when there is none).
+    var crashReport: String? {
+        state.withLock { s in
+            guard s.inReport else { return nil }
+            let lines = String(decoding: s.tail, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+            guard let first = lines.firstIndex(where: { startsCrashReport($0) }) else { return nil }
+            return lines[first...].joined(separator: "\n")
+        }
+    }
+
+    private static func forward(_ s: inout State, _ bytes: ArraySlice<UInt8>) {
+        guard !s.inReport else { return }
+        s.pending += bytes
+        var out: [UInt8] = []
+        while let nl = s.pending.firstIndex(of: 10) {
+            let line = s.pending[...nl]
+            if startsCrashReport(Substring(decoding: line, as: UTF8.self)) {
+                s.inReport = true
+                s.pending = []
+                break
+            }
+            out += line
+            s.pending.removeSubrange(...nl)
+        }
+        if !s.inReport, s.pending.count > 4096 {
+            out += s.pending
+            s.pending = []
+        }
+        if !out.isEmpty { write(out) }
+    }
+
+    private static func write(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { _ = try? Syscall.writeAll(2, $0) }
+    }
 }

@@ -7,8 +7,6 @@ enum QueueSchema {
     /// The channel PostgreSQL notifies when jobs are queued (the payload is the queue's name).
     static let channel = "mp_jobs"
 
-    /// Milliseconds since the epoch, the queue's clock (stored as BIGINT: comparable on every database,
-    /// and the same in every process).
     /// `2026-12-06T03:33:02.123Z`: a time in milliseconds since the epoch, as error histories show it.
     static func iso8601(ms: Int64) -> String {
         var seconds = time_t(ms / 1000)
@@ -21,6 +19,8 @@ enum QueueSchema {
             + "\(two(parts.tm_min)):\(two(parts.tm_sec)).\(frac)Z"
     }
 
+    /// Milliseconds since the epoch, the queue's clock (stored as BIGINT: comparable on every database,
+    /// and the same in every process).
     static func nowMs() -> Int64 {
         var t = timespec()
         clock_gettime(CLOCK_REALTIME, &t)

@@ -270,6 +270,10 @@ int mp_set_keepalive(int fd, int idle_s, int interval_s, int count, unsigned use
     return 0;
 }
 
+int mp_contains_bytes(const void *haystack, size_t haystack_len, const void *needle, size_t needle_len) {
+    return memmem(haystack, haystack_len, needle, needle_len) != NULL;
+}
+
 int mp_peer_gone(int fd) {
     struct pollfd p = {.fd = fd, .events = POLLRDHUP};
     int n = poll(&p, 1, 0);

@@ -100,6 +100,9 @@ public final class QueueWorker: Sendable {
     /// The name recorded in the jobs this worker holds.
     public let name: String
     private let stopRequest = Mutex<StopMode?>(nil)
+    /// Job types this program does not define, found when a job of one failed with `unknownJob`: this
+    /// worker no longer claims them (another program's workers may define them).
+    private let unknownKinds = Mutex<Set<String>>([])
     private let completions = BlockingQueue<Completion>()
     private let telemetry: QueueTelemetry
 
@@ -517,6 +520,10 @@ public final class QueueWorker: Sendable {
             parameters.append(.text(q))
             return d.parameter(parameters.count)
         }
+        let skippedKinds = (n > 0 ? unknownKinds.withLock { $0.sorted() } : []).map { k -> String in
+            parameters.append(.text(k))
+            return d.parameter(parameters.count)
+        }
         // PostgreSQL only: the results, as VALUES rows (the first typed), finished at $3.
         var rows: [String] = []
         for (done, bytes) in results {
@@ -545,7 +552,8 @@ public final class QueueWorker: Sendable {
         }
         let due = """
             SELECT id FROM mp_jobs WHERE state = 'available' AND queue IN (\(queueList.joined(separator: ", ")))
-              AND run_at <= \(d.parameter(3)) ORDER BY priority DESC, run_at, id LIMIT \(n)
+              AND run_at <= \(d.parameter(3))\(skippedKinds.isEmpty ? "" : " AND kind NOT IN (\(skippedKinds.joined(separator: ", ")))")
+              ORDER BY priority DESC, run_at, id LIMIT \(n)
             """
         let set =
             "state = 'running', attempt = attempt + 1, worker = \(d.parameter(1)), lease_until = \(d.parameter(2))"
@@ -627,17 +635,20 @@ public final class QueueWorker: Sendable {
                     "attempt \(attempt) at \(QueueSchema.iso8601(ms: now)) on \(name): \(Self.describe(error))"
                     .split(separator: "\n").joined(separator: " ") + "\n"
                 if let unknown = error as? JobQueueError, unknown.code == .unknownJob {
-                    // This program does not define the job's type; another worker's may. Hand the job back
-                    // without counting the attempt, and look again after the job's backoff.
+                    // This program does not define the job's type; another program's workers may. Hand the
+                    // job back at once without counting the attempt, and claim that type no more.
                     try c.execute(
-                        "UPDATE mp_jobs SET state = 'available', attempt = attempt - 1, run_at = \(d.parameter(3)), worker = NULL, lease_until = NULL \(fence)",
-                        key + [.int(now + (h?.backoffMs ?? 1000))]
+                        "UPDATE mp_jobs SET state = 'available', attempt = attempt - 1, worker = NULL, lease_until = NULL \(fence)",
+                        key
                     )
                     telemetry.handedBack.increment()
-                    options.logger.warning(
-                        "a job's type is not defined in this program: handed back for a worker that defines it",
-                        metadata: ["job": "\(done.id)", "error": "\(unknown.message)"]
-                    )
+                    let kind = h?.job.kind ?? ""
+                    if unknownKinds.withLock({ $0.insert(kind).inserted }) {
+                        options.logger.warning(
+                            "a job type this program does not define: its jobs are left to workers that define it",
+                            metadata: ["job": "\(done.id)", "type": "\(readableTypeName(mangled: kind))"]
+                        )
+                    }
                 } else if attempt < maxAttempts && (error as? JobQueueError)?.code.isFinal != true {
                     let base = Double(h?.backoffMs ?? 1000) * pow(2, Double(attempt - 1))
                     let wait = Int64(min(base, 3_600_000) * Double.random(in: 0.75...1.25))

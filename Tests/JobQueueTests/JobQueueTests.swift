@@ -333,16 +333,20 @@ struct JobQueueTests {
     /// A stored job whose type this program lacks, or whose bytes are not its type, fails once and is
     /// discarded at once (running it again cannot help), with a message saying which; others flow.
     /// A malformed job is discarded at once; a job whose type this program does not define is handed
-    /// back, its attempt not counted (another worker's program may define it), and named readably.
+    /// back, its attempt not counted (another program's workers may define it), named readably, and not
+    /// claimed again by this worker.
     @Test(arguments: TestBackend.enabled) func unknownJobsAreHandedBackAndMalformedOnesDiscarded(
         _ backend: TestBackend
     ) throws {
+        let metrics = sharedTestMetrics  // bootstrapped before any metric is made
         try withScratchDatabase(backend) { db in
             let url = db.url
             let queue = try JobQueue(url)
-            let unknown = try queue.enqueue(Square(n: 1), options: JobOptions(backoff: .seconds(3600)))
-            let malformed = try queue.enqueue(Square(n: 2))
-            let fine = try queue.enqueue(Square(n: 3))
+            let name = "unknown-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            let options = JobOptions(queue: name)
+            let unknown = try queue.enqueue(Square(n: 1), options: options)
+            let malformed = try queue.enqueue(Square(n: 2), options: options)
+            let fine = try queue.enqueue(Square(n: 3), options: options)
             let c = try db.connect()
             let d = c.dialect
             // A type of another program (`app.Square`), as a queue shared by two programs holds.
@@ -351,14 +355,13 @@ struct JobQueueTests {
                 "UPDATE mp_jobs SET payload = \(d.parameter(1)) WHERE id = \(d.parameter(2))",
                 [.blob([0xFF, 0x01]), .int(malformed.id)]
             )
-            func runAt() throws -> Int64 {
-                try c.scalar("SELECT run_at FROM mp_jobs WHERE id = \(d.parameter(1))", [.int(unknown.id)])?.intValue
-                    ?? 0
-            }
-            let enqueuedRunAt = try runAt()
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }
-            let (worker, running) = try startWorker(url, pool)
+            let (worker, running) = try startWorker(
+                url,
+                pool,
+                QueueWorkerOptions(queues: [name], pollInterval: .milliseconds(5))
+            )
             #expect(try fine.result(timeout: .seconds(30)) == 9)
             do {
                 _ = try malformed.result(timeout: .seconds(30))
@@ -368,20 +371,27 @@ struct JobQueueTests {
                 #expect(e.message.contains("cannot be decoded"), "\(e.message)")
             }
             #expect(try malformed.info()?.state == .discarded)
-            // Handed back: its next run is put off by its backoff (an hour here), nothing counted.
-            let deadline = ContinuousClock.now + .seconds(30)
-            while try runAt() == enqueuedRunAt && ContinuousClock.now < deadline {
-                _ = Event().wait(timeout: .milliseconds(10))  // a poll of the row, not a synchronisation
+            let dims = [("queues", name)]
+            func handedBack() -> Int64 {
+                metrics.counterTotal(label: "mp_queue_jobs_handed_back_total", dimensions: dims)
             }
-            #expect(try runAt() > enqueuedRunAt + 3_000_000)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while handedBack() == 0 && ContinuousClock.now < deadline {
+                _ = Event().wait(timeout: .milliseconds(10))  // a poll of the counter, not a synchronisation
+            }
+            #expect(handedBack() == 1)
+            // Jobs queued after it run, while it stays where it was, unclaimed by this worker.
+            let later = try queue.enqueue(Square(n: 4), options: options)
+            #expect(try later.result(timeout: .seconds(30)) == 16)
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+            #expect(handedBack() == 1)
+            #expect(metrics.counterTotal(label: "mp_queue_jobs_claimed_total", dimensions: dims) == 4)
             let info = try unknown.info()
             #expect(info?.state == .available)
             #expect(info?.attempt == 0)
             #expect(info?.errors == [])
             #expect(info?.typeName == "app.Square")
-            worker.stop()
-            _ = try running.result(timeout: .seconds(30))
-            #expect(try unknown.info()?.state == .available)
         }
     }
 

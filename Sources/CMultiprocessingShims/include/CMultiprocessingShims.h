@@ -114,6 +114,8 @@ int mp_quick_ack(int fd);
 /// 1 when the connection's peer is gone (an error such as a keep-alive time-out, a hang-up, or the peer
 /// closed its side), 0 when not, without reading anything.
 int mp_peer_gone(int fd);
+/// Whether `needle` (`needle_len` bytes) occurs in `haystack` (glibc's memmem, which needs _GNU_SOURCE).
+int mp_contains_bytes(const void *haystack, size_t haystack_len, const void *needle, size_t needle_len);
 int mp_pipe_cloexec(int fds[2]);
 /// Makes standard output line-buffered.
 void mp_stdout_line_buffered(void);

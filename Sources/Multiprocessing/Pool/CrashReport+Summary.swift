@@ -1,3 +1,4 @@
+internal import CMultiprocessingShims
 import Glibc
 import Synchronization
 
@@ -246,21 +247,9 @@ struct ELFSymbolTable {
 
     /// Whether some symbol's name contains `fragment` (a search of the string table, not of the code).
     func anyName(contains fragment: String) -> Bool {
-        guard !strings.isEmpty else { return false }
-        let base = file.baseAddress!.advanced(by: strings.lowerBound)
-        let end = base.advanced(by: strings.count)
-        return fragment.utf8CString.withUnsafeBufferPointer { f in
-            let needle = f.count - 1  // without the NUL
-            guard needle > 0 else { return true }
-            let first = Int32(UInt8(bitPattern: f[0]))
-            var p = base
-            while end - p >= needle {
-                guard let hit = memchr(p, first, end - p) else { return false }
-                if end - UnsafeRawPointer(hit) < needle { return false }
-                if memcmp(hit, f.baseAddress!, needle) == 0 { return true }
-                p = UnsafeRawPointer(hit) + 1
-            }
-            return false
+        var fragment = fragment
+        return fragment.withUTF8 { f in
+            mp_contains_bytes(file.baseAddress! + strings.lowerBound, strings.count, f.baseAddress, f.count) != 0
         }
     }
 }

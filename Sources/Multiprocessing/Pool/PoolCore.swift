@@ -161,16 +161,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     private func startWorker(_ id: PoolState.WorkerID) throws {
         // First: a process out of descriptors fails here, with nothing to undo.
         let reactor = try Reactor.shared
-        let (errRead, errWrite) = try Syscall.pipe()
-        defer { Syscall.close(errWrite) }
-        Syscall.setNonBlocking(errRead)
-        let w: SpawnedWorker
-        do {
-            w = try Spawner.spawn(stderr: errWrite, environment: ["SWIFT_BACKTRACE": options.crashReport.environment])
-        } catch {
-            Syscall.close(errRead)
-            throw error
-        }
+        let (w, errRead) = try Spawner.spawnCapturingStderr(options.crashReport)
         let handle = ProcessHandle(pid: w.pid, pidfd: w.pidfd, name: "PoolWorker-\(id)", daemon: true)
         let wake = mp_eventfd(0)
         let shared: SharedSlot
@@ -341,17 +332,14 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             }
             guard let n = got else { return true }  // nothing more now
             if n > 0 {
-                if options.forwardStderr { forwardStderr(slot, buf[0..<n]) }
-                slot.stderrTail += buf[0..<n]
-                if slot.stderrTail.count > 65536 { slot.stderrTail.removeFirst(slot.stderrTail.count - 65536) }
+                let out = slot.stderr.take(buf[0..<n], forwarding: options.forwardStderr)
+                if !out.isEmpty { writeForwarded(out) }
                 if n < buf.count { return true }
                 continue
             }
             // End of file (or a read error: the worker is gone either way): pass on an unfinished line.
-            if options.forwardStderr, !slot.inCrashReport, !slot.stderrPending.isEmpty {
-                writeForwarded(slot.stderrPending)
-                slot.stderrPending = []
-            }
+            let out = slot.stderr.end()
+            if !out.isEmpty { writeForwarded(out) }
             return false
         }
     }
@@ -361,45 +349,20 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         bytes.withUnsafeBytes { _ = try? Syscall.writeAll(2, $0) }
     }
 
-    /// Passes a worker's standard error on to ours, whole lines at a time, until a crash report begins:
-    /// the report goes into the task's error (``PoolError/crashReport``), not onto the terminal. A line
-    /// still open is passed on when more arrives or the worker ends.
-    private func forwardStderr(_ slot: WorkerIO, _ bytes: ArraySlice<UInt8>) {
-        guard !slot.inCrashReport else { return }
-        slot.stderrPending += bytes
-        var out: [UInt8] = []
-        while let nl = slot.stderrPending.firstIndex(of: 10) {
-            let line = slot.stderrPending[...nl]
-            if startsCrashReport(Substring(decoding: line, as: UTF8.self)) {
-                slot.inCrashReport = true
-                slot.stderrPending = []
-                break
-            }
-            out += line
-            slot.stderrPending.removeSubrange(...nl)
-        }
-        // A line still open waits for its end (it may turn out to start a report), but not past 4 KiB.
-        if !slot.inCrashReport, slot.stderrPending.count > 4096 {
-            out += slot.stderrPending
-            slot.stderrPending = []
-        }
-        if !out.isEmpty { writeForwarded(out) }
-    }
-
     // MARK: - deaths (reactor thread)
 
     private func exited(_ slot: WorkerIO) {
         // Everything the worker wrote before dying is in the socket and the pipe: take it first.
         _ = readable(slot)
         _ = readStderr(slot)
-        let report = slot.crashReport
+        let report = slot.stderr.crashReport
         let facts = PoolState.ExitFacts(
             exitCode: slot.handle.exitCode,
             peakMemoryBytes: slot.handle.peakMemoryBytes,
             running: slot.shared.running,
             lastStarted: slot.shared.lastStarted,
             retiredItself: slot.shared.retiredItself,
-            stderrTail: slot.stderrLines(options.stderrLines),
+            stderrTail: slot.stderr.lines(options.stderrLines),
             crashReport: report,
             crash: report.map { CrashSummary(report: $0, executable: WorkerStart.executablePath) },
             hint: WorkerStart.startedBeforeMainHint(exitCode: slot.handle.exitCode)

@@ -154,11 +154,8 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
     var sawReady = false
     /// The worker sent something unacceptable: nothing more it sent is read (it is being killed).
     var brokeProtocol = false
-    var stderrTail: [UInt8] = []
-    /// Bytes of standard error not yet forwarded: the start of a line that has not ended.
-    var stderrPending: [UInt8] = []
-    /// A crash report has begun: the rest of standard error goes to the error, not to the terminal.
-    var inCrashReport = false
+    /// What the worker wrote to standard error: kept for its errors, passed on line by line.
+    var stderr = StderrCapture()
 
     init(
         id: PoolState.WorkerID,
@@ -197,12 +194,55 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
         withUnsafeBytes(of: UInt64(1)) { _ = try? Syscall.writeAll(wakeFd, $0) }
     }
 
-    /// At most `n` lines of what the worker wrote to standard error (see ``crashTail(_:lines:)``).
-    func stderrLines(_ n: Int) -> [String] { crashTail(String(decoding: stderrTail, as: UTF8.self), lines: n) }
+}
 
-    /// The worker's last crash report, whole (nil when it wrote none).
+/// A process's standard error as it arrives (a pool worker's, a `ChildProcess`'s): the last 64 KiB kept
+/// for its errors, and what to pass on to this program's — whole lines, until a crash report begins (the
+/// report goes into the error, not onto the terminal). A line still open is passed on when more arrives,
+/// past 4 KiB, or at the end.
+struct StderrCapture {
+    private(set) var tail: [UInt8] = []
+    /// Bytes not yet passed on: the start of a line that has not ended.
+    private var pending: [UInt8] = []
+    /// A crash report has begun: the rest goes to the error only.
+    private var inReport = false
+
+    /// Takes what was read; returns what to pass on now (nothing when not `forwarding`).
+    mutating func take(_ bytes: ArraySlice<UInt8>, forwarding: Bool) -> [UInt8] {
+        tail += bytes
+        if tail.count > 65536 { tail.removeFirst(tail.count - 65536) }
+        guard forwarding, !inReport else { return [] }
+        pending += bytes
+        var out: [UInt8] = []
+        while let nl = pending.firstIndex(of: 10) {
+            let line = pending[...nl]
+            if startsCrashReport(Substring(decoding: line, as: UTF8.self)) {
+                inReport = true
+                pending = []
+                break
+            }
+            out += line
+            pending.removeSubrange(...nl)
+        }
+        if !inReport, pending.count > 4096 {
+            out += pending
+            pending = []
+        }
+        return out
+    }
+
+    /// At the end of the stream: the unfinished line to pass on.
+    mutating func end() -> [UInt8] {
+        defer { pending = [] }
+        return inReport ? [] : pending
+    }
+
+    /// At most `n` lines of it (see ``crashTail(_:lines:)``).
+    func lines(_ n: Int) -> [String] { crashTail(String(decoding: tail, as: UTF8.self), lines: n) }
+
+    /// The last crash report, whole (nil when there is none).
     var crashReport: String? {
-        let text = String(decoding: stderrTail, as: UTF8.self)
+        let text = String(decoding: tail, as: UTF8.self)
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         guard let first = lines.lastIndex(where: { startsCrashReport($0) }) else { return nil }
         let from = first > 0 && startsCrashReport(lines[first - 1]) ? first - 1 : first

@@ -64,19 +64,7 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
             guard h == nil else { throw MultiprocessingError(.invalidState, "a process can only be started once") }
             // Before the spawn: a process out of descriptors fails here, with no child to undo.
             let reactor = try Reactor.shared
-            let (errRead, errWrite) = try Syscall.pipe()
-            let w: SpawnedWorker
-            do {
-                defer { Syscall.close(errWrite) }
-                w = try Spawner.spawn(
-                    stderr: errWrite,
-                    environment: ["SWIFT_BACKTRACE": CrashReport.message.environment]
-                )
-            } catch {
-                Syscall.close(errRead)
-                throw error
-            }
-            Syscall.setNonBlocking(errRead)
+            let (w, errRead) = try Spawner.spawnCapturingStderr(.message)
             stderr.watch(errRead, on: reactor)
             let handle = ProcessHandle(pid: w.pid, pidfd: w.pidfd, name: name, daemon: isDaemon)
             h = handle
@@ -234,16 +222,14 @@ enum ChildProcessCounter {
     static func next() -> Int { counter.add(1, ordering: .relaxed).newValue }
 }
 
-/// A child's standard error: passed on to this program's line by line until a crash report begins, whose
-/// lines are kept (the last 64 KiB) for the error instead. Read on the reactor thread.
+/// A child's standard error, read on the reactor thread: passed on to this program's line by line until a
+/// crash report begins, which is kept for the error instead (``StderrCapture``).
 final class ChildStderr: Sendable {
     private struct State {
         var fd: Int32 = -1
         /// The reactor watches `fd`: only its handler closes it (after the reactor has let it go).
         var watched = false
-        var tail: [UInt8] = []
-        var pending: [UInt8] = []
-        var inReport = false
+        var capture = StderrCapture()
     }
     private let state = Mutex(State())
 
@@ -279,58 +265,29 @@ final class ChildStderr: Sendable {
                     got = 0  // a read error: the pipe is unusable, as at its end
                 }
                 guard let n = got else { return true }
-                if n == 0 {
-                    if !s.inReport && !s.pending.isEmpty { Self.write(s.pending) }
-                    s.pending = []
-                    let fd = s.fd
-                    if fromHandler {
-                        s.fd = -1
-                        Reactor.afterCurrentEvent { Syscall.close(fd) }
-                    } else if !s.watched {
-                        s.fd = -1
-                        Syscall.close(fd)
-                    }
-                    return false
+                if n > 0 {
+                    Self.write(s.capture.take(buf[0..<n], forwarding: true))
+                    continue
                 }
-                s.tail += buf[0..<n]
-                if s.tail.count > 65536 { s.tail.removeFirst(s.tail.count - 65536) }
-                Self.forward(&s, buf[0..<n])
+                Self.write(s.capture.end())
+                let fd = s.fd
+                if fromHandler {
+                    s.fd = -1
+                    Reactor.afterCurrentEvent { Syscall.close(fd) }
+                } else if !s.watched {
+                    s.fd = -1
+                    Syscall.close(fd)
+                }
+                return false
             }
         }
     }
 
-    /// The crash report, from its first line (nil when there is none).
-    var crashReport: String? {
-        state.withLock { s in
-            guard s.inReport else { return nil }
-            let lines = String(decoding: s.tail, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
-            guard let first = lines.firstIndex(where: { startsCrashReport($0) }) else { return nil }
-            return lines[first...].joined(separator: "\n")
-        }
-    }
-
-    private static func forward(_ s: inout State, _ bytes: ArraySlice<UInt8>) {
-        guard !s.inReport else { return }
-        s.pending += bytes
-        var out: [UInt8] = []
-        while let nl = s.pending.firstIndex(of: 10) {
-            let line = s.pending[...nl]
-            if startsCrashReport(Substring(decoding: line, as: UTF8.self)) {
-                s.inReport = true
-                s.pending = []
-                break
-            }
-            out += line
-            s.pending.removeSubrange(...nl)
-        }
-        if !s.inReport, s.pending.count > 4096 {
-            out += s.pending
-            s.pending = []
-        }
-        if !out.isEmpty { write(out) }
-    }
+    /// The crash report, whole (nil when there is none).
+    var crashReport: String? { state.withLock { $0.capture.crashReport } }
 
     private static func write(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
         bytes.withUnsafeBytes { _ = try? Syscall.writeAll(2, $0) }
     }
 }

@@ -161,6 +161,22 @@ enum Spawner {
         return SpawnedWorker(pid: pid, pidfd: pidfd, channel: Connection(fileDescriptor: parentEnd))
     }
 
+    /// Starts a worker whose standard error is a pipe this process reads: returns the worker and the
+    /// pipe's read end (non-blocking, the caller's to close). `crashReport` sets what a crash writes
+    /// (`SWIFT_BACKTRACE`, unless the environment sets it).
+    static func spawnCapturingStderr(_ crashReport: CrashReport) throws -> (SpawnedWorker, stderr: Int32) {
+        let (errRead, errWrite) = try Syscall.pipe()
+        defer { Syscall.close(errWrite) }
+        do {
+            let w = try spawn(stderr: errWrite, environment: ["SWIFT_BACKTRACE": crashReport.environment])
+            Syscall.setNonBlocking(errRead)
+            return (w, errRead)
+        } catch {
+            Syscall.close(errRead)
+            throw error
+        }
+    }
+
     private static func withCStrings<R>(
         _ strings: [String],
         _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R

@@ -3,7 +3,6 @@
 
 import Glibc
 public import Multiprocessing
-import Synchronization
 import Threading
 
 /// ```python
@@ -157,17 +156,19 @@ public func poolWithProgress() async throws {
     let n = 10_000
     try await withProcessPool { pool in
         let started = ContinuousClock.now
+        // The library's bar, on standard output (a line per quarter when piped).
+        let terminalBar = TerminalBar(unit: "tasks", fileDescriptor: 1)
         let bar = Task { @Sendable in
             for await p in pool.progress(every: .milliseconds(100)) {
                 if p.total > 0 && p.done == p.total { break }  // the finished frame is drawn below
-                ProgressBar.draw(p, elapsed: .now - started)
+                drawPoolProgress(terminalBar, p, elapsed: .now - started)
             }
         }
         let inputs = (0..<n).map { 150_000 + $0 % 500 }
         let results = try pool.mapResults(SumSquares(), inputs, chunksize: 50)
         _ = await bar.value
         let ok = results.filter { if case .success = $0 { true } else { false } }.count
-        ProgressBar.draw(pool.currentProgress, final: true, elapsed: .now - started)
+        drawPoolProgress(terminalBar, pool.currentProgress, final: true, elapsed: .now - started)
         print("\(ok) of \(n) items done by \(pool.workerCount) workers")
         for w in pool.currentProgress.workers {
             print(
@@ -210,19 +211,10 @@ func fixed(_ x: Double, _ digits: Int) -> String {
     return digits == 0 ? "\(whole)" : "\(whole).\(String(repeating: "0", count: digits - frac.count))\(frac)"
 }
 
-/// A one-line progress bar of the whole pool on standard output, in the library's one format
-/// (``TerminalBar``): redrawn in place on a terminal, a line at each quarter otherwise.
-public enum ProgressBar {
-    private static let bar = Mutex<TerminalBar?>(nil)
-
-    /// Draws `p` (nothing before the first item is submitted: no `0/0` frame); `final` ends the bar.
-    public static func draw(_ p: PoolProgress, final: Bool = false, elapsed: Duration) {
-        guard p.total > 0 else { return }
-        let b = bar.withLock { b in
-            if b == nil { b = TerminalBar(unit: "tasks", fileDescriptor: 1) }
-            return b!
-        }
-        fflush(nil)
-        b.draw(CallProgress(done: p.done, failed: p.failed, total: p.total, elapsed: elapsed, isFinished: final))
-    }
+/// Draws the whole pool's progress `p` on `bar` (nothing before the first item is submitted: no `0/0`
+/// frame); `final` ends the bar.
+func drawPoolProgress(_ bar: TerminalBar, _ p: PoolProgress, final: Bool = false, elapsed: Duration) {
+    guard p.total > 0 else { return }
+    fflush(nil)  // the demo's own prints first: the bar writes to standard output directly
+    bar.draw(CallProgress(done: p.done, failed: p.failed, total: p.total, elapsed: elapsed, isFinished: final))
 }

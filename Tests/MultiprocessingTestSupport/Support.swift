@@ -310,11 +310,13 @@ package struct SplitMix64: RandomNumberGenerator {
 }
 
 /// Runs `executable` with `arguments` (and `environment` added to this process's) to its end; returns
-/// how it ended and everything it wrote to standard output and standard error.
+/// how it ended and everything it wrote to standard output and standard error. A process still running
+/// after `timeout` is killed (SIGKILL; its output then ends with a line that says so).
 package func runToEnd(
     _ executable: URL,
     _ arguments: [String],
-    environment: [String: String] = [:]
+    environment: [String: String] = [:],
+    timeout: Duration = .seconds(600)
 ) throws -> (status: Int32, reason: Foundation.Process.TerminationReason, output: String) {
     let p = Foundation.Process()
     p.executableURL = executable
@@ -326,7 +328,19 @@ package func runToEnd(
     p.standardOutput = out
     p.standardError = out
     try p.run()
-    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let ended = Event()
+    let killed = Counter()
+    let pid = p.processIdentifier
+    let watchdog = OSThread(name: "runToEnd-watchdog", daemon: true) {
+        if !ended.wait(timeout: timeout) {
+            killed.increment()
+            kill(pid, SIGKILL)
+        }
+    }
+    try watchdog.start()
+    var text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     p.waitUntilExit()
+    ended.set()
+    if killed.count > 0 { text += "\n[runToEnd: still running after \(timeout), killed]\n" }
     return (p.terminationStatus, p.terminationReason, text)
 }

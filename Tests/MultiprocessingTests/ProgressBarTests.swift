@@ -38,6 +38,39 @@ struct ProgressBarTests {
         #expect(lines.last == "3000 results", "\(run.output)")
     }
 
+    /// A handler's last report — finished, every item counted — comes before `map` returns, and once.
+    @Test func theHandlersLastReportComesBeforeMapReturns() async throws {
+        let reports = Collected<CallProgress>()
+        let options = TaskOptions(progress: .handler(every: .milliseconds(20)) { reports.append($0) })
+        let results = try await background { () throws -> [Int] in
+            let pool = try ProcessPool(workers: 2)
+            defer { pool.terminate() }
+            return try pool.map(SquareFn(), Array(0..<500), chunksize: 5, options: options)
+        }.value
+        #expect(results.count == 500)
+        let finished = reports.all.filter(\.isFinished)
+        #expect(finished.count == 1)
+        #expect(reports.all.last?.isFinished == true)
+        #expect(reports.all.last?.done == 500 && reports.all.last?.total == 500)
+    }
+
+    /// A cancelled call's display draws its last report before `cancel()` returns: the items done so far,
+    /// finished.
+    @Test func aCancelledCallsLastReportComesBeforeCancelReturns() async throws {
+        let reports = Collected<CallProgress>()
+        let options = TaskOptions(progress: .handler(every: .seconds(3600)) { reports.append($0) })
+        try await background {
+            let pool = try ProcessPool(workers: 2)
+            defer { pool.terminate() }
+            let results = try pool.imap(BlockingSleep(), [0] + Array(repeating: 60_000, count: 4), options: options)
+            _ = try results.next(timeout: .seconds(30))
+            results.cancel()
+            #expect(reports.all.count == 1)
+            #expect(reports.all.last?.isFinished == true)
+            #expect((reports.all.last?.done ?? 0) < 5)
+        }.value
+    }
+
     /// The one format: counts with separators, rate, ETA while running, time taken once finished, and the
     /// rows an earlier run did counted in the bar but not in the rate.
     @Test func everyBarSharesOneFormat() {

@@ -53,7 +53,7 @@
 MP_MYSQL_FUNCTIONS(DECLARE)
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static char loadError[512];
+static char loadError[1024];
 
 static void load(void) {
     // MP_MARIADB_LIBRARY: a Connector/C installed elsewhere (a path, or a name dlopen finds).
@@ -67,16 +67,26 @@ static void load(void) {
         if (chosen != NULL && chosen[0] != 0) break;  // only the one asked for
     }
     if (h == NULL) {
+        // The reason the library asked for failed, kept before another dlopen replaces it.
+        char why[256];
+        const char *e = dlerror();
+        snprintf(why, sizeof why, "%s", e != NULL ? e : "not found");
+        char asked[400] = "";
+        if (chosen != NULL && chosen[0] != 0) {
+            snprintf(asked, sizeof asked, "MP_MARIADB_LIBRARY=%s cannot be loaded (%s). ", chosen, why);
+        }
         void *mysql = dlopen("libmysqlclient.so.21", RTLD_LAZY | RTLD_LOCAL);
         if (mysql != NULL) {
             dlclose(mysql);
             snprintf(loadError, sizeof loadError,
-                     "MySQL's client library (libmysqlclient) is installed but not supported: its option numbers "
+                     "%sMySQL's client library (libmysqlclient) is installed but not supported: its option numbers "
                      "and result layout differ from MariaDB Connector/C's. Install libmariadb3 (Debian: apt-get "
-                     "install libmariadb3), which also speaks to MySQL servers");
+                     "install libmariadb3), which also speaks to MySQL servers", asked);
+        } else if (asked[0] != 0) {
+            snprintf(loadError, sizeof loadError, "%s", asked);
         } else {
             snprintf(loadError, sizeof loadError,
-                     "the MariaDB client library is not installed (Debian: apt-get install libmariadb3): %s", dlerror());
+                     "the MariaDB client library is not installed (Debian: apt-get install libmariadb3): %s", why);
         }
         return;
     }

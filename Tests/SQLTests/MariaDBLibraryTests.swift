@@ -120,5 +120,16 @@ struct MariaDBLibraryTests {
             ["MP_MARIADB_LIBRARY": "\(dir)/no-such-libmariadb.so.3", "LD_LIBRARY_PATH": dir]
         )
         #expect(out.contains("libmysqlclient) is installed but not supported"), "\(out)")
+        #expect(out.contains("MP_MARIADB_LIBRARY=\(dir)/no-such-libmariadb.so.3 cannot be loaded ("), "\(out)")
+    }
+
+    /// A library named by MP_MARIADB_LIBRARY that cannot be loaded is named, with dlopen's reason (not
+    /// another library's).
+    @Test(.enabled(if: built.why == nil, "\(built.why ?? "")"))
+    func aLibraryThatCannotBeLoadedIsNamed() throws {
+        let dir = try #require(Self.built.directory)
+        let out = try connect("mysql://u:p@127.0.0.1:1/db", ["MP_MARIADB_LIBRARY": "\(dir)/no-such-libmariadb.so.3"])
+        #expect(out.contains("MP_MARIADB_LIBRARY=\(dir)/no-such-libmariadb.so.3 cannot be loaded ("), "\(out)")
+        #expect(out.contains("no-such-libmariadb.so.3: cannot open shared object file"), "\(out)")
     }
 }

@@ -21,9 +21,14 @@ package final class Reactor: Sendable {
     private struct State {
         var waiters: [Int32: [Registration]] = [:]
         var handlers: [Int32: @Sendable () -> Bool] = [:]
+        /// Watched descriptors the kernel would not re-arm (out of memory): tried again every 10 ms, so a
+        /// handler is never silently left unarmed.
+        var unarmed: Set<Int32> = []
     }
 
     private static let instance = Mutex<Reactor?>(nil)
+    /// The reactor once made, read without the lock (every async wait asks for it).
+    private static let published = AtomicLazyReference<Reactor>()
 
     /// The process's reactor, started by the first call that needs one.
     ///
@@ -31,17 +36,18 @@ package final class Reactor: Sendable {
     ///   its thread (a process at its descriptor limit); the next call tries again. Nothing traps.
     package static var shared: Reactor {
         get throws(MultiprocessingError) {
-            try instance.withLock { (r: inout Reactor?) throws(MultiprocessingError) -> Reactor in
+            if let r = published.load() { return r }
+            return try instance.withLock { (r: inout Reactor?) throws(MultiprocessingError) -> Reactor in
                 if let r { return r }
                 let made = try Reactor()
                 r = made
-                return made
+                return published.storeIfNil(made)
             }
         }
     }
 
     /// The reactor if one was started (`nil`: nothing can be waiting on any descriptor).
-    package static var started: Reactor? { instance.withLock { $0 } }
+    package static var started: Reactor? { published.load() ?? instance.withLock { $0 } }
 
     private let epfd: Int32
     private let state = Mutex<State>(State())
@@ -67,7 +73,9 @@ package final class Reactor: Sendable {
         while true {
             let n: Int
             do {
-                n = try Syscall.epollWait(epfd, &events)
+                let retrying = reactor.state.withLock { !$0.unarmed.isEmpty }
+                n = try Syscall.epollWait(epfd, &events, timeoutMs: retrying ? 10 : -1)
+                if retrying { reactor.retryArming() }
             } catch {
                 // EBADF, EFAULT, EINVAL: the reactor itself is broken; spinning would hide it at 100 % CPU.
                 fatalError("swift-multiprocessing reactor: \(error)")
@@ -100,6 +108,7 @@ package final class Reactor: Sendable {
     private func fire(_ fd: Int32, _ got: UInt32) {
         // A callback watcher first (on this thread), then the suspended tasks; both may share the fd.
         var keepHandler = false
+        var failure = MultiprocessingError(.resourceExhausted, "cannot watch the descriptor")
         if let handler = state.withLock({ s in s.handlers[fd] }) { keepHandler = handler() }
         let (ready, failed): ([CheckedContinuation<Void, any Error>], [CheckedContinuation<Void, any Error>]) =
             state.withLock { s in
@@ -112,10 +121,17 @@ package final class Reactor: Sendable {
                 var unarmed: [Registration] = []
                 s.waiters[fd] = rest.isEmpty ? nil : rest
                 if !rest.isEmpty || s.handlers[fd] != nil {
-                    if arm(fd, &s) != 0 {
+                    let e = arm(fd, &s)
+                    if e != 0 {
                         // Not re-armed: the waiters left would wait for ever; fail them instead.
                         s.waiters[fd] = nil
                         unarmed = rest
+                        failure = MultiprocessingError.system("epoll_ctl", e)
+                        // The watcher stays: tried again shortly while the kernel is short of memory;
+                        // for any other refusal (a descriptor closed under it) nothing will ever come.
+                        if s.handlers[fd] != nil {
+                            if e == ENOMEM || e == ENOSPC { s.unarmed.insert(fd) } else { s.handlers[fd] = nil }
+                        }
                     }
                 } else {
                     _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
@@ -128,7 +144,26 @@ package final class Reactor: Sendable {
                 return (fired.compactMap(take), unarmed.compactMap(take))
             }
         for c in ready { c.resume() }
-        for c in failed { c.resume(throwing: MultiprocessingError(.resourceExhausted, "cannot watch the descriptor")) }
+        for c in failed { c.resume(throwing: failure) }
+    }
+
+    /// Arms again the watched descriptors the kernel refused to re-arm (reactor thread).
+    private func retryArming() {
+        state.withLock { s in
+            for fd in s.unarmed {
+                guard s.handlers[fd] != nil else {
+                    s.unarmed.remove(fd)
+                    continue
+                }
+                let e = arm(fd, &s)
+                if e == 0 {
+                    s.unarmed.remove(fd)
+                } else if e != ENOMEM && e != ENOSPC {
+                    s.unarmed.remove(fd)
+                    s.handlers[fd] = nil
+                }
+            }
+        }
     }
 
     /// (Re-)arms `fd` for the union of what its watcher and its waiting tasks want; the `errno` when the

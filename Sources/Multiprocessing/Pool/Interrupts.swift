@@ -30,7 +30,9 @@ enum Interrupts {
             return !s.installed
         }
         guard install else { return }
-        // Without a reactor (out of descriptors) SIGINT keeps its default action.
+        // Not installed (out of descriptors): SIGINT keeps its default action, and the next pool tries again.
+        var done = false
+        defer { if !done { state.withLock { $0.installed = false } } }
         guard let reactor = try? Reactor.shared else { return }
         let fd = mp_eventfd(0)
         guard fd >= 0 else { return }
@@ -63,5 +65,6 @@ enum Interrupts {
             Syscall.close(fd)
             return
         }
+        done = true
     }
 }

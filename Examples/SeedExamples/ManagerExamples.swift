@@ -58,7 +58,7 @@ public struct ManagerFoo: Job {
     public func run() throws {
         try dic.set(.int(Int64(i)), .int(Int64(100 + i)))
         print(try dic.copy())
-        print(try dic.count())
+        print(try dic.count)
     }
 }
 

@@ -129,6 +129,10 @@ public final class ManagerClient: Sendable {
     public func list(_ items: [PythonValue] = []) throws -> ListProxy { ListProxy(try create("list", [.list(items)])) }
     /// A shared FIFO queue (Python's `manager.Queue(maxsize)`).
     public func queue(maxsize: Int = 0) throws -> QueueProxy { QueueProxy(try create("Queue", [.int(Int64(maxsize))])) }
+    /// A new served queue of `Element`s: `try client.queue(of: Int.self)`.
+    public func queue<Element: Codable>(of type: Element.Type, maxsize: Int = 0) throws -> TypedQueueProxy<Element> {
+        TypedQueueProxy(try queue(maxsize: maxsize))
+    }
     /// A shared namespace (Python's `manager.Namespace()`).
     public func namespace() throws -> NamespaceProxy { NamespaceProxy(try create("Namespace")) }
 }
@@ -455,26 +459,30 @@ public struct DictProxy: Codable, Sendable {
 
     /// `d[key]`; throws `KeyError` when absent.
     public func get(_ key: PythonValue) throws -> PythonValue { try proxy.call("__getitem__", [key]) }
+    /// `d[key]` as a Swift value: `let n: Int = try d.get("k")`. Keys and values are any `Codable` (a
+    /// struct travels as a dict of its properties, an array as a list, `[UInt8]` as bytes).
+    public func get<V: Decodable>(_ key: some Encodable, as type: V.Type = V.self) throws -> V {
+        try PythonValueDecoder().decode(V.self, from: try get(try PythonValueEncoder().encode(key)))
+    }
+    /// `d[key]`, read: `try d["k"]`. (Swift has no throwing setter: write with ``set(_:_:)-(PythonValue,_)``.)
+    public subscript(key: PythonValue) -> PythonValue { get throws { try get(key) } }
     /// `d[key] = value`.
     public func set(_ key: PythonValue, _ value: PythonValue) throws {
         _ = try proxy.call("__setitem__", [key, value])
     }
+    /// `d[key] = value` for Swift values: `try d.set("p\(id)", id * 100)`.
+    public func set(_ key: some Encodable, _ value: some Encodable) throws {
+        try set(try PythonValueEncoder().encode(key), try PythonValueEncoder().encode(value))
+    }
     /// `del d[key]`.
     public func remove(_ key: PythonValue) throws { _ = try proxy.call("__delitem__", [key]) }
-    /// `len(d)`.
-    public func count() throws -> Int { try proxy.call("__len__").intValue ?? 0 }
+    /// `len(d)`: `try d.count`.
+    public var count: Int { get throws { try proxy.call("__len__").intValue ?? 0 } }
     /// `d.copy()`: the whole dict, as a value.
     public func copy() throws -> PythonValue { try proxy.call("copy") }
-
-    /// `d[key]` decoded as `V` (keys and values are any `Codable`: a struct travels as a dict of its
-    /// properties, an array as a list, `[UInt8]` as bytes).
-    public func value<V: Decodable>(forKey key: some Encodable, as type: V.Type = V.self) throws -> V {
-        try PythonValueDecoder().decode(V.self, from: try get(try PythonValueEncoder().encode(key)))
-    }
-
-    /// `d[key] = value` for `Codable` keys and values.
-    public func setValue(_ value: some Encodable, forKey key: some Encodable) throws {
-        try set(try PythonValueEncoder().encode(key), try PythonValueEncoder().encode(value))
+    /// `d.copy()` as a Swift dictionary: `let all: [String: Int] = try d.copy()`.
+    public func copy<K: Decodable & Hashable, V: Decodable>(as type: [K: V].Type = [K: V].self) throws -> [K: V] {
+        try PythonValueDecoder().decode([K: V].self, from: try copy())
     }
 }
 
@@ -485,11 +493,26 @@ public struct ListProxy: Codable, Sendable {
     public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
     public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
 
+    /// `l[i]`.
     public func get(_ i: Int) throws -> PythonValue { try proxy.call("__getitem__", [.int(Int64(i))]) }
+    /// `l[i]` as a Swift value: `let x: Double = try l.get(0)`.
+    public func get<V: Decodable>(_ i: Int, as type: V.Type = V.self) throws -> V {
+        try PythonValueDecoder().decode(V.self, from: try get(i))
+    }
+    /// `l[i]`, read: `try l[0]`.
+    public subscript(i: Int) -> PythonValue { get throws { try get(i) } }
+    /// `l[i] = v`.
     public func set(_ i: Int, _ v: PythonValue) throws { _ = try proxy.call("__setitem__", [.int(Int64(i)), v]) }
+    /// `l[i] = v` for a Swift value.
+    public func set(_ i: Int, _ v: some Encodable) throws { try set(i, try PythonValueEncoder().encode(v)) }
+    /// `l.append(v)`.
     public func append(_ v: PythonValue) throws { _ = try proxy.call("append", [v]) }
+    /// `l.append(v)` for a Swift value.
+    public func append(_ v: some Encodable) throws { try append(try PythonValueEncoder().encode(v)) }
+    /// `l.reverse()`.
     public func reverse() throws { _ = try proxy.call("reverse") }
-    public func count() throws -> Int { try proxy.call("__len__").intValue ?? 0 }
+    /// `len(l)`: `try l.count`.
+    public var count: Int { get throws { try proxy.call("__len__").intValue ?? 0 } }
     /// The whole list, as a value (Python's `l[:]`).
     public func copy() throws -> PythonValue {
         try proxy.call(
@@ -613,8 +636,35 @@ public struct QueueProxy: Codable, Sendable {
     static func replyLimit(_ timeout: Duration?) -> Duration {
         timeout.map { $0 + .seconds(10) } ?? .seconds(365 * 24 * 3600)
     }
+    /// `q.qsize()`: `try q.count`.
+    public var count: Int { get throws { try proxy.call("qsize").intValue ?? 0 } }
+
+    /// `q.put(item)` for a Swift value.
+    public func put(_ item: some Encodable) throws { try put(try PythonValueEncoder().encode(item)) }
+    /// `q.get(timeout=…)` as a Swift value: `let task: Int = try q.get(timeout: .seconds(1))`.
+    public func get<V: Decodable>(as type: V.Type = V.self, timeout: Duration? = nil) throws -> V {
+        try PythonValueDecoder().decode(V.self, from: try get(timeout: timeout))
+    }
+    /// This queue with items of one Swift type.
+    public func typed<Element: Codable>(_ type: Element.Type) -> TypedQueueProxy<Element> { TypedQueueProxy(self) }
+}
+
+/// A served queue whose items are one `Codable` type (each item travels as a Python value: an `Int` as an
+/// int, a struct as a dict, so CPython peers read them too).
+public struct TypedQueueProxy<Element: Codable>: Sendable {
+    /// The untyped proxy.
+    public let queue: QueueProxy
+    /// Wraps `queue`.
+    public init(_ queue: QueueProxy) { self.queue = queue }
+    /// `q.put(item)`.
+    public func put(_ item: Element) throws { try queue.put(try PythonValueEncoder().encode(item)) }
+    /// `q.get(timeout=…)`: throws ``PythonException/queueEmpty`` when nothing came within `timeout`, and a
+    /// decoding error for an item that is not an `Element`.
+    public func get(timeout: Duration? = nil) throws -> Element {
+        try PythonValueDecoder().decode(Element.self, from: try queue.get(timeout: timeout))
+    }
     /// `q.qsize()`.
-    public func count() throws -> Int { try proxy.call("qsize").intValue ?? 0 }
+    public var count: Int { get throws { try queue.count } }
 }
 
 /// A proxy to a served namespace — Python's `NamespaceProxy`.
@@ -624,8 +674,16 @@ public struct NamespaceProxy: Codable, Sendable {
     public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
     public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
 
+    /// `ns.name`.
     public func get(_ name: String) throws -> PythonValue { try proxy.call("__getattribute__", [.string(name)]) }
+    /// `ns.name` as a Swift value.
+    public func get<V: Decodable>(_ name: String, as type: V.Type = V.self) throws -> V {
+        try PythonValueDecoder().decode(V.self, from: try get(name))
+    }
+    /// `ns.name = v`.
     public func set(_ name: String, _ v: PythonValue) throws { _ = try proxy.call("__setattr__", [.string(name), v]) }
+    /// `ns.name = v` for a Swift value.
+    public func set(_ name: String, _ v: some Encodable) throws { try set(name, try PythonValueEncoder().encode(v)) }
 }
 
 /// Runs a ``ManagerServer`` in a process of its own (the job a ``Manager`` starts), on a Unix socket at

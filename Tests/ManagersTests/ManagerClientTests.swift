@@ -26,7 +26,7 @@ struct SeedFoo: Job {
     let dic: DictProxy
     func run() throws -> String {
         try dic.set(.int(Int64(i)), .int(Int64(100 + i)))
-        return try dic.copy().pythonDescription + " \(try dic.count())"
+        return try dic.copy().pythonDescription + " \(try dic.count)"
     }
 }
 
@@ -173,8 +173,57 @@ struct ManagerClientTests {
             var name: String
             var sizes: [Int]
         }
-        try d.setValue(Job(name: "a", sizes: [1, 2]), forKey: 42)
-        #expect(try d.value(forKey: 42, as: Job.self) == Job(name: "a", sizes: [1, 2]))
+        try d.set(42, Job(name: "a", sizes: [1, 2]))
+        #expect(try d.get(42, as: Job.self) == Job(name: "a", sizes: [1, 2]))
         #expect(try d.get(42)["name"] == "a")
+    }
+}
+
+/// Issue 25: proxies take and give Swift values, counts read as counts, and strings print as strings.
+@Suite struct SwiftValuesThroughProxiesTests {
+    @Test func dictListQueueAndNamespaceSpeakSwift() throws {
+        let manager = try Manager.start()
+        defer { manager.shutdown() }
+        let client = manager.client
+        let d = try client.dict()
+        for id in 1...3 { try d.set("p\(id)", id * 100) }
+        let n: Int = try d.get("p2")
+        #expect(n == 200)
+        #expect("\(try d.count)" == "3")
+        #expect(try d["p3"] == 300)
+        let all: [String: Int] = try d.copy()
+        #expect(all == ["p1": 100, "p2": 200, "p3": 300])
+
+        let l = try client.list()
+        try l.append(1.5)
+        try l.append("two")
+        let first: Double = try l.get(0)
+        #expect(first == 1.5)
+        #expect(try l[1] == "two")
+        #expect(try l.count == 2)
+
+        let q = try client.queue(of: Int.self)
+        try q.put(7)
+        try q.put(8)
+        #expect(try q.count == 2)
+        #expect(try q.get(timeout: .seconds(5)) == 7)
+        #expect(try q.get(timeout: .seconds(5)) == 8)
+        try q.queue.put("not an int")
+        #expect(throws: (any Error).self) { try q.get(timeout: .seconds(5)) }
+        #expect(throws: PythonException.queueEmpty) { try q.get(timeout: .milliseconds(50)) }
+
+        let ns = try client.namespace()
+        try ns.set("ratio", 0.25)
+        let ratio: Double = try ns.get("ratio")
+        #expect(ratio == 0.25)
+    }
+
+    /// `print(v)` shows what Python's `print(v)` shows: a str without quotes, anything else as its repr.
+    @Test func valuesPrintAsPythonPrintsThem() {
+        let r: PythonValue = .string("6944 * 6944 = 48219136")
+        #expect("Result: \(r)" == "Result: 6944 * 6944 = 48219136")
+        #expect(r.pythonDescription == "'6944 * 6944 = 48219136'")
+        #expect("\(PythonValue.list(["a", 1]))" == "['a', 1]")
+        #expect("\(PythonValue.none)" == "None")
     }
 }

@@ -156,7 +156,12 @@ extension PythonValue: ExpressibleByNilLiteral, ExpressibleByBooleanLiteral, Exp
 }
 
 extension PythonValue: CustomStringConvertible {
-    public var description: String { pythonDescription }
+    /// Python's `str()`, what `print(v)` shows in Python: a `str` is its text (no quotes); every other
+    /// value is its `repr()` (``pythonDescription``).
+    public var description: String {
+        if case .string(let s) = self { return s }
+        return pythonDescription
+    }
 }
 
 extension PythonValue {

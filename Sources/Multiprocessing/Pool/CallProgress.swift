@@ -196,7 +196,8 @@ public final class TerminalBar: Sendable {
             write("\r\(line)\u{1B}[K" + (p.isFinished ? "\n" : ""))
         } else {
             // The full bar is left to the finished report, so that it is printed once.
-            let quarter = p.isFinished ? 4 : min(3, Int(fraction * 4))
+            if !p.isFinished && fraction >= 1 { return }
+            let quarter = p.isFinished ? 4 : Int(fraction * 4)
             if lastQuarter.exchange(quarter, ordering: .relaxed) != quarter || p.isFinished { write(line + "\n") }
         }
     }

@@ -43,5 +43,86 @@ let package = Package(
             name: "readme-threads",
             dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
         ),
+        .executableTarget(
+            name: "doc-jobqueue-overview",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
+                .product(name: "Threading", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
+            name: "doc-managers-started",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingManagers", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
+            name: "doc-mp-overview",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-mp-pools-progress",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-mp-shared-state",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-mp-start-methods",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-mp-started-child",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-mp-started-pool",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-mp-started-queue",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-network-overview",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingNetwork", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
+            name: "doc-network-started",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingNetwork", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
+            name: "doc-sql-overview",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
+            name: "doc-threading-coroutines",
+            dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-threading-overview",
+            dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-threading-started-pool",
+            dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
+        ),
+        .executableTarget(
+            name: "doc-threading-started-queue",
+            dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
+        ),
     ]
 )

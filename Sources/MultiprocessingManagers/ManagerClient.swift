@@ -464,7 +464,7 @@ public struct DictProxy: Codable, Sendable {
     public func get<V: Decodable>(_ key: some Encodable, as type: V.Type = V.self) throws -> V {
         try PythonValueDecoder().decode(V.self, from: try get(try PythonValueEncoder().encode(key)))
     }
-    /// `d[key]`, read: `try d["k"]`. (Swift has no throwing setter: write with ``set(_:_:)-(PythonValue,_)``.)
+    /// `d[key]`, read: `try d["k"]`. (Swift has no throwing setter: write with ``set(_:_:)-(PythonValue,PythonValue)``.)
     public subscript(key: PythonValue) -> PythonValue { get throws { try get(key) } }
     /// `d[key] = value`.
     public func set(_ key: PythonValue, _ value: PythonValue) throws {
@@ -558,7 +558,7 @@ public struct QueueProxy: Codable, Sendable {
         try proxy.call("get", Self.getArguments(timeout), timeout: Self.replyLimit(timeout))
     }
 
-    /// `q.put(item)` for each item, in order — the same requests as a loop of ``put(_:)`` (a Python
+    /// `q.put(item)` for each item, in order — the same requests as a loop of ``put(_:)-(PythonValue)`` (a Python
     /// server serves them), pipelined: up to 64 per round trip. Throws the first failure after every
     /// request was answered (the items before it, and the ones after it that succeeded, are in the queue).
     public func put(contentsOf items: some Sequence<PythonValue>, timeout: Duration? = nil) throws {

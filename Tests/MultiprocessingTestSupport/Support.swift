@@ -310,17 +310,20 @@ package struct SplitMix64: RandomNumberGenerator {
 }
 
 /// Runs `executable` with `arguments` (and `environment` added to this process's) to its end; returns
-/// how it ended and everything it wrote to standard output and standard error. A process still running
+/// how it ended and everything it wrote to standard output and standard error (run in `directory`, or
+/// in this process's). A process still running
 /// after `timeout` is killed (SIGKILL; its output then ends with a line that says so).
 package func runToEnd(
     _ executable: URL,
     _ arguments: [String],
     environment: [String: String] = [:],
+    directory: URL? = nil,
     timeout: Duration = .seconds(600)
 ) throws -> (status: Int32, reason: Foundation.Process.TerminationReason, output: String) {
     let p = Foundation.Process()
     p.executableURL = executable
     p.arguments = arguments
+    if let directory { p.currentDirectoryURL = directory }
     if !environment.isEmpty {
         p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     }

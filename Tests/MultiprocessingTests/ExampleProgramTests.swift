@@ -36,11 +36,42 @@ enum ExamplePrograms {
         }
     }
 
-    /// Runs one program of the package to its end: its exit status and everything it wrote.
+    /// Runs one program of the package to its end, in a directory of its own (the files it makes are
+    /// removed): its exit status and everything it wrote.
     static func run(_ name: String, _ arguments: [String] = []) throws -> (status: Int32, output: String) {
         let exe = try products().appendingPathComponent(name)
-        let r = try runToEnd(exe, arguments, environment: ["SWIFT_BACKTRACE": "enable=no"])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mp-example-\(getpid())-\(name)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try runToEnd(exe, arguments, environment: ["SWIFT_BACKTRACE": "enable=no"], directory: dir)
         return (r.status, r.output)
+    }
+
+    /// Runs a program that listens (it prints `listening on HOST:PORT` first) with a CPython client,
+    /// `client` (run with the port as its argument): the program's exit status and output, and the
+    /// client's.
+    static func runWithPythonClient(_ name: String, client: String) throws -> (Int32, String, String) {
+        let p = Foundation.Process()
+        // Line-buffered (stdbuf), as on a terminal: the port reaches the pipe when printed.
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/stdbuf")
+        p.arguments = ["-oL", try products().appendingPathComponent(name).path]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        var text = ""
+        let reader = out.fileHandleForReading
+        while !text.contains("\n") {
+            let chunk = reader.availableData  // blocks until data or the end
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        let port = text.split(separator: ":").last.map { String($0.prefix { $0.isNumber }) } ?? ""
+        let (_, clientOutput) = try runPython(client, [port])
+        text += String(decoding: reader.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text, clientOutput)
     }
 }
 
@@ -135,5 +166,61 @@ struct ReadmeProgramTests {
     func theThreadingExamplesRun(_ name: String) async throws {
         let (status, output) = try await background { try ExamplePrograms.run(name) }.value
         #expect(status == 0, "\(output)")
+    }
+}
+
+/// Issue 25: every code block of the DocC articles is one of these programs (`scripts/check-doc-blocks`
+/// holds them equal); each runs to its end and prints what its article says.
+@Suite(.serialized, .timeLimit(.minutes(20)))
+struct DocProgramTests {
+    static let expected: [(name: String, lines: [String])] = [
+        ("doc-mp-started-child", ["49"]),
+        ("doc-mp-started-pool", ["[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "1000"]),
+        ("doc-mp-started-queue", ["A", "hello"]),
+        ("doc-mp-overview", ["49"]),
+        ("doc-mp-pools-progress", ["10000 10000"]),
+        ("doc-mp-shared-state", ["3.1415927", "[0, -1, -2, -3, -4, -5, -6, -7, -8, -9]"]),
+        ("doc-mp-start-methods", ["[20, 40, 60]"]),
+        ("doc-jobqueue-overview", ["49"]),
+        ("doc-managers-started", ["{1: '1', '2': 2, 0.25: None}", "[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]"]),
+        ("doc-sql-overview", ["1,000 rows read, 1,000 written in 1 chunks"]),
+        (
+            "doc-threading-coroutines",
+            [
+                "Running in foo", "Explicit context to bar", "Explicit context switch to foo again",
+                "Implicit context switch back to bar",
+            ]
+        ),
+        ("doc-threading-started-queue", ["got hello"]),
+        ("doc-threading-started-pool", ["42", "100"]),
+        ("doc-threading-overview", ["500000500000"]),
+    ]
+
+    @Test(arguments: expected.map(\.name))
+    func theArticlesProgramRunsAndPrintsWhatItSays(_ name: String) async throws {
+        let lines = Self.expected.first { $0.name == name }!.lines
+        let (status, output) = try await background { try ExamplePrograms.run(name) }.value
+        #expect(status == 0, "\(output)")
+        for line in lines { #expect(output.contains(line), "\(name): \(output)") }
+    }
+
+    /// The network articles' listeners, with CPython's `Client` (the handshake CPython 3.12+ uses).
+    @Test(arguments: [("doc-network-started", "secret", "b'got 5 bytes'"), ("doc-network-overview", "abc", "")])
+    func theNetworkArticlesListenerServesAPythonClient(_ name: String, _ key: String, _ reply: String) async throws {
+        let client = """
+            import sys
+            from multiprocessing.connection import Client
+            with Client(('127.0.0.1', int(sys.argv[1])), authkey=b'\(key)') as c:
+                c.send_bytes(b'hello')
+                if \(reply.isEmpty ? "False" : "True"):
+                    print(c.recv_bytes())
+            """
+        let (status, output, clientOutput) = try await background {
+            try ExamplePrograms.runWithPythonClient(name, client: client)
+        }.value
+        #expect(status == 0, "\(output)")
+        #expect(output.hasPrefix("listening on 127.0.0.1:"), "\(output)")
+        if !reply.isEmpty { #expect(clientOutput.contains(reply), "\(clientOutput)") }
+        if reply.isEmpty { #expect(output.contains("5 bytes"), "\(output)") }
     }
 }

@@ -124,5 +124,20 @@ let package = Package(
             name: "doc-threading-started-queue",
             dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
         ),
+        .executableTarget(
+            name: "distributed-words",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingManagers", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
+            name: "queue-drain",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
+            ]
+        ),
     ]
 )

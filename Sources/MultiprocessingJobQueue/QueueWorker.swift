@@ -46,6 +46,11 @@ public struct QueueWorkerOptions: Sendable {
     /// notifications. Set it to false behind a connection pooler in transaction mode (PgBouncer), where
     /// `LISTEN` does not work: the worker then only polls.
     public var notifications: Bool
+    /// Return from ``QueueWorker/run()`` once the queues are drained: no job in them is waiting, due later
+    /// (a delayed job, a retry) or running anywhere — except jobs of types this program does not define,
+    /// which are left to workers that do. A batch program's worker: queue the work, drain it, exit.
+    public var exitWhenDrained: Bool
+    /// Where the worker logs (start, stop, failures, rescues).
     public var logger: Logger
 
     public init(
@@ -62,6 +67,7 @@ public struct QueueWorkerOptions: Sendable {
         shutdownGrace: Duration = .seconds(30),
         name: String? = nil,
         notifications: Bool = true,
+        exitWhenDrained: Bool = false,
         logger: Logger = Logger(label: "swift-multiprocessing.queue", factory: { _ in SwiftLogNoOpLogHandler() })
     ) {
         self.queues = queues
@@ -77,6 +83,7 @@ public struct QueueWorkerOptions: Sendable {
         self.shutdownGrace = shutdownGrace
         self.name = name
         self.notifications = notifications
+        self.exitWhenDrained = exitWhenDrained
         self.logger = logger
     }
 }
@@ -206,6 +213,7 @@ public final class QueueWorker: Sendable {
         var nextRescue = clock.now
         var nextClean = clock.now
         var stoppingSince: ContinuousClock.Instant?
+        var nextDrainCheck = clock.now
         var lastDatabaseSuccess = clock.now
         var listener: (any SQLNotificationListening)?
         var nextListen = clock.now
@@ -380,6 +388,14 @@ public final class QueueWorker: Sendable {
                 } catch {
                     // Results stay pending (their leases hold meanwhile) and are recorded on a later turn.
                     if clock.now - lastDatabaseSuccess > options.lease { throw error }
+                }
+            }
+            if options.exitWhenDrained, stop == nil, claimed == 0, held.isEmpty, clock.now >= nextDrainCheck {
+                nextDrainCheck = clock.now + options.pollInterval
+                if let left = try? database({ c in try self.jobsLeft(on: c) }), left == 0 {
+                    log.info("the queues are drained: the worker stops", metadata: ["worker": "\(name)"])
+                    self.stop(.finish)
+                    continue
                 }
             }
             if stop == .handBack
@@ -675,6 +691,25 @@ public final class QueueWorker: Sendable {
     static func describe(_ error: any Error) -> String {
         if let e = error as? PoolError { return e.message }
         return "\(error)"
+    }
+
+    /// Jobs in this worker's queues still to run or running anywhere, those of types this program does not
+    /// define left out (``QueueWorkerOptions/exitWhenDrained``).
+    func jobsLeft(on c: any SQLConnection) throws -> Int {
+        let d = c.dialect
+        var parameters: [SQLValue] = []
+        func list(_ values: [String]) -> String {
+            values.map { v in
+                parameters.append(.text(v))
+                return d.parameter(parameters.count)
+            }.joined(separator: ", ")
+        }
+        let queues = list(options.queues)
+        let unknown = unknownKinds.withLock { $0.sorted() }
+        let skip = unknown.isEmpty ? "" : " AND kind NOT IN (\(list(unknown)))"
+        let sql =
+            "SELECT count(*) FROM mp_jobs WHERE queue IN (\(queues)) AND state IN ('available', 'running')\(skip)"
+        return Int(try c.scalar(sql, parameters)?.intValue ?? 0)
     }
 
     /// Extends the leases of the jobs this worker holds; returns those whose cancellation was asked for.

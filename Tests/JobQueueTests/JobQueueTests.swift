@@ -395,6 +395,28 @@ struct JobQueueTests {
         }
     }
 
+    /// `exitWhenDrained`: the worker returns once nothing is waiting, due later or running — a delayed
+    /// job is waited for, not left behind.
+    @Test(arguments: TestBackend.enabled) func aDrainingWorkerReturnsOnceEveryJobIsDone(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let name = "drain-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            let queue = try JobQueue(db.url)
+            let now = try queue.enqueue((1...5).map { Square(n: $0) }, options: JobOptions(queue: name))
+            let later = try queue.enqueue(Square(n: 9), options: JobOptions(queue: name, delay: .milliseconds(300)))
+            let pool = try ProcessPool(workers: 2)
+            defer { pool.terminate() }
+            let worker = try QueueWorker(
+                db.url,
+                pool: pool,
+                options: QueueWorkerOptions(queues: [name], pollInterval: .milliseconds(5), exitWhenDrained: true)
+            )
+            let finished = try background { try worker.run() }.result(timeout: .seconds(60))
+            #expect(finished == 6)
+            #expect(try later.info()?.state == .completed)
+            for h in now { #expect(try h.info()?.state == .completed) }
+        }
+    }
+
     /// Error histories give times in ISO 8601 (UTC, milliseconds).
     @Test func errorHistoryTimesAreISO8601() {
         #expect(QueueSchema.iso8601(ms: 1_796_513_142_861) == "2026-12-05T23:25:42.861Z")

@@ -47,31 +47,59 @@ enum ExamplePrograms {
         return (r.status, r.output)
     }
 
-    /// Runs a program that listens (it prints `listening on HOST:PORT` first) with a CPython client,
-    /// `client` (run with the port as its argument): the program's exit status and output, and the
-    /// client's.
-    static func runWithPythonClient(_ name: String, client: String) throws -> (Int32, String, String) {
+    /// Runs a program that listens (its first line ends with `:PORT`) with a CPython peer, `client` (run
+    /// with the port as its argument): the program's exit status and output, and the peer's.
+    static func runWithPythonClient(
+        _ name: String,
+        _ arguments: [String] = [],
+        client: String
+    ) throws -> (Int32, String, String) {
         let p = Foundation.Process()
         // Line-buffered (stdbuf), as on a terminal: the port reaches the pipe when printed.
         p.executableURL = URL(fileURLWithPath: "/usr/bin/stdbuf")
-        p.arguments = ["-oL", try products().appendingPathComponent(name).path]
+        p.arguments = ["-oL", try products().appendingPathComponent(name).path] + arguments
         let out = Pipe()
         p.standardOutput = out
         p.standardError = out
         try p.run()
         defer { if p.isRunning { p.terminate() } }
+        var text = firstLine(out.fileHandleForReading)
+        let (_, clientOutput) = try runPython(client, [port(in: text)])
+        text += String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text, clientOutput)
+    }
+
+    /// Runs a CPython program that listens (its first line is its port) with this package's program
+    /// `name` as its client (`arguments` then the port): the Python program's output, and the client's
+    /// exit status and output.
+    static func runWithPythonServer(
+        _ server: String,
+        client name: String,
+        _ arguments: [String]
+    ) throws -> (String, Int32, String) {
+        let peer = try PythonPeer(server)
+        let first = firstLine(peer.out.fileHandleForReading)
+        let run = try runToEnd(try products().appendingPathComponent(name), arguments + [port(in: first)])
+        let (_, rest) = peer.finish(timeout: 60)
+        return (first + rest, run.status, run.output)
+    }
+
+    /// Reads up to the end of the first line (or of the stream).
+    static func firstLine(_ reader: FileHandle) -> String {
         var text = ""
-        let reader = out.fileHandleForReading
         while !text.contains("\n") {
             let chunk = reader.availableData  // blocks until data or the end
             if chunk.isEmpty { break }
             text += String(decoding: chunk, as: UTF8.self)
         }
-        let port = text.split(separator: ":").last.map { String($0.prefix { $0.isNumber }) } ?? ""
-        let (_, clientOutput) = try runPython(client, [port])
-        text += String(decoding: reader.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, text, clientOutput)
+        return text
+    }
+
+    /// The digits after the first line's last colon (`serving on 127.0.0.1:PORT`), or the line's digits.
+    static func port(in text: String) -> String {
+        let line = text.split(separator: "\n").first.map(String.init) ?? ""
+        return String((line.split(separator: ":").last ?? "").prefix { $0.isNumber })
     }
 }
 
@@ -222,5 +250,74 @@ struct DocProgramTests {
         #expect(output.hasPrefix("listening on 127.0.0.1:"), "\(output)")
         if !reply.isEmpty { #expect(clientOutput.contains(reply), "\(clientOutput)") }
         if reply.isEmpty { #expect(output.contains("5 bytes"), "\(output)") }
+    }
+}
+
+/// Issue 25: programs of the kinds users build, each run as a user runs it (and linked from its article).
+@Suite(.serialized, .timeLimit(.minutes(20)))
+struct UserProgramTests {
+    /// A queue worker with jobs of its own returns once the queue is drained.
+    @Test func aQueueWorkerDrainsItsQueueAndExits() async throws {
+        let (status, output) = try await background { try ExamplePrograms.run("queue-drain") }.value
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("the worker finished 20 jobs"), "\(output)")
+        #expect(output.contains("queue: completed 20"), "\(output)")
+    }
+
+    static let pythonWorker = """
+        import sys, queue
+        from multiprocessing.managers import BaseManager
+        class M(BaseManager): pass
+        M.register('get_task_queue'); M.register('get_result_queue')
+        m = M(address=('127.0.0.1', int(sys.argv[1])), authkey=b'words'); m.connect()
+        t, r = m.get_task_queue(), m.get_result_queue()
+        n = 0
+        while True:
+            try:
+                task = t.get(timeout=1)
+            except (queue.Empty, EOFError, ConnectionError):
+                break  # no task for a second, or the master has its results and went away
+            r.put({'id': task['id'], 'words': len(task['text'].split())}); n += 1
+        print('python worker:', n, 'tasks')
+        """
+
+    static let pythonMaster = """
+        import queue
+        from multiprocessing.managers import BaseManager
+        tasks, results = queue.Queue(), queue.Queue()
+        class M(BaseManager): pass
+        M.register('get_task_queue', callable=lambda: tasks)
+        M.register('get_result_queue', callable=lambda: results)
+        m = M(address=('127.0.0.1', 0), authkey=b'words'); m.start()
+        print(m.address[1], flush=True)
+        t, r = m.get_task_queue(), m.get_result_queue()
+        for i, text in enumerate(['one two', 'three four five']):
+            t.put({'id': i, 'text': text})
+        print(sorted((x['id'], x['words']) for x in (r.get(timeout=60), r.get(timeout=60))))
+        m.shutdown()
+        """
+
+    /// The master of the user's own tasks, with a worker of this package and with CPython's.
+    @Test func aMasterOfOwnTasksServesSwiftAndPythonWorkers() async throws {
+        let (status, output, workerOutput) = try await background {
+            try ExamplePrograms.runWithPythonClient("distributed-words", ["master"], client: Self.pythonWorker)
+        }.value
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("total: 15 words"), "\(output)")
+        #expect(workerOutput.contains("python worker: 4 tasks"), "\(workerOutput)")
+    }
+
+    /// The worker of the user's own tasks, with CPython's `BaseManager` as the master.
+    @Test func aWorkerOfOwnTasksServesAPythonMaster() async throws {
+        let (masterOutput, status, output) = try await background {
+            try ExamplePrograms.runWithPythonServer(
+                Self.pythonMaster,
+                client: "distributed-words",
+                ["worker", "127.0.0.1"]
+            )
+        }.value
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("worker: 2 tasks"), "\(output)")
+        #expect(masterOutput.contains("[(0, 2), (1, 3)]"), "\(masterOutput)")
     }
 }

@@ -139,5 +139,13 @@ let package = Package(
                 .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
             ]
         ),
+        .executableTarget(
+            name: "readme-tour",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingNetwork", package: "swift-multiprocessing"),
+                .product(name: "Threading", package: "swift-multiprocessing"),
+            ]
+        ),
     ]
 )

@@ -80,7 +80,10 @@ public struct DistributedWorker: Job {
     let port: UInt16
     let tasks: Int
 
-    public func run() throws -> Int { try TaskMasterWorker.worker(port: port, tasks: tasks) }
+    // Started beside its master: it connects once the master listens (within 30 s).
+    public func run() throws -> Int {
+        try TaskMasterWorker.worker(port: port, tasks: tasks, reconnectFor: .seconds(30))
+    }
 }
 
 /// The notes' "分布式进程": the master (here, on a thread, serving on 127.0.0.1) and a worker process, as
@@ -92,7 +95,6 @@ public func distributedMasterWorker() async throws {
     probe.close()
     let worker = ChildProcess(job: DistributedWorker(port: port, tasks: 10))
     let master = Task.detached { try TaskMasterWorker.master(host: "127.0.0.1", port: port, tasks: 10) }
-    try await Task.sleep(for: .milliseconds(200))  // the master is listening
     try worker.start()
     let ok = try await master.value
     try await worker.join()

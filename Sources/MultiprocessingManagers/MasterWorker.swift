@@ -98,8 +98,9 @@ public enum TaskMasterWorker {
     ///   and that a task can wait in one worker's hands while another worker is idle.
     /// - Parameter keepAlive: how the worker notices a master that vanished.
     /// - Parameter say: where the tutorial's lines go (standard output by default).
-    /// - Parameter reconnectFor: when the connection to the master is lost (it restarted, the network
-    ///   dropped, keep-alive found it dead), the worker reconnects with exponential backoff (50 ms doubling
+    /// - Parameter reconnectFor: when the master cannot be reached at the start (it is not listening yet)
+    ///   or the connection to it is lost (it restarted, the network dropped, keep-alive found it dead), the
+    ///   worker reconnects with exponential backoff (50 ms doubling
     ///   to 2 s, with jitter) for up to this long, then continues; `.zero` (the default, as Python's
     ///   worker) ends the loop at the first loss. The tasks being answered when the connection broke are
     ///   lost, as in Python: the master's queue is in its memory. For at-least-once delivery use the
@@ -125,7 +126,17 @@ public enum TaskMasterWorker {
             )
             return (QueueProxy(try client.create("get_task_queue")), QueueProxy(try client.create("get_result_queue")))
         }
-        var (taskQueue, resultQueue) = try open()
+        // A worker started before its master (two programs started together) waits for it as it would
+        // after losing it: within `reconnectFor`.
+        var (taskQueue, resultQueue): (QueueProxy, QueueProxy)
+        do {
+            (taskQueue, resultQueue) = try open()
+        } catch {
+            guard reconnectFor > .zero, let opened = reconnect(within: reconnectFor, open, say: say) else {
+                throw error
+            }
+            (taskQueue, resultQueue) = opened
+        }
         var done = 0
         var iterations = 0  // tasks taken plus empty waits, as Python's `for i in range(tasks)`
         var answers: [PythonValue] = []  // answers to send with the next request

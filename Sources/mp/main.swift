@@ -106,7 +106,10 @@ struct Worker: ParsableCommand {
     )
 
     @OptionGroup var endpoint: Endpoint
-    @Option(help: "When the master goes away, try to reconnect (with backoff) for this many seconds (0: stop).")
+    @Option(
+        help:
+            "When the master is not there yet or goes away, try to connect (with backoff) for this many seconds (0: stop)."
+    )
     var reconnectFor: Int = 0
     @Option(
         help: """

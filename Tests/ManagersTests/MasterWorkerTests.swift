@@ -225,6 +225,32 @@ struct MasterWorkerTests {
         #expect(lines.contains { $0.hasPrefix("reconnecting in") })
     }
 
+    /// A worker started before its master (nothing listens yet) connects once the master listens, within
+    /// `reconnectFor` (the demo starts both at once and no longer sleeps in between).
+    @Test func aWorkerStartedBeforeItsMasterWaitsForIt() throws {
+        let port = try freePort()
+        let key = Array("abc".utf8)
+        let waiting = Event()
+        let worker = background {
+            try TaskMasterWorker.worker(
+                port: port,
+                tasks: 2,
+                taskTimeout: .seconds(5),
+                reconnectFor: .seconds(20),
+                say: { l in if l.hasPrefix("reconnecting in") { waiting.set() } }
+            )
+        }
+        #expect(waiting.wait(timeout: .seconds(20)))  // it found no master and is retrying
+        let server = try ManagerServer(address: .tcp(host: "127.0.0.1", port: port), authkey: key)
+        let tasks = server.registerQueue("get_task_queue")
+        let results = server.registerQueue("get_result_queue")
+        try server.start()
+        defer { server.shutdown() }
+        for n in 1...2 { try tasks.put(.int(Int64(n))) }
+        for n in 1...2 { #expect(try results.get(timeout: .seconds(30)) == .string(TaskMasterWorker.answer(n))) }
+        #expect(try worker.result(timeout: .seconds(30)) == 2)
+    }
+
     /// Without `reconnectFor`, a lost master ends the worker (Python's behaviour).
     @Test func withoutReconnectALostMasterEndsTheWorker() throws {
         let port = try freePort()

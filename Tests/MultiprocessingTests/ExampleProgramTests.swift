@@ -190,6 +190,14 @@ struct ReadmeProgramTests {
         #expect(output.hasPrefix("[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]\n"), "\(output)")
     }
 
+    @Test func theTourRuns() async throws {
+        let (status, output) = try await background { try ExamplePrograms.run("readme-tour") }.value
+        #expect(status == 0, "\(output)")
+        for line in ["locked", "all arrived", "500500", "true success(20)", #"["any", "Codable"]"#, "A", "5"] {
+            #expect(output.split(separator: "\n").contains { $0 == line }, "\(line): \(output)")
+        }
+    }
+
     @Test(arguments: ["readme-threads"])
     func theThreadingExamplesRun(_ name: String) async throws {
         let (status, output) = try await background { try ExamplePrograms.run(name) }.value

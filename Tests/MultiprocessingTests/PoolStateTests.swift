@@ -364,7 +364,7 @@ import Testing
             Syscall.close(a)
             Syscall.close(b)
         }
-        let outbox = Outbox(channel: a)
+        let outbox = try Outbox(channel: a)
         defer { outbox.release() }
         outbox.append([3, 3], seq: 2)
         outbox.append([2], seq: 1)

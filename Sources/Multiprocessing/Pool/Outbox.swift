@@ -23,9 +23,10 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
 
     private static let background = ThreadPool(maxWorkers: 64, threadNamePrefix: "mp-pool-writer")
 
-    /// Writes to a duplicate of `channel` (a failed `dup` leaves an outbox whose writes fail, as to a
-    /// dead worker).
-    init(channel: Int32) { fd = (try? Syscall.dup(channel)) ?? -1 }
+    /// Writes to a duplicate of `channel`.
+    /// - Throws: when the duplicate cannot be made (out of descriptors): an outbox without one could not
+    ///   deliver anything, to a worker that is alive and would wait for work for ever.
+    init(channel: Int32) throws { fd = try Syscall.dup(channel) }
 
     /// The duplicate this outbox writes through (for leak tests).
     var descriptor: Int32 { fd }

@@ -166,10 +166,14 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         let wake = mp_eventfd(0)
         let shared: SharedSlot
         let sharedFd: Int32
+        var outbox: Outbox?
         do {
             guard wake >= 0 else { throw MultiprocessingError.system("eventfd", -wake) }
+            // Without its own descriptor the outbox could send nothing to a worker that waits for work.
+            outbox = try Outbox(channel: w.channel.fileDescriptor)
             (shared, sharedFd) = try SharedSlot.create()
         } catch {
+            outbox?.release()
             handle.kill()
             _ = try? handle.join(timeout: .seconds(2))
             Syscall.close(errRead)
@@ -187,7 +191,15 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         let (bytes, fds) = try MessageCodec.encode(ToWorker.pool(setup))
         // If the worker is already dead this fails; its exit is then reported through the pidfd.
         try? bytes.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
-        let slot = WorkerIO(id: id, handle: handle, channel: w.channel, stderrFd: errRead, shared: shared, wakeFd: wake)
+        let slot = WorkerIO(
+            id: id,
+            handle: handle,
+            channel: w.channel,
+            stderrFd: errRead,
+            shared: shared,
+            wakeFd: wake,
+            outbox: outbox!
+        )
         // Known to the state and registered together: the state may send it work at once.
         step { g in
             g.io[id] = slot

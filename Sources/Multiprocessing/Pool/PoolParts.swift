@@ -163,7 +163,8 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
         channel: Connection,
         stderrFd: Int32,
         shared: SharedSlot,
-        wakeFd: Int32
+        wakeFd: Int32,
+        outbox: Outbox
     ) {
         self.id = id
         self.handle = handle
@@ -171,7 +172,7 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
         self.stderrFd = stderrFd
         self.shared = shared
         self.wakeFd = wakeFd
-        outbox = Outbox(channel: channel.fileDescriptor)
+        self.outbox = outbox
     }
 
     var pid: Int32 { handle.pid }

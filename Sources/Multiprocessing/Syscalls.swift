@@ -132,10 +132,9 @@ package enum Syscall {
     }
 
     /// `epoll_wait` without a timeout, `EINTR` retried: the number of events.
-    /// - Parameter timeoutMs: -1 to wait until an event.
-    static func epollWait(_ epfd: Int32, _ events: inout [epoll_event], timeoutMs: Int32 = -1) throws -> Int {
+    static func epollWait(_ epfd: Int32, _ events: inout [epoll_event]) throws -> Int {
         while true {
-            let n = epoll_wait(epfd, &events, Int32(events.count), timeoutMs)
+            let n = epoll_wait(epfd, &events, Int32(events.count), -1)
             if n >= 0 { return Int(n) }
             let e = errno
             if e == EINTR { continue }

@@ -99,7 +99,7 @@ public final class ManagerClient: Sendable {
     public func create(_ typeid: String, _ args: [PythonValue] = [], _ kwargs: [PythonPair] = []) throws -> Proxy {
         let r = try oneShot("create", [.string(typeid)] + args, kwargs)
         guard let parts = r.items, parts.count == 2, let ident = parts[0].stringValue, let exposed = parts[1].items
-        else { throw ManagerError("create answered \(r)") }
+        else { throw ManagerError("create answered \(r.pythonDescription)") }
         // The proxy takes its own reference, then the one `create` made is released (as CPython's client).
         let proxy = try Proxy(
             typeid: typeid,
@@ -165,7 +165,7 @@ final class ChannelPool: Sendable {
                 .tuple([.none, "accept_connection", .tuple([.string(Self.clientName)]), .dict([])]),
                 timeout: timeout
             )
-            guard r == .none else { throw ManagerError("accept_connection answered \(r)") }
+            guard r == .none else { throw ManagerError("accept_connection answered \(r.pythonDescription)") }
         } catch {
             c.close()
             throw error
@@ -296,7 +296,7 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
     ) throws -> Proxy {
         do {
             let r = try callRaw(method, args, kwargs, timeout: timeout)
-            throw ManagerError("\(method) returned a value, not a proxy: \(r)")
+            throw ManagerError("\(method) returned a value, not a proxy: \(r.pythonDescription)")
         } catch let p as ProxyReturned {
             // As CPython's client: the proxy takes its own reference, then the server's is released.
             let proxy = try Proxy(typeid: p.typeid, ident: p.ident, exposed: p.exposed, client: client, incref: true)
@@ -354,7 +354,7 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
     /// A reply's value, or the error it carries (a ``PythonException``, a ``ManagerError``).
     static func reply(_ reply: PythonValue) -> Result<PythonValue, any Error> {
         guard let parts = reply.items, parts.count == 2, case .string(let kind) = parts[0] else {
-            return .failure(ManagerError("a reply that is not (kind, value): \(reply)"))
+            return .failure(ManagerError("a reply that is not (kind, value): \(reply.pythonDescription)"))
         }
         switch kind {
         case "#RETURN": return .success(parts[1])
@@ -364,14 +364,18 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
                     PythonException(module: module == "queue" && name == "Empty" ? "_queue" : module, name, o.args)
                 )
             }
-            return .failure(ManagerError("error \(parts[1])"))
+            return .failure(ManagerError("error \(parts[1].pythonDescription)"))
         case "#TRACEBACK", "#UNSERIALIZABLE": return .failure(ManagerError(parts[1].stringValue ?? "\(parts[1])"))
         case "#PROXY":
             // (exposed, Token): the token's state is (typeid, address, id).
             guard let parts = parts[1].items, parts.count == 2, let exposed = parts[0].items,
                 case .object(let token) = parts[1], let fields = token.state?.items, fields.count == 3,
                 let typeid = fields[0].stringValue, let ident = fields[2].stringValue
-            else { return .failure(ManagerError("a #PROXY reply that is not (exposed, Token): \(parts[1])")) }
+            else {
+                return .failure(
+                    ManagerError("a #PROXY reply that is not (exposed, Token): \(parts[1].pythonDescription)")
+                )
+            }
             return .failure(ProxyReturned(typeid: typeid, ident: ident, exposed: exposed.compactMap(\.stringValue)))
         default: return .failure(ManagerError("unknown reply kind \(kind)"))
         }
@@ -641,7 +645,8 @@ public struct QueueProxy: Codable, Sendable {
 
     /// `q.put(item)` for a Swift value.
     public func put(_ item: some Encodable) throws { try put(try PythonValueEncoder().encode(item)) }
-    /// `q.get(timeout=…)` as a Swift value: `let task: Int = try q.get(timeout: .seconds(1))`.
+    /// `q.get(timeout=…)` as a Swift value: `let task: Int = try q.get(timeout: .seconds(1))`. Without a
+    /// timeout it waits until an item comes, as Python's `q.get()` does.
     public func get<V: Decodable>(as type: V.Type = V.self, timeout: Duration? = nil) throws -> V {
         try PythonValueDecoder().decode(V.self, from: try get(timeout: timeout))
     }
@@ -659,7 +664,8 @@ public struct TypedQueueProxy<Element: Codable>: Sendable {
     /// `q.put(item)`.
     public func put(_ item: Element) throws { try queue.put(try PythonValueEncoder().encode(item)) }
     /// `q.get(timeout=…)`: throws ``PythonException/queueEmpty`` when nothing came within `timeout`, and a
-    /// decoding error for an item that is not an `Element`.
+    /// decoding error for an item that is not an `Element`. Without a timeout it waits until an item
+    /// comes, as Python's `q.get()` does.
     public func get(timeout: Duration? = nil) throws -> Element {
         try PythonValueDecoder().decode(Element.self, from: try queue.get(timeout: timeout))
     }

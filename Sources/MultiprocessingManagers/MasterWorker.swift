@@ -1,4 +1,5 @@
 import Glibc
+import Multiprocessing
 public import Logging
 public import MultiprocessingNetwork
 import Threading
@@ -128,13 +129,12 @@ public enum TaskMasterWorker {
         }
         // A worker started before its master (two programs started together) waits for it as it would
         // after losing it: within `reconnectFor`.
+        // A wrong key or a master without the queues is an answer, not an absence: it fails at once.
         var (taskQueue, resultQueue): (QueueProxy, QueueProxy)
         do {
             (taskQueue, resultQueue) = try open()
-        } catch {
-            guard reconnectFor > .zero, let opened = reconnect(within: reconnectFor, open, say: say) else {
-                throw error
-            }
+        } catch let e as MultiprocessingError where reconnectFor > .zero && Self.isAbsence(e) {
+            guard let opened = reconnect(within: reconnectFor, open, say: say) else { throw e }
             (taskQueue, resultQueue) = opened
         }
         var done = 0
@@ -191,6 +191,13 @@ public enum TaskMasterWorker {
         }
         say("worker exit.")
         return done
+    }
+
+    /// Whether `error` says nobody answered at the address (yet): refused, unreachable, timed out.
+    static func isAbsence(_ error: MultiprocessingError) -> Bool {
+        if error.code == .timedOut || error.code == .endOfFile { return true }
+        guard let e = error.errno else { return false }
+        return [ECONNREFUSED, ECONNRESET, ENOENT, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, EAGAIN].contains(e)
     }
 
     /// Calls `open` until it succeeds or `window` has passed, waiting 50 ms, 100 ms, … up to 2 s between

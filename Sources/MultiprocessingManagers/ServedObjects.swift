@@ -254,7 +254,7 @@ final class ListObject: ManagedObject, @unchecked Sendable {  // `items` behind 
             case "index":
                 let x = try argument(args, kwargs, 0, "value")
                 guard let i = l.firstIndex(of: x) else {
-                    throw PythonException("ValueError", [.string("\(x) is not in list")])
+                    throw PythonException("ValueError", [.string("\(x.pythonDescription) is not in list")])
                 }
                 return .int(Int64(i))
             case "count":

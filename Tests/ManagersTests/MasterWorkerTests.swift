@@ -251,6 +251,30 @@ struct MasterWorkerTests {
         #expect(try worker.result(timeout: .seconds(30)) == 2)
     }
 
+    /// A wrong key is an answer, not an absence: with `reconnectFor` too, the worker fails at once instead
+    /// of retrying for the whole window.
+    @Test func aWrongKeyFailsAtOnceEvenWithReconnect() throws {
+        let port = try freePort()
+        let server = try ManagerServer(address: .tcp(host: "127.0.0.1", port: port), authkey: Array("abc".utf8))
+        _ = server.registerQueue("get_task_queue")
+        _ = server.registerQueue("get_result_queue")
+        try server.start()
+        defer { server.shutdown() }
+        let said = Locked<[String]>([])
+        let started = ContinuousClock.now
+        #expect(throws: MultiprocessingError.self) {
+            try TaskMasterWorker.worker(
+                port: port,
+                authkey: Array("wrong".utf8),
+                tasks: 1,
+                reconnectFor: .seconds(600),
+                say: { l in said.withLock { $0.append(l) } }
+            )
+        }
+        #expect(ContinuousClock.now - started < .seconds(300))  // not the 600 s window
+        #expect(!said.withLock { $0 }.contains { $0.hasPrefix("reconnecting in") })
+    }
+
     /// Without `reconnectFor`, a lost master ends the worker (Python's behaviour).
     @Test func withoutReconnectALostMasterEndsTheWorker() throws {
         let port = try freePort()

@@ -63,6 +63,14 @@ enum ExamplePrograms {
         p.standardError = out
         try p.run()
         defer { if p.isRunning { p.terminate() } }
+        // A program that hangs (before its port, or after) is killed: its pipe then ends and nothing waits.
+        let ended = Event()
+        let pid = p.processIdentifier
+        let watchdog = OSThread(name: "example-watchdog", daemon: true) {
+            if !ended.wait(timeout: .seconds(120)) { kill(pid, SIGKILL) }
+        }
+        try watchdog.start()
+        defer { ended.set() }
         var text = firstLine(out.fileHandleForReading)
         let (_, clientOutput) = try runPython(client, [port(in: text)])
         text += String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)

@@ -358,6 +358,12 @@ import Testing
         #expect(s.unexpectedDeaths == 1)
     }
 
+    /// An outbox that cannot have its own descriptor is an error (the worker is then not started), never
+    /// an outbox that drops what it is given.
+    @Test func anOutboxWithoutADescriptorIsAnError() {
+        #expect(throws: MultiprocessingError.self) { try Outbox(channel: -1) }
+    }
+
     @Test func theOutboxRestoresTheOrderOfNumberedSends() throws {
         let (a, b) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
         defer {

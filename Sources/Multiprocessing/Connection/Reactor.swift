@@ -21,9 +21,6 @@ package final class Reactor: Sendable {
     private struct State {
         var waiters: [Int32: [Registration]] = [:]
         var handlers: [Int32: @Sendable () -> Bool] = [:]
-        /// Watched descriptors the kernel would not re-arm (out of memory): tried again every 10 ms, so a
-        /// handler is never silently left unarmed.
-        var unarmed: Set<Int32> = []
     }
 
     private static let instance = Mutex<Reactor?>(nil)
@@ -73,9 +70,7 @@ package final class Reactor: Sendable {
         while true {
             let n: Int
             do {
-                let retrying = reactor.state.withLock { !$0.unarmed.isEmpty }
-                n = try Syscall.epollWait(epfd, &events, timeoutMs: retrying ? 10 : -1)
-                if retrying { reactor.retryArming() }
+                n = try Syscall.epollWait(epfd, &events)
             } catch {
                 // EBADF, EFAULT, EINVAL: the reactor itself is broken; spinning would hide it at 100 % CPU.
                 fatalError("swift-multiprocessing reactor: \(error)")
@@ -127,11 +122,9 @@ package final class Reactor: Sendable {
                         s.waiters[fd] = nil
                         unarmed = rest
                         failure = MultiprocessingError.system("epoll_ctl", e)
-                        // The watcher stays: tried again shortly while the kernel is short of memory;
-                        // for any other refusal (a descriptor closed under it) nothing will ever come.
-                        if s.handlers[fd] != nil {
-                            if e == ENOMEM || e == ENOSPC { s.unarmed.insert(fd) } else { s.handlers[fd] = nil }
-                        }
+                        // A watcher whose descriptor cannot be re-armed (it was closed and its number
+                        // reused) would never fire again: it is dropped, not left silently unarmed.
+                        s.handlers[fd] = nil
                     }
                 } else {
                     _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
@@ -145,25 +138,6 @@ package final class Reactor: Sendable {
             }
         for c in ready { c.resume() }
         for c in failed { c.resume(throwing: failure) }
-    }
-
-    /// Arms again the watched descriptors the kernel refused to re-arm (reactor thread).
-    private func retryArming() {
-        state.withLock { s in
-            for fd in s.unarmed {
-                guard s.handlers[fd] != nil else {
-                    s.unarmed.remove(fd)
-                    continue
-                }
-                let e = arm(fd, &s)
-                if e == 0 {
-                    s.unarmed.remove(fd)
-                } else if e != ENOMEM && e != ENOSPC {
-                    s.unarmed.remove(fd)
-                    s.handlers[fd] = nil
-                }
-            }
-        }
     }
 
     /// (Re-)arms `fd` for the union of what its watcher and its waiting tasks want; the `errno` when the

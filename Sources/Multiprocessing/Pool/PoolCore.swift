@@ -166,14 +166,35 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         let wake = mp_eventfd(0)
         let shared: SharedSlot
         let sharedFd: Int32
-        var outbox: Outbox?
+        let outbox: Outbox
+        let bytes: [UInt8]
+        let fds: [Int32]
         do {
             guard wake >= 0 else { throw MultiprocessingError.system("eventfd", -wake) }
             // Without its own descriptor the outbox could send nothing to a worker that waits for work.
             outbox = try Outbox(channel: w.channel.fileDescriptor)
-            (shared, sharedFd) = try SharedSlot.create()
+            do {
+                (shared, sharedFd) = try SharedSlot.create()
+            } catch {
+                outbox.release()
+                throw error
+            }
+            do {
+                let setup = PoolSetup(
+                    slot: PassedDescriptor(sharedFd),
+                    wake: PassedDescriptor(wake),
+                    initializer: initializer?.payload,
+                    initializerType: initializer?.type,
+                    memoryLimit: options.memoryLimit
+                )
+                (bytes, fds) = try MessageCodec.encode(ToWorker.pool(setup))
+            } catch {
+                outbox.release()
+                shared.unmap()
+                Syscall.close(sharedFd)
+                throw error
+            }
         } catch {
-            outbox?.release()
             handle.kill()
             _ = try? handle.join(timeout: .seconds(2))
             Syscall.close(errRead)
@@ -181,14 +202,6 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             throw error
         }
         defer { Syscall.close(sharedFd) }
-        let setup = PoolSetup(
-            slot: PassedDescriptor(sharedFd),
-            wake: PassedDescriptor(wake),
-            initializer: initializer?.payload,
-            initializerType: initializer?.type,
-            memoryLimit: options.memoryLimit
-        )
-        let (bytes, fds) = try MessageCodec.encode(ToWorker.pool(setup))
         // If the worker is already dead this fails; its exit is then reported through the pidfd.
         try? bytes.withUnsafeBytes { try w.channel.sendFrame($0, fds: fds) }
         let slot = WorkerIO(
@@ -198,7 +211,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             stderrFd: errRead,
             shared: shared,
             wakeFd: wake,
-            outbox: outbox!
+            outbox: outbox
         )
         // Known to the state and registered together: the state may send it work at once.
         step { g in

@@ -194,7 +194,10 @@ private struct PyDecoder: Decoder {
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
     func mismatch(_ expected: String) -> DecodingError {
-        .typeMismatch(Any.self, .init(codingPath: codingPath, debugDescription: "expected \(expected), found \(value)"))
+        .typeMismatch(
+            Any.self,
+            .init(codingPath: codingPath, debugDescription: "expected \(expected), found \(value.pythonDescription)")
+        )
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {

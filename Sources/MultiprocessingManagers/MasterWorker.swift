@@ -1,6 +1,6 @@
 import Glibc
-import Multiprocessing
 public import Logging
+import Multiprocessing
 public import MultiprocessingNetwork
 import Threading
 

@@ -165,6 +165,8 @@ struct PipelineTests {
     /// The parent is SIGKILLed mid-run (its pool workers go with it); the run started again finishes
     /// with every row written exactly once.
     @Test func aRunKilledMidwayFinishesExactlyOnceWhenRunAgain() throws {
+        // The killed run's pool workers are re-parented here, to be waited for before the count below.
+        try Processes.adoptOrphans()
         try withTemporaryDatabase { path in
             let db = try SQLiteConnection(path: path)
             try makeUsers(db, count: 20_000)
@@ -172,8 +174,13 @@ struct PipelineTests {
             try child.start()
             // Wait until some chunks, not all, are written.
             let written = waitForChunks(db, atLeast: 8)
+            let workers = childrenOf(child.pid!)
+            #expect(!workers.isEmpty, "the run's pool workers")
             child.kill()
             _ = try child.join(timeout: .seconds(10))
+            // Its workers notice their parent's death and exit, but one may still commit the chunk it was
+            // writing: count the rows once they are all gone.
+            for w in workers { #expect(Processes.reapAdoptedOrphan(w, timeout: .seconds(30)), "worker \(w)") }
             #expect(written >= 8 && written < 40, "\(written) chunks when killed")
             let copied = Int(try db.scalar("SELECT count(*) FROM user_copy")?.intValue ?? 0)
             #expect(copied < 20_000)
@@ -398,5 +405,14 @@ struct ETLCommandTests {
                 #expect(out3.contains("unknown database oracle"), "\(out3)")
             }
         }
+    }
+}
+
+/// The processes whose parent is `pid` (every thread's children, from `/proc`).
+func childrenOf(_ pid: Int32) -> [Int32] {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    return tasks.flatMap { tid in
+        ((try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/children", encoding: .utf8)) ?? "")
+            .split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 }

@@ -102,6 +102,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     private let objectsGauge: Gauge
     private let callTimer: CoreMetrics.Timer
     private let stopped = Threading.Event()
+    private let blocked = ServedCall.BlockedCalls()
     private let shuttingDown = Atomic<Bool>(false)
     /// Whether the accept loop is refusing connections for lack of descriptors (logged once per episode).
     private let exhausted = Atomic<Bool>(false)
@@ -185,6 +186,11 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
 
     /// Objects alive now (Python's `number_of_objects`).
     public var objectCount: Int { state.withLock { $0.objects.count } }
+
+    /// Calls waiting now on a served object: a queue's `get` or `put`, a lock's `acquire`, an event's or
+    /// a condition's `wait`, a barrier's: each call that could not complete at once, until it does, times
+    /// out or gives up.
+    public var blockedCallCount: Int { blocked.count }
 
     /// Starts accepting clients on a thread of its own.
     public func start() throws {
@@ -567,7 +573,9 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             self?.shuttingDown.load(ordering: .relaxed) ?? true || mp_peer_gone(fd) == 1
         }
         do {
-            let r = try ServedCall.with(abandoned: abandoned) { try object.call(method, args, kwargs) }
+            let r = try ServedCall.with(abandoned: abandoned, blocked: blocked) {
+                try object.call(method, args, kwargs)
+            }
             guard let typeid = object.methodToTypeid[method] else { return Self.ok(r) }
             // Served as a new object; the caller gets a proxy (it takes its reference, then releases ours).
             guard let factory = state.withLock({ $0.factories[typeid] }) else {

@@ -1,3 +1,4 @@
+import Synchronization
 import Threading
 
 /// What a served call knows about the request it serves: whether anyone still waits for its answer.
@@ -10,13 +11,32 @@ import Threading
 enum ServedCall {
     /// Set by the server around each call (on the connection's thread): true when the call's answer can
     /// no longer be delivered. (A thread-local, not a `@TaskLocal`: these calls run on plain threads.)
-    private static let current = ThreadLocal<(@Sendable () -> Bool)?>(default: { nil })
+    private static let current = ThreadLocal<Context?>(default: { nil })
 
-    static var abandoned: (@Sendable () -> Bool)? { current.value }
+    /// The serving side of a call: how to tell that its answer can no longer be delivered, and where its
+    /// server counts the calls blocked now.
+    struct Context: Sendable {
+        let abandoned: @Sendable () -> Bool
+        let blocked: BlockedCalls
+    }
 
-    /// Runs `body` with `check` as the current call's abandonment test.
-    static func with<T>(abandoned check: @escaping @Sendable () -> Bool, _ body: () throws -> T) rethrows -> T {
-        current.value = check
+    /// The calls of one server blocked now in ``wait(_:_:)`` (``ManagerServer/blockedCallCount``).
+    final class BlockedCalls: Sendable {
+        private let value = Atomic<Int>(0)
+        var count: Int { value.load(ordering: .relaxed) }
+        func add(_ n: Int) { value.add(n, ordering: .relaxed) }
+    }
+
+    static var abandoned: (@Sendable () -> Bool)? { current.value?.abandoned }
+
+    /// Runs `body` as a call of a server whose blocked calls are counted in `blocked`, with `check` as its
+    /// abandonment test.
+    static func with<T>(
+        abandoned check: @escaping @Sendable () -> Bool,
+        blocked: BlockedCalls,
+        _ body: () throws -> T
+    ) rethrows -> T {
+        current.value = Context(abandoned: check, blocked: blocked)
         defer { current.value = nil }
         return try body()
     }
@@ -29,7 +49,12 @@ enum ServedCall {
     /// Runs `attempt` (which waits at most the limit it is given and returns nil when that passed) until
     /// it succeeds or `timeout` (`nil`: none) has passed; nil then.
     static func wait<T>(_ timeout: Duration?, _ attempt: (Duration) throws -> T?) throws -> T? {
-        guard let abandoned else { return try attempt(timeout ?? .seconds(Int64.max / 4)) }
+        guard let context = current.value else { return try attempt(timeout ?? .seconds(Int64.max / 4)) }
+        // Counted as blocked only once it has found that it must wait.
+        if let r = try attempt(.zero) { return r }
+        context.blocked.add(1)
+        defer { context.blocked.add(-1) }
+        let abandoned = context.abandoned
         let clock = ContinuousClock()
         let deadline = timeout.map { clock.now + $0 }
         while true {

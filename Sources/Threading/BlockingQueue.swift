@@ -237,6 +237,10 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     public var isShutdown: Bool { monitor.read { $0.isShutdown } }
     /// Elements put and not yet marked done (Python's `unfinished_tasks`).
     public var unfinishedTasks: Int { monitor.read { $0.unfinished } }
+    /// Threads and tasks waiting now in `get` for an element (for tests that must see a waiter block).
+    package var waitingGetters: Int { monitor.waiterCount(on: Self.notEmpty) }
+    /// Threads and tasks waiting now in `put` for room.
+    package var waitingPutters: Int { monitor.waiterCount(on: Self.notFull) }
 }
 
 extension BlockingQueue where Element: Comparable & SendableMetatype {

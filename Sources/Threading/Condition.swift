@@ -61,6 +61,10 @@ public final class Condition: @unchecked Sendable {  // `waiters` is guarded by 
         }
     }
 
+    /// Threads waiting now to be notified (for tests that must see a waiter block). Takes the lock: call
+    /// it without holding it.
+    package var waiterCount: Int { withLock { waiters.count } }
+
     /// Waits until notified or until `timeout` passes — Python's `Condition.wait(timeout)`.
     ///
     /// - Returns: `false` if the timeout expired, `true` otherwise.

@@ -11,6 +11,9 @@ public final class Event: Sendable {
     /// Whether the flag is set — Python's `Event.is_set()`.
     public var isSet: Bool { flag.load(ordering: .acquiring) }
 
+    /// Threads and tasks waiting now for the flag (for tests that must see a waiter block).
+    package var waiterCount: Int { monitor.waiterCount() }
+
     /// Sets the flag and wakes every waiter — Python's `Event.set()`.
     public func set() {
         monitor.update { state, wakes in

@@ -26,6 +26,9 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
 
     // MARK: state
 
+    /// Threads and tasks waiting now for the outcome (for tests that must see a waiter block).
+    package var waiterCount: Int { monitor.waiterCount() }
+
     /// Whether the future was cancelled — Python's `Future.cancelled()`.
     public var isCancelled: Bool { monitor.read { if case .cancelled = $0.status { true } else { false } } }
     /// Whether the work is running now — Python's `Future.running()`.

@@ -69,6 +69,10 @@ public final class Lock: @unchecked Sendable {  // the futex word is only touche
     /// Whether the lock is held by some thread — Python's `Lock.locked()`.
     public var isLocked: Bool { mp_atomic_load_u32(word) != 0 }
 
+    /// Whether the lock is held and a thread has begun to wait in the kernel for it (the futex word's
+    /// third state; it stays set until the next release). For tests that must see a waiter block.
+    package var isContended: Bool { mp_atomic_load_u32(word) == 2 }
+
     /// Runs `body` with the lock held — Python's `with lock:`.
     @inlinable
     public func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {

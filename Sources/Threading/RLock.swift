@@ -49,6 +49,10 @@ public final class RLock: @unchecked Sendable {  // `count` is only touched by t
     /// Whether the calling thread owns the lock.
     public var isOwnedByCurrentThread: Bool { owner.load(ordering: .relaxed) == mp_pthread_self() }
 
+    /// Whether the lock is held and another thread has begun to wait in the kernel for it (as
+    /// ``Lock``'s). For tests that must see a waiter block.
+    package var isContended: Bool { lock.isContended }
+
     /// Runs `body` with the lock held — Python's `with rlock:`.
     public func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         acquire()

@@ -73,6 +73,9 @@ public class Semaphore: @unchecked Sendable {  // mutable state is atomic or ins
     /// The number of permits available now (a snapshot).
     public var availablePermits: Int { value.load(ordering: .relaxed) }
 
+    /// Threads and tasks waiting now for a permit (for tests that must see a waiter block).
+    package var waiterCount: Int { monitor.waiterCount() }
+
     /// Runs `body` holding a permit — Python's `with semaphore:`.
     public func withPermit<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         acquire()

@@ -4,7 +4,7 @@ package import Foundation
 package import MetricsTestKit
 package import Multiprocessing
 import Synchronization
-import Testing
+package import Testing
 package import Threading
 
 // MARK: - time and threads
@@ -24,8 +24,60 @@ extension Duration {
     }
 }
 
-/// Sleeps the calling thread.
+/// Sleeps the calling thread. Only for a test whose subject is time itself (a timeout, a deadline, a
+/// task that must run long): never to wait for another thread, process or server (use ``eventually``).
 package func sleep(ms: Int) { usleep(useconds_t(ms * 1000)) }
+
+/// What ``eventually(within:_:sourceLocation:_:)`` throws when its condition never held.
+package struct ConditionNeverHeld: Error, CustomStringConvertible {
+    package let description: String
+}
+
+/// Waits until `condition` holds: it is checked at once, then after 1 ms, doubling up to 20 ms between
+/// checks, until `limit` (generous: a busy two-core machine runs other suites' workers meanwhile).
+///
+/// The way a test waits for another thread, process or server: for a waiter to block (`waiterCount`), a
+/// worker to start (`workerPIDs`), a server to see a client go (`clientCount`, `blockedCallCount`). A
+/// fixed sleep would be too short on a loaded machine and too long everywhere else.
+/// - Throws: ``ConditionNeverHeld`` (naming `what` and the caller's line) if `limit` passed first, or
+///   what `condition` threw.
+package func eventually(
+    within limit: Duration = .seconds(60),
+    _ what: @autoclosure () -> String = "the condition",
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ condition: () throws -> Bool
+) throws {
+    let clock = ContinuousClock()
+    let deadline = clock.now + limit
+    var pause = 1000
+    while true {
+        if try condition() { return }
+        if clock.now >= deadline { break }
+        usleep(useconds_t(pause))
+        pause = min(pause * 2, 20_000)
+    }
+    throw ConditionNeverHeld(description: "\(what()) did not hold within \(limit) (\(sourceLocation))")
+}
+
+/// ``eventually(within:_:sourceLocation:_:)`` for async tests: waits between checks without holding a
+/// thread of the cooperative pool.
+package func eventually(
+    within limit: Duration = .seconds(60),
+    _ what: @autoclosure () -> String = "the condition",
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ condition: () async throws -> Bool
+) async throws {
+    let clock = ContinuousClock()
+    let deadline = clock.now + limit
+    var pause = 1
+    while true {
+        if try await condition() { return }
+        if clock.now >= deadline { break }
+        try await Task.sleep(for: .milliseconds(pause))
+        pause = min(pause * 2, 20)
+    }
+    throw ConditionNeverHeld(description: "\(what()) did not hold within \(limit) (\(sourceLocation))")
+}
 
 /// Starts `n` threads running `body(i)` and joins them.
 package func runThreads(_ n: Int, _ body: @escaping @Sendable (Int) throws -> Void) throws {
@@ -97,6 +149,46 @@ package func testPoolOptions(
         forwardStderr: false,
         interrupt: .ignore
     )
+}
+
+/// Runs `body` with a pool of `workers` (``testPoolOptions()`` unless `options` are given), then
+/// terminates it and waits for every worker to have exited and been reaped, however `body` ended.
+package func withTestPool<R>(
+    workers: Int = 2,
+    options: ProcessPoolOptions = testPoolOptions(),
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: (ProcessPool) throws -> R
+) throws -> R {
+    let pool = try ProcessPool(workers: workers, options: options)
+    defer {
+        pool.terminate()
+        if (try? pool.join(timeout: .seconds(60))) != true {
+            Issue.record(
+                "the test pool's workers did not exit within 60 s of terminate()",
+                sourceLocation: sourceLocation
+            )
+        }
+    }
+    return try body(pool)
+}
+
+/// ``withTestPool(workers:options:sourceLocation:_:)`` for async tests.
+package func withTestPool<R>(
+    workers: Int = 2,
+    options: ProcessPoolOptions = testPoolOptions(),
+    _ body: (ProcessPool) async throws -> R
+) async throws -> R {
+    let pool = try ProcessPool(workers: workers, options: options)
+    do {
+        let r = try await body(pool)
+        pool.terminate()
+        try await pool.join()
+        return r
+    } catch {
+        pool.terminate()
+        try? await pool.join()
+        throw error
+    }
 }
 
 /// A path in /tmp unique to this test process and call.

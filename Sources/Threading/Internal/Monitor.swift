@@ -157,6 +157,16 @@ final class Monitor<State>: @unchecked Sendable {  // all state behind `mutex`
         return result
     }
 
+    /// How many threads and tasks are queued on wait list `list` now (parked or suspended; one still
+    /// spinning before it queues is not counted). For tests and diagnostics that must observe a waiter
+    /// instead of guessing how long it takes to block.
+    func waiterCount(on list: Int? = nil) -> Int {
+        withLock { inner in
+            if let list { return inner.lists.count(list) }
+            return (0..<4).reduce(0) { $0 + inner.lists.count($1) }
+        }
+    }
+
     /// Reads the state with the lock held.
     @inlinable
     func read<R>(_ body: (borrowing State) -> R) -> R {

@@ -41,6 +41,9 @@ package struct ConditionNeverHeld: Error, CustomStringConvertible {
 /// fixed sleep would be too short on a loaded machine and too long everywhere else.
 /// - Throws: ``ConditionNeverHeld`` (naming `what` and the caller's line) if `limit` passed first, or
 ///   what `condition` threw.
+// Disfavoured: an async test that passes a plain closure gets the async overload, which never holds a
+// thread of the cooperative pool (otherwise the sync one would win and block one).
+@_disfavoredOverload
 package func eventually(
     within limit: Duration = .seconds(60),
     _ what: @autoclosure () -> String = "the condition",
@@ -130,6 +133,24 @@ extension Result {
 extension ThreadingError.Code {
     /// Whether `error` is a ``ThreadingError`` with this code.
     package func matches(_ error: any Error) -> Bool { (error as? ThreadingError)?.code == self }
+}
+
+// MARK: - what the machine provides
+
+/// The capabilities this run must have (`MP_TEST_REQUIRE`, comma-separated: `postgresql`,
+/// `private-postgres`, `mariadb`, `netns`, `tmux`). `.ci/run` names what it provides, so that a
+/// server that failed to start fails CI instead of skipping its tests.
+package let requiredCapabilities: Set<String> = Set(
+    (getenv("MP_TEST_REQUIRE").map { String(cString: $0) } ?? "").split(separator: ",").map {
+        String($0).trimmingCharacters(in: .whitespaces)
+    }
+)
+
+/// Whether the tests that need `capability` run: when it is available, or when this run requires it (they
+/// then run, and fail on what is missing). For `.enabled(if:)`: otherwise they are reported as skipped,
+/// with the reason the trait's comment gives.
+package func runs(needing capability: String, unavailable: String?) -> Bool {
+    unavailable == nil || requiredCapabilities.contains(capability)
 }
 
 // MARK: - processes

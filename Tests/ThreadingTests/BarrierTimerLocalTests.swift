@@ -11,7 +11,7 @@ struct BarrierTests {
         let b = Barrier(parties: 3) { actions.increment() }
         let indices = Collected<Int>()
         try runThreads(3) { _ in
-            for _ in 0..<100 { indices.append(try b.wait(timeout: .seconds(10))) }
+            for _ in 0..<100 { indices.append(try b.wait(timeout: .seconds(30))) }
         }
         #expect(actions.count == 100)
         let counts = Dictionary(grouping: indices.all, by: { $0 }).mapValues(\.count)
@@ -24,13 +24,13 @@ struct BarrierTests {
         let broken = Counter()
         let threads = (0..<3).map { _ in
             OSThread {
-                do { try b.wait(timeout: .seconds(20)) } catch {
+                do { try b.wait(timeout: .seconds(30)) } catch {
                     if ThreadingError.Code.brokenBarrier.matches(error) { broken.increment() }
                 }
             }
         }
         for t in threads { try t.start() }
-        while b.waitingCount < 3 { sleep(ms: 1) }
+        try eventually("3 threads to wait") { b.waitingCount == 3 }
         b.abort()
         for t in threads { try t.join() }
         #expect(broken.count == 3)
@@ -38,7 +38,7 @@ struct BarrierTests {
         #expect(throws: ThreadingError.self) { try b.wait() }
         b.reset()
         #expect(!b.isBroken)
-        try runThreads(4) { _ in try b.wait(timeout: .seconds(10)) }
+        try runThreads(4) { _ in try b.wait(timeout: .seconds(30)) }
     }
 
     @Test func timeoutBreaksTheBarrier() throws {
@@ -54,10 +54,10 @@ struct BarrierTests {
         let b = Barrier(parties: 2)
         let broken = Counter()
         let t = OSThread {
-            do { try b.wait(timeout: .seconds(20)) } catch { broken.increment() }
+            do { try b.wait(timeout: .seconds(30)) } catch { broken.increment() }
         }
         try t.start()
-        while b.waitingCount < 1 { sleep(ms: 1) }
+        try eventually("the thread to wait") { b.waitingCount == 1 }
         b.reset()
         try t.join()
         #expect(broken.count == 1)
@@ -69,7 +69,7 @@ struct BarrierTests {
         let b = Barrier(parties: 2) { throw Boom() }
         let errors = Collected<String>()
         try runThreads(2) { _ in
-            do { try b.wait(timeout: .seconds(10)) } catch { errors.append("\(type(of: error))") }
+            do { try b.wait(timeout: .seconds(30)) } catch { errors.append("\(type(of: error))") }
         }
         #expect(errors.all.sorted() == ["Boom", "ThreadingError"])
     }
@@ -80,14 +80,21 @@ struct TimerTests {
     @Test func firesAfterInterval() throws {
         let fired = Event()
         let timer = ThreadTimer(after: .milliseconds(30)) { fired.set() }
-        try timer.start()
-        #expect(fired.wait(timeout: .seconds(5)))
+        var ok = false
+        let d = try elapsed {
+            try timer.start()
+            ok = fired.wait(timeout: .seconds(30))
+        }
+        #expect(ok)
+        #expect(d >= .milliseconds(25))  // not before its interval
         try timer.join()
     }
 
     @Test func cancelPreventsFiring() throws {
         let fired = Counter()
-        let timer = ThreadTimer(after: .milliseconds(200)) { fired.increment() }
+        // An interval far longer than the test: the timer can fire only if cancel() failed (cancel wakes
+        // the timer's thread, so join returns at once).
+        let timer = ThreadTimer(after: .seconds(30)) { fired.increment() }
         try timer.start()
         timer.cancel()
         try timer.join()
@@ -106,19 +113,27 @@ struct ThreadLocalTests {
             let std = localSchool.value!
             lines.append("Hello, \(std) (in \(OSThread.current.name))")
         }
+        // Interleaved on purpose: Bob's thread binds its student after Alice's and before Alice's is read.
+        let aliceBound = Event()
+        let bobBound = Event()
+        let missedTurns = Counter()
         let t1 = OSThread(name: "Thread-A") {
             localSchool.value = "Alice"
-            sleep(ms: 10)
+            aliceBound.set()
+            if !bobBound.wait(timeout: .seconds(30)) { missedTurns.increment() }
             processStudent()
         }
         let t2 = OSThread(name: "Thread-B") {
+            if !aliceBound.wait(timeout: .seconds(30)) { missedTurns.increment() }
             localSchool.value = "Bob"
+            bobBound.set()
             processStudent()
         }
         try t1.start()
         try t2.start()
         try t1.join()
         try t2.join()
+        #expect(missedTurns.count == 0)
         #expect(lines.all.sorted() == ["Hello, Alice (in Thread-A)", "Hello, Bob (in Thread-B)"])
         #expect(localSchool.value == nil)  // the main thread never set it
     }
@@ -148,7 +163,7 @@ struct ThreadLocalTests {
         let t = OSThread { local.value = Tracked(released) }
         try t.start()
         try t.join()
-        #expect(released.wait(timeout: .seconds(5)))
+        #expect(released.wait(timeout: .seconds(30)))
     }
 
     @Test func valuesReleasedWhenLocalDeinits() throws {

@@ -60,11 +60,11 @@ struct BlockingQueueTests {
     @Test func blockedPutProceedsWhenRoomAppears() throws {
         let q = BlockingQueue<Int>(maxsize: 1)
         try q.put(0)
-        let t = OSThread { try q.put(1, timeout: .seconds(10)) }
+        let t = OSThread { try q.put(1, timeout: .seconds(30)) }
         try t.start()
-        sleep(ms: 20)
+        try eventually("the put to block") { q.waitingPutters == 1 }
         #expect(try q.get() == 0)
-        #expect(try q.get(timeout: .seconds(10)) == 1)
+        #expect(try q.get(timeout: .seconds(30)) == 1)
         try t.join()
     }
 
@@ -73,10 +73,13 @@ struct BlockingQueueTests {
         for i in 0..<10 { try q.put(i) }
         #expect(!q.join(timeout: .milliseconds(10)))
         let worker = OSThread {
-            while let _ = try? q.get(timeout: .milliseconds(200)) { try q.taskDone() }
+            for _ in 0..<10 {
+                _ = try q.get(timeout: .seconds(30))
+                try q.taskDone()
+            }
         }
         try worker.start()
-        #expect(q.join(timeout: .seconds(10)))
+        #expect(q.join(timeout: .seconds(30)))
         #expect(q.unfinishedTasks == 0)
         try worker.join()
         do {
@@ -105,13 +108,13 @@ struct BlockingQueueTests {
         let shutDownSeen = Counter()
         let getters = (0..<3).map { _ in
             OSThread {
-                do { _ = try q.get(timeout: .seconds(20)) } catch {
+                do { _ = try q.get(timeout: .seconds(30)) } catch {
                     if ThreadingError.Code.shutDown.matches(error) { shutDownSeen.increment() }
                 }
             }
         }
         for t in getters { try t.start() }
-        sleep(ms: 30)
+        try eventually("3 getters to block") { q.waitingGetters == 3 }
         q.shutdown(immediate: true)
         for t in getters { try t.join() }
         #expect(shutDownSeen.count == 3)
@@ -167,7 +170,7 @@ struct BlockingQueueTests {
     @Test func asyncGetIsCancellable() async throws {
         let q = BlockingQueue<Int>()
         let t = Task { try await q.get() }
-        try await Task.sleep(for: .milliseconds(10))
+        try await eventually("the get to suspend") { () async in q.waitingGetters == 1 }
         t.cancel()
         await #expect(throws: CancellationError.self) { try await t.value }
         try await q.put(7)

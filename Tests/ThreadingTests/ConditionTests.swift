@@ -39,7 +39,7 @@ struct ConditionTests {
             }
         }
         try t.start()
-        let ok = try c.wait(for: { flag.load(ordering: .relaxed) }, timeout: .seconds(5))
+        let ok = try c.wait(for: { flag.load(ordering: .relaxed) }, timeout: .seconds(30))
         #expect(ok)
         try r.release()
         #expect(r.isOwnedByCurrentThread)  // recursion level restored
@@ -55,12 +55,16 @@ struct ConditionTests {
         let consumers = (0..<4).map { _ in
             OSThread {
                 try c.withLock {
-                    _ = try c.wait(for: { !box.items.isEmpty }, timeout: .seconds(10))
-                    got.append(box.items.removeLast())
+                    // On a timeout nothing is taken, and the final expectation fails.
+                    if try c.wait(for: { !box.items.isEmpty }, timeout: .seconds(30)) {
+                        got.append(box.items.removeLast())
+                    }
                 }
             }
         }
         for t in consumers { try t.start() }
+        // Every consumer waits before the first item: each one is woken by a notify(1).
+        try eventually("4 consumers to wait") { c.waiterCount == 4 }
         for i in 0..<4 {
             try c.withLock {
                 box.items.append(i)
@@ -78,12 +82,12 @@ struct ConditionTests {
         let threads = (0..<5).map { _ in
             OSThread {
                 try c.withLock {
-                    if try c.wait(for: { go.load(ordering: .relaxed) }, timeout: .seconds(10)) { woke.increment() }
+                    if try c.wait(for: { go.load(ordering: .relaxed) }, timeout: .seconds(30)) { woke.increment() }
                 }
             }
         }
         for t in threads { try t.start() }
-        sleep(ms: 50)
+        try eventually("5 threads to wait") { c.waiterCount == 5 }
         try c.withLock {
             go.store(true, ordering: .relaxed)
             try c.notifyAll()

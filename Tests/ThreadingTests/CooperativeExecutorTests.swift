@@ -1,3 +1,4 @@
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
 
@@ -72,17 +73,21 @@ struct CooperativeExecutorTests {
     /// down finishes on the global pool instead of never.
     @Test func cancellationAndWorkThatOutlivesTheExecutor() async throws {
         let loop = try CooperativeExecutor(name: "short-lived")
-        let sleeper = loop.spawn { try await Task.sleep(for: .seconds(30)) }
-        try await Task.sleep(for: .milliseconds(20))
-        sleeper.cancel()
-        await #expect(throws: CancellationError.self) { try await sleeper.value }
+        let never = Event()
+        let waiter = loop.spawn { try await never.wait() }
+        try await eventually("the task to wait") { () async in never.waiterCount == 1 }
+        waiter.cancel()
+        await #expect(throws: CancellationError.self) { try await waiter.value }
 
+        // Suspended when the executor stops, resumed only after that.
+        let go = Event()
         let late = loop.spawn { () async throws -> Int in
-            try await Task.sleep(for: .milliseconds(100))
+            try await go.wait()
             return 7
         }
-        try await Task.sleep(for: .milliseconds(20))
+        try await eventually("the late task to wait") { () async in go.waiterCount == 1 }
         await loop.shutdown()
+        go.set()
         #expect(try await late.value == 7)
     }
 }

@@ -20,7 +20,7 @@ struct OSThreadTests {
         #expect(tid != nil && tid != getpid())
         #expect(t.name == "LoopThread")
         release.set()
-        #expect(try t.join(timeout: .seconds(5)))
+        #expect(try t.join(timeout: .seconds(30)))
         #expect(!t.isAlive)
     }
 
@@ -63,19 +63,19 @@ struct OSThreadTests {
 
     @Test func joinTimeoutOnASleepingThread() throws {
         let release = Event()
-        let t = OSThread { release.wait(timeout: .seconds(10)) }
+        let t = OSThread { release.wait(timeout: .seconds(30)) }
         try t.start()
         var finished = true
         let d = try elapsed { finished = try t.join(timeout: .milliseconds(80)) }
         #expect(!finished)
-        #expect(d >= .milliseconds(75) && d < .seconds(3))
+        #expect(d >= .milliseconds(75) && d < .seconds(30))  // upper bound: only "it did not hang"
         release.set()
-        #expect(try t.join(timeout: .seconds(5)))
+        #expect(try t.join(timeout: .seconds(30)))
     }
 
     @Test func activeCountAndEnumerate() throws {
         let release = Event()
-        let threads = (0..<3).map { i in OSThread(name: "enum-\(i)") { release.wait(timeout: .seconds(10)) } }
+        let threads = (0..<3).map { i in OSThread(name: "enum-\(i)") { release.wait(timeout: .seconds(30)) } }
         for t in threads { try t.start() }
         // Other suites start and end threads concurrently: count ours, not a before/after difference.
         #expect(OSThread.activeCount >= 4)
@@ -125,18 +125,26 @@ struct OSThreadTests {
 
     @Test func joinNonDaemonThreads() throws {
         let release = Event()
-        let t = OSThread(daemon: false) { release.wait(timeout: .seconds(10)) }
+        let t = OSThread(daemon: false) { release.wait(timeout: .seconds(30)) }
         try t.start()
         #expect(!OSThread.joinNonDaemonThreads(timeout: .milliseconds(30)))
         release.set()
-        #expect(OSThread.joinNonDaemonThreads(timeout: .seconds(5)))
+        #expect(OSThread.joinNonDaemonThreads(timeout: .seconds(30)))
     }
 
     @Test func asyncJoin() async throws {
-        let t = OSThread { sleep(ms: 10) }
+        let release = Event()
+        let t = OSThread { release.wait(timeout: .seconds(30)) }
         try t.start()
-        try await t.join()
-        #expect(!t.isAlive)
+        // The join is awaited while the thread is still held (alive); it returns once the thread ended.
+        let joiner = Task {
+            try await t.join()
+            return t.isAlive
+        }
+        #expect(t.isAlive)
+        release.set()
+        let aliveAfterJoin = try await joiner.value
+        #expect(!aliveAfterJoin)
     }
 
     /// The seed notes' balance example: with the lock the balance stays 0.

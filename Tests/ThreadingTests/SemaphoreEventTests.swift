@@ -27,9 +27,9 @@ struct SemaphoreTests {
     @Test func releaseNWakesN() throws {
         let s = Semaphore(0)
         let passed = Counter()
-        let threads = (0..<3).map { _ in OSThread { if s.acquire(timeout: .seconds(10)) { passed.increment() } } }
+        let threads = (0..<3).map { _ in OSThread { if s.acquire(timeout: .seconds(30)) { passed.increment() } } }
         for t in threads { try t.start() }
-        sleep(ms: 30)
+        try eventually("3 threads to wait") { s.waiterCount == 3 }
         try s.release(3)
         for t in threads { try t.join() }
         #expect(passed.count == 3)
@@ -68,13 +68,14 @@ struct SemaphoreTests {
     @Test func asyncAcquireSuspendsAndIsCancellable() async throws {
         let s = Semaphore(0)
         let waiter = Task { try await s.acquire() }
-        try await Task.sleep(for: .milliseconds(20))
+        try await eventually("the task to wait") { () async in s.waiterCount == 1 }
         try s.release()
         try await waiter.value
         let cancelled = Task { try await s.acquire() }
-        try await Task.sleep(for: .milliseconds(20))
+        try await eventually("the task to wait") { () async in s.waiterCount == 1 }
         cancelled.cancel()
         await #expect(throws: CancellationError.self) { try await cancelled.value }
+        #expect(s.waiterCount == 0)
         // The cancelled waiter took nothing.
         try s.release()
         #expect(s.acquire(blocking: false))
@@ -87,7 +88,9 @@ struct SemaphoreTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<50 { group.addTask { try await s.acquire() } }
             group.addTask {
-                try await Task.sleep(for: .milliseconds(20))
+                // `async in` picks the overload that suspends between checks (a plain closure would pick
+                // the one that blocks a thread of the pool).
+                try await eventually("50 tasks to wait at once") { () async in s.waiterCount == 50 }
                 try s.release(50)
             }
             try await group.waitForAll()
@@ -111,9 +114,9 @@ struct EventTests {
     @Test func setWakesAllThreadWaiters() throws {
         let e = Event()
         let woke = Counter()
-        let threads = (0..<4).map { _ in OSThread { if e.wait(timeout: .seconds(10)) { woke.increment() } } }
+        let threads = (0..<4).map { _ in OSThread { if e.wait(timeout: .seconds(30)) { woke.increment() } } }
         for t in threads { try t.start() }
-        sleep(ms: 20)
+        try eventually("4 threads to wait") { e.waiterCount == 4 }
         e.set()
         for t in threads { try t.join() }
         #expect(woke.count == 4)
@@ -122,7 +125,7 @@ struct EventTests {
     @Test func asyncWaitAndCancellation() async throws {
         let e = Event()
         let t = Task { try await e.wait() }
-        try await Task.sleep(for: .milliseconds(10))
+        try await eventually("the task to wait") { () async in e.waiterCount == 1 }
         e.set()
         try await t.value
         let e2 = Event()

@@ -11,11 +11,11 @@ struct ThreadPoolTests {
     @Test func submitResultAndError() throws {
         let pool = ThreadPool(maxWorkers: 2)
         let f = try pool.submit { 6 * 7 }
-        #expect(try f.result(timeout: .seconds(5)) == 42)
+        #expect(try f.result(timeout: .seconds(30)) == 42)
         #expect(f.isDone && !f.isCancelled && !f.isRunning)
         let g = try pool.submit { () throws -> Int in throw Boom(n: 1) }
-        #expect(throws: Boom(n: 1)) { try g.result(timeout: .seconds(5)) }
-        #expect(try g.error(timeout: .seconds(5)) as? Boom == Boom(n: 1))
+        #expect(throws: Boom(n: 1)) { try g.result(timeout: .seconds(30)) }
+        #expect(try g.error(timeout: .seconds(30)) as? Boom == Boom(n: 1))
         #expect(try f.error() == nil)
         pool.shutdown()
     }
@@ -23,7 +23,7 @@ struct ThreadPoolTests {
     @Test func resultTimeout() throws {
         let pool = ThreadPool(maxWorkers: 1)
         let release = Event()
-        let f = try pool.submit { release.wait(timeout: .seconds(10)) }
+        let f = try pool.submit { release.wait(timeout: .seconds(30)) }
         do {
             _ = try f.result(timeout: .milliseconds(30))
             Issue.record("expected timeout")
@@ -31,19 +31,21 @@ struct ThreadPoolTests {
             #expect(ThreadingError.Code.timedOut.matches(error))
         }
         release.set()
-        #expect(try f.result(timeout: .seconds(5)))
+        #expect(try f.result(timeout: .seconds(30)))
         pool.shutdown()
     }
 
     @Test func cancelBeforeStart() throws {
         let pool = ThreadPool(maxWorkers: 1)
         let release = Event()
-        let blocker = try pool.submit { release.wait(timeout: .seconds(10)) }
+        let blocker = try pool.submit { release.wait(timeout: .seconds(30)) }
         let ran = Counter()
         let queued = try pool.submit { ran.increment() }
+        try eventually("the blocker to run") { blocker.isRunning }
         #expect(queued.cancel())
         #expect(queued.isCancelled)
-        #expect(!blocker.cancel() || !blocker.isRunning)  // a running future cannot be cancelled
+        #expect(!blocker.cancel())  // a running future cannot be cancelled
+        #expect(blocker.isRunning && !blocker.isCancelled)
         release.set()
         pool.shutdown()
         #expect(ran.count == 0)
@@ -61,7 +63,8 @@ struct ThreadPoolTests {
         let f = try pool.submit { "hi" }
         f.addDoneCallback { fut in if (try? fut.result()) == "hi" { called.set() } }
         #expect(try await f.value == "hi")
-        #expect(called.wait(timeout: .seconds(5)))
+        // Callbacks run after the waiters are woken: wait for it without holding a cooperative thread.
+        try await eventually("the done callback to run") { () async in called.isSet }
         // A callback added after completion runs at once.
         let late = Counter()
         f.addDoneCallback { _ in late.increment() }
@@ -77,8 +80,10 @@ struct ThreadPoolTests {
             if x % 7 == 0 { sleep(ms: 1) }
             return x * x
         }
-        sleep(ms: 30)
-        #expect(started.count <= 8)  // lazy: only the buffer was submitted
+        // Lazy: only the buffer was submitted. Once it has all been taken, nothing else has started (an
+        // eager map would have queued every input, and taken them all before the queue emptied).
+        try await eventually("the buffer to be taken") { () async in started.count >= 8 && pool.pendingCount == 0 }
+        #expect(started.count == 8)
         var out: [Int] = []
         while let x = try m.next() { out.append(x) }
         #expect(out == (0..<1_000).map { $0 * $0 })
@@ -102,44 +107,51 @@ struct ThreadPoolTests {
 
     @Test func asCompletedAndWait() async throws {
         let pool = ThreadPool(maxWorkers: 3)
-        let fs = try [30, 1, 15].map { ms in
-            try pool.submit {
-                sleep(ms: ms)
-                return ms
+        // Each job ends when the test opens its gate: the completion order is the test's, not the clock's.
+        let gates = (0..<3).map { _ in Event() }
+        let fs = try [30, 1, 15].enumerated().map { i, n in
+            try pool.submit { () throws -> Int in
+                guard gates[i].wait(timeout: .seconds(30)) else { throw Boom(n: -n) }
+                return n
             }
         }
         var order: [Int] = []
-        let seq = Futures.asCompleted(fs, timeout: .seconds(10))
-        while let f = try seq.next() { order.append(try f.result()) }
-        #expect(order.sorted() == [1, 15, 30])
-        #expect(order.first == 1)
+        let seq = Futures.asCompleted(fs, timeout: .seconds(30))
+        for i in [1, 2, 0] {
+            gates[i].set()
+            if let f = try seq.next() { order.append(try f.result()) }
+        }
+        #expect(try seq.next() == nil)
+        #expect(order == [1, 15, 30])
 
-        let slow = try pool.submit {
-            sleep(ms: 300)
+        let releaseSlow = Event()
+        let slow = try pool.submit { () throws -> Int in
+            guard releaseSlow.wait(timeout: .seconds(30)) else { throw Boom(n: -1) }
             return 0
         }
         let fast = try pool.submit { 1 }
-        let (done, notDone) = Futures.wait([slow, fast], timeout: .seconds(10), returnWhen: .firstCompleted)
+        let (done, notDone) = Futures.wait([slow, fast], timeout: .seconds(30), returnWhen: .firstCompleted)
         #expect(done.contains { $0 === fast })
         #expect(notDone.contains { $0 === slow })
 
         let failing = try pool.submit { () throws -> Int in throw Boom(n: 0) }
-        let r = Futures.wait([slow, failing], timeout: .seconds(10), returnWhen: .firstException)
+        let r = Futures.wait([slow, failing], timeout: .seconds(30), returnWhen: .firstException)
         #expect(r.done.contains { $0 === failing })
 
-        let timed = Futures.wait(
-            [
-                try pool.submit {
-                    sleep(ms: 400)
-                    return 0
-                }
-            ],
-            timeout: .milliseconds(20)
-        )
+        // A job that cannot end before the wait's timeout: it waits for the gate opened after.
+        let releaseHeld = Event()
+        let held = try pool.submit { () throws -> Int in
+            guard releaseHeld.wait(timeout: .seconds(30)) else { throw Boom(n: -2) }
+            return 0
+        }
+        let timed = Futures.wait([held], timeout: .milliseconds(20))
         #expect(timed.notDone.count == 1)
+        releaseHeld.set()
+        releaseSlow.set()
 
-        let all = Futures.wait(fs + [slow], timeout: .seconds(10))
+        let all = Futures.wait(fs + [slow, held], timeout: .seconds(30))
         #expect(all.notDone.isEmpty)
+        #expect(try slow.result() == 0 && held.result() == 0)  // both ran until their gate opened
 
         var asyncOrder: [Int] = []
         for try await f in Futures.asCompleted(
@@ -159,7 +171,7 @@ struct ThreadPoolTests {
     @Test func asCompletedTimeout() throws {
         let pool = ThreadPool(maxWorkers: 1)
         let release = Event()
-        let f = try pool.submit { release.wait(timeout: .seconds(10)) }
+        let f = try pool.submit { release.wait(timeout: .seconds(30)) }
         let seq = Futures.asCompleted([f], timeout: .milliseconds(30))
         #expect(throws: ThreadingError.self) { _ = try seq.next() }
         release.set()
@@ -169,12 +181,13 @@ struct ThreadPoolTests {
     @Test func shutdownCancelPendingAndRejectsNewWork() throws {
         let pool = ThreadPool(maxWorkers: 1)
         let release = Event()
-        let running = try pool.submit { release.wait(timeout: .seconds(10)) }
+        let running = try pool.submit { release.wait(timeout: .seconds(30)) }
         let pending = try (0..<5).map { _ in try pool.submit { 1 } }
-        sleep(ms: 20)
+        try eventually("the first job to run") { running.isRunning }
         let stopper = OSThread { pool.shutdown(wait: true, cancelPending: true) }
         try stopper.start()
-        sleep(ms: 20)
+        // The running job is released only once the shutdown has dropped the queue.
+        try eventually("the shutdown to drop the queue") { pool.pendingCount == 0 }
         release.set()
         try stopper.join()
         #expect(try running.result())
@@ -197,7 +210,7 @@ struct ThreadPoolTests {
                 return OSThread.current.name
             }
         }
-        .map { try $0.result(timeout: .seconds(5)) }
+        .map { try $0.result(timeout: .seconds(30)) }
         #expect(names.allSatisfy { $0.hasPrefix("px_") })
         pool.shutdown()
         #expect(inits.count >= 1 && inits.count <= 2)
@@ -206,8 +219,8 @@ struct ThreadPoolTests {
     @Test func failingInitializerBreaksThePool() throws {
         let pool = ThreadPool(maxWorkers: 1) { throw Boom(n: 9) }
         let f = try pool.submit { 1 }
-        #expect(throws: ThreadingError.self) { try f.result(timeout: .seconds(5)) }
-        #expect(pool.join(timeout: .seconds(5)))
+        #expect(throws: ThreadingError.self) { try f.result(timeout: .seconds(30)) }
+        #expect(pool.join(timeout: .seconds(30)))
         do {
             _ = try pool.submit { 2 }
             Issue.record("expected brokenPool")
@@ -216,7 +229,7 @@ struct ThreadPoolTests {
 
     @Test func threadsAreStartedLazily() throws {
         let pool = ThreadPool(maxWorkers: 8)
-        for _ in 0..<20 { _ = try pool.submit { 1 }.result(timeout: .seconds(5)) }
+        for _ in 0..<20 { _ = try pool.submit { 1 }.result(timeout: .seconds(30)) }
         #expect(pool.workerCount <= 2)  // sequential work reuses the idle thread
         pool.shutdown()
     }
@@ -237,7 +250,7 @@ struct ThreadPoolTests {
             )
         }
         pool.close()
-        #expect(pool.join(timeout: .seconds(10)))
+        #expect(pool.join(timeout: .seconds(30)))
         #expect(ok.count == 19 && failed.count == 1)
         #expect(throws: ThreadingError.self) { try pool.run({ 0 }, callback: { _, _ in }) }
     }
@@ -247,7 +260,7 @@ struct ThreadPoolTests {
         let release = Event()
         let ran = Counter()
         let cancelledCallbacks = Counter()
-        try pool.run({ release.wait(timeout: .seconds(10)) }, callback: { _, _ in ran.increment() })
+        try pool.run({ release.wait(timeout: .seconds(30)) }, callback: { _, _ in ran.increment() })
         for _ in 0..<10 {
             try pool.run(
                 { ran.increment() },
@@ -258,10 +271,10 @@ struct ThreadPoolTests {
                 }
             )
         }
-        sleep(ms: 20)
+        try eventually("the first job to start") { pool.pendingCount == 10 }
         pool.terminate()
         release.set()
-        #expect(pool.join(timeout: .seconds(10)))
+        #expect(pool.join(timeout: .seconds(30)))
         #expect(ran.count == 1)  // only the running job's callback
         #expect(cancelledCallbacks.count == 10)
     }

@@ -1,5 +1,7 @@
 import Glibc
 import MultiprocessingTestSupport
+import Testing
+import Threading
 
 @testable import Multiprocessing
 
@@ -78,6 +80,74 @@ struct BlockingSleep: TaskFunction {
     func callAsFunction(_ ms: Int) -> Int {
         usleep(useconds_t(ms * 1000))
         return ms
+    }
+}
+
+/// Creates the file at `marker` (the test waits for it: the item is running), then sleeps `ms` without
+/// looking at cancellation.
+struct MarkThenBlock: TaskFunction {
+    let marker: String
+    func callAsFunction(_ ms: Int) -> Int {
+        close(open(marker, O_CREAT | O_WRONLY, 0o644))
+        usleep(useconds_t(ms * 1000))
+        return ms
+    }
+}
+
+/// Creates the file at `marker` (the test waits for it: the item is running), then sleeps `ms`
+/// cooperatively: cancellation ends it at once.
+struct MarkThenSleep: TaskFunction {
+    let marker: String
+    func callAsFunction(_ ms: Int) async throws -> Int {
+        close(open(marker, O_CREAT | O_WRONLY, 0o644))
+        try await Task.sleep(for: .milliseconds(ms))
+        return ms
+    }
+}
+
+/// The resolution of the coarse clock a worker stamps its items' starts with: a deadline measured from
+/// that stamp can fire up to this much before the item's true start plus its limit.
+let coarseClockResolution: Duration = {
+    var ts = timespec()
+    clock_getres(CLOCK_MONOTONIC_COARSE, &ts)
+    return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
+}()
+
+/// Whether the file at `path` exists (a `MarkThen…` item has started).
+func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+/// A gate for items of an in-process pool: an item at the gate says it has started, then waits until the
+/// test opens it, so the test decides when the item ends (no sleep stands in for "still running").
+final class Gate: Sendable {
+    let id = UInt64.random(in: 0...UInt64.max)
+    /// Set by the item once it runs.
+    let reached = Event()
+    private let opened = Event()
+    private static let all = Locked<[UInt64: Gate]>([:])
+
+    init() { Gate.all.withLock { $0[id] = self } }
+
+    /// Lets the item at the gate end (and forgets the gate).
+    func open() {
+        opened.set()
+        _ = Gate.all.withLock { $0.removeValue(forKey: id) }
+    }
+
+    /// The item's side: says it has started, then waits for `open()`.
+    static func pass(_ id: UInt64) async throws {
+        guard let gate = all.withLock({ $0[id] }) else { return }  // opened already
+        gate.reached.set()
+        try await gate.opened.wait()
+    }
+}
+
+/// Waits at its gate (``Gate``), then returns its input. For in-process pools only: gates are this
+/// process's.
+struct WaitsAtGate: TaskFunction {
+    let gate: UInt64
+    func callAsFunction(_ x: Int) async throws -> Int {
+        try await Gate.pass(gate)
+        return x
     }
 }
 
@@ -259,8 +329,7 @@ struct ExitWithBusyPool: Job {
     func run() throws -> Int {
         let pool = try ProcessPool(workers: 8, options: testPoolOptions())
         for _ in 0..<8 { _ = try pool.submit(BlockingSleep(), 10_000) }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while pool.core.busyWorkers < 8 && ContinuousClock.now < deadline { usleep(2_000) }
+        try eventually("all 8 workers are running their task") { pool.core.busyWorkers == 8 }
         try ready.send(pool.workerPIDs)
         exit(0)
     }

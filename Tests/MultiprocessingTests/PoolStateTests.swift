@@ -149,6 +149,9 @@ import Testing
         }
         var facts = State.ExitFacts(exitCode: -11, running: (u.id, 2), lastStarted: u.id)
         facts.stderrTail = ["Fatal error: Index out of range"]
+        // The item fails in the exit event itself, with no supervisor round to wait for: a crash reaches
+        // the caller as soon as the death is read (`PoolPromiseTests.aCrashReachesTheCallerQuicklyWithItsMessage`
+        // end to end; the time it takes is measured by `scripts/bench pool crash`).
         let (gone, a) = s.exited(1, facts, now: at(2))
         #expect(!gone)
         let failed = failures(a)
@@ -234,6 +237,132 @@ import Testing
             Issue.record("expected a soft time-out: \(String(describing: d))")
             return
         }
+    }
+
+    func terminates(_ actions: [Action]) -> Bool {
+        actions.contains { if case .terminate(1) = $0 { true } else { false } }
+    }
+
+    func kills(_ actions: [Action]) -> Bool { actions.contains { if case .kill(1) = $0 { true } else { false } } }
+
+    func cancelsItem(_ actions: [Action]) -> Bool {
+        actions.contains { if case .cancelItem = $0 { true } else { false } }
+    }
+
+    /// What worker 1's shared page says at `now` (ms) of a unit whose items started at `starts` (ms).
+    func running(_ u: Unit, starts: [Int], at now: Int) -> [Int: State.RunningFacts] {
+        let i = starts.lastIndex { $0 <= now } ?? 0
+        return [1: .init(unit: u.id, index: UInt64(i), elapsed: .milliseconds(now - starts[i]))]
+    }
+
+    /// A hard timeout of any length is due at its item's start plus its limit, exactly: dispatching it
+    /// wakes the supervisor, every round before asks to be woken at that instant (not later: a supervisor
+    /// asleep for its default round was issue 8's late timeout), and the round at that instant stops the
+    /// worker, whose SIGKILL follows at the kill grace. End to end, `PoolPromiseTests` checks that they
+    /// fire and not before; how late they fire on real clocks is measured by `scripts/bench pool timeouts`
+    /// (Benchmarks/Sources/bench/PoolPromises.swift).
+    @Test(arguments: [100, 200, 350, 700, 5_000])
+    func aHardTimeoutIsDueAtItsItemsStartPlusItsLimit(limit: Int) throws {
+        var s = pool()
+        let u = unit(&s, count: 1, options: TaskOptions(timeout: .milliseconds(limit), killGrace: .milliseconds(50)))
+        let a = try s.submit([u], now: t0)
+        #expect(a.contains { if case .wakeSupervisor = $0 { true } else { false } })
+        // Sent, not started yet: no deadline of it can fall before now plus its limit.
+        #expect(s.supervise(now: at(0), running: [:]).wakeAt == at(limit))
+        let start = 7  // the worker starts it at 7 ms
+        for now in [start, start + limit / 2, start + limit - 1] {
+            let r = s.supervise(now: at(now), running: running(u, starts: [start], at: now))
+            #expect(r.wakeAt == at(start + limit), "the round at \(now) ms")
+            #expect(!terminates(r.actions), "the round at \(now) ms")
+        }
+        let due = s.supervise(now: at(start + limit), running: running(u, starts: [start], at: start + limit))
+        #expect(terminates(due.actions))
+        #expect(due.wakeAt == at(start + limit + 50))
+        let kill = s.supervise(
+            now: at(start + limit + 50),
+            running: running(u, starts: [start], at: start + limit + 50)
+        )
+        #expect(kills(kill.actions))
+        let (_, b) = s.exited(
+            1,
+            State.ExitFacts(exitCode: -9, running: (u.id, 0), lastStarted: u.id),
+            now: at(start + limit + 51)
+        )
+        #expect(failures(b).map { code($0.error) } == [.timedOut])
+    }
+
+    /// Inside a chunk each item has its own deadline, from its own start (the worker stamps each item's
+    /// start in its shared page; the state sees the running item's elapsed time): the third of three
+    /// items, started at 80 ms with a 300 ms timeout, is stopped at 380 ms, not at the chunk's 300 ms.
+    /// `PoolPromiseTests.itemTimeoutsInsideAChunkFireAtTheirDeadline` is the same chunk in a real pool.
+    @Test func anItemInsideAChunkIsTimedFromItsOwnStart() throws {
+        var s = pool()
+        let u = unit(&s, count: 3, options: TaskOptions(timeout: .milliseconds(300), killGrace: .milliseconds(50)))
+        _ = try s.submit([u], now: t0)
+        let starts = [0, 40, 80]  // items 0 and 1 take 40 ms; item 2 never ends
+        #expect(s.supervise(now: at(20), running: running(u, starts: starts, at: 20)).wakeAt == at(300))
+        #expect(s.supervise(now: at(60), running: running(u, starts: starts, at: 60)).wakeAt == at(340))
+        let (d, _) = try s.received(
+            .output(unit: u.id, start: 0, count: 2, busyNanos: 80_000_000),
+            from: 1,
+            now: at(81)
+        )
+        guard case .output(_, index: 0, count: 2)? = d else {
+            Issue.record("items 0 and 1 are delivered: \(String(describing: d))")
+            return
+        }
+        for now in [100, 300, 379] {
+            let r = s.supervise(now: at(now), running: running(u, starts: starts, at: now))
+            #expect(r.wakeAt == at(380), "the round at \(now) ms")
+            #expect(!terminates(r.actions), "the round at \(now) ms")
+        }
+        let due = s.supervise(now: at(380), running: running(u, starts: starts, at: 380))
+        #expect(terminates(due.actions))
+        let (_, a) = s.exited(1, State.ExitFacts(exitCode: -15, running: (u.id, 2), lastStarted: u.id), now: at(385))
+        #expect(failures(a).map(\.index) == [2])
+        #expect(failures(a).map { code($0.error) } == [.timedOut])
+        #expect(sentTasks(a).isEmpty)  // items 0 and 1 were answered: nothing goes again
+    }
+
+    /// A soft timeout whose item ignores cancellation: the item is asked to stop at its start plus the
+    /// limit, its worker is stopped (SIGTERM) at that plus the cancel grace and killed (SIGKILL) a kill
+    /// grace later, and the item fails as timed out. `PoolPromiseTests.softTimeoutPlusGraceStopsABodyThatIgnoresCancellation`
+    /// is the same in a real pool.
+    @Test func anIgnoredSoftTimeoutStopsTheWorkerAtTheLimitPlusTheGrace() throws {
+        var s = pool()
+        let opts = TaskOptions(
+            softTimeout: .milliseconds(500),
+            cancelGrace: .milliseconds(500),
+            killGrace: .milliseconds(200)
+        )
+        let u = unit(&s, count: 1, options: opts)
+        _ = try s.submit([u], now: t0)
+        let start = 10
+        func round(_ now: Int) -> State.Round {
+            s.supervise(now: at(now), running: running(u, starts: [start], at: now))
+        }
+        for now in [start, start + 499] {
+            let r = round(now)
+            #expect(r.wakeAt == at(start + 500), "the round at \(now) ms")
+            #expect(!cancelsItem(r.actions) && !terminates(r.actions), "the round at \(now) ms")
+        }
+        let soft = round(start + 500)
+        #expect(soft.actions.contains { if case .cancelItem(1, u.id, 0) = $0 { true } else { false } })
+        #expect(!terminates(soft.actions))
+        #expect(soft.wakeAt == at(start + 1_000))
+        let grace = round(start + 999)
+        #expect(!cancelsItem(grace.actions) && !terminates(grace.actions))  // asked once
+        #expect(grace.wakeAt == at(start + 1_000))
+        let stop = round(start + 1_000)
+        #expect(terminates(stop.actions) && !kills(stop.actions))
+        #expect(stop.wakeAt == at(start + 1_200))
+        #expect(!kills(round(start + 1_199).actions))
+        #expect(kills(round(start + 1_200).actions))
+        let (_, a) = s.exited(1, State.ExitFacts(exitCode: -15, running: (u.id, 0), lastStarted: u.id), now: at(1_211))
+        let e = try #require(failures(a).first?.error as? PoolError)
+        #expect(e.code == .timedOut)
+        #expect(e.message.contains("soft timeout"), "\(e.message)")
+        #expect(s.unexpectedDeaths == 0)
     }
 
     @Test func tooManyDeathsInTheWindowBreakThePool() throws {

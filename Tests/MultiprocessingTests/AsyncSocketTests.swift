@@ -1,5 +1,6 @@
 import Glibc
 import MultiprocessingNetwork
+import MultiprocessingTestSupport
 import Synchronization
 import Testing
 import Threading
@@ -55,7 +56,9 @@ struct AsyncSocketTests {
         let client = try await AsyncSocket.connect(to: listener.address)
         let server = try await accepted.value
         let waiting = Task { try await client.read() }
-        try await Task.sleep(for: .milliseconds(30))
+        try await eventually("the read waits in the reactor") { () async in
+            KernelView.epollWaitsForInput(on: client.fileDescriptor)
+        }
         waiting.cancel()
         await #expect(throws: CancellationError.self) { try await waiting.value }
         try await server.write(Array("still here".utf8))
@@ -64,8 +67,15 @@ struct AsyncSocketTests {
         #expect(try await client.read().isEmpty)  // end of file
         client.close()
 
+        guard case .tcp(_, let port) = listener.address else {
+            Issue.record("an AsyncListener() listens on TCP, not at \(listener.address)")
+            return
+        }
+        let socket = try #require(KernelView.tcpListenerInode(port: port), "the listening socket")
         let blocked = Task { try await listener.accept() }
-        try await Task.sleep(for: .milliseconds(30))
+        try await eventually("the accept waits in the reactor") { () async in
+            KernelView.epollWaitsForInput(onInode: socket)
+        }
         listener.close()
         await #expect(throws: MultiprocessingError.self) { try await blocked.value }
     }
@@ -74,14 +84,20 @@ struct AsyncSocketTests {
     /// cooperative pool.
     @Test func connectErrorsAndNames() async throws {
         let listener = try AsyncListener()
-        guard case .tcp(_, let port) = listener.address else { return }
+        guard case .tcp(_, let port) = listener.address else {
+            Issue.record("an AsyncListener() listens on TCP, not at \(listener.address)")
+            return
+        }
         listener.close()
         await #expect(throws: MultiprocessingError.self) {
             try await AsyncSocket.connect(to: .tcp(host: "127.0.0.1", port: port))
         }
         let named = try AsyncListener()
         defer { named.close() }
-        guard case .tcp(_, let namedPort) = named.address else { return }
+        guard case .tcp(_, let namedPort) = named.address else {
+            Issue.record("an AsyncListener() listens on TCP, not at \(named.address)")
+            return
+        }
         let c = try await AsyncSocket.connect(to: .tcp(host: "localhost", port: namedPort))
         c.close()
     }

@@ -33,9 +33,14 @@ struct ConnectionTests {
 
     @Test func asyncReceiversWaitTheirTurnAndHonourCancellation() async throws {
         let (a, b) = try makePipe()
-        // Two tasks wait on one end (one holds the receive lock, the other waits for it as a task).
+        // Two tasks wait on one end (each in the reactor, taking the receive lock in turn once woken).
         let first = Task { try await a.recv(Int.self) }
         let second = Task { try await a.recv(Int.self) }
+        try await eventually("a receiver waits in the reactor") { () async in
+            KernelView.epollWaitsForInput(on: a.fileDescriptor)
+        }
+        // TODO(hook): the reactor shows one waiter at least, not both: with `Reactor.waiterCount(on:)` this
+        // would wait for 2. Until then the second may still be on its way (the test passes either way).
         try await Task.sleep(for: .milliseconds(50))
         try b.send(1)
         try b.send(2)
@@ -43,7 +48,9 @@ struct ConnectionTests {
         #expect(got == [1, 2])
         // A waiting receiver that is cancelled returns at once, and the connection still works.
         let waiting = Task { try await a.recv(Int.self) }
-        try await Task.sleep(for: .milliseconds(50))
+        try await eventually("the receiver waits in the reactor") { () async in
+            KernelView.epollWaitsForInput(on: a.fileDescriptor)
+        }
         waiting.cancel()
         await #expect(throws: CancellationError.self) { try await waiting.value }
         try b.send(3)
@@ -65,33 +72,44 @@ struct ConnectionTests {
         #expect(try b.recv(Int.self) == 5)
     }
 
-    /// A socket's timed receive sleeps in `recvmsg` under SO_RCVTIMEO, set in powers of two of
-    /// milliseconds: it must still end at its deadline (not at a shorter step, not later), receive a
-    /// message that arrives after the first step, and leave the connection usable for blocking receives.
+    /// A socket's timed receive sleeps in `recvmsg` under SO_RCVTIMEO (the largest power of two of
+    /// milliseconds within the time left), then waits in `poll` for the rest: it must still end at its
+    /// deadline (not at a shorter step), receive a message that arrives after the first step, and leave
+    /// the connection usable for blocking receives.
     @Test func timedReceiveOnASocketEndsAtItsDeadline() throws {
         let (a, b) = try makePipe()
+        // 3.9 s is a 2048 ms sleep in recvmsg, then poll: the message is sent once the receiver polls.
+        let got = Future<Int>()
+        let receiver = OSThread { got.complete(Result { try b.recv(Int.self, timeout: .milliseconds(3_900)) }) }
+        try receiver.start()
+        let tid = try #require(receiver.nativeID)
+        try eventually("the receive's first sleep (in recvmsg) ended") { KernelView.isBlocked(tid: tid, in: .poll) }
+        try a.send(7)
+        #expect(try got.result(timeout: .seconds(30)) == 7)
+        try receiver.join()
         for timeout in [300, 45, 3] {
             let t0 = ContinuousClock.now
             #expect(throws: MultiprocessingError.self) { try b.recvBytes(timeout: .milliseconds(timeout)) }
             let took = ContinuousClock.now - t0
-            #expect(took >= .milliseconds(timeout) && took < .milliseconds(timeout + 500), "\(timeout) ms: \(took)")
+            // Not before the deadline; the upper bound only says it did not hang (other suites load the
+            // machine): ending *at* the deadline needs a fake clock (see the report on issue 26).
+            #expect(
+                took >= .milliseconds(timeout) && took < .milliseconds(timeout) + .seconds(20),
+                "\(timeout) ms: \(took)"
+            )
         }
-        // 300 ms is first a 256 ms sleep, then 32, 8, 2, 1: a message sent at 280 ms arrives in one of them.
-        let sender = OSThread {
-            usleep(280_000)
-            try? a.send(7)
+        // A receive without a timeout outlasts the option's last value (a few ms, set by the 3 ms receive): the
+        // message is sent once that has run out and the receiver polls.
+        let late = Future<Int>()
+        let blocking = OSThread { late.complete(Result { try b.recv(Int.self) }) }
+        try blocking.start()
+        let blockingTid = try #require(blocking.nativeID)
+        try eventually("the blocking receive outlived SO_RCVTIMEO") {
+            KernelView.isBlocked(tid: blockingTid, in: .poll)
         }
-        try sender.start()
-        #expect(try b.recv(Int.self, timeout: .milliseconds(900)) == 7)
-        _ = try sender.join(timeout: .seconds(5))
-        // A receive without a timeout outlasts the option's last value (512 ms).
-        let late = OSThread {
-            usleep(700_000)
-            try? a.send(8)
-        }
-        try late.start()
-        #expect(try b.recv(Int.self) == 8)
-        _ = try late.join(timeout: .seconds(5))
+        try a.send(8)
+        #expect(try late.result(timeout: .seconds(30)) == 8)
+        try blocking.join()
     }
 
     @Test func closedPeerIsEndOfFile() throws {
@@ -173,11 +191,18 @@ struct ConnectionTests {
         // Before any byte: a full simplex pipe refuses a small message in time and stays usable.
         let (r, w) = try makePipe(duplex: false)
         var filled = 0
-        while (try? w.sendBytes([UInt8](repeating: 2, count: 1_000), timeout: .milliseconds(20))) != nil { filled += 1 }
+        while true {
+            do {
+                try w.sendBytes([UInt8](repeating: 2, count: 1_000), timeout: .milliseconds(20))
+                filled += 1
+            } catch let e as MultiprocessingError where e.code == .timedOut {
+                break  // full: refused in time
+            }
+        }
         #expect(filled > 10)
         for _ in 0..<filled { _ = try r.recvBytes(timeout: .seconds(5)) }
-        var leftover = 0
-        while (try? r.recvBytes(timeout: .milliseconds(20))) != nil { leftover += 1 }
+        // The refused message left nothing behind (not a frame, not a part of one).
+        #expect(try !r.poll(timeout: .zero), "a refused send left bytes in the pipe")
         try w.send("still fine", timeout: .seconds(5))
         #expect(try r.recv(String.self, timeout: .seconds(5)) == "still fine")
     }
@@ -189,11 +214,13 @@ struct ConnectionTests {
         let got = Future<Int>()
         let receiver = OSThread { got.complete(Result { try b.recv(Int.self) }) }
         try receiver.start()
-        usleep(30_000)  // let it block in recvmsg
+        let tid = try #require(receiver.nativeID)
+        try eventually("the receiver blocks in recvmsg") { KernelView.isBlocked(tid: tid, in: .recvmsg) }
         let t0 = ContinuousClock.now
         #expect(try !b.poll(timeout: .milliseconds(50)))
         #expect(try waitReady([b], timeout: .milliseconds(50)).isEmpty)
-        #expect(ContinuousClock.now - t0 < .seconds(2))
+        // Waiting for the receiver would mean for ever (nothing is sent until below): a generous bound.
+        #expect(ContinuousClock.now - t0 < .seconds(20))
         try a.send(7)
         #expect(try got.result(timeout: .seconds(5)) == 7)
         try receiver.join()
@@ -237,7 +264,9 @@ struct ConnectionTests {
     @Test func asyncReceive() async throws {
         let (a, b) = try makePipe()
         let task = Task { try await b.recv(String.self) }
-        try await Task.sleep(for: .milliseconds(10))
+        try await eventually("the receiver waits in the reactor") { () async in
+            KernelView.epollWaitsForInput(on: b.fileDescriptor)
+        }
         try a.send("later")
         #expect(try await task.value == "later")
         let cancelled = Task { try await b.recvBytes() }

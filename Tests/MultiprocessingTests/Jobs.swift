@@ -75,7 +75,7 @@ struct Intermediate: Job {
         fputs(line, f)
         fclose(f)
         rename(path + ".tmp", path)
-        usleep(60_000_000)
+        usleep(60_000_000)  // until the test SIGKILLs it
         return 0
     }
 }

@@ -270,20 +270,26 @@ struct ListenerTests {
     /// Async accepts stuck in handshakes with silent clients must not hold cooperative threads (there are
     /// only two here): another task keeps running meanwhile.
     @Test func asyncAcceptHandshakesDoNotBlockTheCooperativePool() async throws {
-        let l = try Listener(authkey: key, handshakeTimeout: .seconds(3))
+        let l = try Listener(authkey: key, handshakeTimeout: .seconds(40))
+        let socket = try #require(KernelView.tcpListenerInode(port: port(l)), "the listening socket")
         let accepts = (0..<4).map { _ in Task { try await l.accept() } }
-        try await Task.sleep(for: .milliseconds(50))  // the accepts are waiting for clients
+        try await eventually("the accepts wait for clients") { () async in
+            KernelView.epollWaitsForInput(onInode: socket)
+        }
         let clock = ContinuousClock()
         let t0 = clock.now
         let silent = try (0..<4).map { _ in try connect(to: l.address, authkey: nil) }
-        try await Task.sleep(for: .milliseconds(100))  // the handshakes now wait on silent clients
-        // This task was not starved meanwhile: blocked cooperative threads would hold it for the 3 s
-        // handshake timeout (the margin below 3 s absorbs a machine loaded by other suites).
-        #expect(clock.now - t0 < .milliseconds(2_500))
-        for a in accepts {
-            await #expect(throws: ClientError.self) { try await a.value }  // handshake timed out
+        // Each handshake has sent its challenge and now waits for an answer that does not come.
+        try await eventually("every handshake waits on its silent client") { () async throws in
+            try silent.allSatisfy { try $0.poll() }
         }
-        withExtendedLifetime(silent) {}
+        // This task was not starved meanwhile: blocked cooperative threads would hold it until the 40 s
+        // handshake timeout (the margin below it absorbs a machine loaded by other suites).
+        #expect(clock.now - t0 < .seconds(20))
+        for c in silent { c.close() }  // the handshakes fail now (end of file), not at their timeout
+        for a in accepts {
+            await #expect(throws: ClientError.self) { try await a.value }
+        }
     }
 
     @Test func connectRefusedAndTimeouts() throws {

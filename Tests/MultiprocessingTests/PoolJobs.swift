@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import MultiprocessingTestSupport
 import Testing
@@ -153,11 +154,21 @@ struct WaitsAtGate: TaskFunction {
 
 /// Appends `x` to the file at `log` (one line per run of an item); item 0 first sleeps `ms` without
 /// looking at cancellation.
+/// Item 0 waits (at most `ms`) until the `count - 1` others have logged their runs, then logs its own; so
+/// it ends last only if no other item waited behind it on its worker.
 struct LoggedSlowZero: TaskFunction {
     let log: String
     let ms: Int
+    let count: Int
     func callAsFunction(_ x: Int) -> Int {
-        if x == 0 { usleep(useconds_t(ms * 1000)) }
+        if x == 0 {
+            let deadline = ContinuousClock.now + .milliseconds(ms)
+            while ContinuousClock.now < deadline {
+                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                if text.utf8.count(where: { $0 == 10 }) >= count - 1 { break }
+                usleep(2_000)  // a job polling a file: the test's own waiting is on its results
+            }
+        }
         let fd = open(log, O_WRONLY | O_APPEND | O_CREAT, 0o644)
         let line = Array("\(x)\n".utf8)
         _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

@@ -68,7 +68,11 @@ struct ProcessPoolTests {
         defer { unlink(log) }
         try await withTestPool { pool async throws in
             var order: [Int] = []
-            for try await v in try pool.imapUnordered(LoggedSlowZero(log: log, ms: 5000), 0..<2000, chunksize: 1) {
+            for try await v in try pool.imapUnordered(
+                LoggedSlowZero(log: log, ms: 60_000, count: 2000),
+                0..<2000,
+                chunksize: 1
+            ) {
                 order.append(v)
             }
             #expect(order.count == 2000)

@@ -102,22 +102,33 @@ struct ProcessQueueTests {
     }
 
     @Test func consumerKilledMidGetDoesNotCorruptTheQueue() throws {
+        let seed = replayableSeed()
+        var rng = SplitMix64(state: seed)
         let q = try ProcessQueue<Int>()
         let n = 3_000
         for i in 0..<n { try q.put(i) }
         for _ in 0..<3 {
+            let before = q.count
             let c = ChildProcess(job: SlowConsumer(queue: q))
             try c.start()
-            usleep(useconds_t(20_000 + Int.random(in: 0..<30_000)))
+            try eventually("the consumer is taking items") { q.count < before }
+            // The sleep is the subject: the kill lands at a random moment of the consumer's gets.
+            usleep(useconds_t(Int.random(in: 0..<30_000, using: &rng)))
             c.kill()
             try c.join(timeout: .seconds(10))
-            #expect(c.exitCode == -SIGKILL)
+            #expect(c.exitCode == -SIGKILL, "seed \(seed) (MP_TEST_SEED replays it)")
         }
         // What is left is intact, in order, and a suffix of what was put.
         var rest: [Int] = []
-        while let x = try? q.get(timeout: .milliseconds(100)) { rest.append(x) }
-        #expect(!rest.isEmpty)
-        #expect(rest == Array((n - rest.count)..<n))
+        while true {
+            do {
+                rest.append(try q.getNowait())
+            } catch let e as MultiprocessingError where e.code == .empty {
+                break
+            }
+        }
+        #expect(!rest.isEmpty, "seed \(seed) (MP_TEST_SEED replays it)")
+        #expect(rest == Array((n - rest.count)..<n), "seed \(seed) (MP_TEST_SEED replays it)")
     }
 
     @Test func processDyingWhileHoldingTheLockDoesNotWedgeTheQueue() throws {
@@ -151,7 +162,11 @@ struct ProcessQueueTests {
         try await q.put("x")
         #expect(try await q.get() == "x")
         let waiting = Task { try await q.get() }
-        try await Task.sleep(for: .milliseconds(20))
+        let header = try #require(KernelView.mapping(of: q.ring.fd), "the queue's mapping")
+        // TODO(hook): `ProcessQueue.waitingGetters` (the ring counts them in its header) would say this.
+        try await eventually("the getter sleeps on the queue") { () async in
+            KernelView.aThreadSleepsOnFutex(in: header, count: 4096)
+        }
         waiting.cancel()
         await #expect(throws: CancellationError.self) { try await waiting.value }
         try q.put("y", timeout: nil)
@@ -161,15 +176,32 @@ struct ProcessQueueTests {
     /// Many rounds of "cancel a waiting async get, then put": the item must never vanish into the
     /// cancelled getter.
     @Test func cancelledAsyncGetNeverLosesAnItem() async throws {
+        let seed = replayableSeed()
+        var rng = SplitMix64(state: seed)
         let q = try ProcessQueue<Int>()
         for i in 0..<20 {
             let waiting = Task { try await q.get() }
-            try await Task.sleep(for: .milliseconds(Int.random(in: 0..<60)))
+            // The sleep is the subject: the cancellation lands at a random moment of the get.
+            try await Task.sleep(for: .milliseconds(Int.random(in: 0..<60, using: &rng)))
             waiting.cancel()
             try q.put(i, timeout: nil)
-            let got: Int? = try? await waiting.value
-            let left: Int? = try? q.get(timeout: .milliseconds(200))
-            #expect((got == i) != (left == i))  // exactly one of them has it
+            let got: Int?
+            do {
+                got = try await waiting.value
+            } catch is CancellationError {
+                got = nil
+            }
+            let left: Int?
+            do {
+                left = try q.get(timeout: .milliseconds(200))
+            } catch let e as MultiprocessingError where e.code == .empty {
+                left = nil
+            }
+            // Exactly one of them has it.
+            #expect(
+                (got == i) != (left == i),
+                "round \(i): got \(String(describing: got)), left \(String(describing: left)); seed \(seed) (MP_TEST_SEED replays it)"
+            )
         }
     }
 

@@ -11,15 +11,20 @@ struct ProgressBarTests {
     static let fullBar = "[" + String(repeating: "█", count: 30) + "]"
 
     /// In a real terminal (a tmux pane): the final screen shows the full bar on a line of its own, with
-    /// the time taken, and the program's next line below it.
-    @Test(.enabled(if: ProgressBarTests.tmux != nil, "tmux is not installed: the terminal test cannot run"))
+    /// the time taken, and the program's next line below it. Skipped where tmux is not installed, unless
+    /// the run requires it (`MP_TEST_REQUIRE=tmux`).
+    @Test(
+        .enabled(
+            if: runs(needing: "tmux", unavailable: ProgressBarTests.noTmux),
+            Comment(rawValue: ProgressBarTests.noTmux ?? "")
+        )
+    )
     func inATerminalTheBarEndsItsLineBeforeMapReturns() async throws {
-        guard let helper = testHelperExecutable(), let tmux = Self.tmux else { return }
+        let tmux = try #require(Self.tmux, "this run requires tmux (MP_TEST_REQUIRE), which is not installed")
+        guard let helper = testHelperExecutable() else { return }  // an issue is recorded
         let screen = try await background { try Self.finalScreen(tmux, helper.path, ["progress-bar", "200000"]) }.value
         let lines = screen.split(separator: "\n").map { String($0).trimmingSuffix(" ") }.filter { !$0.isEmpty }
-        let barLine = lines.firstIndex { $0.contains("200,000/200,000") }
-        #expect(barLine != nil, "\(screen)")
-        guard let barLine else { return }
+        let barLine = try #require(lines.firstIndex { $0.contains("200,000/200,000") }, "\(screen)")
         #expect(lines[barLine].hasPrefix(Self.fullBar), "\(screen)")
         #expect(lines[barLine].contains(" items/s in "), "\(screen)")
         #expect(!lines[barLine].contains("ETA"), "\(screen)")
@@ -28,7 +33,7 @@ struct ProgressBarTests {
 
     /// Piped (a log): a frame per quarter, and the last frame, full, before the program's next line.
     @Test func inAPipeTheLastFrameIsTheFullBar() async throws {
-        guard let helper = testHelperExecutable() else { return }
+        guard let helper = testHelperExecutable() else { return }  // an issue is recorded
         let run = try await background { try runToEnd(helper, ["progress-bar", "3000"]) }.value
         #expect(run.status == 0, "\(run.output)")
         let lines = run.output.split(separator: "\n").map(String.init)
@@ -43,9 +48,9 @@ struct ProgressBarTests {
         let reports = Collected<CallProgress>()
         let options = TaskOptions(progress: .handler(every: .milliseconds(20)) { reports.append($0) })
         let results = try await background { () throws -> [Int] in
-            let pool = try ProcessPool(workers: 2)
-            defer { pool.terminate() }
-            return try pool.map(SquareFn(), Array(0..<500), chunksize: 5, options: options)
+            try withTestPool(workers: 2) { pool in
+                try pool.map(SquareFn(), Array(0..<500), chunksize: 5, options: options)
+            }
         }.value
         #expect(results.count == 500)
         let finished = reports.all.filter(\.isFinished)
@@ -59,16 +64,19 @@ struct ProgressBarTests {
     @Test func aCancelledCallsLastReportComesBeforeCancelReturns() async throws {
         let reports = Collected<CallProgress>()
         let options = TaskOptions(progress: .handler(every: .seconds(3600)) { reports.append($0) })
-        try await background {
-            let pool = try ProcessPool(workers: 2)
-            defer { pool.terminate() }
-            let results = try pool.imap(BlockingSleep(), [0] + Array(repeating: 60_000, count: 4), options: options)
-            _ = try results.next(timeout: .seconds(30))
-            results.cancel()
-            #expect(reports.all.count == 1)
-            #expect(reports.all.last?.isFinished == true)
-            #expect((reports.all.last?.done ?? 0) < 5)
+        // What was drawn by the time cancel() returned.
+        let drawn = try await background { () throws -> [CallProgress] in
+            try withTestPool(workers: 2) { pool in
+                let results = try pool.imap(BlockingSleep(), [0] + Array(repeating: 60_000, count: 4), options: options)
+                _ = try results.next(timeout: .seconds(30))
+                results.cancel()
+                return reports.all
+            }
         }.value
+        #expect(drawn.count == 1)
+        let last = try #require(drawn.last)
+        #expect(last.isFinished)
+        #expect(last.done >= 1 && last.done < 5, "\(last)")
     }
 
     /// The one format: counts with separators, rate, ETA while running, time taken once finished, and the
@@ -95,6 +103,8 @@ struct ProgressBarTests {
     static let tmux: String? = ["/usr/bin/tmux", "/usr/local/bin/tmux", "/bin/tmux"].first {
         FileManager.default.isExecutableFile(atPath: $0)
     }
+    /// Why the terminal test cannot run here, if it cannot.
+    static let noTmux: String? = tmux == nil ? "tmux is not installed: the terminal test cannot run" : nil
 
     /// Runs `executable` in a detached tmux pane (160 columns, UTF-8) kept after it exits, waits until the
     /// program has exited, and returns the pane's screen.
@@ -113,17 +123,18 @@ struct ProgressBarTests {
         )
         defer { _ = shell("\(base) kill-server >/dev/null 2>&1") }
         _ = shell("\(base) send-keys -t bar Enter")
-        let deadline = ContinuousClock.now + .seconds(90)
-        while ContinuousClock.now < deadline {
+        do {
             // `#{pane_dead}` is 1 once the program has exited (the pane stays: remain-on-exit).
-            if shell("\(base) display-message -p -t bar '#{pane_dead}'").hasPrefix("1") {
-                return shell("\(base) capture-pane -p -t bar")
+            try eventually(within: .seconds(90), "the program in the pane exited") {
+                shell("\(base) display-message -p -t bar '#{pane_dead}'").hasPrefix("1")
             }
-            _ = Event().wait(timeout: .milliseconds(50))  // a poll of the pane's state, not a synchronisation
+        } catch {
+            throw PaneDidNotExit(description: "\(error); the pane shows:\n\(shell("\(base) capture-pane -p -t bar"))")
         }
-        Issue.record("the program did not exit within 90 s: \(shell("\(base) capture-pane -p -t bar"))")
-        return ""
+        return shell("\(base) capture-pane -p -t bar")
     }
+
+    struct PaneDidNotExit: Error, CustomStringConvertible { let description: String }
 
     /// Runs `command` with `/bin/sh` and returns its standard output (popen: waits for that one child).
     static func shell(_ command: String) -> String {

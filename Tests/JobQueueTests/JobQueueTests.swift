@@ -75,10 +75,9 @@ extension String {
     func trimmingCharacters(in set: Character) -> String { hasSuffix(String(set)) ? String(dropLast()) : self }
 }
 
-/// Waits (up to 20 s) until a worker holds the job.
+/// Waits until a worker holds the job (throws if none does).
 func waitUntilRunning<J: Job>(_ h: JobHandle<J>) throws {
-    let deadline = ContinuousClock.now + .seconds(20)
-    while try h.info()?.state != .running && ContinuousClock.now < deadline { usleep(5_000) }
+    try eventually("job \(h.id) running") { try h.info()?.state == .running }
 }
 
 /// A worker process: its own pool and QueueWorker, until SIGTERM or SIGKILL.
@@ -152,7 +151,8 @@ struct JobQueueTests {
                 QueueWorkerOptions(queues: [name], pollInterval: .milliseconds(5))
             )
             for h in jobs { _ = try h.result(timeout: .seconds(30)) }
-            #expect(throws: JobQueueError.self) { try bad.result(timeout: .seconds(30)) }
+            let failed = #expect(throws: JobQueueError.self) { try bad.result(timeout: .seconds(30)) }
+            #expect(failed?.code == .failed, "\(String(describing: failed))")
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
             let dims = [("queues", name)]
@@ -172,8 +172,12 @@ struct JobQueueTests {
         let url = DatabaseURL(sqlite: path + ".db")
         let queue = try JobQueue(url)
         let waiting = try queue.enqueue(Square(n: 4), options: JobOptions(queue: "nobody-serves-this"))
-        let task = Task { try await waiting.value }
-        try await Task.sleep(for: .milliseconds(50))
+        let awaiting = Event()
+        let task = Task {
+            awaiting.set()
+            return try await waiting.value
+        }
+        try await awaiting.wait()  // the task is at its await
         let start = ContinuousClock.now
         task.cancel()
         await #expect(throws: CancellationError.self) { try await task.value }
@@ -375,10 +379,7 @@ struct JobQueueTests {
             func handedBack() -> Int64 {
                 metrics.counterTotal(label: "mp_queue_jobs_handed_back_total", dimensions: dims)
             }
-            let deadline = ContinuousClock.now + .seconds(30)
-            while handedBack() == 0 && ContinuousClock.now < deadline {
-                _ = Event().wait(timeout: .milliseconds(10))  // a poll of the counter, not a synchronisation
-            }
+            try eventually("the unknown job handed back") { handedBack() >= 1 }
             #expect(handedBack() == 1)
             // Jobs queued after it run, while it stays where it was, unclaimed by this worker.
             let later = try queue.enqueue(Square(n: 4), options: options)
@@ -446,8 +447,10 @@ struct JobQueueTests {
             } catch let e as JobQueueError {
                 #expect(e.code == .cancelled)
             }
-            #expect(ContinuousClock.now - start < .seconds(10), "stopped within a heartbeat and the pool's grace")
-            #expect(throws: JobQueueError.self) { try later.result(timeout: .seconds(1)) }
+            // Within a heartbeat and the pool's grace; generously: not the job's own 30 s.
+            #expect(ContinuousClock.now - start < .seconds(20), "stopped within a heartbeat and the pool's grace")
+            let cancelled = #expect(throws: JobQueueError.self) { try later.result(timeout: .seconds(1)) }
+            #expect(cancelled?.code == .cancelled, "\(String(describing: cancelled))")
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
             #expect(try queue.counts() == [.cancelled: 2])
@@ -522,9 +525,15 @@ struct JobQueueTests {
             w.stop()
             _ = try running.result(timeout: .seconds(30))
             let c = try db.connect()
-            usleep(2000)
+            // Kept for `.zero`: until the clock (milliseconds) has moved past its finish.
+            let finished = try #require(
+                try c.scalar("SELECT finished_at FROM mp_jobs WHERE id = \(c.dialect.parameter(1))", [.int(h.id)])?
+                    .intValue
+            )
+            try eventually("the clock past the job's finish") { QueueSchema.nowMs() > finished }
             #expect(try w.clean(on: c) == 1)
-            #expect(throws: JobQueueError.self) { try h.result(timeout: .seconds(1)) }
+            let gone = #expect(throws: JobQueueError.self) { try h.result(timeout: .seconds(1)) }
+            #expect(gone?.code == .notFound, "\(String(describing: gone))")
         }
     }
 
@@ -546,7 +555,8 @@ struct JobQueueTests {
             let (worker, running) = try startWorker(db.url, pool)
             for h in handles { _ = try h.result(timeout: .seconds(60)) }
             #expect(try crash.result(timeout: .seconds(30)) == "survived")
-            #expect(throws: JobQueueError.self) { try throwing.result(timeout: .seconds(30)) }
+            let failed = #expect(throws: JobQueueError.self) { try throwing.result(timeout: .seconds(30)) }
+            #expect(failed?.code == .failed, "\(String(describing: failed))")
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
             #expect(access(db.scratch + ".marker", F_OK) == 0, "the crasher crashed once")
@@ -598,8 +608,7 @@ struct JobQueueTests {
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }
             let (worker, running) = try startWorker(db.url, pool)
-            let deadline = ContinuousClock.now + .seconds(30)
-            while try queue.counts()[.completed] ?? 0 < 7 && ContinuousClock.now < deadline { usleep(20_000) }
+            try eventually("half the jobs completed") { try queue.counts()[.completed] ?? 0 >= 7 }
             let held = try queue.counts()[.running] ?? 0
             #expect(held <= 3, "held \(held) jobs of 250 ms with one process")
             worker.stop(.handBack)
@@ -617,22 +626,25 @@ struct JobQueueTests {
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }
             for notifications in [true, false] {
+                // Queued before the worker starts: its first poll claims it.
+                let first = try queue.enqueue(Square(n: 2))
                 let (worker, running) = try startWorker(
                     db.url,
                     pool,
                     QueueWorkerOptions(pollInterval: .seconds(30), notifications: notifications)
                 )
-                // The first job is claimed by the first poll (the listener is up before it); once it is
-                // done the worker sleeps for its 30 s poll.
-                #expect(try queue.enqueue(Square(n: 2)).result(timeout: .seconds(20)) == 4)
-                usleep(200_000)
+                // The worker records the result and claims (nothing) in one transaction; from then on, its
+                // next claim without a notification is its next poll, 30 s later.
+                #expect(try first.result(timeout: .seconds(20)) == 4)
                 let h = try queue.enqueue(Square(n: 3))
                 if notifications {
                     #expect(try h.result(timeout: .seconds(10)) == 9, "woken by the notification, not the poll")
                 } else {
-                    #expect(throws: JobQueueError.self, "poll-only: nothing before the next poll") {
+                    // The wait is the subject: nothing happens within it.
+                    let e = #expect(throws: JobQueueError.self, "poll-only: nothing before the next poll") {
                         try h.result(timeout: .seconds(2))
                     }
+                    #expect(e?.code == .timedOut, "\(String(describing: e))")
                     #expect(try h.cancel())
                 }
                 worker.stop()
@@ -646,7 +658,8 @@ struct JobQueueTests {
     /// job is completed, each run exactly once.
     @Test(
         .enabled(
-            if: TestBackend.enabled.contains(.postgresql) && PrivatePostgres.unavailable == nil,
+            if: TestBackend.enabled.contains(.postgresql)
+                && runs(needing: "private-postgres", unavailable: PrivatePostgres.unavailable),
             "needs the PostgreSQL tests enabled, Debian's server binaries and root"
         )
     )
@@ -663,8 +676,7 @@ struct JobQueueTests {
             pool,
             QueueWorkerOptions(pollInterval: .milliseconds(20))
         )
-        let deadline = ContinuousClock.now + .seconds(30)
-        while readLines(log).count < 60 && ContinuousClock.now < deadline { usleep(10_000) }
+        try eventually("60 jobs run before the restart") { readLines(log).count >= 60 }
         try server.restart()
         for (i, h) in handles.enumerated() { #expect(try h.result(timeout: .seconds(60)) == (i + 1) * (i + 1)) }
         worker.stop()

@@ -37,8 +37,7 @@ struct QueueCommandTests {
             }
             for w in workers { try w.run() }
             let queue = try JobQueue(DatabaseURL(url))
-            let deadline = ContinuousClock.now + .seconds(60)
-            while try queue.counts()[.completed] != 200 && ContinuousClock.now < deadline { usleep(20_000) }
+            try eventually("every job completed") { try queue.counts()[.completed] == 200 }
             for w in workers { w.terminate() }  // SIGTERM: finish, then exit
             var finished = 0
             for w in workers {

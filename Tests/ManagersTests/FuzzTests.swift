@@ -7,7 +7,8 @@ import Threading
 /// Every fuzz target (`FuzzTargets.all`: the pickle reader, manager requests, connection frames, the
 /// pool's frames, the message codec and, with the PostgreSQL trait, the reading session's decoders) run on
 /// its corpus (`Tests/Fuzz/Corpus/TARGET/`, CPython's captures) and its built-in seeds, then on seeded
-/// mutations of them. The same seed gives the same inputs: `MP_FUZZ_SEED` chooses another,
+/// mutations of them. The same seed gives the same inputs (printed before the run: what fails is a trap):
+/// `MP_FUZZ_SEED` chooses another (or `MP_TEST_SEED`, as for the other randomized tests),
 /// `MP_FUZZ_ITERATIONS` how many, and `MP_FUZZ_SAVE=DIR` writes each input to DIR/TARGET before running
 /// it, so that the one a crash stopped at is there to replay (`scripts/fuzz TARGET` under libFuzzer, or a
 /// test). The long runs are libFuzzer's (`scripts/fuzz TARGET SECONDS`; TESTING.md).
@@ -38,7 +39,7 @@ import Threading
     /// here; what fails is a trap, which stops the process).
     func fuzz(_ target: String, _ run: @Sendable ([UInt8]) -> Void, _ seeds: [[UInt8]]) {
         let environment = ProcessInfo.processInfo.environment
-        let seed = environment["MP_FUZZ_SEED"].flatMap { UInt64($0) } ?? 0x5EED
+        let seed = (environment["MP_FUZZ_SEED"] ?? environment["MP_TEST_SEED"]).flatMap { UInt64($0) } ?? 0x5EED
         let iterations = environment["MP_FUZZ_ITERATIONS"].flatMap { Int($0) } ?? 1_000
         let save = environment["MP_FUZZ_SAVE"].map { "\($0)/\(target)" }
         print("fuzz \(target): seed \(seed), \(iterations) inputs from \(seeds.count) seeds")
@@ -92,4 +93,10 @@ import Threading
             }
         }
     }
+}
+
+/// The seed of a randomized test: `MP_TEST_SEED` when set (to replay a failure), else a random one. The
+/// test prints it before it starts (what fails may be a trap) and names it in its failures.
+func testSeed() -> UInt64 {
+    ProcessInfo.processInfo.environment["MP_TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64.max)
 }

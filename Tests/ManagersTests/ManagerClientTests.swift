@@ -66,18 +66,18 @@ struct ManagerClientTests {
         #expect(try q.get(timeout: .seconds(1)) == .tuple([1, "a"]))
         let t0 = ContinuousClock.now
         #expect(throws: PythonException.queueEmpty) { try q.get(timeout: .milliseconds(200)) }
-        #expect(ContinuousClock.now - t0 < .seconds(2))
+        #expect(ContinuousClock.now - t0 < .seconds(20))  // it did not hang (the client's limit is 30 s)
         #expect(throws: ManagerError.self) { try d.proxy.call("no_such_method") }
     }
 
     @Test func asyncCallsWaitOffTheCooperativePool() async throws {
-        let manager = try Manager.start()
+        let manager = try ObservedManager.start()
         defer { manager.shutdown() }
         let q = try manager.client.queue()
         // Eight blocking gets at once (more than the cooperative pool's threads on this machine), then
         // the puts that answer them: blocked cooperative threads would deadlock this.
-        let gets = (0..<8).map { _ in Task { try await q.proxy.call("get", [true, 10.0], timeout: .seconds(20)) } }
-        try await Task.sleep(for: .milliseconds(100))
+        let gets = (0..<8).map { _ in Task { try await q.proxy.call("get", [true, 30.0], timeout: .seconds(40)) } }
+        try await eventually("the eight gets waiting on the server") { try await manager.blockedCalls() == 8 }
         for i in 0..<8 { _ = try await q.proxy.call("put", [.int(Int64(i))]) }
         var got: [Int] = []
         for g in gets { got.append(try await g.value.intValue ?? -1) }
@@ -92,10 +92,8 @@ struct ManagerClientTests {
             #expect(try d.get("i") == .int(Int64(i)))
         }
         // Dropped on a thread of the cooperative pool (the test's), each release goes from a thread of
-        // its own: give them a moment.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while try manager.client.objectCount() > 0 && ContinuousClock.now < deadline { usleep(10_000) }
-        #expect(try manager.client.objectCount() == 0)
+        // its own: wait for them.
+        try eventually("every proxy released") { try manager.client.objectCount() == 0 }
     }
 
     @Test func aServerThatDiesFailsCallsAtOnce() throws {
@@ -107,20 +105,23 @@ struct ManagerClientTests {
         _ = try manager.process.join(timeout: .seconds(10))
         let t0 = ContinuousClock.now
         #expect(throws: (any Error).self) { try d.get("a") }
-        #expect(ContinuousClock.now - t0 < .seconds(2))
+        // At once: well before the client's 30 s limit (the call's timeout), the other way it could end.
+        #expect(ContinuousClock.now - t0 < .seconds(15))
     }
 
     /// A call blocked on the server (a queue's get with a long timeout) fails as soon as the server dies.
     @Test func aBlockedCallFailsWhenTheServerDies() throws {
-        let manager = try Manager.start()
+        let manager = try ObservedManager.start()
         defer { manager.shutdown() }
         let q = try manager.client.queue()
         let waiting = background { try q.get(timeout: .seconds(60)) }
-        usleep(200_000)  // the get is waiting on the server
+        try eventually("the get waiting on the server") { try manager.blockedCalls() == 1 }
         let t0 = ContinuousClock.now
         manager.process.kill()
-        #expect(throws: (any Error).self) { try waiting.result(timeout: .seconds(10)) }
-        #expect(ContinuousClock.now - t0 < .seconds(2))
+        // The get ends, with an error (not its own 60 s timeout, nor ours waiting for it).
+        let error = try waiting.error(timeout: .seconds(50))
+        #expect(error != nil, "the get returned although its server died")
+        #expect(ContinuousClock.now - t0 < .seconds(20), "the get failed at once, not at a timeout")
     }
 
     /// A Swift client of CPython's own SyncManager server.
@@ -209,7 +210,8 @@ struct ManagerClientTests {
         #expect(try q.get(timeout: .seconds(5)) == 7)
         #expect(try q.get(timeout: .seconds(5)) == 8)
         try q.queue.put("not an int")
-        #expect(throws: (any Error).self) { try q.get(timeout: .seconds(5)) }
+        let undecodable = #expect(throws: (any Error).self) { try q.get(timeout: .seconds(5)) }
+        #expect(undecodable as? PythonException != .queueEmpty, "the item was there, and is not an Int")
         #expect(throws: PythonException.queueEmpty) { try q.get(timeout: .milliseconds(50)) }
 
         let ns = try client.namespace()

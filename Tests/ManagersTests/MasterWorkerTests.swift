@@ -67,6 +67,13 @@ func taskWorkerScript(port: Int) -> String {
     """
 }
 
+/// Waits until something listens on `port` (a master started on a thread of the test's).
+func waitUntilListening(_ port: UInt16, host: String = "127.0.0.1") throws {
+    try eventually("a master listening on \(host):\(port)") {
+        (try? connect(to: .tcp(host: host, port: port), timeout: .seconds(1))) != nil
+    }
+}
+
 /// A free TCP port (bound and released).
 func freePort() throws -> UInt16 {
     let l = try Listener(address: .tcp(host: "127.0.0.1", port: 0))
@@ -86,13 +93,7 @@ struct MasterWorkerTests {
                 lines.withLock { $0.append(l) }
             }
         }
-        // Wait for the master to listen.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while (try? connect(to: .tcp(host: "127.0.0.1", port: port), timeout: .seconds(1))) == nil
-            && ContinuousClock.now < deadline
-        {
-            usleep(10_000)
-        }
+        try waitUntilListening(port)
         let script = (handshake == "modern" ? forceModernHandshake : "") + taskWorkerScript(port: Int(port))
         let (code, out) = try runPython(script)
         #expect(code == 0, "\(out)")
@@ -136,12 +137,7 @@ struct MasterWorkerTests {
     func swiftWorkersAgainstTheSwiftMaster(prefetch: Int) throws {
         let port = try freePort()
         let master = background { try TaskMasterWorker.master(port: port, tasks: 100, say: { _ in }) }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while (try? connect(to: .tcp(host: "127.0.0.1", port: port), timeout: .seconds(1))) == nil
-            && ContinuousClock.now < deadline
-        {
-            usleep(10_000)
-        }
+        try waitUntilListening(port)
         let workers = (0..<2).map { _ in
             background {
                 try TaskMasterWorker.worker(
@@ -208,8 +204,13 @@ struct MasterWorkerTests {
         }
         for n in 1...3 { try tasks.put(.int(Int64(n))) }
         for n in 1...3 { #expect(try results.get(timeout: .seconds(10)) == .string(TaskMasterWorker.answer(n))) }
-        server.shutdown()  // the worker is waiting for its fourth task
-        usleep(300_000)
+        try eventually("the worker waiting for its fourth task") { server.blockedCallCount == 1 }
+        server.shutdown()
+        // The worker has seen its master go (it says so before its first retry): what follows is a
+        // reconnection to a new master, not a connection that never broke.
+        try eventually("the worker retrying (\(said.withLock { $0 }))") {
+            said.withLock { $0.contains { $0.hasPrefix("reconnecting in") } }
+        }
         (server, tasks, results) = try startMaster()
         defer { server.shutdown() }
         for n in 4...6 { try tasks.put(.int(Int64(n))) }
@@ -285,7 +286,7 @@ struct MasterWorkerTests {
         let worker = background {
             try TaskMasterWorker.worker(port: port, tasks: 5, taskTimeout: .seconds(5), say: { _ in })
         }
-        usleep(300_000)
+        try eventually("the worker waiting for a task") { server.blockedCallCount == 1 }
         server.shutdown()
         #expect(try worker.result(timeout: .seconds(10)) == 0)
     }
@@ -295,12 +296,7 @@ struct MasterWorkerTests {
         let master = background {
             try TaskMasterWorker.master(port: port, tasks: 1, resultTimeout: .milliseconds(500), say: { _ in })
         }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while (try? connect(to: .tcp(host: "127.0.0.1", port: port), timeout: .seconds(1))) == nil
-            && ContinuousClock.now < deadline
-        {
-            usleep(10_000)
-        }
+        try waitUntilListening(port)
         #expect(throws: (any Error).self) {
             try TaskMasterWorker.worker(port: port, authkey: Array("wrong".utf8), say: { _ in })
         }

@@ -199,9 +199,12 @@ let vectors: [(PythonValue, String)] = [
         #expect(v == .tuple([.tuple([.list([]), .dict([])]), .dict([])]))
     }
 
-    /// Random and truncated input: always a value or a PickleError, never a crash or a hang.
+    /// Random and truncated input: always a value or a PickleError, never a crash or a hang. Seeded
+    /// (`MP_TEST_SEED` replays a run): the seed is printed first, since a failure here stops the process.
     @Test func fuzzedInputNeverCrashes() {
-        var rng = SystemRandomNumberGenerator()
+        let seed = testSeed()
+        print("fuzzedInputNeverCrashes: seed \(seed) (MP_TEST_SEED=\(seed) replays it)")
+        var rng = SplitMix64(state: seed)
         let seeds = vectors.map { hex($0.1) }
         for _ in 0..<20_000 {
             var b = seeds.randomElement(using: &rng)!
@@ -214,7 +217,7 @@ let vectors: [(PythonValue, String)] = [
                     [0x80, 0x04]
                     + (0..<Int.random(in: 0..<40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
             }
-            _ = try? PickleReader().read(b)
+            _ = try? PickleReader().read(b)  // `throws(PickleError)`: a value or a PickleError, by its type
         }
     }
 

@@ -170,7 +170,8 @@ struct ShutdownPathTests {
         _ = try silent.recvBytes(timeout: .seconds(10))
         let drained = try await background { server.shutdown(timeout: .seconds(5)) }.value
         #expect(drained, "shutdown waited for a client in the handshake")
-        #expect(throws: (any Error).self) { try silent.recvBytes(timeout: .seconds(10)) }  // cut
+        let cut = #expect(throws: (any Error).self) { try silent.recvBytes(timeout: .seconds(10)) }
+        #expect((cut as? MultiprocessingError)?.code != .timedOut, "cut, not left open: \(String(describing: cut))")
         silent.close()
     }
 

@@ -28,12 +28,13 @@ public enum TestBackend: String, Sendable, CaseIterable, CustomStringConvertible
 
     public var description: String { rawValue }
 
-    /// SQLite always; PostgreSQL when a server answers (the first use prints why it is skipped when not).
+    /// SQLite always; PostgreSQL when a server answers (the first use prints why it is skipped when not),
+    /// or when the run requires it (`MP_TEST_REQUIRE=postgresql`: its variants then fail without one).
     /// `MP_TEST_BACKENDS` (comma-separated names) narrows the list: `.ci/run`'s PostgreSQL pass runs only
     /// the PostgreSQL variants, which the default pass has already skipped.
     public static let enabled: [TestBackend] = {
         var out = allCases.filter { b in
-            if b == .postgresql, let why = postgresUnavailable {
+            if b == .postgresql, let why = postgresUnavailable, !requiredCapabilities.contains("postgresql") {
                 print("PostgreSQL variants skipped: \(why)")
                 return false
             }
@@ -222,20 +223,6 @@ public func loopbackSocket(listening: Bool) -> (fd: Int32, port: Int) {
         getsockname(fd, UnsafeMutableRawPointer($0).assumingMemoryBound(to: sockaddr.self), &len)
     }
     return (fd, Int(UInt16(bigEndian: a.sin_port)))
-}
-
-/// Waits (up to 60 s) until a running pipeline has recorded at least `n` chunks in `db`; returns how many
-/// it had recorded when the wait ended.
-@discardableResult
-public func waitForChunks(_ db: any SQLConnection, atLeast n: Int) -> Int {
-    let deadline = ContinuousClock.now + .seconds(60)
-    var written = 0
-    while ContinuousClock.now < deadline {
-        written = Int((try? db.scalar("SELECT count(*) FROM mp_pipeline_chunks"))??.intValue ?? 0)
-        if written >= n { break }
-        usleep(5_000)
-    }
-    return written
 }
 
 /// A TCP relay on 127.0.0.1 to `port`: what a capture on the wire would see. Every byte a client sends

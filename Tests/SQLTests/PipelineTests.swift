@@ -173,7 +173,11 @@ struct PipelineTests {
             let child = ChildProcess(job: PipelineRun(path: path, chunkSize: 500, pauseMs: 20))
             try child.start()
             // Wait until some chunks, not all, are written.
-            let written = waitForChunks(db, atLeast: 8)
+            var written = 0
+            try eventually("8 chunks written") {
+                written = chunksWritten(db)
+                return written >= 8
+            }
             let workers = childrenOf(child.pid!)
             #expect(!workers.isEmpty, "the run's pool workers")
             child.kill()
@@ -406,6 +410,11 @@ struct ETLCommandTests {
             }
         }
     }
+}
+
+/// Chunks a pipeline has recorded as written in `db` (0 before its bookkeeping table exists).
+func chunksWritten(_ db: any SQLConnection) -> Int {
+    Int((try? db.scalar("SELECT count(*) FROM mp_pipeline_chunks"))??.intValue ?? 0)
 }
 
 /// The processes whose parent is `pid` (every thread's children, from `/proc`).

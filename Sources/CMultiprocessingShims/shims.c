@@ -439,9 +439,6 @@ long mp_fd_size(int fd) {
 
 void mp_stdout_line_buffered(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
 
-int mp_thread_join(uint64_t thread, const struct timespec *deadline) {
-    if (!deadline) return -pthread_join((pthread_t)thread, NULL);
-    return -pthread_clockjoin_np((pthread_t)thread, NULL, CLOCK_MONOTONIC, deadline);
-}
+int mp_thread_join(uint64_t thread) { return -pthread_join((pthread_t)thread, NULL); }
 
 int mp_thread_detach(uint64_t thread) { return -pthread_detach((pthread_t)thread); }

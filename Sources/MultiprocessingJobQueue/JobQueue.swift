@@ -86,7 +86,7 @@ public struct JobInfo: Sendable, Hashable {
 /// expires, so make jobs idempotent or check for their own earlier effects.
 public final class JobQueue: Sendable {
     public let url: DatabaseURL
-    private let connection: Mutex<ConnectionBox>
+    private let connection: TrackedMutex<ConnectionBox>
 
     private let timeout: Duration
 
@@ -101,7 +101,7 @@ public final class JobQueue: Sendable {
         self.timeout = timeout
         let c = try Database.connect(url, timeout: timeout)
         try QueueSchema.migrate(c)
-        connection = Mutex(ConnectionBox(c))
+        connection = TrackedMutex(ConnectionBox(c))
     }
 
     deinit { connection.withLock { $0.c?.close() } }

@@ -106,10 +106,10 @@ public final class QueueWorker: Sendable {
     public let options: QueueWorkerOptions
     /// The name recorded in the jobs this worker holds.
     public let name: String
-    private let stopRequest = Mutex<StopMode?>(nil)
+    private let stopRequest = TrackedMutex<StopMode?>(nil)
     /// Job types this program does not define, found when a job of one failed with `unknownJob`: this
     /// worker no longer claims them (another program's workers may define them).
-    private let unknownKinds = Mutex<Set<String>>([])
+    private let unknownKinds = TrackedMutex<Set<String>>([])
     private let completions = BlockingQueue<Completion>()
     private let telemetry: QueueTelemetry
 
@@ -793,7 +793,7 @@ public final class QueueWorker: Sendable {
     // MARK: signals
 
     private static let signalled = Atomic<Int>(0)
-    private static let watched = Mutex<[QueueWorker]>([])
+    private static let watched = TrackedMutex<[QueueWorker]>([])
 
     /// SIGTERM or SIGINT (Ctrl-C) stops `worker`: the first with `.finish`, the second with `.handBack`.
     /// Create its pool with `ProcessPoolOptions(interrupt: .ignore)` so that Ctrl-C does not tear the

@@ -1,5 +1,6 @@
 import Multiprocessing
 import Synchronization
+import Threading
 
 /// A job as the queue stores it — its type's name and its encoded value — run in a pool worker: the
 /// worker finds the type by name (the worker runs the same program), decodes the job, runs it, and
@@ -30,7 +31,7 @@ struct StoredJob: Job {
         return try BinaryEncoder().encode(output)
     }
 
-    private static let cache = Mutex<[String: (any Job.Type)?]>([:])
+    private static let cache = TrackedMutex<[String: (any Job.Type)?]>([:])
 
     static func resolve(_ kind: String) -> (any Job.Type)? {
         if let hit = cache.withLock({ $0[kind] }) { return hit }

@@ -24,7 +24,7 @@ public final class ManagerClient: Sendable {
     public let keepAlive: KeepAlive?
     let channels: ChannelPool
     /// The connection kept open for one-shot requests (ours servers only; see `init`).
-    private let control = Mutex<Connection?>(nil)
+    private let control = TrackedMutex<Connection?>(nil)
 
     /// Connects to the server at `address` and checks that it answers (Python's `connect()`).
     ///
@@ -144,7 +144,7 @@ final class ChannelPool: Sendable {
     let address: Address
     let authkey: [UInt8]
     let keepAlive: KeepAlive?
-    private let idle = Mutex<[Connection]>([])
+    private let idle = TrackedMutex<[Connection]>([])
     /// The name our channels give in `accept_connection` (CPython's client gives its thread's name).
     static let clientName = "SwiftClient"
 

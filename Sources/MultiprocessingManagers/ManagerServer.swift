@@ -94,7 +94,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     private static let onClientThread = ThreadLocal<Bool>(default: { false })
 
     private let listener: Listener
-    private let state = Mutex(State())
+    private let state = TrackedMutex(State())
     private let logger: Logger
     private let requests: Counter
     private let failures: Counter

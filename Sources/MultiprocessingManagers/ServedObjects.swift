@@ -81,7 +81,7 @@ struct OrderedPythonDict {
 
 /// Python's `dict`, served.
 final class DictObject: ManagedObject, @unchecked Sendable {  // the dict is behind `lock`
-    private let lock = Mutex(OrderedPythonDict())
+    private let lock = TrackedMutex(OrderedPythonDict())
     /// As CPython's `DictProxy`: iterating a served dict gives a proxy to an iterator over its keys.
     let methodToTypeid = ["__iter__": "Iterator"]
 
@@ -172,7 +172,7 @@ final class DictObject: ManagedObject, @unchecked Sendable {  // the dict is beh
 
 /// Python's `list`, served.
 final class ListObject: ManagedObject, @unchecked Sendable {  // `items` behind `lock`
-    private let lock = Mutex<[PythonValue]>([])
+    private let lock = TrackedMutex<[PythonValue]>([])
 
     let exposed = [
         "__add__", "__contains__", "__delitem__", "__getitem__", "__len__", "__mul__", "__reversed__", "__rmul__",
@@ -396,7 +396,7 @@ final class QueueObject: ManagedObject, @unchecked Sendable {  // the queue is t
 /// An iterator served on its own (Python's `IteratorProxy`): what a dict's `__iter__` returns. Iterates a
 /// snapshot of the items taken when it was made.
 final class IteratorObject: ManagedObject, @unchecked Sendable {  // `rest` behind `lock`
-    private let lock: Mutex<ArraySlice<PythonValue>>
+    private let lock: TrackedMutex<ArraySlice<PythonValue>>
     let exposed = ["__next__", "send", "throw", "close"]
 
     init(_ source: PythonValue) {
@@ -406,7 +406,7 @@ final class IteratorObject: ManagedObject, @unchecked Sendable {  // `rest` behi
             case .dict(let pairs): pairs.map(\.key)
             default: [source]
             }
-        lock = Mutex(items[...])
+        lock = TrackedMutex(items[...])
     }
 
     func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
@@ -429,7 +429,7 @@ final class IteratorObject: ManagedObject, @unchecked Sendable {  // `rest` behi
 
 /// Python's `multiprocessing.managers.Namespace`, served.
 final class NamespaceObject: ManagedObject, @unchecked Sendable {  // `attrs` behind `lock`
-    private let lock = Mutex<[PythonPair]>([])
+    private let lock = TrackedMutex<[PythonPair]>([])
     let exposed = ["__getattribute__", "__setattr__", "__delattr__"]
 
     init(_ kwargs: [PythonPair]) { lock.withLock { $0 = kwargs } }

@@ -24,7 +24,7 @@ private func acquireArguments(_ args: [PythonValue], _ kwargs: [PythonPair]) thr
 
 /// Counts, per serving thread, what that thread's connection holds.
 final class Holdings: Sendable {
-    private let held = Mutex<[UInt64: Int]>([:])
+    private let held = TrackedMutex<[UInt64: Int]>([:])
 
     func add(_ n: Int = 1) { held.withLock { $0[mp_pthread_self(), default: 0] += n } }
     func remove(_ n: Int = 1) {
@@ -217,7 +217,7 @@ final class BarrierObject: ManagedObject, @unchecked Sendable {  // Barrier is t
 /// `managers.Value(typecode, value)`, served (Python's `ValueProxy`: `get`, `set`, and `.value`).
 final class ValueObject: ManagedObject, @unchecked Sendable {  // `value` behind `lock`
     let typecode: PythonValue
-    private let lock = Mutex(PythonValue.none)
+    private let lock = TrackedMutex(PythonValue.none)
     let exposed = ["get", "set"]
 
     init(_ args: [PythonValue], _ kwargs: [PythonPair]) throws {

@@ -20,11 +20,11 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     private let fd: Int32
     private let unixPath: String?
     private let closed = Atomic<Bool>(false)
-    private let last = Mutex<Address?>(nil)
+    private let last = TrackedMutex<Address?>(nil)
     /// A descriptor held in reserve (`/dev/null`; -1: none): when the process is out of descriptors,
     /// it is given up for a moment to accept the waiting connection and close it, so that the client
     /// learns at once instead of waiting in the backlog (and the listener does not spin on it).
-    private let reserve = Mutex<Int32>(-1)
+    private let reserve = TrackedMutex<Int32>(-1)
     /// How accepted TCP connections detect a peer that vanished (`nil`: the system's defaults, which
     /// take over two hours).
     public let keepAlive: KeepAlive?

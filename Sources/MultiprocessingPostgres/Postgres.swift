@@ -123,7 +123,7 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         return ["allow", "prefer"].contains(mode) ? .prefer(context) : .require(context)
     }
 
-    private static let tlsContexts = Mutex<[String: NIOSSLContext]>([:])
+    private static let tlsContexts = TrackedMutex<[String: NIOSSLContext]>([:])
 
     /// `PostgresWireReader.probe`, its failures as connection errors.
     private static func probe(_ url: DatabaseURL, _ timeout: Duration) throws -> PostgresWireReader.Probe {
@@ -171,7 +171,7 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     /// Waits for `future` up to `timeout` (the caller's thread blocks; the event loop does not).
     static func wait<T: Sendable>(_ future: EventLoopFuture<T>, _ timeout: Duration) throws -> T {
         let done = DispatchSemaphore(value: 0)
-        let box = Mutex<Result<T, any Error>?>(nil)
+        let box = TrackedMutex<Result<T, any Error>?>(nil)
         future.whenComplete { r in
             box.withLock { $0 = r }
             done.signal()
@@ -320,7 +320,7 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         _ parameters: [SQLValue]
     ) throws -> (columns: [String], rows: [[SQLValue]], changed: Int) {
         let c = try handle()
-        let gathered = Mutex<(columns: [String], rows: [[SQLValue]], changed: Int)>(([], [], 0))
+        let gathered = TrackedMutex<(columns: [String], rows: [[SQLValue]], changed: Int)>(([], [], 0))
         let future = c.query(
             sql,
             parameters.map(Self.data),
@@ -625,7 +625,7 @@ final class RowStream: @unchecked Sendable {  // state under `condition`
 
 /// Where a COPY's task leaves its outcome for the waiting thread.
 final class CopyOutcome: Sendable {
-    let value = Mutex<Result<Void, any Error>?>(nil)
+    let value = TrackedMutex<Result<Void, any Error>?>(nil)
 }
 
 extension Duration {

@@ -1,6 +1,7 @@
 import Glibc
 public import Multiprocessing
 import Synchronization
+import Threading
 
 /// The sink's record of a pipeline: which run owns it, and which chunks are written.
 enum PipelineBookkeeping {
@@ -97,7 +98,7 @@ final class ChunkPlanner: Sequence, @unchecked Sendable {  // iterated once, by 
     let chunkSize: Int
     let timeout: Duration
     let doneByLower: [String: DoneChunk]
-    private let state = Mutex<(error: (any Error)?, skipped: Int)>((nil, 0))
+    private let state = TrackedMutex<(error: (any Error)?, skipped: Int)>((nil, 0))
 
     init(source: PipelineSource, chunkSize: Int, done: [String: DoneChunk], timeout: Duration) {
         self.source = source
@@ -250,7 +251,7 @@ final class WorkerConnections: Sendable {
         let connection: any SQLConnection
         init(_ c: any SQLConnection) { connection = c }
     }
-    private let cache = Mutex<[DatabaseURL: Box]>([:])
+    private let cache = TrackedMutex<[DatabaseURL: Box]>([:])
 
     /// Runs `body` with this process's connection to `url`, opening it if needed. A connection that
     /// failed with a connection error is dropped, so the next chunk (or the retry) opens a new one.

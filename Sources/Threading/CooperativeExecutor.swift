@@ -31,7 +31,7 @@ public final class CooperativeExecutor: TaskExecutor, SerialExecutor, Sendable {
         var stopped = false
     }
 
-    private let state = Mutex(State())
+    private let state = TrackedMutex(State())
     private let wake = Semaphore(0)
     private let finished = Event()
     /// `pthread_self()` of the executor's thread, once it runs.

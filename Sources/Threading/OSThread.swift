@@ -31,7 +31,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         var joining = false
     }
 
-    private let state: Mutex<State>
+    private let state: TrackedMutex<State>
     private let body: (@Sendable () throws -> Void)?
     private let stackSize: Int
     private let finished = Event()
@@ -52,7 +52,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         _ body: @escaping @Sendable () throws -> Void
     ) {
         let n = name ?? "Thread-\(OSThread.counter.add(1, ordering: .relaxed).newValue)"
-        state = Mutex(State(name: n, isDaemon: daemon ?? OSThread.current.isDaemon, explicitName: name != nil))
+        state = TrackedMutex(State(name: n, isDaemon: daemon ?? OSThread.current.isDaemon, explicitName: name != nil))
         self.body = body
         self.stackSize = stackSize ?? 0
         isDummy = false
@@ -65,7 +65,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
         s.started = true
         s.ident = mp_pthread_self()
         s.nativeID = mp_gettid()
-        state = Mutex(s)
+        state = TrackedMutex(s)
         body = nil
         stackSize = 0
         isDummy = true
@@ -185,9 +185,14 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
             return t
         }
         guard let pthread else { return finished.wait(timeout: timeout, spin: false) }
-        let deadline = Deadline.after(timeout)
-        var ts = deadline?.timespec ?? timespec()
-        let rc = deadline == nil ? mp_thread_join(pthread, nil) : mp_thread_join(pthread, &ts)
+        // A timed join waits for the body to end, then joins the thread, which is then exiting: a join
+        // with a deadline (pthread_clockjoin_np) would save a wake-up, but ThreadSanitizer does not
+        // intercept it, takes the joined thread for alive, and aborts when its pthread_t is reused.
+        if let timeout, !finished.wait(timeout: timeout, spin: false) {
+            state.withLock { $0.joining = false }
+            return false
+        }
+        let rc = mp_thread_join(pthread)
         state.withLock { s in
             s.joining = false
             if rc == 0 { s.joinable = nil }
@@ -207,7 +212,7 @@ public final class OSThread: @unchecked Sendable {  // mutable fields are guarde
 extension OSThread {
     private static let counter = Atomic<Int>(0)
     /// Threads started by `OSThread` and not finished (registered by `start`, before the thread runs).
-    private static let registry = Mutex<[ObjectIdentifier: OSThread]>([:])
+    private static let registry = TrackedMutex<[ObjectIdentifier: OSThread]>([:])
     private static let currentSlot = ThreadLocal<OSThread?>()
     private static let exitJoinRegistered = Atomic<Bool>(false)
 
@@ -283,7 +288,7 @@ public struct ExceptHookArguments: Sendable {
 }
 
 extension OSThread {
-    fileprivate static let hook = Mutex<@Sendable (ExceptHookArguments) -> Void>(OSThread.defaultExcepthook)
+    fileprivate static let hook = TrackedMutex<@Sendable (ExceptHookArguments) -> Void>(OSThread.defaultExcepthook)
 
     /// Prints `Exception in thread NAME: ERROR` to standard error — Python's default `excepthook`.
     public static let defaultExcepthook: @Sendable (ExceptHookArguments) -> Void = { args in

@@ -89,7 +89,7 @@ extension ThreadLocal where Value: ExpressibleByNilLiteral & SendableMetatype {
 /// `ThreadLocal`'s deinit) releases it, exactly once.
 @usableFromInline
 final class ThreadLocalRegistry: Sendable {
-    let boxes = Mutex<Set<UInt>>([])
+    let boxes = TrackedMutex<Set<UInt>>([])
     func remove(_ p: UnsafeMutableRawPointer) -> Bool { boxes.withLock { $0.remove(UInt(bitPattern: p)) != nil } }
 }
 

@@ -14,6 +14,17 @@
 // turn a negative result into an error with `Syscall.check` (Multiprocessing) or read it as `-rc`.
 // Pointers come back through out-parameters.
 
+// ---- ThreadSanitizer annotations ----
+// Swift's Synchronization.Mutex takes its contended path (FUTEX_LOCK_PI) inside the uninstrumented
+// standard library, so ThreadSanitizer does not see that acquisition and reports the state the mutex
+// guards as raced. TrackedMutex (Threading) tells it: acquire after locking, release before unlocking.
+// The runtime's entry points are weak: in a build without -sanitize=thread they are null and these do
+// nothing but test a pointer.
+void __tsan_acquire(void *addr) __attribute__((weak));
+void __tsan_release(void *addr) __attribute__((weak));
+static inline void mp_tsan_acquire(void *addr) { if (__tsan_acquire) __tsan_acquire(addr); }
+static inline void mp_tsan_release(void *addr) { if (__tsan_release) __tsan_release(addr); }
+
 // ---- atomics on a raw 32-bit word (header-only so Swift can inline them) ----
 static inline uint32_t mp_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void mp_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
@@ -57,8 +68,8 @@ pid_t mp_gettid(void);
 uint64_t mp_pthread_self(void);
 /// Starts a joinable pthread running `body(context)`; returns 0 or -errno.
 int mp_thread_start(void (*body)(void *), void *context, size_t stack_size, uint64_t *out_pthread);
-/// pthread_clockjoin_np on CLOCK_MONOTONIC (`deadline` NULL: forever); 0, -ETIMEDOUT or -errno.
-int mp_thread_join(uint64_t thread, const struct timespec *deadline);
+/// pthread_join; 0 or -errno.
+int mp_thread_join(uint64_t thread);
 int mp_thread_detach(uint64_t thread);
 int mp_set_thread_name(const char *name);
 /// The pthread id of the main thread, captured by a load-time constructor.

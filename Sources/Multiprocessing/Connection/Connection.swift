@@ -29,7 +29,7 @@ public final class Connection: @unchecked Sendable {
     private let closedFlag = Atomic<Bool>(false)
     /// Held while the descriptor is closed, and while `shutdownSocket` uses it: it never acts on a number
     /// that a close has given back (and the system may have given to someone else).
-    private let lifecycle = Mutex(())
+    private let lifecycle = TrackedMutex(())
     private let sendLock = Lock()
     /// The receive side's lock: a semaphore, so an async receiver can wait for it without a thread.
     private let recvLock = Semaphore(1)

@@ -23,7 +23,7 @@ package final class Reactor: Sendable {
         var handlers: [Int32: @Sendable () -> Bool] = [:]
     }
 
-    private static let instance = Mutex<Reactor?>(nil)
+    private static let instance = TrackedMutex<Reactor?>(nil)
     /// The reactor once made, read without the lock (every async wait asks for it).
     private static let published = AtomicLazyReference<Reactor>()
 
@@ -47,7 +47,7 @@ package final class Reactor: Sendable {
     package static var started: Reactor? { published.load() ?? instance.withLock { $0 } }
 
     private let epfd: Int32
-    private let state = Mutex<State>(State())
+    private let state = TrackedMutex<State>(State())
 
     private init() throws(MultiprocessingError) {
         let fd = epoll_create1(Int32(EPOLL_CLOEXEC))

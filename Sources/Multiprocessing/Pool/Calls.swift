@@ -16,7 +16,7 @@ class CallCore: @unchecked Sendable {  // subclasses keep their own state thread
     let totalItems = Atomic<Int>(-1)
 
     /// The call's progress display, if it has one (set once, before the call's first item is sent).
-    private let reporter = Mutex<ProgressReporter?>(nil)
+    private let reporter = TrackedMutex<ProgressReporter?>(nil)
     var progress: ProgressReporter? {
         get { reporter.withLock { $0 } }
         set { reporter.withLock { $0 = newValue } }

@@ -1,6 +1,7 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import Threading
 
 /// What a worker's crash report says, in one line: the runtime's fatal-error text and the first frame in
 /// the program's own code (not the library's, the runtime's or the C library's).
@@ -129,7 +130,7 @@ final class ExecutableSymbols: Sendable {
     private let ends: [Int]
     private let names: [String]
 
-    private static let cache = Mutex<[String: ExecutableSymbols?]>([:])
+    private static let cache = TrackedMutex<[String: ExecutableSymbols?]>([:])
 
     static func shared(_ path: String) -> ExecutableSymbols? {
         if let known = cache.withLock({ $0[path] }) { return known }

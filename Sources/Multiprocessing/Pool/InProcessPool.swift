@@ -15,7 +15,7 @@ public final class InProcessPool: Sendable {
     private let executor: ThreadPool
     /// How many threads the pool runs at most.
     public let workerCount: Int
-    private let stats = Mutex(Stats())
+    private let stats = TrackedMutex(Stats())
 
     private struct Stats {
         var done = 0
@@ -370,7 +370,7 @@ extension Result {
 
 /// The Swift task running an item, for cancellation from another thread.
 final class RunningTask: Sendable {
-    private let task = Mutex<Task<Void, Never>?>(nil)
+    private let task = TrackedMutex<Task<Void, Never>?>(nil)
     func set(_ t: Task<Void, Never>?) { task.withLock { $0 = t } }
     func cancel() { task.withLock { $0?.cancel() } }
 }

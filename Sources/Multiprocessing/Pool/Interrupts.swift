@@ -19,7 +19,7 @@ enum Interrupts {
         var exitAfter = false
     }
 
-    private static let state = Mutex(State())
+    private static let state = TrackedMutex(State())
 
     static func register(_ core: PoolCore) {
         let install = state.withLock { s -> Bool in

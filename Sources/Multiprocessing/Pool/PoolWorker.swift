@@ -13,7 +13,7 @@ enum PoolWorker {
     typealias Runner = (_ unit: UInt64, _ count: Int, _ payload: UnsafeRawBufferPointer, _ out: Replies) -> Void
 
     /// The running item's Swift task, for cancellation from the wake-up thread.
-    private static let current = Mutex<(unit: UInt64, task: Task<Void, Never>?)>((0, nil))
+    private static let current = TrackedMutex<(unit: UInt64, task: Task<Void, Never>?)>((0, nil))
     nonisolated(unsafe) static var slot: SharedSlot!  // set once in `run`, before other threads start
     nonisolated(unsafe) static var memoryLimit: Int?  // likewise
 

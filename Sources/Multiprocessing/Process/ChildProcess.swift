@@ -25,7 +25,7 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
     /// Python's `Process.daemon`: terminated (not joined) when this program exits.
     public let isDaemon: Bool
 
-    private let lock = Mutex<ProcessHandle?>(nil)
+    private let lock = TrackedMutex<ProcessHandle?>(nil)
     private let outcome = Future<J.Output>()
     private let stderr = ChildStderr()
 
@@ -231,7 +231,7 @@ final class ChildStderr: Sendable {
         var watched = false
         var capture = StderrCapture()
     }
-    private let state = Mutex(State())
+    private let state = TrackedMutex(State())
 
     // Never watched, or its handler is gone (it held this object): nothing else can close it.
     deinit { state.withLock { if $0.fd >= 0 { Syscall.close($0.fd) } } }

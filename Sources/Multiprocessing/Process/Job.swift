@@ -1,4 +1,5 @@
 import Synchronization
+import Threading
 
 /// A unit of work that can run in another process — what Python expresses as `target=f, args=(...)`.
 ///
@@ -94,7 +95,7 @@ public struct RemoteError: Error, Codable, CustomStringConvertible, Sendable {
 }
 
 package enum JobIdentity {
-    private static let known = Mutex<[ObjectIdentifier: String]>([:])
+    private static let known = TrackedMutex<[ObjectIdentifier: String]>([:])
 
     /// The name a worker resolves `J` by, or an error saying why `J` cannot travel. Checked once per type.
     package static func name<J>(of type: J.Type) throws -> String {

@@ -23,7 +23,7 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
     public let name: String
     /// Whether the child is terminated when this program exits — Python's `Process.daemon`.
     public let isDaemon: Bool
-    private let state: Mutex<State>
+    private let state: TrackedMutex<State>
 
     /// `registered`: listed by `activeChildren()` and handled by the exit-time clean-up (the library's
     /// own helpers, such as the shared-memory tracker, handle themselves).
@@ -31,7 +31,7 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
         self.pid = pid
         self.name = name
         isDaemon = daemon
-        state = Mutex(State(pidfd: pidfd))
+        state = TrackedMutex(State(pidfd: pidfd))
         if registered { ChildRegistry.add(self) }
     }
 
@@ -182,7 +182,7 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
 
 /// The children not yet reaped, for `activeChildren()` and the exit-time clean-up.
 enum ChildRegistry {
-    private static let children = Mutex<[ObjectIdentifier: ProcessHandle]>([:])
+    private static let children = TrackedMutex<[ObjectIdentifier: ProcessHandle]>([:])
     private static let exitHookInstalled = Atomic<Bool>(false)
 
     static func add(_ h: ProcessHandle) {

@@ -1,6 +1,7 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import Threading
 
 /// Named shared memory that unrelated processes open by name — Python's
 /// `multiprocessing.shared_memory.SharedMemory`, and the same files: a segment created here is
@@ -21,7 +22,7 @@ public final class SharedMemory: Codable, @unchecked Sendable {  // `mapping` be
     /// Bytes mapped (Python's `size`).
     public let size: Int
     private let base: UnsafeMutableRawPointer
-    private let lock = Mutex<Bool>(true)  // mapped
+    private let lock = TrackedMutex<Bool>(true)  // mapped
 
     /// Creates a segment of `size` bytes (Python's `SharedMemory(create=True, size=…)`); `name` is
     /// chosen at random when nil. Fails if the name exists.
@@ -144,7 +145,7 @@ enum SegmentTracker {
         let channel: Connection
     }
 
-    private static let state = Mutex<Running?>(nil)
+    private static let state = TrackedMutex<Running?>(nil)
 
     /// The tracker's process id, if this process has started one.
     static var pid: Int32? { state.withLock { $0?.handle.pid } }

@@ -109,7 +109,7 @@ package final class Counter: Sendable {
 
 /// Thread-safe list of values for assertions.
 package final class Collected<T: Sendable>: Sendable {
-    private let items = Mutex<[T]>([])
+    private let items = TrackedMutex<[T]>([])
     package init() {}
     package func append(_ x: T) { items.withLock { $0.append(x) } }
     package var all: [T] { items.withLock { $0 } }
@@ -117,8 +117,8 @@ package final class Collected<T: Sendable>: Sendable {
 
 /// A value behind a lock, shareable with tasks and threads.
 package final class Locked<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    package init(_ v: T) { m = Mutex(v) }
+    private let m: TrackedMutex<T>
+    package init(_ v: T) { m = TrackedMutex(v) }
     package func withLock<R>(_ body: (inout T) -> R) -> R { m.withLock { body(&$0) } }
 }
 
@@ -145,6 +145,10 @@ package let requiredCapabilities: Set<String> = Set(
         String($0).trimmingCharacters(in: .whitespaces)
     }
 )
+
+/// The sanitizer this test binary was built with (`MP_SANITIZER`, set by `scripts/sanitize`): `thread`,
+/// `address`, or nil. For the few tests whose subject a sanitizer changes (the Swift backtracer's output).
+package let sanitizer: String? = getenv("MP_SANITIZER").map { String(cString: $0) }
 
 /// Whether the tests that need `capability` run: when it is available, or when this run requires it (they
 /// then run, and fail on what is missing). For `.enabled(if:)`: otherwise they are reported as skipped,

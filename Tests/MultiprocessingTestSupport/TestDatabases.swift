@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 public import MultiprocessingSQL
 import Synchronization
+import Threading
 
 /// The PostgreSQL server the tests use: `$MP_POSTGRES_URL`, else the one `scripts/start-postgres` starts.
 public let postgresURL: DatabaseURL? = try? DatabaseURL(
@@ -231,7 +232,7 @@ public func loopbackSocket(listening: Bool) -> (fd: Int32, port: Int) {
 public final class RecordingRelay: @unchecked Sendable {  // state behind `sent`; the socket is set once
     public let port: Int
     private let listening: Int32
-    private let sent = Mutex<[UInt8]>([])
+    private let sent = TrackedMutex<[UInt8]>([])
 
     public init(to target: Int) {
         (listening, port) = loopbackSocket(listening: true)

@@ -11,7 +11,7 @@ enum ExamplePrograms {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
     static let package = root.appendingPathComponent("Examples/Programs")
-    private static let built = Mutex<Result<URL, BuildFailure>?>(nil)
+    private static let built = TrackedMutex<Result<URL, BuildFailure>?>(nil)
 
     struct BuildFailure: Error, CustomStringConvertible {
         let description: String

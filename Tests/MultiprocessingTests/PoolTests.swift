@@ -265,8 +265,8 @@ struct ProcessPoolTests {
     }
 
     @Test func withProcessPoolTearsDownWhenItsTaskIsCancelled() async throws {
-        let pids = Mutex<[Int32]>([])
-        let running = Mutex<ProcessPool?>(nil)
+        let pids = TrackedMutex<[Int32]>([])
+        let running = TrackedMutex<ProcessPool?>(nil)
         let scope = Task {
             try await withProcessPool(workers: 2, options: testPoolOptions()) { pool in
                 pids.withLock { $0 = pool.workerPIDs }
@@ -677,7 +677,7 @@ func exerciseBlocking(_ pool: some TaskPool) throws {
     let lazy = try pool.imap(SquareFn(), 0..<300, chunksize: nil, maxInFlight: 16, options: .default)
     #expect(try lazy.collect() == (0..<300).map { $0 * $0 })
     #expect(try pool.apply(Square(x: 6), timeout: .seconds(30), options: .default) == 36)
-    let got = Mutex<[Int]>([])
+    let got = TrackedMutex<[Int]>([])
     let handles = try (0..<10).map { x in
         try pool.applyAsync(
             Square(x: x),
@@ -760,7 +760,7 @@ struct SamePoolAPITests {
     }
 
     @Test func threadPoolInitializerRunsPerThread() throws {
-        let count = Mutex(0)
+        let count = TrackedMutex(0)
         let pool = InProcessPool(workers: 2, initializer: { count.withLock { $0 += 1 } })
         _ = try pool.map(SquareFn(), Array(0..<100), chunksize: 1)
         pool.close()

@@ -132,7 +132,7 @@ struct BlockingQueueTests {
         let producers = 4
         let consumers = 4
         let perProducer = 20_000
-        let seen = Mutex<[Int]>(Array(repeating: 0, count: producers * perProducer))
+        let seen = TrackedMutex<[Int]>(Array(repeating: 0, count: producers * perProducer))
         let p = (0..<producers).map { id in
             OSThread { for i in 0..<perProducer { try q.put(id * perProducer + i, timeout: .seconds(20)) } }
         }

@@ -22,7 +22,7 @@ struct CooperativeExecutorTests {
     /// every time.
     @Test func yieldingTasksInterleaveTheSameWayEveryTime() async throws {
         for _ in 0..<50 {
-            let lines = Mutex<[String]>([])
+            let lines = TrackedMutex<[String]>([])
             let out: @Sendable (String) -> Void = { s in lines.withLock { $0.append(s) } }
             try await CooperativeExecutor.run { loop in
                 let a = loop.spawn {

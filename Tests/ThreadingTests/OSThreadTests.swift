@@ -47,7 +47,7 @@ struct OSThreadTests {
         } catch { #expect(error.code == .alreadyStarted) }
         try t.join()
         let selfJoin = Atomic<Bool>(false)
-        let box = Mutex<OSThread?>(nil)
+        let box = TrackedMutex<OSThread?>(nil)
         let s = OSThread {
             let me = box.withLock { $0 }!
             do { try me.join() } catch {
@@ -101,7 +101,7 @@ struct OSThreadTests {
             Issue.record("expected error")
         } catch { #expect(error.code == .alreadyStarted) }
         try d.join()
-        let inner = Mutex<Bool?>(nil)
+        let inner = TrackedMutex<Bool?>(nil)
         let parent = OSThread(daemon: true) {
             let child = OSThread {}
             inner.withLock { $0 = child.isDaemon }

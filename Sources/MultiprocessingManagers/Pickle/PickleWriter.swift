@@ -22,7 +22,10 @@ public struct PickleWriter: Sendable {
         return out
     }
 
-    static let maxDepth = 1000
+    /// The deepest value written: what ``PickleReader`` accepts by default, so whatever this side writes
+    /// it can read back. (It was 1000: AddressSanitizer's larger frames made those 1000 recursive calls
+    /// overflow a cooperative-pool thread's stack, `scripts/sanitize address`.)
+    static let maxDepth = PickleLimits().maxDepth
 
     private static func emit(_ v: PythonValue, into b: inout [UInt8], memo: inout Int, depth: Int) throws(PickleError) {
         guard depth < maxDepth else { throw PickleError("value nested deeper than \(maxDepth)") }

@@ -263,7 +263,11 @@ struct Fragile: Codable, Sendable {
     init(from decoder: any Decoder) throws { x = try decoder.singleValueContainer().decode(Int.self) }
 }
 
-struct FragileFn: TaskFunction {
+/// Synchronous (`SyncTaskFunction`): an in-process pool runs it on its own threads. As a plain
+/// `TaskFunction` each item waited for a thread of the cooperative pool, which the suite's blocking
+/// tests can hold both of on two cores: the in-process half of the encoding test then timed out under
+/// load (`scripts/stress-tests`, 2 runs of 2).
+struct FragileFn: SyncTaskFunction {
     func callAsFunction(_ input: Fragile) -> Int { input.x }
 }
 

@@ -7,7 +7,10 @@ import Threading
 /// A failure reported by a manager server that is not a Python exception of the call (`#TRACEBACK`,
 /// `#UNSERIALIZABLE`, or an answer that does not follow the protocol).
 public struct ManagerError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong: the server's traceback text, or what the client found wrong (an answer outside the
+    /// protocol, a method the object does not expose).
     public let message: String
+    /// The message, after `manager: `.
     public var description: String { "manager: \(message)" }
     init(_ message: String) { self.message = message }
 }
@@ -23,7 +26,7 @@ public final class ManagerClient: Sendable {
     /// How the client's TCP connections notice a server that vanished.
     public let keepAlive: KeepAlive?
     let channels: ChannelPool
-    /// The connection kept open for one-shot requests (ours servers only; see `init`).
+    /// The connection kept open for one-shot requests (our servers only; see `init`).
     private let control = TrackedMutex<Connection?>(nil)
 
     /// Connects to the server at `address` and checks that it answers (Python's `connect()`).
@@ -191,6 +194,8 @@ final class ChannelPool: Sendable {
 /// calls the same object. It carries the server's address and authkey (the job travels on a private
 /// channel to a process of this program; do not write it anywhere else).
 public final class Proxy: Codable, @unchecked Sendable {  // immutable after init
+    /// The typeid the object was created as on the server (`"dict"`, `"Queue"`, or a name registered with
+    /// ``ManagerServer/register(_:_:)``).
     public let typeid: String
     /// The object's id on the server.
     public let ident: String
@@ -229,6 +234,8 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
 
     private enum Key: String, CodingKey { case typeid, ident, exposed, host, port, path, authkey }
 
+    /// Encodes the proxy for another process: its typeid, ident and exposed methods, and the server's address
+    /// and authkey, with which the receiver connects (send it only to processes you trust).
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: Key.self)
         try c.encode(typeid, forKey: .typeid)
@@ -433,9 +440,15 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
 
 /// A proxy to a served iterator — Python's `IteratorProxy` (what iterating a dict proxy gives).
 public struct IteratorProxy: Codable, Sendable {
+    /// The untyped proxy, for calls this type does not wrap.
     public let proxy: Proxy
+    /// Wraps `proxy`, a proxy to a served iterator (what ``Proxy/callProxy(_:_:_:timeout:)`` returns for a
+    /// dict's `__iter__`).
     public init(_ proxy: Proxy) { self.proxy = proxy }
+    /// Decodes a proxy another process sent: connects to its server and takes a reference of its own (see
+    /// ``Proxy/init(from:)``); throws when the server cannot be reached.
     public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    /// Encodes the proxy, with its server's address and authkey, to send to another process.
     public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
 
     /// The next item (`next(it)`), or nil when the iterator is exhausted (`StopIteration`).
@@ -450,7 +463,9 @@ public struct IteratorProxy: Codable, Sendable {
 
 /// A proxy to a served dict — Python's `DictProxy`.
 public struct DictProxy: Codable, Sendable {
+    /// The untyped proxy, for calls this type does not wrap (`d.items()`, `d.pop(k)`, …).
     public let proxy: Proxy
+    /// Wraps `proxy`, a proxy to a served dict (``ManagerClient/create(_:_:_:)`` of a `dict` typeid).
     public init(_ proxy: Proxy) { self.proxy = proxy }
 
     /// `iter(d)`: a served iterator over the keys (one call per key, as in Python; ``keys()`` fetches
@@ -458,7 +473,10 @@ public struct DictProxy: Codable, Sendable {
     public func makeIterator() throws -> IteratorProxy { IteratorProxy(try proxy.callProxy("__iter__")) }
     /// `d.keys()`: every key, in one call.
     public func keys() throws -> [PythonValue] { try proxy.call("keys").items ?? [] }
+    /// Decodes a proxy another process sent: connects to its server and takes a reference of its own (see
+    /// ``Proxy/init(from:)``); throws when the server cannot be reached.
     public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    /// Encodes the proxy, with its server's address and authkey, to send to another process.
     public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
 
     /// `d[key]`; throws `KeyError` when absent.
@@ -492,9 +510,14 @@ public struct DictProxy: Codable, Sendable {
 
 /// A proxy to a served list — Python's `ListProxy`.
 public struct ListProxy: Codable, Sendable {
+    /// The untyped proxy, for calls this type does not wrap (`l.extend(…)`, `l.pop()`, …).
     public let proxy: Proxy
+    /// Wraps `proxy`, a proxy to a served list (``ManagerClient/create(_:_:_:)`` of a `list` typeid).
     public init(_ proxy: Proxy) { self.proxy = proxy }
+    /// Decodes a proxy another process sent: connects to its server and takes a reference of its own (see
+    /// ``Proxy/init(from:)``); throws when the server cannot be reached.
     public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    /// Encodes the proxy, with its server's address and authkey, to send to another process.
     public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
 
     /// `l[i]`.
@@ -535,12 +558,21 @@ struct ProxyReturned: Error {
 
 /// The first call of a pipelined pair failed; the second may have taken an item, which travels here.
 public struct PipelineError: Error, CustomStringConvertible, Sendable {
+    /// Why the `put` failed: a ``PythonException`` the queue raised (``PythonException/queueFull``), a
+    /// ``ManagerError``, or a connection error.
     public let error: any Error
     /// What the second call returned, if it succeeded.
     public let taken: PythonValue?
     /// Everything the gets behind the failed put took (``QueueProxy/put(contentsOf:thenGetUpTo:from:timeout:)``).
     public let takenAll: [PythonValue]
+    /// The `put`'s error, and the item the next call took, if it took one.
     public var description: String { "\(error)" + (taken.map { " (the next call took \($0))" } ?? "") }
+    /// A failed pipelined call and what the calls behind it took.
+    ///
+    /// - Parameters:
+    ///   - error: why the `put` failed.
+    ///   - taken: what the second call returned, if it succeeded.
+    ///   - takenAll: everything the calls behind the failed one took; default: `taken`, if any.
     public init(error: any Error, taken: PythonValue?, takenAll: [PythonValue]? = nil) {
         self.error = error
         self.taken = taken
@@ -550,9 +582,15 @@ public struct PipelineError: Error, CustomStringConvertible, Sendable {
 
 /// A proxy to a served queue — Python's proxy of `queue.Queue`.
 public struct QueueProxy: Codable, Sendable {
+    /// The untyped proxy, for calls this type does not wrap (`q.empty()`, `q.task_done()`, …).
     public let proxy: Proxy
+    /// Wraps `proxy`, a proxy to a served queue (``ManagerClient/create(_:_:_:)`` of a `Queue` typeid, or
+    /// one a master registered, such as `get_task_queue`).
     public init(_ proxy: Proxy) { self.proxy = proxy }
+    /// Decodes a proxy another process sent: connects to its server and takes a reference of its own (see
+    /// ``Proxy/init(from:)``); throws when the server cannot be reached.
     public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    /// Encodes the proxy, with its server's address and authkey, to send to another process.
     public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
 
     /// `q.put(item)`.
@@ -675,9 +713,15 @@ public struct TypedQueueProxy<Element: Codable>: Sendable {
 
 /// A proxy to a served namespace — Python's `NamespaceProxy`.
 public struct NamespaceProxy: Codable, Sendable {
+    /// The untyped proxy, for calls this type does not wrap.
     public let proxy: Proxy
+    /// Wraps `proxy`, a proxy to a served namespace (``ManagerClient/create(_:_:_:)`` of a `Namespace`
+    /// typeid).
     public init(_ proxy: Proxy) { self.proxy = proxy }
+    /// Decodes a proxy another process sent: connects to its server and takes a reference of its own (see
+    /// ``Proxy/init(from:)``); throws when the server cannot be reached.
     public init(from decoder: any Decoder) throws { proxy = try Proxy(from: decoder) }
+    /// Encodes the proxy, with its server's address and authkey, to send to another process.
     public func encode(to encoder: any Encoder) throws { try proxy.encode(to: encoder) }
 
     /// `ns.name`.

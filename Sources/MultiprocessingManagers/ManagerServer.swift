@@ -11,16 +11,22 @@ public import Threading
 /// name, and its arguments — `KeyError('x')` is `PythonException(module: "builtins", name: "KeyError",
 /// args: ["x"])`.
 public struct PythonException: Error, CustomStringConvertible, Sendable, Equatable {
+    /// The exception class's module: `"builtins"` for `KeyError`, `"_queue"` for `queue.Empty`.
     public var module: String
+    /// The exception class's name (`"KeyError"`).
     public var name: String
+    /// The exception's arguments (Python's `e.args`).
     public var args: [PythonValue]
 
+    /// An exception of class `module.name` with `args`: `PythonException("KeyError", ["x"])` is Python's
+    /// `KeyError('x')`.
     public init(module: String = "builtins", _ name: String, _ args: [PythonValue] = []) {
         self.module = module
         self.name = name
         self.args = args
     }
 
+    /// As Python's `repr()` shows it, without the module: `KeyError('x')`.
     public var description: String {
         "\(name)(" + args.map(\.pythonDescription).joined(separator: ", ") + ")"
     }
@@ -47,6 +53,7 @@ public protocol ManagedObject: AnyObject, Sendable {
 }
 
 extension ManagedObject {
+    /// None: every method's result is returned as a value.
     public var methodToTypeid: [String: String] { [:] }
 }
 
@@ -64,6 +71,10 @@ extension ManagedObject {
 /// more with ``register(_:_:)``. Unlike CPython's server, a client connection that ends while holding a
 /// served lock or semaphore releases it.
 public final class ManagerServer: @unchecked Sendable {  // mutable state behind `state`
+    /// Makes the object for a typeid (Python's `callable` given to `register`), from the `create` request's
+    /// positional and keyword arguments; for a method in an object's `methodToTypeid`, the method's result
+    /// is its one argument. It runs on the thread serving the client's request; throw a ``PythonException``
+    /// to raise it in the client (any other error reaches it as a traceback).
     public typealias Factory = @Sendable (_ args: [PythonValue], _ kwargs: [PythonPair]) throws -> any ManagedObject
 
     private struct Entry {
@@ -167,7 +178,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         state.withLock { $0.factories[typeid] = factory }
     }
 
-    /// Serves `typeid` with one shared object: every `create` returns it (the seed's master/worker
+    /// Serves `typeid` with one shared object: every `create` returns it (the tutorial's master/worker
     /// queues, which Python registers as `callable=lambda: queue`).
     public func register(_ typeid: String, shared object: any ManagedObject) {
         register(typeid) { _, _ in object }

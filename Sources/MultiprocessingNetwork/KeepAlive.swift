@@ -20,6 +20,9 @@ public struct KeepAlive: Sendable, Hashable {
     /// Unanswered probes that end the connection.
     public var probes: Int
 
+    /// Settings of your own: the first probe after `idle` of silence, then one every `interval`, and the
+    /// connection fails after `probes` unanswered ones. The kernel counts whole seconds, so each duration
+    /// is applied rounded down to whole seconds (at least 1), and `probes` is at least 1.
     public init(idle: Duration, interval: Duration, probes: Int) {
         self.idle = idle
         self.interval = interval

@@ -211,6 +211,8 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
 
 /// A connection a ``Listener`` accepted, with the address of its peer.
 public struct AcceptedConnection: Sendable {
+    /// The connection, not yet authenticated when it came from ``Listener/acceptConnection(timeout:)``:
+    /// pass this value to ``Listener/authenticate(_:)`` before trusting what it says.
     public let connection: Connection
     /// The client's address (a TCP host and port; for Unix sockets usually unnamed).
     public let peer: Address?
@@ -223,7 +225,10 @@ public struct ClientError: Error, CustomStringConvertible, Sendable {
     public let peer: Address?
     /// What went wrong (`MultiprocessingError.Code.authenticationFailed`, `MultiprocessingError.Code.timedOut`, …).
     public let error: MultiprocessingError
+    /// The code of ``ClientError/error``: what went wrong, to compare with `.authenticationFailed`,
+    /// `.timedOut` and the other `MultiprocessingError.Code` members.
     public var code: MultiprocessingError.Code { error.code }
+    /// `client <peer>: <error>`, with `(unknown)` for a peer without an address.
     public var description: String { "client \(peer.map { "\($0)" } ?? "(unknown)"): \(error)" }
 }
 

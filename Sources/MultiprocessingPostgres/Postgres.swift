@@ -12,12 +12,14 @@ import PostgresNIO
 import Synchronization
 import Threading
 
-/// A blocking ``SQLConnection`` on a postgres-nio connection: each call waits (on the calling thread, up
+/// A blocking `SQLConnection` on a postgres-nio connection: each call waits (on the calling thread, up
 /// to the connection's timeout) for postgres-nio's event loop. Call it from a worker process or a thread
 /// of your own, never from Swift's cooperative pool. `forEachRow` hands rows over in batches as they
 /// arrive; until the caller takes them they wait in memory (read tables in chunks, as the pipeline does).
 /// `Database.connect` opens `postgres://` URLs with it whenever this module is linked.
 public final class PostgresSQLConnection: SQLConnectionOpening {
+    /// Opens a connection to `url`, as `init(_:timeout:)` does: how `Database.connect` opens `postgres://`
+    /// and `postgresql://` URLs when this module is linked into the program.
     public static func open(_ url: DatabaseURL, timeout: Duration) throws -> PostgresSQLConnection {
         try PostgresSQLConnection(url, timeout: timeout)
     }
@@ -26,8 +28,10 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     /// The reading session (``SQLBulkReading``), opened on first use.
     private var reader: PostgresWireReader?
     private var readerUnsupported = false
+    /// The URL the connection was opened with.
     public let url: DatabaseURL
     let timeout: Duration
+    /// PostgreSQL's dialect: identifiers in double quotes, parameters written `$1`, `$2`, ….
     public var dialect: SQLDialect { .postgresql }
     private static let logger = Logger(
         label: "swift-multiprocessing.postgres",
@@ -35,6 +39,19 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
     )
     private static let ids = Atomic<Int>(0)
 
+    /// Connects to `url` (`postgres://user:password@host:port/database?sslmode=…`), waiting at most
+    /// `timeout` for the server; every later call on the connection waits at most `timeout` too.
+    ///
+    /// `sslmode` is read as libpq reads it, `prefer` by default. With `allow` or `prefer` the server is
+    /// asked first whether it offers TLS: if it does, TLS is required from then on (its certificate is not
+    /// checked); if it does not, a server that asks for the password in clear text is refused (say
+    /// `sslmode=disable` to send it anyway). `require` asks for TLS without checking the certificate;
+    /// `verify-ca` checks it against `sslrootcert` (a PEM file) or the system's roots; `verify-full` also
+    /// checks that it names the host.
+    ///
+    /// - Throws: `SQLError` of kind `.connection` when the server cannot be reached, does not answer within
+    ///   `timeout`, refuses the login or asks for the password in clear text without TLS; of kind
+    ///   `.statement` for an unknown `sslmode`.
     public init(_ url: DatabaseURL, timeout: Duration = .seconds(30)) throws {
         self.url = url
         self.timeout = timeout
@@ -136,6 +153,9 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         }
     }
 
+    /// Closes the reading session and the connection, waiting up to 5 seconds for the connection to close.
+    /// Idempotent; also done when the object is released. Further calls throw `SQLError` of kind
+    /// `.connection`.
     public func close() {
         reader?.close()
         reader = nil
@@ -345,11 +365,25 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         return gathered.withLock { $0 }
     }
 
+    /// Runs one statement, with `parameters` bound to `$1`, `$2`, …, and waits for it on the calling thread
+    /// (at most the connection's timeout). Returns the rows it changed (for a `SELECT`, the rows it
+    /// returned, which are read and dropped).
+    ///
+    /// - Throws: `SQLError`, its kind from the server's SQLSTATE (`.constraint`, `.statement`, `.busy`,
+    ///   `.conversion`, ...). After an error of kind `.connection` (a timeout included) this object gives
+    ///   the connection up: later calls throw.
     @discardableResult
     public func execute(_ sql: String, _ parameters: [SQLValue]) throws -> Int {
         try run(sql, parameters).changed
     }
 
+    /// Runs a query and calls `body` with each row's values, in order, on the calling thread; returns the
+    /// column names. `columns` is called once, before the first row, with the column names — with `[]`
+    /// for a query that returns no rows (the names come with the rows).
+    ///
+    /// Rows are handed over in batches of 256 as they arrive; rows not yet taken wait in memory, so read a
+    /// large table in chunks. The statement must finish within the connection's timeout, counted from
+    /// this call. Throws as ``execute(_:_:)`` does, and whatever `columns` or `body` throws.
     @discardableResult
     public func forEachRow(
         _ sql: String,
@@ -401,8 +435,13 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
         for statement in SQLScript.statements(sql) { _ = try run(statement, []) }
     }
 
+    /// Starts a transaction (`BEGIN`). `immediate` is ignored: PostgreSQL has no counterpart of SQLite's
+    /// `BEGIN IMMEDIATE`; a writer that conflicts with another waits for the row's lock instead.
     public func begin(immediate: Bool) throws { _ = try run("BEGIN", []) }
+    /// Commits the transaction (`COMMIT`).
     public func commit() throws { _ = try run("COMMIT", []) }
+    /// Rolls the transaction back (`ROLLBACK`). Does nothing once the connection was closed or given up
+    /// (the server has then rolled the transaction back itself).
     public func rollback() throws {
         guard connection != nil else { return }
         _ = try run("ROLLBACK", [])
@@ -538,6 +577,13 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
 }
 
 extension PostgresSQLConnection: SQLBulkReading {
+    /// What ``forEachRow(_:_:columns:_:)`` does, on a second session of the connection's own that reads
+    /// PostgreSQL's wire protocol on the calling thread (faster for large results). Like any other session
+    /// it sees committed data only: none of this session's transaction, temporary tables or settings.
+    ///
+    /// The reading session is opened on first use, and again after it failed. Where it cannot be used —
+    /// TLS (required by `sslmode`, or offered by the server), or an authentication it does not speak — the
+    /// rows are read on this session with ``forEachRow(_:_:columns:_:)`` instead.
     public func forEachRowOnReadingSession(
         _ sql: String,
         _ parameters: [SQLValue],
@@ -565,8 +611,15 @@ extension PostgresSQLConnection: SQLBulkReading {
 }
 
 extension PostgresSQLConnection: SQLNotificationListening {
+    /// Whether the connection is open: `false` after ``close()``, once the server closed it, or once this
+    /// object gave it up after a connection error.
     public var isOpen: Bool { connection.map { !$0.isClosed } ?? false }
 
+    /// Listens on `channel` (PostgreSQL's `LISTEN`): `handler` is called with each notification's payload,
+    /// on postgres-nio's event-loop thread (do not block it), for as long as the connection is open.
+    /// Returns once the server listens.
+    ///
+    /// - Throws: `SQLError` if the connection is closed or the `LISTEN` fails.
     public func listen(_ channel: String, _ handler: @escaping @Sendable (String) -> Void) throws {
         let c = try handle()
         c.addListener(channel: channel) { _, notification in handler(notification.payload) }

@@ -5,19 +5,30 @@
 /// `verify-ca`, `verify-full`), with `sslrootcert` for the verifying modes:
 /// `postgres://app@db.example.com/prod?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem`.
 public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible, Codable {
+    /// Which database a URL names.
     public enum Kind: String, Sendable, Hashable, Codable {
+        /// `sqlite`: a file (`sqlite:` and `sqlite3:` URLs); `postgresql`: a PostgreSQL server (`postgres://`,
+        /// `postgresql://`); `mysql`: a MySQL or MariaDB server (`mysql://`, `mariadb://`).
         case sqlite, postgresql, mysql
     }
+    /// Which database it is, from the URL's scheme.
     public var kind: Kind
     /// SQLite: the file. Others: the database name.
     public var database: String
+    /// The server's host name or address (default `127.0.0.1`; an IPv6 address without its brackets).
+    /// Empty for SQLite.
     public var host: String
+    /// The server's port (default 5432 for PostgreSQL, 3306 for MySQL). 0 for SQLite.
     public var port: Int
+    /// The user name, percent-decoded; empty when the URL has none.
     public var user: String
+    /// The password, percent-decoded; empty when the URL has none. ``DatabaseURL/description`` hides it,
+    /// ``DatabaseURL/text`` shows it.
     public var password: String
     /// `?key=value&…` options.
     public var options: [String: String]
 
+    /// The SQLite database at `path` (a file, or `:memory:`), taken as it is: nothing is parsed.
     public init(sqlite path: String) {
         kind = .sqlite
         database = path
@@ -28,6 +39,12 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible, Codable 
         options = [:]
     }
 
+    /// Parses a URL: `sqlite:PATH` (or `sqlite3:`), `postgres://…` (or `postgresql://`), `mysql://…` (or
+    /// `mariadb://`). User, password and database are percent-decoded, and `?key=value&…` goes to
+    /// ``DatabaseURL/options`` (for `sqlite:`, only after `sqlite://`).
+    ///
+    /// - Throws: ``SQLError`` (kind `statement`) for text that is not such a URL: no scheme or an unknown
+    ///   one, a server URL without `//`, an SQLite URL without a path, a port outside 1–65535.
     public init(_ text: String) throws {
         guard let colon = text.firstIndex(of: ":") else {
             throw SQLError(.statement, "not a database URL: \(text) (sqlite:PATH, postgres://…, mysql://…)")
@@ -168,8 +185,11 @@ public struct DatabaseURL: Sendable, Hashable, CustomStringConvertible, Codable 
 /// `PostgreSQL` trait), found by its type's name when it is linked, so that programs that do not use it
 /// do not build SwiftNIO.
 public enum Database {
-    /// Opens a connection. `busyTimeout` bounds how long a statement waits for a lock (SQLite) or the
-    /// server (others).
+    /// Opens a connection to `url`. `timeout` bounds how long a statement waits for a lock (SQLite's busy
+    /// timeout) or for the server (others, connecting included).
+    ///
+    /// - Throws: ``SQLError``: kind `unavailable` when the database's client library is missing, or the
+    ///   PostgreSQL module is not linked into the program; `connection` when it cannot connect.
     public static func connect(_ url: DatabaseURL, timeout: Duration = .seconds(30)) throws -> any SQLConnection {
         switch url.kind {
         case .sqlite:
@@ -192,6 +212,7 @@ public enum Database {
         }
     }
 
+    /// Parses `url` (see ``DatabaseURL/init(_:)``) and opens a connection to it; throws the parse error too.
     public static func connect(_ url: String, timeout: Duration = .seconds(30)) throws -> any SQLConnection {
         try connect(DatabaseURL(url), timeout: timeout)
     }
@@ -200,5 +221,7 @@ public enum Database {
 /// A connection type that opens itself from a URL: how `Database.connect` finds a database module
 /// linked into the program.
 public protocol SQLConnectionOpening: SQLConnection {
+    /// Opens a connection to `url`, a URL of this type's database; `timeout` bounds how long connecting,
+    /// and each statement, waits for the server.
     static func open(_ url: DatabaseURL, timeout: Duration) throws -> Self
 }

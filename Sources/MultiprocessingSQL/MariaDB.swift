@@ -14,9 +14,12 @@ import CMultiprocessingSQLite
 /// ``SQLError/Kind-swift.enum/connection``, not a hang.
 public final class MariaDBConnection: SQLConnection {
     private var m: OpaquePointer?
+    /// The server's URL, password included: print it (its ``DatabaseURL/description`` hides the password),
+    /// do not log its ``DatabaseURL/text``.
     public let url: DatabaseURL
     /// The server refuses `LOAD DATA LOCAL`: batches go through `INSERT`.
     private var loadDataRefused = false
+    /// MySQL's (``SQLDialect/mysql``).
     public var dialect: SQLDialect { .mysql }
 
     private static func load() throws {
@@ -31,6 +34,15 @@ public final class MariaDBConnection: SQLConnection {
     }
 
     /// Connects to `url` (`mysql://user:password@host:port/database`).
+    ///
+    /// - Parameter url: the server; its `ssl-mode` option (MySQL's names, or `sslmode` with libpq's)
+    ///   chooses TLS: `DISABLED` (the default), `PREFERRED` (TLS, or plain text when the server has none),
+    ///   `REQUIRED`, `VERIFY_CA` or `VERIFY_IDENTITY` (both verify the server's certificate, against
+    ///   `ssl-ca` or `sslrootcert` when given).
+    /// - Parameter timeout: bounds connecting, and each read and write of a statement (in whole seconds,
+    ///   rounded up; at least 1).
+    /// - Throws: ``SQLError``: `unavailable` when the client library is missing or not Connector/C 3;
+    ///   `statement` for an unknown `ssl-mode`; `connection` when it cannot connect.
     public init(_ url: DatabaseURL, timeout: Duration = .seconds(30)) throws {
         try Self.load()
         self.url = url
@@ -84,6 +96,8 @@ public final class MariaDBConnection: SQLConnection {
 
     deinit { close() }
 
+    /// Closes the connection (`mysql_close`); later calls throw ``SQLError`` (kind `connection`). Closing
+    /// twice does nothing; the connection also closes when it is released, and after a connection error.
     public func close() {
         if let m { mp_mysql_close(m) }
         m = nil
@@ -175,6 +189,15 @@ public final class MariaDBConnection: SQLConnection {
         return m
     }
 
+    /// Runs one statement, each `?` outside quotes replaced by its parameter as an escaped literal, and
+    /// returns `mysql_affected_rows()`: the rows an `INSERT`, `UPDATE` or `DELETE` changed (an `UPDATE`
+    /// counts the rows whose values changed, not those it matched). Rows a query returns are read to the end
+    /// and dropped, and it returns 0.
+    ///
+    /// - Throws: ``SQLError``: `statement` when the `?`s and the parameters differ in number, or the server
+    ///   refuses the statement; `connection` when the server is gone or does not answer within the
+    ///   connection's timeout (the connection is then closed); `busy`, `constraint` or `conversion` as the
+    ///   server's error number says.
     @discardableResult
     public func execute(_ sql: String, _ parameters: [SQLValue]) throws -> Int {
         let m = try handle()
@@ -187,6 +210,11 @@ public final class MariaDBConnection: SQLConnection {
         return Int(mp_mysql_affected_rows(m))
     }
 
+    /// Runs a query and streams its rows from the server (`mysql_use_result`): `columns` gets the column
+    /// names, then `body` each row; returns the names (none for a statement that is not a query). Integer
+    /// columns come as `int`, `FLOAT` and `DOUBLE` as `double`, binary strings and blobs as `blob`, and
+    /// every other type (`DECIMAL`, dates, text) as `text`; NULL as `null`. Errors as in
+    /// ``MariaDBConnection/execute(_:_:)``.
     @discardableResult
     public func forEachRow(
         _ sql: String,
@@ -252,6 +280,8 @@ public final class MariaDBConnection: SQLConnection {
         return names
     }
 
+    /// Runs the statements of `sql` in one request (the connection allows several), without parameters;
+    /// rows they return are dropped. The server stops at the first that fails, whose error is thrown.
     public func executeScript(_ sql: String) throws {
         let m = try run(sql)
         while true {
@@ -265,8 +295,11 @@ public final class MariaDBConnection: SQLConnection {
         }
     }
 
+    /// `START TRANSACTION`. `immediate` changes nothing: InnoDB locks rows as each statement reaches them.
     public func begin(immediate: Bool) throws { try execute("START TRANSACTION", []) }
+    /// `COMMIT`.
     public func commit() throws { try execute("COMMIT", []) }
+    /// `ROLLBACK`; on a closed connection, nothing.
     public func rollback() throws {
         guard m != nil else { return }
         try execute("ROLLBACK", [])

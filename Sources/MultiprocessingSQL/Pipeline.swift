@@ -11,14 +11,18 @@ import Synchronization
 /// known only at run time.
 ///
 /// ```swift
-/// struct AddSex: RowTransform {          // the notes' xb column
+/// struct AddSex: RowTransform {          // the tutorial's xb column
 ///     func transform(_ rows: [User]) -> [UserCopy] {
 ///         rows.map { UserCopy(user: $0, xb: $0.pwd.count == 3 ? "M" : "F") }
 ///     }
 /// }
 /// ```
 public protocol RowTransform: Codable, Sendable {
+    /// The type each source row is decoded into, by column name (see ``SQLRowDecoder``); by default
+    /// ``SQLRow``.
     associatedtype Input: Decodable = SQLRow
+    /// The type each sink row is encoded from, a column per property (see ``SQLRowEncoder``); by default
+    /// ``SQLRow``.
     associatedtype Output: Encodable = SQLRow
     /// The chunk's output rows (any number: filter, expand or map).
     func transform(_ rows: [Input]) throws -> [Output]
@@ -26,7 +30,9 @@ public protocol RowTransform: Codable, Sendable {
 
 /// Copies rows as they are.
 public struct CopyRows: RowTransform {
+    /// The transform (it has no settings).
     public init() {}
+    /// `rows`, unchanged.
     public func transform(_ rows: [SQLRow]) -> [SQLRow] { rows }
 }
 
@@ -52,7 +58,9 @@ public struct PipelineSource: Sendable, Codable, Hashable {
 
 /// One chunk: the source rows whose key is in `(lower, upper]` (nil: unbounded).
 public struct ChunkRange: Sendable, Codable, Hashable {
+    /// The key the chunk starts after (exclusive); nil: the source's first row.
     public var lower: SQLValue?
+    /// The chunk's last key (inclusive); nil: no upper bound.
     public var upper: SQLValue?
     /// The chunk's identity in the sink's bookkeeping: its lower bound.
     var id: String { lower.map(Self.encode) ?? "" }
@@ -67,7 +75,9 @@ public struct ChunkRange: Sendable, Codable, Hashable {
 
 /// What one chunk did.
 public struct ChunkOutcome: Sendable, Codable, Hashable {
+    /// Source rows the chunk read.
     public var rowsRead: Int
+    /// Rows it wrote to the sink (0 when ``ChunkOutcome/alreadyDone``).
     public var rowsWritten: Int
     /// The chunk had already been written (by an earlier run): nothing was written again.
     public var alreadyDone: Bool
@@ -75,12 +85,15 @@ public struct ChunkOutcome: Sendable, Codable, Hashable {
 
 /// What a pipeline run did.
 public struct PipelineReport: Sendable, CustomStringConvertible {
+    /// Source rows read by the chunks this run wrote.
     public var rowsRead: Int
+    /// Rows this run wrote to the sink.
     public var rowsWritten: Int
     /// Chunks this run wrote.
     public var chunksWritten: Int
     /// Chunks found done by an earlier run (skipped when planning or by a worker).
     public var chunksSkipped: Int
+    /// How long the run took, from the start of ``TablePipeline/run(on:progress:)`` to its end.
     public var elapsed: Duration
     /// `1,000 rows read, 1,000 written in 10 chunks, 52,310 rows/s in 0.0 s`; a run that found every chunk
     /// done says so: `nothing left to copy: 10 chunks were done by an earlier run`.
@@ -114,9 +127,13 @@ public struct PipelineReport: Sendable, CustomStringConvertible {
 ///
 /// The source must not change under a copy (appends past its end are fine: a later run copies them).
 public struct TablePipeline<Transform: RowTransform>: Sendable {
+    /// What the pipeline reads.
     public var source: PipelineSource
+    /// The database the rows are appended to; it also holds the pipeline's bookkeeping tables.
     public var sink: DatabaseURL
+    /// The table the rows are appended to, in the sink.
     public var sinkTable: String
+    /// What each chunk's rows go through, in a worker (sent to the workers with its stored properties).
     public var transform: Transform
     /// Identifies this copy in the sink's bookkeeping, for resuming. Default: `source → sink table`.
     public var name: String
@@ -132,8 +149,26 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
     public var chunkTimeout: Duration?
     /// How long a statement may wait for a lock or the server.
     public var databaseTimeout: Duration
+    /// Where a run says what happens (its start and end, each chunk that failed). Default: nothing is
+    /// logged.
     public var logger: Logger
 
+    /// A copy of `source` into `sinkTable` in `sink`, each chunk of rows through `transform`.
+    ///
+    /// - Parameters:
+    ///   - source: what to read (``PipelineSource/table(_:key:in:)`` or ``PipelineSource/query(_:key:in:)``).
+    ///   - sink: the database to write to (it may be the source's).
+    ///   - sinkTable: the table to append to; created from the first chunk's columns when it does not exist
+    ///     (see ``TablePipeline/createSinkTable``).
+    ///   - transform: what each chunk's rows go through.
+    ///   - name: identifies the copy in the sink's bookkeeping, so that a later run resumes it; by default
+    ///     the source's table (or query) and the sink table.
+    ///   - chunkSize: source rows per chunk (positive).
+    ///   - logger: where a run says what happens; by default nothing is logged.
+    ///
+    /// The other settings are properties: ``TablePipeline/maxChunksInFlight`` (default 2 per worker),
+    /// ``TablePipeline/createSinkTable`` (true), ``TablePipeline/retry`` (3 attempts on a crash or a
+    /// timeout), ``TablePipeline/chunkTimeout`` (none) and ``TablePipeline/databaseTimeout`` (60 s).
     public init(
         from source: PipelineSource,
         to sink: DatabaseURL,

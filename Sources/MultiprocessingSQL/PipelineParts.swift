@@ -297,6 +297,13 @@ public struct CopyChunk<Transform: RowTransform>: SyncTaskFunction {
         self.transform = transform
     }
 
+    /// Copies one chunk: reads the source rows whose key is in the range (on this worker process's
+    /// connection to the source, kept between chunks), transforms them, and writes them and the chunk's
+    /// record in one transaction on the sink. A chunk already recorded is not written again
+    /// (``ChunkOutcome/alreadyDone``).
+    ///
+    /// - Throws: ``SQLError`` from either database (a row that does not decode: `conversion`; a later run
+    ///   took the pipeline over, so this one may not write: `other`), or what the transform throws.
     public func callAsFunction(_ chunk: ChunkRange) throws -> ChunkOutcome {
         // Read.
         var inputs: [Transform.Input] = []

@@ -13,10 +13,12 @@ public struct SQLDialect: Sendable, Hashable {
         /// `?` (MySQL): by position only; a parameter used twice must be passed twice, in text order.
         case question
     }
+    /// How statements write their parameters (see ``SQLDialect/parameter(_:)``).
     public let parameterStyle: ParameterStyle
     /// The most parameters one statement may have.
     public let maxParameters: Int
 
+    /// SQLite's: identifiers in double quotes, parameters `?1, ?2, …`, at most 32,766 per statement.
     public static let sqlite = SQLDialect(
         name: "sqlite",
         identifierQuote: "\"",
@@ -24,6 +26,7 @@ public struct SQLDialect: Sendable, Hashable {
         maxParameters: 32766
     )
 
+    /// PostgreSQL's: identifiers in double quotes, parameters `$1, $2, …`, at most 65,535 per statement.
     public static let postgresql = SQLDialect(
         name: "postgresql",
         identifierQuote: "\"",
@@ -31,6 +34,7 @@ public struct SQLDialect: Sendable, Hashable {
         maxParameters: 65535
     )
 
+    /// MySQL's and MariaDB's: identifiers in backticks, parameters `?`, at most 65,535 per statement.
     public static let mysql = SQLDialect(
         name: "mysql",
         identifierQuote: "`",
@@ -113,7 +117,9 @@ public protocol SQLConnection: AnyObject {
     /// Starts a transaction. `immediate`: take the write lock now (SQLite's `BEGIN IMMEDIATE`), so that
     /// the transaction cannot fail later for a lock another writer took first.
     func begin(immediate: Bool) throws
+    /// Commits the transaction ``SQLConnection/begin(immediate:)`` started, keeping its changes.
     func commit() throws
+    /// Rolls back the open transaction, undoing its changes.
     func rollback() throws
 
     /// Appends the rows of `batch` to `table`; returns the rows inserted. The default uses multi-row
@@ -152,6 +158,7 @@ public protocol SQLNotificationListening: SQLConnection {
 }
 
 extension SQLConnection {
+    /// Runs one statement without parameters; returns the number of rows it changed.
     @discardableResult
     public func execute(_ sql: String) throws -> Int { try execute(sql, []) }
 

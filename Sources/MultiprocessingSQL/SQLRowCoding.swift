@@ -8,6 +8,8 @@ public struct SQLRowDecoder: Sendable {
     let index: [String: Int]
     let columns: [String]
 
+    /// A decoder for rows of a query whose columns are `columns`, in order (of two columns with one name,
+    /// the first is read).
     public init(columns: [String]) {
         self.columns = columns
         var index: [String: Int] = [:]
@@ -15,6 +17,11 @@ public struct SQLRowDecoder: Sendable {
         self.index = index
     }
 
+    /// Decodes a `T` from one row's `values` (in the columns' order), each property from the column of its
+    /// name; ``SQLRow`` gets the row itself.
+    ///
+    /// - Throws: ``SQLError`` (kind `conversion`) when a column is missing or a value does not fit its
+    ///   property.
     public func decode<T: Decodable>(_ type: T.Type, from values: [SQLValue]) throws -> T {
         if T.self == SQLRow.self { return SQLRow(columns: columns, values: values) as! T }
         do {
@@ -30,6 +37,7 @@ public struct SQLRowDecoder: Sendable {
 /// Turns `Encodable` values into rows: the columns are the properties in declaration order (the union
 /// over all values, a missing optional being NULL).
 public struct SQLRowEncoder: Sendable {
+    /// An encoder (it has no settings).
     public init() {}
 
     /// The columns and one row of values per item.
@@ -103,12 +111,17 @@ public struct SQLRowEncoder: Sendable {
 
 /// Rows of the same columns, their values stored flat (row after row).
 public struct SQLRowBatch: Sendable, Hashable {
+    /// The column names, in order.
     public var columns: [String]
+    /// Every row's values, row after row: value `c` of row `r` is at `r * columns.count + c`.
     public var values: [SQLValue]
     /// The number of rows.
     public var count: Int { columns.isEmpty ? 0 : values.count / columns.count }
+    /// Whether the batch has no rows.
     public var isEmpty: Bool { values.isEmpty }
 
+    /// A batch of rows under `columns`, holding `values` (whole rows, row after row: a precondition); by
+    /// default empty.
     public init(columns: [String], values: [SQLValue] = []) {
         precondition(columns.isEmpty ? values.isEmpty : values.count % columns.count == 0, "a batch holds whole rows")
         self.columns = columns

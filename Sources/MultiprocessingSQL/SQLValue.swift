@@ -1,11 +1,18 @@
 /// One value in a row or a statement's parameter: SQL's types as every database client sees them.
 public enum SQLValue: Sendable, Hashable, Codable, CustomStringConvertible {
+    /// SQL's `NULL`.
     case null
+    /// An integer (64 bits).
     case int(Int64)
+    /// A floating-point number (64 bits).
     case double(Double)
+    /// Text.
     case text(String)
+    /// Bytes (a `BLOB`; PostgreSQL's `bytea`).
     case blob([UInt8])
 
+    /// The value as an SQL literal, for messages: `NULL`, `42`, `'it''s'`, `x'00ff'` (pass values as
+    /// parameters, not spliced into statements).
     public var description: String {
         switch self {
         case .null: "NULL"
@@ -16,7 +23,7 @@ public enum SQLValue: Sendable, Hashable, Codable, CustomStringConvertible {
         }
     }
 
-    /// The integer, if this is one (or a double with an integral value).
+    /// The integer, if this is one, a double with an integral value, or text that reads as one (`"42"`).
     public var intValue: Int64? {
         switch self {
         case .int(let v): v
@@ -26,7 +33,7 @@ public enum SQLValue: Sendable, Hashable, Codable, CustomStringConvertible {
         }
     }
 
-    /// The number, if this is one.
+    /// The number, if this is one, or text that reads as one (`"1.5"`).
     public var doubleValue: Double? {
         switch self {
         case .int(let v): Double(v)
@@ -42,15 +49,20 @@ public enum SQLValue: Sendable, Hashable, Codable, CustomStringConvertible {
         return nil
     }
 
+    /// Whether this is `NULL`.
     public var isNull: Bool { self == .null }
 }
 
 extension SQLValue: ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral, ExpressibleByStringLiteral,
     ExpressibleByNilLiteral
 {
+    /// An integer literal is an `int`.
     public init(integerLiteral value: Int64) { self = .int(value) }
+    /// A floating-point literal is a `double`.
     public init(floatLiteral value: Double) { self = .double(value) }
+    /// A string literal is `text`.
     public init(stringLiteral value: String) { self = .text(value) }
+    /// `nil` is `NULL`.
     public init(nilLiteral: ()) { self = .null }
 }
 
@@ -63,6 +75,8 @@ public struct SQLRow: Sendable, Hashable, Codable {
     /// The values, one per column.
     public var values: [SQLValue]
 
+    /// A row of `values` under `columns`, in the same order; the two must have the same count (a
+    /// precondition).
     public init(columns: [String], values: [SQLValue]) {
         precondition(columns.count == values.count, "a row needs one value per column")
         self.columns = columns
@@ -85,6 +99,7 @@ public struct SQLRow: Sendable, Hashable, Codable {
 
 /// An error from a database: what failed, and the database's own code and message.
 public struct SQLError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// The kind of failure, named alike for every database (the database's own number is in ``SQLError/code``).
     public enum Kind: Sendable, Equatable {
         /// The database is unreachable, or the connection broke: the statement may be retried on a new
         /// connection.
@@ -102,17 +117,21 @@ public struct SQLError: Error, CustomStringConvertible, Sendable, Equatable {
         /// Anything else.
         case other
     }
+    /// What kind of failure it is: what a caller can act on.
     public let kind: Kind
+    /// What failed, with the database's own message.
     public let message: String
     /// The database's own code (SQLite's extended result code, PostgreSQL's SQLSTATE, MySQL's errno).
     public let code: String
 
+    /// An error of `kind` with `message`, and the database's own `code` (empty when there is none).
     public init(_ kind: Kind, _ message: String, code: String = "") {
         self.kind = kind
         self.message = message
         self.code = code
     }
 
+    /// The message, then the database's code in parentheses when there is one.
     public var description: String { code.isEmpty ? message : "\(message) (\(code))" }
 }
 

@@ -16,6 +16,7 @@ public final class SQLiteConnection: SQLConnection {
     private var statements: [String: OpaquePointer] = [:]
     /// The file, or `:memory:`.
     public let path: String
+    /// SQLite's (``SQLDialect/sqlite``).
     public var dialect: SQLDialect { .sqlite }
 
     /// The SQLite library's version (`3.40.1`).
@@ -62,6 +63,8 @@ public final class SQLiteConnection: SQLConnection {
 
     deinit { close() }
 
+    /// Finalises the cached statements and closes the database; later calls throw ``SQLError`` (kind
+    /// `connection`). Closing twice does nothing; the connection also closes when it is released.
     public func close() {
         for s in statements.values { mp_sqlite3_finalize(s) }
         statements = [:]
@@ -160,6 +163,14 @@ public final class SQLiteConnection: SQLConnection {
         }
     }
 
+    /// Runs one statement (the first, if `sql` holds several) with `parameters` bound to `?1, ?2, …` (or
+    /// `?`), and returns SQLite's `sqlite3_changes()`: the rows an `INSERT`, `UPDATE` or `DELETE` changed
+    /// (another statement leaves the last such count unchanged). Rows a query returns are stepped past. The
+    /// prepared statement is cached (up to 64 per connection).
+    ///
+    /// - Throws: ``SQLError``: `statement` for a syntax error, an unknown table or a wrong number of
+    ///   parameters; `busy` when another connection held the lock past the busy timeout; `constraint` when a
+    ///   constraint failed; `connection` when the connection is closed or the file is unusable.
     @discardableResult
     public func execute(_ sql: String, _ parameters: [SQLValue]) throws -> Int {
         let stmt = try prepare(sql)
@@ -174,6 +185,10 @@ public final class SQLiteConnection: SQLConnection {
         return Int(mp_sqlite3_changes(try handle()))
     }
 
+    /// Runs a query and streams its rows: `columns` gets the column names, then `body` each row, as SQLite
+    /// steps it; returns the names. Each value comes as SQLite stored it: an integer as `int`, a real as
+    /// `double`, text as `text`, a blob as `blob`, NULL as `null`. Errors as in ``SQLiteConnection/execute(_:_:)``;
+    /// what `columns` or `body` throws ends the query and is rethrown.
     @discardableResult
     public func forEachRow(
         _ sql: String,
@@ -255,13 +270,20 @@ public final class SQLiteConnection: SQLConnection {
         return try bindAndStep(stmt, row, i + 1)
     }
 
+    /// Runs the statements of `sql` one after another (`sqlite3_exec`), without parameters; rows they return
+    /// are dropped. Stops at the first that fails and throws its error.
     public func executeScript(_ sql: String) throws {
         let rc = mp_sqlite3_exec(try handle(), sql)
         guard rc == MP_SQLITE_OK else { throw error(rc, "cannot run \(sql.prefix(200))") }
     }
 
+    /// `BEGIN`, or `BEGIN IMMEDIATE` when `immediate`: the write lock is taken now (waiting up to the busy
+    /// timeout), so the transaction cannot fail later for a lock another writer took first.
     public func begin(immediate: Bool) throws { try executeScript(immediate ? "BEGIN IMMEDIATE" : "BEGIN") }
+    /// `COMMIT`.
     public func commit() throws { try executeScript("COMMIT") }
+    /// `ROLLBACK`, when a transaction is open (SQLite ends one itself after some errors); otherwise, or on a
+    /// closed connection, nothing.
     public func rollback() throws {
         guard let db, mp_sqlite3_get_autocommit(db) == 0 else { return }
         try executeScript("ROLLBACK")

@@ -71,6 +71,9 @@ public final class CooperativeExecutor: TaskExecutor, SerialExecutor, Sendable {
         Task(executorPreference: self) { try await body() }
     }
 
+    /// Appends `job` to the ready queue, to run on the executor's thread after the jobs already there (the
+    /// `Executor` requirement the Swift runtime calls; not called directly). Thread-safe. A job enqueued
+    /// after the executor has stopped runs on the global concurrent executor instead.
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         let accepted = state.withLock { s in
@@ -87,6 +90,8 @@ public final class CooperativeExecutor: TaskExecutor, SerialExecutor, Sendable {
         }
     }
 
+    /// This executor as a `SerialExecutor` reference: return it from an actor's `unownedExecutor` to run
+    /// the actor on this executor's thread.
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor { UnownedSerialExecutor(ordinary: self) }
 
     /// Whether the calling thread is this executor's.

@@ -15,8 +15,8 @@ package import Threading
 /// - Important: After a framing error (an oversized or malformed frame, or a timeout in the middle of a
 ///   frame) the stream position is lost, so the connection refuses further receives with
 ///   ``MultiprocessingError/Code/closed``.
-// Send state is behind `sendLock`, receive state behind `recvLock`, received descriptors behind `fdLock`.
 public final class Connection: @unchecked Sendable {
+    // Send state is behind `sendLock`, receive state behind `recvLock`, received descriptors behind `fdLock`.
     /// The default limit on one received message: 1 GiB (Python has none).
     public static let defaultMaxMessageSize = 1 << 30
 

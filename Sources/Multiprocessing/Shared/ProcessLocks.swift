@@ -149,10 +149,14 @@ public final class ProcessLock: Codable, @unchecked Sendable {  // state is in s
         core = SharedLockWord(base: place.pointer)
     }
 
+    /// Attaches to a lock encoded in another process (or this one): the same lock, not a copy. Throws
+    /// if the sender no longer holds it (see ``SharedSegment``).
     public convenience init(from decoder: any Decoder) throws {
         self.init(place: try SharedPlace(from: decoder))
     }
 
+    /// Encodes a reference to the lock's shared memory, to send it inside a job; the sender must keep the
+    /// lock until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws { try place.encode(to: encoder) }
 
     /// Acquires the lock, waiting at most `timeout` (nil: as long as it takes) — Python's
@@ -231,10 +235,14 @@ public final class ProcessRLock: Codable, @unchecked Sendable {  // state is in 
         core = SharedLockWord(base: place.pointer)
     }
 
+    /// Attaches to a re-entrant lock encoded in another process (or this one): the same lock, not a copy. Throws
+    /// if the sender no longer holds it (see ``SharedSegment``).
     public convenience init(from decoder: any Decoder) throws {
         self.init(place: try SharedPlace(from: decoder))
     }
 
+    /// Encodes a reference to the lock's shared memory, to send it inside a job; the sender must keep the
+    /// lock until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws { try place.encode(to: encoder) }
 
     /// The owner token if the calling thread, or else the calling task, holds the lock; nil otherwise.

@@ -56,7 +56,11 @@ public final class ProcessSemaphore: Codable, @unchecked Sendable {  // state is
         mp_atomic_store_u32(bound, bounded ? UInt32(value) : 0)
     }
 
+    /// Attaches to a semaphore encoded in another process (or this one): the same shared memory, not a copy.
+    /// Throws if the sender no longer holds it (see ``SharedSegment``).
     public init(from decoder: any Decoder) throws { place = try SharedPlace(from: decoder) }
+    /// Encodes a reference to the semaphore's shared memory, to send it inside a job; the sender must keep
+    /// the semaphore until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws { try place.encode(to: encoder) }
 
     /// Permits available now (Python's `get_value()`).
@@ -171,7 +175,11 @@ public final class ProcessEvent: Codable, @unchecked Sendable {  // state is in 
 
     /// A new event, not set.
     public init() throws { place = try .standalone(8) }
+    /// Attaches to an event encoded in another process (or this one): the same shared flag, not a copy.
+    /// Throws if the sender no longer holds it (see ``SharedSegment``).
     public init(from decoder: any Decoder) throws { place = try SharedPlace(from: decoder) }
+    /// Encodes a reference to the event's shared memory, to send it inside a job; the sender must keep the
+    /// event until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws { try place.encode(to: encoder) }
 
     /// Whether the flag is set (Python's `is_set()`).
@@ -229,12 +237,16 @@ public final class ProcessCondition: Codable, @unchecked Sendable {  // state is
 
     private enum Key: String, CodingKey { case lock, place }
 
+    /// Attaches to a condition encoded in another process (or this one): the same lock and shared memory,
+    /// not copies. Throws if the sender no longer holds them (see ``SharedSegment``).
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: Key.self)
         lock = try c.decode(ProcessRLock.self, forKey: .lock)
         place = try c.decode(SharedPlace.self, forKey: .place)
     }
 
+    /// Encodes references to the condition's lock and shared memory, to send it inside a job; the sender
+    /// must keep the condition until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: Key.self)
         try c.encode(lock, forKey: .lock)
@@ -350,6 +362,7 @@ extension ProcessRLock {
 public struct BrokenBarrierError: Error, CustomStringConvertible, Sendable {
     /// Why it broke.
     public let reason: String
+    /// `broken barrier: ` followed by the reason.
     public var description: String { "broken barrier: \(reason)" }
 }
 
@@ -380,11 +393,16 @@ public final class ProcessBarrier: Codable, @unchecked Sendable {  // state is i
         mp_atomic_store_u32(partiesWord, UInt32(parties))
     }
 
+    /// Attaches to a barrier encoded in another process (or this one) — the same shared memory, not a
+    /// copy — and makes the decoding process a member: if it ends while others wait, the barrier breaks.
+    /// Throws if the sender no longer holds it (see ``SharedSegment``).
     public init(from decoder: any Decoder) throws {
         place = try SharedPlace(from: decoder)
         join()
     }
 
+    /// Encodes a reference to the barrier's shared memory, to send it inside a job; the sender must keep the
+    /// barrier until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws { try place.encode(to: encoder) }
 
     /// The number of parties.

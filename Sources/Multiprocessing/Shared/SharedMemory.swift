@@ -68,10 +68,13 @@ public final class SharedMemory: Codable, @unchecked Sendable {  // `mapping` be
 
     deinit { close() }
 
+    /// Attaches to the segment named in the encoding, as ``SharedMemory/init(attach:)`` does: a new mapping
+    /// of the same memory. Throws if no segment of that name exists (any more).
     public convenience init(from decoder: any Decoder) throws {
         try self.init(attach: try decoder.singleValueContainer().decode(String.self))
     }
 
+    /// Encodes the segment as its name, to send it inside a job; the receiver attaches to it by name.
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.singleValueContainer()
         try c.encode(name)

@@ -46,6 +46,8 @@ public final class SharedSegment: Codable, @unchecked Sendable {  // immutable; 
 
     private enum Key: String, CodingKey { case pid, fd, inode, size }
 
+    /// Encodes the segment as this process's id, its descriptor number, the file's inode and the size (not
+    /// the memory's contents); keep the segment alive until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: Key.self)
         try c.encode(getpid(), forKey: .pid)

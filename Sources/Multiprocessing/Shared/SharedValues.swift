@@ -68,6 +68,9 @@ public final class SharedValue<T: BitwiseCopyable>: Codable, @unchecked Sendable
         pointer.initialize(to: initial)
     }
 
+    /// Attaches to a shared value encoded in another process (or this one): the same memory and lock, not
+    /// copies. Throws ``MultiprocessingError/Code/decodingFailed`` if the sender no longer holds it or its
+    /// memory does not hold one `T`.
     public init(from decoder: any Decoder) throws {
         segment = try SharedSegment(from: decoder)
         _ = try checkLayout(segment, T.self, count: 1)
@@ -75,6 +78,8 @@ public final class SharedValue<T: BitwiseCopyable>: Codable, @unchecked Sendable
         pointer = (segment.baseAddress + headerSize).assumingMemoryBound(to: T.self)
     }
 
+    /// Encodes a reference to the value's shared memory (see ``SharedSegment``), to send it inside a job;
+    /// the sender must keep the value until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws { try segment.encode(to: encoder) }
 
     /// Python's `get_lock()`.
@@ -125,12 +130,17 @@ public final class RawSharedValue<T: BitwiseCopyable>: Codable, @unchecked Senda
         pointer.initialize(to: initial)
     }
 
+    /// Attaches to a raw shared value encoded in another process (or this one): the same memory, not a copy. Throws
+    /// ``MultiprocessingError/Code/decodingFailed`` if the sender no longer holds it or its memory
+    /// does not hold one `T`.
     public init(from decoder: any Decoder) throws {
         segment = try SharedSegment(from: decoder)
         _ = try checkLayout(segment, T.self, count: 1)
         pointer = (segment.baseAddress + headerSize).assumingMemoryBound(to: T.self)
     }
 
+    /// Encodes a reference to the value's shared memory (see ``SharedSegment``), to send it inside a job;
+    /// the sender must keep the value until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws { try segment.encode(to: encoder) }
 
     /// The value (a plain load or store).
@@ -276,6 +286,9 @@ public final class SharedArray<T: BitwiseCopyable>: Codable, @unchecked Sendable
         try self.init(repeatElement(value, count: count))
     }
 
+    /// Attaches to a shared array encoded in another process (or this one): the same memory and lock, not
+    /// copies. Throws ``MultiprocessingError/Code/decodingFailed`` if the sender no longer holds it or its
+    /// memory holds elements of another size than `T`.
     public init(from decoder: any Decoder) throws {
         segment = try SharedSegment(from: decoder)
         let n = try checkLayout(segment, T.self)
@@ -286,6 +299,8 @@ public final class SharedArray<T: BitwiseCopyable>: Codable, @unchecked Sendable
         )
     }
 
+    /// Encodes a reference to the array's shared memory (see ``SharedSegment``), to send it inside a job;
+    /// the sender must keep the array until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws { try segment.encode(to: encoder) }
 
     /// Python's `get_lock()`.
@@ -336,7 +351,9 @@ public final class SharedArray<T: BitwiseCopyable>: Codable, @unchecked Sendable
 }
 
 extension SharedArray: RandomAccessCollection, MutableCollection {
+    /// Always 0.
     public var startIndex: Int { 0 }
+    /// The element count (one past the last index).
     public var endIndex: Int { buffer.count }
 
     /// Element `i`, read or written under the lock.
@@ -377,6 +394,9 @@ public final class RawSharedArray<T: BitwiseCopyable>: Codable, @unchecked Senda
         try self.init(repeatElement(value, count: count))
     }
 
+    /// Attaches to a raw shared array encoded in another process (or this one): the same memory, not a copy. Throws
+    /// ``MultiprocessingError/Code/decodingFailed`` if the sender no longer holds it or its memory
+    /// holds elements of another size than `T`.
     public init(from decoder: any Decoder) throws {
         segment = try SharedSegment(from: decoder)
         let n = try checkLayout(segment, T.self)
@@ -386,11 +406,15 @@ public final class RawSharedArray<T: BitwiseCopyable>: Codable, @unchecked Senda
         )
     }
 
+    /// Encodes a reference to the array's shared memory (see ``SharedSegment``), to send it inside a job;
+    /// the sender must keep the array until the receiver has decoded it.
     public func encode(to encoder: any Encoder) throws { try segment.encode(to: encoder) }
 }
 
 extension RawSharedArray: RandomAccessCollection, MutableCollection {
+    /// Always 0.
     public var startIndex: Int { 0 }
+    /// The element count (one past the last index).
     public var endIndex: Int { buffer.count }
 
     /// Element `i` (a plain load or store).

@@ -1,8 +1,10 @@
 /// Why a pickle could not be read or written.
 public struct PickleError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// What is wrong with the pickle or the value.
     public let message: String
     /// The byte offset in the pickle where reading stopped, if reading.
     public let offset: Int?
+    /// `pickle: `, the message, and the byte offset when there is one.
     public var description: String { offset.map { "pickle: \(message) (at byte \($0))" } ?? "pickle: \(message)" }
     init(_ message: String, at offset: Int? = nil) {
         self.message = message
@@ -39,10 +41,14 @@ public struct PickleLimits: Sendable {
 /// The globals a pickle may name: decoding refuses any other (`os.system`, `builtins.eval`, …) with a
 /// clear error, so reading a pickle never gives a peer a way to run code.
 public struct PickleAllowList: Sendable {
+    /// The allowed globals, each written `module.name` (`"builtins.KeyError"`).
     public var globals: Set<String>
 
+    /// An allow-list of `globals`, each written `module.name`. To admit classes of your own as well:
+    /// `PickleAllowList(PickleAllowList.managers.globals.union(["mymodule.Point"]))`.
     public init(_ globals: Set<String>) { self.globals = globals }
 
+    /// Whether a pickle may name `module.name`.
     public func allows(_ module: String, _ name: String) -> Bool { globals.contains(module + "." + name) }
 
     /// What CPython's managers protocol needs: `Token`, `RemoteError`, the queue exceptions, `bytearray`,
@@ -72,14 +78,24 @@ public struct PickleAllowList: Sendable {
 
 /// Reads pickles of protocols 2 to 5 into ``PythonValue``s, without running code.
 public struct PickleReader: Sendable {
+    /// The bounds a pickle must stay within.
     public var limits: PickleLimits
+    /// The globals a pickle may name.
     public var allowList: PickleAllowList
 
+    /// A reader with `limits` (default: ``PickleLimits``' defaults) and `allowList` (default:
+    /// ``PickleAllowList/managers``, what CPython's managers protocol needs).
     public init(limits: PickleLimits = PickleLimits(), allowList: PickleAllowList = .managers) {
         self.limits = limits
         self.allowList = allowList
     }
 
+    /// Reads one pickle (Python's `pickle.loads`) without running code: a class or function becomes a
+    /// ``PythonValue/global(module:name:)``, a call to one a ``PythonValue/object(_:)``. Bytes after the
+    /// pickle's `STOP` are ignored.
+    ///
+    /// - Throws: ``PickleError`` for a truncated or malformed pickle, a protocol other than 2 to 5, an opcode
+    ///   it does not read, a global the allow-list does not admit, or a pickle past ``PickleReader/limits``.
     public func read(_ bytes: [UInt8]) throws(PickleError) -> PythonValue {
         let r: Result<PythonValue, PickleError> = bytes.withUnsafeBytes { p in
             var m = Machine(bytes: p, limits: limits, allowList: allowList)
@@ -88,6 +104,8 @@ public struct PickleReader: Sendable {
         return try r.get()
     }
 
+    /// Reads one pickle in place from memory the caller owns (valid for the call only), as the `[UInt8]`
+    /// form does.
     public func read(_ bytes: UnsafeRawBufferPointer) throws(PickleError) -> PythonValue {
         var m = Machine(bytes: bytes, limits: limits, allowList: allowList)
         return try m.run()

@@ -2,8 +2,13 @@
 /// writes the same values (for messages under 64 KiB without shared references), so golden vectors
 /// compare exactly. Larger messages are written without frames (valid; CPython reads them).
 public struct PickleWriter: Sendable {
+    /// A writer (it has no settings).
     public init() {}
 
+    /// `value` as a protocol-4 pickle, as Python's `pickle.dumps(value, protocol=4)` writes it.
+    ///
+    /// - Throws: ``PickleError`` for a value nested deeper than ``PickleReader`` reads by default (200
+    ///   levels), or a ``PythonValue/object(_:)`` whose callable is not a ``PythonValue/global(module:name:)``.
     public func write(_ value: PythonValue) throws(PickleError) -> [UInt8] {
         var body: [UInt8] = []
         body.reserveCapacity(64)

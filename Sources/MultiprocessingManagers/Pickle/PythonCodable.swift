@@ -5,8 +5,13 @@
 
 /// Encodes `Encodable` values as ``PythonValue``s.
 public struct PythonValueEncoder: Sendable {
+    /// An encoder (it has no settings).
     public init() {}
 
+    /// `value` as a Python value: a struct as a dict with str keys, an array as a list, `[UInt8]` as bytes,
+    /// an integer as an int (beyond 64 bits, a big int), a floating-point number as a float, nil as None, a
+    /// dictionary with `Int` keys as a dict with int keys; a ``PythonValue`` as itself. Throws what
+    /// `value`'s `encode(to:)` throws.
     public func encode<T: Encodable>(_ value: T) throws -> PythonValue {
         if let v = value as? PythonValue { return v }
         if let b = value as? [UInt8] { return .bytes(b) }
@@ -19,8 +24,15 @@ public struct PythonValueEncoder: Sendable {
 /// Decodes `Decodable` values from ``PythonValue``s (an int where a float is expected is accepted, as
 /// Python's `float(1)`).
 public struct PythonValueDecoder: Sendable {
+    /// A decoder (it has no settings).
     public init() {}
 
+    /// Decodes a `T` from `value`, the reverse of ``PythonValueEncoder/encode(_:)``: a struct from a dict,
+    /// an array from a list, tuple, set or bytes, a `Double` from a float or an int; a ``PythonValue`` is
+    /// `value` itself.
+    ///
+    /// - Throws: `DecodingError` when `value` does not have `T`'s shape (a missing key, another type, an
+    ///   int that does not fit).
     public func decode<T: Decodable>(_ type: T.Type, from value: PythonValue) throws -> T {
         if T.self == PythonValue.self { return value as! T }
         if T.self == [UInt8].self, case .bytes(let b) = value { return b as! T }

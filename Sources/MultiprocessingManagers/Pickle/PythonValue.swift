@@ -6,21 +6,31 @@
 /// ``object(_:)`` describing the call, which the reader of the value interprets — exceptions and
 /// CPython's `Token` among them.
 public enum PythonValue: Hashable, Sendable {
+    /// Python's `None`.
     case none
+    /// A `bool`.
     case bool(Bool)
     /// An int that fits 64 bits.
     case int(Int64)
     /// An int beyond 64 bits: its minimal two's-complement bytes, little-endian (as pickle's `LONG1`).
     case bigInt([UInt8])
+    /// A `float` (64-bit).
     case float(Double)
+    /// A `str`.
     case string(String)
+    /// A `bytes` value.
     case bytes([UInt8])
+    /// A `bytearray`.
     case bytearray([UInt8])
+    /// A `tuple` (what the managers protocol's requests and replies are).
     case tuple([PythonValue])
+    /// A `list`.
     case list([PythonValue])
     /// A dict: its entries in insertion order (keys of any type).
     case dict([PythonPair])
+    /// A `set`: its items in the pickle's order (two values are equal only with the same order).
     case set([PythonValue])
+    /// A `frozenset`: its items in the pickle's order (two values are equal only with the same order).
     case frozenset([PythonValue])
     /// A class or function named by module and qualified name.
     case global(module: String, name: String)
@@ -104,8 +114,11 @@ public enum PythonValue: Hashable, Sendable {
 
 /// One entry of a ``PythonValue/dict(_:)``.
 public struct PythonPair: Hashable, Sendable {
+    /// The entry's key (any hashable Python value: a str, an int, a tuple …).
     public var key: PythonValue
+    /// The entry's value.
     public var value: PythonValue
+    /// The entry `key: value`.
     public init(_ key: PythonValue, _ value: PythonValue) {
         self.key = key
         self.value = value
@@ -124,6 +137,8 @@ public struct PythonObject: Hashable, Sendable {
     /// The state given by `BUILD`, if any (usually a dict of attributes).
     public var state: PythonValue?
 
+    /// A call of `callable` (a ``PythonValue/global(module:name:)``) with `args`, made with `NEWOBJ` when
+    /// `viaNew`, then given `state` (`BUILD`) when it is not nil.
     public init(callable: PythonValue, args: [PythonValue], viaNew: Bool = false, state: PythonValue? = nil) {
         self.callable = callable
         self.args = args
@@ -146,10 +161,15 @@ public struct PythonObject: Hashable, Sendable {
 extension PythonValue: ExpressibleByNilLiteral, ExpressibleByBooleanLiteral, ExpressibleByIntegerLiteral,
     ExpressibleByFloatLiteral, ExpressibleByStringLiteral, ExpressibleByArrayLiteral
 {
+    /// `nil` is Python's `None`.
     public init(nilLiteral: ()) { self = .none }
+    /// `true` and `false` are Python's `True` and `False`.
     public init(booleanLiteral value: Bool) { self = .bool(value) }
+    /// An integer literal is an `int`.
     public init(integerLiteral value: Int64) { self = .int(value) }
+    /// A floating-point literal is a `float`.
     public init(floatLiteral value: Double) { self = .float(value) }
+    /// A string literal is a `str`.
     public init(stringLiteral value: String) { self = .string(value) }
     /// An array literal is a Python list.
     public init(arrayLiteral elements: PythonValue...) { self = .list(elements) }

@@ -1,9 +1,11 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// Linux only (x86-64 and arm64): the library is built on Linux's system calls (futex, pidfd, eventfd,
+// epoll, memfd, prctl, /proc). No other platform is declared; CMultiprocessingShims stops any other build
+// with an error that says so. CONTRIBUTING.md ("Porting") lists what a Darwin port would replace.
 let package = Package(
     name: "swift-multiprocessing",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "Threading", targets: ["Threading"]),
         .library(name: "Multiprocessing", targets: ["Multiprocessing"]),
@@ -112,7 +114,7 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
-        // The seed notes' programs, ported; `mp demo` runs them.
+        // The tutorial's programs, ported; `mp demo` runs them.
         .target(
             name: "SeedExamples",
             dependencies: [

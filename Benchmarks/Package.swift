@@ -5,7 +5,7 @@ import PackageDescription
 
 let package = Package(
     name: "swift-multiprocessing-benchmarks",
-    platforms: [.macOS(.v15)],
+    // Linux only, as the package it depends on.
     // The PostgreSQL trait: the queue and etl suites run on PostgreSQL too (QUEUE_DB, ETL_DB).
     dependencies: [.package(name: "swift-multiprocessing", path: "..", traits: ["PostgreSQL"])],
     targets: [

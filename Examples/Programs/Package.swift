@@ -8,7 +8,7 @@ import PackageDescription
 
 let package = Package(
     name: "examples",
-    platforms: [.macOS(.v15)],
+    // Linux only, as the package it depends on.
     dependencies: [.package(name: "swift-multiprocessing", path: "../..")],
     targets: [
         .executableTarget(

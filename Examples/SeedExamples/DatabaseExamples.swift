@@ -1,11 +1,11 @@
-// The seed notes' database job (进程线程, first listing), ported: read `user` in chunks, add the column
+// The tutorial's database job (进程线程, first listing), ported: read `user` in chunks, add the column
 // `xb` in a process pool, append the chunks to `user_copy` — on SQLite, exactly once and resumable.
 
 import Glibc
 import Multiprocessing
 public import MultiprocessingSQL
 
-/// A row of the notes' `user` table.
+/// A row of the tutorial's `user` table.
 public struct User: Codable, Sendable {
     public var id: Int64
     public var name: String
@@ -24,10 +24,10 @@ public struct UserCopy: Codable, Sendable {
     public var xb: String
 }
 
-/// The notes' `test`: whether a password has 3 characters.
+/// The tutorial's `test`: whether a password has 3 characters.
 func test(_ arg: String) -> Bool { arg.count == 3 }
 
-/// The notes' `test2`, typed:
+/// The tutorial's `test2`, typed:
 /// ```python
 /// piece['xb'] = list(map(lambda x: '' if test(x) else '', piece['pwd']))
 /// ```
@@ -62,7 +62,7 @@ public struct AddSexColumn: RowTransform {
     }
 }
 
-/// Creates the notes' `user` table with `count` sample rows (deterministic: pwd lengths cycle 1...12).
+/// Creates the tutorial's `user` table with `count` sample rows (deterministic: pwd lengths cycle 1...12).
 public func makeSampleUsers(_ db: any SQLConnection, count: Int) throws {
     try db.execute(
         "CREATE TABLE user (id INTEGER PRIMARY KEY, name VARCHAR(64), pwd VARCHAR(64), email VARCHAR(128), created_at TIMESTAMP)"

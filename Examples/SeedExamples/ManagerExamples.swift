@@ -1,4 +1,4 @@
-// The seed notes' "Server process" programs (§9): a Manager's dict and list changed by a child process.
+// The tutorial's "Server process" programs (§9): a Manager's dict and list changed by a child process.
 
 public import Multiprocessing
 import MultiprocessingManagers
@@ -31,7 +31,7 @@ public struct ManagerF: Job {
 ///     print(d)
 ///     print(l)
 /// ```
-/// Python 3.7+ prints the dict in insertion order, `{1: '1', '2': 2, 0.25: None}`; the notes' output,
+/// Python 3.7+ prints the dict in insertion order, `{1: '1', '2': 2, 0.25: None}`; the tutorial's output,
 /// `{0.25: None, 1: '1', '2': 2}`, is Python 2's hash order.
 public func managerDictAndList() async throws {
     let manager = try Manager.start()
@@ -62,7 +62,7 @@ public struct ManagerFoo: Job {
     }
 }
 
-/// The notes' `Foo(i, dic)` with `dic = manage.dict()`: two processes in turn, the second sees the first's
+/// The tutorial's `Foo(i, dic)` with `dic = manage.dict()`: two processes in turn, the second sees the first's
 /// key (with `dic = {}` each would see only its own; see `shared-vs-copy`).
 public func managerFoo() async throws {
     let manager = try Manager.start()
@@ -86,7 +86,7 @@ public struct DistributedWorker: Job {
     }
 }
 
-/// The notes' "分布式进程": the master (here, on a thread, serving on 127.0.0.1) and a worker process, as
+/// The tutorial's "分布式进程": the master (here, on a thread, serving on 127.0.0.1) and a worker process, as
 /// `mp master` and `mp worker` run them in two terminals or on two machines.
 public func distributedMasterWorker() async throws {
     // The notes use port 5000; the demo takes a free one, so that it runs wherever 5000 is taken.

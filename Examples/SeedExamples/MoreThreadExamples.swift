@@ -2,7 +2,7 @@ import Glibc
 import Synchronization
 import Threading
 
-// The seed notes' smaller threading programs (../shared/seeds/004_*.txt, §2–§7, and the "lowb" pool).
+// The tutorial's smaller threading programs (../shared/seeds/004_*.txt, §2–§7, and the "lowb" pool).
 // Their `time.sleep(1)` is a `tick` here (100 ms by default) so that the demo stays short.
 
 /// ```python
@@ -200,7 +200,7 @@ public func boundedQueueProducersConsumers(duration: Duration = .milliseconds(30
     print("the queue never held more than 10: \(largest.load(ordering: .relaxed) <= 10)")
 }
 
-/// The notes' "lowb" (crude) thread pool: a `Queue(10)` holding the `Thread` class ten times. Taking
+/// The tutorial's "lowb" (crude) thread pool: a `Queue(10)` holding the `Thread` class ten times. Taking
 /// one from the queue is the right to start a thread; the thread puts it back when it ends, so at most
 /// ten run at once.
 ///

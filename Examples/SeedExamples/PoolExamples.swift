@@ -1,4 +1,4 @@
-// The seed notes' Pool programs, ported to ProcessPool. Sleeps are a tenth of the notes' (the demo runs in
+// The tutorial's Pool programs, ported to ProcessPool. Sleeps are a tenth of the tutorial's (the demo runs in
 // CI); the structure and output follow the Python.
 
 import Glibc
@@ -75,7 +75,7 @@ public func poolCallback() throws {
     try p.join()
 }
 
-/// `f(x) = x*x` of the notes' `with Pool(processes=4) as pool:` example.
+/// `f(x) = x*x` of the tutorial's `with Pool(processes=4) as pool:` example.
 public struct F: SyncTaskFunction {
     public init() {}
     public func callAsFunction(_ x: Int) -> Int { x * x }

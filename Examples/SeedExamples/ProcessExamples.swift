@@ -1,4 +1,4 @@
-// The seed notes' process programs, ported from Python's `os.fork`, `multiprocessing` and `subprocess`.
+// The tutorial's process programs, ported from Python's `os.fork`, `multiprocessing` and `subprocess`.
 
 import Glibc
 public import Multiprocessing

@@ -1,4 +1,4 @@
-// The seed notes' master/worker, made durable: the tasks and results live in an SQLite file instead of
+// The tutorial's master/worker, made durable: the tasks and results live in an SQLite file instead of
 // the master's memory, so a worker (or the producer) can die and nothing is lost.
 
 import Glibc

@@ -1,4 +1,4 @@
-// The seed notes' shared-memory programs (§9, "进程间的数据共享"), ported to SharedValue and SharedArray.
+// The tutorial's shared-memory programs (§9, "进程间的数据共享"), ported to SharedValue and SharedArray.
 
 import Glibc
 public import Multiprocessing
@@ -72,7 +72,7 @@ public struct FooShared: Job {
     }
 }
 
-/// The notes' "dic不同结果不同" (a different `dic`, a different result): two processes run `Foo(i, dic)`
+/// The tutorial's "dic不同结果不同" (a different `dic`, a different result): two processes run `Foo(i, dic)`
 /// in turn. With `dic = {}` each child changes its own copy; with a shared one (the notes use a
 /// manager's dict, here shared memory) the second child sees the first one's key.
 public func copiedVersusShared() async throws {

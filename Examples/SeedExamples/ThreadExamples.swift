@@ -1,4 +1,4 @@
-// The seed notes' thread programs, ported from Python's `threading` to the Threading module.
+// The tutorial's thread programs, ported from Python's `threading` to the Threading module.
 // `swift run mp demo` runs them all; `swift run mp demo NAME` runs one.
 
 import Synchronization
@@ -38,7 +38,7 @@ public enum Program: Sendable {
     }
 }
 
-/// The seed notes' programs, by name.
+/// The tutorial's programs, by name.
 public enum SeedExamples {
     /// Every example, in the order the notes present them; the pool with its progress bar closes the demo.
     public static let all: [(name: String, summary: String, run: Program)] = [
@@ -64,7 +64,7 @@ public enum SeedExamples {
         ("manager-foo", "Foo(i, dic) in two processes on a manager's dict", .async { try await managerFoo() }),
         (
             "distributed",
-            "task_master/task_worker: queues served on a free TCP port (the notes' 5000) with authkey abc, a worker process",
+            "task_master/task_worker: queues served on a free TCP port (the tutorial's 5000) with authkey abc, a worker process",
             .async { try await distributedMasterWorker() }
         ),
         (
@@ -167,7 +167,7 @@ public func loopThread(tick: Duration = .milliseconds(100)) throws {
     print("thread \(OSThread.current.name) ended.")
 }
 
-/// The notes' `balance` program: `change_it(n)` adds then subtracts `n`, 100,000 times in each of two
+/// The tutorial's `balance` program: `change_it(n)` adds then subtracts `n`, 100,000 times in each of two
 /// threads. Unlocked, the read-modify-write of the two threads interleaves and updates are lost (in Swift
 /// we show this with separate atomic load and store, which loses updates without undefined behaviour);
 /// with `lock.acquire()` / `finally: lock.release()` the balance always ends at 0.
@@ -269,7 +269,7 @@ public func rlockReentry() throws {
     }
 }
 
-/// The notes' custom `ThreadPool`: `pool.run(action, args, callback)` where
+/// The tutorial's custom `ThreadPool`: `pool.run(action, args, callback)` where
 /// `callback(status, result)` learns whether the action succeeded; `close()` finishes the queue.
 public func callbackPool() throws {
     struct ActionFailed: Error, CustomStringConvertible {

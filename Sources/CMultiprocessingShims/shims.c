@@ -169,6 +169,33 @@ int mp_install_interrupt_handler(int eventfd_fd) {
     return sigaction(SIGINT, &sa, NULL) == 0 ? 0 : -errno;
 }
 
+/// Signals forwarded to eventfds (mp_forward_signal): the descriptor plus one per signal number, 0 for none.
+static volatile sig_atomic_t mp_forward_fds[65];
+
+static void mp_forward_handler(int sig) {
+    int saved = errno;
+    int fd = (sig > 0 && sig < 65) ? (int)mp_forward_fds[sig] - 1 : -1;
+    if (fd >= 0) { uint64_t one = 1; ssize_t n = write(fd, &one, sizeof one); (void)n; }
+    errno = saved;
+}
+
+int mp_forward_signal(int sig, int eventfd_fd) {
+    if (sig <= 0 || sig >= 65 || eventfd_fd < 0) return -EINVAL;
+    mp_forward_fds[sig] = eventfd_fd + 1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = mp_forward_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    if (sigaction(sig, &sa, NULL) != 0) return -errno;
+    // A program started by another may inherit a mask that blocks it (Foundation's Process passes its
+    // thread's mask on): unblock it in this thread, and so in the threads started from here on.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL) == 0 ? 0 : -EINVAL;
+}
+
 int mp_eventfd(unsigned initval) {
     int fd = eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK);
     return fd < 0 ? -errno : fd;

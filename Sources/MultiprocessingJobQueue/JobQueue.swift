@@ -182,12 +182,11 @@ public final class JobQueue: Sendable {
         var ids: [Int64] = []
         ids.reserveCapacity(jobs.count)
         let d = c.dialect
-        let postgres = d.name == "postgresql"
         // PostgreSQL cannot infer the types of parameters that only a SELECT list carries.
         let casts = [
             "text", "text", "integer", "bigint", "integer", "integer", "bigint", "bigint", "varchar", "bigint",
         ]
-        let sharedList = (1...shared.count).map { i in d.parameter(i) + (postgres ? "::" + casts[i - 1] : "") }
+        let sharedList = (1...shared.count).map { i in d.typed(d.parameter(i), casts[i - 1]) }
         let perStatement = max(1, min(rowsPerInsert, d.maxParameters - shared.count))
         var start = 0
         while start < jobs.count {
@@ -196,7 +195,7 @@ public final class JobQueue: Sendable {
             parameters.reserveCapacity(shared.count + end - start)
             for job in jobs[start..<end] { parameters.append(.blob(try encoder.encode(job))) }
             let payloads = (shared.count + 1...parameters.count).map { i in
-                "(" + d.parameter(i) + (postgres && i == shared.count + 1 ? "::bytea" : "") + ")"
+                "(" + (i == shared.count + 1 ? d.typed(d.parameter(i), "bytea") : d.parameter(i)) + ")"
             }
             // `WHERE true`: SQLite reads `ON CONFLICT` after a bare FROM as a join's ON.
             var sql = """

@@ -29,18 +29,17 @@ enum QueueSchema {
 
     static func migrate(_ c: any SQLConnection) throws {
         let d = c.dialect
-        let id = d.name == "postgresql" ? "BIGSERIAL PRIMARY KEY" : "INTEGER PRIMARY KEY AUTOINCREMENT"
-        let blob = d.name == "postgresql" ? "BYTEA" : "BLOB"
-        let postgres = d.name == "postgresql"
-        guard d.name == "sqlite" || postgres else {
+        let id = d.autoIncrementPrimaryKey
+        let blob = d.binaryType
+        guard d.returnsFromUpdates else {
             throw JobQueueError(
                 .schema,
-                "the job queue runs on SQLite and PostgreSQL, not \(d.name) (MySQL's UPDATE has no RETURNING)"
+                "the job queue runs on SQLite and PostgreSQL, not \(d.name) (its UPDATE has no RETURNING)"
             )
         }
         try c.transaction(immediate: true) {
             // PostgreSQL: one migrating process at a time (concurrent CREATE … IF NOT EXISTS collide).
-            if postgres { try c.execute("SELECT pg_advisory_xact_lock(7230851001)") }
+            if d.advisoryLocks { try c.execute("SELECT pg_advisory_xact_lock(7230851001)") }
             try c.execute("CREATE TABLE IF NOT EXISTS mp_job_schema (version INTEGER NOT NULL)")
             let current = try c.scalar("SELECT max(version) FROM mp_job_schema")?.intValue ?? 0
             if current > Int64(version) {
@@ -94,7 +93,7 @@ enum QueueSchema {
                 // PostgreSQL: every statement that queues jobs notifies the workers once per queue at
                 // commit (a rolled-back producer notifies nobody), whoever wrote it: the library, or SQL
                 // of the user's own.
-                if postgres {
+                if d.notifies {
                     try c.execute(
                         """
                         CREATE OR REPLACE FUNCTION mp_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$

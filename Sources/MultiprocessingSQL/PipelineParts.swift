@@ -394,8 +394,8 @@ enum SinkTable {
         let types = sample.map { v -> String in
             switch v {
             case .int: "BIGINT"
-            case .double: d.name == "postgresql" ? "DOUBLE PRECISION" : "DOUBLE"
-            case .blob: d.name == "postgresql" ? "BYTEA" : "BLOB"
+            case .double: d.doubleType
+            case .blob: d.binaryType
             case .text, .null: "TEXT"
             }
         }

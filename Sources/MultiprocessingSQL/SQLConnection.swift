@@ -18,12 +18,81 @@ public struct SQLDialect: Sendable, Hashable {
     /// The most parameters one statement may have.
     public let maxParameters: Int
 
+    // What the database can do. Code that needs a feature asks for it by these, never by ``name``.
+
+    /// `UPDATE … RETURNING` (PostgreSQL, SQLite 3.35+; not MySQL): the job queue claims with it.
+    public let returnsFromUpdates: Bool
+    /// `SELECT … FOR UPDATE SKIP LOCKED` (PostgreSQL, MySQL 8): concurrent claimers skip each other's rows.
+    /// SQLite needs none: its writers take turns.
+    public let skipsLockedRows: Bool
+    /// Data-modifying statements inside `WITH` (PostgreSQL): several writes in one statement and one
+    /// round trip.
+    public let modifiesDataInWith: Bool
+    /// `LISTEN`/`NOTIFY` and `pg_notify` (PostgreSQL): sessions wake each other at commit.
+    public let notifies: Bool
+    /// Transaction-scoped advisory locks, `pg_advisory_xact_lock` (PostgreSQL).
+    public let advisoryLocks: Bool
+    /// What makes a `SELECT` in a transaction read the latest committed row and hold it against writers
+    /// until the end (` FOR SHARE`; SQLite's write transaction needs nothing).
+    public let sharedLock: String
+    /// The column type for bytes (`BYTEA`, `BLOB`).
+    public let binaryType: String
+    /// The column type for an 8-byte float (`DOUBLE PRECISION`, `DOUBLE`).
+    public let doubleType: String
+    /// An integer primary key the database numbers itself.
+    public let autoIncrementPrimaryKey: String
+    /// Parameters whose type the statement does not fix (a `SELECT` list's) need an explicit cast
+    /// (PostgreSQL): see ``SQLDialect/typed(_:_:)``.
+    public let castsUntypedParameters: Bool
+
+    init(
+        name: String,
+        identifierQuote: Character,
+        parameterStyle: ParameterStyle,
+        maxParameters: Int,
+        returnsFromUpdates: Bool = false,
+        skipsLockedRows: Bool = false,
+        modifiesDataInWith: Bool = false,
+        notifies: Bool = false,
+        advisoryLocks: Bool = false,
+        sharedLock: String = "",
+        binaryType: String,
+        doubleType: String,
+        autoIncrementPrimaryKey: String,
+        castsUntypedParameters: Bool = false
+    ) {
+        self.name = name
+        self.identifierQuote = identifierQuote
+        self.parameterStyle = parameterStyle
+        self.maxParameters = maxParameters
+        self.returnsFromUpdates = returnsFromUpdates
+        self.skipsLockedRows = skipsLockedRows
+        self.modifiesDataInWith = modifiesDataInWith
+        self.notifies = notifies
+        self.advisoryLocks = advisoryLocks
+        self.sharedLock = sharedLock
+        self.binaryType = binaryType
+        self.doubleType = doubleType
+        self.autoIncrementPrimaryKey = autoIncrementPrimaryKey
+        self.castsUntypedParameters = castsUntypedParameters
+    }
+
+    /// `parameter` cast to `sqlType` where the database needs it (``castsUntypedParameters``), else as is:
+    /// `$3::bigint` on PostgreSQL, `?3` on SQLite.
+    public func typed(_ parameter: String, _ sqlType: String) -> String {
+        castsUntypedParameters ? parameter + "::" + sqlType : parameter
+    }
+
     /// SQLite's: identifiers in double quotes, parameters `?1, ?2, …`, at most 32,766 per statement.
     public static let sqlite = SQLDialect(
         name: "sqlite",
         identifierQuote: "\"",
         parameterStyle: .numberedQuestion,
-        maxParameters: 32766
+        maxParameters: 32766,
+        returnsFromUpdates: true,
+        binaryType: "BLOB",
+        doubleType: "DOUBLE",
+        autoIncrementPrimaryKey: "INTEGER PRIMARY KEY AUTOINCREMENT"
     )
 
     /// PostgreSQL's: identifiers in double quotes, parameters `$1, $2, …`, at most 65,535 per statement.
@@ -31,7 +100,17 @@ public struct SQLDialect: Sendable, Hashable {
         name: "postgresql",
         identifierQuote: "\"",
         parameterStyle: .dollar,
-        maxParameters: 65535
+        maxParameters: 65535,
+        returnsFromUpdates: true,
+        skipsLockedRows: true,
+        modifiesDataInWith: true,
+        notifies: true,
+        advisoryLocks: true,
+        sharedLock: " FOR SHARE",
+        binaryType: "BYTEA",
+        doubleType: "DOUBLE PRECISION",
+        autoIncrementPrimaryKey: "BIGSERIAL PRIMARY KEY",
+        castsUntypedParameters: true
     )
 
     /// MySQL's and MariaDB's: identifiers in backticks, parameters `?`, at most 65,535 per statement.
@@ -39,23 +118,18 @@ public struct SQLDialect: Sendable, Hashable {
         name: "mysql",
         identifierQuote: "`",
         parameterStyle: .question,
-        maxParameters: 65535
+        maxParameters: 65535,
+        skipsLockedRows: true,
+        sharedLock: " LOCK IN SHARE MODE",
+        binaryType: "BLOB",
+        doubleType: "DOUBLE",
+        autoIncrementPrimaryKey: "BIGINT AUTO_INCREMENT PRIMARY KEY"
     )
 
     /// `name`, quoted: `"user"` in PostgreSQL and SQLite, in backticks in MySQL. Dots separate a schema.
     public func quote(_ name: String) -> String {
         let q = String(identifierQuote)
         return name.split(separator: ".").map { q + String($0).replacingAll(q, with: q + q) + q }.joined(separator: ".")
-    }
-
-    /// What makes a `SELECT` in a transaction read the latest committed row and hold it against writers
-    /// until the end (` FOR SHARE`; SQLite's write transaction needs nothing).
-    public var sharedLock: String {
-        switch name {
-        case "postgresql": " FOR SHARE"
-        case "mysql": " LOCK IN SHARE MODE"
-        default: ""
-        }
     }
 
     /// The `i`-th parameter (from 1).

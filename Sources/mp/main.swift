@@ -27,7 +27,7 @@ struct MP: ParsableCommand {
 
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the seed notes' programs, one after another (all, or those named; see `mp list`)."
+        abstract: "Run the tutorial's programs, one after another (all, or those named; see `mp list`)."
     )
 
     @Argument(help: "Programs to run (default: all).")
@@ -158,7 +158,7 @@ struct ETL: ParsableCommand {
     var to: String?
     @Option(help: "The sink table (created from the first chunk's columns if missing; default: TABLE_copy).")
     var into: String?
-    @Option(help: "copy (rows as they are) or xb (the notes' column: 'M' when len(pwd) == 3, else 'F').")
+    @Option(help: "copy (rows as they are) or xb (the tutorial's column: 'M' when len(pwd) == 3, else 'F').")
     var transform: String = "copy"
     @Option(help: "Source rows per chunk.")
     var chunkSize: Int = 10_000

@@ -531,7 +531,7 @@ struct JobQueueTests {
                     .intValue
             )
             try eventually("the clock past the job's finish") { QueueSchema.nowMs() > finished }
-            #expect(try w.clean(on: c) == 1)
+            #expect(try w.statements.clean(on: c) == 1)
             let gone = #expect(throws: JobQueueError.self) { try h.result(timeout: .seconds(1)) }
             #expect(gone?.code == .notFound, "\(String(describing: gone))")
         }

@@ -1,6 +1,9 @@
 #ifndef C_MULTIPROCESSING_SHIMS_H
 #define C_MULTIPROCESSING_SHIMS_H
 
+#ifndef __linux__
+#error "swift-multiprocessing runs on Linux only: it is built on futex, pidfd, eventfd, epoll and memfd (CONTRIBUTING.md, Porting)"
+#endif
 #include <stdint.h>
 #include <stdbool.h>
 #include <time.h>
@@ -88,6 +91,9 @@ int mp_wait4_nohang(pid_t pid, int *status, long *maxrss_kib);
 /// Installs a one-shot (SA_RESETHAND) SIGINT handler writing to `eventfd_fd`; returns 1 and does
 /// nothing if SIGINT already has a handler other than the default.
 int mp_install_interrupt_handler(int eventfd_fd);
+/// Installs a handler for `sig` that adds 1 to `eventfd_fd` (async-signal-safe), and unblocks `sig` in the
+/// calling thread. Returns 0 or -errno.
+int mp_forward_signal(int sig, int eventfd_fd);
 /// A non-blocking, close-on-exec eventfd, or -errno.
 int mp_eventfd(unsigned initval);
 /// Resident bytes of `pid` from /proc/PID/statm.

@@ -1,7 +1,7 @@
 import Multiprocessing
 import MultiprocessingSQL
 
-struct User: Codable, Sendable {                    // a row of the notes' `user` table
+struct User: Codable, Sendable {                    // a row of the tutorial's `user` table
     var id: Int64
     var name: String
     var pwd: String
@@ -13,7 +13,7 @@ struct UserCopy: Codable, Sendable {                // a row of `user_copy`: the
     var xb: String
     init(user: User, xb: String) { (id, name, pwd, self.xb) = (user.id, user.name, user.pwd, xb) }
 }
-struct AddSex: RowTransform {                       // the notes' test2
+struct AddSex: RowTransform {                       // the tutorial's test2
     func transform(_ rows: [User]) -> [UserCopy] {
         rows.map { UserCopy(user: $0, xb: $0.pwd.count == 3 ? "M" : "F") }
     }

@@ -30,7 +30,7 @@ print(started.wait(timeout: .seconds(1)))  // blocking: true
 let barrier = Barrier(parties: 1) { print("all arrived") }
 try barrier.wait(timeout: .seconds(5))
 
-// ThreadLocal: the seed notes' local_school
+// ThreadLocal: the tutorial's local_school
 let localSchool = ThreadLocal<String?>()
 localSchool.value = "Alice"                // only this thread sees it
 
@@ -42,7 +42,7 @@ let futures = try (1...3).map { i in try pool.submit { i * i } }
 let completions = Futures.asCompleted(futures, timeout: .seconds(5))
 while let done = try completions.next() { print(try done.result()) }   // 1, 4, 9 in any order
 
-// The seed notes' callback pool
+// The tutorial's callback pool
 for i in 0..<3 { try pool.run({ try action(i) }, callback: { success, result in print(success, result) }) }
 pool.shutdown()
 

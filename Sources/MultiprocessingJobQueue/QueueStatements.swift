@@ -1,0 +1,289 @@
+import Logging
+import MultiprocessingSQL
+
+/// The queue worker's SQL: what each of `QueueWorkerState`'s database steps runs, written once for every
+/// database and shaped by the dialect's capabilities (`UPDATE … RETURNING`, `SKIP LOCKED`, writes inside
+/// `WITH`, `NOTIFY`), never by its name. Every record names the attempt it ran (`attempt = …` and
+/// `state = 'running'` fence each update), so an attempt whose lease was lost, and whose job another worker
+/// took, changes nothing.
+struct QueueStatements: Sendable {
+    typealias Job = QueueWorkerState.Job
+    typealias Record = QueueWorkerState.Record
+
+    /// The worker's name in the rows it holds.
+    let worker: String
+    let queues: [String]
+    let lease: Duration
+    let keepCompleted: Duration
+    let keepFailed: Duration
+    let logger: Logger
+
+    /// Records finished attempts and claims up to `n` due jobs of types not in `skipping`, in one
+    /// transaction.
+    ///
+    /// Where the database can write inside `WITH` (PostgreSQL), completed results and the claim are one
+    /// statement: one round trip and one commit for both; the claim skips rows other workers are claiming
+    /// (`FOR UPDATE SKIP LOCKED`). Other outcomes, rarer, are recorded one by one before it. Elsewhere
+    /// (SQLite) `BEGIN IMMEDIATE` takes the write lock first, so the transaction never fails half-way for a
+    /// lock.
+    func settle(_ records: [Record], claiming n: Int, skipping: [String], on c: any SQLConnection) throws -> [Job] {
+        let now = QueueSchema.nowMs()
+        guard c.dialect.modifiesDataInWith else {
+            return try c.transaction(immediate: true) {
+                try recordOneByOne(records, now: now, on: c)
+                return n > 0 ? try claim(n, skipping: skipping, now: now, results: [], on: c) : []
+            }
+        }
+        var results: [Record] = []
+        var rest: [Record] = []
+        for r in records {
+            if case .complete = r.resolution { results.append(r) } else { rest.append(r) }
+        }
+        if rest.isEmpty { return try claim(n, skipping: skipping, now: now, results: results, on: c) }
+        return try c.transaction(immediate: true) {
+            try recordOneByOne(rest, now: now, on: c)
+            return try claim(n, skipping: skipping, now: now, results: results, on: c)
+        }
+    }
+
+    /// Claims up to `n` due jobs (none when 0) in one statement, which, where the database can write inside
+    /// `WITH`, also marks `results` completed.
+    private func claim(
+        _ n: Int,
+        skipping: [String],
+        now: Int64,
+        results: [Record],
+        on c: any SQLConnection
+    ) throws
+        -> [Job]
+    {
+        let d = c.dialect
+        // Without a claim, the first two parameters are placeholders and no queue is bound: PostgreSQL cannot
+        // type an unused parameter sent untyped (text is).
+        var parameters: [SQLValue] =
+            n > 0 ? [.text(worker), .int(now + lease.milliseconds), .int(now)] : [.int(0), .int(0), .int(now)]
+        let queueList = (n > 0 ? queues : []).map { q -> String in
+            parameters.append(.text(q))
+            return d.parameter(parameters.count)
+        }
+        let skippedKinds = (n > 0 ? skipping : []).map { k -> String in
+            parameters.append(.text(k))
+            return d.parameter(parameters.count)
+        }
+        // The results, as VALUES rows (the first typed), finished at the third parameter.
+        var rows: [String] = []
+        for r in results {
+            guard case .complete(let bytes) = r.resolution else { continue }
+            parameters += [.int(r.id), .int(Int64(r.attempt)), .blob(bytes)]
+            let i = parameters.count
+            let (id, attempt, result) = (d.parameter(i - 2), d.parameter(i - 1), d.parameter(i))
+            rows.append(
+                rows.isEmpty
+                    ? "(\(d.typed(id, "bigint")), \(d.typed(attempt, "integer")), \(d.typed(result, "bytea")))"
+                    : "(\(id), \(attempt), \(result))"
+            )
+        }
+        let complete = """
+            UPDATE mp_jobs SET state = 'completed', result = v.column3, finished_at = \(d.parameter(3)), lease_until = NULL
+            FROM (VALUES \(rows.joined(separator: ", "))) AS v
+            WHERE mp_jobs.id = v.column1 AND mp_jobs.attempt = v.column2 AND mp_jobs.state = 'running'
+            """
+        guard n > 0 else {
+            if !rows.isEmpty {
+                let changed = try c.execute(complete, parameters)
+                if changed < rows.count {
+                    logger.warning(
+                        "results came after their jobs' leases were lost; dropped",
+                        metadata: ["count": "\(rows.count - changed)"]
+                    )
+                }
+            }
+            return []
+        }
+        let skip = skippedKinds.isEmpty ? "" : " AND kind NOT IN (\(skippedKinds.joined(separator: ", ")))"
+        let due = """
+            SELECT id FROM mp_jobs WHERE state = 'available' AND queue IN (\(queueList.joined(separator: ", ")))
+              AND run_at <= \(d.parameter(3))\(skip)
+              ORDER BY priority DESC, run_at, id LIMIT \(n)\(d.skipsLockedRows ? " FOR UPDATE SKIP LOCKED" : "")
+            """
+        let set =
+            "state = 'running', attempt = attempt + 1, worker = \(d.parameter(1)), lease_until = \(d.parameter(2))"
+        let returning = """
+            RETURNING mp_jobs.id, mp_jobs.kind, mp_jobs.payload, mp_jobs.attempt, mp_jobs.max_attempts,
+              mp_jobs.backoff_ms, mp_jobs.timeout_ms, mp_jobs.run_at
+            """
+        let sql: String
+        if d.modifiesDataInWith {
+            let done = rows.isEmpty ? "" : "done AS (\(complete) RETURNING mp_jobs.id), "
+            sql =
+                "WITH \(done)due AS (\(due)) UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id \(returning)"
+        } else {
+            sql = "UPDATE mp_jobs SET \(set) WHERE id IN (\(due)) \(returning)"
+        }
+        var out: [Job] = []
+        try c.forEachRow(sql, parameters) { r in
+            let payload: [UInt8] = if case .blob(let b) = r[2] { b } else { [] }
+            out.append(
+                Job(
+                    id: r[0].intValue ?? 0,
+                    kind: r[1].textValue ?? "",
+                    payload: payload,
+                    attempt: Int(r[3].intValue ?? 1),
+                    maxAttempts: Int(r[4].intValue ?? 1),
+                    backoffMs: r[5].intValue ?? 1000,
+                    timeoutMs: r[6].intValue,
+                    runAt: r[7].intValue ?? now
+                )
+            )
+        }
+        return out
+    }
+
+    /// Records attempts one statement each (within the caller's transaction).
+    private func recordOneByOne(_ records: [Record], now: Int64, on c: any SQLConnection) throws {
+        let d = c.dialect
+        let fence = "WHERE id = \(d.parameter(1)) AND attempt = \(d.parameter(2)) AND state = 'running'"
+        for r in records {
+            let key: [SQLValue] = [.int(r.id), .int(Int64(r.attempt))]
+            func line(_ error: String) -> SQLValue {
+                let text = "attempt \(r.attempt) at \(QueueSchema.iso8601(ms: now)) on \(worker): \(error)"
+                return .text(text.split(separator: "\n").joined(separator: " ") + "\n")
+            }
+            switch r.resolution {
+            case .complete(let bytes):
+                let n = try c.execute(
+                    "UPDATE mp_jobs SET state = 'completed', result = \(d.parameter(3)), finished_at = \(d.parameter(4)), lease_until = NULL \(fence)",
+                    key + [.blob(bytes), .int(now)]
+                )
+                if n == 0 {
+                    logger.warning(
+                        "a result came after the job's lease was lost; dropped",
+                        metadata: ["job": "\(r.id)"]
+                    )
+                }
+            case .cancelled:
+                try c.execute(
+                    "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(3)), lease_until = NULL \(fence)",
+                    key + [.int(now)]
+                )
+            case .handBackUnknownKind:
+                try c.execute(
+                    "UPDATE mp_jobs SET state = 'available', attempt = attempt - 1, worker = NULL, lease_until = NULL \(fence)",
+                    key
+                )
+            case .retry(let afterMs, let error):
+                try c.execute(
+                    "UPDATE mp_jobs SET state = 'available', run_at = \(d.parameter(3)), worker = NULL, lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
+                    key + [.int(now + afterMs), line(error)]
+                )
+            case .discard(let error):
+                try c.execute(
+                    "UPDATE mp_jobs SET state = 'discarded', finished_at = \(d.parameter(3)), lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
+                    key + [.int(now), line(error)]
+                )
+            }
+        }
+    }
+
+    /// Jobs in the queues still to run or running anywhere, types in `skipping` left out.
+    func jobsLeft(skipping: [String], on c: any SQLConnection) throws -> Int {
+        let d = c.dialect
+        var parameters: [SQLValue] = []
+        func list(_ values: [String]) -> String {
+            values.map { v in
+                parameters.append(.text(v))
+                return d.parameter(parameters.count)
+            }.joined(separator: ", ")
+        }
+        let queueList = list(queues)
+        let skip = skipping.isEmpty ? "" : " AND kind NOT IN (\(list(skipping)))"
+        let sql =
+            "SELECT count(*) FROM mp_jobs WHERE queue IN (\(queueList)) AND state IN ('available', 'running')\(skip)"
+        return Int(try c.scalar(sql, parameters)?.intValue ?? 0)
+    }
+
+    /// Extends the leases of the jobs this worker holds. Returns the jobs renewed (those still this
+    /// worker's) and those whose cancellation was asked for.
+    func heartbeat(on c: any SQLConnection) throws -> (renewed: Set<Int64>, cancelRequested: Set<Int64>) {
+        let d = c.dialect
+        var renewed: Set<Int64> = []
+        var cancelRequested: Set<Int64> = []
+        try c.forEachRow(
+            "UPDATE mp_jobs SET lease_until = \(d.parameter(1)) WHERE worker = \(d.parameter(2)) AND state = 'running' RETURNING id, cancel_requested",
+            [.int(QueueSchema.nowMs() + lease.milliseconds), .text(worker)]
+        ) { r in
+            let id = r[0].intValue ?? 0
+            renewed.insert(id)
+            if r[1].intValue == 1 { cancelRequested.insert(id) }
+        }
+        return (renewed, cancelRequested)
+    }
+
+    /// Jobs whose lease expired (their worker died, hung or lost the database) go back to the queue, or
+    /// are discarded after their last attempt, with a line in their error history. Any worker does it.
+    func rescue(on c: any SQLConnection) throws -> Int {
+        let d = c.dialect
+        let now = QueueSchema.nowMs()
+        return try c.transaction(immediate: true) {
+            var rescued = 0
+            var requeued: Set<String> = []
+            try c.forEachRow(
+                """
+                UPDATE mp_jobs SET
+                  state = CASE WHEN attempt < max_attempts THEN 'available' ELSE 'discarded' END,
+                  finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE \(d.parameter(1)) END,
+                  run_at = \(d.parameter(1)),
+                  errors = coalesce(errors, '') || 'attempt ' || attempt || \(d.parameter(2)) || coalesce(worker, '?') || \(d.parameter(3)),
+                  worker = NULL, lease_until = NULL
+                WHERE state = 'running' AND lease_until < \(d.parameter(1))
+                RETURNING queue, state
+                """,
+                [
+                    .int(now), .text(" at \(QueueSchema.iso8601(ms: now)) on "),
+                    .text(": lease expired (the worker stopped renewing it)\n"),
+                ]
+            ) { r in
+                rescued += 1
+                if r[1].textValue == "available", let q = r[0].textValue { requeued.insert(q) }
+            }
+            try notify(requeued.sorted(), on: c)
+            return rescued
+        }
+    }
+
+    /// Wakes the workers listening for `queues`, at commit (where the database can).
+    private func notify(_ queues: [String], on c: any SQLConnection) throws {
+        guard c.dialect.notifies else { return }
+        for q in queues {
+            try c.execute(
+                "SELECT pg_notify(\(c.dialect.parameter(1)), \(c.dialect.parameter(2)))",
+                [.text(QueueSchema.channel), .text(q)]
+            )
+        }
+    }
+
+    /// Returns jobs to the queue without counting the attempt (a worker that stops).
+    func handBack(_ ids: [Int64], on c: any SQLConnection) throws {
+        guard !ids.isEmpty else { return }
+        let d = c.dialect
+        try c.transaction(immediate: true) {
+            for id in ids {
+                try c.execute(
+                    "UPDATE mp_jobs SET state = 'available', attempt = attempt - 1, worker = NULL, lease_until = NULL WHERE id = \(d.parameter(1)) AND worker = \(d.parameter(2)) AND state = 'running'",
+                    [.int(id), .text(worker)]
+                )
+            }
+            try notify(queues, on: c)
+        }
+    }
+
+    /// Deletes finished jobs past their retention.
+    func clean(on c: any SQLConnection) throws -> Int {
+        let d = c.dialect
+        let now = QueueSchema.nowMs()
+        return try c.execute(
+            "DELETE FROM mp_jobs WHERE (state = 'completed' AND finished_at < \(d.parameter(1))) OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2)))",
+            [.int(now - keepCompleted.milliseconds), .int(now - keepFailed.milliseconds)]
+        )
+    }
+}

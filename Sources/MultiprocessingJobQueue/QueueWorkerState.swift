@@ -1,0 +1,567 @@
+import Multiprocessing
+
+/// The queue worker's decisions as one value: events go in (jobs claimed, a job's outcome from the pool, a
+/// heartbeat's answer, a database call that failed, a stop request) and ``next(now:)`` says what to do
+/// next as a ``Step`` (record results and claim, submit jobs to the pool, renew leases, rescue, clean,
+/// hand jobs back, wait until a moment, exit). It makes no database call, reads no clock and touches no
+/// pool: `QueueWorker.run()` performs the steps and reports back. `QueueWorkerStateTests` drive it with a
+/// fake clock and no database.
+///
+/// The decisions that matter for a durable queue live here: which outcome a job's attempt gets (completed,
+/// retried after a backoff, discarded, cancelled, handed back uncounted), when results are recorded, how
+/// many jobs are held, when leases are renewed and what happens when one is lost, and how a stop ends.
+/// Modelled on the pool's `PoolState`.
+struct QueueWorkerState: Sendable {
+    typealias Instant = ContinuousClock.Instant
+    /// One pool task: a job's own, or a chunk's shared by several jobs.
+    typealias Token = Int
+
+    /// The worker's settings, from ``QueueWorkerOptions`` and the pool.
+    struct Config: Sendable {
+        /// Jobs run at once.
+        var concurrency: Int
+        /// The most jobs held beyond ``concurrency``.
+        var maxBuffer: Int
+        /// How much work, in time, the local buffer holds.
+        var bufferedWork: Duration
+        var claimBatch: Int
+        var lease: Duration
+        var pollInterval: Duration
+        var shutdownGrace: Duration
+        var maxResultBytes: Int
+        var exitWhenDrained: Bool
+        /// Open a connection that hears of queued jobs (the option is on and the database can).
+        var listens: Bool
+        /// Results wait at most this long to be recorded while jobs keep the worker busy (they are then
+        /// recorded with the next claim, or once the pool is idle).
+        var ackDelay: Duration = .milliseconds(10)
+        var cleanEvery: Duration = .seconds(60)
+        var listenRetry: Duration = .seconds(1)
+        /// How often expired leases are looked for.
+        var rescueEvery: Duration { max(.milliseconds(200), lease / 4) }
+        var heartbeatEvery: Duration { lease / 3 }
+
+        init(_ options: QueueWorkerOptions, workers: Int, canListen: Bool) {
+            concurrency = max(1, options.concurrency ?? workers)
+            maxBuffer = max(0, options.localBuffer)
+            bufferedWork = options.bufferedWork
+            claimBatch = max(1, options.claimBatch)
+            lease = options.lease
+            pollInterval = options.pollInterval
+            shutdownGrace = options.shutdownGrace
+            maxResultBytes = options.maxResultBytes
+            exitWhenDrained = options.exitWhenDrained
+            listens = options.notifications && canListen
+        }
+    }
+
+    /// A claimed job, as the claim returned it.
+    struct Job: Sendable, Equatable {
+        let id: Int64
+        let kind: String
+        let payload: [UInt8]
+        let attempt: Int
+        let maxAttempts: Int
+        let backoffMs: Int64
+        let timeoutMs: Int64?
+        /// When it was due (ms since the epoch): its lag is measured from it.
+        let runAt: Int64
+    }
+
+    /// What the pool reported for one job's attempt.
+    struct Completion: Sendable {
+        let id: Int64
+        let attempt: Int
+        let outcome: Result<[UInt8], any Error>
+    }
+
+    /// A chunk's pool task failed as a whole (its worker process died, or it was cancelled): its jobs are
+    /// run again one by one, under the same attempt, so that only a job that crashes is charged for it.
+    struct ChunkFailed: Error {}
+
+    /// How a finished attempt is recorded.
+    enum Resolution: Sendable, Equatable {
+        /// Completed with this result.
+        case complete([UInt8])
+        /// Its cancellation was asked for and it failed (a job that finished anyway keeps its result).
+        case cancelled
+        /// Its type is not in this program: back to the queue with the attempt not counted, for workers
+        /// that define it.
+        case handBackUnknownKind
+        /// Failed; runs again after `afterMs` (exponential backoff with ±25 % jitter).
+        case retry(afterMs: Int64, error: String)
+        /// Failed its last attempt, or with a final error: kept with its error history.
+        case discard(error: String)
+    }
+
+    /// A finished attempt waiting to be recorded.
+    struct Record: Sendable, Equatable {
+        let id: Int64
+        let attempt: Int
+        let kind: String
+        let resolution: Resolution
+        /// How long it held a pool worker (for the duration metric).
+        let ran: Duration
+        /// The first job of an unknown type seen by this worker (logged once per type).
+        let firstOfKind: Bool
+    }
+
+    /// Jobs for the pool, alone or as one task.
+    enum Submission: Sendable, Equatable {
+        case one(Token, Job)
+        case chunk(Token, [Job])
+    }
+
+    enum Step: Sendable, Equatable {
+        /// Open the connection that hears of queued jobs; report ``listening(_:now:)``.
+        case listen
+        /// Queue these in the pool; report ``refused(_:now:)`` if it refuses one.
+        case submit([Submission])
+        /// Cancel these pool tasks.
+        case cancel([Token])
+        /// Record `records` and claim up to `claim` due jobs (none when 0) of types not in `skipping`, in
+        /// one transaction; report ``settled(_:claimed:now:)`` or ``databaseFailed(now:)``.
+        case settle([Record], claim: Int, skipping: [String])
+        /// Count the jobs left in the queues (types in `skipping` left out); report ``drained(left:now:)``.
+        case checkDrained(skipping: [String])
+        /// Renew the leases of the jobs held; report ``heartbeat(renewed:cancelRequested:now:)``.
+        case heartbeat
+        /// Return jobs whose lease expired (any worker's) to the queue; report ``databaseSucceeded(now:)``.
+        case rescue
+        /// Delete finished jobs past their retention.
+        case clean
+        /// Return these jobs to the queue uncounted after cancelling these tasks; then exit.
+        case handBack([Int64], cancelling: [Token])
+        /// Wait for a completion or a wake-up until this moment.
+        case wait(until: Instant)
+        /// Return from `run()`.
+        case exit
+        /// The database was unreachable for longer than a lease: the jobs held are other workers' now.
+        /// Cancel these tasks and throw.
+        case giveUp(cancelling: [Token])
+    }
+
+    struct Held: Sendable {
+        var job: Job
+        var token: Token
+        var started: Instant
+        var cancelRequested = false
+        /// Finished, its record waiting in `pending`.
+        var done = false
+    }
+
+    let config: Config
+    private(set) var held: [Int64: Held] = [:]
+    /// Finished attempts not yet recorded, oldest first.
+    private(set) var pending: [Record] = []
+    private var oldestPending: Instant?
+    private var toSubmit: [Submission] = []
+    private var toCancel: [Token] = []
+    private var nextToken: Token = 0
+    /// Job types this program does not define: no longer claimed by this worker.
+    private(set) var unknownKinds: Set<String> = []
+
+    private(set) var stop: QueueWorker.StopMode?
+    private var stoppingSince: Instant?
+    /// A record failed to be written while stopping: hand back without trying again.
+    private var stopFlushFailed = false
+    private var exited = false
+    private var gaveUp = false
+
+    private var nextClaimAt: Instant
+    /// The last claim found fewer jobs than it asked for: the queue was empty then.
+    private var queueSeenEmpty = false
+    private var lastClaimFound: Int?
+    private var nextHeartbeat: Instant
+    private var nextRescue: Instant
+    private var nextClean: Instant
+    private var nextDrainCheck: Instant
+    private var nextListen: Instant
+    private(set) var listening = false
+    /// No database call before this (a failed one waits a poll interval before the next).
+    private var databaseRetryAt: Instant
+    private var lastDatabaseSuccess: Instant
+
+    /// Jobs held beyond ``Config/concurrency``: follows the rate at which jobs finish.
+    private(set) var buffer: Int
+    private var rate = 0.0
+    private var rateSince: Instant
+    private var rateCount = 0
+    private var jitter: SplitMix
+    private(set) var finished = 0
+
+    init(_ config: Config, now: Instant, seed: UInt64 = .random(in: 0...UInt64.max)) {
+        self.config = config
+        buffer = min(config.maxBuffer, 4 * config.concurrency)
+        nextClaimAt = now
+        nextHeartbeat = now + config.heartbeatEvery
+        nextRescue = now
+        nextClean = now
+        nextDrainCheck = now
+        nextListen = now
+        databaseRetryAt = now
+        lastDatabaseSuccess = now
+        rateSince = now
+        jitter = SplitMix(seed)
+    }
+
+    /// The most jobs held: those running and the local buffer.
+    var limit: Int { config.concurrency + buffer }
+    /// Jobs in the pool (held and not finished).
+    var inPool: Int { held.count - pending.count }
+
+    // MARK: events
+
+    /// ``QueueWorker/stop(_:)`` was called (or a signal came). Returns true when the worker starts stopping
+    /// now (for the log).
+    mutating func requestStop(_ mode: QueueWorker.StopMode, now: Instant) -> Bool {
+        guard stop != .handBack, stop != mode else { return false }
+        stop = mode
+        if stoppingSince == nil {
+            stoppingSince = now
+            return true
+        }
+        return false
+    }
+
+    /// Something woke the worker (a notification that jobs were queued): claim now.
+    mutating func woken(now: Instant) {
+        queueSeenEmpty = false
+        nextClaimAt = now
+    }
+
+    /// The pool reported a job's outcome.
+    mutating func completed(_ c: Completion, now: Instant) {
+        // Not held (its lease was lost and it was let go), or an older attempt's.
+        guard var h = held[c.id], !h.done, h.job.attempt == c.attempt else { return }
+        if case .failure(let e) = c.outcome, e is ChunkFailed, !h.cancelRequested {
+            h.token = makeToken()
+            h.started = now
+            held[c.id] = h
+            toSubmit.append(.one(h.token, h.job))
+            return
+        }
+        h.done = true
+        held[c.id] = h
+        pending.append(record(c, h, now: now))
+        if oldestPending == nil { oldestPending = now }
+        // A pool worker is free: claim now, unless the queue was empty at the last look (a notification
+        // or the poll finds new jobs).
+        if !queueSeenEmpty { nextClaimAt = min(nextClaimAt, now) }
+    }
+
+    /// The outcome `c` of the held job `h`, as it is to be recorded.
+    private mutating func record(_ c: Completion, _ h: Held, now: Instant) -> Record {
+        var outcome = c.outcome
+        if case .success(let bytes) = outcome, bytes.count > config.maxResultBytes {
+            outcome = .failure(
+                JobQueueError(
+                    .resultTooLarge,
+                    "the result has \(bytes.count) bytes; the limit is \(config.maxResultBytes)"
+                )
+            )
+        }
+        var firstOfKind = false
+        let resolution: Resolution
+        switch outcome {
+        case .success(let bytes):
+            resolution = .complete(bytes)
+        case .failure where h.cancelRequested:
+            resolution = .cancelled
+        case .failure(let error as JobQueueError) where error.code == .unknownJob:
+            firstOfKind = unknownKinds.insert(h.job.kind).inserted
+            resolution = .handBackUnknownKind
+        case .failure(let error):
+            let attempt = h.job.attempt
+            if attempt < h.job.maxAttempts && (error as? JobQueueError)?.code.isFinal != true {
+                let base = Double(h.job.backoffMs) * pow2(attempt - 1)
+                let wait = Int64(min(base, 3_600_000) * (0.75 + 0.5 * jitter.unit()))
+                resolution = .retry(afterMs: wait, error: Self.describe(error))
+            } else {
+                resolution = .discard(error: Self.describe(error))
+            }
+        }
+        return Record(
+            id: c.id,
+            attempt: c.attempt,
+            kind: h.job.kind,
+            resolution: resolution,
+            ran: now - h.started,
+            firstOfKind: firstOfKind
+        )
+    }
+
+    /// A settle step's transaction committed: `records` (the pending ones) are recorded and `claimed` are
+    /// held now.
+    mutating func settled(_ records: [Record], claimed: [Job], claimWanted: Int, now: Instant) {
+        lastDatabaseSuccess = now
+        for r in records { held[r.id] = nil }
+        let recorded = Set(records.map(\.id))
+        pending.removeAll { recorded.contains($0.id) }
+        if pending.isEmpty { oldestPending = nil }
+        finished += records.count
+        measure(records.count, now: now)
+        if claimWanted > 0 {
+            lastClaimFound = claimed.count
+            // Fewer than asked for: the queue is empty; look again after the poll interval (or a
+            // notification), not at every job that finishes.
+            queueSeenEmpty = claimed.count < claimWanted
+            if queueSeenEmpty { nextClaimAt = now + config.pollInterval }
+        }
+        dispatch(claimed, now: now)
+    }
+
+    /// Plans the pool tasks for claimed jobs: in chunks while jobs are short (the buffer is deep), so that
+    /// a job costs a fraction of a message; alone when they are long, or have a timeout of their own.
+    private mutating func dispatch(_ jobs: [Job], now: Instant) {
+        guard !jobs.isEmpty else { return }
+        let size = max(1, min(32, buffer / (4 * config.concurrency), jobs.count / config.concurrency))
+        var chunk: [Job] = []
+        func flush(_ state: inout QueueWorkerState) {
+            guard !chunk.isEmpty else { return }
+            let token = state.makeToken()
+            state.toSubmit.append(chunk.count == 1 ? .one(token, chunk[0]) : .chunk(token, chunk))
+            for j in chunk { state.held[j.id] = Held(job: j, token: token, started: now) }
+            chunk = []
+        }
+        for j in jobs {
+            if size == 1 || j.timeoutMs != nil {
+                let token = makeToken()
+                toSubmit.append(.one(token, j))
+                held[j.id] = Held(job: j, token: token, started: now)
+                continue
+            }
+            chunk.append(j)
+            if chunk.count == size { flush(&self) }
+        }
+        flush(&self)
+    }
+
+    /// The pool refused a submission (closed or broken): stop, handing back everything held.
+    mutating func refused(now: Instant) {
+        stop = .handBack
+        if stoppingSince == nil { stoppingSince = now }
+    }
+
+    /// The notification connection opened (true) or could not be opened (false, retried later); or it
+    /// closed (false).
+    mutating func listening(_ open: Bool, now: Instant) {
+        listening = open
+    }
+
+    /// A database call other than a settle succeeded.
+    mutating func databaseSucceeded(now: Instant) {
+        lastDatabaseSuccess = now
+    }
+
+    /// A database call failed. Results stay pending (their leases hold meanwhile) and are recorded on a
+    /// later turn, a poll interval from now at the earliest; after a lease without any success, the worker
+    /// gives up (the jobs it holds are rescued by other workers once their leases expire).
+    mutating func databaseFailed(now: Instant) {
+        databaseRetryAt = now + config.pollInterval
+        if stop != nil { stopFlushFailed = true }
+        if now - lastDatabaseSuccess > config.lease { gaveUp = true }
+    }
+
+    /// The queues' count of jobs left (``QueueWorkerOptions/exitWhenDrained``). Returns true when it stops
+    /// the worker.
+    mutating func drained(left: Int, now: Instant) -> Bool {
+        lastDatabaseSuccess = now
+        guard left == 0, stop == nil else { return false }
+        return requestStop(.finish, now: now)
+    }
+
+    /// A heartbeat renewed the leases of `renewed` (those of held jobs still this worker's) and found
+    /// cancellation asked for `cancelRequested`. A held job whose lease was not renewed was taken back
+    /// (its lease expired while this worker could not renew it, and another worker rescued it): it is let
+    /// go and its task cancelled, since its result could no longer be recorded. Returns those jobs.
+    mutating func heartbeat(renewed: Set<Int64>, cancelRequested: Set<Int64>, now: Instant) -> [Int64] {
+        lastDatabaseSuccess = now
+        var lost: [Int64] = []
+        for (id, h) in held where !renewed.contains(id) {
+            lost.append(id)
+            // Its task is cancelled; the other jobs of its chunk come back as `ChunkFailed` and run again alone.
+            if !h.done && !toCancel.contains(h.token) { toCancel.append(h.token) }
+            held[id] = nil
+        }
+        if !lost.isEmpty {
+            let gone = Set(lost)
+            pending.removeAll { gone.contains($0.id) }
+            if pending.isEmpty { oldestPending = nil }
+        }
+        for id in cancelRequested.sorted() {
+            guard var h = held[id], !h.cancelRequested, !h.done else { continue }
+            h.cancelRequested = true
+            held[id] = h
+            toCancel.append(h.token)
+        }
+        return lost.sorted()
+    }
+
+    // MARK: the next step
+
+    /// What the worker does next. Steps that are due come first; `.wait` when nothing is.
+    mutating func next(now: Instant) -> Step {
+        if exited { return .exit }
+        if gaveUp {
+            exited = true
+            return .giveUp(cancelling: liveTokens())
+        }
+        if !toCancel.isEmpty {
+            defer { toCancel = [] }
+            return .cancel(toCancel)
+        }
+        let handingBack =
+            stop == .handBack || (stop == .finish && stoppingSince.map { now - $0 >= config.shutdownGrace } == true)
+        if !toSubmit.isEmpty && !handingBack {
+            defer { toSubmit = [] }
+            return .submit(toSubmit)
+        }
+        if config.listens, !listening, stop == nil, now >= nextListen {
+            nextListen = now + config.listenRetry
+            return .listen
+        }
+        let databaseReady = now >= databaseRetryAt
+        // Record and claim, in one round trip when both are due. Jobs finished but not yet recorded do not
+        // count against the room: the pool is kept fed while their results wait.
+        let want = claimWanted(now: now) && databaseReady ? min(config.claimBatch, limit - inPool) : 0
+        if want > 0 || flushDue(now: now) && databaseReady && !(handingBack && stopFlushFailed) {
+            return .settle(pending, claim: want, skipping: unknownKinds.sorted())
+        }
+        if handingBack {
+            exited = true
+            toSubmit = []
+            if held.isEmpty { return .exit }
+            let ids = held.keys.sorted()
+            let tokens = liveTokens()
+            held = [:]
+            pending = []
+            return .handBack(ids, cancelling: tokens)
+        }
+        if stop == .finish && held.isEmpty {
+            exited = true
+            return .exit
+        }
+        if config.exitWhenDrained, stop == nil, held.isEmpty, lastClaimFound == 0, now >= nextDrainCheck,
+            databaseReady
+        {
+            nextDrainCheck = now + config.pollInterval
+            return .checkDrained(skipping: unknownKinds.sorted())
+        }
+        // Leases and cancel requests.
+        if now >= nextHeartbeat {
+            if held.isEmpty {
+                nextHeartbeat = now + config.heartbeatEvery
+            } else if databaseReady {
+                nextHeartbeat = now + config.heartbeatEvery
+                return .heartbeat
+            }
+        }
+        // Maintenance any worker may do.
+        if now >= nextRescue && databaseReady {
+            nextRescue = now + config.rescueEvery
+            return .rescue
+        }
+        if now >= nextClean && databaseReady {
+            nextClean = now + config.cleanEvery
+            return .clean
+        }
+        if held.isEmpty { measure(0, now: now) }  // an idle worker's rate decays
+        return .wait(until: wakeAt(now: now))
+    }
+
+    /// A claim is due: not stopping, room in the pool (below the concurrency, or room for half a batch, so
+    /// that claims come in batches), and not waiting for the poll after an empty claim.
+    private func claimWanted(now: Instant) -> Bool {
+        let room = limit - inPool
+        return stop == nil && room > 0 && now >= nextClaimAt
+            && (inPool < config.concurrency || room >= min(config.claimBatch, limit) / 2)
+    }
+
+    /// Pending results are due to be recorded: when stopping, when the pool is idle, when a batch has
+    /// gathered, or when the oldest has waited ``Config/ackDelay``.
+    private func flushDue(now: Instant) -> Bool {
+        guard !pending.isEmpty else { return false }
+        return stop != nil || inPool == 0 || pending.count >= config.claimBatch
+            || oldestPending.map { now - $0 >= config.ackDelay } == true
+    }
+
+    /// The earliest moment something becomes due.
+    private func wakeAt(now: Instant) -> Instant {
+        // Every timer here leads to a database call: none before `databaseRetryAt`.
+        var at = max(nextRescue, databaseRetryAt)
+        func consider(_ t: Instant) { if t < at { at = t } }
+        consider(max(nextClean, databaseRetryAt))
+        if !held.isEmpty { consider(max(nextHeartbeat, databaseRetryAt)) }
+        let room = limit - inPool
+        if stop == nil && room > 0 && (inPool < config.concurrency || room >= min(config.claimBatch, limit) / 2) {
+            consider(max(nextClaimAt, databaseRetryAt))
+        }
+        if let oldestPending { consider(max(oldestPending + config.ackDelay, databaseRetryAt)) }
+        if config.exitWhenDrained, stop == nil, held.isEmpty, lastClaimFound == 0 {
+            consider(max(nextDrainCheck, databaseRetryAt))
+        }
+        if stop == .finish, let stoppingSince { consider(stoppingSince + config.shutdownGrace) }
+        if config.listens, !listening, stop == nil { consider(nextListen) }
+        return max(at, now)
+    }
+
+    /// Tasks of held jobs still in the pool.
+    private func liveTokens() -> [Token] {
+        Array(Set(held.values.lazy.filter { !$0.done }.map(\.token))).sorted()
+    }
+
+    /// Whether a pool task is still needed (the worker forgets the others).
+    func tokenInUse(_ token: Token) -> Bool { held.values.contains { $0.token == token && !$0.done } }
+
+    private mutating func makeToken() -> Token {
+        defer { nextToken += 1 }
+        return nextToken
+    }
+
+    /// Follows the rate at which jobs finish (smoothed over 100 ms steps) and sizes the local buffer to
+    /// hold ``Config/bufferedWork`` of it: short jobs get a deep buffer, long ones almost none.
+    private mutating func measure(_ finishedNow: Int, now: Instant) {
+        rateCount += finishedNow
+        let elapsed = now - rateSince
+        guard elapsed >= .milliseconds(100) else { return }
+        let current = Double(rateCount) / elapsed.seconds
+        rate = rate == 0 ? current : 0.6 * rate + 0.4 * current
+        rateSince = now
+        rateCount = 0
+        buffer = min(config.maxBuffer, max(0, Int((rate * config.bufferedWork.seconds).rounded(.up))))
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let e = error as? PoolError { return e.message }
+        return "\(error)"
+    }
+}
+
+/// 2^n for the backoff (n ≥ 0, capped so that it stays finite).
+private func pow2(_ n: Int) -> Double {
+    Double(sign: .plus, exponent: min(max(n, 0), 1000), significand: 1)
+}
+
+/// The retry jitter's generator (SplitMix64): seeded, so tests see fixed backoffs.
+struct SplitMix: Sendable {
+    private var state: UInt64
+    init(_ seed: UInt64) { state = seed }
+    /// A double in [0, 1).
+    mutating func unit() -> Double {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        return Double(z >> 11) / Double(1 << 53)
+    }
+}
+
+extension Duration {
+    /// In seconds, as a double.
+    var seconds: Double {
+        let (s, a) = components
+        return Double(s) + Double(a) / 1e18
+    }
+}

@@ -109,6 +109,14 @@ let package = Package(
             ]
         ),
         .executableTarget(
+            name: "doc-postgres-overview",
+            dependencies: [
+                .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingPostgres", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
             name: "doc-threading-coroutines",
             dependencies: [.product(name: "Threading", package: "swift-multiprocessing")]
         ),

@@ -2,7 +2,7 @@ import MultiprocessingNetwork
 import Synchronization
 import Threading
 
-// The tutorial's coroutines (../shared/seeds/004_*.txt, §12): greenlet, gevent, gevent with I/O. Swift's
+// The tutorial's coroutines (its 进程线程 chapter, §12): greenlet, gevent, gevent with I/O. Swift's
 // coroutines are async functions; `CooperativeExecutor` runs a set of them on one thread, first in first
 // out, which makes the hand-offs as deterministic as greenlet's and gevent's.
 

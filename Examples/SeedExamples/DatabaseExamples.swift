@@ -7,20 +7,32 @@ public import MultiprocessingSQL
 
 /// A row of the tutorial's `user` table.
 public struct User: Codable, Sendable {
+    /// Column `id`, the primary key.
     public var id: Int64
+    /// Column `name`.
     public var name: String
+    /// Column `pwd`, the password whose length `test` looks at.
     public var pwd: String
+    /// Column `email`.
     public var email: String
+    /// Column `created_at`, a timestamp as text (`2026-11-05 12:00:00`); spelt as the column is, so that
+    /// the row decodes by column name.
     public var created_at: String
 }
 
 /// A row of `user_copy`: the user and `xb`.
 public struct UserCopy: Codable, Sendable {
+    /// Column `id`, copied from `user`.
     public var id: Int64
+    /// Column `name`, copied from `user`.
     public var name: String
+    /// Column `pwd`, copied from `user`.
     public var pwd: String
+    /// Column `email`, copied from `user`.
     public var email: String
+    /// Column `created_at`, copied from `user`.
     public var created_at: String
+    /// The column the tutorial adds, `xb` (sex): `M` or `F`, from the length of `pwd`.
     public var xb: String
 }
 
@@ -34,7 +46,10 @@ func test(_ arg: String) -> Bool { arg.count == 3 }
 /// The notes write `''` in both branches (a transcription loss): here `'M'` when `len(pwd) == 3`, else
 /// `'F'`.
 public struct AddSex: RowTransform {
+    /// The transform (it has no settings).
     public init() {}
+    /// One chunk of `user` rows as `user_copy` rows: each row copied, with `xb` added. Runs in a pool
+    /// worker, as `test2` runs in the tutorial's `Pool(5)`.
     public func transform(_ rows: [User]) -> [UserCopy] {
         rows.map {
             UserCopy(
@@ -51,7 +66,11 @@ public struct AddSex: RowTransform {
 
 /// The same transform on rows of any shape (`mp etl --transform xb`): adds `xb` from the column `pwd`.
 public struct AddSexColumn: RowTransform {
+    /// The transform (it has no settings).
     public init() {}
+    /// The rows with a column `xb` added (`M` when `pwd` has 3 characters, else `F`; a `pwd` that is not
+    /// text counts as empty).
+    /// - Throws: `SQLError` `.conversion` when the rows have no column `pwd`.
     public func transform(_ rows: [SQLRow]) throws -> [SQLRow] {
         try rows.map { row in
             guard let pwd = row["pwd"] else { throw SQLError(.conversion, "the rows have no column pwd") }

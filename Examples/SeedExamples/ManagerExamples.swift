@@ -15,6 +15,9 @@ public struct ManagerF: Job {
     let d: DictProxy
     let l: ListProxy
 
+    /// Python's `f(d, l)`, in the child: sets three keys of the manager's dict and reverses its list,
+    /// through the proxies (each change is a request to the manager's server process).
+    /// - Throws: the proxies' errors (the manager unreachable, or an error it reports).
     public func run() throws {
         try d.set(1, "1")
         try d.set("2", 2)
@@ -55,6 +58,9 @@ public struct ManagerFoo: Job {
     let i: Int
     let dic: DictProxy
 
+    /// Python's `Foo(i, dic)`, in the child: sets `dic[i] = 100 + i` in the manager's dict and prints the
+    /// dict and its size, both read back from the manager.
+    /// - Throws: the proxy's errors (the manager unreachable, or an error it reports).
     public func run() throws {
         try dic.set(.int(Int64(i)), .int(Int64(100 + i)))
         print(try dic.copy())
@@ -80,7 +86,9 @@ public struct DistributedWorker: Job {
     let port: UInt16
     let tasks: Int
 
-    // Started beside its master: it connects once the master listens (within 30 s).
+    /// Python's `task_worker.py`, in a process of its own: takes up to `tasks` numbers from the master on
+    /// `127.0.0.1:port` and answers each; returns how many it answered. Started beside its master, it
+    /// connects once the master listens (within 30 s).
     public func run() throws -> Int {
         try TaskMasterWorker.worker(port: port, tasks: tasks, reconnectFor: .seconds(30))
     }

@@ -2,8 +2,9 @@ import Glibc
 import Synchronization
 import Threading
 
-// The tutorial's smaller threading programs (../shared/seeds/004_*.txt, §2–§7, and the "lowb" pool).
-// Their `time.sleep(1)` is a `tick` here (100 ms by default) so that the demo stays short.
+// The tutorial's smaller threading programs (its 进程线程 chapter, §2–§7, and the "lowb" pool).
+// Their `time.sleep(1)` is a `tick` here (100 ms by default; 20 or 50 ms where ten sleeps run in turn) so
+// that the demo stays short.
 
 /// ```python
 /// def worker(num):

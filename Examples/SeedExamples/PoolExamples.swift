@@ -14,8 +14,12 @@ import Threading
 ///     print('Task %s runs %0.2f seconds.' % (name, (end - start)))
 /// ```
 public struct LongTimeTask: Job {
+    /// The task's number, which it prints.
     public let name: Int
+    /// Task number `name`.
     public init(name: Int) { self.name = name }
+    /// Python's `long_time_task(name)`, in a pool worker: prints its number and the worker's pid, sleeps a
+    /// random 0 to 0.3 s (the tutorial's 0 to 3 s), and prints how long it ran.
     public func run() async throws {
         print("Run task \(name) (\(getpid()))...")
         let start = ContinuousClock.now
@@ -57,14 +61,21 @@ public func poolApplyAsync() throws {
 /// print("end"); p.close(); p.join()
 /// ```
 public struct MyFun: Job {
+    /// The input.
     public let i: Int
+    /// `myFun(i)`.
     public init(i: Int) { self.i = i }
+    /// Python's `myFun(i)`, in a pool worker: sleeps 0.2 s (the tutorial's 2 s) and returns `i + 100`.
     public func run() async throws -> Int {
         try await Task.sleep(for: .milliseconds(200))
         return i + 100
     }
 }
 
+/// Runs the tutorial's `apply_async` program with a callback (the Python is on `MyFun`): ten `myFun` jobs
+/// on `Pool(5)`, each result handed to `end_call` (a closure that prints `end_call` and the result) on the
+/// pool's callback thread as it arrives. `end` prints first, since `applyAsync` does not wait; `close()`
+/// and `join()` then wait for the jobs to finish. `mp demo pool-callback`.
 public func poolCallback() throws {
     let p = try ProcessPool(workers: 5)
     for i in 0..<10 {
@@ -77,20 +88,27 @@ public func poolCallback() throws {
 
 /// `f(x) = x*x` of the tutorial's `with Pool(processes=4) as pool:` example.
 public struct F: SyncTaskFunction {
+    /// The function (it has no settings).
     public init() {}
+    /// `x*x`, computed in a pool worker.
     public func callAsFunction(_ x: Int) -> Int { x * x }
 }
 
 /// `os.getpid` as a job.
 public struct GetPid: Job {
+    /// The job (it has no settings).
     public init() {}
+    /// The process id of the pool worker that runs it.
     public func run() -> Int32 { getpid() }
 }
 
 /// `time.sleep(n)` as a job (cooperative: cancelling it ends it at once).
 public struct SleepSeconds: Job {
+    /// How long it sleeps, in seconds.
     public let seconds: Int
+    /// `time.sleep(seconds)`.
     public init(seconds: Int) { self.seconds = seconds }
+    /// Sleeps `seconds` in a pool worker; throws `CancellationError` when the task is cancelled first.
     public func run() async throws {
         try await Task.sleep(for: .seconds(seconds))
     }
@@ -134,15 +152,22 @@ public func poolContextManager() async throws {
     print("Now the pool is closed and no longer available")
 }
 
+/// `f(x) = x*x` as a job: the one more task that shows the tutorial's closing line, "the pool remains
+/// available for more work" (目前,池中还有其他的工作), after a task that timed out.
 public struct SquareJob: Job {
+    /// The number to square.
     public let x: Int
+    /// The job for `x`.
     public init(x: Int) { self.x = x }
+    /// `x*x`, computed in a pool worker.
     public func run() -> Int { x * x }
 }
 
 /// A CPU-bound function for the progress demo: the sum of i*i below n, by a loop.
 public struct SumSquares: SyncTaskFunction {
+    /// The function (it has no settings).
     public init() {}
+    /// The sum of `i*i` for `i` below `n` (wrapping on overflow), by a loop, in a pool worker.
     public func callAsFunction(_ n: Int) -> Int {
         var s = 0
         for i in 0..<n { s &+= i &* i }
@@ -188,8 +213,12 @@ public func poolWithProgress() async throws {
 
 /// Kills its worker with SIGKILL on the `bad` input; squares the others.
 public struct CrashOn: SyncTaskFunction {
+    /// The input that kills the worker.
     public let bad: Int
+    /// A function that kills its worker on the input `bad`.
     public init(bad: Int) { self.bad = bad }
+    /// `x*x`, in a pool worker; on `bad`, the worker kills itself with SIGKILL instead, so that the item
+    /// fails with a `PoolError` and the pool replaces the worker.
     public func callAsFunction(_ x: Int) -> Int {
         if x == bad { kill(getpid(), SIGKILL) }
         return x * x

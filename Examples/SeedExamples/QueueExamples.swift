@@ -8,13 +8,17 @@ import MultiprocessingSQL
 
 /// The tutorial's task as a queued job: `'n * n = n²'`.
 public struct SquareTask: Job {
+    /// The number to square.
     public let n: Int
     /// A pause before answering, as the tutorial's worker sleeps (0: none).
     public let pauseMs: Int
+    /// The task for `n`, answered after `pauseMs` milliseconds (none by default).
     public init(n: Int, pauseMs: Int = 0) {
         self.n = n
         self.pauseMs = pauseMs
     }
+    /// The tutorial's answer line, `'%d * %d = %d' % (n, n, n*n)`, after the pause; runs in a pool worker
+    /// of whichever queue worker claimed it.
     public func run() -> String {
         if pauseMs > 0 { usleep(UInt32(pauseMs) * 1000) }
         return "\(n) * \(n) = \(n * n)"
@@ -24,15 +28,25 @@ public struct SquareTask: Job {
 /// A worker process: its own pool, serving the queue until SIGTERM (then it finishes what it holds).
 /// Returns how many jobs it finished.
 public struct QueueWorkerProcess: Job {
+    /// The path of the SQLite file that holds the queue.
     public let database: String
+    /// The worker processes of its pool, which is as many jobs as it runs at once.
     public let workers: Int
     /// Told `serving` once the worker stops on SIGTERM (before that, SIGTERM would kill it outright).
     public let ready: Connection?
+    /// A queue worker for the SQLite file at `database`, with a pool of `workers` processes; it says
+    /// `serving` on `ready` (if given) once SIGTERM stops it cleanly.
     public init(database: String, workers: Int, ready: Connection? = nil) {
         self.database = database
         self.workers = workers
         self.ready = ready
     }
+    /// Serves the queue, in the child process, until SIGTERM or Ctrl-C: its pool ignores Ctrl-C, so that
+    /// the signal stops the queue worker (which finishes the jobs it holds) rather than the pool. Polls
+    /// every 10 ms; names itself `worker-PID`.
+    /// - Returns: the number of jobs it finished.
+    /// - Throws: when the pool cannot start, the queue's database cannot be opened, or it stays
+    ///   unreachable for longer than a lease.
     public func run() throws -> Int {
         let pool = try ProcessPool(workers: workers, options: ProcessPoolOptions(interrupt: .ignore))
         defer { pool.terminate() }

@@ -13,6 +13,8 @@ public struct NegateShared: Job {
     let n: SharedValue<Double>
     let a: SharedArray<Int32>
 
+    /// Python's `f(n, a)`, in the child: sets `n` to 3.1415927 and negates each element of `a`, in memory
+    /// the parent shares.
     public func run() {
         n.value = 3.1415927
         for i in a.indices { a[i] = -a[i] }
@@ -47,6 +49,8 @@ public struct FooCopy: Job {
     let i: Int
     var dic: [Int: Int]
 
+    /// `Foo(i, dic)` in the child: sets `dic[i] = 100 + i` in its own copy and prints the dictionary and
+    /// its size, as Python's `print(dic)` and `print(len(dic))`; the parent's dictionary stays empty.
     public func run() {
         var dic = dic
         dic[i] = 100 + i
@@ -61,6 +65,9 @@ public struct FooShared: Job {
     let i: Int
     let dic: SharedArray<Int32>
 
+    /// `Foo(i, dic)` in the child: under the array's lock, stores `100 + i` in slot `i`, then prints the
+    /// keys set so far as a Python dictionary, and their count.
+    /// - Throws: what the shared array's lock throws (`MultiprocessingError`).
     public func run() throws {
         try dic.withLock { slots in
             slots[i] = Int32(100 + i)

@@ -23,6 +23,9 @@ public struct JobOptions: Sendable, Hashable {
     /// an hour.
     public var backoff: Duration
 
+    /// Options for ``JobQueue/enqueue(_:options:on:)`` and the queue's `enqueue` methods; each parameter
+    /// sets the property of the same name. The defaults: the `default` queue, priority 0, due at once, no
+    /// unique key, no timeout, 3 attempts, a 1-second first backoff. A `maxAttempts` below 1 counts as 1.
     public init(
         queue: String = "default",
         priority: Int = 0,
@@ -41,6 +44,8 @@ public struct JobOptions: Sendable, Hashable {
         self.backoff = backoff
     }
 
+    /// Every option at its default: the `default` queue, priority 0, due at once, no unique key, no
+    /// timeout, 3 attempts, a 1-second first backoff.
     public static let `default` = JobOptions()
 }
 
@@ -50,23 +55,36 @@ public enum JobState: String, Sendable, Hashable, Codable, CaseIterable {
     case available
     /// Claimed by a worker, which holds a lease on it.
     case running
+    /// Ran to the end; its result is stored until the retention cleaner deletes it
+    /// (``QueueWorkerOptions/keepCompleted``).
     case completed
     /// Failed on its last attempt.
     case discarded
+    /// Cancelled with ``JobQueue/cancel(_:)``, before it ran or while it ran (a run that finished anyway
+    /// is `completed`).
     case cancelled
 }
 
 /// A job's row, as ``JobQueue/jobs(in:queue:limit:)`` and ``JobHandle/info()`` return it.
 public struct JobInfo: Sendable, Hashable {
+    /// The job's id, given by the database when it was queued (``JobHandle/id``).
     public var id: Int64
+    /// The named queue it is in (``JobOptions/queue``).
     public var queue: String
     /// The job's Swift type.
     public var kind: String
+    /// Where it is in its life.
     public var state: JobState
+    /// Higher runs first among jobs due (``JobOptions/priority``).
     public var priority: Int
+    /// Attempts started so far: 0 before the first run, 1 during it, and so on. An attempt handed back (by
+    /// a worker that stopped, or one whose program lacks the job's type) is not counted; one whose lease
+    /// ran out is.
     public var attempt: Int
+    /// Runs in all before it is discarded (``JobOptions/maxAttempts``).
     public var maxAttempts: Int
-    /// The worker that holds (or last held) it: `host:pid`.
+    /// The ``QueueWorker/name`` of the worker that holds it, or that finished it (completed, discarded, or
+    /// cancelled while it ran); nil while it waits to run.
     public var worker: String?
     /// One line per failed attempt: `attempt N at <ISO-8601 UTC time> on <worker>: <error>`.
     public var errors: [String]
@@ -85,6 +103,7 @@ public struct JobInfo: Sendable, Hashable {
 /// record their results. Delivery is at least once: a job whose worker died is run again once its lease
 /// expires, so make jobs idempotent or check for their own earlier effects.
 public final class JobQueue: Sendable {
+    /// The database the queue lives in.
     public let url: DatabaseURL
     private let connection: TrackedMutex<ConnectionBox>
 
@@ -147,6 +166,8 @@ public final class JobQueue: Sendable {
 
     /// A job's id, for a handle: ``JobQueue/enqueue(_:options:on:)`` returns these.
     public struct Enqueued<J: Job>: Sendable, Hashable {
+        /// The job's id (``JobHandle/id``); other connections see the job once the caller's transaction
+        /// commits.
         public let id: Int64
         /// The handle on `queue`.
         public func handle(_ queue: JobQueue) -> JobHandle<J> { JobHandle(queue: queue, id: id) }
@@ -337,9 +358,15 @@ public final class JobQueue: Sendable {
 
 /// A queued job: its id, its state, and its result once a worker has run it — from any process.
 public struct JobHandle<J: Job>: Sendable {
+    /// The queue the job is in; its connection reads the job's state.
     public let queue: JobQueue
+    /// The job's id in the queue's database (``JobInfo/id``): pass it to another process to follow the
+    /// job there.
     public let id: Int64
 
+    /// A handle on job `id` of `queue`, for a job queued elsewhere (another process passed its id). Nothing
+    /// is checked here: with no such job, ``info()`` returns nil and ``result(timeout:)`` throws
+    /// ``JobQueueError`` `.notFound`.
     public init(queue: JobQueue, id: Int64) {
         self.queue = queue
         self.id = id

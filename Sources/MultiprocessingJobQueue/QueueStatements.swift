@@ -146,8 +146,11 @@ struct QueueStatements: Sendable {
         for r in records {
             let key: [SQLValue] = [.int(r.id), .int(Int64(r.attempt))]
             func line(_ error: String) -> SQLValue {
+                // One line per attempt; no NUL, which PostgreSQL's text refuses (the record would then
+                // fail on every try).
                 let text = "attempt \(r.attempt) at \(QueueSchema.iso8601(ms: now)) on \(worker): \(error)"
-                return .text(text.split(separator: "\n").joined(separator: " ") + "\n")
+                    .split(whereSeparator: { $0 == "\n" || $0 == "\0" }).joined(separator: " ")
+                return .text(text + "\n")
             }
             switch r.resolution {
             case .complete(let bytes):

@@ -32,8 +32,7 @@ struct QueueTelemetry: Sendable {
                 duration.recordNanoseconds(r.ran.nanoseconds)
             case .cancelled: cancelled.increment()
             case .handBackUnknownKind:
-                failed.increment()
-                handedBack.increment()
+                handedBack.increment()  // not a failed attempt: the database does not count it either
             case .retry:
                 failed.increment()
                 retried.increment()

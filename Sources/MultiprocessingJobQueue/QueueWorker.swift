@@ -19,15 +19,25 @@ import Threading
 /// ```
 /// The program that runs the worker must contain the job types (workers find them by name).
 public final class QueueWorker: Sendable {
+    /// The database of the queue it serves.
     public let url: DatabaseURL
+    /// The pool its jobs run on (``QueueWorkerOptions/concurrency`` defaults to the pool's worker count).
     public let pool: ProcessPool
+    /// How it claims, runs and looks after jobs.
     public let options: QueueWorkerOptions
     /// The name recorded in the jobs this worker holds.
     public let name: String
     private let stopRequest = TrackedMutex<StopMode?>(nil)
-    /// What the pool reports (outcomes, from its callback thread) and wake-ups (`nil`: a notification or a
-    /// stop request).
-    private let completions = BlockingQueue<Completion?>()
+    /// What the pool reports (outcomes, from its callback thread) and wake-ups (a notification, a stop
+    /// request).
+    private let completions = BlockingQueue<Inbox>()
+
+    /// A message for the loop. (Not an optional `Completion`: `try?` would flatten a wake-up into "no
+    /// message".)
+    enum Inbox: Sendable {
+        case completed(Completion)
+        case wake
+    }
     private let telemetry: QueueTelemetry
     let statements: QueueStatements
 
@@ -42,6 +52,12 @@ public final class QueueWorker: Sendable {
 
     typealias Completion = QueueWorkerState.Completion
 
+    /// Creates a worker for the queue at `url` that runs jobs on `pool`. It connects once, to create or
+    /// migrate the queue's tables, and closes that connection; ``run()`` opens its own. Its ``name`` is
+    /// ``QueueWorkerOptions/name``, or `host:pid:n` with `n` random.
+    /// - Throws: the database's error when it cannot be reached; ``JobQueueError`` `.schema` when the
+    ///   database cannot hold the queue (no `UPDATE … RETURNING`: MySQL, MariaDB) or its tables are newer
+    ///   than this library.
     public init(_ url: DatabaseURL, pool: ProcessPool, options: QueueWorkerOptions = QueueWorkerOptions()) throws {
         self.url = url
         self.pool = pool
@@ -70,7 +86,7 @@ public final class QueueWorker: Sendable {
         stopRequest.withLock { current in
             if current != .handBack { current = mode }
         }
-        try? completions.putNowait(nil)  // wake the loop
+        try? completions.putNowait(.wake)  // wake the loop
     }
 
     // MARK: the loop
@@ -121,8 +137,11 @@ public final class QueueWorker: Sendable {
             }
         }
 
-        func accept(_ c: Completion?) {
-            if let c { state.completed(c, now: clock.now) } else { state.woken(now: clock.now) }
+        func accept(_ message: Inbox) {
+            switch message {
+            case .completed(let c): state.completed(c, now: clock.now)
+            case .wake: state.woken(now: clock.now)
+            }
         }
 
         while true {
@@ -217,6 +236,15 @@ public final class QueueWorker: Sendable {
                 guard database("clean", { c in try statements.clean(on: c) }) != nil else { continue }
                 state.databaseSucceeded(now: clock.now)
 
+            case .release(let ids):
+                guard database("release", { c in try statements.handBack(ids, on: c) }) != nil else { continue }
+                state.databaseSucceeded(now: clock.now)
+                telemetry.handedBack.increment(by: ids.count)
+                log.warning(
+                    "jobs held in the database but unknown to this worker (a claim whose answer was lost) are handed back",
+                    metadata: ["jobs": "\(ids)"]
+                )
+
             case .handBack(let ids, let tokens):
                 for t in tokens { tasks[t]?() }
                 if database("hand back", { c in try statements.handBack(ids, on: c) }) != nil {
@@ -237,7 +265,7 @@ public final class QueueWorker: Sendable {
             case .giveUp(let tokens):
                 for t in tokens { tasks[t]?() }
                 log.error("the database is unreachable", metadata: ["error": "\(lastError.map { "\($0)" } ?? "?")"])
-                throw lastError ?? JobQueueError(.schema, "the database is unreachable")
+                throw lastError ?? SQLError(.connection, "the database is unreachable")
             }
         }
     }
@@ -251,7 +279,7 @@ public final class QueueWorker: Sendable {
             let queues = Set(options.queues)
             let completions = self.completions
             try l.listen(QueueSchema.channel) { queue in
-                if queues.contains(queue) { try? completions.putNowait(nil) }
+                if queues.contains(queue) { try? completions.putNowait(.wake) }
             }
             options.logger.debug("listening for queued jobs")
             return l
@@ -272,9 +300,11 @@ public final class QueueWorker: Sendable {
             let task = try pool.applyAsync(
                 StoredJob(kind: j.kind, payload: j.payload),
                 options: TaskOptions(timeout: j.timeoutMs.map { .milliseconds($0) }),
-                callback: { try? completions.putNowait(Completion(id: id, attempt: attempt, outcome: .success($0))) },
+                callback: {
+                    try? completions.putNowait(.completed(Completion(id: id, attempt: attempt, outcome: .success($0))))
+                },
                 errorCallback: {
-                    try? completions.putNowait(Completion(id: id, attempt: attempt, outcome: .failure($0)))
+                    try? completions.putNowait(.completed(Completion(id: id, attempt: attempt, outcome: .failure($0))))
                 }
             )
             return (token, { task.cancel() })
@@ -284,14 +314,19 @@ public final class QueueWorker: Sendable {
                 StoredJobChunk(jobs: chunk.map { StoredJob(kind: $0.kind, payload: $0.payload) }),
                 callback: { outcomes in
                     for (k, o) in zip(keys, outcomes) {
-                        try? completions.putNowait(Completion(id: k.id, attempt: k.attempt, outcome: o.result))
+                        try? completions.putNowait(
+                            .completed(Completion(id: k.id, attempt: k.attempt, outcome: o.result))
+                        )
                     }
                 },
                 errorCallback: { _ in
                     for k in keys {
-                        try? completions.putNowait(
-                            Completion(id: k.id, attempt: k.attempt, outcome: .failure(QueueWorkerState.ChunkFailed()))
+                        let failed = Completion(
+                            id: k.id,
+                            attempt: k.attempt,
+                            outcome: .failure(QueueWorkerState.ChunkFailed())
                         )
+                        try? completions.putNowait(.completed(failed))
                     }
                 }
             )

@@ -33,7 +33,7 @@ public struct QueueWorkerOptions: Sendable {
     /// On ``QueueWorker/stop(_:)`` with `.finish`, how long running jobs may take before they are handed
     /// back.
     public var shutdownGrace: Duration
-    /// This worker's name in the jobs it holds (default `host:pid`).
+    /// This worker's name in the jobs it holds (default `host:pid:n`, `n` a random number).
     public var name: String?
     /// Wake as soon as jobs are queued, where the database can say so (PostgreSQL's `LISTEN`/`NOTIFY`, on
     /// a second connection), polling every ``pollInterval`` as well for delayed jobs, retries and lost
@@ -47,6 +47,12 @@ public struct QueueWorkerOptions: Sendable {
     /// Where the worker logs (start, stop, failures, rescues).
     public var logger: Logger
 
+    /// Settings for a ``QueueWorker``; each parameter sets the property of the same name. The defaults:
+    /// the `default` queue; as many jobs at once as the pool has workers; a 30-second lease; a poll every
+    /// 50 ms; claims of up to 128 jobs; a local buffer of up to 256 jobs holding about 50 ms of work;
+    /// results up to 1 MiB; completed jobs kept a day and failed ones a week; 30 seconds' grace on a
+    /// stop; notifications where the database has them; no exit when drained; a logger that discards
+    /// everything. A `claimBatch` below 1 counts as 1, a negative `localBuffer` as 0.
     public init(
         queues: [String] = ["default"],
         concurrency: Int? = nil,

@@ -115,12 +115,12 @@ struct QueueWorkerState: Sendable {
     enum Step: Sendable, Equatable {
         /// Open the connection that hears of queued jobs; report ``listening(_:now:)``.
         case listen
-        /// Queue these in the pool; report ``refused(_:now:)`` if it refuses one.
+        /// Queue these in the pool; report ``refused(now:)`` if it refuses one.
         case submit([Submission])
         /// Cancel these pool tasks.
         case cancel([Token])
         /// Record `records` and claim up to `claim` due jobs (none when 0) of types not in `skipping`, in
-        /// one transaction; report ``settled(_:claimed:now:)`` or ``databaseFailed(now:)``.
+        /// one transaction; report ``settled(_:claimed:claimWanted:now:)`` or ``databaseFailed(now:)``.
         case settle([Record], claim: Int, skipping: [String])
         /// Count the jobs left in the queues (types in `skipping` left out); report ``drained(left:now:)``.
         case checkDrained(skipping: [String])
@@ -132,6 +132,10 @@ struct QueueWorkerState: Sendable {
         case clean
         /// Return these jobs to the queue uncounted after cancelling these tasks; then exit.
         case handBack([Int64], cancelling: [Token])
+        /// Return these jobs to the queue uncounted: the database says this worker holds them, but it never
+        /// heard of them (a claim whose answer was lost). Report ``databaseSucceeded(now:)`` or
+        /// ``databaseFailed(now:)``.
+        case release([Int64])
         /// Wait for a completion or a wake-up until this moment.
         case wait(until: Instant)
         /// Return from `run()`.
@@ -157,15 +161,20 @@ struct QueueWorkerState: Sendable {
     private var oldestPending: Instant?
     private var toSubmit: [Submission] = []
     private var toCancel: [Token] = []
+    /// Jobs this worker holds in the database but not here: to be handed back.
+    private var toRelease: Set<Int64> = []
     private var nextToken: Token = 0
     /// Job types this program does not define: no longer claimed by this worker.
     private(set) var unknownKinds: Set<String> = []
 
     private(set) var stop: QueueWorker.StopMode?
     private var stoppingSince: Instant?
-    /// A record failed to be written while stopping: hand back without trying again.
+    /// The last database call failed while stopping: at the end of the grace, hand back without trying to
+    /// record again (reset by any success).
     private var stopFlushFailed = false
     private var exited = false
+    /// No claim made yet: the start-up maintenance comes first.
+    private var startingUp = true
     private var gaveUp = false
 
     private var nextClaimAt: Instant
@@ -294,7 +303,7 @@ struct QueueWorkerState: Sendable {
     /// A settle step's transaction committed: `records` (the pending ones) are recorded and `claimed` are
     /// held now.
     mutating func settled(_ records: [Record], claimed: [Job], claimWanted: Int, now: Instant) {
-        lastDatabaseSuccess = now
+        succeeded(now: now)
         for r in records { held[r.id] = nil }
         let recorded = Set(records.map(\.id))
         pending.removeAll { recorded.contains($0.id) }
@@ -351,7 +360,12 @@ struct QueueWorkerState: Sendable {
 
     /// A database call other than a settle succeeded.
     mutating func databaseSucceeded(now: Instant) {
+        succeeded(now: now)
+    }
+
+    private mutating func succeeded(now: Instant) {
         lastDatabaseSuccess = now
+        stopFlushFailed = false
     }
 
     /// A database call failed. Results stay pending (their leases hold meanwhile) and are recorded on a
@@ -366,7 +380,7 @@ struct QueueWorkerState: Sendable {
     /// The queues' count of jobs left (``QueueWorkerOptions/exitWhenDrained``). Returns true when it stops
     /// the worker.
     mutating func drained(left: Int, now: Instant) -> Bool {
-        lastDatabaseSuccess = now
+        succeeded(now: now)
         guard left == 0, stop == nil else { return false }
         return requestStop(.finish, now: now)
     }
@@ -375,8 +389,13 @@ struct QueueWorkerState: Sendable {
     /// cancellation asked for `cancelRequested`. A held job whose lease was not renewed was taken back
     /// (its lease expired while this worker could not renew it, and another worker rescued it): it is let
     /// go and its task cancelled, since its result could no longer be recorded. Returns those jobs.
+    ///
+    /// A job renewed but not held is one this worker claimed without hearing of it (the claim committed and
+    /// its answer was lost with the connection): it goes back to the queue, uncounted (``Step/release(_:)``).
     mutating func heartbeat(renewed: Set<Int64>, cancelRequested: Set<Int64>, now: Instant) -> [Int64] {
-        lastDatabaseSuccess = now
+        succeeded(now: now)
+        let orphans = renewed.subtracting(held.keys)
+        if !orphans.isEmpty { toRelease.formUnion(orphans) }
         var lost: [Int64] = []
         for (id, h) in held where !renewed.contains(id) {
             lost.append(id)
@@ -413,6 +432,10 @@ struct QueueWorkerState: Sendable {
         }
         let handingBack =
             stop == .handBack || (stop == .finish && stoppingSince.map { now - $0 >= config.shutdownGrace } == true)
+        if !toRelease.isEmpty && now >= databaseRetryAt {
+            defer { toRelease = [] }
+            return .release(toRelease.sorted())
+        }
         if !toSubmit.isEmpty && !handingBack {
             defer { toSubmit = [] }
             return .submit(toSubmit)
@@ -422,6 +445,19 @@ struct QueueWorkerState: Sendable {
             return .listen
         }
         let databaseReady = now >= databaseRetryAt
+        // A worker that starts rescues expired leases and cleans old rows before it claims (and so before
+        // any result of its own is recorded), then every `rescueEvery` and `cleanEvery`.
+        if startingUp && databaseReady {
+            if now >= nextRescue {
+                nextRescue = now + config.rescueEvery
+                return .rescue
+            }
+            startingUp = false
+            if now >= nextClean {
+                nextClean = now + config.cleanEvery
+                return .clean
+            }
+        }
         // Record and claim, in one round trip when both are due. Jobs finished but not yet recorded do not
         // count against the room: the pool is kept fed while their results wait.
         let want = claimWanted(now: now) && databaseReady ? min(config.claimBatch, limit - inPool) : 0

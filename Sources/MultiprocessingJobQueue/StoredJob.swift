@@ -93,9 +93,12 @@ struct JobFailure: Error, CustomStringConvertible {
 /// `Codable`, so that an error raised in a pool worker (an unknown or malformed job) reaches the queue
 /// worker as itself, and is known there as final: it is not retried.
 public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable, Codable {
+    /// What kind of failure it was: compare with the static members (`.failed`, `.timedOut`, …). A struct,
+    /// not an enum, so that codes can be added without breaking a caller's `switch`.
     public struct Code: Hashable, Sendable, CustomStringConvertible, Codable {
         private let raw: String
         private init(_ raw: String) { self.raw = raw }
+        /// The code's name, spelt as its static member (`timedOut`).
         public var description: String { raw }
         /// Whether running the job again cannot help: it fails the same way every time.
         var isFinal: Bool { self == .unknownJob || self == .malformedJob || self == .resultTooLarge }
@@ -117,11 +120,16 @@ public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable
         /// The database's schema is newer than this library.
         public static let schema = Code("schema")
     }
+    /// What kind of failure it was, to match on.
     public let code: Code
+    /// What happened, for people; for ``JobQueueError/Code/failed``, the job's error history (a line per
+    /// failed attempt).
     public let message: String
+    /// An error with `code` and `message`.
     public init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
+    /// `code: message`, as in `timedOut: job 7 did not finish within 30.0 seconds`.
     public var description: String { "\(code): \(message)" }
 }

@@ -131,6 +131,25 @@ struct JobQueueTests {
         }
     }
 
+    /// PostgreSQL's `NOTIFY` wakes an idle worker: with its poll an hour away, a job queued after the
+    /// worker went idle runs only if the notification reaches the loop. (A wake-up once travelled as a
+    /// `nil` message that `try?` flattened into "no message": jobs then waited for the poll.)
+    @Test(.enabled(if: TestBackend.enabled.contains(.postgresql), "needs the PostgreSQL test server"))
+    func aNotificationWakesAnIdleWorkerWhosePollIsAnHourAway() throws {
+        try withScratchDatabase(.postgresql) { db in
+            let queue = try JobQueue(db.url)
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(db.url, pool, QueueWorkerOptions(pollInterval: .seconds(3600)))
+            // Idle: its first claim found nothing, and it listens.
+            #expect(try queue.enqueue(Square(n: 1)).result(timeout: .seconds(60)) == 1)
+            try eventually("the worker is idle again") { try queue.counts() == [.completed: 1] }
+            #expect(try queue.enqueue(Square(n: 9)).result(timeout: .seconds(60)) == 81)
+            worker.stop()
+            #expect(try running.result(timeout: .seconds(30)) == 2)
+        }
+    }
+
     /// The worker's metrics: claimed, completed, retried, discarded.
     @Test(arguments: TestBackend.enabled) func theWorkerReportsMetrics(_ backend: TestBackend) throws {
         let metrics = sharedTestMetrics  // bootstrapped before any metric is made

@@ -424,6 +424,22 @@ import Testing
         #expect(s.pending.isEmpty)
     }
 
+    @Test func jobsTheDatabaseSaysThisWorkerHoldsButItNeverHeardOfGoBack() {
+        var s = worker(concurrency: 2) { $0.localBuffer = 0 }
+        claim(&s, [job(1)], at: t0)
+        // A claim committed but its answer was lost with the connection: job 7 is this worker's in the
+        // database only. The heartbeat renews it; it goes back to the queue at once, uncounted. (First,
+        // the poll's claim finds nothing.)
+        if case .settle(let r, let n, _) = step(&s, at: at(10_000)) {
+            s.settled(r, claimed: [], claimWanted: n, now: at(10_000))
+        }
+        #expect(step(&s, at: at(10_000)) == .heartbeat)
+        let lost = s.heartbeat(renewed: [1, 7], cancelRequested: [], now: at(10_000))
+        #expect(lost.isEmpty)
+        #expect(step(&s, at: at(10_000)) == .release([7]))
+        #expect(s.held.keys.sorted() == [1])
+    }
+
     // MARK: stopping
 
     @Test func finishStopsClaimingRecordsResultsAndExitsWhenNothingIsHeld() {
@@ -485,6 +501,31 @@ import Testing
             return
         }
         #expect(ids == [1, 2])  // job 1 runs again elsewhere: its result was never recorded
+    }
+
+    @Test func aDatabaseThatCameBackRecordsTheResultsBeforeTheHandBack() {
+        var s = worker(concurrency: 2) {
+            $0.localBuffer = 0
+            $0.shutdownGrace = .seconds(5)
+        }
+        let subs = claim(&s, [job(1), job(2)], at: t0)
+        _ = s.requestStop(.finish, now: at(1))
+        s.completed(ok(1), now: at(2))
+        guard case .settle = step(&s, at: at(2)) else { return }
+        s.databaseFailed(now: at(2))  // once
+        guard case .settle(let again, 0, _) = step(&s, at: at(100)) else {
+            Issue.record("the result is recorded on a later turn")
+            return
+        }
+        s.settled(again, claimed: [], claimWanted: 0, now: at(100))
+        // Job 1's result is recorded; at the end of the grace only job 2, still running, goes back.
+        s.completed(ok(2), now: at(6000))
+        guard case .settle(let last, 0, _) = step(&s, at: at(6000)) else {
+            Issue.record("a finished job is recorded, not handed back, once the database is back")
+            return
+        }
+        #expect(last.map(\.id) == [2])
+        _ = subs
     }
 
     @Test func aPoolThatRefusesWorkStopsTheWorkerWithEverythingHandedBack() {

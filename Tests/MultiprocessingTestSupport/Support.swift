@@ -176,7 +176,7 @@ package func testPoolOptions(
     )
 }
 
-/// Runs `body` with a pool of `workers` (``testPoolOptions()`` unless `options` are given), then
+/// Runs `body` with a pool of `workers` (`testPoolOptions()` unless `options` are given), then
 /// terminates it and waits for every worker to have exited and been reaped, however `body` ended.
 package func withTestPool<R>(
     workers: Int = 2,

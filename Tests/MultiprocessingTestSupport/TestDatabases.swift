@@ -24,9 +24,12 @@ public let postgresUnavailable: String? = {
 
 /// A database the same tests run on.
 public enum TestBackend: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// An SQLite file in /tmp (always available).
     case sqlite
+    /// A database on the PostgreSQL test server (``postgresURL``).
     case postgresql
 
+    /// The raw value (`sqlite`, `postgresql`): the names `MP_TEST_BACKENDS` takes.
     public var description: String { rawValue }
 
     /// SQLite always; PostgreSQL when a server answers (the first use prints why it is skipped when not),
@@ -51,12 +54,16 @@ public enum TestBackend: String, Sendable, CaseIterable, CustomStringConvertible
 
 /// A fresh database for one test, removed at the end.
 public struct ScratchDatabase: Sendable {
+    /// The kind of database it is.
     public let backend: TestBackend
+    /// Where it is: an SQLite file's URL, or the test server's URL naming the new database.
     public let url: DatabaseURL
     /// A path prefix in /tmp for the test's own files (logs, markers); files named `scratch + suffix` with
     /// the suffixes `.log`, `.marker` are removed at the end.
     public let scratch: String
 
+    /// A new connection to it (the caller closes it; one still open at the end is cut when a PostgreSQL
+    /// database is dropped).
     public func connect() throws -> any SQLConnection { try Database.connect(url) }
 }
 
@@ -88,7 +95,10 @@ public func withScratchDatabase<R>(_ backend: TestBackend, _ body: (ScratchDatab
 /// authentication), for tests that stop or restart it, which the shared server must not suffer. Needs
 /// Debian's server binaries (`/usr/lib/postgresql/*/bin`) and root (the server runs as `postgres`).
 public final class PrivatePostgres: @unchecked Sendable {
+    /// The server's directory in /tmp: its data directory (`data`), log (`server.log`), Unix socket and
+    /// TLS certificate; removed by ``stop(removing:)`` and on deinit.
     public let directory: String
+    /// The TCP port it listens on, on 127.0.0.1.
     public let port: Int
     let bin: String
 
@@ -136,6 +146,8 @@ public final class PrivatePostgres: @unchecked Sendable {
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     public var url: DatabaseURL { try! DatabaseURL("postgres://postgres@127.0.0.1:\(port)/postgres") }
 
+    /// Starts the server (`pg_ctl start`, waiting until it accepts connections), after ``stop(removing:)``
+    /// with `removing: false`; ``init()`` starts it the first time.
     public func start() throws {
         try asPostgres("\(bin)/pg_ctl -D \(directory)/data -l \(directory)/server.log -w start >/dev/null")
     }
@@ -146,6 +158,8 @@ public final class PrivatePostgres: @unchecked Sendable {
         if removing { _ = try? Self.shell("rm -rf \(directory)") }
     }
 
+    /// Restarts the server at once (`-m fast`: open connections are cut) and waits until it accepts
+    /// connections again; the configuration files are read anew.
     public func restart() throws {
         try asPostgres("\(bin)/pg_ctl -D \(directory)/data -m fast -w restart -l \(directory)/server.log >/dev/null")
     }
@@ -230,17 +244,24 @@ public func loopbackSocket(listening: Bool) -> (fd: Int32, port: Int) {
 /// through it is kept (``clientBytes``); a thread per direction per connection copies until either side
 /// closes.
 public final class RecordingRelay: @unchecked Sendable {  // state behind `sent`; the socket is set once
+    /// The relay's own port on 127.0.0.1: connect here instead of to the target.
     public let port: Int
     private let listening: Int32
     private let sent = TrackedMutex<[UInt8]>([])
 
+    /// Starts relaying: listens on a free port (``port``) and forwards each connection to `target` on
+    /// 127.0.0.1, on threads of its own. A connection the target refuses is closed.
     public init(to target: Int) {
         (listening, port) = loopbackSocket(listening: true)
         let fd = listening
         Thread.detachNewThread { [self] in
             while true {
                 let c = accept(fd, nil, nil)
-                if c < 0 { return }
+                if c < 0 {
+                    if errno == EINTR { continue }
+                    Glibc.close(fd)  // closed by close()'s shutdown: the descriptor is this thread's to free
+                    return
+                }
                 let (s, _) = loopbackSocket(listening: false)
                 var a = sockaddr_in()
                 a.sin_family = sa_family_t(AF_INET)

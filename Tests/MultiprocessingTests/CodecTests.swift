@@ -81,7 +81,12 @@ struct CodecTests {
         #expect(bytes.count < 10_000 * 8 + 16)
         #expect(try BinaryDecoder().decode([Int].self, from: bytes) == xs)
         // A trivial array decodes as the element type it was written with, or fails clearly.
-        #expect(throws: CodecError.self) { try BinaryDecoder().decode([Int32].self, from: bytes) }
+        #expect {
+            try BinaryDecoder().decode([Int32].self, from: bytes)
+        } throws: {
+            guard let e = $0 as? MultiprocessingError else { return false }
+            return e.code == .decodingFailed && e.message.hasPrefix("type mismatch: array of int where [Int32]")
+        }
     }
 
     /// A type whose decoder reads keys in another order than its encoder wrote them, and skips one.

@@ -6,6 +6,10 @@ public struct BinaryDecoder {
     public init() {}
 
     /// Decodes a `T` from `bytes`.
+    ///
+    /// - Throws: ``MultiprocessingError/Code/decodingFailed`` when `bytes` are not a `T` as
+    ///   ``BinaryEncoder`` writes it (truncated, another type, malformed); `DecodingError.keyNotFound`
+    ///   when a key `T` asks for is absent; whatever `T`'s own `init(from:)` throws.
     public func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
         try bytes.withUnsafeBytes { try decode(type, from: $0) }
     }
@@ -36,7 +40,7 @@ final class DecoderStorage: Decoder {
     // MARK: primitives
 
     @inline(__always) func byte(at p: Int) throws -> UInt8 {
-        guard p < bytes.count else { throw CodecError.truncated }
+        guard p < bytes.count else { throw MultiprocessingError.truncated }
         return bytes[p]
     }
 
@@ -49,7 +53,7 @@ final class DecoderStorage: Decoder {
             result |= UInt64(b & 0x7f) << shift
             if b < 0x80 { return result }
             shift += 7
-            if shift > 63 { throw CodecError(description: "malformed varint") }
+            if shift > 63 { throw MultiprocessingError(.decodingFailed, "malformed varint") }
         }
     }
 
@@ -57,7 +61,7 @@ final class DecoderStorage: Decoder {
     /// left, so that a peer's length can neither overflow an offset nor trap a conversion.
     @inline(__always) func count(at p: inout Int, stride: Int = 1) throws -> Int {
         let n = try varint(at: &p)
-        guard n <= UInt64(bytes.count - p) / UInt64(stride) else { throw CodecError.truncated }
+        guard n <= UInt64(bytes.count - p) / UInt64(stride) else { throw MultiprocessingError.truncated }
         return Int(n)
     }
 
@@ -71,14 +75,16 @@ final class DecoderStorage: Decoder {
     /// A key entry's length (see ``keyLengthBias``).
     func keyLength(at p: inout Int) throws -> Int {
         let v = try varint(at: &p)
-        guard v >= UInt64(keyLengthBias) else { throw CodecError(description: "malformed key at offset \(p)") }
-        guard v - UInt64(keyLengthBias) <= UInt64(bytes.count - p) else { throw CodecError.truncated }
+        guard v >= UInt64(keyLengthBias) else {
+            throw MultiprocessingError(.decodingFailed, "malformed key at offset \(p)")
+        }
+        guard v - UInt64(keyLengthBias) <= UInt64(bytes.count - p) else { throw MultiprocessingError.truncated }
         return Int(v) - keyLengthBias
     }
 
     func rawKey(at p: inout Int) throws -> String {
         let n = try keyLength(at: &p)
-        guard p + n <= bytes.count else { throw CodecError.truncated }
+        guard p + n <= bytes.count else { throw MultiprocessingError.truncated }
         let s = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[p..<(p + n)]), as: UTF8.self)
         p += n
         return s
@@ -88,7 +94,7 @@ final class DecoderStorage: Decoder {
     func matchKey(_ key: String, at p: inout Int) throws -> Bool {
         var q = p
         let n = try keyLength(at: &q)
-        guard q + n <= bytes.count else { throw CodecError.truncated }
+        guard q + n <= bytes.count else { throw MultiprocessingError.truncated }
         var key = key
         let equal = key.withUTF8 { k in
             k.count == n && (n == 0 || memcmp(k.baseAddress!, bytes.baseAddress! + q, n) == 0)
@@ -99,7 +105,7 @@ final class DecoderStorage: Decoder {
 
     func tag(at p: Int) throws -> BinaryTag {
         guard let t = BinaryTag(rawValue: try byte(at: p)) else {
-            throw CodecError(description: "unknown tag \(bytes[p]) at offset \(p)")
+            throw MultiprocessingError(.decodingFailed, "unknown tag \(bytes[p]) at offset \(p)")
         }
         return t
     }
@@ -107,7 +113,7 @@ final class DecoderStorage: Decoder {
     /// The offset just past the value at `p` (`nesting`: containers already entered on the way).
     func skip(at p: Int, nesting: Int = 0) throws -> Int {
         guard depth + nesting < Self.maxDepth else {
-            throw CodecError(description: "values nested deeper than \(Self.maxDepth) at offset \(p)")
+            throw MultiprocessingError(.decodingFailed, "values nested deeper than \(Self.maxDepth) at offset \(p)")
         }
         var q = p + 1
         switch try tag(at: p) {
@@ -122,7 +128,7 @@ final class DecoderStorage: Decoder {
             return q + n
         case .trivialArray:
             guard let kind = TrivialKind(rawValue: try byte(at: q)) else {
-                throw CodecError(description: "bad array kind")
+                throw MultiprocessingError(.decodingFailed, "bad array kind")
             }
             q += 1
             let n = try count(at: &q, stride: kind.stride)
@@ -137,7 +143,7 @@ final class DecoderStorage: Decoder {
             while try tag(at: q) != .unkeyedEnd { q = try skip(at: q, nesting: nesting + 1) }
             return q + 1
         case .keyedEnd, .unkeyedEnd:
-            throw CodecError(description: "unexpected container end at offset \(p)")
+            throw MultiprocessingError(.decodingFailed, "unexpected container end at offset \(p)")
         }
     }
 
@@ -150,9 +156,11 @@ final class DecoderStorage: Decoder {
         case .uint:
             p += 1
             let u = try varint(at: &p)
-            guard u <= UInt64(Int64.max) else { throw CodecError.typeMismatch("\(u) does not fit a signed integer") }
+            guard u <= UInt64(Int64.max) else {
+                throw MultiprocessingError.typeMismatch("\(u) does not fit a signed integer")
+            }
             return Int64(u)
-        case let t: throw CodecError.typeMismatch("\(t) where an integer was expected at offset \(p)")
+        case let t: throw MultiprocessingError.typeMismatch("\(t) where an integer was expected at offset \(p)")
         }
     }
 
@@ -163,19 +171,20 @@ final class DecoderStorage: Decoder {
             return try varint(at: &p)
         case .int:
             let v = try int(at: &p)
-            guard v >= 0 else { throw CodecError.typeMismatch("\(v) does not fit an unsigned integer") }
+            guard v >= 0 else { throw MultiprocessingError.typeMismatch("\(v) does not fit an unsigned integer") }
             return UInt64(v)
-        case let t: throw CodecError.typeMismatch("\(t) where an unsigned integer was expected at offset \(p)")
+        case let t:
+            throw MultiprocessingError.typeMismatch("\(t) where an unsigned integer was expected at offset \(p)")
         }
     }
 
     func narrow<I: FixedWidthInteger>(_ v: Int64, _: I.Type) throws -> I {
-        guard let r = I(exactly: v) else { throw CodecError.typeMismatch("\(v) does not fit \(I.self)") }
+        guard let r = I(exactly: v) else { throw MultiprocessingError.typeMismatch("\(v) does not fit \(I.self)") }
         return r
     }
 
     func narrowU<I: FixedWidthInteger>(_ v: UInt64, _: I.Type) throws -> I {
-        guard let r = I(exactly: v) else { throw CodecError.typeMismatch("\(v) does not fit \(I.self)") }
+        guard let r = I(exactly: v) else { throw MultiprocessingError.typeMismatch("\(v) does not fit \(I.self)") }
         return r
     }
 
@@ -187,39 +196,39 @@ final class DecoderStorage: Decoder {
         case .false:
             p += 1
             return false
-        case let t: throw CodecError.typeMismatch("\(t) where a Bool was expected")
+        case let t: throw MultiprocessingError.typeMismatch("\(t) where a Bool was expected")
         }
     }
 
     func double(at p: inout Int) throws -> Double {
         switch try tag(at: p) {
         case .double:
-            guard p + 9 <= bytes.count else { throw CodecError.truncated }
+            guard p + 9 <= bytes.count else { throw MultiprocessingError.truncated }
             let bits = bytes.loadUnaligned(fromByteOffset: p + 1, as: UInt64.self)
             p += 9
             return Double(bitPattern: UInt64(littleEndian: bits))
         case .float: return Double(try float(at: &p))
         case .int: return Double(try int(at: &p))
         case .uint: return Double(try uint(at: &p))
-        case let t: throw CodecError.typeMismatch("\(t) where a Double was expected")
+        case let t: throw MultiprocessingError.typeMismatch("\(t) where a Double was expected")
         }
     }
 
     func float(at p: inout Int) throws -> Float {
         switch try tag(at: p) {
         case .float:
-            guard p + 5 <= bytes.count else { throw CodecError.truncated }
+            guard p + 5 <= bytes.count else { throw MultiprocessingError.truncated }
             let bits = bytes.loadUnaligned(fromByteOffset: p + 1, as: UInt32.self)
             p += 5
             return Float(bitPattern: UInt32(littleEndian: bits))
         case .double: return Float(try double(at: &p))
-        case let t: throw CodecError.typeMismatch("\(t) where a Float was expected")
+        case let t: throw MultiprocessingError.typeMismatch("\(t) where a Float was expected")
         }
     }
 
     func string(at p: inout Int) throws -> String {
         guard try tag(at: p) == .string else {
-            throw CodecError.typeMismatch("\(try tag(at: p)) where a String was expected")
+            throw MultiprocessingError.typeMismatch("\(try tag(at: p)) where a String was expected")
         }
         p += 1
         return try rawString(at: &p)
@@ -230,7 +239,7 @@ final class DecoderStorage: Decoder {
         if let fast = T.self as? any TrivialArrayCodable.Type, try tag(at: p) == .trivialArray {
             var q = p + 1
             guard let kind = TrivialKind(rawValue: try byte(at: q)) else {
-                throw CodecError(description: "bad array kind")
+                throw MultiprocessingError(.decodingFailed, "bad array kind")
             }
             q += 1
             let n = try count(at: &q, stride: kind.stride)
@@ -243,7 +252,7 @@ final class DecoderStorage: Decoder {
             return (v as! T, q + len)
         }
         guard depth < Self.maxDepth else {
-            throw CodecError(description: "values nested deeper than \(Self.maxDepth) at offset \(p)")
+            throw MultiprocessingError(.decodingFailed, "values nested deeper than \(Self.maxDepth) at offset \(p)")
         }
         let savedPosition = position
         let savedFinder = endFinder
@@ -264,7 +273,7 @@ final class DecoderStorage: Decoder {
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
         guard try tag(at: position) == .keyedStart else {
-            throw CodecError.typeMismatch("\(try tag(at: position)) where a keyed container was expected")
+            throw MultiprocessingError.typeMismatch("\(try tag(at: position)) where a keyed container was expected")
         }
         let c = KeyedDecoder<Key>(storage: self, start: position + 1)
         endFinder = { try c.state.end() }
@@ -436,7 +445,7 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     ) throws -> KeyedDecodingContainer<NestedKey> {
         let p = try at(key)
         guard try state.storage.tag(at: p) == .keyedStart else {
-            throw CodecError.typeMismatch("expected a keyed container")
+            throw MultiprocessingError.typeMismatch("expected a keyed container")
         }
         state.cursor = try state.storage.skip(at: p)
         return KeyedDecodingContainer(KeyedDecoder<NestedKey>(storage: state.storage, start: p + 1))
@@ -452,7 +461,7 @@ struct KeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func superDecoder(forKey key: Key) throws -> any Decoder { try subDecoder(at: at(key)) }
 
     private func subDecoder(at p: Int?) throws -> any Decoder {
-        guard let p else { throw CodecError(description: "no super value") }
+        guard let p else { throw MultiprocessingError(.decodingFailed, "no super value") }
         let d = DecoderStorage(state.storage.bytes)
         d.position = p
         return d
@@ -501,12 +510,12 @@ struct UnkeyedDecoder: UnkeyedDecodingContainer {
             state.endOffset = q + 1
             total = n
         case let t:
-            throw CodecError.typeMismatch("\(t) where an unkeyed container was expected")
+            throw MultiprocessingError.typeMismatch("\(t) where an unkeyed container was expected")
         }
     }
 
     @inline(__always) private func primitive<T>(_ read: (inout Int) throws -> T) throws -> T {
-        guard !isAtEnd else { throw CodecError(description: "unkeyed container is at its end") }
+        guard !isAtEnd else { throw MultiprocessingError(.decodingFailed, "unkeyed container is at its end") }
         var p = state.cursor
         let v = try read(&p)
         state.cursor = p
@@ -555,7 +564,7 @@ struct UnkeyedDecoder: UnkeyedDecodingContainer {
     mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try primitive { try state.storage.uint(at: &$0) } }
 
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        guard !isAtEnd else { throw CodecError(description: "unkeyed container is at its end") }
+        guard !isAtEnd else { throw MultiprocessingError(.decodingFailed, "unkeyed container is at its end") }
         let (v, end) = try state.storage.decodeValue(type, at: state.cursor)
         state.cursor = end
         state.index += 1
@@ -567,7 +576,7 @@ struct UnkeyedDecoder: UnkeyedDecodingContainer {
     ) throws -> KeyedDecodingContainer<NestedKey> {
         let p = state.cursor
         guard try state.storage.tag(at: p) == .keyedStart else {
-            throw CodecError.typeMismatch("expected a keyed container")
+            throw MultiprocessingError.typeMismatch("expected a keyed container")
         }
         state.cursor = try state.storage.skip(at: p)
         state.index += 1

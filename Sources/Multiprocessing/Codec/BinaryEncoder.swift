@@ -54,21 +54,13 @@ extension Array: TrivialArrayCodable where Element: BinaryTrivial {
 
     static func decodeTrivial(kind: TrivialKind, count: Int, bytes: UnsafeRawBufferPointer) throws -> [Element] {
         guard kind == Element.trivialKind, bytes.count == count * MemoryLayout<Element>.stride else {
-            throw CodecError.typeMismatch("array of \(kind) where [\(Element.self)] was expected")
+            throw MultiprocessingError.typeMismatch("array of \(kind) where [\(Element.self)] was expected")
         }
         return [Element](unsafeUninitializedCapacity: count) { out, initialized in
             if count > 0 { UnsafeMutableRawBufferPointer(out).copyMemory(from: bytes) }
             initialized = count
         }
     }
-}
-
-/// Why a value could not be encoded or decoded.
-public struct CodecError: Error, CustomStringConvertible, Sendable {
-    /// What could not be encoded, and why.
-    public let description: String
-    static func typeMismatch(_ what: String) -> CodecError { CodecError(description: "type mismatch: \(what)") }
-    static let truncated = CodecError(description: "the data ended in the middle of a value")
 }
 
 @inline(__always)

@@ -37,10 +37,10 @@ enum MessageCodec {
             defer { current.value = saved }
             do {
                 return try BinaryDecoder().decode(type, from: bytes)
-            } catch let e as MultiprocessingError {
+            } catch let e as MultiprocessingError where e.code != .decodingFailed {
                 throw e
             } catch {
-                throw MultiprocessingError(.decodingFailed, "cannot decode \(T.self): \(error)")
+                throw MultiprocessingError.cannotDecode("\(T.self)", error)
             }
         }
     }

@@ -30,6 +30,24 @@ package enum AsyncBridge {
         }
     }
 
+    /// ``run(_:)`` without cancellation: for work that must complete even in a cancelled task (taking a
+    /// condition's lock back). `attempt` must make progress towards a value; the pool refusing work (it
+    /// never closes) would be a bug, and traps.
+    static func runIgnoringCancellation<T: Sendable>(_ attempt: @escaping @Sendable (Duration?) -> T?) async -> T {
+        while true {
+            let future: Future<T?>
+            do {
+                future = try pool.submit { attempt(slice) }
+            } catch {
+                preconditionFailure("the async-wait pool refused work: \(error)")
+            }
+            let value: T? = await withCheckedContinuation { continuation in
+                future.addDoneCallback { f in continuation.resume(returning: (try? f.result()) ?? nil) }
+            }
+            if let value { return value }
+        }
+    }
+
     /// Runs `body` (which must bound its own blocking time) on the pool and awaits it. On cancellation a
     /// body that has not started is dropped, and `onCancel` runs so a started one can be cut short (by
     /// closing what it waits on); the body's own outcome is returned either way.

@@ -73,7 +73,7 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
             bufferLock.withLock { buffer.append(.items(start: start, values)) }
             finishedItems.add(count, ordering: .relaxed)
         } catch {
-            let e = MultiprocessingError(.decodingFailed, "cannot decode the results: \(error)")
+            let e = MultiprocessingError.cannotDecode("the results", error)
             for i in start..<(start + count) { fail(index: i, e) }
         }
     }
@@ -103,7 +103,7 @@ final class SingleCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
             }
             future.complete(.success(v))
         } catch {
-            future.complete(.failure(MultiprocessingError(.decodingFailed, "cannot decode the result: \(error)")))
+            future.complete(.failure(MultiprocessingError.cannotDecode("the result", error)))
         }
     }
 

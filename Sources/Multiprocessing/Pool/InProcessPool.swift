@@ -104,9 +104,7 @@ public final class InProcessPool: Sendable {
         options: TaskOptions = .default,
         timeout: Duration? = nil
     ) throws -> [F.Output] {
-        try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options).collect(
-            timeout: timeout
-        )
+        try eagerMap(f, inputs, chunksize: chunksize, options: options, timeout: timeout)
     }
 
     /// Like ``map(_:_:chunksize:options:timeout:)`` but returns every item's outcome, failures included.
@@ -117,8 +115,7 @@ public final class InProcessPool: Sendable {
         options: TaskOptions = .default,
         timeout: Duration? = nil
     ) throws -> [Result<F.Output, any Error>] {
-        try stream(f, Array(inputs), chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
-            .collectResults(timeout: timeout)
+        try eagerMapResults(f, inputs, chunksize: chunksize, options: options, timeout: timeout)
     }
 
     /// Lazy, ordered results, reading the input only `maxInFlight` items ahead — Python's `ThreadPool.imap`.
@@ -129,7 +126,7 @@ public final class InProcessPool: Sendable {
         maxInFlight: Int? = nil,
         options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
-        try stream(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: true, options: options)
+        try lazyMap(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight, ordered: true, options: options)
     }
 
     /// Lazy results in completion order — Python's `ThreadPool.imap_unordered`.
@@ -140,12 +137,16 @@ public final class InProcessPool: Sendable {
         maxInFlight: Int? = nil,
         options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
-        try stream(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight ?? 8192, ordered: false, options: options)
+        try lazyMap(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight, ordered: false, options: options)
     }
 
-    private func stream<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+    /// Chunks of `f` over `inputs` for the executor, of a size fixed up front (Python's rule when `count` is
+    /// known); fed on the caller's thread when there is no `maxInFlight`, else by a feeder thread within the
+    /// call's credit.
+    func stream<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
         _ f: F,
         _ inputs: S,
+        count itemCount: Int?,
         chunksize: Int?,
         maxInFlight: Int?,
         ordered: Bool,
@@ -158,7 +159,7 @@ public final class InProcessPool: Sendable {
             _ = call.markCancelled()
             credit?.cancel()
         }
-        let known = inputs.underestimatedCount
+        let known = itemCount ?? 0
         let size =
             chunksize.map { max(1, $0) }
             ?? Swift.max(

@@ -172,7 +172,7 @@ enum PoolWorker {
                 out.failure(
                     unit: unit,
                     index: 0,
-                    MultiprocessingError(.decodingFailed, "cannot decode the task's input: \(error)")
+                    MultiprocessingError.cannotDecode("the task's input", error)
                 )
             }
             return nil

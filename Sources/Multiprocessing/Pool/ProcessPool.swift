@@ -148,17 +148,7 @@ public final class ProcessPool: Sendable {
         options: TaskOptions = .default,
         timeout: Duration? = nil
     ) throws -> [F.Output] {
-        let items = Array(inputs)
-        let results = try stream(
-            f,
-            items,
-            count: items.count,
-            chunksize: chunksize,
-            maxInFlight: nil,
-            ordered: true,
-            options: options
-        )
-        return try results.collect(timeout: timeout)
+        try eagerMap(f, inputs, chunksize: chunksize, options: options, timeout: timeout)
     }
 
     /// Like ``map(_:_:chunksize:options:timeout:)`` but every item's outcome is returned, failures included.
@@ -169,17 +159,7 @@ public final class ProcessPool: Sendable {
         options: TaskOptions = .default,
         timeout: Duration? = nil
     ) throws -> [Result<F.Output, any Error>] {
-        let items = Array(inputs)
-        return try stream(
-            f,
-            items,
-            count: items.count,
-            chunksize: chunksize,
-            maxInFlight: nil,
-            ordered: true,
-            options: options
-        )
-        .collectResults(timeout: timeout)
+        try eagerMapResults(f, inputs, chunksize: chunksize, options: options, timeout: timeout)
     }
 
     /// Lazy, ordered results — Python's `Pool.imap`. Input is read on a background thread only while
@@ -200,15 +180,7 @@ public final class ProcessPool: Sendable {
         maxInFlight: Int? = nil,
         options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
-        try stream(
-            f,
-            inputs,
-            count: knownCount(inputs),
-            chunksize: chunksize,
-            maxInFlight: maxInFlight ?? 8192,
-            ordered: true,
-            options: options
-        )
+        try lazyMap(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight, ordered: true, options: options)
     }
 
     /// Lazy results in completion order — Python's `Pool.imap_unordered`.
@@ -219,23 +191,12 @@ public final class ProcessPool: Sendable {
         maxInFlight: Int? = nil,
         options: TaskOptions = .default
     ) throws -> PoolResults<F.Output> {
-        try stream(
-            f,
-            inputs,
-            count: knownCount(inputs),
-            chunksize: chunksize,
-            maxInFlight: maxInFlight ?? 8192,
-            ordered: false,
-            options: options
-        )
+        try lazyMap(f, inputs, chunksize: chunksize, maxInFlight: maxInFlight, ordered: false, options: options)
     }
 
-    private func knownCount<S: Sequence>(_ s: S) -> Int? {
-        let n = s.underestimatedCount
-        return n > 0 ? n : nil
-    }
-
-    private func stream<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
+    /// Units of `f` over `inputs`, cut and submitted by a ``Feeder``: eagerly on the caller's thread when
+    /// the whole input fits in `maxInFlight`, else by a feeder thread within the call's credit.
+    func stream<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
         _ f: F,
         _ inputs: S,
         count: Int?,

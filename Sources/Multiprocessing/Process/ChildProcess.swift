@@ -104,7 +104,7 @@ public final class ChildProcess<J: Job>: @unchecked Sendable {  // `handle` is s
                             outcome.complete(.success(try BinaryDecoder().decode(J.Output.self, from: payload)))
                         } catch {
                             outcome.complete(
-                                .failure(MultiprocessingError(.decodingFailed, "cannot decode the result: \(error)"))
+                                .failure(MultiprocessingError.cannotDecode("the result", error))
                             )
                         }
                     case .failure(_, let wire):

@@ -105,7 +105,7 @@ public final class ProcessQueue<Element: Codable & Sendable>: Codable, @unchecke
         do {
             return try BinaryDecoder().decode(Element.self, from: bytes)
         } catch {
-            throw MultiprocessingError(.decodingFailed, "cannot decode \(Element.self): \(error)")
+            throw MultiprocessingError.cannotDecode("\(Element.self)", error)
         }
     }
 

@@ -254,7 +254,7 @@ public final class ProcessRLock: Codable, @unchecked Sendable {  // state is in 
         return nil
     }
 
-    private func took(_ outcome: LockOutcome, _ token: UInt64) -> LockOutcome {
+    func took(_ outcome: LockOutcome, _ token: UInt64) -> LockOutcome {
         guard outcome.isHeld else { return outcome }
         mp_atomic_store_u64(core.ownerToken, token)
         mp_atomic_store_u32(core.depth, 1)

@@ -291,11 +291,11 @@ public final class ProcessCondition: Codable, @unchecked Sendable {  // state is
                 return end == deadline ? false : nil
             }
         } catch {
-            try await lock.acquire()
+            await lock.reacquireAfterWait()  // cancelled: still return holding the lock
             lock.restore(depth)
             throw error
         }
-        try await lock.acquire()
+        await lock.reacquireAfterWait()
         lock.restore(depth)
         return notified
     }
@@ -347,6 +347,22 @@ extension ProcessRLock {
         mp_atomic_store_u64(core.ownerToken, 0)
         core.unlock()
         return depth
+    }
+
+    /// Takes the lock back after a condition wait, whatever happens to the calling task: a cancelled wait
+    /// must still return holding the lock, as Python's `Condition.wait` always does. The owner is the
+    /// calling task; no thread of the cooperative pool blocks.
+    func reacquireAfterWait() async {
+        let token = taskToken()
+        if let r = core.tryLock() {
+            _ = took(r, token)
+            return
+        }
+        let core = self.core
+        let r = await AsyncBridge.runIgnoringCancellation { slice in
+            core.lock(deadline: nil, sliceEnd: Deadline.after(slice ?? .milliseconds(50))!)
+        }
+        _ = took(r, token)
     }
 
     /// After re-acquiring (at depth 1), restores the depth saved by ``releaseFully()``.

@@ -1,0 +1,35 @@
+/// The worker's side of a chunk, for `SyncTaskFunction._runChunk(_:from:_:)`. Library internals: public
+/// only because that loop must be inlinable into each conforming type (an SPI would hide the default
+/// implementation from the conformances that need it); do not use it.
+public final class ChunkContext: @unchecked Sendable {  // used by the worker's main thread only
+    let unit: UInt64
+    let out: Replies
+    let slot: SharedSlot
+    var next = 0
+    private var now: UInt64 = 0
+
+    init(unit: UInt64, out: Replies, slot: SharedSlot) {
+        self.unit = unit
+        self.out = out
+        self.slot = slot
+    }
+
+    /// Records that item `i` starts (for crash attribution and timeouts); `false` if the unit was cancelled.
+    public func itemStarting(_ i: Int) -> Bool {
+        let (t, unitCancelled) = slot.itemStarting(unit: unit, index: i)
+        now = t
+        return !unitCancelled
+    }
+
+    /// Whether finished results should be sent now (2 ms since the last write).
+    public var flushDue: Bool { out.dueForPartialFlush(now: now) }
+
+    /// Sends finished results `values`, the first being item `start` (library internals).
+    public func send<T: Encodable>(_ values: [T], start: Int) { out.outputs(unit: unit, start: start, values) }
+    /// Reports that item `index` threw `error` (library internals).
+    public func fail(_ index: Int, _ error: any Error) { out.failure(unit: unit, index: index, error) }
+    /// Writes what was sent so far to the parent (library internals).
+    public func flush() { out.flush() }
+    /// Records that the chunk ended before item `i` (cancelled) or at its end (library internals).
+    public func finished(at i: Int) { next = i }
+}

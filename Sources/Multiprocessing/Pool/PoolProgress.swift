@@ -1,0 +1,18 @@
+/// A snapshot of a pool's progress, from ``ProcessPool/progress(every:)``.
+public struct PoolProgress: Sendable {
+    /// Tasks finished (with a result or an error).
+    public var done: Int
+    /// Of those, the failed ones.
+    public var failed: Int
+    /// Tasks submitted so far (for a lazy `imap`, this grows as input is read).
+    public var total: Int
+    /// Tasks per second since the first submission.
+    public var rate: Double
+    /// Estimated time to finish what has been submitted, if any progress has been made.
+    public var eta: Duration?
+    /// One entry per live worker.
+    public var workers: [WorkerInsight]
+
+    /// `done / total`, from 0 to 1.
+    public var fractionDone: Double { total == 0 ? 0 : Double(done) / Double(total) }
+}

@@ -1,0 +1,91 @@
+/// A function a pool applies to many inputs in worker processes — what Python passes to `Pool.map` as `f`.
+///
+/// Like a ``Job``, it is a `Codable` value (its stored properties are fixed arguments shared by every
+/// call), found in the worker by its type name; `callAsFunction` may be synchronous or `async`, and may
+/// throw.
+///
+/// ```swift
+/// struct Square: TaskFunction {
+///     func callAsFunction(_ x: Int) -> Int { x * x }
+/// }
+/// let squares = try pool.map(Square(), Array(0..<10))
+/// ```
+public protocol TaskFunction: Codable, Sendable {
+    /// What one call takes: one element of the inputs given to `map`, `imap` and the like (encoded on its
+    /// way to a worker process).
+    associatedtype Input: Codable & Sendable
+    /// What one call returns (encoded on its way back from a worker process).
+    associatedtype Output: Codable & Sendable
+    /// Computes the result for one input on a pool worker (a process of a ``ProcessPool``, a thread of an
+    /// ``InProcessPool``) — Python's `f` in `Pool.map(f, iterable)`.
+    ///
+    /// An error it throws fails that item only; the other items go on. From a ``ProcessPool``, an error
+    /// that is `Codable` comes back as itself, any other as a ``RemoteError``. An `async` body sees its
+    /// Swift task cancelled when the call is cancelled or passes its ``TaskOptions/softTimeout``.
+    func callAsFunction(_ input: Input) async throws -> Output
+}
+
+/// A ``TaskFunction`` whose body is synchronous — the fast path for small items.
+///
+/// Declare this conformance when `callAsFunction` does not `await`: the worker then calls it directly
+/// in a loop compiled for your type (no Swift task and no executor checks per item), which matters when
+/// each item takes nanoseconds. Cancellation cannot reach synchronous code, so a soft timeout or a
+/// cancel request stops such an item by stopping its worker after the grace period.
+///
+/// ```swift
+/// struct Square: SyncTaskFunction {
+///     func callAsFunction(_ x: Int) -> Int { x * x }
+/// }
+/// ```
+public protocol SyncTaskFunction: TaskFunction {
+    /// Computes the result for one input, synchronously, in a worker; it also satisfies the `async`
+    /// requirement of ``TaskFunction``. An error it throws fails that item only.
+    func callAsFunction(_ input: Input) throws -> Output
+    /// Runs items `from...` of a chunk in the worker. Implemented by the library (the default below, which
+    /// the compiler specialises for each conforming type); do not implement it.
+    func _runChunk(_ inputs: [Input], from: Int, _ context: ChunkContext)
+}
+
+extension SyncTaskFunction {
+    /// Runs items `from...` of a chunk in the worker. Library internals, public only so that the compiler specialises this loop for each conforming type; do not call or implement it.
+    @inlinable
+    public func _runChunk(_ inputs: [Input], from: Int, _ context: ChunkContext) {
+        var done: [Output] = []
+        done.reserveCapacity(inputs.count - from)
+        var first = from
+        var i = from
+        while i < inputs.count {
+            guard context.itemStarting(i) else { break }
+            do {
+                done.append(try self(inputs[i]))
+            } catch {
+                context.send(done, start: first)
+                done.removeAll(keepingCapacity: true)
+                first = i + 1
+                context.fail(i, error)
+            }
+            i += 1
+            if context.flushDue {
+                context.send(done, start: first)
+                done.removeAll(keepingCapacity: true)
+                first = i
+                context.flush()
+            }
+        }
+        context.send(done, start: first)
+        context.finished(at: i)
+    }
+}
+
+/// A function of two arguments, for `starmap(_:_:chunksize:options:)` (``ProcessPool``, ``InProcessPool``) — Python's
+/// `Pool.starmap(f, [(a, b), ...])`.
+public protocol TaskFunction2: Codable, Sendable {
+    /// The type of the first argument (`a` in Python's `(a, b)` tuples).
+    associatedtype First: Codable & Sendable
+    /// The type of the second argument (`b` in Python's `(a, b)` tuples).
+    associatedtype Second: Codable & Sendable
+    /// What one call returns (encoded on its way back from a worker process).
+    associatedtype Output: Codable & Sendable
+    /// Computes the result for one pair of arguments, in a worker; an error it throws fails that pair only.
+    func callAsFunction(_ first: First, _ second: Second) async throws -> Output
+}

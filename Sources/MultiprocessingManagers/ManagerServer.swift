@@ -7,56 +7,6 @@ public import MultiprocessingNetwork
 import Synchronization
 public import Threading
 
-/// An exception to raise in a Python client (or to receive from a Python server): its class by module and
-/// name, and its arguments — `KeyError('x')` is `PythonException(module: "builtins", name: "KeyError",
-/// args: ["x"])`.
-public struct PythonException: Error, CustomStringConvertible, Sendable, Equatable {
-    /// The exception class's module: `"builtins"` for `KeyError`, `"_queue"` for `queue.Empty`.
-    public var module: String
-    /// The exception class's name (`"KeyError"`).
-    public var name: String
-    /// The exception's arguments (Python's `e.args`).
-    public var args: [PythonValue]
-
-    /// An exception of class `module.name` with `args`: `PythonException("KeyError", ["x"])` is Python's
-    /// `KeyError('x')`.
-    public init(module: String = "builtins", _ name: String, _ args: [PythonValue] = []) {
-        self.module = module
-        self.name = name
-        self.args = args
-    }
-
-    /// As Python's `repr()` shows it, without the module: `KeyError('x')`.
-    public var description: String {
-        "\(name)(" + args.map(\.pythonDescription).joined(separator: ", ") + ")"
-    }
-
-    /// As pickled: `module.name(*args)`.
-    var value: PythonValue { .object(PythonObject(callable: .global(module: module, name: name), args: args)) }
-
-    /// Python's `queue.Empty` (travels as `_queue.Empty`).
-    public static let queueEmpty = PythonException(module: "_queue", "Empty")
-    /// Python's `queue.Full`.
-    public static let queueFull = PythonException(module: "queue", "Full")
-}
-
-/// An object a manager serves: the methods a proxy may call (Python's `exposed`), and the call itself.
-public protocol ManagedObject: AnyObject, Sendable {
-    /// Method names a proxy may call.
-    var exposed: [String] { get }
-    /// Calls `method`; throw a ``PythonException`` to raise one in the caller.
-    func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue
-    /// Methods whose result is served as a new object of a typeid, the caller getting a proxy to it
-    /// (Python's `method_to_typeid`; a dict's `__iter__` returns an `Iterator`). The typeid's factory
-    /// receives the result as its one argument. Default: none.
-    var methodToTypeid: [String: String] { get }
-}
-
-extension ManagedObject {
-    /// None: every method's result is returned as a value.
-    public var methodToTypeid: [String: String] { [:] }
-}
-
 /// A manager server speaking CPython's managers protocol — the server side of Python's
 /// `multiprocessing.managers.BaseManager` / `SyncManager`.
 ///
@@ -419,7 +369,9 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                     }
                     reply = r
                 } else {
-                    guard case .none = ident else { throw PickleError("a method call before accept_connection") }
+                    guard case .none = ident else {
+                        throw ManagerError(.protocolViolation, "a method call before accept_connection")
+                    }
                     let (r, becomesChannel, stop) = serverMethod(method, args, kwargs)
                     reply = r
                     if becomesChannel {
@@ -440,7 +392,8 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                     "malformed request",
                     metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")", "error": "\(error)"]
                 )
-                reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(error)\n")])
+                let cause = (error as? ManagerError)?.message ?? "\(error)"
+                reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(cause)\n")])
             }
             guard let bytes = try? PickleWriter().write(reply) else { return }
             // Held until the top of the loop, which sends it unless the next request is already here.
@@ -451,12 +404,12 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     /// A request as CPython's clients send it: `(ident, method, args, kwds)`, read without running code.
     package static func parseRequest(
         _ frame: [UInt8]
-    ) throws(PickleError) -> (ident: PythonValue, method: String, args: [PythonValue], kwargs: [PythonPair]) {
+    ) throws -> (ident: PythonValue, method: String, args: [PythonValue], kwargs: [PythonPair]) {
         let request = try PickleReader().read(frame)
         guard case .tuple(let parts) = request, parts.count == 4, case .string(let method) = parts[1],
             case .tuple(let args) = parts[2], case .dict(let kwargs) = parts[3]
         else {
-            throw PickleError("a request that is not (ident, method, args, kwds)")
+            throw ManagerError(.protocolViolation, "a request that is not (ident, method, args, kwds)")
         }
         return (parts[0], method, args, kwargs)
     }
@@ -576,7 +529,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         }
         requests.increment()
         let start = ContinuousClock.now
-        defer { callTimer.recordNanoseconds((ContinuousClock.now - start).nanoseconds) }
+        defer { callTimer.recordNanoseconds((ContinuousClock.now - start).wholeNanoseconds) }
         let fd = connection.fileDescriptor
         // Checked only while the call waits: a call that waits when shutdown begins gives up (having
         // taken nothing); one that completes is answered.
@@ -603,51 +556,5 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
             failures.increment()
             return .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n\(error)\n")])
         }
-    }
-}
-
-// MARK: - argument helpers
-
-/// Argument `i` given positionally or by `name`, or `default`.
-func argument(
-    _ args: [PythonValue],
-    _ kwargs: [PythonPair],
-    _ i: Int,
-    _ name: String,
-    _ def: PythonValue? = nil
-)
-    throws -> PythonValue
-{
-    if i < args.count { return args[i] }
-    if let v = kwargs.first(where: { $0.key == .string(name) })?.value { return v }
-    if let def { return def }
-    throw PythonException("TypeError", [.string("missing argument '\(name)'")])
-}
-
-/// A Python timeout (int, float or None) as a Duration.
-func timeoutArgument(_ v: PythonValue) throws -> Duration? {
-    switch v {
-    case .none: return nil
-    case .int(let i): return .seconds(max(0, i))
-    case .float(let d): return .nanoseconds(Int64(max(0, d) * 1e9))
-    default: throw PythonException("TypeError", [.string("a timeout must be a number or None")])
-    }
-}
-
-/// A value that can be a dict key in Python (no lists, dicts or sets).
-func checkHashable(_ k: PythonValue) throws {
-    switch k {
-    case .list, .dict, .set, .bytearray:
-        throw PythonException("TypeError", [.string("unhashable type")])
-    case .tuple(let items): for x in items { try checkHashable(x) }
-    default: break
-    }
-}
-
-extension Duration {
-    /// Whole nanoseconds (saturating).
-    var nanoseconds: Int64 {
-        let (s, a) = components
-        return s.multipliedReportingOverflow(by: 1_000_000_000).overflow ? .max : s * 1_000_000_000 + a / 1_000_000_000
     }
 }

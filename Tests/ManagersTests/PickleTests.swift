@@ -102,7 +102,8 @@ let vectors: [(PythonValue, String)] = [
         #expect(try PickleReader().read(hex("80045d94285d944b0161680165 2e")) == .list([[1], [1]]))
         // Protocol 2: BINPUT/BINGET, GLOBAL with text names, set via REDUCE.
         let p2 = hex("8002 63 5f5f6275696c74696e5f5f0a7365740a 71 00 5d 71 01 4b 01 61 85 71 02 52 71 03 2e")
-        #expect(throws: PickleError.self) { try PickleReader().read(p2) }  // __builtin__.set: not allowed
+        let oldSet = #expect(throws: PickleError.self) { try PickleReader().read(p2) }  // __builtin__.set
+        #expect(oldSet?.code == .forbiddenGlobal)
         let p2ok = hex("8002 63 6275696c74696e730a7365740a 71 00 5d 71 01 4b 01 61 85 71 02 52 71 03 2e")
         #expect(try PickleReader().read(p2ok) == .set([1]))
     }
@@ -110,26 +111,30 @@ let vectors: [(PythonValue, String)] = [
     @Test func refusesGlobalsOutsideTheAllowList() {
         // pickle.dumps(os.system) → posix.system; and builtins.eval via GLOBAL.
         let posixSystem = hex("80049514000000000000008c05706f736978948c0673797374656d9493942e")
-        #expect {
-            try PickleReader().read(posixSystem)
-        } throws: { e in
-            (e as? PickleError)?.message.contains("posix.system is not allowed") == true
-        }
+        let refused = #expect(throws: PickleError.self) { try PickleReader().read(posixSystem) }
+        #expect(refused?.code == .forbiddenGlobal)
+        #expect(refused?.message.contains("posix.system") == true)
         let eval = hex("8002 63 6275696c74696e730a6576616c0a 8c 01 31 85 52 2e")
-        #expect(throws: PickleError.self) { try PickleReader().read(eval) }
+        let evalRefused = #expect(throws: PickleError.self) { try PickleReader().read(eval) }
+        #expect(evalRefused?.code == .forbiddenGlobal)
     }
 
     @Test func rejectsMalformedInputWithoutCrashing() {
-        let bad: [[UInt8]] = [
-            [], [0x80], [0x80, 0x04], [0x80, 0x09, 0x4e, 0x2e], [0x80, 0x04, 0x2e], [0x80, 0x04, 0x4e, 0x4e, 0x2e],
-            hex("80048c05616263"), hex("8004 58 ffffffff 41"), hex("8004 61 2e"), hex("8004 28 28 2e"),
-            hex("8004 68 05 2e"), hex("8004 ff 2e"), hex("8004 8c 02 c328 2e"), hex("8004 4b 01 4b 02 75 2e"),
-            hex("8004 5d 94 28 68 00 65 2e"),  // a list containing itself
-            hex("8004 4b 01 62 2e"),  // BUILD on an int
-            hex("8004 8c 01 61 29 52 2e"),  // REDUCE of a str
+        let bad: [([UInt8], PickleError.Code)] = [
+            ([], .truncated), ([0x80], .truncated), ([0x80, 0x04], .truncated),
+            ([0x80, 0x09, 0x4e, 0x2e], .unsupported),  // protocol 9
+            ([0x80, 0x04, 0x2e], .malformed), ([0x80, 0x04, 0x4e, 0x4e, 0x2e], .malformed),
+            (hex("80048c05616263"), .truncated), (hex("8004 58 ffffffff 41"), .truncated),
+            (hex("8004 61 2e"), .malformed), (hex("8004 28 28 2e"), .malformed), (hex("8004 68 05 2e"), .malformed),
+            (hex("8004 ff 2e"), .unsupported), (hex("8004 8c 02 c328 2e"), .malformed),
+            (hex("8004 4b 01 4b 02 75 2e"), .malformed),
+            (hex("8004 5d 94 28 68 00 65 2e"), .unsupported),  // a list containing itself
+            (hex("8004 4b 01 62 2e"), .malformed),  // BUILD on an int
+            (hex("8004 8c 01 61 29 52 2e"), .malformed),  // REDUCE of a str
         ]
-        for b in bad {
-            #expect(throws: PickleError.self, "\(hexString(b))") { try PickleReader().read(b) }
+        for (b, code) in bad {
+            let error = #expect(throws: PickleError.self, "\(hexString(b))") { try PickleReader().read(b) }
+            #expect(error?.code == code, "\(hexString(b))")
         }
     }
 
@@ -137,10 +142,12 @@ let vectors: [(PythonValue, String)] = [
         // 300 nested one-item tuples via MARK … TUPLE: deeper than the default 200 marks.
         let deep: [UInt8] =
             [0x80, 0x04] + Array(repeating: 0x28, count: 300) + [0x4e] + Array(repeating: 0x74, count: 300) + [0x2e]
-        #expect(throws: PickleError.self) { try PickleReader().read(deep) }
+        let deepRead = #expect(throws: PickleError.self) { try PickleReader().read(deep) }
+        #expect(deepRead?.code == .tooDeep)
         var v: PythonValue = .none
         for _ in 0..<2000 { v = .list([v]) }
-        #expect(throws: PickleError.self) { try PickleWriter().write(v) }
+        let deepWrite = #expect(throws: PickleError.self) { try PickleWriter().write(v) }
+        #expect(deepWrite?.code == .tooDeep)
     }
 
     /// Every way of nesting counts towards one limit, not only MARKs: a list nested 100,000 deep by
@@ -165,10 +172,14 @@ let vectors: [(PythonValue, String)] = [
         }
         // No limit on the count of values here (the memo shape doubles it each level): depth alone.
         let limits = PickleLimits(maxDepth: 50, maxValues: .max)
-        #expect(throws: PickleError.self) {
+        let far = #expect(throws: PickleError.self) {
             try PickleReader(limits: limits).read([0x80, 0x04] + build(100_000) + [0x2E])
         }
-        #expect(throws: PickleError.self) { try PickleReader(limits: limits).read([0x80, 0x04] + build(51) + [0x2E]) }
+        #expect(far?.code == .tooDeep)
+        let near = #expect(throws: PickleError.self) {
+            try PickleReader(limits: limits).read([0x80, 0x04] + build(51) + [0x2E])
+        }
+        #expect(near?.code == .tooDeep)
         // A call is two levels: its arguments' tuple, and the call holding it.
         _ = try PickleReader(limits: limits).read([0x80, 0x04] + build(shape == "reduce" ? 20 : 40) + [0x2E])
     }
@@ -179,7 +190,8 @@ let vectors: [(PythonValue, String)] = [
         // EMPTY_LIST, then per level: MEMOIZE, BINGET it back, TUPLE2 (a pair of the same value).
         var bomb: [UInt8] = [0x80, 0x04, 0x5D]
         for i in 0..<150 { bomb += [0x94, 0x6A] + withUnsafeBytes(of: UInt32(i).littleEndian, Array.init) + [0x86] }
-        #expect(throws: PickleError.self) { try PickleReader().read(bomb + [0x2E]) }
+        let repeated = #expect(throws: PickleError.self) { try PickleReader().read(bomb + [0x2E]) }
+        #expect(repeated?.code == .tooLarge)
         // 18 levels: 2^19 values, within the default limit.
         _ = try PickleReader().read(Array(bomb.prefix(3 + 18 * 7)) + [0x2E])
     }

@@ -86,7 +86,10 @@ struct ProxyReturnTests {
             #expect(try it.next() == nil)
             #expect(server.objectCount == 2)
         }
-        #expect(throws: ManagerError.self) { try d.proxy.call("__iter__") }
+        let proxied = #expect(throws: ManagerError.self) { try d.proxy.call("__iter__") }
+        #expect(proxied?.code == .proxyReturned)
+        let valued = #expect(throws: ManagerError.self) { try d.proxy.callProxy("keys") }
+        #expect(valued?.code == .valueReturned)
         // The dropped iterator's proxy releases its reference from a thread of its own.
         try eventually("the iterator freed (objects: \(server.objectCount))") { server.objectCount <= 1 }
         #expect(server.objectCount == 1)

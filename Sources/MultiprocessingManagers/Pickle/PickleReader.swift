@@ -1,81 +1,3 @@
-/// Why a pickle could not be read or written.
-public struct PickleError: Error, CustomStringConvertible, Sendable, Equatable {
-    /// What is wrong with the pickle or the value.
-    public let message: String
-    /// The byte offset in the pickle where reading stopped, if reading.
-    public let offset: Int?
-    /// `pickle: `, the message, and the byte offset when there is one.
-    public var description: String { offset.map { "pickle: \(message) (at byte \($0))" } ?? "pickle: \(message)" }
-    init(_ message: String, at offset: Int? = nil) {
-        self.message = message
-        self.offset = offset
-    }
-}
-
-/// Limits that keep a hostile pickle from taking the reader's memory or stack.
-public struct PickleLimits: Sendable {
-    /// Deepest nesting of values, however it is built: a container or call holding a container or call
-    /// counts one level more than the deepest value it holds (`MARK`s, `APPEND`, `SETITEM`, `TUPLE1`,
-    /// `REDUCE`, memo references, all alike), and at most this many `MARK`s are open at once. Values
-    /// are released and compared recursively, so this bound also keeps those far inside any thread's
-    /// stack (CPython refuses to pickle past about 1,000 levels; the default is 200).
-    public var maxDepth: Int
-    /// Most values, counting a value as often as it appears: a memo reference repeats a whole value
-    /// without its bytes, so 200 levels of pairs of the same value make 2²⁰⁰ values in a few hundred
-    /// bytes, which comparing or writing back would never finish.
-    public var maxValues: Int
-    /// Most entries in the memo.
-    public var maxMemo: Int
-    /// Most items on the stack (containers in construction included).
-    public var maxStack: Int
-
-    /// Limits: nesting (`maxDepth`), values in all (`maxValues`), memo entries and stack items.
-    public init(maxDepth: Int = 200, maxValues: Int = 1 << 22, maxMemo: Int = 1 << 20, maxStack: Int = 1 << 20) {
-        self.maxDepth = maxDepth
-        self.maxValues = maxValues
-        self.maxMemo = maxMemo
-        self.maxStack = maxStack
-    }
-}
-
-/// The globals a pickle may name: decoding refuses any other (`os.system`, `builtins.eval`, …) with a
-/// clear error, so reading a pickle never gives a peer a way to run code.
-public struct PickleAllowList: Sendable {
-    /// The allowed globals, each written `module.name` (`"builtins.KeyError"`).
-    public var globals: Set<String>
-
-    /// An allow-list of `globals`, each written `module.name`. To admit classes of your own as well:
-    /// `PickleAllowList(PickleAllowList.managers.globals.union(["mymodule.Point"]))`.
-    public init(_ globals: Set<String>) { self.globals = globals }
-
-    /// Whether a pickle may name `module.name`.
-    public func allows(_ module: String, _ name: String) -> Bool { globals.contains(module + "." + name) }
-
-    /// What CPython's managers protocol needs: `Token`, `RemoteError`, the queue exceptions, `bytearray`,
-    /// `set`/`frozenset` (older protocols build them with REDUCE), `list` (dict views, which CPython's
-    /// managers pickle as `list(items)`), `collections.OrderedDict`, and the built-in exceptions.
-    public static let managers = PickleAllowList(
-        Set(
-            [
-                "multiprocessing.managers.Token", "multiprocessing.managers.RemoteError",
-                "_queue.Empty", "queue.Empty", "queue.Full", "builtins.bytearray", "builtins.set",
-                "builtins.frozenset", "collections.OrderedDict", "copyreg._reconstructor", "builtins.object",
-                "builtins.complex", "builtins.range", "builtins.slice", "builtins.list",
-            ] + builtinExceptions.map { "builtins." + $0 }
-        )
-    )
-
-    static let builtinExceptions = [
-        "BaseException", "Exception", "ArithmeticError", "AssertionError", "AttributeError", "BrokenPipeError",
-        "BufferError", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "EOFError",
-        "FileExistsError", "FileNotFoundError", "FloatingPointError", "IndexError", "InterruptedError",
-        "KeyError", "LookupError", "MemoryError", "NameError", "NotImplementedError", "OSError",
-        "OverflowError", "PermissionError", "ProcessLookupError", "RecursionError", "ReferenceError",
-        "RuntimeError", "StopIteration", "SystemError", "TimeoutError", "TypeError", "UnicodeDecodeError",
-        "UnicodeEncodeError", "UnicodeError", "ValueError", "ZeroDivisionError", "KeyboardInterrupt",
-    ]
-}
-
 /// Reads pickles of protocols 2 to 5 into ``PythonValue``s, without running code.
 public struct PickleReader: Sendable {
     /// The bounds a pickle must stay within.
@@ -168,16 +90,16 @@ private struct Machine {
         memoNext.reserveCapacity(16)
     }
 
-    func fail(_ m: String) -> PickleError { PickleError(m, at: pos) }
+    func fail(_ code: PickleError.Code, _ m: String) -> PickleError { PickleError(code, m, at: pos) }
 
     mutating func byte() throws(PickleError) -> UInt8 {
-        guard pos < bytes.count else { throw fail("truncated pickle") }
+        guard pos < bytes.count else { throw fail(.truncated, "truncated pickle") }
         defer { pos += 1 }
         return bytes[pos]
     }
 
     mutating func take(_ n: Int) throws(PickleError) -> UnsafeRawBufferPointer {
-        guard n >= 0, n <= bytes.count - pos else { throw fail("truncated pickle (\(n) bytes announced)") }
+        guard n >= 0, n <= bytes.count - pos else { throw fail(.truncated, "truncated pickle (\(n) bytes announced)") }
         defer { pos += n }
         return UnsafeRawBufferPointer(rebasing: bytes[pos..<(pos + n)])
     }
@@ -189,26 +111,30 @@ private struct Machine {
 
     mutating func length<T: FixedWidthInteger>(_: T.Type) throws(PickleError) -> Int {
         let n = try uint(T.self)
-        guard let i = Int(exactly: n), i >= 0 else { throw fail("length \(n) out of range") }
+        guard let i = Int(exactly: n), i >= 0 else { throw fail(.malformed, "length \(n) out of range") }
         return i
     }
 
     mutating func text(_ n: Int) throws(PickleError) -> String {
         let p = try take(n)
-        guard let s = String(validating: p, as: UTF8.self) else { throw fail("invalid UTF-8 in a str") }
+        guard let s = String(validating: p, as: UTF8.self) else { throw fail(.malformed, "invalid UTF-8 in a str") }
         return s
     }
 
     /// Refuses a shape past the limits.
     @inline(__always)
     func check(_ shape: Shape) throws(PickleError) {
-        guard shape.depth <= limits.maxDepth else { throw fail("pickle nested deeper than \(limits.maxDepth)") }
-        guard shape.size <= limits.maxValues else { throw fail("pickle of more than \(limits.maxValues) values") }
+        guard shape.depth <= limits.maxDepth else {
+            throw fail(.tooDeep, "pickle nested deeper than \(limits.maxDepth)")
+        }
+        guard shape.size <= limits.maxValues else {
+            throw fail(.tooLarge, "pickle of more than \(limits.maxValues) values")
+        }
     }
 
     /// Pushes `v`, of `shape` (refused past the limits).
     mutating func push(_ v: PythonValue, shape: Shape = .scalar) throws(PickleError) {
-        guard stack.count < limits.maxStack else { throw fail("pickle stack over \(limits.maxStack) items") }
+        guard stack.count < limits.maxStack else { throw fail(.tooLarge, "pickle stack over \(limits.maxStack) items") }
         try check(shape)
         stack.append(v)
         shapes.append(shape)
@@ -223,8 +149,8 @@ private struct Machine {
     mutating func pop() throws(PickleError) -> PythonValue { try popWithShape().value }
 
     mutating func popWithShape() throws(PickleError) -> (value: PythonValue, shape: Shape) {
-        guard !stack.isEmpty else { throw fail("pickle stack underflow") }
-        if let m = marks.last, m > stack.count - 1 { throw fail("pickle pops past a mark") }
+        guard !stack.isEmpty else { throw fail(.malformed, "pickle stack underflow") }
+        if let m = marks.last, m > stack.count - 1 { throw fail(.malformed, "pickle pops past a mark") }
         forget(slot: stack.count - 1)
         slotMemo.removeLast()
         return (stack.removeLast(), shapes.removeLast())
@@ -232,8 +158,8 @@ private struct Machine {
 
     /// Pops everything above the last mark, with their shapes merged.
     mutating func popToMark() throws(PickleError) -> (items: [PythonValue], shape: Shape) {
-        guard let m = marks.popLast() else { throw fail("no mark on the pickle stack") }
-        guard m <= stack.count else { throw fail("pickle mark above the stack") }
+        guard let m = marks.popLast() else { throw fail(.malformed, "no mark on the pickle stack") }
+        guard m <= stack.count else { throw fail(.malformed, "pickle mark above the stack") }
         for i in m..<stack.count { forget(slot: i) }
         let items = Array(stack[m...])
         var shape = Shape.nothing
@@ -261,7 +187,7 @@ private struct Machine {
         adding inner: Shape,
         _ body: (inout PythonValue) throws(PickleError) -> Void
     ) throws(PickleError) {
-        guard !stack.isEmpty else { throw fail("pickle stack underflow") }
+        guard !stack.isEmpty else { throw fail(.malformed, "pickle stack underflow") }
         let top = shapes[shapes.count - 1]
         let grown = Shape(depth: max(top.depth, inner.depth + 1), size: Shape.sum(top.size, inner.size))
         try check(grown)
@@ -273,8 +199,8 @@ private struct Machine {
     }
 
     mutating func memoize(_ index: Int) throws(PickleError) {
-        guard !stack.isEmpty else { throw fail("memoize with an empty stack") }
-        guard index < limits.maxMemo else { throw fail("pickle memo index \(index) over \(limits.maxMemo)") }
+        guard !stack.isEmpty else { throw fail(.malformed, "memoize with an empty stack") }
+        guard index < limits.maxMemo else { throw fail(.tooLarge, "pickle memo index \(index) over \(limits.maxMemo)") }
         while index >= memo.count {  // MEMOIZE grows by one; BINPUT may skip (bounded by maxMemo above)
             memo.append(nil)
             memoShape.append(.scalar)
@@ -302,26 +228,30 @@ private struct Machine {
 
     /// The value memoized at `index`, and its shape.
     mutating func memoGet(_ index: Int) throws(PickleError) -> (value: PythonValue, shape: Shape) {
-        guard index < memo.count else { throw fail("pickle memo \(index) is empty") }
+        guard index < memo.count else { throw fail(.malformed, "pickle memo \(index) is empty") }
         let slot = memoSlot[index]
         if slot >= 0 {
             // A container whose items are being pushed (a MARK right above it) would contain itself:
             // values cannot hold cycles, so this is refused rather than silently cut.
             if marks.contains(slot + 1) {
                 switch stack[slot] {
-                case .list, .dict, .set: throw fail("a recursive structure (a container that contains itself)")
+                case .list, .dict, .set:
+                    throw fail(.unsupported, "a recursive structure (a container that contains itself)")
                 default: break
                 }
             }
             return (stack[slot], shapes[slot])
         }
-        guard let v = memo[index] else { throw fail("pickle memo \(index) is empty") }
+        guard let v = memo[index] else { throw fail(.malformed, "pickle memo \(index) is empty") }
         return (v, memoShape[index])
     }
 
     mutating func global(_ module: String, _ name: String) throws(PickleError) -> PythonValue {
         guard allowList.allows(module, name) else {
-            throw fail("global \(module).\(name) is not allowed (only a fixed list of classes may be named)")
+            throw fail(
+                .forbiddenGlobal,
+                "global \(module).\(name) is not allowed (only a fixed list of classes may be named)"
+            )
         }
         return .global(module: module, name: name)
     }
@@ -351,16 +281,21 @@ private struct Machine {
             switch op {
             case 0x80:  // PROTO
                 let v = try byte()
-                guard (2...5).contains(v) else { throw fail("pickle protocol \(v) (2 to 5 are read)") }
+                guard (2...5).contains(v) else { throw fail(.unsupported, "pickle protocol \(v) (2 to 5 are read)") }
             case 0x95:  // FRAME: a hint
                 _ = try uint(UInt64.self)
             case 0x2e:  // STOP
                 guard stack.count == 1, marks.isEmpty else {
-                    throw fail("pickle ended with \(stack.count) values and \(marks.count) marks on the stack")
+                    throw fail(
+                        .malformed,
+                        "pickle ended with \(stack.count) values and \(marks.count) marks on the stack"
+                    )
                 }
                 return stack[0]
             case 0x28:  // MARK
-                guard marks.count < limits.maxDepth else { throw fail("pickle nested deeper than \(limits.maxDepth)") }
+                guard marks.count < limits.maxDepth else {
+                    throw fail(.tooDeep, "pickle nested deeper than \(limits.maxDepth)")
+                }
                 marks.append(stack.count)
             case 0x4e: try push(.none)
             case 0x88: try push(.bool(true))
@@ -371,7 +306,7 @@ private struct Machine {
             case 0x8a: try push(Self.long(try take(Int(try byte()))))
             case 0x8b:
                 let n = Int(Int32(bitPattern: try uint(UInt32.self)))
-                guard n >= 0 else { throw fail("negative LONG4 length") }
+                guard n >= 0 else { throw fail(.malformed, "negative LONG4 length") }
                 try push(Self.long(try take(n)))
             case 0x47:
                 let raw = try take(8)
@@ -404,7 +339,7 @@ private struct Machine {
                 let (x, shape) = try popWithShape()
                 let at = pos
                 try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
-                    guard case .list(var l) = v else { throw PickleError("APPEND to a non-list", at: at) }
+                    guard case .list(var l) = v else { throw PickleError(.malformed, "APPEND to a non-list", at: at) }
                     v = .none
                     l.append(x)
                     v = .list(l)
@@ -413,7 +348,7 @@ private struct Machine {
                 let (xs, shape) = try popToMark()
                 let at = pos
                 try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
-                    guard case .list(var l) = v else { throw PickleError("APPENDS to a non-list", at: at) }
+                    guard case .list(var l) = v else { throw PickleError(.malformed, "APPENDS to a non-list", at: at) }
                     v = .none
                     l.append(contentsOf: xs)
                     v = .list(l)
@@ -424,17 +359,17 @@ private struct Machine {
                 let (k, kd) = try popWithShape()
                 let at = pos
                 try withTop(adding: kd.merged(vd)) { (v: inout PythonValue) throws(PickleError) in
-                    guard case .dict(var d) = v else { throw PickleError("SETITEM on a non-dict", at: at) }
+                    guard case .dict(var d) = v else { throw PickleError(.malformed, "SETITEM on a non-dict", at: at) }
                     v = .none
                     Self.set(&d, k, value)
                     v = .dict(d)
                 }
             case 0x75:  // SETITEMS
                 let (kv, shape) = try popToMark()
-                guard kv.count % 2 == 0 else { throw fail("SETITEMS with an odd number of items") }
+                guard kv.count % 2 == 0 else { throw fail(.malformed, "SETITEMS with an odd number of items") }
                 let at = pos
                 try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
-                    guard case .dict(var d) = v else { throw PickleError("SETITEMS on a non-dict", at: at) }
+                    guard case .dict(var d) = v else { throw PickleError(.malformed, "SETITEMS on a non-dict", at: at) }
                     v = .none
                     for i in stride(from: 0, to: kv.count, by: 2) { Self.set(&d, kv[i], kv[i + 1]) }
                     v = .dict(d)
@@ -444,7 +379,7 @@ private struct Machine {
                 let (xs, shape) = try popToMark()
                 let at = pos
                 try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
-                    guard case .set(var s) = v else { throw PickleError("ADDITEMS to a non-set", at: at) }
+                    guard case .set(var s) = v else { throw PickleError(.malformed, "ADDITEMS to a non-set", at: at) }
                     v = .none
                     for x in xs where !s.contains(x) { s.append(x) }
                     v = .set(s)
@@ -463,7 +398,7 @@ private struct Machine {
                 try push(v, shape: shape)
             case 0x93:  // STACK_GLOBAL
                 guard case .string(let name) = try pop(), case .string(let module) = try pop() else {
-                    throw fail("STACK_GLOBAL needs two str")
+                    throw fail(.malformed, "STACK_GLOBAL needs two str")
                 }
                 try push(try global(module, name))
             case 0x63:  // GLOBAL module\nname\n
@@ -472,7 +407,9 @@ private struct Machine {
                 try push(try global(module, name))
             case 0x52:  // REDUCE
                 let (argsValue, shape) = try popWithShape()
-                guard case .tuple(let args) = argsValue else { throw fail("REDUCE arguments are not a tuple") }
+                guard case .tuple(let args) = argsValue else {
+                    throw fail(.malformed, "REDUCE arguments are not a tuple")
+                }
                 let callable = try pop()
                 try checkCallable(callable)
                 // `set([...])` and `list([...])` become the container itself; other calls hold the tuple.
@@ -480,14 +417,18 @@ private struct Machine {
                 if case .object = v { try push(v, holding: shape) } else { try push(v, shape: shape) }
             case 0x81:  // NEWOBJ
                 let (argsValue, shape) = try popWithShape()
-                guard case .tuple(let args) = argsValue else { throw fail("NEWOBJ arguments are not a tuple") }
+                guard case .tuple(let args) = argsValue else {
+                    throw fail(.malformed, "NEWOBJ arguments are not a tuple")
+                }
                 let cls = try pop()
                 try checkCallable(cls)
                 try push(try call(cls, args, viaNew: true), holding: shape)
             case 0x92:  // NEWOBJ_EX
                 let (kwargs, kd) = try popWithShape()
                 let (argsValue, ad) = try popWithShape()
-                guard case .tuple(let args) = argsValue else { throw fail("NEWOBJ_EX arguments are not a tuple") }
+                guard case .tuple(let args) = argsValue else {
+                    throw fail(.malformed, "NEWOBJ_EX arguments are not a tuple")
+                }
                 let cls = try pop()
                 try checkCallable(cls)
                 var o = PythonObject(callable: cls, args: args, viaNew: true)
@@ -498,19 +439,19 @@ private struct Machine {
                 let at = pos
                 try withTop(adding: shape) { (v: inout PythonValue) throws(PickleError) in
                     guard case .object(var o) = v else {
-                        throw PickleError("BUILD on a value that is not an object", at: at)
+                        throw PickleError(.malformed, "BUILD on a value that is not an object", at: at)
                     }
                     o.state = state
                     v = .object(o)
                 }
             default:
-                throw fail("unsupported pickle opcode 0x\(String(op, radix: 16))")
+                throw fail(.unsupported, "unsupported pickle opcode 0x\(String(op, radix: 16))")
             }
         }
     }
 
     func checkCallable(_ v: PythonValue) throws(PickleError) {
-        guard case .global = v else { throw fail("a call of something that is not an allowed global") }
+        guard case .global = v else { throw fail(.malformed, "a call of something that is not an allowed global") }
     }
 
     mutating func line() throws(PickleError) -> String {
@@ -519,7 +460,7 @@ private struct Machine {
             let b = try byte()
             if b == UInt8(ascii: "\n") { break }
             out.append(b)
-            if out.count > 256 { throw fail("GLOBAL name over 256 bytes") }
+            if out.count > 256 { throw fail(.tooLarge, "GLOBAL name over 256 bytes") }
         }
         return String(decoding: out, as: UTF8.self)
     }

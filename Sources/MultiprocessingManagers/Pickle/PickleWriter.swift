@@ -33,7 +33,7 @@ public struct PickleWriter: Sendable {
     static let maxDepth = PickleLimits().maxDepth
 
     private static func emit(_ v: PythonValue, into b: inout [UInt8], memo: inout Int, depth: Int) throws(PickleError) {
-        guard depth < maxDepth else { throw PickleError("value nested deeper than \(maxDepth)") }
+        guard depth < maxDepth else { throw PickleError(.tooDeep, "value nested deeper than \(maxDepth)") }
         func memoize() {
             b.append(0x94)
             memo += 1
@@ -147,7 +147,9 @@ public struct PickleWriter: Sendable {
             b.append(0x93)
             memoize()
         case .object(let o):
-            guard case .global = o.callable else { throw PickleError("an object whose callable is not a global") }
+            guard case .global = o.callable else {
+                throw PickleError(.unpicklable, "an object whose callable is not a global")
+            }
             try emit(o.callable, into: &b, memo: &memo, depth: depth + 1)
             try emit(.tuple(o.args), into: &b, memo: &memo, depth: depth + 1)
             b.append(o.viaNew ? 0x81 : 0x52)

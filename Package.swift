@@ -83,12 +83,16 @@ let package = Package(
         ),
         // C: SQLite's API, loaded with dlopen from the system's libsqlite3.so.0 (no -dev package to build).
         .target(name: "CMultiprocessingSQLite"),
+        // C: MariaDB's client API (Connector/C 3, which serves MySQL servers too), loaded with dlopen from
+        // libmariadb.so.3 at the first MySQL connection (no -dev package to build; a program that opens none
+        // never loads it).
+        .target(name: "CMultiprocessingMariaDB"),
         // Databases: one blocking connection protocol (SQLite built in), rows to and from Codable, URLs;
         // the table pipeline (the tutorial's chunked database job) on the process pool.
         .target(
             name: "MultiprocessingSQL",
             dependencies: [
-                "CMultiprocessingSQLite", "Multiprocessing",
+                "CMultiprocessingSQLite", "CMultiprocessingMariaDB", "Multiprocessing", "Threading",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]

@@ -186,7 +186,7 @@ public final class JobQueue: Sendable {
         guard !jobs.isEmpty else { return [] }
         let kind = try JobIdentity.name(of: J.self)
         let now = QueueSchema.nowMs()
-        let runAt = now + options.delay.milliseconds
+        let runAt = now + options.delay.wholeMilliseconds
         let columns = [
             "queue", "kind", "priority", "run_at", "attempt", "max_attempts", "backoff_ms", "timeout_ms", "unique_key",
             "created_at", "state", "payload",
@@ -195,8 +195,8 @@ public final class JobQueue: Sendable {
         // 1,000-job statement binds 1,009 values, not 12,000).
         let shared: [SQLValue] = [
             .text(options.queue), .text(kind), .int(Int64(options.priority)), .int(runAt), .int(0),
-            .int(Int64(options.maxAttempts)), .int(options.backoff.milliseconds),
-            options.timeout.map { .int($0.milliseconds) } ?? .null, options.uniqueKey.map { .text($0) } ?? .null,
+            .int(Int64(options.maxAttempts)), .int(options.backoff.wholeMilliseconds),
+            options.timeout.map { .int($0.wholeMilliseconds) } ?? .null, options.uniqueKey.map { .text($0) } ?? .null,
             .int(now),
         ]
         let encoder = BinaryEncoder()
@@ -426,14 +426,10 @@ public struct JobHandle<J: Job>: Sendable {
             if let o = try queue.outcomeUnlessDisconnected(id), let done = try Self.finished(o, id) { return done }
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw JobQueueError(.timedOut, "job \(id) did not finish within \(timeout)") }
-            usleep(UInt32(clamping: min(pause, left).milliseconds * 1000))
+            usleep(UInt32(clamping: min(pause, left).wholeMilliseconds * 1000))
             pause = min(pause * 2, .milliseconds(100))
         }
     }
-}
-
-extension Duration {
-    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
 }
 
 extension String {

@@ -1,5 +1,6 @@
 import Logging
 import MultiprocessingSQL
+import Threading
 
 /// The queue worker's SQL: what each of `QueueWorkerState`'s database steps runs, written once for every
 /// database and shaped by the dialect's capabilities (`UPDATE … RETURNING`, `SKIP LOCKED`, writes inside
@@ -61,7 +62,7 @@ struct QueueStatements: Sendable {
         // Without a claim, the first two parameters are placeholders and no queue is bound: PostgreSQL cannot
         // type an unused parameter sent untyped (text is).
         var parameters: [SQLValue] =
-            n > 0 ? [.text(worker), .int(now + lease.milliseconds), .int(now)] : [.int(0), .int(0), .int(now)]
+            n > 0 ? [.text(worker), .int(now + lease.wholeMilliseconds), .int(now)] : [.int(0), .int(0), .int(now)]
         let queueList = (n > 0 ? queues : []).map { q -> String in
             parameters.append(.text(q))
             return d.parameter(parameters.count)
@@ -213,7 +214,7 @@ struct QueueStatements: Sendable {
         var cancelRequested: Set<Int64> = []
         try c.forEachRow(
             "UPDATE mp_jobs SET lease_until = \(d.parameter(1)) WHERE worker = \(d.parameter(2)) AND state = 'running' RETURNING id, cancel_requested",
-            [.int(QueueSchema.nowMs() + lease.milliseconds), .text(worker)]
+            [.int(QueueSchema.nowMs() + lease.wholeMilliseconds), .text(worker)]
         ) { r in
             let id = r[0].intValue ?? 0
             renewed.insert(id)
@@ -286,7 +287,7 @@ struct QueueStatements: Sendable {
         let now = QueueSchema.nowMs()
         return try c.execute(
             "DELETE FROM mp_jobs WHERE (state = 'completed' AND finished_at < \(d.parameter(1))) OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2)))",
-            [.int(now - keepCompleted.milliseconds), .int(now - keepFailed.milliseconds)]
+            [.int(now - keepCompleted.wholeMilliseconds), .int(now - keepFailed.wholeMilliseconds)]
         )
     }
 }

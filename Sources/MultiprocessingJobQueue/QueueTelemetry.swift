@@ -1,4 +1,5 @@
 import CoreMetrics
+import Threading
 
 /// The worker's metrics (swift-metrics; the program chooses the backend).
 struct QueueTelemetry: Sendable {
@@ -29,7 +30,7 @@ struct QueueTelemetry: Sendable {
             switch r.resolution {
             case .complete:
                 completed.increment()
-                duration.recordNanoseconds(r.ran.nanoseconds)
+                duration.recordNanoseconds(r.ran.wholeNanoseconds)
             case .cancelled: cancelled.increment()
             case .handBackUnknownKind:
                 handedBack.increment()  // not a failed attempt: the database does not count it either
@@ -41,16 +42,5 @@ struct QueueTelemetry: Sendable {
                 discarded.increment()
             }
         }
-    }
-}
-
-extension Duration {
-    /// Whole nanoseconds (saturating).
-    var nanoseconds: Int64 {
-        let (s, a) = components
-        let (ns, overflow) = s.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return s < 0 ? .min : .max }
-        let (total, overflow2) = ns.addingReportingOverflow(a / 1_000_000_000)
-        return overflow2 ? (s < 0 ? .min : .max) : total
     }
 }

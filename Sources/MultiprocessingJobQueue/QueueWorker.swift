@@ -153,6 +153,7 @@ public final class QueueWorker: Sendable {
                 log.info("stopping: finishing the jobs held", metadata: ["held": "\(state.held.count)"])
             }
             while let c = try? completions.getNowait() { accept(c) }
+            for t in state.takeRetiredTokens() { tasks[t] = nil }
             let step = state.next(now: clock.now)
             switch step {
             case .listen:
@@ -202,7 +203,6 @@ public final class QueueWorker: Sendable {
                     default: break
                     }
                 }
-                if tasks.count > 2 * state.held.count + 64 { tasks = tasks.filter { state.tokenInUse($0.key) } }
 
             case .checkDrained(let skipping):
                 guard let left = database("count", { c in try statements.jobsLeft(skipping: skipping, on: c) }) else {

@@ -1,4 +1,5 @@
 import Multiprocessing
+import Threading
 
 /// The queue worker's decisions as one value: events go in (jobs claimed, a job's outcome from the pool, a
 /// heartbeat's answer, a database call that failed, a stop request) and ``next(now:)`` says what to do
@@ -164,6 +165,11 @@ struct QueueWorkerState: Sendable {
     /// Jobs this worker holds in the database but not here: to be handed back.
     private var toRelease: Set<Int64> = []
     private var nextToken: Token = 0
+    /// Held jobs still in the pool, by task.
+    private var tokenJobs: [Token: Int] = [:]
+    private var retiredTokens: [Token] = []
+    /// Tasks of jobs let go (their lease was lost), released once their cancellation is asked for.
+    private var releaseAfterCancel: [Token] = []
     /// Job types this program does not define: no longer claimed by this worker.
     private(set) var unknownKinds: Set<String> = []
 
@@ -244,13 +250,16 @@ struct QueueWorkerState: Sendable {
         // Not held (its lease was lost and it was let go), or an older attempt's.
         guard var h = held[c.id], !h.done, h.job.attempt == c.attempt else { return }
         if case .failure(let e) = c.outcome, e is ChunkFailed, !h.cancelRequested {
+            release(h.token)
             h.token = makeToken()
+            use(h.token)
             h.started = now
             held[c.id] = h
             toSubmit.append(.one(h.token, h.job))
             return
         }
         h.done = true
+        release(h.token)
         held[c.id] = h
         pending.append(record(c, h, now: now))
         if oldestPending == nil { oldestPending = now }
@@ -331,6 +340,7 @@ struct QueueWorkerState: Sendable {
             let token = state.makeToken()
             state.toSubmit.append(chunk.count == 1 ? .one(token, chunk[0]) : .chunk(token, chunk))
             for j in chunk { state.held[j.id] = Held(job: j, token: token, started: now) }
+            state.use(token, jobs: chunk.count)
             chunk = []
         }
         for j in jobs {
@@ -338,6 +348,7 @@ struct QueueWorkerState: Sendable {
                 let token = makeToken()
                 toSubmit.append(.one(token, j))
                 held[j.id] = Held(job: j, token: token, started: now)
+                use(token)
                 continue
             }
             chunk.append(j)
@@ -401,6 +412,7 @@ struct QueueWorkerState: Sendable {
             lost.append(id)
             // Its task is cancelled; the other jobs of its chunk come back as `ChunkFailed` and run again alone.
             if !h.done && !toCancel.contains(h.token) { toCancel.append(h.token) }
+            if !h.done { releaseAfterCancel.append(h.token) }  // the task is kept until it is cancelled
             held[id] = nil
         }
         if !lost.isEmpty {
@@ -427,7 +439,11 @@ struct QueueWorkerState: Sendable {
             return .giveUp(cancelling: liveTokens())
         }
         if !toCancel.isEmpty {
-            defer { toCancel = [] }
+            defer {
+                toCancel = []
+                for t in releaseAfterCancel { release(t) }
+                releaseAfterCancel = []
+            }
             return .cancel(toCancel)
         }
         let handingBack =
@@ -548,7 +564,25 @@ struct QueueWorkerState: Sendable {
     }
 
     /// Whether a pool task is still needed (the worker forgets the others).
-    func tokenInUse(_ token: Token) -> Bool { held.values.contains { $0.token == token && !$0.done } }
+    /// Counts `jobs` more held jobs running in `token`'s task.
+    private mutating func use(_ token: Token, jobs: Int = 1) { tokenJobs[token, default: 0] += jobs }
+
+    /// One job of `token`'s task left the pool (finished, let go, or sent again in a task of its own).
+    private mutating func release(_ token: Token) {
+        guard let n = tokenJobs[token] else { return }
+        if n > 1 {
+            tokenJobs[token] = n - 1
+        } else {
+            tokenJobs[token] = nil
+            retiredTokens.append(token)
+        }
+    }
+
+    /// Tasks that no held job needs any more: the worker forgets them (their cancel handles).
+    mutating func takeRetiredTokens() -> [Token] {
+        defer { retiredTokens = [] }
+        return retiredTokens
+    }
 
     private mutating func makeToken() -> Token {
         defer { nextToken += 1 }
@@ -591,13 +625,5 @@ struct SplitMix: Sendable {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         z ^= z >> 31
         return Double(z >> 11) / Double(1 << 53)
-    }
-}
-
-extension Duration {
-    /// In seconds, as a double.
-    var seconds: Double {
-        let (s, a) = components
-        return Double(s) + Double(a) / 1e18
     }
 }

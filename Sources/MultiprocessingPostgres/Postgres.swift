@@ -79,7 +79,7 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
             database: url.database.isEmpty ? nil : url.database,
             tls: tls
         )
-        configuration.options.connectTimeout = .milliseconds(timeout.milliseconds)
+        configuration.options.connectTimeout = .milliseconds(timeout.wholeMilliseconds)
         let loop = MultiThreadedEventLoopGroup.singleton.any()
         let connecting = PostgresConnection.connect(
             on: loop,
@@ -196,7 +196,7 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
             box.withLock { $0 = r }
             done.signal()
         }
-        if done.wait(timeout: .now() + .milliseconds(Int(timeout.milliseconds))) == .timedOut {
+        if done.wait(timeout: .now() + .milliseconds(Int(timeout.wholeMilliseconds))) == .timedOut {
             throw SQLError(.connection, "PostgreSQL did not answer within \(timeout)")
         }
         return try box.withLock { $0! }.get()
@@ -407,7 +407,7 @@ public final class PostgresSQLConnection: SQLConnectionOpening {
             }
         )
         future.whenComplete { stream.finish($0.map { _ in () }) }
-        let deadline = Date(timeIntervalSinceNow: Double(timeout.milliseconds) / 1000)
+        let deadline = Date(timeIntervalSinceNow: Double(timeout.wholeMilliseconds) / 1000)
         var names: [String]?
         while true {
             let (columnNames, rows, end) = stream.take(until: deadline)
@@ -681,7 +681,4 @@ final class CopyOutcome: Sendable {
     let value = TrackedMutex<Result<Void, any Error>?>(nil)
 }
 
-extension Duration {
-    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
-}
 #endif

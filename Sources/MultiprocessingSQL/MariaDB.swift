@@ -1,4 +1,4 @@
-import CMultiprocessingSQLite
+import CMultiprocessingMariaDB
 
 /// A connection to MariaDB or MySQL through the MariaDB client library (Connector/C 3, `libmariadb.so.3`;
 /// `MP_MARIADB_LIBRARY` names another copy), loaded with dlopen when the first connection opens: building
@@ -11,7 +11,7 @@ import CMultiprocessingSQLite
 /// Parameters (`?`) are sent as escaped literals (`mysql_real_escape_string`, the connection's
 /// `utf8mb4`), as pymysql does; results stream row by row (`mysql_use_result`). Every call is bounded
 /// by the connection's timeout (connect, read and write): a server that goes away gives
-/// ``SQLError/Kind-swift.enum/connection``, not a hang.
+/// ``SQLError/Kind-swift.struct/connection``, not a hang.
 public final class MariaDBConnection: SQLConnection {
     private var m: OpaquePointer?
     /// The server's URL, password included: print it (its ``DatabaseURL/description`` hides the password),

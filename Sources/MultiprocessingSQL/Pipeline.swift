@@ -3,6 +3,7 @@ import Glibc
 public import Logging
 public import Multiprocessing
 import Synchronization
+import Threading
 
 /// What a ``TablePipeline`` does to each chunk of rows, in a pool worker: the tutorial's `test2`.
 ///
@@ -98,7 +99,7 @@ public struct PipelineReport: Sendable, CustomStringConvertible {
     /// `1,000 rows read, 1,000 written in 10 chunks, 52,310 rows/s in 0.0 s`; a run that found every chunk
     /// done says so: `nothing left to copy: 10 chunks were done by an earlier run`.
     public var description: String {
-        let s = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let s = elapsed.seconds
         if chunksWritten == 0 && chunksSkipped > 0 {
             return "nothing left to copy: \(ProgressFormat.count(chunksSkipped)) chunks were done by an earlier run"
         }
@@ -197,7 +198,7 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
     /// - Parameter progress: `.bar` for a terminal bar in rows, or a handler (its `CallProgress` counts
     ///   rows; the total is the source's row count, read at the start).
     ///
-    /// A SQLite source that does not exist is an error (``SQLError/Kind/unavailable``) that creates
+    /// A SQLite source that does not exist is an error (``SQLError/Kind-swift.struct/unavailable``) that creates
     /// nothing: not the source, and not the sink.
     public func run(on pool: ProcessPool, progress: ProgressDisplay? = nil) throws -> PipelineReport {
         let started = ContinuousClock.now
@@ -264,7 +265,7 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
         let chunkFailures = Counter(label: "mp_pipeline_chunk_failures_total", dimensions: dims)
         defer {
             CoreMetrics.Timer(label: "mp_pipeline_run_duration", dimensions: dims)
-                .recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+                .recordNanoseconds((ContinuousClock.now - started).wholeNanoseconds)
         }
         var firstError: (any Error)?
         while true {
@@ -353,8 +354,4 @@ final class ProgressCounter {  // used by the thread that runs the pipeline
             )
         )
     }
-}
-
-extension Duration {
-    var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
 }

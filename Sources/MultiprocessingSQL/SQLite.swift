@@ -1,4 +1,5 @@
 import CMultiprocessingSQLite
+import Threading
 
 /// A connection to an SQLite database file, through the system's `libsqlite3.so.0`, loaded when the first
 /// connection opens (no build-time package: the library is there wherever Swift or CPython is).
@@ -10,7 +11,7 @@ import CMultiprocessingSQLite
 ///
 /// Files open in WAL mode (readers never block the writer), with a short-sleep busy handler: a writer
 /// that finds the database locked retries every 50 µs–2 ms for up to `busyTimeout`, then fails with
-/// ``SQLError/Kind-swift.enum/busy``. Prepared statements are cached per connection.
+/// ``SQLError/Kind-swift.struct/busy``. Prepared statements are cached per connection.
 public final class SQLiteConnection: SQLConnection {
     private var db: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
@@ -54,8 +55,7 @@ public final class SQLiteConnection: SQLConnection {
             throw SQLError(.connection, "cannot open SQLite database \(path): \(message)", code: String(rc))
         }
         db = handle
-        let ms = busyTimeout.components.seconds * 1000 + busyTimeout.components.attoseconds / 1_000_000_000_000_000
-        mp_sqlite3_short_busy_timeout(handle, Int32(clamping: ms))
+        mp_sqlite3_short_busy_timeout(handle, Int32(clamping: busyTimeout.wholeMilliseconds))
         if wal && !readOnly && path != ":memory:" && !path.isEmpty {
             try executeScript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
         }

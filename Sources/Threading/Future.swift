@@ -157,7 +157,7 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
 public protocol AnyFuture: AnyObject, Sendable {
     /// Whether the future finished or was cancelled.
     var isDone: Bool { get }
-    /// Whether it finished with an error (cancellation included).
+    /// Whether it finished with an error — not a cancellation, as Python's `FIRST_EXCEPTION` counts.
     var hasFailed: Bool { get }
     /// Calls `callback` once the future is done.
     func onDone(_ callback: @escaping @Sendable () -> Void)
@@ -168,7 +168,7 @@ extension Future: AnyFuture {
     public var hasFailed: Bool {
         monitor.read {
             switch $0.status {
-            case .finished(.failure), .cancelled: true
+            case .finished(.failure): true
             default: false
             }
         }

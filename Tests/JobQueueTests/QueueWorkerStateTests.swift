@@ -198,6 +198,7 @@ import Testing
         var s = worker(concurrency: 2)
         claim(&s, (1...10).map { job($0) }, at: t0)
         s.completed(ok(5, [9]), now: at(100))
+        #expect(s.takeRetiredTokens().count == 1)  // its task is no longer needed
         #expect(step(&s, at: at(100)) == .wait(until: at(110)))
         guard case .settle(let records, let n, _) = step(&s, at: at(110)) else {
             Issue.record("the result was not recorded after the delay")
@@ -422,6 +423,8 @@ import Testing
         #expect(jobIDs(again) == [10, 11, 13, 14, 15, 16, 17].map { [Int64($0)] })
         s.completed(ok(12), now: at(10_002))
         #expect(s.pending.isEmpty)
+        // The chunk's task is forgotten only after its cancellation was asked for.
+        #expect(s.takeRetiredTokens().contains(token))
     }
 
     @Test func jobsTheDatabaseSaysThisWorkerHoldsButItNeverHeardOfGoBack() {

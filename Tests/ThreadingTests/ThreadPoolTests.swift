@@ -134,9 +134,16 @@ struct ThreadPoolTests {
         #expect(done.contains { $0 === fast })
         #expect(notDone.contains { $0 === slow })
 
+        // A cancelled future is not an exception (Python's FIRST_EXCEPTION skips cancelled futures): the
+        // wait goes on until one fails.
+        let cancelled = Future<Int>()
+        #expect(cancelled.cancel())
         let failing = try pool.submit { () throws -> Int in throw Boom(n: 0) }
-        let r = Futures.wait([slow, failing], timeout: .seconds(30), returnWhen: .firstException)
+        let r = Futures.wait([slow, cancelled, failing], timeout: .seconds(30), returnWhen: .firstException)
         #expect(r.done.contains { $0 === failing })
+        #expect(!cancelled.hasFailed)
+        let onlyCancelled = Futures.wait([slow, cancelled], timeout: .milliseconds(50), returnWhen: .firstException)
+        #expect(onlyCancelled.notDone.contains { $0 === slow })  // it waited: the timeout ended it
 
         // A job that cannot end before the wait's timeout: it waits for the gate opened after.
         let releaseHeld = Event()

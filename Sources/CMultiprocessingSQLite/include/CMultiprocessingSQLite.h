@@ -1,3 +1,2 @@
-// Umbrella header: SQLite and the MariaDB client, both loaded with dlopen.
+// Umbrella header: SQLite, loaded with dlopen.
 #include "mp_sqlite3.h"
-#include "mp_mariadb.h"

@@ -1,0 +1,2 @@
+// Umbrella header: the MariaDB client (Connector/C 3), loaded with dlopen.
+#include "mp_mariadb.h"

@@ -16,7 +16,10 @@ public protocol TaskPool: Sendable {
     func submit<F: TaskFunction>(_ f: F, _ input: F.Input, options: TaskOptions) throws -> PoolTask<F.Output>
     /// Runs one job and blocks the calling thread until its result — Python's `Pool.apply(func)`.
     ///
-    /// - Parameter timeout: the longest wait for the result (`nil`: no limit).
+    /// - Parameters:
+    ///   - job: what to run.
+    ///   - timeout: the longest wait for the result (`nil`: no limit).
+    ///   - options: the job's timeouts, retries and cancellation (``TaskOptions``).
     /// - Throws: the job's error; a ``PoolError`` (the worker died, the pool was terminated, ...);
     ///   ``MultiprocessingError/Code/timedOut`` if `timeout` expired first (the job keeps running).
     func apply<J: Job>(_ job: J, timeout: Duration?, options: TaskOptions) throws -> J.Output
@@ -41,7 +44,10 @@ public protocol TaskPool: Sendable {
     /// Python's `Pool.map(f, iterable, chunksize)`. In `async` code, call the `async` `map` instead.
     ///
     /// - Parameters:
+    ///   - f: the function, applied to each input in a worker.
+    ///   - inputs: the inputs, read at once.
     ///   - chunksize: items sent to a worker at a time (`nil`: Python's rule, `ceil(n / (4 × workers))`).
+    ///   - options: each item's timeouts, retries and cancellation (``TaskOptions``).
     ///   - timeout: for the whole call (`nil`: no limit); when it expires the rest is cancelled.
     /// - Throws: the first failure to arrive (the rest of the call is then cancelled);
     ///   ``MultiprocessingError/Code/timedOut`` if `timeout` expired.
@@ -66,9 +72,12 @@ public protocol TaskPool: Sendable {
     /// for results; read the ``PoolResults`` with `next(timeout:)` or `for try await`.
     ///
     /// - Parameters:
+    ///   - f: the function, applied to each input in a worker.
+    ///   - inputs: the inputs, read lazily.
     ///   - chunksize: items sent to a worker at a time (`nil`: chosen by the pool).
     ///   - maxInFlight: how many items may be submitted and not yet read (`nil`: 8192); the input is read
     ///     on a background thread only as far ahead as this allows, so memory stays flat on huge inputs.
+    ///   - options: each item's timeouts, retries and cancellation (``TaskOptions``).
     func imap<F: TaskFunction, S: Sequence<F.Input> & Sendable>(
         _ f: F,
         _ inputs: S,

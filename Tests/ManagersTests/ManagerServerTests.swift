@@ -357,7 +357,7 @@ struct ManagerServerTests {
 
 /// A client killed while its `get` blocks on the server: the server gives the call up (its client is
 /// gone) instead of taking the next item for nobody — CPython's server would, and the item is lost.
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct AbandonedCallTests {
     @Test func aKilledClientsBlockedGetTakesNothing() throws {
         let server = try ManagerServer(authkey: Array("abc".utf8))

@@ -8,7 +8,7 @@ import Threading
 
 /// `#PROXY` replies (Python's `method_to_typeid`): iterating a dict proxy gives a proxy to a served
 /// iterator, both ways between Swift and CPython.
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct ProxyReturnTests {
     let key = Array("abc".utf8)
 

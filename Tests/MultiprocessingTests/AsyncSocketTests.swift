@@ -7,7 +7,7 @@ import Threading
 
 @testable import Multiprocessing
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct AsyncSocketTests {
     /// An echo server and many clients, all tasks, none holding a thread while it waits; large writes
     /// wait for room (the peer reads slowly at first).

@@ -279,7 +279,7 @@ struct ChildProcessTests {
     }
 }
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct JobWithoutRunTests {
     /// `struct J: Job {}` compiles (the two `run()`s have defaults that call each other); running it
     /// fails at once with a message naming the type, in this process and in a child.

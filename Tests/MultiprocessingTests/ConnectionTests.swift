@@ -5,7 +5,7 @@ import Threading
 
 @testable import Multiprocessing
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct ConnectionTests {
     struct Message: Codable, Equatable {
         var id: Int

@@ -153,7 +153,7 @@ struct NewcomerProgramTests {
 
 /// Issue 25: a crashed `ChildProcess` reports its cause and the program's own frame first, as the pool
 /// does; the whole crash report is on the error (and the process), not on the parent's standard error.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct ChildProcessCrashTests {
     @Test func aCrashLeadsWithItsCauseAndTheReportStaysOffTheTerminal() async throws {
         guard let helper = testHelperExecutable() else { return }

@@ -192,7 +192,7 @@ func replayableSeed() -> UInt64 {
 }
 
 /// The observations other tests wait for: each is false before its state and true in it.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct KernelViewTests {
     @Test func aThreadBlockedInAReceiveThenInPoll() throws {
         let (a, b) = try makePipe()

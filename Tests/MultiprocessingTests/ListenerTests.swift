@@ -307,7 +307,7 @@ struct ListenerTests {
     }
 }
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct BootstrapEntryTests {
     /// Runs `mp-test-helper` with `arguments` (its standard error discarded): its exit status and output.
     func helper(_ arguments: [String]) throws -> (Int32, String)? {

@@ -579,7 +579,7 @@ struct ProcessPoolTests {
     }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct PoolInterruptTests {
     /// Runs `mp-test-helper pool-interrupt-check`, sends it `signals` SIGINTs, and checks that it died of SIGINT
     /// and that none of its workers survives (they are re-parented here, so reap them here if needed).

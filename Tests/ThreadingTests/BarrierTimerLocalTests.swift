@@ -4,7 +4,7 @@ import Testing
 
 @testable import Threading
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct BarrierTests {
     @Test func releasesAllPartiesAndRunsActionOnce() throws {
         let actions = Counter()
@@ -75,7 +75,7 @@ struct BarrierTests {
     }
 }
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct TimerTests {
     @Test func firesAfterInterval() throws {
         let fired = Event()
@@ -103,7 +103,7 @@ struct TimerTests {
     }
 }
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct ThreadLocalTests {
     /// The seed notes' example: each thread binds its own student.
     @Test func aliceAndBob() throws {

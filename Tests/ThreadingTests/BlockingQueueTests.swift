@@ -4,7 +4,7 @@ import Testing
 
 @testable import Threading
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct BlockingQueueTests {
     @Test func fifoLifoPriorityOrder() throws {
         let fifo = BlockingQueue<Int>()

@@ -5,7 +5,7 @@ import Testing
 
 @testable import Threading
 
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct OSThreadTests {
     @Test func nameIdentsAndAlive() throws {
         let release = Event()

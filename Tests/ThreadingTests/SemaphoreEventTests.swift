@@ -4,7 +4,7 @@ import Testing
 
 @testable import Threading
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct SemaphoreTests {
     @Test func countsPermits() throws {
         let s = Semaphore(2)
@@ -98,7 +98,7 @@ struct SemaphoreTests {
     }
 }
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct EventTests {
     @Test func setClearWait() throws {
         let e = Event()

@@ -123,6 +123,22 @@ struct PostgresTests {
         #expect(throws: SQLError.self) { try Database.connect(wrong, timeout: .seconds(5)) }
     }
 
+    /// The reading session's connect to a port that refuses closes its socket: it used to leak one
+    /// descriptor per attempt while the server was down (`forEachRowOnReadingSession` tries again on each
+    /// call). 40 refused attempts must not leave 40 descriptors (other suites may open a few meanwhile).
+    @Test func aRefusedReadingSessionLeavesNoDescriptor() throws {
+        let (bound, port) = loopbackSocket(listening: false)  // bound, not listening: connections are refused
+        defer { close(bound) }
+        let url = try DatabaseURL("postgres://nobody:nothing@127.0.0.1:\(port)/none?sslmode=disable")
+        func openDescriptors() -> Int { (0..<4096).count { fcntl(Int32($0), F_GETFD) != -1 } }
+        let before = openDescriptors()
+        for _ in 0..<40 {
+            #expect(throws: SQLError.self) { _ = try PostgresWireReader(url, timeout: .seconds(5)) }
+        }
+        let after = openDescriptors()
+        #expect(after - before < 20, "\(after - before) more descriptors after 40 refused connects")
+    }
+
     /// A server that takes the connection and never answers (a hung server, a wrong port on a busy
     /// host): connecting fails with a connection error at its timeout, and nothing is left behind.
     @Test func aSilentServerFailsTheConnectAtItsTimeout() throws {

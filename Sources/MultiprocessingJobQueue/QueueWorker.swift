@@ -150,7 +150,9 @@ public final class QueueWorker: Sendable {
                 state.listening(false, now: clock.now)
             }
             if let mode = stopRequest.withLock({ $0 }), state.requestStop(mode, now: clock.now) {
-                log.info("stopping: finishing the jobs held", metadata: ["held": "\(state.held.count)"])
+                let what =
+                    mode == .finish ? "stopping: finishing the jobs held" : "stopping: handing back the jobs held"
+                log.info("\(what)", metadata: ["held": "\(state.held.count)"])
             }
             while let c = try? completions.getNowait() { accept(c) }
             for t in state.takeRetiredTokens() { tasks[t] = nil }

@@ -20,7 +20,6 @@ package enum SignalForwarding {
     ) throws(MultiprocessingError) {
         let reactor = try Reactor.shared
         let previous = installed.withLock { $0[signal] }
-        if let previous { reactor.cancelWaits(on: previous) }
         let fd = mp_eventfd(0)
         guard fd >= 0 else { throw MultiprocessingError.system("eventfd", -fd) }
         do {
@@ -41,6 +40,10 @@ package enum SignalForwarding {
             throw MultiprocessingError.system("sigaction", -e)
         }
         installed.withLock { $0[signal] = fd }
-        if let previous { Syscall.close(previous) }
+        // Only now is the previous handler let go: had anything above failed, it would still be in place.
+        if let previous {
+            reactor.cancelWaits(on: previous)
+            Syscall.close(previous)
+        }
     }
 }

@@ -19,7 +19,10 @@ let package = Package(
     // PostgreSQL brings SwiftNIO (a 3-minute cold build), so it is off unless asked for:
     // `swift build --traits PostgreSQL` (.ci/run tests it that way too).
     traits: [
-        .trait(name: "PostgreSQL", description: "PostgreSQL through vapor/postgres-nio for the pipeline and the job queue")
+        .trait(
+            name: "PostgreSQL",
+            description: "PostgreSQL through vapor/postgres-nio for the pipeline and the job queue"
+        )
     ],
     dependencies: [
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.0"),
@@ -29,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
+        // `Errno`, the ecosystem's typed errno (swift-subprocess's dependency too; no Foundation).
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
@@ -38,6 +43,12 @@ let package = Package(
     targets: [
         // C: what Swift cannot import from Glibc (futex, gettid, prctl, ...), every symbol prefixed `mp_`.
         .target(name: "CMultiprocessingShims"),
+        // The one path to the kernel: a retry loop with one errno policy (EINTR retried, EAGAIN as
+        // would-block, EBADF/EFAULT trapped, resets as end of file), typed `Errno`, guarded closes.
+        .target(
+            name: "SystemCalls",
+            dependencies: ["CMultiprocessingShims", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // In-process threads: Python's `threading`, `queue` and `concurrent.futures.ThreadPoolExecutor`.
         .target(
             name: "Threading",
@@ -53,7 +64,9 @@ let package = Package(
             name: "Multiprocessing",
             dependencies: [
                 "CMultiprocessingShims",
+                "SystemCalls",
                 "Threading",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 // Logs and metrics of pools (neither loads Foundation).
                 .product(name: "Logging", package: "swift-log"),
@@ -66,6 +79,8 @@ let package = Package(
             name: "MultiprocessingNetwork",
             dependencies: [
                 "CMultiprocessingShims",
+                "SystemCalls",
+                .product(name: "SystemPackage", package: "swift-system"),
                 "Threading",
                 "Multiprocessing",
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -101,7 +116,7 @@ let package = Package(
         .target(
             name: "MultiprocessingPostgres",
             dependencies: [
-                "MultiprocessingSQL", "Multiprocessing", "Threading",
+                "MultiprocessingSQL", "Multiprocessing", "Threading", "SystemCalls",
                 .product(name: "PostgresNIO", package: "postgres-nio", condition: .when(traits: ["PostgreSQL"])),
                 // SCRAM-SHA-256 and MD5 for the reading session's own authentication.
                 .product(name: "Crypto", package: "swift-crypto", condition: .when(traits: ["PostgreSQL"])),
@@ -122,7 +137,8 @@ let package = Package(
         .target(
             name: "SeedExamples",
             dependencies: [
-                "Threading", "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers", "MultiprocessingSQL",
+                "Threading", "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers",
+                "MultiprocessingSQL",
                 "MultiprocessingJobQueue",
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
@@ -131,7 +147,8 @@ let package = Package(
         .executableTarget(
             name: "mp",
             dependencies: [
-                "Threading", "Multiprocessing", "MultiprocessingManagers", "MultiprocessingSQL", "MultiprocessingJobQueue",
+                "Threading", "Multiprocessing", "MultiprocessingManagers", "MultiprocessingSQL",
+                "MultiprocessingJobQueue",
                 // postgres:// URLs in `mp etl` and `mp queue` when built with the trait (empty otherwise).
                 "MultiprocessingPostgres",
                 "SeedExamples",
@@ -168,6 +185,13 @@ let package = Package(
         ),
         .testTarget(name: "ThreadingTests", dependencies: ["Threading", "MultiprocessingTestSupport"]),
         .testTarget(
+            name: "SystemCallsTests",
+            dependencies: [
+                "SystemCalls", "Threading", "CMultiprocessingShims", "MultiprocessingTestSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(
             name: "ManagersTests",
             dependencies: [
                 "MultiprocessingManagers", "MultiprocessingTestSupport", "MultiprocessingFuzzTargets",
@@ -187,7 +211,8 @@ let package = Package(
         .testTarget(
             name: "PostgresTests",
             dependencies: [
-                "MultiprocessingPostgres", "MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport", "Threading",
+                "MultiprocessingPostgres", "MultiprocessingSQL", "Multiprocessing", "MultiprocessingTestSupport",
+                "Threading",
             ]
         ),
         .testTarget(
@@ -199,7 +224,10 @@ let package = Package(
         ),
         .testTarget(
             name: "MultiprocessingTests",
-            dependencies: ["Multiprocessing", "MultiprocessingNetwork", "Threading", "MultiprocessingTestSupport"]
+            dependencies: [
+                "Multiprocessing", "MultiprocessingNetwork", "Threading", "MultiprocessingTestSupport", "SystemCalls",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
         ),
     ]
 )

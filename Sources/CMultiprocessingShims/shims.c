@@ -128,22 +128,16 @@ int mp_memfd_create(const char *name) {
 }
 
 int mp_waitpid_nohang(pid_t pid, int *status) {
-    for (;;) {
-        pid_t r = waitpid(pid, status, WNOHANG);
-        if (r >= 0) return (int)r;
-        if (errno != EINTR) return -errno;
-    }
+    pid_t r = waitpid(pid, status, WNOHANG);
+    return r >= 0 ? (int)r : -errno;  /* EINTR: SystemCall.loop retries */
 }
 
 int mp_wait4_nohang(pid_t pid, int *status, long *maxrss_kib) {
-    for (;;) {
-        struct rusage ru;
-        memset(&ru, 0, sizeof ru);
-        pid_t r = wait4(pid, status, WNOHANG, &ru);
-        if (r > 0 && maxrss_kib) *maxrss_kib = ru.ru_maxrss;
-        if (r >= 0) return (int)r;
-        if (errno != EINTR) return -errno;
-    }
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    pid_t r = wait4(pid, status, WNOHANG, &ru);
+    if (r > 0 && maxrss_kib) *maxrss_kib = ru.ru_maxrss;
+    return r >= 0 ? (int)r : -errno;  /* EINTR: SystemCall.loop retries */
 }
 
 static int mp_interrupt_fd = -1;
@@ -224,11 +218,8 @@ int mp_raise_default(int sig) {
 }
 
 int mp_waitpid_blocking(pid_t pid, int *status) {
-    for (;;) {
-        pid_t r = waitpid(pid, status, 0);
-        if (r >= 0) return (int)r;
-        if (errno != EINTR) return -errno;
-    }
+    pid_t r = waitpid(pid, status, 0);
+    return r >= 0 ? (int)r : -errno;  /* EINTR: SystemCall.loop retries */
 }
 
 long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds, int flags) {
@@ -248,11 +239,8 @@ long mp_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int
         c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
         memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
     }
-    for (;;) {
-        ssize_t r = sendmsg(sock, &msg, flags | MSG_NOSIGNAL);
-        if (r >= 0) return r;
-        if (errno != EINTR) return -errno;
-    }
+    ssize_t r = sendmsg(sock, &msg, flags | MSG_NOSIGNAL);
+    return r >= 0 ? r : -errno;  /* EINTR: SystemCall.loop retries */
 }
 
 long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int flags) {
@@ -264,12 +252,8 @@ long mp_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
     *nfds = 0;
-    ssize_t r;
-    for (;;) {
-        r = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
-        if (r >= 0) break;
-        if (errno != EINTR) return -errno;
-    }
+    ssize_t r = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
+    if (r < 0) return -errno;  /* EINTR: SystemCall.loop retries */
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));

@@ -1,4 +1,6 @@
 import Glibc
+package import SystemCalls
+public import SystemPackage
 
 /// The errors of the Multiprocessing module.
 ///
@@ -57,15 +59,21 @@ public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Co
     public let code: Code
     /// A sentence for people, naming the call and the cause.
     public let message: String
-    /// The `errno` value for ``Code/system`` errors.
-    public let errno: Int32?
+    /// The system's error number for ``Code/system`` and ``Code/resourceExhausted`` errors (and for
+    /// ``Code/endOfFile`` when a write found the peer gone: `.brokenPipe`, `.connectionReset`).
+    /// `errno?.rawValue` is the C value.
+    public let errno: Errno?
+
+    /// ``errno`` as the C value (`EPIPE`, `EMFILE`, ...), for code that compares with Glibc's constants
+    /// without importing swift-system's `SystemPackage` (as swift-nio's `IOError.errnoCode`).
+    public var errnoCode: Int32? { errno?.rawValue }
 
     /// For ``Code/processDied``: the process's crash report, whole, when it wrote one (the message
     /// leads with its cause and the program's frame).
     public let crashReport: String?
 
     /// Creates an error with a code, a message and, for system errors, the `errno`.
-    public init(_ code: Code, _ message: String, errno: Int32? = nil, crashReport: String? = nil) {
+    public init(_ code: Code, _ message: String, errno: Errno? = nil, crashReport: String? = nil) {
         self.code = code
         self.message = message
         self.errno = errno
@@ -74,17 +82,43 @@ public struct MultiprocessingError: Error, CustomStringConvertible, Sendable, Co
 
     /// The code, the message and the `errno` with its description.
     public var description: String {
-        "MultiprocessingError.\(code): \(message)" + (errno.map { " (errno \($0): \(Syscall.describe($0)))" } ?? "")
+        "MultiprocessingError.\(code): \(message)" + (errno.map { " (errno \($0.rawValue): \($0))" } ?? "")
     }
 
+    /// The error of a failed system call: ``Code/resourceExhausted`` for descriptors and memory,
+    /// ``Code/system`` otherwise.
     package static func system(_ call: String, _ errno: Int32) -> MultiprocessingError {
-        switch errno {
+        let e = Errno(rawValue: errno)
+        return switch errno {
         case EMFILE, ENFILE:
-            MultiprocessingError(.resourceExhausted, "\(call) failed: out of file descriptors", errno: errno)
+            MultiprocessingError(.resourceExhausted, "\(call) failed: out of file descriptors", errno: e)
         case ENOMEM, ENOBUFS:
-            MultiprocessingError(.resourceExhausted, "\(call) failed: out of memory", errno: errno)
+            MultiprocessingError(.resourceExhausted, "\(call) failed: out of memory", errno: e)
         default:
-            MultiprocessingError(.system, "\(call) failed", errno: errno)
+            MultiprocessingError(.system, "\(call) failed", errno: e)
+        }
+    }
+
+    /// A failed system call by the package's policy: a peer that is gone (`EPIPE`, `ECONNRESET`) is
+    /// ``Code/endOfFile``; the rest as ``system(_:_:)``.
+    package init(_ error: SystemCallError) {
+        if error.peerClosed {
+            self.init(.endOfFile, "the peer closed the connection (\(error.call))", errno: error.errno)
+        } else {
+            self = .system(error.call, error.errno.rawValue)
+        }
+    }
+}
+
+extension Syscall {
+    /// `body`'s result, its `SystemCallError` reported as a ``MultiprocessingError`` (by the policy of
+    /// ``MultiprocessingError/init(_:)``).
+    @inlinable
+    package static func mapped<T>(_ body: () throws(SystemCallError) -> T) throws(MultiprocessingError) -> T {
+        do {
+            return try body()
+        } catch {
+            throw MultiprocessingError(error)
         }
     }
 }

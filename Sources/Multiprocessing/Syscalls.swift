@@ -1,24 +1,19 @@
 internal import CMultiprocessingShims
 package import Glibc
+internal import SystemCalls
+import SystemPackage
 package import Threading
 
-/// Thin wrappers over the system calls this module uses: each retries `EINTR` and throws a
-/// ``MultiprocessingError`` carrying `errno`. No raw `errno` reads happen elsewhere.
+/// The module's system calls, on the package's one path to the kernel (`SystemCalls`: one retry loop,
+/// one errno policy): these add deadlines and report failures as ``MultiprocessingError`` (a peer that
+/// is gone as ``MultiprocessingError/Code/endOfFile``). Nothing in the package reads `errno` elsewhere.
 package enum Syscall {
-    static func describe(_ e: Int32) -> String { String(cString: strerror(e)) }
-
-    static func socketpair(_ type: Int32) throws -> (Int32, Int32) {
-        var fds: [Int32] = [0, 0]
-        guard Glibc.socketpair(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
-            throw MultiprocessingError.system("socketpair", errno)
-        }
-        return (fds[0], fds[1])
+    static func socketpair(_ type: Int32) throws(MultiprocessingError) -> (Int32, Int32) {
+        try mapped { () throws(SystemCallError) in try SystemCall.socketpair(type) }
     }
 
-    static func pipe() throws -> (read: Int32, write: Int32) {
-        var fds: [Int32] = [0, 0]
-        try check("pipe2", mp_pipe_cloexec(&fds))
-        return (fds[0], fds[1])
+    static func pipe() throws(MultiprocessingError) -> (read: Int32, write: Int32) {
+        try mapped { () throws(SystemCallError) in try SystemCall.pipe() }
     }
 
     /// A new anonymous shared-memory file of `size` bytes (sparse until written), close-on-exec.
@@ -40,28 +35,26 @@ package enum Syscall {
         return p!
     }
 
-    /// `open(2)` with `O_CLOEXEC`, retried on EINTR.
-    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o600) throws -> Int32 {
-        while true {
-            let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
-            if fd >= 0 { return fd }
-            if errno != EINTR { throw MultiprocessingError.system("open \(path)", errno) }
-        }
+    /// `open(2)` with `O_CLOEXEC`.
+    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o600) throws(MultiprocessingError) -> Int32 {
+        try mapped { () throws(SystemCallError) in try SystemCall.open(path, flags, mode: mode) }
     }
 
     /// `unlink(2)`.
-    static func unlink(_ path: String) throws {
-        guard Glibc.unlink(path) == 0 else { throw MultiprocessingError.system("unlink \(path)", errno) }
+    static func unlink(_ path: String) throws(MultiprocessingError) {
+        _ = try mapped { () throws(SystemCallError) in
+            try SystemCall.blocking("unlink \(path)") { SystemCall.libc(Glibc.unlink(path)) }
+        }
     }
 
     /// Whether process `pid` has ended: it does not exist, or it is a zombie (dead, not yet reaped — its
     /// parent may be the very process asking, waiting for a lock the dead one held).
     static func processHasEnded(_ pid: UInt32) -> Bool {
-        if Glibc.kill(pid_t(bitPattern: pid), 0) != 0 { return errno == ESRCH }
+        if !SystemCall.processExists(pid_t(bitPattern: pid)) { return true }
         guard let fd = try? open("/proc/\(pid)/stat", O_RDONLY) else { return access("/proc/\(pid)", F_OK) != 0 }
         defer { close(fd) }
         var buf = [UInt8](repeating: 0, count: 512)
-        guard let n = try? buf.withUnsafeMutableBytes({ try receive(fd, into: $0, socket: false) }), n > 0 else {
+        guard let n = try? buf.withUnsafeMutableBytes({ try SystemCall.read(fd, $0).value }), n > 0 else {
             return false
         }
         // "pid (comm) S ...": the state follows the last ')' (comm may contain parentheses).
@@ -79,78 +72,53 @@ package enum Syscall {
     /// The size of the file behind `fd`.
     static func fileSize(_ fd: Int32) throws -> Int { try check("fstat", mp_fd_size(fd)) }
 
-    /// A shim's result (the one convention: >= 0 on success, -errno on failure), or its error.
+    /// A shim's result (the one convention: >= 0 on success, -errno on failure), or its error. For
+    /// calls that cannot be interrupted or block (`fstat`, `mmap`, `eventfd`); the others go through
+    /// `SystemCall.loop`.
     @discardableResult
-    package static func check(_ call: String, _ rc: Int32) throws -> Int32 {
+    package static func check(_ call: String, _ rc: Int32) throws(MultiprocessingError) -> Int32 {
         guard rc >= 0 else { throw MultiprocessingError.system(call, -rc) }
         return rc
     }
 
     /// The same for shims that return a `long`.
     @discardableResult
-    package static func check(_ call: String, _ rc: Int) throws -> Int {
+    package static func check(_ call: String, _ rc: Int) throws(MultiprocessingError) -> Int {
         guard rc >= 0 else { throw MultiprocessingError.system(call, Int32(truncatingIfNeeded: -rc)) }
         return rc
     }
 
-    package static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+    /// `close(2)` (a bad descriptor traps: see `SystemCall.close`).
+    package static func close(_ fd: Int32) { SystemCall.close(fd) }
 
     /// Reads what is available: the bytes read, 0 at end of input (a reset connection counts as one),
     /// `nil` when nothing is available now. `recv` on sockets (`MSG_DONTWAIT` unless `blocking`), `read`
     /// on other descriptors (which must then be non-blocking unless `blocking`).
-    static func receive(
+    package static func receive(
         _ fd: Int32,
         into p: UnsafeMutableRawBufferPointer,
         socket: Bool = true,
         blocking: Bool = false
-    ) throws -> Int? {
-        while true {
-            let n =
-                socket
-                ? Glibc.recv(fd, p.baseAddress!, p.count, blocking ? 0 : Int32(MSG_DONTWAIT))
-                : Glibc.read(fd, p.baseAddress!, p.count)
-            if n >= 0 { return n }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return nil }
-            if e == ECONNRESET { return 0 }
-            throw MultiprocessingError.system(socket ? "recv" : "read", e)
+    ) throws(MultiprocessingError) -> Int? {
+        try mapped { () throws(SystemCallError) in
+            socket ? try SystemCall.recv(fd, p, blocking: blocking).value : try SystemCall.read(fd, p).value
         }
     }
 
     /// Sends what the socket takes now, without SIGPIPE: the bytes sent, `nil` if it would block.
     /// A peer that is gone throws ``MultiprocessingError/Code/endOfFile``.
-    static func sendNow(_ fd: Int32, _ p: UnsafeRawBufferPointer) throws -> Int? {
-        while true {
-            let n = Glibc.send(fd, p.baseAddress!, p.count, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
-            if n >= 0 { return n }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return nil }
-            throw writeError(e)
-        }
+    package static func sendNow(_ fd: Int32, _ p: UnsafeRawBufferPointer) throws(MultiprocessingError) -> Int? {
+        try mapped { () throws(SystemCallError) in try SystemCall.send(fd, p).value }
     }
 
-    /// `epoll_wait` without a timeout, `EINTR` retried: the number of events.
-    static func epollWait(_ epfd: Int32, _ events: inout [epoll_event]) throws -> Int {
-        while true {
-            let n = epoll_wait(epfd, &events, Int32(events.count), -1)
-            if n >= 0 { return Int(n) }
-            let e = errno
-            if e == EINTR { continue }
-            throw MultiprocessingError.system("epoll_wait", e)
-        }
+    /// `epoll_wait` without a timeout: the number of events.
+    static func epollWait(_ epfd: Int32, _ events: inout [epoll_event]) throws(MultiprocessingError) -> Int {
+        try mapped { () throws(SystemCallError) in try SystemCall.epollWait(epfd, &events) }
     }
 
     /// A close-on-exec, non-blocking stream socket.
-    package static func streamSocket(family: Int32) throws -> Int32 {
-        let s = Glibc.socket(
-            family,
-            Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
-            0
-        )
-        guard s >= 0 else { throw MultiprocessingError.system("socket", errno) }
-        return s
+    package static func streamSocket(family: Int32) throws(MultiprocessingError) -> Int32 {
+        try mapped { () throws(SystemCallError) in try SystemCall.streamSocket(family: family) }
     }
 
     /// Binds `s` to `address` and listens (with `SO_REUSEADDR` on TCP).
@@ -160,11 +128,8 @@ package enum Syscall {
         _ sa: UnsafePointer<sockaddr>,
         _ len: socklen_t,
         backlog: Int32
-    ) throws {
-        var one: Int32 = 1
-        if family != AF_UNIX { setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
-        guard bind(s, sa, len) == 0 else { throw MultiprocessingError.system("bind", errno) }
-        guard Glibc.listen(s, backlog) == 0 else { throw MultiprocessingError.system("listen", errno) }
+    ) throws(MultiprocessingError) {
+        try mapped { () throws(SystemCallError) in try SystemCall.listen(s, family: family, sa, len, backlog: backlog) }
     }
 
     /// Connects the non-blocking socket `s` before `deadline`; `false` if the deadline passed first.
@@ -173,17 +138,12 @@ package enum Syscall {
         _ sa: UnsafePointer<sockaddr>,
         _ len: socklen_t,
         deadline: Deadline?
-    ) throws -> Bool {
-        if Glibc.connect(s, sa, len) == 0 { return true }
-        let e = errno
-        guard e == EINPROGRESS || e == EINTR else { throw MultiprocessingError.system("connect", e) }
+    ) throws(MultiprocessingError) -> Bool {
+        if try mapped({ () throws(SystemCallError) in try SystemCall.connect(s, sa, len) }) { return true }
         if try !poll(s, events: Int16(POLLOUT), deadline: deadline) { return false }
-        var err: Int32 = 0
-        var l = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &l) == 0 else {
-            throw MultiprocessingError.system("getsockopt", errno)
+        if let e = try mapped({ () throws(SystemCallError) in try SystemCall.pendingError(s) }) {
+            throw MultiprocessingError(e)
         }
-        guard err == 0 else { throw MultiprocessingError.system("connect", err) }
         return true
     }
 
@@ -194,10 +154,8 @@ package enum Syscall {
         return flags >= 0 && fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) == 0
     }
 
-    static func dup(_ fd: Int32) throws -> Int32 {
-        let r = fcntl(fd, F_DUPFD_CLOEXEC, 0)
-        guard r >= 0 else { throw MultiprocessingError.system("dup", errno) }
-        return r
+    static func dup(_ fd: Int32) throws(MultiprocessingError) -> Int32 {
+        try mapped { () throws(SystemCallError) in try SystemCall.duplicate(fd) }
     }
 
     /// Writes the whole buffer before `deadline`; returns the bytes written (less than the buffer only
@@ -205,67 +163,57 @@ package enum Syscall {
     /// full (a request-reply exchange then costs one system call, not two); pipes: `poll` + writes of at
     /// most 4 KiB, which a writable pipe always takes without blocking. (`isSocket` as the caller knows it;
     /// a wrong `true` costs one failed `send` and is corrected.)
-    static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer, deadline: Deadline, isSocket: Bool) throws -> Int {
+    static func writeAll(
+        _ fd: Int32,
+        _ p: UnsafeRawBufferPointer,
+        deadline: Deadline,
+        isSocket: Bool
+    ) throws(MultiprocessingError) -> Int {
         var off = 0
         var isSocket = isSocket
         while off < p.count {
+            let rest = UnsafeRawBufferPointer(rebasing: p[off...])
             if isSocket {
-                let n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-                if n >= 0 {
-                    off += n
-                    continue
-                }
-                let e = errno
-                if e == EINTR { continue }
-                if e == ENOTSOCK {
+                do throws(SystemCallError) {
+                    if let n = try SystemCall.send(fd, rest).value {
+                        off += n
+                        continue
+                    }
+                } catch  where error.errno == .notSocket {
                     isSocket = false
-                } else if e != EAGAIN {
-                    throw writeError(e)
+                } catch {
+                    throw MultiprocessingError(error)
                 }
             }
             guard try poll(fd, events: Int16(POLLOUT), deadline: deadline) else { return off }
             if isSocket { continue }
-            let w = Glibc.write(fd, p.baseAddress! + off, min(4096, p.count - off))
-            if w >= 0 {
-                off += w
-                continue
-            }
-            if errno == EINTR || errno == EAGAIN { continue }
-            throw writeError(errno)
+            let chunk = UnsafeRawBufferPointer(rebasing: rest.prefix(4096))
+            off += try mapped { () throws(SystemCallError) in try SystemCall.write(fd, chunk).value ?? 0 }
         }
         return off
     }
 
-    /// `write` of the whole buffer (looping on short writes).
-    static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer) throws {
+    /// Writes the whole buffer, blocking as long as it takes (looping on short writes).
+    static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer) throws(MultiprocessingError) {
         var off = 0
+        var isSocket = true
         while off < p.count {
-            let n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL))
-            if n >= 0 {
-                off += n
-                continue
-            }
-            let e = errno
-            if e == EINTR { continue }
-            if e == ENOTSOCK {
-                // A pipe end: plain write(2).
-                let w = Glibc.write(fd, p.baseAddress! + off, p.count - off)
-                if w >= 0 {
-                    off += w
+            let rest = UnsafeRawBufferPointer(rebasing: p[off...])
+            do throws(SystemCallError) {
+                // A pipe end answers ENOTSOCK to send(2) once; plain write(2) from then on.
+                let r = isSocket ? try SystemCall.send(fd, rest, blocking: true) : try SystemCall.write(fd, rest)
+                if let n = r.value {
+                    off += n
                     continue
                 }
-                if errno == EINTR { continue }
-                throw writeError(errno)
+                // A descriptor someone made non-blocking: wait for room rather than spin.
+                _ = try SystemCall.poll(fd, events: Int16(POLLOUT), timeoutMs: -1)
+            } catch  where error.errno == .notSocket && isSocket {
+                isSocket = false
+            } catch {
+                throw MultiprocessingError(error)
             }
-            throw writeError(e)
         }
-    }
-
-    package static func writeError(_ e: Int32) -> MultiprocessingError {
-        if e == EPIPE || e == ECONNRESET {
-            return MultiprocessingError(.endOfFile, "the peer closed the connection", errno: e)
-        }
-        return .system("write", e)
     }
 
     /// One `recvmsg` (sockets) or `read` (pipes); non-blocking unless `blocking` (then one syscall that
@@ -277,64 +225,31 @@ package enum Syscall {
         fds: inout [Int32],
         isSocket: Bool,
         blocking: Bool = false
-    ) throws -> Int? {
-        while true {
-            if isSocket {
-                var got: (Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32) = (-1, -1, -1, -1, -1, -1, -1, -1)
-                var n: Int32 = 0
-                let r = withUnsafeMutableBytes(of: &got) { g in
-                    mp_recv_with_fds(
-                        fd,
-                        p.baseAddress,
-                        p.count,
-                        g.baseAddress!.assumingMemoryBound(to: Int32.self),
-                        8,
-                        &n,
-                        blocking ? 0 : Int32(MSG_DONTWAIT)
-                    )
-                }
-                if r >= 0 {
-                    if n > 0 {
-                        withUnsafeBytes(of: got) { g in fds.append(contentsOf: g.bindMemory(to: Int32.self)[0..<Int(n)])
-                        }
-                    }
-                    return r
-                }
-                let e = Int32(-r)
-                if e == EINTR { continue }
-                if e == EAGAIN { return nil }
-                if e == ECONNRESET { return 0 }
-                throw MultiprocessingError.system("recvmsg", e)
+    ) throws(MultiprocessingError) -> Int? {
+        if isSocket {
+            return try mapped { () throws(SystemCallError) in
+                try SystemCall.recvWithDescriptors(fd, p, fds: &fds, blocking: blocking).value
             }
-            if !blocking { guard try poll(fd, events: Int16(POLLIN), deadline: Deadline.now()) else { return nil } }
-            let r = Glibc.read(fd, p.baseAddress, p.count)
-            if r >= 0 { return r }
-            if errno == EINTR { continue }
-            throw MultiprocessingError.system("read", errno)
         }
+        if !blocking { guard try poll(fd, events: Int16(POLLIN), deadline: Deadline.now()) else { return nil } }
+        return try mapped { () throws(SystemCallError) in try SystemCall.read(fd, p).value }
     }
 
-    /// `poll` of one descriptor; true when ready (or hung up) within the deadline.
-    package static func poll(_ fd: Int32, events: Int16, deadline: Deadline?) throws -> Bool {
-        var pfd = pollfd(fd: fd, events: events, revents: 0)
-        while true {
-            let r = Glibc.poll(&pfd, 1, Deadline.pollTimeout(deadline))
-            if r > 0 { return true }
-            if r == 0 { return false }
-            if errno == EINTR { continue }
-            throw MultiprocessingError.system("poll", errno)
+    /// `poll` of one descriptor; true when ready (or hung up) within the deadline (the timeout computed
+    /// again after an interruption).
+    package static func poll(_ fd: Int32, events: Int16, deadline: Deadline?) throws(MultiprocessingError) -> Bool {
+        try mapped { () throws(SystemCallError) in
+            try SystemCall.poll(fd, events: events, timeoutMs: Deadline.pollTimeout(deadline)) != 0
         }
     }
 
     /// `poll` of many descriptors; returns the indices that are ready.
-    static func poll(_ fds: [(fd: Int32, events: Int16)], deadline: Deadline?) throws -> [Int] {
+    static func poll(_ fds: [(fd: Int32, events: Int16)], deadline: Deadline?) throws(MultiprocessingError) -> [Int] {
         var pfds = fds.map { pollfd(fd: $0.fd, events: $0.events, revents: 0) }
-        while true {
-            let r = Glibc.poll(&pfds, nfds_t(pfds.count), Deadline.pollTimeout(deadline))
-            if r >= 0 { return pfds.indices.filter { pfds[$0].revents != 0 } }
-            if errno == EINTR { continue }
-            throw MultiprocessingError.system("poll", errno)
+        _ = try mapped { () throws(SystemCallError) in
+            try SystemCall.poll(&pfds, timeoutMs: Deadline.pollTimeout(deadline))
         }
+        return pfds.indices.filter { pfds[$0].revents != 0 }
     }
 
     static func isSocket(_ fd: Int32) -> Bool {

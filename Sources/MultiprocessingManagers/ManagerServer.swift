@@ -240,7 +240,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                         metadata: ["address": "\(address)", "error": "\(e)"]
                     )
                 }
-                let refused = (e.errno == EMFILE || e.errno == ENFILE) && listener.refusesWhenExhausted
+                let refused = (e.errnoCode == EMFILE || e.errnoCode == ENFILE) && listener.refusesWhenExhausted
                 if !refused {
                     // The waiting connection could not be closed (out of memory, or no reserve descriptor):
                     // pause instead of spinning on it.

@@ -196,7 +196,7 @@ public enum TaskMasterWorker {
     /// Whether `error` says nobody answered at the address (yet): refused, unreachable, timed out.
     static func isAbsence(_ error: MultiprocessingError) -> Bool {
         if error.code == .timedOut || error.code == .endOfFile { return true }
-        guard let e = error.errno else { return false }
+        guard let e = error.errnoCode else { return false }
         return [ECONNREFUSED, ECONNRESET, ENOENT, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, EAGAIN].contains(e)
     }
 

@@ -1,7 +1,7 @@
-internal import CMultiprocessingShims
 import Glibc
 import Multiprocessing
-import Synchronization
+import SystemCalls
+import SystemPackage
 import Threading
 
 /// A stream socket (TCP or Unix) for async code: connecting, reading and writing suspend the task and
@@ -13,16 +13,15 @@ import Threading
 /// as with any stream socket. Every call honours task cancellation (`CancellationError`, and the socket
 /// stays usable); to bound a call in time, cancel it (for example from a task that sleeps).
 public final class AsyncSocket: Sendable {
-    private let fd: Int32
-    private let closed = Atomic<Bool>(false)
+    /// The socket, closed only once no call uses it.
+    private let descriptor: DescriptorLifetime
+    private var fd: Int32 { descriptor.fd }
 
     /// Takes ownership of a connected stream socket (made non-blocking here).
     public init(fileDescriptor: Int32) {
-        fd = fileDescriptor
-        Syscall.setNonBlocking(fd)
+        descriptor = DescriptorLifetime(fileDescriptor)
+        Syscall.setNonBlocking(fileDescriptor)
     }
-
-    deinit { if !closed.load(ordering: .relaxed) { Glibc.close(fd) } }
 
     /// The descriptor (owned by this object).
     public var fileDescriptor: Int32 { fd }
@@ -38,43 +37,38 @@ public final class AsyncSocket: Sendable {
         let start: @Sendable () throws -> (Int32, Bool) = {
             try address.withSockaddrs { family, sa, len -> (Int32, Bool)? in
                 let s = try Syscall.streamSocket(family: family)
-                if Glibc.connect(s, sa, len) == 0 { return (s, false) }
-                let e = errno
-                if e == EINPROGRESS || e == EINTR || e == EAGAIN { return (s, true) }
-                Glibc.close(s)
-                throw MultiprocessingError.system("connect to \(address)", e)
+                do throws(SystemCallError) {
+                    return (s, !(try SystemCall.connect(s, sa, len)))
+                } catch {
+                    SystemCall.close(s)
+                    throw MultiprocessingError.system("connect to \(address)", error.errno.rawValue)
+                }
             }
         }
         let (s, inProgress) = numeric ? try start() : try await onHelperThread(start)
         let socket = AsyncSocket(fileDescriptor: s)
         if inProgress {
             try await Reactor.shared.wait(s, writable: true)
-            var err: Int32 = 0
-            var l = socklen_t(MemoryLayout<Int32>.size)
-            guard getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &l) == 0 else {
-                throw MultiprocessingError.system("getsockopt", errno)
+            if let e = try Syscall.mapped({ () throws(SystemCallError) in try SystemCall.pendingError(s) }) {
+                throw MultiprocessingError.system("connect to \(address)", e.errno.rawValue)
             }
-            guard err == 0 else { throw MultiprocessingError.system("connect to \(address)", err) }
         }
-        if case .tcp = address { _ = mp_set_nodelay(s) }
+        if case .tcp = address { try? SystemCall.setNoDelay(s) }
         return socket
     }
 
     /// Up to `maxLength` bytes, as soon as some are there; empty at end of file.
     public func read(upTo maxLength: Int = 64 * 1024) async throws -> [UInt8] {
         precondition(maxLength > 0, "maxLength must be positive")
+        var buffer = [UInt8](repeating: 0, count: maxLength)
         while true {
-            try checkOpen()
-            var buffer = [UInt8](repeating: 0, count: maxLength)
-            let n = buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, maxLength, Int32(MSG_DONTWAIT)) }
-            if n >= 0 {
+            let r = try withDescriptor { fd in
+                try buffer.withUnsafeMutableBytes { p in try Syscall.receive(fd, into: p) }
+            }
+            if let n = r {
                 buffer.removeLast(maxLength - n)
                 return buffer
             }
-            let e = errno
-            if e == EINTR { continue }
-            if e == ECONNRESET { return [] }
-            guard e == EAGAIN else { throw MultiprocessingError.system("recv", e) }
             try await Reactor.shared.wait(fd)
         }
     }
@@ -97,33 +91,31 @@ public final class AsyncSocket: Sendable {
         let bytes = Array(bytes)
         var offset = 0
         while offset < bytes.count {
-            try checkOpen()
-            let n = bytes.withUnsafeBytes {
-                Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            let r = try withDescriptor { fd in
+                try bytes.withUnsafeBytes { p in try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[offset...]))
+                }
             }
-            if n >= 0 {
+            if let n = r {
                 offset += n
                 continue
             }
-            let e = errno
-            if e == EINTR { continue }
-            guard e == EAGAIN else { throw Syscall.writeError(e) }
             try await Reactor.shared.wait(fd, writable: true)
         }
     }
 
     /// Closes the sending side (the peer reads end of file); reading still works.
-    public func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
+    public func shutdownWrite() { _ = descriptor.use { fd in SystemCall.shutdown(fd, Int32(SHUT_WR)) } }
 
     /// Closes the socket; tasks waiting on it fail with `MultiprocessingError.Code.closed`. Idempotent.
     public func close() {
-        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        Reactor.started?.cancelWaits(on: fd)
-        Glibc.close(fd)
+        descriptor.close { fd in Reactor.started?.cancelWaits(on: fd) }
     }
 
-    private func checkOpen() throws {
-        if closed.load(ordering: .acquiring) { throw MultiprocessingError(.closed, "the socket is closed") }
+    /// `body` with the descriptor, open until it returns; `MultiprocessingError.Code.closed` after
+    /// ``close()``.
+    private func withDescriptor<T>(_ body: (Int32) throws -> T) throws -> T {
+        guard let r = try descriptor.use(body) else { throw MultiprocessingError(.closed, "the socket is closed") }
+        return r
     }
 
     static func isNumericHost(_ host: String) -> Bool {
@@ -144,8 +136,8 @@ public final class AsyncSocket: Sendable {
 /// Accepts stream connections for async code — the server side of ``AsyncSocket``. No authkey: for
 /// CPython's authenticated connections use ``Listener``.
 public final class AsyncListener: Sendable {
-    private let fd: Int32
-    private let closed = Atomic<Bool>(false)
+    /// The listening socket, closed only once no accept uses it.
+    private let descriptor: DescriptorLifetime
     /// Where it listens (with the port the system chose when asked for port 0).
     public let address: Address
 
@@ -153,42 +145,38 @@ public final class AsyncListener: Sendable {
     public init(address: Address = .tcp(host: "127.0.0.1", port: 0), backlog: Int32 = 128) throws {
         var unixPath: String?
         if case .unix(let p) = address { unixPath = p }
-        fd = try address.withSockaddrs { family, sa, len -> Int32? in
+        let fd = try address.withSockaddrs { family, sa, len -> Int32? in
             let s = try Syscall.streamSocket(family: family)
             do {
                 try Syscall.listen(s, family: family, sa, len, backlog: backlog)
             } catch {
-                Glibc.close(s)
+                SystemCall.close(s)
                 throw error
             }
             return s
         }
+        descriptor = DescriptorLifetime(fd)
         self.address = Address.local(of: fd, unixPath: unixPath)
     }
-
-    deinit { if !closed.load(ordering: .relaxed) { Glibc.close(fd) } }
 
     /// The next connection (with `TCP_NODELAY` on TCP), waiting for one without holding a thread.
     public func accept() async throws -> AsyncSocket {
         while true {
-            if closed.load(ordering: .acquiring) { throw MultiprocessingError(.closed, "the listener is closed") }
-            let s = mp_accept_nonblocking(fd)
-            if s >= 0 {
-                if case .tcp = address { _ = mp_set_nodelay(s) }
+            let accepted = try descriptor.use { fd throws(MultiprocessingError) in
+                try Syscall.mapped { () throws(SystemCallError) in try SystemCall.accept(fd).value }
+            }
+            guard let accepted else { throw MultiprocessingError(.closed, "the listener is closed") }
+            if let s = accepted {
+                if case .tcp = address { try? SystemCall.setNoDelay(s) }
                 return AsyncSocket(fileDescriptor: s)
             }
-            let e = -s
-            if e == EINTR || e == ECONNABORTED { continue }
-            guard e == EAGAIN else { throw MultiprocessingError.system("accept", e) }
-            try await Reactor.shared.wait(fd)
+            try await Reactor.shared.wait(descriptor.fd)
         }
     }
 
     /// Stops listening; a task waiting in ``accept()`` fails with `MultiprocessingError.Code.closed`.
     public func close() {
-        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        Reactor.started?.cancelWaits(on: fd)
-        Glibc.close(fd)
+        guard descriptor.close(before: { fd in Reactor.started?.cancelWaits(on: fd) }) else { return }
         if case .unix(let path) = address, !path.isEmpty { unlink(path) }
     }
 }

@@ -1,7 +1,8 @@
 internal import CMultiprocessingShims
 import Glibc
 public import Multiprocessing
-import Synchronization
+import SystemCalls
+import SystemPackage
 import Threading
 
 /// Accepts connections on a TCP or Unix socket, optionally requiring an authkey —
@@ -11,15 +12,17 @@ import Threading
 /// `TCP_NODELAY` (CPython does not, and pays ~400 ms per manager connection to Nagle's algorithm and
 /// delayed ACKs). A client that fails the handshake, sends garbage or stays silent makes `accept` throw
 /// for that client only; the listener stays usable.
-public final class Listener: @unchecked Sendable {  // immutable after init, except `closed`
+public final class Listener: @unchecked Sendable {  // immutable after init, except the descriptor's state
     /// The bound address (with the actual port when 0 was asked for).
     public let address: Address
     private let authkey: [UInt8]?
     /// How long a connecting client may take over the handshake.
     public let handshakeTimeout: Duration
-    private let fd: Int32
+    /// The listening socket, closed only once no accept or poll uses it (a close racing an accept on
+    /// another thread must not let that thread accept on a number the system gave to someone else).
+    private let descriptor: DescriptorLifetime
+    private var fd: Int32 { descriptor.fd }
     private let unixPath: String?
-    private let closed = Atomic<Bool>(false)
     private let last = TrackedMutex<Address?>(nil)
     /// A descriptor held in reserve (`/dev/null`; -1: none): when the process is out of descriptors,
     /// it is given up for a moment to accept the waiting connection and close it, so that the client
@@ -48,7 +51,7 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
         var path: String?
         if case .unix(let p) = address { path = p }
         unixPath = path
-        fd = try address.withSockaddrs { family, sa, len -> Int32? in
+        let fd = try address.withSockaddrs { family, sa, len -> Int32? in
             // Non-blocking: accept is always preceded by poll (or the reactor), never blocks by itself.
             let s = try Syscall.streamSocket(family: family)
             do {
@@ -59,13 +62,14 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
             }
             return s
         }
+        descriptor = DescriptorLifetime(fd)
         self.address = Address.local(of: fd, unixPath: path)
         reserve.withLock { $0 = Listener.openReserve() }
     }
 
     deinit { close() }
 
-    private static func openReserve() -> Int32 { Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC) }
+    private static func openReserve() -> Int32 { (try? SystemCall.open("/dev/null", O_RDONLY)) ?? -1 }
 
     /// Whether the listener holds its reserve descriptor, and so refuses connections it cannot take
     /// (out of descriptors) by closing them at once. When false (the process ran out before the
@@ -74,29 +78,29 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
 
     /// Out of descriptors: accepts the waiting connection on the reserve's number and closes it, then
     /// takes the reserve back.
-    private func refuseOne() {
+    private func refuseOne(_ fd: Int32) {
         reserve.withLock { r in
-            guard !closed.load(ordering: .relaxed) else { return }
             guard r >= 0 else {
                 r = Listener.openReserve()
                 return
             }
-            Glibc.close(r)
-            let s = mp_accept_nonblocking(fd)
-            if s >= 0 { Glibc.close(s) }
+            SystemCall.close(r)
+            if case .done(let s)? = try? SystemCall.accept(fd) { SystemCall.close(s) }
             r = Listener.openReserve()
         }
     }
 
     /// Stops listening; a Unix socket's path is removed — Python's `Listener.close()`.
     public func close() {
-        guard closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
-        Reactor.started?.cancelWaits(on: fd)
-        _ = shutdown(fd, Int32(SHUT_RDWR))
-        // Under the reserve's lock: `refuseOne` (which accepts on `fd`) never runs on a closed number.
+        // Waiting tasks fail, threads in poll wake (shutdown); the number is released when the last
+        // call using it returns.
+        let first = descriptor.close { fd in
+            Reactor.started?.cancelWaits(on: fd)
+            SystemCall.shutdown(fd, Int32(SHUT_RDWR))
+        }
+        guard first else { return }
         reserve.withLock { r in
-            Glibc.close(fd)
-            if r >= 0 { Glibc.close(r) }
+            if r >= 0 { SystemCall.close(r) }
             r = -1
         }
         if let unixPath { unlink(unixPath) }
@@ -136,11 +140,21 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     /// - Throws: only errors of the listener (`MultiprocessingError`).
     public func acceptConnection(timeout: Duration? = nil) throws -> AcceptedConnection {
         let deadline = Deadline.after(timeout)
+        enum Attempt {
+            case accepted(AcceptedConnection)
+            case ready
+            case timedOut
+        }
         while true {
-            if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "the listener is closed") }
-            if let c = try acceptNow() { return c }
-            if try !Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) {
-                throw MultiprocessingError(.timedOut, "no connection within the timeout")
+            let attempt = try descriptor.use { fd throws -> Attempt in
+                if let c = try acceptNow(fd) { return .accepted(c) }
+                return try Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) ? .ready : .timedOut
+            }
+            switch attempt {
+            case .accepted(let c): return c
+            case .ready: continue
+            case .timedOut: throw MultiprocessingError(.timedOut, "no connection within the timeout")
+            case nil: throw MultiprocessingError(.closed, "the listener is closed")
             }
         }
     }
@@ -148,8 +162,10 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     /// The async form of ``acceptConnection(timeout:)``: suspends the task until a client connects.
     public func acceptConnection() async throws -> AcceptedConnection {
         while true {
-            if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "the listener is closed") }
-            if let c = try acceptNow() { return c }
+            guard let accepted = try descriptor.use({ fd in try acceptNow(fd) }) else {
+                throw MultiprocessingError(.closed, "the listener is closed")
+            }
+            if let c = accepted { return c }
             try await Reactor.shared.wait(fd)
         }
     }
@@ -157,36 +173,33 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
     /// The peer of the last connection accepted — Python's `Listener.last_accepted`.
     public var lastAccepted: Address? { last.withLock { $0 } }
 
-    private func acceptNow() throws -> AcceptedConnection? {
-        while true {
-            let s = mp_accept_nonblocking(fd)
-            if s >= 0 {
-                // Back to blocking mode: Connection polls before every read and write.
-                let flags = fcntl(s, F_GETFL)
-                _ = fcntl(s, F_SETFL, flags & ~O_NONBLOCK)
-                if unixPath == nil {
-                    _ = mp_set_nodelay(s)
-                    keepAlive?.apply(to: s)
-                }
-                let peer = Address.peer(of: s)
-                last.withLock { $0 = peer }
-                return AcceptedConnection(connection: Connection(fileDescriptor: s), peer: peer)
-            }
-            let e = -s
-            if e == EINTR || e == ECONNABORTED { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return nil }
-            if closed.load(ordering: .relaxed) { throw MultiprocessingError(.closed, "the listener is closed") }
-            if e == EMFILE || e == ENFILE {
-                refuseOne()
-                throw MultiprocessingError(
-                    .resourceExhausted,
-                    "accept failed: out of file descriptors (a waiting connection was closed); the listener "
-                        + "keeps listening and accepts again once descriptors are freed",
-                    errno: e
-                )
-            }
-            throw MultiprocessingError.system("accept", e)
+    /// With the descriptor in use: a connection if one is waiting, `nil` if none is.
+    private func acceptNow(_ fd: Int32) throws -> AcceptedConnection? {
+        let s: Int32
+        do throws(SystemCallError) {
+            guard case .done(let accepted) = try SystemCall.accept(fd) else { return nil }
+            s = accepted
+        } catch  where error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem {
+            refuseOne(fd)
+            throw MultiprocessingError(
+                .resourceExhausted,
+                "accept failed: out of file descriptors (a waiting connection was closed); the listener "
+                    + "keeps listening and accepts again once descriptors are freed",
+                errno: error.errno
+            )
+        } catch {
+            if descriptor.isClosed { throw MultiprocessingError(.closed, "the listener is closed") }
+            throw MultiprocessingError(error)
         }
+        // Back to blocking mode: Connection polls before every read and write.
+        Syscall.setNonBlocking(s, false)
+        if unixPath == nil {
+            try? SystemCall.setNoDelay(s)
+            keepAlive?.apply(to: s)
+        }
+        let peer = Address.peer(of: s)
+        last.withLock { $0 = peer }
+        return AcceptedConnection(connection: Connection(fileDescriptor: s), peer: peer)
     }
 
     /// Runs the authkey handshake (if the listener has a key) on an accepted connection, within
@@ -263,7 +276,7 @@ public func connect(
         }
         Syscall.setNonBlocking(s, false)
         if family != AF_UNIX {
-            _ = mp_set_nodelay(s)
+            try? SystemCall.setNoDelay(s)
             keepAlive?.apply(to: s)
         }
         return s

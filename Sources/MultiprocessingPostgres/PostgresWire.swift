@@ -9,6 +9,7 @@
 import Glibc
 import Multiprocessing
 import MultiprocessingSQL
+import SystemCalls
 import Threading
 
 /// A session of its own that reads query results (extended protocol: unnamed statements, described once
@@ -108,12 +109,10 @@ final class PostgresWireReader {
 
     /// Sends Terminate (without waiting) and closes the socket. Idempotent.
     func close() {
-        var terminate = machine.terminate()
+        let terminate = machine.terminate()
         if fd >= 0 {
-            _ = terminate.withUnsafeMutableBytes {
-                Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
-            }
-            _ = Glibc.close(fd)
+            _ = terminate.withUnsafeBytes { p in try? SystemCall.send(fd, p) }
+            SystemCall.close(fd)
             fd = -1
         }
     }
@@ -143,8 +142,7 @@ final class PostgresWireReader {
             }
             do {
                 if try Syscall.connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen, deadline: deadline) {
-                    var one: Int32 = 1
-                    setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                    try? SystemCall.setNoDelay(s)
                     fd = s
                     return
                 }
@@ -249,15 +247,15 @@ final class PostgresWireReader {
         try bytes.withUnsafeBytes { p in
             var off = 0
             while off < p.count {
-                let n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL))
-                if n > 0 {
-                    off += n
-                    continue
+                let sent: Int?
+                do throws(SystemCallError) {
+                    sent = try SystemCall.send(fd, UnsafeRawBufferPointer(rebasing: p[off...])).value
+                } catch {
+                    throw SQLError(.connection, "the server went away (send: \(error.errno))")
                 }
-                let e = errno
-                if e == EINTR { continue }
-                guard e == EAGAIN else {
-                    throw SQLError(.connection, "the server went away (send: \(String(cString: strerror(e))))")
+                if let sent {
+                    off += sent
+                    continue
                 }
                 guard try Syscall.poll(fd, events: Int16(POLLOUT), deadline: deadline) else {
                     throw SQLError(.connection, "PostgreSQL did not take a request within \(timeout)")
@@ -283,16 +281,16 @@ final class PostgresWireReader {
             buffer = bigger
         }
         while end < n {
-            let r = Glibc.recv(fd, buffer.baseAddress! + end, buffer.count - end, 0)
-            if r > 0 {
-                end += r
-                continue
+            let got: Int?
+            do throws(SystemCallError) {
+                got = try SystemCall.recv(fd, UnsafeMutableRawBufferPointer(rebasing: buffer[end...])).value
+            } catch {
+                throw SQLError(.connection, "the server went away (recv: \(error.errno))")
             }
-            if r == 0 { return false }
-            let e = errno
-            if e == EINTR { continue }
-            guard e == EAGAIN else {
-                throw SQLError(.connection, "the server went away (recv: \(String(cString: strerror(e))))")
+            if let got {
+                if got == 0 { return false }  // closed, or reset
+                end += got
+                continue
             }
             guard try Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) else {
                 throw SQLError(.connection, "PostgreSQL did not answer within \(timeout)")

@@ -1,5 +1,7 @@
 import Glibc
 import MultiprocessingTestSupport
+import SystemCalls
+import SystemPackage
 import Testing
 import Threading
 
@@ -12,14 +14,16 @@ import Threading
         #expect(try Syscall.check("x", Int32(5)) == 5)
         #expect { try Syscall.check("eventfd", -EMFILE) } throws: { e in
             let m = e as? MultiprocessingError
-            return m?.code == .resourceExhausted && m?.errno == EMFILE && m?.message.contains("eventfd") == true
+            return m?.code == .resourceExhausted && m?.errnoCode == EMFILE && m?.message.contains("eventfd") == true
         }
-        #expect { try Syscall.check("fstat", Int(-EBADF)) } throws: { ($0 as? MultiprocessingError)?.errno == EBADF }
+        #expect { try Syscall.check("fstat", Int(-EBADF)) } throws: {
+            ($0 as? MultiprocessingError)?.errnoCode == EBADF
+        }
     }
 
     @Test func sharedMemoryAndMappingReportTheRealCause() throws {
-        #expect { try Syscall.mapShared(-1, size: 4096) } throws: { ($0 as? MultiprocessingError)?.errno == EBADF }
-        #expect { try Syscall.fileSize(-1) } throws: { ($0 as? MultiprocessingError)?.errno == EBADF }
+        #expect { try Syscall.mapShared(-1, size: 4096) } throws: { ($0 as? MultiprocessingError)?.errnoCode == EBADF }
+        #expect { try Syscall.fileSize(-1) } throws: { ($0 as? MultiprocessingError)?.errnoCode == EBADF }
         let fd = try Syscall.sharedMemory(name: "swift-mp-test", size: 8192)
         defer { Syscall.close(fd) }
         #expect(try Syscall.fileSize(fd) == 8192)
@@ -52,7 +56,30 @@ import Threading
                     try Syscall.connect(s, sa, len, deadline: Deadline.after(.seconds(5)))
                 }
             }
-        } throws: { ($0 as? MultiprocessingError)?.errno == ECONNREFUSED }
+        } throws: { ($0 as? MultiprocessingError)?.errnoCode == ECONNREFUSED }
+    }
+
+    @Test func aPeerGoneOnAWriteIsEndOfFileWithItsTypedErrno() throws {
+        let (a, b) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+        defer { Syscall.close(a) }
+        Syscall.close(b)
+        #expect {
+            _ = try [UInt8]([1]).withUnsafeBytes { try Syscall.sendNow(a, $0) }
+        } throws: { e in
+            let e = e as? MultiprocessingError
+            return e?.code == .endOfFile && e?.errno == .brokenPipe && e?.errnoCode == EPIPE
+        }
+        // The same policy for the public Connection.
+        let (c, d) = try makePipe()
+        d.close()
+        #expect { try c.sendBytes([1, 2, 3]) } throws: { ($0 as? MultiprocessingError)?.code == .endOfFile }
+    }
+
+    @Test func errorsTravelWithTheirErrno() throws {
+        let e = MultiprocessingError(SystemCallError("recv", .connectionRefused))
+        let back = try BinaryDecoder().decode(MultiprocessingError.self, from: try BinaryEncoder().encode(e))
+        #expect(back.code == .system && back.errno == .connectionRefused && back.errnoCode == ECONNREFUSED)
+        #expect(back.description.contains("errno \(ECONNREFUSED)"))
     }
 
     @Test func receiveSaysWouldBlockEndOfInputAndData() throws {

@@ -1,6 +1,6 @@
 internal import CMultiprocessingShims
 import Glibc
-import Synchronization
+import SystemCalls
 package import Threading
 
 /// One end of a message channel — Python's `multiprocessing.connection.Connection`.
@@ -20,16 +20,15 @@ public final class Connection: @unchecked Sendable {
     /// The default limit on one received message: 1 GiB (Python has none).
     public static let defaultMaxMessageSize = 1 << 30
 
-    private let fd: Int32
+    /// The descriptor, closed only once no call uses it (a close never gives back a number that a
+    /// receiver or sender is about to use).
+    private let descriptor: DescriptorLifetime
+    private var fd: Int32 { descriptor.fd }
     /// Whether this end can receive.
     public let isReadable: Bool
     /// Whether this end can send.
     public let isWritable: Bool
     private let isSocket: Bool
-    private let closedFlag = Atomic<Bool>(false)
-    /// Held while the descriptor is closed, and while `shutdownSocket` uses it: it never acts on a number
-    /// that a close has given back (and the system may have given to someone else).
-    private let lifecycle = TrackedMutex(())
     private let sendLock = Lock()
     /// The receive side's lock: a semaphore, so an async receiver can wait for it without a thread.
     private let recvLock = Semaphore(1)
@@ -48,7 +47,7 @@ public final class Connection: @unchecked Sendable {
 
     /// Wraps an open descriptor, taking ownership of it.
     public init(fileDescriptor: Int32, readable: Bool = true, writable: Bool = true) {
-        fd = fileDescriptor
+        descriptor = DescriptorLifetime(fileDescriptor)
         isReadable = readable
         isWritable = writable
         isSocket = Syscall.isSocket(fileDescriptor)
@@ -56,7 +55,7 @@ public final class Connection: @unchecked Sendable {
     }
 
     deinit {
-        if !closedFlag.load(ordering: .relaxed) { Syscall.close(fd) }
+        // The descriptor closes itself (DescriptorLifetime's deinit) unless close() did.
         for f in receivedFds { Syscall.close(f) }
     }
 
@@ -64,15 +63,14 @@ public final class Connection: @unchecked Sendable {
     public var fileDescriptor: Int32 { fd }
 
     /// Whether ``close()`` was called.
-    public var isClosed: Bool { closedFlag.load(ordering: .relaxed) }
+    public var isClosed: Bool { descriptor.isClosed }
 
     /// Closes this end — Python's `Connection.close()`. Idempotent; wakes async receivers.
     public func close() {
-        guard closedFlag.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
         // Only this descriptor is closed (never `shutdown`, which would cut the socket for every process
-        // holding a copy, such as a child given this end). Tasks waiting on it are failed.
-        Reactor.started?.cancelWaits(on: fd)  // no reactor: no task can be waiting
-        lifecycle.withLock { _ in Syscall.close(fd) }
+        // holding a copy, such as a child given this end). Tasks waiting on it are failed; a thread in a
+        // call on it keeps the number until the call returns.
+        descriptor.close { fd in Reactor.started?.cancelWaits(on: fd) }  // no reactor: no task can be waiting
     }
 
     /// Shuts down reading and/or writing on the socket (`shutdown(2)`) without closing the descriptor: a
@@ -82,14 +80,21 @@ public final class Connection: @unchecked Sendable {
     package func shutdownSocket(reading: Bool, writing: Bool) {
         guard isSocket, reading || writing else { return }
         let how = reading && writing ? SHUT_RDWR : reading ? SHUT_RD : SHUT_WR
-        lifecycle.withLock { _ in
-            guard !isClosed else { return }
-            _ = Glibc.shutdown(fd, Int32(how))
-        }
+        _ = descriptor.use { fd in SystemCall.shutdown(fd, Int32(how)) }
     }
 
     private func checkOpen() throws(MultiprocessingError) {
         if isClosed { throw MultiprocessingError(.closed, "the connection is closed") }
+    }
+
+    /// `body` with the descriptor, kept open until it returns; ``MultiprocessingError/Code/closed`` after
+    /// ``close()``.
+    @inline(__always)
+    private func withDescriptor<T>(_ body: (Int32) throws -> T) throws -> T {
+        guard let r = try descriptor.use(body) else {
+            throw MultiprocessingError(.closed, "the connection is closed")
+        }
+        return r
     }
 
     // MARK: - Sending
@@ -149,10 +154,12 @@ public final class Connection: @unchecked Sendable {
             throw MultiprocessingError(.closed, "the connection is unusable after a send timed out mid-message")
         }
         guard let deadline else {
-            try all.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
+            try withDescriptor { fd in try all.withUnsafeBytes { try Syscall.writeAll(fd, $0) } }
             return
         }
-        let sent = try all.withUnsafeBytes { try Syscall.writeAll(fd, $0, deadline: deadline, isSocket: isSocket) }
+        let sent = try withDescriptor { fd in
+            try all.withUnsafeBytes { try Syscall.writeAll(fd, $0, deadline: deadline, isSocket: isSocket) }
+        }
         if sent < all.count {
             if sent > 0 { sendBroken = true }
             throw MultiprocessingError(.timedOut, "the peer did not take the messages within the timeout")
@@ -177,8 +184,8 @@ public final class Connection: @unchecked Sendable {
             }
             var frame = header
             frame.append(contentsOf: payload)  // one copy buys one poll/send loop for the whole frame
-            let sent = try frame.withUnsafeBytes {
-                try Syscall.writeAll(fd, $0, deadline: deadline, isSocket: isSocket)
+            let sent = try withDescriptor { fd in
+                try frame.withUnsafeBytes { try Syscall.writeAll(fd, $0, deadline: deadline, isSocket: isSocket) }
             }
             if sent < frame.count {
                 if sent > 0 { sendBroken = true }
@@ -197,27 +204,30 @@ public final class Connection: @unchecked Sendable {
                 try sendWithFds(frame, fds: fds)
             } else {
                 try sendWithFds(header, fds: fds)
-                try Syscall.writeAll(fd, payload)
+                try withDescriptor { fd in try Syscall.writeAll(fd, payload) }
             }
         }
     }
 
     private func sendWithFds(_ bytes: [UInt8], fds: [Int32]) throws {
         if fds.isEmpty {
-            try bytes.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
+            try withDescriptor { fd in try bytes.withUnsafeBytes { try Syscall.writeAll(fd, $0) } }
             return
         }
         guard isSocket else {
             throw MultiprocessingError(.invalidState, "descriptors can only travel over Unix sockets")
         }
-        let sent = bytes.withUnsafeBytes { p in
-            fds.withUnsafeBufferPointer { f in
-                mp_send_with_fds(fd, p.baseAddress, p.count, f.baseAddress, Int32(f.count), 0)
+        try withDescriptor { fd in
+            try bytes.withUnsafeBytes { p in
+                // Blocking sendmsg: the descriptors go with the first byte, the rest as plain writes.
+                let sent = try Syscall.mapped { () throws(SystemCallError) in
+                    while true {
+                        if let n = try SystemCall.sendWithDescriptors(fd, p, fds: fds).value { return n }
+                        _ = try SystemCall.poll(fd, events: Int16(POLLOUT), timeoutMs: -1)  // made non-blocking
+                    }
+                }
+                if sent < p.count { try Syscall.writeAll(fd, UnsafeRawBufferPointer(rebasing: p[sent...])) }
             }
-        }
-        if sent < 0 { throw Syscall.writeError(Int32(-sent)) }
-        if sent < bytes.count {
-            try bytes.withUnsafeBytes { try Syscall.writeAll(fd, UnsafeRawBufferPointer(rebasing: $0[sent...])) }
         }
     }
 
@@ -272,7 +282,8 @@ public final class Connection: @unchecked Sendable {
     public func poll(timeout: Duration? = .zero) throws -> Bool {
         try checkOpen()
         if hasBufferedData { return true }
-        return try Syscall.poll(fd, events: Int16(POLLIN), deadline: Deadline.after(timeout))
+        return try withDescriptor { fd in try Syscall.poll(fd, events: Int16(POLLIN), deadline: Deadline.after(timeout))
+        }
     }
 
     /// A complete message if one can be read without blocking, else `nil` (for reactor callbacks, on
@@ -296,7 +307,7 @@ public final class Connection: @unchecked Sendable {
             if let frame = try tryReceiveFrame(maxLength: maxLength, blocking: deadline == nil, deadline: deadline) {
                 return frame
             }
-            if try !Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) {
+            if try !withDescriptor({ fd in try Syscall.poll(fd, events: Int16(POLLIN), deadline: deadline) }) {
                 if frames.hasBufferedBytes {
                     broken = "a timeout in the middle of a message"
                 }
@@ -320,8 +331,9 @@ public final class Connection: @unchecked Sendable {
             }
             var fds: [Int32] = []
             let sleep = blocking || (deadline.map(sleepingReadFits) ?? false)
-            let n = try frames.read { p in
-                try Syscall.readNow(fd, into: p, fds: &fds, isSocket: isSocket, blocking: sleep)
+            let n = try withDescriptor { fd in
+                try frames.read { p in try Syscall.readNow(fd, into: p, fds: &fds, isSocket: isSocket, blocking: sleep)
+                }
             }
             if !fds.isEmpty { fdLock.withLock { receivedFds += fds } }
             guard let n else { return nil }  // nothing now
@@ -353,10 +365,9 @@ public final class Connection: @unchecked Sendable {
         guard ms >= 1 else { return false }
         let bucket = Int64(1) << (63 - UInt64(ms).leadingZeroBitCount)
         if bucket != receiveTimeoutMs {
-            var tv = timeval(tv_sec: Int(bucket / 1000), tv_usec: Int(bucket % 1000) * 1000)
-            guard setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
-                return false
-            }
+            let tv = timeval(tv_sec: Int(bucket / 1000), tv_usec: Int(bucket % 1000) * 1000)
+            let set = descriptor.use { fd in (try? SystemCall.setOption(fd, SOL_SOCKET, SO_RCVTIMEO, tv)) != nil }
+            guard set == true else { return false }
             receiveTimeoutMs = bucket
         }
         return true

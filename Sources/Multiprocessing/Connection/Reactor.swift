@@ -1,6 +1,8 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import SystemCalls
+import SystemPackage
 import Threading
 
 /// One background thread running `epoll`, so that tasks can wait for descriptors without blocking a
@@ -50,8 +52,7 @@ package final class Reactor: Sendable {
     private let state = TrackedMutex<State>(State())
 
     private init() throws(MultiprocessingError) {
-        let fd = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard fd >= 0 else { throw MultiprocessingError.system("epoll_create1", Glibc.errno) }
+        let fd = try Syscall.mapped { () throws(SystemCallError) in try SystemCall.epollCreate() }
         epfd = fd
         let t = OSThread(name: "mp-reactor", daemon: true) { Reactor.loop(fd) }
         do {
@@ -127,7 +128,7 @@ package final class Reactor: Sendable {
                         s.handlers[fd] = nil
                     }
                 } else {
-                    _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
+                    SystemCall.epollRemove(epfd, fd)
                 }
                 let take: (Registration) -> CheckedContinuation<Void, any Error>? = { r in
                     r.finished = true
@@ -148,8 +149,8 @@ package final class Reactor: Sendable {
         let watcher = s.handlers[fd] != nil ? Reactor.readable : 0
         ev.events = (s.waiters[fd] ?? []).reduce(UInt32(EPOLLONESHOT.rawValue) | watcher) { $0 | $1.events }
         ev.data.fd = fd
-        if epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) == 0 { return 0 }
-        return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : Glibc.errno
+        if SystemCall.epollControl(epfd, EPOLL_CTL_MOD, fd, &ev) == nil { return 0 }
+        return SystemCall.epollControl(epfd, EPOLL_CTL_ADD, fd, &ev)?.rawValue ?? 0
     }
 
     /// Calls `handler` on the reactor thread each time `fd` becomes readable (or hangs up), until it
@@ -214,7 +215,7 @@ package final class Reactor: Sendable {
                 return r.continuation
             }
         }
-        _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
+        SystemCall.epollRemove(epfd, fd)
         for c in continuations { c.resume(throwing: MultiprocessingError(.closed, "the descriptor was closed")) }
     }
 }

@@ -1,6 +1,7 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import SystemCalls
 import Threading
 
 /// What a worker's crash report says, in one line: the runtime's fatal-error text and the first frame in
@@ -179,9 +180,8 @@ struct ELFSymbolTable {
     /// Maps `path` and calls `body` with its symbol table; `nil` when the file cannot be read, is not
     /// ELF64 little-endian (x86-64 and arm64 Linux) or has no symbol table (it was stripped).
     static func withTable<R>(_ path: String, _ body: (ELFSymbolTable) -> R) -> R? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
+        guard let fd = try? SystemCall.open(path, O_RDONLY) else { return nil }
+        defer { SystemCall.close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_size > 64 else { return nil }
         let size = Int(st.st_size)

@@ -1,6 +1,7 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import SystemCalls
 import Threading
 
 /// Ctrl-C handling for pools: a one-shot SIGINT handler (installed only if SIGINT has its default
@@ -39,8 +40,7 @@ enum Interrupts {
         // Watched first: a handler writing to an eventfd nobody reads would swallow Ctrl-C.
         do {
             try reactor.watch(fd) {
-                var n: UInt64 = 0
-                guard read(fd, &n, 8) == 8 else { return true }
+                guard SystemCall.takeCount(fd) != nil else { return true }
                 // Not on the reactor thread: tearing down waits for exits that the reactor reports.
                 let t = OSThread(name: "mp-interrupt", daemon: true) {
                     let (pools, exitAfter) = state.withLock { s in (s.pools.compactMap(\.core), s.exitAfter) }

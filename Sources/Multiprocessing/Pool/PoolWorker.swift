@@ -1,6 +1,7 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import SystemCalls
 import Threading
 
 /// The worker side of a pool: run tasks from the parent, reply in batches.
@@ -217,11 +218,10 @@ enum PoolWorker {
     /// Cancels the running item's task when the parent signals the wake-up eventfd.
     private static func startCancelWatch(_ wake: Int32) {
         let t = OSThread(name: "mp-pool-cancel", daemon: true) {
-            var pfd = pollfd(fd: wake, events: Int16(POLLIN), revents: 0)
             var sink: UInt64 = 0
             while true {
-                if poll(&pfd, 1, -1) <= 0 { continue }
-                _ = read(wake, &sink, 8)
+                guard (try? SystemCall.poll(wake, events: Int16(POLLIN), timeoutMs: -1)) ?? 0 != 0 else { continue }
+                _ = try? withUnsafeMutableBytes(of: &sink) { p throws(SystemCallError) in try SystemCall.read(wake, p) }
                 let task = current.withLock { c -> Task<Void, Never>? in
                     c.unit != 0 && c.unit == slot.running.unit && slot.wantsCancel(of: c.unit) ? c.task : nil
                 }

@@ -1,6 +1,7 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import SystemCalls
 import Threading
 
 /// Signals delivered as events on the reactor thread: the C handler only adds 1 to an eventfd (all that is
@@ -24,8 +25,7 @@ package enum SignalForwarding {
         guard fd >= 0 else { throw MultiprocessingError.system("eventfd", -fd) }
         do {
             try reactor.watch(fd) {
-                var n: UInt64 = 0
-                guard read(fd, &n, 8) == 8 else { return true }  // EAGAIN: another read took it
+                guard let n = SystemCall.takeCount(fd) else { return true }  // another read took it
                 handler(Int(n))
                 return true
             }

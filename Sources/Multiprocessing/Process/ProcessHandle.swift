@@ -1,6 +1,7 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import SystemCalls
 import Threading
 
 /// A child process started by this library: its pid, a waitable sentinel, its exit status, signals.
@@ -99,7 +100,7 @@ public final class ProcessHandle: @unchecked Sendable {  // mutable state behind
             if s.status != nil { return true }
             var status: Int32 = 0
             var maxrss = 0
-            guard mp_wait4_nohang(pid, &status, &maxrss) == pid else { return false }
+            guard (try? SystemCall.reapIfEnded(pid, status: &status, peakKiB: &maxrss)) == pid else { return false }
             s.status = status
             s.peakResidentKiB = maxrss
             return true
@@ -256,14 +257,15 @@ public enum Processes {
         if ChildRegistry.all.contains(where: { $0.pid == pid }) { return false }
         let deadline = Deadline.after(timeout)
         var status: Int32 = 0
-        var r = mp_waitpid_nohang(pid, &status)
-        if r != 0 { return r == pid }  // reaped, or not our child
+        var peak = 0
+        // An error: not our child.
+        guard let r = try? SystemCall.reapIfEnded(pid, status: &status, peakKiB: &peak) else { return false }
+        if r == pid { return true }
         // Still running: wait on a pidfd of our own (readable when it ends) rather than polling.
         guard let pidfd = try? Syscall.check("pidfd_open", mp_pidfd_open(pid)) else { return false }
         defer { Syscall.close(pidfd) }
         guard (try? Syscall.poll(pidfd, events: Int16(POLLIN), deadline: deadline)) == true else { return false }
-        r = mp_waitpid_nohang(pid, &status)
-        return r == pid
+        return (try? SystemCall.reapIfEnded(pid, status: &status, peakKiB: &peak)) == pid
     }
 
     /// Children started by this library that are still running; reaps those that have ended —

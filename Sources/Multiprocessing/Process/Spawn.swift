@@ -1,6 +1,8 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import SystemCalls
+import SystemPackage
 import Threading
 
 /// How a worker process enters worker mode.
@@ -148,15 +150,19 @@ enum Spawner {
         }
         guard rc == 0 else {
             Syscall.close(parentEnd)
-            throw MultiprocessingError(.spawnFailed, "posix_spawn of \(WorkerStart.executable) failed", errno: -rc)
+            throw MultiprocessingError(
+                .spawnFailed,
+                "posix_spawn of \(WorkerStart.executable) failed",
+                errno: Errno(rawValue: -rc)
+            )
         }
         let pidfd = mp_pidfd_open(pid)
         guard pidfd >= 0 else {
             Glibc.kill(pid, SIGKILL)
             var status: Int32 = 0
-            _ = mp_waitpid_blocking(pid, &status)
+            _ = try? SystemCall.reap(pid, status: &status)
             Syscall.close(parentEnd)
-            throw MultiprocessingError(.spawnFailed, "pidfd_open failed", errno: -pidfd)
+            throw MultiprocessingError(.spawnFailed, "pidfd_open failed", errno: Errno(rawValue: -pidfd))
         }
         return SpawnedWorker(pid: pid, pidfd: pidfd, channel: Connection(fileDescriptor: parentEnd))
     }

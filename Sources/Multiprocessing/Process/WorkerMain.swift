@@ -1,6 +1,7 @@
 internal import CMultiprocessingShims
 import Glibc
 import Synchronization
+import SystemCalls
 import Threading
 
 /// Python's `if __name__ == "__main__":` guard: in a worker started through it, becomes the worker and
@@ -139,10 +140,9 @@ enum WorkerRuntime {
     /// a job is running (the parent-death signal does not cover every parent).
     private static func startParentWatch(_ fd: Int32) {
         let t = OSThread(name: "mp-parent-watch", daemon: true) {
-            var pfd = pollfd(fd: fd, events: MP_POLLRDHUP, revents: 0)
             while true {
-                let r = poll(&pfd, 1, -1)
-                if r > 0 && pfd.revents & (MP_POLLRDHUP | Int16(POLLHUP) | Int16(POLLERR)) != 0 {
+                let revents = (try? SystemCall.poll(fd, events: MP_POLLRDHUP, timeoutMs: -1)) ?? 0
+                if revents & (MP_POLLRDHUP | Int16(POLLHUP) | Int16(POLLERR)) != 0 {
                     _exit(WorkerRuntime.exitOnHangup.load(ordering: .relaxed))
                 }
             }

@@ -60,7 +60,7 @@ case "worker":
         } catch let e as PythonException where e == .queueEmpty {
             break  // no task for a second: done
         } catch let e as MultiprocessingError
-            where e.code == .endOfFile || e.code == .closed || e.errno == ECONNRESET
+            where e.code == .endOfFile || e.code == .closed || e.errnoCode == ECONNRESET
         {
             break  // the master has all its results and went away
         }

@@ -160,7 +160,7 @@ let package = Package(
         .executableTarget(
             name: "mp-test-helper",
             dependencies: [
-                "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers", "MultiprocessingSQL",
+                "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers", "MultiprocessingSQL", "SystemCalls",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/TestHelper"

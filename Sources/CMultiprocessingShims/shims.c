@@ -127,11 +127,6 @@ int mp_memfd_create(const char *name) {
     return fd < 0 ? -errno : fd;
 }
 
-int mp_waitpid_nohang(pid_t pid, int *status) {
-    pid_t r = waitpid(pid, status, WNOHANG);
-    return r >= 0 ? (int)r : -errno;  /* EINTR: SystemCall.loop retries */
-}
-
 int mp_wait4_nohang(pid_t pid, int *status, long *maxrss_kib) {
     struct rusage ru;
     memset(&ru, 0, sizeof ru);

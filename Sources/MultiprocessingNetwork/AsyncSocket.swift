@@ -17,8 +17,14 @@ public final class AsyncSocket: Sendable {
     private let descriptor: DescriptorLifetime
     private var fd: Int32 { descriptor.fd }
 
-    /// Takes ownership of a connected stream socket (made non-blocking here).
+    /// Takes ownership of a connected stream socket (made non-blocking here): nothing else may close it
+    /// from now on.
+    /// - Precondition: `fileDescriptor` is open.
     public init(fileDescriptor: Int32) {
+        precondition(
+            SystemCall.isOpen(fileDescriptor),
+            "AsyncSocket(fileDescriptor: \(fileDescriptor)): not an open descriptor"
+        )
         descriptor = DescriptorLifetime(fileDescriptor)
         Syscall.setNonBlocking(fileDescriptor)
     }
@@ -69,7 +75,7 @@ public final class AsyncSocket: Sendable {
                 buffer.removeLast(maxLength - n)
                 return buffer
             }
-            try await Reactor.shared.wait(fd)
+            try await Reactor.shared.wait(fd, unless: { descriptor.isClosed })
         }
     }
 
@@ -99,7 +105,7 @@ public final class AsyncSocket: Sendable {
                 offset += n
                 continue
             }
-            try await Reactor.shared.wait(fd, writable: true)
+            try await Reactor.shared.wait(fd, writable: true, unless: { descriptor.isClosed })
         }
     }
 
@@ -170,7 +176,7 @@ public final class AsyncListener: Sendable {
                 if case .tcp = address { try? SystemCall.setNoDelay(s) }
                 return AsyncSocket(fileDescriptor: s)
             }
-            try await Reactor.shared.wait(descriptor.fd)
+            try await Reactor.shared.wait(descriptor.fd, unless: { descriptor.isClosed })
         }
     }
 

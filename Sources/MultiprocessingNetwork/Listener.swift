@@ -166,7 +166,7 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
                 throw MultiprocessingError(.closed, "the listener is closed")
             }
             if let c = accepted { return c }
-            try await Reactor.shared.wait(fd)
+            try await Reactor.shared.wait(fd, unless: { descriptor.isClosed })
         }
     }
 

@@ -244,6 +244,7 @@ final class PostgresWireReader {
     // MARK: The socket
 
     private func send(_ bytes: [UInt8]) throws {
+        guard fd >= 0 else { throw SQLError(.connection, "the reading session is closed") }
         try bytes.withUnsafeBytes { p in
             var off = 0
             while off < p.count {
@@ -268,6 +269,7 @@ final class PostgresWireReader {
     /// server closed the connection first.
     private func fill(_ n: Int) throws -> Bool {
         if end - start >= n { return true }
+        guard fd >= 0 else { throw SQLError(.connection, "the reading session is closed") }
         if start > 0 {
             let have = end - start
             if have > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: have) }

@@ -64,7 +64,9 @@ extension SystemCall {
         let r = Glibc.connect(s, sa, len)
         if r == 0 { return true }
         let e = Glibc.errno
-        if e == EINPROGRESS || e == EINTR || e == EAGAIN { return false }
+        // (EAGAIN is not "in progress": a Unix socket's listener has a full backlog, or TCP is out of
+        // local ports; nothing is connecting.)
+        if e == EINPROGRESS || e == EINTR { return false }
         if e == EBADF || e == EFAULT { badDescriptorOrBuffer("connect", e) }
         throw SystemCallError("connect", .init(rawValue: e))
     }
@@ -142,4 +144,10 @@ extension SystemCall {
     package static func processExists(_ pid: pid_t) -> Bool {
         Glibc.kill(pid, 0) == 0 || Glibc.errno != ESRCH
     }
+}
+
+extension SystemCall {
+    /// Whether `fd` is an open descriptor (`F_GETFD`): the check at the door for descriptors a user
+    /// hands over, before the package owns them and a bad one would be a trap.
+    package static func isOpen(_ fd: Int32) -> Bool { fd >= 0 && fcntl(fd, F_GETFD) >= 0 }
 }

@@ -72,14 +72,15 @@ extension SystemCall {
     }
 
     /// `sendmsg(2)` of `p` with `fds` as `SCM_RIGHTS` (at most 64): the bytes sent (the descriptors go
-    /// with the first byte), or ``IOResult/wouldBlock``.
+    /// with the first byte), or ``IOResult/wouldBlock``. A closed descriptor among `fds` (they come from
+    /// the user's message) is an error, `EBADF`, not a trap.
     package static func sendWithDescriptors(
         _ fd: Int32,
         _ p: UnsafeRawBufferPointer,
         fds: [Int32],
         blocking: Bool = true
     ) throws(SystemCallError) -> IOResult<Int> {
-        try loop("sendmsg") {
+        try loop("sendmsg", trapsBadDescriptor: fds.isEmpty) {
             fds.withUnsafeBufferPointer { f in
                 mp_send_with_fds(
                     fd,
@@ -151,5 +152,25 @@ extension SystemCall {
         var n: UInt64 = 0
         let r = try? withUnsafeMutableBytes(of: &n) { p throws(SystemCallError) in try read(eventfd, p) }
         return r?.value == 8 ? n : nil
+    }
+}
+
+extension SystemCall {
+    /// Writes what it can of `p` to a stream of diagnostics (standard error, a progress bar's terminal):
+    /// interruptions and short writes go on; any failure — a closed descriptor, a full non-blocking
+    /// stream, a reader gone — ends it silently. Never traps: a program may close its standard error,
+    /// and a message about something else must not crash it.
+    package static func writeDiagnostic(_ fd: Int32, _ p: UnsafeRawBufferPointer) {
+        var off = 0
+        while off < p.count {
+            let n = Glibc.write(fd, p.baseAddress! + off, p.count - off)
+            if n > 0 {
+                off += n
+            } else if n < 0 && Glibc.errno == EINTR {
+                continue
+            } else {
+                return
+            }
+        }
     }
 }

@@ -27,11 +27,14 @@ package enum SystemCall {
     /// - Parameters:
     ///   - call: the call's name, for the error (built only on failure).
     ///   - resetIsEndOfInput: `ECONNRESET` returns 0 (for reads).
+    ///   - trapsBadDescriptor: `EBADF` traps (the default); `false` for a call that carries descriptors a
+    ///     user handed in (`sendmsg` with `SCM_RIGHTS`), where a closed one is the user's error.
     /// - Returns: the result, or ``IOResult/wouldBlock`` for `EAGAIN`.
     @inlinable
     package static func loop(
         _ call: @autoclosure () -> String,
         resetIsEndOfInput: Bool = false,
+        trapsBadDescriptor: Bool = true,
         _ body: () -> Int
     ) throws(SystemCallError) -> IOResult<Int> {
         while true {
@@ -41,6 +44,7 @@ package enum SystemCall {
             switch e {
             case EINTR: continue
             case EAGAIN, EWOULDBLOCK: return .wouldBlock
+            case EBADF where !trapsBadDescriptor: throw SystemCallError(call(), Errno(rawValue: e))
             case EBADF, EFAULT: badDescriptorOrBuffer(call(), e)
             case ECONNRESET where resetIsEndOfInput: return .done(0)
             default: throw SystemCallError(call(), Errno(rawValue: e))

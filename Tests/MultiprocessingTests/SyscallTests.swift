@@ -75,6 +75,19 @@ import Threading
         #expect { try c.sendBytes([1, 2, 3]) } throws: { ($0 as? MultiprocessingError)?.code == .endOfFile }
     }
 
+    @Test func aWaitForADescriptorItsOwnerClosedFailsInsteadOfWaitingForEver() async throws {
+        // The owner closed it, but a call in progress defers the real close: the reactor must not arm
+        // a number that is about to go (the kernel would drop the registration, the task would hang).
+        let (a, b) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+        defer {
+            Syscall.close(a)
+            Syscall.close(b)
+        }
+        await #expect {
+            try await Reactor.shared.wait(a, unless: { true })
+        } throws: { ($0 as? MultiprocessingError)?.code == .closed }
+    }
+
     @Test func errorsTravelWithTheirErrno() throws {
         let e = MultiprocessingError(SystemCallError("recv", .connectionRefused))
         let back = try BinaryDecoder().decode(MultiprocessingError.self, from: try BinaryEncoder().encode(e))

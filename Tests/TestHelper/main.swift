@@ -4,6 +4,7 @@ import Multiprocessing
 import MultiprocessingManagers
 import MultiprocessingNetwork
 import MultiprocessingSQL
+import SystemCalls
 import Threading
 
 // mp-test-helper: programs the test suites run as separate processes (they need a `main` of their own,
@@ -260,11 +261,33 @@ case "progress-bar":
     pool.close()
     try pool.join(timeout: .seconds(30))
     exit(0)
+case "trap":
+    // The system-call policy's traps, each in a process of its own: the tests expect a signal and the
+    // message; "no trap" on standard output means the policy let the bug through.
+    var byte: UInt8 = 0
+    switch args.dropFirst().first {
+    case "read-closed":
+        let (r, w) = try SystemCall.pipe()
+        SystemCall.close(r)
+        SystemCall.close(w)
+        _ = withUnsafeMutableBytes(of: &byte) { try? SystemCall.read(r, $0) }
+    case "double-close":
+        let (r, w) = try SystemCall.pipe()
+        SystemCall.close(w)
+        SystemCall.close(r)
+        SystemCall.close(r)
+    case "closed-connection":
+        _ = Connection(fileDescriptor: -1)
+    default:
+        exit(2)
+    }
+    print("no trap")
+    exit(0)
 default:
     print(
         "usage: mp-test-helper bootstrap-check | pool-interrupt-check [teardown] | globals-check"
             + " | manager-server [NOFILE] | listener-server NOFILE | pool-nofile NOFILE | mariadb-connect URL"
-            + " | progress-bar N | child-crash"
+            + " | progress-bar N | child-crash | trap read-closed|double-close|closed-connection"
     )
     exit(2)
 }

@@ -105,8 +105,7 @@ int mp_pidfd_open(pid_t pid);
 int mp_pidfd_send_signal(int pidfd, int sig);
 int mp_set_child_subreaper(int on);
 int mp_memfd_create(const char *name);
-/// Waits for `pid` without blocking; returns the pid if it ended (with *status set), 0 if not, -errno on error.
-int mp_waitpid_nohang(pid_t pid, int *status);
+/// Waits until `pid` ends: its pid (with *status set), or -errno (EINTR too: SystemCall.loop retries).
 int mp_waitpid_blocking(pid_t pid, int *status);
 static inline int mp_wifexited(int status) { return WIFEXITED(status); }
 static inline int mp_wexitstatus(int status) { return WEXITSTATUS(status); }

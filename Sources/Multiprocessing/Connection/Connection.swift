@@ -45,8 +45,15 @@ public final class Connection: @unchecked Sendable {
     // Send state (behind sendLock).
     private var sendBroken = false
 
-    /// Wraps an open descriptor, taking ownership of it.
+    /// Wraps an open descriptor, taking ownership of it: nothing else may close it from now on (the
+    /// connection closes it in ``close()`` or when it is released).
+    /// - Precondition: `fileDescriptor` is open (a closed or invalid one stops the program here, with a
+    ///   message, rather than at the first send or receive).
     public init(fileDescriptor: Int32, readable: Bool = true, writable: Bool = true) {
+        precondition(
+            SystemCall.isOpen(fileDescriptor),
+            "Connection(fileDescriptor: \(fileDescriptor)): not an open descriptor"
+        )
         descriptor = DescriptorLifetime(fileDescriptor)
         isReadable = readable
         isWritable = writable
@@ -267,7 +274,7 @@ public final class Connection: @unchecked Sendable {
                 frame = try tryReceiveFrame(maxLength: maxLength)
             }
             if let frame { return frame }
-            try await Reactor.shared.wait(fd)
+            try await Reactor.shared.wait(fd, unless: { descriptor.isClosed })
         }
     }
 

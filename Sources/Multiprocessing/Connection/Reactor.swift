@@ -171,12 +171,22 @@ package final class Reactor: Sendable {
     /// Suspends until `fd` is readable (or, with `writable`, writable), or hung up. Throws
     /// `CancellationError` if the task is cancelled, and ``MultiprocessingError/Code/closed`` if the
     /// descriptor is closed through `cancelWaits(on:)`.
-    package func wait(_ fd: Int32, writable: Bool = false) async throws {
+    ///
+    /// `closed` is asked under the reactor's lock before the descriptor is armed: an object whose close
+    /// marks itself closed before calling `cancelWaits(on:)` (``SystemCalls/DescriptorLifetime``) then
+    /// either sees its waiter cancelled or the waiter sees it closed, never a wait on a number whose
+    /// close is only deferred (the kernel would drop the registration when it closes, and the task
+    /// would wait for ever).
+    package func wait(_ fd: Int32, writable: Bool = false, unless closed: () -> Bool = { false }) async throws {
         let registration = Registration(events: writable ? UInt32(EPOLLOUT.rawValue) : Reactor.readable)
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 let refused: (any Error)? = state.withLock { s in
                     if registration.cancelled { return CancellationError() }
+                    if closed() {
+                        registration.finished = true
+                        return MultiprocessingError(.closed, "the descriptor was closed")
+                    }
                     registration.continuation = c
                     s.waiters[fd, default: []].append(registration)
                     let e = arm(fd, &s)

@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import SystemCalls
 import Threading
 
 /// How a map-like call shows its progress (``TaskOptions/progress``).
@@ -204,6 +205,6 @@ public final class TerminalBar: Sendable {
 
     private func write(_ s: String) {
         var s = s
-        s.withUTF8 { p in _ = try? Syscall.writeAll(fd, UnsafeRawBufferPointer(p)) }
+        s.withUTF8 { p in SystemCall.writeDiagnostic(fd, UnsafeRawBufferPointer(p)) }
     }
 }

@@ -3,6 +3,7 @@ import CoreMetrics
 import Glibc
 import Logging
 import Synchronization
+import SystemCalls
 import Threading
 
 /// The engine of a ``ProcessPool``: it starts workers, reads their replies and exit, supervises them, and
@@ -102,12 +103,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
                 w.shared.markCancelled(unit, ring: ring)
                 if w.shared.running.unit == unit {
                     w.shared.requestCancel(unit)
-                    w.wake()
+                    w.wakeWorker()
                 }
             case .cancelItem(let id, let unit, let index):
                 guard let w = io[id] else { continue }
                 w.shared.requestItemCancel(unit: unit, index: index)
-                w.wake()
+                w.wakeWorker()
             case .fail(let call, let index, let error):
                 call.fail(index: index, error)
             case .wakeSupervisor:
@@ -371,7 +372,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
 
     private func writeForwarded(_ bytes: [UInt8]) {
         if let sink = options.stderrSink { return sink(bytes) }
-        bytes.withUnsafeBytes { _ = try? Syscall.writeAll(2, $0) }
+        bytes.withUnsafeBytes { SystemCall.writeDiagnostic(2, $0) }
     }
 
     // MARK: - deaths (reactor thread)

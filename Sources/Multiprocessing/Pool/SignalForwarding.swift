@@ -8,7 +8,18 @@ import Threading
 /// async-signal-safe), the reactor reads it and calls the Swift handler with the number of signals since
 /// the last call. The same path as the pools' Ctrl-C (`Interrupts`); no thread polls.
 package enum SignalForwarding {
-    private static let installed = TrackedMutex<[Int32: Int32]>([:])
+    /// A signal's eventfd: the reactor thread reads it while a replacement may close it.
+    private final class Counter: Sendable {
+        let descriptor: DescriptorLifetime
+        init(_ fd: Int32) { descriptor = DescriptorLifetime(fd) }
+        /// What arrived since the last look (`nil`: nothing, or closed).
+        func take() -> UInt64? { descriptor.use { SystemCall.takeCount($0) } ?? nil }
+        func close() {
+            descriptor.close { fd in Reactor.started?.cancelWaits(on: fd) }
+        }
+    }
+
+    private static let installed = TrackedMutex<[Int32: Counter]>([:])
 
     /// From now on, each `signal` calls `handler` on the reactor thread with how many arrived since its
     /// last call (signals that arrive together are counted together). The handler must not block. A
@@ -23,27 +34,25 @@ package enum SignalForwarding {
         let previous = installed.withLock { $0[signal] }
         let fd = mp_eventfd(0)
         guard fd >= 0 else { throw MultiprocessingError.system("eventfd", -fd) }
+        let counter = Counter(fd)
         do {
             try reactor.watch(fd) {
-                guard let n = SystemCall.takeCount(fd) else { return true }  // another read took it
+                guard let n = counter.take() else { return true }  // another read took it
                 handler(Int(n))
                 return true
             }
         } catch {
-            Syscall.close(fd)
+            counter.close()
             throw error
         }
         let e = mp_forward_signal(signal, fd)
         guard e == 0 else {
-            reactor.cancelWaits(on: fd)
-            Syscall.close(fd)
+            counter.close()
             throw MultiprocessingError.system("sigaction", -e)
         }
-        installed.withLock { $0[signal] = fd }
+        installed.withLock { $0[signal] = counter }
         // Only now is the previous handler let go: had anything above failed, it would still be in place.
-        if let previous {
-            reactor.cancelWaits(on: previous)
-            Syscall.close(previous)
-        }
+        // (Its close waits for a read the reactor thread may be making.)
+        previous?.close()
     }
 }

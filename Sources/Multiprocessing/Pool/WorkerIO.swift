@@ -1,3 +1,5 @@
+import SystemCalls
+
 /// One worker process of a pool: its process, descriptors and reading state. Its logical state (units in
 /// flight, stop reason, counters) is ``PoolState/Worker``, under the same id.
 final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest is the reactor thread's
@@ -6,7 +8,10 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
     let channel: Connection
     let stderrFd: Int32
     let shared: SharedSlot
-    let wakeFd: Int32
+    /// The wake-up eventfd: user threads write it (cancelling an item) while the reactor thread may be
+    /// releasing the slot, so its close waits for a write in progress.
+    let wake: DescriptorLifetime
+    var wakeFd: Int32 { wake.fd }
     let outbox: Outbox
 
     // Reactor thread only.
@@ -31,7 +36,7 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
         self.channel = channel
         self.stderrFd = stderrFd
         self.shared = shared
-        self.wakeFd = wakeFd
+        self.wake = DescriptorLifetime(wakeFd)
         self.outbox = outbox
     }
 
@@ -46,13 +51,13 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
         channel.close()
         Reactor.started?.cancelWaits(on: stderrFd)
         Syscall.close(stderrFd)
-        Syscall.close(wakeFd)
+        wake.close()
         shared.unmap()
     }
 
     /// Wakes the worker's cancellation watcher (an eventfd write; a dead worker's is ignored).
-    func wake() {
-        withUnsafeBytes(of: UInt64(1)) { _ = try? Syscall.writeAll(wakeFd, $0) }
+    func wakeWorker() {
+        _ = wake.use { fd in withUnsafeBytes(of: UInt64(1)) { try? Syscall.writeAll(fd, $0) } }
     }
 
 }

@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import SystemCalls
 import Threading
 
 /// Runs one ``Job`` in a new process — Python's `multiprocessing.Process(target=..., args=...)`.
@@ -288,6 +289,6 @@ final class ChildStderr: Sendable {
 
     private static func write(_ bytes: [UInt8]) {
         guard !bytes.isEmpty else { return }
-        bytes.withUnsafeBytes { _ = try? Syscall.writeAll(2, $0) }
+        bytes.withUnsafeBytes { SystemCall.writeDiagnostic(2, $0) }
     }
 }

@@ -75,7 +75,9 @@ enum WorkerRuntime {
                 exit(exitCode)
             case .pool(let setup):
                 PoolWorker.leftover = channel.takeBufferedBytes()
-                PoolWorker.run(fd: fd, setup: setup, pid: pid)
+                // The pool reads fd 3 itself; the connection that owns it must outlive it (released, it
+                // would close the descriptor under the pool's feet).
+                withExtendedLifetime(channel) { PoolWorker.run(fd: fd, setup: setup, pid: pid) }
             case .run(let id, let typeName, let payload):
                 exitOnHangup.store(71, ordering: .relaxed)
                 let reply = runJob(id: id, typeName: typeName, payload: payload, channel: channel, pid: pid)

@@ -241,6 +241,24 @@ package func cString(_ buf: [CChar]) -> String {
 /// executable of the package); records an issue if it is missing.
 package func testHelperExecutable() -> URL? { builtExecutable("mp-test-helper") }
 
+/// Runs `mp-test-helper` with `arguments` to its end: its exit status (negative: the signal that killed
+/// it), standard output and standard error.
+package func runTestHelper(_ helper: URL, _ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+    let p = Foundation.Process()
+    p.executableURL = helper
+    p.arguments = arguments
+    let o = Pipe()
+    let e = Pipe()
+    p.standardOutput = o
+    p.standardError = e
+    try p.run()
+    let errData = e.fileHandleForReading.readDataToEndOfFile()
+    let outData = o.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    let status = p.terminationReason == .uncaughtSignal ? -p.terminationStatus : p.terminationStatus
+    return (status, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+}
+
 /// An executable of this package, built beside the test runner (`swift build` builds them all).
 package func builtExecutable(_ name: String) -> URL? {
     let exe = URL(fileURLWithPath: WorkerStart.executablePath).deletingLastPathComponent().appendingPathComponent(name)

@@ -157,20 +157,7 @@ struct NewcomerProgramTests {
 struct ChildProcessCrashTests {
     @Test func aCrashLeadsWithItsCauseAndTheReportStaysOffTheTerminal() async throws {
         guard let helper = testHelperExecutable() else { return }
-        let (out, err) = try await background { () throws -> (String, String) in
-            let p = Foundation.Process()
-            p.executableURL = helper
-            p.arguments = ["child-crash"]
-            let o = Pipe()
-            let e = Pipe()
-            p.standardOutput = o
-            p.standardError = e
-            try p.run()
-            let errData = e.fileHandleForReading.readDataToEndOfFile()
-            let outData = o.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return (String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
-        }.value
+        let (_, out, err) = try await background { try runTestHelper(helper, ["child-crash"]) }.value
         #expect(out.contains("message: Fatal error: bad item 4242"), "\(out)")
         #expect(out.contains(", in mp_test_helper.CrashingJob.run()"), "\(out)")
         #expect(out.contains("was killed by signal"), "\(out)")

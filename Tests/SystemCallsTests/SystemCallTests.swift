@@ -160,21 +160,7 @@ private let interruptions = Atomic<Int>(0)
     ])
     func aBadDescriptorStopsTheProgramWithItsCause(_ scenario: String, _ message: String) async throws {
         let helper = try #require(testHelperExecutable(), "mp-test-helper is built beside the tests")
-        let (status, out, err) = try await background { () throws -> (Int32, String, String) in
-            let p = Foundation.Process()
-            p.executableURL = helper
-            p.arguments = ["trap", scenario]
-            let o = Pipe()
-            let e = Pipe()
-            p.standardOutput = o
-            p.standardError = e
-            try p.run()
-            let errData = e.fileHandleForReading.readDataToEndOfFile()
-            let outData = o.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            let status = p.terminationReason == .uncaughtSignal ? -p.terminationStatus : p.terminationStatus
-            return (status, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
-        }.value
+        let (status, out, err) = try await background { try runTestHelper(helper, ["trap", scenario]) }.value
         #expect(status < 0, "killed by a signal (a trap), not an exit: \(status), \(out)")
         #expect(!out.contains("no trap"), "\(out)")
         #expect(err.contains(message), "\(err)")

@@ -120,8 +120,9 @@ public final class AsyncSocket: Sendable {
     /// `body` with the descriptor, open until it returns; `MultiprocessingError.Code.closed` after
     /// ``close()``.
     private func withDescriptor<T>(_ body: (Int32) throws -> T) throws -> T {
-        guard let r = try descriptor.use(body) else { throw MultiprocessingError(.closed, "the socket is closed") }
-        return r
+        guard let fd = descriptor.beginUse() else { throw MultiprocessingError(.closed, "the socket is closed") }
+        defer { descriptor.endUse() }
+        return try body(fd)
     }
 
     static func isNumericHost(_ host: String) -> Bool {
@@ -169,7 +170,7 @@ public final class AsyncListener: Sendable {
     public func accept() async throws -> AsyncSocket {
         while true {
             let accepted = try descriptor.use { fd throws(MultiprocessingError) in
-                try Syscall.mapped { () throws(SystemCallError) in try SystemCall.accept(fd).value }
+                try Syscall.mapped { () throws(SystemCallError) in try SystemCall.accept(fd).value.map(Int32.init) }
             }
             guard let accepted else { throw MultiprocessingError(.closed, "the listener is closed") }
             if let s = accepted {

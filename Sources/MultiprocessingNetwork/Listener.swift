@@ -85,7 +85,7 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
                 return
             }
             SystemCall.close(r)
-            if case .done(let s)? = try? SystemCall.accept(fd) { SystemCall.close(s) }
+            if case .done(let s)? = try? SystemCall.accept(fd) { SystemCall.close(Int32(s)) }
             r = Listener.openReserve()
         }
     }
@@ -178,7 +178,7 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
         let s: Int32
         do throws(SystemCallError) {
             guard case .done(let accepted) = try SystemCall.accept(fd) else { return nil }
-            s = accepted
+            s = Int32(accepted)
         } catch  where error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem {
             refuseOne(fd)
             throw MultiprocessingError(

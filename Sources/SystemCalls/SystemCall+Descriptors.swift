@@ -39,13 +39,10 @@ extension SystemCall {
 
     /// `accept4(2)` of a listening socket, the new socket close-on-exec and non-blocking; or
     /// ``IOResult/wouldBlock``. `ECONNABORTED` (a client that left before being accepted) is retried.
-    package static func accept(_ fd: Int32) throws(SystemCallError) -> IOResult<Int32> {
+    package static func accept(_ fd: Int32) throws(SystemCallError) -> IOResult {
         while true {
             do throws(SystemCallError) {
-                return switch try loop("accept", { Int(mp_accept_nonblocking(fd)) }) {
-                case .done(let s): .done(Int32(s))
-                case .wouldBlock: .wouldBlock
-                }
+                return try loop("accept", { Int(mp_accept_nonblocking(fd)) })
             } catch  where error.errno == .connectionAbort {
                 continue
             }

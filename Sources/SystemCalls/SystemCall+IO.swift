@@ -11,7 +11,7 @@ extension SystemCall {
         _ fd: Int32,
         _ p: UnsafeMutableRawBufferPointer,
         blocking: Bool = false
-    ) throws(SystemCallError) -> IOResult<Int> {
+    ) throws(SystemCallError) -> IOResult {
         try loop("recv", resetIsEndOfInput: true) {
             libc(Glibc.recv(fd, p.baseAddress, p.count, blocking ? 0 : Int32(MSG_DONTWAIT)))
         }
@@ -20,7 +20,7 @@ extension SystemCall {
     /// `read(2)`: the bytes read (0 at end of input, a reset included), or ``IOResult/wouldBlock`` on a
     /// non-blocking descriptor.
     @inlinable
-    package static func read(_ fd: Int32, _ p: UnsafeMutableRawBufferPointer) throws(SystemCallError) -> IOResult<Int> {
+    package static func read(_ fd: Int32, _ p: UnsafeMutableRawBufferPointer) throws(SystemCallError) -> IOResult {
         try loop("read", resetIsEndOfInput: true) { libc(Glibc.read(fd, p.baseAddress, p.count)) }
     }
 
@@ -31,7 +31,7 @@ extension SystemCall {
         _ fd: Int32,
         _ p: UnsafeRawBufferPointer,
         blocking: Bool = false
-    ) throws(SystemCallError) -> IOResult<Int> {
+    ) throws(SystemCallError) -> IOResult {
         let flags = Int32(MSG_NOSIGNAL) | (blocking ? 0 : Int32(MSG_DONTWAIT))
         return try loop("send") { libc(Glibc.send(fd, p.baseAddress, p.count, flags)) }
     }
@@ -40,7 +40,7 @@ extension SystemCall {
     /// whose reader is gone: ``SystemCallError/peerClosed`` (the package ignores `SIGPIPE` in its
     /// processes; see `WorkerMain`).
     @inlinable
-    package static func write(_ fd: Int32, _ p: UnsafeRawBufferPointer) throws(SystemCallError) -> IOResult<Int> {
+    package static func write(_ fd: Int32, _ p: UnsafeRawBufferPointer) throws(SystemCallError) -> IOResult {
         try loop("write") { libc(Glibc.write(fd, p.baseAddress, p.count)) }
     }
 
@@ -51,7 +51,7 @@ extension SystemCall {
         _ p: UnsafeMutableRawBufferPointer,
         fds: inout [Int32],
         blocking: Bool = false
-    ) throws(SystemCallError) -> IOResult<Int> {
+    ) throws(SystemCallError) -> IOResult {
         var got: (Int32, Int32, Int32, Int32, Int32, Int32, Int32, Int32) = (-1, -1, -1, -1, -1, -1, -1, -1)
         var n: Int32 = 0
         let r = try loop("recvmsg", resetIsEndOfInput: true) {
@@ -79,7 +79,7 @@ extension SystemCall {
         _ p: UnsafeRawBufferPointer,
         fds: [Int32],
         blocking: Bool = true
-    ) throws(SystemCallError) -> IOResult<Int> {
+    ) throws(SystemCallError) -> IOResult {
         try loop("sendmsg", trapsBadDescriptor: fds.isEmpty) {
             fds.withUnsafeBufferPointer { f in
                 mp_send_with_fds(

@@ -36,7 +36,7 @@ package enum SystemCall {
         resetIsEndOfInput: Bool = false,
         trapsBadDescriptor: Bool = true,
         _ body: () -> Int
-    ) throws(SystemCallError) -> IOResult<Int> {
+    ) throws(SystemCallError) -> IOResult {
         while true {
             let r = body()
             if r >= 0 { return .done(r) }
@@ -84,16 +84,19 @@ package enum SystemCall {
     }
 }
 
-/// What a call that may block returned without blocking.
-package enum IOResult<Value> {
-    /// The call did its work: the result.
-    case done(Value)
+/// What a call that may block returned without blocking. Not generic: every such call returns a count
+/// or a descriptor, and a generic result was measured to stay unspecialised across the module boundary
+/// (value witnesses on every message; `BENCHMARKS.md`, "One system-call path").
+@frozen
+package enum IOResult {
+    /// The call did its work: its result (a byte count, a descriptor).
+    case done(Int)
     /// The call would have blocked (`EAGAIN`): nothing happened.
     case wouldBlock
 
     /// The result, or `nil` for ``wouldBlock``.
     @inlinable
-    package var value: Value? {
+    package var value: Int? {
         if case .done(let v) = self { return v }
         return nil
     }

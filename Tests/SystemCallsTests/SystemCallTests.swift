@@ -98,10 +98,11 @@ private let interruptions = Atomic<Int>(0)
         }
         if inProgress { _ = try SystemCall.poll(client, events: Int16(POLLOUT), timeoutMs: 30_000) }
         _ = try SystemCall.poll(listener, events: Int16(POLLIN), timeoutMs: 30_000)
-        guard case .done(let server) = try SystemCall.accept(listener) else {
+        guard case .done(let accepted) = try SystemCall.accept(listener) else {
             Issue.record("no connection to accept")
             return
         }
+        let server = Int32(accepted)
         try SystemCall.setOption(server, SOL_SOCKET, SO_LINGER, linger(l_onoff: 1, l_linger: 0))
         SystemCall.close(server)
         // The reset has arrived once the client's socket reports it.
@@ -238,7 +239,7 @@ private func threadState(_ tid: Int32) -> String? {
 }
 
 /// One byte sent (`send`) or written to `fd`, and what the call said.
-private func oneByte(to fd: Int32, send: Bool) -> Result<IOResult<Int>, SystemCallError> {
+private func oneByte(to fd: Int32, send: Bool) -> Result<IOResult, SystemCallError> {
     var byte: UInt8 = 1
     return withUnsafeBytes(of: &byte) { p in
         Result { () throws(SystemCallError) in send ? try SystemCall.send(fd, p) : try SystemCall.write(fd, p) }

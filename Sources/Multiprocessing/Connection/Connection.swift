@@ -98,10 +98,9 @@ public final class Connection: @unchecked Sendable {
     /// ``close()``.
     @inline(__always)
     private func withDescriptor<T>(_ body: (Int32) throws -> T) throws -> T {
-        guard let r = try descriptor.use(body) else {
-            throw MultiprocessingError(.closed, "the connection is closed")
-        }
-        return r
+        guard let fd = descriptor.beginUse() else { throw MultiprocessingError(.closed, "the connection is closed") }
+        defer { descriptor.endUse() }
+        return try body(fd)
     }
 
     // MARK: - Sending

@@ -252,8 +252,10 @@ package enum Syscall {
         return pfds.indices.filter { pfds[$0].revents != 0 }
     }
 
-    static func isSocket(_ fd: Int32) -> Bool {
+    /// Whether `fd` is a socket; `nil` when it is not an open descriptor.
+    static func isSocket(_ fd: Int32) -> Bool? {
         var st = stat()
-        return fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK
+        guard fstat(fd, &st) == 0 else { return nil }
+        return (st.st_mode & S_IFMT) == S_IFSOCK
     }
 }

@@ -50,14 +50,14 @@ public final class Connection: @unchecked Sendable {
     /// - Precondition: `fileDescriptor` is open (a closed or invalid one stops the program here, with a
     ///   message, rather than at the first send or receive).
     public init(fileDescriptor: Int32, readable: Bool = true, writable: Bool = true) {
-        precondition(
-            SystemCall.isOpen(fileDescriptor),
-            "Connection(fileDescriptor: \(fileDescriptor)): not an open descriptor"
-        )
+        // One fstat answers both: is it open, and is it a socket.
+        guard let isSocket = Syscall.isSocket(fileDescriptor) else {
+            preconditionFailure("Connection(fileDescriptor: \(fileDescriptor)): not an open descriptor")
+        }
         descriptor = DescriptorLifetime(fileDescriptor)
         isReadable = readable
         isWritable = writable
-        isSocket = Syscall.isSocket(fileDescriptor)
+        self.isSocket = isSocket
         frames = FrameDecoder(maxFrame: Connection.defaultMaxMessageSize, capacity: readable ? 64 * 1024 : 16)
     }
 

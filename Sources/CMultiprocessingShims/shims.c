@@ -321,12 +321,20 @@ __attribute__((constructor)) static void mp_worker_hook(void) {
     unsetenv("SWIFT_MP_PARENT");
     // Die with the parent: parent-death signal (set only when the parent's spawning thread is its main
     // thread, see the Swift side), then a check that closes the race with a parent that already died.
+    long ppid = 0;
+    int parent_death = 0;
     if (parent_buf[0]) {
-        long ppid = strtol(parent_buf, NULL, 10);
-        if (strchr(parent_buf, 'd')) prctl(PR_SET_PDEATHSIG, SIGKILL);
+        ppid = strtol(parent_buf, NULL, 10);
+        parent_death = strchr(parent_buf, 'd') != NULL;
+        if (parent_death) prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (ppid > 0 && getppid() != (pid_t)ppid) _exit(70);
     }
-    if (mode[0] == 'b') { mp_deferred = 1; return; }
+    char entry = mode[0];
+    if (entry == 'f') {  // the fork server: returns only in a worker it forked
+        uint32_t flags = mp_fork_server_serve(3, (pid_t)ppid, parent_death);
+        entry = (flags & MP_FORK_BOOTSTRAP) ? 'b' : 'c';
+    }
+    if (entry == 'b') { mp_deferred = 1; return; }
     if (!mp_worker_entry) {
         static const char msg[] = "swift-multiprocessing: started as a worker, but the Multiprocessing module is not linked\n";
         (void)!write(2, msg, sizeof msg - 1);

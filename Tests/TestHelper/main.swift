@@ -19,6 +19,8 @@ import Threading
 //   mp-test-helper mariadb-connect URL         connects (loading the client library: MP_MARIADB_LIBRARY)
 //                                              and reads `SELECT 1`; prints `ok` or the error
 //   mp-test-helper progress-bar N               `pool.map` of N items with `.progressBar`, then a line
+//   mp-test-helper fork-server                  a ChildProcess, then prints `servers PID...`: the children
+//                                              left (the fork server), which must not outlive this program
 //   mp-test-helper child-crash                  a ChildProcess whose job writes a line to stderr and crashes;
 //                                              prints the error, its first line, and the report's size
 
@@ -45,6 +47,11 @@ struct CrashingJob: Job {
 }
 
 /// Adds one; the pool's job in `pool-nofile`.
+/// A job that does nothing (the fork-server scenario only needs a worker).
+struct NoWork: Job {
+    func run() {}
+}
+
 struct Increment: SyncTaskFunction {
     func callAsFunction(_ x: Int) -> Int { x + 1 }
 }
@@ -261,6 +268,18 @@ case "progress-bar":
     pool.close()
     try pool.join(timeout: .seconds(30))
     exit(0)
+case "fork-server":
+    // A worker from the fork server; then this program's remaining children (the server, once the worker
+    // is joined; started from this, the main, thread), which must all be gone when this program has exited.
+    let p = ChildProcess(job: NoWork())
+    try p.start()
+    _ = try p.join(timeout: .seconds(30))
+    var text = [UInt8](repeating: 0, count: 4096)
+    let fd = open("/proc/self/task/\(getpid())/children", O_RDONLY)
+    let n = fd < 0 ? 0 : max(0, read(fd, &text, text.count))
+    if fd >= 0 { close(fd) }
+    print("servers \(String(decoding: text[0..<n], as: UTF8.self))")
+    exit(0)
 case "trap":
     // The system-call policy's traps, each in a process of its own: the tests expect a signal and the
     // message; "no trap" on standard output means the policy let the bug through.
@@ -287,7 +306,7 @@ default:
     print(
         "usage: mp-test-helper bootstrap-check | pool-interrupt-check [teardown] | globals-check"
             + " | manager-server [NOFILE] | listener-server NOFILE | pool-nofile NOFILE | mariadb-connect URL"
-            + " | progress-bar N | child-crash | trap read-closed|double-close|closed-connection"
+            + " | progress-bar N | child-crash | fork-server | trap read-closed|double-close|closed-connection"
     )
     exit(2)
 }

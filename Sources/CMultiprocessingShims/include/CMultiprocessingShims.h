@@ -185,4 +185,26 @@ int mp_worker_deferred(void);
 /// programs that do not link Multiprocessing are unaffected.
 extern void mp_worker_entry(int fd) __attribute__((weak));
 
+// ---- the fork server (forkserver.c) ----
+/// O_PATH (Glibc's module leaves it out): a descriptor that names a directory without reading it.
+#define MP_O_PATH 0x200000
+#define MP_FORK_MAGIC 0x4d504652u  /* "MPFR" */
+/// The child enters at bootstrap() (main.swift runs down to it) instead of at once.
+#define MP_FORK_BOOTSTRAP 1u
+/// The child dies with the program (its parent-death signal when the server has one, and a check).
+#define MP_FORK_DIE_WITH_PARENT 2u
+/// Which standard streams the request carries (after the channel and the working directory, in this
+/// order); one not carried is closed in the child, as it was in the program.
+#define MP_FORK_HAS_STDIN 4u
+#define MP_FORK_HAS_STDOUT 8u
+#define MP_FORK_HAS_STDERR 16u
+/// A request to the fork server: one message, with its descriptors as SCM_RIGHTS.
+typedef struct { uint32_t magic; uint32_t flags; } mp_fork_request;
+/// The fork server's answer: the child's pid, or 0 and an errno. Its first message (after it started) is
+/// its own pid and 0, or the errno that makes forking unsafe here (it then exits).
+typedef struct { int32_t pid; int32_t error; } mp_fork_reply;
+/// Serves fork requests on `ctl` until it closes (then exits). Returns only in a forked child, with the
+/// request's flags.
+uint32_t mp_fork_server_serve(int ctl, pid_t parent, int parent_death);
+
 #endif

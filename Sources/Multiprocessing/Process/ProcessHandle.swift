@@ -208,7 +208,7 @@ enum ChildRegistry {
         // no child is left (twice is enough; the bound is a safety net).
         for _ in 0..<4 {
             let children = all
-            if children.isEmpty { return }
+            if children.isEmpty { break }
             let daemons = children.filter(\.isDaemon)
             // Every daemon is asked at once and they share one grace period, so exit costs at most about
             // one grace whatever their number (one after the other, each could take a whole grace).
@@ -219,6 +219,7 @@ enum ChildRegistry {
             for h in daemons { _ = try? h.join(timeout: .seconds(5)) }
             for h in children where !h.isDaemon { _ = try? h.join() }
         }
+        ForkServers.shutDownAll()
     }
 }
 

@@ -36,6 +36,26 @@ public enum WorkerStart {
     }
     private static let lock = Lock()
 
+    nonisolated(unsafe) private static var _method: StartMethod = {
+        // SWIFT_MP_START_METHOD=spawn|forkserver chooses without changing the program (a whole test suite
+        // run both ways, or a program that must not fork).
+        guard let v = getenv("SWIFT_MP_START_METHOD") else { return .forkServer }
+        return StartMethod(rawValue: String(cString: v)) ?? .forkServer
+    }()
+
+    /// How new workers are started: ``StartMethod/forkServer`` unless the environment variable
+    /// `SWIFT_MP_START_METHOD` says `spawn`. Python's `multiprocessing.set_start_method`; it applies to
+    /// workers started after it is set.
+    public static var method: StartMethod {
+        get { lock.withLock { _method } }
+        set { lock.withLock { _method = newValue } }
+    }
+
+    /// Why workers are spawned although ``method`` is ``StartMethod/forkServer``: the fork server was
+    /// found unusable in this process (for example, a thread exists before `main`, as under a sanitizer).
+    /// `nil` while it is used, or before it was first needed.
+    public static var forkServerUnavailableReason: String? { ForkServers.unavailableReason }
+
     /// How new workers enter worker mode. Set it before starting any.
     public static var entry: WorkerEntry {
         get { lock.withLock { _entry } }
@@ -132,18 +152,34 @@ enum Spawner {
         let deathFlag = dieWithParent && mp_gettid() == getpid() ? "d" : ""
         // A process that must outlive its parent (the shared-memory tracker) gets no parent to check:
         // it may still be starting when its parent dies, and must run anyway.
-        var env = ["SWIFT_MP_WORKER=\(mode)"]
-        if dieWithParent { env.append("SWIFT_MP_PARENT=\(getpid())\(deathFlag)") }
+        var base: [String] = []
         var e = environ
         while let p = e.pointee {
             let s = String(cString: p)
-            if !s.hasPrefix("SWIFT_MP_WORKER=") && !s.hasPrefix("SWIFT_MP_PARENT=") { env.append(s) }
+            if !s.hasPrefix("SWIFT_MP_WORKER=") && !s.hasPrefix("SWIFT_MP_PARENT=") { base.append(s) }
             e += 1
         }
-        for (k, v) in environment.sorted(by: { $0.key < $1.key }) where getenv(k) == nil { env.append("\(k)=\(v)") }
+        for (k, v) in environment.sorted(by: { $0.key < $1.key }) where getenv(k) == nil { base.append("\(k)=\(v)") }
         // The parent's arguments, as CPython's workers get `sys.argv` (the worker is told it is one by
         // its environment, not by an argument that would confuse `main`'s argument parsing).
         let argv = CommandLine.arguments.isEmpty ? [WorkerStart.executable] : CommandLine.arguments
+        // Workers that run jobs come from the fork server when it can serve (the shared-memory tracker, which
+        // outlives the program, is always spawned).
+        if runsJobs, WorkerStart.method == .forkServer,
+            let pid = ForkServers.fork(
+                environment: base,
+                arguments: argv,
+                channel: childEnd,
+                stderr: stderr,
+                bootstrap: mode == "b",
+                dieWithParent: dieWithParent
+            )
+        {
+            return try adopt(pid, channel: parentEnd)
+        }
+        var env = ["SWIFT_MP_WORKER=\(mode)"]
+        if dieWithParent { env.append("SWIFT_MP_PARENT=\(getpid())\(deathFlag)") }
+        env += base
         var pid: pid_t = 0
         let rc = withCStrings(argv) { cargv in
             withCStrings(env) { cenv in mp_spawn(WorkerStart.executable, cargv, cenv, childEnd, stderr ?? -1, &pid) }
@@ -156,6 +192,12 @@ enum Spawner {
                 errno: Errno(rawValue: -rc)
             )
         }
+        return try adopt(pid, channel: parentEnd)
+    }
+
+    /// A started child `pid` (spawned, or forked by the fork server: our child either way) as a worker:
+    /// its pidfd and our end of its channel.
+    private static func adopt(_ pid: pid_t, channel parentEnd: Int32) throws -> SpawnedWorker {
         let pidfd = mp_pidfd_open(pid)
         guard pidfd >= 0 else {
             Glibc.kill(pid, SIGKILL)
@@ -183,7 +225,7 @@ enum Spawner {
         }
     }
 
-    private static func withCStrings<R>(
+    static func withCStrings<R>(
         _ strings: [String],
         _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R
     ) -> R {

@@ -1,0 +1,126 @@
+import Foundation
+import Glibc
+import MultiprocessingTestSupport
+import Synchronization
+import Testing
+import Threading
+
+@testable import Multiprocessing
+
+/// What a worker reports about itself, to tell how it was started.
+struct ProcessFacts: Job {
+    let variable: String
+    struct Output: Codable, Sendable, Equatable {
+        /// The start of the executable's first mapping: equal in two workers forked from one server,
+        /// different (address-space randomisation) in two spawned ones.
+        var imageBase: String
+        var parent: Int32
+        var variable: String?
+        var directory: String
+        /// Device and inode of descriptors 0 and 1.
+        var standardStreams: [String]
+    }
+    func run() throws -> Output {
+        let maps = (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? ""
+        let base = maps.split(separator: "-", maxSplits: 1).first.map(String.init) ?? ""
+        return Output(
+            imageBase: base,
+            parent: getppid(),
+            variable: getenv(variable).map { String(cString: $0) },
+            directory: FileManager.default.currentDirectoryPath,
+            standardStreams: [0, 1].map(ForkServerTests.identity)
+        )
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct ForkServerTests {
+    static func identity(_ fd: Int32) -> String {
+        var st = stat()
+        return fstat(fd, &st) == 0 ? "\(st.st_dev):\(st.st_ino)" : "closed"
+    }
+
+    /// Skips (with the reason) where this process cannot use the fork server.
+    static func forkServerInUse() -> Bool {
+        if WorkerStart.method != .forkServer {
+            print("skipped: workers are spawned in this run (SWIFT_MP_START_METHOD=spawn)")
+            return false
+        }
+        if let reason = WorkerStart.forkServerUnavailableReason {
+            print("skipped: the fork server is not usable here: \(reason)")
+            return false
+        }
+        return true
+    }
+
+    static func facts(_ variable: String = "MP_FORK_SERVER_TEST") throws -> ProcessFacts.Output {
+        let p = ChildProcess(job: ProcessFacts(variable: variable))
+        try p.start()
+        defer { _ = try? p.join(timeout: .seconds(30)) }
+        return try p.result(timeout: .seconds(30))
+    }
+
+    /// Workers are forked by one server (same image base, unlike spawned programs), yet are this
+    /// program's children, with its working directory and standard streams.
+    @Test func workersAreForkedChildrenOfTheProgram() throws {
+        let first = try Self.facts()
+        guard Self.forkServerInUse() else { return }
+        let before = ForkServers.forked.load(ordering: .relaxed)
+        let second = try Self.facts()
+        #expect(ForkServers.forked.load(ordering: .relaxed) > before)
+        #expect(first.parent == getpid() && second.parent == getpid())
+        let randomised =
+            (try? String(contentsOfFile: "/proc/sys/kernel/randomize_va_space", encoding: .utf8))?
+            .hasPrefix("0") == false
+        if randomised { #expect(first.imageBase == second.imageBase) }
+        #expect(second.directory == FileManager.default.currentDirectoryPath)
+        #expect(second.standardStreams == [0, 1].map(Self.identity))
+    }
+
+    /// A variable the program sets after the server started reaches new workers, as with spawn: the
+    /// server is chosen by the environment workers are to get.
+    @Test func theEnvironmentIsTheProgramsAtEachStart() throws {
+        let name = "MP_FORK_SERVER_TEST_\(getpid())"
+        #expect(try Self.facts(name).variable == nil)
+        setenv(name, "set later", 1)
+        defer { unsetenv(name) }
+        #expect(try Self.facts(name).variable == "set later")
+        unsetenv(name)
+        #expect(try Self.facts(name).variable == nil)
+    }
+
+    /// A server that dies is reaped and replaced at the next start: workers keep coming.
+    @Test func aKilledServerIsReapedAndReplaced() throws {
+        _ = try Self.facts()
+        guard Self.forkServerInUse() else { return }
+        let servers = ForkServers.serverPIDs
+        #expect(!servers.isEmpty)
+        for pid in servers { kill(pid, SIGKILL) }
+        // The next start finds its server gone, reaps it and starts another (or spawns, if it cannot).
+        #expect(try Self.facts().parent == getpid())
+        #expect(try Self.facts().parent == getpid())
+        var status: Int32 = 0
+        for pid in servers where !ForkServers.serverPIDs.contains(pid) {
+            // Reaped by the library: no longer our child (a zombie would still be).
+            #expect(waitpid(pid, &status, WNOHANG) == -1)
+        }
+        #expect(WorkerStart.forkServerUnavailableReason == nil)
+    }
+
+    /// A program that used the fork server reaps it before it exits: nothing of it outlives the program.
+    @Test func theServerEndsWithTheProgram() throws {
+        guard let helper = builtExecutable("mp-test-helper") else { return }
+        let r = try runTestHelper(helper, ["fork-server"])
+        #expect(r.status == 0, "\(r.err)")
+        guard let line = r.out.split(separator: "\n").first(where: { $0.hasPrefix("servers ") }) else {
+            Issue.record("no servers line: \(r.out)")
+            return
+        }
+        let pids = line.dropFirst("servers ".count).split(separator: " ").compactMap { Int32($0) }
+        if pids.isEmpty {
+            print("skipped: the helper used no fork server (\(r.out))")
+            return
+        }
+        for pid in pids { #expect(kill(pid, 0) == -1 && errno == ESRCH, "fork server \(pid) outlived its program") }
+    }
+}

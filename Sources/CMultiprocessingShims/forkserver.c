@@ -105,6 +105,10 @@ uint32_t mp_fork_server_serve(int ctl, pid_t parent, int parent_death) {
     else if (!tid_address || *tid_address != (int)syscall(SYS_gettid)) error = ENOTSUP;  // not glibc's layout
     else if (syscall(SYS_get_robust_list, 0, &robust_head, &robust_len) != 0) error = errno;
     else if (mp_thread_count() != 1) error = EDEADLK;  // a library started a thread: fork would be unsafe
+    if (!error && mp_fork_server_prepare) {
+        mp_fork_server_prepare();
+        if (mp_thread_count() != 1) error = EBUSY;  // the warm-up must not start one either
+    }
     if (mp_send_reply(ctl, getpid(), error) != 0 || error) _exit(0);
     // A Ctrl-C in the terminal reaches the whole process group: the program decides what its workers do,
     // and the server it would otherwise kill is not for it to stop.

@@ -40,18 +40,13 @@ struct ForkServerTests {
         return fstat(fd, &st) == 0 ? "\(st.st_dev):\(st.st_ino)" : "closed"
     }
 
-    /// Skips (with the reason) where this process cannot use the fork server.
-    static func forkServerInUse() -> Bool {
-        if WorkerStart.method != .forkServer {
-            print("skipped: workers are spawned in this run (SWIFT_MP_START_METHOD=spawn)")
-            return false
-        }
-        if let reason = WorkerStart.forkServerUnavailableReason {
-            print("skipped: the fork server is not usable here: \(reason)")
-            return false
-        }
-        return true
-    }
+    /// Why this process cannot use the fork server (after trying it once), or `nil` when it can: the
+    /// tests that need it are skipped with this reason.
+    static let unusable: String? = {
+        if WorkerStart.method != .forkServer { return "workers are spawned in this run (SWIFT_MP_START_METHOD=spawn)" }
+        _ = try? facts()
+        return WorkerStart.forkServerUnavailableReason.map { "the fork server is not usable here: \($0)" }
+    }()
 
     static func facts(_ variable: String = "MP_FORK_SERVER_TEST") throws -> ProcessFacts.Output {
         let p = ChildProcess(job: ProcessFacts(variable: variable))
@@ -62,9 +57,9 @@ struct ForkServerTests {
 
     /// Workers are forked by one server (same image base, unlike spawned programs), yet are this
     /// program's children, with its working directory and standard streams.
-    @Test func workersAreForkedChildrenOfTheProgram() throws {
+    @Test(.enabled(if: unusable == nil, "\(unusable ?? "")"))
+    func workersAreForkedChildrenOfTheProgram() throws {
         let first = try Self.facts()
-        guard Self.forkServerInUse() else { return }
         let before = ForkServers.forked.load(ordering: .relaxed)
         let second = try Self.facts()
         #expect(ForkServers.forked.load(ordering: .relaxed) > before)
@@ -90,9 +85,9 @@ struct ForkServerTests {
     }
 
     /// A server that dies is reaped and replaced at the next start: workers keep coming.
-    @Test func aKilledServerIsReapedAndReplaced() throws {
+    @Test(.enabled(if: unusable == nil, "\(unusable ?? "")"))
+    func aKilledServerIsReapedAndReplaced() throws {
         _ = try Self.facts()
-        guard Self.forkServerInUse() else { return }
         let servers = ForkServers.serverPIDs
         #expect(!servers.isEmpty)
         for pid in servers { kill(pid, SIGKILL) }
@@ -108,7 +103,8 @@ struct ForkServerTests {
     }
 
     /// A program that used the fork server reaps it before it exits: nothing of it outlives the program.
-    @Test func theServerEndsWithTheProgram() throws {
+    @Test(.enabled(if: unusable == nil, "\(unusable ?? "")"))
+    func theServerEndsWithTheProgram() throws {
         guard let helper = builtExecutable("mp-test-helper") else { return }
         let r = try runTestHelper(helper, ["fork-server"])
         #expect(r.status == 0, "\(r.err)")
@@ -117,10 +113,7 @@ struct ForkServerTests {
             return
         }
         let pids = line.dropFirst("servers ".count).split(separator: " ").compactMap { Int32($0) }
-        if pids.isEmpty {
-            print("skipped: the helper used no fork server (\(r.out))")
-            return
-        }
+        #expect(!pids.isEmpty, "the helper used no fork server: \(r.out)")
         for pid in pids { #expect(kill(pid, 0) == -1 && errno == ESRCH, "fork server \(pid) outlived its program") }
     }
 }

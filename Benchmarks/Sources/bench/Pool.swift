@@ -88,6 +88,27 @@ func runPoolSuite(_ only: Set<String>) throws {
         report("pool_start_swift", ms, "ms", digits: 2)
     }
 
+    if want("pool_start_phases") {
+        // Where a pool's start-to-finish goes: creation, the first map (its workers' start), close + join.
+        var phases: [[Double]] = [[], [], []]
+        for _ in 0..<21 {
+            let t0 = now()
+            let p = try ProcessPool(workers: 2, options: benchPoolOptions)
+            let t1 = now()
+            _ = try p.map(SquareTask(), [0, 1])
+            let t2 = now()
+            p.close()
+            try p.join()
+            let t3 = now()
+            phases[0].append((t1 - t0) * 1e3)
+            phases[1].append((t2 - t1) * 1e3)
+            phases[2].append((t3 - t2) * 1e3)
+        }
+        report("pool_start_create_swift", phases[0], "ms", digits: 2)
+        report("pool_start_first_map_swift", phases[1], "ms", digits: 2)
+        report("pool_start_close_join_swift", phases[2], "ms", digits: 2)
+    }
+
     let pool = try ProcessPool(workers: 2, options: benchPoolOptions)
     _ = try pool.map(SquareTask(), Array(0..<100), chunksize: 1)
 

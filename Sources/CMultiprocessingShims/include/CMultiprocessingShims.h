@@ -206,5 +206,8 @@ typedef struct { int32_t pid; int32_t error; } mp_fork_reply;
 /// Serves fork requests on `ctl` until it closes (then exits). Returns only in a forked child, with the
 /// request's flags.
 uint32_t mp_fork_server_serve(int ctl, pid_t parent, int parent_death);
+/// Defined in Swift by Multiprocessing (`@_cdecl`): work the server does once, before forking, so that
+/// its workers need not (the runtime's conformance caches). Weak, as mp_worker_entry.
+extern void mp_fork_server_prepare(void) __attribute__((weak));
 
 #endif

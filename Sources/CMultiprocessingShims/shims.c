@@ -307,6 +307,34 @@ static void mp_init_static_dispatch(void) {
     }
 }
 
+static void *mp_worker_thread(void *unused) {
+    (void)unused;
+    mp_worker_entry(3);
+    _exit(0);
+}
+
+/// A forked worker's main thread is a copy of the fork server's, and caches of the thread id that no fork
+/// hook resets (the Swift runtime's once-lock, libdispatch's thread data) may hold the server's id there:
+/// a lock taken by that thread and contended would then be unlocked as another thread's (a priority-
+/// inheritance futex answers EPERM, and the runtime's unlock retries for ever). The worker runs on a new
+/// thread instead, whose thread-local data starts empty; the main thread only waits (the worker ends the
+/// process). Its stack is as large as the main thread's could grow (RLIMIT_STACK, else 8 MiB).
+static void mp_run_worker_on_fresh_thread(void) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    struct rlimit rl;
+    size_t stack = 8u << 20;
+    if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur >= (64u << 10))
+        stack = (size_t)rl.rlim_cur;
+    pthread_attr_setstacksize(&attr, stack);
+    pthread_t t;
+    int rc = pthread_create(&t, &attr, mp_worker_thread, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) _exit(70);
+    pthread_join(t, NULL);
+    _exit(0);
+}
+
 static int mp_deferred;
 int mp_worker_deferred(void) { return mp_deferred; }
 
@@ -330,9 +358,11 @@ __attribute__((constructor)) static void mp_worker_hook(void) {
         if (ppid > 0 && getppid() != (pid_t)ppid) _exit(70);
     }
     char entry = mode[0];
+    int forked = 0;
     if (entry == 'f') {  // the fork server: returns only in a worker it forked
         uint32_t flags = mp_fork_server_serve(3, (pid_t)ppid, parent_death);
         entry = (flags & MP_FORK_BOOTSTRAP) ? 'b' : 'c';
+        forked = 1;
     }
     if (entry == 'b') { mp_deferred = 1; return; }
     if (!mp_worker_entry) {
@@ -341,6 +371,7 @@ __attribute__((constructor)) static void mp_worker_hook(void) {
         _exit(70);
     }
     mp_init_static_dispatch();
+    if (forked) mp_run_worker_on_fresh_thread();
     mp_worker_entry(3);
     _exit(0);
 }

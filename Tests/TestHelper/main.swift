@@ -271,6 +271,8 @@ case "progress-bar":
 case "fork-server":
     // A worker from the fork server; then this program's remaining children (the server, once the worker
     // is joined; started from this, the main, thread), which must all be gone when this program has exited.
+    // Entered before main: workers of a program that relies on bootstrap() are spawned, not forked.
+    WorkerStart.entry = .beforeMain
     let p = ChildProcess(job: NoWork())
     try p.start()
     _ = try p.join(timeout: .seconds(30))

@@ -168,33 +168,40 @@ func runIPCSuite(_ only: Set<String>) throws {
         }
     }
     if want("process_start") {
-        // Warm-up, then 50 sequential start+join, as process_start.py.
-        let warm = ChildProcess(job: Noop())
-        try warm.start()
-        try warm.join()
-        var times: [Double] = []
-        for _ in 0..<50 {
-            let t0 = now()
-            let p = ChildProcess(job: Noop())
-            try p.start()
-            try p.join()
-            times.append((now() - t0) * 1e3)
-            precondition(p.exitCode == 0)
+        // Each start method in turn (the fork server is the default; spawn re-executes the program).
+        let method = WorkerStart.method
+        defer { WorkerStart.method = method }
+        for (m, name) in [(StartMethod.forkServer, "forkserver"), (.spawn, "spawn")] {
+            WorkerStart.method = m
+            // Warm-up (it also starts the fork server), then 50 sequential start+join, as process_start.py.
+            let warm = ChildProcess(job: Noop())
+            try warm.start()
+            try warm.join()
+            var times: [Double] = []
+            for _ in 0..<50 {
+                let t0 = now()
+                let p = ChildProcess(job: Noop())
+                try p.start()
+                try p.join()
+                times.append((now() - t0) * 1e3)
+                precondition(p.exitCode == 0)
+            }
+            report("process_start_\(name)_swift", times, "ms", digits: 2)
+            // Start-to-ready: until the worker's first message (it has entered worker mode).
+            var ready: [Double] = []
+            for _ in 0..<50 {
+                let (mine, theirs) = try makePipe()
+                let t0 = now()
+                let p = ChildProcess(job: PingPongChild(connection: theirs))
+                try p.start()
+                _ = try mine.recv(String.self)
+                ready.append((now() - t0) * 1e3)
+                try mine.send(-1)
+                try p.join()
+                theirs.close()
+            }
+            report(m == .forkServer ? "worker_ready_swift" : "worker_ready_spawn_swift", ready, "ms", digits: 2)
         }
-        report("process_start_spawn_swift", times, "ms", digits: 2)
-        // Start-to-ready: spawn until the worker's first message (it has entered worker mode).
-        var ready: [Double] = []
-        for _ in 0..<50 {
-            let (mine, theirs) = try makePipe()
-            let t0 = now()
-            let p = ChildProcess(job: PingPongChild(connection: theirs))
-            try p.start()
-            _ = try mine.recv(String.self)
-            ready.append((now() - t0) * 1e3)
-            try mine.send(-1)
-            try p.join()
-            theirs.close()
-        }
-        report("worker_ready_swift", ready, "ms", digits: 2)
+        if let reason = WorkerStart.forkServerUnavailableReason { print("INFO fork server not used: \(reason)") }
     }
 }

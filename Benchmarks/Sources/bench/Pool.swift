@@ -76,16 +76,22 @@ func runPoolSuite(_ only: Set<String>) throws {
     func want(_ name: String) -> Bool { only.isEmpty || only.contains(name) }
 
     if want("pool_start") {
-        var ms: [Double] = []
-        for _ in 0..<REPS {
-            let t0 = now()
-            let p = try ProcessPool(workers: 2, options: benchPoolOptions)
-            _ = try p.map(SquareTask(), [0, 1])
-            p.close()
-            try p.join()
-            ms.append((now() - t0) * 1e3)
+        // As pool_tiny.py's pool_start: create, map two items, close, join; with each start method.
+        let method = WorkerStart.method
+        defer { WorkerStart.method = method }
+        for (m, name) in [(StartMethod.forkServer, "pool_start_swift"), (.spawn, "pool_start_spawn_swift")] {
+            WorkerStart.method = m
+            var ms: [Double] = []
+            for _ in 0..<REPS {
+                let t0 = now()
+                let p = try ProcessPool(workers: 2, options: benchPoolOptions)
+                _ = try p.map(SquareTask(), [0, 1])
+                p.close()
+                try p.join()
+                ms.append((now() - t0) * 1e3)
+            }
+            report(name, ms, "ms", digits: 2)
         }
-        report("pool_start_swift", ms, "ms", digits: 2)
     }
 
     if want("pool_start_phases") {

@@ -33,8 +33,21 @@ public enum StartMethod: String, Sendable, CaseIterable {
 final class ForkServer: Sendable {
     let pid: Int32
     private let pidfd: Int32
-    /// The environment its workers get (the program's, when it started, with the start's extra variables).
-    let environment: [String]
+    /// What its workers inherit from it that a request cannot change: the environment (the program's when
+    /// the server started, with the start's extra variables) and the program's credentials.
+    let identity: Identity
+
+    struct Identity: Equatable {
+        /// Sorted: the order of the variables does not make another environment.
+        var environment: [String]
+        /// Real and effective user and group ids: a program that changes them gets workers with the new ones.
+        var credentials: [UInt32]
+
+        init(environment: [String]) {
+            self.environment = environment.sorted()
+            credentials = [getuid(), geteuid(), getgid(), getegid()]
+        }
+    }
     /// Our end of the control socket; -1 once closed. Held for a whole request: one at a time.
     private let control: Mutex<Int32>
 
@@ -42,20 +55,32 @@ final class ForkServer: Sendable {
         self.pid = pid
         self.pidfd = pidfd
         self.control = Mutex(control)
-        self.environment = environment
+        identity = Identity(environment: environment)
     }
 
-    /// Why a server could not be used: `permanent` when no server can work in this process.
+    /// Why a server could not be used.
     struct Failure: Error {
+        enum Kind {
+            /// No request reached a server: the worker's channel is untouched.
+            case notSent
+            /// The server answered that it could not fork (an errno such as `EAGAIN`): it is healthy, and
+            /// nothing holds the channel.
+            case refused
+            /// The request was sent and no usable answer came (the server died, or did not answer in time):
+            /// a worker may have been forked with the channel.
+            case lost
+            /// No server can work in this process (see ``WorkerStart/forkServerUnavailableReason``).
+            case permanent
+        }
         let reason: String
-        let permanent: Bool
+        let kind: Kind
     }
 
     /// Starts a server (this executable, worker mode `f`) and waits for its first answer.
     static func start(environment: [String], arguments: [String], timeout: Duration) throws(Failure) -> ForkServer {
         let pair: (Int32, Int32)
         do { pair = try SystemCall.socketpair(Int32(SOCK_SEQPACKET.rawValue)) } catch {
-            throw Failure(reason: "socketpair: \(error)", permanent: false)
+            throw Failure(reason: "socketpair: \(error)", kind: .notSent)
         }
         let (mine, theirs) = pair
         defer { SystemCall.close(theirs) }
@@ -69,7 +94,7 @@ final class ForkServer: Sendable {
         }
         guard rc == 0 else {
             SystemCall.close(mine)
-            throw Failure(reason: "posix_spawn: \(Errno(rawValue: -rc))", permanent: false)
+            throw Failure(reason: "posix_spawn: \(Errno(rawValue: -rc))", kind: .notSent)
         }
         let pidfd = mp_pidfd_open(pid)
         guard pidfd >= 0 else {
@@ -77,7 +102,7 @@ final class ForkServer: Sendable {
             var status: Int32 = 0
             _ = try? SystemCall.reap(pid, status: &status)
             SystemCall.close(mine)
-            throw Failure(reason: "pidfd_open: \(Errno(rawValue: -pidfd))", permanent: false)
+            throw Failure(reason: "pidfd_open: \(Errno(rawValue: -pidfd))", kind: .notSent)
         }
         let server = ForkServer(pid: pid, pidfd: pidfd, control: mine, environment: environment)
         do throws(Failure) {
@@ -86,7 +111,7 @@ final class ForkServer: Sendable {
             }
             if hello.error != 0 {
                 server.shutDown()
-                throw Failure(reason: helloReason(Errno(rawValue: hello.error)), permanent: true)
+                throw Failure(reason: helloReason(Errno(rawValue: hello.error)), kind: .permanent)
             }
         } catch {
             server.shutDown()
@@ -99,7 +124,9 @@ final class ForkServer: Sendable {
         switch e {
         case .deadlock: "the program has more than one thread before main (a sanitizer, or a library that starts one)"
         case .notSupported: "the C library's thread descriptor is not laid out as expected"
-        case .resourceBusy: "preparing the server started a thread (a bug: please report it)"
+        case .resourceBusy: "preparing the server left a thread running (a bug: please report it)"
+        case .noSuchFileOrDirectory: "/proc is not mounted: whether forking is safe cannot be told"
+        case .noFunction: "this architecture's clone() is not supported by the fork server"
         default: "the kernel refused what forking safely needs (prctl(PR_GET_TID_ADDRESS) or get_robust_list): \(e)"
         }
     }
@@ -114,7 +141,7 @@ final class ForkServer: Sendable {
     ) throws(Failure) -> Int32 {
         let cwd: Int32
         do { cwd = try SystemCall.open(".", MP_O_PATH | O_DIRECTORY | O_CLOEXEC) } catch {
-            throw Failure(reason: "the working directory cannot be opened: \(error)", permanent: false)
+            throw Failure(reason: "the working directory cannot be opened: \(error)", kind: .notSent)
         }
         defer { SystemCall.close(cwd) }
         var flags: UInt32 = (bootstrap ? MP_FORK_BOOTSTRAP : 0) | (dieWithParent ? MP_FORK_DIE_WITH_PARENT : 0)
@@ -129,18 +156,23 @@ final class ForkServer: Sendable {
         }
         let request = mp_fork_request(magic: MP_FORK_MAGIC, flags: flags)
         let reply = try control.withLock { fd throws(Failure) in
-            guard fd >= 0 else { throw Failure(reason: "the fork server was shut down", permanent: false) }
+            guard fd >= 0 else { throw Failure(reason: "the fork server was shut down", kind: .notSent) }
             do {
+                // One SOCK_SEQPACKET message: the server gets all of it with its descriptors, or nothing.
                 _ = try withUnsafeBytes(of: request) { p throws(SystemCallError) in
                     try SystemCall.sendWithDescriptors(fd, p, fds: fds)
                 }
             } catch {
-                throw Failure(reason: "the request could not be sent: \(error)", permanent: false)
+                throw Failure(reason: "the request could not be sent: \(error)", kind: .notSent)
             }
-            return try Self.receiveReply(fd, deadline: Deadline.after(timeout))
+            do throws(Failure) {
+                return try Self.receiveReply(fd, deadline: Deadline.after(timeout))
+            } catch {
+                throw Failure(reason: error.reason, kind: .lost)
+            }
         }
         guard reply.error == 0, reply.pid > 0 else {
-            throw Failure(reason: "fork failed: \(Errno(rawValue: reply.error))", permanent: false)
+            throw Failure(reason: "fork failed: \(Errno(rawValue: reply.error))", kind: .refused)
         }
         return reply.pid
     }
@@ -149,17 +181,17 @@ final class ForkServer: Sendable {
         var reply = mp_fork_reply(pid: 0, error: 0)
         do {
             let revents = try SystemCall.poll(fd, events: Int16(POLLIN), timeoutMs: Deadline.pollTimeout(deadline))
-            guard revents != 0 else { throw Failure(reason: "no answer in time", permanent: false) }
+            guard revents != 0 else { throw Failure(reason: "no answer in time", kind: .notSent) }
             let n = try withUnsafeMutableBytes(of: &reply) { p throws(SystemCallError) in
                 try SystemCall.recv(fd, p, blocking: true)
             }
             guard n.value == MemoryLayout<mp_fork_reply>.size else {
-                throw Failure(reason: n.value == 0 ? "it exited" : "a malformed answer", permanent: false)
+                throw Failure(reason: n.value == 0 ? "it exited" : "a malformed answer", kind: .notSent)
             }
         } catch let error as Failure {
             throw error
         } catch {
-            throw Failure(reason: "\(error)", permanent: false)
+            throw Failure(reason: "\(error)", kind: .notSent)
         }
         return reply
     }
@@ -205,8 +237,18 @@ enum ForkServers {
     /// Why workers are spawned instead, once the fork server was found unusable.
     static var unavailableReason: String? { state.withLock { $0.unavailable } }
 
-    /// A worker forked by the server for `environment`, or `nil` when the fork server cannot be used (the
-    /// caller spawns the worker instead).
+    /// What became of a request for a worker.
+    enum Outcome {
+        /// The worker was forked: its pid (a child of this program).
+        case forked(Int32)
+        /// No fork server can serve now: spawn the worker, with the same channel.
+        case unavailable
+        /// A request was sent and lost: a worker may hold the channel. Spawn with a new one (see
+        /// ``reapLost(channel:)``).
+        case lost
+    }
+
+    /// A worker forked by the server for `environment` (one is started if none serves it).
     static func fork(
         environment: [String],
         arguments: [String],
@@ -214,18 +256,22 @@ enum ForkServers {
         stderr: Int32?,
         bootstrap: Bool,
         dieWithParent: Bool
-    ) -> Int32? {
-        state.withLock { s -> Int32? in
-            guard s.unavailable == nil else { return nil }
+    ) -> Outcome {
+        let identity = ForkServer.Identity(environment: environment)
+        return state.withLock { s -> Outcome in
+            // Checked again here: a server started after the exit-time clean-up would outlive the program.
+            guard s.unavailable == nil, !ChildRegistry.exiting.load(ordering: .sequentiallyConsistent) else {
+                return .unavailable
+            }
             let server: ForkServer
-            if let i = s.servers.firstIndex(where: { $0.environment == environment }) {
+            if let i = s.servers.firstIndex(where: { $0.identity == identity }) {
                 server = s.servers.remove(at: i)
             } else {
                 do throws(ForkServer.Failure) {
                     server = try ForkServer.start(environment: environment, arguments: arguments, timeout: timeout)
                 } catch {
                     failed(&s, error)
-                    return nil
+                    return .unavailable
                 }
                 if s.servers.count >= capacity { s.servers.removeFirst().shutDown() }
             }
@@ -240,22 +286,41 @@ enum ForkServers {
                 s.servers.append(server)
                 s.consecutiveFailures = 0
                 forked.add(1, ordering: .relaxed)
-                return pid
+                return .forked(pid)
             } catch {
+                if error.kind == .refused {
+                    // The server is fine; the system refused a process (a limit): spawning says the same.
+                    s.servers.append(server)
+                    return .unavailable
+                }
                 server.shutDown()
                 failed(&s, error)
-                return nil
+                return error.kind == .lost ? .lost : .unavailable
             }
         }
     }
 
     private static func failed(_ s: inout State, _ error: ForkServer.Failure) {
         s.consecutiveFailures += 1
-        if error.permanent {
+        if error.kind == .permanent {
             s.unavailable = error.reason
         } else if s.consecutiveFailures >= failureLimit {
             s.unavailable = "the fork server failed \(s.consecutiveFailures) times in a row, last: \(error.reason)"
         }
+    }
+
+    /// After a lost request: a worker forked with this channel announces itself (`ready` with its pid)
+    /// within moments if it exists; it is then killed and reaped (it is this program's child). Closes
+    /// `channel`. A worker that stays silent for two seconds ends by itself at the channel's end.
+    static func reapLost(channel: Int32) {
+        let c = Connection(fileDescriptor: channel)
+        defer { c.close() }
+        guard let bytes = try? c.recvBytes(timeout: .seconds(2)),
+            case .ready(let pid)? = try? c.decodeMessage(FromWorker.self, bytes), pid > 0
+        else { return }
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        _ = try? SystemCall.reap(pid, status: &status)
     }
 
     /// Shuts every server down (at exit): each exits at the end of its control socket and is reaped.

@@ -143,8 +143,8 @@ enum Spawner {
             throw MultiprocessingError(.spawnFailed, "the program is exiting: no new process is started")
         }
         if runsJobs { try WorkerStart.checkProgramIsReady() }
-        let (parentEnd, childEnd) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
-        defer { Syscall.close(childEnd) }
+        var (parentEnd, childEnd) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+        defer { if childEnd >= 0 { Syscall.close(childEnd) } }
         let mode = runsJobs && WorkerStart.effectiveEntry == .bootstrap ? "b" : "c"
         // Parent-death signal only when spawning from the main thread: PR_SET_PDEATHSIG fires when the
         // spawning *thread* exits, which would kill workers started from short-lived threads. EOF on fd 3
@@ -163,19 +163,30 @@ enum Spawner {
         // The parent's arguments, as CPython's workers get `sys.argv` (the worker is told it is one by
         // its environment, not by an argument that would confuse `main`'s argument parsing).
         let argv = CommandLine.arguments.isEmpty ? [WorkerStart.executable] : CommandLine.arguments
-        // Workers that run jobs come from the fork server when it can serve (the shared-memory tracker, which
-        // outlives the program, is always spawned).
-        if runsJobs, WorkerStart.method == .forkServer,
-            let pid = ForkServers.fork(
+        // Workers that run jobs come from the fork server when it can serve. Spawned: the shared-memory
+        // tracker (it outlives the program), and the workers of a program that called bootstrap(), whose main
+        // thread must run main.swift (a forked main thread carries the server's thread id in caches of the
+        // Swift runtime and libdispatch that nothing resets; a forked worker runs on a new thread instead).
+        if runsJobs, mode == "c", WorkerStart.method == .forkServer {
+            switch ForkServers.fork(
                 environment: base,
                 arguments: argv,
                 channel: childEnd,
                 stderr: stderr,
-                bootstrap: mode == "b",
+                bootstrap: false,
                 dieWithParent: dieWithParent
-            )
-        {
-            return try adopt(pid, channel: parentEnd)
+            ) {
+            case .forked(let pid):
+                return try adopt(pid, channel: parentEnd)
+            case .unavailable:
+                break
+            case .lost:
+                // A worker may hold this channel: it is ended, and the spawned worker gets a new one.
+                Syscall.close(childEnd)
+                childEnd = -1
+                ForkServers.reapLost(channel: parentEnd)
+                (parentEnd, childEnd) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+            }
         }
         var env = ["SWIFT_MP_WORKER=\(mode)"]
         if dieWithParent { env.append("SWIFT_MP_PARENT=\(getpid())\(deathFlag)") }

@@ -9,9 +9,10 @@ import SeedExamples
 
 // mp — the swift-multiprocessing command-line tool.
 //
-// Python's `if __name__ == "__main__":` habit: a no-op here unless a worker was started with
-// `WorkerStart.entry = .bootstrap` (then this process becomes that worker and never returns).
-bootstrap()
+// Every job of this program lives in another file (those globals are initialised on first use, in any
+// process), so its workers start before `main` and need no `bootstrap()`: they come from the fork server
+// (a program that calls `bootstrap()` gets spawned workers, which run main.swift down to that call).
+WorkerStart.entry = .beforeMain
 Processes.lineBufferStandardOutput()
 
 struct MP: ParsableCommand {

@@ -102,7 +102,13 @@ struct ForkServerTests {
     /// A lock contended inside a forked worker is released by its holder. (With this toolchain it passed
     /// with jobs on the copied main thread too: it guards against a regression, it does not show the
     /// hazard the new thread avoids.)
-    @Test func aContendedLockInAForkedWorkerIsReleased() throws {
+    @Test(
+        .disabled(
+            if: sanitizer == "thread",
+            "Synchronization.Mutex's futex hand-over is not instrumented: ThreadSanitizer reports the value it guards"
+        )
+    )
+    func aContendedLockInAForkedWorkerIsReleased() throws {
         let p = ChildProcess(job: ContendedMutex())
         try p.start()
         #expect(try p.result(timeout: .seconds(60)) == 1)

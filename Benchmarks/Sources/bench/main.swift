@@ -1,8 +1,9 @@
 import Foundation
 import Multiprocessing
 
-// Workers run this file down to here (its jobs live in the other files).
-bootstrap()
+// Its jobs live in the other files: workers start before main, from the fork server (MP_BENCH_BOOTSTRAP=1
+// makes them run this file down to `bootstrap()` instead, which spawns them).
+if getenv("MP_BENCH_BOOTSTRAP") != nil { bootstrap() } else { WorkerStart.entry = .beforeMain }
 
 // bench SUITE [workload ...]   — prints RESULT/INFO lines like the Python anchors in shared/bench/python.
 let args = CommandLine.arguments.dropFirst()

@@ -124,7 +124,8 @@ final class ForkServer: Sendable {
         switch e {
         case .deadlock: "the program has more than one thread before main (a sanitizer, or a library that starts one)"
         case .notSupported: "the C library's thread descriptor is not laid out as expected"
-        case .resourceBusy: "preparing the server left a thread running (a bug: please report it)"
+        case .resourceBusy:
+            "a second thread was running once the server had prepared itself (a sanitizer's runtime starts one)"
         case .noSuchFileOrDirectory: "/proc is not mounted: whether forking is safe cannot be told"
         case .noFunction: "this architecture's clone() is not supported by the fork server"
         default: "the kernel refused what forking safely needs (prctl(PR_GET_TID_ADDRESS) or get_robust_list): \(e)"

@@ -96,13 +96,12 @@ final class ForkServer: Sendable {
             SystemCall.close(mine)
             throw Failure(reason: "posix_spawn: \(Errno(rawValue: -rc))", kind: .notSent)
         }
-        let pidfd = mp_pidfd_open(pid)
-        guard pidfd >= 0 else {
-            Glibc.kill(pid, SIGKILL)
-            var status: Int32 = 0
-            _ = try? SystemCall.reap(pid, status: &status)
+        let pidfd: Int32
+        switch Spawner.watch(pid) {
+        case .success(let fd): pidfd = fd
+        case .failure(let e):
             SystemCall.close(mine)
-            throw Failure(reason: "pidfd_open: \(Errno(rawValue: -pidfd))", kind: .notSent)
+            throw Failure(reason: "pidfd_open: \(e)", kind: .notSent)
         }
         let server = ForkServer(pid: pid, pidfd: pidfd, control: mine, environment: environment)
         do throws(Failure) {

@@ -209,15 +209,24 @@ enum Spawner {
     /// A started child `pid` (spawned, or forked by the fork server: our child either way) as a worker:
     /// its pidfd and our end of its channel.
     private static func adopt(_ pid: pid_t, channel parentEnd: Int32) throws -> SpawnedWorker {
-        let pidfd = mp_pidfd_open(pid)
-        guard pidfd >= 0 else {
-            Glibc.kill(pid, SIGKILL)
-            var status: Int32 = 0
-            _ = try? SystemCall.reap(pid, status: &status)
+        switch watch(pid) {
+        case .success(let pidfd):
+            return SpawnedWorker(pid: pid, pidfd: pidfd, channel: Connection(fileDescriptor: parentEnd))
+        case .failure(let e):
             Syscall.close(parentEnd)
-            throw MultiprocessingError(.spawnFailed, "pidfd_open failed", errno: Errno(rawValue: -pidfd))
+            throw MultiprocessingError(.spawnFailed, "pidfd_open failed", errno: e)
         }
-        return SpawnedWorker(pid: pid, pidfd: pidfd, channel: Connection(fileDescriptor: parentEnd))
+    }
+
+    /// A pidfd for `pid`, a child just started. Without one nothing could watch the child, so it is then
+    /// killed and reaped, and the error returned.
+    static func watch(_ pid: pid_t) -> Result<Int32, Errno> {
+        let pidfd = mp_pidfd_open(pid)
+        if pidfd >= 0 { return .success(pidfd) }
+        Glibc.kill(pid, SIGKILL)
+        var status: Int32 = 0
+        _ = try? SystemCall.reap(pid, status: &status)
+        return .failure(Errno(rawValue: -pidfd))
     }
 
     /// Starts a worker whose standard error is a pipe this process reads: returns the worker and the

@@ -76,12 +76,13 @@ static long mp_clone(int *tid_address, int sibling) {
 /// of the server that checks and exits at once. 0, or the errno that makes the server decline.
 static int mp_clone_self_test(int *tid_address) {
     long pid = mp_clone(tid_address, 0);
-    if (pid < 0) return errno;
+    if (pid < 0) return errno;  // ENOSYS here; EAGAIN or ENOMEM (a limit) the program may retry
     if (pid == 0) _exit(*tid_address == (int)syscall(SYS_gettid) ? 0 : 1);
     int status = 0;
     long r;
     do { r = waitpid((pid_t)pid, &status, 0); } while (r < 0 && errno == EINTR);
-    return r == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : ENOSYS;
+    if (r == pid && WIFEXITED(status) && WEXITSTATUS(status) == 1) return ENOSYS;  // the order is wrong
+    return r == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : EAGAIN;  // killed: try later
 }
 
 static void *mp_fork_server_prepare_thread(void *unused) {

@@ -307,8 +307,16 @@ static void mp_init_static_dispatch(void) {
     }
 }
 
+static pid_t mp_worker_tid;
+
+int mp_is_primary_thread(void) {
+    pid_t me = (pid_t)syscall(SYS_gettid);
+    return me == getpid() || (mp_worker_tid != 0 && me == mp_worker_tid);
+}
+
 static void *mp_worker_thread(void *unused) {
     (void)unused;
+    mp_worker_tid = (pid_t)syscall(SYS_gettid);
     mp_worker_entry(3);
     _exit(0);
 }
@@ -330,7 +338,8 @@ static void mp_run_worker_on_fresh_thread(void) {
     pthread_t t;
     int rc = pthread_create(&t, &attr, mp_worker_thread, NULL);
     pthread_attr_destroy(&attr);
-    if (rc != 0) _exit(70);
+    if (rc != 0) rc = pthread_create(&t, NULL, mp_worker_thread, NULL);  // a smaller stack, then
+    if (rc != 0) return;  // no thread at all: the worker runs on this one (the caller goes on)
     pthread_join(t, NULL);
     _exit(0);
 }

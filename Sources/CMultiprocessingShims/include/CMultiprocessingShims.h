@@ -181,6 +181,10 @@ long mp_fd_size(int fd);
 /// Set by the load-time hook: 1 when this process was started as a worker whose entry is deferred to an
 /// explicit bootstrap() call.
 int mp_worker_deferred(void);
+/// Whether the calling thread is the process's primary one: its main thread, or in a worker forked by the
+/// fork server, the thread the worker runs on (it lives until the process ends). A parent-death signal set
+/// from it is safe (it fires when the *thread* that started the child exits).
+int mp_is_primary_thread(void);
 /// The worker entry point, defined in Swift (`@_cdecl`) by the Multiprocessing module. Weak, so that
 /// programs that do not link Multiprocessing are unaffected.
 extern void mp_worker_entry(int fd) __attribute__((weak));

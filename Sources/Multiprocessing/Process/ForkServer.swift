@@ -86,7 +86,7 @@ final class ForkServer: Sendable {
         defer { SystemCall.close(theirs) }
         // The parent-death signal fires when the *thread* that started the server exits, so it is asked for
         // only from the main thread (as for spawned workers); the end of the control socket covers the rest.
-        let deathFlag = mp_gettid() == getpid() ? "d" : ""
+        let deathFlag = mp_is_primary_thread() != 0 ? "d" : ""
         let env = ["SWIFT_MP_WORKER=f", "SWIFT_MP_PARENT=\(getpid())\(deathFlag)"] + environment
         var pid: pid_t = 0
         let rc = Spawner.withCStrings(arguments) { cargv in
@@ -110,7 +110,13 @@ final class ForkServer: Sendable {
             }
             if hello.error != 0 {
                 server.shutDown()
-                throw Failure(reason: helloReason(Errno(rawValue: hello.error)), kind: .permanent)
+                let e = Errno(rawValue: hello.error)
+                // A process limit hit by its self-test child: the next start may succeed.
+                let transient = e == .resourceTemporarilyUnavailable || e == .noMemory
+                throw Failure(
+                    reason: transient ? "its self-test could not start a process: \(e)" : helloReason(e),
+                    kind: transient ? .notSent : .permanent
+                )
             }
         } catch {
             server.shutDown()
@@ -310,17 +316,22 @@ enum ForkServers {
     }
 
     /// After a lost request: a worker forked with this channel announces itself (`ready` with its pid)
-    /// within moments if it exists; it is then killed and reaped (it is this program's child). Closes
-    /// `channel`. A worker that stays silent for two seconds ends by itself at the channel's end.
+    /// if it exists; it is then killed and reaped (it is this program's child). The wait is a daemon
+    /// thread's, a minute at most (a lost request usually means a loaded machine), so the caller goes on at
+    /// once. Takes `channel` (closes it). With no such worker the read ends at once (nothing else holds
+    /// the other end); one silent for a minute ends by itself at the channel's end.
     static func reapLost(channel: Int32) {
         let c = Connection(fileDescriptor: channel)
-        defer { c.close() }
-        guard let bytes = try? c.recvBytes(timeout: .seconds(2)),
-            case .ready(let pid)? = try? c.decodeMessage(FromWorker.self, bytes), pid > 0
-        else { return }
-        kill(pid, SIGKILL)
-        var status: Int32 = 0
-        _ = try? SystemCall.reap(pid, status: &status)
+        let waiter = OSThread(name: "mp-fork-lost", daemon: true) {
+            defer { c.close() }
+            guard let bytes = try? c.recvBytes(timeout: .seconds(60)),
+                case .ready(let pid)? = try? c.decodeMessage(FromWorker.self, bytes), pid > 0
+            else { return }
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            _ = try? SystemCall.reap(pid, status: &status)
+        }
+        do { try waiter.start() } catch { c.close() }
     }
 
     /// Shuts every server down (at exit): each exits at the end of its control socket and is reaped.

@@ -149,7 +149,7 @@ enum Spawner {
         // Parent-death signal only when spawning from the main thread: PR_SET_PDEATHSIG fires when the
         // spawning *thread* exits, which would kill workers started from short-lived threads. EOF on fd 3
         // covers every case.
-        let deathFlag = dieWithParent && mp_gettid() == getpid() ? "d" : ""
+        let deathFlag = dieWithParent && mp_is_primary_thread() != 0 ? "d" : ""
         // A process that must outlive its parent (the shared-memory tracker) gets no parent to check:
         // it may still be starting when its parent dies, and must run anyway.
         var base: [String] = []

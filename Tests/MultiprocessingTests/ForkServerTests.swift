@@ -146,6 +146,45 @@ struct ForkServerTests {
         #expect(WorkerStart.forkServerUnavailableReason == nil)
     }
 
+    /// After a lost request, the worker that was forked with the channel anyway is found through its
+    /// `ready` message, killed and reaped: it is this program's child, and nothing else would reap it.
+    @Test(.enabled(if: unusable == nil, "\(unusable ?? "")"))
+    func theWorkerOfALostRequestIsReaped() throws {
+        let (mine, theirs) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+        let outcome = ForkServers.fork(
+            environment: Self.environment(),
+            arguments: CommandLine.arguments,
+            channel: theirs,
+            stderr: nil,
+            bootstrap: false,
+            dieWithParent: true
+        )
+        Syscall.close(theirs)
+        guard case .forked(let pid) = outcome else {
+            Issue.record("no worker forked: \(outcome)")
+            Syscall.close(mine)
+            return
+        }
+        // As the spawn path does when the server's answer is lost: only the channel is known.
+        ForkServers.reapLost(channel: mine)
+        // Reaped by the library: the pid is gone (a zombie, or a live worker, still answers kill(pid, 0)).
+        // The test never waits for it itself, which would reap it in the library's place.
+        let deadline = Deadline.after(.seconds(60))!
+        while kill(pid, 0) == 0, !deadline.hasPassed { sched_yield() }
+        #expect(kill(pid, 0) == -1 && errno == ESRCH, "worker \(pid) was not reaped")
+    }
+
+    /// The environment a worker started now would get (as `Spawner` builds it).
+    static func environment() -> [String] {
+        var out: [String] = []
+        var e = environ
+        while let p = e.pointee {
+            out.append(String(cString: p))
+            e += 1
+        }
+        return out
+    }
+
     /// A program that used the fork server reaps it before it exits: nothing of it outlives the program.
     @Test(.enabled(if: unusable == nil, "\(unusable ?? "")"))
     func theServerEndsWithTheProgram() throws {

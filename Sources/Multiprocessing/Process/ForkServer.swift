@@ -109,7 +109,6 @@ final class ForkServer: Sendable {
                 try receiveReply(fd, deadline: Deadline.after(timeout))
             }
             if hello.error != 0 {
-                server.shutDown()
                 let e = Errno(rawValue: hello.error)
                 // A process limit hit by its self-test child: the next start may succeed.
                 let transient = e == .resourceTemporarilyUnavailable || e == .noMemory
@@ -119,7 +118,7 @@ final class ForkServer: Sendable {
                 )
             }
         } catch {
-            server.shutDown()
+            server.shutDown()  // a server that declined, or did not answer: closed and reaped once, here
             throw error
         }
         return server

@@ -89,6 +89,60 @@ struct CodecTests {
         }
     }
 
+    /// The pool's per-type codec writes exactly what the general encoder writes, reads what it reads, and
+    /// refuses what it refuses.
+    @Test func itemsCodecMatchesTheGeneralFormat() throws {
+        func check<T: Codable & Equatable>(_ xs: [T]) throws {
+            let codec = ItemsCodec<T>()
+            #expect(try codec.encode(xs) == BinaryEncoder().encode(xs))
+            if let x = xs.first { #expect(try codec.encode(one: x) == BinaryEncoder().encode([x])) }
+            let bytes = try BinaryEncoder().encode(xs)
+            #expect(try bytes.withUnsafeBytes { try codec.decode($0) } == xs)
+            // A kind found before, as a worker's chunk context passes it.
+            #expect(try ItemsCodec<T>(kind: codec.kind).encode(xs) == bytes)
+        }
+        try check([Int8.min, 0, Int8.max])
+        try check([UInt8.max, 0])
+        try check([Int16.min, 7])
+        try check([UInt16.max])
+        try check([Int32.min, -1])
+        try check([UInt32.max])
+        try check([Int64.min, Int64.max])
+        try check([UInt64.max])
+        try check([Int.min, 0, Int.max])
+        try check([UInt.max])
+        try check([Float(-0.0), .infinity, 1.5])
+        try check([-0.0, Double.infinity, .pi])
+        try check([true, false])
+        try check([Int]())
+        try check(["a", "bc"])  // the general path
+        try check([Inner(a: 1, s: nil)])
+        #expect(ItemsCodec<Int>().kind == .int)
+        #expect(ItemsCodec<String>().kind == nil)
+        // A kind that cannot be the type's (another size) takes the general path.
+        #expect(ItemsCodec<Int32>(kind: .int64).kind == nil)
+
+        func refused(_ bytes: [UInt8], _ message: String) {
+            #expect {
+                try bytes.withUnsafeBytes { try ItemsCodec<Bool>().decode($0) }
+            } throws: {
+                ($0 as? MultiprocessingError)?.code == .decodingFailed
+                    && "\(($0 as? MultiprocessingError)?.message ?? "")".contains(message)
+            }
+        }
+        let tag = BinaryTag.trivialArray.rawValue
+        let bool = TrivialKind.bool.rawValue
+        refused([tag, bool, 2, 1, 2], "neither 0 nor 1")  // a byte that is not a Bool
+        refused([tag, bool, 3, 1, 0], "ended in the middle")  // fewer bytes than the count says
+        refused([tag, bool, 0x80], "ended in the middle")  // a count cut short
+        refused([tag, bool] + [UInt8](repeating: 0xff, count: 10) + [1], "malformed varint")
+        refused([tag, TrivialKind.int.rawValue, 1] + [UInt8](repeating: 0, count: 8), "type mismatch: array of int")
+        // The general decoder refuses a Bool byte that is not 0 or 1 too.
+        #expect(throws: MultiprocessingError.self) {
+            try BinaryDecoder().decode([Bool].self, from: [tag, bool, 1, 7])
+        }
+    }
+
     /// A type whose decoder reads keys in another order than its encoder wrote them, and skips one.
     struct Reordered: Codable, Equatable {
         var a: Int, b: String, c: [Int]

@@ -27,8 +27,7 @@ import Testing
     /// re-encodes to the indices it covers (so requeued parts can be checked).
     func unit(_ s: inout State, count: Int, options: TaskOptions = .default, call: CallCore? = nil) -> Unit {
         let f = s.function(kind: .function, name: "F", payload: [])
-        return Unit(
-            id: s.makeUnitId(),
+        var u = Unit(
             call: call ?? CallCore(options: options),
             function: f,
             base: 0,
@@ -36,6 +35,8 @@ import Testing
             payload: (0..<count).map { UInt8($0) },
             encodeRange: { r in r.map { UInt8($0) } }
         )
+        u.id = s.makeUnitId()  // known before submitting, as the tests name units by id
+        return u
     }
 
     /// The tasks sent, in order, as (worker, unit id, first item of the call, items).

@@ -56,6 +56,10 @@ extension Array: TrivialArrayCodable where Element: BinaryTrivial {
         guard kind == Element.trivialKind, bytes.count == count * MemoryLayout<Element>.stride else {
             throw MultiprocessingError.typeMismatch("array of \(kind) where [\(Element.self)] was expected")
         }
+        // A byte other than 0 or 1 is not a `Bool`: copied in, it would be undefined behaviour.
+        if kind == .bool, bytes.contains(where: { $0 > 1 }) {
+            throw MultiprocessingError(.decodingFailed, "a Bool that is neither 0 nor 1")
+        }
         return [Element](unsafeUninitializedCapacity: count) { out, initialized in
             if count > 0 { UnsafeMutableRawBufferPointer(out).copyMemory(from: bytes) }
             initialized = count

@@ -49,6 +49,7 @@ enum Delivery<Output: Sendable>: Sendable {
 /// A call whose results stream to a consumer (map, imap, imapUnordered).
 final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendable {
     let deliveries = BlockingQueue<Delivery<Output>>()
+    private let codec = ItemsCodec<Output>()
     private let bufferLock = Lock()
     private var buffer: [Delivery<Output>] = []
 
@@ -66,7 +67,7 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
 
     override func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {
         do {
-            let values = try BinaryDecoder().decode([Output].self, from: payload)
+            let values = try codec.decode(payload)
             guard values.count == count else {
                 throw MultiprocessingError(.malformedMessage, "\(values.count) results announced as \(count)")
             }
@@ -94,10 +95,11 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
 /// A call with one result (submit, apply, applyAsync).
 final class SingleCall<Output: Codable & Sendable>: CallCore, @unchecked Sendable {
     let future = Future<Output>()
+    private let codec = ItemsCodec<Output>()
 
     override func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {
         do {
-            let values = try BinaryDecoder().decode([Output].self, from: payload)
+            let values = try codec.decode(payload)
             guard let v = values.first, values.count == 1 else {
                 throw MultiprocessingError(.malformedMessage, "\(values.count) results for one task")
             }

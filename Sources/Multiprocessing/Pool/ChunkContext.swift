@@ -5,13 +5,16 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     let unit: UInt64
     let out: Replies
     let slot: SharedSlot
+    /// The raw-bytes kind of the function's `Output` (found once per function, not per chunk).
+    let outputKind: TrivialKind?
     var next = 0
     private var now: UInt64 = 0
 
-    init(unit: UInt64, out: Replies, slot: SharedSlot) {
+    init(unit: UInt64, out: Replies, slot: SharedSlot, outputKind: TrivialKind?) {
         self.unit = unit
         self.out = out
         self.slot = slot
+        self.outputKind = outputKind
     }
 
     /// Records that item `i` starts (for crash attribution and timeouts); `false` if the unit was cancelled.
@@ -25,7 +28,9 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     public var flushDue: Bool { out.dueForPartialFlush(now: now) }
 
     /// Sends finished results `values`, the first being item `start` (library internals).
-    public func send<T: Encodable>(_ values: [T], start: Int) { out.outputs(unit: unit, start: start, values) }
+    public func send<T: Encodable>(_ values: [T], start: Int) {
+        out.outputs(unit: unit, start: start, values, ItemsCodec<T>(kind: outputKind))
+    }
     /// Reports that item `index` threw `error` (library internals).
     public func fail(_ index: Int, _ error: any Error) { out.failure(unit: unit, index: index, error) }
     /// Writes what was sent so far to the parent (library internals).

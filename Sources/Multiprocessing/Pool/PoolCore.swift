@@ -250,8 +250,6 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         withGuarded { $0.state.function(kind: kind, name: name, payload: payload) }
     }
 
-    func makeUnitId() -> UInt64 { withGuarded { $0.state.makeUnitId() } }
-
     /// Queues units and dispatches what the workers can take.
     func submit(_ units: [Unit]) throws(PoolError) {
         try step { g throws(PoolError) in

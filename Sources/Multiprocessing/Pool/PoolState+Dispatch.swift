@@ -27,7 +27,8 @@ extension PoolState {
         case .broken(let e): throw e
         }
         if firstSubmit == nil { firstSubmit = now }
-        for u in units {
+        for var u in units {
+            if u.id == 0 { u.id = makeUnitId() }  // ids are given here, under the pool's lock anyway
             pending.append(u)
             total += u.count
         }

@@ -141,9 +141,11 @@ enum PoolWorker {
 
     private static func syncRunner<F: SyncTaskFunction>(_: F.Type, _ payload: UnsafeRawBufferPointer) throws -> Runner {
         let f = try BinaryDecoder().decode(F.self, from: payload)
+        let inputCodec = ItemsCodec<F.Input>()
+        let outputKind = ItemsCodec<F.Output>().kind
         return { unit, count, payload, out in
-            guard let inputs = decodeChunk([F.Input].self, unit: unit, count: count, payload, out) else { return }
-            let context = ChunkContext(unit: unit, out: out, slot: slot)
+            guard let inputs = decodeChunk(inputCodec, unit: unit, count: count, payload, out) else { return }
+            let context = ChunkContext(unit: unit, out: out, slot: slot, outputKind: outputKind)
             f._runChunk(inputs, from: 0, context)
             if context.next < count {  // cancelled
                 for j in context.next..<count { out.failure(unit: unit, index: j, CancellationError()) }
@@ -153,14 +155,14 @@ enum PoolWorker {
 
     /// A chunk's items, or `nil` after failing every item if they cannot be decoded.
     private static func decodeChunk<T: Decodable>(
-        _: [T].Type,
+        _ codec: ItemsCodec<T>,
         unit: UInt64,
         count: Int,
         _ payload: UnsafeRawBufferPointer,
         _ out: Replies
     ) -> [T]? {
         do {
-            let inputs = try BinaryDecoder().decode([T].self, from: payload)
+            let inputs = try codec.decode(payload)
             guard inputs.count == count else {
                 throw MultiprocessingError(.malformedMessage, "chunk of \(inputs.count) items announced as \(count)")
             }
@@ -185,9 +187,11 @@ enum PoolWorker {
     }
 
     private static func chunkRunner<F: TaskFunction>(_ f: F) -> Runner {
-        { unit, count, payload, out in
-            guard let inputs = decodeChunk([F.Input].self, unit: unit, count: count, payload, out) else { return }
-            let chunk = Chunk<F>(f: f, unit: unit, inputs: inputs, out: out)
+        let inputCodec = ItemsCodec<F.Input>()
+        let outputCodec = ItemsCodec<F.Output>()
+        return { unit, count, payload, out in
+            guard let inputs = decodeChunk(inputCodec, unit: unit, count: count, payload, out) else { return }
+            let chunk = Chunk<F>(f: f, unit: unit, inputs: inputs, out: out, codec: outputCodec)
             while chunk.next < count {
                 if slot.cancelRequest == unit {
                     for j in chunk.next..<count { out.failure(unit: unit, index: j, CancellationError()) }
@@ -257,11 +261,13 @@ final class Chunk<F: TaskFunction>: @unchecked Sendable {
     let inputs: [F.Input]
     let out: Replies
     var next = 0
+    private let codec: ItemsCodec<F.Output>
     private var done: [F.Output] = []
     private var first = 0  // index of done[0]
 
-    init(f: F, unit: UInt64, inputs: [F.Input], out: Replies) {
+    init(f: F, unit: UInt64, inputs: [F.Input], out: Replies, codec: ItemsCodec<F.Output>) {
         self.f = f
+        self.codec = codec
         self.unit = unit
         self.inputs = inputs
         self.out = out
@@ -294,7 +300,7 @@ final class Chunk<F: TaskFunction>: @unchecked Sendable {
     }
 
     private func send() {
-        out.outputs(unit: unit, start: first, done)
+        out.outputs(unit: unit, start: first, done, codec)
         done.removeAll(keepingCapacity: true)
     }
 }
@@ -333,16 +339,16 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
         return t &- mark
     }
 
-    func outputs<T: Encodable>(unit: UInt64, start: Int, _ values: [T]) {
+    func outputs<T: Encodable>(unit: UInt64, start: Int, _ values: [T], _ codec: ItemsCodec<T>) {
         guard !values.isEmpty else { return }
         let encoded: [UInt8]
         do {
-            encoded = try BinaryEncoder().encode(values)
+            encoded = try codec.encode(values)
         } catch {
             // Find the items that cannot be encoded; send the others one by one.
             for (k, v) in values.enumerated() {
                 if (try? BinaryEncoder().encode([v])) != nil {
-                    outputs(unit: unit, start: start + k, [v])
+                    outputs(unit: unit, start: start + k, [v], codec)
                 } else {
                     failure(
                         unit: unit,
@@ -360,7 +366,7 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
         // item whose result alone is too large, saying how large.
         if encoded.count > PoolWire.maxBody {
             if values.count > 1 {
-                for (k, v) in values.enumerated() { outputs(unit: unit, start: start + k, [v]) }
+                for (k, v) in values.enumerated() { outputs(unit: unit, start: start + k, [v], codec) }
             } else {
                 failure(
                     unit: unit,

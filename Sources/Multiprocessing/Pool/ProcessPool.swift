@@ -96,17 +96,8 @@ public final class ProcessPool: Sendable {
     ) throws -> PoolTask<F.Output> {
         let function = try functionRef(f, kind: kind)
         let call = SingleCall<F.Output>(options: options)
-        let items = [input]
-        let payload = try encodeItems(items)
-        let unit = Unit(
-            id: core.makeUnitId(),
-            call: call,
-            function: function,
-            base: 0,
-            count: 1,
-            payload: payload,
-            encodeRange: { r in try encodeItems(Array(items[r])) }
-        )
+        let payload = try encodeItems(one: input, ItemsCodec<F.Input>())
+        let unit = Unit(call: call, function: function, base: 0, count: 1, payload: payload)
         try core.submit([unit])
         let core = self.core
         return PoolTask(call: call) { core.cancel(call) }
@@ -281,9 +272,20 @@ public final class ProcessPool: Sendable {
 }
 
 /// Encodes items for the wire.
-func encodeItems<T: Encodable>(_ items: [T]) throws -> [UInt8] {
+func encodeItems<T: Encodable>(_ items: [T], _ codec: ItemsCodec<T>) throws -> [UInt8] {
     do {
-        return try BinaryEncoder().encode(items)
+        return try codec.encode(items)
+    } catch let e as MultiprocessingError {
+        throw e
+    } catch {
+        throw MultiprocessingError(.encodingFailed, "cannot encode \(T.self): \(error)")
+    }
+}
+
+/// Encodes one item for the wire, as a unit of one.
+func encodeItems<T: Encodable>(one item: T, _ codec: ItemsCodec<T>) throws -> [UInt8] {
+    do {
+        return try codec.encode(one: item)
     } catch let e as MultiprocessingError {
         throw e
     } catch {
@@ -301,6 +303,7 @@ struct Feeder<F: TaskFunction>: Sendable {
     let known: Int?
     let workers: Int
     let maxInFlight: Int?
+    let codec = ItemsCodec<F.Input>()
 
     /// Chunk size: fixed, or Python's rule for a known length (capped so that a chunk fits twice per
     /// worker in `maxInFlight`), or grown from measured item times (about 2 ms per chunk).
@@ -337,17 +340,29 @@ struct Feeder<F: TaskFunction>: Sendable {
                     _ = try submitBatch()
                     if !credit.acquire(items.count) { throw CancellationError() }
                 }
-                batch.append(
-                    Unit(
-                        id: core.makeUnitId(),
-                        call: call,
-                        function: function,
-                        base: base,
-                        count: items.count,
-                        payload: try encodeItems(items),
-                        encodeRange: { r in try encodeItems(Array(items[r])) }
+                if items.count == 1 {
+                    // A unit of one is never split: no copy of its items is kept to encode parts again.
+                    batch.append(
+                        Unit(
+                            call: call,
+                            function: function,
+                            base: base,
+                            count: 1,
+                            payload: try encodeItems(one: items[0], codec)
+                        )
                     )
-                )
+                } else {
+                    batch.append(
+                        Unit(
+                            call: call,
+                            function: function,
+                            base: base,
+                            count: items.count,
+                            payload: try encodeItems(items, codec),
+                            encodeRange: { [codec] r in try encodeItems(Array(items[r]), codec) }
+                        )
+                    )
+                }
                 // Units go in batches of up to 64 (one lock round and one write per worker), and at once
                 // whenever the feed would wait for the consumer or the workers are short of work.
                 if batch.count >= 64 || (credit != nil && core.isHungry) { _ = try submitBatch() }

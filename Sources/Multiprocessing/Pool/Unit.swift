@@ -6,24 +6,22 @@
 /// reference count rather than one per field (measured: 20 % of `map` throughput at chunksize 1).
 struct Unit: Sendable {
     final class Body: Sendable {
-        let id: UInt64
         let call: CallCore
         let function: FunctionRef
         let base: Int
         let count: Int
         let payload: [UInt8]
-        let encodeRange: @Sendable (Range<Int>) throws -> [UInt8]
+        /// Re-encodes a sub-range of the items; `nil` for a unit of one, which is never split.
+        let encodeRange: (@Sendable (Range<Int>) throws -> [UInt8])?
 
         init(
-            id: UInt64,
             call: CallCore,
             function: FunctionRef,
             base: Int,
             count: Int,
             payload: [UInt8],
-            encodeRange: @escaping @Sendable (Range<Int>) throws -> [UInt8]
+            encodeRange: (@Sendable (Range<Int>) throws -> [UInt8])?
         ) {
-            self.id = id
             self.call = call
             self.function = function
             self.base = base
@@ -34,6 +32,8 @@ struct Unit: Sendable {
     }
 
     let body: Body
+    /// Its id, given by the pool's state when the unit is submitted or split (0 before).
+    var id: UInt64 = 0
     var attempt: Int
     var kills: Int
     /// Its task frame's number on the worker it was sent to (1, 2, …: the order the worker reads them),
@@ -49,7 +49,6 @@ struct Unit: Sendable {
     var softIndex: Int?
     var softAt: PoolInstant?
 
-    var id: UInt64 { body.id }
     var call: CallCore { body.call }
     var function: FunctionRef { body.function }
     /// Index of item 0 within the call.
@@ -59,40 +58,48 @@ struct Unit: Sendable {
 
     /// Items `range` (relative) of this unit as a new unit with its own id, for sending again.
     func part(_ range: Range<Int>, id: UInt64, attempt: Int, kills: Int) throws -> Unit {
-        let payload = range == 0..<count ? self.payload : try body.encodeRange(range)
+        let payload: [UInt8]
+        if range == 0..<count {
+            payload = self.payload
+        } else if let encodeRange = body.encodeRange {
+            payload = try encodeRange(range)
+        } else {
+            preconditionFailure("a unit of \(count) items without a way to encode part of them")
+        }
         let lower = range.lowerBound
+        var partRange: (@Sendable (Range<Int>) throws -> [UInt8])?
+        if range.count > 1, let encodeRange = body.encodeRange {
+            partRange = { r in try encodeRange((r.lowerBound + lower)..<(r.upperBound + lower)) }
+        }
         var again = Unit(
-            id: id,
             call: call,
             function: function,
             base: base + lower,
             count: range.count,
             payload: payload,
-            encodeRange: { [encodeRange = body.encodeRange] r in
-                try encodeRange((r.lowerBound + lower)..<(r.upperBound + lower))
-            },
+            encodeRange: partRange,
             attempt: attempt,
             kills: kills
         )
+        again.id = id
         again.callCancelled = callCancelled
         return again
     }
 
     /// `encodeRange` re-encodes a sub-range (relative indices) of the items, to send again what a dead
-    /// worker did not do.
+    /// worker did not do; a unit of one item needs none.
     init(
-        id: UInt64,
         call: CallCore,
         function: FunctionRef,
         base: Int,
         count: Int,
         payload: [UInt8],
-        encodeRange: @escaping @Sendable (Range<Int>) throws -> [UInt8],
+        encodeRange: (@Sendable (Range<Int>) throws -> [UInt8])? = nil,
         attempt: Int = 1,
         kills: Int = 0
     ) {
+        precondition(count == 1 || encodeRange != nil, "a unit of several items needs encodeRange")
         body = Body(
-            id: id,
             call: call,
             function: function,
             base: base,

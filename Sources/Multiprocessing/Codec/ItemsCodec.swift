@@ -1,0 +1,90 @@
+/// How the pool encodes and decodes the arrays of one element type that travel with each unit (a chunk's
+/// inputs, a batch of results).
+///
+/// The format is ``BinaryEncoder``'s: for fixed-width numbers and `Bool` an array is one tag, a kind, a
+/// count and the raw bytes; anything else goes through the general encoder. What the general path asks
+/// the runtime on every message (does `[T]` take the raw path, a cast back to `[T]`, an encoder object) is
+/// decided here once, when a call or a worker's function is set up: at chunk size 1 those questions were
+/// the largest part of the parent's cost per item.
+struct ItemsCodec<T>: Sendable {
+    /// The raw-bytes kind of `T`, or `nil` when `T`'s arrays take the general path.
+    let kind: TrivialKind?
+
+    init() {
+        kind = (T.self as? any BinaryTrivial.Type)?.trivialKind
+    }
+
+    /// A codec for `T` whose kind was found before (by `ItemsCodec<T>().kind`); a kind that cannot be
+    /// `T`'s (another size) takes the general path.
+    init(kind: TrivialKind?) {
+        self.kind = kind.flatMap { MemoryLayout<T>.size == $0.stride && MemoryLayout<T>.stride == $0.stride ? $0 : nil }
+    }
+
+    /// The header of a raw array of `count` items: tag, kind, count.
+    private static func header(_ kind: TrivialKind, count: Int, bytes: Int, into out: inout [UInt8]) {
+        out.reserveCapacity(12 + bytes)
+        out.append(BinaryTag.trivialArray.rawValue)
+        out.append(kind.rawValue)
+        writeVarint(UInt64(count), into: &out)
+    }
+}
+
+extension ItemsCodec where T: Encodable {
+    /// `items` encoded as `[T]`.
+    func encode(_ items: [T]) throws -> [UInt8] {
+        guard let kind else { return try BinaryEncoder().encode(items) }
+        var out: [UInt8] = []
+        items.withUnsafeBytes { raw in
+            Self.header(kind, count: items.count, bytes: raw.count, into: &out)
+            out.append(contentsOf: raw)
+        }
+        return out
+    }
+
+    /// `[item]` encoded as `[T]`, without building the array.
+    func encode(one item: T) throws -> [UInt8] {
+        guard let kind else { return try BinaryEncoder().encode([item]) }
+        var out: [UInt8] = []
+        withUnsafeBytes(of: item) { raw in
+            Self.header(kind, count: 1, bytes: kind.stride, into: &out)
+            out.append(contentsOf: raw.prefix(kind.stride))
+        }
+        return out
+    }
+}
+
+extension ItemsCodec where T: Decodable {
+    /// A `[T]` decoded from `bytes` (as ``BinaryDecoder`` would, with the same errors for bad input).
+    func decode(_ bytes: UnsafeRawBufferPointer) throws -> [T] {
+        guard let kind, bytes.count >= 2, bytes[0] == BinaryTag.trivialArray.rawValue else {
+            return try BinaryDecoder().decode([T].self, from: bytes)
+        }
+        guard bytes[1] == kind.rawValue else {
+            let found = TrivialKind(rawValue: bytes[1]).map { "\($0)" } ?? "kind \(bytes[1])"
+            throw MultiprocessingError.typeMismatch("array of \(found) where [\(T.self)] was expected")
+        }
+        var p = 2
+        var n: UInt64 = 0
+        var shift: UInt64 = 0
+        while true {
+            guard p < bytes.count else { throw MultiprocessingError.truncated }
+            let b = bytes[p]
+            p += 1
+            n |= UInt64(b & 0x7f) << shift
+            if b < 0x80 { break }
+            shift += 7
+            guard shift <= 63 else { throw MultiprocessingError(.decodingFailed, "malformed varint") }
+        }
+        let stride = kind.stride
+        guard n <= UInt64(bytes.count - p) / UInt64(stride) else { throw MultiprocessingError.truncated }
+        let count = Int(n)
+        let raw = UnsafeRawBufferPointer(rebasing: bytes[p..<(p + count * stride)])
+        if kind == .bool, raw.contains(where: { $0 > 1 }) {
+            throw MultiprocessingError(.decodingFailed, "a Bool that is neither 0 nor 1")
+        }
+        return [T](unsafeUninitializedCapacity: count) { out, initialized in
+            if count > 0 { UnsafeMutableRawBufferPointer(out).copyMemory(from: raw) }
+            initialized = count
+        }
+    }
+}

@@ -31,8 +31,11 @@ struct ItemsCodec<T>: Sendable {
 
 extension ItemsCodec where T: Encodable {
     /// `items` encoded as `[T]`.
-    func encode(_ items: [T]) throws -> [UInt8] {
-        guard let kind else { return try BinaryEncoder().encode(items) }
+    func encode(_ items: [T]) throws -> [UInt8] { try encode(items[...]) }
+
+    /// `items` encoded as `[T]`.
+    func encode(_ items: ArraySlice<T>) throws -> [UInt8] {
+        guard let kind else { return try BinaryEncoder().encode(Array(items)) }
         var out: [UInt8] = []
         items.withUnsafeBytes { raw in
             Self.header(kind, count: items.count, bytes: raw.count, into: &out)

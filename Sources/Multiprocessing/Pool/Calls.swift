@@ -179,17 +179,17 @@ func feedChunks<Input, Output: Codable & Sendable>(
     into call: StreamCall<Output>,
     reportErrors: Bool,
     size: () -> Int,
-    emit: ([Input], _ base: Int) throws -> Int,
+    emit: (ArraySlice<Input>, _ base: Int) throws -> Int,
     finish: () throws -> Int
 ) throws {
     var index = 0
     var withPool = 0
     do {
         if let array = inputs as? [Input] {
-            // Whole slices, no per-item work.
+            // Slices of the caller's array: no copy, no per-item work.
             while index < array.count && !call.isCancelled {
                 let end = Swift.min(array.count, index + size())
-                withPool = try emit(Array(array[index..<end]), index)
+                withPool = try emit(array[index..<end], index)
                 index = end
             }
         } else {
@@ -200,12 +200,12 @@ func feedChunks<Input, Output: Codable & Sendable>(
                 chunk.append(x)
                 index += 1
                 if chunk.count >= limit {
-                    withPool = try emit(chunk, index - chunk.count)
+                    withPool = try emit(chunk[...], index - chunk.count)
                     chunk = []
                     limit = size()
                 }
             }
-            if !chunk.isEmpty { withPool = try emit(chunk, index - chunk.count) }
+            if !chunk.isEmpty { withPool = try emit(chunk[...], index - chunk.count) }
         }
         withPool = try finish()
     } catch is CancellationError {

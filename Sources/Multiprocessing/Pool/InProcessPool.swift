@@ -178,7 +178,8 @@ public final class InProcessPool: Sendable {
                 into: call,
                 reportErrors: report,
                 size: { size },
-                emit: { items, base in
+                emit: { slice, base in
+                    let items = Array(slice)
                     if let credit, !credit.acquire(items.count) { throw CancellationError() }
                     count(total: items.count)
                     try submitWork {

@@ -1,3 +1,4 @@
+import DequeModule
 import Threading
 
 /// A task submitted to a pool — Python's `AsyncResult` (from `apply_async`) and
@@ -80,7 +81,7 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
     private var consumed = 0
     private var parked: [Int: Delivery<Output>] = [:]
     private var current: (start: Int, items: [Output], at: Int)?
-    private var arrival: [Delivery<Output>] = []
+    private var arrival = Deque<Delivery<Output>>()
     /// Permits consumed but not yet returned: returned in batches, so the feeder is not woken per item.
     private var unreleased = 0
 
@@ -229,15 +230,21 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
             }
             return out
         }
-        // Whole chunks at a time: place each by its start index, then join them in order.
-        var chunks: [Int: [Output]] = [:]
+        // Whole chunks at a time, kept in arrival order with their start indices, then joined in order
+        // (sorted first only if they arrived out of order): no hashing per chunk, which at chunk size 1
+        // is per item.
+        var starts: [Int] = []
+        var chunks: [[Output]] = []
+        var inOrder = true
         var received = 0
         func take(_ d: Delivery<Output>) throws {
             switch d {
             case .batch(let all): for x in all { try take(x) }
             case .end(let n): total = n
             case .items(let start, let items):
-                chunks[start] = items
+                if let last = starts.last, last > start { inOrder = false }
+                starts.append(start)
+                chunks.append(items)
                 received += items.count
                 credit?.release(items.count)
             case .failed(_, let error):
@@ -257,10 +264,10 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         call.progress?.finish(timeout: remaining())
         var out: [Output] = []
         out.reserveCapacity(received)
-        var at = 0
-        while let items = chunks[at] {
-            out.append(contentsOf: items)
-            at += items.count
+        if inOrder {
+            for items in chunks { out.append(contentsOf: items) }
+        } else {
+            for k in starts.indices.sorted(by: { starts[$0] < starts[$1] }) { out.append(contentsOf: chunks[k]) }
         }
         return out
     }

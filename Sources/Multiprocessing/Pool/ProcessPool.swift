@@ -272,7 +272,7 @@ public final class ProcessPool: Sendable {
 }
 
 /// Encodes items for the wire.
-func encodeItems<T: Encodable>(_ items: [T], _ codec: ItemsCodec<T>) throws -> [UInt8] {
+func encodeItems<T: Encodable>(_ items: ArraySlice<T>, _ codec: ItemsCodec<T>) throws -> [UInt8] {
     do {
         return try codec.encode(items)
     } catch let e as MultiprocessingError {
@@ -348,7 +348,7 @@ struct Feeder<F: TaskFunction>: Sendable {
                             function: function,
                             base: base,
                             count: 1,
-                            payload: try encodeItems(one: items[0], codec)
+                            payload: try encodeItems(one: items[items.startIndex], codec)
                         )
                     )
                 } else {
@@ -359,7 +359,7 @@ struct Feeder<F: TaskFunction>: Sendable {
                             base: base,
                             count: items.count,
                             payload: try encodeItems(items, codec),
-                            encodeRange: { [codec] r in try encodeItems(Array(items[r]), codec) }
+                            encodeRange: { [codec, items = Array(items)] r in try encodeItems(items[r], codec) }
                         )
                     )
                 }

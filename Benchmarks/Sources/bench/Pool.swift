@@ -50,6 +50,13 @@ private func rate(_ n: Int, reps: Int, _ body: () throws -> Void) rethrows -> [D
     return out
 }
 
+/// CPU time (user + system) of this process so far, all threads, in seconds (not its children's).
+private func processCPUSeconds() -> Double {
+    var ru = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &ru)
+    return Double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + Double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6
+}
+
 private func currentRSSMB() -> Double { statusField("VmRSS:") }
 
 /// Peak resident set of this process (VmHWM), in MB.
@@ -134,6 +141,7 @@ func runPoolSuite(_ only: Set<String>) throws {
     if want("pool_map_c1") {
         let n = 20_000
         let xs = Array(0..<n)
+        let cpu0 = processCPUSeconds()
         report(
             "pool_map_c1_swift",
             try rate(n, reps: REPS) {
@@ -143,6 +151,9 @@ func runPoolSuite(_ only: Set<String>) throws {
             "tasks/s",
             digits: 0
         )
+        // The parent's own CPU (all its threads: the caller, the reactor, the supervisor) per task.
+        let perTask = (processCPUSeconds() - cpu0) / Double(n * REPS) * 1e6
+        print("RESULT pool_map_c1_parent_cpu_swift \(String(format: "%.2f", perTask)) us/task")
     }
     if want("pool_imap_unordered_c1") {
         let n = 20_000
@@ -188,10 +199,12 @@ func runPoolSuite(_ only: Set<String>) throws {
         // takes ~0.6 s), so one slow phase of this shared machine weighs far more.
         var ru0 = rusage()
         getrusage(RUSAGE_SELF.rawValue, &ru0)
+        let cpu0 = processCPUSeconds()
         let parallel = try rate(tasks, reps: 11) {
             let total = try pool.map(SumOfSquares(), args).reduce(0, &+)
             precondition(total == tasks * one)
         }
+        let parentPerTask = (processCPUSeconds() - cpu0) / Double(tasks * 11) * 1e6
         // Where a parallel map's time goes: the workers' own measure of their busy time against the map's
         // wall time. On this shared VM the speed-up swings with the host (the serial rate alone varies
         // 1.5× between runs); the busy fraction is the part the pool controls.
@@ -232,6 +245,7 @@ func runPoolSuite(_ only: Set<String>) throws {
         report("cpu_pool2_swift", parallel, "tasks/s")
         print("RESULT cpu_speedup_swift \(String(format: "%.3f", median(parallel) / median(serial))) x")
         print("RESULT cpu_pool_busy_fraction_swift \(String(format: "%.3f", median(fractions))) of wall time")
+        print("RESULT cpu_parent_cpu_swift \(String(format: "%.2f", parentPerTask)) us/task")
     }
     pool.terminate()
     _ = try? pool.join(timeout: .seconds(5))

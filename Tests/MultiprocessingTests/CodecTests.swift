@@ -117,6 +117,10 @@ struct CodecTests {
         try check([Int]())
         try check(["a", "bc"])  // the general path
         try check([Inner(a: 1, s: nil)])
+        // Where a raw array's items are, for copying them into place.
+        let ints = try BinaryEncoder().encode([7, 8, 9])
+        let (n, range) = try ints.withUnsafeBytes { try ItemsCodec<Int>().rawItems($0) }
+        #expect(n == 3 && range == (ints.count - 24)..<ints.count)
         #expect(ItemsCodec<Int>().kind == .int)
         #expect(ItemsCodec<String>().kind == nil)
         // A kind that cannot be the type's (another size) takes the general path.

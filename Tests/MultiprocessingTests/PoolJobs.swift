@@ -368,3 +368,34 @@ func firstTime(_ marker: String) -> Bool {
     close(open(marker, O_CREAT | O_WRONLY, 0o644))
     return true
 }
+
+/// A result the parent cannot decode when it is 13 (the worker encodes it as any other).
+struct Picky: Codable, Sendable, Equatable {
+    let v: Int
+    init(_ v: Int) { self.v = v }
+    init(from decoder: any Decoder) throws {
+        v = try decoder.singleValueContainer().decode(Int.self)
+        if v == 13 { throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "13 is refused")) }
+    }
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(v)
+    }
+}
+
+struct PickyFn: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> Picky { Picky(x) }
+}
+
+/// Results of each raw-bytes width: a `Bool`, a `Double`, an `Int8`.
+struct ParityFn: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> Bool { x % 2 == 0 }
+}
+
+struct HalfFn: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> Double { Double(x) / 2 }
+}
+
+struct LowByteFn: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> Int8 { Int8(truncatingIfNeeded: x) }
+}

@@ -25,6 +25,57 @@ struct ProcessPoolTests {
         }
     }
 
+    /// Results travel as bytes to the consumer, which decodes them (raw-bytes types straight into the
+    /// output array): every width, every chunk size, in order however they arrive.
+    @Test func rawResultsOfEveryWidthArriveInPlace() throws {
+        try withTestPool { pool throws in
+            let xs = Array(0..<2000)
+            for cs in [nil, 1, 3, 2000] as [Int?] {
+                #expect(try pool.map(ParityFn(), xs, chunksize: cs) == xs.map { $0 % 2 == 0 })
+                #expect(try pool.map(HalfFn(), xs, chunksize: cs) == xs.map { Double($0) / 2 })
+                #expect(try pool.map(LowByteFn(), xs, chunksize: cs) == xs.map { Int8(truncatingIfNeeded: $0) })
+                let unordered = try pool.imapUnordered(ParityFn(), xs, chunksize: cs)
+                var evens = 0
+                var all = 0
+                while let v = try unordered.next() {
+                    all += 1
+                    if v { evens += 1 }
+                }
+                #expect(all == xs.count && evens == xs.count / 2)
+            }
+        }
+    }
+
+    /// A result the parent cannot decode fails its own run of items (one item at chunk size 1; at most
+    /// its chunk otherwise, less if the worker sent the chunk's results in parts) and nothing else; `map`
+    /// throws that failure.
+    @Test func resultsTheParentCannotDecodeFailOnlyTheirItems() throws {
+        try withTestPool { pool throws in
+            let xs = Array(0..<40)
+            for (cs, chunk) in [(1, 13..<14), (5, 10..<15)] {
+                #expect {
+                    try pool.map(PickyFn(), xs, chunksize: cs)
+                } throws: {
+                    ($0 as? MultiprocessingError)?.code == .decodingFailed && "\($0)".contains("13 is refused")
+                }
+                let results = try pool.imap(PickyFn(), xs, chunksize: cs)
+                var got: [Int] = []
+                var failed: [Int] = []
+                for i in xs {
+                    do {
+                        if let v = try results.next() { got.append(v.v) }
+                    } catch {
+                        failed.append(i)
+                    }
+                }
+                #expect(try results.next() == nil)
+                #expect(failed.contains(13) && failed.allSatisfy { chunk.contains($0) })
+                #expect(failed == Array((failed.first ?? 0)..<((failed.last ?? -1) + 1)))  // one run
+                #expect(got == xs.filter { !failed.contains($0) })
+            }
+        }
+    }
+
     @Test func imapIsOrderedAndLazy() throws {
         try withTestPool { pool throws in
             let ordered = try pool.imap(SquareFn(), 0..<5000, maxInFlight: 64)

@@ -59,8 +59,26 @@ extension ItemsCodec where T: Encodable {
 extension ItemsCodec where T: Decodable {
     /// A `[T]` decoded from `bytes` (as ``BinaryDecoder`` would, with the same errors for bad input).
     func decode(_ bytes: UnsafeRawBufferPointer) throws -> [T] {
-        guard let kind, bytes.count >= 2, bytes[0] == BinaryTag.trivialArray.rawValue else {
+        guard kind != nil, bytes.count >= 2, bytes[0] == BinaryTag.trivialArray.rawValue else {
             return try BinaryDecoder().decode([T].self, from: bytes)
+        }
+        let (count, items) = try rawItems(bytes)
+        let raw = UnsafeRawBufferPointer(rebasing: bytes[items])
+        return [T](unsafeUninitializedCapacity: count) { out, initialized in
+            if count > 0 { UnsafeMutableRawBufferPointer(out).copyMemory(from: raw) }
+            initialized = count
+        }
+    }
+
+    /// For a raw-bytes `T`: the number of items in the encoded array `bytes` and where their bytes are,
+    /// checked as ``decode(_:)`` checks them (kind, length, `Bool` values), so that they can be copied
+    /// into place as `T`s.
+    func rawItems(_ bytes: UnsafeRawBufferPointer) throws -> (count: Int, bytes: Range<Int>) {
+        guard let kind else { preconditionFailure("rawItems of a type that is not raw bytes") }
+        guard bytes.count >= 2 else { throw MultiprocessingError.truncated }
+        guard bytes[0] == BinaryTag.trivialArray.rawValue else {
+            let tag = BinaryTag(rawValue: bytes[0]).map { "\($0)" } ?? "tag \(bytes[0])"
+            throw MultiprocessingError.typeMismatch("\(tag) where [\(T.self)] was expected")
         }
         guard bytes[1] == kind.rawValue else {
             let found = TrivialKind(rawValue: bytes[1]).map { "\($0)" } ?? "kind \(bytes[1])"
@@ -81,13 +99,10 @@ extension ItemsCodec where T: Decodable {
         let stride = kind.stride
         guard n <= UInt64(bytes.count - p) / UInt64(stride) else { throw MultiprocessingError.truncated }
         let count = Int(n)
-        let raw = UnsafeRawBufferPointer(rebasing: bytes[p..<(p + count * stride)])
-        if kind == .bool, raw.contains(where: { $0 > 1 }) {
+        let items = p..<(p + count * stride)
+        if kind == .bool, UnsafeRawBufferPointer(rebasing: bytes[items]).contains(where: { $0 > 1 }) {
             throw MultiprocessingError(.decodingFailed, "a Bool that is neither 0 nor 1")
         }
-        return [T](unsafeUninitializedCapacity: count) { out, initialized in
-            if count > 0 { UnsafeMutableRawBufferPointer(out).copyMemory(from: raw) }
-            initialized = count
-        }
+        return (count, items)
     }
 }

@@ -44,38 +44,78 @@ enum Delivery<Output: Sendable>: Sendable {
     case end(total: Int)
     /// Several of the above, in order (one wake-up of the consumer for a batch of replies).
     case batch([Delivery<Output>])
+    /// Results as the workers encoded them, decoded by the consumer (one wake-up for a batch of replies).
+    case encoded(EncodedResults)
+}
+
+/// Results still in their wire form: runs of items, each an encoded `[Output]`, in one buffer.
+///
+/// The reactor copies a reply's bytes here and goes on; the consumer decodes them, where `collect` can put
+/// raw-bytes results straight into its output array. At chunk size 1 this is one allocation per batch of
+/// replies instead of an array, a `Delivery` and a lock round per item on the reactor's thread.
+struct EncodedResults: Sendable {
+    struct Run: Sendable {
+        let start: Int
+        let count: Int
+        let bytes: Range<Int>
+    }
+    var bytes: [UInt8] = []
+    var runs: [Run] = []
+
+    mutating func append(start: Int, count: Int, _ payload: UnsafeRawBufferPointer) {
+        runs.append(Run(start: start, count: count, bytes: bytes.count..<(bytes.count + payload.count)))
+        bytes.append(contentsOf: payload)
+    }
+
+    /// Run `k`'s values, or the error that fails its items.
+    func values<Output: Decodable>(_ k: Int, _ codec: ItemsCodec<Output>) -> Result<[Output], any Error> {
+        let run = runs[k]
+        do {
+            let values = try bytes.withUnsafeBytes { try codec.decode(UnsafeRawBufferPointer(rebasing: $0[run.bytes])) }
+            guard values.count == run.count else {
+                throw MultiprocessingError(.malformedMessage, "\(values.count) results announced as \(run.count)")
+            }
+            return .success(values)
+        } catch {
+            return .failure(MultiprocessingError.cannotDecode("the results", error))
+        }
+    }
 }
 
 /// A call whose results stream to a consumer (map, imap, imapUnordered).
 final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendable {
     let deliveries = BlockingQueue<Delivery<Output>>()
-    private let codec = ItemsCodec<Output>()
+    let codec = ItemsCodec<Output>()
     private let bufferLock = Lock()
-    private var buffer: [Delivery<Output>] = []
+    private var buffer = EncodedResults()
 
     override func flushDeliveries() {
-        let batch = bufferLock.withLock { () -> [Delivery<Output>] in
-            defer { buffer = [] }
+        let batch = bufferLock.withLock { () -> EncodedResults in
+            defer { buffer = EncodedResults() }
             return buffer
         }
-        if batch.count == 1 {
-            try? deliveries.put(batch[0])
-        } else if !batch.isEmpty {
-            try? deliveries.put(.batch(batch))
-        }
+        if !batch.runs.isEmpty { try? deliveries.put(.encoded(batch)) }
     }
 
     override func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {
-        do {
-            let values = try codec.decode(payload)
-            guard values.count == count else {
-                throw MultiprocessingError(.malformedMessage, "\(values.count) results announced as \(count)")
-            }
-            bufferLock.withLock { buffer.append(.items(start: start, values)) }
-            finishedItems.add(count, ordering: .relaxed)
-        } catch {
-            let e = MultiprocessingError.cannotDecode("the results", error)
-            for i in start..<(start + count) { fail(index: i, e) }
+        bufferLock.withLock { buffer.append(start: start, count: count, payload) }
+        finishedItems.add(count, ordering: .relaxed)
+    }
+
+    /// Run `k` of `results` as deliveries, handed to `body`: its items, or (undecodable) a failure for
+    /// each of them.
+    func unpack<E: Error>(
+        _ results: EncodedResults,
+        _ k: Int,
+        _ body: (Delivery<Output>) throws(E) -> Void
+    ) throws(E) {
+        switch results.values(k, codec) {
+        case .success(let values):
+            try body(.items(start: results.runs[k].start, values))
+        case .failure(let error):
+            let run = results.runs[k]
+            failedItems.add(run.count, ordering: .relaxed)
+            for i in run.start..<(run.start + run.count) { try body(.failed(index: i, error)) }
         }
     }
 

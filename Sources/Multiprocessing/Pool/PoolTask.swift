@@ -159,6 +159,8 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
     private func accept(_ d: Delivery<Output>) {
         switch d {
         case .batch(let all): for x in all { accept(x) }
+        case .encoded(let results):
+            for k in results.runs.indices { call.unpack(results, k) { accept($0) } }
         case .end(let n): total = n
         case .items(let start, _), .failed(let start, _):
             if ordered { parked[start] = d } else { arrival.append(d) }
@@ -189,7 +191,7 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
             nextIndex = index + 1
             consumed(1)
             throw error
-        case .end, .batch:
+        case .end, .batch, .encoded:
             return nil
         }
     }
@@ -237,9 +239,41 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         var chunks: [[Output]] = []
         var inOrder = true
         var received = 0
+        // Results whose items are raw bytes stay bytes until the end, then are copied into place.
+        var raw = RawRuns()
         func take(_ d: Delivery<Output>) throws {
             switch d {
             case .batch(let all): for x in all { try take(x) }
+            case .encoded(let results):
+                for k in results.runs.indices {
+                    if call.codec.kind != nil {
+                        let run = results.runs[k]
+                        do {
+                            let n = try results.bytes.withUnsafeBytes { all in
+                                let bytes = UnsafeRawBufferPointer(rebasing: all[run.bytes])
+                                let (n, items) = try call.codec.rawItems(bytes)
+                                if n == run.count {
+                                    raw.append(
+                                        start: run.start,
+                                        count: n,
+                                        UnsafeRawBufferPointer(rebasing: bytes[items])
+                                    )
+                                }
+                                return n
+                            }
+                            guard n == run.count else {
+                                throw MultiprocessingError(.malformedMessage, "\(n) results announced as \(run.count)")
+                            }
+                        } catch {
+                            cancel()
+                            throw MultiprocessingError.cannotDecode("the results", error)
+                        }
+                        received += run.count
+                        credit?.release(run.count)
+                    } else {
+                        try call.unpack(results, k) { try take($0) }
+                    }
+                }
             case .end(let n): total = n
             case .items(let start, let items):
                 if let last = starts.last, last > start { inOrder = false }
@@ -262,6 +296,21 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         }
         consumed = received
         call.progress?.finish(timeout: remaining())
+        if chunks.isEmpty, let placed = raw.place(as: Output.self, total: received) { return placed }
+        for k in raw.runs.indices {  // not all in one form: make arrays of the raw runs too
+            let run = raw.runs[k]
+            let r = raw.bytes.withUnsafeBytes { all in
+                [Output](unsafeUninitializedCapacity: run.count) { out, n in
+                    UnsafeMutableRawBufferPointer(out).copyMemory(
+                        from: UnsafeRawBufferPointer(rebasing: all[run.bytes])
+                    )
+                    n = run.count
+                }
+            }
+            if let last = starts.last, last > run.start { inOrder = false }
+            starts.append(run.start)
+            chunks.append(r)
+        }
         var out: [Output] = []
         out.reserveCapacity(received)
         if inOrder {
@@ -304,5 +353,58 @@ extension PoolTask {
             }
         }
         return self
+    }
+}
+
+/// Raw-bytes results gathered by `collect`: each run's item bytes and where the run starts.
+struct RawRuns {
+    var bytes: [UInt8] = []
+    var runs: [EncodedResults.Run] = []
+
+    mutating func append(start: Int, count: Int, _ items: UnsafeRawBufferPointer) {
+        runs.append(EncodedResults.Run(start: start, count: count, bytes: bytes.count..<(bytes.count + items.count)))
+        bytes.append(contentsOf: items)
+    }
+
+    /// The runs as one `[T]` of `total` items, each copied to its place; `nil` unless the runs cover
+    /// `0..<total` exactly once with items of `T`'s size.
+    func place<T>(as: T.Type, total: Int) -> [T]? {
+        let stride = MemoryLayout<T>.stride
+        var covered = 0
+        for run in runs {
+            guard run.start >= 0, run.count <= total - run.start, run.bytes.count == run.count * stride else {
+                return nil
+            }
+            covered += run.count
+        }
+        guard covered == total, runs.count > 0 || total == 0 else { return nil }
+        // Tiling: in start order, each run begins where the previous one ended (runs mostly arrive in
+        // order; sorted only if not).
+        var next = 0
+        var inOrder = true
+        for run in runs {
+            if run.start != next {
+                inOrder = false
+                break
+            }
+            next += run.count
+        }
+        if !inOrder {
+            next = 0
+            for k in runs.indices.sorted(by: { runs[$0].start < runs[$1].start }) {
+                guard runs[k].start == next else { return nil }
+                next += runs[k].count
+            }
+        }
+        return bytes.withUnsafeBytes { all in
+            [T](unsafeUninitializedCapacity: total) { out, n in
+                let dst = UnsafeMutableRawBufferPointer(out)
+                for run in runs where run.count > 0 {
+                    UnsafeMutableRawBufferPointer(rebasing: dst[(run.start * stride)...])
+                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: all[run.bytes]))
+                }
+                n = total
+            }
+        }
     }
 }

@@ -46,6 +46,27 @@ struct ProcessPoolTests {
         }
     }
 
+    /// `collect` lets the reactor hold results back until all are in: it still ends when the input's
+    /// length is known only at its end (the consumer takes what is held when the end arrives), and its
+    /// timeout still fires with results held back.
+    @Test func collectEndsWhateverHoldsItsResults() throws {
+        try withTestPool { pool throws in
+            // A lazy input: the total is known only when the feeder reaches its end.
+            for cs in [1, 7] {
+                let r = try pool.imap(SquareFn(), 0..<3000, chunksize: cs).collect(timeout: .seconds(60))
+                #expect(r == (0..<3000).map { $0 * $0 })
+            }
+            // 200 quick items and one that takes a minute: the quick ones are held back, the call times out.
+            let ms = [Int](repeating: 0, count: 200) + [60_000]
+            let results = try pool.imap(BlockingSleep(), ms, chunksize: 1)
+            #expect {
+                try results.collect(timeout: .seconds(2))
+            } throws: {
+                ($0 as? MultiprocessingError)?.code == .timedOut
+            }
+        }
+    }
+
     /// A result the parent cannot decode fails its own run of items (one item at chunk size 1; at most
     /// its chunk otherwise, less if the worker sent the chunk's results in parts) and nothing else; `map`
     /// throws that failure.

@@ -286,10 +286,20 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
                 throw error
             }
         }
+        // Nothing but the whole result is wanted: the reactor may hold results back until all are in.
+        if credit == nil { call.wantWholeResult() }
         while total == nil || received < total! {
+            if let held = call.takeHeldBack() {
+                try take(.encoded(held))
+                continue
+            }
             do {
                 try take(try call.deliveries.get(timeout: remaining()))
             } catch let e as ThreadingError where e.code == .empty || e.code == .timedOut {
+                if let held = call.takeHeldBack() {
+                    try take(.encoded(held))
+                    continue
+                }
                 cancel()
                 throw MultiprocessingError(.timedOut, "the call did not finish within \(timeout!)")
             }

@@ -19,39 +19,38 @@ struct ItemsCodec<T>: Sendable {
     init(kind: TrivialKind?) {
         self.kind = kind.flatMap { MemoryLayout<T>.size == $0.stride && MemoryLayout<T>.stride == $0.stride ? $0 : nil }
     }
-
-    /// The header of a raw array of `count` items: tag, kind, count.
-    private static func header(_ kind: TrivialKind, count: Int, bytes: Int, into out: inout [UInt8]) {
-        out.reserveCapacity(12 + bytes)
-        out.append(BinaryTag.trivialArray.rawValue)
-        out.append(kind.rawValue)
-        writeVarint(UInt64(count), into: &out)
-    }
 }
 
 extension ItemsCodec where T: Encodable {
     /// `items` encoded as `[T]`.
-    func encode(_ items: [T]) throws -> [UInt8] { try encode(items[...]) }
+    func encode(_ items: [T]) throws -> [UInt8] {
+        guard let kind else { return try BinaryEncoder().encode(items) }
+        return items.withUnsafeBytes { Self.raw(kind, count: items.count, $0) }
+    }
 
     /// `items` encoded as `[T]`.
     func encode(_ items: ArraySlice<T>) throws -> [UInt8] {
         guard let kind else { return try BinaryEncoder().encode(Array(items)) }
-        var out: [UInt8] = []
-        items.withUnsafeBytes { raw in
-            Self.header(kind, count: items.count, bytes: raw.count, into: &out)
-            out.append(contentsOf: raw)
-        }
-        return out
+        return items.withUnsafeBytes { Self.raw(kind, count: items.count, $0) }
     }
 
     /// `[item]` encoded as `[T]`, without building the array.
     func encode(one item: T) throws -> [UInt8] {
         guard let kind else { return try BinaryEncoder().encode([item]) }
-        var out: [UInt8] = []
-        withUnsafeBytes(of: item) { raw in
-            Self.header(kind, count: 1, bytes: kind.stride, into: &out)
-            out.append(contentsOf: raw.prefix(kind.stride))
+        return withUnsafeBytes(of: item) {
+            Self.raw(kind, count: 1, UnsafeRawBufferPointer(rebasing: $0.prefix(kind.stride)))
         }
+    }
+
+    /// A raw array: header, then the items' bytes. (One non-generic body for arrays, slices and single
+    /// items: forwarding one to another costs a metadata lookup per call in the unspecialised library.)
+    private static func raw(_ kind: TrivialKind, count: Int, _ bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(12 + bytes.count)
+        out.append(BinaryTag.trivialArray.rawValue)
+        out.append(kind.rawValue)
+        writeVarint(UInt64(count), into: &out)
+        out.append(contentsOf: bytes)
         return out
     }
 }

@@ -7,6 +7,8 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     let slot: SharedSlot
     /// The raw-bytes kind of the function's `Output` (found once per function, not per chunk).
     let outputKind: TrivialKind?
+    /// The size of one `Output` when its arrays are raw bytes, else 0 (library internals).
+    @usableFromInline let rawOutputStride: Int
     var next = 0
     private var now: UInt64 = 0
 
@@ -15,6 +17,7 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
         self.out = out
         self.slot = slot
         self.outputKind = outputKind
+        rawOutputStride = outputKind?.stride ?? 0
     }
 
     /// Records that item `i` starts (for crash attribution and timeouts); `false` if the unit was cancelled.
@@ -28,7 +31,29 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     public var flushDue: Bool { out.dueForPartialFlush(now: now) }
 
     /// Sends finished results `values`, the first being item `start` (library internals).
+    ///
+    /// Inlined into each function's specialised loop, so that results of fixed-width types reach the
+    /// reply as bytes without the library's unspecialised code asking the runtime about `[T]`.
+    @inlinable
     public func send<T: Encodable>(_ values: [T], start: Int) {
+        if rawOutputStride != 0 && MemoryLayout<T>.stride == rawOutputStride && MemoryLayout<T>.size == rawOutputStride
+        {
+            values.withUnsafeBytes { sendRaw($0, count: values.count, start: start) }
+        } else {
+            sendEncoding(values, start: start)
+        }
+    }
+
+    /// Sends `count` results whose bytes are `bytes` (raw-bytes outputs; library internals).
+    @usableFromInline
+    func sendRaw(_ bytes: UnsafeRawBufferPointer, count: Int, start: Int) {
+        guard count > 0, let kind = outputKind else { return }
+        out.outputs(unit: unit, start: start, count: count, kind: kind, raw: bytes)
+    }
+
+    /// Sends results through the general encoder (library internals).
+    @usableFromInline
+    func sendEncoding<T: Encodable>(_ values: [T], start: Int) {
         out.outputs(unit: unit, start: start, values, ItemsCodec<T>(kind: outputKind))
     }
     /// Reports that item `index` threw `error` (library internals).

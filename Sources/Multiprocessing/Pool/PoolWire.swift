@@ -81,6 +81,7 @@ struct FrameWriter {
     }
 
     mutating func put(_ raw: [UInt8]) { bytes.append(contentsOf: raw) }
+    mutating func put(_ raw: UnsafeRawBufferPointer) { bytes.append(contentsOf: raw) }
 
     mutating func take() -> [UInt8] {
         defer { bytes = [] }

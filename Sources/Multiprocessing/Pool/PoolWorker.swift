@@ -388,6 +388,41 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
         writer.end(at)
     }
 
+    /// Results `start..<start+count` of `unit`, of a raw-bytes type: `raw` is their bytes. The encoded
+    /// array (header, then the bytes) goes straight into the frame.
+    func outputs(unit: UInt64, start: Int, count: Int, kind: TrivialKind, raw: UnsafeRawBufferPointer) {
+        var header: [UInt8] = [BinaryTag.trivialArray.rawValue, kind.rawValue]
+        writeVarint(UInt64(count), into: &header)
+        guard header.count + raw.count <= PoolWire.maxBody || count == 1 else {
+            // Too large for one frame (a frame the parent would refuse): in halves.
+            let half = count / 2
+            let cut = half * (raw.count / count)
+            outputs(
+                unit: unit,
+                start: start,
+                count: half,
+                kind: kind,
+                raw: UnsafeRawBufferPointer(rebasing: raw[..<cut])
+            )
+            outputs(
+                unit: unit,
+                start: start + half,
+                count: count - half,
+                kind: kind,
+                raw: UnsafeRawBufferPointer(rebasing: raw[cut...])
+            )
+            return
+        }
+        let at = writer.begin(PoolWire.output)
+        writer.put(unit)
+        writer.put(UInt32(start))
+        writer.put(UInt32(count))
+        writer.put(busy())
+        writer.put(header)
+        writer.put(raw)
+        writer.end(at)
+    }
+
     /// Asks the parent to send `unit`'s items again one per unit.
     func resend(unit: UInt64) {
         let at = writer.begin(PoolWire.resend)

@@ -74,34 +74,44 @@ extension ItemsCodec where T: Decodable {
     /// into place as `T`s.
     func rawItems(_ bytes: UnsafeRawBufferPointer) throws -> (count: Int, bytes: Range<Int>) {
         guard let kind else { preconditionFailure("rawItems of a type that is not raw bytes") }
-        guard bytes.count >= 2 else { throw MultiprocessingError.truncated }
-        guard bytes[0] == BinaryTag.trivialArray.rawValue else {
-            let tag = BinaryTag(rawValue: bytes[0]).map { "\($0)" } ?? "tag \(bytes[0])"
-            throw MultiprocessingError.typeMismatch("\(tag) where [\(T.self)] was expected")
-        }
-        guard bytes[1] == kind.rawValue else {
-            let found = TrivialKind(rawValue: bytes[1]).map { "\($0)" } ?? "kind \(bytes[1])"
-            throw MultiprocessingError.typeMismatch("array of \(found) where [\(T.self)] was expected")
-        }
-        var p = 2
-        var n: UInt64 = 0
-        var shift: UInt64 = 0
-        while true {
-            guard p < bytes.count else { throw MultiprocessingError.truncated }
-            let b = bytes[p]
-            p += 1
-            n |= UInt64(b & 0x7f) << shift
-            if b < 0x80 { break }
-            shift += 7
-            guard shift <= 63 else { throw MultiprocessingError(.decodingFailed, "malformed varint") }
-        }
-        let stride = kind.stride
-        guard n <= UInt64(bytes.count - p) / UInt64(stride) else { throw MultiprocessingError.truncated }
-        let count = Int(n)
-        let items = p..<(p + count * stride)
-        if kind == .bool, UnsafeRawBufferPointer(rebasing: bytes[items]).contains(where: { $0 > 1 }) {
-            throw MultiprocessingError(.decodingFailed, "a Bool that is neither 0 nor 1")
-        }
-        return (count, items)
+        return try rawArrayItems(kind: kind, bytes, expected: "[\(T.self)]")
     }
+}
+
+/// The count and item bytes of the raw array of `kind` in `bytes`, checked (tag, kind, length, `Bool`
+/// values); `expected` names the type for errors. One non-generic body for every element type.
+func rawArrayItems(
+    kind: TrivialKind,
+    _ bytes: UnsafeRawBufferPointer,
+    expected: @autoclosure () -> String
+) throws -> (count: Int, bytes: Range<Int>) {
+    guard bytes.count >= 2 else { throw MultiprocessingError.truncated }
+    guard bytes[0] == BinaryTag.trivialArray.rawValue else {
+        let tag = BinaryTag(rawValue: bytes[0]).map { "\($0)" } ?? "tag \(bytes[0])"
+        throw MultiprocessingError.typeMismatch("\(tag) where \(expected()) was expected")
+    }
+    guard bytes[1] == kind.rawValue else {
+        let found = TrivialKind(rawValue: bytes[1]).map { "\($0)" } ?? "kind \(bytes[1])"
+        throw MultiprocessingError.typeMismatch("array of \(found) where \(expected()) was expected")
+    }
+    var p = 2
+    var n: UInt64 = 0
+    var shift: UInt64 = 0
+    while true {
+        guard p < bytes.count else { throw MultiprocessingError.truncated }
+        let b = bytes[p]
+        p += 1
+        n |= UInt64(b & 0x7f) << shift
+        if b < 0x80 { break }
+        shift += 7
+        guard shift <= 63 else { throw MultiprocessingError(.decodingFailed, "malformed varint") }
+    }
+    let stride = kind.stride
+    guard n <= UInt64(bytes.count - p) / UInt64(stride) else { throw MultiprocessingError.truncated }
+    let count = Int(n)
+    let items = p..<(p + count * stride)
+    if kind == .bool, UnsafeRawBufferPointer(rebasing: bytes[items]).contains(where: { $0 > 1 }) {
+        throw MultiprocessingError(.decodingFailed, "a Bool that is neither 0 nor 1")
+    }
+    return (count, items)
 }

@@ -9,15 +9,54 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     let outputKind: TrivialKind?
     /// The size of one `Output` when its arrays are raw bytes, else 0 (library internals).
     @usableFromInline let rawOutputStride: Int
+    /// The raw-bytes kind of the function's `Input`.
+    let inputKind: TrivialKind?
+    /// The size of one `Input` when its arrays are raw bytes, else 0 (library internals).
+    @usableFromInline let rawInputStride: Int
     var next = 0
     private var now: UInt64 = 0
 
-    init(unit: UInt64, out: Replies, slot: SharedSlot, outputKind: TrivialKind?) {
+    init(unit: UInt64, out: Replies, slot: SharedSlot, inputKind: TrivialKind?, outputKind: TrivialKind?) {
         self.unit = unit
         self.out = out
         self.slot = slot
         self.outputKind = outputKind
         rawOutputStride = outputKind?.stride ?? 0
+        self.inputKind = inputKind
+        rawInputStride = inputKind?.stride ?? 0
+    }
+
+    /// The bytes of a chunk's `count` raw-bytes inputs in `payload`, checked; `nil` after reporting
+    /// inputs that cannot be decoded (library internals).
+    @usableFromInline
+    func rawInputs(_ payload: UnsafeRawBufferPointer, count: Int) -> UnsafeRawBufferPointer? {
+        do {
+            guard let kind = inputKind else { throw MultiprocessingError(.decodingFailed, "inputs are not raw bytes") }
+            let (n, range) = try rawArrayItems(kind: kind, payload, expected: "an array of \(kind)")
+            guard n == count else {
+                throw MultiprocessingError(.malformedMessage, "chunk of \(n) items announced as \(count)")
+            }
+            return UnsafeRawBufferPointer(rebasing: payload[range])
+        } catch {
+            out.undecodableInputs(unit: unit, count: count, error)
+            return nil
+        }
+    }
+
+    /// A chunk's inputs through the general decoder; `nil` after reporting inputs that cannot be decoded
+    /// (library internals).
+    @usableFromInline
+    func decodeInputs<T: Decodable>(_: T.Type, _ payload: UnsafeRawBufferPointer, count: Int) -> [T]? {
+        do {
+            let inputs = try ItemsCodec<T>(kind: inputKind).decode(payload)
+            guard inputs.count == count else {
+                throw MultiprocessingError(.malformedMessage, "chunk of \(inputs.count) items announced as \(count)")
+            }
+            return inputs
+        } catch {
+            out.undecodableInputs(unit: unit, count: count, error)
+            return nil
+        }
     }
 
     /// Records that item `i` starts (for crash attribution and timeouts); `false` if the unit was cancelled.

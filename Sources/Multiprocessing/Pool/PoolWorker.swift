@@ -141,12 +141,11 @@ enum PoolWorker {
 
     private static func syncRunner<F: SyncTaskFunction>(_: F.Type, _ payload: UnsafeRawBufferPointer) throws -> Runner {
         let f = try BinaryDecoder().decode(F.self, from: payload)
-        let inputCodec = ItemsCodec<F.Input>()
+        let inputKind = ItemsCodec<F.Input>().kind
         let outputKind = ItemsCodec<F.Output>().kind
         return { unit, count, payload, out in
-            guard let inputs = decodeChunk(inputCodec, unit: unit, count: count, payload, out) else { return }
-            let context = ChunkContext(unit: unit, out: out, slot: slot, outputKind: outputKind)
-            f._runChunk(inputs, from: 0, context)
+            let context = ChunkContext(unit: unit, out: out, slot: slot, inputKind: inputKind, outputKind: outputKind)
+            guard f._runEncodedChunk(payload, count: count, context) else { return }
             if context.next < count {  // cancelled
                 for j in context.next..<count { out.failure(unit: unit, index: j, CancellationError()) }
             }
@@ -168,16 +167,7 @@ enum PoolWorker {
             }
             return inputs
         } catch {
-            // Which item failed is unknown: the parent sends them again one by one, so only that item fails.
-            if count > 1 {
-                out.resend(unit: unit)
-            } else {
-                out.failure(
-                    unit: unit,
-                    index: 0,
-                    MultiprocessingError.cannotDecode("the task's input", error)
-                )
-            }
+            out.undecodableInputs(unit: unit, count: count, error)
             return nil
         }
     }
@@ -421,6 +411,16 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
         writer.put(header)
         writer.put(raw)
         writer.end(at)
+    }
+
+    /// Reports that `unit`'s `count` inputs could not be decoded. Which item failed is unknown: the
+    /// parent sends them again one by one, so only that item fails.
+    func undecodableInputs(unit: UInt64, count: Int, _ error: any Error) {
+        if count > 1 {
+            resend(unit: unit)
+        } else {
+            failure(unit: unit, index: 0, MultiprocessingError.cannotDecode("the task's input", error))
+        }
     }
 
     /// Asks the parent to send `unit`'s items again one per unit.

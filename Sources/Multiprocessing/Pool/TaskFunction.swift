@@ -44,9 +44,35 @@ public protocol SyncTaskFunction: TaskFunction {
     /// Runs items `from...` of a chunk in the worker. Implemented by the library (the default below, which
     /// the compiler specialises for each conforming type); do not implement it.
     func _runChunk(_ inputs: [Input], from: Int, _ context: ChunkContext)
+    /// Decodes a chunk's `count` inputs from `payload` and runs them in the worker; `false` if they could
+    /// not be decoded (the context has reported it). Implemented by the library (the default below,
+    /// specialised for each conforming type); do not implement it.
+    func _runEncodedChunk(_ payload: UnsafeRawBufferPointer, count: Int, _ context: ChunkContext) -> Bool
 }
 
 extension SyncTaskFunction {
+    /// Decodes a chunk's inputs and runs them. Library internals, public only so that the compiler
+    /// specialises the decoding for each conforming type (inputs of fixed-width types are then one copy,
+    /// with no questions to the runtime); do not call or implement it.
+    @inlinable
+    public func _runEncodedChunk(_ payload: UnsafeRawBufferPointer, count: Int, _ context: ChunkContext) -> Bool {
+        let inputs: [Input]
+        if context.rawInputStride != 0 && MemoryLayout<Input>.stride == context.rawInputStride
+            && MemoryLayout<Input>.size == context.rawInputStride
+        {
+            guard let raw = context.rawInputs(payload, count: count) else { return false }
+            inputs = [Input](unsafeUninitializedCapacity: count) { out, initialized in
+                if count > 0 { UnsafeMutableRawBufferPointer(out).copyMemory(from: raw) }
+                initialized = count
+            }
+        } else {
+            guard let decoded = context.decodeInputs(Input.self, payload, count: count) else { return false }
+            inputs = decoded
+        }
+        _runChunk(inputs, from: 0, context)
+        return true
+    }
+
     /// Runs items `from...` of a chunk in the worker. Library internals, public only so that the compiler specialises this loop for each conforming type; do not call or implement it.
     @inlinable
     public func _runChunk(_ inputs: [Input], from: Int, _ context: ChunkContext) {

@@ -47,16 +47,7 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     /// (library internals).
     @usableFromInline
     func decodeInputs<T: Decodable>(_: T.Type, _ payload: UnsafeRawBufferPointer, count: Int) -> [T]? {
-        do {
-            let inputs = try ItemsCodec<T>(kind: inputKind).decode(payload)
-            guard inputs.count == count else {
-                throw MultiprocessingError(.malformedMessage, "chunk of \(inputs.count) items announced as \(count)")
-            }
-            return inputs
-        } catch {
-            out.undecodableInputs(unit: unit, count: count, error)
-            return nil
-        }
+        PoolWorker.decodeChunk(ItemsCodec<T>(kind: inputKind), unit: unit, count: count, payload, out)
     }
 
     /// Records that item `i` starts (for crash attribution and timeouts); `false` if the unit was cancelled.

@@ -152,8 +152,8 @@ enum PoolWorker {
         }
     }
 
-    /// A chunk's items, or `nil` after failing every item if they cannot be decoded.
-    private static func decodeChunk<T: Decodable>(
+    /// A chunk's items, or `nil` after reporting that they cannot be decoded.
+    static func decodeChunk<T: Decodable>(
         _ codec: ItemsCodec<T>,
         unit: UInt64,
         count: Int,

@@ -387,6 +387,14 @@ struct PickyFn: SyncTaskFunction {
     func callAsFunction(_ x: Int) -> Picky { Picky(x) }
 }
 
+/// `Picky(x)`, after sleeping `x` ms when `x` is over 1,000 (the slow item of a map).
+struct SlowPickyFn: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> Picky {
+        if x > 1000 { usleep(useconds_t(x) * 1000) }
+        return Picky(x)
+    }
+}
+
 /// Results of each raw-bytes width: a `Bool`, a `Double`, an `Int8`.
 struct ParityFn: SyncTaskFunction {
     func callAsFunction(_ x: Int) -> Bool { x % 2 == 0 }

@@ -46,23 +46,36 @@ struct ProcessPoolTests {
         }
     }
 
-    /// `collect` lets the reactor hold results back until all are in: it still ends when the input's
-    /// length is known only at its end (the consumer takes what is held when the end arrives), and its
-    /// timeout still fires with results held back.
-    @Test func collectEndsWhateverHoldsItsResults() throws {
+    /// An eager `map` of raw-bytes results lets the reactor hold them back until all are in (or 4,096
+    /// are): it still returns every result in order, and its timeout still fires with results held back.
+    @Test func mapEndsWhateverHoldsItsResults() throws {
         try withTestPool { pool throws in
-            // A lazy input: the total is known only when the feeder reaches its end.
             for cs in [1, 7] {
-                let r = try pool.imap(SquareFn(), 0..<3000, chunksize: cs).collect(timeout: .seconds(60))
-                #expect(r == (0..<3000).map { $0 * $0 })
+                let xs = Array(0..<5000)  // more than one hold-back batch
+                #expect(try pool.map(SquareFn(), xs, chunksize: cs, timeout: .seconds(60)) == xs.map { $0 * $0 })
             }
             // 200 quick items and one that takes a minute: the quick ones are held back, the call times out.
             let ms = [Int](repeating: 0, count: 200) + [60_000]
-            let results = try pool.imap(BlockingSleep(), ms, chunksize: 1)
             #expect {
-                try results.collect(timeout: .seconds(2))
+                try pool.map(BlockingSleep(), ms, chunksize: 1, timeout: .seconds(2))
             } throws: {
                 ($0 as? MultiprocessingError)?.code == .timedOut
+            }
+        }
+    }
+
+    /// Results of a type whose decoder may refuse a value are never held back: the refusal stops the
+    /// call as soon as it arrives, while slow items are still running.
+    @Test func aResultTheParentRefusesStopsAMapAtOnce() throws {
+        try withTestPool { pool throws in
+            // Item 13 is refused; the other worker is busy for a minute with an item that would otherwise
+            // hold the call (the map is cancelled and its worker stopped when the refusal arrives).
+            var xs = Array(0..<40)
+            xs[0] = 60_000
+            #expect {
+                try pool.map(SlowPickyFn(), xs, chunksize: 1, timeout: .seconds(50))
+            } throws: {
+                ($0 as? MultiprocessingError)?.code == .decodingFailed && "\($0)".contains("13 is refused")
             }
         }
     }

@@ -11,7 +11,7 @@ struct ItemsCodec<T>: Sendable {
     let kind: TrivialKind?
 
     init() {
-        kind = (T.self as? any BinaryTrivial.Type)?.trivialKind
+        self.init(kind: (T.self as? any BinaryTrivial.Type)?.trivialKind)
     }
 
     /// A codec for `T` whose kind was found before (by `ItemsCodec<T>().kind`); a kind that cannot be

@@ -7,23 +7,31 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     let slot: SharedSlot
     /// The raw-bytes kind of the function's `Output` (found once per function, not per chunk).
     let outputKind: TrivialKind?
-    /// The size of one `Output` when its arrays are raw bytes, else 0 (library internals).
-    @usableFromInline let rawOutputStride: Int
+    /// The function's `Output` type when its arrays are raw bytes (library internals).
+    @usableFromInline let rawOutput: ObjectIdentifier?
     /// The raw-bytes kind of the function's `Input`.
     let inputKind: TrivialKind?
-    /// The size of one `Input` when its arrays are raw bytes, else 0 (library internals).
-    @usableFromInline let rawInputStride: Int
+    /// The function's `Input` type when its arrays are raw bytes (library internals).
+    @usableFromInline let rawInput: ObjectIdentifier?
     var next = 0
     private var now: UInt64 = 0
 
-    init(unit: UInt64, out: Replies, slot: SharedSlot, inputKind: TrivialKind?, outputKind: TrivialKind?) {
+    init<Input, Output>(
+        unit: UInt64,
+        out: Replies,
+        slot: SharedSlot,
+        _: Input.Type,
+        _: Output.Type,
+        inputKind: TrivialKind?,
+        outputKind: TrivialKind?
+    ) {
         self.unit = unit
         self.out = out
         self.slot = slot
         self.outputKind = outputKind
-        rawOutputStride = outputKind?.stride ?? 0
+        rawOutput = outputKind == nil ? nil : ObjectIdentifier(Output.self)
         self.inputKind = inputKind
-        rawInputStride = inputKind?.stride ?? 0
+        rawInput = inputKind == nil ? nil : ObjectIdentifier(Input.self)
     }
 
     /// The bytes of a chunk's `count` raw-bytes inputs in `payload`, checked; `nil` after reporting
@@ -66,8 +74,7 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     /// reply as bytes without the library's unspecialised code asking the runtime about `[T]`.
     @inlinable
     public func send<T: Encodable>(_ values: [T], start: Int) {
-        if rawOutputStride != 0 && MemoryLayout<T>.stride == rawOutputStride && MemoryLayout<T>.size == rawOutputStride
-        {
+        if let rawOutput, rawOutput == ObjectIdentifier(T.self) {
             values.withUnsafeBytes { sendRaw($0, count: values.count, start: start) }
         } else {
             sendEncoding(values, start: start)

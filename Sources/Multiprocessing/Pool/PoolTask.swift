@@ -1,4 +1,5 @@
 import DequeModule
+import Synchronization
 import Threading
 
 /// A task submitted to a pool — Python's `AsyncResult` (from `apply_async`) and
@@ -265,6 +266,7 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
                                 throw MultiprocessingError(.malformedMessage, "\(n) results announced as \(run.count)")
                             }
                         } catch {
+                            call.failedItems.add(run.count, ordering: .relaxed)
                             cancel()
                             throw MultiprocessingError.cannotDecode("the results", error)
                         }
@@ -287,7 +289,9 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
             }
         }
         // Nothing but the whole result is wanted: the reactor may hold results back until all are in.
-        if credit == nil { call.wantWholeResult() }
+        // Only raw-bytes results, whose decoding fails only for a malformed peer: any other type's decoder
+        // may refuse a value, and that failure must stop the call as soon as it arrives.
+        if credit == nil && call.codec.kind != nil { call.wantWholeResult() }
         while total == nil || received < total! {
             if let held = call.takeHeldBack() {
                 try take(.encoded(held))

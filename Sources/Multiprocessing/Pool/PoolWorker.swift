@@ -144,7 +144,15 @@ enum PoolWorker {
         let inputKind = ItemsCodec<F.Input>().kind
         let outputKind = ItemsCodec<F.Output>().kind
         return { unit, count, payload, out in
-            let context = ChunkContext(unit: unit, out: out, slot: slot, inputKind: inputKind, outputKind: outputKind)
+            let context = ChunkContext(
+                unit: unit,
+                out: out,
+                slot: slot,
+                F.Input.self,
+                F.Output.self,
+                inputKind: inputKind,
+                outputKind: outputKind
+            )
             guard f._runEncodedChunk(payload, count: count, context) else { return }
             if context.next < count {  // cancelled
                 for j in context.next..<count { out.failure(unit: unit, index: j, CancellationError()) }

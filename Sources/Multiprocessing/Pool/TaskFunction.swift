@@ -57,9 +57,7 @@ extension SyncTaskFunction {
     @inlinable
     public func _runEncodedChunk(_ payload: UnsafeRawBufferPointer, count: Int, _ context: ChunkContext) -> Bool {
         let inputs: [Input]
-        if context.rawInputStride != 0 && MemoryLayout<Input>.stride == context.rawInputStride
-            && MemoryLayout<Input>.size == context.rawInputStride
-        {
+        if let id = context.rawInput, id == ObjectIdentifier(Input.self) {
             guard let raw = context.rawInputs(payload, count: count) else { return false }
             inputs = [Input](unsafeUninitializedCapacity: count) { out, initialized in
                 if count > 0 { UnsafeMutableRawBufferPointer(out).copyMemory(from: raw) }

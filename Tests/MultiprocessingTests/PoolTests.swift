@@ -263,10 +263,16 @@ struct ProcessPoolTests {
     }
 
     @Test func noDescriptorsOrChildrenLeftBehind() throws {
-        /// (device, inode) of an open descriptor, or nil if it is closed.
+        /// (device, inode, eventfd id) of an open descriptor, or nil if it is closed. Every eventfd shares
+        /// one anonymous inode, so a suite running beside this one that gets the same number for its own
+        /// eventfd looked like ours still open: the kernel's `eventfd-id` (fdinfo) tells them apart.
         func identity(_ fd: Int32) -> [UInt64]? {
             var st = stat()
-            return fstat(fd, &st) == 0 ? [UInt64(st.st_dev), UInt64(st.st_ino)] : nil
+            guard fstat(fd, &st) == 0 else { return nil }
+            let info = (try? String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8)) ?? ""
+            let eventfdId = info.split(separator: "\n").first { $0.hasPrefix("eventfd-id:") }
+                .flatMap { UInt64($0.dropFirst("eventfd-id:".count).trimmingCharacters(in: .whitespaces)) }
+            return [UInt64(st.st_dev), UInt64(st.st_ino), eventfdId ?? 0]
         }
         try withTestPool { pool throws in
             let pids = pool.workerPIDs

@@ -22,6 +22,22 @@ public struct BinaryDecoder {
     }
 }
 
+/// The LEB128 varint at `p` in `bytes` (`p` moves past it).
+@inline(__always)
+func readVarint(_ bytes: UnsafeRawBufferPointer, at p: inout Int) throws -> UInt64 {
+    var result: UInt64 = 0
+    var shift: UInt64 = 0
+    while true {
+        guard p < bytes.count else { throw MultiprocessingError.truncated }
+        let b = bytes[p]
+        p += 1
+        result |= UInt64(b & 0x7f) << shift
+        if b < 0x80 { return result }
+        shift += 7
+        if shift > 63 { throw MultiprocessingError(.decodingFailed, "malformed varint") }
+    }
+}
+
 final class DecoderStorage: Decoder {
     let bytes: UnsafeRawBufferPointer
     /// Where the value being decoded by `init(from:)` starts.
@@ -44,18 +60,7 @@ final class DecoderStorage: Decoder {
         return bytes[p]
     }
 
-    @inline(__always) func varint(at p: inout Int) throws -> UInt64 {
-        var result: UInt64 = 0
-        var shift: UInt64 = 0
-        while true {
-            let b = try byte(at: p)
-            p += 1
-            result |= UInt64(b & 0x7f) << shift
-            if b < 0x80 { return result }
-            shift += 7
-            if shift > 63 { throw MultiprocessingError(.decodingFailed, "malformed varint") }
-        }
-    }
+    @inline(__always) func varint(at p: inout Int) throws -> UInt64 { try readVarint(bytes, at: &p) }
 
     /// A varint that counts what follows at `p` (bytes, or items of `stride` bytes): never more than is
     /// left, so that a peer's length can neither overflow an offset nor trap a conversion.

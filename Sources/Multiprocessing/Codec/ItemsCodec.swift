@@ -95,17 +95,7 @@ func rawArrayItems(
         throw MultiprocessingError.typeMismatch("array of \(found) where \(expected()) was expected")
     }
     var p = 2
-    var n: UInt64 = 0
-    var shift: UInt64 = 0
-    while true {
-        guard p < bytes.count else { throw MultiprocessingError.truncated }
-        let b = bytes[p]
-        p += 1
-        n |= UInt64(b & 0x7f) << shift
-        if b < 0x80 { break }
-        shift += 7
-        guard shift <= 63 else { throw MultiprocessingError(.decodingFailed, "malformed varint") }
-    }
+    let n = try readVarint(bytes, at: &p)
     let stride = kind.stride
     guard n <= UInt64(bytes.count - p) / UInt64(stride) else { throw MultiprocessingError.truncated }
     let count = Int(n)

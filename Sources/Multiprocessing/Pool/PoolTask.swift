@@ -310,20 +310,13 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         }
         consumed = received
         call.progress?.finish(timeout: remaining())
-        if chunks.isEmpty, let placed = raw.place(as: Output.self, total: received) { return placed }
-        for k in raw.runs.indices {  // not all in one form: make arrays of the raw runs too
-            let run = raw.runs[k]
-            let r = raw.bytes.withUnsafeBytes { all in
-                [Output](unsafeUninitializedCapacity: run.count) { out, n in
-                    UnsafeMutableRawBufferPointer(out).copyMemory(
-                        from: UnsafeRawBufferPointer(rebasing: all[run.bytes])
-                    )
-                    n = run.count
-                }
+        if !raw.runs.isEmpty {
+            // Raw runs come only from a process pool's replies (never with arrays): they must tile the call.
+            guard chunks.isEmpty, let placed = raw.place(as: Output.self, total: received) else {
+                cancel()
+                throw MultiprocessingError(.malformedMessage, "results that do not cover the call's items exactly once")
             }
-            if let last = starts.last, last > run.start { inOrder = false }
-            starts.append(run.start)
-            chunks.append(r)
+            return placed
         }
         var out: [Output] = []
         out.reserveCapacity(received)

@@ -177,6 +177,22 @@ struct LoggedSlowZero: TaskFunction {
     }
 }
 
+/// Item 0 returns at once; item `x` > 0 waits (up to `ms`) for the file `path.x` to exist, and returns
+/// `x` if it appeared, -1 if it did not.
+struct AwaitsFile: TaskFunction {
+    let path: String
+    let ms: Int
+    func callAsFunction(_ x: Int) -> Int {
+        guard x != 0 else { return 0 }
+        let deadline = ContinuousClock.now + .milliseconds(ms)
+        while ContinuousClock.now < deadline {
+            if access("\(path).\(x)", F_OK) == 0 { return x }
+            usleep(2_000)  // a job polling a file: the test's own waiting is on its results
+        }
+        return -1
+    }
+}
+
 /// Sleeps cooperatively: cancellation ends it at once.
 struct CooperativeSleep: TaskFunction {
     func callAsFunction(_ ms: Int) async throws -> Int {

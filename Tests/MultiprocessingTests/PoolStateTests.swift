@@ -122,6 +122,31 @@ import Testing
         #expect(after.map(\.worker) == [1] || sent.count < 3, "worker 1 takes work once its long unit ends")
     }
 
+    /// A worker that answered nothing for a unit it finished before a long item: once that item is
+    /// overdue the pool asks the worker (once per running unit) for the replies it holds.
+    @Test func repliesHeldBeforeAnOverdueItemAreAskedForOnce() throws {
+        var s = pool(1)
+        let units = (0..<2).map { _ in unit(&s, count: 1) }
+        let wakes = { (a: [Action]) in a.filter { if case .wakeSupervisor = $0 { true } else { false } }.count }
+        // Two units on one worker: the supervisor, asleep for its idle second, is woken to watch them.
+        #expect(wakes(try s.submit(units, now: t0)) == 1)
+        // The first unit running long, the second queued behind it: nothing is owed before it.
+        let first = [1: State.RunningFacts(unit: units[0].id, index: 0, elapsed: .milliseconds(60))]
+        #expect(s.repliesOwed(running: first).isEmpty)
+        // The worker finished the first unit without writing its reply and is now on the second.
+        let early = [1: State.RunningFacts(unit: units[1].id, index: 0, elapsed: .milliseconds(40))]
+        #expect(s.repliesOwed(running: early).isEmpty, "not yet overdue")
+        #expect(s.supervise(now: at(40), running: early).wakeAt == at(50), "the supervisor looks again then")
+        #expect(wakes(try s.submit([unit(&s, count: 1)], now: at(41))) == 0, "it will look within the limit")
+        let late = [1: State.RunningFacts(unit: units[1].id, index: 0, elapsed: .milliseconds(60))]
+        let owed = s.repliesOwed(running: late)
+        #expect(owed.map(\.id) == [1] && owed.map(\.unit) == [units[1].id])
+        #expect(s.repliesOwed(running: late).isEmpty, "asked once per running unit")
+        // The reply arrives: nothing more is owed.
+        _ = try s.received(.output(unit: units[0].id, start: 0, count: 1, busyNanos: 10), from: 1, now: at(61))
+        #expect(s.repliesOwed(running: late).isEmpty)
+    }
+
     /// A stuck worker that dies after its queued units were taken back: its long unit is dealt with as any
     /// death's, and the units taken from it are not sent again (they were already given to another worker).
     @Test func aStalledWorkersDeathDoesNotResendWhatWasTakenBack() throws {

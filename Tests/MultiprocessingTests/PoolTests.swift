@@ -145,9 +145,12 @@ struct ProcessPoolTests {
         }
     }
 
-    /// One item sleeps 5 s (no timeout) among 2,000 tiny ones, with two workers: the tiny items queued
-    /// behind it on its worker are taken back and run by the other worker, so they all end before it;
-    /// and each item runs exactly once (the stuck worker never runs what was taken from it).
+    /// One item waits (up to 60 s, no timeout) until the 1,999 tiny ones beside it have run, with two
+    /// workers: the tiny items queued behind it on its worker are taken back and run by the other worker,
+    /// so they all run before it ends (its line is the log's last); and each item runs exactly once (the
+    /// stuck worker never runs what was taken from it). The order results *arrive* in is not checked: the
+    /// last tiny item's reply leaves its worker just after its log line, while the long item polls the log
+    /// every 2 ms, so either may reach the parent first (it did, once, under ThreadSanitizer).
     @Test func itemsQueuedBehindALongOneGoToTheOtherWorker() async throws {
         let log = "/tmp/mp-reclaim-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
         defer { unlink(log) }
@@ -160,14 +163,38 @@ struct ProcessPoolTests {
             ) {
                 order.append(v)
             }
-            #expect(order.count == 2000)
-            #expect(order.last == 0, "an item waited behind the long one: \(order.suffix(5))")
+            #expect(order.count == 2000 && Set(order) == Set(0..<2000))
             pool.close()
             try await pool.join()
         }
         let text = try #require(try? String(contentsOfFile: log, encoding: .utf8))
         let runs = text.split(separator: "\n").compactMap { Int($0) }
         #expect(runs.count == 2000 && Set(runs) == Set(0..<2000), "\(runs.count) runs of \(Set(runs).count) items")
+        #expect(runs.last == 0, "an item waited behind the long one: \(runs.suffix(5))")
+    }
+
+    /// One worker gets a quick item and then a long one, read together (a first item holds the worker
+    /// until the call has sent them all): the long one waits (up to 30 s) for a file the test creates only
+    /// once the quick item's result has arrived. The worker batches replies while work is queued, so the
+    /// quick result sits in its buffer; once the long item is overdue the parent asks for it, and it
+    /// arrives while the long item still runs (else the long item times out and returns -1).
+    @Test func aQuickResultDoesNotWaitForTheLongItemAfterIt() async throws {
+        let flag = tempPath("owed")
+        defer { for x in 1...2 { unlink("\(flag).\(x)") } }
+        func touch(_ x: Int) { close(open("\(flag).\(x)", O_WRONLY | O_CREAT, 0o644)) }
+        try await withTestPool(workers: 1) { pool async throws in
+            let f = AwaitsFile(path: flag, ms: 30_000)
+            // Warmed up, so that the quick item takes well under the 0.1 ms after which a worker writes at once.
+            #expect(try await pool.map(f, [0, 0, 0]) == [0, 0, 0])
+            let results = try pool.imapUnordered(f, [2, 0, 1], chunksize: 1)
+            touch(2)  // every task is sent: the worker goes on to read the quick and the long one together
+            var got: [Int] = []
+            for try await v in results {
+                got.append(v)
+                if v == 0 { touch(1) }
+            }
+            #expect(got == [2, 0, 1], "the quick result arrived only after the long item ended: \(got)")
+        }
     }
 
     @Test func applyApplyAsyncSubmitAndCallbacks() throws {

@@ -438,6 +438,12 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
                 let elapsed = Duration.nanoseconds(Int64(monoNow &- min(monoNow, w.shared.itemStart)))
                 running[id] = PoolState.RunningFacts(unit: r.unit, index: r.index, elapsed: elapsed)
             }
+            // A worker on an overdue item writes the replies it holds for units it finished before it.
+            for (id, unit) in g.state.repliesOwed(running: running) {
+                guard let w = g.io[id] else { continue }
+                w.shared.requestReplies(during: unit)
+                w.wakeWorker()
+            }
             // Units queued behind an overdue item go to other workers, if the worker has not started them.
             var actions: [PoolState.Action] = []
             for (id, through) in g.state.overdue(running: running) {

@@ -99,6 +99,15 @@ extension PoolState {
             workers[b].dispatched += 1
             // A unit with a deadline: the supervisor must know it is out there, or it sleeps through it.
             if unit.call.options.timeout != nil || unit.call.options.softTimeout != nil { supervisorDue = true }
+            // Two units or more on one worker: one may wait behind a long item, or hold its reply ahead of
+            // one, so the supervisor must look within the overdue limit (not on its idle second).
+            if workers[b].inflight.count >= 2 {
+                let by = now + PoolDecisions.overdue(itemNanos: itemNanos)
+                if supervisionAt.map({ $0 > by }) ?? true {
+                    supervisorDue = true
+                    supervisionAt = now
+                }
+            }
             if PoolDecisions.retires(dispatched: workers[b].dispatched, maxTasksPerChild: options.maxTasksPerChild) {
                 workers[b].retiring = true
             }

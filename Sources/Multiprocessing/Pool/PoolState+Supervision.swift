@@ -18,6 +18,25 @@ extension PoolState {
         return out
     }
 
+    /// Workers whose running item is overdue (as in ``overdue(running:)``) while units sent before it are
+    /// still unanswered: the worker finished those and holds their replies in its batch, which it would
+    /// write only after the long item. For each, the running unit; `PoolCore` asks the worker (through its
+    /// slot and a wake-up) to write its replies now. Each worker is asked once per running unit.
+    mutating func repliesOwed(running: [WorkerID: RunningFacts]) -> [(id: WorkerID, unit: UInt64)] {
+        let limit = PoolDecisions.overdue(itemNanos: itemNanos)
+        var out: [(id: WorkerID, unit: UInt64)] = []
+        for w in workers.indices where workers[w].stop == nil && workers[w].inflight.count > 1 {
+            guard let facts = running[workers[w].id], facts.unit != 0, facts.elapsed >= limit,
+                workers[w].repliesAsked != facts.unit,
+                let seq = workers[w].inflight.first(where: { $0.id == facts.unit })?.seq,
+                workers[w].inflight.contains(where: { $0.seq < seq })
+            else { continue }
+            workers[w].repliesAsked = facts.unit
+            out.append((workers[w].id, facts.unit))
+        }
+        return out
+    }
+
     /// Worker `id` will not start its task frames after `started` (fenced): their units go back to the
     /// front of the queue for other workers, and `id` gets no more work until its running unit ends. Its
     /// replies for those units, which it never sends, would be ignored.
@@ -57,10 +76,16 @@ extension PoolState {
             for u in workers[w].inflight where u.id != facts?.unit {
                 if let at = PoolDecisions.lookAgainForQueued(now: now, options: u.call.options) { wakeAt(at) }
             }
-            // Units queued behind a running item: look again when it would be overdue.
-            if !workers[w].stalled, workers[w].inflight.count > 1, let f = facts, f.unit != 0 {
+            // Units queued behind a running item, or replies held for units before it: look again when it
+            // would be overdue (a worker between units, or not yet seen running: one limit from now, so an
+            // item that starts after this round is not left for the supervisor's idle second).
+            if !workers[w].stalled, workers[w].inflight.count > 1 {
                 let limit = PoolDecisions.overdue(itemNanos: itemNanos)
-                if f.elapsed < limit { wakeAt(now + (limit - f.elapsed)) }
+                if let f = facts, f.unit != 0 {
+                    if f.elapsed < limit { wakeAt(now + (limit - f.elapsed)) }
+                } else {
+                    wakeAt(now + limit)
+                }
             }
             guard let facts, facts.unit != 0, let k = workers[w].inflight.firstIndex(where: { $0.id == facts.unit })
             else { continue }
@@ -104,13 +129,21 @@ extension PoolState {
         if isDrainedAndClosed {
             for w in workers.indices where workers[w].inflight.isEmpty { sendShutdown(w) }
         }
+        supervisorDue = false  // this is the supervisor
+        supervisionAt = round.wakeAt
         pump()
+        // Units this round sent (a retry, a replacement's first work) that the supervisor must watch (a
+        // deadline, or a unit behind another): a second look soon, rather than on the idle second.
+        if supervisorDue {
+            wakeAt(now + .milliseconds(5))
+            supervisorDue = false
+        }
         if !wantsWorkers && workers.isEmpty && spawning == 0 && round.spawn == 0 {
             actions.append(.allExited)
             if case .running = phase {} else { round.finished = true }
         }
-        supervisorDue = false  // this is the supervisor
         round.actions = finish()
+        supervisionAt = round.wakeAt
         return round
     }
 }

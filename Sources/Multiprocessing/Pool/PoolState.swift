@@ -49,6 +49,9 @@ struct PoolState: Sendable {
         /// Its queued units were taken back while it ran a long item: it gets no more work until that
         /// item's unit ends.
         var stalled = false
+        /// The running unit during which this worker was last asked for the replies it holds
+        /// (``PoolState/repliesOwed(running:)``): asked once per unit.
+        var repliesAsked: UInt64 = 0
 
         /// Neither retiring nor stopped.
         var takesWork: Bool { !retiring && stop == nil }
@@ -198,6 +201,8 @@ struct PoolState: Sendable {
     /// Units of a dead worker to send again; they go first in line, in order, once all are collected.
     var requeued: [Unit] = []
     var supervisorDue = false
+    /// When the supervisor means to look again (its last round's `wakeAt`; nil: on its idle second).
+    var supervisionAt: Instant?
 
     init(size: Int, options: ProcessPoolOptions, now: Instant) {
         self.size = size

@@ -8,8 +8,11 @@ import Threading
 ///
 /// Replies are buffered and written when no further task is already buffered (before the worker would
 /// block), when the buffer passes 256 KiB, or every 2 ms inside a long chunk — so a chunk's finished
-/// items reach the parent even if a later item crashes the worker. Before each item the worker records
-/// (unit, index, start time) in the shared slot, so the parent charges a crash to exactly that item.
+/// items reach the parent even if a later item crashes the worker. When the parent finds an item overdue
+/// with replies still owed for units before it, it asks through the shared slot and the wake-up thread
+/// writes them, so a quick unit's result never waits for the long one queued after it. Before each item
+/// the worker records (unit, index, start time) in the shared slot, so the parent charges a crash to
+/// exactly that item.
 enum PoolWorker {
     typealias Runner = (_ unit: UInt64, _ count: Int, _ payload: UnsafeRawBufferPointer, _ out: Replies) -> Void
 
@@ -26,12 +29,12 @@ enum PoolWorker {
         }
         Syscall.close(setup.slot.fd)
         memoryLimit = setup.memoryLimit
-        startCancelWatch(setup.wake.fd)
+        let out = Replies(fd: fd, pid: pid)
+        startWakeWatch(setup.wake.fd, out)
         if let type = setup.initializerType, let payload = setup.initializer {
             runInitializer(type, payload)
         }
         var reader = FrameDecoder.pool(prefill: PoolWorker.leftover)
-        let out = Replies(fd: fd, pid: pid)
         var runners: [UInt32: Runner] = [:]
         while true {
             do {
@@ -218,12 +221,16 @@ enum PoolWorker {
     }
 
     /// Cancels the running item's task when the parent signals the wake-up eventfd.
-    private static func startCancelWatch(_ wake: Int32) {
+    /// The wake-up thread: on each wake from the parent, cancels the running item if the parent asked
+    /// to, and writes the buffered replies if the parent asked for them while this unit runs.
+    private static func startWakeWatch(_ wake: Int32, _ out: Replies) {
         let t = OSThread(name: "mp-pool-cancel", daemon: true) {
             var sink: UInt64 = 0
             while true {
                 guard (try? SystemCall.poll(wake, events: Int16(POLLIN), timeoutMs: -1)) ?? 0 != 0 else { continue }
                 _ = try? withUnsafeMutableBytes(of: &sink) { p throws(SystemCallError) in try SystemCall.read(wake, p) }
+                let running = slot.running.unit
+                if running != 0 && slot.repliesRequest == running { out.flushForParent() }
                 let task = current.withLock { c -> Task<Void, Never>? in
                     c.unit != 0 && c.unit == slot.running.unit && slot.wantsCancel(of: c.unit) ? c.task : nil
                 }
@@ -304,9 +311,14 @@ final class Chunk<F: TaskFunction>: @unchecked Sendable {
 }
 
 /// A pool worker's outgoing replies, written in batches.
-final class Replies: @unchecked Sendable {  // used by one thread at a time (see `Chunk`)
+///
+/// The worker's main thread builds and writes them; the wake-up thread may also write what is buffered
+/// (``flushForParent()``), so the buffer and the descriptor are used under `lock`. `lastFlush` and `mark`
+/// belong to the main thread alone.
+final class Replies: @unchecked Sendable {  // `writer` only under `lock`; the rest on the main thread
     let fd: Int32
     let pid: Int32
+    private let lock = TrackedMutex(())
     private var writer = FrameWriter()
     private var lastFlush: UInt64
     private var mark: UInt64
@@ -318,7 +330,16 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
         mark = PoolClock.precise()
     }
 
-    var pending: Int { writer.bytes.count }
+    var pending: Int { lock.withLock { _ in writer.bytes.count } }
+
+    /// Appends one frame of kind `kind`, built by `body`, to the buffer.
+    private func frame(_ kind: UInt8, _ body: (inout FrameWriter) -> Void) {
+        lock.withLock { _ in
+            let at = writer.begin(kind)
+            body(&writer)
+            writer.end(at)
+        }
+    }
 
     /// Whether a long chunk should send what it has: 2 ms since the last write.
     func dueForPartialFlush(now: UInt64) -> Bool { now &- lastFlush > 2_000_000 }
@@ -377,13 +398,14 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
             }
             return
         }
-        let at = writer.begin(PoolWire.output)
-        writer.put(unit)
-        writer.put(UInt32(start))
-        writer.put(UInt32(values.count))
-        writer.put(busy())
-        writer.put(encoded)
-        writer.end(at)
+        let busy = busy()
+        frame(PoolWire.output) { w in
+            w.put(unit)
+            w.put(UInt32(start))
+            w.put(UInt32(values.count))
+            w.put(busy)
+            w.put(encoded)
+        }
     }
 
     /// Results `start..<start+count` of `unit`, of a raw-bytes type: `raw` is their bytes. The encoded
@@ -411,14 +433,15 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
             )
             return
         }
-        let at = writer.begin(PoolWire.output)
-        writer.put(unit)
-        writer.put(UInt32(start))
-        writer.put(UInt32(count))
-        writer.put(busy())
-        writer.put(header)
-        writer.put(raw)
-        writer.end(at)
+        let busy = busy()
+        frame(PoolWire.output) { w in
+            w.put(unit)
+            w.put(UInt32(start))
+            w.put(UInt32(count))
+            w.put(busy)
+            w.put(header)
+            w.put(raw)
+        }
     }
 
     /// Reports that `unit`'s `count` inputs could not be decoded. Which item failed is unknown: the
@@ -433,9 +456,7 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
 
     /// Asks the parent to send `unit`'s items again one per unit.
     func resend(unit: UInt64) {
-        let at = writer.begin(PoolWire.resend)
-        writer.put(unit)
-        writer.end(at)
+        frame(PoolWire.resend) { w in w.put(unit) }
     }
 
     func failure(unit: UInt64, index: Int, _ error: any Error) {
@@ -452,16 +473,27 @@ final class Replies: @unchecked Sendable {  // used by one thread at a time (see
                     WireError(MultiprocessingError(.messageTooLarge, "the task threw " + what), pid: pid)
                 )) ?? []
         }
-        let at = writer.begin(PoolWire.failure)
-        writer.put(unit)
-        writer.put(UInt32(index))
-        writer.put(busy())
-        writer.put(encoded)
-        writer.end(at)
+        let busy = busy()
+        frame(PoolWire.failure) { w in
+            w.put(unit)
+            w.put(UInt32(index))
+            w.put(busy)
+            w.put(encoded)
+        }
     }
 
     func flush() {
         lastFlush = PoolClock.coarse()
+        lock.withLock { _ in writeBuffered() }
+    }
+
+    /// Writes what is buffered, from the wake-up thread: the parent asked for the replies owed while a
+    /// long item runs.
+    func flushForParent() {
+        lock.withLock { _ in writeBuffered() }
+    }
+
+    private func writeBuffered() {
         guard !writer.isEmpty else { return }
         let bytes = writer.take()
         do {

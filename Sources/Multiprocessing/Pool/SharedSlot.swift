@@ -57,6 +57,11 @@ struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is acces
     var cancelRequest: UInt64 { Atomic.load(word(2)) }
     func requestCancel(_ unit: UInt64) { Atomic.store(word(2), unit) }
 
+    /// A unit during whose run the parent asks for the replies the worker still holds (0: none): the
+    /// worker's wake-up thread writes them if that unit is still running.
+    var repliesRequest: UInt64 { Atomic.load(word(81)) }
+    func requestReplies(during unit: UInt64) { Atomic.store(word(81), unit) }
+
     /// The task gate: the number of the last task frame the worker started, or (with `fenceBit`) the
     /// last of the task frames the parent took back, which the worker skips. Both sides change it by
     /// compare-and-swap, so a task is either started by the worker or taken back by the parent, never

@@ -59,15 +59,28 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     /// The element count, published after every change for lock-free polling by spinning waiters.
     @usableFromInline let countHint = ManagedAtomic<Int>(0)
 
+    /// An unbounded FIFO queue hands its elements to consumers in batches: a consumer that finds
+    /// `taken` empty moves everything the producers put into it, in one round of the monitor's lock,
+    /// and `get`s then take from `taken` under its own lock. A producer and a consumer so meet on one
+    /// lock once per batch instead of once per element (the 1-producer, 1-consumer hand-off went from
+    /// 3.16M to 3.72M elements a second; BENCHMARKS.md). The order is the queue's: `taken` holds the oldest
+    /// elements, and is refilled only when empty. Lock order: the monitor's, then `taken`'s.
+    @usableFromInline let batched: Bool
+    @usableFromInline let taken = Monitor(Deque<Element>(), lists: 0)
+    /// `taken`'s count, for `count`, spinning waiters and waiting consumers.
+    @usableFromInline let takenCount = ManagedAtomic<Int>(0)
+
     /// Creates a FIFO (or LIFO) queue holding at most `maxsize` elements (`0`: unbounded).
     public init(maxsize: Int = 0, order: Order = .fifo) {
         self.maxsize = maxsize
+        batched = maxsize <= 0 && order == .fifo
         monitor = Monitor(State(order: order), lists: 3)
     }
 
     /// Creates a priority queue ordered by `areInIncreasingOrder` (smallest first).
     public init(maxsize: Int = 0, by areInIncreasingOrder: @escaping @Sendable (Element, Element) -> Bool) {
         self.maxsize = maxsize
+        batched = false
         var s = State(order: .fifo)
         s.heap = StableHeap(areInIncreasingOrder)
         monitor = Monitor(s, lists: 3)
@@ -86,7 +99,9 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
             throw ThreadingError.full
         }
         s.push(element)
-        countHint.store(s.count, ordering: .relaxed)
+        // Batched, only waiters read the hint, and only whether it is 0: a store per element would take
+        // the line from the spinning consumer every time.
+        if !batched || s.count == 1 { countHint.store(s.count, ordering: .relaxed) }
         s.unfinished += 1
         wakes.wake(Self.notEmpty)
         return true
@@ -145,12 +160,45 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
         return nil
     }
 
+    /// The oldest element of `taken`, if any.
+    @inlinable
+    func takeFromBatch() -> Element? {
+        taken.withLock { batch -> Element? in
+            guard let e = batch.state.popFirst() else { return nil }
+            takenCount.store(batch.state.count, ordering: .relaxed)
+            return e
+        }
+    }
+
+    /// Under the monitor's lock: moves the producers' elements into `taken` if it is empty. `true` when
+    /// `taken` has elements (this consumer's to take, or another's that refilled it first); `nil` to wait.
+    @inlinable
+    func refill(_ s: inout State, _ wakes: inout Wakes, block: Bool) throws -> Bool? {
+        if !s.fifo.isEmpty {
+            let moved = taken.withLock { batch -> Int in
+                guard batch.state.isEmpty else { return 0 }
+                swap(&batch.state, &s.fifo)
+                takenCount.store(batch.state.count, ordering: .relaxed)
+                return batch.state.count
+            }
+            countHint.store(s.fifo.count, ordering: .relaxed)
+            // Other consumers waiting: there is more than this one's element.
+            if moved > 1 { wakes.wake(Self.notEmpty, moved - 1) }
+            return true
+        }
+        if takenCount.load(ordering: .relaxed) > 0 { return true }
+        if s.isShutdown { throw ThreadingError.shutDown }
+        if !block { throw ThreadingError.empty }
+        return nil
+    }
+
     /// Removes and returns the next element — Python's `Queue.get(block, timeout)`.
     ///
     /// - Throws: ``ThreadingError/Code/empty`` when there is none (non-blocking, or after the timeout);
     ///   ``ThreadingError/Code/shutDown`` once the queue is shut down and empty (or shut down immediately).
     @inlinable
     public func get(blocking: Bool = true, timeout: Duration? = nil) throws(ThreadingError) -> Element {
+        if batched { return try batchedGet(blocking: blocking, until: Deadline.after(timeout)) }
         do {
             let hasItems = { [countHint] in countHint.load(ordering: .relaxed) > 0 }
             let e = try monitor.wait(on: Self.notEmpty, until: Deadline.after(timeout), spinUntil: hasItems) {
@@ -165,6 +213,24 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
         }
     }
 
+    @inlinable
+    func batchedGet(blocking: Bool, until deadline: Deadline?) throws(ThreadingError) -> Element {
+        let hasItems = { [countHint, takenCount] in
+            countHint.load(ordering: .relaxed) > 0 || takenCount.load(ordering: .relaxed) > 0
+        }
+        do {
+            while true {
+                if let e = takeFromBatch() { return e }
+                let ready = try monitor.wait(on: Self.notEmpty, until: deadline, spinUntil: hasItems) { s, wakes in
+                    try refill(&s, &wakes, block: blocking)
+                }
+                if ready == nil { throw ThreadingError.empty }
+            }
+        } catch {
+            throw error as! ThreadingError
+        }
+    }
+
     /// Removes the next element without blocking — Python's `Queue.get_nowait()`.
     public func getNowait() throws(ThreadingError) -> Element { try get(blocking: false) }
 
@@ -173,7 +239,13 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     /// - Throws: ``ThreadingError/Code/shutDown``, or `CancellationError` if the task is cancelled.
     @inlinable
     public func get() async throws -> Element {
-        try await monitor.waitAsync(on: Self.notEmpty) { s, wakes in try tryGet(&s, &wakes, block: true) }
+        guard batched else {
+            return try await monitor.waitAsync(on: Self.notEmpty) { s, wakes in try tryGet(&s, &wakes, block: true) }
+        }
+        while true {
+            if let e = takeFromBatch() { return e }
+            _ = try await monitor.waitAsync(on: Self.notEmpty) { s, wakes in try refill(&s, &wakes, block: true) }
+        }
     }
 
     // MARK: tasks
@@ -219,6 +291,12 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
                 while s.pop() != nil {
                     if s.unfinished > 0 { s.unfinished -= 1 }
                 }
+                let dropped = taken.withLock { batch -> Int in
+                    defer { batch.state.removeAll() }
+                    return batch.state.count
+                }
+                takenCount.store(0, ordering: .relaxed)
+                s.unfinished = Swift.max(0, s.unfinished - dropped)
                 countHint.store(0, ordering: .relaxed)
                 wakes.wakeAll(Self.allDone)
             }
@@ -228,7 +306,7 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     }
 
     /// The number of elements now — Python's `Queue.qsize()`.
-    public var count: Int { monitor.read { $0.count } }
+    public var count: Int { monitor.read { $0.count + takenCount.load(ordering: .relaxed) } }
     /// Python's `Queue.empty()`.
     public var isEmpty: Bool { count == 0 }
     /// Python's `Queue.full()`.

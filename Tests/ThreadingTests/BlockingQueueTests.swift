@@ -126,15 +126,51 @@ struct BlockingQueueTests {
         #expect(q2.join(timeout: .seconds(1)))
     }
 
-    /// A bounded queue with several producers and consumers delivers every item exactly once.
-    @Test func manyProducersManyConsumersExactlyOnce() throws {
-        let q = BlockingQueue<Int>(maxsize: 8)
+    /// An unbounded FIFO queue hands elements to consumers in batches: the order, the count and an
+    /// immediate shutdown count the elements a consumer has moved but not yet taken.
+    @Test func batchedHandOffKeepsOrderAndCount() throws {
+        let q = BlockingQueue<Int>()
+        for i in 1...3 { try q.put(i) }
+        #expect(try q.get() == 1)  // moves 1, 2, 3 into the consumers' batch
+        #expect(q.count == 2)
+        try q.put(4)
+        #expect(q.count == 3)
+        #expect(try (0..<3).map { _ in try q.get() } == [2, 3, 4])
+        #expect(q.isEmpty)
+        #expect(throws: ThreadingError.self) { try q.get(blocking: false) }
+        for i in 5...9 { try q.put(i) }
+        #expect(try q.get() == 5)
+        for _ in 1...5 { try q.taskDone() }
+        q.shutdown(immediate: true)  // 6...9 are in the batch: dropped and counted as done
+        #expect(q.count == 0)
+        #expect(q.unfinishedTasks == 0)
+        #expect(q.join(timeout: .seconds(1)))
+        #expect(throws: ThreadingError.self) { try q.get(blocking: false) }
+    }
+
+    /// Several producers and consumers (threads, and tasks for the unbounded queue) get every item
+    /// exactly once, each producer's items in the order it put them; bounded and unbounded (batched).
+    @Test(arguments: [8, 0])
+    func manyProducersManyConsumersExactlyOnce(maxsize: Int) async throws {
+        let q = BlockingQueue<Int>(maxsize: maxsize)
         let producers = 4
         let consumers = 4
         let perProducer = 20_000
         let seen = TrackedMutex<[Int]>(Array(repeating: 0, count: producers * perProducer))
         let p = (0..<producers).map { id in
             OSThread { for i in 0..<perProducer { try q.put(id * perProducer + i, timeout: .seconds(20)) } }
+        }
+        let inOrder = TrackedMutex(true)
+        @Sendable func record(_ local: [Int]) {
+            // Each producer's items, as one consumer got them, in increasing order.
+            var last = [Int](repeating: -1, count: producers)
+            var ordered = true
+            for x in local {
+                if x <= last[x / perProducer] { ordered = false }
+                last[x / perProducer] = x
+            }
+            seen.withLock { s in for x in local { s[x] += 1 } }
+            if !ordered { inOrder.withLock { $0 = false } }
         }
         let c = (0..<consumers).map { _ in
             OSThread {
@@ -144,15 +180,30 @@ struct BlockingQueueTests {
                     if x < 0 { break }
                     local.append(x)
                 }
-                seen.withLock { s in for x in local { s[x] += 1 } }
+                record(local)
+            }
+        }
+        // Unbounded: two consumers more, as tasks (async get).
+        let tasks = (0..<(maxsize == 0 ? 2 : 0)).map { _ in
+            Task.detached {
+                var local: [Int] = []
+                while true {
+                    let x = try await q.get()
+                    if x < 0 { break }
+                    local.append(x)
+                }
+                record(local)
             }
         }
         for t in c + p { try t.start() }
-        for t in p { try t.join() }
-        for _ in 0..<consumers { try q.put(-1) }
-        for t in c { try t.join() }
+        for t in p { try await t.join() }
+        for _ in 0..<(consumers + tasks.count) { try await q.put(-1) }
+        for t in c { try await t.join() }
+        for t in tasks { try await t.value }
         let counts = seen.withLock { $0 }
         #expect(counts.allSatisfy { $0 == 1 })
+        #expect(inOrder.withLock { $0 }, "a consumer got a producer's items out of order")
+        #expect(q.isEmpty)
     }
 
     @Test func asyncPutGetAndSequence() async throws {

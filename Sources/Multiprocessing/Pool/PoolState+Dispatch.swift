@@ -38,7 +38,7 @@ extension PoolState {
 
     /// Dispatches what the workers can take.
     mutating func dispatch(now: Instant) -> [Action] {
-        self.now = now
+        self.now = Swift.max(self.now, now)  // the reactor's, read before the lock
         pump()
         return finish()
     }

@@ -13,7 +13,7 @@ extension PoolState {
     ) throws(MultiprocessingError) -> (
         Delivery?, [Action]
     ) {
-        self.now = now
+        self.now = Swift.max(self.now, now)  // read before the lock, with the whole read's replies
         guard let w = index(of: id) else { return (nil, []) }
         let (unitId, start, count, busyNanos, isFailure): (UInt64, Int, Int, UInt64, Bool) =
             switch reply {
@@ -76,7 +76,7 @@ extension PoolState {
     ) throws(MultiprocessingError)
         -> [Action]
     {
-        self.now = now
+        self.now = Swift.max(self.now, now)  // read before the lock, with the whole read's replies
         guard let w = index(of: id), let k = workers[w].inflight.firstIndex(where: { $0.id == unitId }) else {
             return []
         }

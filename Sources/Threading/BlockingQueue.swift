@@ -175,15 +175,13 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     @inlinable
     func refill(_ s: inout State, _ wakes: inout Wakes, block: Bool) throws -> Bool? {
         if !s.fifo.isEmpty {
-            let moved = taken.withLock { batch -> Int in
-                guard batch.state.isEmpty else { return 0 }
+            taken.withLock { batch in
+                guard batch.state.isEmpty else { return }  // another consumer refilled it first
                 swap(&batch.state, &s.fifo)
                 takenCount.store(batch.state.count, ordering: .relaxed)
-                return batch.state.count
             }
             countHint.store(s.fifo.count, ordering: .relaxed)
-            // Other consumers waiting: there is more than this one's element.
-            if moved > 1 { wakes.wake(Self.notEmpty, moved - 1) }
+            // No wake-up for other consumers here: each put woke one already.
             return true
         }
         if takenCount.load(ordering: .relaxed) > 0 { return true }

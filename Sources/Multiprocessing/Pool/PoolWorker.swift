@@ -229,12 +229,13 @@ enum PoolWorker {
             while true {
                 guard (try? SystemCall.poll(wake, events: Int16(POLLIN), timeoutMs: -1)) ?? 0 != 0 else { continue }
                 _ = try? withUnsafeMutableBytes(of: &sink) { p throws(SystemCallError) in try SystemCall.read(wake, p) }
-                let running = slot.running.unit
-                if running != 0 && slot.repliesRequest == running { out.flushForParent() }
                 let task = current.withLock { c -> Task<Void, Never>? in
                     c.unit != 0 && c.unit == slot.running.unit && slot.wantsCancel(of: c.unit) ? c.task : nil
                 }
                 task?.cancel()
+                // After the cancellation, which must not wait behind a write the main thread may be doing.
+                let running = slot.running.unit
+                if running != 0 && slot.repliesRequest == running { out.flushForParent() }
             }
         }
         try? t.start()
@@ -490,16 +491,18 @@ final class Replies: @unchecked Sendable {  // `writer` only under `lock`; the r
     /// Writes what is buffered, from the wake-up thread: the parent asked for the replies owed while a
     /// long item runs.
     func flushForParent() {
-        lock.withLock { _ in writeBuffered() }
+        lock.withLock { _ in writeBuffered(mainThread: false) }
     }
 
-    private func writeBuffered() {
+    private func writeBuffered(mainThread: Bool = true) {
         guard !writer.isEmpty else { return }
         let bytes = writer.take()
         do {
             try bytes.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
         } catch {
-            exit(0)  // the parent is gone
+            // The parent is gone. Off the main thread, which may be running the user's code (or exiting
+            // itself), leave without running exit handlers.
+            if mainThread { exit(0) } else { _exit(0) }
         }
     }
 }

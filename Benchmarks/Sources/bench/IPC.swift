@@ -93,6 +93,39 @@ func runIPCSuite(_ only: Set<String>) throws {
             digits: 0
         )
     }
+    if want("queue_fanout") {
+        // One producer, K consumer processes (Benchmarks/python/queue_fanout.py does the same in CPython).
+        for k in [1, 8] {
+            report(
+                "queue_fanout_k\(k)_swift",
+                try (0..<REPS).map { _ in
+                    let q = try ProcessQueue<Int>()
+                    var mine: [Connection] = []
+                    var children: [ChildProcess<QueueSumConsumer>] = []
+                    for _ in 0..<k {
+                        let (m, theirs) = try makePipe()
+                        let child = ChildProcess(job: QueueSumConsumer(queue: q, side: theirs))
+                        try child.start()
+                        theirs.close()
+                        mine.append(m)
+                        children.append(child)
+                    }
+                    for m in mine { _ = try m.recv(String.self) }
+                    let t0 = now()
+                    for i in 0..<N { try q.put(i) }
+                    for _ in 0..<k { try q.put(-1) }
+                    var sum = 0
+                    for m in mine { sum &+= try m.recv(Int.self) }
+                    let t1 = now()
+                    precondition(sum == N * (N - 1) / 2)
+                    for c in children { try c.join() }
+                    return Double(N) / (t1 - t0)
+                },
+                "items/s",
+                digits: 0
+            )
+        }
+    }
     if want("queue_1mib") {
         let payload = [UInt8](repeating: 0x61, count: MIB)
         report(

@@ -173,7 +173,7 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
     /// Under the monitor's lock: moves the producers' elements into `taken` if it is empty. `true` when
     /// `taken` has elements (this consumer's to take, or another's that refilled it first); `nil` to wait.
     @inlinable
-    func refill(_ s: inout State, _ wakes: inout Wakes, block: Bool) throws -> Bool? {
+    func refill(_ s: inout State, block: Bool) throws -> Bool? {
         if !s.fifo.isEmpty {
             taken.withLock { batch in
                 guard batch.state.isEmpty else { return }  // another consumer refilled it first
@@ -219,8 +219,8 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
         do {
             while true {
                 if let e = takeFromBatch() { return e }
-                let ready = try monitor.wait(on: Self.notEmpty, until: deadline, spinUntil: hasItems) { s, wakes in
-                    try refill(&s, &wakes, block: blocking)
+                let ready = try monitor.wait(on: Self.notEmpty, until: deadline, spinUntil: hasItems) { s, _ in
+                    try refill(&s, block: blocking)
                 }
                 if ready == nil { throw ThreadingError.empty }
             }
@@ -242,7 +242,7 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // a
         }
         while true {
             if let e = takeFromBatch() { return e }
-            _ = try await monitor.waitAsync(on: Self.notEmpty) { s, wakes in try refill(&s, &wakes, block: true) }
+            _ = try await monitor.waitAsync(on: Self.notEmpty) { s, _ in try refill(&s, block: true) }
         }
     }
 

@@ -138,6 +138,12 @@ struct BlockingQueueTests {
         #expect(try (0..<3).map { _ in try q.get() } == [2, 3, 4])
         #expect(q.isEmpty)
         #expect(throws: ThreadingError.self) { try q.get(blocking: false) }
+        // A timed get on an empty batched queue ends with `.empty`, and leaves no waiter behind.
+        do {
+            _ = try q.get(timeout: .milliseconds(20))
+            Issue.record("expected .empty")
+        } catch { #expect(error.code == .empty) }
+        #expect(q.waitingGetters == 0)
         for i in 5...9 { try q.put(i) }
         #expect(try q.get() == 5)
         for _ in 1...5 { try q.taskDone() }

@@ -220,7 +220,6 @@ enum PoolWorker {
         current.withLock { $0 = (0, nil) }
     }
 
-    /// Cancels the running item's task when the parent signals the wake-up eventfd.
     /// The wake-up thread: on each wake from the parent, cancels the running item if the parent asked
     /// to, and writes the buffered replies if the parent asked for them while this unit runs.
     private static func startWakeWatch(_ wake: Int32, _ out: Replies) {

@@ -91,7 +91,9 @@ let package = Package(
         .target(
             name: "MultiprocessingManagers",
             dependencies: [
-                "CMultiprocessingShims", "Threading", "Multiprocessing", "MultiprocessingNetwork",
+                "CMultiprocessingShims", "Threading", "Multiprocessing", "MultiprocessingNetwork", "SystemCalls",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]

@@ -10,11 +10,16 @@ public import Threading
 /// A manager server speaking CPython's managers protocol — the server side of Python's
 /// `multiprocessing.managers.BaseManager` / `SyncManager`.
 ///
-/// CPython clients (`BaseManager.connect()`, `SyncManager`) use it unchanged: each client connection is
-/// authenticated on a thread of its own (a client that connects and stays silent never holds up
-/// another), then served as CPython's server does — one-shot requests (`create`, `incref`, `decref`,
-/// `get_methods`, `dummy`, `shutdown`, …) and long-lived method channels (`accept_connection`). Objects are
-/// reference-counted as CPython's: one is freed when the last proxy lets go.
+/// CPython clients (`BaseManager.connect()`, `SyncManager`) use it unchanged: one-shot requests
+/// (`create`, `incref`, `decref`, `get_methods`, `dummy`, `shutdown`, …) and long-lived method channels
+/// (`accept_connection`). Objects are reference-counted as CPython's: one is freed when the last proxy
+/// lets go.
+///
+/// Unlike CPython's server (a thread per connection), one event-loop thread serves every connection —
+/// the authkey handshake (a client that connects and stays silent holds up nobody), requests, replies —
+/// and a call that must wait (a `get` on an empty queue, an `acquire`, a `wait`, a call of a registered
+/// object that may block: ``ManagedObject/mayBlock(_:)``) runs on a thread of a pool that follows the
+/// calls waiting now, not the clients connected. Locks and conditions are owned by connections.
 ///
 /// Built-in typeids, as `SyncManager`'s: `dict`, `list`, `Queue`, `JoinableQueue`, `Namespace`, `Lock`,
 /// `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Event`, `Barrier`, `Value`, `Array`. Register
@@ -23,8 +28,8 @@ public import Threading
 public final class ManagerServer: @unchecked Sendable {  // mutable state behind `state`
     /// Makes the object for a typeid (Python's `callable` given to `register`), from the `create` request's
     /// positional and keyword arguments; for a method in an object's `methodToTypeid`, the method's result
-    /// is its one argument. It runs on the thread serving the client's request; throw a ``PythonException``
-    /// to raise it in the client (any other error reaches it as a traceback).
+    /// is its one argument. It runs on the server's event loop, so it must return promptly; throw a
+    /// ``PythonException`` to raise it in the client (any other error reaches it as a traceback).
     public typealias Factory = @Sendable (_ args: [PythonValue], _ kwargs: [PythonPair]) throws -> any ManagedObject
 
     private struct Entry {
@@ -39,34 +44,31 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         /// Idents look like CPython's (hex addresses) and start at a random point: a proxy of a previous
         /// server on the same address (one that restarted) must not name, and `decref`, an object of this one.
         var next = UInt64.random(in: 0x7f00_0000_0000...0x7fff_0000_0000) & ~0xf
-        /// Authenticated client connections. A connection leaves this map (under the lock) before its
-        /// thread closes it: a connection found here is open, so shutdown may half-close it safely.
-        var connections: [ObjectIdentifier: Connection] = [:]
-        /// Connections still in the authkey handshake (cut at once when shutdown begins).
-        var handshaking: [ObjectIdentifier: Connection] = [:]
-        /// Threads serving a client (authenticating or authenticated); shutdown ends when none is left.
-        var serving = 0
+        /// The event loop, once ``start()`` made it.
+        var loop: ManagerLoop?
         /// Whether `finish` has run (it runs once).
         var finished = false
     }
 
-    /// Set on the threads that serve clients: a ``shutdown(timeout:)`` called there (by a served object)
-    /// cannot wait for its own thread.
+    /// Set on the loop's thread and the call threads: a ``shutdown(timeout:)`` called there (by a served
+    /// object) cannot wait for itself.
     private static let onClientThread = ThreadLocal<Bool>(default: { false })
 
     private let listener: Listener
+    private let authkey: [UInt8]
     private let state = TrackedMutex(State())
     private let logger: Logger
     private let requests: Counter
     private let failures: Counter
     private let rejected: Counter
     private let objectsGauge: Gauge
+    private let threadsGauge: Gauge
     private let callTimer: CoreMetrics.Timer
     private let stopped = Threading.Event()
     private let blocked = ServedCall.BlockedCalls()
+    private let threads: ServedThreads
     private let shuttingDown = Atomic<Bool>(false)
-    /// Whether the accept loop is refusing connections for lack of descriptors (logged once per episode).
-    private let exhausted = Atomic<Bool>(false)
+    private let clients = Atomic<Int>(0)
 
     /// The address clients connect to.
     public var address: Address { listener.address }
@@ -75,21 +77,28 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     ///
     /// - Parameter logger: where the server says what happens (clients rejected, malformed requests,
     ///   start and shutdown). Default: nothing is logged, as with a pool's default. It reports swift-metrics counters `mp_manager_requests_total`,
-    ///   `mp_manager_failed_requests_total`, `mp_manager_rejected_clients_total`, the gauge
-    ///   `mp_manager_objects` and the timer `mp_manager_call_duration` (to whatever metrics backend the
-    ///   program bootstrapped; the library bootstraps neither logging nor metrics).
+    ///   `mp_manager_failed_requests_total`, `mp_manager_rejected_clients_total`, the gauges
+    ///   `mp_manager_objects` and `mp_manager_call_threads`, and the timer `mp_manager_call_duration` (to
+    ///   whatever metrics backend the program bootstrapped; the library bootstraps neither logging nor
+    ///   metrics).
     /// - Parameter address: where to listen (TCP port 0: a free port; see ``address``).
     /// - Parameter authkey: the key clients must prove they have.
     /// - Parameter keepAlive: how the server notices a client whose machine or network vanished (its
     ///   connection, and whatever it held, is released within `KeepAlive.bound`); a client process that
     ///   dies is noticed at once.
+    /// - Parameter maxCallThreads: the most calls that wait at once, each on a thread (a `get` on an empty
+    ///   queue, an `acquire`, a `wait`, a call of an object that may block); further ones wait for one of
+    ///   them to finish. Calls that complete at once need no thread. Keep it above the number of clients
+    ///   that may wait on each other at once (a `Barrier`'s parties).
     public init(
         address: Address = .tcp(host: "127.0.0.1", port: 0),
         authkey: [UInt8],
         keepAlive: KeepAlive? = .standard,
+        maxCallThreads: Int = 512,
         logger: Logger = Logger(label: "swift-multiprocessing.manager", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
         listener = try Listener(address: address, authkey: authkey, keepAlive: keepAlive)
+        self.authkey = authkey
         self.logger = logger
         // One series per server, by its address.
         let dims = [("server", "\(listener.address)")]
@@ -97,14 +106,17 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         failures = Counter(label: "mp_manager_failed_requests_total", dimensions: dims)
         rejected = Counter(label: "mp_manager_rejected_clients_total", dimensions: dims)
         objectsGauge = Gauge(label: "mp_manager_objects", dimensions: dims)
+        let threadsGauge = Gauge(label: "mp_manager_call_threads", dimensions: dims)
+        self.threadsGauge = threadsGauge
         callTimer = CoreMetrics.Timer(label: "mp_manager_call_duration", dimensions: dims)
+        threads = ServedThreads(limit: maxCallThreads) { threadsGauge.record($0) }
         register("dict") { args, kwargs in try DictObject(args, kwargs) }
         register("list") { args, _ in try ListObject(args) }
         register("Queue") { args, kwargs in QueueObject(args, kwargs) }
         register("JoinableQueue") { args, kwargs in QueueObject(args, kwargs) }
         register("Namespace") { _, kwargs in NamespaceObject(kwargs) }
-        register("Lock") { _, _ in AcquirerObject(.lock(Lock())) }
-        register("RLock") { _, _ in AcquirerObject(.rlock(RLock())) }
+        register("Lock") { _, _ in AcquirerObject(.lock(ConnectionLock(reentrant: false))) }
+        register("RLock") { _, _ in AcquirerObject(.lock(ConnectionLock(reentrant: true))) }
         register("Semaphore") { args, kwargs in
             AcquirerObject(
                 .semaphore(Threading.Semaphore(max(0, (try argument(args, kwargs, 0, "value", 1)).intValue ?? 1)))
@@ -143,7 +155,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     }
 
     /// Client connections open now (authenticated ones).
-    public var clientCount: Int { state.withLock { $0.connections.count } }
+    public var clientCount: Int { clients.load(ordering: .relaxed) }
 
     /// Objects alive now (Python's `number_of_objects`).
     public var objectCount: Int { state.withLock { $0.objects.count } }
@@ -153,22 +165,40 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     /// out or gives up.
     public var blockedCallCount: Int { blocked.count }
 
-    /// Starts accepting clients on a thread of its own.
+    /// Threads the server runs now for calls that wait (they end after a few idle seconds); the event
+    /// loop's own thread is not counted.
+    public var callThreadCount: Int { threads.count }
+
+    /// Starts serving clients, on an event-loop thread of its own.
     public func start() throws {
-        let t = OSThread(name: "mp-manager-accept", daemon: true) { [self] in acceptLoop() }
-        try t.start()
+        guard state.withLock({ $0.loop == nil }), !shuttingDown.load(ordering: .relaxed) else {
+            throw ManagerError(.misuse, "the server was started or shut down already")
+        }
+        let loop = try ManagerLoop(server: self, listener: listener, authkey: authkey, logger: logger)
+        state.withLock { $0.loop = loop }
+        let t = OSThread(name: "mp-manager", daemon: true) { [self] in
+            Self.onClientThread.value = true
+            withExtendedLifetime(self) { loop.run() }  // the loop's server lives as long as the loop
+        }
+        do {
+            try t.start()
+        } catch {
+            state.withLock { $0.loop = nil }
+            loop.abandon()
+            throw error
+        }
         logger.info("manager server listening", metadata: ["address": "\(address)"])
     }
 
     /// Shuts the server down gracefully (Python's `manager.shutdown()`, which CPython's server does
     /// abruptly), and waits until it has.
     ///
-    /// At once: no new client is accepted, and each connected client's reading side is closed. Then every
+    /// At once: no new client is accepted, and nothing more is read from connected clients. Then every
     /// request already read is carried out and its reply sent (the last `put` of a worker gets its
     /// answer); a call waiting on the server (a `get` on an empty queue, an `acquire`) gives up within
-    /// 250 ms without taking anything, and its client sees the connection end. When every client thread
-    /// has finished, every object is freed and ``wait(timeout:)`` returns. A client that connects or sends
-    /// a request after this began sees the connection end (CPython: `EOFError` or `ConnectionRefusedError`);
+    /// 250 ms without taking anything, and its client sees the connection end. When every connection has
+    /// closed, every object is freed and ``wait(timeout:)`` returns. A client that connects or sends a
+    /// request after this began sees the connection end (CPython: `EOFError` or `ConnectionRefusedError`);
     /// a proxy's `decref` then fails quietly on the client's side, as CPython's does.
     ///
     /// - Parameter timeout: the longest wait for replies to go out (a client that stops reading cannot
@@ -177,11 +207,12 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     @discardableResult
     public func shutdown(timeout: Duration = .seconds(10)) -> Bool {
         beginShutdown()
-        // On a client's thread (a served object shutting its server down): waiting would wait for itself.
+        // On the loop or a call's thread (a served object shutting its server down): waiting would wait
+        // for itself.
         if Self.onClientThread.value { return stopped.isSet }
         if stopped.wait(timeout: timeout) { return true }
-        // Replies a client does not read: cut their connections so that their threads end.
-        state.withLock { s in for c in s.connections.values { c.shutdownSocket(reading: true, writing: true) } }
+        // Replies a client does not read: cut their connections.
+        state.withLock { $0.loop }?.requestCut()
         logger.warning("manager server shutdown: clients did not take their replies in time; disconnected")
         _ = stopped.wait(timeout: .seconds(1))
         return false
@@ -190,20 +221,19 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     /// Starts shutting down without waiting (a client's `shutdown` request, or ``shutdown(timeout:)``).
     private func beginShutdown() {
         guard shuttingDown.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
-        listener.close()
-        let done = state.withLock { s -> Bool in
-            // A thread blocked reading its next request wakes with end of file; one handling a request
-            // finishes it, sends its reply, then finds the end. A client still in the handshake is cut:
-            // it has sent no request.
-            for c in s.connections.values { c.shutdownSocket(reading: true, writing: false) }
-            for c in s.handshaking.values { c.shutdownSocket(reading: true, writing: true) }
-            return s.serving == 0
-        }
         logger.info("manager server shutting down", metadata: ["address": "\(address)"])
-        if done { finish() }
+        if let loop = state.withLock({ $0.loop }) {
+            loop.requestStop()  // the loop closes the listener and ends once every connection has closed
+        } else {
+            listener.close()
+            finish()
+        }
     }
 
-    /// The last client thread has ended after shutdown began: frees every object and reports the end.
+    /// The loop has ended (every connection closed after shutdown began).
+    func loopEnded() { finish() }
+
+    /// Frees every object and reports the end.
     private func finish() {
         let objects = state.withLock { s -> [String: Entry]? in
             guard !s.finished else { return nil }
@@ -222,183 +252,56 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     /// every reply owed has gone out.
     public func wait(timeout: Duration? = nil) -> Bool { stopped.wait(timeout: timeout) }
 
-    private func acceptLoop() {
-        var pause = Duration.milliseconds(1)
-        while !shuttingDown.load(ordering: .relaxed) {
-            let accepted: AcceptedConnection
-            do {
-                accepted = try listener.acceptConnection(timeout: .seconds(1))
-            } catch let e as MultiprocessingError where e.code == .timedOut {
-                continue
-            } catch let e as MultiprocessingError where e.code == .resourceExhausted {
-                // Out of descriptors: the listener closed the waiting connection (its client learns at once)
-                // and stays open; accepting resumes when descriptors are freed.
-                rejected.increment()
-                if !exhausted.exchange(true, ordering: .relaxed) {
-                    logger.error(
-                        "out of resources: refusing new clients until some are freed",
-                        metadata: ["address": "\(address)", "error": "\(e)"]
-                    )
-                }
-                let refused = (e.errnoCode == EMFILE || e.errnoCode == ENFILE) && listener.refusesWhenExhausted
-                if !refused {
-                    // The waiting connection could not be closed (out of memory, or no reserve descriptor):
-                    // pause instead of spinning on it.
-                    _ = stopped.wait(timeout: pause)
-                    pause = min(pause * 2, .milliseconds(200))
-                }
-                continue
-            } catch {
-                return  // closed
-            }
-            pause = .milliseconds(1)
-            if exhausted.exchange(false, ordering: .relaxed) {
-                logger.notice("accepting clients again", metadata: ["address": "\(address)"])
-            }
-            let admitted = state.withLock { s -> Bool in
-                guard !shuttingDown.load(ordering: .relaxed) else { return false }
-                s.serving += 1
-                return true
-            }
-            guard admitted else {
-                accepted.connection.close()
-                return
-            }
-            let t = OSThread(name: "mp-manager-client", daemon: true) { [self] in serveClient(accepted) }
-            do {
-                try t.start()
-            } catch {
-                // Out of threads: this client is refused at once rather than left in the handshake.
-                rejected.increment()
-                logger.error("cannot start a thread for a client; refused", metadata: ["error": "\(error)"])
-                accepted.connection.close()
-                clientThreadEnded()
-            }
-        }
+    // MARK: Called by the loop
+
+    func rejectedOne() { rejected.increment() }
+    func failedOne() { failures.increment() }
+    func clientConnected() { clients.add(1, ordering: .relaxed) }
+
+    /// A client connection ended: what it holds (a proxied lock, semaphore permits) is released.
+    func clientDisconnected(_ id: UInt64) {
+        clients.subtract(1, ordering: .relaxed)
+        let objects = state.withLock { s in s.objects.values.map(\.object) }
+        for case let o as any ReleasesOnDisconnect in objects { o.connectionEnded(id) }
     }
 
-    /// Bookkeeping when a client's thread ends (or never started).
-    private func clientThreadEnded() {
-        let last = state.withLock { s -> Bool in
-            s.serving -= 1
-            return s.serving == 0 && shuttingDown.load(ordering: .relaxed)
-        }
-        if last { finish() }
+    /// What became of a request.
+    enum Outcome {
+        /// Answered: the reply's pickle.
+        case reply([UInt8])
+        /// `accept_connection` answered: the connection is a method channel from now on (`ours`: our own
+        /// client, which needs no quick ACKs).
+        case channel([UInt8], ours: Bool)
+        /// `shutdown` answered: the server stops.
+        case stop([UInt8])
+        /// Running on a call thread: the reply comes through ``ManagerLoop/post(_:)``.
+        case offloaded
+        /// No answer can be given (it cannot be encoded): the connection is dropped.
+        case drop
     }
 
-    private func serveClient(_ accepted: AcceptedConnection) {
-        let c = accepted.connection
-        let key = ObjectIdentifier(c)
-        Self.onClientThread.value = true
-        defer { clientThreadEnded() }
-        defer {
-            // What this connection holds (a proxied lock, semaphore permits) is released, on this thread.
-            let objects = state.withLock { s -> [any ManagedObject] in
-                s.connections.removeValue(forKey: key)
-                return s.objects.values.map(\.object)
-            }
-            for case let o as any ReleasesOnDisconnect in objects { o.connectionEnded() }
-            c.close()
-        }
-        let handshaking = state.withLock { s -> Bool in
-            guard !shuttingDown.load(ordering: .relaxed) else { return false }
-            s.handshaking[key] = c
-            return true
-        }
-        guard handshaking else { return }
-        defer { state.withLock { _ = $0.handshaking.removeValue(forKey: key) } }
+    /// One request of an authenticated connection, on the event loop.
+    func handle(_ frame: [UInt8], session s: ManagerLoop.Session, loop: ManagerLoop) -> Outcome {
+        let reply: PythonValue
         do {
-            _ = try listener.authenticate(accepted)
+            let (ident, method, args, kwargs) = try Self.parseRequest(frame)
+            if case .channel = s.phase { return call(ident, method, args, kwargs, session: s, loop: loop) }
+            guard case .none = ident else {
+                throw ManagerError(.protocolViolation, "a method call before accept_connection")
+            }
+            let (r, becomesChannel, stop) = serverMethod(method, args, kwargs)
+            guard let bytes = try? PickleWriter().write(r) else { return .drop }
+            if stop { return .stop(bytes) }
+            if becomesChannel { return .channel(bytes, ours: args.first == .string(ChannelPool.clientName)) }
+            return .reply(bytes)
         } catch {
-            rejected.increment()
-            logger.warning(
-                "client rejected",
-                metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")", "error": "\(error)"]
-            )
-            return
+            failures.increment()
+            logger.warning("malformed request", metadata: ["peer": "\(s.peerDescription)", "error": "\(error)"])
+            let cause = (error as? ManagerError)?.message ?? "\(error)"
+            reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(cause)\n")])
         }
-        let registered = state.withLock { s -> Bool in
-            s.handshaking[key] = nil
-            guard !shuttingDown.load(ordering: .relaxed) else { return false }
-            s.connections[key] = c
-            return true
-        }
-        guard registered else { return }
-        var channel = false
-        var tcp = true
-        // Replies to pipelined requests wait here while the next request is already buffered, and go out
-        // together in one write before the thread would block on the socket.
-        var replies: [[UInt8]] = []
-        /// Sends the replies held back; false when the connection failed.
-        func flush() -> Bool {
-            guard !replies.isEmpty else { return true }
-            defer { replies.removeAll(keepingCapacity: true) }
-            return (try? c.sendMessages(replies, timeout: nil)) != nil
-        }
-        defer { _ = flush() }  // whatever is held goes out, however the loop ends
-        while true {
-            if replies.count >= 64 || !c.hasBufferedMessage {
-                guard flush() else { return }
-                // Shutting down: requests already read are answered; nothing more is read.
-                if shuttingDown.load(ordering: .relaxed) { return }
-            }
-            // A CPython client's next request waits for our ACK (Nagle); not a TCP socket: stop trying.
-            if tcp && replies.isEmpty && mp_quick_ack(c.fileDescriptor) != 0 { tcp = false }
-            let frame: [UInt8]
-            do {
-                frame = try c.recvBytes()
-            } catch let e as MultiprocessingError where e.code == .endOfFile || e.code == .closed {
-                return  // the client closed: the normal end
-            } catch {
-                // A reset, or a peer that stopped answering keep-alive probes (a machine gone).
-                logger.notice(
-                    "client lost",
-                    metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")", "error": "\(error)"]
-                )
-                return
-            }
-            // From here the request is carried out and answered, even if shutdown begins meanwhile.
-            let reply: PythonValue
-            do {
-                let (ident, method, args, kwargs) = try Self.parseRequest(frame)
-                if channel {
-                    guard let r = callMethod(ident, method, args, kwargs, on: c) else {
-                        // A blocking call gave up: its client is gone, or the server is shutting down.
-                        logger.debug("call abandoned", metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")"])
-                        return
-                    }
-                    reply = r
-                } else {
-                    guard case .none = ident else {
-                        throw ManagerError(.protocolViolation, "a method call before accept_connection")
-                    }
-                    let (r, becomesChannel, stop) = serverMethod(method, args, kwargs)
-                    reply = r
-                    if becomesChannel {
-                        channel = true
-                        // Our client sets TCP_NODELAY and never waits on our ACKs: no quick-ACK call per request.
-                        if args.first == .string(ChannelPool.clientName) { tcp = false }
-                    }
-                    if stop {
-                        if let bytes = try? PickleWriter().write(reply) { replies.append(bytes) }
-                        _ = flush()
-                        beginShutdown()
-                        return
-                    }
-                }
-            } catch {
-                failures.increment()
-                logger.warning(
-                    "malformed request",
-                    metadata: ["peer": "\(accepted.peer.map { "\($0)" } ?? "?")", "error": "\(error)"]
-                )
-                let cause = (error as? ManagerError)?.message ?? "\(error)"
-                reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: \(cause)\n")])
-            }
-            guard let bytes = try? PickleWriter().write(reply) else { return }
-            // Held until the top of the loop, which sends it unless the next request is already here.
-            replies.append(bytes)
-        }
+        guard let bytes = try? PickleWriter().write(reply) else { return .drop }
+        return .reply(bytes)
     }
 
     /// A request as CPython's clients send it: `(ident, method, args, kwds)`, read without running code.
@@ -511,50 +414,101 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         }
     }
 
-    private func callMethod(
+    /// A method call on a channel: run on the loop when it completes at once, else on a call thread.
+    private func call(
         _ identValue: PythonValue,
         _ method: String,
         _ args: [PythonValue],
         _ kwargs: [PythonPair],
-        on connection: Connection
-    ) -> PythonValue? {
+        session s: ManagerLoop.Session,
+        loop: ManagerLoop
+    ) -> Outcome {
+        func answer(_ v: PythonValue) -> Outcome { (try? PickleWriter().write(v)).map(Outcome.reply) ?? .drop }
         guard let ident = identValue.stringValue, let object = state.withLock({ $0.objects[ident]?.object }) else {
-            return .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\nKeyError: \(identValue)\n")])
+            return answer(.tuple(["#TRACEBACK", .string("Traceback (most recent call last):\nKeyError: \(identValue)\n")]))
         }
         guard object.exposed.contains(method) else {
-            return .tuple([
-                "#ERROR",
-                PythonException("AttributeError", [.string("method '\(method)' of \(ident) is not exposed")]).value,
-            ])
+            return answer(
+                .tuple([
+                    "#ERROR",
+                    PythonException("AttributeError", [.string("method '\(method)' of \(ident) is not exposed")]).value,
+                ])
+            )
         }
         requests.increment()
         let start = ContinuousClock.now
-        defer { callTimer.recordNanoseconds((ContinuousClock.now - start).wholeNanoseconds) }
-        let fd = connection.fileDescriptor
+        let fd = s.fd
+        let id = s.id
         // Checked only while the call waits: a call that waits when shutdown begins gives up (having
         // taken nothing); one that completes is answered.
         let abandoned: @Sendable () -> Bool = { [weak self] in
             self?.shuttingDown.load(ordering: .relaxed) ?? true || mp_peer_gone(fd) == 1
         }
+        if !object.mayBlock(method) {
+            do {
+                let reply = try ServedCall.with(abandoned: abandoned, blocked: blocked, connection: id, onLoop: true) {
+                    () throws(ServedCall.WouldBlock) -> [UInt8]? in try invoke(object, method, args, kwargs)
+                }
+                callTimer.recordNanoseconds((ContinuousClock.now - start).wholeNanoseconds)
+                return reply.map(Outcome.reply) ?? .drop
+            } catch {
+                // It must wait: on a thread, below (it took nothing).
+            }
+        }
+        let blocked = blocked
+        let callTimer = callTimer
         do {
-            let r = try ServedCall.with(abandoned: abandoned, blocked: blocked) {
-                try object.call(method, args, kwargs)
+            try threads.submit { [self] in
+                Self.onClientThread.value = true
+                let reply = ServedCall.with(abandoned: abandoned, blocked: blocked, connection: id, onLoop: false) {
+                    try? invoke(object, method, args, kwargs)
+                }
+                callTimer.recordNanoseconds((ContinuousClock.now - start).wholeNanoseconds)
+                loop.post(ManagerLoop.Completion(session: s, reply: reply))
             }
-            guard let typeid = object.methodToTypeid[method] else { return Self.ok(r) }
-            // Served as a new object; the caller gets a proxy (it takes its reference, then releases ours).
-            guard let factory = state.withLock({ $0.factories[typeid] }) else {
-                return .tuple(["#TRACEBACK", .string("no typeid \(typeid) for the result of \(method)")])
+        } catch {
+            failures.increment()
+            logger.error("cannot start a thread for a call", metadata: ["error": "\(error)"])
+            return answer(.tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: no thread for this call: \(error)\n")]))
+        }
+        return .offloaded
+    }
+
+    /// Runs a call and encodes its answer; `nil` when it gave up (its client is gone, the server stops)
+    /// or the answer cannot be encoded — the connection then ends without one.
+    private func invoke(
+        _ object: any ManagedObject,
+        _ method: String,
+        _ args: [PythonValue],
+        _ kwargs: [PythonPair]
+    ) throws(ServedCall.WouldBlock) -> [UInt8]? {
+        let reply: PythonValue
+        do {
+            let r = try object.call(method, args, kwargs)
+            if let typeid = object.methodToTypeid[method] {
+                // Served as a new object; the caller gets a proxy (it takes its reference, then releases ours).
+                if let factory = state.withLock({ $0.factories[typeid] }) {
+                    let (rident, robject) = try store(typeid, try factory([r], []))
+                    let exposed = PythonValue.tuple(robject.exposed.map { .string($0) })
+                    reply = .tuple([
+                        "#PROXY", .tuple([exposed, Self.token(typeid: typeid, address: address, ident: rident)]),
+                    ])
+                } else {
+                    reply = .tuple(["#TRACEBACK", .string("no typeid \(typeid) for the result of \(method)")])
+                }
+            } else {
+                reply = Self.ok(r)
             }
-            let (rident, robject) = try store(typeid, try factory([r], []))
-            let exposed = PythonValue.tuple(robject.exposed.map { .string($0) })
-            return .tuple(["#PROXY", .tuple([exposed, Self.token(typeid: typeid, address: address, ident: rident)])])
+        } catch let e as ServedCall.WouldBlock {
+            throw e
         } catch is ServedCall.Abandoned {
             return nil
         } catch let e as PythonException {
-            return .tuple(["#ERROR", e.value])
+            reply = .tuple(["#ERROR", e.value])
         } catch {
             failures.increment()
-            return .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n\(error)\n")])
+            reply = .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n\(error)\n")])
         }
+        return try? PickleWriter().write(reply)
     }
 }

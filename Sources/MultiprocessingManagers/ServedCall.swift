@@ -1,3 +1,4 @@
+internal import CMultiprocessingShims
 import Synchronization
 import Threading
 
@@ -9,16 +10,29 @@ import Threading
 /// timeout out, and a `get` then takes an item for a client that is no longer there, which is lost; here
 /// the item stays in the queue for the next worker.
 enum ServedCall {
-    /// Set by the server around each call (on the connection's thread): true when the call's answer can
-    /// no longer be delivered. (A thread-local, not a `@TaskLocal`: these calls run on plain threads.)
+    /// Set by the server around each call (on its event loop, or on the thread that runs a call that
+    /// waits). (A thread-local, not a `@TaskLocal`: these calls run on plain threads.)
     private static let current = ThreadLocal<Context?>(default: { nil })
 
-    /// The serving side of a call: how to tell that its answer can no longer be delivered, and where its
-    /// server counts the calls blocked now.
+    /// The serving side of a call: how to tell that its answer can no longer be delivered, where its
+    /// server counts the calls blocked now, which connection it serves, and whether it may wait.
     struct Context: Sendable {
         let abandoned: @Sendable () -> Bool
         let blocked: BlockedCalls
+        /// The client connection the call serves: the owner of what the call acquires.
+        let connection: UInt64
+        /// On the server's event loop, a call must not wait: ``wait(_:_:)`` throws ``WouldBlock`` (having
+        /// taken nothing) and the server runs the call again on a thread where it may.
+        let onLoop: Bool
     }
+
+    /// Thrown on the server's event loop by a call that would have to wait: it did nothing, and is run
+    /// again on a thread of the server's pool.
+    struct WouldBlock: Error {}
+
+    /// The connection the current call serves (outside a server: the calling thread, so that objects
+    /// used directly keep a thread's semantics).
+    static var connection: UInt64 { current.value?.connection ?? (mp_pthread_self() | 1 << 63) }
 
     /// The calls of one server blocked now in ``wait(_:_:)`` (``ManagerServer/blockedCallCount``).
     final class BlockedCalls: Sendable {
@@ -27,16 +41,21 @@ enum ServedCall {
         func add(_ n: Int) { value.add(n, ordering: .relaxed) }
     }
 
+    /// Whether the current call runs on the server's event loop (where it must not wait).
+    static var onLoop: Bool { current.value?.onLoop ?? false }
+
     static var abandoned: (@Sendable () -> Bool)? { current.value?.abandoned }
 
-    /// Runs `body` as a call of a server whose blocked calls are counted in `blocked`, with `check` as its
-    /// abandonment test.
+    /// Runs `body` as a call serving `connection` of a server whose blocked calls are counted in
+    /// `blocked`, with `check` as its abandonment test; `onLoop`: on the server's event loop.
     static func with<T>(
         abandoned check: @escaping @Sendable () -> Bool,
         blocked: BlockedCalls,
+        connection: UInt64,
+        onLoop: Bool,
         _ body: () throws -> T
     ) rethrows -> T {
-        current.value = Context(abandoned: check, blocked: blocked)
+        current.value = Context(abandoned: check, blocked: blocked, connection: connection, onLoop: onLoop)
         defer { current.value = nil }
         return try body()
     }
@@ -52,6 +71,8 @@ enum ServedCall {
         guard let context = current.value else { return try attempt(timeout ?? .seconds(Int64.max / 4)) }
         // Counted as blocked only once it has found that it must wait.
         if let r = try attempt(.zero) { return r }
+        if let timeout, timeout <= .zero { return nil }
+        if context.onLoop { throw WouldBlock() }
         context.blocked.add(1)
         defer { context.blocked.add(-1) }
         let abandoned = context.abandoned

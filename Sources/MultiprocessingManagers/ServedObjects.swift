@@ -80,7 +80,7 @@ struct OrderedPythonDict {
 }
 
 /// Python's `dict`, served.
-final class DictObject: ManagedObject, @unchecked Sendable {  // the dict is behind `lock`
+final class DictObject: ServedInline, @unchecked Sendable {  // the dict is behind `lock`
     private let lock = TrackedMutex(OrderedPythonDict())
     /// As CPython's `DictProxy`: iterating a served dict gives a proxy to an iterator over its keys.
     let methodToTypeid = ["__iter__": "Iterator"]
@@ -171,7 +171,7 @@ final class DictObject: ManagedObject, @unchecked Sendable {  // the dict is beh
 }
 
 /// Python's `list`, served.
-final class ListObject: ManagedObject, @unchecked Sendable {  // `items` behind `lock`
+final class ListObject: ServedInline, @unchecked Sendable {  // `items` behind `lock`
     private let lock = TrackedMutex<[PythonValue]>([])
 
     let exposed = [
@@ -322,7 +322,7 @@ final class ListObject: ManagedObject, @unchecked Sendable {  // `items` behind 
 }
 
 /// Python's `queue.Queue` (and `JoinableQueue`), served.
-final class QueueObject: ManagedObject, @unchecked Sendable {  // the queue is thread-safe
+final class QueueObject: ServedInline, @unchecked Sendable {  // the queue is thread-safe
     let queue: BlockingQueue<PythonValue>
     let exposed: [String]
 
@@ -379,7 +379,7 @@ final class QueueObject: ManagedObject, @unchecked Sendable {  // the queue is t
                 try queue.taskDone()
                 return .none
             case "join":
-                _ = queue.join()
+                _ = try ServedCall.wait(nil) { queue.join(timeout: $0) ? true : nil }
                 return .none
             default: throw PythonException("AttributeError", [.string("Queue has no method \(method)")])
             }
@@ -395,7 +395,7 @@ final class QueueObject: ManagedObject, @unchecked Sendable {  // the queue is t
 
 /// An iterator served on its own (Python's `IteratorProxy`): what a dict's `__iter__` returns. Iterates a
 /// snapshot of the items taken when it was made.
-final class IteratorObject: ManagedObject, @unchecked Sendable {  // `rest` behind `lock`
+final class IteratorObject: ServedInline, @unchecked Sendable {  // `rest` behind `lock`
     private let lock: TrackedMutex<ArraySlice<PythonValue>>
     let exposed = ["__next__", "send", "throw", "close"]
 
@@ -428,7 +428,7 @@ final class IteratorObject: ManagedObject, @unchecked Sendable {  // `rest` behi
 }
 
 /// Python's `multiprocessing.managers.Namespace`, served.
-final class NamespaceObject: ManagedObject, @unchecked Sendable {  // `attrs` behind `lock`
+final class NamespaceObject: ServedInline, @unchecked Sendable {  // `attrs` behind `lock`
     private let lock = TrackedMutex<[PythonPair]>([])
     let exposed = ["__getattribute__", "__setattr__", "__delattr__"]
 

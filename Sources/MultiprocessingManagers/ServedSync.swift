@@ -1,17 +1,26 @@
-internal import CMultiprocessingShims
 import Synchronization
 import Threading
 
 // Synchronisation objects a manager serves, as SyncManager's: Lock, RLock, Semaphore, BoundedSemaphore,
-// Condition, Event, Barrier, Value and Array. Each client connection is served on a thread of its own,
-// so "the caller" is that thread. Unlike CPython's server, ours remembers what each connection holds and
-// releases it when the connection ends: a client that dies holding a proxied lock does not block the
-// others for ever.
+// Condition, Event, Barrier, Value and Array. "The caller" is the client connection a call serves
+// (``ServedCall/connection``), not a thread: the server serves connections on one event loop and runs the
+// calls that wait on a pool of threads. Unlike CPython's server, ours remembers what each connection
+// holds and releases it when the connection ends: a client that dies holding a proxied lock does not
+// block the others for ever.
 
 /// A served object that holds something for a caller and must let go when the caller's connection ends.
 protocol ReleasesOnDisconnect: AnyObject {
-    /// The connection served on the calling thread ended: release what it holds (called on that thread).
-    func connectionEnded()
+    /// The connection `id` ended: release what it holds.
+    func connectionEnded(_ id: UInt64)
+}
+
+/// A built-in object whose every wait goes through ``ServedCall/wait(_:_:)``: the server runs its calls on
+/// the event loop, and only a call that finds it must wait moves to a thread.
+protocol ServedInline: ManagedObject {}
+
+extension ServedInline {
+    /// Never on its own account: a call that must wait says so by throwing ``ServedCall/WouldBlock``.
+    func mayBlock(_ method: String) -> Bool { false }
 }
 
 /// Python's `acquire(blocking=True, timeout=-1)` arguments.
@@ -22,27 +31,27 @@ private func acquireArguments(_ args: [PythonValue], _ kwargs: [PythonPair]) thr
     return (blocking, try timeoutArgument(t))
 }
 
-/// Counts, per serving thread, what that thread's connection holds.
+/// Counts, per connection, the permits it holds (a semaphore's).
 final class Holdings: Sendable {
     private let held = TrackedMutex<[UInt64: Int]>([:])
 
-    func add(_ n: Int = 1) { held.withLock { $0[mp_pthread_self(), default: 0] += n } }
+    func add(_ n: Int = 1) { held.withLock { $0[ServedCall.connection, default: 0] += n } }
     func remove(_ n: Int = 1) {
         held.withLock { h in
-            let me = mp_pthread_self()
+            let me = ServedCall.connection
             if let c = h[me] { h[me] = c - n > 0 ? c - n : nil }
         }
     }
-    /// What the calling thread holds, forgotten.
-    func takeMine() -> Int { held.withLock { $0.removeValue(forKey: mp_pthread_self()) ?? 0 } }
+    /// What connection `id` holds, forgotten.
+    func take(_ id: UInt64) -> Int { held.withLock { $0.removeValue(forKey: id) ?? 0 } }
 }
 
 /// `threading.Lock` / `RLock` / `Semaphore` / `BoundedSemaphore`, served (Python's `AcquirerProxy`).
 // The primitives are thread-safe; `kind` is immutable.
-final class AcquirerObject: ManagedObject, ReleasesOnDisconnect, @unchecked Sendable {
+final class AcquirerObject: ServedInline, ReleasesOnDisconnect, @unchecked Sendable {
     enum Kind {
-        case lock(Lock)
-        case rlock(RLock)
+        /// `Lock` (not reentrant) or `RLock` (reentrant), owned by a connection.
+        case lock(ConnectionLock)
         case semaphore(Threading.Semaphore)
     }
     let kind: Kind
@@ -55,29 +64,24 @@ final class AcquirerObject: ManagedObject, ReleasesOnDisconnect, @unchecked Send
         switch method {
         case "acquire", "__enter__":
             let (blocking, timeout) = method == "acquire" ? try acquireArguments(args, kwargs) : (true, nil)
-            let ok: Bool
             switch kind {
             case .lock(let l):
-                ok = try ServedCall.acquire(blocking: blocking, timeout: timeout) {
-                    l.acquire(blocking: $0 != nil, timeout: $0)
-                }
-            case .rlock(let l):
-                ok = try ServedCall.acquire(blocking: blocking, timeout: timeout) {
-                    l.acquire(blocking: $0 != nil, timeout: $0)
-                }
+                let me = ServedCall.connection
+                return .bool(try ServedCall.acquire(blocking: blocking, timeout: timeout) { l.acquire(me, limit: $0 ?? .zero) })
             case .semaphore(let s):
-                ok = try ServedCall.acquire(blocking: blocking, timeout: timeout) {
+                let ok = try ServedCall.acquire(blocking: blocking, timeout: timeout) {
                     s.acquire(blocking: $0 != nil, timeout: $0)
                 }
+                if ok { holdings.add() }
+                return .bool(ok)
             }
-            if ok { holdings.add() }
-            return .bool(ok)
         case "release", "__exit__":
             do {
                 switch kind {
-                case .lock(let l): try l.release()
-                case .rlock(let l): try l.release()
-                case .semaphore(let s): try s.release()
+                case .lock(let l): try l.release(ServedCall.connection)
+                case .semaphore(let s):
+                    try s.release()
+                    holdings.remove()
                 }
             } catch {
                 throw PythonException(
@@ -85,7 +89,6 @@ final class AcquirerObject: ManagedObject, ReleasesOnDisconnect, @unchecked Send
                     [.string("\(error)")]
                 )
             }
-            holdings.remove()
             return method == "__exit__" ? .bool(false) : .none
         default: throw PythonException("AttributeError", [.string(method)])
         }
@@ -93,49 +96,37 @@ final class AcquirerObject: ManagedObject, ReleasesOnDisconnect, @unchecked Send
 
     private var isSemaphore: Bool { if case .semaphore = kind { true } else { false } }
 
-    func connectionEnded() {
-        for _ in 0..<holdings.takeMine() {
-            switch kind {
-            case .lock(let l): try? l.release()
-            case .rlock(let l): try? l.release()
-            case .semaphore(let s): try? s.release()
-            }
+    func connectionEnded(_ id: UInt64) {
+        switch kind {
+        case .lock(let l): l.releaseAll(id)
+        case .semaphore(let s): for _ in 0..<holdings.take(id) { try? s.release() }
         }
     }
 }
 
-/// `threading.Condition`, served (Python's `ConditionProxy`).
-final class ConditionObject: ManagedObject, ReleasesOnDisconnect, @unchecked Sendable {  // thread-safe parts
-    let lock = RLock()
-    let condition: Threading.Condition
-    let holdings = Holdings()
+/// `threading.Condition`, served (Python's `ConditionProxy`), over an `RLock` owned by a connection.
+final class ConditionObject: ServedInline, ReleasesOnDisconnect, @unchecked Sendable {  // the lock is thread-safe
+    let lock = ConnectionLock(reentrant: true)
     let exposed = ["acquire", "release", "wait", "notify", "notify_all", "__enter__", "__exit__"]
 
-    init() { condition = Threading.Condition(lock) }
-
     func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
+        let me = ServedCall.connection
         do {
             switch method {
             case "acquire", "__enter__":
                 let (blocking, timeout) = method == "acquire" ? try acquireArguments(args, kwargs) : (true, nil)
-                let ok = condition.acquire(blocking: blocking, timeout: timeout)
-                if ok { holdings.add() }
-                return .bool(ok)
+                return .bool(try ServedCall.acquire(blocking: blocking, timeout: timeout) { lock.acquire(me, limit: $0 ?? .zero) })
             case "release", "__exit__":
-                try condition.release()
-                holdings.remove()
+                try lock.release(me)
                 return method == "__exit__" ? .bool(false) : .none
             case "wait":
-                return .bool(
-                    try condition.wait(
-                        timeout: try timeoutArgument(try argument(args, kwargs, 0, "timeout", PythonValue.none))
-                    )
-                )
+                let timeout = try timeoutArgument(try argument(args, kwargs, 0, "timeout", PythonValue.none))
+                return .bool(try wait(me, timeout))
             case "notify":
-                try condition.notify(try argument(args, kwargs, 0, "n", 1).intValue ?? 1)
+                try lock.notify(me, try argument(args, kwargs, 0, "n", 1).intValue ?? 1)
                 return .none
             case "notify_all":
-                try condition.notifyAll()
+                try lock.notify(me, Int.max)
                 return .none
             default: throw PythonException("AttributeError", [.string(method)])
             }
@@ -144,11 +135,31 @@ final class ConditionObject: ManagedObject, ReleasesOnDisconnect, @unchecked Sen
         }
     }
 
-    func connectionEnded() { for _ in 0..<holdings.takeMine() { try? condition.release() } }
+    /// Python's `Condition.wait(timeout)`: frees the lock, waits to be notified, takes the lock back.
+    /// Never on the event loop: a wait is a wait (the server moves it to a thread before it starts).
+    private func wait(_ me: UInt64, _ timeout: Duration?) throws -> Bool {
+        guard lock.isOwned(by: me) else { throw ThreadingError(.notOwner, "cannot wait on un-acquired lock") }
+        // On the loop: ask for a thread before touching anything.
+        if ServedCall.onLoop { throw ServedCall.WouldBlock() }
+        let (waiter, depth) = try lock.beginWait(me)
+        var notified = false
+        do {
+            notified = try ServedCall.wait(timeout) { lock.awaitNotify(waiter, limit: $0) ? true : nil } ?? false
+        } catch {
+            _ = lock.abandonWait(waiter)
+            throw error  // abandoned: the connection ends, and holds nothing now
+        }
+        if !notified { notified = lock.abandonWait(waiter) }
+        // Python takes the lock back however long that takes; a client gone meanwhile gives up here.
+        _ = try ServedCall.wait(nil) { lock.restore(me, depth: depth, limit: $0) ? true : nil }
+        return notified
+    }
+
+    func connectionEnded(_ id: UInt64) { lock.releaseAll(id) }
 }
 
 /// `threading.Event`, served (Python's `EventProxy`).
-final class EventObject: ManagedObject, @unchecked Sendable {  // Event is thread-safe
+final class EventObject: ServedInline, @unchecked Sendable {  // Event is thread-safe
     let event = Threading.Event()
     let exposed = ["is_set", "set", "clear", "wait"]
 
@@ -215,7 +226,7 @@ final class BarrierObject: ManagedObject, @unchecked Sendable {  // Barrier is t
 }
 
 /// `managers.Value(typecode, value)`, served (Python's `ValueProxy`: `get`, `set`, and `.value`).
-final class ValueObject: ManagedObject, @unchecked Sendable {  // `value` behind `lock`
+final class ValueObject: ServedInline, @unchecked Sendable {  // `value` behind `lock`
     let typecode: PythonValue
     private let lock = TrackedMutex(PythonValue.none)
     let exposed = ["get", "set"]
@@ -239,7 +250,7 @@ final class ValueObject: ManagedObject, @unchecked Sendable {  // `value` behind
 }
 
 /// `managers.Array(typecode, sequence)`, served (Python's `ArrayProxy`: `len`, indexing).
-final class ArrayObject: ManagedObject, @unchecked Sendable {  // items behind `list`'s lock
+final class ArrayObject: ServedInline, @unchecked Sendable {  // items behind `list`'s lock
     let list: ListObject
     let exposed = ["__len__", "__getitem__", "__setitem__"]
 

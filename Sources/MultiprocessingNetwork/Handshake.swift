@@ -14,11 +14,11 @@ import Threading
 ///
 /// We challenge 3.12-style (so both generations can answer) and answer either style. The challenger
 /// replies `#WELCOME#` or `#FAILURE#`; every handshake message is capped at 256 bytes.
-enum Handshake {
-    static let challenge = Array("#CHALLENGE#".utf8)
-    static let welcome = Array("#WELCOME#".utf8)
-    static let failure = Array("#FAILURE#".utf8)
-    static let maxMessage = 256
+package enum Handshake {
+    package static let challenge = Array("#CHALLENGE#".utf8)
+    package static let welcome = Array("#WELCOME#".utf8)
+    package static let failure = Array("#FAILURE#".utf8)
+    package static let maxMessage = 256
 
     /// Python's `deliver_challenge(connection, authkey)`.
     static func deliver(_ c: Connection, authkey: [UInt8], deadline: Deadline?) throws {
@@ -68,7 +68,7 @@ enum Handshake {
     }
 
     /// Python's `_get_digest_name_and_payload`.
-    static func digestAndPayload(_ m: [UInt8]) throws -> (String, [UInt8]) {
+    package static func digestAndPayload(_ m: [UInt8]) throws -> (String, [UInt8]) {
         if m.count == 20 || m.count == 16 { return ("md5", m) }
         if m.first == UInt8(ascii: "{"), let close = m.prefix(12).firstIndex(of: UInt8(ascii: "}")), close > 1 {
             let name = String(decoding: m[1..<close], as: UTF8.self)
@@ -82,7 +82,7 @@ enum Handshake {
         )
     }
 
-    static func hmac(_ name: String, key: [UInt8], message: [UInt8]) -> [UInt8]? {
+    package static func hmac(_ name: String, key: [UInt8], message: [UInt8]) -> [UInt8]? {
         let k = SymmetricKey(data: key)
         switch name {
         case "md5": return Array(HMAC<Insecure.MD5>.authenticationCode(for: message, using: k))
@@ -93,7 +93,7 @@ enum Handshake {
     }
 
     /// Python's `_create_response`: falls back to MD5 for a digest we lack, as CPython does.
-    static func response(authkey: [UInt8], message: [UInt8]) throws -> [UInt8] {
+    package static func response(authkey: [UInt8], message: [UInt8]) throws -> [UInt8] {
         let (name, _) = try digestAndPayload(message)
         if let mac = hmac(name, key: authkey, message: message), name != "md5" {
             return Array("{\(name)}".utf8) + mac
@@ -102,7 +102,7 @@ enum Handshake {
     }
 
     /// Python's `_verify_challenge`, in constant time.
-    static func verify(authkey: [UInt8], message: [UInt8], response: [UInt8]) -> Bool {
+    package static func verify(authkey: [UInt8], message: [UInt8], response: [UInt8]) -> Bool {
         guard let (name, mac) = try? digestAndPayload(response),
             let expected = hmac(name, key: authkey, message: message),
             expected.count == mac.count
@@ -112,7 +112,7 @@ enum Handshake {
         return diff == 0
     }
 
-    static func fillRandom(_ bytes: inout [UInt8]) throws {
+    package static func fillRandom(_ bytes: inout [UInt8]) throws {
         try Syscall.check("getrandom", bytes.withUnsafeMutableBytes { mp_getrandom($0.baseAddress, $0.count) })
     }
 }

@@ -71,6 +71,10 @@ public final class Listener: @unchecked Sendable {  // immutable after init, exc
 
     private static func openReserve() -> Int32 { (try? SystemCall.open("/dev/null", O_RDONLY)) ?? -1 }
 
+    /// The listening descriptor, for a server's own event loop (which must stop watching it before
+    /// ``close()``).
+    package var fileDescriptor: Int32 { fd }
+
     /// Whether the listener holds its reserve descriptor, and so refuses connections it cannot take
     /// (out of descriptors) by closing them at once. When false (the process ran out before the
     /// reserve could be taken back), a server should back off before accepting again.

@@ -23,6 +23,20 @@ struct DictRoundTrips: Job {
     }
 }
 
+/// `bench serve-manager`: a manager server (authkey `bench`) on a free port of 127.0.0.1, its address
+/// printed as `ADDRESS host port`, served until standard input closes — the Swift side of
+/// Benchmarks/python/manager_clients.py, which measures this process's CPU per operation.
+func serveManagerUntilStdinCloses() throws {
+    let server = try ManagerServer(authkey: Array("bench".utf8))
+    try server.start()
+    guard case .tcp(let host, let port) = server.address else { return }
+    print("ADDRESS \(host) \(port)")
+    fflush(nil)
+    var byte: UInt8 = 0
+    while read(0, &byte, 1) > 0 {}
+    server.shutdown()
+}
+
 func runManagerSuite(_ only: Set<String>) throws {
     func want(_ n: String) -> Bool { only.isEmpty || only.contains(n) }
     if want("manager_start") {

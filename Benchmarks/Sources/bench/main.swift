@@ -57,6 +57,14 @@ case "etl":
         print("error: \(error)")
         exit(1)
     }
+case "serve-manager":
+    // For Benchmarks/python/manager_clients.py: a manager server in this process until stdin closes.
+    do {
+        try serveManagerUntilStdinCloses()
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
 case "shared":
     do {
         try runSharedSuite(only)

@@ -1,0 +1,97 @@
+import Threading
+
+/// The threads a manager server runs its waiting calls on (a queue's `get` on an empty queue, an
+/// `acquire`, a `wait`, any call of an object that may block): one thread per call waiting now, started
+/// when no idle one is left and ended after ``idleLimit`` without work, at most ``limit`` at once (more
+/// calls wait for one to finish, in order). Every other call runs on the server's event loop, so the
+/// threads follow the calls that wait, not the clients connected.
+final class ServedThreads: Sendable {
+    private struct State {
+        /// Threads waiting for a call and not yet promised one.
+        var idle = 0
+        var total = 0
+        /// Calls submitted while `limit` threads were busy (run in order as threads free up).
+        var queued = 0
+    }
+
+    private let jobs = BlockingQueue<@Sendable () -> Void>()
+    private let state = TrackedMutex(State())
+    let limit: Int
+    /// How long a thread without work stays.
+    let idleLimit: Duration
+    /// Called (outside any lock) with the number of threads when it changes.
+    private let onCount: @Sendable (Int) -> Void
+
+    init(limit: Int, idleLimit: Duration = .seconds(10), onCount: @escaping @Sendable (Int) -> Void) {
+        self.limit = max(1, limit)
+        self.idleLimit = idleLimit
+        self.onCount = onCount
+    }
+
+    /// Threads alive now.
+    var count: Int { state.withLock { $0.total } }
+
+    /// Runs `job` on a thread of the pool: an idle one, a new one, or — with `limit` busy — the first to
+    /// free up. Returns whether the pool was at its limit (the job waits), or throws when no thread could
+    /// be started and none is busy (the job is not run).
+    @discardableResult
+    func submit(_ job: @escaping @Sendable () -> Void) throws(ThreadingError) -> Bool {
+        enum Plan { case reuse, start, queue }
+        let plan = state.withLock { s -> Plan in
+            if s.idle > 0 {
+                s.idle -= 1
+                return .reuse
+            }
+            if s.total < limit {
+                s.total += 1
+                return .start
+            }
+            s.queued += 1
+            return .queue
+        }
+        if plan == .start {
+            let t = OSThread(name: "mp-manager-call", daemon: true) { [self] in work() }
+            do {
+                try t.start()
+            } catch {
+                let busy = state.withLock { s -> Int in
+                    s.total -= 1
+                    return s.total
+                }
+                // With other threads alive the call waits for one of them; with none it cannot run.
+                guard busy > 0 else { throw error }
+                state.withLock { $0.queued += 1 }
+            }
+            onCount(count)
+        }
+        try? jobs.put(job)
+        return plan == .queue
+    }
+
+    private func work() {
+        while true {
+            let job: @Sendable () -> Void
+            do {
+                job = try jobs.get(timeout: idleLimit)
+            } catch {
+                // No work for a while: leave, unless a job was promised to the idle threads meanwhile.
+                let leave = state.withLock { s -> Bool in
+                    guard s.idle > 0 else { return false }
+                    s.idle -= 1
+                    s.total -= 1
+                    return true
+                }
+                if leave {
+                    onCount(count)
+                    return
+                }
+                continue
+            }
+            job()
+            state.withLock { s in
+                // A job queued while every thread was busy is this thread's next one: it stays promised.
+                if s.queued > 0 { s.queued -= 1 } else { s.idle += 1 }
+            }
+        }
+    }
+}

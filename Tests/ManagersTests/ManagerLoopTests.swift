@@ -1,0 +1,200 @@
+import Foundation
+import Multiprocessing
+import MultiprocessingNetwork
+import MultiprocessingTestSupport
+import Testing
+import Threading
+
+@testable import MultiprocessingManagers
+
+/// A method channel opened by hand (one connection, so that "the caller" of a lock is exactly it).
+private struct RawChannel {
+    let c: Connection
+
+    init(_ server: ManagerServer, key: [UInt8]) throws {
+        c = try connect(to: server.address, authkey: key)
+        try c.sendBytes(try PickleWriter().write(.tuple([.none, "accept_connection", .tuple(["test"]), .dict([])])))
+        _ = try c.recvBytes(timeout: .seconds(30))
+    }
+
+    func send(_ ident: String, _ method: String, _ args: [PythonValue] = []) throws {
+        try c.sendBytes(try PickleWriter().write(.tuple([.string(ident), .string(method), .tuple(args), .dict([])])))
+    }
+
+    func reply(timeout: Duration = .seconds(30)) throws -> PythonValue {
+        try PickleReader().read(try c.recvBytes(timeout: timeout))
+    }
+
+    func call(_ ident: String, _ method: String, _ args: [PythonValue] = []) throws -> PythonValue {
+        try send(ident, method, args)
+        return try reply()
+    }
+}
+
+/// Creates a `typeid` object on `server` (a one-shot request) and returns its ident.
+private func create(_ server: ManagerServer, key: [UInt8], _ typeid: String, _ args: [PythonValue] = []) throws -> String {
+    let c = try connect(to: server.address, authkey: key)
+    defer { c.close() }
+    try c.sendBytes(try PickleWriter().write(.tuple([.none, "create", .tuple([.string(typeid)] + args), .dict([])])))
+    guard case .tuple(let r) = try PickleReader().read(try c.recvBytes(timeout: .seconds(30))), r.count == 2,
+        case .tuple(let made) = r[1], let ident = made.first?.stringValue
+    else { throw MultiprocessingTestError("create \(typeid) failed") }
+    return ident
+}
+
+private let ok = PythonValue.tuple(["#RETURN", .none])
+private func returned(_ v: PythonValue) -> PythonValue { .tuple(["#RETURN", v]) }
+private func raised(_ reply: PythonValue) -> String? {
+    guard case .tuple(let r) = reply, r.first == "#ERROR" else { return nil }
+    return "\(r[1])"
+}
+
+/// The server's event loop: many clients on one thread, calls that wait on threads of their own.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct ManagerLoopTests {
+    let key = Array("abc".utf8)
+
+    /// 200 CPython connections (CPython's own `Client` and handshake), each a method channel setting its
+    /// key in one served dict, all open at once: every one is served, and the server runs no thread for
+    /// them (its pool of call threads stays empty — a thread per connection would be 200).
+    @Test func twoHundredCPythonConnectionsNeedNoThreadOfTheirOwn() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let ident = try create(server, key: key, "dict")
+        let release = tempPath("loop-release")
+        defer { unlink(release) }
+        let script = """
+            import os, sys, time
+            from multiprocessing.connection import Client
+            port, ident, release = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+            conns = []
+            for i in range(200):
+                c = Client(('127.0.0.1', port), authkey=b'abc')
+                c.send((None, 'accept_connection', ('py',), {}))
+                assert c.recv() == ('#RETURN', None)
+                conns.append(c)
+            for i, c in enumerate(conns):
+                c.send((ident, '__setitem__', (i, i * i), {}))
+            for c in conns:
+                assert c.recv() == ('#RETURN', None)
+            print('connected', flush=True)
+            while not os.path.exists(release):
+                time.sleep(0.01)
+            conns[0].send((ident, '__len__', (), {}))
+            print('len', conns[0].recv()[1], flush=True)
+            for c in conns:
+                c.close()
+            """
+        let peer = try PythonPeer(script, ["\(try tcpPort(server))", ident, release])
+        #expect(peer.out.fileHandleForReading.availableLine() == "connected")
+        try eventually("200 connections open (\(server.clientCount))") { server.clientCount == 200 }
+        #expect(server.callThreadCount == 0)
+        #expect(FileManager.default.createFile(atPath: release, contents: nil))
+        let (code, out) = peer.finish()
+        #expect(code == 0 && out.contains("len 200"), "\(out)")
+        try eventually("every connection closed (\(server.clientCount))") { server.clientCount == 0 }
+    }
+
+    /// A client waiting in `get` on an empty queue holds up nobody: another connection's calls are
+    /// answered meanwhile; the waiting call runs on one thread, and its own connection's next request
+    /// (sent behind it) is answered after it, in order.
+    @Test func aWaitingCallHoldsUpNoOtherClient() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let q = try create(server, key: key, "Queue")
+        let d = try create(server, key: key, "dict")
+        let waiter = try RawChannel(server, key: key)
+        let other = try RawChannel(server, key: key)
+        try waiter.send(q, "get")
+        try waiter.send(q, "qsize")  // pipelined behind the get
+        try eventually("the get waits") { server.blockedCallCount == 1 }
+        #expect(server.callThreadCount == 1)
+        for i in 0..<100 { #expect(try other.call(d, "__setitem__", [.int(Int64(i)), .int(Int64(i))]) == ok) }
+        #expect(try other.call(d, "__len__") == returned(.int(100)))
+        #expect(try other.call(q, "put", ["item"]) == ok)
+        #expect(try waiter.reply() == returned("item"))
+        #expect(try waiter.reply() == returned(.int(0)))
+        #expect(server.blockedCallCount == 0)
+    }
+
+    /// With `maxCallThreads: 2`, a third waiting call waits for a thread: two threads, two calls
+    /// blocked; when items arrive every call is answered and none is lost.
+    @Test func callsBeyondTheThreadLimitWaitTheirTurn() throws {
+        let server = try ManagerServer(authkey: key, maxCallThreads: 2)
+        try server.start()
+        defer { server.shutdown() }
+        let q = try create(server, key: key, "Queue")
+        let waiters = try (0..<3).map { _ in try RawChannel(server, key: key) }
+        for w in waiters { try w.send(q, "get", [.bool(true), .float(30)]) }
+        try eventually("two calls block") { server.blockedCallCount == 2 }
+        #expect(server.callThreadCount == 2)
+        let producer = try RawChannel(server, key: key)
+        for i in 0..<3 { #expect(try producer.call(q, "put", [.int(Int64(i))]) == ok) }
+        var got: [Int64] = []
+        for w in waiters {
+            guard case .tuple(let r) = try w.reply(), let v = r.last?.intValue else { continue }
+            got.append(Int64(v))
+        }
+        #expect(got.sorted() == [0, 1, 2])
+    }
+
+    /// An `RLock` belongs to the connection that acquired it, not to a thread: another connection can
+    /// neither take it nor release it, its owner can take it again; a `Lock` is not reentrant.
+    @Test func anRLockBelongsToItsConnection() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let r = try create(server, key: key, "RLock")
+        let l = try create(server, key: key, "Lock")
+        let a = try RawChannel(server, key: key)
+        let b = try RawChannel(server, key: key)
+        #expect(try a.call(r, "acquire") == returned(true))
+        #expect(try b.call(r, "acquire", [false]) == returned(false))
+        #expect(raised(try b.call(r, "release")) != nil)
+        #expect(try a.call(r, "acquire", [false]) == returned(true))  // reentrant for its owner
+        #expect(try a.call(r, "release") == ok)
+        #expect(try b.call(r, "acquire", [false]) == returned(false))  // still held once
+        #expect(try a.call(r, "release") == ok)
+        #expect(try b.call(r, "acquire", [false]) == returned(true))
+        #expect(try a.call(l, "acquire") == returned(true))
+        #expect(try a.call(l, "acquire", [false]) == returned(false))  // a Lock is not reentrant
+        #expect(try a.call(l, "acquire", [true, .float(0.05)]) == returned(false))  // timed out on a thread
+        #expect(try b.call(l, "release") == ok)  // a Lock may be released by anyone, as Python's
+        #expect(try a.call(l, "acquire", [false]) == returned(true))
+    }
+
+    /// `Condition.wait` frees the lock for the others (on a thread), `notify` by another connection
+    /// wakes it, and the waiter holds the lock again at its depth; a client that ends while waiting
+    /// holds nothing.
+    @Test func aConditionWaitsOnAThreadAndWakesOnNotify() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let cv = try create(server, key: key, "Condition")
+        let a = try RawChannel(server, key: key)
+        let b = try RawChannel(server, key: key)
+        #expect(try a.call(cv, "acquire") == returned(true))
+        #expect(try a.call(cv, "acquire") == returned(true))  // depth 2
+        try a.send(cv, "wait", [.float(30)])
+        try eventually("the waiter blocks") { server.blockedCallCount == 1 }
+        #expect(try b.call(cv, "acquire", [false]) == returned(true))  // wait freed it
+        #expect(try b.call(cv, "notify") == ok)
+        #expect(try b.call(cv, "release") == ok)
+        #expect(try a.reply() == returned(true))
+        #expect(try b.call(cv, "acquire", [false]) == returned(false))  // a holds it again, twice
+        #expect(try a.call(cv, "release") == ok)
+        #expect(try b.call(cv, "acquire", [false]) == returned(false))
+        #expect(try a.call(cv, "release") == ok)
+        #expect(try b.call(cv, "acquire", [false]) == returned(true))
+        #expect(raised(try a.call(cv, "notify")) != nil)  // not the owner
+        // A waiter whose client goes away: the lock is not left with it.
+        #expect(try b.call(cv, "wait", [.float(0.05)]) == returned(false))  // timed out, holds it again
+        try b.send(cv, "wait")
+        try eventually("the second waiter blocks") { server.blockedCallCount == 1 }
+        b.c.close()
+        try eventually("the abandoned wait ends") { server.blockedCallCount == 0 }
+        #expect(try a.call(cv, "acquire", [true, .float(10)]) == returned(true))
+    }
+}

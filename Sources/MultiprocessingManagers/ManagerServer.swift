@@ -425,7 +425,9 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     ) -> Outcome {
         func answer(_ v: PythonValue) -> Outcome { (try? PickleWriter().write(v)).map(Outcome.reply) ?? .drop }
         guard let ident = identValue.stringValue, let object = state.withLock({ $0.objects[ident]?.object }) else {
-            return answer(.tuple(["#TRACEBACK", .string("Traceback (most recent call last):\nKeyError: \(identValue)\n")]))
+            return answer(
+                .tuple(["#TRACEBACK", .string("Traceback (most recent call last):\nKeyError: \(identValue)\n")])
+            )
         }
         guard object.exposed.contains(method) else {
             return answer(
@@ -469,7 +471,12 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         } catch {
             failures.increment()
             logger.error("cannot start a thread for a call", metadata: ["error": "\(error)"])
-            return answer(.tuple(["#TRACEBACK", .string("Traceback (most recent call last):\n  manager: no thread for this call: \(error)\n")]))
+            return answer(
+                .tuple([
+                    "#TRACEBACK",
+                    .string("Traceback (most recent call last):\n  manager: no thread for this call: \(error)\n"),
+                ])
+            )
         }
         return .offloaded
     }

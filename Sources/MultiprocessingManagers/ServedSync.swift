@@ -67,7 +67,9 @@ final class AcquirerObject: ServedInline, ReleasesOnDisconnect, @unchecked Senda
             switch kind {
             case .lock(let l):
                 let me = ServedCall.connection
-                return .bool(try ServedCall.acquire(blocking: blocking, timeout: timeout) { l.acquire(me, limit: $0 ?? .zero) })
+                return .bool(
+                    try ServedCall.acquire(blocking: blocking, timeout: timeout) { l.acquire(me, limit: $0 ?? .zero) }
+                )
             case .semaphore(let s):
                 let ok = try ServedCall.acquire(blocking: blocking, timeout: timeout) {
                     s.acquire(blocking: $0 != nil, timeout: $0)
@@ -115,7 +117,11 @@ final class ConditionObject: ServedInline, ReleasesOnDisconnect, @unchecked Send
             switch method {
             case "acquire", "__enter__":
                 let (blocking, timeout) = method == "acquire" ? try acquireArguments(args, kwargs) : (true, nil)
-                return .bool(try ServedCall.acquire(blocking: blocking, timeout: timeout) { lock.acquire(me, limit: $0 ?? .zero) })
+                return .bool(
+                    try ServedCall.acquire(blocking: blocking, timeout: timeout) {
+                        lock.acquire(me, limit: $0 ?? .zero)
+                    }
+                )
             case "release", "__exit__":
                 try lock.release(me)
                 return method == "__exit__" ? .bool(false) : .none

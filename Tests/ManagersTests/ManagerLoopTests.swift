@@ -32,7 +32,12 @@ private struct RawChannel {
 }
 
 /// Creates a `typeid` object on `server` (a one-shot request) and returns its ident.
-private func create(_ server: ManagerServer, key: [UInt8], _ typeid: String, _ args: [PythonValue] = []) throws -> String {
+private func create(
+    _ server: ManagerServer,
+    key: [UInt8],
+    _ typeid: String,
+    _ args: [PythonValue] = []
+) throws -> String {
     let c = try connect(to: server.address, authkey: key)
     defer { c.close() }
     try c.sendBytes(try PickleWriter().write(.tuple([.none, "create", .tuple([.string(typeid)] + args), .dict([])])))

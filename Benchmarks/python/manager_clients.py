@@ -4,8 +4,9 @@
 # the bench binary given as the argument; CPython's: SyncManager.start()) on 127.0.0.1 with an authkey.
 # K client processes (fork) each connect a SyncManager client, create a dict (m.dict()), say "ready" on
 # a pipe and wait for "go"; then each does OPS `d[i % 100] = i` and says "done". The parent waits for
-# every "ready", reads the server process's CPU time (utime + stime, /proc/PID/stat) and t0, sends "go"
-# to all, waits for every "done", reads t1 and the CPU time again.
+# every "ready" (clients start and connect one at a time), reads the server process's CPU time
+# (utime + stime, /proc/PID/stat) and t0, sends "go" to all, waits for every "done", reads t1 and the
+# CPU time again.
 #   manager_clients_k{K}_{py|swift}     = K * OPS / (t1 - t0)   ops/s (the clients share the 2 cores)
 #   manager_clients_cpu_k{K}_{py|swift} = server CPU / (K * OPS)  µs/op
 #   manager_clients_threads_k{K}_...    = the server's threads during the run (/proc/PID/status), max
@@ -60,14 +61,18 @@ def client(address, ops, side):
         d[i % 100] = i
     side.send("done")
     side.recv()  # stay connected until every client is done
+    # Leave without the proxies' exit-time decrefs: each opens a new connection and handshake, and on
+    # CPython's server some of them were seen to wait for ever (both ends reading) at K >= 50.
+    os._exit(0)
 
 
 def once(address, pid, k, ops):
     pipes = [mp.Pipe() for _ in range(k)]
     procs = [mp.Process(target=client, args=(address, ops, theirs)) for (_, theirs) in pipes]
-    for p in procs:
+    # One at a time: CPython's server listens with a backlog of 16, and a burst of connections can leave
+    # a client ESTABLISHED on its side and forgotten on the server's (it then waits for ever).
+    for p, (mine, _) in zip(procs, pipes):
         p.start()
-    for mine, _ in pipes:
         assert mine.recv() == "ready"
     peak = [threads(pid)]
     stop = threading.Event()

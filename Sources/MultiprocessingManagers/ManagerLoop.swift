@@ -52,6 +52,11 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         var closed = false
         /// Serving stopped because the client left `backlogLimit` bytes of replies unread.
         var stalled = false
+        /// The peer shut its side (`EPOLLRDHUP`/`EPOLLHUP`): read to the end, a short read notwithstanding
+        /// (its end of input came with the last bytes, and brings no edge of its own).
+        var hungUp = false
+        /// Whether `EPOLLOUT` is watched (replies wait for room in the socket).
+        var watchingWrites = false
         /// A CPython client on TCP: its next request waits for our ACK (Nagle), so we ACK at once.
         var quickAck: Bool
 
@@ -113,8 +118,10 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
     private var exhausted = false
     private let clock = ContinuousClock()
 
-    private static let sessionEvents =
-        UInt32(EPOLLIN.rawValue) | UInt32(EPOLLOUT.rawValue) | UInt32(EPOLLRDHUP.rawValue) | UInt32(EPOLLET.rawValue)
+    /// Edge-triggered reads; writability is watched only while replies wait for room (an `EPOLLOUT` edge
+    /// per ACK of every reply would double the loop's wake-ups).
+    private static let sessionEvents = UInt32(EPOLLIN.rawValue) | UInt32(EPOLLRDHUP.rawValue) | UInt32(EPOLLET.rawValue)
+    private static let sessionEventsWriting = sessionEvents | UInt32(EPOLLOUT.rawValue)
     /// Requests one connection may have served in a row before the others get a turn.
     private static let budget = 64
     /// Replies a client leaves unread before the server stops reading its requests.
@@ -205,6 +212,8 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
                 } else if fd == listenFd {
                     if listening { acceptAll() }
                 } else if let s = sessions[fd] {
+                    let hup = UInt32(EPOLLRDHUP.rawValue) | UInt32(EPOLLHUP.rawValue) | UInt32(EPOLLERR.rawValue)
+                    if got & hup != 0 { s.hungUp = true }
                     if got & UInt32(EPOLLOUT.rawValue) != 0 && s.backlog > 0 { flush(s) }
                     serve(s)
                 }
@@ -438,7 +447,7 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
                 if s.authenticated { request(s, frame) } else { handshake(s, frame) }
                 continue
             }
-            if s.inputEnded || drained { break }
+            if s.inputEnded || (drained && !s.hungUp) { break }
             let r: Int?
             do {
                 r = try s.decoder.read { free throws(SystemCallError) in
@@ -493,6 +502,7 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
                 return
             }
             guard case .done(let n) = r else {
+                if !s.watchingWrites { setWatchingWrites(s, true) }
                 // Full: compact now and then, so that a slow reader does not pin what it already took.
                 if s.outStart > 64 * 1024 && s.outStart > s.out.count / 2 {
                     s.out.removeFirst(s.outStart)
@@ -504,11 +514,25 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         }
         if s.out.capacity > 1 << 20 { s.out = [] } else { s.out.removeAll(keepingCapacity: true) }
         s.outStart = 0
+        if s.watchingWrites { setWatchingWrites(s, false) }
         // The backlog limit stopped this connection's requests: serve them again.
         if s.stalled {
             s.stalled = false
             pending.append(s)
         }
+    }
+
+    private func setWatchingWrites(_ s: Session, _ on: Bool) {
+        var ev = epoll_event()
+        ev.events = on ? Self.sessionEventsWriting : Self.sessionEvents
+        ev.data.fd = s.fd
+        // A failure leaves the connection unable to write its replies: it is dropped.
+        if SystemCall.epollControl(epfd, EPOLL_CTL_MOD, s.fd, &ev) != nil {
+            s.failed = true
+            s.inputEnded = true
+            return
+        }
+        s.watchingWrites = on
     }
 
     /// One request of an authenticated connection: answered now, or handed to a served thread.

@@ -202,4 +202,59 @@ struct ManagerLoopTests {
         try eventually("the abandoned wait ends") { server.blockedCallCount == 0 }
         #expect(try a.call(cv, "acquire", [true, .float(10)]) == returned(true))
     }
+
+    /// A client that sends its last request and shuts its sending side at once, the request and the end of
+    /// input arriving together in one edge of the loop's edge-triggered `epoll` (made certain here: the
+    /// loop is held in a call while they arrive): the request is answered, the end is noticed (the server
+    /// closes the connection), and the lock the connection held is released.
+    @Test func aRequestAndTheEndOfInputInOneReadAreBothSeen() throws {
+        let server = try ManagerServer(authkey: key)
+        let gate = LoopGate()
+        server.register("Gate", shared: gate)
+        try server.start()
+        defer { server.shutdown() }
+        let g = try create(server, key: key, "Gate")
+        let l = try create(server, key: key, "Lock")
+        let d = try create(server, key: key, "dict")
+        let holder = try RawChannel(server, key: key)
+        let b = try RawChannel(server, key: key)
+        for round in 0..<3 {
+            let a = try RawChannel(server, key: key)
+            #expect(try a.call(l, "acquire") == returned(true))
+            try holder.send(g, "hold")
+            #expect(gate.entered.wait(timeout: .seconds(30)))  // the loop is inside the call
+            try a.send(d, "__setitem__", ["last", .int(Int64(round))])
+            // Done sending (a full close would also bring a reset later, and with it a second edge).
+            a.c.shutdownSocket(reading: false, writing: true)
+            try gate.release.release()
+            #expect(try holder.reply() == ok)
+            #expect(try a.reply() == ok)
+            do {  // and then the server closed it
+                _ = try a.reply()
+                Issue.record("a reply after the last request")
+            } catch let e as MultiprocessingError {
+                #expect(e.code == .endOfFile, "round \(round): \(e)")
+            }
+            #expect(try b.call(l, "acquire", [true, .float(10)]) == returned(true), "round \(round)")
+            #expect(try b.call(d, "__getitem__", ["last"]) == returned(.int(Int64(round))))
+            #expect(try b.call(l, "release") == ok)
+        }
+    }
+}
+
+/// A served object whose `hold` runs on the server's event loop (it says it never blocks) and waits
+/// there until the test releases it: the loop does nothing else meanwhile.
+private final class LoopGate: ManagedObject, @unchecked Sendable {  // thread-safe parts
+    let entered = Threading.Event()
+    let release = Threading.Semaphore(0)
+    let exposed = ["hold"]
+
+    func mayBlock(_ method: String) -> Bool { false }
+
+    func call(_ method: String, _ args: [PythonValue], _ kwargs: [PythonPair]) throws -> PythonValue {
+        entered.set()
+        _ = release.acquire(timeout: .seconds(30))
+        entered.clear()
+        return .none
+    }
 }

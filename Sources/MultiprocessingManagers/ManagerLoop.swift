@@ -49,6 +49,9 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         var inputEnded = false
         /// A write failed: the connection is dropped without further replies.
         var failed = false
+        /// Nothing more is decoded (a rejected handshake, a malformed frame, a call that gave up): what is
+        /// owed is written, then the connection closes.
+        var done = false
         var closed = false
         /// Serving stopped because the client left `backlogLimit` bytes of replies unread.
         var stalled = false
@@ -57,7 +60,8 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         var hungUp = false
         /// Whether `EPOLLOUT` is watched (replies wait for room in the socket).
         var watchingWrites = false
-        /// A CPython client on TCP: its next request waits for our ACK (Nagle), so we ACK at once.
+        /// A CPython client on TCP: a message of its that no reply answers at once is ACKed at once (its next
+        /// one would wait for our ACK: Nagle).
         var quickAck: Bool
 
         init(id: UInt64, accepted: AcceptedConnection, message: [UInt8], deadline: ContinuousClock.Instant) {
@@ -98,8 +102,9 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
     private let epfd: Int32
     private let wakeFd: Int32
     private let listenFd: Int32
-    /// Completions from served threads, taken by the loop when `wakeFd` fires.
-    private let inbox = TrackedMutex<[Completion]>([])
+    /// Completions from served threads, taken by the loop when `wakeFd` fires; `ended` once the loop has
+    /// closed `wakeFd` (a late wake-up must not write to a number the system may have given to another file).
+    private let inbox = TrackedMutex<(completions: [Completion], ended: Bool)>(([], false))
     private let stopRequested = Atomic<Bool>(false)
     private let cutRequested = Atomic<Bool>(false)
 
@@ -161,15 +166,22 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
 
     /// Releases the loop's descriptors when it will never run (its thread could not start).
     func abandon() {
-        Syscall.close(wakeFd)
+        closeWake()
         Syscall.close(epfd)
+    }
+
+    private func closeWake() {
+        inbox.withLock { i in
+            i.ended = true
+            Syscall.close(wakeFd)
+        }
     }
 
     // MARK: From other threads
 
     /// Hands a served thread's reply to the loop.
     func post(_ c: Completion) {
-        inbox.withLock { $0.append(c) }
+        inbox.withLock { $0.completions.append(c) }
         wake()
     }
 
@@ -186,8 +198,11 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
     }
 
     private func wake() {
-        var one: UInt64 = 1
-        _ = withUnsafeBytes(of: &one) { try? SystemCall.write(wakeFd, $0) }
+        inbox.withLock { i in
+            guard !i.ended else { return }
+            var one: UInt64 = 1
+            _ = withUnsafeBytes(of: &one) { try? SystemCall.write(wakeFd, $0) }
+        }
     }
 
     // MARK: The loop
@@ -229,7 +244,7 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
             }
             if stopping && sessions.isEmpty {
                 SystemCall.epollRemove(epfd, wakeFd)
-                Syscall.close(wakeFd)
+                closeWake()
                 Syscall.close(epfd)
                 server.loopEnded()
                 return
@@ -252,8 +267,8 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
 
     private func takeInbox() {
         let done = inbox.withLock { i -> [Completion] in
-            defer { i.removeAll() }
-            return i
+            defer { i.completions.removeAll() }
+            return i.completions
         }
         for c in done {
             let s = c.session
@@ -262,9 +277,10 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
             if let reply = c.reply {
                 append(reply, to: s)
             } else {
-                // Given up: its client is gone, or the server stops. No answer; the connection ends.
+                // Given up: its client is gone, or the server stops. No answer; the connection ends once
+                // the replies it is owed from before have gone out.
                 logger.debug("call abandoned", metadata: ["peer": "\(s.peerDescription)"])
-                s.failed = true
+                s.done = true
             }
             // Replies go out with whatever the connection's next requests produce.
             serve(s)
@@ -358,8 +374,8 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
     private func reject(_ s: Session, _ why: String) {
         server.rejectedOne()
         logger.warning("client rejected", metadata: ["peer": "\(s.peerDescription)", "error": "\(why)"])
-        s.inputEnded = true
-        s.failed = s.failed || s.backlog == 0
+        // No further handshake message is looked at (each would be another guess at the same challenge).
+        s.done = true
     }
 
     /// One handshake message from the client.
@@ -422,9 +438,10 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         guard !s.closed else { return }
         var budget = Self.budget
         var readSomething = false
+        let owed = s.backlog
         /// A read got less than it offered: the socket has nothing more now (new bytes bring a new edge).
         var drained = false
-        while !s.busy && !s.failed && budget > 0 && s.backlog < Self.backlogLimit {
+        while !s.busy && !s.failed && !s.done && budget > 0 && s.backlog < Self.backlogLimit {
             let frame: [UInt8]?
             do {
                 frame = try s.decoder.nextArray()
@@ -439,7 +456,7 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
                 } else {
                     reject(s, "handshake message rejected: \(error)")
                 }
-                s.failed = true
+                s.done = true
                 break
             }
             if let frame {
@@ -468,12 +485,14 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
                 drained = s.decoder.lastReadWasShort
             }
         }
-        if readSomething && s.quickAck { _ = mp_quick_ack(s.fd) }
+        // Bytes read and no reply to carry their ACK (a handshake's verdict, a call gone to a thread): ACK
+        // now, or a CPython client's next message waits for our delayed ACK (Nagle). A reply carries it.
+        if readSomething && s.quickAck && s.backlog == owed { _ = mp_quick_ack(s.fd) }
         if s.backlog >= Self.backlogLimit { s.stalled = true }
         if s.backlog > 0 && !s.failed { flush(s) }
         if budget == 0 && !s.busy { pending.append(s) }
         // Ended: once every request read is answered and written (or the connection failed).
-        if s.failed || (s.inputEnded && !s.busy && s.backlog == 0 && !s.decoder.hasWholeFrame) {
+        if s.failed || (!s.busy && s.backlog == 0 && (s.done || (s.inputEnded && !s.decoder.hasWholeFrame))) {
             if !s.busy { close(s) }
         }
     }
@@ -550,7 +569,7 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
             append(bytes, to: s)
             s.inputEnded = true
             flush(s)
-            requestStop()
+            server.requestShutdown()  // sets the server's flag (waiting calls give up), then stops this loop
         case .offloaded:
             s.busy = true
         case .drop:
@@ -564,8 +583,11 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         SystemCall.epollRemove(epfd, s.fd)
         sessions[s.fd] = nil
         let wasClient = s.authenticated
+        var wasChannel = false
+        if case .channel = s.phase { wasChannel = true }
         s.connection.close()
-        if wasClient { server.clientDisconnected(s.id) }
+        // Only a method channel can hold anything (one-shot requests acquire nothing).
+        if wasClient { server.clientDisconnected(s.id, holding: wasChannel) }
     }
 
     // MARK: Stopping

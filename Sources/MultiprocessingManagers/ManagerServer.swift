@@ -258,9 +258,13 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     func failedOne() { failures.increment() }
     func clientConnected() { clients.add(1, ordering: .relaxed) }
 
+    /// A client's `shutdown` request (on the loop): as ``shutdown(timeout:)`` without the wait.
+    func requestShutdown() { beginShutdown() }
+
     /// A client connection ended: what it holds (a proxied lock, semaphore permits) is released.
-    func clientDisconnected(_ id: UInt64) {
+    func clientDisconnected(_ id: UInt64, holding: Bool) {
         clients.subtract(1, ordering: .relaxed)
+        guard holding else { return }
         let objects = state.withLock { s in s.objects.values.map(\.object) }
         for case let o as any ReleasesOnDisconnect in objects { o.connectionEnded(id) }
     }
@@ -462,6 +466,12 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         do {
             try threads.submit { [self] in
                 Self.onClientThread.value = true
+                // A call that waited for a thread: its client may be gone meanwhile (a `get` must not take
+                // an item for it). The server stopping is not checked here: a request read before is carried out.
+                if mp_peer_gone(fd) == 1 {
+                    loop.post(ManagerLoop.Completion(session: s, reply: nil))
+                    return
+                }
                 let reply = ServedCall.with(abandoned: abandoned, blocked: blocked, connection: id, onLoop: false) {
                     try? invoke(object, method, args, kwargs)
                 }

@@ -36,10 +36,14 @@ final class Holdings: Sendable {
     private let held = TrackedMutex<[UInt64: Int]>([:])
 
     func add(_ n: Int = 1) { held.withLock { $0[ServedCall.connection, default: 0] += n } }
-    func remove(_ n: Int = 1) {
+    /// A permit given back. By its holder, or — a semaphore used as a signal, one connection releasing
+    /// what another acquired — on another holder's account, so that the counts never add up to more than
+    /// the permits out (a disconnect must not give back permits nobody holds).
+    func remove() {
         held.withLock { h in
             let me = ServedCall.connection
-            if let c = h[me] { h[me] = c - n > 0 ? c - n : nil }
+            guard let who = h[me] != nil ? me : h.keys.first, let c = h[who] else { return }
+            h[who] = c > 1 ? c - 1 : nil
         }
     }
     /// What connection `id` holds, forgotten.

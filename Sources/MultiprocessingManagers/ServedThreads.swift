@@ -54,13 +54,16 @@ final class ServedThreads: Sendable {
             do {
                 try t.start()
             } catch {
-                let busy = state.withLock { s -> Int in
+                // With other threads alive the call goes to one of them (an idle one, or the first to free
+                // up: decided in the same lock round as the count, so no thread leaves meanwhile); with none
+                // it cannot run.
+                let placed = state.withLock { s -> Bool in
                     s.total -= 1
-                    return s.total
+                    guard s.total > 0 else { return false }
+                    if s.idle > 0 { s.idle -= 1 } else { s.queued += 1 }
+                    return true
                 }
-                // With other threads alive the call waits for one of them; with none it cannot run.
-                guard busy > 0 else { throw error }
-                state.withLock { $0.queued += 1 }
+                guard placed else { throw error }
             }
             onCount(count)
         }

@@ -203,6 +203,31 @@ struct ManagerLoopTests {
         #expect(try a.call(cv, "acquire", [true, .float(10)]) == returned(true))
     }
 
+    /// A semaphore used as a signal (one connection releases, another acquires, over and over): when the
+    /// acquiring connection ends, the server gives back at most what is outstanding, not one permit per
+    /// acquire (which would leave phantom permits for everyone after it).
+    @Test func aSignalSemaphoreGainsNoPermitsWhenItsConsumerLeaves() throws {
+        let server = try ManagerServer(authkey: key)
+        try server.start()
+        defer { server.shutdown() }
+        let sem = try create(server, key: key, "Semaphore", [.int(0)])
+        let producer = try RawChannel(server, key: key)
+        let other = try RawChannel(server, key: key)
+        do {
+            let consumer = try RawChannel(server, key: key)
+            for _ in 0..<5 {
+                #expect(try producer.call(sem, "release") == ok)
+                #expect(try consumer.call(sem, "acquire") == returned(true))
+            }
+            consumer.c.close()
+        }
+        try eventually("the consumer's connection is closed") { server.clientCount == 2 }
+        // At most the one permit it may be said to hold came back; never five.
+        var taken = 0
+        while try other.call(sem, "acquire", [false]) == returned(true) { taken += 1 }
+        #expect(taken <= 1, "\(taken) permits appeared when the consumer left")
+    }
+
     /// A client that sends its last request and shuts its sending side at once, the request and the end of
     /// input arriving together in one edge of the loop's edge-triggered `epoll` (made certain here: the
     /// loop is held in a call while they arrive): the request is answered, the end is noticed (the server

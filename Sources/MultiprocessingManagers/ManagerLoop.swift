@@ -15,7 +15,8 @@ import Threading
 /// handed to the server's ``ServedThreads``; its connection reads nothing more until the reply is back
 /// (a client's requests are answered in order), and every other connection goes on meanwhile.
 ///
-/// Everything here but ``post(_:)``, ``requestStop()`` and ``requestCut()`` runs on the loop's thread.
+/// Everything here but ``post(_:)``, ``requestStop()``, ``requestCut()`` and ``abandon()`` runs on the
+/// loop's thread.
 final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` and the flags are shared
     /// One client connection (touched only on the loop's thread; blocking calls carry it opaquely).
     final class Session: @unchecked Sendable {
@@ -89,7 +90,8 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
     }
 
     /// A call that ran on a served thread: its connection and the reply's pickle (`nil`: the call gave up,
-    /// its client is gone or the server stops; the connection is closed without an answer).
+    /// its client is gone or the server stops; the connection gets no answer and closes once the replies
+    /// it was owed before have gone out).
     struct Completion: Sendable {
         let session: Session
         let reply: [UInt8]?

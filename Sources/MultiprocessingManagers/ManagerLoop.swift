@@ -117,8 +117,8 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
     /// Sessions to serve again before the next wait (a budget ran out, or a call answered).
     private var pending: [Session] = []
     private var nextID: UInt64 = 1
+    /// Shutdown began: no client is accepted, nothing more is read.
     private var stopping = false
-    private var listening = true
     /// Accepting paused (out of descriptors, and the waiting client could not be refused) until then.
     private var acceptResumes: ContinuousClock.Instant?
     private var acceptPause = Duration.milliseconds(1)
@@ -183,8 +183,10 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
 
     /// Hands a served thread's reply to the loop.
     func post(_ c: Completion) {
-        inbox.withLock { $0.completions.append(c) }
-        wake()
+        inbox.withLock { i in
+            i.completions.append(c)
+            ring(unless: i.ended)
+        }
     }
 
     /// Asks the loop to stop: no new client, no more requests read; those read are answered.
@@ -199,12 +201,13 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         wake()
     }
 
-    private func wake() {
-        inbox.withLock { i in
-            guard !i.ended else { return }
-            var one: UInt64 = 1
-            _ = withUnsafeBytes(of: &one) { try? SystemCall.write(wakeFd, $0) }
-        }
+    private func wake() { inbox.withLock { ring(unless: $0.ended) } }
+
+    /// With the inbox's lock held: wakes the loop, unless it has closed `wakeFd` (`ended`).
+    private func ring(unless ended: Bool) {
+        guard !ended else { return }
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { try? SystemCall.write(wakeFd, $0) }
     }
 
     // MARK: The loop
@@ -227,7 +230,7 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
                     _ = SystemCall.takeCount(wakeFd)
                     takeInbox()
                 } else if fd == listenFd {
-                    if listening { acceptAll() }
+                    if !stopping { acceptAll() }
                 } else if let s = sessions[fd] {
                     let hup = UInt32(EPOLLRDHUP.rawValue) | UInt32(EPOLLHUP.rawValue) | UInt32(EPOLLERR.rawValue)
                     if got & hup != 0 { s.hungUp = true }
@@ -277,7 +280,7 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
             s.busy = false
             guard !s.closed else { continue }
             if let reply = c.reply {
-                append(reply, to: s)
+                appendFrame(reply, to: s)
             } else {
                 // Given up: its client is gone, or the server stops. No answer; the connection ends once
                 // the replies it is owed from before have gone out.
@@ -292,7 +295,7 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
     // MARK: Accepting and the handshake
 
     private func acceptAll() {
-        while listening {
+        while !stopping {
             let accepted: AcceptedConnection
             do {
                 accepted = try listener.acceptConnection(timeout: .zero)
@@ -335,7 +338,7 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
     private func resumeAccepting() {
         guard let r = acceptResumes, clock.now >= r else { return }
         acceptResumes = nil
-        guard listening else { return }
+        guard !stopping else { return }
         if (try? watch(listenFd, UInt32(EPOLLIN.rawValue))) == nil {
             acceptResumes = clock.now + acceptPause
             return
@@ -494,8 +497,8 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         if s.backlog > 0 && !s.failed { flush(s) }
         if budget == 0 && !s.busy { pending.append(s) }
         // Ended: once every request read is answered and written (or the connection failed).
-        if s.failed || (!s.busy && s.backlog == 0 && (s.done || (s.inputEnded && !s.decoder.hasWholeFrame))) {
-            if !s.busy { close(s) }
+        if !s.busy && (s.failed || (s.backlog == 0 && (s.done || (s.inputEnded && !s.decoder.hasWholeFrame)))) {
+            close(s)
         }
     }
 
@@ -503,9 +506,6 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         s.out.append(contentsOf: FrameDecoder.header(for: payload.count))
         s.out.append(contentsOf: payload)
     }
-
-    /// Queues a reply (a pickle) for `s`.
-    private func append(_ reply: [UInt8], to s: Session) { appendFrame(reply, to: s) }
 
     /// Writes what the socket takes now; the rest goes when it says it is writable again.
     private func flush(_ s: Session) {
@@ -561,14 +561,14 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
         let outcome = server.handle(frame, session: s, loop: self)
         switch outcome {
         case .reply(let bytes):
-            append(bytes, to: s)
+            appendFrame(bytes, to: s)
         case .channel(let bytes, let ours):
-            append(bytes, to: s)
+            appendFrame(bytes, to: s)
             s.phase = .channel
             // Our client sets TCP_NODELAY and never waits on our ACKs: no quick-ACK call per request.
             if ours { s.quickAck = false }
         case .stop(let bytes):
-            append(bytes, to: s)
+            appendFrame(bytes, to: s)
             s.inputEnded = true
             flush(s)
             server.requestShutdown()  // sets the server's flag (waiting calls give up), then stops this loop
@@ -596,7 +596,6 @@ final class ManagerLoop: @unchecked Sendable {  // loop-thread state; `inbox` an
 
     private func beginStop() {
         stopping = true
-        listening = false
         acceptResumes = nil
         SystemCall.epollRemove(epfd, listenFd)
         listener.close()

@@ -62,7 +62,6 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     private let failures: Counter
     private let rejected: Counter
     private let objectsGauge: Gauge
-    private let threadsGauge: Gauge
     private let callTimer: CoreMetrics.Timer
     private let stopped = Threading.Event()
     private let blocked = ServedCall.BlockedCalls()
@@ -107,7 +106,6 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         rejected = Counter(label: "mp_manager_rejected_clients_total", dimensions: dims)
         objectsGauge = Gauge(label: "mp_manager_objects", dimensions: dims)
         let threadsGauge = Gauge(label: "mp_manager_call_threads", dimensions: dims)
-        self.threadsGauge = threadsGauge
         callTimer = CoreMetrics.Timer(label: "mp_manager_call_duration", dimensions: dims)
         threads = ServedThreads(limit: maxCallThreads) { threadsGauge.record($0) }
         register("dict") { args, kwargs in try DictObject(args, kwargs) }
@@ -461,8 +459,6 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
                 // It must wait: on a thread, below (it took nothing).
             }
         }
-        let blocked = blocked
-        let callTimer = callTimer
         do {
             try threads.submit { [self] in
                 Self.onClientThread.value = true

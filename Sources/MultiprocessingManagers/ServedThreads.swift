@@ -32,10 +32,8 @@ final class ServedThreads: Sendable {
     var count: Int { state.withLock { $0.total } }
 
     /// Runs `job` on a thread of the pool: an idle one, a new one, or — with `limit` busy — the first to
-    /// free up. Returns whether the pool was at its limit (the job waits), or throws when no thread could
-    /// be started and none is busy (the job is not run).
-    @discardableResult
-    func submit(_ job: @escaping @Sendable () -> Void) throws(ThreadingError) -> Bool {
+    /// free up. Throws when no thread could be started and none is busy (the job is not run).
+    func submit(_ job: @escaping @Sendable () -> Void) throws(ThreadingError) {
         enum Plan { case reuse, start, queue }
         let plan = state.withLock { s -> Plan in
             if s.idle > 0 {
@@ -68,7 +66,6 @@ final class ServedThreads: Sendable {
             onCount(count)
         }
         try? jobs.put(job)
-        return plan == .queue
     }
 
     private func work() {

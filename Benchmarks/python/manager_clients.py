@@ -10,7 +10,7 @@
 #   manager_clients_k{K}_{py|swift}     = K * OPS / (t1 - t0)   ops/s (the clients share the 2 cores)
 #   manager_clients_cpu_k{K}_{py|swift} = server CPU / (K * OPS)  µs/op
 #   manager_clients_threads_k{K}_...    = the server's threads during the run (/proc/PID/status), max
-# OPS = 2,000 per client up to a total of 200,000 (then 200,000 / K). K = 1, 10, 50, 200 (MANAGER_CLIENTS_K).
+# OPS = 2,000 per client (MANAGER_CLIENTS_OPS) up to a total of 100 * OPS or 200,000 (then that / K). K = 1, 10, 50, 200 (MANAGER_CLIENTS_K).
 # Median of REPS = 3 repetitions (fresh clients each; one server per K).
 # Run: python3 manager_clients.py [path/to/bench]     (no argument: CPython's server only)
 import multiprocessing as mp
@@ -26,6 +26,7 @@ REPS = 3
 AUTHKEY = b"bench"
 # K = 500 as well with MANAGER_CLIENTS_K=1,10,50,200,500 (CPython's server takes minutes to connect them).
 KS = [int(k) for k in os.environ.get("MANAGER_CLIENTS_K", "1,10,50,200").split(",")]
+OPS = int(os.environ.get("MANAGER_CLIENTS_OPS", "2000"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -104,7 +105,7 @@ def once(address, pid, k, ops):
 
 def run(tag, address, pid):
     for k in KS:
-        ops = min(2000, 200_000 // k)
+        ops = min(OPS, max(OPS * 100, 200_000) // k)
         rates, cpus, peaks = [], [], []
         for _ in range(REPS):
             r, c, t = once(address, pid, k, ops)

@@ -14,6 +14,11 @@ let package = Package(
             name: "workerstart",
             dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
         ),
+        // The hot paths' instruction counts for CI's gate (scripts/instruction-counts): links only `Multiprocessing`.
+        .executableTarget(
+            name: "counts",
+            dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
+        ),
         .executableTarget(
             name: "bench",
             dependencies: [

@@ -63,6 +63,18 @@ enum KernelView {
         threads(of: pid).contains { isBlocked(pid: pid, tid: $0, in: call) }
     }
 
+    /// Whether some thread of process `pid` sleeps in a futex wait on a shared (not process-private) word:
+    /// where a primitive in shared memory waits (a thread's private locks use private futexes).
+    static func aThreadSleepsOnASharedFutex(pid: Int32) -> Bool {
+        threads(of: pid).contains { tid in
+            guard let call = blockedCall(pid: pid, tid: tid), Call.futex.numbers.contains(call.number),
+                call.arguments.count > 1
+            else { return false }
+            let op = call.arguments[1]
+            return op & 128 == 0 && (op & 127 == 0 || op & 127 == 9)  // FUTEX_WAIT or _BITSET, not PRIVATE
+        }
+    }
+
     /// Whether some thread of this process sleeps in a futex wait on a word in `start ..< start + count`.
     static func aThreadSleepsOnFutex(in start: UnsafeRawPointer, count: Int) -> Bool {
         let low = UInt64(UInt(bitPattern: start))

@@ -101,6 +101,43 @@ struct ProcessQueueTests {
         #expect(Set(all) == Set((0..<3).flatMap { k in (0..<5_000).map { k * 1_000_000 + $0 } }))
     }
 
+    @Test func oneProducerAndEightConsumersExactlyOnce() throws {
+        // The wake-ups are passed on from getter to getter (one at a time): every item still reaches one
+        // consumer, however the eight share them.
+        let q = try ProcessQueue<Int>()
+        let consumers = (0..<8).map { _ in ChildProcess(job: Collector(queue: q)) }
+        for c in consumers { try c.start() }
+        for i in 0..<40_000 { try q.put(i) }
+        for _ in consumers { try q.put(-1) }
+        var all: [Int] = []
+        for c in consumers { all += try c.result(timeout: .seconds(60)) }
+        for c in consumers { try c.join(timeout: .seconds(10)) }
+        #expect(all.count == 40_000)
+        #expect(Set(all) == Set(0..<40_000))
+    }
+
+    @Test func aWokenGetterThatNeverComesBackStopsNoOtherGetter() throws {
+        // A getter killed between its wake-up and the lock leaves the wake-up flag set, and puts send no
+        // more wake-ups while it is. A sleeping getter looks again by itself after its slice and clears it.
+        let q = try ProcessQueue<Int>()
+        let consumer = ChildProcess(job: Collector(queue: q))
+        try consumer.start()
+        try eventually("the consumer sleeps in get") {
+            q.ring.sleepingGettersForTesting == 1 && KernelView.aThreadSleepsOnASharedFutex(pid: consumer.pid!)
+        }
+        q.ring.strandWakeUpForTesting()
+        try q.put(7)
+        try q.put(-1)
+        // Its `get` gives up after 30 s by itself; 10 s here is the slice (50 ms) with room to spare.
+        do {
+            #expect(try consumer.result(timeout: .seconds(10)) == [7])
+        } catch {
+            Issue.record("the sleeping getter never took the item: \(error)")
+            consumer.kill()
+        }
+        try consumer.join(timeout: .seconds(10))
+    }
+
     @Test func consumerKilledMidGetDoesNotCorruptTheQueue() throws {
         let seed = replayableSeed()
         var rng = SplitMix64(state: seed)

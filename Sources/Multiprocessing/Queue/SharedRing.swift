@@ -27,7 +27,14 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
         case waitingGetters = 140
         case waitingPutters = 144
         case waitingJoiners = 148
+        /// 1 while a getter woken by `put` (or by another getter) has not yet come back to the lock.
+        case getterSignalled = 152
     }
+
+    /// The longest a getter sleeps before it looks again by itself. Wake-ups are passed on one at a time
+    /// (`getterSignalled`); a getter killed after its wake-up and before it came back would stop them, and
+    /// this bounds that stop (any getter coming back clears the flag).
+    private static let sleepSlice = Duration.milliseconds(50)
 
     let fd: Int32
     let capacity: Int
@@ -128,14 +135,33 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
     /// - Returns: `false` when the deadline had already passed (the caller gives up after its last
     ///   attempt); `true` to make another attempt.
     private func sleep(on f: Field, seen: UInt32, deadline: Deadline?, registeredIn counter: Field) -> Bool {
-        defer { withLock { word(counter).pointee -= 1 } }
-        if let deadline {
-            if deadline.hasPassed { return false }
+        defer {
+            withLock {
+                word(counter).pointee -= 1
+                // Whoever was woken, a getter is back: the next item may wake another.
+                if counter == .waitingGetters { word(.getterSignalled).pointee = 0 }
+            }
+        }
+        if let deadline, deadline.hasPassed { return false }
+        if counter == .waitingGetters {
+            let slice = Deadline.after(Self.sleepSlice)!
+            var ts = (deadline.map { min($0, slice) } ?? slice).timespec
+            _ = mp_futex_wait_shared(word(f), seen, &ts)
+        } else if let deadline {
             var ts = deadline.timespec
             _ = mp_futex_wait_shared(word(f), seen, &ts)
         } else {
             _ = mp_futex_wait_shared(word(f), seen, nil)
         }
+        return true
+    }
+
+    /// With the lock held, after an item arrived or was left behind: whether to wake one sleeping getter
+    /// (one is asleep and none is on its way back already: every item does not need its own wake-up, and
+    /// a getter woken for an item another took only goes back to sleep).
+    private func signalGetter() -> Bool {
+        guard word(.waitingGetters).pointee > 0, word(.getterSignalled).pointee == 0 else { return false }
+        word(.getterSignalled).pointee = 1
         return true
     }
 
@@ -186,7 +212,7 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
                     set(.unfinished, get(.unfinished) + 1)
                     set(.tail, tail + Int64(need))  // publish last
                     bump(.itemsSeq)
-                    wakeGetter = word(.waitingGetters).pointee > 0
+                    wakeGetter = signalGetter()
                     return true
                 }
                 if blocking {
@@ -209,6 +235,7 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
     func get(blocking: Bool, deadline: Deadline?) -> [UInt8]? {
         while true {
             var wakePutter = false
+            var wakeGetter = false
             var seen: UInt32 = 0
             let item: [UInt8]? = withLock {
                 let head = get(.head)
@@ -225,6 +252,8 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
                     set(.head, head + 4 + Int64(n))  // commit last: a consumer dying before this loses nothing
                     bump(.spaceSeq)
                     wakePutter = word(.waitingPutters).pointee > 0
+                    // Items left behind: pass the wake-up on (put woke only one getter for them all).
+                    if tail > head + 4 + Int64(n) { wakeGetter = signalGetter() }
                     return out
                 }
                 if blocking {
@@ -235,6 +264,7 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
             }
             if let item {
                 if wakePutter { _ = mp_futex_wake_shared(word(.spaceSeq), Int32.max) }
+                if wakeGetter { _ = mp_futex_wake_shared(word(.itemsSeq), 1) }
                 return item
             }
             if !blocking || !sleep(on: .itemsSeq, seen: seen, deadline: deadline, registeredIn: .waitingGetters) {
@@ -252,6 +282,13 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
     func corruptCountForTesting(_ value: Int64) { set(.count, value) }
 
     var unfinished: Int { withLock { Int(get(.unfinished)) } }
+
+    /// For tests: getters asleep (or on their way to sleep) in `get` now.
+    var sleepingGettersForTesting: Int { withLock { Int(word(.waitingGetters).pointee) } }
+
+    /// Fault injection for tests: as if a getter had been woken and killed before it came back, so that
+    /// no wake-up is sent until a sleeping getter's slice ends.
+    func strandWakeUpForTesting() { withLock { word(.getterSignalled).pointee = 1 } }
 
     func taskDone() throws {
         let wake: Bool = try withLock {

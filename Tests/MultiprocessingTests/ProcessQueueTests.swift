@@ -138,6 +138,25 @@ struct ProcessQueueTests {
         try consumer.join(timeout: .seconds(10))
     }
 
+    @Test func aGetterKilledAsleepHoldsNoWakeUpForTheNextItem() throws {
+        // A getter killed while asleep stays counted (it never takes its count back), so a put sets the
+        // wake-up flag for a getter that will never come. Whoever empties the ring clears it, or the next
+        // getter to sleep would wait a whole slice for every item.
+        let q = try ProcessQueue<Int>()
+        let doomed = ChildProcess(job: Collector(queue: q))
+        try doomed.start()
+        try eventually("the getter sleeps in get") {
+            q.ring.sleepingGettersForTesting == 1 && KernelView.aThreadSleepsOnASharedFutex(pid: doomed.pid!)
+        }
+        doomed.kill()
+        try doomed.join(timeout: .seconds(10))
+        #expect(q.ring.sleepingGettersForTesting == 1)
+        try q.put(1)
+        #expect(q.ring.wakeUpInFlightForTesting)
+        #expect(try q.getNowait() == 1)
+        #expect(!q.ring.wakeUpInFlightForTesting)
+    }
+
     @Test func consumerKilledMidGetDoesNotCorruptTheQueue() throws {
         let seed = replayableSeed()
         var rng = SplitMix64(state: seed)

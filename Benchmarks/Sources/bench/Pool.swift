@@ -155,6 +155,25 @@ func runPoolSuite(_ only: Set<String>) throws {
         let perTask = (processCPUSeconds() - cpu0) / Double(n * REPS) * 1e6
         print("RESULT pool_map_c1_parent_cpu_swift \(String(format: "%.2f", perTask)) us/task")
     }
+    if want("pool_map_c1_w32") {
+        // The same map on 32 workers (Benchmarks/python/pool_workers.py is CPython's): workers beyond the
+        // cores cost the pool more feeding and waking.
+        let n = 20_000
+        let xs = Array(0..<n)
+        let wide = try ProcessPool(workers: 32, options: benchPoolOptions)
+        _ = try wide.map(SquareTask(), Array(0..<100), chunksize: 1)
+        report(
+            "pool_map_c1_w32_swift",
+            try rate(n, reps: REPS) {
+                let r = try wide.map(SquareTask(), xs, chunksize: 1)
+                precondition(r.reduce(0, &+) == expectedSum(n))
+            },
+            "tasks/s",
+            digits: 0
+        )
+        wide.close()
+        try wide.join()
+    }
     if want("pool_imap_unordered_c1") {
         let n = 20_000
         let xs = Array(0..<n)

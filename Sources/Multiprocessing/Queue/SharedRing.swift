@@ -12,7 +12,7 @@ import Threading
 final class SharedRing: @unchecked Sendable {  // shared state behind the robust mutex in `base`
     // Header layout (bytes): mutex at 0; fields from 64.
     private static let headerSize = 4096
-    private static let magic: UInt64 = 0x6d70_7175_6575_6531  // "mpqueue1"
+    private static let magic: UInt64 = 0x6d70_7175_6575_6532  // "mpqueue2": with the wake-up flag
     private enum Field: Int {
         case magic = 64
         case head = 72
@@ -252,8 +252,15 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
                     set(.head, head + 4 + Int64(n))  // commit last: a consumer dying before this loses nothing
                     bump(.spaceSeq)
                     wakePutter = word(.waitingPutters).pointee > 0
-                    // Items left behind: pass the wake-up on (put woke only one getter for them all).
-                    if tail > head + 4 + Int64(n) { wakeGetter = signalGetter() }
+                    if tail > head + 4 + Int64(n) {
+                        // Items left behind: pass the wake-up on (put woke only one getter for them all).
+                        wakeGetter = signalGetter()
+                    } else {
+                        // The ring is empty: any getter woken for these items finds none. Clearing the flag
+                        // here also keeps a getter killed while counted asleep (its count never taken back)
+                        // from holding the flag for the next item: whoever sleeps next is woken by it.
+                        word(.getterSignalled).pointee = 0
+                    }
                     return out
                 }
                 if blocking {
@@ -289,6 +296,9 @@ final class SharedRing: @unchecked Sendable {  // shared state behind the robust
     /// Fault injection for tests: as if a getter had been woken and killed before it came back, so that
     /// no wake-up is sent until a sleeping getter's slice ends.
     func strandWakeUpForTesting() { withLock { word(.getterSignalled).pointee = 1 } }
+
+    /// For tests: whether a wake-up is in flight (a getter woken and not yet back).
+    var wakeUpInFlightForTesting: Bool { withLock { word(.getterSignalled).pointee != 0 } }
 
     func taskDone() throws {
         let wake: Bool = try withLock {

@@ -262,6 +262,6 @@ struct KernelViewTests {
         let header = try #require(KernelView.mapping(of: q.ring.fd))
         try q.put(7)
         // The ring's header starts with its mutex; its fields follow at 64 (the magic number first).
-        #expect(header.load(fromByteOffset: 64, as: UInt64.self) == 0x6d70_7175_6575_6531)
+        #expect(header.load(fromByteOffset: 64, as: UInt64.self) == 0x6d70_7175_6575_6532)  // "mpqueue2"
     }
 }

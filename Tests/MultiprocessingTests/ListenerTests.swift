@@ -309,18 +309,27 @@ struct ListenerTests {
 
 @Suite(.timeLimit(.minutes(3)))
 struct BootstrapEntryTests {
-    /// Runs `mp-test-helper` with `arguments` (its standard error discarded): its exit status and output.
+    /// Runs `mp-test-helper` with `arguments`: its exit status and output; when it is killed by a signal,
+    /// the status is minus the signal and the output ends with its standard error (a crash's report).
     func helper(_ arguments: [String]) throws -> (Int32, String)? {
         guard let exe = testHelperExecutable() else { return nil }
         let p = Foundation.Process()
         p.executableURL = exe
         p.arguments = arguments
         let out = Pipe()
+        let err = Pipe()
         p.standardOutput = out
-        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        p.standardError = err
         try p.run()
+        // Standard error on a thread of its own: a full pipe must not stop the program.
+        let errText = background {
+            String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        }
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
+        if p.terminationReason == .uncaughtSignal {
+            return (-p.terminationStatus, text + "\n[standard error]\n" + String((try? errText.result(timeout: .seconds(10)))?.suffix(4000) ?? ""))
+        }
         return (p.terminationStatus, text)
     }
 
@@ -342,7 +351,7 @@ struct BootstrapEntryTests {
         #expect(text == line(20) + line(40))
         // Workers that start before main do not have them: the error names the cause and the fix.
         guard let (failed, failure) = try helper(["globals-check", "before-main"]) else { return }
-        #expect(failed == 1)
+        #expect(failed == 1, "\(failure)")
         #expect(failure.contains("top level of main.swift") && failure.contains("Call bootstrap()"), "\(failure)")
     }
 }

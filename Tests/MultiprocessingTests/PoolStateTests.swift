@@ -14,8 +14,8 @@ import Testing
     func at(_ ms: Int) -> PoolInstant { t0 + .milliseconds(ms) }
 
     /// A pool state with `workers` workers started (ids 1...), none ready yet.
-    func pool(_ workers: Int = 1, _ options: ProcessPoolOptions = .init()) -> State {
-        var s = State(size: workers, options: options, now: t0)
+    func pool(_ workers: Int = 1, _ options: ProcessPoolOptions = .init(), cpus: Int = 2) -> State {
+        var s = State(size: workers, options: options, now: t0, cpus: cpus)
         for pid in 0..<workers {
             let id = s.startingWorker()
             _ = s.workerStarted(id, pid: Int32(100 + pid), now: t0)
@@ -80,6 +80,44 @@ import Testing
             Issue.record("expected send #1 to worker 1 with the task alone, got \(more)")
             return
         }
+    }
+
+    /// Tiny units on more workers than CPUs: they are kept on 2 × CPUs workers (each further worker woken
+    /// for its share only costs context switches); units of unknown or longer length use every worker.
+    @Test(arguments: [(cpus: 2, expected: 4), (cpus: 16, expected: 32)])
+    func tinyUnitsStayOnAsFewWorkersAsKeepTheCPUsBusy(cpus: Int, expected: Int) throws {
+        var s = pool(32, cpus: cpus)
+        // Unknown length: every worker gets work.
+        let first = (0..<64).map { _ in unit(&s, count: 1) }
+        let sent = sentTasks(try s.submit(first, now: t0))
+        #expect(Set(sent.map(\.worker)).count == 32)
+        // All answer at once, 10 µs each: the units are tiny now.
+        for t in sent {
+            _ = try s.received(.output(unit: t.unit, start: 0, count: 1, busyNanos: 10_000), from: t.worker, now: at(1))
+        }
+        let tiny = sentTasks(try s.submit((0..<1100).map { _ in unit(&s, count: 1) }, now: at(2)))
+        #expect(Set(tiny.map(\.worker)).count == expected)
+        #expect(tiny.count == expected * 32, "each of them holds a full window")
+    }
+
+    /// A worker stuck on a long item keeps no CPU for the tiny units: once it is stalled, an idle worker
+    /// takes what it held (and what waits), though the tiny units' workers were all in use.
+    @Test func aStalledWorkerDoesNotCountAmongTheTinyUnitsWorkers() throws {
+        var s = pool(4, cpus: 1)  // tiny units on 2 workers
+        let first = (0..<8).map { _ in unit(&s, count: 1) }
+        for t in sentTasks(try s.submit(first, now: t0)) {
+            _ = try s.received(.output(unit: t.unit, start: 0, count: 1, busyNanos: 10_000), from: t.worker, now: at(1))
+        }
+        let units = (0..<100).map { _ in unit(&s, count: 1) }
+        let sent = sentTasks(try s.submit(units, now: at(2)))
+        #expect(Set(sent.map(\.worker)) == [1, 2] && sent.count == 64)
+        // Worker 1 runs its first tiny unit for a minute: overdue; the rest of its units are taken back.
+        let stuck = try #require(sent.first { $0.worker == 1 })
+        let late = [1: State.RunningFacts(unit: stuck.unit, index: 0, elapsed: .seconds(60))]
+        let due = try #require(s.overdue(running: late).first)
+        let back = sentTasks(s.reclaim(due.id, startedThrough: 3, now: at(60_000)))
+        #expect(back.contains { $0.worker == 3 }, "an idle worker takes the stalled one's place")
+        #expect(!back.contains { $0.worker == 4 }, "and only one: the tiny units' workers are 2 again")
     }
 
     /// A worker stuck on a long item: once the item is overdue (20 mean items, at least 50 ms), the units

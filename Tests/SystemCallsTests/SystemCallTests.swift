@@ -131,12 +131,14 @@ private let interruptions = Atomic<Int>(0)
             SystemCall.close(a)
             SystemCall.close(b)
         }
-        let (r, w) = try SystemCall.pipe()
-        SystemCall.close(r)
-        SystemCall.close(w)
+        // Not a descriptor just closed: tests run in parallel, and another may be given its number at once.
+        // No descriptor is ever numbered at or above the process's limit.
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        let closed = Int32(clamping: limit.rlim_cur)
         var byte: UInt8 = 1
         let sent = withUnsafeBytes(of: &byte) { p in
-            Result { () throws(SystemCallError) in try SystemCall.sendWithDescriptors(a, p, fds: [r]) }
+            Result { () throws(SystemCallError) in try SystemCall.sendWithDescriptors(a, p, fds: [closed]) }
         }
         #expect(throws: SystemCallError.self) { try sent.get() }
         if case .failure(let e) = sent { #expect(e.errno == .badFileDescriptor && e.call == "sendmsg") }

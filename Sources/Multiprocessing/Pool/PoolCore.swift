@@ -40,7 +40,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         self.options = options
         self.initializer = initializer
         telemetry = PoolTelemetry(name: options.name, logger: options.logger)
-        guarded = Guarded(state: PoolState(size: size, options: options, now: PoolInstant.now))
+        guarded = Guarded(
+            state: PoolState(size: size, options: options, now: PoolInstant.now, cpus: Processes.cpuCount)
+        )
         for _ in 0..<size { try addWorker() }
         let t = OSThread(name: "mp-pool-supervisor", daemon: true) { [weak self] in
             while let core = self { if !core.superviseOnce() { break } }

@@ -51,12 +51,18 @@ extension PoolState {
         // 2 ms units one at a time halved the CPU benchmark's speed-up). Tiny units are pipelined
         // deeper; units of 50 ms or more are pulled one at a time, so none waits behind a long one.
         let window = unitNanos >= 50_000_000 ? 1 : unitNanos > 100_000 || unitNanos == 0 ? 2 : 32
+        // Tiny units keep as few workers busy as keep the CPUs busy: with more workers than CPUs, waking
+        // each for its share only adds context switches (32 workers on 2 CPUs: a quarter of the rate).
+        let spread = window == 32 ? Swift.max(2, 2 * cpus) : Int.max
+        // (A stalled worker, stuck on a long item, takes no work: it does not count.)
+        var holding = workers.count { !$0.inflight.isEmpty && !$0.stalled }
         while !pending.isEmpty {
             var best: Int?
             var least = window
             // By index: a `Worker` is costly to copy.
             for i in workers.indices where workers[i].takesWork && !workers[i].stalled {
                 let n = workers[i].inflight.count
+                if n == 0 && holding >= spread { continue }
                 if n < least {
                     best = i
                     least = n
@@ -91,9 +97,12 @@ extension PoolState {
             workers[b].taskFrames += 1
             unit.seq = workers[b].taskFrames
             queueSend(workers[b].id, .task(unit))
-            if workers[b].inflight.isEmpty, let since = workers[b].idleSince {
-                workers[b].idle += now - since
-                workers[b].idleSince = nil
+            if workers[b].inflight.isEmpty {
+                holding += 1
+                if let since = workers[b].idleSince {
+                    workers[b].idle += now - since
+                    workers[b].idleSince = nil
+                }
             }
             workers[b].inflight.append(unit)
             workers[b].dispatched += 1

@@ -204,10 +204,14 @@ struct PoolState: Sendable {
     /// When the supervisor means to look again (its last round's `wakeAt`; nil: on its idle second).
     var supervisionAt: Instant?
 
-    init(size: Int, options: ProcessPoolOptions, now: Instant) {
+    /// CPUs this process may run on: how many workers tiny units are spread over (``pump()``).
+    let cpus: Int
+
+    init(size: Int, options: ProcessPoolOptions, now: Instant, cpus: Int) {
         self.size = size
         self.options = options
         self.now = now
+        self.cpus = cpus
     }
 
     // MARK: - helpers

@@ -328,7 +328,8 @@ struct BootstrapEntryTests {
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         if p.terminationReason == .uncaughtSignal {
-            return (-p.terminationStatus, text + "\n[standard error]\n" + String((try? errText.result(timeout: .seconds(10)))?.suffix(4000) ?? ""))
+            let report = (try? errText.result(timeout: .seconds(10)))?.suffix(4000) ?? ""
+            return (-p.terminationStatus, text + "\n[standard error]\n" + report)
         }
         return (p.terminationStatus, text)
     }

@@ -3,26 +3,15 @@
 /// Wait for it with ``result(timeout:)`` (blocking) or ``value`` (async); ``cancel()`` succeeds while the
 /// work has not started; callbacks added with ``addDoneCallback(_:)`` run once it finishes.
 public final class Future<Value: Sendable>: @unchecked Sendable {  // all state is inside `monitor`
-    @usableFromInline
-    enum Status {
-        case pending
-        case running
-        case finished(Result<Value, any Error>)
-        case cancelled
-    }
-
-    @usableFromInline
-    struct State {
-        @usableFromInline var status: Status = .pending
-        @usableFromInline var callbacks: [@Sendable (Future<Value>) -> Void] = []
-        @inlinable init() {}
-    }
-
-    @usableFromInline let monitor: Monitor<State>
+    // The state does not depend on `Value` (the value is kept as `any Sendable` until it is read): code
+    // that is generic over `Value` and not specialised (a pool's internals, for a user's result type)
+    // would otherwise ask the runtime for the metadata of `Monitor<State>`, `Result<Value, Error>` and
+    // their relatives on every operation — a third of a pool round trip's instructions.
+    @usableFromInline let monitor: Monitor<FutureState>
 
     /// A pending future, to be completed with ``complete(_:)`` (Python's `Future()` for executor authors).
     @inlinable
-    public init() { monitor = Monitor<State>(State(), lists: 1) }
+    public init() { monitor = Monitor<FutureState>(FutureState(), lists: 1) }
 
     // MARK: state
 
@@ -48,7 +37,7 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
     /// - Returns: `true` if the future is cancelled now; `false` if it is running or finished.
     @discardableResult
     public func cancel() -> Bool {
-        let (ok, callbacks) = monitor.update { s, wakes -> (Bool, [@Sendable (Future) -> Void]) in
+        let (ok, callbacks) = monitor.update { s, wakes -> (Bool, [@Sendable () -> Void]) in
             switch s.status {
             case .running, .finished: return (false, [])
             case .cancelled: return (true, [])
@@ -59,44 +48,36 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
                 return (true, s.callbacks)
             }
         }
-        for cb in callbacks { cb(self) }
+        for cb in callbacks { cb() }
         return ok
     }
 
     /// Moves a pending future to running; `false` if it was cancelled (then the work must not run).
     @inlinable
-    func markRunning() -> Bool {
-        monitor.update { s, _ in
-            guard case .pending = s.status else { return false }
-            s.status = .running
-            return true
-        }
-    }
+    func markRunning() -> Bool { monitor.update { s, _ in s.markRunning() } }
 
     /// Completes the future (Python's `set_result` / `set_exception`); ignored if it is already done.
     @inlinable
     public func complete(_ result: Result<Value, any Error>) {
-        let callbacks = monitor.update { s, wakes -> [@Sendable (Future) -> Void] in
-            switch s.status {
-            case .finished, .cancelled: return []
-            case .pending, .running:
-                s.status = .finished(result)
-                wakes.wakeAll(0)
-                defer { s.callbacks = [] }
-                return s.callbacks
-            }
+        let erased: Result<any Sendable, any Error>
+        switch result {
+        case .success(let v): erased = .success(v)
+        case .failure(let e): erased = .failure(e)
         }
-        for cb in callbacks { cb(self) }
+        let callbacks = monitor.update { s, wakes in s.finish(erased, &wakes) }
+        for cb in callbacks { cb() }
     }
 
     /// Calls `callback` once the future is done (at once, in this thread, if it already is) — Python's
     /// `Future.add_done_callback(fn)`. Callbacks run in the thread that completes the future.
     public func addDoneCallback(_ callback: @escaping @Sendable (Future<Value>) -> Void) {
+        // Weakly: a future that never finishes must not be kept alive by its own callbacks (they run
+        // inside `complete` or `cancel`, while it is).
         let runNow = monitor.update { s, _ -> Bool in
             switch s.status {
             case .finished, .cancelled: return true
             case .pending, .running:
-                s.callbacks.append(callback)
+                s.callbacks.append { [weak self] in if let self { callback(self) } }
                 return false
             }
         }
@@ -105,12 +86,12 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
 
     // MARK: waiting
 
+    /// The value of a finished future's outcome, or its error.
     @inlinable
-    func outcome(_ s: State) -> Result<Value, any Error>? {
-        switch s.status {
-        case .finished(let r): r
-        case .cancelled: .failure(ThreadingError(.cancelled, "the future was cancelled"))
-        case .pending, .running: nil
+    static func unwrap(_ r: Result<any Sendable, any Error>) throws -> Value {
+        switch r {
+        case .success(let v): return v as! Value  // stored by `complete`, from a `Value`
+        case .failure(let e): throw e
         }
     }
 
@@ -120,17 +101,17 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
     ///   ``ThreadingError/Code/timedOut`` if `timeout` expires first.
     @inlinable
     public func result(timeout: Duration? = nil) throws -> Value {
-        guard let r = try monitor.wait(on: 0, until: Deadline.after(timeout), { s, _ in outcome(s) }) else {
+        guard let r = try monitor.wait(on: 0, until: Deadline.after(timeout), { s, _ in s.outcome }) else {
             throw ThreadingError(.timedOut, "the future did not finish within \(timeout!)")
         }
-        return try r.get()
+        return try Self.unwrap(r)
     }
 
     /// Waits and returns the work's error, or `nil` if it succeeded — Python's `Future.exception(timeout)`.
     ///
     /// - Throws: ``ThreadingError/Code/cancelled`` or ``ThreadingError/Code/timedOut``.
     public func error(timeout: Duration? = nil) throws -> (any Error)? {
-        guard let r = try monitor.wait(on: 0, until: Deadline.after(timeout), { s, _ in outcome(s) }) else {
+        guard let r = try monitor.wait(on: 0, until: Deadline.after(timeout), { s, _ in s.outcome }) else {
             throw ThreadingError(.timedOut, "the future did not finish within \(timeout!)")
         }
         if case .failure(let e) = r {
@@ -147,7 +128,54 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
     @inlinable
     public var value: Value {
         get async throws {
-            try await monitor.waitAsync(on: 0) { s, _ in outcome(s) }.get()
+            try Self.unwrap(try await monitor.waitAsync(on: 0) { s, _ in s.outcome })
+        }
+    }
+}
+
+/// A future's state, whatever its value type.
+@usableFromInline
+struct FutureState {
+    @usableFromInline
+    enum Status {
+        case pending
+        case running
+        case finished(Result<any Sendable, any Error>)
+        case cancelled
+    }
+
+    @usableFromInline var status: Status = .pending
+    @usableFromInline var callbacks: [@Sendable () -> Void] = []
+
+    @inlinable init() {}
+
+    @inlinable
+    mutating func markRunning() -> Bool {
+        guard case .pending = status else { return false }
+        status = .running
+        return true
+    }
+
+    /// Records the outcome unless already done; the callbacks to run.
+    @inlinable
+    mutating func finish(_ result: Result<any Sendable, any Error>, _ wakes: inout Wakes) -> [@Sendable () -> Void] {
+        switch status {
+        case .finished, .cancelled: return []
+        case .pending, .running:
+            status = .finished(result)
+            wakes.wakeAll(0)
+            defer { callbacks = [] }
+            return callbacks
+        }
+    }
+
+    /// The outcome once done (a cancellation is an error); nil while pending or running.
+    @inlinable
+    var outcome: Result<any Sendable, any Error>? {
+        switch status {
+        case .finished(let r): r
+        case .cancelled: .failure(ThreadingError(.cancelled, "the future was cancelled"))
+        case .pending, .running: nil
         }
     }
 }

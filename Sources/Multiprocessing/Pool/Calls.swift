@@ -16,10 +16,15 @@ class CallCore: @unchecked Sendable {  // subclasses keep their own state thread
     let totalItems = Atomic<Int>(-1)
 
     /// The call's progress display, if it has one (set once, before the call's first item is sent).
-    private let reporter = TrackedMutex<ProgressReporter?>(nil)
+    /// Lock-free and stored inline: every `apply` makes a call, and a mutex object per call cost a round
+    /// trip ~1,500 instructions (allocating, locking and freeing a generic class).
+    private let reporter = AtomicLazyReference<ProgressReporter>()
     var progress: ProgressReporter? {
-        get { reporter.withLock { $0 } }
-        set { reporter.withLock { $0 = newValue } }
+        get { reporter.load() }
+        set {
+            guard let newValue else { return }
+            _ = reporter.storeIfNil(newValue)
+        }
     }
 
     var isCancelled: Bool { cancelledFlag.load(ordering: .relaxed) }

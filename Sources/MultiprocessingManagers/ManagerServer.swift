@@ -89,14 +89,22 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     ///   queue, an `acquire`, a `wait`, a call of an object that may block); further ones wait for one of
     ///   them to finish. Calls that complete at once need no thread. Keep it above the number of clients
     ///   that may wait on each other at once (a `Barrier`'s parties).
+    /// - Parameter handshakeTimeout: the longest a client may take to prove the key after it connects; one
+    ///   that has not by then is disconnected (it holds a descriptor and a little memory until then).
     public init(
         address: Address = .tcp(host: "127.0.0.1", port: 0),
         authkey: [UInt8],
         keepAlive: KeepAlive? = .standard,
         maxCallThreads: Int = 512,
+        handshakeTimeout: Duration = .seconds(10),
         logger: Logger = Logger(label: "swift-multiprocessing.manager", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
-        listener = try Listener(address: address, authkey: authkey, keepAlive: keepAlive)
+        listener = try Listener(
+            address: address,
+            authkey: authkey,
+            handshakeTimeout: handshakeTimeout,
+            keepAlive: keepAlive
+        )
         self.authkey = authkey
         self.logger = logger
         // One series per server, by its address.

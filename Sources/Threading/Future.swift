@@ -37,7 +37,7 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
     /// - Returns: `true` if the future is cancelled now; `false` if it is running or finished.
     @discardableResult
     public func cancel() -> Bool {
-        let (ok, callbacks) = monitor.update { s, wakes -> (Bool, [@Sendable () -> Void]) in
+        let (ok, callbacks) = monitor.update { s, wakes -> (Bool, [@Sendable (AnyObject) -> Void]) in
             switch s.status {
             case .running, .finished: return (false, [])
             case .cancelled: return (true, [])
@@ -48,7 +48,7 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
                 return (true, s.callbacks)
             }
         }
-        for cb in callbacks { cb() }
+        for cb in callbacks { cb(self) }
         return ok
     }
 
@@ -65,19 +65,19 @@ public final class Future<Value: Sendable>: @unchecked Sendable {  // all state 
         case .failure(let e): erased = .failure(e)
         }
         let callbacks = monitor.update { s, wakes in s.finish(erased, &wakes) }
-        for cb in callbacks { cb() }
+        for cb in callbacks { cb(self) }
     }
 
     /// Calls `callback` once the future is done (at once, in this thread, if it already is) — Python's
     /// `Future.add_done_callback(fn)`. Callbacks run in the thread that completes the future.
     public func addDoneCallback(_ callback: @escaping @Sendable (Future<Value>) -> Void) {
-        // Weakly: a future that never finishes must not be kept alive by its own callbacks (they run
-        // inside `complete` or `cancel`, while it is).
+        // Called with the future rather than capturing it: a future that never finishes must not be kept
+        // alive by its own callbacks.
         let runNow = monitor.update { s, _ -> Bool in
             switch s.status {
             case .finished, .cancelled: return true
             case .pending, .running:
-                s.callbacks.append { [weak self] in if let self { callback(self) } }
+                s.callbacks.append { future in callback(unsafeDowncast(future, to: Future<Value>.self)) }
                 return false
             }
         }
@@ -145,7 +145,8 @@ struct FutureState {
     }
 
     @usableFromInline var status: Status = .pending
-    @usableFromInline var callbacks: [@Sendable () -> Void] = []
+    /// Called with the future (not capturing it, which would be a cycle until it finishes).
+    @usableFromInline var callbacks: [@Sendable (AnyObject) -> Void] = []
 
     @inlinable init() {}
 
@@ -158,7 +159,10 @@ struct FutureState {
 
     /// Records the outcome unless already done; the callbacks to run.
     @inlinable
-    mutating func finish(_ result: Result<any Sendable, any Error>, _ wakes: inout Wakes) -> [@Sendable () -> Void] {
+    mutating func finish(
+        _ result: Result<any Sendable, any Error>,
+        _ wakes: inout Wakes
+    ) -> [@Sendable (AnyObject) -> Void] {
         switch status {
         case .finished, .cancelled: return []
         case .pending, .running:

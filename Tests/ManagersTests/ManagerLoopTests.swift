@@ -265,6 +265,26 @@ struct ManagerLoopTests {
             #expect(try b.call(l, "release") == ok)
         }
     }
+    /// A client that connects and never answers the challenge is disconnected at the handshake limit (the
+    /// loop's own deadline, not a thread's timed read), and the server goes on.
+    @Test func aClientSilentInTheHandshakeIsDisconnectedAtTheLimit() throws {
+        let server = try ManagerServer(authkey: key, handshakeTimeout: .milliseconds(200))
+        try server.start()
+        defer { server.shutdown() }
+        let silent = try connect(to: server.address, authkey: nil)
+        defer { silent.close() }
+        _ = try silent.recvBytes(timeout: .seconds(30))  // the challenge, which it leaves unanswered
+        // The server ends the connection; 30 s is the test's patience, 200 ms the limit under test.
+        do {
+            let more = try silent.recvBytes(timeout: .seconds(30))
+            Issue.record("expected the connection to end, got \(more.count) bytes")
+        } catch let e as MultiprocessingError {
+            #expect(e.code != .timedOut, "the silent client was not disconnected: \(e)")
+        }
+        // And a client that does answer is served.
+        let d = try create(server, key: key, "dict")
+        #expect(!d.isEmpty)
+    }
 }
 
 /// A served object whose `hold` runs on the server's event loop (it says it never blocks) and waits

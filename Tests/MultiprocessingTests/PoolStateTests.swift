@@ -120,6 +120,22 @@ import Testing
         #expect(!back.contains { $0.worker == 4 }, "and only one: the tiny units' workers are 2 again")
     }
 
+    /// A worker that retires (its task quota reached) takes no more work: it keeps none of the tiny units'
+    /// places, so the next worker takes over at once rather than once the retiring one's units end.
+    @Test func aRetiringWorkerDoesNotCountAmongTheTinyUnitsWorkers() throws {
+        var options = ProcessPoolOptions()
+        options.maxTasksPerChild = 10
+        var s = pool(4, options, cpus: 1)  // tiny units on 2 workers
+        let first = (0..<8).map { _ in unit(&s, count: 1) }
+        for t in sentTasks(try s.submit(first, now: t0)) {
+            _ = try s.received(.output(unit: t.unit, start: 0, count: 1, busyNanos: 10_000), from: t.worker, now: at(1))
+        }
+        // Each worker has run 2 units: it takes 8 more, then retires; all four do, two at a time.
+        let sent = sentTasks(try s.submit((0..<100).map { _ in unit(&s, count: 1) }, now: at(2)))
+        #expect(Set(sent.map(\.worker)) == [1, 2, 3, 4])
+        #expect(sent.count == 32)
+    }
+
     /// A worker stuck on a long item: once the item is overdue (20 mean items, at least 50 ms), the units
     /// queued behind it go to the other worker, the stuck one gets nothing more until its unit ends, and
     /// its word on the taken units (which it never runs) would be ignored.

@@ -54,8 +54,9 @@ extension PoolState {
         // Tiny units keep as few workers busy as keep the CPUs busy: with more workers than CPUs, waking
         // each for its share only adds context switches (32 workers on 2 CPUs: a quarter of the rate).
         let spread = window == 32 ? Swift.max(2, 2 * cpus) : Int.max
-        // (A stalled worker, stuck on a long item, takes no work: it does not count.)
-        var holding = workers.count { !$0.inflight.isEmpty && !$0.stalled }
+        // Only workers that can take more count: one stalled on a long item, retiring or stopping keeps
+        // no place (its long item would otherwise hold the tiny units back).
+        var holding = workers.count { !$0.inflight.isEmpty && !$0.stalled && $0.takesWork }
         while !pending.isEmpty {
             var best: Int?
             var least = window
@@ -119,6 +120,7 @@ extension PoolState {
             }
             if PoolDecisions.retires(dispatched: workers[b].dispatched, maxTasksPerChild: options.maxTasksPerChild) {
                 workers[b].retiring = true
+                holding -= 1
             }
         }
     }

@@ -21,10 +21,20 @@ final class ServedThreads: Sendable {
     let idleLimit: Duration
     /// Called (outside any lock) with the number of threads when it changes.
     private let onCount: @Sendable (Int) -> Void
+    /// Starts a thread running its argument (tests put a failing one in its place).
+    private let startThread: @Sendable (@escaping @Sendable () -> Void) throws(ThreadingError) -> Void
 
-    init(limit: Int, idleLimit: Duration = .seconds(10), onCount: @escaping @Sendable (Int) -> Void) {
+    init(
+        limit: Int,
+        idleLimit: Duration = .seconds(10),
+        startThread: @escaping @Sendable (@escaping @Sendable () -> Void) throws(ThreadingError) -> Void = {
+            body throws(ThreadingError) in try OSThread(name: "mp-manager-call", daemon: true, body).start()
+        },
+        onCount: @escaping @Sendable (Int) -> Void
+    ) {
         self.limit = max(1, limit)
         self.idleLimit = idleLimit
+        self.startThread = startThread
         self.onCount = onCount
     }
 
@@ -48,9 +58,8 @@ final class ServedThreads: Sendable {
             return .queue
         }
         if plan == .start {
-            let t = OSThread(name: "mp-manager-call", daemon: true) { [self] in work() }
             do {
-                try t.start()
+                try startThread { [self] in work() }
             } catch {
                 // With other threads alive the call goes to one of them (an idle one, or the first to free
                 // up: decided in the same lock round as the count, so no thread leaves meanwhile); with none

@@ -2,6 +2,7 @@ import Foundation
 import Multiprocessing
 import MultiprocessingNetwork
 import MultiprocessingTestSupport
+import Synchronization
 import Testing
 import Threading
 
@@ -301,5 +302,51 @@ private final class LoopGate: ManagedObject, @unchecked Sendable {  // thread-sa
         _ = release.acquire(timeout: .seconds(30))
         entered.clear()
         return .none
+    }
+}
+
+/// The call threads when the system refuses a new thread (`pthread_create` failing: out of memory or a
+/// thread limit), with a thread starter that succeeds as often as allowed and then fails.
+@Suite(.timeLimit(.minutes(1)))
+struct ServedThreadsTests {
+    /// Starts real threads while `allowed` lasts, then refuses.
+    final class Starter: Sendable {
+        let allowed: Atomic<Int>
+        init(_ allowed: Int) { self.allowed = Atomic(allowed) }
+        func start(_ body: @escaping @Sendable () -> Void) throws(ThreadingError) {
+            guard allowed.subtract(1, ordering: .relaxed).oldValue > 0 else {
+                throw ThreadingError(.threadCreation, "refused for the test")
+            }
+            try OSThread(daemon: true, body).start()
+        }
+    }
+
+    @Test func aCallWithNoThreadAtAllIsRefusedNotLost() {
+        let starter = Starter(0)
+        let threads = ServedThreads(limit: 4, startThread: starter.start) { _ in }
+        let ran = Atomic<Bool>(false)
+        #expect(throws: ThreadingError.self) { try threads.submit { ran.store(true, ordering: .relaxed) } }
+        #expect(threads.count == 0)
+        let didRun = ran.load(ordering: .relaxed)
+        #expect(!didRun)
+    }
+
+    @Test func aCallThatGetsNoThreadOfItsOwnWaitsForABusyOne() throws {
+        let starter = Starter(1)
+        let threads = ServedThreads(limit: 4, startThread: starter.start) { _ in }
+        let first = Threading.Event()
+        let release = Threading.Event()
+        let second = Threading.Event()
+        try threads.submit {
+            first.set()
+            _ = release.wait(timeout: .seconds(30))
+        }
+        #expect(first.wait(timeout: .seconds(30)))
+        // The first thread is busy and no second one can start: the call is queued to the busy one.
+        try threads.submit { second.set() }
+        #expect(threads.count == 1)
+        #expect(!second.isSet)
+        release.set()
+        #expect(second.wait(timeout: .seconds(30)), "the queued call ran once the thread was free")
     }
 }

@@ -321,6 +321,12 @@ struct BootstrapEntryTests {
         p.standardOutput = out
         p.standardError = err
         try p.run()
+        // A helper that hangs (a deadlock in a crash handler, say) must fail the test, not hold the
+        // suite's thread for ever: it is killed after two minutes (it takes milliseconds).
+        let finished = Threading.Event()
+        let pid = p.processIdentifier
+        _ = background { if !finished.wait(timeout: .seconds(120)) { kill(pid, SIGKILL) } }
+        defer { finished.set() }
         // Standard error on a thread of its own: a full pipe must not stop the program.
         let errText = background {
             String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)

@@ -64,7 +64,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
     private func step<R: Sendable, E: Error>(
         _ event: (inout Guarded) throws(E) -> (R, [PoolState.Action])
     ) throws(E) -> R {
-        let (r, actions, io, tallies) = try withGuarded { g throws(E) in
+        let (r, actions, io, tallies, toWake) = try withGuarded { g throws(E) in
             let (r, actions) = try event(&g)
             let now = g.state.tally
             var tallies: (PoolState.Tally, PoolState.Tally)?
@@ -72,11 +72,43 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
                 tallies = (g.reported, now)
                 g.reported = now
             }
-            return (r, actions, actions.isEmpty ? [:] : g.io, tallies)
+            let toWake = Self.storeCancellations(actions, g.io)
+            return (r, actions, actions.isEmpty ? [:] : g.io, tallies, toWake)
         }
         if let (old, new) = tallies { telemetry.report(from: old, to: new) }
         if !actions.isEmpty { perform(actions, io) }
+        for w in toWake { w.wakeWorker() }
         return r
+    }
+
+    /// With the lock held: writes the cancellations among `actions` into the workers' shared pages, and
+    /// returns the workers to wake (after the lock). Under the lock because a worker's page is unmapped
+    /// once its exit is handled, which takes it out of `io` under the same lock first: written outside,
+    /// a cancellation racing with the worker's exit wrote to an unmapped page (the process died of
+    /// SIGSEGV; under ThreadSanitizer its signal handler deadlocked).
+    private static func storeCancellations(
+        _ actions: [PoolState.Action],
+        _ io: [PoolState.WorkerID: WorkerIO]
+    ) -> [WorkerIO] {
+        var toWake: [WorkerIO] = []
+        for action in actions {
+            switch action {
+            case .cancelUnit(let id, let unit, let ring):
+                guard let w = io[id] else { continue }
+                w.shared.markCancelled(unit, ring: ring)
+                if w.shared.running.unit == unit {
+                    w.shared.requestCancel(unit)
+                    toWake.append(w)
+                }
+            case .cancelItem(let id, let unit, let index):
+                guard let w = io[id] else { continue }
+                w.shared.requestItemCancel(unit: unit, index: index)
+                toWake.append(w)
+            default:
+                continue
+            }
+        }
+        return toWake
     }
 
     private func withGuarded<R, E: Error>(_ body: (inout Guarded) throws(E) -> R) throws(E) -> R {
@@ -100,17 +132,8 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
                 io[id]?.handle.terminate()
             case .kill(let id):
                 io[id]?.handle.kill()
-            case .cancelUnit(let id, let unit, let ring):
-                guard let w = io[id] else { continue }
-                w.shared.markCancelled(unit, ring: ring)
-                if w.shared.running.unit == unit {
-                    w.shared.requestCancel(unit)
-                    w.wakeWorker()
-                }
-            case .cancelItem(let id, let unit, let index):
-                guard let w = io[id] else { continue }
-                w.shared.requestItemCancel(unit: unit, index: index)
-                w.wakeWorker()
+            case .cancelUnit, .cancelItem:
+                continue  // written under the lock (`storeCancellations`), woken by `step`
             case .fail(let call, let index, let error):
                 call.fail(index: index, error)
             case .wakeSupervisor:

@@ -11,7 +11,8 @@ import Threading
 ///
 /// The state and the workers' I/O objects sit behind one lock. Every entry point runs one event of the
 /// state under the lock, then performs the returned actions once the lock is released: frames are
-/// encoded and written, signals sent, shared pages written, items failed, the supervisor woken. Replies
+/// encoded and written, signals sent, items failed, workers and the supervisor woken. Workers' shared
+/// pages are written under the lock (a worker's page is unmapped once its exit is handled). Replies
 /// are read on the library's reactor thread; a supervisor thread per pool enforces timeouts, kills after
 /// grace periods, schedules retries and replaces workers.
 final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarded`, behind `lock`

@@ -111,6 +111,16 @@ package enum Syscall {
         try mapped { () throws(SystemCallError) in try SystemCall.send(fd, p).value }
     }
 
+    /// ``sendNow(_:_:)`` of several buffers in order, in one system call.
+    package static func sendNow(
+        _ fd: Int32,
+        vectors: UnsafeMutableBufferPointer<iovec>
+    ) throws(MultiprocessingError) -> Int? {
+        try mapped { () throws(SystemCallError) in
+            try SystemCall.send(fd, vectors: UnsafeMutableRawPointer(vectors.baseAddress!), count: vectors.count).value
+        }
+    }
+
     /// `epoll_wait` without a timeout: the number of events.
     static func epollWait(_ epfd: Int32, _ events: inout [epoll_event]) throws(MultiprocessingError) -> Int {
         try mapped { () throws(SystemCallError) in try SystemCall.epollWait(epfd, &events) }

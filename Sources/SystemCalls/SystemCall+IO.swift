@@ -36,6 +36,21 @@ extension SystemCall {
         return try loop("send") { libc(Glibc.send(fd, p.baseAddress, p.count, flags)) }
     }
 
+    /// `sendmsg(2)` of the `count` `iovec`s at `vectors`, in order, without `SIGPIPE` and without
+    /// blocking: the bytes the socket took, or ``IOResult/wouldBlock``. A peer that is gone:
+    /// ``SystemCallError/peerClosed``.
+    package static func send(
+        _ fd: Int32,
+        vectors: UnsafeMutableRawPointer,
+        count: Int
+    ) throws(SystemCallError) -> IOResult {
+        var msg = msghdr()
+        msg.msg_iov = vectors.assumingMemoryBound(to: iovec.self)
+        msg.msg_iovlen = count
+        let flags = Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)
+        return try loop("sendmsg") { libc(Glibc.sendmsg(fd, &msg, flags)) }
+    }
+
     /// `write(2)`: the bytes written, or ``IOResult/wouldBlock`` on a non-blocking descriptor. A pipe
     /// whose reader is gone: ``SystemCallError/peerClosed`` (the package ignores `SIGPIPE` in its
     /// processes; see `WorkerMain`).

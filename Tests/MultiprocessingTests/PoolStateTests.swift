@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import Threading
 
 @testable import Multiprocessing
 
@@ -581,13 +582,45 @@ import Testing
         }
         let outbox = try Outbox(channel: a)
         defer { outbox.release() }
-        outbox.append([3, 3], seq: 2)
-        outbox.append([2], seq: 1)
+        outbox.append([[3], [], [3]], seq: 2)
+        outbox.append([[2]], seq: 1)
         outbox.flush()  // nothing yet: send 0 has not arrived
-        outbox.append([1], seq: 0)
+        outbox.append([[1]], seq: 0)
         outbox.flush()
         var buf = [UInt8](repeating: 0, count: 16)
         let n = try buf.withUnsafeMutableBytes { try Syscall.receive(b, into: $0) }
         #expect(Array(buf[0..<(n ?? 0)]) == [1, 2, 3, 3])
+    }
+
+    /// Arrays larger than the socket's buffer, many per send (more than one `sendmsg` takes): the
+    /// caller's flush sends what fits, a background writer the rest, and the reader gets every byte once,
+    /// in order.
+    @Test func theOutboxWritesManyLargeArraysInOrderWithoutBlocking() throws {
+        let (a, b) = try Syscall.socketpair(Int32(SOCK_STREAM.rawValue))
+        defer {
+            Syscall.close(a)
+            Syscall.close(b)
+        }
+        let outbox = try Outbox(channel: a)
+        defer { outbox.release() }
+        var arrays: [[UInt8]] = []
+        for k in 0..<40 {
+            let size = k % 3 == 0 ? 5 : 70_000 + k
+            arrays.append((0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ k) })
+        }
+        let expected = arrays.flatMap { $0 }
+        outbox.append(Array(arrays[..<25]), seq: 0)
+        outbox.flush()  // returns with most of it still to send: the socket holds far less
+        outbox.append(Array(arrays[25...]), seq: 1)
+        outbox.flush()
+        var got: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while got.count < expected.count {
+            #expect(try Syscall.poll(b, events: Int16(POLLIN), deadline: Deadline.after(.seconds(30))))
+            guard let n = try buf.withUnsafeMutableBytes({ try Syscall.receive(b, into: $0) }), n > 0 else { break }
+            got += buf[0..<n]
+        }
+        #expect(got.count == expected.count)
+        #expect(got == expected)
     }
 }

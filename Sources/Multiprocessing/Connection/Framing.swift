@@ -19,6 +19,13 @@ package struct FrameDecoder {
     private var end = 0
     /// A frame larger than `buffer`: the bytes so far (`filled` of them) and its announced size.
     private var large: (payload: [UInt8], filled: Int, size: Int)?
+    /// Whether the last large frame's array is kept (up to ``spareLimit`` bytes) for the next one: a
+    /// stream of chunk-sized frames (the process pool's) then reads into the same pages rather than
+    /// faulting in fresh ones per frame. Off by default: a server with many connections would hold a
+    /// spare per connection.
+    package var keepsSpare = false
+    private var spare: [UInt8] = []
+    private static var spareLimit: Int { 1 << 20 }
 
     /// Whether the last read filled less than the space offered: a stream socket then had nothing more.
     package private(set) var lastReadWasShort = false
@@ -31,7 +38,7 @@ package struct FrameDecoder {
     }
 
     /// Bytes of room the buffers hold now (for tests: a bare announced length must not grow it).
-    package var capacity: Int { buffer.count + (large?.payload.count ?? 0) }
+    package var capacity: Int { buffer.count + (large?.payload.count ?? 0) + spare.count }
 
     /// Whether a whole frame is buffered (the next read needs no system call).
     package var hasWholeFrame: Bool {
@@ -67,11 +74,13 @@ package struct FrameDecoder {
             defer { large = l }
             if l.filled == l.payload.count { Self.grow(&l.payload, to: min(l.size, max(2 * l.payload.count, 1 << 20))) }
             let filled = l.filled
+            // A reused array may be longer than the frame: offer no more than the frame's rest.
+            let room = min(l.payload.count, l.size)
             let n = try l.payload.withUnsafeMutableBytes { p in
-                try read(UnsafeMutableRawBufferPointer(rebasing: p[filled...]))
+                try read(UnsafeMutableRawBufferPointer(rebasing: p[filled..<room]))
             }
             if let n, n > 0 {
-                lastReadWasShort = n < l.payload.count - filled
+                lastReadWasShort = n < room - filled
                 l.filled += n
             }
             return n
@@ -95,6 +104,7 @@ package struct FrameDecoder {
         if let l = large {
             guard l.filled == l.size else { return nil }
             large = nil
+            defer { if keepsSpare && l.payload.count <= Self.spareLimit { spare = l.payload } }
             return try l.payload.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<l.size])) }
         }
         guard let h = try header() else { return nil }
@@ -115,10 +125,12 @@ package struct FrameDecoder {
 
     /// The next whole frame as an array (a large frame's own array, without a copy); `nil` if none.
     package mutating func nextArray() throws -> [UInt8]? {
-        if let l = large {
+        if var l = large {
             guard l.filled == l.size else { return nil }
-            large = nil
-            return l.payload  // grown to the frame's size at most: exactly the frame
+            large = nil  // `l` holds the only reference: trimming copies nothing
+            // A reused array may be longer than the frame.
+            if l.payload.count > l.size { l.payload.removeSubrange(l.size...) }
+            return l.payload
         }
         return try next { Array($0) }
     }
@@ -172,8 +184,16 @@ package struct FrameDecoder {
         }
         let from = start + h.length
         let have = end - from
-        // Sized by what arrived (at least the small buffer's size), never by the announced length.
-        var payload = [UInt8](repeating: 0, count: max(have, min(h.size, buffer.count)))
+        // Sized by what arrived (at least the small buffer's size), never by the announced length; or the
+        // last large frame's array, memory already held.
+        let want = max(have, min(h.size, buffer.count))
+        var payload: [UInt8]
+        if spare.count >= want {
+            payload = spare
+            spare = []
+        } else {
+            payload = [UInt8](repeating: 0, count: want)
+        }
         payload.withUnsafeMutableBytes { p in
             buffer.withUnsafeBytes { b in p.baseAddress!.copyMemory(from: b.baseAddress! + from, byteCount: have) }
         }

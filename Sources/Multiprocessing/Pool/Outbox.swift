@@ -3,7 +3,8 @@ import Glibc
 import Threading
 
 /// Bytes waiting to be written to one worker. Frames are appended in the order the pool's state numbered
-/// them, and written by whichever thread flushes, never blocking it: the reactor thread must never wait on a
+/// them, as byte arrays (a chunk's items go in the unit's own array, not copied), and written by whichever
+/// thread flushes, in one `sendmsg` for several arrays, never blocking it: the reactor thread must never wait on a
 /// worker that is itself waiting for the reactor to read its replies. A write that would block is handed
 /// to a background thread that waits for the socket to drain.
 ///
@@ -15,11 +16,11 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
     private var released = false
     private var fdClosed = false
     private let lock = Lock()
-    private var buffer: [UInt8] = []
+    private var pending: [[UInt8]] = []
     private var writing = false
     private var closed = false
     private var nextSeq: UInt64 = 0
-    private var early: [UInt64: [UInt8]] = [:]
+    private var early: [UInt64: [[UInt8]]] = [:]
 
     private static let background = ThreadPool(maxWorkers: 64, threadNamePrefix: "mp-pool-writer")
 
@@ -33,19 +34,19 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
 
     deinit { if fd >= 0 && !fdClosed { Syscall.close(fd) } }
 
-    /// Appends the frames of send number `seq` (numbered from 0 by the pool's state). Sends performed
-    /// out of order by different threads are held until those before them arrive.
-    func append(_ bytes: [UInt8], seq: UInt64) {
+    /// Appends the frames of send number `seq` (numbered from 0 by the pool's state): `bytes`, written in
+    /// order. Sends performed out of order by different threads are held until those before them arrive.
+    func append(_ bytes: [[UInt8]], seq: UInt64) {
         lock.withLock {
             guard !closed else { return }
             guard seq == nextSeq else {
                 early[seq] = bytes
                 return
             }
-            buffer += bytes
+            pending += bytes
             nextSeq += 1
             while !early.isEmpty, let more = early.removeValue(forKey: nextSeq) {
-                buffer += more
+                pending += more
                 nextSeq += 1
             }
         }
@@ -56,7 +57,7 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
     func close() {
         lock.withLock {
             closed = true
-            buffer = []
+            pending = []
         }
     }
 
@@ -79,58 +80,56 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
 
     /// Writes what is pending without blocking the caller.
     func flush() {
-        guard var data = take() else { return }
-        var sent = 0
+        guard var out = take() else { return }
         while true {
-            while sent < data.count {
-                guard let k = sendSome(data, from: sent) else {
+            while !out.isDone {
+                guard let k = sendSome(&out) else {
                     stopWriting()  // EPIPE and the like: the worker is gone, its death is handled elsewhere
                     return
                 }
-                if k > 0 {
-                    sent += k
-                    continue
-                }
+                if k > 0 { continue }
                 // The socket is full: a background writer finishes, so the caller never blocks.
-                let rest = Array(data[sent...])
+                let rest = out
                 _ = try? Outbox.background.submit { [self] in self.finishBlocking(rest) }
                 return
             }
             guard let more = takeMore() else { return }
-            data = more
-            sent = 0
+            out = more
         }
     }
 
-    /// Sends what the socket takes of `data[from...]` now: the bytes sent (0 if it would block), or `nil`
-    /// if the worker is gone.
-    private func sendSome(_ data: [UInt8], from: Int) -> Int? {
+    /// Sends what the socket takes of `out` now and advances it: the bytes sent (0 if it would block),
+    /// or `nil` if the worker is gone.
+    private func sendSome(_ out: inout Outgoing) -> Int? {
+        var vectors: [iovec] = []
+        vectors.reserveCapacity(Outgoing.maxVectors)
         do {
-            return try data.withUnsafeBytes { p in try Syscall.sendNow(fd, UnsafeRawBufferPointer(rebasing: p[from...]))
-            } ?? 0
+            let k = try out.withVectors(&vectors) { try Syscall.sendNow(fd, vectors: $0) } ?? 0
+            out.advance(k)
+            return k
         } catch {
             return nil
         }
     }
 
-    private func take() -> [UInt8]? {
+    private func take() -> Outgoing? {
         lock.withLock {
-            guard !writing, !buffer.isEmpty, !closed else { return nil }
+            guard !writing, !pending.isEmpty, !closed else { return nil }
             writing = true
-            defer { buffer = [] }
-            return buffer
+            defer { pending = [] }
+            return Outgoing(pending)
         }
     }
 
     /// The next bytes for the current writer, or `nil` (and the writer role released) when none.
-    private func takeMore() -> [UInt8]? {
-        let (more, closeNow) = lock.withLock { () -> ([UInt8]?, Bool) in
-            guard !buffer.isEmpty, !closed else {
+    private func takeMore() -> Outgoing? {
+        let (more, closeNow) = lock.withLock { () -> (Outgoing?, Bool) in
+            guard !pending.isEmpty, !closed else {
                 writing = false
                 return (nil, takeDescriptorIfIdle())
             }
-            defer { buffer = [] }
-            return (buffer, false)
+            defer { pending = [] }
+            return (Outgoing(pending), false)
         }
         if closeNow { Syscall.close(fd) }
         return more
@@ -140,7 +139,7 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
     private func stopWriting() {
         let closeNow = lock.withLock { () -> Bool in
             closed = true
-            buffer = []
+            pending = []
             writing = false
             return takeDescriptorIfIdle()
         }
@@ -150,25 +149,94 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
     /// Finishes a write the socket could not take at once. Waits for room without a time limit: the
     /// outbox is closed only after its worker has exited, and a socket whose peer has exited is always
     /// ready (the send then fails and the writer stops), so no polling for `closed` is needed.
-    private func finishBlocking(_ first: [UInt8]) {
-        var data = first
+    private func finishBlocking(_ first: Outgoing) {
+        var out = first
         while true {
-            var sent = 0
-            while sent < data.count {
+            while !out.isDone {
                 if lock.withLock({ closed }) {
                     stopWriting()
                     return
                 }
                 guard (try? Syscall.poll(fd, events: Int16(POLLOUT), deadline: nil)) == true,
-                    let k = sendSome(data, from: sent)
+                    sendSome(&out) != nil
                 else {
                     stopWriting()
                     return
                 }
-                sent += k
             }
             guard let more = takeMore() else { return }
-            data = more
+            out = more
+        }
+    }
+}
+
+/// Byte arrays to write in order, and how far the writing has got.
+struct Outgoing: Sendable {
+    /// Arrays passed to one `sendmsg` at most.
+    static var maxVectors: Int { 16 }
+
+    private let arrays: [[UInt8]]
+    private var index = 0  // the first array not wholly sent
+    private var offset = 0  // bytes of it sent
+
+    init(_ arrays: [[UInt8]]) {
+        self.arrays = arrays
+        skipEmpty()
+    }
+
+    var isDone: Bool { index == arrays.count }
+
+    /// Marks `n` more bytes sent.
+    mutating func advance(_ n: Int) {
+        var n = n
+        while n > 0 {
+            let left = arrays[index].count - offset
+            if n < left {
+                offset += n
+                return
+            }
+            n -= left
+            index += 1
+            offset = 0
+        }
+        skipEmpty()
+    }
+
+    private mutating func skipEmpty() {
+        while index < arrays.count && arrays[index].count == offset {
+            index += 1
+            offset = 0
+        }
+    }
+
+    /// Calls `body` with vectors over what is left of up to ``maxVectors`` arrays, valid during the call.
+    func withVectors<R>(
+        _ vectors: inout [iovec],
+        _ body: (UnsafeMutableBufferPointer<iovec>) throws -> R
+    ) rethrows -> R {
+        try Self.withVectors(arrays[index...], from: offset, &vectors, body)
+    }
+
+    private static func withVectors<R>(
+        _ arrays: ArraySlice<[UInt8]>,
+        from offset: Int,
+        _ vectors: inout [iovec],
+        _ body: (UnsafeMutableBufferPointer<iovec>) throws -> R
+    ) rethrows -> R {
+        guard let first = arrays.first, vectors.count < maxVectors else {
+            return try vectors.withUnsafeMutableBufferPointer { try body($0) }
+        }
+        // Each array's bytes are pinned by a nested call, so every vector stays valid inside `body`.
+        return try first.withUnsafeBytes { p in
+            if p.count > offset {
+                vectors.append(
+                    iovec(
+                        iov_base: UnsafeMutableRawPointer(mutating: p.baseAddress! + offset),
+                        iov_len: p.count - offset
+                    )
+                )
+            }
+            return try withVectors(arrays.dropFirst(), from: 0, &vectors, body)
         }
     }
 }

@@ -146,8 +146,24 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         for w in written { w.outbox.flush() }
     }
 
-    private static func encode(_ items: [PoolState.Outgoing]) -> [UInt8] {
+    /// Payloads at least this large are written from the unit's own array rather than copied into the
+    /// frame: a chunk's items copied into fresh pages per send were a large part of a tiny-item map's cost.
+    private static var ownArrayPayload: Int { 16 << 10 }
+
+    /// The frames of `items`, as byte arrays to write in order: fixed fields and small payloads copied
+    /// together, each large payload its unit's own array.
+    private static func encode(_ items: [PoolState.Outgoing]) -> [[UInt8]] {
+        var arrays: [[UInt8]] = []
         var w = FrameWriter()
+        var size = 0  // sized once
+        for item in items {
+            switch item {
+            case .define(let f): size += 14 + f.name.utf8.count + f.payload.count
+            case .task(let unit): size += 21 + (unit.payload.count < ownArrayPayload ? unit.payload.count : 0)
+            case .shutdown: size += 5
+            }
+        }
+        w.bytes.reserveCapacity(size)
         for item in items {
             switch item {
             case .define(let f):
@@ -164,13 +180,20 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
                 w.put(unit.id)
                 w.put(unit.function.id)
                 w.put(UInt32(unit.count))
-                w.put(unit.payload)
-                w.end(at)
+                if unit.payload.count < ownArrayPayload {
+                    w.put(unit.payload)
+                    w.end(at)
+                } else {
+                    w.end(at, followedBy: unit.payload.count)
+                    arrays.append(w.take())
+                    arrays.append(unit.payload)
+                }
             case .shutdown:
                 w.end(w.begin(PoolWire.shutdown))
             }
         }
-        return w.take()
+        if !w.isEmpty { arrays.append(w.take()) }
+        return arrays
     }
 
     // MARK: - workers

@@ -161,6 +161,7 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         switch d {
         case .batch(let all): for x in all { accept(x) }
         case .encoded(let results):
+            assert(results.placed == 0, "results are placed only for collect(timeout:)")
             for k in results.runs.indices { call.unpack(results, k) { accept($0) } }
         case .end(let n): total = n
         case .items(let start, _), .failed(let start, _):
@@ -242,10 +243,14 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         var received = 0
         // Results whose items are raw bytes stay bytes until the end, then are copied into place.
         var raw = RawRuns()
+        var placedCount = 0  // items the reactor put straight into the call's result
         func take(_ d: Delivery<Output>) throws {
             switch d {
             case .batch(let all): for x in all { try take(x) }
             case .encoded(let results):
+                placedCount += results.placed
+                received += results.placed
+                credit?.release(results.placed)
                 for k in results.runs.indices {
                     if call.codec.kind != nil {
                         let run = results.runs[k]
@@ -292,6 +297,8 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         // Only raw-bytes results, whose decoding fails only for a malformed peer: any other type's decoder
         // may refuse a value, and that failure must stop the call as soon as it arrives.
         if credit == nil && call.codec.kind != nil { call.wantWholeResult() }
+        // With the input's length final, such results go straight to their place as they arrive.
+        let placing = credit == nil && call.placeResults()
         while total == nil || received < total! {
             if let held = call.takeHeldBack() {
                 try take(.encoded(held))
@@ -310,6 +317,15 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         }
         consumed = received
         call.progress?.finish(timeout: remaining())
+        if placing, var placed = call.takePlaced(), placedCount > 0 {
+            // Each unit's results are delivered once, so the placed items and the runs taken before
+            // placing began (if any) tile the call.
+            guard chunks.isEmpty, placed.count == received, raw.copy(into: &placed) else {
+                cancel()
+                throw MultiprocessingError(.malformedMessage, "results that do not cover the call's items exactly once")
+            }
+            return placed
+        }
         if !raw.runs.isEmpty {
             // Raw runs come only from a process pool's replies (never with arrays): they must tile the call.
             guard chunks.isEmpty, let placed = raw.place(as: Output.self, total: received) else {
@@ -371,6 +387,26 @@ struct RawRuns {
     mutating func append(start: Int, count: Int, _ items: UnsafeRawBufferPointer) {
         runs.append(EncodedResults.Run(start: start, count: count, bytes: bytes.count..<(bytes.count + items.count)))
         bytes.append(contentsOf: items)
+    }
+
+    /// Copies each run to its place in `result`; `false` (nothing copied) if a run does not fit in it
+    /// with items of `T`'s size.
+    func copy<T>(into result: inout [T]) -> Bool {
+        let stride = MemoryLayout<T>.stride
+        for run in runs {
+            guard run.start >= 0, run.count <= result.count - run.start, run.bytes.count == run.count * stride else {
+                return false
+            }
+        }
+        bytes.withUnsafeBytes { all in
+            result.withUnsafeMutableBytes { dst in
+                for run in runs where run.count > 0 {
+                    UnsafeMutableRawBufferPointer(rebasing: dst[(run.start * stride)...])
+                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: all[run.bytes]))
+                }
+            }
+        }
+        return true
     }
 
     /// The runs as one `[T]` of `total` items, each copied to its place; `nil` unless the runs cover

@@ -68,8 +68,9 @@ struct FrameWriter {
         return at
     }
 
-    mutating func end(_ at: Int) {
-        let n = UInt32(bytes.count - at - 4)
+    /// Ends the frame begun at `at`, whose body goes on with `more` bytes written separately.
+    mutating func end(_ at: Int, followedBy more: Int = 0) {
+        let n = UInt32(bytes.count - at - 4 + more)
         bytes[at] = UInt8(truncatingIfNeeded: n >> 24)
         bytes[at + 1] = UInt8(truncatingIfNeeded: n >> 16)
         bytes[at + 2] = UInt8(truncatingIfNeeded: n >> 8)
@@ -82,6 +83,11 @@ struct FrameWriter {
 
     mutating func put(_ raw: [UInt8]) { bytes.append(contentsOf: raw) }
     mutating func put(_ raw: UnsafeRawBufferPointer) { bytes.append(contentsOf: raw) }
+
+    /// Empties the buffer, keeping its storage for what comes next unless it grew past 4 MiB.
+    mutating func reset() {
+        if bytes.capacity > 4 << 20 { bytes = [] } else { bytes.removeAll(keepingCapacity: true) }
+    }
 
     mutating func take() -> [UInt8] {
         defer { bytes = [] }
@@ -119,7 +125,9 @@ struct FrameCursor {
 extension FrameDecoder {
     /// A decoder for a pool channel: frames up to ``PoolWire/maxFrame``.
     static func pool(prefill: [UInt8] = []) -> FrameDecoder {
-        FrameDecoder(maxFrame: PoolWire.maxFrame, prefill: prefill)
+        var decoder = FrameDecoder(maxFrame: PoolWire.maxFrame, prefill: prefill)
+        decoder.keepsSpare = true  // one per worker: chunks reuse the last chunk's pages
+        return decoder
     }
 
     /// The body of the next whole pool frame (never empty: every pool frame starts with its kind byte).

@@ -495,9 +495,11 @@ final class Replies: @unchecked Sendable {  // `writer` only under `lock`; the r
 
     private func writeBuffered(mainThread: Bool = true) {
         guard !writer.isEmpty else { return }
-        let bytes = writer.take()
+        // Written from the buffer, which is then emptied in place: its pages stay for the next replies
+        // (a fresh buffer per flush was page faults on every chunk's results).
+        defer { writer.reset() }
         do {
-            try bytes.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
+            try writer.bytes.withUnsafeBytes { try Syscall.writeAll(fd, $0) }
         } catch {
             // The parent is gone. Off the main thread, which may be running the user's code (or exiting
             // itself), leave without running exit handlers.

@@ -609,10 +609,17 @@ import Threading
             arrays.append((0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ k) })
         }
         let expected = arrays.flatMap { $0 }
-        outbox.append(Array(arrays[..<25]), seq: 0)
-        outbox.flush()  // returns with most of it still to send: the socket holds far less
-        outbox.append(Array(arrays[25...]), seq: 1)
-        outbox.flush()
+        // Flushed on a thread of its own: a flush that blocked on the full socket (nobody reads it yet)
+        // would fail the test at the join rather than hang it.
+        let (first, second) = (Array(arrays[..<25]), Array(arrays[25...]))
+        let flusher = OSThread(name: "flusher") {
+            outbox.append(first, seq: 0)
+            outbox.flush()  // returns with most of it still to send: the socket holds far less
+            outbox.append(second, seq: 1)
+            outbox.flush()
+        }
+        try flusher.start()
+        #expect(try flusher.join(timeout: .seconds(30)))
         var got: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 1 << 16)
         while got.count < expected.count {

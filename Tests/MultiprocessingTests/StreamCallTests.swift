@@ -31,14 +31,30 @@ import Threading
         try call.deliveries.put(.end(total: 8))
         // Placed as they arrive: the consumer waits for the last one.
         let late = OSThread(name: "late-reply") {
-            while !call.isPlacingForTesting { sched_yield() }
+            let patience = ContinuousClock.now + .seconds(60)
+            while !call.isPlacingForTesting && ContinuousClock.now < patience { sched_yield() }
             self.deliver(call, start: 4, (try? self.encoded([40, 50])) ?? [], count: 2)
             call.flushDeliveries()
         }
         try late.start()
-        let values = try results.collect(timeout: .seconds(60))
+        let values = try results.collect(timeout: .seconds(60), placingResults: true)
         #expect(try late.join(timeout: .seconds(60)))
         #expect(values == [0, 10, 20, 30, 40, 50, 60, 70])
+        // The held replies and the late one were placed; the one handed over before was copied at the end.
+        #expect(call.placedForTesting == 6)
+    }
+
+    /// Only the eager `map` places results: a caller of the public `collect` may call it again, or
+    /// `next()`, after a failure, and must find every result there.
+    @Test func thePublicCollectPlacesNothing() throws {
+        let call = StreamCall<Int>(options: .default)
+        let results = PoolResults(call: call, credit: nil, ordered: true) {}
+        call.totalItems.store(2, ordering: .relaxed)
+        call.inputEnded(total: 2)
+        deliver(call, start: 0, try encoded([5, 6]), count: 2)
+        try call.deliveries.put(.end(total: 2))
+        #expect(try results.collect(timeout: .seconds(60)) == [5, 6])
+        #expect(call.placedForTesting == 0)
     }
 
     @Test func aMalformedReplyIsReportedRatherThanPlaced() throws {
@@ -51,9 +67,10 @@ import Threading
         deliver(call, start: 2, try encoded([20, 30, 40]), count: 2)
         try call.deliveries.put(.end(total: 4))
         #expect {
-            _ = try results.collect(timeout: .seconds(60))
+            _ = try results.collect(timeout: .seconds(60), placingResults: true)
         } throws: { error in
             (error as? MultiprocessingError)?.code == .decodingFailed
         }
+        #expect(call.placedForTesting == 2)
     }
 }

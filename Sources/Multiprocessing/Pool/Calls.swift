@@ -124,10 +124,22 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
     /// malformed peer's) stay buffered, for the consumer to report.
     /// - Returns: whether results are placed (only for raw-bytes results once the input's length is final).
     func placeResults() -> Bool {
-        guard codec.kind != nil else { return false }
+        guard codec.kind != nil, let total = bufferLock.withLock({ placing == nil ? inputTotal : nil }) else {
+            return false
+        }
+        // Allocated here, outside the lock (the reactor places replies under it): for a long map this is
+        // the whole result's pages.
+        let result: [Output] =
+            total == 0
+            ? []
+            : [Output](unsafeUninitializedCapacity: total) { out, n in
+                // Zero bytes are a valid value of every raw-bytes type (fixed-width numbers and `Bool`).
+                UnsafeMutableRawBufferPointer(out).initializeMemory(as: UInt8.self, repeating: 0)
+                n = total
+            }
         return bufferLock.withLock {
-            guard placing == nil, let total = inputTotal else { return false }
-            placing = (total, [])
+            guard placing == nil else { return false }
+            placing = (total, result)
             let held = buffer
             buffer = EncodedResults()
             buffer.placed = held.placed
@@ -145,6 +157,9 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
 
     /// Whether replies are being placed (for tests).
     var isPlacingForTesting: Bool { bufferLock.withLock { placing != nil } }
+
+    /// Items placed so far (for tests).
+    private(set) var placedForTesting = 0
 
     /// The result the replies were placed in (`nil` unless ``placeResults()`` was called); after this,
     /// replies are buffered again.
@@ -164,13 +179,6 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
         else { return false }
         placing = nil  // `p` holds the only reference: writing copies nothing
         defer { placing = p }
-        if p.result.isEmpty && p.total > 0 {
-            // Zero bytes are a valid value of every raw-bytes type (fixed-width numbers and `Bool`).
-            p.result = [Output](unsafeUninitializedCapacity: p.total) { out, n in
-                UnsafeMutableRawBufferPointer(out).initializeMemory(as: UInt8.self, repeating: 0)
-                n = p.total
-            }
-        }
         if count > 0 {
             p.result.withUnsafeMutableBytes { out in
                 let items = UnsafeRawBufferPointer(rebasing: payload[found.bytes])
@@ -178,6 +186,7 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
             }
         }
         buffer.placed += count
+        placedForTesting += count
         return true
     }
 

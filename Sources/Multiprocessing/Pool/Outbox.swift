@@ -43,11 +43,26 @@ final class Outbox: @unchecked Sendable {  // state behind `lock`
                 early[seq] = bytes
                 return
             }
-            pending += bytes
+            queue(bytes)
             nextSeq += 1
             while !early.isEmpty, let more = early.removeValue(forKey: nextSeq) {
-                pending += more
+                queue(more)
                 nextSeq += 1
+            }
+        }
+    }
+
+    /// Arrays smaller than this are copied onto the end of a small pending array rather than queued on
+    /// their own: a backlog of tiny frames then goes out in one system call, not 16 frames per call.
+    private static var small: Int { 16 << 10 }
+
+    /// Adds `bytes` to what is pending. Lock held.
+    private func queue(_ bytes: [[UInt8]]) {
+        for array in bytes where !array.isEmpty {
+            if array.count < Self.small, let last = pending.indices.last, pending[last].count < Self.small {
+                pending[last].append(contentsOf: array)
+            } else {
+                pending.append(array)
             }
         }
     }

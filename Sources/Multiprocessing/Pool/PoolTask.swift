@@ -222,6 +222,14 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
     /// - Parameter timeout: for all of it; when it expires the call is cancelled and
     ///   ``MultiprocessingError/Code/timedOut`` thrown.
     public func collect(timeout: Duration? = nil) throws -> [Output] {
+        try collect(timeout: timeout, placingResults: false)
+    }
+
+    /// ``collect(timeout:)``; with `placingResults`, raw-bytes results are copied from each reply straight
+    /// into the result (``StreamCall/placeResults()``). Only for a caller that collects once and drops
+    /// these results (the eager `map`): placed items reach no other reader, so a second `collect` or a
+    /// `next()` after a failed one would not see them.
+    func collect(timeout: Duration?, placingResults: Bool) throws -> [Output] {
         let deadline = timeout.map { ContinuousClock.now + $0 }
         func remaining() -> Duration? { deadline.map { Swift.max(.zero, $0 - .now) } }
         guard ordered, current == nil, consumed == 0, parked.isEmpty else {
@@ -298,7 +306,7 @@ public final class PoolResults<Output: Codable & Sendable>: @unchecked Sendable 
         // may refuse a value, and that failure must stop the call as soon as it arrives.
         if credit == nil && call.codec.kind != nil { call.wantWholeResult() }
         // With the input's length final, such results go straight to their place as they arrive.
-        let placing = credit == nil && call.placeResults()
+        let placing = placingResults && credit == nil && call.placeResults()
         while total == nil || received < total! {
             if let held = call.takeHeldBack() {
                 try take(.encoded(held))

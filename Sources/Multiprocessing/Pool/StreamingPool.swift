@@ -42,7 +42,7 @@ extension StreamingPool {
             ordered: true,
             options: options
         )
-        .collect(timeout: timeout)
+        .collect(timeout: timeout, placingResults: true)
     }
 
     /// `mapResults`: every item's outcome in input order, failures included.

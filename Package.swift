@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "MultiprocessingSQL", targets: ["MultiprocessingSQL"]),
         .library(name: "MultiprocessingJobQueue", targets: ["MultiprocessingJobQueue"]),
         .library(name: "MultiprocessingPostgres", targets: ["MultiprocessingPostgres"]),
+        .library(name: "MultiprocessingServices", targets: ["MultiprocessingServices"]),
         .executable(name: "mp", targets: ["mp"]),
     ],
     // PostgreSQL brings SwiftNIO (a 3-minute cold build), so it is off unless asked for:
@@ -37,6 +38,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
+        // `Service` and `ServiceGroup`, for MultiprocessingServices (swift-log and swift-async-algorithms).
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         // `swift package generate-documentation` (the DocC catalogs of every library target).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
@@ -135,6 +138,16 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
+        // The pool, the queue worker and the manager server as swift-service-lifecycle services, for a
+        // server's `ServiceGroup` (graceful shutdown on SIGTERM). A target of its own: programs that do not
+        // use it link neither ServiceLifecycle nor swift-async-algorithms.
+        .target(
+            name: "MultiprocessingServices",
+            dependencies: [
+                "Multiprocessing", "MultiprocessingJobQueue", "MultiprocessingManagers",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // The tutorial's programs, ported; `mp demo` runs them.
         .target(
             name: "SeedExamples",
@@ -163,6 +176,9 @@ let package = Package(
             name: "mp-test-helper",
             dependencies: [
                 "Multiprocessing", "MultiprocessingNetwork", "MultiprocessingManagers", "MultiprocessingSQL", "SystemCalls",
+                "MultiprocessingJobQueue", "MultiprocessingServices",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/TestHelper"
@@ -208,6 +224,15 @@ let package = Package(
                 "MultiprocessingJobQueue", "MultiprocessingSQL", "Multiprocessing", "Threading",
                 "MultiprocessingTestSupport",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
+        ),
+        .testTarget(
+            name: "ServicesTests",
+            dependencies: [
+                "MultiprocessingServices", "MultiprocessingJobQueue", "MultiprocessingManagers", "MultiprocessingSQL",
+                "MultiprocessingNetwork", "Multiprocessing", "Threading", "MultiprocessingTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(

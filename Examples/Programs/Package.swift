@@ -9,7 +9,12 @@ import PackageDescription
 let package = Package(
     name: "examples",
     // Linux only, as the package it depends on.
-    dependencies: [.package(name: "swift-multiprocessing", path: "../..")],
+    dependencies: [
+        .package(name: "swift-multiprocessing", path: "../.."),
+        // What a server that runs the library's services in its ServiceGroup names itself.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
     targets: [
         .executableTarget(
             name: "pool-int-and-short-string",
@@ -50,6 +55,19 @@ let package = Package(
                 .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
                 .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
                 .product(name: "Threading", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
+            name: "doc-services-overview",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingManagers", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingServices", package: "swift-multiprocessing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(

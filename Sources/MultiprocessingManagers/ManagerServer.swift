@@ -224,6 +224,12 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         return false
     }
 
+    /// Whether ``start()`` has run.
+    package var isStarted: Bool { state.withLock { $0.loop != nil } }
+
+    /// Cuts every connection now, replies not yet taken included (a shutdown whose clients do not read).
+    package func cutConnections() { state.withLock { $0.loop }?.requestCut() }
+
     /// Starts shutting down without waiting (a client's `shutdown` request, or ``shutdown(timeout:)``).
     private func beginShutdown() {
         guard shuttingDown.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
@@ -264,8 +270,9 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     func failedOne() { failures.increment() }
     func clientConnected() { clients.add(1, ordering: .relaxed) }
 
-    /// A client's `shutdown` request (on the loop): as ``shutdown(timeout:)`` without the wait.
-    func requestShutdown() { beginShutdown() }
+    /// A client's `shutdown` request (on the loop), or a service group's graceful shutdown: as
+    /// ``shutdown(timeout:)`` without the wait.
+    package func requestShutdown() { beginShutdown() }
 
     /// A client connection ended: what it holds (a proxied lock, semaphore permits) is released.
     func clientDisconnected(_ id: UInt64, holding: Bool) {

@@ -213,6 +213,7 @@ struct DocProgramTests {
         ("doc-mp-shared-state", ["3.1415927", "[0, -1, -2, -3, -4, -5, -6, -7, -8, -9]"]),
         ("doc-mp-start-methods", ["[20, 40, 60]"]),
         ("doc-jobqueue-overview", ["49"]),
+        ("doc-services-overview", ["[1, 4, 9, 16, 25]"]),
         ("doc-managers-started", ["{1: '1', '2': 2, 0.25: None}", "[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]"]),
         ("doc-sql-overview", ["1,000 rows read, 1,000 written in 1 chunks"]),
         (

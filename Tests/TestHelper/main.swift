@@ -1,11 +1,15 @@
 import Glibc
 import Logging
 import Multiprocessing
+import MultiprocessingJobQueue
 import MultiprocessingManagers
 import MultiprocessingNetwork
 import MultiprocessingSQL
+import MultiprocessingServices
+import ServiceLifecycle
 import SystemCalls
 import Threading
+import UnixSignals
 
 // mp-test-helper: programs the test suites run as separate processes (they need a `main` of their own,
 // a terminal-like signal set-up, or to die of SIGINT). Not shipped: it is not a product.
@@ -21,6 +25,9 @@ import Threading
 //   mp-test-helper progress-bar N               `pool.map` of N items with `.progressBar`, then a line
 //   mp-test-helper fork-server                  a ChildProcess, then prints `servers PID...`: the children
 //                                              left (the fork server), which must not outlive this program
+//   mp-test-helper service-group URL N MS      a ServiceGroup of a pool, a manager server and a queue
+//                                              worker on the queue at URL, N jobs of MS ms queued; prints
+//                                              `port P`; SIGTERM drains it, then `group ended: ok`
 //   mp-test-helper child-crash                  a ChildProcess whose job writes a line to stderr and crashes;
 //                                              prints the error, its first line, and the report's size
 
@@ -76,6 +83,16 @@ let command = args.first ?? ""
 struct BootstrapCheck: Job {
     let x: Int
     func run() -> Int { x + 1 }
+}
+
+/// Squares `n` after `pauseMs` of work (`service-group`'s jobs).
+struct PausedSquare: Job {
+    let n: Int
+    let pauseMs: Int
+    func run() -> Int {
+        usleep(UInt32(pauseMs) * 1000)
+        return n * n
+    }
 }
 
 /// Sleeps; the interrupt check's long task.
@@ -160,6 +177,53 @@ case "manager-server":
         _ = server.wait()
         print("shut down")
         exit(0)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
+case "service-group":
+    // A server's ServiceGroup with the library's three services; the test sends SIGTERM mid-run.
+    guard args.count >= 4, let n = Int(args[2]), let pauseMs = Int(args[3]) else { exit(2) }
+    do {
+        var logger = Logger(label: "service-group") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = .notice
+        let url = try DatabaseURL(args[1])
+        _ = try JobQueue(url).enqueue((0..<n).map { PausedSquare(n: $0, pauseMs: pauseMs) })
+        let pool = try ProcessPool(workers: 2, options: ProcessPoolOptions(interrupt: .ignore))
+        let worker = try QueueWorker(
+            url,
+            pool: pool,
+            options: QueueWorkerOptions(pollInterval: .milliseconds(20), shutdownGrace: .seconds(60), logger: logger)
+        )
+        let server = try ManagerServer(authkey: Array("abc".utf8), logger: logger)
+        _ = server.registerQueue("get_queue")
+        guard case .tcp(_, let port) = server.address else { exit(1) }
+        // Listed pool first: the group stops them in reverse, the queue worker (which uses the pool) first.
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: pool), .init(service: server), .init(service: worker)],
+                gracefulShutdownSignals: [.sigterm],
+                logger: logger
+            )
+        )
+        let ended = Threading.Event()
+        let outcome = TrackedMutex("")
+        // Detached: top-level code is the main actor's, whose thread waits below.
+        Task.detached {
+            do {
+                try await group.run()
+                outcome.withLock { $0 = "ok" }
+            } catch {
+                outcome.withLock { $0 = "\(error)" }
+            }
+            ended.set()
+        }
+        print("port \(port)")
+        fflush(nil)
+        ended.wait()
+        let result = outcome.withLock { $0 }
+        print("group ended: \(result); pool workers left: \(pool.workerPIDs.count)")
+        exit(result == "ok" ? 0 : 1)
     } catch {
         print("error: \(error)")
         exit(1)

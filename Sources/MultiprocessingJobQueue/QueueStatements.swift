@@ -170,7 +170,7 @@ struct QueueStatements: Sendable {
                     "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(3)), lease_until = NULL \(fence)",
                     key + [.int(now)]
                 )
-            case .handBackUnknownKind:
+            case .handBackUnknownKind, .handBack:
                 try c.execute(
                     "UPDATE mp_jobs SET state = 'available', attempt = attempt - 1, worker = NULL, lease_until = NULL \(fence)",
                     key

@@ -18,8 +18,8 @@ struct QueueTelemetry: Sendable {
         cancelled = Counter(label: "mp_queue_jobs_cancelled_total", dimensions: dims)
         handedBack = Counter(label: "mp_queue_jobs_handed_back_total", dimensions: dims)
         leasesLost = Counter(label: "mp_queue_leases_lost_total", dimensions: dims)
-        duration = CoreMetrics.Timer(label: "mp_queue_job_duration", dimensions: dims)
-        lag = CoreMetrics.Timer(label: "mp_queue_job_lag", dimensions: dims)
+        duration = CoreMetrics.Timer(label: "mp_queue_job_duration_seconds", dimensions: dims)
+        lag = CoreMetrics.Timer(label: "mp_queue_job_lag_seconds", dimensions: dims)
         running = Gauge(label: "mp_queue_jobs_running", dimensions: dims)
         buffer = Gauge(label: "mp_queue_local_buffer", dimensions: dims)
     }
@@ -32,7 +32,7 @@ struct QueueTelemetry: Sendable {
                 completed.increment()
                 duration.recordNanoseconds(r.ran.wholeNanoseconds)
             case .cancelled: cancelled.increment()
-            case .handBackUnknownKind:
+            case .handBackUnknownKind, .handBack:
                 handedBack.increment()  // not a failed attempt: the database does not count it either
             case .retry:
                 failed.increment()

@@ -89,6 +89,9 @@ struct QueueWorkerState: Sendable {
         /// Its type is not in this program: back to the queue with the attempt not counted, for workers
         /// that define it.
         case handBackUnknownKind
+        /// Its pool was terminated under it (not the job's failure: the program is stopping, as when the
+        /// worker's service group is cancelled): back to the queue with the attempt not counted.
+        case handBack
         /// Failed; runs again after `afterMs` (exponential backoff with ±25 % jitter).
         case retry(afterMs: Int64, error: String)
         /// Failed its last attempt, or with a final error: kept with its error history.
@@ -286,6 +289,8 @@ struct QueueWorkerState: Sendable {
             resolution = .complete(bytes)
         case .failure where h.cancelRequested:
             resolution = .cancelled
+        case .failure(let error as PoolError) where error.code == .terminated:
+            resolution = .handBack
         case .failure(let error as JobQueueError) where error.code == .unknownJob:
             firstOfKind = unknownKinds.insert(h.job.kind).inserted
             resolution = .handBackUnknownKind

@@ -2,6 +2,7 @@ public import Multiprocessing
 public import MultiprocessingJobQueue
 public import MultiprocessingManagers
 public import ServiceLifecycle
+import Threading
 
 // The library's long-running parts as swift-service-lifecycle services, so that a Swift server runs them
 // in its `ServiceGroup` beside its other services, and SIGTERM drains them as the library's own signal
@@ -55,25 +56,43 @@ extension QueueWorker: Service {
 }
 
 extension ManagerServer: Service {
+    /// How long a graceful shutdown waits for the replies owed to go out before it cuts the connections
+    /// of clients that do not read them (as ``ManagerServer/shutdown(timeout:)``'s default).
+    static var serviceShutdownGrace: Duration { .seconds(10) }
+
     /// Serves clients until the service group shuts down (starting the server first, unless
     /// `ManagerServer.start()` was called already), then shuts down gracefully, as
     /// `ManagerServer.shutdown(timeout:)` does: no new client is accepted, every request already read
-    /// is answered, and calls waiting on the server give up. It returns when every connection has closed,
-    /// or when a client asks the server to shut down.
+    /// is answered, and calls waiting on the server give up; a client that does not take its replies
+    /// within 10 seconds is disconnected.
     ///
-    /// Cancellation (the group's graceful shutdown timed out, as when a client stops reading its replies)
-    /// cuts every connection.
+    /// A client's `shutdown` request stops the server but not the service: the group's other services go
+    /// on until the group shuts down. Cancellation cuts every connection at once.
     public func run() async throws {
         if !isStarted { try start() }
-        try await withGracefulShutdownHandler {
-            try await AsyncBridge.offload(onCancel: { [self] in
-                requestShutdown()
-                cutConnections()
-            }) { [self] in
-                _ = wait(timeout: nil)
+        let groupShutdown = Threading.Event()
+        do {
+            try await withGracefulShutdownHandler {
+                try await AsyncBridge.offload(onCancel: { [self] in
+                    requestShutdown()
+                    cutConnections()
+                }) { [self] in
+                    // Until the group shuts down, or a client shuts the server down (noticed within a
+                    // second).
+                    while !groupShutdown.wait(timeout: .seconds(1)) {
+                        if wait(timeout: .zero) { return }
+                    }
+                    _ = shutdown(timeout: Self.serviceShutdownGrace)
+                }
+            } onGracefulShutdown: {
+                groupShutdown.set()
             }
-        } onGracefulShutdown: { [self] in
+        } catch {
+            // Cancelled, perhaps before the wait began: the server must not outlive the service.
             requestShutdown()
+            cutConnections()
+            throw error
         }
+        if !groupShutdown.isSet { try await gracefulShutdown() }
     }
 }

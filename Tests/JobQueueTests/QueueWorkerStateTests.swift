@@ -1,5 +1,6 @@
 import Testing
 
+@testable import Multiprocessing
 @testable import MultiprocessingJobQueue
 
 /// The queue worker's decisions without a database, a pool or a clock: scripted claims, outcomes and
@@ -341,6 +342,21 @@ import Testing
         #expect(records.map(\.resolution) == [.handBackUnknownKind, .handBackUnknownKind])
         #expect(records.map(\.firstOfKind) == [true, false])  // logged once per type
         #expect(n == 2 && skipping == ["app.Missing"])
+    }
+
+    /// A pool terminated under its jobs (the program stopping: a service group cancelled, which stops the
+    /// pool and the worker at once) is not the jobs' failure: they go back uncounted, even on their last
+    /// attempt.
+    @Test func jobsWhosePoolWasTerminatedGoBackUncounted() {
+        var s = worker(concurrency: 2) { $0.localBuffer = 0 }
+        claim(&s, [job(1), job(2, maxAttempts: 1)], at: t0)
+        s.completed(failed(1, PoolError(.terminated, "the pool was terminated")), now: t0)
+        s.completed(failed(2, PoolError(.terminated, "the pool was terminated")), now: t0)
+        guard case .settle(let records, _, _) = step(&s, at: t0) else {
+            Issue.record("expected a settle")
+            return
+        }
+        #expect(records.map(\.resolution) == [.handBack, .handBack])
     }
 
     @Test func aChunkThatFailsAsAWholeRunsItsJobsAgainAloneUnderTheSameAttempt() {

@@ -78,6 +78,33 @@ struct ServiceTests {
         }
     }
 
+    /// Cancelled (the group's graceful shutdown timed out): every connection is cut at once, a client's
+    /// next call fails, and the server has stopped.
+    @Test func aCancelledManagerServerCutsItsConnections() async throws {
+        let server = try ManagerServer(authkey: Array("abc".utf8))
+        guard case .tcp(_, let port) = server.address else { throw CancellationError() }
+        let group = group([server])
+        let running = Task { try await group.run() }
+        let client = try ManagerClient(address: .tcp(host: "127.0.0.1", port: port), authkey: Array("abc".utf8))
+        let list = try client.list()
+        try list.append(PythonValue.int(1))
+        running.cancel()
+        _ = try? await running.value
+        #expect(server.wait(timeout: .seconds(30)))
+        #expect(throws: (any Error).self) { try list.append(PythonValue.int(2)) }
+    }
+
+    /// `run()` in a task already cancelled: it throws, and the server it started does not outlive it.
+    @Test func aManagerServerRunInACancelledTaskDoesNotStayUp() async throws {
+        let server = try ManagerServer(authkey: Array("abc".utf8))
+        let task = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            try await server.run()
+        }
+        await #expect(throws: (any Error).self) { try await task.value }
+        #expect(server.wait(timeout: .seconds(30)))
+    }
+
     @Test func aCancelledQueueWorkerHandsItsJobsBack() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mp-service-worker-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -16,14 +16,15 @@ bootstrap()
 let url = try DatabaseURL("sqlite:services.db")
 let handles = try JobQueue(url).enqueue((1...5).map { Square(n: $0) })
 
-let pool = try ProcessPool(workers: 2)
+// Ctrl-C and SIGTERM go to the group (which drains), not straight to the pool's workers.
+let pool = try ProcessPool(workers: 2, options: ProcessPoolOptions(interrupt: .ignore))
 let worker = try QueueWorker(url, pool: pool)
 let manager = try ManagerServer(authkey: Array("secret".utf8))
-// Stopped in reverse order on SIGTERM: the worker first, then the manager, then the pool it used.
+// Stopped in reverse order on SIGTERM or Ctrl-C: the worker first, then the manager, then the pool it used.
 let group = ServiceGroup(
     configuration: ServiceGroupConfiguration(
         services: [.init(service: pool), .init(service: manager), .init(service: worker)],
-        gracefulShutdownSignals: [.sigterm],
+        gracefulShutdownSignals: [.sigterm, .sigint],
         logger: Logger(label: "services")
     )
 )

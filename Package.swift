@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "MultiprocessingJobQueue", targets: ["MultiprocessingJobQueue"]),
         .library(name: "MultiprocessingPostgres", targets: ["MultiprocessingPostgres"]),
         .library(name: "MultiprocessingServices", targets: ["MultiprocessingServices"]),
+        .library(name: "MultiprocessingPrometheus", targets: ["MultiprocessingPrometheus"]),
         .executable(name: "mp", targets: ["mp"]),
     ],
     // PostgreSQL brings SwiftNIO (a 3-minute cold build), so it is off unless asked for:
@@ -40,6 +41,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
         // `Service` and `ServiceGroup`, for MultiprocessingServices (swift-log and swift-async-algorithms).
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        // The Prometheus metrics backend, for MultiprocessingPrometheus (swift-metrics and swift-atomics).
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         // `swift package generate-documentation` (the DocC catalogs of every library target).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
@@ -144,8 +147,19 @@ let package = Package(
         .target(
             name: "MultiprocessingServices",
             dependencies: [
-                "Multiprocessing", "MultiprocessingJobQueue", "MultiprocessingManagers",
+                "Multiprocessing", "MultiprocessingJobQueue", "MultiprocessingManagers", "Threading",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The library's metrics for Prometheus: swift-prometheus as the metrics backend and an HTTP endpoint
+        // that serves its registry (`mp queue worker --metrics-port`). No NIO: a thread and a socket.
+        .target(
+            name: "MultiprocessingPrometheus",
+            dependencies: [
+                "CMultiprocessingShims", "SystemCalls", "Threading", "Multiprocessing", "MultiprocessingNetwork",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The tutorial's programs, ported; `mp demo` runs them.
@@ -166,6 +180,8 @@ let package = Package(
                 "MultiprocessingJobQueue",
                 // postgres:// URLs in `mp etl` and `mp queue` when built with the trait (empty otherwise).
                 "MultiprocessingPostgres",
+                // `mp queue worker --metrics-port`.
+                "MultiprocessingPrometheus",
                 "SeedExamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -233,6 +249,14 @@ let package = Package(
                 "MultiprocessingNetwork", "Multiprocessing", "Threading", "MultiprocessingTestSupport",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "PrometheusTests",
+            dependencies: [
+                "MultiprocessingPrometheus", "MultiprocessingNetwork", "MultiprocessingJobQueue", "MultiprocessingSQL",
+                "Multiprocessing", "MultiprocessingTestSupport", "Threading", "SystemCalls",
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .testTarget(

@@ -71,6 +71,14 @@ let package = Package(
             ]
         ),
         .executableTarget(
+            name: "doc-prometheus-overview",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingNetwork", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingPrometheus", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
             name: "doc-managers-started",
             dependencies: [
                 .product(name: "Multiprocessing", package: "swift-multiprocessing"),

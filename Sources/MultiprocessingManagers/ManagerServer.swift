@@ -77,7 +77,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
     /// - Parameter logger: where the server says what happens (clients rejected, malformed requests,
     ///   start and shutdown). Default: nothing is logged, as with a pool's default. It reports swift-metrics counters `mp_manager_requests_total`,
     ///   `mp_manager_failed_requests_total`, `mp_manager_rejected_clients_total`, the gauges
-    ///   `mp_manager_objects` and `mp_manager_call_threads`, and the timer `mp_manager_call_duration` (to
+    ///   `mp_manager_objects` and `mp_manager_call_threads`, and the timer `mp_manager_call_duration_seconds` (to
     ///   whatever metrics backend the program bootstrapped; the library bootstraps neither logging nor
     ///   metrics).
     /// - Parameter address: where to listen (TCP port 0: a free port; see ``address``).
@@ -114,7 +114,7 @@ public final class ManagerServer: @unchecked Sendable {  // mutable state behind
         rejected = Counter(label: "mp_manager_rejected_clients_total", dimensions: dims)
         objectsGauge = Gauge(label: "mp_manager_objects", dimensions: dims)
         let threadsGauge = Gauge(label: "mp_manager_call_threads", dimensions: dims)
-        callTimer = CoreMetrics.Timer(label: "mp_manager_call_duration", dimensions: dims)
+        callTimer = CoreMetrics.Timer(label: "mp_manager_call_duration_seconds", dimensions: dims)
         threads = ServedThreads(limit: maxCallThreads) { threadsGauge.record($0) }
         register("dict") { args, kwargs in try DictObject(args, kwargs) }
         register("list") { args, _ in try ListObject(args) }

@@ -264,7 +264,7 @@ public struct TablePipeline<Transform: RowTransform>: Sendable {
         let chunksSkipped = Counter(label: "mp_pipeline_chunks_skipped_total", dimensions: dims)
         let chunkFailures = Counter(label: "mp_pipeline_chunk_failures_total", dimensions: dims)
         defer {
-            CoreMetrics.Timer(label: "mp_pipeline_run_duration", dimensions: dims)
+            CoreMetrics.Timer(label: "mp_pipeline_run_duration_seconds", dimensions: dims)
                 .recordNanoseconds((ContinuousClock.now - started).wholeNanoseconds)
         }
         var firstError: (any Error)?

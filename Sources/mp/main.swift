@@ -4,6 +4,8 @@ import Logging
 import Multiprocessing
 import MultiprocessingJobQueue
 import MultiprocessingManagers
+import MultiprocessingNetwork
+import MultiprocessingPrometheus
 import MultiprocessingSQL
 import SeedExamples
 
@@ -245,13 +247,37 @@ struct QueueWorkerCommand: ParsableCommand {
             "Poll only: do not LISTEN for queued jobs (PostgreSQL behind a pooler in transaction mode, such as PgBouncer)."
     )
     var pollOnly = false
+    @Option(
+        help:
+            "Serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port, printed). Off unless given."
+    )
+    var metricsPort: Int?
+    @Option(help: "The address the metrics endpoint listens on (with --metrics-port).")
+    var metricsHost: String = "127.0.0.1"
+
+    func validate() throws {
+        if let p = metricsPort, !(0...65535).contains(p) {
+            throw ValidationError("--metrics-port must be between 0 and 65535")
+        }
+    }
 
     func run() throws {
         let url = try DatabaseURL(database)
-        let pool = try ProcessPool(workers: concurrency, options: ProcessPoolOptions(interrupt: .ignore))
-        defer { pool.terminate() }
         var logger = Logger(label: "mp.queue")
         logger.logLevel = .info
+        // Before the pool and the worker: their metrics are made when they are.
+        var endpoint: MetricsEndpoint?
+        if let metricsPort {
+            endpoint = try MetricsEndpoint.bootstrap(
+                address: .tcp(host: metricsHost, port: UInt16(metricsPort)),
+                logger: logger
+            )
+            print("metrics at http://\(endpoint!.address)/metrics")
+            fflush(nil)
+        }
+        defer { endpoint?.close() }
+        let pool = try ProcessPool(workers: concurrency, options: ProcessPoolOptions(interrupt: .ignore))
+        defer { pool.terminate() }
         let worker = try QueueWorker(
             url,
             pool: pool,

@@ -214,6 +214,7 @@ struct DocProgramTests {
         ("doc-mp-start-methods", ["[20, 40, 60]"]),
         ("doc-jobqueue-overview", ["49"]),
         ("doc-services-overview", ["[1, 4, 9, 16, 25]"]),
+        ("doc-prometheus-overview", [#"mp_pool_items_succeeded_total{pool="pool"} 1000"#]),
         ("doc-managers-started", ["{1: '1', '2': 2, 0.25: None}", "[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]"]),
         ("doc-sql-overview", ["1,000 rows read, 1,000 written in 1 chunks"]),
         (

@@ -13,7 +13,7 @@ import Logging
 /// - `mp_pool_units_reclaimed_total`: units taken back from a worker stuck on a long item, before it
 ///   started them, and given to other workers;
 /// - `mp_pool_queued_units` (gauge): units waiting for a worker, retries in backoff included;
-/// - `mp_pool_busy_duration` (timer): a worker's time on each unit it answered.
+/// - `mp_pool_busy_seconds` (timer): a worker's time on each unit it answered.
 struct PoolTelemetry: Sendable {
     let logger: Logger
     let submitted: Counter
@@ -39,7 +39,7 @@ struct PoolTelemetry: Sendable {
         deaths = Counter(label: "mp_pool_worker_deaths_total", dimensions: dims)
         reclaimed = Counter(label: "mp_pool_units_reclaimed_total", dimensions: dims)
         queued = Gauge(label: "mp_pool_queued_units", dimensions: dims)
-        busy = CoreMetrics.Timer(label: "mp_pool_busy_duration", dimensions: dims)
+        busy = CoreMetrics.Timer(label: "mp_pool_busy_seconds", dimensions: dims)
     }
 
     /// Reports what changed between two tallies of the pool's state.

@@ -19,10 +19,10 @@ import Threading
 /// let endpoint = try MetricsEndpoint.bootstrap(address: .tcp(host: "0.0.0.0", port: 9464))
 /// ```
 ///
-/// It serves one request per connection (`Connection: close`), each within ``requestTimeout``: a client
-/// that sends nothing, sends too much (over 8 KiB of request head) or stops reading is disconnected, and
-/// the next one served. `HEAD` is answered as `GET` without the body; other methods get 405, other paths
-/// 404, a request that is not HTTP 400.
+/// It serves one request per connection (`Connection: close`), up to 64 connections at once, each within
+/// ``requestTimeout``: a client that sends nothing, sends too much (over 8 KiB of request head) or stops
+/// reading is disconnected, and holds up no other. `HEAD` is answered as `GET` without the body; other
+/// methods get 405, other paths 404, a request that is not HTTP 400.
 public final class MetricsEndpoint: Sendable {
     /// The address it listens on (with the actual port when 0 was asked for).
     public let address: Address
@@ -31,18 +31,13 @@ public final class MetricsEndpoint: Sendable {
     /// The longest one request may take, from its connection's accept to the end of the answer.
     public let requestTimeout: Duration
 
-    private let listener: Listener
-    private let stopFd: Int32
-    private let thread: TrackedMutex<OSThread?>
-    private let stopped = Threading.Event()
-    private let closing = Atomic<Bool>(false)
-    private let logger: Logger
+    private let server: MetricsServer
 
     /// Starts serving `registry` on `address` (default: a free port on 127.0.0.1).
     /// - Parameters:
     ///   - registry: the metrics to serve (the one a `PrometheusMetricsFactory` was bootstrapped with).
     ///   - address: where to listen (TCP port 0: a free port; see ``address``).
-    ///   - requestTimeout: the longest a request may take (default 5 s).
+    ///   - requestTimeout: the longest a request may take (default 5 s; between 1 ms and an hour).
     ///   - logger: where failures to serve are reported (default: nowhere).
     /// - Throws: when it cannot listen on `address`, or start its thread.
     public init(
@@ -51,6 +46,56 @@ public final class MetricsEndpoint: Sendable {
         requestTimeout: Duration = .seconds(5),
         logger: Logger = Logger(label: "swift-multiprocessing.metrics", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws {
+        self.registry = registry
+        self.requestTimeout = min(max(requestTimeout, .milliseconds(1)), .seconds(3600))
+        server = try MetricsServer(
+            registry: registry,
+            address: address,
+            requestTimeout: self.requestTimeout,
+            logger: logger
+        )
+        self.address = server.address
+        logger.info("metrics endpoint listening", metadata: ["address": "\(self.address)"])
+    }
+
+    /// Makes swift-prometheus the program's metrics backend (`MetricsSystem.bootstrap`, which a program
+    /// does once) and serves its registry on `address`. The endpoint listens first: a program whose
+    /// address is taken gets the error with its metrics backend still free to bootstrap.
+    /// - Parameters:
+    ///   - address: where to listen (default: a free port on 127.0.0.1).
+    ///   - logger: where failures to serve are reported (default: nowhere).
+    /// - Returns: the endpoint, serving; its ``registry`` is the backend's.
+    public static func bootstrap(
+        address: Address = .tcp(host: "127.0.0.1", port: 0),
+        logger: Logger = Logger(label: "swift-multiprocessing.metrics", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) throws -> MetricsEndpoint {
+        let registry = PrometheusCollectorRegistry()
+        let endpoint = try MetricsEndpoint(registry: registry, address: address, logger: logger)
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return endpoint
+    }
+
+    deinit { server.stop() }
+
+    /// Stops serving: the listener closes and the thread ends (requests being answered are cut short).
+    public func close() { server.stop() }
+}
+
+/// The endpoint's thread and what it owns (the endpoint holds it; the thread holds it, not the endpoint,
+/// so an endpoint dropped without ``MetricsEndpoint/close()`` is stopped by its deinit).
+final class MetricsServer: Sendable {
+    static let maxConnections = 64
+
+    let address: Address
+    private let listener: Listener
+    private let registry: PrometheusCollectorRegistry
+    private let requestTimeout: Duration
+    private let logger: Logger
+    private let stopFd: Int32
+    private let stopped = Threading.Event()
+    private let stopping = Atomic<Bool>(false)
+
+    init(registry: PrometheusCollectorRegistry, address: Address, requestTimeout: Duration, logger: Logger) throws {
         self.registry = registry
         self.requestTimeout = requestTimeout
         self.logger = logger
@@ -62,186 +107,183 @@ public final class MetricsEndpoint: Sendable {
             throw MultiprocessingError.system("eventfd", -fd)
         }
         stopFd = fd
-        thread = TrackedMutex(nil)
         let t = OSThread(name: "mp-metrics", daemon: true) { [self] in serve() }
-        thread.withLock { $0 = t }
         do {
             try t.start()
         } catch {
+            stopping.store(true, ordering: .relaxed)
             listener.close()
             SystemCall.close(fd)
             throw error
         }
-        logger.info("metrics endpoint listening", metadata: ["address": "\(self.address)"])
     }
 
-    /// Makes swift-prometheus the program's metrics backend (`MetricsSystem.bootstrap`, which a program
-    /// does once) and serves its registry on `address`.
-    /// - Parameters:
-    ///   - address: where to listen (default: a free port on 127.0.0.1).
-    ///   - logger: where failures to serve are reported (default: nowhere).
-    /// - Returns: the endpoint, serving; its ``registry`` is the backend's.
-    public static func bootstrap(
-        address: Address = .tcp(host: "127.0.0.1", port: 0),
-        logger: Logger = Logger(label: "swift-multiprocessing.metrics", factory: { _ in SwiftLogNoOpLogHandler() })
-    ) throws -> MetricsEndpoint {
-        let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        return try MetricsEndpoint(registry: registry, address: address, logger: logger)
-    }
-
-    deinit { close() }
-
-    /// Stops serving: the listener closes and the thread ends (a request being answered is cut short).
-    public func close() {
-        guard closing.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+    /// Asks the thread to end and waits for it; the eventfd is closed only once the thread no longer
+    /// polls it.
+    func stop() {
+        guard stopping.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else {
+            _ = stopped.wait(timeout: .seconds(10))
+            return
+        }
         var one: UInt64 = 1
         _ = withUnsafeBytes(of: &one) { write(stopFd, $0.baseAddress, 8) }
-        _ = stopped.wait(timeout: .seconds(10))
-        SystemCall.close(stopFd)
+        if stopped.wait(timeout: .seconds(10)) { SystemCall.close(stopFd) }
     }
 
-    // MARK: - the thread
+    /// One client connection: its request head so far, then its answer, then (its answer sent and its
+    /// side shut) the rest of its input, read and dropped so that closing does not reset the connection
+    /// before the client has read the answer.
+    private struct Session {
+        let fd: Int32
+        let deadline: ContinuousClock.Instant
+        var head: [UInt8] = []
+        var answer: [UInt8]?
+        var sent = 0
+        var draining = false
+    }
 
     private func serve() {
+        var sessions: [Session] = []
         defer {
+            for s in sessions { SystemCall.close(s.fd) }
             listener.close()
             stopped.set()
         }
+        var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             var fds = [
-                pollfd(fd: listener.fileDescriptor, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: stopFd, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: listener.fileDescriptor, events: Int16(POLLIN), revents: 0),
             ]
-            guard (try? SystemCall.poll(&fds, timeoutMs: -1)) != nil else { return }
-            if fds[1].revents != 0 { return }
-            guard fds[0].revents != 0 else { continue }
-            let accepted: Int
-            do {
-                guard let fd = try SystemCall.accept(listener.fileDescriptor).value else { continue }
-                accepted = fd
-            } catch {
-                // Out of descriptors and the like: the client waits in the backlog; do not spin on it.
-                logger.warning("metrics endpoint cannot accept", metadata: ["error": "\(error)"])
-                var fds = [pollfd(fd: stopFd, events: Int16(POLLIN), revents: 0)]
-                if (try? SystemCall.poll(&fds, timeoutMs: 100)) ?? 0 > 0 { return }
-                continue
+            for s in sessions {
+                let events = s.answer != nil && !s.draining ? POLLOUT : POLLIN
+                fds.append(pollfd(fd: s.fd, events: Int16(events), revents: 0))
             }
-            let client = Int32(accepted)
-            answer(client)
-            SystemCall.close(client)
+            let now = ContinuousClock.now
+            let next = sessions.map(\.deadline).min()
+            let timeout = next.map { Self.milliseconds(until: $0, from: now) } ?? -1
+            guard (try? SystemCall.poll(&fds, timeoutMs: timeout)) != nil else { return }
+            if fds[0].revents != 0 { return }
+            // Sessions first (their indices match `fds` from 2), then new connections.
+            var kept: [Session] = []
+            let after = ContinuousClock.now
+            for (k, var s) in sessions.enumerated() {
+                let ready = fds[k + 2].revents != 0
+                if ready { step(&s, &buffer) }
+                if s.fd < 0 { continue }  // finished
+                if after >= s.deadline {
+                    SystemCall.close(s.fd)
+                    continue
+                }
+                kept.append(s)
+            }
+            sessions = kept
+            if fds[1].revents != 0 { accept(into: &sessions) }
         }
     }
 
-    /// Reads one request from `fd` and answers it, within ``requestTimeout``.
-    private func answer(_ fd: Int32) {
-        let deadline = ContinuousClock.now + requestTimeout
-        var head: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while HTTPRequestHead.end(of: head) == nil {
-            guard head.count <= HTTPRequestHead.maxSize else {
-                return respond(
-                    fd,
-                    status: "431 Request Header Fields Too Large",
-                    body: "request head too large\n",
-                    deadline
-                )
-            }
-            guard wait(fd, for: POLLIN, until: deadline) else { return }
-            let n: Int
+    private func accept(into sessions: inout [Session]) {
+        while true {
+            let accepted: Int
             do {
-                guard let got = try buffer.withUnsafeMutableBytes({ try SystemCall.recv(fd, $0).value }) else {
-                    continue
-                }
-                n = got
+                guard let fd = try SystemCall.accept(listener.fileDescriptor).value else { return }
+                accepted = fd
             } catch {
+                // Out of descriptors and the like: the client waits in the backlog until a session ends.
+                logger.warning("metrics endpoint cannot accept", metadata: ["error": "\(error)"])
                 return
             }
-            if n == 0 { return }  // the client left before its request ended
-            head += buffer[0..<n]
+            guard sessions.count < Self.maxConnections else {
+                SystemCall.close(Int32(accepted))  // too many at once: this one is refused
+                continue
+            }
+            sessions.append(Session(fd: Int32(accepted), deadline: .now + requestTimeout))
         }
-        switch HTTPRequestHead.parse(head) {
+    }
+
+    /// Advances `s` as far as its socket allows now; sets its `fd` to -1 when it is finished (closed).
+    private func step(_ s: inout Session, _ buffer: inout [UInt8]) {
+        if s.answer == nil || s.draining {
+            // Read: the request head, or (draining) whatever follows, until the client's end.
+            while true {
+                let got: Int?
+                do {
+                    got = try buffer.withUnsafeMutableBytes { try SystemCall.recv(s.fd, $0).value }
+                } catch {
+                    return finish(&s)
+                }
+                guard let n = got else { return }  // nothing more now
+                if n == 0 { return finish(&s) }
+                if s.draining { continue }
+                s.head += buffer[0..<n]
+                if HTTPRequestHead.end(of: s.head) != nil {
+                    s.answer = answer(to: HTTPRequestHead.parse(s.head))
+                    break
+                }
+                if s.head.count > HTTPRequestHead.maxSize {
+                    s.answer = Self.response(
+                        "431 Request Header Fields Too Large",
+                        body: Array("request head too large\n".utf8)
+                    )
+                    break
+                }
+            }
+        }
+        guard let answer = s.answer, !s.draining else { return }
+        while s.sent < answer.count {
+            do {
+                let n = try answer.withUnsafeBytes { p in
+                    try SystemCall.send(s.fd, UnsafeRawBufferPointer(rebasing: p[s.sent...])).value
+                }
+                guard let n else { return }  // the socket is full: wait for room
+                s.sent += n
+            } catch {
+                return finish(&s)  // the client left
+            }
+        }
+        // Answered: no more from this side; read what the client still sends until it closes.
+        Glibc.shutdown(s.fd, Int32(SHUT_WR))
+        s.draining = true
+    }
+
+    private func finish(_ s: inout Session) {
+        SystemCall.close(s.fd)
+        s = Session(fd: -1, deadline: s.deadline)
+    }
+
+    private func answer(to request: HTTPRequestHead.Request) -> [UInt8] {
+        switch request {
         case .metrics(let withBody):
             var body: [UInt8] = []
             registry.emit(into: &body)
-            respond(
-                fd,
-                status: "200 OK",
-                contentType: HTTPRequestHead.exposition,
-                body: body,
-                includeBody: withBody,
-                deadline
-            )
+            return Self.response("200 OK", contentType: HTTPRequestHead.exposition, body: body, includeBody: withBody)
         case .notFound:
-            respond(fd, status: "404 Not Found", body: "not found: the metrics are at /metrics\n", deadline)
+            return Self.response("404 Not Found", body: Array("not found: the metrics are at /metrics\n".utf8))
         case .methodNotAllowed:
-            respond(fd, status: "405 Method Not Allowed", extra: "Allow: GET, HEAD\r\n", body: "use GET\n", deadline)
+            return Self.response("405 Method Not Allowed", extra: "Allow: GET, HEAD\r\n", body: Array("use GET\n".utf8))
         case .badRequest:
-            respond(fd, status: "400 Bad Request", body: "not an HTTP request\n", deadline)
+            return Self.response("400 Bad Request", body: Array("not an HTTP request\n".utf8))
         }
     }
 
-    private func respond(
-        _ fd: Int32,
-        status: String,
+    static func response(
+        _ status: String,
         contentType: String = "text/plain; charset=utf-8",
         extra: String = "",
-        body: String,
-        _ deadline: ContinuousClock.Instant
-    ) {
-        respond(
-            fd,
-            status: status,
-            contentType: contentType,
-            extra: extra,
-            body: Array(body.utf8),
-            includeBody: true,
-            deadline
-        )
-    }
-
-    private func respond(
-        _ fd: Int32,
-        status: String,
-        contentType: String,
-        extra: String = "",
         body: [UInt8],
-        includeBody: Bool,
-        _ deadline: ContinuousClock.Instant
-    ) {
+        includeBody: Bool = true
+    ) -> [UInt8] {
         let head =
             "HTTP/1.1 \(status)\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n\(extra)Connection: close\r\n\r\n"
-        var out = Array(head.utf8)
-        if includeBody { out += body }
-        var sent = 0
-        while sent < out.count {
-            guard wait(fd, for: POLLOUT, until: deadline) else { return }
-            do {
-                let n = try out.withUnsafeBytes { p in
-                    try SystemCall.send(fd, UnsafeRawBufferPointer(rebasing: p[sent...])).value
-                }
-                sent += n ?? 0
-            } catch {
-                return  // the client left
-            }
-        }
+        return Array(head.utf8) + (includeBody ? body : [])
     }
 
-    /// Waits until `fd` is ready for `event`, or `deadline` passes, or the endpoint closes.
-    private func wait(_ fd: Int32, for event: Int32, until deadline: ContinuousClock.Instant) -> Bool {
-        let left = deadline - ContinuousClock.now
-        guard left > .zero else { return false }
-        let ms = Int32(
-            clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
-        )
-        var fds = [
-            pollfd(fd: fd, events: Int16(event), revents: 0),
-            pollfd(fd: stopFd, events: Int16(POLLIN), revents: 0),
-        ]
-        guard let ready = try? SystemCall.poll(&fds, timeoutMs: ms), ready > 0, fds[1].revents == 0 else {
-            return false
-        }
-        return fds[0].revents != 0
+    /// Milliseconds from `now` to `deadline` for `poll`, rounded up (at least 0, at most an hour).
+    static func milliseconds(until deadline: ContinuousClock.Instant, from now: ContinuousClock.Instant) -> Int32 {
+        let left = deadline - now
+        guard left > .zero else { return 0 }
+        let (seconds, attoseconds) = left.components
+        return Int32(min(3_600_000, seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1))
     }
 }
 

@@ -115,14 +115,14 @@ struct MetricsEndpointTests {
         #expect(try exchange(port, huge).status == "HTTP/1.1 431 Request Header Fields Too Large")
     }
 
-    /// A client that connects and says nothing holds the endpoint for one request timeout at most; the
-    /// next scrape is answered.
+    /// A client that connects and says nothing, and one that sends half a request (each held for the whole
+    /// minute of the request timeout), hold up no other: the scrape that follows is answered meanwhile.
     @Test func aSilentClientDoesNotStopTheNextScrape() throws {
         let registry = PrometheusCollectorRegistry()
         registry.makeGauge(
             descriptor: MetricNameDescriptor(metricName: "test", unitName: "level", helpText: "A level.")
         ).set(to: Double(7))
-        let endpoint = try MetricsEndpoint(registry: registry, requestTimeout: .milliseconds(300))
+        let endpoint = try MetricsEndpoint(registry: registry, requestTimeout: .seconds(60))
         defer { endpoint.close() }
         guard case .tcp(_, let port) = endpoint.address else {
             Issue.record("not TCP")
@@ -134,14 +134,36 @@ struct MetricsEndpointTests {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &addr) {
+        let connected = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(silent, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
             }
         }
+        #expect(connected == 0)
+        let slow = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(slow) }
+        let slowConnected = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(slow, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        #expect(slowConnected == 0)
+        _ = "GET /met".withCString { send(slow, $0, 8, Int32(MSG_NOSIGNAL)) }
         let ok = try exchange(port, "GET /metrics HTTP/1.1\r\n\r\n")
         #expect(ok.status == "HTTP/1.1 200 OK")
         #expect(parseExposition(ok.body).samples == [Sample(name: "test_level", labels: "", value: 7)])
+    }
+
+    /// An endpoint dropped without `close()` stops too (its thread holds the server, not the endpoint).
+    @Test func aDroppedEndpointStopsListening() throws {
+        var port: UInt16 = 0
+        do {
+            let endpoint = try MetricsEndpoint(registry: PrometheusCollectorRegistry())
+            guard case .tcp(_, let p) = endpoint.address else { return }
+            port = p
+            #expect(try exchange(port, "GET /metrics HTTP/1.1\r\n\r\n").status == "HTTP/1.1 200 OK")
+        }
+        #expect(throws: (any Error).self) { _ = try exchange(port, "GET /metrics HTTP/1.1\r\n\r\n") }
     }
 
     @Test func closingStopsListening() throws {

@@ -43,6 +43,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         // The Prometheus metrics backend, for MultiprocessingPrometheus (swift-metrics and swift-atomics).
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        // Spans across processes: the tracing API only (the program picks the tracer, e.g. swift-otel).
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.3.0"),
         // `swift package generate-documentation` (the DocC catalogs of every library target).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
@@ -74,9 +76,10 @@ let package = Package(
                 "Threading",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "DequeModule", package: "swift-collections"),
-                // Logs and metrics of pools (neither loads Foundation).
+                // Logs, metrics and traces of pools (none loads Foundation).
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         // Sockets between machines and with CPython: Listener/connect and the authkey handshake. The only
@@ -278,6 +281,8 @@ let package = Package(
             dependencies: [
                 "Multiprocessing", "MultiprocessingNetwork", "Threading", "MultiprocessingTestSupport", "SystemCalls",
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ]
         ),
     ]

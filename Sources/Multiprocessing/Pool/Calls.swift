@@ -7,7 +7,13 @@ class CallCore: @unchecked Sendable {  // subclasses keep their own state thread
     let options: TaskOptions
     private let cancelledFlag = Atomic<Bool>(false)
 
-    init(options: TaskOptions) { self.options = options }
+    /// The call's span, when a tracer is active (``PoolTracing``).
+    let trace: CallTrace?
+
+    init(options: TaskOptions, trace: CallTrace? = nil) {
+        self.options = options
+        self.trace = trace
+    }
 
     // Progress of the call's own items (for `TaskOptions.progress`).
     let finishedItems = Atomic<Int>(0)
@@ -30,7 +36,9 @@ class CallCore: @unchecked Sendable {  // subclasses keep their own state thread
     var isCancelled: Bool { cancelledFlag.load(ordering: .relaxed) }
     /// Marks the call cancelled; returns `false` if it already was.
     func markCancelled() -> Bool {
-        cancelledFlag.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
+        let first = cancelledFlag.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
+        if first { trace?.end(failure: "cancelled") }
+        return first
     }
 
     /// Items `start..<start+n` finished; `payload` is their encoded `[Output]`.
@@ -115,7 +123,19 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
     private var inputTotal: Int?
 
     /// The feeder has cut all of the input: `total` items.
-    func inputEnded(total: Int) { bufferLock.withLock { inputTotal = total } }
+    func inputEnded(total: Int) {
+        bufferLock.withLock { inputTotal = total }
+        endTraceIfDone()
+    }
+
+    /// Ends the call's span once every item has an outcome (with a tracer active).
+    private func endTraceIfDone() {
+        guard let trace, let total = bufferLock.withLock({ inputTotal }),
+            finishedItems.load(ordering: .sequentiallyConsistent) >= total
+        else { return }
+        let failed = failedItems.load(ordering: .sequentiallyConsistent)
+        trace.end(failure: failed > 0 ? "\(failed) of \(total) items failed" : nil)
+    }
 
     /// From now on, results of a raw-bytes type are copied from each reply straight to their place in the
     /// call's result (results already held are placed now), rather than buffered, gathered and copied
@@ -222,6 +242,7 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
             if !placeLocked(start: start, count: count, payload) { buffer.append(start: start, count: count, payload) }
             bufferedItems += count
         }
+        if trace != nil { endTraceIfDone() }
     }
 
     /// Run `k` of `results` as deliveries, handed to `body`: its items, or (undecodable) a failure for
@@ -250,6 +271,7 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
     override func fail(index: Int, _ error: any Error) {
         failedItems.add(1, ordering: .relaxed)
         finishedItems.add(1, ordering: .relaxed)
+        if trace != nil { endTraceIfDone() }  // ended before the consumer can see the call's end
         try? deliveries.put(.failed(index: index, error))
     }
 }
@@ -265,13 +287,17 @@ final class SingleCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
             guard let v = values.first, values.count == 1 else {
                 throw MultiprocessingError(.malformedMessage, "\(values.count) results for one task")
             }
+            trace?.end()  // before the result: whoever waits for it finds the span ended
             future.complete(.success(v))
         } catch {
-            future.complete(.failure(MultiprocessingError.cannotDecode("the result", error)))
+            let failure = MultiprocessingError.cannotDecode("the result", error)
+            trace?.end(failure: "\(failure)", error: failure)
+            future.complete(.failure(failure))
         }
     }
 
     override func fail(index: Int, _ error: any Error) {
+        trace?.end(failure: "\(error)", error: error)
         future.complete(.failure(error))
     }
 }

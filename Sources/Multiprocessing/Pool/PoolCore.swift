@@ -159,7 +159,9 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         for item in items {
             switch item {
             case .define(let f): size += 14 + f.name.utf8.count + f.payload.count
-            case .task(let unit): size += 21 + (unit.payload.count < ownArrayPayload ? unit.payload.count : 0)
+            case .task(let unit):
+                size += 21 + (unit.payload.count < ownArrayPayload ? unit.payload.count : 0)
+                if let trace = unit.call.trace { size += 4 + trace.carrier.count }
             case .shutdown: size += 5
             }
         }
@@ -176,10 +178,15 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
                 w.put(f.payload)
                 w.end(at)
             case .task(let unit):
-                let at = w.begin(PoolWire.task)
+                let trace = unit.call.trace
+                let at = w.begin(trace == nil ? PoolWire.task : PoolWire.tracedTask)
                 w.put(unit.id)
                 w.put(unit.function.id)
                 w.put(UInt32(unit.count))
+                if let trace {
+                    w.put(UInt32(trace.carrier.count))
+                    w.put(trace.carrier)
+                }
                 if unit.payload.count < ownArrayPayload {
                     w.put(unit.payload)
                     w.end(at)

@@ -9,6 +9,9 @@ enum PoolWire {
     // parent → worker
     static let define: UInt8 = 0x44  // 'D' fnId u32, kind u8, nameLen u32, name, payload (the encoded function value)
     static let task: UInt8 = 0x54  // 'T' unit u64, fnId u32, count u32, payload (encoded [Input] or one Job)
+    // 't': a task of a traced call: unit u64, fnId u32, count u32, carrierLen u32, carrier (the span context's
+    // headers, PoolTracing.encode), payload
+    static let tracedTask: UInt8 = 0x74
     static let shutdown: UInt8 = 0x53  // 'S'
     // worker → parent
     static let output: UInt8 = 0x4F  // 'O' unit u64, start u32, count u32, busyNanos u64, payload (encoded [Output])

@@ -61,10 +61,11 @@ enum PoolWorker {
     {
         var c = FrameCursor(body)
         switch body[0] {
-        case PoolWire.task:
+        case PoolWire.task, PoolWire.tracedTask:
             let unit: UInt64 = try c.get()
             let fnId: UInt32 = try c.get()
             let count = Int(try c.get(UInt32.self))
+            let carrier = body[0] == PoolWire.tracedTask ? try c.bytes(Int(try c.get(UInt32.self))) : nil
             guard let runner = runners[fnId] else {
                 throw MultiprocessingError(.malformedMessage, "task for undefined function \(fnId)")
             }
@@ -82,7 +83,12 @@ enum PoolWorker {
             slot.setItemStart(PoolClock.coarse())
             slot.setIndex(0)
             slot.setRunning(unit: unit)
-            runner(unit, count, c.rest, out)
+            if let carrier {
+                let rest = c.rest
+                PoolTracing.runUnit(carrier, unit: unit, count: count, pid: out.pid) { runner(unit, count, rest, out) }
+            } else {
+                runner(unit, count, c.rest, out)
+            }
             slot.setRunning(unit: 0)
             // Batching replies pays only for tiny units: after one that took 100 µs or more, answer now,
             // so the parent can send more work before this worker runs dry.

@@ -95,10 +95,18 @@ public final class ProcessPool: Sendable {
         options: TaskOptions
     ) throws -> PoolTask<F.Output> {
         let function = try functionRef(f, kind: kind)
-        let call = SingleCall<F.Output>(options: options)
-        let payload = try encodeItems(one: input, ItemsCodec<F.Input>())
-        let unit = Unit(call: call, function: function, base: 0, count: 1, payload: payload)
-        try core.submit([unit])
+        let call = SingleCall<F.Output>(
+            options: options,
+            trace: PoolTracing.start("ProcessPool.submit", pool: core.options.name, items: 1)
+        )
+        do {
+            let payload = try encodeItems(one: input, ItemsCodec<F.Input>())
+            let unit = Unit(call: call, function: function, base: 0, count: 1, payload: payload)
+            try core.submit([unit])
+        } catch {
+            call.trace?.end(error: error)
+            throw error
+        }
         let core = self.core
         return PoolTask(call: call) { core.cancel(call) }
     }
@@ -197,7 +205,14 @@ public final class ProcessPool: Sendable {
         options: TaskOptions
     ) throws -> PoolResults<F.Output> {
         let function = try functionRef(f, kind: .function)
-        let call = StreamCall<F.Output>(options: options)
+        let call = StreamCall<F.Output>(
+            options: options,
+            trace: PoolTracing.start(
+                ordered ? "ProcessPool.map" : "ProcessPool.imapUnordered",
+                pool: core.options.name,
+                items: count
+            )
+        )
         if let count { call.totalItems.store(count, ordering: .relaxed) }
         if let display = options.progress { call.progress = try ProgressReporter.start(for: call, display) }
         // Room for two chunks at least, so a large fixed chunk size cannot wait forever for permits.

@@ -1,0 +1,116 @@
+import Glibc
+import InMemoryTracing
+import Testing
+import Tracing
+
+@testable import Multiprocessing
+
+/// Random ids: a worker's tracer must not mint the same ids as the parent's by counting from 1.
+let randomIDs = InMemoryTracer.IDGenerator(
+    nextTraceID: { String(UInt64.random(in: 1...UInt64.max), radix: 16) },
+    nextSpanID: { String(UInt64.random(in: 1...UInt64.max), radix: 16) }
+)
+
+/// The pool initializer of the tracing tests: a tracer in each worker (as a program's `main.swift` would
+/// bootstrap one before `bootstrap()`).
+struct BootstrapInMemoryTracer: Job {
+    func run() { InstrumentationSystem.bootstrap(InMemoryTracer(idGenerator: randomIDs)) }
+}
+
+/// The trace the item runs in, as the worker sees it: `traceID parentSpanID`, or `none`.
+struct CurrentTrace: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> String {
+        guard let c = InstrumentationContext.current?.inMemorySpanContext else { return "none" }
+        return "\(c.traceID) \(c.parentSpanID ?? "-")"
+    }
+}
+
+/// A pool call made inside a span continues the trace in the worker processes: the call's span is a
+/// child of the caller's, and each unit runs in a worker's span whose parent is the call's span, in the
+/// same trace. Without a tracer nothing is carried.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct PoolTracingTests {
+    @Test func aCallsTraceContinuesInTheWorkers() throws {
+        let tracer = InMemoryTracer(idGenerator: randomIDs)
+        let pool = try ProcessPool(workers: 2, initializer: BootstrapInMemoryTracer())
+        defer {
+            pool.close()
+            _ = try? pool.join(timeout: .seconds(30))
+        }
+        try withTracer(tracer) {
+            try withSpan("request") { request in
+                let request = request.context.inMemorySpanContext!
+                let seen = try pool.map(CurrentTrace(), Array(0..<6), chunksize: 2)
+                let single = try pool.submit(CurrentTrace(), 0).get(timeout: .seconds(60))
+                // The pool's spans, ended when their calls were.
+                let finished = tracer.finishedSpans
+                let map = try #require(finished.first { $0.operationName == "ProcessPool.map" })
+                let submit = try #require(finished.first { $0.operationName == "ProcessPool.submit" })
+                #expect(map.spanContext.traceID == request.traceID)
+                #expect(map.spanContext.parentSpanID == request.spanID)
+                #expect(map.kind == .producer)
+                #expect(seen == Array(repeating: "\(request.traceID) \(map.spanContext.spanID)", count: 6))
+                #expect(single == "\(request.traceID) \(submit.spanContext.spanID)")
+            }
+        }
+    }
+
+    /// Outside any span a call starts no trace (finding the tracer costs more than a tiny task's round
+    /// trip): the worker sees no context even with a tracer active in the parent.
+    @Test func aCallOutsideASpanIsNotTraced() throws {
+        let tracer = InMemoryTracer(idGenerator: randomIDs)
+        let pool = try ProcessPool(workers: 1, initializer: BootstrapInMemoryTracer())
+        defer {
+            pool.close()
+            _ = try? pool.join(timeout: .seconds(30))
+        }
+        let seen = try withTracer(tracer) { () throws -> [String] in try pool.map(CurrentTrace(), [1]) }
+        #expect(seen == ["none"])
+        #expect(tracer.finishedSpans.isEmpty)
+    }
+
+    @Test func withoutATracerNothingIsCarried() throws {
+        let pool = try ProcessPool(workers: 1, initializer: BootstrapInMemoryTracer())
+        defer {
+            pool.close()
+            _ = try? pool.join(timeout: .seconds(30))
+        }
+        // Inside a span, but the test process has no tracer: the workers (which have one) see no context.
+        let seen = try withSpan("request") { _ throws -> [String] in try pool.map(CurrentTrace(), [1, 2]) }
+        #expect(seen == ["none", "none"])
+    }
+
+    @Test func aFailedItemMarksTheCallsSpan() throws {
+        let tracer = InMemoryTracer(idGenerator: randomIDs)
+        let pool = try ProcessPool(workers: 1)
+        defer {
+            pool.close()
+            _ = try? pool.join(timeout: .seconds(30))
+        }
+        try withTracer(tracer) {
+            try withSpan("request") { _ in
+                let results = try pool.mapResults(FailOnOdd(), [0, 1, 2])
+                #expect(results.filter { (try? $0.get()) == nil }.count == 1)
+                let map = try #require(tracer.finishedSpans.first { $0.operationName == "ProcessPool.map" })
+                #expect(map.status?.code == .error)
+            }
+        }
+    }
+
+    @Test func headersSurviveTheirEncodingAndMalformedOnesAreRefused() {
+        let headers = ["traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "a=b"]
+        let bytes = PoolTracing.encode(headers)
+        #expect(bytes.withUnsafeBytes { PoolTracing.decode($0) } == headers)
+        #expect(Array(bytes.dropLast()).withUnsafeBytes { PoolTracing.decode($0) } == nil)
+        #expect([UInt8]([1, 0, 9]).withUnsafeBytes { PoolTracing.decode($0) } == nil)
+    }
+}
+
+/// Throws for odd numbers.
+struct FailOnOdd: SyncTaskFunction {
+    struct Odd: Error {}
+    func callAsFunction(_ x: Int) throws -> Int {
+        if x % 2 == 1 { throw Odd() }
+        return x
+    }
+}

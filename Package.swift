@@ -105,6 +105,7 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         // C: SQLite's API, loaded with dlopen from the system's libsqlite3.so.0 (no -dev package to build).
@@ -142,6 +143,7 @@ let package = Package(
                 "Multiprocessing", "MultiprocessingSQL", "Threading",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         // The pool, the queue worker and the manager server as swift-service-lifecycle services, for a
@@ -233,6 +235,8 @@ let package = Package(
             dependencies: [
                 "MultiprocessingManagers", "MultiprocessingTestSupport", "MultiprocessingFuzzTargets",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
@@ -243,6 +247,8 @@ let package = Package(
                 "MultiprocessingJobQueue", "MultiprocessingSQL", "Multiprocessing", "Threading",
                 "MultiprocessingTestSupport",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ]
         ),
         .testTarget(

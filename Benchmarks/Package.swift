@@ -7,7 +7,11 @@ let package = Package(
     name: "swift-multiprocessing-benchmarks",
     // Linux only, as the package it depends on.
     // The PostgreSQL trait: the queue and etl suites run on PostgreSQL too (QUEUE_DB, ETL_DB).
-    dependencies: [.package(name: "swift-multiprocessing", path: "..", traits: ["PostgreSQL"])],
+    dependencies: [
+        .package(name: "swift-multiprocessing", path: "..", traits: ["PostgreSQL"]),
+        // An in-memory tracer for the observability suite's traced rows.
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.3.0"),
+    ],
     targets: [
         // No Foundation here: the worker start-up of a pool-only program.
         .executableTarget(
@@ -28,6 +32,10 @@ let package = Package(
                 .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
                 .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
                 .product(name: "MultiprocessingPostgres", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingNetwork", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingPrometheus", package: "swift-multiprocessing"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ]
         )
     ]

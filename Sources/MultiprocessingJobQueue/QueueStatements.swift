@@ -111,7 +111,7 @@ struct QueueStatements: Sendable {
             "state = 'running', attempt = attempt + 1, worker = \(d.parameter(1)), lease_until = \(d.parameter(2))"
         let returning = """
             RETURNING mp_jobs.id, mp_jobs.kind, mp_jobs.payload, mp_jobs.attempt, mp_jobs.max_attempts,
-              mp_jobs.backoff_ms, mp_jobs.timeout_ms, mp_jobs.run_at
+              mp_jobs.backoff_ms, mp_jobs.timeout_ms, mp_jobs.run_at, mp_jobs.trace_context
             """
         let sql: String
         if d.modifiesDataInWith {
@@ -133,7 +133,8 @@ struct QueueStatements: Sendable {
                     maxAttempts: Int(r[4].intValue ?? 1),
                     backoffMs: r[5].intValue ?? 1000,
                     timeoutMs: r[6].intValue,
-                    runAt: r[7].intValue ?? now
+                    runAt: r[7].intValue ?? now,
+                    trace: { if case .blob(let b) = r[8] { b } else { nil } }()
                 )
             )
         }

@@ -5,6 +5,7 @@ public import Multiprocessing
 public import MultiprocessingSQL
 import Synchronization
 import Threading
+import Tracing
 
 /// Runs a queue's jobs on a `ProcessPool`: claims them in batches, renews their leases, records
 /// results and failures in batches, retries with exponential backoff, rescues jobs whose worker died,
@@ -299,16 +300,35 @@ public final class QueueWorker: Sendable {
         switch s {
         case .one(let token, let j):
             let (id, attempt) = (j.id, j.attempt)
-            let task = try pool.applyAsync(
-                StoredJob(kind: j.kind, payload: j.payload),
-                options: TaskOptions(timeout: j.timeoutMs.map { .milliseconds($0) }),
-                callback: {
-                    try? completions.putNowait(.completed(Completion(id: id, attempt: attempt, outcome: .success($0))))
-                },
-                errorCallback: {
-                    try? completions.putNowait(.completed(Completion(id: id, attempt: attempt, outcome: .failure($0))))
-                }
-            )
+            // A job queued in a trace runs in a span continuing it; its pool task is that span's child.
+            let span = JobTracing.run(j, worker: name)
+            let submit = { [pool] in
+                try pool.applyAsync(
+                    StoredJob(kind: j.kind, payload: j.payload),
+                    options: TaskOptions(timeout: j.timeoutMs.map { .milliseconds($0) }),
+                    callback: {
+                        JobTracing.end(span)
+                        try? completions.putNowait(
+                            .completed(Completion(id: id, attempt: attempt, outcome: .success($0)))
+                        )
+                    },
+                    errorCallback: {
+                        JobTracing.end(span, failure: $0)
+                        try? completions.putNowait(
+                            .completed(Completion(id: id, attempt: attempt, outcome: .failure($0)))
+                        )
+                    }
+                )
+            }
+            let task: PoolTask<[UInt8]>
+            do {
+                task =
+                    try span.map { s in try InstrumentationContext.$current.withValue(s.context) { try submit() } }
+                    ?? submit()
+            } catch {
+                JobTracing.end(span, failure: error)
+                throw error
+            }
             return (token, { task.cancel() })
         case .chunk(let token, let chunk):
             let keys = chunk.map { (id: $0.id, attempt: $0.attempt) }

@@ -67,6 +67,8 @@ struct QueueWorkerState: Sendable {
         let timeoutMs: Int64?
         /// When it was due (ms since the epoch): its lag is measured from it.
         let runAt: Int64
+        /// The trace context it was queued in (`PoolTracing.encode`d headers), or `nil`.
+        var trace: [UInt8]? = nil
     }
 
     /// What the pool reported for one job's attempt.
@@ -335,7 +337,8 @@ struct QueueWorkerState: Sendable {
     }
 
     /// Plans the pool tasks for claimed jobs: in chunks while jobs are short (the buffer is deep), so that
-    /// a job costs a fraction of a message; alone when they are long, or have a timeout of their own.
+    /// a job costs a fraction of a message; alone when they are long, have a timeout of their own, or were
+    /// queued in a trace.
     private mutating func dispatch(_ jobs: [Job], now: Instant) {
         guard !jobs.isEmpty else { return }
         let size = max(1, min(32, buffer / (4 * config.concurrency), jobs.count / config.concurrency))
@@ -349,7 +352,8 @@ struct QueueWorkerState: Sendable {
             chunk = []
         }
         for j in jobs {
-            if size == 1 || j.timeoutMs != nil {
+            // Alone also when traced: a pool task carries one trace context, and each job has its own.
+            if size == 1 || j.timeoutMs != nil || j.trace != nil {
                 let token = makeToken()
                 toSubmit.append(.one(token, j))
                 held[j.id] = Held(job: j, token: token, started: now)

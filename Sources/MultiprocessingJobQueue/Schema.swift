@@ -3,7 +3,7 @@ import MultiprocessingSQL
 
 /// The queue's tables, created and migrated by the library (`mp_job_schema` holds the version).
 enum QueueSchema {
-    static let version = 2
+    static let version = 3
     /// The channel PostgreSQL notifies when jobs are queued (the payload is the queue's name).
     static let channel = "mp_jobs"
 
@@ -113,6 +113,12 @@ enum QueueSchema {
                     )
                 }
                 try c.execute("INSERT INTO mp_job_schema (version) VALUES (2)")
+            }
+            if current < 3 {
+                // The trace context of the span that queued the job (swift-distributed-tracing's injected
+                // headers), continued by the worker that runs it; NULL when nothing was traced.
+                try c.execute("ALTER TABLE mp_jobs ADD COLUMN trace_context \(blob)")
+                try c.execute("INSERT INTO mp_job_schema (version) VALUES (3)")
             }
         }
     }

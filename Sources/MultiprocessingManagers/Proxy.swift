@@ -1,6 +1,7 @@
 import Multiprocessing
 import MultiprocessingNetwork
 import Threading
+import Tracing
 
 /// A handle on an object a manager serves — Python's `BaseProxy`. Calls go to the server; the object
 /// lives as long as some proxy to it does (the server counts references: creating, decoding or copying a
@@ -152,21 +153,30 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
                 "method \(method) is not exposed by \(typeid) (\(exposed.joined(separator: ", ")))"
             )
         }
+        // Inside a span, with a tracer: the call is a client span of its own (the protocol is CPython's,
+        // which carries no trace context to the server).
+        let span = ManagerTracing.start(typeid: typeid, method: method, server: "\(client.address)")
         let limit = timeout ?? client.timeout
-        let c = try client.channels.take(timeout: limit)
         do {
-            let r = try Self.exchange(
-                c,
-                .tuple([.string(ident), .string(method), .tuple(args), .dict(kwargs)]),
-                timeout: limit
-            )
-            client.channels.giveBack(c)
-            return r
-        } catch let e as PythonException {
-            client.channels.giveBack(c)  // a clean answer: the channel is fine
-            throw e
+            let c = try client.channels.take(timeout: limit)
+            do {
+                let r = try Self.exchange(
+                    c,
+                    .tuple([.string(ident), .string(method), .tuple(args), .dict(kwargs)]),
+                    timeout: limit
+                )
+                client.channels.giveBack(c)
+                ManagerTracing.end(span)
+                return r
+            } catch let e as PythonException {
+                client.channels.giveBack(c)  // a clean answer: the channel is fine
+                throw e
+            } catch {
+                c.close()
+                throw error
+            }
         } catch {
-            c.close()
+            ManagerTracing.end(span, failure: error)
             throw error
         }
     }
@@ -180,6 +190,17 @@ public final class Proxy: Codable, @unchecked Sendable {  // immutable after ini
         _ kwargs: [PythonPair] = [],
         timeout: Duration? = nil
     ) async throws -> PythonValue {
-        try await AsyncBridge.offload { [self] in try call(method, args, kwargs, timeout: timeout) }
+        // The caller's trace context and tracer (perhaps a task-local one), which the offloading thread
+        // does not inherit.
+        let context = InstrumentationContext.current
+        let tracer = context == nil ? nil : PoolTracing.tracer
+        return try await AsyncBridge.offload { [self] in
+            guard let context, let tracer else { return try call(method, args, kwargs, timeout: timeout) }
+            return try withTracer(tracer) {
+                try InstrumentationContext.$current.withValue(context) {
+                    try call(method, args, kwargs, timeout: timeout)
+                }
+            }
+        }
     }
 }

@@ -8,7 +8,9 @@ if getenv("MP_BENCH_BOOTSTRAP") != nil { bootstrap() } else { WorkerStart.entry 
 // bench SUITE [workload ...]   — prints RESULT/INFO lines like the Python anchors in shared/bench/python.
 let args = CommandLine.arguments.dropFirst()
 guard let suite = args.first else {
-    print("usage: bench SUITE [workload ...]   (suites: threads, ipc, pool, shared, manager, distributed, etl, queue)")
+    print(
+        "usage: bench SUITE [workload ...]   (suites: threads, ipc, pool, shared, manager, distributed, etl, queue, observe)"
+    )
     exit(2)
 }
 let only = Set(args.dropFirst())
@@ -39,6 +41,13 @@ case "distributed":
 case "manager":
     do {
         try runManagerSuite(only)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
+case "observe":
+    do {
+        try runObservabilitySuite(only)
     } catch {
         print("error: \(error)")
         exit(1)

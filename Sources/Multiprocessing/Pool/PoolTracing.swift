@@ -1,5 +1,5 @@
 import Synchronization
-import Tracing
+package import Tracing
 
 /// A pool call's span, and its context as the program's tracer injects it (for example W3C
 /// `traceparent`), which every unit of the call carries to the worker that runs it.
@@ -33,9 +33,9 @@ final class CallTrace: Sendable {
 /// its children. The worker process needs a tracer of its own to export its spans: bootstrap it before
 /// `bootstrap()` in `main.swift` (workers run `main.swift` to there), or in the pool's initializer.
 /// With no tracer (the default), nothing is recorded and the frames carry nothing.
-enum PoolTracing {
+package enum PoolTracing {
     /// The active tracer, or `nil` when it is the no-op one.
-    static var tracer: (any Tracer)? {
+    package static var tracer: (any Tracer)? {
         let t = InstrumentationSystem.tracer
         return t is NoOpTracer ? nil : t
     }
@@ -69,7 +69,7 @@ enum PoolTracing {
     }
 
     /// `headers` as bytes: a count, then each key and value (a 16-bit length and UTF-8).
-    static func encode(_ headers: [String: String]) -> [UInt8] {
+    package static func encode(_ headers: [String: String]) -> [UInt8] {
         var out: [UInt8] = [UInt8(truncatingIfNeeded: headers.count)]
         for (key, value) in headers.sorted(by: { $0.key < $1.key }).prefix(255) {
             for s in [key, value] {
@@ -82,7 +82,7 @@ enum PoolTracing {
     }
 
     /// The headers in `bytes`; `nil` if they are malformed (a frame the parent never sends).
-    static func decode(_ bytes: UnsafeRawBufferPointer) -> [String: String]? {
+    package static func decode(_ bytes: UnsafeRawBufferPointer) -> [String: String]? {
         guard let n = bytes.first else { return nil }
         var headers: [String: String] = [:]
         var at = 1
@@ -102,10 +102,14 @@ enum PoolTracing {
     }
 }
 
-struct HeadersInjector: Injector {
-    func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) { carrier[key] = value }
+package struct HeadersInjector: Injector {
+    package init() {}
+    package func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) {
+        carrier[key] = value
+    }
 }
 
-struct HeadersExtractor: Extractor {
-    func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
+package struct HeadersExtractor: Extractor {
+    package init() {}
+    package func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
 }

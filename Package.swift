@@ -44,7 +44,7 @@ let package = Package(
         // The Prometheus metrics backend, for MultiprocessingPrometheus (swift-metrics and swift-atomics).
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         // Spans across processes: the tracing API only (the program picks the tracer, e.g. swift-otel).
-        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
         // `swift package generate-documentation` (the DocC catalogs of every library target).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],

@@ -10,7 +10,7 @@ let package = Package(
     dependencies: [
         .package(name: "swift-multiprocessing", path: "..", traits: ["PostgreSQL"]),
         // An in-memory tracer for the observability suite's traced rows.
-        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
     ],
     targets: [
         // No Foundation here: the worker start-up of a pool-only program.

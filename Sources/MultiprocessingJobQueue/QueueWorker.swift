@@ -105,14 +105,13 @@ public final class QueueWorker: Sendable {
         let clock = ContinuousClock()
         var connection: (any SQLConnection)? = try Database.connect(url)
         defer { connection?.close() }
-        var state = QueueWorkerState(
-            QueueWorkerState.Config(
-                options,
-                workers: pool.workerCount,
-                canListen: connection?.dialect.notifies == true && connection is any SQLNotificationListening
-            ),
-            now: clock.now
+        var config = QueueWorkerState.Config(
+            options,
+            workers: pool.workerCount,
+            canListen: connection?.dialect.notifies == true && connection is any SQLNotificationListening
         )
+        config.traces = PoolTracing.tracer != nil
+        var state = QueueWorkerState(config, now: clock.now)
         var listener: (any SQLNotificationListening)?
         defer { listener?.close() }
         /// The pool tasks of the jobs held, by `QueueWorkerState.Token`.

@@ -33,6 +33,9 @@ struct QueueWorkerState: Sendable {
         var exitWhenDrained: Bool
         /// Open a connection that hears of queued jobs (the option is on and the database can).
         var listens: Bool
+        /// A tracer is active where the worker runs: jobs queued in a trace run one per pool task, each in
+        /// its own span. Without one, their trace contexts are ignored and they are chunked as any job.
+        var traces = false
         /// Results wait at most this long to be recorded while jobs keep the worker busy (they are then
         /// recorded with the next claim, or once the pool is idle).
         var ackDelay: Duration = .milliseconds(10)
@@ -353,7 +356,7 @@ struct QueueWorkerState: Sendable {
         }
         for j in jobs {
             // Alone also when traced: a pool task carries one trace context, and each job has its own.
-            if size == 1 || j.timeoutMs != nil || j.trace != nil {
+            if size == 1 || j.timeoutMs != nil || (config.traces && j.trace != nil) {
                 let token = makeToken()
                 toSubmit.append(.one(token, j))
                 held[j.id] = Held(job: j, token: token, started: now)

@@ -117,6 +117,10 @@ enum QueueSchema {
             if current < 3 {
                 // The trace context of the span that queued the job (swift-distributed-tracing's injected
                 // headers), continued by the worker that runs it; NULL when nothing was traced.
+                // PostgreSQL: the ALTER waits for open transactions on the table and blocks the queue
+                // while it waits: give up after 10 s (the worker or producer that migrates reports it)
+                // rather than stall every producer and worker behind a long transaction.
+                if d.advisoryLocks { try c.execute("SET LOCAL lock_timeout = '10s'") }
                 try c.execute("ALTER TABLE mp_jobs ADD COLUMN trace_context \(blob)")
                 try c.execute("INSERT INTO mp_job_schema (version) VALUES (3)")
             }

@@ -9,13 +9,13 @@ import Tracing
 /// server's exception, a timeout, a lost connection) sets its error status. The wire protocol is CPython's,
 /// which has no place for a trace context, so the server's side is not part of the trace.
 enum ManagerTracing {
-    static func start(typeid: String, method: String, server: String) -> (any Span)? {
+    static func start(typeid: String, method: String, server: @autoclosure () -> String) -> (any Span)? {
         guard let current = InstrumentationContext.current, let tracer = PoolTracing.tracer else { return nil }
         let span = tracer.startSpan("\(typeid).\(method)", context: current, ofKind: .client)
         span.attributes["rpc.system"] = "python-multiprocessing"
         span.attributes["rpc.service"] = typeid
         span.attributes["rpc.method"] = method
-        span.attributes["server.address"] = server
+        span.attributes["server.address"] = server()
         return span
     }
 

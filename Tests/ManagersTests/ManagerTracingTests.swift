@@ -12,7 +12,7 @@ struct ManagerTracingTests {
         let server = try ManagerServer(authkey: Array("abc".utf8))
         try server.start()
         defer { server.shutdown() }
-        guard case .tcp(_, let port) = server.address else { return }
+        guard case .tcp(_, let port) = server.address else { throw ManagerError(.misuse, "not TCP") }
         let client = try ManagerClient(address: .tcp(host: "127.0.0.1", port: port), authkey: Array("abc".utf8))
         let dict = try client.dict()
         let tracer = InMemoryTracer()

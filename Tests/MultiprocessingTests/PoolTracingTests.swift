@@ -97,13 +97,66 @@ struct PoolTracingTests {
         }
     }
 
+    /// A lazy map whose input cannot be encoded: the feeder ends the call at the failing item, and the
+    /// call's span ends with it (an error status), not never.
+    @Test func aCallWhoseFeederFailsEndsItsSpan() throws {
+        let tracer = InMemoryTracer(idGenerator: randomIDs)
+        let pool = try ProcessPool(workers: 1)
+        defer {
+            pool.close()
+            _ = try? pool.join(timeout: .seconds(30))
+        }
+        try withTracer(tracer) {
+            try withSpan("request") { _ in
+                // More items than may be in flight: a feeder thread cuts them, and reports the failure.
+                let inputs = (0..<5).map { FailsToEncodeAt3(n: $0) }
+                let results = try pool.imap(UnwrapNumber(), inputs, chunksize: 1, maxInFlight: 2)
+                var failed = false
+                while true {
+                    do {
+                        guard try results.next(timeout: .seconds(60)) != nil else { break }
+                    } catch {
+                        failed = true
+                    }
+                }
+                #expect(failed)
+                let map = try #require(tracer.finishedSpans.first { $0.operationName == "ProcessPool.map" })
+                #expect(map.status?.code == .error)
+            }
+        }
+    }
+
     @Test func headersSurviveTheirEncodingAndMalformedOnesAreRefused() {
         let headers = ["traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "a=b"]
         let bytes = PoolTracing.encode(headers)
         #expect(bytes.withUnsafeBytes { PoolTracing.decode($0) } == headers)
         #expect(Array(bytes.dropLast()).withUnsafeBytes { PoolTracing.decode($0) } == nil)
         #expect([UInt8]([1, 0, 9]).withUnsafeBytes { PoolTracing.decode($0) } == nil)
+        // Past 255 headers the rest are left out, and a header too long for its length field is left out
+        // rather than cut (mid-character): what is kept still decodes.
+        var many = Dictionary(uniqueKeysWithValues: (0..<300).map { ("k\($0)", "v") })
+        many["long"] = String(repeating: "é", count: 40_000)
+        let kept = PoolTracing.encode(many).withUnsafeBytes { PoolTracing.decode($0) }
+        #expect(kept?.count == 255)
+        #expect(kept?["long"] == nil)
     }
+}
+
+/// An input whose encoding fails at 3 (the feeder's error).
+struct FailsToEncodeAt3: Codable, Sendable {
+    struct Refused: Error {}
+    let n: Int
+    init(n: Int) { self.n = n }
+    init(from decoder: any Decoder) throws { n = try Int(from: decoder) }
+    func encode(to encoder: any Encoder) throws {
+        if n == 3 { throw Refused() }
+        try n.encode(to: encoder)
+    }
+}
+
+/// Answers the input's number.
+struct UnwrapNumber: SyncTaskFunction {
+    func callAsFunction(_ x: FailsToEncodeAt3) -> Int { x.n }
 }
 
 /// Throws for odd numbers.

@@ -238,11 +238,12 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
 
     override func deliver(start: Int, count: Int, payload: UnsafeRawBufferPointer) {
         finishedItems.add(count, ordering: .sequentiallyConsistent)
+        // Ended before the results are where the consumer takes them (it may take them itself).
+        if trace != nil { endTraceIfDone() }
         bufferLock.withLock {
             if !placeLocked(start: start, count: count, payload) { buffer.append(start: start, count: count, payload) }
             bufferedItems += count
         }
-        if trace != nil { endTraceIfDone() }
     }
 
     /// Run `k` of `results` as deliveries, handed to `body`: its items, or (undecodable) a failure for
@@ -269,8 +270,8 @@ final class StreamCall<Output: Codable & Sendable>: CallCore, @unchecked Sendabl
     }
 
     override func fail(index: Int, _ error: any Error) {
-        failedItems.add(1, ordering: .relaxed)
-        finishedItems.add(1, ordering: .relaxed)
+        failedItems.add(1, ordering: .sequentiallyConsistent)
+        finishedItems.add(1, ordering: .sequentiallyConsistent)
         if trace != nil { endTraceIfDone() }  // ended before the consumer can see the call's end
         try? deliveries.put(.failed(index: index, error))
     }
@@ -402,6 +403,7 @@ func feedChunks<Input, Output: Codable & Sendable>(
         guard reportErrors else { throw error }
         call.fail(index: withPool, error)
         call.totalItems.store(withPool + 1, ordering: .relaxed)
+        call.inputEnded(total: withPool + 1)
         try? call.deliveries.put(.end(total: withPool + 1))
         return
     }

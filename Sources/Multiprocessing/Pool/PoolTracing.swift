@@ -69,11 +69,16 @@ package enum PoolTracing {
     }
 
     /// `headers` as bytes: a count, then each key and value (a 16-bit length and UTF-8).
+    /// A header longer than 65,535 bytes (no tracer's) is left out rather than cut; past 255 headers, the
+    /// rest are.
     package static func encode(_ headers: [String: String]) -> [UInt8] {
-        var out: [UInt8] = [UInt8(truncatingIfNeeded: headers.count)]
-        for (key, value) in headers.sorted(by: { $0.key < $1.key }).prefix(255) {
+        let kept = headers.sorted(by: { $0.key < $1.key })
+            .filter { $0.key.utf8.count <= 0xffff && $0.value.utf8.count <= 0xffff }
+            .prefix(255)
+        var out: [UInt8] = [UInt8(kept.count)]
+        for (key, value) in kept {
             for s in [key, value] {
-                let b = Array(s.utf8.prefix(0xffff))
+                let b = Array(s.utf8)
                 out += [UInt8(truncatingIfNeeded: b.count >> 8), UInt8(truncatingIfNeeded: b.count)]
                 out += b
             }

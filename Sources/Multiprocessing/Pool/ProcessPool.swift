@@ -104,7 +104,7 @@ public final class ProcessPool: Sendable {
             let unit = Unit(call: call, function: function, base: 0, count: 1, payload: payload)
             try core.submit([unit])
         } catch {
-            call.trace?.end(error: error)
+            call.trace?.end(failure: "\(error)", error: error)
             throw error
         }
         let core = self.core
@@ -214,7 +214,14 @@ public final class ProcessPool: Sendable {
             )
         )
         if let count { call.totalItems.store(count, ordering: .relaxed) }
-        if let display = options.progress { call.progress = try ProgressReporter.start(for: call, display) }
+        if let display = options.progress {
+            do {
+                call.progress = try ProgressReporter.start(for: call, display)
+            } catch {
+                call.trace?.end(failure: "\(error)", error: error)
+                throw error
+            }
+        }
         // Room for two chunks at least, so a large fixed chunk size cannot wait forever for permits.
         let credit = maxInFlight.map { Credit(Swift.max($0, 2 * (chunksize ?? 1), 1)) }
         let core = self.core
@@ -235,6 +242,7 @@ public final class ProcessPool: Sendable {
             do {
                 try feeder.feed(items)
             } catch {
+                call.trace?.end(failure: "\(error)", error: error)  // its own error, not "cancelled"
                 core.cancel(call)
                 throw error
             }

@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "MultiprocessingPostgres", targets: ["MultiprocessingPostgres"]),
         .library(name: "MultiprocessingServices", targets: ["MultiprocessingServices"]),
         .library(name: "MultiprocessingPrometheus", targets: ["MultiprocessingPrometheus"]),
+        .library(name: "MultiprocessingConsole", targets: ["MultiprocessingConsole"]),
         .executable(name: "mp", targets: ["mp"]),
     ],
     // PostgreSQL brings SwiftNIO (a 3-minute cold build), so it is off unless asked for:
@@ -24,7 +25,12 @@ let package = Package(
         .trait(
             name: "PostgreSQL",
             description: "PostgreSQL through vapor/postgres-nio for the pipeline and the job queue"
-        )
+        ),
+        // The web console brings Hummingbird and SwiftNIO: `swift build --traits Console` (`mp console`).
+        .trait(
+            name: "Console",
+            description: "The job queue's web console (`mp console`, MultiprocessingConsole) on Hummingbird"
+        ),
     ],
     dependencies: [
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.0"),
@@ -45,6 +51,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         // Spans across processes: the tracing API only (the program picks the tracer, e.g. swift-otel).
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
+        // The web console's HTTP server (the Console trait only; its default traits, swift-configuration and
+        // full Foundation, are not needed).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0", traits: []),
+        // `HTTPField.Name`, for the console's headers (Hummingbird's own dependency).
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         // `swift package generate-documentation` (the DocC catalogs of every library target).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
@@ -167,6 +178,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The job queue's web console: queues, jobs, workers and their pools; retry, cancel, discard (an
+        // empty module unless the Console trait is on).
+        .target(
+            name: "MultiprocessingConsole",
+            dependencies: [
+                "MultiprocessingJobQueue", "MultiprocessingSQL", "Multiprocessing", "Threading",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird", condition: .when(traits: ["Console"])),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle", condition: .when(traits: ["Console"])),
+                .product(name: "HTTPTypes", package: "swift-http-types", condition: .when(traits: ["Console"])),
+                // The session cookie's and the forms' HMAC.
+                .product(name: "Crypto", package: "swift-crypto", condition: .when(traits: ["Console"])),
+            ]
+        ),
         // The tutorial's programs, ported; `mp demo` runs them.
         .target(
             name: "SeedExamples",
@@ -187,6 +212,10 @@ let package = Package(
                 "MultiprocessingPostgres",
                 // `mp queue worker --metrics-port`.
                 "MultiprocessingPrometheus",
+                // `mp console` when built with the Console trait (empty otherwise).
+                "MultiprocessingConsole",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle", condition: .when(traits: ["Console"])),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle", condition: .when(traits: ["Console"])),
                 "SeedExamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -257,6 +286,16 @@ let package = Package(
                 "MultiprocessingServices", "MultiprocessingJobQueue", "MultiprocessingManagers", "MultiprocessingSQL",
                 "MultiprocessingNetwork", "Multiprocessing", "Threading", "MultiprocessingTestSupport",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The console's tests: its pages in headless Chromium, against SQLite and PostgreSQL (they skip, and
+        // say why, without the Console trait or without Chromium).
+        .testTarget(
+            name: "ConsoleTests",
+            dependencies: [
+                "MultiprocessingConsole", "MultiprocessingJobQueue", "MultiprocessingSQL", "Multiprocessing",
+                "MultiprocessingTestSupport", "Threading",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -207,6 +207,29 @@ long mp_statm_resident_bytes(pid_t pid) {
     return resident * sysconf(_SC_PAGESIZE);
 }
 
+long mp_peak_resident_bytes(pid_t pid) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    char buf[4096];
+    size_t used = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + used, sizeof buf - 1 - used);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        used += (size_t)n;
+        if (used == sizeof buf - 1) break;
+    }
+    close(fd);
+    buf[used] = 0;
+    const char *line = strstr(buf, "\nVmHWM:");
+    if (line == NULL) return -ENOENT;  /* a zombie, or a kernel thread: no memory figures */
+    long kib = 0;
+    if (sscanf(line + 7, "%ld", &kib) != 1) return -EINVAL;
+    return kib * 1024;
+}
+
 int mp_raise_default(int sig) {
     signal(sig, SIG_DFL);
     return raise(sig) == 0 ? 0 : -errno;

@@ -88,6 +88,10 @@ public struct JobInfo: Sendable, Hashable {
     public var worker: String?
     /// One line per failed attempt: `attempt N at <ISO-8601 UTC time> on <worker>: <error>`.
     public var errors: [String]
+    /// When it was queued.
+    public var createdAt: QueueTime
+    /// When it finished (completed, discarded, cancelled); nil before.
+    public var finishedAt: QueueTime?
     /// ``kind`` for people: `app.Square` for `3app6SquareV`.
     public var typeName: String { readableTypeName(mangled: kind) }
 }
@@ -297,7 +301,7 @@ public final class JobQueue: Sendable {
 
     static func infos(_ c: any SQLConnection, _ condition: String, _ parameters: [SQLValue]) throws -> [JobInfo] {
         try c.query(
-            "SELECT id, queue, kind, state, priority, attempt, max_attempts, worker, errors FROM mp_jobs \(condition)",
+            "SELECT id, queue, kind, state, priority, attempt, max_attempts, worker, errors, created_at, finished_at FROM mp_jobs \(condition)",
             parameters
         ).map { r in
             JobInfo(
@@ -309,7 +313,9 @@ public final class JobQueue: Sendable {
                 attempt: Int(r.values[5].intValue ?? 0),
                 maxAttempts: Int(r.values[6].intValue ?? 0),
                 worker: r.values[7].textValue,
-                errors: (r.values[8].textValue ?? "").split(separator: "\n").map(String.init)
+                errors: (r.values[8].textValue ?? "").split(separator: "\n").map(String.init),
+                createdAt: QueueTime(r.values[9]) ?? QueueTime(millisecondsSinceEpoch: 0),
+                finishedAt: QueueTime(r.values[10])
             )
         }
     }

@@ -286,9 +286,58 @@ struct QueueStatements: Sendable {
     func clean(on c: any SQLConnection) throws -> Int {
         let d = c.dialect
         let now = QueueSchema.nowMs()
+        try forgetLostWorkers(on: c)
         return try c.execute(
             "DELETE FROM mp_jobs WHERE (state = 'completed' AND finished_at < \(d.parameter(1))) OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2)))",
             [.int(now - keepCompleted.wholeMilliseconds), .int(now - keepFailed.wholeMilliseconds)]
         )
     }
+}
+
+extension QueueStatements {
+    /// Writes this worker's row in `mp_workers` anew (a heartbeat of the worker itself, held jobs or not).
+    func announce(_ presence: WorkerPresence, on c: any SQLConnection) throws {
+        let d = c.dialect
+        let columns = [
+            "name", "host", "pid", "queues", "started_at", "last_seen", "heartbeat_ms", "held", "concurrency",
+            "finished", "stopping", "processes",
+        ]
+        let values: [SQLValue] = [
+            .text(worker), .text(presence.host), .int(Int64(presence.pid)), .text(queues.joined(separator: ",")),
+            .int(presence.startedAt), .int(QueueSchema.nowMs()), .int(presence.heartbeatMs),
+            .int(Int64(presence.held)), .int(Int64(presence.concurrency)), .int(Int64(presence.finished)),
+            .int(presence.stopping ? 1 : 0), .text(presence.processes.map(\.line).joined(separator: "\n")),
+        ]
+        let updates = columns.dropFirst().map { "\($0) = excluded.\($0)" }.joined(separator: ", ")
+        try c.execute(
+            "INSERT INTO mp_workers (\(columns.joined(separator: ", "))) VALUES (\((1...values.count).map { d.parameter($0) }.joined(separator: ", "))) ON CONFLICT (name) DO UPDATE SET \(updates)",
+            values
+        )
+    }
+
+    /// Deletes this worker's row (it stops).
+    func retire(on c: any SQLConnection) throws {
+        try c.execute("DELETE FROM mp_workers WHERE name = \(c.dialect.parameter(1))", [.text(worker)])
+    }
+
+    /// Deletes the rows of workers unseen for a day (killed: a worker that stops deletes its own).
+    func forgetLostWorkers(on c: any SQLConnection) throws {
+        try c.execute(
+            "DELETE FROM mp_workers WHERE last_seen < \(c.dialect.parameter(1))",
+            [.int(QueueSchema.nowMs() - 86_400_000)]
+        )
+    }
+}
+
+/// What a worker announces of itself (``QueueStatements/announce(_:on:)``).
+struct WorkerPresence: Sendable {
+    var host: String
+    var pid: Int32
+    var startedAt: Int64
+    var heartbeatMs: Int64
+    var held: Int
+    var concurrency: Int
+    var finished: Int
+    var stopping: Bool
+    var processes: [QueueWorkerRecord.Process]
 }

@@ -28,6 +28,8 @@ public final class QueueWorker: Sendable {
     public let options: QueueWorkerOptions
     /// The name recorded in the jobs this worker holds.
     public let name: String
+    /// The machine's name, as the worker announces it.
+    private let host: String
     private let stopRequest = TrackedMutex<StopMode?>(nil)
     /// What the pool reports (outcomes, from its callback thread) and wake-ups (a notification, a stop
     /// request).
@@ -67,6 +69,7 @@ public final class QueueWorker: Sendable {
         gethostname(&host, 255)
         let hostName = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         self.name = options.name ?? "\(hostName):\(getpid()):\(UInt32.random(in: 0...UInt32.max))"
+        self.host = hostName
         self.telemetry = QueueTelemetry(queues: options.queues)
         self.statements = QueueStatements(
             worker: name,
@@ -111,6 +114,8 @@ public final class QueueWorker: Sendable {
             canListen: connection?.dialect.notifies == true && connection is any SQLNotificationListening
         )
         config.traces = PoolTracing.tracer != nil
+        config.announces = true
+        let startedAt = QueueSchema.nowMs()
         var state = QueueWorkerState(config, now: clock.now)
         var listener: (any SQLNotificationListening)?
         defer { listener?.close() }
@@ -237,6 +242,32 @@ public final class QueueWorker: Sendable {
             case .clean:
                 guard database("clean", { c in try statements.clean(on: c) }) != nil else { continue }
                 state.databaseSucceeded(now: clock.now)
+
+            case .announce:
+                let presence = WorkerPresence(
+                    host: host,
+                    pid: getpid(),
+                    startedAt: startedAt,
+                    heartbeatMs: config.heartbeatEvery.wholeMilliseconds,
+                    held: state.held.count,
+                    concurrency: config.concurrency,
+                    finished: state.finished,
+                    stopping: state.stop != nil,
+                    processes: pool.currentProgress.workers.map {
+                        QueueWorkerRecord.Process(
+                            pid: $0.pid,
+                            currentItemAge: $0.currentItemAge,
+                            peakMemory: $0.peakMemory,
+                            tasks: $0.tasks
+                        )
+                    }
+                )
+                guard database("announce", { c in try statements.announce(presence, on: c) }) != nil else { continue }
+                state.announced(now: clock.now)
+
+            case .retire:
+                // Best effort: a row left behind shows the worker as lost, and is deleted after a day.
+                _ = database("retire", { c in try statements.retire(on: c) })
 
             case .release(let ids):
                 guard database("release", { c in try statements.handBack(ids, on: c) }) != nil else { continue }

@@ -36,6 +36,9 @@ struct QueueWorkerState: Sendable {
         /// A tracer is active where the worker runs: jobs queued in a trace run one per pool task, each in
         /// its own span. Without one, their trace contexts are ignored and they are chunked as any job.
         var traces = false
+        /// Announce the worker in `mp_workers` every ``heartbeatEvery`` (and delete its row when it stops):
+        /// the console's list of workers and their pools.
+        var announces = false
         /// Results wait at most this long to be recorded while jobs keep the worker busy (they are then
         /// recorded with the next claim, or once the pool is idle).
         var ackDelay: Duration = .milliseconds(10)
@@ -139,6 +142,11 @@ struct QueueWorkerState: Sendable {
         case rescue
         /// Delete finished jobs past their retention.
         case clean
+        /// Write the worker's row in `mp_workers` (who it is, what it holds, its pool's processes); report
+        /// ``announced(now:)`` or ``databaseFailed(now:)``.
+        case announce
+        /// Delete the worker's row (it stops); then exit, whatever the outcome.
+        case retire
         /// Return these jobs to the queue uncounted after cancelling these tasks; then exit.
         case handBack([Int64], cancelling: [Token])
         /// Return these jobs to the queue uncounted: the database says this worker holds them, but it never
@@ -187,6 +195,13 @@ struct QueueWorkerState: Sendable {
     /// record again (reset by any success).
     private var stopFlushFailed = false
     private var exited = false
+    /// The worker's row was written at least once, and not yet deleted.
+    private var isAnnounced = false
+    private var retired = false
+    private var nextAnnounce: Instant
+    /// An announcement was asked for and not yet reported: a failure retries it after the poll interval,
+    /// not a heartbeat later.
+    private var announcing = false
     /// No claim made yet: the start-up maintenance comes first.
     private var startingUp = true
     private var gaveUp = false
@@ -218,6 +233,7 @@ struct QueueWorkerState: Sendable {
         buffer = min(config.maxBuffer, 4 * config.concurrency)
         nextClaimAt = now
         nextHeartbeat = now + config.heartbeatEvery
+        nextAnnounce = now
         nextRescue = now
         nextClean = now
         nextDrainCheck = now
@@ -381,6 +397,13 @@ struct QueueWorkerState: Sendable {
         listening = open
     }
 
+    /// The worker's row was written.
+    mutating func announced(now: Instant) {
+        succeeded(now: now)
+        isAnnounced = true
+        announcing = false
+    }
+
     /// A database call other than a settle succeeded.
     mutating func databaseSucceeded(now: Instant) {
         succeeded(now: now)
@@ -396,6 +419,10 @@ struct QueueWorkerState: Sendable {
     /// gives up (the jobs it holds are rescued by other workers once their leases expire).
     mutating func databaseFailed(now: Instant) {
         databaseRetryAt = now + config.pollInterval
+        if announcing {
+            announcing = false
+            nextAnnounce = databaseRetryAt
+        }
         if stop != nil { stopFlushFailed = true }
         if now - lastDatabaseSuccess > config.lease { gaveUp = true }
     }
@@ -445,7 +472,7 @@ struct QueueWorkerState: Sendable {
 
     /// What the worker does next. Steps that are due come first; `.wait` when nothing is.
     mutating func next(now: Instant) -> Step {
-        if exited { return .exit }
+        if exited { return exitStep() }
         if gaveUp {
             exited = true
             return .giveUp(cancelling: liveTokens())
@@ -495,7 +522,7 @@ struct QueueWorkerState: Sendable {
         if handingBack {
             exited = true
             toSubmit = []
-            if held.isEmpty { return .exit }
+            if held.isEmpty { return exitStep() }
             let ids = held.keys.sorted()
             let tokens = liveTokens()
             held = [:]
@@ -504,7 +531,7 @@ struct QueueWorkerState: Sendable {
         }
         if stop == .finish && held.isEmpty {
             exited = true
-            return .exit
+            return exitStep()
         }
         if config.exitWhenDrained, stop == nil, held.isEmpty, lastClaimFound == 0, now >= nextDrainCheck,
             databaseReady
@@ -520,6 +547,12 @@ struct QueueWorkerState: Sendable {
                 nextHeartbeat = now + config.heartbeatEvery
                 return .heartbeat
             }
+        }
+        // Who the worker is and what it holds, for the console.
+        if config.announces && now >= nextAnnounce && databaseReady {
+            nextAnnounce = now + config.heartbeatEvery
+            announcing = true
+            return .announce
         }
         // Maintenance any worker may do.
         if now >= nextRescue && databaseReady {
@@ -557,6 +590,7 @@ struct QueueWorkerState: Sendable {
         func consider(_ t: Instant) { if t < at { at = t } }
         consider(max(nextClean, databaseRetryAt))
         if !held.isEmpty { consider(max(nextHeartbeat, databaseRetryAt)) }
+        if config.announces { consider(max(nextAnnounce, databaseRetryAt)) }
         let room = limit - inPool
         if stop == nil && room > 0 && (inPool < config.concurrency || room >= min(config.claimBatch, limit) / 2) {
             consider(max(nextClaimAt, databaseRetryAt))
@@ -568,6 +602,15 @@ struct QueueWorkerState: Sendable {
         if stop == .finish, let stoppingSince { consider(stoppingSince + config.shutdownGrace) }
         if config.listens, !listening, stop == nil { consider(nextListen) }
         return max(at, now)
+    }
+
+    /// The worker ends: its row, if it wrote one, is deleted first.
+    private mutating func exitStep() -> Step {
+        if isAnnounced && !retired {
+            retired = true
+            return .retire
+        }
+        return .exit
     }
 
     /// Tasks of held jobs still in the pool.

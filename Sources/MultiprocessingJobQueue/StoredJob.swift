@@ -119,6 +119,8 @@ public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable
         public static let resultTooLarge = Code("resultTooLarge")
         /// The database's schema is newer than this library.
         public static let schema = Code("schema")
+        /// Another job with the same unique key is queued or running (``JobQueue/retry(_:)``).
+        public static let conflict = Code("conflict")
     }
     /// What kind of failure it was, to match on.
     public let code: Code

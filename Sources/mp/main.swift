@@ -24,7 +24,7 @@ struct MP: ParsableCommand {
         // The library's version (the README's `from: "0.1.0"`).
         version: "swift-multiprocessing 0.1.0",
         // No default subcommand: `mp bogus` is argument-parser's own error, not a demo program's name.
-        subcommands: [Demo.self, List.self, Master.self, Worker.self, ETL.self, QueueCommand.self]
+        subcommands: [Demo.self, List.self, Master.self, Worker.self, ETL.self, QueueCommand.self, ConsoleCommand.self]
     )
 }
 
@@ -335,6 +335,59 @@ struct QueueStatus: ParsableCommand {
         let q = try JobQueue(DatabaseURL(database))
         let counts = try q.counts()
         for s in JobState.allCases { print("\(s.rawValue): \(counts[s] ?? 0)") }
+    }
+}
+
+struct ConsoleCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "console",
+        abstract: "The job queue's web console: queues, jobs, workers and their pools; retry, cancel, discard.",
+        discussion: """
+            Read-only unless --token (or MP_CONSOLE_TOKEN) is given: then the token, entered once on the \
+            sign-in page or sent as a bearer token, lets a visitor act on jobs. Needs an mp built with the \
+            Console trait: swift build --traits Console.
+            """
+    )
+
+    @Option(help: "The queue's database URL.")
+    var database: String
+    @Option(help: "The port to listen on (0: a free one, printed).")
+    var port: Int = 8470
+    @Option(help: "The address to listen on.")
+    var host: String = "127.0.0.1"
+    @Option(
+        help: "The token that lets a visitor act on jobs (prefer MP_CONSOLE_TOKEN: a command line is visible to ps)."
+    )
+    var token: String?
+    @Flag(help: "The token is needed to read the pages too.")
+    var tokenToRead = false
+
+    func validate() throws {
+        if !(0...65535).contains(port) { throw ValidationError("--port must be between 0 and 65535") }
+        if tokenToRead && resolvedToken == nil {
+            throw ValidationError("--token-to-read needs a token (--token or MP_CONSOLE_TOKEN)")
+        }
+    }
+
+    var resolvedToken: String? {
+        if let token, !token.isEmpty { return token }
+        return getenv("MP_CONSOLE_TOKEN").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    func run() throws {
+        #if Console
+        try runConsole(
+            database: DatabaseURL(database),
+            host: host,
+            port: port,
+            token: resolvedToken,
+            tokenToRead: tokenToRead
+        )
+        #else
+        throw ValidationError(
+            "this mp was built without the web console: build it with `swift build --traits Console` (Hummingbird)"
+        )
+        #endif
     }
 }
 

@@ -599,4 +599,79 @@ import Testing
         #expect(stopped)
         #expect(step(&s, at: at(50)) == .exit)
     }
+
+    // MARK: the worker's own row (the console's list of workers)
+
+    /// A worker that announces.
+    func announcing(_ configure: (inout QueueWorkerOptions) -> Void = { _ in }) -> State {
+        var o = QueueWorkerOptions(concurrency: 2)
+        configure(&o)
+        var config = State.Config(o, workers: 2, canListen: false)
+        config.announces = true
+        return State(config, now: t0, seed: 42)
+    }
+
+    @Test func aWorkerAnnouncesItselfEveryThirdOfItsLeaseHeldJobsOrNot() {
+        var s = announcing { $0.lease = .seconds(3) }
+        claim(&s, [], at: t0)
+        #expect(step(&s, at: t0) == .announce)
+        s.announced(now: t0)
+        // Idle, nothing held: the next announcement is a heartbeat (1 s) away, and the worker wakes for it.
+        #expect(step(&s, at: t0) == .wait(until: at(50)))
+        var announcements = 0
+        var now = 50
+        while now <= 3000 {
+            switch step(&s, at: at(now)) {
+            case .announce:
+                announcements += 1
+                s.announced(now: at(now))
+            case .settle(let r, let n, _): s.settled(r, claimed: [], claimWanted: n, now: at(now))
+            case .wait(let until): now = max(now + 1, Int((until - t0) / .milliseconds(1)))
+            default: now += 1
+            }
+        }
+        #expect(announcements == 3)  // at 1 s, 2 s, 3 s
+    }
+
+    @Test func aFailedAnnouncementIsRetriedAfterThePollInterval() {
+        var s = announcing()
+        claim(&s, [], at: t0)
+        #expect(step(&s, at: t0) == .announce)
+        s.databaseFailed(now: t0)
+        #expect(step(&s, at: at(10)) == .wait(until: at(50)))
+        claim(&s, [], at: at(50))
+        #expect(step(&s, at: at(50)) == .announce)
+    }
+
+    @Test func aWorkerThatAnnouncedDeletesItsRowBeforeItExits() {
+        var s = announcing()
+        claim(&s, [], at: t0)
+        #expect(step(&s, at: t0) == .announce)
+        s.announced(now: t0)
+        _ = s.requestStop(.finish, now: at(1))
+        #expect(step(&s, at: at(1)) == .retire)
+        #expect(step(&s, at: at(1)) == .exit)
+        #expect(step(&s, at: at(2)) == .exit)
+    }
+
+    @Test func aWorkerThatNeverAnnouncedHasNoRowToDelete() {
+        var s = announcing()
+        _ = s.requestStop(.handBack, now: t0)
+        #expect(step(&s, at: t0) == .exit)
+        var quiet = worker()
+        claim(&quiet, [], at: t0)
+        _ = quiet.requestStop(.finish, now: at(1))
+        #expect(step(&quiet, at: at(1)) == .exit)
+    }
+
+    @Test func aWorkerHandingBackDeletesItsRowAfterTheHandBack() {
+        var s = announcing { $0.localBuffer = 0 }
+        let subs = claim(&s, [job(1)], at: t0)
+        #expect(step(&s, at: t0) == .announce)
+        s.announced(now: t0)
+        _ = s.requestStop(.handBack, now: at(1))
+        #expect(step(&s, at: at(1)) == .handBack([1], cancelling: tokens(subs)))
+        #expect(step(&s, at: at(1)) == .retire)
+        #expect(step(&s, at: at(1)) == .exit)
+    }
 }

@@ -98,6 +98,8 @@ int mp_forward_signal(int sig, int eventfd_fd);
 int mp_eventfd(unsigned initval);
 /// Resident bytes of `pid` from /proc/PID/statm.
 long mp_statm_resident_bytes(pid_t pid);
+/// Peak resident bytes (VmHWM) of `pid` from /proc/PID/status; -errno when it cannot be read.
+long mp_peak_resident_bytes(pid_t pid);
 /// Restores the default action for `sig` and raises it.
 int mp_raise_default(int sig);
 int mp_pidfd_open(pid_t pid);

@@ -576,7 +576,23 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
 
     // MARK: - progress and insight
 
-    func progress() -> PoolProgress { withGuarded { $0.state.progress(now: PoolInstant.now) } }
+    /// A snapshot of the pool's progress, with each worker's current item's age (from its shared page) and
+    /// its peak memory (from `/proc`, read outside the pool's lock).
+    func progress() -> PoolProgress {
+        var p = withGuarded { g in
+            var p = g.state.progress(now: PoolInstant.now)
+            let monoNow = PoolClock.coarse()  // the clock workers stamp item starts with
+            var ages: [Int32: Duration] = [:]
+            for w in g.state.workers {
+                guard let io = g.io[w.id], io.shared.running.unit != 0 else { continue }
+                ages[w.pid] = .nanoseconds(Int64(monoNow &- min(monoNow, io.shared.itemStart)))
+            }
+            for i in p.workers.indices { p.workers[i].currentItemAge = ages[p.workers[i].pid] }
+            return p
+        }
+        for i in p.workers.indices { p.workers[i].peakMemory = ProcessMemory.peakResident(pid: p.workers[i].pid) }
+        return p
+    }
 
     var workerPIDs: [Int32] { withGuarded { $0.state.workers.map(\.pid) } }
 

@@ -1,3 +1,5 @@
+internal import CMultiprocessingShims
+
 /// Where a worker's time went — mpire's "insights".
 public struct WorkerInsight: Sendable {
     /// The worker's process id.
@@ -10,4 +12,20 @@ public struct WorkerInsight: Sendable {
     public var working: Duration
     /// Tasks (chunks) it has finished.
     public var tasks: Int
+    /// How long the item it runs now has run (nil while it runs none): a long one is a hang, or a big item.
+    public var currentItemAge: Duration? = nil
+    /// Its peak resident memory in bytes (the kernel's high-water mark, `VmHWM`), read when the snapshot
+    /// was taken; nil when it could not be read.
+    public var peakMemory: Int? = nil
+    /// Whether it runs an item now.
+    public var busy: Bool { currentItemAge != nil }
+}
+
+/// Memory figures of a process, from `/proc`.
+enum ProcessMemory {
+    /// `pid`'s peak resident memory in bytes (`VmHWM`), or nil when it cannot be read (it exited).
+    static func peakResident(pid: Int32) -> Int? {
+        let n = mp_peak_resident_bytes(pid)
+        return n >= 0 ? n : nil
+    }
 }

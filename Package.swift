@@ -296,7 +296,6 @@ let package = Package(
             dependencies: [
                 "MultiprocessingConsole", "MultiprocessingJobQueue", "MultiprocessingSQL", "Multiprocessing",
                 "MultiprocessingTestSupport", "Threading",
-                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(

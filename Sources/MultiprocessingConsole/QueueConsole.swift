@@ -107,7 +107,23 @@ public final class QueueConsole: Service, Sendable {
             },
             logger: logger
         )
-        try await app.run()
+        // Cancelling the task, or the service group's graceful shutdown, shuts the server down gracefully:
+        // the requests in flight are answered, and Hummingbird logs no error.
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(services: [.init(service: app)], logger: logger)
+        )
+        // The group runs in a task of its own, so that a cancellation reaches the server only as a graceful
+        // shutdown.
+        let serving = Task { try await group.run() }
+        try await withGracefulShutdownHandler {
+            try await withTaskCancellationHandler {
+                try await serving.value
+            } onCancel: {
+                Task { await group.triggerGracefulShutdown() }
+            }
+        } onGracefulShutdown: {
+            Task { await group.triggerGracefulShutdown() }
+        }
     }
 
     // MARK: routes

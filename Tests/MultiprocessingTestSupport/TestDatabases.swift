@@ -70,24 +70,52 @@ public struct ScratchDatabase: Sendable {
 /// Runs `body` with a fresh database: an SQLite file in /tmp, or a new database on the PostgreSQL test
 /// server (dropped at the end, with any connection still open to it).
 public func withScratchDatabase<R>(_ backend: TestBackend, _ body: (ScratchDatabase) throws -> R) throws -> R {
+    let (db, remove) = try makeScratchDatabase(backend)
+    defer { remove() }
+    return try body(db)
+}
+
+/// ``withScratchDatabase(_:_:)`` for async tests.
+public func withScratchDatabase<R>(
+    _ backend: TestBackend,
+    _ body: (ScratchDatabase) async throws -> R
+) async throws -> R {
+    let (db, remove) = try makeScratchDatabase(backend)
+    defer { remove() }
+    return try await body(db)
+}
+
+/// A fresh database and what removes it.
+private func makeScratchDatabase(_ backend: TestBackend) throws -> (ScratchDatabase, @Sendable () -> Void) {
     let tag = "\(getpid())_\(UInt32.random(in: 0...UInt32.max))"
     let scratch = "/tmp/mp-test-\(tag)"
-    defer { for suffix in [".db", ".db-wal", ".db-shm", ".log", ".marker"] { unlink(scratch + suffix) } }
+    let removeFiles: @Sendable () -> Void = {
+        for suffix in [".db", ".db-wal", ".db-shm", ".log", ".marker"] { unlink(scratch + suffix) }
+    }
     switch backend {
     case .sqlite:
-        return try body(ScratchDatabase(backend: backend, url: DatabaseURL(sqlite: scratch + ".db"), scratch: scratch))
+        return (
+            ScratchDatabase(backend: backend, url: DatabaseURL(sqlite: scratch + ".db"), scratch: scratch), removeFiles
+        )
     case .postgresql:
         guard let server = postgresURL, postgresUnavailable == nil else {
+            removeFiles()
             throw SQLError(.connection, postgresUnavailable ?? "no PostgreSQL")
         }
         let name = "mp_test_\(tag)"
         let admin = try Database.connect(server)
         defer { admin.close() }
         try admin.execute("CREATE DATABASE \(name)")
-        defer { _ = try? admin.execute("DROP DATABASE IF EXISTS \(name) WITH (FORCE)") }
         var url = server
         url.database = name
-        return try body(ScratchDatabase(backend: backend, url: url, scratch: scratch))
+        let remove: @Sendable () -> Void = {
+            if let admin = try? Database.connect(server) {
+                _ = try? admin.execute("DROP DATABASE IF EXISTS \(name) WITH (FORCE)")
+                admin.close()
+            }
+            removeFiles()
+        }
+        return (ScratchDatabase(backend: backend, url: url, scratch: scratch), remove)
     }
 }
 

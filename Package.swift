@@ -178,15 +178,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // The job queue's web console: queues, jobs, workers and their pools; retry, cancel, discard (an
-        // empty module unless the Console trait is on).
+        // The job queue's web console: queues, jobs, workers and their pools; retry, cancel, discard. Without
+        // the Console trait its server is not built (QueueConsole.run() throws ConsoleNotBuilt).
         .target(
             name: "MultiprocessingConsole",
             dependencies: [
                 "MultiprocessingJobQueue", "MultiprocessingSQL", "Multiprocessing", "Threading",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird", condition: .when(traits: ["Console"])),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle", condition: .when(traits: ["Console"])),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "HTTPTypes", package: "swift-http-types", condition: .when(traits: ["Console"])),
                 // The session cookie's and the forms' HMAC.
                 .product(name: "Crypto", package: "swift-crypto", condition: .when(traits: ["Console"])),
@@ -214,8 +214,8 @@ let package = Package(
                 "MultiprocessingPrometheus",
                 // `mp console` when built with the Console trait (empty otherwise).
                 "MultiprocessingConsole",
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle", condition: .when(traits: ["Console"])),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle", condition: .when(traits: ["Console"])),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 "SeedExamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

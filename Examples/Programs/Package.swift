@@ -70,6 +70,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Compiled only (it serves until SIGTERM): ConsoleTests and mp console run the console.
+        .executableTarget(
+            name: "doc-console-overview",
+            dependencies: [
+                .product(name: "MultiprocessingConsole", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "doc-prometheus-overview",
             dependencies: [

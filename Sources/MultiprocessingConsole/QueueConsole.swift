@@ -1,14 +1,16 @@
-#if Console
-import Crypto
-import Foundation
-import HTTPTypes
-import Hummingbird
 public import Logging
 import MultiprocessingJobQueue
 public import MultiprocessingSQL
 public import ServiceLifecycle
 import Synchronization
 import Threading
+
+#if Console
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+#endif
 
 /// How ``QueueConsole`` listens and who may act.
 public struct ConsoleOptions: Sendable {
@@ -73,11 +75,13 @@ public final class QueueConsole: Service, Sendable {
     public let url: DatabaseURL
     /// How it listens and who may act.
     public let options: ConsoleOptions
-    private let queue: JobQueue
-    private let auth: ConsoleAuth
-    private let signInFailures = Mutex<(windowStart: Int64, count: Int)>((0, 0))
+    let queue: JobQueue
+    #if Console
+    let auth: ConsoleAuth
+    let signInFailures = Mutex<(windowStart: Int64, count: Int)>((0, 0))
+    #endif
     /// The database calls' threads.
-    private static let blockingCalls = ThreadPool(maxWorkers: 4, threadNamePrefix: "mp-console-db")
+    static let blockingCalls = ThreadPool(maxWorkers: 4, threadNamePrefix: "mp-console-db")
 
     /// Opens the queue at `url` (creating or migrating its tables, as every queue client does).
     /// - Throws: the database's error when it cannot be reached.
@@ -85,11 +89,34 @@ public final class QueueConsole: Service, Sendable {
         self.url = url
         self.options = options
         self.queue = try JobQueue(url)
+        #if Console
         self.auth = ConsoleAuth(token: options.token)
+        #endif
     }
 
     /// Serves the console until the task is cancelled or its service group shuts down gracefully.
+    /// - Throws: ``ConsoleNotBuilt`` when the library was built without the `Console` trait.
     public func run() async throws {
+        #if Console
+        try await serve()
+        #else
+        throw ConsoleNotBuilt()
+        #endif
+    }
+}
+
+/// The console's server is not in this build: the library was built without its `Console` trait
+/// (`swift build --traits Console`), which brings Hummingbird and SwiftNIO.
+public struct ConsoleNotBuilt: Error, CustomStringConvertible {
+    /// What to do about it.
+    public var description: String {
+        "the web console was not built: build with the Console trait (swift build --traits Console)"
+    }
+}
+
+#if Console
+extension QueueConsole {
+    func serve() async throws {
         let router = Router()
         routes(router)
         let onListening = options.onListening
@@ -128,7 +155,7 @@ public final class QueueConsole: Service, Sendable {
 
     // MARK: routes
 
-    private func routes(_ router: Router<BasicRequestContext>) {
+    func routes(_ router: Router<BasicRequestContext>) {
         router.get("/") { request, _ in try await self.overview(request) }
         router.get("/jobs") { request, _ in try await self.jobList(request) }
         router.get("/jobs/:id") { request, context in
@@ -162,7 +189,7 @@ public final class QueueConsole: Service, Sendable {
         var bearer: Bool
     }
 
-    private func visitor(_ request: Request) -> Visitor {
+    func visitor(_ request: Request) -> Visitor {
         guard auth.configured else { return Visitor(canRead: true, canAct: false, session: nil, bearer: false) }
         if let header = request.headers[.authorization], header.hasPrefix("Bearer "),
             auth.isToken(String(header.dropFirst(7)))
@@ -177,7 +204,7 @@ public final class QueueConsole: Service, Sendable {
         return Visitor(canRead: !options.tokenToRead, canAct: false, session: nil, bearer: false)
     }
 
-    private var nowSeconds: Int64 { QueueTime.now.millisecondsSinceEpoch / 1000 }
+    var nowSeconds: Int64 { QueueTime.now.millisecondsSinceEpoch / 1000 }
 
     static func cookie(_ name: String, in request: Request) -> String? {
         for header in request.headers[values: .cookie] {
@@ -193,7 +220,7 @@ public final class QueueConsole: Service, Sendable {
 
     /// A browser's request from another site (the Origin header names another host, or Fetch Metadata says
     /// so): refused for every POST, sign-in included.
-    private func isCrossSite(_ request: Request) -> Bool {
+    func isCrossSite(_ request: Request) -> Bool {
         if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], site == "cross-site" || site == "same-site" {
             return true
         }
@@ -204,7 +231,7 @@ public final class QueueConsole: Service, Sendable {
 
     // MARK: pages
 
-    private func overview(_ request: Request) async throws -> Response {
+    func overview(_ request: Request) async throws -> Response {
         let v = visitor(request)
         guard v.canRead else { return signInFirst(request) }
         let bucket = Duration.seconds(10)
@@ -221,7 +248,7 @@ public final class QueueConsole: Service, Sendable {
         return page(request, title: "Queues", section: "/", html, refresh: true)
     }
 
-    private func jobList(_ request: Request) async throws -> Response {
+    func jobList(_ request: Request) async throws -> Response {
         let v = visitor(request)
         guard v.canRead else { return signInFirst(request) }
         let q = FormData.parse(request.uri.query.map { $0[...] } ?? "")
@@ -243,7 +270,7 @@ public final class QueueConsole: Service, Sendable {
         )
     }
 
-    private func job(_ request: Request, id: Int64?) async throws -> Response {
+    func job(_ request: Request, id: Int64?) async throws -> Response {
         let v = visitor(request)
         guard v.canRead else { return signInFirst(request) }
         guard let id, let details = try await database({ q in try q.details(id) }) else {
@@ -261,7 +288,7 @@ public final class QueueConsole: Service, Sendable {
         return respond(.ok, ConsolePages.page(frame, ConsolePages.job(details, frame: frame)), request: request)
     }
 
-    private func workerList(_ request: Request) async throws -> Response {
+    func workerList(_ request: Request) async throws -> Response {
         let v = visitor(request)
         guard v.canRead else { return signInFirst(request) }
         let list = try await database { q in try q.workers() }
@@ -278,7 +305,7 @@ public final class QueueConsole: Service, Sendable {
 
     /// Checks a POST: a token configured, the same origin, and the bearer token or a session with the
     /// form's anti-forgery token. Returns the refusal, or nil.
-    private func refusal(_ request: Request, form: [String: String]) -> Response? {
+    func refusal(_ request: Request, form: [String: String]) -> Response? {
         guard auth.configured else {
             return page(
                 request,
@@ -318,7 +345,7 @@ public final class QueueConsole: Service, Sendable {
         )
     }
 
-    private func act(_ request: Request, id: Int64?, action: String) async throws -> Response {
+    func act(_ request: Request, id: Int64?, action: String) async throws -> Response {
         var request = request
         let form = FormData.parse(String(buffer: try await request.collectBody(upTo: 16 * 1024))[...])
         if let refused = refusal(request, form: form) { return refused }
@@ -357,7 +384,7 @@ public final class QueueConsole: Service, Sendable {
         return redirect("/jobs/\(id)?done=\(FormData.percentEncode(outcome))")
     }
 
-    private func signIn(_ request: Request) async throws -> Response {
+    func signIn(_ request: Request) async throws -> Response {
         var request = request
         let form = FormData.parse(String(buffer: try await request.collectBody(upTo: 16 * 1024))[...])
         guard auth.configured, !isCrossSite(request) else {
@@ -386,7 +413,7 @@ public final class QueueConsole: Service, Sendable {
     }
 
     /// At most 10 sign-in attempts a minute: a guessed token is slow to find.
-    private func allowSignInAttempt() -> Bool {
+    func allowSignInAttempt() -> Bool {
         let now = nowSeconds
         return signInFailures.withLock { w in
             if now - w.windowStart >= 60 { w = (now, 0) }
@@ -395,7 +422,7 @@ public final class QueueConsole: Service, Sendable {
         }
     }
 
-    private func signOut(_ request: Request) async throws -> Response {
+    func signOut(_ request: Request) async throws -> Response {
         var request = request
         let form = FormData.parse(String(buffer: try await request.collectBody(upTo: 16 * 1024))[...])
         if let refused = refusal(request, form: form) { return refused }
@@ -404,13 +431,13 @@ public final class QueueConsole: Service, Sendable {
         return response
     }
 
-    private func cookieHeader(_ value: String, maxAge: Int) -> String {
+    func cookieHeader(_ value: String, maxAge: Int) -> String {
         "\(ConsoleAuth.cookie)=\(value); Path=/; Max-Age=\(maxAge); HttpOnly; SameSite=Strict\(options.secureCookie ? "; Secure" : "")"
     }
 
     // MARK: responses
 
-    private func frame(_ request: Request, title: String, section: String, visitor v: Visitor) -> ConsolePages.Frame {
+    func frame(_ request: Request, title: String, section: String, visitor v: Visitor) -> ConsolePages.Frame {
         ConsolePages.Frame(
             title: title,
             section: section,
@@ -423,7 +450,7 @@ public final class QueueConsole: Service, Sendable {
         )
     }
 
-    private func page(
+    func page(
         _ request: Request,
         status: HTTPResponse.Status = .ok,
         title: String,
@@ -440,17 +467,17 @@ public final class QueueConsole: Service, Sendable {
         return respond(status, ConsolePages.page(f, content), request: request)
     }
 
-    private func signInFirst(_ request: Request) -> Response {
+    func signInFirst(_ request: Request) -> Response {
         redirect("/login?next=\(FormData.percentEncode(request.uri.path))")
     }
 
     /// The script's hash for the Content-Security-Policy: that script, and no other, may run.
-    private static let scriptHash: String = {
+    static let scriptHash: String = {
         let digest = SHA256.hash(data: Array(ConsolePages.refreshScript.utf8))
         return "sha256-" + Data(digest).base64EncodedString()
     }()
 
-    private func respond(_ status: HTTPResponse.Status, _ html: String, request: Request) -> Response {
+    func respond(_ status: HTTPResponse.Status, _ html: String, request: Request) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "text/html; charset=utf-8"
         headers[.cacheControl] = "no-store"
@@ -461,7 +488,7 @@ public final class QueueConsole: Service, Sendable {
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: html)))
     }
 
-    private func redirect(_ location: String) -> Response {
+    func redirect(_ location: String) -> Response {
         var headers = HTTPFields()
         headers[.location] = location
         headers[.cacheControl] = "no-store"
@@ -469,7 +496,7 @@ public final class QueueConsole: Service, Sendable {
     }
 
     /// Runs `body` with the queue on one of the console's threads.
-    private func database<R: Sendable>(_ body: @escaping @Sendable (JobQueue) throws -> R) async throws -> R {
+    func database<R: Sendable>(_ body: @escaping @Sendable (JobQueue) throws -> R) async throws -> R {
         let queue = self.queue
         do {
             return try await Self.blockingCalls.submit { try body(queue) }.value

@@ -1,4 +1,3 @@
-#if Console
 import Glibc
 import Logging
 import MultiprocessingConsole
@@ -43,4 +42,3 @@ func runConsole(database: DatabaseURL, host: String, port: Int, token: String?, 
     }
     try done.result()
 }
-#endif

@@ -375,7 +375,6 @@ struct ConsoleCommand: ParsableCommand {
     }
 
     func run() throws {
-        #if Console
         try runConsole(
             database: DatabaseURL(database),
             host: host,
@@ -383,11 +382,6 @@ struct ConsoleCommand: ParsableCommand {
             token: resolvedToken,
             tokenToRead: tokenToRead
         )
-        #else
-        throw ValidationError(
-            "this mp was built without the web console: build it with `swift build --traits Console` (Hummingbird)"
-        )
-        #endif
     }
 }
 

@@ -237,6 +237,14 @@ struct DocProgramTests {
         for line in lines { #expect(output.contains(line), "\(name): \(output)") }
     }
 
+    /// The console's program, built without the Console trait (as `swift test` builds it): it says how to
+    /// get the console rather than fail obscurely. (ConsoleTests run the console itself, with the trait.)
+    @Test func theConsoleProgramSaysHowToBuildTheConsole() async throws {
+        let (status, output) = try await background { try ExamplePrograms.run("doc-console-overview") }.value
+        #expect(status != 0)
+        #expect(output.contains("build with the Console trait (swift build --traits Console)"), "\(output)")
+    }
+
     /// The network articles' listeners, with CPython's `Client` (the handshake CPython 3.12+ uses).
     @Test(arguments: [("doc-network-started", "secret", "b'got 5 bytes'"), ("doc-network-overview", "abc", "")])
     func theNetworkArticlesListenerServesAPythonClient(_ name: String, _ key: String, _ reply: String) async throws {

@@ -3,8 +3,8 @@ import Logging
 import MultiprocessingConsole
 import MultiprocessingSQL
 import ServiceLifecycle
-import UnixSignals
 import Threading
+import UnixSignals
 
 /// Serves the console until SIGTERM or SIGINT (a graceful shutdown: requests in flight are answered).
 func runConsole(database: DatabaseURL, host: String, port: Int, token: String?, tokenToRead: Bool) throws {

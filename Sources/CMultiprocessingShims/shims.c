@@ -210,24 +210,22 @@ long mp_statm_resident_bytes(pid_t pid) {
 long mp_peak_resident_bytes(pid_t pid) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -errno;
-    char buf[4096];
-    size_t used = 0;
-    for (;;) {
-        ssize_t n = read(fd, buf + used, sizeof buf - 1 - used);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        used += (size_t)n;
-        if (used == sizeof buf - 1) break;
+    FILE *f = fopen(path, "re");
+    if (f == NULL) return -errno;
+    /* Line by line: the Groups line before VmHWM can be long (many supplementary groups). */
+    char *line = NULL;
+    size_t cap = 0;
+    long result = -ENOENT;  /* a zombie, or a kernel thread: no memory figures */
+    while (getline(&line, &cap, f) > 0) {
+        if (strncmp(line, "VmHWM:", 6) == 0) {
+            long kib = 0;
+            result = sscanf(line + 6, "%ld", &kib) == 1 ? kib * 1024 : -EINVAL;
+            break;
+        }
     }
-    close(fd);
-    buf[used] = 0;
-    const char *line = strstr(buf, "\nVmHWM:");
-    if (line == NULL) return -ENOENT;  /* a zombie, or a kernel thread: no memory figures */
-    long kib = 0;
-    if (sscanf(line + 7, "%ld", &kib) != 1) return -EINVAL;
-    return kib * 1024;
+    free(line);
+    fclose(f);
+    return result;
 }
 
 int mp_raise_default(int sig) {

@@ -62,28 +62,30 @@ enum FormData {
 }
 
 /// Who may act, decided from a request's credentials: the console's token as a bearer token, or a session
-/// cookie signed with a key derived from it (HMAC-SHA256), whose forms carry an anti-forgery token bound
-/// to the session. Nothing is stored on the server: restarting the console with another token signs
-/// everyone out.
+/// cookie signed (HMAC-SHA256) with a random key of this process's, whose forms carry an anti-forgery token
+/// bound to the session. Nothing is stored on the server, and nothing derived from the token leaves it: a
+/// leaked cookie gives no way to guess the token offline. Restarting the console signs everyone out.
 struct ConsoleAuth: Sendable {
-    /// The cookie's name.
-    static let cookie = "mp_console"
+    /// The cookie's name: `__Host-` prefixed when it is `Secure` (the browser then refuses it from any other
+    /// host, path or insecure origin).
+    let cookieName: String
     private let key: SymmetricKey?
     private let tokenMAC: [UInt8]?
     /// How long a session lasts.
     let sessionLifetime: Duration
 
     /// With `token` nil, nobody may act (a read-only console).
-    init(token: String?, sessionLifetime: Duration = .seconds(12 * 3600)) {
+    init(token: String?, secureCookie: Bool = false, sessionLifetime: Duration = .seconds(12 * 3600)) {
         self.sessionLifetime = sessionLifetime
+        cookieName = secureCookie ? "__Host-mp_console" : "mp_console"
         guard let token, !token.isEmpty else {
             key = nil
             tokenMAC = nil
             return
         }
-        let derived = SymmetricKey(data: SHA256.hash(data: Array(("mp-console-v1\u{0}" + token).utf8)))
-        key = derived
-        tokenMAC = Array(HMAC<SHA256>.authenticationCode(for: Array("token".utf8) + Array(token.utf8), using: derived))
+        let random = SymmetricKey(size: .bits256)
+        key = random
+        tokenMAC = Array(HMAC<SHA256>.authenticationCode(for: Array("token".utf8) + Array(token.utf8), using: random))
     }
 
     /// A token is configured.
@@ -107,7 +109,10 @@ struct ConsoleAuth: Sendable {
     func isValidSession(_ cookie: String, nowSeconds: Int64) -> Bool {
         guard key != nil else { return false }
         let parts = cookie.split(separator: ".", maxSplits: 1)
-        guard parts.count == 2, let expiry = Int64(parts[0]), expiry > nowSeconds else { return false }
+        // The expiry in canonical digits only (no sign, no leading zero): one session, one cookie text.
+        guard parts.count == 2, let expiry = Int64(parts[0]), String(expiry) == parts[0], expiry > nowSeconds else {
+            return false
+        }
         return constantTimeEqual(Array(hex(mac("session:\(expiry)")).utf8), Array(parts[1].utf8))
     }
 

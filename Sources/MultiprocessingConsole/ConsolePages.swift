@@ -205,11 +205,11 @@ enum ConsolePages {
         var html = "<h1>Jobs</h1><form method=\"get\" action=\"/jobs\" id=\"filter\">"
         html += "<label>state <select name=\"state\"><option value=\"\">any</option>"
         for s in JobState.allCases {
-            html += "<option\(filter.state == s ? " selected" : "")>\(s.rawValue)</option>"
+            html += "<option value=\"\(s.rawValue)\"\(filter.state == s ? " selected" : "")>\(s.rawValue)</option>"
         }
         html += "</select></label> <label>queue <select name=\"queue\"><option value=\"\">any</option>"
         for q in queues {
-            html += "<option\(filter.queue == q ? " selected" : "")>\(escape(q))</option>"
+            html += "<option value=\"\(escape(q))\"\(filter.queue == q ? " selected" : "")>\(escape(q))</option>"
         }
         html +=
             "</select></label> <label>type <input name=\"kind\" value=\"\(escape(filter.kind ?? ""))\" size=\"16\"></label> <button>Filter</button></form>"

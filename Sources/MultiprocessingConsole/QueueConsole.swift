@@ -27,8 +27,15 @@ public struct ConsoleOptions: Sendable {
     public var tokenToRead: Bool
     /// How often the overview and workers pages refresh their figures in the browser.
     public var refreshInterval: Duration
-    /// Mark the session cookie `Secure` (serve the console behind HTTPS, such as a TLS proxy).
+    /// Mark the session cookie `Secure` and name it `__Host-mp_console` (serve the console behind HTTPS,
+    /// such as a TLS proxy).
     public var secureCookie: Bool
+    /// The names a request's `Host` header may carry (without the port). Empty (the default): any name
+    /// when the console listens on a public address, and only loopback names (`127.0.0.1`, `localhost`,
+    /// `[::1]`) when it listens on a loopback one, so that a web page the operator visits cannot read the
+    /// console through a DNS name rebound to 127.0.0.1. Behind a proxy, name the console's public host here
+    /// (the proxy must pass the `Host` header on, as the `Origin` check compares them).
+    public var allowedHosts: [String]
     /// The console's log (requests that fail, sign-ins refused).
     public var logger: Logger
     /// Called with the port once the console listens (the one picked when ``port`` is 0).
@@ -42,6 +49,7 @@ public struct ConsoleOptions: Sendable {
         tokenToRead: Bool = false,
         refreshInterval: Duration = .seconds(2),
         secureCookie: Bool = false,
+        allowedHosts: [String] = [],
         logger: Logger = Logger(label: "mp.console"),
         onListening: (@Sendable (Int) -> Void)? = nil
     ) {
@@ -51,6 +59,7 @@ public struct ConsoleOptions: Sendable {
         self.tokenToRead = tokenToRead
         self.refreshInterval = refreshInterval
         self.secureCookie = secureCookie
+        self.allowedHosts = allowedHosts
         self.logger = logger
         self.onListening = onListening
     }
@@ -78,19 +87,31 @@ public final class QueueConsole: Service, Sendable {
     let queue: JobQueue
     #if Console
     let auth: ConsoleAuth
-    let signInFailures = Mutex<(windowStart: Int64, count: Int)>((0, 0))
+    /// Failed token attempts per peer address in the current minute.
+    let failures = Mutex<[String: (windowStart: Int64, count: Int)]>([:])
+    /// Database calls queued or running (bounded: a flood of page views gets 503s, not a queue).
+    let inFlight = Mutex<Int>(0)
     #endif
     /// The database calls' threads.
     static let blockingCalls = ThreadPool(maxWorkers: 4, threadNamePrefix: "mp-console-db")
 
     /// Opens the queue at `url` (creating or migrating its tables, as every queue client does).
-    /// - Throws: the database's error when it cannot be reached.
+    /// - Throws: the database's error when it cannot be reached; ``ConsoleOptionsError`` for a token shorter than 16 characters, or
+    ///   ``ConsoleOptions/tokenToRead`` without a token.
     public init(_ url: DatabaseURL, options: ConsoleOptions = ConsoleOptions()) throws {
+        if let token = options.token, token.count < 16 {
+            throw ConsoleOptionsError(
+                description: "the console's token has \(token.count) characters: give it at least 16 (random ones)"
+            )
+        }
+        if options.tokenToRead && options.token == nil {
+            throw ConsoleOptionsError(description: "tokenToRead needs a token: without one nobody could read")
+        }
         self.url = url
         self.options = options
         self.queue = try JobQueue(url)
         #if Console
-        self.auth = ConsoleAuth(token: options.token)
+        self.auth = ConsoleAuth(token: options.token, secureCookie: options.secureCookie)
         #endif
     }
 
@@ -105,6 +126,13 @@ public final class QueueConsole: Service, Sendable {
     }
 }
 
+/// Options ``QueueConsole`` refuses (a token too short to resist guessing, a token needed to read with
+/// no token given).
+public struct ConsoleOptionsError: Error, CustomStringConvertible {
+    /// What is wrong.
+    public let description: String
+}
+
 /// The console's server is not in this build: the library was built without its `Console` trait
 /// (`swift build --traits Console`), which brings Hummingbird and SwiftNIO.
 public struct ConsoleNotBuilt: Error, CustomStringConvertible {
@@ -115,14 +143,28 @@ public struct ConsoleNotBuilt: Error, CustomStringConvertible {
 }
 
 #if Console
+/// A request's context: Hummingbird's, and the peer's address (sign-in failures are counted per peer).
+struct ConsoleContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    /// The peer's IP address.
+    let peer: String
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = CoreRequestContextStorage(source: source)
+        peer = source.channel.remoteAddress?.ipAddress ?? "?"
+    }
+}
+
 extension QueueConsole {
     func serve() async throws {
-        let router = Router()
+        let router = Router(context: ConsoleContext.self)
         routes(router)
         let onListening = options.onListening
         let logger = options.logger
         let app = Application(
             router: router,
+            // A connection idle for 30 s is closed (a client that stalls mid-request holds up no shutdown).
+            server: .http1(configuration: .init(idleTimeout: .seconds(30))),
             configuration: ApplicationConfiguration(
                 address: .hostname(options.host, port: options.port),
                 serverName: "mp-console"
@@ -135,12 +177,11 @@ extension QueueConsole {
             logger: logger
         )
         // Cancelling the task, or the service group's graceful shutdown, shuts the server down gracefully:
-        // the requests in flight are answered, and Hummingbird logs no error.
-        let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(services: [.init(service: app)], logger: logger)
-        )
-        // The group runs in a task of its own, so that a cancellation reaches the server only as a graceful
-        // shutdown.
+        // the requests in flight are answered (for 10 s at most), and Hummingbird logs no error. The group
+        // runs in a task of its own, so that a cancellation reaches the server only as that shutdown.
+        var configuration = ServiceGroupConfiguration(services: [.init(service: app)], logger: logger)
+        configuration.maximumGracefulShutdownDuration = .seconds(10)
+        let group = ServiceGroup(configuration: configuration)
         let serving = Task { try await group.run() }
         try await withGracefulShutdownHandler {
             try await withTaskCancellationHandler {
@@ -155,27 +196,109 @@ extension QueueConsole {
 
     // MARK: routes
 
-    func routes(_ router: Router<BasicRequestContext>) {
-        router.get("/") { request, _ in try await self.overview(request) }
-        router.get("/jobs") { request, _ in try await self.jobList(request) }
+    func routes(_ router: Router<ConsoleContext>) {
+        router.get("/") { request, context in
+            await self.answer(request, context) { v in try await self.overview(request, v) }
+        }
+        router.get("/jobs") { request, context in
+            await self.answer(request, context) { v in try await self.jobList(request, v) }
+        }
         router.get("/jobs/:id") { request, context in
-            try await self.job(request, id: context.parameters.get("id", as: Int64.self))
+            await self.answer(request, context) { v in
+                try await self.job(request, v, id: context.parameters.get("id", as: Int64.self))
+            }
         }
         router.post("/jobs/:id/:action") { request, context in
-            try await self.act(
-                request,
-                id: context.parameters.get("id", as: Int64.self),
-                action: context.parameters.get("action") ?? ""
+            await self.answer(request, context, reading: false) { v in
+                try await self.act(
+                    request,
+                    v,
+                    context,
+                    id: context.parameters.get("id", as: Int64.self),
+                    action: context.parameters.get("action") ?? ""
+                )
+            }
+        }
+        router.get("/workers") { request, context in
+            await self.answer(request, context) { v in try await self.workerList(request, v) }
+        }
+        router.get("/login") { request, context in
+            await self.answer(request, context, reading: false) { v in
+                let next = Self.safePath(FormData.parse(request.uri.query.map { $0[...] } ?? "")["next"])
+                return self.page(
+                    request,
+                    v,
+                    title: "Sign in",
+                    section: "",
+                    ConsolePages.login(next: next, failed: false)
+                )
+            }
+        }
+        router.post("/login") { request, context in
+            await self.answer(request, context, reading: false) { v in try await self.signIn(request, v, context) }
+        }
+        router.post("/logout") { request, context in
+            await self.answer(request, context, reading: false) { v in try await self.signOut(request, v, context) }
+        }
+        router.get("/health") { _, _ in Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ok\n"))) }
+    }
+
+    /// Answers a request: checks its Host, finds who asks (sends readers who need the token to sign in
+    /// first when `reading`), and turns failures into pages (a database that does not answer is a 503 whose
+    /// details go to the log, not to the visitor).
+    func answer(
+        _ request: Request,
+        _ context: ConsoleContext,
+        reading: Bool = true,
+        _ body: (Visitor) async throws -> Response
+    ) async -> Response {
+        guard isAllowedHost(request) else {
+            return respond(
+                .misdirectedRequest,
+                ConsolePages.message("Wrong host", "This console does not answer for that host name.")
             )
         }
-        router.get("/workers") { request, _ in try await self.workerList(request) }
-        router.get("/login") { request, _ in
-            let next = FormData.parse(request.uri.query.map { $0[...] } ?? "")["next"] ?? "/"
-            return self.page(request, title: "Sign in", section: "", ConsolePages.login(next: next, failed: false))
+        let v = visitor(request, context)
+        if reading && !v.canRead { return signInFirst(request) }
+        do {
+            return try await body(v)
+        } catch let e as JobQueueError where e.code == .conflict {
+            return page(
+                request,
+                v,
+                status: .conflict,
+                title: "Not done",
+                section: "",
+                ConsolePages.message("Not done", e.message)
+            )
+        } catch is Busy {
+            return page(
+                request,
+                v,
+                status: .serviceUnavailable,
+                title: "Busy",
+                section: "",
+                ConsolePages.message(
+                    "Busy",
+                    "The console has too many database calls under way: try again in a moment."
+                )
+            )
+        } catch is CancellationError {
+            return Response(status: .serviceUnavailable)
+        } catch {
+            options.logger.error(
+                "a request failed",
+                metadata: ["path": "\(request.uri.path)", "error": "\(error)"]
+            )
+            return page(
+                request,
+                v,
+                status: .serviceUnavailable,
+                title: "Unavailable",
+                section: "",
+                ConsolePages.message("Unavailable", "The queue's database did not answer; the console's log says why.")
+            )
         }
-        router.post("/login") { request, _ in try await self.signIn(request) }
-        router.post("/logout") { request, _ in try await self.signOut(request) }
-        router.get("/health") { _, _ in Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ok\n"))) }
     }
 
     // MARK: who is asking
@@ -187,18 +310,22 @@ extension QueueConsole {
         var session: String?
         /// Signed in with the token as a bearer token (no cookie, so no forgery to fear).
         var bearer: Bool
+        /// A bearer token was sent, and it is not the console's.
+        var wrongBearer = false
     }
 
-    func visitor(_ request: Request) -> Visitor {
+    func visitor(_ request: Request, _ context: ConsoleContext) -> Visitor {
         guard auth.configured else { return Visitor(canRead: true, canAct: false, session: nil, bearer: false) }
-        if let header = request.headers[.authorization], header.hasPrefix("Bearer "),
-            auth.isToken(String(header.dropFirst(7)))
-        {
-            return Visitor(canRead: true, canAct: true, session: nil, bearer: true)
+        if let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") {
+            let given = String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+            if !isLockedOut(context.peer) && auth.isToken(given) {
+                return Visitor(canRead: true, canAct: true, session: nil, bearer: true)
+            }
+            noteFailure(context.peer)
+            return Visitor(canRead: !options.tokenToRead, canAct: false, session: nil, bearer: false, wrongBearer: true)
         }
-        if let cookie = Self.cookie(ConsoleAuth.cookie, in: request),
-            auth.isValidSession(cookie, nowSeconds: nowSeconds)
-        {
+        for cookie in Self.cookies(auth.cookieName, in: request)
+        where auth.isValidSession(cookie, nowSeconds: nowSeconds) {
             return Visitor(canRead: true, canAct: true, session: cookie, bearer: false)
         }
         return Visitor(canRead: !options.tokenToRead, canAct: false, session: nil, bearer: false)
@@ -206,16 +333,58 @@ extension QueueConsole {
 
     var nowSeconds: Int64 { QueueTime.now.millisecondsSinceEpoch / 1000 }
 
-    static func cookie(_ name: String, in request: Request) -> String? {
+    /// Every value of cookie `name` (another service on the same host may set one with a longer path,
+    /// sent first).
+    static func cookies(_ name: String, in request: Request) -> [String] {
+        var out: [String] = []
         for header in request.headers[values: .cookie] {
             for part in header.split(separator: ";") {
                 let kv = part.split(separator: "=", maxSplits: 1)
                 if kv.count == 2, kv[0].trimmingCharacters(in: .whitespaces) == name {
-                    return kv[1].trimmingCharacters(in: .whitespaces)
+                    out.append(kv[1].trimmingCharacters(in: .whitespaces))
                 }
             }
         }
-        return nil
+        return out
+    }
+
+    /// At most 10 failed token attempts (sign-in or bearer) per peer address a minute: a token is slow to
+    /// guess, and a stranger's failures do not lock out the operator's address.
+    func isLockedOut(_ peer: String) -> Bool {
+        let now = nowSeconds
+        return failures.withLock { f in
+            guard let w = f[peer], now - w.windowStart < 60 else { return false }
+            return w.count >= 10
+        }
+    }
+
+    func noteFailure(_ peer: String) {
+        let now = nowSeconds
+        let count = failures.withLock { f -> Int in
+            if f.count > 10_000 { f = f.filter { now - $0.value.windowStart < 60 } }
+            var w = f[peer] ?? (now, 0)
+            if now - w.windowStart >= 60 { w = (now, 0) }
+            w.count += 1
+            f[peer] = w
+            return w.count
+        }
+        options.logger.warning("a wrong token was refused", metadata: ["peer": "\(peer)", "failures": "\(count)"])
+    }
+
+    /// The request's `Host` is one this console answers for (``ConsoleOptions/allowedHosts``).
+    func isAllowedHost(_ request: Request) -> Bool {
+        guard let authority = request.head.authority else { return false }
+        // `name:port`, `[v6]:port`, or a bare name.
+        var name = Substring(authority)
+        if name.hasPrefix("[") {
+            name = name.prefix { $0 != "]" } + "]"
+        } else if let colon = name.lastIndex(of: ":") {
+            name = name[..<colon]
+        }
+        let host = name.lowercased()
+        if !options.allowedHosts.isEmpty { return options.allowedHosts.contains { $0.lowercased() == host } }
+        let loopback = ["127.0.0.1", "localhost", "[::1]", "::1"]
+        return loopback.contains(options.host.lowercased()) ? loopback.contains(host) : true
     }
 
     /// A browser's request from another site (the Origin header names another host, or Fetch Metadata says
@@ -229,28 +398,30 @@ extension QueueConsole {
         return origin != "http://\(host)" && origin != "https://\(host)"
     }
 
+    /// `next` when it is a path of this console (letters, digits and `/?=&%._-` only, starting with one
+    /// `/`), else `/`: the sign-in page redirects nowhere else.
+    static func safePath(_ next: String?) -> String {
+        guard let next, next.hasPrefix("/"), !next.hasPrefix("//"), next.count <= 2048,
+            next.utf8.allSatisfy({ b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A)
+                    || "/?=&%._-".utf8.contains(b)
+            })
+        else { return "/" }
+        return next
+    }
+
     // MARK: pages
 
-    func overview(_ request: Request) async throws -> Response {
-        let v = visitor(request)
-        guard v.canRead else { return signInFirst(request) }
+    func overview(_ request: Request, _ v: Visitor) async throws -> Response {
         let bucket = Duration.seconds(10)
         let data = try await database { q in
             (try q.queues(), try q.throughput(last: .seconds(600), bucket: bucket), try q.workers())
         }
-        let html = ConsolePages.overview(
-            queues: data.0,
-            throughput: data.1,
-            bucket: bucket,
-            workers: data.2,
-            now: .now
-        )
-        return page(request, title: "Queues", section: "/", html, refresh: true)
+        let html = ConsolePages.overview(queues: data.0, throughput: data.1, bucket: bucket, workers: data.2, now: .now)
+        return page(request, v, title: "Queues", section: "/", html, refresh: true)
     }
 
-    func jobList(_ request: Request) async throws -> Response {
-        let v = visitor(request)
-        guard v.canRead else { return signInFirst(request) }
+    func jobList(_ request: Request, _ v: Visitor) async throws -> Response {
         let q = FormData.parse(request.uri.query.map { $0[...] } ?? "")
         let filter = JobFilter(
             state: q["state"].flatMap(JobState.init(rawValue:)),
@@ -264,36 +435,45 @@ extension QueueConsole {
         }
         return page(
             request,
+            v,
             title: "Jobs",
             section: "/jobs",
             ConsolePages.jobs(jobs, filter: filter, queues: queues, pageSize: pageSize)
         )
     }
 
-    func job(_ request: Request, id: Int64?) async throws -> Response {
-        let v = visitor(request)
-        guard v.canRead else { return signInFirst(request) }
+    /// What an action did, by the code its redirect carries (a link cannot make the page say anything else).
+    static let outcomes: [String: String] = [
+        "retried": "queued again",
+        "not-retried": "not finished, so not retried",
+        "cancelled": "cancellation asked for",
+        "not-cancelled": "already finished, so not cancelled",
+        "discarded": "discarded",
+        "not-discarded": "not waiting to run, so not discarded",
+    ]
+
+    func job(_ request: Request, _ v: Visitor, id: Int64?) async throws -> Response {
         guard let id, let details = try await database({ q in try q.details(id) }) else {
             return page(
                 request,
+                v,
                 status: .notFound,
                 title: "No such job",
                 section: "/jobs",
                 ConsolePages.message("No such job", "There is no job \(id.map(String.init) ?? "with that id").")
             )
         }
-        let done = FormData.parse(request.uri.query.map { $0[...] } ?? "")["done"]
-        var frame = frame(request, title: "Job \(id)", section: "/jobs", visitor: v)
+        let done = FormData.parse(request.uri.query.map { $0[...] } ?? "")["done"].flatMap { Self.outcomes[$0] }
+        var frame = frame(title: "Job \(id)", section: "/jobs", visitor: v)
         frame.notice = done.map { "Job \(id): \($0)." }
-        return respond(.ok, ConsolePages.page(frame, ConsolePages.job(details, frame: frame)), request: request)
+        return respond(.ok, ConsolePages.page(frame, ConsolePages.job(details, frame: frame)))
     }
 
-    func workerList(_ request: Request) async throws -> Response {
-        let v = visitor(request)
-        guard v.canRead else { return signInFirst(request) }
+    func workerList(_ request: Request, _ v: Visitor) async throws -> Response {
         let list = try await database { q in try q.workers() }
         return page(
             request,
+            v,
             title: "Workers",
             section: "/workers",
             ConsolePages.workers(list, now: .now),
@@ -305,10 +485,11 @@ extension QueueConsole {
 
     /// Checks a POST: a token configured, the same origin, and the bearer token or a session with the
     /// form's anti-forgery token. Returns the refusal, or nil.
-    func refusal(_ request: Request, form: [String: String]) -> Response? {
+    func refusal(_ request: Request, _ v: Visitor, _ context: ConsoleContext, form: [String: String]) -> Response? {
         guard auth.configured else {
             return page(
                 request,
+                v,
                 status: .forbidden,
                 title: "Read-only",
                 section: "",
@@ -322,17 +503,19 @@ extension QueueConsole {
             options.logger.warning("a request from another site was refused", metadata: ["path": "\(request.uri.path)"])
             return page(
                 request,
+                v,
                 status: .forbidden,
                 title: "Refused",
                 section: "",
                 ConsolePages.message("Refused", "Requests from another site cannot act on the queue.")
             )
         }
-        let v = visitor(request)
+        if isLockedOut(context.peer) { return tooManyFailures(request, v) }
         if v.bearer { return nil }
         if let session = v.session, let given = form["_csrf"], auth.isValidCSRF(given, for: session) { return nil }
         return page(
             request,
+            v,
             status: v.session == nil ? .unauthorized : .forbidden,
             title: "Sign in first",
             section: "",
@@ -345,58 +528,68 @@ extension QueueConsole {
         )
     }
 
-    func act(_ request: Request, id: Int64?, action: String) async throws -> Response {
-        var request = request
-        let form = FormData.parse(String(buffer: try await request.collectBody(upTo: 16 * 1024))[...])
-        if let refused = refusal(request, form: form) { return refused }
-        guard let id else { return redirect("/jobs") }
-        let outcome: String
-        do {
-            switch action {
-            case "retry":
-                outcome = try await database { q in try q.retry(id) } ? "queued again" : "not finished, so not retried"
-            case "cancel":
-                outcome =
-                    try await database { q in try q.cancel(id) }
-                    ? "cancellation asked for" : "already finished, so not cancelled"
-            case "discard":
-                outcome =
-                    try await database { q in try q.discard(id) } ? "discarded" : "not waiting to run, so not discarded"
-            default:
-                return page(
-                    request,
-                    status: .notFound,
-                    title: "No such action",
-                    section: "",
-                    ConsolePages.message("No such action", "Jobs can be retried, cancelled or discarded.")
-                )
-            }
-        } catch let e as JobQueueError where e.code == .conflict {
-            return page(
-                request,
-                status: .conflict,
-                title: "Not retried",
-                section: "",
-                ConsolePages.message("Not retried", e.message)
-            )
-        }
-        options.logger.info("job \(action)", metadata: ["job": "\(id)", "outcome": "\(outcome)"])
-        return redirect("/jobs/\(id)?done=\(FormData.percentEncode(outcome))")
+    func tooManyFailures(_ request: Request, _ v: Visitor) -> Response {
+        var r = page(
+            request,
+            v,
+            status: .tooManyRequests,
+            title: "Too many attempts",
+            section: "",
+            ConsolePages.message("Too many attempts", "Too many wrong tokens from this address: wait a minute.")
+        )
+        r.headers[.retryAfter] = "60"
+        return r
     }
 
-    func signIn(_ request: Request) async throws -> Response {
+    func form(_ request: Request) async throws -> [String: String] {
         var request = request
-        let form = FormData.parse(String(buffer: try await request.collectBody(upTo: 16 * 1024))[...])
-        guard auth.configured, !isCrossSite(request) else {
-            return refusal(request, form: form) ?? redirect("/")
-        }
-        var next = form["next"] ?? "/"
-        // Only a path of this console (no `//host` or scheme): the sign-in page redirects nowhere else.
-        if !next.hasPrefix("/") || next.hasPrefix("//") || next.contains("\\") { next = "/" }
-        guard allowSignInAttempt(), auth.isToken(form["token"] ?? "") else {
-            options.logger.warning("a sign-in with a wrong token was refused")
+        return FormData.parse(String(buffer: try await request.collectBody(upTo: 16 * 1024))[...])
+    }
+
+    func act(
+        _ request: Request,
+        _ v: Visitor,
+        _ context: ConsoleContext,
+        id: Int64?,
+        action: String
+    ) async throws -> Response {
+        let form = try await form(request)
+        if let refused = refusal(request, v, context, form: form) { return refused }
+        guard let id else { return redirect("/jobs") }
+        let code: String
+        switch action {
+        case "retry": code = try await database { q in try q.retry(id) } ? "retried" : "not-retried"
+        case "cancel": code = try await database { q in try q.cancel(id) } ? "cancelled" : "not-cancelled"
+        case "discard": code = try await database { q in try q.discard(id) } ? "discarded" : "not-discarded"
+        default:
             return page(
                 request,
+                v,
+                status: .notFound,
+                title: "No such action",
+                section: "",
+                ConsolePages.message("No such action", "Jobs can be retried, cancelled or discarded.")
+            )
+        }
+        options.logger.info(
+            "job \(action)",
+            metadata: ["job": "\(id)", "outcome": "\(code)", "peer": "\(context.peer)"]
+        )
+        return redirect("/jobs/\(id)?done=\(code)")
+    }
+
+    func signIn(_ request: Request, _ v: Visitor, _ context: ConsoleContext) async throws -> Response {
+        let form = try await form(request)
+        guard auth.configured, !isCrossSite(request) else {
+            return refusal(request, v, context, form: form) ?? redirect("/")
+        }
+        let next = Self.safePath(form["next"])
+        if isLockedOut(context.peer) { return tooManyFailures(request, v) }
+        guard auth.isToken(form["token"] ?? "") else {
+            noteFailure(context.peer)
+            return page(
+                request,
+                v,
                 status: .unauthorized,
                 title: "Sign in",
                 section: "",
@@ -409,35 +602,25 @@ extension QueueConsole {
                 cookieHeader(session, maxAge: Int(auth.sessionLifetime.components.seconds))
             )
         }
+        options.logger.info("signed in", metadata: ["peer": "\(context.peer)"])
         return response
     }
 
-    /// At most 10 sign-in attempts a minute: a guessed token is slow to find.
-    func allowSignInAttempt() -> Bool {
-        let now = nowSeconds
-        return signInFailures.withLock { w in
-            if now - w.windowStart >= 60 { w = (now, 0) }
-            w.count += 1
-            return w.count <= 10
-        }
-    }
-
-    func signOut(_ request: Request) async throws -> Response {
-        var request = request
-        let form = FormData.parse(String(buffer: try await request.collectBody(upTo: 16 * 1024))[...])
-        if let refused = refusal(request, form: form) { return refused }
+    func signOut(_ request: Request, _ v: Visitor, _ context: ConsoleContext) async throws -> Response {
+        let form = try await form(request)
+        if let refused = refusal(request, v, context, form: form) { return refused }
         var response = redirect("/")
         response.headers[values: .setCookie].append(cookieHeader("", maxAge: 0))
         return response
     }
 
     func cookieHeader(_ value: String, maxAge: Int) -> String {
-        "\(ConsoleAuth.cookie)=\(value); Path=/; Max-Age=\(maxAge); HttpOnly; SameSite=Strict\(options.secureCookie ? "; Secure" : "")"
+        "\(auth.cookieName)=\(value); Path=/; Max-Age=\(maxAge); HttpOnly; SameSite=Strict\(options.secureCookie ? "; Secure" : "")"
     }
 
     // MARK: responses
 
-    func frame(_ request: Request, title: String, section: String, visitor v: Visitor) -> ConsolePages.Frame {
+    func frame(title: String, section: String, visitor v: Visitor) -> ConsolePages.Frame {
         ConsolePages.Frame(
             title: title,
             section: section,
@@ -452,23 +635,27 @@ extension QueueConsole {
 
     func page(
         _ request: Request,
+        _ v: Visitor,
         status: HTTPResponse.Status = .ok,
         title: String,
         section: String,
         _ content: String,
         refresh: Bool = false
     ) -> Response {
-        var f = frame(request, title: title, section: section, visitor: visitor(request))
-        if refresh { f.refreshMs = max(100, Int(options.refreshInterval / .milliseconds(1))) }
-        // The refresh script asks for the content alone.
-        if request.headers[HTTPField.Name("X-Console-Fragment")!] == "1" {
-            return respond(status, content, request: request)
+        var f = frame(title: title, section: section, visitor: v)
+        if refresh {
+            let seconds = min(3600, max(0, options.refreshInterval.components.seconds))
+            let ms = seconds * 1000 + options.refreshInterval.components.attoseconds / 1_000_000_000_000_000
+            f.refreshMs = Int(max(100, min(3_600_000, ms)))
         }
-        return respond(status, ConsolePages.page(f, content), request: request)
+        // The refresh script asks for the content alone.
+        if request.headers[HTTPField.Name("X-Console-Fragment")!] == "1" { return respond(status, content) }
+        return respond(status, ConsolePages.page(f, content))
     }
 
     func signInFirst(_ request: Request) -> Response {
-        redirect("/login?next=\(FormData.percentEncode(request.uri.path))")
+        let path = request.uri.path + (request.uri.query.map { "?" + $0 } ?? "")
+        return redirect("/login?next=\(FormData.percentEncode(path))")
     }
 
     /// The script's hash for the Content-Security-Policy: that script, and no other, may run.
@@ -477,7 +664,7 @@ extension QueueConsole {
         return "sha256-" + Data(digest).base64EncodedString()
     }()
 
-    func respond(_ status: HTTPResponse.Status, _ html: String, request: Request) -> Response {
+    func respond(_ status: HTTPResponse.Status, _ html: String) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "text/html; charset=utf-8"
         headers[.cacheControl] = "no-store"
@@ -495,17 +682,20 @@ extension QueueConsole {
         return Response(status: .seeOther, headers: headers)
     }
 
-    /// Runs `body` with the queue on one of the console's threads.
+    /// Too many database calls under way.
+    struct Busy: Error {}
+
+    /// Runs `body` with the queue on one of the console's threads; at most 32 calls queued or running.
     func database<R: Sendable>(_ body: @escaping @Sendable (JobQueue) throws -> R) async throws -> R {
-        let queue = self.queue
-        do {
-            return try await Self.blockingCalls.submit { try body(queue) }.value
-        } catch let e as JobQueueError {
-            throw e
-        } catch {
-            options.logger.error("a database call failed", metadata: ["error": "\(error)"])
-            throw HTTPError(.serviceUnavailable, message: "the queue's database did not answer: \(error)")
+        let admitted = inFlight.withLock { n -> Bool in
+            guard n < 32 else { return false }
+            n += 1
+            return true
         }
+        guard admitted else { throw Busy() }
+        defer { inFlight.withLock { $0 -= 1 } }
+        let queue = self.queue
+        return try await Self.blockingCalls.submit { try body(queue) }.value
     }
 }
 #endif

@@ -245,9 +245,10 @@ extension JobQueue {
             if let s = filter.state { conditions.append("state = \(bind(.text(s.rawValue)))") }
             if let q = filter.queue { conditions.append("queue = \(bind(.text(q)))") }
             if let k = filter.kind, !k.isEmpty {
-                // A substring, with LIKE's wildcards taken literally.
-                let escaped = k.replacing("\\", with: "\\\\").replacing("%", with: "\\%").replacing("_", with: "\\_")
-                conditions.append("kind LIKE \(bind(.text("%" + escaped + "%"))) ESCAPE '\\'")
+                // A substring, case and all, the same on every database (LIKE ignores case on SQLite only,
+                // and its escapes depend on PostgreSQL's settings): `kind` contains it when removing it
+                // changes `kind`.
+                conditions.append("kind <> replace(kind, \(bind(.text(k))), '')")
             }
             if let b = filter.before { conditions.append("id < \(bind(.int(b)))") }
             let condition = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
@@ -313,15 +314,25 @@ extension JobQueue {
                         "job \(id) was not queued again: another job with its unique key \(key) is queued or running"
                     )
                 }
-                let n = try c.execute(
-                    """
-                    UPDATE mp_jobs SET state = 'available', run_at = \(d.parameter(1)), finished_at = NULL, worker = NULL,
-                      lease_until = NULL, cancel_requested = 0, result = NULL,
-                      max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END
-                    WHERE id = \(d.parameter(2)) AND state IN ('discarded', 'cancelled', 'completed')
-                    """,
-                    [.int(QueueSchema.nowMs()), .int(id)]
-                )
+                let n: Int
+                do {
+                    n = try c.execute(
+                        """
+                        UPDATE mp_jobs SET state = 'available', run_at = \(d.parameter(1)), finished_at = NULL, worker = NULL,
+                          lease_until = NULL, cancel_requested = 0, result = NULL,
+                          max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END
+                        WHERE id = \(d.parameter(2)) AND state IN ('discarded', 'cancelled', 'completed')
+                        """,
+                        [.int(QueueSchema.nowMs()), .int(id)]
+                    )
+                } catch let e as SQLError where e.kind == .constraint {
+                    // A job with its unique key was queued between the check and this update (PostgreSQL's
+                    // READ COMMITTED; SQLite's write lock serialises them).
+                    throw JobQueueError(
+                        .conflict,
+                        "job \(id) was not queued again: another job with its unique key is queued or running"
+                    )
+                }
                 if n == 1 && d.notifies {
                     try c.execute(
                         "SELECT pg_notify(\(d.parameter(1)), \(d.parameter(2)))",

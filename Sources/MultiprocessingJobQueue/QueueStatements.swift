@@ -286,7 +286,8 @@ struct QueueStatements: Sendable {
     func clean(on c: any SQLConnection) throws -> Int {
         let d = c.dialect
         let now = QueueSchema.nowMs()
-        try forgetLostWorkers(on: c)
+        // Rows of killed workers: best effort (a role without rights on mp_workers still cleans jobs).
+        try? forgetLostWorkers(on: c)
         return try c.execute(
             "DELETE FROM mp_jobs WHERE (state = 'completed' AND finished_at < \(d.parameter(1))) OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2)))",
             [.int(now - keepCompleted.wholeMilliseconds), .int(now - keepFailed.wholeMilliseconds)]

@@ -262,8 +262,21 @@ public final class QueueWorker: Sendable {
                         )
                     }
                 )
-                guard database("announce", { c in try statements.announce(presence, on: c) }) != nil else { continue }
-                state.announced(now: clock.now)
+                do {
+                    if connection == nil { connection = try Database.connect(url) }
+                    try statements.announce(presence, on: connection!)
+                    state.announced(now: clock.now)
+                } catch let e as SQLError where e.kind == .connection {
+                    connection?.close()
+                    connection = nil
+                    lastError = e
+                    log.warning("database call failed; will retry", metadata: ["call": "announce", "error": "\(e)"])
+                    state.databaseFailed(now: clock.now)
+                } catch {
+                    // The row is the console's: the jobs do not wait for it.
+                    log.warning("cannot announce the worker in mp_workers", metadata: ["error": "\(error)"])
+                    state.announceFailed(now: clock.now)
+                }
 
             case .retire:
                 // Best effort: a row left behind shows the worker as lost, and is deleted after a day.

@@ -143,7 +143,8 @@ struct QueueWorkerState: Sendable {
         /// Delete finished jobs past their retention.
         case clean
         /// Write the worker's row in `mp_workers` (who it is, what it holds, its pool's processes); report
-        /// ``announced(now:)`` or ``databaseFailed(now:)``.
+        /// ``announced(now:)``, ``announceFailed(now:)`` (the statement failed: the row is the console's, the
+        /// jobs wait for nothing), or ``databaseFailed(now:)`` (the connection failed).
         case announce
         /// Delete the worker's row (it stops); then exit, whatever the outcome.
         case retire
@@ -195,7 +196,8 @@ struct QueueWorkerState: Sendable {
     /// record again (reset by any success).
     private var stopFlushFailed = false
     private var exited = false
-    /// The worker's row was written at least once, and not yet deleted.
+    /// The worker's row may exist (an announcement was asked for: its answer may have been lost after the
+    /// row was written), and it was not yet deleted.
     private var isAnnounced = false
     private var retired = false
     private var nextAnnounce: Instant
@@ -256,6 +258,7 @@ struct QueueWorkerState: Sendable {
     mutating func requestStop(_ mode: QueueWorker.StopMode, now: Instant) -> Bool {
         guard stop != .handBack, stop != mode else { return false }
         stop = mode
+        nextAnnounce = now  // the row says "stopping" at once
         if stoppingSince == nil {
             stoppingSince = now
             return true
@@ -400,8 +403,15 @@ struct QueueWorkerState: Sendable {
     /// The worker's row was written.
     mutating func announced(now: Instant) {
         succeeded(now: now)
-        isAnnounced = true
         announcing = false
+    }
+
+    /// The announcement's statement failed (not the connection: the table is missing, or the worker's role
+    /// may not write it): tried again a heartbeat later. Claims, results and leases are not held back for
+    /// it, as they are after ``databaseFailed(now:)``.
+    mutating func announceFailed(now: Instant) {
+        announcing = false
+        nextAnnounce = now + config.heartbeatEvery
     }
 
     /// A database call other than a settle succeeded.
@@ -552,6 +562,7 @@ struct QueueWorkerState: Sendable {
         if config.announces && now >= nextAnnounce && databaseReady {
             nextAnnounce = now + config.heartbeatEvery
             announcing = true
+            isAnnounced = true
             return .announce
         }
         // Maintenance any worker may do.

@@ -3,7 +3,7 @@ import MultiprocessingSQL
 
 /// The queue's tables, created and migrated by the library (`mp_job_schema` holds the version).
 enum QueueSchema {
-    static let version = 4
+    static let version = 3
     /// The channel PostgreSQL notifies when jobs are queued (the payload is the queue's name).
     static let channel = "mp_jobs"
 
@@ -124,30 +124,30 @@ enum QueueSchema {
                 try c.execute("ALTER TABLE mp_jobs ADD COLUMN trace_context \(blob)")
                 try c.execute("INSERT INTO mp_job_schema (version) VALUES (3)")
             }
-            if current < 4 {
-                // The workers serving the queue, as each last announced itself (every third of its lease):
-                // the console's "workers" and their pools' processes, one line each in `processes`
-                // (`QueueWorkerRecord.Process`). A worker deletes its row when it stops; rows of workers
-                // unseen for a day (killed) are deleted by any worker's cleaner.
-                try c.execute(
-                    """
-                    CREATE TABLE IF NOT EXISTS mp_workers (
-                      name VARCHAR(255) PRIMARY KEY,
-                      host VARCHAR(255) NOT NULL,
-                      pid BIGINT NOT NULL,
-                      queues TEXT NOT NULL,
-                      started_at BIGINT NOT NULL,
-                      last_seen BIGINT NOT NULL,
-                      heartbeat_ms BIGINT NOT NULL,
-                      held INTEGER NOT NULL,
-                      concurrency INTEGER NOT NULL,
-                      finished BIGINT NOT NULL,
-                      stopping INTEGER NOT NULL,
-                      processes TEXT NOT NULL)
-                    """
-                )
-                try c.execute("INSERT INTO mp_job_schema (version) VALUES (4)")
-            }
+            // Tables that only add (no code of an older version reads or needs them) do not raise the
+            // version: a binary of the previous version keeps working beside a newer one in a rolling
+            // deploy. The workers serving the queue, as each last announced itself (every third of its
+            // lease): the console's "workers" and their pools' processes, one line each in `processes`
+            // (`QueueWorkerRecord.Process`). A worker deletes its row when it stops; rows of workers unseen
+            // for a day (killed) are deleted by any worker's cleaner.
+            try c.execute(
+                """
+                CREATE TABLE IF NOT EXISTS mp_workers (
+                  name VARCHAR(255) PRIMARY KEY,
+                  host VARCHAR(255) NOT NULL,
+                  pid BIGINT NOT NULL,
+                  queues TEXT NOT NULL,
+                  started_at BIGINT NOT NULL,
+                  last_seen BIGINT NOT NULL,
+                  heartbeat_ms BIGINT NOT NULL,
+                  held INTEGER NOT NULL,
+                  concurrency INTEGER NOT NULL,
+                  finished BIGINT NOT NULL,
+                  stopping INTEGER NOT NULL,
+                  processes TEXT NOT NULL)
+                """
+            )
+
         }
     }
 }

@@ -7,7 +7,15 @@ import Threading
 import UnixSignals
 
 /// Serves the console until SIGTERM or SIGINT (a graceful shutdown: requests in flight are answered).
-func runConsole(database: DatabaseURL, host: String, port: Int, token: String?, tokenToRead: Bool) throws {
+func runConsole(
+    database: DatabaseURL,
+    host: String,
+    port: Int,
+    token: String?,
+    tokenToRead: Bool,
+    secureCookie: Bool,
+    allowedHosts: [String]
+) throws {
     var logger = Logger(label: "mp.console")
     logger.logLevel = .info
     let access = token == nil ? "read-only" : tokenToRead ? "token required" : "token required to act"
@@ -16,6 +24,8 @@ func runConsole(database: DatabaseURL, host: String, port: Int, token: String?, 
         port: port,
         token: token,
         tokenToRead: tokenToRead,
+        secureCookie: secureCookie,
+        allowedHosts: allowedHosts,
         logger: logger,
         onListening: { port in
             print("console at http://\(host):\(port)/ (\(access))")

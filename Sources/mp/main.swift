@@ -361,6 +361,14 @@ struct ConsoleCommand: ParsableCommand {
     var token: String?
     @Flag(help: "The token is needed to read the pages too.")
     var tokenToRead = false
+    @Flag(help: "Mark the session cookie Secure (the console is served behind HTTPS, such as a TLS proxy).")
+    var secureCookie = false
+    @Option(
+        name: .customLong("allowed-host"),
+        help:
+            "A host name the console answers for (repeatable; default: loopback names when --host is loopback, else any)."
+    )
+    var allowedHosts: [String] = []
 
     func validate() throws {
         if !(0...65535).contains(port) { throw ValidationError("--port must be between 0 and 65535") }
@@ -380,7 +388,9 @@ struct ConsoleCommand: ParsableCommand {
             host: host,
             port: port,
             token: resolvedToken,
-            tokenToRead: tokenToRead
+            tokenToRead: tokenToRead,
+            secureCookie: secureCookie,
+            allowedHosts: allowedHosts
         )
     }
 }

@@ -4,7 +4,7 @@ import Testing
 import Foundation
 import Glibc
 import Multiprocessing
-import MultiprocessingConsole
+@testable import MultiprocessingConsole
 import MultiprocessingJobQueue
 import MultiprocessingSQL
 import MultiprocessingTestSupport
@@ -118,6 +118,7 @@ func seed(_ queue: JobQueue, _ db: ScratchDatabase) throws -> Seeded {
 @Suite(.serialized, .timeLimit(.minutes(5)))
 struct ConsoleTests {
     static let browserRuns = runs(needing: "chromium", unavailable: Browser.unavailable)
+    static let token = "tok-0123456789abcdef"
 
     @Test(
         .enabled(if: browserRuns, "needs Debian's chromium and chromium-driver"),
@@ -215,7 +216,7 @@ struct ConsoleTests {
         try await withScratchDatabase(backend) { db in
             let queue = try JobQueue(db.url)
             let seeded = try seed(queue, db)
-            try await withConsole(db.url, token: "s3cret token") { port in
+            try await withConsole(db.url, token: "s3cret token for the tests") { port in
                 let base = "http://127.0.0.1:\(port)"
                 let browser = try await Browser()
                 do {
@@ -226,7 +227,7 @@ struct ConsoleTests {
                     try await browser.type("wrong", into: "#token")
                     try await browser.click("#sign-in")
                     #expect(try await browser.element("#login-failed") != nil)
-                    try await browser.type("s3cret token", into: "#token")
+                    try await browser.type("s3cret token for the tests", into: "#token")
                     try await browser.click("#sign-in")
                     #expect(try await browser.currentURL == "\(base)/jobs/\(seeded.discarded)")
 
@@ -279,14 +280,14 @@ struct ConsoleTests {
             let queue = try JobQueue(db.url)
             let seeded = try seed(queue, db)
             let id = seeded.discarded
-            try await withConsole(db.url, token: "tok") { port in
+            try await withConsole(db.url, token: Self.token) { port in
                 func post(_ path: String, _ headers: [(String, String)] = [], _ body: String = "") async throws -> Int {
                     let h = [("Content-Type", "application/x-www-form-urlencoded")] + headers
                     return try await HTTP.request("POST", port: port, path, headers: h, body: body).status
                 }
                 // No credentials, a wrong bearer token.
                 #expect(try await post("/jobs/\(id)/retry") == 401)
-                #expect(try await post("/jobs/\(id)/retry", [("Authorization", "Bearer tok2")]) == 401)
+                #expect(try await post("/jobs/\(id)/retry", [("Authorization", "Bearer \(Self.token)2")]) == 401)
                 // Sign in with a wrong token, then the right one (and a `next` that leaves the site: ignored).
                 #expect(try await post("/login", [], "token=nope&next=%2F") == 401)
                 let signIn = try await HTTP.request(
@@ -294,7 +295,7 @@ struct ConsoleTests {
                     port: port,
                     "/login",
                     headers: [("Content-Type", "application/x-www-form-urlencoded")],
-                    body: "token=tok&next=%2F%2Fevil.example%2F"
+                    body: "token=\(FormData.percentEncode(Self.token))&next=%2F%2Fevil.example%2F"
                 )
                 #expect(signIn.status == 303 && signIn.header("Location") == "/")
                 let setCookie = try #require(signIn.header("Set-Cookie"))
@@ -340,7 +341,7 @@ struct ConsoleTests {
                 #expect(try queue.info(id)?.state == .available)
                 // A bearer token needs no form token (a browser never sends one by itself).
                 #expect(
-                    try await post("/jobs/\(seeded.available[0])/discard", [("Authorization", "Bearer tok")]) == 303
+                    try await post("/jobs/\(seeded.available[0])/discard", [("Authorization", "Bearer \(Self.token)")]) == 303
                 )
                 #expect(try queue.info(seeded.available[0])?.state == .discarded)
                 // Every page forbids framing and scripts but its own.
@@ -349,16 +350,76 @@ struct ConsoleTests {
                 #expect(overview.header("X-Content-Type-Options") == "nosniff")
             }
             // With the token needed to read, pages send visitors to sign in first.
-            try await withConsole(db.url, token: "tok", tokenToRead: true) { port in
+            try await withConsole(db.url, token: Self.token, tokenToRead: true) { port in
                 let r = try await HTTP.request("GET", port: port, "/jobs/\(id)")
                 #expect(r.status == 303 && r.header("Location") == "/login?next=%2Fjobs%2F\(id)")
                 let signedIn = try await HTTP.request(
                     "GET",
                     port: port,
                     "/jobs/\(id)",
-                    headers: [("Authorization", "Bearer tok")]
+                    headers: [("Authorization", "Bearer \(Self.token)")]
                 )
                 #expect(signedIn.status == 200 && signedIn.body.contains("id=\"job-state\""))
+            }
+        }
+    }
+
+    /// Guessing is slow, links cannot redirect elsewhere or put words in the page, other host names are not
+    /// answered, and options that would leave the console open are refused.
+    @Test func guessesRedirectsHostsAndWeakOptionsAreRefused() async throws {
+        try await withScratchDatabase(.sqlite) { db in
+            let queue = try JobQueue(db.url)
+            let seeded = try seed(queue, db)
+            #expect(throws: ConsoleOptionsError.self) {
+                try QueueConsole(db.url, options: ConsoleOptions(token: "short"))
+            }
+            #expect(throws: ConsoleOptionsError.self) {
+                try QueueConsole(db.url, options: ConsoleOptions(tokenToRead: true))
+            }
+            try await withConsole(db.url, token: Self.token) { port in
+                func signIn(_ token: String, next: String = "%2F") async throws -> HTTPReply {
+                    try await HTTP.request(
+                        "POST",
+                        port: port,
+                        "/login",
+                        headers: [("Content-Type", "application/x-www-form-urlencoded")],
+                        body: "token=\(FormData.percentEncode(token))&next=\(next)"
+                    )
+                }
+                // A tab in `next` (a browser drops it, leaving //evil.example): home instead.
+                let tabbed = try await signIn(Self.token, next: "%2F%09%2Fevil.example")
+                #expect(tabbed.status == 303 && tabbed.header("Location") == "/")
+                let backslash = try await signIn(Self.token, next: "%2F%5Cevil.example")
+                #expect(backslash.header("Location") == "/")
+                // A link's `done` shows only the console's own words.
+                let page = try await HTTP.request("GET", port: port, "/jobs/\(seeded.discarded)?done=session+expired")
+                #expect(!page.body.contains("session expired") && !page.body.contains("id=\"notice\""))
+                let real = try await HTTP.request("GET", port: port, "/jobs/\(seeded.discarded)?done=retried")
+                #expect(real.body.contains("Job \(seeded.discarded): queued again."))
+                // Another host name (a DNS name rebound to 127.0.0.1): not answered.
+                let rebound = try await HTTP.request(
+                    "GET",
+                    port: port,
+                    "/",
+                    headers: [("Host", "evil.example:\(port)")]
+                )
+                #expect(rebound.status == 421)
+                #expect(
+                    try await HTTP.request("GET", port: port, "/", headers: [("Host", "localhost:\(port)")]).status
+                        == 200
+                )
+                // Ten wrong tokens a minute from one address, then even the right one waits.
+                for _ in 0..<9 { #expect(try await signIn("wrong token, not the console's").status == 401) }
+                let bearer = try await HTTP.request(
+                    "POST",
+                    port: port,
+                    "/jobs/\(seeded.discarded)/retry",
+                    headers: [("Authorization", "Bearer also wrong")]
+                )
+                #expect(bearer.status == 429)  // the tenth failure: the address waits from here
+                let locked = try await signIn(Self.token)
+                #expect(locked.status == 429 && locked.header("Retry-After") == "60")
+                #expect(try queue.info(seeded.discarded)?.state == .discarded)
             }
         }
     }

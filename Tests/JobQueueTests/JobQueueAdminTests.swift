@@ -85,6 +85,8 @@ struct JobQueueAdminTests {
             #expect(try queue.jobs(matching: JobFilter(kind: "Square")).count == 5)
             // LIKE's wildcards are literal: `%` matches nothing here.
             #expect(try queue.jobs(matching: JobFilter(kind: "%")).isEmpty)
+            // Case counts, on every database (SQLite's LIKE would ignore it).
+            #expect(try queue.jobs(matching: JobFilter(kind: "square")).isEmpty)
             let first = try queue.jobs(matching: JobFilter(queue: "q1"), limit: 2)
             let second = try queue.jobs(matching: JobFilter(queue: "q1", before: first.last!.id), limit: 2)
             let third = try queue.jobs(matching: JobFilter(queue: "q1", before: second.last!.id), limit: 2)

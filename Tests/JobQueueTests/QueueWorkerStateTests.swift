@@ -633,7 +633,7 @@ import Testing
         #expect(announcements == 3)  // at 1 s, 2 s, 3 s
     }
 
-    @Test func aFailedAnnouncementIsRetriedAfterThePollInterval() {
+    @Test func anAnnouncementWhoseConnectionFailedIsRetriedAfterThePollInterval() {
         var s = announcing()
         claim(&s, [], at: t0)
         #expect(step(&s, at: t0) == .announce)
@@ -641,6 +641,60 @@ import Testing
         #expect(step(&s, at: at(10)) == .wait(until: at(50)))
         claim(&s, [], at: at(50))
         #expect(step(&s, at: at(50)) == .announce)
+    }
+
+    /// The table refused the row (a role without rights on it, say): the jobs do not wait, and it is tried
+    /// again a heartbeat later, not at every poll.
+    @Test func anAnnouncementThatFailsHoldsUpNoJobAndWaitsAHeartbeat() {
+        var s = announcing { $0.localBuffer = 0 }
+        claim(&s, [], at: t0)
+        #expect(step(&s, at: t0) == .announce)
+        s.announceFailed(now: t0)
+        // The claim at the poll interval is not held back.
+        let subs = claim(&s, [job(1)], at: at(50))
+        #expect(jobIDs(subs) == [[1]])
+        s.completed(ok(1), now: at(60))
+        guard case .settle(let records, _, _) = step(&s, at: at(60)) else {
+            Issue.record("the result is recorded at once")
+            return
+        }
+        #expect(records.map(\.id) == [1])
+        s.settled(records, claimed: [], claimWanted: 0, now: at(60))
+        // Next announcement: a heartbeat (10 s) after the failure.
+        var now = 60
+        var announcedAt: Int?
+        while announcedAt == nil && now < 20_000 {
+            switch step(&s, at: at(now)) {
+            case .announce: announcedAt = now
+            case .settle(let r, let n, _): s.settled(r, claimed: [], claimWanted: n, now: at(now))
+            case .wait(let until): now = max(now + 1, Int((until - t0) / .milliseconds(1)))
+            default: now += 1
+            }
+        }
+        #expect(announcedAt == 10_000)
+    }
+
+    /// A failed announcement while stopping does not stop the results held from being recorded.
+    @Test func aFailedAnnouncementWhileStoppingLosesNoResult() {
+        var s = announcing {
+            $0.localBuffer = 0
+            $0.shutdownGrace = .milliseconds(20)
+        }
+        claim(&s, [job(1)], at: t0)
+        #expect(step(&s, at: t0) == .announce)
+        s.announced(now: t0)
+        _ = s.requestStop(.finish, now: at(1))
+        #expect(step(&s, at: at(1)) == .announce)  // "stopping", at once
+        s.announceFailed(now: at(1))
+        s.completed(ok(1), now: at(11))
+        guard case .settle(let records, 0, _) = step(&s, at: at(11)) else {
+            Issue.record("the result is recorded, not handed back")
+            return
+        }
+        #expect(records.map(\.id) == [1])
+        s.settled(records, claimed: [], claimWanted: 0, now: at(11))
+        #expect(step(&s, at: at(11)) == .retire)
+        #expect(step(&s, at: at(11)) == .exit)
     }
 
     @Test func aWorkerThatAnnouncedDeletesItsRowBeforeItExits() {

@@ -42,10 +42,46 @@ import Testing
         #expect(BinaryFormat.describe(try BinaryEncoder().encode(Optional<Int>.none)) == "null")
     }
 
+    class Base: Codable {
+        var a: Int
+        init(a: Int) { self.a = a }
+    }
+
+    final class Derived: Base {
+        var b: Int
+        enum Keys: String, CodingKey { case b }
+        init(a: Int, b: Int) {
+            self.b = b
+            super.init(a: a)
+        }
+        required init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: Keys.self)
+            b = try c.decode(Int.self, forKey: .b)
+            try super.init(from: c.superDecoder())
+        }
+        override func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: Keys.self)
+            try c.encode(b, forKey: .b)
+            try super.encode(to: c.superEncoder())
+        }
+    }
+
+    /// A subclass that encodes its superclass with `superEncoder()` (its key was once written without the
+    /// key bias, so neither the decoder nor this description could read it).
+    @Test func aSuperclassEncodedWithSuperEncoderRoundTrips() throws {
+        let bytes = try BinaryEncoder().encode(Derived(a: 1, b: 2))
+        let back = try BinaryDecoder().decode(Derived.self, from: bytes)
+        #expect(back.a == 1 && back.b == 2)
+        #expect(BinaryFormat.describe(bytes) == #"{"b": 2, "super": {"a": 1}}"#)
+    }
+
     @Test func longTextsAreCut() throws {
         let bytes = try BinaryEncoder().encode([Int](repeating: 123_456, count: 10_000))
         let text = try #require(BinaryFormat.describe(bytes, limit: 100))
-        #expect(text.hasSuffix("…") && text.count == 101)
+        #expect(text.hasSuffix("…") && text.unicodeScalars.count == 101)
+        // Cut by scalars, not characters: a million combining accents on one letter are one character.
+        let accents = try BinaryEncoder().encode("a" + String(repeating: "\u{301}", count: 1_000_000))
+        #expect(try #require(BinaryFormat.describe(accents, limit: 100)).unicodeScalars.count == 101)
     }
 
     @Test func malformedOrHostileBytesAreNotDescribed() throws {
@@ -53,6 +89,9 @@ import Testing
         // Every truncation, and trailing bytes.
         for n in 0..<good.count { #expect(BinaryFormat.describe(Array(good.prefix(n))) == nil) }
         #expect(BinaryFormat.describe(good + [0]) == nil)
+        // Trailing bytes after a value long enough to be cut: still not one value.
+        let long = try BinaryEncoder().encode([Int](repeating: 1, count: 1000))
+        #expect(BinaryFormat.describe(long + [0], limit: 20) == nil)
         // A tag that does not exist, a container's end with no start, a key longer than the bytes.
         #expect(BinaryFormat.describe([200]) == nil)
         #expect(BinaryFormat.describe([BinaryTag.keyedEnd.rawValue]) == nil)

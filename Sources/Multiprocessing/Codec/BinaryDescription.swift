@@ -2,11 +2,11 @@
 public enum BinaryFormat {
     /// A JSON-like text of an encoded value (`{"n": 3, "name": "x", "sizes": [1, 2]}`): what a job's
     /// arguments or a result hold, for people (the web console, logs) who lack the Swift types. Nil when
-    /// `bytes` is not one well-formed value (nested at most 64 deep); long texts are cut at about
-    /// `limit` characters, with `…`.
+    /// `bytes` is not one well-formed value (nested at most 64 deep); long texts are cut at `limit`
+    /// Unicode scalars, with `…`.
     public static func describe(_ bytes: [UInt8], limit: Int = 4096) -> String? {
         var reader = DescriptionReader(bytes: bytes, limit: max(16, limit))
-        guard (try? reader.value(depth: 0)) != nil, reader.p == bytes.count || reader.cut else { return nil }
+        guard (try? reader.value(depth: 0)) != nil, reader.p == bytes.count else { return nil }
         return reader.out
     }
 }
@@ -17,6 +17,8 @@ private struct DescriptionReader {
     let limit: Int
     var p = 0
     var out = ""
+    /// Unicode scalars in `out` (counted as they are added: `out.count` would walk the whole text each time).
+    var used = 0
     var cut = false
 
     init(bytes: [UInt8], limit: Int) {
@@ -26,11 +28,16 @@ private struct DescriptionReader {
 
     mutating func emit(_ s: String) throws {
         guard !cut else { return }
-        out += s
-        if out.count > limit {
-            out = String(out.prefix(limit)) + "…"
-            cut = true
+        let n = s.unicodeScalars.count
+        if used + n <= limit {
+            out += s
+            used += n
+            return
         }
+        out.unicodeScalars.append(contentsOf: s.unicodeScalars.prefix(limit - used))
+        out += "…"
+        used = limit
+        cut = true
     }
 
     mutating func byte() throws -> UInt8 {

@@ -271,7 +271,7 @@ struct KeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
 
     mutating func superEncoder() -> any Encoder {
         storage.closeDeeper(than: depth)
-        storage.writeRawString("super")
+        storage.writeKey("super")
         return storage
     }
 

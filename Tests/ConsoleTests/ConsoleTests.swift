@@ -341,7 +341,8 @@ struct ConsoleTests {
                 #expect(try queue.info(id)?.state == .available)
                 // A bearer token needs no form token (a browser never sends one by itself).
                 #expect(
-                    try await post("/jobs/\(seeded.available[0])/discard", [("Authorization", "Bearer \(Self.token)")]) == 303
+                    try await post("/jobs/\(seeded.available[0])/discard", [("Authorization", "Bearer \(Self.token)")])
+                        == 303
                 )
                 #expect(try queue.info(seeded.available[0])?.state == .discarded)
                 // Every page forbids framing and scripts but its own.

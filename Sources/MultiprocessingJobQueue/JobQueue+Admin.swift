@@ -294,7 +294,10 @@ extension JobQueue {
     /// - Throws: ``JobQueueError`` `.conflict` when another job with its unique key is queued or running.
     @discardableResult
     public func retry(_ id: Int64) throws -> Bool {
-        try withConnection { c in
+        // SQLite: the workers on this machine hear of it once it has committed.
+        var retried: String?
+        defer { if let retried { Doorbell.ring(url, queues: [retried]) } }
+        return try withConnection { c in
             let d = c.dialect
             return try c.transaction(immediate: true) {
                 var row: (state: String, key: String?, queue: String)?
@@ -333,6 +336,7 @@ extension JobQueue {
                         "job \(id) was not queued again: another job with its unique key is queued or running"
                     )
                 }
+                if n == 1 { retried = row.queue }
                 if n == 1 && d.notifies {
                     try c.execute(
                         "SELECT pg_notify(\(d.parameter(1)), \(d.parameter(2)))",

@@ -154,7 +154,9 @@ public final class JobQueue: Sendable {
 
     /// Queues many jobs in one transaction (multi-row inserts): all or none.
     public func enqueue<J: Job>(_ jobs: [J], options: JobOptions = .default) throws -> [JobHandle<J>] {
-        try withConnection { c in
+        // SQLite: the workers on this machine hear of due jobs at once (PostgreSQL's trigger notifies).
+        defer { if options.delay <= .zero && !jobs.isEmpty { Doorbell.ring(url, queues: [options.queue]) } }
+        return try withConnection { c in
             // One INSERT is atomic by itself: no BEGIN and COMMIT round trips (on PostgreSQL a queued job
             // costs one round trip and one commit).
             if options.uniqueKey == nil && jobs.count <= Self.rowsPerInsert {
@@ -163,6 +165,14 @@ public final class JobQueue: Sendable {
             return try c.transaction(immediate: true) { try Self.enqueue(jobs, options: options, on: c) }
         }
         .map { $0.handle(self) }
+    }
+
+    /// Tells the workers on this machine that serve `queues` of this SQLite database that jobs are due (they
+    /// claim at once instead of at their next poll): for jobs queued with ``enqueue(_:options:on:)`` in a
+    /// transaction of your own, once it has committed. ``enqueue(_:options:)`` does it by itself. Nothing on
+    /// PostgreSQL, whose workers are notified at commit.
+    public func wakeWorkers(queues: [String] = ["default"]) {
+        Doorbell.ring(url, queues: queues)
     }
 
     /// The most jobs one INSERT statement queues.
@@ -180,6 +190,8 @@ public final class JobQueue: Sendable {
     /// Queues jobs on `connection`, inside whatever transaction the caller has open there: they are queued
     /// if and only if the caller's transaction commits (a rolled-back producer's jobs never run). The
     /// connection's database must hold the queue (open a ``JobQueue`` on it once to create the tables).
+    /// On SQLite, call ``wakeWorkers(queues:)`` after the commit for the workers to start them at once
+    /// rather than at their next poll (PostgreSQL notifies them at commit by itself).
     public static func enqueue<J: Job>(
         _ jobs: [J],
         options: JobOptions = .default,

@@ -111,13 +111,14 @@ public final class QueueWorker: Sendable {
         var config = QueueWorkerState.Config(
             options,
             workers: pool.workerCount,
-            canListen: connection?.dialect.notifies == true && connection is any SQLNotificationListening
+            canListen: (connection?.dialect.notifies == true && connection is any SQLNotificationListening)
+                || Doorbell.directory(url) != nil
         )
         config.traces = PoolTracing.tracer != nil
         config.announces = true
         let startedAt = QueueSchema.nowMs()
         var state = QueueWorkerState(config, now: clock.now)
-        var listener: (any SQLNotificationListening)?
+        var listener: (any WakeUps)?
         defer { listener?.close() }
         /// The pool tasks of the jobs held, by `QueueWorkerState.Token`.
         var tasks: [QueueWorkerState.Token: @Sendable () -> Void] = [:]
@@ -234,6 +235,7 @@ public final class QueueWorker: Sendable {
             case .rescue:
                 guard let n = database("rescue", { c in try statements.rescue(on: c) }) else { continue }
                 state.databaseSucceeded(now: clock.now)
+                if n > 0 { Doorbell.ring(url, queues: options.queues) }
                 if n > 0 {
                     telemetry.rescued.increment(by: n)
                     log.warning("rescued jobs whose lease expired", metadata: ["count": "\(n)"])
@@ -285,6 +287,7 @@ public final class QueueWorker: Sendable {
             case .release(let ids):
                 guard database("release", { c in try statements.handBack(ids, on: c) }) != nil else { continue }
                 state.databaseSucceeded(now: clock.now)
+                Doorbell.ring(url, queues: options.queues)
                 telemetry.handedBack.increment(by: ids.count)
                 log.warning(
                     "jobs held in the database but unknown to this worker (a claim whose answer was lost) are handed back",
@@ -294,6 +297,7 @@ public final class QueueWorker: Sendable {
             case .handBack(let ids, let tokens):
                 for t in tokens { tasks[t]?() }
                 if database("hand back", { c in try statements.handBack(ids, on: c) }) != nil {
+                    Doorbell.ring(url, queues: options.queues)
                     telemetry.handedBack.increment(by: ids.count)
                     log.info("handed back jobs", metadata: ["count": "\(ids.count)"])
                 }
@@ -316,9 +320,16 @@ public final class QueueWorker: Sendable {
         }
     }
 
-    /// Opens the connection that hears of queued jobs; nil when it cannot (the worker polls meanwhile).
-    private func listen() -> (any SQLNotificationListening)? {
+    /// Opens the connection that hears of queued jobs (PostgreSQL's `LISTEN`), or the doorbell that does
+    /// (SQLite); nil when it cannot (the worker polls meanwhile).
+    private func listen() -> (any WakeUps)? {
         do {
+            if url.kind == .sqlite {
+                let completions = self.completions
+                let bell = try DoorbellListener(url, queues: options.queues) { try? completions.putNowait(.wake) }
+                if bell != nil { options.logger.debug("listening for queued jobs (doorbell)") }
+                return bell
+            }
             guard let l = try Database.connect(url, timeout: .seconds(5)) as? any SQLNotificationListening else {
                 return nil
             }
@@ -328,7 +339,7 @@ public final class QueueWorker: Sendable {
                 if queues.contains(queue) { try? completions.putNowait(.wake) }
             }
             options.logger.debug("listening for queued jobs")
-            return l
+            return ListeningConnection(connection: l)
         } catch {
             options.logger.warning("cannot listen for queued jobs; polling", metadata: ["error": "\(error)"])
             return nil

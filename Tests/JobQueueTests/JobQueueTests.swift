@@ -131,12 +131,13 @@ struct JobQueueTests {
         }
     }
 
-    /// PostgreSQL's `NOTIFY` wakes an idle worker: with its poll an hour away, a job queued after the
-    /// worker went idle runs only if the notification reaches the loop. (A wake-up once travelled as a
-    /// `nil` message that `try?` flattened into "no message": jobs then waited for the poll.)
-    @Test(.enabled(if: TestBackend.enabled.contains(.postgresql), "needs the PostgreSQL test server"))
-    func aNotificationWakesAnIdleWorkerWhosePollIsAnHourAway() throws {
-        try withScratchDatabase(.postgresql) { db in
+    /// PostgreSQL's `NOTIFY`, or SQLite's doorbell, wakes an idle worker: with its poll an hour away, a job
+    /// queued after the worker went idle runs only if the wake-up reaches the loop. (A wake-up once
+    /// travelled as a `nil` message that `try?` flattened into "no message": jobs then waited for the
+    /// poll.)
+    @Test(arguments: TestBackend.enabled)
+    func aNotificationWakesAnIdleWorkerWhosePollIsAnHourAway(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
             let queue = try JobQueue(db.url)
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }

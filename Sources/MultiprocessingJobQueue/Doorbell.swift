@@ -156,6 +156,9 @@ final class DoorbellListener: @unchecked Sendable {  // the descriptors are set 
         Glibc.close(stopFd)
         Glibc.close(stopWriter)
         unlink(path)
+        // The directory too, when this was the last doorbell (a worker binding its own meanwhile finds it
+        // gone, and tries again at its next listen step).
+        rmdir(String(path[..<path.lastIndex(of: "/")!]))
     }
 
     deinit { close() }

@@ -272,16 +272,12 @@ extension QueueConsole {
                 ConsolePages.message("Not done", e.message)
             )
         } catch is Busy {
-            return page(
+            return message(
                 request,
                 v,
-                status: .serviceUnavailable,
-                title: "Busy",
-                section: "",
-                ConsolePages.message(
-                    "Busy",
-                    "The console has too many database calls under way: try again in a moment."
-                )
+                .serviceUnavailable,
+                "Busy",
+                "The console has too many database calls under way: try again in a moment."
             )
         } catch is CancellationError {
             return Response(status: .serviceUnavailable)
@@ -290,13 +286,12 @@ extension QueueConsole {
                 "a request failed",
                 metadata: ["path": "\(request.uri.path)", "error": "\(error)"]
             )
-            return page(
+            return message(
                 request,
                 v,
-                status: .serviceUnavailable,
-                title: "Unavailable",
-                section: "",
-                ConsolePages.message("Unavailable", "The queue's database did not answer; the console's log says why.")
+                .serviceUnavailable,
+                "Unavailable",
+                "The queue's database did not answer; the console's log says why."
             )
         }
     }
@@ -487,28 +482,17 @@ extension QueueConsole {
     /// form's anti-forgery token. Returns the refusal, or nil.
     func refusal(_ request: Request, _ v: Visitor, _ context: ConsoleContext, form: [String: String]) -> Response? {
         guard auth.configured else {
-            return page(
+            return message(
                 request,
                 v,
-                status: .forbidden,
-                title: "Read-only",
-                section: "",
-                ConsolePages.message(
-                    "Read-only",
-                    "This console was started without a token: it shows the queue but changes nothing."
-                )
+                .forbidden,
+                "Read-only",
+                "This console was started without a token: it shows the queue but changes nothing."
             )
         }
         if isCrossSite(request) {
             options.logger.warning("a request from another site was refused", metadata: ["path": "\(request.uri.path)"])
-            return page(
-                request,
-                v,
-                status: .forbidden,
-                title: "Refused",
-                section: "",
-                ConsolePages.message("Refused", "Requests from another site cannot act on the queue.")
-            )
+            return message(request, v, .forbidden, "Refused", "Requests from another site cannot act on the queue.")
         }
         if isLockedOut(context.peer) { return tooManyFailures(request, v) }
         if v.bearer { return nil }
@@ -529,13 +513,12 @@ extension QueueConsole {
     }
 
     func tooManyFailures(_ request: Request, _ v: Visitor) -> Response {
-        var r = page(
+        var r = message(
             request,
             v,
-            status: .tooManyRequests,
-            title: "Too many attempts",
-            section: "",
-            ConsolePages.message("Too many attempts", "Too many wrong tokens from this address: wait a minute.")
+            .tooManyRequests,
+            "Too many attempts",
+            "Too many wrong tokens from this address: wait a minute."
         )
         r.headers[.retryAfter] = "60"
         return r
@@ -562,14 +545,7 @@ extension QueueConsole {
         case "cancel": code = try await database { q in try q.cancel(id) } ? "cancelled" : "not-cancelled"
         case "discard": code = try await database { q in try q.discard(id) } ? "discarded" : "not-discarded"
         default:
-            return page(
-                request,
-                v,
-                status: .notFound,
-                title: "No such action",
-                section: "",
-                ConsolePages.message("No such action", "Jobs can be retried, cancelled or discarded.")
-            )
+            return message(request, v, .notFound, "No such action", "Jobs can be retried, cancelled or discarded.")
         }
         options.logger.info(
             "job \(action)",
@@ -651,6 +627,17 @@ extension QueueConsole {
         // The refresh script asks for the content alone.
         if request.headers[HTTPField.Name("X-Console-Fragment")!] == "1" { return respond(status, content) }
         return respond(status, ConsolePages.page(f, content))
+    }
+
+    /// A page that says one thing: `title`, then `text`.
+    func message(
+        _ request: Request,
+        _ v: Visitor,
+        _ status: HTTPResponse.Status,
+        _ title: String,
+        _ text: String
+    ) -> Response {
+        page(request, v, status: status, title: title, section: "", ConsolePages.message(title, text))
     }
 
     func signInFirst(_ request: Request) -> Response {

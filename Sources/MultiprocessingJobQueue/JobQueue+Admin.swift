@@ -294,10 +294,7 @@ extension JobQueue {
     /// - Throws: ``JobQueueError`` `.conflict` when another job with its unique key is queued or running.
     @discardableResult
     public func retry(_ id: Int64) throws -> Bool {
-        // SQLite: the workers on this machine hear of it once it has committed.
-        var retried: String?
-        defer { if let retried { Doorbell.ring(url, queues: [retried]) } }
-        return try withConnection { c in
+        let retried: String? = try withConnection { c in
             let d = c.dialect
             return try c.transaction(immediate: true) {
                 var row: (state: String, key: String?, queue: String)?
@@ -305,7 +302,7 @@ extension JobQueue {
                     "SELECT state, unique_key, queue FROM mp_jobs WHERE id = \(d.parameter(1))",
                     [.int(id)]
                 ) { row = ($0[0].textValue ?? "", $0[1].textValue, $0[2].textValue ?? "") }
-                guard let row, ["discarded", "cancelled", "completed"].contains(row.state) else { return false }
+                guard let row, ["discarded", "cancelled", "completed"].contains(row.state) else { return nil }
                 if let key = row.key,
                     try c.scalar(
                         "SELECT count(*) FROM mp_jobs WHERE unique_key = \(d.parameter(1)) AND state IN ('available', 'running')",
@@ -336,16 +333,18 @@ extension JobQueue {
                         "job \(id) was not queued again: another job with its unique key is queued or running"
                     )
                 }
-                if n == 1 { retried = row.queue }
                 if n == 1 && d.notifies {
                     try c.execute(
                         "SELECT pg_notify(\(d.parameter(1)), \(d.parameter(2)))",
                         [.text(QueueSchema.channel), .text(row.queue)]
                     )
                 }
-                return n == 1
+                return n == 1 ? row.queue : nil
             }
         }
+        // Committed. SQLite: the workers on this machine hear of it at once.
+        if let retried { Doorbell.ring(doorbells, queues: [retried]) }
+        return retried != nil
     }
 
     /// Discards a job that waits to run (queued, delayed, or waiting for a retry): it will not run, and

@@ -112,6 +112,8 @@ public final class JobQueue: Sendable {
     private let connection: TrackedMutex<ConnectionBox>
 
     private let timeout: Duration
+    /// SQLite: the doorbells' directory of the database file (nil elsewhere).
+    let doorbells: String?
 
     final class ConnectionBox: @unchecked Sendable {  // used under the mutex only
         var c: (any SQLConnection)?
@@ -125,6 +127,7 @@ public final class JobQueue: Sendable {
         let c = try Database.connect(url, timeout: timeout)
         try QueueSchema.migrate(c)
         connection = TrackedMutex(ConnectionBox(c))
+        doorbells = Doorbell.directory(url)  // the file exists now
     }
 
     deinit { connection.withLock { $0.c?.close() } }
@@ -154,9 +157,7 @@ public final class JobQueue: Sendable {
 
     /// Queues many jobs in one transaction (multi-row inserts): all or none.
     public func enqueue<J: Job>(_ jobs: [J], options: JobOptions = .default) throws -> [JobHandle<J>] {
-        // SQLite: the workers on this machine hear of due jobs at once (PostgreSQL's trigger notifies).
-        defer { if options.delay <= .zero && !jobs.isEmpty { Doorbell.ring(url, queues: [options.queue]) } }
-        return try withConnection { c in
+        let handles = try withConnection { c in
             // One INSERT is atomic by itself: no BEGIN and COMMIT round trips (on PostgreSQL a queued job
             // costs one round trip and one commit).
             if options.uniqueKey == nil && jobs.count <= Self.rowsPerInsert {
@@ -165,6 +166,10 @@ public final class JobQueue: Sendable {
             return try c.transaction(immediate: true) { try Self.enqueue(jobs, options: options, on: c) }
         }
         .map { $0.handle(self) }
+        // Committed. SQLite: the workers on this machine hear of due jobs at once (PostgreSQL's trigger
+        // notifies them).
+        if options.delay <= .zero && !jobs.isEmpty { Doorbell.ring(doorbells, queues: [options.queue]) }
+        return handles
     }
 
     /// Tells the workers on this machine that serve `queues` of this SQLite database that jobs are due (they
@@ -172,7 +177,7 @@ public final class JobQueue: Sendable {
     /// transaction of your own, once it has committed. ``enqueue(_:options:)`` does it by itself. Nothing on
     /// PostgreSQL, whose workers are notified at commit.
     public func wakeWorkers(queues: [String] = ["default"]) {
-        Doorbell.ring(url, queues: queues)
+        Doorbell.ring(doorbells, queues: queues)
     }
 
     /// The most jobs one INSERT statement queues.

@@ -226,7 +226,7 @@ struct QueueStatements: Sendable {
 
     /// Jobs whose lease expired (their worker died, hung or lost the database) go back to the queue, or
     /// are discarded after their last attempt, with a line in their error history. Any worker does it.
-    func rescue(on c: any SQLConnection) throws -> Int {
+    func rescue(on c: any SQLConnection) throws -> (count: Int, requeued: [String]) {
         let d = c.dialect
         let now = QueueSchema.nowMs()
         return try c.transaction(immediate: true) {
@@ -252,7 +252,7 @@ struct QueueStatements: Sendable {
                 if r[1].textValue == "available", let q = r[0].textValue { requeued.insert(q) }
             }
             try notify(requeued.sorted(), on: c)
-            return rescued
+            return (rescued, requeued.sorted())
         }
     }
 

@@ -30,6 +30,8 @@ public final class QueueWorker: Sendable {
     public let name: String
     /// The machine's name, as the worker announces it.
     private let host: String
+    /// SQLite: the doorbells' directory of the database file (nil elsewhere).
+    private let doorbells: String?
     private let stopRequest = TrackedMutex<StopMode?>(nil)
     /// What the pool reports (outcomes, from its callback thread) and wake-ups (a notification, a stop
     /// request).
@@ -82,6 +84,7 @@ public final class QueueWorker: Sendable {
         let c = try Database.connect(url)
         defer { c.close() }
         try QueueSchema.migrate(c)
+        doorbells = Doorbell.directory(url)  // the file exists now
     }
 
     /// Asks ``run()`` to return: `.finish` lets running jobs end first, `.handBack` returns them to the
@@ -112,7 +115,7 @@ public final class QueueWorker: Sendable {
             options,
             workers: pool.workerCount,
             canListen: (connection?.dialect.notifies == true && connection is any SQLNotificationListening)
-                || Doorbell.directory(url) != nil
+                || doorbells != nil
         )
         config.traces = PoolTracing.tracer != nil
         config.announces = true
@@ -233,9 +236,9 @@ public final class QueueWorker: Sendable {
                 }
 
             case .rescue:
-                guard let n = database("rescue", { c in try statements.rescue(on: c) }) else { continue }
+                guard let (n, requeued) = database("rescue", { c in try statements.rescue(on: c) }) else { continue }
                 state.databaseSucceeded(now: clock.now)
-                if n > 0 { Doorbell.ring(url, queues: options.queues) }
+                if !requeued.isEmpty { Doorbell.ring(doorbells, queues: requeued) }
                 if n > 0 {
                     telemetry.rescued.increment(by: n)
                     log.warning("rescued jobs whose lease expired", metadata: ["count": "\(n)"])
@@ -287,7 +290,7 @@ public final class QueueWorker: Sendable {
             case .release(let ids):
                 guard database("release", { c in try statements.handBack(ids, on: c) }) != nil else { continue }
                 state.databaseSucceeded(now: clock.now)
-                Doorbell.ring(url, queues: options.queues)
+                Doorbell.ring(doorbells, queues: options.queues)
                 telemetry.handedBack.increment(by: ids.count)
                 log.warning(
                     "jobs held in the database but unknown to this worker (a claim whose answer was lost) are handed back",
@@ -297,7 +300,7 @@ public final class QueueWorker: Sendable {
             case .handBack(let ids, let tokens):
                 for t in tokens { tasks[t]?() }
                 if database("hand back", { c in try statements.handBack(ids, on: c) }) != nil {
-                    Doorbell.ring(url, queues: options.queues)
+                    Doorbell.ring(doorbells, queues: options.queues)
                     telemetry.handedBack.increment(by: ids.count)
                     log.info("handed back jobs", metadata: ["count": "\(ids.count)"])
                 }

@@ -19,8 +19,8 @@ struct DoorbellTests {
             #expect(bell.isOpen)
             #expect(socketFiles(dir).count == 1)
             // Another queue's ring is not heard; the listener's own queue's is.
-            Doorbell.ring(db.url, queues: ["reports"])
-            Doorbell.ring(db.url, queues: ["reports", "mail"])
+            Doorbell.ring(dir, queues: ["reports"])
+            Doorbell.ring(dir, queues: ["reports", "mail"])
             try eventually("the ring for mail is heard") { rings.load(ordering: .relaxed) >= 1 }
             bell.close()
             #expect(!bell.isOpen)
@@ -28,23 +28,54 @@ struct DoorbellTests {
             #expect(socketFiles(dir).isEmpty)
             #expect(access(dir, F_OK) != 0)  // the last one out removes the directory
             // Rings with nobody listening cost nothing and fail nothing.
-            Doorbell.ring(db.url, queues: ["mail"])
+            Doorbell.ring(dir, queues: ["mail"])
         }
     }
 
-    @Test func theSocketOfAKilledWorkerIsRemovedByTheNextRing() throws {
+    @Test func theSocketOfAKilledWorkerIsRemovedAndNothingElse() throws {
         try withScratchDatabase(.sqlite) { db in
             _ = try JobQueue(db.url)
             let dir = try #require(Doorbell.directory(db.url))
-            mkdir(dir, 0o1777)
+            #expect(mkdir(dir, 0o700) == 0)
+            defer { rmdir(dir) }
             // A worker killed while it listened leaves its socket behind, bound by nobody.
             let stale = "\(dir)/999999-1.sock"
             let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+            #expect(fd >= 0)
             #expect(Doorbell.withSocketAddress(stale) { bind(fd, $0, $1) } == 0)
             close(fd)
-            #expect(socketFiles(dir).contains("999999-1.sock"))
-            Doorbell.ring(db.url, queues: ["default"])
-            #expect(!socketFiles(dir).contains("999999-1.sock"))
+            // A file that is not a socket, and a link, named as doorbells: never sent to, never removed.
+            let plain = "\(dir)/plain.sock"
+            close(open(plain, O_CREAT | O_WRONLY, 0o600))
+            let link = "\(dir)/link.sock"
+            #expect(symlink(db.url.database, link) == 0)
+            defer {
+                unlink(plain)
+                unlink(link)
+            }
+            #expect(socketFiles(dir).sorted() == ["999999-1.sock", "link.sock", "plain.sock"])
+            Doorbell.ring(dir, queues: ["default"])
+            #expect(socketFiles(dir).sorted() == ["link.sock", "plain.sock"])
+        }
+    }
+
+    /// A directory that is not the user's own 0700 one (made by someone else first, or a link) is not used:
+    /// no listener binds there, no ring goes there, and the workers poll.
+    @Test func aDoorbellDirectoryThatIsALinkOrOpenToOthersIsNotUsed() throws {
+        try withScratchDatabase(.sqlite) { db in
+            _ = try JobQueue(db.url)
+            let dir = try #require(Doorbell.directory(db.url))
+            let elsewhere = db.scratch + "-elsewhere"
+            #expect(mkdir(elsewhere, 0o700) == 0)
+            defer { rmdir(elsewhere) }
+            #expect(symlink(elsewhere, dir) == 0)
+            #expect(throws: SQLError.self) { _ = try DoorbellListener(db.url, queues: ["default"]) {} }
+            unlink(dir)
+            #expect(mkdir(dir, 0o777) == 0)
+            chmod(dir, 0o777)
+            defer { rmdir(dir) }
+            #expect(throws: SQLError.self) { _ = try DoorbellListener(db.url, queues: ["default"]) {} }
+            #expect(Doorbell.openDirectory(dir, create: false) == -1)
         }
     }
 
@@ -56,6 +87,14 @@ struct DoorbellTests {
             #expect(Doorbell.directory(try DatabaseURL("sqlite:" + link)) == Doorbell.directory(db.url))
             #expect(Doorbell.directory(try DatabaseURL("sqlite::memory:")) == nil)
         }
+    }
+
+    @Test func aRingCarriesWholeNamesOnly() {
+        let long = (0..<1000).map { "queue-\($0)" }
+        let bytes = Doorbell.payload(long)
+        #expect(bytes.count <= 4096)
+        let names = bytes.split(separator: UInt8(ascii: "\n")).map { String(decoding: $0, as: UTF8.self) }
+        #expect(names == Array(long.prefix(names.count)))
     }
 
     func socketFiles(_ dir: String) -> [String] {

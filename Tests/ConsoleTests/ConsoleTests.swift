@@ -173,6 +173,7 @@ struct ConsoleTests {
                         ) as? [String] ?? []
                     #expect(rows == ["\(seeded.discarded)"])
                     try await browser.click("tr[data-job='\(seeded.discarded)'] a")
+                    try await eventually("the job's page has loaded") { try await browser.element("#job-state") != nil }
                     #expect(try await browser.text("#job-state") == "discarded")
                     let history =
                         try await browser.evaluate(
@@ -226,10 +227,14 @@ struct ConsoleTests {
                     try await browser.open("\(base)/login?next=/jobs/\(seeded.discarded)")
                     try await browser.type("wrong", into: "#token")
                     try await browser.click("#sign-in")
-                    #expect(try await browser.element("#login-failed") != nil)
+                    // (A click that submits a form returns before the next page has loaded: wait for it.)
+                    try await eventually("the sign-in is refused") { try await browser.element("#login-failed") != nil }
                     try await browser.type("s3cret token for the tests", into: "#token")
                     try await browser.click("#sign-in")
-                    #expect(try await browser.currentURL == "\(base)/jobs/\(seeded.discarded)")
+                    try await eventually("signed in, back on the job's page") {
+                        try await browser.currentURL == "\(base)/jobs/\(seeded.discarded)"
+                    }
+                    try await eventually("the job's page has loaded") { try await browser.element("#retry") != nil }
 
                     // Retry the discarded job.
                     try await browser.click("#retry")

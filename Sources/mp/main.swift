@@ -326,7 +326,10 @@ struct QueueEnqueue: ParsableCommand {
 }
 
 struct QueueStatus: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Jobs per state.")
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Jobs per state, and the workers serving the queue."
+    )
 
     @Option(help: "The queue's database URL.")
     var database: String
@@ -335,6 +338,17 @@ struct QueueStatus: ParsableCommand {
         let q = try JobQueue(DatabaseURL(database))
         let counts = try q.counts()
         for s in JobState.allCases { print("\(s.rawValue): \(counts[s] ?? 0)") }
+        // The workers serving it, as each last announced itself (the console's workers page, in lines).
+        let now = QueueTime.now
+        for w in try q.workers() {
+            let seen = Double(now.since(w.lastSeen).components.seconds)
+            let busy = w.processes.filter(\.busy).count
+            let status = !w.isLive(at: now) ? " (lost)" : w.stopping ? " (stopping)" : ""
+            print(
+                "worker \(w.name)\(status): queues \(w.queues.joined(separator: ",")), seen \(Int(seen)) s ago, "
+                    + "\(w.held) jobs held, \(w.finished) finished, pool \(busy)/\(w.processes.count) busy"
+            )
+        }
     }
 }
 

@@ -38,6 +38,14 @@ struct QueueCommandTests {
             for w in workers { try w.run() }
             let queue = try JobQueue(DatabaseURL(url))
             try eventually("every job completed") { try queue.counts()[.completed] == 200 }
+            // `mp queue status` lists both workers, as they announced themselves.
+            try eventually("both workers announced themselves") { try queue.workers().count == 2 }
+            let status = try mp(["queue", "status", "--database", url])
+            try status.run()
+            let statusText = output(status)
+            status.waitUntilExit()
+            #expect(statusText.contains("completed: 200"), "\(statusText)")
+            #expect(statusText.components(separatedBy: "\nworker ").count == 3, "\(statusText)")
             for w in workers { w.terminate() }  // SIGTERM: finish, then exit
             var finished = 0
             for w in workers {
@@ -47,6 +55,7 @@ struct QueueCommandTests {
                 finished += Int(text.split(separator: " ").first ?? "") ?? 0
             }
             #expect(finished == 200)
+            #expect(try queue.workers().isEmpty)  // each deleted its row as it stopped
             #expect(try queue.counts() == [.completed: 200])
             let workerNames = Set(try queue.jobs(in: .completed, limit: 500).compactMap(\.worker))
             #expect(workerNames.count == 2, "both programs took jobs: \(workerNames)")

@@ -339,6 +339,7 @@ enum ConsolePages {
                 "<td class=\"n\" data-held>\(w.held)</td><td class=\"n\">\(w.finished)</td><td class=\"n\">\(w.processes.filter(\.busy).count) / \(w.processes.count)</td></tr>"
         }
         html += "</tbody></table><h2>Pool processes</h2>"
+        html += "<p>As each worker last announced itself (every third of its lease).</p>"
         html +=
             "<table id=\"processes\"><thead><tr><th>worker</th><th>pid</th><th>state</th><th>current item's age</th><th>peak memory</th><th>tasks done</th></tr></thead><tbody>"
         for w in list {

@@ -178,10 +178,10 @@ struct BlockingQueueTests {
             seen.withLock { s in for x in local { s[x] += 1 } }
             if !ordered { inOrder.withLock { $0 = false } }
         }
-        // A consumer may wait long for an item while the others take every one (a wake-up goes to one
-        // waiter, not to the one waiting longest; under ThreadSanitizer on a loaded machine one once waited
-        // over 20 s): the timeout only guards against a hang, well inside the suite's time limit. What a
-        // consumer got is recorded however its loop ends, so a failure says whether items were lost.
+        // A consumer may wait long for an item while the others take them (under ThreadSanitizer, with
+        // builds running beside it, one once waited over 20 s): the timeout only guards against a hang,
+        // well inside the suite's time limit. What a consumer got is recorded however its loop ends, so a
+        // failure says whether items were lost or a consumer gave up.
         let c = (0..<consumers).map { _ in
             OSThread {
                 var local: [Int] = []

@@ -174,8 +174,8 @@ public final class JobQueue: Sendable {
 
     /// Tells the workers on this machine that serve `queues` of this SQLite database that jobs are due (they
     /// claim at once instead of at their next poll): for jobs queued with ``enqueue(_:options:on:)`` in a
-    /// transaction of your own, once it has committed. ``enqueue(_:options:)`` does it by itself. Nothing on
-    /// PostgreSQL, whose workers are notified at commit.
+    /// transaction of your own, once it has committed. The `enqueue(_:options:)` methods do it by
+    /// themselves. Nothing on PostgreSQL, whose workers are notified at commit.
     public func wakeWorkers(queues: [String] = ["default"]) {
         Doorbell.ring(doorbells, queues: queues)
     }

@@ -430,6 +430,27 @@ struct ConsoleTests {
         }
     }
 
+    /// A database that fails the console's queries: a 503 page that says so without the database's own
+    /// words (table names, SQL), the details in the log; the console answers again once it is back.
+    @Test func aFailingDatabaseGivesA503PageAndTheConsoleRecovers() async throws {
+        try await withScratchDatabase(.sqlite) { db in
+            let queue = try JobQueue(db.url)
+            _ = try seed(queue, db)
+            try await withConsole(db.url) { port in
+                #expect(try await HTTP.request("GET", port: port, "/").status == 200)
+                let c = try db.connect()
+                defer { c.close() }
+                try c.execute("ALTER TABLE mp_jobs RENAME TO mp_jobs_away")
+                let failed = try await HTTP.request("GET", port: port, "/")
+                #expect(failed.status == 503)
+                #expect(failed.body.contains("did not answer") && !failed.body.contains("mp_jobs"))
+                try c.execute("ALTER TABLE mp_jobs_away RENAME TO mp_jobs")
+                let back = try await HTTP.request("GET", port: port, "/")
+                #expect(back.status == 200 && back.body.contains("data-queue=\"emails\""))
+            }
+        }
+    }
+
     @Test(arguments: TestBackend.enabled)
     func theWorkersPageShowsWorkersAndTheirBusyProcesses(_ backend: TestBackend) async throws {
         try await withScratchDatabase(backend) { db in

@@ -32,6 +32,20 @@ struct DoorbellTests {
         }
     }
 
+    /// A listener whose socket was removed (someone cleaned /tmp) says it is closed, so that its worker
+    /// listens again at its next turn instead of hearing nothing for ever.
+    @Test func aListenerWhoseSocketWasRemovedSaysItIsClosed() throws {
+        try withScratchDatabase(.sqlite) { db in
+            _ = try JobQueue(db.url)
+            let dir = try #require(Doorbell.directory(db.url))
+            let bell = try #require(try DoorbellListener(db.url, queues: ["default"]) {})
+            defer { bell.close() }
+            #expect(bell.isOpen)
+            for name in socketFiles(dir) { unlink("\(dir)/\(name)") }
+            try eventually("the listener notices its socket is gone") { !bell.isOpen }
+        }
+    }
+
     @Test func theSocketOfAKilledWorkerIsRemovedAndNothingElse() throws {
         try withScratchDatabase(.sqlite) { db in
             _ = try JobQueue(db.url)

@@ -308,6 +308,13 @@ struct ProcessPoolTests {
             let fds = pool.core.descriptors
             #expect(fds.count == 10)  // 5 per worker
             let before = fds.map(identity)
+            // The kernel gives a closed eventfd's id to the next eventfd made (the lowest free one): a suite
+            // running beside this one could get both our descriptor's number and its id (CI saw it once).
+            // A duplicate of each eventfd, held until the check, keeps its id taken; pipes' and sockets'
+            // inode numbers are not reused so soon, and those are not duplicated (a socket's duplicate
+            // would keep the worker from seeing its end).
+            let held = zip(fds, before).compactMap { fd, id in (id?[2] ?? 0) != 0 ? dup(fd) : nil }
+            defer { for d in held { close(d) } }
             let live = pool.workerPIDs
             pool.close()
             #expect(try pool.join(timeout: .seconds(30)))

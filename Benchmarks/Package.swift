@@ -23,6 +23,16 @@ let package = Package(
             name: "counts",
             dependencies: [.product(name: "Multiprocessing", package: "swift-multiprocessing")]
         ),
+        // What metrics and traces cost a round trip, in instructions (scripts/instruction-counts --observe).
+        .executableTarget(
+            name: "observecounts",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingPrometheus", package: "swift-multiprocessing"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+            ]
+        ),
         .executableTarget(
             name: "bench",
             dependencies: [

@@ -126,6 +126,38 @@ struct PoolTracingTests {
         }
     }
 
+    /// The tracer the pool finds (cached by the instrument's type) is always the current scope's: a
+    /// different tracer of the same type, one of another type, a multiplexed one, the no-op one, none.
+    @Test func theTracerFoundIsTheCurrentScopes() {
+        func spanNames(_ tracer: InMemoryTracer) -> [String] { tracer.finishedSpans.map(\.operationName) }
+        func startOne(_ name: String) { PoolTracing.tracer?.startAnySpan(name, context: .topLevel).end() }
+        #expect(PoolTracing.tracer == nil)
+        let a = InMemoryTracer()
+        let b = InMemoryTracer()
+        withTracer(a) { startOne("a") }
+        withTracer(b) { startOne("b") }
+        withTracer(NoOpTracer()) { #expect(PoolTracing.tracer == nil) }
+        withTracer(b) { startOne("b2") }
+        withTracer(a) { startOne("a2") }
+        #expect(PoolTracing.tracer == nil)
+        #expect(spanNames(a) == ["a", "a2"])
+        #expect(spanNames(b) == ["b", "b2"])
+    }
+
+    /// A worker reads the tracer's header from the task frame's bytes as they are.
+    @Test func encodedHeadersAreReadInPlace() throws {
+        let value = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        let bytes = PoolTracing.encode(["traceparent": value, "tracestate": "a=b"])
+        let headers = try #require(bytes.withUnsafeBytes { EncodedHeaders($0) })
+        #expect(EncodedHeadersExtractor().extract(key: "traceparent", from: headers) == value)
+        #expect(EncodedHeadersExtractor().extract(key: "tracestate", from: headers) == "a=b")
+        #expect(EncodedHeadersExtractor().extract(key: "trace", from: headers) == nil)
+        #expect(Array(bytes.dropLast()).withUnsafeBytes { EncodedHeaders($0) } == nil)
+        #expect((bytes + [0]).withUnsafeBytes { EncodedHeaders($0) } == nil)
+        #expect([UInt8]([1, 0, 9]).withUnsafeBytes { EncodedHeaders($0) } == nil)
+        #expect([UInt8]().withUnsafeBytes { EncodedHeaders($0) } == nil)
+    }
+
     @Test func headersSurviveTheirEncodingAndMalformedOnesAreRefused() {
         let headers = ["traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "a=b"]
         let bytes = PoolTracing.encode(headers)

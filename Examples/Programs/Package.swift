@@ -58,6 +58,14 @@ let package = Package(
             ]
         ),
         .executableTarget(
+            name: "doc-jobqueue-limits",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
             name: "doc-services-overview",
             dependencies: [
                 .product(name: "Multiprocessing", package: "swift-multiprocessing"),

@@ -20,37 +20,122 @@ struct QueueStatements: Sendable {
     let logger: Logger
 
     /// Records finished attempts and claims up to `n` due jobs of types not in `skipping`, in one
-    /// transaction.
+    /// transaction; then, with room left, jobs of the `limited` queues as their limits allow.
     ///
     /// Where the database can write inside `WITH` (PostgreSQL), completed results and the claim are one
     /// statement: one round trip and one commit for both; the claim skips rows other workers are claiming
     /// (`FOR UPDATE SKIP LOCKED`). Other outcomes, rarer, are recorded one by one before it. Elsewhere
     /// (SQLite) `BEGIN IMMEDIATE` takes the write lock first, so the transaction never fails half-way for a
-    /// lock.
-    func settle(_ records: [Record], claiming n: Int, skipping: [String], on c: any SQLConnection) throws -> [Job] {
+    /// lock. Queues with a limit (`mp_queue_limits`) are left out of that claim, whose cost stays what it
+    /// was; each of `limited` is claimed from in a transaction of its own that locks its limit
+    /// (``claimLimited(_:_:skipping:now:on:)``).
+    func settle(
+        _ records: [Record],
+        claiming n: Int,
+        skipping: [String],
+        limited: [String] = [],
+        on c: any SQLConnection
+    ) throws -> [Job] {
         let now = QueueSchema.nowMs()
-        guard c.dialect.modifiesDataInWith else {
-            return try c.transaction(immediate: true) {
+        var jobs: [Job]
+        if !c.dialect.modifiesDataInWith {
+            jobs = try c.transaction(immediate: true) {
                 try recordOneByOne(records, now: now, on: c)
                 return n > 0 ? try claim(n, skipping: skipping, now: now, results: [], on: c) : []
             }
+        } else {
+            var results: [Record] = []
+            var rest: [Record] = []
+            for r in records {
+                if case .complete = r.resolution { results.append(r) } else { rest.append(r) }
+            }
+            if rest.isEmpty {
+                jobs = try claim(n, skipping: skipping, now: now, results: results, on: c)
+            } else {
+                jobs = try c.transaction(immediate: true) {
+                    try recordOneByOne(rest, now: now, on: c)
+                    return try claim(n, skipping: skipping, now: now, results: results, on: c)
+                }
+            }
         }
-        var results: [Record] = []
-        var rest: [Record] = []
-        for r in records {
-            if case .complete = r.resolution { results.append(r) } else { rest.append(r) }
+        for q in limited where jobs.count < n {
+            jobs += try claimLimited(q, n - jobs.count, skipping: skipping, now: now, on: c)
         }
-        if rest.isEmpty { return try claim(n, skipping: skipping, now: now, results: results, on: c) }
+        return jobs
+    }
+
+    /// The worker's queues that have a limit.
+    func limitedQueues(on c: any SQLConnection) throws -> [String] {
+        let d = c.dialect
+        let list = queues.indices.map { d.parameter($0 + 1) }.joined(separator: ", ")
+        var out: [String] = []
+        try c.forEachRow(
+            "SELECT queue FROM mp_queue_limits WHERE queue IN (\(list)) ORDER BY queue",
+            queues.map { .text($0) }
+        ) {
+            if let q = $0[0].textValue { out.append(q) }
+        }
+        return out
+    }
+
+    /// Claims up to `n` due jobs of the limited queue `queue`, as many as its limit allows now, in a
+    /// transaction that locks the limit's row (PostgreSQL: `FOR UPDATE`; SQLite: the database's write
+    /// lock), so that two workers never both see the same room: running jobs of the queue counted against
+    /// its concurrency, starts in the last period against its rate, and the starts of the jobs claimed
+    /// recorded before the lock is released.
+    func claimLimited(
+        _ queue: String,
+        _ n: Int,
+        skipping: [String],
+        now: Int64,
+        on c: any SQLConnection
+    ) throws
+        -> [Job]
+    {
+        let d = c.dialect
+        let q = d.parameter(1)
         return try c.transaction(immediate: true) {
-            try recordOneByOne(rest, now: now, on: c)
-            return try claim(n, skipping: skipping, now: now, results: results, on: c)
+            var limit: (concurrency: Int64?, rate: Int64?, period: Int64?)?
+            try c.forEachRow(
+                "SELECT concurrency, rate, period_ms FROM mp_queue_limits WHERE queue = \(q)\(d.skipsLockedRows ? " FOR UPDATE" : "")",
+                [.text(queue)]
+            ) { r in limit = (r[0].intValue, r[1].intValue, r[2].intValue) }
+            guard let limit else { return [] }  // removed since the worker looked
+            var room = Int64(n)
+            if let concurrency = limit.concurrency {
+                let running =
+                    try c.scalar(
+                        "SELECT count(*) FROM mp_jobs WHERE queue = \(q) AND state = 'running'",
+                        [.text(queue)]
+                    )?.intValue ?? 0
+                room = min(room, concurrency - running)
+            }
+            if let rate = limit.rate, let period = limit.period {
+                try c.execute(
+                    "DELETE FROM mp_queue_starts WHERE queue = \(q) AND at <= \(d.parameter(2))",
+                    [.text(queue), .int(now - period)]
+                )
+                let started =
+                    try c.scalar("SELECT count(*) FROM mp_queue_starts WHERE queue = \(q)", [.text(queue)])?.intValue
+                    ?? 0
+                room = min(room, rate - started)
+            }
+            guard room > 0 else { return [] }
+            let jobs = try claim(Int(room), from: [queue], skipping: skipping, now: now, results: [], on: c)
+            if limit.rate != nil, !jobs.isEmpty {
+                let rows = jobs.indices.map { _ in "(\(q), \(d.parameter(2)))" }.joined(separator: ", ")
+                try c.execute("INSERT INTO mp_queue_starts (queue, at) VALUES \(rows)", [.text(queue), .int(now)])
+            }
+            return jobs
         }
     }
 
     /// Claims up to `n` due jobs (none when 0) in one statement, which, where the database can write inside
-    /// `WITH`, also marks `results` completed.
+    /// `WITH`, also marks `results` completed: of the worker's queues that have no limit, or of
+    /// `limitedQueue` (its limit checked by the caller).
     private func claim(
         _ n: Int,
+        from limitedQueue: [String]? = nil,
         skipping: [String],
         now: Int64,
         results: [Record],
@@ -63,7 +148,7 @@ struct QueueStatements: Sendable {
         // type an unused parameter sent untyped (text is).
         var parameters: [SQLValue] =
             n > 0 ? [.text(worker), .int(now + lease.wholeMilliseconds), .int(now)] : [.int(0), .int(0), .int(now)]
-        let queueList = (n > 0 ? queues : []).map { q -> String in
+        let queueList = (n > 0 ? limitedQueue ?? queues : []).map { q -> String in
             parameters.append(.text(q))
             return d.parameter(parameters.count)
         }
@@ -101,7 +186,9 @@ struct QueueStatements: Sendable {
             }
             return []
         }
-        let skip = skippedKinds.isEmpty ? "" : " AND kind NOT IN (\(skippedKinds.joined(separator: ", ")))"
+        var skip = skippedKinds.isEmpty ? "" : " AND kind NOT IN (\(skippedKinds.joined(separator: ", ")))"
+        // Limited queues are claimed from one at a time, by `claimLimited`.
+        if limitedQueue == nil { skip += " AND queue NOT IN (SELECT queue FROM mp_queue_limits)" }
         let due = """
             SELECT id FROM mp_jobs WHERE state = 'available' AND queue IN (\(queueList.joined(separator: ", ")))
               AND run_at <= \(d.parameter(3))\(skip)

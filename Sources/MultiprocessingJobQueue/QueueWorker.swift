@@ -119,6 +119,7 @@ public final class QueueWorker: Sendable {
         )
         config.traces = PoolTracing.tracer != nil
         config.announces = true
+        config.readsLimits = true
         let startedAt = QueueSchema.nowMs()
         var state = QueueWorkerState(config, now: clock.now)
         var listener: (any WakeUps)?
@@ -187,11 +188,19 @@ public final class QueueWorker: Sendable {
             case .cancel(let tokens):
                 for t in tokens { tasks[t]?() }
 
-            case .settle(let records, let n, let skipping):
+            case .readLimits:
+                guard let queues = database("read limits", { c in try statements.limitedQueues(on: c) }) else {
+                    continue
+                }
+                state.limitsRead(queues, now: clock.now)
+
+            case .settle(let records, let n, let skipping, let limited):
                 guard
                     let jobs = database(
                         "settle",
-                        { c in try statements.settle(records, claiming: n, skipping: skipping, on: c) }
+                        { c in
+                            try statements.settle(records, claiming: n, skipping: skipping, limited: limited, on: c)
+                        }
                     )
                 else { continue }
                 state.settled(records, claimed: jobs, claimWanted: n, now: clock.now)

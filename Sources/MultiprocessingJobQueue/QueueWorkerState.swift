@@ -39,6 +39,9 @@ struct QueueWorkerState: Sendable {
         /// Announce the worker in `mp_workers` every ``heartbeatEvery`` (and delete its row when it stops):
         /// the console's list of workers and their pools.
         var announces = false
+        /// Read which of the worker's queues have a limit (`mp_queue_limits`) before claiming, and again
+        /// every ``limitsEvery``: claims of those go through their limits.
+        var readsLimits = false
         /// Results wait at most this long to be recorded while jobs keep the worker busy (they are then
         /// recorded with the next claim, or once the pool is idle).
         var ackDelay: Duration = .milliseconds(10)
@@ -47,6 +50,9 @@ struct QueueWorkerState: Sendable {
         /// How often expired leases are looked for.
         var rescueEvery: Duration { max(.milliseconds(200), lease / 4) }
         var heartbeatEvery: Duration { lease / 3 }
+        /// How often the limited queues are read again: a limit set meanwhile keeps the queue's jobs out of
+        /// the ordinary claim at once, and lets them through its own claim within this time.
+        var limitsEvery: Duration { max(pollInterval, .seconds(1)) }
 
         init(_ options: QueueWorkerOptions, workers: Int, canListen: Bool) {
             concurrency = max(1, options.concurrency ?? workers)
@@ -132,8 +138,12 @@ struct QueueWorkerState: Sendable {
         /// Cancel these pool tasks.
         case cancel([Token])
         /// Record `records` and claim up to `claim` due jobs (none when 0) of types not in `skipping`, in
-        /// one transaction; report ``settled(_:claimed:claimWanted:now:)`` or ``databaseFailed(now:)``.
-        case settle([Record], claim: Int, skipping: [String])
+        /// one transaction, then from the `limited` queues as their limits allow; report
+        /// ``settled(_:claimed:claimWanted:now:)`` or ``databaseFailed(now:)``.
+        case settle([Record], claim: Int, skipping: [String], limited: [String] = [])
+        /// Read which of the worker's queues have a limit; report ``limitsRead(_:now:)`` or
+        /// ``databaseFailed(now:)``.
+        case readLimits
         /// Count the jobs left in the queues (types in `skipping` left out); report ``drained(left:now:)``.
         case checkDrained(skipping: [String])
         /// Renew the leases of the jobs held; report ``heartbeat(renewed:cancelRequested:now:)``.
@@ -209,6 +219,9 @@ struct QueueWorkerState: Sendable {
     private var gaveUp = false
 
     private var nextClaimAt: Instant
+    /// The worker's queues that have a limit, as last read; read again from this moment.
+    private var limited: [String] = []
+    private var nextLimitsRead: Instant
     /// The last claim found fewer jobs than it asked for: the queue was empty then.
     private var queueSeenEmpty = false
     private var lastClaimFound: Int?
@@ -234,6 +247,7 @@ struct QueueWorkerState: Sendable {
         self.config = config
         buffer = min(config.maxBuffer, 4 * config.concurrency)
         nextClaimAt = now
+        nextLimitsRead = now
         nextHeartbeat = now + config.heartbeatEvery
         nextAnnounce = now
         nextRescue = now
@@ -400,6 +414,12 @@ struct QueueWorkerState: Sendable {
         listening = open
     }
 
+    /// The worker's queues that have a limit were read.
+    mutating func limitsRead(_ queues: [String], now: Instant) {
+        succeeded(now: now)
+        limited = queues
+    }
+
     /// The worker's row was written.
     mutating func announced(now: Instant) {
         succeeded(now: now)
@@ -526,8 +546,12 @@ struct QueueWorkerState: Sendable {
         // Record and claim, in one round trip when both are due. Jobs finished but not yet recorded do not
         // count against the room: the pool is kept fed while their results wait.
         let want = claimWanted(now: now) && databaseReady ? min(config.claimBatch, limit - inPool) : 0
+        if want > 0 && config.readsLimits && now >= nextLimitsRead {
+            nextLimitsRead = now + config.limitsEvery
+            return .readLimits
+        }
         if want > 0 || flushDue(now: now) && databaseReady && !(handingBack && stopFlushFailed) {
-            return .settle(pending, claim: want, skipping: unknownKinds.sorted())
+            return .settle(pending, claim: want, skipping: unknownKinds.sorted(), limited: want > 0 ? limited : [])
         }
         if handingBack {
             exited = true

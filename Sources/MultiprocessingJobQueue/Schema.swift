@@ -147,6 +147,25 @@ enum QueueSchema {
                   processes TEXT NOT NULL)
                 """
             )
+            // Limits of queues across all workers (`JobQueue.setLimit`): at most `concurrency` jobs of the
+            // queue running, and at most `rate` started in any `period_ms`. A claim of a limited queue locks
+            // its row, so claims of it are one at a time; `mp_queue_starts` holds the starts of the last
+            // period of each rate-limited queue (a sliding window: exact, where a counter per fixed window
+            // lets twice the rate through across a boundary). Workers of earlier versions do not know these
+            // tables and ignore the limits.
+            try c.execute(
+                """
+                CREATE TABLE IF NOT EXISTS mp_queue_limits (
+                  queue VARCHAR(128) PRIMARY KEY,
+                  concurrency INTEGER,
+                  rate INTEGER,
+                  period_ms BIGINT)
+                """
+            )
+            try c.execute(
+                "CREATE TABLE IF NOT EXISTS mp_queue_starts (queue VARCHAR(128) NOT NULL, at BIGINT NOT NULL)"
+            )
+            try c.execute("CREATE INDEX IF NOT EXISTS mp_queue_starts_queue ON mp_queue_starts (queue, at)")
 
         }
     }

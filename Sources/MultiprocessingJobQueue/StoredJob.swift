@@ -121,6 +121,8 @@ public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable
         public static let schema = Code("schema")
         /// Another job with the same unique key is queued or running (``JobQueue/retry(_:)``).
         public static let conflict = Code("conflict")
+        /// A queue limit no claim could keep (``JobQueue/setLimit(_:for:)``).
+        public static let invalidLimit = Code("invalidLimit")
     }
     /// What kind of failure it was, to match on.
     public let code: Code

@@ -220,7 +220,7 @@ struct QueueCommand: ParsableCommand {
             Databases are URLs: sqlite:PATH. A worker runs the jobs this program defines (the demo's \
             SquareTask); your own program runs your jobs with QueueWorker.
             """,
-        subcommands: [QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self]
+        subcommands: [QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self, QueueLimitCommand.self]
     )
 }
 
@@ -338,6 +338,9 @@ struct QueueStatus: ParsableCommand {
         let q = try JobQueue(DatabaseURL(database))
         let counts = try q.counts()
         for s in JobState.allCases { print("\(s.rawValue): \(counts[s] ?? 0)") }
+        for (queue, limit) in try q.limits().sorted(by: { $0.key < $1.key }) {
+            print("limit \(queue): \(limit)")
+        }
         // The workers serving it, as each last announced itself (the console's workers page, in lines).
         let now = QueueTime.now
         for w in try q.workers() {
@@ -348,6 +351,64 @@ struct QueueStatus: ParsableCommand {
                 "worker \(w.name)\(status): queues \(w.queues.joined(separator: ",")), seen \(Int(seen)) s ago, "
                     + "\(w.held) jobs held, \(w.finished) finished, pool \(busy)/\(w.processes.count) busy"
             )
+        }
+    }
+}
+
+struct QueueLimitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "limit",
+        abstract:
+            "Sets or removes a queue's limits across all its workers: jobs running at once, jobs started per period.",
+        discussion: """
+            mp queue limit --database sqlite:q.db --queue mail --concurrency 2 --rate 10/1s sets both;             --remove removes them. Periods: ms, s, m, h. Without a limit option, prints the queue's limit.
+            """
+    )
+
+    @Option(help: "The queue's database URL.")
+    var database: String
+    @Option(help: "The queue whose limit this sets.")
+    var queue: String = "default"
+    @Option(help: "At most this many of the queue's jobs running at once, across all workers.")
+    var concurrency: Int?
+    @Option(help: "At most COUNT/PERIOD jobs started in any period, such as 10/1s or 100/1m.")
+    var rate: String?
+    @Flag(help: "Remove the queue's limit.")
+    var remove = false
+
+    func validate() throws {
+        if remove && (concurrency != nil || rate != nil) {
+            throw ValidationError("--remove takes no --concurrency or --rate")
+        }
+        if let rate, Self.parseRate(rate) == nil {
+            throw ValidationError("--rate is COUNT/PERIOD, such as 10/1s, 500/250ms or 100/1m (got \(rate))")
+        }
+    }
+
+    /// `10/1s` as a rate; `nil` if it is not one.
+    static func parseRate(_ text: String) -> QueueLimit.Rate? {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let count = Int(parts[0]), count > 0 else { return nil }
+        let period = parts[1]
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+        for (unit, ms) in units where period.hasSuffix(unit) {
+            guard let n = Int64(period.dropLast(unit.count)), n > 0, n <= Int64.max / ms else { return nil }
+            return QueueLimit.Rate(count, per: .milliseconds(n * ms))
+        }
+        return nil
+    }
+
+    func run() throws {
+        let q = try JobQueue(DatabaseURL(database))
+        if remove {
+            try q.setLimit(nil, for: queue)
+            print("limit \(queue): none")
+        } else if concurrency != nil || rate != nil {
+            let limit = QueueLimit(concurrency: concurrency, rate: rate.flatMap(Self.parseRate))
+            try q.setLimit(limit, for: queue)
+            print("limit \(queue): \(limit)")
+        } else {
+            print("limit \(queue): \(try q.limits()[queue]?.description ?? "none")")
         }
     }
 }

@@ -61,4 +61,42 @@ struct QueueCommandTests {
             #expect(workerNames.count == 2, "both programs took jobs: \(workerNames)")
         }
     }
+
+    /// `mp queue limit` sets, shows and removes a queue's limit, refuses what no claim could keep, and
+    /// `mp queue status` lists the limits.
+    @Test(arguments: TestBackend.enabled) func limitsAreSetShownAndRemoved(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url.text
+            func run(_ arguments: [String]) throws -> (Int32, String) {
+                let p = try mp(["queue"] + arguments + ["--database", url])
+                try p.run()
+                let text = output(p)
+                p.waitUntilExit()
+                return (p.terminationStatus, text)
+            }
+            func expectOutput(_ arguments: [String], _ expected: String) throws {
+                let (status, text) = try run(arguments)
+                #expect(status == 0 && text == expected, "mp queue \(arguments): \(status) \(text)")
+            }
+            try expectOutput(
+                ["limit", "--queue", "mail", "--concurrency", "2", "--rate", "10/1s"],
+                "limit mail: concurrency 2, rate 10/1s\n"
+            )
+            try expectOutput(["limit", "--queue", "mail"], "limit mail: concurrency 2, rate 10/1s\n")
+            #expect(try run(["status"]).1.contains("limit mail: concurrency 2, rate 10/1s\n"))
+            #expect(
+                try JobQueue(DatabaseURL(url)).limits()["mail"]
+                    == QueueLimit(concurrency: 2, rate: .init(10, per: .seconds(1)))
+            )
+            for bad in [
+                ["--rate", "10/0s"], ["--rate", "10"], ["--rate", "x/1s"], ["--concurrency", "0"],
+                ["--remove", "--concurrency", "1"],
+            ] {
+                #expect(try run(["limit", "--queue", "mail"] + bad).0 != 0, "\(bad)")
+            }
+            try expectOutput(["limit", "--queue", "mail", "--rate", "500/250ms"], "limit mail: rate 500/250ms\n")
+            try expectOutput(["limit", "--queue", "mail", "--remove"], "limit mail: none\n")
+            #expect(try JobQueue(DatabaseURL(url)).limits().isEmpty)
+        }
+    }
 }

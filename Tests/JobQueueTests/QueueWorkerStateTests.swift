@@ -61,7 +61,7 @@ import Testing
         wanted: Int? = nil,
         sourceLocation: SourceLocation = #_sourceLocation
     ) -> [State.Submission] {
-        guard case .settle(let records, let n, _) = step(&s, at: now), n > 0 else {
+        guard case .settle(let records, let n, _, _) = step(&s, at: now), n > 0 else {
             Issue.record("no claim", sourceLocation: sourceLocation)
             return []
         }
@@ -95,7 +95,7 @@ import Testing
             }
             let step = s.next(now: at(now))
             switch step {
-            case .settle(let r, let n, _): s.settled(r, claimed: [], claimWanted: n, now: at(now))
+            case .settle(let r, let n, _, _): s.settled(r, claimed: [], claimWanted: n, now: at(now))
             case .rescue, .clean: s.databaseSucceeded(now: at(now))
             case .heartbeat:
                 beats.append(now)
@@ -119,7 +119,7 @@ import Testing
     func warmUp(_ s: inout State, jobs n: Int = 10, from: Int = 0) {
         claim(&s, (1...n).map { job(Int64(100_000 + $0)) }, at: at(from))
         for id in 1...n { s.completed(ok(Int64(100_000 + id)), now: at(from + 100)) }
-        guard case .settle(let r, let k, _) = step(&s, at: at(from + 100)) else {
+        guard case .settle(let r, let k, _, _) = step(&s, at: at(from + 100)) else {
             Issue.record("expected a settle")
             return
         }
@@ -187,7 +187,7 @@ import Testing
         #expect(step(&s, at: at(1)) == .wait(until: at(11)))
         s.completed(ok(2), now: at(2))
         // Room for half a batch (4): the results and the claim go in one step.
-        guard case .settle(let records, let n, _) = step(&s, at: at(2)) else {
+        guard case .settle(let records, let n, _, _) = step(&s, at: at(2)) else {
             Issue.record("expected a settle")
             return
         }
@@ -201,7 +201,7 @@ import Testing
         s.completed(ok(5, [9]), now: at(100))
         #expect(s.takeRetiredTokens().count == 1)  // its task is no longer needed
         #expect(step(&s, at: at(100)) == .wait(until: at(110)))
-        guard case .settle(let records, let n, _) = step(&s, at: at(110)) else {
+        guard case .settle(let records, let n, _, _) = step(&s, at: at(110)) else {
             Issue.record("the result was not recorded after the delay")
             return
         }
@@ -216,7 +216,7 @@ import Testing
         var s = worker(concurrency: 1) { $0.localBuffer = 0 }
         claim(&s, [job(1)], at: t0, wanted: 1)
         s.completed(ok(1), now: at(3))
-        guard case .settle(let records, _, _) = step(&s, at: at(3)) else {
+        guard case .settle(let records, _, _, _) = step(&s, at: at(3)) else {
             Issue.record("expected the result to be recorded at once")
             return
         }
@@ -227,7 +227,7 @@ import Testing
         var s = worker(concurrency: 2) { $0.bufferedWork = .seconds(1) }
         var id: Int64 = 0
         func claimAll(at now: Int, extra: [Job] = []) -> [State.Submission] {
-            guard case .settle(let r, let n, _) = step(&s, at: at(now)), n > 0 else {
+            guard case .settle(let r, let n, _, _) = step(&s, at: at(now)), n > 0 else {
                 Issue.record("no claim at \(now) ms")
                 return []
             }
@@ -255,7 +255,7 @@ import Testing
         for j in jobIDs(subs).joined() {
             t += 2000
             s.completed(ok(j), now: at(t))
-            if case .settle(let r, let k, _) = step(&s, at: at(t)) {
+            if case .settle(let r, let k, _, _) = step(&s, at: at(t)) {
                 s.settled(r, claimed: [], claimWanted: 0, now: at(t))
                 _ = k
             }
@@ -271,7 +271,7 @@ import Testing
         for attempt in 1...4 {
             claim(&s, [job(1, attempt: attempt, maxAttempts: 4, backoffMs: 1000)], at: t0)
             s.completed(failed(1, attempt: attempt), now: t0)
-            guard case .settle(let records, _, _) = step(&s, at: t0), let r = records.first else {
+            guard case .settle(let records, _, _, _) = step(&s, at: t0), let r = records.first else {
                 Issue.record("expected a settle")
                 return
             }
@@ -298,7 +298,8 @@ import Testing
         var s = worker(concurrency: 1) { $0.localBuffer = 0 }
         claim(&s, [job(1, attempt: 30, maxAttempts: 40, backoffMs: 1000)], at: t0)
         s.completed(failed(1, attempt: 30), now: t0)
-        guard case .settle(let records, _, _) = step(&s, at: t0), case .retry(let after, _) = records.first?.resolution
+        guard case .settle(let records, _, _, _) = step(&s, at: t0),
+            case .retry(let after, _) = records.first?.resolution
         else {
             Issue.record("expected a retry")
             return
@@ -314,7 +315,7 @@ import Testing
         claim(&s, [job(1), job(2)], at: t0)
         s.completed(failed(1, JobQueueError(.malformedJob, "cannot decode")), now: t0)
         s.completed(ok(2, [1, 2, 3, 4, 5]), now: t0)
-        guard case .settle(let records, _, _) = step(&s, at: t0) else {
+        guard case .settle(let records, _, _, _) = step(&s, at: t0) else {
             Issue.record("expected a settle")
             return
         }
@@ -335,7 +336,7 @@ import Testing
         claim(&s, [job(1, kind: "app.Missing"), job(2, kind: "app.Missing")], at: t0)
         s.completed(failed(1, JobQueueError(.unknownJob, "no such type")), now: t0)
         s.completed(failed(2, JobQueueError(.unknownJob, "no such type")), now: t0)
-        guard case .settle(let records, let n, let skipping) = step(&s, at: t0) else {
+        guard case .settle(let records, let n, let skipping, _) = step(&s, at: t0) else {
             Issue.record("expected a settle")
             return
         }
@@ -352,7 +353,7 @@ import Testing
         claim(&s, [job(1), job(2, maxAttempts: 1)], at: t0)
         s.completed(failed(1, PoolError(.terminated, "the pool was terminated")), now: t0)
         s.completed(failed(2, PoolError(.terminated, "the pool was terminated")), now: t0)
-        guard case .settle(let records, _, _) = step(&s, at: t0) else {
+        guard case .settle(let records, _, _, _) = step(&s, at: t0) else {
             Issue.record("expected a settle")
             return
         }
@@ -405,7 +406,7 @@ import Testing
         // Job 1 stops with an error: cancelled. Job 2 finished anyway: it keeps its result.
         s.completed(failed(1, Boom()), now: at(10_001))
         s.completed(ok(2, [7]), now: at(10_001))
-        guard case .settle(let records, _, _) = step(&s, at: at(10_001)) else {
+        guard case .settle(let records, _, _, _) = step(&s, at: at(10_001)) else {
             Issue.record("expected a settle")
             return
         }
@@ -422,7 +423,7 @@ import Testing
         }
         // The heartbeat finds job 12 no longer this worker's (its lease expired while the database was
         // away, and another worker rescued it). (First, the poll's claim finds nothing.)
-        if case .settle(let r, let n, _) = step(&s, at: at(10_000)) {
+        if case .settle(let r, let n, _, _) = step(&s, at: at(10_000)) {
             s.settled(r, claimed: [], claimWanted: n, now: at(10_000))
         }
         #expect(step(&s, at: at(10_000)) == .heartbeat)
@@ -449,7 +450,7 @@ import Testing
         // A claim committed but its answer was lost with the connection: job 7 is this worker's in the
         // database only. The heartbeat renews it; it goes back to the queue at once, uncounted. (First,
         // the poll's claim finds nothing.)
-        if case .settle(let r, let n, _) = step(&s, at: at(10_000)) {
+        if case .settle(let r, let n, _, _) = step(&s, at: at(10_000)) {
             s.settled(r, claimed: [], claimWanted: n, now: at(10_000))
         }
         #expect(step(&s, at: at(10_000)) == .heartbeat)
@@ -467,7 +468,7 @@ import Testing
         let stopping = s.requestStop(.finish, now: at(1))
         #expect(stopping)
         s.completed(ok(1), now: at(2))
-        guard case .settle(let records, 0, _) = step(&s, at: at(2)) else {
+        guard case .settle(let records, 0, _, _) = step(&s, at: at(2)) else {
             Issue.record("a stopping worker records at once and claims nothing")
             return
         }
@@ -477,7 +478,7 @@ import Testing
             return
         }
         s.completed(ok(2), now: at(3))
-        guard case .settle(let r2, 0, _) = step(&s, at: at(3)) else { return }
+        guard case .settle(let r2, 0, _, _) = step(&s, at: at(3)) else { return }
         s.settled(r2, claimed: [], claimWanted: 0, now: at(3))
         #expect(step(&s, at: at(3)) == .exit)
         #expect(s.finished == 2)
@@ -500,7 +501,7 @@ import Testing
         let subs = claim(&s, [job(1), job(2)], at: t0)
         s.completed(ok(1), now: at(1))
         _ = s.requestStop(.handBack, now: at(1))
-        guard case .settle(let records, 0, _) = step(&s, at: at(1)) else {
+        guard case .settle(let records, 0, _, _) = step(&s, at: at(1)) else {
             Issue.record("finished results are recorded before the hand-back")
             return
         }
@@ -532,14 +533,14 @@ import Testing
         s.completed(ok(1), now: at(2))
         guard case .settle = step(&s, at: at(2)) else { return }
         s.databaseFailed(now: at(2))  // once
-        guard case .settle(let again, 0, _) = step(&s, at: at(100)) else {
+        guard case .settle(let again, 0, _, _) = step(&s, at: at(100)) else {
             Issue.record("the result is recorded on a later turn")
             return
         }
         s.settled(again, claimed: [], claimWanted: 0, now: at(100))
         // Job 1's result is recorded; at the end of the grace only job 2, still running, goes back.
         s.completed(ok(2), now: at(6000))
-        guard case .settle(let last, 0, _) = step(&s, at: at(6000)) else {
+        guard case .settle(let last, 0, _, _) = step(&s, at: at(6000)) else {
             Issue.record("a finished job is recorded, not handed back, once the database is back")
             return
         }
@@ -565,7 +566,7 @@ import Testing
         var s = worker(concurrency: 1) { $0.localBuffer = 0 }
         claim(&s, [job(1)], at: t0)
         s.completed(ok(1), now: at(1))
-        guard case .settle(let records, _, _) = step(&s, at: at(1)) else { return }
+        guard case .settle(let records, _, _, _) = step(&s, at: at(1)) else { return }
         s.databaseFailed(now: at(1))
         #expect(step(&s, at: at(1)) == .wait(until: at(51)))
         #expect(step(&s, at: at(51)) == .settle(records, claim: 1, skipping: []))
@@ -602,6 +603,53 @@ import Testing
 
     // MARK: the worker's own row (the console's list of workers)
 
+    /// A worker that reads its limited queues.
+    func limited() -> State {
+        var config = State.Config(QueueWorkerOptions(concurrency: 2), workers: 2, canListen: false)
+        config.readsLimits = true
+        return State(config, now: t0, seed: 42)
+    }
+
+    /// The limited queues are read before the first claim and again every second; each claim takes them
+    /// along; a failed read waits the poll interval like any database call, and claims go on with what
+    /// was last read (the ordinary claim leaves limited queues alone whatever the worker knows).
+    @Test func limitedQueuesAreReadBeforeTheFirstClaimAndEverySecond() {
+        var s = limited()
+        #expect(step(&s, at: t0) == .readLimits)
+        s.limitsRead(["mail"], now: t0)
+        guard case .settle(_, let n, _, let queues) = step(&s, at: t0) else {
+            Issue.record("expected a claim")
+            return
+        }
+        #expect(n > 0 && queues == ["mail"])
+        s.settled([], claimed: [], claimWanted: n, now: t0)
+        var reads = 0
+        var now = 1
+        while now <= 3000 {
+            switch step(&s, at: at(now)) {
+            case .readLimits:
+                reads += 1
+                s.limitsRead(reads == 1 ? [] : ["mail"], now: at(now))
+            case .settle(let r, let n, _, let queues):
+                #expect(queues == (now < 1000 || now >= 2000 ? ["mail"] : []))
+                s.settled(r, claimed: [], claimWanted: n, now: at(now))
+            case .wait(let until): now = max(now + 1, Int((until - t0) / .milliseconds(1)))
+            default: now += 1
+            }
+        }
+        #expect(reads == 3)  // at 1 s, 2 s, 3 s
+        // A failed read: the next claim a poll interval later, with the queues last read.
+        var f = limited()
+        #expect(step(&f, at: t0) == .readLimits)
+        f.databaseFailed(now: t0)
+        #expect(step(&f, at: t0) == .wait(until: at(50)))
+        guard case .settle(_, _, _, let after) = step(&f, at: at(50)) else {
+            Issue.record("expected a claim after the poll interval")
+            return
+        }
+        #expect(after == [])
+    }
+
     /// A worker that announces.
     func announcing(_ configure: (inout QueueWorkerOptions) -> Void = { _ in }) -> State {
         var o = QueueWorkerOptions(concurrency: 2)
@@ -625,7 +673,7 @@ import Testing
             case .announce:
                 announcements += 1
                 s.announced(now: at(now))
-            case .settle(let r, let n, _): s.settled(r, claimed: [], claimWanted: n, now: at(now))
+            case .settle(let r, let n, _, _): s.settled(r, claimed: [], claimWanted: n, now: at(now))
             case .wait(let until): now = max(now + 1, Int((until - t0) / .milliseconds(1)))
             default: now += 1
             }
@@ -654,7 +702,7 @@ import Testing
         let subs = claim(&s, [job(1)], at: at(50))
         #expect(jobIDs(subs) == [[1]])
         s.completed(ok(1), now: at(60))
-        guard case .settle(let records, _, _) = step(&s, at: at(60)) else {
+        guard case .settle(let records, _, _, _) = step(&s, at: at(60)) else {
             Issue.record("the result is recorded at once")
             return
         }
@@ -666,7 +714,7 @@ import Testing
         while announcedAt == nil && now < 20_000 {
             switch step(&s, at: at(now)) {
             case .announce: announcedAt = now
-            case .settle(let r, let n, _): s.settled(r, claimed: [], claimWanted: n, now: at(now))
+            case .settle(let r, let n, _, _): s.settled(r, claimed: [], claimWanted: n, now: at(now))
             case .wait(let until): now = max(now + 1, Int((until - t0) / .milliseconds(1)))
             default: now += 1
             }
@@ -687,7 +735,7 @@ import Testing
         #expect(step(&s, at: at(1)) == .announce)  // "stopping", at once
         s.announceFailed(now: at(1))
         s.completed(ok(1), now: at(11))
-        guard case .settle(let records, 0, _) = step(&s, at: at(11)) else {
+        guard case .settle(let records, 0, _, _) = step(&s, at: at(11)) else {
             Issue.record("the result is recorded, not handed back")
             return
         }

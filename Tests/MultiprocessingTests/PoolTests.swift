@@ -419,9 +419,12 @@ struct ProcessPoolTests {
             #expect(p.done == 500 && p.total == 500 && p.failed == 0)
             #expect(p.workers.count == 2)
             #expect(p.workers.allSatisfy { $0.startup != nil && $0.tasks > 0 })
+            #expect(p.workers.allSatisfy { ($0.peakMemory ?? 0) > 0 })
             var iterator = pool.progress(every: .milliseconds(10)).makeAsyncIterator()
             let first = await iterator.next()
             #expect(first?.fractionDone == 1)
+            // The periodic snapshots leave out what costs a file read per worker.
+            #expect(first?.workers.allSatisfy { $0.peakMemory == nil } == true)
         }
     }
 

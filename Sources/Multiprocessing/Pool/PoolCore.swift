@@ -576,9 +576,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
 
     // MARK: - progress and insight
 
-    /// A snapshot of the pool's progress, with each worker's current item's age (from its shared page) and
-    /// its peak memory (from `/proc`, read outside the pool's lock).
-    func progress() -> PoolProgress {
+    /// A snapshot of the pool's progress, with each worker's current item's age (from its shared page) and,
+    /// with `peakMemory`, its peak memory (from `/proc`, read outside the pool's lock: a file read per
+    /// worker, which a snapshot taken every 100 ms does not pay).
+    func progress(peakMemory: Bool = true) -> PoolProgress {
         var p = withGuarded { g in
             var p = g.state.progress(now: PoolInstant.now)
             let monoNow = PoolClock.coarse()  // the clock workers stamp item starts with
@@ -590,6 +591,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             for i in p.workers.indices { p.workers[i].currentItemAge = ages[p.workers[i].pid] }
             return p
         }
+        guard peakMemory else { return p }
         for i in p.workers.indices { p.workers[i].peakMemory = ProcessMemory.peakResident(pid: p.workers[i].pid) }
         return p
     }

@@ -278,13 +278,15 @@ public final class ProcessPool: Sendable {
     /// Progress and per-worker insights now.
     public var currentProgress: PoolProgress { core.progress() }
 
-    /// Progress snapshots every `interval`, until the consuming task stops iterating.
+    /// Progress snapshots every `interval`, until the consuming task stops iterating. Their workers'
+    /// ``WorkerInsight/peakMemory`` is nil (``currentProgress`` reads it): a read of `/proc` per worker on
+    /// every tick is the parent's time taken from the workers.
     public func progress(every interval: Duration = .milliseconds(100)) -> AsyncStream<PoolProgress> {
         let core = self.core
         return AsyncStream { continuation in
             let task = Task {
                 while !Task.isCancelled {
-                    continuation.yield(core.progress())
+                    continuation.yield(core.progress(peakMemory: false))
                     try? await Task.sleep(for: interval)
                 }
                 continuation.finish()

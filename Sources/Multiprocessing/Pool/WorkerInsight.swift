@@ -15,7 +15,8 @@ public struct WorkerInsight: Sendable {
     /// How long the item it runs now has run (nil while it runs none): a long one is a hang, or a big item.
     public var currentItemAge: Duration? = nil
     /// Its peak resident memory in bytes (the kernel's high-water mark, `VmHWM`), read when the snapshot
-    /// was taken; nil when it could not be read.
+    /// was taken (``ProcessPool/currentProgress``; not in ``ProcessPool/progress(every:)``'s periodic
+    /// snapshots); nil when it could not be read or was not asked for.
     public var peakMemory: Int? = nil
     /// Whether it runs an item now.
     public var busy: Bool { currentItemAge != nil }

@@ -12,11 +12,16 @@ import Threading
 ///
 /// - A running job counts until it is recorded: one whose worker was killed counts until its lease
 ///   expires and it is rescued.
-/// - The rate is a sliding window over starts: in no interval of length `period` do more than `count`
-///   jobs start (a counter per fixed window would let twice as many through across its boundary). A
-///   retried attempt is a start; a job handed back unrun (its worker stopping) stays counted.
+/// - The rate is a sliding window over claims: in no interval of length `period` are more than `count`
+///   jobs claimed (a counter per fixed window would let twice as many through across its boundary). A
+///   worker claims a limited queue's jobs only into its free pool workers, not its local buffer, so a
+///   claim is a start, within the moment it takes to hand the job to the pool. A retried attempt is a
+///   start; a job handed back unrun (its worker stopping) stays counted.
+/// - A worker claims from its limited queues first, each in turn, then from the others: a busy unlimited
+///   queue does not starve a limited one (which, limited, cannot starve it).
 /// - Workers read which of their queues are limited when they start and every second (or poll interval,
-///   if longer): a limit set while they run keeps the queue's jobs out of their ordinary claim at once,
+///   if longer): a limit set while they run keeps the queue's jobs out of their ordinary claim from the
+///   next claim on (one already under way when the limit is committed may still take a batch of them),
 ///   and lets them through their limited claim within that second.
 /// - Times are the workers' clocks: keep the machines' clocks in step (NTP), as for delayed jobs.
 /// - Workers of versions before this one do not know limits and ignore them.
@@ -67,8 +72,8 @@ public struct QueueLimit: Sendable, Hashable, CustomStringConvertible {
 
     /// Refuses what a claim could not enforce.
     func validate() throws(JobQueueError) {
-        if let concurrency, concurrency < 1 {
-            throw JobQueueError(.invalidLimit, "a concurrency limit is at least 1 (got \(concurrency))")
+        if let concurrency, concurrency < 1 || concurrency > 1_000_000 {
+            throw JobQueueError(.invalidLimit, "a concurrency limit is between 1 and 1,000,000 (got \(concurrency))")
         }
         if let rate {
             guard rate.count >= 1 else { throw JobQueueError(.invalidLimit, "a rate is at least 1 job per period") }

@@ -20,48 +20,75 @@ struct QueueStatements: Sendable {
     let logger: Logger
 
     /// Records finished attempts and claims up to `n` due jobs of types not in `skipping`, in one
-    /// transaction; then, with room left, jobs of the `limited` queues as their limits allow.
+    /// transaction; with `limited` queues, records, then claims from those as their limits allow, then
+    /// from the others.
     ///
     /// Where the database can write inside `WITH` (PostgreSQL), completed results and the claim are one
     /// statement: one round trip and one commit for both; the claim skips rows other workers are claiming
     /// (`FOR UPDATE SKIP LOCKED`). Other outcomes, rarer, are recorded one by one before it. Elsewhere
     /// (SQLite) `BEGIN IMMEDIATE` takes the write lock first, so the transaction never fails half-way for a
     /// lock. Queues with a limit (`mp_queue_limits`) are left out of that claim, whose cost stays what it
-    /// was; each of `limited` is claimed from in a transaction of its own that locks its limit
-    /// (``claimLimited(_:_:skipping:now:on:)``).
+    /// was. A worker that serves some (`limited`) claims from them first, each in a transaction of its own
+    /// that locks its limit (``claimLimited(_:_:skipping:clock:on:)``), up to `limited.room` (its free
+    /// pool workers: a limited job claimed is a job started), so that an unlimited queue kept full cannot
+    /// starve them; they cannot starve it in turn beyond what their limits let through.
+    ///
+    /// Once the records are committed, a claim that fails ends the call with the jobs claimed until then
+    /// (logged): they are held, and the records are not sent again.
     func settle(
         _ records: [Record],
         claiming n: Int,
         skipping: [String],
-        limited: [String] = [],
+        limited: QueueWorkerState.LimitedClaim = .none,
         on c: any SQLConnection
     ) throws -> [Job] {
+        if limited.queues.isEmpty || n == 0 {
+            return try settleAndClaim(records, claiming: n, skipping: skipping, on: c)
+        }
+        _ = try settleAndClaim(records, claiming: 0, skipping: skipping, on: c)
+        var jobs: [Job] = []
+        do {
+            for q in limited.queues where jobs.count < min(n, limited.room) {
+                jobs += try claimLimited(q, min(n, limited.room) - jobs.count, skipping: skipping, on: c)
+            }
+            if jobs.count < n {
+                jobs += try claim(n - jobs.count, skipping: skipping, now: QueueSchema.nowMs(), results: [], on: c)
+            }
+        } catch {
+            logger.warning(
+                "a claim failed after the results were recorded; the jobs claimed before it are kept",
+                metadata: ["claimed": "\(jobs.count)", "error": "\(error)"]
+            )
+        }
+        return jobs
+    }
+
+    /// Records `records` and claims up to `n` jobs of the queues without a limit, in one transaction.
+    private func settleAndClaim(
+        _ records: [Record],
+        claiming n: Int,
+        skipping: [String],
+        on c: any SQLConnection
+    )
+        throws -> [Job]
+    {
         let now = QueueSchema.nowMs()
-        var jobs: [Job]
-        if !c.dialect.modifiesDataInWith {
-            jobs = try c.transaction(immediate: true) {
+        guard c.dialect.modifiesDataInWith else {
+            return try c.transaction(immediate: true) {
                 try recordOneByOne(records, now: now, on: c)
                 return n > 0 ? try claim(n, skipping: skipping, now: now, results: [], on: c) : []
             }
-        } else {
-            var results: [Record] = []
-            var rest: [Record] = []
-            for r in records {
-                if case .complete = r.resolution { results.append(r) } else { rest.append(r) }
-            }
-            if rest.isEmpty {
-                jobs = try claim(n, skipping: skipping, now: now, results: results, on: c)
-            } else {
-                jobs = try c.transaction(immediate: true) {
-                    try recordOneByOne(rest, now: now, on: c)
-                    return try claim(n, skipping: skipping, now: now, results: results, on: c)
-                }
-            }
         }
-        for q in limited where jobs.count < n {
-            jobs += try claimLimited(q, n - jobs.count, skipping: skipping, now: now, on: c)
+        var results: [Record] = []
+        var rest: [Record] = []
+        for r in records {
+            if case .complete = r.resolution { results.append(r) } else { rest.append(r) }
         }
-        return jobs
+        if rest.isEmpty { return try claim(n, skipping: skipping, now: now, results: results, on: c) }
+        return try c.transaction(immediate: true) {
+            try recordOneByOne(rest, now: now, on: c)
+            return try claim(n, skipping: skipping, now: now, results: results, on: c)
+        }
     }
 
     /// The worker's queues that have a limit.
@@ -82,25 +109,29 @@ struct QueueStatements: Sendable {
     /// transaction that locks the limit's row (PostgreSQL: `FOR UPDATE`; SQLite: the database's write
     /// lock), so that two workers never both see the same room: running jobs of the queue counted against
     /// its concurrency, starts in the last period against its rate, and the starts of the jobs claimed
-    /// recorded before the lock is released.
+    /// recorded, at `clock`'s time once the lock is held, before the lock is released.
     func claimLimited(
         _ queue: String,
         _ n: Int,
         skipping: [String],
-        now: Int64,
+        clock: () -> Int64 = QueueSchema.nowMs,
         on c: any SQLConnection
-    ) throws
-        -> [Job]
-    {
+    ) throws -> [Job] {
         let d = c.dialect
         let q = d.parameter(1)
         return try c.transaction(immediate: true) {
+            // Each statement sees what committed before it (the counts below follow the claims of the
+            // worker that held the lock before), whatever the server's default isolation.
+            if d.skipsLockedRows { try c.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED") }
             var limit: (concurrency: Int64?, rate: Int64?, period: Int64?)?
             try c.forEachRow(
                 "SELECT concurrency, rate, period_ms FROM mp_queue_limits WHERE queue = \(q)\(d.skipsLockedRows ? " FOR UPDATE" : "")",
                 [.text(queue)]
             ) { r in limit = (r[0].intValue, r[1].intValue, r[2].intValue) }
             guard let limit else { return [] }  // removed since the worker looked
+            // The time once the lock is held: starts are recorded when they happen, not when the worker
+            // began to wait for the lock.
+            let now = clock()
             var room = Int64(n)
             if let concurrency = limit.concurrency {
                 let running =

@@ -130,15 +130,24 @@ public final class QueueWorker: Sendable {
         log.info("queue worker starts", metadata: ["worker": "\(name)", "queues": "\(options.queues)"])
 
         /// Runs `body` on the connection, reconnecting after a connection error (the call is not repeated:
-        /// a statement that may have run is not run twice). A failure is reported to the state.
-        func database<R>(_ what: String, _ body: (any SQLConnection) throws -> R) -> R? {
+        /// a statement that may have run is not run twice). A failure is reported to the state; a statement
+        /// that failed on a working connection goes to `statementFailed` instead, when there is one.
+        func database<R>(
+            _ what: String,
+            statementFailed: ((any Error) -> Void)? = nil,
+            _ body: (any SQLConnection) throws -> R
+        ) -> R? {
             do {
                 if connection == nil { connection = try Database.connect(url) }
                 return try body(connection!)
             } catch {
-                if let e = error as? SQLError, e.kind == .connection {
+                let lostConnection = connection == nil || (error as? SQLError)?.kind == .connection
+                if lostConnection {
                     connection?.close()
                     connection = nil
+                } else if let statementFailed {
+                    statementFailed(error)
+                    return nil
                 }
                 lastError = error
                 log.warning("database call failed; will retry", metadata: ["call": "\(what)", "error": "\(error)"])
@@ -276,21 +285,16 @@ public final class QueueWorker: Sendable {
                         )
                     }
                 )
-                do {
-                    if connection == nil { connection = try Database.connect(url) }
-                    try statements.announce(presence, on: connection!)
-                    state.announced(now: clock.now)
-                } catch let e as SQLError where e.kind == .connection {
-                    connection?.close()
-                    connection = nil
-                    lastError = e
-                    log.warning("database call failed; will retry", metadata: ["call": "announce", "error": "\(e)"])
-                    state.databaseFailed(now: clock.now)
-                } catch {
-                    // The row is the console's: the jobs do not wait for it.
-                    log.warning("cannot announce the worker in mp_workers", metadata: ["error": "\(error)"])
-                    state.announceFailed(now: clock.now)
-                }
+                let written: Void? = database(
+                    "announce",
+                    statementFailed: { error in
+                        // The row is the console's: the jobs do not wait for it.
+                        log.warning("cannot announce the worker in mp_workers", metadata: ["error": "\(error)"])
+                        state.announceFailed(now: clock.now)
+                    },
+                    { c in try statements.announce(presence, on: c) }
+                )
+                if written != nil { state.announced(now: clock.now) }
 
             case .retire:
                 // Best effort: a row left behind shows the worker as lost, and is deleted after a day.

@@ -124,6 +124,15 @@ struct QueueWorkerState: Sendable {
         let firstOfKind: Bool
     }
 
+    /// The limited queues a claim takes from first, and how many of their jobs at most: the free pool
+    /// workers (not the local buffer), so that a limited job claimed starts at once and the rate its
+    /// limit counts at claims is the rate at which its jobs start.
+    struct LimitedClaim: Sendable, Equatable {
+        var queues: [String]
+        var room: Int
+        static let none = LimitedClaim(queues: [], room: 0)
+    }
+
     /// Jobs for the pool, alone or as one task.
     enum Submission: Sendable, Equatable {
         case one(Token, Job)
@@ -140,7 +149,7 @@ struct QueueWorkerState: Sendable {
         /// Record `records` and claim up to `claim` due jobs (none when 0) of types not in `skipping`, in
         /// one transaction, then from the `limited` queues as their limits allow; report
         /// ``settled(_:claimed:claimWanted:now:)`` or ``databaseFailed(now:)``.
-        case settle([Record], claim: Int, skipping: [String], limited: [String] = [])
+        case settle([Record], claim: Int, skipping: [String], limited: LimitedClaim = .none)
         /// Read which of the worker's queues have a limit; report ``limitsRead(_:now:)`` or
         /// ``databaseFailed(now:)``.
         case readLimits
@@ -551,7 +560,13 @@ struct QueueWorkerState: Sendable {
             return .readLimits
         }
         if want > 0 || flushDue(now: now) && databaseReady && !(handingBack && stopFlushFailed) {
-            return .settle(pending, claim: want, skipping: unknownKinds.sorted(), limited: want > 0 ? limited : [])
+            var claimLimited = LimitedClaim.none
+            if want > 0 && !limited.isEmpty {
+                claimLimited = LimitedClaim(queues: limited, room: max(0, config.concurrency - inPool))
+                // The next claim starts at the next queue: none of them waits behind another for ever.
+                limited.append(limited.removeFirst())
+            }
+            return .settle(pending, claim: want, skipping: unknownKinds.sorted(), limited: claimLimited)
         }
         if handingBack {
             exited = true

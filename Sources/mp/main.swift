@@ -361,7 +361,8 @@ struct QueueLimitCommand: ParsableCommand {
         abstract:
             "Sets or removes a queue's limits across all its workers: jobs running at once, jobs started per period.",
         discussion: """
-            mp queue limit --database sqlite:q.db --queue mail --concurrency 2 --rate 10/1s sets both;             --remove removes them. Periods: ms, s, m, h. Without a limit option, prints the queue's limit.
+            mp queue limit --database sqlite:q.db --queue mail --concurrency 2 --rate 10/1s sets both; \
+            --remove removes them. Periods: ms, s, m, h. Without a limit option, prints the queue's limit.
             """
     )
 

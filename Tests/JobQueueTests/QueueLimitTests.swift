@@ -60,7 +60,7 @@ struct QueueLimitTests {
             let c = try Database.connect(db.url)
             defer { c.close() }
             func claim(_ n: Int, at now: Int64) throws -> Int {
-                try s.claimLimited("default", n, skipping: [], now: now, on: c).count
+                try s.claimLimited("default", n, skipping: [], clock: { now }, on: c).count
             }
             let t0 = QueueSchema.nowMs()
             #expect(try claim(2, at: t0) == 2)
@@ -99,9 +99,18 @@ struct QueueLimitTests {
             )
             #expect(try a.limitedQueues(on: c) == ["default"])
             // The ordinary claim takes the unlimited queue's jobs; the limited claim two of the other's.
-            let first = try a.settle([], claiming: 10, skipping: [], limited: ["default"], on: c)
+            let first = try a.settle(
+                [],
+                claiming: 10,
+                skipping: [],
+                limited: .init(queues: ["default"], room: 10),
+                on: c
+            )
             #expect(first.count == 3 + 2)
-            #expect(try b.settle([], claiming: 10, skipping: [], limited: ["default"], on: c).isEmpty)
+            #expect(
+                try b.settle([], claiming: 10, skipping: [], limited: .init(queues: ["default"], room: 10), on: c)
+                    .isEmpty
+            )
             // One recorded: one place.
             let done = try #require(first.first { j in try queue.info(j.id)?.queue == "default" })
             let record = QueueWorkerState.Record(
@@ -113,11 +122,25 @@ struct QueueLimitTests {
                 firstOfKind: false
             )
             #expect(try a.settle([record], claiming: 0, skipping: [], on: c).isEmpty)
-            #expect(try b.settle([], claiming: 10, skipping: [], limited: ["default"], on: c).count == 1)
-            #expect(try b.settle([], claiming: 10, skipping: [], limited: ["default"], on: c).isEmpty)
-            // Raised: room at once.
+            #expect(
+                try b.settle([], claiming: 10, skipping: [], limited: .init(queues: ["default"], room: 10), on: c).count
+                    == 1
+            )
+            #expect(
+                try b.settle([], claiming: 10, skipping: [], limited: .init(queues: ["default"], room: 10), on: c)
+                    .isEmpty
+            )
+            // Raised: room at once, up to the worker's free pool workers (`room`); the rest of the claim
+            // goes to the unlimited queues.
             try queue.setLimit(QueueLimit(concurrency: 5), for: "default")
-            #expect(try b.settle([], claiming: 10, skipping: [], limited: ["default"], on: c).count == 3)
+            #expect(
+                try b.settle([], claiming: 10, skipping: [], limited: .init(queues: ["default"], room: 1), on: c).count
+                    == 1
+            )
+            #expect(
+                try b.settle([], claiming: 10, skipping: [], limited: .init(queues: ["default"], room: 10), on: c).count
+                    == 2
+            )
         }
     }
 

@@ -611,34 +611,48 @@ import Testing
     }
 
     /// The limited queues are read before the first claim and again every second; each claim takes them
-    /// along; a failed read waits the poll interval like any database call, and claims go on with what
-    /// was last read (the ordinary claim leaves limited queues alone whatever the worker knows).
+    /// along, starting at the next one each time, with the free pool workers as their room; a failed read
+    /// waits the poll interval like any database call, and claims go on with what was last read (the
+    /// ordinary claim leaves limited queues alone whatever the worker knows).
     @Test func limitedQueuesAreReadBeforeTheFirstClaimAndEverySecond() {
         var s = limited()
         #expect(step(&s, at: t0) == .readLimits)
-        s.limitsRead(["mail"], now: t0)
-        guard case .settle(_, let n, _, let queues) = step(&s, at: t0) else {
+        s.limitsRead(["a", "b"], now: t0)
+        guard case .settle(_, let n, _, let first) = step(&s, at: t0) else {
             Issue.record("expected a claim")
             return
         }
-        #expect(n > 0 && queues == ["mail"])
-        s.settled([], claimed: [], claimWanted: n, now: t0)
+        #expect(n > 0 && first == .init(queues: ["a", "b"], room: 2))
+        // One job claimed and running: one free pool worker; the other queue first.
+        s.settled([], claimed: [job(1)], claimWanted: n, now: t0)
+        guard case .submit = step(&s, at: t0) else {
+            Issue.record("expected the job to go to the pool")
+            return
+        }
+        // The queues were seen empty: the next claim is a poll later.
+        guard case .settle(_, _, _, let second) = step(&s, at: at(50)) else {
+            Issue.record("expected a claim")
+            return
+        }
+        #expect(second == .init(queues: ["b", "a"], room: 1))
+        s.settled([], claimed: [], claimWanted: 1, now: at(50))
         var reads = 0
-        var now = 1
+        var now = 51
         while now <= 3000 {
             switch step(&s, at: at(now)) {
             case .readLimits:
                 reads += 1
-                s.limitsRead(reads == 1 ? [] : ["mail"], now: at(now))
-            case .settle(let r, let n, _, let queues):
-                #expect(queues == (now < 1000 || now >= 2000 ? ["mail"] : []))
+                s.limitsRead(reads == 1 ? [] : ["a"], now: at(now))
+            case .settle(let r, let n, _, let claim):
+                if now >= 1000 && now < 2000 { #expect(claim == .none) }
+                if now >= 2000 { #expect(claim.queues == ["a"]) }
                 s.settled(r, claimed: [], claimWanted: n, now: at(now))
             case .wait(let until): now = max(now + 1, Int((until - t0) / .milliseconds(1)))
             default: now += 1
             }
         }
         #expect(reads == 3)  // at 1 s, 2 s, 3 s
-        // A failed read: the next claim a poll interval later, with the queues last read.
+        // A failed read: the next claim a poll interval later, with the queues last read (none).
         var f = limited()
         #expect(step(&f, at: t0) == .readLimits)
         f.databaseFailed(now: t0)
@@ -647,7 +661,7 @@ import Testing
             Issue.record("expected a claim after the poll interval")
             return
         }
-        #expect(after == [])
+        #expect(after == .none)
     }
 
     /// A worker that announces.

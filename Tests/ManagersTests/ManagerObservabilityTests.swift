@@ -10,18 +10,6 @@ import Testing
 
 @testable import MultiprocessingManagers
 
-/// Collects log messages.
-struct CollectingHandler: LogHandler {
-    let messages: Locked<[String]>
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) { messages.withLock { $0.append("\(event.level) \(event.message)") } }
-}
-
 /// Squares, but item 3 kills its worker (SIGKILL) the first time it runs.
 struct SquareOrDieOnce: TaskFunction {
     let marker: String

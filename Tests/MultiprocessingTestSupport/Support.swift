@@ -6,6 +6,7 @@ package import Multiprocessing
 import Synchronization
 package import Testing
 package import Threading
+package import Logging
 
 // MARK: - time and threads
 
@@ -481,4 +482,17 @@ package func runToEnd(
     ended.set()
     if killed.count > 0 { text += "\n[runToEnd: still running after \(timeout), killed]\n" }
     return (p.terminationStatus, p.terminationReason, text)
+}
+
+/// Collects log messages, as `LEVEL message` lines.
+package struct CollectingHandler: LogHandler {
+    package let messages: Locked<[String]>
+    package var metadata: Logger.Metadata = [:]
+    package var logLevel: Logger.Level = .trace
+    package init(messages: Locked<[String]>) { self.messages = messages }
+    package subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    package func log(event: LogEvent) { messages.withLock { $0.append("\(event.level) \(event.message)") } }
 }

@@ -248,6 +248,7 @@ let package = Package(
                 "MultiprocessingPostgres",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/MultiprocessingTestSupport"
         ),

@@ -1,12 +1,12 @@
 // Helpers shared by the test targets (one home instead of copies per file). Not a product.
 import CoreMetrics
 package import Foundation
+package import Logging
 package import MetricsTestKit
 package import Multiprocessing
 import Synchronization
 package import Testing
 package import Threading
-package import Logging
 
 // MARK: - time and threads
 

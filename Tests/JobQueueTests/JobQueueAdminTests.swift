@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 import Multiprocessing
 import MultiprocessingSQL
 import MultiprocessingTestSupport
@@ -243,5 +244,55 @@ struct JobQueueAdminTests {
         #expect(QueueWorkerRecord.Process(line: idle.line[...]) == idle)
         #expect(QueueWorkerRecord.Process(line: "1 2 3") == nil)
         #expect(QueueWorkerRecord.Process(line: "x 2 3 4") == nil)
+    }
+
+    /// A database that refuses the worker's row (here a trigger; in production a role without rights on
+    /// `mp_workers`) costs the jobs nothing: the worker says so in its log and runs them all.
+    @Test(arguments: TestBackend.enabled) func aWorkerWhoseRowIsRefusedStillRunsItsJobs(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let c = try db.connect()
+            defer { c.close() }
+            if c.dialect.notifies {
+                try c.execute(
+                    """
+                    CREATE FUNCTION mp_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN RAISE EXCEPTION 'no workers here'; END $$
+                    """
+                )
+                try c.execute(
+                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT OR UPDATE ON mp_workers FOR EACH ROW EXECUTE FUNCTION mp_test_refuse()"
+                )
+            } else {
+                try c.execute(
+                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_workers BEGIN SELECT RAISE(ABORT, 'no workers here'); END"
+                )
+            }
+            let handles = try queue.enqueue((1...20).map { Square(n: $0) })
+            let messages = Locked<[String]>([])
+            try withTestPool(workers: 2) { pool in
+                let w = try QueueWorker(
+                    db.url,
+                    pool: pool,
+                    options: QueueWorkerOptions(
+                        lease: .milliseconds(600),
+                        pollInterval: .milliseconds(5),
+                        logger: Logger(label: "test") { _ in CollectingHandler(messages: messages) }
+                    )
+                )
+                let running = background { try w.run() }
+                for (i, h) in handles.enumerated() { #expect(try h.result(timeout: .seconds(30)) == (i + 1) * (i + 1)) }
+                // Announcements are due every 200 ms: several were refused while the jobs ran.
+                try eventually("the refusal was logged twice") {
+                    messages.withLock {
+                        $0.filter { $0.contains("cannot announce the worker in mp_workers") }.count >= 2
+                    }
+                }
+                w.stop()
+                #expect(try running.result(timeout: .seconds(30)) == 20)
+            }
+            #expect(try queue.workers().isEmpty)
+            #expect(try queue.counts() == [.completed: 20])
+        }
     }
 }

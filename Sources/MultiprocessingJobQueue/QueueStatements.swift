@@ -45,7 +45,9 @@ struct QueueStatements: Sendable {
         if limited.queues.isEmpty || n == 0 {
             return try settleAndClaim(records, claiming: n, skipping: skipping, on: c)
         }
-        _ = try settleAndClaim(records, claiming: 0, skipping: skipping, on: c)
+        // Nothing to record (an idle worker's poll): no transaction, which on SQLite would take the write
+        // lock for nothing.
+        if !records.isEmpty { _ = try settleAndClaim(records, claiming: 0, skipping: skipping, on: c) }
         var jobs: [Job] = []
         do {
             for q in limited.queues where jobs.count < min(n, limited.room) {

@@ -201,6 +201,17 @@ struct CooperativeSleep: TaskFunction {
     }
 }
 
+/// The name of the thread an item runs on, with " moved" when it is not the same thread after a timer
+/// and a yield.
+struct ThreadAcrossSuspensions: TaskFunction {
+    func callAsFunction(_ x: Int) async throws -> String {
+        let before = pthread_self()
+        try await Task.sleep(for: .milliseconds(1))
+        await Task.yield()
+        return OSThread.current.name + (pthread_equal(before, pthread_self()) != 0 ? "" : " moved")
+    }
+}
+
 /// Throws a Codable error for multiples of 7.
 struct SevensThrow: TaskFunction {
     func callAsFunction(_ x: Int) throws -> Int {

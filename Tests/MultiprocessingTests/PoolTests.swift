@@ -887,6 +887,51 @@ struct SamePoolAPITests {
         #expect(try running.get(timeout: .seconds(30)) == 200)  // a running item runs to its end
     }
 
+    /// An item's task starts on its pool thread and resumes there after every suspension: the
+    /// in-process pool never needs a thread of the cooperative pool.
+    @Test func threadPoolItemsResumeOnTheirPoolThread() throws {
+        let pool = InProcessPool(workers: 2)
+        defer {
+            pool.close()
+            #expect((try? pool.join(timeout: .seconds(30))) == true)
+        }
+        let places = try pool.map(ThreadAcrossSuspensions(), Array(0..<8), chunksize: 1)
+        for p in places {
+            #expect(p.hasPrefix("InProcessPool"), "\(p)")
+            #expect(!p.hasSuffix("moved"), "\(p)")
+        }
+        #expect(try pool.submit(ThreadAcrossSuspensions(), 0).get(timeout: .seconds(30)).hasPrefix("InProcessPool"))
+    }
+
+    /// Every thread of the cooperative pool held by code that blocks (here on purpose; in a program, other
+    /// blocking bridges or a blocking syscall): a blocking in-process pool call whose items suspend still
+    /// finishes. It used to wait for a cooperative thread to run each item's task.
+    @Test func threadPoolServesWhileTheCooperativePoolIsHeld() async throws {
+        // On a thread of its own: the test's task, suspended meanwhile, holds no cooperative thread.
+        try await background {
+            let holders = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))  // the cooperative pool's width
+            let held = TrackedMutex(0)
+            let release = Event()
+            defer { release.set() }
+            for _ in 0..<holders {
+                Task.detached {
+                    held.withLock { $0 += 1 }
+                    holdThread(until: release)
+                }
+            }
+            try eventually("every cooperative thread is held") { held.withLock { $0 } == holders }
+            let pool = InProcessPool(workers: 2)
+            defer {
+                pool.close()
+                #expect((try? pool.join(timeout: .seconds(30))) == true)
+            }
+            let ones = Array(repeating: 1, count: 20)
+            let out = try pool.mapResults(CooperativeSleep(), ones, chunksize: 1, timeout: .seconds(60))
+            #expect(out.compactMap { try? $0.get() } == ones)
+            #expect(try pool.submit(CooperativeSleep(), 2).get(timeout: .seconds(60)) == 2)
+        }.value
+    }
+
     @Test func threadPoolInitializerRunsPerThread() throws {
         let count = TrackedMutex(0)
         let pool = InProcessPool(workers: 2, initializer: { count.withLock { $0 += 1 } })
@@ -911,3 +956,6 @@ struct PoolExhaustionTests {
         #expect(text.contains("done"), "\(text)")
     }
 }
+
+/// Blocks the calling thread until `event` is set (a test holding a cooperative thread on purpose).
+private func holdThread(until event: Event) { _ = event.wait(timeout: .seconds(300)) }

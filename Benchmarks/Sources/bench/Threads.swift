@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Multiprocessing
 import Synchronization
 import Threading
 
@@ -297,6 +298,7 @@ func runThreadsSuite(_ only: Set<String>) {
         }
         report("thread_start_swift", times, "us", digits: 1)
     }
+    if want("inprocess_pool") { runInProcessPoolRows() }
     if want("threadpool") {
         let pool = ThreadPool(maxWorkers: 2)
         _ = try! pool.submit {}.result()
@@ -328,6 +330,45 @@ func runThreadsSuite(_ only: Set<String>) {
         )
         pool.shutdown()
     }
+}
+
+/// An item that suspends once (`Task.yield()`): on `InProcessPool`, the resumption is the cost measured.
+struct YieldOnce: TaskFunction {
+    func callAsFunction(_ x: Int) async -> Int {
+        await Task.yield()
+        return x
+    }
+}
+
+/// An item that never suspends.
+struct PlainItem: TaskFunction {
+    func callAsFunction(_ x: Int) -> Int { x }
+}
+
+/// `InProcessPool.map`, chunk size 1, items that suspend once and items that do not; `submit` round trips
+/// of an async job. Items run on the pool's threads (`CallerRunsExecutor`): what this measures is the
+/// cost of a suspension and of a task per item there.
+func runInProcessPoolRows() {
+    let pool = InProcessPool(workers: 2)
+    let n = 20_000
+    for (name, run) in [
+        ("inprocess_map_yielding_swift", { _ = try! pool.map(YieldOnce(), 0..<n, chunksize: 1) }),
+        ("inprocess_map_plain_swift", { _ = try! pool.map(PlainItem(), 0..<n, chunksize: 1) }),
+        ("inprocess_submit_yielding_swift", { for i in 0..<n { _ = try! pool.submit(YieldOnce(), i).get() } }),
+    ] as [(String, () -> Void)] {
+        report(
+            name,
+            (0..<REPS).map { _ in
+                let t0 = now()
+                run()
+                return Double(n) / (now() - t0)
+            },
+            "items/s",
+            digits: 0
+        )
+    }
+    pool.close()
+    _ = try? pool.join(timeout: .seconds(30))
 }
 
 private func noopThread(_: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? { nil }

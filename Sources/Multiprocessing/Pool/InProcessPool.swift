@@ -250,7 +250,9 @@ public final class InProcessPool: Sendable {
         Result { try g(x as! G.Input) as! Output }
     }
 
-    /// Runs `body` with the options' soft timeout and retries for thrown errors; blocks this pool thread.
+    /// Runs `body` with the options' soft timeout and retries for thrown errors; blocks this pool thread,
+    /// which also runs the item's task (``CallerRunsExecutor``): an item never waits for a thread of the
+    /// cooperative pool, however busy that pool is.
     private func attempt<T: Sendable>(
         _ options: TaskOptions,
         running: RunningTask,
@@ -258,30 +260,12 @@ public final class InProcessPool: Sendable {
     ) -> Result<T, any Error> {
         var n = 1
         while true {
-            let future = Future<T>()
-            let task = Task {
-                do { future.complete(.success(try await body())) } catch { future.complete(.failure(error)) }
+            var (r, timedOut) = CallerRunsExecutor.run(softTimeout: options.softTimeout, running: { running.set($0) }) {
+                try await body()
             }
-            running.set(task)
-            var r: Result<T, any Error>
-            if let soft = options.softTimeout {
-                do {
-                    r = .success(try future.result(timeout: soft))
-                } catch let e as ThreadingError where e.code == .timedOut {
-                    task.cancel()
-                    r = Result { try future.result() }
-                    if case .failure(let e) = r, e is CancellationError {
-                        r = .failure(
-                            PoolError(.timedOut, "the task passed its soft timeout of \(soft) and was cancelled")
-                        )
-                    }
-                } catch {
-                    r = .failure(error)
-                }
-            } else {
-                r = Result { try future.result() }
+            if timedOut, case .failure(let e) = r, e is CancellationError, let soft = options.softTimeout {
+                r = .failure(PoolError(.timedOut, "the task passed its soft timeout of \(soft) and was cancelled"))
             }
-            running.set(nil)
             guard case .failure(let e) = r, !(e is CancellationError) else { return r }
             let cause: RetryPolicy.Cause = (e as? PoolError)?.code == .timedOut ? .timeout : .error
             guard options.retry.causes.contains(cause), n < options.retry.attempts else { return r }

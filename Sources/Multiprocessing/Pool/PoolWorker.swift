@@ -209,21 +209,18 @@ enum PoolWorker {
         }
     }
 
-    /// Runs the chunk's items from `chunk.next` in one Swift task, on this thread for as long as the items
-    /// do not suspend (`Task.immediate`): a synchronous function costs no task or thread hop per item.
-    /// The slice ends early when its task is cancelled (a soft timeout or a cancelled unit); the next
-    /// slice then starts in a fresh task.
+    /// Runs the chunk's items from `chunk.next` in one Swift task, on this thread (``CallerRunsExecutor``:
+    /// it starts here and resumes here after a suspension), so a synchronous function costs no task or
+    /// thread hop per item. The slice ends early when its task is cancelled (a soft timeout or a cancelled
+    /// unit); the next slice then starts in a fresh task.
     private static func runSlice<F: TaskFunction>(_ chunk: Chunk<F>) {
-        let finished = Future<Bool>()
-        let task = Task.immediate {
+        _ = CallerRunsExecutor.run(running: { task in
+            current.withLock { $0 = task.map { (chunk.unit, $0) } ?? (0, nil) }
+            // Asked before the task was registered.
+            if let task, slot.wantsCancel(of: chunk.unit) { task.cancel() }
+        }) { () async -> Void in
             await chunk.run()
-            finished.complete(.success(true))
         }
-        guard !finished.isDone else { return }
-        current.withLock { $0 = (chunk.unit, task) }
-        if slot.wantsCancel(of: chunk.unit) { task.cancel() }  // asked before the task was registered
-        _ = try? finished.result()
-        current.withLock { $0 = (0, nil) }
     }
 
     /// The wake-up thread: on each wake from the parent, cancels the running item if the parent asked

@@ -129,13 +129,10 @@ enum WorkerRuntime {
         }
     }
 
-    /// Runs async work to completion from this (non-async) worker thread.
+    /// Runs async work to completion from this (non-async) worker thread, on this thread
+    /// (``CallerRunsExecutor``): no hop to the cooperative pool and back.
     static func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-        let future = Future<T>()
-        Task.detached {
-            do { future.complete(.success(try await body())) } catch { future.complete(.failure(error)) }
-        }
-        return try future.result()
+        try CallerRunsExecutor.run { try await body() }.result.get()
     }
 
     /// A daemon thread that ends the process as soon as the parent's end of fd 3 goes away, even while

@@ -260,9 +260,7 @@ public final class InProcessPool: Sendable {
     ) -> Result<T, any Error> {
         var n = 1
         while true {
-            var (r, timedOut) = CallerRunsExecutor.run(softTimeout: options.softTimeout, running: { running.set($0) }) {
-                try await body()
-            }
+            var (r, timedOut) = CallerRunsExecutor.run(softTimeout: options.softTimeout, running: running.set, body)
             if timedOut, case .failure(let e) = r, e is CancellationError, let soft = options.softTimeout {
                 r = .failure(PoolError(.timedOut, "the task passed its soft timeout of \(soft) and was cancelled"))
             }

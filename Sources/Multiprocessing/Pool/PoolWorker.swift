@@ -214,13 +214,12 @@ enum PoolWorker {
     /// thread hop per item. The slice ends early when its task is cancelled (a soft timeout or a cancelled
     /// unit); the next slice then starts in a fresh task.
     private static func runSlice<F: TaskFunction>(_ chunk: Chunk<F>) {
-        _ = CallerRunsExecutor.run(running: { task in
+        func register(_ task: Task<Void, Never>?) {
             current.withLock { $0 = task.map { (chunk.unit, $0) } ?? (0, nil) }
             // Asked before the task was registered.
             if let task, slot.wantsCancel(of: chunk.unit) { task.cancel() }
-        }) { () async -> Void in
-            await chunk.run()
         }
+        _ = CallerRunsExecutor.run(running: register) { () async -> Void in await chunk.run() }
     }
 
     /// The wake-up thread: on each wake from the parent, cancels the running item if the parent asked

@@ -100,14 +100,23 @@ extension JobQueue {
         try withConnection { c in
             let d = c.dialect
             try c.transaction(immediate: true) {
-                // A claim of the queue that holds its lock finishes first.
-                try c.execute("DELETE FROM mp_queue_limits WHERE queue = \(d.parameter(1))", [.text(queue)])
+                // Either statement waits for a claim of the queue that holds the limit's row lock.
                 if limit?.rate == nil {
                     try c.execute("DELETE FROM mp_queue_starts WHERE queue = \(d.parameter(1))", [.text(queue)])
                 }
-                guard let limit else { return }
+                guard let limit else {
+                    try c.execute("DELETE FROM mp_queue_limits WHERE queue = \(d.parameter(1))", [.text(queue)])
+                    return
+                }
+                // An upsert: two callers setting a first limit for one queue at once both succeed (the later
+                // one's values stay) rather than one failing on the primary key.
                 try c.execute(
-                    "INSERT INTO mp_queue_limits (queue, concurrency, rate, period_ms) VALUES (\(d.parameter(1)), \(d.parameter(2)), \(d.parameter(3)), \(d.parameter(4)))",
+                    """
+                    INSERT INTO mp_queue_limits (queue, concurrency, rate, period_ms) \
+                    VALUES (\(d.parameter(1)), \(d.parameter(2)), \(d.parameter(3)), \(d.parameter(4))) \
+                    ON CONFLICT (queue) DO UPDATE SET concurrency = excluded.concurrency, rate = excluded.rate, \
+                    period_ms = excluded.period_ms
+                    """,
                     [
                         .text(queue),
                         limit.concurrency.map { .int(Int64($0)) } ?? .null,

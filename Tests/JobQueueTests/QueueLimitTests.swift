@@ -166,6 +166,29 @@ struct QueueLimitTests {
         }
     }
 
+    /// Several connections set a first limit for one queue at the same moment: every call succeeds (an
+    /// upsert; a delete-then-insert failed on the primary key for all but one on PostgreSQL) and one of
+    /// the limits given stays.
+    @Test(arguments: TestBackend.enabled) func concurrentFirstLimitsForOneQueueAllSucceed(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            _ = try JobQueue(db.url)  // the schema, before the racers
+            let failures = TrackedMutex<[String]>([])
+            let start = Barrier(parties: 4)
+            try runThreads(4) { i in
+                let queue = try JobQueue(db.url)
+                _ = try start.wait(timeout: .seconds(60))
+                do {
+                    try queue.setLimit(QueueLimit(concurrency: i + 1), for: "fresh")
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                }
+            }
+            #expect(failures.withLock { $0 } == [])
+            let limit = try #require(try JobQueue(db.url).limits()["fresh"]?.concurrency)
+            #expect((1...4).contains(limit))
+        }
+    }
+
     /// Three worker processes of two pool workers each (six places) run a queue limited to two at once:
     /// never more than two run, every job runs once.
     @Test(arguments: TestBackend.enabled)

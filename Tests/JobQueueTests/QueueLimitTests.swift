@@ -169,7 +169,8 @@ struct QueueLimitTests {
     /// Several connections set a first limit for one queue at the same moment: every call succeeds (an
     /// upsert; a delete-then-insert failed on the primary key for all but one on PostgreSQL) and one of
     /// the limits given stays.
-    @Test(arguments: TestBackend.enabled) func concurrentFirstLimitsForOneQueueAllSucceed(_ backend: TestBackend) throws {
+    @Test(arguments: TestBackend.enabled) func concurrentFirstLimitsForOneQueueAllSucceed(_ backend: TestBackend) throws
+    {
         try withScratchDatabase(backend) { db in
             _ = try JobQueue(db.url)  // the schema, before the racers
             let failures = TrackedMutex<[String]>([])

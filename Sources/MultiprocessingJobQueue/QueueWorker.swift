@@ -120,6 +120,7 @@ public final class QueueWorker: Sendable {
         config.traces = PoolTracing.tracer != nil
         config.announces = true
         config.readsLimits = true
+        config.runsSchedules = options.schedules
         let startedAt = QueueSchema.nowMs()
         var state = QueueWorkerState(config, now: clock.now)
         var listener: (any WakeUps)?
@@ -127,6 +128,8 @@ public final class QueueWorker: Sendable {
         /// The pool tasks of the jobs held, by `QueueWorkerState.Token`.
         var tasks: [QueueWorkerState.Token: @Sendable () -> Void] = [:]
         var lastError: (any Error)?
+        /// Schedules already reported as unreadable here (logged once each).
+        var unreadableSchedules: Set<String> = []
         log.info("queue worker starts", metadata: ["worker": "\(name)", "queues": "\(options.queues)"])
 
         /// Runs `body` on the connection, reconnecting after a connection error (the call is not repeated:
@@ -202,6 +205,29 @@ public final class QueueWorker: Sendable {
                     continue
                 }
                 state.limitsRead(queues, now: clock.now)
+
+            case .runSchedules:
+                let ran = database(
+                    "run schedules",
+                    statementFailed: { error in
+                        log.error("cannot queue the jobs of periodic schedules", metadata: ["error": "\(error)"])
+                        state.schedulesFailed(now: clock.now)
+                    },
+                    { c in try ScheduleRunner.run(queues: options.queues, on: c) }
+                )
+                guard let ran else { continue }
+                for (schedule, reason) in ran.unreadable where unreadableSchedules.insert(schedule).inserted {
+                    log.error(
+                        "a schedule this worker cannot read is left to others",
+                        metadata: ["schedule": "\(schedule)", "error": "\(reason)"]
+                    )
+                }
+                if ran.queued > 0 { log.debug("queued periodic jobs", metadata: ["jobs": "\(ran.queued)"]) }
+                state.schedulesRan(
+                    queued: ran.queued,
+                    nextDueIn: ran.nextDue.map { .milliseconds($0 - QueueSchema.nowMs()) },
+                    now: clock.now
+                )
 
             case .settle(let records, let n, let skipping, let limited):
                 guard

@@ -44,6 +44,10 @@ public struct QueueWorkerOptions: Sendable {
     /// (a delayed job, a retry) or running anywhere — except jobs of types this program does not define,
     /// which are left to workers that do. A batch program's worker: queue the work, drain it, exit.
     public var exitWhenDrained: Bool
+    /// Queue the jobs of the periodic schedules (``JobQueue/schedule(_:_:_:missed:options:)``) of the
+    /// worker's queues as they fall due. Every worker may: each occurrence is queued once however many
+    /// do. Turn it off for workers that should only run jobs.
+    public var schedules: Bool
     /// Where the worker logs (start, stop, failures, rescues).
     public var logger: Logger
 
@@ -51,8 +55,8 @@ public struct QueueWorkerOptions: Sendable {
     /// the `default` queue; as many jobs at once as the pool has workers; a 30-second lease; a poll every
     /// 50 ms; claims of up to 128 jobs; a local buffer of up to 256 jobs holding about 50 ms of work;
     /// results up to 1 MiB; completed jobs kept a day and failed ones a week; 30 seconds' grace on a
-    /// stop; notifications where the database has them; no exit when drained; a logger that discards
-    /// everything. A `claimBatch` below 1 counts as 1, a negative `localBuffer` as 0.
+    /// stop; notifications where the database has them; no exit when drained; periodic schedules run; a
+    /// logger that discards everything. A `claimBatch` below 1 counts as 1, a negative `localBuffer` as 0.
     public init(
         queues: [String] = ["default"],
         concurrency: Int? = nil,
@@ -68,6 +72,7 @@ public struct QueueWorkerOptions: Sendable {
         name: String? = nil,
         notifications: Bool = true,
         exitWhenDrained: Bool = false,
+        schedules: Bool = true,
         logger: Logger = Logger(label: "swift-multiprocessing.queue", factory: { _ in SwiftLogNoOpLogHandler() })
     ) {
         self.queues = queues
@@ -84,6 +89,7 @@ public struct QueueWorkerOptions: Sendable {
         self.name = name
         self.notifications = notifications
         self.exitWhenDrained = exitWhenDrained
+        self.schedules = schedules
         self.logger = logger
     }
 }

@@ -42,6 +42,9 @@ struct QueueWorkerState: Sendable {
         /// Read which of the worker's queues have a limit (`mp_queue_limits`) before claiming, and again
         /// every ``limitsEvery``: claims of those go through their limits.
         var readsLimits = false
+        /// Queue the jobs of the periodic schedules of the worker's queues as they fall due
+        /// (``QueueWorkerOptions/schedules``).
+        var runsSchedules = false
         /// Results wait at most this long to be recorded while jobs keep the worker busy (they are then
         /// recorded with the next claim, or once the pool is idle).
         var ackDelay: Duration = .milliseconds(10)
@@ -53,6 +56,9 @@ struct QueueWorkerState: Sendable {
         /// How often the limited queues are read again: a limit set meanwhile keeps the queue's jobs out of
         /// the ordinary claim at once, and lets them through its own claim within this time.
         var limitsEvery: Duration { max(pollInterval, .seconds(1)) }
+        /// How often the schedules are read when none falls due sooner: a schedule declared or changed
+        /// meanwhile is seen within this time.
+        var schedulesEvery: Duration { max(pollInterval, .seconds(1)) }
 
         init(_ options: QueueWorkerOptions, workers: Int, canListen: Bool) {
             concurrency = max(1, options.concurrency ?? workers)
@@ -153,6 +159,10 @@ struct QueueWorkerState: Sendable {
         /// Read which of the worker's queues have a limit; report ``limitsRead(_:now:)`` or
         /// ``databaseFailed(now:)``.
         case readLimits
+        /// Queue the jobs of the schedules due; report ``schedulesRan(queued:nextDueIn:now:)``,
+        /// ``schedulesFailed(now:)`` (a statement failed: claims do not wait for the schedules) or
+        /// ``databaseFailed(now:)``.
+        case runSchedules
         /// Count the jobs left in the queues (types in `skipping` left out); report ``drained(left:now:)``.
         case checkDrained(skipping: [String])
         /// Renew the leases of the jobs held; report ``heartbeat(renewed:cancelRequested:now:)``.
@@ -231,6 +241,8 @@ struct QueueWorkerState: Sendable {
     /// The worker's queues that have a limit, as last read; read again from this moment.
     private var limited: [String] = []
     private var nextLimitsRead: Instant
+    /// When the schedules are looked at next: the earliest next occurrence, or ``Config/schedulesEvery``.
+    private var nextSchedules: Instant
     /// The last claim found fewer jobs than it asked for: the queue was empty then.
     private var queueSeenEmpty = false
     private var lastClaimFound: Int?
@@ -257,6 +269,7 @@ struct QueueWorkerState: Sendable {
         buffer = min(config.maxBuffer, 4 * config.concurrency)
         nextClaimAt = now
         nextLimitsRead = now
+        nextSchedules = now
         nextHeartbeat = now + config.heartbeatEvery
         nextAnnounce = now
         nextRescue = now
@@ -429,6 +442,19 @@ struct QueueWorkerState: Sendable {
         limited = queues
     }
 
+    /// A turn at the schedules queued `queued` jobs; the earliest next occurrence is `nextDueIn` from now
+    /// (nil: none).
+    mutating func schedulesRan(queued: Int, nextDueIn: Duration?, now: Instant) {
+        succeeded(now: now)
+        nextSchedules = now + min(config.schedulesEvery, max(.zero, nextDueIn ?? config.schedulesEvery))
+        if queued > 0 { woken(now: now) }
+    }
+
+    /// A turn at the schedules failed on a working connection: tried again ``Config/schedulesEvery`` later.
+    mutating func schedulesFailed(now: Instant) {
+        nextSchedules = now + config.schedulesEvery
+    }
+
     /// The worker's row was written.
     mutating func announced(now: Instant) {
         succeeded(now: now)
@@ -552,6 +578,11 @@ struct QueueWorkerState: Sendable {
                 return .clean
             }
         }
+        // Periodic jobs due are queued before the claim that takes them.
+        if config.runsSchedules && stop == nil && databaseReady && now >= nextSchedules {
+            nextSchedules = now + config.schedulesEvery
+            return .runSchedules
+        }
         // Record and claim, in one round trip when both are due. Jobs finished but not yet recorded do not
         // count against the room: the pool is kept fed while their results wait.
         let want = claimWanted(now: now) && databaseReady ? min(config.claimBatch, limit - inPool) : 0
@@ -641,6 +672,7 @@ struct QueueWorkerState: Sendable {
         consider(max(nextClean, databaseRetryAt))
         if !held.isEmpty { consider(max(nextHeartbeat, databaseRetryAt)) }
         if config.announces { consider(max(nextAnnounce, databaseRetryAt)) }
+        if config.runsSchedules && stop == nil { consider(max(nextSchedules, databaseRetryAt)) }
         let room = limit - inPool
         if stop == nil && room > 0 && (inPool < config.concurrency || room >= min(config.claimBatch, limit) / 2) {
             consider(max(nextClaimAt, databaseRetryAt))

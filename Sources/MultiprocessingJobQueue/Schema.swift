@@ -166,6 +166,31 @@ enum QueueSchema {
                 "CREATE TABLE IF NOT EXISTS mp_queue_starts (queue VARCHAR(128) NOT NULL, at BIGINT NOT NULL)"
             )
             try c.execute("CREATE INDEX IF NOT EXISTS mp_queue_starts_queue ON mp_queue_starts (queue, at)")
+            // Periodic jobs (`JobQueue.schedule`): the job, its options, its timing (`cron:<expression>` read
+            // in `zone`, or `every:<ms>`), what happens to missed occurrences, and the next occurrence
+            // (NULL: none left). Workers queue an occurrence by moving `next_at` on with a compare-and-set,
+            // in the transaction that inserts its job.
+            try c.execute(
+                """
+                CREATE TABLE IF NOT EXISTS mp_schedules (
+                  name VARCHAR(255) PRIMARY KEY,
+                  queue VARCHAR(128) NOT NULL,
+                  kind TEXT NOT NULL,
+                  payload \(blob) NOT NULL,
+                  spec TEXT NOT NULL,
+                  zone TEXT NOT NULL,
+                  missed TEXT NOT NULL,
+                  priority INTEGER NOT NULL,
+                  max_attempts INTEGER NOT NULL,
+                  backoff_ms BIGINT NOT NULL,
+                  timeout_ms BIGINT,
+                  unique_key VARCHAR(255),
+                  next_at BIGINT,
+                  last_at BIGINT,
+                  updated_at BIGINT NOT NULL)
+                """
+            )
+            try c.execute("CREATE INDEX IF NOT EXISTS mp_schedules_due ON mp_schedules (queue, next_at)")
 
         }
     }

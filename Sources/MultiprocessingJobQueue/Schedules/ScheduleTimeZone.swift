@@ -78,7 +78,9 @@ public struct ScheduleTimeZone: Sendable, Hashable, CustomStringConvertible {
     /// Seconds ahead of UTC at `utc` (seconds since the epoch).
     public func offset(at utc: Int64) -> Int { Int(rules.offset(at: utc)) }
 
+    /// Zones are equal when their names are (a named zone's rules are this machine's for that name).
     public static func == (a: ScheduleTimeZone, b: ScheduleTimeZone) -> Bool { a.description == b.description }
+    /// Hashes the zone's name.
     public func hash(into h: inout Hasher) { h.combine(description) }
 
     private static func parseFixed(_ s: String) -> Int? {

@@ -664,6 +664,65 @@ import Testing
         #expect(after == .none)
     }
 
+    /// Periodic schedules are run before the first claim, then when the earliest next occurrence falls
+    /// due, and at least every second (to see schedules declared meanwhile); a turn that queued jobs makes
+    /// the worker claim at once; a failed statement is tried again a second later while claims go on.
+    @Test func schedulesRunBeforeTheFirstClaimThenWhenDue() {
+        var config = State.Config(QueueWorkerOptions(concurrency: 2), workers: 2, canListen: false)
+        config.runsSchedules = true
+        var s = State(config, now: t0, seed: 42)
+        #expect(step(&s, at: t0) == .runSchedules)
+        s.schedulesRan(queued: 0, nextDueIn: .milliseconds(300), now: t0)
+        var turns: [Int] = []
+        var claims = 0
+        var now = 0
+        while now <= 2500 {
+            switch step(&s, at: at(now)) {
+            case .runSchedules:
+                turns.append(now)
+                // The turn at 300 ms queues a job: a claim follows at once.
+                s.schedulesRan(queued: now == 300 ? 1 : 0, nextDueIn: nil, now: at(now))
+                if now == 300 {
+                    guard case .settle(_, let n, _, _) = step(&s, at: at(now)) else {
+                        Issue.record("expected a claim right after jobs were queued")
+                        return
+                    }
+                    s.settled([], claimed: [], claimWanted: n, now: at(now))
+                }
+            case .settle(let r, let n, _, _):
+                claims += 1
+                s.settled(r, claimed: [], claimWanted: n, now: at(now))
+            case .wait(let until): now = max(now + 1, Int((until - t0) / .milliseconds(1)))
+            default: now += 1
+            }
+        }
+        #expect(turns == [300, 1300, 2300])
+        #expect(claims > 20)  // the poll goes on between turns
+        // A statement that fails: claims are not held up; the next turn is a second later.
+        var f = State(config, now: t0, seed: 42)
+        #expect(step(&f, at: t0) == .runSchedules)
+        f.schedulesFailed(now: t0)
+        guard case .settle = step(&f, at: t0) else {
+            Issue.record("expected a claim after the failed turn")
+            return
+        }
+        f.settled([], claimed: [], claimWanted: 1, now: t0)
+        var steps: [Step] = []
+        var t = 1
+        while t <= 1000 {
+            let st = step(&f, at: at(t))
+            steps.append(st)
+            switch st {
+            case .settle(let r, let n, _, _): f.settled(r, claimed: [], claimWanted: n, now: at(t))
+            case .runSchedules: t = 1001
+            case .wait(let until): t = max(t + 1, Int((until - t0) / .milliseconds(1)))
+            default: t += 1
+            }
+        }
+        #expect(steps.last == .runSchedules, "\(steps.suffix(3))")
+        #expect(steps.dropLast().allSatisfy { $0 != .runSchedules })
+    }
+
     /// A worker that announces.
     func announcing(_ configure: (inout QueueWorkerOptions) -> Void = { _ in }) -> State {
         var o = QueueWorkerOptions(concurrency: 2)

@@ -220,7 +220,9 @@ struct QueueCommand: ParsableCommand {
             Databases are URLs: sqlite:PATH. A worker runs the jobs this program defines (the demo's \
             SquareTask); your own program runs your jobs with QueueWorker.
             """,
-        subcommands: [QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self, QueueLimitCommand.self]
+        subcommands: [
+            QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self, QueueLimitCommand.self, QueueScheduleCommand.self,
+        ]
     )
 }
 
@@ -341,6 +343,7 @@ struct QueueStatus: ParsableCommand {
         for (queue, limit) in try q.limits().sorted(by: { $0.key < $1.key }) {
             print("limit \(queue): \(limit)")
         }
+        for s in try q.schedules() { print(QueueScheduleCommand.line(s)) }
         // The workers serving it, as each last announced itself (the console's workers page, in lines).
         let now = QueueTime.now
         for w in try q.workers() {
@@ -411,6 +414,77 @@ struct QueueLimitCommand: ParsableCommand {
         } else {
             print("limit \(queue): \(try q.limits()[queue]?.description ?? "none")")
         }
+    }
+}
+
+struct QueueScheduleCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "schedule",
+        abstract: "Declares, lists or removes periodic jobs (the demo's SquareTask; programs declare their own).",
+        discussion: """
+            mp queue schedule --database sqlite:q.db --name square --cron '*/5 * * * *' --zone Europe/Paris \
+            queues SquareTask(n: 7) every five minutes; --every 10s every ten seconds; --remove removes it. \
+            Without --cron, --every or --remove, lists the schedules. Workers serving the queue queue the jobs.
+            """
+    )
+
+    @Option(help: "The queue's database URL.")
+    var database: String
+    @Option(help: "The schedule's name.")
+    var name: String?
+    @Option(help: "A cron expression: five fields (minute hour day month weekday) or @hourly, @daily, ...")
+    var cron: String?
+    @Option(help: "The time zone the cron expression is read in: UTC, Europe/Paris, posix:CET-1CEST,M3.5.0,M10.5.0/3.")
+    var zone: String = "UTC"
+    @Option(help: "A fixed interval instead of cron, such as 10s, 5m or 1h.")
+    var every: String?
+    @Option(help: "Occurrences missed while no worker ran: skip (more than a minute late), once, or catchup.")
+    var missed: String = "skip"
+    @Option(help: "The queue the jobs go to.")
+    var queue: String = "default"
+    @Option(help: "The n of SquareTask(n:).")
+    var n: Int = 7
+    @Flag(help: "Remove the schedule.")
+    var remove = false
+
+    func validate() throws {
+        if [cron != nil, every != nil, remove].filter({ $0 }).count > 1 {
+            throw ValidationError("give one of --cron, --every and --remove")
+        }
+        if (cron != nil || every != nil || remove) && name == nil { throw ValidationError("--name is needed") }
+        if let every, QueueLimitCommand.parseRate("1/" + every) == nil {
+            throw ValidationError("--every is a number and a unit, such as 500ms, 10s, 5m or 1h (got \(every))")
+        }
+        if !["skip", "once", "catchup"].contains(missed) {
+            throw ValidationError("--missed is skip, once or catchup (got \(missed))")
+        }
+    }
+
+    /// One schedule as `mp queue status` and the listing print it.
+    static func line(_ s: ScheduleInfo) -> String {
+        "schedule \(s.name): \(s.timing), queue \(s.queue), missed: \(s.missed), next \(s.next?.description ?? "never"), "
+            + "last \(s.last?.description ?? "never")"
+    }
+
+    func run() throws {
+        let q = try JobQueue(DatabaseURL(database))
+        if remove, let name {
+            print(try q.unschedule(name) ? "removed \(name)" : "no schedule \(name)")
+            return
+        }
+        guard let name, cron != nil || every != nil else {
+            for s in try q.schedules() { print(Self.line(s)) }
+            return
+        }
+        let when: JobSchedule
+        if let cron {
+            when = try .cron(cron, in: .named(zone))
+        } else {
+            when = try .every(QueueLimitCommand.parseRate("1/" + every!)!.period)
+        }
+        let policy: MissedRuns = missed == "once" ? .once : missed == "catchup" ? .catchUp : .skip
+        try q.schedule(name, SquareTask(n: n, pauseMs: 0), when, missed: policy, options: JobOptions(queue: queue))
+        for s in try q.schedules() where s.name == name { print(Self.line(s)) }
     }
 }
 

@@ -99,4 +99,41 @@ struct QueueCommandTests {
             #expect(try JobQueue(DatabaseURL(url)).limits().isEmpty)
         }
     }
+
+    /// `mp queue schedule` declares the demo's job on a cron expression in a zone or on an interval, lists
+    /// and removes schedules; `mp queue status` lists them; bad timings and zones are refused.
+    @Test(arguments: TestBackend.enabled) func schedulesAreDeclaredListedAndRemoved(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url.text
+            func run(_ arguments: [String]) throws -> (Int32, String) {
+                let p = try mp(["queue"] + arguments + ["--database", url])
+                try p.run()
+                let text = output(p)
+                p.waitUntilExit()
+                return (p.terminationStatus, text)
+            }
+            let (status, text) = try run([
+                "schedule", "--name", "square", "--cron", "30 2 * * *", "--zone", "posix:CET-1CEST,M3.5.0,M10.5.0/3",
+            ])
+            #expect(status == 0, "\(text)")
+            #expect(text.hasPrefix("schedule square: cron 30 2 * * * posix:CET-1CEST,M3.5.0,M10.5.0/3, queue default"), "\(text)")
+            #expect(text.contains("missed: skip after 1m, next 20") && text.contains("last never"), "\(text)")
+            #expect(try run(["schedule", "--name", "tick", "--every", "10s", "--missed", "catchup"]).0 == 0)
+            let listed = try run(["schedule"]).1
+            #expect(listed.contains("schedule square: cron") && listed.contains("schedule tick: every 10s"), "\(listed)")
+            #expect(listed.contains("missed: catch up"), "\(listed)")
+            #expect(try run(["status"]).1.contains("schedule tick: every 10s"))
+            let stored = try JobQueue(DatabaseURL(url)).schedules()
+            #expect(stored.map(\.name) == ["square", "tick"] && stored.allSatisfy { $0.kind.contains("SquareTask") })
+            for bad in [
+                ["--name", "x", "--cron", "61 * * * *"], ["--name", "x", "--cron", "0 3 * * *", "--zone", "Nowhere/X"],
+                ["--name", "x", "--every", "10"], ["--name", "x", "--every", "10s", "--cron", "* * * * *"],
+                ["--cron", "* * * * *"], ["--name", "x", "--every", "1s", "--missed", "sometimes"],
+            ] {
+                #expect(try run(["schedule"] + bad).0 != 0, "\(bad)")
+            }
+            #expect(try run(["schedule", "--name", "tick", "--remove"]).1 == "removed tick\n")
+            #expect(try JobQueue(DatabaseURL(url)).schedules().map(\.name) == ["square"])
+        }
+    }
 }

@@ -124,7 +124,8 @@ public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable
         /// A queue limit no claim could keep (``JobQueue/setLimit(_:for:)``).
         public static let invalidLimit = Code("invalidLimit")
         /// A schedule that cannot be kept: a cron expression or interval that is not valid, a time zone
-        /// that is not known, a name already used for another job type (``JobQueue/schedule(_:_:_:options:)``).
+        /// this machine does not know, a name that is empty or too long
+        /// (``JobQueue/schedule(_:_:_:missed:options:)``).
         public static let invalidSchedule = Code("invalidSchedule")
     }
     /// What kind of failure it was, to match on.

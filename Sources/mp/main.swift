@@ -221,7 +221,8 @@ struct QueueCommand: ParsableCommand {
             SquareTask); your own program runs your jobs with QueueWorker.
             """,
         subcommands: [
-            QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self, QueueLimitCommand.self, QueueScheduleCommand.self,
+            QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self, QueueLimitCommand.self,
+            QueueScheduleCommand.self,
         ]
     )
 }

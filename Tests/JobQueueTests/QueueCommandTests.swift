@@ -116,11 +116,17 @@ struct QueueCommandTests {
                 "schedule", "--name", "square", "--cron", "30 2 * * *", "--zone", "posix:CET-1CEST,M3.5.0,M10.5.0/3",
             ])
             #expect(status == 0, "\(text)")
-            #expect(text.hasPrefix("schedule square: cron 30 2 * * * posix:CET-1CEST,M3.5.0,M10.5.0/3, queue default"), "\(text)")
+            #expect(
+                text.hasPrefix("schedule square: cron 30 2 * * * posix:CET-1CEST,M3.5.0,M10.5.0/3, queue default"),
+                "\(text)"
+            )
             #expect(text.contains("missed: skip after 1m, next 20") && text.contains("last never"), "\(text)")
             #expect(try run(["schedule", "--name", "tick", "--every", "10s", "--missed", "catchup"]).0 == 0)
             let listed = try run(["schedule"]).1
-            #expect(listed.contains("schedule square: cron") && listed.contains("schedule tick: every 10s"), "\(listed)")
+            #expect(
+                listed.contains("schedule square: cron") && listed.contains("schedule tick: every 10s"),
+                "\(listed)"
+            )
             #expect(listed.contains("missed: catch up"), "\(listed)")
             #expect(try run(["status"]).1.contains("schedule tick: every 10s"))
             let stored = try JobQueue(DatabaseURL(url)).schedules()

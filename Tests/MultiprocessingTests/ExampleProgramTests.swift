@@ -214,6 +214,10 @@ struct DocProgramTests {
         ("doc-mp-start-methods", ["[20, 40, 60]"]),
         ("doc-jobqueue-overview", ["49"]),
         ("doc-jobqueue-limits", ["sent to user6@example.com", "concurrency 2, rate 3/1s"]),
+        (
+            "doc-jobqueue-schedules",
+            ["nightly cron 30 2 * * * posix:CET-1CEST,M3.5.0,M10.5.0/3", "pulse every 1s", "true"]
+        ),
         ("doc-services-overview", ["[1, 4, 9, 16, 25]"]),
         ("doc-prometheus-overview", [#"mp_pool_items_succeeded_total{pool="pool"} 1000"#]),
         ("doc-managers-started", ["{1: '1', '2': 2, 0.25: None}", "[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]"]),

@@ -1,11 +1,8 @@
 import Threading
 
-/// When a periodic job runs: a cron expression read in a time zone, or a fixed interval.
-///
-/// ```swift
-/// let nightly = try JobSchedule.cron("30 2 * * *", in: .named("Europe/Paris"))
-/// let often = try JobSchedule.every(.seconds(10))
-/// ```
+/// When a periodic job runs: a cron expression read in a time zone
+/// (`try .cron("30 2 * * *", in: .named("Europe/Paris"))`), or a fixed interval
+/// (`try .every(.seconds(10))`). See ``JobQueue/schedule(_:_:_:missed:options:)``.
 public struct JobSchedule: Sendable, Hashable, CustomStringConvertible {
     enum Timing: Sendable, Hashable {
         case cron(CronExpression, ScheduleTimeZone)

@@ -8,7 +8,8 @@ import MultiprocessingSQL
 // workers (`mp queue worker --concurrency 2`), timed from the worker's spawn until every job is completed
 // (common.py starts its clock at the first completion: ours includes start-up). On an SQLite file by
 // default; `QUEUE_DB=postgres://…` runs it on PostgreSQL (tables dropped and recreated), where it also
-// measures enqueue-to-start latency with an idle worker. `QB_JOBS` and `QB_RUNS` as in common.py.
+// measures enqueue-to-start latency with an idle worker. `QB_JOBS` and `QB_RUNS` as in common.py;
+// `QB_SCHEDULES=0` turns the worker's periodic schedules off.
 // CPU per job: this process, its children, and every process named `postgres` (as common.py counts).
 
 struct BenchSquare: Job {
@@ -42,6 +43,8 @@ struct BenchQueueWorker: Job {
                 let env = ProcessInfo.processInfo.environment
                 if let n = env["QB_CLAIM"].flatMap({ Int($0) }) { o.claimBatch = n }
                 if let n = env["QB_BUFFER"].flatMap({ Int($0) }) { o.localBuffer = n }
+                // QB_SCHEDULES=0: the worker does not run periodic schedules (to measure what they cost).
+                if env["QB_SCHEDULES"] == "0" { o.schedules = false }
                 return o
             }()
         )

@@ -57,6 +57,10 @@ struct QueueStatements: Sendable {
                 jobs += try claim(n - jobs.count, skipping: skipping, now: QueueSchema.nowMs(), results: [], on: c)
             }
         } catch {
+            // Nothing committed by this call: an ordinary failure (the worker backs off, and gives up after
+            // a lease of them). Otherwise the recorded results must not be sent again (a hand-back resent
+            // could hand back another worker's attempt) and the jobs claimed are held: keep them.
+            if records.isEmpty && jobs.isEmpty { throw error }
             logger.warning(
                 "a claim failed after the results were recorded; the jobs claimed before it are kept",
                 metadata: ["claimed": "\(jobs.count)", "error": "\(error)"]

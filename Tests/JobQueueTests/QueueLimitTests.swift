@@ -144,6 +144,60 @@ struct QueueLimitTests {
         }
     }
 
+    /// A limited claim that fails after the results were recorded (a trigger refuses the start's row):
+    /// the results stay recorded, the failure is logged, and no error reaches the worker (which would send
+    /// the results again); with nothing recorded, the failure is the worker's to handle (thrown).
+    @Test(arguments: TestBackend.enabled) func aLimitedClaimFailingAfterTheRecordsKeepsThem(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            _ = try queue.enqueue(Square(n: 1), options: JobOptions(queue: "other"))
+            _ = try queue.enqueue((1...3).map { Square(n: $0) })
+            try queue.setLimit(QueueLimit(rate: .init(10, per: .seconds(1))), for: "default")
+            let c = try Database.connect(db.url)
+            defer { c.close() }
+            let messages = Locked<[String]>([])
+            let a = QueueStatements(
+                worker: "a",
+                queues: ["default", "other"],
+                lease: .seconds(60),
+                keepCompleted: .seconds(3600),
+                keepFailed: .seconds(3600),
+                logger: Logger(label: "test") { _ in CollectingHandler(messages: messages) }
+            )
+            let running = try a.settle([], claiming: 1, skipping: [], on: c)  // the unlimited queue's job
+            #expect(running.count == 1)
+            if c.dialect.notifies {
+                try c.execute(
+                    """
+                    CREATE FUNCTION mp_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN RAISE EXCEPTION 'no starts here'; END $$
+                    """
+                )
+                try c.execute(
+                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_queue_starts FOR EACH ROW EXECUTE FUNCTION mp_test_refuse()"
+                )
+            } else {
+                try c.execute(
+                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_queue_starts BEGIN SELECT RAISE(ABORT, 'no starts here'); END"
+                )
+            }
+            let limited = QueueWorkerState.LimitedClaim(queues: ["default"], room: 2)
+            #expect(throws: (any Error).self) { try a.settle([], claiming: 2, skipping: [], limited: limited, on: c) }
+            let record = QueueWorkerState.Record(
+                id: running[0].id,
+                attempt: running[0].attempt,
+                kind: running[0].kind,
+                resolution: .complete([]),
+                ran: .zero,
+                firstOfKind: false
+            )
+            #expect(try a.settle([record], claiming: 2, skipping: [], limited: limited, on: c).isEmpty)
+            #expect(try queue.info(running[0].id)?.state == .completed)
+            #expect(try queue.counts(queue: "default") == [.available: 3])  // the failed claim took none
+            #expect(messages.withLock { $0 }.contains { $0.contains("a claim failed after the results were recorded") })
+        }
+    }
+
     /// What a claim could not keep is refused with a message; limits are listed, replaced and removed.
     @Test(arguments: TestBackend.enabled) func limitsAreValidatedListedAndRemoved(_ backend: TestBackend) throws {
         try withScratchDatabase(backend) { db in

@@ -146,24 +146,40 @@ package enum PoolTracing {
         return out
     }
 
-    /// The headers in `bytes`; `nil` if they are malformed (a frame the parent never sends).
+    /// The headers in `bytes`; `nil` if they are malformed (a frame the parent never sends) or a key or
+    /// value is not UTF-8.
     package static func decode(_ bytes: UnsafeRawBufferPointer) -> [String: String]? {
-        guard let n = bytes.first else { return nil }
         var headers: [String: String] = [:]
+        let wellFormed = forEachHeader(bytes) { key, value in
+            guard let k = String(validating: key, as: UTF8.self), let v = String(validating: value, as: UTF8.self)
+            else { return false }
+            headers[k] = v
+            return true
+        }
+        return wellFormed ? headers : nil
+    }
+
+    /// Calls `visit` with each header's key and value bytes, in order, while it returns `true`. Returns
+    /// whether every header was visited and the lengths add up to exactly `bytes` (the one reading of the
+    /// format: ``decode(_:)`` and `EncodedHeaders` share it).
+    static func forEachHeader(
+        _ bytes: UnsafeRawBufferPointer,
+        _ visit: (_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> Bool
+    ) -> Bool {
+        guard let n = bytes.first else { return false }
         var at = 1
-        func string() -> String? {
+        func field() -> UnsafeRawBufferPointer? {
             guard at + 2 <= bytes.count else { return nil }
             let length = Int(bytes[at]) << 8 | Int(bytes[at + 1])
             at += 2
             guard at + length <= bytes.count else { return nil }
             defer { at += length }
-            return String(validating: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + length)]), as: UTF8.self)
+            return UnsafeRawBufferPointer(rebasing: bytes[at..<(at + length)])
         }
         for _ in 0..<n {
-            guard let key = string(), let value = string() else { return nil }
-            headers[key] = value
+            guard let key = field(), let value = field(), visit(key, value) else { return false }
         }
-        return at == bytes.count ? headers : nil
+        return at == bytes.count
     }
 }
 
@@ -183,16 +199,7 @@ struct EncodedHeaders: Sendable {
     /// The headers in `bytes`, or `nil` if their lengths do not add up (a frame the parent never sends).
     /// A value is read as UTF-8 with invalid bytes replaced: the parent sent it from a `String`.
     init?(_ bytes: UnsafeRawBufferPointer) {
-        guard let n = bytes.first else { return nil }
-        var at = 1
-        for _ in 0..<(2 * Int(n)) {
-            guard at + 2 <= bytes.count else { return nil }
-            let length = Int(bytes[at]) << 8 | Int(bytes[at + 1])
-            at += 2
-            guard at + length <= bytes.count else { return nil }
-            at += length
-        }
-        guard at == bytes.count else { return nil }
+        guard PoolTracing.forEachHeader(bytes, { _, _ in true }) else { return nil }
         self.bytes = Array(bytes)
     }
 
@@ -205,21 +212,13 @@ struct EncodedHeaders: Sendable {
     }
 
     private func find(_ k: UnsafeRawBufferPointer, in bytes: UnsafeRawBufferPointer) -> String? {
-        var at = 1
-        for _ in 0..<Int(bytes[0]) {
-            let klen = Int(bytes[at]) << 8 | Int(bytes[at + 1])
-            let kbytes = UnsafeRawBufferPointer(rebasing: bytes[(at + 2)..<(at + 2 + klen)])
-            at += 2 + klen
-            let vlen = Int(bytes[at]) << 8 | Int(bytes[at + 1])
-            if kbytes.elementsEqual(k) {
-                return String(
-                    decoding: UnsafeRawBufferPointer(rebasing: bytes[(at + 2)..<(at + 2 + vlen)]),
-                    as: UTF8.self
-                )
-            }
-            at += 2 + vlen
+        var found: String?
+        _ = PoolTracing.forEachHeader(bytes) { key, value in
+            guard key.elementsEqual(k) else { return true }
+            found = String(decoding: value, as: UTF8.self)
+            return false
         }
-        return nil
+        return found
     }
 }
 

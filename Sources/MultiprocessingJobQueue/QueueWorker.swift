@@ -222,7 +222,17 @@ public final class QueueWorker: Sendable {
                         metadata: ["schedule": "\(schedule)", "error": "\(reason)"]
                     )
                 }
-                if ran.queued > 0 { log.debug("queued periodic jobs", metadata: ["jobs": "\(ran.queued)"]) }
+                for (schedule, error) in ran.failed {
+                    log.error(
+                        "a schedule's jobs could not be queued",
+                        metadata: ["schedule": "\(schedule)", "error": "\(error)"]
+                    )
+                }
+                if ran.queued > 0 {
+                    log.debug("queued periodic jobs", metadata: ["jobs": "\(ran.queued)"])
+                    // SQLite: the other workers on this machine start them at once.
+                    Doorbell.ring(doorbells, queues: ran.queues.sorted())
+                }
                 state.schedulesRan(
                     queued: ran.queued,
                     nextDueIn: ran.nextDue.map { .milliseconds($0 - QueueSchema.nowMs()) },

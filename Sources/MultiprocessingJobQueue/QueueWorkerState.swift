@@ -446,7 +446,10 @@ struct QueueWorkerState: Sendable {
     /// (nil: none).
     mutating func schedulesRan(queued: Int, nextDueIn: Duration?, now: Instant) {
         succeeded(now: now)
-        nextSchedules = now + min(config.schedulesEvery, max(.zero, nextDueIn ?? config.schedulesEvery))
+        // Due already (a catch-up capped at its turn's limit, or clocks that disagree): after a poll
+        // interval, so that heartbeats, results and claims go on between turns.
+        let due = nextDueIn ?? config.schedulesEvery
+        nextSchedules = now + (due <= .zero ? config.pollInterval : min(config.schedulesEvery, due))
         if queued > 0 { woken(now: now) }
     }
 

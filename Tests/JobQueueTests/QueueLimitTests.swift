@@ -147,7 +147,9 @@ struct QueueLimitTests {
     /// A limited claim that fails after the results were recorded (a trigger refuses the start's row):
     /// the results stay recorded, the failure is logged, and no error reaches the worker (which would send
     /// the results again); with nothing recorded, the failure is the worker's to handle (thrown).
-    @Test(arguments: TestBackend.enabled) func aLimitedClaimFailingAfterTheRecordsKeepsThem(_ backend: TestBackend) throws {
+    @Test(arguments: TestBackend.enabled) func aLimitedClaimFailingAfterTheRecordsKeepsThem(
+        _ backend: TestBackend
+    ) throws {
         try withScratchDatabase(backend) { db in
             let queue = try JobQueue(db.url)
             _ = try queue.enqueue(Square(n: 1), options: JobOptions(queue: "other"))

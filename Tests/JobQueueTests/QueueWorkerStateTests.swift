@@ -721,6 +721,18 @@ import Testing
         }
         #expect(steps.last == .runSchedules, "\(steps.suffix(3))")
         #expect(steps.dropLast().allSatisfy { $0 != .runSchedules })
+        // Occurrences still due after a turn (a capped catch-up, a schedule this worker cannot read):
+        // the next turn a poll interval later, not at once ahead of everything else.
+        var d = State(config, now: t0, seed: 42)
+        #expect(step(&d, at: t0) == .runSchedules)
+        d.schedulesRan(queued: 1000, nextDueIn: .seconds(-30), now: t0)
+        guard case .settle(_, let n, _, _) = step(&d, at: t0) else {
+            Issue.record("expected a claim after the turn")
+            return
+        }
+        d.settled([], claimed: [], claimWanted: n, now: t0)
+        #expect(step(&d, at: t0) != .runSchedules)
+        #expect(step(&d, at: at(50)) == .runSchedules)
     }
 
     /// A worker that announces.

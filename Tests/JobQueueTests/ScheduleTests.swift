@@ -205,9 +205,53 @@ struct ScheduleTests {
             _ = try c.execute(
                 "UPDATE mp_schedules SET spec = 'cron:0 3 * * *', zone = 'Nowhere/Atlantis' WHERE name = 'b'"
             )
-            let ran = try ScheduleRunner.run(queues: ["default"], now: { QueueSchema.nowMs() + 1500 }, on: c)
+            let now = QueueSchema.nowMs() + 1500
+            let ran = try ScheduleRunner.run(queues: ["default"], now: { now }, on: c)
             #expect(ran.queued >= 1)
             #expect(ran.unreadable.keys.sorted() == ["b"])
+            // The unreadable one, still due, does not bring the worker back at once: the next is a's.
+            #expect(try #require(ran.nextDue) > now)
+        }
+    }
+
+    /// A schedule whose jobs the database refuses (a trigger of the user's) fails alone: the schedules
+    /// after it are queued, and it is reported; a schedule left with no next time comes back when it is
+    /// declared again.
+    @Test(arguments: TestBackend.enabled) func aFailingScheduleHoldsUpNoOther(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let log = db.scratch + ".log"
+            try queue.schedule("a", Tick(log: log), try .every(.seconds(1)), options: JobOptions(queue: "refused"))
+            try queue.schedule("b", Tick(log: log), try .every(.seconds(2)))
+            let c = try db.connect()
+            defer { c.close() }
+            if c.dialect.notifies {
+                try c.execute(
+                    """
+                    CREATE FUNCTION mp_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN IF NEW.queue = 'refused' THEN RAISE EXCEPTION 'not this queue'; END IF; RETURN NEW; END $$
+                    """
+                )
+                try c.execute(
+                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_jobs FOR EACH ROW EXECUTE FUNCTION mp_test_refuse()"
+                )
+            } else {
+                try c.execute(
+                    """
+                    CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_jobs WHEN NEW.queue = 'refused'
+                    BEGIN SELECT RAISE(ABORT, 'not this queue'); END
+                    """
+                )
+            }
+            let now = QueueSchema.nowMs() + 2500
+            let ran = try ScheduleRunner.run(queues: ["refused", "default"], now: { now }, on: c)
+            #expect(ran.failed.keys.sorted() == ["a"] && ran.queued >= 1 && ran.queues == ["default"])
+            #expect(try queue.counts(queue: "default")[.available] ?? 0 >= 1)
+            // No next time left (as for a cron expression with no date in five years): declaring it again
+            // gives it one.
+            _ = try c.execute("UPDATE mp_schedules SET next_at = NULL WHERE name = 'b'")
+            try queue.schedule("b", Tick(log: log), try .every(.seconds(2)))
+            #expect(try queue.schedules().first { $0.name == "b" }?.next != nil)
         }
     }
 

@@ -17,7 +17,7 @@ public struct ScheduleInfo: Sendable, Hashable {
     public var missed: String
     /// The next occurrence, or nil when there is none (a cron expression with no date left in five years).
     public var next: QueueTime?
-    /// The last occurrence queued, or nil.
+    /// The last occurrence the workers handled (queued, or skipped for its unique key), or nil.
     public var last: QueueTime?
 }
 
@@ -31,8 +31,8 @@ extension JobQueue {
     /// schedule's next time, in the same transaction as the job's insert, so a worker killed between the
     /// two leaves the occurrence to another. A queued job is due at its occurrence.
     ///
-    /// Workers read the schedules at least once a second, so a new schedule's first occurrence may be
-    /// queued up to a second late.
+    /// Workers read the schedules every second (or every poll interval, if that is longer), so a new
+    /// schedule's first occurrence may be queued that much late.
     ///
     /// Calling this again with the same name replaces the job and options; the next occurrence is kept
     /// if the timing is the same, so a program may declare its schedules every time it starts. Occurrences
@@ -52,9 +52,12 @@ extension JobQueue {
         let kind = try JobIdentity.name(of: J.self)
         let payload = try BinaryEncoder().encode(job)
         let now = QueueSchema.nowMs()
-        let next = when.next(after: now)
         try withConnection { c in
             let d = c.dialect
+            // Not before the last occurrence handled: a declaring machine whose clock is behind the workers'
+            // does not bring back an occurrence already queued.
+            let last = try c.scalar("SELECT last_at FROM mp_schedules WHERE name = \(d.parameter(1))", [.text(name)])
+            let next = when.next(after: max(now, last?.intValue ?? now))
             let p = (1...14).map { d.parameter($0) }
             _ = try c.execute(
                 """
@@ -67,7 +70,7 @@ extension JobQueue {
                 max_attempts = excluded.max_attempts, backoff_ms = excluded.backoff_ms, \
                 timeout_ms = excluded.timeout_ms, unique_key = excluded.unique_key, \
                 next_at = CASE WHEN mp_schedules.spec = excluded.spec AND mp_schedules.zone = excluded.zone \
-                THEN mp_schedules.next_at ELSE excluded.next_at END, \
+                THEN COALESCE(mp_schedules.next_at, excluded.next_at) ELSE excluded.next_at END, \
                 spec = excluded.spec, zone = excluded.zone, updated_at = excluded.updated_at
                 """,
                 [
@@ -130,6 +133,11 @@ enum ScheduleRunner {
         /// Schedules due that this worker cannot read (a zone not on this machine, a newer format), with
         /// the reason: left to other workers.
         var unreadable: [String: String] = [:]
+        /// Schedules whose turn failed (a statement refused: a trigger or constraint of the user's on
+        /// `mp_jobs`), with the error: tried again at the next turn, the others not held up.
+        var failed: [String: String] = [:]
+        /// The queues that got jobs.
+        var queues: Set<String> = []
     }
 
     /// A due schedule's row.
@@ -197,29 +205,46 @@ enum ScheduleRunner {
                 continue
             }
             let plan = missed.plan(schedule, due: s.nextAt, now: now)
-            out.queued += try c.transaction(immediate: true) { () throws -> Int in
-                // READ COMMITTED: an update that waited for another worker's sees its committed row, and
-                // then matches nothing (the next time moved), instead of failing to serialise.
-                if d.skipsLockedRows { try c.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED") }
-                let claimed = try c.execute(
-                    """
-                    UPDATE mp_schedules SET next_at = \(d.parameter(1)), last_at = \(d.parameter(2)) \
-                    WHERE name = \(d.parameter(3)) AND next_at = \(d.parameter(4))
-                    """,
-                    [
-                        plan.next.map { .int($0) } ?? .null, plan.runs.last.map { .int($0) } ?? .null, .text(s.name),
-                        .int(s.nextAt),
-                    ]
-                )
-                guard claimed == 1, !plan.runs.isEmpty else { return 0 }
-                return try insert(s, runs: plan.runs, now: now, on: c)
+            let queued: Int
+            do {
+                queued = try c.transaction(immediate: true) { () throws -> Int in
+                    // READ COMMITTED: an update that waited for another worker's sees its committed row,
+                    // and then matches nothing (the next time moved), instead of failing to serialise.
+                    if d.skipsLockedRows { try c.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED") }
+                    let claimed = try c.execute(
+                        """
+                        UPDATE mp_schedules SET next_at = \(d.parameter(1)), \
+                        last_at = COALESCE(\(d.parameter(2)), last_at) \
+                        WHERE name = \(d.parameter(3)) AND next_at = \(d.parameter(4))
+                        """,
+                        [
+                            plan.next.map { .int($0) } ?? .null, plan.runs.last.map { .int($0) } ?? .null,
+                            .text(s.name), .int(s.nextAt),
+                        ]
+                    )
+                    guard claimed == 1, !plan.runs.isEmpty else { return 0 }
+                    return try insert(s, runs: plan.runs, now: now, on: c)
+                }
+            } catch let e as SQLError where e.kind == .connection {
+                throw e  // the worker reconnects; the turn is repeated
+            } catch {
+                out.failed[s.name] = "\(error)"
+                continue
             }
+            out.queued += queued
+            if queued > 0 { out.queues.insert(s.queue) }
+            // A catch-up capped at its turn's limit leaves its next occurrence due: the next turn goes on.
+            if let n = plan.next, n <= now { out.nextDue = min(out.nextDue ?? n, n) }
         }
-        let next = try c.scalar(
-            "SELECT min(next_at) FROM mp_schedules WHERE queue IN (\(queues.indices.map { d.parameter($0 + 1) }.joined(separator: ", ")))",
-            queues.map { .text($0) }
-        )
-        out.nextDue = next?.intValue
+        // The earliest occurrence not yet due: schedules left due by this turn (unreadable here, or failed)
+        // do not bring the worker back at once.
+        let notDue = queues.indices.map { d.parameter($0 + 2) }.joined(separator: ", ")
+        if let next = try c.scalar(
+            "SELECT min(next_at) FROM mp_schedules WHERE next_at > \(d.parameter(1)) AND queue IN (\(notDue))",
+            [.int(now)] + queues.map { .text($0) }
+        )?.intValue {
+            out.nextDue = min(out.nextDue ?? next, next)
+        }
         return out
     }
 

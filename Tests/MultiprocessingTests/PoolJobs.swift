@@ -140,6 +140,35 @@ final class Gate: Sendable {
         gate.reached.set()
         try await gate.opened.wait()
     }
+
+    /// ``pass(_:)`` with the thread blocked (no suspension).
+    static func passBlocking(_ id: UInt64) {
+        guard let gate = all.withLock({ $0[id] }) else { return }
+        gate.reached.set()
+        _ = gate.opened.wait(timeout: .seconds(300))
+    }
+}
+
+/// Waits at its gate with its thread blocked (its task has not suspended yet), then sleeps cooperatively
+/// for ten minutes: a cancellation asked for while it waited ends the sleep at once.
+struct BlocksAtGateThenSleeps: TaskFunction {
+    let gate: UInt64
+    func callAsFunction(_ x: Int) async throws -> Int {
+        Gate.passBlocking(gate)
+        try await Task.sleep(for: .seconds(600))
+        return x
+    }
+}
+
+/// Works until its task is cancelled, looking at `Task.isCancelled` only: never suspending (0) or
+/// yielding each turn (1).
+struct SpinsUntilCancelled: TaskFunction {
+    func callAsFunction(_ yields: Int) async throws -> Int {
+        while !Task.isCancelled {
+            if yields != 0 { await Task.yield() }
+        }
+        throw CancellationError()
+    }
 }
 
 /// Waits at its gate (``Gate``), then returns its input. For in-process pools only: gates are this

@@ -903,6 +903,38 @@ struct SamePoolAPITests {
         #expect(try pool.submit(ThreadAcrossSuspensions(), 0).get(timeout: .seconds(30)).hasPrefix("InProcessPool"))
     }
 
+    /// The soft timeout cancels an item that runs on its pool thread without ever waiting (looking only at
+    /// `Task.isCancelled`), and one that yields each turn (its queue of jobs never empties).
+    @Test func threadPoolSoftTimeoutCancelsAnItemThatNeverWaits() throws {
+        let pool = InProcessPool(workers: 1)
+        defer {
+            pool.close()
+            #expect((try? pool.join(timeout: .seconds(30))) == true)
+        }
+        for yields in [0, 1] {
+            let t = try pool.submit(SpinsUntilCancelled(), yields, options: TaskOptions(softTimeout: .milliseconds(50)))
+            #expect { try t.get(timeout: .seconds(60)) } throws: { e in (e as? PoolError)?.code == .timedOut }
+        }
+    }
+
+    /// A task cancelled while its first part runs (before it first suspends, so before another thread can
+    /// see it) is cancelled once it is known: its ten-minute sleep ends at once and the thread serves the
+    /// next task.
+    @Test func threadPoolCancelBeforeTheFirstSuspensionReachesTheTask() throws {
+        let gate = Gate()
+        defer { gate.open() }
+        let pool = InProcessPool(workers: 1)
+        defer {
+            pool.close()
+            #expect((try? pool.join(timeout: .seconds(30))) == true)
+        }
+        let t = try pool.submit(BlocksAtGateThenSleeps(gate: gate.id), 1)
+        #expect(gate.reached.wait(timeout: .seconds(30)))
+        t.cancel()
+        gate.open()
+        #expect(try pool.submit(SquareFn(), 3).get(timeout: .seconds(60)) == 9)
+    }
+
     /// Every thread of the cooperative pool held by code that blocks (here on purpose; in a program, other
     /// blocking bridges or a blocking syscall): a blocking in-process pool call whose items suspend still
     /// finishes. It used to wait for a cooperative thread to run each item's task.

@@ -11,6 +11,8 @@ import Threading
 /// thread cannot offer: a crash ends the whole program, and a thread cannot be killed, so a hard
 /// ``TaskOptions/timeout`` fails the task at its deadline while its thread runs on to the end of the item,
 /// and cancellation is cooperative only (`async` jobs and functions see their Swift task cancelled).
+/// An item's `async` code runs on its pool thread, its child tasks (`async let`, task groups) included,
+/// one at a time: await rather than block between them.
 public final class InProcessPool: Sendable {
     private let executor: ThreadPool
     /// How many threads the pool runs at most.
@@ -251,8 +253,9 @@ public final class InProcessPool: Sendable {
     }
 
     /// Runs `body` with the options' soft timeout and retries for thrown errors; blocks this pool thread,
-    /// which also runs the item's task (``CallerRunsExecutor``): an item never waits for a thread of the
-    /// cooperative pool, however busy that pool is.
+    /// which also runs the item's task (``CallerRunsExecutor``): an item's code never waits for a thread
+    /// of the cooperative pool to run on, however busy that pool is. Its child tasks run on this thread
+    /// too, one at a time.
     private func attempt<T: Sendable>(
         _ options: TaskOptions,
         running: RunningTask,
@@ -352,9 +355,22 @@ extension Result {
     var isFailure: Bool { if case .failure = self { true } else { false } }
 }
 
-/// The Swift task running an item, for cancellation from another thread.
+/// The Swift task running an item, for cancellation from another thread. A cancellation asked for before
+/// the task is known (while its first part runs, before it suspends) cancels it when it is.
 final class RunningTask: Sendable {
-    private let task = TrackedMutex<Task<Void, Never>?>(nil)
-    func set(_ t: Task<Void, Never>?) { task.withLock { $0 = t } }
-    func cancel() { task.withLock { $0?.cancel() } }
+    private let state = TrackedMutex<(task: Task<Void, Never>?, cancelled: Bool)>((nil, false))
+    func set(_ t: Task<Void, Never>?) {
+        let cancelled = state.withLock { s in
+            s.task = t
+            return s.cancelled
+        }
+        if cancelled { t?.cancel() }
+    }
+    func cancel() {
+        let t = state.withLock { s in
+            s.cancelled = true
+            return s.task
+        }
+        t?.cancel()
+    }
 }

@@ -253,21 +253,13 @@ struct JobQueueAdminTests {
             let queue = try JobQueue(db.url)
             let c = try db.connect()
             defer { c.close() }
-            if c.dialect.notifies {
-                try c.execute(
-                    """
-                    CREATE FUNCTION mp_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-                    BEGIN RAISE EXCEPTION 'no workers here'; END $$
-                    """
-                )
-                try c.execute(
-                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT OR UPDATE ON mp_workers FOR EACH ROW EXECUTE FUNCTION mp_test_refuse()"
-                )
-            } else {
-                try c.execute(
-                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_workers BEGIN SELECT RAISE(ABORT, 'no workers here'); END"
-                )
-            }
+            // PostgreSQL: inserts and the upsert's updates; SQLite: the first insert is enough.
+            try refuseRows(
+                of: "mp_workers",
+                on: c.dialect.notifies ? ["INSERT", "UPDATE"] : ["INSERT"],
+                message: "no workers here",
+                c
+            )
             let handles = try queue.enqueue((1...20).map { Square(n: $0) })
             let messages = Locked<[String]>([])
             try withTestPool(workers: 2) { pool in

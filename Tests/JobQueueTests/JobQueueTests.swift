@@ -51,6 +51,40 @@ struct AlwaysThrows: Job {
     func run() throws -> Int { throw Fails() }
 }
 
+/// Makes the database refuse the rows `events` (INSERT, UPDATE) write to `table` where `condition` (SQL
+/// over `NEW`) holds: a trigger that raises `message`, as a user's own trigger or constraint would.
+func refuseRows(
+    of table: String,
+    on events: [String] = ["INSERT"],
+    where condition: String = "true",
+    message: String,
+    _ c: any SQLConnection
+) throws {
+    if c.dialect.notifies {
+        try c.execute(
+            """
+            CREATE FUNCTION mp_test_refuse_\(table)() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF \(condition) THEN RAISE EXCEPTION '\(message)'; END IF; RETURN NEW; END $$
+            """
+        )
+        try c.execute(
+            """
+            CREATE TRIGGER mp_test_refuse BEFORE \(events.joined(separator: " OR ")) ON \(table) FOR EACH ROW \
+            EXECUTE FUNCTION mp_test_refuse_\(table)()
+            """
+        )
+    } else {
+        for event in events {
+            try c.execute(
+                """
+                CREATE TRIGGER mp_test_refuse_\(event.lowercased()) BEFORE \(event) ON \(table) WHEN \(condition)
+                BEGIN SELECT RAISE(ABORT, '\(message)'); END
+                """
+            )
+        }
+    }
+}
+
 func appendLine(_ path: String, _ line: String) {
     let fd = open(path, O_CREAT | O_WRONLY | O_APPEND, 0o644)
     var s = line + "\n"

@@ -9,6 +9,15 @@ import Testing
 /// its own pool) run them, SIGTERM stops them gracefully; every job is completed once.
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct QueueCommandTests {
+    /// Runs `mp queue ARGUMENTS --database URL` to its end: its exit status and output.
+    func mpQueue(_ arguments: [String], database url: String) throws -> (Int32, String) {
+        let p = try mp(["queue"] + arguments + ["--database", url])
+        try p.run()
+        let text = output(p)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+
     func mp(_ arguments: [String]) throws -> Foundation.Process {
         let p = Foundation.Process()
         p.executableURL = builtExecutable("mp")
@@ -67,13 +76,7 @@ struct QueueCommandTests {
     @Test(arguments: TestBackend.enabled) func limitsAreSetShownAndRemoved(_ backend: TestBackend) throws {
         try withScratchDatabase(backend) { db in
             let url = db.url.text
-            func run(_ arguments: [String]) throws -> (Int32, String) {
-                let p = try mp(["queue"] + arguments + ["--database", url])
-                try p.run()
-                let text = output(p)
-                p.waitUntilExit()
-                return (p.terminationStatus, text)
-            }
+            func run(_ arguments: [String]) throws -> (Int32, String) { try mpQueue(arguments, database: url) }
             func expectOutput(_ arguments: [String], _ expected: String) throws {
                 let (status, text) = try run(arguments)
                 #expect(status == 0 && text == expected, "mp queue \(arguments): \(status) \(text)")
@@ -105,13 +108,7 @@ struct QueueCommandTests {
     @Test(arguments: TestBackend.enabled) func schedulesAreDeclaredListedAndRemoved(_ backend: TestBackend) throws {
         try withScratchDatabase(backend) { db in
             let url = db.url.text
-            func run(_ arguments: [String]) throws -> (Int32, String) {
-                let p = try mp(["queue"] + arguments + ["--database", url])
-                try p.run()
-                let text = output(p)
-                p.waitUntilExit()
-                return (p.terminationStatus, text)
-            }
+            func run(_ arguments: [String]) throws -> (Int32, String) { try mpQueue(arguments, database: url) }
             let (status, text) = try run([
                 "schedule", "--name", "square", "--cron", "30 2 * * *", "--zone", "posix:CET-1CEST,M3.5.0,M10.5.0/3",
             ])

@@ -168,21 +168,7 @@ struct QueueLimitTests {
             )
             let running = try a.settle([], claiming: 1, skipping: [], on: c)  // the unlimited queue's job
             #expect(running.count == 1)
-            if c.dialect.notifies {
-                try c.execute(
-                    """
-                    CREATE FUNCTION mp_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-                    BEGIN RAISE EXCEPTION 'no starts here'; END $$
-                    """
-                )
-                try c.execute(
-                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_queue_starts FOR EACH ROW EXECUTE FUNCTION mp_test_refuse()"
-                )
-            } else {
-                try c.execute(
-                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_queue_starts BEGIN SELECT RAISE(ABORT, 'no starts here'); END"
-                )
-            }
+            try refuseRows(of: "mp_queue_starts", message: "no starts here", c)
             let limited = QueueWorkerState.LimitedClaim(queues: ["default"], room: 2)
             #expect(throws: (any Error).self) { try a.settle([], claiming: 2, skipping: [], limited: limited, on: c) }
             let record = QueueWorkerState.Record(

@@ -225,24 +225,7 @@ struct ScheduleTests {
             try queue.schedule("b", Tick(log: log), try .every(.seconds(2)))
             let c = try db.connect()
             defer { c.close() }
-            if c.dialect.notifies {
-                try c.execute(
-                    """
-                    CREATE FUNCTION mp_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-                    BEGIN IF NEW.queue = 'refused' THEN RAISE EXCEPTION 'not this queue'; END IF; RETURN NEW; END $$
-                    """
-                )
-                try c.execute(
-                    "CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_jobs FOR EACH ROW EXECUTE FUNCTION mp_test_refuse()"
-                )
-            } else {
-                try c.execute(
-                    """
-                    CREATE TRIGGER mp_test_refuse BEFORE INSERT ON mp_jobs WHEN NEW.queue = 'refused'
-                    BEGIN SELECT RAISE(ABORT, 'not this queue'); END
-                    """
-                )
-            }
+            try refuseRows(of: "mp_jobs", where: "NEW.queue = 'refused'", message: "not this queue", c)
             let now = QueueSchema.nowMs() + 2500
             let ran = try ScheduleRunner.run(queues: ["refused", "default"], now: { now }, on: c)
             #expect(ran.failed.keys.sorted() == ["a"] && ran.queued >= 1 && ran.queues == ["default"])

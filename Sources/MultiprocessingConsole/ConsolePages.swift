@@ -117,7 +117,7 @@ enum ConsolePages {
 
     // MARK: the overview
 
-    static let stateColumns: [JobState] = [.available, .running, .completed, .discarded, .cancelled]
+    static let stateColumns: [JobState] = [.available, .waiting, .running, .completed, .discarded, .cancelled]
 
     static func overview(
         queues: [QueueSummary],
@@ -290,7 +290,7 @@ enum ConsolePages {
             forms += "<button id=\"\(action)\" name=\"action\" value=\"\(action)\">\(label)</button></form>"
         }
         switch d.info.state {
-        case .available:
+        case .available, .waiting:
             form("cancel", "Cancel")
             form("discard", "Discard")
         case .running:

@@ -347,18 +347,16 @@ extension JobQueue {
         return retried != nil
     }
 
-    /// Discards a job that waits to run (queued, delayed, or waiting for a retry): it will not run, and
-    /// keeps its error history. Returns false when it is not waiting (running jobs are stopped with
-    /// ``cancel(_:)``).
+    /// Discards a job that waits to run (queued, delayed, waiting for a retry or for other jobs): it will
+    /// not run, and keeps its error history; the jobs that wait for it see it discarded. Returns false
+    /// when it is not waiting (running jobs are stopped with ``cancel(_:)``).
     @discardableResult
     public func discard(_ id: Int64) throws -> Bool {
-        try withConnection { c in
-            let d = c.dialect
-            return try c.execute(
-                "UPDATE mp_jobs SET state = 'discarded', finished_at = \(d.parameter(1)) WHERE id = \(d.parameter(2)) AND state = 'available'",
-                [.int(QueueSchema.nowMs()), .int(id)]
-            ) == 1
+        let released = try withConnection { c in
+            try c.transaction(immediate: true) { try endBeforeRunning(id, as: "discarded", on: c) }
         }
+        if let released { Doorbell.ring(doorbells, queues: released.sorted()) }
+        return released != nil
     }
 
     /// The workers serving this queue's database, as each last announced itself, by name. A worker that

@@ -61,8 +61,12 @@ public enum JobState: String, Sendable, Hashable, Codable, CaseIterable {
     /// Failed on its last attempt.
     case discarded
     /// Cancelled with ``JobQueue/cancel(_:)``, before it ran or while it ran (a run that finished anyway
-    /// is `completed`).
+    /// is `completed`); or stopped before it ran because a job it waited for did not complete (a link of a
+    /// chain after a failed one: its error history says which).
     case cancelled
+    /// Waits for other jobs to finish before it can run: a link of a chain, a group's callback
+    /// (``JobQueue/enqueue(_:after:policy:options:)``).
+    case waiting
 }
 
 /// A job's row, as ``JobQueue/jobs(in:queue:limit:)`` and ``JobHandle/info()`` return it.
@@ -212,49 +216,27 @@ public final class JobQueue: Sendable {
         let trace = JobTracing.enqueue(kind: kind, queue: options.queue, count: jobs.count)
         var failure: (any Error)?
         defer { if let trace { JobTracing.end(trace.span, failure: failure) } }
-        let columns = [
-            "queue", "kind", "priority", "run_at", "attempt", "max_attempts", "backoff_ms", "timeout_ms", "unique_key",
-            "created_at", "trace_context", "state", "payload",
-        ]
-        // What every job of the call shares is bound once; each job adds one parameter, its payload (a
-        // 1,000-job statement binds 1,011 values, not 13,000).
-        let shared: [SQLValue] = [
-            .text(options.queue), .text(kind), .int(Int64(options.priority)), .int(runAt), .int(0),
-            .int(Int64(options.maxAttempts)), .int(options.backoff.wholeMilliseconds),
-            options.timeout.map { .int($0.wholeMilliseconds) } ?? .null, options.uniqueKey.map { .text($0) } ?? .null,
-            .int(now), trace.map { .blob($0.carrier) } ?? .null,
-        ]
+        let insert = JobInsert(
+            kind: kind, options: options, now: now, runAt: runAt, payload: nil, trace: trace?.carrier
+        )
         let encoder = BinaryEncoder()
         var ids: [Int64] = []
         ids.reserveCapacity(jobs.count)
         let d = c.dialect
-        // PostgreSQL cannot infer the types of parameters that only a SELECT list carries.
-        let casts = [
-            "text", "text", "integer", "bigint", "integer", "integer", "bigint", "bigint", "varchar", "bigint", "bytea",
-        ]
-        let sharedList = (1...shared.count).map { i in d.typed(d.parameter(i), casts[i - 1]) }
-        let perStatement = max(1, min(rowsPerInsert, d.maxParameters - shared.count))
+        let perStatement = insert.rowsPerStatement(d, at: rowsPerInsert)
         var start = 0
         do {
             while start < jobs.count {
                 let end = min(jobs.count, start + perStatement)
-                var parameters = shared
-                parameters.reserveCapacity(shared.count + end - start)
-                for job in jobs[start..<end] { parameters.append(.blob(try encoder.encode(job))) }
-                let payloads = (shared.count + 1...parameters.count).map { i in
-                    "(" + (i == shared.count + 1 ? d.typed(d.parameter(i), "bytea") : d.parameter(i)) + ")"
-                }
-                // `WHERE true`: SQLite reads `ON CONFLICT` after a bare FROM as a join's ON.
-                var sql = """
-                    INSERT INTO mp_jobs (\(columns.joined(separator: ", ")))
-                    SELECT \(sharedList.joined(separator: ", ")), 'available', v.column1
-                    FROM (VALUES \(payloads.joined(separator: ", "))) AS v WHERE true
-                    """
-                if options.uniqueKey != nil {
-                    sql +=
-                        " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING"
-                }
-                sql += " RETURNING id"
+                let parameters = insert.parameters(try jobs[start..<end].map { .blob(try encoder.encode($0)) })
+                let sql = insert.statement(
+                    varying: "payload",
+                    type: "bytea",
+                    rows: end - start,
+                    skippingTakenKey: options.uniqueKey != nil,
+                    returningIds: true,
+                    d
+                )
                 var inserted: [Int64] = []
                 try c.forEachRow(sql, parameters) { inserted.append($0[0].intValue ?? 0) }
                 if let key = options.uniqueKey, inserted.count < end - start {
@@ -339,25 +321,41 @@ public final class JobQueue: Sendable {
 
     // MARK: cancel
 
-    /// Cancels a job: a queued one at once; a running one is stopped by its worker (within its heartbeat
-    /// interval) and then recorded as cancelled. Returns false when the job had already finished.
+    /// Cancels a job: a queued or waiting one at once; a running one is stopped by its worker (within its
+    /// heartbeat interval) and then recorded as cancelled. Returns false when the job had already finished.
+    /// The jobs that require it (the rest of its chain) are stopped too; those that only wait for it
+    /// (a group's callback, ``WaitPolicy/allFinished``) see it cancelled.
     @discardableResult
     public func cancel(_ id: Int64) throws -> Bool {
-        try withConnection { c in
+        let (cancelled, released) = try withConnection { c in
             let d = c.dialect
-            return try c.transaction(immediate: true) {
-                if try c.execute(
-                    "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(1)) WHERE id = \(d.parameter(2)) AND state = 'available'",
-                    [.int(QueueSchema.nowMs()), .int(id)]
-                ) == 1 {
-                    return true
-                }
-                return try c.execute(
-                    "UPDATE mp_jobs SET cancel_requested = 1 WHERE id = \(d.parameter(1)) AND state = 'running'",
-                    [.int(id)]
-                ) == 1
+            return try c.transaction(immediate: true) { () throws -> (Bool, Set<String>) in
+                if let released = try endBeforeRunning(id, as: "cancelled", on: c) { return (true, released) }
+                let asked =
+                    try c.execute(
+                        "UPDATE mp_jobs SET cancel_requested = 1 WHERE id = \(d.parameter(1)) AND state = 'running'",
+                        [.int(id)]
+                    ) == 1
+                return (asked, [])
             }
         }
+        Doorbell.ring(doorbells, queues: released.sorted())
+        return cancelled
+    }
+
+    /// Ends job `id` as `state` if it is queued or waiting (in the caller's transaction), releasing the jobs
+    /// that wait for it. Returns the queues of the jobs made available, or nil when it was not queued or
+    /// waiting.
+    func endBeforeRunning(_ id: Int64, as state: String, on c: any SQLConnection) throws -> Set<String>? {
+        let d = c.dialect
+        let now = QueueSchema.nowMs()
+        var dependents: Int64?
+        try c.forEachRow(
+            "UPDATE mp_jobs SET state = \(d.parameter(1)), finished_at = \(d.parameter(2)) WHERE id = \(d.parameter(3)) AND state IN ('available', 'waiting') RETURNING dependents",
+            [.text(state), .int(now), .int(id)]
+        ) { dependents = $0[0].intValue ?? 0 }
+        guard let dependents else { return nil }
+        return dependents > 0 ? try JobDependencies.release([id], now: now, on: c) : []
     }
 
     /// The threads that run database calls for async callers (Swift's cooperative pool never blocks on
@@ -445,8 +443,10 @@ public struct JobHandle<J: Job>: Sendable {
         switch o.state {
         case .completed: return try BinaryDecoder().decode(J.Output.self, from: o.result ?? [])
         case .discarded: throw JobQueueError(.failed, "job \(id) failed: \(o.errors.trimmingTrailingNewline)")
-        case .cancelled: throw JobQueueError(.cancelled, "job \(id) was cancelled")
-        case .available, .running: return nil
+        case .cancelled:
+            let why = o.errors.trimmingTrailingNewline
+            throw JobQueueError(.cancelled, "job \(id) was cancelled" + (why.isEmpty ? "" : ": \(why)"))
+        case .available, .running, .waiting: return nil
         }
     }
 

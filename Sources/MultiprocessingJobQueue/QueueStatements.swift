@@ -54,7 +54,15 @@ struct QueueStatements: Sendable {
                 jobs += try claimLimited(q, min(n, limited.room) - jobs.count, skipping: skipping, on: c)
             }
             if jobs.count < n {
-                jobs += try claim(n - jobs.count, skipping: skipping, now: QueueSchema.nowMs(), results: [], on: c)
+                var none: Set<Int64> = []
+                jobs += try claim(
+                    n - jobs.count,
+                    skipping: skipping,
+                    now: QueueSchema.nowMs(),
+                    results: [],
+                    notRecorded: &none,
+                    on: c
+                )
             }
         } catch {
             // Nothing committed by this call: an ordinary failure (the worker backs off, and gives up after
@@ -82,7 +90,8 @@ struct QueueStatements: Sendable {
         guard c.dialect.modifiesDataInWith else {
             return try c.transaction(immediate: true) {
                 try recordOneByOne(records, now: now, on: c)
-                return n > 0 ? try claim(n, skipping: skipping, now: now, results: [], on: c) : []
+                var none: Set<Int64> = []
+                return n > 0 ? try claim(n, skipping: skipping, now: now, results: [], notRecorded: &none, on: c) : []
             }
         }
         var results: [Record] = []
@@ -90,11 +99,30 @@ struct QueueStatements: Sendable {
         for r in records {
             if case .complete = r.resolution { results.append(r) } else { rest.append(r) }
         }
-        if rest.isEmpty { return try claim(n, skipping: skipping, now: now, results: results, on: c) }
-        return try c.transaction(immediate: true) {
-            try recordOneByOne(rest, now: now, on: c)
-            return try claim(n, skipping: skipping, now: now, results: results, on: c)
+        var notRecorded: Set<Int64> = []
+        let jobs =
+            rest.isEmpty
+            ? try claim(n, skipping: skipping, now: now, results: results, notRecorded: &notRecorded, on: c)
+            : try c.transaction(immediate: true) {
+                try recordOneByOne(rest, now: now, on: c)
+                return try claim(n, skipping: skipping, now: now, results: results, notRecorded: &notRecorded, on: c)
+            }
+        guard !notRecorded.isEmpty else { return jobs }
+        // Results the claim's statement left (jobs that others wait for, whose ends release them; or whose
+        // lease was lost): recorded one by one, each with its releases.
+        do {
+            try c.transaction(immediate: true) {
+                try recordOneByOne(results.filter { notRecorded.contains($0.id) }, now: now, on: c)
+            }
+        } catch {
+            // The claim committed: its jobs are held, and must be kept. These jobs stay running until their
+            // leases run out, and run again (at least once).
+            logger.warning(
+                "results of jobs that others wait for could not be recorded; they will run again",
+                metadata: ["count": "\(notRecorded.count)", "error": "\(error)"]
+            )
         }
+        return jobs
     }
 
     /// The worker's queues that have a limit.
@@ -158,7 +186,16 @@ struct QueueStatements: Sendable {
                 room = min(room, rate - started)
             }
             guard room > 0 else { return [] }
-            let jobs = try claim(Int(room), from: [queue], skipping: skipping, now: now, results: [], on: c)
+            var none: Set<Int64> = []
+            let jobs = try claim(
+                Int(room),
+                from: [queue],
+                skipping: skipping,
+                now: now,
+                results: [],
+                notRecorded: &none,
+                on: c
+            )
             if limit.rate != nil, !jobs.isEmpty {
                 let rows = jobs.indices.map { _ in "(\(q), \(d.parameter(2)))" }.joined(separator: ", ")
                 try c.execute("INSERT INTO mp_queue_starts (queue, at) VALUES \(rows)", [.text(queue), .int(now)])
@@ -169,13 +206,16 @@ struct QueueStatements: Sendable {
 
     /// Claims up to `n` due jobs (none when 0) in one statement, which, where the database can write inside
     /// `WITH`, also marks `results` completed: of the worker's queues that have no limit, or of
-    /// `limitedQueue` (its limit checked by the caller).
+    /// `limitedQueue` (its limit checked by the caller). Results of jobs that others wait for are left
+    /// (their ends release the waiting jobs: `recordOneByOne`), as are those whose lease was lost: their
+    /// ids are put in `notRecorded`.
     private func claim(
         _ n: Int,
         from limitedQueue: [String]? = nil,
         skipping: [String],
         now: Int64,
         results: [Record],
+        notRecorded: inout Set<Int64>,
         on c: any SQLConnection
     ) throws
         -> [Job]
@@ -195,10 +235,12 @@ struct QueueStatements: Sendable {
         }
         // The results, as VALUES rows (the first typed), finished at the third parameter.
         var rows: [String] = []
+        var idParameters: [Int] = []
         for r in results {
             guard case .complete(let bytes) = r.resolution else { continue }
             parameters += [.int(r.id), .int(Int64(r.attempt)), .blob(bytes)]
             let i = parameters.count
+            idParameters.append(i - 2)
             let (id, attempt, result) = (d.parameter(i - 2), d.parameter(i - 1), d.parameter(i))
             rows.append(
                 rows.isEmpty
@@ -210,16 +252,14 @@ struct QueueStatements: Sendable {
             UPDATE mp_jobs SET state = 'completed', result = v.column3, finished_at = \(d.parameter(3)), lease_until = NULL
             FROM (VALUES \(rows.joined(separator: ", "))) AS v
             WHERE mp_jobs.id = v.column1 AND mp_jobs.attempt = v.column2 AND mp_jobs.state = 'running'
+              AND mp_jobs.dependents = 0
             """
+        let resultIDs = Set(results.map(\.id))
         guard n > 0 else {
             if !rows.isEmpty {
-                let changed = try c.execute(complete, parameters)
-                if changed < rows.count {
-                    logger.warning(
-                        "results came after their jobs' leases were lost; dropped",
-                        metadata: ["count": "\(rows.count - changed)"]
-                    )
-                }
+                var recorded: Set<Int64> = []
+                try c.forEachRow(complete + " RETURNING mp_jobs.id", parameters) { recorded.insert($0[0].intValue ?? 0) }
+                notRecorded.formUnion(resultIDs.subtracting(recorded))
             }
             return []
         }
@@ -233,20 +273,36 @@ struct QueueStatements: Sendable {
             """
         let set =
             "state = 'running', attempt = attempt + 1, worker = \(d.parameter(1)), lease_until = \(d.parameter(2))"
-        let returning = """
-            RETURNING mp_jobs.id, mp_jobs.kind, mp_jobs.payload, mp_jobs.attempt, mp_jobs.max_attempts,
-              mp_jobs.backoff_ms, mp_jobs.timeout_ms, mp_jobs.run_at, mp_jobs.trace_context
+        let columns = """
+            mp_jobs.id, mp_jobs.kind, mp_jobs.payload, mp_jobs.attempt, mp_jobs.max_attempts,
+              mp_jobs.backoff_ms, mp_jobs.timeout_ms, mp_jobs.run_at, mp_jobs.trace_context, mp_jobs.waits_for
             """
         let sql: String
-        if d.modifiesDataInWith {
-            let done = rows.isEmpty ? "" : "done AS (\(complete) RETURNING mp_jobs.id), "
-            sql =
-                "WITH \(done)due AS (\(due)) UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id \(returning)"
+        if d.modifiesDataInWith && !rows.isEmpty {
+            // The claimed jobs, then (kind NULL) the ids of results the `done` part left.
+            let ids = idParameters.enumerated().map { k, i in
+                "(" + (k == 0 ? d.typed(d.parameter(i), "bigint") : d.parameter(i)) + ")"
+            }
+            sql = """
+                WITH done AS (\(complete) RETURNING mp_jobs.id), due AS (\(due)),
+                  claimed AS (UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id RETURNING \(columns))
+                SELECT * FROM claimed
+                UNION ALL SELECT r.column1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+                  FROM (VALUES \(ids.joined(separator: ", "))) AS r WHERE r.column1 NOT IN (SELECT id FROM done)
+                """
+        } else if d.modifiesDataInWith {
+            sql = "WITH due AS (\(due)) UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id RETURNING \(columns)"
         } else {
-            sql = "UPDATE mp_jobs SET \(set) WHERE id IN (\(due)) \(returning)"
+            sql = "UPDATE mp_jobs SET \(set) WHERE id IN (\(due)) RETURNING \(columns)"
         }
         var out: [Job] = []
+        var waiting: [Int] = []
         try c.forEachRow(sql, parameters) { r in
+            guard r[1] != .null else {
+                notRecorded.insert(r[0].intValue ?? 0)
+                return
+            }
+            if (r[9].intValue ?? 0) > 0 { waiting.append(out.count) }
             let payload: [UInt8] = if case .blob(let b) = r[2] { b } else { [] }
             out.append(
                 Job(
@@ -262,13 +318,29 @@ struct QueueStatements: Sendable {
                 )
             )
         }
+        if !waiting.isEmpty {
+            let outcomes = try JobDependencies.outcomes(of: waiting.map { out[$0].id }, on: c)
+            for i in waiting { out[i].inputs = outcomes[out[i].id] }
+        }
         return out
     }
 
     /// Records attempts one statement each (within the caller's transaction).
+    /// Records attempts one statement each (within the caller's transaction); the ends of jobs that others
+    /// wait for release them, in the same transaction.
     private func recordOneByOne(_ records: [Record], now: Int64, on c: any SQLConnection) throws {
         let d = c.dialect
         let fence = "WHERE id = \(d.parameter(1)) AND attempt = \(d.parameter(2)) AND state = 'running'"
+        var ended: [Int64] = []
+        /// Runs an update of one attempt; true when it matched (the attempt was still this worker's).
+        func update(_ sql: String, _ parameters: [SQLValue], ends: Bool) throws -> Bool {
+            var matched = false
+            try c.forEachRow(sql + " RETURNING dependents", parameters) { r in
+                matched = true
+                if ends, (r[0].intValue ?? 0) > 0, let id = parameters[0].intValue { ended.append(id) }
+            }
+            return matched
+        }
         for r in records {
             let key: [SQLValue] = [.int(r.id), .int(Int64(r.attempt))]
             func line(_ error: String) -> SQLValue {
@@ -280,38 +352,44 @@ struct QueueStatements: Sendable {
             }
             switch r.resolution {
             case .complete(let bytes):
-                let n = try c.execute(
+                let matched = try update(
                     "UPDATE mp_jobs SET state = 'completed', result = \(d.parameter(3)), finished_at = \(d.parameter(4)), lease_until = NULL \(fence)",
-                    key + [.blob(bytes), .int(now)]
+                    key + [.blob(bytes), .int(now)],
+                    ends: true
                 )
-                if n == 0 {
+                if !matched {
                     logger.warning(
                         "a result came after the job's lease was lost; dropped",
                         metadata: ["job": "\(r.id)"]
                     )
                 }
             case .cancelled:
-                try c.execute(
+                _ = try update(
                     "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(3)), lease_until = NULL \(fence)",
-                    key + [.int(now)]
+                    key + [.int(now)],
+                    ends: true
                 )
             case .handBackUnknownKind, .handBack:
-                try c.execute(
+                _ = try update(
                     "UPDATE mp_jobs SET state = 'available', attempt = attempt - 1, worker = NULL, lease_until = NULL \(fence)",
-                    key
+                    key,
+                    ends: false
                 )
             case .retry(let afterMs, let error):
-                try c.execute(
+                _ = try update(
                     "UPDATE mp_jobs SET state = 'available', run_at = \(d.parameter(3)), worker = NULL, lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
-                    key + [.int(now + afterMs), line(error)]
+                    key + [.int(now + afterMs), line(error)],
+                    ends: false
                 )
             case .discard(let error):
-                try c.execute(
+                _ = try update(
                     "UPDATE mp_jobs SET state = 'discarded', finished_at = \(d.parameter(3)), lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
-                    key + [.int(now), line(error)]
+                    key + [.int(now), line(error)],
+                    ends: true
                 )
             }
         }
+        if !ended.isEmpty { try JobDependencies.release(ended, now: now, on: c) }
     }
 
     /// Jobs in the queues still to run or running anywhere, types in `skipping` left out.
@@ -356,6 +434,7 @@ struct QueueStatements: Sendable {
         return try c.transaction(immediate: true) {
             var rescued = 0
             var requeued: Set<String> = []
+            var ended: [Int64] = []
             try c.forEachRow(
                 """
                 UPDATE mp_jobs SET
@@ -365,7 +444,7 @@ struct QueueStatements: Sendable {
                   errors = coalesce(errors, '') || 'attempt ' || attempt || \(d.parameter(2)) || coalesce(worker, '?') || \(d.parameter(3)),
                   worker = NULL, lease_until = NULL
                 WHERE state = 'running' AND lease_until < \(d.parameter(1))
-                RETURNING queue, state
+                RETURNING queue, state, id, dependents
                 """,
                 [
                     .int(now), .text(" at \(QueueSchema.iso8601(ms: now)) on "),
@@ -374,8 +453,12 @@ struct QueueStatements: Sendable {
             ) { r in
                 rescued += 1
                 if r[1].textValue == "available", let q = r[0].textValue { requeued.insert(q) }
+                if r[1].textValue == "discarded", (r[3].intValue ?? 0) > 0, let id = r[2].intValue { ended.append(id) }
             }
             try notify(requeued.sorted(), on: c)
+            // Jobs that waited for those discarded, then for any that ended unseen (the sweep).
+            requeued.formUnion(try JobDependencies.release(ended, now: now, on: c))
+            requeued.formUnion(try JobDependencies.sweep(now: now, on: c))
             return (rescued, requeued.sorted())
         }
     }
@@ -412,10 +495,19 @@ struct QueueStatements: Sendable {
         let now = QueueSchema.nowMs()
         // Rows of killed workers: best effort (a role without rights on mp_workers still cleans jobs).
         try? forgetLostWorkers(on: c)
-        return try c.execute(
-            "DELETE FROM mp_jobs WHERE (state = 'completed' AND finished_at < \(d.parameter(1))) OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2)))",
-            [.int(now - keepCompleted.wholeMilliseconds), .int(now - keepFailed.wholeMilliseconds)]
-        )
+        return try c.transaction(immediate: true) {
+            let n = try c.execute(
+                "DELETE FROM mp_jobs WHERE (state = 'completed' AND finished_at < \(d.parameter(1))) OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2)))",
+                [.int(now - keepCompleted.wholeMilliseconds), .int(now - keepFailed.wholeMilliseconds)]
+            )
+            // The edges of the waiting jobs deleted (each had run or stopped, so its edges were resolved).
+            if n > 0 {
+                try c.execute(
+                    "DELETE FROM mp_job_deps WHERE NOT EXISTS (SELECT 1 FROM mp_jobs WHERE mp_jobs.id = mp_job_deps.child_id)"
+                )
+            }
+            return n
+        }
     }
 }
 

@@ -410,7 +410,7 @@ public final class QueueWorker: Sendable {
             let span = JobTracing.run(j, worker: name)
             let submit = { [pool] in
                 try pool.applyAsync(
-                    StoredJob(kind: j.kind, payload: j.payload),
+                    StoredJob(kind: j.kind, payload: j.payload, inputs: j.inputs),
                     options: TaskOptions(timeout: j.timeoutMs.map { .milliseconds($0) }),
                     callback: {
                         JobTracing.end(span)
@@ -439,7 +439,7 @@ public final class QueueWorker: Sendable {
         case .chunk(let token, let chunk):
             let keys = chunk.map { (id: $0.id, attempt: $0.attempt) }
             let task = try pool.applyAsync(
-                StoredJobChunk(jobs: chunk.map { StoredJob(kind: $0.kind, payload: $0.payload) }),
+                StoredJobChunk(jobs: chunk.map { StoredJob(kind: $0.kind, payload: $0.payload, inputs: $0.inputs) }),
                 callback: { outcomes in
                     for (k, o) in zip(keys, outcomes) {
                         try? completions.putNowait(

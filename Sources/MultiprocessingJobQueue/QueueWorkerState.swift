@@ -87,6 +87,8 @@ struct QueueWorkerState: Sendable {
         let runAt: Int64
         /// The trace context it was queued in (`PoolTracing.encode`d headers), or `nil`.
         var trace: [UInt8]? = nil
+        /// The outcomes of the jobs it waited for (an encoded ``JobOutcomes``), or `nil`.
+        var inputs: [UInt8]? = nil
     }
 
     /// What the pool reported for one job's attempt.

@@ -8,6 +8,15 @@ import Threading
 struct StoredJob: Job {
     let kind: String
     let payload: [UInt8]
+    /// The outcomes of the jobs it waited for (an encoded ``JobOutcomes``), given to it as
+    /// ``JobOutcomes/current``; nil for a job that waited for none.
+    var inputs: [UInt8]? = nil
+
+    init(kind: String, payload: [UInt8], inputs: [UInt8]? = nil) {
+        self.kind = kind
+        self.payload = payload
+        self.inputs = inputs
+    }
 
     func run() async throws -> [UInt8] {
         guard let type = Self.resolve(kind) else {
@@ -17,7 +26,14 @@ struct StoredJob: Job {
                     + "program that defines it"
             )
         }
-        return try await Self.run(type, payload)
+        guard let inputs else { return try await Self.run(type, payload) }
+        let outcomes: JobOutcomes
+        do {
+            outcomes = try BinaryDecoder().decode(JobOutcomes.self, from: inputs)
+        } catch {
+            throw JobQueueError(.malformedJob, "the outcomes of the jobs it waited for cannot be decoded: \(error)")
+        }
+        return try await JobOutcomes.$current.withValue(outcomes) { try await Self.run(type, payload) }
     }
 
     private static func run<J: Job>(_ type: J.Type, _ payload: [UInt8]) async throws -> [UInt8] {
@@ -127,6 +143,9 @@ public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable
         /// this machine does not know, a name that is empty or too long
         /// (``JobQueue/schedule(_:_:_:missed:options:)``).
         public static let invalidSchedule = Code("invalidSchedule")
+        /// A job that waits for others that cannot be queued: nothing to wait for, a unique key on a job
+        /// that waits, a link of a chain whose type cannot travel (``JobQueue/enqueue(_:after:policy:options:)``).
+        public static let invalidDependency = Code("invalidDependency")
     }
     /// What kind of failure it was, to match on.
     public let code: Code

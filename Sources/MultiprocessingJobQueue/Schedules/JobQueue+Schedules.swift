@@ -250,41 +250,31 @@ enum ScheduleRunner {
 
     /// Queues one job per occurrence in `runs`, each due at its occurrence.
     private static func insert(_ s: Due, runs: [Int64], now: Int64, on c: any SQLConnection) throws -> Int {
-        let d = c.dialect
+        let options = JobOptions(
+            queue: s.queue,
+            priority: Int(clamping: s.priority),
+            uniqueKey: s.uniqueKey,
+            timeout: s.timeoutMs.map { .milliseconds($0) },
+            maxAttempts: Int(clamping: s.maxAttempts),
+            backoff: .milliseconds(s.backoffMs)
+        )
+        let insert = JobInsert(kind: s.kind, options: options, now: now, runAt: nil, payload: s.payload)
         var inserted = 0
-        let columns = [
-            "queue", "kind", "priority", "attempt", "max_attempts", "backoff_ms", "timeout_ms", "unique_key",
-            "created_at", "state", "payload", "run_at",
-        ]
-        let shared: [SQLValue] = [
-            .text(s.queue), .text(s.kind), .int(s.priority), .int(0), .int(s.maxAttempts), .int(s.backoffMs),
-            s.timeoutMs.map { .int($0) } ?? .null, s.uniqueKey.map { .text($0) } ?? .null, .int(now),
-            .text("available"), .blob(s.payload),
-        ]
-        let casts = [
-            "text", "text", "integer", "integer", "integer", "bigint", "bigint", "varchar", "bigint", "varchar",
-            "bytea",
-        ]
-        let sharedList = (1...shared.count).map { d.typed(d.parameter($0), casts[$0 - 1]) }.joined(separator: ", ")
         // A unique key: one row per statement, so that an occurrence whose predecessor still holds the key
         // is skipped alone.
-        let perStatement = s.uniqueKey == nil ? 500 : 1
+        let perStatement = s.uniqueKey == nil ? insert.rowsPerStatement(c.dialect, at: 500) : 1
         var start = 0
         while start < runs.count {
             let batch = runs[start..<min(runs.count, start + perStatement)]
-            let times = (0..<batch.count).map { k in
-                "(" + (k == 0 ? d.typed(d.parameter(shared.count + 1), "bigint") : d.parameter(shared.count + 1 + k))
-                    + ")"
-            }
-            var sql = """
-                INSERT INTO mp_jobs (\(columns.joined(separator: ", ")))
-                SELECT \(sharedList), v.column1 FROM (VALUES \(times.joined(separator: ", "))) AS v WHERE true
-                """
-            if s.uniqueKey != nil {
-                sql +=
-                    " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING"
-            }
-            inserted += try c.execute(sql, shared + batch.map { .int($0) })
+            let sql = insert.statement(
+                varying: "run_at",
+                type: "bigint",
+                rows: batch.count,
+                skippingTakenKey: s.uniqueKey != nil,
+                returningIds: false,
+                c.dialect
+            )
+            inserted += try c.execute(sql, insert.parameters(batch.map { .int($0) }))
             start += batch.count
         }
         return inserted

@@ -3,7 +3,7 @@
 
 import Glibc
 public import Multiprocessing
-import MultiprocessingJobQueue
+public import MultiprocessingJobQueue
 import MultiprocessingSQL
 
 /// The tutorial's task as a queued job: `'n * n = n²'`.
@@ -22,6 +22,18 @@ public struct SquareTask: Job {
     public func run() -> String {
         if pauseMs > 0 { usleep(UInt32(pauseMs) * 1000) }
         return "\(n) * \(n) = \(n * n)"
+    }
+}
+
+/// A report on a group of the tutorial's tasks, run once they have all ended (`mp queue enqueue
+/// --report`): how many answered, and the last answer.
+public struct SquareReport: DependentJob {
+    /// The report for the group it is queued after.
+    public init() {}
+    /// `k of n tasks answered, the last: 'n * n = n²'`, from the outcomes of the tasks it waited for.
+    public func run(after outcomes: JobOutcomes) -> String {
+        let answers = outcomes.compactMap { try? $0.value(as: String.self) }
+        return "\(answers.count) of \(outcomes.count) tasks answered" + (answers.last.map { ", the last: \($0)" } ?? "")
     }
 }
 

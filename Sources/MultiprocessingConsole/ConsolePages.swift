@@ -263,6 +263,19 @@ enum ConsolePages {
         if d.cancelRequested { row("cancellation", "asked for; the worker stops it within a heartbeat") }
         if let r = d.resultBytes { row("result", "\(r) bytes stored") }
         if d.traced { row("trace", "queued inside a trace") }
+        if !d.waitsFor.isEmpty {
+            let links = d.waitsFor.map { w in
+                "<a href=\"/jobs/\(w.job)\">\(w.job)</a> (\(w.ended?.rawValue ?? "not ended")\(w.required ? "" : ", outcome only"))"
+            }
+            row("waits for", links.joined(separator: ", "), id: "job-waits-for")
+        }
+        if !d.waitedForBy.isEmpty {
+            row(
+                "waited for by",
+                d.waitedForBy.map { "<a href=\"/jobs/\($0)\">\($0)</a>" }.joined(separator: ", "),
+                id: "job-waited-for-by"
+            )
+        }
         html += "</table>"
         if frame.canAct { html += actions(d, csrf: frame.csrf) }
         html += "<h2>Error history</h2>"

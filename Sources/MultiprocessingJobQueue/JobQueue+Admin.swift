@@ -100,6 +100,20 @@ public struct JobDetails: Sendable, Hashable {
     public var resultBytes: Int?
     /// It was queued inside a trace (its row keeps the trace context).
     public var traced: Bool
+    /// The jobs it waits for or waited for (a link of a chain, a group's callback), in the order named.
+    public var waitsFor: [JobDependency] = []
+    /// The jobs that wait or waited for it (the next link, a group's callback).
+    public var waitedForBy: [Int64] = []
+}
+
+/// One job that another waits for (``JobDetails/waitsFor``).
+public struct JobDependency: Sendable, Hashable {
+    /// The job waited for.
+    public var job: Int64
+    /// Whether it must complete for the waiting job to run (``WaitPolicy/allSucceeded``).
+    public var required: Bool
+    /// How it ended, once it has (nil while it has not).
+    public var ended: JobState?
 }
 
 /// A queue worker as it last announced itself: every third of its lease, while it runs
@@ -284,7 +298,25 @@ extension JobQueue {
                     traced: r[10].intValue == 1 || r[10].textValue == "t" || r[10].textValue == "true"
                 )
             }
-            return out
+            guard var details = out else { return nil }
+            let d = c.dialect
+            try c.forEachRow(
+                "SELECT parent_id, required, parent_state FROM mp_job_deps WHERE child_id = \(d.parameter(1)) ORDER BY position",
+                [.int(id)]
+            ) { r in
+                details.waitsFor.append(
+                    JobDependency(
+                        job: r[0].intValue ?? 0,
+                        required: r[1].intValue == 1,
+                        ended: r[2].textValue.flatMap(JobState.init(rawValue:))
+                    )
+                )
+            }
+            try c.forEachRow(
+                "SELECT DISTINCT child_id FROM mp_job_deps WHERE parent_id = \(d.parameter(1)) ORDER BY child_id",
+                [.int(id)]
+            ) { details.waitedForBy.append($0[0].intValue ?? 0) }
+            return details
         }
     }
 

@@ -221,7 +221,7 @@ struct QueueCommand: ParsableCommand {
             SquareTask); your own program runs your jobs with QueueWorker.
             """,
         subcommands: [
-            QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self, QueueLimitCommand.self,
+            QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self, QueueShow.self, QueueLimitCommand.self,
             QueueScheduleCommand.self,
         ]
     )
@@ -314,17 +314,57 @@ struct QueueEnqueue: ParsableCommand {
     var wait = false
     @Option(help: "Milliseconds each job pauses before answering.")
     var pauseMs: Int = 0
+    @Flag(help: "Queue them as a group, with a report that runs once they have all ended.")
+    var report = false
 
     func run() throws {
         let q = try JobQueue(DatabaseURL(database))
-        let handles = try q.enqueue(
-            (1...max(1, count)).map { SquareTask(n: $0, pauseMs: max(0, pauseMs)) },
-            options: JobOptions(queue: queue)
+        let jobs = (1...max(1, count)).map { SquareTask(n: $0, pauseMs: max(0, pauseMs)) }
+        let options = JobOptions(queue: queue)
+        let handles: [JobHandle<SquareTask>]
+        var reportHandle: JobHandle<SquareReport>?
+        if report {
+            let group = try q.group(jobs, options: options, then: SquareReport(), callbackOptions: options)
+            (handles, reportHandle) = (group.members, group.callback)
+        } else {
+            handles = try q.enqueue(jobs, options: options)
+        }
+        print(
+            "queued \(handles.count) jobs (ids \(handles.first!.id)...\(handles.last!.id))"
+                + (reportHandle.map { " and their report (id \($0.id))" } ?? "")
         )
-        print("queued \(handles.count) jobs (ids \(handles.first!.id)...\(handles.last!.id))")
         if wait {
             for h in handles { print(try h.result(timeout: .seconds(3600))) }
+            if let reportHandle { print(try reportHandle.result(timeout: .seconds(3600))) }
         }
+    }
+}
+
+struct QueueShow: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show",
+        abstract: "One job: its state, attempts, the jobs it waits for and those that wait for it, its errors."
+    )
+
+    @Option(help: "The queue's database URL.")
+    var database: String
+    @Option(help: "The job's id.")
+    var id: Int64
+
+    func run() throws {
+        let q = try JobQueue(DatabaseURL(database))
+        guard let d = try q.details(id) else { throw ValidationError("no job \(id)") }
+        print(
+            "job \(id): \(d.info.typeName) in \(d.info.queue), \(d.info.state.rawValue), attempt \(d.info.attempt) of \(d.info.maxAttempts)"
+        )
+        if !d.waitsFor.isEmpty {
+            let list = d.waitsFor.map { w in
+                "\(w.job) (\(w.ended?.rawValue ?? "not ended")\(w.required ? "" : ", outcome only"))"
+            }
+            print("waits for: " + list.joined(separator: ", "))
+        }
+        if !d.waitedForBy.isEmpty { print("waited for by: " + d.waitedForBy.map(String.init).joined(separator: ", ")) }
+        for e in d.info.errors { print(e) }
     }
 }
 

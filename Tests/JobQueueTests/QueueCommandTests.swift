@@ -139,4 +139,30 @@ struct QueueCommandTests {
             #expect(try JobQueue(DatabaseURL(url)).schedules().map(\.name) == ["square"])
         }
     }
+
+    /// `mp queue enqueue --report` queues the demo's tasks as a group with a report after them; `mp queue
+    /// show` shows what a job waits for and what waits for it, before and after a worker ran them.
+    @Test(arguments: TestBackend.enabled) func groupsAreQueuedAndShown(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let url = db.url.text
+            func run(_ arguments: [String]) throws -> (Int32, String) { try mpQueue(arguments, database: url) }
+            let (status, text) = try run(["enqueue", "--count", "3", "--report"])
+            #expect(status == 0, "\(text)")
+            #expect(text == "queued 3 jobs (ids 1...3) and their report (id 4)\n", "\(text)")
+            let waiting = try run(["show", "--id", "4"]).1
+            #expect(waiting.contains("SquareReport in default, waiting, attempt 0 of 3"), "\(waiting)")
+            #expect(waiting.contains("waits for: 1 (not ended, outcome only), 2 (not ended, outcome only), 3 ("), "\(waiting)")
+            #expect(try run(["status"]).1.contains("waiting: 1"))
+            #expect(try run(["show", "--id", "99"]).0 != 0)
+            let worker = try mp(["queue", "worker", "--database", url, "--concurrency", "1"])
+            try worker.run()
+            let queue = try JobQueue(DatabaseURL(url))
+            try eventually("the tasks and the report completed") { try queue.counts()[.completed] == 4 }
+            worker.terminate()
+            worker.waitUntilExit()
+            let done = try run(["show", "--id", "4"]).1
+            #expect(done.contains("completed, attempt 1 of 3") && done.contains("waits for: 1 (completed, outcome only)"), "\(done)")
+            #expect(try run(["show", "--id", "2"]).1.contains("waited for by: 4"))
+        }
+    }
 }

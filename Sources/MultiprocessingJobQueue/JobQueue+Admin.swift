@@ -322,7 +322,10 @@ extension JobQueue {
 
     /// Queues a finished job again (discarded, cancelled, or completed: Sidekiq's and Oban's "retry"), due
     /// now, with one more attempt allowed if it had used them all; its error history is kept. Returns false
-    /// when the job is not finished (or does not exist).
+    /// when the job is not finished (or does not exist). A job cancelled while it waited for others that
+    /// have not all ended waits for them again; one stopped because a job it needs failed runs with that
+    /// outcome (retry the failed job first, then queue the rest anew: a retried job does not bring back
+    /// the jobs its failure stopped).
     /// - Throws: ``JobQueueError`` `.conflict` when another job with its unique key is queued or running.
     @discardableResult
     public func retry(_ id: Int64) throws -> Bool {
@@ -350,7 +353,9 @@ extension JobQueue {
                 do {
                     n = try c.execute(
                         """
-                        UPDATE mp_jobs SET state = 'available', run_at = \(d.parameter(1)), finished_at = NULL, worker = NULL,
+                        UPDATE mp_jobs SET run_at = \(d.parameter(1)), finished_at = NULL, worker = NULL,
+                          state = CASE WHEN EXISTS (SELECT 1 FROM mp_job_deps e WHERE e.child_id = mp_jobs.id AND e.parent_state IS NULL)
+                            THEN 'waiting' ELSE 'available' END,
                           lease_until = NULL, cancel_requested = 0, result = NULL,
                           max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END
                         WHERE id = \(d.parameter(2)) AND state IN ('discarded', 'cancelled', 'completed')

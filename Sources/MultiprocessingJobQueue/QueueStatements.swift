@@ -18,6 +18,9 @@ struct QueueStatements: Sendable {
     let keepCompleted: Duration
     let keepFailed: Duration
     let logger: Logger
+    /// The queues of jobs released by the ends this worker recorded (for SQLite's doorbell, rung by the
+    /// worker once they have committed).
+    let released = ReleasedQueues()
 
     /// Records finished attempts and claims up to `n` due jobs of types not in `skipping`, in one
     /// transaction; with `limited` queues, records, then claims from those as their limits allow, then
@@ -97,7 +100,8 @@ struct QueueStatements: Sendable {
         var results: [Record] = []
         var rest: [Record] = []
         for r in records {
-            if case .complete = r.resolution { results.append(r) } else { rest.append(r) }
+            // A result whose end releases other jobs is recorded with them, in the claim's transaction.
+            if case .complete = r.resolution, !r.releases { results.append(r) } else { rest.append(r) }
         }
         var notRecorded: Set<Int64> = []
         let jobs =
@@ -108,15 +112,16 @@ struct QueueStatements: Sendable {
                 return try claim(n, skipping: skipping, now: now, results: results, notRecorded: &notRecorded, on: c)
             }
         guard !notRecorded.isEmpty else { return jobs }
-        // Results the claim's statement left (jobs that others wait for, whose ends release them; or whose
-        // lease was lost): recorded one by one, each with its releases.
+        // Results the claim's statement left: jobs that others began to wait for while they ran (rare: the
+        // others were queued after them), whose ends release those; or jobs whose lease was lost. Recorded
+        // one by one, each with its releases.
         do {
             try c.transaction(immediate: true) {
                 try recordOneByOne(results.filter { notRecorded.contains($0.id) }, now: now, on: c)
             }
         } catch {
-            // The claim committed: its jobs are held, and must be kept. These jobs stay running until their
-            // leases run out, and run again (at least once).
+            // The claim committed: its jobs are held, and must be kept. These jobs are handed back by the
+            // next heartbeat (no longer the worker's) and run again: at least once, as for a worker that died.
             logger.warning(
                 "results of jobs that others wait for could not be recorded; they will run again",
                 metadata: ["count": "\(notRecorded.count)", "error": "\(error)"]
@@ -275,7 +280,8 @@ struct QueueStatements: Sendable {
             "state = 'running', attempt = attempt + 1, worker = \(d.parameter(1)), lease_until = \(d.parameter(2))"
         let columns = """
             mp_jobs.id, mp_jobs.kind, mp_jobs.payload, mp_jobs.attempt, mp_jobs.max_attempts,
-              mp_jobs.backoff_ms, mp_jobs.timeout_ms, mp_jobs.run_at, mp_jobs.trace_context, mp_jobs.waits_for
+              mp_jobs.backoff_ms, mp_jobs.timeout_ms, mp_jobs.run_at, mp_jobs.trace_context, mp_jobs.waits_for,
+              mp_jobs.dependents
             """
         let sql: String
         if d.modifiesDataInWith && !rows.isEmpty {
@@ -287,7 +293,7 @@ struct QueueStatements: Sendable {
                 WITH done AS (\(complete) RETURNING mp_jobs.id), due AS (\(due)),
                   claimed AS (UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id RETURNING \(columns))
                 SELECT * FROM claimed
-                UNION ALL SELECT r.column1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+                UNION ALL SELECT r.column1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
                   FROM (VALUES \(ids.joined(separator: ", "))) AS r WHERE r.column1 NOT IN (SELECT id FROM done)
                 """
         } else if d.modifiesDataInWith {
@@ -314,7 +320,8 @@ struct QueueStatements: Sendable {
                     backoffMs: r[5].intValue ?? 1000,
                     timeoutMs: r[6].intValue,
                     runAt: r[7].intValue ?? now,
-                    trace: { if case .blob(let b) = r[8] { b } else { nil } }()
+                    trace: { if case .blob(let b) = r[8] { b } else { nil } }(),
+                    hasDependents: (r[10].intValue ?? 0) > 0
                 )
             )
         }
@@ -341,7 +348,9 @@ struct QueueStatements: Sendable {
             }
             return matched
         }
-        for r in records {
+        // In id order, as every writer that locks several jobs' rows does (PostgreSQL: no deadlock between
+        // a worker recording and a producer locking the jobs it queues a job after).
+        for r in records.sorted(by: { $0.id < $1.id }) {
             let key: [SQLValue] = [.int(r.id), .int(Int64(r.attempt))]
             func line(_ error: String) -> SQLValue {
                 // One line per attempt; no NUL, which PostgreSQL's text refuses (the record would then
@@ -389,7 +398,7 @@ struct QueueStatements: Sendable {
                 )
             }
         }
-        if !ended.isEmpty { try JobDependencies.release(ended, now: now, on: c) }
+        if !ended.isEmpty { released.add(try JobDependencies.release(ended, now: now, on: c)) }
     }
 
     /// Jobs in the queues still to run or running anywhere, types in `skipping` left out.
@@ -405,7 +414,7 @@ struct QueueStatements: Sendable {
         let queueList = list(queues)
         let skip = skipping.isEmpty ? "" : " AND kind NOT IN (\(list(skipping)))"
         let sql =
-            "SELECT count(*) FROM mp_jobs WHERE queue IN (\(queueList)) AND state IN ('available', 'running')\(skip)"
+            "SELECT count(*) FROM mp_jobs WHERE queue IN (\(queueList)) AND state IN ('available', 'running', 'waiting')\(skip)"
         return Int(try c.scalar(sql, parameters)?.intValue ?? 0)
     }
 
@@ -496,15 +505,26 @@ struct QueueStatements: Sendable {
         // Rows of killed workers: best effort (a role without rights on mp_workers still cleans jobs).
         try? forgetLostWorkers(on: c)
         return try c.transaction(immediate: true) {
-            let n = try c.execute(
-                "DELETE FROM mp_jobs WHERE (state = 'completed' AND finished_at < \(d.parameter(1))) OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2)))",
+            // A job whose end has not yet been copied to the jobs waiting for it (ended by something that
+            // did not release them) stays until the sweep has.
+            var n = 0
+            var waited: [Int64] = []
+            try c.forEachRow(
+                """
+                DELETE FROM mp_jobs WHERE ((state = 'completed' AND finished_at < \(d.parameter(1)))
+                  OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2))))
+                  AND (dependents = 0 OR NOT EXISTS (SELECT 1 FROM mp_job_deps e WHERE e.parent_id = mp_jobs.id AND e.parent_state IS NULL))
+                RETURNING id, waits_for
+                """,
                 [.int(now - keepCompleted.wholeMilliseconds), .int(now - keepFailed.wholeMilliseconds)]
-            )
-            // The edges of the waiting jobs deleted (each had run or stopped, so its edges were resolved).
-            if n > 0 {
-                try c.execute(
-                    "DELETE FROM mp_job_deps WHERE NOT EXISTS (SELECT 1 FROM mp_jobs WHERE mp_jobs.id = mp_job_deps.child_id)"
-                )
+            ) { r in
+                n += 1
+                if (r[1].intValue ?? 0) > 0, let id = r[0].intValue { waited.append(id) }
+            }
+            // The edges of the jobs deleted that had waited (each had run or stopped).
+            for chunk in waited.chunks(of: 500) {
+                let list = chunk.indices.map { d.parameter($0 - chunk.startIndex + 1) }.joined(separator: ", ")
+                try c.execute("DELETE FROM mp_job_deps WHERE child_id IN (\(list))", chunk.map { .int($0) })
             }
             return n
         }
@@ -557,4 +577,13 @@ struct WorkerPresence: Sendable {
     var finished: Int
     var stopping: Bool
     var processes: [QueueWorkerRecord.Process]
+}
+
+/// Queues of jobs made available by releases, gathered until the worker rings for them.
+final class ReleasedQueues: Sendable {
+    private let queues = TrackedMutex<Set<String>>([])
+    func add(_ q: Set<String>) { if !q.isEmpty { queues.withLock { $0.formUnion(q) } } }
+    /// The queues gathered since the last call (a release rolled back with its transaction may be among
+    /// them: a spare wake-up, which costs a claim that finds nothing).
+    func take() -> [String] { queues.withLock { q in defer { q = [] }; return q.sorted() } }
 }

@@ -248,6 +248,8 @@ public final class QueueWorker: Sendable {
                         }
                     )
                 else { continue }
+                let released = statements.released.take()
+                if !released.isEmpty { Doorbell.ring(doorbells, queues: released) }
                 state.settled(records, claimed: jobs, claimWanted: n, now: clock.now)
                 telemetry.recorded(records)
                 telemetry.claimed.increment(by: jobs.count)

@@ -89,6 +89,8 @@ struct QueueWorkerState: Sendable {
         var trace: [UInt8]? = nil
         /// The outcomes of the jobs it waited for (an encoded ``JobOutcomes``), or `nil`.
         var inputs: [UInt8]? = nil
+        /// Other jobs wait for it (when it was claimed).
+        var hasDependents = false
     }
 
     /// What the pool reported for one job's attempt.
@@ -130,6 +132,8 @@ struct QueueWorkerState: Sendable {
         let ran: Duration
         /// The first job of an unknown type seen by this worker (logged once per type).
         let firstOfKind: Bool
+        /// Other jobs waited for it when it was claimed: its end releases them, in its own transaction.
+        var releases = false
     }
 
     /// The limited queues a claim takes from first, and how many of their jobs at most: the free pool
@@ -372,7 +376,8 @@ struct QueueWorkerState: Sendable {
             kind: h.job.kind,
             resolution: resolution,
             ran: now - h.started,
-            firstOfKind: firstOfKind
+            firstOfKind: firstOfKind,
+            releases: h.job.hasDependents
         )
     }
 

@@ -354,4 +354,94 @@ struct ChainTests {
             _ = try running.result(timeout: .seconds(30))
         }
     }
+
+    /// A link whose worker died on its last attempt is discarded by another worker's rescue, and that end
+    /// releases too: the next link is stopped, a job that only waits for the outcome sees it discarded.
+    @Test(arguments: TestBackend.enabled) func aLinkDiscardedByTheRescueStopsItsChain(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let chain = try queue.chain(Square(n: 4, pauseMs: 60_000), options: JobOptions(maxAttempts: 1))
+                .then(AddOne()).enqueue()
+            let sees = try queue.enqueue(Summary(), after: [chain.links[0]], policy: .allFinished)
+            let child = ChildProcess(job: WorkerProcess(database: db.url, leaseMs: 600, concurrency: 1))
+            try child.start()
+            try waitUntilRunning(JobHandle<Square>(queue: queue, id: chain.links[0]))
+            child.kill()
+            _ = try child.join(timeout: .seconds(10))
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(db.url, pool, lease: .milliseconds(600))
+            #expect(try sees.result(timeout: .seconds(30)) == "\(chain.links[0]):discarded:-")
+            let error = #expect(throws: JobQueueError.self) { try chain.last.result(timeout: .seconds(30)) }
+            #expect(error?.code == .cancelled && error?.message.contains("was discarded") == true, "\(String(describing: error))")
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    /// A running link cancelled (its worker stops it and records the cancel) stops the rest of its chain.
+    @Test(arguments: TestBackend.enabled) func cancellingARunningLinkStopsTheChain(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let chain = try queue.chain(Square(n: 4, pauseMs: 60_000)).then(AddOne()).then(ToText()).enqueue()
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(db.url, pool, lease: .seconds(1))
+            try waitUntilRunning(JobHandle<Square>(queue: queue, id: chain.links[0]))
+            #expect(try queue.cancel(chain.links[0]))
+            let error = #expect(throws: JobQueueError.self) { try chain.last.result(timeout: .seconds(30)) }
+            #expect(error?.code == .cancelled)
+            #expect(try chain.links.map { try queue.info($0)?.state } == [.cancelled, .cancelled, .cancelled])
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    /// Two worker processes run a group's 300 members: their ends, recorded by both at once, release the
+    /// callback once, after every member, with every result.
+    @Test(arguments: TestBackend.enabled) func twoWorkerProcessesFinishAGroupOnce(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let log = db.scratch + ".log"
+            let group = try queue.group((1...300).map { Member(n: $0, log: log) }, then: Total())
+            let workers = (0..<2).map { _ in
+                ChildProcess(job: WorkerProcess(database: db.url, leaseMs: 10_000, concurrency: 2))
+            }
+            for w in workers { try w.start() }
+            #expect(try group.callback.result(timeout: .seconds(60)) == 45150)
+            for w in workers { w.terminate() }
+            let finished = try workers.map { try $0.result(timeout: .seconds(30)) }
+            #expect(finished.reduce(0, +) == 301)
+            #expect(readLines(log).count == 300)
+            #expect(try queue.counts() == [.completed: 301])
+        }
+    }
+
+    /// A chained job cannot start a chain (it would have no output to take); a waiting job cancelled and
+    /// retried before the jobs it waits for have ended waits for them again.
+    @Test(arguments: TestBackend.enabled) func aChainedFirstLinkIsRefusedAndARetriedWaitingJobWaits(
+        _ backend: TestBackend
+    ) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let e = #expect(throws: JobQueueError.self) { try queue.chain(AddOne()).then(ToText()).enqueue() }
+            #expect(e?.code == .invalidDependency)
+            #expect(try queue.counts() == [:])
+            let parent = try queue.enqueue(Member(n: 3), options: JobOptions(delay: .seconds(3600)))
+            let child = try queue.enqueue(Total(), after: [parent.id])
+            #expect(try child.cancel())
+            #expect(try queue.retry(child.id))
+            #expect(try child.info()?.state == .waiting)
+            _ = try queue.retry(parent.id)  // not finished: nothing to do
+            let c = try db.connect()
+            defer { c.close() }
+            _ = try c.execute("UPDATE mp_jobs SET run_at = 0 WHERE id = \(parent.id)")
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(db.url, pool)
+            #expect(try child.result(timeout: .seconds(30)) == 3)
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
 }

@@ -29,19 +29,23 @@ enum JobDependencies {
         var next = parents
         while !next.isEmpty {
             var children: Set<Int64> = []
-            for chunk in next.chunks(of: 500) {
-                let list = chunk.indices.map { d.parameter($0 - chunk.startIndex + 1) }.joined(separator: ", ")
-                let ids = chunk.map { SQLValue.int($0) }
-                var waiting: [Int64] = []
-                try c.forEachRow(
-                    "SELECT DISTINCT child_id FROM mp_job_deps WHERE parent_id IN (\(list)) AND parent_state IS NULL",
-                    ids
-                ) { waiting.append($0[0].intValue ?? 0) }
-                guard !waiting.isEmpty else { continue }
-                try lock(waiting, on: c)
-                try resolve("parent_id IN (\(list))", ids, on: c)
-                children.formUnion(waiting)
+            let chunks = next.chunks(of: 500).map { chunk in
+                (
+                    list: chunk.indices.map { d.parameter($0 - chunk.startIndex + 1) }.joined(separator: ", "),
+                    ids: chunk.map { SQLValue.int($0) }
+                )
             }
+            for chunk in chunks {
+                try c.forEachRow(
+                    "SELECT DISTINCT child_id FROM mp_job_deps WHERE parent_id IN (\(chunk.list)) AND parent_state IS NULL",
+                    chunk.ids
+                ) { children.insert($0[0].intValue ?? 0) }
+            }
+            guard !children.isEmpty else { break }
+            // Every waiting job of this level locked at once, in id order: no two releasing transactions
+            // hold locks in crossed orders.
+            try lock(children.sorted(), on: c)
+            for chunk in chunks { try resolve("parent_id IN (\(chunk.list))", chunk.ids, on: c) }
             next = try settle(children.sorted(), now: now, queues: &queues, on: c)
         }
         try notify(queues, on: c)

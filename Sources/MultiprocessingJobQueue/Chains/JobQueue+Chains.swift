@@ -19,6 +19,19 @@ public struct JobOutcomes: Sendable, Hashable, Codable, RandomAccessCollection {
         /// Its encoded result, when it completed.
         let result: [UInt8]?
 
+        /// An outcome as the worker gives it: for testing a ``DependentJob``'s `run(after:)` without a
+        /// queue. `result` is the job's output, given when `state` is ``JobState/completed``.
+        public init<Output: Encodable>(job: Int64, state: JobState, errors: [String] = [], result: Output?) throws {
+            self.init(job: job, state: state, errors: errors, result: try result.map { try BinaryEncoder().encode($0) })
+        }
+
+        init(job: Int64, state: JobState, errors: [String], result: [UInt8]?) {
+            self.job = job
+            self.state = state
+            self.errors = errors
+            self.result = result
+        }
+
         /// Whether it completed.
         public var succeeded: Bool { state == .completed }
 
@@ -80,7 +93,7 @@ extension DependentJob {
 }
 
 /// A link of a chain that takes the previous link's output as its input
-/// (``JobChain/then(_:options:)-(N,_)``): the compiler checks that the types meet.
+/// (``JobChain``'s `then`): the compiler checks that the types meet.
 ///
 /// Implement `run(_:)`; the `run()` that the worker calls is given and passes it the previous link's result.
 public protocol ChainedJob: Job {
@@ -136,8 +149,8 @@ extension JobQueue {
     ) throws -> JobHandle<J> {
         let payload = try BinaryEncoder().encode(job)
         let kind = try JobIdentity.name(of: J.self)
-        let (id, queues) = try withConnection { c in
-            try c.transaction(immediate: true) {
+        let (id, queues) = try inTransaction { c in
+            do {
                 var queues: Set<String> = []
                 let id = try Self.insertWaiting(
                     kind: kind,
@@ -165,7 +178,15 @@ extension JobQueue {
     /// Each link runs once the one before it has completed, in any worker, and gets its output; a link that
     /// fails (discarded after its attempts, or cancelled) stops the rest (``WaitPolicy/allSucceeded``).
     public func chain<J: Job>(_ first: J, options: JobOptions = .default) -> JobChain<J> {
-        JobChain(queue: self, links: [ChainLink(first, options)])
+        var link = ChainLink(first, options)
+        if first is any ChainedJob {
+            // It would run with no link before it, and fail every time.
+            link = ChainLink(
+                failure: JobQueueError(.invalidDependency, "\(J.self) takes the output of a link before it: it cannot start a chain"),
+                options
+            )
+        }
+        return JobChain(queue: self, links: [link])
     }
 
     /// Queues `members` to run together and `callback` to run once they have all ended (a chord), in one
@@ -185,8 +206,8 @@ extension JobQueue {
         }
         let payload = try BinaryEncoder().encode(callback)
         let kind = try JobIdentity.name(of: C.self)
-        let (ids, callbackID, queues) = try withConnection { c in
-            try c.transaction(immediate: true) {
+        let (ids, callbackID, queues) = try inTransaction { c in
+            do {
                 let ids = try Self.enqueue(members, options: options, on: c).map(\.id)
                 var queues: Set<String> = []
                 let callbackID = try Self.insertWaiting(
@@ -206,6 +227,20 @@ extension JobQueue {
         if options.delay <= .zero { ring.insert(options.queue) }
         Doorbell.ring(doorbells, queues: ring.sorted())
         return JobGroup(members: ids.map { JobHandle(queue: self, id: $0) }, callback: JobHandle(queue: self, id: callbackID))
+    }
+
+    /// Runs `body` in a transaction on the queue's connection, again (up to three times) when the database
+    /// ended it for a deadlock or a busy lock: PostgreSQL may pick a transaction that locks the jobs a job
+    /// waits for, while a worker records them, as a deadlock's victim; nothing of it was committed.
+    func inTransaction<R>(_ body: (any SQLConnection) throws -> R) throws -> R {
+        var tries = 0
+        while true {
+            do {
+                return try withConnection { c in try c.transaction(immediate: true) { try body(c) } }
+            } catch let e as SQLError where e.kind == .busy && tries < 3 {
+                tries += 1
+            }
+        }
     }
 
     /// Inserts a job in state `waiting` after the jobs `ids`, with its edges (resolved at once for jobs
@@ -299,9 +334,15 @@ public struct JobChain<Last: Job>: Sendable {
         JobChain<N>(queue: queue, links: links + [ChainLink(next, options)])
     }
 
-    /// The chain with `next` after its last link: `next` reads the last link's outcome from
-    /// ``JobOutcomes/current`` (or ``DependentJob/run(after:)``), or ignores it and only runs after it.
-    public func then<N: Job>(_ next: N, options: JobOptions = .default) -> JobChain<N> {
+    /// The chain with `next` after its last link, reading the last link's outcome itself
+    /// (``DependentJob/run(after:)``).
+    public func then<N: DependentJob>(_ next: N, options: JobOptions = .default) -> JobChain<N> {
+        JobChain<N>(queue: queue, links: links + [ChainLink(next, options)])
+    }
+
+    /// The chain with `next` after its last link: it runs once that link has completed, and takes nothing
+    /// from it.
+    public func then<N: Job>(ignoringOutput next: N, options: JobOptions = .default) -> JobChain<N> {
         JobChain<N>(queue: queue, links: links + [ChainLink(next, options)])
     }
 
@@ -317,8 +358,8 @@ public struct JobChain<Last: Job>: Sendable {
             case .failure(let e): throw e
             }
         }
-        let (ids, queues) = try queue.withConnection { c in
-            try c.transaction(immediate: true) {
+        let (ids, queues) = try queue.inTransaction { c in
+            do {
                 let first = encoded[0]
                 let now = QueueSchema.nowMs()
                 let insert = JobInsert(
@@ -384,6 +425,10 @@ struct ChainLink: Sendable {
     let kind: String
     let payload: Result<[UInt8], JobQueueError>
     let options: JobOptions
+    init(failure: JobQueueError, _ options: JobOptions) {
+        (kind, payload, self.options) = ("", .failure(failure), options)
+    }
+
     init<J: Job>(_ job: J, _ options: JobOptions) {
         self.options = options
         do {

@@ -36,7 +36,11 @@ struct JobInsert {
             Column(name: "attempt", value: .int(0), type: "integer"),
             Column(name: "max_attempts", value: .int(Int64(options.maxAttempts)), type: "integer"),
             Column(name: "backoff_ms", value: .int(options.backoff.wholeMilliseconds), type: "bigint"),
-            Column(name: "timeout_ms", value: options.timeout.map { .int($0.wholeMilliseconds) } ?? .null, type: "bigint"),
+            Column(
+                name: "timeout_ms",
+                value: options.timeout.map { .int($0.wholeMilliseconds) } ?? .null,
+                type: "bigint"
+            ),
             Column(name: "unique_key", value: options.uniqueKey.map { .text($0) } ?? .null, type: "varchar"),
             Column(name: "created_at", value: .int(now), type: "bigint"),
             Column(name: "state", value: .text(state), type: "varchar"),
@@ -73,14 +77,17 @@ struct JobInsert {
     ) -> String {
         let first = shared.count + 1
         let list = shared.indices.map { d.typed(d.parameter($0 + 1), shared[$0].type) }.joined(separator: ", ")
-        let values = (first..<first + rows).map { i in "(" + (i == first ? d.typed(d.parameter(i), type) : d.parameter(i)) + ")" }
+        let values = (first..<first + rows).map { i in
+            "(" + (i == first ? d.typed(d.parameter(i), type) : d.parameter(i)) + ")"
+        }
         // `WHERE true`: SQLite reads `ON CONFLICT` after a bare FROM as a join's ON.
         var sql = """
             INSERT INTO mp_jobs (\(shared.map(\.name).joined(separator: ", ")), \(varying))
             SELECT \(list), v.column1 FROM (VALUES \(values.joined(separator: ", "))) AS v WHERE true
             """
         if skippingTakenKey {
-            sql += " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING"
+            sql +=
+                " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING"
         }
         if returningIds { sql += " RETURNING id" }
         return sql

@@ -217,7 +217,12 @@ public final class JobQueue: Sendable {
         var failure: (any Error)?
         defer { if let trace { JobTracing.end(trace.span, failure: failure) } }
         let insert = JobInsert(
-            kind: kind, options: options, now: now, runAt: runAt, payload: nil, trace: trace?.carrier
+            kind: kind,
+            options: options,
+            now: now,
+            runAt: runAt,
+            payload: nil,
+            trace: trace?.carrier
         )
         let encoder = BinaryEncoder()
         var ids: [Int64] = []

@@ -263,7 +263,9 @@ struct QueueStatements: Sendable {
         guard n > 0 else {
             if !rows.isEmpty {
                 var recorded: Set<Int64> = []
-                try c.forEachRow(complete + " RETURNING mp_jobs.id", parameters) { recorded.insert($0[0].intValue ?? 0) }
+                try c.forEachRow(complete + " RETURNING mp_jobs.id", parameters) {
+                    recorded.insert($0[0].intValue ?? 0)
+                }
                 notRecorded.formUnion(resultIDs.subtracting(recorded))
             }
             return []
@@ -297,7 +299,8 @@ struct QueueStatements: Sendable {
                   FROM (VALUES \(ids.joined(separator: ", "))) AS r WHERE r.column1 NOT IN (SELECT id FROM done)
                 """
         } else if d.modifiesDataInWith {
-            sql = "WITH due AS (\(due)) UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id RETURNING \(columns)"
+            sql =
+                "WITH due AS (\(due)) UPDATE mp_jobs SET \(set) FROM due WHERE mp_jobs.id = due.id RETURNING \(columns)"
         } else {
             sql = "UPDATE mp_jobs SET \(set) WHERE id IN (\(due)) RETURNING \(columns)"
         }
@@ -585,5 +588,10 @@ final class ReleasedQueues: Sendable {
     func add(_ q: Set<String>) { if !q.isEmpty { queues.withLock { $0.formUnion(q) } } }
     /// The queues gathered since the last call (a release rolled back with its transaction may be among
     /// them: a spare wake-up, which costs a claim that finds nothing).
-    func take() -> [String] { queues.withLock { q in defer { q = [] }; return q.sorted() } }
+    func take() -> [String] {
+        queues.withLock { q in
+            defer { q = [] }
+            return q.sorted()
+        }
+    }
 }

@@ -44,8 +44,10 @@ struct Summary: DependentJob {
     var log: String? = nil
     func run(after outcomes: JobOutcomes) throws -> String {
         if let log { appendLine(log, "summary") }
-        return outcomes.map { o in "\(o.job):\(o.state.rawValue):\((try? o.value(as: Int.self)).map(String.init) ?? "-")" }
-            .joined(separator: ",")
+        return outcomes.map { o in
+            "\(o.job):\(o.state.rawValue):\((try? o.value(as: Int.self)).map(String.init) ?? "-")"
+        }
+        .joined(separator: ",")
     }
 }
 
@@ -56,10 +58,18 @@ struct Total: DependentJob {
 
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct ChainTests {
-    func startWorker(_ url: DatabaseURL, _ pool: ProcessPool, lease: Duration = .seconds(30)) throws -> (
+    func startWorker(
+        _ url: DatabaseURL,
+        _ pool: ProcessPool,
+        lease: Duration = .seconds(30)
+    ) throws -> (
         QueueWorker, Future<Int>
     ) {
-        let w = try QueueWorker(url, pool: pool, options: QueueWorkerOptions(lease: lease, pollInterval: .milliseconds(5)))
+        let w = try QueueWorker(
+            url,
+            pool: pool,
+            options: QueueWorkerOptions(lease: lease, pollInterval: .milliseconds(5))
+        )
         return (w, background { try w.run() })
     }
 
@@ -95,13 +105,19 @@ struct ChainTests {
             let (worker, running) = try startWorker(db.url, pool)
             let error = #expect(throws: JobQueueError.self) { try chain.last.result(timeout: .seconds(30)) }
             #expect(error?.code == .cancelled)
-            #expect(error?.message.contains("job \(chain.links[1]), which it needs, was cancelled") == true, "\(String(describing: error))")
+            #expect(
+                error?.message.contains("job \(chain.links[1]), which it needs, was cancelled") == true,
+                "\(String(describing: error))"
+            )
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
             #expect(readLines(log) == ["member 1"])
             let second = try #require(try queue.info(chain.links[1]))
             #expect(second.state == .cancelled)
-            #expect(second.errors.first?.contains("job \(chain.links[0]), which it needs, was discarded") == true, "\(second.errors)")
+            #expect(
+                second.errors.first?.contains("job \(chain.links[0]), which it needs, was discarded") == true,
+                "\(second.errors)"
+            )
             #expect(try queue.counts() == [.discarded: 1, .cancelled: 2])
         }
     }
@@ -142,7 +158,8 @@ struct ChainTests {
 
     /// Waiting for jobs that have already ended: queued (or stopped) at once. Nothing to wait for, a unique
     /// key, a job that does not exist: refused, nothing queued.
-    @Test(arguments: TestBackend.enabled) func waitingForJobsThatEndedAlreadyAndRefusals(_ backend: TestBackend) throws {
+    @Test(arguments: TestBackend.enabled) func waitingForJobsThatEndedAlreadyAndRefusals(_ backend: TestBackend) throws
+    {
         try withScratchDatabase(backend) { db in
             let queue = try JobQueue(db.url)
             let done = try queue.enqueue(Member(n: 5))
@@ -162,7 +179,9 @@ struct ChainTests {
             _ = try running.result(timeout: .seconds(30))
             let before = try queue.counts()
             for (options, after) in [(JobOptions.default, [Int64]()), (JobOptions(uniqueKey: "k"), [done.id])] {
-                let e = #expect(throws: JobQueueError.self) { try queue.enqueue(Total(), after: after, options: options) }
+                let e = #expect(throws: JobQueueError.self) {
+                    try queue.enqueue(Total(), after: after, options: options)
+                }
                 #expect(e?.code == .invalidDependency)
             }
             let e = #expect(throws: JobQueueError.self) { try queue.enqueue(Total(), after: [done.id, 987_654]) }
@@ -239,7 +258,9 @@ struct ChainTests {
     /// Members of one group ending at the same moment in separate transactions (cancelled from two
     /// threads, over and over): the callback is released every time, once — never left waiting because
     /// each saw the other's edge still open.
-    @Test(arguments: TestBackend.enabled) func membersEndingTogetherReleaseTheCallbackOnce(_ backend: TestBackend) throws {
+    @Test(arguments: TestBackend.enabled) func membersEndingTogetherReleaseTheCallbackOnce(
+        _ backend: TestBackend
+    ) throws {
         try withScratchDatabase(backend) { db in
             let setup = try JobQueue(db.url)
             let queues = try (0..<2).map { _ in try JobQueue(db.url) }
@@ -265,8 +286,10 @@ struct ChainTests {
         try withScratchDatabase(backend) { db in
             let queue = try JobQueue(db.url)
             let log = db.scratch + ".log"
-            let chain = try queue.chain(Square(n: 4, log: log, pauseMs: 1500)).then(AddOne(log: log)).then(ToText(log: log))
-                .enqueue()
+            let chain = try queue.chain(Square(n: 4, log: log, pauseMs: 1500)).then(AddOne(log: log)).then(
+                ToText(log: log)
+            )
+            .enqueue()
             let child = ChildProcess(job: WorkerProcess(database: db.url, leaseMs: 600, concurrency: 1))
             try child.start()
             try waitUntilRunning(JobHandle<Square>(queue: queue, id: chain.links[0]))
@@ -328,13 +351,17 @@ struct ChainTests {
             #expect(try chain.last.result(timeout: .seconds(60)) == 26)
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
-            #expect(readLines(log) == ["5", "5", "add 25"], "the first link ran twice (killed before its end committed), the second once")
+            #expect(
+                readLines(log) == ["5", "5", "add 25"],
+                "the first link ran twice (killed before its end committed), the second once"
+            )
         }
     }
 
     /// A waiting job whose parent ended through a path that did not release it (a worker of the previous
     /// version, SQL of the user's) is released by the next worker's sweep.
-    @Test(arguments: TestBackend.enabled) func theSweepReleasesJobsWhoseParentEndedUnseen(_ backend: TestBackend) throws {
+    @Test(arguments: TestBackend.enabled) func theSweepReleasesJobsWhoseParentEndedUnseen(_ backend: TestBackend) throws
+    {
         try withScratchDatabase(backend) { db in
             let queue = try JobQueue(db.url)
             let c = try db.connect()
@@ -373,7 +400,10 @@ struct ChainTests {
             let (worker, running) = try startWorker(db.url, pool, lease: .milliseconds(600))
             #expect(try sees.result(timeout: .seconds(30)) == "\(chain.links[0]):discarded:-")
             let error = #expect(throws: JobQueueError.self) { try chain.last.result(timeout: .seconds(30)) }
-            #expect(error?.code == .cancelled && error?.message.contains("was discarded") == true, "\(String(describing: error))")
+            #expect(
+                error?.code == .cancelled && error?.message.contains("was discarded") == true,
+                "\(String(describing: error))"
+            )
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
         }

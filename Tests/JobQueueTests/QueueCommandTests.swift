@@ -151,7 +151,10 @@ struct QueueCommandTests {
             #expect(text == "queued 3 jobs (ids 1...3) and their report (id 4)\n", "\(text)")
             let waiting = try run(["show", "--id", "4"]).1
             #expect(waiting.contains("SquareReport in default, waiting, attempt 0 of 3"), "\(waiting)")
-            #expect(waiting.contains("waits for: 1 (not ended, outcome only), 2 (not ended, outcome only), 3 ("), "\(waiting)")
+            #expect(
+                waiting.contains("waits for: 1 (not ended, outcome only), 2 (not ended, outcome only), 3 ("),
+                "\(waiting)"
+            )
             #expect(try run(["status"]).1.contains("waiting: 1"))
             #expect(try run(["show", "--id", "99"]).0 != 0)
             let worker = try mp(["queue", "worker", "--database", url, "--concurrency", "1"])
@@ -161,7 +164,10 @@ struct QueueCommandTests {
             worker.terminate()
             worker.waitUntilExit()
             let done = try run(["show", "--id", "4"]).1
-            #expect(done.contains("completed, attempt 1 of 3") && done.contains("waits for: 1 (completed, outcome only)"), "\(done)")
+            #expect(
+                done.contains("completed, attempt 1 of 3") && done.contains("waits for: 1 (completed, outcome only)"),
+                "\(done)"
+            )
             #expect(try run(["show", "--id", "2"]).1.contains("waited for by: 4"))
         }
     }

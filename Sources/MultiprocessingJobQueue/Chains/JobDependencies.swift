@@ -106,7 +106,8 @@ enum JobDependencies {
                 if failed[child] == nil { failed[child] = (r[1].intValue ?? 0, r[2].textValue ?? "cancelled") }
             }
             for (child, why) in failed.sorted(by: { $0.key < $1.key }) {
-                let line = "stopped at \(QueueSchema.iso8601(ms: now)): job \(why.parent), which it needs, was \(why.state)\n"
+                let line =
+                    "stopped at \(QueueSchema.iso8601(ms: now)): job \(why.parent), which it needs, was \(why.state)\n"
                 try c.forEachRow(
                     """
                     UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(1)),

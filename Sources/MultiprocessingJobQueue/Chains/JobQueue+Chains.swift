@@ -150,20 +150,18 @@ extension JobQueue {
         let payload = try BinaryEncoder().encode(job)
         let kind = try JobIdentity.name(of: J.self)
         let (id, queues) = try inTransaction { c in
-            do {
-                var queues: Set<String> = []
-                let id = try Self.insertWaiting(
-                    kind: kind,
-                    payload: payload,
-                    options: options,
-                    after: ids,
-                    required: policy == .allSucceeded,
-                    queues: &queues,
-                    on: c
-                )
-                try JobDependencies.notify(queues, on: c)
-                return (id, queues)
-            }
+            var queues: Set<String> = []
+            let id = try Self.insertWaiting(
+                kind: kind,
+                payload: payload,
+                options: options,
+                after: ids,
+                required: policy == .allSucceeded,
+                queues: &queues,
+                on: c
+            )
+            try JobDependencies.notify(queues, on: c)
+            return (id, queues)
         }
         Doorbell.ring(doorbells, queues: queues.sorted())
         return JobHandle(queue: self, id: id)
@@ -182,7 +180,10 @@ extension JobQueue {
         if first is any ChainedJob {
             // It would run with no link before it, and fail every time.
             link = ChainLink(
-                failure: JobQueueError(.invalidDependency, "\(J.self) takes the output of a link before it: it cannot start a chain"),
+                failure: JobQueueError(
+                    .invalidDependency,
+                    "\(J.self) takes the output of a link before it: it cannot start a chain"
+                ),
                 options
             )
         }
@@ -207,26 +208,27 @@ extension JobQueue {
         let payload = try BinaryEncoder().encode(callback)
         let kind = try JobIdentity.name(of: C.self)
         let (ids, callbackID, queues) = try inTransaction { c in
-            do {
-                let ids = try Self.enqueue(members, options: options, on: c).map(\.id)
-                var queues: Set<String> = []
-                let callbackID = try Self.insertWaiting(
-                    kind: kind,
-                    payload: payload,
-                    options: callbackOptions,
-                    after: ids,
-                    required: policy == .allSucceeded,
-                    queues: &queues,
-                    on: c
-                )
-                try JobDependencies.notify(queues, on: c)
-                return (ids, callbackID, queues)
-            }
+            let ids = try Self.enqueue(members, options: options, on: c).map(\.id)
+            var queues: Set<String> = []
+            let callbackID = try Self.insertWaiting(
+                kind: kind,
+                payload: payload,
+                options: callbackOptions,
+                after: ids,
+                required: policy == .allSucceeded,
+                queues: &queues,
+                on: c
+            )
+            try JobDependencies.notify(queues, on: c)
+            return (ids, callbackID, queues)
         }
         var ring = queues
         if options.delay <= .zero { ring.insert(options.queue) }
         Doorbell.ring(doorbells, queues: ring.sorted())
-        return JobGroup(members: ids.map { JobHandle(queue: self, id: $0) }, callback: JobHandle(queue: self, id: callbackID))
+        return JobGroup(
+            members: ids.map { JobHandle(queue: self, id: $0) },
+            callback: JobHandle(queue: self, id: callbackID)
+        )
     }
 
     /// Runs `body` in a transaction on the queue's connection, again (up to three times) when the database
@@ -289,7 +291,14 @@ extension JobQueue {
             payload: nil,
             waitsFor: ids.count
         )
-        let sql = insert.statement(varying: "payload", type: "bytea", rows: 1, skippingTakenKey: false, returningIds: true, d)
+        let sql = insert.statement(
+            varying: "payload",
+            type: "bytea",
+            rows: 1,
+            skippingTakenKey: false,
+            returningIds: true,
+            d
+        )
         guard let child = try c.scalar(sql, insert.parameters([.blob(payload)]))?.intValue else {
             throw SQLError(.other, "the waiting job's insert returned no id")
         }
@@ -359,44 +368,42 @@ public struct JobChain<Last: Job>: Sendable {
             }
         }
         let (ids, queues) = try queue.inTransaction { c in
-            do {
-                let first = encoded[0]
-                let now = QueueSchema.nowMs()
-                let insert = JobInsert(
-                    kind: first.kind,
-                    options: first.options,
-                    now: now,
-                    runAt: now + first.options.delay.wholeMilliseconds,
-                    payload: nil
-                )
-                let sql = insert.statement(
-                    varying: "payload",
-                    type: "bytea",
-                    rows: 1,
-                    skippingTakenKey: false,
-                    returningIds: true,
-                    c.dialect
-                )
-                guard let head = try c.scalar(sql, insert.parameters([.blob(first.payload)]))?.intValue else {
-                    throw SQLError(.other, "the chain's first insert returned no id")
-                }
-                var ids = [head]
-                var queues: Set<String> = first.options.delay <= .zero ? [first.options.queue] : []
-                for link in encoded.dropFirst() {
-                    ids.append(
-                        try JobQueue.insertWaiting(
-                            kind: link.kind,
-                            payload: link.payload,
-                            options: link.options,
-                            after: [ids[ids.count - 1]],
-                            required: true,
-                            queues: &queues,
-                            on: c
-                        )
-                    )
-                }
-                return (ids, queues)
+            let first = encoded[0]
+            let now = QueueSchema.nowMs()
+            let insert = JobInsert(
+                kind: first.kind,
+                options: first.options,
+                now: now,
+                runAt: now + first.options.delay.wholeMilliseconds,
+                payload: nil
+            )
+            let sql = insert.statement(
+                varying: "payload",
+                type: "bytea",
+                rows: 1,
+                skippingTakenKey: false,
+                returningIds: true,
+                c.dialect
+            )
+            guard let head = try c.scalar(sql, insert.parameters([.blob(first.payload)]))?.intValue else {
+                throw SQLError(.other, "the chain's first insert returned no id")
             }
+            var ids = [head]
+            var queues: Set<String> = first.options.delay <= .zero ? [first.options.queue] : []
+            for link in encoded.dropFirst() {
+                ids.append(
+                    try JobQueue.insertWaiting(
+                        kind: link.kind,
+                        payload: link.payload,
+                        options: link.options,
+                        after: [ids[ids.count - 1]],
+                        required: true,
+                        queues: &queues,
+                        on: c
+                    )
+                )
+            }
+            return (ids, queues)
         }
         Doorbell.ring(queue.doorbells, queues: queues.sorted())
         return JobChainHandle(links: ids, last: JobHandle(queue: queue, id: ids[ids.count - 1]))

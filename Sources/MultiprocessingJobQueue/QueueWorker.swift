@@ -280,9 +280,18 @@ public final class QueueWorker: Sendable {
                 }
 
             case .heartbeat:
-                guard let (renewed, cancelRequested) = database("heartbeat", { c in try statements.heartbeat(on: c) })
+                guard
+                    let (renewed, cancelRequested, waitedFor) = database(
+                        "heartbeat",
+                        { c in try statements.heartbeat(on: c) }
+                    )
                 else { continue }
-                let lost = state.heartbeat(renewed: renewed, cancelRequested: cancelRequested, now: clock.now)
+                let lost = state.heartbeat(
+                    renewed: renewed,
+                    cancelRequested: cancelRequested,
+                    waitedFor: waitedFor,
+                    now: clock.now
+                )
                 if !lost.isEmpty {
                     telemetry.leasesLost.increment(by: lost.count)
                     log.warning(

@@ -517,7 +517,14 @@ struct QueueWorkerState: Sendable {
     ///
     /// A job renewed but not held is one this worker claimed without hearing of it (the claim committed and
     /// its answer was lost with the connection): it goes back to the queue, uncounted (``Step/release(_:)``).
-    mutating func heartbeat(renewed: Set<Int64>, cancelRequested: Set<Int64>, now: Instant) -> [Int64] {
+    /// Held jobs in `waitedFor` are ones that other jobs now wait for (queued after them while they ran):
+    /// their ends are recorded with the releases (``Record/releases``).
+    mutating func heartbeat(
+        renewed: Set<Int64>,
+        cancelRequested: Set<Int64>,
+        waitedFor: Set<Int64> = [],
+        now: Instant
+    ) -> [Int64] {
         succeeded(now: now)
         let orphans = renewed.subtracting(held.keys)
         if !orphans.isEmpty { toRelease.formUnion(orphans) }
@@ -533,6 +540,10 @@ struct QueueWorkerState: Sendable {
             let gone = Set(lost)
             pending.removeAll { gone.contains($0.id) }
             if pending.isEmpty { oldestPending = nil }
+        }
+        for id in waitedFor where held[id]?.job.hasDependents == false {
+            held[id]!.job.hasDependents = true
+            if let i = pending.firstIndex(where: { $0.id == id }) { pending[i].releases = true }
         }
         for id in cancelRequested.sorted() {
             guard var h = held[id], !h.cancelRequested, !h.done else { continue }

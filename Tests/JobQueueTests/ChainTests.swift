@@ -474,4 +474,22 @@ struct ChainTests {
             _ = try running.result(timeout: .seconds(30))
         }
     }
+
+    /// A job queued after one that is running (claimed before anything waited for it): its worker hears of
+    /// it at its next heartbeat and records the end with the release; the result comes through.
+    @Test(arguments: TestBackend.enabled) func aJobQueuedAfterARunningOneRunsWhenItEnds(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let parent = try queue.enqueue(Square(n: 6, pauseMs: 1500))
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            let (worker, running) = try startWorker(db.url, pool, lease: .milliseconds(900))
+            try waitUntilRunning(parent)
+            let child = try queue.enqueue(AddOne(), after: [parent.id])
+            #expect(try child.result(timeout: .seconds(30)) == 37)
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
 }
+

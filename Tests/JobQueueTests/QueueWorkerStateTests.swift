@@ -413,6 +413,25 @@ import Testing
         #expect(records.map(\.resolution) == [.cancelled, .complete([7])])
     }
 
+    /// Jobs that other jobs wait for have their ends recorded with the releases: known at the claim, or
+    /// told by a heartbeat (queued after the claim), even for a result already waiting to be recorded.
+    @Test func endsOfJobsThatOthersWaitForAreMarkedForRelease() {
+        var s = worker(concurrency: 3) { $0.localBuffer = 0 }
+        var waited = job(1)
+        waited.hasDependents = true
+        _ = claim(&s, [waited, job(2), job(3)], at: t0)
+        s.completed(ok(3, [3]), now: at(5))  // its record waits to be sent
+        _ = s.heartbeat(renewed: [1, 2, 3], cancelRequested: [], waitedFor: [2, 3], now: at(10_000))
+        s.completed(ok(1, [1]), now: at(10_001))
+        s.completed(ok(2, [2]), now: at(10_001))
+        guard case .settle(let records, _, _, _) = step(&s, at: at(10_001)) else {
+            Issue.record("expected a settle")
+            return
+        }
+        #expect(records.map(\.id).sorted() == [1, 2, 3])
+        #expect(records.filter { !$0.releases }.isEmpty, "\(records.map { ($0.id, $0.releases) })")
+    }
+
     @Test func aJobWhoseLeaseWasLostIsLetGoAndItsChunkPartnersRunAlone() {
         var s = worker(concurrency: 1) { $0.bufferedWork = .seconds(1) }
         warmUp(&s, jobs: 4)

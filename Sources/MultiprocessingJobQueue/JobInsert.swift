@@ -49,7 +49,11 @@ struct JobInsert {
         if let runAt { shared.append(Column(name: "run_at", value: .int(runAt), type: "bigint")) }
         if let payload { shared.append(Column(name: "payload", value: .blob(payload), type: "bytea")) }
         // Left to its default (0) unless the job waits: a worker of the previous version queues the same way.
-        if waitsFor > 0 { shared.append(Column(name: "waits_for", value: .int(Int64(waitsFor)), type: "integer")) }
+        if waitsFor > 0 {
+            shared.append(Column(name: "waits_for", value: .int(Int64(waitsFor)), type: "integer"))
+            // Every edge open at first; those of jobs that have ended already are counted down at once.
+            shared.append(Column(name: "waiting_on", value: .int(Int64(waitsFor)), type: "integer"))
+        }
     }
 
     /// The parameters of a statement whose rows carry `varying`.

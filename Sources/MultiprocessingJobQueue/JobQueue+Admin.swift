@@ -354,8 +354,7 @@ extension JobQueue {
                     n = try c.execute(
                         """
                         UPDATE mp_jobs SET run_at = \(d.parameter(1)), finished_at = NULL, worker = NULL,
-                          state = CASE WHEN EXISTS (SELECT 1 FROM mp_job_deps e WHERE e.child_id = mp_jobs.id AND e.parent_state IS NULL)
-                            THEN 'waiting' ELSE 'available' END,
+                          state = CASE WHEN waiting_on > 0 THEN 'waiting' ELSE 'available' END,
                           lease_until = NULL, cancel_requested = 0, result = NULL,
                           max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END
                         WHERE id = \(d.parameter(2)) AND state IN ('discarded', 'cancelled', 'completed')

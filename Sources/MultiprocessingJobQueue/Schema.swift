@@ -191,16 +191,16 @@ enum QueueSchema {
                 """
             )
             try c.execute("CREATE INDEX IF NOT EXISTS mp_schedules_due ON mp_schedules (queue, next_at)")
-            // Jobs that wait for others (chains, groups' callbacks: `JobDependencies`). A waiting job is in
-            // state `waiting` with `waits_for` edges; each edge names the job waited for, whether that job
-            // must complete for this one to run (`required`), and, once it has finished, its outcome copied
-            // in (`parent_state`, `result`, `errors`: the retention cleaner may delete the job itself before
-            // the waiting one runs). `dependents` counts the edges into a job still waiting for it: a job
-            // with none finishes exactly as before (the claim's fast path), one with some releases them in
-            // the transaction that records its end. Columns with defaults, added when missing, and a table:
-            // the version stays, and a worker of the previous version keeps working beside this one (a
-            // waiting job whose parent such a worker finishes is released by the next sweep of a newer one).
-            for column in ["waits_for", "dependents"] where !(try hasColumn(column, on: c)) {
+            // Jobs that wait for others (chains, groups' callbacks: `JobDependencies`). A waiting job is in state
+            // `waiting` with `waits_for` edges, `waiting_on` of them still open; each edge names the job waited
+            // for, whether that job must complete for this one to run (`required`), and, once it has finished, its
+            // outcome copied in (`parent_state`, `result`, `errors`: the retention cleaner may delete the job
+            // itself before the waiting one runs). `dependents` counts the edges into a job still waiting for it: a
+            // job with none finishes exactly as before (the claim's fast path), one with some releases them in the
+            // transaction that records its end. Columns with defaults, added when missing, and a table: the version
+            // stays, and a worker of the previous version keeps working beside this one (a waiting job whose parent
+            // such a worker finishes is released by the next sweep of a newer one).
+            for column in ["waits_for", "waiting_on", "dependents"] where !(try hasColumn(column, on: c)) {
                 if d.advisoryLocks { try c.execute("SET LOCAL lock_timeout = '10s'") }
                 try c.execute("ALTER TABLE mp_jobs ADD COLUMN \(column) INTEGER NOT NULL DEFAULT 0")
             }

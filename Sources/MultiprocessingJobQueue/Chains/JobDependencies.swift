@@ -6,7 +6,8 @@ import MultiprocessingSQL
 /// An edge is resolved, and its job's outcome copied into it, in the transaction that records that job's
 /// end (a worker's result, its last failure, a lease that ran out on its last attempt, a cancel), so that
 /// no worker killed at any point loses a link: either the end and its releases commit together, or neither
-/// does. A waiting job is then stopped (state `cancelled`, with a line saying why) as soon as a job it
+/// does. (A worker knows which of its jobs others wait for from the claim and each heartbeat; a job queued
+/// after one that ended before the worker heard of it is released by the sweep.) A waiting job is then stopped (state `cancelled`, with a line saying why) as soon as a job it
 /// requires ends other than completed, or made available once every job it waits for has ended. A stopped
 /// job's own waiting jobs are resolved in turn, in the same transaction.
 ///
@@ -29,12 +30,7 @@ enum JobDependencies {
         var next = parents
         while !next.isEmpty {
             var children: Set<Int64> = []
-            let chunks = next.chunks(of: 500).map { chunk in
-                (
-                    list: chunk.indices.map { d.parameter($0 - chunk.startIndex + 1) }.joined(separator: ", "),
-                    ids: chunk.map { SQLValue.int($0) }
-                )
-            }
+            let chunks = idLists(next, d)
             for chunk in chunks {
                 try c.forEachRow(
                     "SELECT DISTINCT child_id FROM mp_job_deps WHERE parent_id IN (\(chunk.list)) AND parent_state IS NULL",
@@ -45,88 +41,117 @@ enum JobDependencies {
             // Every waiting job of this level locked at once, in id order: no two releasing transactions
             // hold locks in crossed orders.
             try lock(children.sorted(), on: c)
-            for chunk in chunks { try resolve("parent_id IN (\(chunk.list))", chunk.ids, on: c) }
-            next = try settle(children.sorted(), now: now, queues: &queues, on: c)
+            var edges: [Edge] = []
+            for chunk in chunks { edges += try resolve("parent_id IN (\(chunk.list))", chunk.ids, on: c) }
+            next = try settle(edges, now: now, queues: &queues, on: c)
         }
         try notify(queues, on: c)
         return queues
+    }
+
+    /// `ids` as `IN (…)` lists of at most 500, each padded (its last id repeated) to one of a few lengths,
+    /// so that the statements that use them are prepared once each and found in the connection's cache:
+    /// a worker recording two jobs at a time must not compile a statement for each list it sends.
+    static func idLists(_ ids: [Int64], _ d: SQLDialect) -> [(list: String, ids: [SQLValue])] {
+        ids.chunks(of: 500).map { chunk in
+            let size = [1, 4, 16, 64, 256, 500].first { $0 >= chunk.count } ?? chunk.count
+            var values = chunk.map { SQLValue.int($0) }
+            values += [SQLValue](repeating: values[values.count - 1], count: size - values.count)
+            return ((1...size).map { d.parameter($0) }.joined(separator: ", "), values)
+        }
     }
 
     /// Locks the rows of waiting jobs, in id order (PostgreSQL; SQLite's write lock is held already).
     static func lock(_ ids: [Int64], on c: any SQLConnection) throws {
         let d = c.dialect
         guard d.skipsLockedRows, !ids.isEmpty else { return }
-        for chunk in ids.sorted().chunks(of: 500) {
-            let list = chunk.indices.map { d.parameter($0 - chunk.startIndex + 1) }.joined(separator: ", ")
-            try c.forEachRow(
-                "SELECT id FROM mp_jobs WHERE id IN (\(list)) ORDER BY id FOR UPDATE",
-                chunk.map { .int($0) }
-            ) { _ in }
+        for chunk in idLists(ids.sorted(), d) {
+            try c.forEachRow("SELECT id FROM mp_jobs WHERE id IN (\(chunk.list)) ORDER BY id FOR UPDATE", chunk.ids) {
+                _ in
+            }
         }
     }
 
+    /// An edge just resolved: its waiting job, the job it waited for, whether that job was required, and
+    /// how it ended.
+    struct Edge {
+        let child: Int64
+        let parent: Int64
+        let required: Bool
+        let state: String
+    }
+
     /// Copies the outcome of each ended job into the unresolved edges `condition` selects (a job the
-    /// retention cleaner already deleted counts as cancelled, without a result).
-    static func resolve(_ condition: String, _ parameters: [SQLValue], on c: any SQLConnection) throws {
+    /// retention cleaner already deleted counts as cancelled, without a result). Returns the edges
+    /// resolved: each once, whoever else resolves at the same time (`parent_state IS NULL` fences it).
+    static func resolve(_ condition: String, _ parameters: [SQLValue], on c: any SQLConnection) throws -> [Edge] {
         func of(_ column: String) -> String { "(SELECT \(column) FROM mp_jobs p WHERE p.id = mp_job_deps.parent_id)" }
-        try c.execute(
+        var edges: [Edge] = []
+        try c.forEachRow(
             """
             UPDATE mp_job_deps SET parent_state = coalesce(\(of("state")), 'cancelled'), result = \(of("result")),
               errors = \(of("errors"))
             WHERE \(condition) AND parent_state IS NULL AND coalesce(\(of("state")), 'cancelled') IN \(ended)
+            RETURNING child_id, parent_id, required, parent_state
             """,
             parameters
-        )
+        ) { r in
+            edges.append(
+                Edge(
+                    child: r[0].intValue ?? 0,
+                    parent: r[1].intValue ?? 0,
+                    required: r[2].intValue == 1,
+                    state: r[3].textValue ?? "cancelled"
+                )
+            )
+        }
+        return edges
     }
 
-    /// Of the waiting jobs `ids` (locked), stops those a required job failed, then makes available those
-    /// whose every edge is resolved, adding their queues to `queues` (for the caller to notify). Returns the
-    /// stopped ones that have waiting jobs of their own.
+    /// Settles the waiting jobs of the edges just resolved (their rows locked): stops those a required job
+    /// failed, counts the rest down (`waiting_on`, the edges still open), and makes available those that
+    /// reach zero, adding their queues to `queues` (for the caller to notify). Work in proportion to the
+    /// edges resolved, never to the edges a job has: a callback after 20,000 members costs the same at
+    /// the last as at the first. Returns the stopped jobs that have waiting jobs of their own.
     static func settle(
-        _ ids: [Int64],
+        _ edges: [Edge],
         now: Int64,
         queues: inout Set<String>,
         on c: any SQLConnection
     ) throws -> [Int64] {
         let d = c.dialect
+        var resolved: [Int64: Int] = [:]
+        var failed: [Int64: Edge] = [:]
+        for e in edges {
+            resolved[e.child, default: 0] += 1
+            if e.required && e.state != "completed" && failed[e.child] == nil { failed[e.child] = e }
+        }
         var stoppedWithDependents: [Int64] = []
-        for chunk in ids.chunks(of: 500) {
-            let list = chunk.indices.map { d.parameter($0 - chunk.startIndex + 1) }.joined(separator: ", ")
-            let parameters = chunk.map { SQLValue.int($0) }
-            var failed: [Int64: (parent: Int64, state: String)] = [:]
+        for (child, why) in failed.sorted(by: { $0.key < $1.key }) {
+            let line =
+                "stopped at \(QueueSchema.iso8601(ms: now)): job \(why.parent), which it needs, was \(why.state)\n"
             try c.forEachRow(
                 """
-                SELECT child_id, parent_id, parent_state FROM mp_job_deps
-                WHERE child_id IN (\(list)) AND required = 1 AND parent_state IS NOT NULL AND parent_state <> 'completed'
-                ORDER BY child_id, position
+                UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(1)),
+                  errors = coalesce(errors, '') || \(d.parameter(2))
+                WHERE id = \(d.parameter(3)) AND state = 'waiting' RETURNING dependents
                 """,
-                parameters
+                [.int(now), .text(line), .int(child)]
+            ) { r in if (r[0].intValue ?? 0) > 0 { stoppedWithDependents.append(child) } }
+        }
+        for (child, n) in resolved.sorted(by: { $0.key < $1.key }) {
+            try c.forEachRow(
+                """
+                UPDATE mp_jobs SET waiting_on = waiting_on - \(d.parameter(1)),
+                  state = CASE WHEN state = 'waiting' AND waiting_on - \(d.parameter(1)) <= 0 THEN 'available' ELSE state END,
+                  run_at = CASE WHEN state = 'waiting' AND waiting_on - \(d.parameter(1)) <= 0 AND run_at < \(d.parameter(2))
+                    THEN \(d.parameter(2)) ELSE run_at END
+                WHERE id = \(d.parameter(3)) RETURNING state, queue
+                """,
+                [.int(Int64(n)), .int(now), .int(child)]
             ) { r in
-                let child = r[0].intValue ?? 0
-                if failed[child] == nil { failed[child] = (r[1].intValue ?? 0, r[2].textValue ?? "cancelled") }
+                if r[0].textValue == "available", let q = r[1].textValue { queues.insert(q) }
             }
-            for (child, why) in failed.sorted(by: { $0.key < $1.key }) {
-                let line =
-                    "stopped at \(QueueSchema.iso8601(ms: now)): job \(why.parent), which it needs, was \(why.state)\n"
-                try c.forEachRow(
-                    """
-                    UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(1)),
-                      errors = coalesce(errors, '') || \(d.parameter(2))
-                    WHERE id = \(d.parameter(3)) AND state = 'waiting' RETURNING dependents
-                    """,
-                    [.int(now), .text(line), .int(child)]
-                ) { r in if (r[0].intValue ?? 0) > 0 { stoppedWithDependents.append(child) } }
-            }
-            try c.forEachRow(
-                """
-                UPDATE mp_jobs SET state = 'available',
-                  run_at = CASE WHEN run_at < \(d.parameter(chunk.count + 1)) THEN \(d.parameter(chunk.count + 1)) ELSE run_at END
-                WHERE id IN (\(list)) AND state = 'waiting'
-                  AND NOT EXISTS (SELECT 1 FROM mp_job_deps e WHERE e.child_id = mp_jobs.id AND e.parent_state IS NULL)
-                RETURNING queue
-                """,
-                parameters + [.int(now)]
-            ) { r in if let q = r[0].textValue { queues.insert(q) } }
         }
         return stoppedWithDependents
     }
@@ -151,11 +176,10 @@ enum JobDependencies {
     static func outcomes(of ids: [Int64], on c: any SQLConnection) throws -> [Int64: [UInt8]] {
         let d = c.dialect
         var byJob: [Int64: [JobOutcomes.Outcome]] = [:]
-        for chunk in ids.chunks(of: 500) {
-            let list = chunk.indices.map { d.parameter($0 - chunk.startIndex + 1) }.joined(separator: ", ")
+        for chunk in idLists(ids, d) {
             try c.forEachRow(
-                "SELECT child_id, parent_id, parent_state, result, errors FROM mp_job_deps WHERE child_id IN (\(list)) ORDER BY child_id, position",
-                chunk.map { .int($0) }
+                "SELECT child_id, parent_id, parent_state, result, errors FROM mp_job_deps WHERE child_id IN (\(chunk.list)) ORDER BY child_id, position",
+                chunk.ids
             ) { r in
                 let result: [UInt8]? = if case .blob(let b) = r[3] { b } else { nil }
                 byJob[r[0].intValue ?? 0, default: []].append(

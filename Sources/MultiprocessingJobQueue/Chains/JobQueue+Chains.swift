@@ -323,8 +323,8 @@ extension JobQueue {
             )
         }
         if open.count < Set(ids).count {
-            try JobDependencies.resolve("child_id = \(d.parameter(1))", [.int(child)], on: c)
-            let stopped = try JobDependencies.settle([child], now: now, queues: &queues, on: c)
+            let edges = try JobDependencies.resolve("child_id = \(d.parameter(1))", [.int(child)], on: c)
+            let stopped = try JobDependencies.settle(edges, now: now, queues: &queues, on: c)
             precondition(stopped.isEmpty, "a job just queued has no waiting jobs of its own")
         }
         return child

@@ -492,4 +492,3 @@ struct ChainTests {
         }
     }
 }
-

@@ -320,26 +320,13 @@ struct ChainTests {
             let queue = try JobQueue(db.url)
             let c = try db.connect()
             defer { c.close() }
-            _ = try c.execute(
-                """
-                CREATE FUNCTION mp_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN PERFORM pg_advisory_xact_lock_shared(4343); RETURN NEW; END $$
-                """
-            )
-            _ = try c.execute(
-                "CREATE TRIGGER mp_test_hold BEFORE UPDATE ON mp_job_deps FOR EACH ROW EXECUTE FUNCTION mp_test_hold()"
-            )
-            _ = try c.execute("SELECT pg_advisory_lock(4343)")
+            try holdInsideTransactions(on: "mp_job_deps", "UPDATE", key: 4343, c)
             let log = db.scratch + ".log"
             let chain = try queue.chain(Square(n: 5, log: log)).then(AddOne(log: log)).enqueue()
             let a = ChildProcess(job: WorkerProcess(database: db.url, leaseMs: 1000, concurrency: 1))
             try a.start()
             defer { a.kill() }
-            try eventually("the worker waits inside the release") {
-                try c.scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' AND datname = current_database()"
-                )?.intValue == 1
-            }
+            try waitUntilHeldInsideATransaction(c)
             a.kill()
             _ = try a.join(timeout: .seconds(30))
             #expect(try queue.info(chain.links[0])?.state == .running, "the end rolled back with the release")

@@ -109,6 +109,32 @@ extension String {
     func trimmingCharacters(in set: Character) -> String { hasSuffix(String(set)) ? String(dropLast()) : self }
 }
 
+/// PostgreSQL: makes every `event` (INSERT, UPDATE) on `table` wait inside its transaction until the test
+/// releases advisory lock `key`, which it takes here: a worker can then be killed in the middle of the
+/// transaction. Wait for it with ``waitUntilHeldInsideATransaction(_:)``; release with
+/// `SELECT pg_advisory_unlock(key)`.
+func holdInsideTransactions(on table: String, _ event: String, key: Int, _ c: any SQLConnection) throws {
+    _ = try c.execute(
+        """
+        CREATE FUNCTION mp_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared(\(key)); RETURN NEW; END $$
+        """
+    )
+    _ = try c.execute(
+        "CREATE TRIGGER mp_test_hold BEFORE \(event) ON \(table) FOR EACH ROW EXECUTE FUNCTION mp_test_hold()"
+    )
+    _ = try c.execute("SELECT pg_advisory_lock(\(key))")
+}
+
+/// Waits until one session of the database waits on an advisory lock (``holdInsideTransactions(on:_:key:_:)``).
+func waitUntilHeldInsideATransaction(_ c: any SQLConnection) throws {
+    try eventually("a worker waits inside its transaction") {
+        try c.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' AND datname = current_database()"
+        )?.intValue == 1
+    }
+}
+
 /// Waits until a worker holds the job (throws if none does).
 func waitUntilRunning<J: Job>(_ h: JobHandle<J>) throws {
     try eventually("job \(h.id) running") { try h.info()?.state == .running }

@@ -281,26 +281,13 @@ struct ScheduleTests {
             let queue = try JobQueue(db.url)
             let c = try db.connect()
             defer { c.close() }
-            _ = try c.execute(
-                """
-                CREATE FUNCTION mp_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$
-                """
-            )
-            _ = try c.execute(
-                "CREATE TRIGGER mp_test_hold BEFORE INSERT ON mp_jobs FOR EACH ROW EXECUTE FUNCTION mp_test_hold()"
-            )
-            _ = try c.execute("SELECT pg_advisory_lock(4242)")
+            try holdInsideTransactions(on: "mp_jobs", "INSERT", key: 4242, c)
             let log = db.scratch + ".log"
             try queue.schedule("tick", Tick(log: log), try .every(.seconds(1)), missed: .catchUp)
             let a = ChildProcess(job: WorkerProcess(database: db.url, leaseMs: 10_000, concurrency: 1))
             try a.start()
             defer { a.kill() }
-            try eventually("the worker waits inside its transaction") {
-                try c.scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' AND datname = current_database()"
-                )?.intValue == 1
-            }
+            try waitUntilHeldInsideATransaction(c)
             // What it holds: the occurrence its uncommitted update moved on from.
             let held = try #require(try c.scalar("SELECT next_at FROM mp_schedules")?.intValue)
             a.kill()

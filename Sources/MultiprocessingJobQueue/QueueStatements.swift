@@ -291,23 +291,25 @@ struct QueueStatements: Sendable {
     }
 
     /// Records attempts one statement each (within the caller's transaction); the ends of jobs that others
-    /// waited for when the worker last looked (``Record/releases``: at the claim, then each heartbeat) release
-    /// them, in the same transaction. A job that others began to wait for after that look is released by the
-    /// next sweep (``JobDependencies/sweep(now:on:)``, every rescue).
+    /// wait for release them, in the same transaction.
     private func recordOneByOne(_ records: [Record], now: Int64, on c: any SQLConnection) throws {
         let d = c.dialect
         let fence = "WHERE id = \(d.parameter(1)) AND attempt = \(d.parameter(2)) AND state = 'running'"
         var ended: [Int64] = []
-        /// Runs an update of one attempt; true when it matched (the attempt was still this worker's).
-        func update(_ sql: String, _ parameters: [SQLValue], ends: Bool) throws -> Bool {
-            // No RETURNING and no look-up per job (on SQLite, a RETURNING per record cost a worker a third
-            // more CPU per job): the worker knows which of its jobs others wait for.
+        /// Runs an update of one attempt; true when it matched (the attempt was still this worker's). An end
+        /// (`ends`) of a job the worker knows others wait for (`releases`) releases them; one it does not is
+        /// fenced by `dependents = 0` too, and if a job came to wait for it since the worker last looked,
+        /// runs again without the fence and releases: no RETURNING and no look-up per job (on SQLite, a
+        /// RETURNING per record cost a worker a third more CPU per job).
+        func update(_ sql: String, _ parameters: [SQLValue], ends: Bool, releases: Bool) throws -> Bool {
+            if ends && !releases, try c.execute(sql + " AND dependents = 0", parameters) > 0 { return true }
             let matched = try c.execute(sql, parameters) > 0
             if matched && ends, let id = parameters[0].intValue { ended.append(id) }
             return matched
         }
-        // In id order, as every writer that locks several jobs' rows does (PostgreSQL: no deadlock between
-        // a worker recording and a producer locking the jobs it queues a job after).
+        // In id order (then the waiting jobs they release, in id order: a waiting job's id may be below a
+        // later record's, a crossing PostgreSQL's deadlock detection settles by failing one side, which
+        // retries).
         for r in records.sorted(by: { $0.id < $1.id }) {
             let key: [SQLValue] = [.int(r.id), .int(Int64(r.attempt))]
             func line(_ error: String) -> SQLValue {
@@ -322,7 +324,8 @@ struct QueueStatements: Sendable {
                 let matched = try update(
                     "UPDATE mp_jobs SET state = 'completed', result = \(d.parameter(3)), finished_at = \(d.parameter(4)), lease_until = NULL \(fence)",
                     key + [.blob(bytes), .int(now)],
-                    ends: r.releases
+                    ends: true,
+                    releases: r.releases
                 )
                 if !matched {
                     logger.warning(
@@ -334,25 +337,29 @@ struct QueueStatements: Sendable {
                 _ = try update(
                     "UPDATE mp_jobs SET state = 'cancelled', finished_at = \(d.parameter(3)), lease_until = NULL \(fence)",
                     key + [.int(now)],
-                    ends: r.releases
+                    ends: true,
+                    releases: r.releases
                 )
             case .handBackUnknownKind, .handBack:
                 _ = try update(
                     "UPDATE mp_jobs SET state = 'available', attempt = attempt - 1, worker = NULL, lease_until = NULL \(fence)",
                     key,
-                    ends: false
+                    ends: false,
+                    releases: false
                 )
             case .retry(let afterMs, let error):
                 _ = try update(
                     "UPDATE mp_jobs SET state = 'available', run_at = \(d.parameter(3)), worker = NULL, lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
                     key + [.int(now + afterMs), line(error)],
-                    ends: false
+                    ends: false,
+                    releases: false
                 )
             case .discard(let error):
                 _ = try update(
                     "UPDATE mp_jobs SET state = 'discarded', finished_at = \(d.parameter(3)), lease_until = NULL, errors = coalesce(errors, '') || \(d.parameter(4)) \(fence)",
                     key + [.int(now), line(error)],
-                    ends: r.releases
+                    ends: true,
+                    releases: r.releases
                 )
             }
         }
@@ -402,7 +409,7 @@ struct QueueStatements: Sendable {
     func rescue(on c: any SQLConnection) throws -> (count: Int, requeued: [String]) {
         let d = c.dialect
         let now = QueueSchema.nowMs()
-        return try c.transaction(immediate: true) {
+        var result: (count: Int, requeued: Set<String>) = try c.transaction(immediate: true) {
             var rescued = 0
             var requeued: Set<String> = []
             var ended: [Int64] = []
@@ -427,11 +434,19 @@ struct QueueStatements: Sendable {
                 if r[1].textValue == "discarded", (r[3].intValue ?? 0) > 0, let id = r[2].intValue { ended.append(id) }
             }
             try notify(requeued.sorted(), on: c)
-            // Jobs that waited for those discarded, then for any that ended unseen (the sweep).
+            // Jobs that waited for those discarded.
             requeued.formUnion(try JobDependencies.release(ended, now: now, on: c))
-            requeued.formUnion(try JobDependencies.sweep(now: now, on: c))
-            return (rescued, requeued.sorted())
+            return (rescued, requeued)
         }
+        // Then any that ended unseen (the sweep): looked for outside the write lock, released in a
+        // transaction of their own (each edge is resolved once, whoever else does it meanwhile).
+        let sweep = try JobDependencies.endedUnseen(on: c)
+        if !sweep.isEmpty {
+            try c.transaction(immediate: true) {
+                result.requeued.formUnion(try JobDependencies.release(sweep, now: now, on: c))
+            }
+        }
+        return (result.count, result.requeued.sorted())
     }
 
     /// Wakes the workers listening for `queues`, at commit (where the database can).

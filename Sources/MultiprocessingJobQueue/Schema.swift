@@ -195,11 +195,13 @@ enum QueueSchema {
             // `waiting` with `waits_for` edges, `waiting_on` of them still open; each edge names the job waited
             // for, whether that job must complete for this one to run (`required`), and, once it has finished, its
             // outcome copied in (`parent_state`, `result`, `errors`: the retention cleaner may delete the job
-            // itself before the waiting one runs). `dependents` counts the edges into a job still waiting for it: a
-            // job with none finishes exactly as before (the claim's fast path), one with some releases them in the
-            // transaction that records its end. Columns with defaults, added when missing, and a table: the version
-            // stays, and a worker of the previous version keeps working beside this one (a waiting job whose parent
-            // such a worker finishes is released by the next sweep of a newer one).
+            // itself before the waiting one runs). `dependents` is set (and never lowered) when a job comes to wait
+            // for a job that has not ended: a job at 0 finishes exactly as before (the claim's fast path), one
+            // above releases them in the transaction that records its end. Columns with defaults, added when
+            // missing, and a table: the version stays, and a worker of the previous version keeps working beside
+            // this one (a waiting job whose parent such a worker finishes is released by the next sweep of a newer
+            // one; its cleaner, which does not know the edges, may delete such a parent first, which the sweep then
+            // counts as cancelled).
             for column in ["waits_for", "waiting_on", "dependents"] where !(try hasColumn(column, on: c)) {
                 if d.advisoryLocks { try c.execute("SET LOCAL lock_timeout = '10s'") }
                 try c.execute("ALTER TABLE mp_jobs ADD COLUMN \(column) INTEGER NOT NULL DEFAULT 0")

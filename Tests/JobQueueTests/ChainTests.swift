@@ -51,6 +51,36 @@ struct Summary: DependentJob {
     }
 }
 
+/// n², once the file `gate` exists (the test creates it when it wants the job to end); logs `n`.
+struct Gated: Job {
+    var n: Int
+    var gate: String
+    var log: String? = nil
+    func run() throws -> Int {
+        while access(gate, F_OK) != 0 { usleep(2000) }
+        if let log { appendLine(log, "\(n)") }
+        return n * n
+    }
+}
+
+/// Creates the file a ``Gated`` job waits for.
+func open(gate: String) { close(Glibc.open(gate, O_CREAT | O_WRONLY, 0o644)) }
+
+/// Waits until job `parent` has ended, reading it and `child` in one statement (one snapshot), and
+/// expects `child` no longer waiting in that same snapshot: it was released in the transaction that
+/// recorded the end (a sweep, later, would leave a snapshot with the parent ended and the child waiting).
+func expectReleasedWithTheEnd(of parent: Int64, _ child: Int64, _ c: any SQLConnection) throws {
+    var states: [Int64: String] = [:]
+    try eventually("job \(parent) ended") {
+        states = [:]
+        try c.forEachRow("SELECT id, state FROM mp_jobs WHERE id IN (\(parent), \(child))", []) {
+            states[$0[0].intValue ?? 0] = $0[1].textValue ?? ""
+        }
+        return ["completed", "discarded", "cancelled"].contains(states[parent] ?? "")
+    }
+    #expect(states[child] != "waiting", "job \(parent) ended (\(states)) while \(child) still waited")
+}
+
 /// The sum of the results it waited for.
 struct Total: DependentJob {
     func run(after outcomes: JobOutcomes) throws -> Int { try outcomes.values(as: Int.self).reduce(0, +) }
@@ -85,6 +115,10 @@ struct ChainTests {
             let pool = try ProcessPool(workers: 2)
             defer { pool.terminate() }
             let (worker, running) = try startWorker(db.url, pool)
+            let c = try db.connect()
+            defer { c.close() }
+            try expectReleasedWithTheEnd(of: chain.links[0], chain.links[1], c)
+            try expectReleasedWithTheEnd(of: chain.links[1], chain.links[2], c)
             #expect(try chain.last.result(timeout: .seconds(30)) == "=10")
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
@@ -264,6 +298,8 @@ struct ChainTests {
         try withScratchDatabase(backend) { db in
             let setup = try JobQueue(db.url)
             let queues = try (0..<2).map { _ in try JobQueue(db.url) }
+            let c = try db.connect()
+            defer { c.close() }
             let later = JobOptions(delay: .seconds(3600))
             for round in 0..<40 {
                 let group = try setup.group([Member(n: 1), Member(n: 2)], options: later, then: Summary())
@@ -276,6 +312,14 @@ struct ChainTests {
                 }
                 for f in cancels { #expect(try f.result(timeout: .seconds(30))) }
                 #expect(try group.callback.info()?.state == .available, "round \(round): the callback was left waiting")
+                let stillOpen = try c.scalar("SELECT waiting_on FROM mp_jobs WHERE id = \(group.callback.id)")?.intValue
+                let resolved = try c.scalar(
+                    "SELECT count(*) FROM mp_job_deps WHERE child_id = \(group.callback.id) AND parent_state IS NOT NULL"
+                )?.intValue
+                #expect(
+                    stillOpen == 0 && resolved == 2,
+                    "round \(round): \(String(describing: stillOpen)) open, \(String(describing: resolved)) resolved"
+                )
             }
         }
     }
@@ -286,15 +330,17 @@ struct ChainTests {
         try withScratchDatabase(backend) { db in
             let queue = try JobQueue(db.url)
             let log = db.scratch + ".log"
-            let chain = try queue.chain(Square(n: 4, log: log, pauseMs: 1500)).then(AddOne(log: log)).then(
+            let gate = db.scratch + ".gate"
+            let chain = try queue.chain(Gated(n: 4, gate: gate, log: log)).then(AddOne(log: log)).then(
                 ToText(log: log)
             )
             .enqueue()
             let child = ChildProcess(job: WorkerProcess(database: db.url, leaseMs: 600, concurrency: 1))
             try child.start()
-            try waitUntilRunning(JobHandle<Square>(queue: queue, id: chain.links[0]))
+            try waitUntilRunning(JobHandle<Gated>(queue: queue, id: chain.links[0]))
             child.kill()
             _ = try child.join(timeout: .seconds(10))
+            open(gate: gate)
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }
             let (worker, running) = try startWorker(db.url, pool, lease: .milliseconds(600))
@@ -327,11 +373,21 @@ struct ChainTests {
             try a.start()
             defer { a.kill() }
             try waitUntilHeldInsideATransaction(c)
+            let held = try #require(
+                try c.scalar(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event = 'advisory' AND datname = current_database()"
+                )?
+                .intValue
+            )
             a.kill()
             _ = try a.join(timeout: .seconds(30))
+            _ = try c.execute("SELECT pg_advisory_unlock(4343)")
+            // Its session runs on, finds its client gone, and ends without a commit.
+            try eventually("the killed worker's session ended") {
+                try c.scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = \(held)")?.intValue == 0
+            }
             #expect(try queue.info(chain.links[0])?.state == .running, "the end rolled back with the release")
             #expect(try queue.info(chain.links[1])?.state == .waiting)
-            _ = try c.execute("SELECT pg_advisory_unlock(4343)")
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }
             let (worker, running) = try startWorker(db.url, pool, lease: .milliseconds(1000))
@@ -462,18 +518,55 @@ struct ChainTests {
         }
     }
 
-    /// A job queued after one that is running (claimed before anything waited for it): its worker hears of
-    /// it at its next heartbeat and records the end with the release; the result comes through.
-    @Test(arguments: TestBackend.enabled) func aJobQueuedAfterARunningOneRunsWhenItEnds(_ backend: TestBackend) throws {
+    /// A job queued after one that is running (claimed before anything waited for it): the worker's next
+    /// heartbeat tells it, and it records the end with the release, in one transaction.
+    @Test(arguments: TestBackend.enabled) func aHeartbeatTellsTheWorkerOfAJobQueuedAfterItsRunningOne(
+        _ backend: TestBackend
+    ) throws {
         try withScratchDatabase(backend) { db in
             let queue = try JobQueue(db.url)
-            let parent = try queue.enqueue(Square(n: 6, pauseMs: 1500))
+            let c = try db.connect()
+            defer { c.close() }
+            let gate = db.scratch + ".gate"
+            let parent = try queue.enqueue(Gated(n: 6, gate: gate))
             let pool = try ProcessPool(workers: 1)
             defer { pool.terminate() }
-            let (worker, running) = try startWorker(db.url, pool, lease: .milliseconds(900))
+            let (worker, running) = try startWorker(db.url, pool, lease: .seconds(3))
             try waitUntilRunning(parent)
             let child = try queue.enqueue(AddOne(), after: [parent.id])
+            let lease = try c.scalar("SELECT lease_until FROM mp_jobs WHERE id = \(parent.id)")?.intValue ?? 0
+            try eventually("a heartbeat after the child was queued") {
+                try c.scalar("SELECT lease_until FROM mp_jobs WHERE id = \(parent.id)")?.intValue ?? 0 > lease
+            }
+            open(gate: gate)
+            try expectReleasedWithTheEnd(of: parent.id, child.id, c)
             #expect(try child.result(timeout: .seconds(30)) == 37)
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    /// A job queued after a running one that ends before its worker's next heartbeat: on SQLite the end,
+    /// fenced by `dependents = 0`, sees it and releases it in the same transaction; on PostgreSQL (the
+    /// claim-and-complete statement) the next sweep releases it.
+    @Test(arguments: TestBackend.enabled) func aJobQueuedAfterARunningOneIsReleasedBeforeAnyHeartbeat(
+        _ backend: TestBackend
+    ) throws {
+        try withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let c = try db.connect()
+            defer { c.close() }
+            let gate = db.scratch + ".gate"
+            let parent = try queue.enqueue(Gated(n: 6, gate: gate))
+            let pool = try ProcessPool(workers: 1)
+            defer { pool.terminate() }
+            // Heartbeats every 20 s, sweeps every 15 s: neither comes before the end.
+            let (worker, running) = try startWorker(db.url, pool, lease: .seconds(60))
+            try waitUntilRunning(parent)
+            let child = try queue.enqueue(AddOne(), after: [parent.id])
+            open(gate: gate)
+            if backend == .sqlite { try expectReleasedWithTheEnd(of: parent.id, child.id, c) }
+            #expect(try child.result(timeout: .seconds(60)) == 37)
             worker.stop()
             _ = try running.result(timeout: .seconds(30))
         }

@@ -6,15 +6,17 @@ import MultiprocessingSQL
 /// An edge is resolved, and its job's outcome copied into it, in the transaction that records that job's
 /// end (a worker's result, its last failure, a lease that ran out on its last attempt, a cancel), so that
 /// no worker killed at any point loses a link: either the end and its releases commit together, or neither
-/// does. (A worker knows which of its jobs others wait for from the claim and each heartbeat; a job queued
-/// after one that ended before the worker heard of it is released by the sweep.) A waiting job is then stopped (state `cancelled`, with a line saying why) as soon as a job it
+/// does. (A worker knows which of its jobs others wait for from the claim and each heartbeat; an end it
+/// records one by one is fenced by `dependents = 0` besides, so on SQLite a job that came to wait after the
+/// last heartbeat is released with it too. On PostgreSQL such a job, whose end went through the
+/// claim-and-complete statement, is released by the next sweep: within a quarter lease.) A waiting job is then stopped (state `cancelled`, with a line saying why) as soon as a job it
 /// requires ends other than completed, or made available once every job it waits for has ended. A stopped
 /// job's own waiting jobs are resolved in turn, in the same transaction.
 ///
 /// On PostgreSQL, two jobs that end at once in two transactions may both be the last for one waiting job:
 /// each locks the waiting jobs' rows (in id order) before resolving its edges, so the second sees the
 /// first's edges resolved once it has the lock and releases the job (READ COMMITTED, which each statement
-/// of the worker's transactions uses). A sweep (``sweep(now:on:)``, in every worker's rescue) resolves
+/// of the worker's transactions uses). A sweep (``endedUnseen(on:)``, in every worker's rescue) resolves
 /// the edges of jobs ended by anything that did not (a worker of the previous version, SQL of the user's).
 enum JobDependencies {
     static let ended = "('completed', 'discarded', 'cancelled')"
@@ -156,10 +158,11 @@ enum JobDependencies {
         return stoppedWithDependents
     }
 
-    /// Resolves the edges of jobs that ended without resolving them (a worker of the previous version, SQL
-    /// of the user's, a job deleted by hand) and settles their waiting jobs: a backstop that any worker's
-    /// rescue runs. Returns the queues of the jobs made available.
-    static func sweep(now: Int64, on c: any SQLConnection) throws -> Set<String> {
+    /// Jobs that ended without resolving the edges into them (a result recorded by PostgreSQL's
+    /// claim-and-complete statement for a job that others came to wait for after its worker's last
+    /// heartbeat, a worker of the previous version, SQL of the user's, a job deleted by hand): read without
+    /// a lock, for ``release(_:now:on:)`` in a transaction, which any worker's rescue does (the sweep).
+    static func endedUnseen(on c: any SQLConnection) throws -> [Int64] {
         var parents: [Int64] = []
         try c.forEachRow(
             """
@@ -168,7 +171,7 @@ enum JobDependencies {
             """,
             []
         ) { parents.append($0[0].intValue ?? 0) }
-        return parents.isEmpty ? [] : try release(parents, now: now, on: c)
+        return parents
     }
 
     /// The outcomes each of the claimed jobs `ids` waited for, encoded (``JobOutcomes``) for the pool

@@ -30,7 +30,7 @@ package final class CallerRunsExecutor: TaskExecutor, Sendable {
         var closed = false
     }
 
-    private let state = Mutex(State())
+    private let state = TrackedMutex(State())
     private let parker = Parker()
 
     private init() {}
@@ -174,7 +174,7 @@ private final class SoftTimeout: Sendable {
     }
 
     private final class Shared: Sendable {
-        private let state = Mutex<(task: Task<Void, Never>?, fired: Bool, disarmed: Bool)>((nil, false, false))
+        private let state = TrackedMutex<(task: Task<Void, Never>?, fired: Bool, disarmed: Bool)>((nil, false, false))
 
         func register(_ task: Task<Void, Never>) {
             let fired = state.withLock { s in
@@ -205,7 +205,7 @@ private final class SoftTimeout: Sendable {
 
 /// A task's outcome, set by the task and read by the thread that ran it to its end.
 private final class Outcome<T: Sendable>: Sendable {
-    private let value = Mutex<Result<T, any Error>?>(nil)
+    private let value = TrackedMutex<Result<T, any Error>?>(nil)
     func set(_ r: sending Result<T, any Error>) { value.withLock { $0 = r } }
     /// The outcome; a task that ended without one (it cannot, but a crash is worse) counts as cancelled.
     func get() -> Result<T, any Error> { value.withLock { $0 } ?? .failure(CancellationError()) }

@@ -27,7 +27,8 @@ struct JobInsert {
         runAt: Int64?,
         payload: [UInt8]?,
         trace: [UInt8]? = nil,
-        waitsFor: Int = 0
+        waitsFor: Int = 0,
+        replyTo: String? = nil
     ) {
         shared = [
             Column(name: "queue", value: .text(options.queue), type: "text"),
@@ -48,6 +49,8 @@ struct JobInsert {
         if let trace { shared.append(Column(name: "trace_context", value: .blob(trace), type: "bytea")) }
         if let runAt { shared.append(Column(name: "run_at", value: .int(runAt), type: "bigint")) }
         if let payload { shared.append(Column(name: "payload", value: .blob(payload), type: "bytea")) }
+        // A task pool's job: its end is taken (and deleted) by the pool that queued it.
+        if let replyTo { shared.append(Column(name: "reply_to", value: .text(replyTo), type: "varchar")) }
         // Left to its default (0) unless the job waits: a worker of the previous version queues the same way.
         if waitsFor > 0 {
             shared.append(Column(name: "waits_for", value: .int(Int64(waitsFor)), type: "integer"))

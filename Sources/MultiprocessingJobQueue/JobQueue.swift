@@ -208,6 +208,18 @@ public final class JobQueue: Sendable {
     ) throws
         -> [Enqueued<J>]
     {
+        try enqueue(jobs, options: options, replyTo: nil, on: c)
+    }
+
+    /// ``enqueue(_:options:on:)``, the rows marked for the ``QueuePool`` whose tag is `replyTo` (nil: none).
+    static func enqueue<J: Job>(
+        _ jobs: [J],
+        options: JobOptions,
+        replyTo: String?,
+        on c: any SQLConnection
+    ) throws
+        -> [Enqueued<J>]
+    {
         guard !jobs.isEmpty else { return [] }
         let kind = try JobIdentity.name(of: J.self)
         let now = QueueSchema.nowMs()
@@ -222,7 +234,8 @@ public final class JobQueue: Sendable {
             now: now,
             runAt: runAt,
             payload: nil,
-            trace: trace?.carrier
+            trace: trace?.carrier,
+            replyTo: replyTo
         )
         let encoder = BinaryEncoder()
         var ids: [Int64] = []
@@ -346,6 +359,33 @@ public final class JobQueue: Sendable {
         }
         Doorbell.ring(doorbells, queues: released.sorted())
         return cancelled
+    }
+
+    /// Cancels jobs `ids` in one transaction, as ``cancel(_:)`` each; returns how many were cancelled or
+    /// asked to stop.
+    @discardableResult
+    public func cancel(_ ids: [Int64]) throws -> Int {
+        let (n, released) = try withConnection { c in
+            let d = c.dialect
+            return try c.transaction(immediate: true) { () throws -> (Int, Set<String>) in
+                var n = 0
+                var released: Set<String> = []
+                for id in ids.sorted() {  // writers lock jobs in id order
+                    if let r = try endBeforeRunning(id, as: "cancelled", on: c) {
+                        released.formUnion(r)
+                        n += 1
+                    } else {
+                        n += try c.execute(
+                            "UPDATE mp_jobs SET cancel_requested = 1 WHERE id = \(d.parameter(1)) AND state = 'running'",
+                            [.int(id)]
+                        )
+                    }
+                }
+                return (n, released)
+            }
+        }
+        Doorbell.ring(doorbells, queues: released.sorted())
+        return n
     }
 
     /// Ends job `id` as `state` if it is queued or waiting (in the caller's transaction), releasing the jobs

@@ -222,6 +222,36 @@ enum QueueSchema {
             try c.execute(
                 "CREATE INDEX IF NOT EXISTS mp_job_deps_open ON mp_job_deps (parent_id) WHERE parent_state IS NULL"
             )
+            // Jobs queued by a `QueuePool` carry its tag (`reply_to`, NULL for every other job): the pool takes
+            // their ends (reading and deleting the rows) as they come. PostgreSQL notifies the channel named by
+            // the tag at the commit of each end, so results stream back without polling; the trigger's WHEN
+            // keeps every other job's end as it was (no function call). Added with the column, once.
+            if !(try hasColumn("reply_to", on: c)) {
+                if d.advisoryLocks { try c.execute("SET LOCAL lock_timeout = '10s'") }
+                try c.execute("ALTER TABLE mp_jobs ADD COLUMN reply_to VARCHAR(64)")
+                try c.execute(
+                    "CREATE INDEX IF NOT EXISTS mp_jobs_reply ON mp_jobs (reply_to) WHERE reply_to IS NOT NULL"
+                )
+                if d.notifies {
+                    try c.execute(
+                        """
+                        CREATE OR REPLACE FUNCTION mp_jobs_reply() RETURNS trigger LANGUAGE plpgsql AS $$
+                        BEGIN
+                          PERFORM pg_notify(NEW.reply_to, '');
+                          RETURN NULL;
+                        END $$
+                        """
+                    )
+                    try c.execute("DROP TRIGGER IF EXISTS mp_jobs_reply ON mp_jobs")
+                    try c.execute(
+                        """
+                        CREATE TRIGGER mp_jobs_reply AFTER UPDATE OF state ON mp_jobs FOR EACH ROW
+                          WHEN (NEW.reply_to IS NOT NULL AND NEW.state IN ('completed', 'discarded', 'cancelled'))
+                          EXECUTE FUNCTION mp_jobs_reply()
+                        """
+                    )
+                }
+            }
 
         }
     }

@@ -16,3 +16,11 @@ public struct PoolProgress: Sendable {
     /// `done / total`, from 0 to 1.
     public var fractionDone: Double { total == 0 ? 0 : Double(done) / Double(total) }
 }
+
+extension PoolProgress {
+    /// A snapshot with these figures and no per-worker insights (pools outside this module: the job
+    /// queue's `QueuePool`).
+    package static func snapshot(done: Int, failed: Int, total: Int, rate: Double, eta: Duration?) -> PoolProgress {
+        PoolProgress(done: done, failed: failed, total: total, rate: rate, eta: eta, workers: [])
+    }
+}

@@ -45,14 +45,14 @@ enum FromWorker: Codable {
 
 /// An error on the wire: its type (mangled, to rebuild it if `Codable`), a readable name, a description,
 /// the encoded error if it is `Codable`, and the worker's pid.
-struct WireError: Codable, Error {
+package struct WireError: Codable, Error {
     var mangledType: String?
     var typeName: String
     var message: String
     var payload: [UInt8]?
     var pid: Int32
 
-    init(_ error: any Error, pid: Int32) {
+    package init(_ error: any Error, pid: Int32) {
         typeName = String(reflecting: type(of: error))
         message = String(describing: error)
         self.pid = pid
@@ -65,7 +65,7 @@ struct WireError: Codable, Error {
     }
 
     /// The original error when it can be rebuilt here, else a ``RemoteError``.
-    func rebuild() -> any Error {
+    package func rebuild() -> any Error {
         if let mangledType, let payload, let t = _typeByName(mangledType) as? any (Error & Codable).Type,
             let e = try? decode(t, payload)
         {

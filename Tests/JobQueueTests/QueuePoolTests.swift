@@ -1,0 +1,329 @@
+import Foundation
+import Multiprocessing
+import MultiprocessingSQL
+import MultiprocessingTestSupport
+import Testing
+import Threading
+
+@testable import MultiprocessingJobQueue
+
+struct Cube: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> Int { x * x * x }
+}
+
+struct ItemError: Error, Codable, Equatable {
+    let item: Int
+}
+
+/// Throws for `bad`, exits its worker process for `fatal`.
+struct Picky: SyncTaskFunction {
+    var bad: Int = -1
+    var fatal: Int = -1
+    func callAsFunction(_ x: Int) throws -> Int {
+        if x == fatal { exit(3) }
+        if x == bad { throw ItemError(item: x) }
+        return x + 1000
+    }
+}
+
+/// Items at and above `from` wait for the gate file (the others return at once); every item's run is
+/// logged.
+struct GatedItem: TaskFunction {
+    var gate: String
+    var from: Int = 0
+    var log: String? = nil
+    func callAsFunction(_ x: Int) async throws -> Int {
+        if x >= from {
+            while access(gate, F_OK) != 0 { try await Task.sleep(for: .milliseconds(2)) }
+        }
+        if let log { appendLine(log, "\(x)") }
+        return x * 10
+    }
+}
+
+/// A caller that queues a map and dies before reading it (exit at once: no clean-up of its own runs).
+struct DyingCaller: Job {
+    let database: DatabaseURL
+    func run() throws {
+        let pool = try QueuePool(database, options: QueuePoolOptions(workers: 2))
+        let results = try pool.imapUnordered(Cube(), Array(0..<40), chunksize: 4)
+        withExtendedLifetime(results) { _exit(0) }
+    }
+}
+
+/// The blocking `map` of code written against any pool, from a thread that may block.
+func blockingMap(_ pool: some TaskPool, _ inputs: [Int]) throws -> [Int] {
+    try pool.map(Cube(), inputs, chunksize: nil, options: .default, timeout: nil)
+}
+
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct QueuePoolTests {
+    /// The pool's calls against a worker of the queue (here, on a process pool of two): the results are
+    /// those of the local pool, every row is taken once read.
+    @Test(arguments: TestBackend.enabled) func theProcessPoolsCallsRunAsQueueJobs(_ backend: TestBackend) async throws {
+        try await withScratchDatabase(backend) { db in
+            let processes = try ProcessPool(workers: 2)
+            defer { processes.terminate() }
+            let worker = try QueueWorker(
+                db.url,
+                pool: processes,
+                options: QueueWorkerOptions(pollInterval: .milliseconds(5))
+            )
+            let running = background { try worker.run() }
+            let pool = try QueuePool(db.url, options: QueuePoolOptions(workers: 2))
+            let inputs = Array(0..<1000)
+            let expected = inputs.map { $0 * $0 * $0 }
+            #expect(try await Task.detached { try blockingMap(pool, inputs) }.value == expected)
+            #expect(try await pool.map(Cube(), inputs, chunksize: 7) == expected)
+            let results = try await Task.detached { try pool.mapResults(Cube(), inputs, chunksize: 50) }.value
+            #expect(results.map { try? $0.get() } == expected)
+            var ordered: [Int] = []
+            for try await v in try pool.imap(Cube(), (0..<100).lazy.map { $0 }, chunksize: 3, maxInFlight: 10) {
+                ordered.append(v)
+            }
+            #expect(ordered == Array(expected[0..<100]))
+            var unordered: [Int] = []
+            for try await v in try pool.imapUnordered(Cube(), inputs, chunksize: 1) { unordered.append(v) }
+            #expect(unordered.sorted() == expected)
+            #expect(try await pool.submit(Cube(), 5).value == 125)
+            let called = Future<Int>()
+            try pool.applyAsync(Square(n: 9), callback: { called.complete(.success($0)) })
+            #expect(try called.result(timeout: .seconds(30)) == 81)
+            #expect(try pool.submit(Square(n: 4)).get(timeout: .seconds(30)) == 16)
+            #expect(pool.join(timeout: .seconds(30)))
+            // Every end was read and its row deleted.
+            let queue = try JobQueue(db.url)
+            #expect(try queue.counts() == [:])
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    /// An item that throws fails alone (a `Codable` error comes back as itself); an item that kills its
+    /// worker process fails alone too: its chunk fails as a whole and its items run again one job each.
+    @Test(arguments: TestBackend.enabled) func anItemThatThrowsOrKillsItsWorkerFailsAlone(_ backend: TestBackend) throws
+    {
+        try withScratchDatabase(backend) { db in
+            let processes = try ProcessPool(workers: 2)
+            defer { processes.terminate() }
+            let worker = try QueueWorker(
+                db.url,
+                pool: processes,
+                options: QueueWorkerOptions(pollInterval: .milliseconds(5))
+            )
+            let running = background { try worker.run() }
+            let pool = try QueuePool(db.url)
+            let thrown = try pool.mapResults(Picky(bad: 7), Array(0..<20), chunksize: 5, timeout: .seconds(60))
+            for (i, r) in thrown.enumerated() {
+                switch r {
+                case .success(let v): #expect(i != 7 && v == i + 1000)
+                case .failure(let e): #expect(i == 7 && (e as? ItemError) == ItemError(item: 7), "\(e)")
+                }
+            }
+            let e = #expect(throws: ItemError.self) { try pool.map(Picky(bad: 3), Array(0..<10), chunksize: 2) }
+            #expect(e == ItemError(item: 3))
+            let killed = try pool.mapResults(Picky(fatal: 13), Array(0..<20), chunksize: 5, timeout: .seconds(60))
+            for (i, r) in killed.enumerated() {
+                switch r {
+                case .success(let v): #expect(i != 13 && v == i + 1000)
+                case .failure(let e):
+                    #expect(i == 13 && (e as? JobQueueError)?.code == .failed, "\(e)")
+                    #expect("\(e)".contains("discarded"), "\(e)")
+                }
+            }
+            #expect(pool.join(timeout: .seconds(30)))
+            #expect(try JobQueue(db.url).counts() == [:])
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    /// `imapUnordered` hands out each result as its job's end is read: nine come while the tenth still
+    /// waits for its gate.
+    @Test(arguments: TestBackend.enabled) func unorderedResultsStreamBackAsTheyFinish(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let processes = try ProcessPool(workers: 2)
+            defer { processes.terminate() }
+            let worker = try QueueWorker(
+                db.url,
+                pool: processes,
+                options: QueueWorkerOptions(pollInterval: .milliseconds(5))
+            )
+            let running = background { try worker.run() }
+            let gate = db.scratch + ".marker"
+            let pool = try QueuePool(db.url)
+            let results = try pool.imapUnordered(GatedItem(gate: gate, from: 9), Array(0..<10), chunksize: 1)
+            var first: [Int] = []
+            for _ in 0..<9 { first.append(try #require(try results.next(timeout: .seconds(60)))) }
+            #expect(first.sorted() == (0..<9).map { $0 * 10 })
+            open(gate: gate)
+            #expect(try results.next(timeout: .seconds(60)) == 90)
+            #expect(try results.next(timeout: .seconds(60)) == nil)
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    /// PostgreSQL: the pool hears of each end at its commit. Its poll is an hour here: the result can only
+    /// come back through the notification of the end (the pool had read and found nothing since the job
+    /// started).
+    @Test(
+        .enabled(
+            if: TestBackend.enabled.contains(.postgresql),
+            "needs PostgreSQL (LISTEN/NOTIFY; on SQLite the pool polls)"
+        )
+    )
+    func postgresNotifiesThePoolOfEachEnd() throws {
+        try withScratchDatabase(.postgresql) { db in
+            let processes = try ProcessPool(workers: 1)
+            defer { processes.terminate() }
+            let worker = try QueueWorker(
+                db.url,
+                pool: processes,
+                options: QueueWorkerOptions(pollInterval: .milliseconds(5))
+            )
+            let running = background { try worker.run() }
+            let gate = db.scratch + ".marker"
+            let queue = try JobQueue(db.url)
+            let pool = try QueuePool(queue, options: QueuePoolOptions(pollInterval: .seconds(3600)))
+            let task = try pool.submit(GatedItem(gate: gate), 4)
+            try eventually("the job running") { try queue.counts()[.running] == 1 }
+            let before = pool.core.emptyReads
+            try eventually("the pool read and found nothing") { pool.core.emptyReads > before }
+            open(gate: gate)
+            #expect(try task.get(timeout: .seconds(120)) == 40)
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    /// Cancelling a call cancels its jobs: the queued ones at once, the running ones in their workers; no
+    /// row is left, and no item runs after the gate opens.
+    @Test(arguments: TestBackend.enabled) func cancellingACallCancelsItsJobs(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let processes = try ProcessPool(workers: 2)
+            defer { processes.terminate() }
+            let worker = try QueueWorker(
+                db.url,
+                pool: processes,
+                options: QueueWorkerOptions(lease: .seconds(3), pollInterval: .milliseconds(5))
+            )
+            let running = background { try worker.run() }
+            let gate = db.scratch + ".marker"
+            let log = db.scratch + ".log"
+            let queue = try JobQueue(db.url)
+            let pool = try QueuePool(queue)
+            // A running job hears of its cancel at the worker's next heartbeat (a third of its lease).
+            let results = try pool.imapUnordered(GatedItem(gate: gate, log: log), Array(0..<30), chunksize: 1)
+            try eventually("items running") { try queue.counts()[.running, default: 0] >= 2 }
+            results.cancel()
+            #expect(throws: CancellationError.self) { _ = try results.next(timeout: .seconds(10)) }
+            try eventually("every job ended and taken") { try queue.counts() == [:] }
+            open(gate: gate)
+            #expect(readLines(log).isEmpty)
+            #expect(pool.join(timeout: .seconds(30)))
+            // The pool goes on after a cancelled call.
+            #expect(try pool.map(Cube(), [2, 3]) == [8, 27])
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    /// A `map` given a timeout cancels its jobs when it passes and throws `timedOut`; a closed pool takes no
+    /// calls and ends those it had.
+    @Test(arguments: TestBackend.enabled) func aTimeoutAndClosingEndTheCalls(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let gate = db.scratch + ".marker"
+            let queue = try JobQueue(db.url)
+            let pool = try QueuePool(queue)
+            // No worker serves the queue: nothing can finish.
+            let e = #expect(throws: MultiprocessingError.self) {
+                try pool.map(Cube(), Array(0..<10), chunksize: 2, timeout: .milliseconds(200))
+            }
+            #expect(e?.code == .timedOut)
+            try eventually("the timed-out call's jobs cancelled and taken") { try queue.counts() == [:] }
+            let waiting = try pool.imapUnordered(GatedItem(gate: gate), Array(0..<4))
+            let task = try pool.submit(GatedItem(gate: gate), 1)
+            pool.terminate()
+            let closed = #expect(throws: JobQueueError.self) { _ = try waiting.next(timeout: .seconds(30)) }
+            #expect(closed?.code == .closed)
+            #expect(throws: JobQueueError.self) { _ = try task.get(timeout: .seconds(30)) }
+            #expect(throws: JobQueueError.self) { _ = try pool.submit(Cube(), 1) }
+            try eventually("the closed pool's jobs cancelled and taken") { try queue.counts() == [:] }
+        }
+    }
+
+    /// A caller that dies leaves its jobs to run; their rows are then deleted by the workers' retention
+    /// cleaner, as every finished job's.
+    @Test(arguments: TestBackend.enabled) func aDeadCallersResultsAreCleanedByRetention(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let caller = ChildProcess(job: DyingCaller(database: db.url))
+            try caller.start()
+            try caller.join(timeout: .seconds(60))
+            let queue = try JobQueue(db.url)
+            #expect(try queue.counts() == [.available: 10])
+            let processes = try ProcessPool(workers: 2)
+            defer { processes.terminate() }
+            let keeping = try QueueWorker(
+                db.url,
+                pool: processes,
+                options: QueueWorkerOptions(pollInterval: .milliseconds(5), exitWhenDrained: true)
+            )
+            #expect(try keeping.run() == 10)
+            #expect(try queue.counts() == [.completed: 10])
+            // A worker cleans as it starts.
+            try eventually("the dead caller's rows deleted") {
+                let cleaning = try QueueWorker(
+                    db.url,
+                    pool: processes,
+                    options: QueueWorkerOptions(
+                        pollInterval: .milliseconds(5),
+                        keepCompleted: .zero,
+                        exitWhenDrained: true
+                    )
+                )
+                _ = try cleaning.run()
+                return try queue.counts() == [:]
+            }
+        }
+    }
+}
+
+@Suite struct QueuePoolStateTests {
+    /// Ends are routed to the call and items of their job; a chunk that failed as a whole is split, a
+    /// single item fails; an end read before its job was registered waits for it; a cancelled call's ends
+    /// are dropped; unclaimed ends expire.
+    @Test func endsAreRoutedSplitOrDropped() {
+        var s = QueuePoolState(unclaimedLimit: 1000)
+        #expect(s.registered(10, call: 1, base: 0, count: 4) == [])
+        #expect(s.registered(11, call: 1, base: 4, count: 1) == [])
+        #expect(s.isWaiting)
+        #expect(s.ended(10, .completed([1]), now: 0) == [.deliver(call: 1, base: 0, count: 4, result: [1])])
+        #expect(s.ended(11, .discarded("x"), now: 0) == [.fail(call: 1, base: 4, count: 1, end: .discarded("x"))])
+        #expect(!s.isWaiting)
+        _ = s.registered(12, call: 2, base: 0, count: 3)
+        #expect(s.ended(12, .discarded("killed"), now: 0) == [.split(call: 2, base: 0, count: 3)])
+        // Read before registered.
+        #expect(s.ended(13, .completed([2]), now: 5) == [])
+        #expect(s.registered(13, call: 2, base: 3, count: 1) == [.deliver(call: 2, base: 3, count: 1, result: [2])])
+        #expect(s.unclaimed.isEmpty)
+        // Cancelled: its ends are dropped, a cancelled end of a chunk fails (is not split).
+        _ = s.registered(14, call: 3, base: 0, count: 2)
+        _ = s.registered(15, call: 3, base: 2, count: 2)
+        _ = s.registered(16, call: 4, base: 0, count: 2)
+        #expect(s.cancel(3, now: 0) == [14, 15])
+        #expect(s.ended(14, .cancelled(""), now: 0) == [])
+        #expect(s.ended(16, .cancelled("op"), now: 0) == [.fail(call: 4, base: 0, count: 2, end: .cancelled("op"))])
+        #expect(s.dropped == [15: 0])
+        #expect(s.isWaiting)  // job 15's row is still to be read and deleted
+        // An end no call registers, and a cancelled job whose end never comes, are forgotten after the limit.
+        _ = s.ended(99, .completed([]), now: 100)
+        s.expire(now: 999)
+        #expect(s.unclaimed.keys.contains(99))
+        #expect(s.dropped == [15: 0])
+        s.expire(now: 1100)
+        #expect(s.unclaimed.isEmpty)
+        #expect(s.dropped.isEmpty)
+        #expect(!s.isWaiting)
+    }
+}

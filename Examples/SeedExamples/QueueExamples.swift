@@ -37,6 +37,20 @@ public struct SquareReport: DependentJob {
     }
 }
 
+/// The tutorial's pool function `f(x) = x*x`, answered after a pause as its `long_time_task` sleeps:
+/// what `mp queue map` maps on the queue's workers.
+public struct SquareAfterPause: TaskFunction {
+    /// The pause before each answer, in milliseconds (0: none).
+    public let pauseMs: Int
+    /// The function, pausing `pauseMs` milliseconds per item.
+    public init(pauseMs: Int = 0) { self.pauseMs = pauseMs }
+    /// `x*x`, after the pause (a cancelled item stops pausing at once).
+    public func callAsFunction(_ x: Int) async throws -> Int {
+        if pauseMs > 0 { try await Task.sleep(for: .milliseconds(pauseMs)) }
+        return x * x
+    }
+}
+
 /// A worker process: its own pool, serving the queue until SIGTERM (then it finishes what it holds).
 /// Returns how many jobs it finished.
 public struct QueueWorkerProcess: Job {
@@ -74,7 +88,8 @@ public struct QueueWorkerProcess: Job {
 }
 
 /// A producer and two worker processes on one SQLite file: the producer queues ten tasks and reads the
-/// results back by job id; each worker process runs jobs on its own pool.
+/// results back by job id; each worker process runs jobs on its own pool. Then the tutorial's pool `map`
+/// runs on the same workers through a ``QueuePool`` (its four chunks are four more jobs).
 public func durableQueue() throws {
     let path = "/tmp/mp-queue-demo-\(getpid()).sqlite"
     defer { for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) } }
@@ -96,6 +111,10 @@ public func durableQueue() throws {
     for h in handles {
         print("Result: \(try h.result(timeout: .seconds(30)))")
     }
+    // The pool's map, run by the same workers: `ProcessPool` changed for `QueuePool`, and nothing else.
+    let pool = try QueuePool(queue)
+    print("Pool map on the queue's workers: \(try pool.map(F(), Array(0..<10), chunksize: 3))")
+    pool.close()
     for w in workers { w.terminate() }
     let finished = try workers.map { try $0.result(timeout: .seconds(30)) }
     // Which worker claims which job is a race, as in Python: one of the two may run them all.

@@ -475,7 +475,12 @@ struct QueueStatements: Sendable {
         }
     }
 
-    /// Deletes finished jobs past their retention.
+    /// The least time the cleaner keeps a `QueuePool`'s ended job, whatever the retention: its pool takes
+    /// (and deletes) it within milliseconds while the pool's process lives, so only a dead caller's rows
+    /// wait this long; a retention shorter than that must not take a result its pool is about to read.
+    static var keepForQueuePools: Duration { .seconds(600) }
+
+    /// Deletes finished jobs past their retention (a `QueuePool`'s, past ``keepForQueuePools`` at least).
     func clean(on c: any SQLConnection) throws -> Int {
         let d = c.dialect
         let now = QueueSchema.nowMs()
@@ -491,9 +496,13 @@ struct QueueStatements: Sendable {
                 DELETE FROM mp_jobs WHERE ((state = 'completed' AND finished_at < \(d.parameter(1)))
                   OR (state IN ('discarded', 'cancelled') AND finished_at < \(d.parameter(2))))
                   AND (dependents = 0 OR NOT EXISTS (SELECT 1 FROM mp_job_deps e WHERE e.parent_id = mp_jobs.id AND e.parent_state IS NULL))
+                  AND (reply_to IS NULL OR finished_at < \(d.parameter(3)))
                 RETURNING id, waits_for
                 """,
-                [.int(now - keepCompleted.wholeMilliseconds), .int(now - keepFailed.wholeMilliseconds)]
+                [
+                    .int(now - keepCompleted.wholeMilliseconds), .int(now - keepFailed.wholeMilliseconds),
+                    .int(now - Self.keepForQueuePools.wholeMilliseconds),
+                ]
             ) { r in
                 n += 1
                 if (r[1].intValue ?? 0) > 0, let id = r[0].intValue { waited.append(id) }

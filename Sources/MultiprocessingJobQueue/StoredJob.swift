@@ -146,9 +146,6 @@ public struct JobQueueError: Error, CustomStringConvertible, Sendable, Equatable
         /// A job that waits for others that cannot be queued: nothing to wait for, a unique key on a job
         /// that waits, a link of a chain whose type cannot travel (``JobQueue/enqueue(_:after:policy:options:)``).
         public static let invalidDependency = Code("invalidDependency")
-        /// The ``QueuePool`` was closed or terminated: it takes no more calls, and the calls it had were
-        /// cancelled.
-        public static let closed = Code("closed")
     }
     /// What kind of failure it was, to match on.
     public let code: Code

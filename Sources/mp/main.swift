@@ -221,8 +221,8 @@ struct QueueCommand: ParsableCommand {
             SquareTask); your own program runs your jobs with QueueWorker.
             """,
         subcommands: [
-            QueueWorkerCommand.self, QueueEnqueue.self, QueueStatus.self, QueueShow.self, QueueLimitCommand.self,
-            QueueScheduleCommand.self,
+            QueueWorkerCommand.self, QueueEnqueue.self, QueueMapCommand.self, QueueStatus.self, QueueShow.self,
+            QueueLimitCommand.self, QueueScheduleCommand.self,
         ]
     )
 }
@@ -337,6 +337,41 @@ struct QueueEnqueue: ParsableCommand {
             for h in handles { print(try h.result(timeout: .seconds(3600))) }
             if let reportHandle { print(try reportHandle.result(timeout: .seconds(3600))) }
         }
+    }
+}
+
+struct QueueMapCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "map",
+        abstract: "The pool's map on the queue's workers: x*x for x in 0..<COUNT, through a QueuePool.",
+        discussion: "Prints each result as it comes, then how many there were; the queue's workers run the chunks."
+    )
+
+    @Option(help: "The queue's database URL.")
+    var database: String
+    @Option(help: "How many items.")
+    var count: Int = 10
+    @Option(help: "Items per job (default: four jobs per worker process the workers announced).")
+    var chunksize: Int?
+    @Option(help: "The queue.")
+    var queue: String = "default"
+    @Option(help: "Milliseconds each item pauses before answering.")
+    var pauseMs: Int = 0
+    @Option(help: "Seconds to wait for all the results.")
+    var timeout: Int = 3600
+
+    func run() throws {
+        let pool = try QueuePool(DatabaseURL(database), options: QueuePoolOptions(queue: queue))
+        defer { pool.close() }
+        let inputs = Array(0..<max(0, count))
+        let results = try pool.imapUnordered(SquareAfterPause(pauseMs: max(0, pauseMs)), inputs, chunksize: chunksize)
+        var n = 0
+        let deadline = ContinuousClock.now + .seconds(max(1, timeout))
+        while let v = try results.next(timeout: max(.zero, deadline - .now)) {
+            print(v)
+            n += 1
+        }
+        print("\(n) results")
     }
 }
 

@@ -3,33 +3,36 @@ import Threading
 
 /// A call of many items whose work runs outside this module's pools (the job queue's `QueuePool` runs it
 /// as queue jobs), handed to its caller as the pools' own ``PoolResults``: the same ordering, failures,
-/// credit, cancellation and progress display as a ``ProcessPool``'s.
+/// credit, cancellation and progress display as a ``ProcessPool``'s. The pool keeps this side; only the
+/// caller holds the results, so that dropping them cancels the call.
 package final class ExternalStream<Output: Codable & Sendable>: Sendable {
     private let call: StreamCall<Output>
     private let credit: Credit?
-    /// What the caller reads.
-    package let results: PoolResults<Output>
 
-    /// A call with `options` (its progress display starts here); with `maxInFlight`, its input is read
-    /// only while fewer items than that are submitted and not yet read (``acquire(_:)``). `cancel` runs
-    /// when the caller cancels or drops the results.
-    package init(
+    private init(call: StreamCall<Output>, credit: Credit?) {
+        self.call = call
+        self.credit = credit
+    }
+
+    /// A call with `options` (its progress display starts here) and the results its caller reads; with
+    /// `maxInFlight`, its input is read only while fewer items than that are submitted and not yet read
+    /// (``acquire(_:)``). `cancel` runs when the caller cancels or drops the results.
+    package static func make(
         options: TaskOptions,
         maxInFlight: Int?,
         chunksize: Int,
         ordered: Bool,
         cancel: @escaping @Sendable () -> Void
-    ) throws {
+    ) throws -> (ExternalStream<Output>, PoolResults<Output>) {
         let call = StreamCall<Output>(options: options)
         if let display = options.progress { call.progress = try ProgressReporter.start(for: call, display) }
         let credit = maxInFlight.map { Credit(Swift.max($0, 2 * chunksize, 1)) }
-        self.call = call
-        self.credit = credit
-        results = PoolResults(call: call, credit: credit, ordered: ordered) {
+        let results = PoolResults(call: call, credit: credit, ordered: ordered) {
             _ = call.markCancelled()
             credit?.cancel()
             cancel()
         }
+        return (ExternalStream(call: call, credit: credit), results)
     }
 
     /// Whether the caller cancelled the call (or dropped its results).

@@ -40,7 +40,7 @@ public struct PoolError: Error, CustomStringConvertible, Sendable {
     /// ``message`` leads with its first line and the first frame in the program's own code.
     public let crashReport: String?
 
-    init(
+    package init(
         _ code: Code,
         _ message: String,
         pid: Int32? = nil,

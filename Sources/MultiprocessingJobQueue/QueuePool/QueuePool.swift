@@ -230,19 +230,18 @@ public final class QueuePool: Sendable {
         let eager = (inputs as? [F.Input]).flatMap { items in
             maxInFlight.map { $0 >= items.count } ?? true ? items : nil
         }
-        var stream: ExternalStream<F.Output>!
+        var results: PoolResults<F.Output>!
         let call = try QueuePoolCall(core: core, f: f, options: options) { cancel in
-            stream = try ExternalStream(
+            let (stream, r) = try ExternalStream<F.Output>.make(
                 options: options,
                 maxInFlight: eager == nil ? maxInFlight : nil,
                 chunksize: size,
                 ordered: ordered,
                 cancel: cancel
             )
+            results = r
             return .stream(stream)
         }
-        let results = stream.results
-        let counting = stream!
         if let items = eager {
             do {
                 try call.send(
@@ -258,7 +257,10 @@ public final class QueuePool: Sendable {
             call.seal(total: items.count)
             return results
         }
-        let feeder = OSThread(name: "mp-queuepool-feeder", daemon: true) { [self] in
+        guard case .stream(let counting) = call.receiver else { preconditionFailure("a map's call streams") }
+        let core = self.core
+        // The feeder holds the call's side, not the results nor the pool: dropping either ends the call.
+        let feeder = OSThread(name: "mp-queuepool-feeder", daemon: true) {
             var base = 0
             var chunk: [F.Input] = []
             chunk.reserveCapacity(size)
@@ -305,10 +307,16 @@ public final class QueuePool: Sendable {
     /// with them), and their items without an outcome fail with ``JobQueueError/Code/closed``.
     public func terminate() { core.close() }
 
-    /// Waits until every call has ended (each item has its outcome), at most `timeout` — Python's
-    /// `Pool.join()`.
+    /// Waits until every call has ended (each item has its outcome) and, after ``close()`` or
+    /// ``terminate()``, until the pool's thread that reads the ends has stopped, at most `timeout` —
+    /// Python's `Pool.join()`.
     /// - Returns: whether they all had.
-    public func join(timeout: Duration? = nil) -> Bool { core.waitIdle(timeout: timeout) }
+    public func join(timeout: Duration? = nil) -> Bool {
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        guard core.waitIdle(timeout: timeout) else { return false }
+        guard core.isClosing else { return true }
+        return core.waitStopped(timeout: deadline.map { max(.zero, $0 - .now) } ?? .seconds(86_400 * 365))
+    }
 
     // MARK: progress
 

@@ -23,6 +23,8 @@ final class QueuePoolCall<F: TaskFunction>: QueuePoolSink, @unchecked Sendable {
         var received = 0
         var total: Int?
         var done = false
+        /// Items queued again after their worker was lost (by index).
+        var requeues: [Int: Int] = [:]
     }
 
     private let book = TrackedMutex(Book())
@@ -50,15 +52,17 @@ final class QueuePoolCall<F: TaskFunction>: QueuePoolSink, @unchecked Sendable {
     var number: QueuePoolState.Call { book.withLock { $0.call } }
     var isDone: Bool { book.withLock { $0.done } }
 
-    /// The queue options of a job of `count` items: the item's timeout for each item, the retries of
-    /// crashes and timeouts as the queue's attempts.
+    /// The queue options of a job of `count` items. A chunk runs once (when it fails as a whole its items
+    /// are queued one by one: those retry), within the item's timeout for each run of each item; a job of
+    /// one item runs as often as the retry policy says for crashes and timeouts, within the item's timeout.
     private func jobOptions(count: Int) -> JobOptions {
         let retry = options.retry
-        let retriesWhole = !retry.causes.isDisjoint(with: [.crash, .timeout])
+        let retriesWhole = count == 1 && !retry.causes.isDisjoint(with: [.crash, .timeout])
+        let runs = retry.causes.contains(.error) ? retry.attempts : 1
         return JobOptions(
             queue: core.options.queue,
             priority: core.options.priority,
-            timeout: options.timeout.map { $0 * count },
+            timeout: options.timeout.map { $0 * (count * runs) },
             maxAttempts: retriesWhole ? retry.attempts : 1,
             backoff: retry.backoff
         )
@@ -85,24 +89,29 @@ final class QueuePoolCall<F: TaskFunction>: QueuePoolSink, @unchecked Sendable {
             return b.call
         }
         do {
-            // Jobs of one size share their options (the last chunk of a map may be shorter).
-            var start = 0
-            while start < chunks.count {
-                let count = chunks[start].inputs.count
-                var end = start + 1
-                while end < chunks.count && chunks[end].inputs.count == count { end += 1 }
-                let part = chunks[start..<end]
-                try core.submit(
-                    part.map { chunk($0.inputs) },
-                    spans: part.map { ($0.base, $0.inputs.count) },
-                    call: call,
-                    options: jobOptions(count: count)
-                )
-                start = end
-            }
+            try submit(chunks, call: call)
         } catch {
             book.withLock { b in for c in chunks { b.inputs[c.base] = nil } }
             throw error
+        }
+    }
+
+    /// Queues `chunks` whose inputs are kept already.
+    private func submit(_ chunks: [(base: Int, inputs: [F.Input])], call: QueuePoolState.Call) throws {
+        // Jobs of one size share their options (the last chunk of a map may be shorter).
+        var start = 0
+        while start < chunks.count {
+            let count = chunks[start].inputs.count
+            var end = start + 1
+            while end < chunks.count && chunks[end].inputs.count == count { end += 1 }
+            let part = chunks[start..<end]
+            try core.submit(
+                part.map { chunk($0.inputs) },
+                spans: part.map { ($0.base, $0.inputs.count) },
+                call: call,
+                options: jobOptions(count: count)
+            )
+            start = end
         }
     }
 
@@ -182,25 +191,53 @@ final class QueuePoolCall<F: TaskFunction>: QueuePoolSink, @unchecked Sendable {
         }
     }
 
-    func split(base: Int, count: Int) {
-        guard let inputs = book.withLock({ b in b.done ? nil : b.inputs.removeValue(forKey: base) }) else { return }
-        let singles = inputs.enumerated().map { (base: base + $0.offset, inputs: [$0.element]) }
+    func split(base: Int, count: Int) { resend(base) }
+
+    func requeue(base: Int, history: String) {
+        let lostTooOften = book.withLock { b in
+            b.requeues[base, default: 0] += 1
+            return b.requeues[base]! > Self.maxRequeues
+        }
+        guard !lostTooOften else {
+            let e = JobQueueError(
+                .failed,
+                "its job was lost with its worker \(Self.maxRequeues + 1) times: \(history.trimmingTrailingNewline)"
+            )
+            fail(base: base, count: 1, error: e)
+            return
+        }
+        resend(base)
+    }
+
+    /// How many times an item lost with its worker is queued again.
+    static var maxRequeues: Int { 3 }
+
+    /// Queues the items of the chunk at `base` again, one job each. The chunk's entry becomes theirs in one
+    /// step, so that a cancel at any moment finds every item (and fails it) exactly once.
+    private func resend(_ base: Int) {
+        let (call, singles) = book.withLock { b -> (QueuePoolState.Call?, [(base: Int, inputs: [F.Input])]) in
+            guard !b.done, let inputs = b.inputs.removeValue(forKey: base) else { return (nil, []) }
+            let singles = inputs.enumerated().map { (base: base + $0.offset, inputs: [$0.element]) }
+            for s in singles { b.inputs[s.base] = s.inputs }
+            return (b.call, singles)
+        }
+        guard let call else { return }
         do {
-            try send(singles)
+            try submit(singles, call: call)
         } catch {
-            book.withLock { b in for s in singles { b.inputs[s.base] = s.inputs } }
+            // Those not failed by a cancel meanwhile fail with the error.
             for s in singles { fail(base: s.base, count: 1, error: error) }
         }
     }
 
     func abandon(_ error: any Error) { cancel(error) }
 
-    /// Forgets the inputs of the chunk at `base`; false when the call has ended (the outcome is dropped).
+    /// Forgets the inputs of the chunk at `base`; false when the call has ended or the chunk already has
+    /// its outcome (the outcome is dropped).
     private func take(_ base: Int) -> Bool {
         book.withLock { b in
             guard !b.done else { return false }
-            b.inputs[base] = nil
-            return true
+            return b.inputs.removeValue(forKey: base) != nil
         }
     }
 

@@ -13,6 +13,8 @@ protocol QueuePoolSink: AnyObject, Sendable {
     func fail(base: Int, count: Int, error: any Error)
     /// The job of items `base..<base + count` failed as a whole: queue them again one by one.
     func split(base: Int, count: Int)
+    /// The job of item `base` was lost with its worker (`history` says so): queue it again.
+    func requeue(base: Int, history: String)
     /// Every item without an outcome yet fails with `error` (the pool was closed).
     func abandon(_ error: any Error)
 }
@@ -43,6 +45,7 @@ final class QueuePoolCore: Sendable {
         /// Reads of the ends that found none (tests wait for one before an end to see that a notification,
         /// not a poll, brought it).
         var emptyReads = 0
+        var listening = false
     }
 
     private let inner = TrackedMutex(Inner())
@@ -77,7 +80,8 @@ final class QueuePoolCore: Sendable {
     /// A new call's number, for its sink. Throws ``JobQueueError/Code/closed`` once the pool is closed.
     func open(_ sink: any QueuePoolSink) throws -> QueuePoolState.Call {
         try inner.withLock { s in
-            guard !s.closed, !s.refusing else { throw JobQueueError(.closed, "the pool is closed") }
+            if s.closed { throw PoolError(.terminated, "the pool was terminated") }
+            if s.refusing { throw PoolError(.closed, "the pool is closed: it takes no more work") }
             s.nextCall += 1
             s.sinks[s.nextCall] = sink
             idle.clear()
@@ -87,11 +91,12 @@ final class QueuePoolCore: Sendable {
 
     /// The call has all its outcomes (or gave up): it is forgotten.
     func finished(_ call: QueuePoolState.Call) {
-        inner.withLock { s in
-            s.sinks[call] = nil
-            if s.sinks.isEmpty { idle.set() }
+        // The sink is released outside the lock (its last reference may go with it).
+        let sink = inner.withLock { s in
+            defer { if s.sinks.isEmpty { idle.set() } }
+            return s.sinks.removeValue(forKey: call)
         }
-        kick.set()
+        withExtendedLifetime(sink) { kick.set() }
     }
 
     /// No new calls; the collector stops once the calls made have ended.
@@ -149,7 +154,11 @@ final class QueuePoolCore: Sendable {
         Doorbell.ring(queue.doorbells, queues: [o.queue])
         queued.increment(by: jobs.count)
         let (actions, cancelledMeanwhile) = inner.withLock { s -> ([QueuePoolState.Action], Bool) in
-            guard s.sinks[call] != nil else { return ([], true) }
+            guard s.sinks[call] != nil else {
+                // Their ends are read (the rows deleted) and dropped.
+                s.state.drop(ids.map(\.id), now: QueueSchema.nowMs())
+                return ([], true)
+            }
             var out: [QueuePoolState.Action] = []
             for (id, span) in zip(ids, spans) {
                 out += s.state.registered(id.id, call: call, base: span.base, count: span.count)
@@ -168,12 +177,12 @@ final class QueuePoolCore: Sendable {
     /// Cancels `call`: its jobs not yet ended are cancelled in the database (queued ones at once, running
     /// ones asked to stop), on a thread of the queue's; their ends are dropped.
     func cancel(_ call: QueuePoolState.Call) {
-        let ids = inner.withLock { s -> [Int64] in
-            s.sinks[call] = nil
+        let (ids, sink) = inner.withLock { s -> ([Int64], (any QueuePoolSink)?) in
+            let sink = s.sinks.removeValue(forKey: call)
             if s.sinks.isEmpty { idle.set() }
-            return s.state.cancel(call, now: QueueSchema.nowMs())
+            return (s.state.cancel(call, now: QueueSchema.nowMs()), sink)
         }
-        cancelInDatabase(ids)
+        withExtendedLifetime(sink) { cancelInDatabase(ids) }
     }
 
     private func cancelInDatabase(_ ids: [Int64]) {
@@ -201,11 +210,14 @@ final class QueuePoolCore: Sendable {
         for call in calls {
             if let sink = inner.withLock({ $0.sinks[call] }) {
                 cancel(call)
-                sink.abandon(JobQueueError(.closed, "the task pool was closed"))
+                sink.abandon(PoolError(.terminated, "the pool was terminated"))
             }
         }
         kick.set()
     }
+
+    /// Whether ``close()`` or ``refuseCalls()`` was called.
+    var isClosing: Bool { inner.withLock { $0.closed || $0.refusing } }
 
     /// Reads of the ends that found none so far.
     var emptyReads: Int { inner.withLock { $0.emptyReads } }
@@ -224,6 +236,8 @@ final class QueuePoolCore: Sendable {
                 sink(call)?.deliver(base: base, count: count, result: result)
             case .split(let call, let base, let count):
                 sink(call)?.split(base: base, count: count)
+            case .requeue(let call, let base, let history):
+                sink(call)?.requeue(base: base, history: history)
             case .fail(let call, let base, let count, let end):
                 failed.increment(by: count)
                 self.count(done: count, failed: count)
@@ -246,7 +260,8 @@ final class QueuePoolCore: Sendable {
 
     private func collect() {
         var connection: (any SQLConnection)?
-        var listener: (any SQLConnection)?
+        var listener: (any SQLNotificationListening)?
+        var nextListen = ContinuousClock.now
         var pause = Duration.milliseconds(1)
         var failures = 0
         defer {
@@ -268,9 +283,27 @@ final class QueuePoolCore: Sendable {
             }
             do {
                 if connection == nil { connection = try Database.connect(queue.url, timeout: .seconds(30)) }
-                if listener == nil, options.notifications, queue.url.kind != .sqlite {
-                    listener = try? listen()
+                if let l = listener, !l.isOpen {
+                    // Its connection was cut (an idle timeout, the network): listen again.
+                    l.close()
+                    listener = nil
+                    setListening(false)
                 }
+                if listener == nil, options.notifications, queue.url.kind != .sqlite, ContinuousClock.now >= nextListen
+                {
+                    do {
+                        listener = try listen()
+                        setListening(true)
+                    } catch {
+                        // Polled meanwhile; tried again in a while, not at every read.
+                        nextListen = .now + .seconds(10)
+                        options.logger.warning(
+                            "the pool cannot listen for its jobs' ends; polling",
+                            metadata: ["error": "\(error)"]
+                        )
+                    }
+                }
+                try settle(on: connection!)
                 let n = try readEnds(on: connection!)
                 failures = 0
                 if n > 0 {
@@ -290,6 +323,7 @@ final class QueuePoolCore: Sendable {
                 connection = nil
                 listener?.close()
                 listener = nil
+                setListening(false)
                 if failures == 1 || failures % 100 == 0 {
                     options.logger.warning(
                         "the task pool cannot read its jobs' ends; retrying",
@@ -305,7 +339,12 @@ final class QueuePoolCore: Sendable {
 
     static let batch = 1000
 
-    private func listen() throws -> any SQLConnection {
+    private func setListening(_ on: Bool) { inner.withLock { $0.listening = on } }
+
+    /// Whether the pool hears of its jobs' ends by notification now (PostgreSQL's `LISTEN`).
+    var isListening: Bool { inner.withLock { $0.listening } }
+
+    private func listen() throws -> any SQLNotificationListening {
         guard let l = try Database.connect(queue.url, timeout: .seconds(5)) as? any SQLNotificationListening else {
             throw SQLError(.other, "no notifications")
         }
@@ -335,14 +374,46 @@ final class QueuePoolCore: Sendable {
             default: rows.append((id, .cancelled(errors)))
             }
         }
-        guard !rows.isEmpty else { return 0 }
-        // Deleted before they are handed on: a failed delete reads them again, never twice.
+        guard !rows.isEmpty else {
+            inner.withLock { $0.state.expire(now: QueueSchema.nowMs()) }
+            return 0
+        }
+        // Deleted, then handed on: a caller that exits once it has its results leaves no row behind. A
+        // delete whose outcome is unknown (the connection failed) is settled by ``settle(on:)`` first thing
+        // on the next connection: the ends whose rows are gone are handed on then, the others read again.
+        unsettled = rows
         try c.transaction(immediate: true) {
             for chunk in rows.map(\.0).chunks(of: 500) {
                 let list = chunk.indices.map { d.parameter($0 - chunk.startIndex + 1) }.joined(separator: ", ")
                 try c.execute("DELETE FROM mp_jobs WHERE id IN (\(list))", chunk.map { .int($0) })
             }
         }
+        unsettled = []
+        handOn(rows)
+        return rows.count
+    }
+
+    /// Ends read whose delete did not report back (only the collector's thread touches it).
+    private nonisolated(unsafe) var unsettled: [(Int64, QueuePoolState.End)] = []
+
+    /// After a delete whose outcome is unknown: hands on the ends whose rows are gone (the delete had
+    /// committed); the others are still there, to be read again.
+    private func settle(on c: any SQLConnection) throws {
+        guard !unsettled.isEmpty else { return }
+        let d = c.dialect
+        var present: Set<Int64> = []
+        for chunk in unsettled.map(\.0).chunks(of: 500) {
+            let list = chunk.indices.map { d.parameter($0 - chunk.startIndex + 1) }.joined(separator: ", ")
+            try c.forEachRow("SELECT id FROM mp_jobs WHERE id IN (\(list))", chunk.map { .int($0) }) { r in
+                if let id = r[0].intValue { present.insert(id) }
+            }
+        }
+        let gone = unsettled.filter { !present.contains($0.0) }
+        unsettled = []
+        handOn(gone)
+    }
+
+    private func handOn(_ rows: [(Int64, QueuePoolState.End)]) {
         let now = QueueSchema.nowMs()
         let actions = inner.withLock { s -> [QueuePoolState.Action] in
             var out: [QueuePoolState.Action] = []
@@ -351,7 +422,6 @@ final class QueuePoolCore: Sendable {
             return out
         }
         perform(actions)
-        return rows.count
     }
 
     /// Waits until the collector has stopped (after ``close()``).

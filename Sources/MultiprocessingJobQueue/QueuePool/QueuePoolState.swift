@@ -28,6 +28,9 @@ struct QueuePoolState {
         /// A job of several items failed as a whole: queue its items again, one job each, so that only the
         /// item that killed its worker (or hung) fails.
         case split(call: Call, base: Int, count: Int)
+        /// A job of one item was lost with its worker (its lease ran out on its last attempt): queue it
+        /// again, as the pool's promise says (a worker machine that dies loses nothing); `history` is why.
+        case requeue(call: Call, base: Int, history: String)
         /// The items `base..<base + count` of `call` failed: `discarded` (the error history) or cancelled.
         case fail(call: Call, base: Int, count: Int, end: End)
     }
@@ -77,8 +80,22 @@ struct QueuePoolState {
         switch end {
         case .completed(let bytes): [.deliver(call: o.call, base: o.base, count: o.count, result: bytes)]
         case .discarded where o.count > 1: [.split(call: o.call, base: o.base, count: o.count)]
+        case .discarded(let history) where Self.leaseRanOut(history):
+            [.requeue(call: o.call, base: o.base, history: history)]
         case .discarded, .cancelled: [.fail(call: o.call, base: o.base, count: o.count, end: end)]
         }
+    }
+
+    /// Whether a discarded job's last attempt ended because its lease ran out (the rescue's line): its
+    /// worker died, hung or lost the database, which says nothing of the item.
+    static func leaseRanOut(_ history: String) -> Bool {
+        history.split(separator: "\n").last?.hasSuffix("lease expired (the worker stopped renewing it)") ?? false
+    }
+
+    /// Jobs queued for a call that was cancelled meanwhile: their ends are read (their rows deleted) and
+    /// dropped.
+    mutating func drop(_ ids: [Int64], now: Int64) {
+        for id in ids where unclaimed.removeValue(forKey: id) == nil { dropped[id] = now }
     }
 
     /// `call` is cancelled at `now` (ms): returns its outstanding jobs (for the pool to cancel in the

@@ -66,6 +66,15 @@ let package = Package(
             ]
         ),
         .executableTarget(
+            name: "doc-jobqueue-pool",
+            dependencies: [
+                .product(name: "Multiprocessing", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingJobQueue", package: "swift-multiprocessing"),
+                .product(name: "MultiprocessingSQL", package: "swift-multiprocessing"),
+                .product(name: "Threading", package: "swift-multiprocessing"),
+            ]
+        ),
+        .executableTarget(
             name: "doc-jobqueue-chains",
             dependencies: [
                 .product(name: "Multiprocessing", package: "swift-multiprocessing"),

@@ -362,9 +362,9 @@ public final class JobQueue: Sendable {
     }
 
     /// Cancels jobs `ids` in one transaction, as ``cancel(_:)`` each; returns how many were cancelled or
-    /// asked to stop.
+    /// asked to stop (a `QueuePool`'s cancelled call).
     @discardableResult
-    public func cancel(_ ids: [Int64]) throws -> Int {
+    func cancel(all ids: [Int64]) throws -> Int {
         let (n, released) = try withConnection { c in
             let d = c.dialect
             return try c.transaction(immediate: true) { () throws -> (Int, Set<String>) in

@@ -215,6 +215,7 @@ struct DocProgramTests {
         ("doc-jobqueue-overview", ["49"]),
         ("doc-jobqueue-limits", ["sent to user6@example.com", "concurrency 2, rate 3/1s"]),
         ("doc-jobqueue-chains", ["1400 words", "5 of 5 pages, 1500 words"]),
+        ("doc-jobqueue-pool", ["[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "332833500", "DONE"]),
         (
             "doc-jobqueue-schedules",
             ["nightly cron 30 2 * * * posix:CET-1CEST,M3.5.0,M10.5.0/3", "pulse every 1s", "true"]

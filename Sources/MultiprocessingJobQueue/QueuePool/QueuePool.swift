@@ -41,7 +41,7 @@ public struct QueuePoolOptions: Sendable {
     }
 }
 
-/// The process pool's API across machines: a ``TaskPool`` whose `map`, `imap`, `imapUnordered`,
+/// The process pool's API across machines: a `TaskPool` whose `map`, `imap`, `imapUnordered`,
 /// `mapResults`, `submit` and `applyAsync` run as jobs of a ``JobQueue``, on whatever ``QueueWorker``s
 /// serve its queue, on any machine that reaches the database; results come back as they finish
 /// (PostgreSQL notifies the pool at each commit; on SQLite it reads every few milliseconds).
@@ -60,18 +60,18 @@ public struct QueuePoolOptions: Sendable {
 ///
 /// Semantics, as the process pool's:
 /// - An item that throws fails alone (its error comes back as itself when it is `Codable`, else as a
-///   ``RemoteError``); the others go on. ``TaskOptions/retry`` runs it again for the causes it lists.
-/// - An item that kills its worker process, or runs past ``TaskOptions/timeout``, fails alone
+///   `RemoteError`); the others go on. `TaskOptions.retry` runs it again for the causes it lists.
+/// - An item that kills its worker process, or runs past `TaskOptions.timeout`, fails alone
 ///   (``JobQueueError/Code/failed``, with the worker's error history): the chunk it was in fails as a
 ///   whole, and its items are queued again one job each. A worker *machine* that dies loses nothing: its
 ///   jobs run again elsewhere when their lease runs out (at least once, as every queue job).
-/// - Cancelling a call (``PoolResults/cancel()``, dropping the results, cancelling the task awaiting them,
+/// - Cancelling a call (`PoolResults.cancel()`, dropping the results, cancelling the task awaiting them,
 ///   a `timeout`) cancels its jobs: queued ones at once, running ones asked to stop.
 /// - A result is read once and its row deleted. A caller that dies leaves its jobs to finish; their rows
 ///   are then deleted by the workers' retention cleaner (``QueueWorkerOptions/keepCompleted``), never
 ///   kept for ever.
 ///
-/// ``TaskOptions/softTimeout``, `cancelGrace` and `killGrace` are the local pool's: the queue worker's own
+/// `TaskOptions.softTimeout`, `cancelGrace` and `killGrace` are the local pool's: the queue worker's own
 /// settings apply instead.
 public final class QueuePool: Sendable {
     /// The queue the pool's jobs go through.
@@ -161,10 +161,10 @@ public final class QueuePool: Sendable {
     ///   - f: the function (a `Codable` value; its properties are arguments shared by every call).
     ///   - inputs: one call's input each.
     ///   - chunksize: items per job; by default Python's rule, `ceil(n / (4 × workers))` (``workerCount``).
-    ///   - options: per-item timeout and retries, progress display (``TaskOptions``).
+    ///   - options: per-item timeout and retries, progress display (`TaskOptions`).
     ///   - timeout: for the whole call; when it expires its jobs are cancelled and
-    ///     ``MultiprocessingError/Code/timedOut`` thrown.
-    /// - Throws: the first failure in input order (the rest of the call is cancelled).
+    ///     `MultiprocessingError` `.timedOut` thrown.
+    /// - Throws: the first failure to arrive (the rest of the call is cancelled).
     @available(*, noasync, message: "this map blocks its thread; in async code write `try await pool.map(f, inputs)`")
     public func map<F: TaskFunction>(
         _ f: F,
@@ -304,7 +304,7 @@ public final class QueuePool: Sendable {
     public func close() { core.refuseCalls() }
 
     /// Stops the pool now — Python's `Pool.terminate()`: the calls not yet ended are cancelled (their jobs
-    /// with them), and their items without an outcome fail with ``JobQueueError/Code/closed``.
+    /// with them), and their items without an outcome fail with `PoolError` `.closed`.
     public func terminate() { core.close() }
 
     /// Waits until every call has ended (each item has its outcome) and, after ``close()`` or

@@ -1,7 +1,7 @@
 import Multiprocessing
 import Threading
 
-/// Where a call's outcomes go: the pools' own ``PoolResults`` (a map) or ``PoolTask`` (one job).
+/// Where a call's outcomes go: the pools' own `PoolResults` (a map) or `PoolTask` (one job).
 enum QueuePoolReceiver<Output: Codable & Sendable>: Sendable {
     case stream(ExternalStream<Output>)
     case single(ExternalTask<Output>)
@@ -257,7 +257,7 @@ final class QueuePoolCall<F: TaskFunction>: QueuePoolSink, @unchecked Sendable {
     }
 }
 
-/// A ``Job`` as a function of one input (itself), so that submitted jobs travel as chunks of one item.
+/// A `Job` as a function of one input (itself), so that submitted jobs travel as chunks of one item.
 struct RunJob<J: Job>: TaskFunction {
     func callAsFunction(_ job: J) async throws -> J.Output { try await job.run() }
 }

@@ -77,7 +77,7 @@ final class QueuePoolCore: Sendable {
 
     // MARK: calls
 
-    /// A new call's number, for its sink. Throws ``JobQueueError/Code/closed`` once the pool is closed.
+    /// A new call's number, for its sink. Throws `PoolError` `.closed` once the pool is closed.
     func open(_ sink: any QueuePoolSink) throws -> QueuePoolState.Call {
         try inner.withLock { s in
             if s.closed { throw PoolError(.terminated, "the pool was terminated") }
@@ -191,7 +191,7 @@ final class QueuePoolCore: Sendable {
         let log = options.logger
         _ = try? JobQueue.blockingCalls.submit {
             do {
-                try queue.cancel(ids)
+                try queue.cancel(all: ids)
             } catch {
                 log.warning(
                     "cannot cancel a task pool's jobs",

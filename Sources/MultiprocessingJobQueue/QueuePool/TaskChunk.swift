@@ -9,7 +9,7 @@ struct TaskChunk<F: TaskFunction>: Job {
     let f: F
     let inputs: [F.Input]
     /// Runs in all of an item that throws (1: it is not run again), the wait before the second, and its
-    /// growth: the ``RetryPolicy`` of the call when it retries errors.
+    /// growth: the `RetryPolicy` of the call when it retries errors.
     let attempts: Int
     let backoffMs: Int64
     let multiplier: Double
@@ -42,7 +42,7 @@ struct TaskChunk<F: TaskFunction>: Job {
     }
 }
 
-/// A ``QueuePool`` job that is a ``Job`` of the caller's (from `submit` and `applyAsync`): its outcome is
+/// A ``QueuePool`` job that is a `Job` of the caller's (from `submit` and `applyAsync`): its outcome is
 /// the job's output or its error, as for a chunk's item.
 struct TaskJob<J: Job>: Job {
     let job: J
@@ -59,7 +59,7 @@ struct TaskJob<J: Job>: Job {
 }
 
 /// One item's outcome in a task pool job's result: its output, or its error as the process pool sends
-/// errors (a `Codable` error comes back as itself, any other as a ``RemoteError``).
+/// errors (a `Codable` error comes back as itself, any other as a `RemoteError`).
 enum TaskItemOutcome<Output: Codable & Sendable>: Codable, Sendable {
     case value(Output)
     case error(WireError)

@@ -86,6 +86,7 @@ struct QueuePoolTests {
             for try await v in try pool.imapUnordered(Cube(), inputs, chunksize: 1) { unordered.append(v) }
             #expect(unordered.sorted() == expected)
             #expect(try await pool.submit(Cube(), 5).value == 125)
+            #expect(try await pool.run(Square(n: 3)) == 9)
             let called = Future<Int>()
             try pool.applyAsync(Square(n: 9), callback: { called.complete(.success($0)) })
             #expect(try called.result(timeout: .seconds(30)) == 81)

@@ -9,7 +9,7 @@ if getenv("MP_BENCH_BOOTSTRAP") != nil { bootstrap() } else { WorkerStart.entry 
 let args = CommandLine.arguments.dropFirst()
 guard let suite = args.first else {
     print(
-        "usage: bench SUITE [workload ...]   (suites: threads, ipc, pool, shared, manager, distributed, etl, queue, observe)"
+        "usage: bench SUITE [workload ...]   (suites: threads, ipc, pool, shared, manager, distributed, etl, queue, queuepool, observe)"
     )
     exit(2)
 }
@@ -55,6 +55,13 @@ case "observe":
 case "queue":
     do {
         try runQueueSuite(only)
+    } catch {
+        print("error: \(error)")
+        exit(1)
+    }
+case "queuepool":
+    do {
+        try runQueuePoolSuite(only)
     } catch {
         print("error: \(error)")
         exit(1)

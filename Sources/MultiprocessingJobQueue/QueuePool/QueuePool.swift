@@ -177,6 +177,32 @@ public final class QueuePool: Sendable {
             .collect(timeout: timeout)
     }
 
+    /// ``map(_:_:chunksize:options:timeout:)``, awaited: its jobs are queued on a thread of the queue's
+    /// (the database is never called from Swift's cooperative pool) and its results awaited without
+    /// holding a thread; cancelling the task cancels the call.
+    public func map<F: TaskFunction>(
+        _ f: F,
+        _ inputs: some Sequence<F.Input>,
+        chunksize: Int? = nil,
+        options: TaskOptions = .default
+    ) async throws -> [F.Output] {
+        let items = Array(inputs)
+        let results = try await JobQueue.blockingCalls.submit {
+            try self.stream(f, items, chunksize: chunksize, maxInFlight: nil, ordered: true, options: options)
+        }.value
+        var out: [F.Output] = []
+        out.reserveCapacity(items.count)
+        for try await v in results { out.append(v) }
+        return out
+    }
+
+    /// Runs one job and awaits its result: queued on a thread of the queue's, awaited without holding a
+    /// thread; cancelling the task cancels the job.
+    public func run<J: Job>(_ job: J, options: TaskOptions = .default) async throws -> J.Output {
+        let task = try await JobQueue.blockingCalls.submit { try self.submit(job, options: options) }.value
+        return try await task.value
+    }
+
     /// Like ``map(_:_:chunksize:options:timeout:)`` but every item's outcome is returned, failures included.
     public func mapResults<F: TaskFunction>(
         _ f: F,

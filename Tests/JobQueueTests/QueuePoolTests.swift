@@ -41,6 +41,20 @@ struct GatedItem: TaskFunction {
     }
 }
 
+/// Throws the first time it runs for an item (it leaves a marker file), succeeds the next.
+struct FlakyItem: SyncTaskFunction {
+    var marker: String
+    func callAsFunction(_ x: Int) throws -> Int {
+        let path = marker + ".\(x)"
+        if access(path, F_OK) != 0 {
+            close(Glibc.open(path, O_CREAT | O_WRONLY, 0o644))
+            throw ItemError(item: x)
+        }
+        unlink(path)
+        return x
+    }
+}
+
 /// A caller that queues a map and dies before reading it (exit at once: no clean-up of its own runs).
 struct DyingCaller: Job {
     let database: DatabaseURL
@@ -134,6 +148,50 @@ struct QueuePoolTests {
                     #expect("\(e)".contains("discarded"), "\(e)")
                 }
             }
+            #expect(pool.join(timeout: .seconds(30)))
+            #expect(try JobQueue(db.url).counts() == [:])
+            worker.stop()
+            _ = try running.result(timeout: .seconds(30))
+        }
+    }
+
+    /// An item that runs past its timeout fails alone, with the worker's history saying so (its chunk timed
+    /// out as a whole and its items ran one job each); an item that throws once is run again by a retry
+    /// policy for errors, and succeeds.
+    @Test(arguments: TestBackend.enabled) func timeoutsAndRetriesAreThePoolsPerItem(_ backend: TestBackend) throws {
+        try withScratchDatabase(backend) { db in
+            let processes = try ProcessPool(workers: 2)
+            defer { processes.terminate() }
+            let worker = try QueueWorker(
+                db.url,
+                pool: processes,
+                options: QueueWorkerOptions(pollInterval: .milliseconds(5))
+            )
+            let running = background { try worker.run() }
+            let pool = try QueuePool(db.url)
+            // Item 3 waits for a gate that never opens.
+            let hung = try pool.mapResults(
+                GatedItem(gate: db.scratch + ".never", from: 3),
+                [0, 1, 2, 3],
+                chunksize: 2,
+                options: TaskOptions(timeout: .milliseconds(300)),
+                timeout: .seconds(120)
+            )
+            #expect(hung.count == 4)
+            #expect(hung.prefix(3).map { try? $0.get() } == [0, 10, 20])
+            if case .failure(let e) = hung[3] {
+                #expect((e as? JobQueueError)?.code == .failed && "\(e)".contains("timeout"), "\(e)")
+            } else {
+                Issue.record("the hung item succeeded")
+            }
+            let flaky = try pool.map(
+                FlakyItem(marker: db.scratch),
+                Array(0..<6),
+                chunksize: 3,
+                options: TaskOptions(retry: RetryPolicy(attempts: 2, backoff: .milliseconds(1), on: [.error])),
+                timeout: .seconds(120)
+            )
+            #expect(flaky == Array(0..<6))
             #expect(pool.join(timeout: .seconds(30)))
             #expect(try JobQueue(db.url).counts() == [:])
             worker.stop()

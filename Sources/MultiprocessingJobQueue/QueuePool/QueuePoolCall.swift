@@ -142,35 +142,37 @@ final class QueuePoolCall<F: TaskFunction>: QueuePoolSink, @unchecked Sendable {
     // MARK: QueuePoolSink
 
     func deliver(base: Int, count: Int, result: [UInt8]) {
-        let outcomes: [TaskItemOutcome<F.Output>]
+        let outcomes: [Result<F.Output, any Error>]
         do {
-            outcomes = try BinaryDecoder().decode([TaskItemOutcome<F.Output>].self, from: result)
+            let reply = try BinaryDecoder().decode(TaskChunkReply<F.Output>.self, from: result)
+            guard let all = reply.outcomes(count: count) else {
+                let e = JobQueueError(.malformedJob, "a job of \(count) items returned outcomes that do not add up")
+                fail(base: base, count: count, error: e)
+                return
+            }
+            outcomes = all
         } catch {
             fail(base: base, count: count, error: JobQueueError(.malformedJob, "a result cannot be decoded: \(error)"))
-            return
-        }
-        guard outcomes.count == count else {
-            let e = JobQueueError(.malformedJob, "a job of \(count) items returned \(outcomes.count) outcomes")
-            fail(base: base, count: count, error: e)
             return
         }
         guard take(base) else { return }
         switch receiver! {
         case .single(let t):
-            if case .error = outcomes[0] { core.count(failed: 1) }
-            t.complete(outcomes[0].result)
+            if case .failure = outcomes[0] { core.count(failed: 1) }
+            t.complete(outcomes[0])
         case .stream(let s):
             var run: [F.Output] = []
+            run.reserveCapacity(count)
             var first = base
             for (i, o) in outcomes.enumerated() {
                 switch o {
-                case .value(let v): run.append(v)
-                case .error(let e):
+                case .success(let v): run.append(v)
+                case .failure(let e):
                     core.count(failed: 1)
                     s.deliver(start: first, run)
                     run = []
                     first = base + i + 1
-                    s.fail(index: base + i, e.rebuild())
+                    s.fail(index: base + i, e)
                 }
             }
             s.deliver(start: first, run)

@@ -7,7 +7,7 @@ import Threading
 
 /// A call's side of the pool: where the ends of its jobs go (on the pool's collector thread).
 protocol QueuePoolSink: AnyObject, Sendable {
-    /// Items `base..<base + count` have their outcomes in `result` (an encoded `[TaskItemOutcome]`).
+    /// Items `base..<base + count` have their outcomes in `result` (an encoded `TaskChunkReply`).
     func deliver(base: Int, count: Int, result: [UInt8])
     /// Items `base..<base + count` failed with `error`.
     func fail(base: Int, count: Int, error: any Error)

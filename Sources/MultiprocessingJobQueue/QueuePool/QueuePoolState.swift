@@ -12,7 +12,7 @@ struct QueuePoolState {
 
     /// How a job ended, as the row says.
     enum End: Equatable {
-        /// Its result: the encoded `[TaskItemOutcome]` of its items.
+        /// Its result: the encoded `TaskChunkReply` of its items.
         case completed([UInt8])
         /// Discarded after its attempts (its worker died, or it ran past its timeout, each time): the
         /// error history.

@@ -14,22 +14,23 @@ struct TaskChunk<F: TaskFunction>: Job {
     let backoffMs: Int64
     let multiplier: Double
 
-    func run() async throws -> [TaskItemOutcome<F.Output>] {
-        var out: [TaskItemOutcome<F.Output>] = []
-        out.reserveCapacity(inputs.count)
-        for input in inputs {
+    func run() async throws -> TaskChunkReply<F.Output> {
+        var values: [F.Output] = []
+        values.reserveCapacity(inputs.count)
+        var failures: [TaskItemFailure] = []
+        for (index, input) in inputs.enumerated() {
             var attempt = 1
             var pause = Double(backoffMs)
             while true {
                 try Task.checkCancellation()
                 do {
-                    out.append(.value(try await f(input)))
+                    values.append(try await f(input))
                     break
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch {
                     if attempt >= attempts {
-                        out.append(.error(WireError(error, pid: getpid())))
+                        failures.append(TaskItemFailure(index: index, error: WireError(error, pid: getpid())))
                         break
                     }
                     attempt += 1
@@ -38,36 +39,41 @@ struct TaskChunk<F: TaskFunction>: Job {
                 }
             }
         }
-        return out
+        return TaskChunkReply(values: values, failures: failures)
     }
 }
 
-/// A ``QueuePool`` job that is a `Job` of the caller's (from `submit` and `applyAsync`): its outcome is
-/// the job's output or its error, as for a chunk's item.
-struct TaskJob<J: Job>: Job {
-    let job: J
+/// A chunk's outcome: the outputs of the items that succeeded, in order (an array of a fixed-width type
+/// travels as its bytes), and the errors of those that failed, by their index in the chunk.
+struct TaskChunkReply<Output: Codable & Sendable>: Codable, Sendable {
+    let values: [Output]
+    let failures: [TaskItemFailure]
 
-    func run() async throws -> [TaskItemOutcome<J.Output>] {
-        do {
-            return [.value(try await job.run())]
-        } catch is CancellationError {
-            throw CancellationError()
-        } catch {
-            return [.error(WireError(error, pid: getpid()))]
+    /// Each item's outcome, in order, for a chunk of `count` items; nil when the reply does not add up.
+    func outcomes(count: Int) -> [Result<Output, any Error>]? {
+        guard values.count + failures.count == count else { return nil }
+        var out: [Result<Output, any Error>] = []
+        out.reserveCapacity(count)
+        var next = values.makeIterator()
+        var failed = failures.makeIterator()
+        var failure = failed.next()
+        for i in 0..<count {
+            if let f = failure, f.index == i {
+                out.append(.failure(f.error.rebuild()))
+                failure = failed.next()
+            } else if let v = next.next() {
+                out.append(.success(v))
+            } else {
+                return nil
+            }
         }
+        return failure == nil ? out : nil
     }
 }
 
-/// One item's outcome in a task pool job's result: its output, or its error as the process pool sends
-/// errors (a `Codable` error comes back as itself, any other as a `RemoteError`).
-enum TaskItemOutcome<Output: Codable & Sendable>: Codable, Sendable {
-    case value(Output)
-    case error(WireError)
-
-    var result: Result<Output, any Error> {
-        switch self {
-        case .value(let v): .success(v)
-        case .error(let e): .failure(e.rebuild())
-        }
-    }
+/// An item that failed in a chunk: its index there and its error, as the process pool sends errors (a
+/// `Codable` error comes back as itself, any other as a `RemoteError`).
+struct TaskItemFailure: Codable, Sendable {
+    let index: Int
+    let error: WireError
 }

@@ -15,6 +15,8 @@ struct TaskChunk<F: TaskFunction>: Job {
     let multiplier: Double
 
     func run() async throws -> TaskChunkReply<F.Output> {
+        // A synchronous function runs in a plain loop: no suspension point per item.
+        if let sync = f as? any SyncTaskFunction { return try runSync(sync) }
         var values: [F.Output] = []
         values.reserveCapacity(inputs.count)
         var failures: [TaskItemFailure] = []
@@ -40,6 +42,37 @@ struct TaskChunk<F: TaskFunction>: Job {
             }
         }
         return TaskChunkReply(values: values, failures: failures)
+    }
+}
+
+extension TaskChunk {
+    /// ``run()`` for a ``SyncTaskFunction`` (`g` is `f`, opened): the items in a loop, retried after a
+    /// blocking pause (cancellation cannot reach synchronous code, as in the process pool).
+    private func runSync<G: SyncTaskFunction>(_ g: G) throws -> TaskChunkReply<F.Output> {
+        precondition(G.self == F.self)
+        let items = unsafeBitCast(inputs, to: [G.Input].self)  // G is F
+        var values: [G.Output] = []
+        values.reserveCapacity(items.count)
+        var failures: [TaskItemFailure] = []
+        for (index, input) in items.enumerated() {
+            var attempt = 1
+            var pause = Double(backoffMs)
+            while true {
+                do {
+                    values.append(try g(input))
+                    break
+                } catch {
+                    if attempt >= attempts {
+                        failures.append(TaskItemFailure(index: index, error: WireError(error, pid: getpid())))
+                        break
+                    }
+                    attempt += 1
+                    usleep(UInt32(clamping: Int(pause * 1000)))
+                    pause *= multiplier
+                }
+            }
+        }
+        return TaskChunkReply(values: unsafeBitCast(values, to: [F.Output].self), failures: failures)
     }
 }
 

@@ -321,33 +321,12 @@ public final class InProcessPool: Sendable {
 
     /// Progress now (no per-worker insights: threads have no start-up to speak of).
     public var currentProgress: PoolProgress {
-        stats.withLock { s in
-            let elapsed = s.first.map { ContinuousClock.now - $0 } ?? .zero
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-            let rate = seconds > 0 ? Double(s.done) / seconds : 0
-            return PoolProgress(
-                done: s.done,
-                failed: s.failed,
-                total: s.total,
-                rate: rate,
-                eta: rate > 0 ? .seconds(Double(s.total - s.done) / rate) : nil,
-                workers: []
-            )
-        }
+        stats.withLock { s in PoolProgress.snapshot(done: s.done, failed: s.failed, total: s.total, since: s.first) }
     }
 
     /// A snapshot of the pool's progress every `interval`, until the pool is joined or the stream is dropped.
     public func progress(every interval: Duration = .milliseconds(100)) -> AsyncStream<PoolProgress> {
-        AsyncStream { continuation in
-            let task = Task { [self] in
-                while !Task.isCancelled {
-                    continuation.yield(currentProgress)
-                    try? await Task.sleep(for: interval)
-                }
-                continuation.finish()
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
+        PoolProgress.every(interval) { [self] in currentProgress }
     }
 }
 

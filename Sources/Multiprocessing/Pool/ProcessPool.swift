@@ -283,16 +283,7 @@ public final class ProcessPool: Sendable {
     /// every tick is the parent's time taken from the workers.
     public func progress(every interval: Duration = .milliseconds(100)) -> AsyncStream<PoolProgress> {
         let core = self.core
-        return AsyncStream { continuation in
-            let task = Task {
-                while !Task.isCancelled {
-                    continuation.yield(core.progress(peakMemory: false))
-                    try? await Task.sleep(for: interval)
-                }
-                continuation.finish()
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
+        return PoolProgress.every(interval) { core.progress(peakMemory: false) }
     }
 }
 

@@ -349,30 +349,12 @@ public final class QueuePool: Sendable {
     /// Items done, failed and submitted by this pool's calls, and the rate since the first.
     public var currentProgress: PoolProgress {
         let p = core.progress
-        let elapsed = p.first.map { ContinuousClock.now - $0 } ?? .zero
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-        let rate = seconds > 0 ? Double(p.done) / seconds : 0
-        return PoolProgress.snapshot(
-            done: p.done,
-            failed: p.failed,
-            total: p.total,
-            rate: rate,
-            eta: rate > 0 ? .seconds(Double(p.total - p.done) / rate) : nil
-        )
+        return PoolProgress.snapshot(done: p.done, failed: p.failed, total: p.total, since: p.first)
     }
 
     /// ``currentProgress`` every `interval`, until the consumer stops iterating.
     public func progress(every interval: Duration = .milliseconds(100)) -> AsyncStream<PoolProgress> {
-        AsyncStream { continuation in
-            let task = Task { [self] in
-                while !Task.isCancelled {
-                    continuation.yield(currentProgress)
-                    try? await Task.sleep(for: interval)
-                }
-                continuation.finish()
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
+        PoolProgress.every(interval) { [self] in currentProgress }
     }
 }
 

@@ -65,6 +65,38 @@ struct DyingCaller: Job {
     }
 }
 
+/// A queue worker on a process pool of its own, serving a test's database on a thread of the test.
+final class ServingWorker: Sendable {
+    let processes: ProcessPool
+    let worker: QueueWorker
+    let running: Future<Int>
+
+    init(_ url: DatabaseURL, workers: Int, options: QueueWorkerOptions) throws {
+        processes = try ProcessPool(workers: workers)
+        do {
+            worker = try QueueWorker(url, pool: processes, options: options)
+        } catch {
+            processes.terminate()
+            throw error
+        }
+        let worker = self.worker
+        running = background { try worker.run() }
+    }
+
+    /// Stops the worker (it finishes what it holds) and waits for it; returns the jobs it finished.
+    @discardableResult
+    func stop() throws -> Int {
+        worker.stop()
+        return try running.result(timeout: .seconds(30))
+    }
+
+    /// Stops the worker's pool (after ``stop()``, or on a failure).
+    func terminate() {
+        worker.stop()
+        processes.terminate()
+    }
+}
+
 /// The blocking `map` of code written against any pool, from a thread that may block.
 func blockingMap(_ pool: some TaskPool, _ inputs: [Int]) throws -> [Int] {
     try pool.map(Cube(), inputs, chunksize: nil, options: .default, timeout: nil)
@@ -76,14 +108,12 @@ struct QueuePoolTests {
     /// those of the local pool, every row is taken once read.
     @Test(arguments: TestBackend.enabled) func theProcessPoolsCallsRunAsQueueJobs(_ backend: TestBackend) async throws {
         try await withScratchDatabase(backend) { db in
-            let processes = try ProcessPool(workers: 2)
-            defer { processes.terminate() }
-            let worker = try QueueWorker(
+            let serving = try ServingWorker(
                 db.url,
-                pool: processes,
+                workers: 2,
                 options: QueueWorkerOptions(pollInterval: .milliseconds(5))
             )
-            let running = background { try worker.run() }
+            defer { serving.terminate() }
             let pool = try QueuePool(db.url, options: QueuePoolOptions(workers: 2))
             let inputs = Array(0..<1000)
             let expected = inputs.map { $0 * $0 * $0 }
@@ -109,8 +139,7 @@ struct QueuePoolTests {
             // Every end was read and its row deleted.
             let queue = try JobQueue(db.url)
             #expect(try queue.counts() == [:])
-            worker.stop()
-            _ = try running.result(timeout: .seconds(30))
+            try serving.stop()
         }
     }
 
@@ -119,14 +148,12 @@ struct QueuePoolTests {
     @Test(arguments: TestBackend.enabled) func anItemThatThrowsOrKillsItsWorkerFailsAlone(_ backend: TestBackend) throws
     {
         try withScratchDatabase(backend) { db in
-            let processes = try ProcessPool(workers: 2)
-            defer { processes.terminate() }
-            let worker = try QueueWorker(
+            let serving = try ServingWorker(
                 db.url,
-                pool: processes,
+                workers: 2,
                 options: QueueWorkerOptions(pollInterval: .milliseconds(5))
             )
-            let running = background { try worker.run() }
+            defer { serving.terminate() }
             let pool = try QueuePool(db.url)
             let thrown = try pool.mapResults(Picky(bad: 7), Array(0..<20), chunksize: 5, timeout: .seconds(60))
             #expect(thrown.count == 20)
@@ -150,8 +177,7 @@ struct QueuePoolTests {
             }
             #expect(pool.join(timeout: .seconds(30)))
             #expect(try JobQueue(db.url).counts() == [:])
-            worker.stop()
-            _ = try running.result(timeout: .seconds(30))
+            try serving.stop()
         }
     }
 
@@ -160,14 +186,12 @@ struct QueuePoolTests {
     /// policy for errors, and succeeds.
     @Test(arguments: TestBackend.enabled) func timeoutsAndRetriesAreThePoolsPerItem(_ backend: TestBackend) throws {
         try withScratchDatabase(backend) { db in
-            let processes = try ProcessPool(workers: 2)
-            defer { processes.terminate() }
-            let worker = try QueueWorker(
+            let serving = try ServingWorker(
                 db.url,
-                pool: processes,
+                workers: 2,
                 options: QueueWorkerOptions(pollInterval: .milliseconds(5))
             )
-            let running = background { try worker.run() }
+            defer { serving.terminate() }
             let pool = try QueuePool(db.url)
             // Item 3 waits for a gate that never opens.
             let hung = try pool.mapResults(
@@ -194,8 +218,7 @@ struct QueuePoolTests {
             #expect(flaky == Array(0..<6))
             #expect(pool.join(timeout: .seconds(30)))
             #expect(try JobQueue(db.url).counts() == [:])
-            worker.stop()
-            _ = try running.result(timeout: .seconds(30))
+            try serving.stop()
         }
     }
 
@@ -203,14 +226,12 @@ struct QueuePoolTests {
     /// waits for its gate.
     @Test(arguments: TestBackend.enabled) func unorderedResultsStreamBackAsTheyFinish(_ backend: TestBackend) throws {
         try withScratchDatabase(backend) { db in
-            let processes = try ProcessPool(workers: 2)
-            defer { processes.terminate() }
-            let worker = try QueueWorker(
+            let serving = try ServingWorker(
                 db.url,
-                pool: processes,
+                workers: 2,
                 options: QueueWorkerOptions(pollInterval: .milliseconds(5))
             )
-            let running = background { try worker.run() }
+            defer { serving.terminate() }
             let gate = db.scratch + ".marker"
             let pool = try QueuePool(db.url)
             let results = try pool.imapUnordered(GatedItem(gate: gate, from: 9), Array(0..<10), chunksize: 1)
@@ -220,8 +241,7 @@ struct QueuePoolTests {
             open(gate: gate)
             #expect(try results.next(timeout: .seconds(60)) == 90)
             #expect(try results.next(timeout: .seconds(60)) == nil)
-            worker.stop()
-            _ = try running.result(timeout: .seconds(30))
+            try serving.stop()
         }
     }
 
@@ -236,14 +256,12 @@ struct QueuePoolTests {
     )
     func postgresNotifiesThePoolOfEachEnd() throws {
         try withScratchDatabase(.postgresql) { db in
-            let processes = try ProcessPool(workers: 1)
-            defer { processes.terminate() }
-            let worker = try QueueWorker(
+            let serving = try ServingWorker(
                 db.url,
-                pool: processes,
+                workers: 1,
                 options: QueueWorkerOptions(pollInterval: .milliseconds(5))
             )
-            let running = background { try worker.run() }
+            defer { serving.terminate() }
             let gate = db.scratch + ".marker"
             let queue = try JobQueue(db.url)
             let pool = try QueuePool(queue, options: QueuePoolOptions(pollInterval: .seconds(3600)))
@@ -255,8 +273,7 @@ struct QueuePoolTests {
             }
             open(gate: gate)
             #expect(try task.get(timeout: .seconds(120)) == 40)
-            worker.stop()
-            _ = try running.result(timeout: .seconds(30))
+            try serving.stop()
         }
     }
 
@@ -264,14 +281,12 @@ struct QueuePoolTests {
     /// row is left, and no item runs after the gate opens.
     @Test(arguments: TestBackend.enabled) func cancellingACallCancelsItsJobs(_ backend: TestBackend) throws {
         try withScratchDatabase(backend) { db in
-            let processes = try ProcessPool(workers: 2)
-            defer { processes.terminate() }
-            let worker = try QueueWorker(
+            let serving = try ServingWorker(
                 db.url,
-                pool: processes,
+                workers: 2,
                 options: QueueWorkerOptions(lease: .seconds(3), pollInterval: .milliseconds(5))
             )
-            let running = background { try worker.run() }
+            defer { serving.terminate() }
             let gate = db.scratch + ".marker"
             let log = db.scratch + ".log"
             let queue = try JobQueue(db.url)
@@ -287,8 +302,7 @@ struct QueuePoolTests {
             #expect(pool.join(timeout: .seconds(30)))
             // The pool goes on after a cancelled call.
             #expect(try pool.map(Cube(), [2, 3]) == [8, 27])
-            worker.stop()
-            _ = try running.result(timeout: .seconds(30))
+            try serving.stop()
         }
     }
 
@@ -351,20 +365,17 @@ struct QueuePoolTests {
             closing.close()
             #expect((#expect(throws: PoolError.self) { _ = try closing.submit(Cube(), 1) })?.code == .closed)
             #expect(!closing.join(timeout: .milliseconds(1)))
-            let processes = try ProcessPool(workers: 1)
-            defer { processes.terminate() }
-            let worker = try QueueWorker(
+            let serving = try ServingWorker(
                 db.url,
-                pool: processes,
+                workers: 1,
                 options: QueueWorkerOptions(pollInterval: .milliseconds(5))
             )
-            let running = background { try worker.run() }
+            defer { serving.terminate() }
             open(gate: gate)
             #expect(try going.get(timeout: .seconds(60)) == 20)
             #expect(closing.join(timeout: .seconds(60)))
             #expect(closing.core.waitStopped(timeout: .seconds(60)))
-            worker.stop()
-            _ = try running.result(timeout: .seconds(30))
+            try serving.stop()
         }
     }
 

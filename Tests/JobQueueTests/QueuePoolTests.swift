@@ -306,6 +306,22 @@ struct QueuePoolTests {
         }
     }
 
+    /// Cancelling the task that awaits `run` cancels the job (queued on a thread of the queue's, awaited
+    /// without holding one).
+    @Test(arguments: TestBackend.enabled) func cancellingTheAwaitingTaskCancelsTheJob(
+        _ backend: TestBackend
+    ) async throws {
+        try await withScratchDatabase(backend) { db in
+            let queue = try JobQueue(db.url)
+            let pool = try QueuePool(queue)
+            let waiting = Task { try await pool.run(Gated(n: 2, gate: db.scratch + ".marker")) }
+            try await eventually("the job queued") { try queue.counts()[.available] == 1 }
+            waiting.cancel()
+            await #expect(throws: CancellationError.self) { _ = try await waiting.value }
+            try await eventually("the job cancelled and taken") { try queue.counts() == [:] }
+        }
+    }
+
     /// Dropping the results of a call cancels it, as a process pool's: an eager one (its jobs all queued)
     /// and a lazy one (its feeder waiting for credit) both have their jobs cancelled, and the pool ends.
     @Test(arguments: TestBackend.enabled) func droppingTheResultsCancelsTheCall(_ backend: TestBackend) throws {

@@ -199,7 +199,16 @@ public final class QueuePool: Sendable {
     /// Runs one job and awaits its result: queued on a thread of the queue's, awaited without holding a
     /// thread; cancelling the task cancels the job.
     public func run<J: Job>(_ job: J, options: TaskOptions = .default) async throws -> J.Output {
-        let task = try await JobQueue.blockingCalls.submit { try self.submit(job, options: options) }.value
+        let queued = try JobQueue.blockingCalls.submit { try self.submit(job, options: options) }
+        let task: PoolTask<J.Output>
+        do {
+            task = try await queued.value
+        } catch is CancellationError {
+            // Cancelled while the job was being queued: it is cancelled once it has been.
+            queued.addDoneCallback { f in (try? f.result(timeout: .zero))?.cancel() }
+            throw CancellationError()
+        }
+        if Task.isCancelled { task.cancel() }
         return try await task.value
     }
 
@@ -330,7 +339,9 @@ public final class QueuePool: Sendable {
     public func close() { core.refuseCalls() }
 
     /// Stops the pool now — Python's `Pool.terminate()`: the calls not yet ended are cancelled (their jobs
-    /// with them), and their items without an outcome fail with `PoolError` `.closed`.
+    /// with them), and their items without an outcome fail with `PoolError` `.terminated`. The pool's
+    /// thread that reads the ends takes those of the cancelled jobs for a few seconds more, then stops
+    /// (what it leaves goes with the workers' retention cleaner).
     public func terminate() { core.close() }
 
     /// Waits until every call has ended (each item has its outcome) and, after ``close()`` or

@@ -59,10 +59,17 @@ final class QueuePoolCall<F: TaskFunction>: QueuePoolSink, @unchecked Sendable {
         let retry = options.retry
         let retriesWhole = count == 1 && !retry.causes.isDisjoint(with: [.crash, .timeout])
         let runs = retry.causes.contains(.error) ? retry.attempts : 1
+        // The pauses between an item's runs are not its running time: added to the job's limit.
+        var pauses = Duration.zero
+        var pause = retry.backoff
+        for _ in 1..<runs {
+            pauses += pause
+            pause = pause * retry.multiplier
+        }
         return JobOptions(
             queue: core.options.queue,
             priority: core.options.priority,
-            timeout: options.timeout.map { $0 * (count * runs) },
+            timeout: options.timeout.map { $0 * (count * runs) + pauses * count },
             maxAttempts: retriesWhole ? retry.attempts : 1,
             backoff: retry.backoff
         )
@@ -91,7 +98,12 @@ final class QueuePoolCall<F: TaskFunction>: QueuePoolSink, @unchecked Sendable {
         do {
             try submit(chunks, call: call)
         } catch {
-            book.withLock { b in for c in chunks { b.inputs[c.base] = nil } }
+            let cancelled = book.withLock { b in
+                for c in chunks { b.inputs[c.base] = nil }
+                return b.done
+            }
+            // Cancelled meanwhile: the cancel has given these items their outcomes; they count as queued.
+            if cancelled { return }
             throw error
         }
     }

@@ -33,8 +33,9 @@ final class QueuePoolCore: Sendable {
         var state = QueuePoolState()
         var sinks: [QueuePoolState.Call: any QueuePoolSink] = [:]
         var nextCall = 0
-        /// `terminate()`: the calls are cancelled, the collector stops.
+        /// `terminate()`: the calls are cancelled, the collector stops (after ``drainAfterClose`` at most).
         var closed = false
+        var closedAt: ContinuousClock.Instant?
         /// `close()`: no new calls; the collector stops once the calls made have ended.
         var refusing = false
         // Progress (``QueuePool/currentProgress``).
@@ -190,13 +191,22 @@ final class QueuePoolCore: Sendable {
         let queue = self.queue
         let log = options.logger
         _ = try? JobQueue.blockingCalls.submit {
-            do {
-                try queue.cancel(all: ids)
-            } catch {
-                log.warning(
-                    "cannot cancel a task pool's jobs",
-                    metadata: ["jobs": "\(ids.count)", "error": "\(error)"]
-                )
+            // Tried three times (a database that went away for a moment): jobs left queued would run for
+            // nobody.
+            for attempt in 1...3 {
+                do {
+                    try queue.cancel(all: ids)
+                    return
+                } catch {
+                    if attempt == 3 {
+                        log.warning(
+                            "cannot cancel a pool's jobs",
+                            metadata: ["jobs": "\(ids.count)", "error": "\(error)"]
+                        )
+                    } else {
+                        _ = Event().wait(timeout: .milliseconds(200 * attempt))
+                    }
+                }
             }
         }
     }
@@ -205,6 +215,7 @@ final class QueuePoolCore: Sendable {
     func close() {
         let calls = inner.withLock { s -> [QueuePoolState.Call] in
             s.closed = true
+            if s.closedAt == nil { s.closedAt = .now }
             return Array(s.sinks.keys)
         }
         for call in calls {
@@ -271,7 +282,11 @@ final class QueuePoolCore: Sendable {
         }
         while true {
             let (closed, waiting) = inner.withLock { s in
-                (s.closed || (s.refusing && s.sinks.isEmpty), s.state.isWaiting)
+                // After `terminate()`, the ends of the cancelled jobs are taken for a while (a running one
+                // ends at its worker's next heartbeat), not for ever: an unreachable database, or a job
+                // that never ends, does not keep this thread.
+                let drained = s.closedAt.map { ContinuousClock.now - $0 > Self.drainAfterClose } ?? false
+                return (s.closed || (s.refusing && s.sinks.isEmpty), s.state.isWaiting && !drained)
             }
             if closed && !waiting { return }
             if !waiting {
@@ -338,6 +353,8 @@ final class QueuePoolCore: Sendable {
     }
 
     static let batch = 1000
+    /// How long after `terminate()` the collector goes on taking the ends of the jobs it cancelled.
+    static let drainAfterClose = Duration.seconds(15)
 
     private func setListening(_ on: Bool) { inner.withLock { $0.listening = on } }
 

@@ -49,7 +49,6 @@ final class QueuePoolCall<F: TaskFunction>: QueuePoolSink, @unchecked Sendable {
         }
     }
 
-    var number: QueuePoolState.Call { book.withLock { $0.call } }
     var isDone: Bool { book.withLock { $0.done } }
 
     /// The queue options of a job of `count` items. A chunk runs once (when it fails as a whole its items

@@ -206,6 +206,62 @@ struct LoggedSlowZero: TaskFunction {
     }
 }
 
+/// `LoggedSlowZero`'s synchronous twin, for a chunk's middle item: item `slow` waits (at most `ms`) until
+/// `count - 2` other items have logged their runs (all but itself and the item after it in its chunk),
+/// then logs its own. A synchronous function of `Int`s runs in the worker's raw-bytes loop, which stamps
+/// no item but a unit's first with the clock.
+struct LoggedSlowSync: SyncTaskFunction {
+    let log: String
+    let ms: Int
+    let count: Int
+    let slow: Int
+    func callAsFunction(_ x: Int) -> Int {
+        if x == slow {
+            let deadline = ContinuousClock.now + .milliseconds(ms)
+            while ContinuousClock.now < deadline {
+                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                if text.utf8.count(where: { $0 == 10 }) >= count - 2 { break }
+                usleep(2_000)  // a job polling a file: the test's own waiting is on its results
+            }
+        }
+        let fd = open(log, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+        let line = Array("\(x)\n".utf8)
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        return x
+    }
+}
+
+/// Items of multiples of 7 throw; others return `x * 3` (a raw-bytes chunk with failures in it).
+struct TripleButSevens: SyncTaskFunction {
+    struct Seven: Error, Codable, Equatable { let x: Int }
+    func callAsFunction(_ x: Int) throws -> Int {
+        if x % 7 == 0 { throw Seven(x: x) }
+        return x * 3
+    }
+}
+
+/// Item `last` waits (up to `ms`) for the file `path` to exist and returns `last`, or -1 if it did not
+/// appear; every other item sleeps 50 µs and returns `x` (a long chunk of raw bytes, whose results must
+/// stream back while it runs).
+struct GatedLastItem: SyncTaskFunction {
+    let path: String
+    let last: Int
+    let ms: Int
+    func callAsFunction(_ x: Int) -> Int {
+        guard x == last else {
+            usleep(50)
+            return x
+        }
+        let deadline = ContinuousClock.now + .milliseconds(ms)
+        while ContinuousClock.now < deadline {
+            if access(path, F_OK) == 0 { return x }
+            usleep(2_000)  // a job polling a file: the test's own waiting is on its results
+        }
+        return -1
+    }
+}
+
 /// Item 0 returns at once; item `x` > 0 waits (up to `ms`) for the file `path.x` to exist, and returns
 /// `x` if it appeared, -1 if it did not.
 struct AwaitsFile: TaskFunction {

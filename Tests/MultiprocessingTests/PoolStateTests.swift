@@ -631,3 +631,31 @@ import Threading
         #expect(got == expected)
     }
 }
+
+/// The age of a worker's running item as the parent tells it (coarse-clock nanoseconds, a fake clock):
+/// exact from the worker's stamp where the worker stamps each item or for a unit's first item, otherwise
+/// from the parent's first sight of the item, never longer than it has run.
+@Suite struct ItemAgeTests {
+    @Test func unstampedItemsAgeFromWhenTheParentFirstSawThem() {
+        var ages = ItemAges()
+        let ms: UInt64 = 1_000_000
+        // The unit started (and was stamped) at 100 ms.
+        let stamp = 100 * ms
+        // A stamped item (a unit with a time limit): its own stamp, whenever it is seen.
+        #expect(ages.age(unit: 7, index: 5, stamp: stamp, stamped: true, now: 180 * ms) == 80 * ms)
+        // The first item of an unstamped unit: the unit's stamp is its start.
+        #expect(ages.age(unit: 7, index: 0, stamp: stamp, stamped: false, now: 180 * ms) == 80 * ms)
+        // Item 3 of an unstamped unit, first seen at 180 ms (it started somewhere after 100 ms): age 0, then
+        // the time since that first sight — not the 80 ms since the unit's stamp, which would be too long.
+        #expect(ages.age(unit: 7, index: 3, stamp: stamp, stamped: false, now: 180 * ms) == 0)
+        #expect(ages.age(unit: 7, index: 3, stamp: stamp, stamped: false, now: 240 * ms) == 60 * ms)
+        // The next item starts the count again, as does the same index of another unit.
+        #expect(ages.age(unit: 7, index: 4, stamp: stamp, stamped: false, now: 250 * ms) == 0)
+        #expect(ages.age(unit: 7, index: 4, stamp: stamp, stamped: false, now: 300 * ms) == 50 * ms)
+        #expect(ages.age(unit: 8, index: 4, stamp: 290 * ms, stamped: false, now: 300 * ms) == 0)
+        // Never longer than since the stamp (a stamp newer than the first sight: the unit restarted it).
+        #expect(ages.age(unit: 8, index: 4, stamp: 310 * ms, stamped: false, now: 320 * ms) == 10 * ms)
+        // A stamp from the future of this clock reading (read in the other order) counts as age 0.
+        #expect(ages.age(unit: 8, index: 0, stamp: 400 * ms, stamped: false, now: 320 * ms) == 0)
+    }
+}

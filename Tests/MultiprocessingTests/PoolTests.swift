@@ -173,6 +173,64 @@ struct ProcessPoolTests {
         #expect(runs.last == 0, "an item waited behind the long one: \(runs.suffix(5))")
     }
 
+    /// The same with the long item in the middle of its chunk, in the worker's raw-bytes loop (which
+    /// stamps only a unit's first item with the clock: the parent ages the others from when it first sees
+    /// them). Chunks of 4: item 2 waits (up to 60 s) until every item but itself and item 3 (after it in
+    /// its chunk) has run; the units queued behind its chunk are taken back once it is overdue, so the
+    /// log ends with 2, then 3, and each item runs once.
+    @Test func aLongItemInsideAChunkIsSeenOverdue() async throws {
+        let log = "/tmp/mp-reclaim-sync-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).log"
+        defer { unlink(log) }
+        try await withTestPool { pool async throws in
+            let f = LoggedSlowSync(log: log, ms: 60_000, count: 2000, slow: 2)
+            var seen = Set<Int>()
+            for try await v in try pool.imapUnordered(f, 0..<2000, chunksize: 4) { seen.insert(v) }
+            #expect(seen == Set(0..<2000))
+            pool.close()
+            try await pool.join()
+        }
+        let text = try #require(try? String(contentsOfFile: log, encoding: .utf8))
+        let runs = text.split(separator: "\n").compactMap { Int($0) }
+        #expect(runs.count == 2000 && Set(runs) == Set(0..<2000), "\(runs.count) runs of \(Set(runs).count) items")
+        #expect(runs.suffix(2) == [2, 3], "an item waited behind the long one: \(runs.suffix(5))")
+    }
+
+    /// A chunk of fixed-width inputs and results runs in the worker's raw-bytes loop: an item that throws
+    /// fails alone, at its index, with its own error; the others' results are exact.
+    @Test func aRawBytesChunkFailsOnlyItsThrowingItems() async throws {
+        try await withTestPool { pool async throws in
+            let results = try pool.mapResults(TripleButSevens(), Array(0..<200), chunksize: 25)
+            var i = 0
+            for r in results {
+                switch r {
+                case .success(let v): #expect(i % 7 != 0 && v == i * 3, "item \(i): \(v)")
+                case .failure(let e):
+                    #expect(i % 7 == 0, "item \(i): \(e)")
+                    #expect("\(e)".contains("Seven(x: \(i))"), "item \(i): \(e)")
+                }
+                i += 1
+            }
+            #expect(i == 200)
+        }
+    }
+
+    /// One chunk of 1,000 items on one worker: its last item waits for a file the test creates only once
+    /// result 500 has arrived, so the chunk's results must stream back while it runs (the raw-bytes loop
+    /// reads the clock every few items, not every item, and still flushes every 2 ms).
+    @Test func aLongRawBytesChunkStreamsItsResults() async throws {
+        let gate = tempPath("gate")
+        defer { unlink(gate) }
+        try await withTestPool(workers: 1) { pool async throws in
+            let f = GatedLastItem(path: gate, last: 999, ms: 60_000)
+            var got: [Int] = []
+            for try await v in try pool.imap(f, Array(0..<1000), chunksize: 1000) {
+                got.append(v)
+                if v == 500 { close(open(gate, O_WRONLY | O_CREAT, 0o644)) }
+            }
+            #expect(got == Array(0..<1000), "the results came only after the chunk ended: \(got.suffix(3))")
+        }
+    }
+
     /// One worker gets a quick item and then a long one, read together (a first item holds the worker
     /// until the call has sent them all): the long one waits (up to 30 s) for a file the test creates only
     /// once the quick item's result has arrived. The worker batches replies while work is queued, so the

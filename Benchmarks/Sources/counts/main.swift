@@ -6,6 +6,8 @@
 //   counts apply N    N `pool.apply` round trips, one after another, on a pool of one worker
 //   counts map1 N     a `map` of N items at chunksize 1 on a pool of two workers
 //   counts start N    N workers started (`ChildProcess`) and joined, one after another
+//   counts tiny N     a `map` of N tiny items in 8 chunks on a pool of two workers (one item's share of
+//                     a chunk's round trip: the worker's item loop, the codec, placing the results)
 //
 // Each first does the same warm-up, so that the difference holds only the operations.
 import Glibc
@@ -29,7 +31,7 @@ struct Nothing: Job {
 
 let args = Array(CommandLine.arguments.dropFirst())
 guard args.count == 2, let n = Int(args[1]), n >= 0 else {
-    print("usage: counts apply|map1|start N")
+    print("usage: counts apply|map1|tiny|start N")
     exit(2)
 }
 let options = ProcessPoolOptions(interrupt: .ignore)
@@ -51,6 +53,13 @@ do {
         precondition(out.count == n && out.last.map { $0 == (n - 1) * (n - 1) } ?? true)
         pool.close()
         guard try pool.join(timeout: .seconds(60)) else { fatalError("the pool did not end") }
+    case "tiny":
+        let pool = try ProcessPool(workers: 2, options: options)
+        _ = try pool.map(Square(), Array(0..<8_000), chunksize: 1_000)
+        let out = try pool.map(Square(), Array(0..<n), chunksize: max(1, n / 8))
+        precondition(out.count == n && out.last.map { $0 == (n - 1) * (n - 1) } ?? true)
+        pool.close()
+        guard try pool.join(timeout: .seconds(60)) else { fatalError("the pool did not end") }
     case "start":
         for _ in 0..<(2 + n) {
             let p = ChildProcess(job: Nothing())
@@ -59,7 +68,7 @@ do {
             precondition(p.exitCode == 0)
         }
     default:
-        print("usage: counts apply|map1|start N")
+        print("usage: counts apply|map1|tiny|start N")
         exit(2)
     }
 } catch {

@@ -160,7 +160,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             switch item {
             case .define(let f): size += 14 + f.name.utf8.count + f.payload.count
             case .task(let unit):
-                size += 21 + (unit.payload.count < ownArrayPayload ? unit.payload.count : 0)
+                size += 22 + (unit.payload.count < ownArrayPayload ? unit.payload.count : 0)
                 if let trace = unit.call.trace { size += 4 + trace.carrier.count }
             case .shutdown: size += 5
             }
@@ -183,6 +183,7 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
                 w.put(unit.id)
                 w.put(unit.function.id)
                 w.put(UInt32(unit.count))
+                w.put(unit.call.options.limitsItemTime ? PoolWire.stampEachItem : 0)
                 if let trace {
                     w.put(UInt32(trace.carrier.count))
                     w.put(trace.carrier)
@@ -494,7 +495,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             for (id, w) in g.io {
                 let r = w.shared.running
                 guard r.unit != 0 else { continue }
-                let elapsed = Duration.nanoseconds(Int64(monoNow &- min(monoNow, w.shared.itemStart)))
+                let age = w.itemAge(
+                    unit: r.unit,
+                    index: r.index,
+                    stamped: g.state.stampsEachItem(id, unit: r.unit),
+                    now: monoNow
+                )
+                let elapsed = Duration.nanoseconds(Int64(age))
                 running[id] = PoolState.RunningFacts(unit: r.unit, index: r.index, elapsed: elapsed)
             }
             // A worker on an overdue item writes the replies it holds for units it finished before it.
@@ -585,8 +592,13 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
             let monoNow = PoolClock.coarse()  // the clock workers stamp item starts with
             var ages: [Int32: Duration] = [:]
             for w in g.state.workers {
-                guard let io = g.io[w.id], io.shared.running.unit != 0 else { continue }
-                ages[w.pid] = .nanoseconds(Int64(monoNow &- min(monoNow, io.shared.itemStart)))
+                guard let io = g.io[w.id] else { continue }
+                let r = io.shared.running
+                guard r.unit != 0 else { continue }
+                let stamped = g.state.stampsEachItem(w.id, unit: r.unit)
+                ages[w.pid] = .nanoseconds(
+                    Int64(io.itemAge(unit: r.unit, index: r.index, stamped: stamped, now: monoNow))
+                )
             }
             for i in p.workers.indices { p.workers[i].currentItemAge = ages[p.workers[i].pid] }
             return p

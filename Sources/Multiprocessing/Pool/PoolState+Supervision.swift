@@ -3,6 +3,13 @@ import DequeModule
 // The supervisor's view: timeouts and soft timeouts, kills after grace periods, retries whose backoff
 // passed, replacements, and units taken back from workers stuck on a long item.
 extension PoolState {
+    /// Whether worker `id` stamps each item of its running unit `unit` with the clock (the unit's call has a
+    /// limit measured from each item's start); otherwise only the unit's first item carries a stamp.
+    func stampsEachItem(_ id: WorkerID, unit: UInt64) -> Bool {
+        guard let w = index(of: id) else { return true }
+        return workers[w].inflight.first { $0.id == unit }?.call.options.limitsItemTime ?? true
+    }
+
     /// Workers whose running item has run far longer than items do (``PoolDecisions/overdue(itemNanos:)``)
     /// with units queued behind it: for each, the number of its last task frame. `PoolCore` fences those
     /// frames in the worker's slot and, if the worker had not started them, calls ``reclaim(_:startedThrough:now:)``.

@@ -8,10 +8,13 @@ import Glibc
 enum PoolWire {
     // parent → worker
     static let define: UInt8 = 0x44  // 'D' fnId u32, kind u8, nameLen u32, name, payload (the encoded function value)
-    static let task: UInt8 = 0x54  // 'T' unit u64, fnId u32, count u32, payload (encoded [Input] or one Job)
-    // 't': a task of a traced call: unit u64, fnId u32, count u32, carrierLen u32, carrier (the span context's
-    // headers, PoolTracing.encode), payload
+    static let task: UInt8 = 0x54  // 'T' unit u64, fnId u32, count u32, flags u8, payload (encoded [Input] or one Job)
+    // 't': a task of a traced call: unit u64, fnId u32, count u32, flags u8, carrierLen u32, carrier (the span
+    // context's headers, PoolTracing.encode), payload
     static let tracedTask: UInt8 = 0x74
+    /// Task flag: stamp each item's start with the clock (the unit has a time limit the supervisor measures
+    /// from it). Without it a worker's items publish their index only.
+    static let stampEachItem: UInt8 = 1
     static let shutdown: UInt8 = 0x53  // 'S'
     // worker → parent
     static let output: UInt8 = 0x4F  // 'O' unit u64, start u32, count u32, busyNanos u64, payload (encoded [Output])

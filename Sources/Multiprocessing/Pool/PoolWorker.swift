@@ -54,6 +54,9 @@ enum PoolWorker {
     /// Task frames read so far (the parent numbers the frames it sends the same way).
     nonisolated(unsafe) static var taskFrames: UInt64 = 0
 
+    /// Whether the running unit's items are each stamped with the clock (it has a time limit).
+    nonisolated(unsafe) static var stampEachItem = true
+
     /// Bytes that arrived with the setup message (set by the worker loop before `run`).
     nonisolated(unsafe) static var leftover: [UInt8] = []
 
@@ -65,6 +68,7 @@ enum PoolWorker {
             let unit: UInt64 = try c.get()
             let fnId: UInt32 = try c.get()
             let count = Int(try c.get(UInt32.self))
+            stampEachItem = try c.get(UInt8.self) & PoolWire.stampEachItem != 0
             let carrier = body[0] == PoolWire.tracedTask ? try c.bytes(Int(try c.get(UInt32.self))) : nil
             guard let runner = runners[fnId] else {
                 throw MultiprocessingError(.malformedMessage, "task for undefined function \(fnId)")
@@ -160,8 +164,10 @@ enum PoolWorker {
                 F.Input.self,
                 F.Output.self,
                 inputKind: inputKind,
-                outputKind: outputKind
+                outputKind: outputKind,
+                stampEachItem: stampEachItem
             )
+            defer { ResultScratch.trim() }
             guard f._runEncodedChunk(payload, count: count, context) else { return }
             if context.next < count {  // cancelled
                 for j in context.next..<count { out.failure(unit: unit, index: j, CancellationError()) }

@@ -46,6 +46,14 @@ struct SharedSlot: @unchecked Sendable {  // a raw mapping; every field is acces
         return (now, cancelRequest == unit)
     }
 
+    /// Records that item `index` of `unit` starts, without reading the clock (a unit with no time limit:
+    /// the parent tells an item's age from when it first saw it running, see `PoolCore`).
+    /// - Returns: whether the whole unit was cancelled.
+    func itemIndexed(unit: UInt64, index: Int) -> Bool {
+        setIndex(UInt64(index))
+        return cancelRequest == unit
+    }
+
     /// One item the parent asks the worker to cancel (a soft timeout): unit and index.
     var itemCancelRequest: (unit: UInt64, index: UInt64) { (Atomic.load(word(4)), Atomic.load(word(5))) }
     func requestItemCancel(unit: UInt64, index: UInt64) {

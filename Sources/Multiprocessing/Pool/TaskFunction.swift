@@ -58,6 +58,11 @@ extension SyncTaskFunction {
     public func _runEncodedChunk(_ payload: UnsafeRawBufferPointer, count: Int, _ context: ChunkContext) -> Bool {
         let inputs: [Input]
         if let id = context.rawInput, id == ObjectIdentifier(Input.self) {
+            if let od = context.rawOutput, od == ObjectIdentifier(Output.self) {
+                guard let raw = context.rawInputs(payload, count: count) else { return false }
+                _runRawChunk(raw, count: count, context)
+                return true
+            }
             guard let raw = context.rawInputs(payload, count: count) else { return false }
             inputs = [Input](unsafeUninitializedCapacity: count) { out, initialized in
                 if count > 0 { UnsafeMutableRawBufferPointer(out).copyMemory(from: raw) }
@@ -69,6 +74,45 @@ extension SyncTaskFunction {
         }
         _runChunk(inputs, from: 0, context)
         return true
+    }
+
+    /// Runs a chunk whose inputs and results are both raw bytes: each input is read from the frame's bytes
+    /// and each result written into the worker's kept result buffer, so the chunk allocates no array and
+    /// touches no fresh page. Library internals, public only so that the compiler specialises this loop
+    /// for each conforming type; do not call it.
+    @inlinable
+    public func _runRawChunk(_ inputs: UnsafeRawBufferPointer, count: Int, _ context: ChunkContext) {
+        let inStride = MemoryLayout<Input>.stride
+        let outStride = MemoryLayout<Output>.stride
+        let results = context.resultBuffer(bytes: count * outStride)
+        func send(_ range: Range<Int>) {
+            let bytes = UnsafeRawBufferPointer(
+                start: results + range.lowerBound * outStride,
+                count: range.count * outStride
+            )
+            context.sendRaw(bytes, count: range.count, start: range.lowerBound)
+        }
+        var first = 0
+        var i = 0
+        while i < count {
+            guard context.itemStarting(i) else { break }
+            do {
+                let y = try self(inputs.loadUnaligned(fromByteOffset: i * inStride, as: Input.self))
+                results.storeBytes(of: y, toByteOffset: i * outStride, as: Output.self)
+            } catch {
+                send(first..<i)
+                first = i + 1
+                context.fail(i, error)
+            }
+            i += 1
+            if context.flushDue {
+                send(first..<i)
+                first = i
+                context.flush()
+            }
+        }
+        send(first..<i)
+        context.finished(at: i)
     }
 
     /// Runs items `from...` of a chunk in the worker. Library internals, public only so that the compiler specialises this loop for each conforming type; do not call or implement it.

@@ -34,6 +34,10 @@ public struct TaskOptions: Sendable {
         self.retry = retry
     }
 
+    /// Whether a limit runs from each item's start (`timeout`, `softTimeout`): its workers then stamp
+    /// every item's start with the clock, which the supervisor measures the limits from.
+    var limitsItemTime: Bool { timeout != nil || softTimeout != nil }
+
     /// No timeouts, no retries.
     public static let `default` = TaskOptions()
 

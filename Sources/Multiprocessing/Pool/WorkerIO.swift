@@ -14,6 +14,15 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
     var wakeFd: Int32 { wake.fd }
     let outbox: Outbox
 
+    /// How old the worker's running item is, as the parent can tell. Under the pool's lock.
+    var itemAges = ItemAges()
+
+    /// How long the running item `index` of `unit` has run, at `now` (coarse clock); see ``ItemAges``.
+    /// Under the pool's lock.
+    func itemAge(unit: UInt64, index: UInt64, stamped: Bool, now: UInt64) -> UInt64 {
+        itemAges.age(unit: unit, index: index, stamp: shared.itemStart, stamped: stamped, now: now)
+    }
+
     // Reactor thread only.
     var reader = FrameDecoder.pool()
     var sawReady = false
@@ -60,4 +69,22 @@ final class WorkerIO: @unchecked Sendable {  // `let`s are immutable; the rest i
         _ = wake.use { fd in withUnsafeBytes(of: UInt64(1)) { try? Syscall.writeAll(fd, $0) } }
     }
 
+}
+
+/// How long a worker's running item has run, as the parent can tell (coarse-clock nanoseconds).
+///
+/// Exact from the worker's stamp when it stamps each item (`stamped`: a unit with a time limit, which the
+/// supervisor measures from it) or for a unit's first item (stamped as the unit starts). Other items
+/// publish only their index, and their age runs from when the parent first saw them running: never
+/// longer than the truth, so nothing is judged overdue early (only up to one look late).
+struct ItemAges: Sendable {
+    /// The running item last seen without a stamp of its own, and when it was first seen.
+    private var seen: (unit: UInt64, index: UInt64, at: UInt64) = (0, 0, 0)
+
+    mutating func age(unit: UInt64, index: UInt64, stamp: UInt64, stamped: Bool, now: UInt64) -> UInt64 {
+        let sinceStamp = now &- min(now, stamp)
+        if stamped || index == 0 { return sinceStamp }
+        if seen.unit != unit || seen.index != index { seen = (unit, index, now) }
+        return min(sinceStamp, now &- min(now, seen.at))
+    }
 }

@@ -232,6 +232,14 @@ struct LoggedSlowSync: SyncTaskFunction {
     }
 }
 
+/// Sleeps `x` ms and returns `x` (a synchronous function of `Int`s: the raw-bytes loop).
+struct SleepsMs: SyncTaskFunction {
+    func callAsFunction(_ x: Int) -> Int {
+        usleep(useconds_t(x) * 1000)
+        return x
+    }
+}
+
 /// Items of multiples of 7 throw; others return `x * 3` (a raw-bytes chunk with failures in it).
 struct TripleButSevens: SyncTaskFunction {
     struct Seven: Error, Codable, Equatable { let x: Int }

@@ -214,6 +214,17 @@ struct ProcessPoolTests {
         }
     }
 
+    /// A timeout runs from each item's start, also inside a chunk of the raw-bytes loop (which stamps an
+    /// item's start only for calls with a time limit): 20 items of 100 ms in one chunk, a 1 s timeout —
+    /// the chunk runs 2 s, no item 1 s. Fails if the parent timed items from their chunk's start.
+    @Test func aTimeoutRunsFromEachItemInsideAChunk() async throws {
+        try await withTestPool(workers: 1) { pool async throws in
+            let xs = [Int](repeating: 100, count: 20)
+            let out = try await pool.map(SleepsMs(), xs, chunksize: 20, options: TaskOptions(timeout: .seconds(1)))
+            #expect(out == xs)
+        }
+    }
+
     /// One chunk of 1,000 items on one worker: its last item waits for a file the test creates only once
     /// result 500 has arrived, so the chunk's results must stream back while it runs (the raw-bytes loop
     /// reads the clock every few items, not every item, and still flushes every 2 ms).

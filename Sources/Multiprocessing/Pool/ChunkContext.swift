@@ -84,12 +84,12 @@ public final class ChunkContext: @unchecked Sendable {  // used by the worker's 
     }
 
     /// Reads the clock for flush pacing, and decides how many items to run before reading it again:
-    /// twice as many (at most 64) while that many items take under 10 µs, every item otherwise. Items of
-    /// 10 µs or more pay a clock read each (a fraction of a percent); tiny ones one per 64. A slow item
-    /// after a run of tiny ones delays a partial flush by at most 63 items.
+    /// twice as many (at most 16) while that many items take under 10 µs, every item otherwise. Items of
+    /// 10 µs or more pay a clock read each (a fraction of a percent); tiny ones one per 16. Slow items
+    /// after a run of tiny ones delay a partial flush by at most 15 items.
     private func readClock() {
         let t = PoolClock.precise()
-        clockStride = t &- lastTick < 10_000 ? min(clockStride * 2, 64) : 1
+        clockStride = t &- lastTick < 10_000 ? min(clockStride * 2, 16) : 1
         untilClock = clockStride
         lastTick = t
         now = PoolClock.coarse()

@@ -489,8 +489,10 @@ final class PoolCore: @unchecked Sendable {  // everything mutable is in `guarde
         // at the end then returns at once.
         supervisorWake.clear()
         let now = PoolInstant.now
-        let monoNow = PoolClock.coarse()  // the clock workers stamp item starts with
         let round = step { g -> (PoolState.Round, [PoolState.Action]) in
+            // The clock workers stamp item starts with, read under the lock: an item first seen now
+            // started no later than this.
+            let monoNow = PoolClock.coarse()
             var running: [PoolState.WorkerID: PoolState.RunningFacts] = [:]
             for (id, w) in g.io {
                 let r = w.shared.running

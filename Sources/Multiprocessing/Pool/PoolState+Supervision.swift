@@ -4,10 +4,12 @@ import DequeModule
 // passed, replacements, and units taken back from workers stuck on a long item.
 extension PoolState {
     /// Whether worker `id` stamps each item of its running unit `unit` with the clock (the unit's call has a
-    /// limit measured from each item's start); otherwise only the unit's first item carries a stamp.
+    /// limit measured from each item's start); otherwise only the unit's first item carries a stamp. A
+    /// unit no longer in flight (its last reply read before the worker published its end) counts as
+    /// unstamped: its item's age is then never too long (``ItemAges``).
     func stampsEachItem(_ id: WorkerID, unit: UInt64) -> Bool {
-        guard let w = index(of: id) else { return true }
-        return workers[w].inflight.first { $0.id == unit }?.call.options.limitsItemTime ?? true
+        guard let w = index(of: id) else { return false }
+        return workers[w].inflight.first { $0.id == unit }?.call.options.limitsItemTime ?? false
     }
 
     /// Workers whose running item has run far longer than items do (``PoolDecisions/overdue(itemNanos:)``)

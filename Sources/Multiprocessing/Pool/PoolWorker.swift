@@ -350,7 +350,8 @@ final class Replies: @unchecked Sendable {  // `writer` only under `lock`; the r
     }
 
     /// Whether a long chunk should send what it has: 2 ms since the last write.
-    func dueForPartialFlush(now: UInt64) -> Bool { now &- lastFlush > 2_000_000 }
+    /// `now` may be older than the last flush (a chunk that reads the clock every few items): not due.
+    func dueForPartialFlush(now: UInt64) -> Bool { now > lastFlush && now - lastFlush > 2_000_000 }
 
     /// Marks the start of a unit's work; returns the time (precise clock).
     @discardableResult

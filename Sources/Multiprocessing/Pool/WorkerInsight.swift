@@ -13,6 +13,9 @@ public struct WorkerInsight: Sendable {
     /// Tasks (chunks) it has finished.
     public var tasks: Int
     /// How long the item it runs now has run (nil while it runs none): a long one is a hang, or a big item.
+    /// Exact for a unit's first item and for calls with a `timeout` or `softTimeout`; for later items of
+    /// other calls, the time since the pool first saw the item running (their workers stamp no clock per
+    /// item), so it may read short, never long.
     public var currentItemAge: Duration? = nil
     /// Its peak resident memory in bytes (the kernel's high-water mark, `VmHWM`), read when the snapshot
     /// was taken (``ProcessPool/currentProgress``; not in ``ProcessPool/progress(every:)``'s periodic

@@ -181,27 +181,30 @@ struct WaitsAtGate: TaskFunction {
     }
 }
 
-/// Appends `x` to the file at `log` (one line per run of an item); item 0 first sleeps `ms` without
-/// looking at cancellation.
-/// Item 0 waits (at most `ms`) until the `count - 1` others have logged their runs, then logs its own; so
-/// it ends last only if no other item waited behind it on its worker.
+/// Waits (at most `ms`) until the file at `log` has `lines` lines (a job polling a file: the test's own
+/// waiting is on its results), then appends `x` as a line of its own.
+func waitForLinesThenLog(_ log: String, lines: Int, ms: Int, _ x: Int) {
+    let deadline = ContinuousClock.now + .milliseconds(ms)
+    while lines > 0 && ContinuousClock.now < deadline {
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        if text.utf8.count(where: { $0 == 10 }) >= lines { break }
+        usleep(2_000)
+    }
+    let fd = open(log, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+    let line = Array("\(x)\n".utf8)
+    _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+}
+
+/// Appends `x` to the file at `log` (one line per run of an item). Item 0 first waits (at most `ms`,
+/// without looking at cancellation) until the `count - 1` others have logged their runs; so it ends last
+/// only if no other item waited behind it on its worker.
 struct LoggedSlowZero: TaskFunction {
     let log: String
     let ms: Int
     let count: Int
     func callAsFunction(_ x: Int) -> Int {
-        if x == 0 {
-            let deadline = ContinuousClock.now + .milliseconds(ms)
-            while ContinuousClock.now < deadline {
-                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-                if text.utf8.count(where: { $0 == 10 }) >= count - 1 { break }
-                usleep(2_000)  // a job polling a file: the test's own waiting is on its results
-            }
-        }
-        let fd = open(log, O_WRONLY | O_APPEND | O_CREAT, 0o644)
-        let line = Array("\(x)\n".utf8)
-        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
+        waitForLinesThenLog(log, lines: x == 0 ? count - 1 : 0, ms: ms, x)
         return x
     }
 }
@@ -216,18 +219,7 @@ struct LoggedSlowSync: SyncTaskFunction {
     let count: Int
     let slow: Int
     func callAsFunction(_ x: Int) -> Int {
-        if x == slow {
-            let deadline = ContinuousClock.now + .milliseconds(ms)
-            while ContinuousClock.now < deadline {
-                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-                if text.utf8.count(where: { $0 == 10 }) >= count - 2 { break }
-                usleep(2_000)  // a job polling a file: the test's own waiting is on its results
-            }
-        }
-        let fd = open(log, O_WRONLY | O_APPEND | O_CREAT, 0o644)
-        let line = Array("\(x)\n".utf8)
-        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
+        waitForLinesThenLog(log, lines: x == slow ? count - 2 : 0, ms: ms, x)
         return x
     }
 }

@@ -95,18 +95,38 @@ struct ShutdownTests {
     static func soak(_ mp: URL, prefetch: Int, runs: Int) throws -> [String] {
         var failures: [String] = []
         for run in 0..<runs {
-            let port = try freePort()
-            let master = Foundation.Process()
-            master.executableURL = mp
-            master.arguments = ["master", "--host", "127.0.0.1", "--port", "\(port)", "--tasks", "20"]
-            let masterOut = Pipe()
-            master.standardOutput = masterOut
-            master.standardError = masterOut
-            try master.run()
-            // The master listens before it puts its tasks.
-            while true {
-                let line = masterOut.fileHandleForReading.availableLine()
-                if line.isEmpty || line.hasPrefix("Try get results") { break }
+            // The master listens before it puts its tasks. A port found free can be taken by a test
+            // beside this one before the master binds it: then another port (the master says why it
+            // could not listen, and exits before putting anything).
+            var started: (master: Foundation.Process, out: Pipe, port: UInt16)?
+            var early = ""
+            for _ in 0..<5 where started == nil {
+                let port = try freePort()
+                let master = Foundation.Process()
+                master.executableURL = mp
+                master.arguments = ["master", "--host", "127.0.0.1", "--port", "\(port)", "--tasks", "20"]
+                let masterOut = Pipe()
+                master.standardOutput = masterOut
+                master.standardError = masterOut
+                try master.run()
+                early = ""
+                while true {
+                    let line = masterOut.fileHandleForReading.availableLine()
+                    if line.hasPrefix("Try get results") {
+                        started = (master, masterOut, port)
+                        break
+                    }
+                    if line.isEmpty { break }
+                    early += line + "\n"
+                }
+                if started == nil {
+                    master.waitUntilExit()
+                    guard early.lowercased().contains("in use") else { break }
+                }
+            }
+            guard let (master, masterOut, port) = started else {
+                failures.append("run \(run): the master did not start: \(early.suffix(400))")
+                continue
             }
             // Two workers share the 20 tasks, each asking for up to 20: the last `put` of each is followed
             // by a `get` that finds the master leaving.
